@@ -1,0 +1,92 @@
+"""Input checks shared by the public API.
+
+Every check raises ValueError naming the argument and saying how to fix it; nothing
+is clipped, cast between float kinds or renormalised behind the caller's back.
+"""
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+def check_rng(rng, name="rng"):
+    """Return rng if it is a numpy Generator, else raise."""
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(
+            f"{name} must be a numpy.random.Generator (for example "
+            f"numpy.random.default_rng(0)), got {type(rng).__name__}"
+        )
+    return rng
+
+
+def check_count(n, name, minimum=1):
+    """Return n as int if it is an integer >= minimum, else raise."""
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {n!r}")
+    if n < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {n}")
+    return int(n)
+
+
+def check_float_dtype(dtype, name="dtype"):
+    """Return np.dtype(dtype) if it is float64 or float32, else raise."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        dt = None
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float64 or float32, got {dtype!r}")
+    return dt
+
+
+def check_points(x, name="x", d=None):
+    """Return x as a C-contiguous (n, d) float array; raise if it is not one.
+
+    Integer input is promoted to float64 (exact); float32 and float64 pass through
+    with their dtype; anything else, a wrong shape or a non-finite entry raises.
+    """
+    arr = np.asarray(x)
+    if arr.dtype.kind in "iub":
+        arr = arr.astype(np.float64)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a float64 or float32 array, got dtype {arr.dtype}")
+    if arr.ndim != 2:
+        hint = " (for a single point use x[None, :])" if arr.ndim == 1 else ""
+        raise ValueError(f"{name} must have shape (n, d), got shape {arr.shape}{hint}")
+    if d is not None and arr.shape[1] != d:
+        raise ValueError(f"{name} must have shape (n, {d}), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.count_nonzero(~np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or inf)")
+    return np.ascontiguousarray(arr)
+
+
+def check_times(t, n=None, T=None, name="t"):
+    """Return t as a float64 scalar (0-d array) or a (n,) array of times in [0, T].
+
+    Parameters
+    ----------
+    t : float or array_like of shape (n,)
+        One time for all rows, or one time per row.
+    n : int, optional
+        Number of rows; a per-row t must have exactly this length.
+    T : float, optional
+        Largest admissible time (the process's horizon); None means no upper bound.
+    """
+    arr = np.asarray(t)
+    if arr.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must be a real number or an array of reals, got {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and n is None and arr.size == 0):
+        raise ValueError(f"{name} must be a scalar or have shape (n,), got shape {arr.shape}")
+    if arr.ndim == 1 and n is not None and arr.shape[0] != n:
+        raise ValueError(
+            f"{name} must be a scalar or have one value per row, shape ({n},); got shape {arr.shape}"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite, got a NaN or inf")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0 (forward time), got min {arr.min()!r}")
+    if T is not None and np.any(arr > T):
+        raise ValueError(f"{name} must be <= {T} (the process's horizon T), got max {arr.max()!r}")
+    return arr

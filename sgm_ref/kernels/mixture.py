@@ -1,0 +1,117 @@
+"""Numba kernels for the exact Gaussian-mixture oracle at time t (one t per row).
+
+For component k at time t (a = alpha_t, s2 = sigma_t^2) the covariance is
+U_k diag(v_k) U_k^T with v_k = a^2 lam_k + s2, so with y = U_k^T (x - a mu_k)
+
+    log N_k(x) = -1/2 (sum_j y_j^2 / v_kj + sum_j log v_kj + d log 2 pi),
+    grad log N_k(x) = -U_k (y / v_k),
+
+and the mixture combines them by log-sum-exp with responsibilities pi_k(x).
+Diagonal and identity covariances have U_k = I and need no matrix products. Every
+loop runs over rows in parallel; rows are independent, so the result does not depend
+on the thread count. Sums are accumulated in float64 whatever the input dtype.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@njit(parallel=True, cache=True)
+def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score):
+    """Log-density and score of sum_k w_k N(a_i mu_k, diag(a_i^2 lam_k + s2_i)) at each row.
+
+    x (n, d); a, s2 (n,) float64; logw (K,) float64; mu, lam (K, d) in the dtype of x;
+    identity: lam is all ones (v is one number per row). Writes logp (n,) and, if
+    want_score, score (n, d). One pass over components with a running maximum
+    (streaming log-sum-exp), so no (n, K) buffer is needed.
+    """
+    n, d = x.shape
+    K = mu.shape[0]
+    for i in prange(n):
+        ai = a[i]
+        a2 = ai * ai
+        v_iso = a2 + s2[i]
+        m = -np.inf
+        total = 0.0
+        if want_score:
+            for j in range(d):
+                score[i, j] = 0.0
+        for k in range(K):
+            q = 0.0
+            logdet = 0.0
+            if identity:
+                for j in range(d):
+                    y = x[i, j] - ai * mu[k, j]
+                    q += y * y
+                q /= v_iso
+                logdet = d * np.log(v_iso)
+            else:
+                for j in range(d):
+                    v = a2 * lam[k, j] + s2[i]
+                    y = x[i, j] - ai * mu[k, j]
+                    q += y * y / v
+                    logdet += np.log(v)
+            lk = logw[k] - 0.5 * (q + logdet)
+            if lk > m:
+                # rescale what was accumulated relative to the new maximum
+                shrink = np.exp(m - lk)
+                total *= shrink
+                if want_score:
+                    for j in range(d):
+                        score[i, j] *= shrink
+                m = lk
+            wk = np.exp(lk - m)
+            total += wk
+            if want_score:
+                for j in range(d):
+                    v = v_iso if identity else a2 * lam[k, j] + s2[i]
+                    score[i, j] -= wk * (x[i, j] - ai * mu[k, j]) / v
+        logp[i] = m + np.log(total) - 0.5 * d * LOG_2PI
+        if want_score:
+            for j in range(d):
+                score[i, j] /= total
+
+
+@njit(parallel=True, cache=True)
+def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, logp, logc):
+    """Turn eigenbasis projections into responsibility-weighted scaled residuals.
+
+    On entry P[i, k*d:(k+1)*d] = U_k^T x_i (one matrix product for all k). On exit it
+    holds pi_ik * y_ik / v_ik with y_ik = U_k^T x_i - a_i U_k^T mu_k, so that the score
+    is -P @ U_all^T with U_all = [U_1, ..., U_K] (d, K d). logp (n,) receives the
+    mixture log-density; logc (n, K) is scratch for the component log-densities.
+    m_proj (K, d) holds U_k^T mu_k.
+    """
+    n = P.shape[0]
+    K, d = lam.shape
+    for i in prange(n):
+        ai = a[i]
+        a2 = ai * ai
+        m = -np.inf
+        for k in range(K):
+            q = 0.0
+            logdet = 0.0
+            base = k * d
+            for j in range(d):
+                v = a2 * lam[k, j] + s2[i]
+                y = P[i, base + j] - ai * m_proj[k, j]
+                r = y / v
+                q += y * r
+                logdet += np.log(v)
+                P[i, base + j] = r
+            lk = logw[k] - 0.5 * (q + logdet)
+            logc[i, k] = lk
+            if lk > m:
+                m = lk
+        total = 0.0
+        for k in range(K):
+            total += np.exp(logc[i, k] - m)
+        lse = m + np.log(total)
+        logp[i] = lse - 0.5 * d * LOG_2PI
+        for k in range(K):
+            pik = np.exp(logc[i, k] - lse)
+            base = k * d
+            for j in range(d):
+                P[i, base + j] *= pik
