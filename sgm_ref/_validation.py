@@ -90,3 +90,15 @@ def check_times(t, n=None, T=None, name="t"):
     if T is not None and np.any(arr > T):
         raise ValueError(f"{name} must be <= {T} (the process's horizon T), got max {arr.max()!r}")
     return arr
+
+
+def check_time_range(t0, T, process=None):
+    """Raise unless 0 < t0 < T (<= process.t_max) are finite numbers; return floats."""
+    for name, v in (("t0", t0), ("T", T)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
+            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    if not 0 < t0 < T:
+        raise ValueError(f"need 0 < t0 < T, got t0={t0!r}, T={T!r}")
+    if process is not None and T > process.t_max:
+        raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    return float(t0), float(T)

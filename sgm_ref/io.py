@@ -1,0 +1,156 @@
+"""Model files: an .npz with the flat parameters and a JSON header, written atomically.
+
+Header (JSON, stored as the array "header"):
+    {"format": "sgm_ref.model", "version": 1, "network": MLP.config(),
+     "process": {"name": "OU"} | {"name": "VP", "beta_min": ..., "beta_max": ...},
+     "parameterization": "...", "dtype": "float64" | "float32", "extra": {...}}
+Arrays: "params" (the flat vector), and optionally "ema" (the parameter average).
+"""
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from .nn import MLP
+from .processes import process_from_dict
+from .score_model import ScoreModel
+
+__all__ = ["save", "load", "FORMAT_VERSION", "ModelFileError"]
+
+FORMAT = "sgm_ref.model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file is unreadable, truncated, foreign, newer than this library, or inconsistent."""
+
+
+def atomic_write(path, write):
+    """Call write(file_object) on a temporary file beside path, then rename it onto path.
+
+    Readers see either the old file or the complete new one, never a partial write;
+    on any error the temporary file is removed and path is untouched.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(model, path, extra=None, ema=None):
+    """Write a ScoreModel to path (.npz) atomically.
+
+    Parameters
+    ----------
+    model : ScoreModel
+    path : str or os.PathLike
+    extra : dict, optional
+        JSON-serialisable metadata stored in the header (e.g. training settings).
+    ema : ndarray, optional
+        An exponential moving average of the parameters to store beside them.
+    """
+    header = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "network": model.network.config(),
+        "process": model.process.to_dict(),
+        "parameterization": model.parameterization,
+        "dtype": model.dtype.name,
+        "extra": extra or {},
+    }
+    arrays = {"header": np.array(json.dumps(header)), "params": model.params}
+    if ema is not None:
+        if np.shape(ema) != model.params.shape:
+            raise ValueError(f"ema must have shape {model.params.shape}, got {np.shape(ema)}")
+        arrays["ema"] = np.asarray(ema, dtype=model.dtype)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def read_header(path):
+    """The JSON header of a model file, checked for format and version."""
+    with _open(path) as f:
+        return _header(f, path)
+
+
+def load(path, use_ema=False):
+    """Read a ScoreModel written by save.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    use_ema : bool
+        Load the stored parameter average instead of the parameters.
+
+    Raises
+    ------
+    ModelFileError (a ValueError)
+        Missing, truncated or foreign file, a newer format version, or parameters that
+        do not fit the architecture in the header.
+    """
+    with _open(path) as f:
+        header = _header(f, path)
+        key = "ema" if use_ema else "params"
+        if key not in f.files:
+            raise ModelFileError(f"{path}: has no {key!r} array" + (" (saved without ema)" if use_ema else ""))
+        try:
+            params = f[key]
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            raise ModelFileError(f"{path}: the parameter array is corrupt ({exc})") from None
+    try:
+        net = MLP.from_config(header["network"])
+        process = process_from_dict(header["process"])
+        model = ScoreModel(net, process, header["parameterization"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: the header does not describe a valid model ({exc})") from None
+    if params.dtype != net.dtype or params.shape != net.params.shape:
+        raise ModelFileError(
+            f"{path}: parameters have shape {params.shape} and dtype {params.dtype}, the architecture "
+            f"needs {net.params.shape} {net.dtype.name}")
+    if not np.all(np.isfinite(params)):
+        raise ModelFileError(f"{path}: parameters contain non-finite values")
+    net.set_params(params)
+    return model
+
+
+def _open(path):
+    try:
+        f = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such file") from None
+    except ValueError:  # numpy's answer to bytes that are neither .npy nor .npz
+        raise ModelFileError(f"{path}: not a readable sgm_ref model file (not an .npz archive)") from None
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ModelFileError(f"{path}: not a readable sgm_ref model file ({exc})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ModelFileError(f"{path}: not an sgm_ref model file (a bare array, not an .npz archive)")
+    return f
+
+
+def _header(f, path):
+    if not hasattr(f, "files") or "header" not in f.files:
+        raise ModelFileError(f"{path}: not an sgm_ref model file (no header)")
+    try:
+        header = json.loads(str(f["header"]))
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise ModelFileError(f"{path}: unreadable header ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an sgm_ref model file (format {header.get('format') if isinstance(header, dict) else None!r})")
+    version = header.get("version")
+    if not isinstance(version, int) or version < 1:
+        raise ModelFileError(f"{path}: invalid format version {version!r}")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: format version {version} is newer than this sgm_ref reads ({FORMAT_VERSION}); upgrade sgm_ref")
+    return header

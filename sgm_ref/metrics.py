@@ -1,0 +1,65 @@
+"""Error measures of a score function against an exact (or Monte-Carlo) oracle."""
+
+import numpy as np
+
+from ._validation import check_count, check_float_dtype, check_rng, check_time_range
+
+__all__ = ["score_error_integral"]
+
+
+def _call_score(score, x, t, what="score"):
+    s = np.asarray(score(x, t))
+    if s.shape != x.shape:
+        raise ValueError(f"{what}(x, t) must return shape {x.shape}, got {s.shape}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"{what}(x, t) returned non-finite values")
+    return s
+
+
+def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribution="log-uniform",
+                         dtype=np.float64):
+    """Monte-Carlo estimate of int_{t0}^{T} E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
+
+    Draws x0_i ~ p_0, t_i ~ q on [t0, T] and x_i = alpha_{t_i} x0_i + sigma_{t_i} z_i
+    (exact samples of p_{t_i}), and averages e_i / q(t_i) with
+    e_i = |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
+    q(t) = 1 / (t log(T / t0)), which puts more points near t0 where the score and its
+    error are largest; with q uniform, q = 1 / (T - t0). This is the term of the
+    Girsanov bound on KL(p_t0 || sampler law) that the score error contributes
+    (Cole & Lu; see DESIGN.md, "Certified error").
+
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d)
+    target : object with sample(n, rng) and score(x, t, process), e.g. GaussianMixture
+    process : OU or VP
+    t0, T : float, 0 < t0 < T
+    n : int >= 2
+    rng : numpy.random.Generator
+    time_distribution : {"log-uniform", "uniform"}
+    dtype : float64 or float32
+        The dtype the score function is called with (the oracle is always float64).
+
+    Returns
+    -------
+    value, standard_error : float
+    """
+    n = check_count(n, "n", minimum=2)
+    t0, T = check_time_range(t0, T, process)
+    rng = check_rng(rng)
+    dtype = check_float_dtype(dtype)
+    x0 = target.sample(n, rng)
+    u = rng.random(n)
+    if time_distribution == "log-uniform":
+        span = np.log(T / t0)
+        t = t0 * np.exp(span * u)
+        inv_q = t * span
+    elif time_distribution == "uniform":
+        t = t0 + (T - t0) * u
+        inv_q = np.full(n, T - t0)
+    else:
+        raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
+    xt, _ = process.perturb(x0, t, rng)
+    s = _call_score(score, xt.astype(dtype), t).astype(np.float64)
+    e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * inv_q
+    return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))

@@ -1,0 +1,265 @@
+"""A multilayer perceptron with hand-written backpropagation over one flat parameter vector.
+
+    h_0 = [x, e(t)],   z_l = h_l W_l + b_l,   h_{l+1} = act(z_l)  (l < L),   out = z_L
+
+Backward (a vector-Jacobian product with g = dL/dout):
+
+    dL/dW_L = h_L^T g,      dL/db_L = sum_rows g,      dL/dh_L = g W_L^T
+    dL/dz_l = dL/dh_{l+1} * act'(z_l)
+    dL/dW_l = h_l^T dL/dz_l,  dL/db_l = sum_rows dL/dz_l,  dL/dh_l = dL/dz_l W_l^T
+
+All parameters live in one contiguous vector `params`; `weights[l]` (fan_in, fan_out)
+and `biases[l]` (fan_out,) are views into it, so the optimiser, checkpoints and
+gradient checks work on a single array. Matrix products go to BLAS with preallocated
+outputs; the element-wise work between them is sgm_ref.kernels.dense.
+"""
+
+import numpy as np
+
+from .._validation import check_count, check_float_dtype, check_points, check_rng, check_times
+from ..kernels.dense import ACTIVATIONS, add_bias, bias_activation, multiply_into
+from .embedding import TimeEmbedding
+
+__all__ = ["MLP"]
+
+# Rows per block when evaluating without a tape: bounds memory for large batches.
+_INFERENCE_ROWS = 4096
+
+
+class _Workspace:
+    """Buffers for one batch size: layer inputs h_l, pre-activations z_l, act'(z_l)."""
+
+    def __init__(self, n, sizes, dtype):
+        self.n = n
+        self.H = [np.empty((n, m), dtype) for m in sizes[:-1]]  # h_0 .. h_L
+        self.Z = [np.empty((n, m), dtype) for m in sizes[1:]]  # z_0 .. z_L (z_L = out)
+        self.D = [np.empty((n, m), dtype) for m in sizes[1:-1]]  # act'(z_l), l < L
+        width = max(sizes[:-1])
+        self.ping = np.empty(n * width, dtype)
+        self.pong = np.empty(n * width, dtype)
+        self.has_tape = False
+
+
+class MLP:
+    """Score network R^d x (0, T] -> R^d: an MLP on [x, e(t)].
+
+    Parameters
+    ----------
+    d : int
+        Dimension of x and of the output.
+    widths : sequence of int
+        Hidden layer widths (the depth is len(widths)).
+    activation : {"relu", "silu", "tanh", "softplus"}
+    time_embedding : str or TimeEmbedding
+        "linear" ([t]), "log" ([log t]) or "fourier" (log t and its sines and cosines).
+    dtype : float64 (default) or float32
+    rng : numpy.random.Generator or int
+        Initialisation: W_l, b_l ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's nn.Linear
+        default), drawn layer by layer, weights before biases.
+    """
+
+    def __init__(self, d, widths=(128, 128, 128), activation="silu", time_embedding="linear",
+                 dtype=np.float64, rng=0):
+        d = check_count(d, "d")
+        widths = tuple(widths)
+        for w in widths:
+            check_count(w, "widths (each)")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if not isinstance(time_embedding, TimeEmbedding):
+            time_embedding = TimeEmbedding(time_embedding)
+        if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+            rng = np.random.default_rng(rng)
+        rng = check_rng(rng, "rng (a Generator or an int seed)")
+        self.d = d
+        self.widths = tuple(int(w) for w in widths)
+        self.activation = activation
+        self.embedding = time_embedding
+        self.dtype = check_float_dtype(dtype)
+        self.sizes = (d + time_embedding.dim,) + self.widths + (d,)
+        n_params = sum(fi * fo + fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
+        self.params = np.zeros(n_params, dtype=self.dtype)
+        self.weights, self.biases = self._views(self.params)
+        for W, b in zip(self.weights, self.biases):
+            bound = 1.0 / np.sqrt(W.shape[0])
+            W[...] = rng.uniform(-bound, bound, W.shape)
+            b[...] = rng.uniform(-bound, bound, b.shape)
+        self._kind = ACTIVATIONS[activation]
+        self._workspaces = {}
+
+    # -- structure ------------------------------------------------------------------------
+    @property
+    def n_params(self):
+        return self.params.size
+
+    @property
+    def depth(self):
+        return len(self.widths)
+
+    def _views(self, flat):
+        """Per-layer (weights, biases) views into a flat vector laid out like params."""
+        weights, biases, offset = [], [], 0
+        for fi, fo in zip(self.sizes[:-1], self.sizes[1:]):
+            weights.append(flat[offset:offset + fi * fo].reshape(fi, fo))
+            offset += fi * fo
+            biases.append(flat[offset:offset + fo])
+            offset += fo
+        return weights, biases
+
+    def layer_views(self, flat):
+        """(weights, biases) views into any flat vector of length n_params (e.g. a gradient)."""
+        flat = np.asarray(flat)
+        if flat.shape != (self.n_params,):
+            raise ValueError(f"flat must have shape ({self.n_params},), got {flat.shape}")
+        return self._views(flat)
+
+    def config(self):
+        """JSON-ready architecture description (the model file header uses it)."""
+        return {
+            "d": self.d,
+            "widths": list(self.widths),
+            "activation": self.activation,
+            "time_embedding": self.embedding.to_dict(),
+            "dtype": self.dtype.name,
+        }
+
+    @classmethod
+    def from_config(cls, config, params=None):
+        """Rebuild from config(); copy params (flat) in if given."""
+        try:
+            emb = TimeEmbedding(**config["time_embedding"])
+            net = cls(config["d"], config["widths"], config["activation"], emb, config["dtype"], rng=0)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"network config is incomplete or malformed: {exc}") from None
+        if params is not None:
+            net.set_params(params)
+        return net
+
+    def set_params(self, theta):
+        """Copy a flat vector into params (in place: the layer views stay valid)."""
+        theta = np.asarray(theta)
+        if theta.shape != self.params.shape:
+            raise ValueError(f"theta must have shape {self.params.shape}, got {theta.shape}")
+        if theta.dtype != self.dtype:
+            raise ValueError(f"theta must have dtype {self.dtype.name} (the network's), got {theta.dtype}")
+        if not np.all(np.isfinite(theta)):
+            raise ValueError("theta contains non-finite values")
+        self.params[...] = theta
+
+    def __repr__(self):
+        return (f"MLP(d={self.d}, widths={list(self.widths)}, activation={self.activation!r}, "
+                f"time_embedding={self.embedding.kind!r}, dtype={self.dtype.name}, n_params={self.n_params})")
+
+    # -- forward ------------------------------------------------------------------------------
+    def _workspace(self, n):
+        ws = self._workspaces.get(n)
+        if ws is None:
+            if len(self._workspaces) >= 2:  # keep the training batch and one other size
+                self._workspaces.pop(next(iter(self._workspaces)))
+            ws = self._workspaces[n] = _Workspace(n, self.sizes, self.dtype)
+        return ws
+
+    def _check_inputs(self, x, t):
+        x = check_points(x, "x", d=self.d)
+        if x.dtype != self.dtype:
+            raise ValueError(f"x must have dtype {self.dtype.name} (the network's), got {x.dtype}; "
+                             "cast it explicitly")
+        t = np.broadcast_to(check_times(t, n=x.shape[0]), (x.shape[0],))
+        return x, t
+
+    def _run(self, ws, tape):
+        """Layers on ws.H[0] (already filled); output in ws.Z[-1]."""
+        L = len(self.weights) - 1
+        for l in range(L):
+            np.matmul(ws.H[l], self.weights[l], out=ws.Z[l])
+            bias_activation(ws.Z[l], self.biases[l], self._kind, ws.H[l + 1],
+                            ws.D[l] if tape else ws.Z[l], tape)
+        np.matmul(ws.H[L], self.weights[L], out=ws.Z[L])
+        add_bias(ws.Z[L], self.biases[L])
+        ws.has_tape = tape
+        return ws.Z[L]
+
+    def _fill_input(self, ws, x, t):
+        ws.H[0][:, :self.d] = x
+        self.embedding(t, ws.H[0][:, self.d:])
+
+    def forward(self, x, t, keep=False):
+        """Network output net(x, t).
+
+        Parameters
+        ----------
+        x : ndarray, shape (n, d), the network's dtype
+        t : float or ndarray of shape (n,)
+        keep : bool
+            Keep what backward needs (all rows at once); otherwise rows are processed
+            in blocks and nothing is kept.
+
+        Returns
+        -------
+        ndarray, shape (n, d): a new array.
+        """
+        x, t = self._check_inputs(x, t)
+        n = x.shape[0]
+        if keep:
+            ws = self._workspace(n)
+            self._fill_input(ws, x, t)
+            self._tape = ws
+            return self._run(ws, tape=True).copy()
+        out = np.empty((n, self.d), dtype=self.dtype)
+        for start in range(0, n, _INFERENCE_ROWS):
+            rows = slice(start, min(start + _INFERENCE_ROWS, n))
+            ws = self._workspace(rows.stop - rows.start)
+            self._fill_input(ws, x[rows], t[rows])
+            out[rows] = self._run(ws, tape=False)
+        return out
+
+    __call__ = forward
+
+    # -- backward -----------------------------------------------------------------------------
+    def backward(self, grad_out, grad_params=None, input_grad=False):
+        """Vector-Jacobian product of the last forward(..., keep=True) call.
+
+        Parameters
+        ----------
+        grad_out : ndarray, shape (n, d)
+            g = dL/dout for the rows of that forward call.
+        grad_params : ndarray, shape (n_params,), optional
+            Written in place (overwritten, not accumulated) if given.
+        input_grad : bool
+            Also return dL/dx, shape (n, d).
+
+        Returns
+        -------
+        grad_params, or (grad_params, grad_x) if input_grad.
+        """
+        ws = getattr(self, "_tape", None)
+        if ws is None or not ws.has_tape or self._workspaces.get(ws.n) is not ws:
+            raise ValueError("backward needs a preceding forward(x, t, keep=True)")
+        g = np.asarray(grad_out)
+        if g.shape != (ws.n, self.d) or g.dtype != self.dtype:
+            raise ValueError(f"grad_out must have shape ({ws.n}, {self.d}) and dtype {self.dtype.name}, "
+                             f"got {g.shape} {g.dtype}")
+        if grad_params is None:
+            grad_params = np.empty(self.n_params, dtype=self.dtype)
+        elif grad_params.shape != (self.n_params,) or grad_params.dtype != self.dtype \
+                or not grad_params.flags.c_contiguous:
+            raise ValueError(f"grad_params must be a contiguous ({self.n_params},) {self.dtype.name} array")
+        grad_x = self._backward(ws, np.ascontiguousarray(g), grad_params, input_grad)
+        return (grad_params, grad_x) if input_grad else grad_params
+
+    def _backward(self, ws, g, grad_params, input_grad):
+        gW, gb = self._views(grad_params)
+        L = len(self.weights) - 1
+        n = ws.n
+        buffers = (ws.ping, ws.pong)
+        for l in range(L, -1, -1):
+            if l < L:
+                multiply_into(g, ws.D[l])
+            np.matmul(ws.H[l].T, g, out=gW[l])
+            np.add.reduce(g, axis=0, out=gb[l])
+            if l > 0 or input_grad:
+                m = self.sizes[l]
+                g_prev = buffers[l % 2][:n * m].reshape(n, m)
+                np.matmul(g, self.weights[l].T, out=g_prev)
+                g = g_prev
+        return g[:, :self.d].copy() if input_grad else None

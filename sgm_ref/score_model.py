@@ -1,0 +1,67 @@
+"""A score function s_theta(x, t) made of a network, a forward process and a parameterisation.
+
+    "score":     s = net(x, t)
+    "noise":     s = -net(x, t) / sigma_t        (net predicts the noise z)
+    "residual":  s = -x + net(x, t)              (the paper's structure: grad log p_t is
+                                                  -x plus a low-complexity part)
+"""
+
+import numpy as np
+
+from .processes import OU
+
+__all__ = ["ScoreModel", "PARAMETERIZATIONS"]
+
+PARAMETERIZATIONS = ("score", "noise", "residual")
+
+
+class ScoreModel:
+    """s_theta(x, t) from a network; callable as model(x, t).
+
+    Parameters
+    ----------
+    network : sgm_ref.nn.MLP
+    process : OU or VP
+        Supplies sigma_t for the "noise" parameterisation and the time range.
+    parameterization : {"score", "noise", "residual"}
+    """
+
+    def __init__(self, network, process=OU(), parameterization="residual"):
+        if parameterization not in PARAMETERIZATIONS:
+            raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
+        if not hasattr(process, "_coefficients"):
+            raise ValueError(f"process must be sgm_ref.OU() or sgm_ref.VP(...), got {process!r}")
+        self.network = network
+        self.process = process
+        self.parameterization = parameterization
+
+    @property
+    def params(self):
+        return self.network.params
+
+    @property
+    def dtype(self):
+        return self.network.dtype
+
+    @property
+    def d(self):
+        return self.network.d
+
+    def __repr__(self):
+        return f"ScoreModel({self.network!r}, {self.process!r}, {self.parameterization!r})"
+
+    def __call__(self, x, t):
+        """s_theta(x, t): x (n, d) in the network's dtype, t scalar or (n,) in (0, t_max]."""
+        out = self.network.forward(x, t)
+        return self.output_to_score(out, x, t)
+
+    def output_to_score(self, out, x, t):
+        """Apply the parameterisation to a network output (in place on out)."""
+        if self.parameterization == "noise":
+            _, s2 = self.process._coefficients(t, out.shape[0])
+            if np.any(s2 == 0):
+                raise ValueError("t must be > 0 for the 'noise' parameterization (sigma_0 = 0)")
+            out /= -np.sqrt(s2).astype(out.dtype)[:, None]
+        elif self.parameterization == "residual":
+            out -= x
+        return out

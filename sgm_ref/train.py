@@ -1,0 +1,161 @@
+"""The training loop: empirical denoising score matching with Adam.
+
+Each step draws a batch of data indices (with replacement), times on [t0, T] and noise,
+all from the one rng passed in, evaluates the loss and its gradient (sgm_ref.losses),
+and takes an Adam step (sgm_ref.optim). Same data, seed and thread count -> same bits.
+"""
+
+import sys
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import check_count, check_points, check_rng, check_time_range
+from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _dsm_loss, sample_times
+from .optim import Adam, NonFiniteGradientError
+
+__all__ = ["fit", "History", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(ValueError, FloatingPointError):
+    """The loss or gradient became non-finite; the model keeps its last finite parameters."""
+
+    def __init__(self, message, step):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class History:
+    """What fit records: the loss per step and the periodic evaluations."""
+
+    loss: list = field(default_factory=list)
+    eval_steps: list = field(default_factory=list)
+    eval_values: list = field(default_factory=list)
+    optimizer: Adam = None
+
+    def as_dict(self):
+        return {"loss": list(self.loss), "eval_steps": list(self.eval_steps), "eval_values": list(self.eval_values)}
+
+
+def _progress(steps, progress):
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency, but a progress bar is not worth failing for
+        return None
+    return tqdm(total=steps, desc="training", unit="step", leave=False)
+
+
+def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
+        weighting="none", time_distribution="uniform", optimizer=None,
+        eval_every=None, evaluate=None, progress=None, callback=None, history=None, start_step=0):
+    """Train a ScoreModel by denoising score matching on samples `data`.
+
+    Minimises L(theta) = E_{t ~ pi[t0, T]} E_i E_z lambda(t) |s_theta(alpha_t x_i + sigma_t z, t) + z / sigma_t|^2
+    over the empirical measure of data (Cole & Lu's empirical score matching).
+
+    Parameters
+    ----------
+    model : ScoreModel
+        Trained in place (its network's flat parameter vector).
+    data : ndarray, shape (n, d), the model's dtype
+    steps : int >= 1
+        Number of optimiser steps (in total, counting start_step).
+    batch_size : int
+    lr : float
+        Adam learning rate (ignored if optimizer is given).
+    t0, T : float
+        0 < t0 < T <= process.t_max: early-stopping time and horizon.
+    rng : numpy.random.Generator
+        All draws of the run (batch indices, times, noise) come from it, in that order.
+    weighting : {"none", "sigma2"}
+    time_distribution : {"uniform", "log-uniform"}
+    optimizer : sgm_ref.optim.Adam, optional
+        Created with lr if not given; pass one for weight decay, clipping, EMA, or to
+        continue a run.
+    eval_every : int, optional
+        Call evaluate(model) -> float every eval_every steps (and after the last).
+    evaluate : callable, optional
+    progress : bool or None
+        Progress bar (tqdm) on stderr; None means "only if stderr is a terminal".
+    callback : callable(step, model, optimizer, history), optional
+        Called after every step (step counts from 1); checkpoints hook in here.
+    history : History, optional
+        Continue this history (when resuming).
+    start_step : int
+        Number of steps already taken (when resuming).
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    TrainingDivergedError
+        If the loss or the gradient is non-finite at some step; the message names the
+        step, and the parameters are those before it.
+    """
+    net = model.network
+    data = check_points(data, "data", d=net.d)
+    if data.dtype != net.dtype:
+        raise ValueError(f"data must have dtype {net.dtype.name} (the model's), got {data.dtype}")
+    steps = check_count(steps, "steps")
+    batch_size = check_count(batch_size, "batch_size")
+    t0, T = check_time_range(t0, T, model.process)
+    rng = check_rng(rng)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if time_distribution not in TIME_DISTRIBUTIONS:
+        raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {time_distribution!r}")
+    if eval_every is not None:
+        eval_every = check_count(eval_every, "eval_every")
+        if evaluate is None:
+            raise ValueError("eval_every needs evaluate, a callable model -> float")
+    if optimizer is None:
+        optimizer = Adam(net.params, lr=lr)
+    elif optimizer.params is not net.params:
+        raise ValueError("optimizer must be built on model.params (the same array)")
+    if not 0 <= start_step <= steps:
+        raise ValueError(f"start_step must be in [0, steps], got {start_step}")
+    history = History() if history is None else history
+    history.optimizer = optimizer
+
+    n, d = data.shape
+    x0 = np.empty((batch_size, d), dtype=net.dtype)
+    z = np.empty((batch_size, d), dtype=net.dtype)
+    grad = np.empty(net.n_params, dtype=net.dtype)
+    bar = _progress(steps - start_step, progress)
+    try:
+        for step in range(start_step + 1, steps + 1):
+            idx = rng.integers(0, n, batch_size)
+            np.take(data, idx, axis=0, out=x0)
+            t = sample_times(batch_size, t0, T, rng, time_distribution)
+            rng.standard_normal(out=z, dtype=net.dtype)
+            loss, _ = _dsm_loss(model, x0, t, z, weighting, True, grad)
+            try:
+                if not np.isfinite(loss):
+                    raise NonFiniteGradientError("loss")
+                optimizer.step(grad)  # checks the gradient before it changes anything
+            except NonFiniteGradientError:
+                what = "loss" if not np.isfinite(loss) else "gradient"
+                raise TrainingDivergedError(
+                    f"the {what} became non-finite at step {step}; the model keeps the parameters "
+                    f"of step {step - 1} (try a smaller lr, a larger t0, or weighting='sigma2')", step) from None
+            history.loss.append(loss)
+            if eval_every is not None and (step % eval_every == 0 or step == steps):
+                history.eval_steps.append(step)
+                history.eval_values.append(float(evaluate(model)))
+            if callback is not None:
+                callback(step, model, optimizer, history)
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0:
+                    bar.set_postfix(loss=f"{loss:.4g}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
