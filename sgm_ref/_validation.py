@@ -28,13 +28,33 @@ def check_count(n, name, minimum=1):
     return int(n)
 
 
+def check_real(value, name, *, low=None, high=None, low_open=False, high_open=False):
+    """Return value as a Python float if it is a finite real in the given range, else raise.
+
+    low/high bound the value (closed unless low_open/high_open); bools, strings, None
+    and arrays of more than one element are rejected.
+    """
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a real number, got {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if low is not None and (value < low or (low_open and value == low)):
+        raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
+    if high is not None and (value > high or (high_open and value == high)):
+        raise ValueError(f"{name} must be {'<' if high_open else '<='} {high}, got {value!r}")
+    return value
+
+
 def check_float_dtype(dtype, name="dtype"):
-    """Return np.dtype(dtype) if it is float64 or float32, else raise."""
+    """Return np.dtype(dtype) if it is float64 or float32, else raise (None is rejected)."""
     try:
-        dt = np.dtype(dtype)
+        dt = None if dtype is None else np.dtype(dtype)
     except TypeError:
         dt = None
-    if dt not in FLOAT_DTYPES:
+    if dt is None or dt not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float64 or float32, got {dtype!r}")
     return dt
 
@@ -94,11 +114,10 @@ def check_times(t, n=None, T=None, name="t"):
 
 def check_time_range(t0, T, process=None):
     """Raise unless 0 < t0 < T (<= process.t_max) are finite numbers; return floats."""
-    for name, v in (("t0", t0), ("T", T)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not np.isfinite(v):
-            raise ValueError(f"{name} must be a finite number, got {v!r}")
+    t0 = check_real(t0, "t0")
+    T = check_real(T, "T")
     if not 0 < t0 < T:
         raise ValueError(f"need 0 < t0 < T, got t0={t0!r}, T={T!r}")
     if process is not None and T > process.t_max:
         raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
-    return float(t0), float(T)
+    return t0, T

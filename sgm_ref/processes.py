@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_count, check_float_dtype, check_points, check_rng, check_times
+from ._validation import check_count, check_float_dtype, check_points, check_real, check_rng, check_times
 
 __all__ = ["OU", "VP"]
 
@@ -105,9 +105,10 @@ class _LinearProcess:
         a = np.asarray(alpha, dtype=np.float64)
         if not np.all(np.isfinite(a)) or np.any(a <= 0) or np.any(a > 1):
             raise ValueError("alpha must lie in (0, 1]")
-        t = self._inverse_integrated_beta(-2.0 * np.log(a))
-        if np.any(t > self.t_max):
+        if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max)):
             raise ValueError(f"alpha is below alpha(t_max) = {self.alpha(self.t_max)!r}")
+        # the inverse may round a hair past t_max at alpha(t_max) itself
+        t = np.minimum(self._inverse_integrated_beta(-2.0 * np.log(a)), self.t_max)
         return self._out(t)
 
 
@@ -151,12 +152,7 @@ class VP(_LinearProcess):
 
     def __post_init__(self):
         for name in ("beta_min", "beta_max"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)):
-                raise ValueError(f"{name} must be a real number, got {v!r}")
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"{name} must be finite and >= 0, got {v!r}")
-            object.__setattr__(self, name, float(v))
+            object.__setattr__(self, name, check_real(getattr(self, name), name, low=0.0))
         if self.beta_max < self.beta_min:
             raise ValueError(
                 f"beta_max must be >= beta_min, got beta_min={self.beta_min}, beta_max={self.beta_max}"
@@ -178,6 +174,13 @@ class VP(_LinearProcess):
 
     def to_dict(self):
         return {"name": "VP", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+def check_process(process, name="process"):
+    """Return process if it is an OU or VP instance, else raise."""
+    if not isinstance(process, _LinearProcess):
+        raise ValueError(f"{name} must be sgm_ref.OU() or sgm_ref.VP(...), got {process!r}")
+    return process
 
 
 def process_from_dict(spec):

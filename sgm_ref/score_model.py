@@ -8,7 +8,7 @@
 
 import numpy as np
 
-from .processes import OU
+from .processes import OU, check_process
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
 
@@ -29,8 +29,7 @@ class ScoreModel:
     def __init__(self, network, process=OU(), parameterization="residual"):
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
-        if not hasattr(process, "_coefficients"):
-            raise ValueError(f"process must be sgm_ref.OU() or sgm_ref.VP(...), got {process!r}")
+        check_process(process)
         self.network = network
         self.process = process
         self.parameterization = parameterization

@@ -14,7 +14,7 @@ from ._validation import check_count, check_points, check_rng, check_time_range
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _dsm_loss, sample_times
 from .optim import Adam, NonFiniteGradientError
 
-__all__ = ["fit", "History", "TrainingDivergedError"]
+__all__ = ["fit", "History", "TrainStep", "TrainingDivergedError"]
 
 
 class TrainingDivergedError(ValueError, FloatingPointError):
@@ -48,6 +48,53 @@ def _progress(steps, progress):
     except ImportError:  # tqdm is a dependency, but a progress bar is not worth failing for
         return None
     return tqdm(total=steps, desc="training", unit="step", leave=False)
+
+
+class TrainStep:
+    """One denoising score matching step with Adam, holding its buffers.
+
+    Calling it with a Generator draws batch indices (with replacement), times on
+    [t0, T] and noise, in that order, computes the loss and gradient
+    (sgm_ref.losses) and takes an optimiser step; it returns the loss. Nothing of
+    batch size is allocated per call.
+
+    Raises NonFiniteGradientError (args[0] "loss" or "gradient") before any
+    parameter changes if the loss or the gradient is not finite.
+    """
+
+    def __init__(self, model, data, batch_size, t0, T, optimizer, weighting="none",
+                 time_distribution="uniform"):
+        net = model.network
+        self.data = check_points(data, "data", d=net.d)
+        if self.data.dtype != net.dtype:
+            raise ValueError(f"data must have dtype {net.dtype.name} (the model's), got {self.data.dtype}")
+        self.batch_size = check_count(batch_size, "batch_size")
+        self.t0, self.T = check_time_range(t0, T, model.process)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+        if time_distribution not in TIME_DISTRIBUTIONS:
+            raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {time_distribution!r}")
+        if not isinstance(optimizer, Adam) or optimizer.params is not net.params:
+            raise ValueError("optimizer must be an sgm_ref.optim.Adam built on model.params (the same array)")
+        self.model, self.optimizer = model, optimizer
+        self.weighting, self.time_distribution = weighting, time_distribution
+        self.x0 = np.empty((self.batch_size, net.d), dtype=net.dtype)
+        self.z = np.empty((self.batch_size, net.d), dtype=net.dtype)
+        self.grad = np.empty(net.n_params, dtype=net.dtype)
+
+    def __call__(self, rng):
+        idx = rng.integers(0, self.data.shape[0], self.batch_size)
+        np.take(self.data, idx, axis=0, out=self.x0)
+        t = sample_times(self.batch_size, self.t0, self.T, rng, self.time_distribution)
+        rng.standard_normal(out=self.z, dtype=self.z.dtype)
+        loss, _ = _dsm_loss(self.model, self.x0, t, self.z, self.weighting, True, self.grad)
+        if not np.isfinite(loss):
+            raise NonFiniteGradientError("loss")
+        try:
+            self.optimizer.step(self.grad)  # checks the gradient before it changes anything
+        except NonFiniteGradientError:
+            raise NonFiniteGradientError("gradient") from None
+        return loss
 
 
 def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
@@ -99,51 +146,28 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         If the loss or the gradient is non-finite at some step; the message names the
         step, and the parameters are those before it.
     """
-    net = model.network
-    data = check_points(data, "data", d=net.d)
-    if data.dtype != net.dtype:
-        raise ValueError(f"data must have dtype {net.dtype.name} (the model's), got {data.dtype}")
     steps = check_count(steps, "steps")
-    batch_size = check_count(batch_size, "batch_size")
-    t0, T = check_time_range(t0, T, model.process)
     rng = check_rng(rng)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if time_distribution not in TIME_DISTRIBUTIONS:
-        raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {time_distribution!r}")
     if eval_every is not None:
         eval_every = check_count(eval_every, "eval_every")
         if evaluate is None:
             raise ValueError("eval_every needs evaluate, a callable model -> float")
     if optimizer is None:
-        optimizer = Adam(net.params, lr=lr)
-    elif optimizer.params is not net.params:
-        raise ValueError("optimizer must be built on model.params (the same array)")
+        optimizer = Adam(model.params, lr=lr)
     if not 0 <= start_step <= steps:
         raise ValueError(f"start_step must be in [0, steps], got {start_step}")
     history = History() if history is None else history
     history.optimizer = optimizer
 
-    n, d = data.shape
-    x0 = np.empty((batch_size, d), dtype=net.dtype)
-    z = np.empty((batch_size, d), dtype=net.dtype)
-    grad = np.empty(net.n_params, dtype=net.dtype)
+    train_step = TrainStep(model, data, batch_size, t0, T, optimizer, weighting, time_distribution)
     bar = _progress(steps - start_step, progress)
     try:
         for step in range(start_step + 1, steps + 1):
-            idx = rng.integers(0, n, batch_size)
-            np.take(data, idx, axis=0, out=x0)
-            t = sample_times(batch_size, t0, T, rng, time_distribution)
-            rng.standard_normal(out=z, dtype=net.dtype)
-            loss, _ = _dsm_loss(model, x0, t, z, weighting, True, grad)
             try:
-                if not np.isfinite(loss):
-                    raise NonFiniteGradientError("loss")
-                optimizer.step(grad)  # checks the gradient before it changes anything
-            except NonFiniteGradientError:
-                what = "loss" if not np.isfinite(loss) else "gradient"
+                loss = train_step(rng)
+            except NonFiniteGradientError as exc:
                 raise TrainingDivergedError(
-                    f"the {what} became non-finite at step {step}; the model keeps the parameters "
+                    f"the {exc.args[0]} became non-finite at step {step}; the model keeps the parameters "
                     f"of step {step - 1} (try a smaller lr, a larger t0, or weighting='sigma2')", step) from None
             history.loss.append(loss)
             if eval_every is not None and (step % eval_every == 0 or step == steps):

@@ -11,9 +11,9 @@ tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_points, check_rng
+from .._validation import check_count, check_float_dtype, check_points, check_real, check_rng
 from ..kernels.mixture import diagonal_mixture, full_mixture_responsibilities
-from ..processes import OU
+from ..processes import OU, check_process
 
 __all__ = ["GaussianMixture"]
 
@@ -26,8 +26,9 @@ def _as_float_array(value, name):
     arr = np.asarray(value)
     if arr.dtype.kind in "iub":
         arr = arr.astype(np.float64)
-    if arr.dtype.kind != "f":
-        raise ValueError(f"{name} must be an array of real numbers, got dtype {arr.dtype}")
+    if arr.dtype not in (np.float64, np.float32):
+        # longdouble would lose digits silently; complex and objects are not numbers here
+        raise ValueError(f"{name} must be an array of real numbers (float64, float32 or integer), got dtype {arr.dtype}")
     arr = arr.astype(np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
@@ -134,10 +135,8 @@ class GaussianMixture:
         The classic two-dimensional test target (default: 8 modes, radius 2, std 0.3).
         """
         k = check_count(k, "k")
-        if not (np.isfinite(radius) and radius > 0):
-            raise ValueError(f"radius must be finite and > 0, got {radius!r}")
-        if not (np.isfinite(std) and std > 0):
-            raise ValueError(f"std must be finite and > 0, got {std!r}")
+        radius = check_real(radius, "radius", low=0.0, low_open=True)
+        std = check_real(std, "std", low=0.0, low_open=True)
         angles = 2.0 * np.pi * np.arange(k) / k
         means = radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         return cls(np.full(k, 1.0 / k), means, np.full((k, 2), float(std) ** 2))
@@ -152,8 +151,7 @@ class GaussianMixture:
         """
         d = check_count(d, "d")
         k = check_count(k, "k")
-        if not (np.isfinite(radius) and radius >= 0):
-            raise ValueError(f"radius must be finite and >= 0, got {radius!r}")
+        radius = check_real(radius, "radius", low=0.0)
         if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
             rng = np.random.default_rng(rng)
         rng = check_rng(rng, "rng (a Generator or an int seed)")
@@ -181,7 +179,7 @@ class GaussianMixture:
         Means alpha_t mu_k, covariances alpha_t^2 Sigma_k + sigma_t^2 I; identity
         covariances stay the identity because alpha_t^2 + sigma_t^2 = 1.
         """
-        a, s2 = process._coefficients(t, 1)
+        a, s2 = check_process(process)._coefficients(t, 1)
         a, s2 = a[0], s2[0]
         if self.covariance_type == "identity":
             cov = None
@@ -294,7 +292,7 @@ class GaussianMixture:
     def _evaluate(self, x, t, process, want_score):
         x = check_points(x, "x", d=self.dim)
         n, d = x.shape
-        a, s2 = process._coefficients(t, n)
+        a, s2 = check_process(process)._coefficients(t, n)
         mu, lam, U_all, m_proj = self._params(x.dtype)
         logp = np.empty(n, dtype=x.dtype)
         score = np.empty((n, d), dtype=x.dtype) if want_score else None

@@ -1,0 +1,357 @@
+"""Finite-difference checks of gradients and vector-Jacobian products (usable on any code).
+
+Central differences: for a scalar f of theta in R^n and a direction u,
+
+    D_u f(theta) ~ (f(theta + eps u) - f(theta - eps u)) / (2 eps),
+
+with truncation error eps^2 / 6 * |D_u^3 f| and rounding error about
+ulp(|f|) / eps ~ 1e-16 |f| / eps, smallest near eps ~ 1e-5..1e-6 in float64. In float32
+the rounding term alone is ~1e-7 |f| / eps, which swamps any gradient bug worth
+finding, so theta must be float64.
+
+theta is perturbed in place, one coordinate (or direction) at a time, and restored bit
+for bit afterwards, also if f raises; so f may read the parameters through views of
+theta (a network's layer views) instead of its argument. f must not modify theta.
+
+Agreement of an analytic value a with a numerical value n is judged per entry like
+numpy.isclose, but symmetric:
+
+    |a - n| <= atol + rtol * max(|a|, |n|),
+
+and the relative error reported is |a - n| / max(|a|, |n|, atol): the atol floor keeps
+entries where both are (nearly) zero from dividing by zero.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import check_count, check_real, check_rng
+
+__all__ = ["GradcheckResult", "numerical_gradient", "check_gradient", "check_vjp"]
+
+
+@dataclass(frozen=True)
+class GradcheckResult:
+    """Outcome of check_gradient or check_vjp.
+
+    Attributes
+    ----------
+    passed : bool
+        Every entry satisfies |a - n| <= atol + rtol * max(|a|, |n|).
+    max_abs_error : float
+        max |a - n| over the compared entries.
+    max_rel_error : float
+        max |a - n| / max(|a|, |n|, atol).
+    worst : int
+        Index of the entry with the largest relative error (a coordinate, or the
+        number of the direction in directional mode).
+    analytic, numerical : ndarray, shape (n,) or (k,), float64
+        The compared values: gradient entries, or, for k directions, the analytic
+        directional derivatives grad . u~_j against their finite differences. u~_j =
+        ((theta + eps u_j) - (theta - eps u_j)) / (2 eps) is the direction actually
+        stepped along, u_j up to the rounding of theta +- eps u_j.
+    directions : ndarray of shape (k, n) or None
+        The unit directions u_j used (None when all coordinates were compared).
+    """
+
+    passed: bool
+    max_abs_error: float
+    max_rel_error: float
+    worst: int
+    analytic: np.ndarray = field(repr=False)
+    numerical: np.ndarray = field(repr=False)
+    directions: np.ndarray = field(default=None, repr=False)
+
+
+def _check_theta(theta):
+    if not isinstance(theta, np.ndarray):
+        raise ValueError(
+            "theta must be a numpy ndarray of dtype float64 (it is perturbed in place and "
+            f"restored), got {type(theta).__name__}"
+        )
+    if theta.dtype != np.float64:
+        raise ValueError(
+            f"theta must have dtype float64, got {theta.dtype}: finite differences in lower "
+            "precision have rounding errors (~1e-7 |f| / eps in float32) larger than the "
+            "errors they are meant to find; check a float64 copy of your code"
+        )
+    if theta.ndim != 1 or theta.size == 0:
+        raise ValueError(
+            f"theta must be a non-empty flat vector, shape (n,), got shape {theta.shape}"
+        )
+    if not theta.flags.writeable:
+        raise ValueError("theta must be writeable: it is perturbed in place and restored")
+    if not np.all(np.isfinite(theta)):
+        raise ValueError("theta contains non-finite values (NaN or inf)")
+    return theta
+
+
+def _check_tolerance(value, name, positive=False):
+    return check_real(value, name, low=0.0, low_open=positive)
+
+
+def _check_callable(f, name):
+    if not callable(f):
+        raise ValueError(f"{name} must be callable, got {type(f).__name__}")
+    return f
+
+
+def _evaluate(f, theta, what, shape=()):
+    """f(theta) as a float64 array of the given shape (() for a scalar); raise if it is not."""
+    out = np.asarray(f(theta))
+    right_shape = out.size == 1 if shape == () else out.shape == shape
+    if out.dtype.kind not in "iuf" or not right_shape:
+        expected = "a real scalar" if shape == () else f"a real array of shape {shape}"
+        raise ValueError(
+            f"f must return {expected}, got {out.dtype} of shape {out.shape} at {what}"
+        )
+    out = out.astype(np.float64).reshape(shape)
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"f returned a non-finite value at {what}")
+    return out
+
+
+def _as_vector(value, n, name):
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf" or arr.shape != (n,):
+        raise ValueError(
+            f"{name} must be a real array of shape ({n},) like theta, "
+            f"got {arr.dtype} of shape {arr.shape}"
+        )
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return arr
+
+
+def _coordinate_difference(f, theta, eps, i):
+    """(f(theta + eps e_i) - f(theta - eps e_i)) / (2 eps); theta restored bit for bit.
+
+    The divisor is the step actually taken, (theta_i + eps) - (theta_i - eps) in
+    floating point, which removes the error of rounding theta_i +- eps.
+    """
+    old = theta[i]
+    up, down = old + eps, old - eps
+    if up == down:
+        raise ValueError(
+            f"eps = {eps!r} is below the spacing of floats at theta[{i}] = {old!r}; "
+            "use a larger eps"
+        )
+    try:
+        theta[i] = up
+        f_up = _evaluate(f, theta, f"theta + eps e_{i}")
+        theta[i] = down
+        f_down = _evaluate(f, theta, f"theta - eps e_{i}")
+    finally:
+        theta[i] = old
+    return (f_up - f_down) / (up - down)
+
+
+def _directional_difference(f, theta, eps, u, shape=()):
+    """(f(theta + eps u) - f(theta - eps u)) / (2 eps) and the direction actually taken.
+
+    theta +- eps u is rounded entry by entry, so the difference quotient is the
+    derivative along ((theta + eps u) - (theta - eps u)) / (2 eps), not exactly u; the
+    caller compares against the analytic derivative along that vector. theta is
+    restored bit for bit.
+    """
+    old = theta.copy()
+    up, down = old + eps * u, old - eps * u
+    try:
+        theta[...] = up
+        f_up = _evaluate(f, theta, "theta + eps u", shape)
+        theta[...] = down
+        f_down = _evaluate(f, theta, "theta - eps u", shape)
+    finally:
+        theta[...] = old
+    return (f_up - f_down) / (2.0 * eps), (up - down) / (2.0 * eps)
+
+
+def numerical_gradient(f, theta, eps=1e-6):
+    """Central-difference gradient of a scalar function, one coordinate at a time.
+
+    grad_i ~ (f(theta + eps e_i) - f(theta - eps e_i)) / (2 eps), costing 2 n calls of f;
+    the divisor is the step actually taken, (theta_i + eps) - (theta_i - eps) in floating
+    point, rather than 2 eps.
+
+    Parameters
+    ----------
+    f : callable
+        f(theta) -> real scalar (a float, 0-d array or size-1 array). Any callable; it
+        may also read theta through views instead of its argument.
+    theta : ndarray, shape (n,), float64
+        Point of evaluation; perturbed in place and restored bit for bit.
+    eps : float, default 1e-6
+        Step, > 0. The error is about eps^2 |f'''| / 6 + 1e-16 |f| / eps.
+
+    Returns
+    -------
+    ndarray, shape (n,), float64
+
+    Raises
+    ------
+    ValueError
+        If theta is not a writeable 1-D float64 ndarray with finite entries, eps is not
+        > 0, or f returns something other than a finite real scalar.
+    """
+    f = _check_callable(f, "f")
+    theta = _check_theta(theta)
+    eps = _check_tolerance(eps, "eps", positive=True)
+    out = np.empty(theta.shape[0])
+    for i in range(theta.shape[0]):
+        out[i] = _coordinate_difference(f, theta, eps, i)
+    return out
+
+
+def _compare(analytic, numerical, rtol, atol, directions=None):
+    abs_err = np.abs(analytic - numerical)
+    scale = np.maximum(np.abs(analytic), np.abs(numerical))
+    floor = np.maximum(scale, atol)
+    # floor is 0 only where both values are exactly 0 (with atol = 0): agreement
+    rel_err = np.divide(abs_err, floor, out=np.zeros_like(abs_err), where=floor > 0)
+    worst = int(np.argmax(rel_err))
+    return GradcheckResult(
+        passed=bool(np.all(abs_err <= atol + rtol * scale)),
+        max_abs_error=float(abs_err.max()),
+        max_rel_error=float(rel_err[worst]),
+        worst=worst,
+        analytic=analytic,
+        numerical=numerical,
+        directions=directions,
+    )
+
+
+def _unit_directions(rng, k, n):
+    u = rng.standard_normal((k, n))
+    return u / np.linalg.norm(u, axis=1, keepdims=True)
+
+
+def check_gradient(f, grad, theta, eps=1e-6, rtol=1e-6, atol=1e-8, directions=None, rng=None):
+    """Compare an analytic gradient of a scalar function with central differences.
+
+    Full mode (directions None) compares every coordinate: grad_i against
+    (f(theta + eps e_i) - f(theta - eps e_i)) / (2 eps), 2 n calls of f. Directional
+    mode (directions = k) compares k directional derivatives along random unit vectors
+    u_j, grad . u_j against (f(theta + eps u_j) - f(theta - eps u_j)) / (2 eps), 2 k
+    calls of f whatever n is. An error e in the gradient shows as e . u_j, of size
+    about |e| / sqrt(n) against |grad| / sqrt(n) for the derivative itself, so
+    directional mode finds an error relative to |grad| as a whole, not one tiny entry
+    of a large vector.
+
+    Parameters
+    ----------
+    f : callable
+        f(theta) -> real scalar.
+    grad : ndarray of shape (n,) or callable
+        The analytic gradient at theta, or a function theta -> gradient (called once,
+        at theta, before any perturbation). Any real dtype; compared in float64.
+    theta : ndarray, shape (n,), float64
+        Perturbed in place and restored bit for bit.
+    eps : float, default 1e-6
+        Finite-difference step, > 0.
+    rtol, atol : float, default 1e-6, 1e-8
+        An entry passes if |a - n| <= atol + rtol * max(|a|, |n|). The rounding error of
+        the differences is about 1e-16 |f| / eps, so for large |f| raise atol.
+    directions : int or None
+        Number k >= 1 of random directions; None compares all coordinates.
+    rng : numpy.random.Generator
+        Draws the directions; required with directions, unused without.
+
+    Returns
+    -------
+    GradcheckResult
+
+    Raises
+    ------
+    ValueError
+        For a bad theta, eps, rtol, atol or directions, a gradient of the wrong shape or
+        with non-finite entries, a missing rng in directional mode, or f not returning a
+        finite real scalar.
+    """
+    f = _check_callable(f, "f")
+    theta = _check_theta(theta)
+    n = theta.shape[0]
+    eps = _check_tolerance(eps, "eps", positive=True)
+    rtol = _check_tolerance(rtol, "rtol")
+    atol = _check_tolerance(atol, "atol")
+    if directions is not None:
+        k = check_count(directions, "directions")
+        if rng is None:
+            raise ValueError("rng (a numpy.random.Generator) is required when directions is set")
+        rng = check_rng(rng)
+    analytic = _as_vector(grad(theta) if callable(grad) else grad, n, "grad")
+    if directions is None:
+        return _compare(analytic, numerical_gradient(f, theta, eps), rtol, atol)
+    u = _unit_directions(rng, k, n)
+    analytic_dir = np.empty(k)
+    numerical = np.empty(k)
+    for j in range(k):
+        numerical[j], taken = _directional_difference(f, theta, eps, u[j])
+        analytic_dir[j] = analytic @ taken
+    return _compare(analytic_dir, numerical, rtol, atol, directions=u)
+
+
+def check_vjp(f, vjp, theta, rng, directions=3, eps=1e-6, rtol=1e-6, atol=1e-8):
+    """Check a vector-Jacobian product of a vector-valued f against central differences.
+
+    For f: R^n -> R^m with Jacobian J at theta, random unit vectors w_j in R^m and
+    u_j in R^n are drawn and
+
+        w_j . (J u_j)  ~  w_j . (f(theta + eps u_j) - f(theta - eps u_j)) / (2 eps)
+
+    is compared with vjp(theta, w_j) . u_j = (J^T w_j) . u_j.
+
+    Parameters
+    ----------
+    f : callable
+        f(theta) -> real array of shape (m,) (or any fixed shape; it is flattened).
+    vjp : callable
+        vjp(theta, w) -> J^T w, shape (n,), for w of the shape of f(theta).
+    theta : ndarray, shape (n,), float64
+        Perturbed in place and restored bit for bit.
+    rng : numpy.random.Generator
+        Draws the vectors w_j and u_j.
+    directions : int, default 3
+        Number of pairs (w_j, u_j).
+    eps, rtol, atol : float
+        As in check_gradient.
+
+    Returns
+    -------
+    GradcheckResult
+        analytic[j] = vjp(theta, w_j) . u_j, numerical[j] its finite difference;
+        directions holds the u_j.
+
+    Raises
+    ------
+    ValueError
+        As check_gradient; also if f's output changes shape or vjp returns a wrong shape.
+    """
+    f = _check_callable(f, "f")
+    vjp = _check_callable(vjp, "vjp")
+    theta = _check_theta(theta)
+    n = theta.shape[0]
+    eps = _check_tolerance(eps, "eps", positive=True)
+    rtol = _check_tolerance(rtol, "rtol")
+    atol = _check_tolerance(atol, "atol")
+    k = check_count(directions, "directions")
+    rng = check_rng(rng)
+    out = np.asarray(f(theta))
+    if out.dtype.kind not in "iuf" or out.size == 0:
+        raise ValueError(
+            f"f must return a non-empty real array, got {out.dtype} of shape {out.shape}"
+        )
+    shape = out.shape
+    w = _unit_directions(rng, k, out.size).reshape((k,) + shape)
+    u = _unit_directions(rng, k, n)
+    analytic = np.empty(k)
+    numerical = np.empty(k)
+    for j in range(k):
+        # J^T w_j first, at the unperturbed theta
+        jtw = _as_vector(vjp(theta, w[j]), n, "vjp(theta, w)")
+        difference, taken = _directional_difference(f, theta, eps, u[j], shape)
+        numerical[j] = np.sum(w[j] * difference)
+        analytic[j] = jtw @ taken
+    return _compare(analytic, numerical, rtol, atol, directions=u)

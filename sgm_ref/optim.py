@@ -1,0 +1,345 @@
+"""Adam with optional gradient clipping and a parameter EMA, over one flat vector.
+
+For a gradient g at step k = 1, 2, ... (Kingma & Ba 2015, Algorithm 1):
+
+    g     <- g * min(1, clip_norm / (||g||_2 + 1e-6))      if clip_norm is set
+    g     <- g + weight_decay * p                           (coupled L2, as torch.optim.Adam)
+    m     <- b1 m + (1 - b1) g,    v <- b2 v + (1 - b2) g^2
+    p     <- p - lr / (1 - b1^k) * m / (sqrt(v) / sqrt(1 - b2^k) + eps)
+    ema   <- d ema + (1 - d) p                              if ema_decay = d is set
+
+The update is written in the arithmetic form of torch.optim.Adam's single-tensor
+(non-capturable) path, and the clipping as torch.nn.utils.clip_grad_norm_, so that a
+trajectory matches PyTorch's to ~1e-12 in float64. The network keeps per-layer views
+into the flat parameter vector, so it is updated in place and never replaced. The work
+is done by the fused kernel sgm_ref.kernels.adam.adam_update.
+"""
+
+import math
+
+import numpy as np
+
+from ._validation import FLOAT_DTYPES, check_real
+from .kernels.adam import adam_update, sum_of_squares
+
+__all__ = ["Adam", "NonFiniteGradientError"]
+
+# torch.nn.utils.clip_grad_norm_ adds this to the norm so that a zero gradient
+# does not divide by zero; copied so that clipped trajectories match PyTorch's.
+_CLIP_FLOOR = 1e-6
+
+_ARRAY_KEYS = ("params", "m", "v")
+
+
+class NonFiniteGradientError(ValueError, FloatingPointError):
+    """A gradient with a NaN or inf entry was passed to Adam.step.
+
+    Both a ValueError (bad input, as everywhere in sgm_ref) and a FloatingPointError
+    (numerical divergence), so a training loop may catch either.
+    """
+
+
+def _positive(value, name):
+    return check_real(value, name, low=0.0, low_open=True)
+
+
+def _unit_interval(value, name):
+    """value as a float in [0, 1), else raise."""
+    return check_real(value, name, low=0.0, high=1.0, high_open=True)
+
+
+def _betas(betas):
+    if isinstance(betas, (str, bytes)) or not hasattr(betas, "__len__") or len(betas) != 2:
+        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+    return (
+        _unit_interval(betas[0], "betas[0] (beta1)"),
+        _unit_interval(betas[1], "betas[1] (beta2)"),
+    )
+
+
+def _nonnegative(value, name):
+    return check_real(value, name, low=0.0)
+
+
+class Adam:
+    """Adam over a flat parameter vector, updated in place.
+
+    Parameters
+    ----------
+    params : ndarray, shape (n,), float64 or float32, C-contiguous and writeable
+        The parameter vector itself, not a copy: every step writes into this array
+        (views of it, such as a network's per-layer weights, see the new values).
+        It is never replaced, cast or copied, so anything else is rejected.
+    lr : float, default 1e-3
+        Learning rate, finite and > 0. May be changed between steps (schedules).
+    betas : (float, float), default (0.9, 0.999)
+        Decay rates (b1, b2) of the first and second moment averages, each in [0, 1).
+    eps : float, default 1e-8
+        Added to the bias-corrected sqrt(v); > 0.
+    weight_decay : float, default 0.0
+        Coupled L2 penalty (g <- g + weight_decay * p, as torch.optim.Adam, not AdamW); >= 0.
+    clip_norm : float or None, default None
+        If set (> 0), the gradient is scaled by min(1, clip_norm / (||g||_2 + 1e-6))
+        before anything else, as torch.nn.utils.clip_grad_norm_.
+    ema_decay : float or None, default None
+        If set (in [0, 1)), keep ema <- ema_decay * ema + (1 - ema_decay) * p after
+        every step, starting from a copy of params at construction.
+
+    Attributes
+    ----------
+    params : ndarray, shape (n,)
+        The array passed in (same object).
+    m, v : ndarray, shape (n,), dtype of params
+        First and second moment averages (zeros before the first step).
+    ema : ndarray of shape (n,), dtype of params, or None
+        The exponential moving average of the parameters (None without ema_decay).
+    step_count : int
+        Number of steps taken (k of the last step).
+
+    Notes
+    -----
+    float32 parameters keep float32 m, v and ema; each element is worked in float64
+    inside the kernel and rounded once when stored (so results can differ from
+    PyTorch's float32 arithmetic in the last float32 bits). Work is done by
+    sgm_ref.kernels.adam.
+
+    Raises
+    ------
+    ValueError
+        If params is not a 1-D C-contiguous writeable float64/float32 ndarray with
+        finite entries, or a hyperparameter is out of range (the message names it).
+
+    References
+    ----------
+    Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015.
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 clip_norm=None, ema_decay=None):
+        self.params = self._check_params(params)
+        self.lr = lr
+        self.betas = _betas(betas)
+        self.eps = _positive(eps, "eps")
+        self.weight_decay = _nonnegative(weight_decay, "weight_decay")
+        self.clip_norm = None if clip_norm is None else _positive(clip_norm, "clip_norm")
+        self.ema_decay = None if ema_decay is None else _unit_interval(ema_decay, "ema_decay")
+        self.m = np.zeros_like(self.params)
+        self.v = np.zeros_like(self.params)
+        self.ema = None if self.ema_decay is None else self.params.copy()
+        self.step_count = 0
+
+    @staticmethod
+    def _check_params(params):
+        if not isinstance(params, np.ndarray):
+            raise ValueError(
+                "params must be the numpy ndarray to update in place (it is not copied), "
+                f"got {type(params).__name__}"
+            )
+        if params.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"params must have dtype float64 or float32, got {params.dtype}")
+        if params.ndim != 1 or params.size == 0:
+            raise ValueError(
+                f"params must be a non-empty flat vector, shape (n,), got shape {params.shape}"
+            )
+        if not params.flags.c_contiguous:
+            raise ValueError(
+                "params must be C-contiguous: it is updated in place, so a strided view "
+                "cannot be copied behind your back; pass the flat parameter array itself"
+            )
+        if not params.flags.writeable:
+            raise ValueError("params must be writeable: it is updated in place")
+        if not np.all(np.isfinite(params)):
+            raise ValueError("params contains non-finite values (NaN or inf)")
+        return params
+
+    @property
+    def lr(self):
+        """Learning rate (finite, > 0); validated when set."""
+        return self._lr
+
+    @lr.setter
+    def lr(self, value):
+        self._lr = _positive(value, "lr")
+
+    def __repr__(self):
+        return (
+            f"Adam(n={self.params.size}, dtype={self.params.dtype}, lr={self.lr!r}, "
+            f"betas={self.betas!r}, eps={self.eps!r}, weight_decay={self.weight_decay!r}, "
+            f"clip_norm={self.clip_norm!r}, ema_decay={self.ema_decay!r}, "
+            f"step_count={self.step_count})"
+        )
+
+    def _check_grad(self, grad):
+        grad = np.asarray(grad)
+        if grad.shape != self.params.shape:
+            raise ValueError(
+                f"grad must have shape {self.params.shape} like params, got {grad.shape}"
+            )
+        if grad.dtype != self.params.dtype:
+            raise ValueError(
+                f"grad must have the dtype of params ({self.params.dtype}), got {grad.dtype}; "
+                "it is not cast for you"
+            )
+        return np.ascontiguousarray(grad)
+
+    def _grad_norm(self, grad):
+        """||grad||_2 as a float; raises NonFiniteGradientError for NaN or inf entries."""
+        # overflow of the squares is handled below (and only warns without the JIT)
+        with np.errstate(over="ignore"):
+            norm = math.sqrt(sum_of_squares(grad))
+        if math.isfinite(norm):
+            return norm
+        bad = ~np.isfinite(grad)
+        if np.any(bad):
+            raise NonFiniteGradientError(
+                f"grad contains {int(np.count_nonzero(bad))} non-finite value(s) (NaN or inf), "
+                f"first at index {int(np.argmax(bad))}; params, m, v and the step count "
+                "were left unchanged (the last finite parameters)"
+            )
+        # Finite entries whose squares overflow: rescale by the largest magnitude.
+        top = float(np.max(np.abs(grad)))
+        return top * math.sqrt(sum_of_squares(grad / top))
+
+    def step(self, grad):
+        """Apply one Adam update to params in place.
+
+        Parameters
+        ----------
+        grad : ndarray, shape (n,), dtype of params
+            Gradient of the loss at params; not modified.
+
+        Returns
+        -------
+        float
+            ||grad||_2 before clipping (accumulated in float64).
+
+        Raises
+        ------
+        NonFiniteGradientError
+            (a ValueError and a FloatingPointError) if grad has a NaN or inf entry.
+            Nothing has been changed then: params, m, v, ema and step_count keep the
+            values of the last finite step.
+        ValueError
+            If grad has the wrong shape or dtype.
+        """
+        grad = self._check_grad(grad)
+        norm = self._grad_norm(grad)
+        scale = 1.0
+        if self.clip_norm is not None:
+            scale = min(1.0, self.clip_norm / (norm + _CLIP_FLOOR))
+        k = self.step_count + 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1.0 - beta1**k)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**k)
+        want_ema = self.ema is not None
+        ema = self.ema if want_ema else self.m  # placeholder the kernel does not touch
+        adam_update(
+            self.params, grad, self.m, self.v, ema, scale, self.weight_decay, beta1, beta2,
+            step_size, bias_correction2_sqrt, self.eps,
+            0.0 if self.ema_decay is None else self.ema_decay, want_ema,
+        )
+        self.step_count = k
+        return norm
+
+    # -- checkpoints -------------------------------------------------------------------
+    def state_dict(self):
+        """Everything needed to continue bit for bit, as arrays and numbers.
+
+        Returns
+        -------
+        dict
+            "params", "m", "v" (copies, shape (n,), dtype of params), "step_count" (int),
+            "lr", "beta1", "beta2", "eps", "weight_decay" (floats), and, only when
+            enabled, "clip_norm" (float), "ema_decay" (float) and "ema" (a copy). No
+            None values, so numpy.savez(path, **state) stores it as it is.
+        """
+        state = {
+            "params": self.params.copy(),
+            "m": self.m.copy(),
+            "v": self.v.copy(),
+            "step_count": int(self.step_count),
+            "lr": self.lr,
+            "beta1": self.betas[0],
+            "beta2": self.betas[1],
+            "eps": self.eps,
+            "weight_decay": self.weight_decay,
+        }
+        if self.clip_norm is not None:
+            state["clip_norm"] = self.clip_norm
+        if self.ema_decay is not None:
+            state["ema_decay"] = self.ema_decay
+            state["ema"] = self.ema.copy()
+        return state
+
+    def load_state_dict(self, state):
+        """Restore a state_dict exactly; params is overwritten in place.
+
+        The hyperparameters, the step count, m, v and the EMA are taken from state
+        (as torch.optim.Optimizer.load_state_dict does), so the next steps give the same
+        bits as they would have in the optimiser that saved it. Numbers may be 0-d arrays
+        (as numpy.load returns them). Everything is validated before anything changes.
+
+        Raises
+        ------
+        ValueError
+            If a key is missing or unknown, an array's shape or dtype differs from
+            params, an entry is non-finite, v is negative, or a number is out of range.
+        """
+        # Everything is checked before anything changes, so a bad state leaves the
+        # optimiser as it was.
+        if not isinstance(state, dict) and not hasattr(state, "keys"):
+            raise ValueError(
+                f"state must be a dict from Adam.state_dict, got {type(state).__name__}"
+            )
+        required = {"params", "m", "v", "step_count", "lr", "beta1", "beta2", "eps", "weight_decay"}
+        optional = {"clip_norm", "ema_decay", "ema"}
+        keys = set(state.keys())
+        if required - keys:
+            raise ValueError(f"state is missing key(s) {sorted(required - keys)}")
+        if keys - required - optional:
+            raise ValueError(f"state has unknown key(s) {sorted(keys - required - optional)}")
+        if ("ema" in keys) != ("ema_decay" in keys):
+            raise ValueError("state must have both 'ema' and 'ema_decay' or neither")
+
+        arrays = {}
+        for key in _ARRAY_KEYS + (("ema",) if "ema" in keys else ()):
+            arr = np.asarray(state[key])
+            if arr.shape != self.params.shape or arr.dtype != self.params.dtype:
+                raise ValueError(
+                    f"state['{key}'] must have shape {self.params.shape} and dtype "
+                    f"{self.params.dtype} like params, got shape {arr.shape}, dtype {arr.dtype}"
+                )
+            if not np.all(np.isfinite(arr)):
+                raise ValueError(f"state['{key}'] contains non-finite values (NaN or inf)")
+            arrays[key] = arr
+        if np.any(arrays["v"] < 0):
+            raise ValueError("state['v'] must be >= 0 (an average of squares)")
+        step_count = state["step_count"]
+        if isinstance(step_count, np.ndarray) and step_count.ndim == 0:
+            step_count = step_count[()]
+        is_bool = isinstance(step_count, (bool, np.bool_))
+        if is_bool or not isinstance(step_count, (int, np.integer)) or step_count < 0:
+            raise ValueError(f"state['step_count'] must be an integer >= 0, got {step_count!r}")
+        lr = _positive(state["lr"], "state['lr']")
+        betas = (_unit_interval(state["beta1"], "state['beta1']"),
+                 _unit_interval(state["beta2"], "state['beta2']"))
+        eps = _positive(state["eps"], "state['eps']")
+        weight_decay = _nonnegative(state["weight_decay"], "state['weight_decay']")
+        clip_norm = None
+        if "clip_norm" in keys:
+            clip_norm = _positive(state["clip_norm"], "state['clip_norm']")
+        ema_decay = None
+        if "ema_decay" in keys:
+            ema_decay = _unit_interval(state["ema_decay"], "state['ema_decay']")
+
+        self.params[...] = arrays["params"]
+        self.m[...] = arrays["m"]
+        self.v[...] = arrays["v"]
+        self.ema = None if ema_decay is None else arrays["ema"].copy()
+        self.step_count = int(step_count)
+        self.lr = lr
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.clip_norm = clip_norm
+        self.ema_decay = ema_decay
