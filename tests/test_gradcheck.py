@@ -1,0 +1,349 @@
+"""Finite-difference checks (sgm_ref.gradcheck) on functions with known gradients.
+
+Central differences with eps = 1e-6 have truncation error ~1e-12 |f'''| and rounding
+error ~1e-16 |f| / eps ~ 1e-10 |f| on these functions, so the tolerances below (1e-8)
+sit well above the method's error and far below any real mistake.
+"""
+
+import numpy as np
+import pytest
+
+from sgm_ref.gradcheck import GradcheckResult, check_gradient, check_vjp, numerical_gradient
+
+# -- functions with known gradients -------------------------------------------------------
+
+
+def make_quadratic(n=6, seed=0):
+    rng = np.random.default_rng(seed)
+    B = rng.standard_normal((n, n))
+    A = B @ B.T + n * np.eye(n)
+    b = rng.standard_normal(n)
+    return (lambda x: 0.5 * x @ A @ x + b @ x), (lambda x: A @ x + b)
+
+
+def exp_log(x):
+    return np.sum(np.exp(x)) + np.sum(np.log1p(x**2))
+
+
+def exp_log_grad(x):
+    return np.exp(x) + 2 * x / (1 + x**2)
+
+
+def make_composition(n=5, m=4, seed=1):
+    """log-sum-exp of tanh(W x + c): gradient W^T ((1 - tanh^2) * softmax)."""
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((m, n))
+    c = rng.standard_normal(m)
+
+    def f(x):
+        h = np.tanh(W @ x + c)
+        return np.log(np.sum(np.exp(h)))
+
+    def grad(x):
+        h = np.tanh(W @ x + c)
+        softmax = np.exp(h) / np.sum(np.exp(h))
+        return W.T @ ((1 - h**2) * softmax)
+
+    return f, grad
+
+
+def theta0(n, seed=2):
+    return np.random.default_rng(seed).uniform(-1, 1, n)
+
+
+CASES = {
+    "quadratic": (*make_quadratic(), 6),
+    "exp_log": (exp_log, exp_log_grad, 5),
+    "composition": (*make_composition(), 5),
+}
+
+
+# -- numerical_gradient -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_numerical_gradient_matches_known_gradient(name):
+    f, grad, n = CASES[name]
+    theta = theta0(n)
+    np.testing.assert_allclose(numerical_gradient(f, theta), grad(theta), rtol=1e-8, atol=1e-9)
+
+
+def test_numerical_gradient_of_quadratic_is_exact_up_to_rounding():
+    # central differences are exact for quadratics: only rounding (~1e-16 |f| / eps) remains
+    f, grad = make_quadratic()
+    theta = theta0(6)
+    err = np.abs(numerical_gradient(f, theta, eps=1e-3) - grad(theta))
+    assert err.max() < 1e-11
+
+
+def test_numerical_gradient_error_is_second_order_in_eps():
+    # truncation error eps^2 / 6 f''' for f = exp: 10x smaller eps -> ~100x smaller error
+    f = lambda x: np.sum(np.exp(x))  # noqa: E731
+    theta = np.array([0.5])
+    e1 = abs(numerical_gradient(f, theta, eps=1e-2)[0] - np.exp(0.5))
+    e2 = abs(numerical_gradient(f, theta, eps=1e-3)[0] - np.exp(0.5))
+    assert e1 == pytest.approx(1e-4 / 6 * np.exp(0.5), rel=1e-3)
+    assert 90 < e1 / e2 < 110
+
+
+def test_numerical_gradient_restores_theta_bit_for_bit():
+    f, _, n = CASES["composition"]
+    theta = theta0(n) * 1e3 + 0.1  # large entries, where theta_i + eps - eps != theta_i
+    before = theta.copy()
+    numerical_gradient(f, theta, eps=1e-5)
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_numerical_gradient_restores_theta_when_f_raises():
+    theta = theta0(4)
+    before = theta.copy()
+    calls = []
+
+    def f(x):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("boom")
+        return np.sum(x)
+
+    with pytest.raises(RuntimeError):
+        numerical_gradient(f, theta)
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_f_may_read_theta_through_a_view():
+    # as a network does with its per-layer views of the flat parameter vector
+    theta = theta0(6)
+    layer = theta[2:5]
+    f = lambda _: np.sum(layer**3)  # noqa: E731
+    expected = np.zeros(6)
+    expected[2:5] = 3 * theta[2:5] ** 2
+    np.testing.assert_allclose(numerical_gradient(f, theta), expected, rtol=1e-8, atol=1e-9)
+
+
+# -- check_gradient ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("as_callable", [True, False], ids=["callable", "array"])
+def test_check_gradient_passes_for_correct_gradient(name, as_callable):
+    f, grad, n = CASES[name]
+    theta = theta0(n)
+    before = theta.copy()
+    result = check_gradient(f, grad if as_callable else grad(theta), theta)
+    assert isinstance(result, GradcheckResult)
+    assert result.passed
+    assert result.max_rel_error < 1e-8 and result.max_abs_error < 1e-8
+    np.testing.assert_array_equal(result.analytic, grad(theta))
+    assert result.numerical.shape == (n,) and result.directions is None
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_check_gradient_fails_for_dropped_chain_rule_factor():
+    # a classic bug: d/dx log(1 + x^2) written as x / (1 + x^2)
+    theta = theta0(5)
+    wrong = lambda x: np.exp(x) + x / (1 + x**2)  # noqa: E731
+    result = check_gradient(exp_log, wrong, theta)
+    assert not result.passed
+    error = np.abs(theta / (1 + theta**2))
+    rel = error / np.maximum(np.abs(wrong(theta)), np.abs(exp_log_grad(theta)))
+    assert result.worst == np.argmax(rel)
+    assert result.max_rel_error == pytest.approx(rel.max(), rel=1e-6)
+    assert result.max_abs_error == pytest.approx(error.max(), rel=1e-6)
+
+
+def test_check_gradient_finds_one_slightly_wrong_coordinate():
+    f, grad, n = CASES["exp_log"]
+    theta = theta0(n)
+    wrong = grad(theta)
+    wrong[3] *= 1 + 1e-5
+    result = check_gradient(f, wrong, theta)
+    assert not result.passed
+    assert result.worst == 3
+    assert result.max_rel_error == pytest.approx(1e-5, rel=1e-2)
+
+
+def test_relative_error_definition():
+    # |a - n| / max(|a|, |n|, atol), and agreement where both are exactly zero
+    f = lambda x: 2.0 * x[0] + 0.0 * x[1]  # noqa: E731
+    theta = np.array([0.3, 0.7])
+    result = check_gradient(f, np.array([2.2, 0.0]), theta, atol=0.0)
+    assert result.max_rel_error == pytest.approx(0.2 / 2.2, rel=1e-8)
+    assert result.worst == 0
+    assert result.max_abs_error == pytest.approx(0.2, rel=1e-8)
+    assert not result.passed
+
+
+def test_tolerances_decide_pass():
+    f, grad, n = CASES["exp_log"]
+    theta = theta0(n)
+    wrong = grad(theta) * (1 + 1e-5)
+    assert not check_gradient(f, wrong, theta, rtol=1e-6).passed
+    assert check_gradient(f, wrong, theta, rtol=1e-4).passed
+
+
+# -- directional mode -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_directional_check_passes_for_correct_gradient(name):
+    f, grad, n = CASES[name]
+    theta = theta0(n)
+    before = theta.copy()
+    result = check_gradient(f, grad, theta, directions=4, rng=np.random.default_rng(3))
+    assert result.passed and result.max_rel_error < 1e-8
+    assert result.directions.shape == (4, n)
+    np.testing.assert_allclose(np.linalg.norm(result.directions, axis=1), 1.0, rtol=1e-15)
+    # the step actually taken differs from eps u by the rounding of theta +- eps u
+    np.testing.assert_allclose(
+        result.analytic, result.directions @ grad(theta), rtol=0, atol=1e-9 * np.linalg.norm(grad(theta))
+    )
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_directional_check_fails_for_wrong_gradient():
+    f, grad = make_quadratic(n=200)
+    theta = theta0(200)
+    wrong = grad(theta)
+    wrong[17] += 1.0
+    result = check_gradient(f, wrong, theta, directions=3, rng=np.random.default_rng(4))
+    assert not result.passed
+    assert result.max_abs_error > 1e-3
+
+
+def test_directional_check_is_reproducible_from_the_seed():
+    f, grad, n = CASES["composition"]
+    a = check_gradient(f, grad, theta0(n), directions=2, rng=np.random.default_rng(5))
+    b = check_gradient(f, grad, theta0(n), directions=2, rng=np.random.default_rng(5))
+    assert a.directions.tobytes() == b.directions.tobytes()
+    assert a.numerical.tobytes() == b.numerical.tobytes()
+
+
+def test_directional_check_restores_theta_when_f_raises():
+    theta = theta0(5)
+    before = theta.copy()
+
+    def f(x):
+        if not np.array_equal(x, before):
+            raise RuntimeError("boom")
+        return 0.0
+
+    with pytest.raises(RuntimeError):
+        check_gradient(f, np.zeros(5), theta, directions=1, rng=np.random.default_rng(0))
+    assert theta.tobytes() == before.tobytes()
+
+
+# -- vector-Jacobian products -------------------------------------------------------------------------
+
+
+def make_vector_function(n=4, m=3, seed=6):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((m, n))
+
+    def f(x):
+        return np.sin(W @ x) * np.sum(x**2)
+
+    def jacobian(x):
+        s = np.sum(x**2)
+        return np.cos(W @ x)[:, None] * W * s + np.sin(W @ x)[:, None] * 2 * x[None, :]
+
+    return f, jacobian, W
+
+
+def test_check_vjp_passes_for_correct_vjp():
+    f, jacobian, _ = make_vector_function()
+    theta = theta0(4)
+    before = theta.copy()
+    result = check_vjp(f, lambda x, w: jacobian(x).T @ w, theta, np.random.default_rng(7), directions=5)
+    assert result.passed and result.max_rel_error < 1e-8
+    assert theta.tobytes() == before.tobytes()
+
+
+def test_check_vjp_fails_for_wrong_vjp():
+    f, _, W = make_vector_function()
+    theta = theta0(4)
+
+    def wrong(x, w):
+        # the product rule's second term, sin(W x) 2 x^T, forgotten
+        return (np.cos(W @ x)[:, None] * W * np.sum(x**2)).T @ w
+
+    result = check_vjp(f, wrong, theta, np.random.default_rng(7), directions=5)
+    assert not result.passed
+    assert result.max_rel_error > 1e-2
+
+
+# -- bad input ---------------------------------------------------------------------------------------
+
+
+def quadratic(x):
+    return float(x @ x)
+
+
+@pytest.mark.parametrize(
+    "theta",
+    [
+        np.zeros(3, dtype=np.float32),
+        [0.0, 1.0],
+        np.zeros((2, 2)),
+        np.zeros(0),
+        np.array([0.0, np.nan]),
+        np.arange(3),
+    ],
+    ids=["float32", "list", "2d", "empty", "nan", "int"],
+)
+def test_bad_theta_raises(theta):
+    with pytest.raises(ValueError, match="theta"):
+        numerical_gradient(quadratic, theta)
+    with pytest.raises(ValueError, match="theta"):
+        check_gradient(quadratic, np.zeros(3), theta)
+
+
+def test_float32_theta_message_says_why():
+    with pytest.raises(ValueError, match="float64.*rounding"):
+        numerical_gradient(quadratic, np.zeros(3, dtype=np.float32))
+
+
+@pytest.mark.parametrize("eps", [0.0, -1e-6, np.nan, np.inf, "1e-6"])
+def test_bad_eps_raises(eps):
+    with pytest.raises(ValueError, match="eps"):
+        numerical_gradient(quadratic, np.zeros(3), eps=eps)
+
+
+def test_eps_below_float_spacing_raises():
+    with pytest.raises(ValueError, match="eps"):
+        numerical_gradient(quadratic, np.array([1e12]), eps=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"rtol": -1.0}, "rtol"),
+    ({"atol": -1.0}, "atol"),
+    ({"atol": np.nan}, "atol"),
+    ({"directions": 0, "rng": np.random.default_rng(0)}, "directions"),
+    ({"directions": 2.5, "rng": np.random.default_rng(0)}, "directions"),
+    ({"directions": 2}, "rng"),
+    ({"directions": 2, "rng": 0}, "rng"),
+])
+def test_bad_check_arguments_raise(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        check_gradient(quadratic, np.zeros(3), np.zeros(3), **kwargs)
+
+
+@pytest.mark.parametrize("grad", [np.zeros(4), np.zeros((3, 1)), np.array([0.0, np.inf, 0.0]), lambda x: x[:2]])
+def test_bad_grad_raises(grad):
+    with pytest.raises(ValueError, match="grad"):
+        check_gradient(quadratic, grad, np.zeros(3))
+
+
+@pytest.mark.parametrize("f", [lambda x: x, lambda x: "a", lambda x: np.nan, 3.0])
+def test_bad_f_raises(f):
+    with pytest.raises(ValueError, match="f"):
+        numerical_gradient(f, np.zeros(3))
+
+
+def test_bad_vjp_raises():
+    f, jacobian, _ = make_vector_function()
+    with pytest.raises(ValueError, match="vjp"):
+        check_vjp(f, lambda x, w: jacobian(x) @ x, theta0(4), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="vjp"):
+        check_vjp(f, None, theta0(4), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="rng"):
+        check_vjp(f, lambda x, w: jacobian(x).T @ w, theta0(4), None)
