@@ -88,7 +88,7 @@ def _dsm_loss(model, x0, t, z, weighting, grad, grad_params):
     ws = net._workspace(n)
     H0 = ws.H[0]
     perturb_into(x0, z, a, sigma, H0)
-    net.embedding(t, H0[:, net.d:])
+    net.embedding(t, H0[:, net.d:-1])
     net._tape = ws
     out = net._run(ws, tape=grad)
     row_loss = np.empty(n)

@@ -11,18 +11,19 @@ wd the weight decay, k the step number and d the EMA decay,
     ema_i = d ema_i + (1 - d) p_i
 
 which is the arithmetic of torch.optim.Adam's non-capturable path; the caller computes
-the per-step scalars (c, step_size, sqrt(1 - b2^k)) once. Coordinates are independent,
-so the parallel loop gives the same bits for any thread count. Every element is worked
+the per-step scalars (c, step_size, sqrt(1 - b2^k)) once. The loop is serial on
+purpose: it runs between BLAS calls, and a second, spinning thread pool (numba's
+OpenMP workers) would take the cores from BLAS on a small machine. Every element is worked
 in float64 and stored in the dtype of the arrays, so float32 state stays float32.
 """
 
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def adam_update(
     p, grad, m, v, ema, scale, weight_decay, beta1, beta2, step_size, bias_correction2_sqrt,
     eps, ema_decay, want_ema,
@@ -32,7 +33,7 @@ def adam_update(
     p, grad, m, v (n,) of one dtype; ema (n,) of that dtype, or any array if not
     want_ema; the remaining arguments are float64 scalars (see the module docstring).
     """
-    for i in prange(p.shape[0]):
+    for i in range(p.shape[0]):
         # np.float64(), not float(): numba types float() of a float32 as float32, which
         # would work float32 state in float32 when compiled (and not without the JIT)
         g = np.float64(grad[i]) * scale

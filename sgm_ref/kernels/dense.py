@@ -1,77 +1,72 @@
 """Numba kernels for the MLP: the element-wise pass after each matrix product.
 
-The matrix products themselves go to BLAS (numpy.matmul into preallocated buffers);
-these kernels fuse what sits between them into one pass over the rows, in parallel:
+The bias is folded into the matrix product (the layer input carries a column of ones
+and the bias is the last row of the weight block), the exponential is NumPy's
+vectorised exp, and this kernel fuses the rest into one pass that writes both the
+activation and its derivative:
 
-    forward:   z = z + b;  h = act(z);  dact = act'(z)   (the derivative, kept for backward)
+    h = act(z),   dact = act'(z)   (kept for backward)
 
-so the backward pass needs no transcendental function at all: dL/dz = dL/dh * dact.
+so the backward pass needs no transcendental function: dL/dz = dL/dh * dact.
+
+The kernels are serial on purpose: the matrix products around them already use every
+core through BLAS, and a second thread pool spinning between them (numba's OpenMP
+workers) takes cores from BLAS on a small machine.
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 RELU, SILU, TANH, SOFTPLUS = 0, 1, 2, 3
 ACTIVATIONS = {"relu": RELU, "silu": SILU, "tanh": TANH, "softplus": SOFTPLUS}
 
 
-@njit(inline="always")
-def _sigmoid(z):
-    # two branches so that exp never overflows
-    if z >= 0:
-        return 1.0 / (1.0 + np.exp(-z))
-    e = np.exp(z)
-    return e / (1.0 + e)
+def activation_forward(Z, kind, H, D, want_derivative):
+    """H = act(Z), and D = act'(Z) if want_derivative; Z is left unchanged.
 
-
-@njit(parallel=True, cache=True)
-def bias_activation(Z, b, kind, H, D, want_derivative):
-    """Z += b (in place, so Z keeps the pre-activation); H = act(Z); D = act'(Z).
-
-    Z, H, D (n, m); b (m,); kind one of RELU, SILU, TANH, SOFTPLUS.
+    Z, D (n, m) contiguous; H (n, m), may be a strided view (the next layer's input
+    without its column of ones). D is also scratch for the exponential.
 
         relu:     h = max(z, 0),               h' = 1[z > 0]
         silu:     h = z s(z),                  h' = s(z) (1 + z (1 - s(z)))
         tanh:     h = tanh z,                  h' = 1 - h^2
-        softplus: h = log(1 + e^z),            h' = s(z)
-    with s the logistic sigmoid; softplus uses max(z, 0) + log1p(e^{-|z|}).
+        softplus: h = max(z, 0) + log1p(e^{-|z|}),   h' = s(z)
+    with s(z) = 1 / (1 + e^{-z}) the logistic sigmoid.
     """
+    with np.errstate(over="ignore"):  # e^{-z} = inf for z < -709 gives s = 0, as it should
+        if kind == SILU:
+            np.negative(Z, out=D)
+            np.exp(D, out=D)
+        elif kind == TANH:
+            np.tanh(Z, out=D)
+        elif kind == SOFTPLUS:
+            np.abs(Z, out=D)
+            np.negative(D, out=D)
+            np.exp(D, out=D)
+    _activation_pass(Z, kind, H, D, want_derivative)
+
+
+@njit(cache=True)
+def _activation_pass(Z, kind, H, D, want_derivative):
+    """The fused element-wise pass of activation_forward; D holds e^{-z}, tanh z or e^{-|z|}."""
     n, m = Z.shape
-    for i in prange(n):
+    for i in range(n):
         for j in range(m):
-            z = Z[i, j] + b[j]
-            Z[i, j] = z
+            z = Z[i, j]
             if kind == RELU:
                 h = z if z > 0 else 0.0
                 dh = 1.0 if z > 0 else 0.0
             elif kind == SILU:
-                s = _sigmoid(z)
+                s = 1.0 / (1.0 + D[i, j])
                 h = z * s
                 dh = s * (1.0 + z * (1.0 - s))
             elif kind == TANH:
-                h = np.tanh(z)
+                h = D[i, j]
                 dh = 1.0 - h * h
             else:
-                h = max(z, 0.0) + np.log1p(np.exp(-abs(z)))
-                dh = _sigmoid(z)
+                e = D[i, j]
+                h = max(z, 0.0) + np.log1p(e)
+                dh = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
             H[i, j] = h
             if want_derivative:
                 D[i, j] = dh
-
-
-@njit(parallel=True, cache=True)
-def add_bias(Z, b):
-    """Z += b row by row (the output layer, which has no activation)."""
-    n, m = Z.shape
-    for i in prange(n):
-        for j in range(m):
-            Z[i, j] += b[j]
-
-
-@njit(parallel=True, cache=True)
-def multiply_into(G, D):
-    """G *= D element-wise: dL/dz = dL/dh * act'(z)."""
-    n, m = G.shape
-    for i in prange(n):
-        for j in range(m):
-            G[i, j] *= D[i, j]

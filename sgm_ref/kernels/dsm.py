@@ -1,21 +1,21 @@
 """Numba kernels for denoising score matching: the element-wise work around the network."""
 
-from numba import njit, prange
+from numba import njit
 
 SCORE, NOISE, RESIDUAL = 0, 1, 2
 PARAMETERIZATION_CODES = {"score": SCORE, "noise": NOISE, "residual": RESIDUAL}
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def perturb_into(x0, z, a, sigma, H):
     """H[:, :d] = a_i x0_i + sigma_i z_i: the noised batch, written into the network input."""
     n, d = x0.shape
-    for i in prange(n):
+    for i in range(n):
         for j in range(d):
             H[i, j] = a[i] * x0[i, j] + sigma[i] * z[i, j]
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True)
 def dsm_residual(out, H, z, sigma, lam, kind, scale, row_loss):
     """Per-row loss lam_i |s_i + z_i / sigma_i|^2 and, in place of out, dL/dout.
 
@@ -26,7 +26,7 @@ def dsm_residual(out, H, z, sigma, lam, kind, scale, row_loss):
     -dL/ds_i / sigma_i (noise).
     """
     n, d = out.shape
-    for i in prange(n):
+    for i in range(n):
         inv_sigma = 1.0 / sigma[i]
         acc = 0.0
         for j in range(d):

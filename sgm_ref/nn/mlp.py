@@ -10,14 +10,17 @@ Backward (a vector-Jacobian product with g = dL/dout):
 
 All parameters live in one contiguous vector `params`; `weights[l]` (fan_in, fan_out)
 and `biases[l]` (fan_out,) are views into it, so the optimiser, checkpoints and
-gradient checks work on a single array. Matrix products go to BLAS with preallocated
-outputs; the element-wise work between them is sgm_ref.kernels.dense.
+gradient checks work on a single array. Each layer's block is laid out as the matrix
+[W_l; b_l] of shape (fan_in + 1, fan_out) and each layer input carries a last column
+of ones, so one matrix product gives h_l W_l + b_l and one gives [dL/dW_l; dL/db_l]
+= [h_l, 1]^T dL/dz_l. Matrix products go to BLAS with preallocated outputs; the
+element-wise work between them is sgm_ref.kernels.dense.
 """
 
 import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_points, check_rng, check_times
-from ..kernels.dense import ACTIVATIONS, add_bias, bias_activation, multiply_into
+from ..kernels.dense import ACTIVATIONS, activation_forward
 from .embedding import TimeEmbedding
 
 __all__ = ["MLP"]
@@ -27,11 +30,11 @@ _INFERENCE_ROWS = 4096
 
 
 class _Workspace:
-    """Buffers for one batch size: layer inputs h_l, pre-activations z_l, act'(z_l)."""
+    """Buffers for one batch size: layer inputs [h_l, 1], pre-activations z_l, act'(z_l)."""
 
     def __init__(self, n, sizes, dtype):
         self.n = n
-        self.H = [np.empty((n, m), dtype) for m in sizes[:-1]]  # h_0 .. h_L
+        self.H = [np.ones((n, m + 1), dtype) for m in sizes[:-1]]  # [h_l, 1], l = 0 .. L
         self.Z = [np.empty((n, m), dtype) for m in sizes[1:]]  # z_0 .. z_L (z_L = out)
         self.D = [np.empty((n, m), dtype) for m in sizes[1:-1]]  # act'(z_l), l < L
         width = max(sizes[:-1])
@@ -77,7 +80,7 @@ class MLP:
         self.embedding = time_embedding
         self.dtype = check_float_dtype(dtype)
         self.sizes = (d + time_embedding.dim,) + self.widths + (d,)
-        n_params = sum(fi * fo + fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
+        n_params = sum((fi + 1) * fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
         self.params = np.zeros(n_params, dtype=self.dtype)
         self.weights, self.biases = self._views(self.params)
         for W, b in zip(self.weights, self.biases):
@@ -85,6 +88,7 @@ class MLP:
             W[...] = rng.uniform(-bound, bound, W.shape)
             b[...] = rng.uniform(-bound, bound, b.shape)
         self._kind = ACTIVATIONS[activation]
+        self._layers = self._blocks(self.params)
         self._workspaces = {}
 
     # -- structure ------------------------------------------------------------------------
@@ -96,15 +100,18 @@ class MLP:
     def depth(self):
         return len(self.widths)
 
+    def _blocks(self, flat):
+        """Per-layer [W_l; b_l] views, shape (fan_in + 1, fan_out), into a flat vector."""
+        blocks, offset = [], 0
+        for fi, fo in zip(self.sizes[:-1], self.sizes[1:]):
+            blocks.append(flat[offset:offset + (fi + 1) * fo].reshape(fi + 1, fo))
+            offset += (fi + 1) * fo
+        return blocks
+
     def _views(self, flat):
         """Per-layer (weights, biases) views into a flat vector laid out like params."""
-        weights, biases, offset = [], [], 0
-        for fi, fo in zip(self.sizes[:-1], self.sizes[1:]):
-            weights.append(flat[offset:offset + fi * fo].reshape(fi, fo))
-            offset += fi * fo
-            biases.append(flat[offset:offset + fo])
-            offset += fo
-        return weights, biases
+        blocks = self._blocks(flat)
+        return [B[:-1] for B in blocks], [B[-1] for B in blocks]
 
     def layer_views(self, flat):
         """(weights, biases) views into any flat vector of length n_params (e.g. a gradient)."""
@@ -169,19 +176,17 @@ class MLP:
 
     def _run(self, ws, tape):
         """Layers on ws.H[0] (already filled); output in ws.Z[-1]."""
-        L = len(self.weights) - 1
+        L = len(self._layers) - 1
         for l in range(L):
-            np.matmul(ws.H[l], self.weights[l], out=ws.Z[l])
-            bias_activation(ws.Z[l], self.biases[l], self._kind, ws.H[l + 1],
-                            ws.D[l] if tape else ws.Z[l], tape)
-        np.matmul(ws.H[L], self.weights[L], out=ws.Z[L])
-        add_bias(ws.Z[L], self.biases[L])
+            np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
+            activation_forward(ws.Z[l], self._kind, ws.H[l + 1][:, :-1], ws.D[l], tape)
+        np.matmul(ws.H[L], self._layers[L], out=ws.Z[L])
         ws.has_tape = tape
         return ws.Z[L]
 
     def _fill_input(self, ws, x, t):
         ws.H[0][:, :self.d] = x
-        self.embedding(t, ws.H[0][:, self.d:])
+        self.embedding(t, ws.H[0][:, self.d:-1])
 
     def forward(self, x, t, keep=False):
         """Network output net(x, t).
@@ -248,15 +253,14 @@ class MLP:
         return (grad_params, grad_x) if input_grad else grad_params
 
     def _backward(self, ws, g, grad_params, input_grad):
-        gW, gb = self._views(grad_params)
-        L = len(self.weights) - 1
+        grad_blocks = self._blocks(grad_params)
+        L = len(self._layers) - 1
         n = ws.n
         buffers = (ws.ping, ws.pong)
         for l in range(L, -1, -1):
             if l < L:
-                multiply_into(g, ws.D[l])
-            np.matmul(ws.H[l].T, g, out=gW[l])
-            np.add.reduce(g, axis=0, out=gb[l])
+                np.multiply(g, ws.D[l], out=g)
+            np.matmul(ws.H[l].T, g, out=grad_blocks[l])  # [dL/dW_l; dL/db_l] at once
             if l > 0 or input_grad:
                 m = self.sizes[l]
                 g_prev = buffers[l % 2][:n * m].reshape(n, m)

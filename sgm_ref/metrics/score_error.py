@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from ._validation import check_count, check_float_dtype, check_rng, check_time_range
+from .._validation import check_count, check_float_dtype, check_rng, check_time_range
 
 __all__ = ["score_error_integral"]
 

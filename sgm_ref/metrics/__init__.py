@@ -1,0 +1,11 @@
+"""How far a score function or a sampler is from the truth.
+
+score_error:  E_{p_t} |s - grad log p_t|^2 against an exact oracle, per t or integrated.
+bound:        the certified (Girsanov + Pinsker) upper bound on TV(p_0, sampler output).
+distances:    sample-based distances (lower bounds and estimates).
+gaussian:     closed forms for a Gaussian target driven by its exact linear score.
+"""
+
+from .score_error import score_error_integral
+
+__all__ = ["score_error_integral"]
