@@ -24,6 +24,11 @@ FORMAT = "sgm_ref.model"
 FORMAT_VERSION = 1
 
 
+# what numpy and zipfile raise on damaged archives (a corrupt directory entry can
+# announce an unknown compression method: NotImplementedError)
+_READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, KeyError)
+
+
 class ModelFileError(ValueError):
     """A model file is unreadable, truncated, foreign, newer than this library, or inconsistent."""
 
@@ -42,6 +47,10 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -70,11 +79,22 @@ def save(model, path, extra=None, ema=None):
         "dtype": model.dtype.name,
         "extra": extra or {},
     }
-    arrays = {"header": np.array(json.dumps(header)), "params": model.params}
+    try:
+        text = json.dumps(header)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"extra must be JSON-serialisable (plain int, float, str, list, dict): {exc}") from None
+    arrays = {"header": np.array(text), "params": model.params}
     if ema is not None:
-        if np.shape(ema) != model.params.shape:
-            raise ValueError(f"ema must have shape {model.params.shape}, got {np.shape(ema)}")
-        arrays["ema"] = np.asarray(ema, dtype=model.dtype)
+        ema = np.asarray(ema)
+        if ema.shape != model.params.shape or ema.dtype != model.dtype:
+            raise ValueError(f"ema must have shape {model.params.shape} and dtype {model.dtype.name} "
+                             f"(the model's), got {ema.shape} {ema.dtype}")
+        if not np.all(np.isfinite(ema)):
+            raise ValueError("ema contains non-finite values")
+        arrays["ema"] = ema
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(directory):
+        raise ValueError(f"cannot save to {os.fspath(path)}: directory {directory} does not exist")
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
@@ -106,7 +126,7 @@ def load(path, use_ema=False):
             raise ModelFileError(f"{path}: has no {key!r} array" + (" (saved without ema)" if use_ema else ""))
         try:
             params = f[key]
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        except _READ_ERRORS as exc:
             raise ModelFileError(f"{path}: the parameter array is corrupt ({exc})") from None
     try:
         net = MLP.from_config(header["network"])
@@ -114,6 +134,8 @@ def load(path, use_ema=False):
         model = ScoreModel(net, process, header["parameterization"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFileError(f"{path}: the header does not describe a valid model ({exc})") from None
+    if header.get("dtype") != net.dtype.name:
+        raise ModelFileError(f"{path}: header dtype {header.get('dtype')!r} differs from the network's {net.dtype.name!r}")
     if params.dtype != net.dtype or params.shape != net.params.shape:
         raise ModelFileError(
             f"{path}: parameters have shape {params.shape} and dtype {params.dtype}, the architecture "
@@ -131,7 +153,7 @@ def _open(path):
         raise ModelFileError(f"{path}: no such file") from None
     except ValueError:  # numpy's answer to bytes that are neither .npy nor .npz
         raise ModelFileError(f"{path}: not a readable sgm_ref model file (not an .npz archive)") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _READ_ERRORS as exc:
         raise ModelFileError(f"{path}: not a readable sgm_ref model file ({exc})") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ModelFileError(f"{path}: not an sgm_ref model file (a bare array, not an .npz archive)")
@@ -143,7 +165,7 @@ def _header(f, path):
         raise ModelFileError(f"{path}: not an sgm_ref model file (no header)")
     try:
         header = json.loads(str(f["header"]))
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+    except _READ_ERRORS as exc:
         raise ModelFileError(f"{path}: unreadable header ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an sgm_ref model file (format {header.get('format') if isinstance(header, dict) else None!r})")

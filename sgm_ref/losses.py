@@ -28,6 +28,8 @@ def sample_times(n, t0, T, rng, distribution="uniform"):
     n = check_count(n, "n")
     t0, T = check_time_range(t0, T)
     rng = check_rng(rng)
+    if distribution not in TIME_DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
     u = rng.random(n)
     if distribution == "uniform":
         return t0 + (T - t0) * u
@@ -73,8 +75,9 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
         raise ValueError("t must be > 0 (sigma_0 = 0 makes z / sigma_t infinite)")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if grad_params is not None and (grad_params.shape != (net.n_params,) or grad_params.dtype != net.dtype):
-        raise ValueError(f"grad_params must have shape ({net.n_params},) and dtype {net.dtype.name}")
+    if grad_params is not None and (not isinstance(grad_params, np.ndarray) or grad_params.shape != (net.n_params,)
+                                    or grad_params.dtype != net.dtype or not grad_params.flags.c_contiguous):
+        raise ValueError(f"grad_params must be a contiguous ndarray of shape ({net.n_params},) and dtype {net.dtype.name}")
     return _dsm_loss(model, x0, t, z, weighting, grad, grad_params)
 
 

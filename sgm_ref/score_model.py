@@ -8,6 +8,7 @@
 
 import numpy as np
 
+from ._validation import check_times
 from .processes import OU, check_process
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
@@ -51,6 +52,9 @@ class ScoreModel:
 
     def __call__(self, x, t):
         """s_theta(x, t): x (n, d) in the network's dtype, t scalar or (n,) in (0, t_max]."""
+        t = check_times(t, n=np.shape(x)[0] if np.ndim(x) == 2 else None, T=self.process.t_max)
+        if np.any(t <= 0):
+            raise ValueError("t must be > 0: the score of p_0 itself is not what the model learns")
         out = self.network.forward(x, t)
         return self.output_to_score(out, x, t)
 

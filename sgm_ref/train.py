@@ -154,8 +154,11 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
             raise ValueError("eval_every needs evaluate, a callable model -> float")
     if optimizer is None:
         optimizer = Adam(model.params, lr=lr)
-    if not 0 <= start_step <= steps:
-        raise ValueError(f"start_step must be in [0, steps], got {start_step}")
+    if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or not 0 <= start_step <= steps:
+        raise ValueError(f"start_step must be an integer in [0, steps], got {start_step!r}")
+    for name, fn in (("evaluate", evaluate), ("callback", callback)):
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
     history = History() if history is None else history
     history.optimizer = optimizer
 

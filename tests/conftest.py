@@ -1,0 +1,141 @@
+"""Independent references for the network tests (test_nn, test_losses, test_score_model,
+test_train): the MLP, its time embedding, the process coefficients and the DSM loss
+written again from the formulas in DESIGN.md, once in NumPy and once in PyTorch
+(autograd supplies the gradients). Nothing here calls sgm_ref's kernels.
+"""
+
+import types
+
+import numpy as np
+import pytest
+
+from sgm_ref import OU, VP
+
+
+def _np_activation(kind, z):
+    if kind == "relu":
+        return np.maximum(z, 0.0)
+    if kind == "silu":
+        return z / (1.0 + np.exp(-z))
+    if kind == "tanh":
+        return np.tanh(z)
+    return np.logaddexp(0.0, z)  # softplus
+
+
+def embed_numpy(t, kind, n_frequencies=4):
+    """e(t): [t], [log t] or [log t, sin(w_j log t), cos(w_j log t)], w_j = 2^j / 4."""
+    t = np.asarray(t, dtype=np.float64)
+    if kind == "linear":
+        return t[:, None]
+    tau = np.log(t)[:, None]
+    if kind == "log":
+        return tau
+    w = 2.0 ** np.arange(n_frequencies) / 4.0
+    feats = np.empty((t.shape[0], 1 + 2 * n_frequencies))
+    feats[:, :1] = tau
+    feats[:, 1::2] = np.sin(w * tau)
+    feats[:, 2::2] = np.cos(w * tau)
+    return feats
+
+
+def forward_numpy(net, x, t):
+    """(output, [pre-activations z_l of the hidden layers]) of an sgm_ref MLP, in NumPy."""
+    t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],))
+    h = np.concatenate([x, embed_numpy(t, net.embedding.kind, net.embedding.n_frequencies).astype(x.dtype)], axis=1)
+    pre = []
+    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
+        z = h @ W + b
+        if l == len(net.weights) - 1:
+            return z, pre
+        pre.append(z)
+        h = _np_activation(net.activation, z)
+
+
+def coefficients_numpy(process, t):
+    """(alpha_t, sigma_t^2) from B(t) = int_0^t beta: OU B = 2t, VP B = b0 t + (b1 - b0) t^2 / 2."""
+    t = np.asarray(t, dtype=np.float64)
+    if isinstance(process, OU):
+        B = 2.0 * t
+    else:
+        B = process.beta_min * t + 0.5 * (process.beta_max - process.beta_min) * t * t
+    return np.exp(-0.5 * B), -np.expm1(-B)
+
+
+@pytest.fixture
+def numpy_ref():
+    return types.SimpleNamespace(forward=forward_numpy, embed=embed_numpy, coefficients=coefficients_numpy)
+
+
+class TorchReference:
+    """The same network and loss in float64 PyTorch, on tensors copied from an MLP."""
+
+    def __init__(self, torch):
+        self.torch = torch
+        F = torch.nn.functional
+        self.act = {"relu": torch.relu, "silu": F.silu, "tanh": torch.tanh, "softplus": F.softplus}
+
+    def parameters(self, net):
+        """Leaf tensors [W_0, b_0, W_1, b_1, ...] (copies, requires_grad) of net's parameters."""
+        out = []
+        for W, b in zip(net.weights, net.biases):
+            out += [self.torch.tensor(W, requires_grad=True), self.torch.tensor(b, requires_grad=True)]
+        return out
+
+    def flat(self, tensors):
+        """Concatenate tensors (or their .grad) in the flat layout of MLP.params."""
+        return self.torch.cat([p.detach().reshape(-1) for p in tensors]).numpy()
+
+    def embed(self, t, embedding):
+        torch = self.torch
+        if embedding.kind == "linear":
+            return t[:, None]
+        tau = torch.log(t)[:, None]
+        feats = [tau]
+        for j in range(embedding.n_frequencies if embedding.kind == "fourier" else 0):
+            w = 2.0**j / 4.0
+            feats += [torch.sin(w * tau), torch.cos(w * tau)]
+        return torch.cat(feats, dim=1)
+
+    def forward(self, net, params, x, t):
+        """net(x, t) with the given parameter tensors; x, t tensors."""
+        h = self.torch.cat([x, self.embed(t, net.embedding).to(x.dtype)], dim=1)
+        L = len(params) // 2
+        for l in range(L):
+            h = h @ params[2 * l] + params[2 * l + 1]
+            if l < L - 1:
+                h = self.act[net.activation](h)
+        return h
+
+    def coefficients(self, process, t):
+        torch = self.torch
+        if isinstance(process, OU):
+            B = 2.0 * t
+        elif isinstance(process, VP):
+            B = process.beta_min * t + 0.5 * (process.beta_max - process.beta_min) * t * t
+        else:
+            raise TypeError(process)
+        return torch.exp(-0.5 * B), -torch.expm1(-B)
+
+    def dsm_loss(self, model, params, x0, t, z, weighting):
+        """1/n sum_i lambda_i |s(alpha_i x0_i + sigma_i z_i, t_i) + z_i / sigma_i|^2 (tensor)."""
+        torch = self.torch
+        x0, t, z = (torch.as_tensor(np.asarray(a)) for a in (x0, t, z))
+        alpha, sigma2 = self.coefficients(model.process, t)
+        sigma = torch.sqrt(sigma2)[:, None]
+        xt = alpha[:, None] * x0 + sigma * z
+        out = self.forward(model.network, params, xt, t)
+        if model.parameterization == "score":
+            s = out
+        elif model.parameterization == "noise":
+            s = -out / sigma
+        else:
+            s = out - xt
+        lam = sigma2 if weighting == "sigma2" else torch.ones_like(sigma2)
+        return torch.mean(lam * torch.sum((s + z / sigma) ** 2, dim=1))
+
+
+@pytest.fixture
+def torch_ref():
+    """PyTorch references; the test is skipped if torch is not installed (CI installs it)."""
+    torch = pytest.importorskip("torch")
+    return TorchReference(torch)

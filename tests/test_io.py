@@ -1,0 +1,296 @@
+"""Model files (sgm_ref.io): round trips, atomic writes, and every kind of bad file."""
+
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+from sgm_ref import OU, VP
+from sgm_ref.io import FORMAT_VERSION, ModelFileError, load, read_header, save
+from sgm_ref.nn import MLP
+from sgm_ref.score_model import ScoreModel
+
+
+def make_model(process=OU(), parameterization="noise", dtype=np.float64, activation="softplus",
+               embedding="fourier", seed=0):
+    net = MLP(3, (7, 5), activation, embedding, dtype=dtype, rng=seed)
+    # trained-looking parameters: not the initialisation that from_config would redo
+    net.set_params(np.random.default_rng(seed + 1).standard_normal(net.n_params).astype(dtype))
+    return ScoreModel(net, process, parameterization)
+
+
+def leftovers(directory):
+    return sorted(name for name in os.listdir(directory) if name.startswith(".tmp"))
+
+
+# -- round trips -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("parameterization", ["score", "noise", "residual"])
+@pytest.mark.parametrize("process", [OU(), VP(0.5, 12.0)], ids=repr)
+def test_round_trip(process, parameterization, dtype, tmp_path):
+    model = make_model(process, parameterization, dtype)
+    path = tmp_path / "model.npz"
+    save(model, path)
+    loaded = load(path)
+    assert loaded.network.params.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(loaded.params, model.params)
+    assert loaded.network.config() == model.network.config()
+    assert loaded.process == process and type(loaded.process) is type(process)
+    assert loaded.parameterization == parameterization
+    x = np.random.default_rng(0).standard_normal((5, 3)).astype(dtype)
+    t = np.linspace(0.1, 1.0, 5)
+    np.testing.assert_array_equal(loaded(x, t), model(x, t))
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("activation, embedding", [("relu", "linear"), ("tanh", "log"), ("silu", "fourier")])
+def test_round_trip_architectures(activation, embedding, tmp_path):
+    net = MLP(2, (4, 3, 5), activation, embedding, rng=3)
+    model = ScoreModel(net, OU(), "residual")
+    save(model, str(tmp_path / "m.npz"))  # str and PathLike both work
+    loaded = load(str(tmp_path / "m.npz"))
+    assert loaded.network.widths == (4, 3, 5) and loaded.network.activation == activation
+    assert loaded.network.embedding == net.embedding
+    np.testing.assert_array_equal(loaded.params, net.params)
+
+
+def test_extra_metadata_and_header(tmp_path):
+    model = make_model(VP(0.1, 20.0))
+    extra = {"steps": 2000, "lr": 0.002, "target": {"name": "ring", "k": 8}, "note": "café"}
+    save(model, tmp_path / "m.npz", extra=extra)
+    header = read_header(tmp_path / "m.npz")
+    assert header["extra"] == extra
+    assert header["format"] == "sgm_ref.model" and header["version"] == FORMAT_VERSION
+    assert header["process"] == {"name": "VP", "beta_min": 0.1, "beta_max": 20.0}
+    assert header["network"] == model.network.config()
+    assert header["parameterization"] == "noise" and header["dtype"] == "float64"
+    save(model, tmp_path / "n.npz")
+    assert read_header(tmp_path / "n.npz")["extra"] == {}
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ema_round_trip(dtype, tmp_path):
+    model = make_model(dtype=dtype)
+    ema = (model.params * 0.5).astype(dtype)
+    save(model, tmp_path / "m.npz", ema=ema)
+    np.testing.assert_array_equal(load(tmp_path / "m.npz").params, model.params)
+    averaged = load(tmp_path / "m.npz", use_ema=True)
+    assert averaged.params.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(averaged.params, ema)
+    save(model, tmp_path / "plain.npz")
+    with pytest.raises(ModelFileError, match="saved without ema"):
+        load(tmp_path / "plain.npz", use_ema=True)
+    with pytest.raises(ValueError, match="ema must have shape"):
+        save(model, tmp_path / "bad.npz", ema=ema[:-1])
+
+
+# -- atomic writes ---------------------------------------------------------------------------
+
+def test_overwrite_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "m.npz"
+    save(make_model(seed=0), path)
+    save(make_model(seed=5), path)
+    np.testing.assert_array_equal(load(path).params, make_model(seed=5).params)
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+
+
+@pytest.mark.parametrize("partial", [False, True], ids=["fails-at-once", "fails-mid-write"])
+def test_failed_write_keeps_the_old_file(partial, tmp_path, monkeypatch):
+    path = tmp_path / "m.npz"
+    save(make_model(seed=0), path)
+    before = path.read_bytes()
+
+    def broken_savez(file, **arrays):
+        if partial:
+            file.write(b"PK\x03\x04 half an archive")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save(make_model(seed=5), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["m.npz"]
+    np.testing.assert_array_equal(load(path).params, make_model(seed=0).params)
+
+
+def test_failed_first_write_creates_nothing(tmp_path, monkeypatch):
+    def broken_savez(file, **arrays):
+        raise KeyboardInterrupt  # also on interruption the temporary file goes
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises(KeyboardInterrupt):
+        save(make_model(), tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
+
+
+# -- bad files -------------------------------------------------------------------------------
+
+def write_npz(path, header, **arrays):
+    """An .npz with the given header: a dict (stored as JSON), a str (stored as it is) or None."""
+    if header is not None:
+        arrays["header"] = np.array(header if isinstance(header, str) else json.dumps(header))
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def valid_header(model, directory):
+    """The header save writes for model (the starting point of the doctored files below)."""
+    save(model, directory / "valid.npz")
+    return read_header(directory / "valid.npz")
+
+
+def assert_model_file_error(path, *fragments, use_ema=False):
+    with pytest.raises(ModelFileError) as info:
+        load(path, use_ema=use_ema)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert str(path) in message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_missing_file(tmp_path):
+    assert_model_file_error(tmp_path / "nothing.npz", "no such file")
+
+
+def test_truncated_file(tmp_path):
+    path = tmp_path / "m.npz"
+    save(make_model(), path, ema=make_model().params)
+    raw = path.read_bytes()
+    for cut in (0, 3, 10, 100, len(raw) // 2, len(raw) - 30, len(raw) - 1):
+        path.write_bytes(raw[:cut])
+        for use_ema in (False, True):
+            assert_model_file_error(path, "not a readable sgm_ref model file", use_ema=use_ema)
+
+
+def test_corrupted_parameter_bytes(tmp_path):
+    """A flipped byte inside the stored parameters fails the zip CRC check."""
+    path = tmp_path / "m.npz"
+    model = make_model()
+    save(model, path)
+    raw = bytearray(path.read_bytes())
+    start = raw.find(model.params.tobytes()[:16])
+    assert start > 0
+    raw[start + 40] ^= 0x01
+    path.write_bytes(bytes(raw))
+    assert_model_file_error(path, "corrupt")
+
+
+def test_corrupted_zip_directory(tmp_path):
+    path = tmp_path / "m.npz"
+    save(make_model(), path)
+    raw = bytearray(path.read_bytes())
+    entry = raw.find(b"PK\x01\x02")  # first central directory entry
+    raw[entry + 10] = 99  # its compression method: an unknown one
+    path.write_bytes(bytes(raw))
+    assert_model_file_error(path)
+
+
+def test_not_an_archive(tmp_path):
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"this is not a model file, just some text\n" * 10)
+    assert_model_file_error(path, "not a readable sgm_ref model file")
+
+
+def test_bare_npy(tmp_path):
+    path = tmp_path / "params.npy"
+    np.save(path, make_model().params)
+    assert_model_file_error(path, "bare array")
+
+
+def test_foreign_npz_without_header(tmp_path):
+    path = tmp_path / "foreign.npz"
+    write_npz(path, None, params=make_model().params, weights=np.ones(3))
+    assert_model_file_error(path, "no header")
+    with pytest.raises(ModelFileError, match="no header"):
+        read_header(path)
+
+
+def test_foreign_format_name(tmp_path):
+    model = make_model()
+    header = {**valid_header(model, tmp_path), "format": "other.model"}
+    write_npz(tmp_path / "m.npz", header, params=model.params)
+    assert_model_file_error(tmp_path / "m.npz", "not an sgm_ref model file", "other.model")
+
+
+def test_header_that_is_not_json(tmp_path):
+    write_npz(tmp_path / "m.npz", "{not json", params=make_model().params)
+    assert_model_file_error(tmp_path / "m.npz", "unreadable header")
+
+
+@pytest.mark.parametrize("version, fragment", [(FORMAT_VERSION + 1, "newer"), (0, "invalid format version"),
+                                               ("1", "invalid format version")])
+def test_header_version(version, fragment, tmp_path):
+    model = make_model()
+    write_npz(tmp_path / "m.npz", {**valid_header(model, tmp_path), "version": version}, params=model.params)
+    assert_model_file_error(tmp_path / "m.npz", fragment)
+    if version == FORMAT_VERSION + 1:
+        assert_model_file_error(tmp_path / "m.npz", "upgrade sgm_ref")
+
+
+def test_params_of_the_wrong_length_or_dtype(tmp_path):
+    model = make_model()
+    header = valid_header(model, tmp_path)
+    write_npz(tmp_path / "short.npz", header, params=model.params[:-1])
+    assert_model_file_error(tmp_path / "short.npz", f"shape ({model.network.n_params - 1},)",
+                            f"needs ({model.network.n_params},)")
+    write_npz(tmp_path / "f32.npz", header, params=model.params.astype(np.float32))
+    assert_model_file_error(tmp_path / "f32.npz", "float32", "float64")
+    write_npz(tmp_path / "none.npz", header)
+    assert_model_file_error(tmp_path / "none.npz", "no 'params' array")
+
+
+def test_non_finite_params(tmp_path):
+    model = make_model()
+    params = model.params.copy()
+    params[4] = np.inf
+    write_npz(tmp_path / "m.npz", valid_header(model, tmp_path), params=params)
+    assert_model_file_error(tmp_path / "m.npz", "non-finite")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("network", {"d": 3}),
+    ("process", {"name": "VE"}),
+    ("parameterization", "velocity"),
+])
+def test_header_that_describes_no_valid_model(key, value, tmp_path):
+    model = make_model()
+    write_npz(tmp_path / "m.npz", {**valid_header(model, tmp_path), key: value}, params=model.params)
+    assert_model_file_error(tmp_path / "m.npz", "does not describe a valid model")
+
+
+def test_header_without_a_network(tmp_path):
+    model = make_model()
+    header = valid_header(model, tmp_path)
+    del header["network"]
+    write_npz(tmp_path / "m.npz", header, params=model.params)
+    assert_model_file_error(tmp_path / "m.npz", "does not describe a valid model")
+
+
+# -- what save accepts ------------------------------------------------------------------------
+
+def test_save_rejects_extra_that_is_not_json(tmp_path):
+    with pytest.raises(ValueError, match="extra"):
+        save(make_model(), tmp_path / "m.npz", extra={"steps": np.int64(3)})
+
+
+def test_save_rejects_non_finite_ema(tmp_path):
+    model = make_model()
+    with pytest.raises(ValueError, match="ema"):
+        save(model, tmp_path / "m.npz", ema=np.full(model.params.shape, np.nan))
+
+
+def test_zip_members_are_plain_arrays(tmp_path):
+    """The file is an ordinary .npz anyone can read without sgm_ref (and without pickle)."""
+    path = tmp_path / "m.npz"
+    model = make_model()
+    save(model, path, ema=model.params)
+    with zipfile.ZipFile(path) as archive:
+        assert sorted(archive.namelist()) == ["ema.npy", "header.npy", "params.npy"]
+    with np.load(path, allow_pickle=False) as f:
+        np.testing.assert_array_equal(f["params"], model.params)
+        assert json.loads(str(f["header"]))["format"] == "sgm_ref.model"

@@ -1,0 +1,400 @@
+"""The MLP (sgm_ref.nn, kernels sgm_ref.kernels.dense) against independent computations.
+
+References: central finite differences in float64 (sgm_ref.gradcheck), a NumPy forward
+pass written from the formulas (conftest.forward_numpy), and PyTorch autograd on the
+same parameters when torch is installed. Networks are small (d = 3, widths (8, 6)) so
+the suite also runs with NUMBA_DISABLE_JIT=1.
+
+Gradient-check tolerance: every entry must satisfy |a - n| <= rtol max(|a|, |n|) + atol
+with rtol = 1e-6 and atol = 1e-8 max|a| (entries a hundred million times smaller than the
+largest are compared absolutely: their central differences are rounding noise, about
+1e-16 |f| / eps). Measured worst relative errors are ~1e-7 with eps = 1e-5.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sgm_ref.gradcheck import check_gradient
+from sgm_ref.nn import MLP, TimeEmbedding
+from sgm_ref.nn import mlp as mlp_module
+
+ACTIVATIONS = ("relu", "silu", "tanh", "softplus")
+EMBEDDINGS = ("linear", "log", "fourier")
+D, WIDTHS, N = 3, (8, 6), 16
+EPS, RTOL = 1e-5, 1e-6
+
+# Smallest |pre-activation| allowed in a relu gradient check: a finite-difference step of
+# EPS moves a pre-activation by at most ~EPS * 10 here, so 1e-3 keeps every kink away.
+RELU_MARGIN = 1e-3
+
+
+def batch(seed=0, n=N, d=D):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.uniform(0.05, 1.0, n), rng.standard_normal((n, d))
+
+
+def keep_relu_away_from_kinks(net, x, t, numpy_ref):
+    """Shift relu biases (layer by layer) until no pre-activation of the batch lies within
+    RELU_MARGIN of the kink at 0, where finite differences are meaningless."""
+    if net.activation != "relu":
+        return
+    for l in range(net.depth):
+        for _ in range(100):
+            near = np.any(np.abs(numpy_ref.forward(net, x, t)[1][l]) < RELU_MARGIN, axis=0)
+            if not near.any():
+                break
+            net.biases[l][near] += 3 * RELU_MARGIN
+    _, pre = numpy_ref.forward(net, x, t)
+    assert min(np.abs(z).min() for z in pre) > RELU_MARGIN
+
+
+def gradcheck(f, analytic, theta):
+    result = check_gradient(f, analytic, theta, eps=EPS, rtol=RTOL, atol=1e-8 * np.abs(analytic).max())
+    assert result.passed, f"max relative error {result.max_rel_error:.3e} at entry {result.worst}"
+    assert result.max_rel_error <= RTOL
+    return result
+
+
+# -- gradients against finite differences -------------------------------------------------
+
+@pytest.mark.parametrize("embedding", EMBEDDINGS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_parameter_gradient_matches_finite_differences(activation, embedding, numpy_ref):
+    net = MLP(D, WIDTHS, activation, embedding, rng=1)
+    x, t, w = batch()
+    keep_relu_away_from_kinks(net, x, t, numpy_ref)
+    net.forward(x, t, keep=True)
+    grad = net.backward(w)  # gradient of sum(w * net(x, t)) in the parameters
+    gradcheck(lambda theta: np.sum(w * net.forward(x, t)), grad, net.params)
+
+
+@pytest.mark.parametrize("embedding", EMBEDDINGS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_input_gradient_matches_finite_differences(activation, embedding, numpy_ref):
+    net = MLP(D, WIDTHS, activation, embedding, rng=2)
+    x, t, w = batch(seed=1)
+    keep_relu_away_from_kinks(net, x, t, numpy_ref)
+    net.forward(x, t, keep=True)
+    _, grad_x = net.backward(w, input_grad=True)
+    assert grad_x.shape == x.shape
+    theta = x.ravel().copy()
+    gradcheck(lambda th: np.sum(w * net.forward(th.reshape(x.shape), t)), grad_x.ravel(), theta)
+
+
+def test_gradient_check_detects_a_small_error():
+    """The tolerance above can fail: one entry wrong by 1e-5 (relative) is caught."""
+    net = MLP(D, WIDTHS, "tanh", "fourier", rng=1)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+    grad = net.backward(w)
+    k = int(np.argmax(np.abs(grad)))
+    grad[k] *= 1 + 1e-5
+    result = check_gradient(lambda th: np.sum(w * net.forward(x, t)), grad, net.params,
+                            eps=EPS, rtol=RTOL, atol=1e-8 * np.abs(grad).max())
+    assert not result.passed and result.worst == k
+
+
+def test_depth_zero_network_is_affine():
+    """widths=() leaves out = [x, e(t)] W + b, with the obvious gradients."""
+    net = MLP(D, (), "tanh", "log", rng=0)
+    x, t, w = batch(n=5)
+    out = net.forward(x, t, keep=True)
+    h0 = np.c_[x, np.log(t)]
+    np.testing.assert_allclose(out, h0 @ net.weights[0] + net.biases[0], rtol=1e-14, atol=1e-15)
+    grad, grad_x = net.backward(w, input_grad=True)
+    gW, gb = net.layer_views(grad)
+    np.testing.assert_allclose(gW[0], h0.T @ w, rtol=1e-13)
+    np.testing.assert_allclose(gb[0], w.sum(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(grad_x, w @ net.weights[0][:D].T, rtol=1e-13)
+
+
+# -- against independent forward passes ---------------------------------------------------
+
+@pytest.mark.parametrize("embedding", EMBEDDINGS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_matches_numpy(activation, embedding, numpy_ref):
+    net = MLP(D, WIDTHS, activation, embedding, rng=3)
+    x, t, _ = batch(n=50)
+    expected, _ = numpy_ref.forward(net, x, t)
+    for keep in (False, True):
+        np.testing.assert_allclose(net.forward(x, t, keep=keep), expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("embedding", EMBEDDINGS)
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_forward_and_gradients_match_torch(activation, embedding, torch_ref):
+    torch = torch_ref.torch
+    net = MLP(D, WIDTHS, activation, embedding, rng=4)
+    x, t, w = batch(seed=2, n=40)
+    out = net.forward(x, t, keep=True)
+    grad, grad_x = net.backward(w, input_grad=True)
+
+    params = torch_ref.parameters(net)
+    xt = torch.tensor(x, requires_grad=True)
+    out_t = torch_ref.forward(net, params, xt, torch.tensor(t))
+    torch.sum(torch.tensor(w) * out_t).backward()
+    expected = out_t.detach().numpy()
+    assert np.abs(out - expected).max() <= 1e-12 * np.abs(expected).max()
+    grad_t = torch_ref.flat([p.grad for p in params])
+    assert np.abs(grad - grad_t).max() <= 1e-10 * np.abs(grad_t).max()
+    grad_x_t = xt.grad.numpy()
+    assert np.abs(grad_x - grad_x_t).max() <= 1e-10 * np.abs(grad_x_t).max()
+
+
+def test_time_embedding_values(numpy_ref):
+    t = np.array([1e-3, 0.1, 1.0, 7.5])
+    for kind, dim in (("linear", 1), ("log", 1), ("fourier", 9)):
+        emb = TimeEmbedding(kind)
+        assert emb.dim == dim
+        out = np.empty((4, dim))
+        emb(t, out)
+        np.testing.assert_allclose(out, numpy_ref.embed(t, kind), rtol=1e-15, atol=1e-16)
+    emb = TimeEmbedding("fourier", n_frequencies=2)
+    out = emb(t, np.empty((4, 5)))
+    np.testing.assert_allclose(out[:, 3], np.sin(0.5 * np.log(t)), rtol=1e-15)
+    np.testing.assert_allclose(out[:, 4], np.cos(0.5 * np.log(t)), rtol=1e-15)
+
+
+@pytest.mark.parametrize("kind", ["log", "fourier"])
+def test_log_time_embeddings_reject_t_zero(kind):
+    net = MLP(D, WIDTHS, "silu", kind)
+    with pytest.raises(ValueError, match="t must be > 0"):
+        net.forward(np.zeros((2, D)), np.array([0.5, 0.0]))
+
+
+def test_time_embedding_bad_arguments():
+    with pytest.raises(ValueError, match="kind"):
+        TimeEmbedding("sinusoidal")
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="n_frequencies"):
+            TimeEmbedding("fourier", n_frequencies=bad)
+
+
+@settings(max_examples=25, deadline=None)
+@given(d=st.integers(1, 4), widths=st.lists(st.integers(1, 9), max_size=3), n=st.integers(1, 40),
+       activation=st.sampled_from(ACTIVATIONS), embedding=st.sampled_from(EMBEDDINGS),
+       seed=st.integers(0, 2**32 - 1))
+def test_shapes_and_row_permutation_equivariance(d, widths, n, activation, embedding, seed):
+    """Rows are independent: permuting the batch permutes the output, the input gradient
+    and leaves the parameter gradient unchanged (up to summation order)."""
+    net = MLP(d, widths, activation, embedding, rng=seed)
+    rng = np.random.default_rng(seed)
+    x, t, w = rng.standard_normal((n, d)), rng.uniform(0.01, 2.0, n), rng.standard_normal((n, d))
+    perm = rng.permutation(n)
+    out = net.forward(x, t, keep=True)
+    grad, grad_x = net.backward(w, input_grad=True)
+    assert out.shape == grad_x.shape == (n, d) and grad.shape == (net.n_params,)
+    out_p = net.forward(x[perm], t[perm], keep=True)
+    grad_p, grad_x_p = net.backward(w[perm], input_grad=True)
+    np.testing.assert_allclose(out_p, out[perm], rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(grad_x_p, grad_x[perm], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(grad_p, grad, rtol=1e-11, atol=1e-12 * max(1.0, np.abs(grad).max()))
+
+
+# -- the flat parameter vector and its views ----------------------------------------------
+
+def test_params_layout_and_views():
+    net = MLP(D, WIDTHS, "silu", "fourier", rng=0)
+    sizes = (D + 9,) + WIDTHS + (D,)
+    assert net.sizes == sizes
+    assert net.n_params == sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+    assert [W.shape for W in net.weights] == list(zip(sizes[:-1], sizes[1:]))
+    flat = np.concatenate([np.r_[W.ravel(), b] for W, b in zip(net.weights, net.biases)])
+    np.testing.assert_array_equal(net.params, flat)
+    for arr in net.weights + net.biases:
+        assert np.shares_memory(arr, net.params)
+
+    net.params[:] = np.arange(net.n_params)  # writing the vector changes the layers
+    assert net.weights[0][0, 1] == 1.0
+    assert net.biases[0][0] == sizes[0] * sizes[1]
+    assert net.weights[2][-1, -1] == net.n_params - D - 1
+    net.weights[1][2, 3] = -7.0  # and writing a layer changes the vector
+    assert net.params[sizes[0] * sizes[1] + sizes[1] + 2 * sizes[2] + 3] == -7.0
+
+
+def test_layer_views_of_a_gradient_are_per_layer_gradients():
+    """layer_views(grad) gives dL/dW_l = h_l^T dL/dz_l, checked on the last layer."""
+    net = MLP(D, WIDTHS, "tanh", "log", rng=0)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+    grad = net.backward(w)
+    gW, gb = net.layer_views(grad)
+    assert [g.shape for g in gW] == [W.shape for W in net.weights]
+    assert all(np.shares_memory(g, grad) for g in gW + gb)
+    h = np.tanh(np.c_[x, np.log(t)] @ net.weights[0] + net.biases[0])
+    h = np.tanh(h @ net.weights[1] + net.biases[1])
+    np.testing.assert_allclose(gW[-1], h.T @ w, rtol=1e-12)
+    np.testing.assert_allclose(gb[-1], w.sum(axis=0), rtol=1e-13)
+    with pytest.raises(ValueError, match="flat must have shape"):
+        net.layer_views(grad[:-1])
+
+
+def test_set_params_copies_in_place_and_validates():
+    net = MLP(D, WIDTHS, rng=0)
+    weights0 = net.weights[0]
+    theta = np.random.default_rng(1).standard_normal(net.n_params)
+    net.set_params(theta)
+    np.testing.assert_array_equal(net.params, theta)
+    assert net.weights[0] is weights0 and np.shares_memory(weights0, net.params)
+    theta[0] = 123.0
+    assert net.params[0] != 123.0  # a copy, not the caller's array
+    with pytest.raises(ValueError, match="shape"):
+        net.set_params(theta[:-1])
+    with pytest.raises(ValueError, match="dtype"):
+        net.set_params(theta.astype(np.float32))
+    theta[3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        net.set_params(theta)
+
+
+def test_config_round_trip():
+    net = MLP(2, (5, 4, 3), "softplus", TimeEmbedding("fourier", 3), dtype=np.float32, rng=7)
+    copy = MLP.from_config(net.config(), net.params)
+    assert copy.config() == net.config()
+    assert copy.embedding == net.embedding and copy.dtype == np.float32
+    np.testing.assert_array_equal(copy.params, net.params)
+    with pytest.raises(ValueError, match="config"):
+        MLP.from_config({"d": 2})
+
+
+# -- initialisation -------------------------------------------------------------------------
+
+def test_init_is_reproducible_and_seed_dependent():
+    a = MLP(D, WIDTHS, rng=5)
+    b = MLP(D, WIDTHS, rng=np.random.default_rng(5))
+    c = MLP(D, WIDTHS, rng=6)
+    np.testing.assert_array_equal(a.params, b.params)
+    assert not np.any(a.params == c.params)
+
+
+def test_init_draws_uniform_within_one_over_sqrt_fan_in():
+    """W_l, b_l ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)), layer by layer, weights before biases."""
+    net = MLP(2, (200, 50), "silu", "fourier", rng=3)
+    rng = np.random.default_rng(3)
+    for W, b in zip(net.weights, net.biases):
+        bound = 1.0 / np.sqrt(W.shape[0])
+        assert np.abs(W).max() <= bound and np.abs(b).max() <= bound
+        np.testing.assert_array_equal(W, rng.uniform(-bound, bound, W.shape))
+        np.testing.assert_array_equal(b, rng.uniform(-bound, bound, b.shape))
+    # and the range is used: over 10,000 draws the extremes come within 1% of the bound
+    W = net.weights[1]
+    assert np.abs(W).max() > 0.99 / np.sqrt(200)
+
+
+def test_float32_init_is_the_float64_init_rounded():
+    a = MLP(D, WIDTHS, rng=9)
+    b = MLP(D, WIDTHS, dtype=np.float32, rng=9)
+    assert b.params.dtype == np.float32
+    np.testing.assert_array_equal(b.params, a.params.astype(np.float32))
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    ({"d": 0}, "d"),
+    ({"widths": (8, 0)}, "widths"),
+    ({"activation": "gelu"}, "activation"),
+    ({"time_embedding": "sine"}, "time embedding"),
+    ({"dtype": np.int64}, "dtype"),
+    ({"dtype": np.float16}, "dtype"),
+    ({"rng": None}, "rng"),
+    ({"rng": True}, "rng"),
+])
+def test_constructor_rejects_bad_arguments(kwargs, name):
+    args = {"d": D, "widths": WIDTHS, **kwargs}
+    with pytest.raises(ValueError, match=name):
+        MLP(**args)
+
+
+# -- forward: blocks, dtypes, bad input -------------------------------------------------------
+
+def test_blocked_forward_equals_taped_forward(numpy_ref):
+    """keep=False works in blocks of B rows (4096); 2 B + 5 rows with per-row t cross two
+    block boundaries. Same arithmetic, so equal to the last bits BLAS allows."""
+    net = MLP(D, WIDTHS, "silu", "fourier", rng=0)
+    B = mlp_module._INFERENCE_ROWS
+    n = 2 * B + 5
+    rng = np.random.default_rng(0)
+    x, t = rng.standard_normal((n, D)), rng.uniform(0.01, 1.0, n)
+    blocked = net.forward(x, t, keep=False)
+    taped = net.forward(x, t, keep=True)
+    np.testing.assert_allclose(blocked, taped, rtol=1e-13, atol=1e-15)
+    rows = np.r_[B - 5:B + 5, 2 * B - 5:n]
+    expected, _ = numpy_ref.forward(net, x[rows], t[rows])
+    np.testing.assert_allclose(blocked[rows], expected, rtol=1e-12, atol=1e-14)
+    # the tape of the big batch is still usable after blocked evaluation of another size
+    net.forward(x[:7], t[:7])
+    grad = net.backward(np.ones((n, D)))
+    assert np.all(np.isfinite(grad))
+
+
+def test_float32_network_is_close_to_float64():
+    net64 = MLP(D, WIDTHS, "silu", "fourier", rng=0)
+    net32 = MLP(D, WIDTHS, "silu", "fourier", dtype=np.float32, rng=0)
+    x, t, w = batch(n=64)
+    out64 = net64.forward(x, t, keep=True)
+    out32 = net32.forward(x.astype(np.float32), t, keep=True)
+    assert out32.dtype == np.float32
+    assert np.abs(out32 - out64).max() <= 1e-5 * np.abs(out64).max()
+    g64, gx64 = net64.backward(w, input_grad=True)
+    g32, gx32 = net32.backward(w.astype(np.float32), input_grad=True)
+    assert g32.dtype == gx32.dtype == np.float32
+    assert np.abs(g32 - g64).max() <= 1e-5 * np.abs(g64).max()
+    assert np.abs(gx32 - gx64).max() <= 1e-5 * np.abs(gx64).max()
+
+
+def test_forward_rejects_bad_input():
+    net = MLP(D, WIDTHS, "silu", "log")
+    x = np.zeros((4, D))
+    with pytest.raises(ValueError, match="dtype float64"):
+        net.forward(x.astype(np.float32), 0.5)
+    with pytest.raises(ValueError, match="dtype float32"):
+        MLP(D, WIDTHS, dtype=np.float32).forward(x, 0.5)
+    with pytest.raises(ValueError, match=r"shape \(n, 3\)"):
+        net.forward(np.zeros((4, 2)), 0.5)
+    with pytest.raises(ValueError, match="x"):
+        net.forward(np.zeros(D), 0.5)
+    with pytest.raises(ValueError, match="one value per row"):
+        net.forward(x, np.full(3, 0.5))
+    with pytest.raises(ValueError, match="t must be >= 0"):
+        net.forward(x, -0.5)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        net.forward(x, 0.5)
+
+
+# -- backward: the tape ---------------------------------------------------------------------
+
+def test_backward_needs_a_taped_forward():
+    net = MLP(D, WIDTHS, rng=0)
+    x, t, w = batch()
+    with pytest.raises(ValueError, match="preceding forward"):
+        net.backward(w)
+    net.forward(x, t)  # keep=False keeps nothing
+    with pytest.raises(ValueError, match="preceding forward"):
+        net.backward(w)
+    net.forward(x, t, keep=True)
+    net.forward(x[::-1].copy(), t)  # an untaped pass over a batch of the same size spoils it
+    with pytest.raises(ValueError, match="preceding forward"):
+        net.backward(w)
+
+
+def test_backward_writes_into_grad_params_and_leaves_grad_out_alone():
+    net = MLP(D, WIDTHS, "softplus", "fourier", rng=0)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+    expected = net.backward(w)
+    w_before = w.copy()
+    buffer = np.full(net.n_params, np.nan)
+    result = net.backward(w, grad_params=buffer)  # the tape can be used twice
+    assert result is buffer
+    np.testing.assert_array_equal(buffer, expected)
+    np.testing.assert_array_equal(w, w_before)
+    with pytest.raises(ValueError, match="grad_out"):
+        net.backward(w[:-1])
+    with pytest.raises(ValueError, match="grad_out"):
+        net.backward(w.astype(np.float32))
+    with pytest.raises(ValueError, match="grad_params"):
+        net.backward(w, grad_params=np.empty(net.n_params + 1))
+    with pytest.raises(ValueError, match="grad_params"):
+        net.backward(w, grad_params=np.empty(2 * net.n_params)[::2])

@@ -1,0 +1,102 @@
+"""ScoreModel (sgm_ref.score_model): each parameterisation against the network output.
+
+    "score": s = net,   "noise": s = -net / sigma_t,   "residual": s = -x + net
+
+checked with sigma_t from the closed forms (OU: 1 - exp(-2t); VP: B = b0 t + (b1 - b0) t^2 / 2).
+"""
+
+import numpy as np
+import pytest
+
+from sgm_ref import OU, VP
+from sgm_ref.nn import MLP
+from sgm_ref.score_model import PARAMETERIZATIONS, ScoreModel
+
+PROCESSES = (OU(), VP(), VP(0.5, 12.0))
+
+
+def inputs(seed=0, n=20, d=3, t_max=1.0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, d)), rng.uniform(1e-4, t_max, n)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=repr)
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_parameterization_formula(parameterization, process, numpy_ref):
+    net = MLP(3, (8, 6), "silu", "fourier", rng=0)
+    model = ScoreModel(net, process, parameterization)
+    x, t = inputs()
+    out = net.forward(x, t)
+    sigma = np.sqrt(numpy_ref.coefficients(process, t)[1])[:, None]
+    expected = {"score": out, "noise": -out / sigma, "residual": out - x}[parameterization]
+    s = model(x, t)
+    assert s.shape == x.shape and s.dtype == np.float64
+    np.testing.assert_allclose(s, expected, rtol=1e-14, atol=1e-15)
+    # one scalar t for all rows
+    np.testing.assert_allclose(model(x, 0.25), model(x, np.full(len(x), 0.25)), rtol=0, atol=0)
+
+
+def test_output_to_score_works_in_place_and_does_not_touch_x():
+    model = ScoreModel(MLP(3, (8,), rng=0), OU(), "residual")
+    x, t = inputs()
+    x_before = x.copy()
+    out = model.network.forward(x, t)
+    s = model.output_to_score(out, x, t)
+    assert s is out
+    np.testing.assert_array_equal(x, x_before)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=repr)
+def test_noise_parameterization_refuses_t_zero(process):
+    model = ScoreModel(MLP(3, (8,), "silu", "linear", rng=0), process, "noise")
+    x, _ = inputs(n=3)
+    with pytest.raises(ValueError, match="t must be > 0"):
+        model(x, 0.0)
+    with pytest.raises(ValueError, match="t must be > 0"):
+        model(x, np.array([0.5, 0.0, 0.2]))
+
+
+def test_noise_parameterization_is_accurate_for_tiny_t():
+    """sigma_t from expm1: at t = 1e-12, s = -net / sqrt(-expm1(-2t)) to full precision
+    (sqrt(1 - exp(-2t)) would be wrong in the fifth digit)."""
+    net = MLP(3, (8,), "silu", "log", rng=0)
+    model = ScoreModel(net, OU(), "noise")
+    x, _ = inputs(n=4)
+    sigma = np.sqrt(-np.expm1(-2e-12))
+    np.testing.assert_allclose(model(x, 1e-12), -net.forward(x, 1e-12) / sigma, rtol=1e-14)
+
+
+def test_float32_model():
+    net32 = MLP(3, (8, 6), "tanh", "log", dtype=np.float32, rng=0)
+    net64 = MLP(3, (8, 6), "tanh", "log", rng=0)
+    x, t = inputs()
+    for parameterization in PARAMETERIZATIONS:
+        s32 = ScoreModel(net32, OU(), parameterization)(x.astype(np.float32), t)
+        s64 = ScoreModel(net64, OU(), parameterization)(x, t)
+        assert s32.dtype == np.float32
+        assert np.abs(s32 - s64).max() <= 1e-5 * np.abs(s64).max()
+    with pytest.raises(ValueError, match="dtype float32"):
+        ScoreModel(net32)(x, t)
+
+
+def test_properties_and_repr():
+    net = MLP(2, (4,), rng=0)
+    model = ScoreModel(net, VP(), "noise")
+    assert model.params is net.params and model.d == 2 and model.dtype == np.float64
+    assert "noise" in repr(model) and "VP" in repr(model)
+    assert ScoreModel(net).parameterization == "residual" and ScoreModel(net).process == OU()
+
+
+def test_constructor_rejects_bad_arguments():
+    net = MLP(2, (4,), rng=0)
+    with pytest.raises(ValueError, match="parameterization"):
+        ScoreModel(net, OU(), "epsilon")
+    with pytest.raises(ValueError, match="process"):
+        ScoreModel(net, "OU", "score")
+
+
+@pytest.mark.parametrize("parameterization", ["score", "residual"])
+def test_t_beyond_the_process_horizon_is_rejected(parameterization):
+    model = ScoreModel(MLP(2, (4,), "silu", "log", rng=0), VP(), parameterization)
+    with pytest.raises(ValueError, match="t"):
+        model(np.zeros((2, 2)), 5.0)  # VP is defined on [0, 1]

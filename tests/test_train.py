@@ -1,0 +1,300 @@
+"""The training loop (sgm_ref.train.fit): that it learns, that it is Adam on the DSM loss
+step for step (against torch.optim.Adam), and its bookkeeping, errors and resumption.
+
+The draws of a run are documented: per step, batch indices rng.integers(0, n, batch_size),
+then times (uniform: t0 + (T - t0) u, log-uniform: t0 (T / t0)^u, u = rng.random(batch_size)),
+then noise rng.standard_normal; `replay` repeats them from a twin Generator.
+"""
+
+import numpy as np
+import pytest
+
+import sgm_ref.train
+from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref.losses import dsm_loss
+from sgm_ref.metrics import score_error_integral
+from sgm_ref.nn import MLP
+from sgm_ref.optim import Adam
+from sgm_ref.score_model import ScoreModel
+from sgm_ref.train import History, TrainingDivergedError, fit
+
+
+def replay(rng, data, steps, batch_size, t0, T, distribution="uniform"):
+    """The (x0, t, z) that fit draws at each step from a Generator in the same state."""
+    for _ in range(steps):
+        x0 = data[rng.integers(0, data.shape[0], batch_size)]
+        u = rng.random(batch_size)
+        t = t0 + (T - t0) * u if distribution == "uniform" else np.exp(np.log(t0) + np.log(T / t0) * u)
+        z = rng.standard_normal((batch_size, data.shape[1]), dtype=data.dtype)
+        yield x0, t, z
+
+
+def small_problem(seed=0, n=300, dtype=np.float64, parameterization="noise", process=OU()):
+    data = GaussianMixture.ring().sample(n, np.random.default_rng(100 + seed), dtype=dtype)
+    model = ScoreModel(MLP(2, (16, 16), "silu", "log", dtype=dtype, rng=seed), process, parameterization)
+    return model, data
+
+
+FIT = dict(batch_size=32, lr=1e-2, t0=1e-2, T=1.0, progress=False)
+
+
+# -- it learns ------------------------------------------------------------------------------
+
+RING_T0, RING_T = 1e-2, 5.0
+
+
+def ring_score_error(model, ring):
+    """Time-integrated score error against the exact oracle, fixed evaluation draws."""
+    value, _ = score_error_integral(model, ring, OU(), RING_T0, RING_T, 4000, np.random.default_rng(1))
+    return value
+
+
+def train_on_ring(parameterization, weighting, ema_decay=None):
+    """2000 Adam steps (batch 256, lr 2e-3, t ~ U[1e-2, 5]) on 10,000 samples of the ring.
+
+    Returns the model, the target, the score error integral at initialisation and the
+    optimizer."""
+    ring = GaussianMixture.ring()
+    data = ring.sample(10_000, np.random.default_rng(0))
+    model = ScoreModel(MLP(2, (64, 64, 64), "silu", "log", rng=0), OU(), parameterization)
+    optimizer = Adam(model.params, lr=2e-3, ema_decay=ema_decay)
+    before = ring_score_error(model, ring)
+    fit(model, data, steps=2000, batch_size=256, t0=RING_T0, T=RING_T, rng=np.random.default_rng(2),
+        weighting=weighting, optimizer=optimizer, progress=False)
+    return model, ring, before, optimizer
+
+
+def test_training_learns_the_ring_score():
+    """Noise prediction with sigma^2 weighting. Measured here: integral 10.06 at init ->
+    0.293 after training (2.9% of it); over four seeds 0.27-0.32 (2.8-3.2%)."""
+    model, ring, before, _ = train_on_ring("noise", "sigma2")
+    after = ring_score_error(model, ring)
+    print(f"\n[noise, sigma2] score error integral: init {before:.4g}, trained {after:.4g}, "
+          f"ratio {after / before:.3f}")
+    assert after < 0.25 * before
+    assert after < 0.45
+
+
+def test_training_on_the_papers_objective():
+    """Cole & Lu's objective: residual s = -x + net, lambda = 1, t ~ U[t0, T]. The residual
+    form starts much closer (-x is a fair guess), so the ratio is harder to win.
+    Measured here: integral 1.442 at init; the last iterate reaches 0.333 (23%; 22-25%
+    over four seeds, too close to 25% to assert: the lambda = 1 gradient is noisy near
+    t0), the parameter EMA (decay 0.995) 0.26 (18%; 18-20% over four seeds)."""
+    model, ring, before, optimizer = train_on_ring("residual", "none", ema_decay=0.995)
+    last = ring_score_error(model, ring)
+    model.network.set_params(optimizer.ema)
+    averaged = ring_score_error(model, ring)
+    print(f"\n[residual, none] score error integral: init {before:.4g}, last iterate {last:.4g} "
+          f"(ratio {last / before:.3f}), EMA {averaged:.4g} (ratio {averaged / before:.3f})")
+    assert averaged < 0.25 * before
+    assert last < 0.30 * before
+
+
+# -- it is Adam on the DSM loss --------------------------------------------------------------
+
+@pytest.mark.parametrize("activation, parameterization, weighting, process, distribution", [
+    ("silu", "noise", "sigma2", OU(), "uniform"),
+    ("tanh", "residual", "none", VP(), "log-uniform"),
+    ("relu", "score", "none", OU(), "uniform"),
+    ("softplus", "residual", "sigma2", VP(0.5, 12.0), "uniform"),
+])
+def test_training_trajectory_matches_torch_adam(activation, parameterization, weighting, process,
+                                                distribution, torch_ref):
+    """50 steps of fit against the same 50 steps of torch.optim.Adam on the same batches:
+    parameters equal to 1e-10 of their size (measured: ~5e-16)."""
+    torch = torch_ref.torch
+    data = GaussianMixture.ring().sample(500, np.random.default_rng(0))
+    model = ScoreModel(MLP(2, (16, 16), activation, "fourier", rng=0), process, parameterization)
+    params = torch_ref.parameters(model.network)
+    opt = torch.optim.Adam(params, lr=1e-2)
+    kwargs = dict(batch_size=32, t0=1e-2, T=1.0, time_distribution=distribution)
+
+    fit(model, data, steps=50, lr=1e-2, rng=np.random.default_rng(5), weighting=weighting, progress=False, **kwargs)
+    for x0, t, z in replay(np.random.default_rng(5), data, 50, 32, 1e-2, 1.0, distribution):
+        opt.zero_grad()
+        torch_ref.dsm_loss(model, params, x0, t, z, weighting).backward()
+        opt.step()
+    expected = torch_ref.flat(params)
+    assert np.abs(model.params - expected).max() <= 1e-10 * np.abs(expected).max()
+
+
+def test_first_step_is_the_documented_draws_loss_and_adam_step():
+    model, data = small_problem()
+    theta0 = model.params.copy()
+    history = fit(model, data, steps=1, rng=np.random.default_rng(3), weighting="sigma2", **FIT)
+
+    x0, t, z = next(replay(np.random.default_rng(3), data, 1, 32, 1e-2, 1.0))
+    twin, _ = small_problem()
+    value, grad = dsm_loss(twin, x0, t, z, "sigma2")
+    assert history.loss == [value]
+    Adam(twin.params, lr=1e-2).step(grad)
+    assert not np.array_equal(twin.params, theta0)
+    np.testing.assert_array_equal(model.params, twin.params)
+
+
+# -- bookkeeping -----------------------------------------------------------------------------
+
+def test_same_seed_gives_identical_bits_and_another_seed_differs():
+    runs = []
+    for seed in (7, 7, 8):
+        model, data = small_problem()
+        history = fit(model, data, steps=30, rng=np.random.default_rng(seed), **FIT)
+        runs.append((model.params.copy(), history.loss))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1]
+    assert not np.any(runs[0][0] == runs[2][0])
+
+
+def test_history_evaluations_and_callback():
+    model, data = small_problem()
+    seen = []
+
+    def callback(step, m, optimizer, history):
+        assert m is model and history.optimizer is optimizer and optimizer.params is model.params
+        assert len(history.loss) == step and optimizer.step_count == step
+        seen.append((step, float(m.params.sum())))
+
+    history = fit(model, data, steps=10, rng=np.random.default_rng(0), eval_every=3,
+                  evaluate=lambda m: float(m.params.sum()), callback=callback, **FIT)
+    assert [s for s, _ in seen] == list(range(1, 11))
+    assert len(history.loss) == 10 and np.all(np.isfinite(history.loss))
+    assert history.eval_steps == [3, 6, 9, 10]
+    assert history.eval_values == [seen[s - 1][1] for s in (3, 6, 9, 10)]
+    assert history.optimizer.step_count == 10
+    assert history.as_dict() == {"loss": history.loss, "eval_steps": [3, 6, 9, 10],
+                                 "eval_values": history.eval_values}
+
+    history = fit(*small_problem(), steps=10, rng=np.random.default_rng(0), eval_every=5,
+                  evaluate=lambda m: 0.0, **FIT)
+    assert history.eval_steps == [5, 10]  # the last step is not evaluated twice
+    history = fit(*small_problem(), steps=4, rng=np.random.default_rng(0), **FIT)
+    assert history.eval_steps == [] and history.eval_values == []
+
+
+def test_resuming_continues_bit_for_bit():
+    model, data = small_problem()
+    full = fit(model, data, steps=20, rng=np.random.default_rng(4), weighting="sigma2", **FIT)
+
+    resumed, _ = small_problem()
+    rng = np.random.default_rng(4)
+    part = fit(resumed, data, steps=8, rng=rng, weighting="sigma2", **FIT)
+    optimizer = part.optimizer
+    again = fit(resumed, data, steps=20, start_step=8, optimizer=optimizer, history=part, rng=rng,
+                weighting="sigma2", **FIT)
+    assert again is part and len(part.loss) == 20
+    assert part.loss == full.loss
+    np.testing.assert_array_equal(resumed.params, model.params)
+    np.testing.assert_array_equal(optimizer.m, full.optimizer.m)
+    np.testing.assert_array_equal(optimizer.v, full.optimizer.v)
+    assert optimizer.step_count == 20
+
+
+def test_given_optimizer_is_used_and_lr_ignored():
+    model_a, data = small_problem()
+    fit(model_a, data, steps=5, rng=np.random.default_rng(0), **FIT)
+    model_b, _ = small_problem()
+    opt = Adam(model_b.params, lr=FIT["lr"])
+    history = fit(model_b, data, steps=5, rng=np.random.default_rng(0), optimizer=opt,
+                  **{**FIT, "lr": 1e9})
+    assert history.optimizer is opt and opt.step_count == 5
+    np.testing.assert_array_equal(model_a.params, model_b.params)
+
+
+def test_float32_training():
+    model, data = small_problem(dtype=np.float32)
+    history = fit(model, data, steps=20, rng=np.random.default_rng(0), weighting="sigma2", **FIT)
+    assert model.params.dtype == np.float32 and np.all(np.isfinite(model.params))
+    assert np.all(np.isfinite(history.loss))
+
+
+def test_progress_false_and_default_are_silent(capsys):
+    model, data = small_problem()
+    fit(model, data, steps=60, rng=np.random.default_rng(0), **FIT)  # progress=False
+    fit(model, data, steps=60, rng=np.random.default_rng(0), **{**FIT, "progress": None})  # stderr is no tty
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+
+
+# -- divergence ------------------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_non_finite_loss_stops_with_the_step_and_last_finite_parameters():
+    """One data point of size 1e200 makes |s + z / sigma|^2 overflow when it is drawn."""
+    model, data = small_problem(parameterization="score")
+    data[17] = 1e200
+    snapshots = [model.params.copy()]
+    history = History()
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(model, data, steps=500, rng=np.random.default_rng(1), history=history,
+            callback=lambda step, m, o, h: snapshots.append(m.params.copy()), **FIT)
+    error = info.value
+    k = error.step
+    assert isinstance(error, ValueError) and isinstance(error, FloatingPointError)
+    assert k > 1 and f"loss became non-finite at step {k}" in str(error)
+    assert len(snapshots) == k and len(history.loss) == k - 1
+    assert history.optimizer.step_count == k - 1
+    np.testing.assert_array_equal(model.params, snapshots[-1])
+    # the draw that diverged holds the huge point, the earlier ones do not
+    draws = list(replay(np.random.default_rng(1), data, k, 32, 1e-2, 1.0))
+    assert [bool(np.any(x0 == 1e200)) for x0, _, _ in draws] == [False] * (k - 1) + [True]
+
+
+def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monkeypatch):
+    """A gradient with a NaN at step 3 (injected; the loss stays finite)."""
+    calls = []
+    original = sgm_ref.train._dsm_loss
+
+    def nan_at_step_3(*args):
+        value, grad = original(*args)
+        calls.append(value)
+        if len(calls) == 3:
+            grad[5] = np.nan
+        return value, grad
+
+    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", nan_at_step_3)
+    model, data = small_problem()
+    snapshots = []
+    with pytest.raises(TrainingDivergedError, match="gradient became non-finite at step 3") as info:
+        fit(model, data, steps=10, rng=np.random.default_rng(0),
+            callback=lambda step, m, o, h: snapshots.append(m.params.copy()), **FIT)
+    assert info.value.step == 3 and np.isfinite(calls[-1])
+    np.testing.assert_array_equal(model.params, snapshots[1])
+
+
+# -- bad arguments ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    ({"steps": 0}, "steps"),
+    ({"steps": 2.5}, "steps"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"t0": 1.0, "T": 1.0}, "t0 < T"),
+    ({"t0": 2.0, "T": 1.0}, "t0 < T"),
+    ({"t0": 0.0}, "t0 < T"),
+    ({"T": 2.0, "vp": True}, r"T must be <= 1.0"),
+    ({"data": "float32"}, "data must have dtype float64"),
+    ({"data": np.zeros((10, 3))}, r"data must have shape \(n, 2\)"),
+    ({"data": np.zeros(10)}, "data must have shape"),
+    ({"data": np.full((10, 2), np.nan)}, "data contains"),
+    ({"weighting": "sigma"}, "weighting"),
+    ({"time_distribution": "loguniform"}, "time_distribution"),
+    ({"eval_every": 5}, "eval_every needs evaluate"),
+    ({"eval_every": 0, "evaluate": lambda m: 0.0}, "eval_every"),
+    ({"optimizer": "copy"}, r"optimizer must be .*built on model.params"),
+    ({"start_step": -1}, "start_step"),
+    ({"start_step": 11}, "start_step"),
+    ({"rng": 0}, "rng"),
+    ({"lr": 0.0}, "lr"),
+])
+def test_fit_rejects_bad_arguments(change, message):
+    change = dict(change)
+    model, data = small_problem(process=VP() if change.pop("vp", False) else OU())
+    if isinstance(change.get("data"), str):
+        change["data"] = data.astype(np.float32)
+    if change.get("optimizer") == "copy":
+        change["optimizer"] = Adam(model.params.copy())
+    args = {"data": data, "steps": 10, "rng": np.random.default_rng(0), **FIT, **change}
+    theta = model.params.copy()
+    with pytest.raises(ValueError, match=message):
+        fit(model, **args)
+    np.testing.assert_array_equal(model.params, theta)
