@@ -6,7 +6,14 @@ learning a family of sub-Gaussian probability distributions" (ICLR 2024).
 
 __version__ = "0.1.0"
 
+from .io import load, save
+from .losses import dsm_loss
+from .nn import MLP
+from .optim import Adam
 from .processes import OU, VP
+from .score_model import ScoreModel
 from .targets import GaussianMixture
+from .train import fit
 
-__all__ = ["OU", "VP", "GaussianMixture", "__version__"]
+__all__ = ["OU", "VP", "GaussianMixture", "MLP", "ScoreModel", "Adam", "dsm_loss", "fit", "save", "load",
+           "__version__"]

@@ -4,7 +4,7 @@ import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_rng, check_time_range
 
-__all__ = ["score_error_integral"]
+__all__ = ["score_error_integral", "score_error_profile"]
 
 
 def _call_score(score, x, t, what="score"):
@@ -63,3 +63,44 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     s = _call_score(score, xt.astype(dtype), t).astype(np.float64)
     e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * inv_q
     return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))
+
+
+def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64):
+    """E_{p_t} |s(x, t) - grad log p_t(x)|^2 at each t in ts, with standard errors.
+
+    For each t, n fresh points x = alpha_t x0 + sigma_t z with x0 ~ p_0 (exact samples of
+    p_t) are scored by s and by the target's oracle.
+
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d)
+    target : object with sample(n, rng) and score(x, t, process)
+    process : OU or VP
+    ts : array_like, shape (m,)
+        Times in (0, process.t_max].
+    n : int >= 2
+        Points per time.
+    rng : numpy.random.Generator
+    dtype : float64 or float32, the dtype the score function is called with.
+
+    Returns
+    -------
+    errors, standard_errors : ndarray, shape (m,)
+    """
+    n = check_count(n, "n", minimum=2)
+    rng = check_rng(rng)
+    dtype = check_float_dtype(dtype)
+    ts = np.asarray(ts, dtype=np.float64)
+    if ts.ndim != 1 or ts.size == 0:
+        raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {ts.shape}")
+    if not np.all(np.isfinite(ts)) or np.any(ts <= 0) or np.any(ts > process.t_max):
+        raise ValueError(f"ts must lie in (0, {process.t_max}]")
+    errors = np.empty(ts.size)
+    standard_errors = np.empty(ts.size)
+    for k, t in enumerate(ts):
+        tk = np.full(n, t)
+        xt, _ = process.perturb(target.sample(n, rng), tk, rng)
+        s = _call_score(score, xt.astype(dtype), tk).astype(np.float64)
+        e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
+        errors[k], standard_errors[k] = e.mean(), e.std(ddof=1) / np.sqrt(n)
+    return errors, standard_errors

@@ -1,0 +1,169 @@
+"""Certified upper bound on TV(p_0, law of a sampler's output), by Girsanov and Pinsker.
+
+Let P be the law of the true reverse process on [t0, T] started from p_T and Q the
+law of the discretised sampler started from N(0, I), both with diffusion coefficient
+sqrt(beta(t)). On step k (t in [t_{k+1}, t_k], DB = int beta) the sampler's drift
+is frozen at the grid point t_k, so by Girsanov's theorem and the chain rule of KL,
+
+    KL(p_t0 || q) <= KL(P || Q) = KL(p_T || N(0, I))
+                       + 1/2 sum_k int_{t_{k+1}}^{t_k} beta(t) E |Delta_k(t)|^2 dt,
+
+    Euler–Maruyama:          Delta_k(t) = grad log p_t(X_t) - s(X_{t_k}, t_k) + (X_t - X_{t_k}) / 2
+    exponential integrator:  Delta_k(t) = grad log p_t(X_t) - s(X_{t_k}, t_k)
+
+where (X_t, X_{t_k}), t < t_k, is a pair from the forward process: under P the reverse
+path has the forward process's law. Both points are drawn exactly (X_t from p_t, then
+X_{t_k} from the forward transition), the oracle gives grad log p_t, so the integral is
+a plain Monte-Carlo average with a standard error, in any dimension, for the actual
+grid and scheme. Then
+
+    TV(p_0, q) <= TV(p_0, p_t0) + TV(p_t0, q) <= TV(p_0, p_t0) + sqrt(KL(P || Q) / 2).
+
+KL(p_T || N(0, I)) = E_{p_T}[log p_T - log gamma_d] and TV(p_0, p_t0) =
+E_{p_0}[(1 - p_t0 / p_0)_+] are Monte-Carlo averages with the exact log-densities.
+(Cole & Lu's proof takes this route; DESIGN.md, "Certified error".)
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_count, check_float_dtype, check_rng, check_time_range
+from ..processes import check_process
+from ..samplers import check_grid, time_grid
+from .score_error import _call_score
+
+__all__ = ["tv_upper_bound", "TVBound"]
+
+_BLOCK_ROWS = 2**15
+LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class TVBound:
+    """Every term of the certified bound, each with its Monte-Carlo standard error."""
+
+    tv: float                     # TV(p_0, p_t0) + sqrt(kl / 2), capped at 1
+    tv_se: float
+    kl: float                     # kl_prior + kl_path >= KL(p_t0 || q)
+    kl_se: float
+    kl_prior: float               # KL(p_T || N(0, I))
+    kl_prior_se: float
+    kl_path: float                # the Girsanov drift-mismatch integral
+    kl_path_se: float
+    tv_early_stopping: float      # TV(p_0, p_t0)
+    tv_early_stopping_se: float
+    kl_path_per_step: np.ndarray  # contribution of each step, shape (N,)
+    grid: np.ndarray              # the grid used, shape (N + 1,)
+    method: str
+
+    def as_dict(self):
+        """JSON-ready: every scalar term (the per-step array and the grid as lists)."""
+        out = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        out["kl_path_per_step"] = self.kl_path_per_step.tolist()
+        out["grid"] = self.grid.tolist()
+        return out
+
+
+def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_steps=None, n_aux=None,
+                   dtype=np.float64):
+    """Certified upper bound on TV(p_0, q), q the law of a sampler's output (module docstring).
+
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d)
+        The score the sampler uses (a trained model, the oracle, another library's).
+    target : object with sample(n, rng), score(x, t, process) and log_prob(x, t, process)
+        The true p_0, e.g. a GaussianMixture.
+    process : OU or VP
+    t0, T : float
+        Early-stopping time and horizon, 0 < t0 < T.
+    grid : "uniform", "geometric" or ndarray of shape (N + 1,)
+        The sampler's time grid (decreasing from T to t0); a name needs n_steps.
+    method : {"euler_maruyama", "exponential"}
+        The scheme whose drift is compared (the probability-flow ODE has no Girsanov bound).
+    n : int >= 2
+        Monte-Carlo pairs per step.
+    rng : numpy.random.Generator
+    n_steps : int, needed when grid is a name.
+    n_aux : int, optional
+        Points for KL(p_T || N(0, I)) and TV(p_0, p_t0); default 16 n.
+    dtype : float64 or float32, the dtype the score is called with.
+
+    Returns
+    -------
+    TVBound
+    """
+    process = check_process(process)
+    t0, T = check_time_range(t0, T, process)
+    if method not in ("euler_maruyama", "exponential"):
+        raise ValueError(f"method must be 'euler_maruyama' or 'exponential', got {method!r}")
+    n = check_count(n, "n", minimum=2)
+    n_aux = check_count(16 * n if n_aux is None else n_aux, "n_aux", minimum=2)
+    rng = check_rng(rng)
+    dtype = check_float_dtype(dtype)
+    if isinstance(grid, str):
+        if n_steps is None:
+            raise ValueError("a named grid needs n_steps")
+        grid = time_grid(T, t0, n_steps, grid, process)
+    else:
+        grid = check_grid(grid, process)
+        if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
+            raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
+
+    per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
+    kl_path = float(per_step.sum())
+    kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
+
+    xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
+    log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
+    kl_prior, kl_prior_se = _mean_se(log_ratio)
+
+    x0 = target.sample(n_aux, rng)
+    ratio = np.exp(target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process))
+    tv_es, tv_es_se = _mean_se(np.maximum(1.0 - ratio, 0.0))
+
+    # KL(p_T || gamma) >= 0; a negative Monte-Carlo average only means it is below its error
+    kl = max(kl_prior, 0.0) + kl_path
+    kl_se = float(np.hypot(kl_prior_se, kl_path_se))
+    root = np.sqrt(kl / 2.0)
+    tv = min(1.0, tv_es + root)
+    tv_se = float(np.hypot(tv_es_se, kl_se / (4.0 * root) if root > 0 else 0.0))
+    return TVBound(tv=tv, tv_se=tv_se, kl=kl, kl_se=kl_se, kl_prior=kl_prior, kl_prior_se=kl_prior_se,
+                   kl_path=kl_path, kl_path_se=kl_path_se, tv_early_stopping=tv_es,
+                   tv_early_stopping_se=tv_es_se, kl_path_per_step=per_step, grid=grid, method=method)
+
+
+def _mean_se(values):
+    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+
+
+def _path_term(score, target, process, grid, method, n, rng, dtype):
+    """Per-step 1/2 int beta E|Delta|^2 dt and its standard error, n pairs per step."""
+    N = grid.size - 1
+    B_grid = process.integrated_beta(grid)
+    h = grid[:-1] - grid[1:]
+    total = np.zeros(N)
+    total_sq = np.zeros(N)
+    rows_per_block = max(n, (_BLOCK_ROWS // n) * n)
+    steps_per_block = rows_per_block // n
+    for first in range(0, N, steps_per_block):
+        k = np.repeat(np.arange(first, min(first + steps_per_block, N)), n)
+        t = grid[k + 1] + h[k] * rng.random(k.size)
+        x0 = target.sample(k.size, rng)
+        xt, _ = process.perturb(x0, t, rng)
+        # forward transition from t up to the grid point t_k
+        dB = B_grid[k] - process.integrated_beta(t)
+        decay = np.exp(-0.5 * dB)[:, None]
+        spread = np.sqrt(-np.expm1(-dB))[:, None]
+        x_grid = decay * xt + spread * rng.standard_normal(xt.shape)
+        s = _call_score(score, x_grid.astype(dtype), grid[k]).astype(np.float64)
+        delta = target.score(xt, t, process) - s
+        if method == "euler_maruyama":
+            delta += 0.5 * (xt - x_grid)
+        e = 0.5 * h[k] * process.beta(t) * np.sum(delta**2, axis=1)
+        np.add.at(total, k, e)
+        np.add.at(total_sq, k, e**2)
+    mean = total / n
+    var = np.maximum(total_sq / n - mean**2, 0.0) * n / (n - 1)
+    return mean, np.sqrt(var / n)

@@ -1,0 +1,365 @@
+"""Closed forms for a Gaussian target p_0 = N(m, S) driven by its exact (linear) score.
+
+The forward marginals are p_t = N(alpha_t m, alpha_t^2 S + sigma_t^2 I) and the score
+grad log p_t(y) = -(alpha_t^2 S + sigma_t^2 I)^{-1} (y - alpha_t m) is affine in y. With
+S = U diag(lam) U^T, every sampler step of sgm_ref.samplers is an affine map acting on
+each eigen-coordinate z = U^T y separately; the coordinate has variance
+
+    v_k = alpha_{t_k}^2 lam + sigma_{t_k}^2   (v_k - 1 = alpha_{t_k}^2 (lam - 1))
+
+under p_{t_k}, and a step y <- a y + b s + c xi moves its mean mu and variance q by
+
+    mu <- (a - b / v_k) mu + b alpha_{t_k} (U^T m) / v_k,    q <- (a - b / v_k)^2 q + c^2,
+
+from mu = 0, q = 1 (the prior N(0, I) at T). So the law of a sampler's output is
+Gaussian and known exactly, for any grid and any number of steps; KL and TV between
+Gaussians then measure it against p_t0 or p_0 (gaussian_kl, gaussian_tv).
+
+sampler_limit_gaussian gives the N -> infinity limit (the continuous reverse SDE or
+probability-flow ODE started from N(0, I) at T), which separates the discretisation
+error from the error of the finite horizon T.
+"""
+
+import numpy as np
+from scipy.linalg import solve_triangular
+from scipy.special import erf, ndtr
+
+from .._validation import check_count, check_rng, check_time_range
+from ..processes import check_process
+from ..samplers import METHODS, check_grid
+
+__all__ = ["sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]
+
+
+# Step coefficients (a, b, c) of y <- a y + b s + c xi for DB = B(t_k) - B(t_{k+1}); the
+# same formulas as the lambdas in sgm_ref.samplers (euler_maruyama, exponential_integrator).
+def _euler_maruyama_coefficients(dB):
+    return 1.0 + 0.5 * dB, dB, np.sqrt(dB)
+
+
+def _exponential_coefficients(dB):
+    # expm1: e^{DB/2} - 1 and e^{DB} - 1 keep their relative precision for small steps
+    return np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB))
+
+
+_SDE_COEFFICIENTS = {"euler_maruyama": _euler_maruyama_coefficients, "exponential": _exponential_coefficients}
+
+
+# -- validation ---------------------------------------------------------------------------
+
+
+def _real_array(value, name):
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iub":
+        arr = arr.astype(np.float64)
+    if arr.dtype not in (np.float64, np.float32):
+        raise ValueError(f"{name} must be an array of real numbers (float64, float32 or integer), got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return arr
+
+
+def _check_gaussian(mean, cov, mean_name="mean", cov_name="cov", d=None):
+    """Validate N(mean, cov); return (mean (d,), symmetrised cov (d, d), lam (d,), U (d, d)).
+
+    cov must be symmetric (within 1e-10 of its largest entry) and positive definite:
+    smallest eigenvalue > d * eps * largest (the test GaussianMixture applies).
+    """
+    m = _real_array(mean, mean_name)
+    if m.ndim != 1 or m.size == 0:
+        raise ValueError(f"{mean_name} must have shape (d,) with d >= 1, got shape {m.shape}")
+    if d is not None and m.shape[0] != d:
+        raise ValueError(f"{mean_name} must have shape ({d},) to match the other Gaussian, got shape {m.shape}")
+    d = m.shape[0]
+    C = _real_array(cov, cov_name)
+    if C.shape != (d, d):
+        raise ValueError(f"{cov_name} must have shape (d, d) = ({d}, {d}) to match {mean_name}, got shape {C.shape}")
+    asym = np.max(np.abs(C - C.T))
+    if asym > 1e-10 * np.max(np.abs(C)):
+        raise ValueError(f"{cov_name} is not symmetric (max |C - C^T| = {asym:.3g}); pass (C + C.T) / 2")
+    C = 0.5 * (C + C.T)
+    lam, U = np.linalg.eigh(C)
+    if not lam[0] > d * np.finfo(np.float64).eps * lam[-1]:
+        raise ValueError(
+            f"{cov_name} must be positive definite (smallest eigenvalue {lam[0]:.3g}, largest {lam[-1]:.3g})"
+        )
+    return m, C, lam, U
+
+
+def _check_method(method):
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    return method
+
+
+# -- sampler output laws ---------------------------------------------------------------------
+
+
+def _from_eigen(U, mu, q):
+    cov = (U * q) @ U.T
+    return U @ mu, 0.5 * (cov + cov.T)
+
+
+def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
+    """Exact law N(mean_out, cov_out) of a sampler's output for the target N(mean, cov).
+
+    The sampler (sgm_ref.samplers) starts from N(0, I) at T = grid[0] and is driven by
+    the exact score of p_t = N(alpha_t m, alpha_t^2 S + sigma_t^2 I). In the eigenbasis
+    S = U diag(lam) U^T, with v_k = alpha_{t_k}^2 lam + sigma_{t_k}^2 and
+    DB_k = B(t_k) - B(t_{k+1}):
+
+        euler_maruyama:    a = 1 + DB_k / 2,  b = DB_k,                 c^2 = DB_k
+        exponential:       a = e^{DB_k / 2},  b = 2 (e^{DB_k / 2} - 1), c^2 = e^{DB_k} - 1
+        mu <- (a - b / v_k) mu + b alpha_{t_k} (U^T m) / v_k,   q <- (a - b / v_k)^2 q + c^2.
+
+    probability_flow (Heun, h = t_k - t_{k+1}): the drift f(y, t) = beta(t) (y + s(y, t)) / 2
+    is g_t z + e_t per eigen-coordinate, g_t = beta(t) alpha_t^2 (lam - 1) / (2 v_t),
+    e_t = beta(t) alpha_t (U^T m) / (2 v_t), so one step is z <- A z + r with
+
+        A = 1 + h/2 (g_k + g_{k+1} (1 + h g_k)),   r = h/2 (e_k + e_{k+1} + h g_{k+1} e_k),
+        mu <- A mu + r,   q <- A^2 q.
+
+    Parameters
+    ----------
+    mean : array_like, shape (d,)
+    cov : array_like, shape (d, d)
+        Symmetric positive definite.
+    process : OU or VP
+    grid : array_like, shape (N + 1,)
+        Decreasing times from T to t0 > 0 (sgm_ref.samplers.time_grid).
+    method : {"euler_maruyama", "exponential", "probability_flow"}
+
+    Returns
+    -------
+    mean_out : ndarray, shape (d,)
+    cov_out : ndarray, shape (d, d)
+
+    Raises
+    ------
+    ValueError
+        For a non-finite or wrongly shaped mean or cov, a cov that is not symmetric
+        positive definite, an invalid grid, process or method.
+    """
+    m, _, lam, U = _check_gaussian(mean, cov)
+    process = check_process(process)
+    grid = check_grid(grid, process)
+    method = _check_method(method)
+    m_eig = U.T @ m
+    B = process.integrated_beta(grid)
+    alpha = np.exp(-0.5 * B)[:, None]
+    v = alpha**2 * lam + (-np.expm1(-B))[:, None]  # (N + 1, d)
+    mu, q = np.zeros_like(m), np.ones_like(m)
+    if method == "probability_flow":
+        beta = process.beta(grid)[:, None]
+        g = beta * alpha**2 * (lam - 1.0) / (2.0 * v)  # 1 - 1/v = alpha^2 (lam - 1) / v, no cancellation
+        e = beta * alpha * m_eig / (2.0 * v)
+        for k in range(grid.size - 1):
+            h = grid[k] - grid[k + 1]
+            A = 1.0 + 0.5 * h * (g[k] + g[k + 1] * (1.0 + h * g[k]))
+            mu = A * mu + 0.5 * h * (e[k] + e[k + 1] + h * g[k + 1] * e[k])
+            q = A * A * q
+    else:
+        a, b, c = _SDE_COEFFICIENTS[method](B[:-1] - B[1:])
+        for k in range(grid.size - 1):
+            A = a[k] - b[k] / v[k]
+            mu = A * mu + b[k] * alpha[k] * m_eig / v[k]
+            q = A * A * q + c[k] ** 2
+    return _from_eigen(U, mu, q)
+
+
+def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
+    """The N -> infinity limit of sampler_output_gaussian: the exact reverse dynamics from N(0, I).
+
+    Per eigen-coordinate (v_t = alpha_t^2 lam + sigma_t^2, mt = U^T m) the true reverse
+    dynamics keep the p_t-moments (alpha_t mt, v_t) fixed and shrink or grow deviations
+    from them by closed-form factors (integrate 1/v_t = e^B / (e^B + lam - 1) in B):
+
+        reverse SDE ("euler_maruyama", "exponential"):
+            mu = alpha_t0 mt - alpha_T mt (alpha_T / alpha_t0) (v_t0 / v_T)
+            q  = v_t0 + (1 - v_T) (alpha_T / alpha_t0)^2 (v_t0 / v_T)^2
+        probability-flow ODE ("probability_flow"):
+            mu = alpha_t0 mt - alpha_T mt sqrt(v_t0 / v_T),   q = v_t0 / v_T
+
+    Both error terms vanish as T -> infinity; the SDE's like alpha_T^2, the ODE's mean
+    term only like alpha_T.
+
+    Parameters
+    ----------
+    mean, cov : as sampler_output_gaussian
+    process : OU or VP
+    T, t0 : float
+        0 < t0 < T <= process.t_max.
+    method : {"euler_maruyama", "exponential", "probability_flow"}
+
+    Returns
+    -------
+    mean_out : ndarray, shape (d,)
+    cov_out : ndarray, shape (d, d)
+    """
+    m, _, lam, U = _check_gaussian(mean, cov)
+    process = check_process(process)
+    t0, T = check_time_range(t0, T, process)
+    method = _check_method(method)
+    m_eig = U.T @ m
+    B0, BT = process.integrated_beta(np.array([t0, T]))
+    alpha0, alphaT = np.exp(-0.5 * B0), np.exp(-0.5 * BT)
+    v0 = alpha0**2 * lam - np.expm1(-B0)
+    vT = alphaT**2 * lam - np.expm1(-BT)
+    if method == "probability_flow":
+        mu = alpha0 * m_eig - alphaT * m_eig * np.sqrt(v0 / vT)
+        q = v0 / vT
+    else:
+        ratio = np.exp(-0.5 * (BT - B0)) * v0 / vT
+        mu = alpha0 * m_eig - alphaT * m_eig * ratio
+        q = v0 - alphaT**2 * (lam - 1.0) * ratio**2  # 1 - v_T = -alpha_T^2 (lam - 1)
+    return _from_eigen(U, mu, q)
+
+
+# -- divergences between Gaussians ---------------------------------------------------------------
+
+
+def _two_gaussians(mean0, cov0, mean1, cov1):
+    m0, C0, _, _ = _check_gaussian(mean0, cov0, "mean0", "cov0")
+    m1, C1, _, _ = _check_gaussian(mean1, cov1, "mean1", "cov1", d=m0.shape[0])
+    return m0, C0, m1, C1
+
+
+def gaussian_kl(mean0, cov0, mean1, cov1):
+    """KL(N0 || N1) between N0 = N(mean0, cov0) and N1 = N(mean1, cov1), exactly.
+
+    KL = 1/2 [tr(S1^{-1} S0) - d + log det S1 - log det S0 + (m1 - m0)^T S1^{-1} (m1 - m0)].
+
+    With Cholesky factors S0 = L0 L0^T, S1 = L1 L1^T, M = L1^{-1} L0 is lower triangular
+    with diagonal L0_ii / L1_ii, so with l_i = 2 log(L0_ii / L1_ii) and
+    w = L1^{-1} (m1 - m0),
+
+        KL = 1/2 [sum_i (e^{l_i} - 1 - l_i) + sum_{i > j} M_ij^2 + |w|^2],
+
+    a sum of non-negative terms (no cancellation between the trace and the
+    log-determinants when N0 is close to N1). Triangular solves only, no inverse.
+
+    Parameters
+    ----------
+    mean0, mean1 : array_like, shape (d,)
+    cov0, cov1 : array_like, shape (d, d), symmetric positive definite
+
+    Returns
+    -------
+    float
+        KL(N0 || N1) >= 0, in nats.
+
+    Raises
+    ------
+    ValueError
+        For non-finite entries, mismatched shapes or a covariance that is not SPD.
+    """
+    m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
+    L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
+    M = solve_triangular(L1, L0, lower=True)
+    w = solve_triangular(L1, m1 - m0, lower=True)
+    l = 2.0 * np.log(np.diag(L0) / np.diag(L1))
+    return float(0.5 * (np.sum(np.expm1(l) - l) + np.sum(np.tril(M, -1) ** 2) + w @ w))
+
+
+def _tv_1d(m0, v0, m1, v1):
+    """Exact TV(N(m0, v0), N(m1, v1)) from the crossing points of the densities.
+
+    In u = (x - m0) / sqrt(v0), N0 = N(0, 1) and N1 = N(delta, rho) with
+    delta = (m1 - m0) / sqrt(v0), rho = v1 / v0; the densities cross where
+    (1 - rho) u^2 - 2 delta u + delta^2 + rho log rho = 0, whose discriminant / 4 is
+    rho (delta^2 + (rho - 1) log rho) >= 0. On each of the three intervals the sign
+    of p0 - p1 is fixed, and the signed masses L (left), M, R (right) sum to zero, so
+    TV = (|L| + |R| + |L + R|) / 2.
+    """
+    if m0 == m1 and v0 == v1:
+        return 0.0
+    s0 = np.sqrt(v0)
+    delta, rho = (m1 - m0) / s0, v1 / v0
+    A = (v0 - v1) / v0
+    log_rho = np.log(rho)
+    # the root formula without cancellation: q = delta + sign(delta) sqrt(disc)
+    q = delta + np.copysign(np.sqrt(rho * (delta * delta + (rho - 1.0) * log_rho)), delta)
+    if q == 0:  # delta and log rho both rounded to zero: the laws agree to working precision
+        return 0.0
+    r_far = np.inf if A == 0 else q / A
+    r_near = (delta * delta + rho * log_rho) / q
+    lo, hi = min(r_far, r_near), max(r_far, r_near)
+    s1 = np.sqrt(rho)
+    left = ndtr(lo) - ndtr((lo - delta) / s1)
+    right = ndtr(-hi) - ndtr(-(hi - delta) / s1)
+    return float(0.5 * (abs(left) + abs(right) + abs(left + right)))
+
+
+# rows per Monte-Carlo block: about 2**20 numbers of working memory
+_BLOCK_ELEMENTS = 2**20
+
+
+def gaussian_tv(mean0, cov0, mean1, cov1, rng=None, n=100_000):
+    """Total variation distance TV(N0, N1) = 1/2 int |p0 - p1|: exact in 1-D, else Monte Carlo.
+
+    d = 1: exact, from the crossing points of the two densities (roots of a quadratic)
+    and normal CDFs. Equal covariances (any d): exact, TV = erf(D / (2 sqrt 2)) with
+    D = |L^{-1} (m1 - m0)| the Mahalanobis distance. Otherwise (d > 1) the unbiased
+    estimate
+
+        TV = E_{x ~ N0} [(1 - p1(x) / p0(x))_+]
+
+    over n draws from N0 (x = m0 + L0 z, the ratio from Cholesky solves), with its
+    standard error (the sample standard deviation over sqrt(n)).
+
+    Parameters
+    ----------
+    mean0, mean1 : array_like, shape (d,)
+    cov0, cov1 : array_like, shape (d, d), symmetric positive definite
+    rng : numpy.random.Generator, optional
+        Required when the estimate is Monte Carlo (d > 1 and cov0 != cov1).
+    n : int >= 2
+        Number of Monte-Carlo draws (ignored when exact).
+
+    Returns
+    -------
+    value : float
+        TV(N0, N1) in [0, 1] (the estimate, in the Monte-Carlo case).
+    standard_error : float
+        0.0 when exact.
+
+    Raises
+    ------
+    ValueError
+        For bad means or covariances (as gaussian_kl), a missing rng or n < 2 when
+        Monte Carlo is needed.
+    """
+    m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
+    d = m0.shape[0]
+    if d == 1:
+        return _tv_1d(m0[0], C0[0, 0], m1[0], C1[0, 0]), 0.0
+    if np.array_equal(C0, C1):
+        D = np.linalg.norm(solve_triangular(np.linalg.cholesky(C0), m1 - m0, lower=True))
+        return float(erf(D / (2.0 * np.sqrt(2.0)))), 0.0
+    if rng is None:
+        raise ValueError("rng must be a numpy.random.Generator when d > 1 and cov0 != cov1 "
+                         "(the TV is then a Monte-Carlo estimate)")
+    rng = check_rng(rng)
+    n = check_count(n, "n", minimum=2)
+    L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
+    # for x = m0 + L0 z:  L1^{-1} (x - m1) = w + M z, and log p1/p0 = (|z|^2 - |w + M z|^2) / 2 + log det M
+    M = solve_triangular(L1, L0, lower=True)
+    w = solve_triangular(L1, m0 - m1, lower=True)
+    log_det_M = np.sum(np.log(np.diag(L0) / np.diag(L1)))
+    block = max(1, _BLOCK_ELEMENTS // d)
+    count, mean, m2 = 0, 0.0, 0.0
+    for start in range(0, n, block):
+        z = rng.standard_normal((min(block, n - start), d))
+        y = w + z @ M.T
+        log_ratio = 0.5 * (np.sum(z * z, axis=1) - np.sum(y * y, axis=1)) + log_det_M
+        # (1 - r)_+ = -expm1(min(log r, 0)); the min also keeps exp from overflowing
+        f = -np.expm1(np.minimum(log_ratio, 0.0))
+        # Chan et al.'s pairwise update of the mean and the sum of squared deviations
+        nb, mb = f.size, f.mean()
+        m2b = np.sum((f - mb) ** 2)
+        total = count + nb
+        m2 += m2b + (mb - mean) ** 2 * count * nb / total
+        mean += (mb - mean) * nb / total
+        count = total
+    return float(mean), float(np.sqrt(m2 / (n - 1) / n))

@@ -1,0 +1,183 @@
+"""Reverse-time samplers driven by any score function s(x, t).
+
+The forward process dX = -1/2 beta(t) X dt + sqrt(beta(t)) dW is run backwards from
+t = T (started from N(0, I)) to the early-stopping time t0 > 0 along a decreasing grid
+T = t_0 > t_1 > ... > t_N = t0. With DB_k = B(t_k) - B(t_{k+1}) = int_{t_{k+1}}^{t_k} beta:
+
+    Euler–Maruyama:           y <- y + DB_k (y / 2 + s(y, t_k)) + sqrt(DB_k) xi
+    exponential integrator:   y <- e^{DB_k/2} y + 2 (e^{DB_k/2} - 1) s(y, t_k) + sqrt(e^{DB_k} - 1) xi
+    probability flow (Heun):  dy/dtau = f(y, t) = beta(t) (y + s(y, t)) / 2, Heun's method
+
+with xi ~ N(0, I) drawn from rng. Euler–Maruyama takes the noise integral exactly
+(variance DB_k rather than beta(t_k) h_k; the same thing for OU), so the sampler's path
+law has the diffusion coefficient of the true reverse process and Girsanov's theorem
+compares them (sgm_ref.metrics.tv_upper_bound). The exponential integrator solves the
+linear part exactly and freezes only the score over a step.
+
+The score is called as score(x, t) with x of shape (n, d) and t of shape (n,) (all
+entries equal to the current grid time); that call is the only Python-level work per
+step besides the noise draw. The update steps are sgm_ref.kernels.sampler.
+"""
+
+import numpy as np
+
+from ._validation import check_count, check_points, check_rng, check_time_range
+from .kernels.sampler import affine_step, heun_correct
+from .processes import check_process
+
+__all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS"]
+
+
+def time_grid(T, t0, n_steps, kind="uniform", process=None):
+    """Decreasing grid T = t_0 > ... > t_N = t0 of n_steps steps.
+
+    kind="uniform": equal steps; kind="geometric": t_k = T (t0 / T)^{k / N}, steps
+    shrinking toward t0 where the score changes fastest.
+
+    Returns ndarray of shape (n_steps + 1,), float64.
+    """
+    t0, T = check_time_range(t0, T, process)
+    n_steps = check_count(n_steps, "n_steps")
+    k = np.arange(n_steps + 1) / n_steps
+    if kind == "uniform":
+        grid = T + (t0 - T) * k
+    elif kind == "geometric":
+        grid = T * np.exp(np.log(t0 / T) * k)
+    else:
+        raise ValueError(f"grid kind must be 'uniform' or 'geometric', got {kind!r}")
+    grid[0], grid[-1] = T, t0
+    return grid
+
+
+def check_grid(grid, process):
+    """Return grid as a float64 array if it is a valid decreasing time grid, else raise."""
+    g = np.asarray(grid, dtype=np.float64) if np.ndim(grid) == 1 else None
+    if g is None or g.size < 2:
+        raise ValueError("grid must be a 1-D array of at least 2 times, from T down to t0")
+    if not np.all(np.isfinite(g)):
+        raise ValueError("grid contains non-finite values")
+    if np.any(np.diff(g) >= 0):
+        k = int(np.flatnonzero(np.diff(g) >= 0)[0])
+        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {g[k]!r} "
+                         f"<= grid[{k + 1}] = {g[k + 1]!r}")
+    if g[-1] <= 0:
+        raise ValueError(f"grid must end at t0 > 0 (early stopping), got {g[-1]!r}")
+    if g[0] > process.t_max:
+        raise ValueError(f"grid must start at T <= {process.t_max} for {process!r}, got {g[0]!r}")
+    return g
+
+
+def _score_at(score, y, t, step):
+    """Call the score at one grid time and check what comes back."""
+    s = score(y, np.full(y.shape[0], t))
+    if not isinstance(s, np.ndarray) or s.shape != y.shape:
+        raise ValueError(f"score returned shape {np.shape(s)} at step {step} (t = {float(t):.6g}); expected {y.shape}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"score returned non-finite values at step {step} (t = {float(t):.6g})")
+    return s if s.dtype == y.dtype else s.astype(y.dtype)
+
+
+def _start(x, process, grid, rng):
+    process = check_process(process)
+    grid = check_grid(grid, process)
+    rng = check_rng(rng)
+    y = check_points(x, "x").copy()
+    return process, grid, rng, y
+
+
+def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
+    process, grid, rng, y = _start(x, process, grid, rng)
+    B = process.integrated_beta(grid)
+    path = [y.copy()] if trajectory else None
+    xi = np.empty_like(y)
+    for k in range(grid.size - 1):
+        s = _score_at(score, y, grid[k], k)
+        a, b, c = coefficients(B[k] - B[k + 1])
+        rng.standard_normal(out=xi, dtype=y.dtype)
+        affine_step(y, s, xi, a, b, c)
+        if trajectory:
+            path.append(y.copy())
+    return (y, np.stack(path)) if trajectory else y
+
+
+def euler_maruyama(score, process, grid, x, rng, trajectory=False):
+    """Euler–Maruyama for the reverse SDE: y <- y + DB (y / 2 + s) + sqrt(DB) xi.
+
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d)
+    process : OU or VP
+    grid : ndarray, shape (N + 1,)
+        Decreasing times from T to t0 > 0 (see time_grid).
+    x : ndarray, shape (n, d)
+        Starting points at t = grid[0], e.g. process.prior(n, d, rng).
+    rng : numpy.random.Generator
+    trajectory : bool
+        Also return the points at every grid time, shape (N + 1, n, d).
+
+    Returns
+    -------
+    y : ndarray, shape (n, d)   (and the trajectory if asked)
+    """
+    return _run_sde(score, process, grid, x, rng, trajectory,
+                    lambda dB: (1.0 + 0.5 * dB, dB, np.sqrt(dB)))
+
+
+def exponential_integrator(score, process, grid, x, rng, trajectory=False):
+    """Exponential integrator: y <- e^{DB/2} y + 2 (e^{DB/2} - 1) s + sqrt(e^{DB} - 1) xi.
+
+    Exact for the linear part of the reverse SDE with the score frozen over each step.
+    Arguments and return as euler_maruyama.
+    """
+    return _run_sde(score, process, grid, x, rng, trajectory,
+                    lambda dB: (np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB))))
+
+
+def probability_flow(score, process, grid, x, trajectory=False):
+    """Heun's method for the probability-flow ODE dy/dtau = beta(t) (y + s(y, t)) / 2.
+
+    Deterministic: two score calls per step (at t_k and at t_{k+1}). Arguments and
+    return as euler_maruyama, without rng.
+    """
+    process, grid, _, y = _start(x, process, grid, np.random.default_rng(0))
+    beta = process.beta(grid)
+    path = [y.copy()] if trajectory else None
+    y_pred = np.empty_like(y)
+    for k in range(grid.size - 1):
+        h = grid[k] - grid[k + 1]
+        s = _score_at(score, y, grid[k], k)
+        # predictor: y_pred = y + h f(y, t_k), f = beta (y + s) / 2
+        a = 0.5 * h * beta[k]
+        np.multiply(y, 1.0 + a, out=y_pred)
+        y_pred += a * s
+        s_pred = _score_at(score, y_pred, grid[k + 1], k)
+        heun_correct(y, s, y_pred, s_pred, 0.5 * h * 0.5 * beta[k], 0.5 * h * 0.5 * beta[k + 1])
+        if trajectory:
+            path.append(y.copy())
+    return (y, np.stack(path)) if trajectory else y
+
+
+METHODS = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrator,
+           "probability_flow": probability_flow}
+
+
+def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama", grid="uniform",
+           dtype=np.float64, trajectory=False):
+    """Draw n points: start from N(0, I_d) at T, run `method` on a grid to t0.
+
+    method: "euler_maruyama", "exponential" or "probability_flow"; grid: "uniform",
+    "geometric" or an explicit decreasing array (then T, t0, n_steps must match it).
+    """
+    process = check_process(process)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if isinstance(grid, str):
+        grid = time_grid(T, t0, n_steps, grid, process)
+    else:
+        grid = check_grid(grid, process)
+        if grid.size != n_steps + 1 or grid[0] != T or grid[-1] != t0:
+            raise ValueError("an explicit grid must have n_steps + 1 points from T to t0")
+    x = process.prior(n, d, rng, dtype)
+    if method == "probability_flow":
+        return probability_flow(score, process, grid, x, trajectory)
+    return METHODS[method](score, process, grid, x, rng, trajectory)

@@ -1,0 +1,225 @@
+"""Reverse-time samplers: grids, one-step formulas, reproducibility, bad input."""
+
+import numpy as np
+import pytest
+
+from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref.samplers import (check_grid, euler_maruyama, exponential_integrator, probability_flow, sample,
+                              time_grid)
+
+PROCESSES = {"OU": (OU(), 6.0), "VP": (VP(), 1.0)}
+
+
+def mixture_1d():
+    return GaussianMixture([0.3, 0.7], [[-2.0], [1.5]], [[0.25], [0.5]])
+
+
+# -- grids -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["uniform", "geometric"])
+def test_time_grid_runs_from_T_to_t0(kind):
+    grid = time_grid(5.0, 1e-3, 40, kind)
+    assert grid.shape == (41,) and grid[0] == 5.0 and grid[-1] == 1e-3
+    assert np.all(np.diff(grid) < 0)
+
+
+def test_uniform_grid_has_equal_steps_and_geometric_has_equal_ratios():
+    np.testing.assert_allclose(np.diff(time_grid(2.0, 0.5, 3, "uniform")), -0.5, rtol=1e-14)
+    g = time_grid(1.0, 1e-4, 4, "geometric")
+    np.testing.assert_allclose(g[1:] / g[:-1], 0.1, rtol=1e-13)
+
+
+@pytest.mark.parametrize("args, match", [
+    ((5.0, 0.0, 10), "t0"), ((5.0, -1.0, 10), "t0"), ((1.0, 2.0, 10), "t0 < T"),
+    ((5.0, 1e-3, 0), "n_steps"), ((np.nan, 1e-3, 10), "T"),
+])
+def test_time_grid_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        time_grid(*args)
+
+
+def test_time_grid_unknown_kind():
+    with pytest.raises(ValueError, match="grid kind"):
+        time_grid(1.0, 0.1, 3, "cosine")
+
+
+def test_time_grid_beyond_vp_horizon():
+    with pytest.raises(ValueError, match="T must be <= 1.0"):
+        time_grid(2.0, 1e-3, 10, process=VP())
+
+
+@pytest.mark.parametrize("grid, match", [
+    ([1.0, 0.5, 0.5, 0.1], "strictly decreasing"),
+    ([0.1, 0.5, 1.0], "strictly decreasing"),
+    ([1.0, 0.5, 0.0], "t0 > 0"),
+    ([1.0, 0.5, -0.1], "t0 > 0"),
+    ([1.0, np.nan, 0.1], "non-finite"),
+    ([1.0], "at least 2"),
+    ([[1.0, 0.1]], "1-D"),
+])
+def test_check_grid_rejects(grid, match):
+    with pytest.raises(ValueError, match=match):
+        check_grid(grid, OU())
+
+
+def test_check_grid_rejects_start_beyond_horizon():
+    with pytest.raises(ValueError, match="T <= 1.0"):
+        check_grid([1.5, 0.5, 0.1], VP())
+
+
+# -- one step against the formula --------------------------------------------------------------
+
+def _one_step(method, process, t_hi, t_lo, x, s_value, seed):
+    grid = np.array([t_hi, t_lo])
+    score = lambda y, t: np.full_like(y, s_value)  # noqa: E731  constant score isolates the update
+    rng = np.random.default_rng(seed)
+    if method == "probability_flow":
+        return probability_flow(score, process, grid, x)
+    fn = euler_maruyama if method == "euler_maruyama" else exponential_integrator
+    return fn(score, process, grid, x, rng)
+
+
+@pytest.mark.parametrize("pname", ["OU", "VP"])
+def test_euler_maruyama_step(pname):
+    process, _ = PROCESSES[pname]
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    y = _one_step("euler_maruyama", process, 0.7, 0.6, x, 0.25, seed=1)
+    dB = process.integrated_beta(0.7) - process.integrated_beta(0.6)
+    xi = np.random.default_rng(1).standard_normal((5, 3))
+    np.testing.assert_allclose(y, x + dB * (0.5 * x + 0.25) + np.sqrt(dB) * xi, rtol=1e-14, atol=1e-15)
+
+
+@pytest.mark.parametrize("pname", ["OU", "VP"])
+def test_exponential_integrator_step(pname):
+    process, _ = PROCESSES[pname]
+    x = np.random.default_rng(0).standard_normal((5, 3))
+    y = _one_step("exponential", process, 0.7, 0.6, x, 0.25, seed=1)
+    dB = process.integrated_beta(0.7) - process.integrated_beta(0.6)
+    xi = np.random.default_rng(1).standard_normal((5, 3))
+    expected = np.exp(dB / 2) * x + 2 * (np.exp(dB / 2) - 1) * 0.25 + np.sqrt(np.exp(dB) - 1) * xi
+    np.testing.assert_allclose(y, expected, rtol=1e-13, atol=1e-15)
+
+
+def test_exponential_integrator_is_exact_for_a_constant_score():
+    """With s constant, the reverse SDE is linear: its exact solution is the exponential step."""
+    process = OU()
+    x = np.zeros((200_000, 1))
+    y = _one_step("exponential", process, 1.0, 0.2, x, 0.5, seed=3)
+    # dY = (Y + 2 s) dtau + sqrt(2) dB on tau in [0, 0.8]: mean 2 s (e^0.8 - 1), variance e^1.6 - 1
+    mean, var = 2 * 0.5 * np.expm1(0.8), np.expm1(1.6)
+    se = np.sqrt(var / x.shape[0])
+    assert abs(y.mean() - mean) < 5 * se  # 5 standard errors
+    assert abs(y.var() - var) < 5 * var * np.sqrt(2 / x.shape[0])
+
+
+@pytest.mark.parametrize("pname", ["OU", "VP"])
+def test_probability_flow_heun_step(pname):
+    process, _ = PROCESSES[pname]
+    x = np.random.default_rng(0).standard_normal((4, 2))
+    y = _one_step("probability_flow", process, 0.7, 0.6, x, 0.25, seed=1)
+    h, b0, b1 = 0.1, process.beta(0.7), process.beta(0.6)
+    f0 = 0.5 * b0 * (x + 0.25)
+    pred = x + h * f0
+    f1 = 0.5 * b1 * (pred + 0.25)
+    np.testing.assert_allclose(y, x + 0.5 * h * (f0 + f1), rtol=1e-14, atol=1e-15)
+
+
+def test_score_is_called_with_one_time_per_row():
+    seen = []
+
+    def score(x, t):
+        seen.append((x.shape, np.array(t)))
+        return -x
+
+    euler_maruyama(score, OU(), np.array([1.0, 0.5, 0.1]), np.zeros((7, 2)), np.random.default_rng(0))
+    assert [s for s, _ in seen] == [(7, 2), (7, 2)]
+    assert np.array_equal(seen[0][1], np.full(7, 1.0)) and np.array_equal(seen[1][1], np.full(7, 0.5))
+
+
+# -- reproducibility, trajectories, dtypes -------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+def test_same_seed_same_bits(method):
+    g = mixture_1d()
+    score = lambda x, t: g.score(x, t)  # noqa: E731
+    runs = [sample(score, OU(), 500, 1, np.random.default_rng(4), T=5.0, t0=1e-2, n_steps=30, method=method)
+            for _ in range(2)]
+    assert np.array_equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+def test_trajectory(method):
+    g = mixture_1d()
+    y, path = sample(lambda x, t: g.score(x, t), OU(), 50, 1, np.random.default_rng(0), T=3.0, t0=0.1,
+                     n_steps=8, method=method, trajectory=True)
+    assert path.shape == (9, 50, 1)
+    assert np.array_equal(path[-1], y)
+
+
+def test_float32_stays_float32():
+    g = mixture_1d()
+    y = sample(lambda x, t: g.score(x, t), OU(), 64, 1, np.random.default_rng(0), T=3.0, t0=0.1, n_steps=5,
+               dtype=np.float32)
+    assert y.dtype == np.float32
+
+
+def test_explicit_grid_must_match():
+    g = mixture_1d()
+    with pytest.raises(ValueError, match="explicit grid"):
+        sample(lambda x, t: g.score(x, t), OU(), 10, 1, np.random.default_rng(0), T=3.0, t0=0.1, n_steps=5,
+               grid=np.array([3.0, 1.0, 0.1]))
+
+
+def test_samplers_reach_the_target_moments():
+    """With the oracle and a fine grid every scheme reproduces the mixture's mean and variance."""
+    g = mixture_1d()
+    mean, var = g.mean()[0], g.covariance()[0, 0]
+    n = 40_000
+    for method in ("euler_maruyama", "exponential", "probability_flow"):
+        y = sample(lambda x, t: g.score(x, t), OU(), n, 1, np.random.default_rng(5), T=8.0, t0=1e-3,
+                   n_steps=400, method=method, grid="geometric")[:, 0]
+        # 5 standard errors of the sample mean and variance, plus the O(h) bias (measured < 0.02)
+        assert abs(y.mean() - mean) < 5 * np.sqrt(var / n) + 0.02, method
+        assert abs(y.var() - var) < 5 * var * np.sqrt(2 / n) * 2 + 0.04, method
+
+
+# -- bad score functions -------------------------------------------------------------------------
+
+def test_wrong_shape_names_step_and_time():
+    calls = []
+
+    def score(x, t):
+        calls.append(1)
+        return -x if len(calls) < 3 else -x[:, :1]
+
+    with pytest.raises(ValueError, match=r"shape .* at step 2 \(t = 0\.6"):
+        euler_maruyama(score, OU(), np.array([1.0, 0.8, 0.6, 0.4]), np.zeros((3, 2)), np.random.default_rng(0))
+
+
+def test_non_finite_names_step_and_time():
+    def score(x, t):
+        return np.where(t[:, None] < 0.7, np.nan, -x)
+
+    with pytest.raises(ValueError, match=r"non-finite .* at step 2 \(t = 0\.6"):
+        exponential_integrator(score, OU(), np.array([1.0, 0.8, 0.6, 0.4]), np.zeros((3, 2)),
+                               np.random.default_rng(0))
+
+
+def test_score_not_an_array():
+    with pytest.raises(ValueError, match="shape"):
+        probability_flow(lambda x, t: 0.0, OU(), np.array([1.0, 0.5]), np.zeros((3, 2)))
+
+
+def test_bad_start_points_and_rng():
+    grid = np.array([1.0, 0.5])
+    with pytest.raises(ValueError, match="x"):
+        euler_maruyama(lambda x, t: -x, OU(), grid, np.array([0.0, np.inf])[None, :], np.random.default_rng(0))
+    with pytest.raises(ValueError, match="rng"):
+        euler_maruyama(lambda x, t: -x, OU(), grid, np.zeros((2, 2)), 0)
+    with pytest.raises(ValueError, match="process"):
+        euler_maruyama(lambda x, t: -x, "OU", grid, np.zeros((2, 2)), np.random.default_rng(0))
+
+
+def test_unknown_method():
+    with pytest.raises(ValueError, match="method"):
+        sample(lambda x, t: -x, OU(), 10, 1, np.random.default_rng(0), T=1.0, t0=0.1, n_steps=3, method="ddim")
