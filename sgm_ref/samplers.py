@@ -85,6 +85,21 @@ def _start(x, process, grid, rng):
     return process, grid, rng, y
 
 
+def _euler_maruyama_coefficients(dB):
+    """(a, b, c) of the Euler–Maruyama step y <- a y + b s + c xi over int beta = dB."""
+    return 1.0 + 0.5 * dB, dB, np.sqrt(dB)
+
+
+def _exponential_coefficients(dB):
+    """(a, b, c) of the exponential-integrator step; expm1 keeps small steps precise."""
+    return np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB))
+
+
+# the affine step y <- a y + b s + c xi of each stochastic scheme, as a function of dB;
+# sgm_ref.metrics.gaussian propagates Gaussian laws through the same coefficients
+STEP_COEFFICIENTS = {"euler_maruyama": _euler_maruyama_coefficients, "exponential": _exponential_coefficients}
+
+
 def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     process, grid, rng, y = _start(x, process, grid, rng)
     B = process.integrated_beta(grid)
@@ -119,8 +134,7 @@ def euler_maruyama(score, process, grid, x, rng, trajectory=False):
     -------
     y : ndarray, shape (n, d)   (and the trajectory if asked)
     """
-    return _run_sde(score, process, grid, x, rng, trajectory,
-                    lambda dB: (1.0 + 0.5 * dB, dB, np.sqrt(dB)))
+    return _run_sde(score, process, grid, x, rng, trajectory, _euler_maruyama_coefficients)
 
 
 def exponential_integrator(score, process, grid, x, rng, trajectory=False):
@@ -129,8 +143,7 @@ def exponential_integrator(score, process, grid, x, rng, trajectory=False):
     Exact for the linear part of the reverse SDE with the score frozen over each step.
     Arguments and return as euler_maruyama.
     """
-    return _run_sde(score, process, grid, x, rng, trajectory,
-                    lambda dB: (np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB))))
+    return _run_sde(score, process, grid, x, rng, trajectory, _exponential_coefficients)
 
 
 def probability_flow(score, process, grid, x, trajectory=False):

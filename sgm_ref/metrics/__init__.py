@@ -6,6 +6,9 @@ distances:    sample-based distances (lower bounds and estimates).
 gaussian:     closed forms for a Gaussian target driven by its exact linear score.
 """
 
-from .score_error import score_error_integral
+from .bound import TVBound, tv_upper_bound
+from .gaussian import gaussian_kl, gaussian_tv, sampler_limit_gaussian, sampler_output_gaussian
+from .score_error import score_error_integral, score_error_profile
 
-__all__ = ["score_error_integral"]
+__all__ = ["score_error_integral", "score_error_profile", "tv_upper_bound", "TVBound",
+           "sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]

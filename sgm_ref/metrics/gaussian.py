@@ -26,23 +26,13 @@ from scipy.special import erf, ndtr
 
 from .._validation import check_count, check_rng, check_time_range
 from ..processes import check_process
-from ..samplers import METHODS, check_grid
+from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid
 
 __all__ = ["sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]
 
 
 # Step coefficients (a, b, c) of y <- a y + b s + c xi for DB = B(t_k) - B(t_{k+1}); the
 # same formulas as the lambdas in sgm_ref.samplers (euler_maruyama, exponential_integrator).
-def _euler_maruyama_coefficients(dB):
-    return 1.0 + 0.5 * dB, dB, np.sqrt(dB)
-
-
-def _exponential_coefficients(dB):
-    # expm1: e^{DB/2} - 1 and e^{DB} - 1 keep their relative precision for small steps
-    return np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB))
-
-
-_SDE_COEFFICIENTS = {"euler_maruyama": _euler_maruyama_coefficients, "exponential": _exponential_coefficients}
 
 
 # -- validation ---------------------------------------------------------------------------
@@ -160,7 +150,7 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
             mu = A * mu + 0.5 * h * (e[k] + e[k + 1] + h * g[k + 1] * e[k])
             q = A * A * q
     else:
-        a, b, c = _SDE_COEFFICIENTS[method](B[:-1] - B[1:])
+        a, b, c = STEP_COEFFICIENTS[method](B[:-1] - B[1:])
         for k in range(grid.size - 1):
             A = a[k] - b[k] / v[k]
             mu = A * mu + b[k] * alpha[k] * m_eig / v[k]
