@@ -14,7 +14,7 @@ TESTS = Path(__file__).resolve().parent
 NOJIT_MODULES = [
     "test_targets.py", "test_processes.py", "test_optim.py", "test_gradcheck.py",
     "test_nn.py", "test_losses.py", "test_score_model.py", "test_samplers.py",
-    "test_gaussian_closed_form.py",
+    "test_gaussian_closed_form.py", "test_distances.py",
 ]
 
 

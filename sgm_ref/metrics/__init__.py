@@ -7,8 +7,12 @@ gaussian:     closed forms for a Gaussian target driven by its exact linear scor
 """
 
 from .bound import TVBound, tv_upper_bound
+from .distances import (MMD, ComponentWeights, Estimate, HistogramTV, component_weights, covariance_error,
+                        energy_distance, histogram_tv, mean_error, mmd, sliced_wasserstein)
 from .gaussian import gaussian_kl, gaussian_tv, sampler_limit_gaussian, sampler_output_gaussian
 from .score_error import score_error_integral, score_error_profile
 
 __all__ = ["score_error_integral", "score_error_profile", "tv_upper_bound", "TVBound",
-           "sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]
+           "sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv",
+           "histogram_tv", "sliced_wasserstein", "mmd", "energy_distance", "mean_error", "covariance_error",
+           "component_weights", "Estimate", "MMD", "HistogramTV", "ComponentWeights"]

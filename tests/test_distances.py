@@ -1,0 +1,483 @@
+"""Tests for sgm_ref.metrics.distances: sample-based distances and their standard errors.
+
+Independent references: scipy.stats.norm.cdf differences for the bin masses,
+scipy.stats.binom for the expected bias, scipy.stats.wasserstein_distance and an
+"every point repeated" construction (both samples made the same size n m) for 1-D W_p,
+Python double loops and scipy.spatial.distance.cdist for MMD and energy,
+scipy.stats.multivariate_normal for the responsibilities. Monte-Carlo checks fix their
+seed and state their tolerance in standard errors.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy.spatial.distance import cdist, pdist
+from scipy.stats import binom, energy_distance as scipy_energy, multivariate_normal, norm
+from scipy.stats import wasserstein_distance
+
+import sgm_ref.metrics.distances as D
+from sgm_ref import GaussianMixture
+
+PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None)
+
+
+def mixture_1d():
+    return GaussianMixture([0.3, 0.7], [[-1.0], [2.0]], [[0.25], [1.0]])
+
+
+def mixture_masses_1d(edges, w, mu, sd):
+    """sum_k w_k (Phi((e_{b+1} - mu_k) / sd_k) - Phi((e_b - mu_k) / sd_k))."""
+    return sum(wk * np.diff(norm.cdf(edges, m, s)) for wk, m, s in zip(w, mu, sd))
+
+
+class Wrapped:
+    """A GaussianMixture seen only through dim, log_prob, mean, covariance (no scale hint)."""
+
+    def __init__(self, mixture):
+        self.m = mixture
+        self.dim = mixture.dim
+
+    def log_prob(self, x):
+        return self.m.log_prob(x)
+
+    def mean(self):
+        return self.m.mean()
+
+    def covariance(self):
+        return self.m.covariance()
+
+
+# -- histogram TV: the quadrature --------------------------------------------------------
+
+
+@pytest.mark.parametrize("bins", [1, 7, 30])
+def test_bin_masses_match_normal_cdf_1d(bins):
+    g = mixture_1d()
+    x = g.sample(50, np.random.default_rng(0))
+    r = D.histogram_tv(x, g, bins=bins)
+    exact = mixture_masses_1d(r.edges[0], [0.3, 0.7], [-1.0, 2.0], [0.5, 1.0])
+    np.testing.assert_allclose(r.target_mass, exact, rtol=0, atol=1e-13)
+    assert abs(r.target_outside - (1.0 - exact.sum())) < 1e-13
+    assert r.quadrature_error <= 1e-11
+
+
+def test_bin_masses_narrow_component_and_generic_target():
+    # a component 100 times narrower than a bin: the scale hint (mixture) and the
+    # refinement loop alone (the same density behind a plain object) must both find it
+    g = GaussianMixture([0.5, 0.5], [[0.0], [0.37]], [[1.0], [0.02**2]])
+    x = g.sample(20, np.random.default_rng(1))
+    exact = None
+    for target in (g, Wrapped(g)):
+        r = D.histogram_tv(x, target, bins=4, range=(-3.0, 3.0))
+        exact = mixture_masses_1d(r.edges[0], [0.5, 0.5], [0.0, 0.37], [1.0, 0.02])
+        np.testing.assert_allclose(r.target_mass, exact, rtol=0, atol=1e-12)
+
+
+def test_bin_masses_2d_match_products_of_cdfs():
+    # full covariances that happen to be diagonal: the full-covariance oracle path with
+    # an exact answer as a product of 1-D cdf differences
+    sd = np.array([[1.0, 0.5], [0.7, 1.2]])
+    mu = np.array([[-1.5, 0.0], [1.5, 0.5]])
+    w = [0.4, 0.6]
+    g = GaussianMixture(w, mu, np.stack([np.diag(s**2) for s in sd]))
+    x = g.sample(50, np.random.default_rng(2))
+    r = D.histogram_tv(x, g, bins=(6, 5), range=((-4.0, 4.0), (-3.0, 3.5)))
+    e0, e1 = r.edges
+    exact = sum(wk * np.outer(np.diff(norm.cdf(e0, m[0], s[0])), np.diff(norm.cdf(e1, m[1], s[1])))
+                for wk, m, s in zip(w, mu, sd))
+    assert r.target_mass.shape == (6, 5)
+    np.testing.assert_allclose(r.target_mass, exact, rtol=0, atol=1e-13)
+    assert abs(r.target_outside - (1.0 - exact.sum())) < 1e-13
+
+
+def test_quadrature_budget_warns(monkeypatch):
+    g = GaussianMixture([0.5, 0.5], [[0.0], [0.37]], [[1.0], [0.02**2]])
+    monkeypatch.setattr(D, "_MAX_NODES", 50)
+    with pytest.warns(RuntimeWarning, match="quadrature nodes"):
+        r = D.histogram_tv(g.sample(10, np.random.default_rng(0)), Wrapped(g), bins=4, range=(-3, 3))
+    assert r.quadrature_error > 1e-11
+
+
+# -- histogram TV: value and bias ------------------------------------------------------------
+
+
+def test_histogram_tv_value_and_default_range():
+    g = mixture_1d()
+    x = g.sample(500, np.random.default_rng(3))
+    r = D.histogram_tv(x, g, bins=10)
+    lo, hi = g.mean()[0] - 6 * np.sqrt(g.covariance()[0, 0]), g.mean()[0] + 6 * np.sqrt(g.covariance()[0, 0])
+    np.testing.assert_allclose(r.edges[0], np.linspace(lo, hi, 11), rtol=1e-15)
+    counts = np.array([np.sum((x[:, 0] >= a) & (x[:, 0] < b)) for a, b in zip(r.edges[0][:-1], r.edges[0][1:])])
+    counts[-1] += np.sum(x[:, 0] == hi)
+    np.testing.assert_array_equal(r.sample_mass * 500, counts)
+    tv = 0.5 * (np.abs(counts / 500 - r.target_mass).sum() + abs(1 - counts.sum() / 500 - r.target_outside))
+    assert r.value == pytest.approx(tv, rel=1e-14, abs=1e-16)
+
+
+def test_expected_bias_is_the_binomial_mean_absolute_deviation():
+    g = mixture_1d()
+    for n in (7, 300):
+        x = g.sample(n, np.random.default_rng(4))
+        r = D.histogram_tv(x, g, bins=9, range=(-2.0, 3.0))  # a sizeable outside cell
+        k = np.arange(n + 1)
+        cells = np.append(r.target_mass, r.target_outside)
+        brute = 0.5 * sum(np.sum(binom.pmf(k, n, p) * np.abs(k / n - p)) for p in cells)
+        assert r.expected_bias == pytest.approx(brute, rel=1e-10)
+
+
+def test_histogram_tv_of_exact_samples_averages_to_expected_bias():
+    # 150 independent samples of n = 300 from the target: the mean TV matches
+    # expected_bias within 4 standard errors of that mean
+    g = mixture_1d()
+    rng = np.random.default_rng(5)
+    runs = [D.histogram_tv(g.sample(300, rng), g, bins=12) for _ in range(150)]
+    values = np.array([r.value for r in runs])
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert abs(values.mean() - runs[0].expected_bias) < 4 * se
+
+
+def test_histogram_tv_large_sample_2d_and_shifted_target():
+    g = GaussianMixture([0.5, 0.5], [[-1.5, 0.0], [1.5, 0.0]])
+    x = g.sample(20000, np.random.default_rng(6))
+    r = D.histogram_tv(x, g, bins=(10, 8))
+    # tolerance: 4 sd of the TV under the null, sd <= 1/2 sqrt(sum_b p_b (1 - p_b) / n)
+    # (Var|phat - p| <= Var phat, cells treated as independent)
+    cells = np.append(r.target_mass.ravel(), r.target_outside)
+    sd = 0.5 * np.sqrt(np.sum(cells * (1 - cells)) / 20000)
+    assert abs(r.value - r.expected_bias) < 4 * sd
+    # the target shifted by 1 along e_1 (TV <= TV(N(0, 1), N(1, 1)) = 0.38; binned, less)
+    shifted = GaussianMixture([0.5, 0.5], [[-0.5, 0.0], [2.5, 0.0]])
+    far = D.histogram_tv(x, shifted, bins=(10, 8), range=((-7, 7), (-5, 5)))
+    assert 0.15 < far.value < 0.383 and far.value > 10 * far.expected_bias
+
+
+def test_histogram_tv_blocked_equals_unblocked(monkeypatch):
+    g = GaussianMixture.ring(k=4, radius=1.5, std=0.6)
+    x = g.sample(300, np.random.default_rng(7))
+    full = D.histogram_tv(x, g, bins=5)
+    monkeypatch.setattr(D, "_BLOCK_ELEMENTS", 16)
+    blocked = D.histogram_tv(x, g, bins=5)
+    np.testing.assert_allclose(blocked.target_mass, full.target_mass, rtol=0, atol=1e-16)
+    assert blocked.value == pytest.approx(full.value, abs=1e-15)
+
+
+# -- sliced Wasserstein ----------------------------------------------------------------------
+
+
+def wasserstein_pp_1d(a, b, p):
+    """W_p^p of two 1-D empirical laws: repeat each point of a m times and of b n times."""
+    n, m = a.size, b.size
+    return np.mean(np.abs(np.repeat(np.sort(a), m) - np.repeat(np.sort(b), n)) ** p)
+
+
+def test_sliced_wasserstein_1d_p1_matches_scipy():
+    rng = np.random.default_rng(10)
+    x, y = rng.standard_normal((37, 1)), 0.5 + 2.0 * rng.standard_normal((23, 1))
+    r = D.sliced_wasserstein(x, y, rng, n_projections=8, p=1)
+    assert r.value == pytest.approx(wasserstein_distance(x[:, 0], y[:, 0]), rel=1e-13)
+    assert r.standard_error < 1e-15
+
+
+@pytest.mark.parametrize("p", [1, 2, 3.5])
+def test_sliced_wasserstein_2d_matches_brute_force(p):
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((7, 2)), rng.standard_normal((5, 2)) + [1.0, -0.5]
+    r = D.sliced_wasserstein(x, y, np.random.default_rng(99), n_projections=12, p=p)
+    theta = np.random.default_rng(99).standard_normal((12, 2))  # the documented draw
+    theta /= np.linalg.norm(theta, axis=1, keepdims=True)
+    wpp = np.array([wasserstein_pp_1d(x @ t, y @ t, p) for t in theta])
+    M, s = wpp.mean(), wpp.std(ddof=1) / np.sqrt(12)
+    assert r.value == pytest.approx(M ** (1 / p), rel=1e-13)
+    assert r.standard_error == pytest.approx(s * M ** (1 / p - 1) / p, rel=1e-10)
+
+
+def test_sliced_wasserstein_blocked_equals_unblocked(monkeypatch):
+    rng = np.random.default_rng(12)
+    x, y = rng.standard_normal((30, 3)), rng.standard_normal((20, 3))
+    full = D.sliced_wasserstein(x, y, np.random.default_rng(0), n_projections=10)
+    monkeypatch.setattr(D, "_BLOCK_ELEMENTS", 16)
+    blocked = D.sliced_wasserstein(x, y, np.random.default_rng(0), n_projections=10)
+    assert blocked.value == pytest.approx(full.value, rel=1e-14)
+
+
+def test_sliced_wasserstein_identical_samples_is_zero():
+    x = np.random.default_rng(13).standard_normal((40, 3))
+    for p in (1, 2):
+        assert D.sliced_wasserstein(x, x.copy(), np.random.default_rng(0), p=p) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_sliced_wasserstein_shifted_gaussians_1d(p):
+    # N(0, 1) vs N(mu, 1): W_1 = W_2 = |mu|. The error is sampling noise, led by the
+    # difference of the sample means: tolerance 4 sqrt(1/n + 1/m)
+    rng = np.random.default_rng(14)
+    n, m, mu = 3000, 2000, 1.0
+    x, y = rng.standard_normal((n, 1)), mu + rng.standard_normal((m, 1))
+    r = D.sliced_wasserstein(x, y, rng, n_projections=4, p=p)
+    assert abs(r.value - mu) < 4 * np.sqrt(1 / n + 1 / m)
+
+
+@pytest.mark.parametrize("p, exact", [(1, 2 / np.pi), (2, 1 / np.sqrt(2))])
+def test_sliced_wasserstein_shifted_gaussians_2d(p, exact):
+    # N(0, I) vs N(e_1, I) in R^2: W_p along theta is |cos phi|, so SW_1 = E|cos| = 2/pi
+    # and SW_2 = sqrt(E cos^2) = 1/sqrt(2). Tolerance: 4 sqrt(SE^2 + 1/n + 1/m)
+    rng = np.random.default_rng(15)
+    n = m = 2000
+    x, y = rng.standard_normal((n, 2)), rng.standard_normal((m, 2)) + [1.0, 0.0]
+    r = D.sliced_wasserstein(x, y, rng, n_projections=400, p=p)
+    assert abs(r.value - exact) < 4 * np.sqrt(r.standard_error**2 + 1 / n + 1 / m)
+
+
+def test_sliced_wasserstein_standard_error_is_calibrated():
+    # x, y fixed, 40 independent sets of directions: the spread of the values matches
+    # the reported standard error within a factor 1.6
+    rng = np.random.default_rng(16)
+    x, y = rng.standard_normal((100, 3)), rng.standard_normal((80, 3)) * [2.0, 1.0, 0.5]
+    runs = [D.sliced_wasserstein(x, y, rng, n_projections=32) for _ in range(40)]
+    spread = np.std([r.value for r in runs], ddof=1)
+    reported = np.mean([r.standard_error for r in runs])
+    assert 1 / 1.6 < spread / reported < 1.6
+
+
+@PROPERTY
+@given(
+    arrays(np.float64, (6, 2), elements=st.floats(-10, 10)),
+    arrays(np.float64, (4, 2), elements=st.floats(-10, 10)),
+)
+def test_sliced_wasserstein_symmetric_and_permutation_invariant(x, y):
+    a = D.sliced_wasserstein(x, y, np.random.default_rng(0), n_projections=5)
+    b = D.sliced_wasserstein(y[::-1], x[::-1], np.random.default_rng(0), n_projections=5)
+    assert b.value == pytest.approx(a.value, rel=1e-12, abs=1e-12)
+
+
+# -- MMD and energy distance -----------------------------------------------------------------
+
+
+def mmd_brute(x, y, h):
+    k = lambda a, b: np.exp(-np.sum((a - b) ** 2) / (2 * h * h))  # noqa: E731
+    n, m = len(x), len(y)
+    xx = sum(k(x[i], x[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(y[i], y[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(x[i], y[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+def energy_brute(x, y):
+    n, m = len(x), len(y)
+    return 2 * cdist(x, y).mean() - cdist(x, x).sum() / (n * (n - 1)) - cdist(y, y).sum() / (m * (m - 1))
+
+
+def test_mmd_matches_double_loop():
+    rng = np.random.default_rng(20)
+    x, y = rng.standard_normal((6, 3)), rng.standard_normal((5, 3)) + 0.5
+    for h in (0.3, 1.0, 4.0):
+        r = D.mmd(x, y, bandwidth=h)
+        assert r.value == pytest.approx(mmd_brute(x, y, h), rel=1e-12, abs=1e-15)
+        assert r.bandwidth == h
+
+
+def test_mmd_median_heuristic():
+    rng = np.random.default_rng(21)
+    x, y = rng.standard_normal((7, 2)), 3.0 * rng.standard_normal((9, 2))
+    r = D.mmd(x, y)
+    h = np.median(pdist(np.concatenate([x, y])))
+    assert r.bandwidth == pytest.approx(h, rel=1e-13)
+    assert r.value == pytest.approx(mmd_brute(x, y, h), rel=1e-12)
+    # only the first 500 rows of each sample enter the heuristic
+    big_x = np.concatenate([rng.standard_normal((500, 2)), 100.0 + rng.standard_normal((20, 2))])
+    big_y = rng.standard_normal((510, 2))
+    assert D.mmd(big_x, big_y).bandwidth == pytest.approx(np.median(pdist(np.concatenate([big_x[:500], big_y[:500]]))))
+
+
+def test_energy_matches_cdist_and_scipy_1d():
+    rng = np.random.default_rng(22)
+    x, y = rng.standard_normal((8, 3)), rng.standard_normal((6, 3)) * 2.0
+    assert D.energy_distance(x, y).value == pytest.approx(energy_brute(x, y), rel=1e-12)
+    # scipy (1-D) is sqrt of the V-statistic: within-sample means carry (n-1)/n
+    a, b = rng.standard_normal((9, 1)), 1.0 + rng.standard_normal((7, 1))
+    n, m = 9, 7
+    v = 2 * cdist(a, b).mean() - cdist(a, a).sum() / n**2 - cdist(b, b).sum() / m**2
+    assert scipy_energy(a[:, 0], b[:, 0]) == pytest.approx(np.sqrt(v), rel=1e-12)
+    u = D.energy_distance(a, b).value
+    uxx, uyy = cdist(a, a).sum() / (n * (n - 1)), cdist(b, b).sum() / (m * (m - 1))
+    assert u == pytest.approx(v - uxx / n - uyy / m, rel=1e-12)
+
+
+def test_kernel_statistics_blocked_equal_unblocked(monkeypatch):
+    rng = np.random.default_rng(23)
+    x, y = rng.standard_normal((25, 2)), rng.standard_normal((18, 2)) + 0.3
+    full = (D.mmd(x, y, 0.8), D.energy_distance(x, y))
+    monkeypatch.setattr(D, "_BLOCK_ELEMENTS", 20)
+    blocked = (D.mmd(x, y, 0.8), D.energy_distance(x, y))
+    for a, b in zip(full, blocked):
+        assert b.value == pytest.approx(a.value, rel=1e-13, abs=1e-15)
+        assert b.standard_error == pytest.approx(a.standard_error, rel=1e-12)
+
+
+def test_kernel_statistics_identical_samples():
+    # with y = x: MMD^2_u = 2 S / (n^2 (n-1)) - 2/n in [-2/n, 0] (S the off-diagonal
+    # kernel sum) and E_u = -2 mean_{i != j} |x_i - x_j| / n exactly
+    x = np.random.default_rng(24).standard_normal((30, 2)) + 100.0  # far from 0: cancellation
+    n = 30
+    r = D.mmd(x, x.copy(), bandwidth=1.0)
+    assert -2 / n <= r.value <= 0
+    S = np.exp(-cdist(x, x, "sqeuclidean") / 2).sum() - n
+    assert r.value == pytest.approx(2 * S / (n * n * (n - 1)) - 2 / n, rel=1e-12)
+    e = D.energy_distance(x, x.copy()).value
+    assert e == pytest.approx(-2 * cdist(x, x).sum() / (n * (n - 1)) / n, rel=1e-12)
+
+
+@pytest.mark.parametrize("which", ["mmd", "energy"])
+def test_kernel_statistics_standard_error_is_calibrated(which):
+    # laws that differ (shift 0.7): 80 replicates of n = 60, m = 50; the spread of the
+    # values matches the mean reported SE within a factor 1.5
+    rng = np.random.default_rng(25)
+    stat = (lambda a, b: D.mmd(a, b, bandwidth=1.0)) if which == "mmd" else D.energy_distance
+    runs = [stat(rng.standard_normal((60, 2)), rng.standard_normal((50, 2)) + [0.7, 0.0]) for _ in range(80)]
+    spread = np.std([r.value for r in runs], ddof=1)
+    reported = np.mean([r.standard_error for r in runs])
+    assert 1 / 1.5 < spread / reported < 1.5
+
+
+@PROPERTY
+@given(
+    arrays(np.float64, (5, 2), elements=st.floats(-10, 10)),
+    arrays(np.float64, (4, 2), elements=st.floats(-10, 10)),
+)
+def test_kernel_statistics_symmetric(x, y):
+    a, b = D.energy_distance(x, y), D.energy_distance(y, x)
+    assert b.value == pytest.approx(a.value, rel=1e-10, abs=1e-10)
+    a, b = D.mmd(x, y, 1.5), D.mmd(y, x, 1.5)
+    assert b.value == pytest.approx(a.value, rel=1e-10, abs=1e-12)
+
+
+# -- moments ------------------------------------------------------------------------------------
+
+
+def test_mean_and_covariance_error_values():
+    g = GaussianMixture.ring(k=3)
+    x = np.random.default_rng(30).standard_normal((50, 2)) * [1.0, 2.0]
+    assert D.mean_error(x, g).value == pytest.approx(np.linalg.norm(x.mean(0) - g.mean()), rel=1e-13)
+    expected = np.linalg.norm(np.cov(x, rowvar=False) - g.covariance())
+    assert D.covariance_error(x, g).value == pytest.approx(expected, rel=1e-13)
+    x0 = x - x.mean(0) + g.mean()  # exactly the target's mean? only up to rounding
+    assert D.mean_error(x0, g).value < 1e-14
+
+
+@pytest.mark.parametrize("which", ["mean", "covariance"])
+def test_moment_errors_standard_error_is_calibrated(which):
+    # target N(0, I) in R^2 (one component), samples N((0.6, 0), diag(2.5, 1)): errors
+    # well above the noise; 200 replicates, spread within a factor 1.4 of the SE
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    rng = np.random.default_rng(31)
+    f = D.mean_error if which == "mean" else D.covariance_error
+    runs = [f(rng.standard_normal((200, 2)) * [np.sqrt(2.5), 1.0] + [0.6, 0.0], g) for _ in range(200)]
+    spread = np.std([r.value for r in runs], ddof=1)
+    reported = np.mean([r.standard_error for r in runs])
+    assert 1 / 1.4 < spread / reported < 1.4
+
+
+# -- component weights ----------------------------------------------------------------------
+
+
+def test_component_weights_match_scipy_responsibilities():
+    rng = np.random.default_rng(40)
+    covs = np.array([[[1.0, 0.3], [0.3, 0.5]], [[0.4, -0.1], [-0.1, 0.9]], [[2.0, 0.0], [0.0, 2.0]]])
+    w, mu = np.array([0.2, 0.5, 0.3]), np.array([[0.0, 0.0], [1.0, 0.5], [-0.5, 1.0]])
+    g = GaussianMixture(w, mu, covs)
+    x = g.sample(12, rng)
+    joint = np.stack([wk * multivariate_normal(m, c).pdf(x) for wk, m, c in zip(w, mu, covs)], axis=1)
+    resp = joint / joint.sum(axis=1, keepdims=True)
+    r = D.component_weights(x, g)
+    np.testing.assert_allclose(r.soft, resp.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(r.soft_standard_error, resp.std(0, ddof=1) / np.sqrt(12), rtol=1e-10)
+    hard = np.bincount(resp.argmax(1), minlength=3) / 12
+    np.testing.assert_array_equal(r.hard, hard)
+    np.testing.assert_allclose(r.hard_standard_error, np.sqrt(hard * (1 - hard) / 11), rtol=1e-12)
+
+
+@pytest.mark.parametrize("cov", [None, "diagonal", "full"])
+def test_component_weights_recover_well_separated_mixture(cov):
+    # means 8 apart, unit-ish spreads: soft and hard weights within 4 SE of w; a
+    # zero-weight component gets exactly 0
+    w = np.array([0.2, 0.3, 0.5, 0.0])
+    mu = np.array([[0.0, 0.0], [8.0, 0.0], [0.0, 8.0], [8.0, 8.0]])
+    covariances = {None: None, "diagonal": np.full((4, 2), 0.8),
+                   "full": np.tile([[1.0, 0.4], [0.4, 0.8]], (4, 1, 1))}[cov]
+    g = GaussianMixture(w, mu, covariances)
+    x = g.sample(4000, np.random.default_rng(41))
+    r = D.component_weights(x, g)
+    assert r.soft[3] == 0 and r.hard[3] == 0
+    for est, se in ((r.soft, r.soft_standard_error), (r.hard, r.hard_standard_error)):
+        assert np.all(np.abs(est[:3] - w[:3]) < 4 * se[:3])
+    assert r.soft.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+G1 = GaussianMixture([1.0], [[0.0]])
+G2 = GaussianMixture([1.0], [[0.0, 0.0]])
+G3 = GaussianMixture([1.0], [[0.0, 0.0, 0.0]])
+X1 = np.zeros((5, 1)) + np.arange(5)[:, None]
+X2 = np.arange(10.0).reshape(5, 2)
+X3 = np.arange(15.0).reshape(5, 3)
+NAN2 = X2.copy()
+NAN2[2, 1] = np.nan
+RNG = np.random.default_rng(0)
+
+BAD = [
+    # histogram_tv
+    (lambda: D.histogram_tv(X3, G3), "d = 1 or 2"),
+    (lambda: D.histogram_tv(X2, G1), r"x must have shape \(n, 1\)"),
+    (lambda: D.histogram_tv(X1[:1], G1), "x must have at least 2 rows"),
+    (lambda: D.histogram_tv(NAN2, G2), "x contains 1 non-finite"),
+    (lambda: D.histogram_tv(X1, G1, bins=0), "bins must be an integer >= 1"),
+    (lambda: D.histogram_tv(X1, G1, bins=2.5), "bins must be"),
+    (lambda: D.histogram_tv(X2, G2, bins=(3, 4, 5)), "bins must be"),
+    (lambda: D.histogram_tv(X1, G1, range=(1.0, -1.0)), "range must have low < high"),
+    (lambda: D.histogram_tv(X1, G1, range=(0.0, np.inf)), "range must be finite"),
+    (lambda: D.histogram_tv(X2, G2, range=(0.0, 1.0)), "range must be None or"),
+    (lambda: D.histogram_tv(X1, object()), "target must have dim and log_prob"),
+    # sliced_wasserstein
+    (lambda: D.sliced_wasserstein(X2[:1], X2, RNG), "x must have at least 2 rows"),
+    (lambda: D.sliced_wasserstein(X2, X2[:1], RNG), "y must have at least 2 rows"),
+    (lambda: D.sliced_wasserstein(X2, X3, RNG), r"y must have shape \(n, 2\)"),
+    (lambda: D.sliced_wasserstein(X2, NAN2, RNG), "y contains 1 non-finite"),
+    (lambda: D.sliced_wasserstein(X2, X2, 0), "rng must be a numpy.random.Generator"),
+    (lambda: D.sliced_wasserstein(X2, X2, RNG, n_projections=1), "n_projections must be an integer >= 2"),
+    (lambda: D.sliced_wasserstein(X2, X2, RNG, p=0.5), "p must be >= 1"),
+    (lambda: D.sliced_wasserstein(X2[0], X2, RNG), r"x must have shape \(n, d\)"),
+    # mmd and energy
+    (lambda: D.mmd(X2[:1], X2), "x must have at least 2 rows"),
+    (lambda: D.mmd(X2, X2[:1]), "y must have at least 2 rows"),
+    (lambda: D.mmd(X2, X3), r"y must have shape \(n, 2\)"),
+    (lambda: D.mmd(NAN2, X2), "x contains 1 non-finite"),
+    (lambda: D.mmd(X2, X2, bandwidth=0.0), "bandwidth must be > 0"),
+    (lambda: D.mmd(X2, X2, bandwidth="1"), "bandwidth must be a real number"),
+    (lambda: D.mmd(np.zeros((4, 2)), np.zeros((4, 2))), "bandwidth: the median heuristic gave 0"),
+    (lambda: D.energy_distance(X2[:1], X2), "x must have at least 2 rows"),
+    (lambda: D.energy_distance(X2, X2[:1]), "y must have at least 2 rows"),
+    (lambda: D.energy_distance(X2, X3), r"y must have shape \(n, 2\)"),
+    (lambda: D.energy_distance(X2, NAN2), "y contains 1 non-finite"),
+    # moments
+    (lambda: D.mean_error(X2[:1], G2), "x must have at least 2 rows"),
+    (lambda: D.mean_error(X3, G2), r"target.mean\(\) must have shape \(3,\)"),
+    (lambda: D.mean_error(NAN2, G2), "x contains 1 non-finite"),
+    (lambda: D.mean_error(X2, object()), r"target must have a mean\(\) method"),
+    (lambda: D.covariance_error(X2[:1], G2), "x must have at least 2 rows"),
+    (lambda: D.covariance_error(X3, G2), r"target.covariance\(\) must have shape \(3, 3\)"),
+    (lambda: D.covariance_error(NAN2, G2), "x contains 1 non-finite"),
+    # component weights
+    (lambda: D.component_weights(X2[:1], G2), "x must have at least 2 rows"),
+    (lambda: D.component_weights(X3, G2), r"x must have shape \(n, 2\)"),
+    (lambda: D.component_weights(NAN2, G2), "x contains 1 non-finite"),
+    (lambda: D.component_weights(X2, Wrapped(G2)), "mixture must be a GaussianMixture"),
+]
+
+
+@pytest.mark.parametrize("call, message", BAD, ids=[f"bad{i}" for i in range(len(BAD))])
+def test_bad_input_raises(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
