@@ -23,7 +23,9 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+# error_model="numpy": no zero-division check per element (the denominator is >= eps > 0),
+# which is what lets the loop vectorise
+@njit(cache=True, error_model="numpy")
 def adam_update(
     p, grad, m, v, ema, scale, weight_decay, beta1, beta2, step_size, bias_correction2_sqrt,
     eps, ema_decay, want_ema,
@@ -33,20 +35,20 @@ def adam_update(
     p, grad, m, v (n,) of one dtype; ema (n,) of that dtype, or any array if not
     want_ema; the remaining arguments are float64 scalars (see the module docstring).
     """
+    # no branch inside the loops, so that each vectorises; with weight_decay = 0 the
+    # term adds 0 * p, which can turn a -0.0 gradient into +0.0 but changes no m, v or p
     for i in range(p.shape[0]):
         # np.float64(), not float(): numba types float() of a float32 as float32, which
         # would work float32 state in float32 when compiled (and not without the JIT)
-        g = np.float64(grad[i]) * scale
         pi = np.float64(p[i])
-        if weight_decay != 0.0:  # as torch: adding 0 * p would turn a -0.0 into +0.0
-            g += weight_decay * pi
+        g = np.float64(grad[i]) * scale + weight_decay * pi
         mi = beta1 * np.float64(m[i]) + (1.0 - beta1) * g
         vi = beta2 * np.float64(v[i]) + (1.0 - beta2) * g * g
-        pi -= step_size * mi / (math.sqrt(vi) / bias_correction2_sqrt + eps)
         m[i] = mi
         v[i] = vi
-        p[i] = pi
-        if want_ema:
+        p[i] = pi - step_size * mi / (math.sqrt(vi) / bias_correction2_sqrt + eps)
+    if want_ema:
+        for i in range(p.shape[0]):
             # the stored (rounded) parameter, so the EMA averages what the network sees
             ema[i] = ema_decay * np.float64(ema[i]) + (1.0 - ema_decay) * np.float64(p[i])
 

@@ -24,49 +24,64 @@ ACTIVATIONS = {"relu": RELU, "silu": SILU, "tanh": TANH, "softplus": SOFTPLUS}
 def activation_forward(Z, kind, H, D, want_derivative):
     """H = act(Z), and D = act'(Z) if want_derivative; Z is left unchanged.
 
-    Z, D (n, m) contiguous; H (n, m), may be a strided view (the next layer's input
-    without its column of ones). D is also scratch for the exponential.
+    Z, D (n, m) contiguous; H (n, m') with m' >= m, C-contiguous: its first m columns
+    receive act(Z) (the next layer's input keeps its column of ones after them; passing
+    the whole array, not a strided view, keeps the loop vectorisable). D is also scratch
+    for the exponential.
 
         relu:     h = max(z, 0),               h' = 1[z > 0]
         silu:     h = z s(z),                  h' = s(z) (1 + z (1 - s(z)))
+                  (s(z) = 1 / (1 + 1 / e^z), so one exp pass and no negation pass)
         tanh:     h = tanh z,                  h' = 1 - h^2
         softplus: h = max(z, 0) + log1p(e^{-|z|}),   h' = s(z)
     with s(z) = 1 / (1 + e^{-z}) the logistic sigmoid.
     """
-    with np.errstate(over="ignore"):  # e^{-z} = inf for z < -709 gives s = 0, as it should
+    with np.errstate(over="ignore"):  # e^z = inf for z > 709 gives s = 1, as it should
         if kind == SILU:
-            np.negative(Z, out=D)
-            np.exp(D, out=D)
+            np.exp(Z, out=D)
         elif kind == TANH:
             np.tanh(Z, out=D)
         elif kind == SOFTPLUS:
             np.abs(Z, out=D)
             np.negative(D, out=D)
             np.exp(D, out=D)
-    _activation_pass(Z, kind, H, D, want_derivative)
+    _activation_pass(Z, kind, H, D, want_derivative, Z.dtype.type(1.0))
 
 
-@njit(cache=True)
-def _activation_pass(Z, kind, H, D, want_derivative):
-    """The fused element-wise pass of activation_forward; D holds e^{-z}, tanh z or e^{-|z|}."""
+# error_model="numpy": 1 / e^z at e^z = 0 (z < -745) is inf, and s = 1 / (1 + inf) = 0
+@njit(cache=True, error_model="numpy")
+def _activation_pass(Z, kind, H, D, want_derivative, one):
+    """The fused element-wise pass of activation_forward; D holds e^z, tanh z or e^{-|z|}.
+
+    `one` is 1 in the dtype of Z, so that float32 stays float32 (a literal 1.0 would
+    make every operation float64 and halve the vector width). One loop per case, with
+    no branch inside, so that the compiler vectorises each.
+    """
+    zero = one - one
     n, m = Z.shape
     for i in range(n):
-        for j in range(m):
-            z = Z[i, j]
-            if kind == RELU:
-                h = z if z > 0 else 0.0
-                dh = 1.0 if z > 0 else 0.0
-            elif kind == SILU:
-                s = 1.0 / (1.0 + D[i, j])
-                h = z * s
-                dh = s * (1.0 + z * (1.0 - s))
-            elif kind == TANH:
-                h = D[i, j]
-                dh = 1.0 - h * h
-            else:
-                e = D[i, j]
-                h = max(z, 0.0) + np.log1p(e)
-                dh = 1.0 / (1.0 + e) if z >= 0 else e / (1.0 + e)
-            H[i, j] = h
-            if want_derivative:
-                D[i, j] = dh
+        z, e, h = Z[i], D[i], H[i]
+        if kind == SILU and want_derivative:
+            for j in range(m):
+                s = one / (one + one / e[j])  # the logistic sigmoid 1 / (1 + e^{-z})
+                h[j] = z[j] * s
+                e[j] = s * (one + z[j] * (one - s))
+        elif kind == SILU:
+            for j in range(m):
+                h[j] = z[j] / (one + one / e[j])
+        elif kind == RELU:
+            for j in range(m):
+                h[j] = max(z[j], zero)
+                if want_derivative:
+                    e[j] = one if z[j] > zero else zero
+        elif kind == TANH:
+            for j in range(m):
+                h[j] = e[j]
+                if want_derivative:
+                    e[j] = one - h[j] * h[j]
+        else:
+            for j in range(m):
+                ej = e[j]
+                h[j] = max(z[j], zero) + np.log1p(ej)
+                if want_derivative:
+                    e[j] = one / (one + ej) if z[j] >= zero else ej / (one + ej)

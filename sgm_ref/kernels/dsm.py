@@ -6,7 +6,7 @@ SCORE, NOISE, RESIDUAL = 0, 1, 2
 PARAMETERIZATION_CODES = {"score": SCORE, "noise": NOISE, "residual": RESIDUAL}
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def perturb_into(x0, z, a, sigma, H):
     """H[:, :d] = a_i x0_i + sigma_i z_i: the noised batch, written into the network input."""
     n, d = x0.shape
@@ -15,7 +15,7 @@ def perturb_into(x0, z, a, sigma, H):
             H[i, j] = a[i] * x0[i, j] + sigma[i] * z[i, j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def dsm_residual(out, H, z, sigma, lam, kind, scale, row_loss):
     """Per-row loss lam_i |s_i + z_i / sigma_i|^2 and, in place of out, dL/dout.
 

@@ -9,7 +9,8 @@ U_k diag(v_k) U_k^T with v_k = a^2 lam_k + s2, so with y = U_k^T (x - a mu_k)
 and the mixture combines them by log-sum-exp with responsibilities pi_k(x).
 Diagonal and identity covariances have U_k = I and need no matrix products. Every
 loop runs over rows in parallel; rows are independent, so the result does not depend
-on the thread count. The quadratic forms, log-determinants and log-sum-exp are
+on the thread count. The diagonal kernel runs its rows in parallel (there is no
+BLAS call around it); the full-covariance kernel is serial (see its docstring). The quadratic forms, log-determinants and log-sum-exp are
 accumulated in float64 whatever the input dtype; with float32 input the matrix
 products and the stored score are float32 (about 1e-7 relative).
 """
@@ -19,8 +20,11 @@ from numba import njit, prange
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
+# error_model="numpy" on every kernel: the variances divided by are > 0 by construction,
+# and numba's default per-division zero check would keep the loops from vectorising.
 
-@njit(parallel=True, cache=True)
+
+@njit(parallel=True, cache=True, error_model="numpy")
 def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score):
     """Log-density and score of sum_k w_k N(a_i mu_k, diag(a_i^2 lam_k + s2_i)) at each row.
 
@@ -76,8 +80,8 @@ def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score)
                 score[i, j] /= total
 
 
-@njit(parallel=True, cache=True)
-def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, logp, logc):
+@njit(cache=True, error_model="numpy")
+def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc):
     """Turn eigenbasis projections into responsibility-weighted scaled residuals.
 
     On entry P[i, k*d:(k+1)*d] = U_k^T x_i (one matrix product for all k). On exit it
@@ -85,24 +89,33 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, logp, logc):
     is -P @ U_all^T with U_all = [U_1, ..., U_K] (d, K d). logp (n,) receives the
     mixture log-density; logc (n, K) is scratch for the component log-densities.
     m_proj (K, d) holds U_k^T mu_k.
+
+    Serial on purpose: it runs between two BLAS products, whose threads a spinning
+    second pool would starve. The log-determinant takes one log per `group` factors:
+    each v = a^2 lam + s2 lies between min(lam, 1) and max(lam, 1), and the caller
+    picks group so that a product of that many stays inside the float64 range.
     """
     n = P.shape[0]
     K, d = lam.shape
-    for i in prange(n):
+    for i in range(n):
         ai = a[i]
         a2 = ai * ai
+        s2i = s2[i]
         m = -np.inf
         for k in range(K):
-            q = 0.0
-            logdet = 0.0
             base = k * d
+            q = 0.0
             for j in range(d):
-                v = a2 * lam[k, j] + s2[i]
                 y = P[i, base + j] - ai * m_proj[k, j]
-                r = y / v
+                r = y / (a2 * lam[k, j] + s2i)
                 q += y * r
-                logdet += np.log(v)
                 P[i, base + j] = r
+            logdet = 0.0
+            for start in range(0, d, group):
+                prod = 1.0
+                for j in range(start, min(start + group, d)):
+                    prod *= a2 * lam[k, j] + s2i
+                logdet += np.log(prod)
             lk = logw[k] - 0.5 * (q + logdet)
             logc[i, k] = lk
             if lk > m:

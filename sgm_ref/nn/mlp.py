@@ -179,7 +179,7 @@ class MLP:
         L = len(self._layers) - 1
         for l in range(L):
             np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
-            activation_forward(ws.Z[l], self._kind, ws.H[l + 1][:, :-1], ws.D[l], tape)
+            activation_forward(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape)
         np.matmul(ws.H[L], self._layers[L], out=ws.Z[L])
         ws.has_tape = tape
         return ws.Z[L]

@@ -110,6 +110,10 @@ class GaussianMixture:
         self._mu = np.ascontiguousarray(mu[active])
         self._lam = np.ascontiguousarray(lam[active])
         self._U = None if U is None else np.ascontiguousarray(U[active])
+        # how many factors v = alpha^2 lam + sigma^2 (between min(lam, 1) and max(lam, 1))
+        # the kernel may multiply before one log without leaving the float64 range
+        spread = max(1.0, float(np.max(np.abs(np.log(self._lam)))))
+        self._log_group = int(max(1, min(8, 600.0 // spread)))
         self._by_dtype = {}
 
     # -- shape --------------------------------------------------------------------
@@ -307,7 +311,8 @@ class GaussianMixture:
             block = slice(start, min(start + rows, n))
             P = x[block] @ U_all
             logc = np.empty((P.shape[0], K))
-            full_mixture_responsibilities(P, a[block], s2[block], self._logw, m_proj, lam, logp[block], logc)
+            full_mixture_responsibilities(P, a[block], s2[block], self._logw, m_proj, lam, self._log_group,
+                                          logp[block], logc)
             if want_score:
                 np.matmul(P, U_all.T, out=score[block])
                 np.negative(score[block], out=score[block])
