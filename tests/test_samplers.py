@@ -170,6 +170,7 @@ def test_explicit_grid_must_match():
                grid=np.array([3.0, 1.0, 0.1]))
 
 
+@pytest.mark.slow  # 40,000 particles x 400 steps: minutes without the JIT
 def test_samplers_reach_the_target_moments():
     """With the oracle and a fine grid every scheme reproduces the mixture's mean and variance."""
     g = mixture_1d()
@@ -225,6 +226,7 @@ def test_unknown_method():
         sample(lambda x, t: -x, OU(), 10, 1, np.random.default_rng(0), T=1.0, t0=0.1, n_steps=3, method="ddim")
 
 
+@pytest.mark.slow  # 4,000 particles x 2 x 200 steps of the oracle: a minute without the JIT
 def test_probability_flow_reproduces_the_target():
     """Heun on the probability-flow ODE with the oracle: sliced Wasserstein to fresh target
     samples is no larger than between two independent target samples (the noise floor)."""
