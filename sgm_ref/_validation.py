@@ -59,6 +59,47 @@ def check_float_dtype(dtype, name="dtype"):
     return dt
 
 
+def check_real_array(value, name):
+    """Return value as a finite float64 array; integers are promoted, float32 widened.
+
+    longdouble (which would lose digits), complex and object arrays are refused.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind in "iub":
+        arr = arr.astype(np.float64)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be an array of real numbers (float64, float32 or integer), got dtype {arr.dtype}")
+    arr = arr.astype(np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    return arr
+
+
+def eigh_spd(cov, name):
+    """Eigen-decomposition (lam ascending, U) of a symmetric positive-definite matrix or stack.
+
+    cov (d, d) or (K, d, d), float64. Symmetric means within 1e-10 of the largest entry
+    (the lower triangle of (C + C^T) / 2 is used); positive definite means smallest
+    eigenvalue > d eps times the largest. Otherwise ValueError naming `name` (and the
+    index k of a stack).
+    """
+    stack = cov if cov.ndim == 3 else cov[None]
+    d = stack.shape[-1]
+    label = (lambda k: f"{name}[{k}]") if cov.ndim == 3 else (lambda k: name)
+    scale = np.max(np.abs(stack), axis=(1, 2))
+    asym = np.max(np.abs(stack - stack.transpose(0, 2, 1)), axis=(1, 2))
+    bad = np.flatnonzero(asym > 1e-10 * scale)
+    if bad.size:
+        raise ValueError(f"{label(bad[0])} is not symmetric (max |C - C^T| = {asym[bad[0]]:.3g}); "
+                         "pass a symmetric matrix such as (C + C.T) / 2")
+    lam, U = np.linalg.eigh(0.5 * (stack + stack.transpose(0, 2, 1)))
+    bad = np.flatnonzero(~(lam[:, 0] > d * np.finfo(np.float64).eps * lam[:, -1]))
+    if bad.size:
+        raise ValueError(f"{label(bad[0])} is not positive definite (smallest eigenvalue "
+                         f"{lam[bad[0], 0]:.3g}, largest {lam[bad[0], -1]:.3g})")
+    return (lam, U) if cov.ndim == 3 else (lam[0], U[0])
+
+
 def check_points(x, name="x", d=None):
     """Return x as a C-contiguous (n, d) float array; raise if it is not one.
 

@@ -24,7 +24,7 @@ import numpy as np
 from scipy.linalg import solve_triangular
 from scipy.special import erf, ndtr
 
-from .._validation import check_count, check_rng, check_time_range
+from .._validation import check_count, check_real_array, check_rng, check_time_range, eigh_spd
 from ..processes import check_process
 from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid
 
@@ -38,42 +38,23 @@ __all__ = ["sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "
 # -- validation ---------------------------------------------------------------------------
 
 
-def _real_array(value, name):
-    arr = np.asarray(value)
-    if arr.dtype.kind in "iub":
-        arr = arr.astype(np.float64)
-    if arr.dtype not in (np.float64, np.float32):
-        raise ValueError(f"{name} must be an array of real numbers (float64, float32 or integer), got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return arr
-
-
 def _check_gaussian(mean, cov, mean_name="mean", cov_name="cov", d=None):
     """Validate N(mean, cov); return (mean (d,), symmetrised cov (d, d), lam (d,), U (d, d)).
 
     cov must be symmetric (within 1e-10 of its largest entry) and positive definite:
     smallest eigenvalue > d * eps * largest (the test GaussianMixture applies).
     """
-    m = _real_array(mean, mean_name)
+    m = check_real_array(mean, mean_name)
     if m.ndim != 1 or m.size == 0:
         raise ValueError(f"{mean_name} must have shape (d,) with d >= 1, got shape {m.shape}")
     if d is not None and m.shape[0] != d:
         raise ValueError(f"{mean_name} must have shape ({d},) to match the other Gaussian, got shape {m.shape}")
     d = m.shape[0]
-    C = _real_array(cov, cov_name)
+    C = check_real_array(cov, cov_name)
     if C.shape != (d, d):
         raise ValueError(f"{cov_name} must have shape (d, d) = ({d}, {d}) to match {mean_name}, got shape {C.shape}")
-    asym = np.max(np.abs(C - C.T))
-    if asym > 1e-10 * np.max(np.abs(C)):
-        raise ValueError(f"{cov_name} is not symmetric (max |C - C^T| = {asym:.3g}); pass (C + C.T) / 2")
+    lam, U = eigh_spd(C, cov_name)
     C = 0.5 * (C + C.T)
-    lam, U = np.linalg.eigh(C)
-    if not lam[0] > d * np.finfo(np.float64).eps * lam[-1]:
-        raise ValueError(
-            f"{cov_name} must be positive definite (smallest eigenvalue {lam[0]:.3g}, largest {lam[-1]:.3g})"
-        )
     return m, C, lam, U
 
 

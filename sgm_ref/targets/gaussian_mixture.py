@@ -11,7 +11,8 @@ tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_points, check_real, check_rng
+from .._validation import (check_count, check_float_dtype, check_points, check_real, check_real_array,
+                           check_rng, eigh_spd)
 from ..kernels.mixture import diagonal_mixture, full_mixture_responsibilities
 from ..processes import OU, check_process
 
@@ -20,19 +21,6 @@ __all__ = ["GaussianMixture"]
 # Rows per block of the full-covariance oracle: bounds the (rows, K d) buffer to
 # about 2**20 numbers (8 MB in float64) so it stays in cache and memory stays flat.
 _BLOCK_ELEMENTS = 2**20
-
-
-def _as_float_array(value, name):
-    arr = np.asarray(value)
-    if arr.dtype.kind in "iub":
-        arr = arr.astype(np.float64)
-    if arr.dtype not in (np.float64, np.float32):
-        # longdouble would lose digits silently; complex and objects are not numbers here
-        raise ValueError(f"{name} must be an array of real numbers (float64, float32 or integer), got dtype {arr.dtype}")
-    arr = arr.astype(np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    return arr
 
 
 class GaussianMixture:
@@ -63,8 +51,8 @@ class GaussianMixture:
     """
 
     def __init__(self, weights, means, covariances=None):
-        w = _as_float_array(weights, "weights")
-        mu = _as_float_array(means, "means")
+        w = check_real_array(weights, "weights")
+        mu = check_real_array(means, "means")
         if w.ndim != 1 or w.size == 0:
             raise ValueError(f"weights must have shape (K,) with K >= 1, got shape {w.shape}")
         K = w.shape[0]
@@ -86,7 +74,7 @@ class GaussianMixture:
             lam = np.ones((K, d))
             U = None
         else:
-            cov = _as_float_array(covariances, "covariances")
+            cov = check_real_array(covariances, "covariances")
             if cov.shape == (K, d):
                 self.covariance_type = "diagonal"
                 if np.any(cov <= 0):
@@ -94,7 +82,7 @@ class GaussianMixture:
                 lam, U = cov, None
             elif cov.shape == (K, d, d):
                 self.covariance_type = "full"
-                lam, U = _eigh_spd(cov)
+                lam, U = eigh_spd(cov, "covariances")
             else:
                 raise ValueError(
                     f"covariances must be None, shape (K, d) = ({K}, {d}) or (K, d, d) = "
@@ -317,24 +305,3 @@ class GaussianMixture:
                 np.matmul(P, U_all.T, out=score[block])
                 np.negative(score[block], out=score[block])
         return logp, score
-
-
-def _eigh_spd(cov):
-    """Eigen-decomposition of a stack of symmetric positive-definite matrices, checked."""
-    K, d, _ = cov.shape
-    scale = np.max(np.abs(cov), axis=(1, 2))
-    asym = np.max(np.abs(cov - cov.transpose(0, 2, 1)), axis=(1, 2))
-    bad = np.flatnonzero(asym > 1e-10 * scale)
-    if bad.size:
-        raise ValueError(
-            f"covariances[{bad[0]}] is not symmetric (max |C - C^T| = {asym[bad[0]]:.3g}); "
-            "pass a symmetric matrix such as (C + C.T) / 2"
-        )
-    lam, U = np.linalg.eigh(0.5 * (cov + cov.transpose(0, 2, 1)))
-    bad = np.flatnonzero(lam[:, 0] <= d * np.finfo(np.float64).eps * lam[:, -1])
-    if bad.size:
-        raise ValueError(
-            f"covariances[{bad[0]}] is not positive definite (smallest eigenvalue "
-            f"{lam[bad[0], 0]:.3g}, largest {lam[bad[0], -1]:.3g})"
-        )
-    return lam, U
