@@ -1,0 +1,488 @@
+"""Throughput of the exact Gaussian-mixture score oracle against plain NumPy/SciPy.
+
+Measures GaussianMixture.score(x, t, OU()) with one t per row (t uniform in [1e-3, 2]),
+float64, in millions of (point x component) pairs per second, for d in {2, 32, 128},
+K in {8, 64}, identity and full covariances. In the same run it times a plain
+NumPy/SciPy implementation of the same formula (_numpy_score below), after checking
+that both agree to a relative 1e-10, and prints a Markdown table with the ratio.
+
+    python benchmarks/oracle.py [--quick] [--n N] [--repeats R] [--max-wait SECONDS]
+
+Full covariances use the eigenbasis Sigma_k = U_k diag(lam_k) U_k^T (computed once,
+outside the timing); a pair then costs about 4 d^2 flops (two d x d products), which
+gives the GFLOP/s column, to be read against the matrix-product rate printed below the
+table. Timings are the best of R calls (time.perf_counter) after warm-up calls that
+compile the numba kernels, sgm_ref and NumPy taken in turn; n is chosen per row and per
+implementation so that one call takes about 0.25 s (0.05 s with --quick).
+
+The machine may be shared: before each measurement the script waits (up to --max-wait
+seconds) until other processes use less than a tenth of a core, measures again (up to
+4 times) if they did not stay quiet, and marks a row "(busy)" if they never did. It
+prints, and never changes, the thread settings and OPENBLAS_* environment variables.
+Exit status 1 if a configuration failed the agreement check.
+"""
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numba
+import numpy as np
+import scipy
+from scipy.special import logsumexp
+
+import sgm_ref
+from sgm_ref import OU, GaussianMixture
+
+DIMS = (2, 32, 128)
+COMPONENTS = (8, 64)
+COVARIANCES = ("full", "identity")
+T_MIN, T_MAX = 1e-3, 2.0
+TOLERANCE = 1e-10
+LOG_2PI = np.log(2.0 * np.pi)
+ENV_VARS = (
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+)
+
+
+# -- the problem --------------------------------------------------------------------------
+def make_mixture(d, K, covariance, rng):
+    """K components in R^d: weights uniform in [0.5, 1.5] (normalised), means of norm 3,
+    full covariances A A^T / d + 0.1 I (eigenvalues roughly 0.1 to 4)."""
+    w = rng.uniform(0.5, 1.5, K)
+    w /= w.sum()
+    mu = rng.standard_normal((K, d))
+    mu *= 3.0 / np.linalg.norm(mu, axis=1, keepdims=True)
+    if covariance == "identity":
+        return GaussianMixture(w, mu)
+    A = rng.standard_normal((K, d, d))
+    cov = A @ A.transpose(0, 2, 1) / d + 0.1 * np.eye(d)
+    return GaussianMixture(w, mu, 0.5 * (cov + cov.transpose(0, 2, 1)))
+
+
+def make_points(mixture, n, rng):
+    """n points of the forward process at per-row times: x = alpha_t x0 + sigma_t z."""
+    x0 = mixture.sample(n, rng)
+    t = rng.uniform(T_MIN, T_MAX, n)
+    x, _ = OU().perturb(x0, t, rng)
+    return x, t
+
+
+# -- the baseline -------------------------------------------------------------------------
+def _numpy_setup(mixture):
+    """What the baseline computes once, outside the timing: log-weights, means and, for
+    full covariances, the eigenbasis Sigma_k = U_k diag(lam_k) U_k^T and U_k^T mu_k."""
+    logw = np.log(mixture.weights)
+    mu = np.asarray(mixture.means)
+    if mixture.covariance_type == "identity":
+        return logw, mu, None, None, None
+    lam, U = np.linalg.eigh(mixture.covariances)
+    m_proj = np.einsum("kji,kj->ki", U, mu)
+    return logw, mu, lam, U, m_proj
+
+
+def _numpy_score(x, t, logw, mu, lam, U, m_proj):
+    """log p_t(x) and grad log p_t(x) of sum_k w_k N(a mu_k, a^2 Sigma_k + s^2 I), OU.
+
+    a = alpha_t = exp(-t), s^2 = sigma_t^2 = -expm1(-2 t), one t per row. For component k
+    with y_k = U_k^T x - a U_k^T mu_k and v_k = a^2 lam_k + s^2 (per row),
+        log N_k = -1/2 (sum y_k^2 / v_k + sum log v_k + d log 2 pi),
+        grad log p_t = -sum_k pi_k U_k (y_k / v_k),
+    combined over k by a streaming log-sum-exp (running maximum, the max trick).
+    Identity covariances (U is None): y_k = x - a mu_k, v = a^2 + s^2 (one per row).
+    """
+    n, d = x.shape
+    a = np.exp(-t)[:, None]
+    s2 = -np.expm1(-2.0 * t)[:, None]
+    a2 = a * a
+    m = np.full(n, -np.inf)
+    total = np.zeros(n)
+    score = np.zeros((n, d))
+    for k in range(logw.shape[0]):
+        if U is None:
+            y = x - a * mu[k]
+            v = a2 + s2
+            logdet = d * np.log(v[:, 0])
+        else:
+            y = x @ U[k] - a * m_proj[k]
+            v = a2 * lam[k] + s2
+            logdet = np.log(v).sum(axis=1)
+        r = y / v
+        lk = logw[k] - 0.5 * (np.einsum("ij,ij->i", y, r) + logdet)
+        m_new = np.maximum(m, lk)
+        shrink = np.exp(m - m_new)
+        wk = np.exp(lk - m_new)
+        total = total * shrink + wk
+        score *= shrink[:, None]
+        r *= wk[:, None]
+        score -= r if U is None else r @ U[k].T
+        m = m_new
+    score /= total[:, None]
+    logp = m + np.log(total) - 0.5 * d * LOG_2PI
+    return logp, score
+
+
+def _logsumexp_check(x, t, logw, mu, lam, U, m_proj):
+    """log p_t(x) by scipy.special.logsumexp over stored component terms (a second,
+    non-streaming form used only to check the baseline's log-density)."""
+    d = x.shape[1]
+    a = np.exp(-t)[:, None]
+    s2 = -np.expm1(-2.0 * t)[:, None]
+    terms = []
+    for k in range(logw.shape[0]):
+        if U is None:
+            y, v = x - a * mu[k], np.broadcast_to(a * a + s2, x.shape)
+        else:
+            y, v = x @ U[k] - a * m_proj[k], a * a * lam[k] + s2
+        terms.append(logw[k] - 0.5 * (np.sum(y * y / v, axis=1) + np.log(v).sum(axis=1)))
+    return logsumexp(np.array(terms), axis=0) - 0.5 * d * LOG_2PI
+
+
+def max_relative_difference(got, want, floor=0.0):
+    """max over rows of max_j |got - want| / max(max_j |want|, floor): per row, scale-free.
+
+    floor = 1 for log-densities, whose value can pass through 0 (then it is absolute)."""
+    got, want = np.atleast_2d(got.T).T, np.atleast_2d(want.T).T
+    scale = np.maximum(np.max(np.abs(want), axis=1), floor)
+    return float(np.max(np.max(np.abs(got - want), axis=1) / scale))
+
+
+# -- timing -------------------------------------------------------------------------------
+def best_time(fn, repeats):
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def best_times_interleaved(calls, repeats):
+    """Best of repeats for each call, the calls taken in turn (round robin), so that a
+    change of machine load during the measurement hits all of them alike."""
+    best = {name: np.inf for name in calls}
+    for _ in range(repeats):
+        for name, fn in calls.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def rows_for(fn, n, target, n_max):
+    """Rows so that one call of fn(n) takes about target seconds: start from n and rescale
+    by the measured time (best of 2) until within a factor 1.5 (at most 4 rounds)."""
+    for _ in range(4):
+        elapsed = best_time(lambda: fn(n), 2)
+        ratio = target / elapsed
+        n_new = int(np.clip(n * ratio, 64, n_max))
+        if 1 / 1.5 < ratio < 1.5 or n_new == n:
+            break
+        n = n_new
+    return n_new
+
+
+class OtherLoad:
+    """CPU seconds used by other processes while the block runs (Linux /proc/stat; None
+    elsewhere): all busy CPU time of the machine minus this process's own."""
+
+    @staticmethod
+    def _busy():
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+    def __enter__(self):
+        self.start = (self._busy(), sum(os.times()[:4]), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, own = self._busy(), sum(os.times()[:4])
+        self.wall = time.perf_counter() - self.start[2]
+        if busy is None or self.start[0] is None:
+            self.other = None
+        else:
+            self.other = max(0.0, (busy - self.start[0]) - (own - self.start[1]))
+        return False
+
+    @property
+    def busy(self):
+        """True if other processes took more than a tenth of a core on average."""
+        return self.other is not None and self.other > 0.1 * self.wall
+
+
+def wait_for_quiet(max_wait, window=2.0):
+    """Wait (at most max_wait seconds) until other processes stay under a tenth of a core
+    for `window` seconds; True if they did (or if load cannot be measured)."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        with OtherLoad() as load:
+            time.sleep(window)
+        if not load.busy:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+
+
+def measure(d, K, covariance, args, rng):
+    mixture = make_mixture(d, K, covariance, rng)
+    setup = _numpy_setup(mixture)
+    process = OU()
+
+    # equal work: both implementations agree on the same points before anything is timed
+    x, t = make_points(mixture, 2000, rng)
+    want_logp, want_score = _numpy_score(x, t, *setup)
+    got_logp, got_score = mixture.log_prob_and_score(x, t, process)
+    got_score_only = mixture.score(x, t, process)
+    diff = max(
+        max_relative_difference(got_score, want_score),
+        max_relative_difference(got_score_only, want_score),
+        max_relative_difference(got_logp, want_logp, floor=1.0),
+        max_relative_difference(_logsumexp_check(x, t, *setup), want_logp, floor=1.0),
+    )
+    row = {"d": d, "K": K, "covariance": covariance, "diff": diff}
+    if not diff < TOLERANCE:
+        row["error"] = f"max relative difference {diff:.3g} >= {TOLERANCE:g}; not timed"
+        return row
+
+    # n per implementation: calibrate from a probe of about 2e5 pairs, then draw the points
+    n_max = min(4_000_000, 2**25 // d)  # at most 256 MB of points
+    pool = {}
+
+    def points(n):
+        if pool.get("n", 0) < n:
+            pool["x"], pool["t"] = make_points(mixture, n, rng)
+            pool["n"] = n
+        return pool["x"][:n], pool["t"][:n]
+
+    calls = {
+        "sgm_ref": lambda n: mixture.score(*points(n), process),
+        "numpy": lambda n: _numpy_score(*points(n), *setup),
+    }
+    probe = max(64, 200_000 // K)
+    n = {}
+    wait_for_quiet(args.max_wait)
+    for name, call in calls.items():
+        call(probe)  # warm-up (the numba kernels are compiled by the check above)
+        n[name] = args.n if args.n else rows_for(call, probe, args.target, n_max)
+    x, t = make_points(mixture, max(n.values()), rng)
+    timed = {
+        "sgm_ref": lambda: mixture.score(x[: n["sgm_ref"]], t[: n["sgm_ref"]], process),
+        "numpy": lambda: _numpy_score(x[: n["numpy"]], t[: n["numpy"]], *setup),
+    }
+    # on a shared machine: start when other processes are quiet, and measure again (up to
+    # 4 times) if they took more than a tenth of a core meanwhile
+    for attempt in range(4):
+        wait_for_quiet(args.max_wait)
+        with OtherLoad() as load:
+            seconds = best_times_interleaved(timed, args.repeats)
+        if not load.busy:
+            break
+    row["busy"], row["other_cpu"] = load.busy, load.other
+    for name in calls:
+        row[f"rate_{name}"] = n[name] * K / seconds[name] / 1e6
+        row[f"n_{name}"] = n[name]
+        row[f"seconds_{name}"] = seconds[name]
+    return row
+
+
+def matmul_peak(size, repeats):
+    """GFLOP/s of one float64 NumPy matrix product of size^3 (2 size^3 flops), best of repeats."""
+    rng = np.random.default_rng(0)
+    A, B = rng.standard_normal((size, size)), rng.standard_normal((size, size))
+    A @ B
+    return 2.0 * size**3 / best_time(lambda: A @ B, repeats) / 1e9
+
+
+# -- first-call (JIT) cost ----------------------------------------------------------------
+_JIT_SNIPPET = textwrap.dedent(
+    """
+    import time
+    start = time.perf_counter()
+    import numpy as np
+    from sgm_ref import OU, GaussianMixture
+    imported = time.perf_counter() - start
+    rng = np.random.default_rng(0)
+    d, K, n = 8, 4, 1000
+    A = rng.standard_normal((K, d, d))
+    mixtures = {
+        "identity": GaussianMixture(np.full(K, 1 / K), rng.standard_normal((K, d))),
+        "full": GaussianMixture(np.full(K, 1 / K), rng.standard_normal((K, d)),
+                                A @ A.transpose(0, 2, 1) / d + 0.1 * np.eye(d)),
+    }
+    x, t = rng.standard_normal((n, d)), rng.uniform(1e-3, 2.0, n)
+    out = [f"import {imported:.3f}"]
+    for name, mixture in mixtures.items():
+        for call in ("first", "second"):
+            start = time.perf_counter()
+            mixture.score(x, t, OU())
+            out.append(f"{name}_{call} {time.perf_counter() - start:.6f}")
+    print(";".join(out))
+    """
+)
+
+
+def jit_cost():
+    """First vs second call of score in fresh interpreters: with the on-disk numba cache
+    as it is (cache=True kernels), and with an empty cache directory (cold compile)."""
+    results = {}
+    with tempfile.TemporaryDirectory() as empty:
+        cases = (("on-disk cache as found", {}), ("empty NUMBA_CACHE_DIR (compile)", {"NUMBA_CACHE_DIR": empty}))
+        for label, extra in cases:
+            env = dict(os.environ, **extra)
+            proc = subprocess.run([sys.executable, "-c", _JIT_SNIPPET], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                results[label] = f"failed: {proc.stderr.strip().splitlines()[-1:]}"
+                continue
+            results[label] = dict(item.split() for item in proc.stdout.strip().splitlines()[-1].split(";"))
+    return results
+
+
+# -- report -------------------------------------------------------------------------------
+def thread_report():
+    lines = [
+        f"numba.get_num_threads() = {numba.get_num_threads()}, "
+        f"threading layer = {numba.threading_layer()}, NUMBA_NUM_THREADS default = {numba.config.NUMBA_NUM_THREADS}"
+    ]
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        lines.append("threadpoolctl not installed: BLAS thread count not queried (library default)")
+    else:
+        for pool in threadpool_info():
+            keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer", "architecture")
+            lines.append("threadpoolctl: " + ", ".join(f"{k}={pool.get(k)}" for k in keys))
+    lines.append("environment: " + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENV_VARS))
+    return lines
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def table(rows):
+    head = (
+        "| d | K | covariance | sgm_ref M pairs/s | NumPy M pairs/s | ratio (sgm_ref/NumPy) "
+        "| sgm_ref GFLOP/s (4 d^2 per pair) | n (sgm_ref / NumPy) | max rel. diff |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['d']} | {r['K']} | {r['covariance']} | {r['error']} | | | | | {r['diff']:.1e} |")
+            continue
+        gflops = f"{r['rate_sgm_ref'] * 4 * r['d'] ** 2 / 1e3:.1f}" if r["covariance"] == "full" else "-"
+        mark = " (busy)" if r["busy"] else ""
+        lines.append(
+            f"| {r['d']} | {r['K']} | {r['covariance']}{mark} | {r['rate_sgm_ref']:.3g} | {r['rate_numpy']:.3g} "
+            f"| {r['rate_sgm_ref'] / r['rate_numpy']:.2f} | {gflops} | {r['n_sgm_ref']} / {r['n_numpy']} "
+            f"| {r['diff']:.1e} |"
+        )
+    return lines
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short calls (~0.05 s) and 2 repeats: a smoke run")
+    parser.add_argument("--n", type=int, default=None, help="fixed number of points per call (default: calibrated)")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="calls per measurement, best kept (default 5, quick 2)")
+    parser.add_argument("--max-wait", type=float, default=None,
+                        help="seconds to wait, before each measurement, for other processes to go quiet "
+                             "(default 300, quick 10)")
+    args = parser.parse_args(argv)
+    if args.n is not None and args.n < 1:
+        parser.error("--n must be >= 1")
+    if args.repeats is None:
+        args.repeats = 2 if args.quick else 5
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.max_wait is None:
+        args.max_wait = 10.0 if args.quick else 300.0
+    args.target = 0.05 if args.quick else 0.25
+
+    print("# Exact mixture oracle: GaussianMixture.score, one t per row, float64, OU")
+    print()
+    command = " ".join(["python", "benchmarks/oracle.py"] + sys.argv[1:])
+    print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; command: {command}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; Python {platform.python_version()}, "
+          f"NumPy {np.__version__}, SciPy {scipy.__version__}, numba {numba.__version__}, "
+          f"sgm_ref {sgm_ref.__version__}")
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    if load:
+        print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    print(f"t ~ uniform[{T_MIN:g}, {T_MAX:g}] per row; best of {args.repeats}, sgm_ref and NumPy interleaved; "
+          + (f"n = {args.n} per call" if args.n else f"n per call calibrated to ~{args.target:g} s"))
+    print(flush=True)
+
+    rng = np.random.default_rng(20261124)
+    rows = []
+    for d in DIMS:
+        for K in COMPONENTS:
+            for covariance in COVARIANCES:
+                row = measure(d, K, covariance, args, rng)
+                rows.append(row)
+                note = row.get("error") or f"sgm_ref {row['rate_sgm_ref']:.3g}, NumPy {row['rate_numpy']:.3g} M pairs/s"
+                print(f"  d={d} K={K} {covariance}: {note}", file=sys.stderr, flush=True)
+
+    print("\n".join(table(rows)))
+    print()
+    print("M pairs/s = n K / best time of one score call (n points, K components); ratio > 1: "
+          "sgm_ref faster; GFLOP/s = 4 d^2 x pairs/s; max rel. diff: sgm_ref vs the NumPy "
+          "baseline on 2000 points (score per row, and log-density), checked < 1e-10 before timing.")
+    others = [r["other_cpu"] for r in rows if r.get("other_cpu") is not None]
+    if others:
+        print()
+        print(f"Other processes used {sum(others):.1f} CPU-seconds during the timed measurements; "
+              f"{sum(bool(r.get('busy')) for r in rows)} row(s) marked (busy): more than 0.1 core "
+              "on average in all 4 attempts.")
+    print()
+    size = 1024 if args.quick else 2048
+    wait_for_quiet(args.max_wait)
+    print(f"NumPy float64 matmul {size}^3 in this run: {matmul_peak(size, 3):.0f} GFLOP/s (best of 3)")
+    print()
+    print("Threads:")
+    for line in thread_report():
+        print(f"- {line}")
+    print()
+    print("First-call cost in a fresh interpreter (d=8, K=4, n=1000; seconds):")
+    wait_for_quiet(args.max_wait)
+    for label, result in jit_cost().items():
+        if isinstance(result, str):
+            print(f"- {label}: {result}")
+            continue
+        print(
+            f"- {label}: import sgm_ref {float(result['import']):.2f}; "
+            f"identity first {float(result['identity_first']):.3f} / second {float(result['identity_second']):.4f}; "
+            f"full first {float(result['full_first']):.3f} / second {float(result['full_second']):.4f}"
+        )
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        print(f"\n{len(failed)} configuration(s) failed the agreement check; see the table.")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

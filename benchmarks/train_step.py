@@ -1,0 +1,933 @@
+"""Milliseconds per training step of a score MLP: sgm_ref against NumPy, PyTorch and JAX.
+
+One step is what a training loop does per iteration: draw a batch (data indices with
+replacement, t ~ uniform[1e-3, 2], noise z ~ N(0, I)), run the network forward and
+backward on the denoising score matching loss, and take an Adam step (lr 1e-3):
+
+    xt = alpha_t x0 + sigma_t z,   alpha_t = exp(-t),  sigma_t = sqrt(-expm1(-2 t))   (OU)
+    s  = net([xt, t])                                  ("score" parameterisation)
+    L  = 1/batch sum_i sum_j (s_ij + z_ij / sigma_i)^2  (weighting "none")
+
+The network is an MLP on d + 1 inputs (x and t, time embedding "linear") with `depth`
+SiLU hidden layers of `width` units and d outputs. Rows (d, width, depth, batch):
+(2, 128, 3, 256), (32, 256, 3, 1024), (128, 512, 4, 2048); float64 and float32.
+
+    python benchmarks/train_step.py [--quick] [--rows 1,3] [--dtypes float64]
+                                    [--skip-peers] [--skip-jit-cost] [--thread-sweep]
+
+Implementations, all starting from the same initial parameters and the same data
+(n = 10 x batch points of N(0, I)):
+- sgm_ref: sgm_ref.train.TrainStep(ScoreModel(MLP(...), OU(), "score"), ...) with
+  sgm_ref.optim.Adam; draws from a numpy Generator.
+- NumPy: _numpy_step below, a plain implementation (matrix products with @, SiLU from
+  ufuncs, hand-written backward and Adam; temporaries allowed).
+- PyTorch (if importable): nn.Sequential of Linear + SiLU, torch.optim.Adam (defaults),
+  torch.set_num_threads(2); draws from a torch.Generator inside the step.
+- JAX (if importable): one jax.jit-compiled step (jax.value_and_grad + hand-written Adam,
+  in torch.optim.Adam's arithmetic), draws with jax.random inside it; float64 through
+  jax_enable_x64 (set at import, before any JAX array exists).
+
+Before anything is timed, equal work is checked on one fixed batch (same parameters,
+x0, t, z): in float64 the loss and the gradient of NumPy, PyTorch and JAX must equal
+sgm_ref.losses.dsm_loss's to a relative 1e-10 (max |difference| / max |value|), and one
+full NumPy step (same seed, so the same draws) must give sgm_ref's loss and parameters;
+float32 gets a loose sanity check (1e-3). A failed check leaves that implementation
+out of the timing for that row.
+
+Timing: a few warm-up steps (JAX compiles on its first call), then k steps per repeat
+with k chosen so that a repeat takes ~0.3 s (0.1 s with --quick); the median over
+repeats of (repeat time / k) is reported. Repeats of the implementations are
+interleaved (round robin), so a change of machine load hits all of them alike. JAX is
+synchronised (block_until_ready) at the end of each repeat, not after every step.
+The "other load" column is the CPU time other processes (and the hypervisor) took
+during the timed repeats, from /proc/stat, in CPUs (largest over repeats): on 2 cores,
+anything above ~0.1 means the row was measured on a busy machine and should be rerun.
+
+GFLOP/s counts 6 x batch x n_params flops per step (2 forward, 4 backward per
+parameter per row), the same count for every implementation; "% of peak" divides it by
+the NumPy matrix-product rate of the same dtype measured in this run (2048^3).
+The script only reports the thread settings and the OPENBLAS_* / OpenMP environment
+variables; it never changes them. The optional --thread-sweep diagnostic times sgm_ref
+alone in fresh interpreters: as found, with NUMBA_THREADING_LAYER=workqueue and with
+OMP_WAIT_POLICY=passive (set for that child only; OPENBLAS_* are passed on unchanged),
+each at numba x BLAS thread counts in {1, 2} set in-process by numba.set_num_threads and
+threadpoolctl.threadpool_limits. It shows whether numba's OpenMP threads, which spin
+while waiting between parallel regions, and OpenBLAS's threads fight over the cores.
+"""
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numba
+import numpy as np
+
+import sgm_ref
+from sgm_ref import OU
+from sgm_ref.losses import dsm_loss
+from sgm_ref.nn.mlp import MLP
+from sgm_ref.optim import Adam
+from sgm_ref.score_model import ScoreModel
+from sgm_ref.train import TrainStep
+
+ROWS = ((2, 128, 3, 256), (32, 256, 3, 1024), (128, 512, 4, 2048))  # (d, width, depth, batch)
+DTYPES = ("float64", "float32")
+IMPLEMENTATIONS = ("sgm_ref", "JAX", "PyTorch", "NumPy")
+T0, T_END = 1e-3, 2.0
+LR, BETA1, BETA2, EPS = 1e-3, 0.9, 0.999, 1e-8
+DATA_FACTOR = 10  # data set size = DATA_FACTOR x batch
+TOLERANCE = {"float64": 1e-10, "float32": 1e-3}
+PEAK_SIZE = 2048
+SEED = 20261124
+ENV_VARS = (
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "MKL_NUM_THREADS",
+    "NUMBA_NUM_THREADS",
+    "NUMBA_THREADING_LAYER",
+    "XLA_FLAGS",
+)
+
+
+# -- optional peers -------------------------------------------------------------------------
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        return None, f"not importable ({exc})"
+    torch.set_num_threads(2)
+    return torch, None
+
+
+def _import_jax():
+    try:
+        import jax
+    except ImportError as exc:
+        return None, f"not importable ({exc})"
+    # must happen before any JAX array is created; float32 arrays stay float32 (explicit dtypes)
+    jax.config.update("jax_enable_x64", True)
+    return jax, None
+
+
+# -- the problem ----------------------------------------------------------------------------
+def layer_sizes(d, width, depth):
+    return (d + 1,) + (width,) * depth + (d,)
+
+
+def n_params_of(sizes):
+    return sum(fi * fo + fo for fi, fo in zip(sizes[:-1], sizes[1:]))
+
+
+def _layer_views(flat, sizes):
+    """(weights (fan_in, fan_out), biases (fan_out,)) views into a flat vector, laid out as
+    sgm_ref.nn.MLP.params: W_0, b_0, W_1, b_1, ..."""
+    weights, biases, offset = [], [], 0
+    for fi, fo in zip(sizes[:-1], sizes[1:]):
+        weights.append(flat[offset:offset + fi * fo].reshape(fi, fo))
+        offset += fi * fo
+        biases.append(flat[offset:offset + fo])
+        offset += fo
+    return weights, biases
+
+
+def make_problem(d, width, depth, batch, dtype, seed):
+    """Initial parameters (sgm_ref's initialisation), data, and a fixed check batch."""
+    rng = np.random.default_rng(seed)
+    sizes = layer_sizes(d, width, depth)
+    params0 = MLP(d, (width,) * depth, "silu", "linear", dtype, rng=seed).params.copy()
+    data = rng.standard_normal((DATA_FACTOR * batch, d)).astype(dtype)
+    check = {
+        "x0": rng.standard_normal((batch, d)).astype(dtype),
+        "t": rng.uniform(T0, T_END, batch),
+        "z": rng.standard_normal((batch, d)).astype(dtype),
+    }
+    return {"d": d, "width": width, "depth": depth, "batch": batch, "dtype": np.dtype(dtype),
+            "sizes": sizes, "params0": params0, "data": data, "check": check}
+
+
+# -- sgm_ref --------------------------------------------------------------------------------
+def sgm_ref_model(problem):
+    p = problem
+    net = MLP(p["d"], (p["width"],) * p["depth"], "silu", "linear", p["dtype"], rng=0)
+    net.set_params(p["params0"])
+    return ScoreModel(net, OU(), "score")
+
+
+def make_sgm_ref(problem, seed):
+    model = sgm_ref_model(problem)
+    step = TrainStep(model, problem["data"], problem["batch"], t0=T0, T=T_END,
+                     optimizer=Adam(model.params, lr=LR), weighting="none", time_distribution="uniform")
+    rng = np.random.default_rng(seed)
+
+    def run(k):
+        for _ in range(k):
+            step(rng)
+
+    return run, step, rng
+
+
+# -- the plain NumPy baseline ---------------------------------------------------------------
+def _numpy_loss_and_grad(weights, biases, x0, t, z, grad_weights, grad_biases):
+    """DSM loss (weighting "none", "score" parameterisation, OU) of the MLP and its gradient,
+    written into grad_weights / grad_biases (views of one flat vector). t is float64."""
+    n = x0.shape[0]
+    dtype = x0.dtype
+    a = np.exp(-t).astype(dtype)[:, None]
+    sigma = np.sqrt(-np.expm1(-2.0 * t)).astype(dtype)[:, None]
+    h = np.concatenate([a * x0 + sigma * z, t.astype(dtype)[:, None]], axis=1)
+    inputs, derivatives = [h], []
+    L = len(weights) - 1
+    with np.errstate(over="ignore"):  # exp(-z) = inf for very negative z gives sigmoid 0: right
+        for l in range(L):
+            pre = h @ weights[l]
+            pre += biases[l]
+            sig = np.exp(-pre)
+            sig += 1.0
+            np.reciprocal(sig, out=sig)  # sigmoid(pre)
+            h = pre * sig  # silu
+            dact = 1.0 - sig  # silu' = sig (1 + pre (1 - sig))
+            dact *= pre
+            dact += 1.0
+            dact *= sig
+            inputs.append(h)
+            derivatives.append(dact)
+    s = h @ weights[L]
+    s += biases[L]
+    r = s + z / sigma
+    loss = float(np.sum(r * r)) / n
+    g = r * (2.0 / n)  # dL/ds
+    for l in range(L, -1, -1):
+        if l < L:
+            g *= derivatives[l]
+        np.matmul(inputs[l].T, g, out=grad_weights[l])
+        np.sum(g, axis=0, out=grad_biases[l])
+        if l > 0:
+            g = g @ weights[l].T
+    return loss
+
+
+def _numpy_adam(state, grad):
+    """torch.optim.Adam's arithmetic over the flat parameter vector, in place."""
+    state["k"] += 1
+    k, m, v = state["k"], state["m"], state["v"]
+    m *= BETA1
+    m += (1.0 - BETA1) * grad
+    v *= BETA2
+    v += (1.0 - BETA2) * grad * grad
+    step_size = LR / (1.0 - BETA1**k)
+    denom = np.sqrt(v)
+    denom /= math.sqrt(1.0 - BETA2**k)
+    denom += EPS
+    state["params"] -= step_size * m / denom
+
+
+def _numpy_state(problem):
+    params = problem["params0"].copy()
+    grad = np.empty_like(params)
+    weights, biases = _layer_views(params, problem["sizes"])
+    grad_weights, grad_biases = _layer_views(grad, problem["sizes"])
+    return {"params": params, "grad": grad, "m": np.zeros_like(params), "v": np.zeros_like(params), "k": 0,
+            "weights": weights, "biases": biases, "grad_weights": grad_weights, "grad_biases": grad_biases,
+            "data": problem["data"], "batch": problem["batch"]}
+
+
+def _numpy_step(state, rng):
+    """One step, drawing in sgm_ref.train.TrainStep's order (indices, times, noise)."""
+    data, batch = state["data"], state["batch"]
+    x0 = data[rng.integers(0, data.shape[0], batch)]
+    t = T0 + (T_END - T0) * rng.random(batch)
+    z = rng.standard_normal((batch, data.shape[1]), dtype=data.dtype)
+    loss = _numpy_loss_and_grad(state["weights"], state["biases"], x0, t, z,
+                                state["grad_weights"], state["grad_biases"])
+    _numpy_adam(state, state["grad"])
+    return loss
+
+
+def make_numpy(problem, seed):
+    state = _numpy_state(problem)
+    rng = np.random.default_rng(seed)
+
+    def run(k):
+        for _ in range(k):
+            _numpy_step(state, rng)
+
+    return run
+
+
+# -- PyTorch --------------------------------------------------------------------------------
+def _torch_net(torch, problem):
+    sizes = problem["sizes"]
+    layers = []
+    for i, (fi, fo) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(torch.nn.Linear(fi, fo))
+        if i < len(sizes) - 2:
+            layers.append(torch.nn.SiLU())
+    dtype = getattr(torch, problem["dtype"].name)
+    net = torch.nn.Sequential(*layers).to(dtype)
+    weights, biases = _layer_views(problem["params0"], sizes)
+    linears = [m for m in net if isinstance(m, torch.nn.Linear)]
+    with torch.no_grad():
+        for lin, W, b in zip(linears, weights, biases):
+            lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
+            lin.bias.copy_(torch.from_numpy(b.copy()))
+    return net, linears
+
+
+def _torch_loss(torch, net, x0, t, z):
+    a = torch.exp(-t)[:, None]
+    sigma = torch.sqrt(-torch.expm1(-2.0 * t))[:, None]
+    s = net(torch.cat([a * x0 + sigma * z, t[:, None]], dim=1))
+    r = s + z / sigma
+    return (r * r).sum(dim=1).mean()
+
+
+def _torch_flat_grad(torch, linears):
+    parts = []
+    for lin in linears:
+        parts += [lin.weight.grad.T.reshape(-1), lin.bias.grad]
+    return torch.cat(parts).numpy()
+
+
+def make_torch(torch, problem, seed):
+    net, _ = _torch_net(torch, problem)
+    dtype = getattr(torch, problem["dtype"].name)
+    opt = torch.optim.Adam(net.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS)
+    data = torch.from_numpy(problem["data"])
+    n_data, batch, d = data.shape[0], problem["batch"], problem["d"]
+    gen = torch.Generator().manual_seed(seed)
+
+    def step():
+        x0 = data[torch.randint(0, n_data, (batch,), generator=gen)]
+        t = torch.rand(batch, generator=gen, dtype=dtype) * (T_END - T0) + T0
+        z = torch.randn(batch, d, generator=gen, dtype=dtype)
+        loss = _torch_loss(torch, net, x0, t, z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def run(k):
+        for _ in range(k):
+            step()
+
+    return run, step, net
+
+
+# -- JAX ------------------------------------------------------------------------------------
+def _jax_params(jax, problem):
+    weights, biases = _layer_views(problem["params0"], problem["sizes"])
+    return [(jax.numpy.asarray(W.copy()), jax.numpy.asarray(b.copy())) for W, b in zip(weights, biases)]
+
+
+def _jax_loss_fn(jax):
+    jnp = jax.numpy
+
+    def loss_fn(params, x0, t, z):
+        a = jnp.exp(-t)[:, None]
+        sigma = jnp.sqrt(-jnp.expm1(-2.0 * t))[:, None]
+        h = jnp.concatenate([a * x0 + sigma * z, t[:, None]], axis=1)
+        for W, b in params[:-1]:
+            h = jax.nn.silu(h @ W + b)
+        W, b = params[-1]
+        r = h @ W + b + z / sigma
+        return jnp.mean(jnp.sum(r * r, axis=1))
+
+    return loss_fn
+
+
+def make_jax(jax, problem, seed):
+    jnp = jax.numpy
+    dtype = jnp.dtype(problem["dtype"].name)
+    batch, d = problem["batch"], problem["d"]
+    loss_fn = _jax_loss_fn(jax)
+    value_and_grad = jax.value_and_grad(loss_fn)
+    tree_map = jax.tree_util.tree_map
+
+    def step(params, m, v, k, key, data):
+        key, k_idx, k_t, k_z = jax.random.split(key, 4)
+        x0 = data[jax.random.randint(k_idx, (batch,), 0, data.shape[0])]
+        t = jax.random.uniform(k_t, (batch,), dtype, T0, T_END)
+        z = jax.random.normal(k_z, (batch, d), dtype)
+        loss, grads = value_and_grad(params, x0, t, z)
+        k = k + 1
+        kf = k.astype(dtype)
+        step_size = LR / (1.0 - BETA1**kf)
+        bc2 = jnp.sqrt(1.0 - BETA2**kf)
+        m = tree_map(lambda m_, g: BETA1 * m_ + (1.0 - BETA1) * g, m, grads)
+        v = tree_map(lambda v_, g: BETA2 * v_ + (1.0 - BETA2) * g * g, v, grads)
+        params = tree_map(lambda p, m_, v_: p - step_size * m_ / (jnp.sqrt(v_) / bc2 + EPS), params, m, v)
+        return params, m, v, k, key, loss
+
+    jitted = jax.jit(step, donate_argnums=(0, 1, 2))
+    params = _jax_params(jax, problem)
+    state = {"carry": (params, tree_map(jnp.zeros_like, params), tree_map(jnp.zeros_like, params),
+                       jnp.asarray(0, jnp.int32), jax.random.key(seed)),
+             "data": jnp.asarray(problem["data"])}
+
+    def one():
+        """One step; returns the loss (a JAX scalar, not synchronised)."""
+        *carry, loss = jitted(*state["carry"], state["data"])
+        state["carry"] = tuple(carry)
+        return loss
+
+    def run(k):
+        for _ in range(k):
+            one()
+        jax.block_until_ready(state["carry"])
+
+    return run, one, state
+
+
+# -- equal work -----------------------------------------------------------------------------
+def rel_diff(got, want):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), np.finfo(np.float64).tiny))
+
+
+def check_equal_work(problem, peers, seed):
+    """Loss and gradient of each implementation on the fixed batch against sgm_ref's dsm_loss.
+
+    Returns {implementation: (max relative difference, tolerance, note)}."""
+    c = problem["check"]
+    x0, t, z = c["x0"], c["t"], c["z"]
+    dtype = problem["dtype"]
+    tol = TOLERANCE[dtype.name]
+    want_loss, want_grad = dsm_loss(sgm_ref_model(problem), x0, t, z, "none")
+    results = {}
+
+    # NumPy: the loss and gradient, then one full step (same seed -> same draws) against TrainStep
+    state = _numpy_state(problem)
+    loss = _numpy_loss_and_grad(state["weights"], state["biases"], x0, t, z, state["grad_weights"], state["grad_biases"])
+    diff = max(rel_diff(loss, want_loss), rel_diff(state["grad"], want_grad))
+    _, sgm_step, _ = make_sgm_ref(problem, seed)
+    sgm_loss = sgm_step(np.random.default_rng(seed))
+    np_loss = _numpy_step(state, np.random.default_rng(seed))
+    step_diff = max(rel_diff(np_loss, sgm_loss), rel_diff(state["params"], sgm_step.model.params))
+    results["NumPy"] = (max(diff, step_diff), tol,
+                        f"loss+grad {diff:.1e}, one full step (same draws) loss+params {step_diff:.1e}")
+
+    for name, check in (("PyTorch", _check_torch), ("JAX", _check_jax)):
+        if peers.get(name) is None:
+            continue
+        try:
+            results[name] = check(peers[name], problem, want_loss, want_grad, seed)
+        except Exception as exc:  # a peer that breaks is reported, not fatal
+            results[name] = (math.inf, tol, f"{type(exc).__name__}: {exc}")
+    return results
+
+
+def _check_torch(torch, problem, want_loss, want_grad, seed):
+    c, dtype = problem["check"], problem["dtype"]
+    x0, t, z = c["x0"], c["t"], c["z"]
+    tol = TOLERANCE[dtype.name]
+    net, linears = _torch_net(torch, problem)
+    loss = _torch_loss(torch, net, *(torch.from_numpy(a) for a in (x0, t.astype(dtype), z)))
+    loss.backward()
+    got_grad = _torch_flat_grad(torch, linears)
+    diff = max(rel_diff(loss.item(), want_loss), rel_diff(got_grad, want_grad))
+    # one Adam step on the same gradient: torch.optim.Adam against sgm_ref.optim.Adam
+    opt = torch.optim.Adam(net.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS)
+    opt.step()
+    with torch.no_grad():
+        got_params = torch.cat([p for lin in linears for p in (lin.weight.T.reshape(-1), lin.bias)]).numpy()
+    ref = problem["params0"].copy()
+    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(got_grad.astype(dtype))
+    adam_diff = rel_diff(got_params, ref)
+    dtype_ok = loss.dtype == getattr(torch, dtype.name)
+    return (max(diff, adam_diff) if dtype_ok else math.inf, tol,
+            f"loss+grad {diff:.1e}, Adam step {adam_diff:.1e}" + ("" if dtype_ok else f", WRONG dtype {loss.dtype}"))
+
+
+def _check_jax(jax, problem, want_loss, want_grad, seed):
+    c, dtype = problem["check"], problem["dtype"]
+    x0, t, z = c["x0"], c["t"], c["z"]
+    tol = TOLERANCE[dtype.name]
+    loss, grads = jax.value_and_grad(_jax_loss_fn(jax))(
+        _jax_params(jax, problem), *(jax.numpy.asarray(a) for a in (x0, t.astype(dtype), z)))
+    got_grad = np.concatenate([np.asarray(a).reshape(-1) for layer in grads for a in layer])
+    diff = max(rel_diff(loss, want_loss), rel_diff(got_grad, want_grad))
+    # the jitted step keeps the dtype (x64 is enabled: a stray promotion would be float64)
+    _, one, state = make_jax(jax, problem, seed)
+    step_loss = one()
+    dtypes = {str(step_loss.dtype)} | {str(a.dtype) for layer in state["carry"][0] for a in layer}
+    dtype_ok = dtypes == {dtype.name}
+    return (diff if dtype_ok and np.isfinite(step_loss) else math.inf, tol,
+            f"loss+grad {diff:.1e}" + ("" if dtype_ok else f", WRONG dtypes {sorted(dtypes)}"))
+
+
+# -- timing ---------------------------------------------------------------------------------
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds():
+    """(CPU seconds used by all processes, by this one) so far; system part None without /proc/stat.
+
+    The system part counts user, nice, system, irq, softirq and steal time (idle and iowait
+    excluded), in clock ticks, so it resolves ~10 ms."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    ours = usage.ru_utime + usage.ru_stime
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None, ours
+    return (sum(fields) - fields[3] - fields[4]) / _CLOCK_TICKS, ours
+
+
+class LoadMeter:
+    """CPUs' worth of time taken by other processes (and the hypervisor) while timing."""
+
+    def __init__(self):
+        self.start = (time.perf_counter(),) + _cpu_seconds()
+
+    def others(self):
+        wall0, all0, ours0 = self.start
+        all1, ours1 = _cpu_seconds()
+        wall = time.perf_counter() - wall0
+        if all0 is None or all1 is None or wall <= 0:
+            return None
+        return max(0.0, ((all1 - all0) - (ours1 - ours0)) / wall)
+
+
+def calibrate(run, target):
+    """Steps per repeat so that a repeat takes about target seconds."""
+    steps = 1
+    while True:
+        start = time.perf_counter()
+        run(steps)
+        elapsed = time.perf_counter() - start
+        if elapsed >= min(0.05, target / 3) or steps >= 1 << 16:
+            return max(1, int(round(steps * target / elapsed)))
+        steps *= 2 if elapsed > 0.005 else 8
+
+
+def time_interleaved(runs, args, errors):
+    """{name: sorted seconds per step over repeats}; repeats interleaved round robin.
+
+    An implementation that raises during warm-up is dropped and reported in errors."""
+    ks = {}
+    for name, run in list(runs.items()):
+        try:
+            run(args.warmup)
+            ks[name] = calibrate(run, args.target)
+        except Exception as exc:
+            errors[name] = f"{type(exc).__name__} during warm-up: {exc}"
+            del runs[name]
+    times = {name: [] for name in runs}
+    names = list(runs)
+    loads = []
+    for r in range(args.repeats):
+        meter = LoadMeter()
+        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+            start = time.perf_counter()
+            runs[name](ks[name])
+            times[name].append((time.perf_counter() - start) / ks[name])
+        loads.append(meter.others())
+    loads = [x for x in loads if x is not None]
+    return {name: sorted(v) for name, v in times.items()}, ks, (max(loads) if loads else None)
+
+
+def measure(row, dtype, peers, args, seed):
+    d, width, depth, batch = row
+    problem = make_problem(d, width, depth, batch, dtype, seed)
+    n_params = n_params_of(problem["sizes"])
+    out = {"row": row, "dtype": dtype, "n_params": n_params, "ms": {}, "detail": {}, "errors": {}}
+    checks = check_equal_work(problem, peers, seed)
+    out["checks"] = checks
+    runs = {}
+    sgm_run, _, _ = make_sgm_ref(problem, seed)
+    runs["sgm_ref"] = sgm_run
+    for name in IMPLEMENTATIONS[1:]:
+        if name in checks and not checks[name][0] <= checks[name][1]:
+            out["errors"][name] = f"check failed ({checks[name][2]})"
+            continue
+        try:
+            if name == "NumPy":
+                runs[name] = make_numpy(problem, seed)
+            elif name == "PyTorch" and peers.get(name) is not None:
+                runs[name] = make_torch(peers[name], problem, seed)[0]
+            elif name == "JAX" and peers.get(name) is not None:
+                runs[name] = make_jax(peers[name], problem, seed)[0]
+        except Exception as exc:  # a peer that cannot be built is reported, not fatal
+            out["errors"][name] = f"{type(exc).__name__}: {exc}"
+    times, ks, out["load"] = time_interleaved(runs, args, out["errors"])
+    for name, v in times.items():
+        out["ms"][name] = 1e3 * float(np.median(v))
+        out["detail"][name] = (ks[name], 1e3 * v[0], 1e3 * v[-1])
+    return out
+
+
+def matmul_rate(matmul, a, b, repeats):
+    matmul(a, b)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / best / 1e9
+
+
+def measure_peaks(torch, repeats):
+    """GFLOP/s of one PEAK_SIZE^3 matrix product, best of repeats: NumPy (and PyTorch)."""
+    rng = np.random.default_rng(0)
+    peaks = {}
+    for dtype in DTYPES:
+        a = rng.standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(dtype)
+        b = rng.standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(dtype)
+        peaks[("NumPy", dtype)] = matmul_rate(np.matmul, a, b, repeats)
+        if torch is not None:
+            peaks[("PyTorch", dtype)] = matmul_rate(torch.matmul, torch.from_numpy(a), torch.from_numpy(b), repeats)
+    return peaks
+
+
+# -- threads --------------------------------------------------------------------------------
+# Fresh interpreters for the sweep, each importing sgm_ref only (no PyTorch, no JAX): as
+# found, and with the two environment changes that decide how numba's idle threads wait.
+SWEEP_ENVIRONMENTS = (
+    ("as found", {}),
+    ("NUMBA_THREADING_LAYER=workqueue", {"NUMBA_THREADING_LAYER": "workqueue"}),
+    ("OMP_WAIT_POLICY=passive", {"OMP_WAIT_POLICY": "passive"}),
+)
+SWEEP_THREADS = ((2, 2), (1, 2), (2, 1), (1, 1))  # (numba threads, BLAS threads)
+
+
+def sweep_worker(row, dtype, args, seed):
+    """In this process: sgm_ref ms/step for each (numba, BLAS) thread count, interleaved.
+
+    Thread counts are set with numba.set_num_threads and threadpoolctl.threadpool_limits
+    (restored after each repeat). Prints one line of JSON."""
+    import json
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        threadpool_limits = None
+    problem = make_problem(*row, dtype, seed)
+    combos = SWEEP_THREADS if threadpool_limits is not None else ((numba.get_num_threads(), None),)
+    runs = {combo: make_sgm_ref(problem, seed)[0] for combo in combos}
+    numba_before = numba.get_num_threads()
+
+    def timed(combo, k):
+        numba.set_num_threads(min(combo[0], numba_before))
+        try:
+            if combo[1] is None:
+                start = time.perf_counter()
+                runs[combo](k)
+                return time.perf_counter() - start
+            with threadpool_limits(limits=combo[1], user_api="blas"):
+                start = time.perf_counter()
+                runs[combo](k)
+                return time.perf_counter() - start
+        finally:
+            numba.set_num_threads(numba_before)
+
+    ks = {}
+    for combo in combos:
+        timed(combo, args.warmup)
+        elapsed, steps = 0.0, 1
+        while elapsed < min(0.05, args.target / 3) and steps < 1 << 16:
+            steps *= 2
+            elapsed = timed(combo, steps)
+        ks[combo] = max(1, int(round(steps * args.target / elapsed)))
+    times = {combo: [] for combo in combos}
+    loads = []
+    for _ in range(args.repeats):
+        meter = LoadMeter()
+        for combo in combos:
+            times[combo].append(timed(combo, ks[combo]) / ks[combo])
+        loads.append(meter.others())
+    loads = [x for x in loads if x is not None]
+    print(json.dumps({"layer": numba.threading_layer(), "load": max(loads) if loads else None,
+                      "ms": [[list(c), 1e3 * float(np.median(v))] for c, v in times.items()]}))
+
+
+def thread_sweep(rows, dtypes, args):
+    """Run sweep_worker in a fresh interpreter per environment, row and dtype."""
+    import json
+
+    lines = []
+    for row in rows:
+        for dtype in dtypes:
+            for label, extra in SWEEP_ENVIRONMENTS:
+                command = [sys.executable, os.path.abspath(__file__), "--_sweep-worker",
+                           f"{ROWS.index(row) + 1},{dtype}", "--repeats", str(args.repeats),
+                           "--target", str(args.target), "--warmup", str(args.warmup)]
+                proc = subprocess.run(command, env=dict(os.environ, **extra), capture_output=True, text=True)
+                if proc.returncode != 0:
+                    lines.append(f"{row} {dtype}, {label}: failed: {proc.stderr.strip().splitlines()[-1:]}")
+                    continue
+                res = json.loads(proc.stdout.strip().splitlines()[-1])
+                cells = ", ".join(f"numba {nb} / BLAS {'default' if blas is None else blas}: {ms:.3g}"
+                                  for (nb, blas), ms in res["ms"])
+                load = "?" if res["load"] is None else f"{res['load']:.2f}"
+                lines.append(f"{row} {dtype}, {label} (numba layer {res['layer']}): {cells} ms; other load {load}")
+    return lines
+
+
+def thread_report(peers):
+    lines = [f"numba.get_num_threads() = {numba.get_num_threads()}, threading layer = "
+             f"{numba.threading_layer()}, NUMBA_NUM_THREADS default = {numba.config.NUMBA_NUM_THREADS}"]
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        lines.append("threadpoolctl not installed (optional): BLAS/OpenMP pools not queried")
+    else:
+        for pool in threadpool_info():
+            keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer", "architecture", "filepath")
+            lines.append("threadpoolctl: " + ", ".join(f"{k}={pool.get(k)}" for k in keys if k in pool))
+    torch = peers.get("PyTorch")
+    if torch is not None:
+        lines.append(f"torch.get_num_threads() = {torch.get_num_threads()}, "
+                     f"torch.get_num_interop_threads() = {torch.get_num_interop_threads()}")
+    jax = peers.get("JAX")
+    if jax is not None:
+        lines.append(f"JAX devices: {jax.devices()} (XLA's CPU thread pool is sized by the core count)")
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = "?"
+    lines.append(f"os.cpu_count() = {os.cpu_count()}, CPUs in this process's affinity = {affinity}")
+    lines.append("environment: " + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENV_VARS))
+    if numba.threading_layer() == "omp" and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+        lines.append("note: numba's 'omp' layer with the default wait policy: its idle threads spin between "
+                     "parallel regions while OpenBLAS's threads want the same cores; --thread-sweep measures the cost")
+    return lines
+
+
+# -- first-call (JIT) cost ------------------------------------------------------------------
+_JIT_SNIPPET = textwrap.dedent(
+    """
+    import time
+    start = time.perf_counter()
+    import numpy as np
+    from sgm_ref import OU
+    from sgm_ref.nn.mlp import MLP
+    from sgm_ref.optim import Adam
+    from sgm_ref.score_model import ScoreModel
+    from sgm_ref.train import TrainStep
+    out = [f"import {time.perf_counter() - start:.6f}"]
+    d, width, depth, batch = 2, 128, 3, 256
+    for dtype in ("float64", "float32"):
+        model = ScoreModel(MLP(d, (width,) * depth, "silu", "linear", dtype, rng=0), OU(), "score")
+        data = np.random.default_rng(1).standard_normal((10 * batch, d)).astype(dtype)
+        step = TrainStep(model, data, batch, t0=1e-3, T=2.0, optimizer=Adam(model.params, lr=1e-3),
+                         weighting="none", time_distribution="uniform")
+        rng = np.random.default_rng(0)
+        calls = []
+        for _ in range(5):
+            start = time.perf_counter()
+            step(rng)
+            calls.append(time.perf_counter() - start)
+        out.append(f"{dtype}_first {calls[0]:.6f}")
+        out.append(f"{dtype}_later {min(calls[2:]):.6f}")
+    print(";".join(out))
+    """
+)
+
+
+def jit_cost():
+    """First vs later TrainStep call in fresh interpreters: with an empty NUMBA_CACHE_DIR
+    (every cache=True kernel compiles), then again with that directory (now filled)."""
+    results = {}
+    with tempfile.TemporaryDirectory() as cache_dir:
+        for label in ("cold: empty NUMBA_CACHE_DIR (compiles)", "warm: same NUMBA_CACHE_DIR (loads the cache)"):
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
+            proc = subprocess.run([sys.executable, "-c", _JIT_SNIPPET], env=env, capture_output=True, text=True)
+            if proc.returncode != 0:
+                results[label] = f"failed: {proc.stderr.strip().splitlines()[-1:]}"
+                continue
+            results[label] = {k: float(v) for k, v in
+                              (item.split() for item in proc.stdout.strip().splitlines()[-1].split(";"))}
+    return results
+
+
+# -- report ---------------------------------------------------------------------------------
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _fmt_ms(ms):
+    return "-" if ms is None else f"{ms:.3g}"
+
+
+def _fmt_ratio(a, b):
+    return "-" if a is None or b is None else f"{a / b:.3g}"
+
+
+def table(results, peaks):
+    head = ("| (d, width, depth, batch) | dtype | params | sgm_ref ms | JAX ms | PyTorch ms | NumPy ms "
+            "| sgm_ref/JAX | sgm_ref/PyTorch | sgm_ref/NumPy | sgm_ref GFLOP/s | % of peak | floor ms | other load |")
+    lines = [head, "|" + "---|" * 14]
+    for r in results:
+        ms = r["ms"]
+        flops = 6.0 * r["row"][3] * r["n_params"]
+        sgm = ms.get("sgm_ref")
+        peak = peaks[("NumPy", r["dtype"])]
+        gflops = flops / (sgm * 1e-3) / 1e9 if sgm else None
+        load = "?" if r["load"] is None else f"{r['load']:.2f}"
+        lines.append(
+            f"| {r['row']} | {r['dtype']} | {r['n_params']} | {_fmt_ms(sgm)} | {_fmt_ms(ms.get('JAX'))} "
+            f"| {_fmt_ms(ms.get('PyTorch'))} | {_fmt_ms(ms.get('NumPy'))} | {_fmt_ratio(sgm, ms.get('JAX'))} "
+            f"| {_fmt_ratio(sgm, ms.get('PyTorch'))} | {_fmt_ratio(sgm, ms.get('NumPy'))} "
+            f"| {'-' if gflops is None else f'{gflops:.1f}'} | {'-' if gflops is None else f'{100 * gflops / peak:.0f}%'} "
+            f"| {1e3 * flops / (peak * 1e9):.3g} | {load} |"
+        )
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="repeats of ~0.1 s, 3 repeats, 3 peak repeats: a smoke run")
+    parser.add_argument("--rows", default=None,
+                        help="comma-separated row numbers, 1-based: " + ", ".join(
+                            f"{i + 1} = {row}" for i, row in enumerate(ROWS)) + " (default: all)")
+    parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated subset of float64,float32")
+    parser.add_argument("--skip-peers", action="store_true",
+                        help="time only sgm_ref and the NumPy baseline (no PyTorch, no JAX import)")
+    parser.add_argument("--skip-jit-cost", action="store_true", help="skip the fresh-interpreter first-call timing")
+    parser.add_argument("--thread-sweep", action="store_true",
+                        help="diagnostic: sgm_ref alone in fresh interpreters (numba layer as found, workqueue, "
+                             "OMP_WAIT_POLICY=passive) x numba threads x BLAS threads in {1, 2} "
+                             "(thread counts need threadpoolctl)")
+    parser.add_argument("--_sweep-worker", dest="sweep_worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per implementation (default 7, quick 3)")
+    parser.add_argument("--target", type=float, default=None, help="seconds per repeat (default 0.3, quick 0.1)")
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 5, quick 3)")
+    args = parser.parse_args(argv)
+    try:
+        numbers = [int(i) for i in args.rows.split(",") if i.strip()] if args.rows else [1, 2, 3]
+        if not numbers or any(not 1 <= i <= len(ROWS) for i in numbers):
+            raise ValueError
+        args.rows = tuple(ROWS[i - 1] for i in numbers)
+    except ValueError:
+        parser.error(f"--rows must be comma-separated numbers in 1..{len(ROWS)}")
+    args.dtypes = tuple(x.strip() for x in args.dtypes.split(",") if x.strip())
+    if not args.dtypes or any(x not in DTYPES for x in args.dtypes):
+        parser.error(f"--dtypes must be a comma-separated subset of {','.join(DTYPES)}")
+    args.repeats = args.repeats if args.repeats is not None else (3 if args.quick else 7)
+    args.target = args.target if args.target is not None else (0.1 if args.quick else 0.3)
+    args.warmup = args.warmup if args.warmup is not None else (3 if args.quick else 5)
+    if args.repeats < 1 or args.target <= 0 or args.warmup < 1:
+        parser.error("--repeats and --warmup must be >= 1 and --target > 0")
+    args.peak_repeats = 3 if args.quick else 5
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.sweep_worker:  # internal: one cell of --thread-sweep, in a fresh interpreter
+        number, dtype = args.sweep_worker.split(",")
+        sweep_worker(ROWS[int(number) - 1], dtype, args, SEED)
+        return 0
+    peers, peer_notes = {}, {}
+    if not args.skip_peers:
+        for name, importer in (("PyTorch", _import_torch), ("JAX", _import_jax)):
+            module, note = importer()
+            peers[name] = module
+            if note:
+                peer_notes[name] = note
+    versions = [f"Python {platform.python_version()}", f"NumPy {np.__version__}", f"numba {numba.__version__}",
+                f"sgm_ref {sgm_ref.__version__}"]
+    for name, module in peers.items():
+        if module is not None:
+            versions.append(f"{'torch' if name == 'PyTorch' else 'jax'} {module.__version__}")
+
+    print("# One training step of a score MLP (denoising score matching + Adam), ms/step")
+    print()
+    print(f"date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}; "
+          f"command: python {' '.join(['benchmarks/train_step.py'] + (sys.argv[1:] if argv is None else list(argv)))}")
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cores; " + ", ".join(versions))
+    for name, note in peer_notes.items():
+        print(f"{name}: {note}; its columns are empty")
+    if args.skip_peers:
+        print("--skip-peers: PyTorch and JAX not imported")
+    print(f"SiLU MLP on [x, t], OU, 'score' parameterisation, weighting 'none', t ~ U[{T0:g}, {T_END:g}], "
+          f"Adam lr {LR:g}; data: {DATA_FACTOR} x batch points of N(0, I)")
+    print(f"median of {args.repeats} interleaved repeats of k steps (~{args.target:g} s each) "
+          f"after {args.warmup} warm-up steps")
+    print(flush=True)
+
+    torch = peers.get("PyTorch")
+    peaks = measure_peaks(torch, args.peak_repeats)
+    results = []
+    for row in args.rows:
+        for dtype in args.dtypes:
+            r = measure(row, dtype, peers, args, SEED)
+            results.append(r)
+            summary = ", ".join(f"{n} {r['ms'][n]:.3g}" for n in IMPLEMENTATIONS if n in r["ms"])
+            print(f"  {row} {dtype}: {summary} ms/step", file=sys.stderr, flush=True)
+
+    print("ratio < 1 means sgm_ref is faster (sgm_ref time / other time). GFLOP/s: 6 x batch x params "
+          "flops per step over sgm_ref's time; % of peak and floor ms use the NumPy matmul peak below. "
+          "other load: CPUs' worth of time other processes (and the hypervisor) took during the timed "
+          "repeats, the largest over repeats (from /proc/stat); above ~0.1 on 2 cores the row is disturbed.")
+    print()
+    print("\n".join(table(results, peaks)))
+    print()
+    print(f"Matrix-product peak in this run ({PEAK_SIZE}^3, best of {args.peak_repeats}, GFLOP/s): "
+          + "; ".join(f"{impl} {dtype} {rate:.0f}" for (impl, dtype), rate in peaks.items()))
+    print()
+    print("Timing detail (k steps per repeat; fastest / slowest repeat, ms/step):")
+    for r in results:
+        cells = ", ".join(f"{n} k={k} {lo:.3g}/{hi:.3g}" for n, (k, lo, hi) in r["detail"].items())
+        print(f"- {r['row']} {r['dtype']}: {cells}")
+        for name, err in r["errors"].items():
+            print(f"  - {name} not timed: {err}")
+    print()
+    print("Equal work (max |difference| / max |value| against sgm_ref on one fixed batch; "
+          f"tolerance float64 {TOLERANCE['float64']:g}, float32 {TOLERANCE['float32']:g}):")
+    for r in results:
+        for name, (diff, tol, note) in r["checks"].items():
+            print(f"- {r['row']} {r['dtype']} {name}: {note} -> {'ok' if diff <= tol else 'FAILED'}")
+    print()
+    print("Threads:")
+    for line in thread_report(peers):
+        print(f"- {line}")
+    if args.thread_sweep:
+        print()
+        print("Thread sweep (sgm_ref alone in a fresh interpreter per environment, median ms/step; "
+              "thread counts set in-process by numba.set_num_threads and threadpoolctl):")
+        for line in thread_sweep(args.rows, args.dtypes, args):
+            print(f"- {line}", flush=True)
+    if not args.skip_jit_cost:
+        print()
+        print("First-call cost of sgm_ref in a fresh interpreter (TrainStep at (2, 128, 3, 256); seconds):")
+        for label, res in jit_cost().items():
+            if isinstance(res, str):
+                print(f"- {label}: {res}")
+                continue
+            print(f"- {label}: import {res['import']:.2f}; "
+                  + "; ".join(f"{dt} first call {res[dt + '_first']:.3f} vs later {res[dt + '_later']:.5f}"
+                              for dt in DTYPES))
+    failed = [f"{r['row']} {r['dtype']} {name}: {err}" for r in results for name, err in r["errors"].items()]
+    if failed:
+        print()
+        print(f"{len(failed)} implementation(s) not timed (failed equal-work check or error):")
+        for line in failed:
+            print(f"- {line}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The README's Python code blocks run as written (in order, sharing one namespace)."""
+
+import re
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def test_readme_code_blocks_run(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) >= 3
+    monkeypatch.chdir(tmp_path)  # the tour saves a model file
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, str(README), "exec"), namespace)
+    # the figures the README states for this exact setting
+    value, se = namespace["score_error_integral"](namespace["model"], namespace["ring"], namespace["OU"](),
+                                                  1e-2, 5.0, 4000, namespace["np"].random.default_rng(5))
+    assert value < 0.5
