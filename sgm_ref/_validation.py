@@ -38,7 +38,10 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a real number, got {value!r}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float64 range
+        raise ValueError(f"{name} must be finite, got an integer too large for float64") from None
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if low is not None and (value < low or (low_open and value == low)):
@@ -135,8 +138,8 @@ def check_times(t, n=None, T=None, name="t"):
         Largest admissible time (the process's horizon); None means no upper bound.
     """
     arr = np.asarray(t)
-    if arr.dtype.kind not in "iuf":
-        raise ValueError(f"{name} must be a real number or an array of reals, got {arr.dtype}")
+    if arr.dtype.kind not in "iu" and arr.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be a real number or an array of float64, float32 or integers, got {arr.dtype}")
     arr = arr.astype(np.float64)
     if arr.ndim > 1 or (arr.ndim == 1 and n is None and arr.size == 0):
         raise ValueError(f"{name} must be a scalar or have shape (n,), got shape {arr.shape}")

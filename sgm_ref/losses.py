@@ -33,9 +33,7 @@ def sample_times(n, t0, T, rng, distribution="uniform"):
     u = rng.random(n)
     if distribution == "uniform":
         return t0 + (T - t0) * u
-    if distribution == "log-uniform":
-        return np.exp(np.log(t0) + (np.log(T) - np.log(t0)) * u)
-    raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
+    return np.exp(np.log(t0) + (np.log(T) - np.log(t0)) * u)
 
 
 def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):

@@ -41,6 +41,15 @@ class _LinearProcess:
         """B(t) = int_0^t beta(s) ds; t scalar or shape (n,); float64, same shape."""
         return self._out(self._integrated_beta(self._times(t)))
 
+    def integrated_beta_between(self, t_hi, t_lo):
+        """int_{t_lo}^{t_hi} beta(s) ds without the cancellation of B(t_hi) - B(t_lo).
+
+        t_hi, t_lo scalars or arrays of one shape, t_hi >= t_lo; float64. The step
+        integrals of a reverse-time sampler keep full relative precision on fine grids.
+        """
+        t_hi, t_lo = self._times(t_hi), self._times(t_lo)
+        return self._out(np.asarray(self._integral_between(t_hi, t_lo)))
+
     def beta(self, t):
         """Noise rate beta(t); t scalar or shape (n,); float64, same shape."""
         return self._out(self._beta(self._times(t)))
@@ -128,6 +137,9 @@ class OU(_LinearProcess):
     def _inverse_integrated_beta(self, B):
         return 0.5 * B
 
+    def _integral_between(self, t_hi, t_lo):
+        return 2.0 * (t_hi - t_lo)
+
     def to_dict(self):
         return {"name": "OU"}
 
@@ -166,6 +178,10 @@ class VP(_LinearProcess):
     def _integrated_beta(self, t):
         return t * (self.beta_min + 0.5 * t * (self.beta_max - self.beta_min))
 
+    def _integral_between(self, t_hi, t_lo):
+        # the midpoint rule is exact for the linear beta
+        return (t_hi - t_lo) * (self.beta_min + 0.5 * (t_hi + t_lo) * (self.beta_max - self.beta_min))
+
     def _inverse_integrated_beta(self, B):
         # Root of (db/2) t^2 + beta_min t - B = 0 in the form without cancellation.
         db = self.beta_max - self.beta_min
@@ -189,4 +205,6 @@ def process_from_dict(spec):
         raise ValueError(f"process must be a dict with name 'OU' or 'VP', got {spec!r}")
     if spec["name"] == "OU":
         return OU()
-    return VP(spec.get("beta_min", 0.1), spec.get("beta_max", 20.0))
+    if "beta_min" not in spec or "beta_max" not in spec:
+        raise ValueError(f"a VP process needs beta_min and beta_max, got {spec!r}")
+    return VP(spec["beta_min"], spec["beta_max"])

@@ -8,15 +8,18 @@ T = t_0 > t_1 > ... > t_N = t0. With DB_k = B(t_k) - B(t_{k+1}) = int_{t_{k+1}}^
     exponential integrator:   y <- e^{DB_k/2} y + 2 (e^{DB_k/2} - 1) s(y, t_k) + sqrt(e^{DB_k} - 1) xi
     probability flow (Heun):  dy/dtau = f(y, t) = beta(t) (y + s(y, t)) / 2, Heun's method
 
-with xi ~ N(0, I) drawn from rng. Euler–Maruyama takes the noise integral exactly
+with xi ~ N(0, I) drawn from rng. DB_k is computed as the integral over the step
+(process.integrated_beta_between), not as a difference of two B's, which would lose
+digits on fine VP grids. Euler–Maruyama takes the noise integral exactly
 (variance DB_k rather than beta(t_k) h_k; the same thing for OU), so the sampler's path
 law has the diffusion coefficient of the true reverse process and Girsanov's theorem
 compares them (sgm_ref.metrics.tv_upper_bound). The exponential integrator solves the
 linear part exactly and freezes only the score over a step.
 
 The score is called as score(x, t) with x of shape (n, d) and t of shape (n,) (all
-entries equal to the current grid time); that call is the only Python-level work per
-step besides the noise draw. The update steps are sgm_ref.kernels.sampler.
+entries equal to the current grid time) and must return the dtype of x; besides that
+call, a step is the noise draw, a check of the score's output and one fused update
+(sgm_ref.kernels.sampler).
 """
 
 import numpy as np
@@ -74,15 +77,17 @@ def _score_at(score, y, t, step):
         raise ValueError(f"score returned shape {np.shape(s)} at step {step} (t = {float(t):.6g}); expected {y.shape}")
     if not np.all(np.isfinite(s)):
         raise ValueError(f"score returned non-finite values at step {step} (t = {float(t):.6g})")
-    return s if s.dtype == y.dtype else s.astype(y.dtype)
+    if s.dtype != y.dtype:
+        raise ValueError(f"score returned dtype {s.dtype} for points of dtype {y.dtype} at step {step}; "
+                         "sample in the score's dtype or make the score return the points' dtype")
+    return s
 
 
-def _start(x, process, grid, rng):
+def _start(x, process, grid):
     process = check_process(process)
     grid = check_grid(grid, process)
-    rng = check_rng(rng)
     y = check_points(x, "x").copy()
-    return process, grid, rng, y
+    return process, grid, y
 
 
 def _euler_maruyama_coefficients(dB):
@@ -101,13 +106,14 @@ STEP_COEFFICIENTS = {"euler_maruyama": _euler_maruyama_coefficients, "exponentia
 
 
 def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
-    process, grid, rng, y = _start(x, process, grid, rng)
-    B = process.integrated_beta(grid)
+    process, grid, y = _start(x, process, grid)
+    rng = check_rng(rng)
+    dB = process.integrated_beta_between(grid[:-1], grid[1:])
     path = [y.copy()] if trajectory else None
     xi = np.empty_like(y)
     for k in range(grid.size - 1):
         s = _score_at(score, y, grid[k], k)
-        a, b, c = coefficients(B[k] - B[k + 1])
+        a, b, c = coefficients(dB[k])
         rng.standard_normal(out=xi, dtype=y.dtype)
         affine_step(y, s, xi, a, b, c)
         if trajectory:
@@ -152,7 +158,7 @@ def probability_flow(score, process, grid, x, trajectory=False):
     Deterministic: two score calls per step (at t_k and at t_{k+1}). Arguments and
     return as euler_maruyama, without rng.
     """
-    process, grid, _, y = _start(x, process, grid, np.random.default_rng(0))
+    process, grid, y = _start(x, process, grid)
     beta = process.beta(grid)
     path = [y.copy()] if trajectory else None
     y_pred = np.empty_like(y)

@@ -31,6 +31,8 @@ class ScoreModel:
         if parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         check_process(process)
+        if not all(hasattr(network, a) for a in ("forward", "params", "d", "dtype")):
+            raise ValueError(f"network must be an sgm_ref.nn.MLP, got {type(network).__name__}")
         self.network = network
         self.process = process
         self.parameterization = parameterization

@@ -55,8 +55,9 @@ class TrainStep:
 
     Calling it with a Generator draws batch indices (with replacement), times on
     [t0, T] and noise, in that order, computes the loss and gradient
-    (sgm_ref.losses) and takes an optimiser step; it returns the loss. Nothing of
-    batch size is allocated per call.
+    (sgm_ref.losses) and takes an optimiser step; it returns the loss. The batch,
+    noise, gradient and network buffers are allocated once; per call only a few
+    vectors of batch length (indices, times, coefficients) are made.
 
     Raises NonFiniteGradientError (args[0] "loss" or "gradient") before any
     parameter changes if the loss or the gradient is not finite.
@@ -83,6 +84,7 @@ class TrainStep:
         self.grad = np.empty(net.n_params, dtype=net.dtype)
 
     def __call__(self, rng):
+        check_rng(rng)
         idx = rng.integers(0, self.data.shape[0], self.batch_size)
         np.take(self.data, idx, axis=0, out=self.x0)
         t = sample_times(self.batch_size, self.t0, self.T, rng, self.time_distribution)

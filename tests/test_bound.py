@@ -156,3 +156,16 @@ def test_wrong_score_shape_is_reported():
     with pytest.raises(ValueError, match="shape"):
         tv_upper_bound(lambda x, t: x[:, :0], g, OU(), 0.01, 2.0, "uniform", "exponential", 10,
                        np.random.default_rng(0), n_steps=3)
+
+
+def test_score_error_functions_check_the_process():
+    from sgm_ref.metrics import score_error_integral, score_error_profile
+
+    g = mixture_1d()
+    with pytest.raises(ValueError, match="process"):
+        score_error_integral(lambda x, t: g.score(x, t), g, "OU", 0.01, 1.0, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="process"):
+        score_error_profile(lambda x, t: g.score(x, t), g, None, [0.1], 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="time_distribution"):
+        score_error_integral(lambda x, t: g.score(x, t), g, OU(), 0.01, 1.0, 10, np.random.default_rng(0),
+                             time_distribution="cosine")

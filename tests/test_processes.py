@@ -445,3 +445,36 @@ def test_vp_beta_not_a_number_raises(value):
         VP(value, 20.0)
     with pytest.raises(ValueError, match=r"^beta_max must be a real number"):
         VP(0.1, value)
+
+
+@pytest.mark.parametrize("process", [OU(), VP(), VP(0.1, 0.2)], ids=repr)
+def test_integrated_beta_between_is_the_step_integral(process):
+    """The integral over a small step, exactly, where B(t_hi) - B(t_lo) cancels."""
+    from fractions import Fraction as F
+
+    t_hi, t_lo = 0.9, 0.9 - 1e-7
+    # beta is linear: its integral in exact rational arithmetic from the float inputs
+    b0, b1 = (F(2), F(2)) if isinstance(process, OU) else (F(process.beta_min), F(process.beta_max))
+    hi, lo = F(t_hi), F(t_lo)
+    exact = float(b0 * (hi - lo) + (b1 - b0) * (hi * hi - lo * lo) / 2)
+    between = process.integrated_beta_between(t_hi, t_lo)
+    assert abs(between - exact) <= 4e-16 * exact
+    if isinstance(process, VP):  # (for OU, 2 t_hi - 2 t_lo is exact by Sterbenz's lemma)
+        difference = process.integrated_beta(t_hi) - process.integrated_beta(t_lo)
+        assert abs(difference - exact) > 100 * max(abs(between - exact), 1e-30)  # what the direct form avoids
+    grid = np.linspace(1.0, 0.01, 7)
+    np.testing.assert_allclose(process.integrated_beta_between(grid[:-1], grid[1:]),
+                               np.diff(-process.integrated_beta(grid)), rtol=1e-12)
+
+
+def test_process_from_dict_needs_both_betas():
+    from sgm_ref.processes import process_from_dict
+
+    assert process_from_dict(VP(0.3, 5.0).to_dict()) == VP(0.3, 5.0)
+    with pytest.raises(ValueError, match="beta_min and beta_max"):
+        process_from_dict({"name": "VP", "beta_min": 0.1})
+
+
+def test_huge_integer_parameter_is_a_value_error():
+    with pytest.raises(ValueError, match="beta_max must be finite"):
+        VP(0.1, 10**400)

@@ -247,3 +247,21 @@ def test_probability_flow_reproduces_the_target():
     shifted = sample(lambda x, t: g.score(x, t) + 0.2, OU(), n, 2, np.random.default_rng(6), T=8.0, t0=1e-3,
                      n_steps=200, method="probability_flow", grid="geometric")
     assert sliced_wasserstein(shifted, a, np.random.default_rng(9), n_projections=64, p=2).value > 3 * floor.value
+
+
+def test_score_of_another_dtype_is_refused():
+    grid = np.array([1.0, 0.5])
+    x = np.zeros((3, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="dtype float64 for points of dtype float32"):
+        euler_maruyama(lambda y, t: -y.astype(np.float64), OU(), grid, x, np.random.default_rng(0))
+
+
+def test_vp_steps_use_the_exact_step_integral():
+    """On a fine VP grid the Euler–Maruyama step uses int beta over the step, not B - B."""
+    process = VP()
+    grid = np.array([0.5, 0.5 - 1e-9])
+    x = np.ones((1, 1))
+    y = euler_maruyama(lambda z, t: np.zeros_like(z), process, grid, x, np.random.default_rng(0))
+    dB = process.integrated_beta_between(0.5, 0.5 - 1e-9)
+    xi = np.random.default_rng(0).standard_normal((1, 1))
+    assert y[0, 0] == pytest.approx(1 + 0.5 * dB + np.sqrt(dB) * xi[0, 0], rel=1e-15, abs=0)

@@ -298,3 +298,20 @@ def test_fit_rejects_bad_arguments(change, message):
     with pytest.raises(ValueError, match=message):
         fit(model, **args)
     np.testing.assert_array_equal(model.params, theta)
+
+
+def test_train_step_needs_a_generator():
+    from sgm_ref import MLP, OU, Adam, ScoreModel
+    from sgm_ref.train import TrainStep
+
+    model = ScoreModel(MLP(2, (4,), rng=0), OU(), "score")
+    step = TrainStep(model, np.zeros((5, 2)), 3, 0.01, 1.0, Adam(model.params))
+    with pytest.raises(ValueError, match="rng"):
+        step(0)
+
+
+def test_time_embedding_checks_n_frequencies_for_every_kind():
+    from sgm_ref.nn import TimeEmbedding
+
+    with pytest.raises(ValueError, match="n_frequencies"):
+        TimeEmbedding("linear", None)

@@ -54,8 +54,9 @@ def _activation_pass(Z, kind, H, D, want_derivative, one):
     """The fused element-wise pass of activation_forward; D holds e^z, tanh z or e^{-|z|}.
 
     `one` is 1 in the dtype of Z, so that float32 stays float32 (a literal 1.0 would
-    make every operation float64 and halve the vector width). One loop per case, with
-    no branch inside, so that the compiler vectorises each.
+    make every operation float64 and halve the vector width). One loop per case; the
+    few branches left inside (relu's comparison, the derivative flag) are selects or
+    loop-invariant, which the compiler vectorises or hoists.
     """
     zero = one - one
     n, m = Z.shape

@@ -7,12 +7,15 @@ U_k diag(v_k) U_k^T with v_k = a^2 lam_k + s2, so with y = U_k^T (x - a mu_k)
     grad log N_k(x) = -U_k (y / v_k),
 
 and the mixture combines them by log-sum-exp with responsibilities pi_k(x).
-Diagonal and identity covariances have U_k = I and need no matrix products. Every
-loop runs over rows in parallel; rows are independent, so the result does not depend
-on the thread count. The diagonal kernel runs its rows in parallel (there is no
-BLAS call around it); the full-covariance kernel is serial (see its docstring). The quadratic forms, log-determinants and log-sum-exp are
+Diagonal and identity covariances have U_k = I and need no matrix products. The
+diagonal kernel runs its rows in parallel (no BLAS call sits inside the oracle there;
+rows are independent, so the result does not depend on the thread count). Callers
+that alternate it with BLAS work (a network's forward pass in sgm_ref.metrics) pay a
+thread hand-over per alternation, once per block of points, not per point. The
+full-covariance kernel is serial (see its docstring). The quadratic forms, log-determinants and log-sum-exp are
 accumulated in float64 whatever the input dtype; with float32 input the matrix
-products and the stored score are float32 (about 1e-7 relative).
+products and the score (accumulated in its float32 output) are float32, about 1e-7
+relative.
 """
 
 import numpy as np

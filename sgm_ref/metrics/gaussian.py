@@ -31,10 +31,6 @@ from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid
 __all__ = ["sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]
 
 
-# Step coefficients (a, b, c) of y <- a y + b s + c xi for DB = B(t_k) - B(t_{k+1}); the
-# same formulas as the lambdas in sgm_ref.samplers (euler_maruyama, exponential_integrator).
-
-
 # -- validation ---------------------------------------------------------------------------
 
 
@@ -131,7 +127,7 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
             mu = A * mu + 0.5 * h * (e[k] + e[k + 1] + h * g[k + 1] * e[k])
             q = A * A * q
     else:
-        a, b, c = STEP_COEFFICIENTS[method](B[:-1] - B[1:])
+        a, b, c = STEP_COEFFICIENTS[method](process.integrated_beta_between(grid[:-1], grid[1:]))
         for k in range(grid.size - 1):
             A = a[k] - b[k] / v[k]
             mu = A * mu + b[k] * alpha[k] * m_eig / v[k]

@@ -3,6 +3,7 @@
 import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_rng, check_time_range
+from ..processes import check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
 
@@ -44,10 +45,13 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     -------
     value, standard_error : float
     """
+    process = check_process(process)
     n = check_count(n, "n", minimum=2)
     t0, T = check_time_range(t0, T, process)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    if time_distribution not in ("log-uniform", "uniform"):
+        raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
     x0 = target.sample(n, rng)
     u = rng.random(n)
     if time_distribution == "log-uniform":
@@ -87,6 +91,7 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
     -------
     errors, standard_errors : ndarray, shape (m,)
     """
+    process = check_process(process)
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)

@@ -22,9 +22,8 @@ class TimeEmbedding:
     def __init__(self, kind="linear", n_frequencies=4):
         if kind not in self.KINDS:
             raise ValueError(f"time embedding kind must be one of {self.KINDS}, got {kind!r}")
-        if kind == "fourier":
-            if isinstance(n_frequencies, bool) or not isinstance(n_frequencies, (int, np.integer)) or n_frequencies < 1:
-                raise ValueError(f"n_frequencies must be an integer >= 1, got {n_frequencies!r}")
+        if isinstance(n_frequencies, bool) or not isinstance(n_frequencies, (int, np.integer)) or n_frequencies < 1:
+            raise ValueError(f"n_frequencies must be an integer >= 1, got {n_frequencies!r}")
         self.kind = kind
         self.n_frequencies = int(n_frequencies)
         self.dim = 1 + 2 * self.n_frequencies if kind == "fourier" else 1

@@ -159,11 +159,12 @@ class MLP:
 
     # -- forward ------------------------------------------------------------------------------
     def _workspace(self, n):
-        ws = self._workspaces.get(n)
+        ws = self._workspaces.pop(n, None)
         if ws is None:
-            if len(self._workspaces) >= 2:  # keep the training batch and one other size
-                self._workspaces.pop(next(iter(self._workspaces)))
-            ws = self._workspaces[n] = _Workspace(n, self.sizes, self.dtype)
+            if len(self._workspaces) >= 3:  # the training batch, a block size and a remainder
+                self._workspaces.pop(next(iter(self._workspaces)))  # the least recently used
+            ws = _Workspace(n, self.sizes, self.dtype)
+        self._workspaces[n] = ws  # (re)inserted last: dict order is recency
         return ws
 
     def _check_inputs(self, x, t):
