@@ -34,6 +34,7 @@ import time
 
 import numba
 import numpy as np
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 import scipy
 from scipy.special import logsumexp
 
@@ -369,17 +370,6 @@ def thread_report():
             lines.append("threadpoolctl: " + ", ".join(f"{k}={pool.get(k)}" for k in keys))
     lines.append("environment: " + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENV_VARS))
     return lines
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def table(rows):

@@ -69,6 +69,7 @@ import time
 
 import numba
 import numpy as np
+from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 
 import sgm_ref
 from sgm_ref import OU
@@ -754,17 +755,6 @@ def jit_cost():
 
 
 # -- report ---------------------------------------------------------------------------------
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _fmt_ms(ms):
     return "-" if ms is None else f"{ms:.3g}"
 

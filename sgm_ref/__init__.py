@@ -6,6 +6,7 @@ learning a family of sub-Gaussian probability distributions" (ICLR 2024).
 
 __version__ = "0.1.0"
 
+from . import gradcheck, metrics, samplers
 from .io import load, save
 from .losses import dsm_loss
 from .nn import MLP
@@ -16,4 +17,4 @@ from .targets import GaussianMixture
 from .train import fit
 
 __all__ = ["OU", "VP", "GaussianMixture", "MLP", "ScoreModel", "Adam", "dsm_loss", "fit", "save", "load",
-           "__version__"]
+           "samplers", "metrics", "gradcheck", "__version__"]
