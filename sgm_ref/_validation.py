@@ -103,6 +103,23 @@ def eigh_spd(cov, name):
     return (lam, U) if cov.ndim == 3 else (lam[0], U[0])
 
 
+def call_score(score, x, t, where=""):
+    """s = score(x, t), checked: an ndarray of x's shape and dtype with finite entries.
+
+    `where` (e.g. " at step 3 (t = 0.5)") is appended to the error message, so a
+    failure inside a sampler or a metric says when it happened.
+    """
+    s = score(x, t)
+    if not isinstance(s, np.ndarray) or s.shape != x.shape:
+        raise ValueError(f"score returned shape {np.shape(s)}{where}; expected {x.shape}")
+    if not np.all(np.isfinite(s)):
+        raise ValueError(f"score returned non-finite values{where}")
+    if s.dtype != x.dtype:
+        raise ValueError(f"score returned dtype {s.dtype} for points of dtype {x.dtype}{where}; "
+                         "use points of the score's dtype or make the score return the points' dtype")
+    return s
+
+
 def check_points(x, name="x", d=None):
     """Return x as a C-contiguous (n, d) float array; raise if it is not one.
 

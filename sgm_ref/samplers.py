@@ -24,7 +24,7 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 
 import numpy as np
 
-from ._validation import check_count, check_points, check_rng, check_time_range
+from ._validation import call_score, check_count, check_points, check_rng, check_time_range
 from .kernels.sampler import affine_step, heun_correct
 from .processes import check_process
 
@@ -72,15 +72,7 @@ def check_grid(grid, process):
 
 def _score_at(score, y, t, step):
     """Call the score at one grid time and check what comes back."""
-    s = score(y, np.full(y.shape[0], t))
-    if not isinstance(s, np.ndarray) or s.shape != y.shape:
-        raise ValueError(f"score returned shape {np.shape(s)} at step {step} (t = {float(t):.6g}); expected {y.shape}")
-    if not np.all(np.isfinite(s)):
-        raise ValueError(f"score returned non-finite values at step {step} (t = {float(t):.6g})")
-    if s.dtype != y.dtype:
-        raise ValueError(f"score returned dtype {s.dtype} for points of dtype {y.dtype} at step {step}; "
-                         "sample in the score's dtype or make the score return the points' dtype")
-    return s
+    return call_score(score, y, np.full(y.shape[0], t), f" at step {step} (t = {float(t):.6g})")
 
 
 def _start(x, process, grid):

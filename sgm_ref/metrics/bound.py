@@ -28,10 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_rng, check_time_range
+from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range
 from ..processes import check_process
 from ..samplers import check_grid, time_grid
-from .score_error import _call_score
 
 __all__ = ["tv_upper_bound", "TVBound"]
 
@@ -157,7 +156,7 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
         decay = np.exp(-0.5 * dB)[:, None]
         spread = np.sqrt(-np.expm1(-dB))[:, None]
         x_grid = decay * xt + spread * rng.standard_normal(xt.shape)
-        s = _call_score(score, x_grid.astype(dtype), grid[k]).astype(np.float64)
+        s = call_score(score, x_grid.astype(dtype), grid[k], " in the path term").astype(np.float64)
         delta = target.score(xt, t, process) - s
         if method == "euler_maruyama":
             delta += 0.5 * (xt - x_grid)

@@ -2,19 +2,11 @@
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_rng, check_time_range
+from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range
 from ..processes import check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
 
-
-def _call_score(score, x, t, what="score"):
-    s = np.asarray(score(x, t))
-    if s.shape != x.shape:
-        raise ValueError(f"{what}(x, t) must return shape {x.shape}, got {s.shape}")
-    if not np.all(np.isfinite(s)):
-        raise ValueError(f"{what}(x, t) returned non-finite values")
-    return s
 
 
 def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribution="log-uniform",
@@ -64,7 +56,7 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     else:
         raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
     xt, _ = process.perturb(x0, t, rng)
-    s = _call_score(score, xt.astype(dtype), t).astype(np.float64)
+    s = call_score(score, xt.astype(dtype), t).astype(np.float64)
     e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * inv_q
     return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))
 
@@ -105,7 +97,7 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
     for k, t in enumerate(ts):
         tk = np.full(n, t)
         xt, _ = process.perturb(target.sample(n, rng), tk, rng)
-        s = _call_score(score, xt.astype(dtype), tk).astype(np.float64)
+        s = call_score(score, xt.astype(dtype), tk, f" at t = {t:.6g}").astype(np.float64)
         e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
         errors[k], standard_errors[k] = e.mean(), e.std(ddof=1) / np.sqrt(n)
     return errors, standard_errors
