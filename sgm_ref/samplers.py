@@ -176,8 +176,27 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
            dtype=np.float64, trajectory=False):
     """Draw n points: start from N(0, I_d) at T, run `method` on a grid to t0.
 
-    method: "euler_maruyama", "exponential" or "probability_flow"; grid: "uniform",
-    "geometric" or an explicit decreasing array (then T, t0, n_steps must match it).
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d), returning the dtype of x
+    process : OU or VP
+    n, d : int
+        Number of points and dimension.
+    rng : numpy.random.Generator
+        The prior draw and every step's noise.
+    T, t0 : float
+        Horizon and early-stopping time, 0 < t0 < T <= process.t_max.
+    n_steps : int
+    method : {"euler_maruyama", "exponential", "probability_flow"}
+    grid : {"uniform", "geometric"} or ndarray of shape (n_steps + 1,)
+        An explicit grid must run from T down to t0.
+    dtype : float64 or float32
+    trajectory : bool
+        Also return the points at every grid time, shape (n_steps + 1, n, d).
+
+    Returns
+    -------
+    ndarray, shape (n, d) (and the trajectory if asked)
     """
     process = check_process(process)
     if method not in METHODS:

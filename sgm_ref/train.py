@@ -43,10 +43,8 @@ def _progress(steps, progress):
         progress = sys.stderr.isatty()
     if not progress:
         return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # tqdm is a dependency, but a progress bar is not worth failing for
-        return None
+    from tqdm.auto import tqdm  # imported here: only runs that show a bar pay for it
+
     return tqdm(total=steps, desc="training", unit="step", leave=False)
 
 

@@ -315,3 +315,12 @@ def test_time_embedding_checks_n_frequencies_for_every_kind():
 
     with pytest.raises(ValueError, match="n_frequencies"):
         TimeEmbedding("linear", None)
+
+
+def test_progress_bar_when_asked(capsys):
+    from sgm_ref import MLP, OU, ScoreModel, fit
+
+    model = ScoreModel(MLP(2, (4,), rng=0), OU(), "score")
+    fit(model, np.zeros((5, 2)), steps=3, batch_size=2, t0=0.01, T=1.0, rng=np.random.default_rng(0),
+        progress=True)
+    assert "training" in capsys.readouterr().err

@@ -8,7 +8,6 @@ from ..processes import check_process
 __all__ = ["score_error_integral", "score_error_profile"]
 
 
-
 def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribution="log-uniform",
                          dtype=np.float64):
     """Monte-Carlo estimate of int_{t0}^{T} E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
@@ -50,11 +49,9 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
         span = np.log(T / t0)
         t = t0 * np.exp(span * u)
         inv_q = t * span
-    elif time_distribution == "uniform":
+    else:
         t = t0 + (T - t0) * u
         inv_q = np.full(n, T - t0)
-    else:
-        raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
     xt, _ = process.perturb(x0, t, rng)
     s = call_score(score, xt.astype(dtype), t).astype(np.float64)
     e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * inv_q
