@@ -88,6 +88,14 @@ def _check_theta(theta):
     return theta
 
 
+def _check_common(f, theta, eps, rtol, atol):
+    """The arguments check_gradient and check_vjp share: (f, theta, n, eps, rtol, atol)."""
+    f = _check_callable(f, "f")
+    theta = _check_theta(theta)
+    eps = _check_tolerance(eps, "eps", positive=True)
+    return f, theta, theta.shape[0], eps, _check_tolerance(rtol, "rtol"), _check_tolerance(atol, "atol")
+
+
 def _check_tolerance(value, name, positive=False):
     return check_real(value, name, low=0.0, low_open=positive)
 
@@ -270,12 +278,7 @@ def check_gradient(f, grad, theta, eps=1e-6, rtol=1e-6, atol=1e-8, directions=No
         with non-finite entries, a missing rng in directional mode, or f not returning a
         finite real scalar.
     """
-    f = _check_callable(f, "f")
-    theta = _check_theta(theta)
-    n = theta.shape[0]
-    eps = _check_tolerance(eps, "eps", positive=True)
-    rtol = _check_tolerance(rtol, "rtol")
-    atol = _check_tolerance(atol, "atol")
+    f, theta, n, eps, rtol, atol = _check_common(f, theta, eps, rtol, atol)
     if directions is not None:
         k = check_count(directions, "directions")
         if rng is None:
@@ -329,13 +332,8 @@ def check_vjp(f, vjp, theta, rng, directions=3, eps=1e-6, rtol=1e-6, atol=1e-8):
     ValueError
         As check_gradient; also if f's output changes shape or vjp returns a wrong shape.
     """
-    f = _check_callable(f, "f")
+    f, theta, n, eps, rtol, atol = _check_common(f, theta, eps, rtol, atol)
     vjp = _check_callable(vjp, "vjp")
-    theta = _check_theta(theta)
-    n = theta.shape[0]
-    eps = _check_tolerance(eps, "eps", positive=True)
-    rtol = _check_tolerance(rtol, "rtol")
-    atol = _check_tolerance(atol, "atol")
     k = check_count(directions, "directions")
     rng = check_rng(rng)
     out = np.asarray(f(theta))

@@ -30,6 +30,11 @@ def sample_times(n, t0, T, rng, distribution="uniform"):
     rng = check_rng(rng)
     if distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
+    return _draw_times(n, t0, T, rng, distribution)
+
+
+def _draw_times(n, t0, T, rng, distribution):
+    """sample_times without its checks (the training step validated them once)."""
     u = rng.random(n)
     if distribution == "uniform":
         return t0 + (T - t0) * u

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_count, check_points, check_rng, check_time_range
-from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _dsm_loss, sample_times
+from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _draw_times, _dsm_loss
 from .optim import Adam, NonFiniteGradientError
 
 __all__ = ["fit", "History", "TrainStep", "TrainingDivergedError"]
@@ -85,7 +85,7 @@ class TrainStep:
         check_rng(rng)
         idx = rng.integers(0, self.data.shape[0], self.batch_size)
         np.take(self.data, idx, axis=0, out=self.x0)
-        t = sample_times(self.batch_size, self.t0, self.T, rng, self.time_distribution)
+        t = _draw_times(self.batch_size, self.t0, self.T, rng, self.time_distribution)
         rng.standard_normal(out=self.z, dtype=self.z.dtype)
         loss, _ = _dsm_loss(self.model, self.x0, t, self.z, self.weighting, True, self.grad)
         if not np.isfinite(loss):
