@@ -25,7 +25,7 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 import numpy as np
 
 from ._validation import call_score, check_count, check_points, check_rng, check_time_range
-from .kernels.sampler import affine_step, heun_correct
+from .kernels.sampler import affine_step, heun_correct, standard_normal_into
 from .processes import check_process
 
 __all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS"]
@@ -106,7 +106,7 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     for k in range(grid.size - 1):
         s = _score_at(score, y, grid[k], k)
         a, b, c = coefficients(dB[k])
-        rng.standard_normal(out=xi, dtype=y.dtype)
+        standard_normal_into(xi, rng)  # = rng.standard_normal(y.shape), rounded to y's dtype
         affine_step(y, s, xi, a, b, c)
         if trajectory:
             path.append(y.copy())

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref.kernels.sampler import standard_normal_into
 from sgm_ref.samplers import (check_grid, euler_maruyama, exponential_integrator, probability_flow, sample,
                               time_grid)
 
@@ -124,6 +125,32 @@ def test_probability_flow_heun_step(pname):
     np.testing.assert_allclose(y, x + 0.5 * h * (f0 + f1), rtol=1e-14, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_noise_kernel_is_numpys_draw(dtype):
+    """The sampler's N(0, I) kernel draws exactly rng.standard_normal(shape), rounded to dtype."""
+    rng, reference = np.random.default_rng(11), np.random.default_rng(11)
+    out = np.empty((37, 5), dtype=dtype)
+    standard_normal_into(out, rng)
+    expected = reference.standard_normal((37, 5))
+    assert np.array_equal(out, expected.astype(dtype))
+    assert rng.bit_generator.state == reference.bit_generator.state  # same draws consumed
+    standard_normal_into(out, rng)  # and the stream continues where numpy's would
+    assert np.array_equal(out, reference.standard_normal((37, 5)).astype(dtype))
+
+
+def test_euler_maruyama_noise_is_the_rngs_stream():
+    """Step k's noise is the k-th block of rng.standard_normal: a sampler in any library can replay it."""
+    x = np.random.default_rng(0).standard_normal((6, 2))
+    grid = np.array([1.0, 0.6, 0.3])
+    y = euler_maruyama(lambda z, t: np.zeros_like(z), OU(), grid, x, np.random.default_rng(2))
+    xi = np.random.default_rng(2).standard_normal((2, 6, 2))
+    expected = x.copy()
+    for k in range(2):
+        dB = 2.0 * (grid[k] - grid[k + 1])
+        expected = (1 + 0.5 * dB) * expected + np.sqrt(dB) * xi[k]
+    np.testing.assert_allclose(y, expected, rtol=1e-14, atol=1e-15)
+
+
 def test_score_is_called_with_one_time_per_row():
     seen = []
 
@@ -204,6 +231,17 @@ def test_non_finite_names_step_and_time():
     with pytest.raises(ValueError, match=r"non-finite .* at step 2 \(t = 0\.6"):
         exponential_integrator(score, OU(), np.array([1.0, 0.8, 0.6, 0.4]), np.zeros((3, 2)),
                                np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_one_non_finite_entry_is_caught(bad):
+    def score(x, t):
+        s = -x
+        s[-1, -1] = bad
+        return s
+
+    with pytest.raises(ValueError, match="non-finite .* at step 0"):
+        euler_maruyama(score, OU(), np.array([1.0, 0.5]), np.zeros((4, 3)), np.random.default_rng(0))
 
 
 def test_score_not_an_array():
