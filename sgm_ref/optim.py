@@ -7,6 +7,8 @@ For a gradient g at step k = 1, 2, ... (Kingma & Ba 2015, Algorithm 1):
     m     <- b1 m + (1 - b1) g,    v <- b2 v + (1 - b2) g^2
     p     <- p - lr / (1 - b1^k) * m / (sqrt(v) / sqrt(1 - b2^k) + eps)
     ema   <- d ema + (1 - d) p                              if ema_decay = d is set
+             (with ema_warmup, d_k = min(d, (1 + k) / (10 + k)), so early averages
+             forget the initialisation instead of keeping d^k of it)
 
 The update is written in the arithmetic form of torch.optim.Adam's single-tensor
 (non-capturable) path, and the clipping as torch.nn.utils.clip_grad_norm_, so that a
@@ -84,6 +86,11 @@ class Adam:
     ema_decay : float or None, default None
         If set (in [0, 1)), keep ema <- ema_decay * ema + (1 - ema_decay) * p after
         every step, starting from a copy of params at construction.
+    ema_warmup : bool, default False
+        Use d_k = min(ema_decay, (1 + k) / (10 + k)) at step k (the schedule of
+        TensorFlow's ExponentialMovingAverage with num_updates): after k steps a plain
+        average still holds ema_decay^k of the initial parameters (74% after 300 steps
+        at 0.999); the warm-up average holds 9 / (10 + k) of them at most.
 
     Attributes
     ----------
@@ -115,7 +122,7 @@ class Adam:
     """
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
-                 clip_norm=None, ema_decay=None):
+                 clip_norm=None, ema_decay=None, ema_warmup=False):
         self.params = self._check_params(params)
         self.lr = lr
         self.betas = _betas(betas)
@@ -125,6 +132,11 @@ class Adam:
         self.ema_decay = None if ema_decay is None else _unit_interval(ema_decay, "ema_decay")
         self.m = np.zeros_like(self.params)
         self.v = np.zeros_like(self.params)
+        if not isinstance(ema_warmup, (bool, np.bool_)):
+            raise ValueError(f"ema_warmup must be True or False, got {ema_warmup!r}")
+        if ema_warmup and self.ema_decay is None:
+            raise ValueError("ema_warmup needs ema_decay (the average it warms up)")
+        self.ema_warmup = bool(ema_warmup)
         self.ema = None if self.ema_decay is None else self.params.copy()
         self.step_count = 0
 
@@ -165,7 +177,7 @@ class Adam:
         return (
             f"Adam(n={self.params.size}, dtype={self.params.dtype}, lr={self.lr!r}, "
             f"betas={self.betas!r}, eps={self.eps!r}, weight_decay={self.weight_decay!r}, "
-            f"clip_norm={self.clip_norm!r}, ema_decay={self.ema_decay!r}, "
+            f"clip_norm={self.clip_norm!r}, ema_decay={self.ema_decay!r}, ema_warmup={self.ema_warmup!r}, "
             f"step_count={self.step_count})"
         )
 
@@ -236,10 +248,15 @@ class Adam:
         adam_update(
             self.params, grad, self.m, self.v, ema, scale, self.weight_decay, beta1, beta2,
             step_size, bias_correction2_sqrt, self.eps,
-            0.0 if self.ema_decay is None else self.ema_decay, want_ema,
+            self._ema_decay_at(k), want_ema,
         )
         self.step_count = k
         return norm
+
+    def _ema_decay_at(self, k):
+        if self.ema_decay is None:
+            return 0.0
+        return min(self.ema_decay, (1.0 + k) / (10.0 + k)) if self.ema_warmup else self.ema_decay
 
     # -- checkpoints -------------------------------------------------------------------
     def state_dict(self):
@@ -250,7 +267,7 @@ class Adam:
         dict
             "params", "m", "v" (copies, shape (n,), dtype of params), "step_count" (int),
             "lr", "beta1", "beta2", "eps", "weight_decay" (floats), and, only when
-            enabled, "clip_norm" (float), "ema_decay" (float) and "ema" (a copy). No
+            enabled, "clip_norm" (float), "ema_decay" (float), "ema" (a copy) and "ema_warmup" (True). No
             None values, so numpy.savez(path, **state) stores it as it is.
         """
         state = {
@@ -268,6 +285,8 @@ class Adam:
             state["clip_norm"] = self.clip_norm
         if self.ema_decay is not None:
             state["ema_decay"] = self.ema_decay
+            if self.ema_warmup:
+                state["ema_warmup"] = True
             state["ema"] = self.ema.copy()
         return state
 
@@ -292,7 +311,7 @@ class Adam:
                 f"state must be a dict from Adam.state_dict, got {type(state).__name__}"
             )
         required = {"params", "m", "v", "step_count", "lr", "beta1", "beta2", "eps", "weight_decay"}
-        optional = {"clip_norm", "ema_decay", "ema"}
+        optional = {"clip_norm", "ema_decay", "ema", "ema_warmup"}
         keys = set(state.keys())
         if required - keys:
             raise ValueError(f"state is missing key(s) {sorted(required - keys)}")
@@ -300,6 +319,9 @@ class Adam:
             raise ValueError(f"state has unknown key(s) {sorted(keys - required - optional)}")
         if ("ema" in keys) != ("ema_decay" in keys):
             raise ValueError("state must have both 'ema' and 'ema_decay' or neither")
+        if "ema_warmup" in keys and "ema" not in keys:
+            raise ValueError("state has 'ema_warmup' without 'ema' and 'ema_decay'")
+        ema_warmup = bool(state["ema_warmup"]) if "ema_warmup" in keys else False
 
         arrays = {}
         for key in _ARRAY_KEYS + (("ema",) if "ema" in keys else ()):
@@ -343,3 +365,4 @@ class Adam:
         self.weight_decay = weight_decay
         self.clip_norm = clip_norm
         self.ema_decay = ema_decay
+        self.ema_warmup = ema_warmup

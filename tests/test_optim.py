@@ -189,6 +189,40 @@ def test_ema_matches_numpy_loop():
     np.testing.assert_array_equal(params, p_plain)
 
 
+def test_ema_warmup_matches_numpy_loop():
+    grads = gradient_sequence(steps=100)
+    params = initial_params()
+    opt = Adam(params, lr=1e-2, ema_decay=0.9, ema_warmup=True)
+    ema = params.copy()
+    for k, g in enumerate(grads, start=1):
+        opt.step(g)
+        d = min(0.9, (1 + k) / (10 + k))  # 2/11, 3/12, ... until 0.9 from k = 80 on
+        ema = d * ema + (1 - d) * params
+    np.testing.assert_allclose(opt.ema, ema, rtol=1e-13, atol=1e-15)
+
+
+def test_ema_warmup_forgets_the_initialisation():
+    """After k steps the plain average keeps d^k of the start, the warm-up one 9 / (10 + k) at most."""
+    steps = 300
+    plain = Adam(np.zeros(1), lr=1.0, ema_decay=0.999)
+    warm = Adam(np.zeros(1), lr=1.0, ema_decay=0.999, ema_warmup=True)
+    for opt in (plain, warm):
+        for _ in range(steps):
+            opt.params[0] = 1.0  # park the parameter at 1: the average's gap to 1 is the start's weight
+            opt.step(np.zeros(1))
+    assert 1 - plain.ema[0] == pytest.approx(0.999**steps, rel=1e-9)
+    assert 1 - warm.ema[0] <= 9 / (10 + steps)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ema_warmup": True}, "ema_warmup needs ema_decay"),
+    ({"ema_decay": 0.9, "ema_warmup": "yes"}, "ema_warmup must be True or False"),
+])
+def test_ema_warmup_bad_input(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Adam(initial_params(), **kwargs)
+
+
 def test_ema_with_textbook_trajectory():
     grads = gradient_sequence()
     params = initial_params()
@@ -339,9 +373,11 @@ def test_huge_finite_grad_is_accepted_and_its_norm_is_right():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("through_npz", [False, True], ids=["dict", "npz"])
-def test_state_dict_round_trip_is_bit_identical(dtype, through_npz, tmp_path):
+@pytest.mark.parametrize("warmup", [False, True], ids=["plain-ema", "warmup-ema"])
+def test_state_dict_round_trip_is_bit_identical(dtype, through_npz, warmup, tmp_path):
     grads = gradient_sequence(steps=30, dtype=dtype)
-    options = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.01, clip_norm=4.0, ema_decay=0.9)
+    options = dict(lr=3e-3, betas=(0.8, 0.99), eps=1e-7, weight_decay=0.01, clip_norm=4.0, ema_decay=0.9,
+                   ema_warmup=warmup)
     params = initial_params(dtype=dtype)
     opt = Adam(params, **options)
     run(opt, grads[:20])
@@ -363,9 +399,8 @@ def test_state_dict_round_trip_is_bit_identical(dtype, through_npz, tmp_path):
     for name in ("params", "m", "v", "ema"):
         assert getattr(fresh, name).tobytes() == getattr(opt, name).tobytes(), name
     assert fresh.step_count == opt.step_count == 30
-    assert (fresh.lr, fresh.betas, fresh.eps, fresh.weight_decay, fresh.clip_norm, fresh.ema_decay) == (
-        opt.lr, opt.betas, opt.eps, opt.weight_decay, opt.clip_norm, opt.ema_decay
-    )
+    assert (fresh.lr, fresh.betas, fresh.eps, fresh.weight_decay, fresh.clip_norm, fresh.ema_decay,
+            fresh.ema_warmup) == (opt.lr, opt.betas, opt.eps, opt.weight_decay, opt.clip_norm, opt.ema_decay, warmup)
 
 
 def test_state_dict_is_a_snapshot():
