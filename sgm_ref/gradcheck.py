@@ -22,7 +22,6 @@ and the relative error reported is |a - n| / max(|a|, |n|, atol): the atol floor
 entries where both are (nearly) zero from dividing by zero.
 """
 
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
