@@ -1,0 +1,112 @@
+"""Targets named by a short string, as the command line and run folders write them.
+
+    ring                              GaussianMixture.ring() (8 modes, radius 2, std 0.3)
+    ring:k=6,radius=3,std=0.2         the same with other parameters
+    gmm:d=32,k=4,radius=3,seed=0      GaussianMixture.paper_family (identity covariances)
+    path/to/mixture.json              {"weights": [...], "means": [[...]], "covariances": ...}
+                                      (covariances: omitted or null, (K, d) or (K, d, d))
+
+from_spec(spec) returns the target; a spec that names no target, a malformed parameter
+list, an unreadable or invalid JSON file each raise ValueError saying what to write.
+"""
+
+import json
+import os
+
+from .gaussian_mixture import GaussianMixture
+
+__all__ = ["from_spec", "PRESETS"]
+
+
+def _ring(k="8", radius="2.0", std="0.3"):
+    return GaussianMixture.ring(_int(k, "k"), _float(radius, "radius"), _float(std, "std"))
+
+
+def _gmm(d=None, k=None, radius=None, seed="0"):
+    missing = [name for name, value in (("d", d), ("k", k), ("radius", radius)) if value is None]
+    if missing:
+        raise ValueError(f"gmm needs {', '.join(missing)}: write e.g. gmm:d=32,k=4,radius=3,seed=0")
+    return GaussianMixture.paper_family(_int(d, "d"), _int(k, "k"), _float(radius, "radius"), _int(seed, "seed"))
+
+
+# name -> (constructor taking the parameters as strings, the parameters it accepts)
+PRESETS = {
+    "ring": (_ring, ("k", "radius", "std")),
+    "gmm": (_gmm, ("d", "k", "radius", "seed")),
+}
+
+
+def _int(text, name):
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"target parameter {name} must be an integer, got {text!r}") from None
+
+
+def _float(text, name):
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"target parameter {name} must be a number, got {text!r}") from None
+
+
+def _parameters(text, name, accepted):
+    params = {}
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise ValueError(f"malformed target parameter {item!r} in {name}: write key=value pairs separated "
+                             f"by commas, e.g. {name}:{accepted[0]}=...")
+        if key not in accepted:
+            raise ValueError(f"unknown parameter {key!r} for target {name}; it takes {', '.join(accepted)}")
+        if key in params:
+            raise ValueError(f"parameter {key!r} given twice in target {name}")
+        params[key] = value
+    return params
+
+
+def _from_json(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            spec = json.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read target file {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"target file {path} is not valid JSON: {exc}") from None
+    try:
+        return GaussianMixture.from_dict(spec)
+    except ValueError as exc:
+        raise ValueError(f"target file {path}: {exc}") from None
+
+
+def from_spec(spec):
+    """The target a spec string names (module docstring for the forms).
+
+    Parameters
+    ----------
+    spec : str
+        A preset name with optional parameters ("ring", "gmm:d=32,k=4,radius=3,seed=0")
+        or the path of a JSON mixture file (ending in .json, or an existing file).
+
+    Returns
+    -------
+    GaussianMixture
+
+    Raises
+    ------
+    ValueError
+        Unknown name, malformed or unknown parameters, an unreadable or invalid file.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"target must be a non-empty string (a preset such as 'ring', or a JSON file), got {spec!r}")
+    spec = spec.strip()
+    if spec.endswith(".json") or os.path.isfile(spec):
+        return _from_json(spec)
+    name, sep, rest = spec.partition(":")
+    if name not in PRESETS:
+        raise ValueError(f"unknown target {name!r}: use one of {', '.join(sorted(PRESETS))} "
+                         "(e.g. gmm:d=32,k=4,radius=3,seed=0) or the path of a .json mixture file")
+    build, accepted = PRESETS[name]
+    params = _parameters(rest, name, accepted) if sep else {}
+    return build(**params)
