@@ -1,30 +1,311 @@
-"""The `sgm-ref` command. It only wires the library together; nothing imports it."""
+"""The `sgm-ref` command. It only wires the library together; nothing imports it.
+
+    sgm-ref demo [RUN]                 train, sample and evaluate on the 2-D ring
+    sgm-ref train RUN [options]        a run folder with config.json and model.npz
+    sgm-ref train RUN --resume         continue a killed training run
+    sgm-ref sample RUN [options]       samples.npy
+    sgm-ref evaluate RUN [options]     report.json, report.md, plots
+    sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
+
+Errors in the input (a ValueError anywhere in the library) print one line on stderr and
+exit with status 2; nothing is left half-written (see sgm_ref.runs).
+"""
 
 import argparse
+import importlib
+import importlib.util
+import os
 import sys
+import time
+
+import numpy as np
 
 from . import __version__
 
+EXIT_BAD_INPUT = 2
+
+
+class _UsageError(ValueError):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage mistakes raised (one line on stderr, exit 2) instead of printed."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _add_training_options(p):
+    g = p.add_argument_group("target and training")
+    g.add_argument("--target", help="preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0) "
+                                    "or a JSON file with weights, means, covariances (default ring)")
+    g.add_argument("--seed", type=int, help="seed of every random stream of the run (default 0)")
+    g.add_argument("--process", choices=("ou", "vp"), help="forward process (default ou)")
+    g.add_argument("--beta-min", type=float, default=0.1, help="VP beta(0) (default 0.1)")
+    g.add_argument("--beta-max", type=float, default=20.0, help="VP beta(1) (default 20)")
+    g.add_argument("--n", type=int, help="training samples drawn from the target (default 10000)")
+    g.add_argument("--width", type=int, help="hidden width (default 128)")
+    g.add_argument("--depth", type=int, help="hidden layers (default 3)")
+    g.add_argument("--activation", choices=("relu", "silu", "tanh", "softplus"))
+    g.add_argument("--time-embedding", choices=("linear", "log", "fourier"))
+    g.add_argument("--parameterization", choices=("score", "noise", "residual"))
+    g.add_argument("--dtype", choices=("float64", "float32"))
+    g.add_argument("--steps", type=int, help="optimiser steps (default 12000)")
+    g.add_argument("--batch-size", type=int)
+    g.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3)")
+    g.add_argument("--weighting", choices=("none", "sigma2"), help="lambda(t) of the loss (default sigma2)")
+    g.add_argument("--time-distribution", choices=("uniform", "log-uniform"))
+    g.add_argument("--ema-decay", type=float, help="parameter average used for sampling; 0 turns it off (default 0.999)")
+    g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction,
+                   help="average with decay min(ema_decay, (1 + k) / (10 + k)) at step k (default on)")
+    g.add_argument("--t0", type=float, help="early-stopping time (default 1e-3)")
+    g.add_argument("--T", type=float, help="horizon (default 5 for ou, 1 for vp)")
+    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
+
+
+def _add_sampling_options(p):
+    g = p.add_argument_group("sampling")
+    g.add_argument("--n-samples", type=int, help="points to draw (default 10000)")
+    g.add_argument("--sampler", choices=("euler_maruyama", "exponential", "probability_flow"))
+    g.add_argument("--grid", choices=("uniform", "geometric"))
+    g.add_argument("--n-steps", type=int, help="sampler steps (default 300)")
+
+
+def _add_evaluation_options(p):
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--bound-n", type=int, help="Monte-Carlo pairs per step of the TV bound (default 256)")
+    g.add_argument("--profile-n", type=int, help="points per time of the score-error profile (default 2000)")
+    g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="sgm-ref",
-        description="Exact, fast reference implementation of score-based generative models.",
-    )
+    parser = _Parser(prog="sgm-ref", description="Exact, fast reference implementation of score-based generative models.")
     parser.add_argument("--version", action="version", version=f"sgm-ref {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = commands.add_parser("demo", help="train, sample and evaluate on the 2-D ring of 8 Gaussians")
+    p.add_argument("run", nargs="?", default="sgm-ref-demo", help="run folder to write (default ./sgm-ref-demo)")
+    p.add_argument("--force", action="store_true", help="replace the run files of an existing folder")
+    _add_training_options(p)
+    _add_sampling_options(p)
+    _add_evaluation_options(p)
+
+    p = commands.add_parser("train", help="train a score model into a new run folder")
+    p.add_argument("run", help="run folder to create (or to continue, with --resume)")
+    p.add_argument("--force", action="store_true", help="replace the run files of an existing folder")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN from its checkpoint")
+    _add_training_options(p)
+
+    p = commands.add_parser("sample", help="draw samples.npy with a run's model")
+    p.add_argument("run")
+    _add_sampling_options(p)
+    p.add_argument("--t0", type=float, help="early-stopping time (default: training's)")
+    p.add_argument("--T", type=float, help="horizon (default: training's)")
+
+    p = commands.add_parser("evaluate", help="write report.json, report.md and plots for a sampled run")
+    p.add_argument("run")
+    _add_evaluation_options(p)
+
+    p = commands.add_parser("audit", help="score error and certified TV bound of any score function")
+    p.add_argument("--score", required=True, metavar="MODULE:CALLABLE",
+                   help="a function s(x (n, d), t (n,)) -> (n, d); MODULE a dotted name or a .py file")
+    p.add_argument("--target", required=True, help="the target the score should be the score of")
+    p.add_argument("--process", choices=("ou", "vp"), default="ou")
+    p.add_argument("--beta-min", type=float, default=0.1)
+    p.add_argument("--beta-max", type=float, default=20.0)
+    p.add_argument("--t0", type=float, default=1e-3)
+    p.add_argument("--T", type=float, help="horizon (default 5 for ou, 1 for vp)")
+    p.add_argument("--sampler", choices=("euler_maruyama", "exponential"), default="euler_maruyama")
+    p.add_argument("--grid", choices=("uniform", "geometric"), default="geometric")
+    p.add_argument("--n-steps", type=int, default=300)
+    p.add_argument("--profile-n", type=int, default=2000)
+    p.add_argument("--bound-n", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     return parser
 
 
+_TRAINING_KEYS = {
+    "model": ("width", "depth", "activation", "time_embedding", "parameterization", "dtype"),
+    "train": ("steps", "batch_size", "lr", "weighting", "time_distribution", "t0", "T", "checkpoint_every"),
+}
+
+
+def _process(args):
+    if args.process == "vp":
+        return {"name": "VP", "beta_min": args.beta_min, "beta_max": args.beta_max}
+    return {"name": "OU"}
+
+
+def _training_options(args):
+    options = {"target": args.target, "seed": args.seed, "data": {"n": args.n},
+               "process": _process(args) if args.process else None}
+    for section, keys in _TRAINING_KEYS.items():
+        options[section] = {key: getattr(args, key) for key in keys}
+    options["train"]["ema_decay"] = args.ema_decay
+    options["train"]["ema_warmup"] = args.ema_warmup
+    return options
+
+
+def _sampling_options(args):
+    return {"n": args.n_samples, "method": args.sampler, "grid": args.grid, "n_steps": args.n_steps}
+
+
+def _evaluation_options(args):
+    return {"bound_n": args.bound_n, "profile_n": args.profile_n}
+
+
+def _given(args, names):
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) not in (None, False)]
+
+
+def _say(message):
+    print(message, flush=True)
+
+
+def _train(folder):
+    from . import runs
+
+    tic = time.perf_counter()
+    config = runs.read_config(folder)
+    _say(f"training {config['train']['steps']} steps on {config['target']}")
+    history = runs.train(folder)
+    _say(f"trained in {time.perf_counter() - tic:.1f} s, final loss {np.mean(history.loss[-100:]):.4g}")
+
+
+def cmd_train(args):
+    from . import runs
+
+    if args.resume:
+        given = _given(args, ("force", "target", "seed", "process", "n", "ema_decay", "ema_warmup", *sum(_TRAINING_KEYS.values(), ())))
+        if given:
+            raise ValueError(f"--resume continues the run as configured; drop {', '.join(given)}")
+        config = runs.read_config(args.run)
+        if os.path.exists(os.path.join(args.run, "model.npz")) and not os.path.exists(
+                os.path.join(args.run, "checkpoint.npz")):
+            _say(f"{args.run} is already trained ({config['train']['steps']} steps)")
+            return 0
+    else:
+        runs.create(args.run, runs.make_config(_training_options(args)), force=args.force)
+    _train(args.run)
+    return 0
+
+
+def cmd_sample(args):
+    from . import runs
+
+    options = {k: v for k, v in {**_sampling_options(args), "t0": args.t0, "T": args.T}.items() if v is not None}
+    tic = time.perf_counter()
+    x = runs.sample_run(args.run, options)
+    _say(f"{x.shape[0]} samples in {time.perf_counter() - tic:.1f} s -> {os.path.join(args.run, 'samples.npy')}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from . import runs
+    from .evaluation import evaluate_run, summary
+
+    options = {k: v for k, v in _evaluation_options(args).items() if v is not None}
+    if options:
+        config = runs.read_config(args.run)
+        config = runs.make_config({**{k: config[k] for k in runs.DEFAULTS}, "evaluate": {**config["evaluate"], **options}})
+        runs.write_json(os.path.join(args.run, "config.json"), config)
+    tic = time.perf_counter()
+    report, written, note = evaluate_run(args.run, plots=not args.no_plots)
+    _say(summary(report))
+    _say(f"evaluated in {time.perf_counter() - tic:.1f} s -> {os.path.join(args.run, 'report.md')}"
+         + (f", {', '.join(os.path.basename(w) for w in written)}" if written else ""))
+    if note:
+        _say(note)
+    return 0
+
+
+def cmd_demo(args):
+    from . import runs
+
+    options = _training_options(args)
+    options["sample"] = _sampling_options(args)
+    options["evaluate"] = _evaluation_options(args)
+    runs.create(args.run, runs.make_config(options), force=args.force)
+    _train(args.run)
+    cmd_sample(argparse.Namespace(run=args.run, n_samples=None, sampler=None, grid=None, n_steps=None, t0=None, T=None))
+    cmd_evaluate(argparse.Namespace(run=args.run, bound_n=None, profile_n=None, no_plots=args.no_plots))
+    return 0
+
+
+def _load_callable(spec):
+    module_name, sep, attr = spec.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"--score must look like MODULE:CALLABLE (e.g. mymodels:score), got {spec!r}")
+    try:
+        if module_name.endswith(".py"):
+            if not os.path.isfile(module_name):
+                raise ValueError(f"--score: no file {module_name}")
+            loader = importlib.util.spec_from_file_location("_sgm_ref_audited", module_name)
+            module = importlib.util.module_from_spec(loader)
+            loader.loader.exec_module(module)
+        else:
+            sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the user
+            module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"--score: cannot import {module_name} ({exc})") from None
+    try:
+        fn = getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"--score: {module_name} has no attribute {attr!r}") from None
+    if not callable(fn):
+        raise ValueError(f"--score: {module_name}:{attr} is not callable")
+    return fn
+
+
+def cmd_audit(args):
+    from .evaluation import score_report
+    from .processes import process_from_dict
+    from .targets.spec import from_spec
+
+    target = from_spec(args.target)
+    process = process_from_dict(_process(args))
+    T = args.T if args.T is not None else (5.0 if args.process == "ou" else 1.0)
+    score = _load_callable(args.score)
+    report = score_report(score, target, process, t0=args.t0, T=T, method=args.sampler, grid=args.grid,
+                          n_steps=args.n_steps, rng=np.random.default_rng(args.seed), profile_n=args.profile_n,
+                          bound_n=args.bound_n)
+    report = {"score": args.score, "target": args.target, "process": process.to_dict(), "t0": args.t0, "T": T,
+              "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps}, **report}
+    se, b = report["score_error"], report["tv_bound"]
+    _say(f"score {args.score} against the exact score of {args.target} (d = {target.dim}), {process!r}")
+    _say("       t      E|s - grad log p_t|^2     relative")
+    for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"]):
+        _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {r:9.2%}")
+    _say(f"integral over [{args.t0:g}, {T:g}]: {se['integral']['value']:.4g} ± {se['integral']['standard_error']:.2g}")
+    _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} steps: {b['tv']:.4g} ± {b['tv_se']:.2g} "
+         f"(early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, path KL {b['kl_path']:.3g})")
+    if args.json:
+        from .runs import write_json
+        write_json(args.json, report)
+    return 0
+
+
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "audit": cmd_audit}
+
+
 def main(argv=None):
-    """Entry point; returns the exit status (0 ok, 2 bad input)."""
+    """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     try:
-        parser.parse_args(argv)
-        parser.print_help()
-    except ValueError as exc:
-        print(f"sgm-ref: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return COMMANDS[args.command](args)
+    except (ValueError, OSError) as exc:  # every bad-input error of the library is a ValueError
+        message = str(exc) if isinstance(exc, ValueError) else f"{exc.strerror or exc}: {exc.filename or ''}"
+        print(f"sgm-ref: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("sgm-ref: interrupted (a training run continues with `sgm-ref train RUN --resume`)", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""Plots of a run (matplotlib, an optional extra: pip install "sgm_ref[plot]").
+
+samples.png      the sampler's output over the target's density contours (d = 2), or
+                 both projected on the target's first two principal directions (d > 2)
+loss.png         the training loss per step (and a running mean)
+score_error.png  E|s - grad log p_t|^2 against t with 2-standard-error bars, beside the
+                 oracle's own E|grad log p_t|^2 for scale
+"""
+
+import json
+import os
+
+import numpy as np
+
+from .io import atomic_write
+
+__all__ = ["plot_run"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path):
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+
+
+def _principal_directions(target):
+    """The target covariance's two leading eigenvectors, shape (d, 2)."""
+    _, vectors = np.linalg.eigh(target.covariance())
+    return vectors[:, ::-1][:, :2]
+
+
+def plot_samples(plt, target, x, path, title):
+    fig, ax = plt.subplots(figsize=(5.2, 5))
+    if target.dim == 2:
+        reference = target.sample(len(x), np.random.default_rng(0))
+        both = np.concatenate([x, reference])
+        lo, hi = both.min(axis=0) - 0.5, both.max(axis=0) + 0.5
+        u, v = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+        log_density = target.log_prob(np.column_stack([u.ravel(), v.ravel()]), 0.0).reshape(u.shape)
+        ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3, color="tab:red", label="samples")
+        # contours of the exact density on top, at e^-1, e^-3, e^-5 and e^-7 of its peak
+        height = log_density - log_density.max() + 8.0
+        ax.contour(u, v, height, levels=[1.0, 3.0, 5.0, 7.0], colors="k", linewidths=0.6)
+        labels = ("x1", "x2")
+    else:
+        basis = _principal_directions(target)
+        centre = target.mean()
+        shown = (x - centre) @ basis
+        reference = (target.sample(len(x), np.random.default_rng(0)) - centre) @ basis
+        ax.scatter(reference[:, 0], reference[:, 1], s=1, alpha=0.25, color="tab:blue", label="target")
+        ax.scatter(shown[:, 0], shown[:, 1], s=1, alpha=0.35, color="tab:red", label="samples")
+        labels = ("first principal direction", "second principal direction")
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_title(title, fontsize=10)
+    if target.dim != 2:
+        ax.legend(markerscale=8, loc="upper right")
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_loss(plt, loss, path):
+    loss = np.asarray(loss)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    steps = np.arange(1, loss.size + 1)
+    ax.plot(steps, loss, lw=0.4, alpha=0.5, color="tab:gray", label="per step")
+    window = max(1, loss.size // 50)
+    if window > 1:
+        running = np.convolve(loss, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], running, color="tab:blue", label=f"mean of {window} steps")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("denoising score-matching loss")
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_score_error(plt, score_error, path):
+    t = np.asarray(score_error["t"])
+    error, se = np.asarray(score_error["error"]), np.asarray(score_error["standard_error"])
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.errorbar(t, error, yerr=2 * se, marker="o", ms=3, capsize=2, label="E|s - grad log p_t|^2 (± 2 s.e.)")
+    ax.plot(t, score_error["oracle_mean_square"], ls="--", color="tab:gray", label="E|grad log p_t|^2 (scale)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.legend()
+    _save(fig, path)
+    plt.close(fig)
+
+
+def plot_run(folder, target, x, report):
+    """Write the run's PNGs; returns (written paths, None) or ([], why not)."""
+    plt = _pyplot()
+    if plt is None:
+        return [], "matplotlib is not installed: plots skipped (pip install \"sgm_ref[plot]\")"
+    written = []
+    title = f"{report['target']}: {len(x)} samples"
+    if "histogram_tv" in report["samples"]:
+        title += f", histogram TV {report['samples']['histogram_tv']['value']:.3f}"
+    path = os.path.join(folder, "samples.png")
+    plot_samples(plt, target, x, path, title)
+    written.append(path)
+    history = os.path.join(folder, "history.json")
+    if os.path.exists(history):
+        with open(history, encoding="utf-8") as f:
+            loss = json.load(f)["loss"]
+        path = os.path.join(folder, "loss.png")
+        plot_loss(plt, loss, path)
+        written.append(path)
+    path = os.path.join(folder, "score_error.png")
+    plot_score_error(plt, report["score_error"], path)
+    written.append(path)
+    return written, None

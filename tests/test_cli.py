@@ -1,0 +1,254 @@
+"""The sgm-ref command, driven as a user drives it: the installed script in a subprocess."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sgm_ref import load
+
+SCRIPT = Path(sys.executable).with_name("sgm-ref")
+
+# a budget small enough for the test suite
+SMALL = ["--n", "1000", "--width", "32", "--depth", "2", "--steps", "300", "--checkpoint-every", "100"]
+SMALL_SAMPLING = ["--n-samples", "600", "--n-steps", "30"]
+SMALL_EVALUATION = ["--bound-n", "16", "--profile-n", "200"]
+
+
+def run(*args, cwd=None, env=None, check=True):
+    result = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                            env={**os.environ, **(env or {})}, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sgm-ref {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def test_script_is_installed():
+    assert SCRIPT.exists(), f"the console script {SCRIPT} is missing: install with pip install -e ."
+    assert run("--version").stdout.startswith("sgm-ref ")
+
+
+def test_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = run("demo", out, *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION)
+    assert "histogram TV" in result.stdout and "certified TV bound" in result.stdout
+    for name in ("config.json", "model.npz", "history.json", "samples.npy", "report.json", "report.md"):
+        assert (out / name).is_file(), name
+    assert not (out / "checkpoint.npz").exists()  # removed once model.npz is written
+    config = json.loads((out / "config.json").read_text())
+    assert config["target"] == "ring" and config["train"]["steps"] == 300 and config["model"]["width"] == 32
+    report = json.loads((out / "report.json").read_text())
+    for key in ("sliced_wasserstein_1", "sliced_wasserstein_2", "mmd2", "energy_distance", "mean_error",
+                "covariance_error"):
+        assert set(report["samples"][key]) >= {"value", "standard_error"}
+    assert 0 <= report["samples"]["histogram_tv"]["value"] <= 1
+    assert report["tv_bound"]["tv"] >= report["tv_bound"]["tv_early_stopping"]
+    assert len(report["score_error"]["t"]) == len(report["score_error"]["standard_error"]) == 12
+    assert np.load(out / "samples.npy").shape == (600, 2)
+    assert "# sgm_ref run: ring" in (out / "report.md").read_text()
+    pytest.importorskip("matplotlib")
+    for name in ("samples.png", "loss.png", "score_error.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def test_without_matplotlib_everything_but_the_plots(tmp_path):
+    blocker = tmp_path / "block"
+    (blocker / "matplotlib").mkdir(parents=True)
+    (blocker / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib blocked by the test')\n")
+    out = tmp_path / "run"
+    result = run("demo", out, *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION, env={"PYTHONPATH": str(blocker)})
+    assert "matplotlib is not installed" in result.stdout
+    assert (out / "report.json").is_file() and (out / "report.md").is_file()
+    assert not list(out.glob("*.png"))
+
+
+def test_train_sample_evaluate_on_the_paper_family(tmp_path):
+    out = tmp_path / "gmm"
+    run("train", out, "--target", "gmm:d=4,k=3,radius=2,seed=1", *SMALL, "--seed", "5")
+    assert (out / "model.npz").is_file() and not (out / "samples.npy").exists()
+    model = load(out / "model.npz")
+    assert model.network.d == 4
+    run("sample", out, "--n-samples", "500", "--n-steps", "20", "--sampler", "exponential", "--grid", "uniform")
+    config = json.loads((out / "config.json").read_text())
+    assert config["sample"]["method"] == "exponential" and config["sample"]["n"] == 500
+    x = np.load(out / "samples.npy")
+    assert x.shape == (500, 4)
+    result = run("evaluate", out, *SMALL_EVALUATION)
+    report = json.loads((out / "report.json").read_text())
+    assert "histogram_tv" not in report["samples"]  # d > 2
+    assert len(report["samples"]["component_weights"]["soft"]) == 3
+    assert "sliced W2" in result.stdout
+    # sampling again with the same settings gives the same bits (its own seeded stream)
+    run("sample", out, "--n-samples", "500", "--n-steps", "20", "--sampler", "exponential", "--grid", "uniform")
+    assert np.array_equal(np.load(out / "samples.npy"), x)
+
+
+def test_json_target_file(tmp_path):
+    spec = {"weights": [0.4, 0.6], "means": [[-1.0, 0.0], [1.5, 0.5]], "covariances": [[0.2, 0.3], [0.5, 0.1]]}
+    (tmp_path / "mix.json").write_text(json.dumps(spec))
+    out = tmp_path / "run"
+    run("train", out, "--target", tmp_path / "mix.json", *SMALL)
+    config = json.loads((out / "config.json").read_text())
+    assert config["target"] == str(tmp_path / "mix.json")
+
+
+AUDITED = '''
+import numpy as np
+from sgm_ref import GaussianMixture
+
+_target = GaussianMixture.paper_family(d=3, k=2, radius=2.0, rng=0)
+
+def oracle(x, t):
+    return _target.score(x, t)
+
+def wrong(x, t):
+    return -x  # the score of N(0, I): right only as t -> infinity
+'''
+
+
+@pytest.mark.parametrize("how", ["module", "file"])
+def test_audit_the_oracle_and_a_wrong_score(tmp_path, how):
+    (tmp_path / "audited.py").write_text(AUDITED)
+    where = "audited" if how == "module" else str(tmp_path / "audited.py")
+    reports = {}
+    for name in ("oracle", "wrong"):
+        path = tmp_path / f"{name}.json"
+        result = run("audit", "--score", f"{where}:{name}", "--target", "gmm:d=3,k=2,radius=2,seed=0",
+                     "--n-steps", "300", "--profile-n", "300", "--bound-n", "32", "--json", path, cwd=tmp_path)
+        assert "certified TV bound" in result.stdout
+        reports[name] = json.loads(path.read_text())
+    oracle, wrong = reports["oracle"]["score_error"], reports["wrong"]["score_error"]
+    assert max(oracle["error"]) == 0.0 and oracle["integral"]["value"] == 0.0  # the oracle against itself
+    assert min(wrong["relative"][:3]) > 0.1 and wrong["integral"]["value"] > 1.0
+    # the oracle's path term is discretisation only (~0.26 here); the wrong score's ~2.0
+    bounds = reports["oracle"]["tv_bound"], reports["wrong"]["tv_bound"]
+    assert bounds[1]["kl_path"] - bounds[0]["kl_path"] > 10 * np.hypot(bounds[0]["kl_path_se"], bounds[1]["kl_path_se"])
+    assert bounds[1]["kl_path"] > 4 * bounds[0]["kl_path"] and bounds[1]["tv"] > bounds[0]["tv"]
+
+
+def _params(path):
+    return load(path).params
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path):
+    options = ["--target", "ring", "--n", "2000", "--width", "64", "--depth", "2", "--steps", "6000",
+               "--checkpoint-every", "200", "--ema-decay", "0.99", "--seed", "3"]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([str(SCRIPT), "train", str(killed), *options], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    checkpoint = killed / "checkpoint.npz"
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(0.05)  # a little further into training than the checkpoint
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed; raise --steps"
+    assert checkpoint.exists() and not (killed / "model.npz").exists()
+    run("train", killed, "--resume")
+    assert not checkpoint.exists() and not list(killed.glob(".tmp-*"))
+    whole = tmp_path / "whole"
+    run("train", whole, *options)
+    with np.load(killed / "model.npz") as a, np.load(whole / "model.npz") as b:
+        for key in ("params", "ema"):
+            assert np.array_equal(a[key], b[key]), key
+    assert json.loads((killed / "history.json").read_text()) == json.loads((whole / "history.json").read_text())
+    result = run("train", killed, "--resume")
+    assert "already trained" in result.stdout
+
+
+# -- errors: one line on stderr, exit status 2, nothing left behind ---------------------
+
+def _assert_one_line_error(result, pattern):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("sgm-ref: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--target", "moon"], "unknown target 'moon'"),
+    (["--target", "gmm:d=3,k"], "malformed target parameter"),
+    (["--target", "gmm:d=3,k=2"], "gmm needs radius"),
+    (["--target", "ring:colour=red"], "unknown parameter 'colour'"),
+    (["--target", "gmm:d=x,k=2,radius=1"], "d must be an integer"),
+    (["--steps", "0"], "steps"),
+    (["--lr", "-1"], "lr"),
+    (["--t0", "6"], "t0"),
+    (["--T", "7", "--process", "vp"], "T"),
+    (["--batch-size", "0"], "batch_size"),
+    (["--ema-decay", "1"], "ema_decay"),
+    (["--activation", "gelu"], "invalid choice: 'gelu'"),
+    (["--steps", "ten"], "invalid int value: 'ten'"),
+    (["--n-samples", "0"], "sample n"),
+])
+def test_impossible_options(tmp_path, args, pattern):
+    out = tmp_path / "run"
+    command = "demo" if "--n-samples" in args else "train"
+    _assert_one_line_error(run(command, out, *args, check=False), pattern)
+    assert not out.exists()
+
+
+def test_malformed_and_missing_json_target(tmp_path):
+    (tmp_path / "bad.json").write_text("{ not json")
+    (tmp_path / "wrong.json").write_text(json.dumps({"weights": [1.0]}))
+    for target, pattern in ((tmp_path / "bad.json", "is not valid JSON"), (tmp_path / "missing.json", "cannot read"),
+                            (tmp_path / "wrong.json", "weights")):
+        _assert_one_line_error(run("train", tmp_path / "run", "--target", target, check=False), pattern)
+        assert not (tmp_path / "run").exists()
+
+
+def test_existing_folder_needs_force(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    _assert_one_line_error(run("train", out, *SMALL, check=False), "already exists; pass --force")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    run("train", out, *SMALL, "--force")
+    assert (out / "model.npz").is_file() and (out / "notes.txt").read_text() == "mine"  # only run files replaced
+
+
+def test_corrupt_or_missing_model_and_run_files(tmp_path):
+    out = tmp_path / "run"
+    run("train", out, *SMALL)
+    model = (out / "model.npz").read_bytes()
+    (out / "model.npz").write_bytes(model[: len(model) // 2])
+    _assert_one_line_error(run("sample", out, check=False), "model.npz")
+    assert not (out / "samples.npy").exists()
+    (out / "model.npz").write_bytes(b"not a zip file at all")
+    _assert_one_line_error(run("sample", out, check=False), "model.npz")
+    (out / "model.npz").unlink()
+    _assert_one_line_error(run("sample", out, check=False), "has no model.npz")
+    _assert_one_line_error(run("evaluate", out, check=False), "model.npz")
+    _assert_one_line_error(run("sample", tmp_path / "nowhere", check=False), "does not exist")
+    (out / "config.json").write_text("{}")
+    _assert_one_line_error(run("sample", out, check=False), "not an sgm_ref run configuration")
+
+
+def test_evaluate_before_sample_and_resume_with_options(tmp_path):
+    out = tmp_path / "run"
+    run("train", out, *SMALL)
+    _assert_one_line_error(run("evaluate", out, check=False), "no samples.npy")
+    assert not (out / "report.json").exists()
+    _assert_one_line_error(run("train", out, "--resume", "--steps", "10", check=False), "drop --steps")
+
+
+@pytest.mark.parametrize("score, pattern", [
+    ("nomodule_xyz:f", "cannot import nomodule_xyz"),
+    ("audited:missing", "has no attribute 'missing'"),
+    ("audited", "MODULE:CALLABLE"),
+    ("audited:CONSTANT", "is not callable"),
+    ("audited:bad_shape", "score returned shape"),
+])
+def test_audit_errors(tmp_path, score, pattern):
+    (tmp_path / "audited.py").write_text(AUDITED + "CONSTANT = 3\n\ndef bad_shape(x, t):\n    return x[:, :1]\n")
+    result = run("audit", "--score", score, "--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5",
+                 "--profile-n", "10", "--bound-n", "4", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, pattern)
