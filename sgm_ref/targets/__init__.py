@@ -6,5 +6,7 @@ sign (Cole & Lu's "exponential tilting" of the Gaussian).
 """
 
 from .gaussian_mixture import GaussianMixture
+from .product_mixture import ProductMixture
+from .tilted_gaussian import TiltedGaussian
 
-__all__ = ["GaussianMixture"]
+__all__ = ["GaussianMixture", "ProductMixture", "TiltedGaussian"]

@@ -1,0 +1,131 @@
+"""Products of one-dimensional two-component mixtures: the contrast family.
+
+Each coordinate is independent, x_j ~ w_j0 N(mu_j0, s_j0^2) + w_j1 N(mu_j1, s_j1^2), so
+
+    p_t(x) = prod_j sum_c w_jc N(x_j; alpha_t mu_jc, alpha_t^2 s_jc^2 + sigma_t^2)
+
+exactly, and the score is closed form coordinate by coordinate:
+
+    d/dx_j log p_t(x) = -sum_c pi_jc(x_j) (x_j - alpha_t mu_jc) / (alpha_t^2 s_jc^2 + sigma_t^2),
+
+pi_jc the posterior of component c for coordinate j (a log-sum-exp over c). As a mixture
+it has 2^d components; its log-relative density f(x) = sum_j f_j(x_j) is a sum of d
+terms, so its complexity grows linearly with d, where the paper's family (K means of
+norm r, sgm_ref.targets.GaussianMixture.paper_family) keeps it fixed.
+"""
+
+import numpy as np
+
+from .._validation import check_count, check_float_dtype, check_points, check_real, check_real_array, check_rng
+from ..processes import OU, check_process
+
+__all__ = ["ProductMixture"]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+class ProductMixture:
+    """Independent coordinates, each a 1-D mixture of two Gaussians; exact oracle at any t.
+
+    Parameters
+    ----------
+    weights : array_like, shape (d, 2)
+        Row j: the weights of coordinate j's components, >= 0, summing to 1 (to 1e-12).
+    means : array_like, shape (d, 2)
+    stds : array_like, shape (d, 2), > 0
+
+    Raises
+    ------
+    ValueError
+        Wrong shapes, non-finite entries, negative weights or rows not summing to 1,
+        non-positive standard deviations.
+    """
+
+    def __init__(self, weights, means, stds):
+        w = check_real_array(weights, "weights")
+        if w.ndim != 2 or w.shape[1] != 2 or w.shape[0] == 0:
+            raise ValueError(f"weights must have shape (d, 2) with d >= 1, got {w.shape}")
+        d = w.shape[0]
+        mu = check_real_array(means, "means")
+        s = check_real_array(stds, "stds")
+        for name, arr in (("means", mu), ("stds", s)):
+            if arr.shape != (d, 2):
+                raise ValueError(f"{name} must have shape (d, 2) = {(d, 2)} like weights, got {arr.shape}")
+        if np.any(w < 0):
+            raise ValueError("weights must be >= 0")
+        if np.any(np.abs(w.sum(axis=1) - 1.0) > 1e-12):
+            j = int(np.argmax(np.abs(w.sum(axis=1) - 1.0)))
+            raise ValueError(f"each row of weights must sum to 1; row {j} sums to {w[j].sum()!r} (not renormalised)")
+        if np.any(s <= 0):
+            raise ValueError("stds must be > 0")
+        self.weights, self.means, self.stds = w, mu, s
+        with np.errstate(divide="ignore"):
+            self._logw = np.log(w)  # -inf for a zero weight: that component never contributes
+
+    @classmethod
+    def symmetric(cls, d, shift=1.5, std=1.0):
+        """Every coordinate 1/2 N(-shift, std^2) + 1/2 N(shift, std^2).
+
+        With std = 1 this is the identity-covariance mixture of the 2^d means
+        {-shift, shift}^d, whose norms shift sqrt(d) grow with d; f(x) = sum_j
+        (log cosh(shift x_j) - shift^2 / 2).
+        """
+        d = check_count(d, "d")
+        shift = check_real(shift, "shift")
+        std = check_real(std, "std", low=0.0, low_open=True)
+        return cls(np.full((d, 2), 0.5), np.tile([-shift, shift], (d, 1)), np.full((d, 2), std))
+
+    @property
+    def dim(self):
+        return self.weights.shape[0]
+
+    def __repr__(self):
+        return f"ProductMixture(d={self.dim})"
+
+    def to_dict(self):
+        return {"weights": self.weights.tolist(), "means": self.means.tolist(), "stds": self.stds.tolist()}
+
+    def mean(self):
+        """Mean of p_0, shape (d,)."""
+        return np.sum(self.weights * self.means, axis=1)
+
+    def covariance(self):
+        """Covariance of p_0 (diagonal), shape (d, d)."""
+        second = np.sum(self.weights * (self.stds**2 + self.means**2), axis=1)
+        return np.diag(second - self.mean() ** 2)
+
+    def sample(self, n, rng, dtype=np.float64):
+        """n points of p_0, shape (n, d): per coordinate a component, then its Gaussian."""
+        n = check_count(n, "n")
+        rng = check_rng(rng)
+        dtype = check_float_dtype(dtype)
+        c = (rng.random((n, self.dim)) >= self.weights[:, 0]).astype(np.intp)  # component 1 with prob w_j1
+        cols = np.arange(self.dim)
+        z = rng.standard_normal((n, self.dim))
+        return (self.means[cols, c] + self.stds[cols, c] * z).astype(dtype, copy=False)
+
+    def log_prob(self, x, t=0.0, process=OU()):
+        """Exact log p_t(x), shape (n,) (module docstring); t a float or one per row."""
+        return self._evaluate(x, t, process)[0]
+
+    def score(self, x, t=0.0, process=OU()):
+        """Exact grad log p_t(x), shape (n, d), dtype of x (module docstring)."""
+        return self._evaluate(x, t, process)[1]
+
+    def log_prob_and_score(self, x, t=0.0, process=OU()):
+        return self._evaluate(x, t, process)
+
+    def _evaluate(self, x, t, process):
+        x = check_points(x, "x", d=self.dim)
+        n = x.shape[0]
+        a, s2 = check_process(process)._coefficients(t, n)
+        a, s2 = a[:, None, None], s2[:, None, None]
+        var = a**2 * self.stds**2 + s2                            # (n, d, 2)
+        diff = x.astype(np.float64)[:, :, None] - a * self.means  # (n, d, 2)
+        log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff**2 / var)
+        top = np.max(log_terms, axis=2, keepdims=True)
+        post = np.exp(log_terms - top)
+        total = post.sum(axis=2, keepdims=True)
+        log_coord = top[:, :, 0] + np.log(total[:, :, 0])        # log p_t of each coordinate
+        score = -np.sum(post / total * diff / var, axis=2)
+        return log_coord.sum(axis=1).astype(x.dtype), score.astype(x.dtype)

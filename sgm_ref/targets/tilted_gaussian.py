@@ -1,0 +1,210 @@
+"""Tilted Gaussians p_0 = exp(f) gamma_d / Z, the paper's general class, with a Monte-Carlo oracle.
+
+Sampling is exact, by rejection from gamma_d: propose x ~ N(0, I), accept with probability
+exp(f(x) - f_max), f_max >= sup f. The score of p_t comes from the Ornstein–Uhlenbeck
+(Mehler) semigroup: with y = alpha_t x + sigma_t Z, Z ~ N(0, I),
+
+    grad log p_t(x) = -x + alpha_t E_Z[e^{f(y)} grad f(y)] / E_Z[e^{f(y)}]          ("gradient")
+                    = -x + (alpha_t / sigma_t) E_Z[Z e^{f(y)}] / E_Z[e^{f(y)}]      ("stein")
+
+(the second by Gaussian integration by parts; it needs no gradient but its variance grows
+like 1 / sigma_t^2 as t -> 0). Both are estimated by self-normalised Monte Carlo over
+n_mc draws of Z fixed at construction (common random numbers: the oracle is a smooth,
+deterministic function of x and t), with the delta-method standard error
+
+    se^2 = sum_i w_i^2 (g_i - R)^2 / (sum_i w_i)^2,   w_i = e^{f(y_i) - max f},  R the estimate.
+
+The same draws give log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, with log Z =
+log E_gamma[e^f] estimated once from n_normaliser draws (log_normaliser, its se).
+"""
+
+import numpy as np
+
+from .._validation import check_count, check_float_dtype, check_points, check_real, check_rng
+from ..processes import OU, check_process
+
+__all__ = ["TiltedGaussian"]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+_BLOCK = 2**21  # numbers per block of (rows, n_mc, d) proposals
+
+
+def _logmeanexp(v, axis):
+    top = np.max(v, axis=axis, keepdims=True)
+    return np.squeeze(top, axis) + np.log(np.mean(np.exp(v - top), axis=axis))
+
+
+class TiltedGaussian:
+    """p_0(x) = exp(f(x)) gamma_d(x) / Z for a user-supplied f; exact samples, Monte-Carlo score.
+
+    Parameters
+    ----------
+    f : callable, (m, d) float64 -> (m,)
+        The log-relative density (plus sign: p_0 is proportional to exp(f) gamma_d).
+    grad_f : callable, (m, d) -> (m, d), or None
+        Its gradient; None allows only the "stein" estimator.
+    d : int
+    f_max : float or None
+        An upper bound of f, needed for sampling (a draw with f > f_max raises).
+    n_mc : int, default 4096
+        Monte-Carlo draws of Z for the score and log-density.
+    rng : numpy.random.Generator
+        Draws the Z of the oracle and the normaliser's points (once, here).
+    estimator : {"gradient", "stein"}
+    n_normaliser : int, default 2**16
+    """
+
+    def __init__(self, f, grad_f, d, f_max=None, *, n_mc=4096, rng, estimator="gradient", n_normaliser=2**16):
+        if not callable(f):
+            raise ValueError(f"f must be callable (m, d) -> (m,), got {type(f).__name__}")
+        if grad_f is not None and not callable(grad_f):
+            raise ValueError(f"grad_f must be callable (m, d) -> (m, d) or None, got {type(grad_f).__name__}")
+        if estimator not in ("gradient", "stein"):
+            raise ValueError(f"estimator must be 'gradient' or 'stein', got {estimator!r}")
+        if estimator == "gradient" and grad_f is None:
+            raise ValueError("the 'gradient' estimator needs grad_f; pass it or use estimator='stein'")
+        self.f, self.grad_f, self.estimator = f, grad_f, estimator
+        self.d = check_count(d, "d")
+        self.f_max = None if f_max is None else check_real(f_max, "f_max")
+        n_mc = check_count(n_mc, "n_mc", minimum=2)
+        rng = check_rng(rng)
+        self._z = rng.standard_normal((n_mc, self.d))
+        x = rng.standard_normal((check_count(n_normaliser, "n_normaliser", minimum=2), self.d))
+        fx = self._f(x)
+        top = fx.max()
+        w = np.exp(fx - top)
+        self.log_normaliser = float(top + np.log(w.mean()))
+        self.log_normaliser_se = float(w.std(ddof=1) / np.sqrt(w.size) / w.mean())  # delta method on log
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def barron(cls, d, width=16, path_norm=2.0, activation="tanh", *, rng, **kwargs):
+        """f(x) = sum_j a_j phi(w_j . x + b_j), a two-layer network of path norm sum_j |a_j| (|w_j| + |b_j|).
+
+        w_j uniform on the unit sphere, b_j ~ N(0, 1), a_j of random sign, scaled so the
+        path norm is exactly path_norm; phi = tanh or cos, so f_max = sum_j |a_j|. The
+        complexity (the path norm) does not depend on d. kwargs go to the constructor.
+        """
+        d = check_count(d, "d")
+        width = check_count(width, "width")
+        path_norm = check_real(path_norm, "path_norm", low=0.0)
+        if activation not in ("tanh", "cos"):
+            raise ValueError(f"activation must be 'tanh' or 'cos', got {activation!r}")
+        rng = check_rng(rng)
+        W = rng.standard_normal((width, d))
+        W /= np.linalg.norm(W, axis=1, keepdims=True)
+        b = rng.standard_normal(width)
+        a = rng.choice([-1.0, 1.0], size=width) * rng.uniform(0.5, 1.0, size=width)
+        a *= path_norm / np.sum(np.abs(a) * (1.0 + np.abs(b)))
+        if activation == "tanh":
+            def f(x):
+                return np.tanh(x @ W.T + b) @ a
+
+            def grad_f(x):
+                return (a * (1.0 - np.tanh(x @ W.T + b) ** 2)) @ W
+        else:
+            def f(x):
+                return np.cos(x @ W.T + b) @ a
+
+            def grad_f(x):
+                return (-a * np.sin(x @ W.T + b)) @ W
+        target = cls(f, grad_f, d, float(np.sum(np.abs(a))), rng=rng, **kwargs)
+        target.network = {"W": W, "b": b, "a": a, "activation": activation, "path_norm": path_norm}
+        return target
+
+    @property
+    def dim(self):
+        return self.d
+
+    def __repr__(self):
+        return f"TiltedGaussian(d={self.d}, n_mc={self._z.shape[0]}, estimator={self.estimator!r})"
+
+    def _f(self, x):
+        v = np.asarray(self.f(x), dtype=np.float64)
+        if v.shape != (x.shape[0],) or not np.all(np.isfinite(v)):
+            raise ValueError(f"f must return {x.shape[0]} finite values for {x.shape[0]} points, got shape {v.shape}")
+        return v
+
+    # -- sampling -------------------------------------------------------------------------
+    def sample(self, n, rng, dtype=np.float64, max_proposals=10**8):
+        """n exact draws by rejection from gamma_d (module docstring), shape (n, d).
+
+        Raises ValueError if f_max is unknown, if a proposal has f > f_max (the bound is
+        wrong), or if more than max_proposals proposals are needed.
+        """
+        n = check_count(n, "n")
+        rng = check_rng(rng)
+        dtype = check_float_dtype(dtype)
+        if self.f_max is None:
+            raise ValueError("sampling by rejection needs f_max, an upper bound of f")
+        accepted, count, proposed, rate = [], 0, 0, 0.5
+        while count < n:
+            m = int(min(max(64, 1.2 * (n - count) / rate), 2**20))
+            x = rng.standard_normal((m, self.d))
+            log_u = np.log(rng.random(m))
+            fx = self._f(x)
+            if np.any(fx > self.f_max):
+                raise ValueError(f"f = {fx.max()!r} exceeds f_max = {self.f_max!r}: f_max must bound f above")
+            keep = x[log_u < fx - self.f_max]
+            accepted.append(keep)
+            count += keep.shape[0]
+            proposed += m
+            rate = max(count / proposed, 1e-6)
+            if proposed > max_proposals:
+                raise ValueError(f"rejection sampling accepted {count} of {proposed} proposals; "
+                                 "f_max is too loose or exp(f) too concentrated")
+        return np.concatenate(accepted)[:n].astype(dtype, copy=False)
+
+    # -- the Monte-Carlo oracle ------------------------------------------------------------
+    def score_and_se(self, x, t=0.0, process=OU()):
+        """Monte-Carlo score of p_t and its standard error, both shape (n, d), float64."""
+        return self._evaluate(x, t, process, want_score=True)[1:]
+
+    def score(self, x, t=0.0, process=OU()):
+        """Monte-Carlo estimate of grad log p_t(x), shape (n, d), dtype of x."""
+        x = check_points(x, "x", d=self.d)
+        return self._evaluate(x, t, process, want_score=True)[1].astype(x.dtype)
+
+    def log_prob(self, x, t=0.0, process=OU()):
+        """Monte-Carlo estimate of log p_t(x), shape (n,) (exact in f at t = 0, up to log Z)."""
+        x = check_points(x, "x", d=self.d)
+        return self._evaluate(x, t, process, want_score=False)[0].astype(x.dtype)
+
+    def _evaluate(self, x, t, process, want_score):
+        x = check_points(x, "x", d=self.d).astype(np.float64)
+        n, d = x.shape
+        a, s2 = check_process(process)._coefficients(t, n)
+        sigma = np.sqrt(s2)
+        log_gamma = -0.5 * (d * _LOG_2PI + np.sum(x**2, axis=1))
+        logp = np.empty(n)
+        score = np.empty((n, d)) if want_score else None
+        se = np.empty((n, d)) if want_score else None
+        n_mc = self._z.shape[0]
+        rows = max(1, _BLOCK // (n_mc * d))
+        for start in range(0, n, rows):
+            blk = slice(start, min(start + rows, n))
+            y = a[blk, None, None] * x[blk, None, :] + sigma[blk, None, None] * self._z  # (r, n_mc, d)
+            fy = self._f(y.reshape(-1, d)).reshape(-1, n_mc)
+            logp[blk] = log_gamma[blk] + _logmeanexp(fy, axis=1) - self.log_normaliser
+            if not want_score:
+                continue
+            w = np.exp(fy - fy.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)                                          # (r, n_mc)
+            if self.estimator == "gradient":
+                g = a[blk, None, None] * self._grad(y.reshape(-1, d)).reshape(y.shape)
+            else:
+                # alpha / sigma E[Z w]: at t = 0 (sigma = 0) p_0's score is -x + grad f(x), which
+                # this form cannot give; the gradient form can
+                if np.any(sigma[blk] == 0):
+                    raise ValueError("the 'stein' estimator needs t > 0; use estimator='gradient' at t = 0")
+                g = (a[blk] / sigma[blk])[:, None, None] * self._z[None, :, :]
+            R = np.einsum("ri,rid->rd", w, g)
+            score[blk] = -x[blk] + R
+            se[blk] = np.sqrt(np.einsum("ri,rid->rd", w**2, (g - R[:, None, :]) ** 2))
+        return logp, score, se
+
+    def _grad(self, y):
+        g = np.asarray(self.grad_f(y), dtype=np.float64)
+        if g.shape != y.shape or not np.all(np.isfinite(g)):
+            raise ValueError(f"grad_f must return finite values of shape {y.shape}, got shape {g.shape}")
+        return g

@@ -1,0 +1,81 @@
+"""ProductMixture: the closed form against GaussianMixture with its 2^d components."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref.targets.product_mixture import ProductMixture
+
+
+def random_product(d, seed):
+    rng = np.random.default_rng(seed)
+    return ProductMixture(rng.dirichlet([1.0, 1.0], size=d), rng.normal(0, 2, (d, 2)), rng.uniform(0.2, 1.5, (d, 2)))
+
+
+def as_gaussian_mixture(p):
+    """The same law written out as a mixture of 2^d diagonal Gaussians."""
+    d, cols = p.dim, np.arange(p.dim)
+    combos = [np.array(c) for c in itertools.product([0, 1], repeat=d)]
+    return GaussianMixture([np.prod(p.weights[cols, c]) for c in combos], [p.means[cols, c] for c in combos],
+                           [p.stds[cols, c] ** 2 for c in combos])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("process", [OU(), VP(0.1, 20.0)], ids=["OU", "VP"])
+def test_closed_form_equals_the_2_to_the_d_mixture(d, process):
+    p = random_product(d, seed=d)
+    g = as_gaussian_mixture(p)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 2, (64, d))
+    for t in (0.0, 1e-6, 0.3, rng.uniform(0, 0.9, 64)):
+        np.testing.assert_allclose(p.log_prob(x, t, process), g.log_prob(x, t, process), rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(p.score(x, t, process), g.score(x, t, process), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(p.mean(), g.mean(), atol=1e-14)
+    np.testing.assert_allclose(p.covariance(), g.covariance(), atol=1e-13)
+
+
+def test_symmetric_preset_is_an_identity_mixture_of_growing_norm():
+    p = ProductMixture.symmetric(3, shift=1.5, std=1.0)
+    g = as_gaussian_mixture(p)
+    assert np.allclose(np.linalg.norm(g.means, axis=1), 1.5 * np.sqrt(3))
+    x = np.random.default_rng(1).normal(size=(10, 3))
+    # f(x) = sum_j log cosh(1.5 x_j) - 1.5^2 / 2 per coordinate, so grad log p_0 = -x + 1.5 tanh(1.5 x)
+    np.testing.assert_allclose(p.score(x), -x + 1.5 * np.tanh(1.5 * x), rtol=1e-13, atol=1e-14)
+
+
+def test_sample_moments_and_dtype():
+    p = random_product(4, seed=9)
+    x = p.sample(200_000, np.random.default_rng(2))
+    se = np.sqrt(np.diag(p.covariance()) / x.shape[0])
+    assert np.all(np.abs(x.mean(axis=0) - p.mean()) < 5 * se)  # 5 standard errors
+    var = np.diag(p.covariance())
+    assert np.all(np.abs(x.var(axis=0) - var) < 0.02 * var)
+    assert p.sample(5, np.random.default_rng(0), dtype=np.float32).dtype == np.float32
+    assert np.array_equal(p.sample(7, np.random.default_rng(3)), p.sample(7, np.random.default_rng(3)))
+
+
+def test_zero_weight_component_is_never_used():
+    p = ProductMixture([[1.0, 0.0]], [[0.0, 50.0]], [[1.0, 1.0]])
+    x = p.sample(1000, np.random.default_rng(0))
+    assert np.all(np.abs(x) < 10)
+    np.testing.assert_allclose(p.score(x), -x, atol=1e-13)
+
+
+@pytest.mark.parametrize("args, match", [
+    (([[0.5, 0.5, 0.0]], [[0, 1, 2]], [[1, 1, 1]]), "shape"),
+    (([[0.5, 0.5]], [[0, 1], [1, 2]], [[1, 1]]), "means must have shape"),
+    (([[0.7, 0.7]], [[0, 1]], [[1, 1]]), "sum to 1"),
+    (([[-0.5, 1.5]], [[0, 1]], [[1, 1]]), ">= 0"),
+    (([[0.5, 0.5]], [[0, 1]], [[1, 0]]), "stds must be > 0"),
+    (([[0.5, 0.5]], [[0, np.nan]], [[1, 1]]), "non-finite"),
+])
+def test_bad_input(args, match):
+    with pytest.raises(ValueError, match=match):
+        ProductMixture(*args)
+
+
+def test_bad_points():
+    with pytest.raises(ValueError, match="shape"):
+        ProductMixture.symmetric(3).score(np.zeros((2, 4)))

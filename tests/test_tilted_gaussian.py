@@ -1,0 +1,132 @@
+"""TiltedGaussian: the Monte-Carlo oracle against an exact mixture, rejection sampling against the density."""
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+from scipy.special import logsumexp, softmax
+
+from sgm_ref import GaussianMixture
+from sgm_ref.targets.tilted_gaussian import TiltedGaussian
+
+
+def mixture_tilt(d=4, k=3, radius=1.5):
+    """f = log sum_k w_k exp(mu_k . x - |mu_k|^2 / 2): exp(f) gamma_d is the identity mixture."""
+    g = GaussianMixture.paper_family(d, k, radius, rng=2)
+    c = np.log(g.weights) - 0.5 * np.sum(g.means**2, axis=1)
+
+    def f(x):
+        return logsumexp(x @ g.means.T + c, axis=1)
+
+    def grad_f(x):
+        return softmax(x @ g.means.T + c, axis=1) @ g.means
+
+    return g, f, grad_f
+
+
+@pytest.mark.parametrize("estimator", ["gradient", "stein"])
+def test_monte_carlo_score_converges_to_the_mixture_score(estimator):
+    g, f, grad_f = mixture_tilt()
+    x = g.sample(100, np.random.default_rng(1))
+    errors = {}
+    for n_mc in (256, 16384):
+        rms = []
+        for seed in range(4):
+            tg = TiltedGaussian(f, grad_f, 4, n_mc=n_mc, rng=np.random.default_rng(seed), estimator=estimator,
+                                n_normaliser=16)
+            for t in (0.1, 0.5, 2.0):
+                s, se = tg.score_and_se(x, t)
+                err = s - g.score(x, t)
+                assert np.all(np.abs(err) < 6 * se + 1e-12)  # within 6 of its own standard errors
+                rms.append(np.sqrt(np.mean(err**2)))
+        errors[n_mc] = np.mean(rms)
+    # Monte-Carlo rate n_mc^(-1/2): 64 times the draws, 8 times smaller (3 allows for noise)
+    assert errors[16384] < errors[256] / 3
+
+
+def test_gradient_estimator_is_exact_at_t_zero_and_stein_refuses():
+    g, f, grad_f = mixture_tilt()
+    x = g.sample(20, np.random.default_rng(0))
+    tg = TiltedGaussian(f, grad_f, 4, n_mc=64, rng=np.random.default_rng(0), n_normaliser=16)
+    np.testing.assert_allclose(tg.score(x, 0.0), g.score(x, 0.0), rtol=1e-12, atol=1e-12)
+    stein = TiltedGaussian(f, None, 4, n_mc=64, rng=np.random.default_rng(0), estimator="stein", n_normaliser=16)
+    with pytest.raises(ValueError, match="t > 0"):
+        stein.score(x, 0.0)
+
+
+def test_log_prob_and_normaliser():
+    g, f, grad_f = mixture_tilt()
+    tg = TiltedGaussian(f, grad_f, 4, n_mc=4096, rng=np.random.default_rng(5), n_normaliser=2**18)
+    assert abs(tg.log_normaliser) < 5 * tg.log_normaliser_se  # Z = 1 for a normalised mixture
+    x = g.sample(50, np.random.default_rng(6))
+    exact0 = f(x) - 0.5 * np.sum(x**2, axis=1) - 2 * np.log(2 * np.pi) - tg.log_normaliser
+    np.testing.assert_allclose(tg.log_prob(x, 0.0), exact0, rtol=1e-13, atol=1e-13)
+    # at t > 0 an estimate: over 8 independent oracles the mean error is within 5 standard errors
+    diffs = np.array([TiltedGaussian(f, grad_f, 4, n_mc=4096, rng=np.random.default_rng(10 + seed)).log_prob(x, 0.7)
+                      - g.log_prob(x, 0.7) for seed in range(8)])
+    se = diffs.std(axis=0, ddof=1) / np.sqrt(8)
+    assert np.all(np.abs(diffs.mean(axis=0)) < 5 * se)
+    assert np.max(np.abs(diffs)) < 0.2
+
+
+def test_rejection_sampling_matches_the_density_in_1d():
+    tg = TiltedGaussian.barron(1, width=6, path_norm=3.0, rng=np.random.default_rng(3), n_mc=16, n_normaliser=16)
+    grid = np.linspace(-9, 9, 200_001)
+    density = np.exp(tg.f(grid[:, None]) - 0.5 * grid**2)
+    cdf = integrate.cumulative_trapezoid(density, grid, initial=0.0)
+    cdf /= cdf[-1]
+    x = tg.sample(20_000, np.random.default_rng(4))[:, 0]
+    result = stats.kstest(x, lambda v: np.interp(v, grid, cdf))
+    assert result.pvalue > 1e-3, result
+    # and the tilt is visible: the same test against N(0, 1) fails
+    assert stats.kstest(x, "norm").pvalue < 1e-6
+
+
+def test_rejection_sampling_moments_in_higher_d():
+    d = 6
+    tg = TiltedGaussian.barron(d, width=8, path_norm=2.5, activation="cos", rng=np.random.default_rng(7), n_mc=16,
+                               n_normaliser=16)
+    x = tg.sample(40_000, np.random.default_rng(8))
+    # independent reference: E_p[g] = E_gamma[g e^f] / E_gamma[e^f] over 10^6 Gaussian points
+    y = np.random.default_rng(9).standard_normal((1_000_000, d))
+    w = np.exp(tg.f(y) - tg.f_max)
+    w /= w.sum()
+    for moment in (lambda v: v, lambda v: v**2):
+        ref = w @ moment(y)
+        ref_se = np.sqrt(w**2 @ (moment(y) - ref) ** 2)
+        m = moment(x)
+        se = np.hypot(m.std(axis=0) / np.sqrt(x.shape[0]), ref_se)
+        assert np.all(np.abs(m.mean(axis=0) - ref) < 5 * se)  # 5 standard errors
+    # the tilt moves the mean away from 0 by many standard errors: the test can tell gamma_d apart
+    assert np.max(np.abs(x.mean(axis=0)) / (x.std(axis=0) / np.sqrt(x.shape[0]))) > 10
+
+
+def test_barron_network_has_the_path_norm():
+    tg = TiltedGaussian.barron(10, width=5, path_norm=2.0, rng=np.random.default_rng(0), n_mc=8, n_normaliser=8)
+    net = tg.network
+    assert np.isclose(np.sum(np.abs(net["a"]) * (np.linalg.norm(net["W"], axis=1) + np.abs(net["b"]))), 2.0)
+    assert tg.f_max == pytest.approx(np.sum(np.abs(net["a"])))
+    x = np.random.default_rng(1).normal(size=(7, 10))
+    h = 1e-6
+    numeric = np.stack([(tg.f(x + h * e) - tg.f(x - h * e)) / (2 * h) for e in np.eye(10)], axis=1)
+    np.testing.assert_allclose(tg.grad_f(x), numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_bad_input():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="f must be callable"):
+        TiltedGaussian(3, None, 2, rng=rng)
+    with pytest.raises(ValueError, match="needs grad_f"):
+        TiltedGaussian(lambda x: x[:, 0], None, 2, rng=rng)
+    with pytest.raises(ValueError, match="estimator"):
+        TiltedGaussian(lambda x: x[:, 0], None, 2, rng=rng, estimator="exact")
+    unbounded = TiltedGaussian(lambda x: x[:, 0], lambda x: np.ones_like(x), 2, rng=rng, n_mc=8, n_normaliser=8)
+    with pytest.raises(ValueError, match="needs f_max"):
+        unbounded.sample(10, rng)
+    wrong = TiltedGaussian(lambda x: x[:, 0], lambda x: np.ones_like(x), 2, f_max=0.0, rng=rng, n_mc=8,
+                           n_normaliser=8)
+    with pytest.raises(ValueError, match="exceeds f_max"):
+        wrong.sample(100, rng)
+    with pytest.raises(ValueError, match="f must return"):
+        TiltedGaussian(lambda x: x, None, 2, rng=rng, estimator="stein")
+    with pytest.raises(ValueError, match="path_norm"):
+        TiltedGaussian.barron(3, path_norm=-1.0, rng=rng)
