@@ -110,7 +110,9 @@ def call_score(score, x, t, where=""):
     failure inside a sampler or a metric says when it happened.
     """
     s = score(x, t)
-    if not isinstance(s, np.ndarray) or s.shape != x.shape:
+    if not isinstance(s, np.ndarray):
+        raise ValueError(f"score returned a {type(s).__name__}{where}; expected an ndarray of shape {x.shape}")
+    if s.shape != x.shape:
         raise ValueError(f"score returned shape {np.shape(s)}{where}; expected {x.shape}")
     if not np.all(np.isfinite(s)):
         raise ValueError(f"score returned non-finite values{where}")

@@ -15,8 +15,10 @@ import argparse
 import importlib
 import importlib.util
 import os
+import shutil
 import sys
 import time
+import warnings
 
 import numpy as np
 
@@ -38,12 +40,13 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_training_options(p):
     g = p.add_argument_group("target and training")
-    g.add_argument("--target", help="preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0) "
-                                    "or a JSON file with weights, means, covariances (default ring)")
+    g.add_argument("--target", help="preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0, "
+                                    "product:d=8,shift=1.5,std=1) or a JSON file with weights, means, "
+                                    "covariances (default ring)")
     g.add_argument("--seed", type=int, help="seed of every random stream of the run (default 0)")
     g.add_argument("--process", choices=("ou", "vp"), help="forward process (default ou)")
-    g.add_argument("--beta-min", type=float, default=0.1, help="VP beta(0) (default 0.1)")
-    g.add_argument("--beta-max", type=float, default=20.0, help="VP beta(1) (default 20)")
+    g.add_argument("--beta-min", type=float, help="VP beta(0), with --process vp (default 0.1)")
+    g.add_argument("--beta-max", type=float, help="VP beta(1), with --process vp (default 20)")
     g.add_argument("--n", type=int, help="training samples drawn from the target (default 10000)")
     g.add_argument("--width", type=int, help="hidden width (default 128)")
     g.add_argument("--depth", type=int, help="hidden layers (default 3)")
@@ -66,10 +69,11 @@ def _add_training_options(p):
 
 def _add_sampling_options(p):
     g = p.add_argument_group("sampling")
-    g.add_argument("--n-samples", type=int, help="points to draw (default 10000)")
-    g.add_argument("--sampler", choices=("euler_maruyama", "exponential", "probability_flow"))
-    g.add_argument("--grid", choices=("uniform", "geometric"))
-    g.add_argument("--n-steps", type=int, help="sampler steps (default 300)")
+    g.add_argument("--n-samples", type=int, help="points to draw (a new run: 10000)")
+    g.add_argument("--sampler", choices=("euler_maruyama", "exponential", "probability_flow"),
+                   help="(a new run: euler_maruyama)")
+    g.add_argument("--grid", choices=("uniform", "geometric"), help="(a new run: geometric)")
+    g.add_argument("--n-steps", type=int, help="sampler steps (a new run: 300)")
 
 
 def _add_evaluation_options(p):
@@ -97,11 +101,13 @@ def build_parser():
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN from its checkpoint")
     _add_training_options(p)
 
-    p = commands.add_parser("sample", help="draw samples.npy with a run's model")
+    p = commands.add_parser("sample", help="draw samples.npy with a run's model",
+                            description="Options left out keep the run's current sample settings "
+                                        "(config.json); those given are saved there.")
     p.add_argument("run")
     _add_sampling_options(p)
-    p.add_argument("--t0", type=float, help="early-stopping time (default: training's)")
-    p.add_argument("--T", type=float, help="horizon (default: training's)")
+    p.add_argument("--t0", type=float, help="early-stopping time (a new run: training's)")
+    p.add_argument("--T", type=float, help="horizon (a new run: training's)")
 
     p = commands.add_parser("evaluate", help="write report.json, report.md and plots for a sampled run")
     p.add_argument("run")
@@ -112,8 +118,8 @@ def build_parser():
                    help="a function s(x (n, d), t (n,)) -> (n, d); MODULE a dotted name or a .py file")
     p.add_argument("--target", required=True, help="the target the score should be the score of")
     p.add_argument("--process", choices=("ou", "vp"), default="ou")
-    p.add_argument("--beta-min", type=float, default=0.1)
-    p.add_argument("--beta-max", type=float, default=20.0)
+    p.add_argument("--beta-min", type=float, help="VP beta(0), with --process vp (default 0.1)")
+    p.add_argument("--beta-max", type=float, help="VP beta(1), with --process vp (default 20)")
     p.add_argument("--t0", type=float, default=1e-3)
     p.add_argument("--T", type=float, help="horizon (default 5 for ou, 1 for vp)")
     p.add_argument("--sampler", choices=("euler_maruyama", "exponential"), default="euler_maruyama")
@@ -134,13 +140,15 @@ _TRAINING_KEYS = {
 
 def _process(args):
     if args.process == "vp":
-        return {"name": "VP", "beta_min": args.beta_min, "beta_max": args.beta_max}
+        return {"name": "VP", "beta_min": 0.1 if args.beta_min is None else args.beta_min,
+                "beta_max": 20.0 if args.beta_max is None else args.beta_max}
+    if args.beta_min is not None or args.beta_max is not None:
+        raise ValueError("--beta-min and --beta-max set the VP process: add --process vp")
     return {"name": "OU"}
 
 
 def _training_options(args):
-    options = {"target": args.target, "seed": args.seed, "data": {"n": args.n},
-               "process": _process(args) if args.process else None}
+    options = {"target": args.target, "seed": args.seed, "data": {"n": args.n}, "process": _process(args)}
     for section, keys in _TRAINING_KEYS.items():
         options[section] = {key: getattr(args, key) for key in keys}
     options["train"]["ema_decay"] = args.ema_decay
@@ -157,7 +165,8 @@ def _evaluation_options(args):
 
 
 def _given(args, names):
-    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) not in (None, False)]
+    """The options among names that were given on the command line (all default to None)."""
+    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) is not None]
 
 
 def _say(message):
@@ -178,7 +187,8 @@ def cmd_train(args):
     from . import runs
 
     if args.resume:
-        given = _given(args, ("force", "target", "seed", "process", "n", "ema_decay", "ema_warmup", *sum(_TRAINING_KEYS.values(), ())))
+        given = _given(args, ("target", "seed", "process", "beta_min", "beta_max", "n", "ema_decay", "ema_warmup",
+                              *sum(_TRAINING_KEYS.values(), ()))) + (["--force"] if args.force else [])
         if given:
             raise ValueError(f"--resume continues the run as configured; drop {', '.join(given)}")
         config = runs.read_config(args.run)
@@ -186,10 +196,42 @@ def cmd_train(args):
                 os.path.join(args.run, "checkpoint.npz")):
             _say(f"{args.run} is already trained ({config['train']['steps']} steps)")
             return 0
-    else:
-        runs.create(args.run, runs.make_config(_training_options(args)), force=args.force)
-    _train(args.run)
+        _train(args.run)
+        return 0
+    config = runs.make_config(_training_options(args))
+    with _fresh_run(args.run, runs.create, config, args.force):
+        _train(args.run)
     return 0
+
+
+class _fresh_run:
+    """Create a run folder; if the work inside fails, remove what the new run wrote.
+
+    Not when interrupted (Ctrl-C): the checkpoint is there for --resume. A folder that
+    existed before (--force) keeps everything but the run's files.
+    """
+
+    def __init__(self, folder, create, config, force):
+        self.folder = folder
+        self.existed = os.path.exists(folder)
+        create(folder, config, force=force)  # refusals happen here, before anything is removed
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        if kind is None or issubclass(kind, KeyboardInterrupt):
+            return False
+        from .runs import RUN_FILES
+
+        if not self.existed:
+            shutil.rmtree(self.folder, ignore_errors=True)
+        elif os.path.isdir(self.folder):
+            for name in RUN_FILES:
+                path = os.path.join(self.folder, name)
+                if os.path.exists(path):
+                    os.unlink(path)
+        return False
 
 
 def cmd_sample(args):
@@ -203,16 +245,11 @@ def cmd_sample(args):
 
 
 def cmd_evaluate(args):
-    from . import runs
     from .evaluation import evaluate_run, summary
 
     options = {k: v for k, v in _evaluation_options(args).items() if v is not None}
-    if options:
-        config = runs.read_config(args.run)
-        config = runs.make_config({**{k: config[k] for k in runs.DEFAULTS}, "evaluate": {**config["evaluate"], **options}})
-        runs.write_json(os.path.join(args.run, "config.json"), config)
     tic = time.perf_counter()
-    report, written, note = evaluate_run(args.run, plots=not args.no_plots)
+    report, written, note = evaluate_run(args.run, options, plots=not args.no_plots)
     _say(summary(report))
     _say(f"evaluated in {time.perf_counter() - tic:.1f} s -> {os.path.join(args.run, 'report.md')}"
          + (f", {', '.join(os.path.basename(w) for w in written)}" if written else ""))
@@ -227,10 +264,12 @@ def cmd_demo(args):
     options = _training_options(args)
     options["sample"] = _sampling_options(args)
     options["evaluate"] = _evaluation_options(args)
-    runs.create(args.run, runs.make_config(options), force=args.force)
-    _train(args.run)
-    cmd_sample(argparse.Namespace(run=args.run, n_samples=None, sampler=None, grid=None, n_steps=None, t0=None, T=None))
-    cmd_evaluate(argparse.Namespace(run=args.run, bound_n=None, profile_n=None, no_plots=args.no_plots))
+    config = runs.make_config(options)
+    with _fresh_run(args.run, runs.create, config, args.force):
+        _train(args.run)
+        cmd_sample(argparse.Namespace(run=args.run, n_samples=None, sampler=None, grid=None, n_steps=None, t0=None,
+                                      T=None))
+        cmd_evaluate(argparse.Namespace(run=args.run, bound_n=None, profile_n=None, no_plots=args.no_plots))
     return 0
 
 
@@ -250,13 +289,24 @@ def _load_callable(spec):
             module = importlib.import_module(module_name)
     except ImportError as exc:
         raise ValueError(f"--score: cannot import {module_name} ({exc})") from None
+    except Exception as exc:  # the user's module failed while loading: say so in one line
+        raise ValueError(f"--score: importing {module_name} failed: {type(exc).__name__}: {exc}") from None
     try:
         fn = getattr(module, attr)
     except AttributeError:
         raise ValueError(f"--score: {module_name} has no attribute {attr!r}") from None
     if not callable(fn):
         raise ValueError(f"--score: {module_name}:{attr} is not callable")
-    return fn
+
+    def score(x, t):
+        try:
+            return fn(x, t)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"--score {spec} raised {type(exc).__name__}: {exc}") from None
+
+    return score
 
 
 def cmd_audit(args):
@@ -298,9 +348,17 @@ def main(argv=None):
         if args.command is None:
             parser.print_help()
             return 0
-        return COMMANDS[args.command](args)
-    except (ValueError, OSError) as exc:  # every bad-input error of the library is a ValueError
-        message = str(exc) if isinstance(exc, ValueError) else f"{exc.strerror or exc}: {exc.filename or ''}"
+        with warnings.catch_warnings():
+            # overflow on the way to a non-finite loss is reported as an error, once
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return COMMANDS[args.command](args)
+    except (ValueError, OSError, MemoryError) as exc:  # every bad-input error of the library is a ValueError
+        if isinstance(exc, MemoryError):
+            message = "out of memory: use a smaller --n, --width, --batch-size or --n-samples"
+        elif isinstance(exc, OSError):
+            message = f"{exc.strerror or exc}: {exc.filename or ''}"
+        else:
+            message = str(exc)
         print(f"sgm-ref: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

@@ -17,9 +17,10 @@ import time
 import numpy as np
 
 from . import metrics
+from ._validation import check_count, check_time_range
 from .io import atomic_write
-from .runs import RunError, load_model, load_samples, read_config, streams, write_json
-from .targets.spec import from_spec
+from .runs import RunError, load_model, load_samples, read_config, streams, update_section, write_json
+from .targets.spec import from_record
 
 __all__ = ["score_report", "sample_report", "evaluate_run", "markdown", "summary"]
 
@@ -54,6 +55,8 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     "tv_bound" (every term of the TVBound with its standard error; None for the
     probability-flow ODE, which has no Girsanov bound).
     """
+    t0, T = check_time_range(t0, T, process)
+    profile_times = check_count(profile_times, "profile_times")
     ts = np.geomspace(t0, T, profile_times)
     error, error_se = metrics.score_error_profile(score, target, process, ts, profile_n, rng, dtype=dtype)
     # the oracle's own E|grad log p_t|^2 at the same times: the scale to read errors against
@@ -102,8 +105,11 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20):
     return out
 
 
-def evaluate_run(folder, plots=True):
+def evaluate_run(folder, options=None, plots=True):
     """Evaluate a sampled run: write report.json, report.md and (with matplotlib) the plots.
+
+    options update config["evaluate"]; the updated config.json is written only once the
+    report is.
 
     Returns
     -------
@@ -112,8 +118,10 @@ def evaluate_run(folder, plots=True):
     plot_note : str or None, why plots were not written
     """
     config = read_config(folder)
+    if options:
+        config = update_section(config, "evaluate", options)
     model = load_model(folder)
-    target = from_spec(config["target"])
+    target = from_record(config["target_definition"])
     x = load_samples(folder, target.dim)
     rng = streams(config["seed"])["evaluate"]
     e, s = config["evaluate"], config["sample"]
@@ -128,6 +136,8 @@ def evaluate_run(folder, plots=True):
     write_json(os.path.join(folder, "report.json"), report)
     text = markdown(report)
     atomic_write(os.path.join(folder, "report.md"), lambda f: f.write(text.encode("utf-8")))
+    if options:
+        write_json(os.path.join(folder, "config.json"), config)
     written, note = [], None
     if plots:
         from .plots import plot_run

@@ -1,7 +1,8 @@
 """Plots of a run (matplotlib, an optional extra: pip install "sgm_ref[plot]").
 
-samples.png      the sampler's output over the target's density contours (d = 2), or
-                 both projected on the target's first two principal directions (d > 2)
+samples.png      the sampler's output over the target's density contours (d = 2), its
+                 histogram over the exact density (d = 1), or both projected on the
+                 target's first two principal directions (d > 2)
 loss.png         the training loss per step (and a running mean)
 score_error.png  E|s - grad log p_t|^2 against t with 2-standard-error bars, beside the
                  oracle's own E|grad log p_t|^2 for scale
@@ -40,6 +41,16 @@ def _principal_directions(target):
 
 def plot_samples(plt, target, x, path, title):
     fig, ax = plt.subplots(figsize=(5.2, 5))
+    if target.dim == 1:
+        u = np.linspace(x.min() - 1.0, x.max() + 1.0, 400)
+        ax.hist(x[:, 0], bins=60, density=True, color="tab:red", alpha=0.5, label="samples")
+        ax.plot(u, np.exp(target.log_prob(u[:, None], 0.0)), color="k", lw=1, label="target density")
+        ax.set_xlabel("x")
+        ax.set_title(title, fontsize=10)
+        ax.legend()
+        _save(fig, path)
+        plt.close(fig)
+        return
     if target.dim == 2:
         reference = target.sample(len(x), np.random.default_rng(0))
         both = np.concatenate([x, reference])

@@ -20,8 +20,11 @@ checkpoint ends with the same bits as an uninterrupted run.
 import copy
 import json
 import os
+import platform
 
+import numba
 import numpy as np
+import scipy
 
 from . import __version__
 from ._validation import check_count, check_real, check_time_range
@@ -31,11 +34,11 @@ from .optim import Adam
 from .processes import process_from_dict
 from .samplers import METHODS, sample, time_grid
 from .score_model import ScoreModel
-from .targets.spec import from_spec
+from .targets.spec import from_record, from_spec, to_record
 from .train import History, fit
 
-__all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "build", "streams", "create", "read_config",
-           "train", "load_model", "sample_run", "load_samples", "write_json"]
+__all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "streams", "create",
+           "read_config", "train", "load_model", "sample_run", "load_samples", "write_json"]
 
 FORMAT = "sgm_ref.run"
 FORMAT_VERSION = 1
@@ -43,12 +46,17 @@ FORMAT_VERSION = 1
 # the files a run writes; --force replaces exactly these
 RUN_FILES = ("config.json", "checkpoint.npz", "model.npz", "history.json", "samples.npy", "report.json",
              "report.md", "samples.png", "loss.png", "score_error.png")
+# what a new sampling makes stale
+_EVALUATION_FILES = ("report.json", "report.md", "samples.png", "loss.png", "score_error.png")
+# keys of config.json besides the sections of DEFAULTS
+_HEADER_KEYS = ("format", "version", "sgm_ref", "environment")
 
 _STREAMS = ("data", "init", "train", "sample", "evaluate")
 
 # The defaults reach a histogram TV of ~0.03 on the ring in about 10 s of training.
 DEFAULTS = {
     "target": "ring",
+    "target_definition": None,  # the target's full definition (to_record), filled from "target"
     "seed": 0,
     "process": {"name": "OU"},
     "data": {"n": 10_000},
@@ -109,6 +117,8 @@ def make_config(options=None):
         train["T"] = _default_T(config["process"])
     smp["t0"] = train["t0"] if smp["t0"] is None else smp["t0"]
     smp["T"] = train["T"] if smp["T"] is None else smp["T"]
+    if config["target_definition"] is None:
+        config["target_definition"] = to_record(from_spec(config["target"]))
     config.update(format=FORMAT, version=FORMAT_VERSION, sgm_ref=__version__)
     build(config)  # everything the run will construct, constructed once to validate it
     return config
@@ -119,7 +129,7 @@ def build(config, init_rng=0):
 
     init_rng (a Generator or an int seed) initialises the network.
     """
-    target = from_spec(config["target"])
+    target = from_record(config["target_definition"])
     process = process_from_dict(config["process"])
     seed = config["seed"]
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -185,6 +195,10 @@ def create(folder, config, force=False):
         if not force:
             raise RunError(f"output folder {folder} already exists; pass --force to replace its run files, "
                            "or choose another folder")
+        present = [name for name in RUN_FILES if os.path.exists(_path(folder, name))]
+        if present and not _is_run(folder):
+            raise RunError(f"{folder} holds {', '.join(present)} but is not an sgm_ref run folder; "
+                           "--force only replaces the files of a run: choose another folder")
         for name in RUN_FILES:
             if os.path.exists(_path(folder, name)):
                 os.unlink(_path(folder, name))
@@ -193,7 +207,18 @@ def create(folder, config, force=False):
         if not os.path.isdir(parent):
             raise RunError(f"cannot create {folder}: its parent folder {parent} does not exist")
         os.mkdir(folder)
+    config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
+                                       "numba": numba.__version__, "scipy": scipy.__version__,
+                                       "machine": platform.machine(), "cpu_count": os.cpu_count()})
     write_json(_path(folder, "config.json"), config)
+
+
+def _is_run(folder):
+    try:
+        with open(_path(folder, "config.json"), encoding="utf-8") as f:
+            return json.load(f).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def read_config(folder):
@@ -213,6 +238,9 @@ def read_config(folder):
         raise RunError(f"{path} is not an sgm_ref run configuration")
     if config.get("version") != FORMAT_VERSION:
         raise RunError(f"{path} has run format version {config.get('version')!r}; this sgm_ref reads {FORMAT_VERSION}")
+    unknown = set(config) - set(DEFAULTS) - set(_HEADER_KEYS)
+    if unknown:
+        raise RunError(f"{path} has unknown key(s) {sorted(unknown)}")
     try:
         build(config)
     except (KeyError, TypeError) as exc:
@@ -301,7 +329,19 @@ def load_model(folder):
         raise RunError(f"{os.fspath(folder)} has no model.npz: train it first (`sgm-ref train`, or "
                        "`sgm-ref train --resume` if training was interrupted)")
     config = read_config(folder)
-    return load(path, use_ema=config["train"]["ema_decay"] > 0)
+    model = load(path, use_ema=config["train"]["ema_decay"] > 0)
+    target, process, expected = build(config)
+    if (model.network.d, model.process, model.dtype, model.parameterization) != (
+            target.dim, process, expected.dtype, expected.parameterization):
+        raise RunError(f"{path} does not match the run's config.json (dimension, process, dtype or "
+                       "parameterization differ): was it copied from another run?")
+    return model
+
+
+def update_section(config, section, options):
+    """config with config[section] updated by options (None values ignored), validated."""
+    updated = make_config({**{k: config[k] for k in DEFAULTS}, section: {**config[section], **options}})
+    return {**updated, **{k: config[k] for k in _HEADER_KEYS if k in config}}
 
 
 # -- sampling ----------------------------------------------------------------------------
@@ -313,14 +353,19 @@ def sample_run(folder, options=None):
     """
     config = read_config(folder)
     if options:
-        config = make_config({**{k: config[k] for k in DEFAULTS}, "sample": {**config["sample"], **options}})
+        config = update_section(config, "sample", options)
     model = load_model(folder)
     s = config["sample"]
     rng = streams(config["seed"])["sample"]
     x = sample(model, model.process, s["n"], model.network.d, rng, T=s["T"], t0=s["t0"], n_steps=s["n_steps"],
                method=s["method"], grid=s["grid"], dtype=model.dtype)
-    atomic_write(_path(folder, "samples.npy"), lambda f: np.save(f, x))
+    # old samples and their evaluation go first, then the settings, then the new samples:
+    # a kill in between leaves no samples rather than samples beside the wrong settings
+    for name in ("samples.npy",) + _EVALUATION_FILES:
+        if os.path.exists(_path(folder, name)):
+            os.unlink(_path(folder, name))
     write_json(_path(folder, "config.json"), config)
+    atomic_write(_path(folder, "samples.npy"), lambda f: np.save(f, x))
     return x
 
 

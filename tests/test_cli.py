@@ -89,13 +89,29 @@ def test_train_sample_evaluate_on_the_paper_family(tmp_path):
     assert np.array_equal(np.load(out / "samples.npy"), x)
 
 
-def test_json_target_file(tmp_path):
+def test_json_target_file_is_recorded_in_the_run(tmp_path):
     spec = {"weights": [0.4, 0.6], "means": [[-1.0, 0.0], [1.5, 0.5]], "covariances": [[0.2, 0.3], [0.5, 0.1]]}
-    (tmp_path / "mix.json").write_text(json.dumps(spec))
+    (tmp_path / "work").mkdir()
+    (tmp_path / "work" / "mix.json").write_text(json.dumps(spec))
+    run("train", "run", "--target", "mix.json", *SMALL, cwd=tmp_path / "work")
+    config = json.loads((tmp_path / "work" / "run" / "config.json").read_text())
+    assert config["target"] == "mix.json"
+    assert config["target_definition"] == {"type": "GaussianMixture", **spec}
+    # the file changes and the run is used from elsewhere: the run keeps its own target
+    (tmp_path / "work" / "mix.json").write_text(json.dumps({**spec, "weights": [0.9, 0.1]}))
+    run("sample", "work/run", *SMALL_SAMPLING, cwd=tmp_path)
+    run("evaluate", "work/run", *SMALL_EVALUATION, cwd=tmp_path)
+    report = json.loads((tmp_path / "work" / "run" / "report.json").read_text())
+    assert report["samples"]["component_weights"]["true"] == [0.4, 0.6]
+
+
+def test_one_dimensional_target(tmp_path):
+    (tmp_path / "line.json").write_text(json.dumps({"weights": [0.5, 0.5], "means": [[-2.0], [2.0]]}))
     out = tmp_path / "run"
-    run("train", out, "--target", tmp_path / "mix.json", *SMALL)
-    config = json.loads((out / "config.json").read_text())
-    assert config["target"] == str(tmp_path / "mix.json")
+    run("demo", out, "--target", tmp_path / "line.json", *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION)
+    assert np.load(out / "samples.npy").shape == (600, 1)
+    pytest.importorskip("matplotlib")
+    assert (out / "samples.png").read_bytes()[:4] == b"\x89PNG"
 
 
 AUDITED = '''
@@ -179,12 +195,17 @@ def _assert_one_line_error(result, pattern):
     (["--target", "gmm:d=3,k=2"], "gmm needs radius"),
     (["--target", "ring:colour=red"], "unknown parameter 'colour'"),
     (["--target", "gmm:d=x,k=2,radius=1"], "d must be an integer"),
-    (["--steps", "0"], "steps"),
-    (["--lr", "-1"], "lr"),
-    (["--t0", "6"], "t0"),
-    (["--T", "7", "--process", "vp"], "T"),
-    (["--batch-size", "0"], "batch_size"),
-    (["--ema-decay", "1"], "ema_decay"),
+    (["--steps", "0"], "steps must be an integer >= 1, got 0"),
+    (["--lr", "-1"], "lr must be > 0.0, got -1.0"),
+    (["--t0", "6"], "need 0 < t0 < T, got t0=6.0, T=5.0"),
+    (["--T", "7", "--process", "vp"], "T must be <= 1.0 for VP"),
+    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
+    (["--ema-decay", "1"], "ema_decay (0 turns the parameter average off) must be < 1.0"),
+    (["--width", "0"], "width must be an integer >= 1"),
+    (["--beta-min", "0.2"], "add --process vp"),
+    (["--target", "gmm:d=3,k=2,radius=1,seed=-1"], "seed must be >= 0"),
+    # fails during training, after the folder was made: the folder goes again
+    (["--lr", "1e300", "--steps", "50", "--n", "500", "--width", "8", "--depth", "1"], "loss became non-finite"),
     (["--activation", "gelu"], "invalid choice: 'gelu'"),
     (["--steps", "ten"], "invalid int value: 'ten'"),
     (["--n-samples", "0"], "sample n"),
@@ -203,6 +224,24 @@ def test_malformed_and_missing_json_target(tmp_path):
                             (tmp_path / "wrong.json", "weights")):
         _assert_one_line_error(run("train", tmp_path / "run", "--target", target, check=False), pattern)
         assert not (tmp_path / "run").exists()
+
+
+def test_force_only_replaces_a_run(tmp_path):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"my": "settings"}')
+    (other / "report.md").write_text("my report")
+    _assert_one_line_error(run("train", other, *SMALL, "--force", check=False), "is not an sgm_ref run folder")
+    assert (other / "config.json").read_text() == '{"my": "settings"}' and (other / "report.md").exists()
+
+
+def test_failure_after_force_removes_only_the_run_files(tmp_path):
+    out = tmp_path / "run"
+    run("train", out, *SMALL)
+    (out / "notes.txt").write_text("mine")
+    result = run("train", out, "--force", "--lr", "1e300", "--steps", "50", "--n", "500", check=False)
+    _assert_one_line_error(result, "loss became non-finite")
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
 
 
 def test_existing_folder_needs_force(tmp_path):
@@ -235,9 +274,35 @@ def test_corrupt_or_missing_model_and_run_files(tmp_path):
 def test_evaluate_before_sample_and_resume_with_options(tmp_path):
     out = tmp_path / "run"
     run("train", out, *SMALL)
-    _assert_one_line_error(run("evaluate", out, check=False), "no samples.npy")
+    config = (out / "config.json").read_text()
+    _assert_one_line_error(run("evaluate", out, "--bound-n", "5", check=False), "no samples.npy")
     assert not (out / "report.json").exists()
-    _assert_one_line_error(run("train", out, "--resume", "--steps", "10", check=False), "drop --steps")
+    assert (out / "config.json").read_text() == config  # the failed evaluation changed no setting
+    run("sample", out, *SMALL_SAMPLING)
+    sampled = (out / "config.json").read_text()
+    _assert_one_line_error(run("evaluate", out, "--bound-n", "1", check=False), "bound_n")
+    assert (out / "config.json").read_text() == sampled
+    for extra, flag in ((["--steps", "10"], "--steps"), (["--beta-min", "0.2"], "--beta-min"),
+                        (["--no-ema-warmup"], "--ema-warmup"), (["--force"], "--force")):
+        _assert_one_line_error(run("train", out, "--resume", *extra, check=False), f"drop {flag}")
+
+
+def test_resampling_removes_the_stale_report(tmp_path):
+    out = tmp_path / "run"
+    run("demo", out, *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION)
+    assert (out / "report.json").exists()
+    run("sample", out, "--n-samples", "300")
+    assert not (out / "report.json").exists() and not (out / "report.md").exists()
+    assert np.load(out / "samples.npy").shape == (300, 2)
+    run("sample", out)  # the run's current settings: 300 points again
+    assert np.load(out / "samples.npy").shape == (300, 2)
+
+
+def test_model_from_another_run_is_refused(tmp_path):
+    run("train", tmp_path / "a", *SMALL)
+    run("train", tmp_path / "b", *SMALL, "--target", "gmm:d=3,k=2,radius=1")
+    (tmp_path / "a" / "model.npz").write_bytes((tmp_path / "b" / "model.npz").read_bytes())
+    _assert_one_line_error(run("sample", tmp_path / "a", check=False), "does not match the run's config.json")
 
 
 @pytest.mark.parametrize("score, pattern", [
@@ -246,9 +311,26 @@ def test_evaluate_before_sample_and_resume_with_options(tmp_path):
     ("audited", "MODULE:CALLABLE"),
     ("audited:CONSTANT", "is not callable"),
     ("audited:bad_shape", "score returned shape"),
+    ("audited:raises", "raised ZeroDivisionError"),
+    ("broken:f", "importing broken failed: SyntaxError"),
 ])
 def test_audit_errors(tmp_path, score, pattern):
-    (tmp_path / "audited.py").write_text(AUDITED + "CONSTANT = 3\n\ndef bad_shape(x, t):\n    return x[:, :1]\n")
+    (tmp_path / "audited.py").write_text(AUDITED + "CONSTANT = 3\n\ndef bad_shape(x, t):\n    return x[:, :1]\n"
+                                         "\ndef raises(x, t):\n    return 1 / 0\n")
+    (tmp_path / "broken.py").write_text("def f(x, t) return x\n")
     result = run("audit", "--score", score, "--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5",
                  "--profile-n", "10", "--bound-n", "4", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, pattern)
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--t0", "0"], "need 0 < t0 < T"),
+    (["--process", "vp", "--T", "2"], "T must be <= 1.0"),
+    (["--beta-max", "30"], "add --process vp"),
+    (["--json", "/nonexistent-folder/x.json"], "folder /nonexistent-folder does not exist"),
+])
+def test_audit_bad_options(tmp_path, args, pattern):
+    (tmp_path / "audited.py").write_text(AUDITED)
+    result = run("audit", "--score", "audited:oracle", "--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5",
+                 "--profile-n", "10", "--bound-n", "4", *args, cwd=tmp_path, check=False)
     _assert_one_line_error(result, pattern)

@@ -7,7 +7,8 @@ import pytest
 
 from sgm_ref import GaussianMixture
 from sgm_ref.runs import RUN_FILES, RunError, create, make_config, read_config, sample_run, streams, train
-from sgm_ref.targets.spec import from_spec
+from sgm_ref.targets import ProductMixture
+from sgm_ref.targets.spec import from_record, from_spec, to_record
 
 
 # -- target specs ----------------------------------------------------------------------
@@ -21,6 +22,24 @@ def test_presets():
     assert _same_mixture(from_spec(" ring:k=6,radius=3,std=0.2 "), GaussianMixture.ring(6, 3.0, 0.2))
     assert _same_mixture(from_spec("gmm:d=5,k=3,radius=2.5,seed=7"), GaussianMixture.paper_family(5, 3, 2.5, 7))
     assert _same_mixture(from_spec("gmm:radius=2,k=3,d=5"), GaussianMixture.paper_family(5, 3, 2.0, 0))
+
+
+def test_product_preset_and_records():
+    p = from_spec("product:d=3,shift=2,std=0.5")
+    assert p.to_dict() == ProductMixture.symmetric(3, 2.0, 0.5).to_dict()
+    for target in (p, GaussianMixture.ring(), from_spec("gmm:d=4,k=2,radius=1")):
+        again = from_record(to_record(target))
+        assert type(again) is type(target) and again.to_dict() == target.to_dict()
+    with pytest.raises(ValueError, match="'type'"):
+        from_record({"weights": [1.0]})
+    with pytest.raises(ValueError, match="ProductMixture record"):
+        from_record({"type": "ProductMixture", "weights": [[0.5, 0.5]]})
+
+
+def test_preset_names_win_over_files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ring").write_text("not a target")
+    assert from_spec("ring").to_dict() == GaussianMixture.ring().to_dict()
 
 
 def test_json_file(tmp_path):
@@ -58,6 +77,9 @@ def test_invalid_json_mixture(tmp_path):
         from_spec(str(tmp_path / "a.json"))
     with pytest.raises(ValueError, match="b.json: .*covariances"):
         from_spec(str(tmp_path / "b.json"))
+    (tmp_path / "c.json").write_text(json.dumps({"weights": [1.0], "means": [[0.0]], "covariance": [[2.0]]}))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['covariance'\]"):
+        from_spec(str(tmp_path / "c.json"))
 
 
 # -- configurations --------------------------------------------------------------------
@@ -148,4 +170,7 @@ def test_read_config_errors(tmp_path):
         read_config(tmp_path / "empty")
     (tmp_path / "empty" / "config.json").write_text(json.dumps({"format": "sgm_ref.run", "version": 1}))
     with pytest.raises(RunError, match="incomplete"):
+        read_config(tmp_path / "empty")
+    (tmp_path / "empty" / "config.json").write_text(json.dumps({**make_config(), "trian": {}}))
+    with pytest.raises(RunError, match="unknown key"):
         read_config(tmp_path / "empty")

@@ -162,6 +162,10 @@ class GaussianMixture:
         """Inverse of to_dict; validates like the constructor."""
         if not isinstance(spec, dict) or not {"weights", "means"} <= set(spec):
             raise ValueError("a mixture spec must be a dict with keys 'weights', 'means' and optionally 'covariances'")
+        unknown = set(spec) - {"weights", "means", "covariances"}
+        if unknown:
+            raise ValueError(f"unknown key(s) {sorted(unknown)} in a mixture spec; the keys are 'weights', 'means' "
+                             "and 'covariances'")
         return cls(spec["weights"], spec["means"], spec.get("covariances"))
 
     # -- the law at time t --------------------------------------------------------------

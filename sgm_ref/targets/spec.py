@@ -3,19 +3,23 @@
     ring                              GaussianMixture.ring() (8 modes, radius 2, std 0.3)
     ring:k=6,radius=3,std=0.2         the same with other parameters
     gmm:d=32,k=4,radius=3,seed=0      GaussianMixture.paper_family (identity covariances)
+    product:d=8,shift=1.4,std=1       ProductMixture.symmetric (independent coordinates)
     path/to/mixture.json              {"weights": [...], "means": [[...]], "covariances": ...}
                                       (covariances: omitted or null, (K, d) or (K, d, d))
 
 from_spec(spec) returns the target; a spec that names no target, a malformed parameter
 list, an unreadable or invalid JSON file each raise ValueError saying what to write.
+to_record / from_record write a target's full definition as JSON-ready data (what a run
+folder keeps, so it does not depend on the file a spec named).
 """
 
 import json
 import os
 
 from .gaussian_mixture import GaussianMixture
+from .product_mixture import ProductMixture
 
-__all__ = ["from_spec", "PRESETS"]
+__all__ = ["from_spec", "to_record", "from_record", "PRESETS"]
 
 
 def _ring(k="8", radius="2.0", std="0.3"):
@@ -26,14 +30,26 @@ def _gmm(d=None, k=None, radius=None, seed="0"):
     missing = [name for name, value in (("d", d), ("k", k), ("radius", radius)) if value is None]
     if missing:
         raise ValueError(f"gmm needs {', '.join(missing)}: write e.g. gmm:d=32,k=4,radius=3,seed=0")
-    return GaussianMixture.paper_family(_int(d, "d"), _int(k, "k"), _float(radius, "radius"), _int(seed, "seed"))
+    seed = _int(seed, "seed")
+    if seed < 0:
+        raise ValueError(f"target parameter seed must be >= 0, got {seed}")
+    return GaussianMixture.paper_family(_int(d, "d"), _int(k, "k"), _float(radius, "radius"), seed)
+
+
+def _product(d=None, shift="1.5", std="1.0"):
+    if d is None:
+        raise ValueError("product needs d: write e.g. product:d=8,shift=1.5,std=1")
+    return ProductMixture.symmetric(_int(d, "d"), _float(shift, "shift"), _float(std, "std"))
 
 
 # name -> (constructor taking the parameters as strings, the parameters it accepts)
 PRESETS = {
     "ring": (_ring, ("k", "radius", "std")),
     "gmm": (_gmm, ("d", "k", "radius", "seed")),
+    "product": (_product, ("d", "shift", "std")),
 }
+
+_RECORD_TYPES = {"GaussianMixture": GaussianMixture, "ProductMixture": ProductMixture}
 
 
 def _int(text, name):
@@ -91,7 +107,7 @@ def from_spec(spec):
 
     Returns
     -------
-    GaussianMixture
+    GaussianMixture or ProductMixture
 
     Raises
     ------
@@ -101,12 +117,33 @@ def from_spec(spec):
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"target must be a non-empty string (a preset such as 'ring', or a JSON file), got {spec!r}")
     spec = spec.strip()
-    if spec.endswith(".json") or os.path.isfile(spec):
-        return _from_json(spec)
     name, sep, rest = spec.partition(":")
+    if name not in PRESETS and (spec.endswith(".json") or os.path.isfile(spec)):
+        return _from_json(spec)
     if name not in PRESETS:
         raise ValueError(f"unknown target {name!r}: use one of {', '.join(sorted(PRESETS))} "
                          "(e.g. gmm:d=32,k=4,radius=3,seed=0) or the path of a .json mixture file")
     build, accepted = PRESETS[name]
     params = _parameters(rest, name, accepted) if sep else {}
     return build(**params)
+
+
+def to_record(target):
+    """{"type": class name, **target.to_dict()}: the target's full definition, JSON-ready."""
+    kind = type(target).__name__
+    if kind not in _RECORD_TYPES:
+        raise ValueError(f"cannot record a target of type {kind}; supported: {', '.join(_RECORD_TYPES)}")
+    return {"type": kind, **target.to_dict()}
+
+
+def from_record(record):
+    """The target to_record wrote; raises ValueError for anything else."""
+    if not isinstance(record, dict) or record.get("type") not in _RECORD_TYPES:
+        raise ValueError(f"a target record must be a dict with 'type' one of {', '.join(_RECORD_TYPES)}")
+    body = {k: v for k, v in record.items() if k != "type"}
+    if record["type"] == "GaussianMixture":
+        return GaussianMixture.from_dict(body)
+    try:
+        return ProductMixture(**body)
+    except TypeError as exc:
+        raise ValueError(f"a ProductMixture record needs weights, means and stds ({exc})") from None
