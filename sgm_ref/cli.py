@@ -6,6 +6,7 @@
     sgm-ref sample RUN [options]       samples.npy
     sgm-ref evaluate RUN [options]     report.json, report.md, plots
     sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
+    sgm-ref experiment rate OUT [--quick]   error against n for several d (the paper's claim)
 
 Errors in the input (a ValueError anywhere in the library) print one line on stderr and
 exit with status 2; nothing is left half-written (see sgm_ref.runs).
@@ -129,7 +130,65 @@ def build_parser():
     p.add_argument("--bound-n", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+
+    p = commands.add_parser("experiment", help="the paper's claim as an experiment")
+    experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    p = experiments.add_parser("rate", help="score error against n for several d (sgm_ref.experiments.rate)",
+                               description="Each cell (family, d, n, seed) trains a score model on n samples and "
+                                           "records its integrated score error and certified TV bound. Results "
+                                           "are appended to OUT/results.jsonl as cells finish; rerunning with the "
+                                           "same OUT skips the finished cells.")
+    p.add_argument("out", help="output folder (created, or continued)")
+    p.add_argument("--quick", action="store_true", help="a small grid that runs in a few minutes on 2 cores")
+    p.add_argument("--families", help="comma-separated: mixture,product")
+    p.add_argument("--d", help="comma-separated dimensions (full: 2,8,32,128)")
+    p.add_argument("--n", help="comma-separated sample sizes (full: 500,1000,...,32000)")
+    p.add_argument("--seeds", help="comma-separated seeds (full: 0,1,2)")
+    p.add_argument("--steps", type=int, help="training steps per cell (full: 3000; quick: 1500)")
+    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="submit the cells to this Dask distributed scheduler instead (pip install \"sgm_ref[dask]\")")
     return parser
+
+
+def _int_list(text, name):
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"{name} must be distinct non-negative integers, got {text!r}")
+    return values
+
+
+def cmd_experiment(args):
+    import copy
+
+    from .experiments import rate, sweep
+
+    grid = copy.deepcopy(rate.QUICK if args.quick else rate.FULL)
+    if args.families is not None:
+        grid["families"] = [f.strip() for f in args.families.split(",")]
+        for family in grid["families"]:
+            if family not in rate.FAMILIES:
+                raise ValueError(f"--families: unknown family {family!r}; use {', '.join(rate.FAMILIES)}")
+    for key in ("d", "n", "seeds"):
+        if getattr(args, key) is not None:
+            grid[key] = _int_list(getattr(args, key), f"--{key}")
+    if any(d < 1 for d in grid["d"]) or any(n < 2 for n in grid["n"]):
+        raise ValueError("--d must be >= 1 and --n >= 2")
+    if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps must be >= 1, got {args.steps}")
+        grid["settings"]["steps"] = args.steps
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    tic = time.perf_counter()
+    sweep.run_sweep(args.out, grid, workers=args.workers, scheduler=args.scheduler, log=_say)
+    _say(f"done in {time.perf_counter() - tic:.0f} s; results in {args.out}:\n")
+    with open(os.path.join(args.out, "summary.md"), encoding="utf-8") as f:
+        _say(f.read())
+    return 0
 
 
 _TRAINING_KEYS = {
@@ -337,7 +396,8 @@ def cmd_audit(args):
     return 0
 
 
-COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "audit": cmd_audit}
+COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "audit": cmd_audit,
+            "experiment": cmd_experiment}
 
 
 def main(argv=None):

@@ -1,0 +1,181 @@
+"""The rate experiment: score-matching error against the number of samples n, for several d.
+
+Cole & Lu prove that when the log-relative density f of p_0 = exp(f) gamma_d / Z has low
+complexity, empirical score matching on n samples learns p_0 at a rate in n whose
+exponent does not depend on d. Here each cell (family, d, n, seed) draws n samples,
+trains a score network with a fixed budget, and records
+
+    score_error  int_{t0}^{T} E_{p_t} |s_theta - grad log p_t|^2 dt  (Monte Carlo, with se)
+    tv_bound     the certified bound on TV(p_0, Euler–Maruyama output) (with se)
+
+against the exact oracle. Families:
+
+    mixture  the paper's: K = 4 identity-covariance components, means of norm r = 2 in
+             random directions of R^d (f a log-sum-exp of linear functions, its
+             complexity fixed as d grows)
+    product  the contrast: every coordinate 1/2 N(-r/sqrt 2, 1) + 1/2 N(r/sqrt 2, 1), so
+             at d = 2 the same mean norm r, but f = sum_j f_j(x_j) has d terms and the
+             means have norm r sqrt(d / 2)
+
+The log-log slope of score_error against n, per (family, d), is fitted by least squares
+over all cells with its standard error (sweep_summary).
+
+Execution: every cell is an independent job for a concurrent.futures.Executor (a local
+process pool, or Dask distributed's client.get_executor()). Each result is appended to
+results.jsonl as it arrives (one JSON line, flushed and fsynced); a restarted sweep in the
+same folder skips the cells already there. A cell's randomness comes from
+SeedSequence(base_seed, spawn_key=(family, d, n, seed)), so its result does not depend on
+which worker ran it or in which order.
+"""
+
+import json
+import os
+import time
+
+import numpy as np
+
+from ..metrics import score_error_integral, tv_upper_bound
+from ..nn import MLP
+from ..optim import Adam
+from ..processes import OU
+from ..score_model import ScoreModel
+from ..targets import GaussianMixture, ProductMixture
+from ..train import fit
+
+__all__ = ["FAMILIES", "QUICK", "FULL", "make_target", "run_cell", "cells", "load_results", "fit_slope",
+           "sweep_summary"]
+
+RADIUS = 2.0
+FAMILIES = ("mixture", "product")
+
+# settings shared by every cell of a sweep (a sweep folder keeps one set)
+SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "log", "parameterization": "residual",
+            "weighting": "sigma2", "time_distribution": "log-uniform", "steps": 3000, "batch_size": 256,
+            "lr": 2e-3, "weight_decay_times_n": 5.0, "ema_decay": 0.999, "t0": 1e-2, "T": 5.0, "n_eval": 20_000,
+            "bound_n": 64, "bound_method": "euler_maruyama", "bound_steps": 1000, "base_seed": 0}
+
+QUICK = {"families": list(FAMILIES), "d": [2, 8, 32, 128], "n": [500, 2000, 8000], "seeds": [0],
+         "settings": {**SETTINGS, "steps": 1500, "width": 128, "n_eval": 10_000}}
+FULL = {"families": list(FAMILIES), "d": [2, 8, 32, 128], "n": [500, 1000, 2000, 4000, 8000, 16000, 32000],
+        "seeds": [0, 1, 2], "settings": SETTINGS}
+
+
+def make_target(family, d):
+    """The target of a family in dimension d (fixed: the seed varies the data, not the target)."""
+    if family == "mixture":
+        return GaussianMixture.paper_family(d, 4, RADIUS, rng=0)
+    if family == "product":
+        return ProductMixture.symmetric(d, shift=RADIUS / np.sqrt(2.0), std=1.0)
+    raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+
+
+def cell_key(cell):
+    return (cell["family"], int(cell["d"]), int(cell["n"]), int(cell["seed"]))
+
+
+def cells(grid):
+    """Every cell of a grid, smallest work first (so early results cover every d)."""
+    out = [{"family": f, "d": d, "n": n, "seed": s, "settings": grid["settings"]}
+           for s in grid["seeds"] for n in grid["n"] for d in grid["d"] for f in grid["families"]]
+    return sorted(out, key=lambda c: (c["seed"], c["n"] * c["d"]))
+
+
+def run_cell(cell):
+    """Train and evaluate one cell; returns its result as a JSON-ready dict."""
+    s = cell["settings"]
+    family, d, n, seed = cell_key(cell)
+    ss = np.random.SeedSequence(s["base_seed"], spawn_key=(FAMILIES.index(family), d, n, seed))
+    data_rng, init_rng, train_rng, eval_rng = (np.random.default_rng(c) for c in ss.spawn(4))
+    target = make_target(family, d)
+    process = OU()
+    data = target.sample(n, data_rng)
+    net = MLP(d, (s["width"],) * s["depth"], s["activation"], s["time_embedding"], rng=init_rng)
+    model = ScoreModel(net, process, s["parameterization"])
+    # L2 penalty lambda_n = c / n: the regularised empirical risk of learning theory, whose
+    # penalty fades as data grows; without it a network memorises a small sample
+    optimizer = Adam(model.params, lr=s["lr"], weight_decay=s["weight_decay_times_n"] / n, ema_decay=s["ema_decay"],
+                     ema_warmup=True)
+    tic = time.perf_counter()
+    history = fit(model, data, steps=s["steps"], batch_size=min(s["batch_size"], n), t0=s["t0"], T=s["T"],
+                  rng=train_rng, weighting=s["weighting"], time_distribution=s["time_distribution"],
+                  optimizer=optimizer, progress=False)
+    train_seconds = time.perf_counter() - tic
+    model.network.set_params(optimizer.ema)
+    tic = time.perf_counter()
+    error, error_se = score_error_integral(model, target, process, s["t0"], s["T"], s["n_eval"], eval_rng)
+    bound = tv_upper_bound(model, target, process, s["t0"], s["T"], "geometric", s["bound_method"], s["bound_n"],
+                           eval_rng, n_steps=s["bound_steps"])
+    return {"family": family, "d": d, "n": n, "seed": seed, "score_error": error, "score_error_se": error_se,
+            "tv_bound": bound.tv, "tv_bound_se": bound.tv_se, "kl_path": bound.kl_path, "kl_path_se": bound.kl_path_se,
+            "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
+            "eval_seconds": time.perf_counter() - tic}
+
+
+def load_results(path):
+    """The complete lines of results.jsonl; a torn last line (a killed write) is cut off the file."""
+    if not os.path.exists(path):
+        return []
+    results, good_bytes = [], 0
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                if not line.endswith(b"\n"):
+                    raise ValueError("no newline")
+                results.append(json.loads(line))
+            except ValueError:
+                break
+            good_bytes += len(line)
+    if good_bytes != os.path.getsize(path):
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return results
+
+
+def append_result(path, result):
+    with open(path, "ab") as f:
+        f.write((json.dumps(result, allow_nan=False) + "\n").encode("utf-8"))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fit_slope(n, error):
+    """Least-squares slope b of log(error) = a + b log(n), its standard error, and a.
+
+    The standard error comes from the residual scatter (m - 2 degrees of freedom), so
+    repeated seeds at each n make it honest; with two distinct n it is nan.
+    """
+    x, y = np.log(np.asarray(n, dtype=float)), np.log(np.asarray(error, dtype=float))
+    if np.unique(x).size < 2:
+        return float("nan"), float("nan"), float("nan")
+    A = np.column_stack([np.ones_like(x), x])
+    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
+    dof = x.size - 2
+    if dof <= 0:
+        return float(coef[1]), float("nan"), float(coef[0])
+    resid = y - A @ coef
+    s2 = resid @ resid / dof
+    se = np.sqrt(s2 / np.sum((x - x.mean()) ** 2))
+    return float(coef[1]), float(se), float(coef[0])
+
+
+def sweep_summary(results):
+    """Per (family, d): the fitted slope ± se and the mean error (± se over seeds) at each n."""
+    groups = {}
+    for r in results:
+        groups.setdefault((r["family"], r["d"]), []).append(r)
+    summary = []
+    for (family, d), rows in sorted(groups.items()):
+        slope, slope_se, intercept = fit_slope([r["n"] for r in rows], [r["score_error"] for r in rows])
+        by_n = {}
+        for r in rows:
+            by_n.setdefault(r["n"], []).append(r)
+        points = []
+        for n, rs in sorted(by_n.items()):
+            e = np.array([r["score_error"] for r in rs])
+            tv = np.array([r["tv_bound"] for r in rs])
+            spread = e.std(ddof=1) / np.sqrt(e.size) if e.size > 1 else rs[0]["score_error_se"]
+            points.append({"n": n, "seeds": len(rs), "score_error": float(e.mean()), "score_error_se": float(spread),
+                           "tv_bound": float(tv.mean())})
+        summary.append({"family": family, "d": d, "slope": slope, "slope_se": slope_se, "intercept": intercept,
+                        "points": points})
+    return summary

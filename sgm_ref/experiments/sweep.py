@@ -1,0 +1,174 @@
+"""Running the rate experiment's cells on an Executor, resumably, and writing its outputs.
+
+    OUT/sweep.json     the settings every cell shares (a restart must use the same)
+    OUT/results.jsonl  one line per finished cell, appended as cells finish
+    OUT/results.csv    the same as a table (rewritten at the end)
+    OUT/summary.json   per (family, d): fitted slope of log error against log n, ± se
+    OUT/summary.md     the table a reader looks at
+    OUT/rate.png       error against n, one line per d, one panel per family (matplotlib)
+"""
+
+import concurrent.futures
+import contextlib
+import csv
+import io
+import json
+import multiprocessing
+import os
+
+from ..io import atomic_write
+from .rate import append_result, cell_key, cells, load_results, run_cell, sweep_summary
+
+__all__ = ["run_sweep", "write_outputs"]
+
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _single_threaded_children():
+    """Workers start with one BLAS/numba thread each: cells share the cores, not a cell's threads."""
+    saved = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
+    os.environ.update({k: "1" for k in _THREAD_VARIABLES})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _write_text(path, text):
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _check_settings(folder, settings):
+    path = os.path.join(folder, "sweep.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            saved = json.load(f)
+        if saved != settings:
+            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+            raise ValueError(f"{folder} holds a sweep with other settings ({', '.join(changed)}); "
+                             "use a new output folder, or the same settings to continue it")
+    else:
+        _write_text(path, json.dumps(settings, indent=2) + "\n")
+
+
+def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, log=print):
+    """Run the cells of grid not yet in folder/results.jsonl; write the outputs; return all results.
+
+    Parameters
+    ----------
+    folder : str
+        Output folder (created if needed; an existing sweep there is continued).
+    grid : dict
+        {"families": [...], "d": [...], "n": [...], "seeds": [...], "settings": {...}}
+        (sgm_ref.experiments.rate.QUICK and FULL are examples).
+    workers : int
+        Processes of the local pool (ignored with scheduler or executor).
+    scheduler : str, optional
+        Address of a running Dask distributed scheduler: the same jobs go to its workers.
+    executor : concurrent.futures.Executor, optional
+        Any executor to submit the cells to (used as is, not shut down).
+    log : callable(str)
+    """
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    _check_settings(folder, grid["settings"])
+    results_path = os.path.join(folder, "results.jsonl")
+    results = load_results(results_path)
+    done = {cell_key(r) for r in results}
+    todo = [c for c in cells(grid) if cell_key(c) not in done]
+    log(f"{len(done)} cells already in {results_path}; {len(todo)} to run")
+    if todo:
+        with contextlib.ExitStack() as stack:
+            if executor is None and scheduler is not None:
+                try:
+                    from distributed import Client
+                except ImportError:
+                    raise ValueError("--scheduler needs Dask distributed: pip install \"sgm_ref[dask]\"") from None
+                client = stack.enter_context(Client(scheduler))
+                executor = client.get_executor()
+            elif executor is None:
+                stack.enter_context(_single_threaded_children())
+                executor = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
+                    max_workers=workers, mp_context=multiprocessing.get_context("spawn")))
+            futures = {executor.submit(run_cell, c): c for c in todo}
+            try:
+                for k, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+                    r = future.result()
+                    append_result(results_path, r)
+                    results.append(r)
+                    log(f"[{k}/{len(todo)}] {r['family']:8s} d={r['d']:<4d} n={r['n']:<6d} seed={r['seed']}  "
+                        f"score error {r['score_error']:.4g} ± {r['score_error_se']:.2g}  "
+                        f"TV bound {r['tv_bound']:.3g}  ({r['train_seconds']:.0f} s training)")
+            except BaseException:
+                for f in futures:
+                    f.cancel()
+                raise
+    write_outputs(folder, results)
+    return results
+
+
+def write_outputs(folder, results):
+    """results.csv, summary.json, summary.md and (with matplotlib) rate.png from the results."""
+    if not results:
+        return
+    columns = list(results[0])
+    rows = sorted(results, key=lambda r: (r["family"], r["d"], r["n"], r["seed"]))
+
+    def write_csv(f):
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+        f.write(text.getvalue().encode("utf-8"))
+
+    atomic_write(os.path.join(folder, "results.csv"), write_csv)
+    summary = sweep_summary(results)
+    _write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    _write_text(os.path.join(folder, "summary.md"), summary_markdown(summary))
+    plot_rate(os.path.join(folder, "rate.png"), summary)
+
+
+def summary_markdown(summary):
+    ns = sorted({p["n"] for s in summary for p in s["points"]})
+    head = "| family | d | slope ± se | " + " | ".join(f"n = {n}" for n in ns) + " |"
+    lines = ["Integrated score error int E|s - grad log p_t|^2 dt (mean over seeds ± se), and the",
+             "least-squares slope of log error against log n.", "", head,
+             "|" + "---|" * (3 + len(ns))]
+    for s in summary:
+        by_n = {p["n"]: p for p in s["points"]}
+        cells = [f"{by_n[n]['score_error']:.3g} ± {by_n[n]['score_error_se']:.1g}" if n in by_n else "" for n in ns]
+        lines.append(f"| {s['family']} | {s['d']} | {s['slope']:.2f} ± {s['slope_se']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rate(path, summary):
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    families = sorted({s["family"] for s in summary})
+    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), sharey=True, squeeze=False)
+    for ax, family in zip(axes[0], families):
+        for s in (s for s in summary if s["family"] == family):
+            n = [p["n"] for p in s["points"]]
+            e = [p["score_error"] for p in s["points"]]
+            se = [p["score_error_se"] for p in s["points"]]
+            ax.errorbar(n, e, yerr=[2 * v for v in se], marker="o", ms=3, capsize=2,
+                        label=f"d = {s['d']}: slope {s['slope']:.2f} ± {s['slope_se']:.2f}")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("n (training samples)")
+        ax.set_title(family)
+        ax.legend(fontsize=8)
+    axes[0][0].set_ylabel("int E|s - grad log p_t|^2 dt")
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+    plt.close(fig)
+    return True

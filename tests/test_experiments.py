@@ -1,0 +1,126 @@
+"""The rate experiment: cells, resumable sweeps on any Executor (Dask included), the slope fit."""
+
+import concurrent.futures
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sgm_ref.experiments import rate
+from sgm_ref.experiments.rate import cells, fit_slope, load_results, make_target, run_cell, sweep_summary
+from sgm_ref.experiments.sweep import run_sweep
+
+TINY = {**rate.SETTINGS, "width": 8, "depth": 1, "steps": 20, "batch_size": 16, "n_eval": 200, "bound_n": 4,
+        "bound_steps": 10}
+GRID = {"families": ["mixture", "product"], "d": [2], "n": [40, 80], "seeds": [0], "settings": TINY}
+
+
+class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    """A thread pool that remembers which cells it was given."""
+
+    def __init__(self):
+        super().__init__(max_workers=2)
+        self.cells = []
+
+    def submit(self, fn, cell):
+        self.cells.append(rate.cell_key(cell))
+        return super().submit(fn, cell)
+
+
+def test_targets_of_the_families():
+    m, p = make_target("mixture", 5), make_target("product", 5)
+    assert np.allclose(np.linalg.norm(m.means, axis=1), rate.RADIUS)  # bounded means in every d
+    assert np.allclose(np.abs(p.means), rate.RADIUS / np.sqrt(2))      # mean norm RADIUS sqrt(d / 2)
+    with pytest.raises(ValueError, match="family"):
+        make_target("moons", 2)
+
+
+def test_a_cell_is_reproducible():
+    cell = {"family": "mixture", "d": 2, "n": 40, "seed": 1, "settings": TINY}
+    a, b = run_cell(cell), run_cell(cell)
+    for key in ("score_error", "score_error_se", "tv_bound", "kl_path", "final_loss"):
+        assert a[key] == b[key], key
+    other = run_cell({**cell, "seed": 2})
+    assert other["score_error"] != a["score_error"]
+
+
+def test_sweep_appends_and_resume_skips_finished_cells(tmp_path):
+    first = CountingExecutor()
+    with first:
+        results = run_sweep(tmp_path, GRID, executor=first, log=lambda s: None)
+    assert len(results) == 4 and sorted(first.cells) == sorted(rate.cell_key(c) for c in cells(GRID))
+    lines = (tmp_path / "results.jsonl").read_text().splitlines()
+    assert len(lines) == 4
+    for name in ("results.csv", "summary.json", "summary.md", "sweep.json"):
+        assert (tmp_path / name).is_file(), name
+
+    # a killed sweep: the last line torn in half, and the grid extended by one n
+    with open(tmp_path / "results.jsonl", "r+b") as f:
+        f.truncate(sum(len(line) + 1 for line in lines[:3]) + 10)
+    again = CountingExecutor()
+    messages = []
+    with again:
+        results = run_sweep(tmp_path, {**GRID, "n": [40, 80, 120]}, executor=again, log=messages.append)
+    torn = json.loads(lines[3])
+    assert messages[0].startswith("3 cells already")
+    assert sorted(again.cells) == sorted([rate.cell_key(torn)] + [(f, 2, 120, 0) for f in ("mixture", "product")])
+    assert len(load_results(tmp_path / "results.jsonl")) == 6 == len(results)
+    redone = next(r for r in results if rate.cell_key(r) == rate.cell_key(torn))
+    assert redone["score_error"] == torn["score_error"]  # same cell, same bits, whichever run made it
+
+
+def test_sweep_refuses_other_settings(tmp_path):
+    with CountingExecutor() as executor:
+        run_sweep(tmp_path, {**GRID, "n": [40], "families": ["mixture"]}, executor=executor, log=lambda s: None)
+    with pytest.raises(ValueError, match="other settings \\(steps\\)"):
+        run_sweep(tmp_path, {**GRID, "settings": {**TINY, "steps": 21}}, log=lambda s: None)
+
+
+def test_dask_scheduler_runs_the_same_cells(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
+        grid = {**GRID, "families": ["mixture"]}
+        dask_results = run_sweep(tmp_path / "dask", grid, scheduler=cluster.scheduler_address, log=lambda s: None)
+    with CountingExecutor() as executor:
+        local = run_sweep(tmp_path / "local", grid, executor=executor, log=lambda s: None)
+    key = rate.cell_key
+    assert {key(r): r["score_error"] for r in dask_results} == {key(r): r["score_error"] for r in local}
+
+
+def test_fit_slope():
+    n = np.array([500, 1000, 2000, 4000] * 2)
+    error = 3.0 * n ** -0.7 * np.exp(np.tile([0.01, -0.01], 4))
+    slope, se, intercept = fit_slope(n, error)
+    assert slope == pytest.approx(-0.7, abs=0.01) and 0 < se < 0.02
+    exact = fit_slope([10, 100, 1000], [1.0, 0.1, 0.01])
+    assert exact[0] == pytest.approx(-1.0, rel=1e-12) and exact[1] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(fit_slope([10, 100], [1.0, 0.5])[1])  # two points: no scatter to judge by
+    assert np.isnan(fit_slope([10, 10], [1.0, 0.5])[0])
+
+
+def test_summary_groups_by_family_and_d():
+    rows = [{"family": "mixture", "d": 2, "n": n, "seed": s, "score_error": 1.0 / n * (1 + 0.1 * s),
+             "score_error_se": 0.01, "tv_bound": 0.5} for n in (100, 1000) for s in (0, 1)]
+    (summary,) = sweep_summary(rows)
+    assert summary["slope"] == pytest.approx(-1.0, abs=0.05)
+    assert [p["seeds"] for p in summary["points"]] == [2, 2]
+
+
+SCRIPT = Path(sys.executable).with_name("sgm-ref")
+
+
+def test_command_line_sweep_and_restart(tmp_path):
+    out = tmp_path / "sweep"
+    args = [str(SCRIPT), "experiment", "rate", str(out), "--quick", "--families", "mixture", "--d", "2",
+            "--n", "60,90", "--steps", "30", "--workers", "1"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert "0 cells already" in first.stdout and "| mixture | 2 |" in first.stdout
+    second = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert "2 cells already" in second.stdout and "0 to run" in second.stdout
+    bad = subprocess.run(args[:4] + ["--families", "moons"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "sgm-ref: error: --families: unknown family 'moons'; use mixture, product")
