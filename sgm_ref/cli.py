@@ -369,7 +369,7 @@ def _load_callable(spec):
 
 
 def cmd_audit(args):
-    from .evaluation import score_report
+    from .evaluation import bound_text, score_report
     from .processes import process_from_dict
     from .targets.spec import from_spec
 
@@ -388,7 +388,7 @@ def cmd_audit(args):
     for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"]):
         _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {r:9.2%}")
     _say(f"integral over [{args.t0:g}, {T:g}]: {se['integral']['value']:.4g} ± {se['integral']['standard_error']:.2g}")
-    _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} steps: {b['tv']:.4g} ± {b['tv_se']:.2g} "
+    _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} steps: {bound_text(b)} "
          f"(early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, path KL {b['kl_path']:.3g})")
     if args.json:
         from .runs import write_json

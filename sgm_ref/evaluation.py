@@ -22,7 +22,7 @@ from .io import atomic_write
 from .runs import RunError, load_model, load_samples, read_config, streams, update_section, write_json
 from .targets.spec import from_record
 
-__all__ = ["score_report", "sample_report", "evaluate_run", "markdown", "summary"]
+__all__ = ["score_report", "sample_report", "evaluate_run", "markdown", "summary", "bound_text"]
 
 
 def _estimate(value, se):
@@ -156,6 +156,14 @@ def _training_summary(folder):
     return {"steps": len(loss), "final_loss_mean": float(np.mean(tail)), "first_loss": float(loss[0])}
 
 
+def bound_text(bound):
+    """The bound ± its standard error, or why it says nothing: TV <= 1 always."""
+    if bound["tv"] >= 1.0:
+        return (f"1 (vacuous: TV(p_0, p_t0) + sqrt(KL / 2) = {bound['tv_early_stopping'] + (bound['kl'] / 2) ** 0.5:.3g};"
+                f" path KL {bound['kl_path']:.3g} ± {bound['kl_path_se']:.2g})")
+    return f"{bound['tv']:.4f} ± {bound['tv_se']:.2g}"
+
+
 def _pm(entry, digits=3):
     return f"{entry['value']:.{digits}g} ± {entry['standard_error']:.2g}"
 
@@ -174,7 +182,7 @@ def markdown(report):
                      f"(an exact sample of this size shows {h['expected_bias']:.4f}) |")
     bound = report.get("tv_bound")
     if bound is not None:
-        lines.append(f"| certified TV upper bound | {bound['tv']:.3g} ± {bound['tv_se']:.2g} |")
+        lines.append(f"| certified TV upper bound | {bound_text(bound)} |")
     for key, label in (("sliced_wasserstein_1", "sliced Wasserstein-1"), ("sliced_wasserstein_2", "sliced Wasserstein-2"),
                        ("mmd2", "MMD^2 (unbiased)"), ("energy_distance", "energy distance"),
                        ("mean_error", "mean error \\|m_hat - m\\|"), ("covariance_error", "covariance error (Frobenius)")):
@@ -210,7 +218,7 @@ def summary(report):
         out.append(f"histogram TV        {h['value']:.4f}   (exact-sample floor {h['expected_bias']:.4f})")
     if report.get("tv_bound") is not None:
         b = report["tv_bound"]
-        out.append(f"certified TV bound  {b['tv']:.4f} ± {b['tv_se']:.2g}")
+        out.append(f"certified TV bound  {bound_text(b)}")
     out.append(f"sliced W2           {_pm(smp['sliced_wasserstein_2'])}")
     out.append(f"score error (int.)  {_pm(report['score_error']['integral'])}")
     return "\n".join(out)
