@@ -146,6 +146,7 @@ def build_parser():
     p.add_argument("--seeds", help="comma-separated seeds (full: 0,1,2)")
     p.add_argument("--steps", type=int, help="training steps per cell (full: 3000; quick: 1500)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--retry-failed", action="store_true", help="run again the cells recorded as failed")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="submit the cells to this Dask distributed scheduler instead (pip install \"sgm_ref[dask]\")")
     return parser
@@ -184,7 +185,8 @@ def cmd_experiment(args):
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     tic = time.perf_counter()
-    sweep.run_sweep(args.out, grid, workers=args.workers, scheduler=args.scheduler, log=_say)
+    sweep.run_sweep(args.out, grid, workers=args.workers, scheduler=args.scheduler, retry_failed=args.retry_failed,
+                    log=_say)
     _say(f"done in {time.perf_counter() - tic:.0f} s; results in {args.out}:\n")
     with open(os.path.join(args.out, "summary.md"), encoding="utf-8") as f:
         _say(f.read())
@@ -403,6 +405,7 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluat
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -422,7 +425,10 @@ def main(argv=None):
         print(f"sgm-ref: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("sgm-ref: interrupted (a training run continues with `sgm-ref train RUN --resume`)", file=sys.stderr)
+        hint = {"train": "continue with `sgm-ref train RUN --resume`", "demo": "continue with `sgm-ref train RUN --resume`",
+                "experiment": "rerun the same command to continue; finished cells are kept"}.get(
+                    getattr(args, "command", None), "")
+        print(f"sgm-ref: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
 
 

@@ -72,11 +72,56 @@ def test_sweep_appends_and_resume_skips_finished_cells(tmp_path):
     assert redone["score_error"] == torn["score_error"]  # same cell, same bits, whichever run made it
 
 
+def test_results_file_is_never_silently_cut(tmp_path):
+    path = tmp_path / "results.jsonl"
+    good = json.dumps({"family": "mixture", "d": 2, "n": 40, "seed": 0, "score_error": 1.0}) + "\n"
+    path.write_text(good + "garbage\n" + good.replace('"n": 40', '"n": 80'))
+    with pytest.raises(ValueError, match="line 2, is not a result row"):
+        load_results(path, repair=True)
+    assert path.read_text().count("\n") == 3  # untouched
+    path.write_text(good + good.replace("1.0", "2.0") + '{"family": "mix')
+    rows = load_results(path)  # a repeated cell keeps its first row; the torn tail is ignored
+    assert [r["score_error"] for r in rows] == [1.0]
+    assert path.read_text().endswith('{"family": "mix')  # reading alone changes nothing
+    load_results(path, repair=True)
+    assert path.read_text() == good + good.replace("1.0", "2.0")
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the diverging cell overflows on purpose
+def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
+    grid = {**GRID, "settings": {**TINY, "lr": 1e300}, "n": [40], "families": ["mixture"]}
+    messages = []
+    with CountingExecutor() as executor:
+        results = run_sweep(tmp_path, grid, executor=executor, log=messages.append)
+    (row,) = results
+    assert row["status"] == "failed" and "non-finite" in row["error"]
+    assert any("FAILED" in m for m in messages)
+    with CountingExecutor() as executor:
+        run_sweep(tmp_path, grid, executor=executor, log=messages.append)
+        assert executor.cells == []  # skipped on restart...
+    with CountingExecutor() as executor:
+        results = run_sweep(tmp_path, grid, executor=executor, retry_failed=True, log=messages.append)
+        assert executor.cells == [("mixture", 2, 40, 0)]  # ...unless asked
+    assert len(load_results(tmp_path / "results.jsonl")) == 1 == len((tmp_path / "results.jsonl").read_text().splitlines())
+
+
+def test_two_sweeps_cannot_share_a_folder(tmp_path):
+    fcntl = pytest.importorskip("fcntl")
+    tmp_path.joinpath(".lock").touch()
+    with open(tmp_path / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(ValueError, match="another sweep is writing"):
+            run_sweep(tmp_path, GRID, executor=CountingExecutor(), log=lambda s: None)
+
+
 def test_sweep_refuses_other_settings(tmp_path):
     with CountingExecutor() as executor:
         run_sweep(tmp_path, {**GRID, "n": [40], "families": ["mixture"]}, executor=executor, log=lambda s: None)
     with pytest.raises(ValueError, match="other settings \\(steps\\)"):
         run_sweep(tmp_path, {**GRID, "settings": {**TINY, "steps": 21}}, log=lambda s: None)
+    (tmp_path / "sweep.json").unlink()
+    with pytest.raises(ValueError, match="no sweep.json"):
+        run_sweep(tmp_path, GRID, log=lambda s: None)
 
 
 def test_dask_scheduler_runs_the_same_cells(tmp_path):

@@ -52,6 +52,11 @@ def test_sample_moments_and_dtype():
     assert np.all(np.abs(x.mean(axis=0) - p.mean()) < 5 * se)  # 5 standard errors
     var = np.diag(p.covariance())
     assert np.all(np.abs(x.var(axis=0) - var) < 0.02 * var)
+    # coordinates independent: every off-diagonal correlation within 5 standard errors (1 / sqrt(n)) of 0
+    corr = np.corrcoef(x, rowvar=False)
+    assert np.all(np.abs(corr[np.triu_indices(4, 1)]) < 5 / np.sqrt(x.shape[0]))
+    with pytest.raises(ValueError, match="read-only"):
+        p.weights[0, 0] = 1.0
     assert p.sample(5, np.random.default_rng(0), dtype=np.float32).dtype == np.float32
     assert np.array_equal(p.sample(7, np.random.default_rng(3)), p.sample(7, np.random.default_rng(3)))
 

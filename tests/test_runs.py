@@ -32,7 +32,7 @@ def test_product_preset_and_records():
         assert type(again) is type(target) and again.to_dict() == target.to_dict()
     with pytest.raises(ValueError, match="'type'"):
         from_record({"weights": [1.0]})
-    with pytest.raises(ValueError, match="ProductMixture record"):
+    with pytest.raises(ValueError, match="product mixture spec"):
         from_record({"type": "ProductMixture", "weights": [[0.5, 0.5]]})
 
 

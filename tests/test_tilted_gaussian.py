@@ -27,7 +27,7 @@ def mixture_tilt(d=4, k=3, radius=1.5):
 def test_monte_carlo_score_converges_to_the_mixture_score(estimator):
     g, f, grad_f = mixture_tilt()
     x = g.sample(100, np.random.default_rng(1))
-    errors = {}
+    errors, z = {}, []
     for n_mc in (256, 16384):
         rms = []
         for seed in range(4):
@@ -38,7 +38,10 @@ def test_monte_carlo_score_converges_to_the_mixture_score(estimator):
                 err = s - g.score(x, t)
                 assert np.all(np.abs(err) < 6 * se + 1e-12)  # within 6 of its own standard errors
                 rms.append(np.sqrt(np.mean(err**2)))
+                z.append(err / se)
         errors[n_mc] = np.mean(rms)
+    # and the standard error is neither too small nor too large: err / se has RMS near 1
+    assert 0.5 < np.sqrt(np.mean(np.square(z))) < 1.6
     # Monte-Carlo rate n_mc^(-1/2): 64 times the draws, 8 times smaller (3 allows for noise)
     assert errors[16384] < errors[256] / 3
 

@@ -29,11 +29,16 @@ which worker ran it or in which order.
 """
 
 import json
+import math
 import os
+import platform
 import time
 
+import numba
 import numpy as np
+from scipy import stats
 
+from .. import __version__
 from ..metrics import score_error_integral, tv_upper_bound
 from ..nn import MLP
 from ..optim import Adam
@@ -47,6 +52,11 @@ __all__ = ["FAMILIES", "QUICK", "FULL", "make_target", "run_cell", "cells", "loa
 
 RADIUS = 2.0
 FAMILIES = ("mixture", "product")
+# fixed ids in each cell's seed: adding a family never changes the others' randomness
+_FAMILY_IDS = {"mixture": 0, "product": 1}
+# what the families are, written into sweep.json so a changed definition is noticed
+DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
+               "product": {"shift": RADIUS / math.sqrt(2.0), "std": 1.0}}
 
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
 SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "log", "parameterization": "residual",
@@ -81,10 +91,31 @@ def cells(grid):
 
 
 def run_cell(cell):
-    """Train and evaluate one cell; returns its result as a JSON-ready dict."""
+    """Train and evaluate one cell; returns its result as a JSON-ready dict.
+
+    A cell that fails (training diverges, a non-finite metric) returns {"status": "failed",
+    "error": ...} instead of raising, so one bad cell does not stop a sweep. numba runs
+    one thread per cell, whichever executor runs it; the row records the versions and
+    thread settings it ran with.
+    """
+    family, d, n, seed = cell_key(cell)
+    numba.set_num_threads(1)
+    row = {"family": family, "d": d, "n": n, "seed": seed}
+    env = {"sgm_ref": __version__, "numpy": np.__version__, "numba": numba.__version__, "host": platform.node(),
+           "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
+    try:
+        result = _train_and_measure(cell)
+    except (ValueError, FloatingPointError) as exc:
+        return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", **env}
+    if not all(math.isfinite(v) for v in result.values()):
+        return {**row, "status": "failed", "error": f"non-finite result {result}", **env}
+    return {**row, "status": "ok", **result, **env}
+
+
+def _train_and_measure(cell):
     s = cell["settings"]
     family, d, n, seed = cell_key(cell)
-    ss = np.random.SeedSequence(s["base_seed"], spawn_key=(FAMILIES.index(family), d, n, seed))
+    ss = np.random.SeedSequence(s["base_seed"], spawn_key=(_FAMILY_IDS[family], d, n, seed))
     data_rng, init_rng, train_rng, eval_rng = (np.random.default_rng(c) for c in ss.spawn(4))
     target = make_target(family, d)
     process = OU()
@@ -105,29 +136,38 @@ def run_cell(cell):
     error, error_se = score_error_integral(model, target, process, s["t0"], s["T"], s["n_eval"], eval_rng)
     bound = tv_upper_bound(model, target, process, s["t0"], s["T"], "geometric", s["bound_method"], s["bound_n"],
                            eval_rng, n_steps=s["bound_steps"])
-    return {"family": family, "d": d, "n": n, "seed": seed, "score_error": error, "score_error_se": error_se,
-            "tv_bound": bound.tv, "tv_bound_se": bound.tv_se, "kl_path": bound.kl_path, "kl_path_se": bound.kl_path_se,
+    return {"score_error": float(error), "score_error_se": float(error_se), "tv_bound": float(bound.tv),
+            "tv_bound_se": float(bound.tv_se), "kl_path": float(bound.kl_path), "kl_path_se": float(bound.kl_path_se),
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - tic}
 
 
-def load_results(path):
-    """The complete lines of results.jsonl; a torn last line (a killed write) is cut off the file."""
+def load_results(path, repair=False):
+    """The rows of results.jsonl, one per cell (a repeated cell keeps its first row).
+
+    Only the last line may be incomplete (a write cut short by a kill): it is ignored,
+    and with repair=True cut off the file so the next append starts on a fresh line.
+    Any other unreadable line raises ValueError naming it; nothing else is ever removed.
+    """
     if not os.path.exists(path):
         return []
-    results, good_bytes = [], 0
     with open(path, "rb") as f:
-        for line in f:
-            try:
-                if not line.endswith(b"\n"):
-                    raise ValueError("no newline")
-                results.append(json.loads(line))
-            except ValueError:
-                break
-            good_bytes += len(line)
-    if good_bytes != os.path.getsize(path):
+        lines = f.readlines()
+    torn = bool(lines) and not lines[-1].endswith(b"\n")
+    results, seen = [], set()
+    for number, line in enumerate(lines[:-1] if torn else lines, start=1):
+        try:
+            row = json.loads(line)
+            key = cell_key(row)
+        except (ValueError, KeyError, TypeError):
+            raise ValueError(f"{path}, line {number}, is not a result row: {line[:80]!r}; "
+                             "fix or remove that line by hand") from None
+        if key not in seen:
+            seen.add(key)
+            results.append(row)
+    if torn and repair:
         with open(path, "r+b") as f:
-            f.truncate(good_bytes)
+            f.truncate(os.path.getsize(path) - len(lines[-1]))
     return results
 
 
@@ -141,20 +181,23 @@ def append_result(path, result):
 def fit_slope(n, error):
     """Least-squares slope b of log(error) = a + b log(n), its standard error, and a.
 
-    The standard error comes from the residual scatter (m - 2 degrees of freedom), so
-    repeated seeds at each n make it honest; with two distinct n it is nan.
+    Fitted to the seed means of log(error) at each n, so seeds are not counted as
+    independent points on the line; the standard error comes from the residual scatter
+    about the line (m - 2 degrees of freedom for m distinct n), which also absorbs any
+    curvature. With two distinct n it is nan.
     """
     x, y = np.log(np.asarray(n, dtype=float)), np.log(np.asarray(error, dtype=float))
-    if np.unique(x).size < 2:
+    xs = np.unique(x)
+    if xs.size < 2:
         return float("nan"), float("nan"), float("nan")
-    A = np.column_stack([np.ones_like(x), x])
-    coef, *_ = np.linalg.lstsq(A, y, rcond=None)
-    dof = x.size - 2
+    ys = np.array([y[x == v].mean() for v in xs])
+    A = np.column_stack([np.ones_like(xs), xs])
+    coef, *_ = np.linalg.lstsq(A, ys, rcond=None)
+    dof = xs.size - 2
     if dof <= 0:
         return float(coef[1]), float("nan"), float(coef[0])
-    resid = y - A @ coef
-    s2 = resid @ resid / dof
-    se = np.sqrt(s2 / np.sum((x - x.mean()) ** 2))
+    resid = ys - A @ coef
+    se = np.sqrt(resid @ resid / dof / np.sum((xs - xs.mean()) ** 2))
     return float(coef[1]), float(se), float(coef[0])
 
 
@@ -162,7 +205,8 @@ def sweep_summary(results):
     """Per (family, d): the fitted slope ± se and the mean error (± se over seeds) at each n."""
     groups = {}
     for r in results:
-        groups.setdefault((r["family"], r["d"]), []).append(r)
+        if r.get("status", "ok") == "ok":
+            groups.setdefault((r["family"], r["d"]), []).append(r)
     summary = []
     for (family, d), rows in sorted(groups.items()):
         slope, slope_se, intercept = fit_slope([r["n"] for r in rows], [r["score_error"] for r in rows])
@@ -175,7 +219,12 @@ def sweep_summary(results):
             tv = np.array([r["tv_bound"] for r in rs])
             spread = e.std(ddof=1) / np.sqrt(e.size) if e.size > 1 else rs[0]["score_error_se"]
             points.append({"n": n, "seeds": len(rs), "score_error": float(e.mean()), "score_error_se": float(spread),
-                           "tv_bound": float(tv.mean())})
-        summary.append({"family": family, "d": d, "slope": slope, "slope_se": slope_se, "intercept": intercept,
+                           "tv_bound": float(tv.mean()), "tv_bound_vacuous": bool(np.any(tv >= 1.0))})
+        dof = len(points) - 2
+        half = stats.t.ppf(0.975, dof) * slope_se if dof > 0 else float("nan")
+        local = [float(np.log(b["score_error"] / a["score_error"]) / np.log(b["n"] / a["n"]))
+                 for a, b in zip(points, points[1:])]
+        summary.append({"family": family, "d": d, "slope": slope, "slope_se": slope_se, "slope_dof": dof,
+                        "slope_95": [slope - half, slope + half], "local_slopes": local, "intercept": intercept,
                         "points": points})
     return summary

@@ -1,7 +1,10 @@
 """Running the rate experiment's cells on an Executor, resumably, and writing its outputs.
 
-    OUT/sweep.json     the settings every cell shares (a restart must use the same)
-    OUT/results.jsonl  one line per finished cell, appended as cells finish
+    OUT/sweep.json     the settings every cell shares, the families' definitions and the
+                       sgm_ref version (a restart must match them)
+    OUT/results.jsonl  one line per finished cell, appended as cells finish (failed cells
+                       too, with their error: a restart skips them unless retry_failed)
+    OUT/.lock          held while a sweep writes, so two sweeps cannot share a folder
     OUT/results.csv    the same as a table (rewritten at the end)
     OUT/summary.json   per (family, d): fitted slope of log error against log n, ± se
     OUT/summary.md     the table a reader looks at
@@ -16,8 +19,9 @@ import json
 import multiprocessing
 import os
 
+from .. import __version__
 from ..io import atomic_write
-from .rate import append_result, cell_key, cells, load_results, run_cell, sweep_summary
+from .rate import DEFINITIONS, append_result, cell_key, cells, load_results, run_cell, sweep_summary
 
 __all__ = ["run_sweep", "write_outputs"]
 
@@ -45,18 +49,44 @@ def _write_text(path, text):
 
 def _check_settings(folder, settings):
     path = os.path.join(folder, "sweep.json")
+    current = {"sgm_ref": __version__, "families": DEFINITIONS, "settings": settings}
     if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            saved = json.load(f)
-        if saved != settings:
-            changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path} is unreadable ({exc})") from None
+        if not isinstance(saved, dict) or set(saved) != set(current):
+            raise ValueError(f"{path} is not a sweep description of this sgm_ref; use a new output folder")
+        changed = sorted(k for k in set(saved["settings"]) | set(settings)
+                         if saved["settings"].get(k) != settings.get(k))
+        changed += [k for k in ("sgm_ref", "families") if saved[k] != current[k]]
+        if changed:
             raise ValueError(f"{folder} holds a sweep with other settings ({', '.join(changed)}); "
                              "use a new output folder, or the same settings to continue it")
+    elif os.path.exists(os.path.join(folder, "results.jsonl")):
+        raise ValueError(f"{folder} has results.jsonl but no sweep.json: its settings are unknown; "
+                         "use a new output folder")
     else:
-        _write_text(path, json.dumps(settings, indent=2) + "\n")
+        _write_text(path, json.dumps(current, indent=2) + "\n")
 
 
-def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, log=print):
+@contextlib.contextmanager
+def _lock(folder):
+    try:
+        import fcntl
+    except ImportError:  # no advisory locks on this platform
+        yield
+        return
+    with open(os.path.join(folder, ".lock"), "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"another sweep is writing to {folder}; wait for it or use another folder") from None
+        yield
+
+
+def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_failed=False, log=print):
     """Run the cells of grid not yet in folder/results.jsonl; write the outputs; return all results.
 
     Parameters
@@ -72,51 +102,75 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, log=pri
         Address of a running Dask distributed scheduler: the same jobs go to its workers.
     executor : concurrent.futures.Executor, optional
         Any executor to submit the cells to (used as is, not shut down).
+    retry_failed : bool
+        Run again the cells recorded as failed (their old rows are then replaced).
     log : callable(str)
     """
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
-    _check_settings(folder, grid["settings"])
-    results_path = os.path.join(folder, "results.jsonl")
-    results = load_results(results_path)
-    done = {cell_key(r) for r in results}
-    todo = [c for c in cells(grid) if cell_key(c) not in done]
-    log(f"{len(done)} cells already in {results_path}; {len(todo)} to run")
-    if todo:
-        with contextlib.ExitStack() as stack:
-            if executor is None and scheduler is not None:
-                try:
-                    from distributed import Client
-                except ImportError:
-                    raise ValueError("--scheduler needs Dask distributed: pip install \"sgm_ref[dask]\"") from None
-                client = stack.enter_context(Client(scheduler))
-                executor = client.get_executor()
-            elif executor is None:
-                stack.enter_context(_single_threaded_children())
-                executor = stack.enter_context(concurrent.futures.ProcessPoolExecutor(
-                    max_workers=workers, mp_context=multiprocessing.get_context("spawn")))
-            futures = {executor.submit(run_cell, c): c for c in todo}
-            try:
-                for k, future in enumerate(concurrent.futures.as_completed(futures), start=1):
-                    r = future.result()
-                    append_result(results_path, r)
-                    results.append(r)
-                    log(f"[{k}/{len(todo)}] {r['family']:8s} d={r['d']:<4d} n={r['n']:<6d} seed={r['seed']}  "
-                        f"score error {r['score_error']:.4g} ± {r['score_error_se']:.2g}  "
-                        f"TV bound {r['tv_bound']:.3g}  ({r['train_seconds']:.0f} s training)")
-            except BaseException:
-                for f in futures:
-                    f.cancel()
-                raise
-    write_outputs(folder, results)
+    with _lock(folder):
+        _check_settings(folder, grid["settings"])
+        results_path = os.path.join(folder, "results.jsonl")
+        results = load_results(results_path, repair=True)
+        if retry_failed:
+            results = [r for r in results if r.get("status", "ok") == "ok"]
+        done = {cell_key(r) for r in results}
+        todo = [c for c in cells(grid) if cell_key(c) not in done]
+        failed = sum(r.get("status", "ok") != "ok" for r in results)
+        log(f"{len(done)} cells already in {results_path}" + (f" ({failed} failed)" if failed else "")
+            + f"; {len(todo)} to run")
+        if todo:
+            _run(todo, results, results_path, workers, scheduler, executor, log)
+        if retry_failed:  # one row per cell in the file too
+            _write_text(results_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in results))
+        write_outputs(folder, results)
     return results
+
+
+def _run(todo, results, results_path, workers, scheduler, executor, log):
+    with contextlib.ExitStack() as stack:
+        own_pool = None
+        if executor is None and scheduler is not None:
+            try:
+                from distributed import Client
+            except ImportError:
+                raise ValueError("--scheduler needs Dask distributed: pip install \"sgm_ref[dask]\"") from None
+            client = stack.enter_context(Client(scheduler))
+            executor = client.get_executor()
+        elif executor is None:
+            stack.enter_context(_single_threaded_children())
+            executor = own_pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+        futures = [executor.submit(run_cell, c) for c in todo]
+        finished = False
+        try:
+            for k, future in enumerate(concurrent.futures.as_completed(futures), start=1):
+                r = future.result()
+                append_result(results_path, r)
+                results.append(r)
+                log(f"[{k}/{len(todo)}] " + _describe(r))
+            finished = True
+        finally:
+            for f in futures:
+                f.cancel()
+            if own_pool is not None:
+                # interrupted: do not wait for the running cells (they are rerun next time)
+                own_pool.shutdown(wait=finished, cancel_futures=True)
+
+
+def _describe(r):
+    head = f"{r['family']:8s} d={r['d']:<4d} n={r['n']:<6d} seed={r['seed']}  "
+    if r.get("status", "ok") != "ok":
+        return head + f"FAILED: {r['error']}"
+    return head + (f"score error {r['score_error']:.4g} ± {r['score_error_se']:.2g}  TV bound {r['tv_bound']:.3g}  "
+                   f"({r['train_seconds']:.0f} s training)")
 
 
 def write_outputs(folder, results):
     """results.csv, summary.json, summary.md and (with matplotlib) rate.png from the results."""
     if not results:
         return
-    columns = list(results[0])
+    columns = list(dict.fromkeys(k for r in results for k in r))
     rows = sorted(results, key=lambda r: (r["family"], r["d"], r["n"], r["seed"]))
 
     def write_csv(f):
@@ -130,19 +184,38 @@ def write_outputs(folder, results):
     summary = sweep_summary(results)
     _write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2) + "\n")
     _write_text(os.path.join(folder, "summary.md"), summary_markdown(summary))
-    plot_rate(os.path.join(folder, "rate.png"), summary)
+    if summary:  # nothing to plot when every cell failed
+        plot_rate(os.path.join(folder, "rate.png"), summary)
 
 
 def summary_markdown(summary):
+    """Two tables: the score error with the fitted slopes, and the certified TV bound."""
     ns = sorted({p["n"] for s in summary for p in s["points"]})
-    head = "| family | d | slope ± se | " + " | ".join(f"n = {n}" for n in ns) + " |"
-    lines = ["Integrated score error int E|s - grad log p_t|^2 dt (mean over seeds ± se), and the",
-             "least-squares slope of log error against log n.", "", head,
-             "|" + "---|" * (3 + len(ns))]
+    seeds = max((p["seeds"] for s in summary for p in s["points"]), default=1)
+    spread = ("standard error over seeds" if seeds > 1
+              else "Monte-Carlo standard error of the one seed (seed-to-seed spread not measured)")
+    lines = ["Integrated score error int E|s - grad log p_t|^2 dt, mean over seeds ± " + spread + ".",
+             "Slope: least squares of the mean log error against log n, ± its standard error from the",
+             "scatter about the line (dof = number of n - 2; 95% interval by Student's t); local",
+             "slopes between neighbouring n show any bend.", "",
+             "| family | d | slope ± se (dof) | 95% interval | local slopes | "
+             + " | ".join(f"n = {n}" for n in ns) + " |",
+             "|" + "---|" * (5 + len(ns))]
     for s in summary:
         by_n = {p["n"]: p for p in s["points"]}
-        cells = [f"{by_n[n]['score_error']:.3g} ± {by_n[n]['score_error_se']:.1g}" if n in by_n else "" for n in ns]
-        lines.append(f"| {s['family']} | {s['d']} | {s['slope']:.2f} ± {s['slope_se']:.2f} | " + " | ".join(cells) + " |")
+        values = [f"{by_n[n]['score_error']:.3g} ± {by_n[n]['score_error_se']:.1g}" if n in by_n else "" for n in ns]
+        low, high = s["slope_95"]
+        local = ", ".join(f"{v:.2f}" for v in s["local_slopes"])
+        lines.append(f"| {s['family']} | {s['d']} | {s['slope']:.2f} ± {s['slope_se']:.2f} ({s['slope_dof']}) | "
+                     f"[{low:.2f}, {high:.2f}] | {local} | " + " | ".join(values) + " |")
+    lines += ["", "Certified upper bound on TV(p_0, Euler–Maruyama output), mean over seeds "
+                  "(1 marks a vacuous bound: TV <= 1 always).", "",
+              "| family | d | " + " | ".join(f"n = {n}" for n in ns) + " |", "|" + "---|" * (2 + len(ns))]
+    for s in summary:
+        by_n = {p["n"]: p for p in s["points"]}
+        values = [("1" if by_n[n]["tv_bound_vacuous"] else f"{by_n[n]['tv_bound']:.3f}") if n in by_n else ""
+                  for n in ns]
+        lines.append(f"| {s['family']} | {s['d']} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
 

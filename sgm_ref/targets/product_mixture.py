@@ -30,7 +30,8 @@ class ProductMixture:
     Parameters
     ----------
     weights : array_like, shape (d, 2)
-        Row j: the weights of coordinate j's components, >= 0, summing to 1 (to 1e-12).
+        Row j: the weights of coordinate j's components, >= 0, summing to 1 within 1e-8
+        (never renormalised).
     means : array_like, shape (d, 2)
     stds : array_like, shape (d, 2), > 0
 
@@ -53,14 +54,16 @@ class ProductMixture:
                 raise ValueError(f"{name} must have shape (d, 2) = {(d, 2)} like weights, got {arr.shape}")
         if np.any(w < 0):
             raise ValueError("weights must be >= 0")
-        if np.any(np.abs(w.sum(axis=1) - 1.0) > 1e-12):
+        if np.any(np.abs(w.sum(axis=1) - 1.0) > 1e-8):
             j = int(np.argmax(np.abs(w.sum(axis=1) - 1.0)))
             raise ValueError(f"each row of weights must sum to 1; row {j} sums to {w[j].sum()!r} (not renormalised)")
         if np.any(s <= 0):
             raise ValueError("stds must be > 0")
-        self.weights, self.means, self.stds = w, mu, s
         with np.errstate(divide="ignore"):
             self._logw = np.log(w)  # -inf for a zero weight: that component never contributes
+        for arr in (w, mu, s, self._logw):
+            arr.flags.writeable = False  # the oracle's arrays must not drift from each other
+        self.weights, self.means, self.stds = w, mu, s
 
     @classmethod
     def symmetric(cls, d, shift=1.5, std=1.0):
@@ -82,8 +85,21 @@ class ProductMixture:
     def __repr__(self):
         return f"ProductMixture(d={self.dim})"
 
+    @property
+    def n_components(self):
+        """Components of the equivalent mixture, 2^d."""
+        return 2**self.dim
+
     def to_dict(self):
+        """JSON-ready dict with weights, means and stds."""
         return {"weights": self.weights.tolist(), "means": self.means.tolist(), "stds": self.stds.tolist()}
+
+    @classmethod
+    def from_dict(cls, spec):
+        """Inverse of to_dict; validates like the constructor."""
+        if not isinstance(spec, dict) or set(spec) != {"weights", "means", "stds"}:
+            raise ValueError("a product mixture spec must be a dict with exactly the keys 'weights', 'means', 'stds'")
+        return cls(spec["weights"], spec["means"], spec["stds"])
 
     def mean(self):
         """Mean of p_0, shape (d,)."""

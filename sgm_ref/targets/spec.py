@@ -141,9 +141,4 @@ def from_record(record):
     if not isinstance(record, dict) or record.get("type") not in _RECORD_TYPES:
         raise ValueError(f"a target record must be a dict with 'type' one of {', '.join(_RECORD_TYPES)}")
     body = {k: v for k, v in record.items() if k != "type"}
-    if record["type"] == "GaussianMixture":
-        return GaussianMixture.from_dict(body)
-    try:
-        return ProductMixture(**body)
-    except TypeError as exc:
-        raise ValueError(f"a ProductMixture record needs weights, means and stds ({exc})") from None
+    return _RECORD_TYPES[record["type"]].from_dict(body)

@@ -139,7 +139,7 @@ class TiltedGaussian:
             raise ValueError("sampling by rejection needs f_max, an upper bound of f")
         accepted, count, proposed, rate = [], 0, 0, 0.5
         while count < n:
-            m = int(min(max(64, 1.2 * (n - count) / rate), 2**20))
+            m = int(min(max(64, 1.2 * (n - count) / rate), max(64, _BLOCK // self.d)))  # bounded memory
             x = rng.standard_normal((m, self.d))
             log_u = np.log(rng.random(m))
             fx = self._f(x)
