@@ -15,7 +15,9 @@ deterministic function of x and t), with the delta-method standard error
     se^2 = sum_i w_i^2 (g_i - R)^2 / (sum_i w_i)^2,   w_i = e^{f(y_i) - max f},  R the estimate.
 
 The same draws give log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, with log Z =
-log E_gamma[e^f] estimated once from n_normaliser draws (log_normaliser, its se).
+log E_gamma[e^f] estimated once from n_normaliser draws (log_normaliser, its se); those
+draws, weighted by e^f, also give the mean and covariance of p_0 (mean(), covariance(),
+self-normalised estimates).
 """
 
 import numpy as np
@@ -75,6 +77,10 @@ class TiltedGaussian:
         w = np.exp(fx - top)
         self.log_normaliser = float(top + np.log(w.mean()))
         self.log_normaliser_se = float(w.std(ddof=1) / np.sqrt(w.size) / w.mean())  # delta method on log
+        w /= w.sum()
+        self._mean = w @ x
+        centred = x - self._mean
+        self._covariance = (centred.T * w) @ centred
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -118,6 +124,14 @@ class TiltedGaussian:
 
     def __repr__(self):
         return f"TiltedGaussian(d={self.d}, n_mc={self._z.shape[0]}, estimator={self.estimator!r})"
+
+    def mean(self):
+        """Self-normalised estimate of the mean of p_0, shape (d,)."""
+        return self._mean.copy()
+
+    def covariance(self):
+        """Self-normalised estimate of the covariance of p_0, shape (d, d)."""
+        return self._covariance.copy()
 
     def _f(self, x):
         v = np.asarray(self.f(x), dtype=np.float64)
@@ -164,6 +178,12 @@ class TiltedGaussian:
         """Monte-Carlo estimate of grad log p_t(x), shape (n, d), dtype of x."""
         x = check_points(x, "x", d=self.d)
         return self._evaluate(x, t, process, want_score=True)[1].astype(x.dtype)
+
+    def log_prob_and_score(self, x, t=0.0, process=OU()):
+        """(log_prob, score) from one pass over the Monte-Carlo draws."""
+        x = check_points(x, "x", d=self.d)
+        logp, score, _ = self._evaluate(x, t, process, want_score=True)
+        return logp.astype(x.dtype), score.astype(x.dtype)
 
     def log_prob(self, x, t=0.0, process=OU()):
         """Monte-Carlo estimate of log p_t(x), shape (n,) (exact in f at t = 0, up to log Z)."""
