@@ -99,14 +99,17 @@ def run_cell(cell):
     thread settings it ran with.
     """
     family, d, n, seed = cell_key(cell)
-    numba.set_num_threads(1)
     row = {"family": family, "d": d, "n": n, "seed": seed}
     env = {"sgm_ref": __version__, "numpy": np.__version__, "numba": numba.__version__, "host": platform.node(),
            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # restored below: a caller's own process keeps its setting
     try:
         result = _train_and_measure(cell)
     except (ValueError, FloatingPointError) as exc:
         return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", **env}
+    finally:
+        numba.set_num_threads(threads)
     if not all(math.isfinite(v) for v in result.values()):
         return {**row, "status": "failed", "error": f"non-finite result {result}", **env}
     return {**row, "status": "ok", **result, **env}
