@@ -1,4 +1,4 @@
-"""Tests for sgm_ref.metrics.distances: sample-based distances and their standard errors.
+"""Tests for sgm_ref.metrics.distances and .histogram: sample-based distances and their standard errors.
 
 Independent references: scipy.stats.norm.cdf differences for the bin masses,
 scipy.stats.binom for the expected bias, scipy.stats.wasserstein_distance and an
@@ -17,7 +17,9 @@ from scipy.spatial.distance import cdist, pdist
 from scipy.stats import binom, energy_distance as scipy_energy, multivariate_normal, norm
 from scipy.stats import wasserstein_distance
 
-import sgm_ref.metrics.distances as D
+import sgm_ref.metrics as D
+import sgm_ref.metrics.distances as distances_module
+import sgm_ref.metrics.histogram as histogram_module
 from sgm_ref import GaussianMixture
 
 PROPERTY = settings(max_examples=25, deadline=None, derandomize=True, database=None)
@@ -94,7 +96,7 @@ def test_bin_masses_2d_match_products_of_cdfs():
 
 def test_quadrature_budget_warns(monkeypatch):
     g = GaussianMixture([0.5, 0.5], [[0.0], [0.37]], [[1.0], [0.02**2]])
-    monkeypatch.setattr(D, "_MAX_NODES", 50)
+    monkeypatch.setattr(histogram_module, "_MAX_NODES", 50)
     with pytest.warns(RuntimeWarning, match="quadrature nodes"):
         r = D.histogram_tv(g.sample(10, np.random.default_rng(0)), Wrapped(g), bins=4, range=(-3, 3))
     assert r.quadrature_error > 1e-11
@@ -157,7 +159,7 @@ def test_histogram_tv_blocked_equals_unblocked(monkeypatch):
     g = GaussianMixture.ring(k=4, radius=1.5, std=0.6)
     x = g.sample(300, np.random.default_rng(7))
     full = D.histogram_tv(x, g, bins=5)
-    monkeypatch.setattr(D, "_BLOCK_ELEMENTS", 16)
+    monkeypatch.setattr(histogram_module, "_BLOCK_ELEMENTS", 16)
     blocked = D.histogram_tv(x, g, bins=5)
     np.testing.assert_allclose(blocked.target_mass, full.target_mass, rtol=0, atol=1e-16)
     assert blocked.value == pytest.approx(full.value, abs=1e-15)
@@ -197,7 +199,7 @@ def test_sliced_wasserstein_blocked_equals_unblocked(monkeypatch):
     rng = np.random.default_rng(12)
     x, y = rng.standard_normal((30, 3)), rng.standard_normal((20, 3))
     full = D.sliced_wasserstein(x, y, np.random.default_rng(0), n_projections=10)
-    monkeypatch.setattr(D, "_BLOCK_ELEMENTS", 16)
+    monkeypatch.setattr(distances_module, "_BLOCK_ELEMENTS", 16)
     blocked = D.sliced_wasserstein(x, y, np.random.default_rng(0), n_projections=10)
     assert blocked.value == pytest.approx(full.value, rel=1e-14)
 
@@ -309,7 +311,7 @@ def test_kernel_statistics_blocked_equal_unblocked(monkeypatch):
     rng = np.random.default_rng(23)
     x, y = rng.standard_normal((25, 2)), rng.standard_normal((18, 2)) + 0.3
     full = (D.mmd(x, y, 0.8), D.energy_distance(x, y))
-    monkeypatch.setattr(D, "_BLOCK_ELEMENTS", 20)
+    monkeypatch.setattr(distances_module, "_BLOCK_ELEMENTS", 20)
     blocked = (D.mmd(x, y, 0.8), D.energy_distance(x, y))
     for a, b in zip(full, blocked):
         assert b.value == pytest.approx(a.value, rel=1e-13, abs=1e-15)

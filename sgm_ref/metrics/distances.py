@@ -1,9 +1,9 @@
 """Sample-based distances between a sample x (n, d) and a target or a second sample y (m, d).
 
 These bound or estimate the error of a sampler from below (DESIGN.md, "Certified
-error"); each returns its value and, where one makes sense, a standard error.
+error"); each returns its value and, where one makes sense, a standard error. The
+histogram TV against exact bin masses is in sgm_ref.metrics.histogram.
 
-histogram_tv         TV between the histogram of x and the target's exact bin masses (d <= 2)
 sliced_wasserstein   SW_p over random directions, exact 1-D W_p per direction
 mmd                  unbiased squared MMD, Gaussian kernel
 energy_distance      unbiased energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'|
@@ -15,9 +15,7 @@ Everything is computed in float64 (float32 input is widened, exactly), in NumPy:
 work is sorting, matrix products and reductions, which NumPy already does at speed.
 """
 
-import math
-import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -28,9 +26,7 @@ from ..targets import GaussianMixture
 __all__ = [
     "Estimate",
     "MMD",
-    "HistogramTV",
     "ComponentWeights",
-    "histogram_tv",
     "sliced_wasserstein",
     "mmd",
     "energy_distance",
@@ -41,16 +37,6 @@ __all__ = [
 
 # Numbers per temporary array (kernel blocks, projections): 2**20 float64 = 8 MB.
 _BLOCK_ELEMENTS = 2**20
-# Two Gauss-Legendre rules per sub-interval; their difference estimates the error of the
-# coarser one, and the finer one is returned.
-_GL_COARSE, _GL_FINE = 8, 12
-# Accept the bin masses when sum_b |fine_b - coarse_b| is below this.
-_MASS_TOL = 1e-11
-# Largest number of density evaluations (per rule) before refinement gives up.
-_MAX_NODES = 2**24
-# Sub-intervals no wider than this many standard deviations of the narrowest mixture
-# component: the 8-point rule is then exact to ~1e-14 per sub-interval.
-_WIDTH_PER_STD = 1.5
 
 
 class Estimate(NamedTuple):
@@ -66,38 +52,6 @@ class MMD(NamedTuple):
     value: float
     standard_error: float
     bandwidth: float
-
-
-@dataclass(frozen=True)
-class HistogramTV:
-    """Outcome of histogram_tv.
-
-    Attributes
-    ----------
-    value : float
-        1/2 sum_b |phat_b - p_b| over the bins and the outside cell.
-    expected_bias : float
-        E[value] if x were n exact i.i.d. draws from the target: the floor of the
-        plug-in estimate at this n (exact binomial mean absolute deviation, below).
-    edges : tuple of ndarray
-        Bin edges per axis, shapes (B_0 + 1,) [, (B_1 + 1,)].
-    target_mass, sample_mass : ndarray, shape (B_0,) or (B_0, B_1)
-        p_b (quadrature) and phat_b (fraction of x in the bin).
-    target_outside, sample_outside : float
-        Mass outside the range: 1 - sum_b p_b and the fraction of x outside.
-    quadrature_error : float
-        Estimated sum_b |error of p_b| (difference of two Gauss-Legendre rules; the
-        returned masses come from the finer rule and are usually far more accurate).
-    """
-
-    value: float
-    expected_bias: float
-    edges: tuple = field(repr=False)
-    target_mass: np.ndarray = field(repr=False)
-    sample_mass: np.ndarray = field(repr=False)
-    target_outside: float = 0.0
-    sample_outside: float = 0.0
-    quadrature_error: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -120,200 +74,6 @@ def _as_sample(x, name, d=None):
     if x.shape[0] < 2:
         raise ValueError(f"{name} must have at least 2 rows (points), got {x.shape[0]}")
     return x.astype(np.float64, copy=False)
-
-
-# -- histogram TV ----------------------------------------------------------------------
-
-
-def histogram_tv(x, target, bins=20, range=None):
-    """Total variation between the histogram of x and the target's exact bin masses.
-
-    TV = 1/2 sum_b |phat_b - p_b|, the sum running over the bins and one cell for
-    everything outside the range (p_out = 1 - sum_b p_b). The target masses are
-
-        p_b = int_bin exp(log p(u)) du
-
-    by tensor-product Gauss-Legendre quadrature: each bin is cut into equal
-    sub-intervals (no wider than 1.5 standard deviations of the narrowest component
-    of a GaussianMixture), integrated with an 8- and a 12-point rule; sub-intervals
-    are halved until the two rules agree to sum_b |difference| <= 1e-11, and the 12-point
-    result is kept (accurate to ~1e-14 for Gaussian mixtures).
-
-    The plug-in TV is biased upwards: even for an exact sample of the target
-    E[TV] = 1/2 sum_b E|phat_b - p_b| > 0. That floor is returned as expected_bias,
-    computed exactly with De Moivre's mean absolute deviation of a binomial,
-    E|phat - p| = 2 k C(n, k) p^k (1 - p)^(n - k + 1) / n with k = floor(n p) + 1
-    (about sqrt(2 p (1 - p) / (pi n)) when n p is large). A value well above it means a
-    real difference; a value near it says the difference is below what n can resolve.
-
-    Parameters
-    ----------
-    x : ndarray, shape (n, d), d in {1, 2}, n >= 2
-    target : object with dim and log_prob(x (N, d)) -> (N,) (normalised), e.g.
-        GaussianMixture; also mean() and covariance() when range is None.
-    bins : int >= 1 or sequence of d ints >= 1
-        Number of equal-width bins per axis.
-    range : None, (low, high) for d = 1, or ((low_0, high_0), (low_1, high_1))
-        None: target.mean() +- 6 sqrt(diag target.covariance()) per axis. It depends on
-        the target only, so every sample compared with the same target is binned the
-        same way; points beyond it land in the outside cell.
-
-    Returns
-    -------
-    HistogramTV
-        value, expected_bias, edges, target_mass, sample_mass, target_outside,
-        sample_outside, quadrature_error.
-
-    Raises
-    ------
-    ValueError
-        If d is not 1 or 2, x has fewer than 2 rows or non-finite values, x and the
-        target differ in dimension, bins or range are malformed.
-
-    Warns
-    -----
-    RuntimeWarning
-        If the quadrature did not reach its tolerance within 2**24 nodes per rule
-        (quadrature_error then says how far it got).
-    """
-    bounds = range
-    if not hasattr(target, "log_prob") or not hasattr(target, "dim"):
-        raise ValueError("target must have dim and log_prob(x), for example a GaussianMixture")
-    x = _as_sample(x, "x")
-    n, d = x.shape
-    if d not in (1, 2):
-        raise ValueError(f"x must have d = 1 or 2 columns for histogram_tv, got d = {d}; "
-                         "use sliced_wasserstein or mmd in higher dimension")
-    if target.dim != d:
-        raise ValueError(f"x must have shape (n, {target.dim}) to match the target, got {x.shape}")
-    counts = _check_bins(bins, d)
-    lows, highs = _check_range(bounds, target, d)
-    edges = tuple(np.linspace(lo, hi, b + 1) for lo, hi, b in zip(lows, highs, counts))
-
-    sample_counts = np.histogramdd(x, bins=edges)[0]
-    sample_mass = sample_counts / n
-    sample_outside = (n - sample_counts.sum()) / n
-    target_mass, quad_err = _bin_masses(target, edges, _smallest_std(target))
-    target_outside = 1.0 - float(target_mass.sum())
-    value = 0.5 * (np.abs(sample_mass - target_mass).sum() + abs(sample_outside - target_outside))
-    # rounding can leave the outside mass a few ulps below 0; the bias needs p in [0, 1]
-    cells = np.append(target_mass.ravel(), target_outside)
-    bias = 0.5 * sum(_binomial_mean_abs_dev(n, p) for p in np.clip(cells, 0.0, 1.0))
-    return HistogramTV(float(value), float(bias), edges, target_mass, sample_mass,
-                       target_outside, float(sample_outside), float(quad_err))
-
-
-def _check_bins(bins, d):
-    if isinstance(bins, (int, np.integer)) and not isinstance(bins, (bool, np.bool_)):
-        return [check_count(bins, "bins")] * d
-    try:
-        seq = list(bins)
-    except TypeError:
-        raise ValueError(f"bins must be an integer >= 1 or a sequence of {d} integers, got {bins!r}") from None
-    if len(seq) != d:
-        raise ValueError(f"bins must be an integer or a sequence of d = {d} integers, got {bins!r}")
-    return [check_count(b, "bins") for b in seq]
-
-
-def _check_range(bounds, target, d):
-    if bounds is None:
-        if not (hasattr(target, "mean") and hasattr(target, "covariance")):
-            raise ValueError("range is required when the target has no mean() and covariance()")
-        mean = np.asarray(target.mean(), dtype=np.float64).reshape(d)
-        std = np.sqrt(np.diag(np.asarray(target.covariance(), dtype=np.float64).reshape(d, d)))
-        return mean - 6.0 * std, mean + 6.0 * std
-    arr = np.asarray(bounds, dtype=object)
-    if d == 1 and arr.shape == (2,):
-        arr = arr[None, :]
-    if arr.shape != (d, 2):
-        want = "(low, high)" if d == 1 else "((low_0, high_0), (low_1, high_1))"
-        raise ValueError(f"range must be None or {want}, got {bounds!r}")
-    lows = np.array([check_real(v, "range") for v in arr[:, 0]])
-    highs = np.array([check_real(v, "range") for v in arr[:, 1]])
-    if np.any(lows >= highs):
-        raise ValueError(f"range must have low < high on every axis, got {bounds!r}")
-    return lows, highs
-
-
-def _smallest_std(target):
-    """Smallest component standard deviation of a GaussianMixture (None for other targets)."""
-    if not isinstance(target, GaussianMixture):
-        return None
-    active = target.weights > 0
-    if target.covariance_type == "identity":
-        return 1.0
-    if target.covariance_type == "diagonal":
-        return float(np.sqrt(target.covariances[active].min()))
-    return float(np.sqrt(np.linalg.eigvalsh(target.covariances[active])[:, 0].min()))
-
-
-def _gauss_legendre(edges, parts, q):
-    """Nodes and weights of a q-point rule on each of `parts` equal pieces of every bin."""
-    t, w = np.polynomial.legendre.leggauss(q)
-    cuts = np.linspace(edges[:-1], edges[1:], parts + 1, axis=1)  # (B, parts + 1)
-    half = 0.5 * (cuts[:, 1:] - cuts[:, :-1])  # (B, parts)
-    mid = 0.5 * (cuts[:, 1:] + cuts[:, :-1])
-    nodes = mid[:, :, None] + half[:, :, None] * t
-    return nodes.ravel(), (half[:, :, None] * w).ravel()
-
-
-def _bin_masses_rule(target, edges, parts, q):
-    """Tensor-product rule of q points on each sub-interval; masses of shape (B_0[, B_1])."""
-    rules = [_gauss_legendre(e, s, q) for e, s in zip(edges, parts)]
-    per_bin = [s * q for s in parts]
-    if len(edges) == 1:
-        (u, w), = rules
-        dens = np.exp(target.log_prob(u[:, None]))
-        return (w * dens).reshape(-1, per_bin[0]).sum(axis=1)
-    (u0, w0), (u1, w1) = rules
-    B0, B1 = len(edges[0]) - 1, len(edges[1]) - 1
-    masses = np.empty((B0, B1))
-    # whole bins of axis 0 at a time, so each block reduces to finished masses
-    step = max(1, _BLOCK_ELEMENTS // (per_bin[0] * u1.size))
-    for b in np.arange(0, B0, step):
-        rows = slice(b * per_bin[0], min(b + step, B0) * per_bin[0])
-        grid = np.empty((rows.stop - rows.start, u1.size, 2))
-        grid[:, :, 0] = u0[rows, None]
-        grid[:, :, 1] = u1[None, :]
-        dens = np.exp(target.log_prob(grid.reshape(-1, 2))).reshape(grid.shape[:2])
-        block = (w0[rows, None] * dens * w1[None, :]).reshape(-1, per_bin[0], B1, per_bin[1])
-        masses[b:b + step] = block.sum(axis=(1, 3))
-    return masses
-
-
-def _bin_masses(target, edges, scale):
-    widths = [e[1] - e[0] for e in edges]
-    parts = [1 if scale is None else max(1, math.ceil(wd / (_WIDTH_PER_STD * scale))) for wd in widths]
-    while max(parts) > 1 and _node_count(edges, parts) > _MAX_NODES:
-        parts = [max(1, s // 2) for s in parts]
-    while True:
-        coarse = _bin_masses_rule(target, edges, parts, _GL_COARSE)
-        fine = _bin_masses_rule(target, edges, parts, _GL_FINE)
-        err = float(np.abs(fine - coarse).sum())
-        if err <= _MASS_TOL:
-            return fine, err
-        if _node_count(edges, [2 * s for s in parts]) > _MAX_NODES:
-            warnings.warn(f"histogram_tv: bin masses reached only ~{err:.1e} (sum of errors) within "
-                          f"{_MAX_NODES} quadrature nodes; use fewer bins or a smaller range",
-                          RuntimeWarning, stacklevel=3)
-            return fine, err
-        parts = [2 * s for s in parts]
-
-
-def _node_count(edges, parts):
-    return math.prod((len(e) - 1) * s * _GL_FINE for e, s in zip(edges, parts))
-
-
-def _binomial_mean_abs_dev(n, p):
-    """E|X/n - p| for X ~ Binomial(n, p), exactly (De Moivre)."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    k = math.floor(n * p) + 1
-    if k > n:
-        return 0.0
-    log_mad = (math.log(2.0 * k) + math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-               + k * math.log(p) + (n - k + 1) * math.log1p(-p))
-    return math.exp(log_mad) / n
 
 
 # -- sliced Wasserstein ----------------------------------------------------------------
