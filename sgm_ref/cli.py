@@ -153,35 +153,20 @@ def build_parser():
 
 
 def _int_list(text, name):
+    if text is None:
+        return None
     try:
-        values = [int(v) for v in text.split(",")]
+        return [int(v) for v in text.split(",")]
     except ValueError:
         raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
-    if any(v < 0 for v in values) or len(set(values)) != len(values):
-        raise ValueError(f"{name} must be distinct non-negative integers, got {text!r}")
-    return values
 
 
 def cmd_experiment(args):
-    import copy
-
     from .experiments import rate, sweep
 
-    grid = copy.deepcopy(rate.QUICK if args.quick else rate.FULL)
-    if args.families is not None:
-        grid["families"] = [f.strip() for f in args.families.split(",")]
-        for family in grid["families"]:
-            if family not in rate.FAMILIES:
-                raise ValueError(f"--families: unknown family {family!r}; use {', '.join(rate.FAMILIES)}")
-    for key in ("d", "n", "seeds"):
-        if getattr(args, key) is not None:
-            grid[key] = _int_list(getattr(args, key), f"--{key}")
-    if any(d < 1 for d in grid["d"]) or any(n < 2 for n in grid["n"]):
-        raise ValueError("--d must be >= 1 and --n >= 2")
-    if args.steps is not None:
-        if args.steps < 1:
-            raise ValueError(f"--steps must be >= 1, got {args.steps}")
-        grid["settings"]["steps"] = args.steps
+    families = None if args.families is None else [f.strip() for f in args.families.split(",")]
+    grid = rate.make_grid(args.quick, families, _int_list(args.d, "--d"), _int_list(args.n, "--n"),
+                          _int_list(args.seeds, "--seeds"), args.steps)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     tic = time.perf_counter()

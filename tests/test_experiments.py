@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from sgm_ref.experiments import rate
-from sgm_ref.experiments.rate import cells, fit_slope, load_results, make_target, run_cell, sweep_summary
+from sgm_ref.experiments.rate import (cells, fit_slope, load_results, make_grid, make_target, run_cell,
+                                     sweep_summary)
 from sgm_ref.experiments.sweep import run_sweep
 
 TINY = {**rate.SETTINGS, "width": 8, "depth": 1, "steps": 20, "batch_size": 16, "n_eval": 200, "bound_n": 4,
@@ -133,6 +134,17 @@ def test_dask_scheduler_runs_the_same_cells(tmp_path):
         local = run_sweep(tmp_path / "local", grid, executor=executor, log=lambda s: None)
     key = rate.cell_key
     assert {key(r): r["score_error"] for r in dask_results} == {key(r): r["score_error"] for r in local}
+
+
+def test_make_grid():
+    grid = make_grid(quick=True, d=[2, 4], steps=10)
+    assert grid["d"] == [2, 4] and grid["n"] == rate.QUICK["n"] and grid["settings"]["steps"] == 10
+    assert rate.QUICK["settings"]["steps"] == 1500  # the presets are not changed
+    for kwargs, match in (({"families": ["moons"]}, "unknown family 'moons'"), ({"d": [0]}, "--d must be"),
+                          ({"n": [5, 5]}, "--n must be distinct"), ({"seeds": []}, "--seeds"),
+                          ({"steps": 0}, "--steps must be")):
+        with pytest.raises(ValueError, match=match):
+            make_grid(**kwargs)
 
 
 def test_fit_slope():

@@ -47,7 +47,7 @@ from ..score_model import ScoreModel
 from ..targets import GaussianMixture, ProductMixture
 from ..train import fit
 
-__all__ = ["FAMILIES", "QUICK", "FULL", "make_target", "run_cell", "cells", "load_results", "fit_slope",
+__all__ = ["FAMILIES", "QUICK", "FULL", "make_grid", "make_target", "run_cell", "cells", "load_results", "fit_slope",
            "sweep_summary"]
 
 RADIUS = 2.0
@@ -68,6 +68,27 @@ QUICK = {"families": list(FAMILIES), "d": [2, 8, 32, 128], "n": [500, 2000, 8000
          "settings": {**SETTINGS, "steps": 1500, "width": 128, "n_eval": 10_000}}
 FULL = {"families": list(FAMILIES), "d": [2, 8, 32, 128], "n": [500, 1000, 2000, 4000, 8000, 16000, 32000],
         "seeds": [0, 1, 2], "settings": SETTINGS}
+
+
+def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None):
+    """QUICK or FULL with any of its lists or its training steps replaced, checked."""
+    base = QUICK if quick else FULL
+    grid = {"families": list(base["families"] if families is None else families),
+            "d": list(base["d"] if d is None else d), "n": list(base["n"] if n is None else n),
+            "seeds": list(base["seeds"] if seeds is None else seeds), "settings": dict(base["settings"])}
+    for family in grid["families"]:
+        if family not in FAMILIES:
+            raise ValueError(f"--families: unknown family {family!r}; use {', '.join(FAMILIES)}")
+    for key, low in (("d", 1), ("n", 2), ("seeds", 0)):
+        values = grid[key]
+        if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values) \
+                or len(set(values)) != len(values):
+            raise ValueError(f"--{key} must be distinct integers >= {low}, got {values}")
+    if steps is not None:
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"--steps must be an integer >= 1, got {steps!r}")
+        grid["settings"]["steps"] = steps
+    return grid
 
 
 def make_target(family, d):
