@@ -140,7 +140,7 @@ def build_parser():
                                            "same OUT skips the finished cells.")
     p.add_argument("out", help="output folder (created, or continued)")
     p.add_argument("--quick", action="store_true", help="a small grid that runs in a few minutes on 2 cores")
-    p.add_argument("--families", help="comma-separated: mixture,product")
+    p.add_argument("--families", help="comma-separated: mixture,product,tilted")
     p.add_argument("--d", help="comma-separated dimensions (full: 2,8,32,128)")
     p.add_argument("--n", help="comma-separated sample sizes (full: 500,1000,...,32000)")
     p.add_argument("--seeds", help="comma-separated seeds (full: 0,1,2)")

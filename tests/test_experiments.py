@@ -14,8 +14,8 @@ from sgm_ref.experiments.rate import (cells, fit_slope, load_results, make_grid,
                                      sweep_summary)
 from sgm_ref.experiments.sweep import run_sweep
 
-TINY = {**rate.SETTINGS, "width": 8, "depth": 1, "steps": 20, "batch_size": 16, "n_eval": 200, "bound_n": 4,
-        "bound_steps": 10}
+TINY = {**rate.SETTINGS, "width": 8, "depth": 1, "steps": 20, "batch_size": 16, "n_eval": 200, "n_eval_tilted": 100,
+        "bound_n": 4, "bound_steps": 10}
 GRID = {"families": ["mixture", "product"], "d": [2], "n": [40, 80], "seeds": [0], "settings": TINY}
 
 
@@ -35,8 +35,33 @@ def test_targets_of_the_families():
     m, p = make_target("mixture", 5), make_target("product", 5)
     assert np.allclose(np.linalg.norm(m.means, axis=1), rate.RADIUS)  # bounded means in every d
     assert np.allclose(np.abs(p.means), rate.RADIUS / np.sqrt(2))      # mean norm RADIUS sqrt(d / 2)
+    tilt = make_target("tilted", 5)
+    net = tilt.network
+    assert net["path_norm"] == rate.DEFINITIONS["tilted"]["path_norm"]  # the same complexity in every d
+    assert np.isclose(np.sum(np.abs(net["a"]) * (1 + np.abs(net["b"]))), net["path_norm"])
     with pytest.raises(ValueError, match="family"):
         make_target("moons", 2)
+
+
+def test_tilted_cell_has_a_debiased_error_and_no_bound():
+    row = run_cell({"family": "tilted", "d": 3, "n": 60, "seed": 0, "settings": TINY})
+    assert row["status"] == "ok" and row["tv_bound"] is None and row["score_error_se"] > 0
+    (summary,) = sweep_summary([row, {**row, "n": 120, "score_error": row["score_error"] / 2}])
+    assert summary["points"][0]["tv_bound"] is None
+
+
+def test_debiasing_removes_the_oracles_own_error():
+    """The score -x against oracles with different draws: the debiased errors agree within their se."""
+    from sgm_ref import OU
+    from sgm_ref.experiments.rate import _debiased_score_error
+
+    values = []
+    for seed in range(3):
+        target = make_target("tilted", 4)
+        target._z = np.random.default_rng(50 + seed).standard_normal(target._z.shape)  # another oracle
+        values.append(_debiased_score_error(lambda x, t: -x, target, OU(), 1e-2, 5.0, 3000, np.random.default_rng(9)))
+    (a, se_a), (b, se_b), (c, se_c) = values
+    assert abs(a - b) < 5 * np.hypot(se_a, se_b) and abs(a - c) < 5 * np.hypot(se_a, se_c)
 
 
 def test_a_cell_is_reproducible():
@@ -120,6 +145,17 @@ def test_sweep_refuses_other_settings(tmp_path):
         run_sweep(tmp_path, {**GRID, "n": [40], "families": ["mixture"]}, executor=executor, log=lambda s: None)
     with pytest.raises(ValueError, match="other settings \\(steps\\)"):
         run_sweep(tmp_path, {**GRID, "settings": {**TINY, "steps": 21}}, log=lambda s: None)
+    # a family may be added to a sweep folder; a changed definition is refused
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    del saved["families"]["tilted"]
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    with CountingExecutor() as executor:
+        run_sweep(tmp_path, {**GRID, "n": [40], "families": ["mixture"]}, executor=executor, log=lambda s: None)
+    assert "tilted" in json.loads((tmp_path / "sweep.json").read_text())["families"]
+    saved["families"]["mixture"] = {**saved["families"]["mixture"], "radius": 3.0}
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="family mixture"):
+        run_sweep(tmp_path, GRID, log=lambda s: None)
     (tmp_path / "sweep.json").unlink()
     with pytest.raises(ValueError, match="no sweep.json"):
         run_sweep(tmp_path, GRID, log=lambda s: None)
@@ -180,4 +216,4 @@ def test_command_line_sweep_and_restart(tmp_path):
     assert "2 cells already" in second.stdout and "0 to run" in second.stdout
     bad = subprocess.run(args[:4] + ["--families", "moons"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "sgm-ref: error: --families: unknown family 'moons'; use mixture, product")
+        "sgm-ref: error: --families: unknown family 'moons'; use mixture, product, tilted")

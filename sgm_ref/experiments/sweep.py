@@ -60,10 +60,14 @@ def _check_settings(folder, settings):
             raise ValueError(f"{path} is not a sweep description of this sgm_ref; use a new output folder")
         changed = sorted(k for k in set(saved["settings"]) | set(settings)
                          if saved["settings"].get(k) != settings.get(k))
-        changed += [k for k in ("sgm_ref", "families") if saved[k] != current[k]]
+        changed += ["sgm_ref"] if saved["sgm_ref"] != current["sgm_ref"] else []
+        # a family may be added to a sweep; one whose definition changed may not
+        changed += [f"family {f}" for f in saved["families"] if f in DEFINITIONS and saved["families"][f] != DEFINITIONS[f]]
         if changed:
             raise ValueError(f"{folder} holds a sweep with other settings ({', '.join(changed)}); "
                              "use a new output folder, or the same settings to continue it")
+        if set(DEFINITIONS) - set(saved["families"]):
+            _write_text(path, json.dumps({**saved, "families": {**saved["families"], **DEFINITIONS}}, indent=2) + "\n")
     elif os.path.exists(os.path.join(folder, "results.jsonl")):
         raise ValueError(f"{folder} has results.jsonl but no sweep.json: its settings are unknown; "
                          "use a new output folder")
@@ -162,7 +166,8 @@ def _describe(r):
     head = f"{r['family']:8s} d={r['d']:<4d} n={r['n']:<6d} seed={r['seed']}  "
     if r.get("status", "ok") != "ok":
         return head + f"FAILED: {r['error']}"
-    return head + (f"score error {r['score_error']:.4g} ± {r['score_error_se']:.2g}  TV bound {r['tv_bound']:.3g}  "
+    bound = "" if r.get("tv_bound") is None else f"TV bound {r['tv_bound']:.3g}  "
+    return head + (f"score error {r['score_error']:.4g} ± {r['score_error_se']:.2g}  {bound}"
                    f"({r['train_seconds']:.0f} s training)")
 
 
@@ -213,6 +218,8 @@ def summary_markdown(summary):
               "| family | d | " + " | ".join(f"n = {n}" for n in ns) + " |", "|" + "---|" * (2 + len(ns))]
     for s in summary:
         by_n = {p["n"]: p for p in s["points"]}
+        if all(p["tv_bound"] is None for p in s["points"]):
+            continue  # a family without a certified bound (a Monte-Carlo oracle)
         values = [("1" if by_n[n]["tv_bound_vacuous"] else f"{by_n[n]['tv_bound']:.3f}") if n in by_n else ""
                   for n in ns]
         lines.append(f"| {s['family']} | {s['d']} | " + " | ".join(values) + " |")
