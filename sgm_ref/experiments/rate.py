@@ -102,9 +102,11 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
 def make_target(family, d):
     """The target of a family in dimension d (fixed: the seed varies the data, not the target)."""
     if family == "mixture":
-        return GaussianMixture.paper_family(d, 4, RADIUS, rng=0)
+        spec = DEFINITIONS["mixture"]
+        return GaussianMixture.paper_family(d, spec["K"], spec["radius"], rng=spec["directions_seed"])
     if family == "product":
-        return ProductMixture.symmetric(d, shift=RADIUS / np.sqrt(2.0), std=1.0)
+        spec = DEFINITIONS["product"]
+        return ProductMixture.symmetric(d, shift=spec["shift"], std=spec["std"])
     if family == "tilted":
         spec = DEFINITIONS["tilted"]
         return TiltedGaussian.barron(d, spec["width"], spec["path_norm"], spec["activation"],
