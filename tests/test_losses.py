@@ -23,7 +23,6 @@ WEIGHTINGS = ("none", "sigma2")
 PROCESSES = (OU(), VP())
 D, WIDTHS, N = 3, (8, 6), 16
 EPS, RTOL = 1e-5, 1e-6
-RELU_MARGIN = 1e-3
 
 
 def batch(seed=0, n=N, d=D, t_range=(0.05, 1.0)):
@@ -36,19 +35,10 @@ def model_for(activation, embedding, parameterization, process=OU(), seed=1, dty
 
 
 def keep_relu_away_from_kinks(model, x0, t, z, numpy_ref):
-    """Shift relu biases until no pre-activation on the noised batch is within RELU_MARGIN of 0."""
-    net = model.network
-    if net.activation != "relu":
-        return
+    """Shift relu biases until no pre-activation on the noised batch is within the margin of 0."""
     alpha, sigma2 = numpy_ref.coefficients(model.process, t)
     xt = alpha[:, None] * x0 + np.sqrt(sigma2)[:, None] * z
-    for l in range(net.depth):
-        for _ in range(100):
-            near = np.any(np.abs(numpy_ref.forward(net, xt, t)[1][l]) < RELU_MARGIN, axis=0)
-            if not near.any():
-                break
-            net.biases[l][near] += 3 * RELU_MARGIN
-    assert min(np.abs(pre).min() for pre in numpy_ref.forward(net, xt, t)[1]) > RELU_MARGIN
+    numpy_ref.keep_relu_away_from_kinks(model.network, xt, t)
 
 
 def numpy_dsm_loss(model, x0, t, z, weighting, numpy_ref):
