@@ -120,7 +120,7 @@ def evaluate_run(folder, options=None, plots=True):
     config = read_config(folder)
     if options:
         config = update_section(config, "evaluate", options)
-    model = load_model(folder)
+    model = load_model(folder, config)
     target = from_record(config["target_definition"])
     x = load_samples(folder, target.dim)
     rng = streams(config["seed"])["evaluate"]

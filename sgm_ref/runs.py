@@ -322,17 +322,21 @@ def train(folder, progress=None):
     return history
 
 
-def load_model(folder):
-    """The run's trained model (its parameter average when one was kept)."""
+def load_model(folder, config=None):
+    """The run's trained model (its parameter average when one was kept).
+
+    config: the run's configuration if already read (read_config(folder) otherwise).
+    """
     path = _path(folder, "model.npz")
     if not os.path.exists(path):
         raise RunError(f"{os.fspath(folder)} has no model.npz: train it first (`sgm-ref train`, or "
                        "`sgm-ref train --resume` if training was interrupted)")
-    config = read_config(folder)
+    config = read_config(folder) if config is None else config
     model = load(path, use_ema=config["train"]["ema_decay"] > 0)
-    target, process, expected = build(config)
-    if (model.network.d, model.process, model.dtype, model.parameterization) != (
-            target.dim, process, expected.dtype, expected.parameterization):
+    m = config["model"]
+    if (model.network.d, model.process, model.dtype.name, model.parameterization) != (
+            from_record(config["target_definition"]).dim, process_from_dict(config["process"]), m["dtype"],
+            m["parameterization"]):
         raise RunError(f"{path} does not match the run's config.json (dimension, process, dtype or "
                        "parameterization differ): was it copied from another run?")
     return model
@@ -354,7 +358,7 @@ def sample_run(folder, options=None):
     config = read_config(folder)
     if options:
         config = update_section(config, "sample", options)
-    model = load_model(folder)
+    model = load_model(folder, config)
     s = config["sample"]
     rng = streams(config["seed"])["sample"]
     x = sample(model, model.process, s["n"], model.network.d, rng, T=s["T"], t0=s["t0"], n_steps=s["n_steps"],

@@ -172,7 +172,7 @@ class TiltedGaussian:
     # -- the Monte-Carlo oracle ------------------------------------------------------------
     def score_and_se(self, x, t=0.0, process=OU()):
         """Monte-Carlo score of p_t and its standard error, both shape (n, d), float64."""
-        return self._evaluate(x, t, process, want_score=True)[1:]
+        return self._evaluate(check_points(x, "x", d=self.d), t, process, want_score=True)[1:]
 
     def score(self, x, t=0.0, process=OU()):
         """Monte-Carlo estimate of grad log p_t(x), shape (n, d), dtype of x."""
@@ -191,7 +191,8 @@ class TiltedGaussian:
         return self._evaluate(x, t, process, want_score=False)[0].astype(x.dtype)
 
     def _evaluate(self, x, t, process, want_score):
-        x = check_points(x, "x", d=self.d).astype(np.float64)
+        """(log p_t, score, se) at points x already checked by check_points."""
+        x = x.astype(np.float64, copy=False)
         n, d = x.shape
         a, s2 = check_process(process)._coefficients(t, n)
         sigma = np.sqrt(s2)
