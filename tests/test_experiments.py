@@ -183,6 +183,14 @@ def test_make_grid():
             make_grid(**kwargs)
 
 
+def test_summary_leaves_non_positive_errors_out_of_the_fit():
+    rows = [{"family": "tilted", "d": 2, "n": n, "seed": 0, "score_error": e, "score_error_se": 0.01, "tv_bound": None}
+            for n, e in ((100, 0.1), (1000, 0.01), (10000, -0.001))]
+    (summary,) = sweep_summary(rows)
+    assert summary["slope"] == pytest.approx(-1.0) and np.isnan(summary["local_slopes"][1])
+    assert [p["score_error"] for p in summary["points"]] == [0.1, 0.01, -0.001]  # still in the table
+
+
 def test_fit_slope():
     n = np.array([500, 1000, 2000, 4000] * 2)
     error = 3.0 * n ** -0.7 * np.exp(np.tile([0.01, -0.01], 4))
@@ -192,6 +200,9 @@ def test_fit_slope():
     assert exact[0] == pytest.approx(-1.0, rel=1e-12) and exact[1] == pytest.approx(0.0, abs=1e-12)
     assert np.isnan(fit_slope([10, 100], [1.0, 0.5])[1])  # two points: no scatter to judge by
     assert np.isnan(fit_slope([10, 10], [1.0, 0.5])[0])
+    for n, error in (([10, 100], [1.0]), ([10, 100], [1.0, 0.0]), ([10, -1], [1.0, 0.5]), ([10, 100], [1.0, np.nan])):
+        with pytest.raises(ValueError, match="n and error"):
+            fit_slope(n, error)
 
 
 def test_summary_groups_by_family_and_d():

@@ -138,3 +138,11 @@ def test_bad_input():
         TiltedGaussian(lambda x: x, None, 2, rng=rng, estimator="stein")
     with pytest.raises(ValueError, match="path_norm"):
         TiltedGaussian.barron(3, path_norm=-1.0, rng=rng)
+    tilt = TiltedGaussian.barron(3, rng=rng, n_mc=8, n_normaliser=8)
+    for method in (tilt.score, tilt.score_and_se, tilt.log_prob, tilt.log_prob_and_score):
+        with pytest.raises(ValueError, match="x must have shape"):
+            method(np.zeros((2, 4)), 0.5)
+        with pytest.raises(ValueError, match="non-finite"):
+            method(np.full((2, 3), np.nan), 0.5)
+    with pytest.raises(ValueError, match="t"):
+        tilt.score(np.zeros((2, 3)), -1.0)

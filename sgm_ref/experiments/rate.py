@@ -246,7 +246,12 @@ def fit_slope(n, error):
     about the line (m - 2 degrees of freedom for m distinct n), which also absorbs any
     curvature. With two distinct n it is nan.
     """
-    x, y = np.log(np.asarray(n, dtype=float)), np.log(np.asarray(error, dtype=float))
+    n, error = np.asarray(n, dtype=float), np.asarray(error, dtype=float)
+    if n.ndim != 1 or n.shape != error.shape:
+        raise ValueError(f"n and error must be 1-D arrays of one length, got shapes {n.shape} and {error.shape}")
+    if not (np.all(np.isfinite(n)) and np.all(np.isfinite(error)) and np.all(n > 0) and np.all(error > 0)):
+        raise ValueError("n and error must be finite and > 0 (a log-log fit)")
+    x, y = np.log(n), np.log(error)
     xs = np.unique(x)
     if xs.size < 2:
         return float("nan"), float("nan"), float("nan")
@@ -269,7 +274,10 @@ def sweep_summary(results):
             groups.setdefault((r["family"], r["d"]), []).append(r)
     summary = []
     for (family, d), rows in sorted(groups.items()):
-        slope, slope_se, intercept = fit_slope([r["n"] for r in rows], [r["score_error"] for r in rows])
+        # a debiased Monte-Carlo error can come out <= 0 when the error is below its noise:
+        # such rows cannot enter a log-log fit, and are left out of it (not out of the table)
+        fitted = [r for r in rows if r["score_error"] > 0]
+        slope, slope_se, intercept = fit_slope([r["n"] for r in fitted], [r["score_error"] for r in fitted])
         by_n = {}
         for r in rows:
             by_n.setdefault(r["n"], []).append(r)
@@ -284,6 +292,7 @@ def sweep_summary(results):
         dof = len(points) - 2
         half = stats.t.ppf(0.975, dof) * slope_se if dof > 0 else float("nan")
         local = [float(np.log(b["score_error"] / a["score_error"]) / np.log(b["n"] / a["n"]))
+                 if a["score_error"] > 0 and b["score_error"] > 0 else float("nan")
                  for a, b in zip(points, points[1:])]
         summary.append({"family": family, "d": d, "slope": slope, "slope_se": slope_se, "slope_dof": dof,
                         "slope_95": [slope - half, slope + half], "local_slopes": local, "intercept": intercept,
