@@ -199,7 +199,7 @@ def markdown(report):
                   for k, (w, s, se) in enumerate(zip(cw["true"], cw["soft"], cw["soft_standard_error"]))]
     se = report["score_error"]
     lines += ["", "## Score error E|s - grad log p_t|^2", "",
-              f"Integrated over [t0, T]: {_pm(se['integral'])}.", "",
+              f"Integrated over [t0, T] with weight beta(t)/2 (its Girsanov term): {_pm(se['integral'])}.", "",
               "| t | error ± standard error | relative to E\\|grad log p_t\\|^2 |", "|---|---|---|"]
     lines += [f"| {t:.3g} | {v:.3g} ± {s:.2g} | {r:.2%} |"
               for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"])]

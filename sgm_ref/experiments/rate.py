@@ -187,7 +187,7 @@ def _train_and_measure(cell):
 
 
 def _debiased_score_error(model, target, process, t0, T, n, rng):
-    """int_{t0}^{T} E_{p_t}|s - grad log p_t|^2 dt against a Monte-Carlo oracle, its own error removed.
+    """int_{t0}^{T} beta/2 E_{p_t}|s - grad log p_t|^2 dt against a Monte-Carlo oracle, its own error removed.
 
     With the oracle s_mc = grad log p_t + e and E[e] = 0 over its draws,
     E|s - s_mc|^2 = E|s - grad log p_t|^2 + E|e|^2, and E|e|^2 is estimated by the
@@ -198,7 +198,7 @@ def _debiased_score_error(model, target, process, t0, T, n, rng):
     t = t0 * np.exp(span * rng.random(n))
     xt, _ = process.perturb(x0, t, rng)
     oracle, se = target.score_and_se(xt, t, process)
-    e = (np.sum((model(xt, t) - oracle) ** 2, axis=1) - np.sum(se**2, axis=1)) * t * span
+    e = (np.sum((model(xt, t) - oracle) ** 2, axis=1) - np.sum(se**2, axis=1)) * t * span * (0.5 * process.beta(t))
     return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))
 
 

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range
+from .._validation import call_score, check_count, check_float_dtype, check_real_array, check_rng, check_time_range
 from ..processes import check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
@@ -10,15 +10,18 @@ __all__ = ["score_error_integral", "score_error_profile"]
 
 def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribution="log-uniform",
                          dtype=np.float64):
-    """Monte-Carlo estimate of int_{t0}^{T} E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
+    """Monte-Carlo estimate of int_{t0}^{T} beta(t)/2 E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
+
+    The reverse SDE's drift is beta(t) (y/2 + s), its noise sqrt(beta(t)) dW, so by
+    Girsanov a score error contributes 1/2 int beta |s - grad log p_t|^2 dt to
+    KL(path of the true reverse process || path of the sampler) (Cole & Lu; see
+    DESIGN.md, "Certified error"); for OU, beta = 2 and the weight is 1.
 
     Draws x0_i ~ p_0, t_i ~ q on [t0, T] and x_i = alpha_{t_i} x0_i + sigma_{t_i} z_i
     (exact samples of p_{t_i}), and averages e_i / q(t_i) with
-    e_i = |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
+    e_i = beta(t_i)/2 |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
     q(t) = 1 / (t log(T / t0)), which puts more points near t0 where the score and its
-    error are largest; with q uniform, q = 1 / (T - t0). This is the term of the
-    Girsanov bound on KL(p_t0 || sampler law) that the score error contributes
-    (Cole & Lu; see DESIGN.md, "Certified error").
+    error are largest; with q uniform, q = 1 / (T - t0).
 
     Parameters
     ----------
@@ -54,7 +57,7 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
         inv_q = np.full(n, T - t0)
     xt, _ = process.perturb(x0, t, rng)
     s = call_score(score, xt.astype(dtype), t).astype(np.float64)
-    e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * inv_q
+    e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * process.beta(t) * inv_q)
     return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))
 
 
@@ -84,10 +87,10 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
-    ts = np.asarray(ts, dtype=np.float64)
+    ts = check_real_array(ts, "ts")
     if ts.ndim != 1 or ts.size == 0:
         raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {ts.shape}")
-    if not np.all(np.isfinite(ts)) or np.any(ts <= 0) or np.any(ts > process.t_max):
+    if np.any(ts <= 0) or np.any(ts > process.t_max):
         raise ValueError(f"ts must lie in (0, {process.t_max}]")
     errors = np.empty(ts.size)
     standard_errors = np.empty(ts.size)

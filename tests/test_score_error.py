@@ -1,0 +1,122 @@
+"""score_error_integral and score_error_profile against closed forms.
+
+For a Gaussian target N(0, Sigma0) and the score s = grad log p_t + M x (M fixed), the
+error at time t is |M x|^2 with x ~ N(0, Sigma_t), Sigma_t = alpha_t^2 Sigma0 + sigma_t^2 I,
+so E|s - grad log p_t|^2 = tr(M^T M Sigma_t). With alpha_t^2 = e^{-B} and
+sigma_t^2 = 1 - e^{-B}, and beta dt = dB, the Girsanov-weighted integral is
+
+    int_{t0}^{T} beta/2 tr(M^T M Sigma_t) dt
+        = tr(M^T M Sigma0) E + tr(M^T M) ((B(T) - B(t0)) / 2 - E),
+    E = (e^{-B(t0)} - e^{-B(T)}) / 2.
+
+A constant shift s = grad log p_t + c has error |c|^2 at every point, which checks the
+weights of the estimator without Monte-Carlo error.
+"""
+
+import numpy as np
+import pytest
+
+from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref.metrics import score_error_integral, score_error_profile
+
+D = 3
+SIGMA0 = np.array([[1.5, 0.3, 0.0], [0.3, 0.6, -0.2], [0.0, -0.2, 0.9]])
+M = np.array([[0.4, -0.1, 0.2], [0.0, 0.3, 0.1], [-0.2, 0.1, 0.25]])
+C = np.array([0.1, -0.2, 0.05])
+PROCESSES = [OU(), VP(0.1, 20.0)]
+
+
+def gaussian():
+    return GaussianMixture([1.0], np.zeros((1, D)), SIGMA0[None])
+
+
+def linear_error_score(target, process):
+    return lambda x, t: target.score(x, t, process) + x @ M.T
+
+
+def shifted_score(target, process):
+    return lambda x, t: target.score(x, t, process) + C
+
+
+def exact_integral(process, t0, T):
+    B0, B1 = process.integrated_beta(t0), process.integrated_beta(T)
+    E = 0.5 * (np.exp(-B0) - np.exp(-B1))
+    MtM = M.T @ M
+    return np.trace(MtM @ SIGMA0) * E + np.trace(MtM) * (0.5 * (B1 - B0) - E)
+
+
+def exact_profile(process, ts):
+    MtM = M.T @ M
+    a2, s2 = process.alpha(ts) ** 2, process.sigma(ts) ** 2
+    return a2 * np.trace(MtM @ SIGMA0) + s2 * np.trace(MtM)
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=["OU", "VP"])
+@pytest.mark.parametrize("time_distribution", ["log-uniform", "uniform"])
+def test_integral_matches_the_closed_form(process, time_distribution):
+    g = gaussian()
+    t0, T = 1e-3, 1.0
+    value, se = score_error_integral(linear_error_score(g, process), g, process, t0, T, 40_000,
+                                     np.random.default_rng(0), time_distribution=time_distribution)
+    exact = exact_integral(process, t0, T)
+    assert 0 < se < 0.02 * exact
+    assert abs(value - exact) < 4 * se
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=["OU", "VP"])
+def test_integral_weights_the_error_by_half_beta(process):
+    # uniform times and a constant error |c|^2: every term is (T - t0) beta(t)/2 |c|^2,
+    # so the estimate is |c|^2 (T - t0) mean(beta/2), exact for OU (beta = 2)
+    g = gaussian()
+    t0, T = 1e-2, 2.0 if isinstance(process, OU) else 1.0
+    value, se = score_error_integral(shifted_score(g, process), g, process, t0, T, 2000, np.random.default_rng(1),
+                                     time_distribution="uniform")
+    c2 = float(C @ C)
+    if isinstance(process, OU):
+        assert value == pytest.approx(c2 * (T - t0), rel=1e-12)
+        assert se < 1e-12
+    else:
+        exact = 0.5 * c2 * (process.integrated_beta(T) - process.integrated_beta(t0))
+        assert abs(value - exact) < 4 * se
+        assert se > 0
+
+
+def test_integral_standard_error_describes_the_spread():
+    g, process = gaussian(), OU()
+    runs = [score_error_integral(linear_error_score(g, process), g, process, 1e-3, 1.0, 500, np.random.default_rng(s))
+            for s in range(200)]
+    values, ses = np.array(runs).T
+    ratio = values.std(ddof=1) / np.sqrt(np.mean(ses**2))
+    assert 0.8 < ratio < 1.25
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=["OU", "VP"])
+def test_profile_matches_the_closed_form(process):
+    g = gaussian()
+    ts = np.array([1e-3, 0.05, 0.3, 1.0])
+    errors, ses = score_error_profile(linear_error_score(g, process), g, process, ts, 20_000, np.random.default_rng(2))
+    exact = exact_profile(process, ts)
+    assert np.all(ses > 0) and np.all(ses < 0.03 * exact)
+    assert np.all(np.abs(errors - exact) < 4 * ses)
+
+
+def test_profile_of_a_constant_error_is_exact():
+    g, process = gaussian(), VP(0.1, 20.0)
+    errors, ses = score_error_profile(shifted_score(g, process), g, process, [0.01, 0.5, 1.0], 100,
+                                      np.random.default_rng(3))
+    np.testing.assert_allclose(errors, C @ C, rtol=1e-12)
+    np.testing.assert_array_less(ses, 1e-12)
+
+
+@pytest.mark.parametrize("ts, match", [
+    ([0.1 + 0.1j, 0.5], "real"),
+    (["0.1", "0.5"], "real"),
+    ([0.1, np.nan], "non-finite"),
+    ([0.0, 0.5], r"\(0, "),
+    ([[0.1, 0.5]], "1-D"),
+    ([], "1-D"),
+])
+def test_profile_rejects_bad_times(ts, match):
+    g = gaussian()
+    with pytest.raises(ValueError, match=match):
+        score_error_profile(lambda x, t: g.score(x, t), g, OU(), ts, 10, np.random.default_rng(0))
