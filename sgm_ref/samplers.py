@@ -24,7 +24,7 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 
 import numpy as np
 
-from ._validation import call_score, check_count, check_points, check_rng, check_time_range
+from ._validation import call_score, check_count, check_points, check_real_array, check_rng, check_time_range
 from .kernels.sampler import affine_step, heun_correct, standard_normal_into
 from .processes import check_process
 
@@ -49,16 +49,17 @@ def time_grid(T, t0, n_steps, kind="uniform", process=None):
     else:
         raise ValueError(f"grid kind must be 'uniform' or 'geometric', got {kind!r}")
     grid[0], grid[-1] = T, t0
+    if np.any(np.diff(grid) >= 0):
+        raise ValueError(f"n_steps={n_steps} {kind} steps from T={T!r} to t0={t0!r} are finer than float64 "
+                         "resolves (times repeat); use fewer steps or a wider [t0, T]")
     return grid
 
 
 def check_grid(grid, process):
     """Return grid as a float64 array if it is a valid decreasing time grid, else raise."""
-    g = np.asarray(grid, dtype=np.float64) if np.ndim(grid) == 1 else None
-    if g is None or g.size < 2:
+    g = check_real_array(grid, "grid")
+    if g.ndim != 1 or g.size < 2:
         raise ValueError("grid must be a 1-D array of at least 2 times, from T down to t0")
-    if not np.all(np.isfinite(g)):
-        raise ValueError("grid contains non-finite values")
     if np.any(np.diff(g) >= 0):
         k = int(np.flatnonzero(np.diff(g) >= 0)[0])
         raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {g[k]!r} "
@@ -201,6 +202,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     process = check_process(process)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    n_steps = check_count(n_steps, "n_steps")
     if isinstance(grid, str):
         grid = time_grid(T, t0, n_steps, grid, process)
     else:

@@ -264,7 +264,7 @@ def test_kl_is_accurate_for_nearby_gaussians():
     m, S = random_gaussian(3, seed=11)
     e = 1e-6
     ref = 1.5 * (np.log1p(e) - e / (1 + e))
-    assert gaussian_kl(m, S, m, (1 + e) * S) == pytest.approx(ref, rel=1e-6)
+    assert gaussian_kl(m, S, m, (1 + e) * S) == pytest.approx(ref, rel=1e-8, abs=0)  # ref ~ 7.5e-13
     assert gaussian_kl(m, S, m, S) == 0.0
 
 
@@ -314,6 +314,40 @@ def test_tv_1d_exact_against_quadrature(m0, v0, m1, v1):
     assert gaussian_tv([m1], [[v1]], [m0], [[v0]])[0] == pytest.approx(tv, rel=1e-12, abs=1e-15)
 
 
+def tv_mpmath(m0, v0, m1, v1):
+    """TV of two 1-D normals at 50 digits: crossing points and CDFs in mpmath, where cancellation is harmless."""
+    mp = pytest.importorskip("mpmath")
+    with mp.workdps(50):
+        m0, v0, m1, v1 = map(mp.mpf, (m0, v0, m1, v1))
+        delta, rho = (m1 - m0) / mp.sqrt(v0), v1 / v0
+        if rho == 1:
+            roots = [delta / 2]
+        else:
+            a, b, c = 1 - rho, -2 * delta, delta**2 + rho * mp.log(rho)
+            disc = mp.sqrt(b * b - 4 * a * c)
+            roots = sorted([(-b - disc) / (2 * a), (-b + disc) / (2 * a)])
+        edges = [-mp.inf] + roots + [mp.inf]
+        mass = [(mp.ncdf(hi) - mp.ncdf(lo)) - (mp.ncdf((hi - delta) / mp.sqrt(rho)) - mp.ncdf((lo - delta) / mp.sqrt(rho)))
+                for lo, hi in zip(edges[:-1], edges[1:])]
+        return float(sum(abs(m) for m in mass) / 2)
+
+
+@pytest.mark.parametrize("m0,v0,m1,v1", [
+    (0.0, 1.0, 1e-12, 1.0),            # equal variances, TV ~ 4e-13
+    (0.0, 1.0, 0.0, 1.0 + 1e-12),      # equal means, variances 1e-12 apart
+    (0.0, 1.0, 1e-8, 1.0 + 1e-10),
+    (5.0, 2.0, 5.0 + 1e-7, 2.0 * (1 - 1e-6)),
+    (0.0, 1.0, 1e-3, 1.001),
+    (0.3, 0.5, -1.2, 2.0),
+    (0.0, 1.0, 9.0, 2.0),
+])
+def test_tv_1d_keeps_its_digits_for_nearly_equal_laws(m0, v0, m1, v1):
+    # a difference of two CDFs near the same value would leave ~4 digits of a TV of 1e-13
+    exact = tv_mpmath(m0, v0, m1, v1)
+    assert gaussian_tv([m0], [[v0]], [m1], [[v1]])[0] == pytest.approx(exact, rel=1e-14, abs=0)
+    assert gaussian_tv([m1], [[v1]], [m0], [[v0]])[0] == pytest.approx(exact, rel=1e-14, abs=0)
+
+
 def test_tv_1d_equal_variance_closed_form_and_identity():
     tv, _ = gaussian_tv([0.0], [[4.0]], [1.0], [[4.0]])
     np.testing.assert_allclose(tv, 2 * stats.norm.cdf(1.0 / 4.0) - 1.0, rtol=1e-14)
@@ -338,6 +372,14 @@ def test_tv_monte_carlo_matches_1d_exact_for_a_product(a0, v0, a1, v1):
     assert abs(tv - exact) < MC_TOLERANCE * se, (tv, exact, se)
     # same seed, same bits
     assert gaussian_tv(m0, S0, m1, S1, rng=np.random.default_rng(13), n=100_000) == (tv, se)
+
+
+def test_tv_monte_carlo_standard_error_describes_the_spread():
+    m0, S0, m1, S1 = _rotated_product(15, 0.0, 1.0, 0.7, 2.5)
+    runs = np.array([gaussian_tv(m0, S0, m1, S1, rng=np.random.default_rng(seed), n=2000) for seed in range(60)])
+    values, ses = runs.T
+    # the spread over 60 seeds estimates the standard error to about +-9%
+    assert 0.7 * np.sqrt(np.mean(ses**2)) < values.std(ddof=1) < 1.4 * np.sqrt(np.mean(ses**2))
 
 
 def test_tv_equal_covariances_exact_in_any_dimension():

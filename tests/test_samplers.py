@@ -39,6 +39,12 @@ def test_time_grid_bad_input(args, match):
         time_grid(*args)
 
 
+@pytest.mark.parametrize("kind", ["uniform", "geometric"])
+def test_time_grid_too_fine_for_float64_is_refused(kind):
+    with pytest.raises(ValueError, match="n_steps=100 .* finer than float64"):
+        time_grid(1.0, 1.0 - 1e-15, 100, kind)
+
+
 def test_time_grid_unknown_kind():
     with pytest.raises(ValueError, match="grid kind"):
         time_grid(1.0, 0.1, 3, "cosine")
@@ -57,6 +63,8 @@ def test_time_grid_beyond_vp_horizon():
     ([1.0, np.nan, 0.1], "non-finite"),
     ([1.0], "at least 2"),
     ([[1.0, 0.1]], "1-D"),
+    ([1.0 + 0.5j, 0.1], "real"),
+    (["1.0", "0.1"], "real"),
 ])
 def test_check_grid_rejects(grid, match):
     with pytest.raises(ValueError, match=match):
@@ -194,6 +202,14 @@ def test_explicit_grid_must_match():
     g = mixture_1d()
     with pytest.raises(ValueError, match="explicit grid"):
         sample(lambda x, t: g.score(x, t), OU(), 10, 1, np.random.default_rng(0), T=3.0, t0=0.1, n_steps=5,
+               grid=np.array([3.0, 1.0, 0.1]))
+
+
+@pytest.mark.parametrize("n_steps", [None, 2.0, 0])
+def test_n_steps_is_checked_with_an_explicit_grid_too(n_steps):
+    g = mixture_1d()
+    with pytest.raises(ValueError, match="n_steps"):
+        sample(lambda x, t: g.score(x, t), OU(), 10, 1, np.random.default_rng(0), T=3.0, t0=0.1, n_steps=n_steps,
                grid=np.array([3.0, 1.0, 0.1]))
 
 

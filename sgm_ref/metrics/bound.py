@@ -43,7 +43,7 @@ class TVBound:
     """Every term of the certified bound, each with its Monte-Carlo standard error."""
 
     tv: float                     # TV(p_0, p_t0) + sqrt(kl / 2), capped at 1
-    tv_se: float
+    tv_se: float                  # 0 when capped: the trivial bound is exact
     kl: float                     # kl_prior + kl_path >= KL(p_t0 || q)
     kl_se: float
     kl_prior: float               # KL(p_T || N(0, I))
@@ -84,7 +84,7 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     n : int >= 2
         Monte-Carlo pairs per step.
     rng : numpy.random.Generator
-    n_steps : int, needed when grid is a name.
+    n_steps : int, needed when grid is a name; with an explicit grid, if given, its step count.
     n_aux : int, optional
         Points for KL(p_T || N(0, I)) and TV(p_0, p_t0); default 16 n.
     dtype : float64 or float32, the dtype the score is called with.
@@ -107,6 +107,9 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         grid = time_grid(T, t0, n_steps, grid, process)
     else:
         grid = check_grid(grid, process)
+        if n_steps is not None and check_count(n_steps, "n_steps") != grid.size - 1:
+            raise ValueError(f"n_steps={n_steps} but the grid has {grid.size - 1} steps; "
+                             "leave n_steps out with an explicit grid")
         if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
             raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
 
@@ -128,7 +131,8 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     kl_se = float(np.hypot(kl_prior_se, kl_path_se))
     root = np.sqrt(kl / 2.0)
     tv = min(1.0, tv_es + root)
-    tv_se = float(np.hypot(tv_es_se, kl_se / (4.0 * root) if root > 0 else 0.0))
+    # capped at the trivial bound TV <= 1, the value no longer depends on the draws
+    tv_se = 0.0 if tv == 1.0 else float(np.hypot(tv_es_se, kl_se / (4.0 * root) if root > 0 else 0.0))
     return TVBound(tv=tv, tv_se=tv_se, kl=kl, kl_se=kl_se, kl_prior=kl_prior, kl_prior_se=kl_prior_se,
                    kl_path=kl_path, kl_path_se=kl_path_se, tv_early_stopping=tv_es,
                    tv_early_stopping_se=tv_es_se, kl_path_per_step=per_step, grid=grid, method=method)
