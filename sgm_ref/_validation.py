@@ -65,10 +65,10 @@ def check_float_dtype(dtype, name="dtype"):
 def check_real_array(value, name):
     """Return value as a finite float64 array; integers are promoted, float32 widened.
 
-    longdouble (which would lose digits), complex and object arrays are refused.
+    longdouble (which would lose digits), complex, object and bool arrays are refused.
     """
     arr = np.asarray(value)
-    if arr.dtype.kind in "iub":
+    if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     if arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be an array of real numbers (float64, float32 or integer), got dtype {arr.dtype}")
@@ -129,7 +129,7 @@ def check_points(x, name="x", d=None):
     with their dtype; anything else, a wrong shape or a non-finite entry raises.
     """
     arr = np.asarray(x)
-    if arr.dtype.kind in "iub":
+    if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     if arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a float64 or float32 array, got dtype {arr.dtype}")

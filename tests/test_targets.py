@@ -550,6 +550,13 @@ def test_non_finite_weights_raise(bad):
         GaussianMixture([bad, 1.0], MU2)
 
 
+def test_bool_weights_and_points_are_refused_not_cast():
+    with pytest.raises(ValueError, match=r"^weights must be an array of real numbers .* got dtype bool"):
+        GaussianMixture([True], [[0.0]])
+    with pytest.raises(ValueError, match=r"^x must be a float64 or float32 array, got dtype bool"):
+        GaussianMixture([1.0], [[0.0]]).score(np.array([[True]]), 0.5)
+
+
 @pytest.mark.parametrize("bad", [np.nan, -np.inf])
 def test_non_finite_means_raise(bad):
     mu = MU2.copy()
