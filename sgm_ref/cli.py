@@ -39,6 +39,17 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _integer(text):
+    """argparse type of the counts: an int of at most 2**53 (more is a typo, and overflows numpy)."""
+    value = int(text)
+    if abs(value) > 2**53:
+        raise argparse.ArgumentTypeError(f"{text} is too large (at most 2**53)")
+    return value
+
+
+_integer.__name__ = "int"  # argparse's message for a non-number: "invalid int value: 'ten'"
+
+
 def _add_training_options(p):
     g = p.add_argument_group("target and training")
     g.add_argument("--target", help="preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0, "
@@ -48,15 +59,15 @@ def _add_training_options(p):
     g.add_argument("--process", choices=("ou", "vp"), help="forward process (default ou)")
     g.add_argument("--beta-min", type=float, help="VP beta(0), with --process vp (default 0.1)")
     g.add_argument("--beta-max", type=float, help="VP beta(1), with --process vp (default 20)")
-    g.add_argument("--n", type=int, help="training samples drawn from the target (default 10000)")
-    g.add_argument("--width", type=int, help="hidden width (default 128)")
-    g.add_argument("--depth", type=int, help="hidden layers (default 3)")
+    g.add_argument("--n", type=_integer, help="training samples drawn from the target (default 10000)")
+    g.add_argument("--width", type=_integer, help="hidden width (default 128)")
+    g.add_argument("--depth", type=_integer, help="hidden layers (default 3)")
     g.add_argument("--activation", choices=("relu", "silu", "tanh", "softplus"))
     g.add_argument("--time-embedding", choices=("linear", "log", "fourier"))
     g.add_argument("--parameterization", choices=("score", "noise", "residual"))
     g.add_argument("--dtype", choices=("float64", "float32"))
-    g.add_argument("--steps", type=int, help="optimiser steps (default 12000)")
-    g.add_argument("--batch-size", type=int)
+    g.add_argument("--steps", type=_integer, help="optimiser steps (default 12000)")
+    g.add_argument("--batch-size", type=_integer)
     g.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3)")
     g.add_argument("--weighting", choices=("none", "sigma2"), help="lambda(t) of the loss (default sigma2)")
     g.add_argument("--time-distribution", choices=("uniform", "log-uniform"))
@@ -65,22 +76,22 @@ def _add_training_options(p):
                    help="average with decay min(ema_decay, (1 + k) / (10 + k)) at step k (default on)")
     g.add_argument("--t0", type=float, help="early-stopping time (default 1e-3)")
     g.add_argument("--T", type=float, help="horizon (default 5 for ou, 1 for vp)")
-    g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 1000)")
+    g.add_argument("--checkpoint-every", type=_integer, help="steps between checkpoints (default 1000)")
 
 
 def _add_sampling_options(p):
     g = p.add_argument_group("sampling")
-    g.add_argument("--n-samples", type=int, help="points to draw (a new run: 10000)")
+    g.add_argument("--n-samples", type=_integer, help="points to draw (a new run: 10000)")
     g.add_argument("--sampler", choices=("euler_maruyama", "exponential", "probability_flow"),
                    help="(a new run: euler_maruyama)")
     g.add_argument("--grid", choices=("uniform", "geometric"), help="(a new run: geometric)")
-    g.add_argument("--n-steps", type=int, help="sampler steps (a new run: 300)")
+    g.add_argument("--n-steps", type=_integer, help="sampler steps (a new run: 300)")
 
 
 def _add_evaluation_options(p):
     g = p.add_argument_group("evaluation")
-    g.add_argument("--bound-n", type=int, help="Monte-Carlo pairs per step of the TV bound (default 256)")
-    g.add_argument("--profile-n", type=int, help="points per time of the score-error profile (default 2000)")
+    g.add_argument("--bound-n", type=_integer, help="Monte-Carlo pairs per step of the TV bound (default 256)")
+    g.add_argument("--profile-n", type=_integer, help="points per time of the score-error profile (default 2000)")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -125,9 +136,9 @@ def build_parser():
     p.add_argument("--T", type=float, help="horizon (default 5 for ou, 1 for vp)")
     p.add_argument("--sampler", choices=("euler_maruyama", "exponential"), default="euler_maruyama")
     p.add_argument("--grid", choices=("uniform", "geometric"), default="geometric")
-    p.add_argument("--n-steps", type=int, default=300)
-    p.add_argument("--profile-n", type=int, default=2000)
-    p.add_argument("--bound-n", type=int, default=256)
+    p.add_argument("--n-steps", type=_integer, default=300)
+    p.add_argument("--profile-n", type=_integer, default=2000)
+    p.add_argument("--bound-n", type=_integer, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
 
@@ -144,8 +155,8 @@ def build_parser():
     p.add_argument("--d", help="comma-separated dimensions (full: 2,8,32,128)")
     p.add_argument("--n", help="comma-separated sample sizes (full: 500,1000,...,32000)")
     p.add_argument("--seeds", help="comma-separated seeds (full: 0,1,2)")
-    p.add_argument("--steps", type=int, help="training steps per cell (full: 3000; quick: 1500)")
-    p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
+    p.add_argument("--steps", type=_integer, help="training steps per cell (full: 3000; quick: 1500)")
+    p.add_argument("--workers", type=_integer, default=2, help="local worker processes (default 2)")
     p.add_argument("--retry-failed", action="store_true", help="run again the cells recorded as failed")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="submit the cells to this Dask distributed scheduler instead (pip install \"sgm_ref[dask]\")")
@@ -356,19 +367,32 @@ def _load_callable(spec):
 
 
 def cmd_audit(args):
+    from ._validation import check_count
     from .evaluation import bound_text, score_report
     from .processes import process_from_dict
-    from .targets.spec import from_spec
+    from .targets.spec import from_spec, to_record
 
     target = from_spec(args.target)
     process = process_from_dict(_process(args))
     T = args.T if args.T is not None else (5.0 if args.process == "ou" else 1.0)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+    for name, value, low in (("--n-steps", args.n_steps, 1), ("--profile-n", args.profile_n, 2),
+                             ("--bound-n", args.bound_n, 2)):
+        check_count(value, name, minimum=low)
+    if args.json:  # refused now, not after the work
+        parent = os.path.dirname(os.path.abspath(args.json))
+        if os.path.isdir(args.json) or not os.path.isdir(parent):
+            raise ValueError(f"--json {args.json}: " + ("is a folder; give a file name" if os.path.isdir(args.json)
+                                                        else f"its folder {parent} does not exist"))
     score = _load_callable(args.score)
     report = score_report(score, target, process, t0=args.t0, T=T, method=args.sampler, grid=args.grid,
                           n_steps=args.n_steps, rng=np.random.default_rng(args.seed), profile_n=args.profile_n,
                           bound_n=args.bound_n)
-    report = {"score": args.score, "target": args.target, "process": process.to_dict(), "t0": args.t0, "T": T,
-              "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps}, **report}
+    report = {"score": args.score, "target": args.target, "target_definition": to_record(target),
+              "process": process.to_dict(), "t0": args.t0, "T": T, "seed": args.seed, "profile_n": args.profile_n,
+              "bound_n": args.bound_n, "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps},
+              **report}
     se, b = report["score_error"], report["tv_bound"]
     _say(f"score {args.score} against the exact score of {args.target} (d = {target.dim}), {process!r}")
     _say("       t      E|s - grad log p_t|^2     relative")
@@ -400,7 +424,7 @@ def main(argv=None):
             # overflow on the way to a non-finite loss is reported as an error, once
             warnings.simplefilter("ignore", RuntimeWarning)
             return COMMANDS[args.command](args)
-    except (ValueError, OSError, MemoryError) as exc:  # every bad-input error of the library is a ValueError
+    except (ValueError, OSError, MemoryError, OverflowError) as exc:  # the library's bad-input errors are ValueErrors
         if isinstance(exc, MemoryError):
             message = "out of memory: use a smaller --n, --width, --batch-size or --n-samples"
         elif isinstance(exc, OSError):

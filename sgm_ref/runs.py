@@ -153,7 +153,7 @@ def build(config, init_rng=0):
     if t["time_distribution"] not in ("uniform", "log-uniform"):
         raise ValueError(f"time_distribution must be 'uniform' or 'log-uniform', got {t['time_distribution']!r}")
     s = config["sample"]
-    check_count(s["n"], "sample n")
+    check_count(s["n"], "sample n (--n-samples)", minimum=2)  # the report's statistics need two points
     if s["method"] not in METHODS:
         raise ValueError(f"sampler must be one of {', '.join(METHODS)}, got {s['method']!r}")
     time_grid(s["T"], s["t0"], s["n_steps"], s["grid"], process)
@@ -205,7 +205,8 @@ def create(folder, config, force=False):
     else:
         parent = os.path.dirname(os.path.abspath(folder))
         if not os.path.isdir(parent):
-            raise RunError(f"cannot create {folder}: its parent folder {parent} does not exist")
+            why = "is not a folder" if os.path.exists(parent) else "does not exist"
+            raise RunError(f"cannot create {folder}: its parent {parent} {why}")
         os.mkdir(folder)
     config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
                                        "numba": numba.__version__, "scipy": scipy.__version__,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from sgm_ref import load
+from sgm_ref.targets.spec import from_spec, to_record
 
 SCRIPT = Path(sys.executable).with_name("sgm-ref")
 
@@ -139,6 +140,10 @@ def test_audit_the_oracle_and_a_wrong_score(tmp_path, how):
                      "--n-steps", "300", "--profile-n", "300", "--bound-n", "32", "--json", path, cwd=tmp_path)
         assert "certified TV bound" in result.stdout
         reports[name] = json.loads(path.read_text())
+    # the report says what its numbers depend on, the target by its full definition
+    assert {"seed": 0, "profile_n": 300, "bound_n": 32}.items() <= reports["oracle"].items()
+    expected = json.loads(json.dumps(to_record(from_spec("gmm:d=3,k=2,radius=2,seed=0"))))
+    assert reports["oracle"]["target_definition"] == expected
     oracle, wrong = reports["oracle"]["score_error"], reports["wrong"]["score_error"]
     assert max(oracle["error"]) == 0.0 and oracle["integral"]["value"] == 0.0  # the oracle against itself
     assert min(wrong["relative"][:3]) > 0.1 and wrong["integral"]["value"] > 1.0
@@ -209,6 +214,8 @@ def _assert_one_line_error(result, pattern):
     (["--activation", "gelu"], "invalid choice: 'gelu'"),
     (["--steps", "ten"], "invalid int value: 'ten'"),
     (["--n-samples", "0"], "sample n"),
+    (["--n-samples", "1"], "sample n (--n-samples) must be an integer >= 2"),  # refused before training
+    (["--depth", str(10**30)], "argument --depth: " + str(10**30) + " is too large"),
 ])
 def test_impossible_options(tmp_path, args, pattern):
     out = tmp_path / "run"
@@ -328,6 +335,10 @@ def test_audit_errors(tmp_path, score, pattern):
     (["--process", "vp", "--T", "2"], "T must be <= 1.0"),
     (["--beta-max", "30"], "add --process vp"),
     (["--json", "/nonexistent-folder/x.json"], "folder /nonexistent-folder does not exist"),
+    (["--json", "."], "--json .: is a folder"),
+    (["--seed", "-1"], "--seed must be an integer >= 0"),
+    (["--bound-n", "1"], "--bound-n must be an integer >= 2"),
+    (["--bound-n", str(10**30)], "is too large"),
 ])
 def test_audit_bad_options(tmp_path, args, pattern):
     (tmp_path / "audited.py").write_text(AUDITED)

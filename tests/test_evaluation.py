@@ -23,6 +23,22 @@ def test_score_report_of_the_oracle_is_zero_error():
                      rng=np.random.default_rng(0))
 
 
+def test_score_report_of_a_shifted_oracle_has_the_known_error():
+    # s = grad log p_t + c: the error is |c|^2 at every point, and the integral over
+    # [t0, T] is |c|^2 (T - t0) (OU: weight beta / 2 = 1), in expectation over the times
+    g = GaussianMixture.paper_family(3, 2, 2.0, rng=0)
+    c = np.array([0.3, -0.1, 0.2])
+    report = score_report(lambda x, t: g.score(x, t) + c, g, OU(), t0=1e-2, T=3.0, method="euler_maruyama",
+                          grid="geometric", n_steps=20, rng=np.random.default_rng(0), profile_n=2000,
+                          profile_times=4, bound_n=4)
+    se = report["score_error"]
+    np.testing.assert_allclose(se["error"], c @ c, rtol=1e-12)
+    np.testing.assert_allclose(se["relative"], c @ c / np.array(se["oracle_mean_square"]), rtol=1e-12)
+    integral = se["integral"]
+    assert 0 < integral["standard_error"] < 0.05 * c @ c * (3.0 - 1e-2)
+    assert abs(integral["value"] - c @ c * (3.0 - 1e-2)) < 4 * integral["standard_error"]
+
+
 def test_sample_report_and_text():
     g = GaussianMixture.ring()
     rng = np.random.default_rng(1)

@@ -1,6 +1,7 @@
 """The rate experiment: cells, resumable sweeps on any Executor (Dask included), the slope fit."""
 
 import concurrent.futures
+import concurrent.futures.process
 import json
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def test_sweep_appends_and_resume_skips_finished_cells(tmp_path):
 
 def test_results_file_is_never_silently_cut(tmp_path):
     path = tmp_path / "results.jsonl"
-    good = json.dumps({"family": "mixture", "d": 2, "n": 40, "seed": 0, "score_error": 1.0}) + "\n"
+    good = json.dumps({"family": "mixture", "d": 2, "n": 40, "seed": 0, "score_error": 1.0, "score_error_se": 0.1}) + "\n"
     path.write_text(good + "garbage\n" + good.replace('"n": 40', '"n": 80'))
     with pytest.raises(ValueError, match="line 2, is not a result row"):
         load_results(path, repair=True)
@@ -111,6 +112,66 @@ def test_results_file_is_never_silently_cut(tmp_path):
     assert path.read_text().endswith('{"family": "mix')  # reading alone changes nothing
     load_results(path, repair=True)
     assert path.read_text() == good + good.replace("1.0", "2.0")
+
+
+ROW = {"family": "mixture", "d": 2, "n": 40, "seed": 0, "status": "ok", "score_error": 1.0, "score_error_se": 0.1,
+       "tv_bound": None}
+
+
+@pytest.mark.parametrize("change", [
+    {"score_error": "a"}, {"score_error": None}, {"score_error_se": float("nan")}, {"tv_bound": "high"},
+    {"d": 2.5}, {"family": "moons"}, {"status": "failed"}, {"status": "later"},
+])
+def test_a_damaged_row_is_named_not_half_read(tmp_path, change):
+    path = tmp_path / "results.jsonl"
+    path.write_text(json.dumps(ROW) + "\n" + json.dumps({**ROW, "n": 80, **change}) + "\n")
+    with pytest.raises(ValueError, match="line 2, is not a result row"):
+        load_results(path)
+    path.write_text(json.dumps({k: v for k, v in ROW.items() if k != "score_error"}) + "\n")
+    with pytest.raises(ValueError, match="line 1"):
+        load_results(path)
+
+
+def test_a_retried_row_replaces_the_failure_even_before_the_file_is_tidied(tmp_path):
+    # an interrupted --retry-failed leaves the failed row and then the retried one
+    failed = {**ROW, "status": "failed", "error": "loss became non-finite"}
+    path = tmp_path / "results.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in (failed, {**ROW, "n": 80}, ROW, {**ROW, "score_error": 2.0})))
+    rows = load_results(path)
+    assert [(r["n"], r["status"], r["score_error"]) for r in rows] == [(40, "ok", 1.0), (80, "ok", 1.0)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in (ROW, failed)))  # an ok row is never replaced
+    assert load_results(path)[0]["status"] == "ok"
+
+
+def test_a_sweep_refuses_a_folder_that_holds_something_else(tmp_path):
+    (tmp_path / "summary.md").write_text("my notes")
+    with pytest.raises(ValueError, match="not empty and holds no sweep"):
+        run_sweep(tmp_path, GRID, executor=CountingExecutor(), log=lambda s: None)
+    assert (tmp_path / "summary.md").read_text() == "my notes" and not (tmp_path / "sweep.json").exists()
+
+
+@pytest.mark.parametrize("saved", [{"sgm_ref": 1, "families": 2, "settings": 3}, [1, 2]])
+def test_a_damaged_sweep_description_is_refused(tmp_path, saved):
+    (tmp_path / "sweep.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="is not a sweep description"):
+        run_sweep(tmp_path, GRID, executor=CountingExecutor(), log=lambda s: None)
+
+
+class DyingExecutor(concurrent.futures.Executor):
+    """Every cell's worker is killed (as the out-of-memory killer would)."""
+
+    def submit(self, fn, cell):
+        future = concurrent.futures.Future()
+        future.set_exception(concurrent.futures.process.BrokenProcessPool("a child process terminated abruptly"))
+        return future
+
+
+def test_a_dead_worker_is_reported_and_the_sweep_can_be_rerun(tmp_path):
+    with pytest.raises(ValueError, match="a worker process died .* rerun the same command"):
+        run_sweep(tmp_path, GRID, executor=DyingExecutor(), log=lambda s: None)
+    assert not (tmp_path / "results.jsonl").exists()
+    with CountingExecutor() as executor:
+        assert len(run_sweep(tmp_path, GRID, executor=executor, log=lambda s: None)) == 4
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the diverging cell overflows on purpose
@@ -178,6 +239,8 @@ def test_make_grid():
     assert rate.QUICK["settings"]["steps"] == 1500  # the presets are not changed
     for kwargs, match in (({"families": ["moons"]}, "unknown family 'moons'"), ({"d": [0]}, "--d must be"),
                           ({"n": [5, 5]}, "--n must be distinct"), ({"seeds": []}, "--seeds"),
+                          ({"families": ["mixture", "mixture"]}, "--families must be distinct"),
+                          ({"families": []}, "--families must be distinct"),
                           ({"steps": 0}, "--steps must be")):
         with pytest.raises(ValueError, match=match):
             make_grid(**kwargs)

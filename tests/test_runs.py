@@ -135,8 +135,11 @@ def test_create_refuses_existing_folder_unless_forced(tmp_path):
     create(tmp_path / "run", config, force=True)
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["config.json", "mine.txt"]
     assert "samples.npy" in RUN_FILES
-    with pytest.raises(RunError, match="parent folder"):
+    with pytest.raises(RunError, match="parent .* does not exist"):
         create(tmp_path / "no" / "run", config)
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(RunError, match="parent .*afile is not a folder"):
+        create(tmp_path / "afile" / "run", config)
 
 
 def test_train_and_sample_reproducible(tmp_path):

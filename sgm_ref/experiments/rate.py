@@ -87,6 +87,8 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
     for family in grid["families"]:
         if family not in FAMILIES:
             raise ValueError(f"--families: unknown family {family!r}; use {', '.join(FAMILIES)}")
+    if not grid["families"] or len(set(grid["families"])) != len(grid["families"]):
+        raise ValueError(f"--families must be distinct names, got {grid['families']}")
     for key, low in (("d", 1), ("n", 2), ("seeds", 0)):
         values = grid[key]
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values) \
@@ -203,32 +205,58 @@ def _debiased_score_error(model, target, process, t0, T, n, rng):
 
 
 def load_results(path, repair=False):
-    """The rows of results.jsonl, one per cell (a repeated cell keeps its first row).
+    """The rows of results.jsonl, one per cell.
 
-    Only the last line may be incomplete (a write cut short by a kill): it is ignored,
-    and with repair=True cut off the file so the next append starts on a fresh line.
-    Any other unreadable line raises ValueError naming it; nothing else is ever removed.
+    A repeated cell keeps its first row, unless that row is a failure and a later one
+    (a retry) is not. Only the last line may be incomplete (a write cut short by a
+    kill): it is ignored, and with repair=True cut off the file so the next append
+    starts on a fresh line. Any other unreadable line raises ValueError naming it;
+    nothing else is ever removed.
     """
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
         lines = f.readlines()
     torn = bool(lines) and not lines[-1].endswith(b"\n")
-    results, seen = [], set()
+    results, where = [], {}
     for number, line in enumerate(lines[:-1] if torn else lines, start=1):
         try:
             row = json.loads(line)
-            key = cell_key(row)
+            key = _check_row(row)
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"{path}, line {number}, is not a result row: {line[:80]!r}; "
                              "fix or remove that line by hand") from None
-        if key not in seen:
-            seen.add(key)
+        if key not in where:
+            where[key] = len(results)
             results.append(row)
+        elif _failed(results[where[key]]) and not _failed(row):
+            results[where[key]] = row
     if torn and repair:
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) - len(lines[-1]))
     return results
+
+
+def _failed(row):
+    return row.get("status", "ok") != "ok"
+
+
+def _check_row(row):
+    """cell_key(row) if row is a result row run_cell could have written; else raise."""
+    if not isinstance(row, dict):
+        raise TypeError("not an object")
+    family, d, n, seed = row["family"], row["d"], row["n"], row["seed"]
+    if family not in FAMILIES or any(isinstance(v, bool) or not isinstance(v, int) for v in (d, n, seed)):
+        raise ValueError("not a cell")
+    if _failed(row):
+        if row["status"] != "failed" or not isinstance(row["error"], str):
+            raise ValueError("not a failure")
+    else:
+        numbers = [row["score_error"], row["score_error_se"]] + [row[k] for k in ("tv_bound", "tv_bound_se")
+                                                                  if row.get(k) is not None]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in numbers):
+            raise ValueError("not a result")
+    return family, d, n, seed
 
 
 def append_result(path, result):

@@ -12,6 +12,7 @@
 """
 
 import concurrent.futures
+import concurrent.futures.process
 import contextlib
 import csv
 import io
@@ -56,7 +57,8 @@ def _check_settings(folder, settings):
                 saved = json.load(f)
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path} is unreadable ({exc})") from None
-        if not isinstance(saved, dict) or set(saved) != set(current):
+        if not isinstance(saved, dict) or set(saved) != set(current) \
+                or not isinstance(saved["settings"], dict) or not isinstance(saved["families"], dict):
             raise ValueError(f"{path} is not a sweep description of this sgm_ref; use a new output folder")
         changed = sorted(k for k in set(saved["settings"]) | set(settings)
                          if saved["settings"].get(k) != settings.get(k))
@@ -71,6 +73,8 @@ def _check_settings(folder, settings):
     elif os.path.exists(os.path.join(folder, "results.jsonl")):
         raise ValueError(f"{folder} has results.jsonl but no sweep.json: its settings are unknown; "
                          "use a new output folder")
+    elif set(os.listdir(folder)) - {".lock"}:
+        raise ValueError(f"{folder} is not empty and holds no sweep; use a new or empty output folder")
     else:
         _write_text(path, json.dumps(current, indent=2) + "\n")
 
@@ -124,7 +128,13 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
         log(f"{len(done)} cells already in {results_path}" + (f" ({failed} failed)" if failed else "")
             + f"; {len(todo)} to run")
         if todo:
-            _run(todo, results, results_path, workers, scheduler, executor, log)
+            try:
+                _run(todo, results, results_path, workers, scheduler, executor, log)
+            except concurrent.futures.process.BrokenProcessPool:
+                write_outputs(folder, results)
+                raise ValueError(f"a worker process died (killed, or out of memory?) after {len(results)} cells; "
+                                 "they are kept: rerun the same command to continue, with fewer --workers if "
+                                 "memory ran out") from None
         if retry_failed:  # one row per cell in the file too
             _write_text(results_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in results))
         write_outputs(folder, results)
