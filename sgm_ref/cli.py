@@ -434,7 +434,10 @@ def main(argv=None):
         print(f"sgm-ref: error: {message}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        hint = {"train": "continue with `sgm-ref train RUN --resume`", "demo": "continue with `sgm-ref train RUN --resume`",
+        run = getattr(args, "run", None) or "RUN"
+        hint = {"train": f"continue with `sgm-ref train {run} --resume`",
+                "demo": f"continue with `sgm-ref train {run} --resume`, then `sgm-ref sample {run}` and "
+                        f"`sgm-ref evaluate {run}`",
                 "experiment": "rerun the same command to continue; finished cells are kept"}.get(
                     getattr(args, "command", None), "")
         print(f"sgm-ref: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)

@@ -184,6 +184,21 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     assert "already trained" in result.stdout
 
 
+def test_ctrl_c_keeps_the_run_and_says_how_to_go_on(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([str(SCRIPT), "demo", str(out), *SMALL[:-4], "--steps", "20000", "--checkpoint-every",
+                             "100"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == (f"sgm-ref: interrupted; continue with `sgm-ref train {out} --resume`, "
+                                               f"then `sgm-ref sample {out}` and `sgm-ref evaluate {out}`")
+    assert (out / "config.json").exists() and (out / "checkpoint.npz").exists()
+
+
 # -- errors: one line on stderr, exit status 2, nothing left behind ---------------------
 
 def _assert_one_line_error(result, pattern):
