@@ -279,11 +279,36 @@ def test_float32_init_is_the_float64_init_rounded():
     ({"dtype": np.float16}, "dtype"),
     ({"rng": None}, "rng"),
     ({"rng": True}, "rng"),
+    ({"widths": 5}, "widths must be a sequence"),
+    ({"widths": "64"}, "widths must be a sequence"),
+    ({"activation": ["relu"]}, "activation"),
+    ({"time_embedding": np.array(["log"])}, "time embedding"),
 ])
 def test_constructor_rejects_bad_arguments(kwargs, name):
     args = {"d": D, "widths": WIDTHS, **kwargs}
     with pytest.raises(ValueError, match=name):
         MLP(**args)
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copy_is_driven_by_its_own_params(how):
+    # weights and biases are views into params; a copy must keep them so, or an
+    # optimiser stepping the copy's params would change nothing it computes
+    import copy
+    import pickle
+
+    net = MLP(D, WIDTHS, "silu", "log", rng=3)
+    x, t = np.random.default_rng(0).standard_normal((5, D)), np.full(5, 0.5)
+    net.forward(x, t, keep=True)  # a tape and a workspace in the original
+    before = net.forward(x, t)
+    twin = copy.deepcopy(net) if how == "deepcopy" else pickle.loads(pickle.dumps(net))
+    np.testing.assert_array_equal(twin.forward(x, t), before)
+    assert all(np.shares_memory(W, twin.params) for W in twin.weights + twin.biases)
+    twin.params *= 0.5  # in place, as Adam does
+    assert not np.array_equal(twin.forward(x, t), before)
+    np.testing.assert_array_equal(net.forward(x, t), before)  # the original is untouched
+    twin.forward(x, t, keep=True)
+    twin.backward(np.ones((5, D)))  # the copy has a working tape of its own
 
 
 # -- forward: blocks, dtypes, bad input -------------------------------------------------------

@@ -20,7 +20,7 @@ class TimeEmbedding:
     KINDS = ("linear", "log", "fourier")
 
     def __init__(self, kind="linear", n_frequencies=4):
-        if kind not in self.KINDS:
+        if not isinstance(kind, str) or kind not in self.KINDS:
             raise ValueError(f"time embedding kind must be one of {self.KINDS}, got {kind!r}")
         if isinstance(n_frequencies, bool) or not isinstance(n_frequencies, (int, np.integer)) or n_frequencies < 1:
             raise ValueError(f"n_frequencies must be an integer >= 1, got {n_frequencies!r}")

@@ -64,10 +64,12 @@ class MLP:
     def __init__(self, d, widths=(128, 128, 128), activation="silu", time_embedding="linear",
                  dtype=np.float64, rng=0):
         d = check_count(d, "d")
+        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+            raise ValueError(f"widths must be a sequence of layer widths, e.g. (128, 128), got {widths!r}")
         widths = tuple(widths)
         for w in widths:
             check_count(w, "widths (each)")
-        if activation not in ACTIVATIONS:
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if not isinstance(time_embedding, TimeEmbedding):
             time_embedding = TimeEmbedding(time_embedding)
@@ -88,6 +90,22 @@ class MLP:
             W[...] = rng.uniform(-bound, bound, W.shape)
             b[...] = rng.uniform(-bound, bound, b.shape)
         self._kind = ACTIVATIONS[activation]
+        self._layers = self._blocks(self.params)
+        self._workspaces = {}
+
+    # -- copies ---------------------------------------------------------------------------
+    # weights, biases and the layer blocks are views into params; a pickle or deepcopy
+    # would turn each into an array of its own, cut off from the params an optimiser
+    # updates. Only params travels; the views are made again on the copy.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        for key in ("weights", "biases", "_layers", "_workspaces", "_tape"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.weights, self.biases = self._views(self.params)
         self._layers = self._blocks(self.params)
         self._workspaces = {}
 
