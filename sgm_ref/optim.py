@@ -228,9 +228,10 @@ class Adam:
         Raises
         ------
         NonFiniteGradientError
-            (a ValueError and a FloatingPointError) if grad has a NaN or inf entry.
-            Nothing has been changed then: params, m, v, ema and step_count keep the
-            values of the last finite step.
+            (a ValueError and a FloatingPointError) if grad has a NaN or inf entry, or
+            (after clipping) a norm whose square overflows the dtype (~1e154 in float64,
+            ~1e19 in float32), which would make v inf. Nothing has been changed then:
+            params, m, v, ema and step_count keep the values of the last finite step.
         ValueError
             If grad has the wrong shape or dtype.
         """
@@ -239,6 +240,14 @@ class Adam:
         scale = 1.0
         if self.clip_norm is not None:
             scale = min(1.0, self.clip_norm / (norm + _CLIP_FLOOR))
+        # v averages g^2: an entry with g^2 beyond the dtype's range would make v inf and
+        # freeze its coordinate (every later update m / (sqrt(v) + eps) = 0)
+        if scale * norm >= math.sqrt(np.finfo(self.params.dtype).max):
+            raise NonFiniteGradientError(
+                f"grad has norm {norm:.3g}: the squares in Adam's second moment would overflow "
+                f"{self.params.dtype}; params, m, v and the step count were left unchanged "
+                "(set clip_norm, or scale the loss down)"
+            )
         k = self.step_count + 1
         beta1, beta2 = self.betas
         step_size = self.lr / (1.0 - beta1**k)

@@ -368,6 +368,20 @@ def test_huge_finite_grad_is_accepted_and_its_norm_is_right():
     assert np.all(np.isfinite(params)) and np.all(np.isfinite(opt.v))
 
 
+@pytest.mark.parametrize("dtype, size", [(np.float64, 1e160), (np.float32, 1e20)])
+def test_a_grad_whose_square_overflows_is_refused_without_clipping(dtype, size):
+    # otherwise v turns inf and freezes that coordinate, and the state cannot be reloaded
+    params = initial_params(n=4).astype(dtype)
+    opt = Adam(params)
+    opt.step(np.ones(4, dtype))
+    before = opt.state_dict()
+    with pytest.raises(NonFiniteGradientError, match="would overflow"):
+        opt.step(np.array([size, 0.0, 0.0, 0.0], dtype))
+    after = opt.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    opt.load_state_dict(after)
+
+
 # -- checkpoints ------------------------------------------------------------------------------------
 
 
