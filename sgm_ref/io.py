@@ -85,6 +85,8 @@ def save(model, path, extra=None, ema=None):
         text = json.dumps(header)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"extra must be JSON-serialisable (plain int, float, str, list, dict): {exc}") from None
+    if not np.all(np.isfinite(model.params)):  # load would refuse the file
+        raise ValueError("the model's params contain non-finite values; nothing was written")
     arrays = {"header": np.array(text), "params": model.params}
     if ema is not None:
         ema = np.asarray(ema)
@@ -172,7 +174,7 @@ def _header(f, path):
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an sgm_ref model file (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("version")
-    if not isinstance(version, int) or version < 1:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ModelFileError(f"{path}: invalid format version {version!r}")
     if version > FORMAT_VERSION:
         raise ModelFileError(

@@ -67,6 +67,8 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
     net = model.network
     x0 = check_points(x0, "x0", d=net.d)
     n = x0.shape[0]
+    if n == 0:
+        raise ValueError("x0 must have at least one row (the loss is a mean over the batch)")
     z = check_points(z, "z", d=net.d)
     if z.shape != x0.shape:
         raise ValueError(f"z must have the shape of x0, {x0.shape}; got {z.shape}")

@@ -65,6 +65,8 @@ class TrainStep:
                  time_distribution="uniform"):
         net = model.network
         self.data = check_points(data, "data", d=net.d)
+        if self.data.shape[0] == 0:
+            raise ValueError("data must have at least one row (the training samples)")
         if self.data.dtype != net.dtype:
             raise ValueError(f"data must have dtype {net.dtype.name} (the model's), got {self.data.dtype}")
         self.batch_size = check_count(batch_size, "batch_size")
@@ -134,7 +136,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     history : History, optional
         Continue this history (when resuming).
     start_step : int
-        Number of steps already taken (when resuming).
+        Number of steps already taken (when resuming); needs the optimizer of those
+        steps (its step_count equal to start_step).
 
     Returns
     -------
@@ -152,10 +155,15 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         eval_every = check_count(eval_every, "eval_every")
         if evaluate is None:
             raise ValueError("eval_every needs evaluate, a callable model -> float")
-    if optimizer is None:
-        optimizer = Adam(model.params, lr=lr)
     if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or not 0 <= start_step <= steps:
         raise ValueError(f"start_step must be an integer in [0, steps], got {start_step!r}")
+    if start_step > 0 and (optimizer is None or optimizer.step_count != start_step):
+        # Adam's bias corrections count its steps: a fresh one would not continue the run
+        taken = "no optimizer was given" if optimizer is None else f"the optimizer has taken {optimizer.step_count}"
+        raise ValueError(f"start_step={start_step} resumes a run, but {taken}; pass the optimizer restored from "
+                         "the run's checkpoint (Adam.load_state_dict), whose step_count is start_step")
+    if optimizer is None:
+        optimizer = Adam(model.params, lr=lr)
     for name, fn in (("evaluate", evaluate), ("callback", callback)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be callable, got {type(fn).__name__}")

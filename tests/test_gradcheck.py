@@ -76,6 +76,22 @@ def test_numerical_gradient_of_quadratic_is_exact_up_to_rounding():
     assert err.max() < 1e-11
 
 
+@pytest.mark.parametrize("value", [100000.1, -31415.9265, 77777.7])
+def test_the_divisor_is_the_step_actually_taken(value):
+    # at theta ~ 1e5 the floats are ~1e-11 apart, so theta +- 1e-6 is rounded and the step
+    # taken differs from 2 eps by up to ~1e-5 relative; f = 2 theta is exact in floats, so
+    # dividing by the step taken gives the derivative 2 exactly, and dividing by 2 eps does not
+    theta = np.array([value])
+
+    def f(th):
+        return 2.0 * th[0]
+
+    np.testing.assert_array_equal(numerical_gradient(f, theta, eps=1e-6), [2.0])
+    result = check_gradient(f, np.array([2.0]), theta, eps=1e-6, rtol=1e-12, atol=0.0, directions=3,
+                            rng=np.random.default_rng(0))
+    assert result.passed, result.max_rel_error
+
+
 def test_numerical_gradient_error_is_second_order_in_eps():
     # truncation error eps^2 / 6 f''' for f = exp: 10x smaller eps -> ~100x smaller error
     f = lambda x: np.sum(np.exp(x))  # noqa: E731

@@ -223,7 +223,7 @@ def test_header_that_is_not_json(tmp_path):
 
 
 @pytest.mark.parametrize("version, fragment", [(FORMAT_VERSION + 1, "newer"), (0, "invalid format version"),
-                                               ("1", "invalid format version")])
+                                               ("1", "invalid format version"), (True, "invalid format version")])
 def test_header_version(version, fragment, tmp_path):
     model = make_model()
     write_npz(tmp_path / "m.npz", {**valid_header(model, tmp_path), "version": version}, params=model.params)
@@ -242,6 +242,14 @@ def test_params_of_the_wrong_length_or_dtype(tmp_path):
     assert_model_file_error(tmp_path / "f32.npz", "float32", "float64")
     write_npz(tmp_path / "none.npz", header)
     assert_model_file_error(tmp_path / "none.npz", "no 'params' array")
+
+
+def test_save_refuses_non_finite_params_it_could_not_load(tmp_path):
+    model = make_model()
+    model.params[4] = np.nan
+    with pytest.raises(ValueError, match="params contain non-finite values"):
+        save(model, tmp_path / "m.npz")
+    assert not (tmp_path / "m.npz").exists()
 
 
 def test_non_finite_params(tmp_path):

@@ -184,6 +184,7 @@ def test_dsm_identity_against_the_exact_score():
     ({"x0": np.zeros((N, 2))}, "x0"),
     ({"z": np.zeros((N, D), np.float32)}, "z must have dtype float64"),
     ({"z": np.zeros((N - 1, D))}, "z must have the shape of x0"),
+    ({"x0": np.zeros((0, D)), "z": np.zeros((0, D)), "t": np.zeros(0)}, "x0 must have at least one row"),
     ({"t": np.full(N - 1, 0.5)}, "one value per row"),
     ({"t": np.r_[0.0, np.full(N - 1, 0.5)]}, "t must be > 0"),
     ({"t": -0.5}, "t must be >= 0"),

@@ -283,6 +283,9 @@ def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monk
     ({"optimizer": "copy"}, r"optimizer must be .*built on model.params"),
     ({"start_step": -1}, "start_step"),
     ({"start_step": 11}, "start_step"),
+    ({"start_step": 4}, "start_step=4 resumes a run, but no optimizer was given"),
+    ({"start_step": 4, "optimizer": "fresh"}, "start_step=4 resumes a run, but the optimizer has taken 0"),
+    ({"data": np.zeros((0, 2))}, "data must have at least one row"),
     ({"rng": 0}, "rng"),
     ({"lr": 0.0}, "lr"),
 ])
@@ -293,6 +296,8 @@ def test_fit_rejects_bad_arguments(change, message):
         change["data"] = data.astype(np.float32)
     if change.get("optimizer") == "copy":
         change["optimizer"] = Adam(model.params.copy())
+    if change.get("optimizer") == "fresh":
+        change["optimizer"] = Adam(model.params)
     args = {"data": data, "steps": 10, "rng": np.random.default_rng(0), **FIT, **change}
     theta = model.params.copy()
     with pytest.raises(ValueError, match=message):
