@@ -736,3 +736,39 @@ def test_paper_family_bad_arguments_raise(args, name):
 def test_from_dict_bad_spec_raises(spec):
     with pytest.raises(ValueError, match="spec must be a dict with keys 'weights', 'means'"):
         GaussianMixture.from_dict(spec)
+
+
+# -- extreme scales: what the log-sum-exp and the grouped log-determinant are for -----------
+
+
+@pytest.mark.parametrize("t", [0.0, 1e-9])
+def test_full_path_weights_sum_to_one_far_out_in_log_p(t):
+    # two narrow components at equal distance: log p ~ -1e11, where m + log(total) has
+    # lost log(total) to rounding; the weights must still sum to 1 (score to the last digits)
+    v = 1e-12
+    means = np.array([[-1.0, 0.0], [1.0, 0.0]])
+    full = GaussianMixture([0.5, 0.5], means, v * np.eye(2)[None].repeat(2, axis=0))
+    diagonal = GaussianMixture([0.5, 0.5], means, np.full((2, 2), v))
+    assert (full.covariance_type, diagonal.covariance_type) == ("full", "diagonal")
+    x = np.array([[0.0, 0.5]])
+    process = OU()
+    a, s2 = float(process.alpha(t)), float(process.sigma(t)) ** 2 if t else 0.0
+    exact = -x / (a * a * v + s2)  # the means' average is 0
+    np.testing.assert_allclose(full.score(x, t), exact, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(diagonal.score(x, t), exact, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e100])
+def test_full_log_determinant_is_grouped_inside_the_float64_range(scale):
+    # eight eigenvalues of 1e+-100: their product leaves float64, so the kernel takes a
+    # log every few factors (GaussianMixture._log_group); scipy is the reference
+    d = 8
+    q, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((d, d)))
+    cov = scale * (q * np.linspace(1.0, 2.0, d)) @ q.T
+    cov = 0.5 * (cov + cov.T)
+    mean = np.sqrt(scale) * np.arange(d, dtype=float)
+    g = GaussianMixture([1.0], mean[None], cov[None])
+    assert g.covariance_type == "full"
+    x = mean + np.sqrt(scale) * np.random.default_rng(6).standard_normal((3, d))
+    expected = multivariate_normal(mean, cov).logpdf(x)
+    np.testing.assert_allclose(g.log_prob(x, 0.0), expected, rtol=1e-12)

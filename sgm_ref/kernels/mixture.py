@@ -12,7 +12,9 @@ diagonal kernel runs its rows in parallel (no BLAS call sits inside the oracle t
 rows are independent, so the result does not depend on the thread count). Callers
 that alternate it with BLAS work (a network's forward pass in sgm_ref.metrics) pay a
 thread hand-over per alternation, once per block of points, not per point. The
-full-covariance kernel is serial (see its docstring). The quadratic forms, log-determinants and log-sum-exp are
+full-covariance kernel is serial (see its docstring), but the matrix products around
+it are BLAS's: their last bits may change with the BLAS thread count (the same count
+gives the same bits). The quadratic forms, log-determinants and log-sum-exp are
 accumulated in float64 whatever the input dtype; with float32 input the matrix
 products and the score (accumulated in its float32 output) are float32, about 1e-7
 relative.
@@ -129,7 +131,9 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
         lse = m + np.log(total)
         logp[i] = lse - 0.5 * d * LOG_2PI
         for k in range(K):
-            pik = np.exp(logc[i, k] - lse)
+            # divide by total, not exp(. - lse): m + log(total) drops log(total) when |m| is
+            # large, and the weights would no longer sum to 1
+            pik = np.exp(logc[i, k] - m) / total
             base = k * d
             for j in range(d):
                 P[i, base + j] *= pik

@@ -34,7 +34,9 @@ class GaussianMixture:
     means : array_like, shape (K, d)
     covariances : None, array_like of shape (K, d) or (K, d, d)
         None: identity covariances (the paper's family). (K, d): diagonal, positive
-        variances. (K, d, d): full, symmetric positive definite.
+        variances. (K, d, d): full, symmetric positive definite. There is no shared
+        (d, d) form: one covariance for all components is repeated K times (when
+        K = d a (d, d) array would be read as K rows of variances).
 
     Notes
     -----
