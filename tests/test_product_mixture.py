@@ -45,6 +45,12 @@ def test_symmetric_preset_is_an_identity_mixture_of_growing_norm():
     np.testing.assert_allclose(p.score(x), -x + 1.5 * np.tanh(1.5 * x), rtol=1e-13, atol=1e-14)
 
 
+def test_covariance_is_taken_about_the_mean():
+    # E[x^2] - E[x]^2 would cancel to 0 for means of 1e8 (the variance is 0.25 + 1)
+    p = ProductMixture([[0.5, 0.5]], [[1e8, 1e8 + 1]], [[1.0, 1.0]])
+    assert p.covariance()[0, 0] == 1.25
+
+
 def test_sample_moments_and_dtype():
     p = random_product(4, seed=9)
     x = p.sample(200_000, np.random.default_rng(2))

@@ -107,8 +107,9 @@ class ProductMixture:
 
     def covariance(self):
         """Covariance of p_0 (diagonal), shape (d, d)."""
-        second = np.sum(self.weights * (self.stds**2 + self.means**2), axis=1)
-        return np.diag(second - self.mean() ** 2)
+        # about the mean, not E[x^2] - E[x]^2, which cancels when the means are far from 0
+        centred = self.means - self.mean()[:, None]
+        return np.diag(np.sum(self.weights * (self.stds**2 + centred**2), axis=1))
 
     def sample(self, n, rng, dtype=np.float64):
         """n points of p_0, shape (n, d): per coordinate a component, then its Gaussian."""
