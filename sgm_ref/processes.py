@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validation import check_count, check_float_dtype, check_points, check_real, check_rng, check_times
+from ._validation import check_count, check_float_dtype, check_points, check_real, check_real_array, check_rng, check_times
 
 __all__ = ["OU", "VP"]
 
@@ -30,8 +30,8 @@ class _LinearProcess:
 
     t_max = np.inf
 
-    def _times(self, t, n=None):
-        return check_times(t, n=n, T=None if np.isinf(self.t_max) else self.t_max)
+    def _times(self, t, n=None, name="t"):
+        return check_times(t, n=n, T=None if np.isinf(self.t_max) else self.t_max, name=name)
 
     @staticmethod
     def _out(arr):
@@ -47,7 +47,11 @@ class _LinearProcess:
         t_hi, t_lo scalars or arrays of one shape, t_hi >= t_lo; float64. The step
         integrals of a reverse-time sampler keep full relative precision on fine grids.
         """
-        t_hi, t_lo = self._times(t_hi), self._times(t_lo)
+        t_hi, t_lo = self._times(t_hi, name="t_hi"), self._times(t_lo, name="t_lo")
+        if t_hi.shape != t_lo.shape:
+            raise ValueError(f"t_hi and t_lo must have one shape, got {t_hi.shape} and {t_lo.shape}")
+        if np.any(t_hi < t_lo):
+            raise ValueError("t_hi must be >= t_lo (the integral runs from t_lo up to t_hi)")
         return self._out(np.asarray(self._integral_between(t_hi, t_lo)))
 
     def beta(self, t):
@@ -111,8 +115,8 @@ class _LinearProcess:
         Converts between processes: the OU time with the same marginal as VP time s is
         OU().time_of(VP().alpha(s)).
         """
-        a = np.asarray(alpha, dtype=np.float64)
-        if not np.all(np.isfinite(a)) or np.any(a <= 0) or np.any(a > 1):
+        a = check_real_array(alpha, "alpha")
+        if np.any(a <= 0) or np.any(a > 1):
             raise ValueError("alpha must lie in (0, 1]")
         if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max)):
             raise ValueError(f"alpha is below alpha(t_max) = {self.alpha(self.t_max)!r}")

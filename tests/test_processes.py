@@ -293,10 +293,21 @@ def test_time_of_converts_between_processes():
     np.testing.assert_allclose(OU().sigma(t_ou), VP().sigma(s), rtol=1e-13, atol=0)
 
 
-@pytest.mark.parametrize("alpha", [0.0, -0.5, 1.5, np.nan, np.inf])
+@pytest.mark.parametrize("alpha", [0.0, -0.5, 1.5, np.nan, np.inf, True, "0.5", 0.5 + 0j])
 def test_time_of_rejects_bad_alpha(alpha):
     with pytest.raises(ValueError, match="alpha"):
         OU().time_of(alpha)
+
+
+@pytest.mark.parametrize("process", [OU(), VP()], ids=["OU", "VP"])
+def test_integrated_beta_between_checks_its_interval(process):
+    with pytest.raises(ValueError, match="t_hi must be >= t_lo"):
+        process.integrated_beta_between(0.1, 0.5)
+    with pytest.raises(ValueError, match="one shape"):
+        process.integrated_beta_between(np.array([0.5, 0.6]), np.array([0.1]))
+    with pytest.raises(ValueError, match="t_lo must be >= 0"):
+        process.integrated_beta_between(0.5, -0.1)
+    assert process.integrated_beta_between(0.5, 0.5) == 0.0
 
 
 def test_time_of_rejects_alpha_below_vp_horizon():
