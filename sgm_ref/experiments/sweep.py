@@ -132,8 +132,8 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
                 _run(todo, results, results_path, workers, scheduler, executor, log)
             except concurrent.futures.process.BrokenProcessPool:
                 write_outputs(folder, results)
-                raise ValueError(f"a worker process died (killed, or out of memory?) after {len(results)} cells; "
-                                 "they are kept: rerun the same command to continue, with fewer --workers if "
+                raise ValueError(f"a worker process died (killed, or out of memory?); the {len(results)} finished "
+                                 "cells are kept: rerun the same command to continue, with fewer --workers if "
                                  "memory ran out") from None
         if retry_failed:  # one row per cell in the file too
             _write_text(results_path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in results))
