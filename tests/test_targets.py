@@ -772,3 +772,19 @@ def test_full_log_determinant_is_grouped_inside_the_float64_range(scale):
     x = mean + np.sqrt(scale) * np.random.default_rng(6).standard_normal((3, d))
     expected = multivariate_normal(mean, cov).logpdf(x)
     np.testing.assert_allclose(g.log_prob(x, 0.0), expected, rtol=1e-12)
+
+
+def test_full_path_keeps_its_digits_for_means_far_from_zero():
+    # means at 1e9 standard deviations from 0: projecting x and mu separately would leave
+    # ~1e-7 of the score at t = 0; the oracle projects x - alpha_t c (c the means' centre)
+    # instead. (At t > 0 the rounding of alpha_t mu itself costs as much, on any route.)
+    t = 0.0
+    cov = np.array([[1.0, 0.3], [0.3, 2.0]])
+    means = np.array([[1e9, -2e9], [1e9 + 3.0, -2e9 + 1.0]])
+    g = GaussianMixture([0.4, 0.6], means, np.stack([cov, 1.5 * cov]))
+    x = means[:1] + np.array([[0.7, -1.1]])
+    reference = GaussianMixture([0.4, 0.6], means - means[0], np.stack([cov, 1.5 * cov]))
+    process = OU()
+    shift = float(process.alpha(t)) * means[0]  # alpha_0 = 1: x - mu_0 is exact in float64
+    np.testing.assert_allclose(g.score(x, t), reference.score(x - shift, t), rtol=1e-12)
+    np.testing.assert_allclose(g.log_prob(x, t), reference.log_prob(x - shift, t), rtol=1e-12)

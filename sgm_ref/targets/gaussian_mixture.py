@@ -100,6 +100,7 @@ class GaussianMixture:
         self._mu = np.ascontiguousarray(mu[active])
         self._lam = np.ascontiguousarray(lam[active])
         self._U = None if U is None else np.ascontiguousarray(U[active])
+        self._centre = np.exp(self._logw) @ self._mu
         # how many factors v = alpha^2 lam + sigma^2 (between min(lam, 1) and max(lam, 1))
         # the kernel may multiply before one log without leaving the float64 range
         spread = max(1.0, float(np.max(np.abs(np.log(self._lam)))))
@@ -282,7 +283,9 @@ class GaussianMixture:
             else:
                 K, d = self._lam.shape
                 U_all = np.ascontiguousarray(self._U.transpose(1, 0, 2).reshape(d, K * d))
-                m_proj = np.einsum("kji,kj->ki", self._U, self._mu)
+                # projected about the centre c of the means (x - a c is formed before the
+                # product), so means far from 0 do not cost digits in U^T x - a U^T mu
+                m_proj = np.einsum("kji,kj->ki", self._U, self._mu - self._centre)
                 extra = (U_all.astype(dtype), np.ascontiguousarray(m_proj.astype(dtype)))
             self._by_dtype[dtype] = (mu, lam) + extra
         return self._by_dtype[dtype]
@@ -303,7 +306,7 @@ class GaussianMixture:
         rows = max(1, _BLOCK_ELEMENTS // (K * d))
         for start in range(0, n, rows):
             block = slice(start, min(start + rows, n))
-            P = x[block] @ U_all
+            P = (x[block] - a[block, None].astype(x.dtype) * self._centre.astype(x.dtype)) @ U_all
             logc = np.empty((P.shape[0], K))
             full_mixture_responsibilities(P, a[block], s2[block], self._logw, m_proj, lam, self._log_group,
                                           logp[block], logc)
