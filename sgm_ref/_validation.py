@@ -122,6 +122,21 @@ def call_score(score, x, t, where=""):
     return s
 
 
+def check_oracle_output(logp, x):
+    """Raise unless log p_t is finite in every row of x.
+
+    An exact oracle is finite wherever its input is, up to the dtype's range: a point
+    so far out that its squared distance to the target overflows gets an error naming
+    it, not a NaN. Only log p_t is checked (n numbers, not n d): where it is finite the
+    score |x - a mu| / v is too, unless the variances v are subnormal.
+    """
+    bad = ~np.isfinite(logp)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"x[{i}] (largest |entry| {np.max(np.abs(x[i])):.3g}) is too far from the "
+                         f"target for {x.dtype}: log p_t or its score there overflows; rescale the points or the target")
+
+
 def check_points(x, name="x", d=None):
     """Return x as a C-contiguous (n, d) float array; raise if it is not one.
 

@@ -45,6 +45,12 @@ def test_symmetric_preset_is_an_identity_mixture_of_growing_norm():
     np.testing.assert_allclose(p.score(x), -x + 1.5 * np.tanh(1.5 * x), rtol=1e-13, atol=1e-14)
 
 
+def test_a_point_too_far_out_for_float64_is_named_not_nan():
+    p = ProductMixture.symmetric(2, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"^x\[1\] \(largest \|entry\| 1e\+155\) is too far"):
+        p.score(np.array([[0.0, 0.0], [1e155, 0.0]]), 0.5)
+
+
 def test_covariance_is_taken_about_the_mean():
     # E[x^2] - E[x]^2 would cancel to 0 for means of 1e8 (the variance is 0.25 + 1)
     p = ProductMixture([[0.5, 0.5]], [[1e8, 1e8 + 1]], [[1.0, 1.0]])

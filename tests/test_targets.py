@@ -788,3 +788,20 @@ def test_full_path_keeps_its_digits_for_means_far_from_zero():
     shift = float(process.alpha(t)) * means[0]  # alpha_0 = 1: x - mu_0 is exact in float64
     np.testing.assert_allclose(g.score(x, t), reference.score(x - shift, t), rtol=1e-12)
     np.testing.assert_allclose(g.log_prob(x, t), reference.log_prob(x - shift, t), rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ORACLE_METHODS)
+def test_a_point_too_far_out_for_float64_is_named_not_nan(kind, method):
+    mixture = make_mixture(kind, K=2, d=3, seed=29)[0]
+    x = np.zeros((3, 3))
+    x[1, 2] = 1e155  # its squared distance overflows float64
+    with pytest.raises(ValueError, match=r"^x\[1\] \(largest \|entry\| 1e\+155\) is too far"):
+        getattr(mixture, method)(x, 0.5)
+    x[1, 2] = 1e30  # far, but representable: finite answers
+    assert np.all(np.isfinite(mixture.log_prob_and_score(x, 0.5)[1]))
+
+
+def test_a_float32_score_that_overflows_is_named():
+    with pytest.raises(ValueError, match=r"^x\[0\] .* too far from the target for float32"):
+        GaussianMixture.ring().score(np.array([[1e30, 0.0]], np.float32), 0.0)

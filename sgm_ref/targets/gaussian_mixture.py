@@ -11,8 +11,8 @@ tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 
 
 import numpy as np
 
-from .._validation import (check_count, check_float_dtype, check_points, check_real, check_real_array,
-                           check_rng, eigh_spd)
+from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real,
+                           check_real_array, check_rng, eigh_spd)
 from ..kernels.mixture import diagonal_mixture, full_mixture_responsibilities
 from ..processes import OU, check_process
 
@@ -301,6 +301,7 @@ class GaussianMixture:
             out = score if want_score else np.empty((1, 1), dtype=x.dtype)
             identity = self.covariance_type == "identity"
             diagonal_mixture(x, a, s2, self._logw, mu, lam, identity, want_score, logp, out)
+            check_oracle_output(logp, x)
             return logp, score
         K = lam.shape[0]
         rows = max(1, _BLOCK_ELEMENTS // (K * d))
@@ -313,4 +314,5 @@ class GaussianMixture:
             if want_score:
                 np.matmul(P, U_all.T, out=score[block])
                 np.negative(score[block], out=score[block])
+        check_oracle_output(logp, x)
         return logp, score

@@ -16,7 +16,8 @@ norm r, sgm_ref.targets.GaussianMixture.paper_family) keeps it fixed.
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_points, check_real, check_real_array, check_rng
+from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real,
+                           check_real_array, check_rng)
 from ..processes import OU, check_process
 
 __all__ = ["ProductMixture"]
@@ -139,10 +140,13 @@ class ProductMixture:
         a, s2 = a[:, None, None], s2[:, None, None]
         var = a**2 * self.stds**2 + s2                            # (n, d, 2)
         diff = x.astype(np.float64)[:, :, None] - a * self.means  # (n, d, 2)
-        log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff**2 / var)
-        top = np.max(log_terms, axis=2, keepdims=True)
-        post = np.exp(log_terms - top)
-        total = post.sum(axis=2, keepdims=True)
-        log_coord = top[:, :, 0] + np.log(total[:, :, 0])        # log p_t of each coordinate
-        score = -np.sum(post / total * diff / var, axis=2)
-        return log_coord.sum(axis=1).astype(x.dtype), score.astype(x.dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
+            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff**2 / var)
+            top = np.max(log_terms, axis=2, keepdims=True)
+            post = np.exp(log_terms - top)
+            total = post.sum(axis=2, keepdims=True)
+            log_coord = top[:, :, 0] + np.log(total[:, :, 0])        # log p_t of each coordinate
+            score = -np.sum(post / total * diff / var, axis=2)
+            logp, score = log_coord.sum(axis=1).astype(x.dtype), score.astype(x.dtype)
+        check_oracle_output(logp, x)
+        return logp, score
