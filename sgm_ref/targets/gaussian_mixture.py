@@ -279,14 +279,14 @@ class GaussianMixture:
             mu = self._mu.astype(dtype)
             lam = self._lam.astype(dtype)
             if self._U is None:
-                extra = (None, None)
+                extra = (None, None, None)
             else:
                 K, d = self._lam.shape
                 U_all = np.ascontiguousarray(self._U.transpose(1, 0, 2).reshape(d, K * d))
                 # projected about the centre c of the means (x - a c is formed before the
                 # product), so means far from 0 do not cost digits in U^T x - a U^T mu
                 m_proj = np.einsum("kji,kj->ki", self._U, self._mu - self._centre)
-                extra = (U_all.astype(dtype), np.ascontiguousarray(m_proj.astype(dtype)))
+                extra = (U_all.astype(dtype), np.ascontiguousarray(m_proj.astype(dtype)), self._centre.astype(dtype))
             self._by_dtype[dtype] = (mu, lam) + extra
         return self._by_dtype[dtype]
 
@@ -294,7 +294,7 @@ class GaussianMixture:
         x = check_points(x, "x", d=self.dim)
         n, d = x.shape
         a, s2 = check_process(process)._coefficients(t, n)
-        mu, lam, U_all, m_proj = self._params(x.dtype)
+        mu, lam, U_all, m_proj, centre = self._params(x.dtype)
         logp = np.empty(n, dtype=x.dtype)
         score = np.empty((n, d), dtype=x.dtype) if want_score else None
         if U_all is None:
@@ -307,7 +307,7 @@ class GaussianMixture:
         rows = max(1, _BLOCK_ELEMENTS // (K * d))
         for start in range(0, n, rows):
             block = slice(start, min(start + rows, n))
-            P = (x[block] - a[block, None].astype(x.dtype) * self._centre.astype(x.dtype)) @ U_all
+            P = (x[block] - a[block, None].astype(x.dtype) * centre) @ U_all
             logc = np.empty((P.shape[0], K))
             full_mixture_responsibilities(P, a[block], s2[block], self._logw, m_proj, lam, self._log_group,
                                           logp[block], logc)
