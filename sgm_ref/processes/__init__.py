@@ -81,7 +81,7 @@ def convert_time(t, from_process, to_process):
     try:
         t_to = np.asarray(to_process.time_of_log_snr(lam), dtype=np.float64)
     except ValueError as e:
-        raise ValueError(f"t = {t!r} of {from_process!r} has no counterpart in {to_process!r}: {e}") from None
+        raise ValueError(f"a time of {from_process!r} has no counterpart in {to_process!r}: {e}") from None
     # the ratio of the larger of the two scales is the better conditioned one
     a_from, s_from = from_process._alpha(t), from_process._sigma(t)
     a_to, s_to = to_process._alpha(t_to), to_process._sigma(t_to)

@@ -115,8 +115,9 @@ class LinearGaussianProcess:
         """The time t with log_snr(t) = lam; lam scalar or array, float64 of its shape.
 
         lam must lie in [log_snr(t_max), log_snr(t_min)]; +inf is accepted where
-        log_snr(t_min) = +inf and gives t_min. The result is kept inside [t_min, t_max]
-        (a rounding at the end points could otherwise step a hair past them).
+        log_snr(t_min) = +inf and gives t_min. A lam past an end point by no more than
+        1e-12 (1 + |end point|) (a rounding, e.g. from another process's time) counts as
+        that end point, and the result is kept inside [t_min, t_max].
 
         Raises
         ------
@@ -133,6 +134,12 @@ class LinearGaussianProcess:
         with np.errstate(divide="ignore"):
             lam_hi = float(self._log_snr(np.array(self.t_min)))
         lam_lo = -np.inf if np.isinf(self.t_max) else float(self._log_snr(np.array(self.t_max)))
+        # a lam past an end point by rounding (within 1e-12 (1 + |end|)) is that end point
+        slack = lambda end: 1e-12 * (1.0 + abs(end))  # noqa: E731
+        if np.isfinite(lam_hi):
+            arr = np.where((arr > lam_hi) & (arr <= lam_hi + slack(lam_hi)), lam_hi, arr)
+        if np.isfinite(lam_lo):
+            arr = np.where((arr < lam_lo) & (arr >= lam_lo - slack(lam_lo)), lam_lo, arr)
         if np.any(arr > lam_hi):
             raise ValueError(f"lam must be <= log_snr(t_min) = {lam_hi!r} for {self!r}, got max {arr.max()!r}")
         if np.any(arr < lam_lo):
@@ -141,6 +148,10 @@ class LinearGaussianProcess:
             t = self._time_of_log_snr(arr)
         if not np.all(np.isfinite(t)):
             raise ValueError(f"lam = {arr.min()!r} is so low that the time overflows float64 for {self!r}")
+        if np.isinf(lam_hi) and np.any((t <= self.t_min) & (arr < np.inf)):
+            bad = arr[(t <= self.t_min) & (arr < np.inf)]
+            raise ValueError(f"lam = {bad.max()!r} is so high that its time underflows float64 for {self!r} "
+                             "(it would come out as t_min, where lam is +inf)")
         return self._out(np.clip(t, self.t_min, self.t_max))
 
     def _coefficients(self, t, n):

@@ -77,9 +77,11 @@ class DDPM(VariancePreserving):
         if self.beta_schedule == "scaled_linear":
             return np.linspace(self.beta_start**0.5, self.beta_end**0.5, N) ** 2
         # 1 - cos^2(u2)/cos^2(u1) = sin(u2 - u1) sin(u2 + u1) / cos^2(u1), no cancellation
-        u = (np.arange(N + 1) / N + 0.008) / 1.008 * (0.5 * np.pi)
-        u1, u2 = u[:-1], u[1:]
-        return np.minimum(np.sin(u2 - u1) * np.sin(u2 + u1) / np.cos(u1) ** 2, _MAX_BETA)
+        # (u2 - u1 and u2 + u1 formed directly, not as differences of rounded u's)
+        k = 0.5 * np.pi / 1.008
+        i = np.arange(N)
+        u1 = (i / N + 0.008) * k
+        return np.minimum(np.sin(k / N) * np.sin(((2 * i + 1) / N + 0.016) * k) / np.cos(u1) ** 2, _MAX_BETA)
 
     def alphas_cumprod(self):
         """prod_{j <= i} (1 - beta_j) in float64, shape (N,) (as exp of a sum of log1p's)."""
