@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_real
+from .._validation import check_count, check_real
 from .base import LinearGaussianProcess
 from .variance_preserving import check_linear_betas, inverse_linear_integrated_beta
 
@@ -188,6 +188,25 @@ class EDM(LinearGaussianProcess):
 
     def _time_of_log_snr(self, lam):
         return np.exp(-0.5 * lam)
+
+    def karras_sigmas(self, n, sigma_min, sigma_max, rho=7.0):
+        """The time grid of Karras et al. (2022, eq. 5), as k-diffusion's get_sigmas_karras.
+
+        sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+        for i = 0..n-1, then a final 0: n + 1 decreasing float64 times.
+
+        Raises
+        ------
+        ValueError
+            n not an integer >= 2, not 0 < sigma_min < sigma_max <= t_max, or rho <= 0.
+        """
+        n = check_count(n, "n", minimum=2)
+        sigma_min = check_real(sigma_min, "sigma_min", low=0.0, low_open=True)
+        sigma_max = check_real(sigma_max, "sigma_max", low=sigma_min, low_open=True, high=self.t_max)
+        rho = check_real(rho, "rho", low=0.0, low_open=True)
+        lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+        ramp = np.linspace(0.0, 1.0, n)
+        return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)
 
     def to_dict(self):
         return {"name": "EDM", "t_max": self.t_max}
