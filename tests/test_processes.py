@@ -802,6 +802,17 @@ def test_time_of_log_snr_refuses_bad_lam(process):
         assert process.time_of_log_snr(np.inf) == 0.0
 
 
+@pytest.mark.parametrize("process", [p for p in ALL_PROCESSES if np.isfinite(p.t_max)], ids=repr)
+def test_time_of_log_snr_takes_end_points_past_by_a_rounding(process):
+    """A lambda a rounding beyond an end point (another process's time, converted) is that
+    end point, not an error; one clearly beyond still raises (test above)."""
+    lo = process.log_snr(process.t_max)
+    assert abs(process.time_of_log_snr(lo - 1e-14 * (1 + abs(lo))) - process.t_max) <= 1e-13 * process.t_max
+    hi = process.log_snr(0.0)
+    if np.isfinite(hi):
+        assert process.time_of_log_snr(hi + 1e-14 * (1 + abs(hi))) <= 1e-13
+
+
 def test_edm_time_overflow_is_named():
     with pytest.raises(ValueError, match="overflows"):
         EDM().time_of_log_snr(-2000.0)
