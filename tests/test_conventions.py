@@ -222,3 +222,45 @@ def test_bad_shapes_and_values_raise_naming_the_argument():
         coefficients(1.0, FlowMatching(), "x0", "velocity")
     with pytest.raises(ValueError, match=r"^process must be"):
         convert(x, x, 0.5, "OU")
+
+
+# -- property-based: any time, any pair ----------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def _case(draw):
+    process = draw(st.sampled_from(PROCESSES))
+    far = 300.0 if np.isinf(process.t_max) else process.t_max
+    t = draw(st.one_of(st.floats(1e-150, far), st.floats(1e-150, 1e-3).map(lambda u: far - u * far)))
+    k1, k2 = draw(st.sampled_from(PAIRS))
+    return process, t, k1, k2
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(_case(), st.integers(0, 2**31))
+def test_round_trip_any_time(case, seed):
+    """As test_round_trip_every_pair, at times hypothesis picks (t -> 0 and the far end)."""
+    process, t, k1, k2 = case
+    if not (_defined(process, t, k1, k2) and _defined(process, t, k2, k1)):
+        return  # a coefficient beyond float64 (e.g. the score ~ 1/sigma^2 at t ~ 1e-150)
+    x, value = np.random.default_rng(seed).standard_normal((2, 1, 3))
+    A, B = coefficients(t, process, k1, k2)
+    back = convert(convert(value, x, t, process, k1, k2), x, t, process, k2, k1)
+    assert np.all(np.abs(back - value) <= 1e-13 * (np.abs(value) + np.abs(A * x / B)))
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(st.sampled_from(PROCESSES), st.floats(0.0, 1.0))
+def test_time_log_snr_round_trip_any_time(process, u):
+    far = 300.0 if np.isinf(process.t_max) else process.t_max
+    t = far * u
+    if 0 < t < 1e-300:
+        return  # B(t) = beta_min t underflows: the float64 range limit of tests/test_processes.py
+    back = process.time_of_log_snr(process.log_snr(t))
+    tol = 1e-13 * t
+    if isinstance(process, VE):  # lambda(0) finite: see tests/test_processes.py
+        tol += 4 * EPS * abs(process.log_snr(t)) / abs(2 * np.log(process.sigma_max / process.sigma_min))
+    assert abs(back - t) <= tol

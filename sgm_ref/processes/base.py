@@ -156,8 +156,8 @@ class LinearGaussianProcess:
 
     def _coefficients(self, t, n):
         """(alpha_t, sigma_t^2) as float64 arrays of length n, t validated for n rows."""
-        t = self._times(t, n=n)
-        return np.broadcast_to(self._alpha(t), (n,)), np.broadcast_to(self._sigma2(t), (n,))
+        t = np.ascontiguousarray(np.broadcast_to(self._times(t, n=n), (n,)))
+        return self._alpha(t), self._sigma2(t)  # fresh contiguous arrays, as the kernels expect
 
     def perturb(self, x0, t, rng):
         """Draw X_t given X_0: xt = alpha_t x0 + sigma_t z, z ~ N(0, I).

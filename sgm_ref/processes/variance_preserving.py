@@ -61,6 +61,11 @@ class VariancePreserving(LinearGaussianProcess):
     def _sigma(self, t):
         return np.sqrt(self._sigma2(t))
 
+    def _coefficients(self, t, n):
+        """(alpha_t, sigma_t^2) as float64 arrays of length n, t validated for n rows."""
+        B = np.broadcast_to(self._integrated_beta(self._times(t, n=n)), (n,))
+        return np.exp(-0.5 * B), -np.expm1(-B)
+
     def _d_alpha(self, t):
         return -0.5 * self._beta(t) * self._alpha(t)
 
