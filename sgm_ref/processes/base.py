@@ -135,11 +135,10 @@ class LinearGaussianProcess:
             lam_hi = float(self._log_snr(np.array(self.t_min)))
         lam_lo = -np.inf if np.isinf(self.t_max) else float(self._log_snr(np.array(self.t_max)))
         # a lam past an end point by rounding (within 1e-12 (1 + |end|)) is that end point
-        slack = lambda end: 1e-12 * (1.0 + abs(end))  # noqa: E731
         if np.isfinite(lam_hi):
-            arr = np.where((arr > lam_hi) & (arr <= lam_hi + slack(lam_hi)), lam_hi, arr)
+            arr = np.where((arr > lam_hi) & (arr <= lam_hi + 1e-12 * (1.0 + abs(lam_hi))), lam_hi, arr)
         if np.isfinite(lam_lo):
-            arr = np.where((arr < lam_lo) & (arr >= lam_lo - slack(lam_lo)), lam_lo, arr)
+            arr = np.where((arr < lam_lo) & (arr >= lam_lo - 1e-12 * (1.0 + abs(lam_lo))), lam_lo, arr)
         if np.any(arr > lam_hi):
             raise ValueError(f"lam must be <= log_snr(t_min) = {lam_hi!r} for {self!r}, got max {arr.max()!r}")
         if np.any(arr < lam_lo):
