@@ -6,15 +6,16 @@ learning a family of sub-Gaussian probability distributions" (ICLR 2024).
 
 __version__ = "0.1.0"
 
-from . import gradcheck, metrics, samplers
+from . import conventions, gradcheck, metrics, samplers
 from .io import load, save
 from .losses import dsm_loss
 from .nn import MLP
 from .optim import Adam
-from .processes import OU, VP
+from .processes import DDPM, EDM, OU, VE, VP, FlowMatching, SubVP, VPCosine, convert_time
 from .score_model import ScoreModel
 from .targets import GaussianMixture
 from .train import fit
 
-__all__ = ["OU", "VP", "GaussianMixture", "MLP", "ScoreModel", "Adam", "dsm_loss", "fit", "save", "load",
+__all__ = ["OU", "VP", "VPCosine", "DDPM", "SubVP", "VE", "EDM", "FlowMatching", "convert_time", "conventions",
+           "GaussianMixture", "MLP", "ScoreModel", "Adam", "dsm_loss", "fit", "save", "load",
            "samplers", "metrics", "gradcheck", "__version__"]

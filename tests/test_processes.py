@@ -489,3 +489,378 @@ def test_process_from_dict_needs_both_betas():
 def test_huge_integer_parameter_is_a_value_error():
     with pytest.raises(ValueError, match="beta_max must be finite"):
         VP(0.1, 10**400)
+
+
+# == every linear Gaussian process (issue 12) ==========================================
+#
+# The references below are written from the papers' formulas in 50-digit mpmath, with
+# derivatives by mpmath's numerical differentiation: independent of the library's
+# cancellation-free rewrites.
+
+import itertools
+
+import mpmath
+
+from sgm_ref.processes import (DDPM, EDM, VE, FlowMatching, LinearGaussianProcess, SubVP, VPCosine,
+                               check_process, convert_time)
+
+mp = mpmath.mp
+ALL_PROCESSES = [OU(), VP(), VP(0.0, 20.0), VPCosine(), VPCosine(s=0.02, t_max=0.9),
+                 DDPM(), DDPM("scaled_linear", 0.00085, 0.012), DDPM("squaredcos_cap_v2"),
+                 DDPM("squaredcos_cap_v2", num_train_timesteps=50),
+                 SubVP(), VE(), VE(0.002, 80.0), EDM(), EDM(t_max=80.0), FlowMatching(), FlowMatching(t_max=0.5)]
+ALL_IDS = [repr(p) for p in ALL_PROCESSES]
+
+
+def _mp_alpha_sigma(p, t):
+    """(alpha_t, sigma_t) of process p at mp time t, from the defining formulas."""
+    if isinstance(p, (OU, VP, SubVP)):
+        bmin, bmax = (2, 2) if isinstance(p, OU) else (mp.mpf(p.beta_min), mp.mpf(p.beta_max))
+        B = bmin * t + t * t * (bmax - bmin) / 2
+        if isinstance(p, SubVP):
+            return mp.exp(-B / 2), -mp.expm1(-B)
+        return mp.exp(-B / 2), mp.sqrt(-mp.expm1(-B))
+    if isinstance(p, VPCosine):
+        s = mp.mpf(p.s)
+        a = mp.cos((t + s) / (1 + s) * mp.pi / 2) / mp.cos(s / (1 + s) * mp.pi / 2)
+        return a, mp.sqrt(1 - a * a)
+    if isinstance(p, DDPM):  # piecewise-constant rate -N log(1 - beta_j) on [j/N, (j+1)/N)
+        N, betas = p.num_train_timesteps, p.betas()
+        j = min(int(mp.floor(t * N)), N - 1)
+        B = sum(-mp.log(1 - mp.mpf(b)) for b in betas[:j]) - (t * N - j) * mp.log(1 - mp.mpf(betas[j]))
+        return mp.exp(-B / 2), mp.sqrt(-mp.expm1(-B))
+    if isinstance(p, VE):
+        return mp.mpf(1), mp.mpf(p.sigma_min) * (mp.mpf(p.sigma_max) / mp.mpf(p.sigma_min)) ** t
+    if isinstance(p, EDM):
+        return mp.mpf(1), t
+    if isinstance(p, FlowMatching):
+        return 1 - t, t
+    raise TypeError(p)
+
+
+def _time_grid(p, n_inner=60):
+    """Times over the whole range: 0, tiny ones, an inner grid and the far end."""
+    far = 300.0 if np.isinf(p.t_max) else p.t_max
+    tiny = [1e-300, 1e-200, 1e-100, 1e-30, 1e-12, 1e-6]
+    ends = [far * (1 - 1e-12), far * (1 - 1e-6), far]
+    return np.unique(np.concatenate([[0.0], tiny, np.linspace(0.0, far, n_inner)[1:], ends]))
+
+
+def _B_underflows(process, t):
+    return isinstance(process, VP) and process.integrated_beta(t) < np.finfo(np.float64).tiny
+
+
+def _dlog_snr(process, t):
+    """d lambda / dt = -2 W / (alpha sigma)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -2.0 * process._w(t) / (process._alpha(t) * process._sigma(t))
+
+
+def _rel(got, ref):
+    return abs(got - ref) / abs(ref) if ref != 0 else abs(got)
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=ALL_IDS)
+def test_marginal_against_high_precision(process):
+    with mp.workdps(50):
+        for t in _time_grid(process, 25):
+            if 0 < t and _B_underflows(process, t):
+                continue  # B(t) = t^2 beta_max/2 < 1e-308: a float64 range limit, as above
+            a, s = _mp_alpha_sigma(process, mp.mpf(t))
+            alpha, sigma = process.marginal(t)
+            assert _rel(alpha, a) <= 1e-14 and _rel(sigma, s) <= 1e-14, (t, alpha, a, sigma, s)
+            if s * s > mp.mpf(np.finfo(float).tiny):  # sigma^2 itself representable
+                assert _rel(process.sigma2(t), s * s) <= 1e-14, t
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=ALL_IDS)
+def test_drift_diffusion_and_derivatives_against_high_precision(process):
+    """f = d log alpha/dt and g^2 = d sigma^2/dt - 2 f sigma^2, from mpmath derivatives."""
+    far = 5.0 if np.isinf(process.t_max) else process.t_max
+    # off the DDPM knots (beta jumps there) and inside the range
+    for t in far * np.array([1e-6, 0.01234, 0.3105, 0.5775, 0.90315, 0.99935]):
+        with mp.workdps(50):
+            a = mpmath.diff(lambda u: _mp_alpha_sigma(process, u)[0], mp.mpf(t))
+            s = mpmath.diff(lambda u: _mp_alpha_sigma(process, u)[1], mp.mpf(t))
+            al, si = _mp_alpha_sigma(process, mp.mpf(t))
+            f = a / al
+            g2 = mpmath.diff(lambda u: _mp_alpha_sigma(process, u)[1] ** 2, mp.mpf(t)) - 2 * f * si**2
+        assert _rel(process.d_alpha(t), a) <= 1e-13, t
+        assert _rel(process.d_sigma(t), s) <= 1e-13, t
+        assert _rel(process.f(t), f) <= 1e-13, t
+        assert _rel(process.g2(t), g2) <= 1e-13, t
+        assert process.g2(t) > 0
+        # the cancellation-free forms behind the conversions
+        w, h = al * s - a * si, al * a + si * s
+        assert abs(process._w(np.float64(t)) - w) <= 1e-13 * (abs(al * s) + abs(a * si))
+        assert abs(process._half_dq(np.float64(t)) - h) <= 1e-13 * (abs(al * a) + abs(si * s))
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=ALL_IDS)
+def test_log_snr_against_high_precision(process):
+    with mp.workdps(50):
+        for t in _time_grid(process, 25)[1:]:
+            if _B_underflows(process, t):
+                continue
+            a, s = _mp_alpha_sigma(process, mp.mpf(t))
+            lam = 2 * (mp.log(a) - mp.log(s))
+            assert abs(process.log_snr(t) - lam) <= 1e-14 * (1 + abs(lam)), t
+    lam0 = process.log_snr(0.0)
+    assert lam0 == np.inf if not isinstance(process, VE) else np.isfinite(lam0)
+    far = 300.0 if np.isinf(process.t_max) else process.t_max
+    lam = process.log_snr(np.linspace(0.0, far, 500)[1:])
+    assert np.all(np.diff(lam) < 0)  # strictly decreasing
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=ALL_IDS)
+def test_time_log_snr_round_trip(process):
+    """t -> lambda -> t to 1e-13 relative over the whole range, t -> 0 and the far end included.
+
+    VE is the exception at t -> 0: its lambda(0) is finite, so lambda near 0 carries t only
+    to eps |lambda| / |d lambda/dt| absolutely (lambda(1e-20) == lambda(0) in float64).
+    """
+    t = _time_grid(process, 400)
+    t = t[(t == 0) | ~np.array([_B_underflows(process, ti) for ti in t])]
+    back = process.time_of_log_snr(process.log_snr(t))
+    assert back.shape == t.shape and back[0] == 0.0
+    tol = 1e-13 * t
+    if isinstance(process, VE):
+        tol = tol + 4 * EPS * np.abs(process.log_snr(t)) / abs(2 * np.log(process.sigma_max / process.sigma_min))
+    assert np.all(np.abs(back - t) <= tol), np.max(np.abs(back - t) / np.maximum(tol, 1e-300))
+    # and lambda -> t -> lambda
+    # and lambda -> t -> lambda, up to the rounding of t itself: where t is near 1 (FlowMatching,
+    # VPCosine) a float64 t holds 1 - t only to eps absolutely, which moves lambda by eps lambda'
+    lam = process.log_snr(t[1:])
+    t_back = process.time_of_log_snr(lam)
+    tol = 1e-13 * (1 + np.abs(lam)) + 4 * EPS * t_back * np.abs(_dlog_snr(process, t_back))
+    assert np.all(np.abs(process.log_snr(t_back) - lam) <= tol)
+    assert np.ndim(process.time_of_log_snr(float(lam[3]))) == 0
+
+
+@pytest.mark.parametrize("pair", list(itertools.permutations(
+    [OU(), VP(), VPCosine(), DDPM("scaled_linear", 0.00085, 0.012), SubVP(), VE(0.002, 80.0), EDM(), FlowMatching()], 2)),
+    ids=lambda pair: f"{type(pair[0]).__name__}->{type(pair[1]).__name__}")
+def test_convert_time_finds_the_same_marginal(pair):
+    """Same lambda, and x_b = scale x_a maps alpha_a x0 + sigma_a z onto alpha_b x0 + sigma_b z.
+
+    Tolerances are 1e-13 plus what the rounding of t_b itself (4 eps t_b) moves each
+    quantity by: that is the whole error except near t = 1 of FlowMatching and VPCosine.
+    """
+    a, b = pair
+    def lam_range(p):
+        return (p.log_snr(p.t_max) if np.isfinite(p.t_max) else -700.0, min(p.log_snr(0.0), 700.0))
+    lo = max(lam_range(a)[0], lam_range(b)[0])
+    hi = min(lam_range(a)[1], lam_range(b)[1])
+    lam = np.concatenate([np.linspace(lo, hi, 300), hi - np.logspace(-12, 0, 13), lo + np.logspace(-12, 0, 13)])
+    t = a.time_of_log_snr(lam)
+    t_b, scale = convert_time(t, a, b)
+    lam_a, lam_b = a.log_snr(t), b.log_snr(t_b)
+    dt = 4 * EPS * t_b
+    assert np.all(np.abs(lam_b - lam_a) <= 1e-13 * (1 + np.abs(lam_a)) + np.abs(_dlog_snr(b, t_b)) * dt)
+    rel_a = np.abs(scale * a.alpha(t) / b.alpha(t_b) - 1)
+    assert np.all(rel_a <= 1e-13 + np.abs(b.f(t_b)) * dt)
+    rel_s = np.abs(scale * a.sigma(t) / b.sigma(t_b) - 1)
+    assert np.all(rel_s <= 1e-13 + np.abs(b.d_sigma(t_b) / b.sigma(t_b)) * dt)
+
+
+def test_time_of_log_snr_refuses_a_time_below_float64():
+    """lambda = 800 has t ~ e^-800 for OU, below float64: an error, not t = 0 (lambda = inf)."""
+    assert OU().time_of_log_snr(700.0) > 0
+    with pytest.raises(ValueError, match="underflows"):
+        OU().time_of_log_snr(800.0)
+    with pytest.raises(ValueError, match="no counterpart in OU"):
+        convert_time(1e-300, SubVP(), OU())  # SubVP's sigma = B, so lambda(1e-300) ~ 1386
+
+
+def test_convert_time_ou_to_edm_is_the_hand_conversion():
+    """The issue's hand conversion: sigma_EDM = sqrt(expm1(2t)) and x_EDM = x_OU / alpha_t."""
+    t = np.array([1e-12, 1e-3, 0.5, 2.0, 9.0])
+    sigma, scale = convert_time(t, OU(), EDM())
+    np.testing.assert_allclose(sigma, np.sqrt(np.expm1(2 * t)), rtol=1e-14)
+    np.testing.assert_allclose(scale, np.exp(t), rtol=1e-14)
+    back, inv = convert_time(sigma, EDM(), OU())
+    np.testing.assert_allclose(back, t, rtol=1e-13)
+    np.testing.assert_allclose(inv * scale, 1.0, rtol=1e-14)
+    assert convert_time(0.0, OU(), EDM()) == (0.0, 1.0)
+
+
+def test_convert_time_out_of_the_target_range_raises():
+    with pytest.raises(ValueError, match="no counterpart in VP"):
+        convert_time(6.0, OU(), VP())  # OU at t = 6 is noisier than VP ever gets
+    with pytest.raises(ValueError, match="from_process must be"):
+        convert_time(0.5, "OU", VP())
+    with pytest.raises(ValueError, match="^t must be <= 1"):
+        convert_time(1.5, VP(), OU())
+
+
+# -- DDPM: diffusers' schedules in continuous time -------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["linear", "scaled_linear", "squaredcos_cap_v2"])
+def test_ddpm_timestep_map(schedule):
+    """t_i = (i + 1)/N carries alphas_cumprod[i] and DDPM's one-step kernel exactly."""
+    p = DDPM(schedule, 0.00085, 0.012, 1000) if schedule == "scaled_linear" else DDPM(schedule)
+    N, i = p.num_train_timesteps, np.arange(p.num_train_timesteps)
+    t = p.time_of_timestep(i)
+    assert np.array_equal(t, (i + 1) / N)
+    assert np.all(np.abs(p.timestep_of_time(t) - i) <= 4 * EPS * N)
+    ac = p.alphas_cumprod()
+    np.testing.assert_allclose(p.integrated_beta(t), np.cumsum(-np.log1p(-p.betas())), rtol=4 * EPS)
+    # alpha = exp(-B/2) squared: B <= 20 known to an ulp, so a few ulps times B
+    assert np.all(np.abs(p.alpha(t) ** 2 / ac - 1) <= EPS * (4 + 2 * p.integrated_beta(t)))
+    # one step: alpha_{t_i} / alpha_{t_{i-1}} = sqrt(1 - beta_i), with t_{-1} = 0
+    betas = p.betas()
+    ratio = p.alpha(t) / p.alpha(np.concatenate([[0.0], t[:-1]]))
+    np.testing.assert_allclose(ratio, np.sqrt(1 - betas), rtol=1e-13)
+    np.testing.assert_allclose(p.integrated_beta_between(t, np.concatenate([[0.0], t[:-1]])),
+                               -np.log1p(-betas), rtol=1e-13)
+    # beta is constant on each step: -N log(1 - beta_j)
+    mid = (i + 0.5) / N
+    np.testing.assert_allclose(p.beta(mid), -N * np.log1p(-betas), rtol=1e-15)
+    assert p.time_of_timestep(np.int32(999)) == 1.0 and p.time_of_timestep(0.0) == 1 / N
+
+
+def test_ddpm_alphas_cumprod_float64_against_high_precision():
+    for p in (DDPM(), DDPM("scaled_linear", 0.00085, 0.012), DDPM("squaredcos_cap_v2")):
+        ac = p.alphas_cumprod()
+        with mp.workdps(40):
+            prod, ref = mp.mpf(1), []
+            for b in p.betas():
+                prod *= 1 - mp.mpf(b)
+                ref.append(prod)
+        assert max(_rel(a, r) for a, r in zip(ac, ref)) <= 1e-13
+        # and sigma^2 = 1 - alphas_cumprod at the knots, without the cancellation at i = 0
+        s2 = p.sigma2(p.time_of_timestep(np.arange(p.num_train_timesteps)))
+        assert max(_rel(s, 1 - r) for s, r in zip(s2, ref)) <= 1e-13
+
+
+def test_ddpm_betas_follow_diffusers_definitions():
+    N = 1000
+    np.testing.assert_allclose(DDPM().betas(), np.linspace(1e-4, 0.02, N), rtol=1e-15)
+    np.testing.assert_allclose(DDPM("scaled_linear", 0.00085, 0.012).betas(),
+                               np.linspace(0.00085**0.5, 0.012**0.5, N) ** 2, rtol=1e-15)
+    got = DDPM("squaredcos_cap_v2").betas()
+    with mp.workdps(40):
+        def abar(t):
+            return mp.cos((t + mp.mpf("0.008")) / mp.mpf("1.008") * mp.pi / 2) ** 2
+        ref = [min(1 - abar(mp.mpf(i + 1) / N) / abar(mp.mpf(i) / N), mp.mpf(0.999)) for i in range(N)]
+    assert max(_rel(g, r) for g, r in zip(got, ref)) <= 1e-13
+    assert got[-1] == 0.999  # the cap of betas_for_alpha_bar
+
+
+def test_torch_linspace_rounding_is_exact():
+    """The float32 rounding behind diffusers_betas rounds p + q once, ties included."""
+    from fractions import Fraction
+
+    from sgm_ref.processes.discrete import _round_sum_to_float32
+
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal(2000) * 1e-3
+    q = rng.standard_normal(2000)
+    # exact float32 midpoints plus a tiny nudge either way (the double-rounding trap)
+    m = np.float32(0.75).astype(np.float64) + np.spacing(np.float32(0.75)) / 2
+    p = np.concatenate([p, [m, m, m, -m]])
+    q = np.concatenate([q, [1e-30, -1e-30, 0.0, -1e-30]])
+    got = _round_sum_to_float32(p, q)
+    for gi, pi, qi in zip(got, p, q):
+        exact = Fraction(pi) + Fraction(qi)
+        lo = np.float32(float(exact))  # candidate, then pick the nearest of its neighbours exactly
+        cands = [np.nextafter(lo, np.float32(-np.inf)), lo, np.nextafter(lo, np.float32(np.inf))]
+        dist = [abs(Fraction(float(c)) - exact) for c in cands]
+        best = min(dist)
+        assert abs(Fraction(float(gi)) - exact) == best
+
+
+# -- validation of the new processes ---------------------------------------------------
+
+
+@pytest.mark.parametrize("process", [p for p in ALL_PROCESSES if np.isfinite(p.t_max)], ids=repr)
+def test_new_processes_refuse_times_out_of_range(process):
+    for call in (process.alpha, process.sigma, process.sigma2, process.f, process.g2, process.log_snr,
+                 process.d_alpha, process.d_sigma):
+        with pytest.raises(ValueError, match=r"^t must be <= "):
+            call(process.t_max * (1 + 1e-12) + 1e-300)
+        with pytest.raises(ValueError, match=r"^t must be >= 0"):
+            call(np.array([0.1, -1e-9]))
+        with pytest.raises(ValueError, match=r"^t must be finite"):
+            call(np.nan)
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=ALL_IDS)
+def test_time_of_log_snr_refuses_bad_lam(process):
+    hi = process.log_snr(0.0)
+    for lam in (np.nan, -np.inf, "1", True, 1 + 0j, [[np.nan]]):
+        with pytest.raises(ValueError, match="lam"):
+            process.time_of_log_snr(lam)
+    if np.isfinite(process.t_max):
+        with pytest.raises(ValueError, match=r"lam must be >= log_snr\(t_max\)"):
+            process.time_of_log_snr(process.log_snr(process.t_max) - 1e-6)
+    if np.isfinite(hi):
+        with pytest.raises(ValueError, match=r"lam must be <= log_snr\(t_min\)"):
+            process.time_of_log_snr(hi + 1e-6)
+    else:
+        assert process.time_of_log_snr(np.inf) == 0.0
+
+
+@pytest.mark.parametrize("process", [p for p in ALL_PROCESSES if np.isfinite(p.t_max)], ids=repr)
+def test_time_of_log_snr_takes_end_points_past_by_a_rounding(process):
+    """A lambda a rounding beyond an end point (another process's time, converted) is that
+    end point, not an error; one clearly beyond still raises (test above)."""
+    lo = process.log_snr(process.t_max)
+    assert abs(process.time_of_log_snr(lo - 1e-14 * (1 + abs(lo))) - process.t_max) <= 1e-13 * process.t_max
+    hi = process.log_snr(0.0)
+    if np.isfinite(hi):
+        assert process.time_of_log_snr(hi + 1e-14 * (1 + abs(hi))) <= 1e-13
+
+
+def test_edm_time_overflow_is_named():
+    with pytest.raises(ValueError, match="overflows"):
+        EDM().time_of_log_snr(-2000.0)
+
+
+@pytest.mark.parametrize("i", [-1, 1000, 2.5, np.nan, "3", True, np.array([0, 1000]), None])
+def test_ddpm_timestep_must_be_an_integer_in_range(i):
+    with pytest.raises(ValueError, match="^timestep must"):
+        DDPM().time_of_timestep(i)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: DDPM("cosine"), "beta_schedule must be one of"),
+    (lambda: DDPM(beta_start=0.0), "beta_start must be >"),
+    (lambda: DDPM(beta_end=1.0), "beta_end must be <"),
+    (lambda: DDPM(beta_start=0.02, beta_end=0.01), "beta_end must be >= beta_start"),
+    (lambda: DDPM(num_train_timesteps=1), "num_train_timesteps must be an integer >= 2"),
+    (lambda: DDPM(num_train_timesteps=10.0), "num_train_timesteps must be an integer"),
+    (lambda: VPCosine(s=0.0), "s must be >"),
+    (lambda: VPCosine(t_max=1.0), "t_max must be <"),
+    (lambda: FlowMatching(t_max=1.0), "t_max must be <"),
+    (lambda: FlowMatching(t_max=0.0), "t_max must be >"),
+    (lambda: VE(1.0, 1.0), "sigma_max must be > sigma_min"),
+    (lambda: VE(0.0, 1.0), "sigma_min must be >"),
+    (lambda: VE(0.1, np.inf), "sigma_max must be finite"),
+    (lambda: EDM(t_max=-1.0), "t_max must be >"),
+    (lambda: SubVP(0.1, 0.0), "beta_max must be >= beta_min"),
+])
+def test_new_process_parameters_are_checked(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_every_process_round_trips_through_its_dict():
+    from sgm_ref.processes import process_from_dict
+
+    for p in ALL_PROCESSES:
+        q = process_from_dict(p.to_dict())
+        assert q == p and type(q) is type(p) and q.to_dict() == p.to_dict()
+    with pytest.raises(ValueError, match="parameters its class does not take"):
+        process_from_dict({"name": "EDM", "sigma_data": 0.5})
+
+
+def test_check_process_keeps_variance_preserving_callers_safe():
+    for p in (OU(), VP(), VPCosine(), DDPM()):
+        assert check_process(p) is p
+    for p in (SubVP(), VE(), EDM(), FlowMatching()):
+        with pytest.raises(ValueError, match="process must be OU"):
+            check_process(p)
+        assert check_process(p, variance_preserving=False) is p
+    assert all(isinstance(p, LinearGaussianProcess) for p in ALL_PROCESSES)

@@ -1,0 +1,147 @@
+"""Conversions between the outputs diffusion models are trained to give.
+
+At time t of a process with x_t = alpha x0 + sigma z (alpha, sigma and their time
+derivatives alpha', sigma' from the process), a model of p_t gives one of
+
+    score     grad log p_t(x)                       = -eps / sigma          (Tweedie)
+    eps       E[z | x_t = x]                         (epsilon prediction, DDPM)
+    x0        E[x0 | x_t = x]                        (the denoiser D(x; sigma) of EDM)
+    v         alpha eps - sigma x0                   (Salimans & Ho 2022)
+    velocity  alpha' x0 + sigma' eps = E[d x_t/dt | x_t = x]   (flow matching)
+
+All are linear in the pair (x0, eps), and x = alpha x0 + sigma eps, so each is an affine
+function of (x, any other): writing kind k as p_k x0 + q_k eps,
+
+    to = A x + B value,   A = D(to, from) / D(x, from),   B = D(x, to) / D(x, from),
+
+with the 2x2 minors D(i, j) = p_i q_j - q_i p_j. Every minor is a product or quotient of
+alpha, sigma, alpha', sigma' except three, which the process gives without cancellation:
+D(x, v) = alpha^2 + sigma^2, D(x, velocity) = W = alpha sigma' - alpha' sigma and
+D(v, velocity) = -(alpha alpha' + sigma sigma'). So A and B are exact to a few ulps.
+
+Exactness of a round trip from -> to -> from is then limited only by what `to` itself
+can hold: its error is a few ulps of |A x| + |B value|, so the value comes back to a few
+ulps of |value| + |A x / B| (e.g. x0 at t -> 0 is x to within sigma eps, and holds the
+digits of eps only down to eps_mach |x| / sigma).
+"""
+
+import numpy as np
+
+from ._validation import check_points
+from .processes import check_process
+
+KINDS = ("score", "eps", "x0", "v", "velocity")
+
+
+def _minors(process, t):
+    """dict (i, j) -> D(i, j) for the kinds and "x", float64 arrays of t's shape."""
+    a, s = process._alpha(t), process._sigma(t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        da, ds = process._d_alpha(t), process._d_sigma(t)
+        w, h = process._w(t), process._half_dq(t)
+        D = {
+            ("x", "score"): -a / s, ("x", "eps"): a, ("x", "x0"): -s, ("x", "v"): a * a + s * s,
+            ("x", "velocity"): w,
+            ("score", "eps"): np.zeros_like(a), ("score", "x0"): 1.0 / s, ("score", "v"): np.full_like(a, -1.0),
+            ("score", "velocity"): da / s,
+            ("eps", "x0"): np.full_like(a, -1.0), ("eps", "v"): s, ("eps", "velocity"): -da,
+            ("x0", "v"): a, ("x0", "velocity"): ds,
+            ("v", "velocity"): -h,
+        }
+    D.update({(j, i): -d for (i, j), d in list(D.items())})
+    for k in ("x",) + KINDS:
+        D[(k, k)] = np.zeros_like(a)
+    return D
+
+
+def _check_kind(kind, name):
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"{name} must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def coefficients(t, process, from_="eps", to="score"):
+    """(A, B) with to = A x + B value at time t: the conversion as two numbers per time.
+
+    Parameters
+    ----------
+    t : float or ndarray of shape (n,)
+        Times in the process's range.
+    process : a process of sgm_ref.processes
+    from_, to : {"score", "eps", "x0", "v", "velocity"}
+
+    Returns
+    -------
+    A, B : float64, the shape of t
+
+    Raises
+    ------
+    ValueError
+        An unknown kind; t out of range; or a conversion undefined at t (the score where
+        sigma_t = 0, x0 where alpha_t = 0, the velocity where sigma' is infinite as for
+        variance-preserving processes at t = 0).
+    """
+    _check_kind(from_, "from_")
+    _check_kind(to, "to")
+    process = check_process(process, variance_preserving=False)
+    t = process._times(t)
+    D = _minors(process, t)
+    den = D[("x", from_)]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        A = D[(to, from_)] / den
+        B = D[("x", to)] / den
+    # B may underflow to 0 (x0 from the score at sigma ~ 1e-160: the score's term is below
+    # float64's range); an infinite or zero denominator means `from_` itself is undefined
+    bad = ~(np.isfinite(den) & (den != 0) & np.isfinite(A) & np.isfinite(B))
+    if np.any(bad):
+        tb = float(np.atleast_1d(t)[np.argmax(np.atleast_1d(bad))])
+        alpha, sigma = process.marginal(tb)
+        raise ValueError(f"t = {tb!r}: converting {from_} to {to} is not defined there or overflows float64 for {process!r} "
+                         f"(alpha_t = {alpha!r}, sigma_t = {sigma!r}); use a time inside the open range")
+    return process._out(A), process._out(B)
+
+
+def convert(value, x, t, process, from_="eps", to="score"):
+    """Convert a model output at (x, t) from one kind to another, exactly in float64.
+
+    to = A(t) x + B(t) value with A, B from `coefficients`; e.g. eps -> score is
+    -eps / sigma, eps -> x0 is (x - sigma eps) / alpha, x0 -> v is alpha/sigma x -
+    (alpha^2 + sigma^2)/sigma x0, v -> velocity for a variance-preserving process is
+    W v with W = alpha sigma' - alpha' sigma (see the module docstring for all).
+
+    Parameters
+    ----------
+    value : ndarray, shape (n, d)
+        The model's output of kind from_ at (x, t).
+    x : ndarray, shape (n, d)
+        The points x_t (in the process's own scale).
+    t : float or ndarray of shape (n,)
+    process : a process of sgm_ref.processes
+    from_, to : {"score", "eps", "x0", "v", "velocity"}
+
+    Returns
+    -------
+    ndarray, shape (n, d), float64 (float32 if both value and x are float32: the result
+    is computed in float64 and rounded once)
+
+    Raises
+    ------
+    ValueError
+        An unknown kind, value and x of different shapes, a non-finite entry, t out of
+        range or of the wrong length, or a conversion undefined at t.
+    """
+    _check_kind(from_, "from_")
+    _check_kind(to, "to")
+    x = check_points(x, "x")
+    value = check_points(value, "value")
+    if value.shape != x.shape:
+        raise ValueError(f"value must have the shape of x, {x.shape}; got {value.shape}")
+    process = check_process(process, variance_preserving=False)
+    t = process._times(t, n=x.shape[0])
+    A, B = coefficients(t, process, from_, to)
+    A, B = np.asarray(A), np.asarray(B)
+    if A.ndim == 1:
+        A, B = A[:, None], B[:, None]
+    out = A * x.astype(np.float64) + B * value.astype(np.float64)
+    both32 = x.dtype == np.float32 and value.dtype == np.float32
+    return out.astype(np.float32) if both32 else out

@@ -1,0 +1,193 @@
+"""The general linear Gaussian process, given by its marginal x_t = alpha_t x0 + sigma_t z.
+
+A forward SDE dX = f(t) X dt + g(t) dW started at X_s has the Gaussian transition
+X_t = (alpha_t / alpha_s) X_s + (noise of variance sigma_t^2 - (alpha_t / alpha_s)^2 sigma_s^2),
+so the whole process is fixed by the two scalar functions alpha_t, sigma_t. Conversely:
+
+    f(t)   = d log alpha_t / dt                       the mean obeys d E[X] = f E[X] dt,
+    g(t)^2 = d sigma_t^2 / dt - 2 f(t) sigma_t^2      the variance obeys dV = (2 f V + g^2) dt,
+
+the second because V_t = sigma_t^2 (per unit of x0-free noise) must solve the variance ODE.
+Written without cancellation, g^2 = 2 sigma_t W_t / alpha_t with
+W_t = alpha_t sigma_t' - alpha_t' sigma_t (> 0 whenever alpha falls and sigma grows).
+
+The common coordinate between conventions is the log signal-to-noise ratio
+lambda_t = log(alpha_t^2 / sigma_t^2), strictly decreasing in t: two processes at times of
+equal lambda have the same p_t up to the scale of x (x_b = (alpha_b / alpha_a) x_a).
+"""
+
+import numpy as np
+
+from .._validation import check_points, check_real_array, check_rng, check_times
+
+
+class LinearGaussianProcess:
+    """Base class: subclasses define _alpha, _sigma, _sigma2, _d_alpha, _d_sigma, _log_snr,
+    _time_of_log_snr (all on validated float64 arrays) and t_max; the rest follows.
+
+    Subclasses may override _w (alpha sigma' - alpha' sigma), _half_dq
+    ((alpha alpha' + sigma sigma'), half the rate of alpha^2 + sigma^2), _f and _g2 with
+    cancellation-free forms.
+    """
+
+    t_min = 0.0
+    t_max = np.inf
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _times(self, t, n=None, name="t"):
+        return check_times(t, n=n, T=None if np.isinf(self.t_max) else self.t_max, name=name)
+
+    @staticmethod
+    def _out(arr):
+        arr = np.asarray(arr)
+        return arr[()] if arr.ndim == 0 else arr
+
+    @property
+    def time_range(self):
+        """(t_min, t_max): the closed interval of admissible times."""
+        return (self.t_min, self.t_max)
+
+    # -- defaults built on the primitives -----------------------------------------------
+
+    def _w(self, t):
+        return self._alpha(t) * self._d_sigma(t) - self._d_alpha(t) * self._sigma(t)
+
+    def _half_dq(self, t):
+        return self._alpha(t) * self._d_alpha(t) + self._sigma(t) * self._d_sigma(t)
+
+    def _f(self, t):
+        return self._d_alpha(t) / self._alpha(t)
+
+    def _g2(self, t):
+        return 2.0 * self._sigma(t) * self._w(t) / self._alpha(t)
+
+    # -- public API ----------------------------------------------------------------------
+
+    def alpha(self, t):
+        """Signal scale alpha_t; t scalar or shape (n,) in [t_min, t_max]; float64, same shape."""
+        return self._out(self._alpha(self._times(t)))
+
+    def sigma(self, t):
+        """Noise scale sigma_t, with full relative precision as t -> 0."""
+        return self._out(self._sigma(self._times(t)))
+
+    def sigma2(self, t):
+        """Noise variance sigma_t^2, with full relative precision as t -> 0."""
+        return self._out(self._sigma2(self._times(t)))
+
+    def marginal(self, t):
+        """(alpha_t, sigma_t) in one call; t scalar or shape (n,)."""
+        t = self._times(t)
+        return self._out(self._alpha(t)), self._out(self._sigma(t))
+
+    def d_alpha(self, t):
+        """d alpha_t / dt (the flow velocity's x0 coefficient)."""
+        return self._out(self._d_alpha(self._times(t)))
+
+    def d_sigma(self, t):
+        """d sigma_t / dt (the flow velocity's noise coefficient).
+
+        Infinite where sigma_t = 0 and sigma_t ~ sqrt(t) (variance-preserving processes at
+        t = 0): there the velocity of the interpolant is not defined.
+        """
+        with np.errstate(divide="ignore"):
+            return self._out(self._d_sigma(self._times(t)))
+
+    def f(self, t):
+        """Drift coefficient f(t) = d log alpha_t / dt of dX = f X dt + g dW."""
+        return self._out(self._f(self._times(t)))
+
+    def g2(self, t):
+        """Squared diffusion coefficient g(t)^2 = d sigma_t^2/dt - 2 f sigma_t^2 (>= 0)."""
+        return self._out(self._g2(self._times(t)))
+
+    def log_snr(self, t):
+        """lambda_t = log(alpha_t^2 / sigma_t^2), strictly decreasing in t.
+
+        +inf where sigma_t = 0 (t = 0 for every built-in process except VE, whose data
+        enter at sigma_min): the data themselves, with no noise, have infinite SNR.
+        """
+        with np.errstate(divide="ignore"):
+            return self._out(self._log_snr(self._times(t)))
+
+    def time_of_log_snr(self, lam):
+        """The time t with log_snr(t) = lam; lam scalar or array, float64 of its shape.
+
+        lam must lie in [log_snr(t_max), log_snr(t_min)]; +inf is accepted where
+        log_snr(t_min) = +inf and gives t_min. A lam past an end point by no more than
+        1e-12 (1 + |end point|) (a rounding, e.g. from another process's time) counts as
+        that end point, and the result is kept inside [t_min, t_max].
+
+        Raises
+        ------
+        ValueError
+            lam NaN, -inf, not real, or outside that interval.
+        """
+        arr = np.asarray(lam)
+        if arr.dtype.kind == "f" and arr.dtype.itemsize in (4, 8):
+            arr = arr.astype(np.float64)
+            if np.any(np.isnan(arr)) or np.any(arr == -np.inf):
+                raise ValueError("lam must be a real number or +inf, got NaN or -inf")
+        else:
+            arr = check_real_array(lam, "lam")
+        with np.errstate(divide="ignore"):
+            lam_hi = float(self._log_snr(np.array(self.t_min)))
+        lam_lo = -np.inf if np.isinf(self.t_max) else float(self._log_snr(np.array(self.t_max)))
+        # a lam past an end point by rounding (within 1e-12 (1 + |end|)) is that end point
+        if np.isfinite(lam_hi):
+            arr = np.where((arr > lam_hi) & (arr <= lam_hi + 1e-12 * (1.0 + abs(lam_hi))), lam_hi, arr)
+        if np.isfinite(lam_lo):
+            arr = np.where((arr < lam_lo) & (arr >= lam_lo - 1e-12 * (1.0 + abs(lam_lo))), lam_lo, arr)
+        if np.any(arr > lam_hi):
+            raise ValueError(f"lam must be <= log_snr(t_min) = {lam_hi!r} for {self!r}, got max {arr.max()!r}")
+        if np.any(arr < lam_lo):
+            raise ValueError(f"lam must be >= log_snr(t_max) = {lam_lo!r} for {self!r}, got min {arr.min()!r}")
+        with np.errstate(over="ignore", divide="ignore"):
+            t = self._time_of_log_snr(arr)
+        if not np.all(np.isfinite(t)):
+            raise ValueError(f"lam = {arr.min()!r} is so low that the time overflows float64 for {self!r}")
+        if np.isinf(lam_hi) and np.any((t <= self.t_min) & (arr < np.inf)):
+            bad = arr[(t <= self.t_min) & (arr < np.inf)]
+            raise ValueError(f"lam = {bad.max()!r} is so high that its time underflows float64 for {self!r} "
+                             "(it would come out as t_min, where lam is +inf)")
+        return self._out(np.clip(t, self.t_min, self.t_max))
+
+    def _coefficients(self, t, n):
+        """(alpha_t, sigma_t^2) as float64 arrays of length n, t validated for n rows."""
+        t = np.ascontiguousarray(np.broadcast_to(self._times(t, n=n), (n,)))
+        return self._alpha(t), self._sigma2(t)  # fresh contiguous arrays, as the kernels expect
+
+    def perturb(self, x0, t, rng):
+        """Draw X_t given X_0: xt = alpha_t x0 + sigma_t z, z ~ N(0, I).
+
+        Parameters
+        ----------
+        x0 : ndarray, shape (n, d), float64 or float32
+        t : float or ndarray of shape (n,)
+            One time for all rows or one per row, in [t_min, t_max].
+        rng : numpy.random.Generator
+
+        Returns
+        -------
+        xt, z : ndarray, shape (n, d), dtype of x0
+            The perturbed points and the standard normal noise that made them
+            (the denoising score matching target is -z / sigma_t).
+        """
+        x0 = check_points(x0, "x0")
+        rng = check_rng(rng)
+        alpha, sigma = self.marginal(self._times(t, n=x0.shape[0]))
+        dt = x0.dtype
+        alpha = np.asarray(alpha, dtype=dt)
+        sigma = np.asarray(sigma, dtype=dt)
+        if alpha.ndim == 1:
+            alpha, sigma = alpha[:, None], sigma[:, None]
+        z = rng.standard_normal(x0.shape, dtype=dt)
+        return alpha * x0 + sigma * z, z
+
+
+def softplus(y):
+    """log(1 + e^y) without overflow or loss of digits, float64 array."""
+    y = np.asarray(y, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        return np.where(y > 0, y + np.log1p(np.exp(-np.abs(y))), np.log1p(np.exp(np.minimum(y, 0.0))))

@@ -1,0 +1,272 @@
+"""Linear Gaussian processes that are not variance-preserving.
+
+SubVP (Song et al. 2021), VE (score_sde's geometric sigma), EDM (Karras et al. 2022) and
+the flow-matching / rectified-flow interpolant (Lipman et al. 2023; Liu et al. 2023). Each
+gives alpha_t, sigma_t, their derivatives and lambda_t in closed form; f and g^2 follow as
+in sgm_ref.processes.base.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_count, check_real
+from .base import LinearGaussianProcess
+from .variance_preserving import check_linear_betas, inverse_linear_integrated_beta
+
+
+@dataclass(frozen=True)
+class SubVP(LinearGaussianProcess):
+    """Sub-VP SDE of Song et al. (2021, eq. 29), t in [0, 1].
+
+    dX = -1/2 beta(t) X dt + sqrt(beta(t) (1 - e^{-2 B(t)})) dW with the linear beta of VP:
+    alpha_t = e^{-B/2}, sigma_t = 1 - e^{-B} = -expm1(-B) (sigma^2 <= the VP variance),
+    f = -beta/2, g^2 = -beta expm1(-2B), lambda = -B - 2 log(-expm1(-B)) and inversely
+    B = 2 asinh(e^{-lambda/2} / 2) (from sigma/alpha = 2 sinh(B/2)).
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_max = 1.0
+
+    def __post_init__(self):
+        check_linear_betas(self)
+
+    def _beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def _B(self, t):
+        return t * (self.beta_min + 0.5 * t * (self.beta_max - self.beta_min))
+
+    def _alpha(self, t):
+        return np.exp(-0.5 * self._B(t))
+
+    def _sigma(self, t):
+        return -np.expm1(-self._B(t))
+
+    def _sigma2(self, t):
+        return self._sigma(t) ** 2
+
+    def _d_alpha(self, t):
+        return -0.5 * self._beta(t) * self._alpha(t)
+
+    def _d_sigma(self, t):
+        return self._beta(t) * np.exp(-self._B(t))
+
+    def _w(self, t):
+        # alpha sigma' - alpha' sigma = alpha beta (1 + e^{-B}) / 2
+        return 0.5 * self._alpha(t) * self._beta(t) * (1.0 + np.exp(-self._B(t)))
+
+    def _half_dq(self, t):
+        e = np.exp(-self._B(t))
+        return self._beta(t) * e * (0.5 - e)
+
+    def _f(self, t):
+        return -0.5 * self._beta(t)
+
+    def _g2(self, t):
+        return -self._beta(t) * np.expm1(-2.0 * self._B(t))
+
+    def _log_snr(self, t):
+        B = self._B(t)
+        return -B - 2.0 * np.log(-np.expm1(-B))
+
+    def _time_of_log_snr(self, lam):
+        B = 2.0 * np.arcsinh(0.5 * np.exp(-0.5 * lam))
+        return inverse_linear_integrated_beta(B, self.beta_min, self.beta_max)
+
+    def to_dict(self):
+        return {"name": "SubVP", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+@dataclass(frozen=True)
+class VE(LinearGaussianProcess):
+    """Variance-exploding SDE of Song et al. (2021, score_sde's VESDE), t in [0, 1].
+
+    alpha_t = 1, sigma_t = sigma_min (sigma_max / sigma_min)^t, f = 0,
+    g^2 = d sigma^2/dt = 2 sigma_t^2 log(sigma_max / sigma_min),
+    lambda_t = -2 log sigma_min - 2 t log(sigma_max / sigma_min).
+    As in score_sde the data enter at sigma_min > 0 (t = 0 is already noised), so
+    log_snr(0) is finite; the SDE carries x_s to x_t for any 0 <= s < t <= 1.
+
+    Parameters
+    ----------
+    sigma_min, sigma_max : float
+        0 < sigma_min < sigma_max; defaults 0.01 and 50 (score_sde's CIFAR-10 values).
+    """
+
+    sigma_min: float = 0.01
+    sigma_max: float = 50.0
+    t_max = 1.0
+
+    def __post_init__(self):
+        for name in ("sigma_min", "sigma_max"):
+            object.__setattr__(self, name, check_real(getattr(self, name), name, low=0.0, low_open=True))
+        if not self.sigma_max > self.sigma_min:
+            raise ValueError(f"sigma_max must be > sigma_min, got sigma_min={self.sigma_min}, "
+                             f"sigma_max={self.sigma_max}")
+
+    @property
+    def _log_ratio(self):
+        return np.log(self.sigma_max) - np.log(self.sigma_min)
+
+    def _alpha(self, t):
+        return np.ones_like(t, dtype=np.float64)
+
+    def _sigma(self, t):
+        return np.exp(np.log(self.sigma_min) + t * self._log_ratio)
+
+    def _sigma2(self, t):
+        return np.exp(2.0 * (np.log(self.sigma_min) + t * self._log_ratio))
+
+    def _d_alpha(self, t):
+        return np.zeros_like(t, dtype=np.float64)
+
+    def _d_sigma(self, t):
+        return self._sigma(t) * self._log_ratio
+
+    def _f(self, t):
+        return np.zeros_like(t, dtype=np.float64)
+
+    def _log_snr(self, t):
+        return -2.0 * (np.log(self.sigma_min) + t * self._log_ratio)
+
+    def _time_of_log_snr(self, lam):
+        return (-0.5 * lam - np.log(self.sigma_min)) / self._log_ratio
+
+    def to_dict(self):
+        return {"name": "VE", "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}
+
+
+@dataclass(frozen=True)
+class EDM(LinearGaussianProcess):
+    """The sigma convention of Karras et al. (2022, EDM) and k-diffusion: time is the noise level.
+
+    alpha_t = 1, sigma_t = t, f = 0, g^2 = 2 t, lambda_t = -2 log t; t in [0, t_max].
+
+    Parameters
+    ----------
+    t_max : float
+        Largest sigma, default inf (EDM samples from sigma_max = 80).
+    """
+
+    t_max: float = np.inf
+
+    def __post_init__(self):
+        if not (isinstance(self.t_max, float) and self.t_max == np.inf):
+            object.__setattr__(self, "t_max", check_real(self.t_max, "t_max", low=0.0, low_open=True))
+
+    def _alpha(self, t):
+        return np.ones_like(t, dtype=np.float64)
+
+    def _sigma(self, t):
+        return np.asarray(t, dtype=np.float64)
+
+    def _sigma2(self, t):
+        return np.asarray(t, dtype=np.float64) ** 2
+
+    def _d_alpha(self, t):
+        return np.zeros_like(t, dtype=np.float64)
+
+    def _d_sigma(self, t):
+        return np.ones_like(t, dtype=np.float64)
+
+    def _w(self, t):
+        return np.ones_like(t, dtype=np.float64)
+
+    def _half_dq(self, t):
+        return np.asarray(t, dtype=np.float64)
+
+    def _f(self, t):
+        return np.zeros_like(t, dtype=np.float64)
+
+    def _g2(self, t):
+        return 2.0 * np.asarray(t, dtype=np.float64)
+
+    def _log_snr(self, t):
+        return -2.0 * np.log(t)
+
+    def _time_of_log_snr(self, lam):
+        return np.exp(-0.5 * lam)
+
+    def karras_sigmas(self, n, sigma_min, sigma_max, rho=7.0):
+        """The time grid of Karras et al. (2022, eq. 5), as k-diffusion's get_sigmas_karras.
+
+        sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
+        for i = 0..n-1, then a final 0: n + 1 decreasing float64 times.
+
+        Raises
+        ------
+        ValueError
+            n not an integer >= 2, not 0 < sigma_min < sigma_max <= t_max, or rho <= 0.
+        """
+        n = check_count(n, "n", minimum=2)
+        sigma_min = check_real(sigma_min, "sigma_min", low=0.0, low_open=True)
+        sigma_max = check_real(sigma_max, "sigma_max", low=sigma_min, low_open=True, high=self.t_max)
+        rho = check_real(rho, "rho", low=0.0, low_open=True)
+        lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+        ramp = np.linspace(0.0, 1.0, n)
+        return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)
+
+    def to_dict(self):
+        return {"name": "EDM", "t_max": self.t_max}
+
+
+@dataclass(frozen=True)
+class FlowMatching(LinearGaussianProcess):
+    """Flow-matching / rectified-flow interpolant x_t = (1 - t) x0 + t z (Lipman et al. 2023,
+    conditional OT path with sigma_min = 0; Liu et al. 2023), t in [0, t_max].
+
+    alpha = 1 - t, sigma = t, alpha' = -1, sigma' = 1, f = -1/(1 - t),
+    g^2 = 2 t / (1 - t), lambda = 2 (log1p(-t) - log t), inversely t = 1 / (1 + e^{lambda/2}).
+    The velocity of the interpolant is E[z - x0 | x_t].
+
+    Parameters
+    ----------
+    t_max : float
+        0 < t_max < 1, default 1 - 1e-5 (lambda ~ -23). t = 1 itself is excluded: alpha = 0
+        there and f, g^2, lambda are infinite.
+    """
+
+    t_max: float = 1.0 - 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "t_max", check_real(self.t_max, "t_max", low=0.0, high=1.0,
+                                                     low_open=True, high_open=True))
+
+    def _alpha(self, t):
+        return 1.0 - np.asarray(t, dtype=np.float64)
+
+    def _sigma(self, t):
+        return np.asarray(t, dtype=np.float64)
+
+    def _sigma2(self, t):
+        return np.asarray(t, dtype=np.float64) ** 2
+
+    def _d_alpha(self, t):
+        return np.full(np.shape(t), -1.0)
+
+    def _d_sigma(self, t):
+        return np.ones_like(t, dtype=np.float64)
+
+    def _w(self, t):
+        return np.ones_like(t, dtype=np.float64)  # (1 - t) + t
+
+    def _half_dq(self, t):
+        return 2.0 * np.asarray(t, dtype=np.float64) - 1.0
+
+    def _g2(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return 2.0 * t / (1.0 - t)
+
+    def _log_snr(self, t):
+        t = np.asarray(t, dtype=np.float64)
+        return 2.0 * (np.log1p(-t) - np.log(t))
+
+    def _time_of_log_snr(self, lam):
+        # 1 / (1 + e^{lam/2}) without overflow for either sign of lam
+        e = np.exp(-0.5 * np.abs(lam))
+        return np.where(lam > 0, e / (1.0 + e), 1.0 / (1.0 + e))
+
+    def to_dict(self):
+        return {"name": "FlowMatching", "t_max": self.t_max}

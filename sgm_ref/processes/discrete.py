@@ -1,0 +1,222 @@
+"""Discrete DDPM schedules as diffusers defines them, embedded in continuous time.
+
+Ho et al. (2020) noise N steps with betas beta_0..beta_{N-1}; timestep i has
+alphas_cumprod[i] = prod_{j <= i} (1 - beta_j). diffusers (DDPMScheduler and friends)
+defines the betas by `beta_schedule`:
+
+    linear             beta_i = linspace(beta_start, beta_end, N)[i]
+    scaled_linear      beta_i = linspace(sqrt(beta_start), sqrt(beta_end), N)[i]^2
+    squaredcos_cap_v2  beta_i = min(1 - abar((i+1)/N) / abar(i/N), 0.999),
+                       abar(t) = cos^2((t + 0.008) / 1.008 * pi/2)   (Nichol & Dhariwal 2021)
+
+Continuous time. Timestep i is time t_i = (i + 1) / N, and between the knots the process
+is the VP SDE whose beta is constant on each step: beta(t) = -N log(1 - beta_j) for
+t in [j/N, (j+1)/N). Then alpha_{t_i}^2 = alphas_cumprod[i] and the SDE's transition over
+one step is exactly DDPM's q(x_i | x_{i-1}) = N(sqrt(1 - beta_i) x_{i-1}, beta_i I); t = 0
+is the data. timestep_of_time is the inverse map, N t - 1, fractional between knots.
+"""
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_count, check_real
+from .variance_preserving import VariancePreserving
+
+SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+_MAX_BETA = 0.999  # diffusers' betas_for_alpha_bar cap (Nichol & Dhariwal's clipping)
+
+
+@dataclass(frozen=True)
+class DDPM(VariancePreserving):
+    """A diffusers DDPM schedule as a variance-preserving process on t in [0, 1].
+
+    Parameters
+    ----------
+    beta_schedule : {"linear", "scaled_linear", "squaredcos_cap_v2"}
+    beta_start, beta_end : float
+        0 < beta_start <= beta_end < 1 (unused by squaredcos_cap_v2); diffusers' defaults.
+    num_train_timesteps : int
+        N >= 2.
+
+    Notes
+    -----
+    alphas_cumprod() is exp(cumsum(log1p(-beta))) in float64 from float64 betas;
+    diffusers_alphas_cumprod() reproduces diffusers' own float32 constants bit for bit.
+    """
+
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+    num_train_timesteps: int = 1000
+    t_max = 1.0
+
+    def __post_init__(self):
+        if self.beta_schedule not in SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {SCHEDULES}, got {self.beta_schedule!r}")
+        for name in ("beta_start", "beta_end"):
+            object.__setattr__(self, name, check_real(getattr(self, name), name, low=0.0, high=1.0,
+                                                      low_open=True, high_open=True))
+        if self.beta_end < self.beta_start:
+            raise ValueError(f"beta_end must be >= beta_start, got {self.beta_start}, {self.beta_end}")
+        object.__setattr__(self, "num_train_timesteps", check_count(self.num_train_timesteps,
+                                                                    "num_train_timesteps", minimum=2))
+        # rates -log(1 - beta_j) and their cumulative sums at the knots t = j/N, j = 0..N
+        rates = -np.log1p(-self.betas())
+        object.__setattr__(self, "_rates", rates)
+        object.__setattr__(self, "_knots", np.concatenate([[0.0], np.cumsum(rates)]))
+
+    # -- the schedule's constants --------------------------------------------------------
+
+    def betas(self):
+        """beta_0..beta_{N-1} in float64, shape (N,)."""
+        N = self.num_train_timesteps
+        if self.beta_schedule == "linear":
+            return np.linspace(self.beta_start, self.beta_end, N)
+        if self.beta_schedule == "scaled_linear":
+            return np.linspace(self.beta_start**0.5, self.beta_end**0.5, N) ** 2
+        # 1 - cos^2(u2)/cos^2(u1) = sin(u2 - u1) sin(u2 + u1) / cos^2(u1), no cancellation
+        # (u2 - u1 and u2 + u1 formed directly, not as differences of rounded u's)
+        k = 0.5 * np.pi / 1.008
+        i = np.arange(N)
+        u1 = (i / N + 0.008) * k
+        return np.minimum(np.sin(k / N) * np.sin(((2 * i + 1) / N + 0.016) * k) / np.cos(u1) ** 2, _MAX_BETA)
+
+    def alphas_cumprod(self):
+        """prod_{j <= i} (1 - beta_j) in float64, shape (N,) (as exp of a sum of log1p's)."""
+        return np.exp(-self._knots[1:])
+
+    def diffusers_betas(self):
+        """diffusers' float32 betas, bit for bit (the arithmetic of DDPMScheduler.__init__).
+
+        linear and scaled_linear come from torch.linspace(start, end, N, dtype=float32),
+        whose CPU kernel computes step = float32((end - start) / (N - 1)) and the i-th entry
+        as one fused multiply-add, start + step i for i < N/2 and end - step (N - 1 - i)
+        after; squaredcos_cap_v2 is Python float arithmetic rounded once to float32.
+        """
+        N = self.num_train_timesteps
+        if self.beta_schedule == "linear":
+            return _torch_linspace_float32(self.beta_start, self.beta_end, N)
+        if self.beta_schedule == "scaled_linear":
+            root = _torch_linspace_float32(self.beta_start**0.5, self.beta_end**0.5, N)
+            return root * root
+
+        def abar(t):
+            return math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
+
+        return np.array([min(1 - abar((i + 1) / N) / abar(i / N), _MAX_BETA) for i in range(N)],
+                        dtype=np.float32)
+
+    def diffusers_alphas_cumprod(self):
+        """diffusers' float32 alphas_cumprod, bit for bit.
+
+        alphas = 1 - betas in float32; torch's CPU cumprod multiplies in float64 (its
+        accumulation type for float32) and rounds each partial product to float32.
+        """
+        alphas = np.float32(1.0) - self.diffusers_betas()
+        return np.cumprod(alphas.astype(np.float64)).astype(np.float32)
+
+    # -- discrete <-> continuous time ----------------------------------------------------
+
+    def time_of_timestep(self, i):
+        """t_i = (i + 1) / N for integer timesteps 0 <= i < N (scalar or array)."""
+        arr = np.asarray(i)
+        if arr.dtype.kind == "f":
+            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+                raise ValueError(f"timestep must be an integer, got {i!r}")
+        elif arr.dtype.kind not in "iu":
+            raise ValueError(f"timestep must be an integer, got {i!r} of dtype {arr.dtype}")
+        if np.any(arr < 0) or np.any(arr >= self.num_train_timesteps):
+            raise ValueError(f"timestep must lie in 0..{self.num_train_timesteps - 1}, got {i!r}")
+        return self._out((arr.astype(np.float64) + 1.0) / self.num_train_timesteps)
+
+    def timestep_of_time(self, t):
+        """N t - 1: the (fractional) timestep of time t; integer i exactly at t = t_i."""
+        return self._out(self._times(t) * self.num_train_timesteps - 1.0)
+
+    # -- the piecewise-constant beta -----------------------------------------------------
+
+    def _step(self, t):
+        """Index j of the step [j/N, (j+1)/N) holding t (the last step holds t = 1)."""
+        return np.minimum(np.floor(t * self.num_train_timesteps).astype(np.int64), self.num_train_timesteps - 1)
+
+    def _beta(self, t):
+        return self.num_train_timesteps * self._rates[self._step(t)]
+
+    def _offset(self, t):
+        """(j, t N - j) with t N - j exact to an ulp of itself (not of t N): on the last
+        steps of squaredcos_cap_v2 the rate is ~7000 per unit time and the rounding of t N
+        alone would cost alpha ~2e-13 of its digits."""
+        p, err = _two_product(np.asarray(t, dtype=np.float64), float(self.num_train_timesteps))
+        j = np.minimum(np.floor(p).astype(np.int64), self.num_train_timesteps - 1)
+        return j, (p - j) + err  # p - j is exact (Sterbenz)
+
+    def _integrated_beta(self, t):
+        j, frac = self._offset(t)
+        return self._knots[j] + frac * self._rates[j]
+
+    def _integral_between(self, t_hi, t_lo):
+        # exact for steps within one piece; across pieces, the pieces' sum
+        j_hi, j_lo = self._step(t_hi), self._step(t_lo)
+        N = self.num_train_timesteps
+        same = j_hi == j_lo
+        inner = (t_hi - t_lo) * N * self._rates[j_lo]
+        across = (self._knots[j_hi] - self._knots[np.minimum(j_lo + 1, N)]
+                  + (t_hi * N - j_hi) * self._rates[j_hi] + ((j_lo + 1) - t_lo * N) * self._rates[j_lo])
+        return np.where(same, inner, across)
+
+    def _inverse_integrated_beta(self, B):
+        B = np.asarray(B, dtype=np.float64)
+        j = np.clip(np.searchsorted(self._knots, B, side="right") - 1, 0, self.num_train_timesteps - 1)
+        return (j + (B - self._knots[j]) / self._rates[j]) / self.num_train_timesteps
+
+    def to_dict(self):
+        return {"name": "DDPM", "beta_schedule": self.beta_schedule, "beta_start": self.beta_start,
+                "beta_end": self.beta_end, "num_train_timesteps": self.num_train_timesteps}
+
+    def __eq__(self, other):  # the cached arrays are derived; compare the parameters
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    def __hash__(self):
+        return hash(tuple(self.to_dict().items()))
+
+
+def _two_product(a, b):
+    """(p, e) with p = fl(a b) and p + e = a b exactly (Dekker's splitting, no fma)."""
+    def split(v):
+        c = 134217729.0 * v  # 2^27 + 1
+        hi = c - (c - v)
+        return hi, v - hi
+    p = a * b
+    ah, al = split(a)
+    bh, bl = split(np.float64(b))
+    return p, ((ah * bh - p) + ah * bl + al * bh) + al * bl
+
+
+def _torch_linspace_float32(start, end, n):
+    """torch.linspace(start, end, n, dtype=torch.float32) on CPU, reproduced in NumPy."""
+    s, e = np.float32(start), np.float32(end)
+    step = np.float32((e - s) / np.float32(n - 1))
+    i = np.arange(n)
+    half = n // 2
+    # fma(step, k, base) = base + step k rounded once: step k is exact in float64
+    # (24-bit times <= 31-bit), and the sum is rounded to float32 through _round_sum
+    k = np.where(i < half, i, -(n - 1 - i)).astype(np.float64)
+    base = np.where(i < half, np.float64(s), np.float64(e))
+    return _round_sum_to_float32(np.float64(step) * k, base)
+
+
+def _round_sum_to_float32(p, q):
+    """float32(p + q) rounded once from the exact sum (p, q float64 arrays)."""
+    hi = p + q
+    lo = (p - (hi - (hi - p))) + (q - (hi - p))  # two-sum: hi + lo == p + q exactly
+    r = hi.astype(np.float32)
+    # r is the correctly rounded sum unless hi sits exactly on a float32 midpoint with the
+    # exact sum off it (lo != 0): then the neighbour on lo's side is
+    back = r.astype(np.float64)
+    up = np.where(hi > back, np.float32(np.inf), np.float32(-np.inf))
+    neighbour = np.nextafter(r, up)
+    midpoint = 0.5 * (back + neighbour.astype(np.float64))  # exact in float64
+    past = (hi == midpoint) & (hi != back) & (lo != 0) & (np.sign(lo) == np.sign(hi - back))
+    return np.where(past, neighbour, r)

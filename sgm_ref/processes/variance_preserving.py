@@ -1,0 +1,264 @@
+"""Variance-preserving processes: alpha_t^2 + sigma_t^2 = 1, the standard Gaussian stationary.
+
+Each is the linear SDE
+
+    dX_t = -1/2 beta(t) X_t dt + sqrt(beta(t)) dW_t,
+
+whose transition from X_0 is Gaussian:
+
+    X_t | X_0 = alpha_t X_0 + sigma_t Z,   Z ~ N(0, I),
+    alpha_t = exp(-1/2 B(t)),   sigma_t^2 = 1 - alpha_t^2 = -expm1(-B(t)),
+    B(t) = int_0^t beta(s) ds,
+
+so f = -beta/2, g^2 = beta, lambda_t = -B - log(-expm1(-B)) and, inversely,
+B = log(1 + e^{-lambda}). sigma_t is computed from expm1 so that it keeps full relative
+precision as t -> 0 (where 1 - alpha_t^2 would cancel).
+
+OU is beta = 2 (dX = -X dt + sqrt(2) dW, alpha_t = e^{-t}); VP is Song et al. (2021),
+beta(t) = beta_min + t (beta_max - beta_min) on t in [0, 1]; VPCosine is the cosine
+schedule of Nichol & Dhariwal (2021) in continuous time.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validation import check_count, check_float_dtype, check_real, check_real_array, check_rng
+from .base import LinearGaussianProcess, softplus
+
+
+class VariancePreserving(LinearGaussianProcess):
+    """Shared formulas; subclasses define _beta, _integrated_beta, _integral_between,
+    _inverse_integrated_beta and t_max."""
+
+    def integrated_beta(self, t):
+        """B(t) = int_0^t beta(s) ds; t scalar or shape (n,); float64, same shape."""
+        return self._out(self._integrated_beta(self._times(t)))
+
+    def integrated_beta_between(self, t_hi, t_lo):
+        """int_{t_lo}^{t_hi} beta(s) ds without the cancellation of B(t_hi) - B(t_lo).
+
+        t_hi, t_lo scalars or arrays of one shape, t_hi >= t_lo; float64. The step
+        integrals of a reverse-time sampler keep full relative precision on fine grids.
+        """
+        t_hi, t_lo = self._times(t_hi, name="t_hi"), self._times(t_lo, name="t_lo")
+        if t_hi.shape != t_lo.shape:
+            raise ValueError(f"t_hi and t_lo must have one shape, got {t_hi.shape} and {t_lo.shape}")
+        if np.any(t_hi < t_lo):
+            raise ValueError("t_hi must be >= t_lo (the integral runs from t_lo up to t_hi)")
+        return self._out(np.asarray(self._integral_between(t_hi, t_lo)))
+
+    def beta(self, t):
+        """Noise rate beta(t); t scalar or shape (n,); float64, same shape."""
+        return self._out(self._beta(self._times(t)))
+
+    def _alpha(self, t):
+        return np.exp(-0.5 * self._integrated_beta(t))
+
+    def _sigma2(self, t):
+        return -np.expm1(-self._integrated_beta(t))
+
+    def _sigma(self, t):
+        return np.sqrt(self._sigma2(t))
+
+    def _coefficients(self, t, n):
+        """(alpha_t, sigma_t^2) as float64 arrays of length n, t validated for n rows."""
+        B = np.broadcast_to(self._integrated_beta(self._times(t, n=n)), (n,))
+        return np.exp(-0.5 * B), -np.expm1(-B)
+
+    def _d_alpha(self, t):
+        return -0.5 * self._beta(t) * self._alpha(t)
+
+    def _d_sigma(self, t):
+        # sigma sigma' = -alpha alpha' because alpha^2 + sigma^2 = 1
+        return 0.5 * self._beta(t) * self._alpha(t) ** 2 / self._sigma(t)
+
+    def _w(self, t):
+        return 0.5 * self._beta(t) * self._alpha(t) / self._sigma(t)
+
+    def _half_dq(self, t):
+        return np.zeros_like(np.asarray(t, dtype=np.float64))
+
+    def _f(self, t):
+        return -0.5 * self._beta(t)
+
+    def _g2(self, t):
+        return self._beta(t)
+
+    def _log_snr(self, t):
+        B = self._integrated_beta(t)
+        return -B - np.log(-np.expm1(-B))
+
+    def _time_of_log_snr(self, lam):
+        return self._inverse_integrated_beta(softplus(-lam))
+
+    def prior(self, n, d, rng, dtype=np.float64):
+        """Draw n points from the stationary law N(0, I_d) (the reverse process's start)."""
+        n = check_count(n, "n")
+        d = check_count(d, "d")
+        return check_rng(rng).standard_normal((n, d), dtype=check_float_dtype(dtype))
+
+    def time_of(self, alpha):
+        """Inverse schedule: the time t at which alpha_t equals alpha in (0, 1].
+
+        Converts between processes: the OU time with the same marginal as VP time s is
+        OU().time_of(VP().alpha(s)).
+        """
+        a = check_real_array(alpha, "alpha")
+        if np.any(a <= 0) or np.any(a > 1):
+            raise ValueError("alpha must lie in (0, 1]")
+        if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max)):
+            raise ValueError(f"alpha is below alpha(t_max) = {self.alpha(self.t_max)!r}")
+        # the inverse may round a hair past t_max at alpha(t_max) itself
+        t = np.minimum(self._inverse_integrated_beta(-2.0 * np.log(a)), self.t_max)
+        return self._out(t)
+
+
+@dataclass(frozen=True)
+class OU(VariancePreserving):
+    """Ornstein–Uhlenbeck process dX = -X dt + sqrt(2) dW (Cole & Lu's forward process).
+
+    alpha_t = exp(-t), sigma_t^2 = -expm1(-2t), beta = 2, defined for all t >= 0.
+    """
+
+    def _beta(self, t):
+        return np.full(np.shape(t), 2.0)
+
+    def _integrated_beta(self, t):
+        return 2.0 * t
+
+    def _inverse_integrated_beta(self, B):
+        return 0.5 * B
+
+    def _integral_between(self, t_hi, t_lo):
+        return 2.0 * (t_hi - t_lo)
+
+    def to_dict(self):
+        return {"name": "OU"}
+
+
+@dataclass(frozen=True)
+class VP(VariancePreserving):
+    """Variance-preserving SDE of Song et al. (2021), t in [0, 1].
+
+    beta(t) = beta_min + t (beta_max - beta_min),
+    B(t) = beta_min t + t^2 (beta_max - beta_min) / 2.
+    VP(2, 2) is OU restricted to [0, 1].
+
+    Parameters
+    ----------
+    beta_min, beta_max : float
+        0 <= beta_min <= beta_max, beta_max > 0.
+    """
+
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+    t_max = 1.0
+
+    def __post_init__(self):
+        check_linear_betas(self)
+
+    def _beta(self, t):
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def _integrated_beta(self, t):
+        return t * (self.beta_min + 0.5 * t * (self.beta_max - self.beta_min))
+
+    def _integral_between(self, t_hi, t_lo):
+        # the midpoint rule is exact for the linear beta
+        return (t_hi - t_lo) * (self.beta_min + 0.5 * (t_hi + t_lo) * (self.beta_max - self.beta_min))
+
+    def _inverse_integrated_beta(self, B):
+        return inverse_linear_integrated_beta(B, self.beta_min, self.beta_max)
+
+    def to_dict(self):
+        return {"name": "VP", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+def check_linear_betas(process):
+    """Validate (and store as floats) beta_min, beta_max of a linear-beta process."""
+    for name in ("beta_min", "beta_max"):
+        object.__setattr__(process, name, check_real(getattr(process, name), name, low=0.0))
+    if process.beta_max < process.beta_min:
+        raise ValueError(
+            f"beta_max must be >= beta_min, got beta_min={process.beta_min}, beta_max={process.beta_max}"
+        )
+    if process.beta_max == 0:
+        raise ValueError("beta_max must be > 0 (beta = 0 never adds noise)")
+
+
+def inverse_linear_integrated_beta(B, beta_min, beta_max):
+    """t with beta_min t + t^2 (beta_max - beta_min) / 2 = B, B >= 0 (float64 array)."""
+    # Root of (db/2) t^2 + beta_min t - B = 0 in the form without cancellation.
+    db = beta_max - beta_min
+    denominator = beta_min + np.sqrt(beta_min**2 + 2.0 * db * B)
+    return np.where(B > 0, 2.0 * B / np.where(B > 0, denominator, 1.0), 0.0)
+
+
+@dataclass(frozen=True)
+class VPCosine(VariancePreserving):
+    """Cosine schedule of Nichol & Dhariwal (2021, "Improved DDPM", eq. 17) in continuous time.
+
+    alpha_t = cos(u_t) / cos(u_0),  u_t = (pi/2) (t + s) / (1 + s),  t in [0, t_max],
+    so alpha_t^2 is their alpha-bar(t) and beta(t) = (pi / (1 + s)) tan(u_t).
+    cos(u_t) is evaluated as sin((pi/2)(1 - t)/(1 + s)) (exact near t = 1) and
+    cos(u_t) - cos(u_0) as -2 sin((u_t + u_0)/2) sin((u_t - u_0)/2) (exact near t = 0).
+
+    Parameters
+    ----------
+    s : float
+        Offset, default 0.008 (theirs), s > 0.
+    t_max : float
+        Horizon, 0 < t_max < 1, default 1 - 1e-5 (alpha_t_max ~ 1.6e-5, lambda ~ -22).
+        t = 1 itself is excluded: there alpha = 0 and lambda, beta are infinite.
+    """
+
+    s: float = 0.008
+    t_max: float = 1.0 - 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "s", check_real(self.s, "s", low=0.0, low_open=True))
+        object.__setattr__(self, "t_max", check_real(self.t_max, "t_max", low=0.0, high=1.0,
+                                                     low_open=True, high_open=True))
+
+    @property
+    def _k(self):  # du/dt
+        return 0.5 * np.pi / (1.0 + self.s)
+
+    def _cos_u(self, t):
+        return np.sin(self._k * (1.0 - t))
+
+    def _log_cos_ratio(self, t_hi, t_lo):
+        """log(cos u_hi / cos u_lo) <= 0 for t_hi >= t_lo, to full relative precision."""
+        k = self._k
+        c_lo, c_hi = self._cos_u(t_lo), self._cos_u(t_hi)
+        diff = -2.0 * np.sin(k * (0.5 * (t_hi + t_lo) + self.s)) * np.sin(0.5 * k * (t_hi - t_lo))
+        with np.errstate(divide="ignore"):
+            direct = np.log(c_hi) - np.log(c_lo)  # no cancellation once the ratio is small
+        return np.where(c_hi < 0.5 * c_lo, direct, np.log1p(diff / c_lo))
+
+    def _integrated_beta(self, t):
+        return -2.0 * self._log_cos_ratio(t, np.zeros_like(t))
+
+    def _integral_between(self, t_hi, t_lo):
+        return -2.0 * self._log_cos_ratio(t_hi, t_lo)
+
+    def _beta(self, t):
+        return 2.0 * self._k * np.sin(self._k * (t + self.s)) / self._cos_u(t)
+
+    def _inverse_integrated_beta(self, B):
+        k, s = self._k, self.s
+        c0, u0 = np.cos(k * s), k * s
+        sigma2, alpha = -np.expm1(-B), np.exp(-0.5 * B)
+        # near t = 0: sin(delta) sin(2 u0 + delta) = c0^2 sigma^2 with delta = u - u0 = k t,
+        # a quadratic in tan(delta) solved in the form without cancellation
+        C = c0**2 * sigma2
+        A, Bq = np.cos(2 * u0) - C, np.sin(2 * u0)
+        with np.errstate(invalid="ignore"):  # the branch not taken may take a root of < 0
+            small = np.arctan(2.0 * C / (Bq + np.sqrt(Bq**2 + 4.0 * A * C))) / k
+        # far end: pi/2 - u = k (1 - t) = arcsin(alpha c0)
+        large = 1.0 - np.arcsin(np.minimum(alpha * c0, 1.0)) / k
+        return np.where(sigma2 <= 0.5, small, large)
+
+    def to_dict(self):
+        return {"name": "VPCosine", "s": self.s, "t_max": self.t_max}

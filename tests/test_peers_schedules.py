@@ -1,0 +1,261 @@
+"""sgm_ref's processes and conversions against the peers' own code: diffusers and k-diffusion.
+
+The peers are optional (the `peers` extra). A missing peer skips these tests unless the
+environment variable SGM_REF_REQUIRE_PEERS is set (to anything but "" or "0"; CI sets
+it), which makes a missing peer a failure.
+
+k-diffusion 0.1.1's package __init__ imports everything (torchvision, scikit-image, dctorch,
+clean-fid, CLIP, wandb, ...); next to torch 2.13 CPU that does not import (torchvision
+from PyPI is built for the CUDA torch and fails with "operator torchvision::nms does not
+exist"; dctorch requires numpy < 2). So the tests load the modules under test from the
+installed files without running that __init__: k_diffusion/sampling.py and
+k_diffusion/external.py as they are (they need torch, scipy, torchdiffeq, torchsde,
+tqdm), with their `utils` import given utils.append_dims, and the Denoiser class of
+k_diffusion/layers.py - all taken verbatim from the installed sources.
+"""
+
+import ast
+import importlib
+import importlib.util
+import math
+import os
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sgm_ref.conventions import coefficients, convert
+from sgm_ref.processes import DDPM, EDM, OU, convert_time
+
+EPS = np.finfo(np.float64).eps
+REQUIRED = os.environ.get("SGM_REF_REQUIRE_PEERS", "") not in ("", "0")
+
+
+def _peer(module):
+    """Import a peer; skip if it is missing, unless SGM_REF_REQUIRE_PEERS is set."""
+    if REQUIRED:
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
+# -- diffusers ----------------------------------------------------------------------------
+
+SCHEDULES = [  # (beta_schedule, beta_start, beta_end, num_train_timesteps)
+    ("linear", 0.0001, 0.02, 1000),             # DDPMScheduler's defaults (Ho et al.)
+    ("scaled_linear", 0.00085, 0.012, 1000),    # Stable Diffusion's
+    ("squaredcos_cap_v2", 0.0001, 0.02, 1000),  # Nichol & Dhariwal's cosine
+    ("linear", 0.001, 0.03, 999),
+    ("scaled_linear", 0.0001, 0.02, 37),
+    ("squaredcos_cap_v2", 0.0001, 0.02, 2),
+]
+
+
+def _scheduler(schedule, start, end, N):
+    diffusers = _peer("diffusers")
+    return diffusers.DDPMScheduler(beta_schedule=schedule, beta_start=start, beta_end=end, num_train_timesteps=N)
+
+
+@pytest.mark.parametrize("schedule, start, end, N", SCHEDULES)
+def test_diffusers_float32_constants_bit_for_bit(schedule, start, end, N):
+    sched = _scheduler(schedule, start, end, N)
+    p = DDPM(schedule, start, end, N)
+    betas, ac = p.diffusers_betas(), p.diffusers_alphas_cumprod()
+    assert betas.dtype == ac.dtype == np.float32
+    assert np.array_equal(betas, sched.betas.numpy())
+    assert np.array_equal(ac, sched.alphas_cumprod.numpy())
+
+
+# Measured with diffusers 0.42.1 / torch 2.13.0: the largest relative difference between
+# diffusers' float32 alphas_cumprod and sgm_ref's float64 one over the 1000 steps is
+# 3.6e-7 (linear), 9.3e-7 (scaled_linear, Stable Diffusion's), 1.3e-5 (squaredcos_cap_v2:
+# all of it at the last step, where the cap beta = 0.999 is float32(0.999) = 0.99900001,
+# so 1 - beta is off by 1.3e-5; 2.1e-6 over the other 999 steps). Bounds at ~1.5x.
+FLOAT64_AGREEMENT = {"linear": (5e-7, 5e-7), "scaled_linear": (1.5e-6, 1.5e-6), "squaredcos_cap_v2": (2e-5, 3e-6)}
+
+
+@pytest.mark.parametrize("schedule, start, end, N", SCHEDULES[:3])
+def test_diffusers_float64_agreement(schedule, start, end, N):
+    sched = _scheduler(schedule, start, end, N)
+    ours = DDPM(schedule, start, end, N).alphas_cumprod()
+    rel = np.abs(sched.alphas_cumprod.numpy().astype(np.float64) / ours - 1)
+    whole, but_last = FLOAT64_AGREEMENT[schedule]
+    assert rel.max() <= whole and rel[:-1].max() <= but_last
+    assert rel.max() > 1e-8  # float32 is what separates them: not a vacuous bound
+
+
+def test_diffusers_timestep_is_sgm_ref_time():
+    """diffusers' add_noise at timestep i is sgm_ref's DDPM at t_i = (i + 1)/N (float64 samples:
+    diffusers then takes sqrt of its float32 alphas_cumprod in float64)."""
+    torch = _peer("torch")
+    sched = _scheduler("scaled_linear", 0.00085, 0.012, 1000)
+    p = DDPM("scaled_linear", 0.00085, 0.012, 1000)
+    i = np.array([0, 1, 250, 500, 999])
+    rng = np.random.default_rng(0)
+    x0, z = rng.standard_normal((2, i.size, 3))
+    theirs = sched.add_noise(torch.from_numpy(x0), torch.from_numpy(z), torch.from_numpy(i)).numpy()
+    # with the peer's own constants: the same to rounding
+    ac = p.diffusers_alphas_cumprod().astype(np.float64)[i]
+    np.testing.assert_allclose(theirs, np.sqrt(ac)[:, None] * x0 + np.sqrt(1 - ac)[:, None] * z, rtol=1e-14, atol=1e-15)
+    # with sgm_ref's float64 process at t_i: to diffusers' float32 (stated above)
+    a, s = p.marginal(p.time_of_timestep(i))
+    np.testing.assert_allclose(theirs, a[:, None] * x0 + s[:, None] * z, rtol=2e-6, atol=1e-6)
+
+
+# -- k-diffusion ----------------------------------------------------------------------------
+
+_KD = "_sgm_ref_peer_k_diffusion"
+
+
+def _definitions(path, names, namespace):
+    """Execute the named top-level functions/classes of a source file in namespace."""
+    source = Path(path).read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
+            exec(compile(ast.get_source_segment(source, node), str(path), "exec"), namespace)
+    missing = [n for n in names if n not in namespace]
+    if missing:
+        raise ImportError(f"{path} defines no {missing}")
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def kd():
+    """k-diffusion's sampling and external modules and layers.Denoiser (see the docstring)."""
+    torch = _peer("torch")
+    for dep in ("torchsde", "torchdiffeq", "scipy", "tqdm"):
+        _peer(dep)
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        if REQUIRED:
+            raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
+        pytest.skip("k-diffusion is not installed")
+    root = Path(spec.origin).parent
+    if _KD not in sys.modules:
+        pkg = types.ModuleType(_KD)
+        pkg.__path__ = [str(root)]
+        utils = types.ModuleType(_KD + ".utils")
+        _definitions(root / "utils.py", ["append_dims"], utils.__dict__)
+        pkg.utils = utils
+        sys.modules[_KD], sys.modules[_KD + ".utils"] = pkg, utils
+    sampling = importlib.import_module(_KD + ".sampling")
+    external = importlib.import_module(_KD + ".external")
+    layers = _definitions(root / "layers.py", ["Denoiser"], {"torch": torch, "nn": torch.nn, "math": math,
+                                                              "utils": sys.modules[_KD + ".utils"]})
+    return types.SimpleNamespace(torch=torch, sampling=sampling, external=external, Denoiser=layers["Denoiser"])
+
+
+SIGMAS = np.concatenate([np.logspace(-4, np.log10(80.0), 60), [1e-8, 1e-2, 1.0, 160.0, 1e4]])
+
+
+def test_karras_sigmas_equal_get_sigmas_karras(kd):
+    torch = kd.torch
+    for n, lo, hi, rho in [(10, 0.002, 80.0, 7.0), (50, 0.03, 14.6, 7.0), (2, 0.1, 1.0, 3.0), (1000, 1e-3, 100.0, 1.0)]:
+        ours = EDM().karras_sigmas(n, lo, hi, rho)
+        theirs32 = kd.sampling.get_sigmas_karras(n, lo, hi, rho).numpy()  # torch's default float32 ramp
+        assert ours.shape == theirs32.shape == (n + 1,) and ours[-1] == theirs32[-1] == 0.0
+        # float32: the ramp and the powers round to ~1e-7 of sigma_max's scale
+        np.testing.assert_allclose(theirs32, ours, rtol=4e-6, atol=1e-6 * hi)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+        try:
+            theirs64 = kd.sampling.get_sigmas_karras(n, lo, hi, rho).numpy()
+        finally:
+            torch.set_default_dtype(previous)
+        # float64: torch's and numpy's linspace round the ramp differently (an ulp), which
+        # moves sigma^(1/rho) by an ulp of sigma_max^(1/rho); compared on that scale
+        root = 1.0 / rho
+        np.testing.assert_allclose(theirs64 ** root, ours ** root, rtol=0, atol=4 * EPS * hi**root)
+        rel = np.abs(theirs64[:-1] / ours[:-1] - 1)
+        assert np.all(rel <= 8 * rho * EPS * (hi / ours[:-1]) ** root), rel.max()
+
+
+def _t64(kd, a):
+    return kd.torch.tensor(np.asarray(a), dtype=kd.torch.float64)
+
+
+def test_eps_wrapper_scalings_are_edm_conversions(kd):
+    """k-diffusion's DiscreteEpsDDPMDenoiser: D = x + c_out eps(c_in x), c_out = -sigma,
+    c_in = 1/sqrt(sigma^2 + 1): sgm_ref's EDM eps -> x0 and the EDM -> VP scale."""
+    p = DDPM("scaled_linear", 0.00085, 0.012, 1000)
+    wrapper = kd.external.DiscreteEpsDDPMDenoiser(lambda x, t: None, _t64(kd, p.alphas_cumprod()), quantize=False)
+    c_out, c_in = (c.numpy() for c in wrapper.get_scalings(_t64(kd, SIGMAS)))
+    A, B = coefficients(SIGMAS, EDM(), "eps", "x0")
+    assert np.all(A == 1.0)
+    np.testing.assert_allclose(c_out, B, rtol=EPS, atol=0)
+    _, scale = convert_time(SIGMAS, EDM(), OU())
+    np.testing.assert_allclose(c_in, scale, rtol=4 * EPS, atol=0)
+    # its discrete sigmas are the EDM times of sgm_ref's timesteps, and back
+    i = np.arange(1000)
+    sigma, _ = convert_time(p.time_of_timestep(i), p, EDM())
+    np.testing.assert_allclose(wrapper.sigmas.numpy(), sigma, rtol=1e-13, atol=0)
+    back = p.timestep_of_time(convert_time(sigma, EDM(), p)[0])
+    np.testing.assert_allclose(wrapper.sigma_to_t(_t64(kd, sigma)).numpy(), back, rtol=0, atol=1e-8)
+
+
+def test_eps_wrapper_forward_is_convert(kd):
+    """Driving the wrapper with a known eps gives sgm_ref's x0, and the model sees c_in x."""
+    torch = kd.torch
+    p = DDPM()
+    rng = np.random.default_rng(1)
+    x, eps = rng.standard_normal((2, 4, 3))
+    seen = {}
+
+    def model(x_in, t):
+        seen["x_in"], seen["t"] = x_in.numpy().copy(), t.numpy().copy()
+        return torch.from_numpy(eps)
+
+    wrapper = kd.external.DiscreteEpsDDPMDenoiser(model, _t64(kd, p.alphas_cumprod()), quantize=False)
+    # at timesteps' own sigmas: between them k-diffusion interpolates log sigma linearly in
+    # the index, sgm_ref the integrated beta linearly in t (see test_timestep_interpolation)
+    i = np.array([3, 250, 600, 999])
+    sigma = wrapper.sigmas.numpy()[i]
+    D = wrapper(torch.from_numpy(x), _t64(kd, sigma)).numpy()
+    np.testing.assert_allclose(D, convert(eps, x, sigma, EDM(), "eps", "x0"), rtol=1e-15, atol=1e-15)
+    t_vp, scale = convert_time(sigma, EDM(), p)
+    np.testing.assert_allclose(seen["x_in"], scale[:, None] * x, rtol=4 * EPS)
+    np.testing.assert_allclose(seen["t"], p.timestep_of_time(t_vp), rtol=0, atol=1e-8)
+    np.testing.assert_allclose(seen["t"], i, rtol=0, atol=1e-8)
+
+
+def test_timestep_interpolation_between_knots(kd):
+    """Off the timesteps the two continuous-time readings of a DDPM schedule differ by a
+    fraction of one step: k-diffusion's sigma_to_t interpolates log sigma linearly in i,
+    sgm_ref's DDPM process makes beta constant on each step (exact DDPM kernels)."""
+    p = DDPM()
+    wrapper = kd.external.DiscreteEpsDDPMDenoiser(lambda *a: None, _t64(kd, p.alphas_cumprod()), quantize=False)
+    frac = np.linspace(0.0, 999.0, 4001)[1:-1]
+    sigma, _ = convert_time((frac + 1) / 1000, p, EDM())
+    theirs = wrapper.sigma_to_t(_t64(kd, sigma)).numpy()
+    gap = np.abs(theirs - frac)
+    assert gap.max() < 0.5 and np.all(gap[np.isclose(frac, np.round(frac), rtol=0, atol=1e-12)] < 1e-8)
+
+
+@pytest.mark.parametrize("wrapper_name", ["VDenoiser", "DiscreteVDDPMDenoiser"])
+def test_v_wrapper_scalings_are_vp_v_to_x0(kd, wrapper_name):
+    """D = c_skip x + c_out v(c_in x): x_VP = c_in x at the VP time of the same SNR, and
+    x0 = A x_VP + B v there, so c_skip = A c_in, c_out = B."""
+    cls = getattr(kd.external, wrapper_name)
+    wrapper = cls(lambda *a: None) if wrapper_name == "VDenoiser" else \
+        cls(lambda *a: None, _t64(kd, DDPM().alphas_cumprod()), quantize=False)
+    c_skip, c_out, c_in = (c.numpy() for c in wrapper.get_scalings(_t64(kd, SIGMAS)))
+    t_vp, scale = convert_time(SIGMAS, EDM(), OU())
+    A, B = coefficients(t_vp, OU(), "v", "x0")
+    np.testing.assert_allclose(c_in, scale, rtol=4 * EPS, atol=0)
+    np.testing.assert_allclose(c_skip, A * scale, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(c_out, B, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("sigma_data", [1.0, 0.5])
+def test_karras_preconditioner_scalings_are_edm_conversions(kd, sigma_data):
+    """layers.Denoiser (Karras et al.'s c_skip, c_out, c_in with sigma_data): on data scaled
+    by 1/sigma_data it is the VP v -> x0 conversion at sigma' = sigma/sigma_data, with the
+    network's output F = -v: c_skip = A c_in', c_out = -sigma_data B, c_in = c_in'/sigma_data."""
+    wrapper = kd.Denoiser(lambda *a: None, sigma_data=sigma_data)
+    c_skip, c_out, c_in = (c.numpy() for c in wrapper.get_scalings(_t64(kd, SIGMAS)))
+    t_vp, scale = convert_time(SIGMAS / sigma_data, EDM(), OU())
+    A, B = coefficients(t_vp, OU(), "v", "x0")
+    np.testing.assert_allclose(c_in, scale / sigma_data, rtol=4 * EPS, atol=0)
+    np.testing.assert_allclose(c_skip, A * scale, rtol=1e-14, atol=0)
+    np.testing.assert_allclose(c_out, -sigma_data * B, rtol=1e-14, atol=0)
