@@ -100,7 +100,8 @@ class ModelScore:
     """
 
     def __init__(self, run, as_array, *, name, process, output, time, batch_size, dtype, fractional, cast_output,
-                 framework):
+                 framework, sample_shape=None):
+        self.sample_shape = sample_shape
         self._run = run
         self._as_array = as_array
         self.name = name
@@ -148,6 +149,9 @@ class ModelScore:
             arg = arg.astype(np.int64)
         else:
             arg = arg.astype(self.dtype)
+        if self.sample_shape is not None and int(np.prod(self.sample_shape)) != x.shape[1]:
+            raise ValueError(f"x has d = {x.shape[1]} entries per row, but sample_shape {self.sample_shape} "
+                             f"holds {int(np.prod(self.sample_shape))}")
         xm = x.astype(self.dtype, copy=False)
         value = np.empty(x.shape, dtype=np.float64)
         for lo in range(0, n, self.batch_size):
@@ -164,6 +168,9 @@ class ModelScore:
         return out
 
     def _checked(self, xb, tb, where):
+        rows = xb.shape
+        if self.sample_shape is not None:
+            xb = xb.reshape((rows[0],) + self.sample_shape)
         try:
             out = self._run(xb, tb)
         except Exception as e:  # the user's code: say so, keep the original as the cause
@@ -171,7 +178,10 @@ class ModelScore:
         label = f"{self.framework} model {self.name!r} returned"
         shape, dtype, to_numpy = self._as_array(out)
         if shape is None:
-            raise ValueError(f"{label} a {type(out).__name__} at {where}; expected an array of shape {xb.shape}")
+            hint = ""
+            if hasattr(out, "sample"):  # diffusers' UNet2DOutput and friends
+                hint = " (a diffusers model output? pass lambda x, t: model(x, t).sample)"
+            raise ValueError(f"{label} a {type(out).__name__} at {where}; expected an array of shape {xb.shape}{hint}")
         if shape != xb.shape:
             raise ValueError(f"{label} shape {shape} at {where}; expected {xb.shape} "
                              f"(its {self.output} for each row of x)")
@@ -183,7 +193,20 @@ class ModelScore:
         if not np.all(np.isfinite(arr)):
             bad = int(np.count_nonzero(~np.isfinite(arr)))
             raise ValueError(f"{label} {bad} non-finite value(s) at {where}")
-        return arr
+        return arr.reshape(rows)
+
+
+def _check_sample_shape(sample_shape):
+    if sample_shape is None:
+        return None
+    try:
+        shape = tuple(int(k) for k in sample_shape)
+        ok = all(k >= 1 and k == j for k, j in zip(shape, sample_shape)) and len(shape) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"sample_shape must be a tuple of positive integers such as (3, 32, 32), got {sample_shape!r}")
+    return shape
 
 
 def _check_in_args(process, output, time, batch_size, fractional):
@@ -218,14 +241,15 @@ def _name(model, name):
 
 
 def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype=None, device=None,
-               fractional=False, cast_output=False, name=None):
+               fractional=False, cast_output=False, sample_shape=None, name=None):
     """The score s(x, t) of a PyTorch model trained in any convention (see ModelScore).
 
     Parameters
     ----------
     model : torch.nn.Module or callable
-        model(x, time) -> tensor of x's shape; x a (b, d) tensor of `dtype` on `device`,
-        time a (b,) tensor (see `time`). Run under torch.inference_mode(), so no autograd
+        model(x, time) -> tensor of x's shape; x a (b, d) tensor (b, *sample_shape if
+        given) of `dtype` on `device`, time a (b,) tensor (see `time`). A diffusers
+        UNet returns an output object: pass lambda x, t: unet(x, t).sample. Run under torch.inference_mode(), so no autograd
         graph is kept; the module is not switched to eval mode (a module in training mode
         with active dropout or batch-norm layers is refused: call model.eval() first).
     process : a process of sgm_ref.processes
@@ -251,6 +275,10 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         between the integers; sgm_ref's DDPM keeps beta constant on each step).
     cast_output : bool
         Return scores in the dtype of the points passed in instead of the model's.
+    sample_shape : tuple of int, optional
+        The shape of one sample as the model takes it, e.g. (3, 32, 32) for an image
+        UNet: each batch of rows is reshaped to (b, *sample_shape) for the model and its
+        output flattened back (sgm_ref's points are always (n, d), d = prod(sample_shape)).
     name : str, optional
         How errors name the model (default its qualified name or class).
 
@@ -262,7 +290,8 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
     Raises
     ------
     ValueError
-        An unknown output or time kind; time="timestep" with a non-DDPM process; a module
+        An unknown output or time kind; time="timestep" with a non-DDPM process; a bad
+        sample_shape; a module
         with parameters of several dtypes and no dtype given; dtype other than float32 or
         float64; a module in training mode with dropout or batch norm.
     ImportError
@@ -304,14 +333,16 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         return tuple(out.shape), str(out.dtype).replace("torch.", ""), lambda: out.detach().to("cpu").numpy()
 
     return ModelScore(run, as_array, name=label, process=process, output=output, time=time, batch_size=batch_size,
-                      dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="torch")
+                      dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="torch",
+                      sample_shape=_check_sample_shape(sample_shape))
 
 
 def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None, fractional=False,
-             cast_output=False, name=None):
+             cast_output=False, sample_shape=None, name=None):
     """The score s(x, t) of a JAX model trained in any convention (see ModelScore).
 
-    Parameters are those of from_torch, except:
+    Parameters are those of from_torch (without device: JAX's default device is used),
+    except:
 
     fn : callable
         fn(x, time) -> array of x's shape; x a (b, d) jax array of `dtype`, time a (b,)
@@ -350,7 +381,8 @@ def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None
         return tuple(out.shape), np.dtype(out.dtype).name, lambda: np.asarray(out)
 
     return ModelScore(run, as_array, name=label, process=process, output=output, time=time, batch_size=batch_size,
-                      dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="jax")
+                      dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="jax",
+                      sample_shape=_check_sample_shape(sample_shape))
 
 
 # -- between processes ------------------------------------------------------------------------
