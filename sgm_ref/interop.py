@@ -95,8 +95,8 @@ class ModelScore:
     ----------
     dtype : numpy.dtype
         The dtype the model computes in (float32 or float64).
-    process, output, time, batch_size, fractional, name
-        As given to the constructor.
+    process, output, time, batch_size, fractional, sample_shape, name
+        As given to from_torch / from_jax.
     """
 
     def __init__(self, run, as_array, *, name, process, output, time, batch_size, dtype, fractional, cast_output,
@@ -224,11 +224,13 @@ def _check_in_args(process, output, time, batch_size, fractional):
 
 def _numpy_dtype(dtype, name="dtype"):
     """np.float32 / np.float64 from a NumPy, torch or JAX dtype (or its name)."""
-    dt = str(dtype).replace("torch.", "")
-    try:
-        dt = np.dtype(dt)
-    except TypeError:
-        dt = None
+    dt = None
+    for candidate in () if dtype is None else (dtype, str(dtype).replace("torch.", "")):  # torch dtypes go by their name
+        try:
+            dt = np.dtype(candidate)
+            break
+        except TypeError:
+            continue
     if dt not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float32 or float64, got {dtype!r}")
     return dt

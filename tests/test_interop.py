@@ -154,7 +154,8 @@ def test_torch_module_dtype_and_device_are_its_own(torch):
     mixed.register_buffer("b", torch.zeros(1, dtype=torch.float32))
     with pytest.raises(ValueError, match="several dtypes"):
         from_torch(mixed, OU())
-    assert from_torch(mixed, OU(), dtype="float64").dtype == np.float64
+    for dtype in ["float64", np.float64, torch.float64]:
+        assert from_torch(mixed, OU(), dtype=dtype).dtype == np.float64
 
 
 def test_from_torch_refusals(torch):
