@@ -243,7 +243,7 @@ def _name(model, name):
 
 
 def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype=None, device=None,
-               fractional=False, cast_output=False, sample_shape=None, name=None):
+               fractional=False, cast_output=False, autograd=False, sample_shape=None, name=None):
     """The score s(x, t) of a PyTorch model trained in any convention (see ModelScore).
 
     Parameters
@@ -251,9 +251,11 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
     model : torch.nn.Module or callable
         model(x, time) -> tensor of x's shape; x a (b, d) tensor (b, *sample_shape if
         given) of `dtype` on `device`, time a (b,) tensor (see `time`). A diffusers
-        UNet returns an output object: pass lambda x, t: unet(x, t).sample. Run under torch.inference_mode(), so no autograd
-        graph is kept; the module is not switched to eval mode (a module in training mode
-        with active dropout or batch-norm layers is refused: call model.eval() first).
+        UNet returns an output object: pass lambda x, t: unet(x, t).sample. Run under
+        torch.inference_mode() (or, with autograd=True, with gradients enabled and the
+        output detached), so no autograd graph outlives a batch; the module is not
+        switched to eval mode (a module in training mode with active dropout or
+        batch-norm layers is refused: call model.eval() first).
     process : a process of sgm_ref.processes
         The convention the model was trained in (x = alpha_t x0 + sigma_t z).
     output : {"eps", "x0", "v", "score", "velocity"}
@@ -277,6 +279,10 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         between the integers; sgm_ref's DDPM keeps beta constant on each step).
     cast_output : bool
         Return scores in the dtype of the points passed in instead of the model's.
+    autograd : bool
+        Run the model with gradients enabled, for models that differentiate inside
+        (a score as -grad of an energy network, torch.autograd.grad on x); each batch's
+        graph is dropped once its output is detached. Default False: inference mode.
     sample_shape : tuple of int, optional
         The shape of one sample as the model takes it, e.g. (3, 32, 32) for an image
         UNet: each batch of rows is reshaped to (b, *sample_shape) for the model and its
@@ -325,9 +331,14 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         device = tensors[0].device if tensors else torch.device("cpu")
     device = torch.device(device)
 
+    if not isinstance(autograd, (bool, np.bool_)):
+        raise ValueError(f"autograd must be True or False, got {autograd!r}")
+    mode = torch.enable_grad if autograd else torch.inference_mode
+
     def run(xb, tb):
-        with torch.inference_mode():
-            return model(torch.from_numpy(xb).to(device), torch.from_numpy(tb).to(device))
+        with mode():
+            out = model(torch.from_numpy(xb).to(device), torch.from_numpy(tb).to(device))
+        return out.detach() if torch.is_tensor(out) else out
 
     def as_array(out):
         if not torch.is_tensor(out):
@@ -343,8 +354,8 @@ def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None
              cast_output=False, sample_shape=None, name=None):
     """The score s(x, t) of a JAX model trained in any convention (see ModelScore).
 
-    Parameters are those of from_torch (without device: JAX's default device is used),
-    except:
+    Parameters are those of from_torch (without device and autograd: JAX's default
+    device is used, and jax.grad inside fn just works), except:
 
     fn : callable
         fn(x, time) -> array of x's shape; x a (b, d) jax array of `dtype`, time a (b,)
@@ -375,6 +386,8 @@ def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None
                          "before creating arrays; without it JAX computes in float32 (pass dtype='float32')")
 
     def run(xb, tb):
+        if tb.dtype == np.int64 and default != np.float64:
+            tb = tb.astype(np.int32)  # JAX's integer without x64 (timesteps are < 2^31)
         return fn(jnp.asarray(xb), jnp.asarray(tb))
 
     def as_array(out):

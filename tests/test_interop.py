@@ -408,6 +408,14 @@ def test_jax_eps_model_audited(jax):
         from_jax(lambda x, t: x[:, 0], p)(x.astype(np.float32), t)
     with pytest.raises(ModelError, match="jax model 'bad' raised"):
         from_jax(lambda x, t: x @ jnp.ones((3, 3)), p, name="bad")(x.astype(np.float32), t)
+    seen = []
+
+    def by_timestep(x, ts):
+        seen.append(ts)
+        return jnp.zeros_like(x)
+
+    from_jax(by_timestep, DDPM(num_train_timesteps=10), time="timestep")(np.zeros((2, 2), np.float32), [0.1, 1.0])
+    assert seen[-1].dtype == jnp.int32 and seen[-1].tolist() == [0, 9]  # JAX's integer without x64
 
 
 # -- the peers' own samplers on the oracle ---------------------------------------------------------
@@ -548,3 +556,24 @@ def test_sample_shape_for_image_models(torch):
 
     with pytest.raises(ValueError, match=r"returned a Output.*model\(x, t\).sample"):
         from_torch(lambda x, t: Output(x), OU(), dtype="float64")(x, t)
+
+
+def test_energy_model_with_autograd(torch):
+    """A score written as -grad E(x) by torch.autograd.grad: refused as the model's own error
+    in inference mode, exact with autograd=True, and nothing keeps a graph afterwards."""
+    mu = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def score(x, t):  # N(mu, I) under OU has p_t = N(e^-t mu, I): E = |x - e^-t mu|^2 / 2
+        x = x.clone().requires_grad_(True)
+        energy = 0.5 * ((x - torch.exp(-t)[:, None] * mu) ** 2).sum()
+        return -torch.autograd.grad(energy, x)[0]
+
+    rng = np.random.default_rng(10)
+    x, t = rng.standard_normal((20, 2)), rng.uniform(0.0, 2.0, 20)
+    with pytest.raises(ModelError, match="raised RuntimeError"):
+        from_torch(score, OU(), output="score", dtype="float64")(x, t)
+    s = from_torch(score, OU(), output="score", dtype="float64", autograd=True)(x, t)
+    target = GaussianMixture([1.0], [mu.numpy()])
+    np.testing.assert_allclose(s, target.score(x, t, OU()), rtol=1e-15, atol=1e-15)
+    with pytest.raises(ValueError, match="autograd must be"):
+        from_torch(score, OU(), autograd="yes")
