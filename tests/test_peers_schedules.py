@@ -4,40 +4,19 @@ The peers are optional (the `peers` extra). A missing peer skips these tests unl
 environment variable SGM_REF_REQUIRE_PEERS is set (to anything but "" or "0"; CI sets
 it), which makes a missing peer a failure.
 
-k-diffusion 0.1.1's package __init__ imports everything (torchvision, scikit-image, dctorch,
-clean-fid, CLIP, wandb, ...); next to torch 2.13 CPU that does not import (torchvision
-from PyPI is built for the CUDA torch and fails with "operator torchvision::nms does not
-exist"; dctorch requires numpy < 2). So the tests load the modules under test from the
-installed files without running that __init__: k_diffusion/sampling.py and
-k_diffusion/external.py as they are (they need torch, scipy, torchdiffeq, torchsde,
-tqdm), with their `utils` import given utils.append_dims, and the Denoiser class of
-k_diffusion/layers.py - all taken verbatim from the installed sources.
+k-diffusion's modules are loaded as tests/_peers.py says (its package __init__ does not
+import next to torch 2.13 CPU).
 """
-
-import ast
-import importlib
-import importlib.util
-import math
-import os
-import sys
-import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _peers import load_k_diffusion
+from _peers import peer as _peer
 
 from sgm_ref.conventions import coefficients, convert
 from sgm_ref.processes import DDPM, EDM, OU, convert_time
 
 EPS = np.finfo(np.float64).eps
-REQUIRED = os.environ.get("SGM_REF_REQUIRE_PEERS", "") not in ("", "0")
-
-
-def _peer(module):
-    """Import a peer; skip if it is missing, unless SGM_REF_REQUIRE_PEERS is set."""
-    if REQUIRED:
-        return importlib.import_module(module)
-    return pytest.importorskip(module)
 
 
 # -- diffusers ----------------------------------------------------------------------------
@@ -105,45 +84,10 @@ def test_diffusers_timestep_is_sgm_ref_time():
 
 # -- k-diffusion ----------------------------------------------------------------------------
 
-_KD = "_sgm_ref_peer_k_diffusion"
-
-
-def _definitions(path, names, namespace):
-    """Execute the named top-level functions/classes of a source file in namespace."""
-    source = Path(path).read_text()
-    for node in ast.parse(source).body:
-        if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in names:
-            exec(compile(ast.get_source_segment(source, node), str(path), "exec"), namespace)
-    missing = [n for n in names if n not in namespace]
-    if missing:
-        raise ImportError(f"{path} defines no {missing}")
-    return namespace
-
-
 @pytest.fixture(scope="module")
 def kd():
-    """k-diffusion's sampling and external modules and layers.Denoiser (see the docstring)."""
-    torch = _peer("torch")
-    for dep in ("torchsde", "torchdiffeq", "scipy", "tqdm"):
-        _peer(dep)
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        if REQUIRED:
-            raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion)")
-        pytest.skip("k-diffusion is not installed")
-    root = Path(spec.origin).parent
-    if _KD not in sys.modules:
-        pkg = types.ModuleType(_KD)
-        pkg.__path__ = [str(root)]
-        utils = types.ModuleType(_KD + ".utils")
-        _definitions(root / "utils.py", ["append_dims"], utils.__dict__)
-        pkg.utils = utils
-        sys.modules[_KD], sys.modules[_KD + ".utils"] = pkg, utils
-    sampling = importlib.import_module(_KD + ".sampling")
-    external = importlib.import_module(_KD + ".external")
-    layers = _definitions(root / "layers.py", ["Denoiser"], {"torch": torch, "nn": torch.nn, "math": math,
-                                                              "utils": sys.modules[_KD + ".utils"]})
-    return types.SimpleNamespace(torch=torch, sampling=sampling, external=external, Denoiser=layers["Denoiser"])
+    """k-diffusion's sampling and external modules and layers.Denoiser (tests/_peers.py)."""
+    return load_k_diffusion()
 
 
 SIGMAS = np.concatenate([np.logspace(-4, np.log10(80.0), 60), [1e-8, 1e-2, 1.0, 160.0, 1e4]])

@@ -1,0 +1,590 @@
+"""Adapters between sgm_ref and models or samplers written in PyTorch or JAX.
+
+in   from_torch(model, process, output, time) and from_jax(...) turn a network that takes
+     (x, time) and returns one of score / eps / x0 / v / velocity into a score function
+     s(x, t) = grad log p_t(x) of sgm_ref's time t of `process`: NumPy (n, d) points and
+     (n,) times in, NumPy out, accepted by every sgm_ref metric and sampler.
+out  to_torch(target, process, output, signature) turns a target's exact oracle into a
+     torch callable with a peer's signature: k-diffusion's denoiser(x, sigma) or a
+     diffusers-style model(x, timestep), so a peer's own sampler runs on the exact score.
+
+The time argument a network takes (`time=`):
+
+    "t"         sgm_ref's time t of `process` itself
+    "timestep"  the discrete timestep of a DDPM process, i = N t - 1 (diffusers' index:
+                timestep i has alphas_cumprod[i]); integer unless fractional=True
+    "sigma"     the process's sigma_t (k-diffusion / EDM: with process=EDM(), x = x0 + sigma z)
+
+x always means the process's own x_t = alpha_t x0 + sigma_t z: for a DDPM process the
+variance-preserving sample diffusers' UNets see (for EulerDiscreteScheduler that is
+scale_model_input(sample) = sample / sqrt(sigma^2 + 1), not the scheduler's own sample).
+Between processes, convert_score moves a score from one convention to another.
+
+torch and jax are imported only inside the functions that use them.
+"""
+
+import numpy as np
+
+from ._validation import FLOAT_DTYPES, check_count, check_points
+from .conventions import KINDS, coefficients, convert
+from .processes import DDPM, EDM, OU, VE, VariancePreserving, check_process, convert_time
+
+__all__ = ["from_torch", "from_jax", "to_torch", "convert_score", "ModelScore", "OracleModel", "ModelError"]
+
+TIMES = ("t", "timestep", "sigma")
+SIGNATURES = ("denoiser", "diffusers")
+# A timestep within this of an integer is that integer: N t - 1 at t = (i + 1) / N may
+# round an ulp or so away from i (e.g. 1000 * 0.251 = 250.99999999999997).
+_TIMESTEP_ROUNDING = 1e-9
+
+
+class ModelError(ValueError):
+    """An exception raised inside the user's model, re-raised with the model's name.
+
+    The original exception is its __cause__ (shown whole by a traceback).
+    """
+
+
+def _check_kind(kind, name):
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise ValueError(f"{name} must be one of {KINDS}, got {kind!r}")
+    return kind
+
+
+def _snap_timesteps(ts, process, fractional, name):
+    """Timesteps of a DDPM process as float64, checked: in 0..N-1, integral unless fractional."""
+    N = process.num_train_timesteps
+    nearest = np.round(ts)
+    ts = np.where(np.abs(ts - nearest) <= _TIMESTEP_ROUNDING * N, nearest, ts)
+    if np.any(ts < 0) or np.any(ts > N - 1):
+        bad = ts[(ts < 0) | (ts > N - 1)][0]
+        raise ValueError(f"{name} {bad!r} is outside 0..{N - 1} of {process!r} "
+                         f"(sgm_ref time t = (timestep + 1) / N must lie in [1/N, 1])")
+    if not fractional and np.any(ts != np.round(ts)):
+        bad = ts[ts != np.round(ts)][0]
+        raise ValueError(f"{name} {bad!r} is not an integer; evaluate at integer timesteps "
+                         "(times process.time_of_timestep(i)) or pass fractional=True if the model "
+                         "was trained on, or interpolates between, fractional timesteps")
+    return ts
+
+
+# -- in: a network as a score ------------------------------------------------------------------
+
+
+class ModelScore:
+    """s(x, t) = grad log p_t(x) of a network trained in another convention.
+
+    Built by from_torch / from_jax. Calling it with x of shape (n, d) and t a scalar or
+    shape (n,) (sgm_ref times of `process`):
+
+    1. the conversion output -> score is checked to exist at every t (before the model runs);
+    2. x is converted once to the model's dtype (`self.dtype`), the time argument formed
+       (t, the DDPM timestep N t - 1, or sigma_t) in that dtype (int64 for integer timesteps);
+    3. the model runs on batches of at most `batch_size` rows, without gradients, and
+       each output is checked: an array of the batch's shape, the model's dtype, finite;
+    4. score = A(t) x + B(t) value (sgm_ref.conventions) is formed in float64 from the
+       points as the model saw them and rounded once to the output dtype.
+
+    The output dtype is the model's (`self.dtype`) unless the adapter was built with
+    cast_output=True, when it is x's: a float32 network gives float32 scores, and an
+    sgm_ref metric is then called with dtype=s.dtype (its default float64 points would be
+    refused by the metric with a message saying so). cast_output=True widens the scores
+    to float64 for callers that need it; their digits are still the model's.
+
+    Attributes
+    ----------
+    dtype : numpy.dtype
+        The dtype the model computes in (float32 or float64).
+    process, output, time, batch_size, fractional, sample_shape, name
+        As given to from_torch / from_jax.
+    """
+
+    def __init__(self, run, as_array, *, name, process, output, time, batch_size, dtype, fractional, cast_output,
+                 framework, sample_shape=None):
+        self.sample_shape = sample_shape
+        self._run = run
+        self._as_array = as_array
+        self.name = name
+        self.process = process
+        self.output = output
+        self.time = time
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.fractional = fractional
+        self.cast_output = cast_output
+        self.framework = framework
+
+    def __repr__(self):
+        return (f"ModelScore({self.framework} model {self.name!r}, {self.process!r}, output={self.output!r}, "
+                f"time={self.time!r}, dtype={self.dtype.name}, batch_size={self.batch_size})")
+
+    def time_argument(self, t):
+        """The model's time argument at sgm_ref times t (float64 array of t's shape)."""
+        t = self.process._times(t)
+        if self.time == "t":
+            return t
+        if self.time == "sigma":
+            return np.asarray(self.process._sigma(t), dtype=np.float64)
+        ts = np.asarray(t * self.process.num_train_timesteps - 1.0)
+        return _snap_timesteps(ts, self.process, self.fractional, "the timestep N t - 1 =")
+
+    def __call__(self, x, t):
+        """grad log p_t(x) from the model; x (n, d), t scalar or (n,); see the class docstring.
+
+        Raises
+        ------
+        ValueError
+            Bad x or t; a conversion undefined at t (e.g. eps -> score where sigma_t = 0);
+            a timestep out of range or not an integer; a model output of the wrong type,
+            shape or dtype or with non-finite entries (naming the model).
+        ModelError
+            The model itself raised (its exception is the __cause__).
+        """
+        x = check_points(x, "x")
+        n = x.shape[0]
+        t = np.broadcast_to(self.process._times(t, n=n), (n,))
+        A, B = coefficients(t, self.process, self.output, "score")
+        arg = self.time_argument(t)
+        if self.time == "timestep" and not self.fractional:
+            arg = arg.astype(np.int64)
+        else:
+            arg = arg.astype(self.dtype)
+        if self.sample_shape is not None and int(np.prod(self.sample_shape)) != x.shape[1]:
+            raise ValueError(f"x has d = {x.shape[1]} entries per row, but sample_shape {self.sample_shape} "
+                             f"holds {int(np.prod(self.sample_shape))}")
+        xm = x.astype(self.dtype, copy=False)
+        value = np.empty(x.shape, dtype=np.float64)
+        for lo in range(0, n, self.batch_size):
+            hi = min(lo + self.batch_size, n)
+            where = f"rows {lo}:{hi} (t from {t[lo:hi].min():.6g} to {t[lo:hi].max():.6g})"
+            value[lo:hi] = self._checked(xm[lo:hi], arg[lo:hi], where)
+        with np.errstate(over="ignore", invalid="ignore"):
+            score = A[:, None] * xm.astype(np.float64) + B[:, None] * value
+        out = score.astype(x.dtype if self.cast_output else self.dtype)
+        if not np.all(np.isfinite(out)):
+            i = int(np.argmax(~np.all(np.isfinite(out), axis=1)))
+            raise ValueError(f"the score of {self.framework} model {self.name!r} overflows {out.dtype} at row {i} "
+                             f"(t = {t[i]!r}, {self.output} -> score multiplies by {B[i]:.3g})")
+        return out
+
+    def _checked(self, xb, tb, where):
+        rows = xb.shape
+        if self.sample_shape is not None:
+            xb = xb.reshape((rows[0],) + self.sample_shape)
+        try:
+            out = self._run(xb, tb)
+        except Exception as e:  # the user's code: say so, keep the original as the cause
+            raise ModelError(f"{self.framework} model {self.name!r} raised {type(e).__name__} at {where}: {e}") from e
+        label = f"{self.framework} model {self.name!r} returned"
+        shape, dtype, to_numpy = self._as_array(out)
+        if shape is None:
+            hint = ""
+            if hasattr(out, "sample"):  # diffusers' UNet2DOutput and friends
+                hint = " (a diffusers model output? pass lambda x, t: model(x, t).sample)"
+            raise ValueError(f"{label} a {type(out).__name__} at {where}; expected an array of shape {xb.shape}{hint}")
+        if shape != xb.shape:
+            raise ValueError(f"{label} shape {shape} at {where}; expected {xb.shape} "
+                             f"(its {self.output} for each row of x)")
+        if dtype != self.dtype.name:
+            raise ValueError(f"{label} dtype {dtype} for inputs of dtype {self.dtype} at {where}; "
+                             f"pass dtype={dtype} if the model computes in {dtype}, "
+                             "or make it return its input's dtype")
+        arr = to_numpy()
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.count_nonzero(~np.isfinite(arr)))
+            raise ValueError(f"{label} {bad} non-finite value(s) at {where}")
+        return arr.reshape(rows)
+
+
+def _check_sample_shape(sample_shape):
+    if sample_shape is None:
+        return None
+    try:
+        shape = tuple(int(k) for k in sample_shape)
+        ok = all(k >= 1 and k == j for k, j in zip(shape, sample_shape)) and len(shape) >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"sample_shape must be a tuple of positive integers such as (3, 32, 32), got {sample_shape!r}")
+    return shape
+
+
+def _check_in_args(process, output, time, batch_size, fractional):
+    process = check_process(process, variance_preserving=False)
+    _check_kind(output, "output")
+    if not isinstance(time, str) or time not in TIMES:
+        raise ValueError(f"time must be one of {TIMES}, got {time!r}")
+    if time == "timestep" and not isinstance(process, DDPM):
+        raise ValueError(f"time='timestep' needs a DDPM process (discrete timesteps 0..N-1), got {process!r}; "
+                         "use time='t' or 'sigma' for continuous-time models")
+    if not isinstance(fractional, (bool, np.bool_)):
+        raise ValueError(f"fractional must be True or False, got {fractional!r}")
+    return process, check_count(batch_size, "batch_size")
+
+
+def _numpy_dtype(dtype, name="dtype"):
+    """np.float32 / np.float64 from a NumPy, torch or JAX dtype (or its name)."""
+    dt = None
+    for candidate in () if dtype is None else (dtype, str(dtype).replace("torch.", "")):  # torch dtypes go by their name
+        try:
+            dt = np.dtype(candidate)
+            break
+        except TypeError:
+            continue
+    if dt not in FLOAT_DTYPES:
+        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}")
+    return dt
+
+
+def _name(model, name):
+    if name is not None:
+        return str(name)
+    return getattr(model, "__qualname__", None) or getattr(model, "__name__", None) or type(model).__name__
+
+
+def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype=None, device=None,
+               fractional=False, cast_output=False, autograd=False, sample_shape=None, name=None):
+    """The score s(x, t) of a PyTorch model trained in any convention (see ModelScore).
+
+    Parameters
+    ----------
+    model : torch.nn.Module or callable
+        model(x, time) -> tensor of x's shape; x a (b, d) tensor (b, *sample_shape if
+        given) of `dtype` on `device`, time a (b,) tensor (see `time`). A diffusers
+        UNet returns an output object: pass lambda x, t: unet(x, t).sample. Run under
+        torch.inference_mode() (or, with autograd=True, with gradients enabled and the
+        output detached), so no autograd graph outlives a batch; the module is not
+        switched to eval mode (a module in training mode with active dropout or
+        batch-norm layers is refused: call model.eval() first).
+    process : a process of sgm_ref.processes
+        The convention the model was trained in (x = alpha_t x0 + sigma_t z).
+    output : {"eps", "x0", "v", "score", "velocity"}
+        What the model returns (sgm_ref.conventions).
+    time : {"t", "timestep", "sigma"}
+        What the model takes as its second argument: sgm_ref's time of `process`, the
+        discrete DDPM timestep N t - 1 (DDPM processes only; passed as int64 unless
+        fractional=True, then in `dtype`), or sigma_t.
+    batch_size : int
+        Rows per model call (bounds memory).
+    dtype : float32 or float64 (NumPy or torch), optional
+        The dtype the model computes in; default the dtype of the module's floating
+        parameters and buffers (which must agree), or torch's default dtype for a plain
+        function or a module without any.
+    device : torch.device or str, optional
+        Default the parameters' device, else CPU.
+    fractional : bool
+        Allow non-integer timesteps (time="timestep"): sgm_ref's DDPM process puts
+        timestep N t - 1 at every t, but whether the model means the same by a fractional
+        timestep is the model's business (diffusers' schedulers interpolate sigma linearly
+        between the integers; sgm_ref's DDPM keeps beta constant on each step).
+    cast_output : bool
+        Return scores in the dtype of the points passed in instead of the model's.
+    autograd : bool
+        Run the model with gradients enabled, for models that differentiate inside
+        (a score as -grad of an energy network, torch.autograd.grad on x); each batch's
+        graph is dropped once its output is detached. Default False: inference mode.
+    sample_shape : tuple of int, optional
+        The shape of one sample as the model takes it, e.g. (3, 32, 32) for an image
+        UNet: each batch of rows is reshaped to (b, *sample_shape) for the model and its
+        output flattened back (sgm_ref's points are always (n, d), d = prod(sample_shape)).
+    name : str, optional
+        How errors name the model (default its qualified name or class).
+
+    Returns
+    -------
+    ModelScore
+        s(x, t) -> ndarray (n, d); s.dtype is the model's dtype.
+
+    Raises
+    ------
+    ValueError
+        An unknown output or time kind; time="timestep" with a non-DDPM process; a bad
+        sample_shape; a module
+        with parameters of several dtypes and no dtype given; dtype other than float32 or
+        float64; a module in training mode with dropout or batch norm.
+    ImportError
+        torch is not installed.
+    """
+    import torch
+
+    process, batch_size = _check_in_args(process, output, time, batch_size, fractional)
+    label = _name(model, name)
+    if not callable(model):
+        raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
+    tensors = []
+    if isinstance(model, torch.nn.Module):
+        tensors = [p for p in list(model.parameters()) + list(model.buffers()) if p.is_floating_point()]
+        random = [type(m).__name__ for m in model.modules() if m.training and (
+            (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+            or isinstance(m, torch.nn.modules.batchnorm._BatchNorm))]
+        if random:
+            raise ValueError(f"model {label!r} is in training mode with {sorted(set(random))} layers (its output "
+                             "would be random or depend on the batch); call model.eval() first")
+    if dtype is None:
+        found = {p.dtype for p in tensors}
+        if len(found) > 1:
+            raise ValueError(f"model {label!r} has parameters of several dtypes {sorted(map(str, found))}; "
+                             "pass dtype= the one it computes in")
+        dtype = found.pop() if found else torch.get_default_dtype()
+    dt = _numpy_dtype(dtype)
+    if device is None:
+        device = tensors[0].device if tensors else torch.device("cpu")
+    device = torch.device(device)
+
+    if not isinstance(autograd, (bool, np.bool_)):
+        raise ValueError(f"autograd must be True or False, got {autograd!r}")
+    mode = torch.enable_grad if autograd else torch.inference_mode
+
+    def run(xb, tb):
+        with mode():
+            out = model(torch.from_numpy(xb).to(device), torch.from_numpy(tb).to(device))
+        return out.detach() if torch.is_tensor(out) else out
+
+    def as_array(out):
+        if not torch.is_tensor(out):
+            return None, None, None
+        return tuple(out.shape), str(out.dtype).replace("torch.", ""), lambda: out.detach().to("cpu").numpy()
+
+    return ModelScore(run, as_array, name=label, process=process, output=output, time=time, batch_size=batch_size,
+                      dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="torch",
+                      sample_shape=_check_sample_shape(sample_shape))
+
+
+def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None, fractional=False,
+             cast_output=False, sample_shape=None, name=None):
+    """The score s(x, t) of a JAX model trained in any convention (see ModelScore).
+
+    Parameters are those of from_torch (without device and autograd: JAX's default
+    device is used, and jax.grad inside fn just works), except:
+
+    fn : callable
+        fn(x, time) -> array of x's shape; x a (b, d) jax array of `dtype`, time a (b,)
+        jax array. Plain (or jitted) evaluation keeps no gradients: JAX differentiates
+        only inside jax.grad and friends. Wrap it with jax.jit yourself for speed.
+    dtype : float32 or float64, optional
+        Default JAX's default float dtype: float32, or float64 with jax_enable_x64.
+        float64 without jax_enable_x64 is refused (JAX would compute in float32).
+
+    Raises
+    ------
+    ValueError
+        As from_torch; also dtype float64 while jax_enable_x64 is off.
+    ImportError
+        jax is not installed.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    process, batch_size = _check_in_args(process, output, time, batch_size, fractional)
+    label = _name(fn, name)
+    if not callable(fn):
+        raise ValueError(f"fn must be a callable, got {type(fn).__name__}")
+    default = np.dtype(jnp.zeros(()).dtype.name)
+    dt = default if dtype is None else _numpy_dtype(dtype)
+    if dt == np.float64 and default != np.float64:
+        raise ValueError("dtype=float64 needs JAX's 64-bit mode: jax.config.update('jax_enable_x64', True) "
+                         "before creating arrays; without it JAX computes in float32 (pass dtype='float32')")
+
+    def run(xb, tb):
+        if tb.dtype == np.int64 and default != np.float64:
+            tb = tb.astype(np.int32)  # JAX's integer without x64 (timesteps are < 2^31)
+        return fn(jnp.asarray(xb), jnp.asarray(tb))
+
+    def as_array(out):
+        if not isinstance(out, (jax.Array, np.ndarray)):
+            return None, None, None
+        return tuple(out.shape), np.dtype(out.dtype).name, lambda: np.asarray(out)
+
+    return ModelScore(run, as_array, name=label, process=process, output=output, time=time, batch_size=batch_size,
+                      dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="jax",
+                      sample_shape=_check_sample_shape(sample_shape))
+
+
+# -- between processes ------------------------------------------------------------------------
+
+
+def convert_score(score, from_process, to_process):
+    """The score of the same family of laws p_t in another process's convention.
+
+    If score(x, t) = grad log p_t(x) with x, t of from_process, the returned function is
+    grad log of the same law under to_process: with (u, c) = convert_time(t, to_process,
+    from_process) (u the from_process time of equal log-SNR, x_from = c x_to),
+
+        s_to(x, t) = c score(c x, u).
+
+    E.g. a k-diffusion denoiser audited with OU metrics:
+    convert_score(from_torch(D, EDM(), "x0", time="sigma"), EDM(), OU()).
+
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d)
+    from_process, to_process : processes of sgm_ref.processes
+
+    Returns
+    -------
+    callable (x (n, d), t scalar or (n,)) -> ndarray (n, d) in the dtype score returns
+    (its `dtype` attribute is carried over when it has one).
+
+    Raises
+    ------
+    ValueError (when called)
+        t out of to_process's range or with no counterpart in from_process.
+    """
+    from_process = check_process(from_process, "from_process", variance_preserving=False)
+    to_process = check_process(to_process, "to_process", variance_preserving=False)
+    if not callable(score):
+        raise ValueError(f"score must be a callable (x, t) -> ndarray, got {type(score).__name__}")
+
+    def converted(x, t):
+        x = check_points(x, "x")
+        n = x.shape[0]
+        u, c = convert_time(np.broadcast_to(to_process._times(t, n=n), (n,)), to_process, from_process)
+        c = np.asarray(c)[:, None]
+        s = score((c * x).astype(x.dtype), u)
+        if not isinstance(s, np.ndarray) or s.shape != x.shape:
+            raise ValueError(f"score returned {type(s).__name__} of shape {np.shape(s)}; expected an ndarray {x.shape}")
+        return (c * s).astype(s.dtype)
+
+    if hasattr(score, "dtype"):
+        converted.dtype = score.dtype
+    return converted
+
+
+# -- out: the exact oracle as a peer's model ------------------------------------------------------
+
+
+class OracleModel:
+    """A target's exact oracle as a torch callable with a peer's signature (see to_torch).
+
+    model(x, time) -> tensor of x's shape, dtype and device: x a tensor (n, d) (or
+    (n, *shape) with prod(shape) = d, reshaped), time a tensor of shape () / (1,) / (n,)
+    or a Python number. Computed in float64 (NumPy), never with gradients.
+    """
+
+    def __init__(self, target, process, output, signature, fractional):
+        self.target = target
+        self.process = process
+        self.output = output
+        self.signature = signature
+        self.fractional = fractional
+
+    def __repr__(self):
+        return (f"OracleModel({self.target!r}, {self.process!r}, output={self.output!r}, "
+                f"signature={self.signature!r})")
+
+    def time_of(self, arg):
+        """sgm_ref's time of `process` for the peer's time argument (float64 array)."""
+        arg = np.asarray(arg, dtype=np.float64)
+        if not np.all(np.isfinite(arg)):
+            raise ValueError(f"the {self._argname} must be finite, got {arg!r}")
+        if self.signature == "diffusers":
+            ts = _snap_timesteps(arg, self.process, self.fractional, "timestep")
+            return (ts + 1.0) / self.process.num_train_timesteps
+        if np.any(arg < 0):
+            raise ValueError(f"sigma must be >= 0, got {arg.min()!r}")
+        if isinstance(self.process, EDM):
+            return self.process._times(arg, name="sigma")
+        with np.errstate(divide="ignore"):
+            lam = -2.0 * np.log(arg)  # alpha = 1: lambda = -2 log sigma
+        try:
+            return np.asarray(self.process.time_of_log_snr(lam), dtype=np.float64)
+        except ValueError as e:
+            raise ValueError(f"sigma = {arg!r} is outside the range of {self.process!r}: {e}") from None
+
+    @property
+    def _argname(self):
+        return "timestep" if self.signature == "diffusers" else "sigma"
+
+    def score(self, x, t):
+        """grad log p_t(x) under `process`, float64 (x (n, d), t (n,)), through OU if need be:
+        grad log p^P_t(x) = c score_OU(c x, u) with (u, c) = convert_time(t, P, OU())."""
+        if isinstance(self.process, VariancePreserving):
+            return self.target.score(x, t, self.process)
+        u, c = convert_time(t, self.process, OU())
+        c = np.asarray(c)[:, None]
+        return c * self.target.score(c * x, u, OU())
+
+    def __call__(self, x, time):
+        import torch
+
+        if not torch.is_tensor(x):
+            raise ValueError(f"x must be a torch tensor, got {type(x).__name__}")
+        if x.ndim < 2 or x.shape[0] == 0:
+            raise ValueError(f"x must have shape (n, d) with n >= 1, got {tuple(x.shape)}")
+        n = x.shape[0]
+        flat = x.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
+        d = getattr(self.target, "dim", flat.shape[1])
+        if flat.shape[1] != d:
+            raise ValueError(f"x must have d = {d} entries per row (the target's dimension), got shape {tuple(x.shape)}")
+        if torch.is_tensor(time):
+            arg = time.detach().to("cpu", torch.float64).numpy()
+        elif isinstance(time, (int, float, np.integer, np.floating)) and not isinstance(time, (bool, np.bool_)):
+            arg = np.float64(time)
+        else:
+            raise ValueError(f"{self._argname} must be a tensor or a number, got {type(time).__name__}")
+        if arg.ndim > 1 or (arg.ndim == 1 and arg.shape[0] not in (1, n)):
+            raise ValueError(f"{self._argname} must have shape (), (1,) or ({n},), got {arg.shape}")
+        t = np.ascontiguousarray(np.broadcast_to(self.time_of(arg.reshape(-1) if arg.ndim else arg), (n,)))
+        value = convert(self.score(flat, t), flat, t, self.process, "score", self.output)
+        return torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype, device=x.device)
+
+
+def to_torch(target, process, output=None, signature="denoiser", *, fractional=False):
+    """A target's exact oracle as a torch model in a peer's convention.
+
+    signature="denoiser": k-diffusion's model(x, sigma) (EDM, Karras et al. 2022): x is
+        x0 + sigma z, unscaled; process is EDM() or a VE process (alpha = 1), and sigma
+        is its sigma_t. Default output "x0": D(x; sigma) = E[x0 | x], what
+        k-diffusion's samplers (sample_euler, sample_heun, ...) call.
+    signature="diffusers": model(x, timestep) of a DDPM process: timestep i (a tensor of
+        shape (), (1,) or (n,), or a Python number; integer-valued unless
+        fractional=True) is sgm_ref time t = (i + 1) / N, and x is the variance-preserving
+        x_t = sqrt(alphas_cumprod[i]) x0 + sqrt(1 - alphas_cumprod[i]) z, the UNet's input.
+        For EulerDiscreteScheduler that is scale_model_input(sample, timestep) =
+        sample / sqrt(sigma^2 + 1), not the scheduler's own sample. Default output "eps"
+        (prediction_type="epsilon"; "v" for "v_prediction", "x0" for "sample").
+
+    The score is exact: target.score under a variance-preserving process directly,
+    otherwise through OU, grad log p^P_t(x) = c score_OU(c x, u) with (u, c) =
+    convert_time(t, P, OU()); then converted to `output` by sgm_ref.conventions, all in
+    float64, and returned in x's dtype and device.
+
+    Parameters
+    ----------
+    target : object with score(x, t, process) and dim (e.g. a GaussianMixture)
+    process : EDM or VE for "denoiser", DDPM for "diffusers"
+    output : {"x0", "eps", "v", "score", "velocity"}, optional
+    signature : {"denoiser", "diffusers"}
+    fractional : bool
+        Accept non-integer timesteps (diffusers): sgm_ref's DDPM reads timestep i as time
+        (i + 1) / N with beta constant on each step, while diffusers' schedulers
+        interpolate sigma linearly between integer timesteps, so at a fractional
+        timestep the two disagree by a fraction of a step. Integer timestep spacings
+        ("leading", "trailing") avoid the question.
+
+    Returns
+    -------
+    OracleModel
+
+    Raises
+    ------
+    ValueError
+        Unknown signature or output; a process the signature does not fit; a target
+        without a score method. (When called: x not a tensor of the target's dimension,
+        a time of the wrong shape, a sigma or timestep out of range, a fractional
+        timestep without fractional=True.)
+    """
+    if not isinstance(signature, str) or signature not in SIGNATURES:
+        raise ValueError(f"signature must be one of {SIGNATURES}, got {signature!r}")
+    process = check_process(process, variance_preserving=False)
+    if signature == "denoiser" and not isinstance(process, (EDM, VE)):
+        raise ValueError(f"signature='denoiser' reads x = x0 + sigma z (alpha = 1): process must be EDM() or a VE, "
+                         f"got {process!r}")
+    if signature == "diffusers" and not isinstance(process, DDPM):
+        raise ValueError(f"signature='diffusers' takes discrete timesteps: process must be a DDPM, got {process!r}")
+    output = {"denoiser": "x0", "diffusers": "eps"}[signature] if output is None else _check_kind(output, "output")
+    if not callable(getattr(target, "score", None)):
+        raise ValueError(f"target must have an exact score(x, t, process) method, got {type(target).__name__}")
+    if not isinstance(fractional, (bool, np.bool_)):
+        raise ValueError(f"fractional must be True or False, got {fractional!r}")
+    return OracleModel(target, process, output, signature, bool(fractional))

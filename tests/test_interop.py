@@ -1,0 +1,579 @@
+"""sgm_ref.interop: networks of any convention in, the exact oracle out, and the peers' own
+samplers run on it.
+
+torch tests skip without torch unless SGM_REF_REQUIRE_TORCH=1 (tests/conftest.py's
+convention); the JAX tests skip without jax (an optional extra not pinned in CI); the
+diffusers / k-diffusion tests follow SGM_REF_REQUIRE_PEERS (tests/_peers.py).
+
+"Reproduces the target" is judged by the sliced Wasserstein-2 distance of the sampler's
+n points to an exact sample `ref` of the law the sampler should output, against its null
+distribution: the same distance from R independent exact samples of size n to the same
+ref (same projection directions). The sampler passes when its distance lies within
+Z_MAX null standard deviations of the null mean; a deliberately wrong adapter lands
+hundreds of standard deviations out (test_wrong_time_map_is_detected).
+"""
+
+import os
+
+import numpy as np
+import pytest
+from _peers import load_k_diffusion, peer
+
+from sgm_ref import DDPM, EDM, OU, VE, VP, FlowMatching, GaussianMixture, SubVP, VPCosine
+from sgm_ref.conventions import KINDS, convert
+from sgm_ref.interop import ModelError, ModelScore, convert_score, from_jax, from_torch, to_torch
+from sgm_ref.metrics import score_error_profile, sliced_wasserstein
+
+EPS = np.finfo(np.float64).eps
+N_POINTS = 2000
+N_NULL = 40
+Z_MAX = 5.0
+
+
+@pytest.fixture(scope="module")
+def torch():
+    if os.environ.get("SGM_REF_REQUIRE_TORCH") == "1":
+        import torch
+        return torch
+    return pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def jax():
+    return pytest.importorskip("jax")
+
+
+def full_mixture():
+    """2-D, three components, full covariances: no axis is special."""
+    return GaussianMixture([0.5, 0.3, 0.2], [[-1.0, 0.5], [1.5, -0.5], [0.2, 2.0]],
+                           [[[0.3, 0.1], [0.1, 0.2]], [[0.5, -0.2], [-0.2, 0.4]], [[0.1, 0.0], [0.0, 0.6]]])
+
+
+def edm_score_direct(target, x, sigma):
+    """grad log p_sigma under EDM without any time conversion: the mixture with Sigma_k + sigma^2 I
+    (one sigma for all rows), evaluated at t = 0."""
+    if target.covariance_type == "full":
+        covs = target.covariances + sigma**2 * np.eye(target.dim)
+    else:
+        covs = (1.0 if target.covariances is None else target.covariances) + sigma**2 * np.ones_like(target.means)
+    return GaussianMixture(target.weights, target.means, covs).score(x, 0.0)
+
+
+# -- a network in another convention, in ---------------------------------------------------------
+
+
+def gaussian_eps_model(torch, process, mu, var, dtype):
+    """The exact epsilon of N(mu, diag var) under a DDPM process, written in torch, taking
+    diffusers' integer timesteps: eps = sigma_i (x - alpha_i mu) / (alpha_i^2 var + sigma_i^2)."""
+    i = np.arange(process.num_train_timesteps)
+    alpha, sigma = process.marginal(process.time_of_timestep(i))
+
+    class GaussianEps(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            for name, v in [("mu", mu), ("var", var), ("alpha", alpha), ("sigma", sigma)]:
+                self.register_buffer(name, torch.tensor(np.asarray(v), dtype=dtype))
+
+        def forward(self, x, timestep):
+            a, s = self.alpha[timestep][:, None], self.sigma[timestep][:, None]
+            return s * (x - a * self.mu) / (a * a * self.var + s * s)
+
+    return GaussianEps()
+
+
+@pytest.mark.parametrize("dtype_name, rtol", [("float64", 8 * EPS), ("float32", 2e-6)])
+def test_torch_eps_model_audited(torch, dtype_name, rtol):
+    """A diffusers-style epsilon model (integer timesteps) through from_torch: its score is
+    the target's exact score to the model's precision, and score_error_profile takes it."""
+    p = DDPM("scaled_linear", 0.00085, 0.012, 1000)
+    mu, var = np.array([0.5, -1.0]), np.array([0.3, 2.0])
+    target = GaussianMixture([1.0], [mu], [var])
+    model = gaussian_eps_model(torch, p, mu, var, getattr(torch, dtype_name))
+    s = from_torch(model, p, output="eps", time="timestep", batch_size=300)
+    assert s.dtype == np.dtype(dtype_name)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((1000, 2)).astype(s.dtype)
+    t = p.time_of_timestep(rng.integers(0, 1000, 1000))
+    got = s(x, t)
+    assert got.dtype == s.dtype
+    exact = target.score(x.astype(np.float64), t, p)
+    err = np.linalg.norm(got - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert err.max() <= rtol
+    # the metrics take it at its own dtype; their default float64 points are refused, not mixed
+    ts = p.time_of_timestep(np.array([0, 99, 499, 999]))
+    errors, _ = score_error_profile(s, target, p, ts, 500, np.random.default_rng(1), dtype=s.dtype)
+    assert np.all(errors <= (10 * rtol) ** 2 * 100)  # |score|^2 < 100 for these points
+    if s.dtype == np.float32:
+        with pytest.raises(ValueError, match="dtype"):
+            score_error_profile(s, target, p, ts, 50, np.random.default_rng(1))
+        wide = from_torch(model, p, output="eps", time="timestep", cast_output=True)
+        assert wide(x.astype(np.float64), t).dtype == np.float64
+        # the same float64 conversion, rounded once to float32 or not at all
+        np.testing.assert_array_equal(wide(x.astype(np.float64), t).astype(np.float32), got)
+
+
+def test_torch_model_batching_and_no_gradients(torch):
+    """A tiny MLP: the answer does not depend on batch_size, no autograd graph is built, the
+    model gets (b, d) points and (b,) times in its own dtype."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    seen = []
+
+    def model(x, t):
+        seen.append((tuple(x.shape), tuple(t.shape), x.dtype, t.dtype, torch.is_grad_enabled()))
+        return net(torch.cat([x, t[:, None]], dim=1))
+
+    rng = np.random.default_rng(2)
+    x, t = rng.standard_normal((37, 2)), rng.uniform(0.1, 1.0, 37)
+    whole = from_torch(model, VP(), output="v", dtype=torch.float64, batch_size=100)(x, t)
+    seen.clear()
+    parts = from_torch(model, VP(), output="v", dtype=torch.float64, batch_size=10)(x, t)
+    np.testing.assert_allclose(whole, parts, rtol=1e-14, atol=1e-14)  # BLAS may block a batch differently
+    assert [s[0][0] for s in seen] == [10, 10, 10, 7]
+    assert all(s[1] == (s[0][0],) and s[2] == s[3] == torch.float64 and not s[4] for s in seen)
+    assert all(p.grad is None for p in net.parameters())
+    v = net(torch.cat([torch.from_numpy(x), torch.from_numpy(t)[:, None]], dim=1)).detach().numpy()
+    np.testing.assert_allclose(whole, convert(v, x, t, VP(), "v", "score"), rtol=1e-13, atol=1e-13)
+
+
+def test_torch_module_dtype_and_device_are_its_own(torch):
+    net = torch.nn.Linear(2, 2)  # float32 parameters
+    s = from_torch(lambda x, t: net(x), OU(), output="score", dtype=None)
+    assert s.dtype == np.dtype(torch.get_default_dtype().__repr__().replace("torch.", ""))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(2, 2).double()
+
+        def forward(self, x, t):
+            return self.net(x)
+
+    assert from_torch(Wrapped(), OU(), output="score").dtype == np.float64
+    mixed = Wrapped()
+    mixed.register_buffer("b", torch.zeros(1, dtype=torch.float32))
+    with pytest.raises(ValueError, match="several dtypes"):
+        from_torch(mixed, OU())
+    for dtype in ["float64", np.float64, torch.float64]:
+        assert from_torch(mixed, OU(), dtype=dtype).dtype == np.float64
+
+
+def test_from_torch_refusals(torch):
+    """Wrong shape, dtype, type, non-finite output and the model's own exceptions name the model."""
+    x, t = np.ones((4, 2)), np.full(4, 0.5)
+
+    def shape(x, t):
+        return x[:, :1]
+
+    def dtype(x, t):
+        return x.float()
+
+    def nan(x, t):
+        return x * float("nan")
+
+    def numpy_out(x, t):
+        return x.numpy()
+
+    def broken(x, t):
+        return x @ torch.ones(3, 3, dtype=x.dtype)
+
+    for fn, match in [(shape, r"'test_from_torch_refusals.<locals>.shape' returned shape \(4, 1\)"),
+                      (dtype, "returned dtype float32 for inputs of dtype float64"),
+                      (nan, "returned 8 non-finite"), (numpy_out, "returned a ndarray")]:
+        with pytest.raises(ValueError, match=match):
+            from_torch(fn, OU(), dtype="float64")(x, t)
+    with pytest.raises(ModelError, match="'broken' raised RuntimeError at rows 0:4") as info:
+        from_torch(broken, OU(), dtype="float64", name="broken")(x, t)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    ok = from_torch(lambda x, t: x, OU(), dtype="float64")
+    for kwargs, match in [({"output": "noise"}, "output must be one of"), ({"time": "step"}, "time must be one of"),
+                          ({"time": "timestep"}, "needs a DDPM process"), ({"batch_size": 0}, "batch_size"),
+                          ({"dtype": "float16"}, "dtype must be float32 or float64")]:
+        with pytest.raises(ValueError, match=match):
+            from_torch(lambda x, t: x, OU(), **kwargs)
+    with pytest.raises(ValueError, match="not defined"):  # eps -> score at sigma = 0
+        ok(x, 0.0)
+    with pytest.raises(ValueError, match="<= 1.0"):
+        from_torch(lambda x, t: x, VP(), dtype="float64")(x, 1.5)
+    dropout = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.1))
+    with pytest.raises(ValueError, match=r"training mode with \['Dropout'\].*model.eval\(\)"):
+        from_torch(dropout, OU())
+    from_torch(dropout.eval(), OU())
+
+
+def test_timestep_argument(torch):
+    """time="timestep" passes N t - 1: int64 at integer timesteps, refused between them
+    unless fractional=True, refused outside 0..N-1."""
+    p = DDPM(num_train_timesteps=10)
+    seen = []
+
+    def model(x, ts):
+        seen.append(ts.clone())
+        return torch.zeros_like(x)
+
+    s = from_torch(model, p, output="eps", time="timestep", dtype="float64")
+    x = np.zeros((3, 2))
+    s(x, np.array([0.1, 0.5, 1.0]))
+    assert seen[-1].dtype == torch.int64 and seen[-1].tolist() == [0, 4, 9]
+    s(x, p.time_of_timestep(np.array([1, 2, 8])))  # (i + 1) / N * N may round off i by an ulp
+    assert seen[-1].tolist() == [1, 2, 8]
+    with pytest.raises(ValueError, match="not an integer.*fractional=True"):
+        s(x, 0.55)
+    with pytest.raises(ValueError, match=r"outside 0..9"):
+        s(x, 0.05)
+    frac = from_torch(model, p, output="eps", time="timestep", dtype="float64", fractional=True)
+    frac(x, 0.55)
+    assert seen[-1].dtype == torch.float64 and np.allclose(seen[-1].numpy(), 4.5)
+    sig = from_torch(model, VE(), output="eps", time="sigma", dtype="float64")
+    sig(x, 0.5)
+    assert np.allclose(seen[-1].numpy(), VE().sigma(0.5), rtol=1e-15)
+
+
+# -- the oracle out, and back -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("output", KINDS)
+def test_denoiser_is_the_exact_edm_oracle(torch, output):
+    """to_torch(signature="denoiser") at sigma equals the mixture with Sigma_k + sigma^2 I
+    (no time conversion at all), converted to `output`."""
+    target = full_mixture()
+    model = to_torch(target, EDM(), output=output)
+    rng = np.random.default_rng(3)
+    x = 2 * rng.standard_normal((50, 2))
+    for sigma in [0.01, 0.3, 1.0, 7.0, 80.0]:
+        got = model(torch.from_numpy(x), torch.tensor(sigma, dtype=torch.float64)).numpy()
+        want = convert(edm_score_direct(target, x, sigma), x, sigma, EDM(), "score", output)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+def test_to_torch_keeps_dtype_device_and_shape(torch):
+    target = GaussianMixture.ring()
+    model = to_torch(target, EDM())
+    x = torch.randn(5, 1, 2)  # (n, *shape) with prod(shape) = d
+    out = model(x, 1.5)
+    assert out.dtype == torch.float32 and out.device == x.device and out.shape == x.shape
+    want = convert(edm_score_direct(target, x.double().reshape(5, 2).numpy(), 1.5), x.double().reshape(5, 2).numpy(),
+                   1.5, EDM(), "score", "x0")
+    np.testing.assert_allclose(out.reshape(5, 2).numpy(), want, rtol=1e-6, atol=1e-6)
+    assert not out.requires_grad
+
+
+def test_to_torch_refusals(torch):
+    target = GaussianMixture.ring()
+    for args, kwargs, match in [((target, OU()), {}, "EDM\\(\\) or a VE"),
+                                ((target, EDM()), {"signature": "diffusers"}, "must be a DDPM"),
+                                ((target, EDM()), {"signature": "k"}, "signature must be one of"),
+                                ((target, EDM()), {"output": "noise"}, "output must be one of"),
+                                ((object(), EDM()), {}, "score")]:
+        with pytest.raises(ValueError, match=match):
+            to_torch(*args, **kwargs)
+    D = to_torch(target, VE(0.01, 50.0))
+    x = torch.zeros(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="outside the range"):
+        D(x, 60.0)
+    with pytest.raises(ValueError, match="must have shape"):
+        D(x, torch.ones(2))
+    with pytest.raises(ValueError, match="d = 2"):
+        D(torch.zeros(3, 3), 1.0)
+    M = to_torch(target, DDPM(), signature="diffusers")
+    with pytest.raises(ValueError, match="not an integer"):
+        M(x, 10.5)
+    with pytest.raises(ValueError, match="outside 0..999"):
+        M(x, torch.tensor(1000))
+    M(x, torch.tensor([999]))
+    frac = to_torch(target, DDPM(), signature="diffusers", fractional=True)
+    ts = torch.tensor([10.5, 3.0, 998.25], dtype=torch.float64)
+    t = (ts.numpy() + 1) / 1000
+    np.testing.assert_allclose(frac(x, ts).numpy(), convert(target.score(x.numpy(), t, DDPM()), x.numpy(), t, DDPM(),
+                                                            "score", "eps"), rtol=1e-14, atol=1e-14)
+
+
+PROCESSES = [OU(), VP(), VPCosine(), DDPM("squaredcos_cap_v2"), SubVP(), VE(), EDM(), FlowMatching(t_max=0.999)]
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=lambda p: type(p).__name__)
+def test_round_trip_through_torch(torch, process):
+    """Oracle out (any process, any output, time="t"), network in: target.score back in
+    float64. For DDPM the oracle comes through the diffusers signature at integer
+    timesteps; for EDM/VE through the k-diffusion denoiser signature. The error allowed is
+    the conversion's own: a few ulps of |score| + |x| / sigma^2 (x0 keeps eps's digits only
+    down to eps_mach |x| / sigma)."""
+    target = full_mixture()
+    rng = np.random.default_rng(4)
+    n = 400
+    lo, hi = process.time_range
+    hi = min(hi, 50.0)
+    t = np.sort(np.concatenate([rng.uniform(lo, hi, n // 2), np.exp(rng.uniform(np.log(hi) - 12, np.log(hi), n // 2))]))
+    t = np.clip(t, 1e-6 + lo, hi)
+    signature, time = "t", "t"
+    if isinstance(process, DDPM):
+        t = process.time_of_timestep(rng.integers(0, 1000, n))
+        signature, time = "diffusers", "timestep"
+    elif isinstance(process, (EDM, VE)):
+        signature, time = "denoiser", "sigma"
+    alpha, sigma = process.marginal(t)
+    x = alpha[:, None] * target.sample(n, rng) + sigma[:, None] * rng.standard_normal((n, 2))
+    exact = OracleFree(target, process).score(x, t)
+    for output in KINDS:
+        if signature == "t":
+            model = _t_signature(torch, target, process, output)
+        else:
+            model = to_torch(target, process, output=output, signature=signature)
+        s = from_torch(model, process, output=output, time=time, dtype="float64")(x, t)
+        scale = np.linalg.norm(exact, axis=1) + np.linalg.norm(x, axis=1) / sigma**2
+        err = np.linalg.norm(s - exact, axis=1)
+        assert np.all(err <= 64 * EPS * scale), (output, (err / scale).max() / EPS)
+        rel = err / np.linalg.norm(exact, axis=1)
+        if output in ("score", "eps", "v"):
+            assert rel.max() <= 1e-12, (output, rel.max())
+
+
+class OracleFree:
+    """target.score under any process from the EDM form alone (the mixture with covariance
+    Sigma_k + (sigma/alpha)^2 I at x / alpha): an oracle that shares nothing with
+    convert_time."""
+
+    def __init__(self, target, process):
+        self.target, self.process = target, process
+
+    def score(self, x, t):
+        out = np.empty_like(x)
+        for i, ti in enumerate(np.atleast_1d(t)):
+            a, s = self.process.marginal(ti)
+            if a == 0:
+                raise ValueError("alpha = 0")
+            out[i] = edm_score_direct(self.target, x[i:i + 1] / a, s / a)[0] / a
+        return out
+
+
+def _t_signature(torch, target, process, output):
+    """The oracle in the process's own time as a torch model(x, t) (built on to_torch's
+    OracleModel.score, the through-OU path)."""
+    oracle = to_torch(target, EDM())
+    oracle.process = process  # the general path of OracleModel.score
+
+    def model(x, t):
+        xs, ts = x.numpy(), t.numpy()
+        return torch.from_numpy(convert(oracle.score(xs, ts), xs, ts, process, "score", output))
+
+    return model
+
+
+def test_convert_score_moves_between_processes():
+    """convert_score of the exact OU score is the exact EDM / VE / FlowMatching score."""
+    target = full_mixture()
+    ou = lambda x, t: target.score(x, t, OU())  # noqa: E731
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((30, 2))
+    for process in [EDM(), VE(), FlowMatching(t_max=0.99), SubVP()]:
+        t = rng.uniform(0.02, 0.98, 30) * min(process.t_max, 10.0)
+        got = convert_score(ou, OU(), process)(x, t)
+        want = OracleFree(target, process).score(x, t)
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+    with pytest.raises(ValueError, match="score must be a callable"):
+        convert_score(3, OU(), EDM())
+
+
+# -- JAX ---------------------------------------------------------------------------------
+
+
+def test_jax_eps_model_audited(jax):
+    """The Gaussian's exact epsilon in jax.numpy (float32 by default, float64 in x64 mode)."""
+    jnp = jax.numpy
+    p = VP()
+    mu, var = np.array([0.5, -1.0]), np.array([0.3, 2.0])
+    target = GaussianMixture([1.0], [mu], [var])
+
+    def eps(x, t):
+        B = t * (0.1 + 0.5 * t * 19.9)
+        a, s2 = jnp.exp(-0.5 * B)[:, None], -jnp.expm1(-B)[:, None]
+        m, v = jnp.asarray(mu, dtype=x.dtype), jnp.asarray(var, dtype=x.dtype)
+        return jnp.sqrt(s2) * (x - a * m) / (a * a * v + s2)
+
+    rng = np.random.default_rng(6)
+    x, t = rng.standard_normal((500, 2)), rng.uniform(0.01, 1.0, 500)
+    exact = target.score(x, t, p)
+    s = from_jax(jax.jit(eps), p, output="eps", batch_size=128)
+    assert s.dtype == np.float32
+    got = s(x.astype(np.float32), t)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, exact, rtol=1e-5, atol=1e-5 * np.abs(exact).max())
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        from_jax(eps, p, dtype="float64")
+    with jax.enable_x64(True):
+        s64 = from_jax(eps, p, output="eps")
+        assert s64.dtype == np.float64
+        np.testing.assert_allclose(s64(x, t), exact, rtol=1e-13, atol=1e-13 * np.abs(exact).max())
+    with pytest.raises(ValueError, match="returned shape"):
+        from_jax(lambda x, t: x[:, 0], p)(x.astype(np.float32), t)
+    with pytest.raises(ModelError, match="jax model 'bad' raised"):
+        from_jax(lambda x, t: x @ jnp.ones((3, 3)), p, name="bad")(x.astype(np.float32), t)
+    seen = []
+
+    def by_timestep(x, ts):
+        seen.append(ts)
+        return jnp.zeros_like(x)
+
+    from_jax(by_timestep, DDPM(num_train_timesteps=10), time="timestep")(np.zeros((2, 2), np.float32), [0.1, 1.0])
+    assert seen[-1].dtype == jnp.int32 and seen[-1].tolist() == [0, 9]  # JAX's integer without x64
+
+
+# -- the peers' own samplers on the oracle ---------------------------------------------------------
+
+
+def _sw2(a, b):
+    return sliced_wasserstein(a, b, np.random.default_rng(7), n_projections=128).value
+
+
+def _z_score(out, draw, rng):
+    """(SW2(out, ref) - mean of the null) / its standard deviation; draw(rng) gives an exact
+    sample of the law out should have, ref one of them."""
+    ref = draw(rng)
+    null = np.array([_sw2(draw(rng), ref) for _ in range(N_NULL)])
+    assert null.std(ddof=1) > 0
+    return (_sw2(out, ref) - null.mean()) / null.std(ddof=1)
+
+
+@pytest.fixture(scope="module")
+def kd():
+    return load_k_diffusion()
+
+
+@pytest.mark.parametrize("sampler, n_steps", [("sample_heun", 40), ("sample_euler", 100)])
+def test_k_diffusion_sampler_on_the_oracle(kd, sampler, n_steps):
+    """k-diffusion's own ODE samplers, on sgm_ref's Karras grid from sigma 80 to 0.002 with
+    the exact denoiser, reproduce the ring (measured z: heun 40 steps 1.2, and -1.5..2.5
+    over six other seeds of the start; euler 100 steps 1.1)."""
+    torch = kd.torch
+    target = GaussianMixture.ring()
+    sigmas = torch.from_numpy(EDM().karras_sigmas(n_steps, 0.002, 80.0))
+    x = torch.randn(N_POINTS, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
+    out = getattr(kd.sampling, sampler)(to_torch(target, EDM()), x, sigmas, disable=True).numpy()
+    z = _z_score(out, lambda rng: target.sample(N_POINTS, rng), np.random.default_rng(1))
+    assert z < Z_MAX, z
+
+
+def test_wrong_time_map_is_detected(kd):
+    """The criterion has power: the denoiser with a plausible wrong EDM -> OU time map
+    (t = sigma^2 / 2 instead of log1p(sigma^2) / 2) fails it: measured z ~ 1200."""
+    torch = kd.torch
+    target = GaussianMixture.ring()
+
+    def wrong(x, sigma):
+        xs, s = x.numpy(), sigma.numpy()
+        t = s**2 / 2
+        a = np.exp(-t)[:, None]
+        return torch.from_numpy(xs + s[:, None] ** 2 * a * target.score(a * xs, t, OU()))
+
+    sigmas = torch.from_numpy(EDM().karras_sigmas(20, 0.002, 80.0))
+    x = torch.randn(N_POINTS, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 80.0
+    out = kd.sampling.sample_heun(wrong, x, sigmas, disable=True).numpy()
+    assert _z_score(out, lambda rng: target.sample(N_POINTS, rng), np.random.default_rng(1)) > 100
+
+
+@pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # diffusers' own np.array(tensor)
+def test_diffusers_euler_scheduler_on_the_oracle():
+    """diffusers' EulerDiscreteScheduler (Stable Diffusion's scaled_linear schedule, 50
+    "trailing" steps: integer timesteps 999, 979, ..., 19) with the exact epsilon model.
+    The scheduler's last step to sigma = 0 returns its denoised estimate D(x; sigma_19), so
+    the law it should output is that of E[x0 | X] with X ~ p at timestep 19, sampled
+    exactly (x0 + noise, then sgm_ref's exact x0); measured z = 1.6."""
+    diffusers = peer("diffusers")
+    torch = peer("torch")
+    target = GaussianMixture.ring()
+    p = DDPM("scaled_linear", 0.00085, 0.012, 1000)
+    sched = diffusers.EulerDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                                             num_train_timesteps=1000, timestep_spacing="trailing")
+    sched.set_timesteps(50)
+    model = to_torch(target, p, signature="diffusers")
+    x = torch.randn(N_POINTS, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sched.init_noise_sigma
+    for timestep in sched.timesteps:
+        x = sched.step(model(sched.scale_model_input(x, timestep), timestep), timestep, x).prev_sample
+    t_last = p.time_of_timestep(int(sched.timesteps[-1]))
+    alpha, sigma = p.marginal(t_last)
+
+    def draw(rng):
+        xt = alpha * target.sample(N_POINTS, rng) + sigma * rng.standard_normal((N_POINTS, 2))
+        return convert(target.score(xt, t_last, p), xt, t_last, p, "score", "x0")
+
+    z = _z_score(x.numpy(), draw, np.random.default_rng(1))
+    assert z < Z_MAX, z
+
+
+def test_k_diffusion_eps_wrapper_around_the_diffusers_oracle(kd):
+    """Both directions and a peer in between: k-diffusion's DiscreteEpsDDPMDenoiser wrapped
+    around to_torch(signature="diffusers") is a denoiser D(x; sigma) in the EDM convention
+    (it calls the model with c_in x and the timestep sigma_to_t(sigma)); audited through
+    from_torch(time="sigma") it is the exact EDM score at the schedule's own sigmas, and
+    convert_score takes it back to the DDPM process's exact score."""
+    torch = kd.torch
+    target = full_mixture()
+    p = DDPM("scaled_linear", 0.00085, 0.012, 1000)
+    wrapper = kd.external.DiscreteEpsDDPMDenoiser(to_torch(target, p, signature="diffusers"),
+                                                  torch.from_numpy(p.alphas_cumprod()), quantize=False)
+    s_edm = from_torch(wrapper, EDM(), output="x0", time="sigma", dtype="float64", batch_size=64)
+    rng = np.random.default_rng(8)
+    i = np.array([0, 1, 10, 250, 500, 998, 999])
+    x = 3 * rng.standard_normal((i.size, 2))
+    sigma = wrapper.sigmas.numpy()[i]
+    want = np.concatenate([edm_score_direct(target, x[k:k + 1], sigma[k]) for k in range(i.size)])
+    # measured: 3.4e-14 at timestep 0 (x0 -> score at sigma = 0.03 costs |x| / sigma of eps's digits)
+    assert _row_rel(s_edm(x, sigma), want).max() <= 1e-12
+    t = p.time_of_timestep(i)
+    alpha = p.alpha(t)[:, None]
+    s_ddpm = convert_score(s_edm, EDM(), p)
+    assert _row_rel(s_ddpm(alpha * x, t), target.score(alpha * x, t, p)).max() <= 1e-12
+
+
+def _row_rel(got, want):
+    return np.linalg.norm(got - want, axis=1) / np.linalg.norm(want, axis=1)
+
+
+def test_sample_shape_for_image_models(torch):
+    """sample_shape reshapes each batch for an image-shaped model and flattens its output back;
+    a diffusers-style output object is refused with the .sample hint."""
+    seen = []
+
+    def unet(x, t):  # eps = x / 2 per pixel, if and only if it gets (b, c, h, w)
+        seen.append(tuple(x.shape))
+        assert x.ndim == 4
+        return x / 2
+
+    s = from_torch(unet, OU(), output="eps", dtype="float64", sample_shape=(3, 2, 2), batch_size=4)
+    rng = np.random.default_rng(9)
+    x, t = rng.standard_normal((6, 12)), rng.uniform(0.1, 2.0, 6)
+    np.testing.assert_allclose(s(x, t), convert(x / 2, x, t, OU(), "eps", "score"), rtol=1e-15)
+    assert seen == [(4, 3, 2, 2), (2, 3, 2, 2)]
+    with pytest.raises(ValueError, match="sample_shape"):
+        s(np.ones((2, 5)), 1.0)
+    for bad in [(3, 0), "32", (2.5,)]:
+        with pytest.raises(ValueError, match="sample_shape must be"):
+            from_torch(unet, OU(), sample_shape=bad)
+
+    class Output:
+        def __init__(self, sample):
+            self.sample = sample
+
+    with pytest.raises(ValueError, match=r"returned a Output.*model\(x, t\).sample"):
+        from_torch(lambda x, t: Output(x), OU(), dtype="float64")(x, t)
+
+
+def test_energy_model_with_autograd(torch):
+    """A score written as -grad E(x) by torch.autograd.grad: refused as the model's own error
+    in inference mode, exact with autograd=True, and nothing keeps a graph afterwards."""
+    mu = torch.tensor([0.5, -1.0], dtype=torch.float64)
+
+    def score(x, t):  # N(mu, I) under OU has p_t = N(e^-t mu, I): E = |x - e^-t mu|^2 / 2
+        x = x.clone().requires_grad_(True)
+        energy = 0.5 * ((x - torch.exp(-t)[:, None] * mu) ** 2).sum()
+        return -torch.autograd.grad(energy, x)[0]
+
+    rng = np.random.default_rng(10)
+    x, t = rng.standard_normal((20, 2)), rng.uniform(0.0, 2.0, 20)
+    with pytest.raises(ModelError, match="raised RuntimeError"):
+        from_torch(score, OU(), output="score", dtype="float64")(x, t)
+    s = from_torch(score, OU(), output="score", dtype="float64", autograd=True)(x, t)
+    target = GaussianMixture([1.0], [mu.numpy()])
+    np.testing.assert_allclose(s, target.score(x, t, OU()), rtol=1e-15, atol=1e-15)
+    with pytest.raises(ValueError, match="autograd must be"):
+        from_torch(score, OU(), autograd="yes")
