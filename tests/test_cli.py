@@ -452,7 +452,7 @@ def test_audit_user_code_failures_are_named_as_theirs(tmp_path, score, pattern):
     result = run("audit", "--score", score, "--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5",
                  "--profile-n", "10", "--bound-n", "4", cwd=tmp_path, check=False)
     _assert_one_line_error(result, pattern)
-    assert result.stderr.strip().endswith(pattern)  # nothing nested after it
+    assert result.stderr.strip() == f"sgm-ref: error: {pattern}"  # not nested in another message
 
 
 def test_audit_traceback_option_shows_the_user_s_traceback(tmp_path):
@@ -535,3 +535,14 @@ def test_evaluate_shows_progress_on_a_terminal_only(tmp_path):
     finally:
         os.close(master)
     assert b"evaluating" in seen, seen
+
+
+def test_os_errors_are_one_line_naming_the_file_or_folder():
+    from sgm_ref.cli import _one_line, _os_error_text
+
+    # an atomic write's temporary file is not the user's: its folder is
+    assert (_os_error_text(PermissionError(13, "Permission denied", "/ro/run/.tmp-x1y2report.json"))
+            == "cannot write into /ro/run: Permission denied")
+    assert _os_error_text(FileNotFoundError(2, "No such file or directory", "x.json")) == (
+        "No such file or directory: x.json")
+    assert _one_line("first\n  second\n\nthird np.float64(0.5) np.int64(3)") == "first second third 0.5 3"
