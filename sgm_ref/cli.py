@@ -85,18 +85,21 @@ def _add_training_options(p):
                    help=f"forward process (default {DEFAULTS['process']['name'].lower()})")
     g.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
     g.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
-    g.add_argument("--n", type=_integer, help=f"training samples drawn from the target (default {DEFAULTS['data']['n']})")
+    g.add_argument("--n", type=_integer,
+                   help=f"training samples drawn from the target (default {DEFAULTS['data']['n']})")
     g.add_argument("--width", type=_integer, help=f"hidden width (default {_MODEL['width']})")
     g.add_argument("--depth", type=_integer, help=f"hidden layers (default {_MODEL['depth']})")
     g.add_argument("--activation", choices=("relu", "silu", "tanh", "softplus"),
-                   help=f"(default {_MODEL['activation']})")
+                   help=f"hidden layers' activation (default {_MODEL['activation']})")
     g.add_argument("--time-embedding", choices=("linear", "log", "fourier"),
                    help=f"how t enters the network (default {_MODEL['time_embedding']})")
     g.add_argument("--parameterization", choices=PARAMETERIZATIONS,
                    help=f"what the network outputs (default {_MODEL['parameterization']})")
-    g.add_argument("--dtype", choices=("float64", "float32"), help=f"(default {_MODEL['dtype']})")
+    g.add_argument("--dtype", choices=("float64", "float32"),
+                   help=f"floating-point type of the network and its data (default {_MODEL['dtype']})")
     g.add_argument("--steps", type=_integer, help=f"optimiser steps (default {_TRAIN['steps']})")
-    g.add_argument("--batch-size", type=_integer, help=f"(default {_TRAIN['batch_size']})")
+    g.add_argument("--batch-size", type=_integer,
+                   help=f"training points per optimiser step (default {_TRAIN['batch_size']})")
     g.add_argument("--lr", type=float, help=f"Adam learning rate (default {_TRAIN['lr']:g})")
     g.add_argument("--weighting", choices=WEIGHTINGS, help=f"lambda(t) of the loss (default {_TRAIN['weighting']})")
     g.add_argument("--time-distribution", choices=TIME_DISTRIBUTIONS,
@@ -115,8 +118,9 @@ def _add_training_options(p):
 def _add_sampling_options(p):
     g = p.add_argument_group("sampling")
     g.add_argument("--n-samples", type=_integer, help=f"points to draw (a new run: {_SAMPLE['n']})")
-    g.add_argument("--sampler", choices=tuple(METHODS), help=f"(a new run: {_SAMPLE['method']})")
-    g.add_argument("--grid", choices=_GRIDS, help=f"(a new run: {_SAMPLE['grid']})")
+    g.add_argument("--sampler", choices=tuple(METHODS), help=f"sampler (a new run: {_SAMPLE['method']})")
+    g.add_argument("--grid", choices=_GRIDS,
+                   help=f"sampler's time grid; geometric puts more steps near t0 (a new run: {_SAMPLE['grid']})")
     g.add_argument("--n-steps", type=_integer, help=f"sampler steps (a new run: {_SAMPLE['n_steps']})")
 
 
@@ -178,7 +182,8 @@ def build_parser():
     p.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
     p.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
     p.add_argument("--t0", type=float, default=_TRAIN["t0"],
-                   help="early-stopping time: the profile, the integral and the sampler start there (default %(default)g)")
+                   help="early-stopping time: the profile, the integral and the sampler start there "
+                        "(default %(default)g)")
     p.add_argument("--T", type=float, help=_T_HELP)
     p.add_argument("--sampler", choices=tuple(m for m in METHODS if m != "probability_flow"),
                    default=_SAMPLE["method"],
@@ -256,8 +261,8 @@ _TRAINING_KEYS = {
 
 def _process(args):
     if args.process == "vp":
-        return {"name": "VP", "beta_min": 0.1 if args.beta_min is None else args.beta_min,
-                "beta_max": 20.0 if args.beta_max is None else args.beta_max}
+        return {"name": "VP", "beta_min": VP.beta_min if args.beta_min is None else args.beta_min,
+                "beta_max": VP.beta_max if args.beta_max is None else args.beta_max}
     if args.beta_min is not None or args.beta_max is not None:
         raise ValueError("--beta-min and --beta-max set the VP process: add --process vp")
     return {"name": "OU"}

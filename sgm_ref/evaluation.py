@@ -326,8 +326,9 @@ def non_finite_notes(report):
     if bad:
         where = (f"every t of the profile ({bad[0]:.3g} to {bad[-1]:.3g})" if len(bad) == len(se["t"]) > 1
                  else "t = " + ", ".join(f"{t:.3g}" for t in bad))
+        largest = f"{_FLOAT64_MAX:.2g}".replace("+", "")
         notes.append(f"the score error overflows float64 at {where}: E|s - grad log p_t|^2 exceeds the largest "
-                     f"float64 ({_FLOAT64_MAX:.2g})".replace("+", "") + ", so |s - grad log p_t| reaches about 1e154 there")
+                     f"float64 ({largest}), so |s - grad log p_t| reaches about 1e154 there")
     integral = se.get("integral")
     if integral is not None and not math.isfinite(integral["value"]):
         notes.append("the integrated score error overflows float64, so the path KL and the TV bound say nothing "
