@@ -546,3 +546,15 @@ def test_os_errors_are_one_line_naming_the_file_or_folder():
     assert _os_error_text(FileNotFoundError(2, "No such file or directory", "x.json")) == (
         "No such file or directory: x.json")
     assert _one_line("first\n  second\n\nthird np.float64(0.5) np.int64(3)") == "first second third 0.5 3"
+
+
+def test_audit_json_folder_must_be_writable(tmp_path, monkeypatch):
+    # (a read-only folder cannot be made for root, who runs CI's containers: the probe is refused instead)
+    from sgm_ref import cli
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ValueError, match=r"--json .*x.json: cannot write into .* \(Permission denied\)"):
+        cli._check_json_path(str(tmp_path / "x.json"))
