@@ -8,22 +8,31 @@
     sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
     sgm-ref experiment rate OUT [--quick]   error against n for several d (the paper's claim)
 
-Errors in the input (a ValueError anywhere in the library) print one line on stderr and
-exit with status 2; nothing is left half-written (see sgm_ref.runs).
+Errors in the input (a ValueError anywhere in the library, or an OSError on the user's
+files) print one line on stderr and exit with status 2; nothing is left half-written
+(see sgm_ref.runs). Options are never abbreviated: --step is refused, not read as --steps.
 """
 
 import argparse
 import importlib
 import importlib.util
 import os
+import re
 import shutil
 import sys
+import tempfile
 import time
+import traceback
 import warnings
 
 import numpy as np
 
 from . import __version__
+from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS
+from .processes import VP
+from .runs import DEFAULTS
+from .samplers import METHODS
+from .score_model import PARAMETERIZATIONS
 
 EXIT_BAD_INPUT = 2
 
@@ -33,7 +42,13 @@ class _UsageError(ValueError):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, with usage mistakes raised (one line on stderr, exit 2) instead of printed."""
+    """argparse, with usage mistakes raised (one line on stderr, exit 2) instead of printed,
+    and no prefix matching: a mistyped --step must not silently become --steps. The
+    subparsers are of this class too (argparse makes them with the parent's class)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise _UsageError(f"{message} (see {self.prog} --help)")
@@ -50,48 +65,71 @@ def _integer(text):
 _integer.__name__ = "int"  # argparse's message for a non-number: "invalid int value: 'ten'"
 
 
+# Defaults and choices shown in --help come from the library (runs.DEFAULTS and the
+# modules' constants), so the help cannot drift from what a run does.
+_TRAIN, _MODEL, _SAMPLE, _EVALUATE = (DEFAULTS[k] for k in ("train", "model", "sample", "evaluate"))
+_PROCESSES = ("ou", "vp")
+_GRIDS = ("geometric", "uniform")  # sgm_ref.samplers.time_grid's kinds
+_TARGET_HELP = ("preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0, "
+                "product:d=8,shift=1.5,std=1) or a JSON file with weights, means, covariances")
+_T_HELP = "horizon (default 5 for ou, 1 for vp)"
+_BETA_MIN_HELP = f"VP beta(0), with --process vp (default {VP.beta_min:g})"
+_BETA_MAX_HELP = f"VP beta(1), with --process vp (default {VP.beta_max:g})"
+
+
 def _add_training_options(p):
     g = p.add_argument_group("target and training")
-    g.add_argument("--target", help="preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0, "
-                                    "product:d=8,shift=1.5,std=1) or a JSON file with weights, means, "
-                                    "covariances (default ring)")
-    g.add_argument("--seed", type=int, help="seed of every random stream of the run (default 0)")
-    g.add_argument("--process", choices=("ou", "vp"), help="forward process (default ou)")
-    g.add_argument("--beta-min", type=float, help="VP beta(0), with --process vp (default 0.1)")
-    g.add_argument("--beta-max", type=float, help="VP beta(1), with --process vp (default 20)")
-    g.add_argument("--n", type=_integer, help="training samples drawn from the target (default 10000)")
-    g.add_argument("--width", type=_integer, help="hidden width (default 128)")
-    g.add_argument("--depth", type=_integer, help="hidden layers (default 3)")
-    g.add_argument("--activation", choices=("relu", "silu", "tanh", "softplus"))
-    g.add_argument("--time-embedding", choices=("linear", "log", "fourier"))
-    g.add_argument("--parameterization", choices=("score", "noise", "residual"))
-    g.add_argument("--dtype", choices=("float64", "float32"))
-    g.add_argument("--steps", type=_integer, help="optimiser steps (default 12000)")
-    g.add_argument("--batch-size", type=_integer)
-    g.add_argument("--lr", type=float, help="Adam learning rate (default 2e-3)")
-    g.add_argument("--weighting", choices=("none", "sigma2"), help="lambda(t) of the loss (default sigma2)")
-    g.add_argument("--time-distribution", choices=("uniform", "log-uniform"))
-    g.add_argument("--ema-decay", type=float, help="parameter average used for sampling; 0 turns it off (default 0.999)")
+    g.add_argument("--target", help=f"{_TARGET_HELP} (default {DEFAULTS['target']})")
+    g.add_argument("--seed", type=int, help=f"seed of every random stream of the run (default {DEFAULTS['seed']})")
+    g.add_argument("--process", choices=_PROCESSES,
+                   help=f"forward process (default {DEFAULTS['process']['name'].lower()})")
+    g.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
+    g.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
+    g.add_argument("--n", type=_integer,
+                   help=f"training samples drawn from the target (default {DEFAULTS['data']['n']})")
+    g.add_argument("--width", type=_integer, help=f"hidden width (default {_MODEL['width']})")
+    g.add_argument("--depth", type=_integer, help=f"hidden layers (default {_MODEL['depth']})")
+    g.add_argument("--activation", choices=("relu", "silu", "tanh", "softplus"),
+                   help=f"hidden layers' activation (default {_MODEL['activation']})")
+    g.add_argument("--time-embedding", choices=("linear", "log", "fourier"),
+                   help=f"how t enters the network (default {_MODEL['time_embedding']})")
+    g.add_argument("--parameterization", choices=PARAMETERIZATIONS,
+                   help=f"what the network outputs (default {_MODEL['parameterization']})")
+    g.add_argument("--dtype", choices=("float64", "float32"),
+                   help=f"floating-point type of the network and its data (default {_MODEL['dtype']})")
+    g.add_argument("--steps", type=_integer, help=f"optimiser steps (default {_TRAIN['steps']})")
+    g.add_argument("--batch-size", type=_integer,
+                   help=f"training points per optimiser step (default {_TRAIN['batch_size']})")
+    g.add_argument("--lr", type=float, help=f"Adam learning rate (default {_TRAIN['lr']:g})")
+    g.add_argument("--weighting", choices=WEIGHTINGS, help=f"lambda(t) of the loss (default {_TRAIN['weighting']})")
+    g.add_argument("--time-distribution", choices=TIME_DISTRIBUTIONS,
+                   help=f"law of the training times on [t0, T] (default {_TRAIN['time_distribution']})")
+    g.add_argument("--ema-decay", type=float,
+                   help=f"parameter average used for sampling; 0 turns it off (default {_TRAIN['ema_decay']:g})")
     g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction,
-                   help="average with decay min(ema_decay, (1 + k) / (10 + k)) at step k (default on)")
-    g.add_argument("--t0", type=float, help="early-stopping time (default 1e-3)")
-    g.add_argument("--T", type=float, help="horizon (default 5 for ou, 1 for vp)")
-    g.add_argument("--checkpoint-every", type=_integer, help="steps between checkpoints (default 1000)")
+                   help="average with decay min(ema_decay, (1 + k) / (10 + k)) at step k "
+                        f"(default {'on' if _TRAIN['ema_warmup'] else 'off'})")
+    g.add_argument("--t0", type=float, help=f"early-stopping time (default {_TRAIN['t0']:g})")
+    g.add_argument("--T", type=float, help=_T_HELP)
+    g.add_argument("--checkpoint-every", type=_integer,
+                   help=f"steps between checkpoints (default {_TRAIN['checkpoint_every']})")
 
 
 def _add_sampling_options(p):
     g = p.add_argument_group("sampling")
-    g.add_argument("--n-samples", type=_integer, help="points to draw (a new run: 10000)")
-    g.add_argument("--sampler", choices=("euler_maruyama", "exponential", "probability_flow"),
-                   help="(a new run: euler_maruyama)")
-    g.add_argument("--grid", choices=("uniform", "geometric"), help="(a new run: geometric)")
-    g.add_argument("--n-steps", type=_integer, help="sampler steps (a new run: 300)")
+    g.add_argument("--n-samples", type=_integer, help=f"points to draw (a new run: {_SAMPLE['n']})")
+    g.add_argument("--sampler", choices=tuple(METHODS), help=f"sampler (a new run: {_SAMPLE['method']})")
+    g.add_argument("--grid", choices=_GRIDS,
+                   help=f"sampler's time grid; geometric puts more steps near t0 (a new run: {_SAMPLE['grid']})")
+    g.add_argument("--n-steps", type=_integer, help=f"sampler steps (a new run: {_SAMPLE['n_steps']})")
 
 
 def _add_evaluation_options(p):
     g = p.add_argument_group("evaluation")
-    g.add_argument("--bound-n", type=_integer, help="Monte-Carlo pairs per step of the TV bound (default 256)")
-    g.add_argument("--profile-n", type=_integer, help="points per time of the score-error profile (default 2000)")
+    g.add_argument("--bound-n", type=_integer,
+                   help=f"Monte-Carlo pairs per step of the TV bound (default {_EVALUATE['bound_n']})")
+    g.add_argument("--profile-n", type=_integer,
+                   help=f"points per time of the score-error profile (default {_EVALUATE['profile_n']})")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -116,31 +154,57 @@ def build_parser():
     p = commands.add_parser("sample", help="draw samples.npy with a run's model",
                             description="Options left out keep the run's current sample settings "
                                         "(config.json); those given are saved there.")
-    p.add_argument("run")
+    p.add_argument("run", help="a trained run folder")
     _add_sampling_options(p)
     p.add_argument("--t0", type=float, help="early-stopping time (a new run: training's)")
     p.add_argument("--T", type=float, help="horizon (a new run: training's)")
 
-    p = commands.add_parser("evaluate", help="write report.json, report.md and plots for a sampled run")
-    p.add_argument("run")
+    p = commands.add_parser("evaluate", help="write report.json, report.md and plots for a sampled run",
+                            description="Shows its progress on a terminal. Numbers too large for float64 are "
+                                        "said in words in report.md and written as null in report.json, listed "
+                                        "under \"non_finite\" (as for audit --json).")
+    p.add_argument("run", help="a sampled run folder")
     _add_evaluation_options(p)
 
-    p = commands.add_parser("audit", help="score error and certified TV bound of any score function")
+    p = commands.add_parser(
+        "audit", help="score error and certified TV bound of any score function",
+        description="Measures E|s - grad log p_t|^2 of a score function s against the target's exact score at "
+                    "log-spaced times in [t0, T], its integral over [t0, T] (the Girsanov term), and the certified "
+                    "TV bound of the sampler s would drive. A number too large for float64 is reported as "
+                    "such ('overflows float64', and where), never as inf or nan.")
     p.add_argument("--score", required=True, metavar="MODULE:CALLABLE",
-                   help="a function s(x (n, d), t (n,)) -> (n, d); MODULE a dotted name or a .py file")
-    p.add_argument("--target", required=True, help="the target the score should be the score of")
-    p.add_argument("--process", choices=("ou", "vp"), default="ou")
-    p.add_argument("--beta-min", type=float, help="VP beta(0), with --process vp (default 0.1)")
-    p.add_argument("--beta-max", type=float, help="VP beta(1), with --process vp (default 20)")
-    p.add_argument("--t0", type=float, default=1e-3)
-    p.add_argument("--T", type=float, help="horizon (default 5 for ou, 1 for vp)")
-    p.add_argument("--sampler", choices=("euler_maruyama", "exponential"), default="euler_maruyama")
-    p.add_argument("--grid", choices=("uniform", "geometric"), default="geometric")
-    p.add_argument("--n-steps", type=_integer, default=300)
-    p.add_argument("--profile-n", type=_integer, default=2000)
-    p.add_argument("--bound-n", type=_integer, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+                   help="a function s(x (n, d), t (n,)) -> (n, d); MODULE a dotted name (found from the current "
+                        "folder as with python -m) or a .py file")
+    p.add_argument("--target", required=True,
+                   help=f"the target whose exact score s is measured against: {_TARGET_HELP}")
+    p.add_argument("--process", choices=_PROCESSES, default=DEFAULTS["process"]["name"].lower(),
+                   help="forward process (default %(default)s)")
+    p.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
+    p.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
+    p.add_argument("--t0", type=float, default=_TRAIN["t0"],
+                   help="early-stopping time: the profile, the integral and the sampler start there "
+                        "(default %(default)g)")
+    p.add_argument("--T", type=float, help=_T_HELP)
+    p.add_argument("--sampler", choices=tuple(m for m in METHODS if m != "probability_flow"),
+                   default=_SAMPLE["method"],
+                   help="the sampler the TV bound is for (the probability-flow ODE has none) (default %(default)s)")
+    p.add_argument("--grid", choices=_GRIDS, default=_SAMPLE["grid"],
+                   help="the sampler's time grid; geometric puts more steps near t0 (default %(default)s)")
+    p.add_argument("--n-steps", type=_integer, default=_SAMPLE["n_steps"],
+                   help="the sampler's steps (default %(default)s)")
+    p.add_argument("--profile-n", type=_integer, default=_EVALUATE["profile_n"],
+                   help="points per time of the score-error profile; the integral uses 4 times as many "
+                        "(default %(default)s)")
+    p.add_argument("--bound-n", type=_integer, default=_EVALUATE["bound_n"],
+                   help="Monte-Carlo pairs per step of the TV bound (default %(default)s)")
+    p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
+                   help="seed of the Monte-Carlo draws (default %(default)s)")
+    p.add_argument("--json", metavar="PATH",
+                   help="also write the report as JSON to PATH (checked writable before the work). JSON has no "
+                        "inf or NaN: a non-finite number is written as null, and the object \"non_finite\" maps "
+                        "its JSON pointer (e.g. \"/score_error/integral/value\") to \"inf\", \"-inf\" or \"nan\"")
+    p.add_argument("--traceback", action="store_true",
+                   help="when the score function (or its module) raises or exits, show its whole traceback")
 
     p = commands.add_parser("experiment", help="the paper's claim as an experiment")
     experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
@@ -197,8 +261,8 @@ _TRAINING_KEYS = {
 
 def _process(args):
     if args.process == "vp":
-        return {"name": "VP", "beta_min": 0.1 if args.beta_min is None else args.beta_min,
-                "beta_max": 20.0 if args.beta_max is None else args.beta_max}
+        return {"name": "VP", "beta_min": VP.beta_min if args.beta_min is None else args.beta_min,
+                "beta_max": VP.beta_max if args.beta_max is None else args.beta_max}
     if args.beta_min is not None or args.beta_max is not None:
         raise ValueError("--beta-min and --beta-max set the VP process: add --process vp")
     return {"name": "OU"}
@@ -330,24 +394,51 @@ def cmd_demo(args):
     return 0
 
 
+class _UserCodeError(ValueError):
+    """The user's --score module or function raised (or exited); `original` is kept for --traceback."""
+
+    def __init__(self, message, original):
+        super().__init__(message)
+        self.original = original
+
+
+def _what_it_did(exc):
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})" if exc.code is not None else "called sys.exit()"
+    text = str(exc)
+    return f"raised {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+def _missing_module(exc, module_name):
+    """Whether an ImportError says module_name itself (not something it imports) is missing."""
+    missing = getattr(exc, "name", None)
+    return isinstance(exc, ModuleNotFoundError) and missing is not None and (
+        module_name == missing or module_name.startswith(missing + "."))
+
+
 def _load_callable(spec):
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--score must look like MODULE:CALLABLE (e.g. mymodels:score), got {spec!r}")
+    if module_name.endswith(".py") and not os.path.isfile(module_name):
+        raise ValueError(f"--score: no file {module_name}")
     try:
         if module_name.endswith(".py"):
-            if not os.path.isfile(module_name):
-                raise ValueError(f"--score: no file {module_name}")
             loader = importlib.util.spec_from_file_location("_sgm_ref_audited", module_name)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
         else:
             sys.path.insert(0, os.getcwd())  # as `python -m` would: modules beside the user
             module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"--score: cannot import {module_name} ({exc})") from None
-    except Exception as exc:  # the user's module failed while loading: say so in one line
-        raise ValueError(f"--score: importing {module_name} failed: {type(exc).__name__}: {exc}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the user's module failed (or exited) while loading: say so in one line
+        if _missing_module(exc, module_name):
+            raise ValueError(f"--score: cannot import {module_name} ({exc})") from None
+        if isinstance(exc, SystemExit):
+            raise _UserCodeError(f"--score: importing {module_name} {_what_it_did(exc)}", exc) from None
+        raise _UserCodeError(f"--score: importing {module_name} failed: {_what_it_did(exc)[len('raised '):]}",
+                             exc) from None
     try:
         fn = getattr(module, attr)
     except AttributeError:
@@ -356,19 +447,36 @@ def _load_callable(spec):
         raise ValueError(f"--score: {module_name}:{attr} is not callable")
 
     def score(x, t):
+        # whatever the user's function raises is theirs, a ValueError too: name it as such
         try:
             return fn(x, t)
-        except ValueError:
+        except KeyboardInterrupt:
             raise
-        except Exception as exc:
-            raise ValueError(f"--score {spec} raised {type(exc).__name__}: {exc}") from None
+        except BaseException as exc:
+            raise _UserCodeError(f"--score {spec} {_what_it_did(exc)}", exc) from None
 
     return score
 
 
+def _check_json_path(path):
+    """Refuse a --json path that could not be written, before the work rather than after it."""
+    if path == "":
+        raise ValueError("--json needs a file name, got ''")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"--json {path}: is a folder; give a file name")
+    if not os.path.isdir(parent):
+        raise ValueError(f"--json {path}: its folder {parent} does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=parent, prefix=".tmp-probe-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"--json {path}: cannot write into {parent} ({exc.strerror or exc})") from None
+
+
 def cmd_audit(args):
     from ._validation import check_count
-    from .evaluation import bound_text, score_report
+    from .evaluation import bound_text, json_ready, non_finite_notes, score_report
     from .processes import process_from_dict
     from .targets.spec import from_spec, to_record
 
@@ -380,11 +488,8 @@ def cmd_audit(args):
     for name, value, low in (("--n-steps", args.n_steps, 1), ("--profile-n", args.profile_n, 2),
                              ("--bound-n", args.bound_n, 2)):
         check_count(value, name, minimum=low)
-    if args.json:  # refused now, not after the work
-        parent = os.path.dirname(os.path.abspath(args.json))
-        if os.path.isdir(args.json) or not os.path.isdir(parent):
-            raise ValueError(f"--json {args.json}: " + ("is a folder; give a file name" if os.path.isdir(args.json)
-                                                        else f"its folder {parent} does not exist"))
+    if args.json is not None:  # refused now, not after the work
+        _check_json_path(args.json)
     score = _load_callable(args.score)
     report = score_report(score, target, process, t0=args.t0, T=T, method=args.sampler, grid=args.grid,
                           n_steps=args.n_steps, rng=np.random.default_rng(args.seed), profile_n=args.profile_n,
@@ -397,18 +502,48 @@ def cmd_audit(args):
     _say(f"score {args.score} against the exact score of {args.target} (d = {target.dim}), {process!r}")
     _say("       t      E|s - grad log p_t|^2     relative")
     for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"]):
-        _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {r:9.2%}")
-    _say(f"integral over [{args.t0:g}, {T:g}]: {se['integral']['value']:.4g} ± {se['integral']['standard_error']:.2g}")
+        if np.isfinite(v):
+            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {r:9.2%}")
+        else:
+            _say(f"{t:10.4g}   {'overflows float64':>24}")
+    integral = se["integral"]
+    _say(f"integral over [{args.t0:g}, {T:g}]: " + (
+        f"{integral['value']:.4g} ± {integral['standard_error']:.2g}" if np.isfinite(integral["value"])
+        else "overflows float64"))
+    path_kl = f"{b['kl_path']:.3g}" if np.isfinite(b["kl_path"]) else "overflows float64"
     _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} steps: {bound_text(b)} "
-         f"(early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, path KL {b['kl_path']:.3g})")
-    if args.json:
+         f"(early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, path KL {path_kl})")
+    for note in non_finite_notes(report):
+        _say(f"note: {note}")
+    if args.json is not None:
         from .runs import write_json
-        write_json(args.json, report)
+        write_json(args.json, json_ready(report))
     return 0
 
 
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "audit": cmd_audit,
             "experiment": cmd_experiment}
+
+
+def _os_error_text(exc):
+    """An OSError on a user's file as one line: what went wrong, and with which file or folder."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    names = [os.fspath(n) for n in (exc.filename, exc.filename2) if n is not None]
+    if not names:
+        return what
+    if os.path.basename(names[0]).startswith(".tmp-"):  # an atomic write's temporary: name the folder
+        return f"cannot write into {os.path.dirname(names[0]) or '.'}: {what}"
+    return f"{what}: {' -> '.join(names)}"
+
+
+# numpy >= 2 scalars' reprs (np.float64(0.9)) leaking into a message read as their value
+_NUMPY_SCALAR_REPR = re.compile(r"\bnp\.(?:float|int|uint|complex|bool|str|bytes)_?\d*\(([^()]*)\)")
+
+
+def _one_line(message):
+    """The error as exactly one line: inner newlines (numpy's .npy header errors have them) collapsed."""
+    message = _NUMPY_SCALAR_REPR.sub(r"\1", str(message))
+    return re.sub(r"\s*\n\s*", " ", message.strip()) or "unknown error"
 
 
 def main(argv=None):
@@ -425,13 +560,15 @@ def main(argv=None):
             warnings.simplefilter("ignore", RuntimeWarning)
             return COMMANDS[args.command](args)
     except (ValueError, OSError, MemoryError, OverflowError) as exc:  # the library's bad-input errors are ValueErrors
+        if isinstance(exc, _UserCodeError) and getattr(args, "traceback", False):
+            traceback.print_exception(exc.original)
         if isinstance(exc, MemoryError):
             message = "out of memory: use a smaller --n, --width, --batch-size or --n-samples"
         elif isinstance(exc, OSError):
-            message = f"{exc.strerror or exc}: {exc.filename or ''}"
+            message = _os_error_text(exc)
         else:
             message = str(exc)
-        print(f"sgm-ref: error: {message}", file=sys.stderr)
+        print(f"sgm-ref: error: {_one_line(message)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         run = getattr(args, "run", None) or "RUN"

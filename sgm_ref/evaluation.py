@@ -5,24 +5,39 @@ score_report:   the score-error profile E_{p_t}|s - grad log p_t|^2 on a time gr
                 Pinsker; sgm_ref.metrics.bound): what `sgm-ref audit` prints.
 sample_report:  sample-based distances between a sampler's output and the target.
 evaluate_run:   both for a run folder, written as report.json and report.md (and plots).
+exact_score_loss: the training objective's value at the target's exact score (its floor).
 
 Every number in a report is a plain float in a dict {"value": ..., "standard_error": ...}
 (or a documented exception), so report.json can be read by any tool.
+
+Non-finite numbers (a score error that overflows float64) are reported as what they
+are: the text says "overflows float64" and where (non_finite_notes), and JSON, which has
+no inf or NaN, gets null in their place plus a top-level "non_finite" object mapping each
+one's JSON pointer to "inf", "-inf" or "nan" (json_ready).
 """
 
 import json
+import math
 import os
+import sys
+import tempfile
 import time
 
 import numpy as np
 
 from . import metrics
-from ._validation import check_count, check_time_range
+from ._validation import check_count, check_rng, check_time_range
 from .io import atomic_write
+from .losses import WEIGHTINGS, sample_times
 from .runs import RunError, load_model, load_samples, read_config, streams, update_section, write_json
 from .targets.spec import from_record
 
-__all__ = ["score_report", "sample_report", "evaluate_run", "markdown", "summary", "bound_text"]
+__all__ = ["score_report", "sample_report", "evaluate_run", "exact_score_loss", "json_ready", "non_finite_notes",
+           "markdown", "summary", "bound_text", "FINAL_LOSS_WINDOW"]
+
+# the training loss a report quotes: the mean over this many last steps (a single step's
+# loss is one batch's, noisy); `sgm-ref train` prints the same mean
+FINAL_LOSS_WINDOW = 100
 
 
 def _estimate(value, se):
@@ -30,7 +45,7 @@ def _estimate(value, se):
 
 
 def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, profile_n=2000,
-                 profile_times=12, bound_n=256, dtype=np.float64):
+                 profile_times=12, bound_n=256, dtype=np.float64, on_stage=None):
     """Score-error profile, its integral and the certified TV bound of a score function.
 
     Parameters
@@ -48,6 +63,8 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
         Number of log-spaced times in [t0, T].
     bound_n : int
         Monte-Carlo pairs per step of the bound (sgm_ref.metrics.tv_upper_bound).
+    on_stage : callable(str), optional
+        Told "TV bound" before the bound's work starts (a progress bar's hook).
 
     Returns
     -------
@@ -69,10 +86,59 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     if method == "probability_flow":
         report["tv_bound"] = None
     else:
+        if on_stage is not None:
+            on_stage("TV bound")
         bound = metrics.tv_upper_bound(score, target, process, t0, T, grid, method, bound_n, rng, n_steps=n_steps,
                                        dtype=dtype)
         report["tv_bound"] = {key: value for key, value in bound.as_dict().items() if key != "grid"}
     return report
+
+
+def exact_score_loss(target, process, *, t0, T, weighting, time_distribution, n, rng):
+    """The denoising score-matching loss of the target's exact score, with its standard error.
+
+        L* = E lambda(t) |grad log p_t(x_t) + z / sigma_t|^2,   x_t = alpha_t x0 + sigma_t z,
+
+    x0 ~ p_0, t ~ time_distribution on [t0, T], z ~ N(0, I): the objective of
+    sgm_ref.losses.dsm_loss (same lambda, same times) with s_theta = grad log p_t. Since
+    E_{x0, z | x_t} |s + z / sigma_t|^2 = |s - grad log p_t|^2 + C(x_t, t), every score
+    has expected loss L* + E lambda |s - grad log p_t|^2: L* is the floor a trained
+    model's loss approaches (the loss.png line), not zero.
+
+    Parameters
+    ----------
+    target : object with sample(n, rng) and score(x, t, process)
+    process : OU or VP
+    t0, T : float, 0 < t0 < T <= process.t_max
+    weighting : {"none", "sigma2"}
+        lambda(t) = 1 or sigma_t^2, as in training.
+    time_distribution : {"uniform", "log-uniform"}
+    n : int >= 2
+        Monte-Carlo draws (x0, t, z), drawn from rng in that order.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    value, standard_error : float
+
+    Raises
+    ------
+    ValueError
+        Bad weighting, times, n or rng (named in the message).
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    n = check_count(n, "n", minimum=2)
+    rng = check_rng(rng)
+    t0, T = check_time_range(t0, T, process)
+    x0 = target.sample(n, rng)
+    t = sample_times(n, t0, T, rng, time_distribution)
+    z = rng.standard_normal(x0.shape)
+    alpha, sigma = process.marginal(t)
+    xt = alpha[:, None] * x0 + sigma[:, None] * z
+    lam = sigma**2 if weighting == "sigma2" else np.ones(n)
+    rows = lam * np.sum((target.score(xt, t, process) + z / sigma[:, None]) ** 2, axis=1)
+    return float(rows.mean()), float(rows.std(ddof=1) / np.sqrt(n))
 
 
 def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20):
@@ -105,11 +171,46 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20):
     return out
 
 
-def evaluate_run(folder, options=None, plots=True):
+def _check_writable(folder):
+    """Refuse a folder the report could not be written into, before the work, not after."""
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".tmp-probe-"):
+            pass
+    except OSError as exc:
+        raise RunError(f"cannot write the report into {os.fspath(folder)}: {exc.strerror or exc}") from None
+
+
+class _Stages:
+    """A progress bar over the stages of an evaluation (tqdm on stderr), or nothing."""
+
+    NAMES = ("sample distances", "score-error profile and integral", "TV bound", "exact-score loss",
+             "report and plots")
+
+    def __init__(self, progress):
+        if progress is None:
+            progress = sys.stderr.isatty()  # as training: only on a terminal
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=len(self.NAMES), desc="evaluating", unit="stage", leave=False)
+
+    def start(self, name):
+        if self.bar is not None:
+            self.bar.n = self.NAMES.index(name)
+            self.bar.set_postfix_str(name)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def evaluate_run(folder, options=None, plots=True, progress=None):
     """Evaluate a sampled run: write report.json, report.md and (with matplotlib) the plots.
 
     options update config["evaluate"]; the updated config.json is written only once the
-    report is.
+    report is. The folder is checked to be writable before any work. progress: a
+    progress bar over the stages on stderr; None shows it only when stderr is a terminal.
 
     Returns
     -------
@@ -123,25 +224,40 @@ def evaluate_run(folder, options=None, plots=True):
     model = load_model(folder, config)
     target = from_record(config["target_definition"])
     x = load_samples(folder, target.dim)
+    _check_writable(folder)
     rng = streams(config["seed"])["evaluate"]
-    e, s = config["evaluate"], config["sample"]
+    e, s, tr = config["evaluate"], config["sample"], config["train"]
+    training = _training_summary(folder)
     tic = time.perf_counter()
-    report = {"target": config["target"], "sampler": dict(s), "samples": sample_report(
-        x.astype(np.float64), target, rng, n_reference=e["n"], two_sample_n=e["two_sample_n"], bins=e["bins"])}
-    report.update(score_report(model, target, model.process, t0=s["t0"], T=s["T"], method=s["method"],
-                               grid=s["grid"], n_steps=s["n_steps"], rng=rng, profile_n=e["profile_n"],
-                               profile_times=e["profile_times"], bound_n=e["bound_n"], dtype=model.dtype))
-    report["training"] = _training_summary(folder)
-    report["seconds"] = time.perf_counter() - tic
-    write_json(os.path.join(folder, "report.json"), report)
-    text = markdown(report)
-    atomic_write(os.path.join(folder, "report.md"), lambda f: f.write(text.encode("utf-8")))
-    if options:
-        write_json(os.path.join(folder, "config.json"), config)
-    written, note = [], None
-    if plots:
-        from .plots import plot_run
-        written, note = plot_run(folder, target, x, report)
+    stages = _Stages(progress)
+    try:
+        stages.start("sample distances")
+        report = {"target": config["target"], "sampler": dict(s), "samples": sample_report(
+            x.astype(np.float64), target, rng, n_reference=e["n"], two_sample_n=e["two_sample_n"], bins=e["bins"])}
+        stages.start("score-error profile and integral")
+        report.update(score_report(model, target, model.process, t0=s["t0"], T=s["T"], method=s["method"],
+                                   grid=s["grid"], n_steps=s["n_steps"], rng=rng, profile_n=e["profile_n"],
+                                   profile_times=e["profile_times"], bound_n=e["bound_n"], dtype=model.dtype,
+                                   on_stage=stages.start))
+        stages.start("exact-score loss")
+        # drawn last from the stream, so the figures above are those of earlier versions
+        training["exact_score_loss"] = _estimate(*exact_score_loss(
+            target, model.process, t0=tr["t0"], T=tr["T"], weighting=tr["weighting"],
+            time_distribution=tr["time_distribution"], n=e["n"], rng=rng))
+        report["training"] = training
+        report["seconds"] = time.perf_counter() - tic
+        stages.start("report and plots")
+        write_json(os.path.join(folder, "report.json"), json_ready(report))
+        text = markdown(report)
+        atomic_write(os.path.join(folder, "report.md"), lambda f: f.write(text.encode("utf-8")))
+        if options:
+            write_json(os.path.join(folder, "config.json"), config)
+        written, note = [], None
+        if plots:
+            from .plots import plot_run
+            written, note = plot_run(folder, target, x, report)
+    finally:
+        stages.close()
     return report, written, note
 
 
@@ -152,20 +268,107 @@ def _training_summary(folder):
             loss = json.load(f)["loss"]
     except (OSError, ValueError, KeyError, TypeError):
         raise RunError(f"{path} is missing or unreadable: train the run first") from None
-    tail = loss[-max(1, len(loss) // 20):]
-    return {"steps": len(loss), "final_loss_mean": float(np.mean(tail)), "first_loss": float(loss[0])}
+    window = min(FINAL_LOSS_WINDOW, len(loss))
+    return {"steps": len(loss), "first_loss": float(loss[0]), "last_loss": float(loss[-1]),
+            "final_loss_mean": float(np.mean(loss[-window:])), "final_loss_window": window}
+
+
+def json_ready(report):
+    """report with every non-finite float replaced by None, and where they were listed.
+
+    JSON has no inf or NaN. Each one becomes null, and report["non_finite"] maps its
+    JSON pointer (RFC 6901, e.g. "/score_error/integral/value") to "inf", "-inf" or
+    "nan". A report without non-finite numbers is returned unchanged (no "non_finite").
+    """
+    found = {}
+
+    def clean(obj, pointer):
+        if isinstance(obj, dict):
+            return {k: clean(v, f"{pointer}/{str(k).replace('~', '~0').replace('/', '~1')}") for k, v in obj.items()}
+        if isinstance(obj, (list, tuple)):
+            return [clean(v, f"{pointer}/{i}") for i, v in enumerate(obj)]
+        if isinstance(obj, (float, np.floating)) and not math.isfinite(obj):
+            found[pointer] = "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+            return None
+        return obj
+
+    out = clean(report, "")
+    if found:
+        out["non_finite"] = found
+    return out
+
+
+_FLOAT64_MAX = float(np.finfo(np.float64).max)
+
+
+def _num(value, spec):
+    """value formatted, or what it is when it is not a number a float64 can hold."""
+    if value is None:
+        return "undefined"
+    if math.isinf(value):
+        return "overflows float64" if value > 0 else "-inf (overflows float64)"
+    if math.isnan(value):
+        return "undefined (nan)"
+    return format(value, spec)
+
+
+def _pm_values(value, se, digits=3):
+    if value is None or not math.isfinite(value):
+        return _num(value, "")
+    return f"{value:.{digits}g} ± {_num(se, '.2g')}"
+
+
+def non_finite_notes(report):
+    """Plain statements of the report's non-finite numbers (empty when there are none)."""
+    notes = []
+    se = report.get("score_error") or {}
+    bad = [t for t, v in zip(se.get("t", []), se.get("error", [])) if not math.isfinite(v)]
+    if bad:
+        where = (f"every t of the profile ({bad[0]:.3g} to {bad[-1]:.3g})" if len(bad) == len(se["t"]) > 1
+                 else "t = " + ", ".join(f"{t:.3g}" for t in bad))
+        largest = f"{_FLOAT64_MAX:.2g}".replace("+", "")
+        notes.append(f"the score error overflows float64 at {where}: E|s - grad log p_t|^2 exceeds the largest "
+                     f"float64 ({largest}), so |s - grad log p_t| reaches about 1e154 there")
+    integral = se.get("integral")
+    if integral is not None and not math.isfinite(integral["value"]):
+        notes.append("the integrated score error overflows float64, so the path KL and the TV bound say nothing "
+                     "beyond TV <= 1")
+    return notes
 
 
 def bound_text(bound):
     """The bound ± its standard error, or why it says nothing: TV <= 1 always."""
     if bound["tv"] >= 1.0:
+        if not math.isfinite(bound["kl_path"]):
+            return "1 (vacuous: the path KL overflows float64)"
         return (f"1 (vacuous: TV(p_0, p_t0) + sqrt(KL / 2) = {bound['tv_early_stopping'] + (bound['kl'] / 2) ** 0.5:.3g};"
                 f" path KL {bound['kl_path']:.3g} ± {bound['kl_path_se']:.2g})")
     return f"{bound['tv']:.4f} ± {bound['tv_se']:.2g}"
 
 
 def _pm(entry, digits=3):
-    return f"{entry['value']:.{digits}g} ± {entry['standard_error']:.2g}"
+    return _pm_values(entry["value"], entry["standard_error"], digits)
+
+
+def _below_zero_note(label, value, se):
+    """Why an estimate of a quantity >= 0 came out negative: it is unbiased, not clipped."""
+    if not value < 0:
+        return None
+    k = -value / se if se > 0 else math.inf
+    verdict = (f"within {math.ceil(k)} standard error{'s' if math.ceil(k) > 1 else ''} of 0, consistent with 0"
+               if k <= 3 else f"{k:.1f} standard errors below 0: more than the estimator's noise, please report it")
+    return (f"{label} = {value:.2g} ± {se:.2g} is below 0 because it is an unbiased estimate (not clipped) of a "
+            f"quantity >= 0; {verdict}")
+
+
+def _below_zero_notes(report):
+    smp, notes = report["samples"], []
+    for key, label in (("mmd2", "MMD^2"), ("energy_distance", "energy distance")):
+        notes.append(_below_zero_note(label, smp[key]["value"], smp[key]["standard_error"]))
+    bound = report.get("tv_bound")
+    if bound is not None:
+        notes.append(_below_zero_note("KL(p_T || N(0, I))", bound["kl_prior"], bound["kl_prior_se"]))
+    return [note for note in notes if note]
 
 
 def markdown(report):
@@ -201,13 +404,24 @@ def markdown(report):
     lines += ["", "## Score error E|s - grad log p_t|^2", "",
               f"Integrated over [t0, T] with weight beta(t)/2 (its Girsanov term): {_pm(se['integral'])}.", "",
               "| t | error ± standard error | relative to E\\|grad log p_t\\|^2 |", "|---|---|---|"]
-    lines += [f"| {t:.3g} | {v:.3g} ± {s:.2g} | {r:.2%} |"
+    lines += [f"| {t:.3g} | {_pm_values(v, s)} | {_num(r, '.2%')} |"
               for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"])]
     if "training" in report:
-        tr = report["training"]
-        lines += ["", f"Training: {tr['steps']} steps, loss {tr['first_loss']:.4g} at the first step, "
-                      f"{tr['final_loss_mean']:.4g} averaged over the last 5%."]
+        lines += ["", _training_text(report["training"])]
+    notes = non_finite_notes(report) + _below_zero_notes(report)
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note[0].upper()}{note[1:]}." for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def _training_text(tr):
+    text = (f"Training: {tr['steps']} steps; loss {tr['first_loss']:.4g} at the first step, "
+            f"{tr['last_loss']:.4g} at the last step (one batch), {tr['final_loss_mean']:.4g} averaged over the "
+            f"last {tr['final_loss_window']} steps (the \"final loss\" `sgm-ref train` prints).")
+    if "exact_score_loss" in tr:
+        text += (f" The exact score's loss under the same objective, the floor training approaches, is "
+                 f"{_pm(tr['exact_score_loss'], 4)}.")
+    return text
 
 
 def summary(report):
@@ -220,6 +434,12 @@ def summary(report):
         b = report["tv_bound"]
         out.append(f"certified TV bound  {bound_text(b)}")
     out.append(f"sliced W2           {_pm(smp['sliced_wasserstein_2'])}")
+    out.append(f"MMD^2 (unbiased)    {_pm(smp['mmd2'])}")
     out.append(f"score error (int.)  {_pm(report['score_error']['integral'])}")
+    tr = report.get("training")
+    if tr and "exact_score_loss" in tr:
+        out.append(f"final loss          {tr['final_loss_mean']:.4g} (mean of the last {tr['final_loss_window']} "
+                   f"steps; the exact score's: {_pm(tr['exact_score_loss'], 4)})")
+    out += [f"note: {note}" for note in non_finite_notes(report) + _below_zero_notes(report)]
     return "\n".join(out)
 

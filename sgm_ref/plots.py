@@ -3,7 +3,8 @@
 samples.png      the sampler's output over the target's density contours (d = 2), its
                  histogram over the exact density (d = 1), or both projected on the
                  target's first two principal directions (d > 2)
-loss.png         the training loss per step (and a running mean)
+loss.png         the training loss per step (and a running mean), with the loss of the
+                 target's exact score under the same objective: the floor it approaches
 score_error.png  E|s - grad log p_t|^2 against t with 2-standard-error bars, beside the
                  oracle's own E|grad log p_t|^2 for scale
 """
@@ -80,7 +81,24 @@ def plot_samples(plt, target, x, path, title):
     plt.close(fig)
 
 
-def plot_loss(plt, loss, path):
+def _log_axis_if_wide(ax, values):
+    """Log scale when the values span a decade or more, with 1-2-5 labels (at least three
+    of them in any decade); linear otherwise, where a log axis would show one or two."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size == 0 or values.max() < 10 * values.min():
+        return
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_locator(NullLocator())
+
+
+def loss_figure(plt, loss, exact=None):
+    """The training loss per step, its running mean and, given exact = (value, standard
+    error), the loss of the exact score with a 2-standard-error band."""
     loss = np.asarray(loss)
     fig, ax = plt.subplots(figsize=(6, 3.6))
     steps = np.arange(1, loss.size + 1)
@@ -89,15 +107,28 @@ def plot_loss(plt, loss, path):
     if window > 1:
         running = np.convolve(loss, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1:], running, color="tab:blue", label=f"mean of {window} steps")
-    ax.set_yscale("log")
+    shown = [loss]
+    if exact is not None:
+        value, se = exact
+        ax.axhspan(value - 2 * se, value + 2 * se, color="tab:green", alpha=0.2, lw=0)
+        ax.axhline(value, color="tab:green", lw=1, ls="--",
+                   label=f"exact score (the floor in expectation): {value:.4g} ± {se:.2g}")
+        shown.append([value])
+    _log_axis_if_wide(ax, np.concatenate(shown))
     ax.set_xlabel("step")
     ax.set_ylabel("denoising score-matching loss")
     ax.legend()
+    return fig, ax
+
+
+def plot_loss(plt, loss, path, exact=None):
+    fig, _ = loss_figure(plt, loss, exact)
     _save(fig, path)
     plt.close(fig)
 
 
-def plot_score_error(plt, score_error, path):
+def score_error_figure(plt, score_error):
+    """E|s - grad log p_t|^2 against t (± 2 standard errors) beside the oracle's scale."""
     t = np.asarray(score_error["t"])
     error, se = np.asarray(score_error["error"]), np.asarray(score_error["standard_error"])
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -106,7 +137,13 @@ def plot_score_error(plt, score_error, path):
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("t")
+    ax.set_ylabel("mean squared score error")
     ax.legend()
+    return fig, ax
+
+
+def plot_score_error(plt, score_error, path):
+    fig, _ = score_error_figure(plt, score_error)
     _save(fig, path)
     plt.close(fig)
 
@@ -128,7 +165,8 @@ def plot_run(folder, target, x, report):
         with open(history, encoding="utf-8") as f:
             loss = json.load(f)["loss"]
         path = os.path.join(folder, "loss.png")
-        plot_loss(plt, loss, path)
+        exact = report.get("training", {}).get("exact_score_loss")
+        plot_loss(plt, loss, path, None if exact is None else (exact["value"], exact["standard_error"]))
         written.append(path)
     path = os.path.join(folder, "score_error.png")
     plot_score_error(plt, report["score_error"], path)

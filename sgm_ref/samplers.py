@@ -173,7 +173,7 @@ METHODS = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrat
            "probability_flow": probability_flow}
 
 
-def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama", grid="uniform",
+def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama", grid="geometric",
            dtype=np.float64, trajectory=False):
     """Draw n points: start from N(0, I_d) at T, run `method` on a grid to t0.
 
@@ -189,8 +189,9 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         Horizon and early-stopping time, 0 < t0 < T <= process.t_max.
     n_steps : int
     method : {"euler_maruyama", "exponential", "probability_flow"}
-    grid : {"uniform", "geometric"} or ndarray of shape (n_steps + 1,)
-        An explicit grid must run from T down to t0.
+    grid : {"geometric", "uniform"} or ndarray of shape (n_steps + 1,)
+        "geometric" (the default, as for `sgm-ref sample`) puts more steps near t0,
+        where the score changes fastest. An explicit grid must run from T down to t0.
     dtype : float64 or float32
     trajectory : bool
         Also return the points at every grid time, shape (n_steps + 1, n, d).

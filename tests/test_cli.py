@@ -360,3 +360,201 @@ def test_audit_bad_options(tmp_path, args, pattern):
     result = run("audit", "--score", "audited:oracle", "--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5",
                  "--profile-n", "10", "--bound-n", "4", *args, cwd=tmp_path, check=False)
     _assert_one_line_error(result, pattern)
+
+
+# -- issue 11: nothing silent, nothing misread, one line per error -----------------------
+
+@pytest.mark.parametrize("args, pattern", [
+    (["train", "{out}", "--step", "10"], "unrecognized arguments: --step 10"),  # was read as --steps
+    (["train", "{out}", "--resum"], "unrecognized arguments: --resum"),
+    (["sample", "{out}", "--n-sample", "5"], "unrecognized arguments: --n-sample 5"),
+    (["audit", "--scor", "m:f", "--target", "ring"], "the following arguments are required: --score"),
+    (["experiment", "rate", "{out}", "--quic"], "unrecognized arguments: --quic"),
+])
+def test_options_are_never_abbreviated(tmp_path, args, pattern):
+    out = tmp_path / "run"
+    result = run(*[a.format(out=out) for a in args], check=False)
+    _assert_one_line_error(result, pattern)
+    assert not out.exists()
+
+
+def test_every_option_has_help_and_the_defaults_are_the_library_s():
+    import argparse
+    import inspect
+
+    from sgm_ref.cli import build_parser
+    from sgm_ref.runs import DEFAULTS
+    from sgm_ref.samplers import sample
+
+    def parsers(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    for parser in parsers(build_parser()):
+        assert not parser.allow_abbrev, parser.prog
+        for action in parser._actions:
+            if not isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                assert action.help, f"{parser.prog} {action.option_strings or action.dest} has no help"
+    audit = {a.dest: a.default for a in parsers(build_parser()) if a.prog == "sgm-ref audit" for a in a._actions}
+    # one default sampler grid: the library's sample(), a run's config, and `audit`
+    assert inspect.signature(sample).parameters["grid"].default == DEFAULTS["sample"]["grid"] == audit["grid"]
+    assert (audit["n_steps"], audit["sampler"], audit["t0"]) == (
+        DEFAULTS["sample"]["n_steps"], DEFAULTS["sample"]["method"], DEFAULTS["train"]["t0"])
+    assert (audit["profile_n"], audit["bound_n"]) == (DEFAULTS["evaluate"]["profile_n"],
+                                                      DEFAULTS["evaluate"]["bound_n"])
+    assert "(default geometric)" in run("audit", "--help").stdout
+
+
+OVERFLOWING = '''
+def huge(x, t):
+    return x * 1e200  # finite, but |s - grad log p_t|^2 overflows float64
+'''
+
+
+def test_audit_of_an_overflowing_score_says_so_and_writes_valid_json(tmp_path):
+    (tmp_path / "big.py").write_text(OVERFLOWING)
+    path = tmp_path / "report.json"
+    result = run("audit", "--score", "big:huge", "--target", "ring", "--n-steps", "5", "--profile-n", "10",
+                 "--bound-n", "4", "--json", path, cwd=tmp_path)
+    assert "inf" not in result.stdout.replace("info", "") and "nan" not in result.stdout, result.stdout
+    assert "integral over [0.001, 5]: overflows float64" in result.stdout
+    assert "note: the score error overflows float64 at every t of the profile (0.001 to 5)" in result.stdout
+    assert "1 (vacuous: the path KL overflows float64)" in result.stdout
+
+    def no_constants(name):
+        raise AssertionError(f"{name} in the JSON")
+
+    report = json.loads(path.read_text(), parse_constant=no_constants)
+    assert report["score_error"]["integral"] == {"value": None, "standard_error": None}
+    assert report["non_finite"]["/score_error/integral/value"] == "inf"
+    assert report["non_finite"]["/score_error/error/0"] == "inf"
+    assert report["score_error"]["t"][0] == 0.001  # the finite numbers are kept
+
+
+@pytest.mark.parametrize("score, pattern", [
+    ("audited:exits", "--score audited:exits called sys.exit(3)"),
+    ("exits_on_import:f", "--score: importing exits_on_import called sys.exit(4)"),
+    ("audited:own_value_error", "--score audited:own_value_error raised ValueError: the user's own message"),
+    ("audited:bare", "--score audited:bare raised RuntimeError"),
+    ("imports_missing:f", "--score: importing imports_missing failed: ModuleNotFoundError: No module named "
+                          "'not_installed_xyz'"),
+    ("missing.py:f", "--score: no file missing.py"),
+])
+def test_audit_user_code_failures_are_named_as_theirs(tmp_path, score, pattern):
+    (tmp_path / "audited.py").write_text(AUDITED + "\nimport sys\n\ndef exits(x, t):\n    sys.exit(3)\n\n"
+                                         "def own_value_error(x, t):\n    raise ValueError(\"the user's own message\")\n"
+                                         "\ndef bare(x, t):\n    raise RuntimeError()\n")
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(4)\n")
+    (tmp_path / "imports_missing.py").write_text("import not_installed_xyz\n")
+    result = run("audit", "--score", score, "--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5",
+                 "--profile-n", "10", "--bound-n", "4", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, pattern)
+    assert result.stderr.strip() == f"sgm-ref: error: {pattern}"  # not nested in another message
+
+
+def test_audit_traceback_option_shows_the_user_s_traceback(tmp_path):
+    (tmp_path / "audited.py").write_text(AUDITED + "\ndef own_value_error(x, t):\n    raise ValueError('mine')\n")
+    result = run("audit", "--score", "audited:own_value_error", "--target", "gmm:d=3,k=2,radius=2,seed=0",
+                 "--n-steps", "5", "--profile-n", "10", "--bound-n", "4", "--traceback", cwd=tmp_path, check=False)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):" and "audited.py" in result.stderr
+    assert lines[-1] == "sgm-ref: error: --score audited:own_value_error raised ValueError: mine"
+
+
+@pytest.mark.parametrize("json_path, pattern", [("", "--json needs a file name, got ''"),
+                                                ("{tmp}", "is a folder; give a file name")])
+def test_audit_json_path_refused_before_the_work(tmp_path, json_path, pattern):
+    (tmp_path / "audited.py").write_text("def f(x, t):\n    raise AssertionError('the work started')\n")
+    result = run("audit", "--score", "audited:f", "--target", "ring", "--json", json_path.format(tmp=tmp_path),
+                 cwd=tmp_path, check=False)
+    _assert_one_line_error(result, pattern)
+
+
+def test_errors_are_one_line_without_numpy_reprs(tmp_path):
+    # numpy >= 2 prints np.float64(0.8999999999999999) for a scalar's repr
+    (tmp_path / "w.json").write_text(json.dumps({"weights": [0.3, 0.3, 0.3], "means": [[0.0], [1.0], [2.0]]}))
+    result = run("train", tmp_path / "run", "--target", tmp_path / "w.json", check=False)
+    _assert_one_line_error(result, "got sum 0.8999999999999999;")
+    assert "np.float64" not in result.stderr
+
+
+def test_oversized_npy_header_is_one_line(tmp_path):
+    out = tmp_path / "run"
+    run("demo", out, *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION, "--no-plots")
+    # a valid version-2 .npy header longer than numpy's 10000-byte safety limit
+    header = "{'descr': '<f8', 'fortran_order': False, 'shape': (3, 2), }"
+    header = header + " " * (20_000 - len(header) - 1) + "\n"
+    (out / "samples.npy").write_bytes(b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header.encode()
+                                      + np.zeros(6).tobytes())
+    result = run("evaluate", out, check=False)
+    _assert_one_line_error(result, "samples.npy is unreadable")
+
+
+def test_report_and_train_quote_the_same_final_loss(tmp_path):
+    out = tmp_path / "demo"
+    result = run("demo", out, *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION)
+    report = json.loads((out / "report.json").read_text())
+    training = report["training"]
+    printed = result.stdout.split("final loss ")[1].split()[0].rstrip(",")
+    assert printed == f"{training['final_loss_mean']:.4g}"
+    assert f"{training['final_loss_mean']:.4g} averaged over the last 100 steps" in (out / "report.md").read_text()
+    exact = training["exact_score_loss"]
+    assert 0 < exact["standard_error"] < 0.1 * exact["value"]
+    # trained for 300 steps only: its loss stays above the exact score's
+    assert training["final_loss_mean"] > exact["value"]
+
+
+def test_evaluate_shows_progress_on_a_terminal_only(tmp_path):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    out = tmp_path / "run"
+    run("demo", out, *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION, "--no-plots")
+    assert run("evaluate", out).stderr == ""  # not a terminal: no bar
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # tqdm draws nothing in 0 columns
+    try:
+        proc = subprocess.Popen([str(SCRIPT), "evaluate", str(out)], stdout=subprocess.DEVNULL, stderr=slave)
+        os.close(slave)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            seen += chunk
+        assert proc.wait(timeout=600) == 0
+    finally:
+        os.close(master)
+    assert b"evaluating" in seen, seen
+
+
+def test_os_errors_are_one_line_naming_the_file_or_folder():
+    from sgm_ref.cli import _one_line, _os_error_text
+
+    # an atomic write's temporary file is not the user's: its folder is
+    assert (_os_error_text(PermissionError(13, "Permission denied", "/ro/run/.tmp-x1y2report.json"))
+            == "cannot write into /ro/run: Permission denied")
+    assert _os_error_text(FileNotFoundError(2, "No such file or directory", "x.json")) == (
+        "No such file or directory: x.json")
+    assert _one_line("first\n  second\n\nthird np.float64(0.5) np.int64(3)") == "first second third 0.5 3"
+
+
+def test_audit_json_folder_must_be_writable(tmp_path, monkeypatch):
+    # (a read-only folder cannot be made for root, who runs CI's containers: the probe is refused instead)
+    from sgm_ref import cli
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
+    with pytest.raises(ValueError, match=r"--json .*x.json: cannot write into .* \(Permission denied\)"):
+        cli._check_json_path(str(tmp_path / "x.json"))

@@ -60,3 +60,203 @@ def test_a_bound_above_one_says_it_is_vacuous():
     bound = {"tv": 1.0, "tv_se": 0.1, "kl": 8.0, "kl_path": 8.0, "kl_path_se": 0.2, "tv_early_stopping": 0.01}
     assert bound_text(bound).startswith("1 (vacuous: TV(p_0, p_t0) + sqrt(KL / 2) = 2.01;")
     assert bound_text({**bound, "tv": 0.25, "tv_se": 0.01}) == "0.2500 ± 0.01"
+
+
+# -- the training loss's floor: the loss of the exact score --------------------------
+
+@pytest.mark.parametrize("weighting, time_distribution", [("sigma2", "log-uniform"), ("none", "uniform")])
+def test_exact_score_loss_is_dsm_loss_of_the_exact_score(weighting, time_distribution):
+    # for p_0 = N(0, I) under OU every p_t is N(0, I), so grad log p_t(x) = -x: a "residual"
+    # model (s = -x + net) with all parameters 0 is the exact score, and the run's own loss
+    # function on the same draws (x0, t, z) must give the same per-batch loss
+    from sgm_ref import MLP, ScoreModel
+    from sgm_ref.evaluation import exact_score_loss
+    from sgm_ref.losses import dsm_loss, sample_times
+
+    g = GaussianMixture([1.0], [[0.0, 0.0, 0.0]])
+    n, t0, T = 4000, 1e-3, 5.0
+    value, se = exact_score_loss(g, OU(), t0=t0, T=T, weighting=weighting, time_distribution=time_distribution,
+                                 n=n, rng=np.random.default_rng(3))
+    rng = np.random.default_rng(3)  # the documented order of the draws: x0, t, z
+    x0 = g.sample(n, rng)
+    t = sample_times(n, t0, T, rng, time_distribution)
+    z = rng.standard_normal(x0.shape)
+    model = ScoreModel(MLP(3, (8,), rng=0), OU(), "residual")
+    model.network.params[:] = 0.0
+    assert np.array_equal(model(x0, t), -x0)
+    expected, _ = dsm_loss(model, x0, t, z, weighting, grad=False)
+    assert value == pytest.approx(expected, rel=1e-12)
+    assert 0 < se < value
+    # and it is the floor: a wrong score (here -x + 0.3) has a larger loss on the same draws
+    shifted = ScoreModel(MLP(3, (8,), rng=0), OU(), "residual")
+    shifted.network.params[:] = 0.0
+    shifted.network.params[-3:] = 0.3  # the output layer's biases
+    assert np.allclose(shifted(x0, t), -x0 + 0.3)
+    assert dsm_loss(shifted, x0, t, z, weighting, grad=False)[0] > value
+
+
+def test_exact_score_loss_refuses_bad_input():
+    from sgm_ref.evaluation import exact_score_loss
+
+    g = GaussianMixture.ring()
+    kw = dict(t0=1e-3, T=5.0, weighting="sigma2", time_distribution="uniform", n=10, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        exact_score_loss(g, OU(), **{**kw, "weighting": "sigma"})
+    with pytest.raises(ValueError, match="n must be an integer >= 2"):
+        exact_score_loss(g, OU(), **{**kw, "n": 1})
+    with pytest.raises(ValueError, match="need 0 < t0 < T"):
+        exact_score_loss(g, OU(), **{**kw, "t0": 6.0})
+
+
+# -- non-finite numbers: said in words, and JSON that stays JSON ------------------------
+
+def test_json_ready_replaces_non_finite_numbers_and_says_where():
+    import json
+
+    from sgm_ref.evaluation import json_ready
+
+    report = {"a": {"value": float("inf"), "standard_error": float("nan")}, "list": [1.0, -np.inf, np.float64(2)],
+              "odd/key~": float("nan"), "fine": 3}
+    out = json_ready(report)
+    assert out["a"] == {"value": None, "standard_error": None} and out["list"] == [1.0, None, 2.0]
+    assert out["non_finite"] == {"/a/value": "inf", "/a/standard_error": "nan", "/list/1": "-inf",
+                                 "/odd~1key~0": "nan"}
+    json.dumps(out, allow_nan=False)  # valid JSON
+    assert report["a"]["value"] == float("inf")  # the report itself is not changed
+    assert json_ready({"x": [1.0, 2.0]}) == {"x": [1.0, 2.0]}  # nothing to say: no "non_finite"
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_an_overflowing_score_error_is_said_in_words():
+    from sgm_ref.evaluation import non_finite_notes
+
+    g = GaussianMixture.paper_family(2, 2, 2.0, rng=0)
+    report = score_report(lambda x, t: x * 1e200, g, OU(), t0=1e-2, T=3.0, method="euler_maruyama",
+                          grid="geometric", n_steps=5, rng=np.random.default_rng(0), profile_n=10, profile_times=3,
+                          bound_n=4)
+    notes = non_finite_notes(report)
+    assert notes[0].startswith("the score error overflows float64 at every t of the profile (0.01 to 3)")
+    assert "TV bound say nothing beyond TV <= 1" in notes[1]
+    assert bound_text(report["tv_bound"]) == "1 (vacuous: the path KL overflows float64)"
+
+
+# -- report.md and the summary explain their numbers --------------------------------------
+
+def _report(mmd2=(0.004, 0.001), energy=(0.04, 0.01), kl_prior=(1e-6, 3e-6)):
+    g = GaussianMixture.ring()
+    rng = np.random.default_rng(1)
+    samples = sample_report(g.sample(300, rng), g, rng, n_reference=300, two_sample_n=100, bins=10)
+    samples["mmd2"].update(value=mmd2[0], standard_error=mmd2[1])
+    samples["energy_distance"].update(value=energy[0], standard_error=energy[1])
+    return {"target": "ring", "sampler": {"method": "euler_maruyama", "grid": "geometric", "n_steps": 5, "t0": 0.01,
+                                          "T": 3.0}, "samples": samples,
+            "score_error": {"t": [0.1], "error": [0.5], "standard_error": [0.01], "relative": [0.1],
+                            "integral": {"value": 0.2, "standard_error": 0.01}},
+            "tv_bound": {"tv": 0.3, "tv_se": 0.01, "kl": 0.1, "kl_path": 0.1, "kl_path_se": 0.01,
+                         "kl_prior": kl_prior[0], "kl_prior_se": kl_prior[1], "tv_early_stopping": 0.01,
+                         "tv_early_stopping_se": 0.001},
+            "training": {"steps": 300, "first_loss": 2.0, "last_loss": 1.25, "final_loss_mean": 1.4,
+                         "final_loss_window": 100, "exact_score_loss": {"value": 1.198, "standard_error": 0.016}}}
+
+
+def test_negative_estimates_are_explained():
+    report = _report(mmd2=(-1.6e-6, 2e-6), kl_prior=(-1.6e-6, 3e-6))
+    text, short = markdown(report), summary(report)
+    for where in (text, short):
+        assert ("MMD^2 = -1.6e-06 ± 2e-06 is below 0 because it is an unbiased estimate (not clipped) of a quantity "
+                ">= 0; within 1 standard error of 0, consistent with 0") in where
+        assert "KL(p_T || N(0, I)) = -1.6e-06 ± 3e-06 is below 0" in where
+    assert "energy distance = " not in text  # positive: nothing to explain
+    far = markdown(_report(energy=(-0.05, 0.01)))
+    assert "energy distance = -0.05 ± 0.01 is below 0" in far.lower() and "5.0 standard errors below 0" in far
+    assert "## Notes" not in markdown(_report())
+
+
+def test_report_says_which_loss_is_which():
+    report = _report()
+    text = markdown(report)
+    assert ("loss 2 at the first step, 1.25 at the last step (one batch), 1.4 averaged over the last 100 steps "
+            "(the \"final loss\" `sgm-ref train` prints)") in text
+    assert "The exact score's loss under the same objective, the floor training approaches, is 1.198 ± 0.016." in text
+    assert "final loss          1.4 (mean of the last 100 steps; the exact score's: 1.198 ± 0.016)" in summary(report)
+
+
+# -- plots ---------------------------------------------------------------------------------
+
+def _visible_tick_labels(fig, ax):
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    ticks = list(zip(ax.yaxis.get_majorticklocs(), ax.get_yticklabels()))
+    ticks += list(zip(ax.yaxis.get_minorticklocs(), ax.get_yticklabels(minor=True)))
+    return [label.get_text() for loc, label in ticks if lo <= loc <= hi and label.get_text()]
+
+
+@pytest.mark.parametrize("first, last", [(2.0, 1.2), (80.0, 1.2), (3.0, 0.2)])
+def test_loss_plot_has_readable_ticks_and_the_exact_score_line(first, last):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from sgm_ref.plots import loss_figure
+
+    loss = np.geomspace(first, last, 300) * (1 + 0.05 * np.random.default_rng(0).standard_normal(300))
+    fig, ax = loss_figure(plt, loss, exact=(last * 0.9, 0.01))
+    try:
+        assert len(_visible_tick_labels(fig, ax)) >= 3
+        labels = [line.get_label() for line in ax.get_lines()]
+        assert any(label.startswith("exact score") for label in labels), labels
+        assert ax.get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+def test_score_error_plot_has_a_y_label():
+    plt = pytest.importorskip("matplotlib.pyplot")
+    from sgm_ref.plots import score_error_figure
+
+    fig, ax = score_error_figure(plt, {"t": [0.01, 0.1, 1.0], "error": [1.0, 0.1, 0.01],
+                                       "standard_error": [0.1, 0.01, 0.001], "oracle_mean_square": [10.0, 3.0, 1.0]})
+    try:
+        assert ax.get_ylabel() == "mean squared score error"
+    finally:
+        plt.close(fig)
+
+
+# -- evaluate_run ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def sampled_run(tmp_path_factory):
+    from sgm_ref import runs
+
+    folder = tmp_path_factory.mktemp("run") / "run"
+    config = runs.make_config({"data": {"n": 300}, "model": {"width": 8, "depth": 1},
+                               "train": {"steps": 40, "checkpoint_every": 1000},
+                               "sample": {"n": 200, "n_steps": 10},
+                               "evaluate": {"n": 300, "two_sample_n": 100, "profile_n": 50, "profile_times": 3,
+                                            "bound_n": 4}})
+    runs.create(folder, config)
+    runs.train(folder, progress=False)
+    runs.sample_run(folder)
+    return folder
+
+
+def test_evaluate_run_shows_progress_only_when_asked_or_on_a_terminal(sampled_run, capsys):
+    from sgm_ref.evaluation import evaluate_run
+
+    report, _, _ = evaluate_run(sampled_run, plots=False)  # stderr is not a terminal here
+    assert capsys.readouterr().err == ""
+    evaluate_run(sampled_run, plots=False, progress=True)
+    assert "evaluating" in capsys.readouterr().err
+    training = report["training"]
+    assert training["steps"] == 40 and training["final_loss_window"] == 40
+    assert 0 < training["exact_score_loss"]["standard_error"] < training["exact_score_loss"]["value"]
+
+
+def test_evaluate_run_refuses_an_unwritable_folder_before_the_work(sampled_run, monkeypatch):
+    from sgm_ref import evaluation
+    from sgm_ref.runs import RunError
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(sampled_run))
+
+    monkeypatch.setattr(evaluation.tempfile, "TemporaryFile", refuse)
+    monkeypatch.setattr(evaluation, "sample_report", lambda *a, **k: pytest.fail("worked before checking"))
+    with pytest.raises(RunError, match="cannot write the report into .*: Permission denied"):
+        evaluation.evaluate_run(sampled_run, plots=False)
