@@ -497,7 +497,10 @@ def test_losses_and_fit(data):
         if data.draw(st.booleans(), label="data in the model's dtype"):
             data_x = as_dtype(data_x, model.dtype)
         T = draw_real(data, "T", st.floats(0.5, 1.0))
-        lib_call("fit", sgm_ref.fit, model, data_x, steps=draw_count(data, "steps", st.integers(1, 3)),
+        # steps: only refusals besides small counts (fit(steps=2**62) would be accepted and run for ever)
+        steps = data.draw(st.one_of(*[st.integers(1, 3)] * 4, st.sampled_from([0, -1, True, 2.5, "3", None,
+                                                                                  np.float64(2.0)])), label="steps")
+        lib_call("fit", sgm_ref.fit, model, data_x, steps=steps,
                  batch_size=draw_count(data, "batch_size", st.integers(1, 8)),
                  lr=draw_real(data, "lr", st.floats(1e-4, 1e-1)), t0=draw_real(data, "t0", st.floats(1e-4, 0.1)),
                  T=T, rng=np.random.default_rng(0))
