@@ -48,6 +48,7 @@ import copy
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -276,7 +277,7 @@ def test_processes(data):
 def _two_samples(data):
     d = data.draw(st.integers(1, 3), label="d")
     x = draw_array(data, (data.draw(st.integers(1, 6), label="n"), d), "x")
-    y = draw_array(data, (data.draw(st.integers(1, 6), label="m"), d), "y")
+    y = draw_array(data, (data.draw(st.integers(1, 6), label="m"), d), "y", modes=fz.PARTNER_MODES)
     return x, y, d
 
 
@@ -365,7 +366,7 @@ def _scores(target, process):
         return (-x).tolist()
 
     def raises_type_error(x, t):
-        raise TypeError("the audited score is broken")
+        raise fz.UserError("the score itself is broken")
 
     def returns_nan(x, t):
         return np.full_like(x, np.nan)
@@ -471,7 +472,7 @@ def test_mlp_forward_backward_and_model_file(data):
             if not isinstance(back, Refused) and not np.array_equal(back.params, model.params):
                 fail("misreading", "io.load", "parameters differ from those saved", fz.short(model.params))
             if extra and any(isinstance(v, float) and not math.isfinite(v) for v in extra.values()):
-                fail("misreading", "io.save", "a non-finite value in extra was written as non-standard JSON",
+                fail("silent non-finite", "io.save", "a NaN in extra written into the header (not JSON)",
                      f"save(model, path, extra={extra!r})")
 
 
@@ -1018,7 +1019,9 @@ def check_cli(argv, result, *, folder=None, given_target=None, must_refuse=None,
     cmd = TALLY_cmd
     repro = "sgm-ref " + " ".join(_quote(a) for a in argv)
     if "Traceback (most recent call last)" in result.err or result.code not in (0, 2):
-        last = result.err.strip().splitlines()[-1] if result.err.strip() else "(no stderr)"
+        lines = result.err.strip().splitlines()
+        errors = [line for line in lines if re.match(r"[\w.]+(Error|Exception|Exit)\b", line)]
+        last = errors[-1] if errors else lines[-1] if lines else "(no stderr)"
         fail("traceback" if result.code != 0 or "Traceback" in result.err else "wrong exit", cmd,
              f"exit {result.code}: {last[:140]}", repro)
         return False
