@@ -256,9 +256,9 @@ extreme_el = st.one_of(st.sampled_from(EXTREME), st.floats(allow_nan=False, allo
                        st.floats(-1e3, 1e3))
 
 HUGE_OR_TINY = [1e300, -1e300, F64_MAX, -F64_MAX, 1e154, 1e200, 1e-320, 5e-324, -1e-320]
-_ARRAY_MODES = (["plain"] * 5 + ["extreme"] * 3 + ["one extreme"] * 5 + ["nonfinite", "float32", "int", "bool", "list", "wrong shape",
-                                                    "wrong shape", "complex", "object", "float16", "longdouble",
-                                                    "str"])
+_ARRAY_MODES = (["plain"] * 5 + ["extreme"] * 3 + ["one extreme"] * 5
+                + ["nonfinite", "float32", "int", "bool", "list", "list with a bool", "wrong shape", "wrong shape",
+                   "complex", "object", "float16", "longdouble", "str"])
 
 
 PARTNER_MODES = ["plain"] * 8 + ["one extreme", "extreme", "float32", "int", "wrong shape"]
@@ -298,6 +298,11 @@ def draw_array(data, shape, label, dtype=np.float64, modes=_ARRAY_MODES, positiv
         return data.draw(hnp.arrays(np.bool_, shape), label=label)
     if mode == "list":
         return data.draw(hnp.arrays(np.float64, shape, elements=base), label=label).tolist()
+    if mode == "list with a bool":  # numpy reads [True, 0.5] as [1.0, 0.5] (issue 11 item 3)
+        a = data.draw(hnp.arrays(np.float64, shape, elements=base), label=label).astype(object)
+        if a.size:
+            a.flat[data.draw(st.integers(0, a.size - 1), label=f"{label}: where")] = True
+        return a.tolist()
     if mode == "complex":
         return data.draw(hnp.arrays(np.float64, shape, elements=base), label=label).astype(np.complex128)
     if mode == "object":
