@@ -113,8 +113,9 @@ def draw_process(data, label="process"):
 def as_full_covariances(cov, K, d, kind=None):
     """(K, d, d) matrices a covariance argument means, or None when its shape is ambiguous.
 
-    None: identities. (K, d, d): as given. 2-D: rows of variances (K, d) or one shared
-    matrix (d, d), told apart by the shape or by kind ("diag"/"diagonal", "tied"/"full");
+    None: identities. (K, d, d): as given. (K,): one variance per component. 2-D: rows of
+    variances (K, d) or one shared matrix (d, d), told apart by the shape or by kind
+    (scikit-learn's names "diag", "tied", "full", "spherical"; "diagonal" too);
     when K = d > 1 and no kind is named, both readings fit (issue 11 item 2).
     """
     if cov is None:
@@ -122,7 +123,9 @@ def as_full_covariances(cov, K, d, kind=None):
     c = np.asarray(cov, dtype=np.float64)
     if c.ndim == 3:
         return c
-    if c.ndim != 2:
+    if c.ndim == 1 and c.shape == (K,) and kind in (None, "spherical"):  # one variance per component
+        return c[:, None, None] * np.eye(d)
+    if c.ndim != 2 or kind in ("full", "spherical"):
         return None
     diag_shape, tied_shape = c.shape == (K, d), c.shape == (d, d)
     if kind in ("diag", "diagonal") or (kind is None and diag_shape and not (tied_shape and d > 1)):
