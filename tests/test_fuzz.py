@@ -1447,6 +1447,19 @@ def test_audit_cases_named_in_the_issue(case, tmp_path):
 
 
 TINY_AUDIT_ARGV = sum(map(list, TINY_AUDIT.items()), [])
+TINY_TRAIN_ARGV = sum(map(list, TINY_TRAIN.items()), [])
+CLI_CASES = {  # issue 11 item 4, whatever hypothesis draws: each must be refused
+    "--T 1e308 trains": (["train", "{tmp}/r", *TINY_TRAIN_ARGV, "--T", "1e308"], "--T >= 1e300 accepted"),
+    "--step taken as --steps": (["train", "{tmp}/r", "--n", "16", "--step", "2", "--width", "4", "--depth", "1",
+                                 "--batch-size", "8"], "abbreviated option --step accepted as the full name"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_cli_cases_named_in_the_issue(case, tmp_path):
+    argv, must = CLI_CASES[case]
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    run_cli(argv, folder=str(tmp_path / "r"), must_refuse=must)
 SCRIPT_CASES = [  # a handful through the installed script, compared with the in-process run
     ["--version"],
     ["train", "{tmp}/r", "--target", "ring:k=3,std=-1"],
