@@ -94,45 +94,73 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     assert not (out / ".lock").exists() and not list(out.glob(".tmp-*"))
 
 
-def _race(folder, options, resume_when_checkpointing):
-    """A fresh train and a --resume on one folder, started together; their (code, stdout, stderr)."""
-    train = subprocess.Popen([str(SCRIPT), "train", str(folder), *options], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-    if resume_when_checkpointing:  # the reported case: checkpoints are being written meanwhile
-        while not (folder / "checkpoint.npz").exists() and train.poll() is None:
-            time.sleep(0.002)
-    resume = subprocess.Popen([str(SCRIPT), "train", str(folder), "--resume"], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+# The command line of the installed script, run by an interpreter that has done its
+# imports and waits for a go: two commands can then be started at a chosen moment.
+READY = """
+import sys
+import sgm_ref.cli, sgm_ref.runs, sgm_ref.evaluation
+print("ready", flush=True)
+sys.stdin.readline()
+sys.argv[0] = "sgm-ref"
+sys.exit(sgm_ref.cli.main(sys.argv[1:]))
+"""
+
+
+def _ready(*args):
+    proc = subprocess.Popen([sys.executable, "-c", READY, *map(str, args)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    return proc
+
+
+def _go(proc):
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+
+
+# when the resume starts: with the train, once the folder exists, once config.json
+# does, once checkpoints are being written (the reported case)
+_MOMENTS = (None, "", "config.json", "checkpoint.npz")
+
+
+def _race(folder, options, moment):
+    """A fresh train and a --resume on one folder; their (code, stdout, stderr) and the train's pid."""
+    train, resume = _ready("train", folder, *options), _ready("train", folder, "--resume")
+    _go(train)
+    if moment is not None:
+        while not (folder / moment).exists() and train.poll() is None:
+            time.sleep(0.001)
+    _go(resume)
     outcome = {}
     for name, proc in (("train", train), ("resume", resume)):
         stdout, stderr = proc.communicate(timeout=600)
         outcome[name] = (proc.returncode, stdout, stderr)
-    return outcome
+    return outcome, train.pid
 
 
-@pytest.mark.slow  # 41 commands: ~1 minute on a quiet 2-core machine
+@pytest.mark.slow  # 20 pairs of commands: ~1 minute on a quiet 2-core machine
 def test_a_fresh_train_and_a_resume_started_together(tmp_path):
     options = [*TINY, "--steps", "150", "--checkpoint-every", "1"]
     whole = tmp_path / "whole"
     run("train", whole, *options)
-    refusals = []
     for attempt in range(20):
         out = tmp_path / f"race{attempt}"
-        outcome = _race(out, options, resume_when_checkpointing=attempt % 2 == 1)
+        moment = _MOMENTS[attempt % len(_MOMENTS)]
+        outcome, pid = _race(out, options, moment)
         assert out.is_dir(), outcome  # the folder survives
-        codes = sorted(code for code, _, _ in outcome.values())
-        assert codes == [0, 2], outcome  # one finishes, one is refused
+        assert sorted(code for code, _, _ in outcome.values()) == [0, 2], outcome  # one refused
         (_, _, refusal), = [o for o in outcome.values() if o[0] == 2]
         lines = refusal.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("sgm-ref: error: "), refusal
-        assert any(reason in lines[0] for reason in ("another sgm-ref command is writing to", "does not exist",
-                                                     "is not a run folder")), lines[0]
-        refusals.append(lines[0])
-        assert_same_model(out, whole)  # bit for bit an uninterrupted run
+        if moment in ("config.json", "checkpoint.npz"):  # the train holds the lock by then
+            assert outcome["resume"][0] == 2
+            assert f"another sgm-ref command is writing to {out}: pid {pid} (sgm-ref train {out} " in lines[0]
+        else:  # before it: the folder is missing, or empty for an instant
+            assert any(reason in lines[0] for reason in ("another sgm-ref command is writing to", "does not exist",
+                                                         "is not a run folder")), lines[0]
+        assert_same_model(out, whole)  # the one that ran: bit for bit an uninterrupted run
         assert not (out / "checkpoint.npz").exists() and not list(out.glob(".tmp-*"))
         assert not (out / ".lock").exists()
-    # the resumes that started while checkpoints were written met the lock
-    assert all("another sgm-ref command is writing to" in r for r in refusals[1::2])
 
 
 def test_two_resumes_of_a_killed_run(tmp_path):
