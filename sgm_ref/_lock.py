@@ -50,12 +50,16 @@ def _command_line():
 
 
 def _holder(path):
-    """'pid N (command), since HH:MM:SS' from a lock file's record, or None if unreadable."""
+    """'pid N (command), since ...' from a lock file's record; None if unreadable or the pid is gone."""
     try:
         with open(path, encoding="utf-8") as f:
             record = json.loads(f.read(4096))
-        return f"pid {int(record['pid'])} ({record['command']}), since {record['since']}"
-    except (OSError, ValueError, KeyError, TypeError):  # not yet written, or from a foreign tool
+        pid = int(record["pid"])
+        os.kill(pid, 0)  # the record may be a dead holder's, not yet overwritten by the live one
+        return f"pid {pid} ({record['command']}), since {record['since']}"
+    except PermissionError:  # alive, under another user
+        return f"pid {pid} ({record['command']}), since {record['since']}"
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # not yet written, or a foreign tool's
         return None
 
 
