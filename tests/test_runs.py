@@ -184,7 +184,7 @@ def test_read_config_errors(tmp_path):
 import os  # noqa: E402
 
 import sgm_ref.runs as runs_module  # noqa: E402
-from sgm_ref.runs import finished_steps, load_model, load_samples  # noqa: E402
+from sgm_ref.runs import load_model, load_samples  # noqa: E402
 from sgm_ref.train import fit  # noqa: E402
 
 DEEP = "[" * 100_000  # json.loads raises RecursionError on it
@@ -401,9 +401,9 @@ def test_extending_a_run_equals_training_it_longer(tmp_path):
     create(tmp_path / "run", make_config(SMALL))
     train(tmp_path / "run", progress=False)
     sample_run(tmp_path / "run")
-    assert finished_steps(tmp_path / "run") == 30
+    assert runs_module.finished_steps(tmp_path / "run") == 30
     history = train(tmp_path / "run", progress=False, steps=45)
-    assert len(history.loss) == 45 and finished_steps(tmp_path / "run") == 45
+    assert len(history.loss) == 45 and runs_module.finished_steps(tmp_path / "run") == 45
     assert read_config(tmp_path / "run")["train"]["steps"] == 45
     assert not (tmp_path / "run" / "samples.npy").exists()  # they were the 30-step model's
     create(tmp_path / "whole", make_config({**SMALL, "train": {**SMALL["train"], "steps": 45}}))
@@ -427,7 +427,7 @@ def test_an_extension_that_fails_leaves_the_finished_run(tmp_path, monkeypatch):
     monkeypatch.setattr(runs_module, "fit", diverge)
     with pytest.raises(ValueError, match="non-finite"):
         train(run, progress=False, steps=60)
-    assert read_config(run)["train"]["steps"] == 30 and finished_steps(run) == 30
+    assert read_config(run)["train"]["steps"] == 30 and runs_module.finished_steps(run) == 30
     assert not (run / "checkpoint.npz").exists()
     assert all(np.array_equal(a, b) for a, b in zip(_params(run), before))
 
@@ -441,7 +441,7 @@ def test_an_interrupted_extension_is_not_sampled_with_the_old_model(tmp_path):
     with pytest.raises(RunError, match=r"trained for 30 steps but config.json asks for 50: finish the training"):
         load_model(run)
     train(run, progress=False)  # --resume: continues from the finished state
-    assert finished_steps(run) == 50
+    assert runs_module.finished_steps(run) == 50
 
 
 def test_an_old_run_without_its_final_state_cannot_be_extended(tmp_path):
