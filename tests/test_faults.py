@@ -163,18 +163,23 @@ def test_a_fresh_train_and_a_resume_started_together(tmp_path):
         assert not (out / ".lock").exists()
 
 
-def test_two_resumes_of_a_killed_run(tmp_path):
-    options = [*TINY, "--steps", "3000", "--checkpoint-every", "1"]
-    whole = tmp_path / "whole"
-    run("train", whole, *options)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([str(SCRIPT), "train", str(killed), *options], stdout=subprocess.DEVNULL,
+def killed_run(folder, options):
+    """A training SIGKILLed just after its first checkpoint."""
+    proc = subprocess.Popen([str(SCRIPT), "train", str(folder), *options], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    while not (killed / "checkpoint.npz").exists() and proc.poll() is None:
+    while not (folder / "checkpoint.npz").exists() and proc.poll() is None:
         time.sleep(0.002)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed; raise --steps"
+    return folder
+
+
+def test_two_resumes_of_a_killed_run(tmp_path):
+    options = [*TINY, "--steps", "300", "--checkpoint-every", "1"]
+    whole = tmp_path / "whole"
+    run("train", whole, *options)
+    killed = killed_run(tmp_path / "killed", options)
     resumes = [subprocess.Popen([str(SCRIPT), "train", str(killed), "--resume"], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outcome = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in resumes]
@@ -239,10 +244,9 @@ def test_deeply_nested_json_is_one_line(tmp_path):
 
 
 def test_a_truncated_checkpoint_is_one_line_naming_it(tmp_path):
-    out = trained(tmp_path / "run")
-    # a checkpoint as a killed run leaves it, then cut short (a full disk, an interrupted copy)
-    state = (out / "training_state.npz").read_bytes()
-    (out / "checkpoint.npz").write_bytes(state[: len(state) // 2])
+    out = killed_run(tmp_path / "run", [*TINY, "--steps", "300", "--checkpoint-every", "1"])
+    state = (out / "checkpoint.npz").read_bytes()
+    (out / "checkpoint.npz").write_bytes(state[: len(state) // 2])  # cut short: a full disk, an interrupted copy
     result = run("train", out, "--resume", check=False)
     assert_one_line_error(result, f"checkpoint {out / 'checkpoint.npz'} is unreadable (a truncated or damaged")
     assert "remove it to restart training from step 0" in result.stderr
