@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import shutil
-import sys
 import warnings
 import zipfile
 import zlib
@@ -54,9 +53,9 @@ from .score_model import ScoreModel
 from .targets.spec import from_record, from_spec, to_record
 from .train import History, fit, progress_bar
 
-__all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "streams", "create",
-           "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps", "thread_counts", "load_model", "sample_run",
-           "load_samples", "write_json"]
+__all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
+           "create", "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps",
+           "thread_counts", "load_model", "sample_run", "load_samples", "write_json"]
 
 FORMAT = "sgm_ref.run"
 FORMAT_VERSION = 1
@@ -490,7 +489,8 @@ def check_total_steps(folder, config, steps):
     steps = check_count(steps, "steps")
     if steps < configured:
         raise RunError(f"--steps {steps} is fewer than the {configured} steps {os.fspath(folder)} is trained "
-                       "for: a run can be extended, not shortened; train a new run for fewer steps")
+                       f"for: a run can be extended, not shortened (drop --steps, or give {configured} or more); "
+                       "train a new run for fewer steps")
     return steps
 
 
