@@ -281,7 +281,6 @@ def cmd_sample(args):
 
 def cmd_evaluate(args):
     from .evaluation import evaluate_run, summary
-
     from .runs import writing
 
     options = {k: v for k, v in _evaluation_options(args).items() if v is not None}
