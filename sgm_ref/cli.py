@@ -294,13 +294,19 @@ def _say(message):
     print(message, flush=True)
 
 
-def _train(folder):
+def _note(message):
+    print(f"sgm-ref: {message}", file=sys.stderr, flush=True)
+
+
+def _train(folder, steps=None, resume=False):
     from . import runs
 
-    tic = time.perf_counter()
-    config = runs.read_config(folder)
-    _say(f"training {config['train']['steps']} steps on {config['target']}")
-    history = runs.train(folder)
+    with runs.writing(folder):  # runs.train takes it again; held here so the settings printed are those trained
+        tic = time.perf_counter()
+        config = runs.read_config(folder)
+        total = runs.check_total_steps(folder, config, steps)
+        _say(f"{'continuing the training to' if resume else 'training'} {total} steps on {config['target']}")
+        history = runs.train(folder, steps=steps, log=_note)
     _say(f"trained in {time.perf_counter() - tic:.1f} s, final loss {np.mean(history.loss[-100:]):.4g}")
 
 
@@ -309,50 +315,22 @@ def cmd_train(args):
 
     if args.resume:
         given = _given(args, ("target", "seed", "process", "beta_min", "beta_max", "n", "ema_decay", "ema_warmup",
-                              *sum(_TRAINING_KEYS.values(), ()))) + (["--force"] if args.force else [])
+                              *(k for k in sum(_TRAINING_KEYS.values(), ()) if k != "steps")))
+        given += ["--force"] if args.force else []
         if given:
-            raise ValueError(f"--resume continues the run as configured; drop {', '.join(given)}")
+            raise ValueError(f"--resume continues the run as configured (--steps may extend it); "
+                             f"drop {', '.join(given)}")
         config = runs.read_config(args.run)
-        if os.path.exists(os.path.join(args.run, "model.npz")) and not os.path.exists(
-                os.path.join(args.run, "checkpoint.npz")):
-            _say(f"{args.run} is already trained ({config['train']['steps']} steps)")
+        finished = runs.finished_steps(args.run)  # asked before the lock: a trained read-only run says so
+        if finished is not None and finished == config["train"]["steps"] and args.steps in (None, finished):
+            _say(f"{args.run} is already trained ({finished} steps); extend it with --resume --steps N")
             return 0
-        _train(args.run)
+        _train(args.run, steps=args.steps, resume=True)
         return 0
     config = runs.make_config(_training_options(args))
-    with _fresh_run(args.run, runs.create, config, args.force):
+    with runs.new_run(args.run, config, args.force):  # on failure, removes what it wrote
         _train(args.run)
     return 0
-
-
-class _fresh_run:
-    """Create a run folder; if the work inside fails, remove what the new run wrote.
-
-    Not when interrupted (Ctrl-C): the checkpoint is there for --resume. A folder that
-    existed before (--force) keeps everything but the run's files.
-    """
-
-    def __init__(self, folder, create, config, force):
-        self.folder = folder
-        self.existed = os.path.exists(folder)
-        create(folder, config, force=force)  # refusals happen here, before anything is removed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is None or issubclass(kind, KeyboardInterrupt):
-            return False
-        from .runs import RUN_FILES
-
-        if not self.existed:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        elif os.path.isdir(self.folder):
-            for name in RUN_FILES:
-                path = os.path.join(self.folder, name)
-                if os.path.exists(path):
-                    os.unlink(path)
-        return False
 
 
 def cmd_sample(args):
@@ -367,10 +345,12 @@ def cmd_sample(args):
 
 def cmd_evaluate(args):
     from .evaluation import evaluate_run, summary
+    from .runs import writing
 
     options = {k: v for k, v in _evaluation_options(args).items() if v is not None}
     tic = time.perf_counter()
-    report, written, note = evaluate_run(args.run, options, plots=not args.no_plots)
+    with writing(args.run):
+        report, written, note = evaluate_run(args.run, options, plots=not args.no_plots)
     _say(summary(report))
     _say(f"evaluated in {time.perf_counter() - tic:.1f} s -> {os.path.join(args.run, 'report.md')}"
          + (f", {', '.join(os.path.basename(w) for w in written)}" if written else ""))
@@ -386,7 +366,7 @@ def cmd_demo(args):
     options["sample"] = _sampling_options(args)
     options["evaluate"] = _evaluation_options(args)
     config = runs.make_config(options)
-    with _fresh_run(args.run, runs.create, config, args.force):
+    with runs.new_run(args.run, config, args.force):  # on failure, removes what it wrote
         _train(args.run)
         cmd_sample(argparse.Namespace(run=args.run, n_samples=None, sampler=None, grid=None, n_steps=None, t0=None,
                                       T=None))

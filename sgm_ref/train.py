@@ -14,7 +14,7 @@ from ._validation import check_count, check_points, check_rng, check_time_range
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _draw_times, _dsm_loss
 from .optim import Adam, NonFiniteGradientError
 
-__all__ = ["fit", "History", "TrainStep", "TrainingDivergedError"]
+__all__ = ["fit", "History", "TrainStep", "TrainingDivergedError", "progress_bar"]
 
 
 class TrainingDivergedError(ValueError, FloatingPointError):
@@ -38,14 +38,19 @@ class History:
         return {"loss": list(self.loss), "eval_steps": list(self.eval_steps), "eval_values": list(self.eval_values)}
 
 
-def _progress(steps, progress):
+def progress_bar(total, progress, desc, initial=0):
+    """A tqdm bar over `total` steps on stderr, starting at `initial`, or None.
+
+    progress: True, False, or None for "only when stderr is a terminal" (no bar in
+    logs and pipes).
+    """
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
         return None
     from tqdm.auto import tqdm  # imported here: only runs that show a bar pay for it
 
-    return tqdm(total=steps, desc="training", unit="step", leave=False)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
 
 
 class TrainStep:
@@ -171,7 +176,7 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     history.optimizer = optimizer
 
     train_step = TrainStep(model, data, batch_size, t0, T, optimizer, weighting, time_distribution)
-    bar = _progress(steps - start_step, progress)
+    bar = progress_bar(steps, progress, "training", initial=start_step)  # a resumed run reads 2000/4000
     try:
         for step in range(start_step + 1, steps + 1):
             try:

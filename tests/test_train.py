@@ -329,3 +329,12 @@ def test_progress_bar_when_asked(capsys):
     fit(model, np.zeros((5, 2)), steps=3, batch_size=2, t0=0.01, T=1.0, rng=np.random.default_rng(0),
         progress=True)
     assert "training" in capsys.readouterr().err
+
+
+def test_a_resumed_progress_bar_starts_at_the_finished_step(capsys):
+    model, data = small_problem()
+    history = fit(model, data, steps=2, rng=np.random.default_rng(0), **FIT)
+    fit(model, data, steps=4, rng=np.random.default_rng(0), optimizer=history.optimizer, history=history,
+        start_step=2, **{**FIT, "progress": True})
+    err = capsys.readouterr().err
+    assert "training:  50%|" in err and "| 2/4 [" in err, err  # not 0/2

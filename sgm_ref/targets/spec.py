@@ -16,6 +16,7 @@ folder keeps, so it does not depend on the file a spec named).
 import json
 import os
 
+from .._json import load_json
 from .gaussian_mixture import GaussianMixture
 from .product_mixture import ProductMixture
 
@@ -85,7 +86,7 @@ def _parameters(text, name, accepted):
 def _from_json(path):
     try:
         with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
+            spec = load_json(f, f"target file {path}")
     except OSError as exc:
         raise ValueError(f"cannot read target file {path}: {exc.strerror or exc}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
