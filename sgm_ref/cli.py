@@ -2,7 +2,7 @@
 
     sgm-ref demo [RUN]                 train, sample and evaluate on the 2-D ring
     sgm-ref train RUN [options]        a run folder with config.json and model.npz
-    sgm-ref train RUN --resume         continue a killed training run
+    sgm-ref train RUN --resume         continue a killed training run (--steps N: extend to N steps)
     sgm-ref sample RUN [options]       samples.npy
     sgm-ref evaluate RUN [options]     report.json, report.md, plots
     sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
@@ -18,7 +18,6 @@ import importlib
 import importlib.util
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -148,7 +147,8 @@ def build_parser():
     p = commands.add_parser("train", help="train a score model into a new run folder")
     p.add_argument("run", help="run folder to create (or to continue, with --resume)")
     p.add_argument("--force", action="store_true", help="replace the run files of an existing folder")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN from its checkpoint; with --steps N, "
+                        "extend it (finished or not) to N steps in total")
     _add_training_options(p)
 
     p = commands.add_parser("sample", help="draw samples.npy with a run's model",
@@ -307,7 +307,10 @@ def _train(folder, steps=None, resume=False):
         total = runs.check_total_steps(folder, config, steps)
         _say(f"{'continuing the training to' if resume else 'training'} {total} steps on {config['target']}")
         history = runs.train(folder, steps=steps, log=_note)
-    _say(f"trained in {time.perf_counter() - tic:.1f} s, final loss {np.mean(history.loss[-100:]):.4g}")
+    from .evaluation import FINAL_LOSS_WINDOW
+    window = min(FINAL_LOSS_WINDOW, len(history.loss))
+    _say(f"trained in {time.perf_counter() - tic:.1f} s, final loss {np.mean(history.loss[-window:]):.4g} "
+         f"(mean of the last {window} steps)")
 
 
 def cmd_train(args):

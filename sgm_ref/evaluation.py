@@ -16,7 +16,6 @@ no inf or NaN, gets null in their place plus a top-level "non_finite" object map
 one's JSON pointer to "inf", "-inf" or "nan" (json_ready).
 """
 
-import json
 import math
 import os
 import sys
@@ -27,9 +26,11 @@ import numpy as np
 
 from . import metrics
 from ._validation import check_count, check_rng, check_time_range
+from ._json import load_json
 from .io import atomic_write
 from .losses import WEIGHTINGS, sample_times
-from .runs import RunError, load_model, load_samples, read_config, streams, update_section, write_json
+from .runs import (RunError, load_model, load_samples, read_config, streams, update_section, write_json,
+                   writing)
 from .targets.spec import from_record
 
 __all__ = ["score_report", "sample_report", "evaluate_run", "exact_score_loss", "json_ready", "non_finite_notes",
@@ -217,7 +218,18 @@ def evaluate_run(folder, options=None, plots=True, progress=None):
     report : dict
     written : list of str, the plot files written ([] without matplotlib)
     plot_note : str or None, why plots were not written
+
+    Raises
+    ------
+    ValueError
+        Another command is writing into the folder (its lock names it), or the run's
+        files are missing or damaged.
     """
+    with writing(folder):  # library callers get the lock and the clean-up the command has
+        return _evaluate(folder, options, plots, progress)
+
+
+def _evaluate(folder, options, plots, progress):
     config = read_config(folder)
     if options:
         config = update_section(config, "evaluate", options)
@@ -265,7 +277,7 @@ def _training_summary(folder):
     path = os.path.join(folder, "history.json")
     try:
         with open(path, encoding="utf-8") as f:
-            loss = json.load(f)["loss"]
+            loss = load_json(f, path)["loss"]
     except (OSError, ValueError, KeyError, TypeError):
         raise RunError(f"{path} is missing or unreadable: train the run first") from None
     window = min(FINAL_LOSS_WINDOW, len(loss))

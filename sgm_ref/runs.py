@@ -683,8 +683,8 @@ def load_samples(folder, d):
         raise RunError(f"{os.fspath(folder)} has no samples.npy: run `sgm-ref sample` first")
     try:
         x = np.load(path, allow_pickle=False)
-    except _READ_ERRORS as exc:
-        raise RunError(f"{path} is unreadable ({exc})") from None
+    except _READ_ERRORS as exc:  # numpy's oversized-header message spans lines: one line here
+        raise RunError(f"{path} is unreadable ({' '.join(str(exc).split())})") from None
     if not isinstance(x, np.ndarray):
         x.close()
         raise RunError(f"{path} is an .npz archive, not an .npy array; run `sgm-ref sample` again")

@@ -489,3 +489,15 @@ def test_thread_counts_read_the_environment_without_threadpoolctl(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "4,2")
     assert runs_module.thread_counts()["blas"] == 4
+
+
+def test_an_oversized_npy_header_is_one_line(tmp_path):
+    """numpy's own message spans three lines; a library caller gets one."""
+    from sgm_ref.runs import RunError, load_samples
+
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), " + b" " * 20_000 + b"}\n"
+    (tmp_path / "samples.npy").write_bytes(b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header
+                                           + np.zeros(4).tobytes())
+    with pytest.raises(RunError) as info:
+        load_samples(tmp_path, 2)
+    assert "\n" not in str(info.value) and "samples.npy is unreadable" in str(info.value)
