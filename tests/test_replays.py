@@ -1,0 +1,255 @@
+"""sgm_ref.replays: the peers' samplers replayed, their exact Gaussian laws, their weak
+orders, and agreement with the installed peers (k-diffusion, diffusers' timesteps).
+
+Monte-Carlo checks state their standard errors: for n draws from N(m, C) the sample mean's
+entry i has standard error sqrt(C_ii / n) and the sample covariance's entry (i, j)
+sqrt((C_ii C_jj + C_ij^2) / n); every entry must lie within Z = 4 of them.
+"""
+
+import numpy as np
+import pytest
+from _peers import load_k_diffusion, peer
+
+from sgm_ref import DDPM, EDM, OU, VE, VP, FlowMatching, GaussianMixture
+from sgm_ref import replays as R
+from sgm_ref.interop import to_torch
+
+MEAN = np.array([0.8, -0.4])
+COV = np.array([[0.6, 0.25], [0.25, 1.4]])
+Z = 4.0
+
+
+def _ddpm_grid(n):
+    proc = DDPM()
+    return proc, R.timestep_grid(proc, R.ddim_timesteps(n, spacing="trailing"))
+
+
+# (replay, process, grid, options): every replay on at least one process, the processes mixed
+def _cases():
+    edm = EDM()
+    proc_ddpm, grid_ddpm = _ddpm_grid(10)
+    return {
+        "euler_maruyama-VP": (R.euler_maruyama, VP(), np.linspace(1.0, 1e-2, 11), {}),
+        "euler_maruyama-step_size-OU": (R.euler_maruyama, OU(), np.linspace(2.0, 0.1, 10), {"step_size": 0.2}),
+        "reverse_diffusion-VE": (R.reverse_diffusion, VE(0.05, 5.0), np.linspace(1.0, 0.0, 11), {}),
+        "pc-VP": (R.predictor_corrector, VP(), np.linspace(1.0, 1e-2, 9), {"langevin_step": 0.02,
+                                                                          "n_corrector": 2}),
+        "pc-em-FlowMatching": (R.predictor_corrector, FlowMatching(), np.linspace(0.95, 0.05, 9),
+                               {"langevin_step": 0.01, "predictor": "euler_maruyama", "denoise": False}),
+        "ddpm_beta_tilde-DDPM": (R.ddpm_ancestral, proc_ddpm, grid_ddpm, {}),
+        "ddpm_beta-DDPM": (R.ddpm_ancestral, proc_ddpm, grid_ddpm, {"variance": "beta"}),
+        "ddim_eta-DDPM": (R.ddim, proc_ddpm, grid_ddpm, {"eta": 0.5}),
+        "karras_euler_churn-EDM": (R.karras_euler, edm, edm.karras_sigmas(8, 0.02, 10.0), {"s_churn": 2.0}),
+        "karras_heun-EDM": (R.karras_heun, edm, edm.karras_sigmas(8, 0.02, 10.0), {}),
+        "karras_stochastic-EDM": (R.karras_stochastic, edm, edm.karras_sigmas(8, 0.02, 10.0),
+                                  {"s_churn": 3.0, "s_tmin": 0.05, "s_tmax": 5.0, "s_noise": 1.003}),
+        "euler_ancestral-VP": (R.euler_ancestral, VP(), np.linspace(1.0, 0.0, 11), {"eta": 0.7}),
+        "dpmpp_2m-OU": (R.dpmpp_2m, OU(), np.geomspace(3.0, 0.02, 9), {}),
+    }
+
+
+CASES = _cases()
+
+
+def _start_points(process, grid, n, rng):
+    scale = 1.0 if process.__class__.__name__ in ("OU", "VP", "DDPM") else float(process.sigma(grid[0]))
+    return scale * rng.standard_normal((n, 2))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exact_law_matches_monte_carlo(case):
+    replay, process, grid, options = CASES[case]
+    mean_out, cov_out = R.replay_output_gaussian(replay, MEAN, COV, process, grid, **options)
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    n = 20_000
+    y = replay(R.gaussian_score(MEAN, COV, process), process, grid, _start_points(process, grid, n, rng), rng,
+               **options)
+    se_mean = np.sqrt(np.diag(cov_out) / n)
+    v = np.diag(cov_out)
+    se_cov = np.sqrt((np.outer(v, v) + cov_out**2) / n)
+    z_mean = (y.mean(axis=0) - mean_out) / se_mean
+    z_cov = (np.cov(y.T) - cov_out) / se_cov
+    assert np.all(np.abs(z_mean) < Z), (z_mean, se_mean)
+    assert np.all(np.abs(z_cov) < Z), (z_cov, se_cov)
+
+
+def _moment_error(replay, process, grid, options):
+    start = R.target_gaussian(MEAN, COV, process, grid[0])  # exact p_T: the discretisation error alone
+    m, C = R.replay_output_gaussian(replay, MEAN, COV, process, grid, start=start, **options)
+    tm, tC = R.target_gaussian(MEAN, COV, process, grid[-1])
+    return np.linalg.norm(m - tm) + np.linalg.norm(C - tC)
+
+
+ORDER_CASES = {
+    "euler_maruyama": (R.euler_maruyama, {}, 1), "reverse_diffusion": (R.reverse_diffusion, {}, 1),
+    "ddpm_beta_tilde": (R.ddpm_ancestral, {}, 1), "ddpm_beta": (R.ddpm_ancestral, {"variance": "beta"}, 1),
+    "ddim_eta0": (R.ddim, {}, 1), "ddim_eta1": (R.ddim, {"eta": 1.0}, 1),
+    "karras_euler": (R.karras_euler, {}, 1), "euler_ancestral": (R.euler_ancestral, {}, 1),
+    "karras_euler_churn": (R.karras_euler, {"s_churn": 2.0}, 1),
+    "karras_heun": (R.karras_heun, {}, 2), "dpmpp_2m": (R.dpmpp_2m, {}, 2),
+    # Algorithm 2's churn adds noise exactly (p_sigma -> p_sigma_hat), so on the marginals
+    # only the Heun step errs: second order, as the deterministic sampler
+    "karras_stochastic": (R.karras_stochastic, {"s_churn": 2.0}, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ORDER_CASES))
+def test_weak_order(case):
+    """Moment error |mean - mean_t0| + |cov - cov_t0|_F of the exact law, started from the
+    exact p_T, against N on uniform OU grids from T = 2 to t0 = 0.1: log-log slope -p."""
+    replay, options, order = ORDER_CASES[case]
+    Ns = np.array([40, 80, 160])
+    err = [_moment_error(replay, OU(), np.linspace(2.0, 0.1, N + 1), options) for N in Ns]
+    slope = -np.polyfit(np.log(Ns), np.log(err), 1)[0]
+    assert abs(slope - order) < 0.2, (slope, err)
+
+
+def test_ddpm_beta_tilde_is_ddim_eta1_is_euler_ancestral():
+    proc, grid = _ddpm_grid(12)
+    laws = [R.replay_output_gaussian(f, MEAN, COV, proc, grid, **o) for f, o in
+            [(R.ddpm_ancestral, {}), (R.ddim, {"eta": 1.0}), (R.euler_ancestral, {})]]
+    for m, C in laws[1:]:
+        np.testing.assert_allclose(m, laws[0][0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(C, laws[0][1], rtol=1e-12, atol=1e-14)
+
+
+def test_law_distances_to_target_and_between_schemes():
+    grid = np.linspace(1.0, 1e-2, 21)
+    target = R.target_gaussian(MEAN, COV, VP(), grid[-1])
+    em = R.replay_output_gaussian(R.euler_maruyama, MEAN, COV, VP(), grid)
+    rd = R.replay_output_gaussian(R.reverse_diffusion, MEAN, COV, VP(), grid)
+    d = R.law_distances(em, target, rng=np.random.default_rng(1), n=20_000)
+    assert d["kl"] > 0 and d["kl_reverse"] > 0 and 0 < d["tv"] < 1 and d["tv_se"] > 0
+    assert R.law_distances(em, em, rng=np.random.default_rng(1))["kl"] == 0.0
+    assert R.law_distances(em, rd, rng=np.random.default_rng(1))["kl"] > 0
+
+
+# -- noise plumbing and validation -------------------------------------------------------------
+
+
+def test_given_noise_reproduces_the_rng_run():
+    grid = np.linspace(1.0, 1e-2, 6)
+    score = R.gaussian_score(MEAN, COV, VP())
+    x = np.random.default_rng(0).standard_normal((5, 2))
+    a = R.predictor_corrector(score, VP(), grid, x, np.random.default_rng(3), langevin_step=0.01)
+    noise = np.random.default_rng(3).standard_normal((10, 5, 2))  # 5 steps x (1 corrector + 1 predictor)
+    b = R.predictor_corrector(score, VP(), grid, x, noise=noise, langevin_step=0.01)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_noise_count_and_missing_rng_raise():
+    grid = np.linspace(1.0, 1e-2, 6)
+    score = R.gaussian_score(MEAN, COV, VP())
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="noise has 4 draws but this replay needs more"):
+        R.euler_maruyama(score, VP(), grid, x, noise=np.zeros((4, 3, 2)))
+    with pytest.raises(ValueError, match="noise has 6 draws but this replay used 5"):
+        R.euler_maruyama(score, VP(), grid, x, noise=np.zeros((6, 3, 2)))
+    with pytest.raises(ValueError, match="noise must have shape"):
+        R.euler_maruyama(score, VP(), grid, x, noise=np.zeros((5, 2, 2)))
+    with pytest.raises(ValueError, match="rng must be"):
+        R.ddpm_ancestral(score, VP(), grid, x)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        R.karras_heun(score, VP(), grid[::-1], x)
+    with pytest.raises(ValueError, match="outside the range"):
+        R.karras_stochastic(score, VP(), grid, x, np.random.default_rng(0), s_churn=50.0)
+
+
+def test_batch_langevin_step_has_no_exact_law():
+    with pytest.raises(ValueError, match="langevin_step"):
+        R.replay_output_gaussian(R.predictor_corrector, MEAN, COV, VP(), np.linspace(1.0, 0.1, 5))
+
+
+def test_not_affine_replay_is_refused():
+    def clipped(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+        return np.tanh(R.euler_maruyama(score, process, grid, x, rng, noise=noise))
+    with pytest.raises(ValueError, match="not affine"):
+        R.replay_output_gaussian(clipped, MEAN, COV, VP(), np.linspace(1.0, 0.1, 5))
+
+
+def test_trajectory_and_float32():
+    grid = EDM().karras_sigmas(5, 0.05, 5.0)
+    score = R.gaussian_score(MEAN, COV, EDM())
+    x = 5.0 * np.random.default_rng(0).standard_normal((4, 2))
+    y, path = R.karras_heun(score, EDM(), grid, x, trajectory=True)
+    assert path.shape == (6, 4, 2) and np.array_equal(path[-1], y) and np.array_equal(path[0], x)
+    y32 = R.karras_heun(score, EDM(), grid, x.astype(np.float32))
+    assert y32.dtype == np.float32
+    assert np.max(np.abs(y32 - y)) < 1e-5 * np.max(np.abs(y))
+
+
+# -- diffusers' timesteps -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", R.SPACINGS)
+def test_ddim_timesteps_equal_diffusers(spacing):
+    diffusers = peer("diffusers")
+    for n in (1, 7, 10, 50, 333, 1000):
+        for offset in ((0, 1) if spacing == "leading" else (0,)):
+            sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=offset)
+            sched.set_timesteps(n)
+            np.testing.assert_array_equal(R.ddim_timesteps(n, 1000, spacing, offset), sched.timesteps.numpy())
+
+
+# -- k-diffusion on the same sigmas and the same noise ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kd():
+    return load_k_diffusion()
+
+
+def _mixture():
+    return GaussianMixture([0.6, 0.4], [[-1.0, 0.5], [1.2, -0.3]],
+                           [[[0.3, 0.1], [0.1, 0.2]], [[0.4, -0.1], [-0.1, 0.5]]])
+
+
+KD_CASES = {
+    "sample_euler": (R.karras_euler, {}), "sample_heun": (R.karras_heun, {}),
+    "sample_euler_churn": (R.karras_euler, {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0, "s_noise": 1.003}),
+    "sample_heun_churn": (R.karras_stochastic, {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0, "s_noise": 1.003}),
+    "sample_euler_ancestral": (R.euler_ancestral, {"eta": 0.8}), "sample_dpmpp_2m": (R.dpmpp_2m, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KD_CASES))
+def test_k_diffusion_agrees_with_replay(kd, case, monkeypatch):
+    """Same sigmas (ending at 0), same start, same noise, the exact oracle of a 2-D mixture:
+    final outputs agree to 1e-10 relative in float64."""
+    torch = kd.torch
+    replay, options = KD_CASES[case]
+    target, edm = _mixture(), EDM()
+    model = to_torch(target, edm)
+    sigmas = edm.karras_sigmas(12, 0.02, 10.0)
+    rng = np.random.default_rng(7)
+    x = 10.0 * rng.standard_normal((64, 2))
+    draws = rng.standard_normal((sigmas.size - 1, 64, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(torch, "randn_like", lambda like, **kw: next(it))  # sample_euler / sample_heun draw here
+    kwargs = {{"s_churn": "s_churn", "s_tmin": "s_tmin", "s_tmax": "s_tmax", "s_noise": "s_noise",
+               "eta": "eta"}[k]: v for k, v in options.items()}
+    if case == "sample_euler_ancestral":
+        kwargs["noise_sampler"] = lambda s, s_next: next(it)
+    peer_fn = getattr(kd.sampling, case.replace("_churn", ""))
+    out = peer_fn(model, torch.from_numpy(x.copy()), torch.from_numpy(sigmas), disable=True, **kwargs).numpy()
+    # which draws the replay uses: churned steps (k-diffusion draws every step), or steps onto sigma > 0
+    if "churn" in case:
+        N = sigmas.size - 1
+        gamma = np.where((sigmas[:-1] >= 0.1) & (sigmas[:-1] <= 5.0), min(4.0 / N, 2**0.5 - 1), 0.0)
+        noise = draws[gamma > 0]
+    elif case == "sample_euler_ancestral":
+        noise = draws[:sigmas.size - 2]
+    else:
+        noise = None
+    mine = replay(OracleScore(model), edm, sigmas, x, noise=noise, **options)
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+
+
+class OracleScore:
+    """The oracle's float64 score as s(x, t) for the replays (the same numbers to_torch converts)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, t):
+        return self.model.score(x, t)
