@@ -215,7 +215,12 @@ KD_CASES = {
 @pytest.mark.parametrize("case", sorted(KD_CASES))
 def test_k_diffusion_agrees_with_replay(kd, case, monkeypatch):
     """Same sigmas (ending at 0), same start, same noise, the exact oracle of a 2-D mixture:
-    final outputs agree to 1e-10 relative in float64."""
+    final outputs agree to 1e-10 relative in float64 (measured: at most ~1e-15)."""
+    mine, out = _k_diffusion_and_replay(kd, case, monkeypatch)
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+
+
+def _k_diffusion_and_replay(kd, case, monkeypatch):
     torch = kd.torch
     replay, options = KD_CASES[case]
     target, edm = _mixture(), EDM()
@@ -241,8 +246,7 @@ def test_k_diffusion_agrees_with_replay(kd, case, monkeypatch):
         noise = draws[:sigmas.size - 2]
     else:
         noise = None
-    mine = replay(OracleScore(model), edm, sigmas, x, noise=noise, **options)
-    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+    return replay(OracleScore(model), edm, sigmas, x, noise=noise, **options), out
 
 
 class OracleScore:
