@@ -257,3 +257,105 @@ class OracleScore:
 
     def __call__(self, x, t):
         return self.model.score(x, t)
+
+
+# -- diffusers' ScoreSdeVpScheduler: score_sde's loop, steps of 1/N from N grid points -----------
+
+
+def _score_sde_vp_run(monkeypatch, N, n=32):
+    """diffusers' ScoreSdeVpScheduler driven by the exact eps of a 2-D mixture, its timesteps
+    made float64 (its own are float32 linspace(1, 1e-3, N)), fed known noise."""
+    import importlib
+
+    import torch
+    sched_module = importlib.import_module("diffusers.schedulers.deprecated.scheduling_sde_vp")  # 0.42's home
+    target, vp = _mixture(), VP()
+    sched = sched_module.ScoreSdeVpScheduler()
+    sched.set_timesteps(N)
+    sched.timesteps = torch.linspace(1.0, sched.config.sampling_eps, N, dtype=torch.float64)
+    grid = sched.timesteps.numpy().copy()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, 2))
+    draws = rng.standard_normal((N, n, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(sched_module, "randn_tensor", lambda *a, **k: next(it))
+    y = torch.from_numpy(x.copy())
+    for t in sched.timesteps:
+        tt = t.reshape(1).expand(n)
+        eps = -vp.sigma(tt.numpy())[:, None] * target.score(y.numpy(), tt.numpy(), vp)
+        y, _ = sched.step_pred(torch.from_numpy(eps), y, tt)
+    score = lambda x, t: target.score(x, t, vp)  # noqa: E731
+    return grid, x, draws, y.numpy(), score
+
+
+def test_score_sde_vp_scheduler_is_euler_maruyama_with_step_one_over_n(monkeypatch):
+    """diffusers' ScoreSdeVpScheduler = euler_maruyama(step_size=1/N) on its own grid
+    linspace(1, eps, N), to 1e-10 relative; its steps are (N - 1) / (N (1 - eps)) of the
+    grid's spacing (0.9009 at N = 10), so it differs from the textbook scheme on that grid."""
+    diffusers = peer("diffusers")  # noqa: F841 (skips without it)
+    N = 10
+    grid, x, draws, out, score = _score_sde_vp_run(monkeypatch, N)
+    mine = R.euler_maruyama(score, VP(), grid, x, noise=draws, step_size=1.0 / N)
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+    assert (1.0 / N) / (grid[0] - grid[1]) == pytest.approx(0.9009009, abs=1e-7)
+    textbook = R.euler_maruyama(score, VP(), grid, x, noise=draws[:-1])
+    assert np.max(np.abs(textbook - out)) > 1e-3  # a different discretisation, seen path by path
+
+
+# -- diffusers' DDPMScheduler and DDIMScheduler with the process's float64 alphas_cumprod ------------
+
+
+def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps=20, n=32):
+    """Run diffusers' DDPM / DDIM loop on the exact eps (to_torch) with known noise. Its
+    alphas_cumprod are replaced by sgm_ref's float64 ones (its own are float32: a separate,
+    stated difference), so both run the same discretisation in float64."""
+    import importlib
+
+    import torch
+    diffusers = peer("diffusers")
+    module = importlib.import_module(f"diffusers.schedulers.scheduling_{kind}")
+    proc = DDPM()
+    model = to_torch(_mixture(), proc, signature="diffusers")
+    if kind == "ddpm":
+        sched = diffusers.DDPMScheduler(clip_sample=False, variance_type=variance_or_eta, timestep_spacing=spacing)
+    else:
+        sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
+    sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
+    sched.set_timesteps(n_steps)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, 2))
+    draws = rng.standard_normal((n_steps, n, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: next(it))
+    y = torch.from_numpy(x.copy())
+    for t in sched.timesteps:
+        eps = model(y, t)
+        kwargs = {"eta": variance_or_eta} if kind == "ddim" else {}
+        y = sched.step(eps, t, y, **kwargs).prev_sample
+    return proc, model, sched.timesteps.numpy(), x, draws, y.numpy()
+
+
+DIFFUSERS_CASES = {
+    "ddpm-fixed_small": ("ddpm", "fixed_small", "trailing", R.ddpm_ancestral, {"variance": "beta_tilde"}),
+    "ddpm-fixed_large": ("ddpm", "fixed_large", "linspace", R.ddpm_ancestral, {"variance": "beta"}),
+    "ddim-eta0": ("ddim", 0.0, "leading", R.ddim, {"eta": 0.0}),
+    "ddim-eta1": ("ddim", 1.0, "leading", R.ddim, {"eta": 1.0}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIFFUSERS_CASES))
+def test_diffusers_discrete_schedulers_agree_with_replay(case, monkeypatch):
+    """Same timesteps (grid = times (i + 1)/N, then the data at t = 0), same noise: final
+    outputs agree to 1e-12 relative in float64 (measured: <= 1e-15)."""
+    kind, arg, spacing, replay, options = DIFFUSERS_CASES[case]
+    proc, model, timesteps, x, draws, out = _diffusers_discrete_run(monkeypatch, kind, arg, spacing)
+    grid = R.timestep_grid(proc, timesteps)
+    # DDPM draws on every step but the one from timestep 0; DDIM (eta > 0) on every step,
+    # its last draw multiplied by sigma_eta = 0; the replays draw where the noise is non-zero
+    noise = None if options.get("eta") == 0.0 else draws[:timesteps.size - 1]
+    mine = replay(model.score, proc, grid, x, noise=noise, **options)
+    if case == "ddpm-fixed_small" and timesteps[-1] > 0:
+        # diffusers draws on the last step too (t > 0) and clamps its variance, 0 there, to
+        # 1e-20: it adds 1e-10 times that draw (measured difference without this: 2.3e-10)
+        mine = mine + 1e-10 * draws[timesteps.size - 1]
+    assert np.max(np.abs(mine - out)) <= 1e-12 * np.max(np.abs(out))
