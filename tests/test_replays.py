@@ -249,6 +249,22 @@ def _k_diffusion_and_replay(kd, case, monkeypatch):
     return replay(OracleScore(model), edm, sigmas, x, noise=noise, **options), out
 
 
+@pytest.mark.parametrize("replay, peer_name", [(R.karras_heun, "sample_heun"), (R.dpmpp_2m, "sample_dpmpp_2m")])
+def test_k_diffusion_on_sigma_hat_equals_replay_on_ou(kd, replay, peer_name):
+    """A VP-family process goes through x_hat = x / alpha_t on sigma_hat = sigma_t / alpha_t
+    (as k-diffusion's VP wrappers do): the replay on OU times, ending at t = 0, equals
+    k-diffusion on the sigmas of those times with the EDM oracle, to 1e-10 relative."""
+    torch = kd.torch
+    target = _mixture()
+    grid = np.append(np.geomspace(3.0, 0.01, 10), 0.0)
+    sigmas = np.sqrt(np.expm1(2.0 * grid))  # OU: sigma_t / alpha_t
+    x = np.random.default_rng(2).standard_normal((16, 2))
+    out = getattr(kd.sampling, peer_name)(to_torch(target, EDM()), torch.from_numpy(x / np.exp(-grid[0])),
+                                          torch.from_numpy(sigmas), disable=True).numpy()
+    mine = replay(lambda y, t: target.score(y, t, OU()), OU(), grid, x)
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+
+
 class OracleScore:
     """The oracle's float64 score as s(x, t) for the replays (the same numbers to_torch converts)."""
 
@@ -292,7 +308,7 @@ def test_score_sde_vp_scheduler_is_euler_maruyama_with_step_one_over_n(monkeypat
     """diffusers' ScoreSdeVpScheduler = euler_maruyama(step_size=1/N) on its own grid
     linspace(1, eps, N), to 1e-10 relative; its steps are (N - 1) / (N (1 - eps)) of the
     grid's spacing (0.9009 at N = 10), so it differs from the textbook scheme on that grid."""
-    diffusers = peer("diffusers")  # noqa: F841 (skips without it)
+    peer("diffusers")  # skips without it
     N = 10
     grid, x, draws, out, score = _score_sde_vp_run(monkeypatch, N)
     mine = R.euler_maruyama(score, VP(), grid, x, noise=draws, step_size=1.0 / N)
