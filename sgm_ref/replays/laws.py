@@ -155,8 +155,13 @@ def law_distances(law0, law1, rng=None, n=100_000):
 
     Returns dict with "kl" = KL(law0 || law1), "kl_reverse" = KL(law1 || law0) (nats),
     "tv" and "tv_se" (sgm_ref.metrics.gaussian_tv: exact in 1-D and for equal
-    covariances, else a Monte-Carlo estimate over n draws from rng with its standard error).
+    covariances, else a Monte-Carlo estimate over n draws from rng with its standard
+    error; without rng that case gives tv = tv_se = None, the KLs being exact anyway).
     """
     (m0, C0), (m1, C1) = law0, law1
+    kl = {"kl": gaussian_kl(m0, C0, m1, C1), "kl_reverse": gaussian_kl(m1, C1, m0, C0)}
+    exact = np.size(m0) == 1 or np.array_equal(np.asarray(C0), np.asarray(C1))
+    if rng is None and not exact:
+        return {**kl, "tv": None, "tv_se": None}
     tv, se = gaussian_tv(m0, C0, m1, C1, rng=None if rng is None else check_rng(rng), n=n)
-    return {"kl": gaussian_kl(m0, C0, m1, C1), "kl_reverse": gaussian_kl(m1, C1, m0, C0), "tv": tv, "tv_se": se}
+    return {**kl, "tv": tv, "tv_se": se}
