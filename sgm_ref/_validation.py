@@ -184,18 +184,45 @@ def check_times(t, n=None, T=None, name="t"):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got a NaN or inf")
     if np.any(arr < 0):
-        raise ValueError(f"{name} must be >= 0 (forward time), got min {arr.min()!r}")
+        raise ValueError(f"{name} must be >= 0 (forward time), got min {float(arr.min())!r}")
     if T is not None and np.any(arr > T):
-        raise ValueError(f"{name} must be <= {T} (the process's horizon T), got max {arr.max()!r}")
+        raise ValueError(f"{name} must be <= {float(T)!r} (the process's horizon T), got max {float(arr.max())!r}")
     return arr
 
 
 def check_time_range(t0, T, process=None):
-    """Raise unless 0 < t0 < T (<= process.t_max) are finite numbers; return floats."""
+    """Raise unless 0 < t0 < T (<= process.t_max) are finite numbers; return floats.
+
+    With a process, T must also keep B(T) = int_0^T beta finite (T < 8.99e307 for OU):
+    beyond it alpha_T, sigma_T and every step integral of a sampler are inf or NaN.
+    """
     t0 = check_real(t0, "t0")
     T = check_real(T, "T")
     if not 0 < t0 < T:
         raise ValueError(f"need 0 < t0 < T, got t0={t0!r}, T={T!r}")
     if process is not None and T > process.t_max:
         raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    with np.errstate(over="ignore"):
+        B_T = None if process is None else process.integrated_beta(T)
+    if process is not None and not np.isfinite(B_T):
+        raise ValueError(f"T = {T!r} is too large for {process!r}: B(T) = int_0^T beta overflows float64; "
+                         "use a T for which alpha_T is merely tiny (T = 20 already gives alpha_T = 2e-9 for OU)")
     return t0, T
+
+
+def mean_se(values):
+    """(mean, standard error std(ddof=1) / sqrt(n)) of a 1-D float64 array, as floats.
+
+    When the values are finite but their squares (or sum) overflow, both are computed
+    for values / c with c a power of two (exact) and scaled back, so only a mean or
+    standard error beyond the float64 range itself comes back non-finite.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, se = float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+    if (np.isfinite(mean) and np.isfinite(se)) or not np.all(np.isfinite(values)):
+        return mean, se
+    top = float(np.max(np.abs(values)))
+    c = float(np.ldexp(1.0, int(np.frexp(top)[1]) - 1)) if top > 0 else 1.0  # top / c in [1, 2)
+    scaled = values / c
+    with np.errstate(over="ignore"):
+        return c * float(scaled.mean()), c * float(scaled.std(ddof=1) / np.sqrt(values.size))

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range
+from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range, mean_se
 from ..processes import check_process
 from ..samplers import check_grid, time_grid
 
@@ -92,6 +92,12 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     Returns
     -------
     TVBound
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, a score that fails or returns non-finite values, or a term
+        beyond the float64 range (the message names the term and the step).
     """
     process = check_process(process)
     t0, T = check_time_range(t0, T, process)
@@ -113,7 +119,14 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
             raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
 
-    per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
+    bad = ~(np.isfinite(per_step) & np.isfinite(per_step_se))
+    if np.any(bad):
+        k = int(np.argmax(bad))
+        raise ValueError(f"the path term of the bound overflows float64 at step {k} (t = {float(grid[k]):.6g}): "
+                         "the squared drift mismatch |grad log p_t - s|^2 there is beyond the float64 range; "
+                         "the score is too far from the truth for a bound")
     kl_path = float(per_step.sum())
     kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
 
@@ -139,7 +152,11 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
 
 
 def _mean_se(values):
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+    mean, se = mean_se(values)
+    if not (np.isfinite(mean) and np.isfinite(se)):
+        raise ValueError("a Monte-Carlo term of the bound (KL(p_T || N(0, I)) or TV(p_0, p_t0)) overflows "
+                         "float64: the target's log-densities are beyond its range; rescale the target")
+    return mean, se
 
 
 def _path_term(score, target, process, grid, method, n, rng, dtype):
