@@ -78,13 +78,16 @@ def check_grid(grid, process):
 def _score_at(score, y, t, step, grid, process):
     """Call the score at one grid time and check what comes back.
 
-    If the call fails while the points themselves are no longer finite, the error
-    names the sampler's divergence, not the score's reaction to it.
+    If the call fails while the points themselves have overflowed or come close to it
+    (|y| beyond sqrt(max) / 1e4, 1.3e150 in float64, where their squares overflow), the
+    error names the sampler's divergence, not the score's reaction to it.
     """
     try:
         return call_score(score, y, np.full(y.shape[0], t), f" at step {step} (t = {float(t):.6g})")
     except Exception:
-        if not np.all(np.isfinite(y)):
+        with np.errstate(invalid="ignore"):
+            top = np.max(np.abs(y))
+        if not top < np.sqrt(np.finfo(y.dtype).max) / 1e4:
             _diverged(step, grid, process)
         raise
 
@@ -93,7 +96,7 @@ def _diverged(step, grid, process):
     """Raise for points that overflowed during sampling."""
     dB = process.integrated_beta_between(grid[:-1], grid[1:])
     raise ValueError(
-        f"the sampler diverged: its points overflowed before step {step} (t = {float(grid[step]):.6g}). "
+        f"the sampler diverged: its points overflowed (or nearly) before step {step} (t = {float(grid[step]):.6g}). "
         f"Its largest step has int beta = {float(np.max(dB)):.3g} (step {int(np.argmax(dB))}); steps with "
         "int beta above ~2 are unstable: use more steps (n_steps), a geometric grid or a smaller T"
     ) from None
