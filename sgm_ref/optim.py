@@ -242,7 +242,12 @@ class Adam:
             )
         # Finite entries whose squares overflow: rescale by the largest magnitude.
         top = float(np.max(np.abs(grad)))
-        return top * math.sqrt(sum_of_squares(grad / top))
+        norm = top * math.sqrt(sum_of_squares(grad / top))
+        if not math.isfinite(norm):
+            raise NonFiniteGradientError(
+                f"grad has entries up to {top:.3g} and a norm beyond the float64 range; params, m, v and "
+                "the step count were left unchanged (scale the loss down)")
+        return norm
 
     def step(self, grad):
         """Apply one Adam update to params in place.

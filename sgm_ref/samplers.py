@@ -24,7 +24,8 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 
 import numpy as np
 
-from ._validation import call_score, check_count, check_points, check_real_array, check_rng, check_time_range
+from ._validation import (call_score, check_count, check_float_dtype, check_points, check_real_array, check_rng,
+                          check_time_range)
 from .kernels.sampler import affine_step, heun_correct, standard_normal_into
 from .processes import check_process
 
@@ -204,6 +205,20 @@ def probability_flow(score, process, grid, x, trajectory=False):
     return (y, np.stack(path)) if trajectory else y
 
 
+def _prior(process, n, d, rng, dtype, copies):
+    """process.prior(n, d, rng, dtype), with sizes beyond memory named as n and d."""
+    n, d, dtype = check_count(n, "n"), check_count(d, "d"), check_float_dtype(dtype)
+    size = n * d * dtype.itemsize * copies
+    if size > np.iinfo(np.intp).max:
+        raise ValueError(f"n * d = {n * d} points' entries ({size:.3g} bytes with the trajectory) exceed the largest "
+                         "array NumPy can make; lower n or d")
+    try:
+        return process.prior(n, d, rng, dtype)
+    except MemoryError:
+        raise ValueError(f"n * d = {n * d} entries ({size / 2**30:.3g} GiB) do not fit in memory; lower n "
+                         "or sample in batches") from None
+
+
 METHODS = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrator,
            "probability_flow": probability_flow}
 
@@ -253,7 +268,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         if grid.size != n_steps + 1 or grid[0] != T or grid[-1] != t0:
             raise ValueError(f"an explicit grid must have n_steps + 1 = {n_steps + 1} points from T = {T!r} "
                              f"to t0 = {t0!r}; got {grid.size} points from {float(grid[0])!r} to {float(grid[-1])!r}")
-    x = process.prior(n, d, rng, dtype)
+    x = _prior(process, n, d, rng, dtype, n_steps + 1 if trajectory else 1)
     if method == "probability_flow":
         return probability_flow(score, process, grid, x, trajectory)
     return METHODS[method](score, process, grid, x, rng, trajectory)

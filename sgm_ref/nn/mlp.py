@@ -83,7 +83,15 @@ class MLP:
         self.dtype = check_float_dtype(dtype)
         self.sizes = (d + time_embedding.dim,) + self.widths + (d,)
         n_params = sum((fi + 1) * fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
-        self.params = np.zeros(n_params, dtype=self.dtype)
+        too_big = ValueError(f"d = {d} and widths = {list(self.widths)} make {n_params} parameters "
+                             f"({n_params * self.dtype.itemsize / 2**30:.3g} GiB), more than fit in memory; "
+                             "use a smaller d or narrower layers")
+        if n_params * self.dtype.itemsize > np.iinfo(np.intp).max:
+            raise too_big
+        try:
+            self.params = np.zeros(n_params, dtype=self.dtype)
+        except MemoryError:
+            raise too_big from None
         self.weights, self.biases = self._views(self.params)
         for W, b in zip(self.weights, self.biases):
             bound = 1.0 / np.sqrt(W.shape[0])
