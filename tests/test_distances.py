@@ -569,3 +569,15 @@ def test_mean_error_beyond_float64_and_covariance_overflow_are_refused():
     value, se = D.covariance_error(x, g)
     ref = np.linalg.norm(np.cov(x / 1e152, rowvar=False)) * 1e304
     assert value == pytest.approx(ref, rel=1e-10) and np.isfinite(se)
+
+
+def test_histogram_tv_refuses_ranges_float64_cannot_cut_into_bins():
+    x = np.random.default_rng(0).standard_normal((10, 1))
+    # numpy's "bins[0] must be monotonically increasing" before
+    with pytest.raises(ValueError, match=r"range on axis 0, \[-1\.7e\+308, 1\.7e\+308\], cannot be cut into 3 bins"):
+        D.histogram_tv(x, G1, bins=3, range=(-1.7e308, 1.7e308))
+    # the default range of a target at 1e300 with std 1e-150 has coinciding edges: TV was 0
+    # (everything "outside" for both) where it is 1
+    far = GaussianMixture([1.0], [[1e300]], [[1e-300]])
+    with pytest.raises(ValueError, match=r"cannot be cut into 20 bins in float64"):
+        D.histogram_tv(x, far)

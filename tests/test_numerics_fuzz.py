@@ -159,6 +159,21 @@ def test_moments_and_histogram(x, bins):
 
 
 @FUZZ
+@given(x=points(d=st.just(1)), mean=entry, var=positive, lo=entry, width=positive, bins=st.integers(1, 30),
+       default_range=st.booleans())
+def test_metrics_against_extreme_targets(x, mean, var, lo, width, bins, default_range):
+    target = finite_or_value_error(lambda: GaussianMixture([1.0], [[mean]], [[var]]))
+    if target is None:
+        return
+    finite_or_value_error(lambda: M.mean_error(x, target))
+    finite_or_value_error(lambda: M.covariance_error(x, target))
+    finite_or_value_error(lambda: M.component_weights(x, target))
+    with np.errstate(over="ignore"):
+        bounds = None if default_range else (lo, lo + width)
+    finite_or_value_error(lambda: M.histogram_tv(x, target, bins=bins, range=bounds))
+
+
+@FUZZ
 @given(m0=arrays(np.float64, 2, elements=entry), m1=arrays(np.float64, 2, elements=entry),
        v0=st.tuples(positive, positive), v1=st.tuples(positive, positive), off=st.floats(-0.9, 0.9),
        T=positive, t0=positive, n_steps=st.integers(1, 4),
@@ -246,3 +261,37 @@ def test_huge_sizes_are_value_errors_naming_the_argument(n, d):
         samplers.sample(lambda x, t: -x, OU(), n, d, np.random.default_rng(0), T=1.0, t0=0.1, n_steps=2)
     with pytest.raises(ValueError, match=r"\bd\b|widths"):
         MLP(d, (n,))
+
+
+# -- regressions the fuzz found (each failed before its fix) ---------------------------------------
+
+
+def test_gaussian_kl_beyond_float64_is_refused():
+    # 1 / 1e-320 standard deviations apart: KL ~ 1e320 came back as inf
+    tiny = np.eye(2) * 1e-320
+    with pytest.raises(ValueError, match=r"KL\(N0 \|\| N1\) exceeds float64"):
+        M.gaussian_kl([0.0, 0.0], tiny, [1.0, 1.0], tiny)
+
+
+def test_gaussian_tv_of_laws_1e300_deviations_apart_is_one():
+    # the whitened mean difference overflowed and 0 * inf made the Monte-Carlo TV (nan, nan)
+    c0, c1 = np.diag([1.0, 0.84]), np.diag([0.34, 1.06])
+    value, se = M.gaussian_tv([1.0, 1e-8], c0, [1.7e308, -0.79], c1, rng=np.random.default_rng(0), n=32)
+    assert (value, se) == (1.0, 0.0)
+    value, se = M.gaussian_tv([-1e308, 0.0], c0, [1e308, 0.0], c0)  # equal covariances
+    assert (value, se) == (1.0, 0.0)
+
+
+def test_adam_refuses_a_gradient_whose_norm_overflows():
+    # with clipping the step went ahead (on a zero gradient) and returned the norm inf
+    opt = Adam(np.zeros(2), clip_norm=1.0)
+    with pytest.raises(ValueError, match=r"grad has entries up to 1\.7e\+308 and a norm beyond the float64 range"):
+        opt.step(np.full(2, 1.7e308))
+    assert opt.step_count == 0
+
+
+def test_sample_and_mlp_name_sizes_beyond_memory():
+    with pytest.raises(ValueError, match=r"n \* d = \d+ .*lower n"):
+        samplers.sample(lambda x, t: -x, OU(), 2**40, 2**10, np.random.default_rng(0), T=1.0, t0=0.1, n_steps=2)
+    with pytest.raises(ValueError, match=r"d = 4611686018427387904 and widths = \[8\] make \d+ parameters"):
+        MLP(2**62, (8,))
