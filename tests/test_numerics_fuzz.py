@@ -59,6 +59,18 @@ def finite(value, where="result"):
             assert np.all(np.isfinite(arr)), f"{where} is not finite: {value!r}"
 
 
+CALLS = {"finite": 0, "value_error": 0}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _count_calls():
+    """With SGM_REF_FUZZ_EXAMPLES set, print how many calls ended each way (run with -s)."""
+    yield
+    if "SGM_REF_FUZZ_EXAMPLES" in os.environ:
+        print(f"\nfuzz library calls: {sum(CALLS.values())} ({CALLS['finite']} finite results, "
+              f"{CALLS['value_error']} ValueErrors); anything else failed a test")
+
+
 def finite_or_value_error(call):
     """Run call(); pass on finite output or a one-line ValueError, fail otherwise."""
     with warnings.catch_warnings():
@@ -69,8 +81,10 @@ def finite_or_value_error(call):
             message = str(exc)
             assert message and "\n" not in message, f"bad message: {message!r}"
             assert "np.float" not in message, f"numpy repr in message: {message!r}"
+            CALLS["value_error"] += 1
             return None
     finite(out)
+    CALLS["finite"] += 1
     return out
 
 
