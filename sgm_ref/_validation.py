@@ -9,6 +9,11 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
 
+def show(value):
+    """repr of value for a message, numpy scalars as the Python numbers they hold (no np.float64(...))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
 def check_rng(rng, name="rng"):
     """Return rng if it is a numpy Generator, else raise."""
     if not isinstance(rng, np.random.Generator):
@@ -22,7 +27,7 @@ def check_rng(rng, name="rng"):
 def check_count(n, name, minimum=1):
     """Return n as int if it is an integer >= minimum, else raise."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {n!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {show(n)}")
     if n < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {n}")
     return int(n)
@@ -37,7 +42,7 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+        raise ValueError(f"{name} must be a real number, got {show(value)}")
     try:
         value = float(value)
     except OverflowError:  # an int beyond the float64 range

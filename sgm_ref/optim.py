@@ -21,7 +21,7 @@ import math
 
 import numpy as np
 
-from ._validation import FLOAT_DTYPES, check_real
+from ._validation import FLOAT_DTYPES, check_real, show
 from .kernels.adam import adam_update, sum_of_squares
 
 __all__ = ["Adam", "NonFiniteGradientError", "NonFiniteStepError"]
@@ -417,7 +417,7 @@ class Adam:
             step_count = step_count[()]
         is_bool = isinstance(step_count, (bool, np.bool_))
         if is_bool or not isinstance(step_count, (int, np.integer)) or step_count < 0:
-            raise ValueError(f"state['step_count'] must be an integer >= 0, got {step_count!r}")
+            raise ValueError(f"state['step_count'] must be an integer >= 0, got {show(step_count)}")
         lr = _positive(state["lr"], "state['lr']")
         betas = (_unit_interval(state["beta1"], "state['beta1']"),
                  _unit_interval(state["beta2"], "state['beta2']"))

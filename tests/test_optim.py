@@ -606,3 +606,11 @@ def test_adam_ordinary_steps_are_unchanged_by_the_guard():
     opt = Adam(p, lr=2.0)
     run(opt, grads)
     np.testing.assert_allclose(p, ref, rtol=1e-12, atol=0)
+
+
+def test_load_state_dict_message_shows_plain_numbers():
+    opt = Adam(np.zeros(3))
+    state = opt.state_dict()
+    state["step_count"] = np.float64(3.5)  # as numpy.load returns it
+    with pytest.raises(ValueError, match=r"state\['step_count'\] must be an integer >= 0, got 3\.5$"):
+        opt.load_state_dict(state)
