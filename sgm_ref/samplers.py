@@ -46,7 +46,11 @@ def time_grid(T, t0, n_steps, kind="uniform", process=None):
     if kind == "uniform":
         grid = T + (t0 - T) * k
     elif kind == "geometric":
-        grid = T * np.exp(np.log(t0 / T) * k)
+        ratio = t0 / T
+        if ratio >= np.finfo(np.float64).tiny:
+            grid = T * np.exp(np.log(ratio) * k)
+        else:  # t0 / T underflows (t0 = 1e-300, T = 1e300): interpolate the logs instead
+            grid = np.exp(np.log(T) + (np.log(t0) - np.log(T)) * k)
     else:
         raise ValueError(f"grid kind must be 'uniform' or 'geometric', got {kind!r}")
     grid[0], grid[-1] = T, t0

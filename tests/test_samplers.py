@@ -371,3 +371,10 @@ def test_grid_messages_print_plain_floats():
         sample(lambda x, t: -x, OU(), 4, 1, np.random.default_rng(0), T=2.0, t0=0.1, n_steps=2,
                grid=np.array([1.0, 0.5, 0.1]))
     assert "np.float64" not in str(info.value)
+
+
+def test_geometric_grid_spanning_more_than_float64_ratios():
+    # t0 / T = 1e-600 underflowed to 0: the grid came out [T, 0, 0, 0, t0] and was refused
+    # as "finer than float64 resolves"
+    grid = time_grid(1e300, 1e-300, 4, "geometric")
+    np.testing.assert_allclose(grid, [1e300, 1e150, 1.0, 1e-150, 1e-300], rtol=1e-12)
