@@ -581,3 +581,15 @@ def test_histogram_tv_refuses_ranges_float64_cannot_cut_into_bins():
     far = GaussianMixture([1.0], [[1e300]], [[1e-300]])
     with pytest.raises(ValueError, match=r"cannot be cut into 20 bins in float64"):
         D.histogram_tv(x, far)
+
+
+def test_histogram_tv_refuses_a_component_too_narrow_for_the_quadrature():
+    x = np.random.default_rng(0).standard_normal((10, 1))
+    spike = GaussianMixture([1.0], [[0.0]], [[1e-300]])
+    # the nodes stepped over the spike: target mass 0 everywhere, "outside" 1, value 0.8
+    # with quadrature_error 0 (both rules agreed)
+    with pytest.raises(ValueError, match=r"narrowest component \(std 1e-150\) is too narrow .* bins of width 0\.667"):
+        D.histogram_tv(x, spike, bins=3, range=(-1.0, 1.0))
+    # a ratio width / std beyond float64 was an OverflowError
+    with pytest.raises(ValueError, match=r"narrowest component \(std 1e-160\)"):
+        D.histogram_tv(x, GaussianMixture([1.0], [[0.0]], [[1e-320]]), bins=3, range=(0.0, 1e300))

@@ -231,9 +231,19 @@ def _bin_masses_rule(target, edges, parts, q):
 
 def _bin_masses(target, edges, scale):
     widths = [e[1] - e[0] for e in edges]
-    parts = [1 if scale is None else max(1, math.ceil(wd / (_WIDTH_PER_STD * scale))) for wd in widths]
+    # (the ratio is capped so that a component far narrower than a bin is refused below,
+    # not turned into an OverflowError)
+    parts = [1 if scale is None else max(1, math.ceil(min(wd / (_WIDTH_PER_STD * scale), 2.0**62))) for wd in widths]
+    halvings = 0
     while max(parts) > 1 and _node_count(edges, parts) > _MAX_NODES:
         parts = [max(1, s // 2) for s in parts]
+        halvings += 1
+    if halvings > 4 and scale is not None:
+        # sub-intervals beyond 24 std: nodes several std apart can step over the narrowest
+        # component, and both rules then agree on a wrong mass (0 for a spike between them)
+        raise ValueError(f"the target's narrowest component (std {scale:.3g}) is too narrow to integrate over bins "
+                         f"of width {max(widths):.3g} within {_MAX_NODES} quadrature nodes; use a narrower range "
+                         "or fewer bins")
     while True:
         coarse = _bin_masses_rule(target, edges, parts, _GL_COARSE)
         fine = _bin_masses_rule(target, edges, parts, _GL_FINE)
