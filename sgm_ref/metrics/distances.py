@@ -134,7 +134,9 @@ def sliced_wasserstein(x, y, rng, n_projections=256, p=2):
     ------
     ValueError
         For fewer than 2 rows, a dimension mismatch, non-finite values, a bad rng,
-        n_projections < 2 or p < 1.
+        n_projections < 2 or p < 1, or a distance beyond the float64 range. Powers
+        gap^p that leave the float64 range (huge entries, large p, tiny gaps) are
+        handled in logarithms.
     """
     x = _as_sample(x, "x")
     y = _as_sample(y, "y", d=x.shape[1])
