@@ -324,7 +324,8 @@ class Adam:
             state = ("params, m and v now hold this step's non-finite values and the step count was not "
                      "advanced: restore them (load_state_dict or a checkpoint)")
         raise NonFiniteStepError(
-            f"Adam step {k} would make {bad} entr{'y' if bad == 1 else 'ies'} of params or v non-finite: "
+            f"Adam step {k} {'would make' if backup is not None else 'made'} {bad} entr{'y' if bad == 1 else 'ies'} "
+            "of params or v non-finite: "
             f"lr = {self.lr:g} or weight_decay = {self.weight_decay:g} is too large for parameters of size "
             f"up to {float(np.max(np.abs(self.params[np.isfinite(self.params)]), initial=0.0)):.3g} in "
             f"{self.params.dtype}; lower lr or weight_decay. {state}")
