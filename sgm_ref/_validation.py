@@ -4,6 +4,8 @@ Every check raises ValueError naming the argument and saying how to fix it; noth
 is clipped, cast between float kinds or renormalised behind the caller's back.
 """
 
+from contextlib import contextmanager
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
@@ -231,3 +233,22 @@ def mean_se(values):
     scaled = values / c
     with np.errstate(over="ignore"):
         return c * float(scaled.mean()), c * float(scaled.std(ddof=1) / np.sqrt(values.size))
+
+
+@contextmanager
+def fits_in_memory(name, value, items, per_item=8):
+    """Raise ValueError naming `name` (= value) if items of per_item bytes cannot be allocated.
+
+    Sizes beyond NumPy's largest array are refused up front (NumPy would say only
+    "Maximum allowed dimension exceeded"); a MemoryError inside the block becomes a
+    ValueError that names the argument.
+    """
+    size = int(items) * int(per_item)
+    if size > np.iinfo(np.intp).max:
+        raise ValueError(f"{name} = {value} asks for {size:.3g} bytes, beyond the largest array NumPy can make; "
+                         f"lower {name}")
+    try:
+        yield
+    except MemoryError:
+        raise ValueError(f"{name} = {value} ({size / 2**30:.3g} GiB of working arrays) does not fit in memory; "
+                         f"lower {name}") from None

@@ -166,3 +166,12 @@ def test_score_error_standard_error_survives_squares_that_overflow():
 
     errors, se = score_error_profile(big, g, OU(), [0.5], 4, np.random.default_rng(0))
     assert np.all(np.isfinite(errors)) and np.all(np.isfinite(se)) and se[0] > 1e159
+
+
+def test_sizes_beyond_numpy_are_named():
+    # numpy's "Maximum allowed dimension exceeded" (or an OverflowError) named no argument
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for .* lower n$"):
+        score_error_integral(lambda x, t: g.score(x, t, OU()), g, OU(), 0.01, 1.0, 2**62, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for"):
+        score_error_profile(lambda x, t: g.score(x, t, OU()), g, OU(), [0.5], 2**62, np.random.default_rng(0))

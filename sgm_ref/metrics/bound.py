@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range, mean_se
+from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range, fits_in_memory, mean_se
 from ..processes import check_process
 from ..samplers import check_grid, time_grid
 
@@ -119,7 +119,8 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
             raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
 
-    with np.errstate(over="ignore", invalid="ignore"):
+    d = getattr(target, "dim", 1)
+    with np.errstate(over="ignore", invalid="ignore"), fits_in_memory("n", n, max(n, 2**15) * d, per_item=8 * 6):
         per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
     bad = ~(np.isfinite(per_step) & np.isfinite(per_step_se))
     if np.any(bad):
@@ -130,12 +131,14 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     kl_path = float(per_step.sum())
     kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
 
-    xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
-    log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
+    with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
+        xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
+        log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
     kl_prior, kl_prior_se = _mean_se(log_ratio)
 
-    x0 = target.sample(n_aux, rng)
-    log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process)
+    with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
+        x0 = target.sample(n_aux, rng)
+        log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process)
     # (1 - p_t0 / p_0)_+ = -expm1(min(log ratio, 0)): no cancellation near ratio 1, no overflow
     tv_es, tv_es_se = _mean_se(-np.expm1(np.minimum(log_ratio, 0.0)))
 

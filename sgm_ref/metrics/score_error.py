@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_real_array, check_rng, check_time_range, mean_se
+from .._validation import (call_score, check_count, check_float_dtype, check_real_array, check_rng, check_time_range,
+                           fits_in_memory, mean_se)
 from ..processes import check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
@@ -53,6 +54,7 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     dtype = check_float_dtype(dtype)
     if time_distribution not in ("log-uniform", "uniform"):
         raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
+    span = None
     if time_distribution == "log-uniform":
         with np.errstate(over="ignore"):
             # T / t0 itself can overflow where its log does not
@@ -60,6 +62,11 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
         if not np.isfinite(T * span):
             raise ValueError(f"T = {T:g} and t0 = {t0:g} are too far apart for log-uniform times: the weight "
                              "1 / q(T) = T log(T / t0) overflows float64; use a smaller T or time_distribution='uniform'")
+    with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
+        return _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span)
+
+
+def _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span):
     x0 = target.sample(n, rng)
     u = rng.random(n)
     if time_distribution == "log-uniform":
@@ -120,6 +127,11 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
         raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {ts.shape}")
     if np.any(ts <= 0) or np.any(ts > process.t_max):
         raise ValueError(f"ts must lie in (0, {process.t_max}]")
+    with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
+        return _score_error_profile(score, target, process, ts, n, rng, dtype)
+
+
+def _score_error_profile(score, target, process, ts, n, rng, dtype):
     errors = np.empty(ts.size)
     standard_errors = np.empty(ts.size)
     for k, t in enumerate(ts):
