@@ -25,7 +25,7 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 import numpy as np
 
 from ._validation import (call_score, check_count, check_float_dtype, check_points, check_real_array, check_rng,
-                          check_time_range)
+                          check_time_range, fits_in_memory)
 from .kernels.sampler import affine_step, heun_correct, standard_normal_into
 from .processes import check_process
 
@@ -42,7 +42,8 @@ def time_grid(T, t0, n_steps, kind="uniform", process=None):
     """
     t0, T = check_time_range(t0, T, process)
     n_steps = check_count(n_steps, "n_steps")
-    k = np.arange(n_steps + 1) / n_steps
+    with fits_in_memory("n_steps", n_steps, n_steps + 1, per_item=8 * 3):
+        k = np.arange(n_steps + 1) / n_steps
     if kind == "uniform":
         grid = T + (t0 - T) * k
     elif kind == "geometric":

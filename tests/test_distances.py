@@ -593,3 +593,9 @@ def test_histogram_tv_refuses_a_component_too_narrow_for_the_quadrature():
     # a ratio width / std beyond float64 was an OverflowError
     with pytest.raises(ValueError, match=r"narrowest component \(std 1e-160\)"):
         D.histogram_tv(x, GaussianMixture([1.0], [[0.0]], [[1e-320]]), bins=3, range=(0.0, 1e300))
+
+
+def test_n_projections_beyond_numpy_is_named():
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"^n_projections = 4611686018427387904 asks for .* lower n_projections$"):
+        D.sliced_wasserstein(x, x, np.random.default_rng(0), n_projections=2**62)

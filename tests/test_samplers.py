@@ -378,3 +378,8 @@ def test_geometric_grid_spanning_more_than_float64_ratios():
     # as "finer than float64 resolves"
     grid = time_grid(1e300, 1e-300, 4, "geometric")
     np.testing.assert_allclose(grid, [1e300, 1e150, 1.0, 1e-150, 1e-300], rtol=1e-12)
+
+
+def test_n_steps_beyond_numpy_is_named():
+    with pytest.raises(ValueError, match=r"^n_steps = 4611686018427387904 asks for .* lower n_steps$"):
+        time_grid(1.0, 0.1, 2**62)

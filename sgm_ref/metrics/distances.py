@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_count, check_points, check_real, check_rng
+from .._validation import check_count, check_points, check_real, check_rng, fits_in_memory
 from ..targets import GaussianMixture
 
 __all__ = [
@@ -144,7 +144,8 @@ def sliced_wasserstein(x, y, rng, n_projections=256, p=2):
     L = check_count(n_projections, "n_projections", minimum=2)
     p = check_real(p, "p", low=1.0)
     n, m = x.shape[0], y.shape[0]
-    theta = rng.standard_normal((L, x.shape[1]))
+    with fits_in_memory("n_projections", L, L * x.shape[1]):
+        theta = rng.standard_normal((L, x.shape[1]))
     theta /= np.linalg.norm(theta, axis=1, keepdims=True)
 
     # the merged grid in units of 1/(n m), so that it is exact integer arithmetic
