@@ -215,8 +215,8 @@ def _prior(process, n, d, rng, dtype, copies):
     n, d, dtype = check_count(n, "n"), check_count(d, "d"), check_float_dtype(dtype)
     size = n * d * dtype.itemsize * copies
     if size > np.iinfo(np.intp).max:
-        raise ValueError(f"n * d = {n * d} points' entries ({size:.3g} bytes with the trajectory) exceed the largest "
-                         "array NumPy can make; lower n or d")
+        raise ValueError(f"n * d = {n * d} entries ({size:.3g} bytes{' with the trajectory' if copies > 1 else ''}) "
+                         "exceed the largest array NumPy can make; lower n or d")
     try:
         return process.prior(n, d, rng, dtype)
     except MemoryError:
