@@ -59,7 +59,8 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
         with np.errstate(over="ignore"):
             # T / t0 itself can overflow where its log does not
             span = np.log(T / t0) if np.isfinite(T / t0) else np.log(T) - np.log(t0)
-        if not np.isfinite(T * span):
+            weight_at_T = T * span
+        if not np.isfinite(weight_at_T):
             raise ValueError(f"T = {T:g} and t0 = {t0:g} are too far apart for log-uniform times: the weight "
                              "1 / q(T) = T log(T / t0) overflows float64; use a smaller T or time_distribution='uniform'")
     with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
