@@ -24,7 +24,8 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 
 import numpy as np
 
-from ._validation import call_score, check_count, check_points, check_real_array, check_rng, check_time_range
+from ._validation import (call_score, check_count, check_float_dtype, check_points, check_real_array, check_rng,
+                          check_time_range, fits_in_memory)
 from .kernels.sampler import affine_step, heun_correct, standard_normal_into
 from .processes import check_process
 
@@ -41,11 +42,16 @@ def time_grid(T, t0, n_steps, kind="uniform", process=None):
     """
     t0, T = check_time_range(t0, T, process)
     n_steps = check_count(n_steps, "n_steps")
-    k = np.arange(n_steps + 1) / n_steps
+    with fits_in_memory("n_steps", n_steps, n_steps + 1, per_item=8 * 3):
+        k = np.arange(n_steps + 1) / n_steps
     if kind == "uniform":
         grid = T + (t0 - T) * k
     elif kind == "geometric":
-        grid = T * np.exp(np.log(t0 / T) * k)
+        ratio = t0 / T
+        if ratio >= np.finfo(np.float64).tiny:
+            grid = T * np.exp(np.log(ratio) * k)
+        else:  # t0 / T underflows (t0 = 1e-300, T = 1e300): interpolate the logs instead
+            grid = np.exp(np.log(T) + (np.log(t0) - np.log(T)) * k)
     else:
         raise ValueError(f"grid kind must be 'uniform' or 'geometric', got {kind!r}")
     grid[0], grid[-1] = T, t0
@@ -62,18 +68,51 @@ def check_grid(grid, process):
         raise ValueError("grid must be a 1-D array of at least 2 times, from T down to t0")
     if np.any(np.diff(g) >= 0):
         k = int(np.flatnonzero(np.diff(g) >= 0)[0])
-        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {g[k]!r} "
-                         f"<= grid[{k + 1}] = {g[k + 1]!r}")
+        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {float(g[k])!r} "
+                         f"<= grid[{k + 1}] = {float(g[k + 1])!r}")
     if g[-1] <= 0:
-        raise ValueError(f"grid must end at t0 > 0 (early stopping), got {g[-1]!r}")
+        raise ValueError(f"grid must end at t0 > 0 (early stopping), got {float(g[-1])!r}")
     if g[0] > process.t_max:
-        raise ValueError(f"grid must start at T <= {process.t_max} for {process!r}, got {g[0]!r}")
+        raise ValueError(f"grid must start at T <= {process.t_max} for {process!r}, got {float(g[0])!r}")
+    with np.errstate(over="ignore"):
+        if not np.isfinite(process.integrated_beta(g[0])):
+            raise ValueError(f"grid[0] = T = {float(g[0])!r} is too large for {process!r}: "
+                             "B(T) = int_0^T beta overflows float64")
     return g
 
 
-def _score_at(score, y, t, step):
-    """Call the score at one grid time and check what comes back."""
-    return call_score(score, y, np.full(y.shape[0], t), f" at step {step} (t = {float(t):.6g})")
+def _score_at(score, y, t, step, grid, process):
+    """Call the score at one grid time and check what comes back.
+
+    If the call fails while the points themselves have overflowed or come close to it
+    (|y| beyond sqrt(max) / 1e4, 1.3e150 in float64, where their squares overflow), the
+    error names the sampler's divergence, not the score's reaction to it.
+    """
+    try:
+        return call_score(score, y, np.full(y.shape[0], t), f" at step {step} (t = {float(t):.6g})")
+    except Exception:
+        with np.errstate(invalid="ignore"):
+            top = np.max(np.abs(y))
+        if not top < np.sqrt(np.finfo(y.dtype).max) / 1e4:
+            _diverged(step, grid, process)
+        raise
+
+
+def _diverged(step, grid, process):
+    """Raise for points that overflowed during sampling."""
+    dB = process.integrated_beta_between(grid[:-1], grid[1:])
+    raise ValueError(
+        f"the sampler diverged: its points overflowed (or nearly) before step {step} (t = {float(grid[step]):.6g}). "
+        f"Its largest step has int beta = {float(np.max(dB)):.3g} (step {int(np.argmax(dB))}); steps with "
+        "int beta above ~2 are unstable: use more steps (n_steps), a geometric grid or a smaller T"
+    ) from None
+
+
+def _finished(y, grid, process):
+    """y, after one check that the sampler did not overflow on its last steps (O(n d))."""
+    if not np.all(np.isfinite(y)):
+        _diverged(grid.size - 1, grid, process)
+    return y
 
 
 def _start(x, process, grid):
@@ -105,12 +144,13 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     path = [y.copy()] if trajectory else None
     xi = np.empty_like(y)
     for k in range(grid.size - 1):
-        s = _score_at(score, y, grid[k], k)
+        s = _score_at(score, y, grid[k], k, grid, process)
         a, b, c = coefficients(dB[k])
         standard_normal_into(xi, rng)  # = rng.standard_normal(y.shape), rounded to y's dtype
         affine_step(y, s, xi, a, b, c)
         if trajectory:
             path.append(y.copy())
+    y = _finished(y, grid, process)
     return (y, np.stack(path)) if trajectory else y
 
 
@@ -157,16 +197,31 @@ def probability_flow(score, process, grid, x, trajectory=False):
     y_pred = np.empty_like(y)
     for k in range(grid.size - 1):
         h = grid[k] - grid[k + 1]
-        s = _score_at(score, y, grid[k], k)
+        s = _score_at(score, y, grid[k], k, grid, process)
         # predictor: y_pred = y + h f(y, t_k), f = beta (y + s) / 2
         a = 0.5 * h * beta[k]
         np.multiply(y, 1.0 + a, out=y_pred)
         y_pred += a * s
-        s_pred = _score_at(score, y_pred, grid[k + 1], k)
+        s_pred = _score_at(score, y_pred, grid[k + 1], k, grid, process)
         heun_correct(y, s, y_pred, s_pred, 0.5 * h * 0.5 * beta[k], 0.5 * h * 0.5 * beta[k + 1])
         if trajectory:
             path.append(y.copy())
+    y = _finished(y, grid, process)
     return (y, np.stack(path)) if trajectory else y
+
+
+def _prior(process, n, d, rng, dtype, copies):
+    """process.prior(n, d, rng, dtype), with sizes beyond memory named as n and d."""
+    n, d, dtype = check_count(n, "n"), check_count(d, "d"), check_float_dtype(dtype)
+    size = n * d * dtype.itemsize * copies
+    if size > np.iinfo(np.intp).max:
+        raise ValueError(f"n * d = {n * d} entries ({size:.3g} bytes{' with the trajectory' if copies > 1 else ''}) "
+                         "exceed the largest array NumPy can make; lower n or d")
+    try:
+        return process.prior(n, d, rng, dtype)
+    except MemoryError:
+        raise ValueError(f"n * d = {n * d} entries ({size / 2**30:.3g} GiB) do not fit in memory; lower n "
+                         "or sample in batches") from None
 
 
 METHODS = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrator,
@@ -199,18 +254,27 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     Returns
     -------
     ndarray, shape (n, d) (and the trajectory if asked)
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (T must also keep B(T) = int_0^T beta finite), a score that
+        fails or returns something other than a finite array of x's shape and dtype, or
+        a sampler that diverges (its points overflow: steps too large for the scheme).
     """
     process = check_process(process)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
     n_steps = check_count(n_steps, "n_steps")
+    t0, T = check_time_range(t0, T, process)  # first, so that a bad T or t0 is named as such
     if isinstance(grid, str):
         grid = time_grid(T, t0, n_steps, grid, process)
     else:
         grid = check_grid(grid, process)
         if grid.size != n_steps + 1 or grid[0] != T or grid[-1] != t0:
-            raise ValueError("an explicit grid must have n_steps + 1 points from T to t0")
-    x = process.prior(n, d, rng, dtype)
+            raise ValueError(f"an explicit grid must have n_steps + 1 = {n_steps + 1} points from T = {T!r} "
+                             f"to t0 = {t0!r}; got {grid.size} points from {float(grid[0])!r} to {float(grid[-1])!r}")
+    x = _prior(process, n, d, rng, dtype, n_steps + 1 if trajectory else 1)
     if method == "probability_flow":
         return probability_flow(score, process, grid, x, trajectory)
     return METHODS[method](score, process, grid, x, rng, trajectory)

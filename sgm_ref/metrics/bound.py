@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range
+from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range, fits_in_memory, mean_se
 from ..processes import check_process
 from ..samplers import check_grid, time_grid
 
@@ -92,6 +92,12 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     Returns
     -------
     TVBound
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, a score that fails or returns non-finite values, or a term
+        beyond the float64 range (the message names the term and the step).
     """
     process = check_process(process)
     t0, T = check_time_range(t0, T, process)
@@ -113,16 +119,26 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
             raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
 
-    per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
+    d = getattr(target, "dim", 1)
+    with np.errstate(over="ignore", invalid="ignore"), fits_in_memory("n", n, max(n, 2**15) * d, per_item=8 * 6):
+        per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
+    bad = ~(np.isfinite(per_step) & np.isfinite(per_step_se))
+    if np.any(bad):
+        k = int(np.argmax(bad))
+        raise ValueError(f"the path term of the bound overflows float64 at step {k} (t = {float(grid[k]):.6g}): "
+                         "the squared drift mismatch |grad log p_t - s|^2 there is beyond the float64 range; "
+                         "the score is too far from the truth for a bound")
     kl_path = float(per_step.sum())
     kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
 
-    xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
-    log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
+    with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
+        xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
+        log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
     kl_prior, kl_prior_se = _mean_se(log_ratio)
 
-    x0 = target.sample(n_aux, rng)
-    log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process)
+    with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
+        x0 = target.sample(n_aux, rng)
+        log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process)
     # (1 - p_t0 / p_0)_+ = -expm1(min(log ratio, 0)): no cancellation near ratio 1, no overflow
     tv_es, tv_es_se = _mean_se(-np.expm1(np.minimum(log_ratio, 0.0)))
 
@@ -139,7 +155,11 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
 
 
 def _mean_se(values):
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+    mean, se = mean_se(values)
+    if not (np.isfinite(mean) and np.isfinite(se)):
+        raise ValueError("a Monte-Carlo term of the bound (KL(p_T || N(0, I)) or TV(p_0, p_t0)) overflows "
+                         "float64: the target's log-densities are beyond its range; rescale the target")
+    return mean, se
 
 
 def _path_term(score, target, process, grid, method, n, rng, dtype):

@@ -64,8 +64,14 @@ def _check_method(method):
 
 
 def _from_eigen(U, mu, q):
-    cov = (U * q) @ U.T
-    return U @ mu, 0.5 * (cov + cov.T)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cov = (U * q) @ U.T
+        mean, cov = U @ mu, 0.5 * (cov + cov.T)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+        raise ValueError("the sampler's output law overflows float64 (its mean or covariance is beyond the range: "
+                         "steps too large for the scheme, or mean and cov far from order 1); use more steps or "
+                         "rescale the target")
+    return mean, cov
 
 
 def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
@@ -106,7 +112,8 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
     ------
     ValueError
         For a non-finite or wrongly shaped mean or cov, a cov that is not symmetric
-        positive definite, an invalid grid, process or method.
+        positive definite, an invalid grid, process or method, or an output law beyond
+        the float64 range.
     """
     m, _, lam, U = _check_gaussian(mean, cov)
     process = check_process(process)
@@ -163,6 +170,11 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     -------
     mean_out : ndarray, shape (d,)
     cov_out : ndarray, shape (d, d)
+
+    Raises
+    ------
+    ValueError
+        As sampler_output_gaussian, and for 0 < t0 < T <= process.t_max not holding.
     """
     m, _, lam, U = _check_gaussian(mean, cov)
     process = check_process(process)
@@ -219,14 +231,20 @@ def gaussian_kl(mean0, cov0, mean1, cov1):
     Raises
     ------
     ValueError
-        For non-finite entries, mismatched shapes or a covariance that is not SPD.
+        For non-finite entries, mismatched shapes, a covariance that is not SPD, or a
+        divergence beyond the float64 range.
     """
     m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
-    L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
-    M = solve_triangular(L1, L0, lower=True)
-    w = solve_triangular(L1, m1 - m0, lower=True)
-    l = 2.0 * np.log(np.diag(L0) / np.diag(L1))
-    return float(0.5 * (np.sum(np.expm1(l) - l) + np.sum(np.tril(M, -1) ** 2) + w @ w))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
+        M = solve_triangular(L1, L0, lower=True)
+        w = solve_triangular(L1, m1 - m0, lower=True)
+        l = 2.0 * np.log(np.diag(L0) / np.diag(L1))
+        kl = float(0.5 * (np.sum(np.expm1(l) - l) + np.sum(np.tril(M, -1) ** 2) + w @ w))
+    if not np.isfinite(kl):
+        raise ValueError("KL(N0 || N1) exceeds float64: the means are too many standard deviations of N1 apart, "
+                         "or the covariances differ by too large a factor (e.g. subnormal variances); rescale both")
+    return kl
 
 
 def _tv_1d(m0, v0, m1, v1):
@@ -322,9 +340,48 @@ def gaussian_tv(mean0, cov0, mean1, cov1, rng=None, n=100_000):
     ------
     ValueError
         For bad means or covariances (as gaussian_kl), a missing rng or n < 2 when
-        Monte Carlo is needed.
+        Monte Carlo is needed. Laws more than ~1e300 standard deviations apart (or
+        with scales that far apart), whose computation overflows, give TV = 1.
     """
     m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        # m1 - m0 itself can overflow (then the means are >= 1e154 deviations apart)
+        finite_difference = np.all(np.isfinite(m1 - m0))
+        value, se = _gaussian_tv(m0, C0, m1, C1, rng, n) if finite_difference else (np.nan, np.nan)
+    if np.isfinite(value) and np.isfinite(se):
+        return value, se
+    # something overflowed: either the laws are more than ~1e300 standard deviations
+    # apart, or their scales differ by such a factor, and TV = 1 to float64; else refuse
+    if _log_separation(m0, C0, m1, C1) > _LOG_FAR:
+        return 1.0, 0.0
+    raise ValueError("TV(N0, N1) could not be computed in float64 (an intermediate overflowed); rescale "
+                     "the means and covariances toward order 1")
+
+
+# log(1e300): laws this many standard deviations apart (or with scales this far apart)
+# overlap by less than e^{-1e600}
+_LOG_FAR = float(np.log(1e300))
+
+
+def _log_separation(m0, C0, m1, C1):
+    """A lower bound on the log of the separation of N0 and N1, computed without overflow.
+
+    max of log(|m1 - m0| / sqrt(trace C1)) (a lower bound on log of the Mahalanobis
+    distance, as lambda_max(C1) <= trace C1) and max_i |log(L0_ii / L1_ii)| (the
+    diagonal of L1^{-1} L0 bounds its extreme singular values, the std ratios).
+    """
+    half = np.abs(0.5 * m1 - 0.5 * m0)
+    top = float(np.max(half))
+    log_distance = -np.inf
+    if top > 0:
+        log_distance = (np.log(top) + np.log(2.0) + 0.5 * np.log(np.sum((half / top) ** 2))
+                        - 0.5 * (np.log(np.max(np.diag(C1))) + np.log(C1.shape[0])))
+    L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
+    log_ratio = float(np.max(np.abs(np.log(np.diag(L0)) - np.log(np.diag(L1)))))
+    return max(float(log_distance), log_ratio)
+
+
+def _gaussian_tv(m0, C0, m1, C1, rng, n):
     d = m0.shape[0]
     if d == 1:
         return _tv_1d(m0[0], C0[0, 0], m1[0], C1[0, 0]), 0.0

@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_real_array, check_rng, check_time_range
+from .._validation import (call_score, check_count, check_float_dtype, check_real_array, check_rng, check_time_range,
+                           fits_in_memory, mean_se)
 from ..processes import check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
@@ -38,6 +39,13 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     Returns
     -------
     value, standard_error : float
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (T must keep B(T) finite, and with log-uniform times
+        T log(T / t0) finite), a score that fails or returns non-finite values, or an
+        integral beyond the float64 range (a score error of ~1e150 or more).
     """
     process = check_process(process)
     n = check_count(n, "n", minimum=2)
@@ -46,19 +54,41 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     dtype = check_float_dtype(dtype)
     if time_distribution not in ("log-uniform", "uniform"):
         raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
+    span = None
+    if time_distribution == "log-uniform":
+        with np.errstate(over="ignore"):
+            # T / t0 itself can overflow where its log does not
+            span = np.log(T / t0) if np.isfinite(T / t0) else np.log(T) - np.log(t0)
+            weight_at_T = T * span
+        if not np.isfinite(weight_at_T):
+            raise ValueError(f"T = {T:g} and t0 = {t0:g} are too far apart for log-uniform times: the weight "
+                             "1 / q(T) = T log(T / t0) overflows float64; use a smaller T or time_distribution='uniform'")
+    with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
+        return _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span)
+
+
+def _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span):
     x0 = target.sample(n, rng)
     u = rng.random(n)
     if time_distribution == "log-uniform":
-        span = np.log(T / t0)
-        t = t0 * np.exp(span * u)
+        # (e^{span u} overflows where T / t0 does; then the log of t is interpolated)
+        t = t0 * np.exp(span * u) if np.isfinite(T / t0) else np.minimum(np.exp(np.log(t0) + span * u), T)
         inv_q = t * span
     else:
         t = t0 + (T - t0) * u
         inv_q = np.full(n, T - t0)
     xt, _ = process.perturb(x0, t, rng)
     s = call_score(score, xt.astype(dtype), t).astype(np.float64)
-    e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * process.beta(t) * inv_q)
-    return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))
+    with np.errstate(over="ignore", invalid="ignore"):
+        e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * process.beta(t) * inv_q)
+    value, se = mean_se(e)
+    if not (np.isfinite(value) and np.isfinite(se)):
+        i = int(np.argmax(~np.isfinite(e))) if not np.all(np.isfinite(e)) else int(np.argmax(e))
+        raise ValueError(f"the score error integral overflows float64: at t = {float(t[i]):.3g} the weighted squared "
+                         f"error beta(t) / (2 q(t)) |s - grad log p_t|^2 is {float(e[i]):.3g} (the score there is "
+                         f"as large as {float(np.max(np.abs(s[i]))):.3g}); the score is too far from the truth to "
+                         "measure in float64")
+    return value, se
 
 
 def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64):
@@ -82,6 +112,12 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
     Returns
     -------
     errors, standard_errors : ndarray, shape (m,)
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, a score that fails or returns non-finite values, or a
+        squared error beyond the float64 range.
     """
     process = check_process(process)
     n = check_count(n, "n", minimum=2)
@@ -92,12 +128,22 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
         raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {ts.shape}")
     if np.any(ts <= 0) or np.any(ts > process.t_max):
         raise ValueError(f"ts must lie in (0, {process.t_max}]")
+    with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
+        return _score_error_profile(score, target, process, ts, n, rng, dtype)
+
+
+def _score_error_profile(score, target, process, ts, n, rng, dtype):
     errors = np.empty(ts.size)
     standard_errors = np.empty(ts.size)
     for k, t in enumerate(ts):
         tk = np.full(n, t)
         xt, _ = process.perturb(target.sample(n, rng), tk, rng)
         s = call_score(score, xt.astype(dtype), tk, f" at t = {t:.6g}").astype(np.float64)
-        e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
-        errors[k], standard_errors[k] = e.mean(), e.std(ddof=1) / np.sqrt(n)
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
+        errors[k], standard_errors[k] = mean_se(e)
+        if not (np.isfinite(errors[k]) and np.isfinite(standard_errors[k])):
+            raise ValueError(f"the squared score error overflows float64 at t = {t:.6g} (ts[{k}]): the score "
+                             f"there is as large as {float(np.max(np.abs(s))):.3g}, too far from the truth to "
+                             "measure in float64")
     return errors, standard_errors
