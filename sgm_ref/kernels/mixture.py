@@ -65,6 +65,10 @@ def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score)
                     q += y * y / v
                     logdet += np.log(v)
             lk = logw[k] - 0.5 * (q + logdet)
+            if lk == -np.inf:
+                # q overflowed: this component has no weight here, and its y / v may be
+                # inf (0 * inf would be NaN); another component may still be finite
+                continue
             if lk > m:
                 # rescale what was accumulated relative to the new maximum
                 shrink = np.exp(m - lk)
@@ -135,5 +139,10 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
             # large, and the weights would no longer sum to 1
             pik = np.exp(logc[i, k] - m) / total
             base = k * d
-            for j in range(d):
-                P[i, base + j] *= pik
+            if pik == 0.0:
+                # no weight: its y / v may have overflowed, and 0 * inf is NaN
+                for j in range(d):
+                    P[i, base + j] = 0.0
+            else:
+                for j in range(d):
+                    P[i, base + j] *= pik

@@ -63,15 +63,25 @@ def check_variances(lam, name, what="variances"):
                          f"quadratic forms stay finite in float64), got {lo:.3g} to {hi:.3g}; rescale the target")
 
 
-def check_float32_range(mu, lam, what):
-    """Raise unless means and variances are representable enough for float32 arithmetic."""
+def check_float32_range(mu, lam, what, name="x", wants="float32 points", fix="pass float64 points"):
+    """Raise unless means and variances are small enough for float32 arithmetic and output."""
     mean_max, var_min, var_max = FLOAT32_LIMITS
     top = float(np.max(np.abs(mu))) if mu.size else 0.0
     lo, hi = float(np.min(lam)), float(np.max(lam))
     if top > mean_max or lo < var_min or hi > var_max:
-        raise ValueError(f"x is float32, but {what} has means up to {top:.3g} and variances from {lo:.3g} to "
-                         f"{hi:.3g}; float32 points need means within +-{mean_max:g} and variances in "
-                         f"[{var_min:g}, {var_max:g}]: pass float64 points")
+        raise ValueError(f"{name} is float32, but {what} has means up to {top:.3g} and variances from {lo:.3g} to "
+                         f"{hi:.3g}; {wants} need means within +-{mean_max:g} and variances in "
+                         f"[{var_min:g}, {var_max:g}]: {fix}")
+
+
+def check_float32_samples(mu, lam, what):
+    """Raise unless draws mu + sqrt(lam) z (|z| < 40) fit in float32 (largest 3.4e38)."""
+    top = float(np.max(np.abs(mu))) if mu.size else 0.0
+    std = float(np.sqrt(np.max(lam)))
+    if top > 1e37 or std > 1e36:
+        raise ValueError(f"dtype is float32, but {what} has means up to {top:.3g} and standard deviations up to "
+                         f"{std:.3g}; float32 samples need means within +-1e37 and standard deviations <= 1e36: "
+                         "use dtype float64")
 
 
 def _memory_bytes():

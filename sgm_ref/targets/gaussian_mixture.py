@@ -14,8 +14,8 @@ import numpy as np
 from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng, eigh_spd
 from ..kernels.mixture import diagonal_mixture, full_mixture_responsibilities
 from ..processes import OU, check_process
-from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_means, check_size,
-                      check_variances, plain, real_array, shown)
+from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
+                      check_means, check_size, check_variances, plain, real_array, shown)
 
 __all__ = ["GaussianMixture"]
 
@@ -340,6 +340,8 @@ class GaussianMixture:
         n = check_size(check_count(n, "n"), 2 * (self.dim + 1), "n", f"n points in d = {self.dim}")
         rng = check_rng(rng)
         dtype = check_float_dtype(dtype)
+        if dtype == np.float32:
+            check_float32_samples(self._mu, self._lam, repr(self))
         labels = rng.choice(self.n_components, size=n, p=self.weights)
         z = rng.standard_normal((n, self.dim))
         kind = self.covariance_type

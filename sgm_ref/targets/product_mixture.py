@@ -18,8 +18,8 @@ import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng
 from ..processes import OU, check_process
-from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_means, check_size,
-                      check_variances, plain, real_array)
+from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
+                      check_means, check_size, check_variances, plain, real_array)
 
 __all__ = ["ProductMixture"]
 
@@ -64,7 +64,8 @@ class ProductMixture:
         if np.any(s <= 0):
             raise ValueError("stds must be > 0")
         check_means(mu)
-        check_variances(s * s, "stds", "squared stds (variances)")
+        with np.errstate(over="ignore", under="ignore"):  # out of range either way: named below
+            check_variances(s * s, "stds", "squared stds (variances)")
         with np.errstate(divide="ignore"):
             self._logw = np.log(w)  # -inf for a zero weight: that component never contributes
         for arr in (w, mu, s, self._logw):
@@ -128,6 +129,8 @@ class ProductMixture:
         n = check_size(check_count(n, "n"), 4 * self.dim, "n", f"n points in d = {self.dim}")
         rng = check_rng(rng)
         dtype = check_float_dtype(dtype)
+        if dtype == np.float32:
+            check_float32_samples(self.means, self.stds**2, repr(self))
         c = (rng.random((n, self.dim)) >= self.weights[:, 0]).astype(np.intp)  # component 1 with prob w_j1
         cols = np.arange(self.dim)
         z = rng.standard_normal((n, self.dim))
@@ -159,8 +162,8 @@ class ProductMixture:
             post = np.exp(log_terms - top)
             total = post.sum(axis=2, keepdims=True)
             log_coord = top[:, :, 0] + np.log(total[:, :, 0])        # log p_t of each coordinate
-            # a component of no weight here may have diff / var = inf: 0 * inf would be NaN
-            score = -np.sum(np.where(post > 0, post / total * (diff / var), 0.0), axis=2)
+            # left to right: a component of no weight gives (0 * diff) / var = 0, never 0 * inf
+            score = -np.sum(post / total * diff / var, axis=2)
             logp, score = log_coord.sum(axis=1).astype(x.dtype), score.astype(x.dtype)
         check_oracle_output(logp, x)
         return logp, score

@@ -42,7 +42,8 @@ def _check_finite(values, x, what):
 
 def _cast(values, x, what):
     """values in the dtype of the points, refusing what float32 cannot hold."""
-    out = values.astype(x.dtype, copy=False)
+    with np.errstate(over="ignore"):  # named just below
+        out = values.astype(x.dtype, copy=False)
     _check_finite(out, x, what)
     return out
 
@@ -224,7 +225,8 @@ class TiltedGaussian:
         n, d = x.shape
         a, s2 = check_process(process)._coefficients(t, n)
         sigma = np.sqrt(s2)
-        log_gamma = -0.5 * (d * _LOG_2PI + np.sum(x**2, axis=1))
+        with np.errstate(over="ignore"):  # a point too far out is named below
+            log_gamma = -0.5 * (d * _LOG_2PI + np.sum(x**2, axis=1))
         logp = np.empty(n)
         score = np.empty((n, d)) if want_score else None
         se = np.empty((n, d)) if want_score else None
