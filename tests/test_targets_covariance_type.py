@@ -361,3 +361,17 @@ def test_command_line_refuses_a_boolean_or_ambiguous_json_target(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and pattern in lines[0], result.stderr
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("key, value", [
+    ("means", [[0.0, 1.0], [1.0]]),
+    ("covariances", [[1.0, [2.0]], [0.5, 0.5]]),
+    ("weights", json.loads("[" * 100 + "0.5" + "]" * 100)),
+])
+def test_ragged_or_deeply_nested_lists_are_refused_naming_the_key(tmp_path, key, value):
+    spec = {"weights": [0.5, 0.5], "means": [[0.0, 0.0], [1.0, 1.0]], "covariances": [[1.0, 2.0], [0.5, 0.5]]}
+    spec[key] = value
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(ValueError, match=rf"^target file .*t\.json: {key} must be a rectangular array of numbers"):
+        from_spec(str(path))

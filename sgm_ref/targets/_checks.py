@@ -42,8 +42,20 @@ def reject_bools(value, name):
 
 
 def real_array(value, name):
-    """check_real_array (which refuses a bool array), then refuse booleans numpy cast to numbers."""
-    arr = check_real_array(value, name)
+    """check_real_array (which refuses a bool array), then refuse booleans numpy cast to numbers.
+
+    A ragged or too deeply nested list (numpy's own ValueError names no argument) is
+    refused naming `name`.
+    """
+    if isinstance(value, (list, tuple)):
+        try:
+            value_array = np.asarray(value)
+        except ValueError:
+            raise ValueError(f"{name} must be a rectangular array of numbers (rows of equal length, at most "
+                             "64 levels deep), got a ragged or too deeply nested list") from None
+    else:
+        value_array = value
+    arr = check_real_array(value_array, name)
     reject_bools(value, name)
     return arr
 
