@@ -50,7 +50,8 @@ def _cast(values, x, what):
 
 def _logmeanexp(v, axis):
     top = np.max(v, axis=axis, keepdims=True)
-    return np.squeeze(top, axis) + np.log(np.mean(np.exp(v - top), axis=axis))
+    with np.errstate(over="ignore"):  # v - top = -inf where v spans more than the float range: exp gives 0
+        return np.squeeze(top, axis) + np.log(np.mean(np.exp(v - top), axis=axis))
 
 
 class TiltedGaussian:
@@ -101,7 +102,8 @@ class TiltedGaussian:
         x = rng.standard_normal((n_normaliser, self.d))
         fx = self._f(x)
         top = fx.max()
-        w = np.exp(fx - top)
+        with np.errstate(over="ignore"):  # f spanning more than the float range: exp(-inf) = 0 is right
+            w = np.exp(fx - top)
         self.log_normaliser = float(top + np.log(w.mean()))
         self.log_normaliser_se = float(w.std(ddof=1) / np.sqrt(w.size) / w.mean())  # delta method on log
         w /= w.sum()
@@ -188,7 +190,8 @@ class TiltedGaussian:
             fx = self._f(x)
             if np.any(fx > self.f_max):
                 raise ValueError(f"f = {plain(fx.max())} exceeds f_max = {plain(self.f_max)}: f_max must bound f above")
-            keep = x[log_u < fx - self.f_max]
+            with np.errstate(over="ignore"):  # -inf: never accepted, as it should be
+                keep = x[log_u < fx - self.f_max]
             accepted.append(keep)
             count += keep.shape[0]
             proposed += m
@@ -239,7 +242,8 @@ class TiltedGaussian:
             logp[blk] = log_gamma[blk] + _logmeanexp(fy, axis=1) - self.log_normaliser
             if not want_score:
                 continue
-            w = np.exp(fy - fy.max(axis=1, keepdims=True))
+            with np.errstate(over="ignore"):
+                w = np.exp(fy - fy.max(axis=1, keepdims=True))
             w /= w.sum(axis=1, keepdims=True)                                          # (r, n_mc)
             if self.estimator == "gradient":
                 g = a[blk, None, None] * self._grad(y.reshape(-1, d)).reshape(y.shape)
