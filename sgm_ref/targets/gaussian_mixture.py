@@ -11,7 +11,8 @@ tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng, eigh_spd
+from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
+                           eigh_spd)
 from ..kernels.mixture import diagonal_mixture, full_mixture_responsibilities
 from ..processes import OU, check_process
 from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,

@@ -60,7 +60,8 @@ class ProductMixture:
             raise ValueError("weights must be >= 0")
         if np.any(np.abs(w.sum(axis=1) - 1.0) > 1e-8):
             j = int(np.argmax(np.abs(w.sum(axis=1) - 1.0)))
-            raise ValueError(f"each row of weights must sum to 1; row {j} sums to {plain(w[j].sum())} (not renormalised)")
+            raise ValueError(f"each row of weights must sum to 1; row {j} sums to {plain(w[j].sum())} "
+                             "(not renormalised)")
         if np.any(s <= 0):
             raise ValueError("stds must be > 0")
         check_means(mu)
