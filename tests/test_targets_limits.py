@@ -341,3 +341,11 @@ def test_fuzz_barron_targets_are_finite_or_refuse(path_norm, activation, estimat
     _finite_or_value_error(lambda: g.log_prob_and_score(x, t))
     _finite_or_value_error(lambda: g.score_and_se(x, t))
     _finite_or_value_error(lambda: g.sample(3, np.random.default_rng(1), max_proposals=2000))
+
+
+def test_a_target_spec_that_is_not_a_string_is_shown_plainly():
+    from sgm_ref.targets.spec import from_spec
+    for spec, shown in ((np.float64(0.9), "got 0.9"), (None, "got None"), ("", "got ''")):
+        with pytest.raises(ValueError) as info:
+            from_spec(spec)
+        assert str(info.value).endswith(shown), str(info.value)

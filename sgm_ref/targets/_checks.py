@@ -123,8 +123,8 @@ def check_size(n, per_item, name, what):
 
 def shown(value):
     """A user's value for a message: strings quoted, numbers plain, other objects by type."""
-    if isinstance(value, str):
-        return repr(str(value))
+    if value is None or isinstance(value, str):
+        return repr(value if value is None else str(value))
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
     if isinstance(value, (int, np.integer)):

@@ -25,6 +25,7 @@ import os
 
 import numpy as np
 
+from ._checks import shown
 from .gaussian_mixture import GaussianMixture
 from .product_mixture import ProductMixture
 
@@ -124,7 +125,8 @@ def from_spec(spec):
         Unknown name, malformed or unknown parameters, an unreadable or invalid file.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"target must be a non-empty string (a preset such as 'ring', or a JSON file), got {spec!r}")
+        raise ValueError(f"target must be a non-empty string (a preset such as 'ring', or a JSON file), "
+                         f"got {shown(spec)}")
     spec = spec.strip()
     name, sep, rest = spec.partition(":")
     if name not in PRESETS and (spec.endswith(".json") or os.path.isfile(spec)):
