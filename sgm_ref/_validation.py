@@ -11,6 +11,20 @@ import numpy as np
 FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
 
 
+class ResultOverflowError(ValueError):
+    """A measured quantity is beyond float64's range (the score is that far from the truth).
+
+    Not a bad argument: the metrics that raise it also take overflow="inf", which reports
+    such a quantity as inf (its standard error as nan) and measures everything else.
+    """
+
+
+def check_overflow_policy(overflow):
+    if overflow not in ("raise", "inf"):
+        raise ValueError(f"overflow must be 'raise' or 'inf', got {show(overflow)}")
+    return overflow
+
+
 def show(value):
     """repr of value for a message, numpy scalars as the Python numbers they hold (no np.float64(...))."""
     return repr(value.item() if isinstance(value, np.generic) else value)

@@ -76,11 +76,14 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     t0, T = check_time_range(t0, T, process)
     profile_times = check_count(profile_times, "profile_times")
     ts = np.geomspace(t0, T, profile_times)
-    error, error_se = metrics.score_error_profile(score, target, process, ts, profile_n, rng, dtype=dtype)
+    # a score far from the truth overflows float64: said in the report, the rest still measured
+    error, error_se = metrics.score_error_profile(score, target, process, ts, profile_n, rng, dtype=dtype,
+                                                  overflow="inf")
     # the oracle's own E|grad log p_t|^2 at the same times: the scale to read errors against
     scale = np.array([np.mean(np.sum(target.score(process.perturb(target.sample(profile_n, rng), t, rng)[0], t,
                                                               process)**2, axis=1)) for t in ts])
-    integral = metrics.score_error_integral(score, target, process, t0, T, 4 * profile_n, rng, dtype=dtype)
+    integral = metrics.score_error_integral(score, target, process, t0, T, 4 * profile_n, rng, dtype=dtype,
+                                            overflow="inf")
     report = {"score_error": {"t": ts.tolist(), "error": error.tolist(), "standard_error": error_se.tolist(),
                               "oracle_mean_square": scale.tolist(), "relative": (error / scale).tolist(),
                               "integral": _estimate(*integral)}}
@@ -90,7 +93,7 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
         if on_stage is not None:
             on_stage("TV bound")
         bound = metrics.tv_upper_bound(score, target, process, t0, T, grid, method, bound_n, rng, n_steps=n_steps,
-                                       dtype=dtype)
+                                       dtype=dtype, overflow="inf")
         report["tv_bound"] = {key: value for key, value in bound.as_dict().items() if key != "grid"}
     return report
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from ._validation import check_count, check_points, check_rng, check_time_range
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _draw_times, _dsm_loss
-from .optim import Adam, NonFiniteGradientError
+from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
 
 __all__ = ["fit", "History", "TrainStep", "TrainingDivergedError", "progress_bar"]
 
@@ -185,6 +185,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                 raise TrainingDivergedError(
                     f"the {exc.args[0]} became non-finite at step {step}; the model keeps the parameters "
                     f"of step {step - 1} (try a smaller lr, a larger t0, or weighting='sigma2')", step) from None
+            except NonFiniteStepError as exc:  # the gradient was finite, the update was not
+                raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None
             history.loss.append(loss)
             if eval_every is not None and (step % eval_every == 0 or step == steps):
                 history.eval_steps.append(step)

@@ -205,3 +205,13 @@ def test_bound_names_sizes_beyond_numpy():
         with pytest.raises(ValueError, match=rf"^{name} = 4611686018427387904 asks for .* lower {name}$"):
             tv_upper_bound(lambda x, t: g.score(x, t), g, OU(), 0.01, 1.0, "uniform", "exponential", n,
                            np.random.default_rng(0), n_steps=2, **kw)
+
+
+def test_bound_with_overflow_inf_is_the_trivial_bound_with_the_other_terms_measured():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    wild = tv_upper_bound(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, "uniform", "euler_maruyama", 8,
+                          np.random.default_rng(0), n_steps=4, overflow="inf")
+    exact = tv_upper_bound(lambda x, t: g.score(x, t), g, OU(), 0.01, 1.0, "uniform", "euler_maruyama", 8,
+                           np.random.default_rng(0), n_steps=4)
+    assert wild.kl_path == np.inf and wild.tv == 1.0 and wild.tv_se == 0.0
+    assert wild.kl_prior == exact.kl_prior and wild.tv_early_stopping == exact.tv_early_stopping

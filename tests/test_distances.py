@@ -599,3 +599,28 @@ def test_n_projections_beyond_numpy_is_named():
     x = np.zeros((3, 2))
     with pytest.raises(ValueError, match=r"^n_projections = 4611686018427387904 asks for .* lower n_projections$"):
         D.sliced_wasserstein(x, x, np.random.default_rng(0), n_projections=2**62)
+
+
+@pytest.mark.parametrize("kind", ["tied", "spherical"])
+def test_component_weights_of_tied_and_spherical_mixtures_against_scipy(kind):
+    """Responsibilities w_k N(x; mu_k, Sigma_k) / sum_j (...) with each component's own covariance;
+    K = d = 2 so that a tied (d, d) matrix read as rows of variances would go unnoticed by shape."""
+    means = np.array([[0.0, 0.0], [1.5, -0.5]])
+    covs = {"tied": np.array([[1.0, 0.6], [0.6, 0.5]]), "spherical": np.array([0.3, 2.0])}[kind]
+    mixture = GaussianMixture([0.3, 0.7], means, covs, covariance_type=kind)
+    full = covs if kind == "tied" else None
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    dens = np.stack([w * multivariate_normal(m, full if kind == "tied" else c * np.eye(2)).pdf(x)
+                     for w, m, c in zip([0.3, 0.7], means, [None, None] if kind == "tied" else covs)], axis=1)
+    expected = (dens / dens.sum(axis=1, keepdims=True)).mean(axis=0)
+    np.testing.assert_allclose(D.component_weights(x, mixture).soft, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["tied", "spherical"])
+def test_histogram_tv_of_tied_and_spherical_mixtures(kind):
+    """The quadrature's resolution comes from the smallest standard deviation of any kind of mixture."""
+    covs = {"tied": np.array([[1.0, 0.6], [0.6, 0.5]]), "spherical": np.array([0.3, 2.0])}[kind]
+    mixture = GaussianMixture([0.3, 0.7], [[0.0, 0.0], [1.5, -0.5]], covs, covariance_type=kind)
+    x = mixture.sample(4000, np.random.default_rng(1))
+    result = D.histogram_tv(x, mixture, bins=10)
+    assert 0 < result.value < 0.1

@@ -175,3 +175,28 @@ def test_sizes_beyond_numpy_are_named():
         score_error_integral(lambda x, t: g.score(x, t, OU()), g, OU(), 0.01, 1.0, 2**62, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for"):
         score_error_profile(lambda x, t: g.score(x, t, OU()), g, OU(), [0.5], 2**62, np.random.default_rng(0))
+
+
+def test_overflow_inf_reports_the_overflow_and_measures_the_rest():
+    """overflow='inf': the overflowing time is inf (se nan), the others are what overflow='raise'
+    gives when nothing overflows, drawn in the same order; a bad policy is named."""
+    from sgm_ref._validation import ResultOverflowError
+
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+
+    def half_wild(x, t):
+        return np.full_like(x, 1e200) if t[0] == 0.5 else -x
+
+    errors, ses = score_error_profile(half_wild, g, OU(), [0.1, 0.5, 1.0], 10, np.random.default_rng(0),
+                                      overflow="inf")
+    tame, tame_se = score_error_profile(lambda x, t: -x, g, OU(), [0.1, 0.5, 1.0], 10, np.random.default_rng(0))
+    assert errors[1] == np.inf and np.isnan(ses[1])
+    np.testing.assert_array_equal(errors[[0, 2]], tame[[0, 2]])
+    np.testing.assert_array_equal(ses[[0, 2]], tame_se[[0, 2]])
+    value, se = score_error_integral(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, 10,
+                                     np.random.default_rng(0), overflow="inf")
+    assert value == np.inf and np.isnan(se)
+    with pytest.raises(ResultOverflowError):
+        score_error_integral(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="overflow must be 'raise' or 'inf', got 'ignore'"):
+        score_error_profile(half_wild, g, OU(), [0.1], 10, np.random.default_rng(0), overflow="ignore")

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range, fits_in_memory, mean_se
+from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
+                           check_rng, check_time_range, fits_in_memory, mean_se)
 from ..processes import check_process
 from ..samplers import check_grid, time_grid
 
@@ -65,7 +66,7 @@ class TVBound:
 
 
 def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_steps=None, n_aux=None,
-                   dtype=np.float64):
+                   dtype=np.float64, overflow="raise"):
     """Certified upper bound on TV(p_0, q), q the law of a sampler's output (module docstring).
 
     Parameters
@@ -93,6 +94,11 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     -------
     TVBound
 
+    overflow : {"raise", "inf"}
+        A path term beyond the float64 range (a score far from the truth) raises
+        ResultOverflowError, or with "inf" gives kl_path = inf: the bound is then the
+        trivial TV <= 1 and the other terms are measured as usual.
+
     Raises
     ------
     ValueError
@@ -100,6 +106,7 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         beyond the float64 range (the message names the term and the step).
     """
     process = check_process(process)
+    overflow = check_overflow_policy(overflow)
     t0, T = check_time_range(t0, T, process)
     if method not in ("euler_maruyama", "exponential"):
         raise ValueError(f"method must be 'euler_maruyama' or 'exponential', got {method!r}")
@@ -123,13 +130,16 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     with np.errstate(over="ignore", invalid="ignore"), fits_in_memory("n", n, max(n, 2**15) * d, per_item=8 * 6):
         per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
     bad = ~(np.isfinite(per_step) & np.isfinite(per_step_se))
-    if np.any(bad):
+    if np.any(bad) and overflow == "raise":
         k = int(np.argmax(bad))
-        raise ValueError(f"the path term of the bound overflows float64 at step {k} (t = {float(grid[k]):.6g}): "
+        raise ResultOverflowError(f"the path term of the bound overflows float64 at step {k} (t = {float(grid[k]):.6g}): "
                          "the squared drift mismatch |grad log p_t - s|^2 there is beyond the float64 range; "
                          "the score is too far from the truth for a bound")
-    kl_path = float(per_step.sum())
-    kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
+    if np.any(bad):
+        kl_path, kl_path_se = np.inf, np.nan
+    else:
+        kl_path = float(per_step.sum())
+        kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
 
     with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
         xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)

@@ -532,8 +532,7 @@ def component_weights(x, mixture):
     n, K = x.shape[0], mixture.n_components
     log_joint = np.full((n, K), -np.inf)
     for k in np.flatnonzero(mixture.weights > 0):
-        cov = None if mixture.covariances is None else mixture.covariances[k:k + 1]
-        single = GaussianMixture([1.0], mixture.means[k:k + 1], cov)
+        single = mixture.component(k)  # its own covariance whatever the kind (tied, spherical, ...)
         log_joint[:, k] = np.log(mixture.weights[k]) + single.log_prob(x)
     top = log_joint.max(axis=1, keepdims=True)
     resp = np.exp(log_joint - top)

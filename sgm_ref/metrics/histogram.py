@@ -190,8 +190,10 @@ def _smallest_std(target):
     active = target.weights > 0
     if target.covariance_type == "identity":
         return 1.0
-    if target.covariance_type == "diagonal":
+    if target.covariance_type in ("diagonal", "spherical"):
         return float(np.sqrt(target.covariances[active].min()))
+    if target.covariance_type == "tied":
+        return float(np.sqrt(np.linalg.eigvalsh(target.covariances)[0]))
     return float(np.sqrt(np.linalg.eigvalsh(target.covariances[active])[:, 0].min()))
 
 

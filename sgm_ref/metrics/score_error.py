@@ -2,15 +2,15 @@
 
 import numpy as np
 
-from .._validation import (call_score, check_count, check_float_dtype, check_real_array, check_rng, check_time_range,
-                           fits_in_memory, mean_se)
+from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
+                           check_real_array, check_rng, check_time_range, fits_in_memory, mean_se)
 from ..processes import check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
 
 
 def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribution="log-uniform",
-                         dtype=np.float64):
+                         dtype=np.float64, overflow="raise"):
     """Monte-Carlo estimate of int_{t0}^{T} beta(t)/2 E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
 
     The reverse SDE's drift is beta(t) (y/2 + s), its noise sqrt(beta(t)) dW, so by
@@ -35,6 +35,9 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     time_distribution : {"log-uniform", "uniform"}
     dtype : float64 or float32
         The dtype the score function is called with (the oracle is always float64).
+    overflow : {"raise", "inf"}
+        An integral beyond the float64 range raises ResultOverflowError (a ValueError),
+        or with "inf" is returned as (inf, nan).
 
     Returns
     -------
@@ -52,6 +55,7 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     t0, T = check_time_range(t0, T, process)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    overflow = check_overflow_policy(overflow)
     if time_distribution not in ("log-uniform", "uniform"):
         raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
     span = None
@@ -64,10 +68,10 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
             raise ValueError(f"T = {T:g} and t0 = {t0:g} are too far apart for log-uniform times: the weight "
                              "1 / q(T) = T log(T / t0) overflows float64; use a smaller T or time_distribution='uniform'")
     with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
-        return _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span)
+        return _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span, overflow)
 
 
-def _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span):
+def _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span, overflow):
     x0 = target.sample(n, rng)
     u = rng.random(n)
     if time_distribution == "log-uniform":
@@ -83,15 +87,17 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
         e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * process.beta(t) * inv_q)
     value, se = mean_se(e)
     if not (np.isfinite(value) and np.isfinite(se)):
+        if overflow == "inf":
+            return np.inf, np.nan
         i = int(np.argmax(~np.isfinite(e))) if not np.all(np.isfinite(e)) else int(np.argmax(e))
-        raise ValueError(f"the score error integral overflows float64: at t = {float(t[i]):.3g} the weighted squared "
+        raise ResultOverflowError(f"the score error integral overflows float64: at t = {float(t[i]):.3g} the weighted squared "
                          f"error beta(t) / (2 q(t)) |s - grad log p_t|^2 is {float(e[i]):.3g} (the score there is "
                          f"as large as {float(np.max(np.abs(s[i]))):.3g}); the score is too far from the truth to "
                          "measure in float64")
     return value, se
 
 
-def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64):
+def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64, overflow="raise"):
     """E_{p_t} |s(x, t) - grad log p_t(x)|^2 at each t in ts, with standard errors.
 
     For each t, n fresh points x = alpha_t x0 + sigma_t z with x0 ~ p_0 (exact samples of
@@ -108,6 +114,10 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
         Points per time.
     rng : numpy.random.Generator
     dtype : float64 or float32, the dtype the score function is called with.
+    overflow : {"raise", "inf"}
+        A squared error beyond the float64 range raises ResultOverflowError (a
+        ValueError), or with "inf" is inf at that t (standard error nan), the other
+        times measured as usual.
 
     Returns
     -------
@@ -123,16 +133,17 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    overflow = check_overflow_policy(overflow)
     ts = check_real_array(ts, "ts")
     if ts.ndim != 1 or ts.size == 0:
         raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {ts.shape}")
     if np.any(ts <= 0) or np.any(ts > process.t_max):
         raise ValueError(f"ts must lie in (0, {process.t_max}]")
     with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
-        return _score_error_profile(score, target, process, ts, n, rng, dtype)
+        return _score_error_profile(score, target, process, ts, n, rng, dtype, overflow)
 
 
-def _score_error_profile(score, target, process, ts, n, rng, dtype):
+def _score_error_profile(score, target, process, ts, n, rng, dtype, overflow):
     errors = np.empty(ts.size)
     standard_errors = np.empty(ts.size)
     for k, t in enumerate(ts):
@@ -143,7 +154,10 @@ def _score_error_profile(score, target, process, ts, n, rng, dtype):
             e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
         errors[k], standard_errors[k] = mean_se(e)
         if not (np.isfinite(errors[k]) and np.isfinite(standard_errors[k])):
-            raise ValueError(f"the squared score error overflows float64 at t = {t:.6g} (ts[{k}]): the score "
+            if overflow == "inf":
+                errors[k], standard_errors[k] = np.inf, np.nan
+                continue
+            raise ResultOverflowError(f"the squared score error overflows float64 at t = {t:.6g} (ts[{k}]): the score "
                              f"there is as large as {float(np.max(np.abs(s))):.3g}, too far from the truth to "
                              "measure in float64")
     return errors, standard_errors

@@ -108,7 +108,7 @@ class VariancePreserving(LinearGaussianProcess):
         if np.any(a <= 0) or np.any(a > 1):
             raise ValueError("alpha must lie in (0, 1]")
         if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max)):
-            raise ValueError(f"alpha is below alpha(t_max) = {self.alpha(self.t_max)!r}")
+            raise ValueError(f"alpha is below alpha(t_max) = {float(self.alpha(self.t_max))!r}")
         # the inverse may round a hair past t_max at alpha(t_max) itself
         t = np.minimum(self._inverse_integrated_beta(-2.0 * np.log(a)), self.t_max)
         return self._out(t)
