@@ -280,3 +280,76 @@ def test_cli_bad_usage_exit_2(tmp_path, args, message):
     argv = [a for k, v in {**base, **extra}.items() for a in (k, v)]
     r = run("audit-sampler", *argv, "--n", "50", cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
+
+
+# -- more diffusers peers through compare_sampler (the rows of docs/findings.md) -----------------
+
+
+def diffusers_ddim_loop(spacing, n_steps=10):
+    """diffusers' DDIMScheduler (eta = 0) with sgm_ref's float64 alphas_cumprod as a loop on
+    DDPM times: eps = -sigma_t * score at the time of each of its timesteps."""
+    import torch
+    diffusers = peer("diffusers")
+    proc = DDPM()
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
+        sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
+        sched.set_timesteps(n_steps)
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for k, t in enumerate(sched.timesteps):
+            tk = np.full(x.shape[0], grid[k])
+            eps = -proc.sigma(tk)[:, None] * score(y.numpy(), tk)
+            y = sched.step(torch.from_numpy(eps), t, y).prev_sample
+            path.append(y.numpy().copy())
+        return np.stack(path)
+
+    sched = diffusers.DDIMScheduler(timestep_spacing=spacing)
+    sched.set_timesteps(n_steps)
+    return proc, R.timestep_grid(proc, sched.timesteps.numpy()), loop
+
+
+@pytest.mark.parametrize("spacing, first, kl", [("leading", None, 0.0), ("linspace", 0, 1.401e-2)])
+def test_diffusers_ddim_spacing_through_compare_sampler(spacing, first, kl):
+    """DDIMScheduler steps from timestep i to i - 1000 // n whatever the spacing: with "leading"
+    it is the chained DDIM of the replay (to float64 rounding); with "linspace" (999, 888, ...)
+    its first step lands on 899, not 888, so step 0 is the first diverging one and the exact
+    KL(diffusers || ddim) on the Gaussian target is 1.40e-2 at n = 10."""
+    proc, grid, loop = diffusers_ddim_loop(spacing)
+    res = compare_sampler(loop, "ddim", proc, grid, TARGET_2D, 64, np.random.default_rng(0),
+                          replay_options={"eta": 0.0}, sample_distances=False)
+    assert res.first_divergence == first and res.matches == (first is None), res.text()
+    assert res.laws["method"] == "exact" and res.kl == pytest.approx(kl, rel=1e-3, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_diffusers_euler_discrete_matches_at_float32_rounding():
+    """EulerDiscreteScheduler casts the sample to float32 in each step: against karras_euler on
+    its own sigmas it is a discrepancy at float64 rounding and a match at float32's
+    (rtol = 64 * 2^-23 per step); the largest deviation is about 2e-7."""
+    import torch
+    diffusers = peer("diffusers")
+    sched0 = diffusers.EulerDiscreteScheduler()
+    sched0.set_timesteps(20)
+    sigmas = sched0.sigmas.numpy().astype(np.float64)
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.EulerDiscreteScheduler()
+        sched.set_timesteps(20)
+        sched.is_scale_input_called = True  # the score takes the unscaled sample and its sigma
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for i, t in enumerate(sched.timesteps):
+            s = np.full(x.shape[0], grid[i])
+            eps = -grid[i] * score(y.numpy(), s)
+            y = sched.step(torch.from_numpy(eps), t, y).prev_sample
+            path.append(y.numpy().copy())
+        return np.stack(path)
+
+    def run(rtol):
+        return compare_sampler(loop, "karras_euler", EDM(), sigmas, TARGET_2D, 64, np.random.default_rng(0),
+                               rtol=rtol, sample_distances=False)
+
+    assert not run(None).matches
+    res = run(64 * float(np.finfo(np.float32).eps))
+    assert res.matches, res.text()
+    assert 1e-8 < res.max_deviation < 1e-6
