@@ -241,7 +241,7 @@ class SamplerComparison:
             t = f" (from t = {self.grid[k]:.6g})" if k < self.grid.size else ""
             if k + 1 < self.deviation.size:
                 lines.append(f"  first diverging step: {k}{t}, relative deviation {self.deviation[k + 1]:.3g} "
-                             f"> rounding {self.rtol * max(k + 1, 1):.2g} ({k + 1} steps of {self.rtol:.2g})")
+                             f"> rounding {self.rtol * (k + 1):.2g} ({self.rtol:.2g} per step)")
             else:
                 lines.append(f"  first diverging step: {k}{t}, taken by only one of the two (the states before "
                              "agree to rounding)")
@@ -381,7 +381,6 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
             notes.append("the peer's trajectory does not start at x (its state 0 differs)")
             first = None
         if steps_peer != steps_replay:
-            notes.append(f"the peer took {steps_peer} steps, the replay {steps_replay}: states compared up to {K - 1}")
             if first is None:
                 first = K - 1  # the first step only one of them takes
     else:
