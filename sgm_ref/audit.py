@@ -37,7 +37,8 @@ import numpy as np
 from ._validation import check_count, check_real, check_rng
 from .metrics.distances import mmd, sliced_wasserstein
 from .processes import DDPM, EDM, OU, VE, VP, FlowMatching, SubVP, VariancePreserving, VPCosine, check_process
-from .replays import REPLAYS, law_distances, replay_output_gaussian, target_gaussian
+from .replays import REPLAYS, law_distances, replay_output_gaussian
+from .replays._common import check_replay_grid
 from .replays.laws import gaussian_score
 from .targets import GaussianMixture
 
@@ -278,7 +279,8 @@ class SamplerComparison:
                 "deviation": None if self.deviation is None else [_f(v) for v in self.deviation],
                 "max_deviation": _f(self.max_deviation), "final_deviation": _f(self.final_deviation),
                 "first_divergence": self.first_divergence, "laws": laws,
-                "samples": {m: {p: [_f(v), _f(se)] for p, (v, se) in pairs.items()} for m, pairs in self.samples.items()},
+                "samples": {m: {p: [_f(v), _f(se)] for p, (v, se) in pairs.items()}
+                            for m, pairs in self.samples.items()},
                 "notes": list(self.notes)}
 
     def to_json(self):
@@ -355,7 +357,7 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     options = dict(replay_options or {})
     kind = _peer_kind(peer, kind)
     d, score, sample, gauss = _target_parts(target, process)
-    grid = np.asarray(grid, dtype=np.float64)
+    grid = check_replay_grid(grid, process)
     scale = 1.0 if isinstance(process, VariancePreserving) else float(process.sigma(grid[0]))
     x = scale * rng.standard_normal((n, d))
     stream = _Stream(None if noise is not None else rng, noise, x.shape, np.float64)

@@ -149,6 +149,14 @@ def test_bad_input_raises():
         _compare(lambda s, g, x, z: x * np.nan, "euler_maruyama")
     with pytest.raises(ValueError, match="target must be"):
         _compare(textbook_em, "euler_maruyama", target="ring")
+    with pytest.raises(ValueError, match="grid must be strictly decreasing"):
+        _compare(textbook_em, "euler_maruyama", grid=GRID[::-1])
+
+    def raises(score, grid, x, noises):
+        raise KeyError("the peer's own error")
+
+    with pytest.raises(KeyError, match="the peer's own error"):  # passed through unchanged
+        _compare(raises, "euler_maruyama")
 
 
 def test_specs():
@@ -250,6 +258,18 @@ def test_cli_correct_loop_one_line_exit_0(tmp_path):
             "--target", "gaussian:d=2,mean=1,std=0.5", "--n", "200", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("MATCH") and r.stdout.count("\n") == 1
+
+
+def test_cli_step_function_and_replay_option(tmp_path):
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE + """
+def rd_step(x, k, grid, score, noise_k):
+    dB = vp.integrated_beta_between(grid[k], grid[k + 1])
+    r, v = np.exp(-0.5 * dB), -np.expm1(-dB)
+    return (2.0 - r) * x + v * score(x, np.full(len(x), grid[k])) + np.sqrt(v) * noise_k
+""")
+    r = run("audit-sampler", "--sampler", "peers_mod:rd_step", "--replay", "reverse_diffusion", "--option",
+            "denoise=false", "--target", "ring", "--n", "100", "--n-steps", "5", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("MATCH"), r.stdout + r.stderr
 
 
 def test_cli_planted_bug_exit_1_with_json(tmp_path):
