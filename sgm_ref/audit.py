@@ -356,6 +356,10 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     replay_name, replay_fn = _replay(replay)
     options = dict(replay_options or {})
     kind = _peer_kind(peer, kind)
+    if rtol is not None:  # refused before the work
+        rtol = check_real(rtol, "rtol", low=0.0, low_open=True)
+    if kl_tolerance is not None:
+        kl_tolerance = check_real(kl_tolerance, "kl_tolerance", low=0.0)
     d, score, sample, gauss = _target_parts(target, process)
     grid = check_replay_grid(grid, process)
     scale = 1.0 if isinstance(process, VariancePreserving) else float(process.sigma(grid[0]))
@@ -369,8 +373,7 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
 
     if rtol is None:
         rtol = ROUNDING_FACTOR * float(np.finfo(out_p.dtype).eps)
-    rtol = check_real(rtol, "rtol", low=0.0, low_open=True)
-    kl_tolerance = rtol if kl_tolerance is None else check_real(kl_tolerance, "kl_tolerance", low=0.0)
+    kl_tolerance = rtol if kl_tolerance is None else kl_tolerance
     notes = []
     deviation, first = None, None
     if states_p is not None:

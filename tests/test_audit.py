@@ -149,6 +149,8 @@ def test_bad_input_raises():
         _compare(lambda s, g, x, z: x * np.nan, "euler_maruyama")
     with pytest.raises(ValueError, match="target must be"):
         _compare(textbook_em, "euler_maruyama", target="ring")
+    with pytest.raises(ValueError, match="rtol"):
+        _compare(textbook_em, "euler_maruyama", rtol=-1.0)
     with pytest.raises(ValueError, match="grid must be strictly decreasing"):
         _compare(textbook_em, "euler_maruyama", grid=GRID[::-1])
 
