@@ -4,6 +4,7 @@ Every check raises ValueError naming the argument and saying how to fix it; noth
 is clipped, cast between float kinds or renormalised behind the caller's back.
 """
 
+import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -249,6 +250,14 @@ def mean_se(values):
         return c * float(scaled.mean()), c * float(scaled.std(ddof=1) / np.sqrt(values.size))
 
 
+def _physical_memory():
+    """Bytes of physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
 @contextmanager
 def fits_in_memory(name, value, items, per_item=8):
     """Raise ValueError naming `name` (= value) if items of per_item bytes cannot be allocated.
@@ -261,6 +270,10 @@ def fits_in_memory(name, value, items, per_item=8):
     if size > np.iinfo(np.intp).max:
         raise ValueError(f"{name} = {value} asks for {size:.3g} bytes, beyond the largest array NumPy can make; "
                          f"lower {name}")
+    memory = _physical_memory()
+    if memory is not None and size > memory:  # an overcommitting OS would grant it, then kill the process
+        raise ValueError(f"{name} = {value} asks for {size / 2**30:.3g} GiB of working arrays, more than this "
+                         f"machine's {memory / 2**30:.3g} GiB of memory; lower {name}")
     try:
         yield
     except MemoryError:

@@ -83,7 +83,7 @@ def save(model, path, extra=None, ema=None):
         "extra": extra or {},
     }
     try:
-        text = json.dumps(header)
+        text = json.dumps(header, allow_nan=False)  # NaN and Infinity are not JSON: the header must load anywhere
     except (TypeError, ValueError) as exc:
         raise ValueError(f"extra must be JSON-serialisable (plain int, float, str, list, dict): {exc}") from None
     if not np.all(np.isfinite(model.params)):  # load would refuse the file

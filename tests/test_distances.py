@@ -624,3 +624,12 @@ def test_histogram_tv_of_tied_and_spherical_mixtures(kind):
     x = mixture.sample(4000, np.random.default_rng(1))
     result = D.histogram_tv(x, mixture, bins=10)
     assert 0 < result.value < 0.1
+
+
+def test_histogram_bins_beyond_memory_are_named():
+    g = GaussianMixture.ring()
+    x = g.sample(100, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^bins = 4611686018427387904 asks for .* lower bins$"):
+        D.histogram_tv(x, g, 2**62)
+    with pytest.raises(ValueError, match=r"^bins = \[5, 2147483648\] asks for .* GiB .* memory; lower bins$"):
+        D.histogram_tv(x, g, [5, 2**31])

@@ -334,3 +334,13 @@ def test_load_json_turns_every_failure_into_a_value_error(tmp_path):
                           (open(tmp_path / "f.json", encoding="utf-8"), "not UTF-8")):
         with pytest.raises(ValueError, match=match):
             load_json(source, "x")
+
+
+def test_a_non_finite_extra_is_refused_not_written_as_nan(tmp_path):
+    """NaN is not JSON: a header holding it would not load in other JSON readers."""
+    from sgm_ref.io import save
+
+    model = ScoreModel(MLP(2, [4], rng=np.random.default_rng(0)), OU())
+    with pytest.raises(ValueError, match="extra must be JSON-serialisable"):
+        save(model, tmp_path / "m.npz", extra={"loss": float("nan")})
+    assert not (tmp_path / "m.npz").exists()

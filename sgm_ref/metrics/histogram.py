@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import check_count, check_real
+from .._validation import check_count, check_real, fits_in_memory
 from ..targets import GaussianMixture
 from .distances import _as_sample
 
@@ -130,6 +130,13 @@ def histogram_tv(x, target, bins=20, range=None):
         raise ValueError(f"x must have shape (n, {target.dim}) to match the target, got {x.shape}")
     counts = _check_bins(bins, d)
     lows, highs = _check_range(bounds, target, d)
+    # the histogram, the bin masses and their quadrature nodes: a few arrays of (bins + 2)^d cells
+    with fits_in_memory("bins", bins, math.prod(c + 2 for c in counts), per_item=8 * 8):
+        return _histogram_tv(x, target, counts, lows, highs)
+
+
+def _histogram_tv(x, target, counts, lows, highs):
+    n, d = x.shape
     with np.errstate(over="ignore", invalid="ignore"):
         edges = tuple(np.linspace(lo, hi, b + 1) for lo, hi, b in zip(lows, highs, counts))
     for axis, (e, lo, hi) in enumerate(zip(edges, lows, highs)):
