@@ -308,3 +308,11 @@ def test_exponential_is_refused_off_vp():
     with pytest.raises(ValueError, match="method='exponential' needs a variance-preserving process"):
         sample(lambda x, t: -x, EDM(), 10, 2, np.random.default_rng(0), T=10.0, t0=0.01, n_steps=5,
                method="exponential")
+
+
+def test_tv_upper_bound_says_why_it_needs_a_variance_preserving_process():
+    from sgm_ref.metrics import tv_upper_bound
+    target = full_mixture()
+    with pytest.raises(ValueError, match="Girsanov bound does not apply"):
+        tv_upper_bound(lambda x, t: target.score(x, t, EDM()), target, EDM(), 0.01, 10.0, "geometric",
+                       "euler_maruyama", 10, np.random.default_rng(0), n_steps=5)
