@@ -262,8 +262,8 @@ GAUSS_MEAN = np.array([1.0, -0.5])
 GAUSS_COV = np.array([[0.6, 0.2], [0.2, 0.3]])
 
 
-@pytest.mark.parametrize("process", NON_VP + [OU(), VP()], ids=repr)
-@pytest.mark.parametrize("method", ["euler_maruyama", "probability_flow"])
+@pytest.mark.parametrize("process, method", [(p, m) for p in EVERY for m in ("euler_maruyama", "probability_flow")]
+                         + [(p, "exponential") for p in EVERY[:4]], ids=repr)
 def test_gaussian_law_of_each_sampler_matches_monte_carlo(process, method):
     """Issue 12's Must show: the closed-form law of each sampler on each process equals a
     Monte-Carlo run of sgm_ref.samplers.sample within 4 standard errors (mean and covariance
