@@ -112,8 +112,9 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
 
     Serial on purpose: it runs between two BLAS products, whose threads a spinning
     second pool would starve. The log-determinant takes one log per `group` factors:
-    each v = a^2 lam + s2 lies between min(lam, 1) and max(lam, 1), and the caller
-    picks group so that a product of that many stays inside the float64 range.
+    for a variance-preserving process each v = a^2 lam + s2 lies between min(lam, 1) and
+    max(lam, 1) (otherwise between its values at the smallest and largest lam), and the
+    caller picks group so that a product of that many stays inside the float64 range.
     """
     n = P.shape[0]
     K, d = lam.shape

@@ -30,7 +30,7 @@ import numpy as np
 
 from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
                            check_rng, check_time_range, fits_in_memory, mean_se)
-from ..processes import check_process
+from ..processes import VariancePreserving, check_process
 from ..samplers import check_grid, time_grid
 
 __all__ = ["tv_upper_bound", "TVBound"]
@@ -75,7 +75,7 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         The score the sampler uses (a trained model, the oracle, another library's).
     target : object with sample(n, rng), score(x, t, process) and log_prob(x, t, process)
         The true p_0, e.g. a GaussianMixture.
-    process : OU or VP
+    process : OU, VP, VPCosine or DDPM (variance-preserving; the others are refused: see Raises)
     t0, T : float
         Early-stopping time and horizon, 0 < t0 < T.
     grid : "uniform", "geometric" or ndarray of shape (N + 1,)
@@ -103,9 +103,19 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     ------
     ValueError
         For bad arguments, a score that fails or returns non-finite values, or a term
-        beyond the float64 range (the message names the term and the step).
+        beyond the float64 range (the message names the term and the step). A process
+        that is not variance-preserving (SubVP, VE, EDM, FlowMatching): sgm_ref.samplers
+        runs them by the textbook Euler–Maruyama replay, noise g(t_k)^2 h_k per step
+        instead of int g^2, whose path law Girsanov cannot compare with the true one.
     """
-    process = check_process(process)
+    if not isinstance(check_process(process, variance_preserving=False), VariancePreserving):
+        # sgm_ref.samplers runs these through the textbook Euler–Maruyama replay, whose noise
+        # over a step has variance g(t_k)^2 h_k, not int g^2: its path law is not absolutely
+        # continuous with the true reverse process's, and Girsanov gives no bound
+        raise ValueError(f"process must be variance-preserving (OU, VP, VPCosine, DDPM) for tv_upper_bound, got "
+                         f"{process!r}: on the other processes sgm_ref.samplers steps with noise variance "
+                         "g(t_k)^2 h_k rather than int g^2, so the Girsanov bound does not apply; use "
+                         "score_error_integral (weight g^2 / 2) or sampler_output_gaussian instead")
     overflow = check_overflow_policy(overflow)
     t0, T = check_time_range(t0, T, process)
     if method not in ("euler_maruyama", "exponential"):

@@ -25,8 +25,8 @@ from scipy.linalg import solve_triangular
 from scipy.special import erf, ndtr
 
 from .._validation import check_count, check_real_array, check_rng, check_time_range, eigh_spd
-from ..processes import check_process
-from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid
+from ..processes import VariancePreserving, check_process
+from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid, routed_replay
 
 __all__ = ["sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]
 
@@ -93,12 +93,17 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
         A = 1 + h/2 (g_k + g_{k+1} (1 + h g_k)),   r = h/2 (e_k + e_{k+1} + h g_{k+1} e_k),
         mu <- A mu + r,   q <- A^2 q.
 
+    A process that is not variance-preserving (SubVP, VE, EDM, FlowMatching) runs the
+    replay sgm_ref.samplers routes it to, from N(0, sigma_T^2 I) as sgm_ref.samplers.sample
+    starts it; its law is sgm_ref.replays.replay_output_gaussian's (exact, by
+    propagating the affine map). "exponential" is refused there.
+
     Parameters
     ----------
     mean : array_like, shape (d,)
     cov : array_like, shape (d, d)
         Symmetric positive definite.
-    process : OU or VP
+    process : any process of sgm_ref.processes
     grid : array_like, shape (N + 1,)
         Decreasing times from T to t0 > 0 (sgm_ref.samplers.time_grid).
     method : {"euler_maruyama", "exponential", "probability_flow"}
@@ -115,10 +120,14 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
         positive definite, an invalid grid, process or method, or an output law beyond
         the float64 range.
     """
-    m, _, lam, U = _check_gaussian(mean, cov)
-    process = check_process(process)
+    m, S, lam, U = _check_gaussian(mean, cov)
+    process = check_process(process, variance_preserving=False)
     grid = check_grid(grid, process)
     method = _check_method(method)
+    if not isinstance(process, VariancePreserving):
+        from ..replays import replay_output_gaussian  # lazily: replays imports this module
+        replay = routed_replay(process, method)
+        return replay_output_gaussian(replay, m, S, process, grid)
     m_eig = U.T @ m
     B = process.integrated_beta(grid)
     alpha = np.exp(-0.5 * B)[:, None]
@@ -158,10 +167,20 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     Both error terms vanish as T -> infinity; the SDE's like alpha_T^2, the ODE's mean
     term only like alpha_T.
 
+    Any other process (started from N(0, sigma_T^2 I), as sgm_ref.samplers.sample does):
+    with v_t' = 2 f v_t + g^2 a deviation delta from the moments obeys
+    d delta / dt = v'/(2 v) delta along the ODE (delta ~ sqrt(v)) and its mean
+    d delta / dt = (v'/v - f) delta along the SDE (delta ~ v / alpha), so
+
+        reverse SDE:  ratio = (alpha_T / alpha_t0) (v_t0 / v_T),
+                      mu = alpha_t0 mt - alpha_T mt ratio,
+                      q = v_t0 - alpha_T^2 lam ratio^2     (sigma_T^2 - v_T = -alpha_T^2 lam)
+        ODE:          mu = alpha_t0 mt - alpha_T mt sqrt(v_t0 / v_T),   q = v_t0 sigma_T^2 / v_T
+
     Parameters
     ----------
     mean, cov : as sampler_output_gaussian
-    process : OU or VP
+    process : any process of sgm_ref.processes
     T, t0 : float
         0 < t0 < T <= process.t_max.
     method : {"euler_maruyama", "exponential", "probability_flow"}
@@ -177,7 +196,13 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
         As sampler_output_gaussian, and for 0 < t0 < T <= process.t_max not holding.
     """
     m, _, lam, U = _check_gaussian(mean, cov)
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
+    if not isinstance(process, VariancePreserving):
+        t0, T = check_time_range(t0, T)
+        if T > process.t_max:
+            raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+        method = _check_method(method)
+        return _limit_any_process(U.T @ m, lam, U, process, T, t0, method)
     t0, T = check_time_range(t0, T, process)
     method = _check_method(method)
     m_eig = U.T @ m
@@ -192,6 +217,20 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
         ratio = np.exp(-0.5 * (BT - B0)) * v0 / vT
         mu = alpha0 * m_eig - alphaT * m_eig * ratio
         q = v0 - alphaT**2 * (lam - 1.0) * ratio**2  # 1 - v_T = -alpha_T^2 (lam - 1)
+    return _from_eigen(U, mu, q)
+
+
+def _limit_any_process(m_eig, lam, U, process, T, t0, method):
+    """sampler_limit_gaussian for a process that is not variance-preserving (its docstring)."""
+    (alpha0, alphaT), (s20, s2T) = process.alpha(np.array([t0, T])), process.sigma2(np.array([t0, T]))
+    v0, vT = alpha0**2 * lam + s20, alphaT**2 * lam + s2T
+    if method == "probability_flow":
+        mu = alpha0 * m_eig - alphaT * m_eig * np.sqrt(v0 / vT)
+        q = v0 * (s2T / vT)
+    else:
+        ratio = (alphaT / alpha0) * (v0 / vT)
+        mu = alpha0 * m_eig - alphaT * m_eig * ratio
+        q = v0 - alphaT**2 * lam * ratio**2
     return _from_eigen(U, mu, q)
 
 

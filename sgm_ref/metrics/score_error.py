@@ -4,23 +4,24 @@ import numpy as np
 
 from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
                            check_real_array, check_rng, check_time_range, fits_in_memory, mean_se)
-from ..processes import check_process
+from ..processes import VariancePreserving, check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
 
 
 def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribution="log-uniform",
                          dtype=np.float64, overflow="raise"):
-    """Monte-Carlo estimate of int_{t0}^{T} beta(t)/2 E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
+    """Monte-Carlo estimate of int_{t0}^{T} g(t)^2/2 E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
 
-    The reverse SDE's drift is beta(t) (y/2 + s), its noise sqrt(beta(t)) dW, so by
-    Girsanov a score error contributes 1/2 int beta |s - grad log p_t|^2 dt to
-    KL(path of the true reverse process || path of the sampler) (Cole & Lu; see
-    DESIGN.md, "Certified error"); for OU, beta = 2 and the weight is 1.
+    For dX = f X dt + g dW the reverse SDE's drift is -f y + g^2 s, its noise g dW, so by
+    Girsanov a score error contributes 1/2 int g^2 |s - grad log p_t|^2 dt to
+    KL(path of the true reverse process || path of the sampler) (Cole & Lu). For a
+    variance-preserving process g^2 = beta(t) (for OU, beta = 2 and the weight is 1) and
+    beta is used as before; for SubVP, VE, EDM and FlowMatching g^2 = process.g2(t).
 
     Draws x0_i ~ p_0, t_i ~ q on [t0, T] and x_i = alpha_{t_i} x0_i + sigma_{t_i} z_i
     (exact samples of p_{t_i}), and averages e_i / q(t_i) with
-    e_i = beta(t_i)/2 |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
+    e_i = g(t_i)^2/2 |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
     q(t) = 1 / (t log(T / t0)), which puts more points near t0 where the score and its
     error are largest; with q uniform, q = 1 / (T - t0).
 
@@ -28,8 +29,8 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d)
     target : object with sample(n, rng) and score(x, t, process), e.g. GaussianMixture
-    process : OU or VP
-    t0, T : float, 0 < t0 < T
+    process : any process of sgm_ref.processes
+    t0, T : float, 0 < t0 < T <= process.t_max
     n : int >= 2
     rng : numpy.random.Generator
     time_distribution : {"log-uniform", "uniform"}
@@ -46,13 +47,13 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     Raises
     ------
     ValueError
-        For bad arguments (T must keep B(T) finite, and with log-uniform times
+        For bad arguments (T must keep B(T) (g^2(T) for other processes) finite, and with log-uniform times
         T log(T / t0) finite), a score that fails or returns non-finite values, or an
         integral beyond the float64 range (a score error of ~1e150 or more).
     """
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
-    t0, T = check_time_range(t0, T, process)
+    t0, T = _check_time_range(t0, T, process)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
     overflow = check_overflow_policy(overflow)
@@ -84,17 +85,34 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
     xt, _ = process.perturb(x0, t, rng)
     s = call_score(score, xt.astype(dtype), t).astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
-        e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * process.beta(t) * inv_q)
+        # variance-preserving processes keep beta (g^2 = beta), bit for bit as before
+        g2 = process.beta(t) if isinstance(process, VariancePreserving) else process.g2(t)
+        e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * g2 * inv_q)
     value, se = mean_se(e)
     if not (np.isfinite(value) and np.isfinite(se)):
         if overflow == "inf":
             return np.inf, np.nan
         i = int(np.argmax(~np.isfinite(e))) if not np.all(np.isfinite(e)) else int(np.argmax(e))
         raise ResultOverflowError(f"the score error integral overflows float64: at t = {float(t[i]):.3g} the weighted squared "
-                         f"error beta(t) / (2 q(t)) |s - grad log p_t|^2 is {float(e[i]):.3g} (the score there is "
+                         f"error g(t)^2 / (2 q(t)) |s - grad log p_t|^2 is {float(e[i]):.3g} (the score there is "
                          f"as large as {float(np.max(np.abs(s[i]))):.3g}); the score is too far from the truth to "
                          "measure in float64")
     return value, se
+
+
+def _check_time_range(t0, T, process):
+    """check_time_range for variance-preserving processes (B(T) finite); for the others
+    0 < t0 < T <= t_max with g^2 finite at both ends."""
+    if isinstance(process, VariancePreserving):
+        return check_time_range(t0, T, process)
+    t0, T = check_time_range(t0, T)
+    if T > process.t_max:
+        raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        g2 = process.g2(np.array([t0, T]))
+    if not np.all(np.isfinite(g2)):
+        raise ValueError(f"T = {T!r} is too large for {process!r}: g(T)^2 overflows float64; use a smaller T")
+    return t0, T
 
 
 def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64, overflow="raise"):
@@ -107,7 +125,7 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64,
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d)
     target : object with sample(n, rng) and score(x, t, process)
-    process : OU or VP
+    process : any process of sgm_ref.processes
     ts : array_like, shape (m,)
         Times in (0, process.t_max].
     n : int >= 2
@@ -129,7 +147,7 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64,
         For bad arguments, a score that fails or returns non-finite values, or a
         squared error beyond the float64 range.
     """
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)

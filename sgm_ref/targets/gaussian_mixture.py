@@ -4,7 +4,9 @@ If p_0 = sum_k w_k N(mu_k, Sigma_k) and X_t = alpha_t X_0 + sigma_t Z, then
 
     p_t = sum_k w_k N(alpha_t mu_k, alpha_t^2 Sigma_k + sigma_t^2 I),
 
-exactly, for OU and VP alike. Relative to the standard Gaussian gamma_d the target is
+exactly, for every (alpha_t, sigma_t): OU, VP and every other process of
+sgm_ref.processes (VE, EDM, FlowMatching, ...). predict() gives the exact denoiser, eps,
+v and velocity from the score. Relative to the standard Gaussian gamma_d the target is
 p_0 = exp(f) gamma_d / Z with f entering with a plus sign (Cole & Lu's exponential
 tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 / 2).
 """
@@ -14,7 +16,8 @@ import numpy as np
 from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
                            eigh_spd)
 from ..kernels.mixture import diagonal_mixture, full_mixture_responsibilities
-from ..processes import OU, check_process
+from ..processes import OU, VariancePreserving, check_process
+from ._predict import ExactOutputs
 from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
                       check_means, check_size, check_variances, plain, real_array, shown)
 
@@ -69,7 +72,7 @@ def _is_spd(a):
 _BLOCK_ELEMENTS = 2**20
 
 
-class GaussianMixture:
+class GaussianMixture(ExactOutputs):
     """Mixture sum_k w_k N(mu_k, Sigma_k) in R^d with an exact score oracle at any t.
 
     Parameters
@@ -376,7 +379,7 @@ class GaussianMixture:
             float32 points need means within +-1e15 and variances in [1e-30, 1e30].
         t : float or ndarray of shape (n,)
             One time for all rows or one per row, >= 0 (and <= process.t_max).
-        process : OU or VP
+        process : any process of sgm_ref.processes (OU by default)
 
         Returns
         -------
@@ -435,10 +438,23 @@ class GaussianMixture:
             self._by_dtype[dtype] = (np.ascontiguousarray(mu.astype(dtype)), lam, U_all, centre)
         return self._by_dtype[dtype]
 
+    def _group_for(self, a, s2):
+        """The log-determinant's group size when alpha^2 + sigma^2 is not 1 (VE, EDM, ...).
+
+        Then v = alpha^2 lam + sigma^2 is no longer between min(lam, 1) and max(lam, 1);
+        it lies between its values at the smallest and largest eigenvalue, so the group
+        is set from those.
+        """
+        a2 = a * a
+        with np.errstate(divide="ignore", over="ignore"):
+            ends = np.log(np.concatenate([a2 * self._lam.min() + s2, a2 * self._lam.max() + s2]))
+        spread = max(1.0, float(np.max(np.abs(ends))))
+        return int(max(1, min(8, 600.0 // spread)))
+
     def _evaluate(self, x, t, process, want_score):
         x = check_points(x, "x", d=self.dim)
         n, d = x.shape
-        a, s2 = check_process(process)._coefficients(t, n)
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
         mu, lam, U_all, centre = self._params(x.dtype)
         logp = np.empty(n, dtype=x.dtype)
         score = np.empty((n, d), dtype=x.dtype) if want_score else None
@@ -455,12 +471,13 @@ class GaussianMixture:
                 np.matmul(rotated, U_all.T, out=score)
         else:
             K = lam.shape[0]
+            group = self._log_group if isinstance(process, VariancePreserving) else self._group_for(a, s2)
             rows = max(1, _BLOCK_ELEMENTS // (K * d))
             for start in range(0, n, rows):
                 block = slice(start, min(start + rows, n))
                 P = (x[block] - a[block, None].astype(x.dtype) * centre) @ U_all
                 logc = np.empty((P.shape[0], K))
-                full_mixture_responsibilities(P, a[block], s2[block], self._logw, mu, lam, self._log_group,
+                full_mixture_responsibilities(P, a[block], s2[block], self._logw, mu, lam, group,
                                               logp[block], logc)
                 if want_score:
                     np.matmul(P, U_all.T, out=score[block])

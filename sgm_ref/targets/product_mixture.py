@@ -4,7 +4,7 @@ Each coordinate is independent, x_j ~ w_j0 N(mu_j0, s_j0^2) + w_j1 N(mu_j1, s_j1
 
     p_t(x) = prod_j sum_c w_jc N(x_j; alpha_t mu_jc, alpha_t^2 s_jc^2 + sigma_t^2)
 
-exactly, and the score is closed form coordinate by coordinate:
+exactly for every process of sgm_ref.processes, and the score is closed form coordinate by coordinate:
 
     d/dx_j log p_t(x) = -sum_c pi_jc(x_j) (x_j - alpha_t mu_jc) / (alpha_t^2 s_jc^2 + sigma_t^2),
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng
 from ..processes import OU, check_process
+from ._predict import ExactOutputs
 from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
                       check_means, check_size, check_variances, plain, real_array)
 
@@ -26,7 +27,7 @@ __all__ = ["ProductMixture"]
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-class ProductMixture:
+class ProductMixture(ExactOutputs):
     """Independent coordinates, each a 1-D mixture of two Gaussians; exact oracle at any t.
 
     Parameters
@@ -151,7 +152,7 @@ class ProductMixture:
     def _evaluate(self, x, t, process):
         x = check_points(x, "x", d=self.dim)
         n = x.shape[0]
-        a, s2 = check_process(process)._coefficients(t, n)
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
         if x.dtype == np.float32:
             check_float32_range(self.means, self.stds**2, repr(self))
         a, s2 = a[:, None, None], s2[:, None, None]

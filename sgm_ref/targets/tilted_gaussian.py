@@ -18,12 +18,24 @@ The same draws give log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, wit
 log E_gamma[e^f] estimated once from n_normaliser draws (log_normaliser, its se); those
 draws, weighted by e^f, also give the mean and covariance of p_0 (mean(), covariance(),
 self-normalised estimates).
+
+Any other process (alpha_t^2 + sigma_t^2 = q_t != 1: SubVP, VE, EDM, FlowMatching). Under
+gamma_d, X_0 given X_t = x is N(alpha x / q, sigma^2 / q I) and X_t ~ N(0, q I), so with
+y = alpha x / q + (sigma / sqrt q) Z
+
+    p_t(x) = N(x; 0, q I) E_Z[e^{f(y)}] / Z,
+    grad log p_t(x) = -x / q + (alpha / q) E_Z[e^{f(y)} grad f(y)] / E_Z[e^{f(y)}]
+                    = -x / q + alpha / (sigma sqrt q) E_Z[Z e^{f(y)}] / E_Z[e^{f(y)}],
+
+the same draws of Z. For variance-preserving processes (q = 1) the formulas above are
+used as written (no rounding of q).
 """
 
 import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng
-from ..processes import OU, check_process
+from ..processes import OU, VariancePreserving, check_process
+from ._predict import ExactOutputs
 from ._checks import check_size, plain, shown
 
 __all__ = ["TiltedGaussian"]
@@ -54,7 +66,7 @@ def _logmeanexp(v, axis):
         return np.squeeze(top, axis) + np.log(np.mean(np.exp(v - top), axis=axis))
 
 
-class TiltedGaussian:
+class TiltedGaussian(ExactOutputs):
     """p_0(x) = exp(f(x)) gamma_d(x) / Z for a user-supplied f; exact samples, Monte-Carlo score.
 
     Parameters
@@ -226,10 +238,20 @@ class TiltedGaussian:
         """(log p_t, score, se) at points x already checked by check_points."""
         x = x.astype(np.float64, copy=False)
         n, d = x.shape
-        a, s2 = check_process(process)._coefficients(t, n)
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
         sigma = np.sqrt(s2)
-        with np.errstate(over="ignore"):  # a point too far out is named below
-            log_gamma = -0.5 * (d * _LOG_2PI + np.sum(x**2, axis=1))
+        if isinstance(process, VariancePreserving):
+            with np.errstate(over="ignore"):  # a point too far out is named below
+                log_gamma = -0.5 * (d * _LOG_2PI + np.sum(x**2, axis=1))
+            x_in, a_in = x, a
+        else:
+            # module docstring: the posterior of X_0 under gamma_d is N(a x / q, s^2 / q)
+            q = a * a + s2
+            root_q = np.sqrt(q)
+            with np.errstate(over="ignore"):
+                log_gamma = -0.5 * (d * (_LOG_2PI + np.log(q)) + np.sum(x**2, axis=1) / q)
+            x_in, a_in = x / q[:, None], a / q
+            sigma = sigma / root_q
         logp = np.empty(n)
         score = np.empty((n, d)) if want_score else None
         se = np.empty((n, d)) if want_score else None
@@ -237,7 +259,7 @@ class TiltedGaussian:
         rows = max(1, _BLOCK // (n_mc * d))
         for start in range(0, n, rows):
             blk = slice(start, min(start + rows, n))
-            y = a[blk, None, None] * x[blk, None, :] + sigma[blk, None, None] * self._z  # (r, n_mc, d)
+            y = a[blk, None, None] * x_in[blk, None, :] + sigma[blk, None, None] * self._z  # (r, n_mc, d)
             fy = self._f(y.reshape(-1, d)).reshape(-1, n_mc)
             logp[blk] = log_gamma[blk] + _logmeanexp(fy, axis=1) - self.log_normaliser
             if not want_score:
@@ -246,15 +268,15 @@ class TiltedGaussian:
                 w = np.exp(fy - fy.max(axis=1, keepdims=True))
             w /= w.sum(axis=1, keepdims=True)                                          # (r, n_mc)
             if self.estimator == "gradient":
-                g = a[blk, None, None] * self._grad(y.reshape(-1, d)).reshape(y.shape)
+                g = a_in[blk, None, None] * self._grad(y.reshape(-1, d)).reshape(y.shape)
             else:
                 # alpha / sigma E[Z w]: at t = 0 (sigma = 0) p_0's score is -x + grad f(x), which
                 # this form cannot give; the gradient form can
                 if np.any(sigma[blk] == 0):
                     raise ValueError("the 'stein' estimator needs t > 0; use estimator='gradient' at t = 0")
-                g = (a[blk] / sigma[blk])[:, None, None] * self._z[None, :, :]
+                g = (a_in[blk] / sigma[blk])[:, None, None] * self._z[None, :, :]
             R = np.einsum("ri,rid->rd", w, g)
-            score[blk] = -x[blk] + R
+            score[blk] = -x_in[blk] + R
             # scaled by the largest deviation, so (g - R)^2 cannot overflow where g is large
             # (the stein form's alpha / sigma reaches 4e161 as t -> 0)
             dev = g - R[:, None, :]
