@@ -176,9 +176,8 @@ def build_parser():
                     "such ('overflows float64', and where), never as inf or nan.")
     p.add_argument("--score", required=True, metavar="MODULE:CALLABLE",
                    help="a function f(x (n, d), time (n,)) -> (n, d) of NumPy, torch or JAX arrays, in the "
-                        "convention of --output and --time; MODULE a dotted name (found from the current folder as "
-                        "with python -m) or a .py file. A torch.nn.Module, or a function whose module uses torch, "
-                        "is given torch tensors (sgm_ref.interop.from_torch), anything else NumPy arrays")
+                        "convention of --output and --time (see --inputs); MODULE a dotted name (found from the "
+                        "current folder as with python -m) or a .py file")
     p.add_argument("--target", required=True,
                    help=f"the target whose exact score s is measured against: {_TARGET_HELP}")
     p.add_argument("--process", metavar="SPEC", default=DEFAULTS["process"]["name"].lower(),
@@ -196,6 +195,10 @@ def build_parser():
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="dtype of the points passed to the function; the function must return it (errors are "
                         "computed in float64) (default %(default)s)")
+    p.add_argument("--inputs", choices=("auto", "numpy", "torch"), default="auto",
+                   help="what the function is given: torch tensors (through sgm_ref.interop.from_torch) or NumPy "
+                        "arrays; auto: tensors for a torch.nn.Module or a function whose code names torch "
+                        "(default %(default)s)")
     p.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
     p.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
     p.add_argument("--t0", type=float, default=_TRAIN["t0"],
@@ -505,16 +508,19 @@ def _audit_process(args):
 
 
 def _uses_torch(fn):
-    """Whether fn is a torch.nn.Module or a function whose module uses torch (without importing torch)."""
+    """Whether fn is a torch.nn.Module, or a function whose own code names torch (a module or an
+    object of torch's) among its globals: then it is given tensors. torch is never imported here."""
     torch = sys.modules.get("torch")
     if torch is None:
         return False
     if isinstance(fn, torch.nn.Module):
         return True
-    code = fn if hasattr(fn, "__globals__") else getattr(type(fn), "__call__", None)
-    names = getattr(code, "__globals__", {})
-    return any(getattr(v, "__name__", "").split(".")[0] == "torch" for v in names.values()
-               if type(v).__name__ == "module")
+    code = fn if hasattr(fn, "__code__") else getattr(type(fn), "__call__", None)
+    if not hasattr(code, "__code__"):
+        return False
+    names = code.__code__.co_names
+    return any((getattr(v, "__name__", "") if type(v).__name__ == "module" else type(v).__module__ or "")
+               .split(".")[0] == "torch" for k, v in code.__globals__.items() if k in names)
 
 
 def _to_numpy(out):
@@ -585,7 +591,10 @@ def _numpy_score(fn, spec, process, output, time):
 
 def _torch_score(fn, spec, process, output, time, dtype):
     """A torch module or function as a score through sgm_ref.interop.from_torch."""
-    import torch
+    try:
+        import torch
+    except ImportError as e:
+        raise ValueError(f"--inputs torch needs PyTorch, which does not import here ({e})") from None
 
     from .interop import from_torch
 
@@ -636,7 +645,7 @@ def cmd_audit(args):
     if args.json is not None:  # refused now, not after the work
         _check_json_path(args.json)
     loaded = _load_callable(args.score)
-    if _uses_torch(loaded.function):
+    if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
     else:
         score = _numpy_score(loaded, args.score, process, args.output, args.time)
@@ -671,7 +680,9 @@ def cmd_audit(args):
                "integral": se["integral"], "note": "profile converted to the model's process: t its time of equal "
                "log-SNR, errors divided by c^2 (x_OU = x / c); the integral and the TV bound are those of the "
                "equivalent OU process"}
-        se["t"] = np.asarray(u, dtype=np.float64).tolist()
+        u = np.asarray(u, dtype=np.float64).copy()
+        u[0], u[-1] = args.t0, T  # the profile's ends are these times exactly (OU's came from them)
+        se["t"] = u.tolist()
         for key in ("error", "standard_error", "oracle_mean_square"):
             se[key] = (np.asarray(se[key], dtype=np.float64) / c2).tolist()
     report = {"score": args.score, "target": args.target, "target_definition": to_record(target),
