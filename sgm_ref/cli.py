@@ -6,6 +6,7 @@
     sgm-ref sample RUN [options]       samples.npy
     sgm-ref evaluate RUN [options]     report.json, report.md, plots
     sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
+        [--process ddpm:linear --output eps --time timestep --dtype float32]   ... in the model's convention
     sgm-ref experiment rate OUT [--quick]   error against n for several d (the paper's claim)
 
 Errors in the input (a ValueError anywhere in the library, or an OSError on the user's
