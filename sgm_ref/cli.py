@@ -7,6 +7,7 @@
     sgm-ref evaluate RUN [options]     report.json, report.md, plots
     sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
         [--process ddpm:linear --output eps --time timestep --dtype float32]   ... in the model's convention
+    sgm-ref audit-sampler --sampler MOD:FN --replay NAME --target SPEC   a sampler loop vs a replay
     sgm-ref experiment rate OUT [--quick]   error against n for several d (the paper's claim)
 
 Errors in the input (a ValueError anywhere in the library, or an OSError on the user's
@@ -15,6 +16,7 @@ files) print one line on stderr and exit with status 2; nothing is left half-wri
 """
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import os
@@ -32,6 +34,7 @@ from .conventions import KINDS as _OUTPUTS
 from .interop import TIMES as _TIME_ARGUMENTS
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS
 from .processes import VP
+from .replays import REPLAYS
 from .runs import DEFAULTS
 from .samplers import METHODS
 from .score_model import PARAMETERIZATIONS
@@ -227,6 +230,37 @@ def build_parser():
     p.add_argument("--traceback", action="store_true",
                    help="when the score function (or its module) raises or exits, show its whole traceback")
 
+    p = commands.add_parser(
+        "audit-sampler", help="a peer's sampler loop against a reference replay (same target, grid, start, noise)",
+        description="Runs the sampler MODULE:CALLABLE and a replay of sgm_ref.replays on the same target, grid, "
+                    "start points and noise with the target's exact score, and reports the per-step deviation "
+                    "(first step above rounding), the exact output laws on a Gaussian target (KL, TV) and sample "
+                    "distances. The sampler is loop(score, grid, x, noises) -> output or trajectory, or "
+                    "step(x, k, grid, score, noise_k) -> next state (see sgm_ref.audit). Exit status 0 when it "
+                    "matches the replay, 1 when a discrepancy is found, 2 on bad usage.")
+    p.add_argument("--sampler", required=True, metavar="MODULE:CALLABLE",
+                   help="the peer's loop or step function; MODULE a dotted name or a .py file")
+    p.add_argument("--replay", required=True, choices=sorted(REPLAYS), help="the reference replay")
+    p.add_argument("--process", default="vp",
+                   help="ou, vp, vp:beta_min=0.1,beta_max=20, vpcosine, subvp, ddpm, ddpm:scaled_linear, ve, "
+                        "ve:sigma_min=0.01,sigma_max=50, edm, flow (default %(default)s)")
+    p.add_argument("--target", required=True,
+                   help=f"gaussian:d=2,mean=1,std=0.5 (exact laws) or {_TARGET_HELP}")
+    p.add_argument("--n-steps", type=_integer, default=10, help="replay steps on the grid (default %(default)s)")
+    p.add_argument("--grid", choices=_GRIDS, default="uniform", help="the grid's spacing (default %(default)s)")
+    p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
+    p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
+    p.add_argument("--kind", choices=("loop", "step"), help="the sampler's form (default: read from its signature)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the replay (VALUE read as JSON, else as text), e.g. step_size=0.1; repeatable")
+    p.add_argument("--n", type=_integer, default=1000, help="start points (default %(default)s)")
+    p.add_argument("--rtol", type=float, help="rounding threshold of the relative deviation "
+                                              "(default 64 eps of the sampler's output dtype)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start points and noise (default %(default)s)")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH (checked writable first)")
+    p.add_argument("--traceback", action="store_true",
+                   help="when the sampler (or its module) raises or exits, show its whole traceback")
+
     p = commands.add_parser("experiment", help="the paper's claim as an experiment")
     experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
     p = experiments.add_parser("rate", help="score error against n for several d (sgm_ref.experiments.rate)",
@@ -420,12 +454,12 @@ def _missing_module(exc, module_name):
         module_name == missing or module_name.startswith(missing + "."))
 
 
-def _load_callable(spec):
+def _load_callable(spec, option="--score"):
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--score must look like MODULE:CALLABLE (e.g. mymodels:score), got {spec!r}")
+        raise ValueError(f"{option} must look like MODULE:CALLABLE (e.g. mymodels:{option.lstrip('-')}), got {spec!r}")
     if module_name.endswith(".py") and not os.path.isfile(module_name):
-        raise ValueError(f"--score: no file {module_name}")
+        raise ValueError(f"{option}: no file {module_name}")
     try:
         if module_name.endswith(".py"):
             loader = importlib.util.spec_from_file_location("_sgm_ref_audited", module_name)
@@ -438,26 +472,27 @@ def _load_callable(spec):
         raise
     except BaseException as exc:  # the user's module failed (or exited) while loading: say so in one line
         if _missing_module(exc, module_name):
-            raise ValueError(f"--score: cannot import {module_name} ({exc})") from None
+            raise ValueError(f"{option}: cannot import {module_name} ({exc})") from None
         if isinstance(exc, SystemExit):
-            raise _UserCodeError(f"--score: importing {module_name} {_what_it_did(exc)}", exc) from None
-        raise _UserCodeError(f"--score: importing {module_name} failed: {_what_it_did(exc)[len('raised '):]}",
+            raise _UserCodeError(f"{option}: importing {module_name} {_what_it_did(exc)}", exc) from None
+        raise _UserCodeError(f"{option}: importing {module_name} failed: {_what_it_did(exc)[len('raised '):]}",
                              exc) from None
     try:
         fn = getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"--score: {module_name} has no attribute {attr!r}") from None
+        raise ValueError(f"{option}: {module_name} has no attribute {attr!r}") from None
     if not callable(fn):
-        raise ValueError(f"--score: {module_name}:{attr} is not callable")
+        raise ValueError(f"{option}: {module_name}:{attr} is not callable")
 
-    def score(x, t):
+    @functools.wraps(fn)  # keeps the signature (audit-sampler reads the peer's form from it)
+    def score(*args, **kwargs):
         # whatever the user's function raises is theirs, a ValueError too: name it as such
         try:
-            return fn(x, t)
+            return fn(*args, **kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            raise _UserCodeError(f"--score {spec} {_what_it_did(exc)}", exc) from None
+            raise _UserCodeError(f"{option} {spec} {_what_it_did(exc)}", exc) from None
 
     score.function = fn
     return score
@@ -721,8 +756,49 @@ def cmd_audit(args):
     return 0
 
 
+def _replay_options(items):
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--option must look like KEY=VALUE (e.g. step_size=0.1), got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def cmd_audit_sampler(args):
+    from .audit import compare_sampler, process_from_spec, target_from_spec
+    from .samplers import time_grid
+
+    process = process_from_spec(args.process)
+    target = target_from_spec(args.target)
+    name = process.__class__.__name__
+    T = args.T if args.T is not None else {"OU": 5.0, "EDM": 80.0}.get(name, min(1.0, process.t_max))
+    t0 = args.t0 if args.t0 is not None else (0.002 if name == "EDM" else 1e-3)
+    grid = time_grid(T, t0, args.n_steps, args.grid)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+    if args.json is not None:
+        _check_json_path(args.json)
+    options = _replay_options(args.option)
+    peer = _load_callable(args.sampler, option="--sampler")
+    result = compare_sampler(peer, args.replay, process, grid, target, args.n, np.random.default_rng(args.seed),
+                             replay_options=options, kind=args.kind, rtol=args.rtol, name=args.sampler)
+    _say(result.text())
+    if args.json is not None:
+        from .runs import write_json
+        write_json(args.json, {"sampler": args.sampler, "target": args.target, "seed": args.seed,
+                               "replay_options": options, **result.to_dict()})
+    return 0 if result.matches else 1
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "audit": cmd_audit,
-            "experiment": cmd_experiment}
+            "audit-sampler": cmd_audit_sampler, "experiment": cmd_experiment}
 
 
 def _os_error_text(exc):

@@ -280,9 +280,14 @@ def _training_summary(folder):
     path = os.path.join(folder, "history.json")
     try:
         with open(path, encoding="utf-8") as f:
-            loss = load_json(f, path)["loss"]
+            raw = load_json(f, path)["loss"]
     except (OSError, ValueError, KeyError, TypeError):
         raise RunError(f"{path} is missing or unreadable: train the run first") from None
+    numbers = isinstance(raw, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+    loss = np.asarray(raw if numbers else [], dtype=np.float64)
+    if loss.size == 0 or not np.all(np.isfinite(loss)):
+        raise RunError(f"{path} is damaged (its loss must be a non-empty list of finite numbers, as "
+                       "training writes it): train the run again")
     window = min(FINAL_LOSS_WINDOW, len(loss))
     return {"steps": len(loss), "first_loss": float(loss[0]), "last_loss": float(loss[-1]),
             "final_loss_mean": float(np.mean(loss[-window:])), "final_loss_window": window}

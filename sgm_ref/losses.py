@@ -11,7 +11,7 @@ Song et al. Element-wise work: sgm_ref.kernels.dsm; the network: sgm_ref.nn.MLP.
 
 import numpy as np
 
-from ._validation import check_count, check_points, check_rng, check_time_range, check_times
+from ._validation import check_count, check_points, check_rng, check_time_range, check_times, fits_in_memory
 from .kernels.dsm import PARAMETERIZATION_CODES, dsm_residual, perturb_into
 
 __all__ = ["dsm_loss", "sample_times", "WEIGHTINGS", "TIME_DISTRIBUTIONS"]
@@ -30,7 +30,8 @@ def sample_times(n, t0, T, rng, distribution="uniform"):
     rng = check_rng(rng)
     if distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
-    return _draw_times(n, t0, T, rng, distribution)
+    with fits_in_memory("n", n, n, per_item=16):
+        return _draw_times(n, t0, T, rng, distribution)
 
 
 def _draw_times(n, t0, T, rng, distribution):

@@ -293,3 +293,17 @@ def test_a_deeply_nested_history_is_a_run_error(tmp_path, sampled_run):
     (run / "history.json").write_text("[" * 100_000 + "]" * 100_000)
     with pytest.raises(RunError, match="history.json is missing or unreadable"):
         evaluate_run(run, plots=False)
+
+
+@pytest.mark.parametrize("loss", ["[1.0, NaN]", "[]", "[true, 1.0]", "[[1.0]]", '["1.0"]'])
+def test_a_damaged_history_is_a_run_error(tmp_path, sampled_run, loss):
+    import shutil
+
+    from sgm_ref.evaluation import evaluate_run
+    from sgm_ref.runs import RunError
+
+    run = tmp_path / "run"
+    shutil.copytree(sampled_run, run)
+    (run / "history.json").write_text('{"loss": ' + loss + "}")
+    with pytest.raises(RunError, match="history.json is (damaged|missing or unreadable)"):
+        evaluate_run(run, plots=False)

@@ -275,3 +275,10 @@ def test_dsm_loss_refuses_x0_entries_that_overflow_the_network():
         dsm_loss(model, x0, t, z)
     with pytest.raises(ValueError, match=r"overflows float64"):
         dsm_loss(model, x0, t, z, grad=False)
+
+
+def test_sample_times_names_a_size_beyond_numpy():
+    from sgm_ref.losses import sample_times
+
+    with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for .* lower n$"):
+        sample_times(2**62, 0.01, 1.0, np.random.default_rng(0))
