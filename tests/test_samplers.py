@@ -347,20 +347,20 @@ def test_a_diverging_sampler_is_named_not_blamed_on_the_score(method):
     def score(x, t):
         return g.score(x, t, OU())
 
-    # steps of int beta = 2e5: the stochastic schemes blow up and the oracle refused x (the
+    # uniform steps of int beta = 2e5: the stochastic schemes blow up and the oracle refused x (the
     # probability flow's drift vanishes for this exact score: it stays put)
     with pytest.raises(ValueError, match=r"the sampler diverged") if method != "probability_flow" else nullcontext():
-        sample(score, OU(), 10, 2, np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method)
+        sample(score, OU(), 10, 2, np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method, grid="uniform")
     with pytest.raises(ValueError, match=r"the sampler diverged: its points overflowed \(or nearly\) before step "
                                          r"\d+ .*largest step has int beta = 2e\+05"):
         sample(score if method != "probability_flow" else (lambda x, t: -np.tanh(x)), OU(), 10, 2,
-               np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method)
+               np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method, grid="uniform")
 
     def tame(x, t):  # never fails, so the overflow shows only in the result
         return -np.tanh(x)
 
     with pytest.raises(ValueError, match=r"the sampler diverged"):
-        sample(tame, OU(), 10, 2, np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method)
+        sample(tame, OU(), 10, 2, np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method, grid="uniform")
 
 
 def test_grid_messages_print_plain_floats():
