@@ -6,6 +6,8 @@ learning a family of sub-Gaussian probability distributions" (ICLR 2024).
 
 __version__ = "0.1.0"
 
+# First: sets the thread pools' wait policies before numpy and numba load them (see _threads)
+from ._threads import set_threads  # noqa: I001
 from . import gradcheck, metrics, samplers
 from .io import load, save
 from .losses import dsm_loss
@@ -17,4 +19,4 @@ from .targets import GaussianMixture
 from .train import fit
 
 __all__ = ["OU", "VP", "GaussianMixture", "MLP", "ScoreModel", "Adam", "dsm_loss", "fit", "save", "load",
-           "samplers", "metrics", "gradcheck", "__version__"]
+           "samplers", "metrics", "gradcheck", "set_threads", "__version__"]
