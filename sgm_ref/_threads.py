@@ -80,6 +80,7 @@ def _threads_from_environment(environ):
 _LOADED_BEFORE = _runtimes_loaded()
 _REQUESTED = _threads_from_environment(os.environ)  # a bad value raises before anything changes
 _APPLIED = _set_spin_defaults(os.environ)
+_BLAS_COUNT_BEFORE = os.environ.get("OPENBLAS_NUM_THREADS")
 if _REQUESTED is not None:  # the sgm_ref knob wins, also for an OpenBLAS loaded later (scipy's)
     os.environ["OPENBLAS_NUM_THREADS"] = str(_REQUESTED)
 
@@ -185,4 +186,11 @@ def set_threads(n):
 
 
 if _REQUESTED is not None:
-    set_threads(_REQUESTED)
+    try:
+        set_threads(_REQUESTED)
+    except ValueError as exc:  # more than numba's pool: leave the environment as it was
+        if _BLAS_COUNT_BEFORE is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = _BLAS_COUNT_BEFORE
+        raise ValueError(f"{ENV_THREADS}={_REQUESTED}: {exc}") from None
