@@ -15,12 +15,18 @@ where the user has not set them:
     OPENBLAS_THREAD_TIMEOUT=4    an idle OpenBLAS worker sleeps after 2^4 cycles
     OMP_WAIT_POLICY=PASSIVE      an idle OpenMP worker sleeps at once
 
-Thread counts are left as the libraries choose them (one per core), which is fastest
-on a quiet machine. They are read from the environment at load time, so the defaults
-only reach a runtime that was not loaded before sgm_ref (numpy imported first keeps
-OpenBLAS's spinning; `environment_defaults()` says what happened). The knob is the
-thread count: `set_threads(n)` at run time, or SGM_REF_THREADS=n in the environment,
-applied when sgm_ref is imported.
+Neither changes a result bit. The runtimes read them when they load, so they do not
+reach a runtime loaded before sgm_ref (numpy imported first keeps OpenBLAS's spinning;
+`environment_defaults()` says what happened); OMP_WAIT_POLICY also applies to other
+OpenMP code of the process loaded later (PyTorch's).
+
+Thread counts are left as the libraries choose them (one per core), fastest on a quiet
+machine. They are not adapted to the load: the BLAS thread count changes the last bits
+of a training run, and the same command must give the same bits whatever else runs
+(a resumed run too). On a machine whose other work keeps the cores busy, one thread is
+several times faster; that is the user's knob: `set_threads(n)` at run time, or
+SGM_REF_THREADS=n in the environment, applied when sgm_ref is imported.
+`busy_hint()` words the advice when the machine is busy now.
 """
 
 import os
@@ -194,3 +200,45 @@ if _REQUESTED is not None:
         else:
             os.environ["OPENBLAS_NUM_THREADS"] = _BLAS_COUNT_BEFORE
         raise ValueError(f"{ENV_THREADS}={_REQUESTED}: {exc}") from None
+
+
+def busy_cpus():
+    """Tasks other than this process's running or waiting for a CPU now, or None if unknown.
+
+    The running-task count of /proc/loadavg (Linux), the median of a few reads a
+    millisecond apart, minus the reading thread; a thread of another process counts
+    as one, whether it computes or spins.
+    """
+    import time
+
+    counts = []
+    for _ in range(5):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return None
+        time.sleep(0.001)
+    return max(0, sorted(counts)[len(counts) // 2] - 1)
+
+
+def busy_hint(busy=None, cpus=None, threads=None):
+    """One line advising fewer threads when other work leaves too few CPUs free, else None.
+
+    busy: other runnable tasks (default busy_cpus()); cpus: os.cpu_count(); threads:
+    numba's current count. Advice when busy + threads > cpus (the pools would wait for
+    descheduled workers), suggesting max(1, cpus - busy) threads. None when the user
+    chose a count (SGM_REF_THREADS, OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set), when
+    already at one thread, or when the load is unknown.
+    """
+    if any(name in os.environ for name in (ENV_THREADS, "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+        return None
+    busy = busy_cpus() if busy is None else busy
+    cpus = os.cpu_count() if cpus is None else cpus
+    threads = numba.get_num_threads() if threads is None else threads
+    if busy is None or not cpus or threads <= 1 or busy + threads <= cpus:
+        return None
+    n = max(1, cpus - busy)
+    return (f"note: the machine is busy ({busy} other running tasks on {cpus} CPUs): with {threads} threads "
+            f"each parallel step waits for a descheduled worker; SGM_REF_THREADS={n} is usually faster now "
+            f"(results then differ in the last bits from a {threads}-thread run)")

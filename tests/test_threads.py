@@ -115,3 +115,21 @@ def test_a_bad_sgm_ref_threads_is_refused_at_import(value):
     assert result.returncode != 0
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("ValueError: ") and ("SGM_REF_THREADS" in last or "NUMBA_NUM_THREADS" in last), last
+
+
+def test_busy_hint_only_when_the_pools_oversubscribe(monkeypatch):
+    for name in ("SGM_REF_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert _threads.busy_hint(busy=0, cpus=2, threads=2) is None
+    assert _threads.busy_hint(busy=3, cpus=2, threads=1) is None  # nothing to give up
+    assert _threads.busy_hint(busy=4, cpus=16, threads=12) is None
+    hint = _threads.busy_hint(busy=2, cpus=2, threads=2)
+    assert "SGM_REF_THREADS=1" in hint and "\n" not in hint
+    assert "SGM_REF_THREADS=10" in _threads.busy_hint(busy=6, cpus=16, threads=16)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # the user chose: no advice
+    assert _threads.busy_hint(busy=2, cpus=2, threads=2) is None
+
+
+def test_busy_cpus_counts_others_or_says_unknown():
+    busy = _threads.busy_cpus()
+    assert busy is None or (isinstance(busy, int) and busy >= 0)
