@@ -6,6 +6,8 @@ learning a family of sub-Gaussian probability distributions" (ICLR 2024).
 
 __version__ = "0.1.0"
 
+# First: sets the thread pools' wait policies before numpy and numba load them (see _threads)
+from ._threads import set_threads  # noqa: I001
 from . import audit, conventions, gradcheck, interop, metrics, replays, samplers
 from .audit import compare_sampler
 from .io import load, save
@@ -19,4 +21,5 @@ from .train import fit
 
 __all__ = ["OU", "VP", "VPCosine", "DDPM", "SubVP", "VE", "EDM", "FlowMatching", "convert_time", "conventions",
            "GaussianMixture", "MLP", "ScoreModel", "Adam", "dsm_loss", "fit", "save", "load",
-           "samplers", "replays", "audit", "compare_sampler", "metrics", "gradcheck", "interop", "__version__"]
+           "samplers", "replays", "audit", "compare_sampler", "metrics", "gradcheck", "interop", "set_threads",
+           "__version__"]
