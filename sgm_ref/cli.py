@@ -141,6 +141,10 @@ def _add_evaluation_options(p):
 def build_parser():
     parser = _Parser(prog="sgm-ref", description="Exact, fast reference implementation of score-based generative models.")
     parser.add_argument("--version", action="version", version=f"sgm-ref {__version__}")
+    parser.add_argument("--threads", type=_integer, metavar="N",
+                        help="threads for numba's loops and OpenBLAS (default one per core, or SGM_REF_THREADS); "
+                             "1 is often faster on a machine busy with other work. The count changes the last bits "
+                             "of training: resume with the count you trained with")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = commands.add_parser("demo", help="train, sample and evaluate on the 2-D ring of 8 Gaussians")
@@ -831,6 +835,9 @@ def main(argv=None):
         if args.command is None:
             parser.print_help()
             return 0
+        if args.threads is not None:
+            from ._threads import set_threads
+            set_threads(args.threads)
         with warnings.catch_warnings():
             # overflow on the way to a non-finite loss is reported as an error, once
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -133,3 +133,22 @@ def test_busy_hint_only_when_the_pools_oversubscribe(monkeypatch):
 def test_busy_cpus_counts_others_or_says_unknown():
     busy = _threads.busy_cpus()
     assert busy is None or (isinstance(busy, int) and busy >= 0)
+
+
+def test_the_command_line_threads_option(tmp_path):
+    """--threads N sets the pools before the command runs; a bad N is one line and exit 2."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).with_name("sgm-ref")
+    bad = subprocess.run([str(script), "--threads", "0", "sample", str(tmp_path / "no-run")], capture_output=True,
+                         text=True)
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert bad.stderr.startswith("sgm-ref: error: ") and "0" in bad.stderr
+    (tmp_path / "s.py").write_text("import numba\n\ndef score(x, t):\n    assert numba.get_num_threads() == 1\n"
+                                   "    return -x\n")
+    ok = subprocess.run([str(script), "--threads", "1", "audit", "--score", "s:score", "--target", "ring",
+                         "--n-steps", "3", "--profile-n", "10", "--bound-n", "2"], capture_output=True, text=True,
+                        cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
