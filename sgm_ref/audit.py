@@ -36,7 +36,7 @@ import numpy as np
 
 from ._validation import check_count, check_real, check_rng
 from .metrics.distances import mmd, sliced_wasserstein
-from .processes import DDPM, EDM, OU, VE, VP, FlowMatching, SubVP, VariancePreserving, VPCosine, check_process
+from .processes import VariancePreserving, check_process
 from .replays import REPLAYS, law_distances, replay_output_gaussian
 from .replays._common import check_replay_grid
 from .replays.laws import gaussian_score
@@ -433,10 +433,6 @@ def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rn
 # -- specs for the command line ---------------------------------------------------------------
 
 
-_PROCESSES = {"ou": OU, "vp": VP, "vpcosine": VPCosine, "ddpm": DDPM, "subvp": SubVP, "ve": VE, "edm": EDM,
-              "flow": FlowMatching}
-
-
 def _parameters(text, what):
     out = {}
     for item in filter(None, text.split(",")):
@@ -455,26 +451,11 @@ def _number(text, key, what):
 
 
 def process_from_spec(spec):
-    """A process from a short name: ou, vp, vp:beta_min=0.1,beta_max=20, vpcosine, subvp,
-    ddpm, ddpm:scaled_linear (a beta_schedule), ddpm:beta_schedule=linear,beta_end=0.02,
-    ve, ve:sigma_min=0.01,sigma_max=50, edm, flow.
+    """A process from a spec string: sgm_ref.processes.from_spec (ou, vp:beta_min=0.1,beta_max=20,
+    ddpm:scaled_linear, ve:sigma_min=0.01,sigma_max=50, edm, flow, ...), one parser for every command."""
+    from .processes import from_spec
 
-    Raises ValueError naming the spec and what to write.
-    """
-    if not isinstance(spec, str) or not spec:
-        raise ValueError(f"process spec must be a name such as ou, vp, ddpm:scaled_linear, ve, edm; got {spec!r}")
-    name, _, rest = spec.partition(":")
-    cls = _PROCESSES.get(name.strip().lower())
-    if cls is None:
-        raise ValueError(f"process spec {spec!r}: the name must be one of {sorted(_PROCESSES)}")
-    if cls is DDPM and rest and "=" not in rest:
-        rest = f"beta_schedule={rest}"
-    params = _parameters(rest, f"process spec {spec!r}")
-    kwargs = {k: (v if k == "beta_schedule" else _number(v, k, f"process spec {spec!r}")) for k, v in params.items()}
-    try:
-        return cls(**kwargs)
-    except TypeError:
-        raise ValueError(f"process spec {spec!r}: {cls.__name__} takes no parameter among {sorted(kwargs)}") from None
+    return from_spec(spec)
 
 
 def target_from_spec(spec):
