@@ -29,6 +29,7 @@ predecessor left (.tmp-*).
 import contextlib
 import copy
 import json
+import math
 import os
 import platform
 import shutil
@@ -157,8 +158,8 @@ def build(config, init_rng=0):
     net = MLP(target.dim, widths, m["activation"], m["time_embedding"], dtype=m["dtype"], rng=init_rng)
     model = ScoreModel(net, process, m["parameterization"])
     t = config["train"]
+    _check_horizon(t["t0"], t["T"], process, model.dtype, "")  # first: its message names the option and the limit
     check_time_range(t["t0"], t["T"], process)
-    _check_horizon(t["t0"], t["T"], process, model.dtype, "")
     check_count(t["steps"], "steps")
     check_count(t["batch_size"], "batch_size")
     check_real(t["lr"], "lr", low=0.0, low_open=True)
@@ -174,8 +175,8 @@ def build(config, init_rng=0):
     check_count(s["n"], "sample n (--n-samples)", minimum=2)  # the report's statistics need two points
     if s["method"] not in METHODS:
         raise ValueError(f"sampler must be one of {', '.join(METHODS)}, got {s['method']!r}")
-    time_grid(s["T"], s["t0"], s["n_steps"], s["grid"], process)
     _check_horizon(s["t0"], s["T"], process, model.dtype, "sample ")
+    time_grid(s["T"], s["t0"], s["n_steps"], s["grid"], process)
     e = config["evaluate"]
     for key in ("n", "two_sample_n", "profile_n", "bound_n"):
         check_count(e[key], f"evaluate {key}", minimum=2)
@@ -206,6 +207,8 @@ def horizon_limits(process, dtype):
 
 
 def _check_horizon(t0, T, process, dtype, section):
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (t0, T)):
+        return  # not numbers: check_time_range names them
     t0_min, T_max = horizon_limits(process, dtype)
     option = "--T" if not section else "the sampler's T (--T of sgm-ref sample)"
     if T > T_max * (1 + _LIMIT_SLACK):

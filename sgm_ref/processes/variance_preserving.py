@@ -109,7 +109,7 @@ class VariancePreserving(LinearGaussianProcess):
         """Draw n points from the stationary law N(0, I_d) (the reverse process's start)."""
         n = check_count(n, "n")
         d = check_count(d, "d")
-        with fits_in_memory("n x d", f"{n} x {d}", n * d):
+        with fits_in_memory("n * d", f"{n} x {d}", n * d):
             return check_rng(rng).standard_normal((n, d), dtype=check_float_dtype(dtype))
 
     def time_of(self, alpha):
