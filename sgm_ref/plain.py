@@ -5,7 +5,7 @@ data and Generator seed, each function returns what its fast twin returns, up to
 rounding (tests/test_plain.py asserts <= 1e-13 relative):
 
     marginal, integrated_beta  sgm_ref.processes.OU / VP      the forward process
-    mixture_score              GaussianMixture.log_prob_and_score  the exact oracle
+    mixture, mixture_score     GaussianMixture.log_prob_and_score  the exact oracle
     embed, mlp_forward/backward sgm_ref.nn.MLP                 the score network
     dsm_loss, sample_times     sgm_ref.losses                  denoising score matching
     adam                       sgm_ref.optim.Adam              the optimiser
@@ -44,42 +44,50 @@ def marginal(t, process=OU):
 
 
 # -- the exact score of a Gaussian mixture (the oracle) -----------------------------------------
-def mixture_score(x, t, weights, means, covariances=None, process=OU):
-    """log p_t(x) and grad log p_t(x) for p_0 = sum_k w_k N(mu_k, Sigma_k).
+def mixture(weights, means, covariances=None):
+    """p_0 = sum_k w_k N(mu_k, Sigma_k) as (log w, mu, lam, U), Sigma_k = U_k diag(lam_k) U_k^T.
 
-    p_t = sum_k w_k N(a mu_k, a^2 Sigma_k + s2 I) with (a, s2) = marginal(t). Writing
-    Sigma_k = U_k diag(lam_k) U_k^T (U_k = I for identity or diagonal covariances),
-    y_k = U_k^T (x - a mu_k) and v_k = a^2 lam_k + s2:
+    Factorised once (U is None for identity or diagonal covariances; lam is then the
+    variances, (K, 1) ones for the identity). weights (K,); means (K, d); covariances
+    None, (K, d) (variances) or (K, d, d). Zero-weight components are dropped."""
+    keep = weights > 0  # log 0 would give NaN in the log-sum-exp
+    if covariances is None:
+        lam, U = np.ones((np.count_nonzero(keep), 1)), None
+    elif np.ndim(covariances) == 2:
+        lam, U = covariances[keep], None
+    else:
+        lam, U = np.linalg.eigh(covariances[keep])
+    return np.log(weights[keep]), means[keep], lam, U
+
+
+def mixture_score(x, t, p0, process=OU):
+    """log p_t(x) and grad log p_t(x), with p0 = mixture(weights, means, covariances).
+
+    p_t = sum_k w_k N(a mu_k, a^2 Sigma_k + s2 I) with (a, s2) = marginal(t). With
+    y_k = U_k^T (x - a mu_k) and v_k = a^2 lam_k + s2 (U_k = I if not factorised):
 
         log N_k(x)      = -1/2 (sum_j y_kj^2 / v_kj + sum_j log v_kj + d log 2 pi)
         grad log p_t(x) = -sum_k pi_k(x) U_k (y_k / v_k),   pi_k = w_k N_k / sum_l w_l N_l,
 
     summed over k by a streaming log-sum-exp (running maximum m, rescaled as it grows).
-    x (n, d); t scalar or (n,); weights (K,); means (K, d); covariances None, (K, d)
-    (variances) or (K, d, d). Returns logp (n,), score (n, d).
+    x (n, d); t scalar or (n,). Returns logp (n,), score (n, d).
     """
+    logw, mu, lam, U = p0
     n, d = x.shape
     a, s2 = marginal(np.broadcast_to(t, (n,)), process)
     a, s2 = a[:, None], s2[:, None]
-    keep = weights > 0  # a zero-weight component is no component (and log 0 would give NaN)
-    logw, mu = np.log(weights[keep]), means[keep]
-    if covariances is None:
-        lam, U = np.ones((len(mu), 1)), None  # one variance per row: v is (n, 1)
-    elif np.ndim(covariances) == 2:
-        lam, U = covariances[keep], None
-    else:
-        lam, U = np.linalg.eigh(covariances[keep])
     m, total, score = np.full(n, -np.inf), np.zeros(n), np.zeros((n, d))
     for k in range(len(logw)):
         y = x - a * mu[k] if U is None else (x - a * mu[k]) @ U[k]
-        v = a * a * lam[k] + s2
+        v = a * a * lam[k] + s2  # (n, 1) for identity covariances
         r = y / v
         logdet = d * np.log(v[:, 0]) if v.shape[1] == 1 else np.log(v).sum(axis=1)
         log_wN = logw[k] - 0.5 * (np.sum(y * r, axis=1) + logdet)
         m_new = np.maximum(m, log_wN)
         shrink, w_k = np.exp(m - m_new), np.exp(log_wN - m_new)
         total = total * shrink + w_k
-        score = score * shrink[:, None] - w_k[:, None] * (r if U is None else r @ U[k].T)
+        score *= shrink[:, None]
+        score -= w_k[:, None] * (r if U is None else r @ U[k].T)
         m = m_new
     return m + np.log(total) - 0.5 * d * np.log(2.0 * np.pi), score / total[:, None]
 
@@ -115,8 +123,11 @@ def embed(t, kind="linear", n_frequencies=4):
 
 
 def sigmoid(z):
+    """s(z) = 1 / (1 + e^{-z}) (in place on one buffer: this is the baseline benchmarks time)."""
     with np.errstate(over="ignore"):  # e^{-z} = inf gives 0, as it should
-        return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(-z)
+    e += 1
+    return np.reciprocal(e, out=e)
 
 
 def relu(z):
@@ -125,7 +136,11 @@ def relu(z):
 
 def silu(z):
     s = sigmoid(z)
-    return z * s, s * (1 + z * (1 - s))  # h = z s(z), h' = s (1 + z (1 - s))
+    h = z * s  # h = z s(z)
+    dh = 1 - s
+    dh *= h
+    dh += s  # h' = s (1 + z (1 - s)) = s + h (1 - s)
+    return h, dh
 
 
 def tanh(z):
@@ -167,7 +182,8 @@ def mlp_forward(theta, net, x, t):
     *hidden, (W_L, b_L) = layers(theta, net.sizes)
     tape = []
     for W, b in hidden:
-        z = h @ W + b
+        z = h @ W
+        z += b
         h_next, dact = ACTIVATIONS[net.activation](z)
         tape.append((h, z, dact))
         h = h_next
@@ -175,19 +191,20 @@ def mlp_forward(theta, net, x, t):
     return h @ W_L + b_L, tape
 
 
-def mlp_backward(theta, net, tape, g):
-    """dL/dtheta (flat, laid out like theta) and dL/dx, from g = dL/dout (n, d):
+def mlp_backward(theta, net, tape, g, input_grad=False):
+    """dL/dtheta (flat, laid out like theta), and dL/dx if input_grad, from g = dL/dout (n, d):
 
         dL/dW_l = h_l^T g_l,   dL/db_l = sum_rows g_l,   dL/dh_l = g_l W_l^T,
         g_{l-1} = dL/dh_l * act'(z_{l-1})   (g_L = g)."""
     grad = np.empty_like(theta)
     for l, ((W, _), (dW, db)) in reversed(list(enumerate(zip(layers(theta, net.sizes), layers(grad, net.sizes))))):
-        dW[...] = tape[l][0].T @ g
-        db[...] = g.sum(axis=0)
-        g = g @ W.T
+        np.matmul(tape[l][0].T, g, out=dW)
+        np.sum(g, axis=0, out=db)
+        if l > 0 or input_grad:
+            g = g @ W.T
         if l > 0:
-            g = g * tape[l - 1][2]
-    return grad, g[:, :net.sizes[-1]]
+            g *= tape[l - 1][2]
+    return (grad, g[:, :net.sizes[-1]]) if input_grad else grad
 
 
 def score(theta, net, x, t, process=OU, parameterization="residual"):
@@ -224,7 +241,7 @@ def dsm_loss(theta, net, x0, t, z, process=OU, parameterization="residual", weig
     loss = float(np.sum(lam * np.sum(r * r, axis=1))) / n
     dL_ds = (2.0 / n) * lam[:, None] * r
     dL_dout = -dL_ds / sigma if parameterization == "noise" else dL_ds
-    grad, _ = mlp_backward(theta, net, tape, dL_dout.astype(x0.dtype))
+    grad = mlp_backward(theta, net, tape, dL_dout.astype(x0.dtype))
     return loss, grad
 
 
@@ -238,9 +255,11 @@ def adam(theta, grad, state, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay
         theta <- theta - lr / (1 - b1^k) m / (sqrt(v) / sqrt(1 - b2^k) + eps)"""
     k = state["k"] = state.get("k", 0) + 1
     b1, b2 = betas
-    norm = math.sqrt(np.sum(np.square(grad, dtype=np.float64)))  # Python floats keep float32 float32
-    scale = 1.0 if clip_norm is None else min(1.0, clip_norm / (norm + 1e-6))
-    g = grad * scale + weight_decay * theta
+    g64 = grad.astype(np.float64, copy=False)
+    norm = math.sqrt(g64 @ g64)  # |g|_2 accumulated in float64; Python floats keep float32 float32
+    g = grad * (1.0 if clip_norm is None else min(1.0, clip_norm / (norm + 1e-6)))
+    if weight_decay:
+        g += weight_decay * theta
     m = state["m"] = b1 * state.get("m", 0.0) + (1 - b1) * g
     v = state["v"] = b2 * state.get("v", 0.0) + (1 - b2) * g * g
     theta -= lr / (1 - b1**k) * m / (np.sqrt(v) / math.sqrt(1 - b2**k) + eps)

@@ -50,7 +50,7 @@ def test_mlp_forward_and_input_gradient(activation, embedding):
     out = net.forward(x, t, keep=True)
     grad, grad_x = net.backward(g, input_grad=True)
     p_out, tape = plain.mlp_forward(net.params, plain.Net.of(net), x, t)
-    p_grad, p_grad_x = plain.mlp_backward(net.params, plain.Net.of(net), tape, g)
+    p_grad, p_grad_x = plain.mlp_backward(net.params, plain.Net.of(net), tape, g, input_grad=True)
     assert max(rel(out, p_out), rel(grad, p_grad), rel(grad_x, p_grad_x)) <= TOL
 
 
@@ -131,7 +131,7 @@ def test_oracle_score(covariance, process):
     t = rng.uniform(1e-4, 1.0, 500)
     x, _ = fast_process.perturb(gm.sample(500, rng), t, rng)
     logp, s = gm.log_prob_and_score(x, t, fast_process)
-    p_logp, p_s = plain.mixture_score(x, t, gm.weights, gm.means, gm.covariances, pair)
+    p_logp, p_s = plain.mixture_score(x, t, plain.mixture(gm.weights, gm.means, gm.covariances), pair)
     assert rel(logp, p_logp) <= TOL and rel(s, p_s) <= TOL
     # and row by row, scaled by each row's score size (no row hides behind a larger one)
     row_err = np.max(np.abs(s - p_s), axis=1) / np.max(np.abs(p_s), axis=1)
@@ -148,8 +148,8 @@ def test_hundred_sampler_steps(process):
     x = np.random.default_rng(12).standard_normal((300, 2))
     fast_rng, plain_rng = np.random.default_rng(13), np.random.default_rng(13)
     y = euler_maruyama(lambda x, t: gm.score(x, t, fast_process), fast_process, grid, x, fast_rng)
-    p_y = plain.euler_maruyama(lambda x, t: plain.mixture_score(x, t, gm.weights, gm.means, gm.covariances, pair)[1],
-                               x, grid, plain_rng, pair)
+    p0 = plain.mixture(gm.weights, gm.means, gm.covariances)
+    p_y = plain.euler_maruyama(lambda x, t: plain.mixture_score(x, t, p0, pair)[1], x, grid, plain_rng, pair)
     assert rel(y, p_y) <= TOL and fast_rng.random() == plain_rng.random()
     model = ScoreModel(MLP(2, (16, 16), "tanh", "log", rng=4), fast_process, "residual")
     y = euler_maruyama(model, fast_process, grid, x, fast_rng)
