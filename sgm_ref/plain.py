@@ -75,19 +75,20 @@ def mixture_score(x, t, p0, process=OU):
     logw, mu, lam, U = p0
     n, d = x.shape
     a, s2 = marginal(np.broadcast_to(t, (n,)), process)
-    a, s2 = a[:, None], s2[:, None]
+    a, a2, s2 = a[:, None], (a * a)[:, None], s2[:, None]
     m, total, score = np.full(n, -np.inf), np.zeros(n), np.zeros((n, d))
     for k in range(len(logw)):
         y = x - a * mu[k] if U is None else (x - a * mu[k]) @ U[k]
-        v = a * a * lam[k] + s2  # (n, 1) for identity covariances
+        v = a2 * lam[k] + s2  # (n, 1) for identity covariances
         r = y / v
         logdet = d * np.log(v[:, 0]) if v.shape[1] == 1 else np.log(v).sum(axis=1)
-        log_wN = logw[k] - 0.5 * (np.sum(y * r, axis=1) + logdet)
+        log_wN = logw[k] - 0.5 * (np.einsum("ij,ij->i", y, r) + logdet)  # sum_j y_j r_j per row
         m_new = np.maximum(m, log_wN)
         shrink, w_k = np.exp(m - m_new), np.exp(log_wN - m_new)
         total = total * shrink + w_k
         score *= shrink[:, None]
-        score -= w_k[:, None] * (r if U is None else r @ U[k].T)
+        r *= w_k[:, None]
+        score -= r if U is None else r @ U[k].T
         m = m_new
     return m + np.log(total) - 0.5 * d * np.log(2.0 * np.pi), score / total[:, None]
 
