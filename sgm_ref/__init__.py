@@ -6,7 +6,10 @@ learning a family of sub-Gaussian probability distributions" (ICLR 2024).
 
 __version__ = "0.1.0"
 
-from . import conventions, gradcheck, interop, metrics, samplers
+# First: sets the thread pools' wait policies before numpy and numba load them (see _threads)
+from ._threads import set_threads  # noqa: I001
+from . import audit, conventions, gradcheck, interop, metrics, replays, samplers
+from .audit import compare_sampler
 from .io import load, save
 from .losses import dsm_loss
 from .nn import MLP
@@ -18,4 +21,5 @@ from .train import fit
 
 __all__ = ["OU", "VP", "VPCosine", "DDPM", "SubVP", "VE", "EDM", "FlowMatching", "convert_time", "conventions",
            "GaussianMixture", "MLP", "ScoreModel", "Adam", "dsm_loss", "fit", "save", "load",
-           "samplers", "metrics", "gradcheck", "interop", "__version__"]
+           "samplers", "replays", "audit", "compare_sampler", "metrics", "gradcheck", "interop", "set_threads",
+           "__version__"]

@@ -4,9 +4,31 @@ Every check raises ValueError naming the argument and saying how to fix it; noth
 is clipped, cast between float kinds or renormalised behind the caller's back.
 """
 
+import os
+from contextlib import contextmanager
+
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float64), np.dtype(np.float32))
+
+
+class ResultOverflowError(ValueError):
+    """A measured quantity is beyond float64's range (the score is that far from the truth).
+
+    Not a bad argument: the metrics that raise it also take overflow="inf", which reports
+    such a quantity as inf (its standard error as nan) and measures everything else.
+    """
+
+
+def check_overflow_policy(overflow):
+    if overflow not in ("raise", "inf"):
+        raise ValueError(f"overflow must be 'raise' or 'inf', got {show(overflow)}")
+    return overflow
+
+
+def show(value):
+    """repr of value for a message, numpy scalars as the Python numbers they hold (no np.float64(...))."""
+    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def check_rng(rng, name="rng"):
@@ -22,7 +44,7 @@ def check_rng(rng, name="rng"):
 def check_count(n, name, minimum=1):
     """Return n as int if it is an integer >= minimum, else raise."""
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {n!r}")
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {show(n)}")
     if n < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {n}")
     return int(n)
@@ -37,7 +59,7 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"{name} must be a real number, got {value!r}")
+        raise ValueError(f"{name} must be a real number, got {show(value)}")
     try:
         value = float(value)
     except OverflowError:  # an int beyond the float64 range
@@ -184,18 +206,78 @@ def check_times(t, n=None, T=None, name="t"):
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite, got a NaN or inf")
     if np.any(arr < 0):
-        raise ValueError(f"{name} must be >= 0 (forward time), got min {arr.min()!r}")
+        raise ValueError(f"{name} must be >= 0 (forward time), got min {float(arr.min())!r}")
     if T is not None and np.any(arr > T):
-        raise ValueError(f"{name} must be <= {T} (the process's horizon T), got max {arr.max()!r}")
+        raise ValueError(f"{name} must be <= {float(T)!r} (the process's horizon T), got max {float(arr.max())!r}")
     return arr
 
 
 def check_time_range(t0, T, process=None):
-    """Raise unless 0 < t0 < T (<= process.t_max) are finite numbers; return floats."""
+    """Raise unless 0 < t0 < T (<= process.t_max) are finite numbers; return floats.
+
+    With a process, T must also keep B(T) = int_0^T beta finite (T < 8.99e307 for OU):
+    beyond it alpha_T, sigma_T and every step integral of a sampler are inf or NaN.
+    """
     t0 = check_real(t0, "t0")
     T = check_real(T, "T")
     if not 0 < t0 < T:
         raise ValueError(f"need 0 < t0 < T, got t0={t0!r}, T={T!r}")
     if process is not None and T > process.t_max:
         raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    try:
+        B_T = None if process is None else process.integrated_beta(T)
+    except ValueError:  # integrated_beta refuses a B(T) beyond float64; said here in T's terms
+        B_T = np.inf
+    if process is not None and not np.isfinite(B_T):
+        raise ValueError(f"T = {T!r} is too large for {process!r}: B(T) = int_0^T beta overflows float64; "
+                         "use a T for which alpha_T is merely tiny (T = 20 already gives alpha_T = 2e-9 for OU)")
     return t0, T
+
+
+def mean_se(values):
+    """(mean, standard error std(ddof=1) / sqrt(n)) of a 1-D float64 array, as floats.
+
+    When the values are finite but their squares (or sum) overflow, both are computed
+    for values / c with c a power of two (exact) and scaled back, so only a mean or
+    standard error beyond the float64 range itself comes back non-finite.
+    """
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean, se = float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+    if (np.isfinite(mean) and np.isfinite(se)) or not np.all(np.isfinite(values)):
+        return mean, se
+    top = float(np.max(np.abs(values)))
+    c = float(np.ldexp(1.0, int(np.frexp(top)[1]) - 1)) if top > 0 else 1.0  # top / c in [1, 2)
+    scaled = values / c
+    with np.errstate(over="ignore"):
+        return c * float(scaled.mean()), c * float(scaled.std(ddof=1) / np.sqrt(values.size))
+
+
+def _physical_memory():
+    """Bytes of physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+@contextmanager
+def fits_in_memory(name, value, items, per_item=8):
+    """Raise ValueError naming `name` (= value) if items of per_item bytes cannot be allocated.
+
+    Sizes beyond NumPy's largest array are refused up front (NumPy would say only
+    "Maximum allowed dimension exceeded"); a MemoryError inside the block becomes a
+    ValueError that names the argument.
+    """
+    size = int(items) * int(per_item)
+    if size > np.iinfo(np.intp).max:
+        raise ValueError(f"{name} = {value} asks for {size:.3g} bytes, beyond the largest array NumPy can make; "
+                         f"lower {name}")
+    memory = _physical_memory()
+    if memory is not None and size > memory:  # an overcommitting OS would grant it, then kill the process
+        raise ValueError(f"{name} = {value} asks for {size / 2**30:.3g} GiB of working arrays, more than this "
+                         f"machine's {memory / 2**30:.3g} GiB of memory; lower {name}")
+    try:
+        yield
+    except MemoryError:
+        raise ValueError(f"{name} = {value} ({size / 2**30:.3g} GiB of working arrays) does not fit in memory; "
+                         f"lower {name}") from None

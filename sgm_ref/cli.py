@@ -2,10 +2,12 @@
 
     sgm-ref demo [RUN]                 train, sample and evaluate on the 2-D ring
     sgm-ref train RUN [options]        a run folder with config.json and model.npz
-    sgm-ref train RUN --resume         continue a killed training run
+    sgm-ref train RUN --resume         continue a killed training run (--steps N: extend to N steps)
     sgm-ref sample RUN [options]       samples.npy
     sgm-ref evaluate RUN [options]     report.json, report.md, plots
     sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
+        [--process ddpm:linear --output eps --time timestep --dtype float32]   ... in the model's convention
+    sgm-ref audit-sampler --sampler MOD:FN --replay NAME --target SPEC   a sampler loop vs a replay
     sgm-ref experiment rate OUT [--quick]   error against n for several d (the paper's claim)
 
 Errors in the input (a ValueError anywhere in the library, or an OSError on the user's
@@ -14,11 +16,11 @@ files) print one line on stderr and exit with status 2; nothing is left half-wri
 """
 
 import argparse
+import functools
 import importlib
 import importlib.util
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -28,8 +30,11 @@ import warnings
 import numpy as np
 
 from . import __version__
+from .conventions import KINDS as _OUTPUTS
+from .interop import TIMES as _TIME_ARGUMENTS
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS
 from .processes import VP
+from .replays import REPLAYS
 from .runs import DEFAULTS
 from .samplers import METHODS
 from .score_model import PARAMETERIZATIONS
@@ -148,7 +153,8 @@ def build_parser():
     p = commands.add_parser("train", help="train a score model into a new run folder")
     p.add_argument("run", help="run folder to create (or to continue, with --resume)")
     p.add_argument("--force", action="store_true", help="replace the run files of an existing folder")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN from its checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in RUN from its checkpoint; with --steps N, "
+                        "extend it (finished or not) to N steps in total")
     _add_training_options(p)
 
     p = commands.add_parser("sample", help="draw samples.npy with a run's model",
@@ -173,18 +179,36 @@ def build_parser():
                     "TV bound of the sampler s would drive. A number too large for float64 is reported as "
                     "such ('overflows float64', and where), never as inf or nan.")
     p.add_argument("--score", required=True, metavar="MODULE:CALLABLE",
-                   help="a function s(x (n, d), t (n,)) -> (n, d); MODULE a dotted name (found from the current "
-                        "folder as with python -m) or a .py file")
+                   help="a function f(x (n, d), time (n,)) -> (n, d) of NumPy, torch or JAX arrays, in the "
+                        "convention of --output and --time (see --inputs); MODULE a dotted name (found from the "
+                        "current folder as with python -m) or a .py file")
     p.add_argument("--target", required=True,
                    help=f"the target whose exact score s is measured against: {_TARGET_HELP}")
-    p.add_argument("--process", choices=_PROCESSES, default=DEFAULTS["process"]["name"].lower(),
-                   help="forward process (default %(default)s)")
+    p.add_argument("--process", metavar="SPEC", default=DEFAULTS["process"]["name"].lower(),
+                   help="the forward process the function was trained on (default %(default)s): ou, vp, "
+                        "vp:beta_min=0.1,beta_max=20, vpcosine, subvp, ve:sigma_min=0.01,sigma_max=50, edm, flow, "
+                        "ddpm:linear|scaled_linear|squaredcos_cap_v2[,beta_start=,beta_end=,num_train_timesteps=] "
+                        "(sgm_ref.processes.from_spec)")
+    p.add_argument("--output", choices=_OUTPUTS, default="score",
+                   help="what the function returns: score = grad log p_t, eps = E[z | x_t], x0 = E[x0 | x_t] "
+                        "(a denoiser), v = alpha eps - sigma x0, velocity = E[dx_t/dt | x_t] (default %(default)s)")
+    p.add_argument("--time", choices=_TIME_ARGUMENTS, default="t",
+                   help="the function's second argument: t = the process's time, timestep = a ddpm process's "
+                        "timestep N t - 1 (passed as float: the audit's times fall between integer timesteps), "
+                        "sigma = sigma_t (default %(default)s)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="dtype of the points passed to the function; the function must return it (errors are "
+                        "computed in float64) (default %(default)s)")
+    p.add_argument("--inputs", choices=("auto", "numpy", "torch"), default="auto",
+                   help="what the function is given: torch tensors (through sgm_ref.interop.from_torch) or NumPy "
+                        "arrays; auto: tensors for a torch.nn.Module or a function whose code names torch "
+                        "(default %(default)s)")
     p.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
     p.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
     p.add_argument("--t0", type=float, default=_TRAIN["t0"],
                    help="early-stopping time: the profile, the integral and the sampler start there "
                         "(default %(default)g)")
-    p.add_argument("--T", type=float, help=_T_HELP)
+    p.add_argument("--T", type=float, help="horizon (default 5 for ou, 80 for edm, else the process's largest time)")
     p.add_argument("--sampler", choices=tuple(m for m in METHODS if m != "probability_flow"),
                    default=_SAMPLE["method"],
                    help="the sampler the TV bound is for (the probability-flow ODE has none) (default %(default)s)")
@@ -205,6 +229,37 @@ def build_parser():
                         "its JSON pointer (e.g. \"/score_error/integral/value\") to \"inf\", \"-inf\" or \"nan\"")
     p.add_argument("--traceback", action="store_true",
                    help="when the score function (or its module) raises or exits, show its whole traceback")
+
+    p = commands.add_parser(
+        "audit-sampler", help="a peer's sampler loop against a reference replay (same target, grid, start, noise)",
+        description="Runs the sampler MODULE:CALLABLE and a replay of sgm_ref.replays on the same target, grid, "
+                    "start points and noise with the target's exact score, and reports the per-step deviation "
+                    "(first step above rounding), the exact output laws on a Gaussian target (KL, TV) and sample "
+                    "distances. The sampler is loop(score, grid, x, noises) -> output or trajectory, or "
+                    "step(x, k, grid, score, noise_k) -> next state (see sgm_ref.audit). Exit status 0 when it "
+                    "matches the replay, 1 when a discrepancy is found, 2 on bad usage.")
+    p.add_argument("--sampler", required=True, metavar="MODULE:CALLABLE",
+                   help="the peer's loop or step function; MODULE a dotted name or a .py file")
+    p.add_argument("--replay", required=True, choices=sorted(REPLAYS), help="the reference replay")
+    p.add_argument("--process", default="vp",
+                   help="ou, vp, vp:beta_min=0.1,beta_max=20, vpcosine, subvp, ddpm, ddpm:scaled_linear, ve, "
+                        "ve:sigma_min=0.01,sigma_max=50, edm, flow (default %(default)s)")
+    p.add_argument("--target", required=True,
+                   help=f"gaussian:d=2,mean=1,std=0.5 (exact laws) or {_TARGET_HELP}")
+    p.add_argument("--n-steps", type=_integer, default=10, help="replay steps on the grid (default %(default)s)")
+    p.add_argument("--grid", choices=_GRIDS, default="uniform", help="the grid's spacing (default %(default)s)")
+    p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
+    p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
+    p.add_argument("--kind", choices=("loop", "step"), help="the sampler's form (default: read from its signature)")
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an option of the replay (VALUE read as JSON, else as text), e.g. step_size=0.1; repeatable")
+    p.add_argument("--n", type=_integer, default=1000, help="start points (default %(default)s)")
+    p.add_argument("--rtol", type=float, help="rounding threshold of the relative deviation "
+                                              "(default 64 eps of the sampler's output dtype)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the start points and noise (default %(default)s)")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH (checked writable first)")
+    p.add_argument("--traceback", action="store_true",
+                   help="when the sampler (or its module) raises or exits, show its whole traceback")
 
     p = commands.add_parser("experiment", help="the paper's claim as an experiment")
     experiments = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
@@ -294,14 +349,23 @@ def _say(message):
     print(message, flush=True)
 
 
-def _train(folder):
+def _note(message):
+    print(f"sgm-ref: {message}", file=sys.stderr, flush=True)
+
+
+def _train(folder, steps=None, resume=False):
     from . import runs
 
-    tic = time.perf_counter()
-    config = runs.read_config(folder)
-    _say(f"training {config['train']['steps']} steps on {config['target']}")
-    history = runs.train(folder)
-    _say(f"trained in {time.perf_counter() - tic:.1f} s, final loss {np.mean(history.loss[-100:]):.4g}")
+    with runs.writing(folder):  # runs.train takes it again; held here so the settings printed are those trained
+        tic = time.perf_counter()
+        config = runs.read_config(folder)
+        total = runs.check_total_steps(folder, config, steps)
+        _say(f"{'continuing the training to' if resume else 'training'} {total} steps on {config['target']}")
+        history = runs.train(folder, steps=steps, log=_note)
+    from .evaluation import FINAL_LOSS_WINDOW
+    window = min(FINAL_LOSS_WINDOW, len(history.loss))
+    _say(f"trained in {time.perf_counter() - tic:.1f} s, final loss {np.mean(history.loss[-window:]):.4g} "
+         f"(mean of the last {window} steps)")
 
 
 def cmd_train(args):
@@ -309,50 +373,22 @@ def cmd_train(args):
 
     if args.resume:
         given = _given(args, ("target", "seed", "process", "beta_min", "beta_max", "n", "ema_decay", "ema_warmup",
-                              *sum(_TRAINING_KEYS.values(), ()))) + (["--force"] if args.force else [])
+                              *(k for k in sum(_TRAINING_KEYS.values(), ()) if k != "steps")))
+        given += ["--force"] if args.force else []
         if given:
-            raise ValueError(f"--resume continues the run as configured; drop {', '.join(given)}")
+            raise ValueError(f"--resume continues the run as configured (--steps may extend it); "
+                             f"drop {', '.join(given)}")
         config = runs.read_config(args.run)
-        if os.path.exists(os.path.join(args.run, "model.npz")) and not os.path.exists(
-                os.path.join(args.run, "checkpoint.npz")):
-            _say(f"{args.run} is already trained ({config['train']['steps']} steps)")
+        finished = runs.finished_steps(args.run)  # asked before the lock: a trained read-only run says so
+        if finished is not None and finished == config["train"]["steps"] and args.steps in (None, finished):
+            _say(f"{args.run} is already trained ({finished} steps); extend it with --resume --steps N")
             return 0
-        _train(args.run)
+        _train(args.run, steps=args.steps, resume=True)
         return 0
     config = runs.make_config(_training_options(args))
-    with _fresh_run(args.run, runs.create, config, args.force):
+    with runs.new_run(args.run, config, args.force):  # on failure, removes what it wrote
         _train(args.run)
     return 0
-
-
-class _fresh_run:
-    """Create a run folder; if the work inside fails, remove what the new run wrote.
-
-    Not when interrupted (Ctrl-C): the checkpoint is there for --resume. A folder that
-    existed before (--force) keeps everything but the run's files.
-    """
-
-    def __init__(self, folder, create, config, force):
-        self.folder = folder
-        self.existed = os.path.exists(folder)
-        create(folder, config, force=force)  # refusals happen here, before anything is removed
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if kind is None or issubclass(kind, KeyboardInterrupt):
-            return False
-        from .runs import RUN_FILES
-
-        if not self.existed:
-            shutil.rmtree(self.folder, ignore_errors=True)
-        elif os.path.isdir(self.folder):
-            for name in RUN_FILES:
-                path = os.path.join(self.folder, name)
-                if os.path.exists(path):
-                    os.unlink(path)
-        return False
 
 
 def cmd_sample(args):
@@ -367,10 +403,12 @@ def cmd_sample(args):
 
 def cmd_evaluate(args):
     from .evaluation import evaluate_run, summary
+    from .runs import writing
 
     options = {k: v for k, v in _evaluation_options(args).items() if v is not None}
     tic = time.perf_counter()
-    report, written, note = evaluate_run(args.run, options, plots=not args.no_plots)
+    with writing(args.run):
+        report, written, note = evaluate_run(args.run, options, plots=not args.no_plots)
     _say(summary(report))
     _say(f"evaluated in {time.perf_counter() - tic:.1f} s -> {os.path.join(args.run, 'report.md')}"
          + (f", {', '.join(os.path.basename(w) for w in written)}" if written else ""))
@@ -386,7 +424,7 @@ def cmd_demo(args):
     options["sample"] = _sampling_options(args)
     options["evaluate"] = _evaluation_options(args)
     config = runs.make_config(options)
-    with _fresh_run(args.run, runs.create, config, args.force):
+    with runs.new_run(args.run, config, args.force):  # on failure, removes what it wrote
         _train(args.run)
         cmd_sample(argparse.Namespace(run=args.run, n_samples=None, sampler=None, grid=None, n_steps=None, t0=None,
                                       T=None))
@@ -416,12 +454,12 @@ def _missing_module(exc, module_name):
         module_name == missing or module_name.startswith(missing + "."))
 
 
-def _load_callable(spec):
+def _load_callable(spec, option="--score"):
     module_name, sep, attr = spec.rpartition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--score must look like MODULE:CALLABLE (e.g. mymodels:score), got {spec!r}")
+        raise ValueError(f"{option} must look like MODULE:CALLABLE (e.g. mymodels:{option.lstrip('-')}), got {spec!r}")
     if module_name.endswith(".py") and not os.path.isfile(module_name):
-        raise ValueError(f"--score: no file {module_name}")
+        raise ValueError(f"{option}: no file {module_name}")
     try:
         if module_name.endswith(".py"):
             loader = importlib.util.spec_from_file_location("_sgm_ref_audited", module_name)
@@ -434,27 +472,29 @@ def _load_callable(spec):
         raise
     except BaseException as exc:  # the user's module failed (or exited) while loading: say so in one line
         if _missing_module(exc, module_name):
-            raise ValueError(f"--score: cannot import {module_name} ({exc})") from None
+            raise ValueError(f"{option}: cannot import {module_name} ({exc})") from None
         if isinstance(exc, SystemExit):
-            raise _UserCodeError(f"--score: importing {module_name} {_what_it_did(exc)}", exc) from None
-        raise _UserCodeError(f"--score: importing {module_name} failed: {_what_it_did(exc)[len('raised '):]}",
+            raise _UserCodeError(f"{option}: importing {module_name} {_what_it_did(exc)}", exc) from None
+        raise _UserCodeError(f"{option}: importing {module_name} failed: {_what_it_did(exc)[len('raised '):]}",
                              exc) from None
     try:
         fn = getattr(module, attr)
     except AttributeError:
-        raise ValueError(f"--score: {module_name} has no attribute {attr!r}") from None
+        raise ValueError(f"{option}: {module_name} has no attribute {attr!r}") from None
     if not callable(fn):
-        raise ValueError(f"--score: {module_name}:{attr} is not callable")
+        raise ValueError(f"{option}: {module_name}:{attr} is not callable")
 
-    def score(x, t):
+    @functools.wraps(fn)  # keeps the signature (audit-sampler reads the peer's form from it)
+    def score(*args, **kwargs):
         # whatever the user's function raises is theirs, a ValueError too: name it as such
         try:
-            return fn(x, t)
+            return fn(*args, **kwargs)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            raise _UserCodeError(f"--score {spec} {_what_it_did(exc)}", exc) from None
+            raise _UserCodeError(f"{option} {spec} {_what_it_did(exc)}", exc) from None
 
+    score.function = fn
     return score
 
 
@@ -474,32 +514,226 @@ def _check_json_path(path):
         raise ValueError(f"--json {path}: cannot write into {parent} ({exc.strerror or exc})") from None
 
 
+def _audit_process(args):
+    """The process of --process SPEC (with the older --beta-min/--beta-max for a VP)."""
+    import dataclasses
+
+    from .processes import EDM, OU, VP, SubVP, from_spec
+
+    try:
+        process = from_spec(args.process)
+    except ValueError as e:
+        raise ValueError(f"--process: {e}") from None
+    betas = {k: v for k, v in (("beta_min", args.beta_min), ("beta_max", args.beta_max)) if v is not None}
+    if betas:
+        if not isinstance(process, (VP, SubVP)):
+            raise ValueError("--beta-min and --beta-max set the VP process: add --process vp")
+        given = [k for k in betas if f"{k}=" in args.process]
+        if given:
+            raise ValueError(f"--process {args.process} already sets {given[0]}; drop --{given[0].replace('_', '-')}")
+        process = dataclasses.replace(process, **betas)
+    if args.T is not None:
+        T = args.T
+    elif isinstance(process, OU):
+        T = 5.0
+    elif isinstance(process, EDM) and not np.isfinite(process.t_max):
+        T = 80.0  # EDM's sigma_max
+    else:
+        T = float(process.t_max)
+    return process, T
+
+
+def _uses_torch(fn):
+    """Whether fn is a torch.nn.Module, or a function whose own code names torch (a module or an
+    object of torch's) among its globals: then it is given tensors. torch is never imported here."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return False
+    if isinstance(fn, torch.nn.Module):
+        return True
+    code = fn if hasattr(fn, "__code__") else getattr(type(fn), "__call__", None)
+    if not hasattr(code, "__code__"):
+        return False
+    names = code.__code__.co_names
+    return any((getattr(v, "__name__", "") if type(v).__name__ == "module" else type(v).__module__ or "")
+               .split(".")[0] == "torch" for k, v in code.__globals__.items() if k in names)
+
+
+def _to_numpy(out):
+    """out as an ndarray if it is a NumPy, torch or JAX array, else None (torch/jax not imported)."""
+    if isinstance(out, np.ndarray):
+        return out
+    package = (type(out).__module__ or "").split(".")[0]
+    if package == "torch":
+        try:
+            return out.detach().to("cpu").numpy()
+        except (AttributeError, TypeError) as e:  # e.g. bfloat16, which NumPy has no dtype for
+            raise ValueError(f"returned a torch {getattr(out, 'dtype', type(out).__name__)} that NumPy cannot "
+                             f"hold ({e}); return float32 or float64") from None
+    if package in ("jax", "jaxlib"):
+        return np.asarray(out)
+    return None
+
+
+def _numpy_score(fn, spec, process, output, time):
+    """grad log p_t(x) from a --score function of NumPy arrays in the (output, time) convention.
+
+    The function gets x (n, d) in the metric's dtype and its time argument in the same
+    dtype; its value (NumPy, torch or JAX, checked) becomes score = A x + B value
+    (sgm_ref.conventions) in float64, rounded once to x's dtype.
+    """
+    from .conventions import coefficients
+
+    def score(x, t):
+        n = x.shape[0]
+        t = np.ascontiguousarray(np.broadcast_to(process._times(t, n=n), (n,)))
+        if time == "sigma":
+            arg = np.asarray(process.sigma(t), dtype=np.float64)
+        elif time == "timestep":
+            arg = np.asarray(process.timestep_of_time(t), dtype=np.float64)
+        else:
+            arg = t
+        where = f" at t from {t.min():.6g} to {t.max():.6g}"
+        out = fn(x, arg.astype(x.dtype))
+        try:
+            value = _to_numpy(out)
+        except ValueError as e:
+            raise ValueError(f"--score {spec} {e}") from None
+        if value is None:
+            hint = " (a diffusers model output? return model(x, t).sample)" if hasattr(out, "sample") else ""
+            raise ValueError(f"--score {spec} returned a {type(out).__name__}{where}; expected a NumPy, torch or JAX "
+                             f"array of shape {x.shape}{hint}")
+        if value.shape != x.shape:
+            raise ValueError(f"--score {spec}: score returned shape {value.shape}{where}; expected {x.shape} "
+                             f"(its {output} for each row of x)")
+        if value.dtype != x.dtype:
+            fix = (f"pass --dtype {value.dtype} if it computes in {value.dtype}, or make it return its input's dtype"
+                   if value.dtype.name in ("float32", "float64") else "make it return its input's dtype")
+            raise ValueError(f"--score {spec} returned {value.dtype} for points of dtype {x.dtype}{where}; {fix}")
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"--score {spec} returned {np.count_nonzero(~np.isfinite(value))} non-finite "
+                             f"value(s){where}")
+        if output == "score":
+            return value
+        A, B = coefficients(t, process, output, "score")
+        with np.errstate(over="ignore", invalid="ignore"):
+            s = (A[:, None] * x.astype(np.float64) + B[:, None] * value.astype(np.float64)).astype(x.dtype)
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"the score of --score {spec} ({output} -> score) overflows {x.dtype}{where}")
+        return s
+
+    return score
+
+
+def _torch_score(fn, spec, process, output, time, dtype):
+    """A torch module or function as a score through sgm_ref.interop.from_torch."""
+    try:
+        import torch
+    except ImportError as e:
+        raise ValueError(f"--inputs torch needs PyTorch, which does not import here ({e})") from None
+
+    from .interop import from_torch
+
+    if isinstance(fn, torch.nn.Module) and any(p.is_floating_point() for p in fn.parameters()):
+        own = from_torch(fn, process, output=output, time=time, fractional=True, name=spec).dtype
+        if own != dtype:
+            raise ValueError(f"--score {spec} is a torch module with {own} parameters: pass --dtype {own}, "
+                             f"or convert the module with .to(torch.{dtype})")
+    model_score = from_torch(fn, process, output=output, time=time, dtype=dtype, fractional=True, name=spec)
+    as_array = model_score._as_array
+
+    def checked_as_array(out):  # the dtype fix said as the command's option, not the library's argument
+        shape, out_dtype, to_numpy = as_array(out)
+        if shape is not None and out_dtype != dtype.name:
+            fix = (f"pass --dtype {out_dtype} if it computes in {out_dtype}, or make it return its input's dtype"
+                   if out_dtype in ("float32", "float64") else "make it return its input's dtype")
+            raise ValueError(f"--score {spec} returned a torch {out_dtype} tensor for inputs of dtype {dtype}; {fix}")
+        return shape, out_dtype, to_numpy
+
+    model_score._as_array = checked_as_array
+    return model_score
+
+
 def cmd_audit(args):
-    from ._validation import check_count
+    from ._validation import check_count, check_time_range
     from .evaluation import bound_text, json_ready, non_finite_notes, score_report
-    from .processes import process_from_dict
+    from .interop import ModelError, convert_score
+    from .processes import DDPM, OU, check_process, convert_time, to_spec
     from .targets.spec import from_spec, to_record
 
     target = from_spec(args.target)
-    process = process_from_dict(_process(args))
-    T = args.T if args.T is not None else (5.0 if args.process == "ou" else 1.0)
+    process, T = _audit_process(args)
+    dtype = np.dtype(args.dtype)
+    if args.time == "timestep" and not isinstance(process, DDPM):
+        raise ValueError(f"--time timestep needs a ddpm --process (discrete timesteps 0..N-1), got {args.process}")
     if args.seed < 0:
         raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
     for name, value, low in (("--n-steps", args.n_steps, 1), ("--profile-n", args.profile_n, 2),
                              ("--bound-n", args.bound_n, 2)):
         check_count(value, name, minimum=low)
+    if not 0 < args.t0 < T:
+        raise ValueError(f"need 0 < t0 < T, got t0={args.t0!r}, T={T!r}")
+    if T > process.t_max:
+        raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    if args.time == "timestep" and args.t0 < process.time_of_timestep(0):
+        raise ValueError(f"--t0 must be >= 1/N = {process.time_of_timestep(0):g} with --time timestep "
+                         f"(timestep 0 is t = 1/N), got {args.t0:g}")
     if args.json is not None:  # refused now, not after the work
         _check_json_path(args.json)
-    score = _load_callable(args.score)
-    report = score_report(score, target, process, t0=args.t0, T=T, method=args.sampler, grid=args.grid,
-                          n_steps=args.n_steps, rng=np.random.default_rng(args.seed), profile_n=args.profile_n,
-                          bound_n=args.bound_n)
+    loaded = _load_callable(args.score)
+    if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):
+        score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
+    else:
+        score = _numpy_score(loaded, args.score, process, args.output, args.time)
+
+    # The metrics measure on the processes they accept; any other process is audited through
+    # OU at equal log-SNR (the same p_t), and the profile converted back to its own time and x.
+    try:
+        check_process(process)
+        audited, t0, T_audited = process, args.t0, T
+    except ValueError:
+        audited = OU()
+        score = convert_score(score, process, audited)
+        t0, T_audited = (float(convert_time(v, process, audited)[0]) for v in (args.t0, T))
+        check_time_range(t0, T_audited, audited)
+    try:
+        report = score_report(score, target, audited, t0=t0, T=T_audited, method=args.sampler, grid=args.grid,
+                              n_steps=args.n_steps, rng=np.random.default_rng(args.seed), profile_n=args.profile_n,
+                              bound_n=args.bound_n, dtype=dtype)
+    except ModelError as e:  # raised inside the user's torch model: theirs, with its traceback kept
+        cause = e.__cause__ if e.__cause__ is not None else e
+        raise _UserCodeError(f"--score {args.score} {_what_it_did(cause)}", cause) from None
+    except SystemExit as e:
+        raise _UserCodeError(f"--score {args.score} {_what_it_did(e)}", e) from None
+
+    se = report["score_error"]
+    via = None
+    if audited is not process:
+        # error^P(u) = error^OU(t) / c^2 with (u, c) = convert_time(t, OU, P): s^OU(y) = c s^P(c y, u)
+        u, c = convert_time(np.asarray(se["t"]), audited, process)
+        c2 = np.asarray(c) ** 2
+        via = {"process": audited.to_dict(), "t0": t0, "T": T_audited, "t": list(se["t"]),
+               "integral": se["integral"], "note": "profile converted to the model's process: t its time of equal "
+               "log-SNR, errors divided by c^2 (x_OU = x / c); the integral and the TV bound are those of the "
+               "equivalent OU process"}
+        u = np.asarray(u, dtype=np.float64).copy()
+        u[0], u[-1] = args.t0, T  # the profile's ends are these times exactly (OU's came from them)
+        se["t"] = u.tolist()
+        for key in ("error", "standard_error", "oracle_mean_square"):
+            se[key] = (np.asarray(se[key], dtype=np.float64) / c2).tolist()
     report = {"score": args.score, "target": args.target, "target_definition": to_record(target),
-              "process": process.to_dict(), "t0": args.t0, "T": T, "seed": args.seed, "profile_n": args.profile_n,
-              "bound_n": args.bound_n, "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps},
-              **report}
-    se, b = report["score_error"], report["tv_bound"]
-    _say(f"score {args.score} against the exact score of {args.target} (d = {target.dim}), {process!r}")
+              "process": process.to_dict(), "process_spec": to_spec(process), "output": args.output,
+              "time": args.time, "dtype": dtype.name, "t0": args.t0, "T": T, "seed": args.seed,
+              "profile_n": args.profile_n, "bound_n": args.bound_n,
+              "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps},
+              **({"audited_as": via} if via is not None else {}), **report}
+    b = report["tv_bound"]
+    convention = "" if (args.output, args.time) == ("score", "t") else f" ({args.output} at {args.time})"
+    _say(f"score {args.score}{convention} against the exact score of {args.target} (d = {target.dim}), {process!r}")
+    if via is not None:
+        _say(f"measured on the equivalent {audited!r} (same p_t at equal log-SNR): times below are {process!r}'s "
+             f"converted from OU's, errors in its x; the integral and the TV bound are OU's, over OU time "
+             f"[{t0:.4g}, {T_audited:.4g}]")
     _say("       t      E|s - grad log p_t|^2     relative")
     for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"]):
         if np.isfinite(v):
@@ -507,12 +741,13 @@ def cmd_audit(args):
         else:
             _say(f"{t:10.4g}   {'overflows float64':>24}")
     integral = se["integral"]
-    _say(f"integral over [{args.t0:g}, {T:g}]: " + (
+    _say(f"integral over [{t0:g}, {T_audited:g}]{' (OU time)' if via is not None else ''}: " + (
         f"{integral['value']:.4g} ± {integral['standard_error']:.2g}" if np.isfinite(integral["value"])
         else "overflows float64"))
     path_kl = f"{b['kl_path']:.3g}" if np.isfinite(b["kl_path"]) else "overflows float64"
-    _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} steps: {bound_text(b)} "
-         f"(early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, path KL {path_kl})")
+    _say(f"certified TV bound for {args.sampler}{' on OU' if via is not None else ''}, {args.n_steps} {args.grid} "
+         f"steps: {bound_text(b)} (early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, "
+         f"path KL {path_kl})")
     for note in non_finite_notes(report):
         _say(f"note: {note}")
     if args.json is not None:
@@ -521,8 +756,49 @@ def cmd_audit(args):
     return 0
 
 
+def _replay_options(items):
+    import json
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--option must look like KEY=VALUE (e.g. step_size=0.1), got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except ValueError:
+            options[key] = value
+    return options
+
+
+def cmd_audit_sampler(args):
+    from .audit import compare_sampler, process_from_spec, target_from_spec
+    from .samplers import time_grid
+
+    process = process_from_spec(args.process)
+    target = target_from_spec(args.target)
+    name = process.__class__.__name__
+    T = args.T if args.T is not None else {"OU": 5.0, "EDM": 80.0}.get(name, min(1.0, process.t_max))
+    t0 = args.t0 if args.t0 is not None else (0.002 if name == "EDM" else 1e-3)
+    grid = time_grid(T, t0, args.n_steps, args.grid)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+    if args.json is not None:
+        _check_json_path(args.json)
+    options = _replay_options(args.option)
+    peer = _load_callable(args.sampler, option="--sampler")
+    result = compare_sampler(peer, args.replay, process, grid, target, args.n, np.random.default_rng(args.seed),
+                             replay_options=options, kind=args.kind, rtol=args.rtol, name=args.sampler)
+    _say(result.text())
+    if args.json is not None:
+        from .runs import write_json
+        write_json(args.json, {"sampler": args.sampler, "target": args.target, "seed": args.seed,
+                               "replay_options": options, **result.to_dict()})
+    return 0 if result.matches else 1
+
+
 COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluate": cmd_evaluate, "audit": cmd_audit,
-            "experiment": cmd_experiment}
+            "audit-sampler": cmd_audit_sampler, "experiment": cmd_experiment}
 
 
 def _os_error_text(exc):

@@ -16,7 +16,6 @@ no inf or NaN, gets null in their place plus a top-level "non_finite" object map
 one's JSON pointer to "inf", "-inf" or "nan" (json_ready).
 """
 
-import json
 import math
 import os
 import sys
@@ -27,9 +26,11 @@ import numpy as np
 
 from . import metrics
 from ._validation import check_count, check_rng, check_time_range
+from ._json import load_json
 from .io import atomic_write
 from .losses import WEIGHTINGS, sample_times
-from .runs import RunError, load_model, load_samples, read_config, streams, update_section, write_json
+from .runs import (RunError, load_model, load_samples, read_config, streams, update_section, write_json,
+                   writing)
 from .targets.spec import from_record
 
 __all__ = ["score_report", "sample_report", "evaluate_run", "exact_score_loss", "json_ready", "non_finite_notes",
@@ -75,11 +76,14 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     t0, T = check_time_range(t0, T, process)
     profile_times = check_count(profile_times, "profile_times")
     ts = np.geomspace(t0, T, profile_times)
-    error, error_se = metrics.score_error_profile(score, target, process, ts, profile_n, rng, dtype=dtype)
+    # a score far from the truth overflows float64: said in the report, the rest still measured
+    error, error_se = metrics.score_error_profile(score, target, process, ts, profile_n, rng, dtype=dtype,
+                                                  overflow="inf")
     # the oracle's own E|grad log p_t|^2 at the same times: the scale to read errors against
     scale = np.array([np.mean(np.sum(target.score(process.perturb(target.sample(profile_n, rng), t, rng)[0], t,
                                                               process)**2, axis=1)) for t in ts])
-    integral = metrics.score_error_integral(score, target, process, t0, T, 4 * profile_n, rng, dtype=dtype)
+    integral = metrics.score_error_integral(score, target, process, t0, T, 4 * profile_n, rng, dtype=dtype,
+                                            overflow="inf")
     report = {"score_error": {"t": ts.tolist(), "error": error.tolist(), "standard_error": error_se.tolist(),
                               "oracle_mean_square": scale.tolist(), "relative": (error / scale).tolist(),
                               "integral": _estimate(*integral)}}
@@ -89,7 +93,7 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
         if on_stage is not None:
             on_stage("TV bound")
         bound = metrics.tv_upper_bound(score, target, process, t0, T, grid, method, bound_n, rng, n_steps=n_steps,
-                                       dtype=dtype)
+                                       dtype=dtype, overflow="inf")
         report["tv_bound"] = {key: value for key, value in bound.as_dict().items() if key != "grid"}
     return report
 
@@ -217,7 +221,18 @@ def evaluate_run(folder, options=None, plots=True, progress=None):
     report : dict
     written : list of str, the plot files written ([] without matplotlib)
     plot_note : str or None, why plots were not written
+
+    Raises
+    ------
+    ValueError
+        Another command is writing into the folder (its lock names it), or the run's
+        files are missing or damaged.
     """
+    with writing(folder):  # library callers get the lock and the clean-up the command has
+        return _evaluate(folder, options, plots, progress)
+
+
+def _evaluate(folder, options, plots, progress):
     config = read_config(folder)
     if options:
         config = update_section(config, "evaluate", options)
@@ -265,9 +280,14 @@ def _training_summary(folder):
     path = os.path.join(folder, "history.json")
     try:
         with open(path, encoding="utf-8") as f:
-            loss = json.load(f)["loss"]
+            raw = load_json(f, path)["loss"]
     except (OSError, ValueError, KeyError, TypeError):
         raise RunError(f"{path} is missing or unreadable: train the run first") from None
+    numbers = isinstance(raw, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
+    loss = np.asarray(raw if numbers else [], dtype=np.float64)
+    if loss.size == 0 or not np.all(np.isfinite(loss)):
+        raise RunError(f"{path} is damaged (its loss must be a non-empty list of finite numbers, as "
+                       "training writes it): train the run again")
     window = min(FINAL_LOSS_WINDOW, len(loss))
     return {"steps": len(loss), "first_loss": float(loss[0]), "last_loss": float(loss[-1]),
             "final_loss_mean": float(np.mean(loss[-window:])), "final_loss_window": window}

@@ -143,7 +143,7 @@ def _coordinate_difference(f, theta, eps, i):
     up, down = old + eps, old - eps
     if up == down:
         raise ValueError(
-            f"eps = {eps!r} is below the spacing of floats at theta[{i}] = {old!r}; "
+            f"eps = {eps!r} is below the spacing of floats at theta[{i}] = {float(old)!r}; "
             "use a larger eps"
         )
     try:
@@ -153,7 +153,19 @@ def _coordinate_difference(f, theta, eps, i):
         f_down = _evaluate(f, theta, f"theta - eps e_{i}")
     finally:
         theta[i] = old
-    return (f_up - f_down) / (up - down)
+    with np.errstate(over="ignore", invalid="ignore"):
+        quotient = (f_up - f_down) / (up - down)
+    return _finite_quotient(quotient, f_up, f_down, eps, f"theta[{i}]")
+
+
+def _finite_quotient(quotient, f_up, f_down, eps, where):
+    """quotient, if finite; else a ValueError: f's values are too large for differences at this eps."""
+    if np.all(np.isfinite(quotient)):
+        return quotient
+    size = float(max(np.max(np.abs(f_up)), np.max(np.abs(f_down))))
+    raise ValueError(f"the central difference along {where} overflows float64: f is as large as {size:.3g}, "
+                     f"and (f(theta + eps u) - f(theta - eps u)) / (2 eps) with eps = {eps:g} exceeds the range; "
+                     "scale f down (or use a larger eps)")
 
 
 def _directional_difference(f, theta, eps, u, shape=()):
@@ -173,7 +185,9 @@ def _directional_difference(f, theta, eps, u, shape=()):
         f_down = _evaluate(f, theta, "theta - eps u", shape)
     finally:
         theta[...] = old
-    return (f_up - f_down) / (2.0 * eps), (up - down) / (2.0 * eps)
+    with np.errstate(over="ignore", invalid="ignore"):
+        quotient = (f_up - f_down) / (2.0 * eps)
+    return _finite_quotient(quotient, f_up, f_down, eps, "a random direction u"), (up - down) / (2.0 * eps)
 
 
 def numerical_gradient(f, theta, eps=1e-6):
@@ -213,7 +227,13 @@ def numerical_gradient(f, theta, eps=1e-6):
 
 
 def _compare(analytic, numerical, rtol, atol, directions=None):
-    abs_err = np.abs(analytic - numerical)
+    with np.errstate(over="ignore"):
+        abs_err = np.abs(analytic - numerical)
+    if not np.all(np.isfinite(abs_err)):
+        i = int(np.argmax(~np.isfinite(abs_err)))
+        raise ValueError(f"analytic[{i}] = {float(analytic[i]):.3g} and numerical[{i}] = {float(numerical[i]):.3g} "
+                         "differ by more than float64 holds (opposite signs near its range): the gradient is wrong "
+                         "by far; scale f down to see by how much")
     scale = np.maximum(np.abs(analytic), np.abs(numerical))
     floor = np.maximum(scale, atol)
     # floor is 0 only where both values are exactly 0 (with atol = 0): agreement

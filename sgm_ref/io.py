@@ -14,6 +14,7 @@ import zipfile
 
 import numpy as np
 
+from ._json import load_json
 from .nn import MLP
 from .processes import process_from_dict
 from .score_model import ScoreModel
@@ -82,7 +83,7 @@ def save(model, path, extra=None, ema=None):
         "extra": extra or {},
     }
     try:
-        text = json.dumps(header)
+        text = json.dumps(header, allow_nan=False)  # NaN and Infinity are not JSON: the header must load anywhere
     except (TypeError, ValueError) as exc:
         raise ValueError(f"extra must be JSON-serialisable (plain int, float, str, list, dict): {exc}") from None
     if not np.all(np.isfinite(model.params)):  # load would refuse the file
@@ -168,7 +169,7 @@ def _header(f, path):
     if not hasattr(f, "files") or "header" not in f.files:
         raise ModelFileError(f"{path}: not an sgm_ref model file (no header)")
     try:
-        header = json.loads(str(f["header"]))
+        header = load_json(str(f["header"]), "the header")
     except _READ_ERRORS as exc:
         raise ModelFileError(f"{path}: unreadable header ({exc})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:

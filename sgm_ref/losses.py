@@ -11,7 +11,7 @@ Song et al. Element-wise work: sgm_ref.kernels.dsm; the network: sgm_ref.nn.MLP.
 
 import numpy as np
 
-from ._validation import check_count, check_points, check_rng, check_time_range, check_times
+from ._validation import check_count, check_points, check_rng, check_time_range, check_times, fits_in_memory
 from .kernels.dsm import PARAMETERIZATION_CODES, dsm_residual, perturb_into
 
 __all__ = ["dsm_loss", "sample_times", "WEIGHTINGS", "TIME_DISTRIBUTIONS"]
@@ -30,7 +30,8 @@ def sample_times(n, t0, T, rng, distribution="uniform"):
     rng = check_rng(rng)
     if distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
-    return _draw_times(n, t0, T, rng, distribution)
+    with fits_in_memory("n", n, n, per_item=16):
+        return _draw_times(n, t0, T, rng, distribution)
 
 
 def _draw_times(n, t0, T, rng, distribution):
@@ -63,6 +64,15 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
     -------
     value : float
     gradient : ndarray of shape (n_params,), or None if grad is False
+
+    Raises
+    ------
+    ValueError
+        For inputs of the wrong shape or dtype, non-finite entries, t outside
+        (0, t_max], an unknown weighting, a bad grad_params buffer; or if the loss or
+        its gradient overflows (the message gives the smallest t with its sigma_t and
+        the sizes of x0 and the parameters: the limit is |z| / sigma_t well below
+        sqrt(max / d), ~1e154 in float64).
     """
     net = model.network
     x0 = check_points(x0, "x0", d=net.d)
@@ -83,7 +93,31 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
     if grad_params is not None and (not isinstance(grad_params, np.ndarray) or grad_params.shape != (net.n_params,)
                                     or grad_params.dtype != net.dtype or not grad_params.flags.c_contiguous):
         raise ValueError(f"grad_params must be a contiguous ndarray of shape ({net.n_params},) and dtype {net.dtype.name}")
-    return _dsm_loss(model, x0, t, z, weighting, grad, grad_params)
+    with np.errstate(over="ignore", invalid="ignore"):
+        value, gradient = _dsm_loss(model, x0, t, z, weighting, grad, grad_params)
+    # one number, and n_params against the O(n n_params) backward pass
+    if not np.isfinite(value) or (grad and not np.all(np.isfinite(gradient))):
+        _overflow(model, x0, t, z, "loss" if not np.isfinite(value) else "gradient")
+    return value, gradient
+
+
+def _overflow(model, x0, t, z, what):
+    """Raise for a non-finite loss or gradient of finite inputs, naming the sizes that cause it."""
+    net = model.network
+    _, s2 = model.process._coefficients(t, t.shape[0])
+    i = int(np.argmin(s2))
+    sigma = float(np.sqrt(s2[i]))
+    z_max = float(np.max(np.abs(z)))
+    # r = s + z / sigma_t is squared and summed over d entries (in float64; the gradient
+    # is stored in the network's dtype)
+    limit = float(np.sqrt(np.finfo(net.dtype).max / net.d))
+    ratio = z_max / sigma if sigma > 0 else np.inf
+    raise ValueError(
+        f"dsm_loss: the {what} overflows {net.dtype.name}. At the smallest t = {float(t[i]):.3g}, "
+        f"sigma_t = {sigma:.3g} and |z| / sigma_t reaches {ratio:.3g} (it must stay well below "
+        f"{limit:.3g} = sqrt(max / d)); the largest |x0| entry is {float(np.max(np.abs(x0))):.3g} and the "
+        f"largest |parameter| {float(np.max(np.abs(net.params))):.3g}. Use larger t, or rescale x0 or the "
+        "parameters toward order 1")
 
 
 def _dsm_loss(model, x0, t, z, weighting, grad, grad_params):

@@ -21,10 +21,10 @@ import math
 
 import numpy as np
 
-from ._validation import FLOAT_DTYPES, check_real
+from ._validation import FLOAT_DTYPES, check_real, show
 from .kernels.adam import adam_update, sum_of_squares
 
-__all__ = ["Adam", "NonFiniteGradientError"]
+__all__ = ["Adam", "NonFiniteGradientError", "NonFiniteStepError"]
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm so that a zero gradient
 # does not divide by zero; copied so that clipped trajectories match PyTorch's.
@@ -39,6 +39,20 @@ class NonFiniteGradientError(ValueError, FloatingPointError):
     Both a ValueError (bad input, as everywhere in sgm_ref) and a FloatingPointError
     (numerical divergence), so a training loop may catch either.
     """
+
+
+class NonFiniteStepError(ValueError, FloatingPointError):
+    """An Adam step with a finite gradient would make a parameter (or v) NaN or inf.
+
+    lr or weight_decay is too large for the parameters' scale. A ValueError and a
+    FloatingPointError, like NonFiniteGradientError, but not one: the gradient was fine.
+    """
+
+
+# Above these, a step can overflow for parameters of ordinary size, so it is made
+# undoable (params, m, v and ema are copied first; the copies cost one pass each)
+_RISKY_LR = 1.0
+_RISKY_WEIGHT_DECAY = 1.0
 
 
 def _positive(value, name):
@@ -114,7 +128,9 @@ class Adam:
     ------
     ValueError
         If params is not a 1-D C-contiguous writeable float64/float32 ndarray with
-        finite entries, or a hyperparameter is out of range (the message names it).
+        finite entries, or a hyperparameter is out of range (the message names it):
+        lr / (1 - beta1) must be finite in the dtype of params (lr < ~1.8e307 in
+        float64) and weight_decay * max|params| below sqrt(max) (~1.3e154 in float64).
 
     References
     ----------
@@ -139,6 +155,22 @@ class Adam:
         self.ema_warmup = bool(ema_warmup)
         self.ema = None if self.ema_decay is None else self.params.copy()
         self.step_count = 0
+        self._check_scales()
+
+    def _check_scales(self):
+        """Refuse hyperparameters whose first step overflows whatever the gradient."""
+        big = float(np.finfo(self.params.dtype).max)
+        # the step size lr / (1 - beta1^k) is largest at k = 1
+        if not self.lr / (1.0 - self.betas[0]) < big:
+            raise ValueError(f"lr = {self.lr:g} is too large: the bias-corrected step size lr / (1 - beta1) "
+                             f"must be below {big:.3g} ({self.params.dtype}), i.e. lr < {big * (1.0 - self.betas[0]):.3g}")
+        # g = grad + weight_decay p is squared into v: it must stay below sqrt(max)
+        root = math.sqrt(big)
+        top = float(np.max(np.abs(self.params)))
+        if self.weight_decay * top >= root:
+            raise ValueError(f"weight_decay = {self.weight_decay:g} is too large for params (largest |entry| "
+                             f"{top:.3g}): weight_decay * |params| must stay below {root:.3g} so that the "
+                             f"decayed gradient's square is finite in {self.params.dtype}")
 
     @staticmethod
     def _check_params(params):
@@ -210,7 +242,12 @@ class Adam:
             )
         # Finite entries whose squares overflow: rescale by the largest magnitude.
         top = float(np.max(np.abs(grad)))
-        return top * math.sqrt(sum_of_squares(grad / top))
+        norm = top * math.sqrt(sum_of_squares(grad / top))
+        if not math.isfinite(norm):
+            raise NonFiniteGradientError(
+                f"grad has entries up to {top:.3g} and a norm beyond the float64 range; params, m, v and "
+                "the step count were left unchanged (scale the loss down)")
+        return norm
 
     def step(self, grad):
         """Apply one Adam update to params in place.
@@ -232,6 +269,12 @@ class Adam:
             (after clipping) a norm whose square overflows the dtype (~1e154 in float64,
             ~1e19 in float32), which would make v inf. Nothing has been changed then:
             params, m, v, ema and step_count keep the values of the last finite step.
+        NonFiniteStepError
+            (a ValueError and a FloatingPointError) if the update itself would make a
+            parameter or v non-finite (lr or weight_decay too large for the parameters'
+            scale). With lr <= 1 and weight_decay <= 1 this needs parameters beyond
+            ~1e154 and is detected after the fact; above those values the step is
+            undoable and params, m, v, ema and step_count are left unchanged.
         ValueError
             If grad has the wrong shape or dtype.
         """
@@ -251,16 +294,41 @@ class Adam:
         k = self.step_count + 1
         beta1, beta2 = self.betas
         step_size = self.lr / (1.0 - beta1**k)
+        if not math.isfinite(step_size):
+            raise NonFiniteStepError(f"Adam step {k}: the step size lr / (1 - beta1^k) overflows with "
+                                     f"lr = {self.lr:g}; lower lr. params, m, v and the step count were left unchanged")
         bias_correction2_sqrt = math.sqrt(1.0 - beta2**k)
         want_ema = self.ema is not None
         ema = self.ema if want_ema else self.m  # placeholder the kernel does not touch
+        risky = self.lr > _RISKY_LR or self.weight_decay > _RISKY_WEIGHT_DECAY
+        backup = [a.copy() for a in (self.params, self.m, self.v, ema)] if risky else None
         adam_update(
             self.params, grad, self.m, self.v, ema, scale, self.weight_decay, beta1, beta2,
             step_size, bias_correction2_sqrt, self.eps,
             self._ema_decay_at(k), want_ema,
         )
+        # one pass over the result: NaN or inf can only come from lr or weight_decay
+        # (the gradient was checked), and without weight decay v <= max(v, g^2) is finite
+        if not np.all(np.isfinite(self.params)) or (self.weight_decay > 0 and not np.all(np.isfinite(self.v))):
+            self._refuse_step(k, backup, ema)
         self.step_count = k
         return norm
+
+    def _refuse_step(self, k, backup, ema):
+        bad = int(np.count_nonzero(~np.isfinite(self.params) | ~np.isfinite(self.v)))
+        if backup is not None:
+            for target, saved in zip((self.params, self.m, self.v, ema), backup):
+                target[...] = saved
+            state = "params, m, v, ema and the step count were left unchanged"
+        else:
+            state = ("params, m and v now hold this step's non-finite values and the step count was not "
+                     "advanced: restore them (load_state_dict or a checkpoint)")
+        raise NonFiniteStepError(
+            f"Adam step {k} {'would make' if backup is not None else 'made'} {bad} entr{'y' if bad == 1 else 'ies'} "
+            "of params or v non-finite: "
+            f"lr = {self.lr:g} or weight_decay = {self.weight_decay:g} is too large for parameters of size "
+            f"up to {float(np.max(np.abs(self.params[np.isfinite(self.params)]), initial=0.0)):.3g} in "
+            f"{self.params.dtype}; lower lr or weight_decay. {state}")
 
     def _ema_decay_at(self, k):
         if self.ema_decay is None:
@@ -350,7 +418,7 @@ class Adam:
             step_count = step_count[()]
         is_bool = isinstance(step_count, (bool, np.bool_))
         if is_bool or not isinstance(step_count, (int, np.integer)) or step_count < 0:
-            raise ValueError(f"state['step_count'] must be an integer >= 0, got {step_count!r}")
+            raise ValueError(f"state['step_count'] must be an integer >= 0, got {show(step_count)}")
         lr = _positive(state["lr"], "state['lr']")
         betas = (_unit_interval(state["beta1"], "state['beta1']"),
                  _unit_interval(state["beta2"], "state['beta2']"))

@@ -9,11 +9,11 @@ score_error.png  E|s - grad log p_t|^2 against t with 2-standard-error bars, bes
                  oracle's own E|grad log p_t|^2 for scale
 """
 
-import json
 import os
 
 import numpy as np
 
+from ._json import load_json
 from .io import atomic_write
 
 __all__ = ["plot_run"]
@@ -163,7 +163,7 @@ def plot_run(folder, target, x, report):
     history = os.path.join(folder, "history.json")
     if os.path.exists(history):
         with open(history, encoding="utf-8") as f:
-            loss = json.load(f)["loss"]
+            loss = load_json(f, history)["loss"]
         path = os.path.join(folder, "loss.png")
         exact = report.get("training", {}).get("exact_score_loss")
         plot_loss(plt, loss, path, None if exact is None else (exact["value"], exact["standard_error"]))

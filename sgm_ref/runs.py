@@ -4,6 +4,8 @@
     RUN/checkpoint.npz   training state, rewritten every checkpoint_every steps while
                          training runs (removed when model.npz is written)
     RUN/model.npz        the trained model (sgm_ref.io format, the EMA stored beside it)
+    RUN/training_state.npz  the state after the last step, so `train --resume --steps N`
+                         can extend a finished run as if it had been trained for N steps
     RUN/history.json     the training loss at every step
     RUN/samples.npy      the sampler's output, shape (n, d)
     RUN/report.json      every metric with its standard error
@@ -14,38 +16,53 @@ run leaves complete files only. Randomness comes from one seed:
 SeedSequence(seed).spawn(5) gives independent streams for the training data, the
 initialisation, training, sampling and evaluation, so re-sampling or re-evaluating never
 changes the model and each stage is reproducible by itself. Training resumed from a
-checkpoint ends with the same bits as an uninterrupted run.
+checkpoint ends with the same bits as an uninterrupted run on the same thread counts (the
+checkpoint records them; a resume with others says so: sums split across threads round
+differently).
+
+One command writes into a run at a time: train, sample and evaluate hold the folder's
+lock (sgm_ref._lock, RUN/.lock while held) and refuse to start while another holds it,
+naming it. On taking the lock they remove the temporary files of writes a killed
+predecessor left (.tmp-*).
 """
 
+import contextlib
 import copy
 import json
 import os
 import platform
+import shutil
+import warnings
+import zipfile
+import zlib
 
 import numba
 import numpy as np
 import scipy
 
 from . import __version__
+from ._json import load_json
+from ._lock import folder_lock
 from ._validation import check_count, check_real, check_time_range
-from .io import atomic_write, load, save
+from .io import _READ_ERRORS, atomic_write, load, read_header, save
 from .nn import MLP
 from .optim import Adam
 from .processes import process_from_dict
 from .samplers import METHODS, sample, time_grid
 from .score_model import ScoreModel
 from .targets.spec import from_record, from_spec, to_record
-from .train import History, fit
+from .train import History, fit, progress_bar
 
-__all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "streams", "create",
-           "read_config", "train", "load_model", "sample_run", "load_samples", "write_json"]
+__all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
+           "create", "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps",
+           "thread_counts", "load_model", "sample_run", "load_samples", "write_json"]
 
 FORMAT = "sgm_ref.run"
 FORMAT_VERSION = 1
 
 # the files a run writes; --force replaces exactly these
-RUN_FILES = ("config.json", "checkpoint.npz", "model.npz", "history.json", "samples.npy", "report.json",
-             "report.md", "samples.png", "loss.png", "score_error.png")
+RUN_FILES = ("config.json", "checkpoint.npz", "model.npz", "history.json", "training_state.npz", "samples.npy",
+             "report.json", "report.md", "samples.png", "loss.png", "score_error.png")
 # what a new sampling makes stale
 _EVALUATION_FILES = ("report.json", "report.md", "samples.png", "loss.png", "score_error.png")
 # keys of config.json besides the sections of DEFAULTS
@@ -141,6 +158,7 @@ def build(config, init_rng=0):
     model = ScoreModel(net, process, m["parameterization"])
     t = config["train"]
     check_time_range(t["t0"], t["T"], process)
+    _check_horizon(t["t0"], t["T"], process, model.dtype, "")
     check_count(t["steps"], "steps")
     check_count(t["batch_size"], "batch_size")
     check_real(t["lr"], "lr", low=0.0, low_open=True)
@@ -157,12 +175,48 @@ def build(config, init_rng=0):
     if s["method"] not in METHODS:
         raise ValueError(f"sampler must be one of {', '.join(METHODS)}, got {s['method']!r}")
     time_grid(s["T"], s["t0"], s["n_steps"], s["grid"], process)
+    _check_horizon(s["t0"], s["T"], process, model.dtype, "sample ")
     e = config["evaluate"]
     for key in ("n", "two_sample_n", "profile_n", "bound_n"):
         check_count(e[key], f"evaluate {key}", minimum=2)
     check_count(e["profile_times"], "evaluate profile_times")
     check_count(e["bins"], "evaluate bins")
     return target, process, model
+
+
+# The horizon and early-stopping time a run accepts. Both limits come from rounding, so
+# they hold whatever the target (of unit scale or up to 1/eps):
+# - T: past alpha_T = eps^2 (float64 eps = 2.2e-16), x_T = alpha_T x0 + sigma_T z keeps no
+#   digit of any x0 smaller than 1/eps = 4.5e15 (alpha_T x0 is below the rounding of
+#   sigma_T z ~ 1), so p_T is N(0, I) to float64 precision: a larger T only spends training
+#   and sampling steps on pure noise (OU: T <= 72.1; the defaults are 5 and 1).
+# - t0: below sigma_t0 = eps of the model's dtype, sigma_t0 z is lost in the rounding of
+#   alpha_t0 x0 for a target of unit scale: the noise the loss asks the network to predict
+#   is not in its input (OU: t0 >= 2.5e-32 in float64, 7.1e-15 in float32).
+_ALPHA_T_MIN = np.finfo(np.float64).eps ** 2
+_LIMIT_SLACK = 5e-3  # the limits are printed to 3 digits: accept what the message says
+
+
+def horizon_limits(process, dtype):
+    """(smallest t0, largest T) of a run with this process and model dtype (see above)."""
+    eps = np.finfo(dtype).eps
+    t0_min = float(process._inverse_integrated_beta(-np.log1p(-eps**2)))
+    T_max = min(float(process._inverse_integrated_beta(-2.0 * np.log(_ALPHA_T_MIN))), process.t_max)
+    return t0_min, T_max
+
+
+def _check_horizon(t0, T, process, dtype, section):
+    t0_min, T_max = horizon_limits(process, dtype)
+    option = "--T" if not section else "the sampler's T (--T of sgm-ref sample)"
+    if T > T_max * (1 + _LIMIT_SLACK):
+        raise ValueError(f"{option} must be <= {T_max:.3g} for {process!r}, got {T:g}: beyond it alpha_T < "
+                         f"{_ALPHA_T_MIN:.2g} (float64 eps squared), so x_T keeps no digit of the data and p_T is "
+                         "N(0, I) to float64 precision; a larger T only spends steps on pure noise")
+    option = "--t0" if not section else "the sampler's t0 (--t0 of sgm-ref sample)"
+    if t0 < t0_min * (1 - _LIMIT_SLACK):
+        raise ValueError(f"{option} must be >= {t0_min:.3g} for {process!r} in {np.dtype(dtype).name}, got {t0:g}: "
+                         f"below it sigma_t0 < {np.finfo(dtype).eps:.2g} ({np.dtype(dtype).name} eps), so the "
+                         "noise is lost in the rounding of x_t0 and the loss asks for what the input does not hold")
 
 
 def streams(seed):
@@ -182,42 +236,113 @@ def write_json(path, obj):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def create(folder, config, force=False):
-    """Make the run folder and write config.json (the config must come from make_config).
+def _remove_stale_temporaries(folder):
+    """Temporary files of atomic writes a kill interrupted (never renamed into place).
 
-    An existing folder is refused unless force, which removes the run files listed in
-    RUN_FILES from it (nothing else).
+    Called only under the folder's lock: another command's temporaries are its writes
+    in progress.
+    """
+    for name in os.listdir(folder):
+        if name.startswith(".tmp-"):
+            try:
+                os.unlink(_path(folder, name))
+            except FileNotFoundError:
+                pass
+
+
+def writing(folder, wait=0.0):
+    """Context manager: hold the run folder's lock while writing into it.
+
+    On taking the lock, the temporaries a killed predecessor left are removed. Re-entrant
+    within a process (sampling inside `sgm-ref demo` takes the lock the demo holds).
+
+    Raises
+    ------
+    RunError
+        The folder does not exist.
+    sgm_ref._lock.FolderLockedError (a ValueError)
+        Another process is writing to it; the message names its pid and command.
     """
     folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise RunError(f"run folder {folder} does not exist")
+    return folder_lock(folder, kind="sgm-ref command", wait=wait,
+                       on_acquire=lambda: _remove_stale_temporaries(folder))
+
+
+# A command that made a run folder takes its lock at once; one that found the folder empty
+# in that instant (a --resume started beside the new run, say) holds it for a moment only.
+_NEW_FOLDER_WAIT = 30.0
+
+
+@contextlib.contextmanager
+def new_run(folder, config, force=False):
+    """Create a run folder (as create) and hold its lock while the block runs.
+
+    If the block raises (not KeyboardInterrupt: a checkpoint is kept for --resume), what
+    the new run wrote is removed: the folder itself if this call made it, else the run
+    files (RUN_FILES). A folder this call did not make is never removed.
+    """
+    folder = os.fspath(folder)
+    made = False
     if os.path.exists(folder):
         if not os.path.isdir(folder):
             raise RunError(f"{folder} exists and is not a folder; choose another output folder")
         if not force:
             raise RunError(f"output folder {folder} already exists; pass --force to replace its run files, "
                            "or choose another folder")
-        present = [name for name in RUN_FILES if os.path.exists(_path(folder, name))]
-        if present and not _is_run(folder):
-            raise RunError(f"{folder} holds {', '.join(present)} but is not an sgm_ref run folder; "
-                           "--force only replaces the files of a run: choose another folder")
-        for name in RUN_FILES:
-            if os.path.exists(_path(folder, name)):
-                os.unlink(_path(folder, name))
     else:
         parent = os.path.dirname(os.path.abspath(folder))
         if not os.path.isdir(parent):
             why = "is not a folder" if os.path.exists(parent) else "does not exist"
             raise RunError(f"cannot create {folder}: its parent {parent} {why}")
-        os.mkdir(folder)
-    config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
-                                       "numba": numba.__version__, "scipy": scipy.__version__,
-                                       "machine": platform.machine(), "cpu_count": os.cpu_count()})
-    write_json(_path(folder, "config.json"), config)
+        try:
+            os.mkdir(folder)
+            made = True
+        except FileExistsError:  # another command made it just now
+            if not force:
+                raise RunError(f"output folder {folder} already exists; pass --force to replace its run files, "
+                               "or choose another folder") from None
+    with writing(folder, wait=_NEW_FOLDER_WAIT if made else 0.0):
+        present = [name for name in RUN_FILES if os.path.exists(_path(folder, name))]
+        if made and present:  # someone else's run, written while we waited for the lock
+            raise RunError(f"another command created a run in {folder} meanwhile; choose another folder")
+        if present and not _is_run(folder):
+            raise RunError(f"{folder} holds {', '.join(present)} but is not an sgm_ref run folder; "
+                           "--force only replaces the files of a run: choose another folder")
+        try:
+            for name in present:
+                os.unlink(_path(folder, name))
+            config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
+                                               "numba": numba.__version__, "scipy": scipy.__version__,
+                                               "machine": platform.machine(), "cpu_count": os.cpu_count()})
+            write_json(_path(folder, "config.json"), config)
+            yield
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                if made:
+                    shutil.rmtree(folder, ignore_errors=True)
+                elif os.path.isdir(folder):
+                    for name in RUN_FILES:
+                        if os.path.exists(_path(folder, name)):
+                            os.unlink(_path(folder, name))
+            raise
+
+
+def create(folder, config, force=False):
+    """Make the run folder and write config.json (the config must come from make_config).
+
+    An existing folder is refused unless force, which removes the run files listed in
+    RUN_FILES from it (nothing else). Done under the folder's lock (writing).
+    """
+    with new_run(folder, config, force):
+        pass
 
 
 def _is_run(folder):
     try:
         with open(_path(folder, "config.json"), encoding="utf-8") as f:
-            return json.load(f).get("format") == FORMAT
+            return load_json(f, "config.json").get("format") == FORMAT
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -229,12 +354,12 @@ def read_config(folder):
         raise RunError(f"run folder {os.fspath(folder)} does not exist")
     try:
         with open(path, encoding="utf-8") as f:
-            config = json.load(f)
+            config = load_json(f, path)
     except OSError:
         raise RunError(f"{os.fspath(folder)} is not a run folder (no readable config.json); "
                        "create one with `sgm-ref train`") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunError(f"{path} is not valid JSON ({exc})") from None
+    except ValueError as exc:
+        raise RunError(str(exc)) from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise RunError(f"{path} is not an sgm_ref run configuration")
     if config.get("version") != FORMAT_VERSION:
@@ -258,69 +383,220 @@ def _optimizer(model, config):
     return Adam(model.params, lr=t["lr"], ema_decay=t["ema_decay"], ema_warmup=t["ema_warmup"])
 
 
-def _save_checkpoint(path, step, optimizer, rng, history):
+def thread_counts():
+    """The thread counts that decide training's bits: {"blas": int or None, "numba": int}.
+
+    Sums split across threads round differently, so a run continued with other counts
+    is not bit-identical to one trained without a break. numba's count is exact; BLAS's
+    comes from threadpoolctl when it is installed, else from the variables OpenBLAS and
+    MKL read (OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS, MKL_NUM_THREADS, OMP_NUM_THREADS),
+    else their default of one thread per available core.
+    """
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        counts = [info["num_threads"] for info in threadpool_info() if info.get("user_api") == "blas"]
+        blas = max(counts) if counts else None
+    else:
+        blas = None
+        for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+            try:
+                blas = int(os.environ.get(name, "").split(",")[0])
+                break
+            except ValueError:  # unset or not a number: the library ignores it too
+                continue
+        if blas is None or blas < 1:
+            blas = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"blas": blas, "numba": int(numba.get_num_threads())}
+
+
+def _threads_text(counts):
+    return f"{counts.get('blas', '?')} BLAS and {counts.get('numba', '?')} numba threads"
+
+
+def _save_state(path, step, optimizer, rng, history, threads):
     arrays = dict(optimizer.state_dict())
     arrays["step"] = np.int64(step)
     arrays["loss"] = np.asarray(history.loss, dtype=np.float64)
     arrays["rng_state"] = np.array(json.dumps(rng.bit_generator.state))
+    arrays["threads"] = np.array(json.dumps(threads))
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _load_checkpoint(path, optimizer, rng):
-    """Restore optimiser (and so the parameters) and rng; return (step, history)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-        step = int(arrays.pop("step"))
-        loss = arrays.pop("loss").tolist()
-        rng.bit_generator.state = json.loads(str(arrays.pop("rng_state")))
-        optimizer.load_state_dict(arrays)
-    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
-        raise RunError(f"checkpoint {path} is unreadable ({exc}); remove it to restart training from step 0") from None
-    if len(loss) != step:
-        raise RunError(f"checkpoint {path} is inconsistent (step {step}, {len(loss)} losses)")
-    return step, History(loss=loss)
+def _load_state(path, what, optimizer, rng, remedy):
+    """Restore optimiser (and so the parameters) and rng; return (step, history, thread counts or None).
 
-
-def _remove_stale_temporaries(folder):
-    """Temporary files of an atomic write that a kill interrupted (never renamed into place)."""
-    for name in os.listdir(folder):
-        if name.startswith(".tmp-"):
-            os.unlink(_path(folder, name))
-
-
-def train(folder, progress=None):
-    """Train the run in folder from its config.json; continue from checkpoint.npz if present.
-
-    Writes model.npz (and the EMA, when enabled) and history.json, then removes the
-    checkpoint. Returns the History.
+    what names the file in messages ("checkpoint", "training state"), remedy says what to do.
     """
-    config = read_config(folder)
-    _remove_stale_temporaries(folder)
+    def unreadable(reason):
+        return RunError(f"{what} {path} is unreadable ({reason}); {remedy}")
+
+    try:
+        f = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError):  # numpy's answer to bytes that are neither .npy nor .npz
+        raise unreadable("not an .npz archive") from None
+    except _READ_ERRORS as exc:  # BadZipFile: a file cut short (a full disk, an interrupted copy)
+        raise unreadable(f"a truncated or damaged .npz archive: {exc}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise unreadable("a bare array, not an .npz archive")
+    try:
+        with f:
+            arrays = {key: f[key] for key in f.files}
+        step = arrays.pop("step")
+        if step.shape != () or step.dtype.kind not in "iu" or step < 0:
+            raise ValueError(f"its step must be an integer >= 0, got {step.dtype} {step.tolist()!r}")
+        step = int(step)
+        loss = arrays.pop("loss")
+        if loss.ndim != 1 or loss.dtype != np.float64 or not np.all(np.isfinite(loss)):
+            raise ValueError(f"its losses must be finite float64 numbers, got {loss.dtype} of shape {loss.shape}")
+        if len(loss) != step:
+            raise ValueError(f"it is inconsistent: step {step}, {len(loss)} losses")
+        state = load_json(str(arrays.pop("rng_state")), "its rng_state")
+        threads = load_json(str(arrays.pop("threads")), "its thread counts") if "threads" in arrays else None
+        rng.bit_generator.state = state
+        optimizer.load_state_dict(arrays)
+    except zipfile.BadZipFile as exc:
+        raise unreadable(f"a truncated or damaged .npz archive: {exc}") from None
+    except _READ_ERRORS + (TypeError, AttributeError, zlib.error) as exc:
+        raise unreadable(exc) from None
+    return step, History(loss=loss.tolist()), threads if isinstance(threads, dict) else None
+
+
+def _states(folder):
+    return _path(folder, "checkpoint.npz"), _path(folder, "training_state.npz")
+
+
+def finished_steps(folder):
+    """Steps of the run's finished training (model.npz written, no checkpoint pending), or None."""
+    checkpoint, _ = _states(folder)
+    model = _path(folder, "model.npz")
+    if os.path.exists(checkpoint) or not os.path.exists(model):
+        return None
+    try:
+        steps = read_header(model)["extra"]["steps"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def check_total_steps(folder, config, steps):
+    """The total steps of a continued training: config's if steps is None, else steps if >= config's."""
+    configured = config["train"]["steps"]
+    if steps is None:
+        return configured
+    steps = check_count(steps, "steps")
+    if steps < configured:
+        raise RunError(f"--steps {steps} is fewer than the {configured} steps {os.fspath(folder)} is trained "
+                       f"for: a run can be extended, not shortened (drop --steps, or give {configured} or more); "
+                       "train a new run for fewer steps")
+    return steps
+
+
+def train(folder, progress=None, steps=None, log=None):
+    """Train the run in folder from its config.json, continuing from its saved state.
+
+    Starts from checkpoint.npz when a training was interrupted, from training_state.npz
+    when `steps` extends a finished run, else from step 0. Writes model.npz (with the EMA,
+    when enabled), history.json and training_state.npz, then removes the checkpoint; the
+    samples and reports of an older model are removed first. Holds the folder's lock.
+
+    Parameters
+    ----------
+    folder : str or os.PathLike
+        A run folder (create).
+    progress : bool or None
+        Progress bar on stderr; None: only when stderr is a terminal.
+    steps : int, optional
+        A new total number of steps, at least the run's: the run, finished or not, goes
+        on to it with the bits of a run trained for `steps` from the start (config.json is
+        updated; if the training fails, a finished run gets its old settings back).
+    log : callable(str), optional
+        Receives notes: thread counts that differ from those the saved state was written
+        with. By default they are issued as warnings.
+
+    Returns
+    -------
+    History
+
+    Raises
+    ------
+    RunError
+        steps below the run's, a finished run without its training state (trained by an
+        older sgm_ref), an unreadable checkpoint.
+    """
+    if log is None:
+        def log(message):
+            warnings.warn(message, stacklevel=3)
+    with writing(folder):
+        config = read_config(folder)
+        configured = config["train"]["steps"]
+        checkpoint, final = _states(folder)
+        source = checkpoint if os.path.exists(checkpoint) else final if os.path.exists(final) else None
+        extending = check_total_steps(folder, config, steps) > configured
+        if extending and source is None and os.path.exists(_path(folder, "model.npz")):
+            raise RunError(f"{os.fspath(folder)} was trained by an older sgm_ref, which kept no training_state.npz: "
+                           f"it cannot be extended bit for bit; train a new run with --steps {steps}")
+        if extending:
+            old = config
+            config = update_section(config, "train", {"steps": int(steps)})
+            write_json(_path(folder, "config.json"), config)
+        try:
+            return _train(folder, config, source, progress, log)
+        except Exception:
+            if extending and source == final:  # back to the finished run it was
+                write_json(_path(folder, "config.json"), old)
+                if os.path.exists(checkpoint):
+                    os.unlink(checkpoint)
+            raise
+
+
+def _train(folder, config, source, progress, log):
     rngs = streams(config["seed"])
     target, process, model = build(config, rngs["init"])
     t = config["train"]
     data = target.sample(config["data"]["n"], rngs["data"], dtype=model.dtype)
     optimizer = _optimizer(model, config)
     rng = rngs["train"]
-    checkpoint = _path(folder, "checkpoint.npz")
+    threads = thread_counts()
+    checkpoint, final = _states(folder)
     start, history = 0, None
-    if os.path.exists(checkpoint):
-        start, history = _load_checkpoint(checkpoint, optimizer, rng)
+    if source is not None:
+        remedy = ("remove it to restart training from step 0" if source == checkpoint else
+                  "remove it (the run's model.npz stays usable, but the run can no longer be extended)")
+        what = "checkpoint" if source == checkpoint else "training state"
+        start, history, saved = _load_state(source, what, optimizer, rng, remedy)
+        if start > t["steps"]:
+            raise RunError(f"{source} is at step {start}, past the {t['steps']} steps of config.json; "
+                           f"continue with --steps {start} or more")
+        if saved is not None and saved != threads:
+            log(f"note: {os.path.basename(source)} was written with {_threads_text(saved)}, this process has "
+                f"{_threads_text(threads)}: the result may differ in the last bits from an unbroken run (set "
+                "OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS as then for the same bits)")
 
     def write_checkpoint(step, model, optimizer, history):
         if step % t["checkpoint_every"] == 0 and step < t["steps"]:
-            _save_checkpoint(checkpoint, step, optimizer, rng, history)
+            _save_state(checkpoint, step, optimizer, rng, history, threads)
 
     history = fit(model, data, steps=t["steps"], batch_size=t["batch_size"], t0=t["t0"], T=t["T"], rng=rng,
                   weighting=t["weighting"], time_distribution=t["time_distribution"], optimizer=optimizer,
                   progress=progress, callback=write_checkpoint, history=history, start_step=start)
+    if start < t["steps"]:  # a new model: the samples and reports of the old one go first
+        _remove(folder, ("samples.npy",) + _EVALUATION_FILES)
     save(model, _path(folder, "model.npz"), extra={"run": "trained by sgm_ref.runs.train", "steps": t["steps"]},
          ema=optimizer.ema)
     write_json(_path(folder, "history.json"), {"loss": history.loss})
+    _save_state(final, t["steps"], optimizer, rng, history, threads)
     if os.path.exists(checkpoint):
         os.unlink(checkpoint)
     return history
+
+
+def _remove(folder, names):
+    for name in names:
+        if os.path.exists(_path(folder, name)):
+            os.unlink(_path(folder, name))
 
 
 def load_model(folder, config=None):
@@ -340,6 +616,10 @@ def load_model(folder, config=None):
             m["parameterization"]):
         raise RunError(f"{path} does not match the run's config.json (dimension, process, dtype or "
                        "parameterization differ): was it copied from another run?")
+    trained = read_header(path).get("extra", {}).get("steps")
+    if isinstance(trained, int) and trained != config["train"]["steps"]:  # an extension under way
+        raise RunError(f"{path} is trained for {trained} steps but config.json asks for {config['train']['steps']}: "
+                       f"finish the training with `sgm-ref train {os.fspath(folder)} --resume`")
     return model
 
 
@@ -351,37 +631,66 @@ def update_section(config, section, options):
 
 # -- sampling ----------------------------------------------------------------------------
 
-def sample_run(folder, options=None):
+def sample_run(folder, options=None, progress=None):
     """Draw the run's samples with its model; options update config["sample"] first.
 
-    Writes samples.npy and the updated config.json; returns the samples.
+    Writes samples.npy and the updated config.json, holding the folder's lock; returns
+    the samples. progress: a bar over the sampler's steps on stderr (None: only when
+    stderr is a terminal); it changes no bits.
     """
-    config = read_config(folder)
-    if options:
-        config = update_section(config, "sample", options)
-    model = load_model(folder, config)
-    s = config["sample"]
-    rng = streams(config["seed"])["sample"]
-    x = sample(model, model.process, s["n"], model.network.d, rng, T=s["T"], t0=s["t0"], n_steps=s["n_steps"],
-               method=s["method"], grid=s["grid"], dtype=model.dtype)
-    # old samples and their evaluation go first, then the settings, then the new samples:
-    # a kill in between leaves no samples rather than samples beside the wrong settings
-    for name in ("samples.npy",) + _EVALUATION_FILES:
-        if os.path.exists(_path(folder, name)):
-            os.unlink(_path(folder, name))
-    write_json(_path(folder, "config.json"), config)
-    atomic_write(_path(folder, "samples.npy"), lambda f: np.save(f, x))
-    return x
+    with writing(folder):
+        config = read_config(folder)
+        if options:
+            config = update_section(config, "sample", options)
+        model = load_model(folder, config)
+        s = config["sample"]
+        rng = streams(config["seed"])["sample"]
+        bar = progress_bar(s["n_steps"], progress, "sampling")
+        try:
+            score = model if bar is None else _counted(model, bar, 2 if s["method"] == "probability_flow" else 1)
+            x = sample(score, model.process, s["n"], model.network.d, rng, T=s["T"], t0=s["t0"],
+                       n_steps=s["n_steps"], method=s["method"], grid=s["grid"], dtype=model.dtype)
+        finally:
+            if bar is not None:
+                bar.close()
+        # old samples and their evaluation go first, then the settings, then the new samples:
+        # a kill in between leaves no samples rather than samples beside the wrong settings
+        _remove(folder, ("samples.npy",) + _EVALUATION_FILES)
+        write_json(_path(folder, "config.json"), config)
+        atomic_write(_path(folder, "samples.npy"), lambda f: np.save(f, x))
+        return x
+
+
+def _counted(score, bar, calls_per_step):
+    """score, advancing bar by one step every calls_per_step calls."""
+    calls = 0
+
+    def counted(x, t):
+        nonlocal calls
+        s = score(x, t)
+        calls += 1
+        if calls % calls_per_step == 0:
+            bar.update(1)
+        return s
+
+    return counted
 
 
 def load_samples(folder, d):
+    """samples.npy of a run: an (n, d) float64 or float32 array of finite numbers."""
     path = _path(folder, "samples.npy")
     if not os.path.exists(path):
         raise RunError(f"{os.fspath(folder)} has no samples.npy: run `sgm-ref sample` first")
     try:
         x = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, EOFError) as exc:
-        raise RunError(f"{path} is unreadable ({exc})") from None
-    if x.ndim != 2 or x.shape[1] != d or x.dtype.kind != "f":
-        raise RunError(f"{path} has shape {x.shape} and dtype {x.dtype}; expected (n, {d}) floats")
+    except _READ_ERRORS as exc:  # numpy's oversized-header message spans lines: one line here
+        raise RunError(f"{path} is unreadable ({' '.join(str(exc).split())})") from None
+    if not isinstance(x, np.ndarray):
+        x.close()
+        raise RunError(f"{path} is an .npz archive, not an .npy array; run `sgm-ref sample` again")
+    if x.ndim != 2 or x.shape[1] != d or x.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
+        raise RunError(f"{path} has shape {x.shape} and dtype {x.dtype}; expected (n, {d}) float64 or float32 "
+                       "(what `sgm-ref sample` writes): run it again")
+    if not np.all(np.isfinite(x)):
+        raise RunError(f"{path} holds non-finite values; run `sgm-ref sample` again")
     return x

@@ -16,6 +16,22 @@ law has the diffusion coefficient of the true reverse process and Girsanov's the
 compares them (sgm_ref.metrics.tv_upper_bound). The exponential integrator solves the
 linear part exactly and freezes only the score over a step.
 
+Other processes (SubVP, VE, EDM, FlowMatching: not variance-preserving, no beta(t) and
+no N(0, I) prior). The reverse SDE dY = [-f Y + g^2 s] dtau + g dB and the ODE
+dY = [-f Y + g^2 s / 2] dtau have no integrated-beta form there, so these functions hand
+such a process to the matching replay of sgm_ref.replays and say so:
+
+    "euler_maruyama"    -> replays.euler_maruyama (textbook: f, g^2 frozen at t_k, times h_k)
+    "probability_flow"  -> replays.karras_heun (Heun on the same ODE, written in
+                           sigma-hat = sigma / alpha and x / alpha, as k-diffusion's sample_heun)
+    "exponential"       -> refused (no exact linear part in closed form for every process)
+
+and `sample` starts them from N(0, sigma_T^2 I) (score_sde's VE prior, k-diffusion's
+sigma_max N(0, I); for FlowMatching at t_max = 1 - 1e-5 this is N(0, t_max^2 I)), which
+differs from p_T = N(alpha_T m, alpha_T^2 S + sigma_T^2 I) by the alpha_T^2 S term:
+choose T with alpha_T^2 Var(p_0) << sigma_T^2. sgm_ref.metrics.sampler_output_gaussian
+gives the exact output law of the routed schemes (through replays.replay_output_gaussian).
+
 The score is called as score(x, t) with x of shape (n, d) and t of shape (n,) (all
 entries equal to the current grid time) and must return the dtype of x; besides that
 call, a step is the noise draw, a check of the score's output and one fused update
@@ -24,11 +40,39 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 
 import numpy as np
 
-from ._validation import call_score, check_count, check_points, check_real_array, check_rng, check_time_range
+from ._validation import (call_score, check_count, check_float_dtype, check_points, check_real_array, check_rng,
+                          check_time_range, fits_in_memory)
 from .kernels.sampler import affine_step, heun_correct, standard_normal_into
-from .processes import check_process
+from .processes import VariancePreserving, check_process
 
 __all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS"]
+
+
+def _is_vp(process):
+    """True for OU, VP, VPCosine, DDPM; False for the other processes; raise for non-processes."""
+    return isinstance(check_process(process, variance_preserving=False), VariancePreserving)
+
+
+def _check_time_range(t0, T, process):
+    """check_time_range; for a process that is not variance-preserving (no B(T)), T <= t_max."""
+    if process is None or _is_vp(process):
+        return check_time_range(t0, T, process)
+    t0, T = check_time_range(t0, T)
+    if T > process.t_max:
+        raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    return t0, T
+
+
+def routed_replay(process, method):
+    """The replay of sgm_ref.replays that runs `method` on a process that is not
+    variance-preserving (module docstring), or raise if there is none."""
+    from . import replays  # lazily: replays imports sgm_ref.metrics, which imports this module
+    if method == "euler_maruyama":
+        return replays.euler_maruyama
+    if method == "probability_flow":
+        return replays.karras_heun
+    raise ValueError(f"method={method!r} needs a variance-preserving process (OU, VP, VPCosine, DDPM), got "
+                     f"{process!r}; use method='euler_maruyama' or 'probability_flow', or a replay of sgm_ref.replays")
 
 
 def time_grid(T, t0, n_steps, kind="uniform", process=None):
@@ -39,13 +83,18 @@ def time_grid(T, t0, n_steps, kind="uniform", process=None):
 
     Returns ndarray of shape (n_steps + 1,), float64.
     """
-    t0, T = check_time_range(t0, T, process)
+    t0, T = _check_time_range(t0, T, process)
     n_steps = check_count(n_steps, "n_steps")
-    k = np.arange(n_steps + 1) / n_steps
+    with fits_in_memory("n_steps", n_steps, n_steps + 1, per_item=8 * 3):
+        k = np.arange(n_steps + 1) / n_steps
     if kind == "uniform":
         grid = T + (t0 - T) * k
     elif kind == "geometric":
-        grid = T * np.exp(np.log(t0 / T) * k)
+        ratio = t0 / T
+        if ratio >= np.finfo(np.float64).tiny:
+            grid = T * np.exp(np.log(ratio) * k)
+        else:  # t0 / T underflows (t0 = 1e-300, T = 1e300): interpolate the logs instead
+            grid = np.exp(np.log(T) + (np.log(t0) - np.log(T)) * k)
     else:
         raise ValueError(f"grid kind must be 'uniform' or 'geometric', got {kind!r}")
     grid[0], grid[-1] = T, t0
@@ -62,18 +111,56 @@ def check_grid(grid, process):
         raise ValueError("grid must be a 1-D array of at least 2 times, from T down to t0")
     if np.any(np.diff(g) >= 0):
         k = int(np.flatnonzero(np.diff(g) >= 0)[0])
-        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {g[k]!r} "
-                         f"<= grid[{k + 1}] = {g[k + 1]!r}")
+        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {float(g[k])!r} "
+                         f"<= grid[{k + 1}] = {float(g[k + 1])!r}")
     if g[-1] <= 0:
-        raise ValueError(f"grid must end at t0 > 0 (early stopping), got {g[-1]!r}")
+        raise ValueError(f"grid must end at t0 > 0 (early stopping), got {float(g[-1])!r}")
     if g[0] > process.t_max:
-        raise ValueError(f"grid must start at T <= {process.t_max} for {process!r}, got {g[0]!r}")
+        raise ValueError(f"grid must start at T <= {process.t_max} for {process!r}, got {float(g[0])!r}")
+    if not _is_vp(process):
+        return g
+    try:
+        B_T = process.integrated_beta(g[0])
+    except ValueError:  # beyond float64: said here in the grid's terms
+        B_T = np.inf
+    if not np.isfinite(B_T):
+        raise ValueError(f"grid[0] = T = {float(g[0])!r} is too large for {process!r}: "
+                         "B(T) = int_0^T beta overflows float64")
     return g
 
 
-def _score_at(score, y, t, step):
-    """Call the score at one grid time and check what comes back."""
-    return call_score(score, y, np.full(y.shape[0], t), f" at step {step} (t = {float(t):.6g})")
+def _score_at(score, y, t, step, grid, process):
+    """Call the score at one grid time and check what comes back.
+
+    If the call fails while the points themselves have overflowed or come close to it
+    (|y| beyond sqrt(max) / 1e4, 1.3e150 in float64, where their squares overflow), the
+    error names the sampler's divergence, not the score's reaction to it.
+    """
+    try:
+        return call_score(score, y, np.full(y.shape[0], t), f" at step {step} (t = {float(t):.6g})")
+    except Exception:
+        with np.errstate(invalid="ignore"):
+            top = np.max(np.abs(y))
+        if not top < np.sqrt(np.finfo(y.dtype).max) / 1e4:
+            _diverged(step, grid, process)
+        raise
+
+
+def _diverged(step, grid, process):
+    """Raise for points that overflowed during sampling."""
+    dB = process.integrated_beta_between(grid[:-1], grid[1:])
+    raise ValueError(
+        f"the sampler diverged: its points overflowed (or nearly) before step {step} (t = {float(grid[step]):.6g}). "
+        f"Its largest step has int beta = {float(np.max(dB)):.3g} (step {int(np.argmax(dB))}); steps with "
+        "int beta above ~2 are unstable: use more steps (n_steps), a geometric grid or a smaller T"
+    ) from None
+
+
+def _finished(y, grid, process):
+    """y, after one check that the sampler did not overflow on its last steps (O(n d))."""
+    if not np.all(np.isfinite(y)):
+        _diverged(grid.size - 1, grid, process)
+    return y
 
 
 def _start(x, process, grid):
@@ -98,6 +185,14 @@ def _exponential_coefficients(dB):
 STEP_COEFFICIENTS = {"euler_maruyama": _euler_maruyama_coefficients, "exponential": _exponential_coefficients}
 
 
+def _routed(score, process, grid, x, rng, trajectory, method):
+    """Run a process that is not variance-preserving through its replay (module docstring)."""
+    replay = routed_replay(process, method)
+    grid = check_grid(grid, process)
+    y = check_points(x, "x")
+    return replay(score, process, grid, y, rng, trajectory)
+
+
 def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     process, grid, y = _start(x, process, grid)
     rng = check_rng(rng)
@@ -105,12 +200,13 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     path = [y.copy()] if trajectory else None
     xi = np.empty_like(y)
     for k in range(grid.size - 1):
-        s = _score_at(score, y, grid[k], k)
+        s = _score_at(score, y, grid[k], k, grid, process)
         a, b, c = coefficients(dB[k])
         standard_normal_into(xi, rng)  # = rng.standard_normal(y.shape), rounded to y's dtype
         affine_step(y, s, xi, a, b, c)
         if trajectory:
             path.append(y.copy())
+    y = _finished(y, grid, process)
     return (y, np.stack(path)) if trajectory else y
 
 
@@ -120,7 +216,9 @@ def euler_maruyama(score, process, grid, x, rng, trajectory=False):
     Parameters
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d)
-    process : OU or VP
+    process : any process of sgm_ref.processes; one that is not variance-preserving runs
+        sgm_ref.replays.euler_maruyama, y <- y - h_k (f y - g^2 s) + sqrt(g^2 h_k) xi
+        (module docstring)
     grid : ndarray, shape (N + 1,)
         Decreasing times from T to t0 > 0 (see time_grid).
     x : ndarray, shape (n, d)
@@ -133,6 +231,8 @@ def euler_maruyama(score, process, grid, x, rng, trajectory=False):
     -------
     y : ndarray, shape (n, d)   (and the trajectory if asked)
     """
+    if not _is_vp(process):
+        return _routed(score, process, grid, x, rng, trajectory, "euler_maruyama")
     return _run_sde(score, process, grid, x, rng, trajectory, _euler_maruyama_coefficients)
 
 
@@ -140,8 +240,10 @@ def exponential_integrator(score, process, grid, x, rng, trajectory=False):
     """Exponential integrator: y <- e^{DB/2} y + 2 (e^{DB/2} - 1) s + sqrt(e^{DB} - 1) xi.
 
     Exact for the linear part of the reverse SDE with the score frozen over each step.
-    Arguments and return as euler_maruyama.
+    Arguments and return as euler_maruyama; the process must be variance-preserving.
     """
+    if not _is_vp(process):
+        routed_replay(process, "exponential")
     return _run_sde(score, process, grid, x, rng, trajectory, _exponential_coefficients)
 
 
@@ -149,24 +251,48 @@ def probability_flow(score, process, grid, x, trajectory=False):
     """Heun's method for the probability-flow ODE dy/dtau = beta(t) (y + s(y, t)) / 2.
 
     Deterministic: two score calls per step (at t_k and at t_{k+1}). Arguments and
-    return as euler_maruyama, without rng.
+    return as euler_maruyama, without rng. A process that is not variance-preserving runs
+    sgm_ref.replays.karras_heun: Heun on dy/dtau = -f y + g^2 s / 2 in the variables
+    x / alpha and sigma / alpha (module docstring).
     """
+    if not _is_vp(process):
+        return _routed(score, process, grid, x, None, trajectory, "probability_flow")
     process, grid, y = _start(x, process, grid)
     beta = process.beta(grid)
     path = [y.copy()] if trajectory else None
     y_pred = np.empty_like(y)
     for k in range(grid.size - 1):
         h = grid[k] - grid[k + 1]
-        s = _score_at(score, y, grid[k], k)
+        s = _score_at(score, y, grid[k], k, grid, process)
         # predictor: y_pred = y + h f(y, t_k), f = beta (y + s) / 2
         a = 0.5 * h * beta[k]
         np.multiply(y, 1.0 + a, out=y_pred)
         y_pred += a * s
-        s_pred = _score_at(score, y_pred, grid[k + 1], k)
+        s_pred = _score_at(score, y_pred, grid[k + 1], k, grid, process)
         heun_correct(y, s, y_pred, s_pred, 0.5 * h * 0.5 * beta[k], 0.5 * h * 0.5 * beta[k + 1])
         if trajectory:
             path.append(y.copy())
+    y = _finished(y, grid, process)
     return (y, np.stack(path)) if trajectory else y
+
+
+def _prior(process, n, d, rng, dtype, copies, process_T=None):
+    """process.prior(n, d, rng, dtype) (N(0, sigma_T^2 I) for a process that is not
+    variance-preserving), with sizes beyond memory named as n and d."""
+    n, d, dtype = check_count(n, "n"), check_count(d, "d"), check_float_dtype(dtype)
+    size = n * d * dtype.itemsize * copies
+    if size > np.iinfo(np.intp).max:
+        raise ValueError(f"n * d = {n * d} entries ({size:.3g} bytes{' with the trajectory' if copies > 1 else ''}) "
+                         "exceed the largest array NumPy can make; lower n or d")
+    try:
+        if not _is_vp(process):
+            # N(0, sigma_T^2 I): the start of the routed replays (module docstring)
+            T = process_T
+            return (check_rng(rng).standard_normal((n, d), dtype=dtype) * dtype.type(process.sigma(T)))
+        return process.prior(n, d, rng, dtype)
+    except MemoryError:
+        raise ValueError(f"n * d = {n * d} entries ({size / 2**30:.3g} GiB) do not fit in memory; lower n "
+                         "or sample in batches") from None
 
 
 METHODS = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrator,
@@ -177,10 +303,15 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
            dtype=np.float64, trajectory=False):
     """Draw n points: start from N(0, I_d) at T, run `method` on a grid to t0.
 
+    A process that is not variance-preserving (SubVP, VE, EDM, FlowMatching) starts from
+    N(0, sigma_T^2 I_d) and runs the replay of its method (module docstring):
+    "euler_maruyama" the textbook scheme, "probability_flow" Heun as k-diffusion's
+    sample_heun; "exponential" is refused.
+
     Parameters
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d), returning the dtype of x
-    process : OU or VP
+    process : any process of sgm_ref.processes
     n, d : int
         Number of points and dimension.
     rng : numpy.random.Generator
@@ -199,18 +330,29 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     Returns
     -------
     ndarray, shape (n, d) (and the trajectory if asked)
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (T must also keep B(T) = int_0^T beta finite), a score that
+        fails or returns something other than a finite array of x's shape and dtype, or
+        a sampler that diverges (its points overflow: steps too large for the scheme).
     """
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if not _is_vp(process):
+        routed_replay(process, method)
     n_steps = check_count(n_steps, "n_steps")
+    t0, T = _check_time_range(t0, T, process)  # first, so that a bad T or t0 is named as such
     if isinstance(grid, str):
         grid = time_grid(T, t0, n_steps, grid, process)
     else:
         grid = check_grid(grid, process)
         if grid.size != n_steps + 1 or grid[0] != T or grid[-1] != t0:
-            raise ValueError("an explicit grid must have n_steps + 1 points from T to t0")
-    x = process.prior(n, d, rng, dtype)
+            raise ValueError(f"an explicit grid must have n_steps + 1 = {n_steps + 1} points from T = {T!r} "
+                             f"to t0 = {t0!r}; got {grid.size} points from {float(grid[0])!r} to {float(grid[-1])!r}")
+    x = _prior(process, n, d, rng, dtype, n_steps + 1 if trajectory else 1, T)
     if method == "probability_flow":
         return probability_flow(score, process, grid, x, trajectory)
     return METHODS[method](score, process, grid, x, rng, trajectory)

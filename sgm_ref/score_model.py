@@ -53,12 +53,24 @@ class ScoreModel:
         return f"ScoreModel({self.network!r}, {self.process!r}, {self.parameterization!r})"
 
     def __call__(self, x, t):
-        """s_theta(x, t): x (n, d) in the network's dtype, t scalar or (n,) in (0, t_max]."""
+        """s_theta(x, t): x (n, d) in the network's dtype, t scalar or (n,) in (0, t_max].
+
+        Raises ValueError for bad x or t, or if the score overflows the dtype (the
+        message names the cause: tiny sigma_t for "noise", x or the parameters too large).
+        """
         t = check_times(t, n=np.shape(x)[0] if np.ndim(x) == 2 else None, T=self.process.t_max)
         if np.any(t <= 0):
             raise ValueError("t must be > 0: the score of p_0 itself is not what the model learns")
         out = self.network.forward(x, t)
-        return self.output_to_score(out, x, t)
+        s = self.output_to_score(out, x, t)
+        if not np.all(np.isfinite(s)):
+            # the network's output is finite here; the parameterisation overflowed
+            raise ValueError(
+                f"the {self.parameterization!r} score overflows {s.dtype.name} at t = {float(np.min(t)):.3g} "
+                f"(largest |x| entry {float(np.max(np.abs(x))):.3g})"
+                + ("; sigma_t is too small there for the 'noise' parameterization: use larger t"
+                   if self.parameterization == "noise" else "; rescale x"))
+        return s
 
     def output_to_score(self, out, x, t):
         """Apply the parameterisation to a network output (in place on out)."""

@@ -12,9 +12,9 @@ import numpy as np
 
 from ._validation import check_count, check_points, check_rng, check_time_range
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _draw_times, _dsm_loss
-from .optim import Adam, NonFiniteGradientError
+from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
 
-__all__ = ["fit", "History", "TrainStep", "TrainingDivergedError"]
+__all__ = ["fit", "History", "TrainStep", "TrainingDivergedError", "progress_bar"]
 
 
 class TrainingDivergedError(ValueError, FloatingPointError):
@@ -38,14 +38,19 @@ class History:
         return {"loss": list(self.loss), "eval_steps": list(self.eval_steps), "eval_values": list(self.eval_values)}
 
 
-def _progress(steps, progress):
+def progress_bar(total, progress, desc, initial=0):
+    """A tqdm bar over `total` steps on stderr, starting at `initial`, or None.
+
+    progress: True, False, or None for "only when stderr is a terminal" (no bar in
+    logs and pipes).
+    """
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
         return None
     from tqdm.auto import tqdm  # imported here: only runs that show a bar pay for it
 
-    return tqdm(total=steps, desc="training", unit="step", leave=False)
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False)
 
 
 class TrainStep:
@@ -171,7 +176,7 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     history.optimizer = optimizer
 
     train_step = TrainStep(model, data, batch_size, t0, T, optimizer, weighting, time_distribution)
-    bar = _progress(steps - start_step, progress)
+    bar = progress_bar(steps, progress, "training", initial=start_step)  # a resumed run reads 2000/4000
     try:
         for step in range(start_step + 1, steps + 1):
             try:
@@ -180,6 +185,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                 raise TrainingDivergedError(
                     f"the {exc.args[0]} became non-finite at step {step}; the model keeps the parameters "
                     f"of step {step - 1} (try a smaller lr, a larger t0, or weighting='sigma2')", step) from None
+            except NonFiniteStepError as exc:  # the gradient was finite, the update was not
+                raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None
             history.loss.append(loss)
             if eval_every is not None and (step % eval_every == 0 or step == steps):
                 history.eval_steps.append(step)

@@ -188,3 +188,30 @@ def test_score_error_functions_check_the_process():
     with pytest.raises(ValueError, match="time_distribution"):
         score_error_integral(lambda x, t: g.score(x, t), g, OU(), 0.01, 1.0, 10, np.random.default_rng(0),
                              time_distribution="cosine")
+
+
+def test_bound_refuses_a_path_term_beyond_float64():
+    # |s - grad log p|^2 ~ 1e400: the bound was kl = inf with tv capped at 1
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"path term of the bound overflows float64 at step 0 \(t = 1\)"):
+        tv_upper_bound(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, "uniform", "euler_maruyama", 8,
+                       np.random.default_rng(0), n_steps=4)
+
+
+def test_bound_names_sizes_beyond_numpy():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    for kw, name in (({"n": 2**62}, "n"), ({"n": 8, "n_aux": 2**62}, "n_aux")):
+        n = kw.pop("n")
+        with pytest.raises(ValueError, match=rf"^{name} = 4611686018427387904 asks for .* lower {name}$"):
+            tv_upper_bound(lambda x, t: g.score(x, t), g, OU(), 0.01, 1.0, "uniform", "exponential", n,
+                           np.random.default_rng(0), n_steps=2, **kw)
+
+
+def test_bound_with_overflow_inf_is_the_trivial_bound_with_the_other_terms_measured():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    wild = tv_upper_bound(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, "uniform", "euler_maruyama", 8,
+                          np.random.default_rng(0), n_steps=4, overflow="inf")
+    exact = tv_upper_bound(lambda x, t: g.score(x, t), g, OU(), 0.01, 1.0, "uniform", "euler_maruyama", 8,
+                           np.random.default_rng(0), n_steps=4)
+    assert wild.kl_path == np.inf and wild.tv == 1.0 and wild.tv_se == 0.0
+    assert wild.kl_prior == exact.kl_prior and wild.tv_early_stopping == exact.tv_early_stopping

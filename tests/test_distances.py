@@ -483,3 +483,153 @@ BAD = [
 def test_bad_input_raises(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+# -- extreme inputs (issue 11, items 9 and 10): finite answers or a ValueError naming the limit ----
+
+
+def _with_outlier(value, n=50, d=2, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, d))
+    x[0, 0] = value
+    return x
+
+
+def test_mmd_refuses_a_bandwidth_whose_square_underflows():
+    x, y = _with_outlier(0.0), _with_outlier(0.0, seed=1)
+    for h in (5e-324, 1e-200):  # ZeroDivisionError before
+        with pytest.raises(ValueError, match=r"bandwidth must be >= 1e-150"):
+            D.mmd(x, y, bandwidth=h)
+    assert np.isfinite(D.mmd(x, y, bandwidth=1e-150).value)
+    with pytest.raises(ValueError, match=r"median heuristic gave 1.*e-15\d, below 1e-150"):
+        D.mmd(x * 1e-152, y * 1e-152)
+    with pytest.raises(ValueError, match=r"median heuristic gave 0 .*squared distances underflow"):
+        D.mmd(x * 1e-200, y * 1e-200)
+
+
+def test_mmd_refuses_entries_whose_squared_distances_overflow():
+    x, y = _with_outlier(1e300), _with_outlier(0.0, seed=1)  # gave nan before
+    with pytest.raises(ValueError, match=r"entries of x must be below 7.07e\+149 in magnitude \(1e150 / sqrt\(d\)\)"):
+        D.mmd(x, y)
+    with pytest.raises(ValueError, match=r"entries of y must be below"):
+        D.mmd(y, x, bandwidth=1.0)
+
+
+def test_energy_distance_of_huge_entries_is_computed_by_scaling():
+    # nan before; the statistic is homogeneous of degree 1
+    x, y = _with_outlier(0.0), _with_outlier(0.0, seed=1)
+    scale = 2.0**900
+    small = D.energy_distance(x, y)
+    big = D.energy_distance(x * scale, y * scale)
+    assert big.value == pytest.approx(small.value * scale, rel=1e-12)
+    assert big.standard_error == pytest.approx(small.standard_error * scale, rel=1e-12)
+    value, se = D.energy_distance(_with_outlier(1e300), y)
+    assert np.isfinite(value) and np.isfinite(se)
+    # an outlier dominates: E|X - Y| ~ 1e300 / n per pair term, finite
+    assert se > 1e290
+
+
+def test_sliced_wasserstein_of_huge_entries_or_large_p_is_finite_and_scales():
+    x, y = _with_outlier(0.0), _with_outlier(0.0, seed=1)
+    scale = 2.0**1000
+    for p in (1, 2, 3.5):
+        small = D.sliced_wasserstein(x, y, np.random.default_rng(5), p=p)
+        big = D.sliced_wasserstein(x * scale, y * scale, np.random.default_rng(5), p=p)  # inf before
+        assert big.value == pytest.approx(small.value * scale, rel=1e-10)
+        assert big.standard_error == pytest.approx(small.standard_error * scale, rel=1e-8)
+    value, se = D.sliced_wasserstein(_with_outlier(1e300), y, np.random.default_rng(5))
+    assert np.isfinite(value) and np.isfinite(se) and value > 1e298
+    # gap^p overflows (p = 2000, gaps of a few units) or underflows (gaps of 1e-3): both
+    # used to give inf or 0; W_p of a shift c in d = 1 is c for every p
+    for shift in (3.0, 1e-3):
+        a = np.linspace(0.0, 1.0, 20)[:, None]
+        value, se = D.sliced_wasserstein(a, a + shift, np.random.default_rng(0), p=2000)
+        assert value == pytest.approx(shift, rel=1e-9) and se == 0.0
+
+
+def test_mean_error_of_huge_entries_is_computed_by_scaling():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    x = _with_outlier(1e300)  # inf before
+    value, se = D.mean_error(x, g)
+    assert value == pytest.approx(np.hypot(*x.mean(axis=0)), rel=1e-12) and np.isfinite(se)
+    y = np.full((4, 2), 1.2e308)  # even the sum overflows
+    y[0, 1] = 0.8e308
+    value, se = D.mean_error(y, g)
+    assert value == pytest.approx(np.hypot(1.2e308, 1.1e308), rel=1e-12) and np.isfinite(se) and se > 0
+
+
+def test_mean_error_beyond_float64_and_covariance_overflow_are_refused():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    far = np.full((4, 2), 1.5e308)
+    with pytest.raises(ValueError, match="the mean error .* exceeds float64"):
+        D.mean_error(far, GaussianMixture([1.0], [[-1e150, -1e150]]))  # the targets' limit on means
+    with pytest.raises(ValueError, match=r"covariance error .* exceeds float64 \(x has entries up to 1e\+300"):
+        D.covariance_error(_with_outlier(1e300), g)  # inf +- nan before
+    # products that merely overflow on the way are scaled: S ~ 1e304 is representable
+    x = np.random.default_rng(0).standard_normal((200, 2)) * 1e152
+    value, se = D.covariance_error(x, g)
+    ref = np.linalg.norm(np.cov(x / 1e152, rowvar=False)) * 1e304
+    assert value == pytest.approx(ref, rel=1e-10) and np.isfinite(se)
+
+
+def test_histogram_tv_refuses_ranges_float64_cannot_cut_into_bins():
+    x = np.random.default_rng(0).standard_normal((10, 1))
+    # numpy's "bins[0] must be monotonically increasing" before
+    with pytest.raises(ValueError, match=r"range on axis 0, \[-1\.7e\+308, 1\.7e\+308\], cannot be cut into 3 bins"):
+        D.histogram_tv(x, G1, bins=3, range=(-1.7e308, 1.7e308))
+    # the default range of a target at 1e300 with std 1e-150 has coinciding edges: TV was 0
+    # (everything "outside" for both) where it is 1
+    far = GaussianMixture([1.0], [[1e150]], [[1e-300]])  # at the targets' limits
+    with pytest.raises(ValueError, match=r"cannot be cut into 20 bins in float64"):
+        D.histogram_tv(x, far)
+
+
+def test_histogram_tv_refuses_a_component_too_narrow_for_the_quadrature():
+    x = np.random.default_rng(0).standard_normal((10, 1))
+    spike = GaussianMixture([1.0], [[0.0]], [[1e-300]])
+    # the nodes stepped over the spike: target mass 0 everywhere, "outside" 1, value 0.8
+    # with quadrature_error 0 (both rules agreed)
+    with pytest.raises(ValueError, match=r"narrowest component \(std 1e-150\) is too narrow .* bins of width 0\.667"):
+        D.histogram_tv(x, spike, bins=3, range=(-1.0, 1.0))
+    # a ratio width / std beyond float64 was an OverflowError
+    with pytest.raises(ValueError, match=r"narrowest component \(std 1e-150\)"):
+        D.histogram_tv(x, spike, bins=3, range=(0.0, 1e300))
+
+
+def test_n_projections_beyond_numpy_is_named():
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"^n_projections = 4611686018427387904 asks for .* lower n_projections$"):
+        D.sliced_wasserstein(x, x, np.random.default_rng(0), n_projections=2**62)
+
+
+@pytest.mark.parametrize("kind", ["tied", "spherical"])
+def test_component_weights_of_tied_and_spherical_mixtures_against_scipy(kind):
+    """Responsibilities w_k N(x; mu_k, Sigma_k) / sum_j (...) with each component's own covariance;
+    K = d = 2 so that a tied (d, d) matrix read as rows of variances would go unnoticed by shape."""
+    means = np.array([[0.0, 0.0], [1.5, -0.5]])
+    covs = {"tied": np.array([[1.0, 0.6], [0.6, 0.5]]), "spherical": np.array([0.3, 2.0])}[kind]
+    mixture = GaussianMixture([0.3, 0.7], means, covs, covariance_type=kind)
+    full = covs if kind == "tied" else None
+    x = np.random.default_rng(0).normal(size=(50, 2))
+    dens = np.stack([w * multivariate_normal(m, full if kind == "tied" else c * np.eye(2)).pdf(x)
+                     for w, m, c in zip([0.3, 0.7], means, [None, None] if kind == "tied" else covs)], axis=1)
+    expected = (dens / dens.sum(axis=1, keepdims=True)).mean(axis=0)
+    np.testing.assert_allclose(D.component_weights(x, mixture).soft, expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["tied", "spherical"])
+def test_histogram_tv_of_tied_and_spherical_mixtures(kind):
+    """The quadrature's resolution comes from the smallest standard deviation of any kind of mixture."""
+    covs = {"tied": np.array([[1.0, 0.6], [0.6, 0.5]]), "spherical": np.array([0.3, 2.0])}[kind]
+    mixture = GaussianMixture([0.3, 0.7], [[0.0, 0.0], [1.5, -0.5]], covs, covariance_type=kind)
+    x = mixture.sample(4000, np.random.default_rng(1))
+    result = D.histogram_tv(x, mixture, bins=10)
+    assert 0 < result.value < 0.1
+
+
+def test_histogram_bins_beyond_memory_are_named():
+    g = GaussianMixture.ring()
+    x = g.sample(100, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^bins = 4611686018427387904 asks for .* lower bins$"):
+        D.histogram_tv(x, g, 2**62)
+    with pytest.raises(ValueError, match=r"^bins = \[5, 2147483648\] asks for .* GiB .* memory; lower bins$"):
+        D.histogram_tv(x, g, [5, 2**31])

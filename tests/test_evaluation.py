@@ -260,3 +260,50 @@ def test_evaluate_run_refuses_an_unwritable_folder_before_the_work(sampled_run, 
     monkeypatch.setattr(evaluation, "sample_report", lambda *a, **k: pytest.fail("worked before checking"))
     with pytest.raises(RunError, match="cannot write the report into .*: Permission denied"):
         evaluation.evaluate_run(sampled_run, plots=False)
+
+
+def test_evaluate_run_holds_the_run_lock(sampled_run):
+    """A library call is refused while another process writes into the run, as the command is."""
+    import subprocess
+    import sys
+
+    from sgm_ref.evaluation import evaluate_run
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from sgm_ref import runs\n"
+        f"with runs.writing({str(sampled_run)!r}):\n"
+        "    print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"pid {holder.pid}"):
+            evaluate_run(sampled_run, plots=False)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_deeply_nested_history_is_a_run_error(tmp_path, sampled_run):
+    import shutil
+
+    from sgm_ref.evaluation import evaluate_run
+    from sgm_ref.runs import RunError
+
+    run = tmp_path / "run"
+    shutil.copytree(sampled_run, run)
+    (run / "history.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(RunError, match="history.json is missing or unreadable"):
+        evaluate_run(run, plots=False)
+
+
+@pytest.mark.parametrize("loss", ["[1.0, NaN]", "[]", "[true, 1.0]", "[[1.0]]", '["1.0"]'])
+def test_a_damaged_history_is_a_run_error(tmp_path, sampled_run, loss):
+    import shutil
+
+    from sgm_ref.evaluation import evaluate_run
+    from sgm_ref.runs import RunError
+
+    run = tmp_path / "run"
+    shutil.copytree(sampled_run, run)
+    (run / "history.json").write_text('{"loss": ' + loss + "}")
+    with pytest.raises(RunError, match="history.json is (damaged|missing or unreadable)"):
+        evaluate_run(run, plots=False)

@@ -291,3 +291,10 @@ def test_command_line_sweep_and_restart(tmp_path):
     bad = subprocess.run(args[:4] + ["--families", "moons"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == (
         "sgm-ref: error: --families: unknown family 'moons'; use mixture, product, tilted")
+
+
+def test_a_deeply_nested_result_row_is_named(tmp_path):
+    path = tmp_path / "results.jsonl"
+    path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ValueError, match="line 1, is not a result row"):
+        load_results(path)

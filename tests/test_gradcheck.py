@@ -363,3 +363,28 @@ def test_bad_vjp_raises():
         check_vjp(f, None, theta0(4), np.random.default_rng(0))
     with pytest.raises(ValueError, match="rng"):
         check_vjp(f, lambda x, w: jacobian(x).T @ w, theta0(4), None)
+
+
+# -- extreme values (issue 11): a ValueError, never an inf result -------------------------------
+
+
+def test_differences_that_overflow_are_refused():
+    theta = np.array([0.0, 2.0])
+
+    def f(th):
+        return 1e308 * np.sin(1e3 * th[0])  # derivative 1e311: beyond float64
+
+    with pytest.raises(ValueError, match=r"central difference along theta\[0\] overflows float64: f is as large as 1e\+305"):
+        numerical_gradient(f, theta)
+    with pytest.raises(ValueError, match=r"central difference along a random direction u overflows"):
+        check_gradient(f, np.array([1e305, 0.0]), theta, directions=2, rng=np.random.default_rng(0))
+    # analytic and numerical of opposite signs near the range
+    with pytest.raises(ValueError, match=r"analytic\[0\] = -1\.7e\+308 and numerical\[0\] = 5e\+307 differ by more"):
+        check_gradient(lambda th: 5e307 * th[0], np.array([-1.7e308, 0.0]), np.array([0.0, 0.0]), eps=1.0)
+    assert "np.float64" not in _message(lambda: numerical_gradient(lambda th: th[0], np.array([1e20]), eps=1e-6))
+
+
+def _message(call):
+    with pytest.raises(ValueError) as info:
+        call()
+    return str(info.value)

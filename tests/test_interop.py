@@ -21,7 +21,7 @@ from _peers import load_k_diffusion, peer
 
 from sgm_ref import DDPM, EDM, OU, VE, VP, FlowMatching, GaussianMixture, SubVP, VPCosine
 from sgm_ref.conventions import KINDS, convert
-from sgm_ref.interop import ModelError, ModelScore, convert_score, from_jax, from_torch, to_torch
+from sgm_ref.interop import ModelError, convert_score, from_jax, from_torch, to_torch
 from sgm_ref.metrics import score_error_profile, sliced_wasserstein
 
 EPS = np.finfo(np.float64).eps

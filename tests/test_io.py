@@ -302,3 +302,45 @@ def test_zip_members_are_plain_arrays(tmp_path):
     with np.load(path, allow_pickle=False) as f:
         np.testing.assert_array_equal(f["params"], model.params)
         assert json.loads(str(f["header"]))["format"] == "sgm_ref.model"
+
+
+# -- hostile headers (issue 11) ---------------------------------------------------------------
+
+@pytest.mark.parametrize("header, match", [
+    ("[" * 100_000, "unreadable header .*nested too deeply"),  # json: RecursionError
+    ('{"format": ' + "[" * 200 + "]" * 200 + "}", "unreadable header .*nested more than 64 levels"),
+    ("{not json", "unreadable header .*not valid JSON"),
+])
+def test_hostile_header_is_a_model_file_error(tmp_path, header, match):
+    model = make_model()
+    path = tmp_path / "m.npz"
+    np.savez(path, header=np.array(header), params=model.params)
+    with pytest.raises(ModelFileError, match=match):
+        load(path)
+    with pytest.raises(ModelFileError, match=match):
+        read_header(path)
+
+
+def test_load_json_turns_every_failure_into_a_value_error(tmp_path):
+    from sgm_ref._json import MAX_DEPTH, load_json
+
+    assert load_json('{"a": [1, 2.5, null]}', "x") == {"a": [1, 2.5, None]}
+    assert load_json(b'[true]', "x") == [True]
+    nested = "[" * MAX_DEPTH + "]" * MAX_DEPTH
+    assert load_json(nested, "x") is not None  # as deep as allowed
+    (tmp_path / "f.json").write_bytes(b'{"k": "\xff"}')
+    for source, match in (("[" * 100_000, "x is nested too deeply"), ("[" + nested + "]", "more than 64 levels"),
+                          ("[1,", "x is not valid JSON"), (b"\xff", "not UTF-8"),
+                          (open(tmp_path / "f.json", encoding="utf-8"), "not UTF-8")):
+        with pytest.raises(ValueError, match=match):
+            load_json(source, "x")
+
+
+def test_a_non_finite_extra_is_refused_not_written_as_nan(tmp_path):
+    """NaN is not JSON: a header holding it would not load in other JSON readers."""
+    from sgm_ref.io import save
+
+    model = ScoreModel(MLP(2, [4], rng=np.random.default_rng(0)), OU())
+    with pytest.raises(ValueError, match="extra must be JSON-serialisable"):
+        save(model, tmp_path / "m.npz", extra={"loss": float("nan")})
+    assert not (tmp_path / "m.npz").exists()

@@ -250,3 +250,35 @@ def test_sample_times_rejects_unknown_distribution_and_bad_rng():
         sample_times(10, 0.1, 1.0, np.random.default_rng(0), "exponential")
     with pytest.raises(ValueError, match="rng"):
         sample_times(10, 0.1, 1.0, 0)
+
+
+# -- extreme inputs (issue 11, item 10): a ValueError naming the cause, never inf -----------------
+
+
+def test_dsm_loss_refuses_a_t_whose_sigma_makes_the_loss_overflow():
+    model = model_for("silu", "linear", "score")
+    x0, t, z = batch()
+    t[:] = 1e-320  # sigma_t = 1.4e-160: (z / sigma_t)^2 overflows; the loss was inf
+    with pytest.raises(ValueError, match=r"loss overflows float64\. At the smallest t = 1e-320, sigma_t = 1\.41e-160 "
+                                         r"and \|z\| / sigma_t reaches .*must stay well below .*Use larger t"):
+        dsm_loss(model, x0, t, z)
+    for weighting in WEIGHTINGS:
+        value, grad = dsm_loss(model, x0, np.full(t.shape, 1e-300), z, weighting)  # still representable
+        assert np.isfinite(value) and np.all(np.isfinite(grad))
+
+
+def test_dsm_loss_refuses_x0_entries_that_overflow_the_network():
+    model = model_for("silu", "linear", "residual")
+    x0, t, z = batch()
+    x0[0, 0] = 1e300  # the loss was inf, the gradient inf and -inf
+    with pytest.raises(ValueError, match=r"overflows float64.*largest \|x0\| entry is 1e\+300.*rescale x0"):
+        dsm_loss(model, x0, t, z)
+    with pytest.raises(ValueError, match=r"overflows float64"):
+        dsm_loss(model, x0, t, z, grad=False)
+
+
+def test_sample_times_names_a_size_beyond_numpy():
+    from sgm_ref.losses import sample_times
+
+    with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for .* lower n$"):
+        sample_times(2**62, 0.01, 1.0, np.random.default_rng(0))

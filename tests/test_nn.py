@@ -403,3 +403,42 @@ def test_backward_writes_into_grad_params_and_leaves_grad_out_alone():
         net.backward(w, grad_params=np.empty(net.n_params + 1))
     with pytest.raises(ValueError, match="grad_params"):
         net.backward(w, grad_params=np.empty(2 * net.n_params)[::2])
+
+
+# -- extreme inputs (issue 11, items 9 and 10): ValueError naming the argument, never NaN --------
+
+
+def test_backward_refuses_grad_params_that_is_not_an_ndarray():
+    net = MLP(D, WIDTHS, rng=0)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+    with pytest.raises(ValueError, match=r"grad_params must be a contiguous writeable ndarray.*got list"):
+        net.backward(w, grad_params=[0.0] * net.n_params)
+    with pytest.raises(ValueError, match="grad_params"):
+        net.backward(w, grad_params=np.zeros(net.n_params)[::-1])
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_backward_refuses_a_non_finite_grad_out(bad):
+    # one NaN spread to 41 of 50 gradient entries, silently
+    net = MLP(D, WIDTHS, rng=0)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+    w[0, 0] = bad
+    with pytest.raises(ValueError, match=r"grad_out contains 1 non-finite"):
+        net.backward(w)
+
+
+def test_forward_and_backward_refuse_overflow_instead_of_returning_inf():
+    net = MLP(D, WIDTHS, "relu", rng=0)
+    net.set_params(net.params * 1e10)
+    x, t, w = batch()
+    x[:, :] = 1e300
+    with pytest.raises(ValueError, match=r"output overflows float64 \(largest \|x\| entry 1e\+300"):
+        net.forward(x, t)
+    with pytest.raises(ValueError, match="output overflows"):
+        net.forward(x, t, keep=True)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+    with pytest.raises(ValueError, match=r"gradient \(largest \|grad_out\| entry 1e\+300\) overflows"):
+        net.backward(np.full_like(w, 1e300))

@@ -555,3 +555,62 @@ def test_bad_grad_raises(grad):
     with pytest.raises(ValueError, match="grad"):
         opt.step(grad)
     assert opt.step_count == 0
+
+
+# -- extreme hyperparameters (issue 11, item 10): refused, never NaN parameters ---------------------
+
+
+def test_adam_refuses_an_lr_whose_step_size_overflows():
+    with pytest.raises(ValueError, match=r"lr = 1e\+308 is too large: .*lr < 1\.8e\+307"):
+        Adam(np.ones(4), lr=1e308)  # NaN parameters after 2 steps before
+    opt = Adam(np.ones(4), lr=1e-3)
+    opt.lr = 1e308  # a schedule can still set it: the step refuses, nothing changes
+    with pytest.raises(ValueError, match=r"Adam step 1: the step size .* lr = 1e\+308"):
+        opt.step(np.ones(4))
+    assert opt.step_count == 0 and np.all(opt.params == 1.0) and np.all(opt.m == 0.0)
+
+
+def test_adam_refuses_a_weight_decay_that_overflows_the_gradient():
+    with pytest.raises(ValueError, match=r"weight_decay = 1e\+308 is too large for params .*below 1\.34e\+154"):
+        Adam(np.full(4, 2.0), weight_decay=1e308)  # NaN parameters after 1 step before
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_adam_step_that_would_go_non_finite_is_undone_and_named(dtype):
+    big = float(np.finfo(dtype).max)
+    # params start at 0 (construction accepts it), the first step moves them by ~lr and the
+    # second step's weight decay overflows the squared gradient
+    p = np.zeros(4, dtype=dtype)
+    opt = Adam(p, lr=1.0, weight_decay=big / 10, ema_decay=0.5)
+    opt.step(np.ones(4, dtype=dtype))
+    before = {k: np.copy(v) for k, v in opt.state_dict().items()}
+    with pytest.raises(ValueError, match=r"Adam step 2 would make \d+ entr.* non-finite: .*left unchanged"):
+        opt.step(np.ones(4, dtype=dtype))
+    after = opt.state_dict()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value)
+    # a huge lr (finite step size) that carries params past the range
+    p = np.full(3, 0.99 * big, dtype=dtype)
+    opt = Adam(p, lr=big / 40)
+    with pytest.raises(ValueError, match=r"Adam step 1 would make 3 entries of params or v non-finite"):
+        opt.step(np.full(3, -1.0, dtype=dtype))
+    assert np.all(p == dtype(0.99 * big)) and opt.step_count == 0
+
+
+def test_adam_ordinary_steps_are_unchanged_by_the_guard():
+    # same bits with and without the guard's bookkeeping: compare a risky-regime run
+    # (lr > 1 copies the state first) with the formula
+    grads = gradient_sequence()
+    p = initial_params()
+    ref = textbook_adam(p.copy(), grads, lr=2.0)[0]
+    opt = Adam(p, lr=2.0)
+    run(opt, grads)
+    np.testing.assert_allclose(p, ref, rtol=1e-12, atol=0)
+
+
+def test_load_state_dict_message_shows_plain_numbers():
+    opt = Adam(np.zeros(3))
+    state = opt.state_dict()
+    state["step_count"] = np.float64(3.5)  # as numpy.load returns it
+    with pytest.raises(ValueError, match=r"state\['step_count'\] must be an integer >= 0, got 3\.5$"):
+        opt.load_state_dict(state)

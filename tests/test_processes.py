@@ -864,3 +864,16 @@ def test_check_process_keeps_variance_preserving_callers_safe():
             check_process(p)
         assert check_process(p, variance_preserving=False) is p
     assert all(isinstance(p, LinearGaussianProcess) for p in ALL_PROCESSES)
+
+
+def test_integrals_beyond_float64_and_huge_priors_are_named():
+    """B(t) = 2t overflows for t near the float64 maximum: a ValueError naming t, not inf;
+    a prior too large for memory names n x d; a schedule too large to invert names its betas."""
+    with pytest.raises(ValueError, match=r"^t is so large that the integral of beta up to it overflows float64"):
+        OU().integrated_beta(1.79e308)
+    with pytest.raises(ValueError, match=r"^t_hi is so large"):
+        OU().integrated_beta_between(1.79e308, 0.0)
+    with pytest.raises(ValueError, match=r"^n x d = 2 x 4611686018427387904 asks for .* lower n x d$"):
+        OU().prior(2, 2**62, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^beta_min = 1e\+200 and beta_max = 1e\+201 are too large to invert"):
+        VP(beta_min=1e200, beta_max=1e201).time_of(0.5)

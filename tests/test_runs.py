@@ -177,3 +177,327 @@ def test_read_config_errors(tmp_path):
     (tmp_path / "empty" / "config.json").write_text(json.dumps({**make_config(), "trian": {}}))
     with pytest.raises(RunError, match="unknown key"):
         read_config(tmp_path / "empty")
+
+
+# -- faults (issue 11) ------------------------------------------------------------------
+
+import os  # noqa: E402
+
+import sgm_ref.runs as runs_module  # noqa: E402
+from sgm_ref.runs import load_model, load_samples  # noqa: E402
+from sgm_ref.train import fit  # noqa: E402
+
+DEEP = "[" * 100_000  # json.loads raises RecursionError on it
+
+
+def _checkpoint(folder, config, steps, **replace):
+    """checkpoint.npz as training leaves it after `steps` steps, with arrays replaced."""
+    rngs = streams(config["seed"])
+    target, _, model = runs_module.build(config, rngs["init"])
+    data = target.sample(config["data"]["n"], rngs["data"], dtype=model.dtype)
+    optimizer = runs_module._optimizer(model, config)
+    t = config["train"]
+    history = fit(model, data, steps=steps, batch_size=t["batch_size"], t0=t["t0"], T=t["T"], rng=rngs["train"],
+                  weighting=t["weighting"], time_distribution=t["time_distribution"], optimizer=optimizer,
+                  progress=False)
+    arrays = {**optimizer.state_dict(), "step": np.int64(steps), "loss": np.asarray(history.loss),
+              "rng_state": np.array(json.dumps(rngs["train"].bit_generator.state)), **replace}
+    np.savez(folder / "checkpoint.npz", **arrays)
+
+
+def _params(folder):
+    with np.load(folder / "model.npz") as f:
+        return f["params"], f["ema"]
+
+
+def test_a_checkpoint_resumes_bit_for_bit_and_a_fractional_step_is_refused(tmp_path):
+    config = make_config(SMALL)
+    for name in ("whole", "resumed", "fractional"):
+        create(tmp_path / name, config)
+    train(tmp_path / "whole", progress=False)
+    _checkpoint(tmp_path / "resumed", config, 10)  # a checkpoint of before thread counts were recorded
+    train(tmp_path / "resumed", progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(_params(tmp_path / "whole"), _params(tmp_path / "resumed")))
+    _checkpoint(tmp_path / "fractional", config, 3, step=np.float64(3.5))
+    with pytest.raises(RunError, match=r"checkpoint .* is unreadable \(its step must be an integer >= 0, got "
+                                       r"float64 3.5\); remove it"):
+        train(tmp_path / "fractional", progress=False)
+
+
+@pytest.mark.parametrize("replace, match", [
+    ({"rng_state": np.array(DEEP)}, "its rng_state is nested too deeply"),
+    ({"loss": np.zeros(3, np.float16)}, "its losses must be finite float64"),
+    ({"step": np.int64(4)}, "inconsistent: step 4, 3 losses"),
+])
+def test_hostile_checkpoints_are_run_errors(tmp_path, replace, match):
+    config = make_config(SMALL)
+    create(tmp_path / "run", config)
+    _checkpoint(tmp_path / "run", config, 3, **replace)
+    with pytest.raises(RunError, match=match):
+        train(tmp_path / "run", progress=False)
+
+
+def test_a_truncated_checkpoint_names_the_file_and_the_remedy(tmp_path):
+    config = make_config(SMALL)
+    create(tmp_path / "run", config)
+    _checkpoint(tmp_path / "run", config, 3)
+    path = tmp_path / "run" / "checkpoint.npz"
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(RunError, match=r"checkpoint .*checkpoint.npz is unreadable \(a truncated or damaged .npz "
+                                       r"archive.*\); remove it to restart training from step 0"):
+        train(tmp_path / "run", progress=False)
+
+
+def test_deeply_nested_config_is_a_run_error(tmp_path):
+    create(tmp_path / "run", make_config(SMALL))
+    (tmp_path / "run" / "config.json").write_text(DEEP)
+    with pytest.raises(RunError, match="config.json is nested too deeply"):
+        read_config(tmp_path / "run")
+    # nesting that parses but is no configuration either
+    (tmp_path / "run" / "config.json").write_text(json.dumps({**make_config(SMALL), "seed": json.loads(
+        "[" * 500 + "]" * 500)}))
+    with pytest.raises(RunError, match="nested more than 64 levels"):
+        read_config(tmp_path / "run")
+
+
+def test_float16_and_non_finite_samples_are_refused(tmp_path):
+    create(tmp_path / "run", make_config(SMALL))
+    train(tmp_path / "run", progress=False)
+    x = sample_run(tmp_path / "run")
+    assert load_samples(tmp_path / "run", 2).dtype == np.float64
+    np.save(tmp_path / "run" / "samples.npy", x.astype(np.float16))
+    with pytest.raises(RunError, match=r"dtype float16; expected \(n, 2\) float64 or float32"):
+        load_samples(tmp_path / "run", 2)
+    x[3, 1] = np.nan
+    np.save(tmp_path / "run" / "samples.npy", x)
+    with pytest.raises(RunError, match="non-finite"):
+        load_samples(tmp_path / "run", 2)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"train": {"T": 1e308}}, r"--T must be <= 72.1 for OU\(\), got 1e\+308: beyond it alpha_T < 4.9e-32"),
+    ({"train": {"T": 73.0}}, r"--T must be <= 72.1"),
+    ({"train": {"t0": 1e-300}}, r"--t0 must be >= 2.47e-32 for OU\(\) in float64"),
+    ({"train": {"t0": 1e-20}, "model": {"dtype": "float32"}}, r"--t0 must be >= 7.11e-15 for OU\(\) in float32"),
+    ({"sample": {"T": 1e4}}, r"the sampler's T \(--T of sgm-ref sample\) must be <= 72.1"),
+    ({"sample": {"t0": 1e-40}}, r"the sampler's t0 \(--t0 of sgm-ref sample\) must be >= 2.47e-32"),
+    ({"process": {"name": "VP", "beta_min": 0.1, "beta_max": 1e5}}, r"--T must be <= 0.0537 for VP"),
+])
+def test_absurd_horizons_are_refused_with_the_limit(options, match):
+    with pytest.raises(ValueError, match=match):
+        make_config(options)
+
+
+def test_horizon_limits_accept_what_they_print():
+    make_config({"train": {"T": 72.1, "t0": 2.47e-32}})  # the printed limits themselves
+    make_config({"train": {"T": 72.0, "t0": 1e-31}, "model": {"dtype": "float64"}})
+    make_config({"process": {"name": "VP", "beta_min": 0.1, "beta_max": 20.0}})  # T = t_max = 1 is fine
+
+
+# the lock, as another process holds it: flock on a second open file description
+fcntl = pytest.importorskip("fcntl")
+
+
+def _hold(folder, record=None):
+    held = open(folder / ".lock", "a+")
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    if record is not None:
+        held.write(json.dumps(record))
+        held.flush()
+    return held
+
+
+def test_a_held_run_is_refused_and_its_writes_in_progress_kept(tmp_path):
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    (run / ".tmp-xcheckpoint.npz").write_bytes(b"the holder's checkpoint, being written")
+    pid = os.getpid()  # a live process
+    with _hold(run, {"pid": pid, "command": "sgm-ref train run", "since": "noon"}):
+        for call in (lambda: train(run, progress=False), lambda: sample_run(run),
+                     lambda: create(run, make_config(SMALL), force=True)):
+            with pytest.raises(ValueError, match=rf"another sgm-ref command is writing to .*run: pid {pid} "
+                                                 r"\(sgm-ref train run\), since noon; wait for it to finish"):
+                call()
+        assert (run / ".tmp-xcheckpoint.npz").exists() and (run / "config.json").exists()
+    (run / ".lock").write_text(json.dumps({"pid": 999_999_999, "command": "sgm-ref train run", "since": "then"}))
+    with _hold(run):  # a holder that has not yet replaced a dead one's record
+        with pytest.raises(ValueError, match=r"another sgm-ref command is writing to \S+; wait"):
+            train(run, progress=False)
+    train(run, progress=False)  # released: the leftover of a killed writer is cleared first
+    assert not (run / ".tmp-xcheckpoint.npz").exists() and not (run / ".lock").exists()
+
+
+def test_a_dead_holders_lock_file_is_taken_over(tmp_path):
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    (run / ".lock").write_text(json.dumps({"pid": 999_999_999, "command": "sgm-ref train run", "since": "then"}))
+    train(run, progress=False)
+    assert (run / "model.npz").exists() and not (run / ".lock").exists()
+
+
+def test_the_lock_is_reentrant_and_names_this_process(tmp_path):
+    from sgm_ref._lock import folder_lock
+
+    with folder_lock(tmp_path, kind="test"):
+        record = json.loads((tmp_path / ".lock").read_text())
+        assert record["pid"] == os.getpid()
+        with folder_lock(tmp_path, kind="test"):  # sampling inside the demo, say
+            pass
+        assert (tmp_path / ".lock").exists()  # still held by the outer block
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_sample_run_clears_temporaries_and_shows_progress_without_changing_bits(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    (run / ".tmp-k9samples.npy").write_bytes(b"a killed sample's write")
+    quiet = sample_run(run, progress=False)
+    assert not list(run.glob(".tmp-*"))
+    assert capsys.readouterr().err == ""
+    assert np.array_equal(quiet, sample_run(run, progress=True))
+    assert "sampling:   0%|          | 0/10" in capsys.readouterr().err  # over the sampler's 10 steps
+
+    class Bar:
+        def __init__(self, total, progress, desc):
+            self.total, self.n, self.closed = total, 0, False
+            bars.append(self)
+
+        def update(self, k):
+            self.n += k
+
+        def close(self):
+            self.closed = True
+
+    bars = []
+    monkeypatch.setattr(runs_module, "progress_bar", Bar)
+    for method in ("euler_maruyama", "exponential", "probability_flow"):  # 1, 1 and 2 scores per step
+        sample_run(run, {"method": method}, progress=True)
+    assert [(bar.total, bar.n, bar.closed) for bar in bars] == [(10, 10, True)] * 3
+
+
+def test_a_new_run_that_fails_removes_only_what_it_made(tmp_path):
+    config = make_config(SMALL)
+    with pytest.raises(ZeroDivisionError):
+        with runs_module.new_run(tmp_path / "made", config):
+            assert (tmp_path / "made" / "config.json").exists() and (tmp_path / "made" / ".lock").exists()
+            1 / 0
+    assert not (tmp_path / "made").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ZeroDivisionError):
+        with runs_module.new_run(tmp_path / "mine", config, force=True):
+            1 / 0
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
+    with pytest.raises(KeyboardInterrupt):  # interrupted: kept for --resume
+        with runs_module.new_run(tmp_path / "kept", config):
+            raise KeyboardInterrupt
+    assert (tmp_path / "kept" / "config.json").exists()
+
+
+# -- extending a run (issue 11, item 15) and thread counts (item 12) ----------------------
+
+def test_extending_a_run_equals_training_it_longer(tmp_path):
+    create(tmp_path / "run", make_config(SMALL))
+    train(tmp_path / "run", progress=False)
+    sample_run(tmp_path / "run")
+    assert runs_module.finished_steps(tmp_path / "run") == 30
+    history = train(tmp_path / "run", progress=False, steps=45)
+    assert len(history.loss) == 45 and runs_module.finished_steps(tmp_path / "run") == 45
+    assert read_config(tmp_path / "run")["train"]["steps"] == 45
+    assert not (tmp_path / "run" / "samples.npy").exists()  # they were the 30-step model's
+    create(tmp_path / "whole", make_config({**SMALL, "train": {**SMALL["train"], "steps": 45}}))
+    train(tmp_path / "whole", progress=False)
+    assert all(np.array_equal(a, b) for a, b in zip(_params(tmp_path / "run"), _params(tmp_path / "whole")))
+    with pytest.raises(RunError, match="--steps 40 is fewer than the 45 steps .* can be extended, not shortened"):
+        train(tmp_path / "run", progress=False, steps=40)
+
+
+def test_an_extension_that_fails_leaves_the_finished_run(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    before = _params(run)
+
+    def diverge(model, data, *, callback, optimizer, history, **kwargs):
+        callback(40, model, optimizer, history)  # a checkpoint of the extension, then a failure
+        assert (run / "checkpoint.npz").exists()
+        raise ValueError("the loss became non-finite")
+
+    monkeypatch.setattr(runs_module, "fit", diverge)
+    with pytest.raises(ValueError, match="non-finite"):
+        train(run, progress=False, steps=60)
+    assert read_config(run)["train"]["steps"] == 30 and runs_module.finished_steps(run) == 30
+    assert not (run / "checkpoint.npz").exists()
+    assert all(np.array_equal(a, b) for a, b in zip(_params(run), before))
+
+
+def test_an_interrupted_extension_is_not_sampled_with_the_old_model(tmp_path):
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    config = runs_module.update_section(read_config(run), "train", {"steps": 50})
+    runs_module.write_json(run / "config.json", config)  # as an extension killed before its first checkpoint
+    with pytest.raises(RunError, match=r"trained for 30 steps but config.json asks for 50: finish the training"):
+        load_model(run)
+    train(run, progress=False)  # --resume: continues from the finished state
+    assert runs_module.finished_steps(run) == 50
+
+
+def test_an_old_run_without_its_final_state_cannot_be_extended(tmp_path):
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    (run / "training_state.npz").unlink()
+    with pytest.raises(RunError, match="older sgm_ref, which kept no training_state.npz"):
+        train(run, progress=False, steps=40)
+
+
+def test_thread_counts_are_recorded_and_a_change_is_said_once(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    with np.load(run / "training_state.npz") as f:
+        assert json.loads(str(f["threads"])) == runs_module.thread_counts()
+    monkeypatch.setattr(runs_module, "thread_counts", lambda: {"blas": 7, "numba": 5})
+    notes = []
+    train(run, progress=False, steps=40, log=notes.append)
+    assert len(notes) == 1 and "written with" in notes[0] and "this process has 7 BLAS and 5 numba threads" in notes[0]
+    notes.clear()
+    train(run, progress=False, steps=50, log=notes.append)
+    assert notes == []
+    monkeypatch.setattr(runs_module, "thread_counts", lambda: {"blas": 1, "numba": 1})
+    with pytest.warns(UserWarning, match="7 BLAS and 5 numba threads"):
+        train(run, progress=False, steps=55)
+
+
+def test_thread_counts_read_the_environment_without_threadpoolctl(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_threadpoolctl(name, *args, **kwargs):
+        if name == "threadpoolctl":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
+    assert runs_module.thread_counts()["blas"] == 3
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS")
+    for name in ("GOTO_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4,2")
+    assert runs_module.thread_counts()["blas"] == 4
+
+
+def test_an_oversized_npy_header_is_one_line(tmp_path):
+    """numpy's own message spans three lines; a library caller gets one."""
+    from sgm_ref.runs import RunError, load_samples
+
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (2, 2), " + b" " * 20_000 + b"}\n"
+    (tmp_path / "samples.npy").write_bytes(b"\x93NUMPY\x02\x00" + len(header).to_bytes(4, "little") + header
+                                           + np.zeros(4).tobytes())
+    with pytest.raises(RunError) as info:
+        load_samples(tmp_path, 2)
+    assert "\n" not in str(info.value) and "samples.npy is unreadable" in str(info.value)

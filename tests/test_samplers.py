@@ -1,5 +1,7 @@
 """Reverse-time samplers: grids, one-step formulas, reproducibility, bad input."""
 
+from contextlib import nullcontext
+
 import numpy as np
 import pytest
 
@@ -319,3 +321,65 @@ def test_vp_steps_use_the_exact_step_integral():
     dB = process.integrated_beta_between(0.5, 0.5 - 1e-9)
     xi = np.random.default_rng(0).standard_normal((1, 1))
     assert y[0, 0] == pytest.approx(1 + 0.5 * dB + np.sqrt(dB) * xi[0, 0], rel=1e-15, abs=0)
+
+
+# -- extreme inputs (issue 11, item 9): the right argument named, no numpy reprs ------------------
+
+
+def test_sample_names_a_T_whose_integrated_beta_overflows():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+
+    def score(x, t):
+        return g.score(x, t, OU())
+
+    # said "x contains non-finite values" (the oracle's complaint about diverged points)
+    for grid in ("uniform", "geometric"):
+        with pytest.raises(ValueError, match=r"T = 1e\+308 is too large for OU\(\): B\(T\) = int_0\^T beta overflows"):
+            sample(score, OU(), 10, 2, np.random.default_rng(0), T=1e308, t0=0.01, n_steps=10, grid=grid)
+    with pytest.raises(ValueError, match=r"grid\[0\] = T = 1e\+308 is too large"):
+        check_grid(np.array([1e308, 1.0]), OU())
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+def test_a_diverging_sampler_is_named_not_blamed_on_the_score(method):
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+
+    def score(x, t):
+        return g.score(x, t, OU())
+
+    # uniform steps of int beta = 2e5: the stochastic schemes blow up and the oracle refused x (the
+    # probability flow's drift vanishes for this exact score: it stays put)
+    with pytest.raises(ValueError, match=r"the sampler diverged") if method != "probability_flow" else nullcontext():
+        sample(score, OU(), 10, 2, np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method, grid="uniform")
+    with pytest.raises(ValueError, match=r"the sampler diverged: its points overflowed \(or nearly\) before step "
+                                         r"\d+ .*largest step has int beta = 2e\+05"):
+        sample(score if method != "probability_flow" else (lambda x, t: -np.tanh(x)), OU(), 10, 2,
+               np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method, grid="uniform")
+
+    def tame(x, t):  # never fails, so the overflow shows only in the result
+        return -np.tanh(x)
+
+    with pytest.raises(ValueError, match=r"the sampler diverged"):
+        sample(tame, OU(), 10, 2, np.random.default_rng(0), T=1e7, t0=0.01, n_steps=100, method=method, grid="uniform")
+
+
+def test_grid_messages_print_plain_floats():
+    with pytest.raises(ValueError, match=r"grid\[1\] = 0\.5 <= grid\[2\] = 0\.5$") as info:
+        check_grid(np.array([1.0, 0.5, 0.5, 0.1]), OU())
+    assert "np.float64" not in str(info.value)
+    with pytest.raises(ValueError, match=r"from 1\.0 to 0\.1$") as info:
+        sample(lambda x, t: -x, OU(), 4, 1, np.random.default_rng(0), T=2.0, t0=0.1, n_steps=2,
+               grid=np.array([1.0, 0.5, 0.1]))
+    assert "np.float64" not in str(info.value)
+
+
+def test_geometric_grid_spanning_more_than_float64_ratios():
+    # t0 / T = 1e-600 underflowed to 0: the grid came out [T, 0, 0, 0, t0] and was refused
+    # as "finer than float64 resolves"
+    grid = time_grid(1e300, 1e-300, 4, "geometric")
+    np.testing.assert_allclose(grid, [1e300, 1e150, 1.0, 1e-150, 1e-300], rtol=1e-12)
+
+
+def test_n_steps_beyond_numpy_is_named():
+    with pytest.raises(ValueError, match=r"^n_steps = 4611686018427387904 asks for .* lower n_steps$"):
+        time_grid(1.0, 0.1, 2**62)

@@ -120,3 +120,83 @@ def test_profile_rejects_bad_times(ts, match):
     g = gaussian()
     with pytest.raises(ValueError, match=match):
         score_error_profile(lambda x, t: g.score(x, t), g, OU(), ts, 10, np.random.default_rng(0))
+
+
+# -- extreme inputs (issue 11, item 9): the right argument named --------------------------------
+
+
+def test_score_error_integral_names_T_not_t():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+
+    def score(x, t):
+        return g.score(x, t, OU())
+
+    # said "t must be finite, got a NaN or inf"
+    with pytest.raises(ValueError, match=r"T = 1e\+308 is too large for OU\(\): B\(T\) = int_0\^T beta overflows"):
+        score_error_integral(score, g, OU(), 0.01, 1e308, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"T = 1\.7e\+307 and t0 = 1e-300 are too far apart for log-uniform times"):
+        score_error_integral(score, g, OU(), 1e-300, 1.7e307, 10, np.random.default_rng(0))
+    value, se = score_error_integral(score, g, OU(), 1e-300, 1e300, 10, np.random.default_rng(0))
+    assert value == 0.0 and se == 0.0
+    value, se = score_error_integral(score, g, OU(), 1e-300, 1e306, 10, np.random.default_rng(0),
+                                     time_distribution="uniform")
+    assert value == 0.0 and se == 0.0
+
+
+def test_score_error_refuses_an_error_beyond_float64():
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+
+    def wild(x, t):
+        return np.full_like(x, 1e200)
+
+    with pytest.raises(ValueError, match=r"score error integral overflows float64: at t = .* as large as 1e\+200"):
+        score_error_integral(wild, g, OU(), 0.01, 1.0, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"squared score error overflows float64 at t = 0\.5 \(ts\[1\]\)"):
+        score_error_profile(lambda x, t: np.full_like(x, 1e200 if t[0] == 0.5 else 1.0), g, OU(),
+                            [0.1, 0.5], 10, np.random.default_rng(0))
+
+
+def test_score_error_standard_error_survives_squares_that_overflow():
+    # errors of 1e160 are finite, their squares in the variance are not
+    g = GaussianMixture([1.0], [[0.0]])
+    scores = iter([1e80, 1e80])
+
+    def big(x, t):
+        return np.full_like(x, next(scores)) * (1.0 + np.arange(x.shape[0]))[:, None]
+
+    errors, se = score_error_profile(big, g, OU(), [0.5], 4, np.random.default_rng(0))
+    assert np.all(np.isfinite(errors)) and np.all(np.isfinite(se)) and se[0] > 1e159
+
+
+def test_sizes_beyond_numpy_are_named():
+    # numpy's "Maximum allowed dimension exceeded" (or an OverflowError) named no argument
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for .* lower n$"):
+        score_error_integral(lambda x, t: g.score(x, t, OU()), g, OU(), 0.01, 1.0, 2**62, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for"):
+        score_error_profile(lambda x, t: g.score(x, t, OU()), g, OU(), [0.5], 2**62, np.random.default_rng(0))
+
+
+def test_overflow_inf_reports_the_overflow_and_measures_the_rest():
+    """overflow='inf': the overflowing time is inf (se nan), the others are what overflow='raise'
+    gives when nothing overflows, drawn in the same order; a bad policy is named."""
+    from sgm_ref._validation import ResultOverflowError
+
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+
+    def half_wild(x, t):
+        return np.full_like(x, 1e200) if t[0] == 0.5 else -x
+
+    errors, ses = score_error_profile(half_wild, g, OU(), [0.1, 0.5, 1.0], 10, np.random.default_rng(0),
+                                      overflow="inf")
+    tame, tame_se = score_error_profile(lambda x, t: -x, g, OU(), [0.1, 0.5, 1.0], 10, np.random.default_rng(0))
+    assert errors[1] == np.inf and np.isnan(ses[1])
+    np.testing.assert_array_equal(errors[[0, 2]], tame[[0, 2]])
+    np.testing.assert_array_equal(ses[[0, 2]], tame_se[[0, 2]])
+    value, se = score_error_integral(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, 10,
+                                     np.random.default_rng(0), overflow="inf")
+    assert value == np.inf and np.isnan(se)
+    with pytest.raises(ResultOverflowError):
+        score_error_integral(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, 10, np.random.default_rng(0))
+    with pytest.raises(ValueError, match="overflow must be 'raise' or 'inf', got 'ignore'"):
+        score_error_profile(half_wild, g, OU(), [0.1], 10, np.random.default_rng(0), overflow="ignore")

@@ -100,3 +100,28 @@ def test_t_beyond_the_process_horizon_is_rejected(parameterization):
     model = ScoreModel(MLP(2, (4,), "silu", "log", rng=0), VP(), parameterization)
     with pytest.raises(ValueError, match="t"):
         model(np.zeros((2, 2)), 5.0)  # VP is defined on [0, 1]
+
+
+def test_score_that_overflows_is_refused_with_its_cause():
+    # sigma_t = 1.4e-160 at t = 1e-320: net / sigma_t overflows float32 (inf before)
+    net = MLP(2, (8,), "silu", "log", dtype=np.float32, rng=0)
+    model = ScoreModel(net, OU(), "noise")
+    x = np.ones((3, 2), np.float32)
+    with np.errstate(divide="ignore", over="ignore"):
+        with pytest.raises(ValueError, match=r"'noise' score overflows float32 at t = 1e-320.*use larger t"):
+            model(x, np.full(3, 1e-320))
+    model = ScoreModel(MLP(2, (8,), "relu", rng=0), OU(), "residual")
+    model.network.set_params(model.network.params * 0.0)
+    model.network.biases[-1][...] = 1.7e308
+    with pytest.raises(ValueError, match=r"'residual' score overflows float64.*largest \|x\| entry 1\.7e\+308"):
+        model(np.full((3, 2), -1.7e308), 0.5)
+
+
+def test_time_messages_print_plain_floats():
+    model = ScoreModel(MLP(2, (8,), rng=0), VP(), "score")
+    x = np.zeros((2, 2))
+    for t, message in (([0.5, 1.5], r"t must be <= 1\.0 \(the process's horizon T\), got max 1\.5$"),
+                       ([0.5, -0.25], r"t must be >= 0 \(forward time\), got min -0\.25$")):
+        with pytest.raises(ValueError, match=message) as info:
+            model(x, np.array(t))
+        assert "np.float64" not in str(info.value)

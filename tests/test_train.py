@@ -329,3 +329,30 @@ def test_progress_bar_when_asked(capsys):
     fit(model, np.zeros((5, 2)), steps=3, batch_size=2, t0=0.01, T=1.0, rng=np.random.default_rng(0),
         progress=True)
     assert "training" in capsys.readouterr().err
+
+
+def test_a_resumed_progress_bar_starts_at_the_finished_step(capsys):
+    model, data = small_problem()
+    history = fit(model, data, steps=2, rng=np.random.default_rng(0), **FIT)
+    fit(model, data, steps=4, rng=np.random.default_rng(0), optimizer=history.optimizer, history=history,
+        start_step=2, **{**FIT, "progress": True})
+    err = capsys.readouterr().err
+    assert "training:  50%|" in err and "| 2/4 [" in err, err  # not 0/2
+
+
+def test_an_update_that_goes_non_finite_is_a_divergence_naming_the_step():
+    """Adam refuses a step that would make the parameters non-finite (a finite gradient, too
+    large an update): fit reports it as the training diverging at that step, like a bad loss."""
+    from sgm_ref.optim import NonFiniteStepError
+
+    class Exploding(Adam):
+        def step(self, grad):
+            if self.step_count == 2:
+                raise NonFiniteStepError("lr 1 times the step overflows")
+            return super().step(grad)
+
+    model = ScoreModel(MLP(2, [8], rng=np.random.default_rng(0)), OU())
+    data = GaussianMixture.ring().sample(64, np.random.default_rng(1))
+    with pytest.raises(TrainingDivergedError, match="the update became non-finite at step 3: lr 1") as info:
+        fit(model, data, steps=5, batch_size=8, rng=np.random.default_rng(2), optimizer=Exploding(model.params))
+    assert info.value.step == 3

@@ -45,6 +45,7 @@ import numpy as np
 from scipy import stats
 
 from .. import __version__
+from .._json import load_json
 from ..metrics import score_error_integral, tv_upper_bound
 from ..nn import MLP
 from ..optim import Adam
@@ -221,7 +222,7 @@ def load_results(path, repair=False):
     results, where = [], {}
     for number, line in enumerate(lines[:-1] if torn else lines, start=1):
         try:
-            row = json.loads(line)
+            row = load_json(line, f"{path}, line {number}")
             key = _check_row(row)
         except (ValueError, KeyError, TypeError):
             raise ValueError(f"{path}, line {number}, is not a result row: {line[:80]!r}; "

@@ -21,6 +21,8 @@ import multiprocessing
 import os
 
 from .. import __version__
+from .._json import load_json
+from .._lock import folder_lock
 from ..io import atomic_write
 from .rate import DEFINITIONS, append_result, cell_key, cells, load_results, run_cell, sweep_summary
 
@@ -54,7 +56,7 @@ def _check_settings(folder, settings):
     if os.path.exists(path):
         try:
             with open(path, encoding="utf-8") as f:
-                saved = json.load(f)
+                saved = load_json(f, "the file")
         except (OSError, ValueError) as exc:
             raise ValueError(f"{path} is unreadable ({exc})") from None
         if not isinstance(saved, dict) or set(saved) != set(current) \
@@ -79,19 +81,8 @@ def _check_settings(folder, settings):
         _write_text(path, json.dumps(current, indent=2) + "\n")
 
 
-@contextlib.contextmanager
 def _lock(folder):
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks on this platform
-        yield
-        return
-    with open(os.path.join(folder, ".lock"), "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ValueError(f"another sweep is writing to {folder}; wait for it or use another folder") from None
-        yield
+    return folder_lock(folder, kind="sweep")
 
 
 def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_failed=False, log=print):

@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_rng, check_time_range
-from ..processes import check_process
+from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
+                           check_rng, check_time_range, fits_in_memory, mean_se)
+from ..processes import VariancePreserving, check_process
 from ..samplers import check_grid, time_grid
 
 __all__ = ["tv_upper_bound", "TVBound"]
@@ -65,7 +66,7 @@ class TVBound:
 
 
 def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_steps=None, n_aux=None,
-                   dtype=np.float64):
+                   dtype=np.float64, overflow="raise"):
     """Certified upper bound on TV(p_0, q), q the law of a sampler's output (module docstring).
 
     Parameters
@@ -74,7 +75,7 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         The score the sampler uses (a trained model, the oracle, another library's).
     target : object with sample(n, rng), score(x, t, process) and log_prob(x, t, process)
         The true p_0, e.g. a GaussianMixture.
-    process : OU or VP
+    process : OU, VP, VPCosine or DDPM (variance-preserving; the others are refused: see Raises)
     t0, T : float
         Early-stopping time and horizon, 0 < t0 < T.
     grid : "uniform", "geometric" or ndarray of shape (N + 1,)
@@ -92,8 +93,30 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     Returns
     -------
     TVBound
+
+    overflow : {"raise", "inf"}
+        A path term beyond the float64 range (a score far from the truth) raises
+        ResultOverflowError, or with "inf" gives kl_path = inf: the bound is then the
+        trivial TV <= 1 and the other terms are measured as usual.
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, a score that fails or returns non-finite values, or a term
+        beyond the float64 range (the message names the term and the step). A process
+        that is not variance-preserving (SubVP, VE, EDM, FlowMatching): sgm_ref.samplers
+        runs them by the textbook Euler–Maruyama replay, noise g(t_k)^2 h_k per step
+        instead of int g^2, whose path law Girsanov cannot compare with the true one.
     """
-    process = check_process(process)
+    if not isinstance(check_process(process, variance_preserving=False), VariancePreserving):
+        # sgm_ref.samplers runs these through the textbook Euler–Maruyama replay, whose noise
+        # over a step has variance g(t_k)^2 h_k, not int g^2: its path law is not absolutely
+        # continuous with the true reverse process's, and Girsanov gives no bound
+        raise ValueError(f"process must be variance-preserving (OU, VP, VPCosine, DDPM) for tv_upper_bound, got "
+                         f"{process!r}: on the other processes sgm_ref.samplers steps with noise variance "
+                         "g(t_k)^2 h_k rather than int g^2, so the Girsanov bound does not apply; use "
+                         "score_error_integral (weight g^2 / 2) or sampler_output_gaussian instead")
+    overflow = check_overflow_policy(overflow)
     t0, T = check_time_range(t0, T, process)
     if method not in ("euler_maruyama", "exponential"):
         raise ValueError(f"method must be 'euler_maruyama' or 'exponential', got {method!r}")
@@ -113,16 +136,29 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
             raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
 
-    per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
-    kl_path = float(per_step.sum())
-    kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
+    d = getattr(target, "dim", 1)
+    with np.errstate(over="ignore", invalid="ignore"), fits_in_memory("n", n, max(n, 2**15) * d, per_item=8 * 6):
+        per_step, per_step_se = _path_term(score, target, process, grid, method, n, rng, dtype)
+    bad = ~(np.isfinite(per_step) & np.isfinite(per_step_se))
+    if np.any(bad) and overflow == "raise":
+        k = int(np.argmax(bad))
+        raise ResultOverflowError(f"the path term of the bound overflows float64 at step {k} (t = {float(grid[k]):.6g}): "
+                         "the squared drift mismatch |grad log p_t - s|^2 there is beyond the float64 range; "
+                         "the score is too far from the truth for a bound")
+    if np.any(bad):
+        kl_path, kl_path_se = np.inf, np.nan
+    else:
+        kl_path = float(per_step.sum())
+        kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
 
-    xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
-    log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
+    with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
+        xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
+        log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
     kl_prior, kl_prior_se = _mean_se(log_ratio)
 
-    x0 = target.sample(n_aux, rng)
-    log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process)
+    with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
+        x0 = target.sample(n_aux, rng)
+        log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process)
     # (1 - p_t0 / p_0)_+ = -expm1(min(log ratio, 0)): no cancellation near ratio 1, no overflow
     tv_es, tv_es_se = _mean_se(-np.expm1(np.minimum(log_ratio, 0.0)))
 
@@ -139,7 +175,11 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
 
 
 def _mean_se(values):
-    return float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
+    mean, se = mean_se(values)
+    if not (np.isfinite(mean) and np.isfinite(se)):
+        raise ValueError("a Monte-Carlo term of the bound (KL(p_T || N(0, I)) or TV(p_0, p_t0)) overflows "
+                         "float64: the target's log-densities are beyond its range; rescale the target")
+    return mean, se
 
 
 def _path_term(score, target, process, grid, method, n, rng, dtype):

@@ -20,7 +20,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_count, check_points, check_real, check_rng
+from .._validation import check_count, check_points, check_real, check_rng, fits_in_memory
 from ..targets import GaussianMixture
 
 __all__ = [
@@ -37,6 +37,9 @@ __all__ = [
 
 # Numbers per temporary array (kernel blocks, projections): 2**20 float64 = 8 MB.
 _BLOCK_ELEMENTS = 2**20
+
+# Smallest Gaussian-kernel bandwidth h: 1 / (2 h^2) must be a finite float64.
+_MIN_BANDWIDTH = 1e-150
 
 
 class Estimate(NamedTuple):
@@ -74,6 +77,23 @@ def _as_sample(x, name, d=None):
     if x.shape[0] < 2:
         raise ValueError(f"{name} must have at least 2 rows (points), got {x.shape[0]}")
     return x.astype(np.float64, copy=False)
+
+
+def _power_of_two_near(*arrays):
+    """2^k > half the largest |entry|: dividing by it is exact and brings every entry into (-2, 2)."""
+    top = max(float(np.max(np.abs(a))) for a in arrays)
+    return float(np.ldexp(1.0, int(np.frexp(top)[1]) - 1)) if top > 0 else 1.0
+
+
+def _check_squares_finite(x, y):
+    """Raise unless |a - b|^2 stays finite for rows a, b of x and y (|entries| <= 1e150 / sqrt(d))."""
+    limit = 1e150 / np.sqrt(x.shape[1])
+    for name, arr in (("x", x), ("y", y)):
+        top = float(np.max(np.abs(arr)))
+        if top > limit:
+            raise ValueError(f"entries of {name} must be below {limit:.3g} in magnitude (1e150 / sqrt(d)) so "
+                             f"that squared distances are finite in float64, got {top:.3g}; rescale x and y "
+                             "(and the bandwidth) by one factor")
 
 
 # -- sliced Wasserstein ----------------------------------------------------------------
@@ -114,7 +134,9 @@ def sliced_wasserstein(x, y, rng, n_projections=256, p=2):
     ------
     ValueError
         For fewer than 2 rows, a dimension mismatch, non-finite values, a bad rng,
-        n_projections < 2 or p < 1.
+        n_projections < 2 or p < 1, or a distance beyond the float64 range. Powers
+        gap^p that leave the float64 range (huge entries, large p, tiny gaps) are
+        handled in logarithms.
     """
     x = _as_sample(x, "x")
     y = _as_sample(y, "y", d=x.shape[1])
@@ -122,7 +144,8 @@ def sliced_wasserstein(x, y, rng, n_projections=256, p=2):
     L = check_count(n_projections, "n_projections", minimum=2)
     p = check_real(p, "p", low=1.0)
     n, m = x.shape[0], y.shape[0]
-    theta = rng.standard_normal((L, x.shape[1]))
+    with fits_in_memory("n_projections", L, L * x.shape[1]):
+        theta = rng.standard_normal((L, x.shape[1]))
     theta /= np.linalg.norm(theta, axis=1, keepdims=True)
 
     # the merged grid in units of 1/(n m), so that it is exact integer arithmetic
@@ -133,18 +156,55 @@ def sliced_wasserstein(x, y, rng, n_projections=256, p=2):
 
     wpp = np.empty(L)
     step = max(1, _BLOCK_ELEMENTS // (n + m + du.size))
-    for start in np.arange(0, L, step):
-        block = theta[start:start + step]
-        px = np.sort(x @ block.T, axis=0)
-        py = np.sort(y @ block.T, axis=0)
-        gap = np.abs(px[ix] - py[iy])
-        wpp[start:start + step] = du @ (gap if p == 1.0 else gap**p)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        for start in np.arange(0, L, step):
+            block = theta[start:start + step]
+            px = np.sort(x @ block.T, axis=0)
+            py = np.sort(y @ block.T, axis=0)
+            gap = np.abs(px[ix] - py[iy])
+            wpp[start:start + step] = du @ (gap if p == 1.0 else gap**p)
 
-    M = float(wpp.mean())
-    s = float(wpp.std(ddof=1) / np.sqrt(L))
-    value = M ** (1.0 / p)
-    se = 0.0 if M == 0.0 else s * M ** (1.0 / p - 1.0) / p
-    return Estimate(value, se)
+        M = float(wpp.mean())
+        s = float(wpp.std(ddof=1) / np.sqrt(L))
+        value = M ** (1.0 / p)
+        se = 0.0 if M == 0.0 else s * M ** (1.0 / p - 1.0) / p
+    if np.isfinite(value) and np.isfinite(se) and M >= np.finfo(np.float64).tiny:
+        return Estimate(value, se)
+    # gap^p left the float64 range (huge entries or a large p overflow it, tiny gaps
+    # underflow it to 0): the same sums in logarithms
+    return _sliced_wasserstein_logs(x, y, theta, p, du, ix, iy, step)
+
+
+def _sliced_wasserstein_logs(x, y, theta, p, du, ix, iy, step):
+    """sliced_wasserstein's value and SE with W_p^p kept as logarithms.
+
+    x, y are divided by a power of two c (exactly) so that projections cannot overflow;
+    per direction l, log W_l = p log G_l + log sum du (gap / G_l)^p with G_l the largest
+    gap; then M = e^{w} mean_l r_l, r_l = W_l / e^{w}, w = max_l log W_l, and
+    SW = c M^(1/p), SE = c e^{w/p} std(r) / sqrt(L) mean(r)^(1/p - 1) / p.
+    """
+    c = _power_of_two_near(x, y)
+    x, y = x / c, y / c
+    L = theta.shape[0]
+    log_w = np.empty(L)
+    with np.errstate(divide="ignore", under="ignore", invalid="ignore"):
+        for start in np.arange(0, L, step):
+            block = theta[start:start + step]
+            gap = np.abs(np.sort(x @ block.T, axis=0)[ix] - np.sort(y @ block.T, axis=0)[iy])
+            top = gap.max(axis=0)
+            ratio = np.divide(gap, top, out=np.zeros_like(gap), where=top > 0)
+            log_w[start:start + step] = p * np.log(top) + np.log(du @ ratio**p)
+    if np.all(log_w == -np.inf):
+        return Estimate(0.0, 0.0)
+    w = float(log_w.max())
+    r = np.exp(log_w - w)
+    mean_r = float(r.mean())
+    value = c * np.exp((w + np.log(mean_r)) / p)
+    se = c * np.exp(w / p) * float(r.std(ddof=1)) / np.sqrt(L) * mean_r ** (1.0 / p - 1.0) / p
+    if not (np.isfinite(value) and np.isfinite(se)):
+        raise ValueError(f"the sliced Wasserstein distance of x and y exceeds float64 (about {c:.3g} times "
+                         f"{np.exp((w + np.log(mean_r)) / p):.3g}); rescale x and y by one factor")
+    return Estimate(float(value), float(se))
 
 
 # -- kernel two-sample statistics --------------------------------------------------------
@@ -170,8 +230,8 @@ def mmd(x, y, bandwidth=None):
     ----------
     x : ndarray, shape (n, d), n >= 2
     y : ndarray, shape (m, d), m >= 2
-    bandwidth : float > 0 or None
-        h. None: the median heuristic, h = median |a - b| over distinct pairs of a
+    bandwidth : float >= 1e-150 or None
+        h (1 / (2 h^2) must be finite). None: the median heuristic, h = median |a - b| over distinct pairs of a
         deterministic subsample, the first min(500, n) rows of x and the first
         min(500, m) rows of y (at most 1000 points, so it costs little and does not
         depend on any random draw).
@@ -184,8 +244,10 @@ def mmd(x, y, bandwidth=None):
     Raises
     ------
     ValueError
-        For fewer than 2 rows, a dimension mismatch, non-finite values, a bandwidth
-        that is not a positive number, or a median heuristic of 0 (pass bandwidth).
+        For fewer than 2 rows, a dimension mismatch, non-finite values, entries above
+        1e150 / sqrt(d) in magnitude (squared distances would overflow; rescale), a
+        bandwidth that is not a number >= 1e-150, or a median heuristic of 0 or below
+        1e-150 (pass bandwidth).
 
     References
     ----------
@@ -193,13 +255,20 @@ def mmd(x, y, bandwidth=None):
     """
     x = _as_sample(x, "x")
     y = _as_sample(y, "y", d=x.shape[1])
+    _check_squares_finite(x, y)
     if bandwidth is None:
         h = _median_distance(np.concatenate([x[:500], y[:500]]))
         if h == 0.0:
-            raise ValueError("bandwidth: the median heuristic gave 0 (most points coincide); "
-                             "pass bandwidth explicitly")
+            raise ValueError("bandwidth: the median heuristic gave 0 (most points coincide, or lie closer than "
+                             "~1e-154, where squared distances underflow); pass bandwidth explicitly or rescale x and y")
+        if h < _MIN_BANDWIDTH:
+            raise ValueError(f"bandwidth: the median heuristic gave {h:.3g}, below {_MIN_BANDWIDTH:g} "
+                             "(1 / h^2 would overflow); rescale x and y by one factor, or pass bandwidth")
     else:
         h = check_real(bandwidth, "bandwidth", low=0.0, low_open=True)
+        if h < _MIN_BANDWIDTH:
+            raise ValueError(f"bandwidth must be >= {_MIN_BANDWIDTH:g} (1 / (2 h^2) must be finite), got {h:g}; "
+                             "rescale x and y by one factor instead")
     scale = -0.5 / (h * h)
     value, se = _two_sample_u(x, y, lambda d2: np.exp(scale * d2))
     return MMD(value, se, h)
@@ -230,7 +299,9 @@ def energy_distance(x, y):
     Raises
     ------
     ValueError
-        For fewer than 2 rows, a dimension mismatch or non-finite values.
+        For fewer than 2 rows, a dimension mismatch or non-finite values, or a value
+        beyond the float64 range. Entries whose squared distances overflow are handled
+        by scaling (the statistic is homogeneous of degree 1).
 
     References
     ----------
@@ -238,8 +309,19 @@ def energy_distance(x, y):
     """
     x = _as_sample(x, "x")
     y = _as_sample(y, "y", d=x.shape[1])
-    value, se = _two_sample_u(x, y, lambda d2: -np.sqrt(d2))
-    return Estimate(value, se)
+    with np.errstate(over="ignore", invalid="ignore"):
+        value, se = _two_sample_u(x, y, lambda d2: -np.sqrt(d2))
+    if np.isfinite(value) and np.isfinite(se):
+        return Estimate(value, se)
+    # squared distances overflowed: E_u is homogeneous of degree 1, so compute it for
+    # x / c, y / c (c a power of two, exact) and scale back
+    c = _power_of_two_near(x, y)
+    scaled, scaled_se = _two_sample_u(x / c, y / c, lambda d2: -np.sqrt(d2))
+    value, se = c * scaled, c * scaled_se
+    if not (np.isfinite(value) and np.isfinite(se)):
+        raise ValueError(f"the energy distance of x and y exceeds float64 ({scaled:.3g} times {c:.3g}); "
+                         "rescale x and y by one factor")
+    return Estimate(float(value), float(se))
 
 
 def _median_distance(z):
@@ -303,6 +385,8 @@ def _target_moment(target, name, shape):
     value = np.asarray(getattr(target, name)(), dtype=np.float64)
     if value.shape != shape:
         raise ValueError(f"target.{name}() must have shape {shape} to match x, got {value.shape}")
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"target.{name}() has non-finite entries (it overflows float64); rescale the target")
     return value
 
 
@@ -324,16 +408,41 @@ def mean_error(x, target):
     -------
     Estimate
         value |xbar - m|, standard_error.
+
+    Raises
+    ------
+    ValueError
+        For fewer than 2 rows, non-finite values, a target without a finite mean of
+        shape (d,), or an error beyond the float64 range (sums that merely overflow are
+        handled by scaling).
     """
     x = _as_sample(x, "x")
     n, d = x.shape
-    diff = x.mean(axis=0) - _target_moment(target, "mean", (d,))
+    mean = _target_moment(target, "mean", (d,))
+    with np.errstate(over="ignore", invalid="ignore"):
+        value, se = _mean_error(x, mean)
+    if np.isfinite(value) and np.isfinite(se):
+        return Estimate(value, se)
+    # a sum or a square overflowed: the error is homogeneous of degree 1 in (x, m), so
+    # compute it for (x / c, m / c), c a power of two (exact), and scale back
+    c = _power_of_two_near(x, mean)
+    scaled, scaled_se = _mean_error(x / c, mean / c)
+    value, se = c * scaled, c * scaled_se
+    if not (np.isfinite(value) and np.isfinite(se)):
+        raise ValueError(f"the mean error |xbar - m| exceeds float64 ({scaled:.3g} times {c:.3g}); "
+                         "rescale x and the target")
+    return Estimate(float(value), float(se))
+
+
+def _mean_error(x, mean):
+    n = x.shape[0]
+    diff = x.mean(axis=0) - mean
     value = float(np.linalg.norm(diff))
     centred = x - x.mean(axis=0)
     if value == 0.0:
-        return Estimate(0.0, float(np.sqrt(np.sum(centred**2) / ((n - 1) * n))))
+        return 0.0, float(np.sqrt(np.sum(centred**2) / ((n - 1) * n)))
     proj = centred @ (diff / value)
-    return Estimate(value, float(proj.std(ddof=1) / np.sqrt(n)))
+    return value, float(proj.std(ddof=1) / np.sqrt(n))
 
 
 def covariance_error(x, target):
@@ -354,19 +463,45 @@ def covariance_error(x, target):
     -------
     Estimate
         value ||S - Sigma||_F, standard_error.
+
+    Raises
+    ------
+    ValueError
+        For fewer than 2 rows, non-finite values, a target without a finite covariance
+        of shape (d, d), or an error beyond the float64 range (entries of x around 1e154
+        and above; products that merely overflow are handled by scaling).
     """
     x = _as_sample(x, "x")
     n, d = x.shape
     sigma = _target_moment(target, "covariance", (d, d))
+    with np.errstate(over="ignore", invalid="ignore"):
+        value, se = _covariance_error(x, sigma)
+    if np.isfinite(value) and np.isfinite(se):
+        return Estimate(value, se)
+    # squares overflowed: the error is homogeneous of degree 2 in (x, sqrt(Sigma)), so
+    # compute it for (x / c, Sigma / c^2), c a power of two (exact), and scale back
+    c = _power_of_two_near(x, np.sqrt(np.abs(sigma)))
+    with np.errstate(under="ignore"):
+        value, se = _covariance_error(x / c, sigma / c / c)
+    value, se = c * c * value, c * c * se
+    if not (np.isfinite(value) and np.isfinite(se)):
+        raise ValueError(f"the covariance error ||S - Sigma||_F exceeds float64 (x has entries up to "
+                         f"{float(np.max(np.abs(x))):.3g}; squared deviations beyond ~1.3e154 overflow); "
+                         "rescale x and the target")
+    return Estimate(float(value), float(se))
+
+
+def _covariance_error(x, sigma):
+    n = x.shape[0]
     c = x - x.mean(axis=0)
     S = c.T @ c / (n - 1)
     diff = S - sigma
     value = float(np.linalg.norm(diff))
     if value == 0.0:
         outer = c[:, :, None] * c[:, None, :] - S
-        return Estimate(0.0, float(np.sqrt(np.mean(np.sum(outer**2, axis=(1, 2))) / n)))
+        return 0.0, float(np.sqrt(np.mean(np.sum(outer**2, axis=(1, 2))) / n))
     psi = np.einsum("ij,jk,ik->i", c, diff / value, c)
-    return Estimate(value, float(psi.std(ddof=1) / np.sqrt(n)))
+    return value, float(psi.std(ddof=1) / np.sqrt(n))
 
 
 # -- mixture weights -----------------------------------------------------------------------
@@ -397,8 +532,7 @@ def component_weights(x, mixture):
     n, K = x.shape[0], mixture.n_components
     log_joint = np.full((n, K), -np.inf)
     for k in np.flatnonzero(mixture.weights > 0):
-        cov = None if mixture.covariances is None else mixture.covariances[k:k + 1]
-        single = GaussianMixture([1.0], mixture.means[k:k + 1], cov)
+        single = mixture.component(k)  # its own covariance whatever the kind (tied, spherical, ...)
         log_joint[:, k] = np.log(mixture.weights[k]) + single.log_prob(x)
     top = log_joint.max(axis=1, keepdims=True)
     resp = np.exp(log_joint - top)

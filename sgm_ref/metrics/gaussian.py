@@ -25,8 +25,8 @@ from scipy.linalg import solve_triangular
 from scipy.special import erf, ndtr
 
 from .._validation import check_count, check_real_array, check_rng, check_time_range, eigh_spd
-from ..processes import check_process
-from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid
+from ..processes import VariancePreserving, check_process
+from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid, routed_replay
 
 __all__ = ["sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]
 
@@ -64,8 +64,14 @@ def _check_method(method):
 
 
 def _from_eigen(U, mu, q):
-    cov = (U * q) @ U.T
-    return U @ mu, 0.5 * (cov + cov.T)
+    with np.errstate(over="ignore", invalid="ignore"):
+        cov = (U * q) @ U.T
+        mean, cov = U @ mu, 0.5 * (cov + cov.T)
+    if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
+        raise ValueError("the sampler's output law overflows float64 (its mean or covariance is beyond the range: "
+                         "steps too large for the scheme, or mean and cov far from order 1); use more steps or "
+                         "rescale the target")
+    return mean, cov
 
 
 def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
@@ -87,12 +93,17 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
         A = 1 + h/2 (g_k + g_{k+1} (1 + h g_k)),   r = h/2 (e_k + e_{k+1} + h g_{k+1} e_k),
         mu <- A mu + r,   q <- A^2 q.
 
+    A process that is not variance-preserving (SubVP, VE, EDM, FlowMatching) runs the
+    replay sgm_ref.samplers routes it to, from N(0, sigma_T^2 I) as sgm_ref.samplers.sample
+    starts it; its law is sgm_ref.replays.replay_output_gaussian's (exact, by
+    propagating the affine map). "exponential" is refused there.
+
     Parameters
     ----------
     mean : array_like, shape (d,)
     cov : array_like, shape (d, d)
         Symmetric positive definite.
-    process : OU or VP
+    process : any process of sgm_ref.processes
     grid : array_like, shape (N + 1,)
         Decreasing times from T to t0 > 0 (sgm_ref.samplers.time_grid).
     method : {"euler_maruyama", "exponential", "probability_flow"}
@@ -106,12 +117,17 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
     ------
     ValueError
         For a non-finite or wrongly shaped mean or cov, a cov that is not symmetric
-        positive definite, an invalid grid, process or method.
+        positive definite, an invalid grid, process or method, or an output law beyond
+        the float64 range.
     """
-    m, _, lam, U = _check_gaussian(mean, cov)
-    process = check_process(process)
+    m, S, lam, U = _check_gaussian(mean, cov)
+    process = check_process(process, variance_preserving=False)
     grid = check_grid(grid, process)
     method = _check_method(method)
+    if not isinstance(process, VariancePreserving):
+        from ..replays import replay_output_gaussian  # lazily: replays imports this module
+        replay = routed_replay(process, method)
+        return replay_output_gaussian(replay, m, S, process, grid)
     m_eig = U.T @ m
     B = process.integrated_beta(grid)
     alpha = np.exp(-0.5 * B)[:, None]
@@ -151,10 +167,20 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     Both error terms vanish as T -> infinity; the SDE's like alpha_T^2, the ODE's mean
     term only like alpha_T.
 
+    Any other process (started from N(0, sigma_T^2 I), as sgm_ref.samplers.sample does):
+    with v_t' = 2 f v_t + g^2 a deviation delta from the moments obeys
+    d delta / dt = v'/(2 v) delta along the ODE (delta ~ sqrt(v)) and its mean
+    d delta / dt = (v'/v - f) delta along the SDE (delta ~ v / alpha), so
+
+        reverse SDE:  ratio = (alpha_T / alpha_t0) (v_t0 / v_T),
+                      mu = alpha_t0 mt - alpha_T mt ratio,
+                      q = v_t0 - alpha_T^2 lam ratio^2     (sigma_T^2 - v_T = -alpha_T^2 lam)
+        ODE:          mu = alpha_t0 mt - alpha_T mt sqrt(v_t0 / v_T),   q = v_t0 sigma_T^2 / v_T
+
     Parameters
     ----------
     mean, cov : as sampler_output_gaussian
-    process : OU or VP
+    process : any process of sgm_ref.processes
     T, t0 : float
         0 < t0 < T <= process.t_max.
     method : {"euler_maruyama", "exponential", "probability_flow"}
@@ -163,9 +189,20 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     -------
     mean_out : ndarray, shape (d,)
     cov_out : ndarray, shape (d, d)
+
+    Raises
+    ------
+    ValueError
+        As sampler_output_gaussian, and for 0 < t0 < T <= process.t_max not holding.
     """
     m, _, lam, U = _check_gaussian(mean, cov)
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
+    if not isinstance(process, VariancePreserving):
+        t0, T = check_time_range(t0, T)
+        if T > process.t_max:
+            raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+        method = _check_method(method)
+        return _limit_any_process(U.T @ m, lam, U, process, T, t0, method)
     t0, T = check_time_range(t0, T, process)
     method = _check_method(method)
     m_eig = U.T @ m
@@ -180,6 +217,20 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
         ratio = np.exp(-0.5 * (BT - B0)) * v0 / vT
         mu = alpha0 * m_eig - alphaT * m_eig * ratio
         q = v0 - alphaT**2 * (lam - 1.0) * ratio**2  # 1 - v_T = -alpha_T^2 (lam - 1)
+    return _from_eigen(U, mu, q)
+
+
+def _limit_any_process(m_eig, lam, U, process, T, t0, method):
+    """sampler_limit_gaussian for a process that is not variance-preserving (its docstring)."""
+    (alpha0, alphaT), (s20, s2T) = process.alpha(np.array([t0, T])), process.sigma2(np.array([t0, T]))
+    v0, vT = alpha0**2 * lam + s20, alphaT**2 * lam + s2T
+    if method == "probability_flow":
+        mu = alpha0 * m_eig - alphaT * m_eig * np.sqrt(v0 / vT)
+        q = v0 * (s2T / vT)
+    else:
+        ratio = (alphaT / alpha0) * (v0 / vT)
+        mu = alpha0 * m_eig - alphaT * m_eig * ratio
+        q = v0 - alphaT**2 * lam * ratio**2
     return _from_eigen(U, mu, q)
 
 
@@ -219,14 +270,20 @@ def gaussian_kl(mean0, cov0, mean1, cov1):
     Raises
     ------
     ValueError
-        For non-finite entries, mismatched shapes or a covariance that is not SPD.
+        For non-finite entries, mismatched shapes, a covariance that is not SPD, or a
+        divergence beyond the float64 range.
     """
     m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
-    L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
-    M = solve_triangular(L1, L0, lower=True)
-    w = solve_triangular(L1, m1 - m0, lower=True)
-    l = 2.0 * np.log(np.diag(L0) / np.diag(L1))
-    return float(0.5 * (np.sum(np.expm1(l) - l) + np.sum(np.tril(M, -1) ** 2) + w @ w))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
+        M = solve_triangular(L1, L0, lower=True)
+        w = solve_triangular(L1, m1 - m0, lower=True)
+        l = 2.0 * np.log(np.diag(L0) / np.diag(L1))
+        kl = float(0.5 * (np.sum(np.expm1(l) - l) + np.sum(np.tril(M, -1) ** 2) + w @ w))
+    if not np.isfinite(kl):
+        raise ValueError("KL(N0 || N1) exceeds float64: the means are too many standard deviations of N1 apart, "
+                         "or the covariances differ by too large a factor (e.g. subnormal variances); rescale both")
+    return kl
 
 
 def _tv_1d(m0, v0, m1, v1):
@@ -322,9 +379,48 @@ def gaussian_tv(mean0, cov0, mean1, cov1, rng=None, n=100_000):
     ------
     ValueError
         For bad means or covariances (as gaussian_kl), a missing rng or n < 2 when
-        Monte Carlo is needed.
+        Monte Carlo is needed. Laws more than ~1e300 standard deviations apart (or
+        with scales that far apart), whose computation overflows, give TV = 1.
     """
     m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        # m1 - m0 itself can overflow (then the means are >= 1e154 deviations apart)
+        finite_difference = np.all(np.isfinite(m1 - m0))
+        value, se = _gaussian_tv(m0, C0, m1, C1, rng, n) if finite_difference else (np.nan, np.nan)
+    if np.isfinite(value) and np.isfinite(se):
+        return value, se
+    # something overflowed: either the laws are more than ~1e300 standard deviations
+    # apart, or their scales differ by such a factor, and TV = 1 to float64; else refuse
+    if _log_separation(m0, C0, m1, C1) > _LOG_FAR:
+        return 1.0, 0.0
+    raise ValueError("TV(N0, N1) could not be computed in float64 (an intermediate overflowed); rescale "
+                     "the means and covariances toward order 1")
+
+
+# log(1e300): laws this many standard deviations apart (or with scales this far apart)
+# overlap by less than e^{-1e600}
+_LOG_FAR = float(np.log(1e300))
+
+
+def _log_separation(m0, C0, m1, C1):
+    """A lower bound on the log of the separation of N0 and N1, computed without overflow.
+
+    max of log(|m1 - m0| / sqrt(trace C1)) (a lower bound on log of the Mahalanobis
+    distance, as lambda_max(C1) <= trace C1) and max_i |log(L0_ii / L1_ii)| (the
+    diagonal of L1^{-1} L0 bounds its extreme singular values, the std ratios).
+    """
+    half = np.abs(0.5 * m1 - 0.5 * m0)
+    top = float(np.max(half))
+    log_distance = -np.inf
+    if top > 0:
+        log_distance = (np.log(top) + np.log(2.0) + 0.5 * np.log(np.sum((half / top) ** 2))
+                        - 0.5 * (np.log(np.max(np.diag(C1))) + np.log(C1.shape[0])))
+    L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
+    log_ratio = float(np.max(np.abs(np.log(np.diag(L0)) - np.log(np.diag(L1)))))
+    return max(float(log_distance), log_ratio)
+
+
+def _gaussian_tv(m0, C0, m1, C1, rng, n):
     d = m0.shape[0]
     if d == 1:
         return _tv_1d(m0[0], C0[0, 0], m1[0], C1[0, 0]), 0.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .._validation import check_count, check_real
+from .._validation import check_count, check_real, fits_in_memory
 from ..targets import GaussianMixture
 from .distances import _as_sample
 
@@ -108,7 +108,9 @@ def histogram_tv(x, target, bins=20, range=None):
     ------
     ValueError
         If d is not 1 or 2, x has fewer than 2 rows or non-finite values, x and the
-        target differ in dimension, bins or range are malformed.
+        target differ in dimension, bins or range are malformed, or the range cannot be
+        cut into distinct float64 bin edges (width overflowing, or below the spacing of
+        floats at its location).
 
     Warns
     -----
@@ -128,7 +130,20 @@ def histogram_tv(x, target, bins=20, range=None):
         raise ValueError(f"x must have shape (n, {target.dim}) to match the target, got {x.shape}")
     counts = _check_bins(bins, d)
     lows, highs = _check_range(bounds, target, d)
-    edges = tuple(np.linspace(lo, hi, b + 1) for lo, hi, b in zip(lows, highs, counts))
+    # the histogram, the bin masses and their quadrature nodes: a few arrays of (bins + 2)^d cells
+    with fits_in_memory("bins", bins, math.prod(c + 2 for c in counts), per_item=8 * 8):
+        return _histogram_tv(x, target, counts, lows, highs)
+
+
+def _histogram_tv(x, target, counts, lows, highs):
+    n, d = x.shape
+    with np.errstate(over="ignore", invalid="ignore"):
+        edges = tuple(np.linspace(lo, hi, b + 1) for lo, hi, b in zip(lows, highs, counts))
+    for axis, (e, lo, hi) in enumerate(zip(edges, lows, highs)):
+        if not (np.isfinite(hi - lo) and np.all(np.isfinite(e)) and np.all(np.diff(e) > 0)):
+            raise ValueError(f"range on axis {axis}, [{float(lo):.6g}, {float(hi):.6g}], cannot be cut into {len(e) - 1} "
+                             "bins in float64 (its width overflows, or bins narrower than the spacing of floats there "
+                             "would coincide); pass a range of finite width and fewer bins, or rescale x and the target")
 
     sample_counts = np.histogramdd(x, bins=edges)[0]
     sample_mass = sample_counts / n
@@ -182,8 +197,10 @@ def _smallest_std(target):
     active = target.weights > 0
     if target.covariance_type == "identity":
         return 1.0
-    if target.covariance_type == "diagonal":
+    if target.covariance_type in ("diagonal", "spherical"):
         return float(np.sqrt(target.covariances[active].min()))
+    if target.covariance_type == "tied":
+        return float(np.sqrt(np.linalg.eigvalsh(target.covariances)[0]))
     return float(np.sqrt(np.linalg.eigvalsh(target.covariances[active])[:, 0].min()))
 
 
@@ -223,9 +240,19 @@ def _bin_masses_rule(target, edges, parts, q):
 
 def _bin_masses(target, edges, scale):
     widths = [e[1] - e[0] for e in edges]
-    parts = [1 if scale is None else max(1, math.ceil(wd / (_WIDTH_PER_STD * scale))) for wd in widths]
+    # (the ratio is capped so that a component far narrower than a bin is refused below,
+    # not turned into an OverflowError)
+    parts = [1 if scale is None else max(1, math.ceil(min(wd / (_WIDTH_PER_STD * scale), 2.0**62))) for wd in widths]
+    halvings = 0
     while max(parts) > 1 and _node_count(edges, parts) > _MAX_NODES:
         parts = [max(1, s // 2) for s in parts]
+        halvings += 1
+    if halvings > 4 and scale is not None:
+        # sub-intervals beyond 24 std: nodes several std apart can step over the narrowest
+        # component, and both rules then agree on a wrong mass (0 for a spike between them)
+        raise ValueError(f"the target's narrowest component (std {scale:.3g}) is too narrow to integrate over bins "
+                         f"of width {max(widths):.3g} within {_MAX_NODES} quadrature nodes; use a narrower range "
+                         "or fewer bins")
     while True:
         coarse = _bin_masses_rule(target, edges, parts, _GL_COARSE)
         fine = _bin_masses_rule(target, edges, parts, _GL_FINE)

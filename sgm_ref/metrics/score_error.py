@@ -2,24 +2,26 @@
 
 import numpy as np
 
-from .._validation import call_score, check_count, check_float_dtype, check_real_array, check_rng, check_time_range
-from ..processes import check_process
+from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
+                           check_real_array, check_rng, check_time_range, fits_in_memory, mean_se)
+from ..processes import VariancePreserving, check_process
 
 __all__ = ["score_error_integral", "score_error_profile"]
 
 
 def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribution="log-uniform",
-                         dtype=np.float64):
-    """Monte-Carlo estimate of int_{t0}^{T} beta(t)/2 E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
+                         dtype=np.float64, overflow="raise"):
+    """Monte-Carlo estimate of int_{t0}^{T} g(t)^2/2 E_{p_t} |s(x, t) - grad log p_t(x)|^2 dt.
 
-    The reverse SDE's drift is beta(t) (y/2 + s), its noise sqrt(beta(t)) dW, so by
-    Girsanov a score error contributes 1/2 int beta |s - grad log p_t|^2 dt to
-    KL(path of the true reverse process || path of the sampler) (Cole & Lu; see
-    DESIGN.md, "Certified error"); for OU, beta = 2 and the weight is 1.
+    For dX = f X dt + g dW the reverse SDE's drift is -f y + g^2 s, its noise g dW, so by
+    Girsanov a score error contributes 1/2 int g^2 |s - grad log p_t|^2 dt to
+    KL(path of the true reverse process || path of the sampler) (Cole & Lu). For a
+    variance-preserving process g^2 = beta(t) (for OU, beta = 2 and the weight is 1) and
+    beta is used as before; for SubVP, VE, EDM and FlowMatching g^2 = process.g2(t).
 
     Draws x0_i ~ p_0, t_i ~ q on [t0, T] and x_i = alpha_{t_i} x0_i + sigma_{t_i} z_i
     (exact samples of p_{t_i}), and averages e_i / q(t_i) with
-    e_i = beta(t_i)/2 |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
+    e_i = g(t_i)^2/2 |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
     q(t) = 1 / (t log(T / t0)), which puts more points near t0 where the score and its
     error are largest; with q uniform, q = 1 / (T - t0).
 
@@ -27,41 +29,93 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d)
     target : object with sample(n, rng) and score(x, t, process), e.g. GaussianMixture
-    process : OU or VP
-    t0, T : float, 0 < t0 < T
+    process : any process of sgm_ref.processes
+    t0, T : float, 0 < t0 < T <= process.t_max
     n : int >= 2
     rng : numpy.random.Generator
     time_distribution : {"log-uniform", "uniform"}
     dtype : float64 or float32
         The dtype the score function is called with (the oracle is always float64).
+    overflow : {"raise", "inf"}
+        An integral beyond the float64 range raises ResultOverflowError (a ValueError),
+        or with "inf" is returned as (inf, nan).
 
     Returns
     -------
     value, standard_error : float
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (T must keep B(T) (g^2(T) for other processes) finite, and with log-uniform times
+        T log(T / t0) finite), a score that fails or returns non-finite values, or an
+        integral beyond the float64 range (a score error of ~1e150 or more).
     """
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
-    t0, T = check_time_range(t0, T, process)
+    t0, T = _check_time_range(t0, T, process)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    overflow = check_overflow_policy(overflow)
     if time_distribution not in ("log-uniform", "uniform"):
         raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
+    span = None
+    if time_distribution == "log-uniform":
+        with np.errstate(over="ignore"):
+            # T / t0 itself can overflow where its log does not
+            span = np.log(T / t0) if np.isfinite(T / t0) else np.log(T) - np.log(t0)
+            weight_at_T = T * span
+        if not np.isfinite(weight_at_T):
+            raise ValueError(f"T = {T:g} and t0 = {t0:g} are too far apart for log-uniform times: the weight "
+                             "1 / q(T) = T log(T / t0) overflows float64; use a smaller T or time_distribution='uniform'")
+    with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
+        return _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span, overflow)
+
+
+def _score_error_integral(score, target, process, t0, T, n, rng, time_distribution, dtype, span, overflow):
     x0 = target.sample(n, rng)
     u = rng.random(n)
     if time_distribution == "log-uniform":
-        span = np.log(T / t0)
-        t = t0 * np.exp(span * u)
+        # (e^{span u} overflows where T / t0 does; then the log of t is interpolated)
+        t = t0 * np.exp(span * u) if np.isfinite(T / t0) else np.minimum(np.exp(np.log(t0) + span * u), T)
         inv_q = t * span
     else:
         t = t0 + (T - t0) * u
         inv_q = np.full(n, T - t0)
     xt, _ = process.perturb(x0, t, rng)
     s = call_score(score, xt.astype(dtype), t).astype(np.float64)
-    e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * process.beta(t) * inv_q)
-    return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))
+    with np.errstate(over="ignore", invalid="ignore"):
+        # variance-preserving processes keep beta (g^2 = beta), bit for bit as before
+        g2 = process.beta(t) if isinstance(process, VariancePreserving) else process.g2(t)
+        e = np.sum((s - target.score(xt, t, process)) ** 2, axis=1) * (0.5 * g2 * inv_q)
+    value, se = mean_se(e)
+    if not (np.isfinite(value) and np.isfinite(se)):
+        if overflow == "inf":
+            return np.inf, np.nan
+        i = int(np.argmax(~np.isfinite(e))) if not np.all(np.isfinite(e)) else int(np.argmax(e))
+        raise ResultOverflowError(f"the score error integral overflows float64: at t = {float(t[i]):.3g} the weighted squared "
+                         f"error g(t)^2 / (2 q(t)) |s - grad log p_t|^2 is {float(e[i]):.3g} (the score there is "
+                         f"as large as {float(np.max(np.abs(s[i]))):.3g}); the score is too far from the truth to "
+                         "measure in float64")
+    return value, se
 
 
-def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64):
+def _check_time_range(t0, T, process):
+    """check_time_range for variance-preserving processes (B(T) finite); for the others
+    0 < t0 < T <= t_max with g^2 finite at both ends."""
+    if isinstance(process, VariancePreserving):
+        return check_time_range(t0, T, process)
+    t0, T = check_time_range(t0, T)
+    if T > process.t_max:
+        raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        g2 = process.g2(np.array([t0, T]))
+    if not np.all(np.isfinite(g2)):
+        raise ValueError(f"T = {T!r} is too large for {process!r}: g(T)^2 overflows float64; use a smaller T")
+    return t0, T
+
+
+def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64, overflow="raise"):
     """E_{p_t} |s(x, t) - grad log p_t(x)|^2 at each t in ts, with standard errors.
 
     For each t, n fresh points x = alpha_t x0 + sigma_t z with x0 ~ p_0 (exact samples of
@@ -71,33 +125,57 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64)
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d)
     target : object with sample(n, rng) and score(x, t, process)
-    process : OU or VP
+    process : any process of sgm_ref.processes
     ts : array_like, shape (m,)
         Times in (0, process.t_max].
     n : int >= 2
         Points per time.
     rng : numpy.random.Generator
     dtype : float64 or float32, the dtype the score function is called with.
+    overflow : {"raise", "inf"}
+        A squared error beyond the float64 range raises ResultOverflowError (a
+        ValueError), or with "inf" is inf at that t (standard error nan), the other
+        times measured as usual.
 
     Returns
     -------
     errors, standard_errors : ndarray, shape (m,)
+
+    Raises
+    ------
+    ValueError
+        For bad arguments, a score that fails or returns non-finite values, or a
+        squared error beyond the float64 range.
     """
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    overflow = check_overflow_policy(overflow)
     ts = check_real_array(ts, "ts")
     if ts.ndim != 1 or ts.size == 0:
         raise ValueError(f"ts must be a non-empty 1-D array of times, got shape {ts.shape}")
     if np.any(ts <= 0) or np.any(ts > process.t_max):
         raise ValueError(f"ts must lie in (0, {process.t_max}]")
+    with fits_in_memory("n", n, n * getattr(target, "dim", 1), per_item=8 * 4):
+        return _score_error_profile(score, target, process, ts, n, rng, dtype, overflow)
+
+
+def _score_error_profile(score, target, process, ts, n, rng, dtype, overflow):
     errors = np.empty(ts.size)
     standard_errors = np.empty(ts.size)
     for k, t in enumerate(ts):
         tk = np.full(n, t)
         xt, _ = process.perturb(target.sample(n, rng), tk, rng)
         s = call_score(score, xt.astype(dtype), tk, f" at t = {t:.6g}").astype(np.float64)
-        e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
-        errors[k], standard_errors[k] = e.mean(), e.std(ddof=1) / np.sqrt(n)
+        with np.errstate(over="ignore", invalid="ignore"):
+            e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
+        errors[k], standard_errors[k] = mean_se(e)
+        if not (np.isfinite(errors[k]) and np.isfinite(standard_errors[k])):
+            if overflow == "inf":
+                errors[k], standard_errors[k] = np.inf, np.nan
+                continue
+            raise ResultOverflowError(f"the squared score error overflows float64 at t = {t:.6g} (ts[{k}]): the score "
+                             f"there is as large as {float(np.max(np.abs(s))):.3g}, too far from the truth to "
+                             "measure in float64")
     return errors, standard_errors

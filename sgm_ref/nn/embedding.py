@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from .._validation import show
+
 __all__ = ["TimeEmbedding"]
 
 
@@ -23,7 +25,7 @@ class TimeEmbedding:
         if not isinstance(kind, str) or kind not in self.KINDS:
             raise ValueError(f"time embedding kind must be one of {self.KINDS}, got {kind!r}")
         if isinstance(n_frequencies, bool) or not isinstance(n_frequencies, (int, np.integer)) or n_frequencies < 1:
-            raise ValueError(f"n_frequencies must be an integer >= 1, got {n_frequencies!r}")
+            raise ValueError(f"n_frequencies must be an integer >= 1, got {show(n_frequencies)}")
         self.kind = kind
         self.n_frequencies = int(n_frequencies)
         self.dim = 1 + 2 * self.n_frequencies if kind == "fourier" else 1

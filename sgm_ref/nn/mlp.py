@@ -83,7 +83,15 @@ class MLP:
         self.dtype = check_float_dtype(dtype)
         self.sizes = (d + time_embedding.dim,) + self.widths + (d,)
         n_params = sum((fi + 1) * fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
-        self.params = np.zeros(n_params, dtype=self.dtype)
+        too_big = ValueError(f"d = {d} and widths = {list(self.widths)} make {n_params} parameters "
+                             f"({n_params * self.dtype.itemsize / 2**30:.3g} GiB), more than fit in memory; "
+                             "use a smaller d or narrower layers")
+        if n_params * self.dtype.itemsize > np.iinfo(np.intp).max:
+            raise too_big
+        try:
+            self.params = np.zeros(n_params, dtype=self.dtype)
+        except MemoryError:
+            raise too_big from None
         self.weights, self.biases = self._views(self.params)
         for W, b in zip(self.weights, self.biases):
             bound = 1.0 / np.sqrt(W.shape[0])
@@ -221,6 +229,12 @@ class MLP:
         Returns
         -------
         ndarray, shape (n, d): a new array.
+
+        Raises
+        ------
+        ValueError
+            For a bad x or t (shape, dtype, non-finite, t < 0), or if the output
+            overflows the dtype (inputs or parameters far from order 1).
         """
         x, t = self._check_inputs(x, t)
         n = x.shape[0]
@@ -228,14 +242,26 @@ class MLP:
             ws = self._workspace(n)
             self._fill_input(ws, x, t)
             self._tape = ws
-            return self._run(ws, tape=True).copy()
-        out = np.empty((n, self.d), dtype=self.dtype)
-        for start in range(0, n, _INFERENCE_ROWS):
-            rows = slice(start, min(start + _INFERENCE_ROWS, n))
-            ws = self._workspace(rows.stop - rows.start)
-            self._fill_input(ws, x[rows], t[rows])
-            out[rows] = self._run(ws, tape=False)
+            out = self._run(ws, tape=True).copy()
+        else:
+            out = np.empty((n, self.d), dtype=self.dtype)
+            for start in range(0, n, _INFERENCE_ROWS):
+                rows = slice(start, min(start + _INFERENCE_ROWS, n))
+                ws = self._workspace(rows.stop - rows.start)
+                self._fill_input(ws, x[rows], t[rows])
+                out[rows] = self._run(ws, tape=False)
+        if not np.all(np.isfinite(out)):
+            self._overflow("output", x, t)
         return out
+
+    def _overflow(self, what, x=None, t=None):
+        """Raise for a non-finite result of finite inputs, with the sizes that caused it."""
+        sizes = f"largest |parameter| {float(np.max(np.abs(self.params))):.3g}"
+        if x is not None:
+            sizes = (f"largest |x| entry {float(np.max(np.abs(x))):.3g}, largest |t| "
+                     f"{float(np.max(np.abs(t))):.3g}, " + sizes)
+        raise ValueError(f"the network's {what} overflows {self.dtype.name} ({sizes}); "
+                         "rescale x, t or the parameters toward order 1")
 
     __call__ = forward
 
@@ -255,6 +281,14 @@ class MLP:
         Returns
         -------
         grad_params, or (grad_params, grad_x) if input_grad.
+
+        Raises
+        ------
+        ValueError
+            Without a preceding forward(..., keep=True); for a grad_out of the wrong
+            shape or dtype or with a NaN or inf entry; for a grad_params that is not a
+            contiguous ndarray of shape (n_params,) and the network's dtype; or if the
+            gradient overflows the dtype (a grad_out or parameters far from order 1).
         """
         ws = getattr(self, "_tape", None)
         if ws is None or not ws.has_tape or self._workspaces.get(ws.n) is not ws:
@@ -263,12 +297,23 @@ class MLP:
         if g.shape != (ws.n, self.d) or g.dtype != self.dtype:
             raise ValueError(f"grad_out must have shape ({ws.n}, {self.d}) and dtype {self.dtype.name}, "
                              f"got {g.shape} {g.dtype}")
+        if not np.all(np.isfinite(g)):
+            # one NaN would spread through every weight it meets (most of the gradient)
+            raise ValueError(f"grad_out contains {int(np.count_nonzero(~np.isfinite(g)))} non-finite "
+                             "value(s) (NaN or inf); pass the finite dL/dout")
         if grad_params is None:
             grad_params = np.empty(self.n_params, dtype=self.dtype)
-        elif grad_params.shape != (self.n_params,) or grad_params.dtype != self.dtype \
-                or not grad_params.flags.c_contiguous:
-            raise ValueError(f"grad_params must be a contiguous ({self.n_params},) {self.dtype.name} array")
+        elif not isinstance(grad_params, np.ndarray) or grad_params.shape != (self.n_params,) \
+                or grad_params.dtype != self.dtype or not grad_params.flags.c_contiguous \
+                or not grad_params.flags.writeable:
+            got = (f"{grad_params.shape} {grad_params.dtype}" if isinstance(grad_params, np.ndarray)
+                   else type(grad_params).__name__)
+            raise ValueError(f"grad_params must be a contiguous writeable ndarray of shape ({self.n_params},) "
+                             f"and dtype {self.dtype.name} (it is written in place), got {got}")
         grad_x = self._backward(ws, np.ascontiguousarray(g), grad_params, input_grad)
+        # O(n_params) against the O(n n_params) products above
+        if not np.all(np.isfinite(grad_params)) or (input_grad and not np.all(np.isfinite(grad_x))):
+            self._overflow(f"gradient (largest |grad_out| entry {float(np.max(np.abs(g))):.3g})")
         return (grad_params, grad_x) if input_grad else grad_params
 
     def _backward(self, ws, g, grad_params, input_grad):

@@ -11,6 +11,8 @@ convert_time(t, a, b) gives the time of b with the same lambda and the scale
 x_b = scale * x_a under which both describe the same p_t.
 """
 
+import dataclasses
+
 import numpy as np
 
 from .base import LinearGaussianProcess
@@ -19,7 +21,7 @@ from .discrete import DDPM
 from .variance_preserving import OU, VP, VariancePreserving, VPCosine
 
 __all__ = ["OU", "VP", "VPCosine", "DDPM", "SubVP", "VE", "EDM", "FlowMatching", "LinearGaussianProcess",
-           "VariancePreserving", "check_process", "process_from_dict", "convert_time"]
+           "VariancePreserving", "check_process", "process_from_dict", "convert_time", "from_spec", "to_spec"]
 
 _CLASSES = {cls.__name__: cls for cls in (OU, VP, VPCosine, DDPM, SubVP, VE, EDM, FlowMatching)}
 
@@ -49,6 +51,104 @@ def process_from_dict(spec):
         return _CLASSES[spec["name"]](**params)
     except TypeError as e:
         raise ValueError(f"process {spec!r} has parameters its class does not take: {e}") from None
+
+
+# Short names of the spec strings (`sgm-ref audit --process`), lower case.
+_SPEC_NAMES = {"ou": OU, "vp": VP, "vpcosine": VPCosine, "ddpm": DDPM, "subvp": SubVP, "ve": VE, "edm": EDM,
+               "flow": FlowMatching}
+_SPEC_ALIASES = {"flowmatching": "flow", "rectifiedflow": "flow"}
+
+
+def _spec_parameters(cls):
+    """{name: type} of the parameters a spec may set (the dataclass fields)."""
+    return {f.name: {"float": float, "int": int, "str": str}.get(f.type, f.type) if isinstance(f.type, str) else f.type
+            for f in dataclasses.fields(cls)}
+
+
+def _spec_help():
+    parts = []
+    for short, cls in _SPEC_NAMES.items():
+        params = ",".join(f"{k}=" for k in _spec_parameters(cls) if k != "beta_schedule")
+        if cls is DDPM:
+            from .discrete import SCHEDULES
+            parts.append(f"ddpm:{'|'.join(SCHEDULES)}[,{params}]")
+        else:
+            parts.append(f"{short}[:{params}]" if params else short)
+    return "; ".join(parts)
+
+
+def from_spec(text):
+    """A process from a short spec string, the inverse of to_spec.
+
+    NAME[:KEY=VALUE,...] with NAME one of ou, vp, vpcosine, ddpm, subvp, ve, edm, flow
+    (case-insensitive) and KEY the class's parameters; a DDPM spec may give its
+    beta_schedule first without a key. Examples::
+
+        ou   vp:beta_min=0.1,beta_max=20   vpcosine:s=0.008   subvp   ve:sigma_min=0.01,sigma_max=50
+        edm   flow   ddpm:scaled_linear   ddpm:linear,beta_start=0.0001,beta_end=0.02,num_train_timesteps=1000
+
+    Parameters left out take the class's defaults.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    LinearGaussianProcess
+
+    Raises
+    ------
+    ValueError
+        An unknown name or parameter, a value that is not a number (an integer for
+        num_train_timesteps), a parameter given twice, or values the class refuses;
+        the message names the spec and lists the valid names and parameters.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"a process spec must be a string such as 'ou' or 'ddpm:linear', got {text!r}")
+
+    def bad(why):
+        return ValueError(f"process spec {text!r}: {why} (valid: {_spec_help()})")
+
+    name, _, rest = text.strip().partition(":")
+    name = _SPEC_ALIASES.get(name.strip().lower(), name.strip().lower())
+    if name not in _SPEC_NAMES:
+        raise bad(f"unknown process {name!r}")
+    cls = _SPEC_NAMES[name]
+    types = _spec_parameters(cls)
+    params = {}
+    items = [item.strip() for item in rest.split(",")] if rest.strip() else []
+    for k, item in enumerate(items):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq and k == 0 and cls is DDPM:
+            key, value = "beta_schedule", item
+        elif not eq or not key or not value:
+            raise bad(f"{item!r} is not KEY=VALUE")
+        if key not in types:
+            known = ", ".join(types) or "none"
+            raise bad(f"{name} has no parameter {key!r} (its parameters: {known})")
+        if key in params:
+            raise bad(f"{key} given twice")
+        kind = types[key]
+        try:
+            params[key] = kind(value) if kind is not int else int(value, 10)
+        except ValueError:
+            raise bad(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
+    try:
+        return cls(**params)
+    except ValueError as e:
+        raise bad(str(e)) from None
+
+
+def to_spec(process):
+    """The spec string of a process: from_spec(to_spec(p)) == p (floats written exactly, by repr)."""
+    check_process(process, variance_preserving=False)
+    name = next(short for short, cls in _SPEC_NAMES.items() if type(process) is cls)
+    params = [f"{k}={getattr(process, k)!r}" for k in _spec_parameters(type(process))]
+    if isinstance(process, DDPM):
+        params[0] = process.beta_schedule
+    return f"{name}:{','.join(params)}" if params else name
 
 
 def convert_time(t, from_process, to_process):

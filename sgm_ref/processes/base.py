@@ -140,16 +140,16 @@ class LinearGaussianProcess:
         if np.isfinite(lam_lo):
             arr = np.where((arr < lam_lo) & (arr >= lam_lo - 1e-12 * (1.0 + abs(lam_lo))), lam_lo, arr)
         if np.any(arr > lam_hi):
-            raise ValueError(f"lam must be <= log_snr(t_min) = {lam_hi!r} for {self!r}, got max {arr.max()!r}")
+            raise ValueError(f"lam must be <= log_snr(t_min) = {float(lam_hi)!r} for {self!r}, got max {float(arr.max())!r}")
         if np.any(arr < lam_lo):
-            raise ValueError(f"lam must be >= log_snr(t_max) = {lam_lo!r} for {self!r}, got min {arr.min()!r}")
+            raise ValueError(f"lam must be >= log_snr(t_max) = {float(lam_lo)!r} for {self!r}, got min {float(arr.min())!r}")
         with np.errstate(over="ignore", divide="ignore"):
             t = self._time_of_log_snr(arr)
         if not np.all(np.isfinite(t)):
-            raise ValueError(f"lam = {arr.min()!r} is so low that the time overflows float64 for {self!r}")
+            raise ValueError(f"lam = {float(arr.min())!r} is so low that the time overflows float64 for {self!r}")
         if np.isinf(lam_hi) and np.any((t <= self.t_min) & (arr < np.inf)):
             bad = arr[(t <= self.t_min) & (arr < np.inf)]
-            raise ValueError(f"lam = {bad.max()!r} is so high that its time underflows float64 for {self!r} "
+            raise ValueError(f"lam = {float(bad.max())!r} is so high that its time underflows float64 for {self!r} "
                              "(it would come out as t_min, where lam is +inf)")
         return self._out(np.clip(t, self.t_min, self.t_max))
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_real, check_real_array, check_rng
+from .._validation import check_count, check_float_dtype, check_real, check_real_array, check_rng, fits_in_memory
 from .base import LinearGaussianProcess, softplus
 
 
@@ -32,8 +32,20 @@ class VariancePreserving(LinearGaussianProcess):
     _inverse_integrated_beta and t_max."""
 
     def integrated_beta(self, t):
-        """B(t) = int_0^t beta(s) ds; t scalar or shape (n,); float64, same shape."""
-        return self._out(self._integrated_beta(self._times(t)))
+        """B(t) = int_0^t beta(s) ds; t scalar or shape (n,); float64, same shape.
+
+        Raises ValueError for a t whose B(t) is beyond float64 (OU: t > 8.9e307).
+        """
+        t = self._times(t)
+        with np.errstate(over="ignore"):
+            return self._out(self._finite_integral(self._integrated_beta(t), "t"))
+
+    @staticmethod
+    def _finite_integral(B, name):
+        if not np.all(np.isfinite(B)):
+            raise ValueError(f"{name} is so large that the integral of beta up to it overflows float64; "
+                             "use times below 1e300")
+        return B
 
     def integrated_beta_between(self, t_hi, t_lo):
         """int_{t_lo}^{t_hi} beta(s) ds without the cancellation of B(t_hi) - B(t_lo).
@@ -46,7 +58,8 @@ class VariancePreserving(LinearGaussianProcess):
             raise ValueError(f"t_hi and t_lo must have one shape, got {t_hi.shape} and {t_lo.shape}")
         if np.any(t_hi < t_lo):
             raise ValueError("t_hi must be >= t_lo (the integral runs from t_lo up to t_hi)")
-        return self._out(np.asarray(self._integral_between(t_hi, t_lo)))
+        with np.errstate(over="ignore"):
+            return self._out(self._finite_integral(np.asarray(self._integral_between(t_hi, t_lo)), "t_hi"))
 
     def beta(self, t):
         """Noise rate beta(t); t scalar or shape (n,); float64, same shape."""
@@ -96,7 +109,8 @@ class VariancePreserving(LinearGaussianProcess):
         """Draw n points from the stationary law N(0, I_d) (the reverse process's start)."""
         n = check_count(n, "n")
         d = check_count(d, "d")
-        return check_rng(rng).standard_normal((n, d), dtype=check_float_dtype(dtype))
+        with fits_in_memory("n x d", f"{n} x {d}", n * d):
+            return check_rng(rng).standard_normal((n, d), dtype=check_float_dtype(dtype))
 
     def time_of(self, alpha):
         """Inverse schedule: the time t at which alpha_t equals alpha in (0, 1].
@@ -108,7 +122,7 @@ class VariancePreserving(LinearGaussianProcess):
         if np.any(a <= 0) or np.any(a > 1):
             raise ValueError("alpha must lie in (0, 1]")
         if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max)):
-            raise ValueError(f"alpha is below alpha(t_max) = {self.alpha(self.t_max)!r}")
+            raise ValueError(f"alpha is below alpha(t_max) = {float(self.alpha(self.t_max))!r}")
         # the inverse may round a hair past t_max at alpha(t_max) itself
         t = np.minimum(self._inverse_integrated_beta(-2.0 * np.log(a)), self.t_max)
         return self._out(t)
@@ -190,8 +204,12 @@ def check_linear_betas(process):
 def inverse_linear_integrated_beta(B, beta_min, beta_max):
     """t with beta_min t + t^2 (beta_max - beta_min) / 2 = B, B >= 0 (float64 array)."""
     # Root of (db/2) t^2 + beta_min t - B = 0 in the form without cancellation.
-    db = beta_max - beta_min
-    denominator = beta_min + np.sqrt(beta_min**2 + 2.0 * db * B)
+    beta_min, db = np.float64(beta_min), np.float64(beta_max) - np.float64(beta_min)  # inf, not OverflowError
+    with np.errstate(over="ignore"):
+        denominator = beta_min + np.sqrt(beta_min**2 + 2.0 * db * B)
+    if not np.all(np.isfinite(denominator)):
+        raise ValueError(f"beta_min = {float(beta_min):g} and beta_max = {float(beta_max):g} are too large to invert "
+                         "the schedule in float64 (beta_min^2 + 2 (beta_max - beta_min) B(t) overflows)")
     return np.where(B > 0, 2.0 * B / np.where(B > 0, denominator, 1.0), 0.0)
 
 

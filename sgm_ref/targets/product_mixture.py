@@ -4,7 +4,7 @@ Each coordinate is independent, x_j ~ w_j0 N(mu_j0, s_j0^2) + w_j1 N(mu_j1, s_j1
 
     p_t(x) = prod_j sum_c w_jc N(x_j; alpha_t mu_jc, alpha_t^2 s_jc^2 + sigma_t^2)
 
-exactly, and the score is closed form coordinate by coordinate:
+exactly for every process of sgm_ref.processes, and the score is closed form coordinate by coordinate:
 
     d/dx_j log p_t(x) = -sum_c pi_jc(x_j) (x_j - alpha_t mu_jc) / (alpha_t^2 s_jc^2 + sigma_t^2),
 
@@ -16,16 +16,18 @@ norm r, sgm_ref.targets.GaussianMixture.paper_family) keeps it fixed.
 
 import numpy as np
 
-from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real,
-                           check_real_array, check_rng)
+from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng
 from ..processes import OU, check_process
+from ._predict import ExactOutputs
+from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
+                      check_means, check_size, check_variances, plain, real_array)
 
 __all__ = ["ProductMixture"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
 
-class ProductMixture:
+class ProductMixture(ExactOutputs):
     """Independent coordinates, each a 1-D mixture of two Gaussians; exact oracle at any t.
 
     Parameters
@@ -34,22 +36,24 @@ class ProductMixture:
         Row j: the weights of coordinate j's components, >= 0, summing to 1 within 1e-8
         (never renormalised).
     means : array_like, shape (d, 2)
-    stds : array_like, shape (d, 2), > 0
+        Entries within +-1e150.
+    stds : array_like, shape (d, 2)
+        In [1e-150, 1e150] (variances in [1e-300, 1e300], as GaussianMixture).
 
     Raises
     ------
     ValueError
-        Wrong shapes, non-finite entries, negative weights or rows not summing to 1,
-        non-positive standard deviations.
+        Wrong shapes, booleans, non-finite or out-of-range entries, negative weights or
+        rows not summing to 1, non-positive standard deviations.
     """
 
     def __init__(self, weights, means, stds):
-        w = check_real_array(weights, "weights")
+        w = real_array(weights, "weights")
         if w.ndim != 2 or w.shape[1] != 2 or w.shape[0] == 0:
             raise ValueError(f"weights must have shape (d, 2) with d >= 1, got {w.shape}")
         d = w.shape[0]
-        mu = check_real_array(means, "means")
-        s = check_real_array(stds, "stds")
+        mu = real_array(means, "means")
+        s = real_array(stds, "stds")
         for name, arr in (("means", mu), ("stds", s)):
             if arr.shape != (d, 2):
                 raise ValueError(f"{name} must have shape (d, 2) = {(d, 2)} like weights, got {arr.shape}")
@@ -57,9 +61,13 @@ class ProductMixture:
             raise ValueError("weights must be >= 0")
         if np.any(np.abs(w.sum(axis=1) - 1.0) > 1e-8):
             j = int(np.argmax(np.abs(w.sum(axis=1) - 1.0)))
-            raise ValueError(f"each row of weights must sum to 1; row {j} sums to {w[j].sum()!r} (not renormalised)")
+            raise ValueError(f"each row of weights must sum to 1; row {j} sums to {plain(w[j].sum())} "
+                             "(not renormalised)")
         if np.any(s <= 0):
             raise ValueError("stds must be > 0")
+        check_means(mu)
+        with np.errstate(over="ignore", under="ignore"):  # out of range either way: named below
+            check_variances(s * s, "stds", "squared stds (variances)")
         with np.errstate(divide="ignore"):
             self._logw = np.log(w)  # -inf for a zero weight: that component never contributes
         for arr in (w, mu, s, self._logw):
@@ -72,11 +80,14 @@ class ProductMixture:
 
         With std = 1 this is the identity-covariance mixture of the 2^d means
         {-shift, shift}^d, whose norms shift sqrt(d) grow with d; f(x) = sum_j
-        (log cosh(shift x_j) - shift^2 / 2).
+        (log cosh(shift x_j) - shift^2 / 2). |shift| <= 1e150, std in [1e-150, 1e150].
         """
-        d = check_count(d, "d")
-        shift = check_real(shift, "shift")
+        d = check_size(check_count(d, "d"), 8, "d", "d coordinates")
+        shift = check_real(shift, "shift", low=-MAX_MEAN, high=MAX_MEAN)
         std = check_real(std, "std", low=0.0, low_open=True)
+        if not np.sqrt(MIN_VARIANCE) <= std <= np.sqrt(MAX_VARIANCE):
+            raise ValueError(f"std must be in [{np.sqrt(MIN_VARIANCE):g}, {np.sqrt(MAX_VARIANCE):g}] (its square is a "
+                             f"variance), got {plain(std)}")
         return cls(np.full((d, 2), 0.5), np.tile([-shift, shift], (d, 1)), np.full((d, 2), std))
 
     @property
@@ -113,10 +124,15 @@ class ProductMixture:
         return np.diag(np.sum(self.weights * (self.stds**2 + centred**2), axis=1))
 
     def sample(self, n, rng, dtype=np.float64):
-        """n points of p_0, shape (n, d): per coordinate a component, then its Gaussian."""
-        n = check_count(n, "n")
+        """n points of p_0, shape (n, d): per coordinate a component, then its Gaussian.
+
+        n is at most what this machine's memory holds (about 4 n d numbers).
+        """
+        n = check_size(check_count(n, "n"), 4 * self.dim, "n", f"n points in d = {self.dim}")
         rng = check_rng(rng)
         dtype = check_float_dtype(dtype)
+        if dtype == np.float32:
+            check_float32_samples(self.means, self.stds**2, repr(self))
         c = (rng.random((n, self.dim)) >= self.weights[:, 0]).astype(np.intp)  # component 1 with prob w_j1
         cols = np.arange(self.dim)
         z = rng.standard_normal((n, self.dim))
@@ -136,7 +152,9 @@ class ProductMixture:
     def _evaluate(self, x, t, process):
         x = check_points(x, "x", d=self.dim)
         n = x.shape[0]
-        a, s2 = check_process(process)._coefficients(t, n)
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
+        if x.dtype == np.float32:
+            check_float32_range(self.means, self.stds**2, repr(self))
         a, s2 = a[:, None, None], s2[:, None, None]
         var = a**2 * self.stds**2 + s2                            # (n, d, 2)
         diff = x.astype(np.float64)[:, :, None] - a * self.means  # (n, d, 2)
@@ -146,6 +164,7 @@ class ProductMixture:
             post = np.exp(log_terms - top)
             total = post.sum(axis=2, keepdims=True)
             log_coord = top[:, :, 0] + np.log(total[:, :, 0])        # log p_t of each coordinate
+            # left to right: a component of no weight gives (0 * diff) / var = 0, never 0 * inf
             score = -np.sum(post / total * diff / var, axis=2)
             logp, score = log_coord.sum(axis=1).astype(x.dtype), score.astype(x.dtype)
         check_oracle_output(logp, x)

@@ -4,8 +4,15 @@
     ring:k=6,radius=3,std=0.2         the same with other parameters
     gmm:d=32,k=4,radius=3,seed=0      GaussianMixture.paper_family (identity covariances)
     product:d=8,shift=1.4,std=1       ProductMixture.symmetric (independent coordinates)
-    path/to/mixture.json              {"weights": [...], "means": [[...]], "covariances": ...}
-                                      (covariances: omitted or null, (K, d) or (K, d, d))
+    path/to/mixture.json              {"weights": [...], "means": [[...]], "covariances": ...,
+                                       "covariance_type": ...}
+
+In a JSON file "covariances" is omitted or null (identity covariances) or has the shape
+its "covariance_type" names, as scikit-learn writes them: "full" (K, d, d), "diag"
+(K, d), "tied" (d, d) shared by all components, "spherical" (K,). Without
+"covariance_type" only (K, d) (diagonal) and (K, d, d) (full) are read from the shape,
+and a (d, d) array with K = d that could also be one shared covariance is refused
+(GaussianMixture). Numbers must be numbers: true and false are refused.
 
 from_spec(spec) returns the target; a spec that names no target, a malformed parameter
 list, an unreadable or invalid JSON file each raise ValueError saying what to write.
@@ -13,9 +20,12 @@ to_record / from_record write a target's full definition as JSON-ready data (wha
 folder keeps, so it does not depend on the file a spec named).
 """
 
-import json
 import os
 
+import numpy as np
+
+from .._json import load_json
+from ._checks import shown
 from .gaussian_mixture import GaussianMixture
 from .product_mixture import ProductMixture
 
@@ -85,11 +95,9 @@ def _parameters(text, name, accepted):
 def _from_json(path):
     try:
         with open(path, encoding="utf-8") as f:
-            spec = json.load(f)
+            spec = load_json(f, f"target file {path}")
     except OSError as exc:
         raise ValueError(f"cannot read target file {path}: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"target file {path} is not valid JSON: {exc}") from None
     try:
         return GaussianMixture.from_dict(spec)
     except ValueError as exc:
@@ -115,7 +123,8 @@ def from_spec(spec):
         Unknown name, malformed or unknown parameters, an unreadable or invalid file.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"target must be a non-empty string (a preset such as 'ring', or a JSON file), got {spec!r}")
+        raise ValueError(f"target must be a non-empty string (a preset such as 'ring', or a JSON file), "
+                         f"got {shown(spec)}")
     spec = spec.strip()
     name, sep, rest = spec.partition(":")
     if name not in PRESETS and (spec.endswith(".json") or os.path.isfile(spec)):
@@ -137,8 +146,20 @@ def to_record(target):
 
 
 def from_record(record):
-    """The target to_record wrote; raises ValueError for anything else."""
+    """The target to_record wrote; raises ValueError for anything else.
+
+    A GaussianMixture record without "covariance_type" was written before the key
+    existed, when a two-dimensional covariances array could only mean diagonal
+    variances: it is read so, never refused as ambiguous.
+    """
     if not isinstance(record, dict) or record.get("type") not in _RECORD_TYPES:
         raise ValueError(f"a target record must be a dict with 'type' one of {', '.join(_RECORD_TYPES)}")
     body = {k: v for k, v in record.items() if k != "type"}
+    if record["type"] == "GaussianMixture" and "covariance_type" not in body and body.get("covariances") is not None:
+        try:
+            legacy_diagonal = np.ndim(body["covariances"]) == 2
+        except ValueError:  # ragged: the constructor names it
+            legacy_diagonal = False
+        if legacy_diagonal:
+            body["covariance_type"] = "diag"
     return _RECORD_TYPES[record["type"]].from_dict(body)

@@ -18,12 +18,25 @@ The same draws give log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, wit
 log E_gamma[e^f] estimated once from n_normaliser draws (log_normaliser, its se); those
 draws, weighted by e^f, also give the mean and covariance of p_0 (mean(), covariance(),
 self-normalised estimates).
+
+Any other process (alpha_t^2 + sigma_t^2 = q_t != 1: SubVP, VE, EDM, FlowMatching). Under
+gamma_d, X_0 given X_t = x is N(alpha x / q, sigma^2 / q I) and X_t ~ N(0, q I), so with
+y = alpha x / q + (sigma / sqrt q) Z
+
+    p_t(x) = N(x; 0, q I) E_Z[e^{f(y)}] / Z,
+    grad log p_t(x) = -x / q + (alpha / q) E_Z[e^{f(y)} grad f(y)] / E_Z[e^{f(y)}]
+                    = -x / q + alpha / (sigma sqrt q) E_Z[Z e^{f(y)}] / E_Z[e^{f(y)}],
+
+the same draws of Z. For variance-preserving processes (q = 1) the formulas above are
+used as written (no rounding of q).
 """
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_points, check_real, check_rng
-from ..processes import OU, check_process
+from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng
+from ..processes import OU, VariancePreserving, check_process
+from ._predict import ExactOutputs
+from ._checks import check_size, plain, shown
 
 __all__ = ["TiltedGaussian"]
 
@@ -31,12 +44,29 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 _BLOCK = 2**21  # numbers per block of (rows, n_mc, d) proposals
 
 
+def _check_finite(values, x, what):
+    bad = ~np.all(np.isfinite(values.reshape(values.shape[0], -1)), axis=1)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"the Monte-Carlo {what} at x[{i}] overflows {values.dtype} (grad_f, or 1 / sigma_t at "
+                         f"this t, too large there); use float64 points, a larger t, or rescale f")
+
+
+def _cast(values, x, what):
+    """values in the dtype of the points, refusing what float32 cannot hold."""
+    with np.errstate(over="ignore"):  # named just below
+        out = values.astype(x.dtype, copy=False)
+    _check_finite(out, x, what)
+    return out
+
+
 def _logmeanexp(v, axis):
     top = np.max(v, axis=axis, keepdims=True)
-    return np.squeeze(top, axis) + np.log(np.mean(np.exp(v - top), axis=axis))
+    with np.errstate(over="ignore"):  # v - top = -inf where v spans more than the float range: exp gives 0
+        return np.squeeze(top, axis) + np.log(np.mean(np.exp(v - top), axis=axis))
 
 
-class TiltedGaussian:
+class TiltedGaussian(ExactOutputs):
     """p_0(x) = exp(f(x)) gamma_d(x) / Z for a user-supplied f; exact samples, Monte-Carlo score.
 
     Parameters
@@ -54,6 +84,14 @@ class TiltedGaussian:
         Draws the Z of the oracle and the normaliser's points (once, here).
     estimator : {"gradient", "stein"}
     n_normaliser : int, default 2**16
+
+    n_mc d and n_normaliser d numbers must fit in this machine's memory.
+
+    Raises
+    ------
+    ValueError
+        For arguments of the wrong kind or size; the oracle and sampler also raise when
+        f or grad_f return non-finite values or the estimates overflow.
     """
 
     def __init__(self, f, grad_f, d, f_max=None, *, n_mc=4096, rng, estimator="gradient", n_normaliser=2**16):
@@ -62,19 +100,22 @@ class TiltedGaussian:
         if grad_f is not None and not callable(grad_f):
             raise ValueError(f"grad_f must be callable (m, d) -> (m, d) or None, got {type(grad_f).__name__}")
         if estimator not in ("gradient", "stein"):
-            raise ValueError(f"estimator must be 'gradient' or 'stein', got {estimator!r}")
+            raise ValueError(f"estimator must be 'gradient' or 'stein', got {shown(estimator)}")
         if estimator == "gradient" and grad_f is None:
             raise ValueError("the 'gradient' estimator needs grad_f; pass it or use estimator='stein'")
         self.f, self.grad_f, self.estimator = f, grad_f, estimator
         self.d = check_count(d, "d")
         self.f_max = None if f_max is None else check_real(f_max, "f_max")
-        n_mc = check_count(n_mc, "n_mc", minimum=2)
+        n_mc = check_size(check_count(n_mc, "n_mc", minimum=2), self.d, "n_mc", f"n_mc draws in d = {self.d}")
+        n_normaliser = check_count(n_normaliser, "n_normaliser", minimum=2)
+        check_size(n_normaliser, 2 * self.d, "n_normaliser", f"n_normaliser points in d = {self.d}")
         rng = check_rng(rng)
         self._z = rng.standard_normal((n_mc, self.d))
-        x = rng.standard_normal((check_count(n_normaliser, "n_normaliser", minimum=2), self.d))
+        x = rng.standard_normal((n_normaliser, self.d))
         fx = self._f(x)
         top = fx.max()
-        w = np.exp(fx - top)
+        with np.errstate(over="ignore"):  # f spanning more than the float range: exp(-inf) = 0 is right
+            w = np.exp(fx - top)
         self.log_normaliser = float(top + np.log(w.mean()))
         self.log_normaliser_se = float(w.std(ddof=1) / np.sqrt(w.size) / w.mean())  # delta method on log
         w /= w.sum()
@@ -92,10 +133,10 @@ class TiltedGaussian:
         complexity (the path norm) does not depend on d. kwargs go to the constructor.
         """
         d = check_count(d, "d")
-        width = check_count(width, "width")
+        width = check_size(check_count(width, "width"), d, "width", f"width units in d = {d}")
         path_norm = check_real(path_norm, "path_norm", low=0.0)
         if activation not in ("tanh", "cos"):
-            raise ValueError(f"activation must be 'tanh' or 'cos', got {activation!r}")
+            raise ValueError(f"activation must be 'tanh' or 'cos', got {shown(activation)}")
         rng = check_rng(rng)
         W = rng.standard_normal((width, d))
         W /= np.linalg.norm(W, axis=1, keepdims=True)
@@ -144,11 +185,13 @@ class TiltedGaussian:
         """n exact draws by rejection from gamma_d (module docstring), shape (n, d).
 
         Raises ValueError if f_max is unknown, if a proposal has f > f_max (the bound is
-        wrong), or if more than max_proposals proposals are needed.
+        wrong), if more than max_proposals (a number >= 1) proposals are needed, or if
+        n points do not fit in this machine's memory.
         """
-        n = check_count(n, "n")
+        n = check_size(check_count(n, "n"), 2 * self.d, "n", f"n points in d = {self.d}")
         rng = check_rng(rng)
         dtype = check_float_dtype(dtype)
+        max_proposals = check_real(max_proposals, "max_proposals", low=1.0)
         if self.f_max is None:
             raise ValueError("sampling by rejection needs f_max, an upper bound of f")
         accepted, count, proposed, rate = [], 0, 0, 0.5
@@ -158,8 +201,9 @@ class TiltedGaussian:
             log_u = np.log(rng.random(m))
             fx = self._f(x)
             if np.any(fx > self.f_max):
-                raise ValueError(f"f = {fx.max()!r} exceeds f_max = {self.f_max!r}: f_max must bound f above")
-            keep = x[log_u < fx - self.f_max]
+                raise ValueError(f"f = {plain(fx.max())} exceeds f_max = {plain(self.f_max)}: f_max must bound f above")
+            with np.errstate(over="ignore"):  # -inf: never accepted, as it should be
+                keep = x[log_u < fx - self.f_max]
             accepted.append(keep)
             count += keep.shape[0]
             proposed += m
@@ -177,26 +221,37 @@ class TiltedGaussian:
     def score(self, x, t=0.0, process=OU()):
         """Monte-Carlo estimate of grad log p_t(x), shape (n, d), dtype of x."""
         x = check_points(x, "x", d=self.d)
-        return self._evaluate(x, t, process, want_score=True)[1].astype(x.dtype)
+        return _cast(self._evaluate(x, t, process, want_score=True)[1], x, "score")
 
     def log_prob_and_score(self, x, t=0.0, process=OU()):
         """(log_prob, score) from one pass over the Monte-Carlo draws."""
         x = check_points(x, "x", d=self.d)
         logp, score, _ = self._evaluate(x, t, process, want_score=True)
-        return logp.astype(x.dtype), score.astype(x.dtype)
+        return _cast(logp, x, "log p_t"), _cast(score, x, "score")
 
     def log_prob(self, x, t=0.0, process=OU()):
         """Monte-Carlo estimate of log p_t(x), shape (n,) (exact in f at t = 0, up to log Z)."""
         x = check_points(x, "x", d=self.d)
-        return self._evaluate(x, t, process, want_score=False)[0].astype(x.dtype)
+        return _cast(self._evaluate(x, t, process, want_score=False)[0], x, "log p_t")
 
     def _evaluate(self, x, t, process, want_score):
         """(log p_t, score, se) at points x already checked by check_points."""
         x = x.astype(np.float64, copy=False)
         n, d = x.shape
-        a, s2 = check_process(process)._coefficients(t, n)
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
         sigma = np.sqrt(s2)
-        log_gamma = -0.5 * (d * _LOG_2PI + np.sum(x**2, axis=1))
+        if isinstance(process, VariancePreserving):
+            with np.errstate(over="ignore"):  # a point too far out is named below
+                log_gamma = -0.5 * (d * _LOG_2PI + np.sum(x**2, axis=1))
+            x_in, a_in = x, a
+        else:
+            # module docstring: the posterior of X_0 under gamma_d is N(a x / q, s^2 / q)
+            q = a * a + s2
+            root_q = np.sqrt(q)
+            with np.errstate(over="ignore"):
+                log_gamma = -0.5 * (d * (_LOG_2PI + np.log(q)) + np.sum(x**2, axis=1) / q)
+            x_in, a_in = x / q[:, None], a / q
+            sigma = sigma / root_q
         logp = np.empty(n)
         score = np.empty((n, d)) if want_score else None
         se = np.empty((n, d)) if want_score else None
@@ -204,24 +259,34 @@ class TiltedGaussian:
         rows = max(1, _BLOCK // (n_mc * d))
         for start in range(0, n, rows):
             blk = slice(start, min(start + rows, n))
-            y = a[blk, None, None] * x[blk, None, :] + sigma[blk, None, None] * self._z  # (r, n_mc, d)
+            y = a[blk, None, None] * x_in[blk, None, :] + sigma[blk, None, None] * self._z  # (r, n_mc, d)
             fy = self._f(y.reshape(-1, d)).reshape(-1, n_mc)
             logp[blk] = log_gamma[blk] + _logmeanexp(fy, axis=1) - self.log_normaliser
             if not want_score:
                 continue
-            w = np.exp(fy - fy.max(axis=1, keepdims=True))
+            with np.errstate(over="ignore"):
+                w = np.exp(fy - fy.max(axis=1, keepdims=True))
             w /= w.sum(axis=1, keepdims=True)                                          # (r, n_mc)
             if self.estimator == "gradient":
-                g = a[blk, None, None] * self._grad(y.reshape(-1, d)).reshape(y.shape)
+                g = a_in[blk, None, None] * self._grad(y.reshape(-1, d)).reshape(y.shape)
             else:
                 # alpha / sigma E[Z w]: at t = 0 (sigma = 0) p_0's score is -x + grad f(x), which
                 # this form cannot give; the gradient form can
                 if np.any(sigma[blk] == 0):
                     raise ValueError("the 'stein' estimator needs t > 0; use estimator='gradient' at t = 0")
-                g = (a[blk] / sigma[blk])[:, None, None] * self._z[None, :, :]
+                g = (a_in[blk] / sigma[blk])[:, None, None] * self._z[None, :, :]
             R = np.einsum("ri,rid->rd", w, g)
-            score[blk] = -x[blk] + R
-            se[blk] = np.sqrt(np.einsum("ri,rid->rd", w**2, (g - R[:, None, :]) ** 2))
+            score[blk] = -x_in[blk] + R
+            # scaled by the largest deviation, so (g - R)^2 cannot overflow where g is large
+            # (the stein form's alpha / sigma reaches 4e161 as t -> 0)
+            dev = g - R[:, None, :]
+            top = np.max(np.abs(dev), axis=1)                                          # (r, d)
+            safe = np.where(top > 0, top, 1.0)
+            se[blk] = top * np.sqrt(np.einsum("ri,rid->rd", w**2, (dev / safe[:, None, :]) ** 2))
+        check_oracle_output(logp, x)
+        if want_score:
+            _check_finite(score, x, "score")
+            _check_finite(se, x, "standard error of the score")
         return logp, score, se
 
     def _grad(self, y):

@@ -1,0 +1,244 @@
+"""Thread pools that stay fast on a busy machine: sgm_ref's defaults and set_threads.
+
+sgm_ref's arithmetic runs in two thread pools: OpenBLAS's (the matrix products of the
+network, numpy's and scipy's copies) and numba's (the parallel loop of the diagonal
+mixture oracle, on its OpenMP layer here). Both spin between jobs by default: an idle
+OpenBLAS worker busy-waits up to ~2^28 cycles (~0.1 s) for its next job, an idle
+libgomp worker 300,000 rounds. When other processes want the cores, the spinning
+workers take the time slices the working thread needs: the demo's training took 266 s
+at load 5 against 11 s on a quiet machine (benchmarks/load.py and RESULTS.md measure it).
+
+So this module, imported first by sgm_ref/__init__.py before numpy or numba load a
+threaded runtime, sets for the process (os.environ, inherited by its children), only
+where the user has not set them:
+
+    OPENBLAS_THREAD_TIMEOUT=4    an idle OpenBLAS worker sleeps after 2^4 cycles
+    OMP_WAIT_POLICY=PASSIVE      an idle OpenMP worker sleeps at once
+
+Neither changes a result bit. The runtimes read them when they load, so they do not
+reach a runtime loaded before sgm_ref (numpy imported first keeps OpenBLAS's spinning;
+`environment_defaults()` says what happened); OMP_WAIT_POLICY also applies to other
+OpenMP code of the process loaded later (PyTorch's).
+
+Thread counts are left as the libraries choose them (one per core), fastest on a quiet
+machine. They are not adapted to the load: the BLAS thread count changes the last bits
+of a training run, and the same command must give the same bits whatever else runs
+(a resumed run too). On a machine whose other work keeps the cores busy, one thread is
+several times faster; that is the user's knob: `set_threads(n)` at run time, or
+SGM_REF_THREADS=n in the environment, applied when sgm_ref is imported.
+`busy_hint()` words the advice when the machine is busy now.
+"""
+
+import os
+import sys
+
+ENV_THREADS = "SGM_REF_THREADS"
+
+# Chosen by measurement (benchmarks/load.py, RESULTS.md "Under load").
+SPIN_DEFAULTS = {"OPENBLAS_THREAD_TIMEOUT": "4", "OMP_WAIT_POLICY": "PASSIVE"}
+
+
+def _mapped_libraries():
+    """Paths of the shared libraries loaded in this process (Linux; an empty set elsewhere)."""
+    try:
+        with open("/proc/self/maps") as f:
+            return {fields[5].strip() for fields in (line.split(None, 5) for line in f) if len(fields) == 6}
+    except OSError:
+        return set()
+
+
+def _runtimes_loaded():
+    """Threaded runtimes this process has loaded already (they read the environment then)."""
+    names = {os.path.basename(p).lower() for p in _mapped_libraries()}
+    loaded = []
+    if "numpy" in sys.modules or any("openblas" in n for n in names):
+        loaded.append("OpenBLAS (numpy)")
+    if any(n.startswith(("libgomp", "libiomp", "libomp")) for n in names):
+        loaded.append("an OpenMP runtime")
+    return loaded
+
+
+def _set_spin_defaults(environ):
+    """Set SPIN_DEFAULTS in environ where unset; return {name: value} of those set here."""
+    applied = {}
+    for name, value in SPIN_DEFAULTS.items():
+        if name not in environ:  # the user's choice wins, even an empty one
+            environ[name] = value
+            applied[name] = value
+    return applied
+
+
+def _threads_from_environment(environ):
+    """The thread count SGM_REF_THREADS asks for, or None if unset."""
+    text = environ.get(ENV_THREADS)
+    if text is None:
+        return None
+    try:
+        n = int(text.strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{ENV_THREADS} must be an integer >= 1 (the thread count), got {text!r}; "
+                         f"unset it for the default")
+    return n
+
+
+_LOADED_BEFORE = _runtimes_loaded()
+_REQUESTED = _threads_from_environment(os.environ)  # a bad value raises before anything changes
+_APPLIED = _set_spin_defaults(os.environ)
+_BLAS_COUNT_BEFORE = os.environ.get("OPENBLAS_NUM_THREADS")
+if _REQUESTED is not None:  # the sgm_ref knob wins, also for an OpenBLAS loaded later (scipy's)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(_REQUESTED)
+
+import numba  # noqa: E402  (after the environment above: numba imports numpy)
+
+from ._validation import check_count  # noqa: E402
+
+
+def environment_defaults():
+    """What sgm_ref set at import, and whether it could take effect.
+
+    Returns
+    -------
+    dict
+        "set": {variable: value} set by sgm_ref (variables the user had set are not
+        in it); "loaded_before": threaded runtimes already loaded when sgm_ref was
+        imported, which keep the settings they started with (empty when the defaults
+        took effect everywhere).
+    """
+    return {"set": dict(_APPLIED), "loaded_before": list(_LOADED_BEFORE)}
+
+
+# -- OpenBLAS at run time -----------------------------------------------------------------
+
+# Function names of the OpenBLAS builds numpy and scipy ship (scipy-openblas prefixes and
+# 64-bit-integer suffixes) and of a system OpenBLAS.
+_PREFIXES = ("scipy_openblas", "openblas")
+_SUFFIXES = ("64_", "_64", "")
+
+
+def _openblas_libraries():
+    """[(set_num_threads, get_num_threads)] of each OpenBLAS loaded in this process (Linux)."""
+    import ctypes
+
+    found = []
+    for path in sorted(p for p in _mapped_libraries() if "openblas" in os.path.basename(p).lower()):
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)  # the copy already loaded, never a new one
+        except OSError:
+            continue
+        for prefix in _PREFIXES:
+            for suffix in _SUFFIXES:
+                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
+                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
+                if setter is not None and getter is not None:
+                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
+                    found.append((setter, getter))
+                    break
+            else:
+                continue
+            break
+    return found
+
+
+def blas_threads():
+    """Thread counts of the OpenBLAS libraries loaded in this process (a list; empty if none found)."""
+    return [int(getter()) for _, getter in _openblas_libraries()]
+
+
+def set_threads(n):
+    """Use n threads in numba's parallel loops and in every loaded OpenBLAS.
+
+    On a quiet machine the default (one thread per core) is fastest; when other
+    processes keep the cores busy, n = 1 avoids waiting on a descheduled worker. The
+    same can be asked for without code: SGM_REF_THREADS=n in the environment is
+    applied when sgm_ref is imported.
+
+    Parameters
+    ----------
+    n : int
+        1 <= n <= numba.config.NUMBA_NUM_THREADS (the pool size numba fixed at start-up,
+        by default the number of cores; set NUMBA_NUM_THREADS before importing sgm_ref
+        for more).
+
+    Returns
+    -------
+    dict
+        {"numba": numba's count for the calling thread, "blas": [count of each
+        OpenBLAS]} after the change.
+
+    Raises
+    ------
+    ValueError
+        If n is not an integer in that range (bools refused). Nothing is changed then.
+
+    Notes
+    -----
+    numba's count is per calling thread (numba.set_num_threads). OpenBLAS is found
+    among the libraries loaded in the process (Linux); elsewhere, or for another BLAS,
+    set OPENBLAS_NUM_THREADS / OMP_NUM_THREADS / MKL_NUM_THREADS before starting Python.
+    The BLAS thread count can change the last bits of results (the same count gives the
+    same bits).
+    """
+    limit = numba.config.NUMBA_NUM_THREADS
+    n = check_count(n, "n")
+    if n > limit:
+        raise ValueError(f"n must be at most {limit}, the size of numba's thread pool (NUMBA_NUM_THREADS, by "
+                         f"default the number of cores; set it before importing sgm_ref for more), got {n}")
+    numba.set_num_threads(n)
+    for setter, _ in _openblas_libraries():
+        setter(n)
+    return {"numba": numba.get_num_threads(), "blas": blas_threads()}
+
+
+if _REQUESTED is not None:
+    try:
+        set_threads(_REQUESTED)
+    except ValueError as exc:  # more than numba's pool: leave the environment as it was
+        if _BLAS_COUNT_BEFORE is None:
+            del os.environ["OPENBLAS_NUM_THREADS"]
+        else:
+            os.environ["OPENBLAS_NUM_THREADS"] = _BLAS_COUNT_BEFORE
+        raise ValueError(f"{ENV_THREADS}={_REQUESTED}: {exc}") from None
+
+
+def busy_cpus():
+    """Tasks other than this process's running or waiting for a CPU now, or None if unknown.
+
+    The running-task count of /proc/loadavg (Linux), the median of a few reads a
+    millisecond apart, minus the reading thread; a thread of another process counts
+    as one, whether it computes or spins.
+    """
+    import time
+
+    counts = []
+    for _ in range(5):
+        try:
+            with open("/proc/loadavg") as f:
+                counts.append(int(f.read().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return None
+        time.sleep(0.001)
+    return max(0, sorted(counts)[len(counts) // 2] - 1)
+
+
+def busy_hint(busy=None, cpus=None, threads=None):
+    """One line advising fewer threads when other work leaves too few CPUs free, else None.
+
+    busy: other runnable tasks (default busy_cpus()); cpus: os.cpu_count(); threads:
+    numba's current count. Advice when busy + threads > cpus (the pools would wait for
+    descheduled workers), suggesting max(1, cpus - busy) threads. None when the user
+    chose a count (SGM_REF_THREADS, OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set), when
+    already at one thread, or when the load is unknown.
+    """
+    if any(name in os.environ for name in (ENV_THREADS, "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
+        return None
+    busy = busy_cpus() if busy is None else busy
+    cpus = os.cpu_count() if cpus is None else cpus
+    threads = numba.get_num_threads() if threads is None else threads
+    if busy is None or not cpus or threads <= 1 or busy + threads <= cpus:
+        return None
+    n = max(1, cpus - busy)
+    return (f"note: the machine is busy ({busy} other running tasks on {cpus} CPUs): with {threads} threads "
+            f"each parallel step waits for a descheduled worker; SGM_REF_THREADS={n} is usually faster now "
+            f"(results then differ in the last bits from a {threads}-thread run)")

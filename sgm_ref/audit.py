@@ -1,0 +1,503 @@
+"""Audit a peer's sampler against a reference replay: same target, grid, start and noise.
+
+compare_sampler runs a peer's sampler and one of sgm_ref.replays side by side and reports
+
+  * the per-step deviation of the two paths, max_i |y_peer,k - y_replay,k| / max_i |y_replay,k|
+    at each state k, and the first step where it exceeds the rounding allowance k rtol,
+    rtol = 64 eps(dtype of the peer's output) per step (override with rtol=...);
+  * for a Gaussian target N(m, S), the exact output law of each (sgm_ref.replays.
+    replay_output_gaussian: the probe trick runs the peer itself on probe inputs, so no
+    second implementation is needed; a peer that is not affine in its inputs falls back to
+    the Gaussian fitted to its samples, marked "monte_carlo") and the KL/TV between the two
+    laws and to the target;
+  * for any target, sample distances (sliced Wasserstein-2, MMD^2) with standard errors.
+
+The peer protocol (two forms, told apart by the number of required positional parameters,
+or by kind="loop" / "step"):
+
+    loop(score, grid, x, noises) -> y (n, d), or its trajectory (K + 1, n, d)
+    step(x, k, grid, score, noise_k) -> x_next (n, d)      k = 0, ..., len(grid) - 2
+
+score(x (n, d), t (n,)) is the exact score of the target under the process (numpy in,
+numpy out); grid the decreasing times of the comparison (a peer with its own grid may
+ignore it); x the start points at grid[0]; noises(j) -> (n, d) the j-th standard normal
+draw, j = 0, 1, ... in the order the replay consumes them (noises(j) is the same array
+whenever asked; draws past those the replay uses come from the same stream). A step
+function gets noise_k = noises(k). A peer that returns its trajectory (or a step
+function) gets the per-step deviation; a peer returning only its output gets the final one.
+"""
+
+import inspect
+import json
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._validation import check_count, check_real, check_rng
+from .metrics.distances import mmd, sliced_wasserstein
+from .processes import DDPM, EDM, OU, VE, VP, FlowMatching, SubVP, VariancePreserving, VPCosine, check_process
+from .replays import REPLAYS, law_distances, replay_output_gaussian
+from .replays._common import check_replay_grid
+from .replays.laws import gaussian_score
+from .targets import GaussianMixture
+
+__all__ = ["compare_sampler", "SamplerComparison", "process_from_spec", "target_from_spec", "ROUNDING_FACTOR"]
+
+ROUNDING_FACTOR = 64  # rtol = ROUNDING_FACTOR * eps of the peer's dtype
+
+
+# -- the two sides ------------------------------------------------------------------------
+
+
+class _Stream:
+    """Draw j of a fixed stream: noise[j] if given, else the j-th draw of rng (made lazily,
+    in order, so the same j is always the same array)."""
+
+    def __init__(self, rng, noise, shape, dtype):
+        self.rng, self.shape, self.dtype, self.draws, self.used = rng, shape, dtype, [], 0
+        if noise is not None:
+            arr = np.asarray(noise, dtype=np.float64)
+            if arr.ndim != 3 or arr.shape[1:] != shape or not np.all(np.isfinite(arr)):
+                raise ValueError(f"noise must be a finite array of shape (n_draws, {shape[0]}, {shape[1]}), "
+                                 f"got shape {arr.shape}")
+            self.draws = list(arr)
+
+    def __call__(self, j):
+        if isinstance(j, bool) or not isinstance(j, (int, np.integer)) or j < 0:
+            raise ValueError(f"noises(j) takes the draw's index j >= 0, got {j!r}")
+        j = int(j)
+        while len(self.draws) <= j:
+            if self.rng is None:
+                raise ValueError(f"noise has {len(self.draws)} draws but draw {j} was asked for; pass more draws")
+            self.draws.append(self.rng.standard_normal(self.shape, dtype=self.dtype).astype(np.float64))
+        self.used = max(self.used, j + 1)
+        return self.draws[j].astype(self.dtype)
+
+    def draw_noise(self, j, shape):  # the replays' noise-source protocol (sgm_ref.replays._common.Noise)
+        return self(j).astype(np.float64)
+
+
+def _peer_kind(peer, kind):
+    if kind is not None:
+        if kind not in ("loop", "step"):
+            raise ValueError(f"kind must be 'loop' or 'step', got {kind!r}")
+        return kind
+    try:
+        params = inspect.signature(peer).parameters.values()
+    except (TypeError, ValueError):
+        raise ValueError("cannot read the peer's signature: pass kind='loop' or kind='step'") from None
+    required = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty]
+    found = {4: "loop", 5: "step"}.get(len(required))
+    if found is None:
+        raise ValueError(f"the peer takes {len(required)} required arguments: a loop takes 4 (score, grid, x, "
+                         "noises), a step function 5 (x, k, grid, score, noise_k); or pass kind=")
+    return found
+
+
+def _run_peer(peer, kind, score, grid, x, noises):
+    """The peer's states (K + 1, n, d) if it gives them, else None; and its output (n, d)."""
+    if kind == "step":
+        states = [np.array(x)]
+        for k in range(grid.size - 1):
+            y = np.asarray(peer(states[-1].copy(), k, grid, score, noises(k)))
+            states.append(_check_state(y, x, f"the peer's step {k}"))
+        states = np.stack(states)
+        return states, states[-1]
+    out = np.asarray(peer(score, grid, np.array(x), noises))
+    if out.ndim == 3 and out.shape[1:] == x.shape and out.shape[0] >= 2:
+        states = np.stack([_check_state(s, x, f"the peer's state {k}") for k, s in enumerate(out)])
+        return states, states[-1]
+    return None, _check_state(out, x, "the peer's output")
+
+
+def _check_state(y, x, what):
+    y = np.asarray(y)
+    if y.shape != x.shape:
+        raise ValueError(f"{what} has shape {y.shape}, expected {x.shape} (x's shape) or a trajectory "
+                         f"(K + 1, {x.shape[0]}, {x.shape[1]})")
+    if y.dtype.kind != "f":
+        raise ValueError(f"{what} must be floating point, got dtype {y.dtype}")
+    if not np.all(np.isfinite(y)):
+        raise ValueError(f"{what} is not finite (NaN or inf)")
+    return y
+
+
+def _as_replay(peer, kind):
+    """The peer wearing a replay's signature, so replay_output_gaussian can probe it."""
+
+    def peer_replay(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+        shape = x.shape
+        _, out = _run_peer(peer, kind, score, grid, x, lambda j: np.asarray(noise.draw_noise(int(j), shape)))
+        return np.asarray(out, dtype=np.float64)
+
+    return peer_replay
+
+
+def _replay(replay):
+    if callable(replay):
+        return getattr(replay, "__name__", "replay"), replay
+    if isinstance(replay, str) and replay in REPLAYS:
+        return replay, REPLAYS[replay]
+    raise ValueError(f"replay must be one of {sorted(REPLAYS)} or a function with the replays' signature, "
+                     f"got {replay!r}")
+
+
+# -- targets ------------------------------------------------------------------------------
+
+
+def _gaussian_of(target):
+    """(m, S) if the target is one Gaussian (a pair (mean, cov) or a one-component mixture)."""
+    if isinstance(target, (tuple, list)) and len(target) == 2:
+        m = np.atleast_1d(np.asarray(target[0], dtype=np.float64))
+        S = np.atleast_2d(np.asarray(target[1], dtype=np.float64))
+        return m, S
+    if isinstance(target, GaussianMixture) and target.n_components == 1:
+        return np.asarray(target.mean(), dtype=np.float64), np.asarray(target.covariance(), dtype=np.float64)
+    return None
+
+
+def _target_parts(target, process):
+    """(d, score, sample(n, rng), gaussian or None)."""
+    gauss = _gaussian_of(target)
+    if gauss is not None:
+        m, S = gauss
+        score = gaussian_score(m, S, process)  # validates the pair
+        L = np.linalg.cholesky(S)
+        return m.size, score, (lambda n, rng: m + rng.standard_normal((n, m.size)) @ L.T), gauss
+    if not (hasattr(target, "score") and hasattr(target, "sample") and hasattr(target, "dim")):
+        raise ValueError("target must be a pair (mean, cov), a GaussianMixture or a target of sgm_ref.targets "
+                         f"(with score, sample and dim), got {type(target).__name__}")
+    return target.dim, (lambda x, t: target.score(x, t, process)), target.sample, None
+
+
+# -- the result ---------------------------------------------------------------------------
+
+
+def _f(v):
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
+@dataclass
+class SamplerComparison:
+    """What compare_sampler found. `matches` is the verdict; text() one screen; to_dict() JSON.
+
+    deviation[k] = max_i |peer_k - replay_k| / max_i |replay_k| over the states both paths
+    have (k = 0 the start); first_divergence the first step k (from state k to k + 1) whose
+    result exceeds the rounding allowance rtol * (k + 1), or the first step only one of the
+    two takes (when their step counts differ), or None. laws: {"method", "peer", "replay", "target", and the
+    distances "peer_vs_replay", "peer_vs_target", "replay_vs_target" (KL both ways, TV)}.
+    samples: {"sliced_wasserstein" / "mmd2": {pair: (value, standard error)}}.
+    """
+
+    peer: str
+    replay: str
+    process: dict
+    grid: np.ndarray
+    n: int
+    rtol: float
+    kl_tolerance: float
+    steps_peer: int | None
+    steps_replay: int
+    deviation: np.ndarray | None
+    final_deviation: float
+    first_divergence: int | None
+    laws: dict | None
+    samples: dict
+    notes: list = field(default_factory=list)
+
+    @property
+    def max_deviation(self):
+        devs = [self.final_deviation] + ([] if self.deviation is None else list(self.deviation))
+        return float(max(devs))
+
+    @property
+    def kl(self):
+        """KL(peer output || replay output), exact for affine peers, or None."""
+        return None if self.laws is None else self.laws["peer_vs_replay"]["kl"]
+
+    @property
+    def matches(self):
+        if self.steps_peer is not None and self.steps_peer != self.steps_replay:
+            return False
+        if self.first_divergence is not None or self.final_deviation > self.rtol * max(self.steps_replay, 1):
+            return False
+        if self.laws is not None and self.laws["method"] == "exact" and self.kl > self.kl_tolerance:
+            return False
+        return True
+
+    def text(self):
+        """The verdict on one screen."""
+        head = f"peer {self.peer} vs replay {self.replay} on {self.process['name']}, {self.grid.size} grid times " \
+               f"[{self.grid[0]:.4g} .. {self.grid[-1]:.4g}], n = {self.n}"
+        if self.matches:
+            kl = "" if self.kl is None else f", KL {self.kl:.2g}"
+            return (f"MATCH: {head}: largest deviation {self.max_deviation:.2g} within rounding ({self.rtol:.2g} "
+                    f"per step){kl}")
+        lines = [f"DISCREPANCY: {head}"]
+        if self.steps_peer is not None and self.steps_peer != self.steps_replay:
+            lines.append(f"  steps: the peer took {self.steps_peer}, the replay {self.steps_replay}")
+        if self.first_divergence is not None:
+            k = self.first_divergence
+            t = f" (from t = {self.grid[k]:.6g})" if k < self.grid.size else ""
+            if k + 1 < self.deviation.size:
+                lines.append(f"  first diverging step: {k}{t}, relative deviation {self.deviation[k + 1]:.3g} "
+                             f"> rounding {self.rtol * (k + 1):.2g} ({self.rtol:.2g} per step)")
+            else:
+                lines.append(f"  first diverging step: {k}{t}, taken by only one of the two (the states before "
+                             "agree to rounding)")
+        elif self.deviation is None:
+            lines.append("  per-step deviation: not available (the peer returned only its output)")
+        lines.append(f"  largest relative deviation {self.max_deviation:.3g}; final outputs {self.final_deviation:.3g}")
+        if self.laws is not None:
+            how = "exact" if self.laws["method"] == "exact" else "Monte Carlo (Gaussian fitted to the peer's samples)"
+            lines.append(f"  output laws on the Gaussian target ({how}):")
+            for key, name in (("peer_vs_replay", "peer   || replay"), ("peer_vs_target", "peer   || target"),
+                              ("replay_vs_target", "replay || target")):
+                d = self.laws[key]
+                tv = "" if d["tv"] is None else f", TV {d['tv']:.3g}" + (f" ± {d['tv_se']:.1g}" if d["tv_se"] else "")
+                lines.append(f"    KL({name}) = {d['kl']:.4g}{tv}")
+        for metric, pairs in self.samples.items():
+            parts = [f"{pair} {v:.3g} ± {se:.1g}" for pair, (v, se) in pairs.items()]
+            lines.append(f"  {metric}: " + "; ".join(parts))
+        lines += [f"  note: {n}" for n in self.notes]
+        return "\n".join(lines)
+
+    def to_dict(self):
+        """JSON-ready: floats and lists; non-finite numbers as None."""
+        def law(pair):
+            return None if pair is None else {"mean": np.asarray(pair[0]).tolist(), "cov": np.asarray(pair[1]).tolist()}
+
+        laws = None
+        if self.laws is not None:
+            laws = {k: (law(v) if k in ("peer", "replay", "target") else
+                        ({kk: _f(vv) for kk, vv in v.items()} if isinstance(v, dict) else v))
+                    for k, v in self.laws.items()}
+        return {"matches": self.matches, "peer": self.peer, "replay": self.replay, "process": self.process,
+                "grid": self.grid.tolist(), "n": self.n, "rtol": self.rtol, "kl_tolerance": self.kl_tolerance,
+                "steps_peer": self.steps_peer, "steps_replay": self.steps_replay,
+                "deviation": None if self.deviation is None else [_f(v) for v in self.deviation],
+                "max_deviation": _f(self.max_deviation), "final_deviation": _f(self.final_deviation),
+                "first_divergence": self.first_divergence, "laws": laws,
+                "samples": {m: {p: [_f(v), _f(se)] for p, (v, se) in pairs.items()}
+                            for m, pairs in self.samples.items()},
+                "notes": list(self.notes)}
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=1)
+
+
+# -- the comparison -----------------------------------------------------------------------
+
+
+def _relative(a, b):
+    scale = np.max(np.abs(b))
+    diff = np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def _fitted(y):
+    return y.mean(axis=0), np.atleast_2d(np.cov(y, rowvar=False))
+
+
+def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, replay_options=None, kind=None,
+                    rtol=None, kl_tolerance=None, name=None, sample_distances=True):
+    """Run a peer's sampler and a reference replay on the same target, grid, start and noise.
+
+    Parameters
+    ----------
+    peer : callable
+        loop(score, grid, x, noises) -> (n, d) or trajectory (K + 1, n, d), or
+        step(x, k, grid, score, noise_k) -> (n, d); see the module docstring.
+    replay : str or callable
+        A name of sgm_ref.replays.REPLAYS, or a function with the replays' signature.
+    process : a process of sgm_ref.processes
+    grid : array_like, shape (K + 1,)
+        Decreasing times from T; the replay takes K steps on it.
+    target : (mean (d,), cov (d, d)), or a target of sgm_ref.targets
+        A Gaussian (pair, or one-component GaussianMixture) also gets the exact laws.
+    n : int >= 2
+        Start points, drawn from the prior: N(0, I) for variance-preserving processes,
+        N(0, sigma_T^2 I) otherwise (replay_output_gaussian's default start law).
+    rng : numpy.random.Generator
+        Start points, noise (unless given), target samples, sliced-Wasserstein directions.
+    noise : array_like, shape (J, n, d), optional
+        The standard normal draws; the replay takes the first ones it needs, the peer
+        those it asks for (asking past J is an error).
+    replay_options : dict, optional
+        Keyword options of the replay (e.g. {"step_size": 0.1}, {"eta": 1.0}).
+    kind : {"loop", "step"}, optional
+        The peer's form; by default read from its number of required arguments (4 or 5).
+    rtol : float, optional
+        Rounding allowance per step of the relative deviation (state k may deviate by
+        k rtol); default 64 eps of the peer's output dtype (1.4e-14 for float64, 7.6e-6
+        for float32).
+    kl_tolerance : float, optional
+        Largest exact KL(peer || replay) that still matches; default rtol.
+    name : str, optional
+        The peer's name in the report (default its __name__).
+    sample_distances : bool
+        Compute the sample distances (O(n^2) for the MMD).
+
+    Returns
+    -------
+    SamplerComparison
+
+    Raises
+    ------
+    ValueError
+        Bad process, grid, target, n, rng, noise, kind or options; a peer whose output
+        has the wrong shape, is not floating point or not finite. The peer's own
+        exceptions pass through unchanged.
+    """
+    process = check_process(process, variance_preserving=False)
+    rng = check_rng(rng)
+    n = check_count(n, "n", minimum=2)
+    replay_name, replay_fn = _replay(replay)
+    options = dict(replay_options or {})
+    kind = _peer_kind(peer, kind)
+    if rtol is not None:  # refused before the work
+        rtol = check_real(rtol, "rtol", low=0.0, low_open=True)
+    if kl_tolerance is not None:
+        kl_tolerance = check_real(kl_tolerance, "kl_tolerance", low=0.0)
+    d, score, sample, gauss = _target_parts(target, process)
+    grid = check_replay_grid(grid, process)
+    scale = 1.0 if isinstance(process, VariancePreserving) else float(process.sigma(grid[0]))
+    x = scale * rng.standard_normal((n, d))
+    stream = _Stream(None if noise is not None else rng, noise, x.shape, np.float64)
+
+    out_r, states_r = replay_fn(score, process, grid, x, None, True, noise=stream, **options)
+    steps_replay = states_r.shape[0] - 1
+    states_p, out_p = _run_peer(peer, kind, score, grid, x, stream)
+    steps_peer = None if states_p is None else states_p.shape[0] - 1
+
+    if rtol is None:
+        rtol = ROUNDING_FACTOR * float(np.finfo(out_p.dtype).eps)
+    kl_tolerance = rtol if kl_tolerance is None else kl_tolerance
+    notes = []
+    deviation, first = None, None
+    if states_p is not None:
+        K = min(states_p.shape[0], states_r.shape[0])
+        deviation = np.array([_relative(states_p[k], states_r[k]) for k in range(K)])
+        # rounding accumulates over the steps: state k may be off by rtol per step taken
+        over = np.flatnonzero(deviation > rtol * np.maximum(np.arange(K), 1))
+        first = None if over.size == 0 else int(over[0]) - 1  # state k is the result of step k - 1
+        if first == -1:
+            notes.append("the peer's trajectory does not start at x (its state 0 differs)")
+            first = None
+        if steps_peer != steps_replay:
+            if first is None:
+                first = K - 1  # the first step only one of them takes
+    else:
+        notes.append("the peer returned only its output: give its trajectory (or a step function) for the per-step "
+                     "deviation")
+    final = _relative(out_p, out_r)
+
+    laws = None
+    if gauss is not None:
+        laws = _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes)
+
+    samples = {}
+    if sample_distances:
+        y_target = sample(n, rng)
+        pairs = {"peer_vs_replay": (out_p, out_r), "peer_vs_target": (out_p, y_target),
+                 "replay_vs_target": (out_r, y_target)}
+        samples["sliced_wasserstein"] = {k: tuple(sliced_wasserstein(np.asarray(a, dtype=np.float64), b, rng))
+                                         for k, (a, b) in pairs.items()}
+        samples["mmd2"] = {k: tuple(mmd(np.asarray(a, dtype=np.float64), b)[:2]) for k, (a, b) in pairs.items()}
+    return SamplerComparison(peer=name or getattr(peer, "__name__", type(peer).__name__), replay=replay_name,
+                             process=process.to_dict(), grid=grid, n=n, rtol=rtol, kl_tolerance=kl_tolerance,
+                             steps_peer=steps_peer, steps_replay=steps_replay, deviation=deviation,
+                             final_deviation=final, first_divergence=first, laws=laws, samples=samples, notes=notes)
+
+
+def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes):
+    m, S = gauss
+    method = "exact"
+    try:
+        law_r = replay_output_gaussian(replay_fn, m, S, process, grid, **options)
+    except ValueError as exc:
+        notes.append(f"the replay's law is fitted to its samples: {exc}")
+        law_r, method = _fitted(np.asarray(out_r, dtype=np.float64)), "monte_carlo"
+    try:
+        law_p = replay_output_gaussian(_as_replay(peer, kind), m, S, process, grid)
+    except Exception as exc:  # the peer may refuse probe inputs in any way: fall back, and say why
+        notes.append(f"the peer's law is fitted to its samples (probe run failed: {type(exc).__name__}: {exc})")
+        law_p, method = _fitted(np.asarray(out_p, dtype=np.float64)), "monte_carlo"
+    law_t = (m, S)
+    return {"method": method, "peer": law_p, "replay": law_r, "target": law_t,
+            "peer_vs_replay": law_distances(law_p, law_r, rng), "peer_vs_target": law_distances(law_p, law_t, rng),
+            "replay_vs_target": law_distances(law_r, law_t, rng)}
+
+
+# -- specs for the command line ---------------------------------------------------------------
+
+
+_PROCESSES = {"ou": OU, "vp": VP, "vpcosine": VPCosine, "ddpm": DDPM, "subvp": SubVP, "ve": VE, "edm": EDM,
+              "flow": FlowMatching}
+
+
+def _parameters(text, what):
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{what}: write parameters as key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _number(text, key, what):
+    try:
+        return int(text) if key == "num_train_timesteps" else float(text)
+    except ValueError:
+        raise ValueError(f"{what}: parameter {key} must be a number, got {text!r}") from None
+
+
+def process_from_spec(spec):
+    """A process from a short name: ou, vp, vp:beta_min=0.1,beta_max=20, vpcosine, subvp,
+    ddpm, ddpm:scaled_linear (a beta_schedule), ddpm:beta_schedule=linear,beta_end=0.02,
+    ve, ve:sigma_min=0.01,sigma_max=50, edm, flow.
+
+    Raises ValueError naming the spec and what to write.
+    """
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"process spec must be a name such as ou, vp, ddpm:scaled_linear, ve, edm; got {spec!r}")
+    name, _, rest = spec.partition(":")
+    cls = _PROCESSES.get(name.strip().lower())
+    if cls is None:
+        raise ValueError(f"process spec {spec!r}: the name must be one of {sorted(_PROCESSES)}")
+    if cls is DDPM and rest and "=" not in rest:
+        rest = f"beta_schedule={rest}"
+    params = _parameters(rest, f"process spec {spec!r}")
+    kwargs = {k: (v if k == "beta_schedule" else _number(v, k, f"process spec {spec!r}")) for k, v in params.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError:
+        raise ValueError(f"process spec {spec!r}: {cls.__name__} takes no parameter among {sorted(kwargs)}") from None
+
+
+def target_from_spec(spec):
+    """A target from a spec: gaussian:d=2,mean=1,std=0.5 (N(mean 1, std^2 I) in d dimensions,
+    a one-component GaussianMixture, so it gets exact laws), or any spec of
+    sgm_ref.targets.spec.from_spec (ring, gmm:..., product:..., a JSON file)."""
+    from .targets.spec import from_spec
+
+    if isinstance(spec, str) and spec.split(":")[0] == "gaussian":
+        what = f"target spec {spec!r}"
+        params = _parameters(spec.partition(":")[2], what)
+        unknown = set(params) - {"d", "mean", "std"}
+        if unknown:
+            raise ValueError(f"{what}: gaussian takes d, mean, std; got {sorted(unknown)}")
+        try:
+            d = int(params.get("d", "1"))
+        except ValueError:
+            raise ValueError(f"{what}: d must be an integer") from None
+        if d < 1:
+            raise ValueError(f"{what}: d must be >= 1")
+        mean = _number(params.get("mean", "0"), "mean", what)
+        std = _number(params.get("std", "1"), "std", what)
+        if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+            raise ValueError(f"{what}: mean must be finite and std > 0")
+        return GaussianMixture([1.0], [np.full(d, mean)], [std**2 * np.eye(d)])
+    return from_spec(spec)

@@ -1,0 +1,165 @@
+"""Plumbing shared by the replays: the grid, the noise source, the model's predictions.
+
+Every replay has the signature
+
+    replay(score, process, grid, x, rng=None, trajectory=False, *, noise=None, **options)
+
+with score(x (n, d), t (n,)) -> grad log p_t(x) (n, d), a decreasing time grid of the
+process from T down to t0 >= 0, x the start points (n, d) at T. The state is kept in x's
+dtype (each update is computed in float64 and rounded once to that dtype: a float32 run
+is a float32 replay); coefficients are float64.
+"""
+
+import numpy as np
+
+from .._validation import call_score, check_points, check_real_array, check_rng
+from ..conventions import convert
+from ..processes import EDM, VariancePreserving, check_process
+
+
+def check_replay_grid(grid, process):
+    """Return grid as float64 if it is strictly decreasing within the process's time range.
+
+    Unlike sgm_ref.samplers.check_grid the last time may be 0 (k-diffusion appends
+    sigma = 0; DDPM's last step lands on the data): no replay evaluates the score there.
+    """
+    g = check_real_array(grid, "grid")
+    if g.ndim != 1 or g.size < 2:
+        raise ValueError("grid must be a 1-D array of at least 2 times, from T down to t0 >= 0")
+    if np.any(np.diff(g) >= 0):
+        k = int(np.flatnonzero(np.diff(g) >= 0)[0])
+        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {g[k]!r} "
+                         f"<= grid[{k + 1}] = {g[k + 1]!r}")
+    if g[-1] < process.t_min:
+        raise ValueError(f"grid must end at t0 >= {process.t_min}, got {g[-1]!r}")
+    if g[0] > process.t_max:
+        raise ValueError(f"grid must start at T <= {process.t_max} for {process!r}, got {g[0]!r}")
+    return g
+
+
+def start(score, process, grid, x):
+    """Validate the common arguments; return (process, grid, y float64 copy, dtype)."""
+    if not callable(score):
+        raise ValueError(f"score must be a callable (x, t) -> ndarray, got {type(score).__name__}")
+    process = check_process(process, variance_preserving=False)
+    grid = check_replay_grid(grid, process)
+    y = check_points(x, "x")
+    return process, grid, y.astype(np.float64), y.dtype
+
+
+def check_choice(value, name, choices):
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+class Noise:
+    """The N(0, I) draws of a replay, from rng or from a given array of shape (J, n, d).
+
+    Draw j is rng.standard_normal((n, d)) (in the state's dtype) or noise[j]. finish()
+    checks that a given array had exactly as many draws as the replay used, so a peer's
+    noise fed in the wrong count is an error rather than a silent misalignment.
+    """
+
+    def __init__(self, rng, noise, shape, dtype):
+        self.shape, self.dtype, self.used = shape, dtype, 0
+        self.rng = self.array = self.source = None
+        if noise is None:
+            self.rng = None if rng is None else check_rng(rng)
+        elif hasattr(noise, "draw_noise"):  # a probe source (laws.py)
+            self.source = noise
+        else:
+            arr = check_real_array(noise, "noise")
+            if arr.ndim != 3 or arr.shape[1:] != shape:
+                raise ValueError(f"noise must have shape (n_draws, {shape[0]}, {shape[1]}) (one standard normal "
+                                 f"draw per stochastic step, each of x's shape), got shape {arr.shape}")
+            self.array = arr
+
+    def draw(self):
+        j = self.used
+        self.used += 1
+        if self.source is not None:
+            return self.source.draw_noise(j, self.shape)
+        if self.array is not None:
+            if j >= self.array.shape[0]:
+                raise ValueError(f"noise has {self.array.shape[0]} draws but this replay needs more "
+                                 f"(draw {j + 1} requested); pass one draw per stochastic step")
+            return self.array[j]
+        if self.rng is None:
+            raise ValueError("rng must be a numpy.random.Generator (or pass noise=...): this replay draws noise")
+        return self.rng.standard_normal(self.shape, dtype=self.dtype).astype(np.float64)
+
+    def finish(self):
+        if self.array is not None and self.used != self.array.shape[0]:
+            raise ValueError(f"noise has {self.array.shape[0]} draws but this replay used {self.used}; "
+                             "pass exactly one draw per stochastic step")
+
+
+def as_state(expr, dtype):
+    """Round an update computed in float64 once to the state's dtype (kept as float64)."""
+    return np.asarray(expr, dtype=np.float64).astype(dtype).astype(np.float64)
+
+
+def score_at(score, y, t, dtype, step):
+    """score(y, t) at one time for all rows, checked, as float64."""
+    x = y.astype(dtype)
+    where = f" at step {step} (t = {float(t):.6g})"
+    return call_score(score, x, np.full(x.shape[0], float(t)), where).astype(np.float64)
+
+
+def predict(score, y, t, process, dtype, step, kind):
+    """The model's prediction of `kind` ("x0", "eps") at (y, t), from its score."""
+    s = score_at(score, y, t, dtype, step)
+    return convert(s, y, np.full(y.shape[0], float(t)), process, "score", kind).astype(np.float64)
+
+
+def transition(process, t_hi, t_lo):
+    """(r, v): x_hi = r x_lo + sqrt(v) z is the forward transition from t_lo up to t_hi.
+
+    r = alpha_hi / alpha_lo, v = sigma_hi^2 - r^2 sigma_lo^2 = -sigma_hi^2 expm1(lam_hi - lam_lo)
+    (no cancellation between the two variances on fine grids); for variance-preserving
+    processes r = e^{-DB/2}, v = -expm1(-DB) with DB the integral of beta over the step.
+    t_lo may be 0 where sigma = 0 (then v = sigma_hi^2).
+    """
+    if isinstance(process, VariancePreserving):
+        dB = process.integrated_beta_between(t_hi, t_lo)
+        return np.exp(-0.5 * dB), -np.expm1(-dB)
+    r = process.alpha(t_hi) / process.alpha(t_lo)
+    lam_hi, lam_lo = process.log_snr(t_hi), process.log_snr(t_lo)
+    return r, -process.sigma2(t_hi) * np.expm1(lam_hi - lam_lo)
+
+
+def sigma_hat(process, t):
+    """sigma_t / alpha_t = e^{-lambda/2}: the EDM noise level of time t (0 where sigma_t = 0)."""
+    alpha, sigma = process.marginal(t)
+    return sigma / alpha
+
+
+def time_of_sigma_hat(process, s):
+    """The time whose EDM noise level sigma_t / alpha_t is s > 0 (s itself for EDM, exactly)."""
+    if isinstance(process, EDM):
+        if s > process.t_max:
+            raise ValueError(f"sigma = {s!r} exceeds t_max = {process.t_max} of {process!r}")
+        return s
+    try:
+        return float(process.time_of_log_snr(-2.0 * np.log(s)))
+    except ValueError:
+        raise ValueError(f"sigma_hat = {s!r} (sigma_t / alpha_t) lies outside the range of {process!r} "
+                         "(e.g. a churned noise level above T's); lower s_churn or set s_tmax") from None
+
+
+class Path:
+    """The trajectory (states at every grid time, in the process's own x) if asked."""
+
+    def __init__(self, trajectory, y, dtype):
+        self.dtype = dtype
+        self.states = [y.astype(dtype)] if trajectory else None
+
+    def add(self, y):
+        if self.states is not None:
+            self.states.append(y.astype(self.dtype))
+
+    def result(self, y, noise):
+        noise.finish()
+        out = y.astype(self.dtype)
+        return (out, np.stack(self.states)) if self.states is not None else out

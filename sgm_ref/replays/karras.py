@@ -1,0 +1,199 @@
+"""Samplers on sigma grids: Karras et al. (2022, "Elucidating the Design Space of
+Diffusion-Based Generative Models", EDM) and DPM-Solver++(2M) (Lu et al. 2022), as
+k-diffusion's sample_euler, sample_heun, sample_euler_ancestral and sample_dpmpp_2m.
+
+They integrate the probability-flow ODE dx/dsigma = (x - D(x; sigma)) / sigma of the
+variance-exploding form x = x0 + sigma z. Any process maps to it (Karras et al. eq. 4;
+k-diffusion's VP wrappers): at time t, sigma_hat = sigma_t / alpha_t = e^{-lambda_t / 2},
+x_hat = x / alpha_t, and the denoiser is D(x_hat; sigma_hat) = E[x0 | x_t = alpha_t x_hat],
+the score converted to x0 (sgm_ref.conventions). For EDM (alpha = 1, sigma = t) the grid
+is k-diffusion's sigmas themselves. The grid may end at a time with sigma = 0 (EDM t = 0,
+k-diffusion's appended 0): the step onto it is the Euler step x <- D, as in k-diffusion.
+With sigma_i = sigma_hat(t_i), d = (x - D) / sigma:
+
+    euler (Alg. 2 with Euler steps):  x <- x + d(x, sigma_hat_i) (sigma_{i+1} - sigma_hat_i)
+    heun (Alg. 1; Alg. 2 with churn): Euler predictor x', then
+        x <- x + (d(x, sigma_hat_i) + d(x', sigma_{i+1})) / 2 (sigma_{i+1} - sigma_hat_i)
+        (Euler when sigma_{i+1} = 0)
+    churn (Alg. 2): gamma_i = min(S_churn / N, sqrt 2 - 1) if S_tmin <= sigma_i <= S_tmax
+        else 0; sigma_hat_i = (1 + gamma_i) sigma_i; x <- x + S_noise sqrt(sigma_hat_i^2 -
+        sigma_i^2) xi before the step (sigma_hat_i = sigma_i and no draw when gamma_i = 0)
+    euler_ancestral: sigma_up = min(sigma_{i+1}, eta sqrt(sigma_{i+1}^2 (sigma_i^2 -
+        sigma_{i+1}^2) / sigma_i^2)), sigma_down = sqrt(sigma_{i+1}^2 - sigma_up^2);
+        x <- x + d (sigma_down - sigma_i) + S_noise sigma_up xi (no noise onto sigma = 0)
+    dpmpp_2m (Lu et al. 2022, Alg. 2; lambda = -log sigma, h = lambda_{i+1} - lambda_i):
+        x <- (sigma_{i+1} / sigma_i) x - expm1(-h) D~,  D~ = D_i on the first step and
+        onto sigma = 0, else D~ = (1 + 1/(2 r)) D_i - 1/(2 r) D_{i-1}, r = h_{i-1} / h.
+"""
+
+import numpy as np
+
+from .._validation import check_real
+from ._common import Noise, Path, as_state, predict, sigma_hat, start, time_of_sigma_hat
+
+__all__ = ["karras_euler", "karras_heun", "karras_stochastic", "euler_ancestral", "dpmpp_2m"]
+
+
+class _SigmaFrame:
+    """A replay's state in EDM coordinates: x_hat = x / alpha_t on the noise levels sigma_hat."""
+
+    def __init__(self, score, process, grid, x, trajectory):
+        self.score = score
+        self.process, self.grid, y, self.dtype = start(score, process, grid, x)
+        self.alpha = np.asarray(self.process.alpha(self.grid), dtype=np.float64)
+        self.sig = np.asarray(sigma_hat(self.process, self.grid), dtype=np.float64)
+        self.xh = y / self.alpha[0]
+        self.path = Path(trajectory, y, self.dtype)
+
+    def denoise(self, xh, t, step):
+        """D(x_hat; sigma_hat(t)) from the score at x = alpha_t x_hat."""
+        alpha = self.process.alpha(t)
+        return predict(self.score, xh * alpha, t, self.process, self.dtype, step, "x0")
+
+    def set(self, xh, k):
+        """Round the new state (after step k) and record it at grid time k + 1."""
+        self.xh = as_state(xh, self.dtype)
+        self.path.add(self.xh * self.alpha[k + 1])
+
+    def result(self, draws):
+        return self.path.result(self.xh * self.alpha[-1], draws)
+
+
+def _check_churn(s_churn, s_tmin, s_tmax, s_noise):
+    return (check_real(s_churn, "s_churn", low=0.0), check_real(s_tmin, "s_tmin", low=0.0),
+            float(s_tmax) if s_tmax == np.inf else check_real(s_tmax, "s_tmax", low=0.0),
+            check_real(s_noise, "s_noise", low=0.0))
+
+
+def _churned(frame, draws, k, churn):
+    """Algorithm 2's noise increase at step k: returns (x_hat, sigma_hat_i, time of it)."""
+    s_churn, s_tmin, s_tmax, s_noise = churn
+    sig, N = frame.sig[k], frame.grid.size - 1
+    gamma = min(s_churn / N, np.sqrt(2.0) - 1.0) if s_tmin <= sig <= s_tmax else 0.0
+    if gamma <= 0:
+        return frame.xh, sig, frame.grid[k]
+    s_hat = sig * (gamma + 1.0)
+    xh = frame.xh + draws.draw() * s_noise * np.sqrt(s_hat**2 - sig**2)
+    return xh, s_hat, time_of_sigma_hat(frame.process, s_hat)
+
+
+def _karras(score, process, grid, x, rng, trajectory, noise, churn, heun):
+    frame = _SigmaFrame(score, process, grid, x, trajectory)
+    churn = _check_churn(*churn)
+    draws = Noise(rng, noise, frame.xh.shape, frame.dtype)
+    sig = frame.sig
+    for k in range(sig.size - 1):
+        xh, s_hat, t_hat = _churned(frame, draws, k, churn)
+        d = (xh - frame.denoise(xh, t_hat, k)) / s_hat
+        dt = sig[k + 1] - s_hat
+        if not heun or sig[k + 1] == 0:
+            frame.set(xh + d * dt, k)
+            continue
+        x2 = xh + d * dt
+        d2 = (x2 - frame.denoise(x2, frame.grid[k + 1], k)) / sig[k + 1]
+        frame.set(xh + (d + d2) / 2 * dt, k)
+    return frame.result(draws)
+
+
+def karras_euler(score, process, grid, x, rng=None, trajectory=False, *, noise=None, s_churn=0.0, s_tmin=0.0,
+                 s_tmax=np.inf, s_noise=1.0):
+    """Euler steps on the EDM ODE (Karras et al. 2022, Algorithm 2 with Euler steps), as
+    k-diffusion's sample_euler; deterministic when s_churn = 0.
+
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d)
+    process : any process of sgm_ref.processes (EDM: the grid is k-diffusion's sigmas)
+    grid : array_like, shape (N + 1,)
+        Decreasing times; may end where sigma_t = 0 (e.g. EDM().karras_sigmas(...)).
+    x : ndarray, shape (n, d)
+        Start points at grid[0] in the process's x (for EDM: sigma_max times N(0, I)).
+    rng : numpy.random.Generator, optional
+    trajectory : bool
+        Also return the states at every grid time (process's x), shape (N + 1, n, d).
+    noise : array_like, shape (n_draws, n, d), optional
+        One draw per step with gamma_i > 0 (k-diffusion draws one every step and uses
+        those; pass noise[gamma > 0]).
+    s_churn, s_tmin, s_tmax, s_noise : float
+        Algorithm 2's S_churn, S_tmin, S_tmax, S_noise (on sigma_hat of the process).
+
+    Returns
+    -------
+    y : ndarray, shape (n, d), x's dtype (and the trajectory if asked)
+
+    Raises
+    ------
+    ValueError
+        Bad arguments, score output, a churned sigma beyond the process's range, missing
+        rng or a wrong count of noise draws.
+    """
+    return _karras(score, process, grid, x, rng, trajectory, noise, (s_churn, s_tmin, s_tmax, s_noise), False)
+
+
+def karras_heun(score, process, grid, x, rng=None, trajectory=False, *, noise=None, s_churn=0.0, s_tmin=0.0,
+                s_tmax=np.inf, s_noise=1.0):
+    """Heun's method on the EDM ODE (Karras et al. 2022, Algorithm 1; Algorithm 2 when
+    s_churn > 0), as k-diffusion's sample_heun: two denoiser calls per step, one onto sigma = 0.
+    Arguments as karras_euler.
+    """
+    return _karras(score, process, grid, x, rng, trajectory, noise, (s_churn, s_tmin, s_tmax, s_noise), True)
+
+
+def karras_stochastic(score, process, grid, x, rng=None, trajectory=False, *, noise=None, s_churn, s_tmin=0.0,
+                      s_tmax=np.inf, s_noise=1.0):
+    """The stochastic sampler of Karras et al. (2022, Algorithm 2): churn, then a Heun step.
+
+    k-diffusion's sample_heun with s_churn > 0 (EDM used e.g. S_churn = 40, S_tmin = 0.05,
+    S_tmax = 50, S_noise = 1.003 on ImageNet-64). Arguments as karras_euler; s_churn required.
+    """
+    return _karras(score, process, grid, x, rng, trajectory, noise, (s_churn, s_tmin, s_tmax, s_noise), True)
+
+
+def euler_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta=1.0, s_noise=1.0):
+    """Ancestral Euler steps (k-diffusion's sample_euler_ancestral; DDPM-like for eta = 1).
+
+    One noise draw per step onto sigma_{i+1} > 0 (also for eta = 0, where it is multiplied
+    by sigma_up = 0, as k-diffusion draws it). Arguments as karras_euler, with eta >= 0.
+    """
+    frame = _SigmaFrame(score, process, grid, x, trajectory)
+    eta = check_real(eta, "eta", low=0.0)
+    s_noise = check_real(s_noise, "s_noise", low=0.0)
+    draws = Noise(rng, noise, frame.xh.shape, frame.dtype)
+    sig = frame.sig
+    for k in range(sig.size - 1):
+        D = frame.denoise(frame.xh, frame.grid[k], k)
+        s, s_next = sig[k], sig[k + 1]
+        up = min(s_next, eta * np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)) if eta else 0.0
+        down = np.sqrt(s_next**2 - up**2)
+        xh = frame.xh + (frame.xh - D) / s * (down - s)
+        if s_next > 0:
+            xh = xh + draws.draw() * s_noise * up
+        frame.set(xh, k)
+    return frame.result(draws)
+
+
+def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), as k-diffusion's sample_dpmpp_2m.
+
+    Deterministic (rng and noise unused; noise must be None or have no draws). A
+    second-order multistep method in lambda = -log sigma_hat: exact on the linear part,
+    the denoiser extrapolated linearly from the last two steps. Arguments as karras_euler.
+    """
+    frame = _SigmaFrame(score, process, grid, x, trajectory)
+    draws = Noise(None, noise, frame.xh.shape, frame.dtype)
+    sig = frame.sig
+    D_old, h_old = None, None
+    for k in range(sig.size - 1):
+        D = frame.denoise(frame.xh, frame.grid[k], k)
+        if sig[k + 1] == 0:
+            frame.set(D, k)  # h = inf: x <- 0 x - expm1(-inf) D
+            continue
+        h = np.log(sig[k]) - np.log(sig[k + 1])
+        if D_old is None:
+            Dd = D
+        else:
+            r = h_old / h
+            Dd = (1.0 + 1.0 / (2.0 * r)) * D - (1.0 / (2.0 * r)) * D_old
+        frame.set(sig[k + 1] / sig[k] * frame.xh - np.expm1(-h) * Dd, k)
+        D_old, h_old = D, h
+    return frame.result(draws)

@@ -1,0 +1,167 @@
+"""Exact output laws of the replays for a Gaussian target driven by its exact score.
+
+For p_0 = N(m, S) every marginal is p_t = N(alpha_t m, alpha_t^2 S + sigma_t^2 I) under any
+process, and its score is affine in x. Every replay step is then affine in the state and in
+that step's noise, so the output is
+
+    y_out = b + A y_start + sum_j B_j xi_j,   xi_j ~ N(0, I) independent,
+
+Gaussian with mean b + A m_start and covariance A C_start A^T + sum_j B_j B_j^T.
+replay_output_gaussian finds b, A and the B_j by running the replay itself on probe
+inputs (no second implementation of any scheme to keep in step): one batch whose row 0
+starts at 0 with zero noise (giving b), rows e_i (giving b + A e_i) and, for each draw j
+and coordinate i, a row with xi_j = e_i (giving b + B_j e_i). One extra row with all
+inputs at once checks that the replay is affine in them.
+"""
+
+import numpy as np
+
+from .._validation import check_real, check_rng
+from ..metrics.gaussian import _check_gaussian, gaussian_kl, gaussian_tv
+from ..processes import VariancePreserving, check_process
+from ._common import check_replay_grid
+
+__all__ = ["gaussian_score", "target_gaussian", "replay_output_gaussian", "law_distances"]
+
+
+def gaussian_score(mean, cov, process):
+    """The exact score of p_t = N(alpha_t m, alpha_t^2 S + sigma_t^2 I) under `process`.
+
+    grad log p_t(x) = -U diag(1 / (alpha_t^2 lam + sigma_t^2)) U^T (x - alpha_t m),
+    S = U diag(lam) U^T. Returns a callable (x (n, d), t scalar or (n,)) -> (n, d) in x's
+    dtype (computed in float64).
+
+    Raises ValueError for a bad mean / cov (as sgm_ref.metrics.gaussian_kl) or process.
+    """
+    m, _, lam, U = _check_gaussian(mean, cov)
+    process = check_process(process, variance_preserving=False)
+
+    def score(x, t):
+        x64 = np.asarray(x, dtype=np.float64)
+        t = np.broadcast_to(process._times(t, n=x64.shape[0]), (x64.shape[0],))
+        alpha, sigma2 = process._alpha(t)[:, None], process._sigma2(t)[:, None]
+        z = (x64 - alpha * m) @ U
+        return (-(z / (alpha**2 * lam + sigma2)) @ U.T).astype(np.asarray(x).dtype)
+
+    return score
+
+
+def target_gaussian(mean, cov, process, t):
+    """(alpha_t m, alpha_t^2 S + sigma_t^2 I): the law p_t of N(m, S) at time t."""
+    m, S, _, _ = _check_gaussian(mean, cov)
+    alpha, sigma = check_process(process, variance_preserving=False).marginal(check_real(t, "t", low=0.0))
+    return alpha * m, alpha**2 * S + sigma**2 * np.eye(m.size)
+
+
+class _Probe:
+    """Noise source for the probe batch: draw j is e_i in row 1 + d + j d + i, u in the check row."""
+
+    def __init__(self, d, n_draws):
+        self.d, self.n_draws, self.count = d, n_draws, 0
+        self.u = np.linspace(0.5, -1.0, d)
+
+    def draw_noise(self, j, shape):
+        self.count = max(self.count, j + 1)
+        z = np.zeros(shape)
+        if j < self.n_draws and shape[0] > 1:
+            rows = 1 + self.d + j * self.d + np.arange(self.d)
+            z[rows, np.arange(self.d)] = 1.0
+            z[-1] = self.u
+        return z
+
+
+def _not_affine(replay, options):
+    """Why the replay with these options has no Gaussian law, or None."""
+    if getattr(replay, "__name__", "") == "predictor_corrector" and options.get("corrector", "langevin") \
+            and options.get("langevin_step") is None:
+        return ("score_sde's Langevin step size depends on the batch's norms (not affine in y); "
+                "pass langevin_step=... for an exact law")
+    return None
+
+
+def replay_output_gaussian(replay, mean, cov, process, grid, *, start=None, **options):
+    """Exact law N(mean_out, cov_out) of a replay's output for the Gaussian target N(mean, cov).
+
+    The replay (any function of sgm_ref.replays, or one with its signature and affine in
+    its inputs for a linear score) is driven by gaussian_score(mean, cov, process) from the
+    start law at grid[0]; see the module docstring for the method.
+
+    Parameters
+    ----------
+    replay : callable (score, process, grid, x, rng, trajectory, *, noise, **options)
+    mean : array_like, shape (d,)
+    cov : array_like, shape (d, d), symmetric positive definite
+    process : any process of sgm_ref.processes
+    grid : array_like, decreasing times (as the replay takes them)
+    start : (mean, cov), optional
+        Law of the start points. Default: the prior, N(0, I) for variance-preserving
+        processes and N(0, sigma_T^2 I) otherwise (score_sde's VE and k-diffusion's
+        sigma_max N(0, I)). Pass target_gaussian(mean, cov, process, grid[0]) to start from
+        the exact p_T and see the discretisation error alone.
+    **options
+        Passed to the replay (e.g. eta=..., s_churn=...).
+
+    Returns
+    -------
+    mean_out : ndarray, shape (d,)
+    cov_out : ndarray, shape (d, d)
+
+    Raises
+    ------
+    ValueError
+        Bad Gaussian, process or grid; options for which the replay is not affine (score_sde's
+        batch-dependent Langevin step); a replay whose output is not affine in its inputs.
+    """
+    m, S, _, _ = _check_gaussian(mean, cov)
+    process = check_process(process, variance_preserving=False)
+    grid = check_replay_grid(grid, process)
+    why = _not_affine(replay, options)
+    if why:
+        raise ValueError(why)
+    d = m.size
+    if start is None:
+        var = 1.0 if isinstance(process, VariancePreserving) else float(process.sigma2(grid[0]))
+        m0, C0 = np.zeros(d), var * np.eye(d)
+    else:
+        if not isinstance(start, (tuple, list)) or len(start) != 2:
+            raise ValueError("start must be a pair (mean, cov) of the start law")
+        m0, C0, _, _ = _check_gaussian(start[0], start[1], "start mean", "start cov", d=d)
+    score = gaussian_score(m, S, process)
+    # count the draws with one row, then run the probe batch
+    counter = _Probe(d, 0)
+    replay(score, process, grid, np.zeros((1, d)), None, False, noise=counter, **options)
+    J = counter.count
+    w = np.linspace(1.0, -0.5, d)
+    x = np.zeros((2 + d + J * d, d))
+    x[1:1 + d] = np.eye(d)
+    x[-1] = w
+    out = replay(score, process, grid, x, None, False, noise=_Probe(d, J), **options)
+    b = out[0]
+    A = (out[1:1 + d] - b).T
+    B = (out[1 + d:1 + d + J * d] - b).reshape(J, d, d).transpose(0, 2, 1)  # B[j][:, i]
+    expected = b + A @ w + B.sum(axis=0) @ np.linspace(0.5, -1.0, d)
+    scale = np.abs(b).max() + np.abs(A).max() + (np.abs(B).max() if J else 0.0)
+    if not np.allclose(out[-1], expected, rtol=0, atol=1e-8 * max(scale, 1.0) * (1 + J)):
+        raise ValueError("the replay's output is not affine in its start point and noise with these options "
+                         "(largest deviation of a check row "
+                         f"{np.abs(out[-1] - expected).max():.3g}); its law is not Gaussian")
+    mean_out = b + A @ m0
+    cov_out = A @ C0 @ A.T + np.einsum("jab,jcb->ac", B, B)
+    return mean_out, 0.5 * (cov_out + cov_out.T)
+
+
+def law_distances(law0, law1, rng=None, n=100_000):
+    """Exact KL both ways and TV between two Gaussian laws (mean, cov).
+
+    Returns dict with "kl" = KL(law0 || law1), "kl_reverse" = KL(law1 || law0) (nats),
+    "tv" and "tv_se" (sgm_ref.metrics.gaussian_tv: exact in 1-D and for equal
+    covariances, else a Monte-Carlo estimate over n draws from rng with its standard
+    error; without rng that case gives tv = tv_se = None, the KLs being exact anyway).
+    """
+    (m0, C0), (m1, C1) = law0, law1
+    kl = {"kl": gaussian_kl(m0, C0, m1, C1), "kl_reverse": gaussian_kl(m1, C1, m0, C0)}
+    exact = np.size(m0) == 1 or np.array_equal(np.asarray(C0), np.asarray(C1))
+    if rng is None and not exact:
+        return {**kl, "tv": None, "tv_se": None}
+    tv, se = gaussian_tv(m0, C0, m1, C1, rng=None if rng is None else check_rng(rng), n=n)
+    return {**kl, "tv": tv, "tv_se": se}

@@ -1,0 +1,192 @@
+"""score_sde's samplers (Song et al. 2021, "Score-Based Generative Modeling through SDEs").
+
+Reverse SDE of dX = f(t) X dt + g(t) dW: dY = [f(t) Y - g(t)^2 s(Y, t)] dt + g(t) dW-bar,
+run from T down the grid. With h_k = t_k - t_{k+1}, f_k = f(t_k), g2_k = g(t_k)^2,
+s_k = s(y, t_k), xi ~ N(0, I):
+
+    Euler–Maruyama (EulerMaruyamaPredictor):
+        y <- y - h_k (f_k y - g2_k s_k) + sqrt(g2_k h_k) xi
+    reverse diffusion (ReverseDiffusionPredictor, eq. 46 of the paper's appendix), through
+    the forward transition x_{t_k} = r_k x_{t_{k+1}} + sqrt(v_k) z of the process
+    (r_k = alpha_{t_k} / alpha_{t_{k+1}}, v_k = sigma_{t_k}^2 - r_k^2 sigma_{t_{k+1}}^2; for
+    DDPM/VP r = sqrt(1 - beta_k), v = beta_k; for VE r = 1, v = sigma_k^2 - sigma_{k+1}^2):
+        y <- y - (r_k - 1) y + v_k s_k + sqrt(v_k) xi
+    Langevin corrector (LangevinCorrector, Algorithm 4 / 5), at t_k, n_corrector times:
+        y <- y + e s(y, t_k) + sqrt(2 e) xi,
+        e = 2 a_k (snr |xi| / |s|)^2 with |.| the batch mean of the rows' Euclidean norms
+        and a_k = r_k^2 (score_sde's sde.alphas[i] = 1 - beta_i for VP, 1 for VE),
+        or e = langevin_step given (then the step is affine in y and has an exact law).
+
+This is the textbook scheme on the given grid: h_k is the grid's own spacing. score_sde's
+loop instead steps from each of the N points of linspace(T, eps, N) with dt = -1/N (so
+its last step leaves the grid and every step is scaled by (N - 1) / (N (T - eps)) against
+the spacing); euler_maruyama(step_size=1/N) replays that loop exactly.
+"""
+
+import numpy as np
+
+from .._validation import check_count, check_real, check_real_array
+from ._common import Noise, Path, as_state, check_choice, score_at, start, transition
+
+__all__ = ["euler_maruyama", "reverse_diffusion", "predictor_corrector"]
+
+
+def _check_step_size(step_size, grid):
+    if step_size is None:
+        return grid[:-1] - grid[1:], grid[:-1]
+    h = check_real(step_size, "step_size", low=0.0, low_open=True)
+    return np.full(grid.size, h), grid
+
+
+def euler_maruyama(score, process, grid, x, rng=None, trajectory=False, *, noise=None, step_size=None,
+                   denoise=False):
+    """Textbook Euler–Maruyama for the reverse SDE, as score_sde's EulerMaruyamaPredictor.
+
+    y <- y - h_k (f(t_k) y - g(t_k)^2 s(y, t_k)) + sqrt(g(t_k)^2 h_k) xi_k: drift and noise
+    variance frozen at the step's start (not integrated over it as in
+    sgm_ref.samplers.euler_maruyama).
+
+    Parameters
+    ----------
+    score : callable (x (n, d), t (n,)) -> (n, d)
+    process : any process of sgm_ref.processes
+    grid : array_like, shape (N + 1,)
+        Decreasing times T = t_0 > ... > t_N >= 0.
+    x : ndarray, shape (n, d)
+        Start points at T.
+    rng : numpy.random.Generator, optional
+        Source of the noise unless `noise` is given.
+    trajectory : bool
+        Also return the states at every step, shape (steps + 1, n, d).
+    noise : array_like, shape (steps, n, d), optional
+        The standard normal draws xi_k, one per step (N of them; N + 1 with step_size).
+    step_size : float, optional
+        None: h_k = t_k - t_{k+1}, N steps. A float h: score_sde's loop (and diffusers'
+        ScoreSdeVpScheduler), one step of size h from every grid point, N + 1 steps, the
+        last from t_N to t_N - h; f and g are read at the grid points.
+    denoise : bool
+        Return the last step's mean, without its noise (score_sde's `denoise=True`; the
+        draw is still consumed).
+
+    Returns
+    -------
+    y : ndarray, shape (n, d), x's dtype (and the trajectory if asked)
+
+    Raises
+    ------
+    ValueError
+        Bad grid, points, score output, step_size; rng missing or noise of the wrong count.
+    """
+    process, grid, y, dtype = start(score, process, grid, x)
+    h, times = _check_step_size(step_size, grid)
+    f, g2 = process.f(times), process.g2(times)
+    draws = Noise(rng, noise, y.shape, dtype)
+    path = Path(trajectory, y, dtype)
+    for k in range(times.size):
+        s = score_at(score, y, times[k], dtype, k)
+        xi = draws.draw()
+        mean = y - h[k] * (f[k] * y - g2[k] * s)
+        last = k == times.size - 1
+        y = as_state(mean if (denoise and last) else mean + np.sqrt(g2[k] * h[k]) * xi, dtype)
+        path.add(y)
+    return path.result(y, draws)
+
+
+def _reverse_diffusion_step(y, s, r, v, xi):
+    return (2.0 - r) * y + v * s, np.sqrt(v) * xi
+
+
+def reverse_diffusion(score, process, grid, x, rng=None, trajectory=False, *, noise=None, denoise=False):
+    """score_sde's ReverseDiffusionPredictor: y <- (2 - r_k) y + v_k s(y, t_k) + sqrt(v_k) xi_k.
+
+    (r_k, v_k) is the process's exact forward transition from t_{k+1} to t_k (module
+    docstring): the reverse of the discretised forward step x_k = x_{k+1} + f(x_{k+1}) + G z
+    with f(x) = (r - 1) x, G^2 = v, evaluated at the current point as score_sde does.
+    One noise draw per step (N). Arguments and return as euler_maruyama (no step_size).
+    """
+    process, grid, y, dtype = start(score, process, grid, x)
+    r, v = transition(process, grid[:-1], grid[1:])
+    draws = Noise(rng, noise, y.shape, dtype)
+    path = Path(trajectory, y, dtype)
+    for k in range(grid.size - 1):
+        mean, kick = _reverse_diffusion_step(y, score_at(score, y, grid[k], dtype, k), r[k], v[k], draws.draw())
+        y = as_state(mean if (denoise and k == grid.size - 2) else mean + kick, dtype)
+        path.add(y)
+    return path.result(y, draws)
+
+
+def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, noise=None,
+                        predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_corrector=1,
+                        langevin_step=None, denoise=True):
+    """score_sde's pc_sampler: at each t_k, n_corrector Langevin steps, then a predictor step.
+
+    Corrector (LangevinCorrector), n_corrector times at t_k:
+        y <- y + e s(y, t_k) + sqrt(2 e) xi,   e = 2 r_k^2 (snr |xi| / |s|)^2
+    with |.| the mean over the batch of the rows' norms (score_sde's step size; it depends
+    on the whole batch, so the step is not affine and has no exact Gaussian law), or
+    e = langevin_step[k] if given. Predictor: "reverse_diffusion", "euler_maruyama" (the
+    grid's h_k) or None (corrector only, score_sde's NonePredictor).
+
+    Noise: per step, n_corrector draws (corrector) then one (predictor), in that order:
+    N (n_corrector + 1) draws with both. denoise=True (score_sde's default) returns the
+    last update's mean: its draw is consumed but not added.
+
+    Parameters
+    ----------
+    score, process, grid, x, rng, trajectory, noise
+        As euler_maruyama.
+    predictor : {"reverse_diffusion", "euler_maruyama", None}
+    corrector : {"langevin", None}
+    snr : float > 0
+        score_sde's target signal-to-noise ratio (0.16 for its VE models).
+    n_corrector : int >= 1
+    langevin_step : float or array_like of shape (N,), optional
+        Fixed Langevin step sizes e_k instead of score_sde's batch rule.
+    denoise : bool
+
+    Returns and Raises as euler_maruyama (also for an unknown predictor/corrector, both None,
+    or langevin_step not positive).
+    """
+    process, grid, y, dtype = start(score, process, grid, x)
+    if predictor is not None:
+        check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
+    if corrector is not None:
+        check_choice(corrector, "corrector", ("langevin",))
+    if predictor is None and corrector is None:
+        raise ValueError("predictor and corrector cannot both be None")
+    snr = check_real(snr, "snr", low=0.0, low_open=True)
+    n_corrector = check_count(n_corrector, "n_corrector")
+    N = grid.size - 1
+    if langevin_step is not None:
+        e = np.broadcast_to(check_real_array(langevin_step, "langevin_step"), (N,)) if \
+            np.ndim(langevin_step) == 0 else check_real_array(langevin_step, "langevin_step")
+        if e.shape != (N,) or np.any(e <= 0):
+            raise ValueError(f"langevin_step must be a positive number or {N} positive numbers (one per step)")
+    r, v = transition(process, grid[:-1], grid[1:])
+    h, f, g2 = grid[:-1] - grid[1:], process.f(grid[:-1]), process.g2(grid[:-1])
+    draws = Noise(rng, noise, y.shape, dtype)
+    path = Path(trajectory, y, dtype)
+    for k in range(N):
+        last_k = k == N - 1
+        if corrector is not None:
+            for j in range(n_corrector):
+                s = score_at(score, y, grid[k], dtype, k)
+                xi = draws.draw()
+                if langevin_step is None:
+                    ratio = np.mean(np.linalg.norm(xi, axis=1)) / np.mean(np.linalg.norm(s, axis=1))
+                    step = 2.0 * r[k] ** 2 * (snr * ratio) ** 2
+                else:
+                    step = e[k]
+                mean = y + step * s
+                final = last_k and j == n_corrector - 1 and predictor is None
+                y = as_state(mean if (denoise and final) else mean + np.sqrt(2.0 * step) * xi, dtype)
+        if predictor is not None:
+            s = score_at(score, y, grid[k], dtype, k)
+            xi = draws.draw()
+            if predictor == "reverse_diffusion":
+                mean, kick = _reverse_diffusion_step(y, s, r[k], v[k], xi)
+            else:
+                mean, kick = y - h[k] * (f[k] * y - g2[k] * s), np.sqrt(g2[k] * h[k]) * xi
+            y = as_state(mean if (denoise and last_k) else mean + kick, dtype)
+        path.add(y)
+    return path.result(y, draws)

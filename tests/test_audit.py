@@ -1,0 +1,377 @@
+"""sgm_ref.audit.compare_sampler and `sgm-ref audit-sampler`: a peer's loop against a replay.
+
+The peers here are plain NumPy loops written from the papers' equations (and diffusers'
+ScoreSdeVpScheduler, if installed); the planted bugs are the ones issue 13 names.
+"""
+
+import importlib
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _peers import peer
+
+from sgm_ref import DDPM, EDM, VE, VP, GaussianMixture
+from sgm_ref import replays as R
+from sgm_ref.audit import compare_sampler, process_from_spec, target_from_spec
+
+VP_ = VP()
+TARGET = ([2.0], [[0.25]])  # N(2, 0.5^2): the Gaussian target of the figures in docs/findings.md
+TARGET_2D = ([0.8, -0.4], [[0.6, 0.25], [0.25, 1.4]])
+SCRIPT = Path(sys.executable).with_name("sgm-ref")
+
+
+def textbook_em(score, grid, x, noises, *, off_by_one=False, step_one_over_n=False):
+    """score_sde's Euler–Maruyama, y <- y - h (f y - g^2 s) + sqrt(g^2 h) xi, with plantable bugs:
+    the score and coefficients read at t_{k+1} instead of t_k, or h = 1/N instead of the grid's."""
+    y, path, N = x.copy(), [x.copy()], grid.size - 1
+    for k in range(N):
+        t = grid[k + 1] if off_by_one else grid[k]
+        h = 1.0 / N if step_one_over_n else grid[k] - grid[k + 1]
+        f, g2 = VP_.f(t), VP_.g2(t)
+        y = y - h * (f * y - g2 * score(y, np.full(len(y), t))) + np.sqrt(g2 * h) * noises(k)
+        path.append(y)
+    return np.stack(path)
+
+
+def reverse_diffusion_step(x, k, grid, score, noise_k, *, frozen_noise=False):
+    """score_sde's reverse-diffusion predictor on VP: y <- (2 - r) y + v s + sqrt(v) xi with the
+    integrated v = 1 - exp(-DB); planted: noise variance beta(t_k) h instead of v."""
+    dB = VP_.integrated_beta_between(grid[k], grid[k + 1])
+    r, v = np.exp(-0.5 * dB), -np.expm1(-dB)
+    noise_var = VP_.beta(grid[k]) * (grid[k] - grid[k + 1]) if frozen_noise else v
+    return (2.0 - r) * x + v * score(x, np.full(len(x), grid[k])) + np.sqrt(noise_var) * noise_k
+
+
+GRID = np.linspace(1.0, 1e-3, 11)
+# the first 5 steps are exactly 1/N = 0.1 (up to rounding), the last 5 geometric: a loop that
+# assumes 1/N goes wrong at step 5
+PIECEWISE = np.concatenate([np.linspace(1.0, 0.5, 6), np.geomspace(0.5, 1e-3, 6)[1:]])
+
+
+def _compare(peer_fn, replay, grid=GRID, target=TARGET, **kw):
+    return compare_sampler(peer_fn, replay, VP_, grid, target, 200, np.random.default_rng(0), **kw)
+
+
+def test_correct_loop_and_step_function_match():
+    """A correct loop (trajectory) and a correct step function: deviation at rounding, KL ~ 0, one line."""
+    for peer_fn, replay in ((textbook_em, "euler_maruyama"), (reverse_diffusion_step, "reverse_diffusion")):
+        res = _compare(peer_fn, replay)
+        assert res.matches, res.text()
+        assert res.max_deviation <= res.rtol == 64 * np.finfo(np.float64).eps
+        assert res.first_divergence is None and res.steps_peer == res.steps_replay == 10
+        assert res.laws["method"] == "exact" and abs(res.kl) <= 1e-20
+        assert res.text().startswith("MATCH") and "\n" not in res.text()
+        json.dumps(res.to_dict(), allow_nan=False)
+
+
+@pytest.mark.parametrize("bug, replay, grid, first", [
+    ("off_by_one", "euler_maruyama", GRID, 0),
+    ("step_one_over_n", "euler_maruyama", PIECEWISE, 5),
+    ("frozen_noise", "reverse_diffusion", GRID, 0),
+])
+def test_planted_bugs_are_caught_with_their_first_step_and_exact_kl(bug, replay, grid, first):
+    """Each planted bug: a discrepancy, the step where it starts, a non-zero exact KL."""
+    if bug == "frozen_noise":
+        peer_fn = lambda x, k, g, s, z: reverse_diffusion_step(x, k, g, s, z, frozen_noise=True)  # noqa: E731
+    else:
+        peer_fn = lambda s, g, x, z: textbook_em(s, g, x, z, **{bug: True})  # noqa: E731
+    res = _compare(peer_fn, replay, grid=grid, kind="step" if bug == "frozen_noise" else "loop")
+    assert not res.matches
+    assert res.first_divergence == first
+    assert res.deviation[first] <= res.rtol < res.deviation[first + 1]
+    assert res.laws["method"] == "exact" and res.kl > 1e-9
+    text = res.text()
+    assert text.startswith("DISCREPANCY") and f"first diverging step: {first}" in text
+
+
+def test_planted_bug_kls():
+    """The exact KL(peer || replay) of each planted bug on N(2, 0.5^2), VP, 10 steps (stated in
+    docs/findings.md): off-by-one 6.08e-4, 1/N on the piecewise grid 0.242, beta(t_k) h noise 8.28e-2."""
+    kls = {
+        "off_by_one": _compare(lambda s, g, x, z: textbook_em(s, g, x, z, off_by_one=True), "euler_maruyama").kl,
+        "step": _compare(lambda s, g, x, z: textbook_em(s, g, x, z, step_one_over_n=True), "euler_maruyama",
+                         grid=PIECEWISE).kl,
+        "noise": _compare(lambda x, k, g, s, z: reverse_diffusion_step(x, k, g, s, z, frozen_noise=True),
+                          "reverse_diffusion", kind="step").kl,
+    }
+    assert kls == pytest.approx({"off_by_one": 6.083e-4, "step": 0.2420, "noise": 8.284e-2}, rel=1e-3)
+
+
+def test_peer_returning_only_its_output_gets_the_final_deviation():
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z, off_by_one=True)[-1], "euler_maruyama")
+    assert res.deviation is None and res.steps_peer is None and res.first_divergence is None
+    assert not res.matches and res.final_deviation > 1e-3
+    assert "per-step deviation: not available" in res.text()
+
+
+def test_non_affine_peer_falls_back_to_monte_carlo():
+    """A peer with a quadratic term is not affine: its law is the Gaussian fitted to its samples, said so."""
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z)[-1] + 1e-3 * x**2, "euler_maruyama",
+                   target=TARGET_2D)
+    assert res.laws["method"] == "monte_carlo"
+    assert any("fitted to its samples" in n for n in res.notes)
+
+
+def test_non_gaussian_target_gets_sample_distances_only():
+    ring = GaussianMixture.ring()
+    res = _compare(textbook_em, "euler_maruyama", target=ring)
+    assert res.matches and res.laws is None
+    sw, se = res.samples["sliced_wasserstein"]["peer_vs_replay"]
+    assert sw == 0.0 and se == 0.0
+    v, se = res.samples["mmd2"]["replay_vs_target"]
+    assert np.isfinite(v) and se > 0
+
+
+def test_given_noise_is_what_both_sides_use():
+    rng = np.random.default_rng(3)
+    noise = rng.standard_normal((10, 200, 1))
+    res = _compare(textbook_em, "euler_maruyama", noise=noise)
+    assert res.matches
+    with pytest.raises(ValueError, match="draw 9 was asked"):
+        _compare(textbook_em, "euler_maruyama", noise=noise[:9])
+
+
+def test_bad_input_raises():
+    with pytest.raises(ValueError, match="required arguments"):
+        _compare(lambda a, b: a, "euler_maruyama")
+    with pytest.raises(ValueError, match="kind must be"):
+        _compare(textbook_em, "euler_maruyama", kind="steps")
+    with pytest.raises(ValueError, match="replay must be one of"):
+        _compare(textbook_em, "nope")
+    with pytest.raises(ValueError, match="has shape"):
+        _compare(lambda s, g, x, z: x[:, :0], "euler_maruyama")
+    with pytest.raises(ValueError, match="not finite"):
+        _compare(lambda s, g, x, z: x * np.nan, "euler_maruyama")
+    with pytest.raises(ValueError, match="target must be"):
+        _compare(textbook_em, "euler_maruyama", target="ring")
+    with pytest.raises(ValueError, match="rtol"):
+        _compare(textbook_em, "euler_maruyama", rtol=-1.0)
+    with pytest.raises(ValueError, match="grid must be strictly decreasing"):
+        _compare(textbook_em, "euler_maruyama", grid=GRID[::-1])
+
+    def raises(score, grid, x, noises):
+        raise KeyError("the peer's own error")
+
+    with pytest.raises(KeyError, match="the peer's own error"):  # passed through unchanged
+        _compare(raises, "euler_maruyama")
+
+
+def test_specs():
+    assert process_from_spec("vp") == VP()
+    assert process_from_spec("ddpm:scaled_linear") == DDPM(beta_schedule="scaled_linear")
+    assert process_from_spec("ve:sigma_min=0.02,sigma_max=40") == VE(0.02, 40.0)
+    assert isinstance(process_from_spec("edm"), EDM)
+    for bad in ("", "vq", "vp:beta_min", "vp:beta_min=x", "ve:beta_min=1"):
+        with pytest.raises(ValueError, match="process spec"):
+            process_from_spec(bad)
+    g = target_from_spec("gaussian:d=3,mean=1,std=0.5")
+    assert g.dim == 3 and np.allclose(g.covariance(), 0.25 * np.eye(3))
+    for bad in ("gaussian:d=0", "gaussian:std=-1", "gaussian:k=2"):
+        with pytest.raises(ValueError, match="target spec"):
+            target_from_spec(bad)
+
+
+# -- diffusers' ScoreSdeVpScheduler: steps of 1/N on a grid of spacing (1 - eps)/(N - 1) -----------
+
+
+def diffusers_score_sde_vp(score, grid, x, noises):
+    """diffusers' ScoreSdeVpScheduler as a loop on the N points of `grid` (its timesteps made
+    float64), its randn_tensor fed noises(0), noises(1), ...; returns its N + 1 states."""
+    import torch
+    module = importlib.import_module("diffusers.schedulers.deprecated.scheduling_sde_vp")
+    sched = module.ScoreSdeVpScheduler()
+    sched.set_timesteps(grid.size)
+    sched.timesteps = torch.from_numpy(grid.copy())
+    counter, original = itertools.count(), module.randn_tensor
+    module.randn_tensor = lambda *a, **k: torch.from_numpy(noises(next(counter)))
+    try:
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for t in sched.timesteps:
+            tt = np.full(x.shape[0], float(t))
+            eps = -VP_.sigma(tt)[:, None] * score(y.numpy(), tt)
+            y, _ = sched.step_pred(torch.from_numpy(eps), y, torch.from_numpy(tt))
+            path.append(y.numpy().copy())
+    finally:
+        module.randn_tensor = original
+    return np.stack(path)
+
+
+@pytest.mark.parametrize("N, kl", [(10, 2.929e-3), (100, 1.831e-5), (1000, 6.09e-8)])
+def test_score_sde_vp_scheduler_against_textbook_euler_maruyama(N, kl):
+    """On linspace(1, 1e-3, N), diffusers takes N steps of 1/N, the textbook scheme the grid's
+    N - 1 steps: compare_sampler names step 0 as the first diverging one, the step counts,
+    and the exact KL(diffusers || textbook) on N(2, 0.5^2). With step_size=1/N the replay
+    matches it (to 1e-10: diffusers computes in float64 here); the step scale is
+    (1/N) / ((1 - eps)/(N - 1)) = 0.9009 at N = 10."""
+    peer("diffusers")
+    grid = np.linspace(1.0, 1e-3, N)
+    res = compare_sampler(diffusers_score_sde_vp, "euler_maruyama", VP_, grid, TARGET, 32,
+                          np.random.default_rng(1), sample_distances=N == 10)
+    # at N = 1000 (N eps = 1) the step sizes coincide and only the extra step differs
+    assert not res.matches and res.first_divergence == (N - 1 if N == 1000 else 0)
+    assert (res.steps_peer, res.steps_replay) == (N, N - 1)
+    assert res.laws["method"] == "exact" and res.kl == pytest.approx(kl, rel=2e-3)
+    if N == 10:
+        assert (1.0 / N) / (grid[0] - grid[1]) == pytest.approx(0.9009009, abs=1e-7)
+        same = compare_sampler(diffusers_score_sde_vp, "euler_maruyama", VP_, grid, TARGET, 32,
+                               np.random.default_rng(1), replay_options={"step_size": 1.0 / N}, rtol=1e-10)
+        assert same.matches and same.kl <= 1e-10, same.text()
+
+
+# -- the command line ----------------------------------------------------------------------------
+
+PEER_MODULE = '''
+import numpy as np
+from sgm_ref import VP
+vp = VP()
+
+def em(score, grid, x, noises):
+    y = x.copy()
+    for k in range(grid.size - 1):
+        t, h = grid[k], grid[k] - grid[k + 1]
+        y = y - h * (vp.f(t) * y - vp.g2(t) * score(y, np.full(len(y), t))) + np.sqrt(vp.g2(t) * h) * noises(k)
+    return y
+
+def em_step_one_over_n(score, grid, x, noises):
+    y, path, N = x.copy(), [x.copy()], grid.size - 1
+    for k in range(N):
+        t, h = grid[k], 1.0 / N
+        y = y - h * (vp.f(t) * y - vp.g2(t) * score(y, np.full(len(y), t))) + np.sqrt(vp.g2(t) * h) * noises(k)
+        path.append(y)
+    return np.stack(path)
+
+def broken(score, grid, x, noises):
+    raise RuntimeError("boom")
+'''
+
+
+def run(*args, cwd=None):
+    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def test_cli_correct_loop_one_line_exit_0(tmp_path):
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE)
+    r = run("audit-sampler", "--sampler", "peers_mod:em", "--replay", "euler_maruyama", "--process", "vp",
+            "--target", "gaussian:d=2,mean=1,std=0.5", "--n", "200", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("MATCH") and r.stdout.count("\n") == 1
+
+
+def test_cli_step_function_and_replay_option(tmp_path):
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE + """
+def rd_step(x, k, grid, score, noise_k):
+    dB = vp.integrated_beta_between(grid[k], grid[k + 1])
+    r, v = np.exp(-0.5 * dB), -np.expm1(-dB)
+    return (2.0 - r) * x + v * score(x, np.full(len(x), grid[k])) + np.sqrt(v) * noise_k
+""")
+    r = run("audit-sampler", "--sampler", "peers_mod:rd_step", "--replay", "reverse_diffusion", "--option",
+            "denoise=false", "--target", "ring", "--n", "100", "--n-steps", "5", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("MATCH"), r.stdout + r.stderr
+
+
+def test_cli_planted_bug_exit_1_with_json(tmp_path):
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE)
+    out = tmp_path / "audit.json"
+    r = run("audit-sampler", "--sampler", "peers_mod:em_step_one_over_n", "--replay", "euler_maruyama",
+            "--target", "gaussian:d=1,mean=2,std=0.5", "--process", "vp", "--n-steps", "9", "--n", "200",
+            "--json", out, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    assert r.stdout.startswith("DISCREPANCY") and "first diverging step: 0" in r.stdout
+    report = json.loads(out.read_text())
+    assert report["matches"] is False and report["first_divergence"] == 0
+    assert report["laws"]["peer_vs_replay"]["kl"] > 1e-9
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--replay", "nope"], "invalid choice"),
+    (["--process", "vq"], "process spec"),
+    (["--option", "step_size"], "--option must look like"),
+    (["--sampler", "peers_mod:missing"], "has no attribute"),
+    (["--sampler", "peers_mod:broken"], "--sampler peers_mod:broken raised RuntimeError: boom"),
+    (["--target", "gaussian:d=x"], "target spec"),
+])
+def test_cli_bad_usage_exit_2(tmp_path, args, message):
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE)
+    base = {"--sampler": "peers_mod:em", "--replay": "euler_maruyama", "--target": "gaussian:d=1"}
+    extra = dict(zip(args[::2], args[1::2]))
+    argv = [a for k, v in {**base, **extra}.items() for a in (k, v)]
+    r = run("audit-sampler", *argv, "--n", "50", cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
+
+
+# -- more diffusers peers through compare_sampler (the rows of docs/findings.md) -----------------
+
+
+def diffusers_ddim_loop(spacing, n_steps=10):
+    """diffusers' DDIMScheduler (eta = 0) with sgm_ref's float64 alphas_cumprod as a loop on
+    DDPM times: eps = -sigma_t * score at the time of each of its timesteps."""
+    import torch
+    diffusers = peer("diffusers")
+    proc = DDPM()
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
+        sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
+        sched.set_timesteps(n_steps)
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for k, t in enumerate(sched.timesteps):
+            tk = np.full(x.shape[0], grid[k])
+            eps = -proc.sigma(tk)[:, None] * score(y.numpy(), tk)
+            y = sched.step(torch.from_numpy(eps), t, y).prev_sample
+            path.append(y.numpy().copy())
+        return np.stack(path)
+
+    sched = diffusers.DDIMScheduler(timestep_spacing=spacing)
+    sched.set_timesteps(n_steps)
+    return proc, R.timestep_grid(proc, sched.timesteps.numpy()), loop
+
+
+@pytest.mark.parametrize("spacing, first, kl", [("leading", None, 0.0), ("linspace", 0, 1.401e-2)])
+def test_diffusers_ddim_spacing_through_compare_sampler(spacing, first, kl):
+    """DDIMScheduler steps from timestep i to i - 1000 // n whatever the spacing: with "leading"
+    it is the chained DDIM of the replay (to float64 rounding); with "linspace" (999, 888, ...)
+    its first step lands on 899, not 888, so step 0 is the first diverging one and the exact
+    KL(diffusers || ddim) on the Gaussian target is 1.40e-2 at n = 10."""
+    proc, grid, loop = diffusers_ddim_loop(spacing)
+    res = compare_sampler(loop, "ddim", proc, grid, TARGET_2D, 64, np.random.default_rng(0),
+                          replay_options={"eta": 0.0}, sample_distances=False)
+    assert res.first_divergence == first and res.matches == (first is None), res.text()
+    assert res.laws["method"] == "exact" and res.kl == pytest.approx(kl, rel=1e-3, abs=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_diffusers_euler_discrete_matches_at_float32_rounding():
+    """EulerDiscreteScheduler casts the sample to float32 in each step: against karras_euler on
+    its own sigmas it is a discrepancy at float64 rounding and a match at float32's
+    (rtol = 64 * 2^-23 per step); the largest deviation is about 2e-7."""
+    import torch
+    diffusers = peer("diffusers")
+    sched0 = diffusers.EulerDiscreteScheduler()
+    sched0.set_timesteps(20)
+    sigmas = sched0.sigmas.numpy().astype(np.float64)
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.EulerDiscreteScheduler()
+        sched.set_timesteps(20)
+        sched.is_scale_input_called = True  # the score takes the unscaled sample and its sigma
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for i, t in enumerate(sched.timesteps):
+            s = np.full(x.shape[0], grid[i])
+            eps = -grid[i] * score(y.numpy(), s)
+            y = sched.step(torch.from_numpy(eps), t, y).prev_sample
+            path.append(y.numpy().copy())
+        return np.stack(path)
+
+    def run(rtol):
+        return compare_sampler(loop, "karras_euler", EDM(), sigmas, TARGET_2D, 64, np.random.default_rng(0),
+                               rtol=rtol, sample_distances=False)
+
+    assert not run(None).matches
+    res = run(64 * float(np.finfo(np.float32).eps))
+    assert res.matches, res.text()
+    assert 1e-8 < res.max_deviation < 1e-6

@@ -1,0 +1,483 @@
+"""sgm_ref.replays: the peers' samplers replayed, their exact Gaussian laws, their weak
+orders, and agreement with the installed peers (k-diffusion, diffusers' timesteps).
+
+Monte-Carlo checks state their standard errors: for n draws from N(m, C) the sample mean's
+entry i has standard error sqrt(C_ii / n) and the sample covariance's entry (i, j)
+sqrt((C_ii C_jj + C_ij^2) / n); every entry must lie within Z = 4 of them.
+"""
+
+import numpy as np
+import pytest
+from _peers import load_k_diffusion, peer
+
+from sgm_ref import DDPM, EDM, OU, VE, VP, FlowMatching, GaussianMixture
+from sgm_ref import replays as R
+from sgm_ref.interop import to_torch
+
+MEAN = np.array([0.8, -0.4])
+COV = np.array([[0.6, 0.25], [0.25, 1.4]])
+Z = 4.0
+
+
+def _ddpm_grid(n):
+    proc = DDPM()
+    return proc, R.timestep_grid(proc, R.ddim_timesteps(n, spacing="trailing"))
+
+
+# (replay, process, grid, options): every replay on at least one process, the processes mixed
+def _cases():
+    edm = EDM()
+    proc_ddpm, grid_ddpm = _ddpm_grid(10)
+    return {
+        "euler_maruyama-VP": (R.euler_maruyama, VP(), np.linspace(1.0, 1e-2, 11), {}),
+        "euler_maruyama-step_size-OU": (R.euler_maruyama, OU(), np.linspace(2.0, 0.1, 10), {"step_size": 0.2}),
+        "reverse_diffusion-VE": (R.reverse_diffusion, VE(0.05, 5.0), np.linspace(1.0, 0.0, 11), {}),
+        "pc-VP": (R.predictor_corrector, VP(), np.linspace(1.0, 1e-2, 9), {"langevin_step": 0.02,
+                                                                          "n_corrector": 2}),
+        "pc-em-FlowMatching": (R.predictor_corrector, FlowMatching(), np.linspace(0.95, 0.05, 9),
+                               {"langevin_step": 0.01, "predictor": "euler_maruyama", "denoise": False}),
+        "ddpm_beta_tilde-DDPM": (R.ddpm_ancestral, proc_ddpm, grid_ddpm, {}),
+        "ddpm_beta-DDPM": (R.ddpm_ancestral, proc_ddpm, grid_ddpm, {"variance": "beta"}),
+        "ddim_eta-DDPM": (R.ddim, proc_ddpm, grid_ddpm, {"eta": 0.5}),
+        "karras_euler_churn-EDM": (R.karras_euler, edm, edm.karras_sigmas(8, 0.02, 10.0), {"s_churn": 2.0}),
+        "karras_heun-EDM": (R.karras_heun, edm, edm.karras_sigmas(8, 0.02, 10.0), {}),
+        "karras_stochastic-EDM": (R.karras_stochastic, edm, edm.karras_sigmas(8, 0.02, 10.0),
+                                  {"s_churn": 3.0, "s_tmin": 0.05, "s_tmax": 5.0, "s_noise": 1.003}),
+        "euler_ancestral-VP": (R.euler_ancestral, VP(), np.linspace(1.0, 0.0, 11), {"eta": 0.7}),
+        "dpmpp_2m-OU": (R.dpmpp_2m, OU(), np.geomspace(3.0, 0.02, 9), {}),
+    }
+
+
+CASES = _cases()
+
+
+def _start_points(process, grid, n, rng):
+    scale = 1.0 if process.__class__.__name__ in ("OU", "VP", "DDPM") else float(process.sigma(grid[0]))
+    return scale * rng.standard_normal((n, 2))
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_exact_law_matches_monte_carlo(case):
+    replay, process, grid, options = CASES[case]
+    mean_out, cov_out = R.replay_output_gaussian(replay, MEAN, COV, process, grid, **options)
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    n = 20_000
+    y = replay(R.gaussian_score(MEAN, COV, process), process, grid, _start_points(process, grid, n, rng), rng,
+               **options)
+    se_mean = np.sqrt(np.diag(cov_out) / n)
+    v = np.diag(cov_out)
+    se_cov = np.sqrt((np.outer(v, v) + cov_out**2) / n)
+    z_mean = (y.mean(axis=0) - mean_out) / se_mean
+    z_cov = (np.cov(y.T) - cov_out) / se_cov
+    assert np.all(np.abs(z_mean) < Z), (z_mean, se_mean)
+    assert np.all(np.abs(z_cov) < Z), (z_cov, se_cov)
+
+
+def _moment_error(replay, process, grid, options):
+    start = R.target_gaussian(MEAN, COV, process, grid[0])  # exact p_T: the discretisation error alone
+    m, C = R.replay_output_gaussian(replay, MEAN, COV, process, grid, start=start, **options)
+    tm, tC = R.target_gaussian(MEAN, COV, process, grid[-1])
+    return np.linalg.norm(m - tm) + np.linalg.norm(C - tC)
+
+
+ORDER_CASES = {
+    "euler_maruyama": (R.euler_maruyama, {}, 1), "reverse_diffusion": (R.reverse_diffusion, {}, 1),
+    "ddpm_beta_tilde": (R.ddpm_ancestral, {}, 1), "ddpm_beta": (R.ddpm_ancestral, {"variance": "beta"}, 1),
+    "ddim_eta0": (R.ddim, {}, 1), "ddim_eta1": (R.ddim, {"eta": 1.0}, 1),
+    "karras_euler": (R.karras_euler, {}, 1), "euler_ancestral": (R.euler_ancestral, {}, 1),
+    "karras_euler_churn": (R.karras_euler, {"s_churn": 2.0}, 1),
+    "karras_heun": (R.karras_heun, {}, 2), "dpmpp_2m": (R.dpmpp_2m, {}, 2),
+    # Algorithm 2's churn adds noise exactly (p_sigma -> p_sigma_hat), so on the marginals
+    # only the Heun step errs: second order, as the deterministic sampler
+    "karras_stochastic": (R.karras_stochastic, {"s_churn": 2.0}, 2),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ORDER_CASES))
+def test_weak_order(case):
+    """Moment error |mean - mean_t0| + |cov - cov_t0|_F of the exact law, started from the
+    exact p_T, against N on uniform OU grids from T = 2 to t0 = 0.1: log-log slope -p."""
+    replay, options, order = ORDER_CASES[case]
+    Ns = np.array([40, 80, 160])
+    err = [_moment_error(replay, OU(), np.linspace(2.0, 0.1, N + 1), options) for N in Ns]
+    slope = -np.polyfit(np.log(Ns), np.log(err), 1)[0]
+    assert abs(slope - order) < 0.2, (slope, err)
+
+
+def test_ddpm_beta_tilde_is_ddim_eta1_is_euler_ancestral():
+    proc, grid = _ddpm_grid(12)
+    laws = [R.replay_output_gaussian(f, MEAN, COV, proc, grid, **o) for f, o in
+            [(R.ddpm_ancestral, {}), (R.ddim, {"eta": 1.0}), (R.euler_ancestral, {})]]
+    for m, C in laws[1:]:
+        np.testing.assert_allclose(m, laws[0][0], rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(C, laws[0][1], rtol=1e-12, atol=1e-14)
+
+
+def test_law_distances_to_target_and_between_schemes():
+    grid = np.linspace(1.0, 1e-2, 21)
+    target = R.target_gaussian(MEAN, COV, VP(), grid[-1])
+    em = R.replay_output_gaussian(R.euler_maruyama, MEAN, COV, VP(), grid)
+    rd = R.replay_output_gaussian(R.reverse_diffusion, MEAN, COV, VP(), grid)
+    d = R.law_distances(em, target, rng=np.random.default_rng(1), n=20_000)
+    assert d["kl"] > 0 and d["kl_reverse"] > 0 and 0 < d["tv"] < 1 and d["tv_se"] > 0
+    assert R.law_distances(em, em, rng=np.random.default_rng(1))["kl"] == 0.0
+    assert R.law_distances(em, target)["tv"] is None  # Monte Carlo needs an rng; the KLs are exact
+    assert R.law_distances(em, rd, rng=np.random.default_rng(1))["kl"] > 0
+
+
+# -- noise plumbing and validation -------------------------------------------------------------
+
+
+def test_given_noise_reproduces_the_rng_run():
+    grid = np.linspace(1.0, 1e-2, 6)
+    score = R.gaussian_score(MEAN, COV, VP())
+    x = np.random.default_rng(0).standard_normal((5, 2))
+    a = R.predictor_corrector(score, VP(), grid, x, np.random.default_rng(3), langevin_step=0.01)
+    noise = np.random.default_rng(3).standard_normal((10, 5, 2))  # 5 steps x (1 corrector + 1 predictor)
+    b = R.predictor_corrector(score, VP(), grid, x, noise=noise, langevin_step=0.01)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_wrong_noise_count_and_missing_rng_raise():
+    grid = np.linspace(1.0, 1e-2, 6)
+    score = R.gaussian_score(MEAN, COV, VP())
+    x = np.zeros((3, 2))
+    with pytest.raises(ValueError, match="noise has 4 draws but this replay needs more"):
+        R.euler_maruyama(score, VP(), grid, x, noise=np.zeros((4, 3, 2)))
+    with pytest.raises(ValueError, match="noise has 6 draws but this replay used 5"):
+        R.euler_maruyama(score, VP(), grid, x, noise=np.zeros((6, 3, 2)))
+    with pytest.raises(ValueError, match="noise must have shape"):
+        R.euler_maruyama(score, VP(), grid, x, noise=np.zeros((5, 2, 2)))
+    with pytest.raises(ValueError, match="rng must be"):
+        R.ddpm_ancestral(score, VP(), grid, x)
+    with pytest.raises(ValueError, match="strictly decreasing"):
+        R.karras_heun(score, VP(), grid[::-1], x)
+    with pytest.raises(ValueError, match="outside the range"):
+        R.karras_stochastic(score, VP(), grid, x, np.random.default_rng(0), s_churn=50.0)
+
+
+def test_batch_langevin_step_has_no_exact_law():
+    with pytest.raises(ValueError, match="langevin_step"):
+        R.replay_output_gaussian(R.predictor_corrector, MEAN, COV, VP(), np.linspace(1.0, 0.1, 5))
+
+
+def test_not_affine_replay_is_refused():
+    def clipped(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+        return np.tanh(R.euler_maruyama(score, process, grid, x, rng, noise=noise))
+    with pytest.raises(ValueError, match="not affine"):
+        R.replay_output_gaussian(clipped, MEAN, COV, VP(), np.linspace(1.0, 0.1, 5))
+
+
+def test_trajectory_and_float32():
+    grid = EDM().karras_sigmas(5, 0.05, 5.0)
+    score = R.gaussian_score(MEAN, COV, EDM())
+    x = 5.0 * np.random.default_rng(0).standard_normal((4, 2))
+    y, path = R.karras_heun(score, EDM(), grid, x, trajectory=True)
+    assert path.shape == (6, 4, 2) and np.array_equal(path[-1], y) and np.array_equal(path[0], x)
+    y32 = R.karras_heun(score, EDM(), grid, x.astype(np.float32))
+    assert y32.dtype == np.float32
+    assert np.max(np.abs(y32 - y)) < 1e-5 * np.max(np.abs(y))
+
+
+# -- diffusers' timesteps -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spacing", R.SPACINGS)
+def test_ddim_timesteps_equal_diffusers(spacing):
+    diffusers = peer("diffusers")
+    for n in (1, 7, 10, 50, 333, 1000):
+        for offset in ((0, 1) if spacing == "leading" else (0,)):
+            sched = diffusers.DDIMScheduler(num_train_timesteps=1000, timestep_spacing=spacing, steps_offset=offset)
+            sched.set_timesteps(n)
+            np.testing.assert_array_equal(R.ddim_timesteps(n, 1000, spacing, offset), sched.timesteps.numpy())
+
+
+# -- k-diffusion on the same sigmas and the same noise ----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kd():
+    return load_k_diffusion()
+
+
+def _mixture():
+    return GaussianMixture([0.6, 0.4], [[-1.0, 0.5], [1.2, -0.3]],
+                           [[[0.3, 0.1], [0.1, 0.2]], [[0.4, -0.1], [-0.1, 0.5]]])
+
+
+KD_CASES = {
+    "sample_euler": (R.karras_euler, {}), "sample_heun": (R.karras_heun, {}),
+    "sample_euler_churn": (R.karras_euler, {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0, "s_noise": 1.003}),
+    "sample_heun_churn": (R.karras_stochastic, {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0, "s_noise": 1.003}),
+    "sample_euler_ancestral": (R.euler_ancestral, {"eta": 0.8}), "sample_dpmpp_2m": (R.dpmpp_2m, {}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(KD_CASES))
+def test_k_diffusion_agrees_with_replay(kd, case, monkeypatch):
+    """Same sigmas (ending at 0), same start, same noise, the exact oracle of a 2-D mixture:
+    final outputs agree to 1e-10 relative in float64 (measured: at most ~1e-15)."""
+    mine, out = _k_diffusion_and_replay(kd, case, monkeypatch)
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+
+
+def _k_diffusion_and_replay(kd, case, monkeypatch):
+    torch = kd.torch
+    replay, options = KD_CASES[case]
+    target, edm = _mixture(), EDM()
+    model = to_torch(target, edm)
+    sigmas = edm.karras_sigmas(12, 0.02, 10.0)
+    rng = np.random.default_rng(7)
+    x = 10.0 * rng.standard_normal((64, 2))
+    draws = rng.standard_normal((sigmas.size - 1, 64, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(torch, "randn_like", lambda like, **kw: next(it))  # sample_euler / sample_heun draw here
+    kwargs = {{"s_churn": "s_churn", "s_tmin": "s_tmin", "s_tmax": "s_tmax", "s_noise": "s_noise",
+               "eta": "eta"}[k]: v for k, v in options.items()}
+    if case == "sample_euler_ancestral":
+        kwargs["noise_sampler"] = lambda s, s_next: next(it)
+    peer_fn = getattr(kd.sampling, case.replace("_churn", ""))
+    out = peer_fn(model, torch.from_numpy(x.copy()), torch.from_numpy(sigmas), disable=True, **kwargs).numpy()
+    # which draws the replay uses: churned steps (k-diffusion draws every step), or steps onto sigma > 0
+    if "churn" in case:
+        N = sigmas.size - 1
+        gamma = np.where((sigmas[:-1] >= 0.1) & (sigmas[:-1] <= 5.0), min(4.0 / N, 2**0.5 - 1), 0.0)
+        noise = draws[gamma > 0]
+    elif case == "sample_euler_ancestral":
+        noise = draws[:sigmas.size - 2]
+    else:
+        noise = None
+    return replay(OracleScore(model), edm, sigmas, x, noise=noise, **options), out
+
+
+@pytest.mark.parametrize("replay, peer_name", [(R.karras_heun, "sample_heun"), (R.dpmpp_2m, "sample_dpmpp_2m")])
+def test_k_diffusion_on_sigma_hat_equals_replay_on_ou(kd, replay, peer_name):
+    """A VP-family process goes through x_hat = x / alpha_t on sigma_hat = sigma_t / alpha_t
+    (as k-diffusion's VP wrappers do): the replay on OU times, ending at t = 0, equals
+    k-diffusion on the sigmas of those times with the EDM oracle, to 1e-10 relative."""
+    torch = kd.torch
+    target = _mixture()
+    grid = np.append(np.geomspace(3.0, 0.01, 10), 0.0)
+    sigmas = np.sqrt(np.expm1(2.0 * grid))  # OU: sigma_t / alpha_t
+    x = np.random.default_rng(2).standard_normal((16, 2))
+    out = getattr(kd.sampling, peer_name)(to_torch(target, EDM()), torch.from_numpy(x / np.exp(-grid[0])),
+                                          torch.from_numpy(sigmas), disable=True).numpy()
+    mine = replay(lambda y, t: target.score(y, t, OU()), OU(), grid, x)
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+
+
+class OracleScore:
+    """The oracle's float64 score as s(x, t) for the replays (the same numbers to_torch converts)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, x, t):
+        return self.model.score(x, t)
+
+
+# -- diffusers' ScoreSdeVpScheduler: score_sde's loop, steps of 1/N from N grid points -----------
+
+
+def _score_sde_vp_run(monkeypatch, N, n=32):
+    """diffusers' ScoreSdeVpScheduler driven by the exact eps of a 2-D mixture, its timesteps
+    made float64 (its own are float32 linspace(1, 1e-3, N)), fed known noise."""
+    import importlib
+
+    import torch
+    sched_module = importlib.import_module("diffusers.schedulers.deprecated.scheduling_sde_vp")  # 0.42's home
+    target, vp = _mixture(), VP()
+    sched = sched_module.ScoreSdeVpScheduler()
+    sched.set_timesteps(N)
+    sched.timesteps = torch.linspace(1.0, sched.config.sampling_eps, N, dtype=torch.float64)
+    grid = sched.timesteps.numpy().copy()
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((n, 2))
+    draws = rng.standard_normal((N, n, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(sched_module, "randn_tensor", lambda *a, **k: next(it))
+    y = torch.from_numpy(x.copy())
+    for t in sched.timesteps:
+        tt = t.reshape(1).expand(n)
+        eps = -vp.sigma(tt.numpy())[:, None] * target.score(y.numpy(), tt.numpy(), vp)
+        y, _ = sched.step_pred(torch.from_numpy(eps), y, tt)
+    score = lambda x, t: target.score(x, t, vp)  # noqa: E731
+    return grid, x, draws, y.numpy(), score
+
+
+def test_score_sde_vp_scheduler_is_euler_maruyama_with_step_one_over_n(monkeypatch):
+    """diffusers' ScoreSdeVpScheduler = euler_maruyama(step_size=1/N) on its own grid
+    linspace(1, eps, N), to 1e-10 relative; its steps are (N - 1) / (N (1 - eps)) of the
+    grid's spacing (0.9009 at N = 10), so it differs from the textbook scheme on that grid."""
+    peer("diffusers")  # skips without it
+    N = 10
+    grid, x, draws, out, score = _score_sde_vp_run(monkeypatch, N)
+    mine = R.euler_maruyama(score, VP(), grid, x, noise=draws, step_size=1.0 / N)
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+    assert (1.0 / N) / (grid[0] - grid[1]) == pytest.approx(0.9009009, abs=1e-7)
+    textbook = R.euler_maruyama(score, VP(), grid, x, noise=draws[:-1])
+    assert np.max(np.abs(textbook - out)) > 1e-3  # a different discretisation, seen path by path
+
+
+# -- diffusers' DDPMScheduler and DDIMScheduler with the process's float64 alphas_cumprod ------------
+
+
+def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps=20, n=32):
+    """Run diffusers' DDPM / DDIM loop on the exact eps (to_torch) with known noise. Its
+    alphas_cumprod are replaced by sgm_ref's float64 ones (its own are float32: a separate,
+    stated difference), so both run the same discretisation in float64."""
+    import importlib
+
+    import torch
+    diffusers = peer("diffusers")
+    module = importlib.import_module(f"diffusers.schedulers.scheduling_{kind}")
+    proc = DDPM()
+    model = to_torch(_mixture(), proc, signature="diffusers")
+    if kind == "ddpm":
+        sched = diffusers.DDPMScheduler(clip_sample=False, variance_type=variance_or_eta, timestep_spacing=spacing)
+    else:
+        sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
+    sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
+    sched.set_timesteps(n_steps)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, 2))
+    draws = rng.standard_normal((n_steps, n, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: next(it))
+    y = torch.from_numpy(x.copy())
+    for t in sched.timesteps:
+        eps = model(y, t)
+        kwargs = {"eta": variance_or_eta} if kind == "ddim" else {}
+        y = sched.step(eps, t, y, **kwargs).prev_sample
+    return proc, model, sched.timesteps.numpy(), x, draws, y.numpy()
+
+
+DIFFUSERS_CASES = {
+    "ddpm-fixed_small": ("ddpm", "fixed_small", "trailing", R.ddpm_ancestral, {"variance": "beta_tilde"}),
+    "ddpm-fixed_large": ("ddpm", "fixed_large", "linspace", R.ddpm_ancestral, {"variance": "beta"}),
+    "ddim-eta0": ("ddim", 0.0, "leading", R.ddim, {"eta": 0.0}),
+    "ddim-eta1": ("ddim", 1.0, "leading", R.ddim, {"eta": 1.0}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DIFFUSERS_CASES))
+def test_diffusers_discrete_schedulers_agree_with_replay(case, monkeypatch):
+    """Same timesteps (grid = times (i + 1)/N, then the data at t = 0), same noise: final
+    outputs agree to 1e-12 relative in float64 (measured: <= 1e-15)."""
+    kind, arg, spacing, replay, options = DIFFUSERS_CASES[case]
+    proc, model, timesteps, x, draws, out = _diffusers_discrete_run(monkeypatch, kind, arg, spacing)
+    grid = R.timestep_grid(proc, timesteps)
+    # DDPM draws on every step but the one from timestep 0; DDIM (eta > 0) on every step,
+    # its last draw multiplied by sigma_eta = 0; the replays draw where the noise is non-zero
+    noise = None if options.get("eta") == 0.0 else draws[:timesteps.size - 1]
+    mine = replay(model.score, proc, grid, x, noise=noise, **options)
+    if case == "ddpm-fixed_small" and timesteps[-1] > 0:
+        # diffusers draws on the last step too (t > 0) and clamps its variance, 0 there, to
+        # 1e-20: it adds 1e-10 times that draw (measured difference without this: 2.3e-10)
+        mine = mine + 1e-10 * draws[timesteps.size - 1]
+    assert np.max(np.abs(mine - out)) <= 1e-12 * np.max(np.abs(out))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers 0.42 building its sigmas
+def test_diffusers_euler_discrete_agrees_to_float32_rounding():
+    """diffusers' EulerDiscreteScheduler on its own float32 sigmas (ending at 0), driven by the
+    EDM oracle's eps at those sigmas, against karras_euler on the same sigmas in float64. Its
+    step casts the sample to float32 (the derivative then comes back in float64), so the
+    outputs differ by float32 rounding accumulated over the steps: measured 1.9e-7 relative
+    at 20 steps, within N 2^-24 = 1.2e-6."""
+    import torch
+    diffusers = peer("diffusers")
+    target, edm = _mixture(), EDM()
+    model = to_torch(target, edm, output="eps")
+    sched = diffusers.EulerDiscreteScheduler()
+    sched.set_timesteps(20)
+    sigmas = sched.sigmas.numpy().astype(np.float64)
+    x = sigmas[0] * np.random.default_rng(0).standard_normal((64, 2))
+    y = torch.from_numpy(x.copy())
+    sched.is_scale_input_called = True  # the oracle takes the unscaled sample and its sigma directly
+    for i, t in enumerate(sched.timesteps):
+        y = sched.step(model(y, torch.tensor(sigmas[i], dtype=torch.float64)), t, y).prev_sample
+    out = y.numpy()
+    mine = R.karras_euler(OracleScore(model), edm, sigmas, x)
+    assert np.max(np.abs(mine - out)) <= 20 * 2.0**-24 * np.max(np.abs(out))
+
+
+def test_diffusers_ddim_linspace_spacing_does_not_chain():
+    """diffusers' DDIMScheduler steps from timestep i to i - N_train // n whatever the spacing;
+    with "linspace" the list is round(linspace(0, 999, n)), so from 999 it steps to 899 and
+    then starts again at 888: not the chained DDIM of the replay on the same timesteps. Its
+    exact law (found by running the peer, deterministic for eta = 0, on probe inputs) is at
+    KL 1.40e-2 (TV 0.057) from the replay's at n = 10; with "leading" they are the same law."""
+    import torch
+    diffusers = peer("diffusers")
+    proc = DDPM()
+    model = to_torch(GaussianMixture([1.0], [MEAN], [COV]), proc, signature="diffusers")
+
+    def peer_law(spacing):
+        sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
+        sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
+        sched.set_timesteps(10)
+        y = torch.from_numpy(np.vstack([np.zeros(2), np.eye(2)]))  # start N(0, I): out = b + A x
+        for t in sched.timesteps:
+            y = sched.step(model(y, t), t, y).prev_sample
+        b = y.numpy()[0]
+        A = (y.numpy()[1:] - b).T
+        return (b, A @ A.T), R.timestep_grid(proc, sched.timesteps.numpy())
+
+    for spacing, kl in (("leading", 0.0), ("linspace", 1.401e-2)):
+        law, grid = peer_law(spacing)
+        mine = R.replay_output_gaussian(R.ddim, MEAN, COV, proc, grid)
+        assert R.law_distances(law, mine)["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-20)
+
+
+def _diffusers_sigma_loop(sched, x_ve, eps_model):
+    """Step a diffusers sigma scheduler (its float32 sigmas) with the EDM oracle's eps at
+    sigmas[step_index] (the sigma each step reads), from the VE-scaled start x_ve; returns the
+    output rescaled to VE (x_VE = x sqrt(sigma^2 + 1) for the variance-preserving samplers)."""
+    import torch
+    sig = sched.sigmas.numpy().astype(np.float64)
+    vp = sched.__class__.__name__.startswith("DPMSolver")
+    y = torch.from_numpy(x_ve / np.sqrt(sig[0] ** 2 + 1) if vp else x_ve.copy())
+    sched.is_scale_input_called = True  # the oracle takes the unscaled sample and its sigma directly
+    for t in sched.timesteps:
+        s = sig[0 if sched.step_index is None else sched.step_index]
+        y_ve = y * np.sqrt(s * s + 1) if vp else y
+        y = sched.step(eps_model(y_ve, torch.tensor(s, dtype=torch.float64)), t, y).prev_sample
+    return sig, y.numpy()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
+                                  "EulerAncestralDiscreteScheduler"])
+def test_diffusers_sigma_schedulers_agree_to_float32_rounding(name, monkeypatch):
+    """diffusers' HeunDiscreteScheduler = karras_heun and DPMSolverMultistepScheduler
+    (dpmsolver++, order 2, final sigma 0) = dpmpp_2m on the peer's own float32 sigmas
+    (Heun's interleaved list read once each), same start, EDM oracle. Heun forms its step
+    dt = sigma_next - sigma in float32 (exact only when the two are within a factor 2):
+    measured 4.2e-10 relative at 20 steps; DPM-Solver forms alpha, sigma, lambda from its
+    float32 sigmas in float32: measured 1.8e-7; EulerAncestralDiscreteScheduler = euler_ancestral
+    (fed the peer's draws but its last, which it multiplies by sigma_up = 0) casts the sample
+    to float32 in each step: measured 2.1e-7. All within N 2^-24 = 1.2e-6."""
+    import importlib
+
+    import torch
+    diffusers = peer("diffusers")
+    target, edm = _mixture(), EDM()
+    eps_model = to_torch(target, edm, output="eps")
+    kwargs = {"algorithm_type": "dpmsolver++", "solver_order": 2} if name.startswith("DPM") else {}
+    sched = getattr(diffusers, name)(**kwargs)
+    sched.set_timesteps(20)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 2)) * float(sched.sigmas[0])
+    draws = rng.standard_normal((20, 64, 2))
+    it = iter(torch.from_numpy(draws))
+    module = importlib.import_module(type(sched).__module__)
+    monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: next(it), raising=False)  # Heun draws none
+    sig, out = _diffusers_sigma_loop(sched, x, eps_model)
+    grid = np.unique(sig)[::-1]  # Heun lists each inner sigma twice
+    if name.startswith("Euler"):
+        mine = R.euler_ancestral(OracleScore(eps_model), edm, grid, x, noise=draws[:-1])
+    else:
+        replay = R.dpmpp_2m if name.startswith("DPM") else R.karras_heun
+        mine = replay(OracleScore(eps_model), edm, grid, x)
+    assert np.max(np.abs(mine - out)) <= 20 * 2.0**-24 * np.max(np.abs(out))

@@ -1,0 +1,351 @@
+"""Targets at the edges of the float range: finite answers or a ValueError naming the limit.
+
+Every public function of the targets either returns finite numbers for finite input
+or raises a ValueError that names the argument and its limit: sizes beyond this
+machine's memory, parameters beyond the documented ranges, points too far out for
+the dtype. The fuzz tests at the end draw finite but extreme inputs (hypothesis).
+"""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scipy.stats import multivariate_normal
+
+from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref.targets import ProductMixture, TiltedGaussian
+
+HUGE = 2**70
+FUZZ = settings(max_examples=300, deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+
+
+def tilted(**kwargs):
+    return TiltedGaussian(lambda x: np.tanh(x[:, 0]), lambda x: np.stack([1 - np.tanh(x[:, 0]) ** 2]
+                                                                         + [0 * x[:, 0]] * (x.shape[1] - 1), axis=1),
+                          2, 1.0, n_mc=64, n_normaliser=256, rng=np.random.default_rng(0), **kwargs)
+
+
+# -- sizes: numpy's OverflowError and 'Maximum allowed dimension exceeded' never reach the user
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: GaussianMixture.ring().sample(HUGE, np.random.default_rng(0)), "n"),
+    (lambda: ProductMixture.symmetric(2).sample(HUGE, np.random.default_rng(0)), "n"),
+    (lambda: tilted().sample(HUGE, np.random.default_rng(0)), "n"),
+    (lambda: GaussianMixture.ring(k=HUGE), "k"),
+    (lambda: GaussianMixture.paper_family(3, HUGE, 1.0, 0), "k"),
+    (lambda: GaussianMixture.paper_family(HUGE, 2, 1.0, 0), "k"),
+    (lambda: ProductMixture.symmetric(HUGE), "d"),
+    (lambda: TiltedGaussian(np.sum, None, 2, n_mc=HUGE, rng=np.random.default_rng(0), estimator="stein"), "n_mc"),
+    (lambda: TiltedGaussian(np.sum, None, 2, n_normaliser=HUGE, rng=np.random.default_rng(0), estimator="stein"),
+     "n_normaliser"),
+    (lambda: TiltedGaussian.barron(2, width=HUGE, rng=np.random.default_rng(0)), "width"),
+], ids=["gm.sample", "product.sample", "tilted.sample", "ring.k", "paper.k", "paper.d", "product.d", "n_mc",
+        "n_normaliser", "barron.width"])
+def test_a_size_beyond_memory_is_a_value_error_naming_the_argument(call, name):
+    with pytest.raises(ValueError, match=rf"^{name} = \d+ is too large: .* bytes, more than .*; use {name} <= \d+"):
+        call()
+
+
+def test_max_proposals_must_be_a_number():
+    with pytest.raises(ValueError, match=r"^max_proposals must be a real number"):
+        tilted().sample(3, np.random.default_rng(0), max_proposals="many")
+    with pytest.raises(ValueError, match=r"^max_proposals must be >= 1.0"):
+        tilted().sample(3, np.random.default_rng(0), max_proposals=0)
+
+
+# -- parameter ranges ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"std": 1e308}, r"^std must be in \[1e-150, 1e\+150\] \(its square is a variance\), got 1e\+308"),
+    ({"std": 1e-200}, r"^std must be in \[1e-150, 1e\+150\]"),
+    ({"radius": 1e308}, r"^radius must be <= 1e\+150, got 1e\+308"),
+])
+def test_ring_parameters_beyond_the_float_range_are_named(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        GaussianMixture.ring(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, pattern", [
+    ({"shift": 1e308}, r"^shift must be <= 1e\+150"),
+    ({"std": 1e308}, r"^std must be in \[1e-150, 1e\+150\]"),
+])
+def test_product_parameters_beyond_the_float_range_are_named(kwargs, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        ProductMixture.symmetric(2, **kwargs)
+
+
+@pytest.mark.parametrize("kind, cov, pattern", [
+    ("diag", np.full((1, 2), 1e-320), r"^covariances: variances must lie in \[1e-300, 1e\+300\].*got 1e-320"),
+    ("spherical", np.array([1e301]), r"^covariances: variances must lie in \[1e-300, 1e\+300\]"),
+    ("full", np.eye(2)[None] * 1e305, r"^covariances: eigenvalues must lie in \[1e-300, 1e\+300\]"),
+    ("tied", np.eye(2) * 1e-305, r"^covariances: eigenvalues must lie in \[1e-300, 1e\+300\]"),
+])
+def test_variances_beyond_the_range_are_named(kind, cov, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        GaussianMixture([1.0], [[0.0, 0.0]], cov, covariance_type=kind)
+
+
+def test_means_beyond_the_range_are_named():
+    with pytest.raises(ValueError, match=r"^means must have entries within \+-1e\+150 .* size 1e\+200"):
+        GaussianMixture([1.0], [[0.0, 1e200]])
+    with pytest.raises(ValueError, match=r"^means must have entries within \+-1e\+150"):
+        ProductMixture([[0.5, 0.5]], [[0.0, -1e200]], [[1.0, 1.0]])
+    with pytest.raises(ValueError, match=r"^stds: squared stds \(variances\) must lie in"):
+        ProductMixture([[0.5, 0.5]], [[0.0, 1.0]], [[1.0, 1e-160]])
+
+
+def test_at_the_limits_every_method_is_finite():
+    # means at 1e150 and variances at 1e300 / 1e-300: the moments and samples stay finite
+    g = GaussianMixture([0.5, 0.5], [[1e150, -1e150], [-1e150, 1e150]], [1e300, 1e-300], covariance_type="spherical")
+    assert np.all(np.isfinite(g.covariance())) and np.all(np.isfinite(g.mean()))
+    assert np.all(np.isfinite(g.sample(100, np.random.default_rng(0))))
+    x = g.means + 1e-151
+    for t in (0.0, 1e-3, 1.0):
+        logp, score = g.log_prob_and_score(x, t)
+        assert np.all(np.isfinite(logp)) and np.all(np.isfinite(score))
+
+
+# -- messages print numbers as numbers -----------------------------------------------------
+
+
+def test_messages_print_plain_numbers_not_numpy_reprs():
+    with pytest.raises(ValueError) as info:
+        GaussianMixture([0.3, 0.6], [[0.0], [1.0]])
+    assert "got sum 0.8999999999999999;" in str(info.value) and "np.float64" not in str(info.value)
+    with pytest.raises(ValueError) as info:
+        GaussianMixture(np.array([-0.1, 1.1]), [[0.0], [1.0]])
+    assert str(info.value) == "weights must be >= 0, got min -0.1"
+    with pytest.raises(ValueError) as info:
+        ProductMixture([[0.3, 0.6]], [[0.0, 1.0]], [[1.0, 1.0]])
+    assert "row 0 sums to 0.8999999999999999 (not renormalised)" in str(info.value)
+    g = TiltedGaussian(lambda x: x[:, 0], lambda x: np.ones_like(x), 1, f_max=0.5, n_mc=8, n_normaliser=8,
+                       rng=np.random.default_rng(0))
+    with pytest.raises(ValueError) as info:
+        g.sample(100, np.random.default_rng(1))
+    assert "np.float64" not in str(info.value) and "exceeds f_max = 0.5" in str(info.value)
+    with pytest.raises(ValueError) as info:
+        GaussianMixture([1.0], [[0.0]], [[1.0]], covariance_type=np.float64(0.5))
+    assert str(info.value).endswith("got 0.5")
+
+
+# -- responsibilities of zero: 0 * inf must not turn a finite score into NaN ---------------
+
+
+@pytest.mark.parametrize("kind", ["diag", "full", "tied-rotated"])
+def test_a_component_whose_quadratic_form_overflows_does_not_poison_the_score(kind):
+    # a narrow component (variance 1e-290) at 0 and a wide one (variance 1) at x: at x the
+    # narrow one's y^2 / v overflows and its y / v too; its weight is exactly 0 there
+    x = np.array([[1e20, 0.0]])
+    means = np.array([[0.0, 0.0], [1e20, 0.0]])
+    narrow, wide = 1e-290, 1.0
+    if kind == "diag":
+        g = GaussianMixture([0.5, 0.5], means, [[narrow, narrow], [wide, wide]], covariance_type="diag")
+    elif kind == "full":
+        g = GaussianMixture([0.5, 0.5], means, np.stack([narrow * np.eye(2), wide * np.eye(2)]))
+    else:
+        # the far component listed first, so the kernel meets the overflow before any finite term
+        g = GaussianMixture([0.5, 0.5], means[::-1].copy(), [wide, narrow], covariance_type="spherical")
+    logp, score = g.log_prob_and_score(x, 0.0)
+    assert np.isfinite(logp[0]) and np.all(np.isfinite(score))
+    np.testing.assert_allclose(logp, np.log(0.5) + multivariate_normal([1e20, 0.0], np.eye(2)).logpdf(x[0]), rtol=1e-14)
+    np.testing.assert_array_equal(score, [[0.0, 0.0]])
+
+
+def test_a_product_coordinate_whose_quadratic_form_overflows_does_not_poison_the_score():
+    # (held before too: the product is formed as (pi * diff) / var; this keeps it so)
+    p = ProductMixture([[0.5, 0.5]], [[0.0, 1e9]], [[1e-150, 1.0]])
+    logp, score = p.log_prob_and_score(np.array([[1e9 + 0.5]]), 0.0)
+    assert np.isfinite(logp[0])
+    np.testing.assert_allclose(score, [[-0.5]], rtol=1e-7)
+
+
+# -- float32 points need float32-sized targets ----------------------------------------------
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GaussianMixture([1.0], [[0.0, 0.0]], [1e-35], covariance_type="spherical"),
+    lambda: GaussianMixture([1.0], [[1e20, 0.0]]),
+    lambda: ProductMixture([[0.5, 0.5]], [[0.0, 1.0]], [[1e-20, 1.0]]),
+])
+def test_float32_points_refuse_a_target_beyond_float32(make):
+    target = make()
+    with pytest.raises(ValueError, match=r"^x is float32, but .* float32 points need means within \+-1e\+15 and "
+                                         r"variances in \[1e-30, 1e\+30\]: pass float64 points"):
+        target.score(np.zeros((2, target.dim), np.float32), 0.0)
+    assert np.all(np.isfinite(target.score(np.zeros((2, target.dim)), 0.0)))
+
+
+# -- the Monte-Carlo oracle ----------------------------------------------------------------
+
+
+def test_tilted_log_prob_far_out_is_named_not_minus_inf():
+    g = tilted()
+    with pytest.raises(ValueError, match=r"^x\[1\] \(largest \|entry\| 1e\+200\) is too far"):
+        g.log_prob(np.array([[0.0, 0.0], [1e200, 0.0]]))
+
+
+def test_tilted_stein_standard_error_near_t_zero_is_finite():
+    g = tilted(estimator="stein")
+    # sigma_t = 1.4e-160: the stein weights alpha / sigma Z reach 1e160, their squares overflow
+    score, se = g.score_and_se(np.zeros((2, 2)), 1e-320)
+    assert np.all(np.isfinite(score)) and np.all(np.isfinite(se)) and np.all(se > 1e155)
+
+
+def test_tilted_score_beyond_float32_is_named():
+    g = TiltedGaussian(lambda x: np.zeros(len(x)), lambda x: np.full_like(x, 1e300), 1, n_mc=8, n_normaliser=8,
+                       rng=np.random.default_rng(0))
+    assert np.isfinite(g.score(np.zeros((1, 1)))).all()
+    with pytest.raises(ValueError, match=r"^the Monte-Carlo score at x\[0\] overflows float32"):
+        g.score(np.zeros((1, 1), np.float32))
+
+
+# -- fuzz: finite but extreme inputs --------------------------------------------------------
+
+# moderate values, the limits and their neighbours, and anything finite
+EDGES = [1e-300, 1e-290, 1e-150, 1e-30, 1e-8, 1.0, 1e8, 1e15, 1e30, 1e38, 1e150, 1e154, 1e290, 1e300]
+extreme = st.one_of(st.floats(-10.0, 10.0), st.sampled_from(EDGES + [-v for v in EDGES] + [0.0, 5e-324]),
+                    st.floats(allow_nan=False, allow_infinity=False))
+positive = st.one_of(st.floats(0.01, 10.0), st.sampled_from(EDGES + [5e-324, 1.7e308]),
+                     st.floats(min_value=0.0, exclude_min=True, allow_infinity=False))
+times = st.one_of(st.sampled_from([0.0, 5e-324, 1e-300, 1e-8, 1.0, 40.0, 1e300]),
+                  st.floats(min_value=0.0, max_value=1e308))
+
+
+def _finite_or_value_error(call):
+    try:
+        out = call()
+    except ValueError:
+        return None
+    for arr in out if isinstance(out, tuple) else (out,):
+        if isinstance(arr, np.ndarray):
+            assert np.all(np.isfinite(arr)), arr
+    return out
+
+
+@st.composite
+def mixtures(draw):
+    K, d = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    kind = draw(st.sampled_from(["identity", "diag", "full", "tied", "spherical"]))
+    means = np.array(draw(st.lists(extreme, min_size=K * d, max_size=K * d))).reshape(K, d)
+    raw_w = np.array(draw(st.lists(st.floats(0.0, 1.0), min_size=K, max_size=K))) + 1e-3
+    weights = raw_w / raw_w.sum()
+    spread = lambda n: np.array(draw(st.lists(positive, min_size=n, max_size=n)))  # noqa: E731
+    if kind == "identity":
+        cov = None
+    elif kind == "diag":
+        cov = spread(K * d).reshape(K, d)
+    elif kind == "spherical":
+        cov = spread(K)
+    else:
+        rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+        q = np.linalg.qr(rng.standard_normal((K, d, d)))[0]
+        lam = spread(K * d).reshape(K, d)
+        with np.errstate(all="ignore"):
+            cov = np.einsum("kij,kj,klj->kil", q, lam, q)
+        cov = cov if kind == "full" else cov[0]
+    return weights, means, cov, None if kind == "identity" else kind
+
+
+@FUZZ
+@given(spec=mixtures(), x_entries=st.lists(extreme, min_size=9, max_size=9), t=times,
+       pname=st.sampled_from(["OU", "VP"]), float32=st.booleans())
+def test_fuzz_gaussian_mixture_is_finite_or_refuses(spec, x_entries, t, pname, float32):
+    weights, means, cov, kind = spec
+    try:
+        g = GaussianMixture(weights, means, cov, covariance_type=kind)
+    except ValueError:
+        return
+    d = g.dim
+    process = OU() if pname == "OU" else VP()
+    t = min(t, 1.0) if pname == "VP" else t
+    x = np.array(x_entries[: 3 * d]).reshape(3, d)
+    x = np.concatenate([x, g.means[:1], g.means[:1] + 1.0])
+    if float32:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        x[~np.isfinite(x)] = 0.0
+    _finite_or_value_error(lambda: g.log_prob_and_score(x, t, process))
+    _finite_or_value_error(lambda: g.log_prob(x, t, process))
+    _finite_or_value_error(lambda: g.score(x, t, process))
+    _finite_or_value_error(lambda: (g.mean(), g.covariance()))
+    _finite_or_value_error(lambda: g.sample(5, np.random.default_rng(0), dtype=np.float32 if float32 else np.float64))
+    marginal = _finite_or_value_error(lambda: g.at(t, process))
+    if marginal is not None:
+        _finite_or_value_error(lambda: (marginal.mean(), marginal.covariance()))
+        _finite_or_value_error(lambda: marginal.log_prob_and_score(x))
+
+
+@FUZZ
+@given(d=st.integers(1, 3), entries=st.lists(extreme, min_size=12, max_size=12),
+       stds=st.lists(positive, min_size=6, max_size=6), t=times, float32=st.booleans())
+def test_fuzz_product_mixture_is_finite_or_refuses(d, entries, stds, t, float32):
+    try:
+        p = ProductMixture(np.full((d, 2), 0.5), np.array(entries[: 2 * d]).reshape(d, 2),
+                           np.array(stds[: 2 * d]).reshape(d, 2))
+    except ValueError:
+        return
+    x = np.concatenate([np.array(entries[6: 6 + 2 * d]).reshape(2, d), p.means[:, :1].T])
+    if float32:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        x[~np.isfinite(x)] = 0.0
+    _finite_or_value_error(lambda: p.log_prob_and_score(x, t))
+    _finite_or_value_error(lambda: (p.mean(), p.covariance()))
+    _finite_or_value_error(lambda: p.sample(4, np.random.default_rng(0)))
+
+
+@FUZZ
+@given(std=extreme, radius=extreme, shift=extreme, k=st.integers(1, 5), t=times,
+       x_entries=st.lists(extreme, min_size=4, max_size=4))
+def test_fuzz_presets_are_finite_or_refuse(std, radius, shift, k, t, x_entries):
+    x = np.array(x_entries).reshape(2, 2)
+    for make in (lambda: GaussianMixture.ring(k, radius, std), lambda: GaussianMixture.paper_family(2, k, radius, 0),
+                 lambda: ProductMixture.symmetric(2, shift, std)):
+        try:
+            target = make()
+        except ValueError:
+            continue
+        _finite_or_value_error(lambda: target.log_prob_and_score(x, t))
+        _finite_or_value_error(lambda: target.sample(3, np.random.default_rng(0)))
+        _finite_or_value_error(lambda: (target.mean(), target.covariance()))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
+@given(x_entries=st.lists(extreme, min_size=4, max_size=4), t=times, estimator=st.sampled_from(["gradient", "stein"]),
+       float32=st.booleans())
+def test_fuzz_tilted_gaussian_is_finite_or_refuses(x_entries, t, estimator, float32):
+    g = tilted(estimator=estimator)
+    x = np.array(x_entries).reshape(2, 2)
+    if float32:
+        with np.errstate(over="ignore"):
+            x = x.astype(np.float32)
+        x[~np.isfinite(x)] = 0.0
+    _finite_or_value_error(lambda: g.log_prob_and_score(x, t))
+    _finite_or_value_error(lambda: g.score_and_se(x, t))
+    _finite_or_value_error(lambda: g.log_prob(x, t))
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, database=None)
+@given(path_norm=st.one_of(st.sampled_from([0.0, 1e-300, 1.0, 1e150, 1e300, 1.7e308]), st.floats(0.0, 1e308)),
+       activation=st.sampled_from(["tanh", "cos"]), estimator=st.sampled_from(["gradient", "stein"]), t=times,
+       x_entries=st.lists(extreme, min_size=4, max_size=4))
+def test_fuzz_barron_targets_are_finite_or_refuse(path_norm, activation, estimator, t, x_entries):
+    g = TiltedGaussian.barron(2, 4, path_norm, activation, rng=np.random.default_rng(0), n_mc=32, n_normaliser=64,
+                              estimator=estimator)
+    assert np.isfinite(g.log_normaliser) and np.isfinite(g.log_normaliser_se)
+    assert np.all(np.isfinite(g.mean())) and np.all(np.isfinite(g.covariance()))
+    x = np.array(x_entries).reshape(2, 2)
+    _finite_or_value_error(lambda: g.log_prob_and_score(x, t))
+    _finite_or_value_error(lambda: g.score_and_se(x, t))
+    _finite_or_value_error(lambda: g.sample(3, np.random.default_rng(1), max_proposals=2000))
+
+
+def test_a_target_spec_that_is_not_a_string_is_shown_plainly():
+    from sgm_ref.targets.spec import from_spec
+    for spec, shown in ((np.float64(0.9), "got 0.9"), (None, "got None"), ("", "got ''")):
+        with pytest.raises(ValueError) as info:
+            from_spec(spec)
+        assert str(info.value).endswith(shown), str(info.value)

@@ -1,0 +1,135 @@
+"""Thread-pool defaults (sgm_ref/_threads.py) and the set_threads / SGM_REF_THREADS knob.
+
+Nothing here is timed (benchmarks/load.py measures the effect): the tests check that the
+defaults reach the environment before numpy and numba load their runtimes, that a
+user's own settings win, and that the knob is validated and applied.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numba
+import pytest
+
+import sgm_ref
+from sgm_ref import _threads
+
+# this process imported sgm_ref (conftest), which set the defaults in its os.environ:
+# every child starts from an environment without any of them
+THREAD_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "OMP_DISPLAY_ENV",
+                    "OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS", "SGM_REF_THREADS")
+
+REPORT = """
+import json, os, sys
+{before}
+import sgm_ref, numba
+from sgm_ref import _threads
+print(json.dumps({{"env": {{k: os.environ.get(k) for k in {names!r}}},
+                  "defaults": _threads.environment_defaults(), "numba": numba.get_num_threads(),
+                  "blas": _threads.blas_threads()}}))
+"""
+
+
+def child(env=None, before="", code=None):
+    clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    return subprocess.run([sys.executable, "-c", code or REPORT.format(before=before, names=THREAD_VARIABLES)],
+                          env={**clean, **(env or {})}, capture_output=True, text=True, timeout=300)
+
+
+def report(env=None, before=""):
+    result = child(env, before)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_defaults_are_set_when_unset_before_the_runtimes_load():
+    out = report()
+    for name, value in _threads.SPIN_DEFAULTS.items():
+        assert out["env"][name] == value
+    assert out["defaults"] == {"set": _threads.SPIN_DEFAULTS, "loaded_before": []}
+    assert out["env"]["OPENBLAS_NUM_THREADS"] is None and out["env"]["SGM_REF_THREADS"] is None  # counts untouched
+
+
+def test_a_users_settings_win():
+    out = report({"OMP_WAIT_POLICY": "ACTIVE", "OPENBLAS_THREAD_TIMEOUT": "20"})
+    assert out["env"]["OMP_WAIT_POLICY"] == "ACTIVE" and out["env"]["OPENBLAS_THREAD_TIMEOUT"] == "20"
+    assert out["defaults"]["set"] == {}
+    out = report({"OMP_WAIT_POLICY": "active"})  # one set, the other still defaulted
+    assert out["env"]["OMP_WAIT_POLICY"] == "active"
+    assert out["defaults"]["set"] == {"OPENBLAS_THREAD_TIMEOUT": _threads.SPIN_DEFAULTS["OPENBLAS_THREAD_TIMEOUT"]}
+
+
+def test_numpy_imported_first_is_reported():
+    out = report(before="import numpy")
+    assert any("OpenBLAS" in name for name in out["defaults"]["loaded_before"])
+
+
+def test_the_openmp_runtime_reads_the_wait_policy():
+    # libgomp prints the settings it started with when OMP_DISPLAY_ENV is set: the policy
+    # must be there when numba first loads it (a parallel kernel's first call)
+    code = ("import numpy as np, sgm_ref, numba; from sgm_ref import GaussianMixture, OU; "
+            "GaussianMixture.ring().score(np.zeros((64, 2)), np.full(64, 0.5), OU()); "
+            "print(numba.threading_layer())")
+    result = child({"OMP_DISPLAY_ENV": "TRUE"}, code=code)
+    assert result.returncode == 0, result.stderr
+    if result.stdout.split()[-1] != "omp":
+        pytest.skip(f"numba's threading layer here is {result.stdout.split()[-1]}, not OpenMP")
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in result.stderr
+
+
+@pytest.mark.parametrize("n", [0, -1, True, 1.5, "2", None, numba.config.NUMBA_NUM_THREADS + 1])
+def test_set_threads_refuses_and_changes_nothing(n):
+    numba_before, blas_before = numba.get_num_threads(), _threads.blas_threads()
+    with pytest.raises(ValueError, match="^n must be"):
+        sgm_ref.set_threads(n)
+    assert numba.get_num_threads() == numba_before and _threads.blas_threads() == blas_before
+
+
+def test_set_threads_sets_numba_and_every_openblas():
+    numba_before, blas_before = numba.get_num_threads(), _threads.blas_threads()
+    try:
+        assert sgm_ref.set_threads(1) == {"numba": 1, "blas": [1] * len(blas_before)}
+        assert numba.get_num_threads() == 1
+        n = numba.config.NUMBA_NUM_THREADS
+        assert sgm_ref.set_threads(n) == {"numba": n, "blas": [n] * len(blas_before)}
+    finally:
+        numba.set_num_threads(numba_before)
+        for (setter, _), count in zip(_threads._openblas_libraries(), blas_before):
+            setter(count)
+    assert blas_before, "no OpenBLAS found in this process: numpy's wheels ship one"
+
+
+def test_sgm_ref_threads_applies_at_import():
+    out = report({"SGM_REF_THREADS": "1"})
+    assert out["numba"] == 1 and out["blas"] and set(out["blas"]) == {1}
+    assert out["env"]["OPENBLAS_NUM_THREADS"] == "1"  # also for an OpenBLAS loaded later (scipy's)
+    out = report({"SGM_REF_THREADS": "1"}, before="import numpy")  # numpy's OpenBLAS loaded first: set at run time
+    assert out["numba"] == 1 and set(out["blas"]) == {1}
+
+
+@pytest.mark.parametrize("value", ["0", "two", "", "1.5", str(numba.config.NUMBA_NUM_THREADS + 1)])
+def test_a_bad_sgm_ref_threads_is_refused_at_import(value):
+    result = child({"SGM_REF_THREADS": value})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: ") and ("SGM_REF_THREADS" in last or "NUMBA_NUM_THREADS" in last), last
+
+
+def test_busy_hint_only_when_the_pools_oversubscribe(monkeypatch):
+    for name in ("SGM_REF_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    assert _threads.busy_hint(busy=0, cpus=2, threads=2) is None
+    assert _threads.busy_hint(busy=3, cpus=2, threads=1) is None  # nothing to give up
+    assert _threads.busy_hint(busy=4, cpus=16, threads=12) is None
+    hint = _threads.busy_hint(busy=2, cpus=2, threads=2)
+    assert "SGM_REF_THREADS=1" in hint and "\n" not in hint
+    assert "SGM_REF_THREADS=10" in _threads.busy_hint(busy=6, cpus=16, threads=16)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # the user chose: no advice
+    assert _threads.busy_hint(busy=2, cpus=2, threads=2) is None
+
+
+def test_busy_cpus_counts_others_or_says_unknown():
+    busy = _threads.busy_cpus()
+    assert busy is None or (isinstance(busy, int) and busy >= 0)
