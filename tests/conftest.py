@@ -30,7 +30,7 @@ def forward_numpy(net, x, t):
     """(output, [pre-activations z_l of the hidden layers]) of an sgm_ref MLP, by sgm_ref.plain."""
     t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],))
     out, tape = plain.mlp_forward(net.params, plain.Net.of(net), x, t)
-    return out, [z for _, z, _ in tape[:-1]]
+    return out, [h @ W + b for (h, _), (W, b) in zip(tape[:-1], plain.layers(net.params, net.sizes))]
 
 
 def coefficients_numpy(process, t):
