@@ -19,8 +19,9 @@ Implementations, all starting from the same initial parameters and the same data
 (n = 10 x batch points of N(0, I)):
 - sgm_ref: sgm_ref.train.TrainStep(ScoreModel(MLP(...), OU(), "score"), ...) with
   sgm_ref.optim.Adam; draws from a numpy Generator.
-- NumPy: _numpy_step below, a plain implementation (matrix products with @, SiLU from
-  ufuncs, hand-written backward and Adam; temporaries allowed).
+- NumPy: sgm_ref.plain.train_step, the plain-NumPy twin of the whole method (matrix
+  products with @, SiLU from ufuncs, hand-written backward and Adam; temporaries allowed),
+  the specification the fast path is tested against.
 - PyTorch (if importable): nn.Sequential of Linear + SiLU, torch.optim.Adam (defaults),
   torch.set_num_threads(2); draws from a torch.Generator inside the step.
 - JAX (if importable): one jax.jit-compiled step (jax.value_and_grad + hand-written Adam,
@@ -72,7 +73,7 @@ import numpy as np
 from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
 
 import sgm_ref
-from sgm_ref import OU
+from sgm_ref import OU, plain
 from sgm_ref.losses import dsm_loss
 from sgm_ref.nn.mlp import MLP
 from sgm_ref.optim import Adam
@@ -131,18 +132,6 @@ def n_params_of(sizes):
     return sum(fi * fo + fo for fi, fo in zip(sizes[:-1], sizes[1:]))
 
 
-def _layer_views(flat, sizes):
-    """(weights (fan_in, fan_out), biases (fan_out,)) views into a flat vector, laid out as
-    sgm_ref.nn.MLP.params: W_0, b_0, W_1, b_1, ..."""
-    weights, biases, offset = [], [], 0
-    for fi, fo in zip(sizes[:-1], sizes[1:]):
-        weights.append(flat[offset:offset + fi * fo].reshape(fi, fo))
-        offset += fi * fo
-        biases.append(flat[offset:offset + fo])
-        offset += fo
-    return weights, biases
-
-
 def make_problem(d, width, depth, batch, dtype, seed):
     """Initial parameters (sgm_ref's initialisation), data, and a fixed check batch."""
     rng = np.random.default_rng(seed)
@@ -179,81 +168,21 @@ def make_sgm_ref(problem, seed):
     return run, step, rng
 
 
-# -- the plain NumPy baseline ---------------------------------------------------------------
-def _numpy_loss_and_grad(weights, biases, x0, t, z, grad_weights, grad_biases):
-    """DSM loss (weighting "none", "score" parameterisation, OU) of the MLP and its gradient,
-    written into grad_weights / grad_biases (views of one flat vector). t is float64."""
-    n = x0.shape[0]
-    dtype = x0.dtype
-    a = np.exp(-t).astype(dtype)[:, None]
-    sigma = np.sqrt(-np.expm1(-2.0 * t)).astype(dtype)[:, None]
-    h = np.concatenate([a * x0 + sigma * z, t.astype(dtype)[:, None]], axis=1)
-    inputs, derivatives = [h], []
-    L = len(weights) - 1
-    with np.errstate(over="ignore"):  # exp(-z) = inf for very negative z gives sigmoid 0: right
-        for l in range(L):
-            pre = h @ weights[l]
-            pre += biases[l]
-            sig = np.exp(-pre)
-            sig += 1.0
-            np.reciprocal(sig, out=sig)  # sigmoid(pre)
-            h = pre * sig  # silu
-            dact = 1.0 - sig  # silu' = sig (1 + pre (1 - sig))
-            dact *= pre
-            dact += 1.0
-            dact *= sig
-            inputs.append(h)
-            derivatives.append(dact)
-    s = h @ weights[L]
-    s += biases[L]
-    r = s + z / sigma
-    loss = float(np.sum(r * r)) / n
-    g = r * (2.0 / n)  # dL/ds
-    for l in range(L, -1, -1):
-        if l < L:
-            g *= derivatives[l]
-        np.matmul(inputs[l].T, g, out=grad_weights[l])
-        np.sum(g, axis=0, out=grad_biases[l])
-        if l > 0:
-            g = g @ weights[l].T
-    return loss
-
-
-def _numpy_adam(state, grad):
-    """torch.optim.Adam's arithmetic over the flat parameter vector, in place."""
-    state["k"] += 1
-    k, m, v = state["k"], state["m"], state["v"]
-    m *= BETA1
-    m += (1.0 - BETA1) * grad
-    v *= BETA2
-    v += (1.0 - BETA2) * grad * grad
-    step_size = LR / (1.0 - BETA1**k)
-    denom = np.sqrt(v)
-    denom /= math.sqrt(1.0 - BETA2**k)
-    denom += EPS
-    state["params"] -= step_size * m / denom
-
-
+# -- the plain NumPy baseline: sgm_ref.plain, the specification the fast path is tested against --
 def _numpy_state(problem):
-    params = problem["params0"].copy()
-    grad = np.empty_like(params)
-    weights, biases = _layer_views(params, problem["sizes"])
-    grad_weights, grad_biases = _layer_views(grad, problem["sizes"])
-    return {"params": params, "grad": grad, "m": np.zeros_like(params), "v": np.zeros_like(params), "k": 0,
-            "weights": weights, "biases": biases, "grad_weights": grad_weights, "grad_biases": grad_biases,
+    net = plain.Net(problem["sizes"], "silu", "linear")
+    return {"theta": problem["params0"].copy(), "adam": {}, "net": net,
             "data": problem["data"], "batch": problem["batch"]}
 
 
+def _numpy_loss_and_grad(state, x0, t, z):
+    return plain.dsm_loss(state["theta"], state["net"], x0, t, z, plain.OU, "score", "none")
+
+
 def _numpy_step(state, rng):
-    """One step, drawing in sgm_ref.train.TrainStep's order (indices, times, noise)."""
-    data, batch = state["data"], state["batch"]
-    x0 = data[rng.integers(0, data.shape[0], batch)]
-    t = T0 + (T_END - T0) * rng.random(batch)
-    z = rng.standard_normal((batch, data.shape[1]), dtype=data.dtype)
-    loss = _numpy_loss_and_grad(state["weights"], state["biases"], x0, t, z,
-                                state["grad_weights"], state["grad_biases"])
-    _numpy_adam(state, state["grad"])
-    return loss
+    """One plain.train_step: draws in sgm_ref.train.TrainStep's order (indices, times, noise)."""
+    return plain.train_step(state["theta"], state["net"], state["adam"], state["data"], state["batch"], rng,
+                            T0, T_END, plain.OU, "score", "none", "uniform", lr=LR, betas=(BETA1, BETA2), eps=EPS)
 
 
 def make_numpy(problem, seed):
@@ -277,10 +206,9 @@ def _torch_net(torch, problem):
             layers.append(torch.nn.SiLU())
     dtype = getattr(torch, problem["dtype"].name)
     net = torch.nn.Sequential(*layers).to(dtype)
-    weights, biases = _layer_views(problem["params0"], sizes)
     linears = [m for m in net if isinstance(m, torch.nn.Linear)]
     with torch.no_grad():
-        for lin, W, b in zip(linears, weights, biases):
+        for lin, (W, b) in zip(linears, plain.layers(problem["params0"], sizes)):
             lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(W.T)))
             lin.bias.copy_(torch.from_numpy(b.copy()))
     return net, linears
@@ -328,8 +256,7 @@ def make_torch(torch, problem, seed):
 
 # -- JAX ------------------------------------------------------------------------------------
 def _jax_params(jax, problem):
-    weights, biases = _layer_views(problem["params0"], problem["sizes"])
-    return [(jax.numpy.asarray(W.copy()), jax.numpy.asarray(b.copy())) for W, b in zip(weights, biases)]
+    return [(jax.numpy.asarray(W.copy()), jax.numpy.asarray(b.copy())) for W, b in plain.layers(problem["params0"], problem["sizes"])]
 
 
 def _jax_loss_fn(jax):
@@ -410,12 +337,12 @@ def check_equal_work(problem, peers, seed):
 
     # NumPy: the loss and gradient, then one full step (same seed -> same draws) against TrainStep
     state = _numpy_state(problem)
-    loss = _numpy_loss_and_grad(state["weights"], state["biases"], x0, t, z, state["grad_weights"], state["grad_biases"])
-    diff = max(rel_diff(loss, want_loss), rel_diff(state["grad"], want_grad))
+    loss, grad = _numpy_loss_and_grad(state, x0, t, z)
+    diff = max(rel_diff(loss, want_loss), rel_diff(grad, want_grad))
     _, sgm_step, _ = make_sgm_ref(problem, seed)
     sgm_loss = sgm_step(np.random.default_rng(seed))
     np_loss = _numpy_step(state, np.random.default_rng(seed))
-    step_diff = max(rel_diff(np_loss, sgm_loss), rel_diff(state["params"], sgm_step.model.params))
+    step_diff = max(rel_diff(np_loss, sgm_loss), rel_diff(state["theta"], sgm_step.model.params))
     results["NumPy"] = (max(diff, step_diff), tol,
                         f"loss+grad {diff:.1e}, one full step (same draws) loss+params {step_diff:.1e}")
 
@@ -713,7 +640,7 @@ _JIT_SNIPPET = textwrap.dedent(
     import time
     start = time.perf_counter()
     import numpy as np
-    from sgm_ref import OU
+    from sgm_ref import OU, plain
     from sgm_ref.nn.mlp import MLP
     from sgm_ref.optim import Adam
     from sgm_ref.score_model import ScoreModel

@@ -1,7 +1,10 @@
-"""Independent references for the network tests (test_nn, test_losses, test_score_model,
-test_train): the MLP, its time embedding, the process coefficients and the DSM loss
-written again from the formulas in DESIGN.md, once in NumPy and once in PyTorch
-(autograd supplies the gradients). Nothing here calls sgm_ref's kernels.
+"""References for the network tests (test_nn, test_losses, test_score_model, test_train).
+
+NumPy: sgm_ref.plain, the whole method written once in plain NumPy from the formulas
+(no numba kernel, no shared code with the fast path; tests/test_plain.py holds the two
+together). PyTorch: the MLP, its time embedding, the process coefficients and the DSM
+loss written again here, with autograd supplying the gradients, an independent check
+of both.
 """
 
 import os
@@ -10,56 +13,35 @@ import types
 import numpy as np
 import pytest
 
-from sgm_ref import OU, VP
+from sgm_ref import OU, VP, plain
 
 
-def _np_activation(kind, z):
-    if kind == "relu":
-        return np.maximum(z, 0.0)
-    if kind == "silu":
-        return z / (1.0 + np.exp(-z))
-    if kind == "tanh":
-        return np.tanh(z)
-    return np.logaddexp(0.0, z)  # softplus
+def process_pair(process):
+    """(beta_min, beta_max) of an OU or VP process, the form sgm_ref.plain takes."""
+    return plain.OU if isinstance(process, OU) else (process.beta_min, process.beta_max)
 
 
 def embed_numpy(t, kind, n_frequencies=4):
     """e(t): [t], [log t] or [log t, sin(w_j log t), cos(w_j log t)], w_j = 2^j / 4."""
-    t = np.asarray(t, dtype=np.float64)
-    if kind == "linear":
-        return t[:, None]
-    tau = np.log(t)[:, None]
-    if kind == "log":
-        return tau
-    w = 2.0 ** np.arange(n_frequencies) / 4.0
-    feats = np.empty((t.shape[0], 1 + 2 * n_frequencies))
-    feats[:, :1] = tau
-    feats[:, 1::2] = np.sin(w * tau)
-    feats[:, 2::2] = np.cos(w * tau)
-    return feats
+    return plain.embed(t, kind, n_frequencies)
 
 
 def forward_numpy(net, x, t):
-    """(output, [pre-activations z_l of the hidden layers]) of an sgm_ref MLP, in NumPy."""
+    """(output, [pre-activations z_l of the hidden layers]) of an sgm_ref MLP, by sgm_ref.plain."""
     t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],))
-    h = np.concatenate([x, embed_numpy(t, net.embedding.kind, net.embedding.n_frequencies).astype(x.dtype)], axis=1)
-    pre = []
-    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
-        z = h @ W + b
-        if l == len(net.weights) - 1:
-            return z, pre
-        pre.append(z)
-        h = _np_activation(net.activation, z)
+    out, tape = plain.mlp_forward(net.params, plain.Net.of(net), x, t)
+    return out, [h @ W + b for (h, _), (W, b) in zip(tape[:-1], plain.layers(net.params, net.sizes))]
 
 
 def coefficients_numpy(process, t):
     """(alpha_t, sigma_t^2) from B(t) = int_0^t beta: OU B = 2t, VP B = b0 t + (b1 - b0) t^2 / 2."""
-    t = np.asarray(t, dtype=np.float64)
-    if isinstance(process, OU):
-        B = 2.0 * t
-    else:
-        B = process.beta_min * t + 0.5 * (process.beta_max - process.beta_min) * t * t
-    return np.exp(-0.5 * B), -np.expm1(-B)
+    return plain.marginal(t, process_pair(process))
+
+
+def dsm_loss_numpy(model, x0, t, z, weighting):
+    """(loss, gradient) of a ScoreModel on one batch, by sgm_ref.plain."""
+    return plain.dsm_loss(model.params, plain.Net.of(model.network), x0, np.asarray(t, dtype=np.float64), z,
+                          process_pair(model.process), model.parameterization, weighting)
 
 
 # Smallest |pre-activation| allowed in a relu gradient check: a finite-difference step of
@@ -85,7 +67,7 @@ def keep_relu_away_from_kinks(net, x, t):
 @pytest.fixture
 def numpy_ref():
     return types.SimpleNamespace(forward=forward_numpy, embed=embed_numpy, coefficients=coefficients_numpy,
-                                 keep_relu_away_from_kinks=keep_relu_away_from_kinks)
+                                 dsm_loss=dsm_loss_numpy, keep_relu_away_from_kinks=keep_relu_away_from_kinks)
 
 
 class TorchReference:
