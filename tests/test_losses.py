@@ -41,16 +41,6 @@ def keep_relu_away_from_kinks(model, x0, t, z, numpy_ref):
     numpy_ref.keep_relu_away_from_kinks(model.network, xt, t)
 
 
-def numpy_dsm_loss(model, x0, t, z, weighting, numpy_ref):
-    alpha, sigma2 = numpy_ref.coefficients(model.process, t)
-    sigma = np.sqrt(sigma2)[:, None]
-    xt = alpha[:, None] * x0 + sigma * z
-    out, _ = numpy_ref.forward(model.network, xt, t)
-    s = {"score": out, "noise": -out / sigma, "residual": out - xt}[model.parameterization]
-    lam = sigma2 if weighting == "sigma2" else 1.0
-    return float(np.mean(lam * np.sum((s + z / sigma) ** 2, axis=1)))
-
-
 # -- the gradient ----------------------------------------------------------------------------
 
 def gradcheck_loss(model, x0, t, z, weighting):
@@ -106,7 +96,7 @@ def test_loss_matches_numpy(parameterization, process, numpy_ref):
     x0, t, z = batch(seed=5, n=100, t_range=(0.001, 1.0))
     model = model_for("tanh", "fourier", parameterization, process)
     for weighting in WEIGHTINGS:
-        expected = numpy_dsm_loss(model, x0, t, z, weighting, numpy_ref)
+        expected = numpy_ref.dsm_loss(model, x0, t, z, weighting)[0]  # sgm_ref.plain, the specification
         value, _ = dsm_loss(model, x0, t, z, weighting, grad=False)
         assert value == pytest.approx(expected, rel=1e-12)
 
