@@ -111,13 +111,25 @@ def draw_process(data, label="process"):
 # (b) the library
 # ===========================================================================================
 
+def _symmetric_positive_definite(c):
+    if not np.array_equal(c, c.T):
+        return False
+    try:
+        np.linalg.cholesky(c)
+    except np.linalg.LinAlgError:
+        return False
+    return True
+
+
 def as_full_covariances(cov, K, d, kind=None):
     """(K, d, d) matrices a covariance argument means, or None when its shape is ambiguous.
 
     None: identities. (K, d, d): as given. (K,): one variance per component. 2-D: rows of
     variances (K, d) or one shared matrix (d, d), told apart by the shape or by kind
     (scikit-learn's names "diag", "tied", "full", "spherical"; "diagonal" too);
-    when K = d > 1 and no kind is named, both readings fit (issue 11 item 2).
+    when K = d > 1 and no kind is named, both readings fit (issue 11 item 2) if the array is
+    also a valid shared covariance (symmetric positive definite); otherwise it can only be
+    variances, which is how sgm_ref reads it.
     """
     if cov is None:
         return np.broadcast_to(np.eye(d), (K, d, d))
@@ -129,6 +141,8 @@ def as_full_covariances(cov, K, d, kind=None):
     if c.ndim != 2 or kind in ("full", "spherical"):
         return None
     diag_shape, tied_shape = c.shape == (K, d), c.shape == (d, d)
+    if kind is None and diag_shape and tied_shape and d > 1 and not _symmetric_positive_definite(c):
+        kind = "diag"  # not a covariance: only the variances reading fits
     if kind in ("diag", "diagonal") or (kind is None and diag_shape and not (tied_shape and d > 1)):
         return np.stack([np.diag(row) for row in c]) if diag_shape else None
     if kind == "tied" or (kind is None and tied_shape and not (diag_shape and d > 1)):
