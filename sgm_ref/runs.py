@@ -209,6 +209,8 @@ def horizon_limits(process, dtype):
 def _check_horizon(t0, T, process, dtype, section):
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (t0, T)):
         return  # not numbers: check_time_range names them
+    if T > process.t_max:
+        return  # beyond the process's own range (VP's t <= 1): check_time_range says so
     t0_min, T_max = horizon_limits(process, dtype)
     option = "--T" if not section else "the sampler's T (--T of sgm-ref sample)"
     if T > T_max * (1 + _LIMIT_SLACK):

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_count, check_points, check_rng, check_time_range
+from ._validation import check_count, check_points, check_rng, check_time_range, fits_in_memory
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _draw_times, _dsm_loss
 from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
 
@@ -84,8 +84,10 @@ class TrainStep:
             raise ValueError("optimizer must be an sgm_ref.optim.Adam built on model.params (the same array)")
         self.model, self.optimizer = model, optimizer
         self.weighting, self.time_distribution = weighting, time_distribution
-        self.x0 = np.empty((self.batch_size, net.d), dtype=net.dtype)
-        self.z = np.empty((self.batch_size, net.d), dtype=net.dtype)
+        # the batch and the network's activations on it: (d + widths) numbers per row, a few times over
+        with fits_in_memory("batch_size", self.batch_size, self.batch_size * (net.d + sum(net.widths)), 8 * 6):
+            self.x0 = np.empty((self.batch_size, net.d), dtype=net.dtype)
+            self.z = np.empty((self.batch_size, net.d), dtype=net.dtype)
         self.grad = np.empty(net.n_params, dtype=net.dtype)
 
     def __call__(self, rng):

@@ -356,3 +356,11 @@ def test_an_update_that_goes_non_finite_is_a_divergence_naming_the_step():
     with pytest.raises(TrainingDivergedError, match="the update became non-finite at step 3: lr 1") as info:
         fit(model, data, steps=5, batch_size=8, rng=np.random.default_rng(2), optimizer=Exploding(model.params))
     assert info.value.step == 3
+
+
+def test_a_batch_size_beyond_memory_is_named():
+    model = ScoreModel(MLP(3, [5], rng=np.random.default_rng(0)), OU())
+    data = np.zeros((5, 3))
+    for batch_size in (2**70, 2**40):
+        with pytest.raises(ValueError, match=r"^batch_size = \d+ asks for .*lower batch_size$"):
+            fit(model, data, steps=3, batch_size=batch_size, rng=np.random.default_rng(0))
