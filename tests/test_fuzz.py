@@ -112,11 +112,11 @@ def draw_process(data, label="process"):
 # ===========================================================================================
 
 def _symmetric_positive_definite(c):
-    if not np.array_equal(c, c.T):
-        return False
+    """Whether sgm_ref accepts c as a shared covariance when told so (covariance_type='tied')."""
+    d = c.shape[0]
     try:
-        np.linalg.cholesky(c)
-    except np.linalg.LinAlgError:
+        GaussianMixture(np.full(d, 1.0 / d), np.zeros((d, d)), c, covariance_type="tied")
+    except ValueError:
         return False
     return True
 

@@ -349,3 +349,12 @@ def test_a_target_spec_that_is_not_a_string_is_shown_plainly():
         with pytest.raises(ValueError) as info:
             from_spec(spec)
         assert str(info.value).endswith(shown), str(info.value)
+
+
+def test_radii_too_small_for_float64_are_refused():
+    """Means at 1e-320 are subnormal: |mu| came out unequal to the radius asked for."""
+    with pytest.raises(ValueError, match=r"^radius must be 0 or at least 1e-150"):
+        GaussianMixture.paper_family(1, 2, 1e-320, 0)
+    with pytest.raises(ValueError, match=r"^radius must be at least 1e-150"):
+        GaussianMixture.ring(radius=1e-200)
+    assert np.all(GaussianMixture.paper_family(2, 2, 0.0, 0).means == 0)

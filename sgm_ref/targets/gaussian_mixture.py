@@ -224,10 +224,13 @@ class GaussianMixture(ExactOutputs):
         """k equal-weight isotropic Gaussians of standard deviation std on a circle in R^2.
 
         The classic two-dimensional test target (default: 8 modes, radius 2, std 0.3).
-        radius <= 1e150 and std in [1e-150, 1e150] (the limits of the constructor).
+        radius in [1e-150, 1e150] and std in [1e-150, 1e150] (the limits of the constructor).
         """
         k = check_size(check_count(k, "k"), 4, "k", "k modes")
         radius = check_real(radius, "radius", low=0.0, low_open=True, high=MAX_MEAN)
+        if radius < 1e-150:  # subnormal-scale means lose their digits (|mu| is not radius)
+            raise ValueError(f"radius must be at least 1e-150 (means at a smaller scale lose their digits in "
+                             f"float64), got {radius:g}")
         std = check_real(std, "std", low=0.0, low_open=True)
         if not np.sqrt(MIN_VARIANCE) <= std <= np.sqrt(MAX_VARIANCE):
             raise ValueError(f"std must be in [{np.sqrt(MIN_VARIANCE):g}, {np.sqrt(MAX_VARIANCE):g}] (its square is a "
@@ -243,12 +246,15 @@ class GaussianMixture(ExactOutputs):
         The directions are uniform on the sphere S^{d-1}, drawn from rng (a Generator,
         or an int seed given to numpy.random.default_rng). f(x) = log sum_k w_k
         exp(mu_k . x - radius^2 / 2) is Lipschitz with constant radius in every d.
-        radius <= 1e150.
+        radius 0 or in [1e-150, 1e150].
         """
         d = check_count(d, "d")
         k = check_count(k, "k")
         check_size(k, 2 * d, "k", f"k means in d = {d}")
         radius = check_real(radius, "radius", low=0.0, high=MAX_MEAN)
+        if 0 < radius < 1e-150:  # subnormal-scale means lose their digits (|mu| is not radius)
+            raise ValueError(f"radius must be 0 or at least 1e-150 (means at a smaller scale lose their digits in "
+                             f"float64), got {radius:g}")
         if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
             rng = np.random.default_rng(rng)
         rng = check_rng(rng, "rng (a Generator or an int seed)")
