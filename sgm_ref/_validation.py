@@ -212,6 +212,18 @@ def check_times(t, n=None, T=None, name="t"):
     return arr
 
 
+def check_decreasing_grid(grid, t0_text="t0"):
+    """grid as a float64 1-D array of at least 2 strictly decreasing times, else ValueError."""
+    g = check_real_array(grid, "grid")
+    if g.ndim != 1 or g.size < 2:
+        raise ValueError(f"grid must be a 1-D array of at least 2 times, from T down to {t0_text}")
+    if np.any(np.diff(g) >= 0):
+        k = int(np.flatnonzero(np.diff(g) >= 0)[0])
+        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {float(g[k])!r} "
+                         f"<= grid[{k + 1}] = {float(g[k + 1])!r}")
+    return g
+
+
 def check_time_range(t0, T, process=None):
     """Raise unless 0 < t0 < T (<= process.t_max) are finite numbers; return floats.
 

@@ -40,7 +40,7 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 
 import numpy as np
 
-from ._validation import (call_score, check_count, check_float_dtype, check_points, check_real_array, check_rng,
+from ._validation import (call_score, check_count, check_decreasing_grid, check_float_dtype, check_points, check_rng,
                           check_time_range, fits_in_memory)
 from .kernels.sampler import affine_step, heun_correct, standard_normal_into
 from .processes import VariancePreserving, check_process
@@ -106,13 +106,7 @@ def time_grid(T, t0, n_steps, kind="uniform", process=None):
 
 def check_grid(grid, process):
     """Return grid as a float64 array if it is a valid decreasing time grid, else raise."""
-    g = check_real_array(grid, "grid")
-    if g.ndim != 1 or g.size < 2:
-        raise ValueError("grid must be a 1-D array of at least 2 times, from T down to t0")
-    if np.any(np.diff(g) >= 0):
-        k = int(np.flatnonzero(np.diff(g) >= 0)[0])
-        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {float(g[k])!r} "
-                         f"<= grid[{k + 1}] = {float(g[k + 1])!r}")
+    g = check_decreasing_grid(grid)
     if g[-1] <= 0:
         raise ValueError(f"grid must end at t0 > 0 (early stopping), got {float(g[-1])!r}")
     if g[0] > process.t_max:

@@ -12,7 +12,7 @@ import numpy as np
 
 from .._validation import check_count, check_real
 from .base import LinearGaussianProcess
-from .variance_preserving import check_linear_betas, inverse_linear_integrated_beta
+from .variance_preserving import check_linear_betas, inverse_linear_integrated_beta, linear_beta, linear_integrated_beta
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,10 @@ class SubVP(LinearGaussianProcess):
         check_linear_betas(self)
 
     def _beta(self, t):
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+        return linear_beta(t, self.beta_min, self.beta_max)
 
     def _B(self, t):
-        return t * (self.beta_min + 0.5 * t * (self.beta_max - self.beta_min))
+        return linear_integrated_beta(t, self.beta_min, self.beta_max)
 
     def _alpha(self, t):
         return np.exp(-0.5 * self._B(t))

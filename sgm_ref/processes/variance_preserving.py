@@ -173,10 +173,10 @@ class VP(VariancePreserving):
         check_linear_betas(self)
 
     def _beta(self, t):
-        return self.beta_min + t * (self.beta_max - self.beta_min)
+        return linear_beta(t, self.beta_min, self.beta_max)
 
     def _integrated_beta(self, t):
-        return t * (self.beta_min + 0.5 * t * (self.beta_max - self.beta_min))
+        return linear_integrated_beta(t, self.beta_min, self.beta_max)
 
     def _integral_between(self, t_hi, t_lo):
         # the midpoint rule is exact for the linear beta
@@ -199,6 +199,16 @@ def check_linear_betas(process):
         )
     if process.beta_max == 0:
         raise ValueError("beta_max must be > 0 (beta = 0 never adds noise)")
+
+
+def linear_beta(t, beta_min, beta_max):
+    """beta(t) = beta_min + t (beta_max - beta_min) (VP and sub-VP, Song et al. 2021)."""
+    return beta_min + t * (beta_max - beta_min)
+
+
+def linear_integrated_beta(t, beta_min, beta_max):
+    """B(t) = int_0^t beta = t (beta_min + t (beta_max - beta_min) / 2)."""
+    return t * (beta_min + 0.5 * t * (beta_max - beta_min))
 
 
 def inverse_linear_integrated_beta(B, beta_min, beta_max):

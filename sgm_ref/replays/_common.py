@@ -12,7 +12,7 @@ is a float32 replay); coefficients are float64.
 
 import numpy as np
 
-from .._validation import call_score, check_points, check_real_array, check_rng
+from .._validation import call_score, check_decreasing_grid, check_points, check_real_array, check_rng
 from ..conventions import convert
 from ..processes import EDM, VariancePreserving, check_process
 
@@ -23,13 +23,7 @@ def check_replay_grid(grid, process):
     Unlike sgm_ref.samplers.check_grid the last time may be 0 (k-diffusion appends
     sigma = 0; DDPM's last step lands on the data): no replay evaluates the score there.
     """
-    g = check_real_array(grid, "grid")
-    if g.ndim != 1 or g.size < 2:
-        raise ValueError("grid must be a 1-D array of at least 2 times, from T down to t0 >= 0")
-    if np.any(np.diff(g) >= 0):
-        k = int(np.flatnonzero(np.diff(g) >= 0)[0])
-        raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {g[k]!r} "
-                         f"<= grid[{k + 1}] = {g[k + 1]!r}")
+    g = check_decreasing_grid(grid, "t0 >= 0")
     if g[-1] < process.t_min:
         raise ValueError(f"grid must end at t0 >= {process.t_min}, got {g[-1]!r}")
     if g[0] > process.t_max:
