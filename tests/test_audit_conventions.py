@@ -2,15 +2,12 @@
 driven as a user drives it: the installed script in a subprocess, on a module the test writes."""
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(sys.executable).with_name("sgm-ref")
+from _cli import run
+from _cli import assert_one_line_error as _assert_one_line_error
 SMALL = ["--n-steps", "5", "--profile-n", "200", "--bound-n", "8", "--seed", "3"]
 
 # N(MEAN, diag VAR): under x_t = a x0 + s z its exact E[z | x_t] = s (x - a m) / (a^2 v + s^2),
@@ -96,22 +93,6 @@ def a_list(x, t):
 def torch_float32_out(x, t):
     return torch.zeros(x.shape, dtype=torch.float32)
 '''
-
-
-def run(*args, cwd=None, env=None, check=True):
-    result = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, **(env or {})}, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"sgm-ref {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
-    return result
-
-
-def _assert_one_line_error(result, pattern):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sgm-ref: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    assert pattern in lines[0], lines[0]
 
 
 @pytest.fixture

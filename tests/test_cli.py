@@ -4,9 +4,7 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,20 +12,13 @@ import pytest
 from sgm_ref import load
 from sgm_ref.targets.spec import from_spec, to_record
 
-SCRIPT = Path(sys.executable).with_name("sgm-ref")
+from _cli import SCRIPT, run
+from _cli import assert_one_line_error as _assert_one_line_error
 
 # a budget small enough for the test suite
 SMALL = ["--n", "1000", "--width", "32", "--depth", "2", "--steps", "300", "--checkpoint-every", "100"]
 SMALL_SAMPLING = ["--n-samples", "600", "--n-steps", "30"]
 SMALL_EVALUATION = ["--bound-n", "16", "--profile-n", "200"]
-
-
-def run(*args, cwd=None, env=None, check=True):
-    result = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, **(env or {})}, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"sgm-ref {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
-    return result
 
 
 def test_script_is_installed():
@@ -200,14 +191,6 @@ def test_ctrl_c_keeps_the_run_and_says_how_to_go_on(tmp_path):
 
 
 # -- errors: one line on stderr, exit status 2, nothing left behind ---------------------
-
-def _assert_one_line_error(result, pattern):
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sgm-ref: error: "), result.stderr
-    assert "Traceback" not in result.stderr
-    assert pattern in lines[0], lines[0]
-
 
 @pytest.mark.parametrize("args, pattern", [
     (["--target", "moon"], "unknown target 'moon'"),

@@ -6,12 +6,10 @@ user meets it; errors must be one line on stderr with exit status 2.
 """
 
 import json
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,27 +17,12 @@ import pytest
 from sgm_ref.experiments import rate
 from sgm_ref.experiments.sweep import run_sweep
 
-SCRIPT = Path(sys.executable).with_name("sgm-ref")
+from _cli import SCRIPT, assert_one_line_error, run
 
 TINY = ["--n", "200", "--width", "8", "--depth", "1", "--batch-size", "16", "--seed", "2"]
 TINY_SAMPLING = ["--n-samples", "40", "--n-steps", "5"]
 TINY_EVALUATION = ["--bound-n", "4", "--profile-n", "20", "--no-plots"]
 DEEP = "[" * 100_000  # json.loads raises RecursionError on it
-
-
-def run(*args, env=None, check=True):
-    result = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                            env={**os.environ, **(env or {})}, timeout=600)
-    if check and result.returncode != 0:
-        raise AssertionError(f"sgm-ref {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
-    return result
-
-
-def assert_one_line_error(result, pattern):
-    assert result.returncode == 2, (result.returncode, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("sgm-ref: error: "), result.stderr
-    assert pattern in lines[0], lines[0]
 
 
 def trained(folder, steps=40, *extra, env=None):
