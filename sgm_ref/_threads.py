@@ -83,8 +83,19 @@ def _threads_from_environment(environ):
     return n
 
 
+def _is_command_line():
+    """True in the `sgm-ref` script, which reports a bad setting as one line, exit status 2."""
+    return os.path.basename(sys.argv[0] if sys.argv else "") == "sgm-ref"
+
+
 _LOADED_BEFORE = _runtimes_loaded()
-_REQUESTED = _threads_from_environment(os.environ)  # a bad value raises before anything changes
+ENVIRONMENT_ERROR = None  # a bad SGM_REF_THREADS, kept for the command line to report (sgm_ref.cli.main)
+try:
+    _REQUESTED = _threads_from_environment(os.environ)  # a bad value raises before anything changes
+except ValueError as exc:
+    if not _is_command_line():
+        raise
+    ENVIRONMENT_ERROR, _REQUESTED = exc, None  # the script stops with the message before any work
 _APPLIED = _set_spin_defaults(os.environ)
 _BLAS_COUNT_BEFORE = os.environ.get("OPENBLAS_NUM_THREADS")
 if _REQUESTED is not None:  # the sgm_ref knob wins, also for an OpenBLAS loaded later (scipy's)

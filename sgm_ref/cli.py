@@ -832,6 +832,9 @@ def main(argv=None):
     args = None
     try:
         args = parser.parse_args(argv)
+        from ._threads import ENVIRONMENT_ERROR
+        if ENVIRONMENT_ERROR is not None:
+            raise ENVIRONMENT_ERROR
         if args.command is None:
             parser.print_help()
             return 0

@@ -152,3 +152,13 @@ def test_the_command_line_threads_option(tmp_path):
                          "--n-steps", "3", "--profile-n", "10", "--bound-n", "2"], capture_output=True, text=True,
                         cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "abc"])
+def test_a_bad_sgm_ref_threads_is_one_line_on_the_command_line(tmp_path, value):
+    """The script reports a bad SGM_REF_THREADS like any bad input (it is read at import), and does no work."""
+    from _cli import assert_one_line_error, run
+
+    result = run("demo", tmp_path / "run", env={"SGM_REF_THREADS": value}, check=False)
+    assert_one_line_error(result, "SGM_REF_THREADS must be an integer >= 1")
+    assert not (tmp_path / "run").exists()
