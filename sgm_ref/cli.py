@@ -186,8 +186,8 @@ def build_parser():
                     "score on the same grid and Monte-Carlo draws: the sampler's own floor (its path KL and bound "
                     "are the discretisation's alone, e.g. path KL 0.18 and bound 0.31 on the ring with the default "
                     "300 geometric Euler-Maruyama steps). A number too large for float64 is reported as "
-                    "such ('overflows float64', and where), never as inf or nan. Exit status 0, or with "
-                    "--max-relative-error 0 when every profile time is within it and 1 when one is not; 2 on "
+                    "such ('overflows float64', and where), never as inf or nan. Exit status: 0; with "
+                    "--max-relative-error, 0 when every profile time is within it and 1 when one is not; 2 on "
                     "bad usage.")
     p.add_argument("--score", required=True, metavar="MODULE:CALLABLE",
                    help="a function f(x (n, d), time (n,)) -> (n, d) of NumPy, torch or JAX arrays, in the "
