@@ -2,7 +2,8 @@
 
 score_report:   the score-error profile E_{p_t}|s - grad log p_t|^2 on a time grid, its
                 time integral, and the certified TV bound for a sampler (Girsanov +
-                Pinsker; sgm_ref.metrics.bound): what `sgm-ref audit` prints.
+                Pinsker; sgm_ref.metrics.bound), with floor=True also those of the exact
+                score on the same draws (the sampler's floor): what `sgm-ref audit` prints.
 sample_report:  sample-based distances between a sampler's output and the target.
 evaluate_run:   both for a run folder, written as report.json and report.md (and plots).
 exact_score_loss: the training objective's value at the target's exact score (its floor).
