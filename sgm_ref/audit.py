@@ -1,4 +1,5 @@
-"""Audit a peer's sampler against a reference replay: same target, grid, start and noise.
+"""Audit a peer's sampler against a reference replay: same target, grid, start and noise;
+and the pass/fail tolerance of a score audit (ScoreTolerance, `sgm-ref audit --max-relative-error`).
 
 compare_sampler runs a peer's sampler and one of sgm_ref.replays side by side and reports
 
@@ -42,7 +43,8 @@ from .replays._common import check_replay_grid
 from .replays.laws import gaussian_score
 from .targets import GaussianMixture
 
-__all__ = ["compare_sampler", "SamplerComparison", "process_from_spec", "target_from_spec", "ROUNDING_FACTOR"]
+__all__ = ["compare_sampler", "SamplerComparison", "process_from_spec", "target_from_spec", "ROUNDING_FACTOR",
+           "ScoreTolerance"]
 
 ROUNDING_FACTOR = 64  # rtol = ROUNDING_FACTOR * eps of the peer's dtype
 
@@ -482,3 +484,95 @@ def target_from_spec(spec):
             raise ValueError(f"{what}: mean must be finite and std > 0")
         return GaussianMixture([1.0], [np.full(d, mean)], [std**2 * np.eye(d)])
     return from_spec(spec)
+
+
+# -- per-time tolerances of a score audit (`sgm-ref audit --max-relative-error`) --------------
+
+
+@dataclass(frozen=True)
+class ScoreTolerance:
+    """The largest relative score error allowed at each time: a step function of t.
+
+    The relative score error at a profile time t is
+
+        rel(t) = E_{p_t}|s(x, t) - grad log p_t(x)|^2 / E_{p_t}|grad log p_t(x)|^2,
+
+    score_report's "relative". With knots T_1 < ... < T_m and values V_1..V_m the
+    tolerance at t is V_i for T_i <= t < T_{i+1} (V_m from T_m on, V_1 also before T_1);
+    one value (T_1 = 0) applies at every t. A profile time passes when rel(t) <= tol(t)
+    (the Monte-Carlo estimate itself, from a fixed seed: rerunning gives the same verdict);
+    an error that overflows float64 fails.
+
+    Parameters
+    ----------
+    times : tuple of float, increasing, >= 0
+    values : tuple of float, >= 0, one per time
+
+    Raises
+    ------
+    ValueError
+        Times not finite, negative or not increasing; values not finite or negative;
+        counts that differ.
+    """
+
+    times: tuple
+    values: tuple
+    spec: str = ""
+
+    def __post_init__(self):
+        times = tuple(float(check_real(t, "tolerance time", low=0.0)) for t in self.times)
+        values = tuple(float(check_real(v, "tolerance", low=0.0)) for v in self.values)
+        if not times or len(times) != len(values):
+            raise ValueError(f"a tolerance needs one value per time, got {len(times)} times and {len(values)} values")
+        if any(b <= a for a, b in zip(times, times[1:])):
+            raise ValueError(f"the tolerance's times must increase, got {list(times)}")
+        object.__setattr__(self, "times", times)
+        object.__setattr__(self, "values", values)
+
+    @classmethod
+    def from_spec(cls, text):
+        """From "VALUE" (every time) or "T1=V1,T2=V2,..." (V_i from time T_i on), e.g.
+        "0.05" or "0.001=0.5,0.1=0.05" (50 % below t = 0.1, 5 % from there on)."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"a tolerance spec is VALUE or T1=V1,T2=V2,..., got {text!r}")
+        times, values = [], []
+        items = [item.strip() for item in text.split(",")]
+        for item in items:
+            t, sep, v = item.partition("=")
+            if not sep and len(items) == 1:
+                t, v = "0", t
+            elif not sep:
+                raise ValueError(f"tolerance spec {text!r}: write each piece as T=VALUE (VALUE from time T on), "
+                                 f"got {item!r}")
+            try:
+                times.append(float(t))
+                values.append(float(v))
+            except ValueError:
+                raise ValueError(f"tolerance spec {text!r}: {item!r} is not T=VALUE with two numbers") from None
+        try:
+            return cls(tuple(times), tuple(values), text.strip())
+        except ValueError as e:
+            raise ValueError(f"tolerance spec {text!r}: {e}") from None
+
+    def at(self, t):
+        """tol(t) for an array of times."""
+        t = np.asarray(t, dtype=np.float64)
+        i = np.searchsorted(np.asarray(self.times), t, side="right") - 1
+        return np.asarray(self.values)[np.maximum(i, 0)]
+
+    def check(self, score_error):
+        """The verdict on a score_report()["score_error"] (its "t" and "relative").
+
+        Returns
+        -------
+        dict: "spec", "t", "relative", "allowed" (lists), "exceeded" (the times over
+        their tolerance) and "passed" (bool).
+        """
+        t = np.asarray(score_error["t"], dtype=np.float64)
+        rel = np.array([np.inf if v is None else v for v in score_error["relative"]], dtype=np.float64)
+        allowed = self.at(t)
+        over = ~(rel <= allowed)  # NaN and inf fail
+        return {"spec": self.spec or ",".join(f"{a!r}={b!r}" for a, b in zip(self.times, self.values)),
+                "quantity": "E|s - grad log p_t|^2 / E|grad log p_t|^2 at each profile time",
+                "t": t.tolist(), "relative": [_f(v) for v in rel], "allowed": allowed.tolist(),
+                "exceeded": t[over].tolist(), "passed": not bool(np.any(over))}

@@ -5,8 +5,10 @@
     sgm-ref train RUN --resume         continue a killed training run (--steps N: extend to N steps)
     sgm-ref sample RUN [options]       samples.npy
     sgm-ref evaluate RUN [options]     report.json, report.md, plots
-    sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score
+    sgm-ref audit --score MOD:FN --target SPEC   score error and certified TV bound of any score,
+        beside the exact score's (the sampler's floor)
         [--process ddpm:linear --output eps --time timestep --dtype float32]   ... in the model's convention
+        [--max-relative-error 0.001=0.5,0.1=0.05] [--plot audit.png]   pass/fail (exit 0/1) and a plot
     sgm-ref audit-sampler --sampler MOD:FN --replay NAME --target SPEC   a sampler loop vs a replay
     sgm-ref experiment rate OUT [--quick]   error against n for several d (the paper's claim)
 
@@ -180,8 +182,13 @@ def build_parser():
         "audit", help="score error and certified TV bound of any score function",
         description="Measures E|s - grad log p_t|^2 of a score function s against the target's exact score at "
                     "log-spaced times in [t0, T], its integral over [t0, T] (the Girsanov term), and the certified "
-                    "TV bound of the sampler s would drive. A number too large for float64 is reported as "
-                    "such ('overflows float64', and where), never as inf or nan.")
+                    "TV bound of the sampler s would drive. Beside them, the same figures of the target's exact "
+                    "score on the same grid and Monte-Carlo draws: the sampler's own floor (its path KL and bound "
+                    "are the discretisation's alone, e.g. path KL 0.18 and bound 0.31 on the ring with the default "
+                    "300 geometric Euler-Maruyama steps). A number too large for float64 is reported as "
+                    "such ('overflows float64', and where), never as inf or nan. Exit status: 0; with "
+                    "--max-relative-error, 0 when every profile time is within it and 1 when one is not; 2 on "
+                    "bad usage.")
     p.add_argument("--score", required=True, metavar="MODULE:CALLABLE",
                    help="a function f(x (n, d), time (n,)) -> (n, d) of NumPy, torch or JAX arrays, in the "
                         "convention of --output and --time (see --inputs); MODULE a dotted name (found from the "
@@ -231,6 +238,16 @@ def build_parser():
                    help="also write the report as JSON to PATH (checked writable before the work). JSON has no "
                         "inf or NaN: a non-finite number is written as null, and the object \"non_finite\" maps "
                         "its JSON pointer (e.g. \"/score_error/integral/value\") to \"inf\", \"-inf\" or \"nan\"")
+    p.add_argument("--max-relative-error", metavar="SPEC",
+                   help="pass/fail for CI: the largest relative score error E|s - grad log p_t|^2 / "
+                        "E|grad log p_t|^2 allowed at each profile time; exit 1 when a time exceeds it. SPEC is one "
+                        "number for every time (0.05 = 5%%) or T1=V1,T2=V2,... with V_i applying from time T_i "
+                        "(the process's own time) to the next T, V_1 also before T_1: e.g. 0.001=0.5,0.1=0.05 "
+                        "allows 50%% below t = 0.1 and 5%% from there on (sgm_ref.audit.ScoreTolerance)")
+    p.add_argument("--plot", metavar="PATH",
+                   help="also write a PNG to PATH: the score error against t with 2-standard-error bars, model vs "
+                        "the exact score, and the path KL accumulated along the grid, model vs the exact score's "
+                        "floor (needs matplotlib: pip install \"sgm_ref[plot]\"; checked before the work)")
     p.add_argument("--traceback", action="store_true",
                    help="when the score function (or its module) raises or exits, show its whole traceback")
 
@@ -502,20 +519,20 @@ def _load_callable(spec, option="--score"):
     return score
 
 
-def _check_json_path(path):
-    """Refuse a --json path that could not be written, before the work rather than after it."""
+def _check_json_path(path, option="--json"):
+    """Refuse an output path (--json, --plot) that could not be written, before the work rather than after it."""
     if path == "":
-        raise ValueError("--json needs a file name, got ''")
+        raise ValueError(f"{option} needs a file name, got ''")
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
-        raise ValueError(f"--json {path}: is a folder; give a file name")
+        raise ValueError(f"{option} {path}: is a folder; give a file name")
     if not os.path.isdir(parent):
-        raise ValueError(f"--json {path}: its folder {parent} does not exist")
+        raise ValueError(f"{option} {path}: its folder {parent} does not exist")
     try:
         with tempfile.TemporaryFile(dir=parent, prefix=".tmp-probe-"):
             pass
     except OSError as exc:
-        raise ValueError(f"--json {path}: cannot write into {parent} ({exc.strerror or exc})") from None
+        raise ValueError(f"{option} {path}: cannot write into {parent} ({exc.strerror or exc})") from None
 
 
 def _audit_process(args):
@@ -684,6 +701,18 @@ def cmd_audit(args):
                          f"(timestep 0 is t = 1/N), got {args.t0:g}")
     if args.json is not None:  # refused now, not after the work
         _check_json_path(args.json)
+    tolerance = None
+    if args.max_relative_error is not None:
+        from .audit import ScoreTolerance
+        try:
+            tolerance = ScoreTolerance.from_spec(args.max_relative_error)
+        except ValueError as e:
+            raise ValueError(f"--max-relative-error: {e}") from None
+    if args.plot is not None:
+        _check_json_path(args.plot, "--plot")
+        from .plots import _pyplot
+        if _pyplot() is None:
+            raise ValueError("--plot needs matplotlib, which is not installed: pip install \"sgm_ref[plot]\"")
     loaded = _load_callable(args.score)
     if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
@@ -703,7 +732,7 @@ def cmd_audit(args):
     try:
         report = score_report(score, target, audited, t0=t0, T=T_audited, method=args.sampler, grid=args.grid,
                               n_steps=args.n_steps, rng=np.random.default_rng(args.seed), profile_n=args.profile_n,
-                              bound_n=args.bound_n, dtype=dtype)
+                              bound_n=args.bound_n, dtype=dtype, floor=True)
     except ModelError as e:  # raised inside the user's torch model: theirs, with its traceback kept
         cause = e.__cause__ if e.__cause__ is not None else e
         raise _UserCodeError(f"--score {args.score} {_what_it_did(cause)}", cause) from None
@@ -722,42 +751,83 @@ def cmd_audit(args):
                "equivalent OU process"}
         u = np.asarray(u, dtype=np.float64).copy()
         u[0], u[-1] = args.t0, T  # the profile's ends are these times exactly (OU's came from them)
-        se["t"] = u.tolist()
-        for key in ("error", "standard_error", "oracle_mean_square"):
-            se[key] = (np.asarray(se[key], dtype=np.float64) / c2).tolist()
+        for profile in (se, report["floor"]["score_error"]):
+            profile["t"] = u.tolist()
+            for key in ("error", "standard_error", "oracle_mean_square"):
+                profile[key] = (np.asarray(profile[key], dtype=np.float64) / c2).tolist()
     report = {"score": args.score, "target": args.target, "target_definition": to_record(target),
               "process": process.to_dict(), "process_spec": to_spec(process), "output": args.output,
               "time": args.time, "dtype": dtype.name, "t0": args.t0, "T": T, "seed": args.seed,
               "profile_n": args.profile_n, "bound_n": args.bound_n,
               "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps},
               **({"audited_as": via} if via is not None else {}), **report}
-    b = report["tv_bound"]
+    if tolerance is not None:
+        report["tolerance"] = tolerance.check(se)
+    b, fb = report["tv_bound"], report["floor"]["tv_bound"]
+    fse = report["floor"]["score_error"]
     convention = "" if (args.output, args.time) == ("score", "t") else f" ({args.output} at {args.time})"
     _say(f"score {args.score}{convention} against the exact score of {args.target} (d = {target.dim}), {process!r}")
     if via is not None:
         _say(f"measured on the equivalent {audited!r} (same p_t at equal log-SNR): times below are {process!r}'s "
              f"converted from OU's, errors in its x; the integral and the TV bound are OU's, over OU time "
              f"[{t0:.4g}, {T_audited:.4g}]")
-    _say("       t      E|s - grad log p_t|^2     relative")
-    for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"]):
+    # the exact score's column: the floor of the same estimator on the same draws
+    checked = report.get("tolerance")
+    _say("       t      E|s - grad log p_t|^2     relative   exact score" + ("    allowed" if checked else ""))
+    for i, (t, v, s, r) in enumerate(zip(se["t"], se["error"], se["standard_error"], se["relative"])):
+        floor = f"   {_pm_short(fse['error'][i], fse['standard_error'][i]):>11}"
+        verdict = ""
+        if checked:
+            verdict = f"   {checked['allowed'][i]:8.2%}" + ("  EXCEEDED" if t in checked["exceeded"] else "")
         if np.isfinite(v):
-            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {r:9.2%}")
+            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {r:9.2%}{floor}{verdict}")
         else:
-            _say(f"{t:10.4g}   {'overflows float64':>24}")
-    integral = se["integral"]
+            _say(f"{t:10.4g}   {'overflows float64':>24}   {'':9}{floor}{verdict}")
+    integral, f_integral = se["integral"], fse["integral"]
     _say(f"integral over [{t0:g}, {T_audited:g}]{' (OU time)' if via is not None else ''}: " + (
         f"{integral['value']:.4g} ± {integral['standard_error']:.2g}" if np.isfinite(integral["value"])
-        else "overflows float64"))
+        else "overflows float64") + f" (exact score: {_pm_short(f_integral['value'], f_integral['standard_error'])})")
     path_kl = f"{b['kl_path']:.3g}" if np.isfinite(b["kl_path"]) else "overflows float64"
     _say(f"certified TV bound for {args.sampler}{' on OU' if via is not None else ''}, {args.n_steps} {args.grid} "
          f"steps: {bound_text(b)} (early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, "
          f"path KL {path_kl})")
+    excess = (f"the model adds path KL {b['kl_path'] - fb['kl_path']:.3g}" if np.isfinite(b["kl_path"])
+              else "the model's path KL overflows float64")
+    _say(f"exact score, same grid and draws (the sampler's own floor): certified TV bound {bound_text(fb)} "
+         f"(path KL {fb['kl_path']:.3g} ± {fb['kl_path_se']:.2g}); {excess}")
     for note in non_finite_notes(report):
         _say(f"note: {note}")
+    if checked:
+        _say(_tolerance_text(checked))
     if args.json is not None:
         from .runs import write_json
         write_json(args.json, json_ready(report))
-    return 0
+    if args.plot is not None:
+        from .plots import plot_score_audit
+        from .samplers import time_grid
+        plot_score_audit(report, args.plot, time_grid(T_audited, t0, args.n_steps, args.grid, audited))
+        _say(f"plot -> {args.plot}")
+    return 0 if checked is None or checked["passed"] else 1
+
+
+def _pm_short(value, se):
+    """value ± se in a narrow column (the exact score's figures: often exactly 0)."""
+    if value is None or not np.isfinite(value):
+        return "overflows float64"
+    return "0" if value == 0 and se == 0 else f"{value:.3g} ± {se:.1g}"
+
+
+def _tolerance_text(checked):
+    n = len(checked["t"])
+    spec = f"--max-relative-error {checked['spec']}"
+    if checked["passed"]:
+        return f"PASS: the relative score error is within {spec} at all {n} profile times"
+    bad = [(t, r, a) for t, r, a in zip(checked["t"], checked["relative"], checked["allowed"])
+           if t in checked["exceeded"]]
+    shown = ", ".join(f"t = {t:.4g} ({'overflows float64' if r is None else f'{r:.3g}'} > {a:.3g})"
+                      for t, r, a in bad[:4])
+    more = f", and {len(bad) - 4} more" if len(bad) > 4 else ""
+    return f"FAIL: the relative score error exceeds {spec} at {len(bad)} of {n} profile times: {shown}{more}"
 
 
 def _replay_options(items):

@@ -172,3 +172,105 @@ def plot_run(folder, target, x, report):
     plot_score_error(plt, report["score_error"], path)
     written.append(path)
     return written, None
+
+
+# -- `sgm-ref audit --plot`: the model against the exact score's floor ---------------------------
+
+
+def plot_score_audit(report, path, grid=None):
+    """The score audit's plot: the model against the exact score on the same grid (the floor).
+
+    Left: E|s - grad log p_t|^2 against t (log-log) with 2-standard-error bars, for the
+    model and for the target's exact score (exactly 0 in float64, so absent from a log
+    axis and said so in the legend; float32 rounding in float32), beside the oracle's
+    E|grad log p_t|^2 for scale and, if the report has a "tolerance", the error it allows
+    (tol(t) E|grad log p_t|^2). Right (given the bound and the grid): the path KL
+    accumulated from T down to t, 1/2 sum of int beta E|Delta|^2 over the steps taken,
+    model and exact score: the exact score's is the sampler's own discretisation floor.
+
+    Parameters
+    ----------
+    report : dict
+        sgm-ref audit's report (evaluation.score_report(..., floor=True) plus its fields),
+        as returned or as read back from its JSON (non-finite numbers as null).
+    path : str
+        The PNG to write (atomically).
+    grid : array_like, shape (N + 1,), optional
+        The sampler's grid (in the audited process's time): the right panel's times.
+
+    Raises
+    ------
+    ValueError
+        matplotlib is not installed (pip install "sgm_ref[plot]"), or the report has no
+        "floor" (score_report(..., floor=True)).
+    """
+    plt = _pyplot()
+    if plt is None:
+        raise ValueError("the plot needs matplotlib, which is not installed: pip install \"sgm_ref[plot]\"")
+    if "floor" not in report:
+        raise ValueError("the report has no exact-score floor: make it with score_report(..., floor=True)")
+
+    def values(seq):  # JSON's null (a non-finite number) as NaN, dropped from the axes
+        return np.array([np.nan if v is None else v for v in seq], dtype=np.float64)
+
+    se, floor = report["score_error"], report["floor"]["score_error"]
+    t = values(se["t"])
+    bound, floor_bound = report.get("tv_bound"), report["floor"].get("tv_bound")
+    right = bound is not None and floor_bound is not None and grid is not None
+    fig, axes = plt.subplots(1, 2 if right else 1, figsize=(11.5 if right else 6, 4.2), squeeze=False)
+    ax = axes[0, 0]
+    error, error_se = values(se["error"]), values(se["standard_error"])
+    shown = np.isfinite(error) & (error > 0)
+    ax.errorbar(t[shown], error[shown], yerr=2 * error_se[shown], marker="o", ms=3, capsize=2, color="tab:blue",
+                label="model (± 2 s.e.)")
+    f_error, f_se = values(floor["error"]), values(floor["standard_error"])
+    f_shown = np.isfinite(f_error) & (f_error > 0)
+    if np.any(f_shown):
+        ax.errorbar(t[f_shown], f_error[f_shown], yerr=2 * f_se[f_shown], marker="s", ms=3, capsize=2,
+                    color="tab:green", label="exact score (± 2 s.e.): the floor")
+    else:
+        ax.plot([], [], color="tab:green", marker="s", ls="", label="exact score: 0 at every t")
+    scale = values(se["oracle_mean_square"])
+    ax.plot(t, scale, ls="--", color="tab:gray", label="E|grad log p_t|^2 (scale)")
+    tolerance = report.get("tolerance")
+    if tolerance is not None:
+        allowed = values(tolerance["allowed"]) * scale
+        ax.step(t, allowed, where="post", color="tab:red", lw=1, ls=":", label=f"allowed ({tolerance['spec']})")
+        over = np.isin(t, values(tolerance["exceeded"])) & shown
+        if np.any(over):
+            ax.plot(t[over], error[over], ls="", marker="x", ms=9, color="tab:red", label="exceeds")
+    if not np.all(np.isfinite(error)):
+        ax.text(0.02, 0.02, "model's error overflows float64 at some t (not drawn)", transform=ax.transAxes,
+                fontsize=8, color="tab:red")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel("E|s - grad log p_t|^2")
+    ax.set_title("score error: model vs exact score", fontsize=10)
+    ax.legend(fontsize=8)
+    if right:
+        ax = axes[0, 1]
+        g = np.asarray(grid, dtype=np.float64)
+        top = 0.0
+        for b, label, color in ((bound, "model", "tab:blue"), (floor_bound, "exact score (the floor)", "tab:green")):
+            per_step = values(b["kl_path_per_step"])
+            if np.all(np.isfinite(per_step)) and per_step.size == g.size - 1:
+                cumulative = np.cumsum(per_step)
+                ax.step(g[1:], cumulative, where="post", color=color, label=f"{label}: path KL {cumulative[-1]:.3g}")
+                top = max(top, cumulative[-1])
+            else:
+                ax.plot([], [], color=color, label=f"{label}: path KL overflows float64")
+        ax.set_xscale("log")
+        ax.invert_xaxis()  # the sampler runs from T down to t0
+        if top > 0:  # four decades below the total: where the KL is made, not its first crumbs
+            ax.set_yscale("log")
+            ax.set_ylim(bottom=1e-4 * top, top=2 * top)
+        via = " (OU time)" if "audited_as" in report else ""
+        ax.set_xlabel(f"t{via}, the sampler running from T to t0")
+        ax.set_ylabel("path KL accumulated from T")
+        ax.set_title(f"{report.get('sampler', {}).get('method', 'sampler')}: model vs discretisation floor",
+                     fontsize=10)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"audit of {report.get('score', 'a score')} on {report.get('target', 'the target')}", fontsize=10)
+    _save(fig, path)
+    plt.close(fig)

@@ -215,3 +215,18 @@ def test_bad_model_outputs_are_named(folder, score, extra, pattern):
 def test_bad_convention_options_exit_2_with_one_line(folder, args, pattern):
     result, _ = audit(folder, "--score", "models:denoiser", *args, check=False)
     _assert_one_line_error(result, pattern)
+
+
+def test_floor_is_converted_back_with_the_profile(folder):
+    """Under EDM (measured through OU) the exact score's floor is shown in EDM's own times
+    beside the model's: an exact denoiser is its own floor."""
+    result, report = audit(folder, "--score", "models:denoiser", "--process", "edm", "--output", "x0",
+                           "--time", "sigma", "--max-relative-error", "1e-9")
+    floor = report["floor"]
+    assert floor["score_error"]["t"] == report["score_error"]["t"]
+    assert floor["score_error"]["t"][0] == 0.001 and floor["score_error"]["t"][-1] == 80.0
+    np.testing.assert_allclose(floor["score_error"]["oracle_mean_square"],
+                               report["score_error"]["oracle_mean_square"], rtol=0)
+    assert max(floor["score_error"]["error"]) == 0.0
+    assert report["tolerance"]["passed"] is True and result.returncode == 0
+    assert "exact score, same grid and draws (the sampler's own floor): certified TV bound" in result.stdout

@@ -541,3 +541,117 @@ def test_audit_json_folder_must_be_writable(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
     with pytest.raises(ValueError, match=r"--json .*x.json: cannot write into .* \(Permission denied\)"):
         cli._check_json_path(str(tmp_path / "x.json"))
+
+
+# -- audit: the exact score's floor beside the model, per-time tolerances, the plot (issue 13 item 4) ----
+
+DEMO_MODELS = '''
+import numpy as np
+import sgm_ref
+from sgm_ref import OU
+from sgm_ref.targets.spec import from_spec
+
+_ring, _ou = from_spec("ring"), OU()
+
+
+def demo(x, t):
+    return _demo(x, t)
+
+
+def _demo(x, t):
+    global _model
+    try:
+        model = _model
+    except NameError:
+        model = _model = sgm_ref.load("demo/model.npz")
+    return model(x, t)
+
+
+def exact(x, t):
+    return _ring.score(x, t, _ou)
+
+
+def sigma2_bug(x, t):
+    # a conversion that multiplies by sigma_t^2 where it should not: exact at large t, wrong near 0
+    return exact(x, t) * (_ou.sigma(t) ** 2)[:, None]
+'''
+AUDIT_SMALL = ["--target", "ring", "--profile-n", "300", "--bound-n", "32"]
+TOLERANCE = ["--max-relative-error", "0.001=0.5,0.1=0.05"]
+
+
+def test_audit_of_the_demo_model_prints_the_exact_score_floor_and_plots(tmp_path):
+    run("demo", tmp_path / "demo", *SMALL, *SMALL_SAMPLING, *SMALL_EVALUATION, "--no-plots")
+    (tmp_path / "models.py").write_text(DEMO_MODELS)
+    pytest.importorskip("matplotlib")
+    result = run("audit", "--score", "models:demo", *AUDIT_SMALL, "--json", "a.json", "--plot", "a.png",
+                 cwd=tmp_path)
+    out = result.stdout
+    # the existing lines, and the floor beside them
+    assert "       t      E|s - grad log p_t|^2     relative   exact score" in out
+    assert "certified TV bound for euler_maruyama, 300 geometric steps: " in out
+    assert "exact score, same grid and draws (the sampler's own floor): certified TV bound 0." in out
+    assert "(exact score: 0)" in out
+    report = json.loads((tmp_path / "a.json").read_text())
+    floor = report["floor"]
+    assert floor["score"] == "exact" and floor["score_error"]["t"] == report["score_error"]["t"]
+    assert max(floor["score_error"]["error"]) == 0.0 and floor["score_error"]["integral"]["value"] == 0.0
+    # the floor is the discretisation's: well above 0, below the trained model's path KL
+    assert 0.1 < floor["tv_bound"]["kl_path"] < report["tv_bound"]["kl_path"]
+    assert f"the model adds path KL {report['tv_bound']['kl_path'] - floor['tv_bound']['kl_path']:.3g}" in out
+    assert "tolerance" not in report and result.returncode == 0
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_audit_tolerance_fails_a_planted_sigma2_bug_and_passes_the_exact_score(tmp_path):
+    (tmp_path / "models.py").write_text(DEMO_MODELS)
+    bug = run("audit", "--score", "models:sigma2_bug", *AUDIT_SMALL, *TOLERANCE, "--json", "bug.json",
+              cwd=tmp_path, check=False)
+    assert bug.returncode == 1, bug.stderr
+    assert bug.stderr == ""
+    assert "FAIL: the relative score error exceeds --max-relative-error 0.001=0.5,0.1=0.05 at " in bug.stdout
+    assert "EXCEEDED" in bug.stdout
+    checked = json.loads((tmp_path / "bug.json").read_text())["tolerance"]  # written, though it failed
+    assert checked["passed"] is False and checked["exceeded"][0] == 0.001
+    # (1 - sigma_t^2)^2 of the oracle's mean square: ~100% near t0, ~0 by t = 5
+    assert checked["relative"][0] > 0.5 and checked["relative"][-1] < 1e-6
+    assert checked["allowed"][0] == 0.5 and checked["allowed"][-1] == 0.05
+
+    exact = run("audit", "--score", "models:exact", *AUDIT_SMALL, *TOLERANCE, "--json", "exact.json",
+                cwd=tmp_path, check=False)
+    assert exact.returncode == 0, exact.stderr
+    assert "PASS: the relative score error is within --max-relative-error 0.001=0.5,0.1=0.05 at all 12 " \
+           "profile times" in exact.stdout
+    report = json.loads((tmp_path / "exact.json").read_text())
+    assert report["tolerance"]["passed"] is True and report["tolerance"]["exceeded"] == []
+    # common random numbers: the exact score audited is its own floor, to the bit
+    assert report["floor"]["tv_bound"] == report["tv_bound"]
+    assert "the model adds path KL 0;" not in exact.stdout and "the model adds path KL 0" in exact.stdout
+    # one number is a tolerance at every time: the bug passes a loose one
+    assert run("audit", "--score", "models:sigma2_bug", *AUDIT_SMALL, "--max-relative-error", "2",
+               cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("args, pattern", [
+    (["--max-relative-error", "five"], "--max-relative-error: tolerance spec 'five'"),
+    (["--max-relative-error", "0.1=-1"], "tolerance must be >= 0.0, got -1.0"),
+    (["--max-relative-error", "1=0.1,0.5=0.2"], "the tolerance's times must increase"),
+    (["--max-relative-error", "0.1,0.2"], "write each piece as T=VALUE"),
+    (["--max-relative-error", "0.1=nan"], "tolerance must be finite"),
+    (["--plot", "{tmp}/no/such/a.png"], "--plot {tmp}/no/such/a.png: its folder"),
+    (["--plot", "{tmp}"], "is a folder; give a file name"),
+])
+def test_audit_tolerance_and_plot_bad_usage_exit_2_before_the_work(tmp_path, args, pattern):
+    (tmp_path / "audited.py").write_text("def f(x, t):\n    raise AssertionError('the work started')\n")
+    args = [a.format(tmp=tmp_path) for a in args]
+    result = run("audit", "--score", "audited:f", "--target", "ring", *args, cwd=tmp_path, check=False)
+    _assert_one_line_error(result, pattern.format(tmp=tmp_path))
+
+
+def test_audit_plot_without_matplotlib_is_refused_before_the_work(tmp_path):
+    blocker = tmp_path / "block"
+    (blocker / "matplotlib").mkdir(parents=True)
+    (blocker / "matplotlib" / "__init__.py").write_text("raise ImportError('matplotlib blocked by the test')\n")
+    (tmp_path / "audited.py").write_text("def f(x, t):\n    raise AssertionError('the work started')\n")
+    result = run("audit", "--score", "audited:f", "--target", "ring", "--plot", "a.png", cwd=tmp_path,
+                 env={"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}, check=False)
+    _assert_one_line_error(result, '--plot needs matplotlib, which is not installed: pip install "sgm_ref[plot]"')

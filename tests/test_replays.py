@@ -322,10 +322,11 @@ def test_score_sde_vp_scheduler_is_euler_maruyama_with_step_one_over_n(monkeypat
 # -- diffusers' DDPMScheduler and DDIMScheduler with the process's float64 alphas_cumprod ------------
 
 
-def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps=20, n=32):
+def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps=20, n=32, own_constants=False):
     """Run diffusers' DDPM / DDIM loop on the exact eps (to_torch) with known noise. Its
     alphas_cumprod are replaced by sgm_ref's float64 ones (its own are float32: a separate,
-    stated difference), so both run the same discretisation in float64."""
+    stated difference), so both run the same discretisation in float64; with own_constants
+    the scheduler runs unmodified, on its own float32 alphas_cumprod."""
     import importlib
 
     import torch
@@ -337,7 +338,10 @@ def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps
         sched = diffusers.DDPMScheduler(clip_sample=False, variance_type=variance_or_eta, timestep_spacing=spacing)
     else:
         sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
-    sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
+    if own_constants == "float64":  # its own values, widened: its step then computes in float64
+        sched.alphas_cumprod = sched.alphas_cumprod.to(torch.float64)
+    elif not own_constants:
+        sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
     sched.set_timesteps(n_steps)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, 2))
@@ -481,3 +485,64 @@ def test_diffusers_sigma_schedulers_agree_to_float32_rounding(name, monkeypatch)
         replay = R.dpmpp_2m if name.startswith("DPM") else R.karras_heun
         mine = replay(OracleScore(eps_model), edm, grid, x)
     assert np.max(np.abs(mine - out)) <= 20 * 2.0**-24 * np.max(np.abs(out))
+
+
+# -- the same schedulers unmodified: the replay fed diffusers' own float32 alphas_cumprod -----------
+
+
+@pytest.mark.parametrize("case", sorted(DIFFUSERS_CASES))
+def test_diffusers_discrete_schedulers_on_their_own_constants(case, monkeypatch):
+    """diffusers' DDPMScheduler / DDIMScheduler as shipped (float32 alphas_cumprod), same eps
+    model and noise, against the replay with alphas_cumprod="diffusers" (the same float32
+    values, DDPM.diffusers_alphas_cumprod, bit for bit).
+
+    Measured at 20 steps: 3.3e-7 (fixed_small), 2.2e-7 (fixed_large), 7.3e-8 (DDIM eta 0),
+    6.9e-8 (eta 1) relative, within N 2^-24 = 1.2e-6. The cause is diffusers' step, not the
+    constants: it forms its coefficients (1 - abar, abar_t / abar_prev, their square roots)
+    from the float32 table as float32 tensors before they multiply the float64 sample. Fed the
+    same values widened to float64, its step computes in float64 and agrees with the replay
+    to <= 1.9e-15; the replay on sgm_ref's float64 constants is then 3.4e-7 to 8.8e-7 away
+    (the float32 rounding of the table itself)."""
+    kind, arg, spacing, replay, options = DIFFUSERS_CASES[case]
+    bound = 20 * 2.0**-24
+    for own, tolerance in ((True, bound), ("float64", 1e-12)):
+        proc, model, timesteps, x, draws, out = _diffusers_discrete_run(monkeypatch, kind, arg, spacing,
+                                                                        own_constants=own)
+        grid = R.timestep_grid(proc, timesteps)
+        noise = None if options.get("eta") == 0.0 else draws[:timesteps.size - 1]
+        mine = replay(model.score, proc, grid, x, noise=noise, alphas_cumprod="diffusers", **options)
+        if case == "ddpm-fixed_small" and timesteps[-1] > 0:
+            mine = mine + 1e-10 * draws[timesteps.size - 1]  # its clamped variance 1e-20 (see above)
+        assert np.max(np.abs(mine - out)) <= tolerance * np.max(np.abs(out)), own
+    # the float64 constants are a different (if close) discretisation: seen beyond rounding
+    theirs = replay(model.score, proc, grid, x, noise=noise, **options)
+    if case == "ddpm-fixed_small" and timesteps[-1] > 0:
+        theirs = theirs + 1e-10 * draws[timesteps.size - 1]
+    assert np.max(np.abs(theirs - out)) > 1e-7 * np.max(np.abs(out))
+
+
+def test_alphas_cumprod_option():
+    """The float64 table given explicitly is the default; the option reaches the exact law;
+    bad tables and grids are refused with the fix named."""
+    proc, grid = _ddpm_grid(10)
+    x = np.random.default_rng(0).standard_normal((16, 2))
+    score = GaussianMixture([1.0], [MEAN], [COV]).score
+    s = lambda y, t: score(y, t, proc)  # noqa: E731
+    for replay, options in ((R.ddim, {}), (R.ddpm_ancestral, {"rng": np.random.default_rng(1)})):
+        a = replay(s, proc, grid, x, **options)
+        options = {k: np.random.default_rng(1) for k in options}
+        b = replay(s, proc, grid, x, alphas_cumprod=proc.alphas_cumprod(), **options)
+        assert np.max(np.abs(a - b)) <= 1e-13 * np.max(np.abs(a))
+    law64 = R.replay_output_gaussian(R.ddim, MEAN, COV, proc, grid)
+    law32 = R.replay_output_gaussian(R.ddim, MEAN, COV, proc, grid, alphas_cumprod="diffusers")
+    assert 0 < R.law_distances(law32, law64)["kl"] < 1e-9  # close, not equal: the float32 table
+    for kwargs, pattern in (
+            ({"alphas_cumprod": "float32"}, "alphas_cumprod must be 'diffusers'"),
+            ({"alphas_cumprod": np.ones(5)}, "alphas_cumprod must have shape (1000,)"),
+            ({"alphas_cumprod": proc.alphas_cumprod()[::-1]}, "strictly decreasing values in (0, 1]"),
+            ({"grid": np.append(grid[:-1], 0.0005), "alphas_cumprod": "diffusers"}, "build it with timestep_grid"),
+            ({"process": VP(), "grid": np.linspace(1, 0.01, 5), "alphas_cumprod": "diffusers"}, "needs a DDPM")):
+        args = {"process": proc, "grid": grid, **kwargs}
+        with pytest.raises(ValueError) as err:
+            R.ddim(s, args["process"], args["grid"], x, alphas_cumprod=args["alphas_cumprod"])
+        assert pattern in str(err.value), str(err.value)

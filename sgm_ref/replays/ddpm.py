@@ -21,11 +21,27 @@ timestep_grid turns timesteps of a DDPM process into this module's grid (times (
 and a final 0). Note diffusers' DDIM steps from timestep i to i - N_train // N, which is
 the next timestep of the list only for "leading" spacing (and "trailing" when N divides
 N_train); this replay always steps to the next grid time.
+
+The peer's own constants. By default every coefficient comes from the process in float64
+(DDPM.alphas_cumprod(), exact to float64 rounding). A peer's discretisation includes its
+own rounded constants: diffusers keeps alphas_cumprod in float32, which differ from the
+float64 ones by up to ~1e-6 relative. alphas_cumprod="diffusers" (diffusers' float32
+constants, DDPM.diffusers_alphas_cumprod(), bit for bit) or an array of N values makes the
+step use them, abar_t = alphas_cumprod[i] at timestep i (t = (i + 1) / N) and abar = 1 at
+t = 0, as the peer does:
+
+    x0_hat = (y - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t),   r^2 = abar_t / abar_s,
+    v = (abar_s - abar_t) / abar_s,   sigma_t^2 = 1 - abar_t,   alpha_s = sqrt(abar_s),
+
+each computed in float64 from the given values (abar_s - abar_t and 1 - abar_t are exact
+for float32 inputs). The model's eps_hat = -sigma_t s(y, t) still uses the process's own
+sigma_t: the score function is the model, in the process's convention; the constants are
+the sampler's. The grid must then lie on the process's timesteps (timestep_grid).
 """
 
 import numpy as np
 
-from .._validation import check_count, check_real
+from .._validation import check_count, check_real, check_real_array
 from ..processes import DDPM
 from ..conventions import convert
 from ._common import Noise, Path, as_state, check_choice, predict, score_at, start, transition
@@ -80,13 +96,59 @@ def timestep_grid(process, timesteps, final=0.0):
     return grid
 
 
-def _posterior(process, grid):
-    """Per step (r, v, sigma_t^2, sigma_s^2, alpha_s) as float64 arrays of length N."""
-    r, v = transition(process, grid[:-1], grid[1:])
-    return r, v, process.sigma2(grid[:-1]), process.sigma2(grid[1:]), process.alpha(grid[1:])
+def _posterior(process, grid, alphas_cumprod=None):
+    """Per step (r, v, sigma_t^2, sigma_s^2, alpha_s, alpha_t) as float64 arrays of length N,
+    from the process, or from the peer's alphas_cumprod (module docstring)."""
+    abar = _constants(process, grid, alphas_cumprod)
+    if abar is None:
+        r, v = transition(process, grid[:-1], grid[1:])
+        return r, v, process.sigma2(grid[:-1]), process.sigma2(grid[1:]), process.alpha(grid[1:]), None
+    a_t, a_s = abar[:-1], abar[1:]
+    # a_s - a_t and 1 - a are exact in float64 for float32 constants: one rounding each
+    return np.sqrt(a_t / a_s), (a_s - a_t) / a_s, 1.0 - a_t, 1.0 - a_s, np.sqrt(a_s), np.sqrt(a_t)
 
 
-def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise=None, variance="beta_tilde"):
+def _constants(process, grid, alphas_cumprod):
+    """abar at each grid time from the peer's alphas_cumprod (1 at t = 0), or None."""
+    if alphas_cumprod is None:
+        return None
+    if not isinstance(process, DDPM):
+        raise ValueError(f"alphas_cumprod needs a DDPM process (its timesteps index them), got {process!r}")
+    N = process.num_train_timesteps
+    if isinstance(alphas_cumprod, str):
+        if alphas_cumprod != "diffusers":
+            raise ValueError(f"alphas_cumprod must be 'diffusers', an array of {N} values or None, "
+                             f"got {alphas_cumprod!r}")
+        table = process.diffusers_alphas_cumprod().astype(np.float64)
+    else:
+        table = check_real_array(alphas_cumprod, "alphas_cumprod")
+        if table.shape != (N,):
+            raise ValueError(f"alphas_cumprod must have shape ({N},) (one per timestep of {process!r}), "
+                             f"got shape {table.shape}")
+        if np.any(table <= 0) or np.any(table > 1) or np.any(np.diff(table) >= 0):
+            raise ValueError("alphas_cumprod must be strictly decreasing values in (0, 1]")
+    steps = grid * N - 1.0
+    index = np.round(steps)
+    data = grid == 0.0
+    off = ~data & ((np.abs(steps - index) > 1e-9 * N) | (index < 0))
+    if np.any(off):
+        k = int(np.argmax(off))
+        raise ValueError(f"with alphas_cumprod the grid must lie on the timesteps' times (i + 1) / N (and may end "
+                         f"at 0): grid[{k}] = {grid[k]!r} is not one; build it with timestep_grid")
+    return np.where(data, 1.0, table[np.where(data, 0, index).astype(np.int64)])
+
+
+def _x0_hat(score, y, t, process, dtype, k, alpha_t, sigma2_t):
+    """x0_hat from the model's eps_hat = -sigma_t s (the process's sigma_t) with the peer's
+    constants (alpha_t, sigma_t^2), or from the process alone when they are None."""
+    if alpha_t is None:
+        return predict(score, y, t, process, dtype, k, "x0")
+    eps = predict(score, y, t, process, dtype, k, "eps")
+    return (y - np.sqrt(sigma2_t) * eps) / alpha_t
+
+
+def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise=None, variance="beta_tilde",
+                   alphas_cumprod=None):
     """Ancestral sampling of Ho et al. (2020, Algorithm 2), as diffusers' DDPMScheduler.step.
 
     See the module docstring for the step. variance="beta_tilde" (the posterior's,
@@ -103,6 +165,9 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     trajectory : bool
     noise : array_like, shape (n_draws, n, d), optional
     variance : {"beta_tilde", "beta"}
+    alphas_cumprod : None, "diffusers" or array_like of shape (num_train_timesteps,)
+        The peer's own constants for the step (module docstring); None: the process's
+        float64 ones. Needs a DDPM process and a grid on its timesteps.
 
     Returns
     -------
@@ -115,29 +180,30 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     """
     process, grid, y, dtype = start(score, process, grid, x)
     check_choice(variance, "variance", ("beta_tilde", "beta"))
-    r, v, s2_t, s2_s, alpha_s = _posterior(process, grid)
+    r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod)
     var = v * s2_s / s2_t if variance == "beta_tilde" else v
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
     for k in range(grid.size - 1):
-        x0 = predict(score, y, grid[k], process, dtype, k, "x0")
+        x0 = _x0_hat(score, y, grid[k], process, dtype, k, None if alpha_t is None else alpha_t[k], s2_t[k])
         mean = (r[k] * s2_s[k] / s2_t[k]) * y + (alpha_s[k] * v[k] / s2_t[k]) * x0
         y = as_state(mean + np.sqrt(var[k]) * draws.draw() if s2_s[k] > 0 else mean, dtype)
         path.add(y)
     return path.result(y, draws)
 
 
-def ddim(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta=0.0):
+def ddim(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta=0.0, alphas_cumprod=None):
     """DDIM (Song, Meng & Ermon 2021, eq. 12), as diffusers' DDIMScheduler.step.
 
     y <- alpha_s x0_hat + sqrt(sigma_s^2 - sigma_eta^2) eps_hat + sigma_eta xi with
     sigma_eta = eta sqrt(v sigma_s^2 / sigma_t^2) (module docstring). One noise draw per
     step with sigma_eta > 0: none for eta = 0, else one per step whose end has sigma_s > 0.
-    Arguments, return and Raises as ddpm_ancestral, with eta >= 0 instead of variance.
+    Arguments (alphas_cumprod too), return and Raises as ddpm_ancestral, with eta >= 0
+    instead of variance.
     """
     process, grid, y, dtype = start(score, process, grid, x)
     eta = check_real(eta, "eta", low=0.0)
-    r, v, s2_t, s2_s, alpha_s = _posterior(process, grid)
+    r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod)
     var_eta = eta**2 * v * s2_s / s2_t
     if np.any(var_eta > s2_s):
         raise ValueError(f"eta = {eta} makes sigma_eta exceed sigma_s on this grid; use eta <= 1")
@@ -145,8 +211,12 @@ def ddim(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta
     path = Path(trajectory, y, dtype)
     for k in range(grid.size - 1):
         s = score_at(score, y, grid[k], dtype, k)
-        x0 = convert(s, y, np.full(y.shape[0], grid[k]), process, "score", "x0")
-        eps = -np.sqrt(s2_t[k]) * s
+        if alpha_t is None:
+            x0 = convert(s, y, np.full(y.shape[0], grid[k]), process, "score", "x0")
+            eps = -np.sqrt(s2_t[k]) * s
+        else:  # the model's eps (the process's sigma_t), the peer's constants in x0_hat
+            eps = convert(s, y, np.full(y.shape[0], grid[k]), process, "score", "eps")
+            x0 = (y - np.sqrt(s2_t[k]) * eps) / alpha_t[k]
         mean = alpha_s[k] * x0 + np.sqrt(s2_s[k] - var_eta[k]) * eps
         y = as_state(mean + np.sqrt(var_eta[k]) * draws.draw() if var_eta[k] > 0 else mean, dtype)
         path.add(y)
