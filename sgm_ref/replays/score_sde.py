@@ -131,6 +131,9 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
     N (n_corrector + 1) draws with both. denoise=True (score_sde's default) returns the
     last update's mean: its draw is consumed but not added.
 
+    Returns and Raises as euler_maruyama (also for an unknown predictor/corrector, both None,
+    or langevin_step not positive).
+
     Parameters
     ----------
     score, process, grid, x, rng, trajectory, noise
@@ -143,9 +146,6 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
     langevin_step : float or array_like of shape (N,), optional
         Fixed Langevin step sizes e_k instead of score_sde's batch rule.
     denoise : bool
-
-    Returns and Raises as euler_maruyama (also for an unknown predictor/corrector, both None,
-    or langevin_step not positive).
     """
     process, grid, y, dtype = start(score, process, grid, x)
     if predictor is not None:
