@@ -1,6 +1,7 @@
 """score_sde's samplers (Song et al. 2021, "Score-Based Generative Modeling through SDEs").
 
-Reverse SDE of dX = f(t) X dt + g(t) dW: dY = [f(t) Y - g(t)^2 s(Y, t)] dt + g(t) dW-bar,
+Reverse SDE (the paper's eq. 6; Anderson 1982) of dX = f(t) X dt + g(t) dW:
+dY = [f(t) Y - g(t)^2 s(Y, t)] dt + g(t) dW-bar,
 run from T down the grid. With h_k = t_k - t_{k+1}, f_k = f(t_k), g2_k = g(t_k)^2,
 s_k = s(y, t_k), xi ~ N(0, I):
 
