@@ -34,3 +34,21 @@ def test_site_builds_strict(tmp_path):
     assert "Audit your model" in home and "Cross-check your implementation" in home  # the README is the home page
     api = (site / "api/metrics/index.html").read_text(encoding="utf-8")
     assert "tv_upper_bound" in api and "Girsanov" in api  # docstrings rendered, module docstrings included
+
+
+def test_myst_code_cells_render_as_python_blocks():
+    """The tutorial's jupytext/MyST cells (options as ":key:" lines or a YAML block) become
+    ```python blocks, and the home page is the README with its docs/ links made site-relative."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    def page(uri):
+        return type("Page", (), {"file": type("File", (), {"src_uri": uri})()})()
+
+    myst = ("Text.\n\n```{code-cell} ipython3\nx = 1\n```\n\n```{code-cell} ipython3\n:tags: [hide-input]\n"
+            "y = 2\n```\n\n```{code-cell} ipython3\n---\ntags: [remove-output]\n---\nz = 3\n```\n")
+    out = hooks.on_page_markdown(myst, page("tutorial.md"), None, None)
+    assert out == ("Text.\n\n```python\nx = 1\n```\n\n```python\ny = 2\n```\n\n```python\nz = 3\n```\n")
+    home = hooks.on_page_markdown("", page("index.md"), None, None)
+    assert "](docs/" not in home and "](audit.md)" in home and home.startswith("# sgm_ref")
