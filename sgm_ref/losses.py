@@ -7,6 +7,12 @@ lambda = 1 ("none") is Cole & Lu's objective: its expectation over t ~ U[t0, T] 
 (T - t0)^{-1} int_{t0}^{T} E |s_theta - grad log p_t|^2 dt plus a constant that does not
 depend on theta. lambda = sigma_t^2 ("sigma2") is the variance-reduced weighting of
 Song et al. Element-wise work: sgm_ref.kernels.dsm; the network: sgm_ref.nn.MLP.
+
+Sources: denoising score matching (Vincent 2011): -z / sigma_t is the score of the
+transition density p_{t|0}(x | x0), so the loss is the score-matching loss up to a
+constant. The time-weighted objective is Song et al. (2021), eq. 7, with their
+lambda(t) proportional to sigma_t^2; with the noise parameterisation s = -eps_theta / sigma_t
+that weighting gives |eps_theta - z|^2, Ho et al. (2020)'s L_simple (eq. 14).
 """
 
 import numpy as np

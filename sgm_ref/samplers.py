@@ -16,6 +16,12 @@ law has the diffusion coefficient of the true reverse process and Girsanov's the
 compares them (sgm_ref.metrics.tv_upper_bound). The exponential integrator solves the
 linear part exactly and freezes only the score over a step.
 
+Sources: the reverse SDE dY = beta/2 (Y + 2 s) dtau + sqrt(beta) dB (Anderson 1982; Song
+et al. 2021, eq. 6) and the probability-flow ODE (Song et al. 2021, eq. 13) of the VP SDE
+(Song et al. 2021, eq. 11; OU, Cole & Lu 2024's forward process, is beta = 2). The
+exponential integrator is the discretisation Chen et al. (2023) bound by Girsanov's
+theorem; Heun's method on the ODE is Karras et al. (2022), Algorithm 1 (there in sigma).
+
 Other processes (SubVP, VE, EDM, FlowMatching: not variance-preserving, no beta(t) and
 no N(0, I) prior). The reverse SDE dY = [-f Y + g^2 s] dtau + g dB and the ODE
 dY = [-f Y + g^2 s / 2] dtau have no integrated-beta form there, so these functions hand

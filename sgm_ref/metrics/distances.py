@@ -1,12 +1,13 @@
 """Sample-based distances between a sample x (n, d) and a target or a second sample y (m, d).
 
-These bound or estimate the error of a sampler from below (DESIGN.md, "Certified
+These bound or estimate the error of a sampler from below (docs/design.md, "Certified
 error"); each returns its value and, where one makes sense, a standard error. The
 histogram TV against exact bin masses is in sgm_ref.metrics.histogram.
 
 sliced_wasserstein   SW_p over random directions, exact 1-D W_p per direction
-mmd                  unbiased squared MMD, Gaussian kernel
+mmd                  unbiased squared MMD, Gaussian kernel (Gretton et al. 2012)
 energy_distance      unbiased energy distance 2 E|X - Y| - E|X - X'| - E|Y - Y'|
+                     (Székely & Rizzo 2013)
 mean_error           |mean(x) - E_target X|
 covariance_error     ||cov(x) - Cov_target||_F
 component_weights    mixture weights recovered from x (soft and hard assignment)

@@ -1,4 +1,8 @@
-"""Error measures of a score function against an exact (or Monte-Carlo) oracle."""
+"""Error measures of a score function against an exact (or Monte-Carlo) oracle.
+
+score_error_integral is the score's share of the Girsanov path KL of a sampler (Cole & Lu
+2024; Chen et al. 2023): see sgm_ref.metrics.bound and docs/design.md, "Certified error".
+"""
 
 import numpy as np
 

@@ -1,6 +1,7 @@
 """score_sde's samplers (Song et al. 2021, "Score-Based Generative Modeling through SDEs").
 
-Reverse SDE of dX = f(t) X dt + g(t) dW: dY = [f(t) Y - g(t)^2 s(Y, t)] dt + g(t) dW-bar,
+Reverse SDE (the paper's eq. 6; Anderson 1982) of dX = f(t) X dt + g(t) dW:
+dY = [f(t) Y - g(t)^2 s(Y, t)] dt + g(t) dW-bar,
 run from T down the grid. With h_k = t_k - t_{k+1}, f_k = f(t_k), g2_k = g(t_k)^2,
 s_k = s(y, t_k), xi ~ N(0, I):
 
@@ -131,6 +132,9 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
     N (n_corrector + 1) draws with both. denoise=True (score_sde's default) returns the
     last update's mean: its draw is consumed but not added.
 
+    Returns and Raises as euler_maruyama (also for an unknown predictor/corrector, both None,
+    or langevin_step not positive).
+
     Parameters
     ----------
     score, process, grid, x, rng, trajectory, noise
@@ -143,9 +147,6 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
     langevin_step : float or array_like of shape (N,), optional
         Fixed Langevin step sizes e_k instead of score_sde's batch rule.
     denoise : bool
-
-    Returns and Raises as euler_maruyama (also for an unknown predictor/corrector, both None,
-    or langevin_step not positive).
     """
     process, grid, y, dtype = start(score, process, grid, x)
     if predictor is not None:

@@ -1,0 +1,68 @@
+"""The documentation site builds with no warning: `mkdocs build --strict` (mkdocs.yml).
+
+Strict mode turns every warning into a failure: a broken link or anchor between pages (the
+README, the home page, included), a missing picture, and every docstring the API reference
+cannot parse as NumPy style (griffe: a parameter not in the signature, a malformed section).
+
+Skipped only when mkdocs is not installed and SGM_REF_REQUIRE_DOCS is unset; CI installs the
+`docs` extra and sets it, so there the build always runs.
+"""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_site_builds_strict(tmp_path):
+    if importlib.util.find_spec("mkdocs") is None and os.environ.get("SGM_REF_REQUIRE_DOCS") != "1":
+        pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                       cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    site = tmp_path / "site"
+    for page in ("index.html", "api/samplers/index.html", "design/index.html", "speed/index.html"):
+        assert (site / page).is_file(), page
+    home = (site / "index.html").read_text(encoding="utf-8")
+    assert "Audit your model" in home and "Cross-check your implementation" in home  # the README is the home page
+    api = (site / "api/metrics/index.html").read_text(encoding="utf-8")
+    assert "tv_upper_bound" in api and "Girsanov" in api  # docstrings rendered, module docstrings included
+
+
+def test_myst_code_cells_render_as_python_blocks():
+    """The tutorial's jupytext/MyST cells (options as ":key:" lines or a YAML block) become
+    ```python blocks, and the home page is the README with its docs/ links made site-relative."""
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+
+    def page(uri):
+        return type("Page", (), {"file": type("File", (), {"src_uri": uri})()})()
+
+    myst = ("Text.\n\n```{code-cell} ipython3\nx = 1\n```\n\n```{code-cell} ipython3\n:tags: [hide-input]\n"
+            "y = 2\n```\n\n```{code-cell} ipython3\n---\ntags: [remove-output]\n---\nz = 3\n```\n")
+    out = hooks.on_page_markdown(myst, page("tutorial.md"), None, None)
+    assert out == ("Text.\n\n```python\nx = 1\n```\n\n```python\ny = 2\n```\n\n```python\nz = 3\n```\n")
+    home = hooks.on_page_markdown("", page("index.md"), None, None)
+    assert "](docs/" not in home and "](audit.md)" in home and home.startswith("# sgm_ref")
+
+
+def test_no_file_cites_documents_outside_the_repository():
+    """Design notes and the paper's summary live in docs/ (design.md); nothing points to the
+    project's old notes outside the repository (the names are assembled so this file passes)."""
+    names = ["DESIGN" + ".md", "PAPER" + ".md"]
+    listed = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout")
+    for name in listed.stdout.split():
+        path = ROOT / name
+        if path.suffix in (".py", ".md", ".cfg", ".toml", ".yml", ".txt", "") and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            assert not any(n in text for n in names), name
