@@ -128,7 +128,7 @@ def joint_slopes(group, n, error, level=0.95):
         xk = x[idx == k]
         se = math.sqrt(s2 / np.sum((xk - xk.mean()) ** 2))
         b = float(coef_f[G + k])
-        out.append({"group": _plain(g), "slope": b, "slope_se": se, "slope_interval": [b - tq * se, b + tq * se],
+        out.append({"group": _plain(g), "slope": b, "slope_se": se, "slope_interval": [float(b - tq * se), float(b + tq * se)],
                     "intercept": float(coef_f[k]), "points": int(xk.size)})
     result = {"groups": out, "common_slope": float(coef_r[G]), "rss_full": rss_f, "rss_reduced": rss_r,
               "level": level, "F": None, "df": None, "p": None}
@@ -299,7 +299,8 @@ def curse_comparison(d, exponent_interval):
     """
     rate = curse_rate(d)
     low, high = exponent_interval
-    return {"curse_rate": rate, "above": low is not None and low > rate, "below": high is not None and high < rate,
+    return {"curse_rate": rate, "above": bool(low is not None and low > rate),
+            "below": bool(high is not None and high < rate),
             "ratio_low": None if low is None else float(low / rate)}
 
 
