@@ -186,3 +186,22 @@ def test_issue_14_numbers_on_the_stored_sweep():
         curve = [r for r in rows if (r["family"], r["d"]) == key]
         rejected += S.lack_of_fit([r["n"] for r in curve], [r["score_error"] for r in curve])["p"] < 0.01
     assert rejected == 10
+
+
+def test_saturating_fit_is_the_least_squares_optimum():
+    # scipy's curve_fit on the same log-space model, started at the truth, finds no smaller residual
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(8)
+    n = np.repeat(N_GRID, 5)
+    e = (40.0 * n ** -0.9 + 2e-3) * np.exp(0.08 * rng.standard_normal(n.size))
+    fit = S.saturating_fit(n, e)
+
+    def model(n, log_a, b, c):
+        return np.log(np.exp(log_a) * n ** -b + c)
+
+    p, _ = curve_fit(model, n, np.log(e), p0=[np.log(40.0), 0.9, 2e-3], bounds=([-np.inf, 0, 0], [np.inf, 4, np.inf]))
+    rss_scipy = float(np.sum((np.log(e) - model(n, *p)) ** 2))
+    assert fit["rss"] <= rss_scipy * (1 + 1e-6)
+    assert fit["b"] == pytest.approx(p[1], abs=1e-3) and fit["c"] == pytest.approx(p[2], rel=1e-2)
+    assert fit["rss"] == pytest.approx(float(np.sum((np.log(e) - model(n, np.log(fit["A"]), fit["b"], fit["c"])) ** 2)))

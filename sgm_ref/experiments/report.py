@@ -304,8 +304,7 @@ def _family_section(family, a):
         line += (f"{_g(sat['c'])} ({net['floor_share']:.0%})" if sat else "–") + " | "
         line += f"{net['curse_rate']:.3f} | "
         ns_ = net["n_star"]
-        line += ("–" if ns_ is None else {"left": f"≤ {ns_['n_star']:.0f}", "right": f"> {max(ns)}"}.get(
-            ns_["censored"], f"{ns_['n_star']:.0f}")) + " |"
+        line += _n_star_cell(ns_, max(ns)) + " |"
         for m in a["methods"][1:]:
             bb = a["fits"].get(m, {}).get("by_d", {}).get(str(d))
             line += (f" {bb['b']:.2f} {_interval(bb['b_interval'])}" if bb else " –") + " |"
@@ -337,6 +336,14 @@ def _family_section(family, a):
             shown = ", ".join(f"{k} {_g(v)}" for k, v in terms.items() if not k.endswith("_se") and k != "tv")
             lines.append(f"| {d} | " + " | ".join(cells) + f" | {shown} |")
     return lines + [""]
+
+
+def _n_star_cell(n_star, n_max):
+    if n_star is None:
+        return "–"
+    if n_star["censored"] == "right":
+        return f"> {n_max}"
+    return ("≤ " if n_star["censored"] == "left" else "") + f"{n_star['n_star']:.0f}"
 
 
 def _tv_cell(tv):
@@ -632,13 +639,13 @@ def write_report(folder, out=None, log=None):
         No sweep in folder, or out's folder does not exist (nothing is written then).
     """
     folder = os.fspath(folder)
+    rows, settings = load_sweep(folder)
     out = os.path.join(folder, "rate.md") if out is None else os.fspath(out)
     where = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(where):
-        raise ValueError(f"--out {out}: its folder {where} does not exist")
     if not out.endswith(".md"):
         raise ValueError(f"--out must name a .md file, got {out!r}")
-    rows, settings = load_sweep(folder)
+    if not os.path.isdir(where):
+        raise ValueError(f"--out {out}: its folder {where} does not exist")
     analysis = analyse(rows)
     stem = os.path.splitext(os.path.basename(out))[0]
     written, figures = [], {}

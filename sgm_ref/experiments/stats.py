@@ -239,19 +239,25 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
         def resid(p):
             return y - np.log(np.exp(p[0]) * ub + p[1] * scale)
 
-        starts = [start] if start is not None else []
-        starts += [np.array([np.log(scale), 0.0]), np.array([np.log(scale), 0.5])]
+        def jac(p):
+            a_u = np.exp(p[0]) * ub
+            m = a_u + p[1] * scale
+            return np.column_stack([-a_u / m, -scale / m])
+
+        starts = [start] if start is not None else [np.array([np.log(scale), 0.5])]
+        starts.append(np.array([np.log(scale), 0.0]))
         best = None
         for p0 in starts:
-            sol = optimize.least_squares(resid, p0, bounds=([-np.inf, 0.0], [np.inf, np.inf]), method="trf",
-                                         x_scale=[1.0, 1.0])
+            sol = optimize.least_squares(resid, p0, jac=jac, bounds=([-np.inf, 0.0], [np.inf, np.inf]), method="trf")
             if best is None or sol.cost < best.cost:
                 best = sol
         return 2 * best.cost, best.x
 
     # global fit: a coarse profile grid, then polish b by bounded scalar minimisation
-    grid = np.linspace(0.0, b_max, 41)
-    prof = [profile(b) for b in grid]
+    grid = np.linspace(0.0, b_max, 25)
+    prof = []
+    for b in grid:  # each b starts from its neighbour's optimum (and from c = 0)
+        prof.append(profile(b, prof[-1][1] if prof else None))
     k = int(np.argmin([p[0] for p in prof]))
     lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, grid.size - 1)]
     res = optimize.minimize_scalar(lambda b: profile(b, prof[k][1])[0], bounds=(lo, hi), method="bounded",
