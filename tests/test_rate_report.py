@@ -153,3 +153,18 @@ def test_cli_regenerates_the_report_and_names_bad_input(tmp_path):
     with pytest.raises(ValueError, match="--out must name a .md file"):
         report.write_report(folder, str(tmp_path / "r.txt"))
     assert not (tmp_path / "no").exists() and not (tmp_path / "r.txt").exists()
+
+
+def test_report_of_a_sweep_still_running(tmp_path):
+    # one seed (no replicates: no lack-of-fit test), a d with a single n so far: the rest is still reported
+    folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=1)
+    append_result(os.path.join(folder, "results.jsonl"),
+                  {"family": "mixture", "d": 128, "n": 500, "seed": 0, "status": "ok", "score_error": 3.0,
+                   "score_error_se": 0.1})
+    report.write_report(folder)
+    text = open(os.path.join(folder, "rate.md"), encoding="utf-8").read()
+    assert "| 128 | network | 3 ± 0.1 |" in text
+    assert "lack of fit (lack of fit needs replicates" in text
+    assert "bounded away from 0 in every d (2, 8 and 32)" in text
+    assert "**mixture**: at most 1 seed(s) per cell" in text
+    assert "**mixture**: no exponent in d = 128" in text

@@ -166,6 +166,12 @@ def _analyse_family(rows):
         data = [(r["d"], r["n"], _value(r, k)[0]) for r in rows if _value(r, k) is not None and _value(r, k)[0] > 0]
         if not data:
             continue
+        # a d with one n so far (a sweep still running) has no slope: fit the others
+        fitted = {d for d in ds if len({n for dd, n, _ in data if dd == d}) >= 2}
+        data = [row for row in data if row[0] in fitted]
+        if not data:
+            fits[names[k]] = {"joint": None, "joint_reason": "no d has two distinct n yet", "by_d": {}}
+            continue
         g, n, e = map(np.array, zip(*data))
         joint, why = _attempt(S.joint_slopes, g, n, e, level=LEVEL)
         fits[names[k]] = {"joint": joint, "joint_reason": why, "by_d": {}}
@@ -361,6 +367,10 @@ def _conclusions(fams):
         if not ds:
             not_shows.append(f"**{family}**: no exponent could be fitted ({fit.get('joint_reason') or 'no rows'}).")
             continue
+        missing = [d for d in a["d"] if d not in ds]
+        if missing:
+            not_shows.append(f"**{family}**: no exponent in d = {_list(missing)} (fewer than two n with a positive "
+                             "error); \"every d\" below means every d fitted.")
         lows = {d: by_d[str(d)]["b_interval"][0] for d in ds}
         away = [d for d in ds if lows[d] > 0]
         sat = {d: a["network"][str(d)]["saturating"] for d in ds}
@@ -489,6 +499,13 @@ def _baseline_sentences(family, a):
             bs = {int(d): f["b"] for d, f in fits.items()}
             out.append(f"**{family}**: {label}'s own exponent is " + _list([f"{bs[d]:.2f} (d = {d})" for d in sorted(bs)])
                        + ".")
+            net = a["fits"].get("network", {}).get("by_d", {})
+            faster = [int(d) for d, f in fits.items() if d in net and net[d]["b_interval"][0] > f["b_interval"][1]]
+            if faster:
+                out.append(f"**{family}**: the network's exponent is above {label}'s (its lower {LEVEL:.0%} limit "
+                           f"above the baseline's upper limit) in d = {_list(sorted(faster))}: " + _list(
+                               [f"{net[str(d)]['b_interval'][0]:.2f} > {fits[str(d)]['b_interval'][1]:.2f} (d = {d})"
+                                for d in sorted(faster)]) + ".")
     return out
 
 
