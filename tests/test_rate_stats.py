@@ -205,3 +205,11 @@ def test_saturating_fit_is_the_least_squares_optimum():
     assert fit["rss"] <= rss_scipy * (1 + 1e-6)
     assert fit["b"] == pytest.approx(p[1], abs=1e-3) and fit["c"] == pytest.approx(p[2], rel=1e-2)
     assert fit["rss"] == pytest.approx(float(np.sum((np.log(e) - model(n, np.log(fit["A"]), fit["b"], fit["c"])) ** 2)))
+
+
+def test_degenerate_data_raise_instead_of_returning_inf():
+    n = np.repeat([1.0, 2.0, 4.0], 2)
+    with pytest.raises(ValueError, match="zero pure error"):
+        S.lack_of_fit(n, np.exp([0, 0, 1, 1, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="zero residual"):
+        S.joint_slopes(np.repeat([2, 8], 6), np.tile(n, 2), np.tile(n ** -0.5, 2))

@@ -96,7 +96,7 @@ def joint_slopes(group, n, error, level=0.95):
     ------
     ValueError
         Arrays of different lengths, non-finite or non-positive values, a group with fewer
-        than two distinct n, or no residual degrees of freedom (N <= 2G).
+        than two distinct n, no residual degrees of freedom (N <= 2G), or a zero residual.
     """
     n, error = _vectors([("n", n), ("error", error)])
     group = np.asarray(group)
@@ -122,6 +122,9 @@ def joint_slopes(group, n, error, level=0.95):
     coef_r, rss_r = _ols(reduced, y)
     df_f = N - 2 * G
     s2 = rss_f / df_f
+    if rss_f <= _rounding(y):
+        raise ValueError("the points lie exactly on their lines (zero residual): no variance to test or "
+                         "give intervals with")
     tq = stats.t.ppf(0.5 + level / 2, df_f)
     out = []
     for k, g in enumerate(labels):
@@ -133,7 +136,7 @@ def joint_slopes(group, n, error, level=0.95):
     result = {"groups": out, "common_slope": float(coef_r[G]), "rss_full": rss_f, "rss_reduced": rss_r,
               "level": level, "F": None, "df": None, "p": None}
     if G > 1:
-        F = ((rss_r - rss_f) / (G - 1)) / s2 if s2 > 0 else math.inf
+        F = ((rss_r - rss_f) / (G - 1)) / s2
         result.update(F=float(F), df=[G - 1, df_f], p=float(stats.f.sf(F, G - 1, df_f)))
     return result
 
@@ -161,8 +164,8 @@ def lack_of_fit(n, error):
     Raises
     ------
     ValueError
-        Bad arrays; fewer than three distinct n (a line through two means always fits), or
-        no replicates (N = m: no pure error).
+        Bad arrays; fewer than three distinct n (a line through two means always fits), no
+        replicates (N = m), or replicates that agree exactly (zero pure error).
     """
     n, error = _vectors([("n", n), ("error", error)])
     _positive("n", n)
@@ -178,7 +181,9 @@ def lack_of_fit(n, error):
     sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
     sslf = max(sse - sspe, 0.0)  # >= 0 exactly; rounding only
     df1, df2 = m - 2, N - m
-    F = (sslf / df1) / (sspe / df2) if sspe > 0 else math.inf
+    if sspe <= _rounding(y):
+        raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
+    F = (sslf / df1) / (sspe / df2)
     return {"F": float(F), "df": [df1, df2], "p": float(stats.f.sf(F, df1, df2)), "sse": sse, "sspe": sspe,
             "sslf": sslf}
 
@@ -355,6 +360,11 @@ def _ols(X, y):
     coef, *_ = np.linalg.lstsq(X, y, rcond=None)
     r = y - X @ coef
     return coef, float(r @ r)
+
+
+def _rounding(y):
+    """A sum of squares this small is rounding of an exact fit (64 eps per point)."""
+    return y.size * (64 * np.finfo(float).eps * max(float(np.max(np.abs(y))), 1.0)) ** 2
 
 
 def _check_level(level):
