@@ -37,7 +37,7 @@ def synthetic(folder, slopes, seeds=5, rng=None):
                            "score_error": e, "score_error_se": 0.01 * e,
                            "baseline_empirical": {"error": d / 2 * (n / 500) ** -0.02 * noise[1], "se": 0.01},
                            "baseline_minus_x": {"error": 1.0 * noise[2], "se": 0.001},
-                           "baseline_em": {"error": d / n, "se": 1e-5} if family == "mixture" else None,
+                           "baseline_em": {"error": d / n * noise[1], "se": 1e-5} if family == "mixture" else None,
                            "tv": {"tv": tv, "tv_se": 0.0 if d == 32 else 0.002, "kl": 0.5 * tv ** 2,
                                   "kl_se": 0.001, "kl_prior": 1e-4, "kl_path": 0.4 * tv ** 2,
                                   "tv_early_stopping": 0.01},
@@ -93,6 +93,7 @@ def test_report_recovers_the_planted_slopes_and_n_star(written):
         n_star = mix["network"][str(d)]["n_star"]
         assert n_star["censored"] is None and n_star["n_star"] == pytest.approx(500 * 4 ** (1 / 0.8), rel=0.1)
         assert mix["fits"]["empirical measure (curse)"]["by_d"][str(d)]["b"] == pytest.approx(0.02, abs=0.03)
+        assert mix["fits"]["EM plug-in"]["by_d"][str(d)]["b"] == pytest.approx(1.0, abs=0.03)
     prod = numbers["families"]["product"]
     assert [prod["fits"]["network"]["by_d"][str(d)]["b"] for d in DS] == pytest.approx([0.9, 0.6, 0.2], abs=0.03)
     assert prod["network"]["32"]["n_star"] == {"n_star": None, "censored": "right"}  # 2 (16)^-0.2 > 0.5

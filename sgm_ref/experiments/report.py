@@ -226,6 +226,10 @@ def _g(v, digits=3):
     return f"{v:.{digits}g}"
 
 
+def _show(v):
+    return _g(v, 4) if isinstance(v, float) else str(v)
+
+
 def _interval(iv, digits=2):
     low, high = iv
     return f"[{'–' if low is None else f'{low:.{digits}f}'}, {'∞' if high is None else f'{high:.{digits}f}'}]"
@@ -287,7 +291,7 @@ def _family_section(family, a):
             lines.append(f"| {d} | {method} | " + " | ".join(cells) + " |")
     if a["schedule"]:
         lines += ["", "Per-n schedule recorded in the rows: " + "; ".join(
-            f"n = {n}: " + ", ".join(f"{k} = {'/'.join(map(str, v))}" for k, v in sch.items())
+            f"n = {n}: " + ", ".join(f"{k} = {'/'.join(_show(x) for x in v)}" for k, v in sch.items())
             for n, sch in sorted(a["schedule"].items(), key=lambda kv: int(kv[0]))) + "."]
     lines += ["", f"Exponents b (error ~ n^-b), {LEVEL:.0%} intervals. *Straight line*: seed-level least squares "
               "of log error on log n, one intercept and slope per d (pooled variance). *Saturating*: "
@@ -553,6 +557,19 @@ _STYLE = {"network": dict(ls="-", marker="o"), "empirical measure (curse)": dict
           "score -x": dict(ls=":", marker="^"), "EM plug-in": dict(ls="-.", marker="d")}
 
 
+def _log_axes(ax, ticks=None, base=10):
+    """Log-log axes labelled at the given x values only (matplotlib's minor labels collide)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_xscale("log", base=base)
+    ax.set_yscale("log")
+    if ticks:
+        ticks = sorted(ticks)[::max(1, (len(ticks) + 3) // 4)]  # at most four labels
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(t) for t in ticks])
+
+
 def _save(fig, path, plt):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
     plt.close(fig)
@@ -575,8 +592,7 @@ def plot_error_vs_n(path, analysis, plt):
                 if pts:
                     n, e, se = map(np.array, zip(*sorted(pts)))
                     ax.errorbar(n, e, yerr=2 * se, ms=3, capsize=2, label=m, **_STYLE.get(m, {}))
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+            _log_axes(ax, a["n"])
             ax.set_title(f"{family}, d = {d}", fontsize=9)
             if i == len(fams) - 1:
                 ax.set_xlabel("n")
@@ -598,8 +614,7 @@ def plot_error_vs_d(path, analysis, plt):
                     d, e, se = map(np.array, zip(*pts))
                     ax.errorbar(d, e, yerr=2 * se, color=colour, ms=3, capsize=2, label=f"{m}, n = {n}",
                                 **_STYLE.get(m, {}))
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        _log_axes(ax, a["d"], base=2)
         ax.set_xlabel("d")
         ax.set_title(family)
         ax.legend(fontsize=6)
@@ -620,8 +635,7 @@ def plot_tv_vs_n(path, analysis, plt):
                 n, tv, se = map(np.array, zip(*sorted(pts)))
                 ax.errorbar(n, tv, yerr=2 * se, marker="o", ms=3, capsize=2, label=f"d = {d}")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
+        _log_axes(ax, a["n"])
         ax.set_xlabel("n")
         ax.set_title(family)
         ax.legend(fontsize=7)
