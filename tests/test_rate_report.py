@@ -1,4 +1,4 @@
-"""The rate report end to end: synthetic rows with known slopes, baselines and TV bounds; the old sweep's rows; the CLI."""
+"""The rate report end to end: synthetic rows (known slopes, baselines, TV bounds), the old sweep's rows, the CLI."""
 
 import json
 import os

@@ -47,7 +47,8 @@ def load_sweep(folder):
     folder = os.fspath(folder)
     path = os.path.join(folder, "results.jsonl")
     if not os.path.isfile(path):
-        raise ValueError(f"{folder} has no results.jsonl: give the folder of a rate sweep (sgm-ref experiment rate OUT)")
+        raise ValueError(f"{folder} has no results.jsonl: give the folder of a rate sweep "
+                         "(sgm-ref experiment rate OUT)")
     rows = [r for r in load_results(path) if r.get("status", "ok") == "ok"]
     if not rows:
         raise ValueError(f"{path} has no finished cell: nothing to report")
@@ -390,8 +391,9 @@ def _conclusions(fams):
                          + ("" if sat_lows[smin] > 0 else ", whose interval reaches 0"))
             shows.append(text + ".")
         else:
-            not_shows.append(f"**{family}**: the exponent's interval reaches 0 in d = {_list([d for d in ds if d not in away])} "
-                             f"(lower limits {_list([f'{lows[d]:.2f}' for d in ds if d not in away])}): there the "
+            near = [d for d in ds if d not in away]
+            not_shows.append(f"**{family}**: the exponent's interval reaches 0 in d = {_list(near)} "
+                             f"(lower limits {_list([f'{lows[d]:.2f}' for d in near])}): there the "
                              "error is not shown to fall with n.")
         curse = {d: a["network"][str(d)]["curse_slope"] for d in ds}
         above = [d for d in ds if curse[d] and curse[d]["above"]]
@@ -501,8 +503,8 @@ def _baseline_sentences(family, a):
         fits = a["fits"].get(method, {}).get("by_d", {})
         if method.startswith("empirical") and fits:
             bs = {int(d): f["b"] for d, f in fits.items()}
-            out.append(f"**{family}**: {label}'s own exponent is " + _list([f"{bs[d]:.2f} (d = {d})" for d in sorted(bs)])
-                       + ".")
+            out.append(f"**{family}**: {label}'s own exponent is "
+                       + _list([f"{bs[d]:.2f} (d = {d})" for d in sorted(bs)]) + ".")
             net = a["fits"].get("network", {}).get("by_d", {})
             faster = [int(d) for d, f in fits.items() if d in net and net[d]["b_interval"][0] > f["b_interval"][1]]
             if faster:
@@ -530,7 +532,9 @@ def _tv_sentences(family, a, not_shows):
     if vacuous:
         not_shows.append(f"**{family}**: the certified TV bound is vacuous (≥ 1) at the largest n in d = "
                          f"{_list(vacuous)}.")
-    falling = [d for d, v in tv.items() if len(v) > 1 and v[max(v)][0] + 2 * v[max(v)][1] < v[min(v)][0] - 2 * v[min(v)][1]]
+    # falling: the last mean + 2 se below the first mean - 2 se
+    falling = [d for d, v in tv.items()
+               if len(v) > 1 and v[max(v)][0] + 2 * v[max(v)][1] < v[min(v)][0] - 2 * v[min(v)][1]]
     if falling:
         out.append(f"**{family}**: the certified TV bound falls from the smallest to the largest n (by more than two "
                    "standard errors at each end) in d = " + _list(

@@ -131,7 +131,8 @@ def joint_slopes(group, n, error, level=0.95):
         xk = x[idx == k]
         se = math.sqrt(s2 / np.sum((xk - xk.mean()) ** 2))
         b = float(coef_f[G + k])
-        out.append({"group": _plain(g), "slope": b, "slope_se": se, "slope_interval": [float(b - tq * se), float(b + tq * se)],
+        out.append({"group": _plain(g), "slope": b, "slope_se": se,
+                    "slope_interval": [float(b - tq * se), float(b + tq * se)],
                     "intercept": float(coef_f[k]), "points": int(xk.size)})
     result = {"groups": out, "common_slope": float(coef_r[G]), "rss_full": rss_f, "rss_reduced": rss_r,
               "level": level, "F": None, "df": None, "p": None}
