@@ -40,7 +40,9 @@ def synthetic(folder, slopes, seeds=5, rng=None):
                            "baseline_em": {"error": d / n * noise[1], "se": 1e-5} if family == "mixture" else None,
                            "tv": {"tv": tv, "tv_se": 0.0 if d == 32 else 0.002, "kl": 0.5 * tv ** 2,
                                   "kl_se": 0.001, "kl_prior": 1e-4, "kl_path": 0.4 * tv ** 2,
-                                  "tv_early_stopping": 0.01},
+                                  "tv_early_stopping": 0.01, "method": "residual_exponential"},
+                           "tv_oracle": {"tv": 0.05, "tv_se": 0.001, "kl": 0.001, "kl_path": 1e-4,
+                                         "kl_path_se": None, "method": "residual_exponential"},
                            "t0": 1e-3, "T": float(np.log(n)), "steps": max(2000, 4 * n), "objective": "paper"}
                     append_result(path, row)
     return folder
@@ -117,6 +119,11 @@ def test_conclusions_follow_the_numbers(written):
     assert "**product**: the error stays above half the -x baseline up to n = 8000 in d = 32." in not_shows
     assert "the network's error is below the empirical-measure (curse) baseline's in" in shows
     assert "Nothing here is measured beyond d = 32 or outside n = 500 to 8000" in not_shows
+    # the exact score's bound beside the learned one, and the sampler they are about
+    assert "(residual_exponential sampler)" in text and "| 2 | exact | 0.05 ± 6e-04 |" not in text
+    assert "| 2 | exact | 0.05 ± 0 |" in text
+    assert "**mixture**: with the exact score the same sampler's certified bound at the largest n is 0.05 (d = 2" in shows
+    assert "the exact score's bound is at least half" not in not_shows  # 0.05 against 0.42
 
 
 def test_conclusions_change_with_the_data(tmp_path):
@@ -138,7 +145,8 @@ def test_report_on_the_old_sweep_rows(tmp_path):
     text = (tmp_path / "old.md").read_text(encoding="utf-8")
     assert "F(3, 76) = 4.70, p = 0.0046" in text  # issue 14's equal-slope test of the mixture family
     assert "n* (no -x baseline in these rows)" in text
-    assert "| 128 | 1 (vacuous) |" in text
+    assert "| 128 | learned | 1 (vacuous) |" in text
+    assert "(euler_maruyama sampler)" in text  # from sweep.json: the old rows do not name it
     assert "empirical measure" not in text.split("## What this shows")[0]
 
 

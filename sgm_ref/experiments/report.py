@@ -74,13 +74,19 @@ def _value(row, key):
     return float(b["error"]), float(b.get("se") or 0.0)
 
 
-def _tv(row):
-    """(tv, tv_se, terms) of a row's certified bound: the new "tv" dict, else the old tv_bound fields."""
-    tv = row.get("tv")
+def _tv(row, key="tv"):
+    """(tv, tv_se, terms) of a row's certified bound: the new "tv" (or "tv_oracle") dict, else the old tv_bound.
+
+    terms holds the numeric terms (TVBound.as_dict's scalars; an overflowed term is null in
+    the row and left out) and "method", the sampler the bound is about, when recorded.
+    """
+    tv = row.get(key)
     if isinstance(tv, dict) and tv.get("tv") is not None:
         terms = {k: float(v) for k, v in tv.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if isinstance(tv.get("method"), str):
+            terms["method"] = tv["method"]
         return float(tv["tv"]), float(tv.get("tv_se") or 0.0), terms
-    if row.get("tv_bound") is not None:
+    if key == "tv" and row.get("tv_bound") is not None:
         terms = {"tv": row["tv_bound"], "tv_se": row.get("tv_bound_se") or 0.0}
         if row.get("kl_path") is not None:
             terms["kl_path"] = row["kl_path"]
@@ -132,7 +138,8 @@ def _analyse_family(rows):
     ns = sorted({r["n"] for r in rows})
     keys = [None] + [k for k in BASELINES if any(_value(r, k) is not None for r in rows)]
     names = {None: "network", **BASELINES}
-    points = {}   # d -> n -> {"network": [mean, se, seeds], baseline: ..., "tv": ...}
+    points = {}   # d -> n -> {"network": [mean, se, seeds], baseline: ..., "tv": ..., "tv_exact": ...}
+    result_methods = set()  # the samplers the certified bounds are about
     schedule = {}
     for d in ds:
         points[str(d)] = {}
@@ -145,11 +152,15 @@ def _analyse_family(rows):
                 values = [v for v in (_value(r, k) for r in cell) if v is not None]
                 if values:
                     p[names[k]] = [*_mean_se(values), len(values)]
-            tvs = [t for t in (_tv(r) for r in cell) if t is not None]
-            if tvs:
-                terms = sorted({k for t in tvs for k in t[2]})
-                p["tv"] = [*_mean_se([(t[0], t[1]) for t in tvs]), len(tvs)]
-                p["tv_terms"] = {k: float(np.mean([t[2][k] for t in tvs if k in t[2]])) for k in terms}
+            for key, name in (("tv", "tv"), ("tv_oracle", "tv_exact")):
+                tvs = [t for t in (_tv(r, key) for r in cell) if t is not None]
+                if tvs:
+                    terms = sorted({k for t in tvs for k in t[2]} - {"method"})
+                    p[name] = [*_mean_se([(t[0], t[1]) for t in tvs]), len(tvs)]
+                    p[name + "_terms"] = {k: float(np.mean([t[2][k] for t in tvs if k in t[2]])) for k in terms}
+                    methods = sorted({t[2]["method"] for t in tvs if "method" in t[2]})
+                    if methods:
+                        result_methods.update(methods)
             points[str(d)][str(n)] = p
             for key in ("t0", "T", "steps", "objective"):
                 seen = sorted({json.dumps(r[key]) for r in cell if r.get(key) is not None})
@@ -157,7 +168,8 @@ def _analyse_family(rows):
                     schedule.setdefault(str(n), {})[key] = [json.loads(v) for v in seen]
     result = {"d": ds, "n": ns, "seeds": max(len({r["seed"] for r in rows if r["d"] == d and r["n"] == n})
                                              for d in ds for n in ns),
-              "methods": [names[k] for k in keys], "points": points, "schedule": schedule}
+              "methods": [names[k] for k in keys], "points": points, "schedule": schedule,
+              "tv_samplers": sorted(result_methods)}
 
     # seed-level fits of the network (and of the baselines, for their exponents)
     positive = [r for r in rows if r["score_error"] > 0]
@@ -268,6 +280,8 @@ def report_markdown(analysis, settings=None, figures=None, source=None):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", "", f"*{caption}.*", ""]
     for family, a in fams.items():
+        if not a["tv_samplers"] and isinstance(settings.get("settings", {}).get("bound_method"), str):
+            a = {**a, "tv_samplers": [settings["settings"]["bound_method"]]}  # old rows: the sweep's setting
         lines += _family_section(family, a)
     lines += _conclusions(fams)
     return "\n".join(lines) + "\n"
@@ -335,17 +349,22 @@ def _family_section(family, a):
     tv_rows = [(d, n, a["points"][str(d)][str(n)]) for d in a["d"] for n in ns
                if "tv" in a["points"][str(d)].get(str(n), {})]
     if tv_rows:
-        lines += ["", "Certified upper bound on TV(p_0, sampler output), mean ± se over seeds (≥ 1: vacuous, "
-                  "TV ≤ 1 always); its terms at the largest n in the last column.", "",
-                  "| d | " + " | ".join(f"n = {n}" for n in ns) + " | terms at the largest n |",
-                  "|" + "---|" * (2 + len(ns))]
+        sampler = (f" ({', '.join(a['tv_samplers'])} sampler)" if a.get("tv_samplers") else "")
+        lines += ["", f"Certified upper bound on TV(p_0, sampler output){sampler}, mean ± se over seeds (≥ 1: "
+                  "vacuous, TV ≤ 1 always), with the learned score and, where recorded, with the exact score (what "
+                  "remains without any learning error); the terms at the largest n in the last column.", "",
+                  "| d | score | " + " | ".join(f"n = {n}" for n in ns) + " | terms at the largest n |",
+                  "|" + "---|" * (3 + len(ns))]
         for d in a["d"]:
             by_n = a["points"][str(d)]
-            cells = [_tv_cell(by_n[str(n)]["tv"]) if "tv" in by_n.get(str(n), {}) else "" for n in ns]
-            last = [n for n in ns if "tv" in by_n.get(str(n), {})]
-            terms = by_n[str(last[-1])]["tv_terms"] if last else {}
-            shown = ", ".join(f"{k} {_g(v)}" for k, v in terms.items() if not k.endswith("_se") and k != "tv")
-            lines.append(f"| {d} | " + " | ".join(cells) + f" | {shown} |")
+            for key, label in (("tv", "learned"), ("tv_exact", "exact")):
+                cells = [_tv_cell(by_n[str(n)][key]) if key in by_n.get(str(n), {}) else "" for n in ns]
+                last = [n for n in ns if key in by_n.get(str(n), {})]
+                if not last:
+                    continue
+                terms = by_n[str(last[-1])][key + "_terms"]
+                shown = ", ".join(f"{k} {_g(v)}" for k, v in terms.items() if not k.endswith("_se") and k != "tv")
+                lines.append(f"| {d} | {label} | " + " | ".join(cells) + f" | {shown} |")
     return lines + [""]
 
 
@@ -542,6 +561,17 @@ def _tv_sentences(family, a, not_shows):
     flat = [d for d in tv if len(tv[d]) > 1 and d not in falling]
     if flat:
         not_shows.append(f"**{family}**: the certified TV bound is not shown to fall with n in d = {_list(flat)}.")
+    exact = {d: a["points"][str(d)][str(max(tv[d]))].get("tv_exact") for d in tv}
+    exact = {d: v for d, v in exact.items() if v is not None}
+    if exact:
+        out.append(f"**{family}**: with the exact score the same sampler's certified bound at the largest n is "
+                   + _list([f"{exact[d][0]:.3g} (d = {d}; learned {last[d][0]:.3g})" for d in exact])
+                   + ": the learned score's bound minus this is what learning leaves.")
+        floor = [d for d in exact if exact[d][0] >= 0.5 * last[d][0]]
+        if floor:
+            not_shows.append(f"**{family}**: in d = {_list(floor)} the exact score's bound is at least half the "
+                             "learned one at the largest n: there the bound measures the sampler and the "
+                             "early stopping more than the learning.")
     return out
 
 
@@ -634,16 +664,20 @@ def plot_tv_vs_n(path, analysis, plt):
     fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams), 3.6), squeeze=False)
     for ax, (family, a) in zip(axes[0], fams.items()):
         for d in a["d"]:
-            pts = [(int(n), *p["tv"][:2]) for n, p in a["points"][str(d)].items() if "tv" in p]
-            if pts:
-                n, tv, se = map(np.array, zip(*sorted(pts)))
-                ax.errorbar(n, tv, yerr=2 * se, marker="o", ms=3, capsize=2, label=f"d = {d}")
+            for key, style, label in (("tv", "-", f"d = {d}"), ("tv_exact", ":", f"d = {d}, exact score")):
+                pts = [(int(n), *p[key][:2]) for n, p in a["points"][str(d)].items() if key in p]
+                if pts:
+                    n, tv, se = map(np.array, zip(*sorted(pts)))
+                    colour = f"C{a['d'].index(d) % 10}"
+                    ax.errorbar(n, tv, yerr=2 * se, marker="o", ms=3, capsize=2, ls=style, color=colour, label=label)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         _log_axes(ax, a["n"])
         ax.set_xlabel("n")
         ax.set_title(family)
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("certified TV bound (≥ 1: vacuous)")
+    if any("tv_exact" in p for a in fams.values() for by_n in a["points"].values() for p in by_n.values()):
+        fig.suptitle("dotted: the same sampler with the exact score", fontsize=8)
     _save(fig, path, plt)
     return True
 
