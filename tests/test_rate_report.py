@@ -122,7 +122,8 @@ def test_conclusions_follow_the_numbers(written):
     # the exact score's bound beside the learned one, and the sampler they are about
     assert "(residual_exponential sampler)" in text and "| 2 | exact | 0.05 ± 6e-04 |" not in text
     assert "| 2 | exact | 0.05 ± 0 |" in text
-    assert "**mixture**: with the exact score the same sampler's certified bound at the largest n is 0.05 (d = 2" in shows
+    assert ("**mixture**: with the exact score the same sampler's certified bound at the largest n is 0.05 (d = 2"
+            in shows)
     assert "the exact score's bound is at least half" not in not_shows  # 0.05 against 0.42
 
 
