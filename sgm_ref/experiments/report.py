@@ -411,6 +411,9 @@ def _conclusions(fams):
             shows.append(text + ".")
         else:
             near = [d for d in ds if d not in away]
+            if away:
+                shows.append(f"**{family}**: the exponent is bounded away from 0 in d = {_list(away)} (lower "
+                             f"{LEVEL:.0%} limits {_list([f'{lows[d]:.2f}' for d in away])}).")
             not_shows.append(f"**{family}**: the exponent's interval reaches 0 in d = {_list(near)} "
                              f"(lower limits {_list([f'{lows[d]:.2f}' for d in near])}): there the "
                              "error is not shown to fall with n.")
@@ -510,15 +513,20 @@ def _baseline_sentences(family, a):
         ratios = {}
         for d in a["d"]:
             p = a["points"][str(d)].get(str(nmax), {})
-            if method in p and "network" in p and p["network"][0] > 0:
+            if method in p and "network" in p and p["network"][0] > 0 and p[method][0] > 0:
                 ratios[d] = p[method][0] / p["network"][0]
         if not ratios:
             continue
-        better = [d for d in ratios if ratios[d] > 1]
         lo, hi = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
-        where = "every d" if len(better) == len(ratios) else ("no d" if not better else f"d = {_list(better)}")
-        out.append(f"**{family}**: at n = {nmax} the network's error is below {label}'s in {where}; the ratio "
-                   f"baseline / network is {_g(ratios[lo])} (d = {lo}) to {_g(ratios[hi])} (d = {hi}).")
+        if method.startswith("empirical"):
+            better = [d for d in ratios if ratios[d] > 1]
+            where = "every d" if len(better) == len(ratios) else ("no d" if not better else f"d = {_list(better)}")
+            out.append(f"**{family}**: at n = {nmax} the network's error is below {label}'s in {where}; the ratio "
+                       f"baseline / network is {_g(ratios[lo])} (d = {lo}) to {_g(ratios[hi])} (d = {hi}).")
+        else:  # the efficient parametric reference: how far the network is from it
+            out.append(f"**{family}**: at n = {nmax} the network's error is {_g(1 / ratios[hi])} (d = {hi}) to "
+                       f"{_g(1 / ratios[lo])} (d = {lo}) times {label}'s, the parametric reference that knows "
+                       "the family.")
         fits = a["fits"].get(method, {}).get("by_d", {})
         if method.startswith("empirical") and fits:
             bs = {int(d): f["b"] for d, f in fits.items()}
