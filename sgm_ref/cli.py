@@ -11,6 +11,7 @@
         [--max-relative-error 0.001=0.5,0.1=0.05] [--plot audit.png]   pass/fail (exit 0/1) and a plot
     sgm-ref audit-sampler --sampler MOD:FN --replay NAME --target SPEC   a sampler loop vs a replay
     sgm-ref experiment rate OUT [--quick]   error against n for several d (the paper's claim)
+    sgm-ref experiment rate-report OUT --out docs/rate.md   its report, from the stored rows alone
 
 Errors in the input (a ValueError anywhere in the library, or an OSError on the user's
 files) print one line on stderr and exit with status 2; nothing is left half-written
@@ -300,6 +301,14 @@ def build_parser():
     p.add_argument("--retry-failed", action="store_true", help="run again the cells recorded as failed")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="submit the cells to this Dask distributed scheduler instead (pip install \"sgm_ref[dask]\")")
+    p = experiments.add_parser("rate-report", help="docs/rate.md and its figures from a rate sweep's stored rows",
+                               description="Regenerates the report of a rate sweep (tables, exponents with intervals, "
+                                           "equal-slope and lack-of-fit tests, n*, the TV bound, figures, and the "
+                                           "conclusions chosen by thresholds on the numbers) from RUN/results.jsonl; "
+                                           "nothing is trained (sgm_ref.experiments.report.write_report).")
+    p.add_argument("run", metavar="RUN", help="the sweep's folder (as given to `sgm-ref experiment rate`)")
+    p.add_argument("--out", metavar="FILE.md",
+                   help="the markdown to write (default RUN/rate.md); figures and FILE.json go beside it")
     return parser
 
 
@@ -313,6 +322,11 @@ def _int_list(text, name):
 
 
 def cmd_experiment(args):
+    if args.experiment == "rate-report":
+        from .experiments import report
+
+        report.write_report(args.run, args.out, log=_say)
+        return 0
     from .experiments import rate, sweep
 
     families = None if args.families is None else [f.strip() for f in args.families.split(",")]

@@ -1,0 +1,746 @@
+"""docs/rate.md from a rate sweep's stored rows: tables, statistics, figures, and sentences made from the numbers.
+
+    sgm-ref experiment rate-report RUN --out docs/rate.md
+
+writes OUT (markdown), OUT's stem + ".json" (every number the text quotes) and, with
+matplotlib, three figures beside it: STEM_error_vs_n.png, STEM_error_vs_d.png and
+STEM_tv_vs_n.png. Nothing in the text is written by hand about the data: each sentence
+of "What this shows / what it does not" is chosen by a threshold on a number printed with
+it, so regenerating from other rows cannot leave a stale claim.
+
+Rows are those of results.jsonl (sgm_ref.experiments.rate.load_results); the optional
+fields baseline_empirical, baseline_minus_x, baseline_em ({"error", "se"} or null), tv
+(the certified bound's terms), t0, T, steps and objective are used when present, so an
+old sweep (score_error and tv_bound only) gives the same report without the baselines.
+"""
+
+import json
+import math
+import os
+
+import numpy as np
+
+from .._json import load_json
+from ..io import atomic_write
+from . import stats as S
+from .rate import load_results
+
+__all__ = ["BASELINES", "load_sweep", "analyse", "report_markdown", "write_report"]
+
+# the baselines a row may carry, and what the report calls them
+BASELINES = {"baseline_empirical": "empirical measure (curse)", "baseline_minus_x": "score -x",
+             "baseline_em": "EM plug-in"}
+LEVEL = 0.95          # confidence level of every interval
+ALPHA = 0.05          # level of the equal-slope test
+ALPHA_LOF = 0.01      # level of the lack-of-fit test (issue 14 reports p < 0.01)
+FLOOR_SHARE = 0.25    # a fitted floor c above this share of the error at the largest n: "flattened"
+
+
+def load_sweep(folder):
+    """(rows that finished, sweep.json's content or {}) of a sweep folder.
+
+    Raises
+    ------
+    ValueError
+        No results.jsonl in folder, an unreadable row or sweep.json, or no finished row.
+    """
+    folder = os.fspath(folder)
+    path = os.path.join(folder, "results.jsonl")
+    if not os.path.isfile(path):
+        raise ValueError(f"{folder} has no results.jsonl: give the folder of a rate sweep "
+                         "(sgm-ref experiment rate OUT)")
+    rows = [r for r in load_results(path) if r.get("status", "ok") == "ok"]
+    if not rows:
+        raise ValueError(f"{path} has no finished cell: nothing to report")
+    settings = {}
+    sweep = os.path.join(folder, "sweep.json")
+    if os.path.isfile(sweep):
+        with open(sweep, "rb") as f:
+            settings = load_json(f, sweep)
+        if not isinstance(settings, dict):
+            raise ValueError(f"{sweep} is not a sweep description (not a JSON object)")
+    return rows, settings
+
+
+# ---------------------------------------------------------------- numbers
+
+def _value(row, key):
+    """(error, se) of the network (key None) or a baseline in a row, or None."""
+    if key is None:
+        return row["score_error"], row["score_error_se"]
+    b = row.get(key)
+    if not isinstance(b, dict) or b.get("error") is None:
+        return None
+    return float(b["error"]), float(b.get("se") or 0.0)
+
+
+def _tv(row, key="tv"):
+    """(tv, tv_se, terms) of a row's certified bound: the new "tv" (or "tv_oracle") dict, else the old tv_bound.
+
+    terms holds the numeric terms (TVBound.as_dict's scalars; an overflowed term is null in
+    the row and left out) and "method", the sampler the bound is about, when recorded.
+    """
+    tv = row.get(key)
+    if isinstance(tv, dict) and tv.get("tv") is not None:
+        terms = {k: float(v) for k, v in tv.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if isinstance(tv.get("method"), str):
+            terms["method"] = tv["method"]
+        return float(tv["tv"]), float(tv.get("tv_se") or 0.0), terms
+    if key == "tv" and row.get("tv_bound") is not None:
+        terms = {"tv": row["tv_bound"], "tv_se": row.get("tv_bound_se") or 0.0}
+        if row.get("kl_path") is not None:
+            terms["kl_path"] = row["kl_path"]
+        return float(row["tv_bound"]), float(row.get("tv_bound_se") or 0.0), terms
+    return None
+
+
+def _mean_se(values):
+    """Mean over seeds ± the seed-to-seed standard error (one seed: its own Monte-Carlo se)."""
+    e = np.array([v[0] for v in values])
+    if e.size > 1:
+        return float(e.mean()), float(e.std(ddof=1) / math.sqrt(e.size))
+    return float(e[0]), float(values[0][1])
+
+
+def _attempt(function, *args, **kwargs):
+    """(result, None) or (None, the reason it could not be computed)."""
+    try:
+        return function(*args, **kwargs), None
+    except ValueError as exc:
+        return None, str(exc)
+
+
+def _exponent(slope_fit):
+    """The exponent b = -slope and its interval from a joint_slopes group."""
+    low, high = slope_fit["slope_interval"]
+    return {"b": -slope_fit["slope"], "b_se": slope_fit["slope_se"], "b_interval": [-high, -low]}
+
+
+def analyse(rows):
+    """Every number of the report, per family: points, fits, tests, n*, TV; JSON-ready.
+
+    Returns
+    -------
+    dict
+        {"families": {family: {"d": [...], "n": [...], "seeds": int, "cells": {...}, ...}}}
+    """
+    families = {}
+    for r in rows:
+        families.setdefault(r["family"], []).append(r)
+    out = {}
+    for family, frows in sorted(families.items()):
+        out[family] = _analyse_family(frows)
+    return {"families": out, "level": LEVEL, "alpha": ALPHA, "alpha_lack_of_fit": ALPHA_LOF}
+
+
+def _analyse_family(rows):
+    ds = sorted({r["d"] for r in rows})
+    ns = sorted({r["n"] for r in rows})
+    keys = [None] + [k for k in BASELINES if any(_value(r, k) is not None for r in rows)]
+    names = {None: "network", **BASELINES}
+    points = {}   # d -> n -> {"network": [mean, se, seeds], baseline: ..., "tv": ..., "tv_exact": ...}
+    result_methods = set()  # the samplers the certified bounds are about
+    schedule = {}
+    for d in ds:
+        points[str(d)] = {}
+        for n in ns:
+            cell = [r for r in rows if r["d"] == d and r["n"] == n]
+            if not cell:
+                continue
+            p = {}
+            for k in keys:
+                values = [v for v in (_value(r, k) for r in cell) if v is not None]
+                if values:
+                    p[names[k]] = [*_mean_se(values), len(values)]
+            for key, name in (("tv", "tv"), ("tv_oracle", "tv_exact")):
+                tvs = [t for t in (_tv(r, key) for r in cell) if t is not None]
+                if tvs:
+                    terms = sorted({k for t in tvs for k in t[2]} - {"method"})
+                    p[name] = [*_mean_se([(t[0], t[1]) for t in tvs]), len(tvs)]
+                    p[name + "_terms"] = {k: float(np.mean([t[2][k] for t in tvs if k in t[2]])) for k in terms}
+                    methods = sorted({t[2]["method"] for t in tvs if "method" in t[2]})
+                    if methods:
+                        result_methods.update(methods)
+            points[str(d)][str(n)] = p
+            for key in ("t0", "T", "steps", "objective"):
+                seen = sorted({json.dumps(r[key]) for r in cell if r.get(key) is not None})
+                if seen:
+                    schedule.setdefault(str(n), {})[key] = [json.loads(v) for v in seen]
+    result = {"d": ds, "n": ns, "seeds": max(len({r["seed"] for r in rows if r["d"] == d and r["n"] == n})
+                                             for d in ds for n in ns),
+              "methods": [names[k] for k in keys], "points": points, "schedule": schedule,
+              "tv_samplers": sorted(result_methods)}
+
+    # seed-level fits of the network (and of the baselines, for their exponents)
+    positive = [r for r in rows if r["score_error"] > 0]
+    result["left_out"] = len(rows) - len(positive)  # a debiased error <= 0 has no log
+    fits = {}
+    for k in keys:
+        data = [(r["d"], r["n"], _value(r, k)[0]) for r in rows if _value(r, k) is not None and _value(r, k)[0] > 0]
+        if not data:
+            continue
+        # a d with one n so far (a sweep still running) has no slope: fit the others
+        fitted = {d for d in ds if len({n for dd, n, _ in data if dd == d}) >= 2}
+        data = [row for row in data if row[0] in fitted]
+        if not data:
+            fits[names[k]] = {"joint": None, "joint_reason": "no d has two distinct n yet", "by_d": {}}
+            continue
+        g, n, e = map(np.array, zip(*data))
+        joint, why = _attempt(S.joint_slopes, g, n, e, level=LEVEL)
+        fits[names[k]] = {"joint": joint, "joint_reason": why, "by_d": {}}
+        if joint is not None:
+            for gfit in joint["groups"]:
+                fits[names[k]]["by_d"][str(gfit["group"])] = {**_exponent(gfit)}
+    result["fits"] = fits
+    network = {}
+    for d in ds:
+        curve = [r for r in positive if r["d"] == d]
+        n = np.array([r["n"] for r in curve], dtype=float)
+        e = np.array([r["score_error"] for r in curve], dtype=float)
+        entry = {}
+        lof, why = _attempt(S.lack_of_fit, n, e) if curve else (None, "no positive error")
+        entry["lack_of_fit"], entry["lack_of_fit_reason"] = lof, why
+        sat, why = _attempt(S.saturating_fit, n, e, level=LEVEL) if curve else (None, "no positive error")
+        entry["saturating"], entry["saturating_reason"] = sat, why
+        slope = fits.get("network", {}).get("by_d", {}).get(str(d))
+        entry["curse_rate"] = S.curse_rate(d)
+        entry["curse_slope"] = S.curse_comparison(d, slope["b_interval"]) if slope else None
+        entry["curse_saturating"] = S.curse_comparison(d, sat["b_interval"]) if sat else None
+        if sat and curve:
+            top = [r["score_error"] for r in curve if r["n"] == max(n)]
+            entry["floor_share"] = sat["c"] / float(np.mean(top))
+        entry["n_star"], entry["n_star_reason"] = _n_star(points[str(d)])
+        network[str(d)] = entry
+    result["network"] = network
+    return result
+
+
+def _n_star(by_n):
+    ns = [n for n, p in by_n.items() if "network" in p and "score -x" in p]
+    if not ns:
+        return None, "no -x baseline in these rows"
+    ns = sorted(ns, key=int)
+    e = [by_n[n]["network"][0] for n in ns]
+    base = [by_n[n]["score -x"][0] for n in ns]
+    if min(e) <= 0 or min(base) <= 0:
+        return None, "a mean error <= 0 (below its Monte-Carlo noise)"
+    return _attempt(S.n_star, [int(n) for n in ns], e, base)
+
+
+# ---------------------------------------------------------------- text
+
+def _g(v, digits=3):
+    if v is None:
+        return "–"
+    if v == 0:
+        return "0"
+    if abs(v) >= 1e5 or abs(v) < 1e-3:
+        return f"{v:.{digits - 1}e}"
+    return f"{v:.{digits}g}"
+
+
+def _show(v):
+    return _g(v, 4) if isinstance(v, float) else str(v)
+
+
+def _interval(iv, digits=2):
+    low, high = iv
+    return f"[{'–' if low is None else f'{low:.{digits}f}'}, {'∞' if high is None else f'{high:.{digits}f}'}]"
+
+
+def _p(p):
+    """'p = 0.0046' or 'p < 1e-4'."""
+    return f"p = {p:.2g}" if p >= 1e-4 else "p < 1e-4"
+
+
+def _list(values):
+    values = [str(v) for v in values]
+    return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
+
+
+def report_markdown(analysis, settings=None, figures=None, source=None):
+    """The markdown of docs/rate.md from analyse()'s numbers (figures: {kind: relative path})."""
+    settings = settings or {}
+    figures = figures or {}
+    lines = ["# The rate experiment: score error against n in several dimensions", "",
+             f"Generated by `sgm-ref experiment rate-report{' ' + source if source else ''}` from the stored rows "
+             "(do not edit by hand: rerun the command). Every number below is recomputed from the rows; the "
+             "sentences of the last section are chosen by thresholds on the numbers printed with them.", ""]
+    fams = analysis["families"]
+    if settings.get("settings"):
+        s = settings["settings"]
+        lines += ["Settings shared by the cells: " + ", ".join(f"{k} = {v}" for k, v in s.items()) + ".", ""]
+    if settings.get("families"):
+        lines += ["Families (as recorded in sweep.json): " + "; ".join(
+            f"{f}: " + ", ".join(f"{k} = {v}" for k, v in spec.items()) for f, spec in settings["families"].items()
+            if f in fams) + ".", ""]
+    for key, caption in (("error_vs_n", "Error against n, one panel per family and d (network: solid; "
+                                        "baselines: dashed)"),
+                         ("error_vs_d", "Error against d at fixed n"), ("tv_vs_n", "Certified TV bound against n")):
+        if key in figures:
+            lines += [f"![{caption}]({figures[key]})", "", f"*{caption}.*", ""]
+    for family, a in fams.items():
+        if not a["tv_samplers"] and isinstance(settings.get("settings", {}).get("bound_method"), str):
+            a = {**a, "tv_samplers": [settings["settings"]["bound_method"]]}  # old rows: the sweep's setting
+        lines += _family_section(family, a)
+    lines += _conclusions(fams)
+    return "\n".join(lines) + "\n"
+
+
+def _family_section(family, a):
+    ns = a["n"]
+    lines = [f"## {family}", "",
+             f"Mean over seeds ± standard error over seeds (at most {a['seeds']} seeds per cell; one seed: "
+             "its Monte-Carlo standard error) of the integrated score error int E|s - grad log p_t|^2 dt.", ""]
+    if a["left_out"]:
+        lines += [f"{a['left_out']} seed-level error(s) <= 0 (a debiased Monte-Carlo error below its noise) are in "
+                  "the means but not in the log-log fits.", ""]
+    lines += ["| d | method | " + " | ".join(f"n = {n}" for n in ns) + " |", "|" + "---|" * (2 + len(ns))]
+    for d in a["d"]:
+        by_n = a["points"][str(d)]
+        for method in a["methods"]:
+            cells = []
+            for n in ns:
+                v = by_n.get(str(n), {}).get(method)
+                cells.append("" if v is None else f"{_g(v[0])} ± {_g(v[1], 1)}")
+            lines.append(f"| {d} | {method} | " + " | ".join(cells) + " |")
+    if a["schedule"]:
+        lines += ["", "Per-n schedule recorded in the rows: " + "; ".join(
+            f"n = {n}: " + ", ".join(f"{k} = {'/'.join(_show(x) for x in v)}" for k, v in sch.items())
+            for n, sch in sorted(a["schedule"].items(), key=lambda kv: int(kv[0]))) + "."]
+    lines += ["", f"Exponents b (error ~ n^-b), {LEVEL:.0%} intervals. *Straight line*: seed-level least squares "
+              "of log error on log n, one intercept and slope per d (pooled variance). *Saturating*: "
+              "error = A n^-b + c in log space, profile-likelihood interval (– or ∞: that end is not bounded "
+              "by the data). Lack of fit: pure-error F test of the straight line from the replicate seeds. "
+              "Curse rate 2/(d+4). n*: smallest n where the error falls below half the -x baseline "
+              "(interpolated on log n).", "",
+              "| d | b (straight line) | lack of fit F (df), p | b (saturating) | floor c (share at max n) "
+              "| curse rate | n* |" + "".join(f" b of {m} |" for m in a["methods"][1:]),
+              "|" + "---|" * (7 + len(a["methods"]) - 1)]
+    fit = a["fits"].get("network", {})
+    for d in a["d"]:
+        net = a["network"][str(d)]
+        b = fit.get("by_d", {}).get(str(d))
+        line = f"| {d} | " + (f"{b['b']:.3f} {_interval(b['b_interval'])}" if b else "–") + " | "
+        lof = net["lack_of_fit"]
+        line += (f"{lof['F']:.2f} ({lof['df'][0]}, {lof['df'][1]}), {_p(lof['p'])}" if lof else "–") + " | "
+        sat = net["saturating"]
+        line += (f"{sat['b']:.3f} {_interval(sat['b_interval'])}" if sat else "–") + " | "
+        line += (f"{_g(sat['c'])} ({net['floor_share']:.0%})" if sat else "–") + " | "
+        line += f"{net['curse_rate']:.3f} | "
+        ns_ = net["n_star"]
+        line += _n_star_cell(ns_, max(ns)) + " |"
+        for m in a["methods"][1:]:
+            bb = a["fits"].get(m, {}).get("by_d", {}).get(str(d))
+            line += (f" {bb['b']:.2f} {_interval(bb['b_interval'])}" if bb else " –") + " |"
+        lines.append(line)
+    joint = fit.get("joint")
+    lines.append("")
+    if joint and joint["F"] is not None:
+        lines.append(f"Equal exponents across d (F test of a common slope against one slope per d, seed level): "
+                     f"F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}; "
+                     f"common slope {joint['common_slope']:.3f}.")
+    else:
+        lines.append("Equal exponents across d: not tested (" + (fit.get("joint_reason") or "one d only") + ").")
+    what = {"lack_of_fit_reason": "lack of fit", "saturating_reason": "saturating fit", "n_star_reason": "n*"}
+    reasons = sorted({f"{what[k]} ({v})" for d in a["d"] for k in what if (v := a["network"][str(d)][k])})
+    if reasons:
+        lines.append("Not computed: " + "; ".join(reasons) + ".")
+    tv_rows = [(d, n, a["points"][str(d)][str(n)]) for d in a["d"] for n in ns
+               if "tv" in a["points"][str(d)].get(str(n), {})]
+    if tv_rows:
+        sampler = (f" ({', '.join(a['tv_samplers'])} sampler)" if a.get("tv_samplers") else "")
+        lines += ["", f"Certified upper bound on TV(p_0, sampler output){sampler}, mean ± se over seeds (≥ 1: "
+                  "vacuous, TV ≤ 1 always), with the learned score and, where recorded, with the exact score (what "
+                  "remains without any learning error); the terms at the largest n in the last column.", "",
+                  "| d | score | " + " | ".join(f"n = {n}" for n in ns) + " | terms at the largest n |",
+                  "|" + "---|" * (3 + len(ns))]
+        for d in a["d"]:
+            by_n = a["points"][str(d)]
+            for key, label in (("tv", "learned"), ("tv_exact", "exact")):
+                cells = [_tv_cell(by_n[str(n)][key]) if key in by_n.get(str(n), {}) else "" for n in ns]
+                last = [n for n in ns if key in by_n.get(str(n), {})]
+                if not last:
+                    continue
+                terms = by_n[str(last[-1])][key + "_terms"]
+                shown = ", ".join(f"{k} {_g(v)}" for k, v in terms.items() if not k.endswith("_se") and k != "tv")
+                lines.append(f"| {d} | {label} | " + " | ".join(cells) + f" | {shown} |")
+    return lines + [""]
+
+
+def _n_star_cell(n_star, n_max):
+    if n_star is None:
+        return "–"
+    if n_star["censored"] == "right":
+        return f"> {n_max}"
+    return ("≤ " if n_star["censored"] == "left" else "") + f"{n_star['n_star']:.0f}"
+
+
+def _tv_cell(tv):
+    mean, se = tv[:2]
+    return "1 (vacuous)" if mean >= 1 and se == 0 else f"{_g(mean)} ± {_g(se, 1)}"
+
+
+def _conclusions(fams):
+    """What this shows / what it does not: one thresholded sentence per finding, each with its number."""
+    shows, not_shows = [], []
+    for family, a in fams.items():
+        fit = a["fits"].get("network", {})
+        by_d = fit.get("by_d", {})
+        ds = [d for d in a["d"] if str(d) in by_d]
+        if not ds:
+            not_shows.append(f"**{family}**: no exponent could be fitted ({fit.get('joint_reason') or 'no rows'}).")
+            continue
+        missing = [d for d in a["d"] if d not in ds]
+        if missing:
+            not_shows.append(f"**{family}**: no exponent in d = {_list(missing)} (fewer than two n with a positive "
+                             "error); \"every d\" below means every d fitted.")
+        lows = {d: by_d[str(d)]["b_interval"][0] for d in ds}
+        away = [d for d in ds if lows[d] > 0]
+        sat = {d: a["network"][str(d)]["saturating"] for d in ds}
+        sat_lows = {d: sat[d]["b_interval"][0] or 0.0 for d in ds if sat[d]}  # None: not bounded below
+        if len(away) == len(ds):
+            dmin = min(ds, key=lambda d: lows[d])
+            text = (f"**{family}**: the error falls as a power of n with an exponent bounded away from 0 in "
+                    f"every d ({_list(ds)}): the smallest lower {LEVEL:.0%} limit of b is {lows[dmin]:.2f} "
+                    f"(d = {dmin}) for the straight line")
+            if sat_lows:
+                smin = min(sat_lows, key=sat_lows.get)
+                text += (f", {sat_lows[smin]:.2f} (d = {smin}) for the saturating fit"
+                         + ("" if sat_lows[smin] > 0 else ", whose interval reaches 0"))
+            shows.append(text + ".")
+        else:
+            near = [d for d in ds if d not in away]
+            if away:
+                shows.append(f"**{family}**: the exponent is bounded away from 0 in d = {_list(away)} (lower "
+                             f"{LEVEL:.0%} limits {_list([f'{lows[d]:.2f}' for d in away])}).")
+            not_shows.append(f"**{family}**: the exponent's interval reaches 0 in d = {_list(near)} "
+                             f"(lower limits {_list([f'{lows[d]:.2f}' for d in near])}): there the "
+                             "error is not shown to fall with n.")
+        curse = {d: a["network"][str(d)]["curse_slope"] for d in ds}
+        above = [d for d in ds if curse[d] and curse[d]["above"]]
+        if above:
+            ratio = {d: curse[d]["ratio_low"] for d in above}
+            dr = min(above, key=lambda d: ratio[d])
+            sat_above = [d for d in ds if (c := a["network"][str(d)]["curse_saturating"]) and c["above"]]
+            shows.append(f"**{family}**: the straight-line exponent's lower limit exceeds the curse rate 2/(d+4) in "
+                         f"d = {_list(above)}; the smallest ratio of lower limit to curse rate is {ratio[dr]:.1f} "
+                         f"(d = {dr}). The saturating fit's lower limit exceeds it in "
+                         + ("no d" if not sat_above else "every d" if sat_above == ds else f"d = {_list(sat_above)}")
+                         + ".")
+        rest = [d for d in ds if d not in above]
+        if rest:
+            not_shows.append(f"**{family}**: the exponent is not shown to exceed the curse rate in d = {_list(rest)}.")
+        joint = fit.get("joint")
+        if joint and joint["F"] is not None:
+            bs = {d: by_d[str(d)]["b"] for d in ds}
+            lo, hi = min(ds, key=lambda d: bs[d]), max(ds, key=lambda d: bs[d])
+            test = f"F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}"
+            if joint["p"] < ALPHA:
+                not_shows.append(f"**{family}**: it does not show an exponent independent of d: equal exponents are "
+                                 f"rejected at level {ALPHA} ({test}); b ranges from {bs[lo]:.2f} (d = {lo}) to "
+                                 f"{bs[hi]:.2f} (d = {hi}).")
+            else:
+                width = max(by_d[str(d)]["b_se"] for d in ds)
+                shows.append(f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
+                             f"common exponent {-joint['common_slope']:.2f}.")
+                not_shows.append(f"**{family}**: not rejecting is not proof of a d-free exponent: each d's exponent "
+                                 f"has a standard error up to {width:.3f}, so differences of about "
+                                 f"{2.8 * width:.2f} could go unseen.")
+        lof = {d: a["network"][str(d)]["lack_of_fit"] for d in a["d"]}
+        tested = [d for d in a["d"] if lof[d]]
+        bent = [d for d in tested if lof[d]["p"] < ALPHA_LOF]
+        if bent:
+            not_shows.append(f"**{family}**: a straight line in log-log is rejected (lack of fit, p < {ALPHA_LOF}) in "
+                             f"{len(bent)} of {len(tested)} d ({_list(bent)}): there the straight-line exponent "
+                             f"depends on the n range ({min(a['n'])} to {max(a['n'])}) and its interval measures "
+                             "curvature as well as noise; the saturating fit is the better summary.")
+        elif tested:
+            shows.append(f"**{family}**: a straight line in log-log is not rejected (lack of fit p ≥ {ALPHA_LOF}) in "
+                         f"any of the {len(tested)} d tested; the smallest is "
+                         f"{_p(min(lof[d]['p'] for d in tested))}.")
+        flat = [d for d in a["d"] if a["network"][str(d)].get("floor_share", 0) > FLOOR_SHARE]
+        if flat:
+            shares = _list([f"{a['network'][str(d)]['floor_share']:.0%}" for d in flat])
+            not_shows.append(f"**{family}**: the fitted floor c is more than {FLOOR_SHARE:.0%} of the error at the "
+                             f"largest n in d = {_list(flat)} ({shares}): those curves have flattened, so larger n "
+                             "alone would not lower the error much under these settings.")
+        nstar = {d: a["network"][str(d)]["n_star"] for d in a["d"]}
+        reached = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right"]
+        never = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] == "right"]
+        if reached:
+            shows.append(f"**{family}**: the error falls below half the -x baseline at n* = "
+                         + _list([("≤ " if nstar[d]["censored"] == "left" else "") + f"{nstar[d]['n_star']:.0f}"
+                                  + f" (d = {d})" for d in reached]) + ".")
+        if never:
+            not_shows.append(f"**{family}**: the error stays above half the -x baseline up to n = {max(a['n'])} in "
+                             f"d = {_list(never)}.")
+        shows += _level_sentences(family, a)
+        shows += _baseline_sentences(family, a)
+        shows += _tv_sentences(family, a, not_shows)
+        if a["seeds"] < 5:
+            not_shows.append(f"**{family}**: at most {a['seeds']} seed(s) per cell, fewer than the 5 the statistics "
+                             "here are designed for.")
+    all_d = sorted({d for a in fams.values() for d in a["d"]})
+    all_n = sorted({n for a in fams.values() for n in a["n"]})
+    not_shows.append(f"Nothing here is measured beyond d = {all_d[-1]} or outside n = {all_n[0]} to {all_n[-1]}; "
+                     "the fitted exponents describe that range, not the asymptotic exponent of an upper-bound "
+                     "theorem whose constants may grow with d.")
+    lines = ["## What this shows", ""] + [f"- {s}" for s in shows] + ["", "## What it does not show", ""]
+    return lines + [f"- {s}" for s in not_shows] + [""]
+
+
+def _level_sentences(family, a):
+    """The network's error against d at the smallest and the largest n (the error-vs-d figure)."""
+    out = []
+    for n in sorted({min(a["n"]), max(a["n"])}):
+        e = {d: a["points"][str(d)][str(n)]["network"][0] for d in a["d"]
+             if "network" in a["points"][str(d)].get(str(n), {})}
+        if len(e) < 2:
+            continue
+        d0, d1 = min(e), max(e)
+        if e[d0] > 0 and e[d1] > 0:
+            out.append(f"**{family}**: at n = {n} the network's error is {_g(e[d0])} at d = {d0} and {_g(e[d1])} at "
+                       f"d = {d1} (a factor {_g(e[d1] / e[d0])}).")
+    return out
+
+
+def _baseline_sentences(family, a):
+    out = []
+    nmax = max(a["n"])
+    for method, label in (("empirical measure (curse)", "the empirical-measure (curse) baseline"),
+                          ("EM plug-in", "the EM plug-in")):
+        ratios = {}
+        for d in a["d"]:
+            p = a["points"][str(d)].get(str(nmax), {})
+            if method in p and "network" in p and p["network"][0] > 0 and p[method][0] > 0:
+                ratios[d] = p[method][0] / p["network"][0]
+        if not ratios:
+            continue
+        lo, hi = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
+        if method.startswith("empirical"):
+            better = [d for d in ratios if ratios[d] > 1]
+            where = "every d" if len(better) == len(ratios) else ("no d" if not better else f"d = {_list(better)}")
+            out.append(f"**{family}**: at n = {nmax} the network's error is below {label}'s in {where}; the ratio "
+                       f"baseline / network is {_g(ratios[lo])} (d = {lo}) to {_g(ratios[hi])} (d = {hi}).")
+        else:  # the efficient parametric reference: how far the network is from it
+            out.append(f"**{family}**: at n = {nmax} the network's error is {_g(1 / ratios[hi])} (d = {hi}) to "
+                       f"{_g(1 / ratios[lo])} (d = {lo}) times {label}'s, the parametric reference that knows "
+                       "the family.")
+        fits = a["fits"].get(method, {}).get("by_d", {})
+        if method.startswith("empirical") and fits:
+            bs = {int(d): f["b"] for d, f in fits.items()}
+            out.append(f"**{family}**: {label}'s own exponent is "
+                       + _list([f"{bs[d]:.2f} (d = {d})" for d in sorted(bs)]) + ".")
+            net = a["fits"].get("network", {}).get("by_d", {})
+            faster = [int(d) for d, f in fits.items() if d in net and net[d]["b_interval"][0] > f["b_interval"][1]]
+            if faster:
+                out.append(f"**{family}**: the network's exponent is above {label}'s (its lower {LEVEL:.0%} limit "
+                           f"above the baseline's upper limit) in d = {_list(sorted(faster))}: " + _list(
+                               [f"{net[str(d)]['b_interval'][0]:.2f} > {fits[str(d)]['b_interval'][1]:.2f} (d = {d})"
+                                for d in sorted(faster)]) + ".")
+    return out
+
+
+def _tv_sentences(family, a, not_shows):
+    out = []
+    ns = a["n"]
+    tv = {d: {n: a["points"][str(d)][str(n)]["tv"] for n in ns if "tv" in a["points"][str(d)].get(str(n), {})}
+          for d in a["d"]}
+    tv = {d: v for d, v in tv.items() if v}
+    if not tv:
+        return out
+    last = {d: v[max(v)] for d, v in tv.items()}
+    useful = [d for d in tv if last[d][0] < 1]
+    vacuous = [d for d in tv if last[d][0] >= 1]
+    if useful:
+        out.append(f"**{family}**: the certified TV bound at the largest n is below 1 (not vacuous) in d = "
+                   f"{_list(useful)}: " + _list([f"{last[d][0]:.3f} (d = {d})" for d in useful]) + ".")
+    if vacuous:
+        not_shows.append(f"**{family}**: the certified TV bound is vacuous (≥ 1) at the largest n in d = "
+                         f"{_list(vacuous)}.")
+    # falling: the last mean + 2 se below the first mean - 2 se
+    falling = [d for d, v in tv.items()
+               if len(v) > 1 and v[max(v)][0] + 2 * v[max(v)][1] < v[min(v)][0] - 2 * v[min(v)][1]]
+    if falling:
+        out.append(f"**{family}**: the certified TV bound falls from the smallest to the largest n (by more than two "
+                   "standard errors at each end) in d = " + _list(
+                       [f"{d} ({tv[d][min(tv[d])][0]:.3f} to {tv[d][max(tv[d])][0]:.3f})" for d in falling]) + ".")
+    flat = [d for d in tv if len(tv[d]) > 1 and d not in falling]
+    if flat:
+        not_shows.append(f"**{family}**: the certified TV bound is not shown to fall with n in d = {_list(flat)}.")
+    exact = {d: a["points"][str(d)][str(max(tv[d]))].get("tv_exact") for d in tv}
+    exact = {d: v for d, v in exact.items() if v is not None}
+    if exact:
+        out.append(f"**{family}**: with the exact score the same sampler's certified bound at the largest n is "
+                   + _list([f"{exact[d][0]:.3g} (d = {d}; learned {last[d][0]:.3g})" for d in exact])
+                   + ": the learned score's bound minus this is what learning leaves.")
+        floor = [d for d in exact if exact[d][0] >= 0.5 * last[d][0]]
+        if floor:
+            not_shows.append(f"**{family}**: in d = {_list(floor)} the exact score's bound is at least half the "
+                             "learned one at the largest n: there the bound measures the sampler and the "
+                             "early stopping more than the learning.")
+    return out
+
+
+# ---------------------------------------------------------------- figures
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+_STYLE = {"network": dict(ls="-", marker="o"), "empirical measure (curse)": dict(ls="--", marker="s"),
+          "score -x": dict(ls=":", marker="^"), "EM plug-in": dict(ls="-.", marker="d")}
+
+
+def _log_axes(ax, ticks=None, base=10):
+    """Log-log axes labelled at the given x values only (matplotlib's minor labels collide)."""
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    ax.set_xscale("log", base=base)
+    ax.set_yscale("log")
+    if ticks:
+        ticks = sorted(ticks)[::max(1, (len(ticks) + 3) // 4)]  # at most four labels
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(t) for t in ticks])
+
+
+def _save(fig, path, plt):
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
+    plt.close(fig)
+
+
+def plot_error_vs_n(path, analysis, plt):
+    fams = analysis["families"]
+    cols = max(len(a["d"]) for a in fams.values())
+    fig, axes = plt.subplots(len(fams), cols, figsize=(3.2 * cols, 2.8 * len(fams)), squeeze=False)
+    for i, (family, a) in enumerate(fams.items()):
+        for j in range(cols):
+            ax = axes[i][j]
+            if j >= len(a["d"]):
+                ax.axis("off")
+                continue
+            d = a["d"][j]
+            by_n = a["points"][str(d)]
+            for m in a["methods"]:
+                pts = [(int(n), *p[m][:2]) for n, p in by_n.items() if m in p and p[m][0] > 0]
+                if pts:
+                    n, e, se = map(np.array, zip(*sorted(pts)))
+                    ax.errorbar(n, e, yerr=2 * se, ms=3, capsize=2, label=m, **_STYLE.get(m, {}))
+            _log_axes(ax, a["n"])
+            ax.set_title(f"{family}, d = {d}", fontsize=9)
+            if i == len(fams) - 1:
+                ax.set_xlabel("n")
+            if j == 0:
+                ax.set_ylabel("score error")
+        axes[i][0].legend(fontsize=6)
+    _save(fig, path, plt)
+
+
+def plot_error_vs_d(path, analysis, plt):
+    fams = analysis["families"]
+    fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams), 3.6), squeeze=False)
+    for ax, (family, a) in zip(axes[0], fams.items()):
+        for n, colour in ((min(a["n"]), "C0"), (max(a["n"]), "C3")):
+            for m in a["methods"]:
+                pts = [(d, *a["points"][str(d)][str(n)][m][:2]) for d in a["d"]
+                       if m in a["points"][str(d)].get(str(n), {}) and a["points"][str(d)][str(n)][m][0] > 0]
+                if pts:
+                    d, e, se = map(np.array, zip(*pts))
+                    ax.errorbar(d, e, yerr=2 * se, color=colour, ms=3, capsize=2, label=f"{m}, n = {n}",
+                                **_STYLE.get(m, {}))
+        _log_axes(ax, a["d"], base=2)
+        ax.set_xlabel("d")
+        ax.set_title(family)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("score error")
+    _save(fig, path, plt)
+
+
+def plot_tv_vs_n(path, analysis, plt):
+    fams = {f: a for f, a in analysis["families"].items()
+            if any("tv" in p for by_n in a["points"].values() for p in by_n.values())}
+    if not fams:
+        return False
+    fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams), 3.6), squeeze=False)
+    for ax, (family, a) in zip(axes[0], fams.items()):
+        for d in a["d"]:
+            for key, style, label in (("tv", "-", f"d = {d}"), ("tv_exact", ":", f"d = {d}, exact score")):
+                pts = [(int(n), *p[key][:2]) for n, p in a["points"][str(d)].items() if key in p]
+                if pts:
+                    n, tv, se = map(np.array, zip(*sorted(pts)))
+                    colour = f"C{a['d'].index(d) % 10}"
+                    ax.errorbar(n, tv, yerr=2 * se, marker="o", ms=3, capsize=2, ls=style, color=colour, label=label)
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        _log_axes(ax, a["n"])
+        ax.set_xlabel("n")
+        ax.set_title(family)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("certified TV bound (≥ 1: vacuous)")
+    if any("tv_exact" in p for a in fams.values() for by_n in a["points"].values() for p in by_n.values()):
+        fig.suptitle("dotted: the same sampler with the exact score", fontsize=8)
+    _save(fig, path, plt)
+    return True
+
+
+# ---------------------------------------------------------------- the command
+
+def write_report(folder, out=None, log=None):
+    """Regenerate the report of a sweep folder: OUT, OUT's .json and the figures beside OUT.
+
+    Parameters
+    ----------
+    folder : str
+        A rate sweep's folder (results.jsonl, and sweep.json if present).
+    out : str, optional
+        The markdown file to write (default folder/rate.md). Figures are written beside
+        it as STEM_error_vs_n.png, STEM_error_vs_d.png, STEM_tv_vs_n.png (when matplotlib
+        imports; without it the text says so), and the numbers as STEM.json.
+    log : callable(str), optional
+
+    Returns
+    -------
+    list of str
+        The files written.
+
+    Raises
+    ------
+    ValueError
+        No sweep in folder, or out's folder does not exist (nothing is written then).
+    """
+    folder = os.fspath(folder)
+    rows, settings = load_sweep(folder)
+    out = os.path.join(folder, "rate.md") if out is None else os.fspath(out)
+    where = os.path.dirname(os.path.abspath(out))
+    if not out.endswith(".md"):
+        raise ValueError(f"--out must name a .md file, got {out!r}")
+    if not os.path.isdir(where):
+        raise ValueError(f"--out {out}: its folder {where} does not exist")
+    analysis = analyse(rows)
+    stem = os.path.splitext(os.path.basename(out))[0]
+    written, figures = [], {}
+    plt = _plt()
+    if plt is not None:
+        for kind, plot in (("error_vs_n", plot_error_vs_n), ("error_vs_d", plot_error_vs_d),
+                           ("tv_vs_n", plot_tv_vs_n)):
+            name = f"{stem}_{kind}.png"
+            if plot(os.path.join(where, name), analysis, plt) is not False:
+                figures[kind] = name
+                written.append(os.path.join(where, name))
+    text = report_markdown(analysis, settings, figures, source=f"{folder} --out {out}")
+    if plt is None:
+        text += "\n(matplotlib is not installed: no figures; pip install \"sgm_ref[plot]\".)\n"
+    numbers = os.path.join(where, stem + ".json")
+    atomic_write(numbers, lambda f: f.write((json.dumps(analysis, indent=1, allow_nan=False) + "\n").encode("utf-8")))
+    atomic_write(out, lambda f: f.write(text.encode("utf-8")))
+    written += [numbers, out]
+    if log is not None:
+        log("wrote " + ", ".join(written))
+    return written

@@ -1,0 +1,180 @@
+"""The rate report end to end: synthetic rows (known slopes, baselines, TV bounds), the old sweep's rows, the CLI."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from _cli import assert_one_line_error, run
+from sgm_ref.experiments import report
+from sgm_ref.experiments.rate import append_result
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+NS = [500, 1000, 2000, 4000, 8000]
+DS = [2, 8, 32]
+
+
+def synthetic(folder, slopes, seeds=5, rng=None):
+    """A sweep folder of rows whose network error is 2 (n/500)^-b_d (x lognormal noise 0.05) for each family.
+
+    Baselines: the empirical measure's error d/2 (n/500)^-0.02, -x a constant 1, EM d/n (mixture only).
+    The certified bound falls like n^-0.3 in d = 2 and 8 and is vacuous (1, se 0) in d = 32.
+    With the -x baseline at 1, the error crosses half of it at n* = 500 4^(1/b).
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "results.jsonl")
+    for family, by_d in slopes.items():
+        for seed in range(seeds):
+            for d in DS:
+                for n in NS:
+                    noise = np.exp(0.05 * rng.standard_normal(4))
+                    e = 2.0 * (n / 500) ** -by_d[d] * noise[0]
+                    tv = 1.0 if d == 32 else min(0.9 * (n / 500) ** -0.3 * noise[3], 1.0)
+                    row = {"family": family, "d": d, "n": n, "seed": seed, "status": "ok",
+                           "score_error": e, "score_error_se": 0.01 * e,
+                           "baseline_empirical": {"error": d / 2 * (n / 500) ** -0.02 * noise[1], "se": 0.01},
+                           "baseline_minus_x": {"error": 1.0 * noise[2], "se": 0.001},
+                           "baseline_em": {"error": d / n * noise[1], "se": 1e-5} if family == "mixture" else None,
+                           "tv": {"tv": tv, "tv_se": 0.0 if d == 32 else 0.002, "kl": 0.5 * tv ** 2,
+                                  "kl_se": 0.001, "kl_prior": 1e-4, "kl_path": 0.4 * tv ** 2,
+                                  "tv_early_stopping": 0.01, "method": "residual_exponential"},
+                           "tv_oracle": {"tv": 0.05, "tv_se": 0.001, "kl": 0.001, "kl_path": 1e-4,
+                                         "kl_path_se": None, "method": "residual_exponential"},
+                           "t0": 1e-3, "T": float(np.log(n)), "steps": max(2000, 4 * n), "objective": "paper"}
+                    append_result(path, row)
+    return folder
+
+
+def conclusions(text):
+    shows = text.split("## What this shows")[1].split("## What it does not show")[0]
+    not_shows = text.split("## What it does not show")[1]
+    return shows, not_shows
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    folder = synthetic(str(tmp_path_factory.mktemp("sweep")),
+                       {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}, "product": {2: 0.9, 8: 0.6, 32: 0.2}})
+    out = os.path.join(folder, "docs", "rate.md")
+    os.makedirs(os.path.dirname(out))
+    files = report.write_report(folder, out)
+    with open(out, encoding="utf-8") as f:
+        text = f.read()
+    with open(os.path.join(os.path.dirname(out), "rate.json"), encoding="utf-8") as f:
+        numbers = json.load(f)
+    return files, text, numbers
+
+
+def test_report_writes_its_text_numbers_and_figures(written):
+    files, text, numbers = written
+    names = sorted(os.path.basename(f) for f in files)
+    assert names == ["rate.json", "rate.md", "rate_error_vs_d.png", "rate_error_vs_n.png", "rate_tv_vs_n.png"]
+    for f in files:
+        assert os.path.getsize(f) > 0
+    for name in names[2:]:
+        assert f"]({name})" in text  # linked relative to the markdown
+    # the table per family and d: the network beside its baselines, n as columns
+    assert "| d | method | n = 500 | n = 1000 | n = 2000 | n = 4000 | n = 8000 |" in text
+    for method in ("network", "empirical measure (curse)", "score -x", "EM plug-in"):
+        assert f"| 2 | {method} |" in text
+    product = text.split("## product")[1]
+    assert "EM plug-in" not in product.split("## What this shows")[0]  # no EM rows: no EM line
+    assert "steps = 2000" in text and "objective = paper" in text  # the per-n schedule
+
+
+def test_report_recovers_the_planted_slopes_and_n_star(written):
+    _, _, numbers = written
+    mix = numbers["families"]["mixture"]
+    for d in DS:
+        fit = mix["fits"]["network"]["by_d"][str(d)]
+        assert fit["b"] == pytest.approx(0.8, abs=0.03)
+        assert fit["b_interval"][0] < 0.8 < fit["b_interval"][1]
+        n_star = mix["network"][str(d)]["n_star"]
+        assert n_star["censored"] is None and n_star["n_star"] == pytest.approx(500 * 4 ** (1 / 0.8), rel=0.1)
+        assert mix["fits"]["empirical measure (curse)"]["by_d"][str(d)]["b"] == pytest.approx(0.02, abs=0.03)
+        assert mix["fits"]["EM plug-in"]["by_d"][str(d)]["b"] == pytest.approx(1.0, abs=0.03)
+    prod = numbers["families"]["product"]
+    assert [prod["fits"]["network"]["by_d"][str(d)]["b"] for d in DS] == pytest.approx([0.9, 0.6, 0.2], abs=0.03)
+    assert prod["network"]["32"]["n_star"] == {"n_star": None, "censored": "right"}  # 2 (16)^-0.2 > 0.5
+
+
+def test_conclusions_follow_the_numbers(written):
+    _, text, numbers = written
+    shows, not_shows = conclusions(text)
+    mix_p = numbers["families"]["mixture"]["fits"]["network"]["joint"]["p"]
+    prod = numbers["families"]["product"]["fits"]["network"]["joint"]
+    assert mix_p > 0.05 and prod["p"] < 0.05
+    assert "**mixture**: equal exponents across d are not rejected" in shows
+    assert "**mixture**: not rejecting is not proof of a d-free exponent" in not_shows
+    assert (f"**product**: it does not show an exponent independent of d: equal exponents are rejected at level 0.05 "
+            f"(F(2, {prod['df'][1]}) = {prod['F']:.2f}") in not_shows
+    assert "bounded away from 0 in every d (2, 8 and 32)" in shows
+    # the TV bound: vacuous only in d = 32, falling in d = 2 and 8
+    assert "**mixture**: the certified TV bound is vacuous (≥ 1) at the largest n in d = 32." in not_shows
+    assert "**mixture**: the certified TV bound falls from the smallest to the largest n" in shows
+    assert "**mixture**: the error falls below half the -x baseline at n* = " in shows
+    assert "**product**: the error stays above half the -x baseline up to n = 8000 in d = 32." in not_shows
+    assert "the network's error is below the empirical-measure (curse) baseline's in" in shows
+    assert "Nothing here is measured beyond d = 32 or outside n = 500 to 8000" in not_shows
+    # the exact score's bound beside the learned one, and the sampler they are about
+    assert "(residual_exponential sampler)" in text and "| 2 | exact | 0.05 ± 6e-04 |" not in text
+    assert "| 2 | exact | 0.05 ± 0 |" in text
+    assert ("**mixture**: with the exact score the same sampler's certified bound at the largest n is 0.05 (d = 2"
+            in shows)
+    assert "the exact score's bound is at least half" not in not_shows  # 0.05 against 0.42
+
+
+def test_conclusions_change_with_the_data(tmp_path):
+    # the same report on rows where the mixture's exponents differ and seeds are few: the sentences flip
+    folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 1.0, 8: 0.6, 32: 0.3}}, seeds=3)
+    report.write_report(folder)
+    with open(os.path.join(folder, "rate.md"), encoding="utf-8") as f:
+        shows, not_shows = conclusions(f.read())
+    assert "equal exponents across d are not rejected" not in shows
+    assert "**mixture**: it does not show an exponent independent of d" in not_shows
+    assert "**mixture**: at most 3 seed(s) per cell" in not_shows
+
+
+def test_report_on_the_old_sweep_rows(tmp_path):
+    # docs/rate_full has no baselines and the old tv_bound fields: the report still renders, and says so
+    folder = tmp_path / "rate_full"
+    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_full"), folder)
+    report.write_report(str(folder), str(tmp_path / "old.md"))
+    text = (tmp_path / "old.md").read_text(encoding="utf-8")
+    assert "F(3, 76) = 4.70, p = 0.0046" in text  # issue 14's equal-slope test of the mixture family
+    assert "n* (no -x baseline in these rows)" in text
+    assert "| 128 | learned | 1 (vacuous) |" in text
+    assert "(euler_maruyama sampler)" in text  # from sweep.json: the old rows do not name it
+    assert "empirical measure" not in text.split("## What this shows")[0]
+
+
+def test_cli_regenerates_the_report_and_names_bad_input(tmp_path):
+    folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=2)
+    result = run("experiment", "rate-report", folder, "--out", tmp_path / "rate.md")
+    assert "wrote" in result.stdout + result.stderr
+    assert (tmp_path / "rate.md").exists() and (tmp_path / "rate.json").exists()
+    assert_one_line_error(run("experiment", "rate-report", tmp_path / "none", check=False), "has no results.jsonl")
+    # the other refusals in process (each subprocess costs an import of the whole package)
+    with pytest.raises(ValueError, match="does not exist"):
+        report.write_report(folder, str(tmp_path / "no" / "r.md"))
+    with pytest.raises(ValueError, match="--out must name a .md file"):
+        report.write_report(folder, str(tmp_path / "r.txt"))
+    assert not (tmp_path / "no").exists() and not (tmp_path / "r.txt").exists()
+
+
+def test_report_of_a_sweep_still_running(tmp_path):
+    # one seed (no replicates: no lack-of-fit test), a d with a single n so far: the rest is still reported
+    folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=1)
+    append_result(os.path.join(folder, "results.jsonl"),
+                  {"family": "mixture", "d": 128, "n": 500, "seed": 0, "status": "ok", "score_error": 3.0,
+                   "score_error_se": 0.1})
+    report.write_report(folder)
+    text = open(os.path.join(folder, "rate.md"), encoding="utf-8").read()
+    assert "| 128 | network | 3 ± 0.1 |" in text
+    assert "lack of fit (lack of fit needs replicates" in text
+    assert "bounded away from 0 in every d (2, 8 and 32)" in text
+    assert "**mixture**: at most 1 seed(s) per cell" in text
+    assert "**mixture**: no exponent in d = 128" in text

@@ -1,0 +1,215 @@
+"""The rate experiment's statistics against a published worked example and simulated data with known answers."""
+
+import os
+
+import numpy as np
+import pytest
+from scipy import stats as sps
+
+from sgm_ref.experiments import stats as S
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+N_GRID = np.array([500, 1000, 2000, 4000, 8000, 16000, 32000], dtype=float)
+
+
+def simulated(rng, slopes, seeds=5, noise=0.1, n=N_GRID):
+    """Seed-level points log e = a_d - b_d log n + noise for each group (d) with its slope."""
+    group, ns, errors = [], [], []
+    for d, b in slopes.items():
+        for _ in range(seeds):
+            e = 3.0 * n ** (-b) * np.exp(noise * rng.standard_normal(n.size))
+            group += [d] * n.size
+            ns += list(n)
+            errors += list(e)
+    return np.array(group), np.array(ns), np.array(errors)
+
+
+def test_lack_of_fit_reproduces_kutner_bank_example():
+    # Kutner, Nachtsheim, Neter & Li, Applied Linear Statistical Models, 5th ed. (2005), Sec. 3.7,
+    # bank example (Table 3.4: minimum deposit X, new accounts Y): SSPE = 1148.0, SSLF = 13,593.6,
+    # F* = 14.80 on (4, 5) df, above F(0.99; 4, 5) = 11.4, so a line is rejected at alpha = 0.01.
+    # The test is on log scale in stats.lack_of_fit, so feed it exp(X) and exp(Y).
+    X = np.array([125, 100, 200, 75, 150, 175, 75, 175, 125, 200, 100], dtype=float)
+    Y = np.array([160, 112, 124, 28, 152, 156, 42, 124, 150, 104, 136], dtype=float)
+    result = S.lack_of_fit(np.exp(X / 100), np.exp(Y / 100))  # scaled: exp(200) is fine, but keep it modest
+    # scaling x and y by 1/100 multiplies every sum of squares by 1e-4 and leaves F unchanged
+    assert result["df"] == [4, 5]
+    assert result["sspe"] * 1e4 == pytest.approx(1148.0, abs=0.05)
+    assert result["sslf"] * 1e4 == pytest.approx(13593.57, abs=0.05)
+    assert result["F"] == pytest.approx(14.80, abs=0.005)
+    assert sps.f.ppf(0.99, 4, 5) == pytest.approx(11.4, abs=0.05)
+    assert 0.001 < result["p"] < 0.01
+
+
+def test_joint_slopes_match_polyfit_and_linregress_per_group():
+    rng = np.random.default_rng(1)
+    group, n, e = simulated(rng, {2: 0.9, 8: 0.7, 32: 0.5}, seeds=3)
+    fit = S.joint_slopes(group, n, e)
+    for g in fit["groups"]:
+        m = group == g["group"]
+        slope, intercept = np.polyfit(np.log(n[m]), np.log(e[m]), 1)
+        lr = sps.linregress(np.log(n[m]), np.log(e[m]))
+        assert g["slope"] == pytest.approx(slope, rel=1e-10) == pytest.approx(lr.slope, rel=1e-10)
+        assert g["intercept"] == pytest.approx(intercept, rel=1e-10)
+    # one group: the pooled variance is that group's, so the se is linregress's
+    one = S.joint_slopes(group[group == 8], n[group == 8], e[group == 8])
+    m = group == 8
+    assert one["groups"][0]["slope_se"] == pytest.approx(sps.linregress(np.log(n[m]), np.log(e[m])).stderr, rel=1e-10)
+    assert one["F"] is None and one["p"] is None
+
+
+def test_joint_slopes_f_is_the_nested_model_test():
+    rng = np.random.default_rng(2)
+    group, n, e = simulated(rng, {2: 0.8, 8: 0.8, 32: 0.8, 128: 0.8}, seeds=5)
+    fit = S.joint_slopes(group, n, e)
+    N, G = n.size, 4
+    assert fit["df"] == [G - 1, N - 2 * G]
+    F = ((fit["rss_reduced"] - fit["rss_full"]) / (G - 1)) / (fit["rss_full"] / (N - 2 * G))
+    assert fit["F"] == pytest.approx(F, rel=1e-12)
+    assert fit["p"] == pytest.approx(sps.f.sf(F, G - 1, N - 2 * G), rel=1e-12)
+
+
+def test_equal_slope_test_has_its_size_and_power():
+    # 400 simulated sweeps (4 d x 7 n x 5 seeds): with equal slopes the test rejects at
+    # alpha = 0.05 about 5% of the time (binomial sd 1.1%: accept 2%..9%); with slopes
+    # 0.80 / 0.75 / 0.70 / 0.65 and noise 0.1 it rejects nearly always
+    rng = np.random.default_rng(3)
+    null = [S.joint_slopes(*simulated(rng, {2: 0.8, 8: 0.8, 32: 0.8, 128: 0.8}))["p"] < 0.05 for _ in range(400)]
+    assert 0.02 <= np.mean(null) <= 0.09
+    alt = [S.joint_slopes(*simulated(rng, {2: 0.8, 8: 0.75, 32: 0.7, 128: 0.65}))["p"] < 0.05 for _ in range(100)]
+    assert np.mean(alt) >= 0.9
+
+
+def test_slopes_recovered_and_intervals_cover():
+    rng = np.random.default_rng(4)
+    truth = {2: 0.9, 8: 0.7, 32: 0.5, 128: 0.3}
+    covered = 0
+    runs = 100
+    for _ in range(runs):
+        fit = S.joint_slopes(*simulated(rng, truth))
+        for g in fit["groups"]:
+            low, high = g["slope_interval"]
+            covered += low < -truth[g["group"]] < high
+            assert abs(g["slope"] + truth[g["group"]]) < 6 * g["slope_se"]
+    assert 0.92 <= covered / (4 * runs) <= 0.98  # nominal 0.95, 400 intervals (sd 1.1%)
+
+
+def test_lack_of_fit_size_and_power():
+    rng = np.random.default_rng(5)
+    straight = [S.lack_of_fit(*simulated(rng, {2: 0.8})[1:])["p"] < 0.05 for _ in range(400)]
+    assert 0.02 <= np.mean(straight) <= 0.09
+    # a curve that flattens: e = n^-0.8 + floor, the floor reached mid-range
+    bent = []
+    for _ in range(50):
+        n = np.repeat(N_GRID, 5)
+        e = (n ** -0.8 + 2e-3) * np.exp(0.05 * rng.standard_normal(n.size))
+        bent.append(S.lack_of_fit(n, e)["p"] < 0.05)
+    assert np.mean(bent) >= 0.9
+
+
+def test_saturating_fit_recovers_known_parameters_with_covering_intervals():
+    rng = np.random.default_rng(6)
+    A, b, c = 40.0, 0.9, 2e-3
+    n = np.repeat(N_GRID, 5)
+    covered = 0
+    fits = []
+    for _ in range(12):
+        e = (A * n ** -b + c) * np.exp(0.08 * rng.standard_normal(n.size))
+        fit = S.saturating_fit(n, e)
+        fits.append(fit)
+        low, high = fit["b_interval"]
+        assert low is not None and high is not None
+        covered += low < b < high
+    assert covered >= 10  # nominal 95% of 12: at least 10 (P(<= 9) ~ 0.002)
+    assert np.median([f["b"] for f in fits]) == pytest.approx(b, abs=0.05)
+    assert np.median([f["c"] for f in fits]) == pytest.approx(c, rel=0.2)
+    assert np.median([f["A"] for f in fits]) == pytest.approx(A, rel=0.3)
+
+
+def test_saturating_fit_leaves_an_unbounded_end_open():
+    # a pure floor: no decay is visible, so no upper limit on b (a fast decay already over)
+    rng = np.random.default_rng(7)
+    n = np.repeat(N_GRID, 5)
+    e = 0.01 * np.exp(0.05 * rng.standard_normal(n.size))
+    fit = S.saturating_fit(n, e, b_max=3.0)
+    assert fit["b_interval"][1] is None
+
+
+def test_curse_comparison_and_rate():
+    assert S.curse_rate(128) == pytest.approx(2 / 132)
+    assert S.curse_comparison(2, [0.4, 0.5]) == {"curse_rate": 1 / 3, "above": True, "below": False,
+                                                  "ratio_low": pytest.approx(1.2)}
+    assert S.curse_comparison(2, [0.1, 0.2])["below"]
+    assert not S.curse_comparison(2, [None, 0.5])["above"]
+    with pytest.raises(ValueError, match="d must be"):
+        S.curse_rate(0)
+
+
+def test_n_star_interpolates_on_log_n_and_says_when_censored():
+    n = [500, 1000, 2000, 4000]
+    base = [1.0, 1.0, 1.0, 1.0]
+    # log e - log 0.5 crosses 0 halfway (on log n) between 1000 and 2000
+    e = [2.0, 0.5 * np.exp(0.3), 0.5 * np.exp(-0.3), 0.1]
+    out = S.n_star(n, e, base)
+    assert out["censored"] is None and out["n_star"] == pytest.approx(np.sqrt(1000 * 2000))
+    assert S.n_star(n, [0.1] * 4, base) == {"n_star": 500.0, "censored": "left"}
+    assert S.n_star(n, [0.9] * 4, base) == {"n_star": None, "censored": "right"}
+    with pytest.raises(ValueError, match="distinct"):
+        S.n_star([500, 500], [1, 1], [1, 1])
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="error must be > 0"):
+        S.lack_of_fit([1, 2, 3, 3], [1, 1, 0, 1])
+    with pytest.raises(ValueError, match="replicates"):
+        S.lack_of_fit([1, 2, 3], [1, 2, 3])
+    with pytest.raises(ValueError, match="fewer than two distinct n"):
+        S.joint_slopes([2, 2, 8, 8, 8], [10, 10, 10, 20, 30], [1, 2, 1, 2, 3])
+    with pytest.raises(ValueError, match="level"):
+        S.joint_slopes([2, 2, 2], [1, 2, 3], [1, 2, 3], level=95)
+    with pytest.raises(ValueError, match="length"):
+        S.saturating_fit([1, 2, 3, 4], [1, 2, 3])
+
+
+def test_issue_14_numbers_on_the_stored_sweep():
+    # issue 14 reports, from docs/rate_full: common-slope test over d for the mixture family
+    # F(3, 76) = 4.7, p = 0.005; lack of fit rejected (p < 0.01) in 10 of 12 curves
+    from sgm_ref.experiments.rate import load_results
+
+    rows = [r for r in load_results(os.path.join(HERE, "..", "docs", "rate_full", "results.jsonl"))
+            if r.get("status", "ok") == "ok" and r["score_error"] > 0]
+    mix = [r for r in rows if r["family"] == "mixture"]
+    fit = S.joint_slopes([r["d"] for r in mix], [r["n"] for r in mix], [r["score_error"] for r in mix])
+    assert fit["df"] == [3, 76] and round(fit["F"], 1) == 4.7 and round(fit["p"], 3) == 0.005
+    rejected = 0
+    for key in {(r["family"], r["d"]) for r in rows}:
+        curve = [r for r in rows if (r["family"], r["d"]) == key]
+        rejected += S.lack_of_fit([r["n"] for r in curve], [r["score_error"] for r in curve])["p"] < 0.01
+    assert rejected == 10
+
+
+def test_saturating_fit_is_the_least_squares_optimum():
+    # scipy's curve_fit on the same log-space model, started at the truth, finds no smaller residual
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(8)
+    n = np.repeat(N_GRID, 5)
+    e = (40.0 * n ** -0.9 + 2e-3) * np.exp(0.08 * rng.standard_normal(n.size))
+    fit = S.saturating_fit(n, e)
+
+    def model(n, log_a, b, c):
+        return np.log(np.exp(log_a) * n ** -b + c)
+
+    p, _ = curve_fit(model, n, np.log(e), p0=[np.log(40.0), 0.9, 2e-3], bounds=([-np.inf, 0, 0], [np.inf, 4, np.inf]))
+    rss_scipy = float(np.sum((np.log(e) - model(n, *p)) ** 2))
+    assert fit["rss"] <= rss_scipy * (1 + 1e-6)
+    assert fit["b"] == pytest.approx(p[1], abs=1e-3) and fit["c"] == pytest.approx(p[2], rel=1e-2)
+    assert fit["rss"] == pytest.approx(float(np.sum((np.log(e) - model(n, np.log(fit["A"]), fit["b"], fit["c"])) ** 2)))
+
+
+def test_degenerate_data_raise_instead_of_returning_inf():
+    n = np.repeat([1.0, 2.0, 4.0], 2)
+    with pytest.raises(ValueError, match="zero pure error"):
+        S.lack_of_fit(n, np.exp([0, 0, 1, 1, 0.5, 0.5]))
+    with pytest.raises(ValueError, match="zero residual"):
+        S.joint_slopes(np.repeat([2, 8], 6), np.tile(n, 2), np.tile(n ** -0.5, 2))
