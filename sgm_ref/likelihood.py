@@ -57,7 +57,7 @@ from scipy.integrate import solve_ivp
 from ._validation import call_score, check_count, check_points, check_real, check_real_array, check_rng
 from .processes import VariancePreserving, check_process
 
-__all__ = ["LogProb", "log_prob", "bits_per_dim", "prior_log_prob", "nll_report"]
+__all__ = ["LogProb", "log_prob", "bits_per_dim", "prior_log_prob", "nll_report", "nll_lines"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 
@@ -387,3 +387,17 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
             "n_probes": n_probes if res.divergence == "hutchinson" else None, "rtol": rtol, "atol": atol,
             "n_evaluations": res.n_evaluations, "model_nll": est(-res.log_q), "target_nll": est(-log_p),
             "kl_gap": est(log_p - res.log_q)}
+
+
+def nll_lines(entry):
+    """Lines of text for an nll_report: the model's NLL, the target's, and the gap (KL estimate)."""
+    def pm(e):
+        return f"{e['value']:.4g} ± {e['standard_error']:.2g}"
+
+    how = (f"{entry['divergence']} divergence" if entry["n_probes"] is None
+           else f"Hutchinson divergence, {entry['n_probes']} probes")
+    return [f"NLL on {entry['n']} fresh exact samples of p_t0 (t0 = {entry['t0']:g}), nats per point:",
+            f"  model (probability-flow ODE to T = {entry['T']:g}, RK45 rtol {entry['rtol']:g}, {how}): "
+            f"{pm(entry['model_nll'])}",
+            f"  target (exact log p_t0): {pm(entry['target_nll'])}",
+            f"  gap, an estimate of KL(p_t0 || model): {pm(entry['kl_gap'])}"]
