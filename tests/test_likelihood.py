@@ -238,3 +238,15 @@ def test_bad_arguments_are_named():
         args.update(kw)
         with pytest.raises(ValueError, match=match):
             log_prob(args.pop("score"), args.pop("process"), args.pop("x"), args.pop("t0"), args.pop("T"), **args)
+
+
+def test_mlp_jvp_checks_its_tangents_and_leaves_no_tape():
+    net = MLP(3, (8,), rng=0)
+    x = np.zeros((2, 3))
+    for bad in (np.zeros((2, 3)), np.zeros((3, 1, 3)), np.zeros((2, 1, 4)), np.full((2, 1, 3), np.nan)):
+        with pytest.raises(ValueError, match="tangents"):
+            net.jvp(x, 0.5, bad)
+    net.forward(x, 0.5, keep=True)
+    net.jvp(x, 0.5, np.ones((2, 1, 3)))  # overwrote the same workspace: backward must refuse, not use it
+    with pytest.raises(ValueError, match="preceding forward"):
+        net.backward(np.ones((2, 3)))
