@@ -364,7 +364,11 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     x_i ~ p_t0 (target.sample, then the forward process to t0); log q by log_prob (RK45)
     and log p_t0 by the oracle. The gap mean_i (log p_t0(x_i) - log q(x_i)) estimates
     KL(p_t0 || q) (E_p[log p - log q]); its standard error is that of the paired
-    differences, and covers Hutchinson's noise too (each point has its own probes).
+    differences, and covers Hutchinson's noise too (each point has its own probes). The
+    model is the ODE started from the process's prior at T, so the prior's mismatch with
+    p_T is part of the gap, as it is part of what a sampler draws; the solver's error
+    (rtol, atol) enters too. A finite sample can give a gap below 0 when the model is
+    close: read it with its standard error.
 
     Returns
     -------
