@@ -178,6 +178,9 @@ def build_parser():
                                         "under \"non_finite\" (as for audit --json).")
     p.add_argument("run", help="a sampled run folder")
     _add_evaluation_options(p)
+    p.add_argument("--nll", type=_integer, default=0, metavar="N",
+                   help="also the model's NLL (probability-flow ODE) and the target's exact NLL on N fresh "
+                        "samples, and their gap, a KL estimate (default 0: skipped; it solves an ODE)")
 
     p = commands.add_parser(
         "audit", help="score error and certified TV bound of any score function",
@@ -233,6 +236,11 @@ def build_parser():
                         "(default %(default)s)")
     p.add_argument("--bound-n", type=_integer, default=_EVALUATE["bound_n"],
                    help="Monte-Carlo pairs per step of the TV bound (default %(default)s)")
+    p.add_argument("--nll", type=_integer, default=0, metavar="N",
+                   help="also the score's NLL by the probability-flow ODE from t0 to T (Hutchinson divergence, 4 "
+                        "Rademacher probes, finite-difference Jacobian-vector products; float64 only) and the "
+                        "target's exact NLL on N fresh samples of p_t0, and their gap, a KL estimate (default 0: "
+                        "skipped)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
                    help="seed of the Monte-Carlo draws (default %(default)s)")
     p.add_argument("--json", metavar="PATH",
@@ -443,7 +451,8 @@ def cmd_evaluate(args):
     options = {k: v for k, v in _evaluation_options(args).items() if v is not None}
     tic = time.perf_counter()
     with writing(args.run):
-        report, written, note = evaluate_run(args.run, options, plots=not args.no_plots)
+        report, written, note = evaluate_run(args.run, options, plots=not args.no_plots,
+                                             nll=getattr(args, "nll", 0))
     _say(summary(report))
     _say(f"evaluated in {time.perf_counter() - tic:.1f} s -> {os.path.join(args.run, 'report.md')}"
          + (f", {', '.join(os.path.basename(w) for w in written)}" if written else ""))
@@ -706,6 +715,10 @@ def cmd_audit(args):
     for name, value, low in (("--n-steps", args.n_steps, 1), ("--profile-n", args.profile_n, 2),
                              ("--bound-n", args.bound_n, 2)):
         check_count(value, name, minimum=low)
+    nll = getattr(args, "nll", 0)
+    if nll != 0 and (nll < 2 or args.dtype != "float64"):
+        raise ValueError(f"--nll must be 0 or at least 2 points, with --dtype float64 (its finite-difference "
+                         f"Jacobian-vector products need float64), got --nll {nll} --dtype {args.dtype}")
     if not 0 < args.t0 < T:
         raise ValueError(f"need 0 < t0 < T, got t0={args.t0!r}, T={T!r}")
     if T > process.t_max:
@@ -732,6 +745,7 @@ def cmd_audit(args):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
     else:
         score = _numpy_score(loaded, args.score, process, args.output, args.time)
+    native_score = score  # on the model's own process and time (the likelihood needs no conversion)
 
     # The metrics measure on the processes they accept; any other process is audited through
     # OU at equal log-SNR (the same p_t), and the profile converted back to its own time and x.
@@ -811,6 +825,13 @@ def cmd_audit(args):
          f"(path KL {fb['kl_path']:.3g} ± {fb['kl_path_se']:.2g}); {excess}")
     for note in non_finite_notes(report):
         _say(f"note: {note}")
+    if nll:
+        from .likelihood import nll_lines, nll_report
+        # its own stream (seed, 15: the issue), so the figures above stay those of earlier versions
+        report["likelihood"] = nll_report(native_score, target, process, t0=args.t0, T=T, n=nll,
+                                          rng=np.random.default_rng([args.seed, 15]), divergence="hutchinson")
+        for line in nll_lines(report["likelihood"]):
+            _say(line)
     if checked:
         _say(_tolerance_text(checked))
     if args.json is not None:

@@ -246,11 +246,15 @@ class _Stages:
             self.bar.close()
 
 
-def evaluate_run(folder, options=None, plots=True, progress=None):
+def evaluate_run(folder, options=None, plots=True, progress=None, nll=0):
     """Evaluate a sampled run: write report.json, report.md and (with matplotlib) the plots.
 
     options update config["evaluate"]; the updated config.json is written only once the
-    report is. The folder is checked to be writable before any work. progress: a
+    report is. nll > 0 adds report["likelihood"] (sgm_ref.likelihood.nll_report): the
+    model's NLL by the probability-flow ODE on nll fresh exact samples of p_t0, the
+    target's exact NLL and their gap, an estimate of KL(p_t0 || model); 0 (the default)
+    skips it (it solves an ODE with the network's exact divergence, about d forward
+    passes per evaluation). The folder is checked to be writable before any work. progress: a
     progress bar over the stages on stderr; None shows it only when stderr is a terminal.
 
     Returns
@@ -266,10 +270,13 @@ def evaluate_run(folder, options=None, plots=True, progress=None):
         files are missing or damaged.
     """
     with writing(folder):  # library callers get the lock and the clean-up the command has
-        return _evaluate(folder, options, plots, progress)
+        return _evaluate(folder, options, plots, progress, nll)
 
 
-def _evaluate(folder, options, plots, progress):
+def _evaluate(folder, options, plots, progress, nll=0):
+    nll = check_count(nll, "nll", minimum=0)
+    if nll == 1:
+        raise ValueError("nll must be 0 (no likelihood) or at least 2 points (a standard error needs two)")
     config = read_config(folder)
     if options:
         config = update_section(config, "evaluate", options)
@@ -297,6 +304,11 @@ def _evaluate(folder, options, plots, progress):
             target, model.process, t0=tr["t0"], T=tr["T"], weighting=tr["weighting"],
             time_distribution=tr["time_distribution"], n=e["n"], rng=rng))
         report["training"] = training
+        if nll:
+            from .likelihood import nll_report
+            stages.start("likelihood")
+            # drawn after everything else from the stream, so the figures above do not change
+            report["likelihood"] = nll_report(model, target, model.process, t0=s["t0"], T=s["T"], n=nll, rng=rng)
         report["seconds"] = time.perf_counter() - tic
         stages.start("report and plots")
         write_json(os.path.join(folder, "report.json"), json_ready(report))
@@ -465,6 +477,9 @@ def markdown(report):
               for t, v, s, r in zip(se["t"], se["error"], se["standard_error"], se["relative"])]
     if "training" in report:
         lines += ["", _training_text(report["training"])]
+    if "likelihood" in report:
+        from .likelihood import nll_lines
+        lines += ["", "## Likelihood", ""] + [f"- {line.strip()}" for line in nll_lines(report["likelihood"])]
     notes = non_finite_notes(report) + _below_zero_notes(report)
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note[0].upper()}{note[1:]}." for note in notes]
@@ -497,6 +512,9 @@ def summary(report):
     if tr and "exact_score_loss" in tr:
         out.append(f"final loss          {tr['final_loss_mean']:.4g} (mean of the last {tr['final_loss_window']} "
                    f"steps; the exact score's: {_pm(tr['exact_score_loss'], 4)})")
+    if "likelihood" in report:
+        from .likelihood import nll_lines
+        out += nll_lines(report["likelihood"])
     out += [f"note: {note}" for note in non_finite_notes(report) + _below_zero_notes(report)]
     return "\n".join(out)
 

@@ -82,3 +82,48 @@ class ScoreModel:
         elif self.parameterization == "residual":
             out -= x
         return out
+
+    # -- derivatives in x (for sgm_ref.likelihood) ----------------------------------------------
+    def _check_t(self, x, t):
+        t = check_times(t, n=np.shape(x)[0] if np.ndim(x) == 2 else None, T=self.process.t_max)
+        if np.any(t <= 0):
+            raise ValueError("t must be > 0: the score of p_0 itself is not what the model learns")
+        return t
+
+    def _sigma(self, t, n):
+        _, s2 = self.process._coefficients(t, n)
+        if np.any(s2 == 0):
+            raise ValueError("t must be > 0 for the 'noise' parameterization (sigma_0 = 0)")
+        return np.sqrt(s2)
+
+    def divergence(self, x, t):
+        """Exact divergence of s_theta(., t) at each row: (score, div), shapes (n, d) and (n,).
+
+        From the network's Jacobian trace (MLP.jacobian_trace, forward mode, about d
+        forward passes' matrix products): "score" tr J, "noise" -tr J / sigma_t,
+        "residual" tr J - d. Raises as __call__.
+        """
+        t = self._check_t(x, t)
+        out, tr = self.network.jacobian_trace(x, t)
+        s = self.output_to_score(out, x, t)
+        if self.parameterization == "noise":
+            tr = -tr / self._sigma(t, s.shape[0]).astype(tr.dtype)
+        elif self.parameterization == "residual":
+            tr = tr - self.d
+        if not (np.all(np.isfinite(s)) and np.all(np.isfinite(tr))):
+            raise ValueError("the score or its divergence overflows; use larger t or rescale x")
+        return s, tr
+
+    def jvp(self, x, t, tangents):
+        """(score, J_s v): s_theta(x, t), shape (n, d), and its Jacobian in x applied to
+        tangents of shape (n, k, d) (MLP.jvp, forward mode). Raises as __call__."""
+        t = self._check_t(x, t)
+        out, jv = self.network.jvp(x, t, tangents)
+        s = self.output_to_score(out, x, t)
+        if self.parameterization == "noise":
+            jv /= -self._sigma(t, s.shape[0]).astype(jv.dtype)[:, None, None]
+        elif self.parameterization == "residual":
+            jv -= np.asarray(tangents, dtype=jv.dtype)
+        if not (np.all(np.isfinite(s)) and np.all(np.isfinite(jv))):
+            raise ValueError("the score or its Jacobian-vector product overflows; use larger t or rescale x")
+        return s, jv

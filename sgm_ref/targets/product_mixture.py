@@ -169,3 +169,33 @@ class ProductMixture(ExactOutputs):
             logp, score = log_coord.sum(axis=1).astype(x.dtype), score.astype(x.dtype)
         check_oracle_output(logp, x)
         return logp, score
+
+    def divergence(self, x, t=0.0, process=OU()):
+        """Exact divergence of the score (the Laplacian of log p_t), shape (n,), dtype of x.
+
+        Coordinate by coordinate, with g_c = -(x_j - alpha_t mu_jc) / v_jc the score of
+        component c, v_jc = alpha_t^2 s_jc^2 + sigma_t^2 and s_j = sum_c pi_jc g_c,
+
+            d^2/dx_j^2 log p_t = -sum_c pi_jc / v_jc + sum_c pi_jc (g_c - s_j)^2,
+
+        (the second sum a variance about s_j, free of the cancellation in
+        sum_c pi_jc g_c^2 - s_j^2), summed over j. Raises as log_prob.
+        """
+        x = check_points(x, "x", d=self.dim)
+        n = x.shape[0]
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
+        if x.dtype == np.float32:
+            check_float32_range(self.means, self.stds**2, repr(self))
+        a, s2 = a[:, None, None], s2[:, None, None]
+        var = a**2 * self.stds**2 + s2                            # (n, d, 2)
+        diff = x.astype(np.float64)[:, :, None] - a * self.means  # (n, d, 2)
+        with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
+            log_terms = self._logw - 0.5 * (np.log(var) + diff**2 / var)
+            post = np.exp(log_terms - np.max(log_terms, axis=2, keepdims=True))
+            post /= post.sum(axis=2, keepdims=True)
+            g = -diff / var
+            s = np.sum(np.where(post > 0, post * g, 0.0), axis=2, keepdims=True)
+            spread = np.where(post > 0, (g - s) ** 2, 0.0)
+            out = np.sum(post * (spread - 1.0 / var), axis=(1, 2))
+        check_oracle_output(out, x)
+        return out.astype(x.dtype, copy=False)

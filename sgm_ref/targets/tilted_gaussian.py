@@ -294,3 +294,61 @@ class TiltedGaussian(ExactOutputs):
         if g.shape != y.shape or not np.all(np.isfinite(g)):
             raise ValueError(f"grad_f must return finite values of shape {y.shape}, got shape {g.shape}")
         return g
+
+    def divergence(self, x, t=0.0, process=OU()):
+        """Monte-Carlo estimate of the Laplacian of log p_t (the divergence of the score), shape (n,).
+
+        With y = c x + s Z as in the module docstring (c = alpha_t, s = sigma_t for
+        variance-preserving processes; c = alpha_t / q, s = sigma_t / sqrt q otherwise),
+        M(x) = E_Z[e^{f(y)}] and the self-normalised weights w of the draws,
+
+            Laplacian log p_t = -d / q + tr Hess M / M - |grad M / M|^2,
+
+        where, by Gaussian integration by parts on one derivative,
+            "gradient":  tr Hess M / M = (c^2 / s) E_w[Z . grad f(y)],  grad M / M = c E_w[grad f(y)]
+            "stein":     tr Hess M / M = (c / s)^2 E_w[|Z|^2 - d],       grad M / M = (c / s) E_w[Z]
+
+        (q = 1 for variance-preserving processes). These are estimates of the true
+        Laplacian from the same fixed draws as the score, not the exact divergence of
+        the Monte-Carlo score as a function of x (that would need the Hessian of f);
+        both converge as n_mc grows. Needs sigma_t > 0 (t > 0).
+
+        Raises
+        ------
+        ValueError
+            For bad x, t or process; for t with sigma_t = 0; for non-finite f or grad_f.
+        """
+        x = check_points(x, "x", d=self.d).astype(np.float64, copy=False)
+        n, d = x.shape
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
+        if np.any(s2 == 0):
+            raise ValueError("divergence of a TiltedGaussian needs t > 0 (sigma_t > 0): at t = 0 the Laplacian "
+                             "needs the Hessian of f")
+        sigma = np.sqrt(s2)
+        if isinstance(process, VariancePreserving):
+            q = np.ones(n)
+            c, s = a, sigma
+        else:
+            q = a * a + s2
+            c, s = a / q, sigma / np.sqrt(q)
+        out = np.empty(n)
+        n_mc = self._z.shape[0]
+        rows = max(1, _BLOCK // (n_mc * d))
+        for start in range(0, n, rows):
+            blk = slice(start, min(start + rows, n))
+            cb, sb = c[blk, None, None], s[blk, None, None]
+            y = cb * x[blk, None, :] + sb * self._z                                   # (r, n_mc, d)
+            fy = self._f(y.reshape(-1, d)).reshape(-1, n_mc)
+            with np.errstate(over="ignore"):
+                w = np.exp(fy - fy.max(axis=1, keepdims=True))
+            w /= w.sum(axis=1, keepdims=True)
+            if self.estimator == "gradient":
+                gf = self._grad(y.reshape(-1, d)).reshape(y.shape)
+                hess = (c[blk] ** 2 / s[blk]) * np.einsum("ri,rid,id->r", w, gf, self._z)
+                grad = c[blk, None] * np.einsum("ri,rid->rd", w, gf)
+            else:
+                hess = (c[blk] / s[blk]) ** 2 * (np.einsum("ri,i->r", w, np.sum(self._z**2, axis=1)) - d)
+                grad = (c[blk] / s[blk])[:, None] * np.einsum("ri,id->rd", w, self._z)
+            out[blk] = -d / q[blk] + hess - np.sum(grad**2, axis=1)
+        _check_finite(out, x, "divergence")
+        return out

@@ -1,0 +1,407 @@
+"""Exact likelihoods of the probability-flow ODE's model, by the instantaneous change of variables.
+
+The probability-flow ODE of a forward process dX = f(t) X dt + g(t) dW with score s,
+
+    dx/dt = v(x, t) = f(t) x - g(t)^2 / 2 s(x, t),
+
+carries p_t0 to p_T; its model q (the law at t0 of the ODE run backwards from the prior
+pi at T) has, along the trajectory x_t started at x_t0 = x (continuity equation
+d/dt log q_t(x_t) = -div v(x_t, t)),
+
+    log q(x) = log pi(x_T) + int_t0^T div v(x_t, t) dt,
+    div v    = d f(t) - g(t)^2 / 2 div s(x, t).
+
+With the exact score of a target and its exact divergence (the targets' divergence
+method) q is p_t0 itself up to the solver error and pi's mismatch with p_T: that is
+what the tests check, to 1e-4 over 1,000 points.
+
+The prior pi (prior="process", the samplers' starting law): N(0, I) for the
+variance-preserving processes (OU, VP, VPCosine, DDPM), whose p_T is
+N(alpha_T m, alpha_T^2 S + sigma_T^2 I)-like with alpha_T small but not 0; N(0, sigma_T^2 I)
+for SubVP, VE, EDM and FlowMatching. Either differs from p_T by terms of order
+alpha_T |x| |m| and alpha_T^2 Var(p_0) / sigma_T^2: choose T where those are below the
+accuracy wanted, or pass prior=callable (e.g. a target's exact log p_T) to remove it.
+
+Divergence of s (div s = tr J_s, J_s = ds/dx):
+
+    "exact"       the score object's own: a target's divergence(x, t, process)
+                  (closed form), a ScoreModel's divergence (forward mode through the MLP:
+                  one forward pass plus d times the products after the input layer), or
+                  a callable passed as divergence=.
+    "hutchinson"  tr J ~ eps^T J eps with n_probes probes eps (Rademacher or Gaussian)
+                  drawn once per point and kept for the whole integration (as score_sde);
+                  each probe gives an unbiased estimate of the integral, and log q is
+                  their mean with standard error std / sqrt(n_probes). J eps comes from
+                  the score's jvp: a ScoreModel's exact forward mode, a jvp= callable, or
+                  otherwise a central finite difference (s(x + h eps) - s(x - h eps)) / 2h
+                  with h = 1e-5 (1 + max|x|): two score calls on n n_probes points, biased
+                  by O(h^2 |d^3 log p|), about 1e-10 relative for smooth scores.
+
+Solvers: "rk45", scipy.integrate.solve_ivp's adaptive Dormand–Prince on the whole batch
+as one flat system of n (d + m) unknowns (m = n_probes, or 1): one step size for all
+points, and the error norm is solve_ivp's root mean square over all unknowns, so one
+point's local error may exceed rtol/atol where the others' are smaller (the tests
+measure the per-point error); "heun", the explicit trapezoidal rule on a fixed grid
+(second order, two evaluations per step). DDPM's beta is constant between its knots
+j / N and jumps at each: adaptive RK45 then crawls over 1,000 discontinuities; Heun on a
+grid of knots (e.g. np.arange(j0, j1 + 1) / N) integrates a smooth field on every step
+(Heun's two stages are evaluated 64 ulps inside the step's ends, so both see the step's
+own beta, not a neighbour's; for smooth processes that changes nothing measurable).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.integrate import solve_ivp
+
+from ._validation import call_score, check_count, check_points, check_real, check_real_array, check_rng
+from .processes import VariancePreserving, check_process
+
+__all__ = ["LogProb", "log_prob", "bits_per_dim", "prior_log_prob", "nll_report", "nll_lines"]
+
+_LOG_2PI = float(np.log(2.0 * np.pi))
+
+
+@dataclass(frozen=True)
+class LogProb:
+    """What log_prob returns; arrays have one entry (or row) per point.
+
+    Attributes
+    ----------
+    log_q : ndarray (n,)
+        log q(x) = prior + integral (the mean over probes for Hutchinson).
+    se : ndarray (n,) or None
+        Standard error of log_q over the probes (Hutchinson with n_probes >= 2), else None.
+        It covers the probes' randomness only, not the solver's error.
+    prior : ndarray (n,)
+        log pi(x_T), the prior's log-density at the endpoint.
+    integral : ndarray (n,)
+        int_t0^T div v(x_t, t) dt (mean over probes for Hutchinson).
+    endpoint : ndarray (n, d)
+        x_T, the ODE's solution at T.
+    n_evaluations : int
+        Evaluations of the drift and its divergence on the whole batch (score calls on n
+        points; Hutchinson with a finite-difference jvp adds two calls on n n_probes points each).
+    divergence, solver : str
+    """
+
+    log_q: np.ndarray
+    se: object
+    prior: np.ndarray
+    integral: np.ndarray
+    endpoint: np.ndarray
+    n_evaluations: int
+    divergence: str
+    solver: str
+
+
+def prior_log_prob(process, y, T):
+    """log-density of the process's prior at the rows of y: N(0, I) for variance-preserving
+    processes, N(0, sigma_T^2 I) otherwise (module docstring); shape (n,)."""
+    n, d = y.shape
+    if isinstance(process, VariancePreserving):
+        return -0.5 * (d * _LOG_2PI + np.sum(y * y, axis=1))
+    s2 = float(process.sigma2(T))
+    return -0.5 * (d * (_LOG_2PI + np.log(s2)) + np.sum(y * y, axis=1) / s2)
+
+
+class _Field:
+    """The score, its exact divergence and its Jacobian-vector product, from whatever was passed."""
+
+    def __init__(self, score, process, divergence, jvp):
+        self.process = process
+        self.exact = self.jvp_fn = None
+        if hasattr(score, "network") and hasattr(score, "jvp") and hasattr(score, "divergence"):  # ScoreModel
+            if score.process != process:
+                raise ValueError(f"score is a ScoreModel of {score.process!r} but process is {process!r}; "
+                                 "pass the model's own process")
+            dt = score.dtype  # a float32 network is run in float32; the ODE stays float64
+            self.score = lambda x, t: score(x.astype(dt, copy=False), t).astype(np.float64)
+            self.exact = lambda x, t: tuple(a.astype(np.float64) for a in score.divergence(x.astype(dt, copy=False), t))
+            self.jvp_fn = lambda x, t, V: tuple(a.astype(np.float64) for a in score.jvp(x.astype(dt, copy=False), t, V))
+        elif hasattr(score, "score") and hasattr(score, "divergence") and hasattr(score, "log_prob"):  # a target
+            self.score = lambda x, t: score.score(x, t, process)
+            self.exact = lambda x, t: (self.score(x, t), score.divergence(x, t, process))
+        elif callable(score):
+            self.score = score
+        else:
+            raise ValueError(f"score must be a callable s(x, t), a ScoreModel or a target of sgm_ref.targets, "
+                             f"got {type(score).__name__}")
+        if callable(divergence):
+            user = divergence
+            self.exact = lambda x, t: (call_score(self.score, x, t), _check_div(user(x, t), x))
+        if jvp is not None:
+            if not callable(jvp):
+                raise ValueError(f"jvp must be a callable jvp(x, t, V) -> J V or None, got {type(jvp).__name__}")
+            user_jvp = jvp
+            self.jvp_fn = lambda x, t, V: (call_score(self.score, x, t), _check_jvp(user_jvp(x, t, V), V))
+
+    def exact_divergence(self, x, t):
+        if self.exact is None:
+            raise ValueError("divergence='exact' needs a score that knows its divergence (a target of "
+                             "sgm_ref.targets or a ScoreModel) or divergence=callable div(x, t) -> (n,); "
+                             "use divergence='hutchinson' for any other score")
+        s, div = self.exact(x, t)
+        return s, _check_div(div, x)
+
+    def hutchinson(self, x, t, eps):
+        """(s, eps_j . J eps_j for each probe (n, m))."""
+        if self.jvp_fn is not None:
+            s, Jv = self.jvp_fn(x, t, eps)
+            return s, np.einsum("nkd,nkd->nk", eps, Jv)
+        n, m, d = eps.shape
+        s = call_score(self.score, x, t)
+        h = 1e-5 * (1.0 + float(np.max(np.abs(x))))
+        xs = np.repeat(x, m, axis=0)
+        ts = np.full(n * m, float(np.asarray(t).flat[0]))
+        e = eps.reshape(n * m, d)
+        diff = call_score(self.score, xs + h * e, ts) - call_score(self.score, xs - h * e, ts)
+        return s, np.einsum("nkd,nkd->nk", eps, diff.reshape(n, m, d)) / (2.0 * h)
+
+
+def _check_div(div, x):
+    div = np.asarray(div, dtype=np.float64)
+    if div.shape != (x.shape[0],) or not np.all(np.isfinite(div)):
+        raise ValueError(f"the divergence must be {x.shape[0]} finite numbers, got shape {div.shape}"
+                         + ("" if div.shape != (x.shape[0],) else " with a non-finite entry"))
+    return div
+
+
+def _check_jvp(Jv, V):
+    Jv = np.asarray(Jv, dtype=np.float64)
+    if Jv.shape != V.shape or not np.all(np.isfinite(Jv)):
+        raise ValueError(f"jvp must return finite values of the tangents' shape {V.shape}, got {Jv.shape}")
+    return Jv
+
+
+def _check_grid(grid, t0, T):
+    g = check_real_array(grid, "grid")
+    if g.ndim != 1 or g.size < 2 or np.any(np.diff(g) <= 0):
+        raise ValueError("grid must be a 1-D array of at least 2 strictly increasing times, from t0 to T")
+    if g[0] != t0 or g[-1] != T:
+        raise ValueError(f"grid must start at t0 = {t0!r} and end at T = {T!r}, got {g[0]!r} to {g[-1]!r}")
+    return g
+
+
+def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher", n_probes=1, jvp=None,
+             solver="rk45", rtol=1e-5, atol=1e-5, grid=None, n_steps=None, prior="process", rng=None):
+    """log q(x) of the probability-flow ODE's model at time t0 (module docstring).
+
+    Parameters
+    ----------
+    score : target of sgm_ref.targets, ScoreModel, or callable s(x, t) -> (n, d)
+        x (n, d) float64, t (n,) all equal; a target is used with this process.
+    process : any process of sgm_ref.processes
+    x : ndarray, shape (n, d)
+        Points at time t0 (float64; float32 is refused: the ODE runs in float64).
+    t0, T : float
+        0 <= t0 < T <= process.t_max (a ScoreModel needs t0 > 0).
+    divergence : "exact", "hutchinson" or callable div(x, t) -> (n,)
+    probes : "rademacher" or "gaussian"
+    n_probes : int >= 1
+        Hutchinson probes per point (a standard error needs >= 2).
+    jvp : callable jvp(x, t, V) -> J_s V, V of shape (n, k, d), or None
+        For Hutchinson with a plain callable score; default central differences.
+    solver : "rk45" or "heun"
+    rtol, atol : float
+        solve_ivp's tolerances (rk45 only; score_sde's 1e-5 by default).
+    grid : 1-D array from t0 to T, increasing, or None
+        Heun's grid; or n_steps uniform steps.
+    prior : "process" or callable log_pi(y) -> (n,)
+    rng : numpy.random.Generator
+        The probes (Hutchinson only).
+
+    Returns
+    -------
+    LogProb
+
+    Raises
+    ------
+    ValueError
+        Bad arguments (each named); a score without an exact divergence and
+        divergence="exact"; non-finite scores or divergences; a solver failure.
+    """
+    process = check_process(process, variance_preserving=False)
+    x = check_points(x, "x")
+    if x.dtype != np.float64:
+        raise ValueError(f"x must be float64 (the ODE is integrated in float64), got {x.dtype}; cast it")
+    n, d = x.shape
+    t0 = check_real(t0, "t0", low=0.0)
+    T = check_real(T, "T", low=0.0)
+    if not t0 < T:
+        raise ValueError(f"need t0 < T, got t0={t0!r}, T={T!r}")
+    if T > process.t_max:
+        raise ValueError(f"T must be <= {process.t_max!r} (the horizon of {process!r}), got {T!r}")
+    if not (np.isfinite(process.g2(T)) and process.sigma2(T) > 0):
+        raise ValueError(f"T = {T!r} is too large for {process!r}: its coefficients overflow; use a smaller T")
+    kind = divergence if isinstance(divergence, str) else "callable"
+    if kind not in ("exact", "hutchinson", "callable"):
+        raise ValueError(f"divergence must be 'exact', 'hutchinson' or a callable div(x, t), got {divergence!r}")
+    if not callable(divergence) and not isinstance(divergence, str):
+        raise ValueError(f"divergence must be 'exact', 'hutchinson' or a callable, got {type(divergence).__name__}")
+    field = _Field(score, process, divergence if kind == "callable" else None, jvp)
+    if solver not in ("rk45", "heun"):
+        raise ValueError(f"solver must be 'rk45' or 'heun', got {solver!r}")
+    if prior != "process" and not callable(prior):
+        raise ValueError(f"prior must be 'process' or a callable log_pi(y) -> (n,), got {prior!r}")
+
+    m = 1
+    eps = None
+    if kind == "hutchinson":
+        if probes not in ("rademacher", "gaussian"):
+            raise ValueError(f"probes must be 'rademacher' or 'gaussian', got {probes!r}")
+        m = check_count(n_probes, "n_probes")
+        rng = check_rng(rng, "rng (a Generator; Hutchinson's probes are drawn from it)")
+        if probes == "rademacher":
+            eps = 2.0 * rng.integers(0, 2, size=(n, m, d)).astype(np.float64) - 1.0
+        else:
+            eps = rng.standard_normal((n, m, d))
+
+    count = [0]
+
+    def rates(t, x_t):
+        """(v (n, d), div v (n, m)) at time t."""
+        count[0] += 1
+        ts = np.full(n, t)
+        f, g2 = float(process.f(t)), float(process.g2(t))
+        if kind == "hutchinson":
+            s, div_s = field.hutchinson(x_t, ts, eps)
+        else:
+            s, div_s = field.exact_divergence(x_t, ts)
+            div_s = div_s[:, None]
+        s = np.asarray(s, dtype=np.float64)
+        if s.shape != (n, d) or not np.all(np.isfinite(s)):
+            raise ValueError(f"the score at t = {t!r} is not {n} x {d} finite numbers")
+        return f * x_t - 0.5 * g2 * s, d * f - 0.5 * g2 * div_s
+
+    if solver == "rk45":
+        if grid is not None or n_steps is not None:
+            raise ValueError("grid and n_steps are Heun's; rk45 chooses its own steps (set rtol, atol)")
+        rtol = check_real(rtol, "rtol", low=0.0, low_open=True)
+        atol = check_real(atol, "atol", low=0.0, low_open=True)
+
+        def fun(t, y):
+            v, dv = rates(t, y[:n * d].reshape(n, d))
+            return np.concatenate([v.ravel(), dv.ravel()])
+
+        y0 = np.concatenate([x.ravel(), np.zeros(n * m)])
+        sol = solve_ivp(fun, (t0, T), y0, method="RK45", rtol=rtol, atol=atol)
+        if not sol.success:
+            raise ValueError(f"solve_ivp failed: {sol.message}")
+        y = sol.y[:, -1]
+        x_T, integral = y[:n * d].reshape(n, d), y[n * d:].reshape(n, m)
+    else:
+        if grid is None:
+            if n_steps is None:
+                raise ValueError("heun needs grid (t0 .. T) or n_steps")
+            grid = np.linspace(t0, T, check_count(n_steps, "n_steps") + 1)
+        elif n_steps is not None:
+            raise ValueError("give grid or n_steps, not both")
+        grid = _check_grid(grid, t0, T)
+        x_t, integral = x.copy(), np.zeros((n, m))
+        for a, b in zip(grid[:-1], grid[1:]):
+            h = b - a
+            # both ends of the step approached from inside (64 ulps in, more than the rounding
+            # of t N in DDPM's step index): a process whose coefficients jump at the grid
+            # times (DDPM at its knots) is seen with this step's own beta at both stages
+            inside = min(64.0 * float(np.spacing(max(abs(a), abs(b)))), 0.25 * h)
+            v1, d1 = rates(a + inside, x_t)
+            v2, d2 = rates(b - inside, x_t + h * v1)
+            x_t = x_t + 0.5 * h * (v1 + v2)
+            integral = integral + 0.5 * h * (d1 + d2)
+        x_T = x_t
+
+    if prior == "process":
+        log_pi = prior_log_prob(process, x_T, T)
+    else:
+        log_pi = _check_div(prior(x_T), x_T)
+    per_probe = log_pi[:, None] + integral
+    se = per_probe.std(axis=1, ddof=1) / np.sqrt(m) if m >= 2 else None
+    mean_integral = integral.mean(axis=1)
+    return LogProb(log_q=log_pi + mean_integral, se=se, prior=log_pi, integral=mean_integral, endpoint=x_T,
+                   n_evaluations=count[0], divergence=kind, solver=solver)
+
+
+def bits_per_dim(log_q, d, *, bins=256, scale):
+    """Bits per dimension of a density model of quantised data, under uniform dequantisation.
+
+    Convention (score_sde's, written out): data are integers k in {0, ..., bins - 1}^d;
+    the model sees x = offset + scale (k + u) / bins, u ~ U[0, 1)^d, so scale is the
+    width of the data's range in model coordinates (1 for data in [0, 1], 2 for
+    [-1, 1]). The density of y = k + u is q(x) (scale / bins)^d, and by Jensen
+    -log2 P(k) <= E_u[-log2 q_y(k + u)], so
+
+        bpd = -log q(x) / (d ln 2) + log2(bins / scale),
+
+    an upper bound on the discrete model's bits per dimension once averaged over u
+    and data (8 + ... for [0, 1] data and bins 256, 7 + ... for [-1, 1]: score_sde's
+    offsets).
+
+    Parameters
+    ----------
+    log_q : float or ndarray
+        log q(x) in nats, at dequantised points.
+    d : int
+        Dimensions per point.
+    bins : int, default 256
+    scale : float > 0
+
+    Returns
+    -------
+    float or ndarray, the shape of log_q.
+    """
+    d = check_count(d, "d")
+    bins = check_count(bins, "bins", minimum=2)
+    scale = check_real(scale, "scale", low=0.0, low_open=True)
+    lq = check_real_array(log_q, "log_q")
+    out = -lq / (d * np.log(2.0)) + np.log2(bins / scale)
+    return out[()] if out.ndim == 0 else out
+
+
+def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_probes=4, rtol=1e-5, atol=1e-5):
+    """The model's NLL on n fresh exact samples of p_t0, the target's exact NLL on them, and the gap.
+
+    x_i ~ p_t0 (target.sample, then the forward process to t0); log q by log_prob (RK45)
+    and log p_t0 by the oracle. The gap mean_i (log p_t0(x_i) - log q(x_i)) estimates
+    KL(p_t0 || q) (E_p[log p - log q]); its standard error is that of the paired
+    differences, and covers Hutchinson's noise too (each point has its own probes). The
+    model is the ODE started from the process's prior at T, so the prior's mismatch with
+    p_T is part of the gap, as it is part of what a sampler draws; the solver's error
+    (rtol, atol) enters too. A finite sample can give a gap below 0 when the model is
+    close: read it with its standard error.
+
+    Returns
+    -------
+    dict: "n", "t0", "T", "divergence", "n_probes" (None unless Hutchinson), "rtol", "atol",
+    "n_evaluations", and {"value", "standard_error"} dicts "model_nll", "target_nll",
+    "kl_gap" (nats per point).
+    """
+    n = check_count(n, "n", minimum=2)
+    rng = check_rng(rng)
+    x = target.sample(n, rng)
+    if t0 > 0:
+        x = process.perturb(x, t0, rng)[0]
+    log_p = np.asarray(target.log_prob(x, t0, process), dtype=np.float64)
+    res = log_prob(score, process, x, t0, T, divergence=divergence, n_probes=n_probes, rng=rng, rtol=rtol, atol=atol)
+
+    def est(v):
+        return {"value": float(np.mean(v)), "standard_error": float(np.std(v, ddof=1) / np.sqrt(v.size))}
+
+    return {"n": n, "t0": float(t0), "T": float(T), "divergence": res.divergence,
+            "n_probes": n_probes if res.divergence == "hutchinson" else None, "rtol": rtol, "atol": atol,
+            "n_evaluations": res.n_evaluations, "model_nll": est(-res.log_q), "target_nll": est(-log_p),
+            "kl_gap": est(log_p - res.log_q)}
+
+
+def nll_lines(entry):
+    """Lines of text for an nll_report: the model's NLL, the target's, and the gap (KL estimate)."""
+    def pm(e):
+        return f"{e['value']:.4g} ± {e['standard_error']:.2g}"
+
+    how = (f"{entry['divergence']} divergence" if entry["n_probes"] is None
+           else f"Hutchinson divergence, {entry['n_probes']} probes")
+    return [f"NLL on {entry['n']} fresh exact samples of p_t0 (t0 = {entry['t0']:g}), nats per point:",
+            f"  model (probability-flow ODE to T = {entry['T']:g}, RK45 rtol {entry['rtol']:g}, {how}): "
+            f"{pm(entry['model_nll'])}",
+            f"  target (exact log p_t0): {pm(entry['target_nll'])}",
+            f"  gap, an estimate of KL(p_t0 || model): {pm(entry['kl_gap'])}"]

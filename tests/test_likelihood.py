@@ -1,0 +1,252 @@
+"""sgm_ref.likelihood: the probability-flow ODE's log q against the exact log p_t0 of mixtures,
+Heun's order, Hutchinson's unbiasedness, the MLP's exact divergence against torch autograd,
+the NLL gap of trained models, and an independent ODE solver (torchdiffeq)."""
+
+import numpy as np
+import pytest
+
+from sgm_ref.likelihood import bits_per_dim, log_prob, nll_report, prior_log_prob
+from sgm_ref.nn import MLP
+from sgm_ref.processes import DDPM, EDM, OU, VE, VP, FlowMatching, SubVP, VPCosine
+from sgm_ref.score_model import ScoreModel
+from sgm_ref.targets import GaussianMixture
+
+from _peers import peer
+
+
+def full_mixture(d=8, K=3, seed=0):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((K, d, d))
+    cov = A @ A.transpose(0, 2, 1) / d + 0.2 * np.eye(d)
+    return GaussianMixture(np.array([0.2, 0.5, 0.3]), rng.standard_normal((K, d)), cov, "full")
+
+
+@pytest.mark.parametrize("name", ["ring", "full8"])
+def test_exact_score_reproduces_exact_log_p(name):
+    """1,000 points of p_0; OU to T = 15 (alpha_T = 3e-7, so the N(0, I) prior's mismatch is ~1e-6)."""
+    target = GaussianMixture.ring() if name == "ring" else full_mixture()
+    x = target.sample(1000, np.random.default_rng(1))
+    exact = target.log_prob(x, 0.0)
+    errors = {}
+    for tol in (1e-5, 1e-8):
+        res = log_prob(target, OU(), x, 0.0, 15.0, rtol=tol, atol=tol)
+        errors[tol] = np.max(np.abs(res.log_q - exact))
+        np.testing.assert_allclose(res.log_q, res.prior + res.integral, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(res.prior, prior_log_prob(OU(), res.endpoint, 15.0), rtol=0, atol=0)
+        assert res.se is None and res.n_evaluations > 10 and res.endpoint.shape == x.shape
+    assert errors[1e-8] <= 1e-4
+    assert errors[1e-8] < errors[1e-5] / 10
+
+
+PROCESSES = [(OU(), 0.0, 4.0), (VP(), 0.0, 1.0), (VPCosine(), 0.0, 0.9), (SubVP(), 0.0, 1.0),
+             (VE(), 0.0, 1.0), (EDM(), 0.0, 20.0), (FlowMatching(), 0.0, 0.9)]
+
+
+@pytest.mark.parametrize("process,t0,T", PROCESSES, ids=lambda p: repr(p) if not isinstance(p, float) else str(p))
+def test_every_process_with_the_exact_prior(process, t0, T):
+    """With prior = the exact log p_T only the solver's error is left, for every process."""
+    target = full_mixture(d=3)
+    rng = np.random.default_rng(2)
+    x = process.perturb(target.sample(60, rng), 0.05, rng)[0]
+    res = log_prob(target, process, x, 0.05, T, rtol=1e-9, atol=1e-9,
+                   prior=lambda y: target.log_prob(y, T, process))
+    np.testing.assert_allclose(res.log_q, target.log_prob(x, 0.05, process), rtol=0, atol=1e-5)
+
+
+def test_ddpm_with_heun_on_its_knots():
+    """DDPM's beta jumps at every knot j / N: Heun on the knots integrates a smooth field per step."""
+    process = DDPM()
+    target = full_mixture(d=3)
+    rng = np.random.default_rng(2)
+    x = process.perturb(target.sample(60, rng), 0.05, rng)[0]
+    res = log_prob(target, process, x, 0.05, 0.99, solver="heun", grid=np.arange(50, 991) / 1000,
+                   prior=lambda y: target.log_prob(y, 0.99, process))
+    # Heun's error with h = 1e-3 is ~2e-5 here; stages that saw the next knot's beta made it first
+    # order (1.5e-4 on this grid, 5e-3 at T = 0.2)
+    np.testing.assert_allclose(res.log_q, target.log_prob(x, 0.05, process), rtol=0, atol=5e-5)
+
+
+def test_prior_is_the_samplers_start():
+    y = np.random.default_rng(3).standard_normal((4, 2))
+    np.testing.assert_allclose(prior_log_prob(VP(), y, 1.0), -np.log(2 * np.pi) - 0.5 * np.sum(y**2, axis=1))
+    s = VE().sigma(1.0)
+    np.testing.assert_allclose(prior_log_prob(VE(), y, 1.0),
+                               -np.log(2 * np.pi * s * s) - 0.5 * np.sum(y**2, axis=1) / s**2)
+
+
+def test_heun_converges_with_order_two():
+    target = GaussianMixture.ring()
+    rng = np.random.default_rng(4)
+    x = OU().perturb(target.sample(200, rng), 0.05, rng)[0]
+    exact = target.log_prob(x, 0.05)
+    prior = lambda y: target.log_prob(y, 3.0)  # noqa: E731
+    steps = [20, 40, 80, 160]
+    errors = [np.max(np.abs(log_prob(target, OU(), x, 0.05, 3.0, solver="heun", n_steps=k, prior=prior).log_q
+                            - exact)) for k in steps]
+    slopes = -np.diff(np.log(errors)) / np.diff(np.log(steps))
+    assert np.all((slopes > 1.8) & (slopes < 2.3)), (errors, slopes)
+    grid = np.geomspace(0.05, 3.0, 41)
+    res = log_prob(target, OU(), x, 0.05, 3.0, solver="heun", grid=grid, prior=prior)
+    assert res.n_evaluations == 80
+
+
+def small_model(d=3, seed=0, parameterization="residual", activation="silu", embedding="linear"):
+    return ScoreModel(MLP(d, (16, 16), activation, embedding, rng=seed), OU(), parameterization)
+
+
+@pytest.mark.parametrize("probes", ["rademacher", "gaussian"])
+def test_hutchinson_is_unbiased(probes):
+    """Same Heun grid: the trajectory is the exact run's, so only the probes differ."""
+    rng = np.random.default_rng(5)
+    target = full_mixture(d=3)
+    x = target.sample(30, rng)
+    plain_score = lambda y, t: target.score(y, t, OU())  # noqa: E731  (its jvp: finite differences)
+    for score in (small_model(), target, plain_score):
+        exact_div = (lambda y, t: target.divergence(y, t, OU())) if score is plain_score else "exact"
+        kw = dict(solver="heun", n_steps=12)
+        exact = log_prob(score, OU(), x, 0.1, 3.0, divergence=exact_div, **kw)
+        hut = log_prob(score, OU(), x, 0.1, 3.0, divergence="hutchinson", probes=probes, n_probes=200, rng=rng, **kw)
+        assert hut.divergence == "hutchinson" and hut.se.shape == (30,) and np.all(hut.se > 0)
+        np.testing.assert_allclose(hut.endpoint, exact.endpoint, rtol=0, atol=1e-12)
+        z = (hut.log_q - exact.log_q) / hut.se
+        assert np.all(np.abs(z) < 4), z
+        assert abs(z.mean()) < 4 / np.sqrt(z.size)
+
+
+@pytest.mark.parametrize("activation", ["silu", "tanh", "softplus", "relu"])
+@pytest.mark.parametrize("parameterization", ["score", "noise", "residual"])
+def test_mlp_divergence_equals_torch_autograd_trace(torch_ref, activation, parameterization):
+    torch = torch_ref.torch
+    model = small_model(d=4, seed=1, parameterization=parameterization, activation=activation,
+                        embedding="fourier" if activation == "tanh" else "linear")
+    rng = np.random.default_rng(6)
+    x, t = rng.standard_normal((7, 4)), rng.uniform(0.05, 2.0, 7)
+    s, div = model.divergence(x, t)
+    params = torch_ref.parameters(model.network)
+    tt = torch.tensor(t)
+    sigma = torch.sqrt(torch_ref.coefficients(model.process, tt)[1])
+    want = []
+    for i in range(7):
+        def score_row(xi, i=i):
+            out = torch_ref.forward(model.network, params, xi[None], tt[i:i + 1])[0]
+            return {"score": out, "noise": -out / sigma[i], "residual": out - xi}[parameterization]
+        J = torch.autograd.functional.jacobian(score_row, torch.tensor(x[i]))
+        want.append(float(torch.trace(J)))
+    np.testing.assert_allclose(div, want, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(s, model(x, t), rtol=1e-14, atol=1e-14)
+    V = rng.standard_normal((7, 2, 4))
+    _, jv = model.jvp(x, t, V)
+    for i in range(7):
+        J = torch.autograd.functional.jacobian(
+            lambda xi: {"score": lambda o: o, "noise": lambda o: -o / sigma[i], "residual": lambda o: o - xi}[
+                parameterization](torch_ref.forward(model.network, params, xi[None], tt[i:i + 1])[0]),
+            torch.tensor(x[i])).numpy()
+        np.testing.assert_allclose(jv[i], V[i] @ J.T, rtol=1e-12, atol=1e-12)
+
+
+def test_mlp_trace_without_hidden_layers_and_float32():
+    net = MLP(3, (), "silu", rng=0)
+    x = np.random.default_rng(7).standard_normal((4, 3))
+    np.testing.assert_allclose(net.jacobian_trace(x, 0.5)[1], np.trace(net.weights[0][:3]), rtol=1e-14)
+    model = ScoreModel(MLP(3, (8,), dtype=np.float32, rng=0), OU())
+    res = log_prob(model, OU(), x, 0.1, 2.0, solver="heun", n_steps=4)
+    ref64 = ScoreModel(MLP(3, (8,), rng=0), OU())
+    ref64.network.set_params(model.params.astype(np.float64))
+    np.testing.assert_allclose(res.log_q, log_prob(ref64, OU(), x, 0.1, 2.0, solver="heun", n_steps=4).log_q,
+                               rtol=1e-5)
+
+
+def test_nll_gap_is_positive_and_smaller_for_a_better_trained_model():
+    from sgm_ref.train import fit
+    ring = GaussianMixture.ring()
+    data = ring.sample(2000, np.random.default_rng(0))
+    gaps = []
+    for steps in (60, 400):
+        model = ScoreModel(MLP(2, (32, 32), rng=1), OU(), "residual")
+        fit(model, data, steps=steps, batch_size=256, lr=3e-3, t0=1e-2, T=8.0, rng=np.random.default_rng(2))
+        r = nll_report(model, ring, OU(), t0=1e-2, T=8.0, n=300, rng=np.random.default_rng(3))
+        gap = r["kl_gap"]
+        assert gap["value"] > 3 * gap["standard_error"] > 0
+        np.testing.assert_allclose(gap["value"], r["model_nll"]["value"] - r["target_nll"]["value"], rtol=1e-12)
+        gaps.append(gap)
+    assert gaps[0]["value"] - gaps[1]["value"] > 3 * np.hypot(gaps[0]["standard_error"], gaps[1]["standard_error"])
+    exact = nll_report(ring, ring, OU(), t0=1e-2, T=8.0, n=300, rng=np.random.default_rng(3))
+    assert abs(exact["kl_gap"]["value"]) < 1e-4
+
+
+def test_torchdiffeq_driven_by_the_same_oracle_agrees():
+    torch = peer("torch")
+    torchdiffeq = peer("torchdiffeq")
+    target = full_mixture(d=4)
+    process = VP()
+    x = target.sample(50, np.random.default_rng(8))
+    n, d = x.shape
+
+    def rhs(t, state):  # written here from the formulas, not through sgm_ref.likelihood
+        tn = float(t)
+        y = state[:, :d].numpy()
+        f, g2 = float(process.f(tn)), float(process.g2(tn))
+        s = target.score(y, tn, process)
+        div = target.divergence(y, tn, process)
+        return torch.from_numpy(np.concatenate([f * y - 0.5 * g2 * s, (d * f - 0.5 * g2 * div)[:, None]], axis=1))
+
+    state0 = torch.from_numpy(np.concatenate([x, np.zeros((n, 1))], axis=1))
+    sol = torchdiffeq.odeint(rhs, state0, torch.tensor([0.0, 0.9], dtype=torch.float64), method="dopri5",
+                             rtol=1e-10, atol=1e-10)[-1].numpy()
+    y_T, integral = sol[:, :d], sol[:, d]
+    theirs = -0.5 * (d * np.log(2 * np.pi) + np.sum(y_T**2, axis=1)) + integral
+    ours = log_prob(target, process, x, 0.0, 0.9, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(ours.log_q, theirs, rtol=0, atol=1e-7)
+
+
+def test_bits_per_dim_convention():
+    # the uniform density on [0, 1]^d (log q = 0) of 256-level data: 8 bits, all of the bytes' entropy
+    assert bits_per_dim(0.0, 3, scale=1.0) == 8.0
+    assert bits_per_dim(0.0, 3, scale=2.0) == 7.0  # [-1, 1]: score_sde's offset 7
+    np.testing.assert_allclose(bits_per_dim(np.array([-3 * np.log(2.0), 0.0]), 3, bins=16, scale=1.0), [5.0, 4.0])
+    with pytest.raises(ValueError, match="scale"):
+        bits_per_dim(0.0, 3, scale=0.0)
+    with pytest.raises(ValueError, match="bins"):
+        bits_per_dim(0.0, 3, bins=1, scale=1.0)
+
+
+def test_bad_arguments_are_named():
+    target = full_mixture(d=2)
+    x = target.sample(5, np.random.default_rng(9))
+    plain_score = lambda y, t: target.score(y, t, OU())  # noqa: E731
+    cases = [
+        (dict(score=plain_score), "divergence='exact' needs"),
+        (dict(solver="euler"), "solver"),
+        (dict(divergence="trace"), "divergence"),
+        (dict(divergence="hutchinson"), "rng"),
+        (dict(divergence="hutchinson", probes="sphere", rng=np.random.default_rng(0)), "probes"),
+        (dict(solver="heun"), "n_steps"),
+        (dict(n_steps=4), "Heun"),
+        (dict(solver="heun", grid=[0.0, 0.5, 0.4, 1.0]), "grid"),
+        (dict(solver="heun", grid=[0.1, 1.0]), "grid must start"),
+        (dict(t0=1.0), "t0 < T"),
+        (dict(x=x.astype(np.float32)), "float64"),
+        (dict(x=x[:, :1]), "x"),
+        (dict(score=ScoreModel(MLP(2, (4,), rng=0), VP())), "process"),
+        (dict(score=lambda y, t: np.full_like(y, np.nan), divergence="hutchinson", rng=np.random.default_rng(0)),
+         "non-finite"),
+        (dict(prior="normal"), "prior"),
+        (dict(score=3), "score must be"),
+    ]
+    for kw, match in cases:
+        args = dict(score=target, process=OU(), x=x, t0=0.0, T=1.0)
+        args.update(kw)
+        with pytest.raises(ValueError, match=match):
+            log_prob(args.pop("score"), args.pop("process"), args.pop("x"), args.pop("t0"), args.pop("T"), **args)
+
+
+def test_mlp_jvp_checks_its_tangents_and_leaves_no_tape():
+    net = MLP(3, (8,), rng=0)
+    x = np.zeros((2, 3))
+    for bad in (np.zeros((2, 3)), np.zeros((3, 1, 3)), np.zeros((2, 1, 4)), np.full((2, 1, 3), np.nan)):
+        with pytest.raises(ValueError, match="tangents"):
+            net.jvp(x, 0.5, bad)
+    net.forward(x, 0.5, keep=True)
+    net.jvp(x, 0.5, np.ones((2, 1, 3)))  # overwrote the same workspace: backward must refuse, not use it
+    with pytest.raises(ValueError, match="preceding forward"):
+        net.backward(np.ones((2, 3)))
