@@ -358,7 +358,8 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     process = _default_process(process)
     ts = [float(t) for t in np.atleast_1d(np.asarray(ts, dtype=float))]
     if not ts or min(ts) <= 0:
-        raise ValueError(f"ts must be a non-empty sequence of times > 0 (the score of p_0 itself may not exist), got {ts!r}")
+        raise ValueError("ts must be a non-empty sequence of times > 0 (the score of p_0 itself may not exist), "
+                         f"got {ts!r}")
     if int(arrows) != arrows or arrows < 2:
         raise ValueError(f"arrows must be an integer >= 2 (arrows per side), got {arrows!r}")
     h = _half_width(target, extent)
@@ -395,8 +396,9 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
                         n_steps=200, method="euler_maruyama", extent=None, resolution=200):
     """Reverse-time paths of a sampler, from N(0, I) at t = T down to t0, over p_0.
 
-    Left: n_paths paths in the plane (start o, end *) and the n_points end points, over the
-    exact density of p_0. Right: the first coordinate of the same paths against t (T on the
+    Left: n_paths paths in the plane (start o, end *; the last stretch, t <= 0.3 or the
+    second half of the grid if that is shorter, in bold) and the n_points end points, over
+    the exact density of p_0. Right: the first coordinate of the same paths against t (T on the
     left, t0 on the right), the reverse process's time running left to right.
 
     Parameters
@@ -432,12 +434,17 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     end = path[-1]
     plane.scatter(end[:, 0], end[:, 1], s=1, color="tab:red", alpha=0.3, linewidths=0)
     colours = [f"C{i % 10}" for i in range(int(n_paths))]
+    # the last stretch (t <= last_stretch) drawn bold: the early, large-t steps jump widely
+    last_stretch = float(min(0.3, grid[grid.size // 2]))
+    late = grid <= last_stretch
     for i, c in enumerate(colours):
-        plane.plot(path[:, i, 0], path[:, i, 1], lw=0.6, alpha=0.8, color=c)
+        plane.plot(path[:, i, 0], path[:, i, 1], lw=0.5, alpha=0.35, color=c)
+        plane.plot(path[late, i, 0], path[late, i, 1], lw=1.1, color=c)
         plane.plot(*path[0, i], "o", ms=3, color=c)
-        plane.plot(*path[-1, i], "*", ms=6, color=c, mec="k", mew=0.3)
+        plane.plot(*path[-1, i], "*", ms=7, color=c, mec="k", mew=0.3)
         time.plot(grid, path[:, i, 0], lw=0.7, color=c)
-    plane.set_title(f"{int(n_paths)} reverse paths and {len(end)} end points", fontsize=10)
+    plane.set_title(f"{int(n_paths)} reverse paths (bold: t <= {last_stretch:.2g}), {len(end)} end points",
+                    fontsize=10)
     time.set_xscale("log")
     time.invert_xaxis()
     time.set_xlabel("t (reverse time runs left to right)")

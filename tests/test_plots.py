@@ -94,7 +94,7 @@ def test_trajectories_figure_draws_the_paths_and_the_end_points():
     fig = plots.trajectories_figure(RING, RING.score, rng=np.random.default_rng(1), n_points=100, n_paths=3,
                                     n_steps=20, resolution=30)
     plane, time = fig.axes
-    assert len(plane.get_lines()) == 3 * 3  # path, start, end per path
+    assert len(plane.get_lines()) == 4 * 3  # path, its last stretch, start, end per path
     assert len(time.get_lines()) == 3
     assert len(time.get_lines()[0].get_xdata()) == 21  # the grid's 21 times
     (ends,) = [c for c in plane.collections if isinstance(c, PathCollection)]
