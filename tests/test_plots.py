@@ -171,3 +171,12 @@ def test_without_matplotlib_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
     with pytest.raises(ModuleNotFoundError, match=r"sgm_ref\[plot\]"):
         plots.forward_process_figure(RING, (0.1,))
+
+
+def test_save_figure_takes_the_format_from_the_extension_and_refuses_a_missing_folder(tmp_path):
+    fig = plots.score_field_figure(RING, ts=(1.0,), arrows=3, resolution=10)
+    with open(plots.save_figure(fig, tmp_path / "field.svg"), encoding="utf-8") as f:
+        assert "<svg" in f.read(2000)
+    with pytest.raises(ValueError, match="does not exist"):
+        plots.save_figure(fig, tmp_path / "missing" / "field.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["field.svg"]
