@@ -198,10 +198,21 @@ def _new_figure(n_panels, size=3.2, height=None):
 def save_figure(fig, path, dpi=110):
     """Write fig to path (the format from its extension, e.g. .png or .svg), atomically.
 
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure, e.g. from forward_process_figure
+    path : str or os.PathLike; no extension means PNG
+    dpi : float, dots per inch of raster formats
+
+    Returns
+    -------
+    path, as given
+
     Raises
     ------
     ValueError
-        If the folder of path does not exist.
+        If the folder of path does not exist, or matplotlib has no writer for the
+        extension. path is then untouched (a temporary file is written and renamed).
     """
     fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
