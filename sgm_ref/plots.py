@@ -10,6 +10,7 @@ score_error.png  E|s - grad log p_t|^2 against t with 2-standard-error bars, bes
 """
 
 import os
+import tempfile
 
 import numpy as np
 
@@ -274,3 +275,426 @@ def plot_score_audit(report, path, grid=None):
     fig.suptitle(f"audit of {report.get('score', 'a score')} on {report.get('target', 'the target')}", fontsize=10)
     _save(fig, path)
     plt.close(fig)
+
+
+# -- pictures that teach (docs/tutorial.md) ------------------------------------------------------
+# Each function below returns a matplotlib Figure made without pyplot (no global figure
+# state, no backend switch: a notebook shows the returned figure, a script saves it with
+# save_figure). Everything random takes an explicit numpy Generator.
+__all__ += ["save_figure", "forward_process_figure", "score_field_figure", "trajectories_figure",
+            "score_error_profile_figure", "reverse_process_animation"]
+
+_MISSING = 'sgm_ref.plots needs matplotlib, an optional extra: pip install "sgm_ref[plot]"'
+
+
+def _new_figure(n_panels, size=3.2, height=None):
+    """A Figure (not registered with pyplot) with n_panels axes side by side."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ModuleNotFoundError(_MISSING) from None
+    fig = Figure(figsize=(size * n_panels, size if height is None else height), layout="constrained")
+    return fig, fig.subplots(1, n_panels, squeeze=False)[0]
+
+
+def save_figure(fig, path, dpi=110):
+    """Write fig to path (the format from its extension, e.g. .png or .svg), atomically.
+
+    Parameters
+    ----------
+    fig : matplotlib.figure.Figure, e.g. from forward_process_figure
+    path : str or os.PathLike; no extension means PNG
+    dpi : float, dots per inch of raster formats
+
+    Returns
+    -------
+    path, as given
+
+    Raises
+    ------
+    ValueError
+        If the folder of path does not exist, or matplotlib has no writer for the
+        extension. path is then untouched (a temporary file is written and renamed).
+    """
+    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
+    return path
+
+
+def _check_plane(target):
+    if getattr(target, "dim", None) != 2:
+        raise ValueError(f"target must be two-dimensional for these pictures (e.g. GaussianMixture.ring()), "
+                         f"got dim={getattr(target, 'dim', None)!r}")
+
+
+def _half_width(target, extent):
+    """Half the side of the square [-h, h]^2 shown: extent if given, else wide enough for
+    p_0 (mean +- 2.5 standard deviations) and for N(0, I), the forward process's limit."""
+    if extent is not None:
+        h = float(extent)
+        if not (np.isfinite(h) and h > 0):
+            raise ValueError(f"extent must be a positive number (the half-width of the square shown), got {extent!r}")
+        return h
+    spread = np.abs(target.mean()).max() + 2.5 * np.sqrt(np.diag(target.covariance()).max())
+    return float(max(3.5, spread))
+
+
+def _cell_centres(h, resolution):
+    """Cell centres of a resolution x resolution grid over [-h, h]^2, as (u, v, points (m, 2))."""
+    if int(resolution) != resolution or resolution < 2:
+        raise ValueError(f"resolution must be an integer >= 2 (cells per side), got {resolution!r}")
+    c = -h + (np.arange(resolution) + 0.5) * (2 * h / resolution)
+    u, v = np.meshgrid(c, c)
+    return u, v, np.column_stack([u.ravel(), v.ravel()])
+
+
+def _density_image(ax, target, t, process, h, resolution, cmap="Blues"):
+    """Draw the exact density p_t on [-h, h]^2 (cell-centre values) and return the image.
+
+    Its array is p_t at the cell centres, so array.sum() * (2 h / resolution)^2 is the
+    midpoint rule for the mass p_t puts in the square."""
+    u, _, points = _cell_centres(h, resolution)
+    density = np.exp(target.log_prob(points, float(t), process)).reshape(u.shape)
+    image = ax.imshow(density, origin="lower", extent=(-h, h, -h, h), cmap=cmap, interpolation="bilinear")
+    ax.set_xlim(-h, h)
+    ax.set_ylim(-h, h)
+    ax.set_aspect("equal")
+    return image
+
+
+def _default_process(process):
+    from .processes import OU
+
+    return OU() if process is None else process
+
+
+def forward_process_figure(target, ts=(0.0, 0.1, 0.3, 1.0, 3.0), process=None, *, rng=None, n_points=0,
+                           extent=None, resolution=200):
+    """The forward process: the exact density p_t of X_t = alpha_t X_0 + sigma_t Z at several t.
+
+    For a mixture p_0 = sum_k w_k N(mu_k, Sigma_k),
+    p_t = sum_k w_k N(alpha_t mu_k, alpha_t^2 Sigma_k + sigma_t^2 I): the modes slide
+    towards 0 and blur into N(0, I). One panel per t, the density drawn from
+    target.log_prob(x, t, process) on a square grid, optionally with n_points exact
+    samples of p_t on top.
+
+    Parameters
+    ----------
+    target : a two-dimensional target with log_prob(x, t, process), mean(), covariance()
+        (and sample(n, rng) if n_points > 0), e.g. GaussianMixture.ring()
+    ts : sequence of float
+        Times t >= 0, one panel each.
+    process : a process of sgm_ref.processes (OU() by default)
+    rng : numpy.random.Generator, needed if n_points > 0
+    n_points : int
+        Samples of p_t drawn on each panel (x0 ~ p_0 pushed through the process).
+    extent : float, optional
+        Half-width h of the square [-h, h]^2 shown (default: p_0's and N(0, I)'s spread).
+    resolution : int
+        Grid cells per side. Each panel's image holds p_t at the cell centres.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        For a target that is not two-dimensional, an empty ts, a negative time, a
+        bad extent or resolution, or n_points > 0 without rng.
+    ModuleNotFoundError
+        If matplotlib is not installed.
+    """
+    _check_plane(target)
+    process = _default_process(process)
+    ts = [float(t) for t in np.atleast_1d(np.asarray(ts, dtype=float))]
+    if not ts or min(ts) < 0:
+        raise ValueError(f"ts must be a non-empty sequence of times >= 0, got {ts!r}")
+    if n_points and rng is None:
+        raise ValueError("rng is needed to draw n_points samples (pass a numpy.random.Generator)")
+    h = _half_width(target, extent)
+    fig, axes = _new_figure(len(ts), size=2.6)
+    for ax, t in zip(axes, ts):
+        _density_image(ax, target, t, process, h, resolution)
+        if n_points:
+            x = target.sample(n_points, rng)
+            if t > 0:
+                x, _ = process.perturb(x, t, rng)
+            ax.scatter(x[:, 0], x[:, 1], s=2, color="tab:red", alpha=0.6, linewidths=0)
+        ax.set_title(f"$p_t$ at t = {t:g}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def _arrow_grid(h, arrows):
+    c = np.linspace(-h, h, arrows + 2)[1:-1]
+    u, v = np.meshgrid(c, c)
+    return np.column_stack([u.ravel(), v.ravel()]), 2 * h / (arrows + 1)
+
+
+def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, extent=None, arrows=15,
+                       resolution=120, label="model"):
+    """The exact score grad log p_t as arrows (black) and, if given, another score s(x, t) (red).
+
+    One panel per t, over the density p_t. The score points towards higher density;
+    its length grows like distance / variance, so at small t it is long near each mode's
+    edge and at large t it is close to -x (the score of N(0, I)). Both fields of a panel
+    share one arrow scale (the 90th percentile of the exact field's length is one grid
+    spacing), so their lengths compare.
+
+    Parameters
+    ----------
+    target : a two-dimensional target with score(x, t, process) and log_prob
+    score : callable (x (n, 2), t (n,)) -> (n, 2), optional
+        E.g. a trained sgm_ref.ScoreModel.
+    ts : sequence of float, times > 0
+    process : a process of sgm_ref.processes (OU() by default)
+    extent : float, optional, half-width of the square shown
+    arrows : int, arrows per side
+    resolution : int, cells per side of the density image
+    label : str, the legend's name for score
+
+    Returns
+    -------
+    matplotlib.figure.Figure (each axes holds one quiver per field)
+
+    Raises
+    ------
+    ValueError
+        For a target that is not two-dimensional, times <= 0, or a bad extent, arrows
+        or resolution; what the score function raises.
+    ModuleNotFoundError
+        If matplotlib is not installed.
+    """
+    _check_plane(target)
+    process = _default_process(process)
+    ts = [float(t) for t in np.atleast_1d(np.asarray(ts, dtype=float))]
+    if not ts or min(ts) <= 0:
+        raise ValueError("ts must be a non-empty sequence of times > 0 (the score of p_0 itself may not exist), "
+                         f"got {ts!r}")
+    if int(arrows) != arrows or arrows < 2:
+        raise ValueError(f"arrows must be an integer >= 2 (arrows per side), got {arrows!r}")
+    h = _half_width(target, extent)
+    points, spacing = _arrow_grid(h, int(arrows))
+    fig, axes = _new_figure(len(ts), size=3.6)
+    for ax, t in zip(axes, ts):
+        _density_image(ax, target, t, process, h, resolution, cmap="Greys")
+        tt = np.full(len(points), t)
+        exact = target.score(points, tt, process)
+        scale = np.percentile(np.linalg.norm(exact, axis=1), 90) / spacing
+        quiver = dict(angles="xy", scale_units="xy", scale=scale, width=0.006)
+        ax.quiver(points[:, 0], points[:, 1], exact[:, 0], exact[:, 1], color="k", label="exact", **quiver)
+        if score is not None:
+            s = np.asarray(score(points, tt), dtype=np.float64)
+            ax.quiver(points[:, 0], points[:, 1], s[:, 0], s[:, 1], color="tab:red", alpha=0.8, label=label,
+                      **quiver)
+        ax.set_title(f"score of $p_t$ at t = {t:g}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    axes[0].legend(loc="upper left", fontsize=8, framealpha=0.9)
+    return fig
+
+
+def _run_sampler(score, process, rng, n_points, T, t0, n_steps, method):
+    from .samplers import sample, time_grid
+
+    grid = time_grid(T, t0, n_steps, "geometric", process)
+    _, path = sample(score, process, n_points, 2, rng, T=T, t0=t0, n_steps=n_steps, method=method,
+                     grid=grid, trajectory=True)
+    return grid, path
+
+
+def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_paths=6, T=5.0, t0=1e-2,
+                        n_steps=200, method="euler_maruyama", extent=None, resolution=200):
+    """Reverse-time paths of a sampler, from N(0, I) at t = T down to t0, over p_0.
+
+    Left: n_paths paths in the plane (start o, end *; the last stretch, t <= 0.3 or the
+    second half of the grid if that is shorter, in bold) and the n_points end points, over
+    the exact density of p_0. Right: the first coordinate of the same paths against t (T on the
+    left, t0 on the right), the reverse process's time running left to right.
+
+    Parameters
+    ----------
+    target : a two-dimensional target with log_prob, mean(), covariance()
+    score : callable (x (n, 2), t (n,)) -> (n, 2), the score the sampler uses
+    process : a variance-preserving process (OU() by default)
+    rng : numpy.random.Generator (the prior draw and every step's noise)
+    n_points : int >= n_paths, points sampled (the first n_paths are drawn as paths)
+    n_paths : int
+    T, t0, n_steps, method : as sgm_ref.samplers.sample, on a geometric grid
+
+    Returns
+    -------
+    matplotlib.figure.Figure (two axes)
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (as sgm_ref.samplers.sample), a target that is not
+        two-dimensional, or n_paths > n_points.
+    ModuleNotFoundError
+        If matplotlib is not installed.
+    """
+    _check_plane(target)
+    process = _default_process(process)
+    if int(n_paths) != n_paths or not 1 <= n_paths <= n_points:
+        raise ValueError(f"n_paths must be an integer in [1, n_points = {n_points!r}], got {n_paths!r}")
+    h = _half_width(target, extent)
+    fig, (plane, time) = _new_figure(2, size=3.8)
+    _density_image(plane, target, 0.0, process, h, resolution)
+    grid, path = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method)
+    end = path[-1]
+    plane.scatter(end[:, 0], end[:, 1], s=1, color="tab:red", alpha=0.3, linewidths=0)
+    colours = [f"C{i % 10}" for i in range(int(n_paths))]
+    # the last stretch (t <= last_stretch) drawn bold: the early, large-t steps jump widely
+    last_stretch = float(min(0.3, grid[grid.size // 2]))
+    late = grid <= last_stretch
+    for i, c in enumerate(colours):
+        plane.plot(path[:, i, 0], path[:, i, 1], lw=0.5, alpha=0.35, color=c)
+        plane.plot(path[late, i, 0], path[late, i, 1], lw=1.1, color=c)
+        plane.plot(*path[0, i], "o", ms=3, color=c)
+        plane.plot(*path[-1, i], "*", ms=7, color=c, mec="k", mew=0.3)
+        time.plot(grid, path[:, i, 0], lw=0.7, color=c)
+    plane.set_title(f"{int(n_paths)} reverse paths (bold: t <= {last_stretch:.2g}), {len(end)} end points",
+                    fontsize=10)
+    time.set_xscale("log")
+    time.invert_xaxis()
+    time.set_xlabel("t (reverse time runs left to right)")
+    time.set_ylabel("first coordinate")
+    time.set_title(f"{method.replace('_', '-')}: {n_steps} steps from T = {T:g} to t0 = {t0:g}", fontsize=10)
+    return fig
+
+
+def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=2000):
+    """E_{p_t} |s(x, t) - grad log p_t(x)|^2 against t, with 2-standard-error bars.
+
+    Measured by sgm_ref.metrics.score_error_profile (n exact samples of p_t per t),
+    for one score or several; the dashed line is E_{p_t} |grad log p_t|^2, the error of
+    the score s = 0, for scale. (For a model beside the floor of its training objective,
+    see the audit's own plots.)
+
+    Parameters
+    ----------
+    scores : callable (x (n, d), t (n,)) -> (n, d), or dict {label: callable}
+    target : object with sample(n, rng) and score(x, t, process)
+    process : a process of sgm_ref.processes (OU() by default)
+    rng : numpy.random.Generator
+    ts : array_like of times > 0 (default: 12 geometric times in [0.01, 5])
+    n : int >= 2, points per time
+
+    Returns
+    -------
+    matplotlib.figure.Figure (one axes: a line with error bars per score, then the scale)
+
+    Raises
+    ------
+    ValueError
+        As score_error_profile (bad times, n, rng; a failing or non-finite score).
+    ModuleNotFoundError
+        If matplotlib is not installed.
+    """
+    from .metrics import score_error_profile
+
+    process = _default_process(process)
+    if callable(scores):
+        scores = {"model": scores}
+    if not isinstance(scores, dict) or not scores or not all(callable(s) for s in scores.values()):
+        raise ValueError("scores must be a score function s(x, t) or a non-empty dict {label: score function}")
+    ts = np.geomspace(1e-2, 5.0, 12) if ts is None else np.asarray(ts, dtype=float)
+    fig, (ax,) = _new_figure(1, size=5.6, height=3.6)
+    for label, s in scores.items():
+        error, se = score_error_profile(s, target, process, ts, n, rng)
+        ax.errorbar(ts, error, yerr=2 * se, marker="o", ms=3, capsize=2, label=f"{label} (± 2 s.e.)")
+    zero = lambda x, t: np.zeros_like(x)  # its error is E|grad log p_t|^2  # noqa: E731
+    scale, _ = score_error_profile(zero, target, process, ts, n, rng)
+    ax.plot(ts, scale, ls="--", color="tab:gray", label=r"$E|\nabla \log p_t|^2$ (scale)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("t")
+    ax.set_ylabel(r"$E_{p_t}|s - \nabla \log p_t|^2$")
+    ax.legend(fontsize=8)
+    return fig
+
+
+def reverse_process_animation(target, score, path, process=None, *, rng, n_points=1500, T=3.0, t0=1e-2,
+                              n_steps=120, n_frames=30, fps=10, method="euler_maruyama", extent=None,
+                              resolution=80, size=3.0, dpi=60):
+    """A GIF of the reverse process: the sampler's points moving from N(0, I) to p_0.
+
+    Each frame shows the points at one time of the sampler's grid over the exact density
+    p_t at that time: a good score keeps them distributed as p_t all the way down.
+    Written with matplotlib.animation.PillowWriter (Pillow comes with matplotlib), to a
+    temporary file renamed onto path, so path is never half-written.
+
+    Parameters
+    ----------
+    target : a two-dimensional target with log_prob, mean(), covariance()
+    score : callable (x (n, 2), t (n,)) -> (n, 2)
+    path : str or os.PathLike, the .gif to write (its folder must exist)
+    process : a variance-preserving process (OU() by default)
+    rng : numpy.random.Generator
+    n_points, T, t0, n_steps, method : as sgm_ref.samplers.sample, on a geometric grid
+    n_frames : int in [2, n_steps + 1], frames (grid times evenly spread over the steps;
+        the last frame is held for a second)
+    fps : frames per second
+    resolution, size, dpi : cells per side of the density, figure size in inches, dots per inch
+
+    Returns
+    -------
+    matplotlib.figure.Figure (the last frame)
+
+    Raises
+    ------
+    ValueError
+        For bad arguments (as sgm_ref.samplers.sample), a path not ending in .gif or in a
+        folder that does not exist, or n_frames outside [2, n_steps + 1].
+    ModuleNotFoundError
+        If matplotlib is not installed.
+    """
+    _check_plane(target)
+    process = _default_process(process)
+    path = os.fspath(path)
+    if not path.lower().endswith(".gif"):
+        raise ValueError(f"path must end in .gif, got {path!r}")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+    if int(n_frames) != n_frames or not 2 <= n_frames <= n_steps + 1:
+        raise ValueError(f"n_frames must be an integer in [2, n_steps + 1 = {n_steps + 1}], got {n_frames!r}")
+    from matplotlib.animation import PillowWriter
+
+    h = _half_width(target, extent)
+    grid, trajectory = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method)
+    frames = list(np.unique(np.round(np.linspace(0, n_steps, int(n_frames))).astype(int)))
+    frames += [frames[-1]] * int(fps)  # hold the end
+    fig, (ax,) = _new_figure(1, size=size)
+    from matplotlib import colormaps
+
+    # eight shades, not a smooth ramp: GIF frames of flat colour areas compress ~3x better
+    image = _density_image(ax, target, grid[0], process, h, resolution, cmap=colormaps["Blues"].resampled(8))
+    dots = ax.scatter(trajectory[0, :, 0], trajectory[0, :, 1], s=1.5, color="tab:red", linewidths=0)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    _, _, cells = _cell_centres(h, resolution)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gif", dir=folder)
+    os.close(fd)
+    try:
+        writer = PillowWriter(fps=fps)
+        with writer.saving(fig, tmp, dpi):
+            for k in frames:
+                density = np.exp(target.log_prob(cells, float(grid[k]), process)).reshape(resolution, resolution)
+                image.set_data(density)
+                image.set_clim(0.0, density.max())
+                dots.set_offsets(trajectory[k])
+                ax.set_title(f"reverse process, t = {grid[k]:.3g}", fontsize=9)
+                writer.grab_frame()
+        umask = os.umask(0)  # mkstemp made the file private (0600); give it a plain open()'s mode
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return fig

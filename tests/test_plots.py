@@ -1,0 +1,182 @@
+"""The teaching pictures of sgm_ref.plots: each runs, draws what it says, and writes its file.
+
+The exact score stands in for a trained model (no training here), so every test is fast.
+"""
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+from matplotlib.collections import PathCollection  # noqa: E402
+from matplotlib.container import ErrorbarContainer  # noqa: E402
+from matplotlib.quiver import Quiver  # noqa: E402
+
+from sgm_ref import OU, VP, GaussianMixture, plots  # noqa: E402
+
+RING = GaussianMixture.ring()  # radius 2, std 0.3
+
+
+def panel_moments(ax):
+    """Mass and E|x|^2 of the density image of a panel, by the midpoint rule on its cells."""
+    (image,) = ax.get_images()
+    density = np.asarray(image.get_array())
+    lo, hi, _, _ = image.get_extent()
+    n = density.shape[0]
+    c = lo + (np.arange(n) + 0.5) * (hi - lo) / n
+    u, v = np.meshgrid(c, c)
+    cell = ((hi - lo) / n) ** 2
+    return density.sum() * cell, (density * (u * u + v * v)).sum() * cell
+
+
+@pytest.mark.parametrize("process", [OU(), VP(0.1, 20.0)])
+def test_forward_process_panels_hold_the_density_of_p_t(process):
+    """Each panel's image integrates to 1 and has the second moment of p_t at its own t:
+    E|X_t|^2 = alpha_t^2 (radius^2 + 2 std^2) + 2 sigma_t^2 for the ring (a density drawn
+    at the wrong t, or not exponentiated, or not normalised, fails)."""
+    ts = (0.0, 0.05, 0.3, 1.0)
+    fig = plots.forward_process_figure(RING, ts, process, resolution=160)
+    assert len(fig.axes) == len(ts)
+    for ax, t in zip(fig.axes, ts):
+        mass, second = panel_moments(ax)
+        alpha, sigma = process.alpha(t), process.sigma(t)
+        expected = alpha**2 * (2.0**2 + 2 * 0.3**2) + 2 * sigma**2
+        assert mass == pytest.approx(1.0, abs=3e-3), t
+        assert second == pytest.approx(expected, rel=1e-2), t
+
+
+def test_forward_process_samples_are_drawn_from_rng_and_written(tmp_path):
+    fig = plots.forward_process_figure(RING, (0.0, 0.5), rng=np.random.default_rng(0), n_points=50,
+                                       resolution=40)
+    for ax in fig.axes:
+        (dots,) = [c for c in ax.collections if isinstance(c, PathCollection)]
+        assert dots.get_offsets().shape == (50, 2)
+    path = plots.save_figure(fig, tmp_path / "forward.png")
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    again = plots.forward_process_figure(RING, (0.0, 0.5), rng=np.random.default_rng(0), n_points=50,
+                                         resolution=40)
+    for a, b in zip(fig.axes, again.axes):  # the same Generator seed draws the same points
+        np.testing.assert_array_equal(a.collections[0].get_offsets(), b.collections[0].get_offsets())
+
+
+def test_forward_process_refuses_bad_arguments():
+    with pytest.raises(ValueError, match="rng"):
+        plots.forward_process_figure(RING, (0.1,), n_points=10)
+    with pytest.raises(ValueError, match="ts"):
+        plots.forward_process_figure(RING, (-1.0,))
+    with pytest.raises(ValueError, match="two-dimensional"):
+        plots.forward_process_figure(GaussianMixture.paper_family(d=3, k=2, radius=1.0, rng=0))
+    with pytest.raises(ValueError, match="extent"):
+        plots.forward_process_figure(RING, (0.1,), extent=-1.0)
+
+
+def test_score_field_draws_the_exact_score_and_the_model_on_one_scale():
+    model = lambda x, t: 0.5 * RING.score(x, t)  # noqa: E731
+    fig = plots.score_field_figure(RING, model, ts=(0.05, 1.0), arrows=6, resolution=30)
+    assert len(fig.axes) == 2
+    for ax, t in zip(fig.axes, (0.05, 1.0)):
+        exact, learned = [c for c in ax.collections if isinstance(c, Quiver)]
+        xy = exact.XY
+        np.testing.assert_allclose(np.column_stack([exact.U, exact.V]), RING.score(xy, np.full(len(xy), t)))
+        np.testing.assert_allclose(np.column_stack([learned.U, learned.V]), 0.5 * RING.score(xy, np.full(len(xy), t)))
+        assert exact.scale == learned.scale
+    only_exact = plots.score_field_figure(RING, None, ts=(0.5,), arrows=4, resolution=20)
+    assert len([c for c in only_exact.axes[0].collections if isinstance(c, Quiver)]) == 1
+    with pytest.raises(ValueError, match="ts"):
+        plots.score_field_figure(RING, None, ts=(0.0,))
+
+
+def test_trajectories_figure_draws_the_paths_and_the_end_points():
+    fig = plots.trajectories_figure(RING, RING.score, rng=np.random.default_rng(1), n_points=100, n_paths=3,
+                                    n_steps=20, resolution=30)
+    plane, time = fig.axes
+    assert len(plane.get_lines()) == 4 * 3  # path, its last stretch, start, end per path
+    assert len(time.get_lines()) == 3
+    assert len(time.get_lines()[0].get_xdata()) == 21  # the grid's 21 times
+    (ends,) = [c for c in plane.collections if isinstance(c, PathCollection)]
+    assert ends.get_offsets().shape == (100, 2)
+    with pytest.raises(ValueError, match="n_paths"):
+        plots.trajectories_figure(RING, RING.score, rng=np.random.default_rng(1), n_points=2, n_paths=3)
+
+
+def test_score_error_profile_figure_one_line_per_score_and_the_oracle_at_zero():
+    ts = np.array([0.05, 0.5])
+    fig = plots.score_error_profile_figure({"exact": RING.score, "-x": lambda x, t: -x}, RING,
+                                           rng=np.random.default_rng(2), ts=ts, n=50)
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2
+    np.testing.assert_array_equal(bars[0].lines[0].get_ydata(), [0.0, 0.0])  # the oracle against itself
+    assert np.all(bars[1].lines[0].get_ydata() > 0)
+    with pytest.raises(ValueError, match="scores"):
+        plots.score_error_profile_figure({}, RING, rng=np.random.default_rng(2))
+
+
+def test_reverse_process_animation_writes_a_small_gif(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "reverse.gif"
+    fig = plots.reverse_process_animation(RING, RING.score, path, rng=np.random.default_rng(3), n_points=200,
+                                          n_steps=20, n_frames=5, resolution=30, dpi=40)
+    assert fig.axes[0].get_images()
+    with Image.open(path) as gif:
+        assert gif.format == "GIF" and gif.n_frames >= 5
+    assert os.stat(path).st_mode & 0o044 == 0o044 & ~_umask()  # a plain file's mode, not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["reverse.gif"]  # no temporary file left
+
+
+def _umask():
+    u = os.umask(0)
+    os.umask(u)
+    return u
+
+
+def test_reverse_process_animation_refuses_bad_paths_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match=r"\.gif"):
+        plots.reverse_process_animation(RING, RING.score, tmp_path / "x.png", rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="does not exist"):
+        plots.reverse_process_animation(RING, RING.score, tmp_path / "no" / "x.gif", rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="n_frames"):
+        plots.reverse_process_animation(RING, RING.score, tmp_path / "x.gif", rng=np.random.default_rng(0),
+                                        n_steps=10, n_frames=12)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_frame_leaves_no_file(tmp_path):
+    """An error while the frames are written (here the density of the third) removes the
+    temporary GIF: nothing half-written is left."""
+
+    class Failing:
+        dim, mean, covariance = RING.dim, RING.mean, RING.covariance
+        calls = 0
+
+        def log_prob(self, x, t, process):
+            Failing.calls += 1
+            if Failing.calls > 3:
+                raise RuntimeError("the density broke")
+            return RING.log_prob(x, t, process)
+
+    with pytest.raises(RuntimeError, match="broke"):
+        plots.reverse_process_animation(Failing(), RING.score, tmp_path / "x.gif", rng=np.random.default_rng(0),
+                                        n_steps=10, n_frames=5, n_points=20, resolution=20)
+    assert Failing.calls == 4
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_matplotlib_the_error_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"sgm_ref\[plot\]"):
+        plots.forward_process_figure(RING, (0.1,))
+
+
+def test_save_figure_takes_the_format_from_the_extension_and_refuses_a_missing_folder(tmp_path):
+    fig = plots.score_field_figure(RING, ts=(1.0,), arrows=3, resolution=10)
+    with open(plots.save_figure(fig, tmp_path / "field.svg"), encoding="utf-8") as f:
+        assert "<svg" in f.read(2000)
+    with pytest.raises(ValueError, match="does not exist"):
+        plots.save_figure(fig, tmp_path / "missing" / "field.png")
+    assert [p.name for p in tmp_path.iterdir()] == ["field.svg"]

@@ -1,0 +1,107 @@
+"""docs/tutorial.md runs top to bottom and produces its pictures, so it never rots.
+
+The tutorial is a jupytext Markdown notebook: jupytext.read gives its cells, and the code
+cells run in order in one namespace, as in a notebook, in a temporary folder (the
+tutorial writes its pictures to tutorial_files/ under the working directory).
+"""
+
+import contextlib
+import os
+import re
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+pytest.importorskip("matplotlib")
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+TUTORIAL = os.path.join(DOCS, "tutorial.md")
+
+
+def code_cells():
+    notebook = jupytext.read(TUTORIAL)
+    return [cell.source for cell in notebook.cells if cell.cell_type == "code"]
+
+
+def pictures_shown():
+    """The tutorial_files/ images the text shows, in order."""
+    with open(TUTORIAL, encoding="utf-8") as f:
+        return re.findall(r"!\[[^\]]*\]\((tutorial_files/[^)]+)\)", f.read())
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run single-threaded, then restore the counts. The tutorial's batches are small: one
+    thread is as fast on a quiet machine, and on a busy one (other test processes, other
+    jobs) two threads waiting on each other made it 5 times slower (161 s against 31 s,
+    measured). The thread count changes no digit the tutorial prints."""
+    import numba
+
+    from sgm_ref import set_threads
+    from sgm_ref._threads import _openblas_libraries, blas_threads
+
+    numba_before, blas_before = numba.get_num_threads(), blas_threads()
+    set_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(numba_before)
+        for (setter, _), n in zip(_openblas_libraries(), blas_before):
+            setter(n)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Every code cell executed in order; returns (namespace, folder)."""
+    folder = tmp_path_factory.mktemp("tutorial")
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        namespace = {"__name__": "__tutorial__"}
+        with one_thread():
+            for i, source in enumerate(code_cells()):
+                exec(compile(source, f"{TUTORIAL} (code cell {i + 1})", "exec"), namespace)
+    finally:
+        os.chdir(here)
+    return namespace, folder
+
+
+def test_the_tutorial_is_a_notebook_of_about_ten_sections():
+    cells = code_cells()
+    assert len(cells) >= 10
+    with open(TUTORIAL, encoding="utf-8") as f:
+        assert 9 <= len(re.findall(r"^## ", f.read(), flags=re.M)) <= 12
+
+
+def test_the_tutorial_runs_and_writes_every_picture_it_shows(run):
+    _, folder = run
+    shown = pictures_shown()
+    assert len(shown) >= 5 and any(p.endswith(".gif") for p in shown)
+    for picture in shown:
+        path = folder / picture
+        assert path.is_file() and path.stat().st_size > 1000, picture
+    written = {f"tutorial_files/{p.name}" for p in (folder / "tutorial_files").iterdir()}
+    assert written == set(shown)  # nothing written that the text does not show
+
+
+def test_the_pictures_the_site_shows_are_committed():
+    """The site does not run the code: it shows the files in docs/tutorial_files/."""
+    for picture in pictures_shown():
+        path = os.path.join(DOCS, picture)
+        assert os.path.isfile(path), f"{picture} is shown but not committed (run the tutorial from docs/)"
+        assert os.path.getsize(path) < 1_000_000, picture
+
+
+def test_the_tutorial_reaches_a_trained_model_and_its_certified_bound(run):
+    """What a reader ends with: a model whose score error is a small fraction of the
+    score's size, samples close to the ring, and a bound that is a real number below 1,
+    above the histogram's estimate, with the exact score's bound below the model's."""
+    ns, _ = run
+    value, se = ns["value"], ns["se"]
+    assert 0 < value < 1.0 and se < 0.1 * value
+    bound, oracle = ns["bound"], ns["oracle"]
+    assert 0 < oracle.tv < bound.tv < 1.0
+    assert bound.tv_se < 0.05
+    from sgm_ref.metrics import histogram_tv
+
+    assert histogram_tv(ns["y"], ns["ring"]).value < bound.tv
