@@ -178,7 +178,10 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
 def test_ctrl_c_keeps_the_run_and_says_how_to_go_on(tmp_path):
     out = tmp_path / "demo"
     proc = subprocess.Popen([str(SCRIPT), "demo", str(out), *SMALL[:-4], "--steps", "20000", "--checkpoint-every",
-                             "100"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             "100"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # a suite started in the background of a non-interactive shell ignores SIGINT, and a
+                            # Python started with SIGINT ignored never raises KeyboardInterrupt: undo it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (out / "checkpoint.npz").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.005)
