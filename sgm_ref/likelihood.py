@@ -159,10 +159,10 @@ class _Field:
         return s, np.einsum("nkd,nkd->nk", eps, diff.reshape(n, m, d)) / (2.0 * h)
 
 
-def _check_div(div, x):
+def _check_div(div, x, what="the divergence"):
     div = np.asarray(div, dtype=np.float64)
     if div.shape != (x.shape[0],) or not np.all(np.isfinite(div)):
-        raise ValueError(f"the divergence must be {x.shape[0]} finite numbers, got shape {div.shape}"
+        raise ValueError(f"{what} must be {x.shape[0]} finite numbers, got shape {div.shape}"
                          + ("" if div.shape != (x.shape[0],) else " with a non-finite entry"))
     return div
 
@@ -311,10 +311,15 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
             integral = integral + 0.5 * h * (d1 + d2)
         x_T = x_t
 
+    if not (np.all(np.isfinite(x_T)) and np.all(np.isfinite(integral))):
+        raise ValueError("the ODE's solution overflowed (non-finite endpoint or divergence integral): x is too "
+                         "far from the score's scale; rescale x or check the score")
     if prior == "process":
         log_pi = prior_log_prob(process, x_T, T)
+        if not np.all(np.isfinite(log_pi)):
+            raise ValueError("the prior's log-density overflowed at the ODE's endpoint: x is too far out; rescale x")
     else:
-        log_pi = _check_div(prior(x_T), x_T)
+        log_pi = _check_div(prior(x_T), x_T, "prior(y) (the prior's log-density at the endpoint)")
     per_probe = log_pi[:, None] + integral
     se = per_probe.std(axis=1, ddof=1) / np.sqrt(m) if m >= 2 else None
     mean_integral = integral.mean(axis=1)
@@ -378,6 +383,11 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     """
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
+    t0 = check_real(t0, "t0", low=0.0)  # named here, before any sampling
+    T = check_real(T, "T", low=0.0)
+    if not (hasattr(target, "sample") and hasattr(target, "log_prob")):
+        raise ValueError(f"target must be a target of sgm_ref.targets (with sample and log_prob), "
+                         f"got {type(target).__name__}")
     x = target.sample(n, rng)
     if t0 > 0:
         x = process.perturb(x, t0, rng)[0]
