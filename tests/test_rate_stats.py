@@ -239,3 +239,11 @@ def test_saturating_fit_interval_ends_are_where_the_profile_meets_its_threshold(
                 p, _ = curve_fit(model, n, y, p0=p0, bounds=([-np.inf, 0.0], [np.inf, np.inf]), maxfev=20000)
                 best = min(best, float(np.sum((y - model(n, *p)) ** 2)))
             assert best - fit["rss"] == pytest.approx(allowed, rel=1e-4), (level, b)
+
+
+def test_n_star_refuses_a_fraction_that_is_not_a_finite_number():
+    # review: fraction=inf gave n* = the smallest n ("left-censored"), "0.5" a TypeError
+    for bad in (np.inf, np.nan, "0.5", True, 0.0):
+        with pytest.raises(ValueError, match="fraction must be a finite number > 0"):
+            S.n_star([1, 2, 4], [3, 2, 1], [4, 4, 4], fraction=bad)
+    assert S.n_star([1, 2, 4], [3, 2, 1], [4, 4, 4], fraction=np.float32(0.5))["censored"] is None
