@@ -92,3 +92,12 @@ def test_plot_from_the_json_report(tmp_path):
     del report["floor"]
     with pytest.raises(ValueError, match="floor=True"):
         plot_score_audit(report, str(tmp_path / "x.png"))
+
+
+def test_plot_refuses_a_path_that_is_not_png(tmp_path):
+    # review: "audit.pdf" received PNG bytes under a PDF name
+    from sgm_ref.plots import plot_score_audit
+
+    with pytest.raises(ValueError, match=r"\.png"):
+        plot_score_audit({"floor": {}}, str(tmp_path / "audit.pdf"))
+    assert not (tmp_path / "audit.pdf").exists()
