@@ -97,12 +97,28 @@ class LogProb:
 
 def prior_log_prob(process, y, T):
     """log-density of the process's prior at the rows of y: N(0, I) for variance-preserving
-    processes, N(0, sigma_T^2 I) otherwise (module docstring); shape (n,)."""
+    processes, N(0, sigma_T^2 I) otherwise (module docstring); shape (n,).
+
+    Raises
+    ------
+    ValueError
+        A bad process, y not an (n, d) array of finite numbers, T not finite and >= 0, or a
+        row so far out that the log-density overflows float64.
+    """
+    process = check_process(process, variance_preserving=False)
+    y = check_points(y, "y").astype(np.float64, copy=False)
+    T = check_real(T, "T", low=0.0)
     n, d = y.shape
+    with np.errstate(over="ignore"):
+        sq = np.sum(y * y, axis=1)
+    if not np.all(np.isfinite(sq)):
+        raise ValueError("y has a row too far out for float64: its prior log-density overflows; rescale y")
     if isinstance(process, VariancePreserving):
-        return -0.5 * (d * _LOG_2PI + np.sum(y * y, axis=1))
+        return -0.5 * (d * _LOG_2PI + sq)
     s2 = float(process.sigma2(T))
-    return -0.5 * (d * (_LOG_2PI + np.log(s2)) + np.sum(y * y, axis=1) / s2)
+    if not (np.isfinite(s2) and s2 > 0):
+        raise ValueError(f"T = {T!r} gives sigma_T^2 = {s2!r} for {process!r}: no Gaussian prior there")
+    return -0.5 * (d * (_LOG_2PI + np.log(s2)) + sq / s2)
 
 
 class _Field:
@@ -315,9 +331,10 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
         raise ValueError("the ODE's solution overflowed (non-finite endpoint or divergence integral): x is too "
                          "far from the score's scale; rescale x or check the score")
     if prior == "process":
-        log_pi = prior_log_prob(process, x_T, T)
-        if not np.all(np.isfinite(log_pi)):
-            raise ValueError("the prior's log-density overflowed at the ODE's endpoint: x is too far out; rescale x")
+        try:
+            log_pi = prior_log_prob(process, x_T, T)
+        except ValueError as e:
+            raise ValueError(f"the prior at the ODE's endpoint: {e} (x is too far out; rescale x)") from None
     else:
         log_pi = _check_div(prior(x_T), x_T, "prior(y) (the prior's log-density at the endpoint)")
     per_probe = log_pi[:, None] + integral

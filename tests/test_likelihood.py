@@ -256,7 +256,7 @@ def test_overflow_and_bad_priors_raise_naming_them():
     """Review: a far-out x gave log_q = -inf silently; a bad prior was blamed on 'the divergence';
     nll_report named t instead of t0 and raised AttributeError for a non-target."""
     far = np.full((2, 2), 1e300)
-    with pytest.raises(ValueError, match="overflowed"):
+    with pytest.raises(ValueError, match="overflow"):
         log_prob(lambda y, t: -y, OU(), far, 0.0, 1.0, divergence="hutchinson", rng=np.random.default_rng(0),
                  solver="heun", n_steps=2)
     target = GaussianMixture.ring()
@@ -268,3 +268,13 @@ def test_overflow_and_bad_priors_raise_naming_them():
         nll_report(target, target, OU(), t0=np.nan, T=1.0, n=5, rng=np.random.default_rng(0))
     with pytest.raises(ValueError, match="target must be"):
         nll_report(target, "ring", OU(), t0=0.1, T=1.0, n=5, rng=np.random.default_rng(0))
+
+
+def test_prior_log_prob_validates_its_arguments():
+    """Review: a 1-D y was an unpacking error, a far-out row -inf, a process name an AttributeError."""
+    for args, match in [((OU(), np.zeros(3), 1.0), "y must have shape"),
+                        ((OU(), np.full((1, 2), 1e200), 1.0), "overflows"),
+                        (("ou", np.zeros((2, 2)), 1.0), "process must be"),
+                        ((VE(), np.zeros((2, 2)), np.nan), "T must be finite")]:
+        with pytest.raises(ValueError, match=match):
+            prior_log_prob(*args)
