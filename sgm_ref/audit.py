@@ -520,6 +520,10 @@ class ScoreTolerance:
     spec: str = ""
 
     def __post_init__(self):
+        for name in ("times", "values"):
+            if np.ndim(getattr(self, name)) != 1:
+                raise ValueError(f"{name} must be a sequence of numbers (one per piece), got {getattr(self, name)!r}; "
+                                 "for one tolerance at every time use ScoreTolerance((0.0,), (value,))")
         times = tuple(float(check_real(t, "tolerance time", low=0.0)) for t in self.times)
         values = tuple(float(check_real(v, "tolerance", low=0.0)) for v in self.values)
         if not times or len(times) != len(values):

@@ -737,6 +737,8 @@ def cmd_audit(args):
             raise ValueError(f"--max-relative-error: {e}") from None
     if args.plot is not None:
         _check_json_path(args.plot, "--plot")
+        if not args.plot.lower().endswith(".png"):  # PNG bytes under another extension would misname the file
+            raise ValueError(f"--plot writes a PNG: give a file name ending in .png, got {args.plot}")
         from .plots import _pyplot
         if _pyplot() is None:
             raise ValueError("--plot needs matplotlib, which is not installed: pip install \"sgm_ref[plot]\"")

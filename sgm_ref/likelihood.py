@@ -97,12 +97,28 @@ class LogProb:
 
 def prior_log_prob(process, y, T):
     """log-density of the process's prior at the rows of y: N(0, I) for variance-preserving
-    processes, N(0, sigma_T^2 I) otherwise (module docstring); shape (n,)."""
+    processes, N(0, sigma_T^2 I) otherwise (module docstring); shape (n,).
+
+    Raises
+    ------
+    ValueError
+        A bad process, y not an (n, d) array of finite numbers, T not finite and >= 0, or a
+        row so far out that the log-density overflows float64.
+    """
+    process = check_process(process, variance_preserving=False)
+    y = check_points(y, "y").astype(np.float64, copy=False)
+    T = check_real(T, "T", low=0.0)
     n, d = y.shape
+    with np.errstate(over="ignore"):
+        sq = np.sum(y * y, axis=1)
+    if not np.all(np.isfinite(sq)):
+        raise ValueError("y has a row too far out for float64: its prior log-density overflows; rescale y")
     if isinstance(process, VariancePreserving):
-        return -0.5 * (d * _LOG_2PI + np.sum(y * y, axis=1))
+        return -0.5 * (d * _LOG_2PI + sq)
     s2 = float(process.sigma2(T))
-    return -0.5 * (d * (_LOG_2PI + np.log(s2)) + np.sum(y * y, axis=1) / s2)
+    if not (np.isfinite(s2) and s2 > 0):
+        raise ValueError(f"T = {T!r} gives sigma_T^2 = {s2!r} for {process!r}: no Gaussian prior there")
+    return -0.5 * (d * (_LOG_2PI + np.log(s2)) + sq / s2)
 
 
 class _Field:
@@ -159,10 +175,10 @@ class _Field:
         return s, np.einsum("nkd,nkd->nk", eps, diff.reshape(n, m, d)) / (2.0 * h)
 
 
-def _check_div(div, x):
+def _check_div(div, x, what="the divergence"):
     div = np.asarray(div, dtype=np.float64)
     if div.shape != (x.shape[0],) or not np.all(np.isfinite(div)):
-        raise ValueError(f"the divergence must be {x.shape[0]} finite numbers, got shape {div.shape}"
+        raise ValueError(f"{what} must be {x.shape[0]} finite numbers, got shape {div.shape}"
                          + ("" if div.shape != (x.shape[0],) else " with a non-finite entry"))
     return div
 
@@ -311,10 +327,16 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
             integral = integral + 0.5 * h * (d1 + d2)
         x_T = x_t
 
+    if not (np.all(np.isfinite(x_T)) and np.all(np.isfinite(integral))):
+        raise ValueError("the ODE's solution overflowed (non-finite endpoint or divergence integral): x is too "
+                         "far from the score's scale; rescale x or check the score")
     if prior == "process":
-        log_pi = prior_log_prob(process, x_T, T)
+        try:
+            log_pi = prior_log_prob(process, x_T, T)
+        except ValueError as e:
+            raise ValueError(f"the prior at the ODE's endpoint: {e} (x is too far out; rescale x)") from None
     else:
-        log_pi = _check_div(prior(x_T), x_T)
+        log_pi = _check_div(prior(x_T), x_T, "prior(y) (the prior's log-density at the endpoint)")
     per_probe = log_pi[:, None] + integral
     se = per_probe.std(axis=1, ddof=1) / np.sqrt(m) if m >= 2 else None
     mean_integral = integral.mean(axis=1)
@@ -378,6 +400,11 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     """
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
+    t0 = check_real(t0, "t0", low=0.0)  # named here, before any sampling
+    T = check_real(T, "T", low=0.0)
+    if not (hasattr(target, "sample") and hasattr(target, "log_prob")):
+        raise ValueError(f"target must be a target of sgm_ref.targets (with sample and log_prob), "
+                         f"got {type(target).__name__}")
     x = target.sample(n, rng)
     if t0 > 0:
         x = process.perturb(x, t0, rng)[0]

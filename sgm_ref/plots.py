@@ -202,9 +202,11 @@ def plot_score_audit(report, path, grid=None):
     Raises
     ------
     ValueError
-        matplotlib is not installed (pip install "sgm_ref[plot]"), or the report has no
-        "floor" (score_report(..., floor=True)).
+        path does not end in .png; matplotlib is not installed (pip install
+        "sgm_ref[plot]"); the report has no "floor" (score_report(..., floor=True)).
     """
+    if not str(path).lower().endswith(".png"):  # PNG bytes under another extension would misname the file
+        raise ValueError(f"path must name a PNG file (ending in .png), got {path!r}")
     plt = _pyplot()
     if plt is None:
         raise ValueError("the plot needs matplotlib, which is not installed: pip install \"sgm_ref[plot]\"")

@@ -92,3 +92,20 @@ def test_plot_from_the_json_report(tmp_path):
     del report["floor"]
     with pytest.raises(ValueError, match="floor=True"):
         plot_score_audit(report, str(tmp_path / "x.png"))
+
+
+def test_plot_refuses_a_path_that_is_not_png(tmp_path):
+    # review: "audit.pdf" received PNG bytes under a PDF name
+    from sgm_ref.plots import plot_score_audit
+
+    with pytest.raises(ValueError, match=r"\.png"):
+        plot_score_audit({"floor": {}}, str(tmp_path / "audit.pdf"))
+    assert not (tmp_path / "audit.pdf").exists()
+
+
+def test_tolerance_built_from_scalars_is_a_named_error():
+    # review: ScoreTolerance(0.1, 0.5) raised TypeError ('float' object is not iterable)
+    for times, values in [(0.1, 0.5), ((0.1,), 0.5), ([[0.0]], [[0.5]])]:
+        with pytest.raises(ValueError, match="must be a sequence of numbers"):
+            ScoreTolerance(times, values)
+    assert ScoreTolerance(np.array([0.0, 0.1]), [0.5, 0.05]).at([0.05, 0.2]).tolist() == [0.5, 0.05]

@@ -658,3 +658,11 @@ def test_audit_plot_without_matplotlib_is_refused_before_the_work(tmp_path):
     result = run("audit", "--score", "audited:f", "--target", "ring", "--plot", "a.png", cwd=tmp_path,
                  env={"PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}, check=False)
     _assert_one_line_error(result, '--plot needs matplotlib, which is not installed: pip install "sgm_ref[plot]"')
+
+
+def test_audit_plot_that_is_not_png_exits_2_before_the_work(tmp_path):
+    # review: --plot audit.pdf wrote PNG bytes under a PDF name, after the work
+    (tmp_path / "audited.py").write_text("def f(x, t):\n    raise AssertionError('the work started')\n")
+    result = run("audit", "--score", "audited:f", "--target", "ring", "--plot", "audit.pdf", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, "--plot writes a PNG: give a file name ending in .png, got audit.pdf")
+    assert not (tmp_path / "audit.pdf").exists()

@@ -250,3 +250,31 @@ def test_mlp_jvp_checks_its_tangents_and_leaves_no_tape():
     net.jvp(x, 0.5, np.ones((2, 1, 3)))  # overwrote the same workspace: backward must refuse, not use it
     with pytest.raises(ValueError, match="preceding forward"):
         net.backward(np.ones((2, 3)))
+
+
+def test_overflow_and_bad_priors_raise_naming_them():
+    """Review: a far-out x gave log_q = -inf silently; a bad prior was blamed on 'the divergence';
+    nll_report named t instead of t0 and raised AttributeError for a non-target."""
+    far = np.full((2, 2), 1e300)
+    with pytest.raises(ValueError, match="overflow"):
+        log_prob(lambda y, t: -y, OU(), far, 0.0, 1.0, divergence="hutchinson", rng=np.random.default_rng(0),
+                 solver="heun", n_steps=2)
+    target = GaussianMixture.ring()
+    x = target.sample(5, np.random.default_rng(0))
+    for bad in (lambda y: np.zeros(3), lambda y: np.full(5, np.nan)):
+        with pytest.raises(ValueError, match=r"prior\(y\)"):
+            log_prob(target, OU(), x, 0.0, 1.0, prior=bad)
+    with pytest.raises(ValueError, match="t0 must be finite"):
+        nll_report(target, target, OU(), t0=np.nan, T=1.0, n=5, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="target must be"):
+        nll_report(target, "ring", OU(), t0=0.1, T=1.0, n=5, rng=np.random.default_rng(0))
+
+
+def test_prior_log_prob_validates_its_arguments():
+    """Review: a 1-D y was an unpacking error, a far-out row -inf, a process name an AttributeError."""
+    for args, match in [((OU(), np.zeros(3), 1.0), "y must have shape"),
+                        ((OU(), np.full((1, 2), 1e200), 1.0), "overflows"),
+                        (("ou", np.zeros((2, 2)), 1.0), "process must be"),
+                        ((VE(), np.zeros((2, 2)), np.nan), "T must be finite")]:
+        with pytest.raises(ValueError, match=match):
+            prior_log_prob(*args)

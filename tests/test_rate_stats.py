@@ -213,3 +213,37 @@ def test_degenerate_data_raise_instead_of_returning_inf():
         S.lack_of_fit(n, np.exp([0, 0, 1, 1, 0.5, 0.5]))
     with pytest.raises(ValueError, match="zero residual"):
         S.joint_slopes(np.repeat([2, 8], 6), np.tile(n, 2), np.tile(n ** -0.5, 2))
+
+
+def test_saturating_fit_interval_ends_are_where_the_profile_meets_its_threshold():
+    """Review: the coverage test above cannot see a threshold a little off (F(1, N) for
+    F(1, N - 3), or a missing s^2 only widens the interval). Here the profile is recomputed
+    independently (curve_fit over log A and c >= 0 at fixed b, several starts) at each end:
+    S_p(end) - S(bhat) must equal s^2 F(1, N - 3; level)."""
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(9)
+    n = np.repeat(N_GRID, 5)
+    e = (40.0 * n ** -0.9 + 2e-3) * np.exp(0.08 * rng.standard_normal(n.size))
+    y = np.log(e)
+    for level in (0.9, 0.95):
+        fit = S.saturating_fit(n, e, level=level)
+        assert fit["dof"] == n.size - 3 and fit["s2"] == pytest.approx(fit["rss"] / (n.size - 3))
+        allowed = fit["s2"] * sps.f.ppf(level, 1, n.size - 3)
+        for b in fit["b_interval"]:
+            def model(n_, log_a, c, b=b):
+                return np.log(np.exp(log_a) * n_ ** -b + c)
+
+            best = np.inf
+            for p0 in ([np.log(40.0), 2e-3], [np.log(40.0), 0.0], [0.0, 1e-2]):
+                p, _ = curve_fit(model, n, y, p0=p0, bounds=([-np.inf, 0.0], [np.inf, np.inf]), maxfev=20000)
+                best = min(best, float(np.sum((y - model(n, *p)) ** 2)))
+            assert best - fit["rss"] == pytest.approx(allowed, rel=1e-4), (level, b)
+
+
+def test_n_star_refuses_a_fraction_that_is_not_a_finite_number():
+    # review: fraction=inf gave n* = the smallest n ("left-censored"), "0.5" a TypeError
+    for bad in (np.inf, np.nan, "0.5", True, 0.0):
+        with pytest.raises(ValueError, match="fraction must be a finite number > 0"):
+            S.n_star([1, 2, 4], [3, 2, 1], [4, 4, 4], fraction=bad)
+    assert S.n_star([1, 2, 4], [3, 2, 1], [4, 4, 4], fraction=np.float32(0.5))["censored"] is None

@@ -13,6 +13,7 @@ density's squared error in d dimensions, which an unrestricted score estimator s
 """
 
 import math
+import numbers
 
 import numpy as np
 from scipy import optimize, stats
@@ -340,8 +341,8 @@ def n_star(n, error, baseline, fraction=0.5):
     n, error, baseline = _vectors([("n", n), ("error", error), ("baseline", baseline)])
     for name, a in (("n", n), ("error", error), ("baseline", baseline)):
         _positive(name, a)
-    if not (0 < fraction):
-        raise ValueError(f"fraction must be > 0, got {fraction!r}")
+    if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not (0 < fraction < math.inf):
+        raise ValueError(f"fraction must be a finite number > 0, got {fraction!r}")
     if np.unique(n).size != n.size:
         raise ValueError("n must be distinct (pass the means over seeds at each n)")
     order = np.argsort(n)

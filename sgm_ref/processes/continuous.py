@@ -17,7 +17,7 @@ from .variance_preserving import check_linear_betas, inverse_linear_integrated_b
 
 @dataclass(frozen=True)
 class SubVP(LinearGaussianProcess):
-    """Sub-VP SDE of Song et al. (2021, eq. 29), t in [0, 1].
+    """Sub-VP SDE of Song et al. (2021, eq. 12; its transition kernel in their eq. 29), t in [0, 1].
 
     dX = -1/2 beta(t) X dt + sqrt(beta(t) (1 - e^{-2 B(t)})) dW with the linear beta of VP:
     alpha_t = e^{-B/2}, sigma_t = 1 - e^{-B} = -expm1(-B) (sigma^2 <= the VP variance),

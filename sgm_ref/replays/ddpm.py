@@ -9,7 +9,7 @@ x0_hat = (y - sigma_t eps_hat) / alpha_t and eps_hat = -sigma_t s(y, t):
         y <- (r sigma_s^2 / sigma_t^2) y + (alpha_s v / sigma_t^2) x0_hat + sqrt(var) xi,
         var = beta-tilde = v sigma_s^2 / sigma_t^2 ("beta_tilde", diffusers' fixed_small)
            or beta = v ("beta", diffusers' fixed_large),
-    DDIM (Song et al. eq. 12), with sigma_eta^2 = eta^2 v sigma_s^2 / sigma_t^2:
+    DDIM (Song et al. eq. 12; eta as their eq. 16), sigma_eta^2 = eta^2 v sigma_s^2 / sigma_t^2:
         y <- alpha_s x0_hat + sqrt(sigma_s^2 - sigma_eta^2) eps_hat + sigma_eta xi.
 
 DDIM with eta = 1 is DDPM with beta-tilde; eta = 0 is deterministic. A step landing on
