@@ -515,7 +515,7 @@ def _phase_step(step, rng, clock):
     Mirrors sgm_ref.train.TrainStep.__call__, losses._dsm_loss and MLP._run/_backward
     (weighting "none", no input gradient); clock(name) charges the time since its last
     call to the phase `name`. phase_profile checks that it gives TrainStep's bits."""
-    from sgm_ref.kernels.dense import activation_forward
+    from sgm_ref.kernels.dense import activation_forward_unguarded
     from sgm_ref.kernels.dsm import PARAMETERIZATION_CODES, dsm_residual, perturb_into
 
     model, net, opt = step.model, step.model.network, step.optimizer
@@ -523,7 +523,7 @@ def _phase_step(step, rng, clock):
     step._draw(rng)
     t = step.t
     clock(PHASES[0])
-    a, s2 = model.process._coefficients(t, n)
+    a, s2 = step._coefficients(t)
     sigma = np.sqrt(s2)
     lam = np.ones(n)
     ws = net._workspace(n)
@@ -533,11 +533,12 @@ def _phase_step(step, rng, clock):
     net._tape = ws
     clock(PHASES[1])
     L = len(net._layers) - 1
-    for l in range(L):
-        np.matmul(ws.H[l], net._layers[l], out=ws.Z[l])
-        clock(PHASES[2])
-        activation_forward(ws.Z[l], net._kind, ws.H[l + 1], ws.D[l], True)
-        clock(PHASES[3])
+    with np.errstate(over="ignore"):  # as MLP._run: one for all layers
+        for l in range(L):
+            np.matmul(ws.H[l], net._layers[l], out=ws.Z[l])
+            clock(PHASES[2])
+            activation_forward_unguarded(ws.Z[l], net._kind, ws.H[l + 1], ws.D[l], True)
+            clock(PHASES[3])
     np.matmul(ws.H[L], net._layers[L], out=ws.Z[L])
     clock(PHASES[2])
     out = ws.Z[L]

@@ -104,10 +104,18 @@ class TrainStep:
             # float32 has its own ziggurat in numpy, which numba's loop runs slower than numpy
             rng.standard_normal(out=self.z, dtype=self.z.dtype)
 
+    def _coefficients(self, t):
+        """(alpha_t, sigma_t^2) of the drawn times, without the process's check of t: t lies in
+        [t0, T], which __init__ checked against the process (process._coefficients would
+        validate and clip t again, a third of the step's fixed cost at small batches)."""
+        process = self.model.process
+        return process._alpha(t), process._sigma2(t)
+
     def __call__(self, rng):
         check_rng(rng)
         self._draw(rng)
-        loss, _ = _dsm_loss(self.model, self.x0, self.t, self.z, self.weighting, True, self.grad)
+        loss, _ = _dsm_loss(self.model, self.x0, self.t, self.z, self.weighting, True, self.grad,
+                            self._coefficients(self.t))
         if not np.isfinite(loss):
             raise NonFiniteGradientError("loss")
         try:

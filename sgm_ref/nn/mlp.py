@@ -20,7 +20,7 @@ element-wise work between them is sgm_ref.kernels.dense.
 import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_points, check_rng, check_times
-from ..kernels.dense import ACTIVATIONS, activation_forward
+from ..kernels.dense import ACTIVATIONS, activation_forward_unguarded
 from .embedding import TimeEmbedding
 
 __all__ = ["MLP"]
@@ -211,9 +211,12 @@ class MLP:
     def _run(self, ws, tape):
         """Layers on ws.H[0] (already filled); output in ws.Z[-1]."""
         L = len(self._layers) - 1
-        for l in range(L):
-            np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
-            activation_forward(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape)
+        # e^z = inf for z > 709 is what the activation kernels expect; an overflow of the
+        # products shows as a non-finite output, which the callers check
+        with np.errstate(over="ignore"):
+            for l in range(L):
+                np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
+                activation_forward_unguarded(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape)
         np.matmul(ws.H[L], self._layers[L], out=ws.Z[L])
         ws.has_tape = tape
         return ws.Z[L]
