@@ -695,6 +695,7 @@ def memory_worker(row, dtype, name, seed):
         make_sgm_ref(make_problem(2, 2, 1, 2, dtype, seed), seed)[0](2)
     # the imports leave a transient high-water mark above what the step needs: reset it,
     # so that the growth counts what building and stepping the implementation takes
+    imports_peak = _status_bytes("VmHWM")
     reset = _reset_peak()
     before = _status_bytes("VmRSS") if reset else None
     extra = {}
@@ -709,9 +710,12 @@ def memory_worker(row, dtype, name, seed):
     else:
         run = make_jax(peers[name], problem, seed)[0]
     run(2 + MEMORY_STEPS)
-    after = _status_bytes("VmHWM") if reset else None
-    growth = None if before is None or after is None else after - before
-    print(json.dumps(dict({"peak": _max_rss_bytes(), "growth": growth}, **extra)))
+    after = _status_bytes("VmHWM")
+    growth = None if not reset or before is None or after is None else after - before
+    # ru_maxrss survives fork and exec on Linux (this child would report its parent's peak);
+    # VmHWM belongs to the address space exec made, so it is this interpreter's own
+    peak = _max_rss_bytes() if imports_peak is None or after is None else max(imports_peak, after)
+    print(json.dumps(dict({"peak": peak, "growth": growth}, **extra)))
 
 
 def workspace_bytes(step, problem):
@@ -1094,7 +1098,9 @@ def main(argv=None):
     if args.memory:
         names = [n for n in IMPLEMENTATIONS if n in ("sgm_ref", "NumPy") or peers.get(n) is not None]
         print()
-        print(f"Peak resident memory: ru_maxrss of a fresh interpreter per implementation, MiB; in "
+        print(f"Peak resident memory of a fresh interpreter per implementation (VmHWM, its own address "
+              f"space's high-water mark; ru_maxrss where /proc is missing, which on Linux would carry the "
+              f"parent's peak over fork and exec), MiB; in "
               f"parentheses the growth of its resident set from just before the implementation is built "
               f"(imports, the problem's data and, for sgm_ref, its compiled kernels loaded; the high-water mark "
               f"reset there through /proc/self/clear_refs) to the peak over warm-up and {2 + MEMORY_STEPS} "
