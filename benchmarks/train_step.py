@@ -13,7 +13,7 @@ SiLU hidden layers of `width` units and d outputs. Rows (d, width, depth, batch)
 (2, 128, 3, 256), (32, 256, 3, 1024), (128, 512, 4, 2048); float64 and float32.
 
     python benchmarks/train_step.py [--quick] [--rows 1,3] [--dtypes float64]
-                                    [--skip-peers] [--skip-jit-cost] [--thread-sweep] [--phases]
+                                    [--skip-peers] [--skip-jit-cost] [--thread-sweep] [--phases] [--memory]
 
 Implementations, all starting from the same initial parameters and the same data
 (n = 10 x batch points of N(0, I)):
@@ -54,7 +54,10 @@ activation derivative, the two backward matrix products, Adam with its gradient
 check), timed call by call with perf_counter in a copy of TrainStep's sequence, and
 checks that the copy ends with the same parameters, bit for bit, as TrainStep; each
 phase is shown in ms/step, as a share of the step, and for the matrix products as a
-share of the matrix-product peak. The optional --thread-sweep diagnostic times sgm_ref
+share of the matrix-product peak. The optional --memory report runs each implementation
+in a fresh interpreter (its peak resident set, VmHWM, and the growth from just before
+it is built) and gives sgm_ref's workspace bytes against the minimum the activations
+need. The optional --thread-sweep diagnostic times sgm_ref
 alone in fresh interpreters: as found, with NUMBA_THREADING_LAYER=workqueue and with
 OMP_WAIT_POLICY=passive (set for that child only; OPENBLAS_* are passed on unchanged),
 each at numba x BLAS thread counts in {1, 2} set in-process by numba.set_num_threads and
