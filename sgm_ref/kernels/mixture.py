@@ -129,16 +129,18 @@ their exp(lk - max)).
         for k in range(K):
             base = k * d
             q = 0.0
-            for j in range(d):
-                y = P[i, base + j] - ai * m_proj[k, j]
-                r = y / (a2 * lam[k, j] + s2i)
-                q += y * r
-                P[i, base + j] = r
             logdet = 0.0
+            # one pass: each v is made once for the residual and the log-determinant's
+            # product (the sums run in the same order as two separate passes would)
             for start in range(0, d, group):
                 prod = 1.0
                 for j in range(start, min(start + group, d)):
-                    prod *= a2 * lam[k, j] + s2i
+                    v = a2 * lam[k, j] + s2i
+                    y = P[i, base + j] - ai * m_proj[k, j]
+                    r = y / v
+                    q += y * r
+                    P[i, base + j] = r
+                    prod *= v
                 logdet += np.log(prod)
             lk = logw[k] - 0.5 * (q + logdet)
             logc[i, k] = lk
