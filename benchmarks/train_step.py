@@ -13,7 +13,7 @@ SiLU hidden layers of `width` units and d outputs. Rows (d, width, depth, batch)
 (2, 128, 3, 256), (32, 256, 3, 1024), (128, 512, 4, 2048); float64 and float32.
 
     python benchmarks/train_step.py [--quick] [--rows 1,3] [--dtypes float64]
-                                    [--skip-peers] [--skip-jit-cost] [--thread-sweep]
+                                    [--skip-peers] [--skip-jit-cost] [--thread-sweep] [--phases] [--memory]
 
 Implementations, all starting from the same initial parameters and the same data
 (n = 10 x batch points of N(0, I)):
@@ -48,7 +48,16 @@ GFLOP/s counts 6 x batch x n_params flops per step (2 forward, 4 backward per
 parameter per row), the same count for every implementation; "% of peak" divides it by
 the NumPy matrix-product rate of the same dtype measured in this run (2048^3).
 The script only reports the thread settings and the OPENBLAS_* / OpenMP environment
-variables; it never changes them. The optional --thread-sweep diagnostic times sgm_ref
+variables; it never changes them. The optional --phases diagnostic splits sgm_ref's step into its phases (batch draw,
+network inputs, forward matrix products, activation, loss residual, backward
+activation derivative, the two backward matrix products, Adam with its gradient
+check), timed call by call with perf_counter in a copy of TrainStep's sequence, and
+checks that the copy ends with the same parameters, bit for bit, as TrainStep; each
+phase is shown in ms/step, as a share of the step, and for the matrix products as a
+share of the matrix-product peak. The optional --memory report runs each implementation
+in a fresh interpreter (its peak resident set, VmHWM, and the growth from just before
+it is built) and gives sgm_ref's workspace bytes against the minimum the activations
+need. The optional --thread-sweep diagnostic times sgm_ref
 alone in fresh interpreters: as found, with NUMBA_THREADING_LAYER=workqueue and with
 OMP_WAIT_POLICY=passive (set for that child only; OPENBLAS_* are passed on unchanged),
 each at numba x BLAS thread counts in {1, 2} set in-process by numba.set_num_threads and
@@ -497,6 +506,122 @@ def measure(row, dtype, peers, args, seed):
     return out
 
 
+# -- where sgm_ref's step goes (--phases) ---------------------------------------------------
+PHASES = ("batch draw", "inputs (coefficients, perturb, embedding)", "forward products", "activation",
+          "loss residual", "backward act'", "backward products dW", "backward products dh",
+          "Adam step (all)", "of which gradient norm / finiteness check")
+
+
+def _phase_step(step, rng, clock):
+    """One TrainStep call, phase by phase, with the library's own helpers and buffers.
+
+    Mirrors sgm_ref.train.TrainStep.__call__, losses._dsm_loss and MLP._run/_backward
+    (weighting "none", no input gradient); clock(name) charges the time since its last
+    call to the phase `name`. phase_profile checks that it gives TrainStep's bits."""
+    from sgm_ref.kernels.dense import activation_forward_unguarded
+    from sgm_ref.kernels.dsm import PARAMETERIZATION_CODES, dsm_residual, perturb_into
+
+    model, net, opt = step.model, step.model.network, step.optimizer
+    n = step.batch_size
+    step._draw(rng)
+    t = step.t
+    clock(PHASES[0])
+    a, s2 = step._coefficients(t)
+    sigma = np.sqrt(s2)
+    lam = np.ones(n)
+    ws = net._workspace(n)
+    H0 = ws.H[0]
+    perturb_into(step.x0, step.z, a, sigma, H0)
+    net.embedding(t, H0[:, net.d:-1])
+    net._tape = ws
+    clock(PHASES[1])
+    L = len(net._layers) - 1
+    with np.errstate(over="ignore"):  # as MLP._run: one for all layers
+        for l in range(L):
+            np.matmul(ws.H[l], net._layers[l], out=ws.Z[l])
+            clock(PHASES[2])
+            activation_forward_unguarded(ws.Z[l], net._kind, ws.H[l + 1], ws.D[l], True)
+            clock(PHASES[3])
+    np.matmul(ws.H[L], net._layers[L], out=ws.Z[L])
+    clock(PHASES[2])
+    out = ws.Z[L]
+    row_loss = np.empty(n)
+    dsm_residual(out, H0, step.z, sigma, lam, PARAMETERIZATION_CODES[model.parameterization], 1.0 / n, row_loss)
+    loss = float(np.sum(row_loss)) / n
+    clock(PHASES[4])
+    grad_blocks = net._blocks(step.grad)
+    g, buffers = out, (ws.ping, ws.pong)
+    for l in range(L, -1, -1):
+        if l < L:
+            np.multiply(g, ws.D[l], out=g)
+            clock(PHASES[5])
+        np.matmul(ws.H[l].T, g, out=grad_blocks[l])
+        clock(PHASES[6])
+        if l > 0:
+            m = net.sizes[l]
+            g_prev = buffers[l % 2][:n * m].reshape(n, m)
+            np.matmul(g, net.weights[l].T, out=g_prev)
+            g = g_prev
+            clock(PHASES[7])
+    ws.has_tape = False
+    if not np.isfinite(loss):
+        raise FloatingPointError("loss")
+    opt.step(step.grad)
+    clock(PHASES[8])
+    opt._grad_norm(step.grad)  # timed again on its own: the check inside the Adam step
+    clock(PHASES[9])
+    return loss
+
+
+def phase_profile(problem, seed, steps, warmup):
+    """{phase: seconds per step}, seconds per whole instrumented step, same-bits flag."""
+    _, step, rng = make_sgm_ref(problem, seed)
+    _, reference, ref_rng = make_sgm_ref(problem, seed)
+    totals = dict.fromkeys(PHASES, 0.0)
+    last = [0.0]
+
+    def clock(name):
+        now = time.perf_counter()
+        totals[name] += now - last[0]
+        last[0] = now
+
+    for i in range(warmup + steps):
+        if i == warmup:
+            totals = dict.fromkeys(PHASES, 0.0)
+            start = time.perf_counter()
+        last[0] = time.perf_counter()
+        _phase_step(step, rng, clock)
+    whole = time.perf_counter() - start
+    for _ in range(warmup + steps):
+        reference(ref_rng)
+    same = np.array_equal(step.model.params, reference.model.params)
+    # the repeated norm is not part of the step
+    whole -= totals[PHASES[9]]
+    return {k: v / steps for k, v in totals.items()}, whole / steps, same
+
+
+def phase_lines(row, dtype, args, seed, peak):
+    problem = make_problem(*row, dtype, seed)
+    flops = 6.0 * row[3] * n_params_of(problem["sizes"])
+    # about 1 s per row: a quick untimed call sizes the run
+    start = time.perf_counter()
+    phase_profile(problem, seed, 3, 1)
+    per_step = (time.perf_counter() - start) / 8
+    steps = max(10, int((0.3 if args.quick else 1.0) / max(per_step, 1e-6)))
+    meter = LoadMeter()
+    phases, whole, same = phase_profile(problem, seed, steps, args.warmup)
+    load = meter.others()
+    products = sum(phases[k] for k in PHASES[2:8] if "products" in k)
+    lines = [f"{row} {dtype}: {1e3 * whole:.3g} ms/step over {steps} steps (instrumented), "
+             f"{100 * flops / whole / 1e9 / peak:.0f}% of peak; matrix products {1e3 * products:.3g} ms "
+             f"({100 * products / whole:.0f}% of the step, at {100 * flops / products / 1e9 / peak:.0f}% of peak); "
+             f"floor {1e3 * flops / peak / 1e9:.3g} ms; same bits as TrainStep: {'yes' if same else 'NO'}; "
+             f"other load {'?' if load is None else f'{load:.2f}'}"]
+    for k in PHASES:
+        lines.append(f"  - {k}: {1e3 * phases[k]:.3g} ms ({100 * phases[k] / whole:.1f}%)")
+    return lines, same
+
+
 def matmul_rate(matmul, a, b, repeats):
     matmul(a, b)
     best = math.inf
@@ -518,6 +643,148 @@ def measure_peaks(torch, repeats):
         if torch is not None:
             peaks[("PyTorch", dtype)] = matmul_rate(torch.matmul, torch.from_numpy(a), torch.from_numpy(b), repeats)
     return peaks
+
+
+# -- memory ---------------------------------------------------------------------------------
+MEMORY_STEPS = 5
+
+
+def _max_rss_bytes():
+    """Peak resident set size of this process so far (Linux reports KiB, macOS bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if sys.platform == "darwin" else 1024 * rss
+
+
+def _status_bytes(field):
+    """VmRSS or VmHWM of this process from /proc/self/status, in bytes (None elsewhere)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return 1024 * int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _reset_peak():
+    """Reset the kernel's high-water mark (VmHWM) to the current RSS (Linux >= 4.0); False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_worker(row, dtype, name, seed):
+    """In a fresh interpreter: peak RSS before and after building `name` and taking steps.
+
+    Prints one line of JSON: the peak after imports and the problem's data ("before")
+    and after construction, warm-up and MEMORY_STEPS steps ("peak"), in bytes; for
+    sgm_ref also its buffers (workspace_bytes)."""
+    import json
+
+    problem = make_problem(*row, dtype, seed)
+    peers = {}
+    if name == "PyTorch":
+        peers[name] = _import_torch()[0]
+    elif name == "JAX":
+        peers[name] = _import_jax()[0]
+    if name in peers and peers[name] is None:
+        print(json.dumps({"error": "not importable"}))
+        return
+    if name == "sgm_ref":  # load numba's compiled kernels first: "before" then excludes the JIT's memory
+        make_sgm_ref(make_problem(2, 2, 1, 2, dtype, seed), seed)[0](2)
+    # the imports leave a transient high-water mark above what the step needs: reset it,
+    # so that the growth counts what building and stepping the implementation takes
+    imports_peak = _status_bytes("VmHWM")
+    reset = _reset_peak()
+    before = _status_bytes("VmRSS") if reset else None
+    extra = {}
+    if name == "sgm_ref":
+        run, step, _ = make_sgm_ref(problem, seed)
+        run(2)
+        extra = workspace_bytes(step, problem)
+    elif name == "NumPy":
+        run = make_numpy(problem, seed)
+    elif name == "PyTorch":
+        run = make_torch(peers[name], problem, seed)[0]
+    else:
+        run = make_jax(peers[name], problem, seed)[0]
+    run(2 + MEMORY_STEPS)
+    after = _status_bytes("VmHWM")
+    growth = None if not reset or before is None or after is None else after - before
+    # ru_maxrss survives fork and exec on Linux (this child would report its parent's peak);
+    # VmHWM belongs to the address space exec made, so it is this interpreter's own
+    peak = _max_rss_bytes() if imports_peak is None or after is None else max(imports_peak, after)
+    print(json.dumps(dict({"peak": peak, "growth": growth}, **extra)))
+
+
+def workspace_bytes(step, problem):
+    """sgm_ref's buffers for a training step, and the least the activations need.
+
+    minimum: every layer's input h_l (n x fan_in, what dW_l = h_l^T dL/dz_l reads), one
+    number per hidden unit and row for act'(z_l) (or z_l), and the output (n x d) whose
+    place dL/dout takes; a backward pass also needs at least one more n x width buffer
+    for dL/dh, not counted."""
+    net = step.model.network
+    ws = net._workspace(step.batch_size)
+    arrays = list(ws.H) + list(ws.Z) + list(ws.D) + [ws.ping, ws.pong]
+    seen, network = set(), 0
+    for a in arrays:  # buffers may share memory: count each base once
+        base = a if a.base is None else a.base
+        if id(base) not in seen:
+            seen.add(id(base))
+            network += base.nbytes
+    batch = step.x0.nbytes + step.z.nbytes
+    state = step.grad.nbytes + step.optimizer.m.nbytes + step.optimizer.v.nbytes
+    sizes, n = problem["sizes"], problem["batch"]
+    minimum = n * (sum(sizes[:-1]) + sum(sizes[1:-1]) + sizes[-1]) * problem["dtype"].itemsize
+    return {"network_workspace": network, "batch_buffers": batch, "grad_and_adam": state,
+            "params": net.params.nbytes, "activation_minimum": minimum}
+
+
+def measure_memory(rows, dtypes, names):
+    """{(row, dtype, name): worker result} from one fresh interpreter each."""
+    import json
+
+    results = {}
+    for row in rows:
+        for dtype in dtypes:
+            for name in names:
+                command = [sys.executable, os.path.abspath(__file__), "--_memory-worker",
+                           f"{ROWS.index(row) + 1},{dtype},{name}"]
+                proc = subprocess.run(command, capture_output=True, text=True)
+                if proc.returncode != 0:
+                    results[(row, dtype, name)] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+                    continue
+                results[(row, dtype, name)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return results
+
+
+def memory_table(results, rows, dtypes, names):
+    mib = 2.0**20
+    lines = ["| (d, width, depth, batch) | dtype | " + " | ".join(f"{n} peak MiB (growth)" for n in names)
+             + " | sgm_ref network workspace MiB | activation minimum MiB | workspace / minimum "
+             "| sgm_ref batch + grad + Adam MiB |",
+             "|" + "---|" * (len(names) + 6)]
+    for row in rows:
+        for dtype in dtypes:
+            cells = []
+            for name in names:
+                r = results.get((row, dtype, name), {"error": "not run"})
+                growth = "?" if r.get("growth") is None else f"+{r['growth'] / mib:.1f}"
+                cells.append(r["error"] if "error" in r else f"{r['peak'] / mib:.0f} ({growth})")
+            r = results.get((row, dtype, "sgm_ref"), {})
+            if "network_workspace" in r:
+                ws, low = r["network_workspace"], r["activation_minimum"]
+                tail = (f"{ws / mib:.2f} | {low / mib:.2f} | {ws / low:.2f} "
+                        f"| {(r['batch_buffers'] + r['grad_and_adam']) / mib:.2f}")
+            else:
+                tail = "- | - | - | -"
+            lines.append(f"| {row} | {dtype} | " + " | ".join(cells) + f" | {tail} |")
+    return lines
 
 
 # -- threads --------------------------------------------------------------------------------
@@ -726,6 +993,13 @@ def parse_args(argv):
                         help="diagnostic: sgm_ref alone in fresh interpreters (numba layer as found, workqueue, "
                              "OMP_WAIT_POLICY=passive) x numba threads x BLAS threads in {1, 2} "
                              "(thread counts need threadpoolctl)")
+    parser.add_argument("--phases", action="store_true",
+                        help="diagnostic: sgm_ref's step split into phases (draw, products, activation, "
+                             "backward, Adam), ms/step and share of the step, per row and dtype")
+    parser.add_argument("--memory", action="store_true",
+                        help="peak resident memory of each implementation per row and dtype, each in a fresh "
+                             "interpreter, and sgm_ref's workspace against the activations' minimum")
+    parser.add_argument("--_memory-worker", dest="memory_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_sweep-worker", dest="sweep_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per implementation (default 7, quick 3)")
     parser.add_argument("--target", type=float, default=None, help="seconds per repeat (default 0.3, quick 0.1)")
@@ -752,6 +1026,10 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.memory_worker:  # internal: one cell of --memory, in a fresh interpreter
+        number, dtype, name = args.memory_worker.split(",")
+        memory_worker(ROWS[int(number) - 1], dtype, name, SEED)
+        return 0
     if args.sweep_worker:  # internal: one cell of --thread-sweep, in a fresh interpreter
         number, dtype = args.sweep_worker.split(",")
         sweep_worker(ROWS[int(number) - 1], dtype, args, SEED)
@@ -820,6 +1098,30 @@ def main(argv=None):
     print("Threads:")
     for line in thread_report(peers):
         print(f"- {line}")
+    if args.memory:
+        names = [n for n in IMPLEMENTATIONS if n in ("sgm_ref", "NumPy") or peers.get(n) is not None]
+        print()
+        print(f"Peak resident memory of a fresh interpreter per implementation (VmHWM, its own address "
+              f"space's high-water mark; ru_maxrss where /proc is missing, which on Linux would carry the "
+              f"parent's peak over fork and exec), MiB; in "
+              f"parentheses the growth of its resident set from just before the implementation is built "
+              f"(imports, the problem's data and, for sgm_ref, its compiled kernels loaded; the high-water mark "
+              f"reset there through /proc/self/clear_refs) to the peak over warm-up and {2 + MEMORY_STEPS} "
+              "steps. sgm_ref's network workspace: the layer inputs [h, 1], pre-activations, act'(z) and "
+              "the backward buffers; the activation minimum: every layer's input, one number per hidden "
+              "unit for act'(z), and the output, per row of the batch:")
+        print()
+        print("\n".join(memory_table(measure_memory(args.rows, args.dtypes, names), args.rows, args.dtypes, names)))
+    phases_ok = True
+    if args.phases:
+        print()
+        print("Where sgm_ref's step goes (a copy of TrainStep's sequence timed call by call; "
+              "% of peak against the NumPy matrix-product peak above):")
+        for row in args.rows:
+            for dtype in args.dtypes:
+                lines, same = phase_lines(row, dtype, args, SEED, peaks[("NumPy", dtype)])
+                phases_ok &= same
+                print("\n".join(f"- {line}" if not line.startswith("  ") else line for line in lines), flush=True)
     if args.thread_sweep:
         print()
         print("Thread sweep (sgm_ref alone in a fresh interpreter per environment, median ms/step; "
@@ -837,6 +1139,8 @@ def main(argv=None):
                   + "; ".join(f"{dt} first call {res[dt + '_first']:.3f} vs later {res[dt + '_later']:.5f}"
                               for dt in DTYPES))
     failed = [f"{r['row']} {r['dtype']} {name}: {err}" for r in results for name, err in r["errors"].items()]
+    if not phases_ok:
+        failed.append("--phases: the instrumented copy of the step did not give TrainStep's bits (update it)")
     if failed:
         print()
         print(f"{len(failed)} implementation(s) not timed (failed equal-work check or error):")

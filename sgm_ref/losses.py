@@ -126,11 +126,14 @@ def _overflow(model, x0, t, z, what):
         "parameters toward order 1")
 
 
-def _dsm_loss(model, x0, t, z, weighting, grad, grad_params):
-    """dsm_loss without input checks (the training loop's hot path)."""
+def _dsm_loss(model, x0, t, z, weighting, grad, grad_params, coefficients=None):
+    """dsm_loss without input checks (the training loop's hot path).
+
+    coefficients: (alpha_t, sigma_t^2) if the caller has them (the training step, whose
+    times lie in [t0, T] by construction, skips the process's check of t)."""
     net = model.network
     n = x0.shape[0]
-    a, s2 = model.process._coefficients(t, n)
+    a, s2 = model.process._coefficients(t, n) if coefficients is None else coefficients
     sigma = np.sqrt(s2)
     lam = s2 if weighting == "sigma2" else np.ones(n)
     ws = net._workspace(n)

@@ -302,14 +302,14 @@ class Adam:
         ema = self.ema if want_ema else self.m  # placeholder the kernel does not touch
         risky = self.lr > _RISKY_LR or self.weight_decay > _RISKY_WEIGHT_DECAY
         backup = [a.copy() for a in (self.params, self.m, self.v, ema)] if risky else None
-        adam_update(
+        # the kernel counts the non-finite new params and v in the same pass: NaN or inf
+        # can only come from lr or weight_decay (the gradient was checked)
+        bad = adam_update(
             self.params, grad, self.m, self.v, ema, scale, self.weight_decay, beta1, beta2,
             step_size, bias_correction2_sqrt, self.eps,
             self._ema_decay_at(k), want_ema,
         )
-        # one pass over the result: NaN or inf can only come from lr or weight_decay
-        # (the gradient was checked), and without weight decay v <= max(v, g^2) is finite
-        if not np.all(np.isfinite(self.params)) or (self.weight_decay > 0 and not np.all(np.isfinite(self.v))):
+        if bad:
             self._refuse_step(k, backup, ema)
         self.step_count = k
         return norm

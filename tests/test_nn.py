@@ -442,3 +442,37 @@ def test_forward_and_backward_refuse_overflow_instead_of_returning_inf():
     net.forward(x, t, keep=True)
     with pytest.raises(ValueError, match=r"gradient \(largest \|grad_out\| entry 1e\+300\) overflows"):
         net.backward(np.full_like(w, 1e300))
+
+
+def test_workspace_hidden_pre_activations_share_the_backward_buffer():
+    """Memory: the hidden z_l live in one buffer, the first dL/dh buffer of backward (z_l is
+    dead once act(z_l) and act'(z_l) are written); the output has a buffer of its own."""
+    net = MLP(D, (8, 6, 8), rng=0)
+    ws = net._workspace(N)
+    assert all(np.shares_memory(z, ws.ping) for z in ws.Z[:-1])
+    assert not np.shares_memory(ws.Z[-1], ws.ping) and not np.shares_memory(ws.Z[-1], ws.pong)
+    assert not np.shares_memory(ws.ping, ws.pong)
+    # and the gradient is what separate buffers give (a fresh network of the same parameters)
+    x = np.random.default_rng(1).standard_normal((N, D))
+    t = np.linspace(0.1, 1.0, N)
+    g = np.random.default_rng(2).standard_normal((N, D))
+    net.forward(x, t, keep=True)
+    got = net.backward(g).copy()
+    h, dacts = x, []
+    hs = []
+    for l, (W, b) in enumerate(zip(net.weights, net.biases)):
+        inp = np.concatenate([h, t[:, None]], axis=1) if l == 0 else h
+        hs.append(inp)
+        z = inp @ W + b
+        if l < len(net.weights) - 1:
+            s = 1.0 / (1.0 + np.exp(-z))
+            dacts.append(s * (1.0 + z * (1.0 - s)))
+            h = z * s
+    want, gz = [], g
+    for l in range(len(net.weights) - 1, -1, -1):
+        if l < len(net.weights) - 1:
+            gz = gz * dacts[l]
+        want = [hs[l].T @ gz, gz.sum(axis=0)] + want
+        gz = gz @ net.weights[l].T
+    want = np.concatenate([np.concatenate([dW, db[None]], axis=0).ravel() for dW, db in zip(want[::2], want[1::2])])
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.max(np.abs(want)))

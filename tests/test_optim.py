@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sgm_ref.kernels.adam import sum_of_squares
+from sgm_ref.kernels.adam import adam_update, sum_of_squares
 from sgm_ref.optim import Adam, NonFiniteGradientError
 
 N = 37
@@ -328,6 +328,38 @@ def test_sum_of_squares_kernel_matches_numpy():
     x32 = x.astype(np.float32)
     # accumulated in float64 from the float32 values
     assert sum_of_squares(x32) == pytest.approx(float(np.sum(x32.astype(np.float64) ** 2)), rel=1e-14)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 16, 37])
+def test_sum_of_squares_order_is_the_documented_one(n):
+    """Eight partial sums s_r over i = r (mod 8), added ((s0+s1)+(s2+s3))+((s4+s5)+(s6+s7)):
+    the bits do not depend on the compiler's vector width."""
+    x = np.random.default_rng(n).standard_normal(n)
+    s = [0.0] * 8
+    for i in range(n - n % 8):
+        s[i % 8] += x[i] * x[i]
+    for i in range(n - n % 8, n):
+        s[0] += x[i] * x[i]
+    want = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+    assert sum_of_squares(x) == want
+
+
+def test_adam_kernel_counts_non_finite_results():
+    """The update kernel reports the coordinates its step made NaN or inf (Adam.step raises on
+    that count instead of a second pass over params), and 0 for a good step."""
+    p = np.array([1.0, 2.0, 3.0, 1.7e308])
+    grad, m, v = np.full(4, 0.5), np.zeros(4), np.zeros(4)
+    # lr 1e-3: a good step
+    assert adam_update(p.copy(), grad, m.copy(), v.copy(), m, 1.0, 0.0, 0.9, 0.999, 1e-2, 0.0316, 1e-8, 0.0, False) == 0
+    # a step size that sends the largest parameter past the float64 range (each moves by 0.1 |step size|)
+    q = p.copy()
+    assert adam_update(q, grad, m.copy(), v.copy(), m, 1.0, 0.0, 0.9, 0.999, -1e308, 0.0316, 1e-8, 0.0, False) == 1
+    assert np.isinf(q[3]) and np.all(np.isfinite(q[:3]))
+    # float32 state overflows when the float64 result is rounded to it
+    p32 = np.array([1.0, 3.3e38], np.float32)
+    count = adam_update(p32, np.full(2, 0.5, np.float32), np.zeros(2, np.float32), np.zeros(2, np.float32),
+                        p32, 1.0, 0.0, 0.9, 0.999, -1e39, 0.0316, 1e-8, 0.0, False)
+    assert count == 1 and np.isinf(p32[1])
 
 
 # -- non-finite gradients ------------------------------------------------------------------------

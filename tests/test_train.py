@@ -364,3 +364,22 @@ def test_a_batch_size_beyond_memory_is_named():
     for batch_size in (2**70, 2**40):
         with pytest.raises(ValueError, match=r"^batch_size = \d+ asks for .*lower batch_size$"):
             fit(model, data, steps=3, batch_size=batch_size, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("batch", [3, 600])  # 2 x 3 and 2 x 600 noise numbers: both sides of the numba loop's threshold
+def test_train_step_draws_are_the_generators_own(dtype, batch):
+    """TrainStep's batch is rng.integers, then rng.random, then rng.standard_normal of the
+    dtype, bit for bit, whichever loop draws the noise (the numba loop for large float64 batches)."""
+    d = 2
+    data = np.random.default_rng(5).standard_normal((50, d)).astype(dtype)
+    model = ScoreModel(MLP(d, (4,), dtype=dtype, rng=0), OU(), "score")
+    step = sgm_ref.train.TrainStep(model, data, batch, t0=1e-3, T=2.0, optimizer=Adam(model.params))
+    step._draw(np.random.default_rng(11))
+    twin = np.random.default_rng(11)
+    idx = twin.integers(0, data.shape[0], batch)
+    u = twin.random(batch)
+    z = twin.standard_normal((batch, d), dtype=np.dtype(dtype).type)
+    assert np.array_equal(step.x0, data[idx])
+    assert np.array_equal(step.t, 1e-3 + (2.0 - 1e-3) * u)
+    assert np.array_equal(step.z, z)

@@ -55,6 +55,8 @@ def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score)
         ai = a[i]
         a2 = ai * ai
         v_iso = a2 + s2[i]
+        # one log per row, not per (row, component): at d = 2 the log was a third of the work
+        logdet_iso = d * np.log(v_iso) if identity else 0.0
         m = -np.inf
         total = 0.0
         if want_score:
@@ -68,7 +70,7 @@ def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score)
                     y = x[i, j] - ai * mu[k, j]
                     q += y * y
                 q /= v_iso
-                logdet = d * np.log(v_iso)
+                logdet = logdet_iso
             else:
                 for j in range(d):
                     v = a2 * lam[k, j] + s2[i]
@@ -107,7 +109,8 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
     On entry P[i, k*d:(k+1)*d] = U_k^T x_i (one matrix product for all k). On exit it
     holds pi_ik * y_ik / v_ik with y_ik = U_k^T x_i - a_i U_k^T mu_k, so that the score
     is -P @ U_all^T with U_all = [U_1, ..., U_K] (d, K d). logp (n,) receives the
-    mixture log-density; logc (n, K) is scratch for the component log-densities.
+    mixture log-density; logc (n, K) is scratch (the component log-densities, then
+their exp(lk - max)).
     m_proj (K, d) holds U_k^T mu_k.
 
     Serial on purpose: it runs between two BLAS products, whose threads a spinning
@@ -126,16 +129,18 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
         for k in range(K):
             base = k * d
             q = 0.0
-            for j in range(d):
-                y = P[i, base + j] - ai * m_proj[k, j]
-                r = y / (a2 * lam[k, j] + s2i)
-                q += y * r
-                P[i, base + j] = r
             logdet = 0.0
+            # one pass: each v is made once for the residual and the log-determinant's
+            # product (the sums run in the same order as two separate passes would)
             for start in range(0, d, group):
                 prod = 1.0
                 for j in range(start, min(start + group, d)):
-                    prod *= a2 * lam[k, j] + s2i
+                    v = a2 * lam[k, j] + s2i
+                    y = P[i, base + j] - ai * m_proj[k, j]
+                    r = y / v
+                    q += y * r
+                    P[i, base + j] = r
+                    prod *= v
                 logdet += np.log(prod)
             lk = logw[k] - 0.5 * (q + logdet)
             logc[i, k] = lk
@@ -143,13 +148,16 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
                 m = lk
         total = 0.0
         for k in range(K):
-            total += np.exp(logc[i, k] - m)
+            # logc keeps exp(lk - m) for the weights below: one exp per (row, component)
+            ek = np.exp(logc[i, k] - m)
+            logc[i, k] = ek
+            total += ek
         lse = m + np.log(total)
         logp[i] = lse - 0.5 * d * LOG_2PI
         for k in range(K):
             # divide by total, not exp(. - lse): m + log(total) drops log(total) when |m| is
             # large, and the weights would no longer sum to 1
-            pik = np.exp(logc[i, k] - m) / total
+            pik = logc[i, k] / total
             base = k * d
             if pik == 0.0:
                 # no weight: its y / v may have overflowed, and 0 * inf is NaN

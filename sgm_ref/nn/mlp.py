@@ -20,7 +20,7 @@ element-wise work between them is sgm_ref.kernels.dense.
 import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_points, check_rng, check_times
-from ..kernels.dense import ACTIVATIONS, activation_forward
+from ..kernels.dense import ACTIVATIONS, activation_forward_unguarded
 from .embedding import TimeEmbedding
 
 __all__ = ["MLP"]
@@ -30,16 +30,23 @@ _INFERENCE_ROWS = 4096
 
 
 class _Workspace:
-    """Buffers for one batch size: layer inputs [h_l, 1], pre-activations z_l, act'(z_l)."""
+    """Buffers for one batch size: layer inputs [h_l, 1], pre-activations z_l, act'(z_l).
+
+    A hidden layer's z_l is dead once act(z_l) and act'(z_l) are written, so all hidden
+    z_l share one buffer, which the backward pass then reuses as one of its two dL/dh
+    buffers (ping): n (2 max width + d) numbers besides the tape [h_l, 1] and act'(z_l),
+    instead of n (depth + 2) max width + n d.
+    """
 
     def __init__(self, n, sizes, dtype):
         self.n = n
         self.H = [np.ones((n, m + 1), dtype) for m in sizes[:-1]]  # [h_l, 1], l = 0 .. L
-        self.Z = [np.empty((n, m), dtype) for m in sizes[1:]]  # z_0 .. z_L (z_L = out)
-        self.D = [np.empty((n, m), dtype) for m in sizes[1:-1]]  # act'(z_l), l < L
         width = max(sizes[:-1])
         self.ping = np.empty(n * width, dtype)
         self.pong = np.empty(n * width, dtype)
+        # z_0 .. z_{L-1} in ping (each consumed before the next is written), z_L = out of its own
+        self.Z = [self.ping[:n * m].reshape(n, m) for m in sizes[1:-1]] + [np.empty((n, sizes[-1]), dtype)]
+        self.D = [np.empty((n, m), dtype) for m in sizes[1:-1]]  # act'(z_l), l < L
         self.has_tape = False
 
 
@@ -204,9 +211,12 @@ class MLP:
     def _run(self, ws, tape):
         """Layers on ws.H[0] (already filled); output in ws.Z[-1]."""
         L = len(self._layers) - 1
-        for l in range(L):
-            np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
-            activation_forward(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape)
+        # e^z = inf for z > 709 is what the activation kernels expect; an overflow of the
+        # products shows as a non-finite output, which the callers check
+        with np.errstate(over="ignore"):
+            for l in range(L):
+                np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
+                activation_forward_unguarded(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape)
         np.matmul(ws.H[L], self._layers[L], out=ws.Z[L])
         ws.has_tape = tape
         return ws.Z[L]
