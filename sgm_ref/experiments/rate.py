@@ -53,18 +53,27 @@ from ..processes import OU
 from ..score_model import ScoreModel
 from ..targets import GaussianMixture, ProductMixture, TiltedGaussian
 from ..train import fit
+from .families import SubspaceTilt, embedding, isometric_mixture
 
 __all__ = ["FAMILIES", "QUICK", "FULL", "make_grid", "make_target", "run_cell", "cells", "load_results", "fit_slope",
            "sweep_summary"]
 
 RADIUS = 2.0
-FAMILIES = ("mixture", "product", "tilted")
+FAMILIES = ("mixture", "product", "tilted", "mixture-iso", "tilt-iso")
 # fixed ids in each cell's seed: adding a family never changes the others' randomness
-_FAMILY_IDS = {"mixture": 0, "product": 1, "tilted": 2}
+_FAMILY_IDS = {"mixture": 0, "product": 1, "tilted": 2, "mixture-iso": 3, "tilt-iso": 4}
+# the families whose target is a K-component identity-covariance mixture (the EM baseline fits one)
+MIXTURE_FAMILIES = ("mixture", "mixture-iso")
 # what the families are, written into sweep.json so a changed definition is noticed
 DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
                "product": {"shift": RADIUS / math.sqrt(2.0), "std": 1.0},
-               "tilted": {"width": 16, "path_norm": 10.0, "activation": "tanh", "seed": 0, "n_mc_oracle": 512}}
+               "tilted": {"width": 16, "path_norm": 10.0, "activation": "tanh", "seed": 0, "n_mc_oracle": 512},
+               # the means: the corners of a square of radius 2 in R^2 (pairwise 2 sqrt 2 and 4)
+               "mixture-iso": {"K": 4, "k": 2, "means": (RADIUS * np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0],
+                                                                            [0.0, -1.0]])).tolist(),
+                               "embedding_seed": 0},
+               "tilt-iso": {"width": 16, "k": 2, "path_norm": 10.0, "activation": "tanh", "seed": 0,
+                            "embedding_seed": 0, "n_mc_oracle": 1024}}
 
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
 SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "log", "parameterization": "residual",
@@ -114,7 +123,29 @@ def make_target(family, d):
         spec = DEFINITIONS["tilted"]
         return TiltedGaussian.barron(d, spec["width"], spec["path_norm"], spec["activation"],
                                      rng=np.random.default_rng(spec["seed"]), n_mc=spec["n_mc_oracle"])
+    if family == "mixture-iso":
+        spec = DEFINITIONS["mixture-iso"]
+        return isometric_mixture(d, spec["means"], np.random.default_rng(spec["embedding_seed"]))
+    if family == "tilt-iso":
+        return _tilt_iso(d)
     raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+
+
+def _tilt_iso(d):
+    """exp(f(P^T x)) gamma_d / Z: f the k-dimensional Barron network of TiltedGaussian.barron
+    (the same draws of its units and of the oracle's Z in every d), P = embedding(d, k)."""
+    spec = DEFINITIONS["tilt-iso"]
+    k = spec["k"]
+    if d < k:
+        raise ValueError(f"d must be >= {k} for the family 'tilt-iso' (its tilt lives in R^{k}), got {d}")
+    rng = np.random.default_rng(spec["seed"])
+    W = rng.standard_normal((spec["width"], k))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    b = rng.standard_normal(spec["width"])
+    a = rng.choice([-1.0, 1.0], size=spec["width"]) * rng.uniform(0.5, 1.0, size=spec["width"])
+    a *= spec["path_norm"] / np.sum(np.abs(a) * (1.0 + np.abs(b)))
+    P = embedding(d, k, np.random.default_rng(spec["embedding_seed"]))
+    return SubspaceTilt(W, b, a, P, n_mc=spec["n_mc_oracle"], rng=rng)
 
 
 def cell_key(cell):
