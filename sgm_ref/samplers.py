@@ -27,6 +27,7 @@ such a process to the matching replay of sgm_ref.replays and say so:
     "probability_flow"  -> replays.karras_heun (Heun on the same ODE, written in
                            sigma-hat = sigma / alpha and x / alpha, as k-diffusion's sample_heun)
     "exponential"       -> refused (no exact linear part in closed form for every process)
+    "residual_exponential" -> refused (likewise)
 
 and `sample` starts them from N(0, sigma_T^2 I) (score_sde's VE prior, k-diffusion's
 sigma_max N(0, I); for FlowMatching at t_max = 1 - 1e-5 this is N(0, t_max^2 I)), which
@@ -334,7 +335,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     A process that is not variance-preserving (SubVP, VE, EDM, FlowMatching) starts from
     N(0, sigma_T^2 I_d) and runs the replay of its method (module docstring):
     "euler_maruyama" the textbook scheme, "probability_flow" Heun as k-diffusion's
-    sample_heun; "exponential" is refused.
+    sample_heun; "exponential" and "residual_exponential" are refused.
 
     Parameters
     ----------
@@ -347,7 +348,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     T, t0 : float
         Horizon and early-stopping time, 0 < t0 < T <= process.t_max.
     n_steps : int
-    method : {"euler_maruyama", "exponential", "probability_flow"}
+    method : {"euler_maruyama", "exponential", "residual_exponential", "probability_flow"}
     grid : {"geometric", "uniform"} or ndarray of shape (n_steps + 1,)
         "geometric" (the default, as for `sgm-ref sample`) puts more steps near t0,
         where the score changes fastest. An explicit grid must run from T down to t0.

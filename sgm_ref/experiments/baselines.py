@@ -116,18 +116,20 @@ class EMResult:
         self.converged = converged            # the best start met the tolerance
 
     def as_dict(self):
-        return {"log_likelihood": self.log_likelihood, "iterations": self.iterations, "converged": self.converged}
+        return {"log_likelihood": float(self.log_likelihood), "iterations": int(self.iterations),
+                "converged": bool(self.converged)}
 
 
-def fit_identity_mixture(x, K, rng, *, n_init=4, max_iter=500, tol=1e-9):
+def fit_identity_mixture(x, K, rng, *, n_init=4, max_iter=1000, tol=1e-8):
     """Maximum-likelihood K-component mixture sum_k w_k N(mu_k, I) by EM, from n_init seeded starts.
 
     E-step: log r_ik = log w_k - |x_i - mu_k|^2 / 2 - logsumexp_j(...) (log-sum-exp);
     M-step: w_k = (1/n) sum_i r_ik, mu_k = sum_i r_ik x_i / sum_i r_ik. Each start is a
     k-means++ seeding (means drawn from the samples, each new one with probability
     proportional to the squared distance to the nearest chosen, equal weights). A start
-    stops when the mean log-likelihood rises by less than tol (1 + |value|) in an
-    iteration (EM never lowers it), or after max_iter iterations; the start with the
+    stops when the mean log-likelihood per sample rises by less than tol nats in an
+    iteration (EM never lowers it; an absolute tolerance, as the value itself holds
+    -d/2 log(2 pi e), which grows with d), or after max_iter iterations; the start with the
     largest log-likelihood is kept. A component left with no responsibility keeps its
     mean and gets weight 0.
 
@@ -139,6 +141,7 @@ def fit_identity_mixture(x, K, rng, *, n_init=4, max_iter=500, tol=1e-9):
         The seedings.
     n_init, max_iter : int >= 1
     tol : float > 0
+        Stop when an iteration raises the mean log-likelihood by less than this (nats).
 
     Returns
     -------
@@ -177,7 +180,7 @@ def fit_identity_mixture(x, K, rng, *, n_init=4, max_iter=500, tol=1e-9):
             mu[alive] = (R.T @ x)[alive] / Nk[alive, None]
             with np.errstate(divide="ignore"):  # an empty component: weight 0, log weight -inf
                 logw = np.log(Nk / n)
-            if ll - ll_old <= tol * (1.0 + abs(ll)):
+            if ll - ll_old <= tol:
                 converged = True
                 break
             ll_old = ll

@@ -99,7 +99,7 @@ SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "l
             "lr": 2e-3, "weight_decay_times_n": 5.0, "ema_decay": 0.999,
             # the score errors' fixed window [t0, T]; the schedules t0(n) <= t0, T(n) >= T (schedule())
             "t0": 1e-2, "T": 5.0, "schedule_n_ref": 500,
-            "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 4,
+            "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 2,
             "bound_n": 64, "bound_method": "residual_exponential", "bound_steps": 1000, "base_seed": 0}
 
 # the training objectives a grid may use: (weighting, time distribution)
