@@ -314,6 +314,8 @@ def test_an_isometric_mixture_cell_records_the_baselines_and_the_residual_bound(
     assert row["tv"]["tv"] == row["tv_bound"] and row["tv_oracle"]["kl_path"] < row["tv"]["kl_path"]
     assert (row["t0"], row["T"]) == rate.schedule(60, TINY) and row["objective"] == "paper"
     assert row["steps"] == TINY["steps"]
+    # the held-out objective along training: val_points evaluations, the last at the end
+    assert row["val_steps"][-1] == TINY["steps"] and len(row["val_loss"]) == len(row["val_steps"])
     json.dumps(row, allow_nan=False)
     tilt = run_cell({"family": "tilt-iso", "d": 3, "n": 60, "seed": 0, "settings": {**TINY, "n_eval_tilted": 50}})
     assert tilt["status"] == "ok" and tilt["baseline_em"] is None and tilt["tv"] is None

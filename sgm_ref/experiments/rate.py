@@ -60,6 +60,7 @@ from scipy import stats
 
 from .. import __version__
 from .._json import load_json
+from ..losses import _draw_times, dsm_loss
 from ..metrics import tv_upper_bound
 from ..nn import MLP
 from ..optim import Adam
@@ -100,6 +101,8 @@ SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "l
             # the score errors' fixed window [t0, T]; the schedules t0(n) <= t0, T(n) >= T (schedule())
             "t0": 1e-2, "T": 5.0, "schedule_n_ref": 500,
             "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 2,
+            # the held-out objective along training (val_loss at val_steps): val_points evaluations
+            "val_n": 4096, "val_points": 10,
             "bound_n": 64, "bound_method": "residual_exponential", "bound_steps": 1000, "base_seed": 0}
 
 # the training objectives a grid may use: (weighting, time distribution)
@@ -260,7 +263,7 @@ def _train_and_measure(cell):
     s = cell["settings"]
     family, d, n, seed = cell_key(cell)
     ss = np.random.SeedSequence(s["base_seed"], spawn_key=(_FAMILY_IDS[family], d, n, seed))
-    data_seq, init_seq, train_seq, eval_seq, em_seq, bound_seq = ss.spawn(6)
+    data_seq, init_seq, train_seq, eval_seq, em_seq, bound_seq, val_seq = ss.spawn(7)
     data_rng, init_rng, train_rng, eval_rng, em_rng = (np.random.default_rng(c) for c in (data_seq, init_seq,
                                                                                           train_seq, eval_seq, em_seq))
     target = make_target(family, d)
@@ -274,10 +277,12 @@ def _train_and_measure(cell):
     # penalty fades as data grows; without it a network memorises a small sample
     optimizer = Adam(model.params, lr=s["lr"], weight_decay=s["weight_decay_times_n"] / n, ema_decay=s["ema_decay"],
                      ema_warmup=True)
+    held_out = _held_out_loss(model, optimizer, target, t0, T, s, np.random.default_rng(val_seq))
     tic = time.perf_counter()
     history = fit(model, data, steps=steps, batch_size=min(s["batch_size"], n), t0=t0, T=T,
                   rng=train_rng, weighting=s["weighting"], time_distribution=s["time_distribution"],
-                  optimizer=optimizer, progress=False)
+                  optimizer=optimizer, progress=False, eval_every=max(1, steps // s["val_points"]),
+                  evaluate=held_out)
     train_seconds = time.perf_counter() - tic
     model.network.set_params(optimizer.ema)
 
@@ -313,10 +318,32 @@ def _train_and_measure(cell):
             "t0": t0, "T": T, "t0_eval": s["t0"], "T_eval": s["T"], "steps": steps,
             "epochs": steps * min(s["batch_size"], n) / n, "objective": objective_name(s),
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
+            "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
             "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}
 
 
 _MONTE_CARLO_FAMILIES = ("tilted", "tilt-iso")
+
+
+def _held_out_loss(model, optimizer, target, t0, T, s, rng):
+    """A function model -> the training objective of the averaged (EMA) parameters on val_n
+    fresh samples of p_0, with times and noise drawn once (common draws: the values along
+    training differ by the model alone, so a plateau shows as a flat tail)."""
+    x0 = target.sample(s["val_n"], rng)
+    t = _draw_times(s["val_n"], t0, T, rng, s["time_distribution"])
+    z = rng.standard_normal(x0.shape)
+
+    def held_out(model):
+        if optimizer.ema is None:
+            return dsm_loss(model, x0, t, z, s["weighting"], grad=False)[0]
+        current = model.params.copy()
+        model.network.set_params(optimizer.ema)
+        try:
+            return dsm_loss(model, x0, t, z, s["weighting"], grad=False)[0]
+        finally:
+            model.network.set_params(current)
+
+    return held_out
 
 
 def _bound_terms(bound):
