@@ -6,6 +6,8 @@ T = t_0 > t_1 > ... > t_N = t0. With DB_k = B(t_k) - B(t_{k+1}) = int_{t_{k+1}}^
 
     Euler–Maruyama:           y <- y + DB_k (y / 2 + s(y, t_k)) + sqrt(DB_k) xi
     exponential integrator:   y <- e^{DB_k/2} y + 2 (e^{DB_k/2} - 1) s(y, t_k) + sqrt(e^{DB_k} - 1) xi
+    residual exponential:     y <- e^{-DB_k/2} y + 2 (1 - e^{-DB_k/2}) r(y, t_k) + sqrt(1 - e^{-DB_k}) xi,
+                              r = s + y (only the residual of the score from -y is frozen)
     probability flow (Heun):  dy/dtau = f(y, t) = beta(t) (y + s(y, t)) / 2, Heun's method
 
 with xi ~ N(0, I) drawn from rng. DB_k is computed as the integral over the step
@@ -31,6 +33,7 @@ such a process to the matching replay of sgm_ref.replays and say so:
     "probability_flow"  -> replays.karras_heun (Heun on the same ODE, written in
                            sigma-hat = sigma / alpha and x / alpha, as k-diffusion's sample_heun)
     "exponential"       -> refused (no exact linear part in closed form for every process)
+    "residual_exponential" -> refused (likewise)
 
 and `sample` starts them from N(0, sigma_T^2 I) (score_sde's VE prior, k-diffusion's
 sigma_max N(0, I); for FlowMatching at t_max = 1 - 1e-5 this is N(0, t_max^2 I)), which
@@ -52,6 +55,7 @@ from .kernels.sampler import affine_step, heun_correct, standard_normal_into
 from .processes import VariancePreserving, check_process
 
 __all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS"]
+__all__ += ["residual_exponential_integrator"]
 
 
 def _is_vp(process):
@@ -180,9 +184,20 @@ def _exponential_coefficients(dB):
     return np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB))
 
 
+def _residual_exponential_coefficients(dB):
+    """(a, b, c) of the residual exponential step, written in s = -y + r (residual_exponential_integrator).
+
+    y <- e^{-dB/2} y + 2 (1 - e^{-dB/2}) r + sqrt(1 - e^{-dB}) xi with r = s + y is
+    y <- (2 - e^{-dB/2}) y + 2 (1 - e^{-dB/2}) s + sqrt(1 - e^{-dB}) xi.
+    """
+    b = -2.0 * np.expm1(-0.5 * dB)
+    return 1.0 + 0.5 * b, b, np.sqrt(-np.expm1(-dB))
+
+
 # the affine step y <- a y + b s + c xi of each stochastic scheme, as a function of dB;
 # sgm_ref.metrics.gaussian propagates Gaussian laws through the same coefficients
 STEP_COEFFICIENTS = {"euler_maruyama": _euler_maruyama_coefficients, "exponential": _exponential_coefficients}
+STEP_COEFFICIENTS["residual_exponential"] = _residual_exponential_coefficients
 
 
 def _routed(score, process, grid, x, rng, trajectory, method):
@@ -247,6 +262,25 @@ def exponential_integrator(score, process, grid, x, rng, trajectory=False):
     return _run_sde(score, process, grid, x, rng, trajectory, _exponential_coefficients)
 
 
+def residual_exponential_integrator(score, process, grid, x, rng, trajectory=False):
+    """Exponential integrator for the score written as s = -y + r(y, t), only r frozen over a step.
+
+    The reverse drift beta(t) (y / 2 + s) = beta(t) (-y / 2 + r) has linear part -beta y / 2,
+    integrated exactly; with r frozen at (y_k, t_k) over int beta = DB:
+
+        y <- e^{-DB/2} y + 2 (1 - e^{-DB/2}) r(y, t_k) + sqrt(1 - e^{-DB}) xi.
+
+    When the score is close to -y (the standard Gaussian part of p_0 = exp(f) gamma_d / Z,
+    Cole & Lu's structure) r is small and slowly varying, and the step's error is that of
+    freezing r only: for p_0 = N(0, I) (r = 0) it is exact on any grid. Computed as the
+    same affine step in s: y <- (2 - e^{-DB/2}) y + 2 (1 - e^{-DB/2}) s + sqrt(1 - e^{-DB}) xi.
+    Arguments and return as euler_maruyama; the process must be variance-preserving.
+    """
+    if not _is_vp(process):
+        routed_replay(process, "residual_exponential")
+    return _run_sde(score, process, grid, x, rng, trajectory, _residual_exponential_coefficients)
+
+
 def probability_flow(score, process, grid, x, trajectory=False):
     """Heun's method for the probability-flow ODE dy/dtau = beta(t) (y + s(y, t)) / 2.
 
@@ -297,6 +331,7 @@ def _prior(process, n, d, rng, dtype, copies, process_T=None):
 
 METHODS = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrator,
            "probability_flow": probability_flow}
+METHODS["residual_exponential"] = residual_exponential_integrator
 
 
 def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama", grid="geometric",
@@ -306,7 +341,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     A process that is not variance-preserving (SubVP, VE, EDM, FlowMatching) starts from
     N(0, sigma_T^2 I_d) and runs the replay of its method (module docstring):
     "euler_maruyama" the textbook scheme, "probability_flow" Heun as k-diffusion's
-    sample_heun; "exponential" is refused.
+    sample_heun; "exponential" and "residual_exponential" are refused.
 
     Parameters
     ----------
@@ -319,7 +354,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     T, t0 : float
         Horizon and early-stopping time, 0 < t0 < T <= process.t_max.
     n_steps : int
-    method : {"euler_maruyama", "exponential", "probability_flow"}
+    method : {"euler_maruyama", "exponential", "residual_exponential", "probability_flow"}
     grid : {"geometric", "uniform"} or ndarray of shape (n_steps + 1,)
         "geometric" (the default, as for `sgm-ref sample`) puts more steps near t0,
         where the score changes fastest. An explicit grid must run from T down to t0.

@@ -236,12 +236,15 @@ def test_dask_scheduler_runs_the_same_cells(tmp_path):
 def test_make_grid():
     grid = make_grid(quick=True, d=[2, 4], steps=10)
     assert grid["d"] == [2, 4] and grid["n"] == rate.QUICK["n"] and grid["settings"]["steps"] == 10
-    assert rate.QUICK["settings"]["steps"] == 1500  # the presets are not changed
+    assert rate.QUICK["settings"]["steps"] is None  # the presets are not changed (None: epochs-based)
+    assert make_grid(objective="sigma2")["settings"]["weighting"] == "sigma2"
+    assert rate.FULL["settings"]["weighting"] == "none"  # the paper's objective by default
     for kwargs, match in (({"families": ["moons"]}, "unknown family 'moons'"), ({"d": [0]}, "--d must be"),
                           ({"n": [5, 5]}, "--n must be distinct"), ({"seeds": []}, "--seeds"),
                           ({"families": ["mixture", "mixture"]}, "--families must be distinct"),
                           ({"families": []}, "--families must be distinct"),
-                          ({"steps": 0}, "--steps must be")):
+                          ({"steps": 0}, "--steps must be"), ({"objective": "l1"}, "--objective must be"),
+                          ({"families": ["tilt-iso"], "d": [1]}, "tilt-iso needs d >= 2")):
         with pytest.raises(ValueError, match=match):
             make_grid(**kwargs)
 
@@ -290,7 +293,7 @@ def test_command_line_sweep_and_restart(tmp_path):
     assert "2 cells already" in second.stdout and "0 to run" in second.stdout
     bad = subprocess.run(args[:4] + ["--families", "moons"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == (
-        "sgm-ref: error: --families: unknown family 'moons'; use mixture, product, tilted")
+        "sgm-ref: error: --families: unknown family 'moons'; use mixture, product, tilted, mixture-iso, tilt-iso")
 
 
 def test_a_deeply_nested_result_row_is_named(tmp_path):
@@ -298,3 +301,32 @@ def test_a_deeply_nested_result_row_is_named(tmp_path):
     path.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(ValueError, match="line 1, is not a result row"):
         load_results(path)
+
+
+def test_an_isometric_mixture_cell_records_the_baselines_and_the_residual_bound():
+    row = run_cell({"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": TINY})
+    assert row["status"] == "ok", row.get("error")
+    for key in ("baseline_empirical", "baseline_minus_x", "baseline_em"):
+        assert set(row[key]) == {"error", "se"} and row[key]["se"] > 0, key
+    # with 60 samples in d = 3 the EM plug-in is far better than the curse baseline
+    assert row["baseline_em"]["error"] < row["baseline_empirical"]["error"]
+    assert row["tv"]["method"] == "residual_exponential" and "grid" not in row["tv"]
+    assert row["tv"]["tv"] == row["tv_bound"] and row["tv_oracle"]["kl_path"] < row["tv"]["kl_path"]
+    assert (row["t0"], row["T"]) == rate.schedule(60, TINY) and row["objective"] == "paper"
+    assert row["steps"] == TINY["steps"]
+    # the held-out objective along training: val_points evaluations, the last at the end
+    assert row["val_steps"][-1] == TINY["steps"] and len(row["val_loss"]) == len(row["val_steps"])
+    json.dumps(row, allow_nan=False)
+    tilt = run_cell({"family": "tilt-iso", "d": 3, "n": 60, "seed": 0, "settings": {**TINY, "n_eval_tilted": 50}})
+    assert tilt["status"] == "ok" and tilt["baseline_em"] is None and tilt["tv"] is None
+    assert tilt["baseline_empirical"]["se"] > 0
+
+
+def test_schedules_and_training_length():
+    s = rate.SETTINGS
+    assert rate.schedule(100, s) == (s["t0"], s["T"])  # below n_ref: the fixed window
+    t0, T = rate.schedule(4 * s["schedule_n_ref"], s)
+    assert t0 == pytest.approx(s["t0"] / 2) and T == pytest.approx(s["T"] + np.log(4) / 2)
+    assert rate.training_steps(500, s) == s["min_steps"]
+    assert rate.training_steps(32000, s) == int(np.ceil(s["epochs"] * 32000 / s["batch_size"]))
+    assert rate.training_steps(32000, {**s, "steps": 7}) == 7

@@ -3,25 +3,39 @@
 Cole & Lu prove that when the log-relative density f of p_0 = exp(f) gamma_d / Z has low
 complexity, empirical score matching on n samples learns p_0 at a rate in n whose
 exponent does not depend on d. Here each cell (family, d, n, seed) draws n samples,
-trains a score network with a fixed budget, and records
+trains a score network (the paper's objective by default: weight 1, t uniform on
+[t0(n), T(n)]; for max(min_steps, epochs n / batch_size) steps, so the budget grows with
+n), and records, against the exact (or debiased Monte-Carlo) oracle,
 
-    score_error  int_{t0}^{T} E_{p_t} |s_theta - grad log p_t|^2 dt  (Monte Carlo, with se)
-    tv_bound     the certified bound on TV(p_0, Euler–Maruyama output) (with se)
+    score_error         int_{t0}^{T} beta/2 E_{p_t} |s_theta - grad log p_t|^2 dt on the fixed
+                        window [t0, T] = [0.01, 5] (Monte Carlo, with se)
+    baseline_empirical  the same error, on the same points, of the score of the OU-smoothed
+                        empirical measure of the n samples (the unrestricted minimiser of
+                        the empirical loss: the curse of dimensionality's baseline)
+    baseline_minus_x    ... of the score -x (p_0's Gaussian part alone)
+    baseline_em         ... of a K-component identity-covariance mixture fitted by EM
+                        (mixture families only; the efficient parametric plug-in)
+    tv, tv_bound        the certified bound on TV(p_0, residual exponential sampler output)
+                        on [t0(n), T(n)] (schedule()) and its terms; tv_oracle: the same
+                        bound with the exact score (no learning error; what T(n), t0(n)
+                        and the grid leave)
 
-against the exact oracle. Families:
+Families (make_target):
 
-    mixture  the paper's: K = 4 identity-covariance components, means of norm r = 2 in
-             random directions of R^d (f a log-sum-exp of linear functions, its
-             complexity fixed as d grows)
-    product  the contrast: every coordinate 1/2 N(-r/sqrt 2, 1) + 1/2 N(r/sqrt 2, 1), so
-             at d = 2 the same mean norm r, but f = sum_j f_j(x_j) has d terms and the
-             means have norm r sqrt(d / 2)
-    tilted   the paper's general class: exp(f) gamma_d with f a two-layer tanh network
-             of 16 units and path norm 10 in every d (TiltedGaussian.barron). Its oracle
-             is Monte Carlo (n_mc_oracle draws): the score error subtracts the oracle's
-             own mean squared error, sum_j se_j^2, which is unbiased over the draws; the
-             certified bound is not computed (its path term would need the Monte-Carlo
-             oracle at every step of every path)
+    mixture-iso  the paper's example, the same up to isometry in every d: K = 4
+                 identity-covariance components with means at the corners of a square of
+                 radius 2 in R^2, embedded in R^d by a seeded Haar-random frame
+    tilt-iso     the paper's general class, the same up to isometry: exp(f(P^T x)) gamma_d
+                 with f a two-layer tanh network of 16 units and path norm 10 on R^2 and P
+                 a seeded frame (families.SubspaceTilt). Its oracle is Monte Carlo in R^2
+                 (n_mc_oracle draws): the errors subtract the oracle's own mean squared
+                 error sum_j se_j^2; no certified bound (it would need exact log-densities)
+    mixture      (older) means of norm 2 in random directions of R^d: the geometry changes
+                 with d (pairwise distances 0.9-4.0 at d = 2, about 2.8 at d = 128)
+    product      (older contrast) every coordinate 1/2 N(-r/sqrt 2, 1) + 1/2 N(r/sqrt 2, 1),
+                 f = sum_j f_j(x_j) has d terms and the means have norm r sqrt(d / 2)
+    tilted       (older) TiltedGaussian.barron in R^d: random directions, whose mutual
+                 angles change with d; Monte-Carlo oracle in R^d
 
 The log-log slope of score_error against n, per (family, d), is fitted by least squares
 over all cells with its standard error (sweep_summary).
@@ -46,41 +60,67 @@ from scipy import stats
 
 from .. import __version__
 from .._json import load_json
-from ..metrics import score_error_integral, tv_upper_bound
+from ..losses import _draw_times, dsm_loss
+from ..metrics import tv_upper_bound
 from ..nn import MLP
 from ..optim import Adam
 from ..processes import OU
 from ..score_model import ScoreModel
 from ..targets import GaussianMixture, ProductMixture, TiltedGaussian
 from ..train import fit
+from .baselines import EmpiricalMeasure, fit_identity_mixture, minus_x
+from .families import SubspaceTilt, embedding, isometric_mixture
 
 __all__ = ["FAMILIES", "QUICK", "FULL", "make_grid", "make_target", "run_cell", "cells", "load_results", "fit_slope",
            "sweep_summary"]
 
 RADIUS = 2.0
-FAMILIES = ("mixture", "product", "tilted")
+FAMILIES = ("mixture", "product", "tilted", "mixture-iso", "tilt-iso")
 # fixed ids in each cell's seed: adding a family never changes the others' randomness
-_FAMILY_IDS = {"mixture": 0, "product": 1, "tilted": 2}
+_FAMILY_IDS = {"mixture": 0, "product": 1, "tilted": 2, "mixture-iso": 3, "tilt-iso": 4}
+# the families whose target is a K-component identity-covariance mixture (the EM baseline fits one)
+MIXTURE_FAMILIES = ("mixture", "mixture-iso")
 # what the families are, written into sweep.json so a changed definition is noticed
 DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
                "product": {"shift": RADIUS / math.sqrt(2.0), "std": 1.0},
-               "tilted": {"width": 16, "path_norm": 10.0, "activation": "tanh", "seed": 0, "n_mc_oracle": 512}}
+               "tilted": {"width": 16, "path_norm": 10.0, "activation": "tanh", "seed": 0, "n_mc_oracle": 512},
+               # the means: the corners of a square of radius 2 in R^2 (pairwise 2 sqrt 2 and 4)
+               "mixture-iso": {"K": 4, "k": 2, "means": (RADIUS * np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0],
+                                                                            [0.0, -1.0]])).tolist(),
+                               "embedding_seed": 0},
+               "tilt-iso": {"width": 16, "k": 2, "path_norm": 10.0, "activation": "tanh", "seed": 0,
+                            "embedding_seed": 0, "n_mc_oracle": 1024}}
 
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
 SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "log", "parameterization": "residual",
-            "weighting": "sigma2", "time_distribution": "log-uniform", "steps": 3000, "batch_size": 256,
-            "lr": 2e-3, "weight_decay_times_n": 5.0, "ema_decay": 0.999, "t0": 1e-2, "T": 5.0, "n_eval": 20_000,
-            "n_eval_tilted": 4_000,
-            "bound_n": 64, "bound_method": "euler_maruyama", "bound_steps": 1000, "base_seed": 0}
+            # the paper's objective: weight 1, t uniform on [t0(n), T(n)] (OBJECTIVES)
+            "weighting": "none", "time_distribution": "uniform",
+            # training length: steps if set, else max(min_steps, epochs n / batch_size)
+            "steps": None, "epochs": 60, "min_steps": 3000, "batch_size": 256,
+            "lr": 2e-3, "weight_decay_times_n": 5.0, "ema_decay": 0.999,
+            # the score errors' fixed window [t0, T]; the schedules t0(n) <= t0, T(n) >= T (schedule())
+            "t0": 1e-2, "T": 5.0, "schedule_n_ref": 500,
+            "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 2,
+            # the held-out objective along training (val_loss at val_steps): val_points evaluations
+            "val_n": 4096, "val_points": 10,
+            "bound_n": 64, "bound_method": "residual_exponential", "bound_steps": 1000, "base_seed": 0}
 
-QUICK = {"families": list(FAMILIES), "d": [2, 8, 32, 128], "n": [500, 2000, 8000], "seeds": [0],
-         "settings": {**SETTINGS, "steps": 1500, "width": 128, "n_eval": 10_000}}
-FULL = {"families": list(FAMILIES), "d": [2, 8, 32, 128], "n": [500, 1000, 2000, 4000, 8000, 16000, 32000],
-        "seeds": [0, 1, 2], "settings": SETTINGS}
+# the training objectives a grid may use: (weighting, time distribution)
+OBJECTIVES = {"paper": ("none", "uniform"), "sigma2": ("sigma2", "log-uniform")}
+
+QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 2000, 8000], "seeds": [0],
+         "settings": {**SETTINGS, "width": 128, "epochs": 20, "min_steps": 1500, "n_eval": 10_000,
+                      "bound_steps": 500}}
+# QUICK: 18 cells, 3 min 56 s wall with --workers 2 on the 2-core machine (load average 7).
+# FULL: 350 cells; benchmarks/rate_cost.py measured 134 s per cell on average (the largest,
+# mixture-iso d = 512 n = 32,000: 488 s) in one process at load average 5, i.e. 47,000
+# worker-seconds, 6.5 hours with --workers 2; a quiet machine takes about 2.5 times less.
+FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
+        "n": [500, 1000, 2000, 4000, 8000, 16000, 32000], "seeds": [0, 1, 2, 3, 4], "settings": SETTINGS}
 
 
-def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None):
-    """QUICK or FULL with any of its lists or its training steps replaced, checked."""
+def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None, objective=None):
+    """QUICK or FULL with any of its lists, its training steps or its objective replaced, checked."""
     base = QUICK if quick else FULL
     grid = {"families": list(base["families"] if families is None else families),
             "d": list(base["d"] if d is None else d), "n": list(base["n"] if n is None else n),
@@ -95,11 +135,46 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values) \
                 or len(set(values)) != len(values):
             raise ValueError(f"--{key} must be distinct integers >= {low}, got {values}")
+    if "tilt-iso" in grid["families"] and min(grid["d"]) < DEFINITIONS["tilt-iso"]["k"]:
+        raise ValueError(f"--d: the family tilt-iso needs d >= {DEFINITIONS['tilt-iso']['k']}, got {grid['d']}")
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"--steps must be an integer >= 1, got {steps!r}")
         grid["settings"]["steps"] = steps
+    if objective is not None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+        grid["settings"]["weighting"], grid["settings"]["time_distribution"] = OBJECTIVES[objective]
     return grid
+
+
+def schedule(n, settings):
+    """(t0(n), T(n)): the early-stopping time and horizon of training and of the certified bound.
+
+        t0(n) = t0 (n_ref / n)^{1/2},   T(n) = T + log(n / n_ref) / 2     for n >= n_ref
+        (t0 and T themselves for n < n_ref).
+
+    For p_0 = exp(f) gamma_d / Z the prior term KL(p_T || N(0, I)) falls like e^{-2T}, so
+    T(n) growing like (1/2) log n makes it fall like 1/n; TV(p_0, p_t0) is O(t0) for the
+    identity-covariance mixture (the means move by (1 - alpha_t0) |mu|), so t0 ~ n^{-1/2}.
+    Both then shrink like n^{-1/2}, the best statistical rate, and leave the path term
+    (the learning) to decide the bound's rate.
+    """
+    ratio = max(1.0, n / settings["schedule_n_ref"])
+    return settings["t0"] / math.sqrt(ratio), settings["T"] + 0.5 * math.log(ratio)
+
+
+def training_steps(n, settings):
+    """settings["steps"] if set, else max(min_steps, ceil(epochs n / batch_size))."""
+    if settings.get("steps") is not None:
+        return int(settings["steps"])
+    batch = min(settings["batch_size"], n)
+    return max(int(settings["min_steps"]), math.ceil(settings["epochs"] * n / batch))
+
+
+def objective_name(settings):
+    pair = (settings["weighting"], settings["time_distribution"])
+    return next((name for name, value in OBJECTIVES.items() if value == pair), "/".join(pair))
 
 
 def make_target(family, d):
@@ -114,7 +189,29 @@ def make_target(family, d):
         spec = DEFINITIONS["tilted"]
         return TiltedGaussian.barron(d, spec["width"], spec["path_norm"], spec["activation"],
                                      rng=np.random.default_rng(spec["seed"]), n_mc=spec["n_mc_oracle"])
+    if family == "mixture-iso":
+        spec = DEFINITIONS["mixture-iso"]
+        return isometric_mixture(d, spec["means"], np.random.default_rng(spec["embedding_seed"]))
+    if family == "tilt-iso":
+        return _tilt_iso(d)
     raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {family!r}")
+
+
+def _tilt_iso(d):
+    """exp(f(P^T x)) gamma_d / Z: f the k-dimensional Barron network of TiltedGaussian.barron
+    (the same draws of its units and of the oracle's Z in every d), P = embedding(d, k)."""
+    spec = DEFINITIONS["tilt-iso"]
+    k = spec["k"]
+    if d < k:
+        raise ValueError(f"d must be >= {k} for the family 'tilt-iso' (its tilt lives in R^{k}), got {d}")
+    rng = np.random.default_rng(spec["seed"])
+    W = rng.standard_normal((spec["width"], k))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    b = rng.standard_normal(spec["width"])
+    a = rng.choice([-1.0, 1.0], size=spec["width"]) * rng.uniform(0.5, 1.0, size=spec["width"])
+    a *= spec["path_norm"] / np.sum(np.abs(a) * (1.0 + np.abs(b)))
+    P = embedding(d, k, np.random.default_rng(spec["embedding_seed"]))
+    return SubspaceTilt(W, b, a, P, n_mc=spec["n_mc_oracle"], rng=rng)
 
 
 def cell_key(cell):
@@ -148,18 +245,31 @@ def run_cell(cell):
         return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", **env}
     finally:
         numba.set_num_threads(threads)
-    if not all(v is None or math.isfinite(v) for v in result.values()):
+    if not _all_finite(result):
         return {**row, "status": "failed", "error": f"non-finite result {result}", **env}
     return {**row, "status": "ok", **result, **env}
+
+
+def _all_finite(value):
+    """Every number in a (nested) result is finite (strings, booleans and None pass)."""
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return True
 
 
 def _train_and_measure(cell):
     s = cell["settings"]
     family, d, n, seed = cell_key(cell)
     ss = np.random.SeedSequence(s["base_seed"], spawn_key=(_FAMILY_IDS[family], d, n, seed))
-    data_rng, init_rng, train_rng, eval_rng = (np.random.default_rng(c) for c in ss.spawn(4))
+    data_seq, init_seq, train_seq, eval_seq, em_seq, bound_seq, val_seq = ss.spawn(7)
+    data_rng, init_rng, train_rng, eval_rng, em_rng = (np.random.default_rng(c) for c in (data_seq, init_seq,
+                                                                                          train_seq, eval_seq, em_seq))
     target = make_target(family, d)
     process = OU()
+    t0, T = schedule(n, s)
+    steps = training_steps(n, s)
     data = target.sample(n, data_rng)
     net = MLP(d, (s["width"],) * s["depth"], s["activation"], s["time_embedding"], rng=init_rng)
     model = ScoreModel(net, process, s["parameterization"])
@@ -167,26 +277,113 @@ def _train_and_measure(cell):
     # penalty fades as data grows; without it a network memorises a small sample
     optimizer = Adam(model.params, lr=s["lr"], weight_decay=s["weight_decay_times_n"] / n, ema_decay=s["ema_decay"],
                      ema_warmup=True)
+    held_out = _held_out_loss(model, optimizer, target, t0, T, s, np.random.default_rng(val_seq))
     tic = time.perf_counter()
-    history = fit(model, data, steps=s["steps"], batch_size=min(s["batch_size"], n), t0=s["t0"], T=s["T"],
+    history = fit(model, data, steps=steps, batch_size=min(s["batch_size"], n), t0=t0, T=T,
                   rng=train_rng, weighting=s["weighting"], time_distribution=s["time_distribution"],
-                  optimizer=optimizer, progress=False)
+                  optimizer=optimizer, progress=False, eval_every=max(1, steps // s["val_points"]),
+                  evaluate=held_out)
     train_seconds = time.perf_counter() - tic
     model.network.set_params(optimizer.ema)
+
     tic = time.perf_counter()
-    if isinstance(target, TiltedGaussian):
-        error, error_se = _debiased_score_error(model, target, process, s["t0"], s["T"], s["n_eval_tilted"], eval_rng)
-        bound = None
-    else:
-        error, error_se = score_error_integral(model, target, process, s["t0"], s["T"], s["n_eval"], eval_rng)
-        bound = tv_upper_bound(model, target, process, s["t0"], s["T"], "geometric", s["bound_method"], s["bound_n"],
-                               eval_rng, n_steps=s["bound_steps"])
-    terms = {} if bound is None else {"tv_bound": bound.tv, "tv_bound_se": bound.tv_se, "kl_path": bound.kl_path,
-                                      "kl_path_se": bound.kl_path_se}
-    return {"score_error": float(error), "score_error_se": float(error_se),
-            **{k: terms.get(k) for k in ("tv_bound", "tv_bound_se", "kl_path", "kl_path_se")},
+    scores = {"network": model, "minus_x": minus_x}
+    em = None
+    if family in MIXTURE_FAMILIES:
+        em = fit_identity_mixture(data, DEFINITIONS[family]["K"], em_rng, n_init=s["em_starts"])
+        scores["em"] = lambda x, t, mixture=em.mixture: mixture.score(x, t, process)
+    n_eval = s["n_eval_tilted"] if family in _MONTE_CARLO_FAMILIES else s["n_eval"]
+    errors = _integrated_errors(scores, EmpiricalMeasure(data), target, process, s["t0"], s["T"], n_eval,
+                                min(n_eval, s["n_eval_empirical"]), eval_rng)
+    baseline_seconds = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    bound = oracle_bound = None
+    if family not in _MONTE_CARLO_FAMILIES:
+        # the certified bound on TV(p_0, residual sampler's output) on [t0(n), T(n)], and the same
+        # bound for the exact score: what remains of it without any learning error
+        oracle = lambda x, t: target.score(x, t, process)  # noqa: E731
+        bound, oracle_bound = (tv_upper_bound(score, target, process, t0, T, "geometric", s["bound_method"],
+                                              s["bound_n"], np.random.default_rng(bound_seq),
+                                              n_steps=s["bound_steps"], overflow="inf")
+                               for score in (model, oracle))
+    network = errors.pop("network")
+    return {"score_error": network["error"], "score_error_se": network["se"],
+            "tv_bound": None if bound is None else bound.tv, "tv_bound_se": None if bound is None else bound.tv_se,
+            "kl_path": None if bound is None else _bound_terms(bound)["kl_path"],
+            "kl_path_se": None if bound is None else _bound_terms(bound)["kl_path_se"],
+            "baseline_empirical": errors["empirical"], "baseline_minus_x": errors["minus_x"],
+            "baseline_em": errors.get("em"), "em": None if em is None else em.as_dict(),
+            "tv": _bound_terms(bound), "tv_oracle": _bound_terms(oracle_bound),
+            "t0": t0, "T": T, "t0_eval": s["t0"], "T_eval": s["T"], "steps": steps,
+            "epochs": steps * min(s["batch_size"], n) / n, "objective": objective_name(s),
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
-            "eval_seconds": time.perf_counter() - tic}
+            "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
+            "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}
+
+
+_MONTE_CARLO_FAMILIES = ("tilted", "tilt-iso")
+
+
+def _held_out_loss(model, optimizer, target, t0, T, s, rng):
+    """A function model -> the training objective of the averaged (EMA) parameters on val_n
+    fresh samples of p_0, with times and noise drawn once (common draws: the values along
+    training differ by the model alone, so a plateau shows as a flat tail)."""
+    x0 = target.sample(s["val_n"], rng)
+    t = _draw_times(s["val_n"], t0, T, rng, s["time_distribution"])
+    z = rng.standard_normal(x0.shape)
+
+    def held_out(model):
+        if optimizer.ema is None:
+            return dsm_loss(model, x0, t, z, s["weighting"], grad=False)[0]
+        current = model.params.copy()
+        model.network.set_params(optimizer.ema)
+        try:
+            return dsm_loss(model, x0, t, z, s["weighting"], grad=False)[0]
+        finally:
+            model.network.set_params(current)
+
+    return held_out
+
+
+def _bound_terms(bound):
+    """TVBound.as_dict without the grid and the per-step terms (a row stays a few hundred bytes)."""
+    if bound is None:
+        return None
+    out = bound.as_dict()
+    for key in ("grid", "kl_path_per_step"):
+        out.pop(key)
+    # a path term beyond float64 (overflow="inf") makes the bound the trivial TV <= 1: kept,
+    # with the overflowed terms as null (JSON has no inf)
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in out.items()}
+
+
+def _integrated_errors(scores, empirical, target, process, t0, T, n, n_empirical, rng):
+    """int_{t0}^{T} beta/2 E_{p_t}|s - grad log p_t|^2 dt for every score in scores, on common points.
+
+    The estimator of sgm_ref.metrics.score_error_integral (log-uniform times, weight
+    t log(T / t0)) on one draw of n points for all the scores; the smoothed empirical
+    measure's score (O(n_train d) per point) on the first n_empirical of them. A target
+    with a Monte-Carlo oracle (score_and_se) has the oracle's own error sum_j se_j^2
+    subtracted (_debiased_score_error). Returns {name: {"error": float, "se": float}},
+    with "empirical" added.
+    """
+    x0 = target.sample(n, rng)
+    span = math.log(T / t0)
+    t = t0 * np.exp(span * rng.random(n))
+    xt, _ = process.perturb(x0, t, rng)
+    if hasattr(target, "score_and_se"):
+        oracle, se = target.score_and_se(xt, t, process)
+        noise = np.sum(se**2, axis=1)
+    else:
+        oracle, noise = target.score(xt, t, process), np.zeros(n)
+    weight = t * span * (0.5 * process.beta(t))
+    out = {}
+    for name, score in {**scores, "empirical": empirical}.items():
+        m = n_empirical if name == "empirical" else n
+        e = (np.sum((score(xt[:m], t[:m]) - oracle[:m]) ** 2, axis=1) - noise[:m]) * weight[:m]
+        out[name] = {"error": float(e.mean()), "se": float(e.std(ddof=1) / math.sqrt(m))}
+    return out
 
 
 def _debiased_score_error(model, target, process, t0, T, n, rng):
@@ -255,6 +452,9 @@ def _check_row(row):
     else:
         numbers = [row["score_error"], row["score_error_se"]] + [row[k] for k in ("tv_bound", "tv_bound_se")
                                                                   if row.get(k) is not None]
+        for key in ("baseline_empirical", "baseline_minus_x", "baseline_em"):
+            if row.get(key) is not None:  # rows of older sweeps have none
+                numbers += [row[key]["error"], row[key]["se"]]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in numbers):
             raise ValueError("not a result")
     return family, d, n, seed

@@ -10,6 +10,13 @@ is frozen at the grid point t_k, so by Girsanov's theorem and the chain rule of 
 
     Euler–Maruyama:          Delta_k(t) = grad log p_t(X_t) - s(X_{t_k}, t_k) + (X_t - X_{t_k}) / 2
     exponential integrator:  Delta_k(t) = grad log p_t(X_t) - s(X_{t_k}, t_k)
+    residual exponential:    Delta_k(t) = grad log p_t(X_t) + X_t - r(X_{t_k}, t_k)
+                                        = grad log p_t(X_t) - s(X_{t_k}, t_k) + (X_t - X_{t_k})
+
+(the residual scheme's drift on the step is beta(t) (-y / 2 + r_k), r = s + y, against the
+true beta(t) (y / 2 + grad log p_t(y)): their difference over the diffusion coefficient
+sqrt(beta) is sqrt(beta) (y + grad log p_t(y) - r_k), which is small when grad log p_t is
+close to -y)
 
 where (X_t, X_{t_k}), t < t_k, is a pair from the forward process: under P the reverse
 path has the forward process's law. Both points are drawn exactly (X_t from p_t, then
@@ -39,6 +46,7 @@ from ..samplers import check_grid, time_grid
 __all__ = ["tv_upper_bound", "TVBound"]
 
 _BLOCK_ROWS = 2**15
+_PATH_METHODS = ("euler_maruyama", "exponential", "residual_exponential")
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -83,7 +91,7 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         Early-stopping time and horizon, 0 < t0 < T.
     grid : "uniform", "geometric" or ndarray of shape (N + 1,)
         The sampler's time grid (decreasing from T to t0); a name needs n_steps.
-    method : {"euler_maruyama", "exponential"}
+    method : {"euler_maruyama", "exponential", "residual_exponential"}
         The scheme whose drift is compared (the probability-flow ODE has no Girsanov bound).
     n : int >= 2
         Monte-Carlo pairs per step.
@@ -121,8 +129,8 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
                          "score_error_integral (weight g^2 / 2) or sampler_output_gaussian instead")
     overflow = check_overflow_policy(overflow)
     t0, T = check_time_range(t0, T, process)
-    if method not in ("euler_maruyama", "exponential"):
-        raise ValueError(f"method must be 'euler_maruyama' or 'exponential', got {method!r}")
+    if method not in _PATH_METHODS:
+        raise ValueError(f"method must be one of {', '.join(repr(m) for m in _PATH_METHODS)}, got {method!r}")
     n = check_count(n, "n", minimum=2)
     n_aux = check_count(16 * n if n_aux is None else n_aux, "n_aux", minimum=2)
     rng = check_rng(rng)
@@ -207,6 +215,8 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
         delta = target.score(xt, t, process) - s
         if method == "euler_maruyama":
             delta += 0.5 * (xt - x_grid)
+        elif method == "residual_exponential":
+            delta += xt - x_grid
         e = (0.5 * h[k] * process.beta(t) * np.sum(delta**2, axis=1)).reshape(-1, n)  # (steps, n)
         steps = slice(first, first + e.shape[0])
         mean[steps] = e.mean(axis=1)

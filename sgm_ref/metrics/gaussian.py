@@ -84,6 +84,8 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
 
         euler_maruyama:    a = 1 + DB_k / 2,  b = DB_k,                 c^2 = DB_k
         exponential:       a = e^{DB_k / 2},  b = 2 (e^{DB_k / 2} - 1), c^2 = e^{DB_k} - 1
+        residual_exponential:  a = 2 - e^{-DB_k / 2},  b = 2 (1 - e^{-DB_k / 2}),  c^2 = 1 - e^{-DB_k}
+                           (e^{-DB_k/2} y + b r with r = s + y; for p_0 = N(0, I) the output is N(0, I))
         mu <- (a - b / v_k) mu + b alpha_{t_k} (U^T m) / v_k,   q <- (a - b / v_k)^2 q + c^2.
 
     probability_flow (Heun, h = t_k - t_{k+1}): the drift f(y, t) = beta(t) (y + s(y, t)) / 2
@@ -106,7 +108,7 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
     process : any process of sgm_ref.processes
     grid : array_like, shape (N + 1,)
         Decreasing times from T to t0 > 0 (sgm_ref.samplers.time_grid).
-    method : {"euler_maruyama", "exponential", "probability_flow"}
+    method : {"euler_maruyama", "exponential", "residual_exponential", "probability_flow"}
 
     Returns
     -------

@@ -1,0 +1,79 @@
+"""The cost of the rate experiment's full grid: cells x measured seconds per cell.
+
+Measures, in one process with one numba and one BLAS thread (as a sweep worker runs):
+
+- milliseconds per training step of the cell's network (FULL settings: width 256,
+  depth 3, batch 256) at every d of the grid (200 steps each);
+- the seconds of everything else a cell does (sampling, EM, the baselines' errors, the
+  certified bounds), from run_cell with one training step, at the smallest and largest
+  d and n of each family;
+
+and predicts every cell as training_steps(n) x ms/step(d) + the rest, the rest
+interpolated linearly in log d and log n between the measured corners (it grows about
+linearly in d, so the middle d are overestimated). Prints the per-cell table, the total
+worker-seconds and the hours with 2 workers. The load average is printed beside each
+measurement: on a shared machine the figures are upper bounds of a quiet one's.
+
+    OPENBLAS_NUM_THREADS=1 python benchmarks/rate_cost.py
+"""
+
+import os
+import time
+
+import numba
+import numpy as np
+
+from sgm_ref.experiments import rate
+from sgm_ref.nn import MLP
+from sgm_ref.optim import Adam
+from sgm_ref.processes import OU
+from sgm_ref.score_model import ScoreModel
+from sgm_ref.train import fit
+
+
+def main():
+    numba.set_num_threads(1)
+    grid, S = rate.FULL, rate.SETTINGS
+    ms = {}
+    for d in grid["d"]:
+        rng = np.random.default_rng(0)
+        net = MLP(d, (S["width"],) * S["depth"], S["activation"], S["time_embedding"], rng=rng)
+        model = ScoreModel(net, OU(), S["parameterization"])
+        optimizer = Adam(model.params, lr=S["lr"], ema_decay=S["ema_decay"], ema_warmup=True)
+        data = rng.standard_normal((2000, d))
+        tic = time.perf_counter()
+        fit(model, data, steps=200, batch_size=S["batch_size"], t0=1e-3, T=5.0, rng=rng, optimizer=optimizer,
+            progress=False)
+        ms[d] = (time.perf_counter() - tic) / 200
+        print(f"training d = {d}: {1e3 * ms[d]:.2f} ms/step (load {os.getloadavg()[0]:.1f})", flush=True)
+    rest = {}
+    d_ends, n_ends = (min(grid["d"]), max(grid["d"])), (min(grid["n"]), max(grid["n"]))
+    for family in grid["families"]:
+        for d in d_ends:
+            for n in n_ends:
+                row = rate.run_cell({"family": family, "d": d, "n": n, "seed": 0, "settings": {**S, "steps": 1}})
+                rest[family, d, n] = row["eval_seconds"] + row["train_seconds"]
+                print(f"rest of a cell {family} d = {d} n = {n}: {rest[family, d, n]:.1f} s "
+                      f"(load {os.getloadavg()[0]:.1f})", flush=True)
+    print("\n| family | d | " + " | ".join(f"n = {n}" for n in grid["n"]) + " |")
+    print("|---|---|" + "---|" * len(grid["n"]))
+    total = 0.0
+    for family in grid["families"]:
+        for d in grid["d"]:
+            u = np.log(d / d_ends[0]) / np.log(d_ends[1] / d_ends[0])
+            seconds = []
+            for n in grid["n"]:
+                v = np.log(n / n_ends[0]) / np.log(n_ends[1] / n_ends[0])
+                corner = {(a, b): rest[family, a, b] for a in d_ends for b in n_ends}
+                r = ((1 - u) * ((1 - v) * corner[d_ends[0], n_ends[0]] + v * corner[d_ends[0], n_ends[1]])
+                     + u * ((1 - v) * corner[d_ends[1], n_ends[0]] + v * corner[d_ends[1], n_ends[1]]))
+                seconds.append(rate.training_steps(n, S) * ms[d] + r)
+            total += len(grid["seeds"]) * sum(seconds)
+            print(f"| {family} | {d} | " + " | ".join(f"{s:.0f}" for s in seconds) + " |")
+    cells = len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])
+    print(f"\n{cells} cells, {total:.0f} worker-seconds ({total / cells:.0f} s per cell on average): "
+          f"{total / 2 / 3600:.2f} hours with --workers 2")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""The rate experiment's baselines: the smoothed empirical score, -x, and the EM plug-in."""
+
+import numpy as np
+import pytest
+from scipy.special import logsumexp
+
+from sgm_ref.experiments.baselines import EmpiricalMeasure, fit_identity_mixture, minus_x
+from sgm_ref.losses import dsm_loss
+from sgm_ref.nn import MLP
+from sgm_ref.optim import Adam
+from sgm_ref.processes import OU, VP
+from sgm_ref.score_model import ScoreModel
+from sgm_ref.train import fit
+
+
+def reference_score_and_log_prob(data, x, t, process):
+    """Direct log-sum-exp of log N(x; alpha x_i, sigma^2 I), one point at a time, differences explicit."""
+    a, s2 = process._coefficients(t, x.shape[0])
+    n, d = data.shape
+    scores, logps = [], []
+    for j in range(x.shape[0]):
+        diff = x[j] - a[j] * data                                   # (n, d)
+        logn = -0.5 * np.sum(diff**2, axis=1) / s2[j] - 0.5 * d * np.log(2 * np.pi * s2[j])
+        lse = logsumexp(logn)
+        w = np.exp(logn - lse)
+        scores.append(-(w @ diff) / s2[j])
+        logps.append(lse - np.log(n))
+    return np.array(scores), np.array(logps)
+
+
+@pytest.mark.parametrize("process", [OU(), VP()])
+def test_empirical_score_equals_a_direct_log_sum_exp(process):
+    rng = np.random.default_rng(0)
+    data = rng.standard_normal((300, 5)) * 2
+    x = rng.standard_normal((40, 5)) * 2
+    t = np.concatenate([np.full(10, 1e-3), rng.uniform(1e-2, 1.0, 30)])  # tiny t: one x_i dominates
+    emp = EmpiricalMeasure(data)
+    ref_score, ref_logp = reference_score_and_log_prob(data, x, t, process)
+    assert np.allclose(emp.score(x, t, process), ref_score, rtol=1e-9, atol=1e-9 * np.abs(ref_score).max())
+    assert np.allclose(emp.log_prob(x, t, process), ref_logp, rtol=1e-12, atol=1e-10)
+
+
+def test_empirical_score_in_blocks_is_the_same(monkeypatch):
+    """Many small blocks (the memory bound for n = 32,000) give the same numbers as one."""
+    from sgm_ref.experiments import baselines
+
+    rng = np.random.default_rng(1)
+    data, x, t = rng.standard_normal((500, 3)), rng.standard_normal((64, 3)), rng.uniform(0.01, 1, 64)
+    whole = EmpiricalMeasure(data).score(x, t)
+    monkeypatch.setattr(baselines, "_BLOCK_ELEMENTS", 1000)  # two rows per block
+    assert np.array_equal(EmpiricalMeasure(data).score(x, t), whole)
+
+
+def test_empirical_score_refuses_t_zero():
+    with pytest.raises(ValueError, match="t must be > 0"):
+        EmpiricalMeasure(np.zeros((3, 2))).score(np.zeros((1, 2)), 0.0)
+
+
+def test_empirical_score_minimises_the_empirical_dsm_loss():
+    """On the training points, with the same draws of t and z, the empirical score's DSM loss is
+    below a trained network's and below -x's: it is the loss's unrestricted minimiser."""
+    rng = np.random.default_rng(2)
+    n, d = 64, 2
+    data = rng.standard_normal((n, d)) + np.array([2.0, 0.0]) * rng.choice([-1, 1], size=(n, 1))
+    process = OU()
+    net = MLP(d, (32, 32), "silu", "log", rng=np.random.default_rng(3))
+    model = ScoreModel(net, process, "residual")
+    optimizer = Adam(model.params, lr=3e-3)
+    fit(model, data, steps=400, batch_size=64, t0=1e-2, T=3.0, rng=np.random.default_rng(4), optimizer=optimizer,
+        progress=False)
+    emp = EmpiricalMeasure(data)
+    m = 40_000
+    idx = rng.integers(0, n, m)
+    t = rng.uniform(1e-2, 3.0, m)
+    z = rng.standard_normal((m, d))
+    a, s2 = process._coefficients(t, m)
+    xt = a[:, None] * data[idx] + np.sqrt(s2)[:, None] * z
+
+    def loss(score):
+        return np.mean(np.sum((score(xt, t) + z / np.sqrt(s2)[:, None]) ** 2, axis=1))
+
+    value_net, _ = dsm_loss(model, data[idx], t, z, grad=False)
+    assert value_net == pytest.approx(loss(model), rel=1e-10)  # the loss as sgm_ref.losses computes it
+    value_emp = loss(emp)
+    # E[L(s)] - E[L(s_emp)] = E|s - s_emp|^2 exactly; with common draws the gap is far beyond noise
+    gap_net = np.mean(np.sum((model(xt, t) - emp(xt, t)) ** 2, axis=1))
+    assert value_emp < value_net and value_emp < loss(minus_x)
+    assert value_net - value_emp == pytest.approx(gap_net, rel=0.1)
+
+
+def test_em_recovers_well_separated_means():
+    rng = np.random.default_rng(5)
+    true = np.array([[6.0, 0.0, 0.0], [-6.0, 0.0, 0.0], [0.0, 6.0, 0.0], [0.0, 0.0, -6.0]])
+    w = np.array([0.4, 0.3, 0.2, 0.1])
+    labels = rng.choice(4, size=8000, p=w)
+    x = true[labels] + rng.standard_normal((8000, 3))
+    result = fit_identity_mixture(x, 4, np.random.default_rng(0))
+    order = [int(np.argmin(np.linalg.norm(result.mixture.means - m, axis=1))) for m in true]
+    assert sorted(order) == [0, 1, 2, 3] and result.converged
+    se = 1.0 / np.sqrt(8000 * w[:, None])
+    assert np.all(np.abs(result.mixture.means[order] - true) < 5 * se)
+    assert np.allclose(result.mixture.weights[order], w, atol=0.02)
+    again = fit_identity_mixture(x, 4, np.random.default_rng(0))
+    assert np.array_equal(again.mixture.means, result.mixture.means)  # seeded
+
+
+def test_em_refuses_more_components_than_samples():
+    with pytest.raises(ValueError, match="K = 5 components need at least K samples"):
+        fit_identity_mixture(np.zeros((3, 2)), 5, np.random.default_rng(0))
