@@ -156,7 +156,7 @@ def _score_for_kernel(score, y, t, step, grid, process):
         s = score(y, np.full(y.shape[0], t))
         if type(s) is not np.ndarray or s.shape != y.shape or s.dtype != y.dtype:
             s = call_score(lambda *_: s, y, None, _where(step, t))  # its messages, in its order
-        return s
+        return s if s.flags.c_contiguous else np.ascontiguousarray(s)  # the kernels read it flat
     except Exception:
         with np.errstate(invalid="ignore"):
             top = np.max(np.abs(y))
@@ -165,9 +165,10 @@ def _score_for_kernel(score, y, t, step, grid, process):
         raise
 
 
-def _non_finite_score(big, step, t, grid, process):
-    """Raise for a score output with a NaN or inf that a step kernel found, as _score_at would."""
-    if big:  # the points had overflowed (or nearly) before the call
+def _non_finite_score(status, step, t, grid, process):
+    """Raise for a score output with a NaN or inf that a step kernel found (its status 1,
+    or 2 where the points had overflowed or nearly before the call), as _score_at would."""
+    if status == 2:
         _diverged(step, grid, process)
     raise ValueError(f"score returned non-finite values{_where(step, t)}")
 
@@ -232,15 +233,15 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     # all but the score call and one kernel is done before the loop: the coefficients, in
     # y's dtype (float32 points step in float32 arithmetic), and one row of noise scratch
     steps = [tuple(_in_dtype(y.dtype, v) for v in coefficients(dB_k)) for dB_k in dB]
-    xi = np.empty(y.shape[1], y.dtype)
+    xi = np.empty(min(max(y.size, 1), 2048), y.dtype)  # 16 KiB of float64 noise at a time, in L1
     limit = _overflow_limit(y.dtype)
     path = [y.copy()] if trajectory else None
     for k, (a, b, c) in enumerate(steps):
         s = _score_for_kernel(score, y, grid[k], k, grid, process)
-        # noise = rng.standard_normal(y.shape, dtype=y.dtype), drawn row by row inside
-        bad_row, big = affine_noise_step(y, s, rng, a, b, c, xi, limit)
-        if bad_row >= 0:
-            _non_finite_score(big, k, grid[k], grid, process)
+        # noise = rng.standard_normal(y.shape, dtype=y.dtype), drawn inside a block at a time
+        status = affine_noise_step(y, s, rng, a, b, c, xi, limit)
+        if status:
+            _non_finite_score(status, k, grid[k], grid, process)
         if trajectory:
             path.append(y.copy())
     y = _finished(y, grid, process)
@@ -306,13 +307,13 @@ def probability_flow(score, process, grid, x, trajectory=False):
     y_pred = np.empty_like(y)
     for k, (one_plus_a, a, c_now, c_next) in enumerate(steps):
         s = _score_for_kernel(score, y, grid[k], k, grid, process)
-        bad_row, big = heun_predict(y_pred, y, s, one_plus_a, a, limit)
-        if bad_row >= 0:
-            _non_finite_score(big, k, grid[k], grid, process)
+        status = heun_predict(y_pred, y, s, one_plus_a, a, limit)
+        if status:
+            _non_finite_score(status, k, grid[k], grid, process)
         s_pred = _score_for_kernel(score, y_pred, grid[k + 1], k, grid, process)
-        bad_row, big = heun_correct(y, s, y_pred, s_pred, c_now, c_next, limit)
-        if bad_row >= 0:
-            _non_finite_score(big, k, grid[k + 1], grid, process)
+        status = heun_correct(y, s, y_pred, s_pred, c_now, c_next, limit)
+        if status:
+            _non_finite_score(status, k, grid[k + 1], grid, process)
         if trajectory:
             path.append(y.copy())
     y = _finished(y, grid, process)

@@ -59,89 +59,76 @@ def standard_normal_fill(out, rng):
 
 
 @njit(cache=True)
-def affine_noise_step(y, s, rng, a, b, c, xi, limit):
-    """y <- a y + b s + c xi in place, xi ~ N(0, I) drawn here (Euler–Maruyama, exponential steps).
-
-    xi (d,) is scratch for one row of noise, of y's dtype; the draws are
-    rng.standard_normal(y.shape, dtype=y.dtype) in row-major order, so y ends up bit for
-    bit what drawing xi into an (n, d) array first and then updating would give. The
-    arithmetic is y's dtype when a, b, c are (pass float32 coefficients for float32 y).
-
-    s is checked as it is used: each row must be finite before that row of y is
-    touched. Returns (-1, False) after a full step; otherwise (i, big) with i the first
-    row of s holding a NaN or inf (rows of y before i are updated, the rest untouched)
-    and big True if y held an entry with |y| >= limit (or non-finite) before this step.
-    """
-    n, d = y.shape
-    big = False
-    for i in range(n):
-        finite = True
-        for j in range(d):
-            finite &= np.isfinite(s[i, j])
-        if not finite:
-            for k in range(i, n):
-                for j in range(d):
-                    big |= not abs(y[k, j]) < limit
-            return i, big
-        for j in range(d):
-            xi[j] = standard_normal(rng, xi)
-        for j in range(d):
-            v = y[i, j]
-            big |= not abs(v) < limit
-            y[i, j] = a * v + b * s[i, j] + c * xi[j]
-    return -1, False
+def _score_status(s, y, limit):
+    """0 if every entry of s is finite; else 2 if y holds an entry with |y| >= limit (or a
+    non-finite one: the points had overflowed, or nearly, before the score call), else 1."""
+    sf = s.reshape(-1)
+    finite = True
+    for e in range(sf.size):  # a branch-free and-reduction: vectorised, one cheap pass
+        finite &= np.isfinite(sf[e])
+    if finite:
+        return 0
+    yf = y.reshape(-1)
+    for e in range(yf.size):
+        if not abs(yf[e]) < limit:
+            return 2
+    return 1
 
 
 @njit(cache=True)
-def affine_step(y, s, xi, a, b, c):
-    """y <- a y + b s + c xi in place, with the noise xi given (n, d)."""
-    n, d = y.shape
-    for i in range(n):
-        for j in range(d):
-            y[i, j] = a * y[i, j] + b * s[i, j] + c * xi[i, j]
+def affine_noise_step(y, s, rng, a, b, c, xi, limit):
+    """y <- a y + b s + c xi in place, xi ~ N(0, I) drawn here (Euler–Maruyama, exponential steps).
+
+    y and s are C-contiguous (n, d); xi is scratch of y's dtype, any length (a few
+    thousand entries: it stays in L1). The noise is drawn xi.size entries at a time and
+    used at once, never written to an (n, d) array and read back; the draws are
+    rng.standard_normal(y.shape, dtype=y.dtype) in row-major order, so y ends up bit for
+    bit what drawing the noise first and then updating gives. The arithmetic is y's dtype
+    when a, b, c are (pass float32 coefficients for float32 y).
+
+    Returns _score_status(s, y, limit): 0 after the step; 1 or 2, y untouched and no
+    draw made, if s holds a NaN or inf.
+    """
+    status = _score_status(s, y, limit)
+    if status:
+        return status
+    yf, sf = y.reshape(-1), s.reshape(-1)
+    for start in range(0, yf.size, xi.size):
+        yc, sc = yf[start:start + xi.size], sf[start:start + xi.size]  # views: indices from 0, vectorised
+        for e in range(yc.size):
+            xi[e] = standard_normal(rng, xi)
+        for e in range(yc.size):
+            yc[e] = a * yc[e] + b * sc[e] + c * xi[e]
+    return 0
 
 
 @njit(cache=True)
 def heun_predict(y_pred, y, s, one_plus_a, a, limit):
     """y_pred <- (1 + a) y + a s: the Euler predictor for the probability-flow ODE.
 
-    one_plus_a is passed rounded to y's dtype, as a is. s is checked as in
-    affine_noise_step; returns (-1, False) or (i, big), y untouched.
+    one_plus_a is passed rounded to y's dtype, as a is. Returns _score_status(s, y, limit),
+    y_pred untouched unless 0. All arrays C-contiguous (n, d).
     """
-    n, d = y.shape
-    for i in range(n):
-        finite = True
-        for j in range(d):
-            finite &= np.isfinite(s[i, j])
-        if not finite:
-            big = False
-            for k in range(n):
-                for j in range(d):
-                    big |= not abs(y[k, j]) < limit
-            return i, big
-        for j in range(d):
-            y_pred[i, j] = y[i, j] * one_plus_a + a * s[i, j]
-    return -1, False
+    status = _score_status(s, y, limit)
+    if status:
+        return status
+    yf, sf, pf = y.reshape(-1), s.reshape(-1), y_pred.reshape(-1)
+    for e in range(yf.size):
+        pf[e] = yf[e] * one_plus_a + a * sf[e]
+    return 0
 
 
 @njit(cache=True)
 def heun_correct(y, s, y_pred, s_pred, c_now, c_next, limit):
     """y <- y + c_now (y + s) + c_next (y_pred + s_pred): Heun's corrector for the ODE.
 
-    s_pred is checked as s in affine_noise_step, with big about y_pred (the points the
-    score was called at); returns (-1, False) or (i, big).
+    Returns _score_status(s_pred, y_pred, limit) (y_pred: the points s_pred was computed
+    at), y untouched unless 0. All arrays C-contiguous (n, d).
     """
-    n, d = y.shape
-    for i in range(n):
-        finite = True
-        for j in range(d):
-            finite &= np.isfinite(s_pred[i, j])
-        if not finite:
-            big = False
-            for k in range(n):
-                for j in range(d):
-                    big |= not abs(y_pred[k, j]) < limit
-            return i, big
-        for j in range(d):
-            y[i, j] = y[i, j] + c_now * (y[i, j] + s[i, j]) + c_next * (y_pred[i, j] + s_pred[i, j])
-    return -1, False
+    status = _score_status(s_pred, y_pred, limit)
+    if status:
+        return status
+    yf, sf, pf, spf = y.reshape(-1), s.reshape(-1), y_pred.reshape(-1), s_pred.reshape(-1)
+    for e in range(yf.size):
+        yf[e] = yf[e] + c_now * (yf[e] + sf[e]) + c_next * (pf[e] + spf[e])
+    return 0
