@@ -38,6 +38,8 @@ call, a step is the noise draw, a check of the score's output and one fused upda
 (sgm_ref.kernels.sampler).
 """
 
+import sys
+
 import numpy as np
 
 from ._validation import (call_score, check_count, check_decreasing_grid, check_float_dtype, check_points, check_rng,
@@ -149,11 +151,26 @@ def _overflow_limit(dtype):
     return np.sqrt(np.finfo(dtype).max) / 1e4
 
 
-def _score_for_kernel(score, y, t, step, grid, process):
-    """_score_at without the O(n d) finiteness pass: the step kernels check each row of s
-    as they read it (and _non_finite_score raises what call_score would have)."""
+class _Times:
+    """The (n,) array of one grid time passed to the score, refilled in place from step to
+    step unless the score kept a reference to it (then a fresh one: it never changes under
+    a caller that holds it)."""
+
+    def __init__(self, n):
+        self.t = np.empty(n)
+
+    def at(self, t):
+        if sys.getrefcount(self.t) > 2:  # self.t and getrefcount's argument: nobody else
+            self.t = np.empty(self.t.size)
+        self.t.fill(t)
+        return self.t
+
+
+def _score_for_kernel(score, y, t, step, grid, process, times):
+    """_score_at without the O(n d) finiteness pass, which the step kernels make (and
+    _non_finite_score raises what call_score would have); times: a _Times for y."""
     try:
-        s = score(y, np.full(y.shape[0], t))
+        s = score(y, times.at(t))
         if type(s) is not np.ndarray or s.shape != y.shape or s.dtype != y.dtype:
             s = call_score(lambda *_: s, y, None, _where(step, t))  # its messages, in its order
         return s if s.flags.c_contiguous else np.ascontiguousarray(s)  # the kernels read it flat
@@ -235,10 +252,11 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     steps = [tuple(_in_dtype(y.dtype, v) for v in coefficients(dB_k)) for dB_k in dB]
     xi = np.empty(min(max(y.size, 1), 2048), y.dtype)  # 16 KiB of float64 noise at a time, in L1
     limit = _overflow_limit(y.dtype)
+    times = _Times(y.shape[0])
     path = [y.copy()] if trajectory else None
     for k, (a, b, c) in enumerate(steps):
-        s = _score_for_kernel(score, y, grid[k], k, grid, process)
-        # noise = rng.standard_normal(y.shape, dtype=y.dtype), drawn inside a block at a time
+        s = _score_for_kernel(score, y, grid[k], k, grid, process, times)
+        # noise = rng.standard_normal(y.shape).astype(y.dtype), drawn inside a block at a time
         status = affine_noise_step(y, s, rng, a, b, c, xi, limit)
         if status:
             _non_finite_score(status, k, grid[k], grid, process)
@@ -303,14 +321,15 @@ def probability_flow(score, process, grid, x, trajectory=False):
     steps = [tuple(_in_dtype(y.dtype, v) for v in (1.0 + a, a, 0.5 * h_k * 0.5 * beta[k], 0.5 * h_k * 0.5 * beta[k + 1]))
              for k, (h_k, a) in enumerate(zip(h, 0.5 * h * beta[:-1]))]
     limit = _overflow_limit(y.dtype)
+    times = _Times(y.shape[0])
     path = [y.copy()] if trajectory else None
     y_pred = np.empty_like(y)
     for k, (one_plus_a, a, c_now, c_next) in enumerate(steps):
-        s = _score_for_kernel(score, y, grid[k], k, grid, process)
+        s = _score_for_kernel(score, y, grid[k], k, grid, process, times)
         status = heun_predict(y_pred, y, s, one_plus_a, a, limit)
         if status:
             _non_finite_score(status, k, grid[k], grid, process)
-        s_pred = _score_for_kernel(score, y_pred, grid[k + 1], k, grid, process)
+        s_pred = _score_for_kernel(score, y_pred, grid[k + 1], k, grid, process, times)
         status = heun_correct(y, s, y_pred, s_pred, c_now, c_next, limit)
         if status:
             _non_finite_score(status, k, grid[k + 1], grid, process)
