@@ -74,6 +74,16 @@ def affine_noise_step(y, s, rng, a, b, c, xi, limit):
 
 
 @njit(cache=True)
+def affine_step(y, s, xi, a, b, c):
+    """y <- a y + b s + c xi in place with the noise xi (n, d) given: the unfused step
+    (the samplers use affine_noise_step; kept for callers that bring their own noise)."""
+    n, d = y.shape
+    for i in range(n):
+        for j in range(d):
+            y[i, j] = a * y[i, j] + b * s[i, j] + c * xi[i, j]
+
+
+@njit(cache=True)
 def heun_predict(y_pred, y, s, one_plus_a, a, limit):
     """y_pred <- (1 + a) y + a s: the Euler predictor for the probability-flow ODE.
 
