@@ -34,8 +34,12 @@ gives the exact output law of the routed schemes (through replays.replay_output_
 
 The score is called as score(x, t) with x of shape (n, d) and t of shape (n,) (all
 entries equal to the current grid time) and must return the dtype of x; besides that
-call, a step is the noise draw, a check of the score's output and one fused update
-(sgm_ref.kernels.sampler).
+call, a step is one kernel call (sgm_ref.kernels.sampler) that checks the score's output
+is finite, draws the noise a block at a time and updates the points in place; the
+coefficients are computed before the first step. The points' dtype is the arithmetic's:
+float32 points (sample(dtype=np.float32), or float32 x) step in float32 with the
+coefficients rounded to float32, losing O(N 2^-24) relative to float64 after N steps;
+the noise is rng.standard_normal(shape) rounded to the points' dtype either way.
 """
 
 import sys
