@@ -391,6 +391,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         "geometric" (the default, as for `sgm-ref sample`) puts more steps near t0,
         where the score changes fastest. An explicit grid must run from T down to t0.
     dtype : float64 or float32
+        Of the points, the score call and the steps' arithmetic (module docstring).
     trajectory : bool
         Also return the points at every grid time, shape (n_steps + 1, n, d).
 
