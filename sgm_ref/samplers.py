@@ -221,7 +221,10 @@ def _start(x, process, grid):
 def _in_dtype(dtype, value):
     """A step coefficient for a kernel on points of dtype: a Python float for float64 (the
     same number), rounded to np.float32 for float32 so the kernel's arithmetic stays float32."""
-    return float(value) if dtype == np.float64 else dtype.type(value)
+    if dtype == np.float64:
+        return float(value)
+    with np.errstate(over="ignore"):  # beyond float32: inf, and the points overflow, which the sampler reports
+        return dtype.type(value)
 
 
 def _euler_maruyama_coefficients(dB):

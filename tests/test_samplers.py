@@ -544,3 +544,15 @@ def test_a_non_contiguous_score_output_gives_the_same_bits():
     y_f = euler_maruyama(lambda z, t: np.asfortranarray(np.repeat(g.score(z, t), 2, axis=1))[:, ::2], OU(), grid, x,
                          np.random.default_rng(1))
     assert np.array_equal(y, y_f)
+
+
+def test_float32_coefficients_beyond_float32_are_the_divergence():
+    """A step whose coefficients exceed float32's range overflows the float32 points: the
+    sampler says it diverged (no overflow warning from rounding the coefficients)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^the sampler diverged"):
+            euler_maruyama(lambda x, t: -np.tanh(x), OU(), np.array([1e39, 1.0]), np.ones((3, 2), np.float32),
+                           np.random.default_rng(0))
