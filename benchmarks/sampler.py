@@ -1,6 +1,6 @@
-"""Throughput of the Euler–Maruyama reverse sampler, and the share of time outside the score.
+"""The Euler–Maruyama reverse sampler: its time outside the score call against drawing the noise.
 
-    python benchmarks/sampler.py [--quick] [--particles N] [--steps S]
+    python benchmarks/sampler.py [--quick] [--particles N] [--steps S] [--dtype float64 float32]
 
 For d in {2, 32, 128}, two score functions:
   oracle  the exact score of the paper's mixture family (K = 8 identity-covariance
@@ -8,13 +8,23 @@ For d in {2, 32, 128}, two score functions:
   mlp     a ScoreModel on an MLP of widths (256, 256, 256), SiLU, "noise"
           parameterisation, trained by fit for --train-steps steps on 10,000 samples
           of the same mixture (its cost per call does not depend on the weights).
-Reported: particles x steps per second, the time inside the score call, and the share
-outside it, split into the N(0, I) draw (the sampler's kernel running numpy's ziggurat
-on the Generator, measured separately for the same sizes) and the rest (the update
-kernel, checks, bookkeeping). The last column is a floor for any sampler whose noise
-comes from the Generator: the share the raw bits alone (bit_generator.random_raw, one
-64-bit word per coordinate and step, what the ziggurat consumes on its fast path) would
-take, raw / (in score + raw), with nothing else outside the score.
+Target: a step costs the score call plus at most 1.15x the time of drawing its N(0, I)
+noise into a preallocated array with the fastest Generator-based method the project has
+(sgm_ref.kernels.sampler.standard_normal_into, numpy's float64 ziggurat compiled by
+numba, rounded to float32 for float32 points as the sampler's noise is; numba's float32
+ziggurat is 4x slower), one call per step as the sampler makes. Reported per row:
+  outside / draw   the sampler's time outside the score call (noise, update, checks,
+                   bookkeeping) over that draw time, in CPU time of the calling thread
+                   (time.thread_time: a loaded machine's waits are not counted; the
+                   score's BLAS threads are not the calling thread), best of --repeats,
+                   the sampler runs and the draw loops interleaved;
+  wall             the same ratio in wall time (best of the same runs);
+  in situ          outside over the same draw made between the same score calls (a loop
+                   of score call + draw and nothing else, timed outside the call): a call
+                   that follows the score finds cold caches, which the back-to-back draw
+                   loop never sees, so this is the sampler's own cost over the noise's;
+  floor            the draw's own floor: raw bits (bit_generator.random_raw, one 64-bit
+                   word per coordinate) over the draw.
 """
 
 import argparse
@@ -28,46 +38,68 @@ from sgm_ref import MLP, OU, GaussianMixture, ScoreModel, fit
 from sgm_ref.kernels.sampler import standard_normal_into
 from sgm_ref.samplers import euler_maruyama, time_grid
 
+TARGET = 1.15
+
 
 class TimedScore:
-    """Wrap a score function and accumulate the wall time spent inside it."""
+    """Wrap a score function and accumulate the CPU time of this thread and the wall time inside it."""
 
     def __init__(self, score):
-        self.score, self.seconds = score, 0.0
+        self.score, self.cpu, self.wall = score, 0.0, 0.0
 
     def __call__(self, x, t):
-        tic = time.perf_counter()
+        cpu, wall = time.thread_time(), time.perf_counter()
         out = self.score(x, t)
-        self.seconds += time.perf_counter() - tic
+        self.cpu += time.thread_time() - cpu
+        self.wall += time.perf_counter() - wall
         return out
 
 
-def measure(score, d, n, steps, repeats):
+def _draw_loop(draw, noise, rng, steps):
+    """(cpu, wall) seconds of `steps` draws of the whole noise array."""
+    cpu, wall = time.thread_time(), time.perf_counter()
+    for _ in range(steps):
+        draw(noise, rng)
+    return time.thread_time() - cpu, time.perf_counter() - wall
+
+
+def _draw_between_scores(draw, score, x, grid, noise, rng):
+    """CPU seconds outside the score of a loop that calls it and draws the noise, no more."""
+    timed = TimedScore(score)
+    t = np.empty(x.shape[0])
+    cpu = time.thread_time()
+    for t_k in grid[:-1]:
+        t.fill(t_k)
+        timed(x, t)
+        draw(noise, rng)
+    return time.thread_time() - cpu - timed.cpu
+
+
+def measure(score, d, n, steps, repeats, dtype):
+    """Best-of-repeats (outside cpu, outside wall, draw cpu, draw wall, raw cpu, total wall) per run."""
     grid = time_grid(5.0, 1e-3, steps, "geometric")
-    best = None
+    draw = standard_normal_into
+    noise = np.empty((n, d), dtype)
+    best = dict.fromkeys(("out_cpu", "out_wall", "draw_cpu", "draw_wall", "raw", "total", "situ"), np.inf)
+    draw(noise, np.random.default_rng(0))  # compile
     for r in range(repeats + 1):  # the first run compiles and warms caches
         timed = TimedScore(score)
         rng = np.random.default_rng(r)
-        x = OU().prior(n, d, rng)
-        tic = time.perf_counter()
+        x = OU().prior(n, d, rng, dtype)
+        cpu, wall = time.thread_time(), time.perf_counter()
         euler_maruyama(timed, OU(), grid, x, rng)
-        total = time.perf_counter() - tic
-        if r and (best is None or total < best[0]):
-            best = (total, timed.seconds)
-    noise = np.empty((n, d))
-    rng = np.random.default_rng(0)
-    standard_normal_into(noise, rng)
-    draw = raw = np.inf
-    for _ in range(repeats):  # best of repeats, like the sampler runs
-        tic = time.perf_counter()
-        for _ in range(steps):
-            standard_normal_into(noise, rng)
-        draw = min(draw, time.perf_counter() - tic)
-        tic = time.perf_counter()
+        cpu, wall = time.thread_time() - cpu, time.perf_counter() - wall
+        draw_cpu, draw_wall = _draw_loop(draw, noise, rng, steps)
+        tic = time.thread_time()
         for _ in range(steps):
             rng.bit_generator.random_raw(n * d)
-        raw = min(raw, time.perf_counter() - tic)
-    return best[0], best[1], draw, raw
+        raw = time.thread_time() - tic
+        situ = _draw_between_scores(draw, score, x, grid, noise, rng)
+        if r:
+            for key, value in (("out_cpu", cpu - timed.cpu), ("out_wall", wall - timed.wall), ("draw_cpu", draw_cpu),
+                               ("draw_wall", draw_wall), ("raw", raw), ("total", wall), ("situ", situ)):
+                best[key] = min(best[key], value)
+    return best
 
 
 def main():
@@ -76,28 +108,39 @@ def main():
     parser.add_argument("--particles", type=int, default=None)
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 32, 128])
+    parser.add_argument("--scores", nargs="+", choices=("oracle", "mlp"), default=["oracle", "mlp"])
+    parser.add_argument("--dtype", nargs="+", choices=("float64", "float32"), default=["float64"],
+                        help="the points' dtype (both: rows for each, same run)")
     parser.add_argument("--train-steps", type=int, default=300, help="training steps of the MLP score")
     args = parser.parse_args()
     n = args.particles or (1024 if args.quick else 4096)
     repeats = args.repeats or (1 if args.quick else 3)
-    print(f"# Euler–Maruyama sampler, {n} particles x {args.steps} steps, float64, best of {repeats}")
+    print(f"# Euler–Maruyama sampler, {n} particles x {args.steps} steps, best of {repeats}; "
+          f"target: outside / draw <= {TARGET}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; OPENBLAS_CORETYPE="
-          f"{os.environ.get('OPENBLAS_CORETYPE')}, OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')}\n")
-    print("| d | score | particles x steps / s | in score | outside | of which N(0, I) draw | rest "
-          "| floor: raw bits |")
-    print("|---|---|---|---|---|---|---|---|")
-    for d in (2, 32, 128):
+          f"{os.environ.get('OPENBLAS_CORETYPE')}, OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')}; "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
+    print(f"| d | score | dtype | particles x steps / s | in score | outside / draw (<= {TARGET}) | wall | "
+          "in situ | outside, us / step | draw, us / step | floor: raw bits / draw |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for d in args.dims:
         mixture = GaussianMixture.paper_family(d, 8, 3.0, rng=0)
-        model = ScoreModel(MLP(d, (256, 256, 256), "silu", "log", rng=0), OU(), "noise")
-        fit(model, mixture.sample(10_000, np.random.default_rng(1)), steps=args.train_steps, batch_size=256,
-            lr=1e-3, t0=1e-3, T=5.0, rng=np.random.default_rng(2), weighting="sigma2", progress=False)
-        for name, score in (("oracle", lambda x, t, g=mixture: g.score(x, t)), ("mlp", model)):
-            total, inside, draw, raw = measure(score, d, n, args.steps, repeats)
-            outside = total - inside
-            rate = n * args.steps / total
-            print(f"| {d} | {name} | {rate:.3g} | {inside / total:.1%} | {outside / total:.1%} | "
-                  f"{draw / total:.1%} | {max(outside - draw, 0.0) / total:.1%} | {raw / (inside + raw):.1%} |",
-                  flush=True)
+        for dtype in map(np.dtype, args.dtype):
+            scores = {"oracle": lambda x, t, g=mixture: g.score(x, t)}
+            if "mlp" in args.scores:
+                model = ScoreModel(MLP(d, (256, 256, 256), "silu", "log", dtype, rng=0), OU(), "noise")
+                fit(model, mixture.sample(10_000, np.random.default_rng(1)).astype(dtype), steps=args.train_steps,
+                    batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng=np.random.default_rng(2), weighting="sigma2",
+                    progress=False)
+                scores["mlp"] = model
+            for name in args.scores:
+                b = measure(scores[name], d, n, args.steps, repeats, dtype.type)
+                print(f"| {d} | {name} | {dtype.name} | {n * args.steps / b['total']:.3g} | "
+                      f"{1 - b['out_wall'] / b['total']:.1%} | **{b['out_cpu'] / b['draw_cpu']:.3f}** | "
+                      f"{b['out_wall'] / b['draw_wall']:.3f} | {b['out_cpu'] / b['situ']:.3f} | "
+                      f"{b['out_cpu'] / args.steps * 1e6:.0f} | "
+                      f"{b['draw_cpu'] / args.steps * 1e6:.0f} | {b['raw'] / b['draw_cpu']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -43,15 +43,21 @@ gives the exact output law of the routed schemes (through replays.replay_output_
 
 The score is called as score(x, t) with x of shape (n, d) and t of shape (n,) (all
 entries equal to the current grid time) and must return the dtype of x; besides that
-call, a step is the noise draw, a check of the score's output and one fused update
-(sgm_ref.kernels.sampler).
+call, a step is one kernel call (sgm_ref.kernels.sampler) that checks the score's output
+is finite, draws the noise a block at a time and updates the points in place; the
+coefficients are computed before the first step. The points' dtype is the arithmetic's:
+float32 points (sample(dtype=np.float32), or float32 x) step in float32 with the
+coefficients rounded to float32, losing O(N 2^-24) relative to float64 after N steps;
+the noise is rng.standard_normal(shape) rounded to the points' dtype either way.
 """
+
+import sys
 
 import numpy as np
 
 from ._validation import (call_score, check_count, check_decreasing_grid, check_float_dtype, check_points, check_rng,
                           check_time_range, fits_in_memory)
-from .kernels.sampler import affine_step, heun_correct, standard_normal_into
+from .kernels.sampler import affine_noise_step, heun_correct, heun_predict
 from .processes import VariancePreserving, check_process
 
 __all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS"]
@@ -150,6 +156,54 @@ def _score_at(score, y, t, step, grid, process):
         raise
 
 
+def _where(step, t):
+    return f" at step {step} (t = {float(t):.6g})"
+
+
+def _overflow_limit(dtype):
+    """|y| from which a failing score is blamed on the sampler's divergence (_score_at)."""
+    return np.sqrt(np.finfo(dtype).max) / 1e4
+
+
+class _Times:
+    """The (n,) array of one grid time passed to the score, refilled in place from step to
+    step unless the score kept a reference to it (then a fresh one: it never changes under
+    a caller that holds it)."""
+
+    def __init__(self, n):
+        self.t = np.empty(n)
+
+    def at(self, t):
+        if sys.getrefcount(self.t) > 2:  # self.t and getrefcount's argument: nobody else
+            self.t = np.empty(self.t.size)
+        self.t.fill(t)
+        return self.t
+
+
+def _score_for_kernel(score, y, t, step, grid, process, times):
+    """_score_at without the O(n d) finiteness pass, which the step kernels make (and
+    _non_finite_score raises what call_score would have); times: a _Times for y."""
+    try:
+        s = score(y, times.at(t))
+        if type(s) is not np.ndarray or s.shape != y.shape or s.dtype != y.dtype:
+            s = call_score(lambda *_: s, y, None, _where(step, t))  # its messages, in its order
+        return s if s.flags.c_contiguous else np.ascontiguousarray(s)  # the kernels read it flat
+    except Exception:
+        with np.errstate(invalid="ignore"):
+            top = np.max(np.abs(y))
+        if not top < _overflow_limit(y.dtype):
+            _diverged(step, grid, process)
+        raise
+
+
+def _non_finite_score(status, step, t, grid, process):
+    """Raise for a score output with a NaN or inf that a step kernel found (its status 1,
+    or 2 where the points had overflowed or nearly before the call), as _score_at would."""
+    if status == 2:
+        _diverged(step, grid, process)
+    raise ValueError(f"score returned non-finite values{_where(step, t)}")
+
+
 def _diverged(step, grid, process):
     """Raise for points that overflowed during sampling."""
     dB = process.integrated_beta_between(grid[:-1], grid[1:])
@@ -172,6 +226,15 @@ def _start(x, process, grid):
     grid = check_grid(grid, process)
     y = check_points(x, "x").copy()
     return process, grid, y
+
+
+def _in_dtype(dtype, value):
+    """A step coefficient for a kernel on points of dtype: a Python float for float64 (the
+    same number), rounded to np.float32 for float32 so the kernel's arithmetic stays float32."""
+    if dtype == np.float64:
+        return float(value)
+    with np.errstate(over="ignore"):  # beyond float32: inf, and the points overflow, which the sampler reports
+        return dtype.type(value)
 
 
 def _euler_maruyama_coefficients(dB):
@@ -212,13 +275,19 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     process, grid, y = _start(x, process, grid)
     rng = check_rng(rng)
     dB = process.integrated_beta_between(grid[:-1], grid[1:])
+    # all but the score call and one kernel is done before the loop: the coefficients, in
+    # y's dtype (float32 points step in float32 arithmetic), and one row of noise scratch
+    steps = [tuple(_in_dtype(y.dtype, v) for v in coefficients(dB_k)) for dB_k in dB]
+    xi = np.empty(min(max(y.size, 1), 2048), y.dtype)  # 16 KiB of float64 noise at a time, in L1
+    limit = _overflow_limit(y.dtype)
+    times = _Times(y.shape[0])
     path = [y.copy()] if trajectory else None
-    xi = np.empty_like(y)
-    for k in range(grid.size - 1):
-        s = _score_at(score, y, grid[k], k, grid, process)
-        a, b, c = coefficients(dB[k])
-        standard_normal_into(xi, rng)  # = rng.standard_normal(y.shape), rounded to y's dtype
-        affine_step(y, s, xi, a, b, c)
+    for k, (a, b, c) in enumerate(steps):
+        s = _score_for_kernel(score, y, grid[k], k, grid, process, times)
+        # noise = rng.standard_normal(y.shape).astype(y.dtype), drawn inside a block at a time
+        status = affine_noise_step(y, s, rng, a, b, c, xi, limit)
+        if status:
+            _non_finite_score(status, k, grid[k], grid, process)
         if trajectory:
             path.append(y.copy())
     y = _finished(y, grid, process)
@@ -293,17 +362,24 @@ def probability_flow(score, process, grid, x, trajectory=False):
         return _routed(score, process, grid, x, None, trajectory, "probability_flow")
     process, grid, y = _start(x, process, grid)
     beta = process.beta(grid)
+    h = grid[:-1] - grid[1:]
+    # predictor y_pred = y + h f(y, t_k) = (1 + a) y + a s with f = beta (y + s) / 2, a = h beta_k / 2;
+    # corrector y + h/2 (f(y, t_k) + f(y_pred, t_k+1)); coefficients in y's dtype, as in _run_sde
+    steps = [tuple(_in_dtype(y.dtype, v) for v in (1.0 + a, a, 0.5 * h_k * 0.5 * beta[k], 0.5 * h_k * 0.5 * beta[k + 1]))
+             for k, (h_k, a) in enumerate(zip(h, 0.5 * h * beta[:-1]))]
+    limit = _overflow_limit(y.dtype)
+    times = _Times(y.shape[0])
     path = [y.copy()] if trajectory else None
     y_pred = np.empty_like(y)
-    for k in range(grid.size - 1):
-        h = grid[k] - grid[k + 1]
-        s = _score_at(score, y, grid[k], k, grid, process)
-        # predictor: y_pred = y + h f(y, t_k), f = beta (y + s) / 2
-        a = 0.5 * h * beta[k]
-        np.multiply(y, 1.0 + a, out=y_pred)
-        y_pred += a * s
-        s_pred = _score_at(score, y_pred, grid[k + 1], k, grid, process)
-        heun_correct(y, s, y_pred, s_pred, 0.5 * h * 0.5 * beta[k], 0.5 * h * 0.5 * beta[k + 1])
+    for k, (one_plus_a, a, c_now, c_next) in enumerate(steps):
+        s = _score_for_kernel(score, y, grid[k], k, grid, process, times)
+        status = heun_predict(y_pred, y, s, one_plus_a, a, limit)
+        if status:
+            _non_finite_score(status, k, grid[k], grid, process)
+        s_pred = _score_for_kernel(score, y_pred, grid[k + 1], k, grid, process, times)
+        status = heun_correct(y, s, y_pred, s_pred, c_now, c_next, limit)
+        if status:
+            _non_finite_score(status, k, grid[k + 1], grid, process)
         if trajectory:
             path.append(y.copy())
     y = _finished(y, grid, process)
@@ -359,6 +435,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         "geometric" (the default, as for `sgm-ref sample`) puts more steps near t0,
         where the score changes fastest. An explicit grid must run from T down to t0.
     dtype : float64 or float32
+        Of the points, the score call and the steps' arithmetic (module docstring).
     trajectory : bool
         Also return the points at every grid time, shape (n_steps + 1, n, d).
 

@@ -383,3 +383,176 @@ def test_geometric_grid_spanning_more_than_float64_ratios():
 def test_n_steps_beyond_numpy_is_named():
     with pytest.raises(ValueError, match=r"^n_steps = 4611686018427387904 asks for .* lower n_steps$"):
         time_grid(1.0, 0.1, 2**62)
+
+
+# -- the fused step kernels (issue 16, items 3 and 5) --------------------------------------------
+
+def _reference_sde(score, process, grid, x, rng, method):
+    """The stochastic schemes as NumPy writes them: draw the step's noise as an (n, d) array,
+    then y <- a y + b s + c xi in y's dtype (coefficients rounded to it), one operation at a time."""
+    from sgm_ref.samplers import STEP_COEFFICIENTS
+
+    y = x.copy()
+    dB = process.integrated_beta_between(grid[:-1], grid[1:])
+    for k in range(grid.size - 1):
+        s = score(y, np.full(len(y), grid[k]))
+        a, b, c = (y.dtype.type(v) for v in STEP_COEFFICIENTS[method](dB[k]))
+        xi = rng.standard_normal(y.shape).astype(y.dtype)
+        y = a * y + b * s + c * xi
+    return y
+
+
+def _reference_heun(score, process, grid, x):
+    y = x.copy()
+    beta = process.beta(grid)
+    for k in range(grid.size - 1):
+        h = grid[k] - grid[k + 1]
+        a = 0.5 * h * beta[k]
+        c_now, c_next = (y.dtype.type(v) for v in (0.5 * h * 0.5 * beta[k], 0.5 * h * 0.5 * beta[k + 1]))
+        s = score(y, np.full(len(y), grid[k]))
+        y_pred = y * y.dtype.type(1.0 + a) + y.dtype.type(a) * s
+        s_pred = score(y_pred, np.full(len(y), grid[k + 1]))
+        y = y + c_now * (y + s) + c_next * (y_pred + s_pred)
+    return y
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+@pytest.mark.parametrize("pname", ["OU", "VP"])
+def test_fused_kernels_give_numpys_bits(pname, method, dtype):
+    """Drawing the noise a block at a time inside the update changes no bit: float64 steps are
+    what drawing it first and updating in float64 gives (as before the fusion), and float32
+    points step in float32 arithmetic (before: float64 arithmetic rounded to float32 storage),
+    with the same rounded float64 noise."""
+    process, T = PROCESSES[pname]
+    g = GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.5, 0.0]], [[0.3, 0.6], [0.8, 0.2]])
+    score = lambda y, t: g.score(y.astype(np.float64), t, process).astype(y.dtype)  # noqa: E731
+    grid = time_grid(T, 1e-3, 12, "geometric", process)
+    for seed in (0, 1, 2):
+        x = np.random.default_rng(seed).standard_normal((5000, 2)).astype(dtype)  # > one 2048-entry block
+        if method == "probability_flow":
+            y, expected = probability_flow(score, process, grid, x), _reference_heun(score, process, grid, x)
+        else:
+            fn = euler_maruyama if method == "euler_maruyama" else exponential_integrator
+            rng, reference = np.random.default_rng(10 + seed), np.random.default_rng(10 + seed)
+            y, expected = fn(score, process, grid, x, rng), _reference_sde(score, process, grid, x, reference, method)
+            assert rng.bit_generator.state == reference.bit_generator.state
+        assert y.dtype == dtype and np.array_equal(y, expected)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+@pytest.mark.parametrize("pname", ["OU", "VP"])
+def test_float32_loses_order_n_steps_roundings(pname, method):
+    """float32 against float64 from the same points and noise, the score rounded to float32:
+    after N steps the output differs by <= 2 N 2^-24 of its largest entry (measured 0.04-1.5)."""
+    process, T = PROCESSES[pname]
+    g = GaussianMixture([1.0], [[0.5, -1.0]], [[[1.0, 0.3], [0.3, 0.5]]])
+    score = lambda y, t: g.score(y.astype(np.float64), t, process).astype(y.dtype)  # noqa: E731
+    x = np.random.default_rng(1).standard_normal((500, 2))
+    for n_steps in (10, 100):
+        grid = time_grid(T, 1e-3, n_steps, "geometric", process)
+        if method == "probability_flow":
+            y64, y32 = probability_flow(score, process, grid, x), probability_flow(score, process, grid, x.astype(np.float32))
+        else:
+            fn = euler_maruyama if method == "euler_maruyama" else exponential_integrator
+            y64 = fn(score, process, grid, x, np.random.default_rng(3))
+            y32 = fn(score, process, grid, x.astype(np.float32), np.random.default_rng(3))
+        assert y32.dtype == np.float32
+        assert np.max(np.abs(y32 - y64)) <= 2 * n_steps * 2.0**-24 * np.max(np.abs(y64))
+
+
+@pytest.mark.parametrize("bad", [np.float16, np.int32, "complex128", None, "float128"])
+def test_sample_dtype_is_named(bad):
+    with pytest.raises(ValueError, match=r"^dtype must be float64 or float32, got"):
+        sample(lambda x, t: -x, OU(), 4, 2, np.random.default_rng(0), T=1.0, t0=0.1, n_steps=2, dtype=bad)
+
+
+@pytest.mark.parametrize("fn", [euler_maruyama, exponential_integrator, probability_flow])
+def test_points_of_another_dtype_are_named(fn):
+    args = () if fn is probability_flow else (np.random.default_rng(0),)
+    with pytest.raises(ValueError, match=r"^x must be a float64 or float32 array, got dtype float16"):
+        fn(lambda x, t: -x, OU(), np.array([1.0, 0.5]), np.zeros((3, 2), np.float16), *args)
+    with pytest.raises(ValueError, match=r"score returned dtype float32 for points of dtype float64 at step 0"):
+        fn(lambda x, t: -x.astype(np.float32), OU(), np.array([1.0, 0.5]), np.zeros((3, 2)), *args)
+
+
+@pytest.mark.parametrize("where", [0, 4099, -1])
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+def test_a_non_finite_entry_anywhere_is_caught(method, where):
+    """The kernels' finiteness pass sees every entry (first, in the second block, last), for
+    the predictor's and the corrector's score calls of Heun too."""
+    for call in (1, 2) if method == "probability_flow" else (1,):
+        calls = []
+
+        def score(x, t):
+            calls.append(1)
+            s = -x
+            if len(calls) == call:
+                s.reshape(-1)[where] = np.nan
+            return s
+
+        t = "1" if call == 1 else "0.5"  # Heun's corrector calls the score at t_1
+        with pytest.raises(ValueError, match=rf"^score returned non-finite values at step 0 \(t = {t}\)$"):
+            sample(score, OU(), 2100, 2, np.random.default_rng(0), T=1.0, t0=0.5, n_steps=1, method=method)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+def test_non_finite_score_at_overflowed_points_names_the_divergence(method):
+    """A NaN from the score at points beyond sqrt(max) / 1e4 is the sampler's divergence, as
+    when the score raises there (the points are the ones it was called at, untouched)."""
+    x = np.zeros((3, 2))
+    x[1, 1] = 1e160
+
+    def score(y, t):
+        return np.where(np.abs(y) > 1e150, np.nan, -y)
+
+    args = () if method == "probability_flow" else (np.random.default_rng(0),)
+    fn = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrator,
+          "probability_flow": probability_flow}[method]
+    with pytest.raises(ValueError, match=r"^the sampler diverged"):
+        fn(score, OU(), np.array([1.0, 0.5]), x, *args)
+    x[1, 1] = 1e100  # large but not overflowing: the score is blamed
+    with pytest.raises(ValueError, match=r"^score returned non-finite values at step 0"):
+        fn(lambda y, t: np.where(np.abs(y) > 1e90, np.nan, -y), OU(), np.array([1.0, 0.5]), x, *args)
+
+
+def test_a_score_keeping_its_time_array_sees_it_unchanged():
+    """The (n,) time array is refilled in place between steps only when the score kept no
+    reference to it."""
+    kept, views = [], []
+
+    def score(x, t):
+        kept.append(t)
+        return -x
+
+    def score_keeping_a_view(x, t):
+        views.append(t[:, None])
+        return -x
+
+    grid = np.array([1.0, 0.5, 0.2, 0.1])
+    euler_maruyama(score, OU(), grid, np.zeros((3, 2)), np.random.default_rng(0))
+    probability_flow(score_keeping_a_view, OU(), grid, np.zeros((3, 2)))
+    assert [t.tolist() for t in kept] == [[1.0] * 3, [0.5] * 3, [0.2] * 3]
+    assert [t.ravel().tolist() for t in views] == [[1.0] * 3, [0.5] * 3, [0.5] * 3, [0.2] * 3, [0.2] * 3, [0.1] * 3]
+
+
+def test_a_non_contiguous_score_output_gives_the_same_bits():
+    g = mixture_1d()
+    grid = np.array([2.0, 1.0, 0.3])
+    x = np.random.default_rng(0).standard_normal((40, 1))
+    y = euler_maruyama(lambda z, t: g.score(z, t), OU(), grid, x, np.random.default_rng(1))
+    y_f = euler_maruyama(lambda z, t: np.asfortranarray(np.repeat(g.score(z, t), 2, axis=1))[:, ::2], OU(), grid, x,
+                         np.random.default_rng(1))
+    assert np.array_equal(y, y_f)
+
+
+def test_float32_coefficients_beyond_float32_are_the_divergence():
+    """A step whose coefficients exceed float32's range overflows the float32 points: the
+    sampler says it diverged (no overflow warning from rounding the coefficients)."""
+    import warnings
+
+    with warnings.catch_warnings():  # (run without the JIT, the kernel's numpy scalars warn about inf - inf)
+        warnings.filterwarnings("error", message="overflow encountered in cast")
+        with pytest.raises(ValueError, match=r"^the sampler diverged"):
+            euler_maruyama(lambda x, t: -np.tanh(x), OU(), np.array([1e39, 1.0]), np.ones((3, 2), np.float32),
+                           np.random.default_rng(0))
