@@ -7,6 +7,7 @@ Header (JSON, stored as the array "header"):
 Arrays: "params" (the flat vector), and optionally "ema" (the parameter average).
 """
 
+import contextlib
 import json
 import os
 import tempfile
@@ -34,22 +35,22 @@ class ModelFileError(ValueError):
     """A model file is unreadable, truncated, foreign, newer than this library, or inconsistent."""
 
 
-def atomic_write(path, write):
-    """Call write(file_object) on a temporary file beside path, then rename it onto path.
+@contextlib.contextmanager
+def atomic_path(path):
+    """A temporary file's name beside path, renamed onto path when the block ends without error.
 
-    Readers see either the old file or the complete new one, never a partial write;
-    on any error the temporary file is removed and path is untouched.
+    For writers that take a file name rather than a file object (matplotlib's animation
+    writers). Readers see either the old file or the complete new one; on any error the
+    temporary file is removed and path is untouched.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"cannot write {path}: folder {directory} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         # mkstemp makes the file private (0600); give it the mode a plain open() would
         umask = os.umask(0)
         os.umask(umask)
@@ -59,6 +60,19 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write(path, write):
+    """Call write(file_object) on a temporary file beside path, then rename it onto path.
+
+    Readers see either the old file or the complete new one, never a partial write;
+    on any error the temporary file is removed and path is untouched.
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def save(model, path, extra=None, ema=None):

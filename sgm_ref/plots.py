@@ -10,12 +10,11 @@ score_error.png  E|s - grad log p_t|^2 against t with 2-standard-error bars, bes
 """
 
 import os
-import tempfile
 
 import numpy as np
 
 from ._json import load_json
-from .io import atomic_write
+from .io import atomic_path, atomic_write
 
 __all__ = ["plot_run"]
 
@@ -679,9 +678,7 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     ax.set_xticks([])
     ax.set_yticks([])
     _, _, cells = _cell_centres(h, resolution)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gif", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # no half-written GIF if a frame fails
         writer = PillowWriter(fps=fps)
         with writer.saving(fig, tmp, dpi):
             for k in frames:
@@ -691,12 +688,4 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
                 dots.set_offsets(trajectory[k])
                 ax.set_title(f"reverse process, t = {grid[k]:.3g}", fontsize=9)
                 writer.grab_frame()
-        umask = os.umask(0)  # mkstemp made the file private (0600); give it a plain open()'s mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return fig

@@ -149,7 +149,8 @@ class ProductMixture(ExactOutputs):
     def log_prob_and_score(self, x, t=0.0, process=OU()):
         return self._evaluate(x, t, process)
 
-    def _evaluate(self, x, t, process):
+    def _coordinates(self, x, t, process):
+        """x checked, and each coordinate's component variances and offsets, shape (n, d, 2)."""
         x = check_points(x, "x", d=self.dim)
         n = x.shape[0]
         a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
@@ -158,6 +159,10 @@ class ProductMixture(ExactOutputs):
         a, s2 = a[:, None, None], s2[:, None, None]
         var = a**2 * self.stds**2 + s2                            # (n, d, 2)
         diff = x.astype(np.float64)[:, :, None] - a * self.means  # (n, d, 2)
+        return x, var, diff
+
+    def _evaluate(self, x, t, process):
+        x, var, diff = self._coordinates(x, t, process)
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
             log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff**2 / var)
             top = np.max(log_terms, axis=2, keepdims=True)
