@@ -355,3 +355,11 @@ def test_variance_preserving_samplers_are_bit_identical_to_the_integrated_beta_f
             (np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB)))
         affine_step(y, s, rng.standard_normal(y.shape), a, b, c)
     assert np.array_equal(out, y)
+
+
+def test_a_diverging_sampler_off_vp_names_its_largest_step():
+    """A sampler whose points overflow says so in terms of its steps (no int beta off VP)."""
+    from sgm_ref.samplers import sample
+    with pytest.raises(ValueError, match=r"the sampler diverged: .* largest step has int g\^2 / sigma_\{t_k\+1\}\^2 = "):
+        sample(lambda x, t: np.full_like(x, 1e307), EDM(), 4, 2, np.random.default_rng(0), T=80.0, t0=0.01,
+               n_steps=5, method="exponential")
