@@ -1,22 +1,36 @@
 """Reverse-time samplers driven by any score function s(x, t).
 
-The forward process dX = -1/2 beta(t) X dt + sqrt(beta(t)) dW is run backwards from
-t = T (started from N(0, I)) to the early-stopping time t0 > 0 along a decreasing grid
-T = t_0 > t_1 > ... > t_N = t0. With DB_k = B(t_k) - B(t_{k+1}) = int_{t_{k+1}}^{t_k} beta:
+The forward process dX = f(t) X dt + g(t) dW (x_t = alpha_t x0 + sigma_t z; any process of
+sgm_ref.processes) has the reverse SDE dY = [-f Y + g^2 grad log p_t(Y)] dtau + g dB-bar,
+run from t = T down to the early-stopping time t0 > 0 along a decreasing grid
+T = t_0 > t_1 > ... > t_N = t0. Over step k, from t_k down to t_{k+1}, the two stochastic
+schemes replace grad log p_t by s_k = s(y_k, t_k) and solve what is left exactly, with the
+true, time-varying f(t) and g(t) (the integrals are the process's closed forms,
+integrated_f_between, integrated_g2_between, exponential_integrals):
+
+    Euler–Maruyama (drift -f y_k + g^2 s_k frozen at the step's start):
+        y <- (1 - int f) y + (int g^2) s_k + sqrt(int g^2) xi
+    exponential integrator (linear part -f Y exact, score frozen):
+        y <- (alpha_{k+1} / alpha_k) y + b_k s_k + sqrt(c_k) xi,
+        b_k = int (alpha_{k+1} / alpha_t) g^2 dt,   c_k = int (alpha_{k+1} / alpha_t)^2 g^2 dt
+            = sigma_{k+1}^2 (e^{lambda_{k+1} - lambda_k} - 1)
+    probability flow (Heun):  dy/dtau = -f y + g^2 s / 2, Heun's method
+
+all integrals over [t_{k+1}, t_k], xi ~ N(0, I) drawn from rng. On a variance-preserving
+process (OU, VP, VPCosine, DDPM; f = -beta/2, g^2 = beta) with DB_k = int beta these are
 
     Euler–Maruyama:           y <- y + DB_k (y / 2 + s(y, t_k)) + sqrt(DB_k) xi
     exponential integrator:   y <- e^{DB_k/2} y + 2 (e^{DB_k/2} - 1) s(y, t_k) + sqrt(e^{DB_k} - 1) xi
     residual exponential:     y <- e^{-DB_k/2} y + 2 (1 - e^{-DB_k/2}) r(y, t_k) + sqrt(1 - e^{-DB_k}) xi,
                               r = s + y (only the residual of the score from -y is frozen)
-    probability flow (Heun):  dy/dtau = f(y, t) = beta(t) (y + s(y, t)) / 2, Heun's method
 
-with xi ~ N(0, I) drawn from rng. DB_k is computed as the integral over the step
-(process.integrated_beta_between), not as a difference of two B's, which would lose
-digits on fine VP grids. Euler–Maruyama takes the noise integral exactly
-(variance DB_k rather than beta(t_k) h_k; the same thing for OU), so the sampler's path
-law has the diffusion coefficient of the true reverse process and Girsanov's theorem
-compares them (sgm_ref.metrics.tv_upper_bound). The exponential integrator solves the
-linear part exactly and freezes only the score over a step.
+DB_k is computed as the integral over the step, not as a difference of two B's, which
+would lose digits on fine grids. Both schemes take the noise integral exactly (variance
+int g^2 rather than g(t_k)^2 h_k), so over each step the sampler is the continuous process
+dY = [drift frozen as above] dtau + g(t) dB: its path law has the diffusion coefficient of
+the true reverse process and Girsanov's theorem compares them
+(sgm_ref.metrics.tv_upper_bound). The textbook scheme, f and g^2 frozen at t_k and times
+h_k, is score_sde's and stays available as the replay sgm_ref.replays.euler_maruyama.
 
 Sources: the reverse SDE dY = beta/2 (Y + 2 s) dtau + sqrt(beta) dB (Anderson 1982; Song
 et al. 2021, eq. 6) and the probability-flow ODE (Song et al. 2021, eq. 13) of the VP SDE
@@ -24,22 +38,18 @@ et al. 2021, eq. 6) and the probability-flow ODE (Song et al. 2021, eq. 13) of t
 exponential integrator is the discretisation Chen et al. (2023) bound by Girsanov's
 theorem; Heun's method on the ODE is Karras et al. (2022), Algorithm 1 (there in sigma).
 
-Other processes (SubVP, VE, EDM, FlowMatching: not variance-preserving, no beta(t) and
-no N(0, I) prior). The reverse SDE dY = [-f Y + g^2 s] dtau + g dB and the ODE
-dY = [-f Y + g^2 s / 2] dtau have no integrated-beta form there, so these functions hand
-such a process to the matching replay of sgm_ref.replays and say so:
+Starts: a variance-preserving process starts from N(0, I) (process.prior), any other from
+N(0, sigma_T^2 I) (score_sde's VE prior, k-diffusion's sigma_max N(0, I); for FlowMatching
+at t_max = 1 - 1e-5 this is N(0, t_max^2 I)): start_variance(process, T). It differs from
+p_T = N(alpha_T m, alpha_T^2 S + sigma_T^2 I) by the alpha_T^2 S term: choose T with
+alpha_T^2 Var(p_0) << sigma_T^2.
 
-    "euler_maruyama"    -> replays.euler_maruyama (textbook: f, g^2 frozen at t_k, times h_k)
-    "probability_flow"  -> replays.karras_heun (Heun on the same ODE, written in
-                           sigma-hat = sigma / alpha and x / alpha, as k-diffusion's sample_heun)
-    "exponential"       -> refused (no exact linear part in closed form for every process)
-    "residual_exponential" -> refused (likewise)
+The probability-flow ODE on a process that is not variance-preserving runs the replay
+sgm_ref.replays.karras_heun (Heun on the same ODE, written in sigma-hat = sigma / alpha and
+x / alpha, as k-diffusion's sample_heun). sgm_ref.metrics.sampler_output_gaussian gives
+the exact output law of every scheme on every process.
 
-and `sample` starts them from N(0, sigma_T^2 I) (score_sde's VE prior, k-diffusion's
-sigma_max N(0, I); for FlowMatching at t_max = 1 - 1e-5 this is N(0, t_max^2 I)), which
-differs from p_T = N(alpha_T m, alpha_T^2 S + sigma_T^2 I) by the alpha_T^2 S term:
-choose T with alpha_T^2 Var(p_0) << sigma_T^2. sgm_ref.metrics.sampler_output_gaussian
-gives the exact output law of the routed schemes (through replays.replay_output_gaussian).
+The residual exponential integrator runs on the variance-preserving processes only.
 
 The score is called as score(x, t) with x of shape (n, d) and t of shape (n,) (all
 entries equal to the current grid time) and must return the dtype of x; besides that
@@ -60,7 +70,8 @@ from ._validation import (call_score, check_count, check_decreasing_grid, check_
 from .kernels.sampler import affine_noise_step, heun_correct, heun_predict
 from .processes import VariancePreserving, check_process
 
-__all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS"]
+__all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS",
+           "start_variance"]
 __all__ += ["residual_exponential_integrator"]
 
 
@@ -81,14 +92,20 @@ def _check_time_range(t0, T, process):
 
 def routed_replay(process, method):
     """The replay of sgm_ref.replays that runs `method` on a process that is not
-    variance-preserving (module docstring), or raise if there is none."""
+    variance-preserving: karras_heun for "probability_flow" (module docstring)."""
     from . import replays  # lazily: replays imports sgm_ref.metrics, which imports this module
-    if method == "euler_maruyama":
-        return replays.euler_maruyama
     if method == "probability_flow":
         return replays.karras_heun
-    raise ValueError(f"method={method!r} needs a variance-preserving process (OU, VP, VPCosine, DDPM), got "
-                     f"{process!r}; use method='euler_maruyama' or 'probability_flow', or a replay of sgm_ref.replays")
+    raise ValueError(f"method={method!r} runs on every process without a replay; only 'probability_flow' "
+                     f"is routed, got {process!r}")
+
+
+def start_variance(process, T):
+    """The variance of the start law N(0, v I) of `sample` at T: 1 on a variance-preserving
+    process (its stationary law), sigma_T^2 on any other (module docstring)."""
+    if _is_vp(process):
+        return 1.0
+    return float(process.sigma(T)) ** 2
 
 
 def time_grid(T, t0, n_steps, kind="uniform", process=None):
@@ -206,11 +223,17 @@ def _non_finite_score(status, step, t, grid, process):
 
 def _diverged(step, grid, process):
     """Raise for points that overflowed during sampling."""
-    dB = process.integrated_beta_between(grid[:-1], grid[1:])
+    if _is_vp(process):
+        size = process.integrated_beta_between(grid[:-1], grid[1:])
+        what, limit = "int beta", "int beta above ~2"
+    else:  # the step's noise relative to the noise already there
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            size = process._int_g2(grid[:-1], grid[1:]) / process._sigma2(grid[1:])
+        what, limit = "int g^2 / sigma_{t_k+1}^2", "a ratio above ~2"
     raise ValueError(
         f"the sampler diverged: its points overflowed (or nearly) before step {step} (t = {float(grid[step]):.6g}). "
-        f"Its largest step has int beta = {float(np.max(dB)):.3g} (step {int(np.argmax(dB))}); steps with "
-        "int beta above ~2 are unstable: use more steps (n_steps), a geometric grid or a smaller T"
+        f"Its largest step has {what} = {float(np.max(size)):.3g} (step {int(np.argmax(size))}); steps with "
+        f"{limit} are unstable: use more steps (n_steps), a geometric grid or a smaller T"
     ) from None
 
 
@@ -222,7 +245,7 @@ def _finished(y, grid, process):
 
 
 def _start(x, process, grid):
-    process = check_process(process)
+    process = check_process(process, variance_preserving=False)
     grid = check_grid(grid, process)
     y = check_points(x, "x").copy()
     return process, grid, y
@@ -237,27 +260,35 @@ def _in_dtype(dtype, value):
         return dtype.type(value)
 
 
-def _euler_maruyama_coefficients(dB):
-    """(a, b, c) of the Euler–Maruyama step y <- a y + b s + c xi over int beta = dB."""
-    return 1.0 + 0.5 * dB, dB, np.sqrt(dB)
+def _euler_maruyama_coefficients(process, t_hi, t_lo):
+    """(a, b, c) of the Euler–Maruyama steps y <- a y + b s + c xi from t_hi down to t_lo:
+    a = 1 - int f, b = int g^2, c = sqrt(int g^2) (for VP: 1 + DB/2, DB, sqrt(DB))."""
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow shows as divergence
+        G = process._int_g2(t_hi, t_lo)
+        return 1.0 - process._int_f(t_hi, t_lo), G, np.sqrt(G)
 
 
-def _exponential_coefficients(dB):
-    """(a, b, c) of the exponential-integrator step; expm1 keeps small steps precise."""
-    return np.exp(0.5 * dB), 2.0 * np.expm1(0.5 * dB), np.sqrt(np.expm1(dB))
+def _exponential_coefficients(process, t_hi, t_lo):
+    """(a, b, c) of the exponential-integrator steps: a = alpha_lo / alpha_hi and b, c^2 of
+    process.exponential_integrals (for VP: e^{DB/2}, 2 expm1(DB/2), sqrt(expm1(DB)))."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.exp(-process._int_f(t_hi, t_lo)), process._ei_b(t_hi, t_lo), np.sqrt(process._ei_c2(t_hi, t_lo))
 
 
-def _residual_exponential_coefficients(dB):
-    """(a, b, c) of the residual exponential step, written in s = -y + r (residual_exponential_integrator).
+def _residual_exponential_coefficients(process, t_hi, t_lo):
+    """(a, b, c) of the residual exponential steps, written in s = -y + r (residual_exponential_integrator;
+    variance-preserving processes, dB = int beta over the step).
 
     y <- e^{-dB/2} y + 2 (1 - e^{-dB/2}) r + sqrt(1 - e^{-dB}) xi with r = s + y is
     y <- (2 - e^{-dB/2}) y + 2 (1 - e^{-dB/2}) s + sqrt(1 - e^{-dB}) xi.
     """
+    dB = process.integrated_beta_between(t_hi, t_lo)
     b = -2.0 * np.expm1(-0.5 * dB)
     return 1.0 + 0.5 * b, b, np.sqrt(-np.expm1(-dB))
 
 
-# the affine step y <- a y + b s + c xi of each stochastic scheme, as a function of dB;
+# the affine steps y <- a y + b s + c xi of each stochastic scheme on a grid's steps,
+# coefficients(process, grid[:-1], grid[1:]) -> (a, b, c) arrays of shape (N,);
 # sgm_ref.metrics.gaussian propagates Gaussian laws through the same coefficients
 STEP_COEFFICIENTS = {"euler_maruyama": _euler_maruyama_coefficients, "exponential": _exponential_coefficients}
 STEP_COEFFICIENTS["residual_exponential"] = _residual_exponential_coefficients
@@ -274,10 +305,9 @@ def _routed(score, process, grid, x, rng, trajectory, method):
 def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     process, grid, y = _start(x, process, grid)
     rng = check_rng(rng)
-    dB = process.integrated_beta_between(grid[:-1], grid[1:])
     # all but the score call and one kernel is done before the loop: the coefficients, in
     # y's dtype (float32 points step in float32 arithmetic), and one row of noise scratch
-    steps = [tuple(_in_dtype(y.dtype, v) for v in coefficients(dB_k)) for dB_k in dB]
+    steps = [tuple(_in_dtype(y.dtype, v) for v in abc) for abc in zip(*coefficients(process, grid[:-1], grid[1:]))]
     xi = np.empty(min(max(y.size, 1), 2048), y.dtype)  # 16 KiB of float64 noise at a time, in L1
     limit = _overflow_limit(y.dtype)
     times = _Times(y.shape[0])
@@ -295,18 +325,21 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
 
 
 def euler_maruyama(score, process, grid, x, rng, trajectory=False):
-    """Euler–Maruyama for the reverse SDE: y <- y + DB (y / 2 + s) + sqrt(DB) xi.
+    """Euler–Maruyama for the reverse SDE: y <- (1 - int f) y + (int g^2) s + sqrt(int g^2) xi.
+
+    The reverse SDE with its drift frozen at the step's start and the true diffusion g(t)
+    (module docstring); on a variance-preserving process y <- y + DB (y / 2 + s) + sqrt(DB) xi.
+    The textbook scheme (f, g^2 at t_k times h_k) is the replay sgm_ref.replays.euler_maruyama.
 
     Parameters
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d)
-    process : any process of sgm_ref.processes; one that is not variance-preserving runs
-        sgm_ref.replays.euler_maruyama, y <- y - h_k (f y - g^2 s) + sqrt(g^2 h_k) xi
-        (module docstring)
+    process : any process of sgm_ref.processes
     grid : ndarray, shape (N + 1,)
         Decreasing times from T to t0 > 0 (see time_grid).
     x : ndarray, shape (n, d)
-        Starting points at t = grid[0], e.g. process.prior(n, d, rng).
+        Starting points at t = grid[0], e.g. process.prior(n, d, rng) (N(0, I)) on a
+        variance-preserving process, sqrt(start_variance(process, T)) times N(0, I) draws on any.
     rng : numpy.random.Generator
     trajectory : bool
         Also return the points at every grid time, shape (N + 1, n, d).
@@ -315,19 +348,17 @@ def euler_maruyama(score, process, grid, x, rng, trajectory=False):
     -------
     y : ndarray, shape (n, d)   (and the trajectory if asked)
     """
-    if not _is_vp(process):
-        return _routed(score, process, grid, x, rng, trajectory, "euler_maruyama")
     return _run_sde(score, process, grid, x, rng, trajectory, _euler_maruyama_coefficients)
 
 
 def exponential_integrator(score, process, grid, x, rng, trajectory=False):
-    """Exponential integrator: y <- e^{DB/2} y + 2 (e^{DB/2} - 1) s + sqrt(e^{DB} - 1) xi.
+    """Exponential integrator: y <- (alpha_{k+1} / alpha_k) y + b_k s + sqrt(c_k) xi.
 
-    Exact for the linear part of the reverse SDE with the score frozen over each step.
-    Arguments and return as euler_maruyama; the process must be variance-preserving.
+    Exact for the linear part -f Y of the reverse SDE with the score frozen over each step
+    (b_k, c_k: module docstring, process.exponential_integrals); on a variance-preserving
+    process y <- e^{DB/2} y + 2 (e^{DB/2} - 1) s + sqrt(e^{DB} - 1) xi. Arguments and
+    return as euler_maruyama.
     """
-    if not _is_vp(process):
-        routed_replay(process, "exponential")
     return _run_sde(score, process, grid, x, rng, trajectory, _exponential_coefficients)
 
 
@@ -346,7 +377,8 @@ def residual_exponential_integrator(score, process, grid, x, rng, trajectory=Fal
     Arguments and return as euler_maruyama; the process must be variance-preserving.
     """
     if not _is_vp(process):
-        routed_replay(process, "residual_exponential")
+        raise ValueError(f"method 'residual_exponential' needs a variance-preserving process (OU, VP, VPCosine, "
+                         f"DDPM), got {process!r}: its linear part -y / 2 is that of beta(t)")
     return _run_sde(score, process, grid, x, rng, trajectory, _residual_exponential_coefficients)
 
 
@@ -388,7 +420,7 @@ def probability_flow(score, process, grid, x, trajectory=False):
 
 def _prior(process, n, d, rng, dtype, copies, process_T=None):
     """process.prior(n, d, rng, dtype) (N(0, sigma_T^2 I) for a process that is not
-    variance-preserving), with sizes beyond memory named as n and d."""
+    variance-preserving: start_variance), with sizes beyond memory named as n and d."""
     n, d, dtype = check_count(n, "n"), check_count(d, "d"), check_float_dtype(dtype)
     size = n * d * dtype.itemsize * copies
     if size > np.iinfo(np.intp).max:
@@ -396,7 +428,7 @@ def _prior(process, n, d, rng, dtype, copies, process_T=None):
                          "exceed the largest array NumPy can make; lower n or d")
     try:
         if not _is_vp(process):
-            # N(0, sigma_T^2 I): the start of the routed replays (module docstring)
+            # N(0, sigma_T^2 I) (module docstring, start_variance)
             T = process_T
             return (check_rng(rng).standard_normal((n, d), dtype=dtype) * dtype.type(process.sigma(T)))
         return process.prior(n, d, rng, dtype)
@@ -415,9 +447,9 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     """Draw n points: start from N(0, I_d) at T, run `method` on a grid to t0.
 
     A process that is not variance-preserving (SubVP, VE, EDM, FlowMatching) starts from
-    N(0, sigma_T^2 I_d) and runs the replay of its method (module docstring):
-    "euler_maruyama" the textbook scheme, "probability_flow" Heun as k-diffusion's
-    sample_heun; "exponential" and "residual_exponential" are refused.
+    N(0, sigma_T^2 I_d); "euler_maruyama" and "exponential" are sgm_ref's own schemes on
+    every process, "probability_flow" runs there as k-diffusion's sample_heun (module
+    docstring); "residual_exponential" is refused there.
 
     Parameters
     ----------
@@ -453,8 +485,6 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     process = check_process(process, variance_preserving=False)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    if not _is_vp(process):
-        routed_replay(process, method)
     n_steps = check_count(n_steps, "n_steps")
     t0, T = _check_time_range(t0, T, process)  # first, so that a bad T or t0 is named as such
     if isinstance(grid, str):

@@ -87,3 +87,17 @@ def test_sample_runs_the_residual_scheme_and_refuses_other_processes():
     with pytest.raises(ValueError, match="residual_exponential.*variance-preserving"):
         sample(lambda x, t: -x, VE(), 10, 2, np.random.default_rng(0), T=1.0, t0=1e-2, n_steps=10,
                method="residual_exponential")
+
+
+def test_bound_and_law_refuse_the_residual_scheme_off_variance_preserving():
+    """The residual scheme's -y / 2 is beta(t)'s: its bound and its exact law say so off VP, as sample does."""
+    from sgm_ref.metrics import sampler_output_gaussian
+    from sgm_ref.processes import VE
+    from sgm_ref.targets import GaussianMixture
+
+    target = GaussianMixture([1.0], np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="residual_exponential.*variance-preserving"):
+        tv_upper_bound(target, target, VE(), 1e-2, 1.0, "geometric", "residual_exponential", 8,
+                       np.random.default_rng(0), n_steps=4)
+    with pytest.raises(ValueError, match="residual_exponential.*variance-preserving"):
+        sampler_output_gaussian(np.zeros(2), np.eye(2), VE(), np.linspace(1.0, 0.01, 5), "residual_exponential")

@@ -393,10 +393,10 @@ def _reference_sde(score, process, grid, x, rng, method):
     from sgm_ref.samplers import STEP_COEFFICIENTS
 
     y = x.copy()
-    dB = process.integrated_beta_between(grid[:-1], grid[1:])
+    coefficients = np.transpose(STEP_COEFFICIENTS[method](process, grid[:-1], grid[1:]))  # (N, 3)
     for k in range(grid.size - 1):
         s = score(y, np.full(len(y), grid[k]))
-        a, b, c = (y.dtype.type(v) for v in STEP_COEFFICIENTS[method](dB[k]))
+        a, b, c = (y.dtype.type(v) for v in coefficients[k])
         xi = rng.standard_normal(y.shape).astype(y.dtype)
         y = a * y + b * s + c * xi
     return y

@@ -1,14 +1,23 @@
 """Certified upper bound on TV(p_0, law of a sampler's output), by Girsanov and Pinsker.
 
-Let P be the law of the true reverse process on [t0, T] started from p_T and Q the
-law of the discretised sampler started from N(0, I), both with diffusion coefficient
-sqrt(beta(t)). On step k (t in [t_{k+1}, t_k], DB = int beta) the sampler's drift
-is frozen at the grid point t_k, so by Girsanov's theorem and the chain rule of KL,
+The forward process dX = f(t) X dt + g(t) dW (any process of sgm_ref.processes) has the
+reverse SDE dY = [-f Y + g^2 grad log p_t(Y)] dtau + g dB. Let P be its law on [t0, T]
+started from p_T, and Q the law of sgm_ref's discretised sampler started from its start
+law N(0, v_T I) (v_T = 1 on a variance-preserving process, sigma_T^2 on any other:
+sgm_ref.samplers.start_variance). Over step k (t from t_k down to t_{k+1}) the sampler is
+the continuous process whose drift is frozen at the step's start (y_k = Y_{t_k},
+s_k = s(y_k, t_k)) and whose diffusion is the true g(t) (it takes int g^2 as its noise):
 
-    KL(p_t0 || q) <= KL(P || Q) = KL(p_T || N(0, I))
-                       + 1/2 sum_k int_{t_{k+1}}^{t_k} beta(t) E |Delta_k(t)|^2 dt,
+    Euler–Maruyama:          drift -f(t) y_k + g(t)^2 s_k
+    exponential integrator:  drift -f(t) Y_t + g(t)^2 s_k      (linear part exact)
 
-    Euler–Maruyama:          Delta_k(t) = grad log p_t(X_t) - s(X_{t_k}, t_k) + (X_t - X_{t_k}) / 2
+Both have P's diffusion coefficient, so Girsanov's theorem and the chain rule of KL give,
+writing each drift difference as g(t)^2 Delta_k(t),
+
+    KL(p_t0 || q) <= KL(P || Q) = KL(p_T || N(0, v_T I))
+                       + 1/2 sum_k int_{t_{k+1}}^{t_k} g(t)^2 E |Delta_k(t)|^2 dt,
+
+    Euler–Maruyama:          Delta_k(t) = grad log p_t(X_t) - s(X_{t_k}, t_k) - (f(t) / g(t)^2) (X_t - X_{t_k})
     exponential integrator:  Delta_k(t) = grad log p_t(X_t) - s(X_{t_k}, t_k)
     residual exponential:    Delta_k(t) = grad log p_t(X_t) + X_t - r(X_{t_k}, t_k)
                                         = grad log p_t(X_t) - s(X_{t_k}, t_k) + (X_t - X_{t_k})
@@ -18,16 +27,23 @@ true beta(t) (y / 2 + grad log p_t(y)): their difference over the diffusion coef
 sqrt(beta) is sqrt(beta) (y + grad log p_t(y) - r_k), which is small when grad log p_t is
 close to -y)
 
-where (X_t, X_{t_k}), t < t_k, is a pair from the forward process: under P the reverse
+since [-f X_t + g^2 grad log p_t] - [-f X_{t_k} + g^2 s_k] = g^2 [grad log p_t - s_k
+- (f / g^2)(X_t - X_{t_k})] and, for the exponential integrator, the -f Y terms agree. On a
+variance-preserving process f / g^2 = -1/2, the Euler–Maruyama term is
++(X_t - X_{t_k}) / 2; on VE and EDM f = 0 and the two schemes coincide.
+
+Here (X_t, X_{t_k}), t < t_k, is a pair from the forward process: under P the reverse
 path has the forward process's law. Both points are drawn exactly (X_t from p_t, then
-X_{t_k} from the forward transition), the oracle gives grad log p_t, so the integral is
-a plain Monte-Carlo average with a standard error, in any dimension, for the actual
-grid and scheme. Then
+X_{t_k} from the forward transition), the oracle gives grad log p_t, and t is uniform on
+the step, so the integral is a plain Monte-Carlo average with a standard error, in any
+dimension, for the actual grid and scheme. Then
 
     TV(p_0, q) <= TV(p_0, p_t0) + TV(p_t0, q) <= TV(p_0, p_t0) + sqrt(KL(P || Q) / 2).
 
-KL(p_T || N(0, I)) = E_{p_T}[log p_T - log gamma_d] and TV(p_0, p_t0) =
-E_{p_0}[(1 - p_t0 / p_0)_+] are Monte-Carlo averages with the exact log-densities.
+KL(p_T || N(0, v_T I)) = E_{p_T}[log p_T - log N(0, v_T I)] and TV(p_0, p_t0) =
+E_{p_0}[(1 - p_t0 / p_0)_+] are Monte-Carlo averages with the exact log-densities; p_0 is
+the target itself (under VE, whose t = 0 already carries sigma_min of noise, the data
+before that noise).
 Cole & Lu (2024) bound the sampler's error by this route (the OU process, Girsanov, then
 Pinsker); Chen et al. (2023, "Sampling is as easy as learning the score") make the same
 Girsanov argument for Euler–Maruyama and the exponential integrator. Here every term is
@@ -39,9 +55,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
-                           check_rng, check_time_range, fits_in_memory, mean_se)
-from ..processes import VariancePreserving, check_process
-from ..samplers import check_grid, time_grid
+                           check_rng, fits_in_memory, mean_se)
+from ..processes import OU, VariancePreserving, check_process
+from ..samplers import _check_time_range, check_grid, start_variance, time_grid
 
 __all__ = ["tv_upper_bound", "TVBound"]
 
@@ -58,7 +74,7 @@ class TVBound:
     tv_se: float                  # 0 when capped: the trivial bound is exact
     kl: float                     # kl_prior + kl_path >= KL(p_t0 || q)
     kl_se: float
-    kl_prior: float               # KL(p_T || N(0, I))
+    kl_prior: float               # KL(p_T || N(0, v_T I)), the sampler's start law
     kl_prior_se: float
     kl_path: float                # the Girsanov drift-mismatch integral
     kl_path_se: float
@@ -86,19 +102,22 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         The score the sampler uses (a trained model, the oracle, another library's).
     target : object with sample(n, rng), score(x, t, process) and log_prob(x, t, process)
         The true p_0, e.g. a GaussianMixture.
-    process : OU, VP, VPCosine or DDPM (variance-preserving; the others are refused: see Raises)
+    process : any process of sgm_ref.processes
     t0, T : float
-        Early-stopping time and horizon, 0 < t0 < T.
+        Early-stopping time and horizon, 0 < t0 < T <= process.t_max.
     grid : "uniform", "geometric" or ndarray of shape (N + 1,)
         The sampler's time grid (decreasing from T to t0); a name needs n_steps.
     method : {"euler_maruyama", "exponential", "residual_exponential"}
-        The scheme whose drift is compared (the probability-flow ODE has no Girsanov bound).
+        The scheme of sgm_ref.samplers whose drift is compared (the probability-flow ODE
+        has no Girsanov bound; nor has the textbook replay sgm_ref.replays.euler_maruyama,
+        whose step noise g(t_k)^2 h_k is not int g^2). "residual_exponential" runs on the
+        variance-preserving processes only, as in sgm_ref.samplers.
     n : int >= 2
         Monte-Carlo pairs per step.
     rng : numpy.random.Generator
     n_steps : int, needed when grid is a name; with an explicit grid, if given, its step count.
     n_aux : int, optional
-        Points for KL(p_T || N(0, I)) and TV(p_0, p_t0); default 16 n.
+        Points for KL(p_T || N(0, v_T I)) and TV(p_0, p_t0); default 16 n.
     dtype : float64 or float32, the dtype the score is called with.
 
     Returns
@@ -114,23 +133,16 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     ------
     ValueError
         For bad arguments, a score that fails or returns non-finite values, or a term
-        beyond the float64 range (the message names the term and the step). A process
-        that is not variance-preserving (SubVP, VE, EDM, FlowMatching): sgm_ref.samplers
-        runs them by the textbook Euler–Maruyama replay, noise g(t_k)^2 h_k per step
-        instead of int g^2, whose path law Girsanov cannot compare with the true one.
+        beyond the float64 range (the message names the term and the step).
     """
-    if not isinstance(check_process(process, variance_preserving=False), VariancePreserving):
-        # sgm_ref.samplers runs these through the textbook Euler–Maruyama replay, whose noise
-        # over a step has variance g(t_k)^2 h_k, not int g^2: its path law is not absolutely
-        # continuous with the true reverse process's, and Girsanov gives no bound
-        raise ValueError(f"process must be variance-preserving (OU, VP, VPCosine, DDPM) for tv_upper_bound, got "
-                         f"{process!r}: on the other processes sgm_ref.samplers steps with noise variance "
-                         "g(t_k)^2 h_k rather than int g^2, so the Girsanov bound does not apply; use "
-                         "score_error_integral (weight g^2 / 2) or sampler_output_gaussian instead")
+    process = check_process(process, variance_preserving=False)
     overflow = check_overflow_policy(overflow)
-    t0, T = check_time_range(t0, T, process)
+    t0, T = _check_time_range(t0, T, process)
     if method not in _PATH_METHODS:
         raise ValueError(f"method must be one of {', '.join(repr(m) for m in _PATH_METHODS)}, got {method!r}")
+    if method == "residual_exponential" and not isinstance(process, VariancePreserving):
+        raise ValueError(f"method 'residual_exponential' needs a variance-preserving process (OU, VP, VPCosine, "
+                         f"DDPM), got {process!r}: sgm_ref.samplers runs it on those only")
     n = check_count(n, "n", minimum=2)
     n_aux = check_count(16 * n if n_aux is None else n_aux, "n_aux", minimum=2)
     rng = check_rng(rng)
@@ -164,16 +176,18 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
 
     with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
         xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
-        log_ratio = target.log_prob(xT, T, process) + 0.5 * np.sum(xT**2, axis=1) + 0.5 * xT.shape[1] * LOG_2PI
+        log_ratio = _log_ratio_to_start(target.log_prob(xT, T, process), xT, process, T)
     kl_prior, kl_prior_se = _mean_se(log_ratio)
 
+    # p_0 is the data: under VE (sigma_0 = sigma_min > 0) the law at t = 0 is already noised
+    data_process = process if process.sigma(process.t_min) == 0 else OU()
     with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
         x0 = target.sample(n_aux, rng)
-        log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, process)
+        log_ratio = target.log_prob(x0, t0, process) - target.log_prob(x0, 0.0, data_process)
     # (1 - p_t0 / p_0)_+ = -expm1(min(log ratio, 0)): no cancellation near ratio 1, no overflow
     tv_es, tv_es_se = _mean_se(-np.expm1(np.minimum(log_ratio, 0.0)))
 
-    # KL(p_T || gamma) >= 0; a negative Monte-Carlo average only means it is below its error
+    # KL(p_T || start law) >= 0; a negative Monte-Carlo average only means it is below its error
     kl = max(kl_prior, 0.0) + kl_path
     kl_se = float(np.hypot(kl_prior_se, kl_path_se))
     root = np.sqrt(kl / 2.0)
@@ -188,13 +202,23 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
 def _mean_se(values):
     mean, se = mean_se(values)
     if not (np.isfinite(mean) and np.isfinite(se)):
-        raise ValueError("a Monte-Carlo term of the bound (KL(p_T || N(0, I)) or TV(p_0, p_t0)) overflows "
+        raise ValueError("a Monte-Carlo term of the bound (KL(p_T || N(0, v_T I)) or TV(p_0, p_t0)) overflows "
                          "float64: the target's log-densities are beyond its range; rescale the target")
     return mean, se
 
 
+def _log_ratio_to_start(log_p, x, process, T):
+    """log p_T(x) - log N(x; 0, v_T I) per row, v_T the variance of the sampler's start law."""
+    d = x.shape[1]
+    if isinstance(process, VariancePreserving):  # v_T = 1
+        return log_p + 0.5 * np.sum(x**2, axis=1) + 0.5 * d * LOG_2PI
+    v = start_variance(process, T)
+    return log_p + 0.5 * np.sum(x**2, axis=1) / v + 0.5 * d * (LOG_2PI + np.log(v))
+
+
 def _path_term(score, target, process, grid, method, n, rng, dtype):
-    """Per-step 1/2 int beta E|Delta|^2 dt and its standard error, n pairs per step."""
+    """Per-step 1/2 int g^2 E|Delta|^2 dt and its standard error, n pairs per step."""
+    from ..replays._common import transition  # lazily: replays imports sgm_ref.metrics
     N = grid.size - 1
     h = grid[:-1] - grid[1:]
     mean = np.empty(N)
@@ -206,18 +230,16 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
         t = grid[k + 1] + h[k] * rng.random(k.size)
         x0 = target.sample(k.size, rng)
         xt, _ = process.perturb(x0, t, rng)
-        # forward transition from t up to the grid point t_k
-        dB = process.integrated_beta_between(grid[k], t)
-        decay = np.exp(-0.5 * dB)[:, None]
-        spread = np.sqrt(-np.expm1(-dB))[:, None]
-        x_grid = decay * xt + spread * rng.standard_normal(xt.shape)
+        # forward transition from t up to the grid point t_k: x_grid = r xt + sqrt(v) z
+        decay, variance = transition(process, grid[k], t)
+        x_grid = decay[:, None] * xt + np.sqrt(variance)[:, None] * rng.standard_normal(xt.shape)
         s = call_score(score, x_grid.astype(dtype), grid[k], " in the path term").astype(np.float64)
         delta = target.score(xt, t, process) - s
         if method == "euler_maruyama":
-            delta += 0.5 * (xt - x_grid)
-        elif method == "residual_exponential":
+            delta -= process._f_over_g2(t)[:, None] * (xt - x_grid)
+        elif method == "residual_exponential":  # variance-preserving only: g^2 = beta
             delta += xt - x_grid
-        e = (0.5 * h[k] * process.beta(t) * np.sum(delta**2, axis=1)).reshape(-1, n)  # (steps, n)
+        e = (0.5 * h[k] * process.g2(t) * np.sum(delta**2, axis=1)).reshape(-1, n)  # (steps, n)
         steps = slice(first, first + e.shape[0])
         mean[steps] = e.mean(axis=1)
         se[steps] = e.std(axis=1, ddof=1) / np.sqrt(n)

@@ -11,7 +11,8 @@ under p_{t_k}, and a step y <- a y + b s + c xi moves its mean mu and variance q
 
     mu <- (a - b / v_k) mu + b alpha_{t_k} (U^T m) / v_k,    q <- (a - b / v_k)^2 q + c^2,
 
-from mu = 0, q = 1 (the prior N(0, I) at T). So the law of a sampler's output is
+from mu = 0 and q = 1 (the prior N(0, I) at T; q = sigma_T^2 on a process that is not
+variance-preserving, as sgm_ref.samplers.sample starts it). So the law of a sampler's output is
 Gaussian and known exactly, for any grid and any number of steps; KL and TV between
 Gaussians then measure it against p_t0 or p_0 (gaussian_kl, gaussian_tv).
 
@@ -26,7 +27,7 @@ from scipy.special import erf, ndtr
 
 from .._validation import check_count, check_real_array, check_rng, check_time_range, eigh_spd
 from ..processes import VariancePreserving, check_process
-from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid, routed_replay
+from ..samplers import METHODS, STEP_COEFFICIENTS, check_grid, routed_replay, start_variance
 
 __all__ = ["sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv"]
 
@@ -95,10 +96,18 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
         A = 1 + h/2 (g_k + g_{k+1} (1 + h g_k)),   r = h/2 (e_k + e_{k+1} + h g_{k+1} e_k),
         mu <- A mu + r,   q <- A^2 q.
 
-    A process that is not variance-preserving (SubVP, VE, EDM, FlowMatching) runs the
-    replay sgm_ref.samplers routes it to, from N(0, sigma_T^2 I) as sgm_ref.samplers.sample
-    starts it; its law is sgm_ref.replays.replay_output_gaussian's (exact, by
-    propagating the affine map). "exponential" is refused there.
+    Any other process (SubVP, VE, EDM, FlowMatching) starts from N(0, sigma_T^2 I), as
+    sgm_ref.samplers.sample starts it, and with v_k = alpha_{t_k}^2 lam + sigma_{t_k}^2
+    the stochastic schemes take the same recursion with their general coefficients
+    (sgm_ref.samplers, all integrals over [t_{k+1}, t_k]):
+
+        euler_maruyama:    a = 1 - int f,                b = int g^2,   c^2 = int g^2
+        exponential:       a = alpha_{k+1} / alpha_k,    b, c^2 = process.exponential_integrals
+
+    (on a variance-preserving process these are the DB_k forms above, bit for bit).
+    "probability_flow" there runs the replay sgm_ref.samplers routes it to
+    (k-diffusion's Heun), whose law is sgm_ref.replays.replay_output_gaussian's (exact,
+    by propagating the affine map).
 
     Parameters
     ----------
@@ -126,15 +135,23 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
     process = check_process(process, variance_preserving=False)
     grid = check_grid(grid, process)
     method = _check_method(method)
-    if not isinstance(process, VariancePreserving):
+    vp = isinstance(process, VariancePreserving)
+    if not vp and method == "residual_exponential":
+        raise ValueError(f"method 'residual_exponential' needs a variance-preserving process (OU, VP, VPCosine, "
+                         f"DDPM), got {process!r}, as sgm_ref.samplers")
+    if not vp and method == "probability_flow":
         from ..replays import replay_output_gaussian  # lazily: replays imports this module
         replay = routed_replay(process, method)
         return replay_output_gaussian(replay, m, S, process, grid)
     m_eig = U.T @ m
-    B = process.integrated_beta(grid)
-    alpha = np.exp(-0.5 * B)[:, None]
-    v = alpha**2 * lam + (-np.expm1(-B))[:, None]  # (N + 1, d)
-    mu, q = np.zeros_like(m), np.ones_like(m)
+    if vp:
+        B = process.integrated_beta(grid)
+        alpha = np.exp(-0.5 * B)[:, None]
+        v = alpha**2 * lam + (-np.expm1(-B))[:, None]  # (N + 1, d)
+    else:
+        alpha = process.alpha(grid)[:, None]
+        v = alpha**2 * lam + process.sigma2(grid)[:, None]
+    mu, q = np.zeros_like(m), np.full_like(m, start_variance(process, grid[0]))
     if method == "probability_flow":
         beta = process.beta(grid)[:, None]
         g = beta * alpha**2 * (lam - 1.0) / (2.0 * v)  # 1 - 1/v = alpha^2 (lam - 1) / v, no cancellation
@@ -145,11 +162,12 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
             mu = A * mu + 0.5 * h * (e[k] + e[k + 1] + h * g[k + 1] * e[k])
             q = A * A * q
     else:
-        a, b, c = STEP_COEFFICIENTS[method](process.integrated_beta_between(grid[:-1], grid[1:]))
-        for k in range(grid.size - 1):
-            A = a[k] - b[k] / v[k]
-            mu = A * mu + b[k] * alpha[k] * m_eig / v[k]
-            q = A * A * q + c[k] ** 2
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named by _from_eigen
+            a, b, c = STEP_COEFFICIENTS[method](process, grid[:-1], grid[1:])
+            for k in range(grid.size - 1):
+                A = a[k] - b[k] / v[k]
+                mu = A * mu + b[k] * alpha[k] * m_eig / v[k]
+                q = A * A * q + c[k] ** 2
     return _from_eigen(U, mu, q)
 
 

@@ -14,7 +14,20 @@ W_t = alpha_t sigma_t' - alpha_t' sigma_t (> 0 whenever alpha falls and sigma gr
 The common coordinate between conventions is the log signal-to-noise ratio
 lambda_t = log(alpha_t^2 / sigma_t^2), strictly decreasing in t: two processes at times of
 equal lambda have the same p_t up to the scale of x (x_b = (alpha_b / alpha_a) x_a).
+
+Reverse-time samplers need integrals over a step [t_lo, t_hi] (t_lo < t_hi, the sampler
+moving from t_hi down to t_lo), each in closed form per process:
+
+    int f dt                      = log(alpha_hi / alpha_lo)            integrated_f_between
+    int g^2 dt                                                          integrated_g2_between
+    int (alpha_lo / alpha_t) g^2 dt,  int (alpha_lo / alpha_t)^2 g^2 dt  exponential_integrals
+
+The last one is sigma_lo^2 (e^{lambda_lo - lambda_hi} - 1) for every process, because
+g^2 = alpha^2 d(sigma^2 / alpha^2) / dt: the variance the forward transition from t_lo up
+to t_hi adds, seen in the scale of x at t_lo.
 """
+
+import math
 
 import numpy as np
 
@@ -26,8 +39,9 @@ class LinearGaussianProcess:
     _time_of_log_snr (all on validated float64 arrays) and t_max; the rest follows.
 
     Subclasses may override _w (alpha sigma' - alpha' sigma), _half_dq
-    ((alpha alpha' + sigma sigma'), half the rate of alpha^2 + sigma^2), _f and _g2 with
-    cancellation-free forms.
+    ((alpha alpha' + sigma sigma'), half the rate of alpha^2 + sigma^2), _f, _g2 and the
+    step integrals _int_f and _ei_c2 with cancellation-free forms, and define _int_g2 and
+    _ei_b (no general closed form) for the reverse-time samplers.
     """
 
     t_min = 0.0
@@ -153,6 +167,87 @@ class LinearGaussianProcess:
                              "(it would come out as t_min, where lam is +inf)")
         return self._out(np.clip(t, self.t_min, self.t_max))
 
+    # -- integrals over one step of a reverse-time sampler ---------------------------------
+
+    def _step_times(self, t_hi, t_lo):
+        """Validated float64 arrays (t_hi, t_lo) of one shape with t_hi >= t_lo."""
+        t_hi, t_lo = self._times(t_hi, name="t_hi"), self._times(t_lo, name="t_lo")
+        if t_hi.shape != t_lo.shape:
+            raise ValueError(f"t_hi and t_lo must have one shape, got {t_hi.shape} and {t_lo.shape}")
+        if np.any(t_hi < t_lo):
+            raise ValueError("t_hi must be >= t_lo (the integral runs from t_lo up to t_hi)")
+        return t_hi, t_lo
+
+    def _finite(self, value, what):
+        value = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(value)):
+            raise ValueError(f"{what} over [t_lo, t_hi] overflows float64 for {self!r}; use a smaller t_hi")
+        return self._out(value)
+
+    def _int_f(self, t_hi, t_lo):
+        return np.log(self._alpha(t_hi)) - np.log(self._alpha(t_lo))
+
+    def _f_over_g2(self, t):
+        """f(t) / g(t)^2, the coefficient of (X_t - X_tk) in the Euler–Maruyama drift error."""
+        return self._f(t) / self._g2(t)
+
+    def _ei_c2(self, t_hi, t_lo):
+        return -self._sigma2(t_lo) * np.expm1(self._log_snr(t_lo) - self._log_snr(t_hi))
+
+    def _int_g2(self, t_hi, t_lo):
+        raise NotImplementedError(f"{type(self).__name__} defines no closed form of int g^2 over a step (_int_g2)")
+
+    def _ei_b(self, t_hi, t_lo):
+        raise NotImplementedError(f"{type(self).__name__} defines no closed form of "
+                                  "int (alpha_lo / alpha_t) g^2 dt over a step (_ei_b)")
+
+    def integrated_f_between(self, t_hi, t_lo):
+        """int_{t_lo}^{t_hi} f(t) dt = log(alpha_{t_hi} / alpha_{t_lo}) (<= 0 where alpha falls).
+
+        t_hi, t_lo scalars or arrays of one shape, t_hi >= t_lo; float64 of that shape.
+        Computed in closed form without the cancellation of log alpha_hi - log alpha_lo on
+        short steps.
+
+        Raises
+        ------
+        ValueError
+            Times outside [t_min, t_max], shapes that differ, t_hi < t_lo, or a result
+            beyond float64.
+        """
+        t_hi, t_lo = self._step_times(t_hi, t_lo)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return self._finite(self._int_f(t_hi, t_lo), "int f")
+
+    def integrated_g2_between(self, t_hi, t_lo):
+        """int_{t_lo}^{t_hi} g(t)^2 dt in closed form (each process states its formula).
+
+        The noise variance of sgm_ref's Euler–Maruyama step from t_hi down to t_lo.
+        Arguments, shape and Raises as integrated_f_between.
+        """
+        t_hi, t_lo = self._step_times(t_hi, t_lo)
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self._finite(self._int_g2(t_hi, t_lo), "int g^2")
+
+    def exponential_integrals(self, t_hi, t_lo):
+        """(a, b, c2): the exponential integrator's step from t_hi down to t_lo.
+
+        The reverse SDE dY = [-f Y + g^2 s] dtau + g dB with the score frozen at s solves
+        exactly to Y_lo = a Y_hi + b s + sqrt(c2) xi, xi ~ N(0, I), with
+
+            a  = alpha_lo / alpha_hi = exp(-int f)
+            b  = int_{t_lo}^{t_hi} (alpha_lo / alpha_t) g(t)^2 dt
+            c2 = int_{t_lo}^{t_hi} (alpha_lo / alpha_t)^2 g(t)^2 dt
+               = sigma_lo^2 (e^{lambda_lo - lambda_hi} - 1)       (g^2 = alpha^2 d(sigma^2/alpha^2)/dt)
+
+        each in closed form (the processes' docstrings). Arguments and Raises as
+        integrated_f_between; three float64 arrays of the times' shape.
+        """
+        t_hi, t_lo = self._step_times(t_hi, t_lo)
+        with np.errstate(over="ignore", invalid="ignore"):
+            a = self._finite(np.exp(-self._int_f(t_hi, t_lo)), "alpha_lo / alpha_hi")
+            return a, self._finite(self._ei_b(t_hi, t_lo), "int (alpha_lo / alpha_t) g^2"), \
+                self._finite(self._ei_c2(t_hi, t_lo), "int (alpha_lo / alpha_t)^2 g^2")
+
     def _coefficients(self, t, n):
         """(alpha_t, sigma_t^2) as float64 arrays of length n, t validated for n rows."""
         t = np.ascontiguousarray(np.broadcast_to(self._times(t, n=n), (n,)))
@@ -191,3 +286,34 @@ def softplus(y):
     y = np.asarray(y, dtype=np.float64)
     with np.errstate(over="ignore"):
         return np.where(y > 0, y + np.log1p(np.exp(-np.abs(y))), np.log1p(np.exp(np.minimum(y, 0.0))))
+
+
+# The Taylor series of e^y - 1 - y = sum_{n >= 2} y^n / n!, coefficients highest first
+_EXPM1MX = [1.0 / math.factorial(n) for n in range(20, 1, -1)]
+
+
+def expm1mx(y):
+    """e^y - 1 - y >= 0 to full relative precision (float64 array): the Taylor series for
+    |y| <= 1/2 (no cancellation), expm1(y) - y beyond (the difference loses < 4 bits)."""
+    y = np.asarray(y, dtype=np.float64)
+    small = np.abs(y) <= 0.5
+    ys = np.where(small, y, 0.0)
+    series = np.polyval(_EXPM1MX, ys) * ys * ys
+    with np.errstate(over="ignore"):
+        return np.where(small, series, np.expm1(y) - y)
+
+
+def log1pmx(x):
+    """log(1 + x) - x <= 0 to full relative precision, x > -1 (float64 array).
+
+    For |x| <= 1/2, with w = x / (2 + x) (|w| <= 1/3), log(1 + x) = 2 atanh(w) and
+    x = 2 w / (1 - w) give log1p(x) - x = -2 w^2 / (1 - w) + 2 sum_{j >= 1} w^{2j+1} / (2j+1),
+    the first term dominating (no cancellation); beyond, log1p(x) - x directly.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    small = np.abs(x) <= 0.5
+    w = np.where(small, x, 0.0) / (2.0 + np.where(small, x, 0.0))
+    w2 = w * w
+    odd = np.polyval([1.0 / (2 * j + 1) for j in range(18, 0, -1)], w2) * w2 * w  # sum w^{2j+1} / (2j+1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(small, -2.0 * w2 / (1.0 - w) + 2.0 * odd, np.log1p(x) - x)

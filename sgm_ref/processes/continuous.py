@@ -3,7 +3,10 @@
 SubVP (Song et al. 2021), VE (score_sde's geometric sigma), EDM (Karras et al. 2022) and
 the flow-matching / rectified-flow interpolant (Lipman et al. 2023; Liu et al. 2023). Each
 gives alpha_t, sigma_t, their derivatives and lambda_t in closed form; f and g^2 follow as
-in sgm_ref.processes.base.
+in sgm_ref.processes.base. Each also gives the integrals a reverse-time sampler needs over a
+step [t_lo, t_hi] (h = t_hi - t_lo) in closed, cancellation-free form: int f, int g^2, and
+the exponential integrator's b = int (alpha_lo / alpha_t) g^2 and
+c2 = int (alpha_lo / alpha_t)^2 g^2 (their class docstrings).
 """
 
 from dataclasses import dataclass
@@ -11,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validation import check_count, check_real
-from .base import LinearGaussianProcess
-from .variance_preserving import check_linear_betas, inverse_linear_integrated_beta, linear_beta, linear_integrated_beta
+from .base import LinearGaussianProcess, expm1mx, log1pmx
+from .variance_preserving import (check_linear_betas, inverse_linear_integrated_beta, linear_beta,
+                                  linear_integral_between, linear_integrated_beta)
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,17 @@ class SubVP(LinearGaussianProcess):
     alpha_t = e^{-B/2}, sigma_t = 1 - e^{-B} = -expm1(-B) (sigma^2 <= the VP variance),
     f = -beta/2, g^2 = -beta expm1(-2B), lambda = -B - 2 log(-expm1(-B)) and inversely
     B = 2 asinh(e^{-lambda/2} / 2) (from sigma/alpha = 2 sinh(B/2)).
+
+    Over a step, with B_lo = B(t_lo), DB = int beta (exact midpoint rule) and
+    E(y) = e^y - 1 - y >= 0 (sgm_ref.processes.base.expm1mx):
+
+        int f   = -DB/2
+        int g^2 = int (1 - e^{-2B}) dB = -expm1(-2 B_lo) DB + e^{-2 B_lo} E(-2 DB) / 2
+        b       = e^{-B_lo/2} int (e^{B/2} - e^{-3B/2}) dB
+                = 2 E(DB/2) + (2/3) E(-3 DB/2) + (2/3) expm1(-2 B_lo) expm1(-3 DB/2)
+        c2      = e^{-B_lo} [2 cosh B] = 4 e^{-B_lo} sinh((B_lo + B_hi)/2) sinh(DB/2)
+
+    every term >= 0, so nothing cancels as t -> 0 or on short steps.
     """
 
     beta_min: float = 0.1
@@ -67,6 +82,25 @@ class SubVP(LinearGaussianProcess):
     def _g2(self, t):
         return -self._beta(t) * np.expm1(-2.0 * self._B(t))
 
+    def _DB(self, t_hi, t_lo):
+        return linear_integral_between(t_hi, t_lo, self.beta_min, self.beta_max)
+
+    def _int_f(self, t_hi, t_lo):
+        return -0.5 * self._DB(t_hi, t_lo)
+
+    def _int_g2(self, t_hi, t_lo):
+        B_lo, DB = self._B(t_lo), self._DB(t_hi, t_lo)
+        return -np.expm1(-2.0 * B_lo) * DB + 0.5 * np.exp(-2.0 * B_lo) * expm1mx(-2.0 * DB)
+
+    def _ei_b(self, t_hi, t_lo):
+        B_lo, DB = self._B(t_lo), self._DB(t_hi, t_lo)
+        return (2.0 * expm1mx(0.5 * DB) + (2.0 / 3.0) * expm1mx(-1.5 * DB)
+                + (2.0 / 3.0) * np.expm1(-2.0 * B_lo) * np.expm1(-1.5 * DB))
+
+    def _ei_c2(self, t_hi, t_lo):
+        B_lo, B_hi, DB = self._B(t_lo), self._B(t_hi), self._DB(t_hi, t_lo)
+        return 4.0 * np.exp(-B_lo) * np.sinh(0.5 * (B_lo + B_hi)) * np.sinh(0.5 * DB)
+
     def _log_snr(self, t):
         B = self._B(t)
         return -B - 2.0 * np.log(-np.expm1(-B))
@@ -88,6 +122,8 @@ class VE(LinearGaussianProcess):
     lambda_t = -2 log sigma_min - 2 t log(sigma_max / sigma_min).
     As in score_sde the data enter at sigma_min > 0 (t = 0 is already noised), so
     log_snr(0) is finite; the SDE carries x_s to x_t for any 0 <= s < t <= 1.
+    Over a step: int f = 0 and int g^2 = b = c2 = sigma_hi^2 - sigma_lo^2
+    = sigma_lo^2 expm1(2 h log(sigma_max / sigma_min)) (no difference of two squares).
 
     Parameters
     ----------
@@ -128,6 +164,14 @@ class VE(LinearGaussianProcess):
     def _f(self, t):
         return np.zeros_like(t, dtype=np.float64)
 
+    def _int_f(self, t_hi, t_lo):
+        return np.zeros_like(t_hi, dtype=np.float64)
+
+    def _int_g2(self, t_hi, t_lo):
+        return self._sigma2(t_lo) * np.expm1(2.0 * (t_hi - t_lo) * self._log_ratio)
+
+    _ei_b = _ei_c2 = _int_g2  # alpha = 1
+
     def _log_snr(self, t):
         return -2.0 * (np.log(self.sigma_min) + t * self._log_ratio)
 
@@ -143,6 +187,7 @@ class EDM(LinearGaussianProcess):
     """The sigma convention of Karras et al. (2022, EDM) and k-diffusion: time is the noise level.
 
     alpha_t = 1, sigma_t = t, f = 0, g^2 = 2 t, lambda_t = -2 log t; t in [0, t_max].
+    Over a step: int f = 0 and int g^2 = b = c2 = t_hi^2 - t_lo^2 = h (t_hi + t_lo).
 
     Parameters
     ----------
@@ -183,6 +228,14 @@ class EDM(LinearGaussianProcess):
     def _g2(self, t):
         return 2.0 * np.asarray(t, dtype=np.float64)
 
+    def _int_f(self, t_hi, t_lo):
+        return np.zeros_like(t_hi, dtype=np.float64)
+
+    def _int_g2(self, t_hi, t_lo):
+        return (t_hi - t_lo) * (t_hi + t_lo)
+
+    _ei_b = _ei_c2 = _int_g2  # alpha = 1
+
     def _log_snr(self, t):
         return -2.0 * np.log(t)
 
@@ -221,6 +274,20 @@ class FlowMatching(LinearGaussianProcess):
     g^2 = 2 t / (1 - t), lambda = 2 (log1p(-t) - log t), inversely t = 1 / (1 + e^{lambda/2}).
     The velocity of the interpolant is E[z - x0 | x_t].
 
+    Over a step, with u = h / (1 - t_lo) in [0, 1) (so 1 - t_hi = (1 - t_lo)(1 - u)),
+    rho = t / (1 - t) = sigma / alpha and L(x) = log(1 + x) - x <= 0
+    (sgm_ref.processes.base.log1pmx):
+
+        int f   = log((1 - t_hi) / (1 - t_lo)) = log1p(-u)
+        int g^2 = int (2 / (1 - t) - 2) dt = 2 (u t_lo - L(-u))
+        b       = (1 - t_lo) int 2 t / (1 - t)^2 dt = (1 - t_lo) [2 / (1 - t) + 2 log(1 - t)]_lo^hi
+                = 2 (u / (1 - u) + (1 - t_lo) log1p(-u))
+                = 2 (u^2 / (1 - u) + L(-u) - t_lo log1p(-u))
+        c2      = (1 - t_lo)^2 (rho_hi^2 - rho_lo^2) = (1 - t_lo) h (rho_hi + rho_lo) / (1 - t_hi)
+
+    (in b, u^2 / (1 - u) + L(-u) has parts of opposite sign but |L(-u)| <= u^2 / (2 (1 - u)),
+    so at most one bit cancels; the last term is >= 0).
+
     Parameters
     ----------
     t_max : float
@@ -258,6 +325,28 @@ class FlowMatching(LinearGaussianProcess):
     def _g2(self, t):
         t = np.asarray(t, dtype=np.float64)
         return 2.0 * t / (1.0 - t)
+
+    def _f_over_g2(self, t):
+        return -0.5 / np.asarray(t, dtype=np.float64)
+
+    @staticmethod
+    def _u(t_hi, t_lo):
+        return (t_hi - t_lo) / (1.0 - t_lo)
+
+    def _int_f(self, t_hi, t_lo):
+        return np.log1p(-self._u(t_hi, t_lo))
+
+    def _int_g2(self, t_hi, t_lo):
+        u = self._u(t_hi, t_lo)
+        return 2.0 * (u * t_lo - log1pmx(-u))
+
+    def _ei_b(self, t_hi, t_lo):
+        u = self._u(t_hi, t_lo)
+        return 2.0 * (u * u / (1.0 - u) + log1pmx(-u) - t_lo * np.log1p(-u))
+
+    def _ei_c2(self, t_hi, t_lo):
+        rho = t_hi / (1.0 - t_hi) + t_lo / (1.0 - t_lo)
+        return (1.0 - t_lo) * (t_hi - t_lo) * rho / (1.0 - t_hi)
 
     def _log_snr(self, t):
         t = np.asarray(t, dtype=np.float64)

@@ -157,13 +157,19 @@ class DDPM(VariancePreserving):
         return self._knots[j] + frac * self._rates[j]
 
     def _integral_between(self, t_hi, t_lo):
-        # exact for steps within one piece; across pieces, the pieces' sum
-        j_hi, j_lo = self._step(t_hi), self._step(t_lo)
+        # exact for steps within one piece; across pieces, the pieces' sum, with the parts
+        # t_hi N - j_hi and (j_lo + 1) - t_lo N exact to an ulp of themselves: t_lo N rounded
+        # alone would cost a step that ends just below a knot its digits. A time whose t N
+        # rounds to an integer is that knot exactly (the times of time_of_timestep are knots).
         N = self.num_train_timesteps
+        (p_hi, e_hi), (p_lo, e_lo) = (_two_product(np.asarray(t, dtype=np.float64), float(N)) for t in (t_hi, t_lo))
+        e_hi, e_lo = (np.where(p == np.round(p), 0.0, e) for p, e in ((p_hi, e_hi), (p_lo, e_lo)))
+        j_hi, j_lo = self._step(t_hi), self._step(t_lo)
         same = j_hi == j_lo
         inner = (t_hi - t_lo) * N * self._rates[j_lo]
+        # p - j and (j + 1) - p are exact (Sterbenz) where they are small
         across = (self._knots[j_hi] - self._knots[np.minimum(j_lo + 1, N)]
-                  + (t_hi * N - j_hi) * self._rates[j_hi] + ((j_lo + 1) - t_lo * N) * self._rates[j_lo])
+                  + ((p_hi - j_hi) + e_hi) * self._rates[j_hi] + (((j_lo + 1) - p_lo) - e_lo) * self._rates[j_lo])
         return np.where(same, inner, across)
 
     def _inverse_integrated_beta(self, B):

@@ -11,8 +11,11 @@ whose transition from X_0 is Gaussian:
     B(t) = int_0^t beta(s) ds,
 
 so f = -beta/2, g^2 = beta, lambda_t = -B - log(-expm1(-B)) and, inversely,
-B = log(1 + e^{-lambda}). sigma_t is computed from expm1 so that it keeps full relative
-precision as t -> 0 (where 1 - alpha_t^2 would cancel).
+B = log(1 + e^{-lambda}). Over a step [t_lo, t_hi] with DB = int beta (integrated_beta_between):
+int f = -DB/2, int g^2 = DB, and the exponential integrator's
+int (alpha_lo/alpha_t) g^2 = 2 expm1(DB/2), int (alpha_lo/alpha_t)^2 g^2 = expm1(DB).
+sigma_t is computed from expm1 so that it keeps full relative precision as t -> 0
+(where 1 - alpha_t^2 would cancel).
 
 OU is beta = 2 (dX = -X dt + sqrt(2) dW, alpha_t = e^{-t}); VP is Song et al. (2021),
 beta(t) = beta_min + t (beta_max - beta_min) on t in [0, 1]; VPCosine is the cosine
@@ -53,11 +56,7 @@ class VariancePreserving(LinearGaussianProcess):
         t_hi, t_lo scalars or arrays of one shape, t_hi >= t_lo; float64. The step
         integrals of a reverse-time sampler keep full relative precision on fine grids.
         """
-        t_hi, t_lo = self._times(t_hi, name="t_hi"), self._times(t_lo, name="t_lo")
-        if t_hi.shape != t_lo.shape:
-            raise ValueError(f"t_hi and t_lo must have one shape, got {t_hi.shape} and {t_lo.shape}")
-        if np.any(t_hi < t_lo):
-            raise ValueError("t_hi must be >= t_lo (the integral runs from t_lo up to t_hi)")
+        t_hi, t_lo = self._step_times(t_hi, t_lo)
         with np.errstate(over="ignore"):
             return self._out(self._finite_integral(np.asarray(self._integral_between(t_hi, t_lo)), "t_hi"))
 
@@ -97,6 +96,25 @@ class VariancePreserving(LinearGaussianProcess):
 
     def _g2(self, t):
         return self._beta(t)
+
+    # the step integrals of the reverse-time samplers, all from DB = int beta over the step:
+    # int f = -DB/2, int g^2 = DB, int (alpha_lo/alpha) beta = 2 (e^{DB/2} - 1),
+    # int (alpha_lo/alpha)^2 beta = e^{DB} - 1
+
+    def _int_f(self, t_hi, t_lo):
+        return -0.5 * self._integral_between(t_hi, t_lo)
+
+    def _int_g2(self, t_hi, t_lo):
+        return self._integral_between(t_hi, t_lo)
+
+    def _ei_b(self, t_hi, t_lo):
+        return 2.0 * np.expm1(0.5 * self._integral_between(t_hi, t_lo))
+
+    def _ei_c2(self, t_hi, t_lo):
+        return np.expm1(self._integral_between(t_hi, t_lo))
+
+    def _f_over_g2(self, t):
+        return np.full(np.shape(t), -0.5)
 
     def _log_snr(self, t):
         B = self._integrated_beta(t)
@@ -179,8 +197,7 @@ class VP(VariancePreserving):
         return linear_integrated_beta(t, self.beta_min, self.beta_max)
 
     def _integral_between(self, t_hi, t_lo):
-        # the midpoint rule is exact for the linear beta
-        return (t_hi - t_lo) * (self.beta_min + 0.5 * (t_hi + t_lo) * (self.beta_max - self.beta_min))
+        return linear_integral_between(t_hi, t_lo, self.beta_min, self.beta_max)
 
     def _inverse_integrated_beta(self, B):
         return inverse_linear_integrated_beta(B, self.beta_min, self.beta_max)
@@ -209,6 +226,11 @@ def linear_beta(t, beta_min, beta_max):
 def linear_integrated_beta(t, beta_min, beta_max):
     """B(t) = int_0^t beta = t (beta_min + t (beta_max - beta_min) / 2)."""
     return t * (beta_min + 0.5 * t * (beta_max - beta_min))
+
+
+def linear_integral_between(t_hi, t_lo, beta_min, beta_max):
+    """int_{t_lo}^{t_hi} beta for the linear beta: the midpoint rule, exact here."""
+    return (t_hi - t_lo) * (beta_min + 0.5 * (t_hi + t_lo) * (beta_max - beta_min))
 
 
 def inverse_linear_integrated_beta(B, beta_min, beta_max):
