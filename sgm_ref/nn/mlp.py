@@ -326,21 +326,28 @@ class MLP:
         out = np.empty((n, self.d), dtype=self.dtype)
         jv = np.empty((n, k, self.d), dtype=self.dtype)
         W0, WL = self.weights[0][:self.d], self.weights[-1]
-        step = self._tangent_rows(k)
-        for start in range(0, n, step):
-            rows = slice(start, min(start + step, n))
-            ws = self._workspace(rows.stop - rows.start)
-            self._fill_input(ws, x[rows], t[rows])
-            out[rows] = self._run(ws, tape=True)
+        for rows, ws in self._forward_blocks(x, t, k, out):
             r = rows.stop - rows.start
             T = (V[rows].reshape(r * k, self.d) @ W0).reshape(r, k, -1)
             if self.depth > 0:  # else the input layer is the last
                 T = (self._tangents(ws, T).reshape(r * k, -1) @ WL).reshape(r, k, self.d)
             jv[rows] = T
-            ws.has_tape = False  # these rows' tape is not a backward's to use
         if not (np.all(np.isfinite(out)) and np.all(np.isfinite(jv))):
             self._overflow("Jacobian-vector product", x, t)
         return out, jv
+
+    def _forward_blocks(self, x, t, k, out):
+        """The forward pass in row blocks sized for k tangents per row: yields (rows, workspace)
+        with out[rows] written and the block's tape kept for the tangents, then dropped (it is
+        not a backward's to use)."""
+        n, step = x.shape[0], self._tangent_rows(k)
+        for start in range(0, n, step):
+            rows = slice(start, min(start + step, n))
+            ws = self._workspace(rows.stop - rows.start)
+            self._fill_input(ws, x[rows], t[rows])
+            out[rows] = self._run(ws, tape=True)
+            yield rows, ws
+            ws.has_tape = False
 
     def jacobian_trace(self, x, t):
         """tr (d net / d x) at each row, exactly, by forward mode with the d unit tangents at once.
@@ -363,12 +370,7 @@ class MLP:
         out = np.empty((n, d), dtype=self.dtype)
         trace = np.empty(n, dtype=self.dtype)
         W0, WL = self.weights[0][:d], self.weights[-1]
-        step = self._tangent_rows(d)
-        for start in range(0, n, step):
-            rows = slice(start, min(start + step, n))
-            ws = self._workspace(rows.stop - rows.start)
-            self._fill_input(ws, x[rows], t[rows])
-            out[rows] = self._run(ws, tape=True)
+        for rows, ws in self._forward_blocks(x, t, d, out):
             r = rows.stop - rows.start
             if self.depth == 0:
                 trace[rows] = np.trace(W0)
@@ -376,7 +378,6 @@ class MLP:
                 T = self._tangents(ws, np.broadcast_to(W0, (r, d, W0.shape[1])).copy())
                 # tr J = sum_j (d h_L / d x_j) . W_L[:, j]: only the diagonal of the last product
                 trace[rows] = np.einsum("rjm,mj->r", T, WL)
-            ws.has_tape = False
         if not (np.all(np.isfinite(out)) and np.all(np.isfinite(trace))):
             self._overflow("Jacobian trace", x, t)
         return out, trace

@@ -186,14 +186,7 @@ class ProductMixture(ExactOutputs):
         (the second sum a variance about s_j, free of the cancellation in
         sum_c pi_jc g_c^2 - s_j^2), summed over j. Raises as log_prob.
         """
-        x = check_points(x, "x", d=self.dim)
-        n = x.shape[0]
-        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
-        if x.dtype == np.float32:
-            check_float32_range(self.means, self.stds**2, repr(self))
-        a, s2 = a[:, None, None], s2[:, None, None]
-        var = a**2 * self.stds**2 + s2                            # (n, d, 2)
-        diff = x.astype(np.float64)[:, :, None] - a * self.means  # (n, d, 2)
+        x, var, diff = self._coordinates(x, t, process)
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
             log_terms = self._logw - 0.5 * (np.log(var) + diff**2 / var)
             post = np.exp(log_terms - np.max(log_terms, axis=2, keepdims=True))
