@@ -328,6 +328,9 @@ def build_parser():
     p.add_argument("run", metavar="RUN", help="the sweep's folder (as given to `sgm-ref experiment rate`)")
     p.add_argument("--out", metavar="FILE.md",
                    help="the markdown to write (default RUN/rate.md); figures and FILE.json go beside it")
+    p.add_argument("--compare", metavar="OTHER",
+                   help="another sweep's folder run on some of RUN's cells with other settings (e.g. --objective "
+                        "sigma2): a section compares the two cell by cell, with a paired test")
     return parser
 
 
@@ -344,7 +347,7 @@ def cmd_experiment(args):
     if args.experiment == "rate-report":
         from .experiments import report
 
-        report.write_report(args.run, args.out, log=_say)
+        report.write_report(args.run, args.out, log=_say, compare_with=args.compare)
         return 0
     from .experiments import rate, sweep
 

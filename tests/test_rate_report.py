@@ -178,3 +178,31 @@ def test_report_of_a_sweep_still_running(tmp_path):
     assert "bounded away from 0 in every d (2, 8 and 32)" in text
     assert "**mixture**: at most 1 seed(s) per cell" in text
     assert "**mixture**: no exponent in d = 128" in text
+
+
+def test_compare_two_sweeps_cell_by_cell(tmp_path):
+    this = synthetic(str(tmp_path / "paper"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=1)
+    other = str(tmp_path / "sigma2")
+    os.makedirs(other)
+    rows = [json.loads(line) for line in open(os.path.join(this, "results.jsonl"), encoding="utf-8")]
+    rng = np.random.default_rng(3)
+    for r in rows:
+        if r["n"] in (500, 8000):  # the other sweep ran 6 of this one's 15 cells, with errors 1.5 times larger
+            append_result(os.path.join(other, "results.jsonl"),
+                          {**r, "score_error": 1.5 * r["score_error"] * float(np.exp(0.02 * rng.standard_normal()))})
+    for folder, weighting in ((this, "none"), (other, "sigma2")):
+        with open(os.path.join(folder, "sweep.json"), "w", encoding="utf-8") as f:
+            json.dump({"settings": {"weighting": weighting, "lr": 0.002}}, f)
+    run("experiment", "rate-report", this, "--out", tmp_path / "rate.md", "--compare", other)
+    text = (tmp_path / "rate.md").read_text(encoding="utf-8")
+    section = text.split("## Compared with `sigma2`")[1].split("## What this shows")[0]
+    assert "only these settings differ (this run / the other): weighting: none / sigma2." in section
+    assert section.count("| mixture |") == 6 and "| mixture | 32 | 8000 | 0 |" in section
+    numbers = json.loads((tmp_path / "rate.json").read_text(encoding="utf-8"))["comparison"]["families"]["mixture"]
+    assert numbers["cells"] == 6 and numbers["ratio_interval"][0] < 1.5 < numbers["ratio_interval"][1]
+    assert numbers["p"] < 1e-6 and numbers["other_lower"] == 0
+    assert "the error of `sigma2` is 1.49 times" in section and "lower in 0 of 6 cells" in section
+    unrelated = synthetic(str(tmp_path / "other-d"), {"product": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=1)
+    with pytest.raises(ValueError, match="no cell .* is in both sweeps"):
+        report.write_report(this, str(tmp_path / "x.md"), compare_with=unrelated)
+    assert not (tmp_path / "x.md").exists()

@@ -25,7 +25,7 @@ from ..io import atomic_write
 from . import stats as S
 from .rate import load_results
 
-__all__ = ["BASELINES", "load_sweep", "analyse", "report_markdown", "write_report"]
+__all__ = ["BASELINES", "load_sweep", "analyse", "compare", "report_markdown", "write_report"]
 
 # the baselines a row may carry, and what the report calls them
 BASELINES = {"baseline_empirical": "empirical measure (curse)", "baseline_minus_x": "score -x",
@@ -131,6 +131,70 @@ def analyse(rows):
     for family, frows in sorted(families.items()):
         out[family] = _analyse_family(frows)
     return {"families": out, "level": LEVEL, "alpha": ALPHA, "alpha_lack_of_fit": ALPHA_LOF}
+
+
+def compare(rows, other_rows, settings=None, other_settings=None):
+    """The cells two sweeps both ran, side by side: what the settings that differ do to the error.
+
+    Cells are matched on (family, d, n, seed); a matched pair shares its data, network
+    initialisation and evaluation draws (all seeded by the cell), so the ratio of the two
+    errors measures the settings alone. Per family, stats.paired_log_ratio of the
+    network's score error (other / this run) over the matched cells.
+
+    Returns
+    -------
+    dict
+        {"differs": {setting: [this, other]}, "cells": [{"family", "d", "n", "seed",
+        "error": [e, se], "other": [e, se], "ratio"}], "families": {family: paired_log_ratio}}
+
+    Raises
+    ------
+    ValueError
+        No cell is in both sweeps.
+    """
+    mine = {(r["family"], r["d"], r["n"], r["seed"]): r for r in rows}
+    theirs = {(r["family"], r["d"], r["n"], r["seed"]): r for r in other_rows}
+    keys = sorted(set(mine) & set(theirs))
+    if not keys:
+        raise ValueError("--compare: no cell (family, d, n, seed) is in both sweeps; run the other sweep on some "
+                         "of this sweep's cells (same --families, --d, --n, --seeds)")
+    a = (settings or {}).get("settings", {})
+    b = (other_settings or {}).get("settings", {})
+    differs = {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    cells = []
+    for key in keys:
+        e, o = _value(mine[key], None), _value(theirs[key], None)
+        cells.append({"family": key[0], "d": key[1], "n": key[2], "seed": key[3], "error": list(e),
+                      "other": list(o), "ratio": o[0] / e[0] if e[0] > 0 and o[0] > 0 else None})
+    families = {}
+    for family in sorted({c["family"] for c in cells}):
+        pairs = [(c["error"][0], c["other"][0]) for c in cells if c["family"] == family and c["ratio"] is not None]
+        if pairs:
+            families[family] = S.paired_log_ratio(*zip(*pairs), level=LEVEL)
+    return {"differs": differs, "cells": cells, "families": families}
+
+
+def _comparison_section(comparison, name):
+    lines = [f"## Compared with `{name}`", "",
+             "The cells both sweeps ran, each with the same data, initialisation and evaluation draws; "
+             "only these settings differ (this run / the other): " +
+             ("; ".join(f"{k}: {_show(v[0])} / {_show(v[1])}" for k, v in comparison["differs"].items())
+              or "none recorded") + ".", "",
+             f"| family | d | n | seed | this run | {name} | ratio |", "|---|---|---|---|---|---|---|"]
+    for c in comparison["cells"]:
+        lines.append(f"| {c['family']} | {c['d']} | {c['n']} | {c['seed']} | {_g(c['error'][0])} ± "
+                     f"{_g(c['error'][1], 2)} | {_g(c['other'][0])} ± {_g(c['other'][1], 2)} | {_g(c['ratio'])} |")
+    lines.append("")
+    for family, f in comparison["families"].items():
+        if f["t"] is None:
+            lines.append(f"- **{family}**: {f['cells']} cell(s), ratio {_g(f['ratio'])} (no test: one cell "
+                         "or identical ratios).")
+            continue
+        low, high = f["ratio_interval"]
+        lines.append(f"- **{family}**: over {f['cells']} cells the error of `{name}` is {_g(f['ratio'])} times "
+                     f"this run's (geometric mean; {int(100 * LEVEL)}% interval [{_g(low)}, {_g(high)}], paired "
+                     f"t = {f['t']:.2f}, {_p(f['p'])}); lower in {f['other_lower']} of {f['cells']} cells.")
+    return lines + [""]
 
 
 def _analyse_family(rows):
@@ -258,8 +322,9 @@ def _list(values):
     return values[0] if len(values) == 1 else ", ".join(values[:-1]) + " and " + values[-1]
 
 
-def report_markdown(analysis, settings=None, figures=None, source=None):
-    """The markdown of docs/rate.md from analyse()'s numbers (figures: {kind: relative path})."""
+def report_markdown(analysis, settings=None, figures=None, source=None, comparison=None):
+    """The markdown of docs/rate.md from analyse()'s numbers (figures: {kind: relative path};
+    comparison: (compare()'s result, the other sweep's name), its section before the conclusions)."""
     settings = settings or {}
     figures = figures or {}
     lines = ["# The rate experiment: score error against n in several dimensions", "",
@@ -283,6 +348,8 @@ def report_markdown(analysis, settings=None, figures=None, source=None):
         if not a["tv_samplers"] and isinstance(settings.get("settings", {}).get("bound_method"), str):
             a = {**a, "tv_samplers": [settings["settings"]["bound_method"]]}  # old rows: the sweep's setting
         lines += _family_section(family, a)
+    if comparison is not None:
+        lines += _comparison_section(*comparison)
     lines += _conclusions(fams)
     return "\n".join(lines) + "\n"
 
@@ -692,7 +759,7 @@ def plot_tv_vs_n(path, analysis, plt):
 
 # ---------------------------------------------------------------- the command
 
-def write_report(folder, out=None, log=None):
+def write_report(folder, out=None, log=None, compare_with=None):
     """Regenerate the report of a sweep folder: OUT, OUT's .json and the figures beside OUT.
 
     Parameters
@@ -704,6 +771,10 @@ def write_report(folder, out=None, log=None):
         it as STEM_error_vs_n.png, STEM_error_vs_d.png, STEM_tv_vs_n.png (when matplotlib
         imports; without it the text says so), and the numbers as STEM.json.
     log : callable(str), optional
+    compare_with : str, optional
+        Another sweep's folder run on some of the same cells with other settings (e.g.
+        ``--objective sigma2``): a section compares the two cell by cell (compare()), and
+        its numbers go into the .json under "comparison".
 
     Returns
     -------
@@ -724,6 +795,12 @@ def write_report(folder, out=None, log=None):
     if not os.path.isdir(where):
         raise ValueError(f"--out {out}: its folder {where} does not exist")
     analysis = analyse(rows)
+    comparison = None
+    if compare_with is not None:
+        other_rows, other_settings = load_sweep(compare_with)
+        comparison = (compare(rows, other_rows, settings, other_settings), os.path.basename(
+            os.path.normpath(os.fspath(compare_with))))
+        analysis = {**analysis, "comparison": comparison[0]}
     stem = os.path.splitext(os.path.basename(out))[0]
     written, figures = [], {}
     plt = _plt()
@@ -734,7 +811,8 @@ def write_report(folder, out=None, log=None):
             if plot(os.path.join(where, name), analysis, plt) is not False:
                 figures[kind] = name
                 written.append(os.path.join(where, name))
-    text = report_markdown(analysis, settings, figures, source=f"{folder} --out {out}")
+    source = f"{folder} --out {out}" + ("" if compare_with is None else f" --compare {compare_with}")
+    text = report_markdown(analysis, settings, figures, source=source, comparison=comparison)
     if plt is None:
         text += "\n(matplotlib is not installed: no figures; pip install \"sgm_ref[plot]\".)\n"
     numbers = os.path.join(where, stem + ".json")

@@ -10,6 +10,7 @@ density's squared error in d dimensions, which an unrestricted score estimator s
     saturating_fit     error = A n^-b + c with a profile-likelihood interval for b
     curse_comparison   the exponent's interval against 2 / (d + 4)
     n_star             smallest n where the error falls below half a baseline
+    paired_log_ratio   two settings on the same cells: the mean log ratio and its t test
 """
 
 import math
@@ -18,7 +19,8 @@ import numbers
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["curse_rate", "joint_slopes", "lack_of_fit", "saturating_fit", "curse_comparison", "n_star"]
+__all__ = ["curse_rate", "joint_slopes", "lack_of_fit", "saturating_fit", "curse_comparison", "n_star",
+           "paired_log_ratio"]
 
 
 def _vectors(name_values):
@@ -356,6 +358,51 @@ def n_star(n, error, baseline, fraction=0.5):
         return {"n_star": float(n[order][0]), "censored": "left"}
     x_star = x[k - 1] + g[k - 1] * (x[k] - x[k - 1]) / (g[k - 1] - g[k])
     return {"n_star": float(np.exp(x_star)), "censored": None}
+
+
+def paired_log_ratio(error, other, level=0.95):
+    """Two settings run on the same cells: r_j = log(other_j / error_j), its mean and a t test of mean 0.
+
+    A paired comparison (each cell j shares its data, initialisation and evaluation draws
+    between the two runs, so the differences r_j carry no cell-to-cell variation):
+
+        rbar = mean r_j,  se = sd(r_j) / sqrt(m),  t = rbar / se  (m - 1 degrees of freedom),
+
+    the interval rbar ± t_{(1+level)/2, m-1} se, and the two-sided p-value of rbar = 0.
+    exp(rbar) is the geometric mean of other / error over the cells.
+
+    Returns
+    -------
+    dict
+        {"cells", "mean_log_ratio", "se", "interval", "ratio", "ratio_interval", "t", "p",
+         "other_lower"}: other_lower counts the cells with other < error. With one cell
+        (or identical ratios) se is 0 and t, p and the interval are None.
+
+    Raises
+    ------
+    ValueError
+        Arrays of different lengths, empty, non-finite or <= 0 values, a bad level.
+    """
+    error, other = _vectors([("error", error), ("other", other)])
+    for name, a in (("error", error), ("other", other)):
+        _positive(name, a)
+    if error.size == 0:
+        raise ValueError("error must hold at least one cell")
+    _check_level(level)
+    r = np.log(other) - np.log(error)
+    m = r.size
+    mean = float(r.mean())
+    out = {"cells": m, "mean_log_ratio": mean, "ratio": math.exp(mean), "other_lower": int(np.sum(other < error)),
+           "se": 0.0, "interval": None, "ratio_interval": None, "t": None, "p": None}
+    sd = float(r.std(ddof=1)) if m > 1 else 0.0
+    if sd > 0:
+        se = sd / math.sqrt(m)
+        t = mean / se
+        q = float(stats.t.ppf(0.5 + level / 2, m - 1))
+        low, high = mean - q * se, mean + q * se
+        out.update(se=se, t=t, p=float(2 * stats.t.sf(abs(t), m - 1)), interval=[low, high],
+                   ratio_interval=[math.exp(low), math.exp(high)])
+    return out
 
 
 def _ols(X, y):
