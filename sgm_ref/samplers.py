@@ -67,7 +67,7 @@ import numpy as np
 
 from ._validation import (call_score, check_count, check_decreasing_grid, check_float_dtype, check_points, check_rng,
                           check_time_range, fits_in_memory)
-from .kernels.sampler import affine_noise_step, heun_correct, heun_predict
+from .kernels.sampler import affine_noise_step, generator_handle, heun_correct, heun_predict
 from .processes import VariancePreserving, check_process
 
 __all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS",
@@ -312,10 +312,11 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     limit = _overflow_limit(y.dtype)
     times = _Times(y.shape[0])
     path = [y.copy()] if trajectory else None
+    handle = generator_handle(rng)  # rng as the kernel takes it without numba's per-call unboxing
     for k, (a, b, c) in enumerate(steps):
         s = _score_for_kernel(score, y, grid[k], k, grid, process, times)
         # noise = rng.standard_normal(y.shape).astype(y.dtype), drawn inside a block at a time
-        status = affine_noise_step(y, s, rng, a, b, c, xi, limit)
+        status = affine_noise_step(y, s, handle, a, b, c, xi, limit)
         if status:
             _non_finite_score(status, k, grid[k], grid, process)
         if trajectory:
