@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sgm_ref import OU, VP, GaussianMixture
-from sgm_ref.kernels.sampler import standard_normal_into
+from sgm_ref.kernels.sampler import affine_noise_step, generator_handle, standard_normal_into
 from sgm_ref.samplers import (check_grid, euler_maruyama, exponential_integrator, probability_flow, sample,
                               time_grid)
 
@@ -146,6 +146,32 @@ def test_noise_kernel_is_numpys_draw(dtype):
     assert rng.bit_generator.state == reference.bit_generator.state  # same draws consumed
     standard_normal_into(out, rng)  # and the stream continues where numpy's would
     assert np.array_equal(out, reference.standard_normal((37, 5)).astype(dtype))
+
+
+def _same_state(a, b):
+    """Two bit_generator.state dicts are equal (MT19937's holds an array)."""
+    return a.keys() == b.keys() and all(_same_state(a[k], b[k]) if isinstance(a[k], dict)
+                                        else np.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("bit_generator", [np.random.PCG64, np.random.MT19937, np.random.Philox, np.random.SFC64])
+def test_generator_handle_draws_the_generators_bits(bit_generator, dtype):
+    """The kernels draw through generator_handle(rng) exactly what numpy's rng.standard_normal
+    draws, for every numpy bit generator, and leave rng where numpy would: the step's noise
+    (three 2048-entry blocks and a partial one) and the plain draw after it."""
+    rng, reference = np.random.Generator(bit_generator(7)), np.random.Generator(bit_generator(7))
+    y = np.random.default_rng(0).standard_normal((1500, 5)).astype(dtype)
+    s = np.random.default_rng(1).standard_normal((1500, 5)).astype(dtype)
+    a, b, c = (dtype(v) for v in (1.25, -0.5, 0.75))
+    expected = a * y + b * s + c * reference.standard_normal(y.shape).astype(dtype)
+    assert affine_noise_step(y, s, generator_handle(rng), a, b, c, np.empty(2048, dtype), 1e30) == 0
+    assert np.array_equal(y, expected)
+    assert _same_state(rng.bit_generator.state, reference.bit_generator.state)
+    out = np.empty((9, 7), dtype)
+    standard_normal_into(out, generator_handle(rng))
+    assert np.array_equal(out, reference.standard_normal(out.shape).astype(dtype))
+    assert _same_state(rng.bit_generator.state, reference.bit_generator.state)
 
 
 def test_euler_maruyama_noise_is_the_rngs_stream():
