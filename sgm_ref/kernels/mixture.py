@@ -11,14 +11,24 @@ Diagonal and identity covariances have U_k = I and need no matrix products. The
 diagonal kernel runs its rows in parallel (no BLAS call sits inside the oracle there;
 rows are independent, so the result does not depend on the thread count). Callers
 that alternate it with BLAS work (a network's forward pass in sgm_ref.metrics) pay a
-thread hand-over per alternation, once per block of points, not per point. The
-full-covariance kernel is serial (see its docstring), but the matrix products around
-it are BLAS's: their last bits may change with the BLAS thread count (the same count
-gives the same bits).
+thread hand-over per alternation, once per block of points, not per point. Full
+covariances at small d (d <= 6, GaussianMixture's _DIRECT_MAX_DIM) take
+full_mixture_direct, parallel over rows with the projections U_k^T x in the kernel;
+above, the full-covariance kernel is serial (see its docstring), but the matrix
+products around it are BLAS's: their last bits may change with the BLAS thread count
+(the same count gives the same bits).
+
+Speed. numba has no vector exp or log (without Intel's SVML), and a libm call per
+(row, component) was most of the time at small d. The kernels therefore run rows in
+blocks with the loop over rows innermost, so that it vectorises, take the log-sum-exp
+in two passes (the maximum first, then exactly one exp per pair) and use the branch-free
+exp_nonpositive and log_normal below, each within 1 ulp of libm's (NumPy's) value;
+results differ from a libm-based evaluation in their last bits only.
 
 Accuracy with float32 points. The quadratic forms, log-determinants and log-sum-exp
 are accumulated in float64 whatever the input dtype, but the matrix products of the
-full and tied paths are float32: each projection U_k^T (x - a c) is rounded to about
+tied path and of the full path above d = 6 are float32 (at d <= 6 the full path
+projects in float64, from the float32 points and eigenbases): each projection U_k^T (x - a c) is rounded to about
 u |x - a c| (u = 2^-24 = 6e-8), and the score divides it by the variances v, so the
 error grows with kappa_t = max v / min v, the condition number of a component
 covariance at time t. Per row, |s32 - s64| / |s64| is about u sqrt(kappa_t) typically
@@ -239,7 +249,10 @@ def _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, 
             for j in range(d):
                 lamj = lam[k, j]
                 for i in range(m_rows):
-                    ld[i] += np.log(a2b[i] * lamj + s2b[i])
+                    viso[i] = a2b[i] * lamj + s2b[i]  # viso is scratch here (not identity)
+                _log_rows(viso, ldiso, m_rows)
+                for i in range(m_rows):
+                    ld[i] += ldiso[i]
             for i in range(m_rows):
                 lw[k, i] = logw[k] - 0.5 * (q[i] + ld[i])
         for i in range(m_rows):
@@ -357,12 +370,17 @@ def _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, l
                 r_all[k, j, i] = r
                 prod[i] *= v
             if (j + 1) % group == 0 or j == d - 1:
+                _log_rows(prod, top, m_rows)  # top is scratch until the components are done
                 for i in range(m_rows):
-                    ld[i] += log_normal(prod[i])
+                    ld[i] += top[i]
                     prod[i] = 1.0
         for i in range(m_rows):
-            lk = logw[k] - 0.5 * (q[i] + ld[i])
-            lw[k, i] = lk
+            lw[k, i] = logw[k] - 0.5 * (q[i] + ld[i])
+    for i in range(m_rows):
+        top[i] = -np.inf
+    for k in range(K):
+        for i in range(m_rows):
+            lk = lw[k, i]
             top[i] = lk if lk > top[i] else top[i]
     # a component whose q overflowed has l_k = -inf and weight 0; if all did, log p = -inf
     for k in range(K):
@@ -421,6 +439,7 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
     ld = np.empty((K, n))
     prod = np.empty(n)
     a2 = np.empty(n)
+    a2_log = np.empty(n)
     for i in range(n):
         a2[i] = a[i] * a[i]
     for k in range(K):
@@ -433,8 +452,9 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
                 lamj = lam[k, j]
                 for i in range(n):
                     prod[i] *= a2[i] * lamj + s2[i]
+            _log_rows(prod, a2_log, n)
             for i in range(n):
-                ld[k, i] += log_normal(prod[i])
+                ld[k, i] += a2_log[i]
     for i in range(n):
         ai = a[i]
         a2i = a2[i]
