@@ -67,14 +67,17 @@ def _is_spd(a):
     return True
 
 
-# Rows per block of the full-covariance oracle: its (rows, K d) buffer P of 2**17
-# numbers (1 MB in float64) stays in the L2 cache between the first product, the kernel
-# and the second product; at 2**20 (8 MB) each pass went to memory, and at d = 32 the
-# call took up to 1.9x as long (measured single-threaded: 5.7 vs 10.8 GFLOP/s).
-_BLOCK_ELEMENTS = 2**17
-# Rows per block of the divergence: bounds its (rows, K, d[, d]) buffers to about
-# 2**20 numbers (8 MB in float64) so memory stays flat.
-_DIVERGENCE_BLOCK_ELEMENTS = 2**20
+# Rows per block of the full-covariance oracle: bounds the (rows, K d) buffer to
+# about 2**20 numbers (8 MB in float64) so it stays in cache and memory stays flat.
+_BLOCK_ELEMENTS = 2**20
+# Below d = 64 the oracle's blocks are smaller still, 2**17 numbers (1 MB): P then stays
+# in the L2 cache between the first product, the kernel and the second product. At
+# d = 32 the call was up to 1.9x as fast (single-threaded, 10.8 vs 5.7 GFLOP/s; 1.3-1.6x
+# with two BLAS threads); at d = 128 the products do 2 d flops per number of P, the
+# smaller blocks gained nothing single-threaded and lost 10-50 % with two BLAS threads
+# on a loaded machine (more, smaller calls to synchronise), so they keep 2**20.
+_CACHE_BLOCK_ELEMENTS = 2**17
+_CACHE_BLOCK_MAX_DIM = 63
 # Up to this dimension the full-covariance oracle projects in its own kernel
 # (full_mixture_direct, 2 d^2 multiply-adds per pair, no BLAS call); above it, two BLAS
 # products around full_mixture_responsibilities. Measured single-threaded (NumPy's BLAS
@@ -493,7 +496,8 @@ class GaussianMixture(ExactOutputs):
                 full_mixture_direct(x, a, s2, self._logw, centre, mu, lam, U_all, group, want_score, logp, out)
                 check_oracle_output(logp, x)
                 return logp, score
-            rows = max(1, _BLOCK_ELEMENTS // (K * d))
+            elements = min(_BLOCK_ELEMENTS, _CACHE_BLOCK_ELEMENTS) if d <= _CACHE_BLOCK_MAX_DIM else _BLOCK_ELEMENTS
+            rows = max(1, elements // (K * d))
             for start in range(0, n, rows):
                 block = slice(start, min(start + rows, n))
                 P = (x[block] - a[block, None].astype(x.dtype) * centre) @ U_all
@@ -534,7 +538,7 @@ class GaussianMixture(ExactOutputs):
         lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
         K = lam.shape[0]
         out = np.empty(n)
-        rows = max(1, _DIVERGENCE_BLOCK_ELEMENTS // (K * d * (d if U is not None else 1)))
+        rows = max(1, _BLOCK_ELEMENTS // (K * d * (d if U is not None else 1)))
         for start in range(0, n, rows):
             blk = slice(start, min(start + rows, n))
             ab, sb = a[blk, None, None], s2[blk, None, None]
