@@ -70,13 +70,11 @@ def _is_spd(a):
 # Rows per block of the full-covariance oracle: bounds the (rows, K d) buffer to
 # about 2**20 numbers (8 MB in float64) so it stays in cache and memory stays flat.
 _BLOCK_ELEMENTS = 2**20
-# Below d = 64 the oracle's blocks are smaller still, 2**17 numbers (1 MB): P then stays
-# in the L2 cache between the first product, the kernel and the second product. At
-# d = 32 the call was up to 1.9x as fast (single-threaded, 10.8 vs 5.7 GFLOP/s; 1.3-1.6x
-# with two BLAS threads); at d = 128 the products do 2 d flops per number of P, the
-# smaller blocks gained nothing single-threaded and lost 10-50 % with two BLAS threads
-# on a loaded machine (more, smaller calls to synchronise), so they keep 2**20.
-_CACHE_BLOCK_ELEMENTS = 2**17
+# Smaller blocks below d = 64 (_CACHE_BLOCK_ELEMENTS, so that P stays in L2 between the
+# products and the kernel) were 1.5-1.9x as fast at d = 32 with one BLAS thread, but
+# 0.2-0.3x with two BLAS threads on a loaded machine (benchmarks/versions.py): more,
+# smaller calls to synchronise. Off (equal to _BLOCK_ELEMENTS) until measured quiet.
+_CACHE_BLOCK_ELEMENTS = 2**20
 _CACHE_BLOCK_MAX_DIM = 63
 # Up to this dimension the full-covariance oracle projects in its own kernel
 # (full_mixture_direct, 2 d^2 multiply-adds per pair, no BLAS call); above it, two BLAS
