@@ -63,7 +63,10 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 # them by 1 ulp, none in the normal range by more (tests/test_kernels_mixture.py).
 _LOG2E = 1.4426950408889634
 _ROUND = 6755399441055744.0  # 1.5 * 2^52: (u + _ROUND) - _ROUND rounds u to an integer
-_LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: its low 32 bits are 0
+# ln 2 = _LN2_HI + _LN2_LO (Cody-Waite): _LN2_HI is ln 2 with the low 21 bits of its
+# mantissa zero, so n * _LN2_HI is exact for |n| < 2^21 (here |n| <= 2020); _LN2_LO the rest
+# (tests/test_kernels_mixture.py checks both against mpmath)
+_LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
 _C = tuple(1.0 / float(np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(2, 14))
 _C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _C
@@ -112,20 +115,20 @@ def _bits_from_float(typingctx, value):
     return types.int64(types.float64), codegen
 
 
-# log(v) for normal v > 0 (fdlibm's e_log.c without its special cases, which the callers
-# never reach): v = 2^k m with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f),
-# log(1 + f) = f - f^2/2 + s (f^2/2 + R(s^2)) with fdlibm's minimax R (error < 2^-58.45),
-# log v = k ln2_hi - ((f^2/2 - (s (f^2/2 + R) + k ln2_lo)) - f). Within 1 ulp of np.log.
-_LG1 = 6.666666666666735130e-01
-_LG2 = 3.999999999940941908e-01
-_LG3 = 2.857142874366239149e-01
-_LG4 = 2.222219843214978396e-01
-_LG5 = 1.818357216161805012e-01
-_LG6 = 1.531383769920937332e-01
-_LG7 = 1.479819860511658591e-01
+# log(v) for normal v > 0 (the callers never pass 0, subnormals, inf or NaN):
+#   v = 2^k m with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f), z = s^2 <= 0.0295,
+#   log(1 + f) = 2 atanh(s) = 2 s + s R(z), R(z) = sum_{j>=1} 2 z^j / (2 j + 1)
+# (Taylor; ten terms: the remainder is below z^11 / 23 < 1e-18 relative), and since
+# 2 s = f - s f = f - f^2/2 + s f^2/2 exactly, with h = f^2 / 2,
+#   log v = k ln2_hi - ((h - (s (h + R) + k ln2_lo)) - f),
+# summed from the small terms up so that f, the largest, is added last. Within 1 ulp of
+# np.log (tests/test_kernels_mixture.py).
+_R = tuple(2.0 / (2 * j + 1) for j in range(1, 11))
+_R1, _R2, _R3, _R4, _R5, _R6, _R7, _R8, _R9, _R10 = _R
 _MANTISSA = 0x000FFFFFFFFFFFFF
 _ONE_BITS = 0x3FF0000000000000
-_SQRT2_CARRY = 0x00095F6400000000  # added to the mantissa, carries into bit 52 iff m >= sqrt(2)
+# added to the mantissa, carries into bit 52 iff the mantissa is at least sqrt(2)'s
+_SQRT2_CARRY = (1 << 52) - (int(np.array(np.sqrt(2.0)).view(np.int64)) & 0x000FFFFFFFFFFFFF)
 _BIT52 = 0x0010000000000000
 _MIN_NORMAL = 2.2250738585072014e-308
 _MAX_FLOAT = 1.7976931348623157e308
@@ -144,10 +147,17 @@ def log_normal(v):
     s = f / (2.0 + f)
     dk = np.float64(k)
     z = s * s
-    w = z * z
-    t1 = w * (_LG2 + w * (_LG4 + w * _LG6))
-    t2 = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7)))
-    r = t2 + t1
+    r = _R10
+    r = r * z + _R9
+    r = r * z + _R8
+    r = r * z + _R7
+    r = r * z + _R6
+    r = r * z + _R5
+    r = r * z + _R4
+    r = r * z + _R3
+    r = r * z + _R2
+    r = r * z + _R1
+    r = r * z
     hfsq = 0.5 * f * f
     return dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)
 
