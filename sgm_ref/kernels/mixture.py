@@ -11,14 +11,24 @@ Diagonal and identity covariances have U_k = I and need no matrix products. The
 diagonal kernel runs its rows in parallel (no BLAS call sits inside the oracle there;
 rows are independent, so the result does not depend on the thread count). Callers
 that alternate it with BLAS work (a network's forward pass in sgm_ref.metrics) pay a
-thread hand-over per alternation, once per block of points, not per point. The
-full-covariance kernel is serial (see its docstring), but the matrix products around
-it are BLAS's: their last bits may change with the BLAS thread count (the same count
-gives the same bits).
+thread hand-over per alternation, once per block of points, not per point. Full
+covariances at small d (d <= 6, GaussianMixture's _DIRECT_MAX_DIM) take
+full_mixture_direct, parallel over rows with the projections U_k^T x in the kernel;
+above, the full-covariance kernel is serial (see its docstring), but the matrix
+products around it are BLAS's: their last bits may change with the BLAS thread count
+(the same count gives the same bits).
+
+Speed. numba has no vector exp or log (without Intel's SVML), and a libm call per
+(row, component) was most of the time at small d. The kernels therefore run rows in
+blocks with the loop over rows innermost, so that it vectorises, take the log-sum-exp
+in two passes (the maximum first, then exactly one exp per pair) and use the branch-free
+exp_nonpositive and log_normal below, each within 1 ulp of libm's (NumPy's) value;
+results differ from a libm-based evaluation in their last bits only.
 
 Accuracy with float32 points. The quadratic forms, log-determinants and log-sum-exp
 are accumulated in float64 whatever the input dtype, but the matrix products of the
-full and tied paths are float32: each projection U_k^T (x - a c) is rounded to about
+tied path and of the full path above d = 6 are float32 (at d <= 6 the full path
+projects in float64, from the float32 points and eigenbases): each projection U_k^T (x - a c) is rounded to about
 u |x - a c| (u = 2^-24 = 6e-8), and the score divides it by the variances v, so the
 error grows with kappa_t = max v / min v, the condition number of a component
 covariance at time t. Per row, |s32 - s64| / |s64| is about u sqrt(kappa_t) typically
@@ -32,12 +42,142 @@ The diagonal, spherical and identity paths have no matrix product (about u relat
 """
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 # error_model="numpy" on every kernel: the variances divided by are > 0 by construction,
 # and numba's default per-division zero check would keep the loops from vectorising.
+
+
+# exp(z) for z <= 0, vectorisable (numba has no vector exp without Intel's SVML, and a
+# scalar libm call per (row, component) was most of the time at small d):
+#   z = n ln2 + r, |r| <= ln2 / 2 (Cody-Waite: n * LN2_HI is exact),
+#   exp(r) = 1 + r + r^2 (1/2! + r/3! + ... + r^11/13!) (Taylor; the remainder is below
+#   r^14 / 14! < 5e-18 relative), exp(z) = exp(r) 2^(n - n//2) 2^(n//2), the two powers of
+#   two built from their bits so that each is a normal number down to z = -1400 (the
+#   product rounds once into the subnormal range, or to 0). z < -1400 and NaN give 0.
+# Measured against np.exp over 6e5 points in [-800, 0]: at most 1 ulp apart, 11 % of
+# them by 1 ulp, none in the normal range by more (tests/test_kernels_mixture.py).
+_LOG2E = 1.4426950408889634
+_ROUND = 6755399441055744.0  # 1.5 * 2^52: (u + _ROUND) - _ROUND rounds u to an integer
+# ln 2 = _LN2_HI + _LN2_LO (Cody-Waite): _LN2_HI is ln 2 with the low 21 bits of its
+# mantissa zero, so n * _LN2_HI is exact for |n| < 2^21 (here |n| <= 2020); _LN2_LO the rest
+# (tests/test_kernels_mixture.py checks both against mpmath)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_C = tuple(1.0 / float(np.prod(np.arange(1, k + 1, dtype=np.float64))) for k in range(2, 14))
+_C2, _C3, _C4, _C5, _C6, _C7, _C8, _C9, _C10, _C11, _C12, _C13 = _C
+
+
+@intrinsic
+def _float_from_bits(typingctx, bits):
+    """The float64 whose IEEE-754 bits are the int64 bits (np.int64(b).view(np.float64))."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+    return types.float64(types.int64), codegen
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def exp_nonpositive(z):
+    """exp(z) for z <= 0 within 1 ulp of the correctly rounded value (the comment above);
+    exp(0) = 1 exactly, z < -1400 and NaN give 0. Scalar, inlined into loops that LLVM
+    vectorises (it is branch-free and calls nothing). fastmath contract: multiply-adds
+    may be fused (the rounding of n and r does not depend on it beyond the last bit)."""
+    u = z if z > -1400.0 else -1400.0  # also NaN -> -1400 -> 0
+    nf = (u * _LOG2E + _ROUND) - _ROUND
+    r = (u - nf * _LN2_HI) - nf * _LN2_LO
+    p = _C13
+    p = p * r + _C12
+    p = p * r + _C11
+    p = p * r + _C10
+    p = p * r + _C9
+    p = p * r + _C8
+    p = p * r + _C7
+    p = p * r + _C6
+    p = p * r + _C5
+    p = p * r + _C4
+    p = p * r + _C3
+    p = p * r + _C2
+    e = 1.0 + (r + r * r * p)
+    n = np.int64(nf)
+    half = n >> 1
+    return (e * _float_from_bits((n - half + 1023) << 52)) * _float_from_bits((half + 1023) << 52)
+
+
+@intrinsic
+def _bits_from_float(typingctx, value):
+    """The int64 holding the IEEE-754 bits of the float64 value (np.float64(v).view(np.int64))."""
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+    return types.int64(types.float64), codegen
+
+
+# log(v) for normal v > 0 (the callers never pass 0, subnormals, inf or NaN):
+#   v = 2^k m with m in [sqrt(2)/2, sqrt(2)), f = m - 1, s = f / (2 + f), z = s^2 <= 0.0295,
+#   log(1 + f) = 2 atanh(s) = 2 s + s R(z), R(z) = sum_{j>=1} 2 z^j / (2 j + 1)
+# (Taylor; ten terms: the remainder is below z^11 / 23 < 1e-18 relative), and since
+# 2 s = f - s f = f - f^2/2 + s f^2/2 exactly, with h = f^2 / 2,
+#   log v = k ln2_hi - ((h - (s (h + R) + k ln2_lo)) - f),
+# summed from the small terms up so that f, the largest, is added last. Within 1 ulp of
+# np.log (tests/test_kernels_mixture.py).
+_R = tuple(2.0 / (2 * j + 1) for j in range(1, 11))
+_R1, _R2, _R3, _R4, _R5, _R6, _R7, _R8, _R9, _R10 = _R
+_MANTISSA = 0x000FFFFFFFFFFFFF
+_ONE_BITS = 0x3FF0000000000000
+# added to the mantissa, carries into bit 52 iff the mantissa is at least sqrt(2)'s
+_SQRT2_CARRY = (1 << 52) - (int(np.array(np.sqrt(2.0)).view(np.int64)) & 0x000FFFFFFFFFFFFF)
+_BIT52 = 0x0010000000000000
+_MIN_NORMAL = 2.2250738585072014e-308
+_MAX_FLOAT = 1.7976931348623157e308
+
+
+@njit(cache=True, error_model="numpy", fastmath={"contract"})
+def log_normal(v):
+    """log(v) for a normal, finite v > 0, within 1 ulp (the comment above); branch-free,
+    calls nothing, so the loops it is inlined into vectorise. Not for 0, subnormals,
+    inf or NaN (the callers' variances and their group products are normal)."""
+    bits = _bits_from_float(v)
+    mant = bits & _MANTISSA
+    carry = (mant + _SQRT2_CARRY) & _BIT52
+    k = (bits >> 52) - 1023 + (carry >> 52)
+    f = _float_from_bits(mant | (carry ^ _ONE_BITS)) - 1.0
+    s = f / (2.0 + f)
+    dk = np.float64(k)
+    z = s * s
+    r = _R10
+    r = r * z + _R9
+    r = r * z + _R8
+    r = r * z + _R7
+    r = r * z + _R6
+    r = r * z + _R5
+    r = r * z + _R4
+    r = r * z + _R3
+    r = r * z + _R2
+    r = r * z + _R1
+    r = r * z
+    hfsq = 0.5 * f * f
+    return dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)
+
+
+@njit(cache=True, error_model="numpy")
+def _log_rows(v, out, m):
+    """out[:m] = log(v[:m]): log_normal in a loop that vectorises, then np.log (libm) for
+    the rare v outside the normal range (0, subnormal, inf; log_normal is not for them)."""
+    for i in range(m):
+        out[i] = log_normal(v[i])
+    for i in range(m):
+        if not (_MIN_NORMAL <= v[i] <= _MAX_FLOAT):
+            out[i] = np.log(v[i])
+
+
+@njit(cache=True)
+def _block_rows(width):
+    """Rows per block of the row-vectorised kernels: buffers of width x rows numbers stay
+    within about 32 KB (L1), from 16 to 256 rows, a multiple of 8."""
+    return max(16, min(256, 4096 // max(width, 1)) // 8 * 8)
 
 
 @njit(parallel=True, cache=True, error_model="numpy")
@@ -46,71 +186,250 @@ def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score)
 
     x (n, d); a, s2 (n,) float64; logw (K,) float64; mu, lam (K, d) in the dtype of x;
     identity: lam is all ones (v is one number per row). Writes logp (n,) and, if
-    want_score, score (n, d). One pass over components with a running maximum
-    (streaming log-sum-exp), so no (n, K) buffer is needed.
+    want_score, score (n, d).
+
+    Rows go in blocks of B (the loops over rows innermost, so that they vectorise; each
+    row's sums run over j and k in the same order as a row-at-a-time loop would), in
+    two passes over the components: the log-weights l_k = log w_k - (q_k + log det_k) / 2
+    into a (K, B) buffer and their maximum m, then e_k = exp(l_k - m) (one exp per pair,
+    exp_nonpositive), total = sum_k e_k, log p = m + log(total) - d log(2 pi) / 2 and
+    score = -sum_k e_k (x - a mu_k) / v_k / total.
     """
     n, d = x.shape
     K = mu.shape[0]
-    for i in prange(n):
-        ai = a[i]
-        a2 = ai * ai
-        v_iso = a2 + s2[i]
-        # one log per row, not per (row, component): at d = 2 the log was a third of the work
-        logdet_iso = d * np.log(v_iso) if identity else 0.0
-        m = -np.inf
-        total = 0.0
-        if want_score:
-            for j in range(d):
-                score[i, j] = 0.0
-        for k in range(K):
-            q = 0.0
-            logdet = 0.0
-            if identity:
-                for j in range(d):
-                    y = x[i, j] - ai * mu[k, j]
-                    q += y * y
-                q /= v_iso
-                logdet = logdet_iso
-            else:
-                for j in range(d):
-                    v = a2 * lam[k, j] + s2[i]
-                    y = x[i, j] - ai * mu[k, j]
-                    q += y * y / v
-                    logdet += np.log(v)
-            lk = logw[k] - 0.5 * (q + logdet)
-            if lk == -np.inf:
-                # q overflowed: this component has no weight here, and its y / v may be
-                # inf (0 * inf would be NaN); another component may still be finite
-                continue
-            if lk > m:
-                # rescale what was accumulated relative to the new maximum
-                shrink = np.exp(m - lk)
-                total *= shrink
-                if want_score:
-                    for j in range(d):
-                        score[i, j] *= shrink
-                m = lk
-            wk = np.exp(lk - m)
-            total += wk
-            if want_score:
-                for j in range(d):
-                    v = v_iso if identity else a2 * lam[k, j] + s2[i]
-                    score[i, j] -= wk * (x[i, j] - ai * mu[k, j]) / v
-        logp[i] = m + np.log(total) - 0.5 * d * LOG_2PI
-        if want_score:
-            for j in range(d):
-                score[i, j] /= total
+    B = _block_rows(max(K, d))
+    n_blocks = (n + B - 1) // B
+    for blk in prange(n_blocks):
+        _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, blk * B, B)
 
 
 @njit(cache=True, error_model="numpy")
+def _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, i0, B):
+    """diagonal_mixture on rows i0 to i0 + B (fewer at the end); its buffers are local."""
+    n, d = x.shape
+    K = mu.shape[0]
+    m_rows = min(B, n - i0)
+    xt = np.empty((d, B))
+    ab = np.empty(B)
+    a2b = np.empty(B)
+    s2b = np.empty(B)
+    viso = np.empty(B)
+    ldiso = np.empty(B)
+    q = np.empty(B)
+    ld = np.empty(B)
+    top = np.empty(B)
+    total = np.empty(B)
+    lw = np.empty((K, B))
+    for i in range(m_rows):
+        ai = a[i0 + i]
+        ab[i] = ai
+        a2b[i] = ai * ai
+        s2b[i] = s2[i0 + i]
+        viso[i] = ai * ai + s2[i0 + i]
+        top[i] = -np.inf
+        total[i] = 0.0
+    if identity:
+        # one log per row, not per (row, component): at d = 2 the log was a third of the work
+        _log_rows(viso, ldiso, m_rows)
+        for i in range(m_rows):
+            ldiso[i] *= d
+    for j in range(d):
+        for i in range(m_rows):
+            xt[j, i] = x[i0 + i, j]
+    for k in range(K):
+        for i in range(m_rows):
+            q[i] = 0.0
+            ld[i] = 0.0
+        if identity:
+            for j in range(d):
+                muj = mu[k, j]
+                for i in range(m_rows):
+                    y = xt[j, i] - ab[i] * muj
+                    q[i] += y * y
+            for i in range(m_rows):
+                lw[k, i] = logw[k] - 0.5 * (q[i] / viso[i] + ldiso[i])
+        else:
+            for j in range(d):
+                muj = mu[k, j]
+                lamj = lam[k, j]
+                for i in range(m_rows):
+                    v = a2b[i] * lamj + s2b[i]
+                    y = xt[j, i] - ab[i] * muj
+                    q[i] += y * y / v
+            for j in range(d):
+                lamj = lam[k, j]
+                for i in range(m_rows):
+                    viso[i] = a2b[i] * lamj + s2b[i]  # viso is scratch here (not identity)
+                _log_rows(viso, ldiso, m_rows)
+                for i in range(m_rows):
+                    ld[i] += ldiso[i]
+            for i in range(m_rows):
+                lw[k, i] = logw[k] - 0.5 * (q[i] + ld[i])
+        for i in range(m_rows):
+            top[i] = lw[k, i] if lw[k, i] > top[i] else top[i]
+    # a component whose q overflowed has l_k = -inf and weight exp(-inf) = 0; if all
+    # did, top = -inf, every weight is 0 and log p = -inf (the caller names the row)
+    for k in range(K):
+        for i in range(m_rows):
+            e = exp_nonpositive(lw[k, i] - top[i])
+            lw[k, i] = e
+            total[i] += e
+    _log_rows(total, q, m_rows)
+    for i in range(m_rows):
+        logp[i0 + i] = top[i] + q[i] - 0.5 * d * LOG_2PI
+    if want_score:
+        acc = q  # reused: one coordinate of the score at a time
+        for j in range(d):
+            for i in range(m_rows):
+                acc[i] = 0.0
+            for k in range(K):
+                muj = mu[k, j]
+                row = lw[k]
+                if identity:
+                    for i in range(m_rows):
+                        acc[i] += row[i] * (xt[j, i] - ab[i] * muj)
+                else:
+                    lamj = lam[k, j]
+                    for i in range(m_rows):
+                        # (e y) / v: a zero weight gives 0 even where y / v overflows
+                        acc[i] += row[i] * (xt[j, i] - ab[i] * muj) / (a2b[i] * lamj + s2b[i])
+            if identity:
+                for i in range(m_rows):
+                    score[i0 + i, j] = -(acc[i] / viso[i]) / total[i]
+            else:
+                for i in range(m_rows):
+                    score[i0 + i, j] = -acc[i] / total[i]
+
+
+@njit(parallel=True, cache=True, error_model="numpy")
+def full_mixture_direct(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, logp, score):
+    """Log-density and score for full covariances at small d, projections done here.
+
+    x (n, d); a, s2 (n,) float64; logw (K,) float64; centre (d,) the centre c of the means;
+    m_proj (K, d) = U_k^T (mu_k - c); lam (K, d); U_all (d, K d) = [U_1, ..., U_K]
+    (these in the dtype of x); group as in full_mixture_responsibilities. Writes logp
+    (n,) and, if want_score, score (n, d).
+
+    y_k = U_k^T (x - a c) - a U_k^T (mu_k - c) = U_k^T (x - a mu_k) and v_k = a^2 lam_k + s2,
+    l_k = log w_k - (sum_j y_kj^2 / v_kj + log prod_j v_kj) / 2, e_k = exp(l_k - max_k l_k),
+    log p = max_k l_k + log(sum_k e_k) - d log(2 pi) / 2 and
+    score = -sum_k e_k U_k (y_k / v_k) / sum_k e_k, in float64 whatever the dtype of x.
+    The same as the two matrix products around full_mixture_responsibilities, but each
+    (row, component) costs 2 d^2 multiply-adds in loops over rows that vectorise, with
+    no BLAS call: at d = 2 the BLAS calls on (rows, 2) and (rows, 2 K) operands and the
+    serial kernel between them cost more than this. Rows go in parallel blocks (the
+    result does not depend on the thread count).
+    """
+    n, d = x.shape
+    K = lam.shape[0]
+    B = _block_rows(K * d)
+    n_blocks = (n + B - 1) // B
+    for blk in prange(n_blocks):
+        _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, logp, score, blk * B, B)
+
+
+@njit(cache=True, error_model="numpy")
+def _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, logp, score, i0, B):
+    """full_mixture_direct on rows i0 to i0 + B (fewer at the end); its buffers are local."""
+    n, d = x.shape
+    K = lam.shape[0]
+    m_rows = min(B, n - i0)
+    z = np.empty((d, B))
+    ab = np.empty(B)
+    a2b = np.empty(B)
+    s2b = np.empty(B)
+    y = np.empty(B)
+    q = np.empty(B)
+    ld = np.empty(B)
+    prod = np.empty(B)
+    top = np.empty(B)
+    total = np.empty(B)
+    lw = np.empty((K, B))
+    r_all = np.empty((K, d, B))
+    for i in range(m_rows):
+        ai = a[i0 + i]
+        ab[i] = ai
+        a2b[i] = ai * ai
+        s2b[i] = s2[i0 + i]
+        top[i] = -np.inf
+        total[i] = 0.0
+    for l in range(d):
+        cl = centre[l]
+        for i in range(m_rows):
+            z[l, i] = x[i0 + i, l] - ab[i] * cl
+    for k in range(K):
+        base = k * d
+        for i in range(m_rows):
+            q[i] = 0.0
+            ld[i] = 0.0
+            prod[i] = 1.0
+        for j in range(d):
+            for i in range(m_rows):
+                y[i] = 0.0
+            for l in range(d):
+                u = U_all[l, base + j]
+                for i in range(m_rows):
+                    y[i] += u * z[l, i]
+            mj = m_proj[k, j]
+            lamj = lam[k, j]
+            for i in range(m_rows):
+                v = a2b[i] * lamj + s2b[i]
+                yi = y[i] - ab[i] * mj
+                r = yi / v
+                q[i] += yi * r
+                r_all[k, j, i] = r
+                prod[i] *= v
+            if (j + 1) % group == 0 or j == d - 1:
+                _log_rows(prod, top, m_rows)  # top is scratch until the components are done
+                for i in range(m_rows):
+                    ld[i] += top[i]
+                    prod[i] = 1.0
+        for i in range(m_rows):
+            lw[k, i] = logw[k] - 0.5 * (q[i] + ld[i])
+    for i in range(m_rows):
+        top[i] = -np.inf
+    for k in range(K):
+        for i in range(m_rows):
+            lk = lw[k, i]
+            top[i] = lk if lk > top[i] else top[i]
+    # a component whose q overflowed has l_k = -inf and weight 0; if all did, log p = -inf
+    for k in range(K):
+        for i in range(m_rows):
+            e = exp_nonpositive(lw[k, i] - top[i])
+            lw[k, i] = e
+            total[i] += e
+    _log_rows(total, q, m_rows)
+    for i in range(m_rows):
+        logp[i0 + i] = top[i] + q[i] - 0.5 * d * LOG_2PI
+    if want_score:
+        acc = z  # reused: the score's coordinates, (d, B)
+        for l in range(d):
+            for i in range(m_rows):
+                acc[l, i] = 0.0
+        for k in range(K):
+            base = k * d
+            for j in range(d):
+                for i in range(m_rows):
+                    e = lw[k, i]
+                    # no weight: its y / v may have overflowed, and 0 * inf is NaN
+                    y[i] = e * r_all[k, j, i] if e != 0.0 else 0.0
+                for l in range(d):
+                    u = U_all[l, base + j]
+                    for i in range(m_rows):
+                        acc[l, i] += u * y[i]
+        for l in range(d):
+            for i in range(m_rows):
+                score[i0 + i, l] = -acc[l, i] / total[i]
+
+
+@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc):
     """Turn eigenbasis projections into responsibility-weighted scaled residuals.
 
     On entry P[i, k*d:(k+1)*d] = U_k^T x_i (one matrix product for all k). On exit it
     holds pi_ik * y_ik / v_ik with y_ik = U_k^T x_i - a_i U_k^T mu_k, so that the score
     is -P @ U_all^T with U_all = [U_1, ..., U_K] (d, K d). logp (n,) receives the
-    mixture log-density; logc (n, K) is scratch (the component log-densities, then
-their exp(lk - max)).
+    mixture log-density; logc (n, K) is scratch.
     m_proj (K, d) holds U_k^T mu_k.
 
     Serial on purpose: it runs between two BLAS products, whose threads a spinning
@@ -118,46 +437,73 @@ their exp(lk - max)).
     for a variance-preserving process each v = a^2 lam + s2 lies between min(lam, 1) and
     max(lam, 1) (otherwise between its values at the smallest and largest lam), and the
     caller picks group so that a product of that many stays inside the float64 range.
+
+    Loops that vectorise: the log-determinants and the log-sum-exp run over rows
+    (log_normal, exp_nonpositive: one log per group and one exp per pair, no libm call),
+    the residuals over coordinates. fastmath reassoc lets the sum q = sum_j y_j^2 / v_j
+    run in vector lanes (its order, hence its last bits, differ from a left-to-right
+    sum; no flag that assumes finite values is set, so an overflowed q is still inf).
     """
     n = P.shape[0]
     K, d = lam.shape
+    ld = np.empty((K, n))
+    prod = np.empty(n)
+    a2 = np.empty(n)
+    a2_log = np.empty(n)
+    for i in range(n):
+        a2[i] = a[i] * a[i]
+    for k in range(K):
+        for i in range(n):
+            ld[k, i] = 0.0
+        for start in range(0, d, group):
+            for i in range(n):
+                prod[i] = 1.0
+            for j in range(start, min(start + group, d)):
+                lamj = lam[k, j]
+                for i in range(n):
+                    prod[i] *= a2[i] * lamj + s2[i]
+            _log_rows(prod, a2_log, n)
+            for i in range(n):
+                ld[k, i] += a2_log[i]
     for i in range(n):
         ai = a[i]
-        a2 = ai * ai
+        a2i = a2[i]
         s2i = s2[i]
-        m = -np.inf
         for k in range(K):
             base = k * d
             q = 0.0
-            logdet = 0.0
-            # one pass: each v is made once for the residual and the log-determinant's
-            # product (the sums run in the same order as two separate passes would)
-            for start in range(0, d, group):
-                prod = 1.0
-                for j in range(start, min(start + group, d)):
-                    v = a2 * lam[k, j] + s2i
-                    y = P[i, base + j] - ai * m_proj[k, j]
-                    r = y / v
-                    q += y * r
-                    P[i, base + j] = r
-                    prod *= v
-                logdet += np.log(prod)
-            lk = logw[k] - 0.5 * (q + logdet)
-            logc[i, k] = lk
-            if lk > m:
-                m = lk
-        total = 0.0
-        for k in range(K):
-            # logc keeps exp(lk - m) for the weights below: one exp per (row, component)
-            ek = np.exp(logc[i, k] - m)
-            logc[i, k] = ek
-            total += ek
-        lse = m + np.log(total)
-        logp[i] = lse - 0.5 * d * LOG_2PI
+            for j in range(d):
+                v = a2i * lam[k, j] + s2i
+                y = P[i, base + j] - ai * m_proj[k, j]
+                r = y / v
+                q += y * r
+                P[i, base + j] = r
+            logc[i, k] = logw[k] - 0.5 * (q + ld[k, i])
+    top = prod  # reused
+    total = a2  # reused
+    for i in range(n):
+        top[i] = -np.inf
+        total[i] = 0.0
+    lw = ld  # reused: (K, n), the rows innermost
+    for k in range(K):
+        for i in range(n):
+            lk = logc[i, k]
+            lw[k, i] = lk
+            top[i] = lk if lk > top[i] else top[i]
+    # a component whose q overflowed has l_k = -inf and weight 0; if all did, log p = -inf
+    for k in range(K):
+        for i in range(n):
+            e = exp_nonpositive(lw[k, i] - top[i])
+            lw[k, i] = e
+            total[i] += e
+    _log_rows(total, logp, n)
+    for i in range(n):
+        logp[i] = top[i] + logp[i] - 0.5 * d * LOG_2PI
+    for i in range(n):
         for k in range(K):
             # divide by total, not exp(. - lse): m + log(total) drops log(total) when |m| is
             # large, and the weights would no longer sum to 1
-            pik = logc[i, k] / total
+            pik = lw[k, i] / total[i]
             base = k * d
             if pik == 0.0:
                 # no weight: its y / v may have overflowed, and 0 * inf is NaN

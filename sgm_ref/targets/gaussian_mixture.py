@@ -15,7 +15,7 @@ import numpy as np
 
 from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
                            eigh_spd)
-from ..kernels.mixture import diagonal_mixture, full_mixture_responsibilities
+from ..kernels.mixture import diagonal_mixture, full_mixture_direct, full_mixture_responsibilities
 from ..processes import OU, VariancePreserving, check_process
 from ._predict import ExactOutputs
 from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
@@ -70,6 +70,18 @@ def _is_spd(a):
 # Rows per block of the full-covariance oracle: bounds the (rows, K d) buffer to
 # about 2**20 numbers (8 MB in float64) so it stays in cache and memory stays flat.
 _BLOCK_ELEMENTS = 2**20
+# Smaller blocks below d = 64 (_CACHE_BLOCK_ELEMENTS, so that P stays in L2 between the
+# products and the kernel) were 1.5-1.9x as fast at d = 32 with one BLAS thread, but
+# 0.2-0.3x with two BLAS threads on a loaded machine (benchmarks/versions.py): more,
+# smaller calls to synchronise. Off (equal to _BLOCK_ELEMENTS) until measured quiet.
+_CACHE_BLOCK_ELEMENTS = 2**20
+_CACHE_BLOCK_MAX_DIM = 63
+# Up to this dimension the full-covariance oracle projects in its own kernel
+# (full_mixture_direct, 2 d^2 multiply-adds per pair, no BLAS call); above it, two BLAS
+# products around full_mixture_responsibilities. Measured single-threaded (NumPy's BLAS
+# and numba, K in {8, 64}): direct 4.5x as fast at d = 2, 1.3-1.5x at d = 4, 1.4-2.2x
+# at d = 6, 0.7x at d = 8, 0.55x at d = 16.
+_DIRECT_MAX_DIM = 6
 
 
 class GaussianMixture(ExactOutputs):
@@ -478,7 +490,12 @@ class GaussianMixture(ExactOutputs):
         else:
             K = lam.shape[0]
             group = self._log_group if isinstance(process, VariancePreserving) else self._group_for(a, s2)
-            rows = max(1, _BLOCK_ELEMENTS // (K * d))
+            if d <= _DIRECT_MAX_DIM:
+                full_mixture_direct(x, a, s2, self._logw, centre, mu, lam, U_all, group, want_score, logp, out)
+                check_oracle_output(logp, x)
+                return logp, score
+            elements = min(_BLOCK_ELEMENTS, _CACHE_BLOCK_ELEMENTS) if d <= _CACHE_BLOCK_MAX_DIM else _BLOCK_ELEMENTS
+            rows = max(1, elements // (K * d))
             for start in range(0, n, rows):
                 block = slice(start, min(start + rows, n))
                 P = (x[block] - a[block, None].astype(x.dtype) * centre) @ U_all

@@ -1,0 +1,161 @@
+"""The pieces of sgm_ref.kernels.mixture that the oracle tests do not reach one by one.
+
+- exp_nonpositive and log_normal (branch-free exp and log, so the kernels' loops
+  vectorise) against NumPy's exp and log: within 1 ulp everywhere they are used, and
+  their special values.
+- full_mixture_direct (full covariances at small d, projections done in the kernel)
+  against the NumPy twin sgm_ref.plain.mixture_score over several row blocks with a
+  ragged last one, and the BLAS path just above the dimension where the oracle switches,
+  with blocks of a few rows.
+"""
+
+import numpy as np
+import pytest
+from numba import njit
+
+import sgm_ref.targets.gaussian_mixture as gm_module
+from sgm_ref import OU, VP, GaussianMixture, plain
+from sgm_ref.kernels.mixture import _block_rows, _log_rows, exp_nonpositive, log_normal
+
+TINY = np.finfo(np.float64).tiny  # smallest normal
+
+
+@njit
+def _exp_all(z):
+    out = np.empty_like(z)
+    for i in range(z.shape[0]):
+        out[i] = exp_nonpositive(z[i])
+    return out
+
+
+@njit
+def _log_all(v):
+    out = np.empty_like(v)
+    for i in range(v.shape[0]):
+        out[i] = log_normal(v[i])
+    return out
+
+
+def ulps(got, want):
+    """|got - want| in units of the last place of want (of the smallest normal below it)."""
+    return np.abs(got - want) / np.spacing(np.maximum(np.abs(want), TINY))
+
+
+# -- exp -------------------------------------------------------------------------------------
+
+
+def test_exp_is_within_one_ulp_of_numpy():
+    rng = np.random.default_rng(0)
+    z = -np.concatenate([
+        rng.uniform(0.0, 1e-8, 20_000),   # r tiny: exp ~ 1 - |z|
+        rng.uniform(0.0, 1.0, 100_000),
+        rng.uniform(0.0, 50.0, 100_000),  # where mixture weights live
+        rng.uniform(700.0, 746.0, 50_000),  # subnormal results and the underflow to 0
+        np.arange(0, 1400) * np.log(2.0),  # multiples of ln 2: r ~ 0
+        (np.arange(0, 1400) + 0.5) * np.log(2.0),  # r ~ +-ln2/2, the reduction's edges
+    ])
+    got, want = _exp_all(z), np.exp(z)
+    assert np.max(ulps(got, want)) <= 1.0
+    # nearly all are the correctly rounded value (NumPy's), not just within 1 ulp
+    assert np.mean(got != want) < 0.15
+
+
+def test_exp_special_values():
+    z = np.array([0.0, -0.0, -745.2, -1400.0, -1500.0, -1e300, -np.inf, np.nan])
+    assert _exp_all(z).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    # the smallest subnormal survives, as in libm
+    assert _exp_all(np.array([-745.1]))[0] == np.exp(-745.1) == 5e-324
+
+
+# -- log -------------------------------------------------------------------------------------
+
+
+def test_log_is_within_one_ulp_of_numpy():
+    rng = np.random.default_rng(1)
+    sqrt2 = np.sqrt(2.0)
+    v = np.concatenate([
+        rng.uniform(0.5, 2.0, 100_000),
+        1.0 + rng.uniform(-1e-8, 1e-8, 20_000),  # log v ~ v - 1
+        np.exp(rng.uniform(-708.0, 709.0, 100_000)),  # the whole normal range
+        [TINY, np.finfo(np.float64).max, 1.0, 0.5, 2.0, sqrt2, np.nextafter(sqrt2, 0.0),
+         np.nextafter(sqrt2, 3.0), 1.0 / sqrt2, np.nextafter(1.0 / sqrt2, 0.0)],
+        2.0 ** np.arange(-1022, 1024),
+    ])
+    got, want = _log_all(v), np.log(v)
+    assert np.max(ulps(got, want)) <= 1.0
+    assert np.mean(got != want) < 0.1
+    assert _log_all(np.array([1.0]))[0] == 0.0
+
+
+def test_the_ln2_split_and_the_sqrt2_threshold():
+    import mpmath
+
+    from sgm_ref.kernels import mixture as km
+
+    mpmath.mp.dps = 40
+    assert np.array(km._LN2_HI).view(np.int64) & 0x1FFFFF == 0  # n * LN2_HI exact for |n| < 2^21
+    assert abs(mpmath.mpf(km._LN2_HI) + mpmath.mpf(km._LN2_LO) - mpmath.log(2)) < mpmath.mpf(2) ** -85
+    # the carry into bit 52 happens exactly from sqrt(2)'s mantissa up
+    mantissa = lambda v: int(np.array(v).view(np.int64)) & 0x000FFFFFFFFFFFFF  # noqa: E731
+    assert (mantissa(np.sqrt(2.0)) + km._SQRT2_CARRY) >> 52 == 1
+    assert (mantissa(np.nextafter(np.sqrt(2.0), 0.0)) + km._SQRT2_CARRY) >> 52 == 0
+
+
+def test_log_rows_takes_libm_outside_the_normal_range():
+    v = np.array([2.0, 0.0, 5e-324, 1e-310, np.inf, 3.0])
+    out = np.empty_like(v)
+    with np.errstate(divide="ignore"):
+        _log_rows(v, out, v.size)
+        want = np.log(v)
+    assert np.array_equal(out[1:5], want[1:5])  # libm's own
+    assert np.max(ulps(out[[0, 5]], want[[0, 5]])) <= 1.0  # log_normal's
+
+
+# -- the full-covariance kernel without BLAS ---------------------------------------------------
+
+
+def full_mixture(K, d, seed):
+    rng = np.random.default_rng(seed)
+    w = rng.dirichlet(np.ones(K))
+    mu = 2.0 * rng.standard_normal((K, d))
+    A = rng.standard_normal((K, d, d))
+    cov = A @ A.transpose(0, 2, 1) / d + 0.1 * np.eye(d)
+    return GaussianMixture(w, mu, 0.5 * (cov + cov.transpose(0, 2, 1)))
+
+
+def check_against_plain(g, n, seed, process=OU(), plain_process=plain.OU, t_max=3.0):
+    rng = np.random.default_rng(seed)
+    t = np.exp(rng.uniform(np.log(1e-6), np.log(t_max), n))
+    t[:5] = 0.0
+    x, _ = process.perturb(g.sample(n, rng), t, rng)
+    x[::7] *= 3.0  # some points far out, where one component dominates
+    logp, score = g.log_prob_and_score(x, t, process)
+    want_logp, want_score = plain.mixture_score(x, t, plain.mixture(g.weights, g.means, g.covariances),
+                                                plain_process)
+    np.testing.assert_allclose(logp, want_logp, rtol=1e-12, atol=1e-12)
+    # per row, relative to the row's largest entry (terms of the sum may cancel)
+    scale = np.max(np.abs(want_score), axis=1, keepdims=True)
+    assert np.all(np.abs(score - want_score) <= 1e-11 * scale)
+    # log_prob alone and score alone take the same path
+    np.testing.assert_array_equal(g.log_prob(x, t, process), logp)
+    np.testing.assert_array_equal(g.score(x, t, process), score)
+
+
+@pytest.mark.parametrize("d", range(1, gm_module._DIRECT_MAX_DIM + 1))
+@pytest.mark.parametrize("K", [1, 3, 40])
+def test_full_covariances_at_small_d_match_the_numpy_twin(d, K):
+    rows = _block_rows(K * d)
+    check_against_plain(full_mixture(K, d, seed=10 * d + K), n=3 * rows + 5, seed=d)  # ragged last block
+
+
+def test_full_covariances_at_small_d_with_vp():
+    check_against_plain(full_mixture(4, 2, seed=3), n=700, seed=4, process=VP(), plain_process=plain.VP,
+                        t_max=1.0)
+
+
+def test_full_path_above_the_switch_in_blocks_of_a_few_rows(monkeypatch):
+    # d just above _DIRECT_MAX_DIM goes through BLAS in blocks; 60 // (3 d) rows per block
+    d = gm_module._DIRECT_MAX_DIM + 1
+    monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 60)
+    assert 60 // (3 * d) >= 1 and 23 % (60 // (3 * d)) != 0  # several blocks, a ragged last one
+    check_against_plain(full_mixture(3, d, seed=5), n=23, seed=6)
