@@ -20,6 +20,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 
 CHILD = r'''
 import json, time
@@ -60,7 +61,11 @@ print(json.dumps(out))
 
 def run(tree):
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
-    done = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
+    # cwd: `python -c` puts the working directory ahead of PYTHONPATH, so started from inside
+    # a tree it would import that tree for both sides
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=cwd, capture_output=True, text=True,
+                              check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
