@@ -41,6 +41,7 @@ covariances near t = 0, use float64 points (the float32 oracle is 1.2-2.5x faste
 The diagonal, spherical and identity paths have no matrix product (about u relative).
 """
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -80,6 +81,13 @@ def _float_from_bits(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
+if numba.config.DISABLE_JIT:
+    # numba's intrinsics cannot run as Python; with the JIT off (tests/test_nojit.py runs
+    # the kernels' source as plain Python) the same bit casts are NumPy views
+    def _float_from_bits(bits):  # noqa: F811
+        return np.int64(bits).view(np.float64)
+
+
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def exp_nonpositive(z):
     """exp(z) for z <= 0 within 1 ulp of the correctly rounded value (the comment above);
@@ -113,6 +121,11 @@ def _bits_from_float(typingctx, value):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], ir.IntType(64))
     return types.int64(types.float64), codegen
+
+
+if numba.config.DISABLE_JIT:  # as for _float_from_bits
+    def _bits_from_float(value):  # noqa: F811
+        return np.float64(value).view(np.int64)
 
 
 # log(v) for normal v > 0 (the callers never pass 0, subnormals, inf or NaN):
