@@ -2,6 +2,7 @@
 
 from contextlib import nullcontext
 
+import numba
 import numpy as np
 import pytest
 
@@ -454,8 +455,11 @@ def test_fused_kernels_give_numpys_bits(pname, method, dtype):
     g = GaussianMixture([0.4, 0.6], [[-1.0, 0.5], [1.5, 0.0]], [[0.3, 0.6], [0.8, 0.2]])
     score = lambda y, t: g.score(y.astype(np.float64), t, process).astype(y.dtype)  # noqa: E731
     grid = time_grid(T, 1e-3, 12, "geometric", process)
-    for seed in (0, 1, 2):
-        x = np.random.default_rng(seed).standard_normal((5000, 2)).astype(dtype)  # > one 2048-entry block
+    # interpreted (tests/test_nojit.py) the kernels take ~25 s for this case; there one seed
+    # and 1100 rows (2200 entries, still more than one 2048-entry block) show the same
+    seeds, rows = ((0,), 1100) if numba.config.DISABLE_JIT else ((0, 1, 2), 5000)
+    for seed in seeds:
+        x = np.random.default_rng(seed).standard_normal((rows, 2)).astype(dtype)  # > one 2048-entry block
         if method == "probability_flow":
             y, expected = probability_flow(score, process, grid, x), _reference_heun(score, process, grid, x)
         else:
