@@ -330,3 +330,20 @@ def test_schedules_and_training_length():
     assert rate.training_steps(500, s) == s["min_steps"]
     assert rate.training_steps(32000, s) == int(np.ceil(s["epochs"] * 32000 / s["batch_size"]))
     assert rate.training_steps(32000, {**s, "steps": 7}) == 7
+
+
+def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path):
+    # docs/rate_iso holds the rows of `sgm-ref experiment rate RUN --full` so far; a copy must
+    # resume under today's FULL grid (a changed setting would make the sweep refuse it)
+    import shutil
+
+    from sgm_ref.experiments.sweep import _check_settings
+
+    stored = Path(__file__).parent.parent / "docs" / "rate_iso"
+    folder = tmp_path / "run"
+    shutil.copytree(stored, folder)
+    _check_settings(str(folder), rate.FULL["settings"])
+    rows = load_results(str(folder / "results.jsonl"))
+    full = {rate.cell_key(c) for c in cells(rate.FULL)}
+    assert rows and {rate.cell_key(r) for r in rows} <= full
+    assert all(r["status"] == "ok" for r in rows)
