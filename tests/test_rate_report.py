@@ -206,3 +206,40 @@ def test_compare_two_sweeps_cell_by_cell(tmp_path):
     with pytest.raises(ValueError, match="no cell .* is in both sweeps"):
         report.write_report(this, str(tmp_path / "x.md"), compare_with=unrelated)
     assert not (tmp_path / "x.md").exists()
+
+
+def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):
+    """The cost summary: cells per seed, mean and max of train + eval seconds per d, the
+    core-hours of each complete seed (one that holds every cell of the grid)."""
+    rows = []
+    for seed in (0, 1):
+        for i, (d, n) in enumerate((d, n) for d in (2, 8) for n in (500, 1000)):
+            if seed == 1 and i == 3:
+                continue  # seed 1 lacks (d = 8, n = 1000)
+            rows.append({"family": "mixture-iso", "d": d, "n": n, "seed": seed,
+                         "train_seconds": 100.0 * d + n / 100 + seed, "eval_seconds": 10.0})
+    rows.append({"family": "mixture-iso", "d": 2, "n": 500, "seed": 2})  # an old row: no times
+    cost = report._cost(rows)
+    assert cost["cells"] == 8 and cost["cells_per_seed"] == {"0": 4, "1": 3, "2": 1}
+    assert cost["grid_cells_per_seed"] == 4 and not cost["grid_known"]
+    at2 = [205.0 + 10, 210.0 + 10, 206.0 + 10, 211.0 + 10]  # train + eval
+    assert cost["seconds_per_cell"]["2"] == {"mean": np.mean(at2), "max": 221.0, "cells": 4}
+    assert cost["seconds_per_cell"]["8"]["cells"] == 3
+    seed0 = (215 + 220 + 815 + 820) / 3600
+    assert list(cost["hours_per_complete_seed"]) == ["0"]
+    assert cost["hours_per_complete_seed"]["0"] == pytest.approx(seed0, rel=1e-15)
+    grid = {"families": ["mixture-iso"], "d": [2, 8, 32], "n": [500, 1000], "seeds": [0, 1, 2]}
+    cost = report._cost(rows, grid)
+    assert cost["grid_known"] and cost["planned_cells"] == 18 and cost["grid_cells_per_seed"] == 6
+    assert cost["hours_per_complete_seed"] == {}  # no seed has d = 32
+
+
+def test_the_stored_full_run_is_counted_against_full(tmp_path):
+    """The rows in docs/rate_iso are `--full`'s: the page counts them against its 350 cells."""
+    folder = tmp_path / "run"
+    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso"), folder)
+    report.write_report(str(folder), str(tmp_path / "rate.md"))
+    text = (tmp_path / "rate.md").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert f"Rows: {len(rows)} cells of the 350 of `--full`" in text
+    assert "sgm-ref experiment rate RUN --full --workers 2" in text and "dask worker" in text

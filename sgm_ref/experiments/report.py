@@ -23,7 +23,8 @@ import numpy as np
 from .._json import load_json
 from ..io import atomic_write
 from . import stats as S
-from .rate import load_results
+from . import rate
+from .rate import cell_key, load_results
 
 __all__ = ["BASELINES", "load_sweep", "analyse", "compare", "report_markdown", "write_report"]
 
@@ -116,8 +117,11 @@ def _exponent(slope_fit):
     return {"b": -slope_fit["slope"], "b_se": slope_fit["slope_se"], "b_interval": [-high, -low]}
 
 
-def analyse(rows):
+def analyse(rows, grid=None):
     """Every number of the report, per family: points, fits, tests, n*, TV; JSON-ready.
+
+    grid: the sweep's grid (rate.FULL or make_grid's) when known; the cost summary then
+    counts the cells against it (otherwise against the (family, d, n) the rows hold).
 
     Returns
     -------
@@ -130,7 +134,32 @@ def analyse(rows):
     out = {}
     for family, frows in sorted(families.items()):
         out[family] = _analyse_family(frows)
-    return {"families": out, "level": LEVEL, "alpha": ALPHA, "alpha_lack_of_fit": ALPHA_LOF}
+    return {"families": out, "level": LEVEL, "alpha": ALPHA, "alpha_lack_of_fit": ALPHA_LOF,
+            "cost": _cost(rows, grid)}
+
+
+def _cost(rows, grid=None):
+    """What the rows took: cells per seed and the recorded seconds per cell (training, plus
+    evaluation with the baselines and the TV bounds: train_seconds + eval_seconds), by d."""
+    planned = None if grid is None else len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])
+    per_seed, by_d, seed_seconds, timed, seen = {}, {}, {}, {}, set()
+    for r in rows:
+        per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + 1
+        seen.add((r["family"], r["d"], r["n"]))
+        seconds = r.get("train_seconds"), r.get("eval_seconds")
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seconds):
+            by_d.setdefault(r["d"], []).append(float(sum(seconds)))
+            seed_seconds[r["seed"]] = seed_seconds.get(r["seed"], 0.0) + float(sum(seconds))
+            timed.setdefault(r["seed"], set()).add((r["family"], r["d"], r["n"]))
+    grid = seen if grid is None else {(f, d, n) for f in grid["families"] for d in grid["d"] for n in grid["n"]}
+    # a complete seed holds every (family, d, n) of the grid (or that any seed has), each timed
+    complete = {str(k): seed_seconds[k] / 3600.0 for k in sorted(timed) if grid <= timed[k]}
+    return {"cells": len(rows), "cells_per_seed": {str(k): v for k, v in sorted(per_seed.items())},
+            "grid_cells_per_seed": len(grid), "grid_known": planned is not None, "planned_cells": planned,
+            "seconds_per_cell": {str(d): {"mean": float(np.mean(v)), "max": float(np.max(v)), "cells": len(v)}
+                                 for d, v in sorted(by_d.items())},
+            "recorded_hours": float(sum(sum(v) for v in by_d.values()) / 3600.0),
+            "hours_per_complete_seed": complete}
 
 
 def compare(rows, other_rows, settings=None, other_settings=None):
@@ -339,6 +368,8 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
         lines += ["Families (as recorded in sweep.json): " + "; ".join(
             f"{f}: " + ", ".join(f"{k} = {v}" for k, v in spec.items()) for f, spec in settings["families"].items()
             if f in fams) + ".", ""]
+    if analysis.get("cost"):
+        lines += _cost_section(analysis["cost"])
     for key, caption in (("error_vs_n", "Error against n, one panel per family and d (network: solid; "
                                         "baselines: dashed)"),
                          ("error_vs_d", "Error against d at fixed n"), ("tv_vs_n", "Certified TV bound against n")):
@@ -352,6 +383,34 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
         lines += _comparison_section(*comparison)
     lines += _conclusions(fams)
     return "\n".join(lines) + "\n"
+
+
+def _cost_section(cost):
+    """How to run the sweep, and what its rows took (recorded per cell, one worker each)."""
+    per_seed = ", ".join(f"seed {k}: {v}" for k, v in cost["cells_per_seed"].items())
+    per_d = ", ".join(f"d = {d}: {_g(c['mean'])} s (max {_g(c['max'])} s)" for d, c in cost["seconds_per_cell"].items())
+    lines = ["## Running it", "",
+             "```bash",
+             "sgm-ref experiment rate RUN --quick             # 18 small cells, minutes: the pipeline end to end",
+             "sgm-ref experiment rate RUN --full --workers 2  # the grid of this page, resumable: rerun to continue",
+             "sgm-ref experiment rate RUN --full --scheduler tcp://HOST:8786   # the same cells on a Dask cluster",
+             "sgm-ref experiment rate-report RUN --out docs/rate.md           # this page from RUN's rows",
+             "```", "",
+             "A stopped run continues where it stopped when the same command is run again (finished cells "
+             "are kept in RUN/results.jsonl; a changed setting is refused). On a Dask cluster, start "
+             "`dask scheduler` on one host and `dask worker tcp://HOST:8786 --nthreads 1` on each machine, "
+             "then the command with `--scheduler`; the folder resumes the same way.", "",
+             f"Rows: {cost['cells']} cells"
+             + (f" of the {cost['planned_cells']} of `--full`" if cost["grid_known"] else "")
+             + f" ({per_seed}; {cost['grid_cells_per_seed']} cells make one seed). Recorded time per cell "
+             f"(training, then evaluation with the baselines and the TV bounds; one core each): {per_d}; "
+             f"{cost['recorded_hours']:.1f} core-hours in all."]
+    if cost["hours_per_complete_seed"]:
+        hours = list(cost["hours_per_complete_seed"].values())
+        lines[-1] += (f" A complete seed took {' and '.join(f'{h:.1f}' for h in hours)} core-hours: five seeds "
+                      f"need at least {5 * float(np.mean(hours)) / 2:.1f} hours with two workers (the recorded "
+                      "times leave out drawing the data and starting the workers).")
+    return lines + [""]
 
 
 def _family_section(family, a):
@@ -794,7 +853,12 @@ def write_report(folder, out=None, log=None, compare_with=None):
         raise ValueError(f"--out must name a .md file, got {out!r}")
     if not os.path.isdir(where):
         raise ValueError(f"--out {out}: its folder {where} does not exist")
-    analysis = analyse(rows)
+    # the grid of `--full` when the rows are its cells under its settings (the sweep does not
+    # store its grid): the cost summary then counts against it
+    full = rate.FULL
+    grid = full if settings.get("settings") == full["settings"] and {cell_key(r) for r in rows} <= {
+        cell_key(c) for c in rate.cells(full)} else None
+    analysis = analyse(rows, grid)
     comparison = None
     if compare_with is not None:
         other_rows, other_settings = load_sweep(compare_with)
