@@ -78,6 +78,10 @@ def test_report_writes_its_text_numbers_and_figures(written):
         assert f"]({name})" in text  # linked relative to the markdown
     # the table per family and d: the network beside its baselines, n as columns
     assert "| d | method | n = 500 | n = 1000 | n = 2000 | n = 4000 | n = 8000 |" in text
+    # the introduction names the baselines the rows carry and, for the residual sampler, its test
+    intro = text.split("## Running it")[0]
+    assert "OU-smoothed empirical measure" in intro and "fitted by EM" in intro and "the score -x" in intro
+    assert "tests/test_rate_sampler.py" in intro
     for method in ("network", "empirical measure (curse)", "score -x", "EM plug-in"):
         assert f"| 2 | {method} |" in text
     product = text.split("## product")[1]
