@@ -247,3 +247,16 @@ def test_the_stored_full_run_is_counted_against_full(tmp_path):
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
     assert f"Rows: {len(rows)} cells of the 350 of `--full`" in text
     assert "sgm-ref experiment rate RUN --full --workers 2" in text and "dask worker" in text
+
+
+def test_docs_rate_md_is_the_report_of_the_stored_rows(tmp_path, monkeypatch):
+    """docs/rate.md is what `sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md`
+    writes from the stored rows (regenerated here; only the output path differs)."""
+    root = os.path.join(HERE, "..")
+    monkeypatch.chdir(root)
+    out = tmp_path / "rate.md"
+    report.write_report("docs/rate_iso", str(out))
+    fresh = out.read_text(encoding="utf-8").replace(f"--out {out}", "--out docs/rate.md")
+    with open(os.path.join(root, "docs", "rate.md"), encoding="utf-8") as f:
+        stored = f.read()
+    assert fresh == stored, "docs/rate.md is stale: sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md"

@@ -20,7 +20,7 @@ README = ROOT / "README.md"
 SCRIPT = Path(sys.executable).with_name("sgm-ref")
 AUDIENCES = ("Audit your model", "Cross-check your implementation", "Learn")
 # the pages whose Python blocks run here, each in order in one namespace (the tutorial has its own runner)
-PAGES = ("guide.md", "audit.md", "conventions.md")
+PAGES = ("guide.md", "audit.md", "conventions.md", "limits.md")
 
 
 def sections(text):
@@ -146,3 +146,19 @@ def test_ci_installs_and_tests_as_the_readme_says():
     bash_blocks = "\n".join(blocks(README.read_text(), "bash"))
     readme_lines = {line.strip() for line in bash_blocks.splitlines()}
     assert commands and all(c in readme_lines for c in commands), (commands, readme_lines)
+
+
+def test_the_rate_summary_quotes_the_generated_page():
+    """Every number of the README's rate paragraph is one that docs/rate.md prints, and
+    docs/rate.md is the page `rate-report` makes from the stored rows in docs/rate_iso."""
+    text = README.read_text(encoding="utf-8")
+    start = text.index("**The paper's claim, measured**")
+    paragraph = text[start:text.index("\n\n", start)]
+    page = (ROOT / "docs" / "rate.md").read_text(encoding="utf-8")
+    assert page.startswith("# The rate experiment") and "experiment rate-report docs/rate_iso --out docs/rate.md" in page
+    numbers = re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", re.sub(r"\]\([^)]*\)", "]", paragraph))
+    decimals = [x for x in numbers if "." in x]
+    assert len(decimals) >= 4, paragraph
+    bare = page.replace(",", "")
+    for x in numbers:  # as a whole number: 0.58 is not found inside 0.585
+        assert re.search(r"(?<![\d.])" + re.escape(x.replace(",", "")) + r"(?!\d)", bare), (x, "is not in docs/rate.md")
