@@ -5,6 +5,8 @@ NumPy: sgm_ref.plain, the whole method written once in plain NumPy from the form
 together). PyTorch: the MLP, its time embedding, the process coefficients and the DSM
 loss written again here, with autograd supplying the gradients, an independent check
 of both.
+
+Also the hooks that start tests/test_nojit.py's interpreted run in the background.
 """
 
 import os
@@ -147,3 +149,19 @@ def torch_ref():
     else:
         torch = pytest.importorskip("torch")
     return TorchReference(torch)
+
+
+def pytest_collection_finish(session):
+    """Start tests/test_nojit.py's interpreted run in the background when it is selected,
+    so that it overlaps the rest of the suite (test_nojit waits for it)."""
+    for item in session.items:
+        if item.path.name == "test_nojit.py":
+            item.module.start()
+            return
+
+
+def pytest_sessionfinish(session):
+    for item in getattr(session, "items", []):  # none if collection failed
+        if item.path.name == "test_nojit.py":
+            item.module.stop()
+            return
