@@ -154,6 +154,8 @@ def torch_ref():
 def pytest_collection_finish(session):
     """Start tests/test_nojit.py's interpreted run in the background when it is selected,
     so that it overlaps the rest of the suite (test_nojit waits for it)."""
+    if session.config.option.collectonly:
+        return
     for item in session.items:
         if item.path.name == "test_nojit.py":
             item.module.start()

@@ -10,9 +10,11 @@ the rest of the suite, and the test waits for it.
 """
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
@@ -22,7 +24,7 @@ NOJIT_MODULES = [
     "test_nn.py", "test_losses.py", "test_score_model.py", "test_samplers.py",
     "test_gaussian_closed_form.py", "test_distances.py",
 ]
-TIMEOUT = 900  # seconds, from the start of the interpreted run
+TIMEOUT = 900  # seconds from the start of the interpreted run to the end of the test's wait
 _RUN = {}
 
 
@@ -40,29 +42,39 @@ def start():
         "-k", "not test_closed_form_matches_sampler_monte_carlo",
     ]
     log = tempfile.TemporaryFile(mode="w+", encoding="utf-8")
-    _RUN["log"] = log
-    _RUN["process"] = subprocess.Popen(cmd, cwd=TESTS.parent, env=env, stdout=log, stderr=subprocess.STDOUT)
+    _RUN["log"], _RUN["deadline"] = log, time.monotonic() + TIMEOUT
+    # its own process group, so that stop() ends whatever it started too
+    _RUN["process"] = subprocess.Popen(cmd, cwd=TESTS.parent, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
 
 
 def stop():
-    """Kill the interpreted run if it is still going (the session ended without this test)."""
+    """End the interpreted run if it is still going (the session ended before its test, or it
+    timed out) and close its log."""
     process = _RUN.get("process")
     if process is not None and process.poll() is None:
-        process.kill()
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    if "log" in _RUN and not _RUN["log"].closed:
+        _RUN["log"].close()
+
+
+def _output():
+    log = _RUN["log"]
+    log.seek(0)
+    return log.read()
 
 
 def test_suite_passes_without_jit():
     start()  # not started yet when this file is run on its own without conftest's hook
     process = _RUN["process"]
     try:
-        code = process.wait(timeout=TIMEOUT)
+        code = process.wait(timeout=max(0.0, _RUN["deadline"] - time.monotonic()))
     except subprocess.TimeoutExpired:
+        output = _output()
         stop()
-        raise
-    log = _RUN["log"]
-    log.seek(0)
-    output = log.read()
+        raise AssertionError(f"pytest with NUMBA_DISABLE_JIT=1 took more than {TIMEOUT} s:\n{output[-3000:]}") from None
+    output = _output()
     if code != 0:
         print(output)
     assert code == 0, f"pytest with NUMBA_DISABLE_JIT=1 exited with {code}:\n{output[-3000:]}"

@@ -156,9 +156,14 @@ def test_the_rate_summary_quotes_the_generated_page():
     paragraph = text[start:text.index("\n\n", start)]
     page = (ROOT / "docs" / "rate.md").read_text(encoding="utf-8")
     assert page.startswith("# The rate experiment") and "experiment rate-report docs/rate_iso --out docs/rate.md" in page
-    numbers = re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", re.sub(r"\]\([^)]*\)", "]", paragraph))
-    decimals = [x for x in numbers if "." in x]
-    assert len(decimals) >= 4, paragraph
+    paragraph = " ".join(re.sub(r"\]\([^)]*\)", "]", paragraph).split())  # one line, no link targets
+    # each figure with what it is of, as the page prints it: "0.59 (d = 2)", "p = 0.0017"
+    quoted = re.findall(r"[-\d.e+]+ \(d = \d+\)|p = [\d.e-]+\d", paragraph)
+    assert len(quoted) >= 4, paragraph
+    flat = " ".join(page.split())
+    for x in quoted:
+        assert x in flat, (x, "is not in docs/rate.md")
+    numbers = re.findall(r"(?<![\w.])\d[\d,]*(?:\.\d+)?", paragraph)
     bare = page.replace(",", "")
     for x in numbers:  # as a whole number: 0.58 is not found inside 0.585
         assert re.search(r"(?<![\d.])" + re.escape(x.replace(",", "")) + r"(?!\d)", bare), (x, "is not in docs/rate.md")

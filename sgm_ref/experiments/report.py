@@ -356,14 +356,16 @@ _INTRO = (
     "empirical score matching on n samples learns p_0 at a rate in n whose exponent does not depend on d "
     "(an upper bound, whose constants may grow with d). `sgm-ref experiment rate` measures what a trained "
     "network does on such targets. Each cell (family, d, n, seed) draws n samples, trains the network and "
-    "measures its integrated score error int E|s - grad log p_t|^2 dt against the exact score by Monte Carlo")
+    "measures its integrated score error int E|s - grad log p_t|^2 dt by Monte Carlo against the target's "
+    "score (exact for mixtures; for tilts a Monte Carlo estimate whose own error is subtracted)")
 # the baselines, as the introduction describes them (only those the rows carry)
 _BASELINE_TEXT = {
     "empirical measure (curse)": "the score of the OU-smoothed empirical measure, the unrestricted minimiser of "
                                  "the empirical loss, whose error falls ever more slowly with n as d grows (the "
                                  "curse of dimensionality)",
     "score -x": "the score -x, what a network that learned nothing scores",
-    "EM plug-in": "for mixtures an identity-covariance mixture fitted by EM, the efficient parametric plug-in"}
+    "EM plug-in": "for mixtures an identity-covariance mixture fitted by EM, a parametric plug-in that knows the "
+                  "family's form"}
 _RESIDUAL_TEXT = (
     "The certified bound on TV(p_0, sampler output) is Girsanov's; the residual exponential integrator freezes "
     "only s + x over a step, so with the exact score its path term is small in every d (at d = 128 at least "
@@ -428,29 +430,33 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
 def _cost_section(cost):
     """How to run the sweep, and what its rows took (recorded per cell, one worker each)."""
     per_seed = ", ".join(f"seed {k}: {v}" for k, v in cost["cells_per_seed"].items())
-    per_d = ", ".join(f"d = {d}: {_g(c['mean'])} s (max {_g(c['max'])} s)" for d, c in cost["seconds_per_cell"].items())
     lines = ["## Running it", "",
              "```bash",
              "sgm-ref experiment rate RUN --quick             # 18 small cells, minutes: the pipeline end to end",
-             "sgm-ref experiment rate RUN --full --workers 2  # the grid of this page, resumable: rerun to continue",
+             "sgm-ref experiment rate RUN --full --workers 2  # 350 cells (5 seeds), resumable: rerun to continue",
              "sgm-ref experiment rate RUN --full --scheduler tcp://HOST:8786   # the same cells on a Dask cluster",
              "sgm-ref experiment rate-report RUN --out docs/rate.md           # this page from RUN's rows",
              "```", "",
              "A stopped run continues where it stopped when the same command is run again (finished cells "
              "are kept in RUN/results.jsonl; a changed setting is refused). On a Dask cluster, start "
              "`dask scheduler` on one host and `dask worker tcp://HOST:8786 --nthreads 1` on each machine, "
-             "then the command with `--scheduler`; the folder resumes the same way.", "",
-             f"Rows: {cost['cells']} cells"
-             + (f" of the {cost['planned_cells']} of `--full`" if cost["grid_known"] else "")
-             + f" ({per_seed}; {cost['grid_cells_per_seed']} cells make one seed). Recorded time per cell "
-             f"(training, then evaluation with the baselines and the TV bounds; one core each): {per_d}; "
-             f"{cost['recorded_hours']:.1f} core-hours in all."]
-    if cost["hours_per_complete_seed"]:
+             "then the command with `--scheduler`; the folder resumes the same way.", ""]
+    text = (f"Rows: {cost['cells']} cells"
+            + (f" of the {cost['planned_cells']} of `--full`" if cost["grid_known"] else "")
+            + f" ({per_seed}; {cost['grid_cells_per_seed']} cells make one seed).")
+    if cost["seconds_per_cell"]:
+        per_d = ", ".join(f"d = {d}: {_g(c['mean'])} s (max {_g(c['max'])} s)"
+                          for d, c in cost["seconds_per_cell"].items())
+        timed = sum(c["cells"] for c in cost["seconds_per_cell"].values())
+        text += (f" Recorded time per cell (training, then evaluation with the baselines and the TV bounds; one "
+                 f"core each): {per_d}; {cost['recorded_hours']:.1f} core-hours for the {timed} timed cells.")
+    if cost["grid_known"] and cost["hours_per_complete_seed"]:
         hours = list(cost["hours_per_complete_seed"].values())
-        lines[-1] += (f" A complete seed took {' and '.join(f'{h:.1f}' for h in hours)} core-hours: five seeds "
-                      f"need at least {5 * float(np.mean(hours)) / 2:.1f} hours with two workers (the recorded "
-                      "times leave out drawing the data and starting the workers).")
-    return lines + [""]
+        seeds = cost["planned_cells"] // cost["grid_cells_per_seed"]
+        text += (f" A complete seed took {' and '.join(f'{h:.1f}' for h in hours)} core-hours: the {seeds} seeds "
+                 f"need at least {seeds * float(np.mean(hours)) / 2:.1f} hours with two workers (the recorded "
+                 "times leave out drawing the data and starting the workers).")
+    return lines + [text, ""]
 
 
 def _family_section(family, a):
@@ -492,7 +498,9 @@ def _family_section(family, a):
         line += (f"{lof['F']:.2f} ({lof['df'][0]}, {lof['df'][1]}), {_p(lof['p'])}" if lof else "–") + " | "
         sat = net["saturating"]
         line += (f"{sat['b']:.3f} {_interval(sat['b_interval'])}" if sat else "–") + " | "
-        line += (f"{_g(sat['c'])} ({net['floor_share']:.0%})" if sat else "–") + " | "
+        # a floor below 1e-6 of the error is the optimiser's zero (its digits are noise)
+        line += ("–" if not sat else f"0 ({net['floor_share']:.0%})" if net.get("floor_share", 1.0) < 1e-6
+                 else f"{_g(sat['c'])} ({net['floor_share']:.0%})") + " | "
         line += f"{net['curse_rate']:.3f} | "
         ns_ = net["n_star"]
         line += _n_star_cell(ns_, max(ns)) + " |"
@@ -641,6 +649,11 @@ def _conclusions(fams):
         if never:
             not_shows.append(f"**{family}**: the error stays above half the -x baseline up to n = {max(a['n'])} in "
                              f"d = {_list(never)}.")
+        above = _at_or_above_minus_x(a)
+        if above:
+            not_shows.append(f"**{family}**: the network's mean error is at or above the score -x's at every n from "
+                             + _list([f"{n0} (d = {d})" for d, n0 in above.items()])
+                             + f" up to n = {max(a['n'])}: there it does no better than a score that learned nothing.")
         shows += _level_sentences(family, a)
         shows += _baseline_sentences(family, a)
         shows += _tv_sentences(family, a, not_shows)
@@ -654,6 +667,23 @@ def _conclusions(fams):
                      "theorem whose constants may grow with d.")
     lines = ["## What this shows", ""] + [f"- {s}" for s in shows] + ["", "## What it does not show", ""]
     return lines + [f"- {s}" for s in not_shows] + [""]
+
+
+def _at_or_above_minus_x(a):
+    """{d: n0} for each d where the network's mean error is >= the score -x's at every n >= n0
+    (the n where both were measured), n0 the smallest such n."""
+    out = {}
+    for d in a["d"]:
+        pairs = [(int(n), p["network"][0], p["score -x"][0]) for n, p in a["points"][str(d)].items()
+                 if "network" in p and "score -x" in p]
+        n0 = None
+        for n, net, mx in sorted(pairs, reverse=True):
+            if net < mx:
+                break
+            n0 = n
+        if n0 is not None:
+            out[d] = n0
+    return out
 
 
 def _level_sentences(family, a):
