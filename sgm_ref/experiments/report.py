@@ -432,8 +432,10 @@ def _cost_section(cost):
     per_seed = ", ".join(f"seed {k}: {v}" for k, v in cost["cells_per_seed"].items())
     lines = ["## Running it", "",
              "```bash",
-             "sgm-ref experiment rate RUN --quick             # 18 small cells, minutes: the pipeline end to end",
-             "sgm-ref experiment rate RUN --full --workers 2  # 350 cells (5 seeds), resumable: rerun to continue",
+             f"sgm-ref experiment rate RUN --quick             # {len(rate.cells(rate.QUICK))} small cells, "
+             "minutes: the pipeline end to end",
+             f"sgm-ref experiment rate RUN --full --workers 2  # {len(rate.cells(rate.FULL))} cells "
+             f"({len(rate.FULL['seeds'])} seeds), resumable: rerun to continue",
              "sgm-ref experiment rate RUN --full --scheduler tcp://HOST:8786   # the same cells on a Dask cluster",
              "sgm-ref experiment rate-report RUN --out docs/rate.md           # this page from RUN's rows",
              "```", "",
