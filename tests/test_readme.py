@@ -158,7 +158,7 @@ def test_the_rate_summary_quotes_the_generated_page():
     assert page.startswith("# The rate experiment") and "experiment rate-report docs/rate_iso --out docs/rate.md" in page
     paragraph = " ".join(re.sub(r"\]\([^)]*\)", "]", paragraph).split())  # one line, no link targets
     # each figure with what it is of, as the page prints it: "0.59 (d = 2)", "p = 0.0017"
-    quoted = re.findall(r"[-\d.e+]+ \(d = \d+\)|p = [\d.e-]+\d", paragraph)
+    quoted = re.findall(r"[-\d.e+]+ \(d = \d+\)|p [=<] [\d.e-]+\d", paragraph)
     assert len(quoted) >= 4, paragraph
     flat = " ".join(page.split())
     for x in quoted:
