@@ -260,12 +260,13 @@ def test_the_stored_full_run_is_counted_against_full(tmp_path):
 
 
 def test_docs_rate_md_is_the_report_of_the_stored_rows(tmp_path, monkeypatch):
-    """docs/rate.md is what `sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md`
-    writes from the stored rows (regenerated here; only the output path differs)."""
+    """docs/rate.md is what `sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md
+    --compare docs/rate_iso_sigma2` writes from the stored rows (regenerated here; only the
+    output path differs)."""
     root = os.path.join(HERE, "..")
     monkeypatch.chdir(root)
     out = tmp_path / "rate.md"
-    report.write_report("docs/rate_iso", str(out))
+    report.write_report("docs/rate_iso", str(out), compare_with="docs/rate_iso_sigma2")
     fresh = out.read_text(encoding="utf-8").replace(f"--out {out}", "--out docs/rate.md")
     with open(os.path.join(root, "docs", "rate.md"), encoding="utf-8") as f:
         stored = f.read()
@@ -273,7 +274,8 @@ def test_docs_rate_md_is_the_report_of_the_stored_rows(tmp_path, monkeypatch):
     # may move with a SciPy release: the fits are least squares, their tolerances SciPy's)
     number = r"(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
     fresh_parts, stored_parts = re.split(number, fresh), re.split(number, stored)
-    stale = "docs/rate.md is stale: sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md"
+    stale = ("docs/rate.md is stale: sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md "
+             "--compare docs/rate_iso_sigma2")
     assert len(fresh_parts) == len(stored_parts), stale
     for i, (a, b) in enumerate(zip(fresh_parts, stored_parts)):
         if i % 2 == 0 or not re.search(r"[.e]", a + b):
@@ -291,3 +293,21 @@ def test_where_the_network_does_no_better_than_minus_x():
         "32": {"500": point(2.0, 1.0), "4000": point(0.9, 1.0), "8000": point(1.0, 1.0)},  # only the last (ties count)
         "512": {"500": point(6.0, 1.0), "2000": point(0.8, 1.0), "4000": point(1.1, 1.0), "32000": point(1.2, 1.0)}}}
     assert report._at_or_above_minus_x(a) == {32: 8000, 512: 4000}
+
+
+def test_compare_by_n_shows_what_pooling_hides():
+    """A setting that doubles the error at small n and halves it at large n: pooled over the
+    family the geometric mean is 1, per n it is 2 and 1/2, each with its paired test."""
+    rng = np.random.default_rng(4)
+    rows, other = [], []
+    for d in (2, 8, 32):
+        for n, factor in ((500, 2.0), (8000, 0.5)):
+            r = {"family": "mixture-iso", "d": d, "n": n, "seed": 0, "score_error": 0.1 * d, "score_error_se": 0.001}
+            rows.append(r)
+            other.append({**r, "score_error": factor * r["score_error"] * float(np.exp(0.01 * rng.standard_normal()))})
+    c = report.compare(rows, other)
+    assert c["families"]["mixture-iso"]["ratio"] == pytest.approx(1.0, rel=0.03)
+    assert c["by_n"]["500"]["ratio"] == pytest.approx(2.0, rel=0.03) and c["by_n"]["500"]["p"] < 1e-3
+    assert c["by_n"]["8000"]["ratio"] == pytest.approx(0.5, rel=0.03) and c["by_n"]["8000"]["other_lower"] == 3
+    text = "\n".join(report._comparison_section(c, "other"))
+    assert "- **at n = 500** (every family and d): over 3 cells the error of `other` is 2" in text

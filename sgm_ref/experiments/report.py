@@ -200,7 +200,13 @@ def compare(rows, other_rows, settings=None, other_settings=None):
         pairs = [(c["error"][0], c["other"][0]) for c in cells if c["family"] == family and c["ratio"] is not None]
         if pairs:
             families[family] = S.paired_log_ratio(*zip(*pairs), level=LEVEL)
-    return {"differs": differs, "cells": cells, "families": families}
+    # the same per n over all families and d: a setting can help at one end of n and hurt at the other
+    by_n = {}
+    for n in sorted({c["n"] for c in cells}):
+        pairs = [(c["error"][0], c["other"][0]) for c in cells if c["n"] == n and c["ratio"] is not None]
+        if pairs:
+            by_n[str(n)] = S.paired_log_ratio(*zip(*pairs), level=LEVEL)
+    return {"differs": differs, "cells": cells, "families": families, "by_n": by_n}
 
 
 def _comparison_section(comparison, name):
@@ -214,13 +220,15 @@ def _comparison_section(comparison, name):
         lines.append(f"| {c['family']} | {c['d']} | {c['n']} | {c['seed']} | {_g(c['error'][0])} ± "
                      f"{_g(c['error'][1], 2)} | {_g(c['other'][0])} ± {_g(c['other'][1], 2)} | {_g(c['ratio'])} |")
     lines.append("")
-    for family, f in comparison["families"].items():
+    groups = [(f"**{family}**", f) for family, f in comparison["families"].items()]
+    groups += [(f"**at n = {n}** (every family and d)", f) for n, f in comparison.get("by_n", {}).items()]
+    for label, f in groups:
         if f["t"] is None:
-            lines.append(f"- **{family}**: {f['cells']} cell(s), ratio {_g(f['ratio'])} (no test: one cell "
+            lines.append(f"- {label}: {f['cells']} cell(s), ratio {_g(f['ratio'])} (no test: one cell "
                          "or identical ratios).")
             continue
         low, high = f["ratio_interval"]
-        lines.append(f"- **{family}**: over {f['cells']} cells the error of `{name}` is {_g(f['ratio'])} times "
+        lines.append(f"- {label}: over {f['cells']} cells the error of `{name}` is {_g(f['ratio'])} times "
                      f"this run's (geometric mean; {int(100 * LEVEL)}% interval [{_g(low)}, {_g(high)}], paired "
                      f"t = {f['t']:.2f}, {_p(f['p'])}); lower in {f['other_lower']} of {f['cells']} cells.")
     return lines + [""]
