@@ -112,9 +112,9 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
          "settings": {**SETTINGS, "width": 128, "epochs": 20, "min_steps": 1500, "n_eval": 10_000,
                       "bound_steps": 500}}
 # QUICK: 18 cells, 3 min 56 s wall with --workers 2 on the 2-core machine (load average 7).
-# FULL: 350 cells; benchmarks/rate_cost.py measured 134 s per cell on average (the largest,
-# mixture-iso d = 512 n = 32,000: 488 s) in one process at load average 5, i.e. 47,000
-# worker-seconds, 6.5 hours with --workers 2; a quiet machine takes about 2.5 times less.
+# FULL: 350 cells; the whole run (docs/rate_iso) took 7,520 s, 2 h 5 min, with --workers 2 on
+# the project's 2-core machine (2026-12-03, with a test suite and another sweep beside it at
+# times); its recorded per-cell times sum to 4.1 core-hours (docs/rate.md, "Running it").
 FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
         "n": [500, 1000, 2000, 4000, 8000, 16000, 32000], "seeds": [0, 1, 2, 3, 4], "settings": SETTINGS}
 

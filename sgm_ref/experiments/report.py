@@ -463,7 +463,8 @@ def _cost_section(cost):
     if cost["grid_known"] and cost["hours_per_complete_seed"]:
         hours = list(cost["hours_per_complete_seed"].values())
         seeds = cost["planned_cells"] // cost["grid_cells_per_seed"]
-        text += (f" A complete seed took {' and '.join(f'{h:.1f}' for h in hours)} core-hours: the {seeds} seeds "
+        took = f"{hours[0]:.1f}" if len(hours) == 1 else f"{min(hours):.1f} to {max(hours):.1f}"
+        text += (f" A complete seed took {took} core-hours: the {seeds} seeds "
                  f"need at least {seeds * float(np.mean(hours)) / 2:.1f} hours with two workers (the recorded "
                  "times leave out drawing the data and starting the workers).")
     return lines + [text, ""]
