@@ -240,7 +240,7 @@ def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):
     # the text: the projection only against a known grid, no time sentence without times
     grid = {**grid, "d": [2, 8]}
     text = report._cost_section(report._cost(rows, grid))[-2]
-    assert "Rows: 8 cells of the 12 of `--full`" in text and f"{(2070 + 216 + 221 + 816) / 3600:.1f} core-hours for the 7 timed cells" in text
+    assert "Rows: 8 cells of the 12 of its grid" in text and f"{(2070 + 216 + 221 + 816) / 3600:.1f} core-hours for the 7 timed cells" in text
     assert f"the 3 seeds need at least {3 * seed0 / 2:.1f} hours with two workers" in text
     assert "seeds need" not in report._cost_section(report._cost(rows))[-2]
     untimed = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]

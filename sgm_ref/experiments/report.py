@@ -142,6 +142,7 @@ def _cost(rows, grid=None):
     """What the rows took: cells per seed and the recorded seconds per cell (training, plus
     evaluation with the baselines and the TV bounds: train_seconds + eval_seconds), by d."""
     planned = None if grid is None else len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])
+    grid_name = "`--full`" if grid is rate.FULL else "its grid"
     per_seed, by_d, seed_seconds, timed, seen = {}, {}, {}, {}, set()
     for r in rows:
         per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + 1
@@ -156,6 +157,7 @@ def _cost(rows, grid=None):
     complete = {str(k): seed_seconds[k] / 3600.0 for k in sorted(timed) if grid <= timed[k]}
     return {"cells": len(rows), "cells_per_seed": {str(k): v for k, v in sorted(per_seed.items())},
             "grid_cells_per_seed": len(grid), "grid_known": planned is not None, "planned_cells": planned,
+            "grid_name": grid_name,
             "seconds_per_cell": {str(d): {"mean": float(np.mean(v)), "max": float(np.max(v)), "cells": len(v)}
                                  for d, v in sorted(by_d.items())},
             "recorded_hours": float(sum(sum(v) for v in by_d.values()) / 3600.0),
@@ -452,7 +454,7 @@ def _cost_section(cost):
              "`dask scheduler` on one host and `dask worker tcp://HOST:8786 --nthreads 1` on each machine, "
              "then the command with `--scheduler`; the folder resumes the same way.", ""]
     text = (f"Rows: {cost['cells']} cells"
-            + (f" of the {cost['planned_cells']} of `--full`" if cost["grid_known"] else "")
+            + (f" of the {cost['planned_cells']} of {cost['grid_name']}" if cost["grid_known"] else "")
             + f" ({per_seed}; {cost['grid_cells_per_seed']} cells make one seed).")
     if cost["seconds_per_cell"]:
         per_d = ", ".join(f"d = {d}: {_g(c['mean'])} s (max {_g(c['max'])} s)"
