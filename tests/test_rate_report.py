@@ -311,3 +311,11 @@ def test_compare_by_n_shows_what_pooling_hides():
     assert c["by_n"]["8000"]["ratio"] == pytest.approx(0.5, rel=0.03) and c["by_n"]["8000"]["other_lower"] == 3
     text = "\n".join(report._comparison_section(c, "other"))
     assert "- **at n = 500** (every family and d): over 3 cells the error of `other` is 2" in text
+
+
+@pytest.mark.parametrize("grid", [{"d": [2]}, {"families": [], "d": [2], "n": [500], "seeds": [0]}, [1, 2]])
+def test_analyse_refuses_a_grid_that_is_not_one(grid):
+    rows = [{"family": "mixture-iso", "d": 2, "n": n, "seed": 0, "score_error": 0.1, "score_error_se": 0.01}
+            for n in (500, 1000)]
+    with pytest.raises(ValueError, match="grid must be a sweep grid like rate.FULL"):
+        report.analyse(rows, grid)

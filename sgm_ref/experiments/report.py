@@ -127,10 +127,19 @@ def analyse(rows, grid=None):
     -------
     dict
         {"families": {family: {"d": [...], "n": [...], "seeds": int, "cells": {...}, ...}}}
+
+    Raises
+    ------
+    ValueError
+        A grid that is not a dict of non-empty lists families, d, n and seeds.
     """
     families = {}
     for r in rows:
         families.setdefault(r["family"], []).append(r)
+    if grid is not None and not (isinstance(grid, dict) and all(
+            isinstance(grid.get(k), (list, tuple)) and grid[k] for k in ("families", "d", "n", "seeds"))):
+        raise ValueError("grid must be a sweep grid like rate.FULL (a dict with non-empty lists 'families', 'd', "
+                         f"'n' and 'seeds'), or None, got {grid!r:.200}")
     out = {}
     for family, frows in sorted(families.items()):
         out[family] = _analyse_family(frows)
