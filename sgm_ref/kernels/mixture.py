@@ -81,13 +81,6 @@ def _float_from_bits(typingctx, bits):
     return types.float64(types.int64), codegen
 
 
-if numba.config.DISABLE_JIT:
-    # numba's intrinsics cannot run as Python; with the JIT off (tests/test_nojit.py runs
-    # the kernels' source as plain Python) the same bit casts are NumPy views
-    def _float_from_bits(bits):  # noqa: F811
-        return np.int64(bits).view(np.float64)
-
-
 @njit(cache=True, error_model="numpy", fastmath={"contract"})
 def exp_nonpositive(z):
     """exp(z) for z <= 0 within 1 ulp of the correctly rounded value (the comment above);
@@ -123,7 +116,13 @@ def _bits_from_float(typingctx, value):
     return types.int64(types.float64), codegen
 
 
-if numba.config.DISABLE_JIT:  # as for _float_from_bits
+if numba.config.DISABLE_JIT:
+    # numba's intrinsics cannot run as Python; with the JIT off (tests/test_nojit.py runs
+    # the kernels' source as plain Python, which looks these names up when called) the
+    # same bit casts are NumPy views
+    def _float_from_bits(bits):  # noqa: F811
+        return np.int64(bits).view(np.float64)
+
     def _bits_from_float(value):  # noqa: F811
         return np.float64(value).view(np.int64)
 
