@@ -24,7 +24,7 @@ import numpy as np
 from ._validation import FLOAT_DTYPES, check_real, show
 from .kernels.adam import adam_update, sum_of_squares
 
-__all__ = ["Adam", "NonFiniteGradientError", "NonFiniteStepError"]
+__all__ = ["Adam", "CosineLR", "NonFiniteGradientError", "NonFiniteStepError"]
 
 # torch.nn.utils.clip_grad_norm_ adds this to the norm so that a zero gradient
 # does not divide by zero; copied so that clipped trajectories match PyTorch's.
@@ -443,3 +443,43 @@ class Adam:
         self.clip_norm = clip_norm
         self.ema_decay = ema_decay
         self.ema_warmup = ema_warmup
+
+
+class CosineLR:
+    """Cosine decay of the learning rate over a run of `steps` optimiser steps.
+
+        lr_k = lr_min + (lr - lr_min) (1 + cos(pi (k - 1) / steps)) / 2,    lr_min = final * lr,
+
+    for step k = 1 .. steps: lr at the first step, falling smoothly to just above lr_min
+    at the last (Loshchilov & Hutter, "SGDR", ICLR 2017, eq. 5, without restarts). It is
+    torch.optim.lr_scheduler.CosineAnnealingLR(T_max=steps, eta_min=lr_min) stepped once
+    after each optimiser step. A constant rate leaves the parameters wandering at the
+    scale the gradient noise and lr set; the decay lets a run of a fixed length end near
+    a minimum. Pass it to train.fit as lr_schedule (a callable step -> lr).
+
+    Parameters
+    ----------
+    lr : float > 0
+        The rate of the first step.
+    steps : int >= 1
+        The run's length (the schedule is defined for k = 1 .. steps).
+    final : float in [0, 1), default 1e-3
+        lr_min / lr.
+    """
+
+    def __init__(self, lr, steps, final=1e-3):
+        self.lr = _positive(lr, "lr")
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+            raise ValueError(f"steps must be an integer >= 1 (the run's length), got {steps!r}")
+        self.steps = int(steps)
+        self.final = _unit_interval(final, "final (lr_min / lr)")
+
+    def __call__(self, step):
+        """lr_k for the step k (counted from 1, as train.fit counts)."""
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 1 <= step <= self.steps:
+            raise ValueError(f"step must be an integer in [1, {self.steps}] (the schedule's run), got {step!r}")
+        low = self.final * self.lr
+        return low + (self.lr - low) * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / self.steps))
+
+    def __repr__(self):
+        return f"CosineLR(lr={self.lr!r}, steps={self.steps}, final={self.final!r})"

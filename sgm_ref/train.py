@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_count, check_points, check_rng, check_time_range, fits_in_memory
+from ._validation import check_count, check_points, check_real, check_rng, check_time_range, fits_in_memory
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _draw_times, _dsm_loss
 from .kernels.sampler import standard_normal_into
 from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
@@ -133,7 +133,8 @@ class TrainStep:
 
 def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         weighting="none", time_distribution="uniform", optimizer=None,
-        eval_every=None, evaluate=None, progress=None, callback=None, history=None, start_step=0):
+        eval_every=None, evaluate=None, progress=None, callback=None, history=None, start_step=0,
+        lr_schedule=None):
     """Train a ScoreModel by denoising score matching on samples `data`.
 
     Minimises L(theta) = E_{t ~ pi[t0, T]} E_i E_z lambda(t) |s_theta(alpha_t x_i + sigma_t z, t) + z / sigma_t|^2
@@ -170,6 +171,11 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     start_step : int
         Number of steps already taken (when resuming); needs the optimizer of those
         steps (its step_count equal to start_step).
+    lr_schedule : callable(step) -> float, optional
+        The learning rate of each step (counted from 1; e.g. sgm_ref.optim.CosineLR(lr,
+        steps)), set as optimizer.lr before the step. It depends on the step number
+        alone, so a resumed run takes the rates of an uninterrupted one. The optimizer
+        keeps the last step's rate.
 
     Returns
     -------
@@ -196,7 +202,7 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                          "the run's checkpoint (Adam.load_state_dict), whose step_count is start_step")
     if optimizer is None:
         optimizer = Adam(model.params, lr=lr)
-    for name, fn in (("evaluate", evaluate), ("callback", callback)):
+    for name, fn in (("evaluate", evaluate), ("callback", callback), ("lr_schedule", lr_schedule)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
     history = History() if history is None else history
@@ -206,6 +212,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     bar = progress_bar(steps, progress, "training", initial=start_step)  # a resumed run reads 2000/4000
     try:
         for step in range(start_step + 1, steps + 1):
+            if lr_schedule is not None:
+                optimizer.lr = check_real(lr_schedule(step), f"lr_schedule({step})", low=0.0, low_open=True)
             try:
                 loss = train_step(rng)
             except NonFiniteGradientError as exc:

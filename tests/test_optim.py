@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sgm_ref.kernels.adam import adam_update, sum_of_squares
-from sgm_ref.optim import Adam, NonFiniteGradientError
+from sgm_ref.optim import Adam, CosineLR, NonFiniteGradientError
 
 N = 37
 STEPS = 50
@@ -646,3 +646,41 @@ def test_load_state_dict_message_shows_plain_numbers():
     state["step_count"] = np.float64(3.5)  # as numpy.load returns it
     with pytest.raises(ValueError, match=r"state\['step_count'\] must be an integer >= 0, got 3\.5$"):
         opt.load_state_dict(state)
+
+
+# -- the cosine learning-rate schedule ------------------------------------------------------
+
+@pytest.mark.parametrize("steps, final", [(1, 1e-3), (7, 0.0), (1000, 1e-3), (333, 0.25)])
+def test_cosine_schedule_is_torchs_cosine_annealing(steps, final):
+    torch = import_torch()
+    lr = 2e-3
+    param = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.SGD([param], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=final * lr)
+    ours = CosineLR(lr, steps, final)
+    theirs = []
+    for _ in range(steps):
+        theirs.append(opt.param_groups[0]["lr"])  # the rate this optimiser step uses
+        opt.step()
+        sched.step()
+    np.testing.assert_allclose([ours(k) for k in range(1, steps + 1)], theirs, rtol=1e-12, atol=0)
+    assert ours(1) == lr and final * lr <= ours(steps) < lr or steps == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    ((0.0, 10), "lr must be > 0"), ((float("nan"), 10), "lr must be finite"),
+    ((1e-3, 0), "steps must be an integer >= 1"), ((1e-3, 2.5), "steps must be an integer"),
+    ((1e-3, True), "steps must be an integer"), ((1e-3, 10, 1.0), r"final \(lr_min / lr\) must be < 1"),
+    ((1e-3, 10, -0.1), r"final \(lr_min / lr\) must be >= 0"),
+])
+def test_cosine_schedule_rejects_bad_arguments(args, message):
+    with pytest.raises(ValueError, match=message):
+        CosineLR(*args)
+
+
+def test_cosine_schedule_is_defined_on_its_run_only():
+    schedule = CosineLR(1e-3, 10)
+    for step in (0, 11, 2.0, True):
+        with pytest.raises(ValueError, match=r"step must be an integer in \[1, 10\]"):
+            schedule(step)
+    assert repr(schedule) == "CosineLR(lr=0.001, steps=10, final=0.001)"

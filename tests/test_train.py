@@ -14,7 +14,7 @@ from sgm_ref import OU, VP, GaussianMixture
 from sgm_ref.losses import dsm_loss
 from sgm_ref.metrics import score_error_integral
 from sgm_ref.nn import MLP
-from sgm_ref.optim import Adam
+from sgm_ref.optim import Adam, CosineLR
 from sgm_ref.score_model import ScoreModel
 from sgm_ref.train import History, TrainingDivergedError, fit
 
@@ -190,6 +190,51 @@ def test_resuming_continues_bit_for_bit():
     assert optimizer.step_count == 20
 
 
+def test_lr_schedule_sets_each_steps_rate():
+    schedule = CosineLR(1e-2, 12, final=0.1)
+    model, data = small_problem()
+    seen = []
+    fit(model, data, steps=12, rng=np.random.default_rng(5), lr_schedule=schedule,
+        callback=lambda step, m, optimizer, h: seen.append(optimizer.lr), **FIT)
+    assert seen == [schedule(k) for k in range(1, 13)]
+    # the same run by hand: TrainStep with the rate set before each step
+    by_hand, data = small_problem()
+    optimizer = Adam(by_hand.params, lr=1.0)
+    step = sgm_ref.train.TrainStep(by_hand, data, FIT["batch_size"], FIT["t0"], FIT["T"], optimizer)
+    rng = np.random.default_rng(5)
+    for k in range(1, 13):
+        optimizer.lr = schedule(k)
+        step(rng)
+    np.testing.assert_array_equal(model.params, by_hand.params)
+    # a constant run differs
+    constant, data = small_problem()
+    fit(constant, data, steps=12, rng=np.random.default_rng(5), **FIT)
+    assert not np.array_equal(constant.params, model.params)
+
+
+def test_a_scheduled_run_resumes_bit_for_bit():
+    schedule = CosineLR(1e-2, 20)
+    model, data = small_problem()
+    fit(model, data, steps=20, rng=np.random.default_rng(4), lr_schedule=schedule, **FIT)
+    resumed, _ = small_problem()
+    rng = np.random.default_rng(4)
+    part = fit(resumed, data, steps=8, rng=rng, lr_schedule=schedule, **FIT)
+    fit(resumed, data, steps=20, start_step=8, optimizer=part.optimizer, history=part, rng=rng,
+        lr_schedule=schedule, **FIT)
+    np.testing.assert_array_equal(resumed.params, model.params)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1e-3, float("nan"), "fast"])
+def test_a_bad_scheduled_rate_names_the_step_and_changes_nothing(bad):
+    model, data = small_problem()
+    before = []
+    with pytest.raises(ValueError, match=r"lr_schedule\(4\) must be"):
+        fit(model, data, steps=10, rng=np.random.default_rng(0), lr_schedule=lambda k: 1e-2 if k < 4 else bad,
+            callback=lambda step, m, o, h: before.append(m.params.copy()), **FIT)
+    np.testing.assert_array_equal(model.params, before[-1])
+    assert len(before) == 3
+
+
 def test_given_optimizer_is_used_and_lr_ignored():
     model_a, data = small_problem()
     fit(model_a, data, steps=5, rng=np.random.default_rng(0), **FIT)
@@ -280,6 +325,7 @@ def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monk
     ({"time_distribution": "loguniform"}, "time_distribution"),
     ({"eval_every": 5}, "eval_every needs evaluate"),
     ({"eval_every": 0, "evaluate": lambda m: 0.0}, "eval_every"),
+    ({"lr_schedule": 1e-3}, "lr_schedule must be callable"),
     ({"optimizer": "copy"}, r"optimizer must be .*built on model.params"),
     ({"start_step": -1}, "start_step"),
     ({"start_step": 11}, "start_step"),
