@@ -312,7 +312,10 @@ def build_parser():
     p.add_argument("--n", help="comma-separated sample sizes (full: 500,1000,...,32000)")
     p.add_argument("--seeds", help="comma-separated seeds (full: 0,1,2,3,4)")
     p.add_argument("--steps", type=_integer,
-                   help="training steps per cell (default: max(3000, 60 epochs); quick: max(1500, 20 epochs))")
+                   help="training steps per cell (default: max(12000, 200 epochs); quick: max(1500, 20 epochs))")
+    p.add_argument("--budget", type=float, metavar="FACTOR",
+                   help="a factor on every cell's training steps (2: the run that checks the default budget is "
+                        "long enough, compared with rate-report --compare)")
     p.add_argument("--objective", choices=("paper", "sigma2"),
                    help="training objective: paper (weight 1, t uniform; the default) or sigma2 (weight sigma_t^2, "
                         "t log-uniform)")
@@ -328,9 +331,10 @@ def build_parser():
     p.add_argument("run", metavar="RUN", help="the sweep's folder (as given to `sgm-ref experiment rate`)")
     p.add_argument("--out", metavar="FILE.md",
                    help="the markdown to write (default RUN/rate.md); figures and FILE.json go beside it")
-    p.add_argument("--compare", metavar="OTHER",
+    p.add_argument("--compare", metavar="OTHER", action="append", default=[],
                    help="another sweep's folder run on some of RUN's cells with other settings (e.g. --objective "
-                        "sigma2): a section compares the two cell by cell, with a paired test")
+                        "sigma2, --budget 2): a section compares the two cell by cell, with a paired test "
+                        "(repeat for several)")
     return parser
 
 
@@ -353,7 +357,7 @@ def cmd_experiment(args):
 
     families = None if args.families is None else [f.strip() for f in args.families.split(",")]
     grid = rate.make_grid(args.quick, families, _int_list(args.d, "--d"), _int_list(args.n, "--n"),
-                          _int_list(args.seeds, "--seeds"), args.steps, args.objective)
+                          _int_list(args.seeds, "--seeds"), args.steps, args.objective, args.budget)
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1, got {args.workers}")
     tic = time.perf_counter()

@@ -244,9 +244,32 @@ def test_make_grid():
                           ({"families": ["mixture", "mixture"]}, "--families must be distinct"),
                           ({"families": []}, "--families must be distinct"),
                           ({"steps": 0}, "--steps must be"), ({"objective": "l1"}, "--objective must be"),
-                          ({"families": ["tilt-iso"], "d": [1]}, "tilt-iso needs d >= 2")):
+                          ({"families": ["tilt-iso"], "d": [1]}, "tilt-iso needs d >= 2"),
+                          ({"budget": 0}, "--budget must be a number > 0"),
+                          ({"budget": float("inf")}, "--budget must be"), ({"budget": "2"}, "--budget must be"),
+                          ({"budget": 2, "steps": 10}, "--budget scales the default training length")):
         with pytest.raises(ValueError, match=match):
             make_grid(**kwargs)
+
+
+def test_a_budget_factor_scales_every_cells_steps():
+    s = make_grid(budget=2)["settings"]
+    assert (s["epochs"], s["min_steps"]) == (2 * rate.EPOCHS, 2 * rate.MIN_STEPS) and isinstance(s["epochs"], int)
+    for n in (500, 32000):
+        assert rate.training_steps(n, s) == 2 * rate.training_steps(n, rate.SETTINGS)
+    half = make_grid(quick=True, budget=0.5)["settings"]
+    assert half["min_steps"] == rate.QUICK["settings"]["min_steps"] // 2 and half["epochs"] == 10.0
+    assert rate.FULL["settings"]["min_steps"] == rate.MIN_STEPS  # the preset is not changed
+
+
+def test_cells_decay_the_rate_and_older_sweeps_keep_the_constant_one():
+    cell = {"family": "mixture-iso", "d": 2, "n": 60, "seed": 0, "settings": TINY}
+    decayed = run_cell(cell)
+    constant = run_cell({**cell, "settings": {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final")}})
+    assert decayed["lr_schedule"] == "cosine" and constant["lr_schedule"] is None
+    assert decayed["final_loss"] != constant["final_loss"]
+    # the same cell again: the same bits
+    assert run_cell(cell)["score_error"] == decayed["score_error"]
 
 
 def test_summary_leaves_non_positive_errors_out_of_the_fit():

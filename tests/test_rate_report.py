@@ -203,7 +203,7 @@ def test_compare_two_sweeps_cell_by_cell(tmp_path):
     section = text.split("## Compared with `sigma2`")[1].split("## What this shows")[0]
     assert "only these settings differ (this run / the other): weighting: none / sigma2." in section
     assert section.count("| mixture |") == 6 and "| mixture | 32 | 8000 | 0 |" in section
-    numbers = json.loads((tmp_path / "rate.json").read_text(encoding="utf-8"))["comparison"]["families"]["mixture"]
+    numbers = json.loads((tmp_path / "rate.json").read_text(encoding="utf-8"))["comparisons"]["sigma2"]["families"]["mixture"]
     assert numbers["cells"] == 6 and numbers["ratio_interval"][0] < 1.5 < numbers["ratio_interval"][1]
     assert numbers["p"] < 1e-6 and numbers["other_lower"] == 0
     assert "the error of `sigma2` is 1.49 times" in section and "lower in 0 of 6 cells" in section
@@ -211,6 +211,23 @@ def test_compare_two_sweeps_cell_by_cell(tmp_path):
     with pytest.raises(ValueError, match="no cell .* is in both sweeps"):
         report.write_report(this, str(tmp_path / "x.md"), compare_with=unrelated)
     assert not (tmp_path / "x.md").exists()
+    # several comparisons: a section each, in the order given, and the command that made the page
+    longer = str(tmp_path / "budget2")
+    os.makedirs(longer)
+    for r in rows:
+        if r["n"] == 500:
+            append_result(os.path.join(longer, "results.jsonl"), {**r, "score_error": 0.9 * r["score_error"]})
+    with open(os.path.join(longer, "sweep.json"), "w", encoding="utf-8") as f:
+        json.dump({"settings": {"weighting": "none", "lr": 0.002, "min_steps": 24000}}, f)
+    report.write_report(this, str(tmp_path / "two.md"), compare_with=[other, longer])
+    text = (tmp_path / "two.md").read_text(encoding="utf-8")
+    assert text.index("## Compared with `sigma2`") < text.index("## Compared with `budget2`") < text.index(
+        "## What this shows")
+    assert f"--compare {other} --compare {longer}`" in text and "min_steps: None / 24000" in text
+    assert set(json.loads((tmp_path / "two.json").read_text(encoding="utf-8"))["comparisons"]) == {"sigma2",
+                                                                                                    "budget2"}
+    with pytest.raises(ValueError, match="the folders' names must differ"):
+        report.write_report(this, str(tmp_path / "y.md"), compare_with=[other, other])
 
 
 def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):

@@ -5,7 +5,8 @@ complexity, empirical score matching on n samples learns p_0 at a rate in n whos
 exponent does not depend on d. Here each cell (family, d, n, seed) draws n samples,
 trains a score network (the paper's objective by default: weight 1, t uniform on
 [t0(n), T(n)]; for max(min_steps, epochs n / batch_size) steps, so the budget grows with
-n), and records, against the exact (or debiased Monte-Carlo) oracle,
+n, with Adam's rate decaying by a cosine over them), and records, against the exact (or
+debiased Monte-Carlo) oracle,
 
     score_error         int_{t0}^{T} beta/2 E_{p_t} |s_theta - grad log p_t|^2 dt on the fixed
                         window [t0, T] = [0.01, 5] (Monte Carlo, with se)
@@ -63,7 +64,7 @@ from .._json import load_json
 from ..losses import _draw_times, dsm_loss
 from ..metrics import tv_upper_bound
 from ..nn import MLP
-from ..optim import Adam
+from ..optim import Adam, CosineLR
 from ..processes import OU
 from ..score_model import ScoreModel
 from ..targets import GaussianMixture, ProductMixture, TiltedGaussian
@@ -91,13 +92,28 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
                "tilt-iso": {"width": 16, "k": 2, "path_norm": 10.0, "activation": "tanh", "seed": 0,
                             "embedding_seed": 0, "n_mc_oracle": 1024}}
 
+# The training budget: max(MIN_STEPS, EPOCHS n / batch) steps, the most whose full grid fits
+# a night on 2 cores. Measured (mixture-iso, seed 0, the cell's score error at the end of a
+# run of S steps with the decaying rate; 2026-12-03):
+#     S             3000    6000    12000   24000   48000
+#     d=2, n=500    0.152   0.130   0.101   0.106
+#     d=32, n=2000  0.077   0.060   0.050   0.045
+#     d=128, n=8000 0.169   0.083   0.054   0.046
+#     d=32, n=32000         0.042   0.021   0.016   0.011
+# so small n are trained to their floor and larger n still gain 10-30% per doubling: the
+# run with twice this budget (--budget 2) on part of the grid says how much (docs/rate.md).
+# The first full run (constant rate; 3000 steps, 7500 at n = 32000) gave 0.144, 0.092,
+# 0.225 and 0.054 in these four cells.
+EPOCHS, MIN_STEPS = 200, 12_000
+
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
 SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "log", "parameterization": "residual",
             # the paper's objective: weight 1, t uniform on [t0(n), T(n)] (OBJECTIVES)
             "weighting": "none", "time_distribution": "uniform",
             # training length: steps if set, else max(min_steps, epochs n / batch_size)
-            "steps": None, "epochs": 60, "min_steps": 3000, "batch_size": 256,
-            "lr": 2e-3, "weight_decay_times_n": 5.0, "ema_decay": 0.999,
+            "steps": None, "epochs": EPOCHS, "min_steps": MIN_STEPS, "batch_size": 256,
+            # Adam's rate decays from lr to lr_final lr over the cell's steps (optim.CosineLR)
+            "lr": 2e-3, "lr_schedule": "cosine", "lr_final": 1e-3, "weight_decay_times_n": 5.0, "ema_decay": 0.999,
             # the score errors' fixed window [t0, T]; the schedules t0(n) <= t0, T(n) >= T (schedule())
             "t0": 1e-2, "T": 5.0, "schedule_n_ref": 500,
             "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 2,
@@ -119,8 +135,12 @@ FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
         "n": [500, 1000, 2000, 4000, 8000, 16000, 32000], "seeds": [0, 1, 2, 3, 4], "settings": SETTINGS}
 
 
-def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None, objective=None):
-    """QUICK or FULL with any of its lists, its training steps or its objective replaced, checked."""
+def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None, objective=None, budget=None):
+    """QUICK or FULL with any of its lists, its training steps or its objective replaced, checked.
+
+    budget: a factor (> 0) on the training length, epochs and min_steps alike (budget 2
+    is the run with twice the steps of each cell that checks the training is long enough).
+    """
     base = QUICK if quick else FULL
     grid = {"families": list(base["families"] if families is None else families),
             "d": list(base["d"] if d is None else d), "n": list(base["n"] if n is None else n),
@@ -141,6 +161,15 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"--steps must be an integer >= 1, got {steps!r}")
         grid["settings"]["steps"] = steps
+    if budget is not None:
+        if steps is not None:
+            raise ValueError("--budget scales the default training length; it cannot be combined with --steps")
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) \
+                or budget <= 0:
+            raise ValueError(f"--budget must be a number > 0 (a factor on the training steps), got {budget!r}")
+        budget = int(budget) if float(budget).is_integer() else budget  # 2.0 from the command line: 2
+        grid["settings"]["epochs"] = grid["settings"]["epochs"] * budget
+        grid["settings"]["min_steps"] = math.ceil(grid["settings"]["min_steps"] * budget)
     if objective is not None:
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -278,11 +307,13 @@ def _train_and_measure(cell):
     optimizer = Adam(model.params, lr=s["lr"], weight_decay=s["weight_decay_times_n"] / n, ema_decay=s["ema_decay"],
                      ema_warmup=True)
     held_out = _held_out_loss(model, optimizer, target, t0, T, s, np.random.default_rng(val_seq))
+    # rows of sweeps made before the schedule existed were trained at the constant rate
+    lr_schedule = CosineLR(s["lr"], steps, s["lr_final"]) if s.get("lr_schedule") == "cosine" else None
     tic = time.perf_counter()
     history = fit(model, data, steps=steps, batch_size=min(s["batch_size"], n), t0=t0, T=T,
                   rng=train_rng, weighting=s["weighting"], time_distribution=s["time_distribution"],
                   optimizer=optimizer, progress=False, eval_every=max(1, steps // s["val_points"]),
-                  evaluate=held_out)
+                  evaluate=held_out, lr_schedule=lr_schedule)
     train_seconds = time.perf_counter() - tic
     model.network.set_params(optimizer.ema)
 
@@ -317,6 +348,7 @@ def _train_and_measure(cell):
             "tv": _bound_terms(bound), "tv_oracle": _bound_terms(oracle_bound),
             "t0": t0, "T": T, "t0_eval": s["t0"], "T_eval": s["T"], "steps": steps,
             "epochs": steps * min(s["batch_size"], n) / n, "objective": objective_name(s),
+            "lr_schedule": s.get("lr_schedule"),
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
             "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
             "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}

@@ -403,9 +403,10 @@ _FAMILY_TEXT = {
 }
 
 
-def report_markdown(analysis, settings=None, figures=None, source=None, comparison=None):
+def report_markdown(analysis, settings=None, figures=None, source=None, comparisons=()):
     """The markdown of docs/rate.md from analyse()'s numbers (figures: {kind: relative path};
-    comparison: (compare()'s result, the other sweep's name), its section before the conclusions)."""
+    comparisons: (compare()'s result, the other sweep's name) pairs, a section each before the
+    conclusions)."""
     settings = settings or {}
     figures = figures or {}
     lines = ["# The rate experiment: score error against n in several dimensions", "",
@@ -440,7 +441,7 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
         if not a["tv_samplers"] and isinstance(settings.get("settings", {}).get("bound_method"), str):
             a = {**a, "tv_samplers": [settings["settings"]["bound_method"]]}  # old rows: the sweep's setting
         lines += _family_section(family, a)
-    if comparison is not None:
+    for comparison in comparisons:
         lines += _comparison_section(*comparison)
     lines += _conclusions(fams)
     return "\n".join(lines) + "\n"
@@ -910,7 +911,7 @@ def plot_tv_vs_n(path, analysis, plt):
 
 # ---------------------------------------------------------------- the command
 
-def write_report(folder, out=None, log=None, compare_with=None):
+def write_report(folder, out=None, log=None, compare_with=()):
     """Regenerate the report of a sweep folder: OUT, OUT's .json and the figures beside OUT.
 
     Parameters
@@ -922,10 +923,11 @@ def write_report(folder, out=None, log=None, compare_with=None):
         it as STEM_error_vs_n.png, STEM_error_vs_d.png, STEM_tv_vs_n.png (when matplotlib
         imports; without it the text says so), and the numbers as STEM.json.
     log : callable(str), optional
-    compare_with : str, optional
-        Another sweep's folder run on some of the same cells with other settings (e.g.
-        ``--objective sigma2``): a section compares the two cell by cell (compare()), and
-        its numbers go into the .json under "comparison".
+    compare_with : str or sequence of str, optional
+        Other sweeps' folders, each run on some of the same cells with other settings (e.g.
+        ``--objective sigma2``, ``--budget 2``): a section each compares it with this one
+        cell by cell (compare()), and the numbers go into the .json under "comparisons",
+        by the folder's name.
 
     Returns
     -------
@@ -951,12 +953,17 @@ def write_report(folder, out=None, log=None, compare_with=None):
     grid = full if settings.get("settings") == full["settings"] and {cell_key(r) for r in rows} <= {
         cell_key(c) for c in rate.cells(full)} else None
     analysis = analyse(rows, grid)
-    comparison = None
-    if compare_with is not None:
-        other_rows, other_settings = load_sweep(compare_with)
-        comparison = (compare(rows, other_rows, settings, other_settings), os.path.basename(
-            os.path.normpath(os.fspath(compare_with))))
-        analysis = {**analysis, "comparison": comparison[0]}
+    others = [os.fspath(compare_with)] if isinstance(compare_with, (str, os.PathLike)) else \
+        [os.fspath(f) for f in compare_with]
+    names = [os.path.basename(os.path.normpath(f)) for f in others]
+    if len(set(names)) != len(names):
+        raise ValueError(f"--compare: the folders' names must differ (the report names each by it), got {names}")
+    comparisons = []
+    for other, name in zip(others, names):
+        other_rows, other_settings = load_sweep(other)
+        comparisons.append((compare(rows, other_rows, settings, other_settings), name))
+    if comparisons:
+        analysis = {**analysis, "comparisons": {name: c for c, name in comparisons}}
     stem = os.path.splitext(os.path.basename(out))[0]
     written, figures = [], {}
     plt = _plt()
@@ -967,8 +974,8 @@ def write_report(folder, out=None, log=None, compare_with=None):
             if plot(os.path.join(where, name), analysis, plt) is not False:
                 figures[kind] = name
                 written.append(os.path.join(where, name))
-    source = f"{folder} --out {out}" + ("" if compare_with is None else f" --compare {compare_with}")
-    text = report_markdown(analysis, settings, figures, source=source, comparison=comparison)
+    source = f"{folder} --out {out}" + "".join(f" --compare {other}" for other in others)
+    text = report_markdown(analysis, settings, figures, source=source, comparisons=comparisons)
     if plt is None:
         text += "\n(matplotlib is not installed: no figures; pip install \"sgm_ref[plot]\".)\n"
     numbers = os.path.join(where, stem + ".json")
