@@ -20,10 +20,13 @@ import numpy as np
 from ._validation import check_count, check_points, check_rng, check_time_range, check_times, fits_in_memory
 from .kernels.dsm import PARAMETERIZATION_CODES, dsm_residual, perturb_into
 
-__all__ = ["dsm_loss", "sample_times", "WEIGHTINGS", "TIME_DISTRIBUTIONS"]
+__all__ = ["dsm_loss", "sample_times", "importance_times", "WEIGHTINGS", "TIME_DISTRIBUTIONS", "TIME_SAMPLINGS"]
 
 WEIGHTINGS = ("none", "sigma2")
 TIME_DISTRIBUTIONS = ("uniform", "log-uniform")
+# how a training step draws its times: from the objective's distribution itself, or from
+# the defensive mixture with importance weights (importance_times)
+TIME_SAMPLINGS = ("direct", "defensive")
 
 
 def sample_times(n, t0, T, rng, distribution="uniform"):
@@ -38,6 +41,45 @@ def sample_times(n, t0, T, rng, distribution="uniform"):
         raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
     with fits_in_memory("n", n, n, per_item=16):
         return _draw_times(n, t0, T, rng, distribution)
+
+
+def importance_times(n, t0, T, rng, distribution="uniform"):
+    """Draw n times from the defensive mixture q = (pi + l) / 2, with weights w = pi / q.
+
+    pi is the objective's time density on [t0, T] (distribution: uniform or log-uniform)
+    and l the log-uniform density 1 / (t log(T / t0)). For any f, E_q[w(t) f(t)] =
+    E_pi[f(t)]: a loss averaged with these weights has the objective's expectation. With
+    lambda = 1 the squared DSM target |z / sigma_t|^2 grows like d / t as t -> 0, so the
+    few small times that uniform draws meet carry most of a batch's gradient noise; q
+    meets them more often and the weights, 2 / (1 + l / pi) <= 2, shrink them (a defensive
+    mixture: the weights stay bounded where q puts little mass; Hesterberg, Technometrics
+    37, 1995). For distribution "log-uniform", q = pi and w = 1.
+
+    The draws, in this order: v = rng.random(n), u = rng.random(n); t = the inverse CDF of
+    pi at u where v < 1/2, else t0 (T / t0)^u.
+
+    Returns (t, w), each ndarray of shape (n,), float64.
+    """
+    n = check_count(n, "n")
+    t0, T = check_time_range(t0, T)
+    rng = check_rng(rng)
+    if distribution not in TIME_DISTRIBUTIONS:
+        raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
+    with fits_in_memory("n", n, n, per_item=40):
+        return _draw_importance_times(n, t0, T, rng, distribution)
+
+
+def _draw_importance_times(n, t0, T, rng, distribution):
+    """importance_times without its checks."""
+    v = rng.random(n)
+    u = rng.random(n)
+    span = np.log(T) - np.log(t0)
+    log_uniform = np.exp(np.log(t0) + span * u)
+    if distribution == "log-uniform":
+        return log_uniform, np.ones(n)
+    t = np.where(v < 0.5, t0 + (T - t0) * u, log_uniform)
+    # pi / q = 2 / (1 + l / pi) with l / pi = (T - t0) / (t log(T / t0))
+    return t, 2.0 / (1.0 + (T - t0) / (t * span))
 
 
 def _draw_times(n, t0, T, rng, distribution):
@@ -126,16 +168,19 @@ def _overflow(model, x0, t, z, what):
         "parameters toward order 1")
 
 
-def _dsm_loss(model, x0, t, z, weighting, grad, grad_params, coefficients=None):
+def _dsm_loss(model, x0, t, z, weighting, grad, grad_params, coefficients=None, weights=None):
     """dsm_loss without input checks (the training loop's hot path).
 
     coefficients: (alpha_t, sigma_t^2) if the caller has them (the training step, whose
-    times lie in [t0, T] by construction, skips the process's check of t)."""
+    times lie in [t0, T] by construction, skips the process's check of t). weights: a
+    factor per row on lambda (the importance weights of importance_times)."""
     net = model.network
     n = x0.shape[0]
     a, s2 = model.process._coefficients(t, n) if coefficients is None else coefficients
     sigma = np.sqrt(s2)
     lam = s2 if weighting == "sigma2" else np.ones(n)
+    if weights is not None:
+        lam = lam * weights
     ws = net._workspace(n)
     H0 = ws.H[0]
     perturb_into(x0, z, a, sigma, H0)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._validation import check_count, check_points, check_real, check_rng, check_time_range, fits_in_memory
-from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, _draw_times, _dsm_loss
+from .losses import TIME_DISTRIBUTIONS, TIME_SAMPLINGS, WEIGHTINGS, _draw_importance_times, _draw_times, _dsm_loss
 from .kernels.sampler import standard_normal_into
 from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
 
@@ -63,7 +63,8 @@ class TrainStep:
     """One denoising score matching step with Adam, holding its buffers.
 
     Calling it with a Generator draws batch indices (with replacement), times on
-    [t0, T] and noise, in that order, computes the loss and gradient
+    [t0, T] (with their importance weights if time_sampling is "defensive") and noise,
+    in that order, computes the loss and gradient
     (sgm_ref.losses) and takes an optimiser step; it returns the loss. The batch,
     noise, gradient and network buffers are allocated once; per call only a few
     vectors of batch length (indices, times, coefficients) are made.
@@ -73,7 +74,7 @@ class TrainStep:
     """
 
     def __init__(self, model, data, batch_size, t0, T, optimizer, weighting="none",
-                 time_distribution="uniform"):
+                 time_distribution="uniform", time_sampling="direct"):
         net = model.network
         self.data = check_points(data, "data", d=net.d)
         if self.data.shape[0] == 0:
@@ -86,10 +87,14 @@ class TrainStep:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         if time_distribution not in TIME_DISTRIBUTIONS:
             raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {time_distribution!r}")
+        if time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
         if not isinstance(optimizer, Adam) or optimizer.params is not net.params:
             raise ValueError("optimizer must be an sgm_ref.optim.Adam built on model.params (the same array)")
         self.model, self.optimizer = model, optimizer
         self.weighting, self.time_distribution = weighting, time_distribution
+        self.time_sampling = time_sampling
+        self.weights = None  # the last batch's importance weights (time_sampling "defensive")
         # the batch and the network's activations on it: (d + widths) numbers per row, a few times over
         with fits_in_memory("batch_size", self.batch_size, self.batch_size * (net.d + sum(net.widths)), 8 * 6):
             self.x0 = np.empty((self.batch_size, net.d), dtype=net.dtype)
@@ -101,7 +106,11 @@ class TrainStep:
         """The batch: x0 (rows of data), t and z, in that order from rng."""
         idx = rng.integers(0, self.data.shape[0], self.batch_size)
         np.take(self.data, idx, axis=0, out=self.x0)
-        self.t = _draw_times(self.batch_size, self.t0, self.T, rng, self.time_distribution)
+        if self.time_sampling == "defensive":
+            self.t, self.weights = _draw_importance_times(self.batch_size, self.t0, self.T, rng,
+                                                          self.time_distribution)
+        else:
+            self.t = _draw_times(self.batch_size, self.t0, self.T, rng, self.time_distribution)
         if self.z.dtype == np.float64 and self.z.size >= _NUMBA_NORMALS_FROM:
             # rng.standard_normal's numbers bit for bit, ~3x faster per number (numba's copy of
             # numpy's ziggurat), after a fixed ~5 us to hand the Generator to numba
@@ -121,7 +130,7 @@ class TrainStep:
         check_rng(rng)
         self._draw(rng)
         loss, _ = _dsm_loss(self.model, self.x0, self.t, self.z, self.weighting, True, self.grad,
-                            self._coefficients(self.t))
+                            self._coefficients(self.t), self.weights)
         if not np.isfinite(loss):
             raise NonFiniteGradientError("loss")
         try:
@@ -132,7 +141,7 @@ class TrainStep:
 
 
 def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
-        weighting="none", time_distribution="uniform", optimizer=None,
+        weighting="none", time_distribution="uniform", time_sampling="direct", optimizer=None,
         eval_every=None, evaluate=None, progress=None, callback=None, history=None, start_step=0,
         lr_schedule=None):
     """Train a ScoreModel by denoising score matching on samples `data`.
@@ -156,6 +165,13 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         All draws of the run (batch indices, times, noise) come from it, in that order.
     weighting : {"none", "sigma2"}
     time_distribution : {"uniform", "log-uniform"}
+        The objective's distribution of t.
+    time_sampling : {"direct", "defensive"}
+        How a step draws its times: from time_distribution ("direct"), or from the
+        defensive mixture of it and the log-uniform with importance weights
+        (sgm_ref.losses.importance_times): the same objective in expectation, with less
+        gradient noise from the small times under weighting "none". The loss recorded per
+        step is then the weighted batch mean.
     optimizer : sgm_ref.optim.Adam, optional
         Created with lr if not given; pass one for weight decay, clipping, EMA, or to
         continue a run.
@@ -208,7 +224,7 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     history = History() if history is None else history
     history.optimizer = optimizer
 
-    train_step = TrainStep(model, data, batch_size, t0, T, optimizer, weighting, time_distribution)
+    train_step = TrainStep(model, data, batch_size, t0, T, optimizer, weighting, time_distribution, time_sampling)
     bar = progress_bar(steps, progress, "training", initial=start_step)  # a resumed run reads 2000/4000
     try:
         for step in range(start_step + 1, steps + 1):

@@ -263,11 +263,17 @@ def test_a_budget_factor_scales_every_cells_steps():
 
 
 def test_cells_decay_the_rate_and_older_sweeps_keep_the_constant_one():
+    # the cosine-decayed rate and importance-weighted times are this grid's; a sweep folder
+    # made before either existed (no such settings) continues with the constant rate and direct draws
     cell = {"family": "mixture-iso", "d": 2, "n": 60, "seed": 0, "settings": TINY}
     decayed = run_cell(cell)
-    constant = run_cell({**cell, "settings": {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final")}})
-    assert decayed["lr_schedule"] == "cosine" and constant["lr_schedule"] is None
+    old = {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling")}
+    constant = run_cell({**cell, "settings": old})
+    assert (decayed["lr_schedule"], decayed["time_sampling"]) == ("cosine", "defensive")
+    assert (constant["lr_schedule"], constant["time_sampling"]) == (None, "direct")
     assert decayed["final_loss"] != constant["final_loss"]
+    direct = run_cell({**cell, "settings": {**TINY, "time_sampling": "direct"}})
+    assert direct["final_loss"] not in (decayed["final_loss"], constant["final_loss"])
     # the same cell again: the same bits
     assert run_cell(cell)["score_error"] == decayed["score_error"]
 

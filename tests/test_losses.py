@@ -12,7 +12,7 @@ from scipy import stats
 
 from sgm_ref import OU, VP, GaussianMixture
 from sgm_ref.gradcheck import check_gradient
-from sgm_ref.losses import dsm_loss, sample_times
+from sgm_ref.losses import dsm_loss, importance_times, sample_times
 from sgm_ref.nn import MLP
 from sgm_ref.score_model import ScoreModel
 
@@ -216,6 +216,54 @@ def test_sample_times_log_uniform():
     assert t.min() >= 1e-3 and t.max() <= 2.0
     assert stats.kstest(t, stats.loguniform(1e-3, 2.0).cdf).pvalue > 0.01
     assert stats.kstest(t, stats.uniform(1e-3, 2.0 - 1e-3).cdf).pvalue < 1e-10
+
+
+def test_importance_times_are_the_defensive_mixture():
+    t0, T = 1e-3, 5.0
+    t, w = importance_times(40000, t0, T, np.random.default_rng(2))
+    assert t.shape == w.shape == (40000,) and t.min() >= t0 and t.max() <= T
+    mixture = lambda x: 0.5 * stats.uniform(t0, T - t0).cdf(x) + 0.5 * stats.loguniform(t0, T).cdf(x)  # noqa: E731
+    assert stats.kstest(t, mixture).pvalue > 0.01
+    assert stats.kstest(t, stats.uniform(t0, T - t0).cdf).pvalue < 1e-10  # power: not the uniform itself
+    # w = pi / q, written out from the two densities
+    q = 0.5 / (T - t0) + 0.5 * stats.loguniform(t0, T).pdf(t)
+    np.testing.assert_allclose(w, (1.0 / (T - t0)) / q, rtol=1e-13)
+    assert w.max() <= 2.0 and w.min() > 0
+
+
+@pytest.mark.parametrize("distribution", ["uniform", "log-uniform"])
+def test_importance_weighted_means_have_the_objectives_expectation(distribution):
+    # E_q[w f] = E_pi[f] for f = 1 / sigma_t^2 of the OU process, the factor that makes small
+    # t dominate the paper's loss; the reference is quadrature of pi f (scipy)
+    from scipy import integrate
+
+    t0, T = 1e-2, 5.0
+    f = lambda t: 1.0 / -np.expm1(-2.0 * t)  # noqa: E731  (OU: sigma_t^2 = 1 - e^{-2t})
+    pi = stats.uniform(t0, T - t0).pdf if distribution == "uniform" else stats.loguniform(t0, T).pdf
+    exact = integrate.quad(lambda t: pi(t) * f(t), t0, T, points=[0.1, 1.0], limit=200)[0]
+    t, w = importance_times(400_000, t0, T, np.random.default_rng(7), distribution)
+    values = w * f(t)
+    se = values.std(ddof=1) / np.sqrt(values.size)
+    assert abs(values.mean() - exact) < 4 * se
+    if distribution == "uniform":
+        # and with less variance than the plain uniform draws (what it is for)
+        plain = f(sample_times(400_000, t0, T, np.random.default_rng(8)))
+        assert values.var() < 0.2 * plain.var()
+    else:
+        np.testing.assert_array_equal(w, 1.0)
+
+
+def test_importance_times_draws_and_errors():
+    t0, T = 0.1, 2.0
+    t, _ = importance_times(50, t0, T, np.random.default_rng(3))
+    twin = np.random.default_rng(3)
+    v, u = twin.random(50), twin.random(50)
+    expected = np.where(v < 0.5, t0 + (T - t0) * u, np.exp(np.log(t0) + (np.log(T) - np.log(t0)) * u))
+    np.testing.assert_array_equal(t, expected)
+    with pytest.raises(ValueError, match="distribution must be one of"):
+        importance_times(10, t0, T, np.random.default_rng(0), "normal")
+    with pytest.raises(ValueError, match="t0 < T"):
+        importance_times(10, T, t0, np.random.default_rng(0))
 
 
 def test_sample_times_is_reproducible():

@@ -11,7 +11,7 @@ import pytest
 
 import sgm_ref.train
 from sgm_ref import OU, VP, GaussianMixture
-from sgm_ref.losses import dsm_loss
+from sgm_ref.losses import dsm_loss, importance_times
 from sgm_ref.metrics import score_error_integral
 from sgm_ref.nn import MLP
 from sgm_ref.optim import Adam, CosineLR
@@ -410,6 +410,43 @@ def test_a_batch_size_beyond_memory_is_named():
     for batch_size in (2**70, 2**40):
         with pytest.raises(ValueError, match=r"^batch_size = \d+ asks for .*lower batch_size$"):
             fit(model, data, steps=3, batch_size=batch_size, rng=np.random.default_rng(0))
+
+
+def test_defensive_time_sampling_is_the_weighted_loss_of_its_draws():
+    """A step with time_sampling "defensive": indices, then importance_times' draws, then the
+    noise; its loss is the weighted mean lambda w |s + z / sigma|^2 computed here with numpy."""
+    model, data = small_problem(parameterization="residual")
+    step = sgm_ref.train.TrainStep(model, data, 64, 1e-3, 2.0, Adam(model.params), time_sampling="defensive")
+    before = model.params.copy()
+    loss = step(np.random.default_rng(9))
+    twin = np.random.default_rng(9)
+    x0 = data[twin.integers(0, data.shape[0], 64)]
+    t, w = importance_times(64, 1e-3, 2.0, twin)
+    z = twin.standard_normal((64, 2))
+    np.testing.assert_array_equal(step.t, t)
+    np.testing.assert_array_equal(step.weights, w)
+    check = ScoreModel(MLP(2, (16, 16), "silu", "log", rng=0), OU(), "residual")
+    check.network.set_params(before)
+    sigma = OU().sigma(t)
+    s = check(OU().alpha(t)[:, None] * x0 + sigma[:, None] * z, t)
+    np.testing.assert_allclose(loss, np.mean(w * np.sum((s + z / sigma[:, None]) ** 2, axis=1)), rtol=1e-12)
+    # the same step with direct draws differs; an unknown sampling is refused
+    other, data = small_problem(parameterization="residual")
+    plain = sgm_ref.train.TrainStep(other, data, 64, 1e-3, 2.0, Adam(other.params))(np.random.default_rng(9))
+    assert plain != loss
+    with pytest.raises(ValueError, match="time_sampling must be one of"):
+        sgm_ref.train.TrainStep(other, data, 64, 1e-3, 2.0, Adam(other.params), time_sampling="importance")
+
+
+def test_defensive_time_sampling_resumes_bit_for_bit():
+    model, data = small_problem()
+    fit(model, data, steps=12, rng=np.random.default_rng(4), time_sampling="defensive", **FIT)
+    resumed, _ = small_problem()
+    rng = np.random.default_rng(4)
+    part = fit(resumed, data, steps=5, rng=rng, time_sampling="defensive", **FIT)
+    fit(resumed, data, steps=12, start_step=5, optimizer=part.optimizer, history=part, rng=rng,
+        time_sampling="defensive", **FIT)
+    np.testing.assert_array_equal(resumed.params, model.params)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -5,8 +5,9 @@ complexity, empirical score matching on n samples learns p_0 at a rate in n whos
 exponent does not depend on d. Here each cell (family, d, n, seed) draws n samples,
 trains a score network (the paper's objective by default: weight 1, t uniform on
 [t0(n), T(n)]; for max(min_steps, epochs n / batch_size) steps, so the budget grows with
-n, with Adam's rate decaying by a cosine over them), and records, against the exact (or
-debiased Monte-Carlo) oracle,
+n, with Adam's rate decaying by a cosine over them and the objective estimated on
+importance-weighted times), and records, against the exact (or debiased Monte-Carlo)
+oracle,
 
     score_error         int_{t0}^{T} beta/2 E_{p_t} |s_theta - grad log p_t|^2 dt on the fixed
                         window [t0, T] = [0.01, 5] (Monte Carlo, with se)
@@ -100,16 +101,20 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
 #     d=32, n=2000  0.077   0.060   0.050   0.045
 #     d=128, n=8000 0.169   0.083   0.054   0.046
 #     d=32, n=32000         0.042   0.021   0.016   0.011
-# so small n are trained to their floor and larger n still gain 10-30% per doubling: the
-# run with twice this budget (--budget 2) on part of the grid says how much (docs/rate.md).
+# so small n are trained to their floor and larger n still gain 10-30% per doubling. The
+# times drawn from a defensive mixture with importance weights (time_sampling, the same
+# objective with less gradient noise) gave at S = 12000 what direct draws give at 24000:
+# 0.044 at (d=32, n=2000), 0.047 at (d=128, n=8000). The run with twice this budget
+# (--budget 2) on part of the grid says how much is left (docs/rate.md).
 # The first full run (constant rate; 3000 steps, 7500 at n = 32000) gave 0.144, 0.092,
 # 0.225 and 0.054 in these four cells.
 EPOCHS, MIN_STEPS = 200, 12_000
 
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
 SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "log", "parameterization": "residual",
-            # the paper's objective: weight 1, t uniform on [t0(n), T(n)] (OBJECTIVES)
-            "weighting": "none", "time_distribution": "uniform",
+            # the paper's objective: weight 1, t uniform on [t0(n), T(n)] (OBJECTIVES), estimated
+            # on times from the defensive mixture with importance weights (losses.importance_times)
+            "weighting": "none", "time_distribution": "uniform", "time_sampling": "defensive",
             # training length: steps if set, else max(min_steps, epochs n / batch_size)
             "steps": None, "epochs": EPOCHS, "min_steps": MIN_STEPS, "batch_size": 256,
             # Adam's rate decays from lr to lr_final lr over the cell's steps (optim.CosineLR)
@@ -312,6 +317,7 @@ def _train_and_measure(cell):
     tic = time.perf_counter()
     history = fit(model, data, steps=steps, batch_size=min(s["batch_size"], n), t0=t0, T=T,
                   rng=train_rng, weighting=s["weighting"], time_distribution=s["time_distribution"],
+                  time_sampling=s.get("time_sampling", "direct"),
                   optimizer=optimizer, progress=False, eval_every=max(1, steps // s["val_points"]),
                   evaluate=held_out, lr_schedule=lr_schedule)
     train_seconds = time.perf_counter() - tic
@@ -348,7 +354,7 @@ def _train_and_measure(cell):
             "tv": _bound_terms(bound), "tv_oracle": _bound_terms(oracle_bound),
             "t0": t0, "T": T, "t0_eval": s["t0"], "T_eval": s["T"], "steps": steps,
             "epochs": steps * min(s["batch_size"], n) / n, "objective": objective_name(s),
-            "lr_schedule": s.get("lr_schedule"),
+            "lr_schedule": s.get("lr_schedule"), "time_sampling": s.get("time_sampling", "direct"),
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
             "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
             "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}
