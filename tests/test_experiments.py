@@ -362,13 +362,13 @@ def test_schedules_and_training_length():
 
 
 def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path):
-    # docs/rate_iso holds the rows of `sgm-ref experiment rate RUN --full` so far; a copy must
-    # resume under today's FULL grid (a changed setting would make the sweep refuse it)
+    # docs/rate_iso_cosine holds the rows of `sgm-ref experiment rate RUN --full` so far; a copy
+    # must resume under today's FULL grid (a changed setting would make the sweep refuse it)
     import shutil
 
     from sgm_ref.experiments.sweep import _check_settings
 
-    stored = Path(__file__).parent.parent / "docs" / "rate_iso"
+    stored = Path(__file__).parent.parent / "docs" / "rate_iso_cosine"
     folder = tmp_path / "run"
     shutil.copytree(stored, folder)
     _check_settings(str(folder), rate.FULL["settings"])

@@ -223,7 +223,7 @@ def test_compare_two_sweeps_cell_by_cell(tmp_path):
     text = (tmp_path / "two.md").read_text(encoding="utf-8")
     assert text.index("## Compared with `sigma2`") < text.index("## Compared with `budget2`") < text.index(
         "## What this shows")
-    assert f"--compare {other} --compare {longer}`" in text and "min_steps: None / 24000" in text
+    assert f"--compare {other} --compare {longer}`" in text and "min_steps: not set / 24000" in text
     assert set(json.loads((tmp_path / "two.json").read_text(encoding="utf-8"))["comparisons"]) == {"sigma2",
                                                                                                     "budget2"}
     with pytest.raises(ValueError, match="the folders' names must differ"):
@@ -266,9 +266,9 @@ def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):
 
 
 def test_the_stored_full_run_is_counted_against_full(tmp_path):
-    """The rows in docs/rate_iso are `--full`'s: the page counts them against its 350 cells."""
+    """The rows in docs/rate_iso_cosine are `--full`'s: the page counts them against its 350 cells."""
     folder = tmp_path / "run"
-    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso"), folder)
+    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso_cosine"), folder)
     report.write_report(str(folder), str(tmp_path / "rate.md"))
     text = (tmp_path / "rate.md").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
@@ -276,14 +276,18 @@ def test_the_stored_full_run_is_counted_against_full(tmp_path):
     assert "sgm-ref experiment rate RUN --full --workers 2" in text and "dask worker" in text
 
 
+# the sweeps docs/rate.md compares the first full run with
+PAGE_COMPARES = ["docs/rate_iso_sigma2", "docs/rate_iso_cosine"]
+
+
 def test_docs_rate_md_is_the_report_of_the_stored_rows(tmp_path, monkeypatch):
     """docs/rate.md is what `sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md
-    --compare docs/rate_iso_sigma2` writes from the stored rows (regenerated here; only the
-    output path differs)."""
+    --compare docs/rate_iso_sigma2 --compare docs/rate_iso_cosine` writes from the stored rows
+    (regenerated here; only the output path differs)."""
     root = os.path.join(HERE, "..")
     monkeypatch.chdir(root)
     out = tmp_path / "rate.md"
-    report.write_report("docs/rate_iso", str(out), compare_with="docs/rate_iso_sigma2")
+    report.write_report("docs/rate_iso", str(out), compare_with=PAGE_COMPARES)
     fresh = out.read_text(encoding="utf-8").replace(f"--out {out}", "--out docs/rate.md")
     with open(os.path.join(root, "docs", "rate.md"), encoding="utf-8") as f:
         stored = f.read()
@@ -292,7 +296,7 @@ def test_docs_rate_md_is_the_report_of_the_stored_rows(tmp_path, monkeypatch):
     number = r"(-?\d+(?:\.\d+)?(?:e[+-]?\d+)?)"
     fresh_parts, stored_parts = re.split(number, fresh), re.split(number, stored)
     stale = ("docs/rate.md is stale: sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md "
-             "--compare docs/rate_iso_sigma2")
+             + " ".join(f"--compare {c}" for c in PAGE_COMPARES))
     assert len(fresh_parts) == len(stored_parts), stale
     for i, (a, b) in enumerate(zip(fresh_parts, stored_parts)):
         if i % 2 == 0 or not re.search(r"[.e]", a + b):
@@ -336,3 +340,35 @@ def test_analyse_refuses_a_grid_that_is_not_one(grid):
             for n in (500, 1000)]
     with pytest.raises(ValueError, match="grid must be a sweep grid like rate.FULL"):
         report.analyse(rows, grid)
+
+
+def test_a_comparison_of_training_alone_says_whether_the_training_is_long_enough():
+    rows = [{"family": "mixture", "d": d, "n": n, "seed": s, "status": "ok", "score_error": 1.0 / n,
+             "score_error_se": 0.001} for d in (2, 8) for n in (500, 2000, 8000) for s in (0, 1)]
+    rng = np.random.default_rng(0)
+
+    def other(factor):
+        return [{**r, "score_error": factor * r["score_error"] * float(np.exp(0.01 * rng.standard_normal()))}
+                for r in rows]
+
+    mine = {"settings": {"min_steps": 12000, "epochs": 200, "lr": 0.002}}
+    longer = {"settings": {"min_steps": 24000, "epochs": 400, "lr": 0.002}}
+    same = report.compare(rows, other(0.98), mine, longer)
+    shows, not_shows = report._training_sentences([(same, "budget2")])
+    assert not not_shows and len(shows) == 1
+    assert shows[0].startswith("The training is long enough to 10%: trained as `budget2` (epochs 400 instead of "
+                               "200; min_steps 24000 instead of 12000), the same 12 cells have 0.98 times")
+    assert re.search(r"by n: 0\.9\d+ \(n = 500\), 0\.9\d+ \(n = 2000\) and 0\.9\d+ \(n = 8000\)\)\.$", shows[0])
+    # a budget-bound run: the longer training halves the error
+    bound = report.compare(rows, other(0.5), mine, longer)
+    shows, not_shows = report._training_sentences([(bound, "budget2")])
+    assert not shows and not_shows[0].startswith("Training that is not budget-bound: trained as `budget2`")
+    # an interval that straddles the threshold is not "long enough"
+    noisy = report.compare(rows, [{**r, "score_error": r["score_error"] * (0.8 if r["seed"] else 1.15)}
+                                  for r in rows], mine, longer)
+    assert report._training_sentences([(noisy, "budget2")])[0] == []
+    # a comparison that changes more than the training says nothing about it
+    objective = report.compare(rows, other(0.5), mine, {"settings": {**longer["settings"], "lr": 0.001}})
+    assert report._training_sentences([(objective, "other")]) == ([], [])
+    text = report.report_markdown(report.analyse(rows), mine, comparisons=[(bound, "budget2")])
+    assert "- Training that is not budget-bound: trained as `budget2`" in text.split("## What it does not show")[1]

@@ -35,6 +35,9 @@ LEVEL = 0.95          # confidence level of every interval
 ALPHA = 0.05          # level of the equal-slope test
 ALPHA_LOF = 0.01      # level of the lack-of-fit test (issue 14 reports p < 0.01)
 FLOOR_SHARE = 0.25    # a fitted floor c above this share of the error at the largest n: "flattened"
+TRAINING_CHANGE = 0.10  # a comparison of training settings alone: "long enough" if its interval is within 10%
+# the settings that change how long or how a cell trains, not what it learns or how it is measured
+TRAINING_SETTINGS = {"steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling"}
 
 
 def load_sweep(folder):
@@ -185,7 +188,8 @@ def compare(rows, other_rows, settings=None, other_settings=None):
     -------
     dict
         {"differs": {setting: [this, other]}, "cells": [{"family", "d", "n", "seed",
-        "error": [e, se], "other": [e, se], "ratio"}], "families": {family: paired_log_ratio}}
+        "error": [e, se], "other": [e, se], "ratio"}], "families": {family: paired_log_ratio},
+        "by_n": {n: paired_log_ratio over families and d}, "all": paired_log_ratio over every cell}
 
     Raises
     ------
@@ -217,7 +221,9 @@ def compare(rows, other_rows, settings=None, other_settings=None):
         pairs = [(c["error"][0], c["other"][0]) for c in cells if c["n"] == n and c["ratio"] is not None]
         if pairs:
             by_n[str(n)] = S.paired_log_ratio(*zip(*pairs), level=LEVEL)
-    return {"differs": differs, "cells": cells, "families": families, "by_n": by_n}
+    pairs = [(c["error"][0], c["other"][0]) for c in cells if c["ratio"] is not None]
+    pooled = S.paired_log_ratio(*zip(*pairs), level=LEVEL) if pairs else None
+    return {"differs": differs, "cells": cells, "families": families, "by_n": by_n, "all": pooled}
 
 
 def _comparison_section(comparison, name):
@@ -352,7 +358,8 @@ def _g(v, digits=3):
 
 
 def _show(v):
-    return _g(v, 4) if isinstance(v, float) else str(v)
+    """A setting's value; None: a setting the sweep did not record (made before it existed)."""
+    return "not set" if v is None else _g(v, 4) if isinstance(v, float) else str(v)
 
 
 def _interval(iv, digits=2):
@@ -443,7 +450,7 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
         lines += _family_section(family, a)
     for comparison in comparisons:
         lines += _comparison_section(*comparison)
-    lines += _conclusions(fams)
+    lines += _conclusions(fams, comparisons)
     return "\n".join(lines) + "\n"
 
 
@@ -578,7 +585,30 @@ def _tv_cell(tv):
     return "1 (vacuous)" if mean >= 1 and se == 0 else f"{_g(mean)} ± {_g(se, 1)}"
 
 
-def _conclusions(fams):
+def _training_sentences(comparisons):
+    """(shows, not_shows) from the comparisons whose settings differ in training alone: is this
+    run's training long enough, i.e. does the other training change the error by more than
+    TRAINING_CHANGE?"""
+    shows, not_shows = [], []
+    for c, name in comparisons:
+        differs, pooled = c["differs"], c.get("all")
+        if not differs or not set(differs) <= TRAINING_SETTINGS or pooled is None or pooled["t"] is None:
+            continue
+        low, high = pooled["ratio_interval"]
+        how = "; ".join(f"{k} {_show(v[1])} instead of {_show(v[0])}" for k, v in differs.items())
+        per_n = _list([f"{_g(f['ratio'])} (n = {n})" for n, f in c["by_n"].items()])
+        text = (f"trained as `{name}` ({how}), the same {pooled['cells']} cells have {_g(pooled['ratio'])} times "
+                f"this run's error ({LEVEL:.0%} interval [{_g(low)}, {_g(high)}], paired {_p(pooled['p'])}; by n: "
+                f"{per_n})")
+        if 1.0 - TRAINING_CHANGE <= low and high <= 1.0 + TRAINING_CHANGE:
+            shows.append(f"The training is long enough to {TRAINING_CHANGE:.0%}: {text}.")
+        else:
+            not_shows.append(f"Training that is not budget-bound: {text}, so the errors and exponents above are "
+                             "those of this run's training, not of the trained network's limit.")
+    return shows, not_shows
+
+
+def _conclusions(fams, comparisons=()):
     """What this shows / what it does not: one thresholded sentence per finding, each with its number."""
     shows, not_shows = [], []
     for family, a in fams.items():
@@ -683,6 +713,9 @@ def _conclusions(fams):
         if a["seeds"] < 5:
             not_shows.append(f"**{family}**: at most {a['seeds']} seed(s) per cell, fewer than the 5 the statistics "
                              "here are designed for.")
+    trained = _training_sentences(comparisons)
+    shows += trained[0]
+    not_shows += trained[1]
     all_d = sorted({d for a in fams.values() for d in a["d"]})
     all_n = sorted({n for a in fams.values() for n in a["n"]})
     not_shows.append(f"Nothing here is measured beyond d = {all_d[-1]} or outside n = {all_n[0]} to {all_n[-1]}; "
