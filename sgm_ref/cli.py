@@ -318,7 +318,7 @@ def build_parser():
                         "long enough, compared with rate-report --compare)")
     p.add_argument("--objective", choices=("paper", "sigma2"),
                    help="training objective: paper (weight 1, t uniform; the default) or sigma2 (weight sigma_t^2, "
-                        "t log-uniform)")
+                        "t log-uniform); either estimated on importance-weighted times, with a cosine-decayed rate")
     p.add_argument("--workers", type=_integer, default=2, help="local worker processes (default 2)")
     p.add_argument("--retry-failed", action="store_true", help="run again the cells recorded as failed")
     p.add_argument("--scheduler", metavar="ADDRESS",

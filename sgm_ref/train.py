@@ -67,7 +67,7 @@ class TrainStep:
     in that order, computes the loss and gradient
     (sgm_ref.losses) and takes an optimiser step; it returns the loss. The batch,
     noise, gradient and network buffers are allocated once; per call only a few
-    vectors of batch length (indices, times, coefficients) are made.
+    vectors of batch length (indices, times, importance weights, coefficients) are made.
 
     Raises NonFiniteGradientError (args[0] "loss" or "gradient") before any
     parameter changes if the loss or the gradient is not finite.
@@ -110,7 +110,7 @@ class TrainStep:
             self.t, self.weights = _draw_importance_times(self.batch_size, self.t0, self.T, rng,
                                                           self.time_distribution)
         else:
-            self.t = _draw_times(self.batch_size, self.t0, self.T, rng, self.time_distribution)
+            self.t, self.weights = _draw_times(self.batch_size, self.t0, self.T, rng, self.time_distribution), None
         if self.z.dtype == np.float64 and self.z.size >= _NUMBA_NORMALS_FROM:
             # rng.standard_normal's numbers bit for bit, ~3x faster per number (numba's copy of
             # numpy's ziggurat), after a fixed ~5 us to hand the Generator to numba
@@ -158,7 +158,7 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         Number of optimiser steps (in total, counting start_step).
     batch_size : int
     lr : float
-        Adam learning rate (ignored if optimizer is given).
+        Adam learning rate (ignored if optimizer or lr_schedule is given).
     t0, T : float
         0 < t0 < T <= process.t_max: early-stopping time and horizon.
     rng : numpy.random.Generator
@@ -221,6 +221,9 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     for name, fn in (("evaluate", evaluate), ("callback", callback), ("lr_schedule", lr_schedule)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
+    if getattr(lr_schedule, "steps", steps) < steps:  # a CosineLR of a shorter run: refused before step 1
+        raise ValueError(f"lr_schedule covers {lr_schedule.steps} steps, fewer than the run's {steps}; "
+                         f"make it for {steps} (e.g. CosineLR(lr, {steps}))")
     history = History() if history is None else history
     history.optimizer = optimizer
 

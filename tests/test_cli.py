@@ -392,6 +392,16 @@ def test_every_option_has_help_and_the_defaults_are_the_library_s():
     assert (audit["profile_n"], audit["bound_n"]) == (DEFAULTS["evaluate"]["profile_n"],
                                                       DEFAULTS["evaluate"]["bound_n"])
     assert "(default geometric)" in run("audit", "--help").stdout
+    # the rate experiment's help quotes its grids' training lengths (the command does not import
+    # the experiment to build its help)
+    from sgm_ref.experiments import rate
+
+    helps = {a.dest: a.help for a in parsers(build_parser()) if a.prog == "sgm-ref experiment rate"
+             for a in a._actions}
+    full, quick = rate.FULL["settings"], rate.QUICK["settings"]
+    assert (f"default: max({full['min_steps']}, {full['epochs']} epochs); quick: max({quick['min_steps']}, "
+            f"{quick['epochs']} epochs)") in helps["steps"]
+    assert f"({len(rate.cells(rate.FULL))} cells;" in helps["full"]
 
 
 OVERFLOWING = '''

@@ -257,9 +257,24 @@ def test_a_budget_factor_scales_every_cells_steps():
     assert (s["epochs"], s["min_steps"]) == (2 * rate.EPOCHS, 2 * rate.MIN_STEPS) and isinstance(s["epochs"], int)
     for n in (500, 32000):
         assert rate.training_steps(n, s) == 2 * rate.training_steps(n, rate.SETTINGS)
+    tenth = make_grid(budget=1.1)["settings"]  # exact: not ceil(13200.000000000002)
+    assert tenth["min_steps"] == 13200 and tenth["epochs"] == 220 and make_grid(budget=np.int64(3))["settings"][
+        "min_steps"] == 3 * rate.MIN_STEPS
     half = make_grid(quick=True, budget=0.5)["settings"]
     assert half["min_steps"] == rate.QUICK["settings"]["min_steps"] // 2 and half["epochs"] == 10.0
     assert rate.FULL["settings"]["min_steps"] == rate.MIN_STEPS  # the preset is not changed
+
+
+def test_a_sweep_made_before_the_schedule_trains_as_it_did():
+    # the numbers of this cell under the code of commit c8a1640 (before the rate schedule and
+    # the importance-weighted times), settings without those keys: a resumed old folder's new
+    # cells must be the old code's cells (rtol: another BLAS may round differently)
+    old = {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling")}
+    row = run_cell({"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": old})
+    assert row["score_error"] == pytest.approx(1.567851750306286, rel=1e-9)
+    assert row["final_loss"] == pytest.approx(2.7563049350709483, rel=1e-9)
+    assert row["tv_bound"] == pytest.approx(0.8525646485768208, rel=1e-9)
+    assert row["val_loss"][-1] == pytest.approx(1.5116037619287601, rel=1e-9)
 
 
 def test_cells_decay_the_rate_and_older_sweeps_keep_the_constant_one():

@@ -664,7 +664,7 @@ def test_cosine_schedule_is_torchs_cosine_annealing(steps, final):
         opt.step()
         sched.step()
     np.testing.assert_allclose([ours(k) for k in range(1, steps + 1)], theirs, rtol=1e-12, atol=0)
-    assert ours(1) == lr and final * lr <= ours(steps) < lr or steps == 1
+    assert ours(1) == lr and (steps == 1 or final * lr <= ours(steps) < lr)
 
 
 @pytest.mark.parametrize("args, message", [

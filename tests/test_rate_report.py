@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from _cli import assert_one_line_error, run
-from sgm_ref.experiments import report
+from sgm_ref.experiments import rate, report
 from sgm_ref.experiments.rate import append_result
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -223,7 +223,7 @@ def test_compare_two_sweeps_cell_by_cell(tmp_path):
     text = (tmp_path / "two.md").read_text(encoding="utf-8")
     assert text.index("## Compared with `sigma2`") < text.index("## Compared with `budget2`") < text.index(
         "## What this shows")
-    assert f"--compare {other} --compare {longer}`" in text and "min_steps: not set / 24000" in text
+    assert f"--compare {other} --compare {longer}`" in text and "min_steps: None / 24000" in text
     assert set(json.loads((tmp_path / "two.json").read_text(encoding="utf-8"))["comparisons"]) == {"sigma2",
                                                                                                     "budget2"}
     with pytest.raises(ValueError, match="the folders' names must differ"):
@@ -356,19 +356,45 @@ def test_a_comparison_of_training_alone_says_whether_the_training_is_long_enough
     same = report.compare(rows, other(0.98), mine, longer)
     shows, not_shows = report._training_sentences([(same, "budget2")])
     assert not not_shows and len(shows) == 1
-    assert shows[0].startswith("The training is long enough to 10%: trained as `budget2` (epochs 400 instead of "
-                               "200; min_steps 24000 instead of 12000), the same 12 cells have 0.98 times")
+    assert shows[0].startswith("This run's training is long enough to 10%: trained longer as `budget2` (epochs 400 "
+                               "instead of 200; min_steps 24000 instead of 12000), the same 12 cells (d = 2 and 8, "
+                               "n = 500, 2000 and 8000, 2 seed(s)) have 0.98 times")
     assert re.search(r"by n: 0\.9\d+ \(n = 500\), 0\.9\d+ \(n = 2000\) and 0\.9\d+ \(n = 8000\)\)\.$", shows[0])
     # a budget-bound run: the longer training halves the error
     bound = report.compare(rows, other(0.5), mine, longer)
     shows, not_shows = report._training_sentences([(bound, "budget2")])
-    assert not shows and not_shows[0].startswith("Training that is not budget-bound: trained as `budget2`")
-    # an interval that straddles the threshold is not "long enough"
+    assert not shows and not_shows[0].startswith("This run's training is budget-bound: trained longer as `budget2`")
+    # an interval that straddles a threshold decides nothing; nor does a longer run that is worse
     noisy = report.compare(rows, [{**r, "score_error": r["score_error"] * (0.8 if r["seed"] else 1.15)}
                                   for r in rows], mine, longer)
-    assert report._training_sentences([(noisy, "budget2")])[0] == []
-    # a comparison that changes more than the training says nothing about it
+    worse = report.compare(rows, other(1.5), mine, longer)
+    for c in (noisy, worse):
+        shows, not_shows = report._training_sentences([(c, "budget2")])
+        assert shows == [] and len(not_shows) == 1
+        assert not_shows[0].startswith("Whether this run's training is long enough is undecided")
+    # a comparison that changes more than the training, or trains no longer, says nothing about it
     objective = report.compare(rows, other(0.5), mine, {"settings": {**longer["settings"], "lr": 0.001}})
     assert report._training_sentences([(objective, "other")]) == ([], [])
+    resampled = report.compare(rows, other(0.98), mine, {"settings": {**mine["settings"], "time_sampling": "x"}})
+    assert report._training_sentences([(resampled, "other")]) == ([], [])
+    shorter = report.compare(rows, other(0.98), mine, {"settings": {**mine["settings"], "min_steps": 6000}})
+    assert report._training_sentences([(shorter, "other")]) == ([], [])
     text = report.report_markdown(report.analyse(rows), mine, comparisons=[(bound, "budget2")])
-    assert "- Training that is not budget-bound: trained as `budget2`" in text.split("## What it does not show")[1]
+    assert "- This run's training is budget-bound: trained longer as `budget2`" in text.split(
+        "## What it does not show")[1]
+
+
+def test_rows_made_with_other_settings_than_full_say_so(tmp_path):
+    folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=1)
+    settings = {k: v for k, v in rate.FULL["settings"].items() if k not in ("lr_schedule", "time_sampling")}
+    with open(os.path.join(folder, "sweep.json"), "w", encoding="utf-8") as f:
+        json.dump({"settings": {**settings, "min_steps": 3000}}, f)
+    report.write_report(folder)
+    text = open(os.path.join(folder, "rate.md"), encoding="utf-8").read()
+    assert ("These rows were made with settings other than today's `--full` (lr_schedule: constant (not recorded) "
+            "here, cosine in `--full`; min_steps: 3000 here, 12000 in `--full`; time_sampling: direct (not "
+            "recorded) here, defensive in `--full`): the commands above run today's.") in text
+    with open(os.path.join(folder, "sweep.json"), "w", encoding="utf-8") as f:
+        json.dump({"settings": rate.FULL["settings"]}, f)
+    report.write_report(folder, compare_with=None)
+    assert "settings other than today's" not in open(os.path.join(folder, "rate.md"), encoding="utf-8").read()

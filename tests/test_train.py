@@ -326,6 +326,7 @@ def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monk
     ({"eval_every": 5}, "eval_every needs evaluate"),
     ({"eval_every": 0, "evaluate": lambda m: 0.0}, "eval_every"),
     ({"lr_schedule": 1e-3}, "lr_schedule must be callable"),
+    ({"lr_schedule": CosineLR(1e-3, 9)}, r"lr_schedule covers 9 steps, fewer than the run's 10"),
     ({"optimizer": "copy"}, r"optimizer must be .*built on model.params"),
     ({"start_step": -1}, "start_step"),
     ({"start_step": 11}, "start_step"),

@@ -50,8 +50,10 @@ SeedSequence(base_seed, spawn_key=(family, d, n, seed)), so its result does not 
 which worker ran it or in which order.
 """
 
+import fractions
 import json
 import math
+import numbers
 import os
 import platform
 import time
@@ -104,8 +106,8 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
 # so small n are trained to their floor and larger n still gain 10-30% per doubling. The
 # times drawn from a defensive mixture with importance weights (time_sampling, the same
 # objective with less gradient noise) gave at S = 12000 what direct draws give at 24000:
-# 0.044 at (d=32, n=2000), 0.047 at (d=128, n=8000). The run with twice this budget
-# (--budget 2) on part of the grid says how much is left (docs/rate.md).
+# 0.044 at (d=32, n=2000), 0.047 at (d=128, n=8000). How much is left: the run with twice
+# this budget (--budget 2) on part of the grid, compared cell by cell with rate-report --compare.
 # The first full run (constant rate; 3000 steps, 7500 at n = 32000) gave 0.144, 0.092,
 # 0.225 and 0.054 in these four cells.
 EPOCHS, MIN_STEPS = 200, 12_000
@@ -137,7 +139,7 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
 # 4.8, 6.7 and 12.6 ms per step for d = 2, 128 and 512 (one core each, both busy; 2026-12-03)
 # about 9 core-hours of training and 1 of evaluation: about 5 hours with --workers 2 on the
 # project's 2-core machine. The first full run (docs/rate_iso: constant rate, 3000 steps, 7500
-# at n = 32000) took 2 h 5 min. docs/rate_iso_cosine's "Running it" gives the recorded times.
+# at n = 32000) took 2 h 5 min. `sgm-ref experiment rate-report docs/rate_iso_cosine` gives the recorded times.
 FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
         "n": [500, 1000, 2000, 4000, 8000, 16000, 32000], "seeds": [0, 1, 2, 3, 4], "settings": SETTINGS}
 
@@ -171,12 +173,14 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
     if budget is not None:
         if steps is not None:
             raise ValueError("--budget scales the default training length; it cannot be combined with --steps")
-        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) \
-                or budget <= 0:
+        if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, numbers.Real) \
+                or not math.isfinite(budget) or budget <= 0:
             raise ValueError(f"--budget must be a number > 0 (a factor on the training steps), got {budget!r}")
-        budget = int(budget) if float(budget).is_integer() else budget  # 2.0 from the command line: 2
-        grid["settings"]["epochs"] = grid["settings"]["epochs"] * budget
-        grid["settings"]["min_steps"] = math.ceil(grid["settings"]["min_steps"] * budget)
+        # exact arithmetic: 1.1 * 12000 is 13200 steps, not ceil(13200.000000000002)
+        factor = fractions.Fraction(str(float(budget)))
+        epochs = grid["settings"]["epochs"] * factor
+        grid["settings"]["epochs"] = int(epochs) if epochs.denominator == 1 else float(epochs)
+        grid["settings"]["min_steps"] = math.ceil(grid["settings"]["min_steps"] * factor)
     if objective is not None:
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -314,12 +318,15 @@ def _train_and_measure(cell):
     optimizer = Adam(model.params, lr=s["lr"], weight_decay=s["weight_decay_times_n"] / n, ema_decay=s["ema_decay"],
                      ema_warmup=True)
     held_out = _held_out_loss(model, optimizer, target, t0, T, s, np.random.default_rng(val_seq))
-    # rows of sweeps made before the schedule existed were trained at the constant rate
+    # sweeps made before the schedule and the sampling existed (no such settings) train at the
+    # constant rate on direct draws
+    if s.get("lr_schedule") not in (None, "cosine"):
+        raise ValueError(f"settings lr_schedule must be 'cosine' or None (constant), got {s['lr_schedule']!r}")
     lr_schedule = CosineLR(s["lr"], steps, s["lr_final"]) if s.get("lr_schedule") == "cosine" else None
     tic = time.perf_counter()
     history = fit(model, data, steps=steps, batch_size=min(s["batch_size"], n), t0=t0, T=T,
                   rng=train_rng, weighting=s["weighting"], time_distribution=s["time_distribution"],
-                  time_sampling=s.get("time_sampling", "direct"),
+                  time_sampling=s.get("time_sampling") or "direct",
                   optimizer=optimizer, progress=False, eval_every=max(1, steps // s["val_points"]),
                   evaluate=held_out, lr_schedule=lr_schedule)
     train_seconds = time.perf_counter() - tic
@@ -356,7 +363,7 @@ def _train_and_measure(cell):
             "tv": _bound_terms(bound), "tv_oracle": _bound_terms(oracle_bound),
             "t0": t0, "T": T, "t0_eval": s["t0"], "T_eval": s["T"], "steps": steps,
             "epochs": steps * min(s["batch_size"], n) / n, "objective": objective_name(s),
-            "lr_schedule": s.get("lr_schedule"), "time_sampling": s.get("time_sampling", "direct"),
+            "lr_schedule": s.get("lr_schedule"), "time_sampling": s.get("time_sampling") or "direct",
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
             "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
             "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}

@@ -230,7 +230,7 @@ def _comparison_section(comparison, name):
     lines = [f"## Compared with `{name}`", "",
              "The cells both sweeps ran, each with the same data, initialisation and evaluation draws; "
              "only these settings differ (this run / the other): " +
-             ("; ".join(f"{k}: {_show(v[0])} / {_show(v[1])}" for k, v in comparison["differs"].items())
+             ("; ".join(f"{k}: {_show(v[0], k)} / {_show(v[1], k)}" for k, v in comparison["differs"].items())
               or "none recorded") + ".", "",
              f"| family | d | n | seed | this run | {name} | ratio |", "|---|---|---|---|---|---|---|"]
     for c in comparison["cells"]:
@@ -357,9 +357,15 @@ def _g(v, digits=3):
     return f"{v:.{digits}g}"
 
 
-def _show(v):
-    """A setting's value; None: a setting the sweep did not record (made before it existed)."""
-    return "not set" if v is None else _g(v, 4) if isinstance(v, float) else str(v)
+# what a cell does when its sweep did not record a setting (a sweep made before it existed)
+_UNRECORDED = {"lr_schedule": "constant", "time_sampling": "direct", "lr_final": "none"}
+
+
+def _show(v, key=None):
+    """A setting's value; None for a setting the sweep did not record: what the cell did then."""
+    if v is None and key in _UNRECORDED:
+        return f"{_UNRECORDED[key]} (not recorded)"
+    return _g(v, 4) if isinstance(v, float) else str(v)
 
 
 def _interval(iv, digits=2):
@@ -439,6 +445,14 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
             if f in fams) + ".", ""]
     if analysis.get("cost"):
         lines += _cost_section(analysis["cost"])
+        full = rate.FULL["settings"]
+        if settings.get("settings"):
+            other = [k for k in sorted(set(full) | set(settings["settings"]))
+                     if settings["settings"].get(k) != full.get(k)]
+            if other:
+                lines += ["These rows were made with settings other than today's `--full` (" + "; ".join(
+                    f"{k}: {_show(settings['settings'].get(k), k)} here, {_show(full.get(k), k)} in `--full`"
+                    for k in other) + "): the commands above run today's.", ""]
     for key, caption in (("error_vs_n", "Error against n, one panel per family and d (network: solid; "
                                         "baselines: dashed)"),
                          ("error_vs_d", "Error against d at fixed n"), ("tv_vs_n", "Certified TV bound against n")):
@@ -585,26 +599,41 @@ def _tv_cell(tv):
     return "1 (vacuous)" if mean >= 1 and se == 0 else f"{_g(mean)} ± {_g(se, 1)}"
 
 
+def _longer(differs):
+    """Whether the other run's training is at least as long in every length setting and longer
+    in one (steps, epochs, min_steps; a fixed `steps` against None is not comparable)."""
+    lengths = {k: v for k, v in differs.items() if k in ("steps", "epochs", "min_steps")}
+    numbers = all(isinstance(x, (int, float)) and not isinstance(x, bool) for v in lengths.values() for x in v)
+    return bool(lengths) and numbers and all(v[1] >= v[0] for v in lengths.values())
+
+
 def _training_sentences(comparisons):
-    """(shows, not_shows) from the comparisons whose settings differ in training alone: is this
-    run's training long enough, i.e. does the other training change the error by more than
-    TRAINING_CHANGE?"""
+    """(shows, not_shows) from the comparisons with a longer training (and no other change but
+    how it trains): is this run's training long enough? Within TRAINING_CHANGE both ways:
+    long enough; the interval below 1 - TRAINING_CHANGE: budget-bound; else undecided."""
     shows, not_shows = [], []
     for c, name in comparisons:
         differs, pooled = c["differs"], c.get("all")
-        if not differs or not set(differs) <= TRAINING_SETTINGS or pooled is None or pooled["t"] is None:
+        if not differs or not set(differs) <= TRAINING_SETTINGS or not _longer(differs) or pooled is None \
+                or pooled["t"] is None:
             continue
         low, high = pooled["ratio_interval"]
-        how = "; ".join(f"{k} {_show(v[1])} instead of {_show(v[0])}" for k, v in differs.items())
-        per_n = _list([f"{_g(f['ratio'])} (n = {n})" for n, f in c["by_n"].items()])
-        text = (f"trained as `{name}` ({how}), the same {pooled['cells']} cells have {_g(pooled['ratio'])} times "
-                f"this run's error ({LEVEL:.0%} interval [{_g(low)}, {_g(high)}], paired {_p(pooled['p'])}; by n: "
-                f"{per_n})")
+        how = "; ".join(f"{k} {_show(v[1], k)} instead of {_show(v[0], k)}" for k, v in differs.items())
+        cells = c["cells"]
+        where = (f"d = {_list(sorted({x['d'] for x in cells}))}, n = {_list(sorted({x['n'] for x in cells}))}, "
+                 f"{len({x['seed'] for x in cells})} seed(s)")
+        per_n = _list([f"{_g(f['ratio'])} (n = {n})" for n, f in c.get("by_n", {}).items()])
+        text = (f"trained longer as `{name}` ({how}), the same {pooled['cells']} cells ({where}) have "
+                f"{_g(pooled['ratio'])} times this run's error ({LEVEL:.0%} interval [{_g(low)}, {_g(high)}], paired "
+                f"{_p(pooled['p'])}; by n: {per_n})")
         if 1.0 - TRAINING_CHANGE <= low and high <= 1.0 + TRAINING_CHANGE:
-            shows.append(f"The training is long enough to {TRAINING_CHANGE:.0%}: {text}.")
+            shows.append(f"This run's training is long enough to {TRAINING_CHANGE:.0%}: {text}.")
+        elif high < 1.0 - TRAINING_CHANGE:
+            not_shows.append(f"This run's training is budget-bound: {text}; so its errors and exponents are those "
+                             "of its training, not of the network trained to its limit.")
         else:
-            not_shows.append(f"Training that is not budget-bound: {text}, so the errors and exponents above are "
-                             "those of this run's training, not of the trained network's limit.")
+            not_shows.append(f"Whether this run's training is long enough is undecided: {text}; the interval "
+                             f"reaches beyond {1.0 - TRAINING_CHANGE:g} to {1.0 + TRAINING_CHANGE:g}.")
     return shows, not_shows
 
 
@@ -944,7 +973,7 @@ def plot_tv_vs_n(path, analysis, plt):
 
 # ---------------------------------------------------------------- the command
 
-def write_report(folder, out=None, log=None, compare_with=()):
+def write_report(folder, out=None, log=None, compare_with=None):
     """Regenerate the report of a sweep folder: OUT, OUT's .json and the figures beside OUT.
 
     Parameters
@@ -986,8 +1015,8 @@ def write_report(folder, out=None, log=None, compare_with=()):
     grid = full if settings.get("settings") == full["settings"] and {cell_key(r) for r in rows} <= {
         cell_key(c) for c in rate.cells(full)} else None
     analysis = analyse(rows, grid)
-    others = [os.fspath(compare_with)] if isinstance(compare_with, (str, os.PathLike)) else \
-        [os.fspath(f) for f in compare_with]
+    others = [] if compare_with is None else [os.fspath(compare_with)] if isinstance(
+        compare_with, (str, os.PathLike)) else [os.fspath(f) for f in compare_with]
     names = [os.path.basename(os.path.normpath(f)) for f in others]
     if len(set(names)) != len(names):
         raise ValueError(f"--compare: the folders' names must differ (the report names each by it), got {names}")
