@@ -181,7 +181,7 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     with CountingExecutor() as executor:
         results = run_sweep(tmp_path, grid, executor=executor, log=messages.append)
     (row,) = results
-    assert row["status"] == "failed" and "non-finite" in row["error"]
+    assert row["status"] == "failed" and ("non-finite" in row["error"] or "overflows" in row["error"])
     assert any("FAILED" in m for m in messages)
     with CountingExecutor() as executor:
         run_sweep(tmp_path, grid, executor=executor, log=messages.append)
@@ -265,11 +265,44 @@ def test_a_budget_factor_scales_every_cells_steps():
     assert rate.FULL["settings"]["min_steps"] == rate.MIN_STEPS  # the preset is not changed
 
 
+def test_a_cell_keeps_the_checkpoint_of_the_lowest_held_out_objective():
+    cell = {"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": {**TINY, "steps": 200}}
+    row = run_cell(cell)
+    best = int(np.argmin(row["val_loss"]))
+    assert row["checkpoint_step"] == row["val_steps"][best] and len(row["val_steps"]) == TINY["val_points"]
+    last = run_cell({**cell, "settings": {**cell["settings"], "checkpoint": None}})
+    assert last["checkpoint_step"] == 200 and last["val_loss"] == row["val_loss"]  # the same training
+    assert (last["score_error"] == row["score_error"]) == (best == len(row["val_loss"]) - 1)
+    bad = run_cell({**cell, "settings": {**cell["settings"], "checkpoint": "best"}})
+    assert bad["status"] == "failed" and "settings checkpoint must be 'held-out'" in bad["error"]
+
+
+def test_held_out_remembers_the_lowest_parameters():
+    from types import SimpleNamespace
+
+    from sgm_ref import OU, ScoreModel
+    from sgm_ref.nn import MLP
+
+    model = ScoreModel(MLP(2, (8,), rng=0), OU(), "residual")
+    target = make_target("mixture-iso", 2)
+    optimizer = SimpleNamespace(ema=None, step_count=0)
+    held_out = rate.HeldOut(model, optimizer, target, 0.01, 5.0, {**TINY, "val_n": 256}, np.random.default_rng(0))
+    good, bad = model.params.copy(), model.params * 30.0  # a blown-up network: a far larger loss
+    values = []
+    for step, params in enumerate((bad, good, bad), start=1):
+        optimizer.ema, optimizer.step_count = params, step
+        values.append(held_out(model))
+    assert values[1] < values[0] == values[2]
+    assert held_out.best_step == 2 and np.array_equal(held_out.best, good) and held_out.best is not good
+    assert held_out.best_value == values[1]
+    np.testing.assert_array_equal(model.params, good)  # evaluations leave the model's own parameters
+
+
 def test_a_sweep_made_before_the_schedule_trains_as_it_did():
     # the numbers of this cell under the code of commit c8a1640 (before the rate schedule and
     # the importance-weighted times), settings without those keys: a resumed old folder's new
     # cells must be the old code's cells (rtol: another BLAS may round differently)
-    old = {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling")}
+    old = {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling", "checkpoint")}
     row = run_cell({"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": old})
     assert row["score_error"] == pytest.approx(1.567851750306286, rel=1e-9)
     assert row["final_loss"] == pytest.approx(2.7563049350709483, rel=1e-9)
@@ -282,7 +315,7 @@ def test_cells_decay_the_rate_and_older_sweeps_keep_the_constant_one():
     # made before either existed (no such settings) continues with the constant rate and direct draws
     cell = {"family": "mixture-iso", "d": 2, "n": 60, "seed": 0, "settings": TINY}
     decayed = run_cell(cell)
-    old = {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling")}
+    old = {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling", "checkpoint")}
     constant = run_cell({**cell, "settings": old})
     assert (decayed["lr_schedule"], decayed["time_sampling"]) == ("cosine", "defensive")
     assert (constant["lr_schedule"], constant["time_sampling"]) == (None, "direct")

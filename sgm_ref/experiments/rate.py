@@ -124,8 +124,9 @@ SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "l
             # the score errors' fixed window [t0, T]; the schedules t0(n) <= t0, T(n) >= T (schedule())
             "t0": 1e-2, "T": 5.0, "schedule_n_ref": 500,
             "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 2,
-            # the held-out objective along training (val_loss at val_steps): val_points evaluations
-            "val_n": 4096, "val_points": 10,
+            # the held-out objective along training (val_loss at val_steps): val_points evaluations;
+            # the cell keeps the EMA parameters where it was lowest (HeldOut)
+            "val_n": 4096, "val_points": 20, "checkpoint": "held-out",
             "bound_n": 64, "bound_method": "residual_exponential", "bound_steps": 1000, "base_seed": 0}
 
 # the training objectives a grid may use: (weighting, time distribution)
@@ -318,11 +319,14 @@ def _train_and_measure(cell):
     # penalty fades as data grows; without it a network memorises a small sample
     optimizer = Adam(model.params, lr=s["lr"], weight_decay=s["weight_decay_times_n"] / n, ema_decay=s["ema_decay"],
                      ema_warmup=True)
-    held_out = _held_out_loss(model, optimizer, target, t0, T, s, np.random.default_rng(val_seq))
+    held_out = HeldOut(model, optimizer, target, t0, T, s, np.random.default_rng(val_seq))
     # sweeps made before the schedule and the sampling existed (no such settings) train at the
     # constant rate on direct draws
     if s.get("lr_schedule") not in (None, "cosine"):
         raise ValueError(f"settings lr_schedule must be 'cosine' or None (constant), got {s['lr_schedule']!r}")
+    if s.get("checkpoint") not in (None, "held-out"):
+        raise ValueError(f"settings checkpoint must be 'held-out' or None (the last), got {s['checkpoint']!r}")
+    select = s.get("checkpoint") == "held-out"
     lr_schedule = CosineLR(s["lr"], steps, s["lr_final"]) if s.get("lr_schedule") == "cosine" else None
     tic = time.perf_counter()
     history = fit(model, data, steps=steps, batch_size=min(s["batch_size"], n), t0=t0, T=T,
@@ -331,7 +335,9 @@ def _train_and_measure(cell):
                   optimizer=optimizer, progress=False, eval_every=max(1, steps // s["val_points"]),
                   evaluate=held_out, lr_schedule=lr_schedule)
     train_seconds = time.perf_counter() - tic
-    model.network.set_params(optimizer.ema)
+    # the checkpoint of the lowest held-out objective, or (sweeps made before the selection
+    # existed) the averaged parameters at the end
+    model.network.set_params(held_out.best if select else optimizer.ema)
 
     tic = time.perf_counter()
     scores = {"network": model, "minus_x": minus_x}
@@ -365,6 +371,7 @@ def _train_and_measure(cell):
             "t0": t0, "T": T, "t0_eval": s["t0"], "T_eval": s["T"], "steps": steps,
             "epochs": steps * min(s["batch_size"], n) / n, "objective": objective_name(s),
             "lr_schedule": s.get("lr_schedule"), "time_sampling": s.get("time_sampling") or "direct",
+            "checkpoint_step": held_out.best_step if select else len(history.loss),
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
             "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
             "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}
@@ -373,25 +380,37 @@ def _train_and_measure(cell):
 _MONTE_CARLO_FAMILIES = ("tilted", "tilt-iso")
 
 
-def _held_out_loss(model, optimizer, target, t0, T, s, rng):
-    """A function model -> the training objective of the averaged (EMA) parameters on val_n
-    fresh samples of p_0, with times and noise drawn once (common draws: the values along
-    training differ by the model alone, so a plateau shows as a flat tail)."""
-    x0 = target.sample(s["val_n"], rng)
-    t = _draw_times(s["val_n"], t0, T, rng, s["time_distribution"])
-    z = rng.standard_normal(x0.shape)
+class HeldOut:
+    """The training objective of the averaged (EMA) parameters on val_n fresh samples of p_0,
+    with times and noise drawn once (common draws: values along training differ by the model
+    alone), and the parameters where it was lowest.
 
-    def held_out(model):
-        if optimizer.ema is None:
-            return dsm_loss(model, x0, t, z, s["weighting"], grad=False)[0]
+    Called as fit's evaluate(model) -> the objective's value. best and best_step are the
+    parameters (a copy) and the optimiser step of the lowest value so far: the checkpoint
+    that early stopping keeps. On a small n a long run overfits (the score error of the last
+    parameters rises again), on a large one the last is best; choosing by the held-out
+    objective takes whichever it is. The samples are fresh draws of the target, not part of
+    the n: they choose one of val_points checkpoints and train nothing.
+    """
+
+    def __init__(self, model, optimizer, target, t0, T, s, rng):
+        self.model, self.optimizer, self.weighting = model, optimizer, s["weighting"]
+        self.x0 = target.sample(s["val_n"], rng)
+        self.t = _draw_times(s["val_n"], t0, T, rng, s["time_distribution"])
+        self.z = rng.standard_normal(self.x0.shape)
+        self.best = self.best_value = self.best_step = None
+
+    def __call__(self, model):
+        params = model.params if self.optimizer.ema is None else self.optimizer.ema
         current = model.params.copy()
-        model.network.set_params(optimizer.ema)
+        model.network.set_params(params)
         try:
-            return dsm_loss(model, x0, t, z, s["weighting"], grad=False)[0]
+            value = dsm_loss(model, self.x0, self.t, self.z, self.weighting, grad=False)[0]
         finally:
             model.network.set_params(current)
-
-    return held_out
+        if self.best_value is None or value < self.best_value:
+            self.best, self.best_value, self.best_step = params.copy(), value, self.optimizer.step_count
+        return value
 
 
 def _bound_terms(bound):

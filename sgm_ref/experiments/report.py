@@ -37,7 +37,8 @@ ALPHA_LOF = 0.01      # level of the lack-of-fit test (issue 14 reports p < 0.01
 FLOOR_SHARE = 0.25    # a fitted floor c above this share of the error at the largest n: "flattened"
 TRAINING_CHANGE = 0.10  # a comparison of training settings alone: "long enough" if its interval is within 10%
 # the settings that change how long or how a cell trains, not what it learns or how it is measured
-TRAINING_SETTINGS = {"steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling"}
+TRAINING_SETTINGS = {"steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling", "checkpoint",
+                     "val_points"}
 
 
 def load_sweep(folder):
@@ -358,7 +359,7 @@ def _g(v, digits=3):
 
 
 # what a cell does when its sweep did not record a setting (a sweep made before it existed)
-_UNRECORDED = {"lr_schedule": "constant", "time_sampling": "direct", "lr_final": "none"}
+_UNRECORDED = {"lr_schedule": "constant", "time_sampling": "direct", "lr_final": "none", "checkpoint": "the last"}
 
 
 def _show(v, key=None):
