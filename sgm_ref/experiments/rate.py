@@ -6,8 +6,9 @@ exponent does not depend on d. Here each cell (family, d, n, seed) draws n sampl
 trains a score network (the paper's objective by default: weight 1, t uniform on
 [t0(n), T(n)]; for max(min_steps, epochs n / batch_size) steps, so the budget grows with
 n, with Adam's rate decaying by a cosine over them and the objective estimated on
-importance-weighted times), and records, against the exact (or debiased Monte-Carlo)
-oracle,
+importance-weighted times; it keeps the averaged parameters of the checkpoint, of 20 along
+the run, with the lowest objective on fresh held-out samples), and records, against the
+exact (or debiased Monte-Carlo) oracle,
 
     score_error         int_{t0}^{T} beta/2 E_{p_t} |s_theta - grad log p_t|^2 dt on the fixed
                         window [t0, T] = [0.01, 5] (Monte Carlo, with se)
