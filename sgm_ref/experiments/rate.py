@@ -6,9 +6,9 @@ exponent does not depend on d. Here each cell (family, d, n, seed) draws n sampl
 trains a score network (the paper's objective by default: weight 1, t uniform on
 [t0(n), T(n)]; for max(min_steps, epochs n / batch_size) steps, so the budget grows with
 n, with Adam's rate decaying by a cosine over them and the objective estimated on
-importance-weighted times; it keeps the averaged parameters of the checkpoint, of 20 along
-the run, with the lowest objective on fresh held-out samples), and records, against the
-exact (or debiased Monte-Carlo) oracle,
+importance-weighted times; it keeps the averaged parameters of the last checkpoint, or of
+an earlier one of 20 along the run whose objective on fresh held-out samples is lower by
+more than its noise), and records, against the exact (or debiased Monte-Carlo) oracle,
 
     score_error         int_{t0}^{T} beta/2 E_{p_t} |s_theta - grad log p_t|^2 dt on the fixed
                         window [t0, T] = [0.01, 5] (Monte Carlo, with se)
@@ -65,7 +65,7 @@ from scipy import stats
 
 from .. import __version__
 from .._json import load_json
-from ..losses import _draw_times, dsm_loss
+from ..losses import _draw_times
 from ..metrics import tv_upper_bound
 from ..nn import MLP
 from ..optim import Adam, CosineLR
@@ -127,7 +127,7 @@ SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "l
             "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 2,
             # the held-out objective along training (val_loss at val_steps): val_points evaluations;
             # the cell keeps the EMA parameters where it was lowest (HeldOut)
-            "val_n": 4096, "val_points": 20, "checkpoint": "held-out",
+            "val_n": 16384, "val_points": 20, "checkpoint": "held-out",
             "bound_n": 64, "bound_method": "residual_exponential", "bound_steps": 1000, "base_seed": 0}
 
 # the training objectives a grid may use: (weighting, time distribution)
@@ -338,7 +338,8 @@ def _train_and_measure(cell):
     train_seconds = time.perf_counter() - tic
     # the checkpoint of the lowest held-out objective, or (sweeps made before the selection
     # existed) the averaged parameters at the end
-    model.network.set_params(held_out.best if select else optimizer.ema)
+    chosen, chosen_step = held_out.choose() if select else (optimizer.ema, len(history.loss))
+    model.network.set_params(chosen)
 
     tic = time.perf_counter()
     scores = {"network": model, "minus_x": minus_x}
@@ -372,7 +373,7 @@ def _train_and_measure(cell):
             "t0": t0, "T": T, "t0_eval": s["t0"], "T_eval": s["T"], "steps": steps,
             "epochs": steps * min(s["batch_size"], n) / n, "objective": objective_name(s),
             "lr_schedule": s.get("lr_schedule"), "time_sampling": s.get("time_sampling") or "direct",
-            "checkpoint_step": held_out.best_step if select else len(history.loss),
+            "checkpoint_step": chosen_step,
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
             "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
             "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}
@@ -383,35 +384,62 @@ _MONTE_CARLO_FAMILIES = ("tilted", "tilt-iso")
 
 class HeldOut:
     """The training objective of the averaged (EMA) parameters on val_n fresh samples of p_0,
-    with times and noise drawn once (common draws: values along training differ by the model
-    alone), and the parameters where it was lowest.
+    with times and noise drawn once, and the checkpoint early stopping keeps.
 
-    Called as fit's evaluate(model) -> the objective's value. best and best_step are the
-    parameters (a copy) and the optimiser step of the lowest value so far: the checkpoint
-    that early stopping keeps. On a small n a long run overfits (the score error of the last
-    parameters rises again), on a large one the last is best; choosing by the held-out
-    objective takes whichever it is. The samples are fresh draws of the target, not part of
-    the n: they choose one of val_points checkpoints and train nothing.
+    Called as fit's evaluate(model), it records the per-sample losses of the current EMA
+    parameters theta,
+
+        l_i(theta) = lambda(t_i) |s_theta(alpha_i x0_i + sigma_i z_i, t_i) + z_i / sigma_i|^2,
+
+    and returns their mean (the objective's estimate). On common draws the objective's
+    constant cancels from a difference of two checkpoints a, b: D = mean_i (l_i(a) - l_i(b))
+    estimates err(a) - err(b) with standard error sd_i(l_i(a) - l_i(b)) / sqrt(val_n).
+
+    choose() -> (params, step): the last checkpoint, unless some earlier ones are better by
+    more than z_crit standard errors of D (the run has overfitted: on a small n a long run's
+    error rises again); then the lowest of those. Choosing the plain minimum instead would
+    follow the noise: on a large n the last checkpoints differ by less than it. The samples
+    are fresh draws of the target, not part of the n: they choose a checkpoint and train
+    nothing.
     """
 
-    def __init__(self, model, optimizer, target, t0, T, s, rng):
-        self.model, self.optimizer, self.weighting = model, optimizer, s["weighting"]
-        self.x0 = target.sample(s["val_n"], rng)
+    def __init__(self, model, optimizer, target, t0, T, s, rng, z_crit=2.0):
+        self.model, self.optimizer, self.z_crit = model, optimizer, z_crit
+        x0 = target.sample(s["val_n"], rng)
         self.t = _draw_times(s["val_n"], t0, T, rng, s["time_distribution"])
-        self.z = rng.standard_normal(self.x0.shape)
-        self.best = self.best_value = self.best_step = None
+        z = rng.standard_normal(x0.shape)
+        process = model.process
+        sigma = process.sigma(self.t)
+        self.xt = process.alpha(self.t)[:, None] * x0 + sigma[:, None] * z
+        self.target = -z / sigma[:, None]
+        self.weight = sigma ** 2 if s["weighting"] == "sigma2" else np.ones_like(self.t)
+        self.checkpoints = []  # (step, params, per-sample losses)
 
     def __call__(self, model):
         params = model.params if self.optimizer.ema is None else self.optimizer.ema
         current = model.params.copy()
         model.network.set_params(params)
         try:
-            value = dsm_loss(model, self.x0, self.t, self.z, self.weighting, grad=False)[0]
+            r = model(self.xt, self.t) - self.target
         finally:
             model.network.set_params(current)
-        if self.best_value is None or value < self.best_value:
-            self.best, self.best_value, self.best_step = params.copy(), value, self.optimizer.step_count
-        return value
+        losses = self.weight * np.einsum("ij,ij->i", r, r)
+        self.checkpoints.append((self.optimizer.step_count, params.copy(), losses))
+        return float(np.mean(losses))
+
+    def choose(self):
+        """(params, step) of the kept checkpoint (see the class docstring)."""
+        step, params, last = self.checkpoints[-1]
+        better = []
+        for s, p, losses in self.checkpoints[:-1]:
+            diff = last - losses
+            se = float(np.std(diff, ddof=1)) / math.sqrt(diff.size)
+            if float(np.mean(diff)) > self.z_crit * se:
+                better.append((float(np.mean(losses)), s, p))
+        if not better:
+            return params, step
+        _, s, p = min(better, key=lambda b: b[0])
+        return p, s
 
 
 def _bound_terms(bound):
