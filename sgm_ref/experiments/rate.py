@@ -138,11 +138,12 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
                       "bound_steps": 500}}
 # QUICK: 18 cells, 3 min 56 s wall with --workers 2 on the 2-core machine (load average 7).
 # FULL: 350 cells, 97,500 training steps per (family, d, seed) over the 7 n. The first rows of
-# docs/rate_iso_cosine took 4.75, 6.3 and 12.5 ms per step at d = 2, 32 and 128 (two workers on
-# the project's 2-core machine, 2026-12-03); with d = 512 at 1.75 times d = 128 (the ratio of the
-# first full run) that is about 14 core-hours: about 7 h with --workers 2. The first full run
-# (docs/rate_iso: constant rate, 3000 steps, 7500 at n = 32000) took 2 h 5 min;
-# `sgm-ref experiment rate-report docs/rate_iso_cosine` gives the recorded times per cell.
+# docs/rate_iso_cosine took 4.7, 5.1 and 6.7 ms per step at d = 2, 32 and 128 (two workers on
+# the project's otherwise quiet 2-core machine, 2026-12-03); with d = 512 at 1.75 times d = 128
+# (the first full run's ratio) that is about 9 core-hours of training and under 1 of
+# evaluation: about 5 h with --workers 2. The first full run (docs/rate_iso: constant rate,
+# 3000 steps, 7500 at n = 32000) took 2 h 5 min; `sgm-ref experiment rate-report
+# docs/rate_iso_cosine` gives the recorded times per cell.
 FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
         "n": [500, 1000, 2000, 4000, 8000, 16000, 32000], "seeds": [0, 1, 2, 3, 4], "settings": SETTINGS}
 

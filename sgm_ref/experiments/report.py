@@ -37,7 +37,7 @@ ALPHA_LOF = 0.01      # level of the lack-of-fit test (issue 14 reports p < 0.01
 FLOOR_SHARE = 0.25    # a fitted floor c above this share of the error at the largest n: "flattened"
 TRAINING_CHANGE = 0.10  # a comparison of training settings alone: "long enough" if its interval is within 10%
 # the settings that change how long or how a cell trains, not what it learns or how it is measured
-TRAINING_SETTINGS = {"steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling", "checkpoint",
+TRAINING_SETTINGS = {"steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling", "checkpoint", "val_n",
                      "val_points"}
 
 
