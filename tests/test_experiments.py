@@ -460,3 +460,9 @@ def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path)
     full = {rate.cell_key(c) for c in cells(rate.FULL)}
     assert rows and {rate.cell_key(r) for r in rows} <= full
     assert all(r["status"] == "ok" for r in rows)
+    # and docs/rate_iso_budget2 is `--full --budget 2` on some of those cells (the budget check)
+    budget2 = tmp_path / "budget2"
+    shutil.copytree(stored.parent / "rate_iso_budget2", budget2)
+    _check_settings(str(budget2), make_grid(budget=2)["settings"])
+    rows2 = load_results(str(budget2 / "results.jsonl"))
+    assert rows2 and {rate.cell_key(r) for r in rows2} <= {rate.cell_key(r) for r in rows}
