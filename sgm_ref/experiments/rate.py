@@ -126,7 +126,7 @@ SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "l
             "t0": 1e-2, "T": 5.0, "schedule_n_ref": 500,
             "n_eval": 20_000, "n_eval_tilted": 4_000, "n_eval_empirical": 4_000, "em_starts": 2,
             # the held-out objective along training (val_loss at val_steps): val_points evaluations;
-            # the cell keeps the EMA parameters where it was lowest (HeldOut)
+            # the cell keeps the last EMA parameters, or earlier ones clearly lower there (HeldOut)
             "val_n": 16384, "val_points": 20, "checkpoint": "held-out",
             "bound_n": 64, "bound_method": "residual_exponential", "bound_steps": 1000, "base_seed": 0}
 
