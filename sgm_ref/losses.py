@@ -34,11 +34,7 @@ def sample_times(n, t0, T, rng, distribution="uniform"):
 
     Returns ndarray of shape (n,), float64.
     """
-    n = check_count(n, "n")
-    t0, T = check_time_range(t0, T)
-    rng = check_rng(rng)
-    if distribution not in TIME_DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
+    n, t0, T, rng = _check_time_draw(n, t0, T, rng, distribution)
     with fits_in_memory("n", n, n, per_item=16):
         return _draw_times(n, t0, T, rng, distribution)
 
@@ -60,13 +56,19 @@ def importance_times(n, t0, T, rng, distribution="uniform"):
 
     Returns (t, w), each ndarray of shape (n,), float64.
     """
+    n, t0, T, rng = _check_time_draw(n, t0, T, rng, distribution)
+    with fits_in_memory("n", n, n, per_item=40):
+        return _draw_importance_times(n, t0, T, rng, distribution)
+
+
+def _check_time_draw(n, t0, T, rng, distribution):
+    """The checked arguments of sample_times and importance_times."""
     n = check_count(n, "n")
     t0, T = check_time_range(t0, T)
     rng = check_rng(rng)
     if distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
-    with fits_in_memory("n", n, n, per_item=40):
-        return _draw_importance_times(n, t0, T, rng, distribution)
+    return n, t0, T, rng
 
 
 def _draw_importance_times(n, t0, T, rng, distribution):
