@@ -73,7 +73,12 @@ _BLOCK_ELEMENTS = 2**20
 # Smaller blocks below d = 64 (_CACHE_BLOCK_ELEMENTS, so that P stays in L2 between the
 # products and the kernel) were 1.5-1.9x as fast at d = 32 with one BLAS thread, but
 # 0.2-0.3x with two BLAS threads on a loaded machine (benchmarks/versions.py): more,
-# smaller calls to synchronise. Off (equal to _BLOCK_ELEMENTS) until measured quiet.
+# smaller calls to synchronise. Off (equal to _BLOCK_ELEMENTS). Measured again on
+# 2026-12-03 (AMD, AVX-512, OPENBLAS_CORETYPE=Haswell), d = 32, K = 8, score of 262144
+# points, GFLOP/s at 4 d^2 per pair, median of 9: quiet, 2**18 elements 60.4 against
+# 51.2 for 2**20 (the second product runs at 71 GFLOP/s on a 4096-row P and 88 on a
+# 1024-row one); beside a two-worker rate sweep, benchmarks/versions.py gave 2**18
+# 0.26x of 2**20 (each product waits for its second thread to be scheduled).
 _CACHE_BLOCK_ELEMENTS = 2**20
 _CACHE_BLOCK_MAX_DIM = 63
 # Up to this dimension the full-covariance oracle projects in its own kernel
@@ -496,6 +501,9 @@ class GaussianMixture(ExactOutputs):
                 return logp, score
             elements = min(_BLOCK_ELEMENTS, _CACHE_BLOCK_ELEMENTS) if d <= _CACHE_BLOCK_MAX_DIM else _BLOCK_ELEMENTS
             rows = max(1, elements // (K * d))
+            # the score is -P U_all^T: multiplying by -U_all^T gives it in one product
+            # (the same bits: a sign flip commutes with every rounding)
+            U_back = np.negative(U_all).T if want_score else None
             for start in range(0, n, rows):
                 block = slice(start, min(start + rows, n))
                 P = (x[block] - a[block, None].astype(x.dtype) * centre) @ U_all
@@ -503,8 +511,7 @@ class GaussianMixture(ExactOutputs):
                 full_mixture_responsibilities(P, a[block], s2[block], self._logw, mu, lam, group,
                                               logp[block], logc)
                 if want_score:
-                    np.matmul(P, U_all.T, out=score[block])
-                    np.negative(score[block], out=score[block])
+                    np.matmul(P, U_back, out=score[block])
         check_oracle_output(logp, x)
         return logp, score
 
