@@ -17,6 +17,8 @@ from sgm_ref.experiments.sweep import run_sweep
 
 TINY = {**rate.SETTINGS, "width": 8, "depth": 1, "steps": 20, "batch_size": 16, "n_eval": 200, "n_eval_tilted": 100,
         "bound_n": 4, "bound_steps": 10}
+# the settings that came after the first full run; a sweep folder made before them has none
+LATER = ("lr_schedule", "lr_final", "time_sampling", "checkpoint", "val_early", "output_init")
 GRID = {"families": ["mixture", "product"], "d": [2], "n": [40, 80], "seeds": [0], "settings": TINY}
 
 
@@ -268,7 +270,9 @@ def test_a_budget_factor_scales_every_cells_steps():
 def test_a_cell_keeps_the_last_checkpoint_or_a_clearly_better_one():
     cell = {"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": {**TINY, "steps": 200}}
     row = run_cell(cell)
-    assert len(row["val_steps"]) == TINY["val_points"] and row["checkpoint_step"] in row["val_steps"]
+    # every 200 // val_points = 10 steps, and before that at steps 0, 1, 2 and 5 (val_early 3)
+    assert TINY["val_early"] == 3 and rate.HeldOut.early_steps(10, 3) == {5, 2, 1}
+    assert row["val_steps"] == [0, 1, 2, 5] + list(range(10, 201, 10)) and row["checkpoint_step"] in row["val_steps"]
     kept = row["val_steps"].index(row["checkpoint_step"])
     assert kept == len(row["val_steps"]) - 1 or row["val_loss"][kept] < row["val_loss"][-1]
     last = run_cell({**cell, "settings": {**cell["settings"], "checkpoint": None}})
@@ -276,6 +280,36 @@ def test_a_cell_keeps_the_last_checkpoint_or_a_clearly_better_one():
     assert (last["score_error"] == row["score_error"]) == (row["checkpoint_step"] == 200)
     bad = run_cell({**cell, "settings": {**cell["settings"], "checkpoint": "best"}})
     assert bad["status"] == "failed" and "settings checkpoint must be 'held-out'" in bad["error"]
+
+
+def test_early_checkpoints_and_the_zero_output_layer():
+    assert rate.HeldOut.early_steps(600, 3) == {300, 150, 75}
+    assert rate.HeldOut.early_steps(3, 3) == {1} and rate.HeldOut.early_steps(600, 0) == set()
+    from sgm_ref import OU, ScoreModel
+
+    s = {**TINY, "width": 16, "depth": 2}
+    zero = rate._network(5, s, np.random.default_rng(3))
+    random = rate._network(5, {**s, "output_init": None}, np.random.default_rng(3))
+    # the same draws; only the output layer differs, and it is 0
+    last = zero.weights[-1].size + zero.biases[-1].size
+    np.testing.assert_array_equal(zero.params[:-last], random.params[:-last])
+    assert not np.any(zero.params[-last:]) and np.any(random.params[-last:])
+    x, t = np.random.default_rng(4).standard_normal((7, 5)), np.linspace(0.1, 2.0, 7)
+    np.testing.assert_array_equal(ScoreModel(zero, OU(), "residual")(x, t), -x)  # starts as -x
+    with pytest.raises(ValueError, match="settings output_init must be 'zero' or None"):
+        rate._network(5, {**s, "output_init": "small"}, np.random.default_rng(3))
+    # the row's step 0 is that model: its held-out loss is -x's on the same draws
+    cell = {"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": {**TINY, "steps": 40}}
+    row = run_cell(cell)
+    ss = np.random.SeedSequence(TINY["base_seed"], spawn_key=(rate._FAMILY_IDS["mixture-iso"], 3, 60, 0))
+    val_seq = ss.spawn(7)[6]
+    target = make_target("mixture-iso", 3)
+    t0, T = rate.schedule(60, TINY)
+    model = ScoreModel(rate._network(3, TINY, np.random.default_rng(0)), OU(), "residual")
+    held_out = rate.HeldOut(model, None, target, t0, T, TINY, np.random.default_rng(val_seq))
+    minus_x = -held_out.xt - held_out.target
+    assert row["val_steps"][0] == 0
+    assert row["val_loss"][0] == pytest.approx(float(np.mean(np.sum(minus_x**2, axis=1))), rel=1e-12)
 
 
 def test_held_out_keeps_the_last_checkpoint_unless_an_earlier_one_is_clearly_better():
@@ -337,7 +371,7 @@ def test_a_sweep_made_before_the_schedule_trains_as_it_did():
     # the numbers of this cell under the code of commit c8a1640 (before the rate schedule and
     # the importance-weighted times), settings without those keys: a resumed old folder's new
     # cells must be the old code's cells (rtol: another BLAS may round differently)
-    old = {**{k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling", "checkpoint")},
+    old = {**{k: v for k, v in TINY.items() if k not in LATER},
            "val_n": 4096, "val_points": 10}
     row = run_cell({"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": old})
     assert row["score_error"] == pytest.approx(1.567851750306286, rel=1e-9)
@@ -351,7 +385,7 @@ def test_cells_decay_the_rate_and_older_sweeps_keep_the_constant_one():
     # made before either existed (no such settings) continues with the constant rate and direct draws
     cell = {"family": "mixture-iso", "d": 2, "n": 60, "seed": 0, "settings": TINY}
     decayed = run_cell(cell)
-    old = {k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final", "time_sampling", "checkpoint")}
+    old = {k: v for k, v in TINY.items() if k not in LATER}
     constant = run_cell({**cell, "settings": old})
     assert (decayed["lr_schedule"], decayed["time_sampling"]) == ("cosine", "defensive")
     assert (constant["lr_schedule"], constant["time_sampling"]) == (None, "direct")
@@ -446,8 +480,9 @@ def test_schedules_and_training_length():
 
 
 def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path):
-    # docs/rate_iso_cosine holds the rows of `sgm-ref experiment rate RUN --full` so far; a copy
-    # must resume under today's FULL grid (a changed setting would make the sweep refuse it)
+    # docs/rate_iso_cosine holds rows of `sgm-ref experiment rate RUN --full` as it was before the
+    # zero output layer; a copy must resume under that FULL grid (a changed setting would make
+    # the sweep refuse it)
     import shutil
 
     from sgm_ref.experiments.sweep import _check_settings
@@ -455,7 +490,11 @@ def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path)
     stored = Path(__file__).parent.parent / "docs" / "rate_iso_cosine"
     folder = tmp_path / "run"
     shutil.copytree(stored, folder)
-    _check_settings(str(folder), rate.FULL["settings"])
+
+    def before_zero_init(settings):  # the protocol before the zero output layer and early checkpoints
+        return {k: v for k, v in settings.items() if k not in ("val_early", "output_init")}
+
+    _check_settings(str(folder), before_zero_init(rate.FULL["settings"]))
     rows = load_results(str(folder / "results.jsonl"))
     full = {rate.cell_key(c) for c in cells(rate.FULL)}
     assert rows and {rate.cell_key(r) for r in rows} <= full
@@ -463,6 +502,6 @@ def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path)
     # and docs/rate_iso_budget2 is `--full --budget 2` on some of those cells (the budget check)
     budget2 = tmp_path / "budget2"
     shutil.copytree(stored.parent / "rate_iso_budget2", budget2)
-    _check_settings(str(budget2), make_grid(budget=2)["settings"])
+    _check_settings(str(budget2), before_zero_init(make_grid(budget=2)["settings"]))
     rows2 = load_results(str(budget2 / "results.jsonl"))
     assert rows2 and {rate.cell_key(r) for r in rows2} <= {rate.cell_key(r) for r in rows}

@@ -265,14 +265,17 @@ def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):
     assert text == "Rows: 8 cells (seed 0: 4, seed 1: 3, seed 2: 1; 4 cells make one seed)."
 
 
-def test_the_stored_full_run_is_counted_against_full(tmp_path):
-    """The rows in docs/rate_iso_cosine are `--full`'s: the page counts them against its 350 cells."""
+def test_rows_of_an_earlier_full_are_not_counted_against_todays(tmp_path):
+    """docs/rate_iso_cosine was `--full` before the zero output layer and the early checkpoints:
+    the page names those two settings and does not count its rows against today's 350 cells."""
     folder = tmp_path / "run"
     shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso_cosine"), folder)
     report.write_report(str(folder), str(tmp_path / "rate.md"))
     text = (tmp_path / "rate.md").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert f"Rows: {len(rows)} cells of the 350 of `--full`" in text
+    assert f"Rows: {len(rows)} cells (seed 0: " in text and "of the 350 of `--full`" not in text
+    assert ("These rows were made with settings other than today's `--full` (output_init: random (not recorded) "
+            "here, zero in `--full`; val_early: none (not recorded) here, 3 in `--full`)") in text
     assert "sgm-ref experiment rate RUN --full --workers 2" in text and "dask worker" in text
 
 

@@ -125,6 +125,10 @@ SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "l
             # the held-out objective along training (val_loss at val_steps): val_points evaluations;
             # the cell keeps the last EMA parameters, or earlier ones clearly lower there (HeldOut)
             "val_n": 16384, "val_points": 20, "checkpoint": "held-out",
+            # ... and at step 0 and val_early earlier points, each half the one after it (HeldOut)
+            "val_early": 3,
+            # the network's output layer starts at zero: the residual model starts as the score -x
+            "output_init": "zero",
             "bound_n": 64, "bound_method": "residual_exponential", "bound_steps": 1000, "base_seed": 0}
 
 # the training objectives a grid may use: (weighting, time distribution)
@@ -300,6 +304,22 @@ def _all_finite(value):
     return True
 
 
+def _network(d, s, rng):
+    """The cell's MLP, drawn from rng as MLP draws it; with the setting output_init "zero" its
+    output layer (weights and bias) is then set to 0, so that the residual model
+    s = -x + net(x, t) starts as the score -x. At random initialisation the output layer adds
+    about 1 to every one of the d coordinates (mixture-iso, d = 512, n = 500: integrated error
+    5.3 at step 0 against 0.97 for -x), which training must first remove. Sweeps made before
+    the setting existed (None) keep the random output layer."""
+    if s.get("output_init") not in (None, "zero"):
+        raise ValueError(f"settings output_init must be 'zero' or None (random), got {s['output_init']!r}")
+    net = MLP(d, (s["width"],) * s["depth"], s["activation"], s["time_embedding"], rng=rng)
+    if s.get("output_init") == "zero":
+        net.weights[-1][...] = 0.0
+        net.biases[-1][...] = 0.0
+    return net
+
+
 def _train_and_measure(cell):
     s = cell["settings"]
     family, d, n, seed = cell_key(cell)
@@ -312,8 +332,7 @@ def _train_and_measure(cell):
     t0, T = schedule(n, s)
     steps = training_steps(n, s)
     data = target.sample(n, data_rng)
-    net = MLP(d, (s["width"],) * s["depth"], s["activation"], s["time_embedding"], rng=init_rng)
-    model = ScoreModel(net, process, s["parameterization"])
+    model = ScoreModel(_network(d, s, init_rng), process, s["parameterization"])
     # L2 penalty lambda_n = c / n: the regularised empirical risk of learning theory, whose
     # penalty fades as data grows; without it a network memorises a small sample
     optimizer = Adam(model.params, lr=s["lr"], weight_decay=s["weight_decay_times_n"] / n, ema_decay=s["ema_decay"],
@@ -327,12 +346,21 @@ def _train_and_measure(cell):
         raise ValueError(f"settings checkpoint must be 'held-out' or None (the last), got {s['checkpoint']!r}")
     select = s.get("checkpoint") == "held-out"
     lr_schedule = CosineLR(s["lr"], steps, s["lr_final"]) if s.get("lr_schedule") == "cosine" else None
+    eval_every = max(1, steps // s["val_points"])
+    early = HeldOut.early_steps(eval_every, s.get("val_early") or 0)
     tic = time.perf_counter()
+    if s.get("val_early"):
+        held_out(model)  # step 0
+
+    def at_early_steps(step, model, optimizer, history):
+        if step in early:
+            held_out(model)
+
     history = fit(model, data, steps=steps, batch_size=min(s["batch_size"], n), t0=t0, T=T,
                   rng=train_rng, weighting=s["weighting"], time_distribution=s["time_distribution"],
                   time_sampling=s.get("time_sampling") or "direct",
-                  optimizer=optimizer, progress=False, eval_every=max(1, steps // s["val_points"]),
-                  evaluate=held_out, lr_schedule=lr_schedule)
+                  optimizer=optimizer, progress=False, eval_every=eval_every,
+                  evaluate=held_out, lr_schedule=lr_schedule, callback=at_early_steps if early else None)
     train_seconds = time.perf_counter() - tic
     # the checkpoint of the lowest held-out objective, or (sweeps made before the selection
     # existed) the averaged parameters at the end
@@ -373,7 +401,8 @@ def _train_and_measure(cell):
             "lr_schedule": s.get("lr_schedule"), "time_sampling": s.get("time_sampling") or "direct",
             "checkpoint_step": chosen_step,
             "final_loss": float(np.mean(history.loss[-100:])), "train_seconds": train_seconds,
-            "val_steps": list(history.eval_steps), "val_loss": [float(v) for v in history.eval_values],
+            "val_steps": [c[0] for c in held_out.checkpoints],
+            "val_loss": [float(np.mean(c[2])) for c in held_out.checkpoints],
             "eval_seconds": time.perf_counter() - tic + baseline_seconds, "baseline_seconds": baseline_seconds}
 
 
@@ -384,8 +413,9 @@ class HeldOut:
     """The training objective of the averaged (EMA) parameters on val_n fresh samples of p_0,
     with times and noise drawn once, and the checkpoint early stopping keeps.
 
-    Called as fit's evaluate(model), it records the per-sample losses of the current EMA
-    parameters theta,
+    Called as fit's evaluate(model) (and, with the setting val_early, once before training and
+    at early_steps through fit's callback), it records the per-sample losses of the current
+    EMA parameters theta,
 
         l_i(theta) = lambda(t_i) |s_theta(alpha_i x0_i + sigma_i z_i, t_i) + z_i / sigma_i|^2,
 
@@ -400,6 +430,13 @@ class HeldOut:
     are fresh draws of the target, not part of the n: they choose a checkpoint and train
     nothing.
     """
+
+    @staticmethod
+    def early_steps(every, halvings):
+        """The steps every / 2, every / 4, ..., every / 2^halvings (rounded down, those >= 1):
+        early checkpoints, where a small n in a high d starts to overfit within the first
+        `every` steps (d = 512, n = 500: the error is lowest before step 100)."""
+        return {every >> k for k in range(1, halvings + 1) if every >> k >= 1}
 
     def __init__(self, model, optimizer, target, t0, T, s, rng, z_crit=2.0):
         self.model, self.optimizer, self.z_crit = model, optimizer, z_crit

@@ -38,7 +38,7 @@ FLOOR_SHARE = 0.25    # a fitted floor c above this share of the error at the la
 TRAINING_CHANGE = 0.10  # a comparison of training settings alone: "long enough" if its interval is within 10%
 # the settings that change how long or how a cell trains, not what it learns or how it is measured
 TRAINING_SETTINGS = {"steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling", "checkpoint", "val_n",
-                     "val_points"}
+                     "val_points", "val_early", "output_init"}
 
 
 def load_sweep(folder):
@@ -359,7 +359,8 @@ def _g(v, digits=3):
 
 
 # what a cell does when its sweep did not record a setting (a sweep made before it existed)
-_UNRECORDED = {"lr_schedule": "constant", "time_sampling": "direct", "lr_final": "none", "checkpoint": "the last"}
+_UNRECORDED = {"lr_schedule": "constant", "time_sampling": "direct", "lr_final": "none", "checkpoint": "the last",
+               "val_early": "none", "output_init": "random"}
 
 
 def _show(v, key=None):
