@@ -298,6 +298,9 @@ def test_early_checkpoints_and_the_zero_output_layer():
     np.testing.assert_array_equal(ScoreModel(zero, OU(), "residual")(x, t), -x)  # starts as -x
     with pytest.raises(ValueError, match="settings output_init must be 'zero' or None"):
         rate._network(5, {**s, "output_init": "small"}, np.random.default_rng(3))
+    for bad in (-1, 2.5, True, "3"):
+        row = run_cell({"family": "mixture-iso", "d": 2, "n": 40, "seed": 0, "settings": {**TINY, "val_early": bad}})
+        assert row["status"] == "failed" and "settings val_early must be a whole number >= 0" in row["error"], bad
     # the row's step 0 is that model: its held-out loss is -x's on the same draws
     cell = {"family": "mixture-iso", "d": 3, "n": 60, "seed": 0, "settings": {**TINY, "steps": 40}}
     row = run_cell(cell)
@@ -378,6 +381,7 @@ def test_a_sweep_made_before_the_schedule_trains_as_it_did():
     assert row["final_loss"] == pytest.approx(2.7563049350709483, rel=1e-9)
     assert row["tv_bound"] == pytest.approx(0.8525646485768208, rel=1e-9)
     assert row["val_loss"][-1] == pytest.approx(1.5116037619287601, rel=1e-9)
+    assert row["val_steps"] == list(range(2, 21, 2))  # no step 0, no early checkpoints
 
 
 def test_cells_decay_the_rate_and_older_sweeps_keep_the_constant_one():
@@ -461,7 +465,7 @@ def test_an_isometric_mixture_cell_records_the_baselines_and_the_residual_bound(
     assert row["tv"]["tv"] == row["tv_bound"] and row["tv_oracle"]["kl_path"] < row["tv"]["kl_path"]
     assert (row["t0"], row["T"]) == rate.schedule(60, TINY) and row["objective"] == "paper"
     assert row["steps"] == TINY["steps"]
-    # the held-out objective along training: val_points evaluations, the last at the end
+    # the held-out objective along training: step 0, the early steps and val_points more, the last at the end
     assert row["val_steps"][-1] == TINY["steps"] and len(row["val_loss"]) == len(row["val_steps"])
     json.dumps(row, allow_nan=False)
     tilt = run_cell({"family": "tilt-iso", "d": 3, "n": 60, "seed": 0, "settings": {**TINY, "n_eval_tilted": 50}})

@@ -125,7 +125,7 @@ SETTINGS = {"width": 256, "depth": 3, "activation": "silu", "time_embedding": "l
             # the held-out objective along training (val_loss at val_steps): val_points evaluations;
             # the cell keeps the last EMA parameters, or earlier ones clearly lower there (HeldOut)
             "val_n": 16384, "val_points": 20, "checkpoint": "held-out",
-            # ... and at step 0 and val_early earlier points, each half the one after it (HeldOut)
+            # ... and at step 0 and up to val_early earlier points, each half the one after it (HeldOut)
             "val_early": 3,
             # the network's output layer starts at zero: the residual model starts as the score -x
             "output_init": "zero",
@@ -346,8 +346,12 @@ def _train_and_measure(cell):
         raise ValueError(f"settings checkpoint must be 'held-out' or None (the last), got {s['checkpoint']!r}")
     select = s.get("checkpoint") == "held-out"
     lr_schedule = CosineLR(s["lr"], steps, s["lr_final"]) if s.get("lr_schedule") == "cosine" else None
+    val_early = s.get("val_early")
+    if val_early is not None and (isinstance(val_early, bool) or not isinstance(val_early, int) or val_early < 0):
+        raise ValueError(f"settings val_early must be a whole number >= 0 or None (no early checkpoints), "
+                         f"got {val_early!r}")
     eval_every = max(1, steps // s["val_points"])
-    early = HeldOut.early_steps(eval_every, s.get("val_early") or 0)
+    early = HeldOut.early_steps(eval_every, val_early or 0)
     tic = time.perf_counter()
     if s.get("val_early"):
         held_out(model)  # step 0
@@ -362,8 +366,8 @@ def _train_and_measure(cell):
                   optimizer=optimizer, progress=False, eval_every=eval_every,
                   evaluate=held_out, lr_schedule=lr_schedule, callback=at_early_steps if early else None)
     train_seconds = time.perf_counter() - tic
-    # the checkpoint of the lowest held-out objective, or (sweeps made before the selection
-    # existed) the averaged parameters at the end
+    # the last checkpoint or an earlier one clearly lower on the held-out objective (HeldOut.choose),
+    # or (sweeps made before the selection existed) the averaged parameters at the end
     chosen, chosen_step = held_out.choose() if select else (optimizer.ema, len(history.loss))
     model.network.set_params(chosen)
 
