@@ -509,3 +509,23 @@ def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path)
     _check_settings(str(budget2), before_zero_init(make_grid(budget=2)["settings"]))
     rows2 = load_results(str(budget2 / "results.jsonl"))
     assert rows2 and {rate.cell_key(r) for r in rows2} <= {rate.cell_key(r) for r in rows}
+
+
+@pytest.mark.parametrize("folder, grid", [("rate_iso_rerun", {}), ("rate_iso_rerun_budget2", {"budget": 2})])
+def test_the_stored_rerun_continues_under_todays_full_settings(tmp_path, folder, grid):
+    # docs/rate_iso_rerun holds rows of today's `sgm-ref experiment rate RUN --full`, and the
+    # other the budget check (--budget 2) on some of the same cells
+    import shutil
+
+    from sgm_ref.experiments.sweep import _check_settings
+
+    docs = Path(__file__).parent.parent / "docs"
+    copy = tmp_path / "run"
+    shutil.copytree(docs / folder, copy)
+    _check_settings(str(copy), make_grid(**grid)["settings"])
+    rows = load_results(str(copy / "results.jsonl"))
+    assert rows and all(r["status"] == "ok" for r in rows)
+    assert {rate.cell_key(r) for r in rows} <= {rate.cell_key(c) for c in cells(make_grid(**grid))}
+    if grid:
+        main = {rate.cell_key(r) for r in load_results(str(docs / "rate_iso_rerun" / "results.jsonl"))}
+        assert {rate.cell_key(r) for r in rows} <= main  # paired with the rerun's own cells

@@ -265,6 +265,16 @@ def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):
     assert text == "Rows: 8 cells (seed 0: 4, seed 1: 3, seed 2: 1; 4 cells make one seed)."
 
 
+def test_the_stored_rerun_is_counted_against_full(tmp_path):
+    """The rows in docs/rate_iso_rerun are today's `--full`: the page counts them against its 350 cells."""
+    folder = tmp_path / "run"
+    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso_rerun"), folder)
+    report.write_report(str(folder), str(tmp_path / "rate.md"))
+    text = (tmp_path / "rate.md").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert f"Rows: {len(rows)} cells of the 350 of `--full`" in text and "settings other than" not in text
+
+
 def test_rows_of_an_earlier_full_are_not_counted_against_todays(tmp_path):
     """docs/rate_iso_cosine was `--full` before the zero output layer and the early checkpoints:
     the page names those two settings and does not count its rows against today's 350 cells."""
@@ -280,13 +290,13 @@ def test_rows_of_an_earlier_full_are_not_counted_against_todays(tmp_path):
 
 
 # the sweeps docs/rate.md compares the first full run with
-PAGE_COMPARES = ["docs/rate_iso_sigma2", "docs/rate_iso_cosine"]
+PAGE_COMPARES = ["docs/rate_iso_sigma2", "docs/rate_iso_cosine", "docs/rate_iso_rerun"]
 
 
 def test_docs_rate_md_is_the_report_of_the_stored_rows(tmp_path, monkeypatch):
     """docs/rate.md is what `sgm-ref experiment rate-report docs/rate_iso --out docs/rate.md
-    --compare docs/rate_iso_sigma2 --compare docs/rate_iso_cosine` writes from the stored rows
-    (regenerated here; only the output path differs)."""
+    --compare docs/rate_iso_sigma2 --compare docs/rate_iso_cosine --compare docs/rate_iso_rerun`
+    writes from the stored rows (regenerated here; only the output path differs)."""
     root = os.path.join(HERE, "..")
     monkeypatch.chdir(root)
     out = tmp_path / "rate.md"
