@@ -511,10 +511,11 @@ def test_the_stored_full_run_continues_under_the_current_full_settings(tmp_path)
     assert rows2 and {rate.cell_key(r) for r in rows2} <= {rate.cell_key(r) for r in rows}
 
 
-@pytest.mark.parametrize("folder, grid", [("rate_iso_rerun", {}), ("rate_iso_rerun_budget2", {"budget": 2})])
+@pytest.mark.parametrize("folder, grid", [("rate_iso_rerun", {}), ("rate_iso_rerun_budget2", {"budget": 2}),
+                                          ("rate_iso_rerun_sigma2", {"objective": "sigma2"})])
 def test_the_stored_rerun_continues_under_todays_full_settings(tmp_path, folder, grid):
     # docs/rate_iso_rerun holds rows of today's `sgm-ref experiment rate RUN --full`, and the
-    # other the budget check (--budget 2) on some of the same cells
+    # other two the budget check (--budget 2) and the sigma^2 objective on some of the same cells
     import shutil
 
     from sgm_ref.experiments.sweep import _check_settings
