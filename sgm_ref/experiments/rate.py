@@ -99,15 +99,14 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
 # The training budget: max(MIN_STEPS, EPOCHS n / batch) steps, the most whose full grid fits
 # a night on 2 cores (the rate and the time draws are set in SETTINGS below). Whether it is
 # enough is measured by the run with twice the steps on 18 cells (d 2, 32, 128; n 500, 4000,
-# 32000; both families; seed 0), stored in docs/rate_iso_budget2 beside the same cells of
-# docs/rate_iso_cosine: `sgm-ref experiment rate-report docs/rate_iso_cosine --out OUT
-# --compare docs/rate_iso_budget2` gives twice the steps 0.989 times the error at n = 500
-# (95% [0.963, 1.015]), 1.02 at n = 4000 ([0.82, 1.26]) and 0.804 at n = 32000 ([0.683,
-# 0.948]): trained to its floor up to n = 4000, about 20% short at the largest n (which
-# lowers a fitted exponent by at most about log(1.25) / log(64) = 0.05). The first full run
-# (constant rate, 3000 steps, 7500 at n = 32000; docs/rate_iso) had 1 / 0.195 times this
-# training's error at n = 32000 on the same cells (`rate-report docs/rate_iso --compare
-# docs/rate_iso_cosine`, while that folder held those 18 cells).
+# 32000; both families; seed 0), stored in docs/rate_iso_rerun_budget2 beside the same cells of
+# docs/rate_iso_rerun: `sgm-ref experiment rate-report docs/rate_iso_rerun --out OUT --compare
+# docs/rate_iso_rerun_budget2` gives twice the steps 0.969 times the error (95% [0.904, 1.04]:
+# long enough to 10%); by n 0.962 (n = 500), 1.03 (4000), 0.92 (32000, [0.772, 1.10]). The
+# same check before the zero output layer (docs/rate_iso_budget2 against docs/rate_iso_cosine)
+# gave 0.804 at n = 32000 ([0.683, 0.948]). The first full run (constant rate, 3000 steps,
+# 7500 at n = 32000; docs/rate_iso) had 1 / 0.212 times the rerun's error at n = 32000 on its
+# 70 first cells (docs/rate.md, "Compared with rate_iso_rerun").
 EPOCHS, MIN_STEPS = 200, 12_000
 
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
@@ -439,7 +438,8 @@ class HeldOut:
     def early_steps(every, halvings):
         """The steps every / 2, every / 4, ..., every / 2^halvings (rounded down, those >= 1):
         early checkpoints, where a small n in a high d starts to overfit within the first
-        `every` steps (d = 512, n = 500: the error is lowest before step 100)."""
+        `every` steps (d = 512, n = 500 with a random output layer: the error is lowest at
+        step 25 of 600)."""
         return {every >> k for k in range(1, halvings + 1) if every >> k >= 1}
 
     def __init__(self, model, optimizer, target, t0, T, s, rng, z_crit=2.0):
