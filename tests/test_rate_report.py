@@ -265,24 +265,26 @@ def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):
     assert text == "Rows: 8 cells (seed 0: 4, seed 1: 3, seed 2: 1; 4 cells make one seed)."
 
 
-def test_the_stored_rerun_is_counted_against_full(tmp_path):
-    """The rows in docs/rate_iso_rerun are today's `--full`: the page counts them against its 350 cells."""
+def _page_of_stored(tmp_path, name):
+    """(the report page, the rows) of a copy of the stored sweep docs/<name>."""
     folder = tmp_path / "run"
-    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso_rerun"), folder)
+    shutil.copytree(os.path.join(HERE, "..", "docs", name), folder)
     report.write_report(str(folder), str(tmp_path / "rate.md"))
     text = (tmp_path / "rate.md").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    return text, rows
+
+
+def test_the_stored_rerun_is_counted_against_full(tmp_path):
+    """The rows in docs/rate_iso_rerun are today's `--full`: the page counts them against its 350 cells."""
+    text, rows = _page_of_stored(tmp_path, "rate_iso_rerun")
     assert f"Rows: {len(rows)} cells of the 350 of `--full`" in text and "settings other than" not in text
 
 
 def test_rows_of_an_earlier_full_are_not_counted_against_todays(tmp_path):
     """docs/rate_iso_cosine was `--full` before the zero output layer and the early checkpoints:
     the page names those two settings and does not count its rows against today's 350 cells."""
-    folder = tmp_path / "run"
-    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso_cosine"), folder)
-    report.write_report(str(folder), str(tmp_path / "rate.md"))
-    text = (tmp_path / "rate.md").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    text, rows = _page_of_stored(tmp_path, "rate_iso_cosine")
     assert f"Rows: {len(rows)} cells (seed 0: " in text and "of the 350 of `--full`" not in text
     assert ("These rows were made with settings other than today's `--full` (output_init: random (not recorded) "
             "here, zero in `--full`; val_early: none (not recorded) here, 3 in `--full`)") in text

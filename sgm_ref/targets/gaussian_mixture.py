@@ -208,6 +208,7 @@ class GaussianMixture(ExactOutputs):
         spread = max(1.0, float(np.max(np.abs(np.log(self._lam)))))
         self._log_group = int(max(1, min(8, 600.0 // spread)))
         self._by_dtype = {}
+        self._back_by_dtype = {}  # -U_all^T of the full-covariance oracle, per dtype
 
     # -- shape --------------------------------------------------------------------
     @property
@@ -502,8 +503,10 @@ class GaussianMixture(ExactOutputs):
             elements = min(_BLOCK_ELEMENTS, _CACHE_BLOCK_ELEMENTS) if d <= _CACHE_BLOCK_MAX_DIM else _BLOCK_ELEMENTS
             rows = max(1, elements // (K * d))
             # the score is -P U_all^T: multiplying by -U_all^T gives it in one product
-            # (the same bits: a sign flip commutes with every rounding)
-            U_back = np.negative(U_all).T if want_score else None
+            # (the same bits: a sign flip commutes with every rounding); made once per dtype
+            if want_score and x.dtype not in self._back_by_dtype:
+                self._back_by_dtype[x.dtype] = np.negative(U_all).T
+            U_back = self._back_by_dtype.get(x.dtype)
             for start in range(0, n, rows):
                 block = slice(start, min(start + rows, n))
                 P = (x[block] - a[block, None].astype(x.dtype) * centre) @ U_all
