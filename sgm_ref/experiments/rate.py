@@ -137,13 +137,16 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
          "settings": {**SETTINGS, "width": 128, "epochs": 20, "min_steps": 1500, "n_eval": 10_000,
                       "bound_steps": 500}}
 # QUICK: 18 cells, 3 min 56 s wall with --workers 2 on the 2-core machine (load average 7).
-# FULL: 350 cells, 97,500 training steps per (family, d, seed) over the 7 n. The first rows of
-# docs/rate_iso_cosine took 4.7, 5.1 and 6.7 ms per step at d = 2, 32 and 128 (two workers on
-# the project's otherwise quiet 2-core machine, 2026-12-03); with d = 512 at 1.75 times d = 128
-# (the first full run's ratio) that is about 9 core-hours of training and under 1 of
-# evaluation: about 5 h with --workers 2. The first full run (docs/rate_iso: constant rate,
-# 3000 steps, 7500 at n = 32000) took 2 h 5 min; `sgm-ref experiment rate-report
-# docs/rate_iso_cosine` gives the recorded times per cell.
+# FULL: 350 cells. Seed 0 of today's --full (docs/rate_iso_rerun, two workers on the
+# project's 2-core machine, 2026-12-03) recorded 2.16 core-hours: 2.05 of training, 0.12 of
+# evaluation; per cell 85, 76, 83, 106 and 206 s at d = 2, 8, 32, 128 and 512. Five seeds:
+# about 10.8 core-hours, 5.4 h with --workers 2. d = 1024 would add about 6.5 core-hours
+# (a training step 1.6 times d = 512's: 19.7 against 12.3 ms, one thread, 300 steps, median
+# of 3; evaluation taken as growing linearly in d), 8.7 h for the grid with two workers:
+# more than a night, so the grid stops at d = 512 (memory would not stop it: the largest
+# arrays of a cell are its n x d samples, 262 MB at n = 32000). The first full run
+# (docs/rate_iso: constant rate, 3000 steps, 7500 at n = 32000) took 2 h 5 min;
+# `sgm-ref experiment rate-report docs/rate_iso_rerun` gives the recorded times per cell.
 FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
         "n": [500, 1000, 2000, 4000, 8000, 16000, 32000], "seeds": [0, 1, 2, 3, 4], "settings": SETTINGS}
 
