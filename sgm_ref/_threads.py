@@ -128,33 +128,64 @@ _PREFIXES = ("scipy_openblas", "openblas")
 _SUFFIXES = ("64_", "_64", "")
 
 
+def _openblas_function(lib, name):
+    """lib's OpenBLAS function `name` under whichever prefix and suffix its build uses, or None."""
+    for prefix in _PREFIXES:
+        for suffix in _SUFFIXES:
+            function = getattr(lib, f"{prefix}_{name}{suffix}", None)
+            if function is not None:
+                return function
+    return None
+
+
+def _openblas_handles():
+    """The ctypes handle of each OpenBLAS loaded in this process (Linux; none elsewhere)."""
+    import ctypes
+
+    handles = []
+    for path in sorted(p for p in _mapped_libraries() if "openblas" in os.path.basename(p).lower()):
+        try:
+            handles.append(ctypes.CDLL(path, mode=os.RTLD_NOLOAD))  # the copy already loaded, never a new one
+        except OSError:
+            continue
+    return handles
+
+
 def _openblas_libraries():
     """[(set_num_threads, get_num_threads)] of each OpenBLAS loaded in this process (Linux)."""
     import ctypes
 
     found = []
-    for path in sorted(p for p in _mapped_libraries() if "openblas" in os.path.basename(p).lower()):
-        try:
-            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD)  # the copy already loaded, never a new one
-        except OSError:
-            continue
-        for prefix in _PREFIXES:
-            for suffix in _SUFFIXES:
-                setter = getattr(lib, f"{prefix}_set_num_threads{suffix}", None)
-                getter = getattr(lib, f"{prefix}_get_num_threads{suffix}", None)
-                if setter is not None and getter is not None:
-                    setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
-                    found.append((setter, getter))
-                    break
-            else:
-                continue
-            break
+    for lib in _openblas_handles():
+        setter, getter = _openblas_function(lib, "set_num_threads"), _openblas_function(lib, "get_num_threads")
+        if setter is not None and getter is not None:
+            setter.argtypes, setter.restype, getter.restype = [ctypes.c_int], None, ctypes.c_int
+            found.append((setter, getter))
     return found
 
 
 def blas_threads():
     """Thread counts of the OpenBLAS libraries loaded in this process (a list; empty if none found)."""
     return [int(getter()) for _, getter in _openblas_libraries()]
+
+
+def blas_kernels():
+    """The kernel set (core name) each OpenBLAS loaded in this process runs, e.g. ["Haswell"].
+
+    OpenBLAS picks its kernels for the CPU when it loads, unless OPENBLAS_CORETYPE names
+    them; the choice changes the last bits of matrix products (and their speed), so
+    results that must be traced to their arithmetic record it. One name per OpenBLAS
+    library found (empty where none is: another BLAS, or not Linux).
+    """
+    import ctypes
+
+    names = []
+    for lib in _openblas_handles():
+        corename = _openblas_function(lib, "get_corename")
+        if corename is not None:
+            corename.restype = ctypes.c_char_p
+            names.append(corename().decode("ascii", "replace"))
+    return names
 
 
 def set_threads(n):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from sgm_ref._threads import blas_kernels
 from sgm_ref.experiments import rate
 from sgm_ref.experiments.rate import (cells, fit_slope, load_results, make_grid, make_target, run_cell,
                                      sweep_summary)
@@ -49,6 +50,7 @@ def test_targets_of_the_families():
 def test_tilted_cell_has_a_debiased_error_and_no_bound():
     row = run_cell({"family": "tilted", "d": 3, "n": 60, "seed": 0, "settings": TINY})
     assert row["status"] == "ok" and row["tv_bound"] is None and row["score_error_se"] > 0
+    assert row["blas_kernels"] == blas_kernels() and row["blas_kernels"]  # what its products ran on
     (summary,) = sweep_summary([row, {**row, "n": 120, "score_error": row["score_error"] / 2}])
     assert summary["points"][0]["tv_bound"] is None
 

@@ -264,6 +264,21 @@ def test_cost_counts_cells_and_seconds_per_d_and_complete_seeds(tmp_path):
     untimed = [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in rows]
     text = report._cost_section(report._cost(untimed))[-2]
     assert text == "Rows: 8 cells (seed 0: 4, seed 1: 3, seed 2: 1; 4 cells make one seed)."
+    assert "OpenBLAS" not in text and report._cost(rows)["blas_kernels"] == {None: 8}
+
+
+def test_cost_counts_the_blas_kernels_the_rows_record():
+    """Rows of today's version record OpenBLAS's kernel set; the page counts the cells of each,
+    and those that do not record it, once any row does."""
+    rows = [{"family": "mixture-iso", "d": 2, "n": 500, "seed": s, "blas_kernels": k}
+            for s, k in enumerate([["Haswell", "Haswell"], ["SkylakeX", "SkylakeX"], ["SkylakeX"],
+                                   ["Haswell", "SkylakeX"], []])]
+    rows.append({"family": "mixture-iso", "d": 2, "n": 500, "seed": 5})  # an old row: nothing recorded
+    cost = report._cost(rows)
+    assert cost["blas_kernels"] == {"Haswell": 1, "Haswell / SkylakeX": 1, "SkylakeX": 2, None: 2}
+    text = report._cost_section(cost)[-2]
+    assert text.endswith(" Cells by the OpenBLAS kernels their matrix products ran on (they move the last bits "
+                         "and the time): Haswell 1, Haswell / SkylakeX 1, SkylakeX 2, not recorded 2.")
 
 
 def _page_of_stored(tmp_path, name):

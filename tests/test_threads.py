@@ -7,6 +7,7 @@ user's own settings win, and that the knob is validated and applied.
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -162,3 +163,16 @@ def test_a_bad_sgm_ref_threads_is_one_line_on_the_command_line(tmp_path, value):
     result = run("demo", tmp_path / "run", env={"SGM_REF_THREADS": value}, check=False)
     assert_one_line_error(result, "SGM_REF_THREADS must be an integer >= 1")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the kernel names asked for are x86's")
+@pytest.mark.parametrize("coretype", ["Haswell", "Nehalem"])
+def test_blas_kernels_names_the_kernels_openblas_runs(coretype):
+    """OPENBLAS_CORETYPE picks OpenBLAS's kernels when it loads; blas_kernels() reads the
+    choice back from every OpenBLAS loaded (numpy's, and scipy's once scipy is imported)."""
+    code = ("import json, sgm_ref, numpy, scipy.linalg\nfrom sgm_ref import _threads\n"
+            "print(json.dumps([_threads.blas_kernels(), _threads.blas_threads()]))")
+    result = child({"OPENBLAS_CORETYPE": coretype}, code=code)
+    assert result.returncode == 0, result.stderr
+    kernels, threads = json.loads(result.stdout.strip().splitlines()[-1])
+    assert kernels == [coretype] * len(threads) and len(threads) >= 1

@@ -64,6 +64,7 @@ import numpy as np
 from scipy import stats
 
 from .. import __version__
+from .._threads import blas_kernels
 from .._json import load_json
 from ..losses import _draw_times
 from ..metrics import tv_upper_bound
@@ -283,7 +284,7 @@ def run_cell(cell):
     family, d, n, seed = cell_key(cell)
     row = {"family": family, "d": d, "n": n, "seed": seed}
     env = {"sgm_ref": __version__, "numpy": np.__version__, "numba": numba.__version__, "host": platform.node(),
-           "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS")}
+           "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "blas_kernels": blas_kernels()}
     threads = numba.get_num_threads()
     numba.set_num_threads(1)  # restored below: a caller's own process keeps its setting
     try:

@@ -156,9 +156,13 @@ def _cost(rows, grid=None):
     evaluation with the baselines and the TV bounds: train_seconds + eval_seconds), by d."""
     planned = None if grid is None else len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])
     grid_name = "`--full`" if grid is rate.FULL else "its grid"
-    per_seed, by_d, seed_seconds, timed, seen = {}, {}, {}, {}, set()
+    per_seed, by_d, seed_seconds, timed, seen, kernels = {}, {}, {}, {}, set(), {}
     for r in rows:
         per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + 1
+        # OpenBLAS's kernel set (rows of today's version record it; it moves the last bits and the speed)
+        names = r.get("blas_kernels")
+        name = " / ".join(sorted(set(names))) if isinstance(names, list) and names else None
+        kernels[name] = kernels.get(name, 0) + 1
         seen.add((r["family"], r["d"], r["n"]))
         seconds = r.get("train_seconds"), r.get("eval_seconds")
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in seconds):
@@ -174,7 +178,8 @@ def _cost(rows, grid=None):
             "seconds_per_cell": {str(d): {"mean": float(np.mean(v)), "max": float(np.max(v)), "cells": len(v)}
                                  for d, v in sorted(by_d.items())},
             "recorded_hours": float(sum(sum(v) for v in by_d.values()) / 3600.0),
-            "hours_per_complete_seed": complete}
+            "hours_per_complete_seed": complete,
+            "blas_kernels": {k: kernels[k] for k in sorted(kernels, key=lambda k: (k is None, k or ""))}}
 
 
 def compare(rows, other_rows, settings=None, other_settings=None):
@@ -502,6 +507,11 @@ def _cost_section(cost):
         text += (f" A complete seed took {took} core-hours: the {seeds} seeds "
                  f"need at least {seeds * float(np.mean(hours)) / 2:.1f} hours with two workers (the recorded "
                  "times leave out drawing the data and starting the workers).")
+    recorded = {k: v for k, v in cost["blas_kernels"].items() if k is not None}
+    if recorded:  # rows from before the record say nothing, and then neither does the page
+        text += (" Cells by the OpenBLAS kernels their matrix products ran on (they move the last bits and the "
+                 "time): " + ", ".join(f"{k} {v}" for k, v in recorded.items())
+                 + (f", not recorded {cost['blas_kernels'][None]}" if None in cost["blas_kernels"] else "") + ".")
     return lines + [text, ""]
 
 
