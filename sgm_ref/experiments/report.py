@@ -233,8 +233,13 @@ def compare(rows, other_rows, settings=None, other_settings=None):
 
 
 def _comparison_section(comparison, name):
+    network = sorted(set(comparison["differs"]) & _NETWORK_SETTINGS)
+    same = ("the same data, initialisation and evaluation draws" if not network else
+            "the same data and evaluation draws and the same initialisation but for the output layer"
+            if network == ["output_init"] else
+            f"the same data and evaluation draws but not the same network ({_list(network)} differ)")
     lines = [f"## Compared with `{name}`", "",
-             "The cells both sweeps ran, each with the same data, initialisation and evaluation draws; "
+             f"The cells both sweeps ran, each with {same}; "
              "only these settings differ (this run / the other): " +
              ("; ".join(f"{k}: {_show(v[0], k)} / {_show(v[1], k)}" for k, v in comparison["differs"].items())
               or "none recorded") + ".", "",
@@ -363,6 +368,9 @@ def _g(v, digits=3):
     return f"{v:.{digits}g}"
 
 
+# settings that change a cell's network or its initial parameters (the rest share them)
+_NETWORK_SETTINGS = {"width", "depth", "activation", "time_embedding", "parameterization", "output_init"}
+
 # what a cell does when its sweep did not record a setting (a sweep made before it existed)
 _UNRECORDED = {"lr_schedule": "constant", "time_sampling": "direct", "lr_final": "none", "checkpoint": "the last",
                "val_early": "none", "output_init": "random"}
@@ -383,6 +391,12 @@ def _interval(iv, digits=2):
 def _p(p):
     """'p = 0.0046' or 'p < 1e-4'."""
     return f"p = {p:.2g}" if p >= 1e-4 else "p < 1e-4"
+
+
+def _welch(joint):
+    """'F(4, 9.3) = 18.93, p < 1e-4' of a joint_slopes result's Welch test."""
+    w = joint["welch"]
+    return f"F({w['df'][0]}, {w['df'][1]:.1f}) = {w['F']:.2f}, {_p(w['p'])}"
 
 
 def _list(values):
@@ -537,12 +551,13 @@ def _family_section(family, a):
             f"n = {n}: " + ", ".join(f"{k} = {'/'.join(_show(x) for x in v)}" for k, v in sch.items())
             for n, sch in sorted(a["schedule"].items(), key=lambda kv: int(kv[0]))) + "."]
     lines += ["", f"Exponents b (error ~ n^-b), {LEVEL:.0%} intervals. *Straight line*: seed-level least squares "
-              "of log error on log n, one intercept and slope per d (pooled variance). *Saturating*: "
+              "of log error on log n, one intercept and slope per d, each d with its own residual variance (a "
+              "Student-t interval on its points minus 2 degrees of freedom). *Saturating*: "
               "error = A n^-b + c in log space, profile-likelihood interval (– or ∞: that end is not bounded "
-              "by the data). Lack of fit: pure-error F test of the straight line from the replicate seeds. "
+              "by the data); p of c = 0: the F test of the straight line against it. Lack of fit: pure-error F test of the straight line from the replicate seeds. "
               "Curse rate 2/(d+4). n*: smallest n where the error falls below half the -x baseline "
               "(interpolated on log n).", "",
-              "| d | b (straight line) | lack of fit F (df), p | b (saturating) | floor c (share at max n) "
+              "| d | b (straight line) | lack of fit F (df), p | b (saturating) | floor c (share at max n; p of c = 0) "
               "| curse rate | n* |" + "".join(f" b of {m} |" for m in a["methods"][1:]),
               "|" + "---|" * (7 + len(a["methods"]) - 1)]
     fit = a["fits"].get("network", {})
@@ -556,7 +571,7 @@ def _family_section(family, a):
         line += (f"{sat['b']:.3f} {_interval(sat['b_interval'])}" if sat else "–") + " | "
         # a floor below 1e-6 of the error is the optimiser's zero (its digits are noise)
         line += ("–" if not sat else f"0 ({net['floor_share']:.0%})" if net.get("floor_share", 1.0) < 1e-6
-                 else f"{_g(sat['c'])} ({net['floor_share']:.0%})") + " | "
+                 else f"{_g(sat['c'])} ({net['floor_share']:.0%}; {_p(sat['floor_test']['p'])})") + " | "
         line += f"{net['curse_rate']:.3f} | "
         ns_ = net["n_star"]
         line += _n_star_cell(ns_, max(ns)) + " |"
@@ -567,8 +582,9 @@ def _family_section(family, a):
     joint = fit.get("joint")
     lines.append("")
     if joint and joint["F"] is not None:
-        lines.append(f"Equal exponents across d (F test of a common slope against one slope per d, seed level): "
-                     f"F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}; "
+        lines.append("Equal exponents across d (a common slope against one slope per d, seed level): Welch's test, "
+                     f"each d with its own variance, {_welch(joint)}; the pooled-variance F test of the analysis of "
+                     f"covariance, F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}; "
                      f"common slope {joint['common_slope']:.3f}.")
     else:
         lines.append("Equal exponents across d: not tested (" + (fit.get("joint_reason") or "one d only") + ").")
@@ -621,8 +637,10 @@ def _longer(differs):
 
 def _training_sentences(comparisons):
     """(shows, not_shows) from the comparisons with a longer training (and no other change but
-    how it trains): is this run's training long enough? Within TRAINING_CHANGE both ways:
-    long enough; the interval below 1 - TRAINING_CHANGE: budget-bound; else undecided."""
+    how it trains): is this run's training long enough? Long enough: the ratio's interval
+    within TRAINING_CHANGE both ways over all cells, for each family and at the largest n
+    (where a budget bites first); budget-bound: the interval over all cells below
+    1 - TRAINING_CHANGE; else undecided."""
     shows, not_shows = [], []
     for c, name in comparisons:
         differs, pooled = c["differs"], c.get("all")
@@ -638,14 +656,29 @@ def _training_sentences(comparisons):
         text = (f"trained longer as `{name}` ({how}), the same {pooled['cells']} cells ({where}) have "
                 f"{_g(pooled['ratio'])} times this run's error ({LEVEL:.0%} interval [{_g(low)}, {_g(high)}], paired "
                 f"{_p(pooled['p'])}; by n: {per_n})")
-        if 1.0 - TRAINING_CHANGE <= low and high <= 1.0 + TRAINING_CHANGE:
-            shows.append(f"This run's training is long enough to {TRAINING_CHANGE:.0%}: {text}.")
+        parts = [(family, f) for family, f in c.get("families", {}).items()]
+        if c.get("by_n"):
+            n_max = max(c["by_n"], key=int)
+            parts.append((f"n = {n_max}", c["by_n"][n_max]))
+
+        def within(f):
+            return f["t"] is not None and 1.0 - TRAINING_CHANGE <= f["ratio_interval"][0] \
+                and f["ratio_interval"][1] <= 1.0 + TRAINING_CHANGE
+
+        wide = [(label, f) for label, f in parts if not within(f)]
+        if 1.0 - TRAINING_CHANGE <= low and high <= 1.0 + TRAINING_CHANGE and not wide:
+            shows.append(f"This run's training is long enough to {TRAINING_CHANGE:.0%}: {text}; within "
+                         f"{TRAINING_CHANGE:.0%} also for each family and at the largest n.")
         elif high < 1.0 - TRAINING_CHANGE:
             not_shows.append(f"This run's training is budget-bound: {text}; so its errors and exponents are those "
                              "of its training, not of the network trained to its limit.")
         else:
-            not_shows.append(f"Whether this run's training is long enough is undecided: {text}; the interval "
-                             f"reaches beyond {1.0 - TRAINING_CHANGE:g} to {1.0 + TRAINING_CHANGE:g}.")
+            reach = _list([f"{label}: {_g(f['ratio'])} " + (f"[{_g(f['ratio_interval'][0])}, "
+                                                                f"{_g(f['ratio_interval'][1])}]"
+                                                                if f["t"] is not None else "(one cell, no interval)")
+                           for label, f in (wide or [("all cells", pooled)])])
+            not_shows.append(f"Whether this run's training is long enough is undecided: {text}; the interval reaches "
+                             f"beyond {1.0 - TRAINING_CHANGE:g} to {1.0 + TRAINING_CHANGE:g} ({reach}).")
     return shows, not_shows
 
 
@@ -663,25 +696,44 @@ def _conclusions(fams, comparisons=()):
         if missing:
             not_shows.append(f"**{family}**: no exponent in d = {_list(missing)} (fewer than two n with a positive "
                              "error); \"every d\" below means every d fitted.")
+        # the exponent claims are made where the network learns: its error at the largest n
+        # below half the -x baseline (n* reached) and not at or above -x's from some n on
+        nstar = {d: a["network"][str(d)]["n_star"] for d in a["d"]}
+        stuck = _at_or_above_minus_x(a)
+        never = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] == "right"]
+        out = [d for d in ds if d in never or d in stuck]
+        lof = {d: a["network"][str(d)]["lack_of_fit"] for d in a["d"]}
+        bent = [d for d in a["d"] if lof[d] and lof[d]["p"] < ALPHA_LOF]
+        if out:
+            not_shows.append(f"**{family}**: the exponents of d = {_list(out)} ("
+                             + _list([f"{by_d[str(d)]['b']:.2f}" for d in out]) + ") are not rates of learning: "
+                             f"the error does not end below half the -x baseline by n = {max(a['n'])}; they are "
+                             "left out of the claims about exponents under \"What this shows\".")
+        ds = [d for d in ds if d not in out]
         lows = {d: by_d[str(d)]["b_interval"][0] for d in ds}
         away = [d for d in ds if lows[d] > 0]
         sat = {d: a["network"][str(d)]["saturating"] for d in ds}
         sat_lows = {d: sat[d]["b_interval"][0] or 0.0 for d in ds if sat[d]}  # None: not bounded below
-        if len(away) == len(ds):
+        where = "every d" + (f" where it learns ({_list(ds)})" if out else f" ({_list(ds)})")
+        bends = [d for d in ds if d in bent]
+        if ds and len(away) == len(ds):
             dmin = min(ds, key=lambda d: lows[d])
-            text = (f"**{family}**: the error falls as a power of n with an exponent bounded away from 0 in "
-                    f"every d ({_list(ds)}): the smallest lower {LEVEL:.0%} limit of b is {lows[dmin]:.2f} "
-                    f"(d = {dmin}) for the straight line")
+            text = (f"**{family}**: the error falls with n in {where}: the exponent b of the best straight line in "
+                    f"log-log is bounded away from 0, its smallest lower {LEVEL:.0%} limit {lows[dmin]:.2f} "
+                    f"(d = {dmin})")
             if sat_lows:
                 smin = min(sat_lows, key=sat_lows.get)
-                text += (f", {sat_lows[smin]:.2f} (d = {smin}) for the saturating fit"
+                text += (f"; the saturating fit's {sat_lows[smin]:.2f} (d = {smin})"
                          + ("" if sat_lows[smin] > 0 else ", whose interval reaches 0"))
+            if bends:
+                text += f" (in d = {_list(bends)} the curve is not a straight line: lack of fit, below)"
             shows.append(text + ".")
-        else:
+        elif ds:
             near = [d for d in ds if d not in away]
             if away:
-                shows.append(f"**{family}**: the exponent is bounded away from 0 in d = {_list(away)} (lower "
-                             f"{LEVEL:.0%} limits {_list([f'{lows[d]:.2f}' for d in away])}).")
+                shows.append(f"**{family}**: the error falls with n in d = {_list(away)} (the best straight line's "
+                             f"exponent bounded away from 0: lower {LEVEL:.0%} limits "
+                             f"{_list([f'{lows[d]:.2f}' for d in away])}).")
             not_shows.append(f"**{family}**: the exponent's interval reaches 0 in d = {_list(near)} "
                              f"(lower limits {_list([f'{lows[d]:.2f}' for d in near])}): there the "
                              "error is not shown to fall with n.")
@@ -694,62 +746,61 @@ def _conclusions(fams, comparisons=()):
             shows.append(f"**{family}**: the straight-line exponent's lower limit exceeds the curse rate 2/(d+4) in "
                          f"d = {_list(above)}; the smallest ratio of lower limit to curse rate is {ratio[dr]:.1f} "
                          f"(d = {dr}). The saturating fit's lower limit exceeds it in "
-                         + ("no d" if not sat_above else "every d" if sat_above == ds else f"d = {_list(sat_above)}")
+                         + ("no d" if not sat_above else f"d = {_list(sat_above)}")
                          + ".")
         rest = [d for d in ds if d not in above]
         if rest:
             not_shows.append(f"**{family}**: the exponent is not shown to exceed the curse rate in d = {_list(rest)}.")
         joint = fit.get("joint")
         if joint and joint["F"] is not None:
-            bs = {d: by_d[str(d)]["b"] for d in ds}
-            lo, hi = min(ds, key=lambda d: bs[d]), max(ds, key=lambda d: bs[d])
-            test = f"F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}"
-            if joint["p"] < ALPHA:
+            fitted = [d for d in a["d"] if str(d) in by_d]
+            bs = {d: by_d[str(d)]["b"] for d in fitted}
+            lo, hi = min(fitted, key=lambda d: bs[d]), max(fitted, key=lambda d: bs[d])
+            welch = joint["welch"]
+            test = (f"Welch's {_welch(joint)}; with one pooled variance F({joint['df'][0]}, {joint['df'][1]}) = "
+                    f"{joint['F']:.2f}, {_p(joint['p'])}")
+            if welch["p"] < ALPHA:
                 not_shows.append(f"**{family}**: it does not show an exponent independent of d: equal exponents are "
                                  f"rejected at level {ALPHA} ({test}); b ranges from {bs[lo]:.2f} (d = {lo}) to "
                                  f"{bs[hi]:.2f} (d = {hi}).")
             else:
-                width = max(by_d[str(d)]["b_se"] for d in ds)
+                width = max(by_d[str(d)]["b_se"] for d in fitted)
                 shows.append(f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
                              f"common exponent {-joint['common_slope']:.2f}.")
                 not_shows.append(f"**{family}**: not rejecting is not proof of a d-free exponent: each d's exponent "
                                  f"has a standard error up to {width:.3f}, so differences of about "
                                  f"{2.8 * width:.2f} could go unseen.")
-        lof = {d: a["network"][str(d)]["lack_of_fit"] for d in a["d"]}
         tested = [d for d in a["d"] if lof[d]]
-        bent = [d for d in tested if lof[d]["p"] < ALPHA_LOF]
         if bent:
             not_shows.append(f"**{family}**: a straight line in log-log is rejected (lack of fit, p < {ALPHA_LOF}) in "
                              f"{len(bent)} of {len(tested)} d ({_list(bent)}): there the straight-line exponent "
                              f"depends on the n range ({min(a['n'])} to {max(a['n'])}) and its interval measures "
                              "curvature as well as noise; the saturating fit is the better summary.")
         elif tested:
-            shows.append(f"**{family}**: a straight line in log-log is not rejected (lack of fit p ≥ {ALPHA_LOF}) in "
-                         f"any of the {len(tested)} d tested; the smallest is "
-                         f"{_p(min(lof[d]['p'] for d in tested))}.")
-        flat = [d for d in a["d"] if a["network"][str(d)].get("floor_share", 0) > FLOOR_SHARE]
-        if flat:
-            shares = _list([f"{a['network'][str(d)]['floor_share']:.0%}" for d in flat])
-            not_shows.append(f"**{family}**: the fitted floor c is more than {FLOOR_SHARE:.0%} of the error at the "
-                             f"largest n in d = {_list(flat)} ({shares}): those curves have flattened, so larger n "
-                             "alone would not lower the error much under these settings.")
-        nstar = {d: a["network"][str(d)]["n_star"] for d in a["d"]}
+            not_shows.append(f"**{family}**: a straight line in log-log is not rejected (lack of fit p ≥ {ALPHA_LOF}) "
+                             f"in any of the {len(tested)} d tested (smallest {_p(min(lof[d]['p'] for d in tested))}), "
+                             f"which is weak evidence for one: with {a['seeds']} seeds the pure-error test sees "
+                             "only strong bending.")
+        else:
+            not_shows.append(f"**{family}**: with one seed per cell the straight line cannot be tested (no "
+                             "replicates, no lack-of-fit test): the exponents are of the best line, whatever "
+                             "the curve's shape.")
+        _floor_sentences(family, a, not_shows)
+        _rising_sentences(family, a, not_shows)
         reached = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right"]
-        never = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] == "right"]
         if reached:
-            shows.append(f"**{family}**: the error falls below half the -x baseline at n* = "
+            shows.append(f"**{family}**: the error falls below half the -x baseline at n*: "
                          + _list([("≤ " if nstar[d]["censored"] == "left" else "") + f"{nstar[d]['n_star']:.0f}"
                                   + f" (d = {d})" for d in reached]) + ".")
         if never:
             not_shows.append(f"**{family}**: the error stays above half the -x baseline up to n = {max(a['n'])} in "
                              f"d = {_list(never)}.")
-        above = _at_or_above_minus_x(a)
-        if above:
+        if stuck:
             not_shows.append(f"**{family}**: the network's mean error is at or above the score -x's at every n from "
-                             + _list([f"{n0} (d = {d})" for d, n0 in above.items()])
+                             + _list([f"{n0} (d = {d})" for d, n0 in stuck.items()])
                              + f" up to n = {max(a['n'])}: there it does no better than a score that learned nothing.")
         shows += _level_sentences(family, a)
-        shows += _baseline_sentences(family, a)
+        shows += _baseline_sentences(family, a, learns=set(ds))
         shows += _tv_sentences(family, a, not_shows)
         if a["seeds"] < 5:
             not_shows.append(f"**{family}**: at most {a['seeds']} seed(s) per cell, fewer than the 5 the statistics "
@@ -764,6 +815,48 @@ def _conclusions(fams, comparisons=()):
                      "theorem whose constants may grow with d.")
     lines = ["## What this shows", ""] + [f"- {s}" for s in shows] + ["", "## What it does not show", ""]
     return lines + [f"- {s}" for s in not_shows] + [""]
+
+
+def _floor_sentences(family, a, not_shows):
+    """Has the error flattened? A fitted floor c above FLOOR_SHARE of the error at the largest
+    n counts only where the straight line (c = 0) is rejected against it (floor_test); a
+    floor above that error itself means the curve rises at the end, not that it flattens."""
+    share = {d: a["network"][str(d)].get("floor_share") for d in a["d"]}
+    sat = {d: a["network"][str(d)]["saturating"] for d in a["d"]}
+    big = [d for d in a["d"] if share[d] is not None and share[d] > FLOOR_SHARE]
+    flat = [d for d in big if share[d] <= 1.0 and sat[d]["floor_test"]["p"] < ALPHA]
+    open_ = [d for d in big if share[d] <= 1.0 and d not in flat]
+    over = [d for d in big if share[d] > 1.0]
+
+    def each(ds):
+        return _list([f"{share[d]:.0%}, {_p(sat[d]['floor_test']['p'])} (d = {d})" for d in ds])
+
+    if flat:
+        not_shows.append(f"**{family}**: the error has flattened in d = {_list(flat)}: a floor c above "
+                         f"{FLOOR_SHARE:.0%} of the error at the largest n, and c = 0 rejected at level {ALPHA} "
+                         f"({each(flat)}); larger n alone would not lower the error much under these settings.")
+    if open_:
+        not_shows.append(f"**{family}**: whether the error flattens is undecided in d = {_list(open_)}: the fitted "
+                         f"floor is above {FLOOR_SHARE:.0%} of the error at the largest n but c = 0 is not rejected "
+                         f"({each(open_)}).")
+    if over:
+        not_shows.append(f"**{family}**: in d = {_list(over)} the saturating fit's floor exceeds the error at the "
+                         f"largest n ({_list([f'{share[d]:.0%}' for d in over])}): the curve does not fall there "
+                         "at the end, and its b and c do not describe a flattening.")
+
+
+def _rising_sentences(family, a, not_shows):
+    """Where the mean error rises from one n to the next by more than two standard errors of
+    the difference (training that overfits more, or a curve that has turned)."""
+    rises = []
+    for d in a["d"]:
+        pts = sorted((int(n), p["network"]) for n, p in a["points"][str(d)].items() if "network" in p)
+        for (n0, e0), (n1, e1) in zip(pts, pts[1:]):
+            if e1[0] - e0[0] > 2 * math.hypot(e0[1], e1[1]):
+                rises.append(f"d = {d}, n = {n0} to {n1}: {_g(e0[0])} to {_g(e1[0])}")
+    if rises:
+        not_shows.append(f"**{family}**: the error rises with n (by more than two standard errors) at "
+                         + "; ".join(rises) + ".")
 
 
 def _at_or_above_minus_x(a):
@@ -798,7 +891,7 @@ def _level_sentences(family, a):
     return out
 
 
-def _baseline_sentences(family, a):
+def _baseline_sentences(family, a, learns=None):
     out = []
     nmax = max(a["n"])
     for method, label in (("empirical measure (curse)", "the empirical-measure (curse) baseline"),
@@ -826,11 +919,12 @@ def _baseline_sentences(family, a):
             out.append(f"**{family}**: {label}'s own exponent is "
                        + _list([f"{bs[d]:.2f} (d = {d})" for d in sorted(bs)]) + ".")
             net = a["fits"].get("network", {}).get("by_d", {})
-            faster = [int(d) for d, f in fits.items() if d in net and net[d]["b_interval"][0] > f["b_interval"][1]]
+            faster = [int(d) for d, f in fits.items() if d in net and net[d]["b_interval"][0] > f["b_interval"][1]
+                      and (learns is None or int(d) in learns)]
             if faster:
                 out.append(f"**{family}**: the network's exponent is above {label}'s (its lower {LEVEL:.0%} limit "
                            f"above the baseline's upper limit) in d = {_list(sorted(faster))}: " + _list(
-                               [f"{net[str(d)]['b_interval'][0]:.2f} > {fits[str(d)]['b_interval'][1]:.2f} (d = {d})"
+                               [f"{_g(net[str(d)]['b_interval'][0])} > {_g(fits[str(d)]['b_interval'][1])} (d = {d})"
                                 for d in sorted(faster)]) + ".")
     return out
 

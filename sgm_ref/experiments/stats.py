@@ -2,10 +2,11 @@
 
 Every function takes the seed-level numbers (one error per cell) and returns plain dicts
 of Python floats, ready for JSON. Notation: x = log n, y = log error, the exponent
-b = -slope (error ~ n^-b), the curse rate 2 / (d + 4) (the nonparametric rate of a
-density's squared error in d dimensions, which an unrestricted score estimator shares).
+b = -slope (error ~ n^-b), the curse rate 2 / (d + 4) (the best squared-error exponent of
+a nonparametric estimate of a density's gradient, the score's numerator, when all it
+knows is two derivatives in d dimensions).
 
-    joint_slopes       y = a_d + b_d x for all d at once, F test of equal slopes
+    joint_slopes       y = a_d + b_d x for every d, Welch's and the pooled F test of equal slopes
     lack_of_fit        pure-error F test of a straight line, from replicate seeds
     saturating_fit     error = A n^-b + c with a profile-likelihood interval for b
     curse_comparison   the exponent's interval against 2 / (d + 4)
@@ -19,7 +20,7 @@ import numbers
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["curse_rate", "joint_slopes", "lack_of_fit", "saturating_fit", "curse_comparison", "n_star",
+__all__ = ["curse_rate", "joint_slopes", "welch_slopes", "lack_of_fit", "saturating_fit", "curse_comparison", "n_star",
            "paired_log_ratio"]
 
 
@@ -47,12 +48,16 @@ def _positive(name, a):
 def curse_rate(d):
     """2 / (d + 4): the curse-of-dimensionality exponent the experiment compares with.
 
-    A density (or a regression function) with two derivatives in d dimensions can be
-    estimated in squared L2 error at best at the rate n^(-4 / (d + 4)), i.e. in L2 error
-    n^(-2 / (d + 4)) (Stone, Ann. Statist. 8, 1980, with smoothness 2): an estimator that
-    uses nothing but smoothness is held to an exponent that shrinks like 1 / d. Issue 14
-    takes this as the reference ("the curse rate"); an exponent bounded above it in every
-    d is the contrast the experiment can show.
+    The m-th derivatives of a function with p derivatives in d dimensions can be estimated
+    in squared L2 error at best at the rate n^(-2 (p - m) / (2 p + d)) (Stone, Optimal global
+    rates of convergence for nonparametric regression, Ann. Statist. 10, 1982; the same
+    rates hold for densities). The score grad log p = grad p / p is a first derivative
+    (m = 1); with p = 2 the exponent of its squared error, the quantity the experiment
+    measures, is 2 / (d + 4). (The density itself, m = 0, would have 4 / (d + 4).) An
+    estimator that uses nothing but this smoothness is held to an exponent that shrinks
+    like 1 / d: an exponent bounded above it in every d is the contrast the experiment can
+    show. Gaussian mixtures are smoother than p = 2; the rate is the reference of an
+    estimator that does not know it, as the empirical measure's score does not.
     """
     if isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d < 1:
         raise ValueError(f"d must be an integer >= 1, got {d!r}")
@@ -60,24 +65,41 @@ def curse_rate(d):
 
 
 def joint_slopes(group, n, error, level=0.95):
-    """Per-group lines log error = a_g + b_g log n fitted jointly, and the F test of equal slopes.
+    """Per-group lines log error = a_g + b_g log n, and two tests of equal slopes.
 
     Ordinary least squares on every seed's error (one point per cell). The full model has
-    an intercept and a slope per group g (here g = d); the reduced model a common slope:
+    an intercept and a slope per group g (here g = d), i.e. one line per group; the
+    reduced model a common slope:
 
         full     y_i = a_{g(i)} + b_{g(i)} x_i + e_i          p_f = 2G parameters
         reduced  y_i = a_{g(i)} + b x_i + e_i                 p_r = G + 1 parameters
 
-        F = [(RSS_r - RSS_f) / (G - 1)] / [RSS_f / (N - 2G)]  ~  F(G - 1, N - 2G)
+    Each group's slope b_g gets its own residual variance s_g^2 = RSS_g / (N_g - 2), so
+    se(b_g) = s_g / sqrt(S_xx,g) with a Student-t interval on nu_g = N_g - 2 degrees of
+    freedom: the noise of log error differs between d (the seed scatter is several times
+    larger at small d than at d = 512 here), and one pooled variance would make the quiet
+    groups' intervals too wide and the noisy groups' too narrow.
 
-    under equal slopes and iid normal errors (the general linear test of nested models,
-    Kutner, Nachtsheim, Neter & Li, Applied Linear Statistical Models, 5th ed. 2005,
-    Sec. 2.8 and 8.7 "comparison of two or more regression functions"; the test of
-    homogeneity of slopes of the analysis of covariance). The standard error of each b_g
-    uses the pooled residual variance s^2 = RSS_f / (N - 2G): se(b_g) = s / sqrt(S_xx,g),
-    with a Student-t interval on N - 2G degrees of freedom. When the lines do not fit
-    (lack_of_fit rejects), s^2 includes the curvature and the intervals describe the
-    best straight line over the n range, not a noise level.
+    Equal slopes, allowing a different variance per group: Welch's test (Welch, On the
+    comparison of several mean values: an alternative approach, Biometrika 38, 1951)
+    applied to the slopes, as DeShon & Alexander (Alternative procedures for testing
+    regression slope homogeneity when group error variances are unequal, Psychological
+    Methods 1, 1996) recommend. With w_g = 1 / se(b_g)^2, W = sum w_g, bw = sum w_g b_g / W,
+    lambda = sum (1 - w_g / W)^2 / nu_g:
+
+        F_W = [sum w_g (b_g - bw)^2 / (G - 1)] / [1 + 2 (G - 2) lambda / (G^2 - 1)]
+            ~  F(G - 1, (G^2 - 1) / (3 lambda))      approximately, under equal slopes.
+
+    For G = 2 it is the square of Welch's t of the two slopes, on Satterthwaite's degrees
+    of freedom. Also returned, the pooled-variance test of the analysis of covariance,
+
+        F = [(RSS_r - RSS_f) / (G - 1)] / [RSS_f / (N - 2G)]  ~  F(G - 1, N - 2G),
+
+    exact for iid normal errors of one variance (the general linear test of nested models,
+    Kutner, Nachtsheim, Neter & Li, Applied Linear Statistical Models, 5th ed. 2005, Sec.
+    2.8 and 8.7), with the pooled intervals s / sqrt(S_xx,g), s^2 = RSS_f / (N - 2G). When
+    the lines do not fit (lack_of_fit rejects), the variances include the curvature and
+    the intervals describe the best straight line over the n range, not a noise level.
 
     Parameters
     ----------
@@ -91,15 +113,18 @@ def joint_slopes(group, n, error, level=0.95):
     Returns
     -------
     dict
-        "groups": [{"group", "slope", "slope_se", "slope_interval", "intercept", "points"}],
-        "common_slope", "F", "df": [G - 1, N - 2G], "p", "rss_full", "rss_reduced", "level".
-        With one group F, df and p are None (no test).
+        "groups": [{"group", "slope", "slope_se", "slope_interval", "dof" (own variance),
+        "slope_se_pooled", "slope_interval_pooled", "intercept", "points"}], "common_slope"
+        (the reduced model's), "welch": {"F", "df": [G - 1, df2], "p", "weighted_slope"},
+        "F", "df": [G - 1, N - 2G], "p" (pooled), "rss_full", "rss_reduced", "level".
+        With one group "welch", F, df and p are None (no test).
 
     Raises
     ------
     ValueError
         Arrays of different lengths, non-finite or non-positive values, a group with fewer
-        than two distinct n, no residual degrees of freedom (N <= 2G), or a zero residual.
+        than two distinct n or fewer than three points (no variance of its own), or a
+        group whose points lie exactly on its line (zero residual).
     """
     n, error = _vectors([("n", n), ("error", error)])
     group = np.asarray(group)
@@ -111,13 +136,13 @@ def joint_slopes(group, n, error, level=0.95):
     x, y = np.log(n), np.log(error)
     labels = list(dict.fromkeys(group.tolist()))
     G, N = len(labels), n.size
-    if N <= 2 * G:
-        raise ValueError(f"{N} points cannot fit {G} lines with a residual: need more than {2 * G} points "
-                         "(more seeds or more n)")
     idx = np.array([labels.index(g) for g in group.tolist()])
     for k, g in enumerate(labels):
         if np.unique(x[idx == k]).size < 2:
             raise ValueError(f"group {g!r} has fewer than two distinct n: its slope is not defined")
+        if np.sum(idx == k) < 3:
+            raise ValueError(f"group {g!r} has {np.sum(idx == k)} points: a line with a variance of its own needs "
+                             "at least 3 (more seeds or more n)")
     onehot = (idx[:, None] == np.arange(G)).astype(float)
     full = np.hstack([onehot, onehot * x[:, None]])
     reduced = np.hstack([onehot, x[:, None]])
@@ -125,24 +150,55 @@ def joint_slopes(group, n, error, level=0.95):
     coef_r, rss_r = _ols(reduced, y)
     df_f = N - 2 * G
     s2 = rss_f / df_f
-    if rss_f <= _rounding(y):
-        raise ValueError("the points lie exactly on their lines (zero residual): no variance to test or "
-                         "give intervals with")
-    tq = stats.t.ppf(0.5 + level / 2, df_f)
     out = []
     for k, g in enumerate(labels):
-        xk = x[idx == k]
-        se = math.sqrt(s2 / np.sum((xk - xk.mean()) ** 2))
-        b = float(coef_f[G + k])
-        out.append({"group": _plain(g), "slope": b, "slope_se": se,
+        xk, yk = x[idx == k], y[idx == k]
+        b, a = float(coef_f[G + k]), float(coef_f[k])
+        rss_k = float(np.sum((yk - a - b * xk) ** 2))
+        if rss_k <= _rounding(yk):
+            raise ValueError(f"the points of group {g!r} lie exactly on their line (zero residual): no variance "
+                             "to test or give intervals with")
+        sxx = float(np.sum((xk - xk.mean()) ** 2))
+        nu = xk.size - 2
+        se = math.sqrt(rss_k / nu / sxx)
+        tq = stats.t.ppf(0.5 + level / 2, nu)
+        se_pooled = math.sqrt(s2 / sxx)
+        tq_pooled = stats.t.ppf(0.5 + level / 2, df_f)
+        out.append({"group": _plain(g), "slope": b, "slope_se": se, "dof": int(nu),
                     "slope_interval": [float(b - tq * se), float(b + tq * se)],
-                    "intercept": float(coef_f[k]), "points": int(xk.size)})
+                    "slope_se_pooled": se_pooled,
+                    "slope_interval_pooled": [float(b - tq_pooled * se_pooled), float(b + tq_pooled * se_pooled)],
+                    "intercept": a, "points": int(xk.size)})
     result = {"groups": out, "common_slope": float(coef_r[G]), "rss_full": rss_f, "rss_reduced": rss_r,
-              "level": level, "F": None, "df": None, "p": None}
+              "level": level, "welch": None, "F": None, "df": None, "p": None}
     if G > 1:
         F = ((rss_r - rss_f) / (G - 1)) / s2
         result.update(F=float(F), df=[G - 1, df_f], p=float(stats.f.sf(F, G - 1, df_f)))
+        result["welch"] = welch_slopes([o["slope"] for o in out], [o["slope_se"] for o in out],
+                                       [o["dof"] for o in out])
     return result
+
+
+def welch_slopes(slopes, ses, dofs):
+    """Welch's heteroscedastic F test that G independent estimates share one mean.
+
+    slopes b_g with standard errors se_g estimated on nu_g degrees of freedom (joint_slopes
+    gives the formula and its sources). Returns {"F", "df": [G - 1, df2], "p",
+    "weighted_slope"}; G >= 2, every se_g > 0 and nu_g >= 1.
+    """
+    b, se, nu = (np.asarray(v, dtype=float) for v in (slopes, ses, dofs))
+    G = b.size
+    if G < 2 or se.shape != b.shape or nu.shape != b.shape:
+        raise ValueError("welch_slopes needs at least two slopes, each with its se and degrees of freedom")
+    if not (np.all(np.isfinite(b)) and np.all(se > 0) and np.all(nu >= 1)):
+        raise ValueError("welch_slopes needs finite slopes, se > 0 and degrees of freedom >= 1")
+    w = 1.0 / se**2
+    W = float(w.sum())
+    bw = float(np.sum(w * b) / W)
+    lam = float(np.sum((1.0 - w / W) ** 2 / nu))
+    F = float(np.sum(w * (b - bw) ** 2) / (G - 1) / (1.0 + 2.0 * (G - 2) * lam / (G**2 - 1)))
+    df2 = (G**2 - 1) / (3.0 * lam)
+    return {"F": F, "df": [G - 1, float(df2)], "p": float(stats.f.sf(F, G - 1, df2)), "weighted_slope": bw}
 
 
 def lack_of_fit(n, error):
@@ -211,6 +267,16 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
     profile does not rise above the threshold before b = 0 or b = b_max, that end is
     None: the data do not bound b there (it is not clipped to the search range).
 
+    Whether there is a floor at all: the F test of c = 0, the straight line (A n^-b, b >= 0)
+    nested in this model,
+
+        F = (RSS_line - RSS) / [RSS / (N - 3)]  on (1, N - 3) degrees of freedom,
+
+    conservative because c = 0 is on the boundary of c >= 0 (the likelihood-ratio statistic
+    is then a 50:50 mixture of 0 and chi^2_1, so the p printed is about twice the exact one;
+    Self & Liang, J. Amer. Statist. Assoc. 82, 1987). A fitted c with p above the level is
+    not evidence of a floor: c trades off against b over a limited range of n.
+
     Parameters
     ----------
     n, error : arrays (N,)
@@ -222,7 +288,8 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
     Returns
     -------
     dict
-        "A", "b", "c", "b_interval": [low or None, high or None], "rss", "s2", "dof", "level".
+        "A", "b", "c", "b_interval": [low or None, high or None], "rss", "s2", "dof", "level",
+        "floor_test": {"F", "df": [1, N - 3], "p", "rss_line"}.
 
     Raises
     ------
@@ -300,9 +367,17 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
 
     low = end(0.0)
     high = end(b_max)
+    # c = 0: the line log A - b log n with b >= 0 (a rising line is the constant, b = 0)
+    x = np.log(n)
+    coef, rss_line = _ols(np.column_stack([np.ones_like(x), x]), y)
+    if coef[1] > 0:
+        rss_line = float(np.sum((y - y.mean()) ** 2))
+    F_floor = max(rss_line - float(rss), 0.0) / s2
+    floor = {"F": float(F_floor), "df": [1, int(dof)], "p": float(stats.f.sf(F_floor, 1, dof)),
+             "rss_line": float(rss_line)}
     return {"A": float(np.exp(p_hat[0]) * np.exp(np.mean(np.log(n))) ** b_hat), "b": b_hat,
             "c": float(p_hat[1] * scale), "b_interval": [low, high], "rss": float(rss), "s2": float(s2),
-            "dof": int(dof), "level": level}
+            "dof": int(dof), "level": level, "floor_test": floor}
 
 
 def curse_comparison(d, exponent_interval):
