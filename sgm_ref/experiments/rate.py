@@ -102,8 +102,10 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
 # enough is measured by the run with twice the steps on 18 cells (d 2, 32, 128; n 500, 4000,
 # 32000; both families; seed 0), stored in docs/rate_iso_rerun_budget2 beside the same cells of
 # docs/rate_iso_rerun: `sgm-ref experiment rate-report docs/rate_iso_rerun --out OUT --compare
-# docs/rate_iso_rerun_budget2` gives twice the steps 0.969 times the error (95% [0.904, 1.04]:
-# long enough to 10%); by n 0.962 (n = 500), 1.03 (4000), 0.92 (32000, [0.772, 1.10]). The
+# docs/rate_iso_rerun_budget2` gives twice the steps 0.969 times the error (95% [0.904, 1.04]
+# over the 18 cells), by family 0.923 [0.83, 1.03] (mixture-iso) and 1.02 [0.918, 1.13]
+# (tilt-iso), by n 0.962 (n = 500), 1.03 (4000), 0.92 (32000, [0.772, 1.10]): within 10%
+# over all cells, undecided for each family and at the largest n (one seed). The
 # same check before the zero output layer (docs/rate_iso_budget2 against docs/rate_iso_cosine)
 # gave 0.804 at n = 32000 ([0.683, 0.948]). The first full run (constant rate, 3000 steps,
 # 7500 at n = 32000; docs/rate_iso) had 1 / 0.212 times the rerun's error at n = 32000 on its
