@@ -183,9 +183,10 @@ def test_cli_regenerates_the_report_and_names_bad_input(tmp_path):
 def test_report_of_a_sweep_still_running(tmp_path):
     # one seed (no replicates: no lack-of-fit test), a d with a single n so far: the rest is still reported
     folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=1)
-    append_result(os.path.join(folder, "results.jsonl"),
-                  {"family": "mixture", "d": 128, "n": 500, "seed": 0, "status": "ok", "score_error": 3.0,
-                   "score_error_se": 0.1})
+    for d, n in ((128, 500), (512, 500), (512, 1000)):  # d = 512: two n, two points, no variance of its own
+        append_result(os.path.join(folder, "results.jsonl"),
+                      {"family": "mixture", "d": d, "n": n, "seed": 0, "status": "ok", "score_error": 3.0,
+                       "score_error_se": 0.1})
     report.write_report(folder)
     text = open(os.path.join(folder, "rate.md"), encoding="utf-8").read()
     assert "| 128 | network | 3 ± 0.1 |" in text
@@ -193,7 +194,7 @@ def test_report_of_a_sweep_still_running(tmp_path):
     assert "**mixture**: the error falls with n in every d (2, 8 and 32)" in text
     assert "**mixture**: with one seed per cell the straight line cannot be tested" in text
     assert "**mixture**: at most 1 seed(s) per cell" in text
-    assert "**mixture**: no exponent in d = 128" in text
+    assert "**mixture**: no exponent in d = 128 and 512 (fewer than three points or two n" in text
 
 
 def test_compare_two_sweeps_cell_by_cell(tmp_path):

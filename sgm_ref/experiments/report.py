@@ -308,8 +308,10 @@ def _analyse_family(rows):
         data = [(r["d"], r["n"], _value(r, k)[0]) for r in rows if _value(r, k) is not None and _value(r, k)[0] > 0]
         if not data:
             continue
-        # a d with one n so far (a sweep still running) has no slope: fit the others
-        fitted = {d for d in ds if len({n for dd, n, _ in data if dd == d}) >= 2}
+        # a d with one n so far (a sweep still running) has no slope, and one with two points
+        # no variance of its own: fit the others
+        fitted = {d for d in ds if len({n for dd, n, _ in data if dd == d}) >= 2
+                  and sum(dd == d for dd, _, _ in data) >= 3}
         data = [row for row in data if row[0] in fitted]
         if not data:
             fits[names[k]] = {"joint": None, "joint_reason": "no d has two distinct n yet", "by_d": {}}
@@ -694,8 +696,8 @@ def _conclusions(fams, comparisons=()):
             continue
         missing = [d for d in a["d"] if d not in ds]
         if missing:
-            not_shows.append(f"**{family}**: no exponent in d = {_list(missing)} (fewer than two n with a positive "
-                             "error); \"every d\" below means every d fitted.")
+            not_shows.append(f"**{family}**: no exponent in d = {_list(missing)} (fewer than three points or two n "
+                             "with a positive error); \"every d\" below means every d fitted.")
         # the exponent claims are made where the network learns: its error at the largest n
         # below half the -x baseline (n* reached) and not at or above -x's from some n on
         nstar = {d: a["network"][str(d)]["n_star"] for d in a["d"]}
