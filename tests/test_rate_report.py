@@ -459,9 +459,10 @@ def test_flattening_needs_its_test_and_a_rise_is_named():
          "network": {"2": net(0.1, 0.001), "8": net(0.5, 0.001), "32": net(0.5, 0.3), "128": net(1.2, 0.5),
                      "512": {"floor_share": None, "saturating": None}},
          "points": {"2": {"500": {"network": (1.0, 0.01)}, "1000": {"network": (0.5, 0.01)}},
-                    "8": {"500": {"network": (1.0, 0.01)}, "1000": {"network": (1.05, 0.01)}},   # +0.05 > 2 x 0.014
+                    "8": {"500": {"network": (1.0, 0.01)}, "1000": {"network": (1.15, 0.01)}},   # +15%, > 2 x 0.014
                     "32": {"500": {"network": (1.0, 0.01)}, "1000": {"network": (1.02, 0.01)}},  # within noise
-                    "128": {}, "512": {}}}
+                    "128": {"500": {"network": (1.0, 1e-4)}, "1000": {"network": (1.05, 1e-4)}},  # 5%: too small
+                    "512": {}}}
     not_shows = []
     report._floor_sentences("fam", a, not_shows)
     report._rising_sentences("fam", a, not_shows)
@@ -473,7 +474,8 @@ def test_flattening_needs_its_test_and_a_rise_is_named():
         "the largest n but c = 0 is not rejected (50%, p = 0.3 (d = 32)).",
         "**fam**: in d = 128 the saturating fit's floor exceeds the error at the largest n (120%): the curve does "
         "not fall there at the end, and its b and c do not describe a flattening.",
-        "**fam**: the error rises with n (by more than two standard errors) at d = 8, n = 500 to 1000: 1 to 1.05."]
+        "**fam**: the error rises with n (by more than 10% and two standard errors) at d = 8, n = 500 to 1000: 1 to "
+        "1.15."]
 
 
 def test_a_comparison_says_which_draws_the_cells_share():

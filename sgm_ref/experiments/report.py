@@ -35,6 +35,7 @@ LEVEL = 0.95          # confidence level of every interval
 ALPHA = 0.05          # level of the equal-slope test
 ALPHA_LOF = 0.01      # level of the lack-of-fit test (issue 14 reports p < 0.01)
 FLOOR_SHARE = 0.25    # a fitted floor c above this share of the error at the largest n: "flattened"
+RISE = 0.10           # a mean error that grows from one n to the next by more than this (and 2 se): "rises"
 TRAINING_CHANGE = 0.10  # a comparison of training settings alone: "long enough" if its interval is within 10%
 # the settings that change how long or how a cell trains, not what it learns or how it is measured
 TRAINING_SETTINGS = {"steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling", "checkpoint", "val_n",
@@ -848,16 +849,17 @@ def _floor_sentences(family, a, not_shows):
 
 
 def _rising_sentences(family, a, not_shows):
-    """Where the mean error rises from one n to the next by more than two standard errors of
-    the difference (training that overfits more, or a curve that has turned)."""
+    """Where the mean error rises from one n to the next by more than RISE and by more than two
+    standard errors of the difference (training that overfits more, or a curve that has
+    turned; a rise within the noise, or a few per cent at the -x level, is not named)."""
     rises = []
     for d in a["d"]:
         pts = sorted((int(n), p["network"]) for n, p in a["points"][str(d)].items() if "network" in p)
         for (n0, e0), (n1, e1) in zip(pts, pts[1:]):
-            if e1[0] - e0[0] > 2 * math.hypot(e0[1], e1[1]):
+            if e1[0] - e0[0] > max(2 * math.hypot(e0[1], e1[1]), RISE * e0[0]):
                 rises.append(f"d = {d}, n = {n0} to {n1}: {_g(e0[0])} to {_g(e1[0])}")
     if rises:
-        not_shows.append(f"**{family}**: the error rises with n (by more than two standard errors) at "
+        not_shows.append(f"**{family}**: the error rises with n (by more than {RISE:.0%} and two standard errors) at "
                          + "; ".join(rises) + ".")
 
 
