@@ -108,8 +108,8 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
 # over all cells, undecided for each family and at the largest n (one seed). The
 # same check before the zero output layer (docs/rate_iso_budget2 against docs/rate_iso_cosine)
 # gave 0.804 at n = 32000 ([0.683, 0.948]). The first full run (constant rate, 3000 steps,
-# 7500 at n = 32000; docs/rate_iso) had 1 / 0.212 times the rerun's error at n = 32000 on its
-# 70 first cells (docs/rate.md, "Compared with rate_iso_rerun").
+# 7500 at n = 32000; docs/rate_iso) had 5.53 times the rerun's error at n = 32000 on the 30
+# cells of its first 3 seeds there (docs/rate.md, "Compared with rate_iso").
 EPOCHS, MIN_STEPS = 200, 12_000
 
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
