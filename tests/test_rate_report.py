@@ -123,8 +123,8 @@ def test_conclusions_follow_the_numbers(written):
     # product, d = 32 never reaches half of -x: its exponent is not claimed as a rate
     assert "**product**: the error falls with n in every d where it learns (2 and 8)" in shows
     b32 = numbers["families"]["product"]["fits"]["network"]["by_d"]["32"]["b"]
-    assert (f"**product**: the exponents of d = 32 ({b32:.2f}) are not rates of learning: the error does not end "
-            "below half the -x baseline by n = 8000") in not_shows
+    assert (f"**product**: the exponent of d = 32 ({b32:.2f}) is not a rate of learning: the error does not end "
+            "below half the -x baseline by n = 8000; it is left out") in not_shows
     # 5 seeds of straight lines: lack of fit not rejected, which is said to be weak evidence
     assert "a straight line in log-log is not rejected" in not_shows and "weak evidence" in not_shows
     # the TV bound: vacuous only in d = 32, falling in d = 2 and 8

@@ -557,7 +557,8 @@ def _family_section(family, a):
               "of log error on log n, one intercept and slope per d, each d with its own residual variance (a "
               "Student-t interval on its points minus 2 degrees of freedom). *Saturating*: "
               "error = A n^-b + c in log space, profile-likelihood interval (– or ∞: that end is not bounded "
-              "by the data); p of c = 0: the F test of the straight line against it. Lack of fit: pure-error F test of the straight line from the replicate seeds. "
+              "by the data); p of c = 0: the F test of the straight line against it. Lack of fit: pure-error F "
+              "test of the straight line from the replicate seeds. "
               "Curse rate 2/(d+4). n*: smallest n where the error falls below half the -x baseline "
               "(interpolated on log n).", "",
               "| d | b (straight line) | lack of fit F (df), p | b (saturating) | floor c (share at max n; p of c = 0) "
@@ -708,10 +709,13 @@ def _conclusions(fams, comparisons=()):
         lof = {d: a["network"][str(d)]["lack_of_fit"] for d in a["d"]}
         bent = [d for d in a["d"] if lof[d] and lof[d]["p"] < ALPHA_LOF]
         if out:
-            not_shows.append(f"**{family}**: the exponents of d = {_list(out)} ("
-                             + _list([f"{by_d[str(d)]['b']:.2f}" for d in out]) + ") are not rates of learning: "
-                             f"the error does not end below half the -x baseline by n = {max(a['n'])}; they are "
-                             "left out of the claims about exponents under \"What this shows\".")
+            one = len(out) == 1
+            not_shows.append(f"**{family}**: the {'exponent' if one else 'exponents'} of d = {_list(out)} ("
+                             + _list([f"{by_d[str(d)]['b']:.2f}" for d in out])
+                             + (") is not a rate" if one else ") are not rates") + " of learning: the error does "
+                             f"not end below half the -x baseline by n = {max(a['n'])}; "
+                             + ("it is" if one else "they are")
+                             + " left out of the claims about exponents under \"What this shows\".")
         ds = [d for d in ds if d not in out]
         lows = {d: by_d[str(d)]["b_interval"][0] for d in ds}
         away = [d for d in ds if lows[d] > 0]
