@@ -15,8 +15,13 @@ worker-seconds and the hours with 2 workers. The load average is printed beside 
 measurement: on a shared machine the figures are upper bounds of a quiet one's.
 
     OPENBLAS_NUM_THREADS=1 python benchmarks/rate_cost.py
+    OPENBLAS_NUM_THREADS=1 python benchmarks/rate_cost.py --d 512,1024 --steps-only --repeats 3
+
+--d times other dimensions than the grid's (the prediction then covers them); --steps-only
+prints the training step times alone (the median of --repeats runs of 200 steps each).
 """
 
+import argparse
 import os
 import time
 
@@ -31,21 +36,44 @@ from sgm_ref.score_model import ScoreModel
 from sgm_ref.train import fit
 
 
+def step_seconds(d, S, steps=200):
+    """Seconds per training step of a rate cell's network at dimension d (FULL settings)."""
+    rng = np.random.default_rng(0)
+    net = MLP(d, (S["width"],) * S["depth"], S["activation"], S["time_embedding"], rng=rng)
+    model = ScoreModel(net, OU(), S["parameterization"])
+    optimizer = Adam(model.params, lr=S["lr"], ema_decay=S["ema_decay"], ema_warmup=True)
+    data = rng.standard_normal((2000, d))
+    tic = time.perf_counter()
+    fit(model, data, steps=steps, batch_size=S["batch_size"], t0=1e-3, T=5.0, rng=rng, optimizer=optimizer,
+        progress=False)
+    return (time.perf_counter() - tic) / steps
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--d", help="comma-separated dimensions (default: the full grid's)")
+    parser.add_argument("--steps-only", action="store_true", help="time the training steps only")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of 200 steps per d (the median is used)")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     numba.set_num_threads(1)
-    grid, S = rate.FULL, rate.SETTINGS
+    grid, S = dict(rate.FULL), rate.SETTINGS
+    if args.d:
+        try:
+            grid["d"] = sorted({int(v) for v in args.d.split(",")})
+        except ValueError:
+            parser.error(f"--d must be comma-separated integers, got {args.d!r}")
     ms = {}
     for d in grid["d"]:
-        rng = np.random.default_rng(0)
-        net = MLP(d, (S["width"],) * S["depth"], S["activation"], S["time_embedding"], rng=rng)
-        model = ScoreModel(net, OU(), S["parameterization"])
-        optimizer = Adam(model.params, lr=S["lr"], ema_decay=S["ema_decay"], ema_warmup=True)
-        data = rng.standard_normal((2000, d))
-        tic = time.perf_counter()
-        fit(model, data, steps=200, batch_size=S["batch_size"], t0=1e-3, T=5.0, rng=rng, optimizer=optimizer,
-            progress=False)
-        ms[d] = (time.perf_counter() - tic) / 200
-        print(f"training d = {d}: {1e3 * ms[d]:.2f} ms/step (load {os.getloadavg()[0]:.1f})", flush=True)
+        times = []
+        for _ in range(args.repeats):
+            times.append(step_seconds(d, S))
+        ms[d] = float(np.median(times))
+        print(f"training d = {d}: {1e3 * ms[d]:.2f} ms/step (median of {args.repeats}; load "
+              f"{os.getloadavg()[0]:.1f})", flush=True)
+    if args.steps_only:
+        return
     rest = {}
     d_ends, n_ends = (min(grid["d"]), max(grid["d"])), (min(grid["n"]), max(grid["n"]))
     for family in grid["families"]:

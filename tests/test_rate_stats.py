@@ -84,6 +84,10 @@ def test_welch_of_two_slopes_is_welchs_t_squared():
     assert welch["p"] == pytest.approx(2 * sps.t.sf(abs(t), df), rel=1e-8)
     with pytest.raises(ValueError, match="se > 0"):
         S.welch_slopes([1.0, 2.0], [0.1, 0.0], [5, 5])
+    with pytest.raises(ValueError, match="at least two slopes"):
+        S.welch_slopes([1.0], [0.1], [5])
+    with pytest.raises(ValueError, match="degrees of freedom >= 1"):
+        S.welch_slopes([1.0, 2.0], [0.1, 0.1], [5, 0])
 
 
 @pytest.mark.parametrize("seeds", [1, 3])

@@ -143,9 +143,10 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
 # FULL: 350 cells. Seed 0 of today's --full (docs/rate_iso_rerun, two workers on the
 # project's 2-core machine, 2026-12-03) recorded 2.16 core-hours: 2.05 of training, 0.12 of
 # evaluation; per cell 85, 76, 83, 106 and 206 s at d = 2, 8, 32, 128 and 512. Five seeds:
-# about 10.8 core-hours, 5.4 h with --workers 2. d = 1024 would add about 6.5 core-hours
-# (a training step 1.6 times d = 512's: 19.7 against 12.3 ms, one thread, 300 steps, median
-# of 3; evaluation taken as growing linearly in d), 8.7 h for the grid with two workers:
+# about 10.8 core-hours, 5.4 h with --workers 2. d = 1024 would add about 6.1 core-hours
+# (a training step 1.5 times d = 512's: 22.5 against 14.9 ms, `OPENBLAS_NUM_THREADS=1 python
+# benchmarks/rate_cost.py --d 512,1024 --steps-only --repeats 3` beside the sweep; evaluation
+# taken as growing linearly in d), 8.5 h for the grid with two workers:
 # more than a night, so the grid stops at d = 512 (memory would not stop it: the largest
 # arrays of a cell are its n x d samples, 262 MB at n = 32000). The first full run
 # (docs/rate_iso: constant rate, 3000 steps, 7500 at n = 32000) took 2 h 5 min;
