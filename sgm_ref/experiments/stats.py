@@ -150,6 +150,7 @@ def joint_slopes(group, n, error, level=0.95):
     coef_r, rss_r = _ols(reduced, y)
     df_f = N - 2 * G
     s2 = rss_f / df_f
+    tq_pooled = stats.t.ppf(0.5 + level / 2, df_f)
     out = []
     for k, g in enumerate(labels):
         xk, yk = x[idx == k], y[idx == k]
@@ -163,7 +164,6 @@ def joint_slopes(group, n, error, level=0.95):
         se = math.sqrt(rss_k / nu / sxx)
         tq = stats.t.ppf(0.5 + level / 2, nu)
         se_pooled = math.sqrt(s2 / sxx)
-        tq_pooled = stats.t.ppf(0.5 + level / 2, df_f)
         out.append({"group": _plain(g), "slope": b, "slope_se": se, "dof": int(nu),
                     "slope_interval": [float(b - tq * se), float(b + tq * se)],
                     "slope_se_pooled": se_pooled,
