@@ -108,8 +108,8 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
 # over all cells, undecided for each family and at the largest n (one seed). The
 # same check before the zero output layer (docs/rate_iso_budget2 against docs/rate_iso_cosine)
 # gave 0.804 at n = 32000 ([0.683, 0.948]). The first full run (constant rate, 3000 steps,
-# 7500 at n = 32000; docs/rate_iso) had 5.53 times the rerun's error at n = 32000 on the 30
-# cells of its first 3 seeds there (docs/rate.md, "Compared with rate_iso").
+# 7500 at n = 32000; docs/rate_iso) had 5.87 times the rerun's error at n = 32000 on the 50
+# cells there (docs/rate.md, "Compared with rate_iso").
 EPOCHS, MIN_STEPS = 200, 12_000
 
 # settings shared by every cell of a sweep (a sweep folder keeps one set)
@@ -143,12 +143,18 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
 # FULL: 350 cells. Seed 0 of today's --full (docs/rate_iso_rerun, two workers on the
 # project's 2-core machine, 2026-12-03) recorded 2.16 core-hours: 2.05 of training, 0.12 of
 # evaluation; per cell 85, 76, 83, 106 and 206 s at d = 2, 8, 32, 128 and 512. Five seeds:
-# about 10.8 core-hours, 5.4 h with --workers 2. d = 1024 would add about 6.1 core-hours
-# (a training step 1.5 times d = 512's: 22.5 against 14.9 ms, `OPENBLAS_NUM_THREADS=1 python
-# benchmarks/rate_cost.py --d 512,1024 --steps-only --repeats 3` beside the sweep; evaluation
-# taken as growing linearly in d), 8.5 h for the grid with two workers:
-# more than a night, so the grid stops at d = 512 (memory would not stop it: the largest
-# arrays of a cell are its n x d samples, 262 MB at n = 32000). The first full run
+# about 10.8 core-hours, 5.4 h with --workers 2. The five seeds recorded 9.2 core-hours (1.5
+# to 2.2 per seed): seed 0 ran on the AVX2 kernels of OpenBLAS this machine's environment
+# selects (OPENBLAS_CORETYPE=Haswell), seeds 2 to 4 on its AVX-512 kernels (1.5 and 1.6
+# core-hours). d = 1024: a training step 1.5 times d = 512's with the AVX2 kernels (22.5
+# against 14.9 ms, `OPENBLAS_NUM_THREADS=1 python benchmarks/rate_cost.py --d 512,1024
+# --steps-only --repeats 3` beside the sweep), 1.6 times with the AVX-512 ones (15.9 against
+# 10.2 ms, the same command under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`); its 70
+# cells would add about 6.1 core-hours on the first (8.5 h for the grid with two workers:
+# more than a night) and 4.6 on the second (6.2 h). So --full stops at d = 512, a night on
+# either, and d = 1024 is run as its own cells (`--full --d 1024` into the same folder).
+# Memory would not stop it: the largest arrays of a cell are its n x d samples, 262 MB at
+# n = 32000. The first full run
 # (docs/rate_iso: constant rate, 3000 steps, 7500 at n = 32000) took 2 h 5 min;
 # `sgm-ref experiment rate-report docs/rate_iso_rerun` gives the recorded times per cell.
 FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
