@@ -308,6 +308,28 @@ def test_the_stored_rerun_is_counted_against_full(tmp_path):
     assert f"Rows: {len(rows)} cells of the 350 of `--full`" in text and "settings other than" not in text
 
 
+def test_full_with_cells_at_a_further_d_is_counted_against_both(tmp_path):
+    """`--full --d 1024` run into the folder of `--full` adds its cells to the grid the page
+    counts against (420 cells, 84 per seed), and names both commands; a row outside both is
+    not counted against either."""
+    folder = tmp_path / "run"
+    shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso_rerun"), folder)
+    rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    extra = [dict(r, d=1024) for r in rows if r["d"] == 512 and r["seed"] == 0]
+    with open(folder / "results.jsonl", "a", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in extra)
+    report.write_report(str(folder), str(tmp_path / "rate.md"))
+    text = (tmp_path / "rate.md").read_text(encoding="utf-8")
+    assert (f"Rows: {len(rows) + len(extra)} cells of the 420 of `--full` and `--full --d 1024` (seed 0: 84, "
+            "seed 1: 70") in text and "84 cells make one seed" in text
+    assert "A complete seed took" in text and "the 5 seeds need at least" in text
+    with open(folder / "results.jsonl", "a", encoding="utf-8") as f:  # n = 64000 is in neither grid
+        f.write(json.dumps(dict(rows[0], n=64000)) + "\n")
+    report.write_report(str(folder), str(tmp_path / "rate.md"))
+    text = (tmp_path / "rate.md").read_text(encoding="utf-8")
+    assert f"Rows: {len(rows) + len(extra) + 1} cells (seed 0: " in text and "of the 420" not in text
+
+
 def test_rows_of_an_earlier_full_are_not_counted_against_todays(tmp_path):
     """docs/rate_iso_cosine was `--full` before the zero output layer and the early checkpoints:
     the page names those two settings and does not count its rows against today's 350 cells."""

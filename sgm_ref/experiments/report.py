@@ -152,11 +152,24 @@ def analyse(rows, grid=None):
             "cost": _cost(rows, grid)}
 
 
+def _full_grid(rows, settings):
+    """The grid the rows belong to if they are cells of `--full` under its settings: rate.FULL
+    itself, or (rows at d beyond its list, e.g. `--full --d 1024` run into the same folder)
+    rate.FULL with those d added and a name saying so; None otherwise."""
+    full = rate.FULL
+    if settings.get("settings") != full["settings"]:
+        return None
+    extra = sorted({r["d"] for r in rows} - set(full["d"]))
+    grid = full if not extra else {**full, "d": list(full["d"]) + extra, "name": "`--full` and `--full --d "
+                                    + ",".join(str(d) for d in extra) + "`"}
+    return grid if {cell_key(r) for r in rows} <= {cell_key(c) for c in rate.cells(grid)} else None
+
+
 def _cost(rows, grid=None):
     """What the rows took: cells per seed and the recorded seconds per cell (training, plus
     evaluation with the baselines and the TV bounds: train_seconds + eval_seconds), by d."""
     planned = None if grid is None else len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])
-    grid_name = "`--full`" if grid is rate.FULL else "its grid"
+    grid_name = "`--full`" if grid is rate.FULL else grid.get("name", "its grid") if grid is not None else None
     per_seed, by_d, seed_seconds, timed, seen, kernels = {}, {}, {}, {}, set(), {}
     for r in rows:
         per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + 1
@@ -1125,9 +1138,7 @@ def write_report(folder, out=None, log=None, compare_with=None):
         raise ValueError(f"--out {out}: its folder {where} does not exist")
     # the grid of `--full` when the rows are its cells under its settings (the sweep does not
     # store its grid): the cost summary then counts against it
-    full = rate.FULL
-    grid = full if settings.get("settings") == full["settings"] and {cell_key(r) for r in rows} <= {
-        cell_key(c) for c in rate.cells(full)} else None
+    grid = _full_grid(rows, settings)
     analysis = analyse(rows, grid)
     others = [] if compare_with is None else [os.fspath(compare_with)] if isinstance(
         compare_with, (str, os.PathLike)) else [os.fspath(f) for f in compare_with]
