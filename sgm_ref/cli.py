@@ -305,7 +305,7 @@ def build_parser():
                            "in under 10 minutes on 2 cores")
     size.add_argument("--full", action="store_true",
                       help="the full grid (the default): mixture-iso, tilt-iso; d 2,8,32,128,512; n 500..32000; "
-                           "seeds 0-4 (350 cells; about 5.4 h with --workers 2 on a 2-core machine)")
+                           "seeds 0-4 (350 cells; 4.6 to 5.3 h with --workers 2 on a 2-core machine)")
     p.add_argument("--families", help="comma-separated, of: mixture-iso,tilt-iso (the default), mixture,product,"
                                       "tilted (the older, not isometric families)")
     p.add_argument("--d", help="comma-separated dimensions (full: 2,8,32,128,512)")

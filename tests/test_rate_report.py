@@ -330,6 +330,22 @@ def test_full_with_cells_at_a_further_d_is_counted_against_both(tmp_path):
     assert f"Rows: {len(rows) + len(extra) + 1} cells (seed 0: " in text and "of the 420" not in text
 
 
+def test_cells_at_a_further_d_alone_are_counted_against_their_own_grid(tmp_path):
+    """A folder holding only `--full --d 1024`'s cells counts them against that command's 70
+    cells, not against 420; d = 4, below `--full`'s largest d, is handled the same way."""
+    stored = [json.loads(line) for line in open(os.path.join(HERE, "..", "docs", "rate_iso_rerun", "results.jsonl"),
+                                                 encoding="utf-8")]
+    for d, name in ((1024, "`--full --d 1024`"), (4, "`--full --d 4`")):
+        folder = tmp_path / f"run{d}"
+        os.makedirs(folder)
+        shutil.copy(os.path.join(HERE, "..", "docs", "rate_iso_rerun", "sweep.json"), folder)
+        rows = [dict(r, d=d) for r in stored if r["d"] == 512 and r["seed"] == 0]
+        (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        report.write_report(str(folder), str(tmp_path / "rate.md"))
+        text = (tmp_path / "rate.md").read_text(encoding="utf-8")
+        assert f"Rows: {len(rows)} cells of the 70 of {name} (seed 0: 14; 14 cells make one seed)" in text
+
+
 def test_rows_of_an_earlier_full_are_not_counted_against_todays(tmp_path):
     """docs/rate_iso_cosine was `--full` before the zero output layer and the early checkpoints:
     the page names those two settings and does not count its rows against today's 350 cells."""

@@ -99,16 +99,17 @@ DEFINITIONS = {"mixture": {"K": 4, "radius": RADIUS, "directions_seed": 0},
 
 # The training budget: max(MIN_STEPS, EPOCHS n / batch) steps, the most whose full grid fits
 # a night on 2 cores (the rate and the time draws are set in SETTINGS below). Whether it is
-# enough is measured by the run with twice the steps on 18 cells (d 2, 32, 128; n 500, 4000,
-# 32000; both families; seeds 0 and 1), stored in docs/rate_iso_rerun_budget2 beside the same
-# cells of docs/rate_iso_rerun: `sgm-ref experiment rate-report docs/rate_iso_rerun --out OUT
-# --compare docs/rate_iso_rerun_budget2` gives twice the steps 0.951 times the error (95%
-# [0.911, 0.992] over the 36 cells), by family 0.925 [0.869, 0.986] (mixture-iso) and 0.977
-# [0.919, 1.04] (tilt-iso), by n 0.962 (n = 500), 1.01 (4000), 0.883 (32000, [0.809, 0.964]).
-# So the budget still binds a little at the largest n: 12% of the error there (4 to 19%), which
-# makes an exponent fitted from n = 500 to 32000 smaller by about log(1 / 0.883) / log(64) =
-# 0.03 (at most 0.05), against exponents of 0.4 to 1.1; whether the gain exceeds 10% is
-# undecided. The
+# enough is measured by the run with twice the steps on 36 cells (18 per seed: d 2, 32, 128;
+# n 500, 4000, 32000; both families; seeds 0 and 1), stored in docs/rate_iso_rerun_budget2
+# beside the same cells of docs/rate_iso_rerun: `sgm-ref experiment rate-report
+# docs/rate_iso_rerun --out OUT --compare docs/rate_iso_rerun_budget2` gives twice the steps
+# 0.951 times the error (95% [0.911, 0.992]), by family 0.925 [0.869, 0.986] (mixture-iso) and
+# 0.977 [0.919, 1.04] (tilt-iso), by n 0.962 (n = 500), 1.01 (4000), 0.883 (32000, [0.809,
+# 0.964]). So the budget still binds a little at the largest n: 12% of the error there (4 to
+# 19%), which makes an exponent fitted from n = 500 to 32000 smaller by about
+# log(0.962 / 0.883) / log(64) = 0.02 (at most log(1 / 0.809) / log(64) = 0.05), against
+# exponents of 0.4 to 1.1; whether the gain exceeds 10% is undecided, and d = 512 is not in
+# the check. The
 # same check before the zero output layer (docs/rate_iso_budget2 against docs/rate_iso_cosine)
 # gave 0.804 at n = 32000 ([0.683, 0.948]). The first full run (constant rate, 3000 steps,
 # 7500 at n = 32000; docs/rate_iso) had 5.87 times the rerun's error at n = 32000 on the 50
@@ -144,21 +145,25 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
                       "bound_steps": 500}}
 # QUICK: 18 cells, 3 min 56 s wall with --workers 2 on the 2-core machine (load average 7).
 # FULL: 350 cells. Seed 0 of today's --full (docs/rate_iso_rerun, two workers on the
-# project's 2-core machine, 2026-12-03) recorded 2.16 core-hours: 2.05 of training, 0.12 of
-# evaluation; per cell 85, 76, 83, 106 and 206 s at d = 2, 8, 32, 128 and 512. Five seeds:
-# about 10.8 core-hours, 5.4 h with --workers 2. The five seeds recorded 9.2 core-hours (1.5
-# to 2.2 per seed): seed 0 ran on the AVX2 kernels of OpenBLAS this machine's environment
-# selects (OPENBLAS_CORETYPE=Haswell), seeds 2 to 4 on its AVX-512 kernels (1.5 and 1.6
-# core-hours). d = 1024: a training step 1.5 times d = 512's with the AVX2 kernels (22.5
-# against 14.9 ms, `OPENBLAS_NUM_THREADS=1 python benchmarks/rate_cost.py --d 512,1024
-# --steps-only --repeats 3` beside the sweep), 1.6 times with the AVX-512 ones (15.9 against
-# 10.2 ms, the same command under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`); its 70
-# cells would add about 6.1 core-hours on the first (8.5 h for the grid with two workers:
-# more than a night) and 4.6 on the second (6.2 h). So --full stops at d = 512, a night on
-# either, and d = 1024 is run as its own cells (`--full --d 1024` into the same folder).
-# Memory would not stop it: the largest arrays of a cell are its n x d samples, 262 MB at
-# n = 32000. The first full run
-# (docs/rate_iso: constant rate, 3000 steps, 7500 at n = 32000) took 2 h 5 min;
+# project's 2-core machine, 2026-12-03, with the AVX2 kernels of OpenBLAS that this machine's
+# environment selects, OPENBLAS_CORETYPE=Haswell; its rows predate the kernels' record)
+# recorded 2.12 core-hours (train_seconds + eval_seconds, as the report counts): 2.05 of
+# training, 0.07 of evaluation; per cell 83, 75, 82, 103 and 202 s at d = 2, 8, 32, 128 and 512.
+# Five seeds: about 10.6 core-hours, 5.3 h with --workers 2. The five recorded 9.2 core-hours:
+# 2.12, 1.79, 1.56, 2.23 and 1.50 for seeds 0 to 4; seeds 1 (but for 12 cells) to 4 ran on the
+# AVX-512 kernels (SkylakeX in their rows), and what spreads them is the other load on the
+# machine (seed 3 ran partly beside test suites), not the kernels alone.
+# d = 1024: a training step 1.5 times d = 512's with the AVX2 kernels (22.5 against 14.9 ms,
+# `OPENBLAS_NUM_THREADS=1 python benchmarks/rate_cost.py --d 512,1024 --steps-only --repeats 3`
+# beside the sweep) and 1.6 times with the AVX-512 ones (15.9 against 10.2 ms, the same command
+# under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`). Its 70 cells would add about 6.0
+# core-hours on the first (8.3 h for the grid with two workers: more than a night) and about 5.1
+# on the second (seeds 1 to 4 spent 0.61 core-hours on average at d = 512; 7.0 h for the grid:
+# within a night, not by much). So --full stops at d = 512, a night on either kernel set, and
+# d = 1024 is run as its own cells (`--full --d 1024` into the same folder; the report counts
+# them against both grids). Memory would not stop it: the largest arrays of a cell are its
+# n x d samples, 262 MB at n = 32000 and d = 1024. The first full run (docs/rate_iso:
+# constant rate, 3000 steps, 7500 at n = 32000) took 2 h 5 min;
 # `sgm-ref experiment rate-report docs/rate_iso_rerun` gives the recorded times per cell.
 FULL = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 8, 32, 128, 512],
         "n": [500, 1000, 2000, 4000, 8000, 16000, 32000], "seeds": [0, 1, 2, 3, 4], "settings": SETTINGS}

@@ -154,14 +154,17 @@ def analyse(rows, grid=None):
 
 def _full_grid(rows, settings):
     """The grid the rows belong to if they are cells of `--full` under its settings: rate.FULL
-    itself, or (rows at d beyond its list, e.g. `--full --d 1024` run into the same folder)
-    rate.FULL with those d added and a name saying so; None otherwise."""
+    itself; rate.FULL with the d not in its list added, named so, when the rows hold both
+    (`--full --d 1024` run into the folder of `--full`); that command's grid alone when every
+    row is at such a d; None otherwise."""
     full = rate.FULL
     if settings.get("settings") != full["settings"]:
         return None
-    extra = sorted({r["d"] for r in rows} - set(full["d"]))
-    grid = full if not extra else {**full, "d": list(full["d"]) + extra, "name": "`--full` and `--full --d "
-                                    + ",".join(str(d) for d in extra) + "`"}
+    ds = {r["d"] for r in rows}
+    extra = sorted(ds - set(full["d"]))
+    flag = "`--full --d " + ",".join(str(d) for d in extra) + "`"
+    grid = (full if not extra else {**full, "d": extra, "name": flag} if not ds & set(full["d"])
+            else {**full, "d": sorted(set(full["d"]) | ds), "name": "`--full` and " + flag})
     return grid if {cell_key(r) for r in rows} <= {cell_key(c) for c in rate.cells(grid)} else None
 
 
@@ -514,6 +517,8 @@ def _cost_section(cost):
              "minutes: the pipeline end to end",
              f"sgm-ref experiment rate RUN --full --workers 2  # {len(rate.cells(rate.FULL))} cells "
              f"({len(rate.FULL['seeds'])} seeds), resumable: rerun to continue",
+             f"sgm-ref experiment rate RUN --full --d 1024 --workers 2   # {len(rate.cells({**rate.FULL, 'd': [1024]}))} "
+             "cells more, at d = 1024, into the same folder",
              "sgm-ref experiment rate RUN --full --scheduler tcp://HOST:8786   # the same cells on a Dask cluster",
              "sgm-ref experiment rate-report RUN --out docs/rate.md           # this page from RUN's rows",
              "```", "",
