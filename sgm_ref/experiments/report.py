@@ -1141,8 +1141,8 @@ def write_report(folder, out=None, log=None, compare_with=None):
         raise ValueError(f"--out must name a .md file, got {out!r}")
     if not os.path.isdir(where):
         raise ValueError(f"--out {out}: its folder {where} does not exist")
-    # the grid of `--full` when the rows are its cells under its settings (the sweep does not
-    # store its grid): the cost summary then counts against it
+    # the grid of `--full` (or of `--full --d ...`, alone or added to it) when the rows are its
+    # cells under its settings (the sweep does not store its grid): the cost summary counts against it
     grid = _full_grid(rows, settings)
     analysis = analyse(rows, grid)
     others = [] if compare_with is None else [os.fspath(compare_with)] if isinstance(
