@@ -64,6 +64,8 @@ def main():
             grid["d"] = sorted({int(v) for v in args.d.split(",")})
         except ValueError:
             parser.error(f"--d must be comma-separated integers, got {args.d!r}")
+        if grid["d"][0] < 1:
+            parser.error(f"--d: every dimension must be >= 1, got {args.d!r}")
     ms = {}
     for d in grid["d"]:
         times = []

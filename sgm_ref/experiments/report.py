@@ -163,8 +163,12 @@ def _full_grid(rows, settings):
     ds = {r["d"] for r in rows}
     extra = sorted(ds - set(full["d"]))
     flag = "`--full --d " + ",".join(str(d) for d in extra) + "`"
-    grid = (full if not extra else {**full, "d": extra, "name": flag} if not ds & set(full["d"])
-            else {**full, "d": sorted(set(full["d"]) | ds), "name": "`--full` and " + flag})
+    if not extra:
+        grid = full
+    elif ds & set(full["d"]):
+        grid = {**full, "d": sorted(set(full["d"]) | ds), "name": "`--full` and " + flag}
+    else:
+        grid = {**full, "d": extra, "name": flag}
     return grid if {cell_key(r) for r in rows} <= {cell_key(c) for c in rate.cells(grid)} else None
 
 
@@ -172,7 +176,7 @@ def _cost(rows, grid=None):
     """What the rows took: cells per seed and the recorded seconds per cell (training, plus
     evaluation with the baselines and the TV bounds: train_seconds + eval_seconds), by d."""
     planned = None if grid is None else len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])
-    grid_name = "`--full`" if grid is rate.FULL else grid.get("name", "its grid") if grid is not None else None
+    grid_name = None if grid is None else grid.get("name", "`--full`" if grid is rate.FULL else "its grid")
     per_seed, by_d, seed_seconds, timed, seen, kernels = {}, {}, {}, {}, set(), {}
     for r in rows:
         per_seed[r["seed"]] = per_seed.get(r["seed"], 0) + 1
