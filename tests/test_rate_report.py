@@ -391,6 +391,26 @@ def test_where_the_network_does_no_better_than_minus_x():
     assert report._at_or_above_minus_x(a) == {32: 8000, 512: 4000}
 
 
+def test_a_flat_start_at_the_minus_x_level_is_named():
+    """n1 ends the run of smallest n where the network's mean is not below -x's by two standard
+    errors of the difference; a d at or above -x from the smallest n on is left to `stuck`."""
+    def point(net, mx, se=0.01):
+        return {"network": [net, se, 5], "score -x": [mx, se, 5]}  # [mean, se, seeds]
+    a = {"d": [2, 32, 512, 1024], "n": [500, 2000, 4000, 8000], "points": {
+        "2": {"500": point(0.5, 1.0), "2000": point(1.0, 1.0)},                         # learns at once
+        "32": {"500": point(0.98, 1.0), "2000": point(0.9, 1.0), "4000": point(1.0, 1.0)},  # 0.02 < 2 x 0.014
+        "512": {"500": point(1.0, 1.0), "2000": point(1.01, 1.0), "4000": point(0.5, 1.0),
+                "8000": point(0.2, 1.0)},
+        "1024": {"500": point(1.0, 1.0), "8000": point(1.0, 1.0)}}}                     # flat throughout
+    assert report._no_better_than_minus_x_at_first(a) == {32: 500, 512: 2000, 1024: 8000}
+    not_shows = []
+    report._late_start_sentences("fam", a, report._at_or_above_minus_x(a), not_shows)
+    assert not_shows == [
+        "**fam**: from n = 500 the network does no better than the score -x (its mean error not below the -x "
+        "baseline's by two standard errors) up to n = 500 (d = 32) and 2000 (d = 512): there the straight-line "
+        "exponent spans a flat start and the fall after it."]
+
+
 def test_compare_by_n_shows_what_pooling_hides():
     """A setting that doubles the error at small n and halves it at large n: pooled over the
     family the geometric mean is 1, per n it is 2 and 1/2, each with its paired test."""

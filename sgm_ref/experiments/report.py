@@ -816,6 +816,7 @@ def _conclusions(fams, comparisons=()):
                              "the curve's shape.")
         _floor_sentences(family, a, not_shows)
         _rising_sentences(family, a, not_shows)
+        _late_start_sentences(family, a, stuck, not_shows)
         reached = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right"]
         if reached:
             shows.append(f"**{family}**: the error falls below half the -x baseline at n*: "
@@ -887,6 +888,36 @@ def _rising_sentences(family, a, not_shows):
     if rises:
         not_shows.append(f"**{family}**: the error rises with n (by more than {RISE:.0%} and two standard errors) at "
                          + "; ".join(rises) + ".")
+
+
+def _no_better_than_minus_x_at_first(a):
+    """{d: n1} for each d where the network does no better than the score -x from the smallest n
+    on: at every n up to n1 (n1 the largest such n) its mean error is not below the -x
+    baseline's by more than two standard errors of the difference."""
+    out = {}
+    for d in a["d"]:
+        pairs = sorted((int(n), p["network"], p["score -x"]) for n, p in a["points"][str(d)].items()
+                       if "network" in p and "score -x" in p)
+        n1 = None
+        for n, net, mx in pairs:  # [mean, se, seeds]
+            if net[0] < mx[0] - 2 * math.hypot(net[1], mx[1]):
+                break
+            n1 = n
+        if n1 is not None:
+            out[d] = n1
+    return out
+
+
+def _late_start_sentences(family, a, stuck, not_shows):
+    """Where the curve starts flat at the -x level before it falls: a straight line through all
+    n then spans two regimes (the ones at or above -x from the smallest n on are `stuck`'s)."""
+    first = min(a["n"])
+    late = {d: n1 for d, n1 in _no_better_than_minus_x_at_first(a).items() if stuck.get(d) != first}
+    if late:
+        not_shows.append(f"**{family}**: from n = {first} the network does no better than the score -x (its mean "
+                         "error not below the -x baseline's by two standard errors) up to n = "
+                         + _list([f"{n1} (d = {d})" for d, n1 in late.items()])
+                         + ": there the straight-line exponent spans a flat start and the fall after it.")
 
 
 def _at_or_above_minus_x(a):
