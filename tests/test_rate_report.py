@@ -303,9 +303,12 @@ def _page_of_stored(tmp_path, name):
 
 
 def test_the_stored_rerun_is_counted_against_full(tmp_path):
-    """The rows in docs/rate_iso_rerun are today's `--full`: the page counts them against its 350 cells."""
+    """The rows in docs/rate_iso_rerun are today's `--full` and `--full --d 1024`, all of them:
+    the page counts them against the 420 cells of both."""
     text, rows = _page_of_stored(tmp_path, "rate_iso_rerun")
-    assert f"Rows: {len(rows)} cells of the 350 of `--full`" in text and "settings other than" not in text
+    assert len(rows) == 420
+    assert ("Rows: 420 cells of the 420 of `--full` and `--full --d 1024` (seed 0: 84, seed 1: 84, seed 2: 84, "
+            "seed 3: 84, seed 4: 84; 84 cells make one seed)") in text and "settings other than" not in text
 
 
 def test_full_with_cells_at_a_further_d_is_counted_against_both(tmp_path):
@@ -315,9 +318,9 @@ def test_full_with_cells_at_a_further_d_is_counted_against_both(tmp_path):
     folder = tmp_path / "run"
     shutil.copytree(os.path.join(HERE, "..", "docs", "rate_iso_rerun"), folder)
     rows = [json.loads(line) for line in (folder / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    rows = [r for r in rows if r["d"] <= 512]  # `--full`'s cells alone
     extra = [dict(r, d=1024) for r in rows if r["d"] == 512 and r["seed"] == 0]
-    with open(folder / "results.jsonl", "a", encoding="utf-8") as f:
-        f.writelines(json.dumps(r) + "\n" for r in extra)
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows + extra), encoding="utf-8")
     report.write_report(str(folder), str(tmp_path / "rate.md"))
     text = (tmp_path / "rate.md").read_text(encoding="utf-8")
     assert (f"Rows: {len(rows) + len(extra)} cells of the 420 of `--full` and `--full --d 1024` (seed 0: 84, "

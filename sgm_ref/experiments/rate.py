@@ -169,8 +169,10 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
 # first layer's weights and Adam's moments, 2 MB each, exceed a core's 1 MB L2, which makes
 # the step depend on the memory traffic of the host's neighbours). So --full stops at
 # d = 512, a night on either kernel set, and d = 1024 is run as its own cells (`--full --d
-# 1024`; the report counts them against both grids when they share a folder). They are stored
-# in docs/rate_iso_rerun_d1024 as they finish and join docs/rate_iso_rerun when all 70 are in.
+# 1024`; the report counts them against both grids when they share a folder). All 70 are in
+# docs/rate_iso_rerun beside the 350 (2026-12-03, AVX-512 kernels, two workers): 8.77
+# core-hours, 1.64, 1.72, 2.19, 1.61 and 1.61 for seeds 0 to 4 (seed 2 ran partly beside
+# test suites), 451 s a cell on average against d = 512's 172 s.
 # Memory would not stop it: the largest arrays of a cell are its n x d samples, 262 MB at
 # n = 32000 and d = 1024. The first full run (docs/rate_iso: constant rate, 3000 steps, 7500
 # at n = 32000) took 2 h 5 min;
