@@ -157,22 +157,18 @@ QUICK = {"families": ["mixture-iso", "tilt-iso"], "d": [2, 32, 128], "n": [500, 
 # `OPENBLAS_NUM_THREADS=1 python benchmarks/rate_cost.py --d 512,1024 --steps-only --repeats 3`
 # beside the sweep) and 1.6 times with the AVX-512 ones (15.9 against 10.2 ms, the same command
 # under `env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE`), from which its 70 cells were expected
-# to add about 5.1 core-hours. Recorded, they cost more: seeds 0 and 1 of `--full --d 1024`
-# (2026-12-03 evening, AVX-512 kernels, two workers beside light editing) took 1.64 and 1.72
-# core-hours: a cell of 12000 steps (n <= 8000) 350 s of training (median of 20; 321-390),
-# 2.8 times d = 512's 125 s (median of 40, seeds 1 to 4), and 717-730 s at n = 32000 against
-# 229-269 s, so about 8.4 core-hours for the 70 cells: 4.2 h with two workers, and 8.8 h for a
-# grid with them (more than a night). An earlier run of the same cells on the same kind of
-# host (its rows lost with its session) did its first 26 in 49 min with two workers, about
-# 230 s a cell against about 430 s here, near the 5.1 core-hours expected: so the d = 1024
-# cells' cost varies about 2x between hosts of one kind; why is not measured (a candidate: its
-# first layer's weights and Adam's moments, 2 MB each, exceed a core's 1 MB L2, which makes
-# the step depend on the memory traffic of the host's neighbours). So --full stops at
-# d = 512, a night on either kernel set, and d = 1024 is run as its own cells (`--full --d
-# 1024`; the report counts them against both grids when they share a folder). All 70 are in
-# docs/rate_iso_rerun beside the 350 (2026-12-03, AVX-512 kernels, two workers): 8.77
-# core-hours, 1.64, 1.72, 2.19, 1.61 and 1.61 for seeds 0 to 4 (seed 2 ran partly beside
-# test suites), 451 s a cell on average against d = 512's 172 s.
+# to add about 5.1 core-hours. Recorded (docs/rate_iso_rerun, 2026-12-03 and 04, AVX-512
+# kernels, two workers), they took 8.77: 1.64, 1.72, 2.19, 1.61 and 1.61 for seeds 0 to 4
+# (seed 2 partly beside test suites), 451 s a cell on average against d = 512's 172 s, so a
+# grid with them needs about 9 h with two workers (more than a night). An earlier run of the
+# same cells on the same kind of host (its rows lost with its session) did its first 26 in
+# 49 min with two workers, about 230 s a cell against about 430 s here, near the 5.1
+# core-hours expected: so the d = 1024 cells' cost varies about 2x between hosts of one kind;
+# why is not measured (a candidate: its first layer's weights and Adam's moments, 2 MB each,
+# exceed a core's 1 MB L2, which makes the step depend on the memory traffic of the host's
+# neighbours). So --full stops at d = 512, a night on either kernel set, and d = 1024 is run
+# as its own cells (`--full --d 1024` into the same folder; the report counts them against
+# both grids).
 # Memory would not stop it: the largest arrays of a cell are its n x d samples, 262 MB at
 # n = 32000 and d = 1024. The first full run (docs/rate_iso: constant rate, 3000 steps, 7500
 # at n = 32000) took 2 h 5 min;
