@@ -1,6 +1,7 @@
 """The Euler–Maruyama reverse sampler: its time outside the score call against drawing the noise.
 
     python benchmarks/sampler.py [--quick] [--particles N] [--steps S] [--dtype float64 float32]
+    python benchmarks/sampler.py --kernel [--dtype float64 float32]   (the step kernel alone)
 
 For d in {2, 32, 128}, two score functions:
   oracle  the exact score of the paper's mixture family (K = 8 identity-covariance
@@ -24,7 +25,13 @@ ziggurat is 4x slower), one call per step as the sampler makes. Reported per row
                    that follows the score finds cold caches, which the back-to-back draw
                    loop never sees, so this is the sampler's own cost over the noise's;
   floor            the draw's own floor: raw bits (bit_generator.random_raw, one 64-bit
-                   word per coordinate) over the draw.
+                   word per coordinate) over the draw;
+  loop / draw      the same loop of score calls with no step at all (the time array's
+                   refill, the call through the timer and the timer's bookkeeping after
+                   it), its CPU time outside the score over the draw: the part of
+                   "outside" that no sampler can remove here. Where it exceeds 0.15 the
+                   target is out of reach of any step measured this way (after a score
+                   call that sweeps the caches, this loop alone runs cold).
 """
 
 import argparse
@@ -35,7 +42,7 @@ import time
 import numpy as np
 
 from sgm_ref import MLP, OU, GaussianMixture, ScoreModel, fit
-from sgm_ref.kernels.sampler import standard_normal_into
+from sgm_ref.kernels.sampler import affine_noise_step, generator_handle, standard_normal_into
 from sgm_ref.samplers import euler_maruyama, time_grid
 
 TARGET = 1.15
@@ -75,12 +82,23 @@ def _draw_between_scores(draw, score, x, grid, noise, rng):
     return time.thread_time() - cpu - timed.cpu
 
 
+def _loop_alone(score, x, grid):
+    """CPU seconds outside the score of a loop that calls it and does nothing else."""
+    timed = TimedScore(score)
+    t = np.empty(x.shape[0])
+    cpu = time.thread_time()
+    for t_k in grid[:-1]:
+        t.fill(t_k)
+        timed(x, t)
+    return time.thread_time() - cpu - timed.cpu
+
+
 def measure(score, d, n, steps, repeats, dtype):
     """Best-of-repeats (outside cpu, outside wall, draw cpu, draw wall, raw cpu, total wall) per run."""
     grid = time_grid(5.0, 1e-3, steps, "geometric")
     draw = standard_normal_into
     noise = np.empty((n, d), dtype)
-    best = dict.fromkeys(("out_cpu", "out_wall", "draw_cpu", "draw_wall", "raw", "total", "situ"), np.inf)
+    best = dict.fromkeys(("out_cpu", "out_wall", "draw_cpu", "draw_wall", "raw", "total", "situ", "loop"), np.inf)
     draw(noise, np.random.default_rng(0))  # compile
     for r in range(repeats + 1):  # the first run compiles and warms caches
         timed = TimedScore(score)
@@ -95,11 +113,48 @@ def measure(score, d, n, steps, repeats, dtype):
             rng.bit_generator.random_raw(n * d)
         raw = time.thread_time() - tic
         situ = _draw_between_scores(draw, score, x, grid, noise, rng)
+        loop = _loop_alone(score, x, grid)
         if r:
             for key, value in (("out_cpu", cpu - timed.cpu), ("out_wall", wall - timed.wall), ("draw_cpu", draw_cpu),
-                               ("draw_wall", draw_wall), ("raw", raw), ("total", wall), ("situ", situ)):
+                               ("draw_wall", draw_wall), ("raw", raw), ("total", wall), ("situ", situ),
+                               ("loop", loop)):
                 best[key] = min(best[key], value)
     return best
+
+
+def kernel_table(n, dims, dtypes, rounds=40):
+    """The step kernel alone against the draw: affine_noise_step (the sampler passes the handle)
+    over standard_normal_into with the Generator, CPU time, medians of `rounds` interleaved
+    calls; "hot" back to back, "cold" after sweeping 64 MB and writing s (as a score call that
+    fills the caches and then writes its output does)."""
+    print(f"\n## The step kernel alone ({n} points, medians of {rounds} interleaved calls; draw = 1)\n")
+    print("| d | dtype | hot: kernel / draw | cold: kernel / draw | draw, us (hot) |")
+    print("|---|---|---|---|---|")
+    sweep = np.ones(8 * 2**20)
+    for d in dims:
+        for dtype in map(np.dtype, dtypes):
+            rng = np.random.default_rng(0)
+            handle = generator_handle(rng)
+            y, s = (rng.standard_normal((n, d)).astype(dtype) for _ in range(2))
+            out, xi = np.empty((n, d)), np.empty(2048, dtype)
+            a, b, c = (dtype.type(v) for v in (1.0, 1e-3, 1e-3))  # y stays of order 1 over the calls
+            calls = {"draw": lambda: standard_normal_into(out, rng),
+                     "kernel": lambda: affine_noise_step(y, s, handle, a, b, c, xi, 1e30)}
+            medians = {}
+            for cold in (False, True):
+                times = {k: [] for k in calls}
+                for _ in range(rounds + 1):
+                    for name, call in calls.items():
+                        if cold:
+                            sweep += 1.0
+                            s += dtype.type(0.0)
+                        tic = time.thread_time()
+                        call()
+                        times[name].append(time.thread_time() - tic)
+                medians[cold] = {k: np.median(v[1:]) for k, v in times.items()}
+            print(f"| {d} | {dtype.name} | {medians[False]['kernel'] / medians[False]['draw']:.3f} | "
+                  f"{medians[True]['kernel'] / medians[True]['draw']:.3f} | {medians[False]['draw'] * 1e6:.0f} |",
+                  flush=True)
 
 
 def main():
@@ -113,17 +168,22 @@ def main():
     parser.add_argument("--dtype", nargs="+", choices=("float64", "float32"), default=["float64"],
                         help="the points' dtype (both: rows for each, same run)")
     parser.add_argument("--train-steps", type=int, default=300, help="training steps of the MLP score")
+    parser.add_argument("--kernel", action="store_true",
+                        help="only the step kernel against the draw, hot and after a cache sweep (no score)")
     args = parser.parse_args()
     n = args.particles or (1024 if args.quick else 4096)
     repeats = args.repeats or (1 if args.quick else 3)
+    if args.kernel:
+        kernel_table(n, args.dims, args.dtype)
+        return
     print(f"# Euler–Maruyama sampler, {n} particles x {args.steps} steps, best of {repeats}; "
           f"target: outside / draw <= {TARGET}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; OPENBLAS_CORETYPE="
           f"{os.environ.get('OPENBLAS_CORETYPE')}, OPENBLAS_L2_SIZE={os.environ.get('OPENBLAS_L2_SIZE')}; "
           f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     print(f"| d | score | dtype | particles x steps / s | in score | outside / draw (<= {TARGET}) | wall | "
-          "in situ | outside, us / step | draw, us / step | floor: raw bits / draw |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "in situ | outside, us / step | draw, us / step | floor: raw bits / draw | loop / draw |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for d in args.dims:
         mixture = GaussianMixture.paper_family(d, 8, 3.0, rng=0)
         for dtype in map(np.dtype, args.dtype):
@@ -140,7 +200,8 @@ def main():
                       f"{1 - b['out_wall'] / b['total']:.1%} | **{b['out_cpu'] / b['draw_cpu']:.3f}** | "
                       f"{b['out_wall'] / b['draw_wall']:.3f} | {b['out_cpu'] / b['situ']:.3f} | "
                       f"{b['out_cpu'] / args.steps * 1e6:.0f} | "
-                      f"{b['draw_cpu'] / args.steps * 1e6:.0f} | {b['raw'] / b['draw_cpu']:.2f} |", flush=True)
+                      f"{b['draw_cpu'] / args.steps * 1e6:.0f} | {b['raw'] / b['draw_cpu']:.2f} | "
+                      f"{b['loop'] / b['draw_cpu']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
