@@ -13,7 +13,7 @@ SiLU hidden layers of `width` units and d outputs. Rows (d, width, depth, batch)
 (2, 128, 3, 256), (32, 256, 3, 1024), (128, 512, 4, 2048); float64 and float32.
 
     python benchmarks/train_step.py [--quick] [--rows 1,3] [--dtypes float64]
-                                    [--skip-peers] [--skip-jit-cost] [--thread-sweep] [--phases] [--memory]
+                                    [--skip-peers] [--skip-jit-cost] [--thread-sweep] [--phases] [--bound] [--memory]
 
 Implementations, all starting from the same initial parameters and the same data
 (n = 10 x batch points of N(0, I)):
@@ -54,7 +54,11 @@ activation derivative, the two backward matrix products, Adam with its gradient
 check), timed call by call with perf_counter in a copy of TrainStep's sequence, and
 checks that the copy ends with the same parameters, bit for bit, as TrainStep; each
 phase is shown in ms/step, as a share of the step, and for the matrix products as a
-share of the matrix-product peak. The optional --memory report runs each implementation
+share of the matrix-product peak. The optional --bound diagnostic sets the step (best single
+step) beside the least a SiLU MLP step of that shape costs here: the same matrix
+products alone, back to back at their shapes with hot caches, plus one vectorised exp
+per hidden activation, each the best of its passes, as % of a peak measured just before
+the row; a step cannot exceed that % without faster products or a cheaper exp. The optional --memory report runs each implementation
 in a fresh interpreter (its peak resident set, VmHWM, and the growth from just before
 it is built) and gives sgm_ref's workspace bytes against the minimum the activations
 need. The optional --thread-sweep diagnostic times sgm_ref
@@ -622,6 +626,56 @@ def phase_lines(row, dtype, args, seed, peak):
     return lines, same
 
 
+# -- what the matrix products and one exp per activation leave (--bound) --------------------
+def _best_seconds(call, repeats):
+    call()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bound_line(row, dtype, seed, repeats):
+    """The step against the least any SiLU MLP step of this shape costs here: its matrix
+    products alone (TrainStep's, at their shapes and in their order, back to back with hot
+    caches) plus one exp per hidden activation (NumPy's vectorised exp), each the best of
+    `repeats`; % of a 2048^3 matrix-product peak measured just before, best of 5."""
+    problem = make_problem(*row, dtype, seed)
+    run, step, _ = make_sgm_ref(problem, seed)
+    run(3)
+    net, n = step.model.network, row[3]
+    ws, layers = net._workspace(n), len(net._layers) - 1
+    grads = net._blocks(np.empty_like(step.grad))
+    g = [np.full((n, m), 0.01, problem["dtype"]) for m in net.sizes[1:]]  # dL/dz_l stand-ins
+    back = [np.empty((n, m), problem["dtype"]) for m in net.sizes]
+    z = [np.empty_like(D) for D in ws.D]
+
+    def products():
+        for l in range(layers + 1):
+            np.matmul(ws.H[l], net._layers[l], out=g[l] if l == layers else z[l])
+        for l in range(layers, -1, -1):
+            np.matmul(ws.H[l].T, g[l], out=grads[l])
+            if l > 0:
+                np.matmul(g[l], net.weights[l].T, out=back[l])
+
+    def exps():
+        for l in range(layers):
+            np.exp(z[l], out=ws.D[l])
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(dtype) for _ in range(2))
+    peak = matmul_rate(np.matmul, a, b, 5) * 1e9
+    flops = 6.0 * n * n_params_of(problem["sizes"])
+    whole = _best_seconds(lambda: run(1), repeats)
+    prod = _best_seconds(products, repeats)
+    exp = _best_seconds(exps, repeats)
+    return (f"{row} {dtype}: step {1e3 * whole:.3g} ms ({100 * flops / whole / peak:.0f}% of peak); products alone "
+            f"{1e3 * prod:.3g} ms ({100 * flops / prod / peak:.0f}%); exp alone {1e3 * exp:.3g} ms; "
+            f"products + exp {100 * flops / (prod + exp) / peak:.0f}% of peak; peak {peak / 1e9:.0f} GFLOP/s")
+
+
 def matmul_rate(matmul, a, b, repeats):
     matmul(a, b)
     best = math.inf
@@ -996,6 +1050,9 @@ def parse_args(argv):
     parser.add_argument("--phases", action="store_true",
                         help="diagnostic: sgm_ref's step split into phases (draw, products, activation, "
                              "backward, Adam), ms/step and share of the step, per row and dtype")
+    parser.add_argument("--bound", action="store_true",
+                        help="diagnostic: sgm_ref's step against its matrix products alone plus one exp per "
+                             "hidden activation (best single calls, hot), as % of a peak measured per row")
     parser.add_argument("--memory", action="store_true",
                         help="peak resident memory of each implementation per row and dtype, each in a fresh "
                              "interpreter, and sgm_ref's workspace against the activations' minimum")
@@ -1122,6 +1179,13 @@ def main(argv=None):
                 lines, same = phase_lines(row, dtype, args, SEED, peaks[("NumPy", dtype)])
                 phases_ok &= same
                 print("\n".join(f"- {line}" if not line.startswith("  ") else line for line in lines), flush=True)
+    if args.bound:
+        print()
+        print("What the products and one exp per activation leave (best single step and best single "
+              f"passes of {5 * args.repeats}, hot; % of the 2048^3 NumPy peak measured before each row):")
+        for row in args.rows:
+            for dtype in args.dtypes:
+                print(f"- {bound_line(row, dtype, SEED, 5 * args.repeats)}", flush=True)
     if args.thread_sweep:
         print()
         print("Thread sweep (sgm_ref alone in a fresh interpreter per environment, median ms/step; "
