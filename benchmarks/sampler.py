@@ -29,8 +29,8 @@ ziggurat is 4x slower), one call per step as the sampler makes. Reported per row
   loop / draw      the same loop of score calls with no step at all (the time array's
                    refill, the call through the timer and the timer's bookkeeping after
                    it), its CPU time outside the score over the draw: the part of
-                   "outside" that no sampler can remove here. Where it exceeds 0.15 the
-                   target is out of reach of any step measured this way (after a score
+                   "outside" that no sampler can remove here, so the step itself (its
+                   call, draw and update) has 1.15 minus this to spend (after a score
                    call that sweeps the caches, this loop alone runs cold).
 """
 
@@ -39,6 +39,7 @@ import os
 import platform
 import time
 
+import numba
 import numpy as np
 
 from sgm_ref import MLP, OU, GaussianMixture, ScoreModel, fit
@@ -122,24 +123,34 @@ def measure(score, d, n, steps, repeats, dtype):
     return best
 
 
+@numba.njit(cache=True)
+def _no_step(y, s):
+    """A compiled call on (y, s) that does nothing else: what the least step pays to be called."""
+    return y.size + s.size
+
+
 def kernel_table(n, dims, dtypes, rounds=40):
     """The step kernel alone against the draw: affine_noise_step (the sampler passes the handle)
-    over standard_normal_into with the Generator, CPU time, medians of `rounds` interleaved
-    calls; "hot" back to back, "cold" after sweeping 64 MB and writing s (as a score call that
-    fills the caches and then writes its output does)."""
-    print(f"\n## The step kernel alone ({n} points, medians of {rounds} interleaved calls; draw = 1)\n")
-    print("| d | dtype | hot: kernel / draw | cold: kernel / draw | draw, us (hot) |")
-    print("|---|---|---|---|---|")
+    over the yardstick, standard_normal_into(noise, rng) with the Generator into an array of the
+    points' dtype, made back to back; CPU time, medians of `rounds` interleaved calls. "Cold"
+    calls follow a sweep of 64 MB and a write of s (as a score call that fills the caches and
+    then writes its output does); the cold draw and a cold call of a compiled function that does
+    nothing (_no_step) are shown too, over the same back-to-back draw."""
+    print(f"\n## The step kernel alone ({n} points, medians of {rounds} interleaved calls; "
+          "back-to-back draw = 1)\n")
+    print("| d | dtype | kernel / draw | cold kernel / draw | cold draw / draw | cold no-op call / draw | draw, us |")
+    print("|---|---|---|---|---|---|---|")
     sweep = np.ones(8 * 2**20)
     for d in dims:
         for dtype in map(np.dtype, dtypes):
             rng = np.random.default_rng(0)
             handle = generator_handle(rng)
             y, s = (rng.standard_normal((n, d)).astype(dtype) for _ in range(2))
-            out, xi = np.empty((n, d)), np.empty(2048, dtype)
+            out, xi = np.empty((n, d), dtype), np.empty(2048, dtype)
             a, b, c = (dtype.type(v) for v in (1.0, 1e-3, 1e-3))  # y stays of order 1 over the calls
             calls = {"draw": lambda: standard_normal_into(out, rng),
-                     "kernel": lambda: affine_noise_step(y, s, handle, a, b, c, xi, 1e30)}
+                     "kernel": lambda: affine_noise_step(y, s, handle, a, b, c, xi, 1e30),
+                     "no-op": lambda: _no_step(y, s)}
             medians = {}
             for cold in (False, True):
                 times = {k: [] for k in calls}
@@ -152,8 +163,9 @@ def kernel_table(n, dims, dtypes, rounds=40):
                         call()
                         times[name].append(time.thread_time() - tic)
                 medians[cold] = {k: np.median(v[1:]) for k, v in times.items()}
-            print(f"| {d} | {dtype.name} | {medians[False]['kernel'] / medians[False]['draw']:.3f} | "
-                  f"{medians[True]['kernel'] / medians[True]['draw']:.3f} | {medians[False]['draw'] * 1e6:.0f} |",
+            hot, cold = medians[False], medians[True]
+            print(f"| {d} | {dtype.name} | {hot['kernel'] / hot['draw']:.3f} | {cold['kernel'] / hot['draw']:.3f} | "
+                  f"{cold['draw'] / hot['draw']:.3f} | {cold['no-op'] / hot['draw']:.3f} | {hot['draw'] * 1e6:.0f} |",
                   flush=True)
 
 

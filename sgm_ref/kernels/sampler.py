@@ -6,9 +6,10 @@ spinning thread pool would compete with them for the cores.
 A step draws its noise a block at a time into scratch that stays in L1 and uses it at
 once: the noise is never written to an (n, d) array and read back. While a block's
 noise is drawn, the next block's points and score are prefetched (one hint per cache
-line), so that the update finds them in cache rather than in L3 or memory (at d = 128
-with 4096 points: the kernel 1.05-1.13x the time of the draw alone instead of
-1.12-1.19x; `python benchmarks/sampler.py --kernel`, docs/sampler_speed.md). The arithmetic is
+line), so that the update finds them in cache rather than in L3 or memory (4096 points,
+float64, after a cache sweep as after a score call: the kernel 1.15x the time of the
+draw alone instead of 1.33x at d = 32, 1.12x instead of 1.23x at d = 128, medians;
+`python benchmarks/sampler.py --kernel`, docs/sampler_speed.md). The arithmetic is
 the points' dtype (float32 points: float32 coefficients and float32 operations). The
 noise is always numpy's float64 ziggurat, rounded to the points' dtype: numba's float32
 ziggurat (rng.standard_normal(dtype=np.float32)) measured 4x slower here, and the
