@@ -115,10 +115,14 @@ def _prefetch_intrinsic(typingctx, flat, index):
         index = context.cast(builder, args[1], sig.args[1], types.intp)
         pointer = cgutils.get_item_pointer(context, builder, sig.args[0], array, [index], wraparound=False,
                                            boundscheck=False)
-        i32 = ir.IntType(32)
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [pointer.type, i32, i32, i32]),
-                                            "llvm.prefetch.p0")
-        builder.call(fn, [pointer, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        # declared on an i8 pointer, "llvm.prefetch.p0i8": the typed-pointer name, which newer LLVM
+        # (opaque pointers) remangles to "llvm.prefetch.p0" (a prefetcht0 with numba 0.58 / LLVM 14
+        # and numba 0.68 / LLVM 22, the same bits)
+        i32, address = ir.IntType(32), cgutils.voidptr_t
+        fn = builder.module.declare_intrinsic("llvm.prefetch", [address], ir.FunctionType(ir.VoidType(),
+                                                                                        [address, i32, i32, i32]))
+        builder.call(fn, [builder.bitcast(pointer, address), ir.Constant(i32, 0), ir.Constant(i32, 3),
+                          ir.Constant(i32, 1)])
         return context.get_dummy_value()
 
     return types.none(flat, index), codegen
