@@ -1,6 +1,8 @@
-"""What the benchmark scripts report about the machine they ran on."""
+"""What the benchmark scripts report about the machine they ran on, and their shared timer."""
 
+import math
 import platform
+import time
 
 
 def cpu_name():
@@ -13,3 +15,13 @@ def cpu_name():
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def best_time(fn, repeats):
+    """The shortest of `repeats` wall-clock timings of fn(), in seconds."""
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best

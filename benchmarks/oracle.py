@@ -35,7 +35,7 @@ import time
 
 import numba
 import numpy as np
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from _machine import best_time, cpu_name  # benchmarks/ is on sys.path when a script runs
 import scipy
 
 import sgm_ref
@@ -102,15 +102,6 @@ def max_relative_difference(got, want, floor=0.0):
 
 
 # -- timing -------------------------------------------------------------------------------
-def best_time(fn, repeats):
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def best_times_interleaved(calls, repeats):
     """Best of repeats for each call, the calls taken in turn (round robin), so that a
     change of machine load during the measurement hits all of them alike."""

@@ -72,25 +72,16 @@ def _draw_loop(draw, noise, rng, steps):
 
 
 def _draw_between_scores(draw, score, x, grid, noise, rng):
-    """CPU seconds outside the score of a loop that calls it and draws the noise, no more."""
+    """CPU seconds outside the score of a loop that calls it and draws the noise (draw None:
+    calls it and does nothing else), no more."""
     timed = TimedScore(score)
     t = np.empty(x.shape[0])
     cpu = time.thread_time()
     for t_k in grid[:-1]:
         t.fill(t_k)
         timed(x, t)
-        draw(noise, rng)
-    return time.thread_time() - cpu - timed.cpu
-
-
-def _loop_alone(score, x, grid):
-    """CPU seconds outside the score of a loop that calls it and does nothing else."""
-    timed = TimedScore(score)
-    t = np.empty(x.shape[0])
-    cpu = time.thread_time()
-    for t_k in grid[:-1]:
-        t.fill(t_k)
-        timed(x, t)
+        if draw is not None:
+            draw(noise, rng)
     return time.thread_time() - cpu - timed.cpu
 
 
@@ -114,7 +105,7 @@ def measure(score, d, n, steps, repeats, dtype):
             rng.bit_generator.random_raw(n * d)
         raw = time.thread_time() - tic
         situ = _draw_between_scores(draw, score, x, grid, noise, rng)
-        loop = _loop_alone(score, x, grid)
+        loop = _draw_between_scores(None, score, x, grid, noise, rng)
         if r:
             for key, value in (("out_cpu", cpu - timed.cpu), ("out_wall", wall - timed.wall), ("draw_cpu", draw_cpu),
                                ("draw_wall", draw_wall), ("raw", raw), ("total", wall), ("situ", situ),

@@ -83,7 +83,7 @@ import time
 
 import numba
 import numpy as np
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+from _machine import best_time, cpu_name  # benchmarks/ is on sys.path when a script runs
 
 import sgm_ref
 from sgm_ref import OU, plain
@@ -628,13 +628,9 @@ def phase_lines(row, dtype, args, seed, peak):
 
 # -- what the matrix products and one exp per activation leave (--bound) --------------------
 def _best_seconds(call, repeats):
+    """best_time after one untimed call (compilation, first touch of the buffers)."""
     call()
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(call, repeats)
 
 
 def bound_line(row, dtype, seed, repeats):
@@ -677,13 +673,7 @@ def bound_line(row, dtype, seed, repeats):
 
 
 def matmul_rate(matmul, a, b, repeats):
-    matmul(a, b)
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / best / 1e9
+    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / _best_seconds(lambda: matmul(a, b), repeats) / 1e9
 
 
 def measure_peaks(torch, repeats):
