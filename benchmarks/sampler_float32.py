@@ -10,6 +10,8 @@ difference over the largest |y| (float64), and the median over points of each po
 largest difference over its largest |y|, both also in units of N 2^-24.
 """
 
+import argparse
+
 import numpy as np
 
 from sgm_ref import OU, VP, GaussianMixture
@@ -18,7 +20,8 @@ from sgm_ref.samplers import euler_maruyama, exponential_integrator, probability
 METHODS = {"euler_maruyama": euler_maruyama, "exponential": exponential_integrator, "probability_flow": probability_flow}
 
 
-def main():
+def main(argv=None):
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     u = 2.0**-24
     g = GaussianMixture.paper_family(2, 4, 2.0, rng=0)
     x = np.random.default_rng(1).standard_normal((2000, 2))

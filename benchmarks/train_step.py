@@ -1042,7 +1042,7 @@ def parse_args(argv):
                              "backward, Adam), ms/step and share of the step, per row and dtype")
     parser.add_argument("--bound", action="store_true",
                         help="diagnostic: sgm_ref's step against its matrix products alone plus one exp per "
-                             "hidden activation (best single calls, hot), as % of a peak measured per row")
+                             "hidden activation (best single calls, hot), as %% of a peak measured per row")
     parser.add_argument("--memory", action="store_true",
                         help="peak resident memory of each implementation per row and dtype, each in a fresh "
                              "interpreter, and sgm_ref's workspace against the activations' minimum")
