@@ -2,6 +2,7 @@
 
     python benchmarks/sampler.py [--quick] [--particles N] [--steps S] [--dtype float64 float32]
     python benchmarks/sampler.py --kernel [--dtype float64 float32]   (the step kernel alone)
+    python benchmarks/sampler.py --draws                              (ns per normal, each way)
 
 For d in {2, 32, 128}, two score functions:
   oracle  the exact score of the paper's mixture family (K = 8 identity-covariance
@@ -13,7 +14,7 @@ Target: a step costs the score call plus at most 1.15x the time of drawing its N
 noise into a preallocated array with the fastest Generator-based method the project has
 (sgm_ref.kernels.sampler.standard_normal_into, numpy's float64 ziggurat compiled by
 numba, rounded to float32 for float32 points as the sampler's noise is; numba's float32
-ziggurat is 4x slower), one call per step as the sampler makes. Reported per row:
+ziggurat is slower: --draws), one call per step as the sampler makes. Reported per row:
   outside / draw   the sampler's time outside the score call (noise, update, checks,
                    bookkeeping) over that draw time, in CPU time of the calling thread
                    (time.thread_time: a loaded machine's waits are not counted; the
@@ -43,6 +44,8 @@ import numba
 import numpy as np
 
 from sgm_ref import MLP, OU, GaussianMixture, ScoreModel, fit
+from numba.np.random.distributions import random_standard_normal_f
+
 from sgm_ref.kernels.sampler import affine_noise_step, generator_handle, standard_normal_into
 from sgm_ref.samplers import euler_maruyama, time_grid
 
@@ -160,6 +163,46 @@ def kernel_table(n, dims, dtypes, rounds=40):
                   flush=True)
 
 
+@numba.njit(cache=True)
+def _float32_ziggurat_into(out, rng):
+    """numpy's float32 ziggurat compiled by numba: rng.standard_normal(out.size, dtype=float32)'s bits."""
+    bits = rng.bit_generator
+    for i in range(out.size):
+        out[i] = random_standard_normal_f(bits)
+
+
+def draws_table(n=2**17, rounds=15):
+    """ns per N(0, 1) number, each way the project could draw the noise, medians of `rounds`
+    interleaved calls into preallocated arrays of n (CPU time); each float32 way is checked
+    to give the bits numpy's own call gives."""
+    rng = np.random.default_rng(0)
+    out64, out32, check = np.empty(n), np.empty(n, np.float32), np.empty(1000, np.float32)
+    _float32_ziggurat_into(check, np.random.default_rng(7))
+    if not np.array_equal(check, np.random.default_rng(7).standard_normal(1000, dtype=np.float32)):
+        raise SystemExit("numba's float32 ziggurat did not give numpy's float32 bits")
+    standard_normal_into(out64, rng)
+    ways = {
+        "Generator.standard_normal(out=, float64)": lambda: rng.standard_normal(out=out64),
+        "Generator.standard_normal(out=, float32)": lambda: rng.standard_normal(out=out32, dtype=np.float32),
+        "standard_normal_into (numba, float64 ziggurat; the yardstick)": lambda: standard_normal_into(out64, rng),
+        "standard_normal_into into float32 (float64 ziggurat, rounded)": lambda: standard_normal_into(out32, rng),
+        "numba's float32 ziggurat (numpy's float32 bits)": lambda: _float32_ziggurat_into(out32, rng),
+    }
+    times = {k: [] for k in ways}
+    for _ in range(rounds + 1):
+        for name, call in ways.items():
+            tic = time.thread_time()
+            call()
+            times[name].append(time.thread_time() - tic)
+    yardstick = np.median(times["standard_normal_into (numba, float64 ziggurat; the yardstick)"][1:])
+    print(f"\n## Drawing {n} normals (ns per number, medians of {rounds} interleaved calls, CPU time)\n")
+    print("| way | ns / number | over the yardstick |")
+    print("|---|---|---|")
+    for name, v in times.items():
+        m = np.median(v[1:])
+        print(f"| {name} | {m / n * 1e9:.2f} | {m / yardstick:.2f} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer particles and repeats")
@@ -173,9 +216,14 @@ def main():
     parser.add_argument("--train-steps", type=int, default=300, help="training steps of the MLP score")
     parser.add_argument("--kernel", action="store_true",
                         help="only the step kernel against the draw, hot and after a cache sweep (no score)")
+    parser.add_argument("--draws", action="store_true",
+                        help="only ns per normal number, each way of drawing them (numpy, numba, float32)")
     args = parser.parse_args()
     n = args.particles or (1024 if args.quick else 4096)
     repeats = args.repeats or (1 if args.quick else 3)
+    if args.draws:
+        draws_table()
+        return
     if args.kernel:
         kernel_table(n, args.dims, args.dtype)
         return

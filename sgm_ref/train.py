@@ -112,7 +112,7 @@ class TrainStep:
         else:
             self.t, self.weights = _draw_times(self.batch_size, self.t0, self.T, rng, self.time_distribution), None
         if self.z.dtype == np.float64 and self.z.size >= _NUMBA_NORMALS_FROM:
-            # rng.standard_normal's numbers bit for bit, ~3x faster per number (numba's copy of
+            # rng.standard_normal's numbers bit for bit, 2-3x faster per number (numba's copy of
             # numpy's ziggurat), after a fixed ~5 us to hand the Generator to numba
             standard_normal_into(self.z, rng)
         else:
