@@ -38,7 +38,9 @@ out of the timing for that row.
 Timing: a few warm-up steps (JAX compiles on its first call), then k steps per repeat
 with k chosen so that a repeat takes ~0.3 s (0.1 s with --quick); the median over
 repeats of (repeat time / k) is reported. Repeats of the implementations are
-interleaved (round robin), so a change of machine load hits all of them alike. JAX is
+interleaved (round robin), so a change of machine load hits all of them alike; the
+ratio sgm_ref / JAX is also taken round by round, and its median over rounds given with
+a distribution-free 95% interval and a verdict against 0.9 (issue 16). JAX is
 synchronised (block_until_ready) at the end of each repeat, not after every step.
 The "other load" column is the CPU time other processes (and the hypervisor) took
 during the timed repeats, from /proc/stat, in CPUs (largest over repeats): on 2 cores,
@@ -83,7 +85,7 @@ import time
 
 import numba
 import numpy as np
-from _machine import best_time, cpu_name  # benchmarks/ is on sys.path when a script runs
+from _machine import best_time, cpu_name, median_interval, verdict  # benchmarks/ is on sys.path when a script runs
 
 import sgm_ref
 from sgm_ref import OU, plain
@@ -102,6 +104,7 @@ DATA_FACTOR = 10  # data set size = DATA_FACTOR x batch
 TOLERANCE = {"float64": 1e-10, "float32": 1e-3}
 PEAK_SIZE = 2048
 SEED = 20261124
+JAX_TARGET = 0.9  # issue 16: sgm_ref / jax.jit <= 0.9 on every row with AVX-512 kernels
 ENV_VARS = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
@@ -455,7 +458,8 @@ def calibrate(run, target):
 
 
 def time_interleaved(runs, args, errors):
-    """{name: sorted seconds per step over repeats}; repeats interleaved round robin.
+    """({name: seconds per step, one per repeat in the order run}, ks, load); repeats
+    interleaved round robin, so repeat r of every implementation ran in the same round.
 
     An implementation that raises during warm-up is dropped and reported in errors."""
     ks = {}
@@ -477,7 +481,7 @@ def time_interleaved(runs, args, errors):
             times[name].append((time.perf_counter() - start) / ks[name])
         loads.append(meter.others())
     loads = [x for x in loads if x is not None]
-    return {name: sorted(v) for name, v in times.items()}, ks, (max(loads) if loads else None)
+    return times, ks, (max(loads) if loads else None)
 
 
 def measure(row, dtype, peers, args, seed):
@@ -506,7 +510,9 @@ def measure(row, dtype, peers, args, seed):
     times, ks, out["load"] = time_interleaved(runs, args, out["errors"])
     for name, v in times.items():
         out["ms"][name] = 1e3 * float(np.median(v))
-        out["detail"][name] = (ks[name], 1e3 * v[0], 1e3 * v[-1])
+        out["detail"][name] = (ks[name], 1e3 * min(v), 1e3 * max(v))
+    if "JAX" in times:  # each round's own ratio: a host that changes speed between rounds moves both
+        out["paired_jax"] = [s / j for s, j in zip(times["sgm_ref"], times["JAX"])]
     return out
 
 
@@ -1128,6 +1134,19 @@ def main(argv=None):
     print()
     print(f"Matrix-product peak in this run ({PEAK_SIZE}^3, best of {args.peak_repeats}, GFLOP/s): "
           + "; ".join(f"{impl} {dtype} {rate:.0f}" for (impl, dtype), rate in peaks.items()))
+    paired = [r for r in results if "paired_jax" in r]
+    if paired:
+        print()
+        print(f"sgm_ref / JAX round by round (the two timed in the same round of the interleaved repeats): "
+              f"median over the {args.repeats} rounds, its distribution-free 95% interval (sign test; "
+              f"needs >= 6 repeats) and the verdict against <= {JAX_TARGET} (met: the interval lies below):")
+        print()
+        print("| (d, width, depth, batch) | dtype | median | 95% interval | verdict |")
+        print("|---|---|---|---|---|")
+        for r in paired:
+            med, low, high = median_interval(r["paired_jax"])
+            print(f"| {r['row']} | {r['dtype']} | {med:.3f} | [{low:.3f}, {high:.3f}] | "
+                  f"{verdict(low, high, JAX_TARGET)} |")
     print()
     print("Timing detail (k steps per repeat; fastest / slowest repeat, ms/step):")
     for r in results:

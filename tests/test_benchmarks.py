@@ -24,3 +24,40 @@ def test_help_prints(script):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "usage:" in proc.stdout
+
+
+def _machine_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_bench_machine", BENCHMARKS / "_machine.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("m", [3, 5, 6, 7, 9, 11, 15, 20, 31])
+def test_median_interval_is_the_sign_tests_order_statistics(m):
+    """benchmarks/_machine.py's median interval (sampler.py's and train_step.py's paired ratios): [x_(k), x_(m+1-k)] with k the largest
+    rank whose binomial tail sum_{i<k} C(m, i) / 2^m is at most 2.5% (counted here with
+    math.comb, not scipy), and no finite interval where even k = 1 fails (m < 6)."""
+    import math
+    machine = _machine_module()
+    values = [float(v) for v in range(m, 0, -1)]  # unsorted on purpose: x_(i) = i
+    tails = [sum(math.comb(m, i) for i in range(k)) / 2**m for k in range(m + 1)]
+    k = max((k for k in range(1, m // 2 + 1) if tails[k] <= 0.025), default=0)
+    median, low, high = machine.median_interval(values)
+    assert median == (m + 1) / 2
+    if k == 0:
+        assert (low, high) == (-math.inf, math.inf)
+    else:
+        assert (low, high) == (k, m + 1 - k)
+
+
+def test_verdict():
+    verdict = _machine_module().verdict
+    assert verdict(1.0, 1.15, 1.15) == "met"
+    assert verdict(1.16, 1.3, 1.15) == "missed"
+    assert verdict(1.1, 1.2, 1.15) == "open"
+    assert verdict(float("-inf"), float("inf"), 1.15) == "open"
+    assert verdict(0.6, 0.7, 0.6, below=False) == "met"      # at least the target
+    assert verdict(0.4, 0.59, 0.6, below=False) == "missed"
+    assert verdict(0.5, 0.7, 0.6, below=False) == "open"
