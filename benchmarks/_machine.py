@@ -6,7 +6,6 @@ import platform
 import time
 
 import numpy as np
-import scipy.stats
 
 
 def cpu_name():
@@ -37,10 +36,17 @@ def median_interval(values, level=0.95):
     rank such that P(Bin(m, 1/2) <= k - 1) <= (1 - level) / 2, [x_(k), x_(m + 1 - k)]
     (1-based). It needs m >= 6 for 95%; with fewer no such k exists and the interval is
     (-inf, inf). Repeats on a shared machine are not identically distributed, so this says
-    where the median of *these* conditions lies, not of a quiet machine."""
+    where the median of *these* conditions lies, not of a quiet machine. Raises ValueError
+    for no values or a non-finite one (a NaN would sort to an end and pass for a bound)."""
     x, m = np.sort(np.asarray(values, float)), len(values)
+    if m == 0 or not np.all(np.isfinite(x)):
+        raise ValueError(f"values must be one or more finite numbers, got {list(values)!r}")
+    tail = 0.0  # P(Bin(m, 1/2) <= k), counted exactly
     k = 0
-    while k < m // 2 and scipy.stats.binom.cdf(k, m, 0.5) <= (1 - level) / 2:
+    while k < m // 2:
+        tail += math.comb(m, k) / 2.0**m
+        if tail > (1 - level) / 2:
+            break
         k += 1
     if k < 1:
         return float(np.median(x)), -math.inf, math.inf
@@ -48,8 +54,28 @@ def median_interval(values, level=0.95):
 
 
 def verdict(low, high, target, below=True):
-    """"met" if the interval [low, high] lies on the target's good side (below it if `below`,
-    at or beyond it otherwise), "missed" if wholly on the other side, else "open"."""
+    """"met" if the interval [low, high] lies on the target's good side (at or below it if
+    `below`, at or above it otherwise), "missed" if wholly on the other side, else "open"
+    (also for fewer than 6 repeats, whose interval is infinite)."""
     if not below:
         low, high, target = -high, -low, -target
     return "met" if high <= target else ("missed" if low > target else "open")
+
+
+def _bound(x, target):
+    """x to 4 decimals, or more (up to 8) where 4 would print the target itself for a bound
+    that is not the target (1.15004 against 1.15), so the printed bound shows its side."""
+    for digits in range(4, 9):
+        text = f"{x:.{digits}f}"
+        if x == target or float(text) != target:
+            return text
+    return repr(x)
+
+
+def paired_cells(values, target, below=True):
+    """("median [low, high]", verdict) for a table row; ("median (no interval: m < 6
+    repeats)", "-") when there are too few values for a 95% interval."""
+    median, low, high = median_interval(values)
+    if math.isinf(low):
+        return f"{median:.3f} (no interval: {len(values)} < 6 repeats)", "-"
+    return f"{median:.3f} [{_bound(low, target)}, {_bound(high, target)}]", verdict(low, high, target, below)

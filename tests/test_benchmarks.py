@@ -1,4 +1,5 @@
-"""The benchmark scripts' command lines: each one's ``--help`` prints and exits 0.
+"""The benchmark scripts: each one's ``--help`` prints and exits 0, and the interval and
+verdict their tables give for a median over repeats (benchmarks/_machine.py).
 
 Nothing is timed here (benchmarks/ measures speed; see benchmarks/README.md). argparse
 formats help strings with ``%``, so a bare ``%`` in a help text ("as % of a peak") makes
@@ -36,8 +37,8 @@ def _machine_module():
 
 @pytest.mark.parametrize("m", [3, 5, 6, 7, 9, 11, 15, 20, 31])
 def test_median_interval_is_the_sign_tests_order_statistics(m):
-    """benchmarks/_machine.py's median interval (sampler.py's and train_step.py's paired ratios): [x_(k), x_(m+1-k)] with k the largest
-    rank whose binomial tail sum_{i<k} C(m, i) / 2^m is at most 2.5% (counted here with
+    """benchmarks/_machine.py's median interval (the paired ratios of sampler.py and
+    train_step.py): [x_(k), x_(m+1-k)] with k the largest rank whose binomial tail sum_{i<k} C(m, i) / 2^m is at most 2.5% (counted here with
     math.comb, not scipy), and no finite interval where even k = 1 fails (m < 6)."""
     import math
     machine = _machine_module()
@@ -61,3 +62,22 @@ def test_verdict():
     assert verdict(0.6, 0.7, 0.6, below=False) == "met"      # at least the target
     assert verdict(0.4, 0.59, 0.6, below=False) == "missed"
     assert verdict(0.5, 0.7, 0.6, below=False) == "open"
+    assert verdict(1.15, 1.3, 1.15) == "open"                 # touching the target from above
+    assert verdict(0.5, 0.6, 0.6, below=False) == "open"      # touching it from below
+
+
+@pytest.mark.parametrize("values", [[], [1.0] * 8 + [float("nan")], [1.0] * 8 + [float("inf")]])
+def test_median_interval_refuses_what_it_cannot_order(values):
+    with pytest.raises(ValueError, match="finite"):
+        _machine_module().median_interval(values)
+
+
+def test_paired_cells():
+    cells = _machine_module().paired_cells
+    # 9 values: the interval is [x_(2), x_(8)]; a bound just above 1.15 is printed so as to show it
+    assert cells([1.1, 1.12, 1.13, 1.14, 1.145, 1.146, 1.148, 1.15004, 1.2], 1.15) == \
+        ("1.145 [1.1200, 1.15004]", "open")
+    assert cells([1.1, 1.12, 1.13, 1.14, 1.145, 1.146, 1.148, 1.15, 1.2], 1.15) == \
+        ("1.145 [1.1200, 1.1500]", "met")
+    assert cells([1.0] * 9, 1.15) == ("1.000 [1.0000, 1.0000]", "met")
+    assert cells([1.0, 1.1, 1.2], 1.15) == ("1.100 (no interval: 3 < 6 repeats)", "-")

@@ -12,7 +12,7 @@ draw alone instead of 1.33x at d = 32, 1.12x instead of 1.23x at d = 128, median
 `python benchmarks/sampler.py --kernel`, docs/sampler_speed.md). The arithmetic is
 the points' dtype (float32 points: float32 coefficients and float32 operations). The
 noise is always numpy's float64 ziggurat, rounded to the points' dtype: numba's float32
-ziggurat (rng.standard_normal(dtype=np.float32)) measured 1.6-4x slower
+ziggurat (rng.standard_normal(dtype=np.float32)) measured 1.6-5x slower
 (`python benchmarks/sampler.py --draws`; docs/sampler_speed.md), and the rounded
 float64 draws are the stream the float32 sampler has always used.
 
@@ -156,9 +156,10 @@ def standard_normal_into(out, rng):
 
     The draws are rng.standard_normal() one after another in row-major order, so out
     equals rng.standard_normal(out.shape).astype(out.dtype) bit for bit and leaves rng
-    in the same state. numba compiles numpy's own ziggurat into the loop, which is 2-4x
-    faster than the Generator method called from Python (`benchmarks/sampler.py --draws`). rng may also be
-    generator_handle(rng) (the same draws, without numba's per-call unboxing of rng).
+    in the same state. numba compiles numpy's own ziggurat into the loop, which is 1.7-6x
+    faster than the Generator method called from Python, depending on the host
+    (`benchmarks/sampler.py --draws`). rng may also be generator_handle(rng) (the same
+    draws, without numba's per-call unboxing of rng).
     """
     flat, bits = out.reshape(-1), _bits(rng)
     for i in range(flat.size):
