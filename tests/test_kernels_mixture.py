@@ -159,3 +159,45 @@ def test_full_path_above_the_switch_in_blocks_of_a_few_rows(monkeypatch):
     monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 60)
     assert 60 // (3 * d) >= 1 and 23 % (60 // (3 * d)) != 0  # several blocks, a ragged last one
     check_against_plain(full_mixture(3, d, seed=5), n=23, seed=6)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_centred_rows_are_numpys_bits(dtype):
+    """centred_rows_into gives NumPy's x - a[:, None] * centre exactly (the product rounded
+    first: no fused multiply-add), in both dtypes."""
+    from sgm_ref.kernels.mixture import centred_rows_into
+    rng = np.random.default_rng(0)
+    a = rng.uniform(0.5, 1.0, 37).astype(dtype)
+    centre = rng.standard_normal(9).astype(dtype) / 3.0
+    # x close to a * centre: the difference cancels, so how the product was rounded shows
+    x = (a[:, None] * centre * (1 + 1e-3 * rng.standard_normal((37, 9)))).astype(dtype)
+    out = np.empty_like(x)
+    centred_rows_into(x, a, centre, out)
+    np.testing.assert_array_equal(out, x - a[:, None] * centre)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, dtype):
+    """The blocked full-covariance path with its reused buffers gives bit for bit what the
+    blocks computed with NumPy's own arrays give (x - a centre, then @ U_all, the same
+    responsibilities kernel, then @ -U_all^T), over several blocks and a ragged last one."""
+    from sgm_ref.kernels.mixture import full_mixture_responsibilities
+    d, K, n = gm_module._DIRECT_MAX_DIM + 3, 3, 29
+    monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 8 * K * d)  # 8 rows a block
+    g = full_mixture(K, d, seed=7)
+    rng = np.random.default_rng(8)
+    t = rng.uniform(1e-3, 2.0, n)
+    x = OU().perturb(g.sample(n, rng), t, rng)[0].astype(dtype)
+    logp, score = g.log_prob_and_score(x, t)
+    a, s2 = OU()._coefficients(t, n)
+    mu, lam, U_all, centre = g._params(x.dtype)
+    group = g._group_for(a, s2)
+    want_logp, want_score = np.empty(n, dtype), np.empty((n, d), dtype)
+    for start in range(0, n, 8):
+        block = slice(start, min(start + 8, n))
+        P = (x[block] - a[block, None].astype(dtype) * centre) @ U_all
+        full_mixture_responsibilities(P, a[block], s2[block], g._logw, mu, lam, group, want_logp[block],
+                                      np.empty((P.shape[0], K)))
+        want_score[block] = P @ np.negative(U_all).T
+    np.testing.assert_array_equal(logp, want_logp)
+    np.testing.assert_array_equal(score, want_score)

@@ -434,6 +434,21 @@ def _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, l
                 score[i0 + i, l] = -acc[l, i] / total[i]
 
 
+@njit(cache=True)
+def centred_rows_into(x, a, centre, out):
+    """out[i, j] = x[i, j] - a[i] centre[j]: the rows of a block moved by alpha_t times the
+    mixture's centre, NumPy's x - a[:, None] * centre bit for bit (the product rounded before
+    the difference: no fastmath, so no fused multiply-add), in one pass and into a buffer
+    the caller reuses, where NumPy makes two passes and two arrays per block.
+
+    x, out (n, d) C-contiguous; a (n,) and centre (d,) in x's dtype."""
+    n, d = x.shape
+    for i in range(n):
+        ai = a[i]
+        for j in range(d):
+            out[i, j] = x[i, j] - ai * centre[j]
+
+
 @njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc):
     """Turn eigenbasis projections into responsibility-weighted scaled residuals.

@@ -15,7 +15,7 @@ import numpy as np
 
 from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
                            eigh_spd)
-from ..kernels.mixture import diagonal_mixture, full_mixture_direct, full_mixture_responsibilities
+from ..kernels.mixture import centred_rows_into, diagonal_mixture, full_mixture_direct, full_mixture_responsibilities
 from ..processes import OU, VariancePreserving, check_process
 from ._predict import ExactOutputs
 from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
@@ -507,12 +507,19 @@ class GaussianMixture(ExactOutputs):
             if want_score and x.dtype not in self._back_by_dtype:
                 self._back_by_dtype[x.dtype] = np.negative(U_all).T
             U_back = self._back_by_dtype.get(x.dtype)
+            # one set of block buffers for the call, not a new projection array per block
+            rows = min(rows, n)
+            a_x = a.astype(x.dtype, copy=False)
+            Z, P_all, logc_all = (np.empty((rows, d), x.dtype), np.empty((rows, K * d), x.dtype),
+                                  np.empty((rows, K)))
             for start in range(0, n, rows):
                 block = slice(start, min(start + rows, n))
-                P = (x[block] - a[block, None].astype(x.dtype) * centre) @ U_all
-                logc = np.empty((P.shape[0], K))
+                r = block.stop - block.start
+                centred_rows_into(x[block], a_x[block], centre, Z[:r])
+                P = P_all[:r]
+                np.matmul(Z[:r], U_all, out=P)
                 full_mixture_responsibilities(P, a[block], s2[block], self._logw, mu, lam, group,
-                                              logp[block], logc)
+                                              logp[block], logc_all[:r])
                 if want_score:
                     np.matmul(P, U_back, out=score[block])
         check_oracle_output(logp, x)
