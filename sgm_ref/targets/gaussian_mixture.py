@@ -78,7 +78,9 @@ _BLOCK_ELEMENTS = 2**20
 # points, GFLOP/s at 4 d^2 per pair, median of 9: quiet, 2**18 elements 60.4 against
 # 51.2 for 2**20 (the second product runs at 71 GFLOP/s on a 4096-row P and 88 on a
 # 1024-row one); beside a two-worker rate sweep, benchmarks/versions.py gave 2**18
-# 0.26x of 2**20 (each product waits for its second thread to be scheduled).
+# 0.26x of 2**20 (each product waits for its second thread to be scheduled). Again on
+# 2026-12-04 (AMD, AVX-512 kernels), quiet, same problem: 2**17, 2**18, 2**19, 2**20
+# elements 44, 45, 40, 35 GFLOP/s (benchmarks/RESULTS.md).
 _CACHE_BLOCK_ELEMENTS = 2**20
 _CACHE_BLOCK_MAX_DIM = 63
 # Up to this dimension the full-covariance oracle projects in its own kernel
