@@ -201,3 +201,12 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
         want_score[block] = P @ np.negative(U_all).T
     np.testing.assert_array_equal(logp, want_logp)
     np.testing.assert_array_equal(score, want_score)
+
+
+def test_blocked_full_path_with_no_points():
+    """No rows: empty outputs of the right shapes (the block buffers are sized to the call)."""
+    d = gm_module._DIRECT_MAX_DIM + 2
+    g = full_mixture(2, d, seed=1)
+    x = np.empty((0, d))
+    logp, score = g.log_prob_and_score(x, 0.5)
+    assert logp.shape == (0,) and score.shape == (0, d)

@@ -510,7 +510,7 @@ class GaussianMixture(ExactOutputs):
                 self._back_by_dtype[x.dtype] = np.negative(U_all).T
             U_back = self._back_by_dtype.get(x.dtype)
             # one set of block buffers for the call, not a new projection array per block
-            rows = min(rows, n)
+            rows = max(1, min(rows, n))  # no larger than the call, and at least 1 (n = 0)
             a_x = a.astype(x.dtype, copy=False)
             Z, P_all, logc_all = (np.empty((rows, d), x.dtype), np.empty((rows, K * d), x.dtype),
                                   np.empty((rows, K)))
