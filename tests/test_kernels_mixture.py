@@ -7,6 +7,8 @@
   against the NumPy twin sgm_ref.plain.mixture_score over several row blocks with a
   ragged last one, and the BLAS path just above the dimension where the oracle switches,
   with blocks of a few rows.
+- centred_rows_into against NumPy's x - a[:, None] * centre bit for bit, and the blocked
+  path with its reused buffers against the NumPy expression it replaced; no points.
 """
 
 import numpy as np
@@ -14,7 +16,7 @@ import pytest
 from numba import njit
 
 import sgm_ref.targets.gaussian_mixture as gm_module
-from sgm_ref import OU, VP, GaussianMixture, plain
+from sgm_ref import EDM, OU, VE, VP, FlowMatching, GaussianMixture, SubVP, plain
 from sgm_ref.kernels.mixture import _block_rows, _log_rows, exp_nonpositive, log_normal
 
 TINY = np.finfo(np.float64).tiny  # smallest normal
@@ -183,7 +185,7 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
     responsibilities kernel, then @ -U_all^T), over several blocks and a ragged last one."""
     from sgm_ref.kernels.mixture import full_mixture_responsibilities
     d, K, n = gm_module._DIRECT_MAX_DIM + 3, 3, 29
-    monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 8 * K * d)  # 8 rows a block
+    monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 8 * K * d)  # 8 rows a block: 4 blocks, the last of 5
     g = full_mixture(K, d, seed=7)
     rng = np.random.default_rng(8)
     t = rng.uniform(1e-3, 2.0, n)
@@ -203,10 +205,11 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
     np.testing.assert_array_equal(score, want_score)
 
 
-def test_blocked_full_path_with_no_points():
-    """No rows: empty outputs of the right shapes (the block buffers are sized to the call)."""
-    d = gm_module._DIRECT_MAX_DIM + 2
+@pytest.mark.parametrize("process", [OU(), VP(), VE(), EDM(), FlowMatching(), SubVP()], ids=repr)
+@pytest.mark.parametrize("d", [gm_module._DIRECT_MAX_DIM, gm_module._DIRECT_MAX_DIM + 2])
+def test_full_covariances_with_no_points(process, d):
+    """No rows: empty outputs of the right shapes, on both full paths and every process (the
+    block buffers are sized to the call; the log-determinant's group is set from no times)."""
     g = full_mixture(2, d, seed=1)
-    x = np.empty((0, d))
-    logp, score = g.log_prob_and_score(x, 0.5)
+    logp, score = g.log_prob_and_score(np.empty((0, d)), np.empty(0), process)
     assert logp.shape == (0,) and score.shape == (0, d)

@@ -474,7 +474,7 @@ class GaussianMixture(ExactOutputs):
         a2 = a * a
         with np.errstate(divide="ignore", over="ignore"):
             ends = np.log(np.concatenate([a2 * self._lam.min() + s2, a2 * self._lam.max() + s2]))
-        spread = max(1.0, float(np.max(np.abs(ends))))
+        spread = max(1.0, float(np.max(np.abs(ends), initial=0.0)))  # no points: any group
         return int(max(1, min(8, 600.0 // spread)))
 
     def _evaluate(self, x, t, process, want_score):
