@@ -9,6 +9,8 @@
   with blocks of a few rows.
 - centred_rows_into against NumPy's x - a[:, None] * centre bit for bit, and the blocked
   path with its reused buffers against the NumPy expression it replaced; no points.
+- full_mixture_responsibilities against its NumPy twin with one log per (row, component)
+  and with the variances in groups, and the group size against the float64 range.
 """
 
 import numpy as np
@@ -203,6 +205,64 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
         want_score[block] = P @ np.negative(U_all).T
     np.testing.assert_array_equal(logp, want_logp)
     np.testing.assert_array_equal(score, want_score)
+
+
+def responsibilities_numpy(P, a, s2, logw, m_proj, lam):
+    """What full_mixture_responsibilities computes, in NumPy: per row i and component k,
+    y = P_ik - a_i m_k, v = a_i^2 lam_k + s2_i, l_ik = log w_k - (sum y^2 / v + sum log v) / 2,
+    pi = softmax_k(l), log p = logsumexp_k(l) - d log(2 pi) / 2, P_ik <- pi_ik y / v."""
+    from scipy.special import logsumexp
+    n = P.shape[0]
+    K, d = lam.shape
+    y = P.reshape(n, K, d) - a[:, None, None] * m_proj
+    v = a[:, None, None] ** 2 * lam + s2[:, None, None]
+    r = y / v
+    l = logw - 0.5 * (np.sum(y * r, axis=2) + np.sum(np.log(v), axis=2))
+    lse = logsumexp(l, axis=1)
+    pi = np.exp(l - lse[:, None])
+    return lse - 0.5 * d * np.log(2.0 * np.pi), (pi[:, :, None] * r).reshape(n, K * d), l
+
+
+@pytest.mark.parametrize("group", [40, 33, 32, 7, 3, 1])
+def test_responsibilities_kernel_against_numpy_with_any_group(group):
+    """One product of all d variances before its log (group >= d, the usual case, folded into
+    the pass over P) and one per group of coordinates (group < d, a pass of its own) give
+    NumPy's log-weights, log-density and weighted residuals; so do the rows where one
+    component takes all the weight."""
+    from sgm_ref.kernels.mixture import full_mixture_responsibilities
+    rng = np.random.default_rng(11)
+    n, K, d = 53, 5, 32
+    lam = np.exp(rng.uniform(-3.0, 3.0, (K, d)))
+    m_proj = rng.standard_normal((K, d))
+    logw = np.log(rng.dirichlet(np.ones(K)))
+    a = rng.uniform(0.05, 1.0, n)
+    s2 = 1.0 - a * a
+    P = 2.0 * rng.standard_normal((n, K * d))
+    P[::5] *= 20.0  # far out: the weights are 0 or 1 to rounding
+    want_logp, want_P, want_l = responsibilities_numpy(P, a, s2, logw, m_proj, lam)
+    logp, logc = np.empty(n), np.empty((n, K))
+    full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc)
+    np.testing.assert_allclose(logc, want_l, rtol=1e-13)
+    np.testing.assert_allclose(logp, want_logp, rtol=1e-13)
+    scale = np.max(np.abs(want_P), axis=1, keepdims=True)
+    assert np.all(np.abs(P - want_P) <= 1e-13 * scale)
+
+
+@pytest.mark.parametrize("scale", [np.exp(18.7), np.exp(-18.7)])
+@pytest.mark.parametrize("d", [30, 40])
+def test_one_product_of_all_variances_only_where_it_stays_in_range(scale, d):
+    """Eigenvalues near exp(+-18.7) at t = 0: thirty of them multiply to exp(+-561), inside
+    float64, and take one log (GaussianMixture._log_group >= d); forty would reach exp(+-748),
+    outside, and go in groups. scipy is the reference either way."""
+    from scipy.stats import multivariate_normal
+    q, _ = np.linalg.qr(np.random.default_rng(12).standard_normal((d, d)))
+    cov = scale * (q * np.linspace(1.0, 1.5, d)) @ q.T
+    cov = 0.5 * (cov + cov.T)
+    mean = np.sqrt(scale) * np.linspace(-1.0, 1.0, d)
+    g = GaussianMixture([1.0], mean[None], cov[None])
+    assert (g._log_group >= d) == (d == 30)
+    x = mean + np.sqrt(scale) * np.random.default_rng(13).standard_normal((4, d))
+    np.testing.assert_allclose(g.log_prob(x, 0.0), multivariate_normal(mean, cov).logpdf(x), rtol=1e-12)
 
 
 @pytest.mark.parametrize("process", [OU(), VP(), VE(), EDM(), FlowMatching(), SubVP()], ids=repr)

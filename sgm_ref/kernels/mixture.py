@@ -456,67 +456,78 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
     On entry P[i, k*d:(k+1)*d] = U_k^T x_i (one matrix product for all k). On exit it
     holds pi_ik * y_ik / v_ik with y_ik = U_k^T x_i - a_i U_k^T mu_k, so that the score
     is -P @ U_all^T with U_all = [U_1, ..., U_K] (d, K d). logp (n,) receives the
-    mixture log-density; logc (n, K) is scratch.
+    mixture log-density; logc (n, K) receives the log-weights
+    l_ik = log w_k - (q_ik + log det_ik) / 2 before the log-sum-exp.
     m_proj (K, d) holds U_k^T mu_k.
 
     Serial on purpose: it runs between two BLAS products, whose threads a spinning
-    second pool would starve. The log-determinant takes one log per `group` factors:
-    for a variance-preserving process each v = a^2 lam + s2 lies between min(lam, 1) and
-    max(lam, 1) (otherwise between its values at the smallest and largest lam), and the
-    caller picks group so that a product of that many stays inside the float64 range.
+    second pool would starve (measured: a parallel version of this kernel, twice as fast
+    alone, took as long as this one between the products). The log-determinant takes one
+    log per `group` factors: for a variance-preserving process each v = a^2 lam + s2 lies
+    between min(lam, 1) and max(lam, 1) (otherwise between its values at the smallest and
+    largest lam), and the caller picks group so that a product of that many stays inside
+    the float64 range; usually group >= d and there is one log per (row, component).
 
-    Loops that vectorise: the log-determinants and the log-sum-exp run over rows
-    (log_normal, exp_nonpositive: one log per group and one exp per pair, no libm call),
-    the residuals over coordinates. fastmath reassoc lets the sum q = sum_j y_j^2 / v_j
-    run in vector lanes (its order, hence its last bits, differ from a left-to-right
-    sum; no flag that assumes finite values is set, so an overflowed q is still inf).
+    One pass over P: for each row and component the loop over coordinates forms
+    v_j = a^2 lam_j + s2, r_j = y_j / v_j (written over P), q = sum_j y_j r_j and the
+    product of the v_j of each group of coordinates; the logs of those products then run
+    in a loop over rows (log_normal: no libm call, so it vectorises), as does the
+    log-sum-exp (exp_nonpositive: one exp per pair). fastmath reassoc lets the sum q and
+    the products run in vector lanes (their order, hence their last bits, differ from a
+    left-to-right loop's); no flag that assumes finite values is set, so an overflowed q
+    is still inf.
     """
     n = P.shape[0]
     K, d = lam.shape
-    ld = np.empty((K, n))
-    prod = np.empty(n)
-    a2 = np.empty(n)
-    a2_log = np.empty(n)
-    for i in range(n):
-        a2[i] = a[i] * a[i]
-    for k in range(K):
-        for i in range(n):
-            ld[k, i] = 0.0
-        for start in range(0, d, group):
-            for i in range(n):
-                prod[i] = 1.0
-            for j in range(start, min(start + group, d)):
-                lamj = lam[k, j]
-                for i in range(n):
-                    prod[i] *= a2[i] * lamj + s2[i]
-            _log_rows(prod, a2_log, n)
-            for i in range(n):
-                ld[k, i] += a2_log[i]
+    n_groups = (d + group - 1) // group
+    dets = np.empty((K * n_groups, n))  # the product of each group's v, rows innermost
+    quad = np.empty((K, n))
     for i in range(n):
         ai = a[i]
-        a2i = a2[i]
+        a2i = ai * ai
         s2i = s2[i]
         for k in range(K):
             base = k * d
             q = 0.0
+            det = 1.0
             for j in range(d):
                 v = a2i * lam[k, j] + s2i
                 y = P[i, base + j] - ai * m_proj[k, j]
                 r = y / v
                 q += y * r
+                det *= v
                 P[i, base + j] = r
-            logc[i, k] = logw[k] - 0.5 * (q + ld[k, i])
-    top = prod  # reused
-    total = a2  # reused
+            quad[k, i] = q
+            dets[k, i] = det  # the product of all d factors: kept only if n_groups == 1
+    if n_groups > 1:
+        # eigenvalues too far apart for one product: one per group, the rows innermost
+        for k in range(K):
+            for g in range(n_groups):
+                row = dets[k * n_groups + g]
+                for i in range(n):
+                    row[i] = 1.0
+                for j in range(g * group, min(g * group + group, d)):
+                    lamj = lam[k, j]
+                    for i in range(n):
+                        row[i] *= a[i] * a[i] * lamj + s2[i]
+    top = np.empty(n)
+    total = np.empty(n)
+    log_det = np.empty(n)
+    lw = quad  # reused: (K, n), l_k = log w_k - (q_k + log det_k) / 2, then its exp
     for i in range(n):
         top[i] = -np.inf
         total[i] = 0.0
-    lw = ld  # reused: (K, n), the rows innermost
     for k in range(K):
+        for g in range(n_groups):
+            _log_rows(dets[k * n_groups + g], log_det, n)
+            for i in range(n):
+                quad[k, i] += log_det[i]  # q_k + log det_k, accumulated in place
+        lk = logw[k]
         for i in range(n):
-            lk = logc[i, k]
-            lw[k, i] = lk
-            top[i] = lk if lk > top[i] else top[i]
+            lwk = lk - 0.5 * quad[k, i]
+            lw[k, i] = lwk
+            logc[i, k] = lwk
+            top[i] = lwk if lwk > top[i] else top[i]
     # a component whose q overflowed has l_k = -inf and weight 0; if all did, log p = -inf
     for k in range(K):
         for i in range(n):

@@ -206,9 +206,11 @@ class GaussianMixture(ExactOutputs):
         self._rotation = rotation
         self._centre = np.exp(self._logw) @ self._mu
         # how many factors v = alpha^2 lam + sigma^2 (between min(lam, 1) and max(lam, 1))
-        # the kernel may multiply before one log without leaving the float64 range
+        # the kernel may multiply before one log without leaving the float64 range: their
+        # product lies within exp(+-600) (float64 reaches exp(+-708)); all d of them unless
+        # the eigenvalues span more than exp(+-600 / d)
         spread = max(1.0, float(np.max(np.abs(np.log(self._lam)))))
-        self._log_group = int(max(1, min(8, 600.0 // spread)))
+        self._log_group = int(max(1, 600.0 // spread))
         self._by_dtype = {}
         self._back_by_dtype = {}  # -U_all^T of the full-covariance oracle, per dtype
 
@@ -475,7 +477,7 @@ class GaussianMixture(ExactOutputs):
         with np.errstate(divide="ignore", over="ignore"):
             ends = np.log(np.concatenate([a2 * self._lam.min() + s2, a2 * self._lam.max() + s2]))
         spread = max(1.0, float(np.max(np.abs(ends), initial=0.0)))  # no points: any group
-        return int(max(1, min(8, 600.0 // spread)))
+        return int(max(1, 600.0 // spread))
 
     def _evaluate(self, x, t, process, want_score):
         x = check_points(x, "x", d=self.dim)
