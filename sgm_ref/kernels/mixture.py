@@ -461,7 +461,7 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
     m_proj (K, d) holds U_k^T mu_k.
 
     Serial on purpose: it runs between two BLAS products, whose threads a spinning
-    second pool would starve (measured: a parallel version of this kernel, twice as fast
+    second pool would starve (measured: a parallel version of this kernel, 1.6-3x as fast
     alone, took as long as this one between the products). The log-determinant takes one
     log per `group` factors: for a variance-preserving process each v = a^2 lam + s2 lies
     between min(lam, 1) and max(lam, 1) (otherwise between its values at the smallest and
