@@ -265,6 +265,59 @@ def test_one_product_of_all_variances_only_where_it_stays_in_range(scale, d):
     np.testing.assert_allclose(g.log_prob(x, 0.0), multivariate_normal(mean, cov).logpdf(x), rtol=1e-12)
 
 
+@pytest.mark.parametrize("process, log_lam", [
+    (OU(), [19.9] * 36),  # 36 x 19.9 = 716 > 709.8: one product would overflow
+    (OU(), [-19.9] * 36),  # and here fall below the smallest normal, exp(-708.4)
+    (EDM(), [-22.0] * 34 + [0.0, 0.0]),  # not variance-preserving: the group from v's own range
+], ids=["OU-large", "OU-small", "EDM-small"])
+def test_log_determinant_groups_stay_inside_float64_at_the_edge(process, log_lam):
+    """Variances whose product of all d leaves float64 by a little: the group size
+    (600 // spread; from the eigenvalues for OU, from alpha^2 lam + sigma^2 at both ends of
+    the spectrum for EDM) splits them, and log p matches scipy at t = 0. A larger constant
+    than 600 (720) or EDM's group taken from the largest eigenvalue alone makes these fail."""
+    from scipy.stats import multivariate_normal
+    lam = np.exp(np.array(log_lam))
+    d = lam.size
+    g = GaussianMixture([1.0], np.zeros((1, d)), np.diag(lam)[None])
+    x = np.sqrt(lam) * np.random.default_rng(14).standard_normal((3, d))
+    np.testing.assert_allclose(g.log_prob(x, 0.0, process), multivariate_normal(np.zeros(d), np.diag(lam)).logpdf(x),
+                               rtol=1e-13)
+
+
+def test_log_group_size():
+    size = gm_module._log_group_size
+    assert [size(0.0), size(1.0), size(2.0), size(19.9), size(600.0), size(601.0)] == [600, 600, 300, 30, 1, 1]
+    assert size(np.nan) == size(np.inf) == 1  # never the largest group for a spread it cannot read
+
+
+def test_grouped_log_determinant_keeps_the_digits_of_far_out_points():
+    """With a log per coordinate (group 1) and points far out (q = sum y^2 / v ~ 1e8, log det
+    ~ 1e2), the group logs are summed before they meet q: l is within 1e-15 relative of
+    mpmath's (adding each group's log to q would round 40 times at q's size: ~2e-15)."""
+    import mpmath
+    from sgm_ref.kernels.mixture import full_mixture_responsibilities
+    mpmath.mp.dps = 40
+    rng = np.random.default_rng(15)
+    n, K, d = 12, 2, 40
+    lam = np.exp(rng.choice([-300.0, 300.0], (K, d)) + rng.uniform(-0.01, 0.01, (K, d)))
+    a = rng.uniform(0.1, 1.0, n)
+    s2 = 1.0 - a * a
+    m_proj = np.sqrt(lam) * rng.standard_normal((K, d))
+    v = a[:, None, None] ** 2 * lam + s2[:, None, None]
+    P = (a[:, None, None] * m_proj + 1e3 * np.sqrt(v) * rng.standard_normal((n, K, d))).reshape(n, K * d)
+    logw = np.log([0.3, 0.7])
+    want = np.empty((n, K))
+    for i in range(n):
+        for k in range(K):
+            y = [mpmath.mpf(P[i, k * d + j]) - mpmath.mpf(a[i]) * mpmath.mpf(m_proj[k, j]) for j in range(d)]
+            vv = [mpmath.mpf(a[i]) ** 2 * mpmath.mpf(lam[k, j]) + mpmath.mpf(s2[i]) for j in range(d)]
+            want[i, k] = float(mpmath.mpf(logw[k]) - (mpmath.fsum(yj * yj / vj for yj, vj in zip(y, vv))
+                                                     + mpmath.fsum(mpmath.log(vj) for vj in vv)) / 2)
+    logp, logc = np.empty(n), np.empty((n, K))
+    full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, 1, logp, logc)
+    assert np.max(np.abs(logc - want) / np.abs(want)) <= 1e-15
+
+
 @pytest.mark.parametrize("process", [OU(), VP(), VE(), EDM(), FlowMatching(), SubVP()], ids=repr)
 @pytest.mark.parametrize("d", [gm_module._DIRECT_MAX_DIM, gm_module._DIRECT_MAX_DIM + 2])
 def test_full_covariances_with_no_points(process, d):

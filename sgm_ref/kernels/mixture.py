@@ -517,11 +517,17 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
     for i in range(n):
         top[i] = -np.inf
         total[i] = 0.0
+    log_group = np.empty(n)
     for k in range(K):
-        for g in range(n_groups):
-            _log_rows(dets[k * n_groups + g], log_det, n)
+        _log_rows(dets[k * n_groups], log_det, n)
+        for g in range(1, n_groups):
+            # the groups' logs summed first, then added to q once: q can be far larger
+            # than log det, and adding each group's log to it would round once per group
+            _log_rows(dets[k * n_groups + g], log_group, n)
             for i in range(n):
-                quad[k, i] += log_det[i]  # q_k + log det_k, accumulated in place
+                log_det[i] += log_group[i]
+        for i in range(n):
+            quad[k, i] += log_det[i]  # q_k + log det_k
         lk = logw[k]
         for i in range(n):
             lwk = lk - 0.5 * quad[k, i]

@@ -91,6 +91,16 @@ _CACHE_BLOCK_MAX_DIM = 63
 _DIRECT_MAX_DIM = 6
 
 
+def _log_group_size(spread):
+    """How many factors v, each within exp(+-spread), the full-covariance kernels may multiply
+    before one log: their product stays within exp(+-600), inside the float64 normal range
+    (exp(-708) to exp(709)). A spread that is not finite (not reachable from validated
+    input) gives 1, the safe end, never the largest group."""
+    if not np.isfinite(spread):
+        return 1
+    return int(max(1, 600.0 // max(1.0, spread)))
+
+
 class GaussianMixture(ExactOutputs):
     """Mixture sum_k w_k N(mu_k, Sigma_k) in R^d with an exact score oracle at any t.
 
@@ -209,8 +219,7 @@ class GaussianMixture(ExactOutputs):
         # the kernel may multiply before one log without leaving the float64 range: their
         # product lies within exp(+-600) (float64 reaches exp(+-708)); all d of them unless
         # the eigenvalues span more than exp(+-600 / d)
-        spread = max(1.0, float(np.max(np.abs(np.log(self._lam)))))
-        self._log_group = int(max(1, 600.0 // spread))
+        self._log_group = _log_group_size(float(np.max(np.abs(np.log(self._lam)))))
         self._by_dtype = {}
         self._back_by_dtype = {}  # -U_all^T of the full-covariance oracle, per dtype
 
@@ -476,8 +485,7 @@ class GaussianMixture(ExactOutputs):
         a2 = a * a
         with np.errstate(divide="ignore", over="ignore"):
             ends = np.log(np.concatenate([a2 * self._lam.min() + s2, a2 * self._lam.max() + s2]))
-        spread = max(1.0, float(np.max(np.abs(ends), initial=0.0)))  # no points: any group
-        return int(max(1, 600.0 // spread))
+        return _log_group_size(float(np.max(np.abs(ends), initial=0.0)))  # no points: any group
 
     def _evaluate(self, x, t, process, want_score):
         x = check_points(x, "x", d=self.dim)
