@@ -267,14 +267,15 @@ def test_one_product_of_all_variances_only_where_it_stays_in_range(scale, d):
 
 @pytest.mark.parametrize("process, log_lam", [
     (OU(), [19.9] * 36),  # 36 x 19.9 = 716 > 709.8: one product would overflow
-    (OU(), [-19.9] * 36),  # and here fall below the smallest normal, exp(-708.4)
+    (OU(), [-19.9] * 38),  # 38 x -19.9 = -756: one product would underflow to 0 (below exp(-744.4))
     (EDM(), [-22.0] * 34 + [0.0, 0.0]),  # not variance-preserving: the group from v's own range
 ], ids=["OU-large", "OU-small", "EDM-small"])
 def test_log_determinant_groups_stay_inside_float64_at_the_edge(process, log_lam):
     """Variances whose product of all d leaves float64 by a little: the group size
     (600 // spread; from the eigenvalues for OU, from alpha^2 lam + sigma^2 at both ends of
-    the spectrum for EDM) splits them, and log p matches scipy at t = 0. A larger constant
-    than 600 (720) or EDM's group taken from the largest eigenvalue alone makes these fail."""
+    the spectrum for EDM) splits them, and log p matches scipy at t = 0. A constant of 720
+    in place of 600 fails OU-large, 1000 fails OU-small, and EDM's group taken from the
+    largest eigenvalue alone fails EDM-small."""
     from scipy.stats import multivariate_normal
     lam = np.exp(np.array(log_lam))
     d = lam.size
@@ -291,8 +292,8 @@ def test_log_group_size():
 
 
 def test_grouped_log_determinant_keeps_the_digits_of_far_out_points():
-    """With a log per coordinate (group 1) and points far out (q = sum y^2 / v ~ 1e8, log det
-    ~ 1e2), the group logs are summed before they meet q: l is within 1e-15 relative of
+    """With a log per coordinate (group 1) and points far out (q = sum y^2 / v ~ 4e7, |log det|
+    ~ 5e3-7e3), the group logs are summed before they meet q: l is within 1e-15 relative of
     mpmath's (adding each group's log to q would round 40 times at q's size: ~2e-15)."""
     import mpmath
     from sgm_ref.kernels.mixture import full_mixture_responsibilities
