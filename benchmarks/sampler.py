@@ -107,8 +107,12 @@ def _draw_between_scores(draw, score, x, grid, noise, rng):
 
 
 def measure(score, d, n, steps, repeats, dtype):
-    """Best-of-repeats (outside cpu, outside wall, draw cpu, draw wall, raw cpu, total wall) per
-    run, and under "ratios" each repeat's own outside cpu / draw cpu."""
+    """Best-of-repeats (outside cpu, outside wall, draw cpu, draw wall, raw cpu, total wall, the
+    no-step loop's cpu) per run, and per repeat (lists, the first, warming repeat left out):
+    "ratios" outside cpu / back-to-back draw cpu, "handle_ratios" the same over the draw
+    through generator_handle, "situ_ratios" and "situ_handle_ratios" outside cpu over the
+    loop of score call + draw (Generator, handle), "cold" and "cold_handle" that loop less
+    the no-step loop over the back-to-back draw (Generator, handle)."""
     grid = time_grid(5.0, 1e-3, steps, "geometric")
     draw = standard_normal_into
     noise = np.empty((n, d), dtype)
