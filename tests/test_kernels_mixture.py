@@ -285,6 +285,21 @@ def test_log_determinant_groups_stay_inside_float64_at_the_edge(process, log_lam
                                rtol=1e-13)
 
 
+def test_kernel_with_no_coordinates():
+    """d = 0 (not reachable through GaussianMixture, which takes its full-covariance path
+    only above d = 6): no quadratic form, det 1, so l_ik = log w_k; before the guard the
+    kernel wrote the product of no factors past the end of an empty buffer."""
+    from scipy.special import logsumexp
+    from sgm_ref.kernels.mixture import full_mixture_responsibilities
+    n, K = 5, 3
+    logw = np.log([0.2, 0.3, 0.5])
+    logp, logc = np.full(n, np.nan), np.full((n, K), np.nan)
+    full_mixture_responsibilities(np.empty((n, 0)), np.full(n, 0.5), np.full(n, 0.75), logw, np.empty((K, 0)),
+                                  np.empty((K, 0)), 1, logp, logc)
+    np.testing.assert_array_equal(logc, np.broadcast_to(logw, (n, K)))
+    np.testing.assert_allclose(logp, logsumexp(logw), rtol=1e-15, atol=1e-15)
+
+
 def test_log_group_size():
     size = gm_module._log_group_size
     assert [size(0.0), size(1.0), size(2.0), size(19.9), size(600.0), size(601.0)] == [600, 600, 300, 30, 1, 1]

@@ -479,7 +479,7 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
     """
     n = P.shape[0]
     K, d = lam.shape
-    n_groups = (d + group - 1) // group
+    n_groups = max(1, (d + group - 1) // group)  # d = 0: one empty group, det 1
     dets = np.empty((K * n_groups, n))  # the product of each group's v, rows innermost
     quad = np.empty((K, n))
     for i in range(n):
