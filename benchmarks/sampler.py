@@ -39,7 +39,9 @@ ziggurat is slower: --draws), one call per step as the sampler makes. Reported p
                    generator_handle: whatever runs first after a score call that touches
                    tens of MB (the MLP's products) finds the caches and TLB cold, which the
                    back-to-back draw loop never sees, so this is the sampler's own cost
-                   over that of drawing its noise where it must draw it;
+                   over that of drawing its noise where it must draw it. The handle's is
+                   the fair one (the sampler draws through it; the Generator's in-situ draw
+                   also pays numba's cold unboxing of the Generator, which it never pays);
   draw cold / warm the draw made between score calls (its loop's time less the same loop
                    with no draw) over the back-to-back draw, with the Generator and with the
                    handle (medians over repeats): above 1.15, not even a bare draw in the
