@@ -268,7 +268,10 @@ def peak_shares(d, K, n, rounds, size, rng):
         order = ("oracle", "matmul") if r % 2 == 0 else ("matmul", "oracle")
         for name in order:
             start = time.perf_counter()
-            mixture.score(x, t, process) if name == "oracle" else A @ B
+            if name == "oracle":
+                mixture.score(x, t, process)
+            else:
+                A @ B
             seconds[name] = time.perf_counter() - start
         shares.append((4.0 * d * d * K * n / seconds["oracle"]) / (2.0 * size**3 / seconds["matmul"]))
     return shares

@@ -157,7 +157,7 @@ def measure(score, d, n, steps, repeats, dtype):
             best["situ_handle_ratios"].append(outside / situ_handle)
             best["cold"].append((situ - loop) / draw_cpu)
             best["cold_handle"].append((situ_handle - loop) / handle_cpu)
-            for key, value in (("out_cpu", cpu - timed.cpu), ("out_wall", wall - timed.wall), ("draw_cpu", draw_cpu),
+            for key, value in (("out_cpu", outside), ("out_wall", wall - timed.wall), ("draw_cpu", draw_cpu),
                                ("draw_wall", draw_wall), ("raw", raw), ("total", wall), ("loop", loop)):
                 best[key] = min(best[key], value)
     return best
