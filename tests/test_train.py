@@ -451,7 +451,9 @@ def test_defensive_time_sampling_resumes_bit_for_bit():
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-@pytest.mark.parametrize("batch", [3, 600])  # 2 x 3 and 2 x 600 noise numbers: both sides of the numba loop's threshold
+# 2 x 3, 2 x 600 and 2 x 1000 noise numbers: both sides of each numba loop's threshold
+# (_NUMBA_NORMALS_FROM for float64, _NUMBA_FLOAT32_NORMALS_FROM for float32)
+@pytest.mark.parametrize("batch", [3, 600, 1000])
 def test_train_step_draws_are_the_generators_own(dtype, batch):
     """TrainStep's batch is rng.integers, then rng.random, then rng.standard_normal of the
     dtype, bit for bit, whichever loop draws the noise (the numba loop for large float64 batches)."""
@@ -459,7 +461,10 @@ def test_train_step_draws_are_the_generators_own(dtype, batch):
     data = np.random.default_rng(5).standard_normal((50, d)).astype(dtype)
     model = ScoreModel(MLP(d, (4,), dtype=dtype, rng=0), OU(), "score")
     step = sgm_ref.train.TrainStep(model, data, batch, t0=1e-3, T=2.0, optimizer=Adam(model.params))
-    step._draw(np.random.default_rng(11))
+    assert 2 * 3 < sgm_ref.train._NUMBA_NORMALS_FROM <= 2 * 600  # the batches bracket the thresholds
+    assert 2 * 600 < sgm_ref.train._NUMBA_FLOAT32_NORMALS_FROM <= 2 * 1000
+    rng = np.random.default_rng(11)
+    step._draw(rng)
     twin = np.random.default_rng(11)
     idx = twin.integers(0, data.shape[0], batch)
     u = twin.random(batch)
@@ -467,3 +472,4 @@ def test_train_step_draws_are_the_generators_own(dtype, batch):
     assert np.array_equal(step.x0, data[idx])
     assert np.array_equal(step.t, 1e-3 + (2.0 - 1e-3) * u)
     assert np.array_equal(step.z, z)
+    assert rng.random() == twin.random()  # and the stream goes on where numpy's would

@@ -11,10 +11,10 @@ float64, after a cache sweep as after a score call: the kernel 1.15x the time of
 draw alone instead of 1.33x at d = 32, 1.12x instead of 1.23x at d = 128, medians;
 `python benchmarks/sampler.py --kernel`, docs/sampler_speed.md). The arithmetic is
 the points' dtype (float32 points: float32 coefficients and float32 operations). The
-noise is always numpy's float64 ziggurat, rounded to the points' dtype: numba's float32
-ziggurat (rng.standard_normal(dtype=np.float32)) measured 1.6-5x slower
-(`python benchmarks/sampler.py --draws`; docs/sampler_speed.md), and the rounded
-float64 draws are the stream the float32 sampler has always used.
+noise is always numpy's float64 ziggurat, rounded to the points' dtype: the stream the
+float32 sampler has always used. numpy's own float32 stream (rng.standard_normal(dtype=
+np.float32), which the float32 training batches draw) has its kernel here too,
+standard_normal_float32_into.
 
 The samplers pass the Generator as generator_handle(rng), six addresses numba unboxes in
 under a microsecond, instead of the Generator, which numba unboxes through ctypes on
@@ -30,7 +30,9 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, overload
+from numba.np.random._constants import fi_float, ki_float, wi_float, ziggurat_nor_inv_r_f, ziggurat_nor_r_f
 from numba.np.random.distributions import random_standard_normal
+from numba.np.random.generator_core import next_uint32
 
 # the fields of numba's unboxed bit generator that generator_handle carries, in its order
 _HANDLE_FIELDS = ("state_address", "state", "fnptr_next_uint64", "fnptr_next_uint32", "fnptr_next_double",
@@ -164,6 +166,85 @@ def standard_normal_into(out, rng):
     flat, bits = out.reshape(-1), _bits(rng)
     for i in range(flat.size):
         flat[i] = _normal(bits)
+
+
+# numpy's float32 ziggurat tables (256 layers; ziggurat_constants.h, as numba carries them):
+# x = rabs * WI[idx] is a candidate, accepted at once when rabs < KI[idx]; FI[idx] is the
+# density exp(-x^2 / 2) at the layer's edge; R the start of the tail, INV_R its inverse
+_WI32, _KI32, _FI32 = wi_float.astype(np.float32), ki_float.astype(np.uint32), fi_float.astype(np.float32)
+_R32, _INV_R32 = np.float32(ziggurat_nor_r_f), np.float32(ziggurat_nor_inv_r_f)
+
+
+@njit(cache=True)
+def _uniform_float32(bits):
+    """numpy's next_float: the top 24 bits of a uint32 over 2^24, in [0, 1)."""
+    return np.float32(next_uint32(bits) >> np.uint32(8)) * np.float32(1.0 / 16777216.0)
+
+
+@njit(inline="always")  # inlined into the loop (numba IR): called across functions it measured 2x slower
+def _ziggurat_float32(bits):
+    """One rng.standard_normal(dtype=np.float32), numpy's algorithm step for step.
+
+    Marsaglia and Tsang's ziggurat (J. Stat. Softw. 5(8), 2000) as numpy writes it for
+    float32 (random_standard_normal_f): one uint32 r gives the layer idx (its low 8 bits),
+    the sign (bit 8) and a 23-bit magnitude rabs; x = rabs * WI[idx] is returned at once
+    when rabs < KI[idx] (99.3% of draws). Otherwise, in the base layer (idx = 0), a draw
+    from the tail beyond R by Marsaglia's exponential method; in the others the wedge
+    test  (FI[idx-1] - FI[idx]) u + FI[idx] < exp(-x^2 / 2),  with the exponential in
+    double precision as numpy's C has it (its -0.5 is a double), else a fresh r.
+
+    Every integer is typed uint32 and every float float32 (the double exponential apart):
+    numba's own copy of this function (numba.np.random.distributions) mixes int64 into
+    the fast path and measured 2x slower per number than this one.
+    """
+    while True:
+        r = next_uint32(bits)
+        idx = r & np.uint32(0xFF)
+        rabs = (r >> np.uint32(9)) & np.uint32(0x7FFFFF)
+        x = np.float32(rabs) * _WI32[idx]
+        if (r >> np.uint32(8)) & np.uint32(1):
+            x = -x
+        if rabs < _KI32[idx]:
+            return x
+        if idx == 0:
+            while True:
+                xx = -_INV_R32 * np.log1p(-_uniform_float32(bits))
+                yy = -np.log1p(-_uniform_float32(bits))
+                if yy + yy > xx * xx:
+                    return -(_R32 + xx) if (rabs >> np.uint32(8)) & np.uint32(1) else _R32 + xx
+        elif (_FI32[idx - 1] - _FI32[idx]) * _uniform_float32(bits) + _FI32[idx] < np.exp(-0.5 * np.float64(x) * x):
+            return x
+
+
+def _normal_float32(bits):
+    """One rng.standard_normal(dtype=np.float32) from _bits(rng): _ziggurat_float32
+    compiled, the Generator's own method run as Python (JIT disabled)."""
+    return bits.standard_normal(dtype=np.float32)
+
+
+@overload(_normal_float32, inline="always")
+def _normal_float32_compiled(bits):
+    if isinstance(bits, types.NumPyRandomBitGeneratorType):
+        return lambda bits: _ziggurat_float32(bits)
+    return None
+
+
+@njit(cache=True)
+def standard_normal_float32_into(out, rng):
+    """Fill a C-contiguous float32 out with rng.standard_normal(out.shape, dtype=np.float32).
+
+    numpy's own float32 stream (its float32 ziggurat, one uint32 per draw mostly: not the
+    float64 draws rounded, which standard_normal_into gives), bit for bit and leaving rng
+    in the same state, for every numpy bit generator; rng may be generator_handle(rng).
+    3.0-3.3 ns per number here against 8.5-8.9 for the Generator method (its C loop) and 6.5
+    for numba's own copy of the algorithm (`python benchmarks/sampler.py --draws`), plus
+    ~7 us to hand a Generator (not a handle) to numba. numba's copy is also not numpy's
+    stream: its wedge test takes the exponential in float32, and PCG64(73) gives another
+    number at draw 250,736 (tests/test_samplers.py).
+    """
+    flat, bits = out.reshape(-1), _bits(rng)
+    for i in range(flat.size):
+        flat[i] = _normal_float32(bits)
 
 
 @njit(cache=True)
