@@ -181,21 +181,22 @@ def _uniform_float32(bits):
     return np.float32(next_uint32(bits) >> np.uint32(8)) * np.float32(1.0 / 16777216.0)
 
 
-@njit(inline="always")  # inlined into the loop (numba IR): called across functions it measured 2x slower
+@njit(inline="always")  # inlined into the loop (numba IR): called per number it measured 2x slower
 def _ziggurat_float32(bits):
     """One rng.standard_normal(dtype=np.float32), numpy's algorithm step for step.
 
     Marsaglia and Tsang's ziggurat (J. Stat. Softw. 5(8), 2000) as numpy writes it for
     float32 (random_standard_normal_f): one uint32 r gives the layer idx (its low 8 bits),
     the sign (bit 8) and a 23-bit magnitude rabs; x = rabs * WI[idx] is returned at once
-    when rabs < KI[idx] (99.3% of draws). Otherwise, in the base layer (idx = 0), a draw
-    from the tail beyond R by Marsaglia's exponential method; in the others the wedge
-    test  (FI[idx-1] - FI[idx]) u + FI[idx] < exp(-x^2 / 2),  with the exponential in
-    double precision as numpy's C has it (its -0.5 is a double), else a fresh r.
+    when rabs < KI[idx] (98.5% of draws with these tables). Otherwise, in the base layer
+    (idx = 0, 0.03% of draws), a draw from the tail beyond R by Marsaglia's exponential
+    method; in the others the wedge test  (FI[idx-1] - FI[idx]) u + FI[idx] < exp(-x^2 / 2),
+    with the exponential in double precision as numpy's C has it (its -0.5 is a double),
+    else a fresh r.
 
-    Every integer is typed uint32 and every float float32 (the double exponential apart):
-    numba's own copy of this function (numba.np.random.distributions) mixes int64 into
-    the fast path and measured 2x slower per number than this one.
+    numba carries its own copy of this function (numba.np.random.distributions), which
+    takes that exponential in float32 and so is not numpy's stream (tests/test_samplers.py);
+    called per number, not inlined, either copy measured 2x slower.
     """
     while True:
         r = next_uint32(bits)
@@ -236,11 +237,11 @@ def standard_normal_float32_into(out, rng):
     numpy's own float32 stream (its float32 ziggurat, one uint32 per draw mostly: not the
     float64 draws rounded, which standard_normal_into gives), bit for bit and leaving rng
     in the same state, for every numpy bit generator; rng may be generator_handle(rng).
-    3.0-3.3 ns per number here against 8.5-8.9 for the Generator method (its C loop) and 6.5
-    for numba's own copy of the algorithm (`python benchmarks/sampler.py --draws`), plus
-    ~7 us to hand a Generator (not a handle) to numba. numba's copy is also not numpy's
-    stream: its wedge test takes the exponential in float32, and PCG64(73) gives another
-    number at draw 250,736 (tests/test_samplers.py).
+    3.0-3.3 ns per number here against 8.5-8.9 for the Generator method (its C loop) and 6.4
+    for numba's own copy of the algorithm as numba calls it (`python benchmarks/sampler.py
+    --draws`), plus ~7 us to hand a Generator (not a handle) to numba. numba's copy is also
+    not numpy's stream: its wedge test takes the exponential in float32, and PCG64(73) gives
+    another number at draw 250,736 (tests/test_samplers.py).
     """
     flat, bits = out.reshape(-1), _bits(rng)
     for i in range(flat.size):
