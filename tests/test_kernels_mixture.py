@@ -312,7 +312,6 @@ def test_grouped_log_determinant_keeps_the_digits_of_far_out_points():
     mpmath's (adding each group's log to q would round 40 times at q's size: ~2e-15)."""
     import mpmath
     from sgm_ref.kernels.mixture import full_mixture_responsibilities
-    mpmath.mp.dps = 40
     rng = np.random.default_rng(15)
     n, K, d = 12, 2, 40
     lam = np.exp(rng.choice([-300.0, 300.0], (K, d)) + rng.uniform(-0.01, 0.01, (K, d)))
@@ -323,12 +322,13 @@ def test_grouped_log_determinant_keeps_the_digits_of_far_out_points():
     P = (a[:, None, None] * m_proj + 1e3 * np.sqrt(v) * rng.standard_normal((n, K, d))).reshape(n, K * d)
     logw = np.log([0.3, 0.7])
     want = np.empty((n, K))
-    for i in range(n):
-        for k in range(K):
-            y = [mpmath.mpf(P[i, k * d + j]) - mpmath.mpf(a[i]) * mpmath.mpf(m_proj[k, j]) for j in range(d)]
-            vv = [mpmath.mpf(a[i]) ** 2 * mpmath.mpf(lam[k, j]) + mpmath.mpf(s2[i]) for j in range(d)]
-            want[i, k] = float(mpmath.mpf(logw[k]) - (mpmath.fsum(yj * yj / vj for yj, vj in zip(y, vv))
-                                                     + mpmath.fsum(mpmath.log(vj) for vj in vv)) / 2)
+    with mpmath.workdps(40):  # not mp.dps = 40: that would stay set for every later test
+        for i in range(n):
+            for k in range(K):
+                y = [mpmath.mpf(P[i, k * d + j]) - mpmath.mpf(a[i]) * mpmath.mpf(m_proj[k, j]) for j in range(d)]
+                vv = [mpmath.mpf(a[i]) ** 2 * mpmath.mpf(lam[k, j]) + mpmath.mpf(s2[i]) for j in range(d)]
+                want[i, k] = float(mpmath.mpf(logw[k]) - (mpmath.fsum(yj * yj / vj for yj, vj in zip(y, vv))
+                                                         + mpmath.fsum(mpmath.log(vj) for vj in vv)) / 2)
     logp, logc = np.empty(n), np.empty((n, K))
     full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, 1, logp, logc)
     assert np.max(np.abs(logc - want) / np.abs(want)) <= 1e-15

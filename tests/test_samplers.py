@@ -262,7 +262,7 @@ def _wedge_and_tail_scripts(rng, cases=3000):
     words = []
     idx = rng.integers(1, 256, cases)
     rabs = rng.integers(ki[idx], 2**23)
-    x = np.float32(rabs.astype(np.float32) * _WI32[idx]).astype(np.float64)
+    x = (rabs.astype(np.float32) * _WI32[idx]).astype(np.float64)  # the float32 candidate, exactly
     u = (np.exp(-0.5 * x * x) - fi[idx]) / (fi[idx - 1] - fi[idx])
     for shift in (-1, 0, 1, 2):
         k = np.clip(np.floor(u * 2**24).astype(np.int64) + shift, 0, 2**24 - 1)
