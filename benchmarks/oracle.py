@@ -45,7 +45,7 @@ from _machine import best_time, cpu_name, paired_cells  # benchmarks/ is on sys.
 import scipy
 
 import sgm_ref
-from sgm_ref import OU, GaussianMixture, plain
+from sgm_ref import OU, GaussianMixture, _threads, plain
 
 DIMS = (2, 32, 128)
 COMPONENTS = (8, 64)
@@ -354,6 +354,9 @@ def thread_report():
             keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer", "architecture")
             lines.append("threadpoolctl: " + ", ".join(f"{k}={pool.get(k)}" for k in keys))
     lines.append("environment: " + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENV_VARS))
+    blocks_on = numba.get_num_threads() if _threads._openblas_once() else 1
+    lines.append(f"full covariances above d = 6: blocks of rows on {blocks_on} Python thread(s)"
+                 + (", OpenBLAS on one thread meanwhile" if blocks_on > 1 else ", BLAS's own threads"))
     return lines
 
 

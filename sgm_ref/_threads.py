@@ -27,10 +27,17 @@ of a training run, and the same command must give the same bits whatever else ru
 several times faster; that is the user's knob: `set_threads(n)` at run time, or
 SGM_REF_THREADS=n in the environment, applied when sgm_ref is imported.
 `busy_hint()` words the advice when the machine is busy now.
+
+One more way to use the cores: `run_blocks` runs blocks of rows on Python threads (as
+many as numba's count), each with its own pipeline of BLAS products and serial numba
+kernels, with every OpenBLAS on one thread meanwhile (the full-covariance mixture oracle
+uses it). Its results do not depend on the thread count.
 """
 
+import contextlib
 import os
 import sys
+import threading
 
 ENV_THREADS = "SGM_REF_THREADS"
 
@@ -284,3 +291,125 @@ def busy_hint(busy=None, cpus=None, threads=None):
     return (f"note: the machine is busy ({busy} other running tasks on {cpus} CPUs): with {threads} threads "
             f"each parallel step waits for a descheduled worker; SGM_REF_THREADS={n} is usually faster now "
             f"(results then differ in the last bits from a {threads}-thread run)")
+
+
+# -- blocks of rows on several threads, each with one BLAS thread -------------------------
+
+_ONE_BLAS_LOCK = threading.Lock()
+_ONE_BLAS_HOLDERS = 0  # run_blocks calls in progress in this process (from any thread)
+_ONE_BLAS_SAVED = []  # the counts the first of them found, restored when the last leaves
+_OPENBLAS_FOUND = None  # _openblas_libraries() at the first run_blocks call (numpy's is loaded by then)
+
+
+def _openblas_once():
+    global _OPENBLAS_FOUND
+    if _OPENBLAS_FOUND is None:
+        _OPENBLAS_FOUND = _openblas_libraries()
+    return _OPENBLAS_FOUND
+
+
+@contextlib.contextmanager
+def _one_blas_thread(libraries):
+    """Every OpenBLAS in `libraries` on one thread while any caller is inside; the counts
+    found by the first caller are restored when the last one leaves (concurrent calls from
+    several Python threads nest, so none restores a count another still relies on)."""
+    global _ONE_BLAS_HOLDERS, _ONE_BLAS_SAVED
+    with _ONE_BLAS_LOCK:
+        if _ONE_BLAS_HOLDERS == 0:
+            _ONE_BLAS_SAVED = [int(getter()) for _, getter in libraries]
+            for setter, _ in libraries:
+                setter(1)
+        _ONE_BLAS_HOLDERS += 1
+    try:
+        yield
+    finally:
+        with _ONE_BLAS_LOCK:
+            _ONE_BLAS_HOLDERS -= 1
+            if _ONE_BLAS_HOLDERS == 0:
+                for (setter, _), count in zip(libraries, _ONE_BLAS_SAVED):
+                    setter(count)
+
+
+def run_blocks(n_blocks, make_worker, threads=None):
+    """Run work(b) once for each block b in range(n_blocks), on up to `threads` threads.
+
+    make_worker() is called once per thread and returns its work(b) (so each thread can
+    own its buffers); blocks are handed out in order to whichever thread is free, and
+    the calling thread is one of them. While the blocks run, every OpenBLAS loaded in the
+    process computes on one thread: a pipeline of BLAS products and serial numba kernels
+    per thread then keeps every core busy, where one pipeline with threaded products
+    leaves all cores but one idle during its serial kernels (and a second thread pool
+    would fight BLAS's for the cores). The gain is measured in benchmarks/RESULTS.md
+    (the full-covariance mixture oracle).
+
+    What each block computes does not depend on the thread that runs it, so results are
+    the same bits for every thread count. Serial (one thread, the caller's) when threads
+    <= 1, when there is one block, or where no OpenBLAS can be set at run time (another
+    BLAS, or not Linux): that BLAS keeps its own threads.
+
+    Parameters
+    ----------
+    n_blocks : int
+        Number of blocks, >= 0.
+    make_worker : callable
+        make_worker() -> work; work(b) computes block b. Both run outside the GIL for
+        their long parts (NumPy's products, numba kernels compiled with nogil=True), or
+        the threads run in turn.
+    threads : int or None
+        Threads to use, the caller's included; default numba.get_num_threads() (the
+        count set_threads and SGM_REF_THREADS set).
+
+    Raises
+    ------
+    BaseException
+        The first exception of any thread, after every thread has stopped: on an error
+        or an interrupt the other threads finish the block they are in and take no more.
+        The BLAS thread counts are restored in every case.
+    """
+    threads = numba.get_num_threads() if threads is None else threads
+    libraries = _openblas_once() if threads > 1 and n_blocks > 1 else []
+    if not libraries:
+        work = make_worker()
+        for b in range(n_blocks):
+            work(b)
+        return
+    lock, handed_out = threading.Lock(), [0]
+    stop = threading.Event()
+
+    def next_block():
+        with lock:  # no two threads get the same block
+            b = handed_out[0]
+            handed_out[0] = b + 1
+        return b
+    errors = []
+
+    def loop():
+        work = make_worker()
+        while not stop.is_set():
+            b = next_block()
+            if b >= n_blocks:
+                return
+            work(b)
+
+    def helper():
+        try:
+            loop()
+        except BaseException as exc:  # handed to the caller's thread, which raises it
+            errors.append(exc)
+            stop.set()
+
+    with _one_blas_thread(libraries):
+        helpers = [threading.Thread(target=helper, name=f"sgm_ref-block-{i + 1}", daemon=True)
+                   for i in range(min(threads, n_blocks) - 1)]
+        for h in helpers:
+            h.start()
+        try:
+            loop()
+            for h in helpers:
+                h.join()
+        finally:
+            stop.set()  # all blocks done: no effect; after an error or an interrupt: no more blocks
+            for h in helpers:
+                h.join()
+    if errors:
+        raise errors[0]

@@ -161,6 +161,7 @@ def test_full_path_above_the_switch_in_blocks_of_a_few_rows(monkeypatch):
     # d just above _DIRECT_MAX_DIM goes through BLAS in blocks; 60 // (3 d) rows per block
     d = gm_module._DIRECT_MAX_DIM + 1
     monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 60)
+    monkeypatch.setattr(gm_module, "_BLOCK_MIN_ROWS", 1)
     assert 60 // (3 * d) >= 1 and 23 % (60 // (3 * d)) != 0  # several blocks, a ragged last one
     check_against_plain(full_mixture(3, d, seed=5), n=23, seed=6)
 
@@ -188,6 +189,7 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
     from sgm_ref.kernels.mixture import full_mixture_responsibilities
     d, K, n = gm_module._DIRECT_MAX_DIM + 3, 3, 29
     monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 8 * K * d)  # 8 rows a block: 4 blocks, the last of 5
+    monkeypatch.setattr(gm_module, "_BLOCK_MIN_ROWS", 1)
     g = full_mixture(K, d, seed=7)
     rng = np.random.default_rng(8)
     t = rng.uniform(1e-3, 2.0, n)
@@ -205,6 +207,41 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
         want_score[block] = P @ np.negative(U_all).T
     np.testing.assert_array_equal(logp, want_logp)
     np.testing.assert_array_equal(score, want_score)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("small_blocks", [False, True])
+def test_full_path_gives_the_same_bits_on_every_thread_count(monkeypatch, dtype, small_blocks):
+    """The blocks of the full-covariance score run on Python threads (run_blocks): the same
+    bits on 1, 2 or 3 threads and where no OpenBLAS can be set (the blocks in turn on
+    BLAS's own threads), with the default blocks (d = 32, K = 8: 1024 rows, several of them
+    and a ragged last one) and with blocks of 5 rows."""
+    import functools
+
+    from sgm_ref import _threads
+
+    d, K, n = 32, 8, 3 * 1024 + 77
+    if small_blocks:
+        monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 5 * K * d)
+        monkeypatch.setattr(gm_module, "_BLOCK_MIN_ROWS", 1)
+        n = 203
+    assert gm_module._full_block_rows(K, d, n) < n / 2  # several blocks
+    g = full_mixture(K, d, seed=11)
+    rng = np.random.default_rng(12)
+    t = rng.uniform(1e-3, 2.0, n)
+    x = OU().perturb(g.sample(n, rng), t, rng)[0].astype(dtype)
+    results = {}
+    for threads in (1, 2, 3, "no OpenBLAS"):
+        with monkeypatch.context() as m:
+            if threads == "no OpenBLAS":
+                m.setattr(_threads, "_OPENBLAS_FOUND", [])
+            else:
+                m.setattr(gm_module, "run_blocks", functools.partial(_threads.run_blocks, threads=threads))
+            results[threads] = g.log_prob_and_score(x, t)
+    for threads, (logp, score) in results.items():
+        np.testing.assert_array_equal(logp, results[1][0], err_msg=str(threads))
+        np.testing.assert_array_equal(score, results[1][1], err_msg=str(threads))
+    check_against_plain(g, n=n, seed=13)
 
 
 def responsibilities_numpy(P, a, s2, logw, m_proj, lam):

@@ -176,3 +176,116 @@ def test_blas_kernels_names_the_kernels_openblas_runs(coretype):
     assert result.returncode == 0, result.stderr
     kernels, threads = json.loads(result.stdout.strip().splitlines()[-1])
     assert kernels == [coretype] * len(threads) and len(threads) >= 1
+
+
+# -- run_blocks: blocks of rows on Python threads, OpenBLAS on one thread meanwhile -------
+
+def _block_threads_alive():
+    import threading
+    return [t for t in threading.enumerate() if t.name.startswith("sgm_ref-block")]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("n_blocks", [0, 1, 2, 7, 50])
+def test_run_blocks_runs_every_block_once_and_restores_blas(threads, n_blocks):
+    import threading
+    blas_before = _threads.blas_threads()
+    lock, done, blas_seen, workers = threading.Lock(), [], set(), []
+
+    def make_worker():
+        own = []  # a worker's state is its own: each thread calls make_worker once
+        with lock:
+            workers.append(own)
+
+        def work(b):
+            own.append(b)
+            with lock:
+                done.append(b)
+                blas_seen.update(_threads.blas_threads())
+        return work
+
+    _threads.run_blocks(n_blocks, make_worker, threads=threads)
+    assert sorted(done) == list(range(n_blocks))
+    assert sorted(b for own in workers for b in own) == list(range(n_blocks))
+    assert _threads.blas_threads() == blas_before
+    if threads > 1 and n_blocks > 1:
+        assert blas_seen == {1} and len(workers) == min(threads, n_blocks)
+    else:  # serial: the caller's thread, BLAS left as it was
+        assert len(workers) == 1 and blas_seen <= set(blas_before)
+    assert not _block_threads_alive()
+
+
+def test_run_blocks_runs_blocks_at_the_same_time():
+    import threading
+    both = threading.Barrier(2, timeout=30)  # breaks (BrokenBarrierError) unless two blocks overlap
+    ran = []
+
+    def make_worker():
+        def work(b):
+            both.wait()
+            ran.append((b, threading.get_ident()))
+        return work
+
+    _threads.run_blocks(2, make_worker, threads=2)
+    assert sorted(b for b, _ in ran) == [0, 1] and len({ident for _, ident in ran}) == 2
+
+
+def test_run_blocks_is_serial_where_no_openblas_can_be_set(monkeypatch):
+    import threading
+    monkeypatch.setattr(_threads, "_OPENBLAS_FOUND", [])
+    idents = set()
+
+    def make_worker():
+        return lambda b: idents.add(threading.get_ident())
+
+    _threads.run_blocks(9, make_worker, threads=4)
+    assert idents == {threading.get_ident()}
+
+
+@pytest.mark.parametrize("failing", ["helper", "caller"])
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
+def test_run_blocks_raises_the_first_error_stops_and_restores(failing, error):
+    import threading
+    blas_before = _threads.blas_threads()
+    caller = threading.get_ident()
+    started = []
+
+    def make_worker():
+        def work(b):
+            started.append(b)
+            if (threading.get_ident() == caller) == (failing == "caller"):
+                raise error(f"block {b}")
+            threading.Event().wait(0.002)
+        return work
+
+    with pytest.raises(error, match="block"):
+        _threads.run_blocks(200, make_worker, threads=2)
+    assert len(started) < 200  # no thread took more blocks after the error
+    assert _threads.blas_threads() == blas_before
+    assert not _block_threads_alive()
+
+
+def test_concurrent_run_blocks_restore_the_counts_the_first_found():
+    import threading
+    blas_before = _threads.blas_threads()
+    inside = threading.Barrier(2, timeout=30)  # both calls inside at once, then the first one leaves
+    seen = []
+
+    def call(hold):
+        def make_worker():
+            def work(b):
+                if b == 0:
+                    inside.wait()
+                    if hold:
+                        threading.Event().wait(0.2)  # leaves last
+                seen.append(tuple(_threads.blas_threads()))
+            return work
+        _threads.run_blocks(2, make_worker, threads=2)
+
+    callers = [threading.Thread(target=call, args=(hold,)) for hold in (False, True)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join()
+    assert set(seen) == {(1,) * len(blas_before)}  # the second caller also saw one thread
+    assert _threads.blas_threads() == blas_before

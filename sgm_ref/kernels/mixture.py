@@ -14,9 +14,12 @@ that alternate it with BLAS work (a network's forward pass in sgm_ref.metrics) p
 thread hand-over per alternation, once per block of points, not per point. Full
 covariances at small d (d <= 6, GaussianMixture's _DIRECT_MAX_DIM) take
 full_mixture_direct, parallel over rows with the projections U_k^T x in the kernel;
-above, the full-covariance kernel is serial (see its docstring), but the matrix
-products around it are BLAS's: their last bits may change with the BLAS thread count
-(the same count gives the same bits).
+above, a block of rows is two BLAS products around the serial full-covariance kernel
+(see its docstring), and GaussianMixture runs blocks on several Python threads with
+OpenBLAS on one thread meanwhile (sgm_ref._threads.run_blocks), so the result does not
+depend on the thread count either. Where OpenBLAS cannot be set at run time (another
+BLAS), the blocks run in turn on that BLAS's threads, whose count may change the
+products' last bits.
 
 Speed. numba has no vector exp or log (without Intel's SVML), and a libm call per
 (row, component) was most of the time at small d. The kernels therefore run rows in
@@ -434,7 +437,7 @@ def _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, l
                 score[i0 + i, l] = -acc[l, i] / total[i]
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def centred_rows_into(x, a, centre, out):
     """out[i, j] = x[i, j] - a[i] centre[j]: the rows of a block moved by alpha_t times the
     mixture's centre, NumPy's x - a[:, None] * centre bit for bit (the product rounded before
@@ -449,7 +452,8 @@ def centred_rows_into(x, a, centre, out):
             out[i, j] = x[i, j] - ai * centre[j]
 
 
-@njit(cache=True, error_model="numpy", fastmath={"reassoc", "contract"})
+# nogil: GaussianMixture runs blocks on several Python threads (sgm_ref._threads.run_blocks)
+@njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
 def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc):
     """Turn eigenbasis projections into responsibility-weighted scaled residuals.
 
@@ -462,7 +466,9 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
 
     Serial on purpose: it runs between two BLAS products, whose threads a spinning
     second pool would starve (measured: a parallel version of this kernel, 1.6-3x as fast
-    alone, took as long as this one between the products). The log-determinant takes one
+    alone, took as long as this one between the products). The cores are used instead by
+    running whole blocks (products and this kernel) on several Python threads with
+    single-threaded BLAS; it releases the GIL for that. The log-determinant takes one
     log per `group` factors: for a variance-preserving process each v = a^2 lam + s2 lies
     between min(lam, 1) and max(lam, 1) (otherwise between its values at the smallest and
     largest lam), and the caller picks group so that a product of that many stays inside

@@ -13,6 +13,7 @@ tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 
 
 import numpy as np
 
+from .._threads import run_blocks
 from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
                            eigh_spd)
 from ..kernels.mixture import centred_rows_into, diagonal_mixture, full_mixture_direct, full_mixture_responsibilities
@@ -67,28 +68,37 @@ def _is_spd(a):
     return True
 
 
-# Rows per block of the full-covariance oracle: bounds the (rows, K d) buffer to
-# about 2**20 numbers (8 MB in float64) so it stays in cache and memory stays flat.
-_BLOCK_ELEMENTS = 2**20
-# Smaller blocks below d = 64 (_CACHE_BLOCK_ELEMENTS, so that P stays in L2 between the
-# products and the kernel) were 1.5-1.9x as fast at d = 32 with one BLAS thread, but
-# 0.2-0.3x with two BLAS threads on a loaded machine (benchmarks/versions.py): more,
-# smaller calls to synchronise. Off (equal to _BLOCK_ELEMENTS). Measured again on
-# 2026-12-03 (AMD, AVX-512, OPENBLAS_CORETYPE=Haswell), d = 32, K = 8, score of 262144
-# points, GFLOP/s at 4 d^2 per pair, median of 9: quiet, 2**18 elements 60.4 against
-# 51.2 for 2**20 (the second product runs at 71 GFLOP/s on a 4096-row P and 88 on a
-# 1024-row one); beside a two-worker rate sweep, benchmarks/versions.py gave 2**18
-# 0.26x of 2**20 (each product waits for its second thread to be scheduled). Again on
-# 2026-12-04 (AMD, AVX-512 kernels), quiet, same problem: 2**17, 2**18, 2**19, 2**20
-# elements 44, 45, 40, 35 GFLOP/s (benchmarks/RESULTS.md).
-_CACHE_BLOCK_ELEMENTS = 2**20
-_CACHE_BLOCK_MAX_DIM = 63
+# Rows per block of the full-covariance oracle's score (_full_block_rows): each thread's
+# (rows, K d) buffer P holds about 2**18 numbers (2 MB in float64), but a block has at
+# least 256 rows (products of fewer rows run well below BLAS's speed) unless that would
+# pass 2**21 numbers; memory stays flat. The blocks run on Python threads, as many as
+# numba's thread count, each with single-threaded BLAS (sgm_ref._threads.run_blocks).
+# Measured on 2026-12-04 (AMD EPYC, 2 cores, AVX-512 kernels; paired medians of 7-11
+# calls, benchmarks/RESULTS.md) against the former blocks of 2**20 numbers run in turn
+# with two BLAS threads: 0.67 of the time at d = 32, K = 8; 0.78 at d = 32, K = 64 and at
+# d = 16, K = 8; 0.89 at d = 128, K = 8; 0.93 at d = 128, K = 64. Blocks of 2**19 with at
+# least 128 rows were as fast; 2**17 slower at d = 32 and 128, and 2**18 without the
+# floor 1.1x slower at d = 128, K = 64 (32-row products). With the products on two BLAS
+# threads, blocks this small had cost 3-4x on a loaded machine (each product waited for
+# its second thread); here no product waits for another thread.
+_BLOCK_ELEMENTS = 2**18
+_BLOCK_MIN_ROWS = 256
+# The divergence's NumPy path, in blocks of (rows, K, d[, d]) numbers.
+_DIVERGENCE_BLOCK_ELEMENTS = 2**20
 # Up to this dimension the full-covariance oracle projects in its own kernel
 # (full_mixture_direct, 2 d^2 multiply-adds per pair, no BLAS call); above it, two BLAS
 # products around full_mixture_responsibilities. Measured single-threaded (NumPy's BLAS
 # and numba, K in {8, 64}): direct 4.5x as fast at d = 2, 1.3-1.5x at d = 4, 1.4-2.2x
 # at d = 6, 0.7x at d = 8, 0.55x at d = 16.
 _DIRECT_MAX_DIM = 6
+
+
+def _full_block_rows(K, d, n):
+    """Rows per block of the full-covariance score above _DIRECT_MAX_DIM (see _BLOCK_ELEMENTS):
+    at least 1 and at most n."""
+    kd = K * d
+    rows = max(_BLOCK_ELEMENTS // kd, min(_BLOCK_MIN_ROWS, 8 * _BLOCK_ELEMENTS // kd))
+    return max(1, min(rows, n))
 
 
 def _log_group_size(spread):
@@ -512,28 +522,31 @@ class GaussianMixture(ExactOutputs):
                 full_mixture_direct(x, a, s2, self._logw, centre, mu, lam, U_all, group, want_score, logp, out)
                 check_oracle_output(logp, x)
                 return logp, score
-            elements = min(_BLOCK_ELEMENTS, _CACHE_BLOCK_ELEMENTS) if d <= _CACHE_BLOCK_MAX_DIM else _BLOCK_ELEMENTS
-            rows = max(1, elements // (K * d))
+            rows = _full_block_rows(K, d, n)
             # the score is -P U_all^T: multiplying by -U_all^T gives it in one product
             # (the same bits: a sign flip commutes with every rounding); made once per dtype
             if want_score and x.dtype not in self._back_by_dtype:
                 self._back_by_dtype[x.dtype] = np.negative(U_all).T
             U_back = self._back_by_dtype.get(x.dtype)
-            # one set of block buffers for the call, not a new projection array per block
-            rows = max(1, min(rows, n))  # no larger than the call, and at least 1 (n = 0)
             a_x = a.astype(x.dtype, copy=False)
-            Z, P_all, logc_all = (np.empty((rows, d), x.dtype), np.empty((rows, K * d), x.dtype),
-                                  np.empty((rows, K)))
-            for start in range(0, n, rows):
-                block = slice(start, min(start + rows, n))
-                r = block.stop - block.start
-                centred_rows_into(x[block], a_x[block], centre, Z[:r])
-                P = P_all[:r]
-                np.matmul(Z[:r], U_all, out=P)
-                full_mixture_responsibilities(P, a[block], s2[block], self._logw, mu, lam, group,
-                                              logp[block], logc_all[:r])
-                if want_score:
-                    np.matmul(P, U_back, out=score[block])
+
+            def make_worker():
+                # one set of block buffers per thread, not a new projection array per block
+                Z, P_all, logc = np.empty((rows, d), x.dtype), np.empty((rows, K * d), x.dtype), np.empty((rows, K))
+
+                def work(b):
+                    block = slice(b * rows, min(b * rows + rows, n))
+                    r = block.stop - block.start
+                    centred_rows_into(x[block], a_x[block], centre, Z[:r])
+                    P = P_all[:r]
+                    np.matmul(Z[:r], U_all, out=P)
+                    full_mixture_responsibilities(P, a[block], s2[block], self._logw, mu, lam, group,
+                                                  logp[block], logc[:r])
+                    if want_score:
+                        np.matmul(P, U_back, out=score[block])
+                return work
+
+            run_blocks(-(-n // rows), make_worker)
         check_oracle_output(logp, x)
         return logp, score
 
@@ -565,7 +578,7 @@ class GaussianMixture(ExactOutputs):
         lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
         K = lam.shape[0]
         out = np.empty(n)
-        rows = max(1, _BLOCK_ELEMENTS // (K * d * (d if U is not None else 1)))
+        rows = max(1, _DIVERGENCE_BLOCK_ELEMENTS // (K * d * (d if U is not None else 1)))
         for start in range(0, n, rows):
             blk = slice(start, min(start + rows, n))
             ab, sb = a[blk, None, None], s2[blk, None, None]
