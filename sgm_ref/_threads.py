@@ -308,6 +308,11 @@ def _openblas_once():
     return _OPENBLAS_FOUND
 
 
+def blas_settable():
+    """Whether run_blocks can put OpenBLAS on one thread here (an OpenBLAS loaded, on Linux)."""
+    return bool(_openblas_once())
+
+
 @contextlib.contextmanager
 def _one_blas_thread(libraries):
     """Every OpenBLAS in `libraries` on one thread while any caller is inside; the counts

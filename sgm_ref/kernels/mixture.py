@@ -18,8 +18,8 @@ above, a block of rows is two BLAS products around the serial full-covariance ke
 (see its docstring), and GaussianMixture runs blocks on several Python threads with
 OpenBLAS on one thread meanwhile (sgm_ref._threads.run_blocks), so the result does not
 depend on the thread count either. Where OpenBLAS cannot be set at run time (another
-BLAS), the blocks run in turn on that BLAS's threads, whose count may change the
-products' last bits.
+BLAS), the blocks, of their former size, run in turn on that BLAS's threads, whose
+count may change the products' last bits.
 
 Speed. numba has no vector exp or log (without Intel's SVML), and a libm call per
 (row, component) was most of the time at small d. The kernels therefore run rows in

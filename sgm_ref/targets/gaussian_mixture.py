@@ -13,7 +13,7 @@ tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 
 
 import numpy as np
 
-from .._threads import run_blocks
+from .._threads import blas_settable, run_blocks
 from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
                            eigh_spd)
 from ..kernels.mixture import centred_rows_into, diagonal_mixture, full_mixture_direct, full_mixture_responsibilities
@@ -80,9 +80,14 @@ def _is_spd(a):
 # least 128 rows were as fast; 2**17 slower at d = 32 and 128, and 2**18 without the
 # floor 1.1x slower at d = 128, K = 64 (32-row products). With the products on two BLAS
 # threads, blocks this small had cost 3-4x on a loaded machine (each product waited for
-# its second thread); here no product waits for another thread.
+# its second thread); here no product waits for another thread: beside one busy process,
+# 0.53x (d = 32) and 0.69x (d = 128, K = 8) of the old loop's time, where the small blocks
+# in turn on two BLAS threads took 0.86x and 1.32x. So where no OpenBLAS can be set at run
+# time (another BLAS, or not Linux), and the blocks run in turn on that BLAS's threads, they
+# keep their former size, 2**20 numbers (_SHARED_BLAS_BLOCK_ELEMENTS).
 _BLOCK_ELEMENTS = 2**18
 _BLOCK_MIN_ROWS = 256
+_SHARED_BLAS_BLOCK_ELEMENTS = 2**20
 # The divergence's NumPy path, in blocks of (rows, K, d[, d]) numbers.
 _DIVERGENCE_BLOCK_ELEMENTS = 2**20
 # Up to this dimension the full-covariance oracle projects in its own kernel
@@ -95,9 +100,12 @@ _DIRECT_MAX_DIM = 6
 
 def _full_block_rows(K, d, n):
     """Rows per block of the full-covariance score above _DIRECT_MAX_DIM (see _BLOCK_ELEMENTS):
-    at least 1 and at most n."""
+    at least 1 and at most n. The same for every thread count where OpenBLAS can be set."""
     kd = K * d
-    rows = max(_BLOCK_ELEMENTS // kd, min(_BLOCK_MIN_ROWS, 8 * _BLOCK_ELEMENTS // kd))
+    if blas_settable():
+        rows = max(_BLOCK_ELEMENTS // kd, min(_BLOCK_MIN_ROWS, 8 * _BLOCK_ELEMENTS // kd))
+    else:
+        rows = _SHARED_BLAS_BLOCK_ELEMENTS // kd
     return max(1, min(rows, n))
 
 
