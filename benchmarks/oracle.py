@@ -354,7 +354,16 @@ def thread_report():
             keys = ("user_api", "internal_api", "version", "num_threads", "threading_layer", "architecture")
             lines.append("threadpoolctl: " + ", ".join(f"{k}={pool.get(k)}" for k in keys))
     lines.append("environment: " + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENV_VARS))
-    blocks_on = numba.get_num_threads() if _threads._openblas_once() else 1
+    defaults = _threads.environment_defaults()
+    timeout = os.environ.get("OPENBLAS_THREAD_TIMEOUT")
+    if "OPENBLAS_THREAD_TIMEOUT" in defaults["set"] and "OpenBLAS (numpy)" in defaults["loaded_before"]:
+        lines.append("OpenBLAS idle workers spin (~2^28 cycles) after each threaded call: OpenBLAS was loaded "
+                     "before sgm_ref set OPENBLAS_THREAD_TIMEOUT=4 (numpy imported first)")
+    else:
+        lines.append(f"OpenBLAS idle workers sleep after 2^{timeout} cycles (OPENBLAS_THREAD_TIMEOUT={timeout}, "
+                     + ("set by sgm_ref before OpenBLAS loaded)" if "OPENBLAS_THREAD_TIMEOUT" in defaults["set"]
+                        else "set before Python started)"))
+    blocks_on = numba.get_num_threads() if _threads.blas_settable() else 1
     lines.append(f"full covariances above d = 6: blocks of rows on {blocks_on} Python thread(s)"
                  + (", OpenBLAS on one thread meanwhile" if blocks_on > 1 else ", BLAS's own threads"))
     return lines
