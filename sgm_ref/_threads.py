@@ -129,6 +129,11 @@ def environment_defaults():
 
 # -- OpenBLAS at run time -----------------------------------------------------------------
 
+# run_blocks (below) puts OpenBLAS on one thread while blocks run; set_threads keeps to it
+_ONE_BLAS_LOCK = threading.Lock()
+_ONE_BLAS_HOLDERS = 0  # run_blocks calls in progress in this process (from any thread)
+_ONE_BLAS_SAVED = []  # the counts the first of them found, restored when the last leaves
+
 # Function names of the OpenBLAS builds numpy and scipy ship (scipy-openblas prefixes and
 # 64-bit-integer suffixes) and of a system OpenBLAS.
 _PREFIXES = ("scipy_openblas", "openblas")
@@ -150,7 +155,10 @@ def _openblas_handles():
     import ctypes
 
     handles = []
-    for path in sorted(p for p in _mapped_libraries() if "openblas" in os.path.basename(p).lower()):
+    # also libblas.so.3: a distribution's OpenBLAS behind its BLAS alternatives (the reference
+    # BLAS of that name has no OpenBLAS functions, and callers look for them)
+    for path in sorted(p for p in _mapped_libraries()
+                       if "openblas" in os.path.basename(p).lower() or os.path.basename(p).startswith("libblas.")):
         try:
             handles.append(ctypes.CDLL(path, mode=os.RTLD_NOLOAD))  # the copy already loaded, never a new one
         except OSError:
@@ -235,8 +243,11 @@ def set_threads(n):
         raise ValueError(f"n must be at most {limit}, the size of numba's thread pool (NUMBA_NUM_THREADS, by "
                          f"default the number of cores; set it before importing sgm_ref for more), got {n}")
     numba.set_num_threads(n)
-    for setter, _ in _openblas_libraries():
-        setter(n)
+    with _ONE_BLAS_LOCK:
+        for setter, _ in _openblas_libraries():
+            setter(n)
+        if _ONE_BLAS_HOLDERS:  # run_blocks calls in progress: the count they restore is this one
+            _ONE_BLAS_SAVED[:] = [n] * len(_ONE_BLAS_SAVED)
     return {"numba": numba.get_num_threads(), "blas": blas_threads()}
 
 
@@ -295,22 +306,56 @@ def busy_hint(busy=None, cpus=None, threads=None):
 
 # -- blocks of rows on several threads, each with one BLAS thread -------------------------
 
-_ONE_BLAS_LOCK = threading.Lock()
-_ONE_BLAS_HOLDERS = 0  # run_blocks calls in progress in this process (from any thread)
-_ONE_BLAS_SAVED = []  # the counts the first of them found, restored when the last leaves
 _OPENBLAS_FOUND = None  # _openblas_libraries() at the first run_blocks call (numpy's is loaded by then)
 
 
+def _numpy_blas_name():
+    """The BLAS NumPy was built with, lower case ("scipy-openblas", "openblas", "mkl",
+    "accelerate", ...), or "" where NumPy does not say (before 1.25)."""
+    import numpy as np
+
+    try:
+        return str(np.show_config(mode="dicts")["Build Dependencies"]["blas"]["name"]).lower()
+    except Exception:  # an older NumPy, or another layout of its build record
+        return ""
+
+
 def _openblas_once():
+    """The OpenBLAS libraries run_blocks sets, found once: [] unless NumPy's own BLAS is an
+    OpenBLAS (SciPy's OpenBLAS beside NumPy's MKL would leave NumPy's products threaded)."""
     global _OPENBLAS_FOUND
     if _OPENBLAS_FOUND is None:
-        _OPENBLAS_FOUND = _openblas_libraries()
+        _OPENBLAS_FOUND = _openblas_libraries() if "openblas" in _numpy_blas_name() else []
     return _OPENBLAS_FOUND
 
 
 def blas_settable():
-    """Whether run_blocks can put OpenBLAS on one thread here (an OpenBLAS loaded, on Linux)."""
+    """Whether run_blocks can put NumPy's BLAS on one thread here (an OpenBLAS, on Linux)."""
     return bool(_openblas_once())
+
+
+def _after_fork_in_child():
+    """A fork while another thread was inside run_blocks: the child has none of its
+    threads, so it gives back the saved counts and starts with a fresh lock."""
+    global _ONE_BLAS_LOCK, _ONE_BLAS_HOLDERS
+    _ONE_BLAS_LOCK = threading.Lock()
+    if _ONE_BLAS_HOLDERS:
+        _ONE_BLAS_HOLDERS = 0
+        for (setter, _), count in zip(_OPENBLAS_FOUND or [], _ONE_BLAS_SAVED):
+            setter(count)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _default_block_threads(libraries):
+    """numba's count for the calling thread, but no more than the OpenBLAS count outside
+    run_blocks calls: set_threads(1), SGM_REF_THREADS=1 or OPENBLAS_NUM_THREADS=1 give one
+    thread also to calls from other Python threads, whose numba count is numba's default."""
+    with _ONE_BLAS_LOCK:
+        counts = list(_ONE_BLAS_SAVED) if _ONE_BLAS_HOLDERS else [int(getter()) for _, getter in libraries]
+    return min([numba.get_num_threads()] + counts)
 
 
 @contextlib.contextmanager
@@ -349,8 +394,13 @@ def run_blocks(n_blocks, make_worker, threads=None):
 
     What each block computes does not depend on the thread that runs it, so results are
     the same bits for every thread count. Serial (one thread, the caller's) when threads
-    <= 1, when there is one block, or where no OpenBLAS can be set at run time (another
-    BLAS, or not Linux): that BLAS keeps its own threads.
+    <= 1, when there is one block, or where NumPy's BLAS cannot be set at run time (not
+    an OpenBLAS, or not Linux): that BLAS keeps its own threads.
+
+    The OpenBLAS counts are process-wide: other Python threads' products also run on one
+    thread meanwhile. Concurrent calls share the change, and the last to end restores the
+    counts the first found (or the count set_threads set meanwhile; a change made another
+    way during a call, such as threadpoolctl's, is undone when it ends).
 
     Parameters
     ----------
@@ -361,32 +411,36 @@ def run_blocks(n_blocks, make_worker, threads=None):
         their long parts (NumPy's products, numba kernels compiled with nogil=True), or
         the threads run in turn.
     threads : int or None
-        Threads to use, the caller's included; default numba.get_num_threads() (the
-        count set_threads and SGM_REF_THREADS set).
+        Threads to use, the caller's included. Default: numba's count for the calling
+        thread (set_threads, SGM_REF_THREADS), but no more than OpenBLAS's count outside
+        run_blocks calls, so that one thread asked of either is kept from any Python
+        thread. Each thread holds its own buffers (memory grows with the count).
 
     Raises
     ------
     BaseException
-        The first exception of any thread, after every thread has stopped: on an error
-        or an interrupt the other threads finish the block they are in and take no more.
-        The BLAS thread counts are restored in every case.
+        After every thread has stopped: the calling thread's own exception if it raised
+        one, else the first of the other threads'. On an error or an interrupt the other
+        threads finish the block they are in and take no more. The BLAS thread counts
+        are restored in every case.
     """
-    threads = numba.get_num_threads() if threads is None else threads
-    libraries = _openblas_once() if threads > 1 and n_blocks > 1 else []
-    if not libraries:
+    libraries = _openblas_once() if n_blocks > 1 and (threads is None or threads > 1) else []
+    if libraries and threads is None:
+        threads = _default_block_threads(libraries)
+    if not libraries or threads <= 1:
         work = make_worker()
         for b in range(n_blocks):
             work(b)
         return
     lock, handed_out = threading.Lock(), [0]
     stop = threading.Event()
+    errors = []
 
     def next_block():
         with lock:  # no two threads get the same block
             b = handed_out[0]
             handed_out[0] = b + 1
         return b
-    errors = []
 
     def loop():
         work = make_worker()
@@ -404,11 +458,12 @@ def run_blocks(n_blocks, make_worker, threads=None):
             stop.set()
 
     with _one_blas_thread(libraries):
-        helpers = [threading.Thread(target=helper, name=f"sgm_ref-block-{i + 1}", daemon=True)
-                   for i in range(min(threads, n_blocks) - 1)]
-        for h in helpers:
-            h.start()
+        helpers = []
         try:
+            for i in range(min(threads, n_blocks) - 1):
+                h = threading.Thread(target=helper, name=f"sgm_ref-block-{i + 1}", daemon=True)
+                h.start()
+                helpers.append(h)
             loop()
             for h in helpers:
                 h.join()

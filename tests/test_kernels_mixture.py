@@ -18,6 +18,7 @@ import pytest
 from numba import njit
 
 import sgm_ref.targets.gaussian_mixture as gm_module
+from sgm_ref import _threads
 from sgm_ref import EDM, OU, VE, VP, FlowMatching, GaussianMixture, SubVP, plain
 from sgm_ref.kernels.mixture import _block_rows, _log_rows, exp_nonpositive, log_normal
 
@@ -162,6 +163,7 @@ def test_full_path_above_the_switch_in_blocks_of_a_few_rows(monkeypatch):
     d = gm_module._DIRECT_MAX_DIM + 1
     monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 60)
     monkeypatch.setattr(gm_module, "_BLOCK_MIN_ROWS", 1)
+    monkeypatch.setattr(gm_module, "_SHARED_BLAS_BLOCK_ELEMENTS", 60)  # where NumPy's BLAS cannot be set
     assert 60 // (3 * d) >= 1 and 23 % (60 // (3 * d)) != 0  # several blocks, a ragged last one
     check_against_plain(full_mixture(3, d, seed=5), n=23, seed=6)
 
@@ -190,6 +192,7 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
     d, K, n = gm_module._DIRECT_MAX_DIM + 3, 3, 29
     monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 8 * K * d)  # 8 rows a block: 4 blocks, the last of 5
     monkeypatch.setattr(gm_module, "_BLOCK_MIN_ROWS", 1)
+    monkeypatch.setattr(gm_module, "_SHARED_BLAS_BLOCK_ELEMENTS", 8 * K * d)  # where NumPy's BLAS cannot be set
     g = full_mixture(K, d, seed=7)
     rng = np.random.default_rng(8)
     t = rng.uniform(1e-3, 2.0, n)
@@ -209,17 +212,14 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
     np.testing.assert_array_equal(score, want_score)
 
 
+@pytest.mark.skipif(not _threads.blas_settable(), reason="NumPy's BLAS cannot be set here: the blocks run in turn")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("small_blocks", [False, True])
 def test_full_path_gives_the_same_bits_on_every_thread_count(monkeypatch, dtype, small_blocks):
     """The blocks of the full-covariance score run on Python threads (run_blocks): the same
     bits on 1, 2 or 3 threads, with the default blocks (d = 32, K = 8: 1024 rows, several
-    of them and a ragged last one) and with blocks of 5 rows. Where no OpenBLAS can be set,
-    the blocks (of the former size) run in turn: the numbers agree with the plain NumPy
-    twin there too."""
+    of them and a ragged last one) and with blocks of 5 rows."""
     import functools
-
-    from sgm_ref import _threads
 
     d, K, n = 32, 8, 3 * 1024 + 77
     if small_blocks:
@@ -240,10 +240,16 @@ def test_full_path_gives_the_same_bits_on_every_thread_count(monkeypatch, dtype,
         np.testing.assert_array_equal(logp, results[1][0], err_msg=str(threads))
         np.testing.assert_array_equal(score, results[1][1], err_msg=str(threads))
     check_against_plain(g, n=n, seed=13)
-    with monkeypatch.context() as m:
-        m.setattr(_threads, "_OPENBLAS_FOUND", [])
-        assert gm_module._full_block_rows(K, d, 10**6) == gm_module._SHARED_BLAS_BLOCK_ELEMENTS // (K * d)
-        check_against_plain(g, n=n, seed=13)
+
+
+def test_full_path_where_numpys_blas_cannot_be_set(monkeypatch):
+    """Another BLAS (or not Linux): the blocks keep their former size and run in turn; the
+    numbers agree with the plain NumPy twin."""
+    d, K = 32, 8
+    monkeypatch.setattr(_threads, "_OPENBLAS_FOUND", [])
+    assert not _threads.blas_settable()
+    assert gm_module._full_block_rows(K, d, 10**6) == gm_module._SHARED_BLAS_BLOCK_ELEMENTS // (K * d)
+    check_against_plain(full_mixture(K, d, seed=11), n=3 * 4096 + 77, seed=13)
 
 
 def responsibilities_numpy(P, a, s2, logw, m_proj, lam):

@@ -180,17 +180,19 @@ def test_blas_kernels_names_the_kernels_openblas_runs(coretype):
 
 # -- run_blocks: blocks of rows on Python threads, OpenBLAS on one thread meanwhile -------
 
+needs_settable_blas = pytest.mark.skipif(not _threads.blas_settable(),
+                                         reason="NumPy's BLAS is not an OpenBLAS found at run time: run_blocks is serial")
+
+
 def _block_threads_alive():
     import threading
     return [t for t in threading.enumerate() if t.name.startswith("sgm_ref-block")]
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3, 5])
-@pytest.mark.parametrize("n_blocks", [0, 1, 2, 7, 50])
-def test_run_blocks_runs_every_block_once_and_restores_blas(threads, n_blocks):
+def _recording_worker():
+    """make_worker and what it records: each worker's blocks, and the BLAS counts seen."""
     import threading
-    blas_before = _threads.blas_threads()
-    lock, done, blas_seen, workers = threading.Lock(), [], set(), []
+    lock, workers, blas_seen = threading.Lock(), [], set()
 
     def make_worker():
         own = []  # a worker's state is its own: each thread calls make_worker once
@@ -200,21 +202,47 @@ def test_run_blocks_runs_every_block_once_and_restores_blas(threads, n_blocks):
         def work(b):
             own.append(b)
             with lock:
-                done.append(b)
                 blas_seen.update(_threads.blas_threads())
         return work
+    return make_worker, workers, blas_seen
 
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+@pytest.mark.parametrize("n_blocks", [0, 1, 2, 7, 50])
+def test_run_blocks_runs_every_block_once_and_restores_blas(threads, n_blocks):
+    blas_before = _threads.blas_threads()
+    make_worker, workers, blas_seen = _recording_worker()
     _threads.run_blocks(n_blocks, make_worker, threads=threads)
-    assert sorted(done) == list(range(n_blocks))
     assert sorted(b for own in workers for b in own) == list(range(n_blocks))
     assert _threads.blas_threads() == blas_before
-    if threads > 1 and n_blocks > 1:
+    if threads > 1 and n_blocks > 1 and _threads.blas_settable():
         assert blas_seen == {1} and len(workers) == min(threads, n_blocks)
     else:  # serial: the caller's thread, BLAS left as it was
         assert len(workers) == 1 and blas_seen <= set(blas_before)
     assert not _block_threads_alive()
 
 
+@needs_settable_blas
+def test_run_blocks_by_default_uses_no_more_threads_than_openblas_has(monkeypatch):
+    blas_before = _threads.blas_threads()
+    monkeypatch.setattr(numba, "get_num_threads", lambda: 2)
+    try:
+        for setter, _ in _threads._openblas_once():
+            setter(1)  # as set_threads(1) or OPENBLAS_NUM_THREADS=1 leave it, seen from another Python thread
+        make_worker, workers, _ = _recording_worker()
+        _threads.run_blocks(6, make_worker)
+        assert len(workers) == 1
+        for setter, _ in _threads._openblas_once():
+            setter(2)
+        make_worker, workers, _ = _recording_worker()
+        _threads.run_blocks(6, make_worker)
+        assert len(workers) == 2
+    finally:
+        for (setter, _), count in zip(_threads._openblas_libraries(), blas_before):
+            setter(count)
+
+
+@needs_settable_blas
 def test_run_blocks_runs_blocks_at_the_same_time():
     import threading
     both = threading.Barrier(2, timeout=30)  # breaks (BrokenBarrierError) unless two blocks overlap
@@ -230,9 +258,11 @@ def test_run_blocks_runs_blocks_at_the_same_time():
     assert sorted(b for b, _ in ran) == [0, 1] and len({ident for _, ident in ran}) == 2
 
 
-def test_run_blocks_is_serial_where_no_openblas_can_be_set(monkeypatch):
+def test_run_blocks_is_serial_where_numpys_blas_cannot_be_set(monkeypatch):
     import threading
-    monkeypatch.setattr(_threads, "_OPENBLAS_FOUND", [])
+    monkeypatch.setattr(_threads, "_OPENBLAS_FOUND", None)
+    monkeypatch.setattr(_threads, "_numpy_blas_name", lambda: "mkl")  # SciPy's OpenBLAS may be loaded: not enough
+    assert not _threads.blas_settable()
     idents = set()
 
     def make_worker():
@@ -242,10 +272,19 @@ def test_run_blocks_is_serial_where_no_openblas_can_be_set(monkeypatch):
     assert idents == {threading.get_ident()}
 
 
+def test_numpys_blas_is_named():
+    name = _threads._numpy_blas_name()
+    assert isinstance(name, str)
+    if sys.platform.startswith("linux") and "openblas" in name:
+        assert _threads.blas_settable()
+
+
 @pytest.mark.parametrize("failing", ["helper", "caller"])
 @pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt])
-def test_run_blocks_raises_the_first_error_stops_and_restores(failing, error):
+def test_run_blocks_raises_the_error_stops_and_restores(failing, error):
     import threading
+    if failing == "helper" and not _threads.blas_settable():
+        pytest.skip("no helper threads where NumPy's BLAS cannot be set")
     blas_before = _threads.blas_threads()
     caller = threading.get_ident()
     started = []
@@ -265,27 +304,94 @@ def test_run_blocks_raises_the_first_error_stops_and_restores(failing, error):
     assert not _block_threads_alive()
 
 
+@needs_settable_blas
 def test_concurrent_run_blocks_restore_the_counts_the_first_found():
+    # A enters first, B second, A leaves first, then B reads the counts: a call that
+    # restored its own saved counts on leaving would give B two threads (A's restore) and
+    # leave one thread behind (B's saved counts, A's change)
     import threading
     blas_before = _threads.blas_threads()
-    inside = threading.Barrier(2, timeout=30)  # both calls inside at once, then the first one leaves
+    a_inside, b_inside, a_done = threading.Event(), threading.Event(), threading.Event()
     seen = []
 
-    def call(hold):
+    def worker(block0):
         def make_worker():
             def work(b):
                 if b == 0:
-                    inside.wait()
-                    if hold:
-                        threading.Event().wait(0.2)  # leaves last
-                seen.append(tuple(_threads.blas_threads()))
+                    block0()
             return work
-        _threads.run_blocks(2, make_worker, threads=2)
+        return make_worker
 
-    callers = [threading.Thread(target=call, args=(hold,)) for hold in (False, True)]
+    def call_a():
+        _threads.run_blocks(2, worker(lambda: (a_inside.set(), b_inside.wait(30))), threads=2)
+        a_done.set()
+
+    def call_b():
+        a_inside.wait(30)
+        _threads.run_blocks(2, worker(lambda: (b_inside.set(), a_done.wait(30),
+                                               seen.append(tuple(_threads.blas_threads())))), threads=2)
+
+    callers = [threading.Thread(target=call_a), threading.Thread(target=call_b)]
     for c in callers:
         c.start()
     for c in callers:
         c.join()
-    assert set(seen) == {(1,) * len(blas_before)}  # the second caller also saw one thread
+    assert a_done.is_set() and seen == [(1,) * len(blas_before)]
+    assert _threads.blas_threads() == blas_before
+
+
+@needs_settable_blas
+def test_set_threads_during_run_blocks_is_kept():
+    import threading
+    numba_before, blas_before = numba.get_num_threads(), _threads.blas_threads()
+
+    def make_worker():
+        def work(b):
+            if b == 0:
+                sgm_ref.set_threads(1)
+        return work
+
+    try:
+        caller = threading.Thread(target=_threads.run_blocks, args=(4, make_worker), kwargs={"threads": 2})
+        caller.start()
+        caller.join()
+        assert _threads.blas_threads() == [1] * len(blas_before)  # not undone when the call ended
+    finally:
+        numba.set_num_threads(numba_before)
+        for (setter, _), count in zip(_threads._openblas_libraries(), blas_before):
+            setter(count)
+
+
+@needs_settable_blas
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_fork_inside_run_blocks_gives_the_child_its_counts_back():
+    import threading
+    blas_before = _threads.blas_threads()
+    inside, forked = threading.Event(), threading.Event()
+
+    def make_worker():
+        def work(b):
+            if b == 0:
+                inside.set()
+                forked.wait(30)
+        return work
+
+    caller = threading.Thread(target=_threads.run_blocks, args=(2, make_worker), kwargs={"threads": 2})
+    caller.start()
+    inside.wait(30)
+    assert _threads.blas_threads() == [1] * len(blas_before)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report and leave at once
+        try:
+            os.write(write, json.dumps([_threads.blas_threads(), _threads._ONE_BLAS_HOLDERS]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as f:
+        child = json.loads(f.read())
+    os.waitpid(pid, 0)
+    forked.set()
+    caller.join()
+    assert child == [blas_before, 0]
     assert _threads.blas_threads() == blas_before
