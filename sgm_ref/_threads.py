@@ -29,9 +29,9 @@ SGM_REF_THREADS=n in the environment, applied when sgm_ref is imported.
 `busy_hint()` words the advice when the machine is busy now.
 
 One more way to use the cores: `run_blocks` runs blocks of rows on Python threads (as
-many as numba's count), each with its own pipeline of BLAS products and serial numba
-kernels, with every OpenBLAS on one thread meanwhile (the full-covariance mixture oracle
-uses it). Its results do not depend on the thread count.
+many as numba's count, and no more than OpenBLAS's), each with its own pipeline of BLAS
+products and serial numba kernels, with every OpenBLAS on one thread meanwhile (the
+full-covariance mixture oracle uses it). Its results do not depend on the thread count.
 """
 
 import contextlib
