@@ -17,9 +17,9 @@ full_mixture_direct, parallel over rows with the projections U_k^T x in the kern
 above, a block of rows is two BLAS products around the serial full-covariance kernel
 (see its docstring), and GaussianMixture runs blocks on several Python threads with
 OpenBLAS on one thread meanwhile (sgm_ref._threads.run_blocks), so the result does not
-depend on the thread count either. Where OpenBLAS cannot be set at run time (another
-BLAS), the blocks, of their former size, run in turn on that BLAS's threads, whose
-count may change the products' last bits.
+depend on the thread count either. Where NumPy's BLAS cannot be set at run time (not
+an OpenBLAS, or not Linux), the blocks, of their former size, run in turn on that BLAS's
+threads, whose count may change the products' last bits.
 
 Speed. numba has no vector exp or log (without Intel's SVML), and a libm call per
 (row, component) was most of the time at small d. The kernels therefore run rows in

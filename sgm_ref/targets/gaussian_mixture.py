@@ -71,8 +71,9 @@ def _is_spd(a):
 # Rows per block of the full-covariance oracle's score (_full_block_rows): each thread's
 # (rows, K d) buffer P holds about 2**18 numbers (2 MB in float64), but a block has at
 # least 256 rows (products of fewer rows run well below BLAS's speed) unless that would
-# pass 2**21 numbers; memory stays flat. The blocks run on Python threads, as many as
-# numba's thread count, each with single-threaded BLAS (sgm_ref._threads.run_blocks).
+# pass 2**21 numbers; memory stays flat in n (one buffer per thread). The blocks run on
+# Python threads, as many as numba's thread count and no more than OpenBLAS's, each with
+# single-threaded BLAS (sgm_ref._threads.run_blocks).
 # Measured on 2026-12-04 (AMD EPYC, 2 cores, AVX-512 kernels; paired medians of 7-11
 # calls, benchmarks/RESULTS.md) against the former blocks of 2**20 numbers run in turn
 # with two BLAS threads: 0.67 of the time at d = 32, K = 8; 0.78 at d = 32, K = 64 and at
@@ -82,9 +83,9 @@ def _is_spd(a):
 # threads, blocks this small had cost 3-4x on a loaded machine (each product waited for
 # its second thread); here no product waits for another thread: beside one busy process,
 # 0.53x (d = 32) and 0.69x (d = 128, K = 8) of the old loop's time, where the small blocks
-# in turn on two BLAS threads took 0.86x and 1.32x. So where no OpenBLAS can be set at run
-# time (another BLAS, or not Linux), and the blocks run in turn on that BLAS's threads, they
-# keep their former size, 2**20 numbers (_SHARED_BLAS_BLOCK_ELEMENTS).
+# in turn on two BLAS threads took 0.86x and 1.32x. So where NumPy's BLAS cannot be set at
+# run time (not an OpenBLAS, or not Linux), and the blocks run in turn on that BLAS's
+# threads, they keep their former size, 2**20 numbers (_SHARED_BLAS_BLOCK_ELEMENTS).
 _BLOCK_ELEMENTS = 2**18
 _BLOCK_MIN_ROWS = 256
 _SHARED_BLAS_BLOCK_ELEMENTS = 2**20
@@ -100,7 +101,7 @@ _DIRECT_MAX_DIM = 6
 
 def _full_block_rows(K, d, n):
     """Rows per block of the full-covariance score above _DIRECT_MAX_DIM (see _BLOCK_ELEMENTS):
-    at least 1 and at most n. The same for every thread count where OpenBLAS can be set."""
+    at least 1 and at most n. The same for every thread count where NumPy's BLAS can be set."""
     kd = K * d
     if blas_settable():
         rows = max(_BLOCK_ELEMENTS // kd, min(_BLOCK_MIN_ROWS, 8 * _BLOCK_ELEMENTS // kd))
