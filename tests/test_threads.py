@@ -39,6 +39,14 @@ def child(env=None, before="", code=None):
                           env={**clean, **(env or {})}, capture_output=True, text=True, timeout=300)
 
 
+def restore_threads(numba_count, blas_counts):
+    """Give numba and every OpenBLAS back the counts a test found."""
+    if numba_count is not None:
+        numba.set_num_threads(numba_count)
+    for (setter, _), count in zip(_threads._openblas_libraries(), blas_counts):
+        setter(count)
+
+
 def report(env=None, before=""):
     result = child(env, before)
     assert result.returncode == 0, result.stderr
@@ -96,9 +104,7 @@ def test_set_threads_sets_numba_and_every_openblas():
         n = numba.config.NUMBA_NUM_THREADS
         assert sgm_ref.set_threads(n) == {"numba": n, "blas": [n] * len(blas_before)}
     finally:
-        numba.set_num_threads(numba_before)
-        for (setter, _), count in zip(_threads._openblas_libraries(), blas_before):
-            setter(count)
+        restore_threads(numba_before, blas_before)
     assert blas_before, "no OpenBLAS found in this process: numpy's wheels ship one"
 
 
@@ -238,8 +244,7 @@ def test_run_blocks_by_default_uses_no_more_threads_than_openblas_has(monkeypatc
         _threads.run_blocks(6, make_worker)
         assert len(workers) == 2
     finally:
-        for (setter, _), count in zip(_threads._openblas_libraries(), blas_before):
-            setter(count)
+        restore_threads(None, blas_before)
 
 
 @needs_settable_blas
@@ -357,9 +362,7 @@ def test_set_threads_during_run_blocks_is_kept():
         caller.join()
         assert _threads.blas_threads() == [1] * len(blas_before)  # not undone when the call ended
     finally:
-        numba.set_num_threads(numba_before)
-        for (setter, _), count in zip(_threads._openblas_libraries(), blas_before):
-            setter(count)
+        restore_threads(numba_before, blas_before)
 
 
 @needs_settable_blas
