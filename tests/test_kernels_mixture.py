@@ -97,9 +97,9 @@ def test_the_ln2_split_and_the_sqrt2_threshold():
 
     from sgm_ref.kernels import mixture as km
 
-    mpmath.mp.dps = 40
     assert np.array(km._LN2_HI).view(np.int64) & 0x1FFFFF == 0  # n * LN2_HI exact for |n| < 2^21
-    assert abs(mpmath.mpf(km._LN2_HI) + mpmath.mpf(km._LN2_LO) - mpmath.log(2)) < mpmath.mpf(2) ** -85
+    with mpmath.workdps(40):  # local: mp.dps = 40 would stay set for every later test
+        assert abs(mpmath.mpf(km._LN2_HI) + mpmath.mpf(km._LN2_LO) - mpmath.log(2)) < mpmath.mpf(2) ** -85
     # the carry into bit 52 happens exactly from sqrt(2)'s mantissa up
     mantissa = lambda v: int(np.array(v).view(np.int64)) & 0x000FFFFFFFFFFFFF  # noqa: E731
     assert (mantissa(np.sqrt(2.0)) + km._SQRT2_CARRY) >> 52 == 1

@@ -73,29 +73,29 @@ def test_divergence_of_one_gaussian_is_minus_the_trace_of_its_precision():
 
 def test_divergence_against_mpmath():
     """A 2-D two-component full-covariance mixture: the Laplacian of log p_t by mpmath.diff."""
-    mpmath.mp.dps = 30
-    w = [0.35, 0.65]
-    mu = [[1.0, -0.5], [-1.2, 0.8]]
-    cov = [[[1.0, 0.4], [0.4, 0.6]], [[0.3, -0.1], [-0.1, 0.9]]]
-    target = GaussianMixture(w, mu, cov, "full")
-    t = 0.2
-    process = OU()
-    a = mpmath.exp(-mpmath.mpf(t))
-    s2 = 1 - a * a
+    with mpmath.workdps(30):  # not mp.dps = 30, which would stay set for every later test
+        w = [0.35, 0.65]
+        mu = [[1.0, -0.5], [-1.2, 0.8]]
+        cov = [[[1.0, 0.4], [0.4, 0.6]], [[0.3, -0.1], [-0.1, 0.9]]]
+        target = GaussianMixture(w, mu, cov, "full")
+        t = 0.2
+        process = OU()
+        a = mpmath.exp(-mpmath.mpf(t))
+        s2 = 1 - a * a
 
-    def logp(x1, x2):
-        total = 0
-        for k in range(2):
-            C = mpmath.matrix(cov[k]) * a * a + mpmath.eye(2) * s2
-            r = mpmath.matrix([x1 - a * mu[k][0], x2 - a * mu[k][1]])
-            q = (r.T * mpmath.inverse(C) * r)[0]
-            total += w[k] * mpmath.exp(-q / 2) / (2 * mpmath.pi * mpmath.sqrt(mpmath.det(C)))
-        return mpmath.log(total)
+        def logp(x1, x2):
+            total = 0
+            for k in range(2):
+                C = mpmath.matrix(cov[k]) * a * a + mpmath.eye(2) * s2
+                r = mpmath.matrix([x1 - a * mu[k][0], x2 - a * mu[k][1]])
+                q = (r.T * mpmath.inverse(C) * r)[0]
+                total += w[k] * mpmath.exp(-q / 2) / (2 * mpmath.pi * mpmath.sqrt(mpmath.det(C)))
+            return mpmath.log(total)
 
-    for x in ([0.3, 0.1], [-0.9, 1.4], [2.5, -2.0]):
-        lap = mpmath.diff(logp, (x[0], x[1]), (2, 0)) + mpmath.diff(logp, (x[0], x[1]), (0, 2))
-        got = target.divergence(np.array([x]), t, process)[0]
-        assert abs(got - float(lap)) <= 1e-12 * (1 + abs(float(lap)))
+        for x in ([0.3, 0.1], [-0.9, 1.4], [2.5, -2.0]):
+            lap = mpmath.diff(logp, (x[0], x[1]), (2, 0)) + mpmath.diff(logp, (x[0], x[1]), (0, 2))
+            got = target.divergence(np.array([x]), t, process)[0]
+            assert abs(got - float(lap)) <= 1e-12 * (1 + abs(float(lap)))
 
 
 def test_divergence_ignores_zero_weight_components_and_float32():
