@@ -81,3 +81,23 @@ def test_paired_cells():
         ("1.145 [1.1200, 1.1500]", "met")
     assert cells([1.0] * 9, 1.15) == ("1.000 [1.0000, 1.0000]", "met")
     assert cells([1.0, 1.1, 1.2], 1.15) == ("1.100 (no interval: 3 < 6 repeats)", "-")
+
+
+def _train_step_module(monkeypatch):
+    import importlib.util
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports _machine as the benchmarks do
+    spec = importlib.util.spec_from_file_location("_bench_train_step", BENCHMARKS / "train_step.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_step_share_of_the_peak_is_paired_by_round(monkeypatch):
+    """train_step.py's share of the peak: each round's step rate over the same round's product
+    rate (not sorted, not one best-of peak); a target for every row it times."""
+    module = _train_step_module(monkeypatch)
+    # step flops 10, peak flops 20: round 0 5 / 20, round 1 10 / 20, round 2 2.5 / 10
+    assert module.paired_shares([2.0, 1.0, 4.0], [1.0, 1.0, 2.0], 10.0, 20.0) == [0.25, 0.5, 0.25]
+    with pytest.raises(ValueError, match="one peak time per round"):
+        module.paired_shares([1.0, 2.0], [1.0], 10.0, 20.0)
+    assert set(module.PEAK_TARGETS) == set(module.ROWS)
