@@ -53,7 +53,10 @@ before the rows). The share of the peak is also taken round by round: the 2048^3
 of the row's dtype is timed in every round of the interleaved repeats, as one more
 implementation, and each round's step rate over that round's product rate gives a
 median with a distribution-free 95% interval and a verdict against issue 16's targets
-(>= 0.6 on the small row, >= 0.8 on the others). On a shared host the step can sit in a
+(>= 0.6 on the small row, >= 0.8 on the others). The product makes each round ~0.2-0.4 s
+longer, and whichever implementation follows it in the rotated order finds the caches
+swept and, when numpy was imported before sgm_ref, OpenBLAS's idle worker spinning for
+~0.1 s (the rotation gives each implementation that place equally often). On a shared host the step can sit in a
 slow phase that a best-of-5 peak taken earlier does not share (this machine has phases in
 which the small row's step takes twice its time, and the "other load" column does not
 show them).
@@ -523,13 +526,7 @@ def measure(row, dtype, peers, args, seed):
     # the step's time in one phase of a shared host with the product's in its best one
     runs["peak"] = make_peak(dtype)
     times, ks, out["load"] = time_interleaved(runs, args, out["errors"])
-    if "peak" in times:
-        peak_times = times.pop("peak")
-        out["peak_detail"] = (ks["peak"], 2.0 * PEAK_SIZE**3 / max(peak_times) / 1e9,
-                              2.0 * PEAK_SIZE**3 / min(peak_times) / 1e9)
-        if "sgm_ref" in times:
-            out["paired_peak"] = paired_shares(times["sgm_ref"], peak_times, 6.0 * batch * n_params,
-                                               2.0 * PEAK_SIZE**3)
+    out.update(split_peak(times, ks, 6.0 * batch * n_params))
     for name, v in times.items():
         out["ms"][name] = 1e3 * float(np.median(v))
         out["detail"][name] = (ks[name], 1e3 * min(v), 1e3 * max(v))
@@ -725,6 +722,23 @@ def paired_shares(step_seconds, peak_seconds, step_flops, peak_flops):
     if len(step_seconds) != len(peak_seconds):
         raise ValueError(f"one peak time per round: {len(step_seconds)} step times, {len(peak_seconds)} peak times")
     return [step_flops * p / (s * peak_flops) for s, p in zip(step_seconds, peak_seconds)]
+
+
+def split_peak(times, ks, step_flops):
+    """Take the peak's run out of time_interleaved's (times, ks), in place, and return
+    {"peak_detail": (k, slowest, fastest GFLOP/s), "paired_peak": sgm_ref's share of the peak
+    per round} (only the keys that can be formed: none if the peak was not timed, no shares
+    if sgm_ref was not). times[name][r] is round r's time for every name, so the shares pair
+    each round's step with that round's product."""
+    if "peak" not in times:
+        return {}
+    peak_times = times.pop("peak")
+    product_flops = 2.0 * PEAK_SIZE**3
+    out = {"peak_detail": (ks["peak"], product_flops / max(peak_times) / 1e9,
+                           product_flops / min(peak_times) / 1e9)}
+    if "sgm_ref" in times:
+        out["paired_peak"] = paired_shares(times["sgm_ref"], peak_times, step_flops, product_flops)
+    return out
 
 
 def measure_peaks(torch, repeats):
@@ -1217,6 +1231,9 @@ def main(argv=None):
     print("Timing detail (k steps per repeat; fastest / slowest repeat, ms/step):")
     for r in results:
         cells = ", ".join(f"{n} k={k} {lo:.3g}/{hi:.3g}" for n, (k, lo, hi) in r["detail"].items())
+        if "peak_detail" in r:
+            k, slow, fast = r["peak_detail"]
+            cells += f"; the {PEAK_SIZE}^3 product k={k}, {slow:.0f}/{fast:.0f} GFLOP/s"
         print(f"- {r['row']} {r['dtype']}: {cells}")
         for name, err in r["errors"].items():
             print(f"  - {name} not timed: {err}")

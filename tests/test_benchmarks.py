@@ -9,6 +9,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 BENCHMARKS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks"
@@ -101,3 +102,23 @@ def test_train_step_share_of_the_peak_is_paired_by_round(monkeypatch):
     with pytest.raises(ValueError, match="one peak time per round"):
         module.paired_shares([1.0, 2.0], [1.0], 10.0, 20.0)
     assert set(module.PEAK_TARGETS) == set(module.ROWS)
+
+
+def test_train_step_splits_the_peak_out_of_the_rounds(monkeypatch):
+    """measure()'s step from time_interleaved's output: the peak's run leaves the timed
+    implementations, and round r's step meets round r's product."""
+    module = _train_step_module(monkeypatch)
+    size = module.PEAK_SIZE
+    product = 2.0 * size**3
+    # round by round: the step at 2, 1, 4 s; the product at 1e-9, 4e-9, 2e-9 x its flops
+    times = {"sgm_ref": [2.0, 1.0, 4.0], "NumPy": [3.0, 3.0, 3.0], "peak": [1e-9 * product, 4e-9 * product,
+                                                                           2e-9 * product]}
+    out = module.split_peak(times, {"sgm_ref": 5, "NumPy": 4, "peak": 2}, 10.0)
+    assert set(times) == {"sgm_ref", "NumPy"}  # no table lists the product as an implementation
+    # share = (10 / step) / (1 / (unit x 1e-9)) = 10 x unit x 1e-9 / step: 5e-9, 4e-8, 5e-9
+    np.testing.assert_allclose(out["paired_peak"], [5e-9, 4e-8, 5e-9], rtol=1e-12)
+    k, slowest, fastest = out["peak_detail"]
+    assert k == 2 and slowest == pytest.approx(0.25) and fastest == pytest.approx(1.0)
+    assert module.split_peak({"sgm_ref": [1.0]}, {"sgm_ref": 1}, 10.0) == {}  # the product failed
+    times = {"NumPy": [1.0], "peak": [1.0]}
+    assert set(module.split_peak(times, {"NumPy": 1, "peak": 1}, 10.0)) == {"peak_detail"}  # sgm_ref failed
