@@ -53,10 +53,10 @@ before the rows). The share of the peak is also taken round by round: the 2048^3
 of the row's dtype is timed in every round of the interleaved repeats, as one more
 implementation, and each round's step rate over that round's product rate gives a
 median with a distribution-free 95% interval and a verdict against issue 16's targets
-(>= 0.6 on the small row, >= 0.8 on the others). The product makes each round ~0.2-0.4 s
-longer, and whichever implementation follows it in the rotated order finds the caches
-swept and, when numpy was imported before sgm_ref, OpenBLAS's idle worker spinning for
-~0.1 s (the rotation gives each implementation that place equally often). On a shared host the step can sit in a
+(>= 0.6 on the small row, >= 0.8 on the others). The product makes each round about one
+repeat (--target seconds) longer, and whichever implementation follows it in the rotated
+order finds the caches swept and, when numpy was imported before sgm_ref, OpenBLAS's idle
+worker spinning for ~0.1 s (the rotation gives that place to each implementation in turn). On a shared host the step can sit in a
 slow phase that a best-of-5 peak taken earlier does not share (this machine has phases in
 which the small row's step takes twice its time, and the "other load" column does not
 show them).
