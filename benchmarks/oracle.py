@@ -363,7 +363,8 @@ def thread_report():
         lines.append(f"OpenBLAS idle workers sleep after 2^{timeout} cycles (OPENBLAS_THREAD_TIMEOUT={timeout}, "
                      + ("set by sgm_ref before OpenBLAS loaded)" if "OPENBLAS_THREAD_TIMEOUT" in defaults["set"]
                         else "set before Python started)"))
-    blocks_on = numba.get_num_threads() if _threads.blas_settable() else 1
+    # the library's own rule for the default count (numba's, bounded by OpenBLAS's)
+    blocks_on = _threads._default_block_threads(_threads._openblas_once()) if _threads.blas_settable() else 1
     lines.append(f"full covariances above d = 6: blocks of rows on {blocks_on} Python thread(s)"
                  + (", OpenBLAS on one thread meanwhile" if blocks_on > 1 else ", BLAS's own threads"))
     return lines
