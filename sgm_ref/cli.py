@@ -951,6 +951,18 @@ def _one_line(message):
     return re.sub(r"\s*\n\s*", " ", message.strip()) or "unknown error"
 
 
+def _print_busy_hint():
+    """On a terminal, one line advising fewer threads when other work keeps the CPUs busy
+    (`_threads.busy_hint`). Only where a person reads it, as the progress bars: a script's
+    stderr stays as it was. Never when the user chose a count."""
+    if not sys.stderr.isatty():
+        return
+    from ._threads import busy_hint
+    hint = busy_hint()
+    if hint:
+        print(hint, file=sys.stderr)
+
+
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
@@ -966,6 +978,8 @@ def main(argv=None):
         if args.threads is not None:
             from ._threads import set_threads
             set_threads(args.threads)
+        else:
+            _print_busy_hint()
         with warnings.catch_warnings():
             # overflow on the way to a non-finite loss is reported as an error, once
             warnings.simplefilter("ignore", RuntimeWarning)

@@ -1,9 +1,11 @@
 """The sgm-ref command, driven as a user drives it: the installed script in a subprocess."""
 
+import io
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
@@ -554,6 +556,33 @@ def test_audit_json_folder_must_be_writable(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.tempfile, "TemporaryFile", refuse)
     with pytest.raises(ValueError, match=r"--json .*x.json: cannot write into .* \(Permission denied\)"):
         cli._check_json_path(str(tmp_path / "x.json"))
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("stderr, argv, shown", [
+    (_Terminal, [], True),                      # a person at a terminal, no count chosen
+    (_Terminal, ["--threads", "1"], False),     # the user chose a count
+    (io.StringIO, [], False),                   # a script reading stderr: left as it was
+])
+def test_busy_machine_hint_on_a_terminal_only(monkeypatch, tmp_path, stderr, argv, shown):
+    """The advice to use fewer threads on a busy machine (`_threads.busy_hint`) reaches a
+    person: one line on a terminal before the command runs; never in a script's stderr,
+    never over a count the user chose."""
+    from sgm_ref import _threads, cli
+
+    err = stderr()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(_threads, "busy_hint", lambda: "note: the machine is busy (stand-in)")
+    monkeypatch.setattr(_threads, "set_threads", lambda n: None)  # leave this process's counts alone
+    status = cli.main(argv + ["sample", str(tmp_path / "no-such-run")])
+    lines = err.getvalue().splitlines()
+    assert status == 2 and lines[-1].startswith("sgm-ref: ")  # the command still runs and fails as before
+    assert (lines[0] == "note: the machine is busy (stand-in)") is shown
+    assert len(lines) == (2 if shown else 1)
 
 
 # -- audit: the exact score's floor beside the model, per-time tolerances, the plot (issue 13 item 4) ----
