@@ -194,6 +194,32 @@ def test_ddim_timesteps_equal_diffusers(spacing):
             np.testing.assert_array_equal(R.ddim_timesteps(n, 1000, spacing, offset), sched.timesteps.numpy())
 
 
+@pytest.mark.parametrize("N", [1000, 999, 37])
+@pytest.mark.parametrize("spacing", R.SPACINGS)
+def test_ddim_timesteps_equal_diffusers_for_every_n(spacing, N):
+    """Every n from 1 to N, against DDIMScheduler and DDPMScheduler (the same rule in both):
+    equal timesteps, or a ValueError where diffusers returns n + 1 of them ending at -1
+    ("trailing", n = 61, 103, ... at N = 1000). Before, "trailing" was computed from the exact
+    N - k N / n and missed diffusers by one at 49 values of n (n = 48: 937 against 936)."""
+    diffusers = peer("diffusers")
+    refused = 0
+    for name in ("DDIMScheduler", "DDPMScheduler"):
+        offset = 1 if spacing == "leading" else 0
+        sched = getattr(diffusers, name)(num_train_timesteps=N, timestep_spacing=spacing, steps_offset=offset)
+        for n in range(1, N + 1):
+            sched.set_timesteps(n)
+            theirs = sched.timesteps.numpy()
+            if theirs.size == n:
+                np.testing.assert_array_equal(R.ddim_timesteps(n, N, spacing, offset), theirs, err_msg=f"{name} n={n}")
+            else:
+                assert spacing == "trailing" and theirs.size == n + 1 and theirs[-1] == -1
+                with pytest.raises(ValueError, match=f"num_inference_steps = {n} with spacing 'trailing'.*-1"):
+                    R.ddim_timesteps(n, N, spacing, offset)
+                refused += 1
+    if (spacing, N) == ("trailing", 1000):
+        assert refused > 0  # the case exists
+
+
 # -- k-diffusion on the same sigmas and the same noise ----------------------------------------------
 
 

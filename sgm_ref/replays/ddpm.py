@@ -60,12 +60,21 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, spacing="leadi
         "trailing"  round(N - k N / n) - 1 for k = 0..n-1 (round half to even)
         "linspace"  round(linspace(0, N - 1, n)) reversed
 
+    As diffusers does, steps_offset applies to "leading" only. For "trailing" the values
+    N - k N / n are those of NumPy's `arange(N, 0, -N / n)`, which diffusers rounds: arange
+    steps by the difference of its first two values, (N - N / n) - N, not by N / n, so a
+    value can fall a rounding below the exact one and round one lower (n = 48: 936 where
+    the exact 937.5 gives 937).
+
     Returns ndarray of int64, shape (n,), decreasing.
 
     Raises
     ------
     ValueError
-        n not an integer in 1..N, unknown spacing, a negative steps_offset.
+        n not an integer in 1..N, unknown spacing, a negative steps_offset; "trailing"
+        where that arange has n + 1 values (n = 61, 103, ... at N = 1000): diffusers then
+        returns n + 1 timesteps, the last -1, which indexes its table from the end and
+        which no replay can follow.
     """
     N = check_count(num_train_timesteps, "num_train_timesteps", minimum=2)
     n = check_count(num_inference_steps, "num_inference_steps")
@@ -76,7 +85,12 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, spacing="leadi
     if spacing == "leading":
         return (np.arange(n)[::-1] * (N // n) + offset).astype(np.int64)
     if spacing == "trailing":
-        return (np.round(N - np.arange(n) * (N / n)) - 1).astype(np.int64)
+        values = np.arange(N, 0, -(N / n))
+        if values.size != n:
+            raise ValueError(f"num_inference_steps = {n} with spacing 'trailing' and num_train_timesteps = {N}: "
+                             f"diffusers' timesteps np.round(np.arange({N}, 0, -{N}/{n})) - 1 are {values.size}, "
+                             f"the last -1 (not a timestep); choose another num_inference_steps")
+        return (np.round(values) - 1).astype(np.int64)
     return np.round(np.linspace(0, N - 1, n))[::-1].astype(np.int64)
 
 
