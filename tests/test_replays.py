@@ -350,7 +350,8 @@ def test_score_sde_vp_scheduler_is_euler_maruyama_with_step_one_over_n(monkeypat
 # -- diffusers' DDPMScheduler and DDIMScheduler with the process's float64 alphas_cumprod ------------
 
 
-def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps=20, n=32, own_constants=False):
+def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps=20, n=32, own_constants=False,
+                            steps_offset=0):
     """Run diffusers' DDPM / DDIM loop on the exact eps (to_torch) with known noise. Its
     alphas_cumprod are replaced by sgm_ref's float64 ones (its own are float32: a separate,
     stated difference), so both run the same discretisation in float64; with own_constants
@@ -363,7 +364,8 @@ def _diffusers_discrete_run(monkeypatch, kind, variance_or_eta, spacing, n_steps
     proc = DDPM()
     model = to_torch(_mixture(), proc, signature="diffusers")
     if kind == "ddpm":
-        sched = diffusers.DDPMScheduler(clip_sample=False, variance_type=variance_or_eta, timestep_spacing=spacing)
+        sched = diffusers.DDPMScheduler(clip_sample=False, variance_type=variance_or_eta, timestep_spacing=spacing,
+                                        steps_offset=steps_offset)
     else:
         sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
     if own_constants == "float64":  # its own values, widened: its step then computes in float64
@@ -408,6 +410,39 @@ def test_diffusers_discrete_schedulers_agree_with_replay(case, monkeypatch):
         # 1e-20: it adds 1e-10 times that draw (measured difference without this: 2.3e-10)
         mine = mine + 1e-10 * draws[timesteps.size - 1]
     assert np.max(np.abs(mine - out)) <= 1e-12 * np.max(np.abs(out))
+
+
+@pytest.mark.parametrize("variance_type, variance", [("fixed_large", "beta"), ("fixed_small", "beta_tilde")])
+@pytest.mark.parametrize("spacing, offset", [("trailing", 0), ("leading", 1), ("linspace", 0)])
+def test_diffusers_ddpm_final_noise(monkeypatch, variance_type, variance, spacing, offset):
+    """diffusers' DDPMScheduler draws on every step from a timestep t > 0, the step to the
+    data too: with "trailing" (last timestep 49 at 20 steps) or "leading" with steps_offset
+    1 (last timestep 1) fixed_large adds a draw of variance 1 - abar_t there, fixed_small its
+    clamp 1e-20. final_noise="diffusers" replays that to 1e-12 (measured <= 1.1e-15); the
+    default, Algorithm 2's z = 0, differs there (0.17 and 0.015 relative for fixed_large,
+    found by a review) and nowhere else. With "linspace" the last timestep is 0: no draw."""
+    proc, model, timesteps, x, draws, out = _diffusers_discrete_run(monkeypatch, "ddpm", variance_type, spacing,
+                                                                    steps_offset=offset)
+    grid = R.timestep_grid(proc, timesteps)
+    last_drawn = timesteps[-1] > 0
+    assert last_drawn == (spacing != "linspace")
+    mine = R.ddpm_ancestral(model.score, proc, grid, x, noise=draws[:timesteps.size - 1 + last_drawn],
+                            variance=variance, final_noise="diffusers")
+    assert np.max(np.abs(mine - out)) <= 1e-12 * np.max(np.abs(out))
+    default = R.ddpm_ancestral(model.score, proc, grid, x, noise=draws[:timesteps.size - 1], variance=variance)
+    gap = np.max(np.abs(default - out)) / np.max(np.abs(out))
+    if not last_drawn:
+        assert gap <= 1e-12
+    elif variance == "beta":
+        assert gap > 1e-2
+    else:
+        assert 1e-11 < gap < 1e-9  # the 1e-10 draw
+    with pytest.raises(ValueError, match="final_noise"):
+        R.ddpm_ancestral(model.score, proc, grid, x, noise=draws, final_noise="always")
+    with pytest.raises(ValueError, match="final_noise='diffusers' needs a DDPM process"):
+        R.ddpm_ancestral(model.score, VP(), grid, x, noise=draws, final_noise="diffusers")
+    with pytest.raises(ValueError, match="final_noise='diffusers' the grid must lie on the timesteps"):
+        R.ddpm_ancestral(model.score, proc, grid * 0.999, x, noise=draws, final_noise="diffusers")
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers 0.42 building its sigmas

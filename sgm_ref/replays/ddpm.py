@@ -141,15 +141,23 @@ def _constants(process, grid, alphas_cumprod):
                              f"got shape {table.shape}")
         if np.any(table <= 0) or np.any(table > 1) or np.any(np.diff(table) >= 0):
             raise ValueError("alphas_cumprod must be strictly decreasing values in (0, 1]")
+    index, data = _timesteps_of_grid(process, grid, "alphas_cumprod")
+    return np.where(data, 1.0, table[np.where(data, 0, index)])
+
+
+def _timesteps_of_grid(process, grid, what):
+    """(timestep i of each grid time t = (i + 1) / N, 0 where t = 0; the mask of t = 0) of a
+    DDPM process; ValueError naming `what` for a time that is neither."""
+    N = process.num_train_timesteps
     steps = grid * N - 1.0
     index = np.round(steps)
     data = grid == 0.0
     off = ~data & ((np.abs(steps - index) > 1e-9 * N) | (index < 0))
     if np.any(off):
         k = int(np.argmax(off))
-        raise ValueError(f"with alphas_cumprod the grid must lie on the timesteps' times (i + 1) / N (and may end "
+        raise ValueError(f"with {what} the grid must lie on the timesteps' times (i + 1) / N (and may end "
                          f"at 0): grid[{k}] = {grid[k]!r} is not one; build it with timestep_grid")
-    return np.where(data, 1.0, table[np.where(data, 0, index).astype(np.int64)])
+    return np.where(data, 0, index).astype(np.int64), data
 
 
 def _x0_hat(score, y, t, process, dtype, k, alpha_t, sigma2_t):
@@ -162,12 +170,23 @@ def _x0_hat(score, y, t, process, dtype, k, alpha_t, sigma2_t):
 
 
 def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise=None, variance="beta_tilde",
-                   alphas_cumprod=None):
+                   alphas_cumprod=None, final_noise="none"):
     """Ancestral sampling of Ho et al. (2020, Algorithm 2), as diffusers' DDPMScheduler.step.
 
     See the module docstring for the step. variance="beta_tilde" (the posterior's,
     diffusers' "fixed_small") or "beta" (diffusers' "fixed_large"). One noise draw per
     step whose end has sigma_s > 0 (N, or N - 1 when the grid ends on the data).
+
+    The step to the data. Algorithm 2 adds no noise there (z = 0 at its t = 1), and
+    neither does this replay by default (final_noise="none"). diffusers adds noise on
+    every step from a timestep t > 0, and with "trailing" spacing, or "leading" with
+    steps_offset = 1, the last step starts above 0. With variance "beta" its variance there
+    is beta = 1 - abar_t: a draw of standard deviation 0.17 from timestep 49 (20 "trailing"
+    steps of the linear schedule). With
+    "beta_tilde" the posterior variance is 0 there, and diffusers clamps it (every step's)
+    to 1e-20, adding 1e-10 times a draw. final_noise="diffusers" follows diffusers. It needs
+    a DDPM process and a grid on its timesteps, and draws once more when the last step
+    starts above timestep 0.
 
     Parameters
     ----------
@@ -182,6 +201,8 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     alphas_cumprod : None, "diffusers" or array_like of shape (num_train_timesteps,)
         The peer's own constants for the step (module docstring); None: the process's
         float64 ones. Needs a DDPM process and a grid on its timesteps.
+    final_noise : {"none", "diffusers"}
+        Noise on a step to the data (above): none, or diffusers' rule.
 
     Returns
     -------
@@ -190,18 +211,28 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     Raises
     ------
     ValueError
-        Bad arguments, score output, missing rng or a wrong count of noise draws.
+        Bad arguments, score output, missing rng or a wrong count of noise draws;
+        final_noise="diffusers" without a DDPM process or off its timesteps.
     """
     process, grid, y, dtype = start(score, process, grid, x)
     check_choice(variance, "variance", ("beta_tilde", "beta"))
+    check_choice(final_noise, "final_noise", ("none", "diffusers"))
     r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod)
     var = v * s2_s / s2_t if variance == "beta_tilde" else v
+    noisy = s2_s > 0
+    if final_noise == "diffusers":
+        if not isinstance(process, DDPM):
+            raise ValueError(f"final_noise='diffusers' needs a DDPM process (its timesteps decide), got {process!r}")
+        index, data = _timesteps_of_grid(process, grid, "final_noise='diffusers'")
+        noisy = noisy | (~data[:-1] & (index[:-1] > 0))  # diffusers draws from every timestep t > 0
+        if variance == "beta_tilde":
+            var = np.maximum(var, 1e-20)  # diffusers' clamp, which only the step to the data reaches
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
     for k in range(grid.size - 1):
         x0 = _x0_hat(score, y, grid[k], process, dtype, k, None if alpha_t is None else alpha_t[k], s2_t[k])
         mean = (r[k] * s2_s[k] / s2_t[k]) * y + (alpha_s[k] * v[k] / s2_t[k]) * x0
-        y = as_state(mean + np.sqrt(var[k]) * draws.draw() if s2_s[k] > 0 else mean, dtype)
+        y = as_state(mean + np.sqrt(var[k]) * draws.draw() if noisy[k] else mean, dtype)
         path.add(y)
     return path.result(y, draws)
 
