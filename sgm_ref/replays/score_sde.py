@@ -130,7 +130,9 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
 
     Noise: per step, n_corrector draws (corrector) then one (predictor), in that order:
     N (n_corrector + 1) draws with both. denoise=True (score_sde's default) returns the
-    last update's mean: its draw is consumed but not added.
+    last predictor step's mean: its draw is consumed but not added. With predictor=None
+    denoise changes nothing: score_sde's NonePredictor returns (x, x), so its x_mean is
+    the corrector's last state, noise included.
 
     Returns and Raises as euler_maruyama (also for an unknown predictor/corrector, both None,
     or langevin_step not positive).
@@ -178,9 +180,7 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
                     step = 2.0 * r[k] ** 2 * (snr * ratio) ** 2
                 else:
                     step = e[k]
-                mean = y + step * s
-                final = last_k and j == n_corrector - 1 and predictor is None
-                y = as_state(mean if (denoise and final) else mean + np.sqrt(2.0 * step) * xi, dtype)
+                y = as_state(y + step * s + np.sqrt(2.0 * step) * xi, dtype)
         if predictor is not None:
             s = score_at(score, y, grid[k], dtype, k)
             xi = draws.draw()
