@@ -9,8 +9,9 @@ compare_sampler runs a peer's sampler and one of sgm_ref.replays side by side an
   * for a Gaussian target N(m, S), the exact output law of each (sgm_ref.replays.
     replay_output_gaussian: the probe trick runs the peer itself on probe inputs, so no
     second implementation is needed; a peer that is not affine in its inputs falls back to
-    the Gaussian fitted to its samples, marked "monte_carlo") and the KL/TV between the two
-    laws and to the target;
+    the Gaussian fitted to its samples, marked "monte_carlo"; a peer affine only up to the
+    rounding allowance, as one computing in float32, keeps its exact law up to that
+    rounding) and the KL/TV between the two laws and to the target;
   * for any target, sample distances (sliced Wasserstein-2, MMD^2) with standard errors.
 
 The peer protocol (two forms, told apart by the number of required positional parameters,
@@ -397,7 +398,9 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
 
     laws = None
     if gauss is not None:
-        laws = _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes)
+        # a peer computing in float32 is affine only to its rounding: allow what the match allows
+        affine_rtol = max(1e-8, rtol * max(steps_replay, 1))
+        laws = _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes, affine_rtol)
 
     samples = {}
     if sample_distances:
@@ -413,7 +416,7 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
                              final_deviation=final, first_divergence=first, laws=laws, samples=samples, notes=notes)
 
 
-def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes):
+def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes, affine_rtol):
     m, S = gauss
     method = "exact"
     try:
@@ -422,7 +425,7 @@ def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rn
         notes.append(f"the replay's law is fitted to its samples: {exc}")
         law_r, method = _fitted(np.asarray(out_r, dtype=np.float64)), "monte_carlo"
     try:
-        law_p = replay_output_gaussian(_as_replay(peer, kind), m, S, process, grid)
+        law_p = replay_output_gaussian(_as_replay(peer, kind), m, S, process, grid, affine_rtol=affine_rtol)
     except Exception as exc:  # the peer may refuse probe inputs in any way: fall back, and say why
         notes.append(f"the peer's law is fitted to its samples (probe run failed: {type(exc).__name__}: {exc})")
         law_p, method = _fitted(np.asarray(out_p, dtype=np.float64)), "monte_carlo"

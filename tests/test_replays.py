@@ -127,6 +127,26 @@ def test_law_distances_to_target_and_between_schemes():
     assert R.law_distances(em, rd, rng=np.random.default_rng(1))["kl"] > 0
 
 
+def test_output_law_of_a_float32_sampler_up_to_its_rounding():
+    """A sampler that computes in float32 is affine only to its rounding: refused at the default
+    affine_rtol = 1e-8, found with an allowance of its rounding, and then within that rounding
+    of the float64 sampler's exact law."""
+    grid = EDM().karras_sigmas(12, 0.002, 80.0)
+
+    def euler32(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+        return R.karras_euler(score, process, grid, x.astype(np.float32), rng, trajectory, noise=noise)
+
+    with pytest.raises(ValueError, match="the sampler's output is not affine"):
+        R.replay_output_gaussian(euler32, MEAN, COV, EDM(), grid)
+    m32, C32 = R.replay_output_gaussian(euler32, MEAN, COV, EDM(), grid, affine_rtol=12 * 64 * 2.0**-23)
+    m64, C64 = R.replay_output_gaussian(R.karras_euler, MEAN, COV, EDM(), grid)
+    np.testing.assert_allclose(m32, m64, atol=1e-5)
+    np.testing.assert_allclose(C32, C64, atol=1e-5)
+    for bad in (0.0, -1.0, np.nan):
+        with pytest.raises(ValueError, match="affine_rtol"):
+            R.replay_output_gaussian(R.karras_euler, MEAN, COV, EDM(), grid, affine_rtol=bad)
+
+
 # -- noise plumbing and validation -------------------------------------------------------------
 
 
@@ -364,6 +384,106 @@ def test_score_sde_vp_scheduler_is_euler_maruyama_with_step_one_over_n(monkeypat
     assert (1.0 / N) / (grid[0] - grid[1]) == pytest.approx(0.9009009, abs=1e-7)
     textbook = R.euler_maruyama(score, VP(), grid, x, noise=draws[:-1])
     assert np.max(np.abs(textbook - out)) > 1e-3  # a different discretisation, seen path by path
+
+
+def test_score_sde_vp_scheduler_is_predictor_corrector_em_in_score_sde_discretization(monkeypatch):
+    """The same loop through predictor_corrector(discretization="score_sde"): score_sde's
+    Euler–Maruyama predictor steps by 1/N from every one of its N times."""
+    peer("diffusers")
+    N = 10
+    grid, x, draws, out, score = _score_sde_vp_run(monkeypatch, N)
+    mine = R.predictor_corrector(score, VP(), grid, x, noise=draws, predictor="euler_maruyama", corrector=None,
+                                 denoise=False, discretization="score_sde")
+    assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
+
+
+@pytest.mark.parametrize("N", [20, 100])
+@pytest.mark.parametrize("correct_steps", [0, 1, 2])
+def test_diffusers_score_sde_ve_scheduler_is_the_score_sde_discretization(monkeypatch, N, correct_steps):
+    """diffusers' ScoreSdeVeScheduler (score_sde's VE predictor-corrector loop, as its
+    ScoreSdeVePipeline runs it: correct_steps Langevin steps, then the reverse-diffusion
+    predictor, the last predictor's mean returned), made float64 and driven by the exact
+    score, equals predictor_corrector(discretization="score_sde") to 1e-12 (measured <= 1.1e-14).
+    Its steps read sigma from a table at int(t (N - 1)) while the score is read at t: the exact
+    transitions on the same times, with a last step to t = 0, are another scheme (measured
+    1.6e-4 to 3.7e-4 relative here), seen above 1e-4."""
+    import importlib
+
+    import torch
+    peer("diffusers")
+    module = importlib.import_module("diffusers.schedulers.scheduling_sde_ve")
+    target, ve = _mixture(), VE(0.01, 50.0)
+    n = 32
+    rng = np.random.default_rng(4)
+    x = ve.sigma_max * rng.standard_normal((n, 2))
+    draws = rng.standard_normal((N * (correct_steps + 1), n, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: next(it))
+
+    def model(y, t):
+        return torch.from_numpy(target.score(y.numpy(), np.full(n, float(t)), ve))
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # its linspace, exp, sigmas and step sizes in float64
+    try:
+        sched = module.ScoreSdeVeScheduler(sigma_min=ve.sigma_min, sigma_max=ve.sigma_max, snr=0.15,
+                                           correct_steps=correct_steps)
+        sched.set_timesteps(N)
+        sched.set_sigmas(N)
+        y = torch.from_numpy(x.copy())
+        for t in sched.timesteps:
+            for _ in range(correct_steps):
+                y = sched.step_correct(model(y, t), y).prev_sample
+            out = sched.step_pred(model(y, t), t, y)
+            y, y_mean = out.prev_sample, out.prev_sample_mean
+    finally:
+        torch.set_default_dtype(previous)
+    grid = sched.timesteps.numpy().copy()
+    assert grid.dtype == np.float64
+    peer_out = y_mean.numpy()
+    score = lambda x, t: target.score(x, t, ve)  # noqa: E731
+    options = dict(noise=draws, snr=0.15, n_corrector=max(correct_steps, 1),
+                   corrector="langevin" if correct_steps else None, denoise=True)
+    mine = R.predictor_corrector(score, ve, grid, x, discretization="score_sde", **options)
+    assert np.max(np.abs(mine - peer_out)) <= 1e-12 * np.max(np.abs(peer_out))
+    exact = R.predictor_corrector(score, ve, np.append(grid, 0.0), x, **options)
+    assert np.max(np.abs(exact - peer_out)) > 1e-4 * np.max(np.abs(peer_out))
+
+
+@pytest.mark.parametrize("N", [21, 100, 1000])
+def test_score_sde_vp_tables_equal_diffusers_linear_betas(N):
+    """score_sde's VPSDE discretises with discrete_betas = linspace(beta_min / N, beta_max / N, N),
+    read at int(t (N - 1)); diffusers' DDPMScheduler with beta_start = beta_min / N and beta_end =
+    beta_max / N builds the same table (in float32). Read through the public replay: with a zero
+    score and no noise a reverse-diffusion step is y <- (2 - r_k) y, r_k = sqrt(1 - beta_k)."""
+    diffusers = peer("diffusers")
+    vp = VP()
+    grid = np.linspace(1.0, 1e-3, N)
+    path = R.reverse_diffusion(lambda x, t: np.zeros_like(x), vp, grid, np.ones((1, 1)), noise=np.zeros((N, 1, 1)),
+                               trajectory=True, discretization="score_sde")[1][:, 0, 0]
+    beta = 1.0 - (2.0 - path[1:] / path[:-1]) ** 2
+    table = diffusers.DDPMScheduler(num_train_timesteps=N, beta_start=vp.beta_min / N,
+                                    beta_end=vp.beta_max / N).betas.numpy()
+    index = (grid * (N - 1)).astype(np.int64)
+    np.testing.assert_allclose(beta, table[index].astype(np.float64), rtol=2e-6)
+    assert index[0] == N - 1 and index[-1] == 0
+
+
+def test_score_sde_discretization_refuses_what_it_cannot_replay():
+    score = R.gaussian_score(MEAN, COV, VP())
+    x = np.zeros((2, 2))
+    grid = np.linspace(1.0, 1e-3, 50)
+    with pytest.raises(ValueError, match="discretization must be one of"):
+        R.reverse_diffusion(score, VP(), grid, x, rng=np.random.default_rng(0), discretization="euler")
+    for process in (OU(), FlowMatching()):
+        with pytest.raises(ValueError, match="score_sde's VPSDE and VESDE: process must be a VP or a VE"):
+            R.predictor_corrector(score, process, np.linspace(0.9, 0.1, 50), x, rng=np.random.default_rng(0),
+                                  discretization="score_sde")
+    with pytest.raises(ValueError, match="all > 0"):
+        R.reverse_diffusion(score, VP(), np.append(grid, 0.0), x, rng=np.random.default_rng(0),
+                            discretization="score_sde")
+    with pytest.raises(ValueError, match="beta_max / N must be below 1"):
+        R.reverse_diffusion(score, VP(), grid[:20], x, rng=np.random.default_rng(0), discretization="score_sde")
 
 
 # -- diffusers' DDPMScheduler and DDIMScheduler with the process's float64 alphas_cumprod ------------

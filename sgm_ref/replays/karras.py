@@ -100,6 +100,12 @@ def karras_euler(score, process, grid, x, rng=None, trajectory=False, *, noise=N
     """Euler steps on the EDM ODE (Karras et al. 2022, Algorithm 2 with Euler steps), as
     k-diffusion's sample_euler; deterministic when s_churn = 0.
 
+    With s_churn > 0 the model is evaluated at the churned point (x_hat, sigma_hat), as in
+    Algorithm 2. diffusers' EulerDiscreteScheduler is not this then: its pipeline evaluates
+    the model at (x, sigma) before the step adds the churn, so a comparison with it
+    diverges at the first churned step (docs/findings.md). Without churn they agree to its
+    float32 rounding.
+
     Parameters
     ----------
     score : callable (x (n, d), t (n,)) -> (n, d)

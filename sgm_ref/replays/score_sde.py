@@ -8,25 +8,41 @@ s_k = s(y, t_k), xi ~ N(0, I):
     Euler–Maruyama (EulerMaruyamaPredictor):
         y <- y - h_k (f_k y - g2_k s_k) + sqrt(g2_k h_k) xi
     reverse diffusion (ReverseDiffusionPredictor, eq. 46 of the paper's appendix), through
-    the forward transition x_{t_k} = r_k x_{t_{k+1}} + sqrt(v_k) z of the process
-    (r_k = alpha_{t_k} / alpha_{t_{k+1}}, v_k = sigma_{t_k}^2 - r_k^2 sigma_{t_{k+1}}^2; for
-    DDPM/VP r = sqrt(1 - beta_k), v = beta_k; for VE r = 1, v = sigma_k^2 - sigma_{k+1}^2):
+    a forward step x_{t_k} = r_k x_{t_{k+1}} + sqrt(v_k) z:
         y <- y - (r_k - 1) y + v_k s_k + sqrt(v_k) xi
     Langevin corrector (LangevinCorrector, Algorithm 4 / 5), at t_k, n_corrector times:
         y <- y + e s(y, t_k) + sqrt(2 e) xi,
         e = 2 a_k (snr |xi| / |s|)^2 with |.| the batch mean of the rows' Euclidean norms
-        and a_k = r_k^2 (score_sde's sde.alphas[i] = 1 - beta_i for VP, 1 for VE),
-        or e = langevin_step given (then the step is affine in y and has an exact law).
+        and a_k = r_k^2, or e = langevin_step given (then the step is affine in y and has an
+        exact law).
 
-This is the textbook scheme on the given grid: h_k is the grid's own spacing. score_sde's
-loop instead steps from each of the N points of linspace(T, eps, N) with dt = -1/N (so
-its last step leaves the grid and every step is scaled by (N - 1) / (N (T - eps)) against
-the spacing); euler_maruyama(step_size=1/N) replays that loop exactly.
+Two discretisations. discretization="exact" (the default) is the textbook scheme on the
+given grid: h_k is the grid's own spacing and (r_k, v_k) the process's exact transition from
+t_{k+1} to t_k (r_k = alpha_{t_k} / alpha_{t_{k+1}}, v_k = sigma_{t_k}^2 - r_k^2
+sigma_{t_{k+1}}^2; for VE r = 1, v = sigma_k^2 - sigma_{k+1}^2), so the grid may be any.
+
+discretization="score_sde" replays score_sde's own loop (sampling.py: pc_sampler and the
+predictors and corrector; sde_lib.py: VPSDE and VESDE.discretize). Its grid is the N points
+of its timesteps, linspace(T, eps, N), and it takes a step from every one of them (N steps,
+the last one leaving the grid). The score is read at the grid's times, but r_k and v_k come
+from tables of N entries indexed by i_k = int(t_k (N - 1) / T) (truncated):
+
+    VP  beta_i = linspace(beta_min / N, beta_max / N, N)[i], r = sqrt(1 - beta), v = beta
+    VE  sigma_i = exp(linspace(log sigma_min, log sigma_max, N))[i],
+        r = 1, v = sigma_i^2 - sigma_{i-1}^2 (sigma_{-1} = 0)
+
+and Euler–Maruyama steps by dt = -1/N from each point with f, g read there. Langevin's a_k =
+r_k^2 is then score_sde's sde.alphas[i] (1 - beta_i for VP, 1 for VE). The two schemes differ
+by O(1/N): for VP, the reverse-diffusion predictor alone on linspace(1, 1e-3, N) gives outputs
+0.11 (N = 100) and 3.1e-3 (N = 1000) apart, relative, against the exact transitions on the same
+times with a last step to t = 0. euler_maruyama with step_size=1/N is that loop's
+Euler–Maruyama predictor alone.
 """
 
 import numpy as np
 
 from .._validation import check_count, check_real, check_real_array
+from ..processes import VE, VP
 from ._common import Noise, Path, as_state, check_choice, score_at, start, transition
 
 __all__ = ["euler_maruyama", "reverse_diffusion", "predictor_corrector"]
@@ -97,28 +113,64 @@ def _reverse_diffusion_step(y, s, r, v, xi):
     return (2.0 - r) * y + v * s, np.sqrt(v) * xi
 
 
-def reverse_diffusion(score, process, grid, x, rng=None, trajectory=False, *, noise=None, denoise=False):
+def _steps(process, grid, discretization, needs_table=True):
+    """(times the steps start from, r, v, h) of the discretisation (module docstring); r and v
+    are NaN where not needs_table and score_sde's VP table has no square root (Euler–Maruyama
+    alone reads none of it)."""
+    check_choice(discretization, "discretization", ("exact", "score_sde"))
+    if discretization == "exact":
+        r, v = transition(process, grid[:-1], grid[1:])
+        return grid[:-1], r, v, grid[:-1] - grid[1:]
+    if type(process) not in (VP, VE):
+        raise ValueError(f"discretization='score_sde' replays score_sde's VPSDE and VESDE: process must be a VP or "
+                         f"a VE, got {process!r}")
+    N = grid.size
+    if N < 2 or grid[-1] <= 0.0:
+        raise ValueError("with discretization='score_sde' the grid is score_sde's timesteps linspace(T, eps, N): "
+                         f"at least 2 times, all > 0 (got {N} ending at {grid[-1]!r})")
+    index = np.floor(grid * (N - 1) / process.t_max).astype(np.int64)  # score_sde: (t (N - 1) / T).astype(int)
+    h = np.full(N, 1.0 / N)  # its Euler–Maruyama's dt = -1 / N
+    if isinstance(process, VP):
+        if process.beta_max / N >= 1.0 and not needs_table:
+            return grid, np.full(N, np.nan), np.full(N, np.nan), h
+        if process.beta_max / N >= 1.0:
+            raise ValueError(f"with discretization='score_sde' a VP's largest step beta_max / N must be below 1 "
+                             f"(sqrt(1 - beta)); got beta_max = {process.beta_max} on {N} times: use more")
+        beta = np.linspace(process.beta_min / N, process.beta_max / N, N)[index]
+        r, v = np.sqrt(1.0 - beta), beta
+    else:
+        sigmas = np.exp(np.linspace(np.log(process.sigma_min), np.log(process.sigma_max), N))
+        adjacent = np.where(index == 0, 0.0, sigmas[index - 1])
+        r, v = np.ones(N), sigmas[index] ** 2 - adjacent**2
+    return grid, r, v, h
+
+
+def reverse_diffusion(score, process, grid, x, rng=None, trajectory=False, *, noise=None, denoise=False,
+                      discretization="exact"):
     """score_sde's ReverseDiffusionPredictor: y <- (2 - r_k) y + v_k s(y, t_k) + sqrt(v_k) xi_k.
 
-    (r_k, v_k) is the process's exact forward transition from t_{k+1} to t_k (module
-    docstring): the reverse of the discretised forward step x_k = x_{k+1} + f(x_{k+1}) + G z
-    with f(x) = (r - 1) x, G^2 = v, evaluated at the current point as score_sde does.
-    One noise draw per step (N). Arguments and return as euler_maruyama (no step_size).
+    The reverse of the discretised forward step x_k = x_{k+1} + f(x_{k+1}) + G z with
+    f(x) = (r - 1) x, G^2 = v, evaluated at the current point as score_sde does. (r_k, v_k):
+    the process's exact forward transition from t_{k+1} to t_k (discretization="exact", one
+    step and one draw per grid interval, N), or score_sde's tables ("score_sde": a step and
+    a draw from every grid point; VP and VE only; module docstring). Arguments, return and
+    Raises as euler_maruyama (no step_size; also for an unknown discretization, or
+    "score_sde" with another process or a grid reaching 0).
     """
     process, grid, y, dtype = start(score, process, grid, x)
-    r, v = transition(process, grid[:-1], grid[1:])
+    times, r, v, _ = _steps(process, grid, discretization)
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
-    for k in range(grid.size - 1):
-        mean, kick = _reverse_diffusion_step(y, score_at(score, y, grid[k], dtype, k), r[k], v[k], draws.draw())
-        y = as_state(mean if (denoise and k == grid.size - 2) else mean + kick, dtype)
+    for k in range(times.size):
+        mean, kick = _reverse_diffusion_step(y, score_at(score, y, times[k], dtype, k), r[k], v[k], draws.draw())
+        y = as_state(mean if (denoise and k == times.size - 1) else mean + kick, dtype)
         path.add(y)
     return path.result(y, draws)
 
 
 def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, noise=None,
                         predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_corrector=1,
-                        langevin_step=None, denoise=True):
+                        langevin_step=None, denoise=True, discretization="exact"):
     """score_sde's pc_sampler: at each t_k, n_corrector Langevin steps, then a predictor step.
 
     Corrector (LangevinCorrector), n_corrector times at t_k:
@@ -147,8 +199,13 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
         score_sde's target signal-to-noise ratio (0.16 for its VE models).
     n_corrector : int >= 1
     langevin_step : float or array_like of shape (N,), optional
-        Fixed Langevin step sizes e_k instead of score_sde's batch rule.
+        Fixed Langevin step sizes e_k instead of score_sde's batch rule, one per step (with
+        discretization="score_sde", one per grid point).
     denoise : bool
+    discretization : {"exact", "score_sde"}
+        The process's exact transitions on the grid's intervals, or score_sde's own loop:
+        a step from every grid point, its tables for r_k, v_k and a_k, and Euler–Maruyama
+        steps of 1/N (module docstring; VP and VE only).
     """
     process, grid, y, dtype = start(score, process, grid, x)
     if predictor is not None:
@@ -159,21 +216,22 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
         raise ValueError("predictor and corrector cannot both be None")
     snr = check_real(snr, "snr", low=0.0, low_open=True)
     n_corrector = check_count(n_corrector, "n_corrector")
-    N = grid.size - 1
+    times, r, v, h = _steps(process, grid, discretization,
+                            needs_table=predictor == "reverse_diffusion" or corrector is not None)
+    N = times.size
     if langevin_step is not None:
         e = np.broadcast_to(check_real_array(langevin_step, "langevin_step"), (N,)) if \
             np.ndim(langevin_step) == 0 else check_real_array(langevin_step, "langevin_step")
         if e.shape != (N,) or np.any(e <= 0):
             raise ValueError(f"langevin_step must be a positive number or {N} positive numbers (one per step)")
-    r, v = transition(process, grid[:-1], grid[1:])
-    h, f, g2 = grid[:-1] - grid[1:], process.f(grid[:-1]), process.g2(grid[:-1])
+    f, g2 = process.f(times), process.g2(times)
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
     for k in range(N):
         last_k = k == N - 1
         if corrector is not None:
             for j in range(n_corrector):
-                s = score_at(score, y, grid[k], dtype, k)
+                s = score_at(score, y, times[k], dtype, k)
                 xi = draws.draw()
                 if langevin_step is None:
                     ratio = np.mean(np.linalg.norm(xi, axis=1)) / np.mean(np.linalg.norm(s, axis=1))
@@ -182,7 +240,7 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
                     step = e[k]
                 y = as_state(y + step * s + np.sqrt(2.0 * step) * xi, dtype)
         if predictor is not None:
-            s = score_at(score, y, grid[k], dtype, k)
+            s = score_at(score, y, times[k], dtype, k)
             xi = draws.draw()
             if predictor == "reverse_diffusion":
                 mean, kick = _reverse_diffusion_step(y, s, r[k], v[k], xi)
