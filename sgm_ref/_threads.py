@@ -299,7 +299,8 @@ def busy_hint(busy=None, cpus=None, threads=None):
     if busy is None or not cpus or threads <= 1 or busy + threads <= cpus:
         return None
     n = max(1, cpus - busy)
-    return (f"note: the machine is busy ({busy} other running tasks on {cpus} CPUs): with {threads} threads "
+    tasks = "task" if busy == 1 else "tasks"
+    return (f"note: the machine is busy ({busy} other running {tasks} on {cpus} CPUs): with {threads} threads "
             f"each parallel step waits for a descheduled worker; SGM_REF_THREADS={n} is usually faster now "
             f"(results then differ in the last bits from a {threads}-thread run)")
 

@@ -334,7 +334,10 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     rtol : float, optional
         Rounding allowance per step of the relative deviation (state k may deviate by
         k rtol); default 64 eps of the peer's output dtype (1.4e-14 for float64, 7.6e-6
-        for float32).
+        for float32). It also loosens the check that the peer is affine, for its exact
+        law: to max(1e-8, K rtol) over K steps (replay_output_gaussian's affine_rtol). A
+        peer that computes in float32 but returns float64 needs rtol of float32's rounding
+        (64 * 2**-23) for both.
     kl_tolerance : float, optional
         Largest exact KL(peer || replay) that still matches; default rtol.
     name : str, optional

@@ -127,6 +127,23 @@ def test_law_distances_to_target_and_between_schemes():
     assert R.law_distances(em, rd, rng=np.random.default_rng(1))["kl"] > 0
 
 
+def test_output_law_refuses_a_sampler_whose_rows_are_coupled_through_the_batch():
+    """score_sde's Langevin step is one number for the batch (from its mean norms): every row
+    of the probe batch gets the same affine map, so a check row inside that batch passes. The
+    same check row in a batch of two does not. Before, such a sampler (under another name than
+    predictor_corrector) got a wrong "exact" law: KL 0.024 from its true one on VE (review)."""
+    def coupled(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+        return R.predictor_corrector(score, process, grid, x, rng, trajectory, noise=noise, snr=0.16)
+
+    grid = np.linspace(1.0, 1e-2, 11)
+    with pytest.raises(ValueError, match="coupled through the batch"):
+        R.replay_output_gaussian(coupled, MEAN, COV, VE(), grid)
+    with pytest.raises(ValueError, match="batch's norms"):  # the named replay is refused before any probe
+        R.replay_output_gaussian(R.predictor_corrector, MEAN, COV, VE(), grid, snr=0.16)
+    fixed = R.replay_output_gaussian(R.predictor_corrector, MEAN, COV, VE(), grid, langevin_step=0.01)
+    assert np.all(np.isfinite(fixed[1]))  # a fixed step is affine and passes both checks
+
+
 def test_output_law_of_a_float32_sampler_up_to_its_rounding():
     """A sampler that computes in float32 is affine only to its rounding: refused at the default
     affine_rtol = 1e-8, found with an allowance of its rounding, and then within that rounding
@@ -469,6 +486,48 @@ def test_score_sde_vp_tables_equal_diffusers_linear_betas(N):
     assert index[0] == N - 1 and index[-1] == 0
 
 
+def test_score_sde_table_index_of_a_float32_grid_is_the_float32_peers():
+    """diffusers' ScoreSdeVeScheduler as shipped (float32, N = 2000, sampling_eps = 1e-5, the
+    size of score_sde's high-resolution VE configs) indexes its sigmas at (t * (N - 1)).long()
+    with t float32; on its own float32 timesteps the replay takes the same index at every step
+    (in float64 the product truncates once to 1997 where the peer has 1998: a review). Read
+    through the public replay: with a zero score and unit noise each VE step adds sqrt(v_k),
+    compared with the peer's own float32 sigma^2 - adjacent^2 at its own index; a neighbouring
+    index is 1% away."""
+    import torch
+    diffusers = peer("diffusers")
+    N = 2000
+    sched = diffusers.ScoreSdeVeScheduler(sigma_min=0.01, sigma_max=378.0)
+    sched.set_timesteps(N)
+    sched.set_sigmas(N)
+    t32 = sched.timesteps.numpy()
+    assert t32.dtype == np.float32
+    index = (sched.timesteps * (N - 1)).long()
+    peer_v = (sched.discrete_sigmas[index] ** 2 - sched.get_adjacent_sigma(index, sched.timesteps) ** 2).numpy()
+    ve = VE(0.01, 378.0)
+    path = R.reverse_diffusion(lambda x, t: np.zeros_like(x), ve, t32, np.zeros((1, 1)), noise=np.ones((N, 1, 1)),
+                               trajectory=True, discretization="score_sde")[1][:, 0, 0]
+    np.testing.assert_allclose(np.diff(path) ** 2, peer_v.astype(np.float64), rtol=2e-3)
+    assert torch.equal(index, torch.from_numpy(np.floor(t32 * np.float32(N - 1)).astype(np.int64)))
+
+
+def test_score_sde_vp_langevin_alpha_is_one_minus_the_table_beta():
+    """score_sde's LangevinCorrector on VP scales its step by sde.alphas[i] = 1 - beta_i:
+    e = 2 (1 - beta_i) (snr |xi| / |s|)^2. With s = 1 and xi = 1 in every coordinate the
+    ratio is 1 and a step moves y by e + sqrt(2 e); 1 - beta_i against diffusers'
+    DDPMScheduler table of the same linear betas (float32)."""
+    diffusers = peer("diffusers")
+    vp, N, snr = VP(), 100, 0.16
+    grid = np.linspace(1.0, 1e-3, N)
+    path = R.predictor_corrector(lambda x, t: np.ones_like(x), vp, grid, np.zeros((1, 2)), noise=np.ones((N, 1, 2)),
+                                 trajectory=True, predictor=None, snr=snr, discretization="score_sde")[1][:, 0, 0]
+    root = (np.sqrt(2.0 + 4.0 * np.diff(path)) - np.sqrt(2.0)) / 2.0  # sqrt(e) from e + sqrt(2 e) = step
+    alpha = root**2 / (2.0 * snr**2)
+    table = diffusers.DDPMScheduler(num_train_timesteps=N, beta_start=vp.beta_min / N,
+                                    beta_end=vp.beta_max / N).betas.numpy().astype(np.float64)
+    np.testing.assert_allclose(alpha, 1.0 - table[(grid * (N - 1)).astype(np.int64)], rtol=2e-6)
+
+
 def test_score_sde_discretization_refuses_what_it_cannot_replay():
     score = R.gaussian_score(MEAN, COV, VP())
     x = np.zeros((2, 2))
@@ -484,6 +543,10 @@ def test_score_sde_discretization_refuses_what_it_cannot_replay():
                             discretization="score_sde")
     with pytest.raises(ValueError, match="beta_max / N must be below 1"):
         R.reverse_diffusion(score, VP(), grid[:20], x, rng=np.random.default_rng(0), discretization="score_sde")
+    # Euler–Maruyama with a given Langevin step reads none of the table: as few times as wanted
+    y = R.predictor_corrector(score, VP(), grid[:20], x, rng=np.random.default_rng(0), predictor="euler_maruyama",
+                              langevin_step=0.01, discretization="score_sde")
+    assert np.all(np.isfinite(y))
 
 
 # -- diffusers' DDPMScheduler and DDIMScheduler with the process's float64 alphas_cumprod ------------

@@ -131,7 +131,8 @@ def test_busy_hint_only_when_the_pools_oversubscribe(monkeypatch):
     assert _threads.busy_hint(busy=3, cpus=2, threads=1) is None  # nothing to give up
     assert _threads.busy_hint(busy=4, cpus=16, threads=12) is None
     hint = _threads.busy_hint(busy=2, cpus=2, threads=2)
-    assert "SGM_REF_THREADS=1" in hint and "\n" not in hint
+    assert "SGM_REF_THREADS=1" in hint and "\n" not in hint and "(2 other running tasks on 2 CPUs)" in hint
+    assert "(1 other running task on 2 CPUs)" in _threads.busy_hint(busy=1, cpus=2, threads=2)
     assert "SGM_REF_THREADS=10" in _threads.busy_hint(busy=6, cpus=16, threads=16)
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # the user chose: no advice
     assert _threads.busy_hint(busy=2, cpus=2, threads=2) is None

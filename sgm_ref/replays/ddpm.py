@@ -14,7 +14,9 @@ x0_hat = (y - sigma_t eps_hat) / alpha_t and eps_hat = -sigma_t s(y, t):
 
 DDIM with eta = 1 is DDPM with beta-tilde; eta = 0 is deterministic. A step landing on
 sigma_s = 0 (the data: diffusers' last step to alphas_cumprod = 1, a grid ending at t = 0)
-adds no noise, as Algorithm 2's z = 0 at t = 1.
+adds no noise, as Algorithm 2's z = 0 at t = 1. diffusers' DDPMScheduler draws there too
+when that step starts above timestep 0 ("trailing" spacing, or "leading" with
+steps_offset = 1): ddpm_ancestral(final_noise="diffusers") follows it.
 
 Timestep subsets: ddim_timesteps gives diffusers' DDIMScheduler.set_timesteps and
 timestep_grid turns timesteps of a DDPM process into this module's grid (times (i + 1) / N
@@ -57,7 +59,8 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, spacing="leadi
     With N = num_train_timesteps, n = num_inference_steps (Lin et al. 2024, Table 2):
 
         "leading"   i_k = (n - 1 - k) (N // n) + steps_offset
-        "trailing"  round(N - k N / n) - 1 for k = 0..n-1 (round half to even)
+        "trailing"  round(arange(N, 0, -N / n)) - 1, about round(N - k N / n) - 1
+                    for k = 0..n-1 (NumPy's arange and round half to even; below)
         "linspace"  round(linspace(0, N - 1, n)) reversed
 
     As diffusers does, steps_offset applies to "leading" only. For "trailing" the values

@@ -32,11 +32,13 @@ from tables of N entries indexed by i_k = int(t_k (N - 1) / T) (truncated):
         r = 1, v = sigma_i^2 - sigma_{i-1}^2 (sigma_{-1} = 0)
 
 and Euler–Maruyama steps by dt = -1/N from each point with f, g read there. Langevin's a_k =
-r_k^2 is then score_sde's sde.alphas[i] (1 - beta_i for VP, 1 for VE). The two schemes differ
-by O(1/N): for VP, the reverse-diffusion predictor alone on linspace(1, 1e-3, N) gives outputs
-0.11 (N = 100) and 3.1e-3 (N = 1000) apart, relative, against the exact transitions on the same
-times with a last step to t = 0. euler_maruyama with step_size=1/N is that loop's
-Euler–Maruyama predictor alone.
+r_k^2 is then score_sde's sde.alphas[i] (1 - beta_i for VP, 1 for VE). On a float32 grid (the
+peer's own timesteps) the index is computed in float32, as the peer computes it: at N = 2000
+the float64 product truncates one step lower once. The two schemes differ by O(1/N): for VP,
+the reverse-diffusion predictor on linspace(1, 1e-3, N) and the exact transitions on the same
+times with a last step to t = 0 have output laws KL 2.6e-4 (N = 100) and 1.1e-7 (N = 1000)
+apart on the Gaussian target N((0.8, -0.4), [[0.6, 0.25], [0.25, 1.4]]) (replay_output_gaussian).
+euler_maruyama with step_size=1/N is that loop's Euler–Maruyama predictor alone.
 """
 
 import numpy as np
@@ -113,10 +115,11 @@ def _reverse_diffusion_step(y, s, r, v, xi):
     return (2.0 - r) * y + v * s, np.sqrt(v) * xi
 
 
-def _steps(process, grid, discretization, needs_table=True):
+def _steps(process, grid, discretization, needs_table=True, grid_dtype=np.float64):
     """(times the steps start from, r, v, h) of the discretisation (module docstring); r and v
     are NaN where not needs_table and score_sde's VP table has no square root (Euler–Maruyama
-    alone reads none of it)."""
+    alone reads none of it). A float32 grid (the peer's own timesteps) has its table index
+    computed in float32, as the peer computes it."""
     check_choice(discretization, "discretization", ("exact", "score_sde"))
     if discretization == "exact":
         r, v = transition(process, grid[:-1], grid[1:])
@@ -128,7 +131,10 @@ def _steps(process, grid, discretization, needs_table=True):
     if N < 2 or grid[-1] <= 0.0:
         raise ValueError("with discretization='score_sde' the grid is score_sde's timesteps linspace(T, eps, N): "
                          f"at least 2 times, all > 0 (got {N} ending at {grid[-1]!r})")
-    index = np.floor(grid * (N - 1) / process.t_max).astype(np.int64)  # score_sde: (t (N - 1) / T).astype(int)
+    if grid_dtype == np.float32:  # (t * (N - 1) / T) rounded as the float32 peer rounds it, then truncated
+        index = np.floor(grid.astype(np.float32) * np.float32(N - 1) / np.float32(process.t_max)).astype(np.int64)
+    else:
+        index = np.floor(grid * (N - 1) / process.t_max).astype(np.int64)
     h = np.full(N, 1.0 / N)  # its Euler–Maruyama's dt = -1 / N
     if isinstance(process, VP):
         if process.beta_max / N >= 1.0 and not needs_table:
@@ -157,8 +163,9 @@ def reverse_diffusion(score, process, grid, x, rng=None, trajectory=False, *, no
     Raises as euler_maruyama (no step_size; also for an unknown discretization, or
     "score_sde" with another process or a grid reaching 0).
     """
+    grid_dtype = np.asarray(grid).dtype
     process, grid, y, dtype = start(score, process, grid, x)
-    times, r, v, _ = _steps(process, grid, discretization)
+    times, r, v, _ = _steps(process, grid, discretization, grid_dtype=grid_dtype)
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
     for k in range(times.size):
@@ -207,6 +214,7 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
         a step from every grid point, its tables for r_k, v_k and a_k, and Euler–Maruyama
         steps of 1/N (module docstring; VP and VE only).
     """
+    grid_dtype = np.asarray(grid).dtype
     process, grid, y, dtype = start(score, process, grid, x)
     if predictor is not None:
         check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
@@ -216,8 +224,9 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
         raise ValueError("predictor and corrector cannot both be None")
     snr = check_real(snr, "snr", low=0.0, low_open=True)
     n_corrector = check_count(n_corrector, "n_corrector")
-    times, r, v, h = _steps(process, grid, discretization,
-                            needs_table=predictor == "reverse_diffusion" or corrector is not None)
+    times, r, v, h = _steps(process, grid, discretization, grid_dtype=grid_dtype,
+                            needs_table=predictor == "reverse_diffusion" or (corrector is not None
+                                                                             and langevin_step is None))
     N = times.size
     if langevin_step is not None:
         e = np.broadcast_to(check_real_array(langevin_step, "langevin_step"), (N,)) if \
