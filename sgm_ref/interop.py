@@ -51,11 +51,14 @@ def _check_kind(kind, name):
     return kind
 
 
-def _snap_timesteps(ts, process, fractional, name):
-    """Timesteps of a DDPM process as float64, checked: in 0..N-1, integral unless fractional."""
+def _snap_timesteps(ts, process, fractional, name, tolerance=None):
+    """Timesteps of a DDPM process as float64, checked: in 0..N-1, integral unless fractional.
+
+    A value within `tolerance` (default _TIMESTEP_ROUNDING N) of an integer is that integer."""
     N = process.num_train_timesteps
     nearest = np.round(ts)
-    ts = np.where(np.abs(ts - nearest) <= _TIMESTEP_ROUNDING * N, nearest, ts)
+    tolerance = _TIMESTEP_ROUNDING * N if tolerance is None else np.maximum(tolerance, _TIMESTEP_ROUNDING * N)
+    ts = np.where(np.abs(ts - nearest) <= tolerance, nearest, ts)
     if np.any(ts < 0) or np.any(ts > N - 1):
         bad = ts[(ts < 0) | (ts > N - 1)][0]
         raise ValueError(f"{name} {bad!r} is outside 0..{N - 1} of {process!r} "
@@ -119,14 +122,23 @@ class ModelScore:
                 f"time={self.time!r}, dtype={self.dtype.name}, batch_size={self.batch_size})")
 
     def time_argument(self, t):
-        """The model's time argument at sgm_ref times t (float64 array of t's shape)."""
+        """The model's time argument at sgm_ref times t (float64 array of t's shape).
+
+        Timesteps N t - 1 within rounding of an integer are that integer. The rounding is
+        that of t's own dtype: t = (i + 1) / N held in float32 is off by up to N t 2^-24 in
+        timestep (6e-5 at N = 1000), and still means timestep i."""
+        t_dtype = np.asarray(t).dtype
         t = self.process._times(t)
         if self.time == "t":
             return t
         if self.time == "sigma":
             return np.asarray(self.process._sigma(t), dtype=np.float64)
-        ts = np.asarray(t * self.process.num_train_timesteps - 1.0)
-        return _snap_timesteps(ts, self.process, self.fractional, "the timestep N t - 1 =")
+        N = self.process.num_train_timesteps
+        ts = np.asarray(t * N - 1.0)
+        tolerance = None
+        if t_dtype.kind == "f" and t_dtype.itemsize < 8:
+            tolerance = 4.0 * float(np.finfo(t_dtype).eps) * N * t
+        return _snap_timesteps(ts, self.process, self.fractional, "the timestep N t - 1 =", tolerance)
 
     def __call__(self, x, t):
         """grad log p_t(x) from the model; x (n, d), t scalar or (n,); see the class docstring.
@@ -142,9 +154,10 @@ class ModelScore:
         """
         x = check_points(x, "x")
         n = x.shape[0]
+        t_dtype = np.asarray(t).dtype
         t = np.broadcast_to(self.process._times(t, n=n), (n,))
         A, B = coefficients(t, self.process, self.output, "score")
-        arg = self.time_argument(t)
+        arg = self.time_argument(t.astype(t_dtype) if t_dtype.kind == "f" else t)
         if self.time == "timestep" and not self.fractional:
             arg = arg.astype(np.int64)
         else:
@@ -472,8 +485,14 @@ class OracleModel:
         return (f"OracleModel({self.target!r}, {self.process!r}, output={self.output!r}, "
                 f"signature={self.signature!r})")
 
-    def time_of(self, arg):
-        """sgm_ref's time of `process` for the peer's time argument (float64 array)."""
+    def time_of(self, arg, rounding=0.0):
+        """sgm_ref's time of `process` for the peer's time argument (float64 array).
+
+        rounding: the relative rounding of the argument's own dtype (2^-23 for float32, 0 for
+        float64). A sigma that lies outside the process's range by no more than 64 times that
+        (the allowance sgm_ref.audit gives a peer's rounding) is the end it was meant to be:
+        k-diffusion's float32 Karras sigmas for VE(0.01, 50) end at 0.009999996, for
+        VE(0.02, 100) at 0.01999998651 (5.6 float32 ulps)."""
         arg = np.asarray(arg, dtype=np.float64)
         if not np.all(np.isfinite(arg)):
             raise ValueError(f"the {self._argname} must be finite, got {arg!r}")
@@ -482,14 +501,25 @@ class OracleModel:
             return (ts + 1.0) / self.process.num_train_timesteps
         if np.any(arg < 0):
             raise ValueError(f"sigma must be >= 0, got {arg.min()!r}")
+        lo, hi = (0.0, self.process.t_max) if isinstance(self.process, EDM) else \
+            (self.process.sigma_min, self.process.sigma_max)
+        if rounding > 0:
+            slack = 64.0 * rounding
+            arg = np.where((arg < lo) & (arg >= lo * (1.0 - slack)), lo, arg)
+            arg = np.where((arg > hi) & (arg <= hi * (1.0 + slack)), hi, arg)
+        outside = (arg < lo) | (arg > hi)
+        if np.any(outside):
+            k = int(np.argmax(outside))
+            raise ValueError(f"sigma = {float(arg.reshape(-1)[k])!r} (entry {k} of {arg.size}) is outside the range "
+                             f"[{lo!r}, {hi!r}] of {self.process!r}")
         if isinstance(self.process, EDM):
             return self.process._times(arg, name="sigma")
         with np.errstate(divide="ignore"):
             lam = -2.0 * np.log(arg)  # alpha = 1: lambda = -2 log sigma
-        try:
-            return np.asarray(self.process.time_of_log_snr(lam), dtype=np.float64)
-        except ValueError as e:
-            raise ValueError(f"sigma = {arg!r} is outside the range of {self.process!r}: {e}") from None
+        # the ends exactly, whatever the log's rounding does to them
+        return np.clip(np.asarray(self.process.time_of_log_snr(np.clip(lam, self.process.log_snr(1.0),
+                                                                       self.process.log_snr(0.0))),
+                                  dtype=np.float64), 0.0, 1.0)
 
     @property
     def _argname(self):
@@ -516,15 +546,21 @@ class OracleModel:
         d = getattr(self.target, "dim", flat.shape[1])
         if flat.shape[1] != d:
             raise ValueError(f"x must have d = {d} entries per row (the target's dimension), got shape {tuple(x.shape)}")
+        rounding = 0.0
         if torch.is_tensor(time):
+            if time.is_floating_point() and time.dtype != torch.float64:
+                rounding = float(torch.finfo(time.dtype).eps)
             arg = time.detach().to("cpu", torch.float64).numpy()
         elif isinstance(time, (int, float, np.integer, np.floating)) and not isinstance(time, (bool, np.bool_)):
+            if isinstance(time, np.floating) and np.finfo(type(time)).bits < 64:
+                rounding = float(np.finfo(type(time)).eps)
             arg = np.float64(time)
         else:
             raise ValueError(f"{self._argname} must be a tensor or a number, got {type(time).__name__}")
         if arg.ndim > 1 or (arg.ndim == 1 and arg.shape[0] not in (1, n)):
             raise ValueError(f"{self._argname} must have shape (), (1,) or ({n},), got {arg.shape}")
-        t = np.ascontiguousarray(np.broadcast_to(self.time_of(arg.reshape(-1) if arg.ndim else arg), (n,)))
+        t = np.ascontiguousarray(np.broadcast_to(self.time_of(arg.reshape(-1) if arg.ndim else arg, rounding),
+                                                 (n,)))
         value = convert(self.score(flat, t), flat, t, self.process, "score", self.output)
         return torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype, device=x.device)
 
