@@ -716,6 +716,13 @@ def _torch_score(fn, spec, process, output, time, dtype):
     return model_score
 
 
+_FRACTIONAL_TIMESTEP_NOTE = (
+    "the audit's times are continuous, so the model is called at fractional timesteps N t - 1, where the "
+    "ddpm process holds beta constant on each step (log alphas_cumprod linear between timesteps); a model "
+    "defined only at integer timesteps (one indexing its table by timestep.long()) is charged its error "
+    "between them")
+
+
 def cmd_audit(args):
     from ._validation import check_count, check_time_range
     from .evaluation import bound_text, json_ready, non_finite_notes, score_report
@@ -809,12 +816,16 @@ def cmd_audit(args):
               "profile_n": args.profile_n, "bound_n": args.bound_n,
               "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps},
               **({"audited_as": via} if via is not None else {}), **report}
+    if args.time == "timestep":
+        report["time_note"] = _FRACTIONAL_TIMESTEP_NOTE
     if tolerance is not None:
         report["tolerance"] = tolerance.check(se)
     b, fb = report["tv_bound"], report["floor"]["tv_bound"]
     fse = report["floor"]["score_error"]
     convention = "" if (args.output, args.time) == ("score", "t") else f" ({args.output} at {args.time})"
     _say(f"score {args.score}{convention} against the exact score of {args.target} (d = {target.dim}), {process!r}")
+    if args.time == "timestep":
+        _say(f"note: {_FRACTIONAL_TIMESTEP_NOTE}")
     if via is not None:
         _say(f"measured on the equivalent {audited!r} (same p_t at equal log-SNR): times below are {process!r}'s "
              f"converted from OU's, errors in its x; the integral and the TV bound are OU's, over OU time "
