@@ -69,6 +69,9 @@ def _logmeanexp(v, axis):
 class TiltedGaussian(ExactOutputs):
     """p_0(x) = exp(f(x)) gamma_d(x) / Z for a user-supplied f; exact samples, Monte-Carlo score.
 
+    monte_carlo = True: its score, log_prob and divergence are estimates from fixed draws
+    (sgm_ref.likelihood.log_prob labels its divergence "monte carlo", not "exact").
+
     Parameters
     ----------
     f : callable, (m, d) float64 -> (m,)
@@ -93,6 +96,8 @@ class TiltedGaussian(ExactOutputs):
         For arguments of the wrong kind or size; the oracle and sampler also raise when
         f or grad_f return non-finite values or the estimates overflow.
     """
+
+    monte_carlo = True
 
     def __init__(self, f, grad_f, d, f_max=None, *, n_mc=4096, rng, estimator="gradient", n_normaliser=2**16):
         if not callable(f):
