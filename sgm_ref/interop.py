@@ -488,11 +488,14 @@ class OracleModel:
     def time_of(self, arg, rounding=0.0):
         """sgm_ref's time of `process` for the peer's time argument (float64 array).
 
-        rounding: the relative rounding of the argument's own dtype (2^-23 for float32, 0 for
-        float64). A sigma that lies outside the process's range by no more than 64 times that
-        (the allowance sgm_ref.audit gives a peer's rounding) is the end it was meant to be:
-        k-diffusion's float32 Karras sigmas for VE(0.01, 50) end at 0.009999996, for
-        VE(0.02, 100) at 0.01999998651 (5.6 float32 ulps)."""
+        rounding: the relative rounding (eps) of the argument's own dtype: 2^-23 for float32,
+        2^-7 for bfloat16, 0 for float64. A sigma of such a dtype that lies outside the
+        process's range by no more than one of its own ulps plus 64 float32 ulps (a float32
+        computation's error, the allowance sgm_ref.audit gives a peer's rounding), relative,
+        is the end it was meant to be. k-diffusion's float32 Karras sigmas with its default
+        rho = 7 end up to 18 ulps below sigma_min (0.009999996 for VE(0.01, 50)). With a
+        small rho they can end further below (up to 81 ulps at rho = 3, 1249 at rho = 2):
+        those are refused; pass float64 sigmas. A float64 sigma gets no allowance."""
         arg = np.asarray(arg, dtype=np.float64)
         if not np.all(np.isfinite(arg)):
             raise ValueError(f"the {self._argname} must be finite, got {arg!r}")
@@ -504,7 +507,7 @@ class OracleModel:
         lo, hi = (0.0, self.process.t_max) if isinstance(self.process, EDM) else \
             (self.process.sigma_min, self.process.sigma_max)
         if rounding > 0:
-            slack = 64.0 * rounding
+            slack = rounding + 64.0 * 2.0**-23
             arg = np.where((arg < lo) & (arg >= lo * (1.0 - slack)), lo, arg)
             arg = np.where((arg > hi) & (arg <= hi * (1.0 + slack)), hi, arg)
         outside = (arg < lo) | (arg > hi)

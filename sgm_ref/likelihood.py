@@ -78,8 +78,10 @@ class LogProb:
     log_q : ndarray (n,)
         log q(x) = prior + integral (the mean over probes for Hutchinson).
     se : ndarray (n,) or None
-        Standard error of log_q over the probes (Hutchinson with n_probes >= 2), else None.
-        It covers the probes' randomness only, not the solver's error.
+        Standard error of log_q over the probes (Hutchinson with n_probes >= 2, or with
+        Rademacher probes covering all 2^(d - 1) sign classes, where it is 0: the trace is
+        then exact, e.g. in d = 1), else None. It covers the probes' randomness only, not
+        the solver's error.
     prior : ndarray (n,)
         log pi(x_T), the prior's log-density at the endpoint.
     integral : ndarray (n,)
@@ -396,9 +398,14 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
     else:
         log_pi = _check_div(prior(x_T), x_T, "prior(y) (the prior's log-density at the endpoint)")
     per_probe = log_pi[:, None] + integral
-    se = per_probe.std(axis=1, ddof=1) / np.sqrt(m) if m >= 2 else None
-    if se is not None and population is not None:  # drawn without replacement from `population` classes
-        se = se * np.sqrt(1.0 - m / population)  # 0 when every class was used: the mean is then the trace
+    if population is not None and m >= population:  # every class once: the mean is the exact trace
+        se = np.zeros(n)
+    elif m >= 2:
+        se = per_probe.std(axis=1, ddof=1) / np.sqrt(m)
+        if population is not None:  # drawn without replacement from `population` classes
+            se = se * np.sqrt(1.0 - m / population)
+    else:
+        se = None
     mean_integral = integral.mean(axis=1)
     return LogProb(log_q=log_pi + mean_integral, se=se, prior=log_pi, integral=mean_integral, endpoint=x_T,
                    n_evaluations=count[0], divergence=label, solver=solver)

@@ -252,9 +252,10 @@ def test_float32_times_at_timesteps_are_those_timesteps(torch):
         np.testing.assert_array_equal(seen[-1].numpy(), i)
         s(np.zeros((1, 2), np.float32), t32[250])  # a scalar float32 time too
         assert seen[-1].tolist() == [250]
-    with pytest.raises(ValueError, match="not an integer"):
-        from_torch(model, p, output="eps", time="timestep", dtype="float32")(np.zeros((1, 2), np.float32),
-                                                                            np.float32(0.2505))
+    for off in (0.5, 0.01):  # timesteps 249.5 and 249.01: really between timesteps, refused
+        with pytest.raises(ValueError, match="not an integer"):
+            from_torch(model, p, output="eps", time="timestep", dtype="float32")(
+                np.zeros((1, 2), np.float32), np.float32((250 + off) / 1000))
 
 
 @pytest.mark.parametrize("sigma_min, sigma_max", [(0.01, 50.0), (0.02, 100.0), (0.002, 80.0)])
@@ -278,7 +279,12 @@ def test_ve_denoiser_takes_k_diffusions_float32_karras_sigmas(sigma_min, sigma_m
     with pytest.raises(ValueError, match=r"sigma = .* \(entry 1 of 2\) is outside the range"):
         model(x[:2].double(), below64)
     with pytest.raises(ValueError, match="outside the range"):
-        model(x[:1], torch.tensor([sigma_min * 0.999], dtype=torch.float32))
+        model(x[:1], torch.tensor([sigma_min * (1 - 200 * 2.0**-23)], dtype=torch.float32))  # 200 ulps below
+    edge = np.float32(sigma_min * (1 - 20 * 2.0**-23))  # a numpy float32 scalar, 20 ulps below: the end
+    np.testing.assert_array_equal(model(x[:1], edge).numpy(), model(x[:1], torch.tensor(sigma_min)).numpy())
+    # a low-precision dtype gets one of its own ulps, not 64: bfloat16 70 is not VE's sigma_max 50
+    with pytest.raises(ValueError, match="outside the range"):
+        model(x[:1].to(torch.bfloat16), torch.tensor([1.4 * sigma_max], dtype=torch.bfloat16))
 
 
 # -- the oracle out, and back -----------------------------------------------------------------------

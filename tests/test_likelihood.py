@@ -138,6 +138,22 @@ def test_rademacher_probes_never_claim_a_false_zero_standard_error():
     assert np.all((hut4.se > 1e-6) | (error < 1e-9)), (hut4.se.min(), error[hut4.se <= 1e-6])
     z = (hut4.log_q - exact4.log_q) / hut4.se
     assert 0.7 < np.mean(np.abs(z) < 1.96) < 0.92  # Student's t with 2 dof covers 0.81 (measured 0.82)
+    mix1d = GaussianMixture([1.0], [[0.3]], [[0.5]])
+    one = log_prob(mix1d, OU(), mix1d.sample(5, rng), 0.1, 3.0, divergence="hutchinson", n_probes=3, rng=rng, **kw)
+    assert np.all(one.se == 0.0)  # d = 1: one class, the exact trace (it was None, a review)
+
+
+def test_rademacher_standard_error_has_the_finite_population_factor():
+    """One point repeated 4000 times, each copy with its own 2 of the 4 sign classes (d = 3):
+    the spread of log_q over the copies is the standard error's. sqrt(1 - m / M) is the
+    factor for a mean of m draws without replacement from M (the unbiased s^2 estimates the
+    population's variance with M - 1); a factor of sqrt((M - m) / (M - 1)) would read 15% high."""
+    target = full_mixture(d=3)
+    x = np.repeat(target.sample(1, np.random.default_rng(4)), 4000, axis=0)
+    res = log_prob(target, OU(), x, 0.1, 3.0, divergence="hutchinson", n_probes=2, rng=np.random.default_rng(5),
+                   solver="heun", n_steps=8)
+    ratio = np.sqrt(np.mean(res.se**2)) / res.log_q.std(ddof=1)
+    assert abs(ratio - 1.0) < 0.05, ratio
 
 
 @pytest.mark.parametrize("activation", ["silu", "tanh", "softplus", "relu"])
