@@ -344,28 +344,43 @@ def test_diffusers_ddim_spacing_through_compare_sampler(spacing, first, kl):
     assert res.laws["method"] == "exact" and res.kl == pytest.approx(kl, rel=1e-3, abs=1e-12)
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_diffusers_euler_discrete_matches_at_float32_rounding():
-    """EulerDiscreteScheduler casts the sample to float32 in each step: against karras_euler on
-    its own sigmas it is a discrepancy at float64 rounding and a match at float32's
-    (rtol = 64 * 2^-23 per step); the largest deviation is about 2e-7."""
+def diffusers_euler_loop(step_options=None, monkeypatch=None):
+    """(its 20 float32 sigmas in float64, a compare_sampler loop running diffusers'
+    EulerDiscreteScheduler on them): the score takes the unscaled sample and its sigma, eps =
+    -sigma score; with step_options (churn) its noise is the comparison's, through monkeypatch."""
+    import importlib
+
     import torch
     diffusers = peer("diffusers")
     sched0 = diffusers.EulerDiscreteScheduler()
     sched0.set_timesteps(20)
     sigmas = sched0.sigmas.numpy().astype(np.float64)
+    options = step_options or {}
 
     def loop(score, grid, x, noises):
         sched = diffusers.EulerDiscreteScheduler()
         sched.set_timesteps(20)
-        sched.is_scale_input_called = True  # the score takes the unscaled sample and its sigma
+        sched.is_scale_input_called = True
+        if options:
+            module = importlib.import_module("diffusers.schedulers.scheduling_euler_discrete")
+            draws = iter(range(len(grid)))
+            monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: torch.from_numpy(noises(next(draws))))
         y, path = torch.from_numpy(x.copy()), [x.copy()]
         for i, t in enumerate(sched.timesteps):
-            s = np.full(x.shape[0], grid[i])
-            eps = -grid[i] * score(y.numpy(), s)
-            y = sched.step(torch.from_numpy(eps), t, y).prev_sample
+            eps = -grid[i] * score(y.numpy(), np.full(x.shape[0], grid[i]))
+            y = sched.step(torch.from_numpy(eps), t, y, **options).prev_sample
             path.append(y.numpy().copy())
         return np.stack(path)
+
+    return sigmas, loop
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_diffusers_euler_discrete_matches_at_float32_rounding():
+    """EulerDiscreteScheduler casts the sample to float32 in each step: against karras_euler on
+    its own sigmas it is a discrepancy at float64 rounding and a match at float32's
+    (rtol = 64 * 2^-23 per step); the largest deviation is about 2e-7."""
+    sigmas, loop = diffusers_euler_loop()
 
     def run(rtol):
         return compare_sampler(loop, "karras_euler", EDM(), sigmas, TARGET_2D, 64, np.random.default_rng(0),
@@ -387,28 +402,8 @@ def test_diffusers_euler_discrete_with_churn_is_not_karras_euler(monkeypatch):
     the first diverging step is the first churned one (step 9, sigma = 3.97 <= s_tmax = 5);
     KL(diffusers || karras_euler) = 0.138 on the 2-D Gaussian, exact up to the float32
     rounding of its steps (its law is affine to that rounding). Found by a review."""
-    import importlib
-
-    import torch
-    diffusers = peer("diffusers")
-    module = importlib.import_module("diffusers.schedulers.scheduling_euler_discrete")
     churn = {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0}
-    sched0 = diffusers.EulerDiscreteScheduler()
-    sched0.set_timesteps(20)
-    sigmas = sched0.sigmas.numpy().astype(np.float64)
-
-    def loop(score, grid, x, noises):
-        sched = diffusers.EulerDiscreteScheduler()
-        sched.set_timesteps(20)
-        sched.is_scale_input_called = True
-        draws = iter(range(len(grid)))
-        monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: torch.from_numpy(noises(next(draws))))
-        y, path = torch.from_numpy(x.copy()), [x.copy()]
-        for i, t in enumerate(sched.timesteps):
-            eps = -grid[i] * score(y.numpy(), np.full(x.shape[0], grid[i]))
-            y = sched.step(torch.from_numpy(eps), t, y, **churn).prev_sample
-            path.append(y.numpy().copy())
-        return np.stack(path)
+    sigmas, loop = diffusers_euler_loop(churn, monkeypatch)
 
     res = compare_sampler(loop, "karras_euler", EDM(), sigmas, TARGET_2D, 64, np.random.default_rng(0),
                           replay_options=churn, rtol=64 * float(np.finfo(np.float32).eps), sample_distances=False)
