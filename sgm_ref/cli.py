@@ -78,6 +78,7 @@ _integer.__name__ = "int"  # argparse's message for a non-number: "invalid int v
 _TRAIN, _MODEL, _SAMPLE, _EVALUATE = (DEFAULTS[k] for k in ("train", "model", "sample", "evaluate"))
 _PROCESSES = ("ou", "vp")
 _GRIDS = ("geometric", "uniform")  # sgm_ref.samplers.time_grid's kinds
+_SAMPLER_GRIDS = _GRIDS + ("karras", "leading", "trailing", "linspace")  # audit-sampler's: the peers' grids too
 _TARGET_HELP = ("preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0, "
                 "product:d=8,shift=1.5,std=1) or a JSON file with weights, means, covariances")
 _T_HELP = "horizon (default 5 for ou, 1 for vp)"
@@ -277,9 +278,16 @@ def build_parser():
     p.add_argument("--target", required=True,
                    help=f"gaussian:d=2,mean=1,std=0.5 (exact laws) or {_TARGET_HELP}")
     p.add_argument("--n-steps", type=_integer, default=10, help="replay steps on the grid (default %(default)s)")
-    p.add_argument("--grid", choices=_GRIDS, default="uniform", help="the grid's spacing (default %(default)s)")
+    p.add_argument("--grid", choices=_SAMPLER_GRIDS, default="uniform",
+                   help="the grid: uniform or geometric times from --T to --t0; karras: Karras et al.'s sigmas "
+                        "from --T to --t0 (edm, --rho) and a final 0, as k-diffusion's get_sigmas_karras; "
+                        "leading, trailing or linspace: diffusers' DDIM/DDPM timesteps of a ddpm process "
+                        "(--steps-offset) and a final step to the data (default %(default)s)")
     p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
     p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
+    p.add_argument("--rho", type=float, help="--grid karras's rho (default 7)")
+    p.add_argument("--steps-offset", type=_integer,
+                   help="diffusers' steps_offset of --grid leading (default 0; Stable Diffusion's schedulers use 1)")
     p.add_argument("--kind", choices=("loop", "step"), help="the sampler's form (default: read from its signature)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the replay (VALUE read as JSON, else as text), e.g. step_size=0.1; repeatable")
@@ -607,16 +615,19 @@ def _audit_process(args):
 
 def _uses_torch(fn):
     """Whether fn is a torch.nn.Module, or a function whose own code names torch (a module or an
-    object of torch's) among its globals: then it is given tensors. torch is never imported here."""
+    object of torch's among its globals, or torch imported in its body): then it is given
+    tensors. torch is never imported here."""
+    code = fn if hasattr(fn, "__code__") else getattr(type(fn), "__call__", None)
+    names = code.__code__.co_names if hasattr(code, "__code__") else ()
+    if "torch" in names and "torch" not in code.__globals__:  # `import torch` inside it (sgm_ref's OracleModel)
+        return True
     torch = sys.modules.get("torch")
     if torch is None:
         return False
     if isinstance(fn, torch.nn.Module):
         return True
-    code = fn if hasattr(fn, "__code__") else getattr(type(fn), "__call__", None)
-    if not hasattr(code, "__code__"):
+    if not names:
         return False
-    names = code.__code__.co_names
     return any((getattr(v, "__name__", "") if type(v).__name__ == "module" else type(v).__module__ or "")
                .split(".")[0] == "torch" for k, v in code.__globals__.items() if k in names)
 
@@ -656,7 +667,13 @@ def _numpy_score(fn, spec, process, output, time):
         else:
             arg = t
         where = f" at t from {t.min():.6g} to {t.max():.6g}"
-        out = fn(x, arg.astype(x.dtype))
+        try:
+            out = fn(x, arg.astype(x.dtype))
+        except _UserCodeError as e:
+            if not ("torch" in sys.modules and "tensor" in str(e).lower()):
+                raise
+            raise _UserCodeError(f"{e} (it was given NumPy arrays: if it takes torch tensors, pass --inputs torch)",
+                                 e.original) from None
         try:
             value = _to_numpy(out)
         except ValueError as e:
@@ -911,16 +928,57 @@ def _replay_options(items):
     return options
 
 
-def cmd_audit_sampler(args):
-    from .audit import compare_sampler, process_from_spec, target_from_spec
+def _sampler_grid(args, process):
+    """audit-sampler's grid from --grid, --n-steps, --T, --t0, --rho and --steps-offset.
+
+    uniform / geometric: sgm_ref.samplers.time_grid from T to t0. karras (EDM): Karras et
+    al.'s sigmas from T = sigma_max to t0 = sigma_min, then 0 (EDM.karras_sigmas).
+    leading / trailing / linspace (DDPM): diffusers' timesteps (sgm_ref.replays.ddim_timesteps)
+    as times (i + 1) / N, then 0, the data (timestep_grid).
+    """
+    from .processes import DDPM, EDM
+    from .replays import SPACINGS, ddim_timesteps, timestep_grid
     from .samplers import time_grid
 
-    process = process_from_spec(args.process)
-    target = target_from_spec(args.target)
+    kind = args.grid
+    if args.rho is not None and kind != "karras":
+        raise ValueError(f"--rho is --grid karras's; the grid here is {kind}")
+    if args.steps_offset is not None and kind != "leading":
+        raise ValueError(f"--steps-offset is --grid leading's (diffusers applies it to that spacing only); "
+                         f"the grid here is {kind}")
+    if kind in SPACINGS:
+        if not isinstance(process, DDPM):
+            raise ValueError(f"--grid {kind} takes diffusers' timesteps: --process must be a ddpm schedule "
+                             f"(ddpm, ddpm:scaled_linear, ...), got {args.process}")
+        for option, value in (("--T", args.T), ("--t0", args.t0)):
+            if value is not None:
+                raise ValueError(f"{option} does not apply to --grid {kind}: the timesteps set the grid "
+                                 f"(from timestep N - 1 or below down to the data)")
+        N = process.num_train_timesteps
+        if args.n_steps > N:
+            raise ValueError(f"--n-steps must be at most the process's {N} timesteps with --grid {kind}, "
+                             f"got {args.n_steps}")
+        steps = ddim_timesteps(args.n_steps, N, kind, args.steps_offset or 0)
+        return timestep_grid(process, steps)
     name = process.__class__.__name__
     T = args.T if args.T is not None else {"OU": 5.0, "EDM": 80.0}.get(name, min(1.0, process.t_max))
     t0 = args.t0 if args.t0 is not None else (0.002 if name == "EDM" else 1e-3)
-    grid = time_grid(T, t0, args.n_steps, args.grid)
+    if kind == "karras":
+        if not isinstance(process, EDM):
+            raise ValueError(f"--grid karras spaces sigmas, which are the times of --process edm only; "
+                             f"got {args.process}")
+        if args.n_steps < 2:
+            raise ValueError(f"--grid karras needs --n-steps >= 2, got {args.n_steps}")
+        return process.karras_sigmas(args.n_steps, t0, T, 7.0 if args.rho is None else args.rho)
+    return time_grid(T, t0, args.n_steps, kind)
+
+
+def cmd_audit_sampler(args):
+    from .audit import compare_sampler, process_from_spec, target_from_spec
+
+    process = process_from_spec(args.process)
+    target = target_from_spec(args.target)
+    grid = _sampler_grid(args, process)
     if args.seed < 0:
         raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
     if args.json is not None:

@@ -7,6 +7,7 @@ ScoreSdeVpScheduler, if installed); the planted bugs are the ones issue 13 names
 import importlib
 import itertools
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -411,3 +412,80 @@ def test_diffusers_euler_discrete_with_churn_is_not_karras_euler(monkeypatch):
     assert not res.matches and res.first_divergence == first, res.text()
     assert res.laws["method"] == "exact" and res.kl == pytest.approx(0.1383, rel=1e-3)
     assert res.laws["peer_vs_target"]["kl"] < res.laws["replay_vs_target"]["kl"]  # neither is "the" right one
+
+
+# -- the peers' grids on the command line, and the float32 note (found by a review) ----------------
+
+
+def sampler_grid(*argv):
+    from sgm_ref.cli import _sampler_grid, build_parser
+    args = build_parser().parse_args(["audit-sampler", "--sampler", "m:f", "--replay", "ddim", "--target", "ring",
+                                      *map(str, argv)])
+    return _sampler_grid(args, process_from_spec(args.process))
+
+
+@pytest.mark.parametrize("spacing, n, offset", [("leading", 20, 0), ("leading", 50, 1), ("trailing", 20, 0),
+                                                ("trailing", 48, 0), ("linspace", 25, 0)])
+def test_cli_grid_is_diffusers_timesteps_and_the_data(spacing, n, offset):
+    """--grid leading / trailing / linspace are the installed DDIMScheduler's own timesteps (as
+    times (i + 1) / N) and a final 0; the documented DDIM command needed them and had only
+    uniform or geometric times, so a correct diffusers loop was a DISCREPANCY of 0.32."""
+    diffusers = peer("diffusers")
+    sched = diffusers.DDIMScheduler(timestep_spacing=spacing, steps_offset=offset)
+    sched.set_timesteps(n)
+    argv = ["--process", "ddpm:linear", "--grid", spacing, "--n-steps", n]
+    grid = sampler_grid(*argv, *(["--steps-offset", offset] if offset else []))
+    np.testing.assert_array_equal(grid[:-1] * 1000 - 1, sched.timesteps.numpy())
+    assert grid[-1] == 0.0 and grid.size == n + 1
+
+
+def test_cli_grid_karras_is_edm_karras_sigmas():
+    np.testing.assert_array_equal(sampler_grid("--process", "edm", "--grid", "karras", "--n-steps", 12),
+                                  EDM().karras_sigmas(12, 0.002, 80.0, 7.0))
+    np.testing.assert_array_equal(sampler_grid("--process", "edm", "--grid", "karras", "--n-steps", 5, "--rho", 3,
+                                               "--T", 10, "--t0", 0.01), EDM().karras_sigmas(5, 0.01, 10.0, 3.0))
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--grid", "leading"], "--process must be a ddpm schedule"),
+    (["--process", "ddpm", "--grid", "trailing", "--T", "0.5"], "--T does not apply to --grid trailing"),
+    (["--process", "ddpm", "--grid", "linspace", "--t0", "0.01"], "--t0 does not apply to --grid linspace"),
+    (["--process", "ddpm", "--grid", "trailing", "--steps-offset", "1"], "--steps-offset is --grid leading's"),
+    (["--process", "ddpm", "--grid", "leading", "--n-steps", "1001"], "at most the process's 1000 timesteps"),
+    (["--process", "ddpm", "--grid", "trailing", "--n-steps", "61"], "choose another num_inference_steps"),
+    (["--grid", "karras"], "--process edm only"),
+    (["--process", "edm", "--grid", "uniform", "--rho", "7"], "--rho is --grid karras's"),
+    (["--process", "edm", "--grid", "karras", "--n-steps", "1"], "--n-steps >= 2"),
+])
+def test_cli_grid_options_refused_where_they_do_not_apply(argv, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        sampler_grid(*argv)
+
+
+def em_float32_coefficients(score, grid, x, noises):
+    """score_sde's Euler–Maruyama with its coefficients rounded to float32 (as diffusers keeps
+    its schedules), the state float64."""
+    y, path = x.copy(), [x.copy()]
+    for k in range(grid.size - 1):
+        t, h = grid[k], np.float32(grid[k] - grid[k + 1])
+        f, g2 = np.float32(VP_.f(t)), np.float32(VP_.g2(t))
+        y = y - h * (f * y - g2 * score(y, np.full(len(y), t))) + np.sqrt(np.float32(g2 * h)) * noises(k)
+        path.append(y.copy())
+    return np.stack(path)
+
+
+def test_float32_rounding_in_a_float64_peer_is_noted_with_the_rtol_that_matches():
+    grid = np.linspace(1.0, 1e-3, 11)
+    res = compare_sampler(em_float32_coefficients, "euler_maruyama", VP_, grid, TARGET, 64, np.random.default_rng(0),
+                          sample_distances=False)
+    assert not res.matches and 1e-9 < res.max_deviation < 1e-5
+    assert any(note.startswith("every deviation is within float32's rounding") and "rtol=7.6e-06" in note
+               for note in res.notes), res.notes
+    assert "--rtol 7.6e-06" in res.text()
+    again = compare_sampler(em_float32_coefficients, "euler_maruyama", VP_, grid, TARGET, 64,
+                            np.random.default_rng(0), sample_distances=False, rtol=64 * 2.0**-23)
+    assert again.matches and not any("float32" in note for note in again.notes)
+    # a real discrepancy (the score 1% off) gets no such note
+    wrong = compare_sampler(lambda s, g, x, z: em_float32_coefficients(lambda y, t: 1.01 * s(y, t), g, x, z),
+                            "euler_maruyama", VP_, grid, TARGET, 64, np.random.default_rng(0), sample_distances=False)
+    assert not wrong.matches and not any("float32" in note for note in wrong.notes)
