@@ -32,6 +32,7 @@ function) gets the per-step deviation; a peer returning only its output gets the
 import inspect
 import json
 import math
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -337,7 +338,8 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         for float32). It also loosens the check that the peer is affine, for its exact
         law: to max(1e-8, K rtol) over K steps (replay_output_gaussian's affine_rtol). A
         peer that computes in float32 but returns float64 needs rtol of float32's rounding
-        (64 * 2**-23) for both.
+        (64 * 2**-23) for both; when rtol is not given, a float64 peer that does not match
+        at float64's allowance but would at float32's gets a note saying so.
     kl_tolerance : float, optional
         Largest exact KL(peer || replay) that still matches; default rtol.
     name : str, optional
@@ -366,6 +368,7 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         rtol = check_real(rtol, "rtol", low=0.0, low_open=True)
     if kl_tolerance is not None:
         kl_tolerance = check_real(kl_tolerance, "kl_tolerance", low=0.0)
+    rtol_given, kl_given = rtol, kl_tolerance
     d, score, sample, gauss = _target_parts(target, process)
     grid = check_replay_grid(grid, process)
     scale = 1.0 if isinstance(process, VariancePreserving) else float(process.sigma(grid[0]))
@@ -413,10 +416,27 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         samples["sliced_wasserstein"] = {k: tuple(sliced_wasserstein(np.asarray(a, dtype=np.float64), b, rng))
                                          for k, (a, b) in pairs.items()}
         samples["mmd2"] = {k: tuple(mmd(np.asarray(a, dtype=np.float64), b)[:2]) for k, (a, b) in pairs.items()}
-    return SamplerComparison(peer=name or getattr(peer, "__name__", type(peer).__name__), replay=replay_name,
-                             process=process.to_dict(), grid=grid, n=n, rtol=rtol, kl_tolerance=kl_tolerance,
-                             steps_peer=steps_peer, steps_replay=steps_replay, deviation=deviation,
-                             final_deviation=final, first_divergence=first, laws=laws, samples=samples, notes=notes)
+    result = SamplerComparison(peer=name or getattr(peer, "__name__", type(peer).__name__), replay=replay_name,
+                               process=process.to_dict(), grid=grid, n=n, rtol=rtol, kl_tolerance=kl_tolerance,
+                               steps_peer=steps_peer, steps_replay=steps_replay, deviation=deviation,
+                               final_deviation=final, first_divergence=first, laws=laws, samples=samples,
+                               notes=notes)
+    if rtol_given is None and out_p.dtype == np.float64 and not result.matches:
+        # a peer returning float64 may still compute in float32 (diffusers keeps its schedules
+        # in float32): say so when float32's allowance would have matched
+        rtol32 = ROUNDING_FACTOR * float(np.finfo(np.float32).eps)
+        as32 = dataclasses.replace(result, rtol=rtol32, kl_tolerance=rtol32 if kl_given is None else kl_tolerance)
+        if first is not None:  # the first step above float32's allowance, if any
+            over = np.flatnonzero(deviation > rtol32 * np.maximum(np.arange(deviation.size), 1))
+            first32 = None if over.size == 0 or over[0] == 0 else int(over[0]) - 1
+            if first32 is None and steps_peer != steps_replay:
+                first32 = deviation.size - 1
+            as32 = dataclasses.replace(as32, first_divergence=first32)
+        if as32.matches:
+            notes.append(f"every deviation is within float32's rounding ({rtol32:.2g} per step): a peer that computes "
+                         f"in float32 and returns float64 (diffusers' schedulers keep their constants in float32) "
+                         f"matches at that precision; pass rtol={rtol32:.2g} (--rtol {rtol32:.2g})")
+    return result
 
 
 def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes, affine_rtol):
