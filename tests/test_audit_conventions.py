@@ -92,6 +92,10 @@ def a_list(x, t):
 
 def torch_float32_out(x, t):
     return torch.zeros(x.shape, dtype=torch.float32)
+
+
+def wants_tensors(x, t):  # a torch model taken for a NumPy one
+    raise ValueError(f"x must be a torch tensor, got {type(x).__name__}")
 '''
 
 
@@ -234,3 +238,43 @@ def test_floor_is_converted_back_with_the_profile(folder):
     assert max(floor["score_error"]["error"]) == 0.0
     assert report["tolerance"]["passed"] is True and result.returncode == 0
     assert "exact score, same grid and draws (the sampler's own floor): certified TV bound" in result.stdout
+
+
+def test_the_exact_oracle_handed_to_torch_is_audited_as_a_torch_model(folder):
+    """to_torch's OracleModel imports torch inside its call, not at its module's top: --inputs
+    auto gives it tensors (it was given NumPy arrays and failed: found by a review), and with
+    fractional=True it is exact to float64 rounding at the audit's fractional timesteps."""
+    (folder / "oracle.py").write_text(
+        "from sgm_ref import DDPM\nfrom sgm_ref.interop import to_torch\nfrom models import MEAN, VAR\n"
+        "from sgm_ref import GaussianMixture\n"
+        "g = GaussianMixture([1.0], [MEAN], [VAR])\n"
+        "eps = to_torch(g, DDPM('linear', 1e-4, 0.02, 1000), signature='diffusers', fractional=True)\n")
+    _, report = audit(folder, "--score", "oracle:eps", "--process", "ddpm:linear", "--output", "eps",
+                      "--time", "timestep")
+    assert np.all(np.array(report["score_error"]["relative"]) < 1e-12)
+
+
+def test_a_tensor_error_from_numpy_inputs_suggests_inputs_torch(folder):
+    result, _ = audit(folder, "--score", "models:wants_tensors", check=False)
+    _assert_one_line_error(result, "raised ValueError: x must be a torch tensor, got ndarray (it was given NumPy "
+                                   "arrays: if it takes torch tensors, pass --inputs torch)")
+    result, _ = audit(folder, "--score", "models:own_error", check=False)
+    assert "--inputs torch" not in result.stderr  # only where the message is about tensors
+
+
+def test_uses_torch_reads_a_local_import_without_importing_torch():
+    from sgm_ref.cli import _uses_torch
+
+    def local(x, t):
+        import torch
+        return torch.as_tensor(x)
+
+    def numpy_only(x, t):
+        return np.asarray(x)
+
+    class Callable:
+        def __call__(self, x, t):
+            import torch
+            return torch.as_tensor(x)
+
+    assert _uses_torch(local) and _uses_torch(Callable()) and not _uses_torch(numpy_only)
