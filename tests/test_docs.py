@@ -107,3 +107,33 @@ def test_every_markdown_table_has_a_separator_row_and_equal_rows():
                 continue
             i += 1
     assert not faults, "\n".join(faults)
+
+
+def test_worked_cross_checks_run_against_the_installed_peers(tmp_path):
+    """docs/peers.md as written, against the installed diffusers and k-diffusion: its Python
+    blocks in one fresh interpreter (its k-diffusion loader registers a package of that name,
+    which must not leak into this one), every comparison a MATCH; then its command line on the
+    DDIM loop of its first block, written to mine.py."""
+    from _peers import REQUIRED, peer
+
+    for module in ("torch", "diffusers", "torchsde", "torchdiffeq"):
+        peer(module)
+    if importlib.util.find_spec("k_diffusion") is None:
+        if REQUIRED:
+            raise ImportError("k-diffusion is not installed (pip install --no-deps k-diffusion==0.1.1.post1)")
+        pytest.skip("k-diffusion is not installed")
+    text = (ROOT / "docs" / "peers.md").read_text(encoding="utf-8")
+    code = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(code) == 5
+    (tmp_path / "page.py").write_text("\n".join(code))
+    r = subprocess.run([sys.executable, "page.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    verdicts = [line.split(":")[0] for line in r.stdout.splitlines() if line.startswith(("MATCH", "DISCREPANCY"))]
+    assert verdicts == ["MATCH"] * 6, r.stdout
+    (tmp_path / "mine.py").write_text(code[0])
+    command = re.findall(r"```bash\n(sgm-ref audit-sampler .*?)\n```", text)
+    assert len(command) == 1
+    args = command[0].split()
+    r = subprocess.run([str(Path(sys.executable).with_name("sgm-ref")), *args[1:]], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.startswith("MATCH"), (r.stdout, r.stderr)
