@@ -461,8 +461,10 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
 
     Returns
     -------
-    dict: "n", "t0", "T", "divergence", "n_probes" (None unless Hutchinson), "rtol", "atol",
-    "n_evaluations", and {"value", "standard_error"} dicts "model_nll", "target_nll",
+    dict: "n", "t0", "T", "divergence", "n_probes" (the probes each point used, None unless
+    Hutchinson: Rademacher probes up to d = 21 are distinct sign classes, at most
+    2^(d - 1)), "every_sign_class" (True when they were all used: the trace is then
+    exact), "rtol", "atol", "n_evaluations", and {"value", "standard_error"} dicts "model_nll", "target_nll",
     "kl_gap" (nats per point).
     """
     n = check_count(n, "n", minimum=2)
@@ -484,8 +486,13 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     def est(v):
         return {"value": float(np.mean(v)), "standard_error": float(np.std(v, ddof=1) / np.sqrt(v.size))}
 
+    used, every_class = None, False
+    if res.divergence == "hutchinson":  # Rademacher probes are distinct sign classes up to d = 21
+        d = x.shape[1]
+        used = min(n_probes, 1 << (d - 1)) if d <= _DISTINCT_SIGNS_UP_TO_D else n_probes
+        every_class = d <= _DISTINCT_SIGNS_UP_TO_D and used == 1 << (d - 1)
     return {"n": n, "t0": float(t0), "T": float(T), "divergence": res.divergence,
-            "n_probes": n_probes if res.divergence == "hutchinson" else None, "rtol": rtol, "atol": atol,
+            "n_probes": used, "every_sign_class": every_class, "rtol": rtol, "atol": atol,
             "n_evaluations": res.n_evaluations, "model_nll": est(-res.log_q), "target_nll": est(-log_p),
             "kl_gap": est(log_p - res.log_q)}
 
@@ -496,7 +503,8 @@ def nll_lines(entry):
         return f"{e['value']:.4g} ± {e['standard_error']:.2g}"
 
     how = (f"{entry['divergence']} divergence" if entry["n_probes"] is None
-           else f"Hutchinson divergence, {entry['n_probes']} probes")
+           else f"Hutchinson divergence, {entry['n_probes']} probe{'s' if entry['n_probes'] != 1 else ''}"
+                + (" (every sign class: the exact trace)" if entry.get("every_sign_class") else ""))
     return [f"NLL on {entry['n']} fresh exact samples of p_t0 (t0 = {entry['t0']:g}), nats per point:",
             f"  model (probability-flow ODE to T = {entry['T']:g}, RK45 rtol {entry['rtol']:g}, {how}): "
             f"{pm(entry['model_nll'])}",

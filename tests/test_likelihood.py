@@ -359,3 +359,21 @@ def test_prior_log_prob_validates_its_arguments():
                         ((VE(), np.zeros((2, 2)), np.nan), "T must be finite")]:
         with pytest.raises(ValueError, match=match):
             prior_log_prob(*args)
+
+
+def test_nll_report_says_how_many_probes_each_point_used():
+    """In d = 2 there are two Rademacher sign classes: nll_report(n_probes=4) uses both (the
+    exact trace) and says 2 and 'every sign class', where it said '4 probes' (a review); in
+    d = 4 (8 classes) 4 probes are 4, not every class."""
+    from sgm_ref.likelihood import nll_lines
+
+    ring = GaussianMixture.ring()
+    r = nll_report(ring, ring, OU(), t0=0.05, T=3.0, n=4, rng=np.random.default_rng(0), divergence="hutchinson")
+    assert (r["n_probes"], r["every_sign_class"]) == (2, True)
+    assert "Hutchinson divergence, 2 probes (every sign class: the exact trace)" in "\n".join(nll_lines(r))
+    exact = nll_report(ring, ring, OU(), t0=0.05, T=3.0, n=4, rng=np.random.default_rng(0))
+    assert abs(r["model_nll"]["value"] - exact["model_nll"]["value"]) < 1e-3  # the same trace, to the solver
+    target = GaussianMixture([1.0], [np.zeros(4)], [np.eye(4)])
+    r = nll_report(target, target, OU(), t0=0.05, T=3.0, n=4, rng=np.random.default_rng(0), divergence="hutchinson")
+    assert (r["n_probes"], r["every_sign_class"]) == (4, False)
+    assert "Hutchinson divergence, 4 probes):" in "\n".join(nll_lines(r))
