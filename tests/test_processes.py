@@ -824,6 +824,13 @@ def test_ddpm_timestep_must_be_an_integer_in_range(i):
         DDPM().time_of_timestep(i)
 
 
+def test_a_fractional_timestep_is_pointed_to_sigmas():
+    """A sigma-based scheduler's fractional timesteps (EulerDiscreteScheduler's 946.42...) get the
+    way out in the message (a review: the bare refusal gave no hint)."""
+    with pytest.raises(ValueError, match="use EDM\\(\\) with the scheduler's sigmas as times"):
+        DDPM().time_of_timestep(np.array([999.0, 946.42108154]))
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: DDPM("cosine"), "beta_schedule must be one of"),
     (lambda: DDPM(beta_start=0.0), "beta_start must be >"),

@@ -124,7 +124,9 @@ class DDPM(VariancePreserving):
         arr = np.asarray(i)
         if arr.dtype.kind == "f":
             if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-                raise ValueError(f"timestep must be an integer, got {i!r}")
+                raise ValueError(f"timestep must be an integer, got {i!r}; fractional timesteps (diffusers' "
+                                 "sigma-based schedulers, e.g. EulerDiscreteScheduler) step over sigmas: use EDM() "
+                                 "with the scheduler's sigmas as times, or the time (i + 1) / N of a fractional i directly")
         elif arr.dtype.kind not in "iu":
             raise ValueError(f"timestep must be an integer, got {i!r} of dtype {arr.dtype}")
         if np.any(arr < 0) or np.any(arr >= self.num_train_timesteps):
