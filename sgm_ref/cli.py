@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__
 from .conventions import KINDS as _OUTPUTS
 from .interop import TIMES as _TIME_ARGUMENTS
+from .io import os_error_text
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS
 from .processes import VP
 from .replays import REPLAYS
@@ -999,17 +1000,6 @@ COMMANDS = {"demo": cmd_demo, "train": cmd_train, "sample": cmd_sample, "evaluat
             "audit-sampler": cmd_audit_sampler, "experiment": cmd_experiment}
 
 
-def _os_error_text(exc):
-    """An OSError on a user's file as one line: what went wrong, and with which file or folder."""
-    what = exc.strerror or str(exc) or type(exc).__name__
-    names = [os.fspath(n) for n in (exc.filename, exc.filename2) if n is not None]
-    if not names:
-        return what
-    if os.path.basename(names[0]).startswith(".tmp-"):  # an atomic write's temporary: name the folder
-        return f"cannot write into {os.path.dirname(names[0]) or '.'}: {what}"
-    return f"{what}: {' -> '.join(names)}"
-
-
 # numpy >= 2 scalars' reprs (np.float64(0.9)) leaking into a message read as their value
 _NUMPY_SCALAR_REPR = re.compile(r"\bnp\.(?:float|int|uint|complex|bool|str|bytes)_?\d*\(([^()]*)\)")
 
@@ -1036,6 +1026,13 @@ def main(argv=None):
     """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     parser = build_parser()
     args = None
+    for stream in (sys.stdout, sys.stderr):
+        # a path the terminal's encoding cannot show (a folder named in Latin-1 under a UTF-8
+        # locale) is printed escaped: failing to print it after the work failed the command
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError, OSError):  # not a text stream of its own (a test's capture)
+            pass
     try:
         args = parser.parse_args(argv)
         from ._threads import ENVIRONMENT_ERROR
@@ -1059,7 +1056,7 @@ def main(argv=None):
         if isinstance(exc, MemoryError):
             message = "out of memory: use a smaller --n, --width, --batch-size or --n-samples"
         elif isinstance(exc, OSError):
-            message = _os_error_text(exc)
+            message = os_error_text(exc)
         else:
             message = str(exc)
         print(f"sgm-ref: error: {_one_line(message)}", file=sys.stderr)

@@ -66,13 +66,30 @@ def atomic_write(path, write):
     """Call write(file_object) on a temporary file beside path, then rename it onto path.
 
     Readers see either the old file or the complete new one, never a partial write;
-    on any error the temporary file is removed and path is untouched.
+    on any error the temporary file is removed and path is untouched. An OSError from
+    writing (a full disk: the file object's error names no file) is given path's name.
     """
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as exc:
+            if exc.filename is None and exc.strerror is not None:  # a system error (errno, strerror)
+                exc.filename = os.fspath(path)
+            raise
+
+
+def os_error_text(exc):
+    """An OSError on a user's file as one line: what went wrong, and with which file or folder."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    names = [os.fspath(n) for n in (exc.filename, exc.filename2) if n is not None]
+    if not names:
+        return what
+    if os.path.basename(names[0]).startswith(".tmp-"):  # an atomic write's temporary: name the folder
+        return f"cannot write into {os.path.dirname(names[0]) or '.'}: {what}"
+    return f"{what}: {' -> '.join(names)}"
 
 
 def save(model, path, extra=None, ema=None):

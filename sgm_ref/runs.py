@@ -2,8 +2,9 @@
 
     RUN/config.json      every setting (target spec, seed, network, training, sampler)
     RUN/checkpoint.npz   training state, rewritten every checkpoint_every steps while
-                         training runs (removed when model.npz is written)
-    RUN/model.npz        the trained model (sgm_ref.io format, the EMA stored beside it)
+                         training runs (removed once the final state is written)
+    RUN/model.npz        the trained model (sgm_ref.io format, the EMA stored beside it),
+                         written last: its presence means the training finished
     RUN/training_state.npz  the state after the last step, so `train --resume --steps N`
                          can extend a finished run as if it had been trained for N steps
     RUN/history.json     the training loss at every step
@@ -28,6 +29,7 @@ predecessor left (.tmp-*).
 
 import contextlib
 import copy
+import hashlib
 import json
 import math
 import os
@@ -45,7 +47,7 @@ from . import __version__
 from ._json import load_json
 from ._lock import folder_lock
 from ._validation import check_count, check_real, check_time_range
-from .io import _READ_ERRORS, atomic_write, load, read_header, save
+from .io import _READ_ERRORS, atomic_write, load, os_error_text, read_header, save
 from .nn import MLP
 from .optim import Adam
 from .processes import process_from_dict
@@ -56,7 +58,7 @@ from .train import History, fit, progress_bar
 
 __all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
            "create", "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps",
-           "thread_counts", "load_model", "sample_run", "load_samples", "write_json"]
+           "thread_counts", "load_model", "sample_run", "load_samples", "write_json", "run_digest"]
 
 FORMAT = "sgm_ref.run"
 FORMAT_VERSION = 1
@@ -70,6 +72,7 @@ _EVALUATION_FILES = ("report.json", "report.md", "samples.png", "loss.png", "sco
 _HEADER_KEYS = ("format", "version", "sgm_ref", "environment")
 
 _STREAMS = ("data", "init", "train", "sample", "evaluate")
+_MAX_STEPS = 2**53
 
 # The defaults reach a histogram TV of ~0.03 on the ring in about 10 s of training.
 DEFAULTS = {
@@ -160,7 +163,8 @@ def build(config, init_rng=0):
     t = config["train"]
     _check_horizon(t["t0"], t["T"], process, model.dtype, "")  # first: its message names the option and the limit
     check_time_range(t["t0"], t["T"], process)
-    check_count(t["steps"], "steps")
+    if check_count(t["steps"], "steps") > _MAX_STEPS:  # the command line's bound, for a config.json edited by hand
+        raise ValueError(f"steps must be at most 2**53, got {t['steps']}")
     check_count(t["batch_size"], "batch_size")
     check_real(t["lr"], "lr", low=0.0, low_open=True)
     check_count(t["checkpoint_every"], "checkpoint_every")
@@ -248,9 +252,10 @@ def _remove_stale_temporaries(folder):
     in progress.
     """
     for name in os.listdir(folder):
-        if name.startswith(".tmp-"):
+        path = _path(folder, name)
+        if name.startswith(".tmp-") and not (os.path.isdir(path) and not os.path.islink(path)):  # a folder is not ours
             try:
-                os.unlink(_path(folder, name))
+                os.unlink(path)
             except FileNotFoundError:
                 pass
 
@@ -284,9 +289,12 @@ _NEW_FOLDER_WAIT = 30.0
 def new_run(folder, config, force=False):
     """Create a run folder (as create) and hold its lock while the block runs.
 
-    If the block raises (not KeyboardInterrupt: a checkpoint is kept for --resume), what
-    the new run wrote is removed: the folder itself if this call made it, else the run
-    files (RUN_FILES). A folder this call did not make is never removed.
+    If the block raises, what the new run wrote is removed: the folder itself if this call
+    made it, else the run files (RUN_FILES). A folder this call did not make is never
+    removed. Two exceptions keep the run for `train --resume`: KeyboardInterrupt, and an
+    OSError (a full disk, a file-size limit, a permission changed) once the training has
+    written a checkpoint, its final state or the model; the OSError then becomes a
+    RunError that says so.
     """
     folder = os.fspath(folder)
     made = False
@@ -324,6 +332,10 @@ def new_run(folder, config, force=False):
             write_json(_path(folder, "config.json"), config)
             yield
         except BaseException as exc:
+            kept = _resumable(folder) if isinstance(exc, OSError) else None
+            if kept:  # a fault of the machine (a full disk), not of the run: its training is kept for --resume
+                raise RunError(f"{os_error_text(exc)}; the run in {folder} is kept ({kept}): once that is fixed, "
+                               f"continue it with `sgm-ref train {folder} --resume`") from exc
             if not isinstance(exc, KeyboardInterrupt):
                 if made:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -332,6 +344,13 @@ def new_run(folder, config, force=False):
                         if os.path.exists(_path(folder, name)):
                             os.unlink(_path(folder, name))
             raise
+
+
+def _resumable(folder):
+    """What of a run's training is on disk ("checkpoint.npz", ...), or None."""
+    present = [name for name in ("model.npz", "training_state.npz", "checkpoint.npz")
+               if os.path.exists(_path(folder, name))]
+    return ", ".join(present) or None
 
 
 def create(folder, config, force=False):
@@ -367,7 +386,7 @@ def read_config(folder):
         raise RunError(str(exc)) from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise RunError(f"{path} is not an sgm_ref run configuration")
-    if config.get("version") != FORMAT_VERSION:
+    if type(config.get("version")) is not int or config["version"] != FORMAT_VERSION:  # true == 1 in Python
         raise RunError(f"{path} has run format version {config.get('version')!r}; this sgm_ref reads {FORMAT_VERSION}")
     unknown = set(config) - set(DEFAULTS) - set(_HEADER_KEYS)
     if unknown:
@@ -503,9 +522,10 @@ def train(folder, progress=None, steps=None, log=None):
     """Train the run in folder from its config.json, continuing from its saved state.
 
     Starts from checkpoint.npz when a training was interrupted, from training_state.npz
-    when `steps` extends a finished run, else from step 0. Writes model.npz (with the EMA,
-    when enabled), history.json and training_state.npz, then removes the checkpoint; the
-    samples and reports of an older model are removed first. Holds the folder's lock.
+    when `steps` extends a finished run, else from step 0. Removes the samples and reports
+    of an older model, writes history.json and training_state.npz, removes the checkpoint,
+    and writes model.npz (with the EMA, when enabled) last, so that a kill between any two
+    writes leaves a run that --resume completes. Holds the folder's lock.
 
     Parameters
     ----------
@@ -550,11 +570,22 @@ def train(folder, progress=None, steps=None, log=None):
         try:
             return _train(folder, config, source, progress, log)
         except Exception:
-            if extending and source == final:  # back to the finished run it was
+            # back to the finished run it was, unless the new final state is already written
+            # (then the extension is complete but for its model: --resume writes it)
+            if extending and source == final and _state_step(final) == configured:
                 write_json(_path(folder, "config.json"), old)
                 if os.path.exists(checkpoint):
                     os.unlink(checkpoint)
             raise
+
+
+def _state_step(path):
+    """The step a training state file records, or None if it is missing or unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return int(f["step"])
+    except Exception:  # any damage: the caller only asks whether it is a given step
+        return None
 
 
 def _train(folder, config, source, progress, log):
@@ -587,15 +618,31 @@ def _train(folder, config, source, progress, log):
     history = fit(model, data, steps=t["steps"], batch_size=t["batch_size"], t0=t["t0"], T=t["T"], rng=rng,
                   weighting=t["weighting"], time_distribution=t["time_distribution"], optimizer=optimizer,
                   progress=progress, callback=write_checkpoint, history=history, start_step=start)
-    if start < t["steps"]:  # a new model: the samples and reports of the old one go first
+    # The order makes model.npz mean "finished": a kill between any two writes leaves a run
+    # that --resume completes (from the checkpoint, or from the final state without a step)
+    # and nothing that reads as finished before it is. The samples and reports of an older
+    # model go first; then the loss history and the final state; then the checkpoint, which
+    # the final state replaces; the model last.
+    if start < t["steps"]:
         _remove(folder, ("samples.npy",) + _EVALUATION_FILES)
-    save(model, _path(folder, "model.npz"), extra={"run": "trained by sgm_ref.runs.train", "steps": t["steps"]},
-         ema=optimizer.ema)
     write_json(_path(folder, "history.json"), {"loss": history.loss})
     _save_state(final, t["steps"], optimizer, rng, history, threads)
     if os.path.exists(checkpoint):
         os.unlink(checkpoint)
+    save(model, _path(folder, "model.npz"), ema=optimizer.ema,
+         extra={"run": "trained by sgm_ref.runs.train", "steps": t["steps"], "run_digest": run_digest(config)})
     return history
+
+
+def run_digest(config):
+    """A digest of every setting that decides a run's trained model (not its step count,
+    which an extension raises, nor how often it checkpoints): load_model refuses a
+    model.npz whose digest is another's (a model copied from another run, or a config.json
+    edited after training)."""
+    keys = ("target_definition", "seed", "process", "data", "model")
+    train = {k: v for k, v in config["train"].items() if k not in ("steps", "checkpoint_every")}
+    text = json.dumps({**{k: config[k] for k in keys}, "train": train}, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _remove(folder, names):
@@ -621,7 +668,18 @@ def load_model(folder, config=None):
             m["parameterization"]):
         raise RunError(f"{path} does not match the run's config.json (dimension, process, dtype or "
                        "parameterization differ): was it copied from another run?")
-    trained = read_header(path).get("extra", {}).get("steps")
+    built = MLP(model.network.d, (m["width"],) * m["depth"], m["activation"], m["time_embedding"], dtype=m["dtype"],
+                rng=0).config()
+    if model.network.config() != built:
+        raise RunError(f"{path} is a network of another architecture than config.json's (widths, activation or time "
+                       "embedding differ): was it copied from another run?")
+    extra = read_header(path).get("extra", {})
+    digest = extra.get("run_digest") if isinstance(extra, dict) else None
+    if digest is not None and digest != run_digest(config):  # models of older versions carry none
+        raise RunError(f"{path} was trained under other settings than config.json's (target, seed, network or "
+                       "training): a model from another run, or config.json edited after training; train the "
+                       "run again")
+    trained = extra.get("steps") if isinstance(extra, dict) else None
     if isinstance(trained, int) and trained != config["train"]["steps"]:  # an extension under way
         raise RunError(f"{path} is trained for {trained} steps but config.json asks for {config['train']['steps']}: "
                        f"finish the training with `sgm-ref train {os.fspath(folder)} --resume`")

@@ -536,7 +536,8 @@ def test_evaluate_shows_progress_on_a_terminal_only(tmp_path):
 
 
 def test_os_errors_are_one_line_naming_the_file_or_folder():
-    from sgm_ref.cli import _one_line, _os_error_text
+    from sgm_ref.cli import _one_line
+    from sgm_ref.io import os_error_text as _os_error_text
 
     # an atomic write's temporary file is not the user's: its folder is
     assert (_os_error_text(PermissionError(13, "Permission denied", "/ro/run/.tmp-x1y2report.json"))
