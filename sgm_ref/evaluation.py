@@ -31,8 +31,8 @@ from ._validation import check_count, check_rng, check_time_range
 from ._json import load_json
 from .io import atomic_write
 from .losses import WEIGHTINGS, sample_times
-from .runs import (RunError, load_model, load_samples, read_config, streams, update_section, write_json,
-                   writing)
+from .runs import (_EVALUATION_FILES as _REPORT_FILES, RunError, load_model, load_samples, read_config, streams,
+                   update_section, write_json, writing)
 from .targets.spec import from_record
 
 __all__ = ["score_report", "sample_report", "evaluate_run", "exact_score_loss", "json_ready", "non_finite_notes",
@@ -249,8 +249,10 @@ class _Stages:
 def evaluate_run(folder, options=None, plots=True, progress=None, nll=0):
     """Evaluate a sampled run: write report.json, report.md and (with matplotlib) the plots.
 
-    options update config["evaluate"]; the updated config.json is written only once the
-    report is. nll > 0 adds report["likelihood"] (sgm_ref.likelihood.nll_report): the
+    options update config["evaluate"], which report.json records (its "evaluate"). Once
+    the figures are computed, the old report and plots are removed, then the updated
+    config.json, report.json and report.md are written, then the plots (none with
+    plots=False): a kill in between leaves no report rather than a mixed one. nll > 0 adds report["likelihood"] (sgm_ref.likelihood.nll_report): the
     model's NLL by the probability-flow ODE on nll fresh exact samples of p_t0, the
     target's exact NLL and their gap, an estimate of KL(p_t0 || model); 0 (the default)
     skips it (it solves an ODE with the network's exact divergence, about d forward
@@ -291,7 +293,7 @@ def _evaluate(folder, options, plots, progress, nll=0):
     stages = _Stages(progress)
     try:
         stages.start("sample distances")
-        report = {"target": config["target"], "sampler": dict(s), "samples": sample_report(
+        report = {"target": config["target"], "sampler": dict(s), "evaluate": dict(e), "samples": sample_report(
             x.astype(np.float64), target, rng, n_reference=e["n"], two_sample_n=e["two_sample_n"], bins=e["bins"])}
         stages.start("score-error profile and integral")
         report.update(score_report(model, target, model.process, t0=s["t0"], T=s["T"], method=s["method"],
@@ -311,11 +313,16 @@ def _evaluate(folder, options, plots, progress, nll=0):
             report["likelihood"] = nll_report(model, target, model.process, t0=s["t0"], T=s["T"], n=nll, rng=rng)
         report["seconds"] = time.perf_counter() - tic
         stages.start("report and plots")
-        write_json(os.path.join(folder, "report.json"), json_ready(report))
         text = markdown(report)
-        atomic_write(os.path.join(folder, "report.md"), lambda f: f.write(text.encode("utf-8")))
+        # the old report and plots go first, then the settings, then the new report: a kill
+        # in between leaves no report rather than one beside another's settings or plots
+        for name in _REPORT_FILES:
+            if os.path.exists(os.path.join(folder, name)):
+                os.unlink(os.path.join(folder, name))
         if options:
             write_json(os.path.join(folder, "config.json"), config)
+        write_json(os.path.join(folder, "report.json"), json_ready(report))
+        atomic_write(os.path.join(folder, "report.md"), lambda f: f.write(text.encode("utf-8")))
         written, note = [], None
         if plots:
             from .plots import plot_run
@@ -446,8 +453,10 @@ def markdown(report):
     sampler = report["sampler"]
     lines += [f"# sgm_ref run: {report['target']}", "",
               f"{smp['n']} samples in d = {smp['d']} from {sampler['method']} on a {sampler['grid']} grid of "
-              f"{sampler['n_steps']} steps, t0 = {sampler['t0']:g}, T = {sampler['T']:g}.", "",
-              "## Distance to the target", "", "| metric | value ± standard error |", "|---|---|"]
+              f"{sampler['n_steps']} steps, t0 = {sampler['t0']:g}, T = {sampler['T']:g}."]
+    if "evaluate" in report:  # reports of older versions did not record their settings
+        lines.append("Evaluated with " + ", ".join(f"{k} = {v}" for k, v in report["evaluate"].items()) + ".")
+    lines += ["", "## Distance to the target", "", "| metric | value ± standard error |", "|---|---|"]
     if "histogram_tv" in smp:
         h = smp["histogram_tv"]
         lines.append(f"| histogram TV ({h['bins']} bins per axis) | {h['value']:.4f} "
