@@ -32,12 +32,16 @@ def load_json(source, what):
     Raises
     ------
     ValueError
-        Malformed JSON, text that is not UTF-8, or nesting deeper than MAX_DEPTH. OSError
+        Malformed JSON, text that is not UTF-8, a key twice in one object, an integer of
+        more digits than Python converts, or nesting deeper than MAX_DEPTH. OSError
         from reading a file object is passed on unchanged.
     """
     try:
         text = source.read() if hasattr(source, "read") else source
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise ValueError(f"{what} has the key {exc.args[0]!r} twice in one object; which one is meant is not "
+                         "clear: keep one") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{what} is not valid JSON ({exc})") from None
     except UnicodeDecodeError as exc:
@@ -47,9 +51,25 @@ def load_json(source, what):
                          "it is not a file sgm_ref wrote") from None
     except TypeError as exc:  # neither text nor bytes (e.g. a numpy array's str was not taken)
         raise ValueError(f"{what} is not JSON text ({exc})") from None
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts (4300)
+        raise ValueError(f"{what} is not readable JSON ({exc})") from None
     if _depth_exceeds(value, MAX_DEPTH):
         raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep; it is not a file sgm_ref wrote")
     return value
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs):
+    """json's object hook: a dict, refusing a key given twice (json.loads would keep the last)."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _depth_exceeds(value, limit):

@@ -66,7 +66,8 @@ def _holder(path):
 def _try_lock(path):
     """An fd holding the lock on the file now at path, or None if another process holds it."""
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        # never through a symbolic link: the record would overwrite whatever it points to
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -134,6 +135,9 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
         except FileNotFoundError:
             raise ValueError(f"{folder} does not exist (removed while waiting for its lock?)") from None
         except OSError as exc:
+            if os.path.islink(path):
+                raise ValueError(f"{path} is a symbolic link, not a lock file; remove it (sgm_ref writes the lock "
+                                 "there while a command runs)") from None
             raise ValueError(f"cannot lock {folder} for writing ({exc.strerror or exc}): "
                              "a command that writes into it needs a writable folder") from None
         if fd is not None:

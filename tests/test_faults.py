@@ -6,6 +6,7 @@ user meets it; errors must be one line on stderr with exit status 2.
 """
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -274,3 +275,188 @@ def test_resume_with_other_thread_counts_says_so_once(tmp_path):
                                "this process has 1 BLAS and 1 numba threads"), lines[0]
     result = run("train", out, "--resume", "--steps", "40", env={"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     assert result.stderr == ""  # same counts as the state it continues
+
+
+# -- found by a fault review: kills between the final writes, full disks, foreign files -----------
+
+KILLER = """
+import os, signal, sys
+N, count = int(sys.argv[1]), 0
+_replace, _unlink = os.replace, os.unlink
+
+def hit(path):
+    global count
+    if os.path.basename(os.fspath(path)) == ".lock":
+        return False
+    count += 1
+    return count == N
+
+def replace(src, dst, **kwargs):
+    _replace(src, dst, **kwargs)
+    if hit(dst):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+def unlink(path, **kwargs):
+    _unlink(path, **kwargs)
+    if hit(path):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+os.replace, os.unlink = replace, unlink
+from sgm_ref.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def killed_after(n, tmp_path, *argv):
+    """Run `sgm-ref argv` and SIGKILL it right after its n-th rename or removal (the lock's
+    aside); returns the exit status (0: it finished with fewer than n)."""
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    return subprocess.run([sys.executable, str(script), str(n), *map(str, argv)], capture_output=True,
+                          timeout=600).returncode
+
+
+@pytest.mark.parametrize("steps, extend", [(5, None), (20, None), (20, 25)])
+def test_a_kill_after_any_write_leaves_a_run_that_resume_completes_bit_for_bit(tmp_path, steps, extend):
+    """A run of 5 steps (no checkpoint), of 20 (a checkpoint at 10) and an extension 20 -> 25,
+    killed after each of its writes in turn: whenever model.npz reads as finished, its history
+    and final state are there for it, and `train --resume` ends with the uninterrupted run's
+    bits. model.npz used to be written first: killed after it, a short run had no history
+    ('train the run first') and could not be extended, and a killed extension's evaluate
+    read the old history silently."""
+    from sgm_ref.runs import finished_steps
+
+    total = extend or steps
+    reference = trained(tmp_path / "reference", total)
+    for n in range(1, 20):
+        out = tmp_path / f"run{n}"
+        if extend:
+            trained(out, steps)
+            status = killed_after(n, tmp_path, "train", out, "--resume", "--steps", extend)
+        else:
+            status = killed_after(n, tmp_path, "train", out, *TINY, "--steps", steps, "--checkpoint-every", "10")
+        if status == 0:
+            break
+        assert status == -signal.SIGKILL
+        finished = finished_steps(out)
+        if finished == json.loads((out / "config.json").read_text())["train"]["steps"]:  # reads as finished: whole
+            assert len(json.loads((out / "history.json").read_text())["loss"]) == finished
+            with np.load(out / "training_state.npz") as f:
+                assert int(f["step"]) == finished
+        result = run("train", out, "--resume", *(["--steps", extend] if extend else []))
+        assert "already trained" in result.stdout or "continuing the training" in result.stdout
+        assert_same_model(out, reference)
+    assert n > 3  # the sweep reached the end of the writes
+
+
+def test_a_full_disk_after_a_checkpoint_keeps_the_new_run_for_resume(tmp_path):
+    """A write failing with ENOSPC once a checkpoint exists used to remove the new run's whole
+    folder, the checkpoint with it; now the run stays and the one line says so."""
+    script = tmp_path / "full.py"
+    script.write_text(
+        "import errno, sys\nimport sgm_ref.runs as runs\nwrite_json = runs.write_json\n"
+        "def no_space(f):\n"
+        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+        "def full(path, obj):\n"
+        "    if str(path).endswith('history.json'):\n"
+        "        runs.atomic_write(path, no_space)  # as a full disk fails the file's write\n"
+        "    write_json(path, obj)\n"
+        "runs.write_json = full\nfrom sgm_ref.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, str(script), "train", str(out), *TINY, "--steps", "20",
+                             "--checkpoint-every", "10"], capture_output=True, text=True, timeout=600)
+    assert_one_line_error(result, f"No space left on device: {out / 'history.json'}; the run in {out} is kept "
+                                  "(checkpoint.npz): once that is fixed, continue it with")
+    run("train", out, "--resume")
+    assert_same_model(out, trained(tmp_path / "reference", 20))
+    # before any checkpoint, nothing resumable: the new folder goes, as before
+    short = tmp_path / "short"
+    result = subprocess.run([sys.executable, str(script), "train", str(short), *TINY, "--steps", "5",
+                             "--checkpoint-every", "10"], capture_output=True, text=True, timeout=600)
+    assert_one_line_error(result, "No space left on device")
+    assert not short.exists()
+
+
+def test_an_evaluation_never_leaves_a_report_beside_other_settings(tmp_path, monkeypatch):
+    """report.json records its settings; the old report and plots go before the new settings
+    and report are written, so an evaluation failing after them leaves no report.md of other
+    settings (a kill used to leave the new report.json beside the old report.md and config)."""
+    from sgm_ref import evaluation
+
+    out = trained(tmp_path / "run", 20)
+    run("sample", out, *TINY_SAMPLING)
+    run("evaluate", out, *TINY_EVALUATION)
+    report = json.loads((out / "report.json").read_text())
+    assert report["evaluate"] == json.loads((out / "config.json").read_text())["evaluate"]
+    assert "Evaluated with n = 10000" in (out / "report.md").read_text()
+    atomic_write = evaluation.atomic_write
+
+    def failing(path, write):
+        if str(path).endswith("report.md"):
+            raise OSError(28, "No space left on device")
+        atomic_write(path, write)
+
+    monkeypatch.setattr(evaluation, "atomic_write", failing)
+    with pytest.raises(OSError):
+        evaluation.evaluate_run(out, {"bound_n": 6, "profile_n": 20}, plots=False, progress=False)
+    assert not (out / "report.md").exists()
+    assert json.loads((out / "report.json").read_text())["evaluate"]["bound_n"] == 6
+    assert json.loads((out / "config.json").read_text())["evaluate"]["bound_n"] == 6
+
+
+def test_a_model_from_another_run_is_refused(tmp_path):
+    """load_model compared only d, process, dtype and parameterization: another architecture,
+    seed or training setting was sampled with exit 0."""
+    out = trained(tmp_path / "run", 20)
+    wide = trained(tmp_path / "wide", 20, "--width", "16")
+    other_seed = trained(tmp_path / "seed", 20, "--seed", "3")
+    for source, pattern in ((wide, "another architecture"), (other_seed, "trained under other settings")):
+        copy = tmp_path / f"copy_of_{source.name}"
+        subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+        (copy / "model.npz").write_bytes((source / "model.npz").read_bytes())
+        assert_one_line_error(run("sample", copy, *TINY_SAMPLING, check=False), pattern)
+    config = json.loads((out / "config.json").read_text())
+    config["train"]["lr"] = 0.5  # edited after training
+    (out / "config.json").write_text(json.dumps(config))
+    assert_one_line_error(run("sample", out, *TINY_SAMPLING, check=False), "config.json edited after training")
+
+
+def test_a_symlinked_lock_is_not_followed_and_a_tmp_folder_is_left_alone(tmp_path):
+    out = trained(tmp_path / "run", 20)
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    (out / ".lock").symlink_to(precious)
+    assert_one_line_error(run("sample", out, *TINY_SAMPLING, check=False), ".lock is a symbolic link")
+    assert precious.read_text() == "keep me"
+    (out / ".lock").unlink()
+    (out / ".tmp-keep").mkdir()  # not a temporary of sgm_ref's: commands used to fail on it
+    run("sample", out, *TINY_SAMPLING)
+    assert (out / ".tmp-keep").is_dir()
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (lambda text: text.replace('"seed": 2,', '"seed": 2, "seed": 5,'), "has the key 'seed' twice"),
+    (lambda text: text.replace('"version": 1', '"version": true'), "run format version True"),
+    (lambda text: text.replace('"steps": 20', f'"steps": {2**64}'), "steps must be at most 2**53"),
+    (lambda text: text.replace('"seed": 2', '"seed": ' + "9" * 5000), "config.json is not readable JSON"),
+])
+def test_hand_edited_configs_are_not_misread(tmp_path, edit, pattern):
+    out = trained(tmp_path / "run", 20)
+    path = out / "config.json"
+    text = path.read_text()
+    edited = edit(text)
+    assert edited != text
+    path.write_text(edited)
+    assert_one_line_error(run("train", out, "--resume", check=False), pattern)
+
+
+def test_a_folder_name_the_terminal_cannot_encode_is_printed_escaped(tmp_path):
+    """Under a strict UTF-8 stdout a Latin-1 folder name failed the command after its work
+    (and made `demo` remove the run it had trained)."""
+    out = trained(tmp_path / "run", 20)
+    latin = os.fsencode(tmp_path) + b"/bn_\xe9"
+    os.rename(out, latin)
+    result = subprocess.run([str(SCRIPT), b"sample", latin, *TINY_SAMPLING], capture_output=True, timeout=600,
+                            env={**os.environ, "PYTHONIOENCODING": "utf-8"})
+    assert result.returncode == 0, result.stderr
+    assert b"bn_\\udce9" in result.stdout
