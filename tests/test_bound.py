@@ -367,8 +367,10 @@ def _old_vp_bound_terms(score, target, process, grid, method, n, n_aux, t0, T, r
 
 
 @pytest.mark.parametrize("method", SCHEMES)
-@pytest.mark.parametrize("process", [OU(), VP(), VPCosine()], ids=repr)
+@pytest.mark.parametrize("process", [OU(), VP()], ids=repr)
 def test_variance_preserving_bound_is_bit_identical_to_the_integrated_beta_form(process, method):
+    """(VPCosine left this test when its times came to be drawn with density g^2, whose
+    g^2 has no bound toward t_max: test_path_term_is_honest_where_g2_has_no_bound.)"""
     g = gaussian_target()
     t0, T = horizon(process)
     grid = time_grid(T, t0, 9, "geometric", process)
@@ -380,3 +382,62 @@ def test_variance_preserving_bound_is_bit_identical_to_the_integrated_beta_form(
     path, prior = _old_vp_bound_terms(score, g, process, grid, method, 300, 500, t0, T, np.random.default_rng(5))
     assert np.array_equal(b.kl_path_per_step, path)
     assert b.kl_prior == prior
+
+
+# -- processes whose g^2 has no bound toward t_max (found by a review) ----------------------------
+
+
+def _path_integral_1d(process, m, lam, t_lo, t_hi):
+    """1/2 int g^2 E|Delta|^2 dt of Euler–Maruyama's one step [t_lo, t_hi] with the exact score
+    on N(m, lam), by quadrature (Delta is linear in the Gaussian pair (X_t, X_tk))."""
+    ak, s2k = float(process.alpha(t_hi)), float(process.sigma2(t_hi))
+
+    def integrand(t):
+        at, s2t = float(process.alpha(t)), float(process.sigma2(t))
+        vt, vk = at**2 * lam + s2t, ak**2 * lam + s2k
+        r = ak / at
+        V = s2k - r**2 * s2t
+        g2 = float(process.g2(t))
+        c = float(process.f(t)) / g2
+        cu, cz, c0 = -1 / vt + r / vk - c * (1 - r), np.sqrt(V) / vk + c * np.sqrt(V), -c * (1 - r) * at * m
+        return 0.5 * g2 * (cu**2 * vt + cz**2 + c0**2)
+
+    # the integrand grows like 1 / (t_max - t): break points crowding toward the top
+    points = np.unique(np.concatenate([[t_lo], t_hi - (t_hi - t_lo) * np.geomspace(1, 1e-12, 60), [t_hi]]))
+    return sum(integrate.quad(integrand, a, b, epsabs=0, epsrel=1e-12, limit=200)[0]
+               for a, b in zip(points[:-1], points[1:]))
+
+
+# the reference's last subintervals below t_max lose digits to cancellation (their share is negligible)
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+@pytest.mark.parametrize("process", [VPCosine(), FlowMatching()])
+def test_path_term_is_honest_where_g2_has_no_bound(process):
+    """One step from T = t_max (the CLI's default T for these processes) down to 0.5: with t
+    uniform on the step, a few draws near t_max carried it; the median run was 35% low and a
+    third of runs more than 3 standard errors below the integral. Drawn with density g^2, the
+    runs centre on the quadrature and their standard errors are honest."""
+    target = GaussianMixture([1.0], [[1.0]], [[[0.5]]])
+    T = process.t_max
+    truth = _path_integral_1d(process, 1.0, 0.5, 0.5, T)
+    runs = [tv_upper_bound(lambda x, t: target.score(x, t, process), target, process, 0.5, T, np.array([T, 0.5]),
+                           "euler_maruyama", 256, np.random.default_rng(seed), n_aux=2) for seed in range(40)]
+    z = np.array([(b.kl_path - truth) / b.kl_path_se for b in runs])
+    assert abs(np.median([b.kl_path for b in runs]) / truth - 1) < 0.03, truth
+    assert np.mean(z < -3) <= 0.05 and np.mean(np.abs(z) > 2) <= 0.15, z
+
+
+@pytest.mark.parametrize("process", [VPCosine(), FlowMatching()])
+def test_times_by_g2_invert_the_integral_of_g2(process):
+    """The times have distribution function int_lo^t g^2 / int_lo^hi g^2 = u (g^2 integrated by
+    quadrature, independently of the process's closed form), on steps near t_max and near 0."""
+    from sgm_ref.metrics.score_error import times_by_g2
+
+    lo = np.array([0.5, 0.99, 1e-4, 0.3])
+    hi = np.array([process.t_max, process.t_max, 2e-4, 0.30001])
+    u = np.array([0.25, 0.9, 0.5, 0.75])
+    t, G = times_by_g2(process, lo, hi, u)
+    for i in range(4):
+        below = integrate.quad(lambda s: float(process.g2(s)), lo[i], t[i], epsabs=0, epsrel=1e-12, limit=200)[0]
+        total = integrate.quad(lambda s: float(process.g2(s)), lo[i], hi[i], epsabs=0, epsrel=1e-12, limit=200)[0]
+        assert G[i] == pytest.approx(total, rel=1e-9)
+        assert below / total == pytest.approx(u[i], rel=1e-9)

@@ -46,6 +46,10 @@ class LinearGaussianProcess:
 
     t_min = 0.0
     t_max = np.inf
+    # g^2 grows without bound toward t_max (VPCosine, FlowMatching: like 1 / (1 - t)): a time
+    # drawn uniformly then makes g^2-weighted Monte-Carlo integrals heavy-tailed, so the
+    # metrics draw such times with density proportional to g^2 (sgm_ref.metrics)
+    _g2_unbounded = False
 
     # -- plumbing ------------------------------------------------------------------------
 
