@@ -528,6 +528,18 @@ def test_energy_distance_of_huge_entries_is_computed_by_scaling():
     assert se > 1e290
 
 
+@pytest.mark.parametrize("scale", [2.0**-540, 1e-165, 1e-300])
+def test_energy_distance_of_tiny_entries_is_computed_by_scaling(scale):
+    """Squared distances of entries near 1e-165 underflow: the value came back exactly 0 with
+    standard error 0 (found by a review); the statistic is homogeneous of degree 1."""
+    x = np.random.default_rng(0).standard_normal((200, 2))
+    y = x + 1.0
+    unit = D.energy_distance(x, y)
+    tiny = D.energy_distance(x * scale, y * scale)
+    assert tiny.value == pytest.approx(unit.value * scale, rel=1e-12, abs=0)  # approx's default abs is 1e-12
+    assert tiny.standard_error == pytest.approx(unit.standard_error * scale, rel=1e-12, abs=0)
+
+
 def test_sliced_wasserstein_of_huge_entries_or_large_p_is_finite_and_scales():
     x, y = _with_outlier(0.0), _with_outlier(0.0, seed=1)
     scale = 2.0**1000

@@ -301,8 +301,8 @@ def energy_distance(x, y):
     ------
     ValueError
         For fewer than 2 rows, a dimension mismatch or non-finite values, or a value
-        beyond the float64 range. Entries whose squared distances overflow are handled
-        by scaling (the statistic is homogeneous of degree 1).
+        beyond the float64 range. Entries whose squared distances overflow or underflow
+        are handled by scaling (the statistic is homogeneous of degree 1).
 
     References
     ----------
@@ -310,13 +310,16 @@ def energy_distance(x, y):
     """
     x = _as_sample(x, "x")
     y = _as_sample(y, "y", d=x.shape[1])
+    c = _power_of_two_near(x, y)
+    if c < 2.0**-400:  # squared distances would underflow (entries of 1e-165 gave exactly 0): scale first
+        scaled, scaled_se = _two_sample_u(x / c, y / c, lambda d2: -np.sqrt(d2))
+        return Estimate(float(c * scaled), float(c * scaled_se))
     with np.errstate(over="ignore", invalid="ignore"):
         value, se = _two_sample_u(x, y, lambda d2: -np.sqrt(d2))
     if np.isfinite(value) and np.isfinite(se):
         return Estimate(value, se)
     # squared distances overflowed: E_u is homogeneous of degree 1, so compute it for
     # x / c, y / c (c a power of two, exact) and scale back
-    c = _power_of_two_near(x, y)
     scaled, scaled_se = _two_sample_u(x / c, y / c, lambda d2: -np.sqrt(d2))
     value, se = c * scaled, c * scaled_se
     if not (np.isfinite(value) and np.isfinite(se)):
