@@ -615,13 +615,16 @@ def _audit_process(args):
 
 
 def _uses_torch(fn):
-    """Whether fn is a torch.nn.Module, or a function whose own code names torch (a module or an
-    object of torch's among its globals, or torch imported in its body): then it is given
-    tensors. torch is never imported here."""
+    """Whether fn is a torch.nn.Module, sgm_ref's OracleModel (to_torch), or a function whose
+    own code names torch (a module or an object of torch's) among its globals: then it is
+    given tensors. A function importing torch in its body may well take NumPy arrays (a
+    wrapper), so that alone does not count. torch is never imported here."""
+    from .interop import OracleModel
+
+    if isinstance(fn, OracleModel):  # sgm_ref's exact oracle as a torch model: imports torch only when called
+        return True
     code = fn if hasattr(fn, "__code__") else getattr(type(fn), "__call__", None)
     names = code.__code__.co_names if hasattr(code, "__code__") else ()
-    if "torch" in names and "torch" not in code.__globals__:  # `import torch` inside it (sgm_ref's OracleModel)
-        return True
     torch = sys.modules.get("torch")
     if torch is None:
         return False

@@ -194,6 +194,9 @@ class ModelScore:
             hint = ""
             if hasattr(out, "sample"):  # diffusers' UNet2DOutput and friends
                 hint = " (a diffusers model output? pass lambda x, t: model(x, t).sample)"
+            elif isinstance(out, np.ndarray):
+                hint = " (it returned NumPy for torch inputs: a function of NumPy arrays? with sgm-ref audit, " \
+                       "pass --inputs numpy)"
             raise ValueError(f"{label} a {type(out).__name__} at {where}; expected an array of shape {xb.shape}{hint}")
         if shape != xb.shape:
             raise ValueError(f"{label} shape {shape} at {where}; expected {xb.shape} "
