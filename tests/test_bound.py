@@ -402,31 +402,37 @@ def _path_integral_1d(process, m, lam, t_lo, t_hi):
         cu, cz, c0 = -1 / vt + r / vk - c * (1 - r), np.sqrt(V) / vk + c * np.sqrt(V), -c * (1 - r) * at * m
         return 0.5 * g2 * (cu**2 * vt + cz**2 + c0**2)
 
-    # the integrand grows like 1 / (t_max - t): break points crowding toward the top
+    # the integrand grows like 1 / (t_max - t): break points crowding toward the top (and, for a
+    # DDPM, at its knots, where g^2 jumps)
     points = np.unique(np.concatenate([[t_lo], t_hi - (t_hi - t_lo) * np.geomspace(1, 1e-12, 60), [t_hi]]))
+    if isinstance(process, DDPM):
+        knots = np.arange(1, process.num_train_timesteps + 1) / process.num_train_timesteps
+        points = np.unique(np.concatenate([[t_lo, t_hi], knots[(knots > t_lo) & (knots < t_hi)]]))
     return sum(integrate.quad(integrand, a, b, epsabs=0, epsrel=1e-12, limit=200)[0]
                for a, b in zip(points[:-1], points[1:]))
 
 
 # the reference's last subintervals below t_max lose digits to cancellation (their share is negligible)
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
-@pytest.mark.parametrize("process", [VPCosine(), FlowMatching()])
-def test_path_term_is_honest_where_g2_has_no_bound(process):
-    """One step from T = t_max (the CLI's default T for these processes) down to 0.5: with t
+@pytest.mark.parametrize("process, t_lo", [(VPCosine(), 0.5), (FlowMatching(), 0.5), (DDPM("squaredcos_cap_v2"), 0.95)],
+                         ids=repr)
+def test_path_term_is_honest_where_g2_has_no_bound(process, t_lo):
+    """One step from T = t_max (the CLI's default T for these processes) down to t_lo: with t
     uniform on the step, a few draws near t_max carried it; the median run was 35% low and a
-    third of runs more than 3 standard errors below the integral. Drawn with density g^2, the
-    runs centre on the quadrature and their standard errors are honest."""
+    third of runs more than 3 standard errors below the integral (DDPM's capped cosine: a
+    quarter). Drawn with density g^2, the runs centre on the quadrature and their standard
+    errors are honest."""
     target = GaussianMixture([1.0], [[1.0]], [[[0.5]]])
     T = process.t_max
-    truth = _path_integral_1d(process, 1.0, 0.5, 0.5, T)
-    runs = [tv_upper_bound(lambda x, t: target.score(x, t, process), target, process, 0.5, T, np.array([T, 0.5]),
+    truth = _path_integral_1d(process, 1.0, 0.5, t_lo, T)
+    runs = [tv_upper_bound(lambda x, t: target.score(x, t, process), target, process, t_lo, T, np.array([T, t_lo]),
                            "euler_maruyama", 256, np.random.default_rng(seed), n_aux=2) for seed in range(40)]
     z = np.array([(b.kl_path - truth) / b.kl_path_se for b in runs])
     assert abs(np.median([b.kl_path for b in runs]) / truth - 1) < 0.03, truth
     assert np.mean(z < -3) <= 0.05 and np.mean(np.abs(z) > 2) <= 0.15, z
 
 
-@pytest.mark.parametrize("process", [VPCosine(), FlowMatching()])
+@pytest.mark.parametrize("process", [VPCosine(), FlowMatching(), DDPM("squaredcos_cap_v2")], ids=repr)
 def test_times_by_g2_invert_the_integral_of_g2(process):
     """The times have distribution function int_lo^t g^2 / int_lo^hi g^2 = u (g^2 integrated by
     quadrature, independently of the process's closed form), on steps near t_max and near 0."""
@@ -434,10 +440,19 @@ def test_times_by_g2_invert_the_integral_of_g2(process):
 
     lo = np.array([0.5, 0.99, 1e-4, 0.3])
     hi = np.array([process.t_max, process.t_max, 2e-4, 0.30001])
+    if isinstance(process, DDPM):
+        lo[2], hi[2] = 0.0005, 0.0035  # across knots, where g^2 jumps
     u = np.array([0.25, 0.9, 0.5, 0.75])
     t, G = times_by_g2(process, lo, hi, u)
+    def integral(a, b):  # a DDPM's g^2 jumps at its knots: integrate piece by piece
+        edges = [a, b]
+        if isinstance(process, DDPM):
+            knots = np.arange(1, process.num_train_timesteps) / process.num_train_timesteps
+            edges = np.unique(np.concatenate([[a, b], knots[(knots > a) & (knots < b)]]))
+        return sum(integrate.quad(lambda s: float(process.g2(s)), e0, e1, epsabs=0, epsrel=1e-12, limit=200)[0]
+                   for e0, e1 in zip(edges[:-1], edges[1:]))
+
     for i in range(4):
-        below = integrate.quad(lambda s: float(process.g2(s)), lo[i], t[i], epsabs=0, epsrel=1e-12, limit=200)[0]
-        total = integrate.quad(lambda s: float(process.g2(s)), lo[i], hi[i], epsabs=0, epsrel=1e-12, limit=200)[0]
+        below, total = integral(lo[i], t[i]), integral(lo[i], hi[i])
         assert G[i] == pytest.approx(total, rel=1e-9, abs=0)
         assert below / total == pytest.approx(u[i], rel=1e-9, abs=0)

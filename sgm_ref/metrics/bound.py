@@ -37,7 +37,7 @@ path has the forward process's law. Both points are drawn exactly (X_t from p_t,
 X_{t_k} from the forward transition), the oracle gives grad log p_t, and t is uniform on
 the step, so the integral is a plain Monte-Carlo average with a standard error, in any
 dimension, for the actual grid and scheme. (On VPCosine and FlowMatching, whose g^2 grows
-like 2 / (1 - t) toward t_max, t is drawn with density g^2 / int g^2 on the step instead
+like 2 / (1 - t) toward t_max, and on DDPM's capped cosine schedule, t is drawn with density g^2 / int g^2 on the step instead
 and each draw weighs int g^2: drawn uniformly, the few draws nearest t_max carried the
 step, and with the CLI's T = t_max the standard error understated the spread, 38% of
 runs more than 3 standard errors below the integral.) Then
@@ -232,7 +232,7 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
     steps_per_block = rows_per_block // n
     for first in range(0, N, steps_per_block):
         k = np.repeat(np.arange(first, min(first + steps_per_block, N)), n)
-        if process._g2_unbounded:  # t with density g^2 / G_k on the step: the weight G_k is bounded
+        if process._times_by_g2:  # t with density g^2 / G_k on the step: the weight G_k is bounded
             t, weight = times_by_g2(process, grid[k + 1], grid[k], rng.random(k.size))
         else:
             t = grid[k + 1] + h[k] * rng.random(k.size)

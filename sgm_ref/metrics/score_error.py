@@ -28,7 +28,8 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     e_i = g(t_i)^2/2 |s(x_i, t_i) - grad log p_{t_i}(x_i)|^2. With q log-uniform,
     q(t) = 1 / (t log(T / t0)), which puts more points near t0 where the score and its
     error are largest; with q uniform, q = 1 / (T - t0). For VPCosine and FlowMatching,
-    whose g^2 grows like 2 / (1 - t) toward t_max, half the times are drawn with density
+    whose g^2 grows like 2 / (1 - t) toward t_max, and DDPM's capped cosine schedule
+    (g^2 ~ 6900 on its last step), half the times are drawn with density
     g^2 / int_t0^T g^2 instead (q is then the mixture of the two): with q alone a few
     draws near t_max carried the integral and the standard error understated its spread
     (FlowMatching at T = t_max: spread 5.9 across seeds against a stated 1.8).
@@ -90,7 +91,7 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
     else:
         t = t0 + (T - t0) * u
         inv_q = np.full(n, T - t0)
-    if process._g2_unbounded:
+    if process._times_by_g2:
         # half the times with density g^2 / G on [t0, T] (a defensive mixture with q): the
         # weight 1 / q_mix stays below 2 G / g^2 near T, where g^2 has no bound
         lo, hi = np.full(n, t0), np.full(n, T)
@@ -122,11 +123,12 @@ def times_by_g2(process, lo, hi, u):
 
     The inverse of the distribution function int_lo^t g^2 / G, by bisection (64 halvings
     reach the last bit of any step). lo, hi, u: float64 arrays of one shape. Returns
-    (t, G). For a process whose g^2 grows without bound toward t_max (its _g2_unbounded:
-    VPCosine, FlowMatching, g^2 ~ 2 / (1 - t)), a time drawn uniformly makes an integral
-    of g^2 |...|^2 heavy-tailed: a few draws near t_max carry it, and the standard error
-    of n draws understates the spread. Drawn with density g^2 / G, the weight of a draw is
-    G itself, bounded.
+    (t, G). For a process whose g^2 peaks far above its mean (its _times_by_g2: VPCosine
+    and FlowMatching, g^2 ~ 2 / (1 - t), and DDPM's squaredcos_cap_v2, whose capped last
+    beta makes g^2 ~ 6900), a time drawn uniformly makes an integral of g^2 |...|^2
+    heavy-tailed: a few draws near t_max carry it, and the standard error of n draws
+    understates the spread. Drawn with density g^2 / G, the weight of a draw is G itself,
+    bounded.
     """
     total = process._int_g2(hi, lo)
     goal = u * total

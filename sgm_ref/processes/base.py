@@ -46,10 +46,12 @@ class LinearGaussianProcess:
 
     t_min = 0.0
     t_max = np.inf
-    # g^2 grows without bound toward t_max (VPCosine, FlowMatching: like 1 / (1 - t)): a time
-    # drawn uniformly then makes g^2-weighted Monte-Carlo integrals heavy-tailed, so the
-    # metrics draw such times with density proportional to g^2 (sgm_ref.metrics)
-    _g2_unbounded = False
+    # Whether g^2 peaks far above its mean, as it grows without bound toward t_max
+    # (VPCosine, FlowMatching: like 2 / (1 - t)) or jumps on the last step (DDPM's capped
+    # cosine schedule): a time drawn uniformly then makes g^2-weighted Monte-Carlo integrals
+    # heavy-tailed, so the metrics draw such times with density proportional to g^2
+    # (sgm_ref.metrics.score_error.times_by_g2)
+    _times_by_g2 = False
 
     # -- plumbing ------------------------------------------------------------------------
 

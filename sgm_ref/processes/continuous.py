@@ -295,7 +295,7 @@ class FlowMatching(LinearGaussianProcess):
         there and f, g^2, lambda are infinite.
     """
 
-    _g2_unbounded = True
+    _times_by_g2 = True
     t_max: float = 1.0 - 1e-5
 
     def __post_init__(self):

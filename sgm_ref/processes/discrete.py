@@ -66,6 +66,9 @@ class DDPM(VariancePreserving):
         rates = -np.log1p(-self.betas())
         object.__setattr__(self, "_rates", rates)
         object.__setattr__(self, "_knots", np.concatenate([[0.0], np.cumsum(rates)]))
+        # squaredcos_cap_v2's last beta is capped at 0.999: g^2 = N rate jumps to ~6900 on the
+        # last step, 300 times its mean, and carries a third of a g^2-weighted integral there
+        object.__setattr__(self, "_times_by_g2", bool(self.num_train_timesteps * rates.max() > 100 * self._knots[-1]))
 
     # -- the schedule's constants --------------------------------------------------------
 

@@ -264,7 +264,7 @@ class VPCosine(VariancePreserving):
     """
 
     s: float = 0.008
-    _g2_unbounded = True
+    _times_by_g2 = True
     t_max: float = 1.0 - 1e-5
 
     def __post_init__(self):
