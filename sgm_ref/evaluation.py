@@ -288,7 +288,7 @@ def _evaluate(folder, options, plots, progress, nll=0):
     _check_writable(folder)
     rng = streams(config["seed"])["evaluate"]
     e, s, tr = config["evaluate"], config["sample"], config["train"]
-    training = _training_summary(folder)
+    training = _training_summary(folder, config["train"]["steps"])
     tic = time.perf_counter()
     stages = _Stages(progress)
     try:
@@ -332,7 +332,7 @@ def _evaluate(folder, options, plots, progress, nll=0):
     return report, written, note
 
 
-def _training_summary(folder):
+def _training_summary(folder, steps=None):
     path = os.path.join(folder, "history.json")
     try:
         with open(path, encoding="utf-8") as f:
@@ -344,6 +344,9 @@ def _training_summary(folder):
     if loss.size == 0 or not np.all(np.isfinite(loss)):
         raise RunError(f"{path} is damaged (its loss must be a non-empty list of finite numbers, as "
                        "training writes it): train the run again")
+    if steps is not None and len(loss) != steps:
+        raise RunError(f"{path} holds {len(loss)} losses, but the run is trained for {steps} steps: it is another "
+                       f"training's; finish or repeat the training (`sgm-ref train {os.fspath(folder)} --resume`)")
     window = min(FINAL_LOSS_WINDOW, len(loss))
     return {"steps": len(loss), "first_loss": float(loss[0]), "last_loss": float(loss[-1]),
             "final_loss_mean": float(np.mean(loss[-window:])), "final_loss_window": window}

@@ -335,7 +335,7 @@ def new_run(folder, config, force=False):
             kept = _resumable(folder) if isinstance(exc, OSError) else None
             if kept:  # a fault of the machine (a full disk), not of the run: its training is kept for --resume
                 raise RunError(f"{os_error_text(exc)}; the run in {folder} is kept ({kept}): once that is fixed, "
-                               f"continue it with `sgm-ref train {folder} --resume`") from exc
+                               f"continue it with {_continuation(folder)}") from exc
             if not isinstance(exc, KeyboardInterrupt):
                 if made:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -344,6 +344,15 @@ def new_run(folder, config, force=False):
                         if os.path.exists(_path(folder, name)):
                             os.unlink(_path(folder, name))
             raise
+
+
+def _continuation(folder):
+    """The commands that finish a kept run (`sgm-ref demo` fails after training, too)."""
+    if finished_steps(folder) is None:
+        return f"`sgm-ref train {folder} --resume`"
+    if not os.path.exists(_path(folder, "samples.npy")):
+        return f"`sgm-ref sample {folder}`, then `sgm-ref evaluate {folder}`"
+    return f"`sgm-ref evaluate {folder}`"
 
 
 def _resumable(folder):
@@ -574,6 +583,8 @@ def train(folder, progress=None, steps=None, log=None):
             # (then the extension is complete but for its model: --resume writes it)
             if extending and source == final and _state_step(final) == configured:
                 write_json(_path(folder, "config.json"), old)
+                with np.load(final, allow_pickle=False) as f:  # the history may be the extension's already
+                    write_json(_path(folder, "history.json"), {"loss": f["loss"].tolist()})
                 if os.path.exists(checkpoint):
                     os.unlink(checkpoint)
             raise

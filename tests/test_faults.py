@@ -460,3 +460,48 @@ def test_a_folder_name_the_terminal_cannot_encode_is_printed_escaped(tmp_path):
                             env={**os.environ, "PYTHONIOENCODING": "utf-8"})
     assert result.returncode == 0, result.stderr
     assert b"bn_\\udce9" in result.stdout
+
+
+def test_a_failed_extension_restores_the_history_of_the_run_it_was(tmp_path):
+    """Extending 20 -> 25 steps with the final state's write failing: config.json went back to
+    20 steps but history.json kept the extension's 25 losses, which evaluate reported (found by
+    a review). The history comes back from the old final state, and evaluate refuses a history
+    of another length than the run's."""
+    out = trained(tmp_path / "run", 20)
+    before = (out / "history.json").read_text()
+    script = tmp_path / "full.py"
+    script.write_text(
+        "import errno, sys\nimport sgm_ref.runs as runs\nsave_state = runs._save_state\n"
+        "def full(path, step, *args):\n"
+        "    if str(path).endswith('training_state.npz') and step == 25:\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
+        "    save_state(path, step, *args)\n"
+        "runs._save_state = full\nfrom sgm_ref.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    result = subprocess.run([sys.executable, str(script), "train", str(out), "--resume", "--steps", "25"],
+                            capture_output=True, text=True, timeout=600)
+    assert_one_line_error(result, "No space left on device")
+    assert json.loads((out / "config.json").read_text())["train"]["steps"] == 20
+    assert (out / "history.json").read_text() == before
+    run("sample", out, *TINY_SAMPLING)
+    run("evaluate", out, *TINY_EVALUATION)
+    (out / "history.json").write_text(json.dumps({"loss": [1.0] * 25}))
+    assert_one_line_error(run("evaluate", out, *TINY_EVALUATION, check=False), "holds 25 losses, but the run is "
+                                                                                  "trained for 20 steps")
+
+
+def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path):
+    """The kept demo's line said `train --resume`, which only answers 'already trained'."""
+    script = tmp_path / "full.py"
+    script.write_text(
+        "import errno, sys\nimport sgm_ref.runs as runs\natomic_write = runs.atomic_write\n"
+        "def full(path, write):\n"
+        "    if str(path).endswith('samples.npy'):\n"
+        "        raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
+        "    atomic_write(path, write)\n"
+        "runs.atomic_write = full\nfrom sgm_ref.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, str(script), "demo", str(out), *TINY, "--steps", "20",
+                             *TINY_SAMPLING, *TINY_EVALUATION], capture_output=True, text=True, timeout=600)
+    assert_one_line_error(result, f"continue it with `sgm-ref sample {out}`, then `sgm-ref evaluate {out}`")
+    run("sample", out, *TINY_SAMPLING)
+    run("evaluate", out, *TINY_EVALUATION)
