@@ -287,8 +287,11 @@ def build_parser():
     p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
     p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
     p.add_argument("--rho", type=float, help="--grid karras's rho (default 7)")
-    p.add_argument("--steps-offset", type=_integer,
-                   help="diffusers' steps_offset of --grid leading (default 0; Stable Diffusion's schedulers use 1)")
+    p.add_argument("--steps-offset", type=_integer, help="diffusers' steps_offset of --grid leading (default 0)")
+    p.add_argument("--set-alpha-to-one", choices=("true", "false"),
+                   help="diffusers' set_alpha_to_one with --grid leading/trailing/linspace: true (default) ends at "
+                        "the data, false at timestep 0's alphas_cumprod (Stable Diffusion's DDIM configuration, "
+                        "with --steps-offset 1)")
     p.add_argument("--kind", choices=("loop", "step"), help="the sampler's form (default: read from its signature)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="an option of the replay (VALUE read as JSON, else as text), e.g. step_size=0.1; repeatable")
@@ -938,7 +941,8 @@ def _sampler_grid(args, process):
     uniform / geometric: sgm_ref.samplers.time_grid from T to t0. karras (EDM): Karras et
     al.'s sigmas from T = sigma_max to t0 = sigma_min, then 0 (EDM.karras_sigmas).
     leading / trailing / linspace (DDPM): diffusers' timesteps (sgm_ref.replays.ddim_timesteps)
-    as times (i + 1) / N, then 0, the data (timestep_grid).
+    as times (i + 1) / N, then 0, the data (timestep_grid), or with --set-alpha-to-one false
+    timestep 0's time 1 / N.
     """
     from .processes import DDPM, EDM
     from .replays import SPACINGS, ddim_timesteps, timestep_grid
@@ -949,6 +953,9 @@ def _sampler_grid(args, process):
         raise ValueError(f"--rho is --grid karras's; the grid here is {kind}")
     if args.steps_offset is not None and kind != "leading":
         raise ValueError(f"--steps-offset is --grid leading's (diffusers applies it to that spacing only); "
+                         f"the grid here is {kind}")
+    if args.set_alpha_to_one is not None and kind not in SPACINGS:
+        raise ValueError(f"--set-alpha-to-one is for diffusers' timesteps (--grid leading, trailing or linspace); "
                          f"the grid here is {kind}")
     if kind in SPACINGS:
         if not isinstance(process, DDPM):
@@ -963,6 +970,12 @@ def _sampler_grid(args, process):
             raise ValueError(f"--n-steps must be at most the process's {N} timesteps with --grid {kind}, "
                              f"got {args.n_steps}")
         steps = ddim_timesteps(args.n_steps, N, kind, args.steps_offset or 0)
+        if args.set_alpha_to_one == "false":  # the last step lands on timestep 0's alphas_cumprod
+            if steps[-1] == 0:
+                raise ValueError(f"--set-alpha-to-one false: the last of these timesteps is 0 itself, and diffusers' "
+                                 f"step from it to timestep 0's alphas_cumprod changes nothing; use --steps-offset 1 "
+                                 f"or another spacing")
+            return timestep_grid(process, steps, final=process.time_of_timestep(0))
         return timestep_grid(process, steps)
     name = process.__class__.__name__
     T = args.T if args.T is not None else {"OU": 5.0, "EDM": 80.0}.get(name, min(1.0, process.t_max))

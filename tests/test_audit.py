@@ -489,3 +489,44 @@ def test_float32_rounding_in_a_float64_peer_is_noted_with_the_rtol_that_matches(
     wrong = compare_sampler(lambda s, g, x, z: em_float32_coefficients(lambda y, t: 1.01 * s(y, t), g, x, z),
                             "euler_maruyama", VP_, grid, TARGET, 64, np.random.default_rng(0), sample_distances=False)
     assert not wrong.matches and not any("float32" in note for note in wrong.notes)
+
+
+def test_cli_grid_set_alpha_to_one_false_is_stable_diffusions_ddim():
+    """Stable Diffusion's DDIMScheduler (scaled_linear, steps_offset=1, set_alpha_to_one=False)
+    ends on timestep 0's alphas_cumprod, not the data: `--grid leading --steps-offset 1` alone
+    was a DISCREPANCY at its last step (found by a review); with --set-alpha-to-one false the
+    installed scheduler matches at float32's rounding."""
+    import torch
+    diffusers = peer("diffusers")
+    from sgm_ref.conventions import convert
+
+    spec = "ddpm:scaled_linear,beta_start=0.00085,beta_end=0.012"
+    grid = sampler_grid("--process", spec, "--grid", "leading", "--n-steps", 20, "--steps-offset", 1,
+                        "--set-alpha-to-one", "false")
+    proc = process_from_spec(spec)
+    assert grid[-1] == proc.time_of_timestep(0)
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                        clip_sample=False, steps_offset=1, set_alpha_to_one=False)
+        sched.set_timesteps(len(grid) - 1)
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for k, timestep in enumerate(sched.timesteps):
+            t = np.full(len(x), grid[k])
+            eps = convert(score(y.numpy(), t), y.numpy(), t, proc, from_="score", to="eps")
+            y = sched.step(torch.from_numpy(eps), timestep, y).prev_sample
+            path.append(y.numpy().copy())
+        return np.stack(path)
+
+    options = {"eta": 0.0, "alphas_cumprod": "diffusers"}
+    res = compare_sampler(loop, "ddim", proc, grid, TARGET_2D, 100, np.random.default_rng(0), replay_options=options,
+                          rtol=64 * 2.0**-23, sample_distances=False)
+    assert res.matches, res.text()
+    to_data = sampler_grid("--process", spec, "--grid", "leading", "--n-steps", 20, "--steps-offset", 1)
+    res = compare_sampler(loop, "ddim", proc, to_data, TARGET_2D, 100, np.random.default_rng(0),
+                          replay_options=options, rtol=64 * 2.0**-23, sample_distances=False)
+    assert not res.matches and res.first_divergence == 19
+    with pytest.raises(ValueError, match="the last of these timesteps is 0 itself"):
+        sampler_grid("--process", spec, "--grid", "leading", "--n-steps", 20, "--set-alpha-to-one", "false")
+    with pytest.raises(ValueError, match="--set-alpha-to-one is for diffusers' timesteps"):
+        sampler_grid("--grid", "uniform", "--set-alpha-to-one", "true")
