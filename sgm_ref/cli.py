@@ -972,9 +972,9 @@ def _sampler_grid(args, process):
         steps = ddim_timesteps(args.n_steps, N, kind, args.steps_offset or 0)
         if args.set_alpha_to_one == "false":  # the last step lands on timestep 0's alphas_cumprod
             if steps[-1] == 0:
-                raise ValueError(f"--set-alpha-to-one false: the last of these timesteps is 0 itself, and diffusers' "
-                                 f"step from it to timestep 0's alphas_cumprod changes nothing; use --steps-offset 1 "
-                                 f"or another spacing")
+                raise ValueError("--set-alpha-to-one false: the last of these timesteps is 0 itself, and diffusers' "
+                                 "step from it to timestep 0's alphas_cumprod changes nothing; use --steps-offset 1 "
+                                 "or another spacing")
             return timestep_grid(process, steps, final=process.time_of_timestep(0))
         return timestep_grid(process, steps)
     name = process.__class__.__name__
