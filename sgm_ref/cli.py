@@ -218,8 +218,9 @@ def build_parser():
                         "computed in float64) (default %(default)s)")
     p.add_argument("--inputs", choices=("auto", "numpy", "torch"), default="auto",
                    help="what the function is given: torch tensors (through sgm_ref.interop.from_torch) or NumPy "
-                        "arrays; auto: tensors for a torch.nn.Module or a function whose code names torch "
-                        "(default %(default)s)")
+                        "arrays; auto: tensors for a torch.nn.Module, sgm_ref's to_torch oracle, or a function "
+                        "whose module-level names include torch (one that imports torch only in its body gets "
+                        "NumPy) (default %(default)s)")
     p.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
     p.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
     p.add_argument("--t0", type=float, default=_TRAIN["t0"],
@@ -454,6 +455,8 @@ def cmd_train(args):
         config = runs.read_config(args.run)
         finished = runs.finished_steps(args.run)  # asked before the lock: a trained read-only run says so
         if finished is not None and finished == config["train"]["steps"] and args.steps in (None, finished):
+            if runs.restore_history(args.run):
+                _say(f"{args.run}: history.json restored from training_state.npz ({finished} losses)")
             _say(f"{args.run} is already trained ({finished} steps); extend it with --resume --steps N")
             return 0
         _train(args.run, steps=args.steps, resume=True)
@@ -498,7 +501,7 @@ def cmd_demo(args):
     options["sample"] = _sampling_options(args)
     options["evaluate"] = _evaluation_options(args)
     config = runs.make_config(options)
-    with runs.new_run(args.run, config, args.force):  # on failure, removes what it wrote
+    with runs.new_run(args.run, config, args.force, then_evaluate=True):  # on failure, removes what it wrote
         _train(args.run)
         cmd_sample(argparse.Namespace(run=args.run, n_samples=None, sampler=None, grid=None, n_steps=None, t0=None,
                                       T=None))
@@ -1084,6 +1087,12 @@ def main(argv=None):
                         f"`sgm-ref evaluate {run}`",
                 "experiment": "rerun the same command to continue; finished cells are kept"}.get(
                     getattr(args, "command", None), "")
+        if getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run):
+            try:  # what is on disk says what is left to do (a demo interrupted after training)
+                from .runs import _continuation
+                hint = f"continue with {_continuation(run, args.command == 'demo')}"
+            except Exception:  # the hint is a courtesy: never let it hide the interruption
+                pass
         print(f"sgm-ref: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)
         return 130
 

@@ -346,7 +346,8 @@ def _training_summary(folder, steps=None):
                        "training writes it): train the run again")
     if steps is not None and len(loss) != steps:
         raise RunError(f"{path} holds {len(loss)} losses, but the run is trained for {steps} steps: it is another "
-                       f"training's; finish or repeat the training (`sgm-ref train {os.fspath(folder)} --resume`)")
+                       f"training's; `sgm-ref train {os.fspath(folder)} --resume` restores it from the run's final "
+                       "state")
     window = min(FINAL_LOSS_WINDOW, len(loss))
     return {"steps": len(loss), "first_loss": float(loss[0]), "last_loss": float(loss[-1]),
             "final_loss_mean": float(np.mean(loss[-window:])), "final_loss_window": window}

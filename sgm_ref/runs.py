@@ -58,7 +58,7 @@ from .train import History, fit, progress_bar
 
 __all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
            "create", "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps",
-           "thread_counts", "load_model", "sample_run", "load_samples", "write_json", "run_digest"]
+           "thread_counts", "load_model", "sample_run", "load_samples", "write_json", "run_digest", "restore_history"]
 
 FORMAT = "sgm_ref.run"
 FORMAT_VERSION = 1
@@ -286,7 +286,7 @@ _NEW_FOLDER_WAIT = 30.0
 
 
 @contextlib.contextmanager
-def new_run(folder, config, force=False):
+def new_run(folder, config, force=False, then_evaluate=False):
     """Create a run folder (as create) and hold its lock while the block runs.
 
     If the block raises, what the new run wrote is removed: the folder itself if this call
@@ -294,7 +294,8 @@ def new_run(folder, config, force=False):
     removed. Two exceptions keep the run for `train --resume`: KeyboardInterrupt, and an
     OSError (a full disk, a file-size limit, a permission changed) once the training has
     written a checkpoint, its final state or the model; the OSError then becomes a
-    RunError that says so.
+    RunError that says so, with the commands that finish the run (then_evaluate: the block
+    also samples and evaluates it, as `sgm-ref demo` does).
     """
     folder = os.fspath(folder)
     made = False
@@ -335,7 +336,7 @@ def new_run(folder, config, force=False):
             kept = _resumable(folder) if isinstance(exc, OSError) else None
             if kept:  # a fault of the machine (a full disk), not of the run: its training is kept for --resume
                 raise RunError(f"{os_error_text(exc)}; the run in {folder} is kept ({kept}): once that is fixed, "
-                               f"continue it with {_continuation(folder)}") from exc
+                               f"continue it with {_continuation(folder, then_evaluate)}") from exc
             if not isinstance(exc, KeyboardInterrupt):
                 if made:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -346,10 +347,12 @@ def new_run(folder, config, force=False):
             raise
 
 
-def _continuation(folder):
-    """The commands that finish a kept run (`sgm-ref demo` fails after training, too)."""
+def _continuation(folder, then_evaluate=False):
+    """The commands that finish a kept run; then_evaluate: a run that is also to be sampled
+    and evaluated (`sgm-ref demo`), which may stop after its training."""
     if finished_steps(folder) is None:
-        return f"`sgm-ref train {folder} --resume`"
+        then = f", then `sgm-ref sample {folder}` and `sgm-ref evaluate {folder}`" if then_evaluate else ""
+        return f"`sgm-ref train {folder} --resume`{then}"
     if not os.path.exists(_path(folder, "samples.npy")):
         return f"`sgm-ref sample {folder}`, then `sgm-ref evaluate {folder}`"
     return f"`sgm-ref evaluate {folder}`"
@@ -512,6 +515,32 @@ def finished_steps(folder):
     except (ValueError, KeyError, TypeError):
         return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def restore_history(folder):
+    """Rewrite a finished run's history.json from training_state.npz when its length is not
+    the run's (left by a failed extension); returns True if it did. Takes the folder's lock
+    only to write (a finished read-only run is left as it is)."""
+    def needed():
+        finished = finished_steps(folder)
+        if finished is None or _state_step(_states(folder)[1]) != finished:
+            return False
+        path = _path(folder, "history.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                loss = load_json(f, path).get("loss")
+            return not (isinstance(loss, list) and len(loss) == finished)
+        except (OSError, ValueError, AttributeError):
+            return True  # missing or damaged
+
+    if not needed():
+        return False
+    with writing(folder):
+        if not needed():
+            return False
+        with np.load(_states(folder)[1], allow_pickle=False) as f:
+            write_json(_path(folder, "history.json"), {"loss": f["loss"].tolist()})
+        return True
 
 
 def check_total_steps(folder, config, steps):

@@ -484,9 +484,14 @@ def test_a_failed_extension_restores_the_history_of_the_run_it_was(tmp_path):
     assert (out / "history.json").read_text() == before
     run("sample", out, *TINY_SAMPLING)
     run("evaluate", out, *TINY_EVALUATION)
-    (out / "history.json").write_text(json.dumps({"loss": [1.0] * 25}))
+    (out / "history.json").write_text(json.dumps({"loss": [1.0] * 25}))  # as the rollback of older versions left it
     assert_one_line_error(run("evaluate", out, *TINY_EVALUATION, check=False), "holds 25 losses, but the run is "
                                                                                   "trained for 20 steps")
+    # the remedy the message names does restore it (a review: it answered 'already trained' only)
+    assert "history.json restored from training_state.npz (20 losses)" in run("train", out, "--resume").stdout
+    assert (out / "history.json").read_text() == before
+    run("evaluate", out, *TINY_EVALUATION)
+    assert "restored" not in run("train", out, "--resume").stdout
 
 
 def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path):
@@ -504,4 +509,9 @@ def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path):
                              *TINY_SAMPLING, *TINY_EVALUATION], capture_output=True, text=True, timeout=600)
     assert_one_line_error(result, f"continue it with `sgm-ref sample {out}`, then `sgm-ref evaluate {out}`")
     run("sample", out, *TINY_SAMPLING)
+    from sgm_ref.runs import _continuation
+    assert _continuation(str(out)) == f"`sgm-ref evaluate {out}`"
     run("evaluate", out, *TINY_EVALUATION)
+    (out / "model.npz").unlink()  # as if killed before the model: training is what is left
+    assert _continuation(str(out), then_evaluate=True) == (f"`sgm-ref train {out} --resume`, then `sgm-ref sample "
+                                                          f"{out}` and `sgm-ref evaluate {out}`")
