@@ -350,7 +350,12 @@ def new_run(folder, config, force=False, then_evaluate=False):
 def _continuation(folder, then_evaluate=False):
     """The commands that finish a kept run; then_evaluate: a run that is also to be sampled
     and evaluated (`sgm-ref demo`), which may stop after its training."""
-    if finished_steps(folder) is None:
+    try:
+        configured = read_config(folder)["train"]["steps"]
+    except ValueError:
+        configured = None
+    finished = finished_steps(folder)
+    if finished is None or finished != configured:  # not trained, or an extension under way
         then = f", then `sgm-ref sample {folder}` and `sgm-ref evaluate {folder}`" if then_evaluate else ""
         return f"`sgm-ref train {folder} --resume`{then}"
     if not os.path.exists(_path(folder, "samples.npy")):
@@ -523,7 +528,7 @@ def restore_history(folder):
     only to write (a finished read-only run is left as it is)."""
     def needed():
         finished = finished_steps(folder)
-        if finished is None or _state_step(_states(folder)[1]) != finished:
+        if finished is None or _state_loss(_states(folder)[1], finished) is None:
             return False
         path = _path(folder, "history.json")
         try:
@@ -538,9 +543,21 @@ def restore_history(folder):
     with writing(folder):
         if not needed():
             return False
-        with np.load(_states(folder)[1], allow_pickle=False) as f:
-            write_json(_path(folder, "history.json"), {"loss": f["loss"].tolist()})
+        write_json(_path(folder, "history.json"), {"loss": _state_loss(_states(folder)[1], finished_steps(folder))})
         return True
+
+
+def _state_loss(path, steps):
+    """The losses a training state file records, as a list, if it is whole for `steps` steps
+    (at that step, `steps` finite float64 losses); else None."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            step, loss = int(f["step"]), f["loss"]
+    except Exception:  # missing or damaged: nothing to restore from
+        return None
+    if step != steps or loss.ndim != 1 or loss.dtype != np.float64 or loss.size != steps or not np.all(np.isfinite(loss)):
+        return None
+    return loss.tolist()
 
 
 def check_total_steps(folder, config, steps):
