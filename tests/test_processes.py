@@ -824,6 +824,14 @@ def test_ddpm_timestep_must_be_an_integer_in_range(i):
         DDPM().time_of_timestep(i)
 
 
+def test_a_beta_end_whose_schedule_rounds_to_one_is_refused():
+    """scaled_linear squares sqrt(beta_end): 1 - 1e-16 came back as a beta of 1, an infinite rate
+    and a NaN in the metrics' g^2 rule (found by a review)."""
+    with pytest.raises(ValueError, match="too close to 1"):
+        DDPM("scaled_linear", 1e-4, 1.0 - 1e-16)
+    assert np.all(np.isfinite(DDPM("scaled_linear", 1e-4, 0.999)._rates))
+
+
 def test_a_fractional_timestep_is_pointed_to_sigmas():
     """A sigma-based scheduler's fractional timesteps (EulerDiscreteScheduler's 946.42...) get the
     way out in the message (a review: the bare refusal gave no hint)."""

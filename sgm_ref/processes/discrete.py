@@ -63,7 +63,11 @@ class DDPM(VariancePreserving):
         object.__setattr__(self, "num_train_timesteps", check_count(self.num_train_timesteps,
                                                                     "num_train_timesteps", minimum=2))
         # rates -log(1 - beta_j) and their cumulative sums at the knots t = j/N, j = 0..N
-        rates = -np.log1p(-self.betas())
+        betas = self.betas()
+        if not np.all(betas < 1.0):  # scaled_linear squares sqrt(beta_end), which may round to 1
+            raise ValueError(f"beta_end = {self.beta_end!r} is too close to 1: the {self.beta_schedule} schedule's "
+                             "last beta rounds to 1 in float64 (alpha would be 0); use a smaller beta_end")
+        rates = -np.log1p(-betas)
         object.__setattr__(self, "_rates", rates)
         object.__setattr__(self, "_knots", np.concatenate([[0.0], np.cumsum(rates)]))
         # squaredcos_cap_v2's last beta is capped at 0.999: g^2 = N rate jumps to ~6900 on the
