@@ -234,3 +234,14 @@ def test_integral_is_honest_where_g2_has_no_bound(process, time_distribution):
     values, ses = runs[:, 0], runs[:, 1]
     assert abs(values.mean() - truth) < 4 * values.std() / np.sqrt(values.size)
     assert 0.75 < values.std() / ses.mean() < 1.3, (values.std(), ses.mean())
+
+
+@pytest.mark.parametrize("schedule, flagged", [
+    (DDPM(), False), (DDPM("scaled_linear", 0.00085, 0.012), False), (DDPM("linear", 1e-4, 0.5), False),
+    (DDPM("squaredcos_cap_v2"), True), (DDPM("squaredcos_cap_v2", num_train_timesteps=5), True),
+    (DDPM("linear", 1e-4, 0.999, 10), True), (DDPM("scaled_linear", 1e-4, 0.99, 100), True)], ids=repr)
+def test_which_ddpm_schedules_draw_times_by_g2(schedule, flagged):
+    """Usual schedules draw as before (bit for bit); those with a step whose beta is near 1
+    draw by g^2. A review measured the last three, unflagged by the first rule, 8-12% of runs
+    3 standard errors low at n = 200 under log-uniform times (0.5% flagged)."""
+    assert schedule._times_by_g2 is flagged

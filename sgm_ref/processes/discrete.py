@@ -74,9 +74,11 @@ class DDPM(VariancePreserving):
         # last step (N = 1000) and that step carries a third of a g^2-weighted integral. The
         # relative second moment of g^2 under uniform times, N sum r^2 / (sum r)^2, is the
         # variance it adds: at most 2.3 for linear schedules (beta_end up to 0.99), 4.5 for
-        # the capped cosine at N = 10, 131 at N = 1000
+        # the capped cosine at N = 10, 131 at N = 1000. Log-uniform times (the integral's
+        # default) put few draws near t = 1, so a step there with a rate above 1 (beta > 0.63,
+        # alpha falling by e^-1/2 in one step) is heavy under them even below that moment
         object.__setattr__(self, "_times_by_g2", bool(self.num_train_timesteps * np.sum(rates**2)
-                                                      > 3.0 * self._knots[-1] ** 2))
+                                                      > 3.0 * self._knots[-1] ** 2 or rates.max() > 1.0))
 
     # -- the schedule's constants --------------------------------------------------------
 
