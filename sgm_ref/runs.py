@@ -629,8 +629,9 @@ def train(folder, progress=None, steps=None, log=None):
             # (then the extension is complete but for its model: --resume writes it)
             if extending and source == final and _state_step(final) == configured:
                 write_json(_path(folder, "config.json"), old)
-                with np.load(final, allow_pickle=False) as f:  # the history may be the extension's already
-                    write_json(_path(folder, "history.json"), {"loss": f["loss"].tolist()})
+                loss = _state_loss(final, configured)  # the history may be the extension's already
+                if loss is not None:
+                    write_json(_path(folder, "history.json"), {"loss": loss})
                 if os.path.exists(checkpoint):
                     os.unlink(checkpoint)
             raise
