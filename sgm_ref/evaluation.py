@@ -31,7 +31,7 @@ from ._validation import check_count, check_rng, check_time_range
 from ._json import load_json
 from .io import atomic_write
 from .losses import WEIGHTINGS, sample_times
-from .runs import (_EVALUATION_FILES as _REPORT_FILES, RunError, load_model, load_samples, read_config, streams,
+from .runs import (_EVALUATION_FILES, RunError, _remove, load_model, load_samples, read_config, streams,
                    update_section, write_json, writing)
 from .targets.spec import from_record
 
@@ -252,7 +252,8 @@ def evaluate_run(folder, options=None, plots=True, progress=None, nll=0):
     options update config["evaluate"], which report.json records (its "evaluate"). Once
     the figures are computed, the old report and plots are removed, then the updated
     config.json, report.json and report.md are written, then the plots (none with
-    plots=False): a kill in between leaves no report rather than a mixed one. nll > 0 adds report["likelihood"] (sgm_ref.likelihood.nll_report): the
+    plots=False): a kill in between leaves no report rather than a mixed one. nll > 0
+    adds report["likelihood"] (sgm_ref.likelihood.nll_report): the
     model's NLL by the probability-flow ODE on nll fresh exact samples of p_t0, the
     target's exact NLL and their gap, an estimate of KL(p_t0 || model); 0 (the default)
     skips it (it solves an ODE with the network's exact divergence, about d forward
@@ -316,9 +317,7 @@ def _evaluate(folder, options, plots, progress, nll=0):
         text = markdown(report)
         # the old report and plots go first, then the settings, then the new report: a kill
         # in between leaves no report rather than one beside another's settings or plots
-        for name in _REPORT_FILES:
-            if os.path.exists(os.path.join(folder, name)):
-                os.unlink(os.path.join(folder, name))
+        _remove(folder, _EVALUATION_FILES)
         if options:
             write_json(os.path.join(folder, "config.json"), config)
         write_json(os.path.join(folder, "report.json"), json_ready(report))

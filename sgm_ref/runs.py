@@ -58,7 +58,7 @@ from .train import History, fit, progress_bar
 
 __all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
            "create", "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps",
-           "thread_counts", "load_model", "sample_run", "load_samples", "write_json", "run_digest", "restore_history"]
+           "thread_counts", "load_model", "sample_run", "load_samples", "write_json", "restore_history"]
 
 FORMAT = "sgm_ref.run"
 FORMAT_VERSION = 1
@@ -688,11 +688,11 @@ def _train(folder, config, source, progress, log):
     if os.path.exists(checkpoint):
         os.unlink(checkpoint)
     save(model, _path(folder, "model.npz"), ema=optimizer.ema,
-         extra={"run": "trained by sgm_ref.runs.train", "steps": t["steps"], "run_digest": run_digest(config)})
+         extra={"run": "trained by sgm_ref.runs.train", "steps": t["steps"], "run_digest": _run_digest(config)})
     return history
 
 
-def run_digest(config):
+def _run_digest(config):
     """A digest of every setting that decides a run's trained model (not its step count,
     which an extension raises, nor how often it checkpoints): load_model refuses a
     model.npz whose digest is another's (a model copied from another run, or a config.json
@@ -733,7 +733,7 @@ def load_model(folder, config=None):
                        "embedding differ): was it copied from another run?")
     extra = read_header(path).get("extra", {})
     digest = extra.get("run_digest") if isinstance(extra, dict) else None
-    if digest is not None and digest != run_digest(config):  # models of older versions carry none
+    if digest is not None and digest != _run_digest(config):  # models of older versions carry none
         raise RunError(f"{path} was trained under other settings than config.json's (target, seed, network or "
                        "training): a model from another run, or config.json edited after training; train the "
                        "run again")

@@ -436,14 +436,14 @@ def test_path_term_is_honest_where_g2_has_no_bound(process, t_lo):
 def test_times_by_g2_invert_the_integral_of_g2(process):
     """The times have distribution function int_lo^t g^2 / int_lo^hi g^2 = u (g^2 integrated by
     quadrature, independently of the process's closed form), on steps near t_max and near 0."""
-    from sgm_ref.metrics.score_error import times_by_g2
+    from sgm_ref.metrics.score_error import _times_with_g2_density
 
     lo = np.array([0.5, 0.99, 1e-4, 0.3])
     hi = np.array([process.t_max, process.t_max, 2e-4, 0.30001])
     if isinstance(process, DDPM):
         lo[2], hi[2] = 0.0005, 0.0035  # across knots, where g^2 jumps
     u = np.array([0.25, 0.9, 0.5, 0.75])
-    t, G = times_by_g2(process, lo, hi, u)
+    t, G = _times_with_g2_density(process, lo, hi, u)
     def integral(a, b):  # a DDPM's g^2 jumps at its knots: integrate piece by piece
         edges = [a, b]
         if isinstance(process, DDPM):

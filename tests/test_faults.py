@@ -349,30 +349,65 @@ def test_a_kill_after_any_write_leaves_a_run_that_resume_completes_bit_for_bit(t
     assert n > 3  # the sweep reached the end of the writes
 
 
+PATCHED = """
+import errno, sys
+import sgm_ref.runs as runs
+what = sys.argv[1]
+if what == "interrupt-fit":
+    def fit(*args, **kwargs):
+        raise KeyboardInterrupt
+    runs.fit = fit
+elif what == "interrupt-sample":
+    def sample(*args, **kwargs):
+        raise KeyboardInterrupt
+    runs.sample = sample
+elif what == "full-history":  # as a full disk fails the file's write
+    write_json = runs.write_json
+    def no_space(f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(path, obj):
+        if str(path).endswith("history.json"):
+            runs.atomic_write(path, no_space)
+        write_json(path, obj)
+    runs.write_json = full
+elif what == "full-samples":
+    atomic_write = runs.atomic_write
+    def full(path, write):
+        if str(path).endswith("samples.npy"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        atomic_write(path, write)
+    runs.atomic_write = full
+elif what == "full-extended-state":  # the final state of an extension to 25 steps
+    save_state = runs._save_state
+    def full(path, step, *args):
+        if str(path).endswith("training_state.npz") and step == 25:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        save_state(path, step, *args)
+    runs._save_state = full
+from sgm_ref.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def patched(tmp_path, what, *argv):
+    script = tmp_path / "patched.py"
+    script.write_text(PATCHED)
+    return subprocess.run([sys.executable, str(script), what, *map(str, argv)], capture_output=True, text=True,
+                          timeout=600)
+
+
 def test_a_full_disk_after_a_checkpoint_keeps_the_new_run_for_resume(tmp_path):
     """A write failing with ENOSPC once a checkpoint exists used to remove the new run's whole
     folder, the checkpoint with it; now the run stays and the one line says so."""
-    script = tmp_path / "full.py"
-    script.write_text(
-        "import errno, sys\nimport sgm_ref.runs as runs\nwrite_json = runs.write_json\n"
-        "def no_space(f):\n"
-        "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
-        "def full(path, obj):\n"
-        "    if str(path).endswith('history.json'):\n"
-        "        runs.atomic_write(path, no_space)  # as a full disk fails the file's write\n"
-        "    write_json(path, obj)\n"
-        "runs.write_json = full\nfrom sgm_ref.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(script), "train", str(out), *TINY, "--steps", "20",
-                             "--checkpoint-every", "10"], capture_output=True, text=True, timeout=600)
+    result = patched(tmp_path, "full-history", "train", out, *TINY, "--steps", "20", "--checkpoint-every", "10")
     assert_one_line_error(result, f"No space left on device: {out / 'history.json'}; the run in {out} is kept "
                                   "(checkpoint.npz): once that is fixed, continue it with")
     run("train", out, "--resume")
     assert_same_model(out, trained(tmp_path / "reference", 20))
     # before any checkpoint, nothing resumable: the new folder goes, as before
     short = tmp_path / "short"
-    result = subprocess.run([sys.executable, str(script), "train", str(short), *TINY, "--steps", "5",
-                             "--checkpoint-every", "10"], capture_output=True, text=True, timeout=600)
+    result = patched(tmp_path, "full-history", "train", short, *TINY, "--steps", "5", "--checkpoint-every", "10")
     assert_one_line_error(result, "No space left on device")
     assert not short.exists()
 
@@ -469,16 +504,7 @@ def test_a_failed_extension_restores_the_history_of_the_run_it_was(tmp_path):
     of another length than the run's."""
     out = trained(tmp_path / "run", 20)
     before = (out / "history.json").read_text()
-    script = tmp_path / "full.py"
-    script.write_text(
-        "import errno, sys\nimport sgm_ref.runs as runs\nsave_state = runs._save_state\n"
-        "def full(path, step, *args):\n"
-        "    if str(path).endswith('training_state.npz') and step == 25:\n"
-        "        raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
-        "    save_state(path, step, *args)\n"
-        "runs._save_state = full\nfrom sgm_ref.cli import main\nsys.exit(main(sys.argv[1:]))\n")
-    result = subprocess.run([sys.executable, str(script), "train", str(out), "--resume", "--steps", "25"],
-                            capture_output=True, text=True, timeout=600)
+    result = patched(tmp_path, "full-extended-state", "train", out, "--resume", "--steps", "25")
     assert_one_line_error(result, "No space left on device")
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 20
     assert (out / "history.json").read_text() == before
@@ -496,17 +522,8 @@ def test_a_failed_extension_restores_the_history_of_the_run_it_was(tmp_path):
 
 def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path):
     """The kept demo's line said `train --resume`, which only answers 'already trained'."""
-    script = tmp_path / "full.py"
-    script.write_text(
-        "import errno, sys\nimport sgm_ref.runs as runs\natomic_write = runs.atomic_write\n"
-        "def full(path, write):\n"
-        "    if str(path).endswith('samples.npy'):\n"
-        "        raise OSError(errno.ENOSPC, 'No space left on device', str(path))\n"
-        "    atomic_write(path, write)\n"
-        "runs.atomic_write = full\nfrom sgm_ref.cli import main\nsys.exit(main(sys.argv[1:]))\n")
     out = tmp_path / "demo"
-    result = subprocess.run([sys.executable, str(script), "demo", str(out), *TINY, "--steps", "20",
-                             *TINY_SAMPLING, *TINY_EVALUATION], capture_output=True, text=True, timeout=600)
+    result = patched(tmp_path, "full-samples", "demo", out, *TINY, "--steps", "20", *TINY_SAMPLING, *TINY_EVALUATION)
     assert_one_line_error(result, f"continue it with `sgm-ref sample {out}`, then `sgm-ref evaluate {out}`")
     run("sample", out, *TINY_SAMPLING)
     from sgm_ref.runs import _continuation
@@ -515,39 +532,6 @@ def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path):
     (out / "model.npz").unlink()  # as if killed before the model: training is what is left
     assert _continuation(str(out), then_evaluate=True) == (f"`sgm-ref train {out} --resume`, then `sgm-ref sample "
                                                           f"{out}` and `sgm-ref evaluate {out}`")
-
-
-PATCHED = """
-import errno, sys
-import sgm_ref.runs as runs
-what = sys.argv[1]
-if what == "interrupt-fit":
-    def fit(*args, **kwargs):
-        raise KeyboardInterrupt
-    runs.fit = fit
-elif what == "interrupt-sample":
-    def sample(*args, **kwargs):
-        raise KeyboardInterrupt
-    runs.sample = sample
-elif what == "full-history":
-    write_json = runs.write_json
-    def no_space(f):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    def full(path, obj):
-        if str(path).endswith("history.json"):
-            runs.atomic_write(path, no_space)
-        write_json(path, obj)
-    runs.write_json = full
-from sgm_ref.cli import main
-sys.exit(main(sys.argv[2:]))
-"""
-
-
-def patched(tmp_path, what, *argv):
-    script = tmp_path / "patched.py"
-    script.write_text(PATCHED)
-    return subprocess.run([sys.executable, str(script), what, *map(str, argv)], capture_output=True, text=True,
-                          timeout=600)
 
 
 def test_an_interrupted_command_names_what_is_left_to_do(tmp_path):

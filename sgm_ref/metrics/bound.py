@@ -37,10 +37,11 @@ path has the forward process's law. Both points are drawn exactly (X_t from p_t,
 X_{t_k} from the forward transition), the oracle gives grad log p_t, and t is uniform on
 the step, so the integral is a plain Monte-Carlo average with a standard error, in any
 dimension, for the actual grid and scheme. (On VPCosine and FlowMatching, whose g^2 grows
-like 2 / (1 - t) toward t_max, and on DDPM's capped cosine schedule, t is drawn with density g^2 / int g^2 on the step instead
-and each draw weighs int g^2: drawn uniformly, the few draws nearest t_max carried the
-step, and with the CLI's T = t_max the standard error understated the spread, 38% of
-runs more than 3 standard errors below the integral.) Then
+like 2 / (1 - t) toward t_max, and on DDPM schedules with a step whose beta is near 1 (the
+capped cosine), t is drawn with density g^2 / int g^2 on the step instead and each draw
+weighs int g^2: drawn uniformly, the few draws nearest t_max carried the step, and with
+the CLI's T = t_max the standard error understated the spread, 38% of runs more than 3
+standard errors below the integral.) Then
 
     TV(p_0, q) <= TV(p_0, p_t0) + TV(p_t0, q) <= TV(p_0, p_t0) + sqrt(KL(P || Q) / 2).
 
@@ -62,7 +63,7 @@ from .._validation import (ResultOverflowError, call_score, check_count, check_f
                            check_rng, fits_in_memory, mean_se)
 from ..processes import OU, VariancePreserving, check_process
 from ..samplers import _check_time_range, check_grid, start_variance, time_grid
-from .score_error import times_by_g2
+from .score_error import _times_with_g2_density
 
 __all__ = ["tv_upper_bound", "TVBound"]
 
@@ -233,7 +234,7 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
     for first in range(0, N, steps_per_block):
         k = np.repeat(np.arange(first, min(first + steps_per_block, N)), n)
         if process._times_by_g2:  # t with density g^2 / G_k on the step: the weight G_k is bounded
-            t, weight = times_by_g2(process, grid[k + 1], grid[k], rng.random(k.size))
+            t, weight = _times_with_g2_density(process, grid[k + 1], grid[k], rng.random(k.size))
         else:
             t = grid[k + 1] + h[k] * rng.random(k.size)
             weight = h[k] * process.g2(t)

@@ -96,7 +96,7 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
         # weight 1 / q_mix stays below 2 G / g^2 near T, where g^2 has no bound
         lo, hi = np.full(n, t0), np.full(n, T)
         by_g2 = rng.random(n) < 0.5
-        t_g2, G = times_by_g2(process, lo, hi, u)
+        t_g2, G = _times_with_g2_density(process, lo, hi, u)
         t = np.where(by_g2, t_g2, t)
         q = 1.0 / (t * span) if time_distribution == "log-uniform" else np.full(n, 1.0 / (T - t0))
         inv_q = 1.0 / (0.5 * q + 0.5 * process.g2(t) / G)
@@ -118,7 +118,7 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
     return value, se
 
 
-def times_by_g2(process, lo, hi, u):
+def _times_with_g2_density(process, lo, hi, u):
     """Times in [lo, hi] with density g(t)^2 / G, G = int_lo^hi g^2, from u uniform on [0, 1).
 
     The inverse of the distribution function int_lo^t g^2 / G, by bisection (64 halvings

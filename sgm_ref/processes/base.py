@@ -50,7 +50,7 @@ class LinearGaussianProcess:
     # (VPCosine, FlowMatching: like 2 / (1 - t)) or jumps on the last step (DDPM's capped
     # cosine schedule): a time drawn uniformly then makes g^2-weighted Monte-Carlo integrals
     # heavy-tailed, so the metrics draw such times with density proportional to g^2
-    # (sgm_ref.metrics.score_error.times_by_g2)
+    # (sgm_ref.metrics.score_error._times_with_g2_density)
     _times_by_g2 = False
 
     # -- plumbing ------------------------------------------------------------------------
