@@ -525,7 +525,16 @@ def finished_steps(folder):
 def restore_history(folder):
     """Rewrite a finished run's history.json from training_state.npz when its length is not
     the run's (left by a failed extension); returns True if it did. Takes the folder's lock
-    only to write (a finished read-only run is left as it is)."""
+    only to write (a finished read-only run is left as it is).
+
+    Raises
+    ------
+    RunError
+        folder is not a path to an existing folder.
+    """
+    if not isinstance(folder, (str, os.PathLike)) or not os.path.isdir(folder):
+        raise RunError(f"run folder must be an existing folder, got {folder!r}")
+
     def needed():
         finished = finished_steps(folder)
         if finished is None or _state_loss(_states(folder)[1], finished) is None:

@@ -577,3 +577,6 @@ def test_a_damaged_final_state_is_not_restored_from(tmp_path):
     assert len(json.loads((out / "history.json").read_text())["loss"]) == 25
     np.savez(out / "training_state.npz", **arrays)
     assert restore_history(out) and len(json.loads((out / "history.json").read_text())["loss"]) == 20
+    for bad in (None, 3, tmp_path / "missing"):
+        with pytest.raises(ValueError, match="run folder must be an existing folder"):
+            restore_history(bad)
