@@ -791,8 +791,11 @@ def cmd_audit(args):
         _check_json_path(args.plot, "--plot")
         if not args.plot.lower().endswith(".png"):  # PNG bytes under another extension would misname the file
             raise ValueError(f"--plot writes a PNG: give a file name ending in .png, got {args.plot}")
-        from .plots import _pyplot
-        if _pyplot() is None:
+        if args.json is not None and os.path.realpath(args.plot) == os.path.realpath(args.json):
+            raise ValueError(f"--json and --plot name the same file ({args.plot}): the plot would replace the "
+                             "report; give two names")
+        from .plots import have_matplotlib
+        if not have_matplotlib():
             raise ValueError("--plot needs matplotlib, which is not installed: pip install \"sgm_ref[plot]\"")
     loaded = _load_callable(args.score)
     if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):

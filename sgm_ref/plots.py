@@ -19,19 +19,31 @@ from .io import atomic_path, atomic_write
 __all__ = ["plot_run"]
 
 
-def _pyplot():
+def have_matplotlib():
+    """Whether matplotlib (the optional "plot" extra) can be imported."""
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
-        return None
-    matplotlib.use("Agg")  # files only; never needs a display
-    import matplotlib.pyplot as plt
+        return False
+    return True
 
-    return plt
+
+def _figure(figsize, ncols=1):
+    """A Figure made without pyplot, with 1 x ncols axes: no global figure to leak when a
+    write fails, and no backend switch in the caller's session (a notebook keeps its own)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
 def _save(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
+
+
+def _values(seq):
+    """A sequence of numbers as float64, JSON's null (a non-finite number) as NaN."""
+    return np.array([np.nan if v is None else v for v in seq], dtype=np.float64)
 
 
 def _principal_directions(target):
@@ -40,8 +52,8 @@ def _principal_directions(target):
     return vectors[:, ::-1][:, :2]
 
 
-def plot_samples(plt, target, x, path, title):
-    fig, ax = plt.subplots(figsize=(5.2, 5))
+def plot_samples(target, x, path, title):
+    fig, (ax,) = _figure((5.2, 5))
     if target.dim == 1:
         u = np.linspace(x.min() - 1.0, x.max() + 1.0, 400)
         ax.hist(x[:, 0], bins=60, density=True, color="tab:red", alpha=0.5, label="samples")
@@ -50,7 +62,6 @@ def plot_samples(plt, target, x, path, title):
         ax.set_title(title, fontsize=10)
         ax.legend()
         _save(fig, path)
-        plt.close(fig)
         return
     if target.dim == 2:
         reference = target.sample(len(x), np.random.default_rng(0))
@@ -78,7 +89,6 @@ def plot_samples(plt, target, x, path, title):
     if target.dim != 2:
         ax.legend(markerscale=8, loc="upper right")
     _save(fig, path)
-    plt.close(fig)
 
 
 def _log_axis_if_wide(ax, values):
@@ -96,11 +106,11 @@ def _log_axis_if_wide(ax, values):
     ax.yaxis.set_minor_locator(NullLocator())
 
 
-def loss_figure(plt, loss, exact=None):
+def loss_figure(loss, exact=None):
     """The training loss per step, its running mean and, given exact = (value, standard
     error), the loss of the exact score with a 2-standard-error band."""
     loss = np.asarray(loss)
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, (ax,) = _figure((6, 3.6))
     steps = np.arange(1, loss.size + 1)
     ax.plot(steps, loss, lw=0.4, alpha=0.5, color="tab:gray", label="per step")
     window = max(1, loss.size // 50)
@@ -121,19 +131,30 @@ def loss_figure(plt, loss, exact=None):
     return fig, ax
 
 
-def plot_loss(plt, loss, path, exact=None):
-    fig, _ = loss_figure(plt, loss, exact)
+def plot_loss(loss, path, exact=None):
+    fig, _ = loss_figure(loss, exact)
     _save(fig, path)
-    plt.close(fig)
 
 
-def score_error_figure(plt, score_error):
-    """E|s - grad log p_t|^2 against t (± 2 standard errors) beside the oracle's scale."""
-    t = np.asarray(score_error["t"])
-    error, se = np.asarray(score_error["error"]), np.asarray(score_error["standard_error"])
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.errorbar(t, error, yerr=2 * se, marker="o", ms=3, capsize=2, label="E|s - grad log p_t|^2 (± 2 s.e.)")
-    ax.plot(t, score_error["oracle_mean_square"], ls="--", color="tab:gray", label="E|grad log p_t|^2 (scale)")
+def score_error_figure(score_error):
+    """E|s - grad log p_t|^2 against t (± 2 standard errors) beside the oracle's scale.
+
+    score_error as in a report, in memory or read back from JSON: an error that overflows
+    float64 (inf, or null in JSON) is not drawn, and a note says so."""
+    t = _values(score_error["t"])
+    error, se = _values(score_error["error"]), _values(score_error["standard_error"])
+    fig, (ax,) = _figure((6, 3.6))
+    shown = np.isfinite(error) & (error > 0)
+    ax.errorbar(t[shown], error[shown], yerr=2 * se[shown], marker="o", ms=3, capsize=2,
+                label="E|s - grad log p_t|^2 (± 2 s.e.)")
+    ax.plot(t, _values(score_error["oracle_mean_square"]), ls="--", color="tab:gray",
+            label="E|grad log p_t|^2 (scale)")
+    if not np.all(np.isfinite(error)):
+        ax.text(0.02, 0.02, "the error overflows float64 at some t (not drawn)", transform=ax.transAxes,
+                fontsize=8, color="tab:red")
+    elif np.any(error == 0):
+        ax.text(0.02, 0.02, "the error is 0 at some t (not drawn on a log axis)", transform=ax.transAxes,
+                fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("t")
@@ -142,23 +163,21 @@ def score_error_figure(plt, score_error):
     return fig, ax
 
 
-def plot_score_error(plt, score_error, path):
-    fig, _ = score_error_figure(plt, score_error)
+def plot_score_error(score_error, path):
+    fig, _ = score_error_figure(score_error)
     _save(fig, path)
-    plt.close(fig)
 
 
 def plot_run(folder, target, x, report):
     """Write the run's PNGs; returns (written paths, None) or ([], why not)."""
-    plt = _pyplot()
-    if plt is None:
+    if not have_matplotlib():
         return [], "matplotlib is not installed: plots skipped (pip install \"sgm_ref[plot]\")"
     written = []
     title = f"{report['target']}: {len(x)} samples"
     if "histogram_tv" in report["samples"]:
         title += f", histogram TV {report['samples']['histogram_tv']['value']:.3f}"
     path = os.path.join(folder, "samples.png")
-    plot_samples(plt, target, x, path, title)
+    plot_samples(target, x, path, title)
     written.append(path)
     history = os.path.join(folder, "history.json")
     if os.path.exists(history):
@@ -166,10 +185,10 @@ def plot_run(folder, target, x, report):
             loss = load_json(f, history)["loss"]
         path = os.path.join(folder, "loss.png")
         exact = report.get("training", {}).get("exact_score_loss")
-        plot_loss(plt, loss, path, None if exact is None else (exact["value"], exact["standard_error"]))
+        plot_loss(loss, path, None if exact is None else (exact["value"], exact["standard_error"]))
         written.append(path)
     path = os.path.join(folder, "score_error.png")
-    plot_score_error(plt, report["score_error"], path)
+    plot_score_error(report["score_error"], path)
     written.append(path)
     return written, None
 
@@ -184,7 +203,7 @@ def plot_score_audit(report, path, grid=None):
     model and for the target's exact score (exactly 0 in float64, so absent from a log
     axis and said so in the legend; float32 rounding in float32), beside the oracle's
     E|grad log p_t|^2 for scale and, if the report has a "tolerance", the error it allows
-    (tol(t) E|grad log p_t|^2). Right (given the bound and the grid): the path KL
+    at each of the profile's times, tol(t) E|grad log p_t|^2, where it is checked. Right (given the bound and the grid): the path KL
     accumulated from T down to t, 1/2 sum of int beta E|Delta|^2 over the steps taken,
     model and exact score: the exact score's is the sampler's own discretisation floor.
 
@@ -201,44 +220,54 @@ def plot_score_audit(report, path, grid=None):
     Raises
     ------
     ValueError
-        path does not end in .png; matplotlib is not installed (pip install
-        "sgm_ref[plot]"); the report has no "floor" (score_report(..., floor=True)).
+        path does not end in .png or its folder does not exist; matplotlib is not
+        installed (pip install "sgm_ref[plot]"); the report has no "floor"
+        (score_report(..., floor=True)); grid's length is not the bound's steps + 1.
+        All before anything is drawn or written.
     """
     if not str(path).lower().endswith(".png"):  # PNG bytes under another extension would misname the file
         raise ValueError(f"path must name a PNG file (ending in .png), got {path!r}")
-    plt = _pyplot()
-    if plt is None:
+    folder = os.path.dirname(os.path.abspath(os.fspath(path)))
+    if not os.path.isdir(folder):
+        raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+    if not have_matplotlib():
         raise ValueError("the plot needs matplotlib, which is not installed: pip install \"sgm_ref[plot]\"")
     if "floor" not in report:
         raise ValueError("the report has no exact-score floor: make it with score_report(..., floor=True)")
-
-    def values(seq):  # JSON's null (a non-finite number) as NaN, dropped from the axes
-        return np.array([np.nan if v is None else v for v in seq], dtype=np.float64)
-
-    se, floor = report["score_error"], report["floor"]["score_error"]
-    t = values(se["t"])
     bound, floor_bound = report.get("tv_bound"), report["floor"].get("tv_bound")
     right = bound is not None and floor_bound is not None and grid is not None
-    fig, axes = plt.subplots(1, 2 if right else 1, figsize=(11.5 if right else 6, 4.2), squeeze=False)
-    ax = axes[0, 0]
-    error, error_se = values(se["error"]), values(se["standard_error"])
+    if right:
+        g = np.asarray(grid, dtype=np.float64)
+        steps = len(bound["kl_path_per_step"])
+        if g.ndim != 1 or g.size != steps + 1:
+            raise ValueError(f"grid must be the sampler's {steps + 1} times (the bound has {steps} steps), "
+                             f"got shape {g.shape}")
+
+    se, floor = report["score_error"], report["floor"]["score_error"]
+    t = _values(se["t"])
+    fig, axes = _figure((11.5 if right else 6, 4.2), 2 if right else 1)
+    ax = axes[0]
+    error, error_se = _values(se["error"]), _values(se["standard_error"])
     shown = np.isfinite(error) & (error > 0)
     ax.errorbar(t[shown], error[shown], yerr=2 * error_se[shown], marker="o", ms=3, capsize=2, color="tab:blue",
                 label="model (± 2 s.e.)")
-    f_error, f_se = values(floor["error"]), values(floor["standard_error"])
+    f_error, f_se = _values(floor["error"]), _values(floor["standard_error"])
     f_shown = np.isfinite(f_error) & (f_error > 0)
     if np.any(f_shown):
         ax.errorbar(t[f_shown], f_error[f_shown], yerr=2 * f_se[f_shown], marker="s", ms=3, capsize=2,
                     color="tab:green", label="exact score (± 2 s.e.): the floor")
     else:
         ax.plot([], [], color="tab:green", marker="s", ls="", label="exact score: 0 at every t")
-    scale = values(se["oracle_mean_square"])
+    scale = _values(se["oracle_mean_square"])
     ax.plot(t, scale, ls="--", color="tab:gray", label="E|grad log p_t|^2 (scale)")
     tolerance = report.get("tolerance")
     if tolerance is not None:
-        allowed = values(tolerance["allowed"]) * scale
-        ax.step(t, allowed, where="post", color="tab:red", lw=1, ls=":", label=f"allowed ({tolerance['spec']})")
-        over = np.isin(t, values(tolerance["exceeded"])) & shown
+        # the tolerance is checked at the profile's times only: drawn there, not as a curve
+        # between them (it may jump at a knot between two of them)
+        allowed = _values(tolerance["allowed"]) * scale
+        ax.plot(t, allowed, ls="", marker="_", ms=12, mew=1.5, color="tab:red",
+                label=f"allowed at each t ({tolerance['spec']})")
+        over = np.isin(t, _values(tolerance["exceeded"])) & shown
         if np.any(over):
             ax.plot(t[over], error[over], ls="", marker="x", ms=9, color="tab:red", label="exceeds")
     if not np.all(np.isfinite(error)):
@@ -251,12 +280,11 @@ def plot_score_audit(report, path, grid=None):
     ax.set_title("score error: model vs exact score", fontsize=10)
     ax.legend(fontsize=8)
     if right:
-        ax = axes[0, 1]
-        g = np.asarray(grid, dtype=np.float64)
+        ax = axes[1]
         top = 0.0
         for b, label, color in ((bound, "model", "tab:blue"), (floor_bound, "exact score (the floor)", "tab:green")):
-            per_step = values(b["kl_path_per_step"])
-            if np.all(np.isfinite(per_step)) and per_step.size == g.size - 1:
+            per_step = _values(b["kl_path_per_step"])
+            if np.all(np.isfinite(per_step)):
                 cumulative = np.cumsum(per_step)
                 ax.step(g[1:], cumulative, where="post", color=color, label=f"{label}: path KL {cumulative[-1]:.3g}")
                 top = max(top, cumulative[-1])
@@ -275,7 +303,6 @@ def plot_score_audit(report, path, grid=None):
         ax.legend(fontsize=8)
     fig.suptitle(f"audit of {report.get('score', 'a score')} on {report.get('target', 'the target')}", fontsize=10)
     _save(fig, path)
-    plt.close(fig)
 
 
 # -- pictures that teach (docs/tutorial.md) ------------------------------------------------------
@@ -314,10 +341,14 @@ def save_figure(fig, path, dpi=110):
     Raises
     ------
     ValueError
-        If the folder of path does not exist, or matplotlib has no writer for the
-        extension. path is then untouched (a temporary file is written and renamed).
+        If path is empty or names a folder, the folder of path does not exist, or
+        matplotlib has no writer for the extension. path is then untouched (a temporary
+        file is written and renamed).
     """
-    fmt = os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "png"
+    name = os.fspath(path)
+    if not name or os.path.isdir(name):
+        raise ValueError(f"path must name a file to write, got {name!r}" + (" (a folder)" if name else ""))
+    fmt = os.path.splitext(name)[1].lstrip(".").lower() or "png"
     atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
     return path
 
@@ -464,7 +495,8 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     ------
     ValueError
         For a target that is not two-dimensional, times <= 0, or a bad extent, arrows
-        or resolution; what the score function raises.
+        or resolution; a score returning another shape than (n, 2) or a non-finite
+        value; what the score function raises.
     ModuleNotFoundError
         If matplotlib is not installed.
     """
@@ -488,6 +520,13 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
         ax.quiver(points[:, 0], points[:, 1], exact[:, 0], exact[:, 1], color="k", label="exact", **quiver)
         if score is not None:
             s = np.asarray(score(points, tt), dtype=np.float64)
+            if s.shape != points.shape:
+                raise ValueError(f"score must return one 2-vector per point, shape {points.shape}, "
+                                 f"got shape {s.shape} at t = {t:g}")
+            if not np.all(np.isfinite(s)):
+                bad = np.flatnonzero(~np.all(np.isfinite(s), axis=1))
+                raise ValueError(f"score returned non-finite values at t = {t:g} for {bad.size} of {len(s)} "
+                                 f"points, e.g. x = {points[bad[0]].tolist()}: such arrows cannot be drawn")
             ax.quiver(points[:, 0], points[:, 1], s[:, 0], s[:, 1], color="tab:red", alpha=0.8, label=label,
                       **quiver)
         ax.set_title(f"score of $p_t$ at t = {t:g}", fontsize=10)
@@ -557,8 +596,8 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
         plane.plot(*path[0, i], "o", ms=3, color=c)
         plane.plot(*path[-1, i], "*", ms=7, color=c, mec="k", mew=0.3)
         time.plot(grid, path[:, i, 0], lw=0.7, color=c)
-    plane.set_title(f"{int(n_paths)} reverse paths (bold: t <= {last_stretch:.2g}), {len(end)} end points",
-                    fontsize=10)
+    paths = f"{int(n_paths)} reverse path" + ("s" if n_paths != 1 else "")
+    plane.set_title(f"{paths} (bold: the last {int(late.sum()) - 1} steps), {len(end)} end points", fontsize=10)
     time.set_xscale("log")
     time.invert_xaxis()
     time.set_xlabel("t (reverse time runs left to right)")
@@ -606,7 +645,11 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
     fig, (ax,) = _new_figure(1, size=5.6, height=3.6)
     for label, s in scores.items():
         error, se = score_error_profile(s, target, process, ts, n, rng)
-        ax.errorbar(ts, error, yerr=2 * se, marker="o", ms=3, capsize=2, label=f"{label} (± 2 s.e.)")
+        drawn = error > 0  # a log axis cannot show 0: such times are left out, and the legend says so
+        zeros = int(np.sum(~drawn))
+        note = "" if zeros == 0 else (": 0 at every t" if zeros == error.size else f"; 0 at {zeros} t, not drawn")
+        ax.errorbar(ts[drawn], error[drawn], yerr=2 * se[drawn], marker="o", ms=3, capsize=2,
+                    label=f"{label} (± 2 s.e.){note}")
     zero = lambda x, t: np.zeros_like(x)  # its error is E|grad log p_t|^2  # noqa: E731
     scale, _ = score_error_profile(zero, target, process, ts, n, rng)
     ax.plot(ts, scale, ls="--", color="tab:gray", label=r"$E|\nabla \log p_t|^2$ (scale)")
@@ -638,7 +681,8 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     n_points, T, t0, n_steps, method : as sgm_ref.samplers.sample, on a geometric grid
     n_frames : int in [2, n_steps + 1], frames (grid times evenly spread over the steps;
         the last frame is held for a second)
-    fps : frames per second
+    fps : float in [1, 100], frames per second (a GIF stores each frame's time in
+        hundredths of a second)
     resolution, size, dpi : cells per side of the density, figure size in inches, dots per inch
 
     Returns
@@ -649,7 +693,8 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     ------
     ValueError
         For bad arguments (as sgm_ref.samplers.sample), a path not ending in .gif or in a
-        folder that does not exist, or n_frames outside [2, n_steps + 1].
+        folder that does not exist, n_frames outside [2, n_steps + 1] or fps outside
+        [1, 100]; all before the sampler runs.
     ModuleNotFoundError
         If matplotlib is not installed.
     """
@@ -663,6 +708,9 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
     if int(n_frames) != n_frames or not 2 <= n_frames <= n_steps + 1:
         raise ValueError(f"n_frames must be an integer in [2, n_steps + 1 = {n_steps + 1}], got {n_frames!r}")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
+            or not (np.isfinite(fps) and 1 <= fps <= 100):
+        raise ValueError(f"fps must be a number of frames per second in [1, 100], got {fps!r}")
     from matplotlib.animation import PillowWriter
 
     h = _half_width(target, extent)

@@ -109,3 +109,41 @@ def test_tolerance_built_from_scalars_is_a_named_error():
         with pytest.raises(ValueError, match="must be a sequence of numbers"):
             ScoreTolerance(times, values)
     assert ScoreTolerance(np.array([0.0, 0.1]), [0.5, 0.05]).at([0.05, 0.2]).tolist() == [0.5, 0.05]
+
+
+def test_plot_refuses_a_grid_of_another_length_and_a_missing_folder_before_drawing(tmp_path, monkeypatch):
+    """A grid that is not the bound's steps + 1 was drawn as 'path KL overflows float64';
+    a missing folder was found only after the figure was drawn (and a pyplot figure leaked)."""
+    pytest.importorskip("matplotlib")
+    from sgm_ref import plots
+
+    report = _report(shrunk, True, n_steps=30)
+    drawn = []
+    monkeypatch.setattr(plots, "_figure", lambda *a, **k: drawn.append(a) or pytest.fail("drawn"))
+    with pytest.raises(ValueError, match=r"grid must be the sampler's 31 times \(the bound has 30 steps\), "
+                                         r"got shape \(101,\)"):
+        plots.plot_score_audit(report, str(tmp_path / "a.png"), time_grid(5.0, 1e-3, 100, "geometric", PROCESS))
+    with pytest.raises(ValueError, match="does not exist"):
+        plots.plot_score_audit(report, str(tmp_path / "no" / "a.png"), time_grid(5.0, 1e-3, 30, "geometric", PROCESS))
+    assert drawn == [] and list(tmp_path.iterdir()) == []
+
+
+def test_plot_draws_the_allowed_error_at_the_checked_times_only(tmp_path, monkeypatch):
+    """The tolerance is checked at the profile's times: it is drawn there (one marker each,
+    tol(t) times the scale), not as a staircase through them, which put a knot's jump at
+    the next profile time."""
+    pytest.importorskip("matplotlib")
+    from sgm_ref import plots
+
+    report = _report(shrunk, True, n_steps=30)
+    tolerance = ScoreTolerance.from_spec("0.001=0.5,0.03=0.005")
+    report["tolerance"] = tolerance.check(report["score_error"])
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    plots.plot_score_audit(report, str(tmp_path / "a.png"))
+    (allowed,) = [line for line in figures[0].axes[0].get_lines() if line.get_label().startswith("allowed")]
+    t = np.asarray(report["score_error"]["t"])
+    scale = np.asarray(report["score_error"]["oracle_mean_square"])
+    np.testing.assert_array_equal(allowed.get_xdata(), t)
+    np.testing.assert_array_equal(allowed.get_ydata(), [tolerance.at(v) * s for v, s in zip(t, scale)])
+    assert allowed.get_linestyle() == "None"

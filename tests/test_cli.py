@@ -690,6 +690,17 @@ def test_audit_tolerance_and_plot_bad_usage_exit_2_before_the_work(tmp_path, arg
     _assert_one_line_error(result, pattern.format(tmp=tmp_path))
 
 
+def test_audit_json_and_plot_naming_one_file_exit_2_before_the_work(tmp_path):
+    # review: --json same.png --plot same.png replaced the report with the plot, exit 0
+    (tmp_path / "audited.py").write_text("def f(x, t):\n    raise AssertionError('the work started')\n")
+    (tmp_path / "sub").mkdir()
+    result = run("audit", "--score", "audited:f", "--target", "ring", "--json", "same.png", "--plot",
+                 "sub/../same.png", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, "--json and --plot name the same file (sub/../same.png): the plot would "
+                                   "replace the report; give two names")
+    assert not (tmp_path / "same.png").exists()
+
+
 def test_audit_plot_without_matplotlib_is_refused_before_the_work(tmp_path):
     blocker = tmp_path / "block"
     (blocker / "matplotlib").mkdir(parents=True)

@@ -193,30 +193,36 @@ def _visible_tick_labels(fig, ax):
 
 @pytest.mark.parametrize("first, last", [(2.0, 1.2), (80.0, 1.2), (3.0, 0.2)])
 def test_loss_plot_has_readable_ticks_and_the_exact_score_line(first, last):
-    plt = pytest.importorskip("matplotlib.pyplot")
+    pytest.importorskip("matplotlib")
     from sgm_ref.plots import loss_figure
 
     loss = np.geomspace(first, last, 300) * (1 + 0.05 * np.random.default_rng(0).standard_normal(300))
-    fig, ax = loss_figure(plt, loss, exact=(last * 0.9, 0.01))
-    try:
-        assert len(_visible_tick_labels(fig, ax)) >= 3
-        labels = [line.get_label() for line in ax.get_lines()]
-        assert any(label.startswith("exact score") for label in labels), labels
-        assert ax.get_ylabel()
-    finally:
-        plt.close(fig)
+    fig, ax = loss_figure(loss, exact=(last * 0.9, 0.01))
+    assert len(_visible_tick_labels(fig, ax)) >= 3
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert any(label.startswith("exact score") for label in labels), labels
+    assert ax.get_ylabel()
 
 
 def test_score_error_plot_has_a_y_label():
-    plt = pytest.importorskip("matplotlib.pyplot")
+    pytest.importorskip("matplotlib")
     from sgm_ref.plots import score_error_figure
 
-    fig, ax = score_error_figure(plt, {"t": [0.01, 0.1, 1.0], "error": [1.0, 0.1, 0.01],
-                                       "standard_error": [0.1, 0.01, 0.001], "oracle_mean_square": [10.0, 3.0, 1.0]})
-    try:
-        assert ax.get_ylabel() == "mean squared score error"
-    finally:
-        plt.close(fig)
+    fig, ax = score_error_figure({"t": [0.01, 0.1, 1.0], "error": [1.0, 0.1, 0.01],
+                                  "standard_error": [0.1, 0.01, 0.001], "oracle_mean_square": [10.0, 3.0, 1.0]})
+    assert ax.get_ylabel() == "mean squared score error"
+
+
+@pytest.mark.parametrize("overflow", [float("inf"), None])  # in memory, and read back from JSON
+def test_score_error_plot_leaves_out_an_overflowing_error_and_says_so(overflow):
+    pytest.importorskip("matplotlib")
+    from sgm_ref.plots import score_error_figure
+
+    fig, ax = score_error_figure({"t": [0.01, 0.1, 1.0], "error": [1.0, overflow, 0.01],
+                                  "standard_error": [0.1, overflow, 0.001], "oracle_mean_square": [10.0, 3.0, 1.0]})
+    (bars,) = ax.containers
+    np.testing.assert_array_equal(bars.lines[0].get_xdata(), [0.01, 1.0])
+    assert [text.get_text() for text in ax.texts] == ["the error overflows float64 at some t (not drawn)"]
 
 
 # -- evaluate_run ------------------------------------------------------------------------

@@ -110,8 +110,12 @@ def test_score_error_profile_figure_one_line_per_score_and_the_oracle_at_zero():
     (ax,) = fig.axes
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert len(bars) == 2
-    np.testing.assert_array_equal(bars[0].lines[0].get_ydata(), [0.0, 0.0])  # the oracle against itself
+    # the oracle against itself: 0 at both times, which a log axis cannot show; the legend says so
+    assert len(bars[0].lines[0].get_ydata()) == 0
+    assert bars[0].get_label() == "exact (± 2 s.e.): 0 at every t"
+    np.testing.assert_array_equal(bars[1].lines[0].get_xdata(), ts)
     assert np.all(bars[1].lines[0].get_ydata() > 0)
+    assert bars[1].get_label() == "-x (± 2 s.e.)"
     with pytest.raises(ValueError, match="scores"):
         plots.score_error_profile_figure({}, RING, rng=np.random.default_rng(2))
 
@@ -180,3 +184,75 @@ def test_save_figure_takes_the_format_from_the_extension_and_refuses_a_missing_f
     with pytest.raises(ValueError, match="does not exist"):
         plots.save_figure(fig, tmp_path / "missing" / "field.png")
     assert [p.name for p in tmp_path.iterdir()] == ["field.svg"]
+
+
+def test_score_field_refuses_a_score_it_cannot_draw():
+    """A model's field is checked before it is drawn: NaN arrows would silently vanish, an
+    (n, 3) output lose a column, a (1, 2) one draw one arrow for the whole grid."""
+    def nan_at_the_centre(x, t):
+        s = RING.score(x, t)
+        s[np.linalg.norm(x, axis=1) < 1.0] = np.nan
+        return s
+
+    for score, pattern in ((nan_at_the_centre, "non-finite values at t = 0.5 for 9 of 25 points"),
+                           (lambda x, t: np.zeros((len(x), 3)), r"shape \(25, 2\), got shape \(25, 3\)"),
+                           (lambda x, t: np.zeros((1, 2)), r"got shape \(1, 2\)")):
+        with pytest.raises(ValueError, match=pattern):
+            plots.score_field_figure(RING, score, ts=(0.5,), arrows=5, resolution=10, extent=2.0)
+
+
+def test_score_error_profile_figure_names_times_of_zero_error():
+    ts = np.array([0.05, 0.5, 1.0])
+
+    def exact_late(x, t):  # the exact score from t = 0.4 on, -x before
+        return np.where((t >= 0.4)[:, None], RING.score(x, t), -x)
+
+    fig = plots.score_error_profile_figure(exact_late, RING, rng=np.random.default_rng(2), ts=ts, n=50)
+    (bars, *_) = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    np.testing.assert_array_equal(bars.lines[0].get_xdata(), [0.05])
+    assert bars.get_label() == "model (± 2 s.e.); 0 at 2 t, not drawn"
+
+
+def test_trajectories_title_says_which_stretch_is_bold():
+    fig = plots.trajectories_figure(RING, RING.score, rng=np.random.default_rng(1), n_points=10, n_paths=1,
+                                    T=5.0, n_steps=20, resolution=10)
+    plane = fig.axes[0]
+    bold = plane.get_lines()[1]  # the path's last stretch
+    assert plane.get_title() == f"1 reverse path (bold: the last {len(bold.get_xdata()) - 1} steps), 10 end points"
+
+
+@pytest.mark.parametrize("fps", [0, -2, float("nan"), 1000, "10", True])
+def test_reverse_process_animation_refuses_a_bad_fps_before_the_sampler(tmp_path, fps):
+    def never(x, t):
+        raise AssertionError("the sampler ran")
+
+    with pytest.raises(ValueError, match=r"fps must be a number of frames per second in \[1, 100\]"):
+        plots.reverse_process_animation(RING, never, tmp_path / "x.gif", rng=np.random.default_rng(0), fps=fps)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_figure_refuses_a_folder_or_an_empty_name(tmp_path):
+    fig = plots.score_field_figure(RING, ts=(1.0,), arrows=3, resolution=10)
+    (tmp_path / "sub").mkdir()
+    with pytest.raises(ValueError, match="path must name a file to write.*a folder"):
+        plots.save_figure(fig, tmp_path / "sub")
+    with pytest.raises(ValueError, match="path must name a file to write, got ''"):
+        plots.save_figure(fig, "")
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"] and not list((tmp_path / "sub").iterdir())
+
+
+def test_run_plots_and_the_audit_plot_leave_no_pyplot_figure_and_keep_the_backend(tmp_path):
+    """The plots are Figures made without pyplot: a failed write leaks no figure, and a
+    notebook's backend is not switched to Agg by a call."""
+    import matplotlib
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("svg")
+    before = plt.get_fignums()
+    loss = np.linspace(2.0, 1.0, 50)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="does not exist"):
+            plots.plot_loss(loss, str(tmp_path / "missing" / "loss.png"))
+    plots.plot_loss(loss, str(tmp_path / "loss.png"))
+    assert plt.get_fignums() == before
+    assert matplotlib.get_backend().lower() == "svg"
