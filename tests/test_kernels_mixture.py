@@ -170,17 +170,18 @@ def test_full_path_above_the_switch_in_blocks_of_a_few_rows(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_centred_rows_are_numpys_bits(dtype):
-    """centred_rows_into gives NumPy's x - a[:, None] * centre exactly (the product rounded
-    first: no fused multiply-add), in both dtypes."""
+    """centred_rows_into gives NumPy's (x - a[:, None] * centre).astype(x.dtype) exactly
+    (the product rounded first: no fused multiply-add; a and centre float64, a float32 x
+    widened and the difference rounded once), in both dtypes."""
     from sgm_ref.kernels.mixture import centred_rows_into
     rng = np.random.default_rng(0)
-    a = rng.uniform(0.5, 1.0, 37).astype(dtype)
-    centre = rng.standard_normal(9).astype(dtype) / 3.0
+    a = rng.uniform(0.5, 1.0, 37)
+    centre = rng.standard_normal(9) / 3.0
     # x close to a * centre: the difference cancels, so how the product was rounded shows
     x = (a[:, None] * centre * (1 + 1e-3 * rng.standard_normal((37, 9)))).astype(dtype)
     out = np.empty_like(x)
     centred_rows_into(x, a, centre, out)
-    np.testing.assert_array_equal(out, x - a[:, None] * centre)
+    np.testing.assert_array_equal(out, (x - a[:, None] * centre).astype(dtype))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -204,7 +205,7 @@ def test_blocked_full_path_gives_the_bits_of_the_numpy_expression(monkeypatch, d
     want_logp, want_score = np.empty(n, dtype), np.empty((n, d), dtype)
     for start in range(0, n, 8):
         block = slice(start, min(start + 8, n))
-        P = (x[block] - a[block, None].astype(dtype) * centre) @ U_all
+        P = (x[block] - a[block, None] * centre).astype(dtype) @ U_all
         full_mixture_responsibilities(P, a[block], s2[block], g._logw, mu, lam, group, want_logp[block],
                                       np.empty((P.shape[0], K)))
         want_score[block] = P @ np.negative(U_all).T

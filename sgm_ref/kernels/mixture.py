@@ -31,7 +31,9 @@ results differ from a libm-based evaluation in their last bits only.
 Accuracy with float32 points. The quadratic forms, log-determinants and log-sum-exp
 are accumulated in float64 whatever the input dtype, but the matrix products of the
 tied path and of the full path above d = 6 are float32 (at d <= 6 the full path
-projects in float64, from the float32 points and eigenbases): each projection U_k^T (x - a c) is rounded to about
+projects in float64, from the float32 points and the float64 eigenbases). The means,
+variances and centre c stay float64, and x - a c is formed in float64 and rounded once,
+so means far from 0 cost no digits. Each projection U_k^T (x - a c) is rounded to about
 u |x - a c| (u = 2^-24 = 6e-8), and the score divides it by the variances v, so the
 error grows with kappa_t = max v / min v, the condition number of a component
 covariance at time t. Per row, |s32 - s64| / |s64| is about u sqrt(kappa_t) typically
@@ -199,7 +201,8 @@ def _block_rows(width):
 def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score):
     """Log-density and score of sum_k w_k N(a_i mu_k, diag(a_i^2 lam_k + s2_i)) at each row.
 
-    x (n, d); a, s2 (n,) float64; logw (K,) float64; mu, lam (K, d) in the dtype of x;
+    x (n, d) float64 or float32; a, s2 (n,), logw (K,), mu and lam (K, d) float64 (a float32
+    x is widened: the sums are float64 and the results rounded once to its dtype);
     identity: lam is all ones (v is one number per row). Writes logp (n,) and, if
     want_score, score (n, d).
 
@@ -320,9 +323,9 @@ def _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, 
 def full_mixture_direct(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, logp, score):
     """Log-density and score for full covariances at small d, projections done here.
 
-    x (n, d); a, s2 (n,) float64; logw (K,) float64; centre (d,) the centre c of the means;
-    m_proj (K, d) = U_k^T (mu_k - c); lam (K, d); U_all (d, K d) = [U_1, ..., U_K]
-    (these in the dtype of x); group as in full_mixture_responsibilities. Writes logp
+    x (n, d) float64 or float32; a, s2 (n,), logw (K,), centre (d,) the centre c of the
+    means, m_proj (K, d) = U_k^T (mu_k - c), lam (K, d) and U_all (d, K d) =
+    [U_1, ..., U_K], all float64; group as in full_mixture_responsibilities. Writes logp
     (n,) and, if want_score, score (n, d).
 
     y_k = U_k^T (x - a c) - a U_k^T (mu_k - c) = U_k^T (x - a mu_k) and v_k = a^2 lam_k + s2,
@@ -440,11 +443,15 @@ def _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, l
 @njit(cache=True, nogil=True)
 def centred_rows_into(x, a, centre, out):
     """out[i, j] = x[i, j] - a[i] centre[j]: the rows of a block moved by alpha_t times the
-    mixture's centre, NumPy's x - a[:, None] * centre bit for bit (the product rounded before
-    the difference: no fastmath, so no fused multiply-add), in one pass and into a buffer
-    the caller reuses, where NumPy makes two passes and two arrays per block.
+    mixture's centre, NumPy's (x - a[:, None] * centre).astype(out.dtype) bit for bit (the
+    product rounded before the difference: no fastmath, so no fused multiply-add), in one
+    pass and into a buffer the caller reuses, where NumPy makes two passes and two arrays
+    per block.
 
-    x, out (n, d) C-contiguous; a (n,) and centre (d,) in x's dtype."""
+    x, out (n, d) C-contiguous, in one dtype; a (n,) and centre (d,) float64. A float32 x
+    is widened, and the difference rounded once into out: so x - a c keeps u relative
+    accuracy when the centre is far from 0 (a centre rounded to float32 first cost
+    u |c| absolute, 1e4 u of a unit-scale difference at |c| = 1e4)."""
     n, d = x.shape
     for i in range(n):
         ai = a[i]
@@ -462,7 +469,7 @@ def full_mixture_responsibilities(P, a, s2, logw, m_proj, lam, group, logp, logc
     is -P @ U_all^T with U_all = [U_1, ..., U_K] (d, K d). logp (n,) receives the
     mixture log-density; logc (n, K) receives the log-weights
     l_ik = log w_k - (q_ik + log det_ik) / 2 before the log-sum-exp.
-    m_proj (K, d) holds U_k^T mu_k.
+    m_proj (K, d) holds U_k^T mu_k, and lam the eigenvalues, in float64 whatever the dtype of P.
 
     Serial on purpose: it runs between two BLAS products, whose threads a spinning
     second pool would starve (measured: a parallel version of this kernel, 1.6-3x as fast
