@@ -9,11 +9,18 @@ exactly and affinely (sgm_ref.conventions has the formulas):
     v   = alpha eps - sigma x0
     velocity = alpha' x0 + sigma' eps = E[d x_t / dt | x_t = x]
 
-Conditioning: each is a few ulps of |A x| + |B score| (conventions.convert); x0 where
-alpha_t is small (FlowMatching near t = 1) loses the digits of x / alpha that cancel.
+Conditioning: each is a few ulps of |A x| + |B score| (conventions.convert), except
+that x0 from the score loses the digits of x / alpha that cancel where alpha_t is small
+(all of them at OU's t = 40, FlowMatching near t = 1). A target that knows its posterior
+mean E[x0 | x_t] (the Gaussian and product mixtures: `_posterior_mean`) gives x0 from it
+directly, and v and velocity from that x0 and eps = -sigma score, both well conditioned:
+
+    v = alpha eps - sigma x0,    velocity = sigma' eps + alpha' x0.
 """
 
-from ..conventions import KINDS, convert
+import numpy as np
+
+from ..conventions import KINDS, _minors, convert
 from ..processes import OU, check_process
 
 
@@ -37,7 +44,10 @@ class ExactOutputs:
         Returns
         -------
         ndarray, shape (n, d): the score in the dtype of x; the other kinds float64
-        (float32 for float32 x: computed in float64 and rounded once).
+        (float32 for float32 x: computed in float64 and rounded once). For the Gaussian
+        and product mixtures x0, v and velocity come from the exact posterior mean, to a
+        few ulps at every t; for other targets from the score by Tweedie's formula, whose
+        x0 loses digits where alpha_t is small (module docstring).
 
         Raises
         ------
@@ -51,4 +61,20 @@ class ExactOutputs:
         score = self.score(x, t, process)
         if kind == "score":
             return score
-        return convert(score, x, t, process, from_="score", to=kind)
+        if kind in ("score", "eps") or not hasattr(self, "_posterior_mean"):
+            return convert(score, x, t, process, from_="score", to=kind)
+        times = np.asarray(process._times(t, n=score.shape[0]), dtype=np.float64)
+        if kind == "x0" and np.any(process._alpha(times) == 0):
+            # the posterior mean exists there (the prior's mean), but Tweedie's x0 does not:
+            # refused for every target alike, with convert's error
+            return convert(score, x, t, process, from_="score", to=kind)
+        x0 = self._posterior_mean(x, t, process)
+        if kind != "x0":
+            # kind = A eps + B x0 (the minors of conventions, with (eps, x0) for (x, value));
+            # eps = -sigma score from convert, which refuses sigma_t = 0 where eps is undefined
+            eps = convert(score, x, t, process, from_="score", to="eps").astype(np.float64)
+            D = _minors(process, times)
+            A, B = -D[(kind, "x0")], -D[("eps", kind)]                 # D[("eps", "x0")] = -1
+            A, B = np.atleast_1d(A)[:, None], np.atleast_1d(B)[:, None]
+            x0 = A * eps + B * x0
+        return x0.astype(np.float32) if x.dtype == np.float32 else x0

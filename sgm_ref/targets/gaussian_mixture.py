@@ -562,6 +562,51 @@ class GaussianMixture(ExactOutputs):
         check_oracle_output(logp, x)
         return logp, score
 
+    # -- the denoiser ----------------------------------------------------------------------
+    def _posterior_mean(self, x, t, process):
+        """E[x0 | x_t = x], float64 (n, d), without Tweedie's cancellation.
+
+        x0 = sum_k pi_k (mu_k + alpha_t Sigma_k C_k^{-1} (x - alpha_t mu_k)), C_k =
+        alpha_t^2 Sigma_k + sigma_t^2 I, Sigma_k C_k^{-1} = U_k diag(lam_k / v_k) U_k^T:
+        each term is well conditioned, where (x + sigma_t^2 score) / alpha_t loses the
+        digits of x / alpha_t that cancel (all of them by OU's t = 40). In NumPy, by
+        blocks of rows, as divergence (ExactOutputs.predict).
+        """
+        x = check_points(x, "x", d=self.dim)
+        n, d = x.shape
+        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
+        if x.dtype == np.float32:
+            check_float32_range(self._mu, self._lam, repr(self))
+        xx = x.astype(np.float64, copy=False)
+        lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
+        K = lam.shape[0]
+        out = np.empty((n, d))
+        rows = max(1, _DIVERGENCE_BLOCK_ELEMENTS // (K * d * (d if U is not None else 1)))
+        for start in range(0, n, rows):
+            blk = slice(start, min(start + rows, n))
+            ab, sb = a[blk, None, None], s2[blk, None, None]
+            v = ab * ab * lam + sb                                          # (r, K, d)
+            diff = xx[blk, None, :] - ab * mu                               # x - alpha mu_k
+            if U is not None:
+                y = np.einsum("rkj,kji->rki", diff, U)                     # U_k^T (x - alpha mu_k)
+            elif R is not None:
+                y = diff @ R
+            else:
+                y = diff
+            with np.errstate(over="ignore", invalid="ignore"):           # a point too far out: named below
+                logc = self._logw - 0.5 * (np.sum(y * (y / v), axis=2) + np.sum(np.log(v), axis=2))
+                pi = np.exp(logc - np.max(logc, axis=1, keepdims=True))
+                pi /= np.sum(pi, axis=1, keepdims=True)
+                shrunk = ab * lam * y / v                                   # alpha lam / v, in the eigenbasis
+                if U is not None:
+                    shrunk = np.einsum("kij,rkj->rki", U, shrunk)
+                elif R is not None:
+                    shrunk = shrunk @ R.T
+                each = mu + shrunk                                          # E[x0 | x_t = x, component k]
+                out[blk] = np.einsum("rk,rki->ri", pi, np.where(pi[:, :, None] > 0, each, 0.0))
+        check_oracle_output(out.sum(axis=1), x)
+        return out
+
     # -- the Laplacian ---------------------------------------------------------------------
     def divergence(self, x, t=0.0, process=OU()):
         """Exact divergence of the score, the Laplacian of log p_t, at each row of x.

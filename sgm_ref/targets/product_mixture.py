@@ -175,6 +175,22 @@ class ProductMixture(ExactOutputs):
         check_oracle_output(logp, x)
         return logp, score
 
+    def _posterior_mean(self, x, t, process):
+        """E[x0 | x_t = x], float64 (n, d): coordinate by coordinate
+        sum_c pi_jc (mu_jc + alpha_t s_jc^2 (x_j - alpha_t mu_jc) / v_jc), with no
+        cancellation where alpha_t is small (ExactOutputs.predict)."""
+        x, var, diff = self._coordinates(x, t, process)
+        n = x.shape[0]
+        a = check_process(process, variance_preserving=False)._coefficients(t, n)[0][:, None, None]
+        with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
+            log_terms = self._logw - 0.5 * (np.log(var) + diff**2 / var)
+            post = np.exp(log_terms - np.max(log_terms, axis=2, keepdims=True))
+            post /= post.sum(axis=2, keepdims=True)
+            each = self.means + a * self.stds**2 * diff / var
+            out = np.sum(np.where(post > 0, post * each, 0.0), axis=2)
+        check_oracle_output(out.sum(axis=1), x)
+        return out
+
     def divergence(self, x, t=0.0, process=OU()):
         """Exact divergence of the score (the Laplacian of log p_t), shape (n,), dtype of x.
 
