@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.stats import multivariate_normal
 
-from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref import EDM, OU, VE, VP, GaussianMixture
 from sgm_ref.targets import ProductMixture, TiltedGaussian
 
 HUGE = 2**70
@@ -358,3 +358,18 @@ def test_radii_too_small_for_float64_are_refused():
     with pytest.raises(ValueError, match=r"^radius must be at least 1e-150"):
         GaussianMixture.ring(radius=1e-200)
     assert np.all(GaussianMixture.paper_family(2, 2, 0.0, 0).means == 0)
+
+
+@pytest.mark.parametrize("process, t", [(EDM(), 1e155), (VE(sigma_max=1e200), 1.0)], ids=repr)
+def test_a_time_whose_sigma_squared_overflows_is_named_not_the_point(process, t):
+    """EDM's t_max is inf: t = 1e155 squares past float64. Every oracle blamed the point
+    ('x[0] ... is too far from the target') and leaked an overflow warning (a review)."""
+    import warnings
+
+    x = np.array([[0.3, -0.2]])
+    for target in (GaussianMixture.ring(), ProductMixture.symmetric(2)):
+        for call in (target.log_prob, target.score, target.divergence):
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                with pytest.raises(ValueError, match=r"sigma_t\^2 overflows float64 .* use a smaller t"):
+                    call(x, t, process)

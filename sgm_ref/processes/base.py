@@ -257,7 +257,13 @@ class LinearGaussianProcess:
     def _coefficients(self, t, n):
         """(alpha_t, sigma_t^2) as float64 arrays of length n, t validated for n rows."""
         t = np.ascontiguousarray(np.broadcast_to(self._times(t, n=n), (n,)))
-        return self._alpha(t), self._sigma2(t)  # fresh contiguous arrays, as the kernels expect
+        with np.errstate(over="ignore"):
+            alpha, s2 = self._alpha(t), self._sigma2(t)  # fresh contiguous arrays, as the kernels expect
+        if not np.all(np.isfinite(s2)):  # EDM's t_max is inf: t = 1e155 squares past float64
+            bad = int(np.argmax(~np.isfinite(s2)))
+            raise ValueError(f"t = {float(t[bad])!r}: sigma_t^2 overflows float64 for {self!r}; use a smaller t "
+                             "(sigma_t below about 1e154)")
+        return alpha, s2
 
     def perturb(self, x0, t, rng):
         """Draw X_t given X_0: xt = alpha_t x0 + sigma_t z, z ~ N(0, I).
