@@ -550,3 +550,45 @@ def test_a_comparison_says_which_draws_the_cells_share():
                                                                  "differ);")]:
         c = report.compare(rows, rows, {"settings": {"lr": 0.002}}, {"settings": {"lr": 0.002, **other}})
         assert words in report._comparison_section(c, "other")[2]
+
+
+def test_cells_that_kept_the_initial_network_are_named_and_the_exponent_after_them_fitted():
+    """Where the held-out selection kept step 0 the network is its initialisation (score -x
+    exactly): 72 of the page's 420 cells, all of d = 1024 up to n = 4000 (found by a review).
+    The report names them and fits the exponent over the n above the last of them: here
+    against scipy's linregress on the same rows, slope and t interval."""
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in (500, 1000, 2000, 4000, 8000):
+        for seed in range(3):
+            untrained = n <= 1000 or (n == 2000 and seed == 0)
+            error = 1.0 if untrained else 5.0 * n ** -0.7 * float(np.exp(0.05 * rng.standard_normal()))
+            rows.append({"family": "f", "d": 64, "n": n, "seed": seed, "score_error": error,
+                         "checkpoint_step": 0 if untrained else 100})
+    entry = report._after_the_initial_network(rows)
+    assert entry["initial_kept"] == {"500": [3, 3], "1000": [3, 3], "2000": [1, 3]}
+    assert entry["after_initial"] is None  # two n above: no exponent claimed
+    assert entry["after_initial_reason"].startswith("fewer than three n above n = 2000")
+    # with a third n above, the exponent is fitted
+    rows += [{"family": "f", "d": 64, "n": 16000, "seed": s, "score_error": 5.0 * 16000 ** -0.7 * (1 + 0.01 * s),
+              "checkpoint_step": 100} for s in range(3)]
+    entry = report._after_the_initial_network(rows)
+    above = [r for r in rows if r["n"] > 2000]
+    fit = stats.linregress(np.log([r["n"] for r in above]), np.log([r["score_error"] for r in above]))
+    half = stats.t.ppf(0.975, len(above) - 2) * fit.stderr
+    after = entry["after_initial"]
+    assert after["from_n"] == 4000
+    assert after["b"] == pytest.approx(-fit.slope, rel=1e-12, abs=0)
+    assert after["b_interval"] == pytest.approx([-fit.slope - half, -fit.slope + half], rel=1e-12, abs=0)
+    a = {"d": [64], "n": [500, 1000, 2000, 4000, 8000, 16000], "network": {"64": entry}}
+    not_shows = []
+    report._initial_network_sentences("f", a, not_shows)
+    assert not_shows == [
+        "**f**: the held-out selection kept the initial network, whose score is -x exactly, in every seed at n = 500 "
+        "and 1000, 1 of 3 seeds at n = 2000 (d = 64): at those n the network is not trained, and a straight line "
+        f"through them measures how long that lasts as well as a rate; fitted over the n above them, the exponent is "
+        f"{after['b']:.2f} {report._interval(after['b_interval'])} (d = 64, n ≥ 4000)."]
+    # rows of a sweep that kept the last step (no checkpoint_step) count as trained
+    assert report._after_the_initial_network([{**r, "checkpoint_step": None} for r in rows]) == {"initial_kept": {}}

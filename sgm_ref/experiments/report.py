@@ -362,9 +362,40 @@ def _analyse_family(rows):
             top = [r["score_error"] for r in curve if r["n"] == max(n)]
             entry["floor_share"] = sat["c"] / float(np.mean(top))
         entry["n_star"], entry["n_star_reason"] = _n_star(points[str(d)])
+        entry.update(_after_the_initial_network([r for r in rows if r["d"] == d]))
         network[str(d)] = entry
     result["network"] = network
     return result
+
+
+def _after_the_initial_network(rows):
+    """Where the held-out selection kept the initial network (checkpoint_step 0: its output
+    layer starts at zero, so its score is -x exactly) and the exponent after that.
+
+    Returns {"initial_kept": {n: [seeds that kept it, seeds]} for the n where any did, and,
+    if any did, "after_initial": the straight line's exponent over the n above the largest
+    such n (None with "after_initial_reason" if fewer than three n are left)}. Rows without
+    a checkpoint_step (sweeps that kept the last step) count as trained."""
+    kept = {}
+    for r in rows:
+        if r.get("checkpoint_step") == 0:
+            kept.setdefault(r["n"], set()).add(r["seed"])
+    if not kept:
+        return {"initial_kept": {}}
+    seeds = {n: len({r["seed"] for r in rows if r["n"] == n}) for n in kept}
+    out = {"initial_kept": {str(n): [len(kept[n]), seeds[n]] for n in sorted(kept)}}
+    last = max(kept)
+    after = [r for r in rows if r["n"] > last and r["score_error"] > 0]
+    if len({r["n"] for r in after}) < 3:
+        out["after_initial"], out["after_initial_reason"] = None, (
+            f"fewer than three n above n = {last}, the largest where the initial network was kept")
+        return out
+    n = np.array([r["n"] for r in after], dtype=float)
+    e = np.array([r["score_error"] for r in after], dtype=float)
+    fit, why = _attempt(S.joint_slopes, np.zeros(n.size), n, e, level=LEVEL)
+    out["after_initial"] = None if fit is None else {"from_n": int(n.min()), **_exponent(fit["groups"][0])}
+    out["after_initial_reason"] = why
+    return out
 
 
 def _n_star(by_n):
@@ -817,6 +848,7 @@ def _conclusions(fams, comparisons=()):
         _floor_sentences(family, a, not_shows)
         _rising_sentences(family, a, not_shows)
         _late_start_sentences(family, a, stuck, not_shows)
+        _initial_network_sentences(family, a, not_shows)
         reached = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right"]
         if reached:
             shows.append(f"**{family}**: the error falls below half the -x baseline at n*: "
@@ -918,6 +950,36 @@ def _late_start_sentences(family, a, stuck, not_shows):
                          "error not below the -x baseline's by two standard errors) up to n = "
                          + _list([f"{n1} (d = {d})" for d, n1 in late.items()])
                          + ": there the straight-line exponent spans a flat start and the fall after it.")
+
+
+def _initial_network_sentences(family, a, not_shows):
+    """Where the held-out selection kept the initial network (its score is -x exactly), and
+    the exponent over the n above: a line through those n measures the untrained start."""
+    net = {d: a["network"][str(d)] for d in a["d"]}
+    initial = {d: net[d].get("initial_kept") for d in a["d"] if net[d].get("initial_kept")}
+    if initial:
+        def kept(d):
+            cells = sorted(((int(n), k, m) for n, (k, m) in initial[d].items()))
+            run = 0  # the n from the smallest on where every seed kept it
+            while run < len(cells) and cells[run][0] == a["n"][run] and cells[run][1] == cells[run][2]:
+                run += 1
+            parts = [f"every seed at n = {_list([str(n) for n, _, _ in cells[:run]])}"] if run else []
+            parts += [f"{k} of {m} seeds at n = {n}" for n, k, m in cells[run:]]
+            return ", ".join(parts) + f" (d = {d})"
+
+        after = {d: net[d].get("after_initial") for d in initial}
+        fitted = [d for d in initial if after[d]]
+        text = (f"**{family}**: the held-out selection kept the initial network, whose score is -x exactly, in "
+                + "; ".join(kept(d) for d in initial)
+                + ": at those n the network is not trained, and a straight line through them measures how long "
+                  "that lasts as well as a rate")
+        if fitted:
+            text += ("; fitted over the n above them, the exponent is "
+                     + _list([f"{after[d]['b']:.2f} {_interval(after[d]['b_interval'])} (d = {d}, n ≥ "
+                              f"{after[d]['from_n']})" for d in fitted]))
+        for d in (d for d in initial if not after[d]):
+            text += f" (d = {d}: no exponent, {net[d].get('after_initial_reason')})"
+        not_shows.append(text + ".")
 
 
 def _at_or_above_minus_x(a):
