@@ -196,6 +196,36 @@ def test_a_failing_cell_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert len(load_results(tmp_path / "results.jsonl")) == 1 == len((tmp_path / "results.jsonl").read_text().splitlines())
 
 
+def test_retry_failed_with_a_narrower_grid_keeps_the_failures_outside_it(tmp_path, monkeypatch):
+    """--retry-failed dropped every failed row before the grid was applied, and rewrote
+    results.jsonl without the ones the new grid does not hold (a review): 18 rows with 6
+    failures became 12 with none. Only the grid's failed cells are retried."""
+    import concurrent.futures
+
+    from sgm_ref.experiments import rate as rate_module
+    from sgm_ref.experiments import sweep as sweep_module
+
+    def fake_cell(cell):
+        f, d, n, s = rate_module.cell_key(cell)
+        row = {"family": f, "d": d, "n": n, "seed": s}
+        if n == max(rate_module.make_grid(quick=True)["n"]):
+            return {**row, "status": "failed", "error": "ValueError: diverged"}
+        return {**row, "status": "ok", "score_error": n ** -0.5, "score_error_se": 1e-4, "tv_bound": None,
+                "tv_bound_se": None, "train_seconds": 1.0, "eval_seconds": 1.0}
+
+    monkeypatch.setattr(sweep_module, "run_cell", fake_cell)
+    grid = rate_module.make_grid(quick=True)
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        before = run_sweep(tmp_path, grid, executor=executor, log=lambda m: None)
+        failed = [r for r in before if r["status"] == "failed"]
+        assert failed
+        narrow = rate_module.make_grid(quick=True, n=[min(grid["n"])])
+        after = run_sweep(tmp_path, narrow, executor=executor, retry_failed=True, log=lambda m: None)
+    assert sorted(map(rate_module.cell_key, after)) == sorted(map(rate_module.cell_key, before))
+    assert len(load_results(tmp_path / "results.jsonl")) == len(before)
+    assert sum(r["status"] == "failed" for r in after) == len(failed)
+
+
 def test_two_sweeps_cannot_share_a_folder(tmp_path):
     fcntl = pytest.importorskip("fcntl")
     tmp_path.joinpath(".lock").touch()
@@ -406,8 +436,38 @@ def test_summary_leaves_non_positive_errors_out_of_the_fit():
     rows = [{"family": "tilted", "d": 2, "n": n, "seed": 0, "score_error": e, "score_error_se": 0.01, "tv_bound": None}
             for n, e in ((100, 0.1), (1000, 0.01), (10000, -0.001))]
     (summary,) = sweep_summary(rows)
-    assert summary["slope"] == pytest.approx(-1.0) and np.isnan(summary["local_slopes"][1])
+    assert summary["slope"] == pytest.approx(-1.0) and summary["local_slopes"][1] is None
     assert [p["score_error"] for p in summary["points"]] == [0.1, 0.01, -0.001]  # still in the table
+
+
+def test_summary_counts_the_degrees_of_freedom_of_the_n_fitted_and_writes_valid_json(tmp_path):
+    """An n whose every error is <= 0 is not in the fit: its degrees of freedom are those of
+    the n fitted (they were counted from every n, an interval 25% too narrow); what cannot
+    be computed is null in summary.json and '–' in summary.md, where NaN made the JSON
+    invalid and the table read '± nan' (found by a review). Against scipy's linregress."""
+    from scipy import stats
+
+    from sgm_ref.experiments.sweep import write_outputs
+
+    rng = np.random.default_rng(0)
+    rows = [{"family": "tilted", "d": 2, "n": n, "seed": s, "score_error_se": 0.01, "tv_bound": None,
+             "score_error": (3.0 * n ** -0.5 * float(np.exp(0.05 * rng.standard_normal()))) if n != 4000 else -0.01}
+            for n in (500, 1000, 2000, 4000, 8000) for s in range(3)]
+    (summary,) = sweep_summary(rows)
+    ns = [500, 1000, 2000, 8000]
+    means = [np.mean([np.log(r["score_error"]) for r in rows if r["n"] == n]) for n in ns]
+    fit = stats.linregress(np.log(ns), means)
+    half = stats.t.ppf(0.975, 2) * fit.stderr
+    assert summary["slope_dof"] == 2
+    assert summary["slope"] == pytest.approx(fit.slope, rel=1e-12)
+    assert summary["slope_95"] == pytest.approx([fit.slope - half, fit.slope + half], rel=1e-12)
+    two = [r for r in rows if r["n"] in (500, 1000)]
+    (short,) = sweep_summary(two)
+    assert short["slope_se"] is None and short["slope_95"] == [None, None] and short["slope_dof"] == 0
+    write_outputs(str(tmp_path), two)
+    with open(tmp_path / "summary.json", encoding="utf-8") as f:
+        assert json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in summary.json"))[0]["slope_se"] is None
+    assert "nan" not in (tmp_path / "summary.md").read_text(encoding="utf-8")
 
 
 def test_fit_slope():

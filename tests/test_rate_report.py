@@ -117,7 +117,8 @@ def test_conclusions_follow_the_numbers(written):
     assert "**mixture**: not rejecting is not proof of a d-free exponent" in not_shows
     w = prod["welch"]
     assert (f"**product**: it does not show an exponent independent of d: equal exponents are rejected at level 0.05 "
-            f"(Welch's F(2, {w['df'][1]:.1f}) = {w['F']:.2f}, p < 1e-4; with one pooled variance F(2, "
+            f"(Welch's F(2, {w['df'][1]:.1f}) = {w['F']:.2f}, p < 1e-4, the test that decides here; with one pooled "
+            f"variance F(2, "
             f"{prod['df'][1]}) = {prod['F']:.2f}") in not_shows
     assert "**mixture**: the error falls with n in every d (2, 8 and 32): the exponent b of the best straight" in shows
     # product, d = 32 never reaches half of -x: its exponent is not claimed as a rate
@@ -592,3 +593,23 @@ def test_cells_that_kept_the_initial_network_are_named_and_the_exponent_after_th
         f"{after['b']:.2f} {report._interval(after['b_interval'])} (d = 64, n ≥ 4000)."]
     # rows of a sweep that kept the last step (no checkpoint_step) count as trained
     assert report._after_the_initial_network([{**r, "checkpoint_step": None} for r in rows]) == {"initial_kept": {}}
+
+
+def test_p_values_and_ratios_keep_their_side_of_the_threshold():
+    """A pooled p of 0.04980 was printed 'p = 0.05' in a sentence saying 'not rejected at
+    level 0.05', and a ratio above 1 as '1.0' in one saying 'exceeds' (a review)."""
+    assert report._p(0.0498) == "p = 0.0498"
+    assert report._p(0.0503) == "p = 0.0503"
+    assert report._p(0.00996) == "p = 0.00996"
+    assert report._p(0.0046) == "p = 0.0046" and report._p(0.5) == "p = 0.5" and report._p(3e-5) == "p < 1e-4"
+    assert report._digits_keeping_side(1.04, (1.0,), 1, "f") == "1.04"
+    assert report._digits_keeping_side(4.26, (1.0,), 1, "f") == "4.3"
+
+
+def test_a_folder_with_three_n_says_no_saturating_fit_was_computed(tmp_path):
+    """With three n there is no saturating fit, and the report said its lower limit exceeds
+    the curse rate 'in no d' (a review)."""
+    text, _ = _page_of_stored(tmp_path, "rate_iso_rerun_budget2")
+    assert "needs at least 4 distinct n" in text
+    assert "The saturating fit's lower limit exceeds it in no d" not in text
+    assert "No saturating fit was computed to compare." in text

@@ -659,8 +659,18 @@ def fit_slope(n, error):
     return float(coef[1]), float(se), float(coef[0])
 
 
+def _number(v):
+    """A float, or None for nan (JSON has no nan: null, and '–' in the tables)."""
+    return None if v is None or not math.isfinite(v) else float(v)
+
+
 def sweep_summary(results):
-    """Per (family, d): the fitted slope ± se and the mean error (± se over seeds) at each n."""
+    """Per (family, d): the fitted slope ± se and the mean error (± se over seeds) at each n.
+
+    The slope's degrees of freedom are the distinct n of the fit minus 2 (an n whose every
+    error is <= 0 is not in it). What cannot be computed (a slope from fewer than two n, a
+    standard error or interval from fewer than three, a local slope across an error <= 0)
+    is None."""
     groups = {}
     for r in results:
         if r.get("status", "ok") == "ok":
@@ -682,12 +692,12 @@ def sweep_summary(results):
             points.append({"n": n, "seeds": len(rs), "score_error": float(e.mean()), "score_error_se": float(spread),
                            "tv_bound": float(tv.mean()) if tv.size else None,
                            "tv_bound_vacuous": bool(np.any(tv >= 1.0))})
-        dof = len(points) - 2
+        dof = len({r["n"] for r in fitted}) - 2
         half = stats.t.ppf(0.975, dof) * slope_se if dof > 0 else float("nan")
-        local = [float(np.log(b["score_error"] / a["score_error"]) / np.log(b["n"] / a["n"]))
-                 if a["score_error"] > 0 and b["score_error"] > 0 else float("nan")
+        local = [_number(np.log(b["score_error"] / a["score_error"]) / np.log(b["n"] / a["n"]))
+                 if a["score_error"] > 0 and b["score_error"] > 0 else None
                  for a, b in zip(points, points[1:])]
-        summary.append({"family": family, "d": d, "slope": slope, "slope_se": slope_se, "slope_dof": dof,
-                        "slope_95": [slope - half, slope + half], "local_slopes": local, "intercept": intercept,
-                        "points": points})
+        summary.append({"family": family, "d": d, "slope": _number(slope), "slope_se": _number(slope_se),
+                        "slope_dof": dof, "slope_95": [_number(slope - half), _number(slope + half)],
+                        "local_slopes": local, "intercept": _number(intercept), "points": points})
     return summary

@@ -443,8 +443,23 @@ def _interval(iv, digits=2):
 
 
 def _p(p):
-    """'p = 0.0046' or 'p < 1e-4'."""
-    return f"p = {p:.2g}" if p >= 1e-4 else "p < 1e-4"
+    """'p = 0.0046' or 'p < 1e-4': two significant digits, more where two would put p on or
+    across a level the report tests at (0.0498 is not 'p = 0.05')."""
+    if p < 1e-4:
+        return "p < 1e-4"
+    return f"p = {_digits_keeping_side(p, (ALPHA, ALPHA_LOF), 2)}"
+
+
+def _digits_keeping_side(v, thresholds, digits, kind="g"):
+    """v printed with `digits` digits (format kind "g": significant, "f": decimals), or more
+    until the printed value lies on the same side of each threshold as v (and is not equal
+    to one that v is not)."""
+    for k in range(digits, 17):
+        text = f"{v:.{k}{kind}}"
+        shown = float(text)
+        if all((shown < c) == (v < c) and (shown == c) == (v == c) for c in thresholds):
+            return text
+    return repr(v)
 
 
 def _welch(joint):
@@ -802,12 +817,17 @@ def _conclusions(fams, comparisons=()):
         if above:
             ratio = {d: curse[d]["ratio_low"] for d in above}
             dr = min(above, key=lambda d: ratio[d])
-            sat_above = [d for d in ds if (c := a["network"][str(d)]["curse_saturating"]) and c["above"]]
+            sat_fitted = [d for d in ds if a["network"][str(d)]["curse_saturating"]]
+            sat_above = [d for d in sat_fitted if a["network"][str(d)]["curse_saturating"]["above"]]
+            if not sat_fitted:
+                sat_text = "No saturating fit was computed to compare."
+            else:
+                sat_text = ("The saturating fit's lower limit exceeds it in "
+                            + ("no d" if not sat_above else f"d = {_list(sat_above)}")
+                            + ("" if len(sat_fitted) == len(ds) else f" (fitted in d = {_list(sat_fitted)})") + ".")
             shows.append(f"**{family}**: the straight-line exponent's lower limit exceeds the curse rate 2/(d+4) in "
-                         f"d = {_list(above)}; the smallest ratio of lower limit to curse rate is {ratio[dr]:.1f} "
-                         f"(d = {dr}). The saturating fit's lower limit exceeds it in "
-                         + ("no d" if not sat_above else f"d = {_list(sat_above)}")
-                         + ".")
+                         f"d = {_list(above)}; the smallest ratio of lower limit to curse rate is "
+                         f"{_digits_keeping_side(ratio[dr], (1.0,), 1, 'f')} (d = {dr}). " + sat_text)
         rest = [d for d in ds if d not in above]
         if rest:
             not_shows.append(f"**{family}**: the exponent is not shown to exceed the curse rate in d = {_list(rest)}.")
@@ -817,8 +837,8 @@ def _conclusions(fams, comparisons=()):
             bs = {d: by_d[str(d)]["b"] for d in fitted}
             lo, hi = min(fitted, key=lambda d: bs[d]), max(fitted, key=lambda d: bs[d])
             welch = joint["welch"]
-            test = (f"Welch's {_welch(joint)}; with one pooled variance F({joint['df'][0]}, {joint['df'][1]}) = "
-                    f"{joint['F']:.2f}, {_p(joint['p'])}")
+            test = (f"Welch's {_welch(joint)}, the test that decides here; with one pooled variance "
+                    f"F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}")
             if welch["p"] < ALPHA:
                 not_shows.append(f"**{family}**: it does not show an exponent independent of d: equal exponents are "
                                  f"rejected at level {ALPHA} ({test}); b ranges from {bs[lo]:.2f} (d = {lo}) to "

@@ -102,7 +102,8 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
     executor : concurrent.futures.Executor, optional
         Any executor to submit the cells to (used as is, not shut down).
     retry_failed : bool
-        Run again the cells recorded as failed (their old rows are then replaced).
+        Run again the cells of grid recorded as failed (their old rows are then replaced;
+        failed rows of cells outside grid are kept).
     log : callable(str)
     """
     folder = os.fspath(folder)
@@ -111,8 +112,9 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
         _check_settings(folder, grid["settings"])
         results_path = os.path.join(folder, "results.jsonl")
         results = load_results(results_path, repair=True)
-        if retry_failed:
-            results = [r for r in results if r.get("status", "ok") == "ok"]
+        if retry_failed:  # the failed cells of this grid run again; failures outside it are kept
+            in_grid = {cell_key(c) for c in cells(grid)}
+            results = [r for r in results if r.get("status", "ok") == "ok" or cell_key(r) not in in_grid]
         done = {cell_key(r) for r in results}
         todo = [c for c in cells(grid) if cell_key(c) not in done]
         failed = sum(r.get("status", "ok") != "ok" for r in results)
@@ -188,11 +190,16 @@ def write_outputs(folder, results):
 
     atomic_write(os.path.join(folder, "results.csv"), write_csv)
     summary = sweep_summary(results)
-    _write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2) + "\n")
+    _write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2, allow_nan=False) + "\n")
     methods = sorted({(r.get("tv") or {}).get("method") or "euler_maruyama" for r in results})
     _write_text(os.path.join(folder, "summary.md"), summary_markdown(summary, methods))
     if summary:  # nothing to plot when every cell failed
         plot_rate(os.path.join(folder, "rate.png"), summary)
+
+
+def _fixed(v):
+    """A slope with two decimals; '–' for one that could not be computed (None)."""
+    return "–" if v is None else f"{v:.2f}"
 
 
 def summary_markdown(summary, methods=("euler_maruyama",)):
@@ -204,18 +211,19 @@ def summary_markdown(summary, methods=("euler_maruyama",)):
               else "Monte-Carlo standard error of the one seed (seed-to-seed spread not measured)")
     lines = ["Integrated score error int E|s - grad log p_t|^2 dt, mean over seeds ± " + spread + ".",
              "Slope: least squares of the mean log error against log n, ± its standard error from the",
-             "scatter about the line (dof = number of n - 2; 95% interval by Student's t); local",
-             "slopes between neighbouring n show any bend.", "",
+             "scatter about the line (dof = number of n fitted - 2, an n with no error > 0 not fitted;",
+             "95% interval by Student's t; – where it cannot be computed); local slopes between",
+             "neighbouring n show any bend.", "",
              "| family | d | slope ± se (dof) | 95% interval | local slopes | "
              + " | ".join(f"n = {n}" for n in ns) + " |",
              "|" + "---|" * (5 + len(ns))]
     for s in summary:
         by_n = {p["n"]: p for p in s["points"]}
         values = [f"{by_n[n]['score_error']:.3g} ± {by_n[n]['score_error_se']:.1g}" if n in by_n else "" for n in ns]
-        low, high = s["slope_95"]
-        local = ", ".join(f"{v:.2f}" for v in s["local_slopes"])
-        lines.append(f"| {s['family']} | {s['d']} | {s['slope']:.2f} ± {s['slope_se']:.2f} ({s['slope_dof']}) | "
-                     f"[{low:.2f}, {high:.2f}] | {local} | " + " | ".join(values) + " |")
+        low, high = (_fixed(v) for v in s["slope_95"])
+        local = ", ".join(_fixed(v) for v in s["local_slopes"])
+        lines.append(f"| {s['family']} | {s['d']} | {_fixed(s['slope'])} ± {_fixed(s['slope_se'])} "
+                     f"({s['slope_dof']}) | [{low}, {high}] | {local} | " + " | ".join(values) + " |")
     lines += ["", f"Certified upper bound on TV(p_0, output of {' / '.join(methods)}), mean over seeds "
                   "(1 marks a vacuous bound: TV <= 1 always).", "",
               "| family | d | " + " | ".join(f"n = {n}" for n in ns) + " |", "|" + "---|" * (2 + len(ns))]
@@ -245,7 +253,7 @@ def plot_rate(path, summary):
             e = [p["score_error"] for p in s["points"]]
             se = [p["score_error_se"] for p in s["points"]]
             ax.errorbar(n, e, yerr=[2 * v for v in se], marker="o", ms=3, capsize=2,
-                        label=f"d = {s['d']}: slope {s['slope']:.2f} ± {s['slope_se']:.2f}")
+                        label=f"d = {s['d']}: slope {_fixed(s['slope'])} ± {_fixed(s['slope_se'])}")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("n (training samples)")
