@@ -367,3 +367,42 @@ def test_saturating_fits_floor_test_is_the_nested_line_against_the_floor():
     null = [S.saturating_fit(n, curve(0.0))["floor_test"]["p"] < 0.05 for _ in range(60)]
     floors = [S.saturating_fit(n, curve(1.0))["floor_test"]["p"] < 0.05 for _ in range(60)]
     assert np.mean(null) <= 0.1 and np.mean(floors) >= 0.7
+
+
+def test_edges_a_review_found_are_refused_or_exact():
+    """Public functions that returned a wrong number or NaN for bad input (a review)."""
+    error = np.array([0.1, 0.3, 0.7, 0.013, 5.1])
+    for factor in (2.0, 3.0):  # identical ratios: se 0, no t (it was t = 1e16, p = 6e-64)
+        out = S.paired_log_ratio(error, factor * error)
+        assert out["se"] == 0.0 and out["t"] is None and out["p"] is None and out["interval"] is None
+    out = S.paired_log_ratio(error, 2 * error * np.array([1, 1.01, 1, 1, 1]))  # a real spread still counts
+    assert out["se"] > 0 and out["p"] is not None
+    with pytest.raises(ValueError, match="exponent_interval's ends must be finite"):
+        S.curse_comparison(2, [float("nan"), 1.0])
+    with pytest.raises(ValueError, match="low <= high"):
+        S.curse_comparison(2, [1.0, 0.1])
+    with pytest.raises(ValueError, match=r"must be \[low, high\]"):
+        S.curse_comparison(2, [1.0])
+    assert S.curse_comparison(2, [None, None])["ratio_low"] is None
+    with pytest.raises(ValueError, match="at least one value"):
+        S.n_star([], [], [])
+    n = np.repeat([500.0, 1000, 2000, 4000, 8000], 2)
+    e = 3 * n ** -0.7 * np.tile([1.02, 0.98], 5)
+    with pytest.raises(ValueError, match="b_max must be a finite number > 0, got True"):
+        S.saturating_fit(n, e, b_max=True)
+    for label in (float("nan"), None):
+        with pytest.raises(ValueError, match="group must hold labels"):
+            S.joint_slopes([label] * n.size, n, e)
+
+
+def test_analyse_refuses_a_cell_twice_and_an_error_that_is_not_a_number():
+    from sgm_ref.experiments import report
+
+    rows = [{"family": "f", "d": 2, "n": n, "seed": s, "score_error": 3 * n ** -0.7 * (1 + 0.01 * s),
+             "score_error_se": 1e-3} for n in (500, 1000, 2000) for s in range(2)]
+    report.analyse(rows)
+    with pytest.raises(ValueError, match="the cell family=f, d=2, n=2000, seed=1 twice"):
+        report.analyse(rows + [rows[-1]])
+    for bad in (float("nan"), None, True):
+        with pytest.raises(ValueError, match="not a finite number"):
+            report.analyse(rows[:-1] + [{**rows[-1], "score_error": bad}])

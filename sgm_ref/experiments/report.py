@@ -16,6 +16,7 @@ old sweep (score_error and tv_bound only) gives the same report without the base
 
 import json
 import math
+import numbers
 import os
 
 import numpy as np
@@ -136,10 +137,21 @@ def analyse(rows, grid=None):
     Raises
     ------
     ValueError
-        A grid that is not a dict of non-empty lists families, d, n and seeds.
+        A grid that is not a dict of non-empty lists families, d, n and seeds; a cell
+        (family, d, n, seed) given twice; a score_error that is not a finite number (load
+        the rows with load_sweep, which keeps the finished cells, once each).
     """
-    families = {}
+    families, seen = {}, set()
     for r in rows:
+        cell = (r["family"], r["d"], r["n"], r["seed"])
+        if cell in seen:
+            raise ValueError(f"rows hold the cell family={cell[0]}, d={cell[1]}, n={cell[2]}, seed={cell[3]} twice: "
+                             "it would count as two seeds (load the rows with load_sweep)")
+        seen.add(cell)
+        e = r.get("score_error")
+        if isinstance(e, bool) or not isinstance(e, numbers.Real) or not math.isfinite(e):
+            raise ValueError(f"rows: the cell family={cell[0]}, d={cell[1]}, n={cell[2]}, seed={cell[3]} has "
+                             f"score_error {e!r}, not a finite number (a failed cell? load_sweep leaves those out)")
         families.setdefault(r["family"], []).append(r)
     if grid is not None and not (isinstance(grid, dict) and all(
             isinstance(grid.get(k), (list, tuple)) and grid[k] for k in ("families", "d", "n", "seeds"))):

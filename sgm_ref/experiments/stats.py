@@ -135,6 +135,9 @@ def joint_slopes(group, n, error, level=0.95):
     _check_level(level)
     x, y = np.log(n), np.log(error)
     labels = list(dict.fromkeys(group.tolist()))
+    bad = [g for g in labels if g is None or (isinstance(g, float) and not math.isfinite(g))]
+    if bad:  # nan != nan: such a label would never find itself
+        raise ValueError(f"group must hold labels such as the dimension d, got {bad[0]!r}: drop or label those rows")
     G, N = len(labels), n.size
     idx = np.array([labels.index(g) for g in group.tolist()])
     for k, g in enumerate(labels):
@@ -300,8 +303,8 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
     _positive("n", n)
     _positive("error", error)
     _check_level(level)
-    if not (math.isfinite(b_max) and b_max > 0):
-        raise ValueError(f"b_max must be finite and > 0, got {b_max!r}")
+    if isinstance(b_max, bool) or not isinstance(b_max, numbers.Real) or not (math.isfinite(b_max) and b_max > 0):
+        raise ValueError(f"b_max must be a finite number > 0, got {b_max!r}")
     if np.unique(n).size < 4:
         raise ValueError(f"a saturating fit has 3 parameters: it needs at least 4 distinct n, got {np.unique(n).size}")
     y = np.log(error)
@@ -388,7 +391,16 @@ def curse_comparison(d, exponent_interval):
     its side, and the ratio is then None.
     """
     rate = curse_rate(d)
-    low, high = exponent_interval
+    try:
+        low, high = exponent_interval
+    except (TypeError, ValueError):
+        raise ValueError(f"exponent_interval must be [low, high], got {exponent_interval!r}") from None
+    for end in (low, high):
+        if end is not None and (isinstance(end, bool) or not isinstance(end, numbers.Real) or not math.isfinite(end)):
+            raise ValueError(f"exponent_interval's ends must be finite numbers or None (unbounded), got "
+                             f"{exponent_interval!r}")
+    if low is not None and high is not None and low > high:
+        raise ValueError(f"exponent_interval must have low <= high, got {exponent_interval!r}")
     return {"curse_rate": rate, "above": bool(low is not None and low > rate),
             "below": bool(high is not None and high < rate),
             "ratio_low": None if low is None else float(low / rate)}
@@ -416,6 +428,8 @@ def n_star(n, error, baseline, fraction=0.5):
         Bad arrays, repeated n, or values <= 0.
     """
     n, error, baseline = _vectors([("n", n), ("error", error), ("baseline", baseline)])
+    if n.size == 0:
+        raise ValueError("n must hold at least one value (no data: no n*)")
     for name, a in (("n", n), ("error", error), ("baseline", baseline)):
         _positive(name, a)
     if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not (0 < fraction < math.inf):
@@ -451,7 +465,8 @@ def paired_log_ratio(error, other, level=0.95):
     dict
         {"cells", "mean_log_ratio", "se", "interval", "ratio", "ratio_interval", "t", "p",
          "other_lower"}: other_lower counts the cells with other < error. With one cell
-        (or identical ratios) se is 0 and t, p and the interval are None.
+        (or identical ratios, up to the rounding of their logs) se is 0 and t, p and the
+        interval are None.
 
     Raises
     ------
@@ -469,9 +484,9 @@ def paired_log_ratio(error, other, level=0.95):
     mean = float(r.mean())
     out = {"cells": m, "mean_log_ratio": mean, "ratio": math.exp(mean), "other_lower": int(np.sum(other < error)),
            "se": 0.0, "interval": None, "ratio_interval": None, "t": None, "p": None}
-    sd = float(r.std(ddof=1)) if m > 1 else 0.0
-    if sd > 0:
-        se = sd / math.sqrt(m)
+    spread = float(np.sum((r - mean) ** 2))
+    if m > 1 and spread > _rounding(r):  # identical ratios differ by rounding only: se 0
+        se = math.sqrt(spread / (m - 1)) / math.sqrt(m)
         t = mean / se
         q = float(stats.t.ppf(0.5 + level / 2, m - 1))
         low, high = mean - q * se, mean + q * se
