@@ -613,3 +613,24 @@ def test_a_folder_with_three_n_says_no_saturating_fit_was_computed(tmp_path):
     assert "needs at least 4 distinct n" in text
     assert "The saturating fit's lower limit exceeds it in no d" not in text
     assert "No saturating fit was computed to compare." in text
+
+
+def test_the_figures_keep_the_backend_and_the_tv_legend_beside_the_data(tmp_path, monkeypatch):
+    """The report's figures are made without pyplot (it switched a notebook's backend to
+    Agg); the TV figure's legend sits beside the axes and names each d once, where twelve
+    entries inside covered ten points (found by a review)."""
+    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+
+    matplotlib.use("svg")
+    figures = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.setdefault(os.path.basename(path), fig))
+    analysis = report.analyse(report.load_sweep(os.path.join(HERE, "..", PAGE_SOURCE))[0])
+    assert report.plot_tv_vs_n(str(tmp_path / "tv.png"), analysis) is True
+    assert matplotlib.get_backend().lower() == "svg" and plt.get_fignums() == []
+    (ax,) = figures["tv.png"].axes
+    legend = ax.get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [f"d = {d}" for d in analysis["families"]["mixture-iso"]["d"]]
+    figures["tv.png"].canvas.draw()
+    box, axes_box = legend.get_window_extent(), ax.get_window_extent()
+    assert box.x0 > axes_box.x1  # wholly to the right of the axes

@@ -1127,14 +1127,20 @@ def _tv_sentences(family, a, not_shows):
 
 # ---------------------------------------------------------------- figures
 
-def _plt():
+def _have_matplotlib():
     try:
-        import matplotlib
+        import matplotlib  # noqa: F401
     except ImportError:
-        return None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+        return False
+    return True
+
+
+def _subplots(rows, cols, figsize):
+    """A Figure made without pyplot (no global figure, no backend switch) and its axes grid."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 _STYLE = {"network": dict(ls="-", marker="o"), "empirical measure (curse)": dict(ls="--", marker="s"),
@@ -1154,15 +1160,14 @@ def _log_axes(ax, ticks=None, base=10):
         ax.set_xticklabels([str(t) for t in ticks])
 
 
-def _save(fig, path, plt):
+def _save(fig, path):
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100, bbox_inches="tight"))
-    plt.close(fig)
 
 
-def plot_error_vs_n(path, analysis, plt):
+def plot_error_vs_n(path, analysis):
     fams = analysis["families"]
     cols = max(len(a["d"]) for a in fams.values())
-    fig, axes = plt.subplots(len(fams), cols, figsize=(3.2 * cols, 2.8 * len(fams)), squeeze=False)
+    fig, axes = _subplots(len(fams), cols, (3.2 * cols, 2.8 * len(fams)))
     for i, (family, a) in enumerate(fams.items()):
         for j in range(cols):
             ax = axes[i][j]
@@ -1183,12 +1188,12 @@ def plot_error_vs_n(path, analysis, plt):
             if j == 0:
                 ax.set_ylabel("score error")
         axes[i][0].legend(fontsize=6)
-    _save(fig, path, plt)
+    _save(fig, path)
 
 
-def plot_error_vs_d(path, analysis, plt):
+def plot_error_vs_d(path, analysis):
     fams = analysis["families"]
-    fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams), 3.6), squeeze=False)
+    fig, axes = _subplots(1, len(fams), (4.5 * len(fams), 3.6))
     for ax, (family, a) in zip(axes[0], fams.items()):
         for n, colour in ((min(a["n"]), "C0"), (max(a["n"]), "C3")):
             for m in a["methods"]:
@@ -1203,18 +1208,19 @@ def plot_error_vs_d(path, analysis, plt):
         ax.set_title(family)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("score error")
-    _save(fig, path, plt)
+    _save(fig, path)
 
 
-def plot_tv_vs_n(path, analysis, plt):
+def plot_tv_vs_n(path, analysis):
     fams = {f: a for f, a in analysis["families"].items()
             if any("tv" in p for by_n in a["points"].values() for p in by_n.values())}
     if not fams:
         return False
-    fig, axes = plt.subplots(1, len(fams), figsize=(4.5 * len(fams), 3.6), squeeze=False)
+    fig, axes = _subplots(1, len(fams), (4.5 * len(fams), 3.6))
     for ax, (family, a) in zip(axes[0], fams.items()):
         for d in a["d"]:
-            for key, style, label in (("tv", "-", f"d = {d}"), ("tv_exact", ":", f"d = {d}, exact score")):
+            # the exact score's dotted lines lie on top of each other: named once, in the title
+            for key, style, label in (("tv", "-", f"d = {d}"), ("tv_exact", ":", "_nolegend_")):
                 pts = [(int(n), *p[key][:2]) for n, p in a["points"][str(d)].items() if key in p]
                 if pts:
                     n, tv, se = map(np.array, zip(*sorted(pts)))
@@ -1224,11 +1230,11 @@ def plot_tv_vs_n(path, analysis, plt):
         _log_axes(ax, a["n"])
         ax.set_xlabel("n")
         ax.set_title(family)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the data, not on it
     axes[0][0].set_ylabel("certified TV bound (≥ 1: vacuous)")
     if any("tv_exact" in p for a in fams.values() for by_n in a["points"].values() for p in by_n.values()):
         fig.suptitle("dotted: the same sampler with the exact score", fontsize=8)
-    _save(fig, path, plt)
+    _save(fig, path)
     return True
 
 
@@ -1287,17 +1293,17 @@ def write_report(folder, out=None, log=None, compare_with=None):
         analysis = {**analysis, "comparisons": {name: c for c, name in comparisons}}
     stem = os.path.splitext(os.path.basename(out))[0]
     written, figures = [], {}
-    plt = _plt()
-    if plt is not None:
+    plots = _have_matplotlib()
+    if plots:
         for kind, plot in (("error_vs_n", plot_error_vs_n), ("error_vs_d", plot_error_vs_d),
                            ("tv_vs_n", plot_tv_vs_n)):
             name = f"{stem}_{kind}.png"
-            if plot(os.path.join(where, name), analysis, plt) is not False:
+            if plot(os.path.join(where, name), analysis) is not False:
                 figures[kind] = name
                 written.append(os.path.join(where, name))
     source = f"{folder} --out {out}" + "".join(f" --compare {other}" for other in others)
     text = report_markdown(analysis, settings, figures, source=source, comparisons=comparisons)
-    if plt is None:
+    if not plots:
         text += "\n(matplotlib is not installed: no figures; pip install \"sgm_ref[plot]\".)\n"
     numbers = os.path.join(where, stem + ".json")
     atomic_write(numbers, lambda f: f.write((json.dumps(analysis, indent=1, allow_nan=False) + "\n").encode("utf-8")))

@@ -239,14 +239,13 @@ def summary_markdown(summary, methods=("euler_maruyama",)):
 
 def plot_rate(path, summary):
     try:
-        import matplotlib
+        from matplotlib.figure import Figure  # made without pyplot: no backend switch, nothing to close
     except ImportError:
         return False
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     families = sorted({s["family"] for s in summary})
-    fig, axes = plt.subplots(1, len(families), figsize=(5.5 * len(families), 4.2), sharey=True, squeeze=False)
+    fig = Figure(figsize=(5.5 * len(families), 4.2))
+    axes = fig.subplots(1, len(families), sharey=True, squeeze=False)
     for ax, family in zip(axes[0], families):
         for s in (s for s in summary if s["family"] == family):
             n = [p["n"] for p in s["points"]]
@@ -261,5 +260,4 @@ def plot_rate(path, summary):
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("int E|s - grad log p_t|^2 dt")
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
-    plt.close(fig)
     return True
