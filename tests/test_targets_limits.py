@@ -373,3 +373,33 @@ def test_a_time_whose_sigma_squared_overflows_is_named_not_the_point(process, t)
                 warnings.simplefilter("error")
                 with pytest.raises(ValueError, match=r"sigma_t\^2 overflows float64 .* use a smaller t"):
                     call(x, t, process)
+
+
+def test_far_points_lose_the_digits_docs_limits_states():
+    """docs/limits.md: far from every component the posterior weights carry an absolute
+    error of about eps |x - alpha mu|^2 / v. Two unit-variance components at (+-1, 0),
+    x = (0.3, R), t = 0, against mpmath: these are the figures the page quotes (with a
+    margin of 3), so a change that makes them worse, or better, is seen here."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    g = GaussianMixture([0.5, 0.5], [[1.0, 0.0], [-1.0, 0.0]])
+
+    def exact(x):  # score, divergence and log p of the mixture at t = 0, in mpmath
+        x = [mpmath.mpf(float(v)) for v in x]
+        logs = [mpmath.log(0.5) - ((x[0] - m) ** 2 + x[1] ** 2) / 2 for m in (1, -1)]
+        top = max(logs)
+        e = [mpmath.exp(v - top) for v in logs]
+        pi = [v / sum(e) for v in e]
+        s0 = -sum(p * (x[0] - m) for p, m in zip(pi, (1, -1)))
+        spread = sum(p * ((-(x[0] - m) - s0) ** 2) for p, m in zip(pi, (1, -1)))
+        logp = top + mpmath.log(sum(e)) - mpmath.log(2 * mpmath.pi)
+        return float(s0), float(-2 + spread), float(logp)
+
+    for R, div_rel, s0_rel in ((1e3, 6e-12, 1.2e-9), (1e5, 9.4e-8, 2e-5)):
+        x = np.array([[0.3, R]])
+        s0, div, logp = exact(x[0])
+        got_div = g.divergence(x)[0]
+        got_s0 = g.score(x)[0, 0]
+        assert abs(got_div - div) / abs(div) <= 3 * div_rel, (R, abs(got_div - div) / abs(div))
+        assert abs(got_s0 - s0) / abs(s0) <= 3 * s0_rel, (R, abs(got_s0 - s0) / abs(s0))
+        assert abs(g.log_prob(x)[0] - logp) <= 1e-15 * abs(logp)
