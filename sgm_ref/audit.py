@@ -147,6 +147,35 @@ def _replay(replay):
                      f"got {replay!r}")
 
 
+_SET_BY_THE_COMPARISON = ("score", "process", "grid", "x", "rng", "trajectory", "noise")
+
+
+def _check_replay_options(replay_name, replay_fn, options):
+    """Refuse, before any work, options the replay does not take, a required one left out
+    and a non-bool given for a bool option (`--option denoise=False` is the text 'False')."""
+    try:
+        params = inspect.signature(replay_fn).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    own = [name for name in params if name not in _SET_BY_THE_COMPARISON]
+    for key, value in options.items():
+        if key in _SET_BY_THE_COMPARISON:
+            raise ValueError(f"replay_options (--option): {key} is set by the comparison itself; leave it out")
+        if key not in params:
+            raise ValueError(f"replay_options (--option): {replay_name} has no option {key!r}; its options are "
+                             f"{', '.join(own) or 'none'}")
+        default = params[key].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ValueError(f"replay_options (--option): {replay_name}'s {key} is true or false, got {value!r} "
+                             f"(JSON: {key}=true or {key}=false)")
+    missing = [name for name in own if params[name].default is inspect.Parameter.empty and name not in options]
+    if missing:
+        raise ValueError(f"replay_options (--option): {replay_name} needs " + ", ".join(
+            f"{name} (--option {name}=VALUE)" for name in missing))
+
+
 # -- targets ------------------------------------------------------------------------------
 
 
@@ -363,6 +392,7 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     n = check_count(n, "n", minimum=2)
     replay_name, replay_fn = _replay(replay)
     options = dict(replay_options or {})
+    _check_replay_options(replay_name, replay_fn, options)
     kind = _peer_kind(peer, kind)
     if rtol is not None:  # refused before the work
         rtol = check_real(rtol, "rtol", low=0.0, low_open=True)
@@ -413,9 +443,13 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         y_target = sample(n, rng)
         pairs = {"peer_vs_replay": (out_p, out_r), "peer_vs_target": (out_p, y_target),
                  "replay_vs_target": (out_r, y_target)}
-        samples["sliced_wasserstein"] = {k: tuple(sliced_wasserstein(np.asarray(a, dtype=np.float64), b, rng))
-                                         for k, (a, b) in pairs.items()}
-        samples["mmd2"] = {k: tuple(mmd(np.asarray(a, dtype=np.float64), b)[:2]) for k, (a, b) in pairs.items()}
+        for metric, distance in (("sliced_wasserstein", lambda a, b: sliced_wasserstein(a, b, rng)),
+                                 ("mmd2", lambda a, b: mmd(a, b)[:2])):
+            try:
+                samples[metric] = {k: tuple(distance(np.asarray(a, dtype=np.float64), b))
+                                   for k, (a, b) in pairs.items()}
+            except ValueError as exc:  # outputs out of the metric's range: the peer's fault, not the user's
+                notes.append(f"{metric}: not computed ({exc})")
     result = SamplerComparison(peer=name or getattr(peer, "__name__", type(peer).__name__), replay=replay_name,
                                process=process.to_dict(), grid=grid, n=n, rtol=rtol, kl_tolerance=kl_tolerance,
                                steps_peer=steps_peer, steps_replay=steps_replay, deviation=deviation,
@@ -453,9 +487,19 @@ def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rn
         notes.append(f"the peer's law is fitted to its samples (probe run failed: {type(exc).__name__}: {exc})")
         law_p, method = _fitted(np.asarray(out_p, dtype=np.float64)), "monte_carlo"
     law_t = (m, S)
+
+    def distances(law0, law1, which):
+        # a broken peer (all zeros: a singular covariance; huge outputs) is a discrepancy, not bad usage
+        try:
+            return law_distances(law0, law1, rng)
+        except ValueError as exc:
+            notes.append(f"{which}: no distance between the laws ({exc}); counted as infinitely far")
+            return {"kl": math.inf, "kl_reverse": math.inf, "tv": None, "tv_se": None}
+
     return {"method": method, "peer": law_p, "replay": law_r, "target": law_t,
-            "peer_vs_replay": law_distances(law_p, law_r, rng), "peer_vs_target": law_distances(law_p, law_t, rng),
-            "replay_vs_target": law_distances(law_r, law_t, rng)}
+            "peer_vs_replay": distances(law_p, law_r, "peer || replay"),
+            "peer_vs_target": distances(law_p, law_t, "peer || target"),
+            "replay_vs_target": distances(law_r, law_t, "replay || target")}
 
 
 # -- specs for the command line ---------------------------------------------------------------

@@ -295,6 +295,12 @@ def test_cli_planted_bug_exit_1_with_json(tmp_path):
     (["--sampler", "peers_mod:missing"], "has no attribute"),
     (["--sampler", "peers_mod:broken"], "--sampler peers_mod:broken raised RuntimeError: boom"),
     (["--target", "gaussian:d=x"], "target spec"),
+    # a review: these ended in a TypeError traceback (exit 1) or were misread
+    (["--option", "foo=1"], "--option): euler_maruyama has no option 'foo'; its options are step_size, denoise"),
+    (["--option", "rng=1"], "rng is set by the comparison itself"),
+    (["--option", "denoise=False"], "euler_maruyama's denoise is true or false, got 'False'"),
+    (["--replay", "karras_stochastic", "--process", "edm", "--grid", "karras", "--T", "1", "--t0", "0.01"],
+     "karras_stochastic needs s_churn (--option s_churn=VALUE)"),
 ])
 def test_cli_bad_usage_exit_2(tmp_path, args, message):
     (tmp_path / "peers_mod.py").write_text(PEER_MODULE)
@@ -303,6 +309,28 @@ def test_cli_bad_usage_exit_2(tmp_path, args, message):
     argv = [a for k, v in {**base, **extra}.items() for a in (k, v)]
     r = run("audit-sampler", *argv, "--n", "50", cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
+
+
+@pytest.mark.parametrize("target", ["gaussian:d=2,mean=1,std=0.5", "ring"])
+@pytest.mark.parametrize("output, note", [("np.zeros_like(x)", "peer || replay: no distance between the laws"),
+                                          ("x * 1e200", "mmd2: not computed")])
+def test_cli_a_broken_peer_is_a_discrepancy_not_bad_usage(tmp_path, target, output, note):
+    """A peer returning zeros (a singular output law) or 1e200 x (beyond the distances'
+    range) exited 2, bad usage, with a message about cov0 or x (a review): it is a
+    DISCREPANCY, exit 1, and the notes say which distance could not be computed."""
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE + f"""
+def out(score, grid, x, noises):
+    for k in range(len(grid) - 1):
+        noises(k)
+    return {output}
+""")
+    r = run("audit-sampler", "--sampler", "peers_mod:out", "--replay", "euler_maruyama", "--target", target,
+            "--n", "50", cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr == "", r.stderr
+    assert r.stdout.startswith("DISCREPANCY")
+    if target == "ring" and output.startswith("np.zeros"):
+        return  # no exact law on the ring, and the sample distances of zeros are finite
+    assert note in r.stdout, r.stdout
 
 
 # -- more diffusers peers through compare_sampler (the rows of docs/findings.md) -----------------
