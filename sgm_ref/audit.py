@@ -639,8 +639,8 @@ class ScoreTolerance:
 
         Returns
         -------
-        dict: "spec", "t", "relative", "allowed" (lists), "exceeded" (the times over
-        their tolerance) and "passed" (bool).
+        dict: "spec", "t", "relative", "allowed" (lists; a relative error that overflowed
+        is inf), "exceeded" (the times over their tolerance) and "passed" (bool).
         """
         t = np.asarray(score_error["t"], dtype=np.float64)
         rel = np.array([np.inf if v is None else v for v in score_error["relative"]], dtype=np.float64)
@@ -648,5 +648,7 @@ class ScoreTolerance:
         over = ~(rel <= allowed)  # NaN and inf fail
         return {"spec": self.spec or ",".join(f"{a!r}={b!r}" for a, b in zip(self.times, self.values)),
                 "quantity": "E|s - grad log p_t|^2 / E|grad log p_t|^2 at each profile time",
-                "t": t.tolist(), "relative": [_f(v) for v in rel], "allowed": allowed.tolist(),
+                # inf and NaN kept: evaluation.json_ready writes them as null and lists them in
+                # "non_finite", as every other number of the report (None here was never listed)
+                "t": t.tolist(), "relative": rel.tolist(), "allowed": allowed.tolist(),
                 "exceeded": t[over].tolist(), "passed": not bool(np.any(over))}

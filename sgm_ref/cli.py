@@ -1065,7 +1065,10 @@ def main(argv=None):
             return 0
         if args.threads is not None:
             from ._threads import set_threads
-            set_threads(args.threads)
+            try:
+                set_threads(args.threads)
+            except ValueError as e:
+                raise ValueError(f"--threads: {e}") from None
         else:
             _print_busy_hint()
         with warnings.catch_warnings():

@@ -66,7 +66,11 @@ def test_tolerance_spec_and_verdict():
     assert ScoreTolerance.from_spec("0.2").at([1e-9, 1e9]).tolist() == [0.2, 0.2]
     verdict = tol.check({"t": [0.01, 0.1, 1.0], "relative": [0.4, 0.06, None]})  # None: a JSON null (overflow)
     assert verdict["passed"] is False and verdict["exceeded"] == [0.1, 1.0]
-    assert verdict["allowed"] == [0.5, 0.05, 0.05] and verdict["relative"] == [0.4, 0.06, None]
+    # the overflow kept as inf: json_ready writes it as null and lists it in "non_finite" (it was None,
+    # a null that "non_finite" never named; found by a review)
+    assert verdict["allowed"] == [0.5, 0.05, 0.05] and verdict["relative"] == [0.4, 0.06, float("inf")]
+    ready = json_ready({"tolerance": verdict})
+    assert ready["tolerance"]["relative"][2] is None and ready["non_finite"] == {"/tolerance/relative/2": "inf"}
     assert tol.check({"t": [0.01, 1.0], "relative": [0.5, 0.05]})["passed"] is True  # <= passes
     assert tol.check({"t": [1.0], "relative": [float("inf")]})["passed"] is False
     for bad, pattern in (("", "VALUE or T1=V1"), ("a=b", "two numbers"), ("0.1,0.2", "T=VALUE"),

@@ -717,3 +717,11 @@ def test_audit_plot_that_is_not_png_exits_2_before_the_work(tmp_path):
     result = run("audit", "--score", "audited:f", "--target", "ring", "--plot", "audit.pdf", cwd=tmp_path, check=False)
     _assert_one_line_error(result, "--plot writes a PNG: give a file name ending in .png, got audit.pdf")
     assert not (tmp_path / "audit.pdf").exists()
+
+
+@pytest.mark.parametrize("n, pattern", [("0", "--threads: n must be an integer >= 1, got 0"),
+                                        ("64", "--threads: n must be at most")])
+def test_a_bad_thread_count_names_threads(tmp_path, n, pattern):
+    # a review: the message said "n must be ...", which no option of the command is called
+    result = run("--threads", n, "audit", "--score", "x:y", "--target", "ring", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, pattern)

@@ -281,7 +281,10 @@ def test_make_grid():
                           ({"families": ["tilt-iso"], "d": [1]}, "tilt-iso needs d >= 2"),
                           ({"budget": 0}, "--budget must be a number > 0"),
                           ({"budget": float("inf")}, "--budget must be"), ({"budget": "2"}, "--budget must be"),
-                          ({"budget": 2, "steps": 10}, "--budget scales the default training length")):
+                          ({"budget": 2, "steps": 10}, "--budget scales the default training length"),
+                          # a review: a --d no cell can hold failed every cell and exited 0
+                          ({"d": [10**20], "n": [50]}, "--d 100000000000000000000 with --n 50: a cell's data"),
+                          ({"d": [2], "n": [10**20]}, "use a smaller --d or --n")):
         with pytest.raises(ValueError, match=match):
             make_grid(**kwargs)
 
@@ -596,3 +599,12 @@ def test_the_stored_rerun_continues_under_todays_full_settings(tmp_path, folder,
     if "budget" in grid or "objective" in grid:
         main = {rate.cell_key(r) for r in load_results(str(docs / "rate_iso_rerun" / "results.jsonl"))}
         assert {rate.cell_key(r) for r in rows} <= main  # paired with the rerun's own cells
+
+
+def test_a_summary_of_failed_cells_is_a_well_formed_table():
+    """Every cell failed: no n, and the header had one cell more than its separator (a review)."""
+    from sgm_ref.experiments.sweep import summary_markdown
+
+    for line in summary_markdown([]).splitlines():
+        if line.startswith("|"):
+            assert line.count("|") in (6, 3), line  # five and two columns, each line alike

@@ -77,3 +77,11 @@ def test_subspace_tilt_samples_and_score_agree():
 def test_subspace_tilt_refuses_a_non_orthonormal_frame():
     with pytest.raises(ValueError, match="orthonormal"):
         SubspaceTilt(np.ones((3, 2)), np.zeros(3), np.ones(3), np.ones((4, 2)), rng=np.random.default_rng(0))
+
+
+def test_tilt_refuses_a_sample_larger_than_memory_at_once():
+    """SubspaceTilt.sample had no size check: n = 1e20 ran with no end, its memory growing
+    (the mixture family refused it at once; found by a review)."""
+    tilt = rate.make_target("tilt-iso", 4)
+    with pytest.raises(ValueError, match="n = 100000000000000000000 is too large"):
+        tilt.sample(10**20, np.random.default_rng(0))

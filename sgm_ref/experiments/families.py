@@ -30,6 +30,7 @@ import numpy as np
 from .._validation import check_count, check_points, check_rng
 from ..processes import OU, VariancePreserving, check_process
 from ..targets import GaussianMixture
+from ..targets._checks import check_size
 
 __all__ = ["embedding", "isometric_mixture", "SubspaceTilt"]
 
@@ -150,6 +151,7 @@ class SubspaceTilt:
     def sample(self, n, rng, dtype=np.float64):
         """n exact draws from p_0: X = P u + (I - P P^T) z, u from sample_subspace, z ~ N(0, I_d)."""
         n, rng = check_count(n, "n"), check_rng(rng)
+        check_size(n, 2 * self.d, "n", f"{n} draws in d = {self.d} (and the noise that makes them)")
         u = self.sample_subspace(n, rng)
         z = rng.standard_normal((n, self.d))
         x = z + (u - z @ self.P) @ self.P.T

@@ -73,6 +73,7 @@ from ..optim import Adam, CosineLR
 from ..processes import OU
 from ..score_model import ScoreModel
 from ..targets import GaussianMixture, ProductMixture, TiltedGaussian
+from ..targets._checks import _memory_bytes
 from ..train import fit
 from .baselines import EmpiricalMeasure, fit_identity_mixture, minus_x
 from .families import SubspaceTilt, embedding, isometric_mixture
@@ -197,6 +198,12 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
         if not values or any(isinstance(v, bool) or not isinstance(v, int) or v < low for v in values) \
                 or len(set(values)) != len(values):
             raise ValueError(f"--{key} must be distinct integers >= {low}, got {values}")
+    # a cell's data alone is n x d float64 numbers: refused now, not as a failed cell after the start
+    d_max, n_max = max(grid["d"]), max(grid["n"])
+    memory = _memory_bytes() or float(np.iinfo(np.intp).max)
+    if d_max > 2**53 or n_max > 2**53 or 8.0 * d_max * n_max > min(memory, float(np.iinfo(np.intp).max)):
+        raise ValueError(f"--d {d_max} with --n {n_max}: a cell's data alone would need {8.0 * d_max * n_max:.3g} "
+                         f"bytes, more than this machine's memory ({memory:.3g} bytes); use a smaller --d or --n")
     if "tilt-iso" in grid["families"] and min(grid["d"]) < DEFINITIONS["tilt-iso"]["k"]:
         raise ValueError(f"--d: the family tilt-iso needs d >= {DEFINITIONS['tilt-iso']['k']}, got {grid['d']}")
     if steps is not None:

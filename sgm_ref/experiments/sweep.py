@@ -197,6 +197,11 @@ def write_outputs(folder, results):
         plot_rate(os.path.join(folder, "rate.png"), summary)
 
 
+def _row(cells):
+    """A Markdown table row: one cell per entry (an empty list of n adds no empty cell)."""
+    return "| " + " | ".join(cells) + " |"
+
+
 def _fixed(v):
     """A slope with two decimals; '–' for one that could not be computed (None)."""
     return "–" if v is None else f"{v:.2f}"
@@ -214,8 +219,7 @@ def summary_markdown(summary, methods=("euler_maruyama",)):
              "scatter about the line (dof = number of n fitted - 2, an n with no error > 0 not fitted;",
              "95% interval by Student's t; – where it cannot be computed); local slopes between",
              "neighbouring n show any bend.", "",
-             "| family | d | slope ± se (dof) | 95% interval | local slopes | "
-             + " | ".join(f"n = {n}" for n in ns) + " |",
+             _row(["family", "d", "slope ± se (dof)", "95% interval", "local slopes"] + [f"n = {n}" for n in ns]),
              "|" + "---|" * (5 + len(ns))]
     for s in summary:
         by_n = {p["n"]: p for p in s["points"]}
@@ -226,7 +230,7 @@ def summary_markdown(summary, methods=("euler_maruyama",)):
                      f"({s['slope_dof']}) | [{low}, {high}] | {local} | " + " | ".join(values) + " |")
     lines += ["", f"Certified upper bound on TV(p_0, output of {' / '.join(methods)}), mean over seeds "
                   "(1 marks a vacuous bound: TV <= 1 always).", "",
-              "| family | d | " + " | ".join(f"n = {n}" for n in ns) + " |", "|" + "---|" * (2 + len(ns))]
+              _row(["family", "d"] + [f"n = {n}" for n in ns]), "|" + "---|" * (2 + len(ns))]
     for s in summary:
         by_n = {p["n"]: p for p in s["points"]}
         if all(p["tv_bound"] is None for p in s["points"]):
