@@ -137,9 +137,9 @@ def _add_sampling_options(p):
 def _add_evaluation_options(p):
     g = p.add_argument_group("evaluation")
     g.add_argument("--bound-n", type=_integer,
-                   help=f"Monte-Carlo pairs per step of the TV bound (default {_EVALUATE['bound_n']})")
+                   help=f"Monte-Carlo pairs per step of the TV bound (a new run: {_EVALUATE['bound_n']})")
     g.add_argument("--profile-n", type=_integer,
-                   help=f"points per time of the score-error profile (default {_EVALUATE['profile_n']})")
+                   help=f"points per time of the score-error profile (a new run: {_EVALUATE['profile_n']})")
     g.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
@@ -175,7 +175,9 @@ def build_parser():
     p.add_argument("--T", type=float, help="horizon (a new run: training's)")
 
     p = commands.add_parser("evaluate", help="write report.json, report.md and plots for a sampled run",
-                            description="Shows its progress on a terminal. Numbers too large for float64 are "
+                            description="Options left out keep the run's current evaluation settings "
+                                        "(config.json); those given are saved there. "
+                                        "Shows its progress on a terminal. Numbers too large for float64 are "
                                         "said in words in report.md and written as null in report.json, listed "
                                         "under \"non_finite\" (as for audit --json).")
     p.add_argument("run", help="a sampled run folder")
@@ -241,7 +243,8 @@ def build_parser():
                    help="Monte-Carlo pairs per step of the TV bound (default %(default)s)")
     p.add_argument("--nll", type=_integer, default=0, metavar="N",
                    help="also the score's NLL by the probability-flow ODE from t0 to T (Hutchinson divergence, 4 "
-                        "Rademacher probes, finite-difference Jacobian-vector products; float64 only) and the "
+                        "Rademacher probes, or all 2^(d-1) sign classes where fewer (2 in d = 2: the exact trace), "
+                        "finite-difference Jacobian-vector products; float64 only) and the "
                         "target's exact NLL on N fresh samples of p_t0, and their gap, a KL estimate (default 0: "
                         "skipped)")
     p.add_argument("--seed", type=int, default=DEFAULTS["seed"],
@@ -332,8 +335,9 @@ def build_parser():
     p.add_argument("--objective", choices=("paper", "sigma2"),
                    help="training objective: paper (weight 1, t uniform; the default) or sigma2 (weight sigma_t^2, "
                         "t log-uniform); either estimated on importance-weighted times, with a cosine-decayed rate")
-    p.add_argument("--workers", type=_integer, default=2, help="local worker processes (default 2)")
-    p.add_argument("--retry-failed", action="store_true", help="run again the cells recorded as failed")
+    p.add_argument("--workers", type=_integer, help="local worker processes (default 2; not with --scheduler)")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="run again the cells of this grid recorded as failed (failures outside it are kept)")
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="submit the cells to this Dask distributed scheduler instead (pip install \"sgm_ref[dask]\")")
     p = experiments.add_parser("rate-report", help="docs/rate.md and its figures from a rate sweep's stored rows",
@@ -360,6 +364,35 @@ def _int_list(text, name):
         raise ValueError(f"{name} must be comma-separated integers, got {text!r}") from None
 
 
+def options_markdown(parser=None):
+    """docs/cli.md's "Every option" section, from the parser itself: each command's options
+    with their help as `--help` prints it (a test keeps the page equal to this)."""
+    parser = parser or build_parser()
+    lines = []
+
+    def describe(p, name):
+        options = [a for a in p._actions if a.option_strings and a.help != argparse.SUPPRESS]
+        positional = [a for a in p._actions if not a.option_strings and not isinstance(a, argparse._SubParsersAction)]
+        lines.append(f"**`{name}`**" + "".join(f" {a.metavar or a.dest.upper()}" for a in positional))
+        lines.append("")
+        for a in options:
+            if a.option_strings == ["-h", "--help"]:
+                continue
+            takes = "" if a.nargs == 0 else f" {a.metavar or a.dest.upper()}"
+            if a.choices is not None and a.metavar is None and a.nargs != 0:
+                takes = " {" + ",".join(map(str, a.choices)) + "}"
+            text = " ".join((a.help % {**vars(a), "prog": p.prog} if a.help else "").split())
+            lines.append(f"- `{', '.join(a.option_strings)}{takes}`: {text}")
+        lines.append("")
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    describe(sub, f"{name} {sub_name}")
+
+    describe(parser, "sgm-ref")
+    return "\n".join(lines).rstrip() + "\n"
+
+
 def cmd_experiment(args):
     if args.experiment == "rate-report":
         from .experiments import report
@@ -371,10 +404,14 @@ def cmd_experiment(args):
     families = None if args.families is None else [f.strip() for f in args.families.split(",")]
     grid = rate.make_grid(args.quick, families, _int_list(args.d, "--d"), _int_list(args.n, "--n"),
                           _int_list(args.seeds, "--seeds"), args.steps, args.objective, args.budget)
-    if args.workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    if args.workers is not None and args.scheduler is not None:
+        raise ValueError("--workers sets the local pool; with --scheduler the cluster's workers run the cells: "
+                         "drop --workers")
+    workers = 2 if args.workers is None else args.workers
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
     tic = time.perf_counter()
-    sweep.run_sweep(args.out, grid, workers=args.workers, scheduler=args.scheduler, retry_failed=args.retry_failed,
+    sweep.run_sweep(args.out, grid, workers=workers, scheduler=args.scheduler, retry_failed=args.retry_failed,
                     log=_say)
     _say(f"done in {time.perf_counter() - tic:.0f} s; results in {args.out}:\n")
     with open(os.path.join(args.out, "summary.md"), encoding="utf-8") as f:
@@ -416,7 +453,12 @@ def _evaluation_options(args):
 
 def _given(args, names):
     """The options among names that were given on the command line (all default to None)."""
-    return [f"--{name.replace('_', '-')}" for name in names if getattr(args, name, None) is not None]
+    given = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:  # a --no-X flag is named as typed
+            given.append(f"--{'no-' if value is False else ''}{name.replace('_', '-')}")
+    return given
 
 
 def _say(message):
@@ -975,7 +1017,13 @@ def _sampler_grid(args, process):
         if args.n_steps > N:
             raise ValueError(f"--n-steps must be at most the process's {N} timesteps with --grid {kind}, "
                              f"got {args.n_steps}")
-        steps = ddim_timesteps(args.n_steps, N, kind, args.steps_offset or 0)
+        try:
+            steps = ddim_timesteps(args.n_steps, N, kind, args.steps_offset or 0)
+            process.time_of_timestep(steps)  # every timestep in 0..N-1 (a large --steps-offset is not)
+        except ValueError as e:
+            raise ValueError(f"--grid {kind} with --n-steps {args.n_steps}"
+                             + (f" and --steps-offset {args.steps_offset}" if args.steps_offset else "")
+                             + f" on {N} timesteps: {e}") from None
         if args.set_alpha_to_one == "false":  # the last step lands on timestep 0's alphas_cumprod
             if steps[-1] == 0:
                 raise ValueError("--set-alpha-to-one false: the last of these timesteps is 0 itself, and diffusers' "
@@ -1032,6 +1080,17 @@ def _one_line(message):
     return re.sub(r"\s*\n\s*", " ", message.strip()) or "unknown error"
 
 
+_MEMORY_HINTS = {  # the options that size each command's arrays
+    "demo": "use a smaller --n, --width, --batch-size, --n-samples or --profile-n",
+    "train": "use a smaller --n, --width or --batch-size (or a target of lower dimension)",
+    "sample": "use a smaller --n-samples",
+    "evaluate": "use a smaller --bound-n or --profile-n (or sample fewer points)",
+    "audit": "use a smaller --profile-n, --bound-n or --n-steps (or a target of lower dimension)",
+    "audit-sampler": "use a smaller --n or --n-steps (or a target of lower dimension)",
+    "experiment": "use a smaller --d or --n, or fewer --workers",
+}
+
+
 def _print_busy_hint():
     """On a terminal, one line advising fewer threads when other work keeps the CPUs busy
     (`_threads.busy_hint`). Only where a person reads it, as the progress bars: a script's
@@ -1079,7 +1138,8 @@ def main(argv=None):
         if isinstance(exc, _UserCodeError) and getattr(args, "traceback", False):
             traceback.print_exception(exc.original)
         if isinstance(exc, MemoryError):
-            message = "out of memory: use a smaller --n, --width, --batch-size or --n-samples"
+            message = "out of memory: " + _MEMORY_HINTS.get(getattr(args, "command", None),
+                                                            "use smaller sizes (the dimension, the counts)")
         elif isinstance(exc, OSError):
             message = os_error_text(exc)
         else:

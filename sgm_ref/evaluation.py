@@ -337,7 +337,8 @@ def _training_summary(folder, steps=None):
         with open(path, encoding="utf-8") as f:
             raw = load_json(f, path)["loss"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise RunError(f"{path} is missing or unreadable: train the run first") from None
+        raise RunError(f"{path} is missing or unreadable: train the run first, or, if it is trained, "
+                       f"`sgm-ref train {folder} --resume` restores it") from None
     numbers = isinstance(raw, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
     loss = np.asarray(raw if numbers else [], dtype=np.float64)
     if loss.size == 0 or not np.all(np.isfinite(loss)):

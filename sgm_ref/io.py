@@ -84,7 +84,7 @@ def atomic_write(path, write):
 def os_error_text(exc):
     """An OSError on a user's file as one line: what went wrong, and with which file or folder."""
     what = exc.strerror or str(exc) or type(exc).__name__
-    names = [os.fspath(n) for n in (exc.filename, exc.filename2) if n is not None]
+    names = [os.fspath(n) or "''" for n in (exc.filename, exc.filename2) if n is not None]  # '' shown, not blank
     if not names:
         return what
     if os.path.basename(names[0]).startswith(".tmp-"):  # an atomic write's temporary: name the folder

@@ -299,6 +299,11 @@ def new_run(folder, config, force=False, then_evaluate=False):
     """
     folder = os.fspath(folder)
     made = False
+    if not folder:
+        raise RunError("the run folder must be named, got ''")
+    if os.path.islink(folder) and not os.path.exists(folder):  # mkdir would call it existing, --force missing
+        raise RunError(f"{folder} is a symbolic link to {os.readlink(folder)}, which does not exist: create that "
+                       "folder, or remove the link")
     if os.path.exists(folder):
         if not os.path.isdir(folder):
             raise RunError(f"{folder} exists and is not a folder; choose another output folder")

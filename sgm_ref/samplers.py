@@ -236,10 +236,18 @@ def _diverged(step, grid, process):
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             size = process._int_g2(grid[:-1], grid[1:]) / process._sigma2(grid[1:])
         what, limit = "int g^2 / sigma_{t_k+1}^2", "a ratio above ~2"
+    largest = float(np.max(size))
+    head = f"the sampler diverged: its points overflowed (or nearly) before step {step} (t = {float(grid[step]):.6g}). "
+    if not largest <= 2.0:
+        raise ValueError(
+            head + f"Its largest step has {what} = {largest:.3g} (step {int(np.argmax(size))}); steps with "
+            f"{limit} are unstable: use more steps (n_steps), a geometric grid or a smaller T"
+        ) from None
+    # small steps cannot make a sound score's sampler overflow: the score did (a review found a
+    # model trained with lr = 1e20 blamed on a grid whose steps were all below 0.3)
     raise ValueError(
-        f"the sampler diverged: its points overflowed (or nearly) before step {step} (t = {float(grid[step]):.6g}). "
-        f"Its largest step has {what} = {float(np.max(size)):.3g} (step {int(np.argmax(size))}); steps with "
-        f"{limit} are unstable: use more steps (n_steps), a geometric grid or a smaller T"
+        head + f"Its steps are small (the largest has {what} = {largest:.3g}), so the score drove the points "
+        "out: check the score function, or a trained model's final loss (a diverged training)"
     ) from None
 
 

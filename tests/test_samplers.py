@@ -713,3 +713,15 @@ def test_float32_coefficients_beyond_float32_are_the_divergence():
         with pytest.raises(ValueError, match=r"^the sampler diverged"):
             euler_maruyama(lambda x, t: -np.tanh(x), OU(), np.array([1e39, 1.0]), np.ones((3, 2), np.float32),
                            np.random.default_rng(0))
+
+
+def test_a_sampler_driven_out_by_its_score_on_small_steps_blames_the_score():
+    """A model trained with lr = 1e20 made the sampler overflow on a grid whose steps all
+    had int beta below 0.3, and the message said to use more steps (a review)."""
+    def exploding(x, t):
+        with np.errstate(over="ignore"):
+            return 1e6 * x
+
+    with pytest.raises(ValueError, match=r"Its steps are small \(the largest has int beta = 0\.\d+\), so the score "
+                                         r"drove the points out"):
+        sample(exploding, OU(), 10, 2, np.random.default_rng(0), T=5.0, t0=0.01, n_steps=100)

@@ -107,6 +107,29 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
     log : callable(str)
     """
     folder = os.fspath(folder)
+    if not folder:
+        raise ValueError("the sweep folder must be named, got ''")
+    with contextlib.ExitStack() as stack:
+        if executor is None and scheduler is not None:  # connected first: a wrong address leaves no folder
+            executor = _dask_executor(scheduler, stack)
+        return _sweep(folder, grid, workers, executor, retry_failed, log)
+
+
+def _dask_executor(scheduler, stack):
+    """An executor of the Dask scheduler at this address, closed with stack."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError("--scheduler needs Dask distributed: pip install \"sgm_ref[dask]\"") from None
+    try:
+        client = stack.enter_context(Client(scheduler, timeout="10s"))
+    except (OSError, ValueError, TypeError) as exc:  # a malformed address, nothing listening, a timeout
+        raise ValueError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler there "
+                         f"({type(exc).__name__}: {exc})") from None
+    return client.get_executor()
+
+
+def _sweep(folder, grid, workers, executor, retry_failed, log):
     os.makedirs(folder, exist_ok=True)
     with _lock(folder):
         _check_settings(folder, grid["settings"])
@@ -122,7 +145,7 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
             + f"; {len(todo)} to run")
         if todo:
             try:
-                _run(todo, results, results_path, workers, scheduler, executor, log)
+                _run(todo, results, results_path, workers, executor, log)
             except concurrent.futures.process.BrokenProcessPool:
                 write_outputs(folder, results)
                 raise ValueError(f"a worker process died (killed, or out of memory?); the {len(results)} finished "
@@ -134,17 +157,10 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
     return results
 
 
-def _run(todo, results, results_path, workers, scheduler, executor, log):
+def _run(todo, results, results_path, workers, executor, log):
     with contextlib.ExitStack() as stack:
         own_pool = None
-        if executor is None and scheduler is not None:
-            try:
-                from distributed import Client
-            except ImportError:
-                raise ValueError("--scheduler needs Dask distributed: pip install \"sgm_ref[dask]\"") from None
-            client = stack.enter_context(Client(scheduler))
-            executor = client.get_executor()
-        elif executor is None:
+        if executor is None:
             stack.enter_context(_single_threaded_children())
             executor = own_pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
