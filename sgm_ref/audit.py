@@ -159,15 +159,21 @@ def _check_replay_options(replay_name, replay_fn, options):
         return
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    own = [name for name in params if name not in _SET_BY_THE_COMPARISON]
+    # the comparison passes (score, process, grid, x, rng, trajectory) by position and noise by
+    # name, whatever a custom replay calls its parameters; *args takes positions too
+    positional = [name for name, p in params.items()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    set_here = set(positional[:6]) | {"noise"} | {name for name, p in params.items()
+                                                  if p.kind is inspect.Parameter.VAR_POSITIONAL}
+    own = [name for name in params if name not in set_here]
     for key, value in options.items():
-        if key in _SET_BY_THE_COMPARISON:
+        if key in _SET_BY_THE_COMPARISON or key in set_here:
             raise ValueError(f"replay_options (--option): {key} is set by the comparison itself; leave it out")
         if key not in params:
             raise ValueError(f"replay_options (--option): {replay_name} has no option {key!r}; its options are "
                              f"{', '.join(own) or 'none'}")
         default = params[key].default
-        if isinstance(default, bool) and not isinstance(value, bool):
+        if isinstance(default, bool) and not isinstance(value, (bool, np.bool_)):
             raise ValueError(f"replay_options (--option): {replay_name}'s {key} is true or false, got {value!r} "
                              f"(JSON: {key}=true or {key}=false)")
     missing = [name for name in own if params[name].default is inspect.Parameter.empty and name not in options]

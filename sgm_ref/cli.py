@@ -962,7 +962,8 @@ def _tolerance_text(checked):
         return f"PASS: the relative score error is within {spec} at all {n} profile times"
     bad = [(t, r, a) for t, r, a in zip(checked["t"], checked["relative"], checked["allowed"])
            if t in checked["exceeded"]]
-    shown = ", ".join(f"t = {t:.4g} ({'overflows float64' if r is None else f'{r:.3g}'} > {a:.3g})"
+    shown = ", ".join(f"t = {t:.4g} ({'overflows float64' if r is None or not np.isfinite(r) else f'{r:.3g}'} "
+                      f"> {a:.3g})"
                       for t, r, a in bad[:4])
     more = f", and {len(bad) - 4} more" if len(bad) > 4 else ""
     return f"FAIL: the relative score error exceeds {spec} at {len(bad)} of {n} profile times: {shown}{more}"

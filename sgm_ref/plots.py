@@ -588,7 +588,7 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     plane.scatter(end[:, 0], end[:, 1], s=1, color="tab:red", alpha=0.3, linewidths=0)
     colours = [f"C{i % 10}" for i in range(int(n_paths))]
     # the last stretch (t <= last_stretch) drawn bold: the early, large-t steps jump widely
-    last_stretch = float(min(0.3, grid[grid.size // 2]))
+    last_stretch = float(max(min(0.3, grid[grid.size // 2]), grid[-2]))  # at least the last step
     late = grid <= last_stretch
     for i, c in enumerate(colours):
         plane.plot(path[:, i, 0], path[:, i, 1], lw=0.5, alpha=0.35, color=c)
@@ -597,7 +597,9 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
         plane.plot(*path[-1, i], "*", ms=7, color=c, mec="k", mew=0.3)
         time.plot(grid, path[:, i, 0], lw=0.7, color=c)
     paths = f"{int(n_paths)} reverse path" + ("s" if n_paths != 1 else "")
-    plane.set_title(f"{paths} (bold: the last {int(late.sum()) - 1} steps), {len(end)} end points", fontsize=10)
+    bold = int(late.sum()) - 1
+    plane.set_title(f"{paths} (bold: the last {bold} step{'s' if bold != 1 else ''}), {len(end)} end points",
+                    fontsize=10)
     time.set_xscale("log")
     time.invert_xaxis()
     time.set_xlabel("t (reverse time runs left to right)")

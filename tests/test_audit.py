@@ -558,3 +558,24 @@ def test_cli_grid_set_alpha_to_one_false_is_stable_diffusions_ddim():
         sampler_grid("--process", spec, "--grid", "leading", "--n-steps", 20, "--set-alpha-to-one", "false")
     with pytest.raises(ValueError, match="--set-alpha-to-one is for diffusers' timesteps"):
         sampler_grid("--grid", "uniform", "--set-alpha-to-one", "true")
+
+
+def test_replay_options_check_takes_a_custom_replays_positions_whatever_their_names():
+    """The comparison passes (score, process, grid, x, rng, trajectory) by position: a custom
+    replay naming them otherwise, or taking *args, was refused as 'needs score_fn (--option
+    ...)' by the first version of the options check (a review); numpy bools are bools."""
+    from sgm_ref.audit import _check_replay_options
+
+    def my_replay(score_fn, proc, ts, x0, rng=None, trajectory=False, *, noise=None, denoise=False):
+        pass
+
+    def star(*args, noise=None):
+        pass
+
+    _check_replay_options("my_replay", my_replay, {})
+    _check_replay_options("my_replay", my_replay, {"denoise": np.True_})
+    _check_replay_options("star", star, {})
+    with pytest.raises(ValueError, match="ts is set by the comparison itself"):
+        _check_replay_options("my_replay", my_replay, {"ts": 1})
+    with pytest.raises(ValueError, match="has no option 'step'"):
+        _check_replay_options("my_replay", my_replay, {"step": 1})

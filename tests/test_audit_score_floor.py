@@ -151,3 +151,12 @@ def test_plot_draws_the_allowed_error_at_the_checked_times_only(tmp_path, monkey
     np.testing.assert_array_equal(allowed.get_xdata(), t)
     np.testing.assert_array_equal(allowed.get_ydata(), [tolerance.at(v) * s for v, s in zip(t, scale)])
     assert allowed.get_linestyle() == "None"
+
+
+def test_the_fail_line_says_overflows_for_an_infinite_relative_error():
+    """check() keeps an overflow as inf (for json_ready's non_finite): the FAIL line must still
+    say 'overflows float64', not 'inf' (a review of that change)."""
+    from sgm_ref.cli import _tolerance_text
+
+    verdict = ScoreTolerance.from_spec("0.1").check({"t": [0.01, 1.0], "relative": [float("inf"), 0.05]})
+    assert _tolerance_text(verdict).endswith("at 1 of 2 profile times: t = 0.01 (overflows float64 > 0.1)")

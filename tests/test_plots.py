@@ -256,3 +256,13 @@ def test_run_plots_and_the_audit_plot_leave_no_pyplot_figure_and_keep_the_backen
     plots.plot_loss(loss, str(tmp_path / "loss.png"))
     assert plt.get_fignums() == before
     assert matplotlib.get_backend().lower() == "svg"
+
+
+@pytest.mark.parametrize("n_steps, bold", [(1, 1), (2, 1), (3, 1)])
+def test_trajectories_bold_stretch_has_at_least_one_step(n_steps, bold):
+    """n_steps = 1 drew no bold step and titled it 'the last 0 steps' (a review)."""
+    fig = plots.trajectories_figure(RING, RING.score, rng=np.random.default_rng(1), n_points=10, n_paths=2,
+                                    T=5.0, n_steps=n_steps, resolution=10)
+    plane = fig.axes[0]
+    assert len(plane.get_lines()[1].get_xdata()) == bold + 1
+    assert f"(bold: the last {bold} step{'s' if bold != 1 else ''})" in plane.get_title()

@@ -378,8 +378,9 @@ def test_a_time_whose_sigma_squared_overflows_is_named_not_the_point(process, t)
 def test_far_points_lose_the_digits_docs_limits_states():
     """docs/limits.md: far from every component the posterior weights carry an absolute
     error of about eps |x - alpha mu|^2 / v. Two unit-variance components at (+-1, 0),
-    x = (0.3, R), t = 0, against mpmath: these are the figures the page quotes (with a
-    margin of 3), so a change that makes them worse, or better, is seen here."""
+    x = (0.3, R), t = 0, against mpmath: the figures the page quotes hold as upper bounds
+    (with a margin of 3), so a change that makes them worse is seen here (one that makes
+    them better passes: then the page should say so)."""
     mpmath = pytest.importorskip("mpmath")
     mpmath.mp.dps = 50
     g = GaussianMixture([0.5, 0.5], [[1.0, 0.0], [-1.0, 0.0]])

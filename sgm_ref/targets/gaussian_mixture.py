@@ -521,8 +521,10 @@ class GaussianMixture(ExactOutputs):
             diagonal_mixture(x, a, s2, self._logw, mu, lam, identity, want_score, logp, out)
         elif self.covariance_type == "tied":
             # in the shared eigenbasis every component is diagonal; rotate in, and back.
-            # x - a c in float64 (float32 points widened), rounded once to x's dtype
-            z = (x - a[:, None] * centre).astype(x.dtype, copy=False) @ U_all
+            # x - a c in float64 (float32 points widened), rounded once to x's dtype, in one pass
+            z = np.empty_like(x)
+            centred_rows_into(x, a, centre, z)
+            z = z @ U_all
             rotated = np.empty_like(z) if want_score else out
             diagonal_mixture(z, a, s2, self._logw, mu, lam, False, want_score, logp, rotated)
             if want_score:
