@@ -46,7 +46,8 @@ class ExactOutputs:
         ndarray, shape (n, d): the score in the dtype of x; the other kinds float64
         (float32 for float32 x: computed in float64 and rounded once). For the Gaussian
         and product mixtures x0, v and velocity come from the exact posterior mean, to a
-        few ulps at every t; for other targets from the score by Tweedie's formula, whose
+        few ulps at every t (at points far from every component the posterior weights
+        lose digits: docs/limits.md); for other targets from the score by Tweedie's formula, whose
         x0 loses digits where alpha_t is small (module docstring).
 
         Raises
