@@ -47,8 +47,8 @@ class ExactOutputs:
         (float32 for float32 x: computed in float64 and rounded once). For the Gaussian
         and product mixtures x0, v and velocity come from the exact posterior mean, to a
         few ulps at every t (at points far from every component the posterior weights
-        lose digits: docs/limits.md); for other targets from the score by Tweedie's formula, whose
-        x0 loses digits where alpha_t is small (module docstring).
+        lose digits: docs/limits.md); for other targets from the score by Tweedie's
+        formula, whose x0 loses digits where alpha_t is small (module docstring).
 
         Raises
         ------
@@ -62,7 +62,7 @@ class ExactOutputs:
         score = self.score(x, t, process)
         if kind == "score":
             return score
-        if kind in ("score", "eps") or not hasattr(self, "_posterior_mean"):
+        if kind == "eps" or not hasattr(self, "_posterior_mean"):
             return convert(score, x, t, process, from_="score", to=kind)
         times = np.asarray(process._times(t, n=score.shape[0]), dtype=np.float64)
         if kind == "x0" and np.any(process._alpha(times) == 0):
@@ -77,5 +77,7 @@ class ExactOutputs:
             D = _minors(process, times)
             A, B = -D[(kind, "x0")], -D[("eps", kind)]                 # D[("eps", "x0")] = -1
             A, B = np.atleast_1d(A)[:, None], np.atleast_1d(B)[:, None]
+            if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):  # alpha' or sigma' infinite there
+                return convert(score, x, t, process, from_="score", to=kind)  # its error names t
             x0 = A * eps + B * x0
         return x0.astype(np.float32) if x.dtype == np.float32 else x0
