@@ -122,7 +122,7 @@ def _dask_executor(scheduler, stack):
     except ImportError:
         raise ValueError("--scheduler needs Dask distributed: pip install \"sgm_ref[dask]\"") from None
     try:
-        client = stack.enter_context(Client(scheduler, timeout="10s"))
+        client = stack.enter_context(Client(scheduler))  # Dask's own connect timeout (30 s by default)
     except (OSError, ValueError, TypeError) as exc:  # a malformed address, nothing listening, a timeout
         raise ValueError(f"--scheduler {scheduler}: cannot connect to a Dask scheduler there "
                          f"({type(exc).__name__}: {exc})") from None
