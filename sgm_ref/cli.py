@@ -55,9 +55,15 @@ class _Parser(argparse.ArgumentParser):
     and no prefix matching: a mistyped --step must not silently become --steps. The
     subparsers are of this class too (argparse makes them with the parent's class)."""
 
+    # a value such as -1e-3 or -inf is a value, as -1 and -.5 are to argparse: `--t0 -1e-3` was
+    # refused as 'expected one argument' instead of being told what t0 must be (a review)
+    _NEGATIVE_NUMBER = re.compile(r"^-(?:\d+\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|inf(?:inity)?|nan)$",
+                                  re.IGNORECASE)
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+        self._negative_number_matcher = self._NEGATIVE_NUMBER
 
     def error(self, message):
         raise _UsageError(f"{message} (see {self.prog} --help)")

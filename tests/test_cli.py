@@ -766,3 +766,14 @@ def test_resume_names_a_no_flag_as_typed(tmp_path):
     run("train", tmp_path / "r", *SMALL)
     result = run("train", tmp_path / "r", "--resume", "--no-ema-warmup", check=False)
     _assert_one_line_error(result, "drop --no-ema-warmup")  # it said 'drop --ema-warmup'
+
+
+@pytest.mark.parametrize("option, value, pattern", [("--t0", "-1e-3", "--t0 must be >= "),
+                                                    ("--lr", "-inf", "must be finite, got -inf"),
+                                                    ("--T", "-1E5", "T")])
+def test_a_negative_value_in_exponent_form_is_a_value_not_an_option(tmp_path, option, value, pattern):
+    """argparse took -1e-3 and -inf for options ('expected one argument'), where -1 and -.5
+    were values (a review): the value now reaches the check that says what it must be."""
+    result = run("train", tmp_path / "r", "--steps", "1", option, value, check=False)
+    _assert_one_line_error(result, pattern)
+    assert "expected one argument" not in result.stderr and not (tmp_path / "r").exists()
