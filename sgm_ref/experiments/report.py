@@ -23,6 +23,7 @@ import numpy as np
 
 from .._json import load_json
 from ..io import atomic_write
+from ..plots import have_matplotlib
 from . import stats as S
 from . import rate
 from .rate import cell_key, load_results
@@ -1127,14 +1128,6 @@ def _tv_sentences(family, a, not_shows):
 
 # ---------------------------------------------------------------- figures
 
-def _have_matplotlib():
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def _subplots(rows, cols, figsize):
     """A Figure made without pyplot (no global figure, no backend switch) and its axes grid."""
     from matplotlib.figure import Figure
@@ -1293,7 +1286,7 @@ def write_report(folder, out=None, log=None, compare_with=None):
         analysis = {**analysis, "comparisons": {name: c for c, name in comparisons}}
     stem = os.path.splitext(os.path.basename(out))[0]
     written, figures = [], {}
-    plots = _have_matplotlib()
+    plots = have_matplotlib()
     if plots:
         for kind, plot in (("error_vs_n", plot_error_vs_n), ("error_vs_d", plot_error_vs_d),
                            ("tv_vs_n", plot_tv_vs_n)):

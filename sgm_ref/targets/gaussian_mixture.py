@@ -564,26 +564,24 @@ class GaussianMixture(ExactOutputs):
         check_oracle_output(logp, x)
         return logp, score
 
-    # -- the denoiser ----------------------------------------------------------------------
-    def _posterior_mean(self, x, t, process):
-        """E[x0 | x_t = x], float64 (n, d), without Tweedie's cancellation.
-
-        x0 = sum_k pi_k (mu_k + alpha_t Sigma_k C_k^{-1} (x - alpha_t mu_k)), C_k =
-        alpha_t^2 Sigma_k + sigma_t^2 I, Sigma_k C_k^{-1} = U_k diag(lam_k / v_k) U_k^T:
-        each term is well conditioned, where (x + sigma_t^2 score) / alpha_t loses the
-        digits of x / alpha_t that cancel (all of them by OU's t = 40). In NumPy, by
-        blocks of rows, as divergence (ExactOutputs.predict).
-        """
+    # -- per component, in NumPy: the denoiser and the Laplacian ------------------------------
+    def _component_blocks(self, x, t, process):
+        """x checked, and an iterator over blocks of its rows, each (rows, alpha (r, 1, 1),
+        v (r, K, d), y (r, K, d), u = y / v, pi (r, K)): v = alpha^2 lam_k + sigma^2, y the
+        residual U_k^T (x - alpha mu_k) in component k's eigenbasis, pi the posterior weights
+        (log-sum-exp). In float64 whatever x's dtype; a point too far out gives non-finite
+        values, which the callers name (check_oracle_output)."""
         x = check_points(x, "x", d=self.dim)
         n, d = x.shape
         a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
         if x.dtype == np.float32:
             check_float32_range(self._mu, self._lam, repr(self))
-        xx = x.astype(np.float64, copy=False)
+        return x, self._blocks_of(x.astype(np.float64, copy=False), a, s2)
+
+    def _blocks_of(self, xx, a, s2):
+        n, d = xx.shape
         lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
-        K = lam.shape[0]
-        out = np.empty((n, d))
-        rows = max(1, _DIVERGENCE_BLOCK_ELEMENTS // (K * d * (d if U is not None else 1)))
+        rows = max(1, _DIVERGENCE_BLOCK_ELEMENTS // (lam.shape[0] * d * (d if U is not None else 1)))
         for start in range(0, n, rows):
             blk = slice(start, min(start + rows, n))
             ab, sb = a[blk, None, None], s2[blk, None, None]
@@ -595,10 +593,27 @@ class GaussianMixture(ExactOutputs):
                 y = diff @ R
             else:
                 y = diff
-            with np.errstate(over="ignore", invalid="ignore"):           # a point too far out: named below
-                logc = self._logw - 0.5 * (np.sum(y * (y / v), axis=2) + np.sum(np.log(v), axis=2))
+            with np.errstate(over="ignore", invalid="ignore"):           # a point too far out: named later
+                u = y / v
+                logc = self._logw - 0.5 * (np.sum(y * u, axis=2) + np.sum(np.log(v), axis=2))
                 pi = np.exp(logc - np.max(logc, axis=1, keepdims=True))
                 pi /= np.sum(pi, axis=1, keepdims=True)
+            yield blk, ab, v, y, u, pi
+
+    def _posterior_mean(self, x, t, process):
+        """E[x0 | x_t = x], float64 (n, d), without Tweedie's cancellation.
+
+        x0 = sum_k pi_k (mu_k + alpha_t Sigma_k C_k^{-1} (x - alpha_t mu_k)), C_k =
+        alpha_t^2 Sigma_k + sigma_t^2 I, Sigma_k C_k^{-1} = U_k diag(lam_k / v_k) U_k^T:
+        each term is well conditioned, where (x + sigma_t^2 score) / alpha_t loses the
+        digits of x / alpha_t that cancel (all of them by OU's t = 40). In NumPy, by
+        blocks of rows, as divergence (ExactOutputs.predict).
+        """
+        x, blocks = self._component_blocks(x, t, process)
+        lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
+        out = np.empty(x.shape)
+        for blk, ab, v, y, _, pi in blocks:
+            with np.errstate(over="ignore", invalid="ignore"):
                 shrunk = ab * lam * y / v                                   # alpha lam / v, in the eigenbasis
                 if U is not None:
                     shrunk = np.einsum("kij,rkj->rki", U, shrunk)
@@ -609,7 +624,6 @@ class GaussianMixture(ExactOutputs):
         check_oracle_output(out.sum(axis=1), x)
         return out
 
-    # -- the Laplacian ---------------------------------------------------------------------
     def divergence(self, x, t=0.0, process=OU()):
         """Exact divergence of the score, the Laplacian of log p_t, at each row of x.
 
@@ -628,33 +642,11 @@ class GaussianMixture(ExactOutputs):
         (computed in float64). Costs O(n K d^2) for full covariances, O(n K d) otherwise
         (plus one O(n d^2) rotation for tied), in NumPy rather than numba.
         """
-        x = check_points(x, "x", d=self.dim)
-        n, d = x.shape
-        a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
-        if x.dtype == np.float32:
-            check_float32_range(self._mu, self._lam, repr(self))
-        xx = x.astype(np.float64, copy=False)
-        lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
-        K = lam.shape[0]
-        out = np.empty(n)
-        rows = max(1, _DIVERGENCE_BLOCK_ELEMENTS // (K * d * (d if U is not None else 1)))
-        for start in range(0, n, rows):
-            blk = slice(start, min(start + rows, n))
-            ab, sb = a[blk, None, None], s2[blk, None, None]
-            v = ab * ab * lam + sb                                          # (r, K, d)
-            diff = xx[blk, None, :] - ab * mu                               # x - alpha mu_k
-            if U is not None:
-                y = np.einsum("rkj,kji->rki", diff, U)                     # U_k^T (x - alpha mu_k)
-            elif R is not None:
-                y = diff @ R
-            else:
-                y = diff
-            with np.errstate(over="ignore", invalid="ignore"):           # a point too far out: named below
-                u = y / v
-                logc = self._logw - 0.5 * (np.sum(y * u, axis=2) + np.sum(np.log(v), axis=2))
-                top = np.max(logc, axis=1, keepdims=True)
-                pi = np.exp(logc - top)
-                pi /= np.sum(pi, axis=1, keepdims=True)
+        x, blocks = self._component_blocks(x, t, process)
+        U = self._U
+        out = np.empty(x.shape[0])
+        for blk, _, v, _, u, pi in blocks:
+            with np.errstate(over="ignore", invalid="ignore"):
                 # the component scores in the original coordinates (orthogonal maps keep norms,
                 # so tied covariances can stay in their shared eigenbasis)
                 g = -np.einsum("kij,rkj->rki", U, u) if U is not None else -u
