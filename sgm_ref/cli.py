@@ -1087,6 +1087,44 @@ def _one_line(message):
     return re.sub(r"\s*\n\s*", " ", message.strip()) or "unknown error"
 
 
+_LEADING_NAME = re.compile(r"^((?:evaluate |sample )?)([A-Za-z_][A-Za-z0-9_]*)(?=( \([^)]*\))? must )")
+_HINTED_NAME = re.compile(r"(?<![\w-])([A-Za-z_][A-Za-z0-9_]*)(?:='([^']*)')?(?=[,)]| or )")
+
+
+def _option_names(message, parser, command):
+    """The library's argument names in `message` given as this command's options.
+
+    The commands pass their options to library functions, whose checks name their own
+    arguments ("batch_size must be an integer >= 1"); on the command line the user typed
+    --batch-size. Two places are rewritten, and only for names that are options of
+    `command`: the name that opens a "... must ..." sentence (after "evaluate " or
+    "sample ", which name the step of a demo), and a hint's "smaller lr" or
+    "weighting='sigma2'" (to "smaller --lr", "--weighting sigma2"). A message that
+    names an option already ("sample n (--n-samples) must") is left as it is, and so is
+    every other word: a file's key or a user's function is not an option."""
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command_parser = sub.choices.get(command) if sub is not None and command else None
+    if command_parser is None:
+        return message
+    options = {a.dest: max(a.option_strings, key=len) for a in command_parser._actions
+               if a.option_strings and a.dest != "help"}
+
+    def leading(m):
+        if m.group(3) and "--" in m.group(3) or m.group(2) not in options:
+            return m.group(0)
+        return options[m.group(2)]
+
+    def hinted(m):
+        if m.group(1) not in options:
+            return m.group(0)
+        return options[m.group(1)] + (f" {m.group(2)}" if m.group(2) is not None else "")
+    message = _LEADING_NAME.sub(leading, message, count=1)
+    if "(try " in message:
+        head, _, hint = message.partition("(try ")
+        message = head + "(try " + _HINTED_NAME.sub(hinted, hint)
+    return message
+
+
 _MEMORY_HINTS = {  # the options that size each command's arrays
     "demo": "use a smaller --n, --width, --batch-size, --n-samples or --profile-n",
     "train": "use a smaller --n, --width or --batch-size (or a target of lower dimension)",
@@ -1149,8 +1187,10 @@ def main(argv=None):
                                                             "use smaller sizes (the dimension, the counts)")
         elif isinstance(exc, OSError):
             message = os_error_text(exc)
-        else:
+        elif isinstance(exc, _UserCodeError):
             message = str(exc)
+        else:
+            message = _option_names(str(exc), parser, getattr(args, "command", None))
         print(f"sgm-ref: error: {_one_line(message)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:

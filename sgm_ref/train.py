@@ -242,9 +242,11 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
             try:
                 loss = train_step(rng)
             except NonFiniteGradientError as exc:
+                remedies = ("a smaller lr, a larger t0, or weighting='sigma2'" if weighting != "sigma2"
+                            else "a smaller lr or a larger t0")
                 raise TrainingDivergedError(
                     f"the {exc.args[0]} became non-finite at step {step}; the model keeps the parameters "
-                    f"of step {step - 1} (try a smaller lr, a larger t0, or weighting='sigma2')", step) from None
+                    f"of step {step - 1} (try {remedies})", step) from None
             except NonFiniteStepError as exc:  # the gradient was finite, the update was not
                 raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None
             history.loss.append(loss)

@@ -204,21 +204,33 @@ def test_ctrl_c_keeps_the_run_and_says_how_to_go_on(tmp_path):
     (["--target", "gmm:d=3,k=2"], "gmm needs radius"),
     (["--target", "ring:colour=red"], "unknown parameter 'colour'"),
     (["--target", "gmm:d=x,k=2,radius=1"], "d must be an integer"),
-    (["--steps", "0"], "steps must be an integer >= 1, got 0"),
-    (["--lr", "-1"], "lr must be > 0.0, got -1.0"),
+    (["--target", "gmm:d=3,k=0,radius=1"], "target gmm:d=3,k=0,radius=1: k must be an integer >= 1, got 0"),
+    (["--target", "ring:std=-1"], "target ring:std=-1: std must be > 0.0"),
+    # the library's checks, in the names of the options the user typed
+    (["--steps", "0"], "--steps must be an integer >= 1, got 0"),
+    (["--lr", "-1"], "--lr must be > 0.0, got -1.0"),
+    (["--lr", "inf"], "--lr must be finite, got inf"),
+    (["--t0", "nan"], "--t0 must be finite, got nan"),
+    (["--checkpoint-every", "0"], "--checkpoint-every must be an integer >= 1, got 0"),
     (["--t0", "6"], "need 0 < t0 < T, got t0=6.0, T=5.0"),
     (["--T", "7", "--process", "vp"], "T must be <= 1.0 for VP"),
-    (["--batch-size", "0"], "batch_size must be an integer >= 1"),
-    (["--ema-decay", "1"], "ema_decay (0 turns the parameter average off) must be < 1.0"),
-    (["--width", "0"], "width must be an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--ema-decay", "1"], "--ema-decay (0 turns the parameter average off) must be < 1.0"),
+    (["--width", "0"], "--width must be an integer >= 1"),
     (["--beta-min", "0.2"], "add --process vp"),
-    (["--target", "gmm:d=3,k=2,radius=1,seed=-1"], "seed must be >= 0"),
+    (["--target", "gmm:d=3,k=2,radius=1,seed=-1"], "target parameter seed must be >= 0"),
     # fails during training, after the folder was made: the folder goes again
-    (["--lr", "1e300", "--steps", "50", "--n", "500", "--width", "8", "--depth", "1"], "loss became non-finite"),
+    (["--lr", "1e300", "--steps", "50", "--n", "500", "--width", "8", "--depth", "1"],
+     "loss became non-finite at step 2; the model keeps the parameters of step 1 (try a smaller --lr or a larger "
+     "--t0)"),
+    (["--lr", "1e300", "--steps", "50", "--n", "500", "--width", "8", "--depth", "1", "--weighting", "none"],
+     "(try a smaller --lr, a larger --t0, or --weighting sigma2)"),
     (["--activation", "gelu"], "invalid choice: 'gelu'"),
     (["--steps", "ten"], "invalid int value: 'ten'"),
     (["--n-samples", "0"], "sample n"),
     (["--n-samples", "1"], "sample n (--n-samples) must be an integer >= 2"),  # refused before training
+    (["--n-samples", "2", "--n-steps", "0"], "error: --n-steps must be an integer >= 1, got 0"),
+    (["--n-samples", "2", "--bound-n", "1"], "error: --bound-n must be an integer >= 2, got 1"),
     (["--depth", str(10**30)], "argument --depth: " + str(10**30) + " is too large"),
 ])
 def test_impossible_options(tmp_path, args, pattern):
@@ -777,3 +789,29 @@ def test_a_negative_value_in_exponent_form_is_a_value_not_an_option(tmp_path, op
     result = run("train", tmp_path / "r", "--steps", "1", option, value, check=False)
     _assert_one_line_error(result, pattern)
     assert "expected one argument" not in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_library_names_become_options_only_where_they_are_options():
+    """The library's "batch_size must be ..." reads "--batch-size must be ..." on the command line,
+    but only for a name that opens the sentence (or a "(try ...)" hint) and is an option of
+    that command: a file's key or another command's name is left as written."""
+    from sgm_ref import cli
+    parser = cli.build_parser()
+    names = cli._option_names
+    assert names("batch_size must be an integer >= 1, got 0", parser, "train") == \
+        "--batch-size must be an integer >= 1, got 0"
+    assert names("evaluate bound_n must be an integer >= 2, got 1", parser, "demo") == \
+        "--bound-n must be an integer >= 2, got 1"
+    assert names("ema_decay (0 turns it off) must be < 1.0", parser, "train") == "--ema-decay (0 turns it off) must be < 1.0"
+    for message, command in [("batch_size must be an integer >= 1, got 0", "sample"),  # not an option of sample
+                             ("batch_size must be an integer >= 1, got 0", None),
+                             ("run.json: batch_size must be an integer", "train"),  # a file's key
+                             ("the run's batch_size must be an integer", "train"),
+                             ("sample n (--n-samples) must be an integer >= 2, got 1", "demo"),  # named already
+                             ("weights must be positive", "train")]:
+        assert names(message, parser, command) == message
+    assert names("diverged (try a smaller lr, a larger t0, or weighting='sigma2')", parser, "train") == \
+        "diverged (try a smaller --lr, a larger --t0, or --weighting sigma2)"
+    assert names("diverged (try a smaller lr or a larger t0)", parser, "train") == \
+        "diverged (try a smaller --lr or a larger --t0)"
+    assert names("lr diverged (try a smaller foo)", parser, "train") == "lr diverged (try a smaller foo)"

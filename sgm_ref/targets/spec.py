@@ -134,7 +134,13 @@ def from_spec(spec):
                          "(e.g. gmm:d=32,k=4,radius=3,seed=0) or the path of a .json mixture file")
     build, accepted = PRESETS[name]
     params = _parameters(rest, name, accepted) if sep else {}
-    return build(**params)
+    try:
+        return build(**params)
+    except ValueError as exc:  # the constructor's check ("k must be ...") said which target
+        message = str(exc)
+        if message.startswith(("target parameter", f"{name} needs")):
+            raise
+        raise ValueError(f"target {spec}: {message}") from None
 
 
 def to_record(target):
