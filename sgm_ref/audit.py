@@ -329,6 +329,20 @@ class SamplerComparison:
 # -- the comparison -----------------------------------------------------------------------
 
 
+def _first_divergence(deviation, rtol, steps_differ):
+    """The first step k whose result, state k + 1, deviates by more than rtol (k + 1), or None.
+
+    Rounding accumulates over the steps: state k may be off by rtol per step taken. State 0
+    (the start) is not a step's result and does not hide a later divergence: a peer whose
+    start differs is noted apart. When the step counts differ and every shared state
+    agrees, the first step only one of the two takes (len(deviation) - 1)."""
+    k = np.arange(1, deviation.size)
+    over = np.flatnonzero(deviation[1:] > rtol * k)
+    if over.size:
+        return int(over[0])
+    return deviation.size - 1 if steps_differ else None
+
+
 def _relative(a, b):
     scale = np.max(np.abs(b))
     diff = np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)))
@@ -424,15 +438,13 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     if states_p is not None:
         K = min(states_p.shape[0], states_r.shape[0])
         deviation = np.array([_relative(states_p[k], states_r[k]) for k in range(K)])
-        # rounding accumulates over the steps: state k may be off by rtol per step taken
-        over = np.flatnonzero(deviation > rtol * np.maximum(np.arange(K), 1))
-        first = None if over.size == 0 else int(over[0]) - 1  # state k is the result of step k - 1
-        if first == -1:
+        first = _first_divergence(deviation, rtol, steps_peer != steps_replay)
+        if deviation[0] > rtol:
             notes.append("the peer's trajectory does not start at x (its state 0 differs)")
-            first = None
-        if steps_peer != steps_replay:
-            if first is None:
-                first = K - 1  # the first step only one of them takes
+            if steps_peer == steps_replay - 1 and steps_peer >= 1 and np.all(
+                    [_relative(states_p[k], states_r[k + 1]) <= rtol * (k + 1) for k in range(steps_peer + 1)]):
+                notes.append(f"its {steps_peer + 1} states are the replay's states 1 to {steps_replay}: the "
+                             f"trajectory omits the start state x (give {steps_replay + 1} states, x first)")
     else:
         notes.append("the peer returned only its output: give its trajectory (or a step function) for the per-step "
                      "deviation")
@@ -467,11 +479,8 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         rtol32 = ROUNDING_FACTOR * float(np.finfo(np.float32).eps)
         as32 = dataclasses.replace(result, rtol=rtol32, kl_tolerance=rtol32 if kl_given is None else kl_tolerance)
         if first is not None:  # the first step above float32's allowance, if any
-            over = np.flatnonzero(deviation > rtol32 * np.maximum(np.arange(deviation.size), 1))
-            first32 = None if over.size == 0 or over[0] == 0 else int(over[0]) - 1
-            if first32 is None and steps_peer != steps_replay:
-                first32 = deviation.size - 1
-            as32 = dataclasses.replace(as32, first_divergence=first32)
+            as32 = dataclasses.replace(as32, first_divergence=_first_divergence(deviation, rtol32,
+                                                                                steps_peer != steps_replay))
         if as32.matches:
             notes.append(f"every deviation is within float32's rounding ({rtol32:.2g} per step): a peer that computes "
                          f"in float32 and returns float64 (diffusers' schedulers keep their constants in float32) "

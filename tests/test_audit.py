@@ -103,6 +103,33 @@ def test_planted_bug_kls():
     assert kls == pytest.approx({"off_by_one": 6.083e-4, "step": 0.2420, "noise": 8.284e-2}, rel=1e-3)
 
 
+def test_a_start_state_that_differs_hides_no_later_step():
+    """A peer whose state 0 is not x still gets the step where its path leaves the replay's
+    (a 1% error from step 5 was reported with no step), and a trajectory that leaves out its
+    start state is named as such (it was reported as diverging only at its last step)."""
+    def bug_at_5(s, g, x, z):
+        path = textbook_em(s, g, x, z).copy()
+        path[0] *= 1.5
+        path[6:] *= 1.01
+        return path
+
+    res = _compare(bug_at_5, "euler_maruyama")
+    assert not res.matches and res.first_divergence == 5, res.text()
+    assert "first diverging step: 5" in res.text() and "does not start at x" in res.text()
+
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z)[1:], "euler_maruyama")
+    assert not res.matches and res.steps_peer == 9 and res.first_divergence == 0, res.text()
+    assert "its 10 states are the replay's states 1 to 10: the trajectory omits the start state x" in res.text()
+
+    def start_only(s, g, x, z):  # only the start differs: every step's result agrees
+        path = textbook_em(s, g, x, z).copy()
+        path[0] *= 1.5
+        return path
+    res = _compare(start_only, "euler_maruyama")
+    assert res.matches and res.first_divergence is None and "does not start at x" in " ".join(res.notes)
+    assert "omits the start state" not in " ".join(res.notes)
+
+
 def test_peer_returning_only_its_output_gets_the_final_deviation():
     res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z, off_by_one=True)[-1], "euler_maruyama")
     assert res.deviation is None and res.steps_peer is None and res.first_divergence is None
