@@ -1200,7 +1200,10 @@ def main(argv=None):
                         f"`sgm-ref evaluate {run}`",
                 "experiment": "rerun the same command to continue; finished cells are kept"}.get(
                     getattr(args, "command", None), "")
-        if getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run):
+        if getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run) and not os.path.exists(
+                os.path.join(run, "config.json")):  # stopped while --force removed the old run's files
+            hint = f"no run is left in {run}; run the command again"
+        elif getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run):
             try:  # what is on disk says what is left to do (a demo interrupted after training)
                 from .runs import _continuation
                 hint = f"continue with {_continuation(run, args.command == 'demo')}"

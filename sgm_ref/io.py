@@ -27,8 +27,11 @@ FORMAT_VERSION = 1
 
 
 # what numpy and zipfile raise on damaged archives (a corrupt directory entry can
-# announce an unknown compression method: NotImplementedError)
-_READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, KeyError)
+# announce an unknown compression method: NotImplementedError; a flipped flag an
+# encrypted entry: RuntimeError; an .npy header a shape of 1e13 entries: MemoryError,
+# "Unable to allocate 72.8 TiB for an array with shape ...", which names the shape)
+_READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, KeyError, RuntimeError,
+                MemoryError)
 
 
 class ModelFileError(ValueError):
@@ -67,7 +70,8 @@ def atomic_write(path, write):
 
     Readers see either the old file or the complete new one, never a partial write;
     on any error the temporary file is removed and path is untouched. An OSError from
-    writing (a full disk: the file object's error names no file) is given path's name.
+    writing (a full disk: the file object's error names no file) is given path's name;
+    numpy's short write ("8000 requested and 5104 written", no errno) is said as one.
     """
     with atomic_path(path) as tmp:
         try:
@@ -78,6 +82,9 @@ def atomic_write(path, write):
         except OSError as exc:
             if exc.filename is None and exc.strerror is not None:  # a system error (errno, strerror)
                 exc.filename = os.fspath(path)
+            elif exc.filename is None:
+                raise OSError(exc.errno, f"the write stopped short ({exc}): a full disk or a file-size limit?",
+                              os.fspath(path)) from exc
             raise
 
 

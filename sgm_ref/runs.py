@@ -53,7 +53,7 @@ from .optim import Adam
 from .processes import process_from_dict
 from .samplers import METHODS, sample, time_grid
 from .score_model import ScoreModel
-from .targets.spec import from_record, from_spec, to_record
+from .targets.spec import PRESETS, from_record, from_spec, to_record
 from .train import History, fit, progress_bar
 
 __all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
@@ -329,9 +329,8 @@ def new_run(folder, config, force=False, then_evaluate=False):
         if present and not _is_run(folder):
             raise RunError(f"{folder} holds {', '.join(present)} but is not an sgm_ref run folder; "
                            "--force only replaces the files of a run: choose another folder")
+        _remove_run_files(folder, present)
         try:
-            for name in present:
-                os.unlink(_path(folder, name))
             config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
                                                "numba": numba.__version__, "scipy": scipy.__version__,
                                                "machine": platform.machine(), "cpu_count": os.cpu_count()})
@@ -350,6 +349,35 @@ def new_run(folder, config, force=False, then_evaluate=False):
                         if os.path.exists(_path(folder, name)):
                             os.unlink(_path(folder, name))
             raise
+
+
+# --force removes the old run's files in the reverse of the order training writes them, its
+# config.json last: stopped between two removals, the folder is still the old run (unfinished,
+# which --resume completes) or, once config.json is gone, holds no run file at all
+_REMOVAL_ORDER = ("model.npz",) + _EVALUATION_FILES + ("samples.npy", "checkpoint.npz", "training_state.npz",
+                                                      "history.json", "config.json")
+assert sorted(_REMOVAL_ORDER) == sorted(RUN_FILES)
+
+
+def _remove_run_files(folder, present):
+    """Remove an old run's files for --force (_REMOVAL_ORDER). Interrupted, it finishes the
+    removal first: the user asked for the old run to go, and a half-removed run is neither
+    the old one nor the new one. An OSError (a read-only file) stops it with what is left."""
+    names = [name for name in _REMOVAL_ORDER if name in present]
+    try:
+        for name in names:
+            os.unlink(_path(folder, name))
+    except KeyboardInterrupt:
+        for name in names:
+            try:
+                os.unlink(_path(folder, name))
+            except OSError:
+                pass
+        raise
+    except OSError as exc:
+        left = [name for name in _REMOVAL_ORDER if os.path.exists(_path(folder, name))]
+        raise RunError(f"{os_error_text(exc)}; --force could not remove the old run's files from {folder} "
+                       f"({', '.join(left)} remain): fix that and run the command again") from exc
 
 
 def _continuation(folder, then_evaluate=False):
@@ -413,11 +441,36 @@ def read_config(folder):
     unknown = set(config) - set(DEFAULTS) - set(_HEADER_KEYS)
     if unknown:
         raise RunError(f"{path} has unknown key(s) {sorted(unknown)}")
+    for section, defaults in DEFAULTS.items():  # a misspelt "bound_N" would be silently ignored
+        if isinstance(defaults, dict) and section != "process" and isinstance(config.get(section), dict):
+            unknown = set(config[section]) - set(defaults)
+            if unknown:
+                raise RunError(f"{path} has unknown key(s) {sorted(unknown)} in {section!r}; expected "
+                               f"{', '.join(defaults)} (fix or restore the file)")
     try:
         build(config)
     except (KeyError, TypeError) as exc:
         raise RunError(f"{path} is incomplete or malformed ({exc!r})") from None
+    except ValueError as exc:  # a value edited by hand: the file is the culprit, not an option
+        raise RunError(f"{path}: {exc} (fix or restore the file)") from None
+    _check_target_label(config, path)
     return config
+
+
+def _check_target_label(config, path):
+    """A preset's name in "target" must still describe "target_definition" (what the run
+    uses): a label edited by hand would title the reports with another target."""
+    spec = config["target"]
+    name = spec.partition(":")[0].strip() if isinstance(spec, str) else None
+    if name not in PRESETS:  # a JSON file's path: the file may have moved or changed since
+        return
+    try:
+        same = to_record(from_spec(spec)) == config["target_definition"]
+    except ValueError:
+        same = False
+    if not same:
+        raise RunError(f"{path}: \"target\" is {spec!r}, which is not the target its \"target_definition\" "
+                       "describes (the one the run uses); restore the file")
 
 
 # -- training, with checkpoints --------------------------------------------------------
@@ -462,8 +515,9 @@ def _threads_text(counts):
     return f"{counts.get('blas', '?')} BLAS and {counts.get('numba', '?')} numba threads"
 
 
-def _save_state(path, step, optimizer, rng, history, threads):
+def _save_state(path, step, optimizer, rng, history, threads, digest):
     arrays = dict(optimizer.state_dict())
+    arrays["run_digest"] = np.array(digest)
     arrays["step"] = np.int64(step)
     arrays["loss"] = np.asarray(history.loss, dtype=np.float64)
     arrays["rng_state"] = np.array(json.dumps(rng.bit_generator.state))
@@ -471,10 +525,14 @@ def _save_state(path, step, optimizer, rng, history, threads):
     atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
-def _load_state(path, what, optimizer, rng, remedy):
+def _load_state(path, what, optimizer, rng, remedy, digest):
     """Restore optimiser (and so the parameters) and rng; return (step, history, thread counts or None).
 
     what names the file in messages ("checkpoint", "training state"), remedy says what to do.
+    The file must have been written for this run: its run digest (files of older versions
+    carry none) is `digest`, the run's settings (_run_digest), and its optimiser's
+    hyperparameters are those `optimizer` was built with from config.json (Adam's
+    load_state_dict would adopt the file's), its optimiser's step count its step.
     """
     def unreadable(reason):
         return RunError(f"{what} {path} is unreadable ({reason}); {remedy}")
@@ -501,10 +559,25 @@ def _load_state(path, what, optimizer, rng, remedy):
             raise ValueError(f"it is inconsistent: step {step}, {len(loss)} losses")
         state = load_json(str(arrays.pop("rng_state")), "its rng_state")
         threads = load_json(str(arrays.pop("threads")), "its thread counts") if "threads" in arrays else None
+        saved_digest = str(arrays.pop("run_digest")) if "run_digest" in arrays else None
+        if saved_digest is not None and saved_digest != digest:
+            raise RunError(f"{what} {path} was written for other settings than config.json's (target, seed, network "
+                           "or training): another run's file, or config.json edited since; restore config.json, "
+                           f"or {remedy}")
+        built = optimizer.state_dict()
+        changed = [key for key in ("lr", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "ema_decay",
+                                   "ema_warmup")
+                   if (key in arrays) != (key in built) or key in built and arrays[key] != built[key]]
+        if changed:
+            raise ValueError(f"its optimiser settings ({', '.join(changed)}) are not those of config.json")
+        if "step_count" in arrays and arrays["step_count"] != step:
+            raise ValueError(f"it is inconsistent: step {step}, optimiser step count {arrays['step_count'].tolist()!r}")
         rng.bit_generator.state = state
         optimizer.load_state_dict(arrays)
     except zipfile.BadZipFile as exc:
         raise unreadable(f"a truncated or damaged .npz archive: {exc}") from None
+    except RunError:
+        raise
     except _READ_ERRORS + (TypeError, AttributeError, zlib.error) as exc:
         raise unreadable(exc) from None
     return step, History(loss=loss.tolist()), threads if isinstance(threads, dict) else None
@@ -528,8 +601,8 @@ def finished_steps(folder):
 
 
 def restore_history(folder):
-    """Rewrite a finished run's history.json from training_state.npz when its length is not
-    the run's (left by a failed extension); returns True if it did. Takes the folder's lock
+    """Rewrite a finished run's history.json from training_state.npz when it is not the
+    losses that file records (left by a failed extension, or damaged); returns True if it did. Takes the folder's lock
     only to write (a finished read-only run is left as it is).
 
     Raises
@@ -542,13 +615,15 @@ def restore_history(folder):
 
     def needed():
         finished = finished_steps(folder)
-        if finished is None or _state_loss(_states(folder)[1], finished) is None:
+        recorded = None if finished is None else _state_loss(_states(folder)[1], finished)
+        if recorded is None:
             return False
         path = _path(folder, "history.json")
         try:
             with open(path, encoding="utf-8") as f:
                 loss = load_json(f, path).get("loss")
-            return not (isinstance(loss, list) and len(loss) == finished)
+            # the very numbers: JSON writes each float64 so that it reads back exactly
+            return not (isinstance(loss, list) and loss == recorded)
         except (OSError, ValueError, AttributeError):
             return True  # missing or damaged
 
@@ -640,8 +715,10 @@ def train(folder, progress=None, steps=None, log=None):
             return _train(folder, config, source, progress, log)
         except Exception:
             # back to the finished run it was, unless the new final state is already written
-            # (then the extension is complete but for its model: --resume writes it)
-            if extending and source == final and _state_step(final) == configured:
+            # (then the extension is complete but for its model: --resume writes it); also when
+            # the old final state was damaged (unreadable: its step is None), which the
+            # message then says to remove, leaving the model usable
+            if extending and source == final and _state_step(final) != config["train"]["steps"]:
                 write_json(_path(folder, "config.json"), old)
                 loss = _state_loss(final, configured)  # the history may be the extension's already
                 if loss is not None:
@@ -674,7 +751,7 @@ def _train(folder, config, source, progress, log):
         remedy = ("remove it to restart training from step 0" if source == checkpoint else
                   "remove it (the run's model.npz stays usable, but the run can no longer be extended)")
         what = "checkpoint" if source == checkpoint else "training state"
-        start, history, saved = _load_state(source, what, optimizer, rng, remedy)
+        start, history, saved = _load_state(source, what, optimizer, rng, remedy, _run_digest(config))
         if start > t["steps"]:
             raise RunError(f"{source} is at step {start}, past the {t['steps']} steps of config.json; "
                            f"continue with --steps {start} or more")
@@ -683,9 +760,11 @@ def _train(folder, config, source, progress, log):
                 f"{_threads_text(threads)}: the result may differ in the last bits from an unbroken run (set "
                 "OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS as then for the same bits)")
 
+    digest = _run_digest(config)
+
     def write_checkpoint(step, model, optimizer, history):
         if step % t["checkpoint_every"] == 0 and step < t["steps"]:
-            _save_state(checkpoint, step, optimizer, rng, history, threads)
+            _save_state(checkpoint, step, optimizer, rng, history, threads, digest)
 
     history = fit(model, data, steps=t["steps"], batch_size=t["batch_size"], t0=t["t0"], T=t["T"], rng=rng,
                   weighting=t["weighting"], time_distribution=t["time_distribution"], optimizer=optimizer,
@@ -698,11 +777,11 @@ def _train(folder, config, source, progress, log):
     if start < t["steps"]:
         _remove(folder, ("samples.npy",) + _EVALUATION_FILES)
     write_json(_path(folder, "history.json"), {"loss": history.loss})
-    _save_state(final, t["steps"], optimizer, rng, history, threads)
+    _save_state(final, t["steps"], optimizer, rng, history, threads, digest)
     if os.path.exists(checkpoint):
         os.unlink(checkpoint)
     save(model, _path(folder, "model.npz"), ema=optimizer.ema,
-         extra={"run": "trained by sgm_ref.runs.train", "steps": t["steps"], "run_digest": _run_digest(config)})
+         extra={"run": "trained by sgm_ref.runs.train", "steps": t["steps"], "run_digest": digest})
     return history
 
 
@@ -812,7 +891,8 @@ def _counted(score, bar, calls_per_step):
 
 
 def load_samples(folder, d):
-    """samples.npy of a run: an (n, d) float64 or float32 array of finite numbers."""
+    """samples.npy of a run: the (n, d) array of finite numbers `sgm-ref sample` writes, n the
+    configured sample count and its dtype the model's (float64 or float32)."""
     path = _path(folder, "samples.npy")
     if not os.path.exists(path):
         raise RunError(f"{os.fspath(folder)} has no samples.npy: run `sgm-ref sample` first")
@@ -828,4 +908,9 @@ def load_samples(folder, d):
                        "(what `sgm-ref sample` writes): run it again")
     if not np.all(np.isfinite(x)):
         raise RunError(f"{path} holds non-finite values; run `sgm-ref sample` again")
+    config = read_config(folder)
+    n, dtype = config["sample"]["n"], config["model"]["dtype"]
+    if x.shape[0] != n or x.dtype != np.dtype(dtype):
+        raise RunError(f"{path} holds {x.shape[0]} {x.dtype} points, but config.json's sampler draws {n} {dtype} "
+                       "points: not this run's samples; run `sgm-ref sample` again")
     return x

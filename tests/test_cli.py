@@ -303,7 +303,7 @@ def test_evaluate_before_sample_and_resume_with_options(tmp_path):
     assert (out / "config.json").read_text() == config  # the failed evaluation changed no setting
     run("sample", out, *SMALL_SAMPLING)
     sampled = (out / "config.json").read_text()
-    _assert_one_line_error(run("evaluate", out, "--bound-n", "1", check=False), "bound_n")
+    _assert_one_line_error(run("evaluate", out, "--bound-n", "1", check=False), "--bound-n must be an integer >= 2, got 1")
     assert (out / "config.json").read_text() == sampled
     for extra, flag in ((["--steps", "10"], "--steps"), (["--beta-min", "0.2"], "--beta-min"),
                         (["--no-ema-warmup"], "--no-ema-warmup"), (["--force"], "--force")):

@@ -1,0 +1,253 @@
+"""A run folder's files belong together: nothing from another run, another setting or a
+damaged byte is read as this run's (a review of faults and misread data)."""
+
+import io
+import json
+import os
+import struct
+import zipfile
+
+import numpy as np
+import pytest
+
+import sgm_ref.runs as runs_module
+from sgm_ref.io import ModelFileError, atomic_write, load
+from sgm_ref.runs import RunError, create, load_samples, make_config, read_config, sample_run, train
+
+SMALL = {"data": {"n": 500}, "model": {"width": 16, "depth": 2}, "train": {"steps": 30, "checkpoint_every": 10},
+         "sample": {"n": 50, "n_steps": 10}}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished 30-step run (copied by the tests that change it)."""
+    run = tmp_path_factory.mktemp("finished") / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    return run
+
+
+def _copy(run, to):
+    to.mkdir()
+    for p in run.iterdir():
+        if p.is_file() and p.name != ".lock":
+            (to / p.name).write_bytes(p.read_bytes())
+    return to
+
+
+def _edit_config(run, section, **values):
+    config = json.loads((run / "config.json").read_text())
+    config[section].update(values)
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _rewrite_npz(path, **replace):
+    with np.load(path) as f:
+        arrays = {k: f[k] for k in f.files}
+    np.savez(path, **{**arrays, **replace})
+
+
+# -- a training state is this run's ----------------------------------------------------------
+
+def test_another_runs_training_state_is_refused(tmp_path, finished):
+    other = tmp_path / "other"
+    create(other, make_config({**SMALL, "seed": 1}))
+    train(other, progress=False)
+    (other / "training_state.npz").write_bytes((finished / "training_state.npz").read_bytes())
+    with pytest.raises(RunError, match=r"training state .*training_state.npz was written for other settings than "
+                                       r"config.json's .*another run's file, or config.json edited since"):
+        train(other, progress=False, steps=40)
+    assert read_config(other)["train"]["steps"] == 30  # the extension was rolled back
+    sample_run(other)  # and the run still samples with its own model
+
+
+def test_config_edited_between_a_kill_and_the_resume_is_refused(tmp_path, finished):
+    """A checkpoint of lr 0.002 resumed under a config.json that now says lr 1e-5 (and batch
+    size 8) trained the rest at batch size 8 with the checkpoint's lr, and stamped the model
+    as config.json's."""
+    run = _copy(finished, tmp_path / "run")
+    os.replace(run / "training_state.npz", run / "checkpoint.npz")
+    (run / "model.npz").unlink()
+    _edit_config(run, "train", steps=60, lr=1e-5, batch_size=8)
+    with pytest.raises(RunError, match=r"checkpoint .* was written for other settings than config.json's"):
+        train(run, progress=False)
+
+
+@pytest.mark.parametrize("replace, match", [
+    ({"lr": np.float64(5.0)}, r"its optimiser settings \(lr\) are not those of config.json"),
+    ({"beta2": np.float64(0.9)}, r"its optimiser settings \(beta2\) are not those of config.json"),
+    ({"step_count": np.int64(29)}, r"it is inconsistent: step 30, optimiser step count 29"),
+])
+def test_a_training_state_edited_by_hand_is_refused(tmp_path, finished, replace, match):
+    run = _copy(finished, tmp_path / "run")
+    _rewrite_npz(run / "training_state.npz", **replace)
+    with pytest.raises(RunError, match=r"training state .* is unreadable \(" + match):
+        train(run, progress=False, steps=40)
+    assert read_config(run)["train"]["steps"] == 30
+
+
+def test_an_extension_from_a_damaged_state_puts_the_run_back(tmp_path, finished):
+    """The rollback asked the damaged file for its step (None) and kept config.json's new
+    step count, so `sample` refused the still-good model, even after the file was removed."""
+    run = _copy(finished, tmp_path / "run")
+    state = run / "training_state.npz"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(RunError, match=r"training state .* is unreadable .*remove it \(the run's model.npz stays "
+                                       r"usable"):
+        train(run, progress=False, steps=60)
+    assert read_config(run)["train"]["steps"] == 30
+    state.unlink()
+    assert sample_run(run).shape == (50, 2)
+
+
+# -- config.json says what the run is ----------------------------------------------------------
+
+def test_a_target_label_that_is_not_the_definition_is_refused(tmp_path, finished):
+    run = _copy(finished, tmp_path / "run")
+    config = json.loads((run / "config.json").read_text())
+    config["target"] = "gmm:d=8,k=4,radius=3,seed=0"  # the reports' title, over ring data
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=r"config.json: \"target\" is 'gmm:d=8,k=4,radius=3,seed=0', which is not "
+                                       r"the target its \"target_definition\" describes"):
+        read_config(run)
+    config["target"] = "ring:k=8"  # another spelling of the same target is fine
+    (run / "config.json").write_text(json.dumps(config))
+    assert read_config(run)["target"] == "ring:k=8"
+
+
+def test_unknown_keys_in_a_section_and_bad_values_name_the_file(tmp_path, finished):
+    run = _copy(finished, tmp_path / "run")
+    _edit_config(run, "evaluate", bound_N=5)
+    with pytest.raises(RunError, match=r"config.json has unknown key\(s\) \['bound_N'\] in 'evaluate'"):
+        read_config(run)
+    run = _copy(finished, tmp_path / "run2")
+    config = json.loads((run / "config.json").read_text())
+    config["train"]["lr"] = float("nan")
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=r"run2/config.json: lr must be finite, got nan \(fix or restore the file\)"):
+        read_config(run)
+
+
+# -- --force replaces a run whole ----------------------------------------------------------------
+
+def test_force_interrupted_between_two_removals_leaves_no_half_run(tmp_path, finished, monkeypatch):
+    """config.json went first: interrupted after it, the folder held the old model and states
+    but could neither be resumed ('not a run folder') nor replaced ('not an sgm_ref run
+    folder')."""
+    run = _copy(finished, tmp_path / "run")
+    unlink, calls = os.unlink, []
+
+    def interrupted(path, *args, **kwargs):  # (os.unlink of every module: the lock's too)
+        if os.path.basename(path) in runs_module.RUN_FILES:
+            calls.append(os.path.basename(path))
+            if len(calls) == 2:
+                raise KeyboardInterrupt
+        return unlink(path, *args, **kwargs)
+
+    monkeypatch.setattr(runs_module.os, "unlink", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        create(run, make_config(SMALL), force=True)
+    monkeypatch.setattr(runs_module.os, "unlink", unlink)
+    assert calls[0] == "model.npz" and calls[-1] == "config.json"
+    assert not [name for name in runs_module.RUN_FILES if (run / name).exists()]
+    create(run, make_config(SMALL), force=True)  # and it can be replaced again
+    assert (run / "config.json").exists()
+
+
+def test_force_stopped_by_an_os_error_says_what_is_left(tmp_path, finished, monkeypatch):
+    run = _copy(finished, tmp_path / "run")
+    unlink = os.unlink
+
+    def read_only(path, *args, **kwargs):
+        if os.path.basename(path) == "samples.npy":
+            raise PermissionError(13, "Permission denied", path)
+        return unlink(path, *args, **kwargs)
+
+    sample_run(run)
+    monkeypatch.setattr(runs_module.os, "unlink", read_only)
+    with pytest.raises(RunError, match=r"Permission denied: .*samples.npy; --force could not remove the old run's "
+                                       r"files from .* \(samples.npy, training_state.npz, history.json, config.json "
+                                       r"remain\): fix that and run the command again"):
+        create(run, make_config(SMALL), force=True)
+    monkeypatch.setattr(runs_module.os, "unlink", unlink)
+    assert read_config(run)  # still the old run, unfinished: config.json went last
+    assert runs_module.finished_steps(run) is None
+
+
+# -- damaged bytes ----------------------------------------------------------------------------
+
+def _flag_encrypted(path, member):
+    """Set the 'encrypted' bit of one member's central directory entry (a single flipped bit)."""
+    b = bytearray(path.read_bytes())
+    i = 0
+    while (i := b.find(b"PK\x01\x02", i)) >= 0:
+        n = struct.unpack("<H", b[i + 28:i + 30])[0]
+        if b[i + 46:i + 46 + n] == member.encode():
+            b[i + 8] |= 1
+        i += 4
+    path.write_bytes(bytes(b))
+
+
+def test_an_encrypted_flag_is_a_damaged_file_not_a_traceback(tmp_path, finished):
+    run = _copy(finished, tmp_path / "run")
+    _flag_encrypted(run / "model.npz", "params.npy")
+    with pytest.raises(ModelFileError, match=r"model.npz: the parameter array is corrupt \(.*encrypted"):
+        load(run / "model.npz")
+    _flag_encrypted(run / "training_state.npz", "m.npy")
+    with pytest.raises(RunError, match=r"training state .* is unreadable \(.*encrypted"):
+        train(run, progress=False, steps=40)
+
+
+def _npy(shape, dtype="<f8"):
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": dtype, "fortran_order": False, "shape": shape})
+    return b.getvalue() + b"\0" * 64
+
+
+def test_a_header_declaring_a_huge_array_names_the_file(tmp_path, finished):
+    """numpy allocates the declared shape before reading: the command line said 'out of
+    memory: use a smaller --n-samples' about a damaged model file."""
+    run = _copy(finished, tmp_path / "run")
+    with zipfile.ZipFile(finished / "model.npz") as zi, zipfile.ZipFile(run / "model.npz", "w") as zo:
+        for name in zi.namelist():
+            zo.writestr(name, _npy((10**13,)) if name == "ema.npy" else zi.read(name))
+    with pytest.raises(ModelFileError, match=r"model.npz: the parameter array is corrupt \(Unable to allocate"):
+        load(run / "model.npz", use_ema=True)
+
+
+def test_a_short_write_names_the_file(tmp_path):
+    """numpy's tofile on a full disk raises OSError('8000 requested and 5104 written'): no
+    errno, no file name; the command line printed just that."""
+    def short(f):
+        raise OSError("8000 requested and 5104 written")
+
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "samples.npy", short)
+    assert info.value.filename == os.fspath(tmp_path / "samples.npy")
+    assert "the write stopped short (8000 requested and 5104 written): a full disk or a file-size limit?" \
+        in info.value.strerror
+    assert os.listdir(tmp_path) == []
+
+
+# -- the history and the samples are this run's -----------------------------------------------
+
+def test_an_edited_history_is_restored_from_the_final_state(tmp_path, finished):
+    run = _copy(finished, tmp_path / "run")
+    history = json.loads((run / "history.json").read_text())
+    original = list(history["loss"])
+    history["loss"][5] = 123.0  # the right length, a wrong number
+    (run / "history.json").write_text(json.dumps(history))
+    assert runs_module.restore_history(run)
+    assert json.loads((run / "history.json").read_text())["loss"] == original
+    assert not runs_module.restore_history(run)  # nothing more to do
+
+
+def test_samples_of_another_count_or_dtype_are_refused(tmp_path, finished):
+    run = _copy(finished, tmp_path / "run")
+    sample_run(run)
+    assert load_samples(run, 2).shape == (50, 2)
+    for x in (np.zeros((300, 2)), np.zeros((50, 2), np.float32)):
+        np.save(run / "samples.npy", x)
+        with pytest.raises(RunError, match=rf"samples.npy holds {len(x)} {x.dtype} points, but config.json's "
+                                           r"sampler draws 50 float64 points: not this run's samples"):
+            load_samples(run, 2)
