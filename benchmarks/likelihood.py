@@ -7,7 +7,8 @@ for the batch (t = 0.5, OU), for d in {2, 32, 128} and two scores:
     oracle   the exact score of a K = 8 full-covariance mixture (GaussianMixture):
              sgm_ref "exact" = score + divergence (closed form, O(K d^2) per point);
              sgm_ref "hutchinson" = score + one Rademacher probe by a central finite
-             difference (two more score calls; what log_prob does for a black box);
+             difference with each point's own step h = 1e-5 (1 + max_j |x_j|) (two more
+             score calls; what log_prob does for a black box);
              torch: log p_t written in torch (log-sum-exp over the components with the
              precisions formed once), score by autograd with create_graph, the exact
              trace by d backward passes, Hutchinson by one vector-Jacobian product.
@@ -148,7 +149,7 @@ def measure(kind, d, n, repeats, torch, rng):
 
         def ours_hutch():
             s = target.score(x, t, process)
-            h = 1e-5 * (1.0 + float(np.max(np.abs(x))))
+            h = 1e-5 * (1.0 + np.max(np.abs(x), axis=1, keepdims=True))  # each point's own step, as log_prob
             jv = (target.score(x + h * eps, t, process) - target.score(x - h * eps, t, process)) / (2 * h)
             return s, np.sum(eps * jv, axis=1)
 

@@ -30,14 +30,21 @@ Divergence of s (div s = tr J_s, J_s = ds/dx):
                   a callable passed as divergence=.
     "hutchinson"  tr J ~ eps^T J eps with n_probes probes eps (Rademacher or Gaussian)
                   drawn once per point and kept for the whole integration (as score_sde);
-                  each probe gives an unbiased estimate of the integral, and log q is
-                  their mean with standard error std / sqrt(n_probes). Rademacher probes
-                  up to d = 21 are distinct up to sign, drawn without replacement from the
-                  2^(d - 1) classes (the standard error then has the finite-population
-                  factor; with n_probes >= 2^(d - 1) all classes are used and the mean is
-                  the exact trace, standard error 0). The standard error is that of a
+                  with solver="heun" the trajectory is the exact run's, so each probe
+                  gives an unbiased estimate of the integral along it; with "rk45" the
+                  probes' integrals enter solve_ivp's error norm, so the steps (and the
+                  trajectory, to the solver's tolerance) depend on the probes (endpoint
+                  1.1e-5 to 3.1e-5 from the exact run's at rtol = atol = 1e-5, d = 8:
+                  docs/likelihood.md). log q is the probes' mean with standard error
+                  std / sqrt(n_probes). Rademacher probes up to d = 21 are distinct up
+                  to sign, drawn without replacement from the 2^(d - 1) classes (the
+                  standard error then has the finite-population factor; with
+                  n_probes >= 2^(d - 1) all classes are used and the mean is the exact
+                  trace, standard error 0). The standard error is that of a
                   mean of n_probes draws: with few probes, +-1.96 se covers less than 95%
-                  (Student's t with n_probes - 1 degrees of freedom). J eps comes from
+                  (for Rademacher probes about Student's t with n_probes - 1 degrees of
+                  freedom; Gaussian probes in low d cover less still, 0.81 against t's
+                  0.88 with 5 probes in d = 3: docs/likelihood.md). J eps comes from
                   the score's jvp: a ScoreModel's exact forward mode, a jvp= callable, or
                   otherwise a central finite difference (s(x + h eps) - s(x - h eps)) / 2h
                   with h = 1e-5 (1 + max_j |x_j|) for each point x: two score calls on
@@ -50,10 +57,13 @@ points, and the error norm is solve_ivp's root mean square over all unknowns, so
 point's local error may exceed rtol/atol where the others' are smaller (the tests
 measure the per-point error); "heun", the explicit trapezoidal rule on a fixed grid
 (second order, two evaluations per step). DDPM's beta is constant between its knots
-j / N and jumps at each: adaptive RK45 then crawls over 1,000 discontinuities; Heun on a
-grid of knots (e.g. np.arange(j0, j1 + 1) / N) integrates a smooth field on every step
-(Heun's two stages are evaluated 64 ulps inside the step's ends, so both see the step's
-own beta, not a neighbour's; for smooth processes that changes nothing measurable).
+j / N and jumps at each: adaptive RK45 at the default 1e-5 steps over the jumps blind
+(4.0e-4 nats off in 68 evaluations, d = 3, t0 = 0.05 to T = 0.99), and tighter
+tolerances make it crawl through them (1e-7: 1.96e-3 in 1,910; 1e-9: 1.4e-4 in 34,184:
+docs/likelihood.md). Heun on a grid of knots (e.g. np.arange(j0, j1 + 1) / N: 2.1e-5
+in 1,880) integrates a smooth field on every step (Heun's two stages are evaluated 64
+ulps inside the step's ends, so both see the step's own beta, not a neighbour's; for
+smooth processes that changes nothing measurable).
 """
 
 from dataclasses import dataclass
@@ -248,33 +258,47 @@ def _check_grid(grid, t0, T):
     return g
 
 
-def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher", n_probes=1, jvp=None,
-             solver="rk45", rtol=1e-5, atol=1e-5, grid=None, n_steps=None, prior="process", rng=None):
-    """log q(x) of the probability-flow ODE's model at time t0 (module docstring).
+# scipy's solve_ivp raises any rtol below 100 machine epsilons to that floor (with a warning)
+_RTOL_FLOOR = 100.0 * float(np.finfo(np.float64).eps)
+
+
+def log_prob(score, process, x, t0, T, *, divergence="exact", probes=None, n_probes=None, jvp=None,
+             solver="rk45", rtol=None, atol=None, grid=None, n_steps=None, prior="process", rng=None):
+    """log q(x) of the probability-flow ODE's model at time t0 (module docstring):
+
+        log q(x) = log pi(x_T) + int_t0^T (d f(t) - g(t)^2 / 2 div s(x_t, t)) dt,
+        dx_t/dt = f(t) x_t - g(t)^2 / 2 s(x_t, t),  x_t0 = x
+
+    (the instantaneous change of variables: Chen et al. 2018, Song et al. 2021, Appendix D.2).
 
     Parameters
     ----------
     score : target of sgm_ref.targets, ScoreModel, or callable s(x, t) -> (n, d)
         x (n, d) float64, t (n,) all equal; a target is used with this process.
     process : any process of sgm_ref.processes
-    x : ndarray, shape (n, d)
+    x : ndarray, shape (n, d), n >= 1, d >= 1
         Points at time t0 (float64; float32 is refused: the ODE runs in float64).
     t0, T : float
         0 <= t0 < T <= process.t_max (a ScoreModel needs t0 > 0).
     divergence : "exact", "hutchinson" or callable div(x, t) -> (n,)
-    probes : "rademacher" or "gaussian"
-    n_probes : int >= 1
-        Hutchinson probes per point (a standard error needs >= 2).
+    probes : "rademacher" or "gaussian", or None (Rademacher)
+        Hutchinson only.
+    n_probes : int >= 1, or None (1)
+        Hutchinson probes per point (a standard error needs >= 2). Hutchinson only.
     jvp : callable jvp(x, t, V) -> J_s V, V of shape (n, k, d), or None
         For Hutchinson with a plain callable score; default central differences.
+        Hutchinson only.
     solver : "rk45" or "heun"
-    rtol, atol : float
-        solve_ivp's tolerances (rk45 only; score_sde's 1e-5 by default).
+    rtol, atol : float, or None (1e-5, score_sde's)
+        solve_ivp's tolerances, rk45 only; rtol >= 2.22e-14 (100 machine epsilons,
+        scipy's floor), atol > 0.
     grid : 1-D array from t0 to T, increasing, or None
         Heun's grid; or n_steps uniform steps.
     prior : "process" or callable log_pi(y) -> (n,)
     rng : numpy.random.Generator
-        The probes (Hutchinson only).
+        The probes (Hutchinson only). Arguments of the other divergence or solver
+        (probes, n_probes, jvp, rng with a divergence other than "hutchinson"; rtol,
+        atol with heun; grid, n_steps with rk45) are refused, not ignored.
 
     Returns
     -------
@@ -284,13 +308,18 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
     ------
     ValueError
         Bad arguments (each named); a score without an exact divergence and
-        divergence="exact"; non-finite scores or divergences; a solver failure.
+        divergence="exact"; non-finite scores or divergences; a drift or divergence term
+        that overflows float64 (naming the score and t); a solver failure (with the
+        largest |x| and |score| met, so the caller can tell which is out of scale).
     """
     process = check_process(process, variance_preserving=False)
     x = check_points(x, "x")
     if x.dtype != np.float64:
         raise ValueError(f"x must be float64 (the ODE is integrated in float64), got {x.dtype}; cast it")
     n, d = x.shape
+    if n == 0 or d == 0:
+        raise ValueError(f"x must have at least one point and one dimension, got shape {x.shape}: "
+                         "pass the points as an (n, d) array with n, d >= 1")
     t0 = check_real(t0, "t0", low=0.0)
     T = check_real(T, "T", low=0.0)
     if not t0 < T:
@@ -304,6 +333,19 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
         raise ValueError(f"divergence must be 'exact', 'hutchinson' or a callable div(x, t), got {divergence!r}")
     if not callable(divergence) and not isinstance(divergence, str):
         raise ValueError(f"divergence must be 'exact', 'hutchinson' or a callable, got {type(divergence).__name__}")
+    if kind != "hutchinson":
+        given = [name for name, value in (("probes", probes), ("n_probes", n_probes), ("jvp", jvp), ("rng", rng))
+                 if value is not None]
+        if given:
+            what = "divergence='exact'" if kind == "exact" else "a callable divergence"
+            raise ValueError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} Hutchinson's, unused with "
+                             f"{what}: drop {'it' if len(given) == 1 else 'them'} or pass divergence='hutchinson'")
+    if solver not in ("rk45", "heun"):
+        raise ValueError(f"solver must be 'rk45' or 'heun', got {solver!r}")
+    if solver == "heun" and (rtol is not None or atol is not None):
+        given = " and ".join(name for name, value in (("rtol", rtol), ("atol", atol)) if value is not None)
+        raise ValueError(f"{given} {'is' if ' and ' not in given else 'are'} rk45's tolerance(s), unused by "
+                         "solver='heun' (fixed steps: grid or n_steps): drop it or use solver='rk45'")
     field = _Field(score, process, divergence if kind == "callable" else None, jvp)
     if field.is_model and t0 <= 0:
         raise ValueError(f"t0 must be > 0 for a ScoreModel (its network learns the score of p_t for t > 0), "
@@ -311,17 +353,16 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
     label = kind
     if kind == "exact" and getattr(score, "monte_carlo", False):
         label = "monte carlo"  # a target whose score and divergence are estimates (TiltedGaussian)
-    if solver not in ("rk45", "heun"):
-        raise ValueError(f"solver must be 'rk45' or 'heun', got {solver!r}")
     if prior != "process" and not callable(prior):
         raise ValueError(f"prior must be 'process' or a callable log_pi(y) -> (n,), got {prior!r}")
 
     m = 1
     eps = population = None
     if kind == "hutchinson":
+        probes = "rademacher" if probes is None else probes
         if probes not in ("rademacher", "gaussian"):
             raise ValueError(f"probes must be 'rademacher' or 'gaussian', got {probes!r}")
-        m = check_count(n_probes, "n_probes")
+        m = check_count(1 if n_probes is None else n_probes, "n_probes")
         rng = check_rng(rng, "rng (a Generator; Hutchinson's probes are drawn from it)")
         if probes == "rademacher" and d <= _DISTINCT_SIGNS_UP_TO_D:
             eps, population = _distinct_rademacher(rng, n, m, d)
@@ -332,38 +373,89 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
             eps = rng.standard_normal((n, m, d))
 
     count = [0]
+    # the largest |score|, |div s| and |x_t| the ODE met, with their times: for the messages
+    met = {"score": (0.0, t0), "div": (0.0, t0), "x": (float(np.max(np.abs(x))), t0)}
+    user_err = np.geterr()  # the score runs under the caller's floating-point settings (below)
+
+    def note(key, value, t):
+        if value > met[key][0]:
+            met[key] = (value, t)
+
+    def diagnosis():
+        """Which of x and the score is out of scale: the figures the ODE met, and both readings."""
+        return (f"the largest |x| is {float(np.max(np.abs(x))):.3g} (at t0), the largest |x_t| met "
+                f"{met['x'][0]:.3g} (t = {met['x'][1]:.6g}), the largest |score| met {met['score'][0]:.3g} "
+                f"(t = {met['score'][1]:.6g}) and |div score| {met['div'][0]:.3g} (t = {met['div'][1]:.6g}). "
+                "If x lies far beyond the target's scale, rescale x; if the score (or its divergence) is that "
+                "large where x is, the score is at fault: check it")
 
     def rates(t, x_t):
         """(v (n, d), div v (n, m)) at time t."""
         count[0] += 1
+        big = float(np.max(np.abs(x_t)))
+        if not np.isfinite(big):
+            raise ValueError(f"the ODE's state overflowed float64 before t = {float(t):.6g} (a solver stage is "
+                             "non-finite): " + diagnosis())
+        note("x", big, t)
         ts = np.full(n, t)
         f, g2 = float(process.f(t)), float(process.g2(t))
-        if kind == "hutchinson":
-            s, div_s = field.hutchinson(x_t, ts, eps)
-        else:
-            s, div_s = field.exact_divergence(x_t, ts)
-            div_s = div_s[:, None]
+        with np.errstate(**user_err):
+            if kind == "hutchinson":
+                s, div_s = field.hutchinson(x_t, ts, eps)
+            else:
+                s, div_s = field.exact_divergence(x_t, ts)
+                div_s = div_s[:, None]
         s = np.asarray(s, dtype=np.float64)
         if s.shape != (n, d) or not np.all(np.isfinite(s)):
-            raise ValueError(f"the score at t = {t!r} is not {n} x {d} finite numbers")
-        return f * x_t - 0.5 * g2 * s, d * f - 0.5 * g2 * div_s
+            raise ValueError(f"the score at t = {float(t):.6g} is not {n} x {d} finite numbers")
+        note("score", float(np.max(np.abs(s))), t)
+        if not np.all(np.isfinite(div_s)):  # a finite-difference jvp whose difference overflowed
+            raise ValueError(f"the score's divergence (Hutchinson's eps^T J eps) at t = {float(t):.6g} overflows "
+                             f"float64: the score's values (largest |score| {met['score'][0]:.3g}) are out of "
+                             "scale there; check the score")
+        note("div", float(np.max(np.abs(div_s))), t)
+        with np.errstate(over="ignore", invalid="ignore"):
+            drift, pull = 0.5 * g2 * s, f * x_t
+            v = pull - drift
+            dv = d * f - 0.5 * g2 * div_s
+        if not np.all(np.isfinite(v)):
+            if np.max(np.abs(drift)) >= np.max(np.abs(pull)):  # the score's term is the larger
+                raise ValueError(f"the probability-flow drift f(t) x - g(t)^2 / 2 s(x, t) overflows float64 at "
+                                 f"t = {float(t):.6g}: the score reaches |s| = {float(np.max(np.abs(s))):.3g} there "
+                                 f"(g(t)^2 = {g2:.3g}) while |x_t| <= {big:.3g}; the score is out of scale: "
+                                 "check the score")
+            raise ValueError(f"the probability-flow drift overflows float64 at t = {float(t):.6g}: f(t) x_t with "
+                             f"|x_t| up to {big:.3g}; " + diagnosis())
+        if not np.all(np.isfinite(dv)):
+            raise ValueError(f"the divergence term d f(t) - g(t)^2 / 2 div s overflows float64 at "
+                             f"t = {float(t):.6g}: the score's divergence reaches |div s| = "
+                             f"{float(np.max(np.abs(div_s))):.3g} there (g(t)^2 = {g2:.3g}); the score's divergence "
+                             "is out of scale: check the score (or the divergence callable, or jvp)")
+        return v, dv
 
     if solver == "rk45":
         if grid is not None or n_steps is not None:
             raise ValueError("grid and n_steps are Heun's; rk45 chooses its own steps (set rtol, atol)")
-        rtol = check_real(rtol, "rtol", low=0.0, low_open=True)
-        atol = check_real(atol, "atol", low=0.0, low_open=True)
+        rtol = 1e-5 if rtol is None else check_real(rtol, "rtol", low=0.0, low_open=True)
+        atol = 1e-5 if atol is None else check_real(atol, "atol", low=0.0, low_open=True)
+        if rtol < _RTOL_FLOOR:
+            raise ValueError(f"rtol must be >= {_RTOL_FLOOR:.3g} (100 machine epsilons: scipy's solve_ivp raises "
+                             f"any smaller rtol to that), got {rtol!r}; pass rtol >= {_RTOL_FLOOR:.3g}")
 
         def fun(t, y):
             v, dv = rates(t, y[:n * d].reshape(n, d))
             return np.concatenate([v.ravel(), dv.ravel()])
 
         y0 = np.concatenate([x.ravel(), np.zeros(n * m)])
-        sol = solve_ivp(fun, (t0, T), y0, method="RK45", rtol=rtol, atol=atol)
+        # solve_ivp's own arithmetic (its error norm squares the rates over the tolerances) may
+        # overflow on a huge drift: silenced here, and reported by the failure or the checks below
+        with np.errstate(over="ignore", invalid="ignore"):
+            sol = solve_ivp(fun, (t0, T), y0, method="RK45", rtol=rtol, atol=atol)
         if not sol.success:
-            raise ValueError(f"solve_ivp failed: {sol.message} (the largest |x| is "
-                             f"{float(np.max(np.abs(x))):.3g}: a point far beyond the target's scale makes the "
-                             f"ODE stiff at these tolerances; rescale x, loosen rtol/atol, or use solver='heun')")
+            raise ValueError(f"solve_ivp failed: {sol.message} (at t = {float(sol.t[-1]):.6g}, integrating from "
+                             f"t0 = {t0!r} to T = {T!r}). The ODE is too stiff or too large for rtol = {rtol:g}, "
+                             f"atol = {atol:g}: " + diagnosis()
+                             + "; otherwise loosen rtol/atol, or use solver='heun'")
         y = sol.y[:, -1]
         x_T, integral = y[:n * d].reshape(n, d), y[n * d:].reshape(n, m)
     else:
@@ -375,26 +467,28 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes="rademacher
             raise ValueError("give grid or n_steps, not both")
         grid = _check_grid(grid, t0, T)
         x_t, integral = x.copy(), np.zeros((n, m))
-        for a, b in zip(grid[:-1], grid[1:]):
-            h = b - a
-            # both ends of the step approached from inside (64 ulps in, more than the rounding
-            # of t N in DDPM's step index): a process whose coefficients jump at the grid
-            # times (DDPM at its knots) is seen with this step's own beta at both stages
-            inside = min(64.0 * float(np.spacing(max(abs(a), abs(b)))), 0.25 * h)
-            v1, d1 = rates(a + inside, x_t)
-            v2, d2 = rates(b - inside, x_t + h * v1)
-            x_t = x_t + 0.5 * h * (v1 + v2)
-            integral = integral + 0.5 * h * (d1 + d2)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught by rates or the check below
+            for a, b in zip(grid[:-1], grid[1:]):
+                h = b - a
+                # both ends of the step approached from inside (64 ulps in, more than the rounding
+                # of t N in DDPM's step index): a process whose coefficients jump at the grid
+                # times (DDPM at its knots) is seen with this step's own beta at both stages
+                inside = min(64.0 * float(np.spacing(max(abs(a), abs(b)))), 0.25 * h)
+                v1, d1 = rates(a + inside, x_t)
+                v2, d2 = rates(b - inside, x_t + h * v1)
+                x_t = x_t + 0.5 * h * (v1 + v2)
+                integral = integral + 0.5 * h * (d1 + d2)
         x_T = x_t
 
     if not (np.all(np.isfinite(x_T)) and np.all(np.isfinite(integral))):
-        raise ValueError("the ODE's solution overflowed (non-finite endpoint or divergence integral): x is too "
-                         "far from the score's scale; rescale x or check the score")
+        raise ValueError("the ODE's solution overflowed (non-finite endpoint or divergence integral): " + diagnosis())
+    note("x", float(np.max(np.abs(x_T))), T)
     if prior == "process":
         try:
             log_pi = prior_log_prob(process, x_T, T)
-        except ValueError as e:
-            raise ValueError(f"the prior at the ODE's endpoint: {e} (x is too far out; rescale x)") from None
+        except ValueError:
+            raise ValueError(f"the prior's log-density at the ODE's endpoint x_T overflows float64 (|x_T| up to "
+                             f"{float(np.max(np.abs(x_T))):.3g}): " + diagnosis()) from None
     else:
         log_pi = _check_div(prior(x_T), x_T, "prior(y) (the prior's log-density at the endpoint)")
     per_probe = log_pi[:, None] + integral
@@ -447,25 +541,51 @@ def bits_per_dim(log_q, d, *, bins=256, scale):
     return out[()] if out.ndim == 0 else out
 
 
-def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_probes=4, rtol=1e-5, atol=1e-5):
+def _score_dim(score):
+    """The dimension a ScoreModel or a target works in, or None for a plain callable."""
+    if hasattr(score, "network") and hasattr(score, "jvp") and hasattr(score, "divergence"):  # ScoreModel
+        return getattr(score, "d", None)
+    if hasattr(score, "score") and hasattr(score, "divergence") and hasattr(score, "log_prob"):  # a target
+        return getattr(score, "dim", None)
+    return None
+
+
+def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_probes=None, rtol=1e-5, atol=1e-5):
     """The model's NLL on n fresh exact samples of p_t0, the target's exact NLL on them, and the gap.
 
-    x_i ~ p_t0 (target.sample, then the forward process to t0); log q by log_prob (RK45)
-    and log p_t0 by the oracle. The gap mean_i (log p_t0(x_i) - log q(x_i)) estimates
-    KL(p_t0 || q) (E_p[log p - log q]); its standard error is that of the paired
-    differences, and covers Hutchinson's noise too (each point has its own probes). The
-    model is the ODE started from the process's prior at T, so the prior's mismatch with
-    p_T is part of the gap, as it is part of what a sampler draws; the solver's error
-    (rtol, atol) enters too. A finite sample can give a gap below 0 when the model is
-    close: read it with its standard error.
+    x_i ~ p_t0: target.sample, then the forward process to t0, x_i = alpha_t0 x0_i +
+    sigma_t0 z_i, whenever p_t0 is not p_0 itself (t0 > 0, or a process already noised at
+    t = 0: VE has sigma_0 = sigma_min, so its p_0 is the target blurred by N(0, sigma_min^2),
+    the law target.log_prob(x, 0, VE) and the ODE use). log q by log_prob (RK45) and
+    log p_t0 by the target's log_prob (exact for mixtures; a Monte-Carlo estimate for a
+    target with monte_carlo = True, TiltedGaussian, whose error is systematic and not in
+    the standard errors: "target_log_prob" says which). The gap mean_i (log p_t0(x_i) -
+    log q(x_i)) estimates KL(p_t0 || q) (E_p[log p - log q]); its standard error is that of
+    the paired differences, and covers Hutchinson's noise too (each point has its own
+    probes). The model is the ODE started from the process's prior at T, so the prior's
+    mismatch with p_T is part of the gap, as it is part of what a sampler draws; the
+    solver's error (rtol, atol) enters too. A finite sample can give a gap below 0 when
+    the model is close: read it with its standard error.
+
+    Parameters
+    ----------
+    score : as log_prob's, in the target's dimension
+    target : a target of sgm_ref.targets (sample, log_prob)
+    process, t0, T, rtol, atol : as log_prob's (0 <= t0 < T <= process.t_max)
+    n : int >= 2
+    rng : numpy.random.Generator
+        The samples, then (Hutchinson) the probes.
+    divergence : "exact", "hutchinson" or callable
+    n_probes : int >= 1, or None (4); Hutchinson only
 
     Returns
     -------
     dict: "n", "t0", "T", "divergence", "n_probes" (the probes each point used, None unless
     Hutchinson: Rademacher probes up to d = 21 are distinct sign classes, at most
     2^(d - 1)), "every_sign_class" (True when they were all used: the trace is then
-    exact), "rtol", "atol", "n_evaluations", and {"value", "standard_error"} dicts "model_nll", "target_nll",
-    "kl_gap" (nats per point).
+    exact), "target_log_prob" ("exact", or "monte carlo" for a target with
+    monte_carlo = True), "rtol", "atol", "n_evaluations", and {"value", "standard_error"}
+    dicts "model_nll", "target_nll", "kl_gap" (nats per point).
     """
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
@@ -477,22 +597,35 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     if not (hasattr(target, "sample") and hasattr(target, "log_prob")):
         raise ValueError(f"target must be a target of sgm_ref.targets (with sample and log_prob), "
                          f"got {type(target).__name__}")
+    hutchinson = isinstance(divergence, str) and divergence == "hutchinson"
+    if n_probes is not None and not hutchinson:
+        raise ValueError(f"n_probes is Hutchinson's, unused with divergence={divergence!r}: drop it or pass "
+                         "divergence='hutchinson'")
+    score_dim, target_dim = _score_dim(score), getattr(target, "dim", None)
+    if score_dim is not None and target_dim is not None and score_dim != target_dim:
+        raise ValueError(f"the score's and the target's dimensions differ: the score works in d = {score_dim}, "
+                         f"the target in d = {target_dim}; pass a score for the target's dimension")
     x = target.sample(n, rng)
-    if t0 > 0:
+    # t0 = 0 draws nothing unless the process has already noised p_0 (VE's sigma_min): the
+    # other cases keep their random stream
+    if t0 > 0 or float(process.sigma2(t0)) > 0 or float(process.alpha(t0)) != 1.0:
         x = process.perturb(x, t0, rng)[0]
     log_p = np.asarray(target.log_prob(x, t0, process), dtype=np.float64)
-    res = log_prob(score, process, x, t0, T, divergence=divergence, n_probes=n_probes, rng=rng, rtol=rtol, atol=atol)
+    extra = dict(n_probes=4 if n_probes is None else n_probes, rng=rng) if hutchinson else {}
+    res = log_prob(score, process, x, t0, T, divergence=divergence, rtol=rtol, atol=atol, **extra)
 
     def est(v):
         return {"value": float(np.mean(v)), "standard_error": float(np.std(v, ddof=1) / np.sqrt(v.size))}
 
     used, every_class = None, False
     if res.divergence == "hutchinson":  # Rademacher probes are distinct sign classes up to d = 21
-        d = x.shape[1]
-        used = min(n_probes, 1 << (d - 1)) if d <= _DISTINCT_SIGNS_UP_TO_D else n_probes
+        d, asked = x.shape[1], extra["n_probes"]
+        used = min(asked, 1 << (d - 1)) if d <= _DISTINCT_SIGNS_UP_TO_D else asked
         every_class = d <= _DISTINCT_SIGNS_UP_TO_D and used == 1 << (d - 1)
     return {"n": n, "t0": float(t0), "T": float(T), "divergence": res.divergence,
-            "n_probes": used, "every_sign_class": every_class, "rtol": rtol, "atol": atol,
+            "n_probes": used, "every_sign_class": every_class,
+            "target_log_prob": "monte carlo" if getattr(target, "monte_carlo", False) else "exact",
+            "rtol": rtol, "atol": atol,
             "n_evaluations": res.n_evaluations, "model_nll": est(-res.log_q), "target_nll": est(-log_p),
             "kl_gap": est(log_p - res.log_q)}
 
@@ -505,8 +638,13 @@ def nll_lines(entry):
     how = (f"{entry['divergence']} divergence" if entry["n_probes"] is None
            else f"Hutchinson divergence, {entry['n_probes']} probe{'s' if entry['n_probes'] != 1 else ''}"
                 + (" (every sign class: the exact trace)" if entry.get("every_sign_class") else ""))
+    if entry.get("target_log_prob", "exact") == "monte carlo":
+        target = (f"  target (Monte-Carlo log p_t0, from the target's fixed draws: its error is systematic and "
+                  f"not in the ± figures, here or in the gap): {pm(entry['target_nll'])}")
+    else:
+        target = f"  target (exact log p_t0): {pm(entry['target_nll'])}"
     return [f"NLL on {entry['n']} fresh exact samples of p_t0 (t0 = {entry['t0']:g}), nats per point:",
             f"  model (probability-flow ODE to T = {entry['T']:g}, RK45 rtol {entry['rtol']:g}, {how}): "
             f"{pm(entry['model_nll'])}",
-            f"  target (exact log p_t0): {pm(entry['target_nll'])}",
+            target,
             f"  gap, an estimate of KL(p_t0 || model): {pm(entry['kl_gap'])}"]

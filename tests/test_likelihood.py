@@ -377,3 +377,204 @@ def test_nll_report_says_how_many_probes_each_point_used():
     r = nll_report(target, target, OU(), t0=0.05, T=3.0, n=4, rng=np.random.default_rng(0), divergence="hutchinson")
     assert (r["n_probes"], r["every_sign_class"]) == (4, False)
     assert "Hutchinson divergence, 4 probes):" in "\n".join(nll_lines(r))
+
+
+def test_nll_report_draws_ve_samples_at_t0_zero():
+    """VE's p_0 is already noised (sigma_0 = sigma_min = 0.01): the target blurred by
+    N(0, 1e-4), the law target.log_prob(x, 0, VE) and the ODE use. nll_report drew the raw
+    target's samples at t0 = 0 (it perturbed only if t0 > 0), so target_nll was -2.7833
+    against the true entropy -2.3815 (a review). The entropy here is scipy's quadrature of
+    the blurred 1-D mixture; the exact score's gap is the prior's KL, also by quadrature
+    (the ODE is invertible: KL(p_0 || q) = KL(p_T || pi)), plus the solver's error."""
+    from scipy import integrate, stats
+    from scipy.special import logsumexp
+
+    process = VE()
+    tgt = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[0.005**2], [0.005**2]])
+
+    def log_mix(y, s):
+        return logsumexp([stats.norm.logpdf(y, -1.0, s), stats.norm.logpdf(y, 1.0, s)], axis=0) - np.log(2.0)
+
+    s0 = np.sqrt(0.005**2 + process.sigma2(0.0))
+    entropy = -sum(integrate.quad(lambda y: np.exp(log_mix(y, s0)) * log_mix(y, s0), c - 30 * s0, c + 30 * s0,
+                                  epsabs=1e-13, epsrel=1e-13)[0] for c in (-1.0, 1.0))
+    sT2 = float(process.sigma2(1.0))
+    sT = np.sqrt(0.005**2 + sT2)
+    kl_prior = integrate.quad(
+        lambda y: np.exp(log_mix(y, sT)) * (log_mix(y, sT) - stats.norm.logpdf(y, 0.0, np.sqrt(sT2))),
+        -40 * sT, 40 * sT, epsabs=1e-15, epsrel=1e-12, limit=200)[0]
+    r = nll_report(tgt, tgt, process, t0=0.0, T=1.0, n=2000, rng=np.random.default_rng(1), rtol=1e-8, atol=1e-8)
+    target_nll, gap = r["target_nll"], r["kl_gap"]
+    assert abs(target_nll["value"] - entropy) < 3 * target_nll["standard_error"], (target_nll, entropy)
+    assert abs(gap["value"] - kl_prior) < 3 * gap["standard_error"] + 1e-6, (gap, kl_prior)
+
+
+def test_nll_report_keeps_the_random_stream_where_p_t0_is_not_noised():
+    """The VE fix draws the perturbation only where p_t0 differs from p_0: OU at t0 = 0 still
+    uses target.sample alone, t0 > 0 target.sample then perturb, from the same rng."""
+    ring = GaussianMixture.ring()
+    for t0 in (0.0, 0.05):
+        r = nll_report(ring, ring, OU(), t0=t0, T=3.0, n=50, rng=np.random.default_rng(6))
+        rng = np.random.default_rng(6)
+        x = ring.sample(50, rng)
+        if t0 > 0:
+            x = OU().perturb(x, t0, rng)[0]
+        assert r["target_nll"]["value"] == float(np.mean(-ring.log_prob(x, t0, OU())))
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(divergence="hutchinson", n_probes=2, rng=np.random.default_rng(0)),
+                                dict(solver="heun", n_steps=3),
+                                dict(solver="heun", n_steps=3, divergence="hutchinson", rng=np.random.default_rng(0))],
+                         ids=["rk45-exact", "rk45-hutchinson", "heun-exact", "heun-hutchinson"])
+def test_an_empty_x_is_refused_by_every_path(kw):
+    """x of shape (0, d): exact returned empty arrays, Hutchinson and Heun an IndexError (a review)."""
+    ring = GaussianMixture.ring()
+    for shape in ((0, 2), (3, 0)):
+        with pytest.raises(ValueError, match=r"x must have at least one point and one dimension, got shape"):
+            log_prob(ring, OU(), np.zeros(shape), 0.0, 1.0, **kw)
+
+
+def test_arguments_of_another_divergence_or_solver_are_refused():
+    """Review: probes, n_probes, rng (even a non-Generator) and jvp were silently ignored with
+    divergence='exact', rtol/atol with Heun, and rtol = 1e-20 was raised to 2.22e-14 by scipy
+    with a warning that did not name log_prob's rtol."""
+    import warnings
+
+    ring = GaussianMixture.ring()
+    x = ring.sample(3, np.random.default_rng(0))
+    div = lambda y, t: ring.divergence(y, t, OU())  # noqa: E731
+    cases = [
+        (dict(n_probes=2), r"n_probes is Hutchinson's, unused with divergence='exact'"),
+        (dict(probes="gaussian"), r"probes is Hutchinson's"),
+        (dict(rng=np.random.default_rng(0)), r"rng is Hutchinson's"),
+        (dict(rng=5), r"rng is Hutchinson's"),
+        (dict(jvp=lambda y, t, V: V), r"jvp is Hutchinson's"),
+        (dict(n_probes=2, rng=np.random.default_rng(0)), r"n_probes, rng are Hutchinson's.*drop them"),
+        (dict(score=lambda y, t: ring.score(y, t, OU()), divergence=div, n_probes=3),
+         r"n_probes is Hutchinson's, unused with a callable divergence"),
+        (dict(solver="heun", n_steps=3, rtol=1e-6), r"rtol is rk45's.*solver='heun'"),
+        (dict(solver="heun", n_steps=3, atol=1e-6), r"atol is rk45's"),
+        (dict(solver="heun", n_steps=3, rtol=1e-6, atol=1e-6), r"rtol and atol are rk45's"),
+        (dict(rtol=1e-20, atol=1e-20), r"rtol must be >= 2.22e-14 \(100 machine epsilons"),
+        (dict(rtol=2e-14), r"rtol must be >= 2.22e-14"),
+    ]
+    for kw, match in cases:
+        args = dict(score=ring)
+        args.update(kw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # scipy's clipping warning was the only sign
+            with pytest.raises(ValueError, match=match):
+                log_prob(args.pop("score"), OU(), x, 0.0, 1.0, **args)
+    # the floor itself is accepted, without scipy's warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        log_prob(ring, OU(), x[:1], 0.0, 0.1, rtol=100 * np.finfo(np.float64).eps, atol=1e-12)
+    # the defaults: one Rademacher probe, rtol = atol = 1e-5 (unchanged)
+    one = log_prob(lambda y, t: ring.score(y, t, OU()), OU(), x, 0.0, 1.0, divergence="hutchinson",
+                   rng=np.random.default_rng(1))
+    assert one.se is None
+    np.testing.assert_array_equal(log_prob(ring, OU(), x, 0.0, 1.0).log_q,
+                                  log_prob(ring, OU(), x, 0.0, 1.0, rtol=1e-5, atol=1e-5).log_q)
+    with pytest.raises(ValueError, match=r"n_probes is Hutchinson's"):
+        nll_report(ring, ring, OU(), t0=0.05, T=1.0, n=4, rng=np.random.default_rng(0), n_probes=4)
+
+
+def test_an_out_of_scale_score_is_named_not_x():
+    """Review: a score of 1e308 at points of size 2.4 was reported as 'a point far beyond the
+    target's scale ...; rescale x' (solve_ivp) or 'x is too far out' (Heun), after scipy's
+    overflow RuntimeWarnings. Now the messages give the largest |x| and |score| met (the
+    reader can see which is out of scale), name the score and t where the drift itself
+    overflows, and no warning escapes."""
+    import warnings
+
+    x = np.random.default_rng(0).standard_normal((100, 2))
+    huge = lambda y, t: np.full_like(y, 1e308)  # noqa: E731
+    zero_div = lambda y, t: np.zeros(len(y))  # noqa: E731
+    cases = [
+        (OU(), dict(), r"largest \|x\| is 2.4 \(at t0\).*largest \|score\| met 1e\+308 \(t = 0.01\).*if the score"),
+        (OU(), dict(solver="heun", n_steps=3), r"prior's log-density at the ODE's endpoint.*largest \|score\| met "
+                                               r"1e\+308.*the score is at fault"),
+        (VP(), dict(solver="heun", n_steps=3), r"drift f\(t\) x - g\(t\)\^2 / 2 s\(x, t\) overflows float64 at "
+                                               r"t = [0-9.]+: the score reaches \|s\| = 1e\+308.*check the score"),
+        (VP(), dict(), r"largest \|score\| met 1e\+308"),
+    ]
+    for process, kw, match in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=match):
+                log_prob(huge, process, x, 0.01, 1.0 if process == VP() else 3.0, divergence=zero_div, **kw)
+    # a huge divergence: named as the divergence
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"divergence term .* overflows float64 at t = .*\|div s\| = 1e\+308"):
+            log_prob(lambda y, t: -y, VP(), x, 0.01, 1.0, divergence=lambda y, t: np.full(len(y), 1e308),
+                     solver="heun", n_steps=3)
+
+
+def test_nll_lines_label_a_monte_carlo_targets_log_p():
+    """A TiltedGaussian's log_prob is a Monte-Carlo estimate from fixed draws: nll_lines said
+    'target (exact log p_t0)' (a review measured the exact score's gap 8.8e-4 +- 1.1e-4, a
+    systematic part the standard error misses). Mixtures stay 'exact'."""
+    from sgm_ref.likelihood import nll_lines
+    from sgm_ref.targets import TiltedGaussian
+
+    tg = TiltedGaussian.barron(2, rng=np.random.default_rng(0), n_mc=2_000)
+    r = nll_report(tg, tg, OU(), t0=0.05, T=3.0, n=4, rng=np.random.default_rng(1))
+    text = "\n".join(nll_lines(r))
+    assert r["target_log_prob"] == "monte carlo" and r["divergence"] == "monte carlo"
+    assert "target (Monte-Carlo log p_t0" in text and "exact log p_t0" not in text
+    ring = GaussianMixture.ring()
+    r = nll_report(ring, ring, OU(), t0=0.05, T=3.0, n=4, rng=np.random.default_rng(1))
+    assert r["target_log_prob"] == "exact" and "target (exact log p_t0)" in "\n".join(nll_lines(r))
+
+
+def test_nll_report_names_a_dimension_mismatch():
+    """Review: a score in d = 2 with a target in d = 3 gave 'x must have shape (n, 2), got
+    shape (3, 3)', about an x the caller never passed."""
+    ring = GaussianMixture.ring()
+    target3 = full_mixture(d=3)
+    for score in (ring, small_model(d=2)):
+        with pytest.raises(ValueError, match=r"the score's and the target's dimensions differ: the score works in "
+                                             r"d = 2, the target in d = 3"):
+            nll_report(score, target3, OU(), t0=0.05, T=1.0, n=3, rng=np.random.default_rng(0))
+
+
+def test_rk45_hutchinson_trajectory_depends_on_the_probes_within_the_tolerance():
+    """With rk45 the probes' integrals enter solve_ivp's error norm (one RMS over all unknowns),
+    so the steps and the trajectory depend on the probes: the docs said they did not (a
+    review). Measured, full mixture d = 8, 50 points, OU 0 to 10, rtol = atol = 1e-5: the
+    endpoint moves 1.1e-5, 2.5e-5, 3.1e-5 from the exact run's with 1, 8, 64 Gaussian probes,
+    evaluations 80, 86, 92 against 80. Heun keeps the exact run's trajectory
+    (test_hutchinson_is_unbiased)."""
+    tgt = full_mixture(d=8)
+    x = tgt.sample(50, np.random.default_rng(0))
+    exact = log_prob(tgt, OU(), x, 0.0, 10.0)
+    moved, evaluations = [], []
+    for m in (1, 8, 64):
+        h = log_prob(tgt, OU(), x, 0.0, 10.0, divergence="hutchinson", probes="gaussian", n_probes=m,
+                     rng=np.random.default_rng(1))
+        moved.append(float(np.max(np.abs(h.endpoint - exact.endpoint))))
+        evaluations.append(h.n_evaluations)
+    assert exact.n_evaluations == 80 and evaluations == [80, 86, 92], (exact.n_evaluations, evaluations)
+    assert all(1e-6 < e < 5e-5 for e in moved), moved
+
+
+@pytest.mark.parametrize("d,probes,low,high", [(3, "gaussian", 0.77, 0.85), (6, "rademacher", 0.85, 0.91)])
+def test_coverage_of_the_standard_error_with_five_probes(d, probes, low, high):
+    """+-1.96 se with 5 probes covers about Student's t_4's 0.878 for Rademacher probes
+    (measured 0.879 in d = 6, 0.873 in d = 24), but Gaussian probes in low d cover less:
+    0.808 in d = 3 (a review; eps^T J eps is then skewed and its spread correlates with the
+    estimate). 1,500 points, Heun's 6 steps (the exact run's trajectory), the binomial
+    standard error of a coverage about 0.01."""
+    from scipy import stats
+
+    tgt = full_mixture(d=d)
+    x = tgt.sample(1500, np.random.default_rng(0))
+    kw = dict(solver="heun", n_steps=6)
+    exact = log_prob(tgt, OU(), x, 0.1, 3.0, **kw)
+    hut = log_prob(tgt, OU(), x, 0.1, 3.0, divergence="hutchinson", probes=probes, n_probes=5,
+                   rng=np.random.default_rng(1), **kw)
+    coverage = np.mean(np.abs(hut.log_q - exact.log_q) < 1.96 * hut.se)
+    assert low < coverage < high, coverage
+    t4 = 2 * stats.t.cdf(1.96, 4) - 1
+    assert (coverage < t4 - 0.03) == (probes == "gaussian"), (coverage, t4)
