@@ -33,6 +33,10 @@ __all__ = ["from_torch", "from_jax", "to_torch", "convert_score", "ModelScore", 
 
 TIMES = ("t", "timestep", "sigma")
 SIGNATURES = ("denoiser", "diffusers")
+# What a model computing in float16 or bfloat16 needs: the adapters take float32 or float64 only
+_HALF_PRECISION_FIX = ("only float32 and float64 are supported: run the model at float32 and cast inside it, "
+                       "e.g. lambda x, t: model(x.half(), t).float() (JAX: fn(x.astype(jnp.bfloat16), t)"
+                       ".astype(jnp.float32)), with dtype=float32")
 # A timestep within this of an integer is that integer: N t - 1 at t = (i + 1) / N may
 # round an ulp or so away from i (e.g. 1000 * 0.251 = 250.99999999999997).
 _TIMESTEP_ROUNDING = 1e-9
@@ -202,9 +206,11 @@ class ModelScore:
             raise ValueError(f"{label} shape {shape} at {where}; expected {xb.shape} "
                              f"(its {self.output} for each row of x)")
         if dtype != self.dtype.name:
-            raise ValueError(f"{label} dtype {dtype} for inputs of dtype {self.dtype} at {where}; "
-                             f"pass dtype={dtype} if the model computes in {dtype}, "
-                             "or make it return its input's dtype")
+            if dtype in ("float32", "float64"):
+                fix = f"pass dtype={dtype} if the model computes in {dtype}, or make it return its input's dtype"
+            else:  # float16, bfloat16, ...: no dtype= reaches them
+                fix = _HALF_PRECISION_FIX
+            raise ValueError(f"{label} dtype {dtype} for inputs of dtype {self.dtype} at {where}; {fix}")
         arr = to_numpy()
         if not np.all(np.isfinite(arr)):
             bad = int(np.count_nonzero(~np.isfinite(arr)))
@@ -248,7 +254,9 @@ def _numpy_dtype(dtype, name="dtype"):
         except TypeError:
             continue
     if dt not in FLOAT_DTYPES:
-        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}")
+        half = "float16" in str(dtype)  # float16, bfloat16 (NumPy, torch, JAX or by name)
+        raise ValueError(f"{name} must be float32 or float64, got {dtype!r}"
+                         + (f"; {_HALF_PRECISION_FIX}" if half else ""))
     return dt
 
 
@@ -341,8 +349,12 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         if len(found) > 1:
             raise ValueError(f"model {label!r} has parameters of several dtypes {sorted(map(str, found))}; "
                              "pass dtype= the one it computes in")
-        dtype = found.pop() if found else torch.get_default_dtype()
-    dt = _numpy_dtype(dtype)
+    if dtype is not None:
+        dt = _numpy_dtype(dtype)
+    elif found:
+        dt = _numpy_dtype(found.pop(), f"the dtype of model {label!r}'s parameters")
+    else:
+        dt = _numpy_dtype(torch.get_default_dtype(), "torch's default dtype")
     if device is None:
         device = tensors[0].device if tensors else torch.device("cpu")
     device = torch.device(device)

@@ -264,3 +264,21 @@ def test_time_log_snr_round_trip_any_time(process, u):
     if isinstance(process, VE):  # lambda(0) finite: see tests/test_processes.py
         tol += 4 * EPS * abs(process.log_snr(t)) / abs(2 * np.log(process.sigma_max / process.sigma_min))
     assert abs(back - t) <= tol
+
+
+def test_a_ddpm_timestep_passed_as_a_time_is_named():
+    """convert(v, x, 950, DDPM()): 950 is a diffusers timestep, whose time is (950 + 1) / N."""
+    x = np.ones((3, 2))
+    with pytest.raises(ValueError, match=r"^t must be <= 1\.0 \(the process's horizon T\), got max 950\.0; 950 looks "
+                                         r"like a diffusers timestep, not a time: timestep i is time \(i \+ 1\) / N, "
+                                         r"process\.time_of_timestep\(950\) = 0\.951$"):
+        convert(x, x, 950, DDPM(), "v", "eps")
+    with pytest.raises(ValueError, match=r"time_of_timestep\(36\) = 0\.74$"):  # N = 50; an array of timesteps
+        coefficients(np.array([0.5, 12, 36]), DDPM(num_train_timesteps=50), "eps", "score")
+    p = DDPM()
+    assert p.time_of_timestep(950) == 0.951
+    # not timesteps: no pointer
+    for t, process in [(1.5, DDPM()), (1000, DDPM()), (np.array([2.0, 950.5]), DDPM()), (950, VP())]:
+        with pytest.raises(ValueError, match=r"^t must be <= 1\.0 \(the process's horizon T\), got max [0-9.]+$"):
+            convert(np.ones((1 if np.ndim(t) == 0 else 2, 2)), np.ones((1 if np.ndim(t) == 0 else 2, 2)), t,
+                    process, "v", "eps")

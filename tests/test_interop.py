@@ -635,3 +635,29 @@ def test_energy_model_with_autograd(torch):
     np.testing.assert_allclose(s, target.score(x, t, OU()), rtol=1e-15, atol=1e-15)
     with pytest.raises(ValueError, match="autograd must be"):
         from_torch(score, OU(), autograd="yes")
+
+
+def test_half_precision_models_are_told_to_cast_not_to_pass_their_dtype(torch, jax):
+    """A model computing in float16 / bfloat16: the adapters take float32 or float64 only, so
+    the hint is to cast inside the model (not dtype=float16, which is refused), and that works."""
+    fix = r"only float32 and float64 are supported.*lambda x, t: model\(x\.half\(\), t\)\.float\(\)"
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"returned dtype float16 for inputs of dtype float32.*; " + fix) as info:
+        from_torch(lambda x, t: x.half(), DDPM())(x, 0.5)
+    assert "pass dtype=float16" not in str(info.value)
+    with pytest.raises(ValueError, match=r"returned dtype bfloat16 .*; " + fix):
+        from_torch(lambda x, t: x.bfloat16(), DDPM())(x, 0.5)
+    for dtype in (torch.float16, torch.bfloat16, "float16", np.float16):
+        with pytest.raises(ValueError, match=r"^dtype must be float32 or float64, got .*16.*; " + fix):
+            from_torch(lambda x, t: x, DDPM(), dtype=dtype)
+    with pytest.raises(ValueError, match=r"^dtype must be float32 or float64, got 'bfloat16'; " + fix):
+        from_jax(lambda x, t: x, DDPM(), dtype="bfloat16")
+    half = torch.nn.Linear(2, 2).half()
+    with pytest.raises(ValueError, match=r"^the dtype of model 'Linear''s parameters must be float32 or float64, "
+                                         r"got torch\.float16; " + fix):
+        from_torch(half, DDPM())
+    with pytest.raises(ValueError, match=r"^dtype must be float32 or float64, got 'int64'$"):  # no hint off 16 bits
+        from_torch(lambda x, t: x, DDPM(), dtype="int64")
+    # what the hint says to do: a float16 network at float32
+    ours = from_torch(lambda x, t: (-x.half()).float(), OU(), output="score", dtype=torch.float32)(x, 0.5)
+    assert ours.dtype == np.float32 and np.array_equal(ours, -x)

@@ -203,3 +203,58 @@ def test_karras_preconditioner_scalings_are_edm_conversions(kd, sigma_data):
     np.testing.assert_allclose(c_in, scale / sigma_data, rtol=4 * EPS, atol=0)
     np.testing.assert_allclose(c_skip, A * scale, rtol=1e-14, atol=0)
     np.testing.assert_allclose(c_out, -sigma_data * B, rtol=1e-14, atol=0)
+
+
+# -- which beta applies where: DDPM's f and g^2 at the timesteps' own times ------------------
+
+def _float32_rtol(beta):
+    """Relative precision of -log(1 - beta) from a float32 beta: 4 float32 ulps of beta
+    (diffusers' torch.linspace, squaring, cos arithmetic), scaled by d log rate / d log beta
+    = beta / ((1 - beta) rate) (1 for small beta, 145 at the cap 0.999)."""
+    rate = -np.log1p(-beta)
+    return 4 * 2.0**-23 * beta / ((1 - beta) * rate)
+
+
+@pytest.mark.parametrize("schedule, start, end, N", SCHEDULES[:3])
+def test_f_and_g2_at_a_timestep_hold_the_next_timesteps_beta(schedule, start, end, N):
+    """beta(t) = -N log(1 - beta_j) on [j/N, (j+1)/N), right-continuous: at timestep i's time
+    (i + 1)/N, g^2 = -2 f is diffusers' beta_{i+1}'s rate (beta_{N-1}'s at the last), just
+    below it beta_i's, and the integral over [t_{i-1}, t_i] is beta_i's (DDPM's own step).
+    diffusers' betas are float32: compared at float32's precision, which separates
+    neighbouring betas (they differ by >= 1e-3 relative) by three orders of magnitude."""
+    betas = _scheduler(schedule, start, end, N).betas.numpy().astype(np.float64)
+    rate, tol = -np.log1p(-betas), _float32_rtol(betas)
+    p = DDPM(schedule, start, end, N)
+    i = np.arange(N)
+    t = p.time_of_timestep(i)
+    assert np.array_equal(t * N, i + 1.0)  # at N = 1000 every timestep's time is its knot exactly
+    nxt = np.minimum(i + 1, N - 1)
+    for value in (p.g2(t) / N, -2 * p.f(t) / N, p.beta(t) / N):
+        assert np.all(np.abs(value / rate[nxt] - 1) <= tol[nxt])
+        assert np.all(np.abs(value[:-1] / rate[:-1] - 1) > 100 * tol[:-1])  # not timestep i's own
+    below = p.g2(t * (1 - 1e-12)) / N
+    assert np.all(np.abs(below / rate - 1) <= tol)
+    step = p.integrated_beta_between(t, np.append(0.0, t[:-1]))
+    assert np.all(np.abs(step / rate - 1) <= tol)
+    # the figures docs/conventions.md and the DDPM docstring quote
+    if schedule == "linear":
+        assert f"{p.g2(t[0]) / N:.4g}" == "0.0001199" and f"{rate[0]:.4g}" == "0.0001"
+    if schedule == "squaredcos_cap_v2":
+        assert f"{p.g2(t[998]) / N:.4g}" == "6.908" and f"{rate[998]:.4g}" == "1.386"
+
+
+def test_a_timestep_whose_time_rounds_below_its_knot_reads_its_own_beta():
+    """The step holding t is floor(N t) in float64. Where (i + 1)/N rounds so that N t_i falls
+    an ulp below i + 1 (at no timestep for N = 1000; at 28, 56 and 57 for N = 100; 5 of 999
+    for N = 999), g^2 there is beta_i's, not beta_{i+1}'s: the
+    right-continuity holds for the real knots, and the float64 time lies just left of one."""
+    p = DDPM("linear", 1e-4, 0.02, 100)
+    i = np.arange(100)
+    t = p.time_of_timestep(i)
+    rate = -np.log1p(-p.betas())
+    left = np.flatnonzero(t * 100 < i + 1)
+    assert left.tolist() == [28, 56, 57]
+    own = p.g2(t) / 100
+    np.testing.assert_allclose(own[left], rate[left], rtol=1e-14)
+    rest = np.setdiff1d(i[:-1], left)
+    np.testing.assert_allclose(own[rest], rate[rest + 1], rtol=1e-14)

@@ -811,3 +811,24 @@ def test_alphas_cumprod_option():
         with pytest.raises(ValueError) as err:
             R.ddim(s, args["process"], args["grid"], x, alphas_cumprod=args["alphas_cumprod"])
         assert pattern in str(err.value), str(err.value)
+
+
+def test_a_grid_of_ddpm_timesteps_is_named():
+    """compare_sampler(..., DDPM(), ddim_timesteps(10), ...) and every replay: the grid is
+    diffusers' timesteps, and timestep_grid makes it sgm_ref's times."""
+    from sgm_ref import compare_sampler
+
+    message = (r"^grid must start at T <= 1\.0 for DDPM\(.*\), got 900\.0; 900 looks like a diffusers timestep, "
+               r"not a time: a grid of timesteps is sgm_ref\.replays\.timestep_grid\(process, timesteps\)")
+    timesteps = R.ddim_timesteps(10)
+    with pytest.raises(ValueError, match=message):
+        compare_sampler(lambda score, grid, x, noises: None, "ddim", DDPM(), timesteps,
+                        ([1.0, -1.0], [[0.25, 0.0], [0.0, 0.5]]), 10, np.random.default_rng(0))
+    for replay in (R.ddim, R.ddpm_ancestral, R.euler_maruyama, R.karras_euler):
+        with pytest.raises(ValueError, match=message):
+            replay(lambda x, t: -x, DDPM(), timesteps, np.ones((3, 2)), np.random.default_rng(0))
+    grid = R.timestep_grid(DDPM(), timesteps)  # the fix works
+    assert grid[0] == 0.901 and grid[-1] == 0.0
+    R.ddim(lambda x, t: -x, DDPM(), grid, np.ones((3, 2)))
+    with pytest.raises(ValueError, match=r"^grid must start at T <= 1\.0 for DDPM\(.*\), got 1\.5$"):
+        R.ddim(lambda x, t: -x, DDPM(), [1.5, 0.5, 0.0], np.ones((3, 2)))  # not a timestep: no pointer

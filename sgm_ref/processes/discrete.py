@@ -14,6 +14,31 @@ is the VP SDE whose beta is constant on each step: beta(t) = -N log(1 - beta_j) 
 t in [j/N, (j+1)/N). Then alpha_{t_i}^2 = alphas_cumprod[i] and the SDE's transition over
 one step is exactly DDPM's q(x_i | x_{i-1}) = N(sqrt(1 - beta_i) x_{i-1}, beta_i I); t = 0
 is the data. timestep_of_time is the inverse map, N t - 1, fractional between knots.
+
+Which beta applies where. With r_j = -log(1 - beta_j), beta(t) = g^2(t) = -2 f(t) = N r_j
+on [j/N, (j+1)/N): right-continuous, so at a knot it is already the next step's. Timestep
+i's own time t_i = (i + 1) / N is the knot that opens step i + 1, and
+
+    g2(t_i) = -2 f(t_i) = N r_{i+1}   (i < N - 1; the last, t = 1, keeps N r_{N-1})
+    g2(t_i - 0)          = N r_i      (the limit from below: timestep i's own beta)
+
+The step of t is floor(N t) computed in float64: at N = 1000 every time_of_timestep(i) is
+its knot exactly (N t_i = i + 1), but for some N the rounded (i + 1) / N times N falls an
+ulp below i + 1 and g^2 there is N r_i (N = 100: timesteps 28, 56 and 57; N = 999: 5 of
+them). E.g. DDPM("linear") at timestep 0: g2 / N = -log(1 - beta_1) = 1.199e-4, not
+-log(1 - beta_0) = 1.000e-4; "squaredcos_cap_v2" at timestep 998: 6.908 (the capped
+beta_999 = 0.999), not 1.386 (tests/test_peers_schedules.py pins this against diffusers'
+betas). Nothing integrated sees the difference: alpha, sigma, integrated_beta_between and
+every transition over [t_{i-1}, t_i] integrate N r_i exactly, so sgm_ref's samplers and the
+replays ddpm_ancestral, ddim and reverse_diffusion are DDPM's own steps. Only a scheme that
+reads f or g^2 at a point does: textbook Euler–Maruyama (sgm_ref.replays.euler_maruyama,
+score_sde's predictor) on a timestep grid freezes f and g^2 at the step's upper end t_i,
+where they are beta_{i+1}'s, the rate of the step just above the interval it crosses
+(whose top step, [i/N, t_i), has beta_i). On
+"squaredcos_cap_v2", Gaussian target N((1, -1), diag(0.25, 0.5)), "trailing" timesteps
+then the data, the exact KL of its output law to the target is 4.0e-6 over 1000 steps
+(2.9e-6 with the left-continuous beta, times a rounding below the knots) and 1.13e-4
+over 100 steps (1.02e-4): an O(1/N) difference of the scheme, not an error of the process.
 """
 
 import math
@@ -44,6 +69,11 @@ class DDPM(VariancePreserving):
     -----
     alphas_cumprod() is exp(cumsum(log1p(-beta))) in float64 from float64 betas;
     diffusers_alphas_cumprod() reproduces diffusers' own float32 constants bit for bit.
+
+    f(t) = -beta(t) / 2 and g^2(t) = beta(t) = -N log(1 - beta_j) for t in [j/N, (j+1)/N),
+    j = floor(N t) (t = 1 in the last step): right-continuous, so at timestep i's time
+    (i + 1) / N they hold beta_{i+1}'s rate, and beta_i's only just below it (module
+    docstring: what that does to Euler–Maruyama on a timestep grid).
     """
 
     beta_schedule: str = "linear"
@@ -146,6 +176,34 @@ class DDPM(VariancePreserving):
             raise ValueError(f"timestep must lie in 0..{self.num_train_timesteps - 1}, got {i!r}")
         return self._out((arr.astype(np.float64) + 1.0) / self.num_train_timesteps)
 
+    def _times(self, t, n=None, name="t"):
+        try:
+            return super()._times(t, n=n, name=name)
+        except ValueError as e:
+            hint = self._timestep_hint(t) if str(e).startswith(f"{name} must be <= ") else ""
+            if not hint:
+                raise
+            raise ValueError(f"{e}; {hint}") from None
+
+    def _timestep_hint(self, values, grid=False):
+        """A pointer to time_of_timestep (timestep_grid for a grid) when every value above
+        t_max = 1 is an integer timestep, at most N - 1 (diffusers' timesteps passed as
+        times), else "". values: scalar or array-like of any shape."""
+        try:
+            arr = np.asarray(values, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            return ""
+        big = arr[np.isfinite(arr) & (arr > self.t_max)]
+        if big.size == 0 or np.any(big != np.round(big)) or np.any(big > self.num_train_timesteps - 1):
+            return ""
+        i = int(big.max())
+        if grid:
+            return (f"{i} looks like a diffusers timestep, not a time: a grid of timesteps is "
+                    "sgm_ref.replays.timestep_grid(process, timesteps), times (i + 1) / N then the data t = 0 "
+                    "(e.g. timestep_grid(process, ddim_timesteps(n)))")
+        return (f"{i} looks like a diffusers timestep, not a time: timestep i is time (i + 1) / N, "
+                f"process.time_of_timestep({i}) = {(i + 1) / self.num_train_timesteps!r}")
+
     def timestep_of_time(self, t):
         """N t - 1: the (fractional) timestep of time t; integer i exactly at t = t_i."""
         return self._out(self._times(t) * self.num_train_timesteps - 1.0)
@@ -153,7 +211,11 @@ class DDPM(VariancePreserving):
     # -- the piecewise-constant beta -----------------------------------------------------
 
     def _step(self, t):
-        """Index j of the step [j/N, (j+1)/N) holding t (the last step holds t = 1)."""
+        """Index j = floor(N t) of the step [j/N, (j+1)/N) holding t (the last step holds t = 1).
+
+        t (n,) float64 -> (n,) int64. A knot t = (i + 1) / N (timestep i) belongs to step
+        i + 1: beta, f and g^2 there are beta_{i+1}'s (right-continuous; module docstring).
+        """
         return np.minimum(np.floor(t * self.num_train_timesteps).astype(np.int64), self.num_train_timesteps - 1)
 
     def _beta(self, t):

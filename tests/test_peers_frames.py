@@ -1,0 +1,162 @@
+"""diffusers' sigma-based schedulers against the replays, in the frames docs/peers.md states.
+
+diffusers reads a DDPM schedule at EDM noise levels sigma but keeps the variance-preserving
+frame alpha = 1 / sqrt(1 + sigma^2): its v_prediction is EDM's v times alpha, and
+DPMSolverMultistepScheduler's sample is alpha x. docs/peers.md's section "diffusers' VP
+frame" gives the recipe as one code block; it is run here as written, against the installed
+diffusers (float32 schedules: MATCH at 64 float32 roundings per step), and then with alpha
+replaced by 1 (the recipe as it read before, EDM's v and EDM's x), which parts from the
+replays at step 0. Also: EulerDiscreteScheduler(final_sigmas_type="sigma_min") repeats its
+last sigma, a step that leaves diffusers' sample unchanged but for its rounding to float32;
+the replays name that cause.
+
+diffusers follows SGM_REF_REQUIRE_PEERS (tests/_peers.py).
+"""
+
+import re
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from _peers import peer
+
+from sgm_ref import EDM, compare_sampler
+from sgm_ref.conventions import convert
+from sgm_ref.replays import dpmpp_2m, karras_euler, karras_heun
+from sgm_ref.samplers import euler_maruyama
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = ([1.0, -1.0], [[0.25, 0.0], [0.0, 0.5]])
+FLOAT32 = 64 * 2**-23
+
+
+def _frame_block():
+    """The indented code block of docs/peers.md's section on diffusers' VP frame, dedented."""
+    text = (ROOT / "docs" / "peers.md").read_text(encoding="utf-8")
+    section = re.split(r"^## ", text, flags=re.M)
+    body = next(part for part in section if part.startswith("diffusers' VP frame"))
+    lines = body.splitlines()
+    first = next(k for k, line in enumerate(lines) if line.startswith("    import numpy"))
+    last = max(k for k, line in enumerate(lines) if line.startswith("    "))
+    block = lines[first:last + 1]
+    assert all(line == "" or line.startswith("    ") for line in block)  # one code block
+    return textwrap.dedent("\n".join(block))
+
+
+@pytest.fixture(scope="module")
+def frame_page():
+    """The block run as written (each comparison asserts its MATCH); its namespace."""
+    peer("torch")
+    peer("diffusers")
+    namespace = {}
+    exec(compile(_frame_block(), "docs/peers.md", "exec"), namespace)
+    return namespace
+
+
+def _sigmas(cls, **config):
+    sched = cls(**config)
+    sched.set_timesteps(20)
+    return sched.sigmas.numpy().astype(np.float64)
+
+
+def test_euler_v_prediction_matches_in_the_vp_frame(frame_page):
+    diffusers = peer("diffusers")
+    sigmas = _sigmas(diffusers.EulerDiscreteScheduler, prediction_type="v_prediction")
+    ns = frame_page
+    result = compare_sampler(ns["euler_v_loop"], "karras_euler", EDM(), sigmas, TARGET, 200,
+                             np.random.default_rng(1), rtol=FLOAT32)
+    assert result.matches, result.text()
+    # alpha is what makes it: EDM's v (the recipe before) parts at step 0
+    vp = ns["vp"]
+    ns["vp"] = lambda sigma: 1.0
+    try:
+        result = compare_sampler(ns["euler_v_loop"], "karras_euler", EDM(), sigmas, TARGET, 200,
+                                 np.random.default_rng(1), rtol=FLOAT32)
+    finally:
+        ns["vp"] = vp
+    assert not result.matches and result.first_divergence == 0
+
+
+@pytest.mark.parametrize("config", [{}, {"use_karras_sigmas": True},
+                                    {"use_karras_sigmas": True, "lower_order_final": False}])
+def test_dpm_solver_matches_with_its_sample_in_the_vp_frame(frame_page, config):
+    diffusers = peer("diffusers")
+    sigmas = _sigmas(diffusers.DPMSolverMultistepScheduler, **config)
+    ns = frame_page
+    result = compare_sampler(ns["dpm_loop"](**config), "dpmpp_2m", EDM(), sigmas, TARGET, 200,
+                             np.random.default_rng(1), rtol=FLOAT32)
+    assert result.matches, result.text()
+    vp = ns["vp"]
+    ns["vp"] = lambda sigma: 1.0  # EDM's x handed to it as its sample (the recipe before)
+    try:
+        result = compare_sampler(ns["dpm_loop"](**config), "dpmpp_2m", EDM(), sigmas, TARGET, 200,
+                                 np.random.default_rng(1), rtol=FLOAT32)
+    finally:
+        ns["vp"] = vp
+    assert not result.matches and result.first_divergence == 0
+
+
+def test_dpm_solver_v_prediction_is_the_vp_v_on_the_vp_sample(frame_page):
+    """Both frames at once: DPMSolverMultistepScheduler(prediction_type="v_prediction") on
+    x_VP, given EDM's v times alpha, matches DPM-Solver++(2M)."""
+    torch, diffusers = peer("torch"), peer("diffusers")
+    vp, edm = frame_page["vp"], EDM()
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.DPMSolverMultistepScheduler(prediction_type="v_prediction", use_karras_sigmas=True)
+        sched.set_timesteps(len(grid) - 1)
+        y, path = torch.from_numpy(x * vp(grid[0])), [x.copy()]
+        for k, timestep in enumerate(sched.timesteps):
+            sigma = np.full(len(x), grid[k])
+            x_edm = y.numpy() / vp(grid[k])
+            v = convert(score(x_edm, sigma), x_edm, sigma, edm, from_="score", to="v") * vp(grid[k])
+            y = sched.step(torch.from_numpy(v), timestep, y).prev_sample
+            path.append(y.numpy() / vp(grid[k + 1]))
+        return np.stack(path)
+
+    sigmas = _sigmas(diffusers.DPMSolverMultistepScheduler, prediction_type="v_prediction", use_karras_sigmas=True)
+    result = compare_sampler(loop, "dpmpp_2m", edm, sigmas, TARGET, 200, np.random.default_rng(1), rtol=FLOAT32)
+    assert result.matches, result.text()
+
+
+# -- final_sigmas_type="sigma_min": a repeated last sigma -----------------------------------------
+
+@pytest.mark.parametrize("config", [{"timestep_spacing": "linspace"}, {"timestep_spacing": "leading"},
+                                    {"timestep_spacing": "linspace", "use_karras_sigmas": True}])
+def test_sigma_min_final_step_is_a_no_op_and_the_grid_drops_it(config):
+    torch, diffusers = peer("torch"), peer("diffusers")
+    config = {"final_sigmas_type": "sigma_min", **config}
+    sigmas = _sigmas(diffusers.EulerDiscreteScheduler, **config)
+    assert sigmas[-1] == sigmas[-2] > 0  # diffusers repeats sigma_min
+    edm, runs = EDM(), []
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.EulerDiscreteScheduler(**config)
+        sched.set_timesteps(20)
+        sched.is_scale_input_called = True
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for k, timestep in enumerate(sched.timesteps):
+            sigma = np.full(len(x), float(sched.sigmas[k]))
+            eps = convert(score(y.numpy(), sigma), y.numpy(), sigma, edm, from_="score", to="eps")
+            y = sched.step(torch.from_numpy(eps), timestep, y).prev_sample
+            path.append(y.numpy().copy())
+        runs.append(np.stack(path))
+        return runs[-1][:-1]  # the repeated last state dropped
+
+    result = compare_sampler(loop, "karras_euler", edm, sigmas[:-1], TARGET, 200, np.random.default_rng(1),
+                             rtol=FLOAT32)
+    assert result.matches, result.text()
+    # diffusers' own last step: dt = 0, the sample back as it was but rounded to float32 (its
+    # step computes in float32: `sample.to(torch.float32)`), 2^-24 relative at most
+    assert runs and all(np.array_equal(path[-1], path[-2].astype(np.float32).astype(np.float64)) for path in runs)
+    # the whole grid is refused with the cause and the fix named, by every replay and sgm_ref's samplers
+    message = r"grid\[19\] = 0\.0100013\d* == grid\[20\]: .*final_sigmas_type=\"sigma_min\".*grid\[:-1\].*dt = 0"
+    x = np.ones((3, 2))
+    for replay in (karras_euler, karras_heun, dpmpp_2m):
+        with pytest.raises(ValueError, match=message):
+            replay(lambda x, t: -x, edm, sigmas, x)
+    with pytest.raises(ValueError, match=message):
+        compare_sampler(loop, "karras_euler", edm, sigmas, TARGET, 10, np.random.default_rng(1))
+    with pytest.raises(ValueError, match=message):
+        euler_maruyama(lambda x, t: -x, edm, sigmas, x, np.random.default_rng(0))
