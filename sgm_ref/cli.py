@@ -799,10 +799,11 @@ _FRACTIONAL_TIMESTEP_NOTE = (
 
 
 def cmd_audit(args):
-    from ._validation import check_count, check_time_range
+    from ._validation import check_count
     from .evaluation import bound_text, json_ready, non_finite_notes, score_report
-    from .interop import ModelError, convert_score
-    from .processes import DDPM, OU, check_process, convert_time, to_spec
+    from .interop import ModelError
+    from .metrics.score_error import _check_time_range as _score_time_range
+    from .processes import DDPM, VariancePreserving, check_process, to_spec
     from .targets.spec import from_spec, to_record
 
     target = from_spec(args.target)
@@ -850,18 +851,16 @@ def cmd_audit(args):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
     else:
         score = _numpy_score(loaded, args.score, process, args.output, args.time)
-    native_score = score  # on the model's own process and time (the likelihood needs no conversion)
-
-    # The metrics measure on the processes they accept; any other process is audited through
-    # OU at equal log-SNR (the same p_t), and the profile converted back to its own time and x.
-    try:
-        check_process(process)
-        audited, t0, T_audited = process, args.t0, T
-    except ValueError:
-        audited = OU()
-        score = convert_score(score, process, audited)
-        t0, T_audited = (float(convert_time(v, process, audited)[0]) for v in (args.t0, T))
-        check_time_range(t0, T_audited, audited)
+    # Measured on the model's own process, in its own time and x: the profile, the integral and
+    # the bound of the sampler it drives there (sgm_ref.samplers on that process, started from
+    # N(0, v_T I)). Every process of sgm_ref is accepted by the metrics; earlier versions went
+    # through OU at equal log-SNR for VE, EDM, SubVP and flow, and bounded OU's sampler instead.
+    audited = check_process(process, "--process", variance_preserving=False)
+    t0, T_audited = _score_time_range(args.t0, T, audited)
+    if args.sampler == "residual_exponential" and not isinstance(audited, VariancePreserving):
+        raise ValueError(f"--sampler residual_exponential runs on a variance-preserving --process only (ou, vp, "
+                         f"vpcosine, ddpm), as sgm_ref.samplers; got --process {args.process}: use euler_maruyama "
+                         "or exponential")
     try:
         report = score_report(score, target, audited, t0=t0, T=T_audited, method=args.sampler, grid=args.grid,
                               n_steps=args.n_steps, rng=np.random.default_rng(args.seed), profile_n=args.profile_n,
@@ -873,27 +872,12 @@ def cmd_audit(args):
         raise _UserCodeError(f"--score {args.score} {_what_it_did(e)}", e) from None
 
     se = report["score_error"]
-    via = None
-    if audited is not process:
-        # error^P(u) = error^OU(t) / c^2 with (u, c) = convert_time(t, OU, P): s^OU(y) = c s^P(c y, u)
-        u, c = convert_time(np.asarray(se["t"]), audited, process)
-        c2 = np.asarray(c) ** 2
-        via = {"process": audited.to_dict(), "t0": t0, "T": T_audited, "t": list(se["t"]),
-               "integral": se["integral"], "note": "profile converted to the model's process: t its time of equal "
-               "log-SNR, errors divided by c^2 (x_OU = x / c); the integral and the TV bound are those of the "
-               "equivalent OU process"}
-        u = np.asarray(u, dtype=np.float64).copy()
-        u[0], u[-1] = args.t0, T  # the profile's ends are these times exactly (OU's came from them)
-        for profile in (se, report["floor"]["score_error"]):
-            profile["t"] = u.tolist()
-            for key in ("error", "standard_error", "oracle_mean_square"):
-                profile[key] = (np.asarray(profile[key], dtype=np.float64) / c2).tolist()
     report = {"score": args.score, "target": args.target, "target_definition": to_record(target),
               "process": process.to_dict(), "process_spec": to_spec(process), "output": args.output,
               "time": args.time, "dtype": dtype.name, "t0": args.t0, "T": T, "seed": args.seed,
               "profile_n": args.profile_n, "bound_n": args.bound_n,
               "sampler": {"method": args.sampler, "grid": args.grid, "n_steps": args.n_steps},
-              **({"audited_as": via} if via is not None else {}), **report}
+              **report}
     if args.time == "timestep":
         report["time_note"] = _FRACTIONAL_TIMESTEP_NOTE
     if tolerance is not None:
@@ -904,10 +888,6 @@ def cmd_audit(args):
     _say(f"score {args.score}{convention} against the exact score of {args.target} (d = {target.dim}), {process!r}")
     if args.time == "timestep":
         _say(f"note: {_FRACTIONAL_TIMESTEP_NOTE}")
-    if via is not None:
-        _say(f"measured on the equivalent {audited!r} (same p_t at equal log-SNR): times below are {process!r}'s "
-             f"converted from OU's, errors in its x; the integral and the TV bound are OU's, over OU time "
-             f"[{t0:.4g}, {T_audited:.4g}]")
     # the exact score's column: the floor of the same estimator on the same draws
     checked = report.get("tolerance")
     _say("       t      E|s - grad log p_t|^2     relative   exact score" + ("    allowed" if checked else ""))
@@ -921,11 +901,11 @@ def cmd_audit(args):
         else:
             _say(f"{t:10.4g}   {'overflows float64':>24}   {'':9}{floor}{verdict}")
     integral, f_integral = se["integral"], fse["integral"]
-    _say(f"integral over [{t0:g}, {T_audited:g}]{' (OU time)' if via is not None else ''}: " + (
+    _say(f"integral over [{t0:g}, {T_audited:g}]: " + (
         f"{integral['value']:.4g} ± {integral['standard_error']:.2g}" if np.isfinite(integral["value"])
         else "overflows float64") + f" (exact score: {_pm_short(f_integral['value'], f_integral['standard_error'])})")
     path_kl = f"{b['kl_path']:.3g}" if np.isfinite(b["kl_path"]) else "overflows float64"
-    _say(f"certified TV bound for {args.sampler}{' on OU' if via is not None else ''}, {args.n_steps} {args.grid} "
+    _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} "
          f"steps: {bound_text(b)} (early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, "
          f"path KL {path_kl})")
     excess = (f"the model adds path KL {b['kl_path'] - fb['kl_path']:.3g}" if np.isfinite(b["kl_path"])
@@ -937,7 +917,7 @@ def cmd_audit(args):
     if nll:
         from .likelihood import nll_lines, nll_report
         # its own stream (seed, 15: the issue), so the figures above stay those of earlier versions
-        report["likelihood"] = nll_report(native_score, target, process, t0=args.t0, T=T, n=nll,
+        report["likelihood"] = nll_report(score, target, process, t0=args.t0, T=T, n=nll,
                                           rng=np.random.default_rng([args.seed, 15]), divergence="hutchinson")
         for line in nll_lines(report["likelihood"]):
             _say(line)

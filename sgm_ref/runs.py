@@ -14,9 +14,11 @@
 
 Every file is written atomically (a temporary file renamed onto its name), so a killed
 run leaves complete files only. Randomness comes from one seed:
-SeedSequence(seed).spawn(5) gives independent streams for the training data, the
-initialisation, training, sampling and evaluation, so re-sampling or re-evaluating never
-changes the model and each stage is reproducible by itself. Training resumed from a
+SeedSequence(seed).spawn(6) gives independent streams for the training data, the
+initialisation, training, sampling, evaluation and the evaluation's exact-sample floor of
+the sliced Wasserstein distances (a child's stream does not depend on how many are
+spawned: the sixth left the first five as they were), so re-sampling or re-evaluating
+never changes the model and each stage is reproducible by itself. Training resumed from a
 checkpoint ends with the same bits as an uninterrupted run on the same thread counts (the
 checkpoint records them; a resume with others says so: sums split across threads round
 differently).
@@ -71,7 +73,7 @@ _EVALUATION_FILES = ("report.json", "report.md", "samples.png", "loss.png", "sco
 # keys of config.json besides the sections of DEFAULTS
 _HEADER_KEYS = ("format", "version", "sgm_ref", "environment")
 
-_STREAMS = ("data", "init", "train", "sample", "evaluate")
+_STREAMS = ("data", "init", "train", "sample", "evaluate", "sliced floor")
 _MAX_STEPS = 2**53
 
 # The defaults reach a histogram TV of ~0.03 on the ring in about 10 s of training.

@@ -141,16 +141,18 @@ def test_numpy_denoiser_under_edm_sigma(folder):
                            "--time", "sigma")
     relative = np.array(report["score_error"]["relative"])
     assert np.all(relative < 1e-12), relative
-    # measured through OU at equal log-SNR, shown in EDM's own times (sigma) from t0 to EDM's T = 80
-    assert report["audited_as"]["process"] == {"name": "OU"}
+    # measured on EDM itself, in its own times (sigma) from t0 to EDM's T = 80 (it was measured
+    # through OU at equal log-SNR, with the bound of OU's sampler: tests/test_audit_processes.py)
+    assert "audited_as" not in report
     assert report["score_error"]["t"][0] == 0.001 and report["score_error"]["t"][-1] == 80.0
     assert report["T"] == 80.0 and report["process"]["name"] == "EDM"
-    assert "measured on the equivalent OU()" in result.stdout
+    assert "equivalent OU" not in result.stdout and "integral over [0.001, 80]:" in result.stdout
 
 
-def test_profile_converted_back_from_ou_is_the_model_s_own_error(folder):
-    """A non-VP process's profile, divided back by c^2, equals the error in its own x: a
-    denoiser off by a constant delta has E|s - grad log p|^2 = |delta|^2 / sigma^4 under EDM."""
+def test_profile_on_a_non_vp_process_is_the_model_s_own_error(folder):
+    """A non-VP process's profile is the error in its own x (measured there; it was measured
+    through OU and divided back by c^2): a denoiser off by a constant delta has
+    E|s - grad log p|^2 = |delta|^2 / sigma^4 under EDM."""
     (folder / "shifted.py").write_text("import numpy as np\nfrom models import denoiser\n\n"
                                        "def f(x, sigma):\n    return denoiser(x, sigma) + np.array([0.3, -0.4])\n")
     _, report = audit(folder, "--score", "shifted:f", "--process", "edm", "--output", "x0", "--time", "sigma")

@@ -645,3 +645,135 @@ def test_histogram_bins_beyond_memory_are_named():
         D.histogram_tv(x, g, 2**62)
     with pytest.raises(ValueError, match=r"^bins = \[5, 2147483648\] asks for .* GiB .* memory; lower bins$"):
         D.histogram_tv(x, g, [5, 2**31])
+
+
+# -- histogram TV: product mixtures and the sum check (a review of the metrics) ----------------
+
+
+def test_histogram_tv_resolves_a_narrow_component_of_a_product_mixture():
+    """A ProductMixture's narrowest component sets the quadrature's scale, as a GaussianMixture's:
+    with weights [.5, .5], means [-1, 1], stds [1, .001] the masses summed to 0.5 (the spike
+    between the nodes of both rules, quadrature_error 4e-52) and TV was 0.51 with no warning."""
+    from sgm_ref.targets import ProductMixture
+
+    p = ProductMixture([[0.5, 0.5]], [[-1.0, 1.0]], [[1.0, 0.001]])
+    r = D.histogram_tv(p.sample(10000, np.random.default_rng(0)), p, bins=20)
+    exact = mixture_masses_1d(r.edges[0], [0.5, 0.5], [-1.0, 1.0], [1.0, 0.001])
+    np.testing.assert_allclose(r.target_mass, exact, rtol=0, atol=1e-13)
+    assert abs(r.target_outside - (1.0 - exact.sum())) < 1e-13
+    assert r.value < 0.02  # an exact sample: near its expected bias, not 0.5
+
+
+def test_histogram_tv_of_a_2d_product_mixture_matches_products_of_cdfs():
+    """Zero-weight components do not set the scale; the 2-D masses are products of 1-D ones."""
+    from sgm_ref.targets import ProductMixture
+
+    w = np.array([[0.3, 0.7], [1.0, 0.0]])
+    mu = np.array([[-1.0, 1.2], [0.5, 0.0]])
+    sd = np.array([[0.8, 0.02], [1.3, 1e-9]])  # the 1e-9 component has weight 0
+    p = ProductMixture(w, mu, sd)
+    r = D.histogram_tv(p.sample(500, np.random.default_rng(1)), p, bins=(7, 6), range=((-3.0, 3.0), (-4.0, 4.5)))
+    m0 = mixture_masses_1d(r.edges[0], w[0], mu[0], sd[0])
+    m1 = mixture_masses_1d(r.edges[1], w[1], mu[1], sd[1])
+    np.testing.assert_allclose(r.target_mass, np.outer(m0, m1), rtol=0, atol=1e-13)
+
+
+def test_histogram_tv_refuses_a_product_mixture_too_narrow_for_its_bins():
+    """The review's d = 2 case: target mass 3.8e-102, TV 1.0, no warning; now refused by name."""
+    from sgm_ref.targets.spec import from_spec
+
+    t = from_spec("product:d=2,shift=1.5,std=0.001")
+    x = t.sample(10000, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"narrowest component \(std 0\.001\) is too narrow .* fewer bins"):
+        D.histogram_tv(x, t, bins=20)
+
+
+class Inflated(Wrapped):
+    """A density integrating to 1.01: log_prob + log 1.01."""
+
+    def log_prob(self, x):
+        return self.m.log_prob(x) + np.log(1.01)
+
+
+def test_histogram_tv_refuses_bin_masses_summing_beyond_one():
+    """An unnormalised log_prob gave an outside cell of -0.01, clipped to 0 for the bias in silence."""
+    g = mixture_1d()
+    x = g.sample(100, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"bin masses sum to 1\.01, beyond 1 \+ .*normalised log-density"):
+        D.histogram_tv(x, Inflated(g), bins=10)
+    # the same density normalised: accepted, its masses as scipy's
+    r = D.histogram_tv(x, Wrapped(g), bins=10)
+    exact = mixture_masses_1d(r.edges[0], [0.3, 0.7], [-1.0, 2.0], [0.5, 1.0])
+    np.testing.assert_allclose(r.target_mass, exact, rtol=0, atol=1e-13)
+
+
+def test_histogram_tv_accepts_a_monte_carlo_normaliser_within_its_error():
+    """A TiltedGaussian's log_prob carries its estimated normaliser: its masses may sum a few
+    log_normaliser_se above 1, which the check allows (f = 0: the masses are N(0, 1)'s, times
+    Z / Z_hat = 1 exactly as every draw weighs 1)."""
+    from sgm_ref.targets import TiltedGaussian
+
+    t = TiltedGaussian(lambda x: np.zeros(x.shape[0]), lambda x: np.zeros_like(x), 1, f_max=0.0,
+                       rng=np.random.default_rng(0), n_mc=64, n_normaliser=64)
+    x = np.random.default_rng(1).standard_normal((200, 1))
+    r = D.histogram_tv(x, t, bins=8, range=(-3.0, 3.0))
+    np.testing.assert_allclose(r.target_mass, np.diff(norm.cdf(r.edges[0])), rtol=0, atol=1e-13)
+
+
+# -- moments of tiny samples (a review of the metrics) -----------------------------------------
+
+
+def _mp_mean_error(x, m):
+    """|xbar - m| and the delta-method SE sqrt(u^T S u / n), in 40-digit mpmath from the floats."""
+    import mpmath as mp
+
+    with mp.workdps(40):
+        n, d = x.shape
+        rows = [[mp.mpf(float(v)) for v in row] for row in x]
+        xbar = [mp.fsum(r[j] for r in rows) / n for j in range(d)]
+        diff = [xbar[j] - mp.mpf(float(m[j])) for j in range(d)]
+        value = mp.sqrt(mp.fsum(v * v for v in diff))
+        u = [v / value for v in diff]
+        proj = [mp.fsum((r[j] - xbar[j]) * u[j] for j in range(d)) for r in rows]
+        pbar = mp.fsum(proj) / n
+        se = mp.sqrt(mp.fsum((p - pbar) ** 2 for p in proj) / (n - 1) / n)
+        return float(value), float(se)
+
+
+def _mp_covariance_error(x, sigma):
+    """||S - Sigma||_F (S unbiased) in 40-digit mpmath from the floats."""
+    import mpmath as mp
+
+    with mp.workdps(40):
+        n, d = x.shape
+        rows = [[mp.mpf(float(v)) for v in row] for row in x]
+        xbar = [mp.fsum(r[j] for r in rows) / n for j in range(d)]
+        S = [[mp.fsum((r[i] - xbar[i]) * (r[j] - xbar[j]) for r in rows) / (n - 1) for j in range(d)]
+             for i in range(d)]
+        return float(mp.sqrt(mp.fsum((S[i][j] - mp.mpf(float(sigma[i, j]))) ** 2 for i in range(d) for j in range(d))))
+
+
+@pytest.mark.parametrize("scale", [1e-160, 1e-170, 1e-300])
+def test_mean_error_of_a_tiny_sample_does_not_underflow(scale):
+    """Entries of 1e-170 gave Estimate(0.0, 0.0) where the error is 1.04e-171; 1e-160 was 8e-4 off."""
+    g = GaussianMixture([1.0], [[0.0, 0.0]], [[[1.0, 0.3], [0.3, 2.0]]])
+    x = np.random.default_rng(0).normal(size=(100, 2)) * scale
+    value, se = D.mean_error(x, g)
+    ref_value, ref_se = _mp_mean_error(x, g.mean())
+    assert value == pytest.approx(ref_value, rel=1e-13, abs=0)
+    assert se == pytest.approx(ref_se, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("scale", [1e-80, 1e-100, 1e-140])
+def test_covariance_error_of_a_tiny_sample_does_not_underflow(scale):
+    """x of 1e-100 against Sigma of 1e-200 gave exactly 0 (the squared errors, ~1e-400, underflowed)."""
+    cov = np.array([[1.0, 0.3], [0.3, 2.0]]) * scale**2
+    g = GaussianMixture([1.0], [[0.0, 0.0]], [cov])
+    x = np.random.default_rng(0).normal(size=(100, 2)) * scale
+    value, se = D.covariance_error(x, g)
+    assert value == pytest.approx(_mp_covariance_error(x, g.covariance()), rel=1e-12, abs=0)
+    assert se > 0 and np.isfinite(se)
+    # the SE scales exactly: the same as the unscaled sample's times scale^2 (x * scale is rounded,
+    # so to the relative accuracy of that rounding, a few ulps)
+    _, se_one = D.covariance_error(x / scale, GaussianMixture([1.0], [[0.0, 0.0]], [cov / scale**2]))
+    assert se == pytest.approx(se_one * scale**2, rel=1e-9, abs=0)

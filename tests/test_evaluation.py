@@ -313,3 +313,103 @@ def test_a_damaged_history_is_a_run_error(tmp_path, sampled_run, loss):
     (run / "history.json").write_text('{"loss": ' + loss + "}")
     with pytest.raises(RunError, match="history.json is (damaged|missing or unreadable)"):
         evaluate_run(run, plots=False)
+
+
+# -- the sliced-Wasserstein floor (a review of the metrics) -------------------------------------
+
+
+def test_sliced_wasserstein_floor_is_drawn_after_everything_else():
+    """floor=True adds the floor and changes no other figure: the other entries equal floor=False's,
+    and the floor is 4 fresh exact samples against the same reference, from rng where floor=False
+    left it (each its sample, then its SW_1 and SW_2 projections)."""
+    from sgm_ref.metrics import sliced_wasserstein
+
+    g = GaussianMixture.ring()
+    x = g.sample(400, np.random.default_rng(5))
+    plain_rng, floor_rng = np.random.default_rng(1), np.random.default_rng(1)
+    reference = g.sample(600, np.random.default_rng(1))  # sample_report's first draw
+    plain = sample_report(x, g, plain_rng, n_reference=600, two_sample_n=100, bins=10, floor=False)
+    with_floor = sample_report(x, g, floor_rng, n_reference=600, two_sample_n=100, bins=10)
+    values = {1: [], 2: []}
+    for _ in range(4):
+        fresh = g.sample(400, plain_rng)
+        for p in (1, 2):
+            values[p].append(sliced_wasserstein(fresh, reference, plain_rng, p=p).value)
+    for p in (1, 2):
+        floor = with_floor[f"sliced_wasserstein_{p}"].pop("exact_sample_floor")
+        v = np.array(values[p])
+        assert floor == {"value": v.mean(), "standard_error": v.std(ddof=1) / 2.0, "spread": v.std(ddof=1),
+                         "draws": 4}
+    assert with_floor == plain
+    assert "exact_sample_floor" not in plain["sliced_wasserstein_2"]
+
+
+def test_sliced_wasserstein_spread_is_the_sampling_noise_its_standard_error_is_not():
+    """The review: two exact samples of the ring at n = 2000 are SW2 0.074 apart with spread 0.023
+    over seeds, against a stated standard error of 0.0013 (the projections only). The floor's spread
+    is of the size of the sampling noise; the stated error is several times smaller."""
+    g = GaussianMixture.ring()
+    sw, se, spread, floor = [], [], [], []
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        r = sample_report(g.sample(500, rng), g, rng, n_reference=500, two_sample_n=50, bins=5)["sliced_wasserstein_2"]
+        sw.append(r["value"])
+        se.append(r["standard_error"])
+        spread.append(r["exact_sample_floor"]["spread"])
+        floor.append(r["exact_sample_floor"]["value"])
+    noise = np.std(sw, ddof=1)
+    assert noise > 5 * np.sqrt(np.mean(np.square(se)))
+    assert 0.5 * noise < np.sqrt(np.mean(np.square(spread))) < 1.5 * noise
+    # x is exact too: its SW is the floor's, within their noise (the mean of 30 seeds to ~ noise / 5)
+    assert abs(np.mean(sw) - np.mean(floor)) < noise / 2
+
+
+def test_report_labels_the_sliced_wasserstein_error_and_shows_its_floor():
+    report = _report()
+    text, short = markdown(report), summary(report)
+    floor = report["samples"]["sliced_wasserstein_2"]["exact_sample_floor"]
+    assert (f"(± over the random projections only; 4 exact samples of this size show {floor['value']:.3g}, "
+            f"spread {floor['spread']:.2g})") in text
+    assert f"(± projections only; exact-sample floor {floor['value']:.3g}, spread {floor['spread']:.2g})" in short
+    # a report of an earlier version, without the floor, still says what the ± covers
+    for key in ("sliced_wasserstein_1", "sliced_wasserstein_2"):
+        del report["samples"][key]["exact_sample_floor"]
+    assert "(± over the random projections only) |" in markdown(report)
+    assert "(± projections only)" in summary(report)
+
+
+def test_evaluate_run_adds_the_floor_and_keeps_the_sample_figures(sampled_run):
+    from sgm_ref.evaluation import evaluate_run
+    from sgm_ref.runs import load_samples, read_config, streams
+    from sgm_ref.targets.spec import from_record
+
+    report, _, _ = evaluate_run(sampled_run, plots=False)
+    config = read_config(sampled_run)
+    target, e = from_record(config["target_definition"]), config["evaluate"]
+    x = load_samples(sampled_run, target.dim).astype(np.float64)
+    alone = sample_report(x, target, streams(config["seed"])["evaluate"], n_reference=e["n"],
+                          two_sample_n=e["two_sample_n"], bins=e["bins"], floor=False)
+    samples = report["samples"]
+    for p in (1, 2):
+        floor = samples[f"sliced_wasserstein_{p}"].pop("exact_sample_floor")
+        assert floor["draws"] == 4 and floor["spread"] > 0 and floor["value"] > 0
+    assert samples == alone  # the sample figures are those drawn before the floor existed
+
+
+def test_sample_report_of_a_product_mixture():
+    """A ProductMixture has per-coordinate weights: component_weights (GaussianMixture's) raised."""
+    from sgm_ref.targets.spec import from_spec
+
+    t = from_spec("product:d=2")
+    rng = np.random.default_rng(0)
+    r = sample_report(t.sample(300, rng), t, rng, n_reference=300, two_sample_n=100, bins=10)
+    assert "component_weights" not in r and r["histogram_tv"]["value"] < 0.2
+
+
+def test_report_gives_the_bound_s_one_sided_upper_value():
+    report = _report()
+    report["tv_bound"].update(kl_upper=0.13, tv_upper=0.2650)
+    assert ("- the bound is certified in expectation; its one-sided upper value, 3 standard errors on each "
+            "Monte-Carlo term: TV <= 0.2650 (KL <= 0.13)") in markdown(report)
+    del report["tv_bound"]["tv_upper"], report["tv_bound"]["kl_upper"]
+    assert "one-sided" not in markdown(report)  # an earlier version's report

@@ -251,3 +251,17 @@ def test_samples_of_another_count_or_dtype_are_refused(tmp_path, finished):
         with pytest.raises(RunError, match=rf"samples.npy holds {len(x)} {x.dtype} points, but config.json's "
                                            r"sampler draws 50 float64 points: not this run's samples"):
             load_samples(run, 2)
+
+
+def test_a_damaged_history_points_to_resume_which_restores_it(tmp_path, finished):
+    """evaluate said 'train the run again' for a NaN in history.json; --resume restores it."""
+    from sgm_ref.evaluation import _training_summary
+
+    run = _copy(finished, tmp_path / "run")
+    original = (run / "history.json").read_text()
+    (run / "history.json").write_text(original.replace("[", "[NaN, ", 1))
+    with pytest.raises(RunError, match=r"history.json is damaged .*`sgm-ref train .*run --resume` restores it from "
+                                       r"the run's final state"):
+        _training_summary(str(run))
+    assert runs_module.restore_history(run)
+    assert json.loads((run / "history.json").read_text()) == json.loads(original)

@@ -117,6 +117,10 @@ def test_streams_are_independent_and_reproducible():
     draws = {name: rng.random(3) for name, rng in a.items()}
     assert all(np.array_equal(draws[name], b[name].random(3)) for name in draws)
     assert len({tuple(v) for v in draws.values()}) == len(draws)
+    # a stream added later (the sliced floor's) leaves the first five as they were
+    first = np.random.SeedSequence(4).spawn(5)
+    assert [np.random.default_rng(c).random(3).tolist() for c in first] == \
+        [draws[name].tolist() for name in ("data", "init", "train", "sample", "evaluate")]
 
 
 # -- folders ---------------------------------------------------------------------------

@@ -49,6 +49,22 @@ KL(p_T || N(0, v_T I)) = E_{p_T}[log p_T - log N(0, v_T I)] and TV(p_0, p_t0) =
 E_{p_0}[(1 - p_t0 / p_0)_+] are Monte-Carlo averages with the exact log-densities; p_0 is
 the target itself (under VE, whose t = 0 already carries sigma_min of noise, the data
 before that noise).
+What is certified. The inequalities above hold for the expectations: KL(P || Q) is an
+expectation over exact forward paths, and kl, the value returned, is an unbiased
+Monte-Carlo estimate of it with its standard error kl_se. So E[kl] >= KL(p_t0 || q) is
+certain; a single kl is not, and tv is Pinsker's bound evaluated at that estimate. When
+the bound is tight, kl's distribution is skewed: each term is a mean of squares
+|Delta|^2, a few large draws carry it, and a run that misses them comes out low with a
+standard error that is low too, so its lower tail is heavier than a normal's. Measured
+(VE, 1-D N(1.5, 0.3), t0 = 1e-3, T = 1, 2 geometric Euler–Maruyama steps, the exact
+score, n = 256; 2000 seeds): KL(p_t0 || q) = 4.0137 in closed form, the mean of kl
+4.021 ± 0.012 (the bound is tight), its median 3.997; kl + 2 kl_se < KL(p_t0 || q) in
+5.9% of seeds (a normal law: 2.3%), kl + 3 kl_se < KL in 1.4% (0.13%). kl_upper =
+kl + 3 kl_se is the one-sided upper value to quote, with tv_upper = TV(p_0, p_t0)
++ 3 se + sqrt(kl_upper / 2): in that tight case kl_upper covers KL(p_t0 || q) in 98.6% of
+seeds at n = 256 (99.0% with 3 steps), 97.4% at n = 64, 99.75% at n = 2048; where the
+bound is loose (20 steps: kl 3.19 against KL 0.76) in every seed.
+
 Cole & Lu (2024) bound the sampler's error by this route (the OU process, Girsanov, then
 Pinsker); Chen et al. (2023, "Sampling is as easy as learning the score") make the same
 Girsanov argument for Euler–Maruyama and the exponential integrator. Here every term is
@@ -74,7 +90,13 @@ LOG_2PI = float(np.log(2.0 * np.pi))
 
 @dataclass(frozen=True)
 class TVBound:
-    """Every term of the certified bound, each with its Monte-Carlo standard error."""
+    """Every term of the certified bound, each with its Monte-Carlo standard error.
+
+    kl and tv are unbiased Monte-Carlo estimates (tv: Pinsker's bound at the estimate),
+    certified in expectation; kl_upper and tv_upper are the one-sided upper values with
+    3 standard errors on each Monte-Carlo term, whose coverage the module docstring
+    measures ("What is certified").
+    """
 
     tv: float                     # TV(p_0, p_t0) + sqrt(kl / 2), capped at 1
     tv_se: float                  # 0 when capped: the trivial bound is exact
@@ -89,6 +111,8 @@ class TVBound:
     kl_path_per_step: np.ndarray  # contribution of each step, shape (N,)
     grid: np.ndarray              # the grid used, shape (N + 1,)
     method: str
+    kl_upper: float = np.inf      # kl + 3 kl_se: the one-sided upper value of KL(p_t0 || q)
+    tv_upper: float = 1.0         # min(1, tv_early_stopping + 3 tv_early_stopping_se + sqrt(kl_upper / 2))
 
     def as_dict(self):
         """JSON-ready: every scalar term (the per-step array and the grid as lists)."""
@@ -129,6 +153,9 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     Returns
     -------
     TVBound
+        Unbiased Monte-Carlo estimates of every term with their standard errors; the
+        certified inequality holds for their expectations, and kl_upper = kl + 3 kl_se,
+        tv_upper are the one-sided upper values (module docstring, "What is certified").
 
     overflow : {"raise", "inf"}
         A path term beyond the float64 range (a score far from the truth) raises
@@ -172,13 +199,17 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     if np.any(bad) and overflow == "raise":
         k = int(np.argmax(bad))
         raise ResultOverflowError(f"the path term of the bound overflows float64 at step {k} (t = {float(grid[k]):.6g}): "
-                         "the squared drift mismatch |grad log p_t - s|^2 there is beyond the float64 range; "
-                         "the score is too far from the truth for a bound")
+                         "the step's mean of 1/2 g^2 |Delta|^2 (the squared drift mismatch) or its standard error is "
+                         "beyond the float64 range; the score is too far from the truth for a bound")
     if np.any(bad):
         kl_path, kl_path_se = np.inf, np.nan
     else:
         kl_path = float(per_step.sum())
-        kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
+        with np.errstate(over="ignore"):
+            kl_path_se = float(np.sqrt(np.sum(per_step_se**2)))
+        if not np.isfinite(kl_path_se):  # the squares overflowed: the same root for se / c, c a power of two
+            c = float(np.ldexp(1.0, int(np.frexp(per_step_se.max())[1])))
+            kl_path_se = c * float(np.sqrt(np.sum((per_step_se / c) ** 2)))
 
     with fits_in_memory("n_aux", n_aux, n_aux * d, per_item=8 * 4):
         xT, _ = process.perturb(target.sample(n_aux, rng), T, rng)
@@ -200,9 +231,14 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     tv = min(1.0, tv_es + root)
     # capped at the trivial bound TV <= 1, the value no longer depends on the draws
     tv_se = 0.0 if tv == 1.0 else float(np.hypot(tv_es_se, kl_se / (4.0 * root) if root > 0 else 0.0))
+    # one-sided upper values, 3 standard errors on each Monte-Carlo term (an overflowed path
+    # term has kl = inf and kl_se = nan: kl_upper is inf, the bound the trivial TV <= 1)
+    kl_upper = float(kl + 3.0 * kl_se) if np.isfinite(kl) else np.inf
+    tv_upper = float(min(1.0, tv_es + 3.0 * tv_es_se + np.sqrt(kl_upper / 2.0)))
     return TVBound(tv=tv, tv_se=tv_se, kl=kl, kl_se=kl_se, kl_prior=kl_prior, kl_prior_se=kl_prior_se,
                    kl_path=kl_path, kl_path_se=kl_path_se, tv_early_stopping=tv_es,
-                   tv_early_stopping_se=tv_es_se, kl_path_per_step=per_step, grid=grid, method=method)
+                   tv_early_stopping_se=tv_es_se, kl_path_per_step=per_step, grid=grid, method=method,
+                   kl_upper=kl_upper, tv_upper=tv_upper)
 
 
 def _mean_se(values):
@@ -250,7 +286,8 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
         elif method == "residual_exponential":  # variance-preserving only: g^2 = beta
             delta += xt - x_grid
         e = (0.5 * weight * np.sum(delta**2, axis=1)).reshape(-1, n)  # (steps, n)
-        steps = slice(first, first + e.shape[0])
-        mean[steps] = e.mean(axis=1)
-        se[steps] = e.std(axis=1, ddof=1) / np.sqrt(n)
+        # per step, mean_se rescales by a power of two when the squares behind the standard
+        # error overflow (terms of 1e280 gave se = inf, read as an overflow of the term itself)
+        for i, row in enumerate(e):
+            mean[first + i], se[first + i] = mean_se(row)
     return mean, se

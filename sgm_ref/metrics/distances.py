@@ -417,19 +417,26 @@ def mean_error(x, target):
     ------
     ValueError
         For fewer than 2 rows, non-finite values, a target without a finite mean of
-        shape (d,), or an error beyond the float64 range (sums that merely overflow are
-        handled by scaling).
+        shape (d,), or an error beyond the float64 range (sums that merely overflow, and
+        squares that would underflow when every entry is below 2^-400 ~ 4e-121, are
+        handled by scaling by a power of two).
     """
     x = _as_sample(x, "x")
     n, d = x.shape
     mean = _target_moment(target, "mean", (d,))
+    c = _power_of_two_near(x, mean)
+    if c < 2.0**-400:
+        # squares of the error (|xbar - m|^2, its projections' variance) would underflow:
+        # entries of 1e-170 gave exactly 0, of 1e-160 a relative error of 8e-4. The error is
+        # homogeneous of degree 1, so compute it for (x / c, m / c), c a power of two (exact)
+        scaled, scaled_se = _mean_error(x / c, mean / c)
+        return Estimate(float(c * scaled), float(c * scaled_se))
     with np.errstate(over="ignore", invalid="ignore"):
         value, se = _mean_error(x, mean)
     if np.isfinite(value) and np.isfinite(se):
         return Estimate(value, se)
     # a sum or a square overflowed: the error is homogeneous of degree 1 in (x, m), so
     # compute it for (x / c, m / c), c a power of two (exact), and scale back
-    c = _power_of_two_near(x, mean)
     scaled, scaled_se = _mean_error(x / c, mean / c)
     value, se = c * scaled, c * scaled_se
     if not (np.isfinite(value) and np.isfinite(se)):
@@ -473,18 +480,26 @@ def covariance_error(x, target):
     ValueError
         For fewer than 2 rows, non-finite values, a target without a finite covariance
         of shape (d, d), or an error beyond the float64 range (entries of x around 1e154
-        and above; products that merely overflow are handled by scaling).
+        and above; products that merely overflow, and squared errors that would
+        underflow when x and sqrt|Sigma| are below 2^-200 ~ 6e-61, are handled by
+        scaling by a power of two).
     """
     x = _as_sample(x, "x")
     n, d = x.shape
     sigma = _target_moment(target, "covariance", (d, d))
+    # the error is homogeneous of degree 2 in (x, sqrt(Sigma)): computed for (x / c,
+    # Sigma / c^2), c a power of two (exact), and scaled back when squares would leave the range
+    c = _power_of_two_near(x, np.sqrt(np.abs(sigma)))
+    if c < 2.0**-200:
+        # ||S - Sigma||_F^2 and var(psi) are of order c^4 and would underflow: entries of x of
+        # 1e-100 (Sigma of 1e-200) gave exactly 0, of 1e-80 a relative error of 6e-5
+        value, se = _covariance_error(x / c, sigma / c / c)
+        return Estimate(float(c * c * value), float(c * c * se))
     with np.errstate(over="ignore", invalid="ignore"):
         value, se = _covariance_error(x, sigma)
     if np.isfinite(value) and np.isfinite(se):
         return Estimate(value, se)
-    # squares overflowed: the error is homogeneous of degree 2 in (x, sqrt(Sigma)), so
-    # compute it for (x / c, Sigma / c^2), c a power of two (exact), and scale back
-    c = _power_of_two_near(x, np.sqrt(np.abs(sigma)))
+    # squares overflowed: the same, scaled down
     with np.errstate(under="ignore"):
         value, se = _covariance_error(x / c, sigma / c / c)
     value, se = c * c * value, c * c * se
