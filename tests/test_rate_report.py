@@ -634,3 +634,21 @@ def test_the_figures_keep_the_backend_and_the_tv_legend_beside_the_data(tmp_path
     figures["tv.png"].canvas.draw()
     box, axes_box = legend.get_window_extent(), ax.get_window_extent()
     assert box.x0 > axes_box.x1  # wholly to the right of the axes
+
+
+def test_the_page_says_what_a_planar_target_and_the_curse_rate_can_and_cannot_show():
+    """A reader of docs/rate.md learns that both families are one low-dimensional problem
+    rotated into R^d (so low complexity and low intrinsic dimension are not told apart, with
+    the EM plug-in's exponents as the evidence), that the score errors use one fixed window
+    whatever the schedule, and where 2/(d + 4) comes from and what beating it means."""
+    with open(os.path.join(HERE, "..", "docs", "rate.md"), encoding="utf-8") as f:
+        page = " ".join(f.read().split())
+    assert ("**mixture-iso and tilt-iso**: the target is one low-dimensional problem rotated into R^d" in page
+            and "cannot tell Cole & Lu's explanation" in page
+            and "the EM plug-in, which does not know the plane either, has exponent 1.01 to 1.06 in every d" in page)
+    assert page.count("the score errors above are on the fixed window [t0, T] = [0.01, 5] for every n") == 2
+    assert "(minimax: Wibisono, Wu & Yang 2024; Stone 1982" in page and "not evidence for it alone" in page
+    # a family that is not confined to a plane gets no such sentence
+    fams = {"product": {"fits": {}}}
+    assert report._PLANAR_FAMILIES == ("mixture-iso", "tilt-iso") and "product" not in report._PLANAR_FAMILIES
+    assert "EM plug-in" not in report._plane_sentence(["mixture-iso"], fams)
