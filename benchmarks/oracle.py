@@ -280,17 +280,21 @@ def peak_shares(d, K, n, rounds, size, rng):
 def peak_table(rows, rounds, size, max_wait, rng):
     """Markdown rows of the round-by-round share of the peak, full covariances at d in
     PEAK_DIMS, n as calibrated for the main table; a verdict against PEAK_TARGET at d = 32."""
-    lines = ["| d | K | n | share of the peak: median [95% interval] | target | verdict |", "|" + "---|" * 6]
+    lines = ["| d | K | n | share of the peak: median [95% interval] | target | verdict | other load |",
+             "|" + "---|" * 7]
     for r in rows:
         if r["covariance"] != "full" or r["d"] not in PEAK_DIMS or "error" in r:
             continue
         wait_for_quiet(max_wait)
-        shares = peak_shares(r["d"], r["K"], r["n_sgm_ref"], rounds, size, rng)
+        with OtherLoad() as load:  # the rounds' own load: a verdict from a busy machine is marked
+            shares = peak_shares(r["d"], r["K"], r["n_sgm_ref"], rounds, size, rng)
         cell, verdict = paired_cells(shares, PEAK_TARGET, below=False)
+        other = "?" if load.other is None else f"{load.other / load.wall:.2f}" + (" (busy)" if load.busy else "")
         if r["d"] == 32:
-            lines.append(f"| {r['d']} | {r['K']} | {r['n_sgm_ref']} | {cell} | >= {PEAK_TARGET:g} | {verdict} |")
+            lines.append(f"| {r['d']} | {r['K']} | {r['n_sgm_ref']} | {cell} | >= {PEAK_TARGET:g} | {verdict} "
+                         f"| {other} |")
         else:
-            lines.append(f"| {r['d']} | {r['K']} | {r['n_sgm_ref']} | {cell} | (no regression) | - |")
+            lines.append(f"| {r['d']} | {r['K']} | {r['n_sgm_ref']} | {cell} | (no regression) | - | {other} |")
         print(f"  share of the peak d={r['d']} K={r['K']}: {cell}", file=sys.stderr, flush=True)
     return lines
 

@@ -38,7 +38,7 @@ out of the timing for that row.
 Timing: a few warm-up steps (JAX compiles on its first call), then k steps per repeat
 with k chosen so that a repeat takes ~0.3 s (0.1 s with --quick); the median over
 repeats of (repeat time / k) is reported. Repeats of the implementations are
-interleaved (round robin), so a change of machine load hits all of them alike; the
+interleaved (each round runs every implementation once, in a random order), so a change of machine load hits all of them alike; the
 ratio sgm_ref / JAX is also taken round by round, and its median over rounds given with
 a distribution-free 95% interval and a verdict against 0.9 (issue 16). JAX is
 synchronised (block_until_ready) at the end of each repeat, not after every step.
@@ -46,22 +46,25 @@ The "other load" column is the CPU time other processes (and the hypervisor) too
 during the timed repeats, from /proc/stat, in CPUs (largest over repeats): on 2 cores,
 anything above ~0.1 means the row was measured on a busy machine and should be rerun.
 
-GFLOP/s counts 6 x batch x n_params flops per step (2 forward, 4 backward per
-parameter per row), the same count for every implementation; "% of peak" divides it by
+GFLOP/s counts the flops the step's matrix products execute (step_flops: forward, dW and,
+past the input layer, dh, bias rows as one more input; 6 x batch x n_params before
+2026-12-05, 0.8-2.5% more), the same count for every implementation; "% of peak" divides it by
 the NumPy matrix-product rate of the same dtype measured in this run (2048^3, best of 5,
 before the rows). The share of the peak is also taken round by round: the 2048^3 product
 of the row's dtype is timed in every round of the interleaved repeats, as one more
 implementation, and each round's step rate over that round's product rate gives a
 median with a distribution-free 95% interval and a verdict against issue 16's targets
 (>= 0.6 on the small row, >= 0.8 on the others). The product makes each round about one
-repeat (--target seconds) longer, and whichever implementation follows it in the rotated
-order finds the caches swept and, when numpy was imported before sgm_ref, OpenBLAS's idle
-worker spinning for ~0.1 s (the rotation gives that place to each implementation in turn). On a shared host the step can sit in a
+repeat (--target seconds) longer, and whichever implementation follows it finds the caches
+swept; the order is a fresh random permutation each round (seeded: the same orders in
+every run), so no implementation keeps one predecessor (a rotation did: jax.jit always
+followed sgm_ref or the product, and met their idle OpenBLAS worker spinning). On a shared host the step can sit in a
 slow phase that a best-of-5 peak taken earlier does not share (this machine has phases in
 which the small row's step takes twice its time, and the "other load" column does not
 show them).
-The script only reports the thread settings and the OPENBLAS_* / OpenMP environment
-variables; it never changes them. The optional --phases diagnostic splits sgm_ref's step into its phases (batch draw,
+The script reports the thread settings and the OPENBLAS_* / OpenMP environment variables;
+it sets only OPENBLAS_THREAD_TIMEOUT=4 (unless set), as sgm_ref does when imported first,
+and loads torch before sgm_ref (the comment at the imports says why). The optional --phases diagnostic splits sgm_ref's step into its phases (batch draw,
 network inputs, forward matrix products, activation, loss residual, backward
 activation derivative, the two backward matrix products, Adam with its gradient
 check), timed call by call with perf_counter in a copy of TrainStep's sequence, and
@@ -94,17 +97,33 @@ import tempfile
 import textwrap
 import time
 
-import numba
-import numpy as np
-from _machine import best_time, cpu_name, paired_cells  # benchmarks/ is on sys.path when a script runs
+# Every implementation meets the same threaded runtimes, each with its own defaults:
+# - OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when numpy loads (numba's import, below). sgm_ref
+#   sets it to 4 when it is imported first (sgm_ref._threads), so that an idle worker sleeps;
+#   imported after numba it came too late, and the worker of sgm_ref's step or of the peak
+#   product spun into the next implementation's time (a review measured jax.jit 12-19%
+#   slower right after sgm_ref than after a pause). Set here for the whole run.
+# - torch's OpenMP runtime reads OMP_WAIT_POLICY when torch loads: imported after sgm_ref,
+#   which sets PASSIVE for numba's, torch's threads slept at once (GOMP_SPINCOUNT 0 instead
+#   of its default 300000), a PyTorch slowed by our setting. So torch loads first.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import sgm_ref
-from sgm_ref import OU, plain
-from sgm_ref.losses import dsm_loss
-from sgm_ref.nn.mlp import MLP
-from sgm_ref.optim import Adam
-from sgm_ref.score_model import ScoreModel
-from sgm_ref.train import TrainStep
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from _machine import best_time, cpu_name, paired_cells  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
+try:  # before sgm_ref (above); measured without it if absent
+    import torch as _torch_first  # noqa: F401
+except ImportError:
+    pass
+
+import sgm_ref  # noqa: E402
+from sgm_ref import OU, plain  # noqa: E402
+from sgm_ref.losses import dsm_loss  # noqa: E402
+from sgm_ref.nn.mlp import MLP  # noqa: E402
+from sgm_ref.optim import Adam  # noqa: E402
+from sgm_ref.score_model import ScoreModel  # noqa: E402
+from sgm_ref.train import TrainStep  # noqa: E402
 
 ROWS = ((2, 128, 3, 256), (32, 256, 3, 1024), (128, 512, 4, 2048))  # (d, width, depth, batch)
 DTYPES = ("float64", "float32")
@@ -160,6 +179,17 @@ def layer_sizes(d, width, depth):
 
 def n_params_of(sizes):
     return sum(fi * fo + fo for fi, fo in zip(sizes[:-1], sizes[1:]))
+
+
+def step_flops(sizes, batch):
+    """The flops a training step's matrix products execute, bias rows counted as one more
+    input: per layer (f_in -> f_out) 2 B (f_in + 1) f_out forward and as much for dW, and
+    2 B f_in f_out for dh except at the input layer, which has no dL/dh product. (6 B x
+    n_params, the count used before 2026-12-05, is 0.8%, 2.1% and 2.5% above it on the
+    small, middle and large rows: it counted an input-layer dh and the bias rows thrice.)"""
+    layers = list(zip(sizes[:-1], sizes[1:]))
+    return float(sum(4 * batch * (fi + 1) * fo + (2 * batch * fi * fo if l > 0 else 0)
+                     for l, (fi, fo) in enumerate(layers)))
 
 
 def make_problem(d, width, depth, batch, dtype, seed):
@@ -259,10 +289,25 @@ def _torch_flat_grad(torch, linears):
     return torch.cat(parts).numpy()
 
 
-def make_torch(torch, problem, seed):
-    net, _ = _torch_net(torch, problem)
-    dtype = getattr(torch, problem["dtype"].name)
+def _torch_trainer(torch, problem):
+    """(net, its Linear layers, update(x0, t, z) -> loss): the timed step's work after its
+    draws, which check_equal_work runs on the fixed batch."""
+    net, linears = _torch_net(torch, problem)
     opt = torch.optim.Adam(net.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS)
+
+    def update(x0, t, z):
+        loss = _torch_loss(torch, net, x0, t, z)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
+    return net, linears, update
+
+
+def make_torch(torch, problem, seed):
+    net, _, update = _torch_trainer(torch, problem)
+    dtype = getattr(torch, problem["dtype"].name)
     data = torch.from_numpy(problem["data"])
     n_data, batch, d = data.shape[0], problem["batch"], problem["d"]
     gen = torch.Generator().manual_seed(seed)
@@ -271,11 +316,7 @@ def make_torch(torch, problem, seed):
         x0 = data[torch.randint(0, n_data, (batch,), generator=gen)]
         t = torch.rand(batch, generator=gen, dtype=dtype) * (T_END - T0) + T0
         z = torch.randn(batch, d, generator=gen, dtype=dtype)
-        loss = _torch_loss(torch, net, x0, t, z)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        return loss.item()
+        return update(x0, t, z).item()
 
     def run(k):
         for _ in range(k):
@@ -305,19 +346,14 @@ def _jax_loss_fn(jax):
     return loss_fn
 
 
-def make_jax(jax, problem, seed):
+def _jax_update(jax, dtype):
+    """update(params, m, v, k, x0, t, z) -> (params, m, v, k, loss): the timed step's work
+    after its draws (loss, gradient, Adam), which check_equal_work runs jitted on the fixed batch."""
     jnp = jax.numpy
-    dtype = jnp.dtype(problem["dtype"].name)
-    batch, d = problem["batch"], problem["d"]
-    loss_fn = _jax_loss_fn(jax)
-    value_and_grad = jax.value_and_grad(loss_fn)
+    value_and_grad = jax.value_and_grad(_jax_loss_fn(jax))
     tree_map = jax.tree_util.tree_map
 
-    def step(params, m, v, k, key, data):
-        key, k_idx, k_t, k_z = jax.random.split(key, 4)
-        x0 = data[jax.random.randint(k_idx, (batch,), 0, data.shape[0])]
-        t = jax.random.uniform(k_t, (batch,), dtype, T0, T_END)
-        z = jax.random.normal(k_z, (batch, d), dtype)
+    def update(params, m, v, k, x0, t, z):
         loss, grads = value_and_grad(params, x0, t, z)
         k = k + 1
         kf = k.astype(dtype)
@@ -326,6 +362,25 @@ def make_jax(jax, problem, seed):
         m = tree_map(lambda m_, g: BETA1 * m_ + (1.0 - BETA1) * g, m, grads)
         v = tree_map(lambda v_, g: BETA2 * v_ + (1.0 - BETA2) * g * g, v, grads)
         params = tree_map(lambda p, m_, v_: p - step_size * m_ / (jnp.sqrt(v_) / bc2 + EPS), params, m, v)
+        return params, m, v, k, loss
+
+    return update
+
+
+def make_jax(jax, problem, seed):
+    jnp = jax.numpy
+    dtype = jnp.dtype(problem["dtype"].name)
+    batch, d = problem["batch"], problem["d"]
+    tree_map = jax.tree_util.tree_map
+
+    update = _jax_update(jax, dtype)
+
+    def step(params, m, v, k, key, data):
+        key, k_idx, k_t, k_z = jax.random.split(key, 4)
+        x0 = data[jax.random.randint(k_idx, (batch,), 0, data.shape[0])]
+        t = jax.random.uniform(k_t, (batch,), dtype, T0, T_END)
+        z = jax.random.normal(k_z, (batch, d), dtype)
+        params, m, v, k, loss = update(params, m, v, k, x0, t, z)
         return params, m, v, k, key, loss
 
     jitted = jax.jit(step, donate_argnums=(0, 1, 2))
@@ -349,6 +404,13 @@ def make_jax(jax, problem, seed):
 
 
 # -- equal work -----------------------------------------------------------------------------
+def _update_diff(got, want, start):
+    """rel_diff of the updates got - start and want - start: Adam's first step moves every
+    parameter by about lr, so a step that skipped the update is off by 1, not by lr / |params|."""
+    start = np.asarray(start, dtype=np.float64)
+    return rel_diff(np.asarray(got, dtype=np.float64) - start, np.asarray(want, dtype=np.float64) - start)
+
+
 def rel_diff(got, want):
     got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
     return float(np.max(np.abs(got - want)) / max(np.max(np.abs(want)), np.finfo(np.float64).tiny))
@@ -390,19 +452,17 @@ def _check_torch(torch, problem, want_loss, want_grad, seed):
     c, dtype = problem["check"], problem["dtype"]
     x0, t, z = c["x0"], c["t"], c["z"]
     tol = TOLERANCE[dtype.name]
-    net, linears = _torch_net(torch, problem)
-    loss = _torch_loss(torch, net, *(torch.from_numpy(a) for a in (x0, t.astype(dtype), z)))
-    loss.backward()
+    # the timed step's own update (loss, backward, torch.optim.Adam) on the fixed batch: its
+    # loss and gradient against dsm_loss, its parameters against sgm_ref.optim.Adam's step
+    net, linears, update = _torch_trainer(torch, problem)
+    loss = update(*(torch.from_numpy(a) for a in (x0, t.astype(dtype), z)))
     got_grad = _torch_flat_grad(torch, linears)
     diff = max(rel_diff(loss.item(), want_loss), rel_diff(got_grad, want_grad))
-    # one Adam step on the same gradient: torch.optim.Adam against sgm_ref.optim.Adam
-    opt = torch.optim.Adam(net.parameters(), lr=LR, betas=(BETA1, BETA2), eps=EPS)
-    opt.step()
     with torch.no_grad():
         got_params = torch.cat([p for lin in linears for p in (lin.weight.T.reshape(-1), lin.bias)]).numpy()
     ref = problem["params0"].copy()
-    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(got_grad.astype(dtype))
-    adam_diff = rel_diff(got_params, ref)
+    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(np.asarray(want_grad, dtype=dtype))
+    adam_diff = _update_diff(got_params, ref, problem["params0"])
     dtype_ok = loss.dtype == getattr(torch, dtype.name)
     return (max(diff, adam_diff) if dtype_ok else math.inf, tol,
             f"loss+grad {diff:.1e}, Adam step {adam_diff:.1e}" + ("" if dtype_ok else f", WRONG dtype {loss.dtype}"))
@@ -416,13 +476,25 @@ def _check_jax(jax, problem, want_loss, want_grad, seed):
         _jax_params(jax, problem), *(jax.numpy.asarray(a) for a in (x0, t.astype(dtype), z)))
     got_grad = np.concatenate([np.asarray(a).reshape(-1) for layer in grads for a in layer])
     diff = max(rel_diff(loss, want_loss), rel_diff(got_grad, want_grad))
-    # the jitted step keeps the dtype (x64 is enabled: a stray promotion would be float64)
+    # the timed step's own update, jitted, on the fixed batch: its loss and its parameters after
+    # Adam against sgm_ref.optim.Adam's step on dsm_loss's gradient
+    jnp = jax.numpy
+    params = _jax_params(jax, problem)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+    new, _, _, _, jit_loss = jax.jit(_jax_update(jax, jnp.dtype(dtype.name)))(
+        params, zeros, zeros, jnp.asarray(0, jnp.int32), *(jnp.asarray(a) for a in (x0, t.astype(dtype), z)))
+    got_params = np.concatenate([np.asarray(a).reshape(-1) for layer in new for a in layer])
+    ref = problem["params0"].copy()
+    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(np.asarray(want_grad, dtype=dtype))
+    step_diff = max(rel_diff(jit_loss, want_loss), _update_diff(got_params, ref, problem["params0"]))
+    # the timed step keeps the dtype (x64 is enabled: a stray promotion would be float64)
     _, one, state = make_jax(jax, problem, seed)
     step_loss = one()
     dtypes = {str(step_loss.dtype)} | {str(a.dtype) for layer in state["carry"][0] for a in layer}
     dtype_ok = dtypes == {dtype.name}
-    return (diff if dtype_ok and np.isfinite(step_loss) else math.inf, tol,
-            f"loss+grad {diff:.1e}" + ("" if dtype_ok else f", WRONG dtypes {sorted(dtypes)}"))
+    return (max(diff, step_diff) if dtype_ok and np.isfinite(step_loss) else math.inf, tol,
+            f"loss+grad {diff:.1e}, jitted step (loss, Adam) {step_diff:.1e}"
+            + ("" if dtype_ok else f", WRONG dtypes {sorted(dtypes)}"))
 
 
 # -- timing ---------------------------------------------------------------------------------
@@ -471,9 +543,12 @@ def calibrate(run, target):
         steps *= 2 if elapsed > 0.005 else 8
 
 
+ORDER_SEED = 20261205  # the rounds' orders: random, and the same in every run
+
+
 def time_interleaved(runs, args, errors):
     """({name: seconds per step, one per repeat in the order run}, ks, load); repeats
-    interleaved round robin, so repeat r of every implementation ran in the same round.
+    interleaved (one random order per round), so repeat r of every implementation ran in the same round.
 
     An implementation that raises during warm-up is dropped and reported in errors."""
     ks = {}
@@ -487,9 +562,12 @@ def time_interleaved(runs, args, errors):
     times = {name: [] for name in runs}
     names = list(runs)
     loads = []
+    order = np.random.default_rng(ORDER_SEED)
     for r in range(args.repeats):
         meter = LoadMeter()
-        for name in names[r % len(names):] + names[:r % len(names)]:  # rotate the order
+        # a fresh random order each round: a rotation kept who runs right before whom (jax.jit
+        # always followed sgm_ref or the peak product), and so whose idle threads it met
+        for name in order.permutation(names):
             start = time.perf_counter()
             runs[name](ks[name])
             times[name].append((time.perf_counter() - start) / ks[name])
@@ -526,7 +604,7 @@ def measure(row, dtype, peers, args, seed):
     # the step's time in one phase of a shared host with the product's in its best one
     runs["peak"] = make_peak(dtype)
     times, ks, out["load"] = time_interleaved(runs, args, out["errors"])
-    out.update(split_peak(times, ks, 6.0 * batch * n_params))
+    out.update(split_peak(times, ks, step_flops(problem["sizes"], batch)))
     for name, v in times.items():
         out["ms"][name] = 1e3 * float(np.median(v))
         out["detail"][name] = (ks[name], 1e3 * min(v), 1e3 * max(v))
@@ -631,7 +709,7 @@ def phase_profile(problem, seed, steps, warmup):
 
 def phase_lines(row, dtype, args, seed, peak):
     problem = make_problem(*row, dtype, seed)
-    flops = 6.0 * row[3] * n_params_of(problem["sizes"])
+    flops = step_flops(problem["sizes"], row[3])
     # about 1 s per row: a quick untimed call sizes the run
     start = time.perf_counter()
     phase_profile(problem, seed, 3, 1)
@@ -688,7 +766,7 @@ def bound_line(row, dtype, seed, repeats):
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(dtype) for _ in range(2))
     peak = matmul_rate(np.matmul, a, b, 5) * 1e9
-    flops = 6.0 * n * n_params_of(problem["sizes"])
+    flops = step_flops(problem["sizes"], n)
     whole = _best_seconds(lambda: run(1), repeats)
     prod = _best_seconds(products, repeats)
     exp = _best_seconds(exps, repeats)
@@ -1074,7 +1152,7 @@ def table(results, peaks):
     lines = [head, "|" + "---|" * 14]
     for r in results:
         ms = r["ms"]
-        flops = 6.0 * r["row"][3] * r["n_params"]
+        flops = step_flops(layer_sizes(*r["row"][:3]), r["row"][3])
         sgm = ms.get("sgm_ref")
         peak = peaks[("NumPy", r["dtype"])]
         gflops = flops / (sgm * 1e-3) / 1e9 if sgm else None

@@ -1,7 +1,7 @@
 """Two source trees of sgm_ref on the same machine, alternately: the oracle and the sampler on OU.
 
 A change that should not touch speed (a refactor, a new process model) is checked here:
-each round runs a fresh interpreter per tree (PYTHONPATH=TREE), the trees in turn, so a
+each round runs a fresh interpreter per tree (PYTHONPATH=TREE), the trees in turn (old first in even rounds, new first in odd ones), so a
 change of machine load hits both alike; the table gives the median over rounds of each
 tree's best-of-5 throughput, and new / old.
 
@@ -77,8 +77,8 @@ def main():
     args = parser.parse_args()
     results = {"old": [], "new": []}
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
-    for _ in range(args.rounds):
-        for which in ("old", "new"):
+    for r in range(args.rounds):
+        for which in (("old", "new") if r % 2 == 0 else ("new", "old")):  # a drift within a round hits both
             results[which].append(run(getattr(args, which)))
     print(f"load average at end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     print("| row | old (median of best-of-5) | new | new / old |\n|---|---|---|---|")

@@ -122,3 +122,55 @@ def test_train_step_splits_the_peak_out_of_the_rounds(monkeypatch):
     assert module.split_peak({"sgm_ref": [1.0]}, {"sgm_ref": 1}, 10.0) == {}  # the product failed
     times = {"NumPy": [1.0], "peak": [1.0]}
     assert set(module.split_peak(times, {"NumPy": 1, "peak": 1}, 10.0)) == {"peak_detail"}  # sgm_ref failed
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_train_step_equal_work_check_catches_a_peer_whose_timed_step_skips_work(monkeypatch, dtype):
+    """The check runs each peer's timed update (its loss, gradient and Adam step) on the fixed
+    batch: a jitted step that returned its parameters unchanged, or a torch step without its
+    optimiser, passed it when only the loss and gradient were compared."""
+    module = _train_step_module(monkeypatch)
+    torch = pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    jax.config.update("jax_enable_x64", True)
+    problem = module.make_problem(2, 16, 2, 64, np.dtype(dtype), 0)
+    good = module.check_equal_work(problem, {"PyTorch": torch, "JAX": jax}, 0)
+    assert all(v[0] <= v[1] for v in good.values()), good
+
+    update = module._jax_update
+
+    def no_adam(jax_, dtype_):
+        real = update(jax_, dtype_)
+        return lambda params, m, v, k, x0, t, z: (params,) + tuple(real(params, m, v, k, x0, t, z)[1:])
+
+    monkeypatch.setattr(module, "_jax_update", no_adam)
+    trainer = module._torch_trainer
+
+    def no_step(torch_, problem_):
+        net, linears, _ = trainer(torch_, problem_)
+
+        def update_without_step(x0, t, z):
+            loss = module._torch_loss(torch_, net, x0, t, z)
+            loss.backward()
+            return loss
+        return net, linears, update_without_step
+
+    monkeypatch.setattr(module, "_torch_trainer", no_step)
+    bad = module.check_equal_work(problem, {"PyTorch": torch, "JAX": jax}, 0)
+    for name in ("PyTorch", "JAX"):
+        assert bad[name][0] > bad[name][1], (name, bad[name])
+
+
+def test_train_step_rounds_run_in_random_orders(monkeypatch):
+    """Each round runs every implementation once, in a fresh random order (seeded): with a
+    rotation jax.jit always followed sgm_ref or the peak product."""
+    module = _train_step_module(monkeypatch)
+    seen = []
+    runs = {name: (lambda k, name=name: seen.append(name)) for name in ("sgm_ref", "NumPy", "JAX", "peak")}
+    args = type("Args", (), {"warmup": 1, "target": 1e-4, "repeats": 12})()
+    monkeypatch.setattr(module, "calibrate", lambda run, target: 1)
+    module.time_interleaved(dict(runs), args, {})
+    rounds = [seen[4 + 4 * r:8 + 4 * r] for r in range(12)]  # after the 4 warm-ups
+    assert all(sorted(r) == sorted(runs) for r in rounds)
+    before_jax = {r[r.index("JAX") - 1] for r in rounds if r.index("JAX") > 0}
+    assert len(before_jax) >= 2 and len({tuple(r) for r in rounds}) >= 6
