@@ -174,7 +174,7 @@ def plot_run(folder, target, x, report):
         return [], "matplotlib is not installed: plots skipped (pip install \"sgm_ref[plot]\")"
     written = []
     title = f"{report['target']}: {len(x)} samples"
-    if "histogram_tv" in report["samples"]:
+    if report["samples"].get("histogram_tv", {}).get("value") is not None:
         title += f", histogram TV {report['samples']['histogram_tv']['value']:.3f}"
     path = os.path.join(folder, "samples.png")
     plot_samples(target, x, path, title)

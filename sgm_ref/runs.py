@@ -570,8 +570,9 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
         changed = [key for key in ("lr", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "ema_decay",
                                    "ema_warmup")
                    if (key in arrays) != (key in built) or key in built and arrays[key] != built[key]]
-        if changed:
-            raise ValueError(f"its optimiser settings ({', '.join(changed)}) are not those of config.json")
+        if changed:  # an intact file (of a version without the digest, or edited): not "unreadable"
+            raise RunError(f"{what} {path} has optimiser settings ({', '.join(changed)}) other than config.json's: "
+                           f"config.json edited since it was written, or the file; restore config.json, or {remedy}")
         if "step_count" in arrays and arrays["step_count"] != step:
             raise ValueError(f"it is inconsistent: step {step}, optimiser step count {arrays['step_count'].tolist()!r}")
         rng.bit_generator.state = state

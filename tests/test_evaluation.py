@@ -1,5 +1,7 @@
 """Reports: score_report against the oracle itself, sample_report, and the text of report.md."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -145,7 +147,7 @@ def test_an_overflowing_score_error_is_said_in_words():
 def _report(mmd2=(0.004, 0.001), energy=(0.04, 0.01), kl_prior=(1e-6, 3e-6)):
     g = GaussianMixture.ring()
     rng = np.random.default_rng(1)
-    samples = sample_report(g.sample(300, rng), g, rng, n_reference=300, two_sample_n=100, bins=10)
+    samples = sample_report(g.sample(300, rng), g, rng, n_reference=300, two_sample_n=100, bins=10, floor=True)
     samples["mmd2"].update(value=mmd2[0], standard_error=mmd2[1])
     samples["energy_distance"].update(value=energy[0], standard_error=energy[1])
     return {"target": "ring", "sampler": {"method": "euler_maruyama", "grid": "geometric", "n_steps": 5, "t0": 0.01,
@@ -329,7 +331,7 @@ def test_sliced_wasserstein_floor_is_drawn_after_everything_else():
     plain_rng, floor_rng = np.random.default_rng(1), np.random.default_rng(1)
     reference = g.sample(600, np.random.default_rng(1))  # sample_report's first draw
     plain = sample_report(x, g, plain_rng, n_reference=600, two_sample_n=100, bins=10, floor=False)
-    with_floor = sample_report(x, g, floor_rng, n_reference=600, two_sample_n=100, bins=10)
+    with_floor = sample_report(x, g, floor_rng, n_reference=600, two_sample_n=100, bins=10, floor=True)
     values = {1: [], 2: []}
     for _ in range(4):
         fresh = g.sample(400, plain_rng)
@@ -352,7 +354,8 @@ def test_sliced_wasserstein_spread_is_the_sampling_noise_its_standard_error_is_n
     sw, se, spread, floor = [], [], [], []
     for seed in range(30):
         rng = np.random.default_rng(seed)
-        r = sample_report(g.sample(500, rng), g, rng, n_reference=500, two_sample_n=50, bins=5)["sliced_wasserstein_2"]
+        r = sample_report(g.sample(500, rng), g, rng, n_reference=500, two_sample_n=50, bins=5,
+                          floor=True)["sliced_wasserstein_2"]
         sw.append(r["value"])
         se.append(r["standard_error"])
         spread.append(r["exact_sample_floor"]["spread"])
@@ -413,3 +416,21 @@ def test_report_gives_the_bound_s_one_sided_upper_value():
             "Monte-Carlo term: TV <= 0.2650 (KL <= 0.13)") in markdown(report)
     del report["tv_bound"]["tv_upper"], report["tv_bound"]["kl_upper"]
     assert "one-sided" not in markdown(report)  # an earlier version's report
+
+
+def test_a_target_too_narrow_for_the_histogram_keeps_the_other_figures():
+    """A product target of std 0.001: histogram_tv refuses its bins (too narrow to integrate),
+    and evaluate failed outright; the report now says why the histogram is missing."""
+    from sgm_ref.targets.spec import from_spec
+
+    t = from_spec("product:d=2,shift=1.5,std=0.001")
+    rng = np.random.default_rng(0)
+    r = sample_report(t.sample(300, rng), t, rng, n_reference=300, two_sample_n=100, bins=20)
+    h = r["histogram_tv"]
+    assert h["value"] is None and h["expected_bias"] is None and "too narrow" in h["not_computed"]
+    assert np.isfinite(r["sliced_wasserstein_2"]["value"]) and np.isfinite(r["mmd2"]["value"])
+    report = _report()
+    report["samples"]["histogram_tv"] = h
+    assert "| histogram TV (20 bins per axis) | not computed: the target's narrowest component" in markdown(report)
+    assert "histogram TV        not computed (report.md says why)" in summary(report)
+    json.dumps(report, allow_nan=False)

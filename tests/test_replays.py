@@ -832,3 +832,5 @@ def test_a_grid_of_ddpm_timesteps_is_named():
     R.ddim(lambda x, t: -x, DDPM(), grid, np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"^grid must start at T <= 1\.0 for DDPM\(.*\), got 1\.5$"):
         R.ddim(lambda x, t: -x, DDPM(), [1.5, 0.5, 0.0], np.ones((3, 2)))  # not a timestep: no pointer
+    with pytest.raises(ValueError, match=r"^grid must start at T <= 1\.0 for DDPM\(.*\), got 3\.0$"):
+        R.ddim(lambda x, t: -x, DDPM(), [3.0, 0.5, 0.0], np.ones((3, 2)))  # 0.5 is a time: no pointer either

@@ -74,16 +74,34 @@ def test_config_edited_between_a_kill_and_the_resume_is_refused(tmp_path, finish
 
 
 @pytest.mark.parametrize("replace, match", [
-    ({"lr": np.float64(5.0)}, r"its optimiser settings \(lr\) are not those of config.json"),
-    ({"beta2": np.float64(0.9)}, r"its optimiser settings \(beta2\) are not those of config.json"),
-    ({"step_count": np.int64(29)}, r"it is inconsistent: step 30, optimiser step count 29"),
+    ({"lr": np.float64(5.0)}, r"training state .* has optimiser settings \(lr\) other than config.json's: "
+                              r"config.json edited since it was written, or the file; restore config.json, or "
+                              r"remove it"),
+    ({"beta2": np.float64(0.9)}, r"has optimiser settings \(beta2\) other than config.json's"),
+    ({"step_count": np.int64(29)}, r"training state .* is unreadable \(it is inconsistent: step 30, optimiser "
+                                   r"step count 29"),
 ])
 def test_a_training_state_edited_by_hand_is_refused(tmp_path, finished, replace, match):
     run = _copy(finished, tmp_path / "run")
     _rewrite_npz(run / "training_state.npz", **replace)
-    with pytest.raises(RunError, match=r"training state .* is unreadable \(" + match):
+    with pytest.raises(RunError, match=match):
         train(run, progress=False, steps=40)
     assert read_config(run)["train"]["steps"] == 30
+
+
+def test_a_state_without_a_digest_under_an_edited_config_names_config_json(tmp_path, finished):
+    """A checkpoint of a version that wrote no run digest, resumed after config.json's lr was
+    edited, was called 'unreadable ... remove it', which throws the training away."""
+    run = _copy(finished, tmp_path / "run")
+    with np.load(run / "training_state.npz") as f:
+        arrays = {k: f[k] for k in f.files if k != "run_digest"}
+    np.savez(run / "checkpoint.npz", **arrays)
+    (run / "training_state.npz").unlink()
+    (run / "model.npz").unlink()
+    _edit_config(run, "train", steps=60, lr=1e-5)
+    with pytest.raises(RunError, match=r"checkpoint .* has optimiser settings \(lr\) other than config.json's: "
+                                       r"config.json edited since it was written, or the file; restore config.json"):
+        train(run, progress=False)
 
 
 def test_an_extension_from_a_damaged_state_puts_the_run_back(tmp_path, finished):

@@ -196,6 +196,10 @@ class DDPM(VariancePreserving):
         big = arr[np.isfinite(arr) & (arr > self.t_max)]
         if big.size == 0 or np.any(big != np.round(big)) or np.any(big > self.num_train_timesteps - 1):
             return ""
+        if grid:  # a grid of timesteps is timesteps throughout (but for a final 0, the data), not [3.0, 0.5]
+            body = arr[:-1] if arr.size > 1 and arr[-1] == 0 else arr
+            if not (np.all(np.isfinite(body)) and np.all(body == np.round(body)) and np.all(body >= 0)):
+                return ""
         i = int(big.max())
         if grid:
             return (f"{i} looks like a diffusers timestep, not a time: a grid of timesteps is "
