@@ -58,7 +58,9 @@ median with a distribution-free 95% interval and a verdict against issue 16's ta
 repeat (--target seconds) longer, and whichever implementation follows it finds the caches
 swept; the order is a fresh random permutation each round (seeded: the same orders in
 every run), so no implementation keeps one predecessor (a rotation did: jax.jit always
-followed sgm_ref or the product, and met their idle OpenBLAS worker spinning). On a shared host the step can sit in a
+followed sgm_ref or the product, and met their idle OpenBLAS worker spinning), and each
+timed repeat starts after an untimed 20 ms pause in which the previous one's idle threads
+go to sleep (torch's spin by default). On a shared host the step can sit in a
 slow phase that a best-of-5 peak taken earlier does not share (this machine has phases in
 which the small row's step takes twice its time, and the "other load" column does not
 show them).
@@ -347,8 +349,9 @@ def _jax_loss_fn(jax):
 
 
 def _jax_update(jax, dtype):
-    """update(params, m, v, k, x0, t, z) -> (params, m, v, k, loss): the timed step's work
-    after its draws (loss, gradient, Adam), which check_equal_work runs jitted on the fixed batch."""
+    """update(params, m, v, k, x0, t, z) -> (params, m, v, k, loss, grads): the timed step's
+    work after its draws (loss, gradient, Adam), which check_equal_work runs jitted on the
+    fixed batch (the timed step drops grads, which XLA then does not return)."""
     jnp = jax.numpy
     value_and_grad = jax.value_and_grad(_jax_loss_fn(jax))
     tree_map = jax.tree_util.tree_map
@@ -362,7 +365,7 @@ def _jax_update(jax, dtype):
         m = tree_map(lambda m_, g: BETA1 * m_ + (1.0 - BETA1) * g, m, grads)
         v = tree_map(lambda v_, g: BETA2 * v_ + (1.0 - BETA2) * g * g, v, grads)
         params = tree_map(lambda p, m_, v_: p - step_size * m_ / (jnp.sqrt(v_) / bc2 + EPS), params, m, v)
-        return params, m, v, k, loss
+        return params, m, v, k, loss, grads
 
     return update
 
@@ -380,7 +383,7 @@ def make_jax(jax, problem, seed):
         x0 = data[jax.random.randint(k_idx, (batch,), 0, data.shape[0])]
         t = jax.random.uniform(k_t, (batch,), dtype, T0, T_END)
         z = jax.random.normal(k_z, (batch, d), dtype)
-        params, m, v, k, loss = update(params, m, v, k, x0, t, z)
+        params, m, v, k, loss, _ = update(params, m, v, k, x0, t, z)
         return params, m, v, k, key, loss
 
     jitted = jax.jit(step, donate_argnums=(0, 1, 2))
@@ -461,7 +464,7 @@ def _check_torch(torch, problem, want_loss, want_grad, seed):
     with torch.no_grad():
         got_params = torch.cat([p for lin in linears for p in (lin.weight.T.reshape(-1), lin.bias)]).numpy()
     ref = problem["params0"].copy()
-    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(np.asarray(want_grad, dtype=dtype))
+    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(got_grad.astype(dtype))  # its own gradient (above)
     adam_diff = _update_diff(got_params, ref, problem["params0"])
     dtype_ok = loss.dtype == getattr(torch, dtype.name)
     return (max(diff, adam_diff) if dtype_ok else math.inf, tol,
@@ -476,17 +479,21 @@ def _check_jax(jax, problem, want_loss, want_grad, seed):
         _jax_params(jax, problem), *(jax.numpy.asarray(a) for a in (x0, t.astype(dtype), z)))
     got_grad = np.concatenate([np.asarray(a).reshape(-1) for layer in grads for a in layer])
     diff = max(rel_diff(loss, want_loss), rel_diff(got_grad, want_grad))
-    # the timed step's own update, jitted, on the fixed batch: its loss and its parameters after
-    # Adam against sgm_ref.optim.Adam's step on dsm_loss's gradient
+    # the timed step's own update, jitted, on the fixed batch: its loss and gradient against
+    # dsm_loss's, its parameters after Adam against sgm_ref.optim.Adam's step on that same
+    # gradient (on dsm_loss's, Adam's first step g / (|g| + eps) turns float32's rounding of a
+    # near-zero entry into a different sign)
     jnp = jax.numpy
     params = _jax_params(jax, problem)
     zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-    new, _, _, _, jit_loss = jax.jit(_jax_update(jax, jnp.dtype(dtype.name)))(
+    new, _, _, _, jit_loss, jit_grads = jax.jit(_jax_update(jax, jnp.dtype(dtype.name)))(
         params, zeros, zeros, jnp.asarray(0, jnp.int32), *(jnp.asarray(a) for a in (x0, t.astype(dtype), z)))
     got_params = np.concatenate([np.asarray(a).reshape(-1) for layer in new for a in layer])
+    jit_grad = np.concatenate([np.asarray(a).reshape(-1) for layer in jit_grads for a in layer])
     ref = problem["params0"].copy()
-    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(np.asarray(want_grad, dtype=dtype))
-    step_diff = max(rel_diff(jit_loss, want_loss), _update_diff(got_params, ref, problem["params0"]))
+    Adam(ref, lr=LR, betas=(BETA1, BETA2), eps=EPS).step(jit_grad.astype(dtype))
+    step_diff = max(rel_diff(jit_loss, want_loss), rel_diff(jit_grad, want_grad),
+                    _update_diff(got_params, ref, problem["params0"]))
     # the timed step keeps the dtype (x64 is enabled: a stray promotion would be float64)
     _, one, state = make_jax(jax, problem, seed)
     step_loss = one()
@@ -544,6 +551,9 @@ def calibrate(run, target):
 
 
 ORDER_SEED = 20261205  # the rounds' orders: random, and the same in every run
+# untimed pause before each timed repeat: torch's OpenMP threads spin after its step by default
+# (GOMP_SPINCOUNT 300000), and XLA's pool briefly too; whoever ran next lost a core to them
+SETTLE = 0.02
 
 
 def time_interleaved(runs, args, errors):
@@ -568,6 +578,7 @@ def time_interleaved(runs, args, errors):
         # a fresh random order each round: a rotation kept who runs right before whom (jax.jit
         # always followed sgm_ref or the peak product), and so whose idle threads it met
         for name in order.permutation(names):
+            time.sleep(SETTLE)  # the previous implementation's idle threads (torch's spin) go to sleep first
             start = time.perf_counter()
             runs[name](ks[name])
             times[name].append((time.perf_counter() - start) / ks[name])
@@ -1264,8 +1275,8 @@ def main(argv=None):
             summary = ", ".join(f"{n} {r['ms'][n]:.3g}" for n in IMPLEMENTATIONS if n in r["ms"])
             print(f"  {row} {dtype}: {summary} ms/step", file=sys.stderr, flush=True)
 
-    print("ratio < 1 means sgm_ref is faster (sgm_ref time / other time). GFLOP/s: 6 x batch x params "
-          "flops per step over sgm_ref's time; % of peak and floor ms use the NumPy matmul peak below. "
+    print("ratio < 1 means sgm_ref is faster (sgm_ref time / other time). GFLOP/s: the flops the step's "
+          "matrix products execute (step_flops) over sgm_ref's time; % of peak and floor ms use the NumPy matmul peak below. "
           "other load: CPUs' worth of time other processes (and the hypervisor) took during the timed "
           "repeats, the largest over repeats (from /proc/stat); above ~0.1 on 2 cores the row is disturbed.")
     print()
