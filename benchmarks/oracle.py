@@ -39,12 +39,17 @@ import tempfile
 import textwrap
 import time
 
-import numba
-import numpy as np
-from _machine import best_time, cpu_name, paired_cells  # benchmarks/ is on sys.path when a script runs
-import scipy
+# OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when numpy loads (numba's import, below): set here as
+# sgm_ref sets it when imported first (sgm_ref._threads), so that the idle worker of a
+# threaded product sleeps instead of spinning into the next timed call, as in train_step.py
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import sgm_ref
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+from _machine import best_time, cpu_name, paired_cells  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+import scipy  # noqa: E402
+
+import sgm_ref  # noqa: E402
 from sgm_ref import OU, GaussianMixture, _threads, plain
 
 DIMS = (2, 32, 128)
