@@ -1,7 +1,8 @@
-"""What the benchmark scripts report about the machine they ran on, their shared timer, and the
-interval and verdict of a median over repeats."""
+"""What the benchmark scripts report about the machine they ran on, their shared timer, the
+interval and verdict of a median over repeats, and the CPU time other processes took (OtherLoad)."""
 
 import math
+import os
 import platform
 import time
 
@@ -79,3 +80,35 @@ def paired_cells(values, target, below=True):
     if math.isinf(low):
         return f"{median:.3f} (no interval: {len(values)} < 6 repeats)", "-"
     return f"{median:.3f} [{_bound(low, target)}, {_bound(high, target)}]", verdict(low, high, target, below)
+
+
+class OtherLoad:
+    """CPU seconds used by other processes while the block runs (Linux /proc/stat; None
+    elsewhere): all busy CPU time of the machine minus this process's own."""
+
+    @staticmethod
+    def _busy():
+        try:
+            with open("/proc/stat") as f:
+                ticks = [int(v) for v in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+    def __enter__(self):
+        self.start = (self._busy(), sum(os.times()[:4]), time.perf_counter())
+        return self
+
+    def __exit__(self, *exc):
+        busy, own = self._busy(), sum(os.times()[:4])
+        self.wall = time.perf_counter() - self.start[2]
+        if busy is None or self.start[0] is None:
+            self.other = None
+        else:
+            self.other = max(0.0, (busy - self.start[0]) - (own - self.start[1]))
+        return False
+
+    @property
+    def busy(self):
+        """True if other processes took more than a tenth of a core on average."""
+        return self.other is not None and self.other > 0.1 * self.wall

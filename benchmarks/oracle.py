@@ -46,7 +46,7 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from _machine import best_time, cpu_name, paired_cells  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from _machine import OtherLoad, best_time, cpu_name, paired_cells  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 import scipy  # noqa: E402
 
 import sgm_ref  # noqa: E402
@@ -136,38 +136,6 @@ def rows_for(fn, n, target, n_max):
             break
         n = n_new
     return n_new
-
-
-class OtherLoad:
-    """CPU seconds used by other processes while the block runs (Linux /proc/stat; None
-    elsewhere): all busy CPU time of the machine minus this process's own."""
-
-    @staticmethod
-    def _busy():
-        try:
-            with open("/proc/stat") as f:
-                ticks = [int(v) for v in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
-
-    def __enter__(self):
-        self.start = (self._busy(), sum(os.times()[:4]), time.perf_counter())
-        return self
-
-    def __exit__(self, *exc):
-        busy, own = self._busy(), sum(os.times()[:4])
-        self.wall = time.perf_counter() - self.start[2]
-        if busy is None or self.start[0] is None:
-            self.other = None
-        else:
-            self.other = max(0.0, (busy - self.start[0]) - (own - self.start[1]))
-        return False
-
-    @property
-    def busy(self):
-        """True if other processes took more than a tenth of a core on average."""
-        return self.other is not None and self.other > 0.1 * self.wall
 
 
 def wait_for_quiet(max_wait, window=2.0):
