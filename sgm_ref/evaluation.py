@@ -213,6 +213,8 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20, fl
     the floor from a stream of its own). A value within about "spread" of the floor is what
     an exact sample shows.
     """
+    if not isinstance(floor, (bool, np.bool_)):
+        raise ValueError(f"floor must be True or False, got {floor!r}")
     n = x.shape[0]
     reference = target.sample(n_reference, rng)
     out = _sample_distances(x, target, rng, reference, two_sample_n, bins)
@@ -348,10 +350,10 @@ def _evaluate(folder, options, plots, progress, nll=0):
     stages = _Stages(progress)
     try:
         stages.start("sample distances")
-        reference_rng = copy.deepcopy(rng)  # the reference is sample_report's first draw: drawn again below
-        report = {"target": config["target"], "sampler": dict(s), "evaluate": dict(e), "samples": sample_report(
-            x.astype(np.float64), target, rng, n_reference=e["n"], two_sample_n=e["two_sample_n"], bins=e["bins"],
-            floor=False)}
+        # sample_report(..., floor=False) in its parts, so that its reference serves the floor below
+        reference = target.sample(e["n"], rng)
+        report = {"target": config["target"], "sampler": dict(s), "evaluate": dict(e), "samples": _sample_distances(
+            x.astype(np.float64), target, rng, reference, e["two_sample_n"], e["bins"])}
         stages.start("score-error profile and integral")
         report.update(score_report(model, target, model.process, t0=s["t0"], T=s["T"], method=s["method"],
                                    grid=s["grid"], n_steps=s["n_steps"], rng=rng, profile_n=e["profile_n"],
@@ -369,10 +371,8 @@ def _evaluate(folder, options, plots, progress, nll=0):
             # drawn after everything else from the stream, so the figures above do not change
             report["likelihood"] = nll_report(model, target, model.process, t0=s["t0"], T=s["T"], n=nll, rng=rng)
         stages.start("sliced-Wasserstein floor")
-        # from its own stream (and the reference drawn again from the evaluation's), so every
-        # figure above is unchanged and the floor does not depend on --nll
-        _sliced_floor(report["samples"], target, target.sample(e["n"], reference_rng), len(x),
-                      streams(config["seed"])["sliced floor"])
+        # from its own stream, so every figure above is unchanged and the floor does not depend on --nll
+        _sliced_floor(report["samples"], target, reference, len(x), streams(config["seed"])["sliced floor"])
         report["seconds"] = time.perf_counter() - tic
         stages.start("report and plots")
         text = markdown(report)

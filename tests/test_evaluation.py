@@ -434,3 +434,10 @@ def test_a_target_too_narrow_for_the_histogram_keeps_the_other_figures():
     assert "| histogram TV (20 bins per axis) | not computed: the target's narrowest component" in markdown(report)
     assert "histogram TV        not computed (report.md says why)" in summary(report)
     json.dumps(report, allow_nan=False)
+
+
+def test_sample_report_refuses_a_floor_that_is_not_a_bool():
+    g = GaussianMixture.ring()
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="floor must be True or False, got 'yes'"):
+        sample_report(g.sample(50, rng), g, rng, n_reference=50, two_sample_n=20, bins=5, floor="yes")

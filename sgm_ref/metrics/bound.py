@@ -286,8 +286,12 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
         elif method == "residual_exponential":  # variance-preserving only: g^2 = beta
             delta += xt - x_grid
         e = (0.5 * weight * np.sum(delta**2, axis=1)).reshape(-1, n)  # (steps, n)
-        # per step, mean_se rescales by a power of two when the squares behind the standard
-        # error overflow (terms of 1e280 gave se = inf, read as an overflow of the term itself)
-        for i, row in enumerate(e):
-            mean[first + i], se[first + i] = mean_se(row)
+        steps = slice(first, first + e.shape[0])
+        with np.errstate(over="ignore", invalid="ignore"):
+            mean[steps] = e.mean(axis=1)
+            se[steps] = e.std(axis=1, ddof=1) / np.sqrt(n)
+        # a step whose squares behind the standard error overflow (terms of 1e280 gave se = inf,
+        # read as an overflow of the term itself): mean_se rescales it by a power of two
+        for i in np.flatnonzero(~(np.isfinite(mean[steps]) & np.isfinite(se[steps]))):
+            mean[first + i], se[first + i] = mean_se(e[i])
     return mean, se
