@@ -213,12 +213,28 @@ def check_times(t, n=None, T=None, name="t"):
 
 
 def check_decreasing_grid(grid, t0_text="t0"):
-    """grid as a float64 1-D array of at least 2 strictly decreasing times, else ValueError."""
+    """grid as a float64 1-D array of at least 2 strictly decreasing times, else ValueError.
+
+    A grid decreasing but for a repeated last time > 0 gets its cause named: diffusers'
+    EulerDiscreteScheduler(final_sigmas_type="sigma_min") with "linspace" or "leading"
+    spacing (Karras sigmas or not) ends its sigmas so, [..., 0.0100013, 0.0100013], its last
+    sigma being sigma_min already. Its step onto the repeat has dt = 0 and returns the sample
+    unchanged but for its rounding to float32, in which diffusers' step computes
+    (tests/test_peers_frames.py, against the installed diffusers), so grid[:-1] is the same
+    sampler.
+    """
     g = check_real_array(grid, "grid")
     if g.ndim != 1 or g.size < 2:
         raise ValueError(f"grid must be a 1-D array of at least 2 times, from T down to {t0_text}")
     if np.any(np.diff(g) >= 0):
         k = int(np.flatnonzero(np.diff(g) >= 0)[0])
+        if k == g.size - 2 and g[k] == g[k + 1] > 0:
+            raise ValueError(
+                f"grid must be strictly decreasing; grid[{k}] = {float(g[k])!r} == grid[{k + 1}]: a repeated last "
+                "time is what diffusers' final_sigmas_type=\"sigma_min\" gives (EulerDiscreteScheduler with "
+                "'linspace' or 'leading' spacing, whose last sigma is already sigma_min); drop it, grid[:-1]: "
+                "diffusers' step onto it has dt = 0 and leaves the sample unchanged but for its rounding to float32 "
+                "(drop that repeated last state from the peer's trajectory too)")
         raise ValueError(f"grid must be strictly decreasing (from T to t0); grid[{k}] = {float(g[k])!r} "
                          f"<= grid[{k + 1}] = {float(g[k + 1])!r}")
     return g

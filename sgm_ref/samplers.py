@@ -145,14 +145,7 @@ def time_grid(T, t0, n_steps, kind="uniform", process=None):
 
 def check_grid(grid, process):
     """Return grid as a float64 array if it is a valid decreasing time grid, else raise."""
-    try:
-        g = check_decreasing_grid(grid)
-    except ValueError:
-        from .replays._common import repeated_final_time  # lazily, as routed_replay: the cause of a repeated last time
-        repeated = repeated_final_time(grid)
-        if repeated:
-            raise ValueError(repeated) from None
-        raise
+    g = check_decreasing_grid(grid)
     if g[-1] <= 0:
         raise ValueError(f"grid must end at t0 > 0 (early stopping), got {float(g[-1])!r}")
     if g[0] > process.t_max:

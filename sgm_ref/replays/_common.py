@@ -17,31 +17,6 @@ from ..conventions import convert
 from ..processes import DDPM, EDM, VariancePreserving, check_process
 
 
-def repeated_final_time(grid):
-    """The error message for a grid strictly decreasing but for a repeated last time > 0, else None.
-
-    diffusers' EulerDiscreteScheduler(final_sigmas_type="sigma_min") with "linspace" or
-    "leading" spacing (Karras sigmas or not) gives such sigmas, [..., 0.0100013, 0.0100013]:
-    its last sigma is already sigma_min. Its step onto the repeat has dt = sigma_{i+1} -
-    sigma_i = 0 and returns the sample unchanged but for its rounding to float32, in which
-    diffusers' step computes (tests/test_peers_frames.py, against the installed diffusers),
-    so the grid without it, grid[:-1], is the same sampler.
-    """
-    try:
-        g = np.asarray(grid, dtype=np.float64)
-    except (TypeError, ValueError):
-        return None
-    if g.ndim != 1 or g.size < 2 or not np.all(np.isfinite(g)) or not (g[-1] == g[-2] > 0) \
-            or np.any(np.diff(g[:-1]) >= 0):
-        return None
-    k = g.size - 2
-    return (f"grid must be strictly decreasing; grid[{k}] = {float(g[k])!r} == grid[{k + 1}]: a repeated last "
-            "time is what diffusers' final_sigmas_type=\"sigma_min\" gives (EulerDiscreteScheduler with 'linspace' "
-            "or 'leading' spacing, whose last sigma is already sigma_min); drop it, grid[:-1]: diffusers' step onto "
-            "it has dt = 0 and leaves the sample unchanged but for its rounding to float32 (drop that repeated "
-            "last state from the peer's trajectory too)")
-
-
 def check_replay_grid(grid, process):
     """Return grid as float64 if it is strictly decreasing within the process's time range.
 
@@ -50,13 +25,7 @@ def check_replay_grid(grid, process):
     A repeated last time (diffusers' final_sigmas_type="sigma_min") and a DDPM grid of
     timesteps rather than times are refused with messages naming them.
     """
-    try:
-        g = check_decreasing_grid(grid, "t0 >= 0")
-    except ValueError:
-        repeated = repeated_final_time(grid)
-        if repeated:
-            raise ValueError(repeated) from None
-        raise
+    g = check_decreasing_grid(grid, "t0 >= 0")
     if g[-1] < process.t_min:
         raise ValueError(f"grid must end at t0 >= {process.t_min}, got {float(g[-1])!r}")
     if g[0] > process.t_max:
