@@ -159,6 +159,20 @@ def check_oracle_output(logp, x):
                          f"target for {x.dtype}: log p_t or its score there overflows; rescale the points or the target")
 
 
+def cast_oracle_output(values, x, what):
+    """values (computed in float64) in the dtype of the points x, refusing what that dtype
+    cannot hold: a float32 point can have a finite float64 divergence beyond float32's
+    range, which a bare cast would turn into inf."""
+    with np.errstate(over="ignore"):  # named just below
+        out = values.astype(x.dtype, copy=False)
+    bad = ~np.isfinite(out)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"the {what} at x[{i}] is {values[i]:.3g}, beyond {x.dtype}'s range (the target's "
+                         "components are too narrow or too far apart there); pass float64 points")
+    return out
+
+
 def check_points(x, name="x", d=None):
     """Return x as a C-contiguous (n, d) float array; raise if it is not one.
 

@@ -52,27 +52,49 @@ def _principal_directions(target):
     return vectors[:, ::-1][:, :2]
 
 
-def plot_samples(target, x, path, title):
+def _grid_log_density(target, points, x):
+    """log p_0 at a drawing grid's points, or None (and why) if the grid, spanning samples
+    too far from the target (a diverged sampler's 1e160), is beyond what log p_0 can
+    evaluate in float64. Any other error of log_prob is raised."""
+    try:
+        return target.log_prob(points, 0.0), None
+    except ValueError:
+        target.log_prob(np.asarray(target.mean(), dtype=np.float64)[None, :], 0.0)  # raises if the target fails
+        return None, (f"target density not drawn: the samples reach |x| = {np.max(np.abs(x)):.3g}, too far "
+                      "from the target to evaluate it over their range")
+
+
+def samples_figure(target, x, title):
+    """samples.png's figure: the samples over the target's density (module docstring);
+    returns (fig, ax). Samples too far out to evaluate the density over their range are
+    drawn without it, and a note says so."""
     fig, (ax,) = _figure((5.2, 5))
     if target.dim == 1:
         u = np.linspace(x.min() - 1.0, x.max() + 1.0, 400)
         ax.hist(x[:, 0], bins=60, density=True, color="tab:red", alpha=0.5, label="samples")
-        ax.plot(u, np.exp(target.log_prob(u[:, None], 0.0)), color="k", lw=1, label="target density")
+        log_density, note = _grid_log_density(target, u[:, None], x)
+        if note is None:
+            ax.plot(u, np.exp(log_density), color="k", lw=1, label="target density")
+        else:
+            ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="tab:red")
         ax.set_xlabel("x")
         ax.set_title(title, fontsize=10)
         ax.legend()
-        _save(fig, path)
-        return
+        return fig, ax
     if target.dim == 2:
         reference = target.sample(len(x), np.random.default_rng(0))
         both = np.concatenate([x, reference])
         lo, hi = both.min(axis=0) - 0.5, both.max(axis=0) + 0.5
         u, v = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
-        log_density = target.log_prob(np.column_stack([u.ravel(), v.ravel()]), 0.0).reshape(u.shape)
+        log_density, note = _grid_log_density(target, np.column_stack([u.ravel(), v.ravel()]), x)
         ax.scatter(x[:, 0], x[:, 1], s=1, alpha=0.3, color="tab:red", label="samples")
-        # contours of the exact density on top, at e^-1, e^-3, e^-5 and e^-7 of its peak
-        height = log_density - log_density.max() + 8.0
-        ax.contour(u, v, height, levels=[1.0, 3.0, 5.0, 7.0], colors="k", linewidths=0.6)
+        if note is None:
+            log_density = log_density.reshape(u.shape)
+            # contours of the exact density on top, at e^-1, e^-3, e^-5 and e^-7 of its peak
+            height = log_density - log_density.max() + 8.0
+            ax.contour(u, v, height, levels=[1.0, 3.0, 5.0, 7.0], colors="k", linewidths=0.6)
+        else:
+            ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="tab:red")
         labels = ("x1", "x2")
     else:
         basis = _principal_directions(target)
@@ -88,6 +110,11 @@ def plot_samples(target, x, path, title):
     ax.set_title(title, fontsize=10)
     if target.dim != 2:
         ax.legend(markerscale=8, loc="upper right")
+    return fig, ax
+
+
+def plot_samples(target, x, path, title):
+    fig, _ = samples_figure(target, x, title)
     _save(fig, path)
 
 
@@ -353,6 +380,24 @@ def save_figure(fig, path, dpi=110):
     return path
 
 
+def _is_integer(value):
+    """Whether value is a finite real number with an integer value (2 or 2.0; not True, NaN,
+    inf or "2"), so int(value) neither raises nor changes it."""
+    return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+            and bool(np.isfinite(value)) and int(value) == value)
+
+
+def _time_list(ts, what, admissible):
+    """ts as a list of floats, each finite and admissible, else a ValueError naming ts."""
+    try:
+        times = [float(t) for t in np.atleast_1d(np.asarray(ts, dtype=float))]
+    except (TypeError, ValueError):  # strings, ragged or nested lists: numpy's error names no argument
+        times = None
+    if times is None or np.ndim(ts) > 1 or not times or not all(np.isfinite(t) and admissible(t) for t in times):
+        raise ValueError(f"ts must be a non-empty sequence of {what}, got {times if times is not None else ts!r}")
+    return times
+
+
 def _check_plane(target):
     if getattr(target, "dim", None) != 2:
         raise ValueError(f"target must be two-dimensional for these pictures (e.g. GaussianMixture.ring()), "
@@ -363,7 +408,8 @@ def _half_width(target, extent):
     """Half the side of the square [-h, h]^2 shown: extent if given, else wide enough for
     p_0 (mean +- 2.5 standard deviations) and for N(0, I), the forward process's limit."""
     if extent is not None:
-        h = float(extent)
+        real = not isinstance(extent, (bool, np.bool_)) and isinstance(extent, (int, float, np.integer, np.floating))
+        h = float(extent) if real else np.nan
         if not (np.isfinite(h) and h > 0):
             raise ValueError(f"extent must be a positive number (the half-width of the square shown), got {extent!r}")
         return h
@@ -373,7 +419,7 @@ def _half_width(target, extent):
 
 def _cell_centres(h, resolution):
     """Cell centres of a resolution x resolution grid over [-h, h]^2, as (u, v, points (m, 2))."""
-    if int(resolution) != resolution or resolution < 2:
+    if not _is_integer(resolution) or resolution < 2:
         raise ValueError(f"resolution must be an integer >= 2 (cells per side), got {resolution!r}")
     c = -h + (np.arange(resolution) + 0.5) * (2 * h / resolution)
     u, v = np.meshgrid(c, c)
@@ -439,9 +485,10 @@ def forward_process_figure(target, ts=(0.0, 0.1, 0.3, 1.0, 3.0), process=None, *
     """
     _check_plane(target)
     process = _default_process(process)
-    ts = [float(t) for t in np.atleast_1d(np.asarray(ts, dtype=float))]
-    if not ts or min(ts) < 0:
-        raise ValueError(f"ts must be a non-empty sequence of times >= 0, got {ts!r}")
+    ts = _time_list(ts, "times >= 0", lambda t: t >= 0)
+    if not _is_integer(n_points) or n_points < 0:
+        raise ValueError(f"n_points must be an integer >= 0 (samples drawn on each panel), got {n_points!r}")
+    n_points = int(n_points)
     if n_points and rng is None:
         raise ValueError("rng is needed to draw n_points samples (pass a numpy.random.Generator)")
     h = _half_width(target, extent)
@@ -502,11 +549,8 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     """
     _check_plane(target)
     process = _default_process(process)
-    ts = [float(t) for t in np.atleast_1d(np.asarray(ts, dtype=float))]
-    if not ts or min(ts) <= 0:
-        raise ValueError("ts must be a non-empty sequence of times > 0 (the score of p_0 itself may not exist), "
-                         f"got {ts!r}")
-    if int(arrows) != arrows or arrows < 2:
+    ts = _time_list(ts, "times > 0 (the score of p_0 itself may not exist)", lambda t: t > 0)
+    if not _is_integer(arrows) or arrows < 2:
         raise ValueError(f"arrows must be an integer >= 2 (arrows per side), got {arrows!r}")
     h = _half_width(target, extent)
     points, spacing = _arrow_grid(h, int(arrows))
@@ -578,7 +622,7 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     """
     _check_plane(target)
     process = _default_process(process)
-    if int(n_paths) != n_paths or not 1 <= n_paths <= n_points:
+    if not _is_integer(n_paths) or not 1 <= n_paths <= n_points:
         raise ValueError(f"n_paths must be an integer in [1, n_points = {n_points!r}], got {n_paths!r}")
     h = _half_width(target, extent)
     fig, (plane, time) = _new_figure(2, size=3.8)
@@ -708,12 +752,15 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
-    if int(n_frames) != n_frames or not 2 <= n_frames <= n_steps + 1:
+    if not _is_integer(n_frames) or not 2 <= n_frames <= n_steps + 1:
         raise ValueError(f"n_frames must be an integer in [2, n_steps + 1 = {n_steps + 1}], got {n_frames!r}")
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
             or not (np.isfinite(fps) and 1 <= fps <= 100):
         raise ValueError(f"fps must be a number of frames per second in [1, 100], got {fps!r}")
-    from matplotlib.animation import PillowWriter
+    try:
+        from matplotlib.animation import PillowWriter
+    except ImportError:
+        raise ModuleNotFoundError(_MISSING) from None
 
     h = _half_width(target, extent)
     grid, trajectory = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method)

@@ -266,3 +266,91 @@ def test_trajectories_bold_stretch_has_at_least_one_step(n_steps, bold):
     plane = fig.axes[0]
     assert len(plane.get_lines()[1].get_xdata()) == bold + 1
     assert f"(bold: the last {bold} step{'s' if bold != 1 else ''})" in plane.get_title()
+
+
+def test_without_matplotlib_every_entry_point_says_how_to_install_it(tmp_path):
+    """`import matplotlib` failing in a fresh interpreter: the run's plots are skipped with a
+    note, the audit plot and every picture say how to install it (reverse_process_animation
+    raised a bare "No module named 'matplotlib.animation'"), and nothing is written."""
+    import subprocess
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import builtins, numpy as np
+        real = builtins.__import__
+        def fake(name, *args, **kwargs):
+            if name == "matplotlib" or name.startswith("matplotlib."):
+                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+            return real(name, *args, **kwargs)
+        builtins.__import__ = fake
+        from sgm_ref import plots, GaussianMixture
+        ring, rng, folder = GaussianMixture.ring(), np.random.default_rng(0), {str(tmp_path)!r}
+        print(plots.plot_run(folder, ring, np.zeros((3, 2)), {{}}))
+        calls = [lambda: plots.plot_score_audit({{}}, folder + "/audit.png"),
+                 lambda: plots.forward_process_figure(ring),
+                 lambda: plots.score_field_figure(ring),
+                 lambda: plots.trajectories_figure(ring, ring.score, rng=rng),
+                 lambda: plots.score_error_profile_figure(ring.score, ring, rng=rng),
+                 lambda: plots.reverse_process_animation(ring, ring.score, folder + "/a.gif", rng=rng)]
+        for call in calls:
+            try:
+                call()
+            except (ValueError, ModuleNotFoundError) as exc:
+                print(type(exc).__name__, exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "([], 'matplotlib is not installed: plots skipped (pip install \"sgm_ref[plot]\")')"
+    assert len(lines) == 7
+    assert all('pip install "sgm_ref[plot]"' in line for line in lines[1:]), lines
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: plots.score_field_figure(RING, arrows=float("nan")), "arrows"),
+    (lambda: plots.score_field_figure(RING, arrows=float("inf")), "arrows"),
+    (lambda: plots.score_field_figure(RING, ts=(1.0,), arrows=3, resolution=float("nan")), "resolution"),
+    (lambda: plots.forward_process_figure(RING, (0.1,), resolution=float("inf")), "resolution"),
+    (lambda: plots.forward_process_figure(RING, "abc"), "ts"),
+    (lambda: plots.forward_process_figure(RING, (0.1, float("nan"))), "ts"),
+    (lambda: plots.score_field_figure(RING, ts=[[0.5, 1.0]]), "ts"),
+    (lambda: plots.forward_process_figure(RING, (0.1,), extent="abc"), "extent"),
+    (lambda: plots.forward_process_figure(RING, (0.1,), extent=True), "extent"),
+    (lambda: plots.forward_process_figure(RING, (0.1,), n_points=-1, rng=np.random.default_rng(0)), "n_points"),
+    (lambda: plots.trajectories_figure(RING, RING.score, rng=np.random.default_rng(0), n_paths=float("nan")),
+     "n_paths"),
+    (lambda: plots.reverse_process_animation(RING, RING.score, "x.gif", rng=np.random.default_rng(0),
+                                             n_frames=float("inf")), "n_frames"),
+])
+def test_bad_picture_arguments_are_named(call, name):
+    """NaN or inf counts raised "cannot convert float NaN to integer" or an OverflowError,
+    ts of strings numpy's "could not convert string to float": no argument named."""
+    with pytest.raises(ValueError, match=rf"^{name} must be"):
+        call()
+
+
+@pytest.mark.parametrize("target", [RING, GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[0.09], [0.09]])],
+                         ids=["d=2", "d=1"])
+def test_samples_too_far_to_draw_the_density_over_are_drawn_without_it(tmp_path, target):
+    """A diverged sampler's points at 1e160: the density grid over their range overflows
+    log p_0, and samples.png raised the oracle's "x[1] ... is too far from the target" about
+    a grid point. Now the samples are drawn, without the density, and a note says why."""
+    x = np.zeros((3, target.dim))
+    x[1, 0] = 1e160
+    plots.plot_samples(target, x, str(tmp_path / "samples.png"), "title")
+    assert [p.name for p in tmp_path.iterdir()] == ["samples.png"]
+    fig, ax = plots.samples_figure(target, x, "title")
+    (note,) = ax.texts
+    assert note.get_text() == ("target density not drawn: the samples reach |x| = 1e+160, too far from the target "
+                               "to evaluate it over their range")
+    assert not ax.get_lines() and not [c for c in ax.collections if type(c).__name__.startswith("Contour")] \
+        and not [c for c in ax.collections if type(c).__name__ == "QuadContourSet"]
+    near = target.sample(50, np.random.default_rng(0))  # as before: the density drawn, no note
+    fig, ax = plots.samples_figure(target, near, "title")
+    assert not ax.texts
+    if target.dim == 1:
+        (line,) = ax.get_lines()
+        np.testing.assert_array_equal(line.get_ydata(), np.exp(target.log_prob(line.get_xdata()[:, None])))
+    else:
+        assert any(type(c).__name__ == "QuadContourSet" for c in ax.collections)

@@ -96,3 +96,16 @@ def test_bad_input(args, match):
 def test_bad_points():
     with pytest.raises(ValueError, match="shape"):
         ProductMixture.symmetric(3).score(np.zeros((2, 4)))
+
+
+def test_float32_divergence_beyond_float32_is_refused_not_inf():
+    """Two narrow components far apart: at the midpoint the divergence is (1e10 / 1e-20)^2 = 1e60, finite in
+    float64 but not in float32; it was returned as inf for a finite float32 point."""
+    p = ProductMixture([[0.5, 0.5]], [[-1e10, 1e10]], [[1e-10, 1e-10]])
+    x = np.zeros((2, 1), dtype=np.float32)
+    assert p.divergence(x.astype(np.float64), 0.0)[0] == pytest.approx(1e60, rel=1e-12)
+    with pytest.raises(ValueError, match=r"divergence at x\[0\] is 1e\+60, beyond float32's range.*float64 points"):
+        p.divergence(x, 0.0)
+    near = ProductMixture([[0.5, 0.5]], [[-1.0, 1.0]], [[0.5, 0.5]])  # within range: float32, as before
+    out = near.divergence(x, 0.0)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))

@@ -94,3 +94,18 @@ def test_means_far_from_zero_cost_no_digits(kind, d):
         allowed = (2.0 if kind in ("identity", "spherical", "diag") else 32.0 + 2.0) * U
         assert score_error.max() < allowed, (kind, d, t, score_error.max() / U)
         assert np.max(np.abs(logp32 - logp64) / (1 + np.abs(logp64))) < allowed, (kind, d, t)
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "full"])
+def test_a_divergence_beyond_float32_is_refused_not_inf(kind):
+    """Two narrow components far apart: at the midpoint the divergence is about
+    sum_k pi_k |g_k - s|^2 = (1e10 / 1e-20)^2 = 1e60, finite in float64 (computed there) but
+    beyond float32; the bare cast returned inf for a finite float32 point."""
+    cov = [[1e-20], [1e-20]] if kind == "diagonal" else [[[1e-20]], [[1e-20]]]
+    g = GaussianMixture([0.5, 0.5], [[-1e10], [1e10]], cov)
+    x = np.zeros((2, 1), dtype=np.float32)
+    assert g.divergence(x.astype(np.float64), 0.0)[0] == pytest.approx(1e60, rel=1e-12)
+    with pytest.raises(ValueError, match=r"divergence at x\[0\] is 1e\+60, beyond float32's range.*float64 points"):
+        g.divergence(x, 0.0)
+    out = GaussianMixture.ring().divergence(np.zeros((2, 2), np.float32), 0.5)  # within range: float32
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))

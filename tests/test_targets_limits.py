@@ -55,6 +55,30 @@ def test_max_proposals_must_be_a_number():
         tilted().sample(3, np.random.default_rng(0), max_proposals=0)
 
 
+def test_max_proposals_counts_the_proposals_the_sample_needed_not_the_block_drawn():
+    """f = 0 accepts every proposal: 3 points need 3 proposals, yet max_proposals = 10 raised
+    "accepted 64 of 64 proposals; f_max is too loose", the first block being 64 proposals."""
+    flat = TiltedGaussian(lambda x: np.zeros(len(x)), lambda x: np.zeros_like(x), 2, 0.0, n_mc=16,
+                          n_normaliser=16, rng=np.random.default_rng(0))
+    x = flat.sample(3, np.random.default_rng(1), max_proposals=3)
+    # the same points as without a limit: the first 3 proposals (each an accepted one)
+    np.testing.assert_array_equal(x, flat.sample(3, np.random.default_rng(1)))
+    np.testing.assert_array_equal(x, np.random.default_rng(1).standard_normal((64, 2))[:3])
+    with pytest.raises(ValueError, match=r"^rejection sampling accepted 64 of 64 proposals"):
+        flat.sample(3, np.random.default_rng(1), max_proposals=2)  # 3 are needed
+    # half the proposals accepted (f = -50 rejects all but e^-50 of those with x_0 < 0): the limit is
+    # the proposal of the 50th acceptance, inside the first block of max(64, 1.2 * 50 / 0.5) = 120
+    half = TiltedGaussian(lambda x: -50.0 * (x[:, 0] < 0), None, 2, 0.0, n_mc=16, n_normaliser=16,
+                          rng=np.random.default_rng(0), estimator="stein")
+    z = np.random.default_rng(2).standard_normal((120, 2))
+    needed = int(np.flatnonzero(z[:, 0] >= 0)[49]) + 1
+    assert needed < 120
+    np.testing.assert_array_equal(half.sample(50, np.random.default_rng(2), max_proposals=needed),
+                                  z[z[:, 0] >= 0][:50])
+    with pytest.raises(ValueError, match=r"^rejection sampling accepted \d+ of 120 proposals"):
+        half.sample(50, np.random.default_rng(2), max_proposals=needed - 1)
+
+
 # -- parameter ranges ---------------------------------------------------------------------
 
 
@@ -349,6 +373,16 @@ def test_a_target_spec_that_is_not_a_string_is_shown_plainly():
         with pytest.raises(ValueError) as info:
             from_spec(spec)
         assert str(info.value).endswith(shown), str(info.value)
+
+
+def test_a_spaced_target_name_is_read_as_its_spaced_parameters_are():
+    """'ring: std = 0.1' was read but 'ring :std=0.1' was "unknown target 'ring '"."""
+    from sgm_ref.targets.spec import from_spec, to_record
+    for spec, same in (("ring :std=0.1", "ring:std=0.1"), (" product : d=3 ", "product:d=3"), ("gmm \t:d=2,k=2,radius=1",
+                                                                                           "gmm:d=2,k=2,radius=1")):
+        assert to_record(from_spec(spec)) == to_record(from_spec(same))
+    with pytest.raises(ValueError, match=r"^unknown target 'r ing'"):
+        from_spec("r ing:std=0.1")
 
 
 def test_radii_too_small_for_float64_are_refused():

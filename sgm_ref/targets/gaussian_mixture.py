@@ -14,7 +14,7 @@ tilting); for identity covariances f(x) = log sum_k w_k exp(mu_k . x - |mu_k|^2 
 import numpy as np
 
 from .._threads import blas_settable, run_blocks
-from .._validation import (check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
+from .._validation import (cast_oracle_output, check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
                            eigh_spd)
 from ..kernels.mixture import centred_rows_into, diagonal_mixture, full_mixture_direct, full_mixture_responsibilities
 from ..processes import OU, VariancePreserving, check_process
@@ -638,7 +638,8 @@ class GaussianMixture(ExactOutputs):
         sum_k pi_k |g_k|^2 - |s|^2, which cancels where one component dominates.
         tr P_k = sum_j 1 / (alpha_t^2 lam_kj + sigma_t^2) from the eigenvalues lam_kj.
 
-        Parameters, shapes and Raises as log_prob; returns ndarray of shape (n,), dtype of x
+        Parameters, shapes and Raises as log_prob, and for float32 points where the divergence
+        is beyond float32's range (never an inf); returns ndarray of shape (n,), dtype of x
         (computed in float64). Costs O(n K d^2) for full covariances, O(n K d) otherwise
         (plus one O(n d^2) rotation for tied), in NumPy rather than numba.
         """
@@ -656,4 +657,4 @@ class GaussianMixture(ExactOutputs):
                 spread = np.where(pi > 0, spread, 0.0)
                 out[blk] = np.sum(pi * (spread - np.sum(1.0 / v, axis=2)), axis=1)
         check_oracle_output(out, x)
-        return out.astype(x.dtype, copy=False)
+        return cast_oracle_output(out, x, "divergence")

@@ -16,7 +16,7 @@ norm r, sgm_ref.targets.GaussianMixture.paper_family) keeps it fixed.
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng
+from .._validation import cast_oracle_output, check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng
 from ..processes import OU, check_process
 from ._predict import ExactOutputs
 from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
@@ -200,7 +200,8 @@ class ProductMixture(ExactOutputs):
             d^2/dx_j^2 log p_t = -sum_c pi_jc / v_jc + sum_c pi_jc (g_c - s_j)^2,
 
         (the second sum a variance about s_j, free of the cancellation in
-        sum_c pi_jc g_c^2 - s_j^2), summed over j. Raises as log_prob.
+        sum_c pi_jc g_c^2 - s_j^2), summed over j. Raises as log_prob, and for float32 points
+        where the divergence is beyond float32's range (never an inf).
         """
         x, var, diff = self._coordinates(x, t, process)
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
@@ -212,4 +213,4 @@ class ProductMixture(ExactOutputs):
             spread = np.where(post > 0, (g - s) ** 2, 0.0)
             out = np.sum(post * (spread - 1.0 / var), axis=(1, 2))
         check_oracle_output(out, x)
-        return out.astype(x.dtype, copy=False)
+        return cast_oracle_output(out, x, "divergence")

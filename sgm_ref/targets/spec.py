@@ -127,6 +127,8 @@ def from_spec(spec):
                          f"got {shown(spec)}")
     spec = spec.strip()
     name, sep, rest = spec.partition(":")
+    if name.strip() in PRESETS:  # "ring :std=0.1", as keys and values may be spaced
+        name = name.strip()
     if name not in PRESETS and (spec.endswith(".json") or os.path.isfile(spec)):
         return _from_json(spec)
     if name not in PRESETS:

@@ -190,7 +190,8 @@ class TiltedGaussian(ExactOutputs):
         """n exact draws by rejection from gamma_d (module docstring), shape (n, d).
 
         Raises ValueError if f_max is unknown, if a proposal has f > f_max (the bound is
-        wrong), if more than max_proposals (a number >= 1) proposals are needed, or if
+        wrong), if more than max_proposals (a number >= 1) proposals are needed (proposals
+        are drawn in blocks: those past the n-th acceptance do not count), or if
         n points do not fit in this machine's memory.
         """
         n = check_size(check_count(n, "n"), 2 * self.d, "n", f"n points in d = {self.d}")
@@ -208,12 +209,19 @@ class TiltedGaussian(ExactOutputs):
             if np.any(fx > self.f_max):
                 raise ValueError(f"f = {plain(fx.max())} exceeds f_max = {plain(self.f_max)}: f_max must bound f above")
             with np.errstate(over="ignore"):  # -inf: never accepted, as it should be
-                keep = x[log_u < fx - self.f_max]
+                accept = log_u < fx - self.f_max
+            keep = x[accept]
             accepted.append(keep)
+            if count + keep.shape[0] >= n:
+                # the proposals the n-th acceptance needed: a block is drawn whole, so up to 64
+                # or more were made, and those past it do not count against max_proposals
+                used = proposed + int(np.flatnonzero(accept)[n - count - 1]) + 1
+            else:
+                used = proposed + m
             count += keep.shape[0]
             proposed += m
             rate = max(count / proposed, 1e-6)
-            if proposed > max_proposals:
+            if used > max_proposals:
                 raise ValueError(f"rejection sampling accepted {count} of {proposed} proposals; "
                                  "f_max is too loose or exp(f) too concentrated")
         return np.concatenate(accepted)[:n].astype(dtype, copy=False)
