@@ -288,12 +288,16 @@ def build_parser():
                         "ve:sigma_min=0.01,sigma_max=50, edm, flow (default %(default)s)")
     p.add_argument("--target", required=True,
                    help=f"gaussian:d=2,mean=1,std=0.5 (exact laws) or {_TARGET_HELP}")
-    p.add_argument("--n-steps", type=_integer, default=10, help="replay steps on the grid (default %(default)s)")
-    p.add_argument("--grid", choices=_SAMPLER_GRIDS, default="uniform",
+    p.add_argument("--n-steps", type=_integer, help="replay steps on the grid (default 10)")
+    p.add_argument("--grid", choices=_SAMPLER_GRIDS,
                    help="the grid: uniform or geometric times from --T to --t0; karras: Karras et al.'s sigmas "
                         "from --T to --t0 (edm, --rho) and a final 0, as k-diffusion's get_sigmas_karras; "
                         "leading, trailing or linspace: diffusers' DDIM/DDPM timesteps of a ddpm process "
-                        "(--steps-offset) and a final step to the data (default %(default)s)")
+                        "(--steps-offset) and a final step to the data (default uniform)")
+    p.add_argument("--grid-file", metavar="PATH",
+                   help="the grid as a file instead: a .npy array or a text file of decreasing times of --process "
+                        "(whitespace or commas between them), e.g. a diffusers scheduler's own sigmas for --process "
+                        "edm: np.save(PATH, sched.sigmas.numpy().astype(np.float64))")
     p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
     p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
     p.add_argument("--rho", type=float, help="--grid karras's rho (default 7)")
@@ -983,7 +987,16 @@ def _sampler_grid(args, process):
     from .replays import SPACINGS, ddim_timesteps, timestep_grid
     from .samplers import time_grid
 
-    kind = args.grid
+    if args.grid_file is not None:
+        given = [name for name, value in (("--grid", args.grid), ("--n-steps", args.n_steps), ("--T", args.T),
+                                          ("--t0", args.t0), ("--rho", args.rho), ("--steps-offset", args.steps_offset),
+                                          ("--set-alpha-to-one", args.set_alpha_to_one)) if value is not None]
+        if given:
+            raise ValueError(f"--grid-file gives the whole grid; {', '.join(given)} "
+                             f"{'does' if len(given) == 1 else 'do'} not apply with it")
+        return _read_grid_file(args.grid_file, process)
+    kind = "uniform" if args.grid is None else args.grid
+    args.n_steps = 10 if args.n_steps is None else args.n_steps
     if args.rho is not None and kind != "karras":
         raise ValueError(f"--rho is --grid karras's; the grid here is {kind}")
     if args.steps_offset is not None and kind != "leading":
@@ -1029,6 +1042,48 @@ def _sampler_grid(args, process):
             raise ValueError(f"--grid karras needs --n-steps >= 2, got {args.n_steps}")
         return process.karras_sigmas(args.n_steps, t0, T, 7.0 if args.rho is None else args.rho)
     return time_grid(T, t0, args.n_steps, kind)
+
+
+def _read_grid_file(path, process):
+    """--grid-file's times: a .npy array (float or integer) or text of numbers between
+    whitespace or commas; 1-D, finite, strictly decreasing and within the process's times,
+    else a ValueError naming the file."""
+    from ._validation import check_decreasing_grid
+    from .io import _READ_ERRORS
+
+    npy = path.endswith(".npy")
+    try:
+        if npy:
+            grid = np.load(path, allow_pickle=False)
+        else:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+    except UnicodeDecodeError:
+        raise ValueError(f"--grid-file {path}: not a text file (use a .npy name for a NumPy array)") from None
+    except OSError as exc:
+        raise ValueError(f"--grid-file {path}: {exc.strerror or os_error_text(exc)}") from None
+    except _READ_ERRORS as exc:  # numpy's answer to bytes that are no .npy array, or a damaged one
+        raise ValueError(f"--grid-file {path}: not a readable .npy array ({exc})") from None
+    if npy:
+        if not isinstance(grid, np.ndarray):
+            grid.close()
+            raise ValueError(f"--grid-file {path}: an .npz archive, not one .npy array")
+        if grid.dtype.kind not in "fiu":
+            raise ValueError(f"--grid-file {path}: the array has dtype {grid.dtype}; times are real numbers")
+    else:
+        try:
+            grid = np.array([float(token) for token in text.replace(",", " ").split()])
+        except ValueError as exc:
+            raise ValueError(f"--grid-file {path}: {exc} (the file holds times between whitespace or commas)") \
+                from None
+    try:
+        grid = check_decreasing_grid(np.asarray(grid, dtype=np.float64))
+        if grid[-1] < 0 or grid[0] > process.t_max:
+            raise ValueError(f"its times must lie in [0, {process.t_max}] for {process!r}, got {float(grid[-1])!r} "
+                             f"to {float(grid[0])!r}")
+    except ValueError as exc:
+        raise ValueError(f"--grid-file {path}: {exc}") from None
+    return grid
 
 
 def cmd_audit_sampler(args):

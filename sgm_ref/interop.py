@@ -614,7 +614,8 @@ def to_torch(target, process, output=None, signature="denoiser", *, fractional=F
         (i + 1) / N with beta constant on each step, while diffusers' schedulers
         interpolate sigma linearly between integer timesteps, so at a fractional
         timestep the two disagree by a fraction of a step. Integer timestep spacings
-        ("leading", "trailing") avoid the question.
+        ("leading", "trailing") avoid the question, except with use_karras_sigmas (or
+        exponential or beta sigmas), whose timesteps are fractional whatever the spacing.
 
     Returns
     -------

@@ -338,6 +338,97 @@ def test_cli_bad_usage_exit_2(tmp_path, args, message):
     assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and r.stdout == ""
 
 
+@pytest.mark.parametrize("suffix", [".txt", ".npy"])
+def test_cli_grid_file_is_the_grid(tmp_path, suffix):
+    """--grid-file: the comparison runs on the file's times, read exactly (the JSON report's
+    grid), as a text file (commas or whitespace) or an .npy array; the peer matches there."""
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE)
+    grid = np.array([0.9, 0.61, 0.3, 0.123456789012345678, 1e-3])
+    path = tmp_path / f"grid{suffix}"
+    if suffix == ".npy":
+        np.save(path, grid)
+    else:
+        path.write_text("0.9, 0.61\n0.3 " + repr(float(grid[3])) + "\n1e-3\n")
+    out = tmp_path / "audit.json"
+    r = run("audit-sampler", "--sampler", "peers_mod:em", "--replay", "euler_maruyama", "--process", "vp",
+            "--target", "gaussian:d=2,mean=1,std=0.5", "--n", "100", "--grid-file", path, "--json", out, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("MATCH"), r.stdout + r.stderr
+    assert json.loads(out.read_text())["grid"] == grid.tolist()
+
+
+def test_cli_grid_file_of_diffusers_sigmas_and_lower_order_final(tmp_path):
+    """The use it is for: DPMSolverMultistepScheduler(final_sigmas_type="sigma_min") at 10 steps
+    in the VP frame (docs/peers.md), its own sigmas saved with np.save: a MATCH with
+    --option lower_order_final=true, a DISCREPANCY at its last step without."""
+    peer("torch")
+    diffusers = peer("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min")
+    sched.set_timesteps(10)
+    np.save(tmp_path / "sigmas.npy", sched.sigmas.numpy().astype(np.float64))
+    (tmp_path / "dpm_mod.py").write_text("""
+import numpy as np, torch, diffusers
+from sgm_ref import EDM
+from sgm_ref.conventions import convert
+
+def vp(sigma):
+    return 1.0 / np.sqrt(1.0 + sigma**2)
+
+def loop(score, grid, x, noises):
+    sched = diffusers.DPMSolverMultistepScheduler(final_sigmas_type="sigma_min")
+    sched.set_timesteps(len(grid) - 1)
+    y, path = torch.from_numpy(x * vp(grid[0])), [x.copy()]
+    for k, timestep in enumerate(sched.timesteps):
+        sigma = np.full(len(x), grid[k])
+        x_edm = y.numpy() / vp(grid[k])
+        eps = convert(score(x_edm, sigma), x_edm, sigma, EDM(), from_="score", to="eps")
+        y = sched.step(torch.from_numpy(eps), timestep, y).prev_sample
+        path.append(y.numpy() / vp(grid[k + 1]))
+    return np.stack(path)
+""")
+    argv = ["audit-sampler", "--sampler", "dpm_mod:loop", "--replay", "dpmpp_2m", "--process", "edm",
+            "--target", "gaussian:d=2,mean=1,std=0.5", "--n", "100", "--grid-file", "sigmas.npy", "--rtol", "7.6e-6"]
+    r = run(*argv, "--option", "lower_order_final=true", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("MATCH"), r.stdout + r.stderr
+    r = run(*argv, cwd=tmp_path)
+    assert r.returncode == 1 and "first diverging step: 9" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("content, args, message", [
+    ("1 0.5 0.1", ["--n-steps", "5"], "--grid-file gives the whole grid; --n-steps does not apply with it"),
+    ("1 0.5 0.1", ["--grid", "uniform", "--T", "1"], "--grid, --T do not apply with it"),
+    ("1, 0.5, abc", [], "could not convert string to float: 'abc' (the file holds times between whitespace"),
+    ("0.1 0.5 1", [], "grid must be strictly decreasing (from T to t0); grid[0] = 0.1 <= grid[1] = 0.5"),
+    ("1 0.5 nan", [], "--grid-file grid.txt: grid"),
+    ("", [], "--grid-file grid.txt: grid must be a 1-D array of at least 2 times"),
+    ("2 0.5 0.1", [], "its times must lie in [0, 1.0]"),
+    (None, [], "--grid-file grid.txt: No such file or directory"),
+])
+def test_cli_bad_grid_file_exit_2(tmp_path, content, args, message):
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE)
+    if content is not None:
+        (tmp_path / "grid.txt").write_text(content)
+    r = run("audit-sampler", "--sampler", "peers_mod:em", "--replay", "euler_maruyama", "--process", "vp",
+            "--target", "gaussian:d=1", "--n", "50", "--grid-file", "grid.txt", *args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
+
+
+@pytest.mark.parametrize("write, message", [
+    (lambda p: np.savez(p, a=np.ones(3)), "an .npz archive, not one .npy array"),
+    (lambda p: np.save(p, np.array(["1", "0.5"])), "the array has dtype <U3; times are real numbers"),
+    (lambda p: p.write_bytes(b"not numpy at all"), "not a readable .npy array"),
+    (lambda p: np.save(p, np.ones((2, 2))), "grid must be a 1-D array"),
+])
+def test_cli_bad_grid_npy_exit_2(tmp_path, write, message):
+    (tmp_path / "peers_mod.py").write_text(PEER_MODULE)
+    path = tmp_path / "grid.npy"
+    write(path)
+    if not path.exists():  # np.savez appends .npz: give it the .npy name
+        (tmp_path / "grid.npy.npz").rename(path)
+    r = run("audit-sampler", "--sampler", "peers_mod:em", "--replay", "euler_maruyama", "--process", "vp",
+            "--target", "gaussian:d=1", "--n", "50", "--grid-file", "grid.npy", cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1 and r.stdout == "", r.stderr
+
+
 @pytest.mark.parametrize("target", ["gaussian:d=2,mean=1,std=0.5", "ring"])
 @pytest.mark.parametrize("output, note", [("np.zeros_like(x)", "peer || replay: no distance between the laws"),
                                           ("x * 1e200", "mmd2: not computed")])

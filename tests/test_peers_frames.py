@@ -120,6 +120,36 @@ def test_dpm_solver_v_prediction_is_the_vp_v_on_the_vp_sample(frame_page):
     assert result.matches, result.text()
 
 
+@pytest.mark.parametrize("n, config", [(10, {"final_sigmas_type": "sigma_min"}),
+                                       (20, {"final_sigmas_type": "sigma_min", "euler_at_final": True}),
+                                       (12, {"final_sigmas_type": "sigma_min", "timestep_spacing": "trailing"})])
+def test_dpm_solver_first_order_last_step_is_lower_order_final(frame_page, n, config):
+    """With its sigmas ending at sigma_min, DPMSolverMultistepScheduler takes its last step first
+    order below 15 steps (lower_order_final=True, its default) or with euler_at_final: the
+    replay's lower_order_final=True follows it; without, they part at the last step."""
+    diffusers = peer("diffusers")
+    sched = diffusers.DPMSolverMultistepScheduler(**config)
+    sched.set_timesteps(n)
+    sigmas = sched.sigmas.numpy().astype(np.float64)
+    assert sigmas[-1] > 0
+    loop = frame_page["dpm_loop"](**config)
+    result = compare_sampler(loop, "dpmpp_2m", EDM(), sigmas, TARGET, 200, np.random.default_rng(1), rtol=FLOAT32,
+                             replay_options={"lower_order_final": True})
+    assert result.matches, result.text()
+    result = compare_sampler(loop, "dpmpp_2m", EDM(), sigmas, TARGET, 200, np.random.default_rng(1), rtol=FLOAT32)
+    assert not result.matches and result.first_divergence == n - 1  # the last of n steps
+    # and where diffusers keeps second order to the end, the default replay is the one that matches
+    config = {**config, "lower_order_final": False, "euler_at_final": False}
+    result = compare_sampler(frame_page["dpm_loop"](**config), "dpmpp_2m", EDM(), sigmas, TARGET, 200,
+                             np.random.default_rng(1), rtol=FLOAT32)
+    assert result.matches, result.text()
+
+
+def test_lower_order_final_is_a_bool():
+    with pytest.raises(ValueError, match="lower_order_final must be True or False"):
+        dpmpp_2m(lambda x, t: -x, EDM(), [2.0, 1.0], np.zeros((1, 2)), lower_order_final="yes")
+
+
 # -- final_sigmas_type="sigma_min": a repeated last sigma -----------------------------------------
 
 @pytest.mark.parametrize("config", [{"timestep_spacing": "linspace"}, {"timestep_spacing": "leading"},

@@ -178,13 +178,27 @@ def euler_ancestral(score, process, grid, x, rng=None, trajectory=False, *, nois
     return frame.result(draws)
 
 
-def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None, lower_order_final=False):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), as k-diffusion's sample_dpmpp_2m.
 
     Deterministic (rng and noise unused; noise must be None or have no draws). A
     second-order multistep method in lambda = -log sigma_hat: exact on the linear part,
-    the denoiser extrapolated linearly from the last two steps. Arguments as karras_euler.
+    the denoiser extrapolated linearly from the last two steps,
+
+        x_{k+1} = (sigma_{k+1} / sigma_k) x_k - expm1(-h_k) D',
+        D' = (1 + 1 / (2 r)) D_k - (1 / (2 r)) D_{k-1},   r = h_{k-1} / h_k,
+
+    with D' = D_k on the first step (first order, DDIM) and on a last step onto sigma = 0
+    (where the update is x = D_k). Arguments as karras_euler, and
+
+    lower_order_final : bool
+        Also take the last step first order (D' = D_k) when it ends at a sigma > 0, as
+        diffusers' DPMSolverMultistepScheduler does with final_sigmas_type="sigma_min"
+        below 15 steps (its lower_order_final=True, the default) or with
+        euler_at_final=True. k-diffusion's sample_dpmpp_2m never does (the default, False).
     """
+    if not isinstance(lower_order_final, (bool, np.bool_)):
+        raise ValueError(f"lower_order_final must be True or False, got {lower_order_final!r}")
     frame = _SigmaFrame(score, process, grid, x, trajectory)
     draws = Noise(None, noise, frame.xh.shape, frame.dtype)
     sig = frame.sig
@@ -195,7 +209,7 @@ def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None)
             frame.set(D, k)  # h = inf: x <- 0 x - expm1(-inf) D
             continue
         h = np.log(sig[k]) - np.log(sig[k + 1])
-        if D_old is None:
+        if D_old is None or (lower_order_final and k == sig.size - 2):
             Dd = D
         else:
             r = h_old / h

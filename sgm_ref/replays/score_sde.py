@@ -81,7 +81,8 @@ def euler_maruyama(score, process, grid, x, rng=None, trajectory=False, *, noise
         The standard normal draws xi_k, one per step (N of them; N + 1 with step_size).
     step_size : float, optional
         None: h_k = t_k - t_{k+1}, N steps. A float h: score_sde's loop (and diffusers'
-        ScoreSdeVpScheduler), one step of size h from every grid point, N + 1 steps, the
+        deprecated ScoreSdeVpScheduler, whose step_pred takes eps, not the score: it
+        divides by -sigma_t), one step of size h from every grid point, N + 1 steps, the
         last from t_N to t_N - h; f and g are read at the grid points.
     denoise : bool
         Return the last step's mean, without its noise (score_sde's `denoise=True`; the
