@@ -52,10 +52,12 @@ the exact output law of every scheme on every process.
 The residual exponential integrator runs on the variance-preserving processes only.
 
 The score is called as score(x, t) with x of shape (n, d) and t of shape (n,) (all
-entries equal to the current grid time) and must return the dtype of x; besides that
-call, a step is one kernel call (sgm_ref.kernels.sampler) that checks the score's output
-is finite, draws the noise a block at a time and updates the points in place; the
-coefficients are computed before the first step. The points' dtype is the arithmetic's:
+entries equal to the current grid time) and must return the dtype of x (an array of its
+own or one it keeps and refills on each call: probability_flow, which holds one output
+across the next call, copies such an array); besides that call, a step is one kernel
+call (sgm_ref.kernels.sampler) that checks the score's output is finite, draws the
+noise a block at a time and updates the points in place; the coefficients are computed
+before the first step. The points' dtype is the arithmetic's:
 float32 points (sample(dtype=np.float32), or float32 x) step in float32 with the
 coefficients rounded to float32, losing O(N 2^-24) relative to float64 after N steps
 from the same start points (measured: 7e-7 to 1.4e-6 at N = 200); the noise is
@@ -87,13 +89,26 @@ def _is_vp(process):
 
 
 def _check_time_range(t0, T, process):
-    """check_time_range; for a process that is not variance-preserving (no B(T)), T <= t_max."""
+    """check_time_range; for a process that is not variance-preserving (no B(T)), T <= t_max
+    and sigma_T^2 finite (_check_sigma2)."""
     if process is None or _is_vp(process):
         return check_time_range(t0, T, process)
     t0, T = check_time_range(t0, T)
     if T > process.t_max:
         raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    _check_sigma2(process, T, "T")
     return t0, T
+
+
+def _check_sigma2(process, T, name):
+    """Raise unless sigma_T^2 is finite: on a process that is not variance-preserving every
+    step's int g^2 is at most sigma_T^2 (EDM with its t_max = inf, T = 1e200, or VE with
+    sigma_max = 1e200), and beyond it the coefficients are inf and NaN."""
+    with np.errstate(over="ignore"):
+        finite = np.isfinite(process._sigma2(np.float64(T)))
+    if not finite:
+        raise ValueError(f"{name} = {float(T)!r} is too large for {process!r}: sigma_T^2 overflows float64; "
+                         "use a T with sigma_T below about 1e154")
 
 
 def routed_replay(process, method):
@@ -151,6 +166,7 @@ def check_grid(grid, process):
     if g[0] > process.t_max:
         raise ValueError(f"grid must start at T <= {process.t_max} for {process!r}, got {float(g[0])!r}")
     if not _is_vp(process):
+        _check_sigma2(process, g[0], "grid[0] = T")
         return g
     try:
         B_T = process.integrated_beta(g[0])
@@ -258,7 +274,16 @@ def _finished(y, grid, process):
     return y
 
 
-def _start(x, process, grid):
+def _check_call(score, trajectory):
+    """Raise unless score is callable and trajectory a bool (the samplers' own arguments)."""
+    if not callable(score):
+        raise ValueError(f"score must be a callable (x, t) -> ndarray, got {type(score).__name__}")
+    if not isinstance(trajectory, (bool, np.bool_)):
+        raise ValueError(f"trajectory must be True or False, got {trajectory!r}")
+
+
+def _start(score, x, process, grid, trajectory):
+    _check_call(score, trajectory)
     process = check_process(process, variance_preserving=False)
     grid = check_grid(grid, process)
     y = check_points(x, "x").copy()
@@ -313,6 +338,7 @@ STEP_COEFFICIENTS["residual_exponential"] = _residual_exponential_coefficients
 
 def _routed(score, process, grid, x, rng, trajectory, method):
     """Run a process that is not variance-preserving through its replay (module docstring)."""
+    _check_call(score, trajectory)
     replay = routed_replay(process, method)
     grid = check_grid(grid, process)
     y = check_points(x, "x")
@@ -320,7 +346,7 @@ def _routed(score, process, grid, x, rng, trajectory, method):
 
 
 def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
-    process, grid, y = _start(x, process, grid)
+    process, grid, y = _start(score, x, process, grid, trajectory)
     rng = check_rng(rng)
     # all but the score call and one kernel is done before the loop: the coefficients, in
     # y's dtype (float32 points step in float32 arithmetic), and one row of noise scratch
@@ -416,7 +442,7 @@ def probability_flow(score, process, grid, x, trajectory=False):
     """
     if not _is_vp(process):
         return _routed(score, process, grid, x, None, trajectory, "probability_flow")
-    process, grid, y = _start(x, process, grid)
+    process, grid, y = _start(score, x, process, grid, trajectory)
     beta = process.beta(grid)
     h = grid[:-1] - grid[1:]
     # predictor y_pred = y + h f(y, t_k) = (1 + a) y + a s with f = beta (y + s) / 2, a = h beta_k / 2;
@@ -427,8 +453,15 @@ def probability_flow(score, process, grid, x, trajectory=False):
     times = _Times(y.shape[0])
     path = [y.copy()] if trajectory else None
     y_pred = np.empty_like(y)
+    s_kept = np.empty_like(y)
     for k, (one_plus_a, a, c_now, c_next) in enumerate(steps):
+        # the corrector reads s after the second score call: a score that returns an array it
+        # still holds (an output buffer it refills on every call) or a view of one would have
+        # overwritten it by then, so s is kept in a copy of our own (one pass over n d numbers
+        # beside two score calls; which arrays a score keeps cannot be told from outside)
         s = _score_for_kernel(score, y, grid[k], k, grid, process, times)
+        np.copyto(s_kept, s)
+        s = s_kept
         status = heun_predict(y_pred, y, s, one_plus_a, a, limit)
         if status:
             _non_finite_score(status, k, grid[k], grid, process)
@@ -506,6 +539,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         fails or returns something other than a finite array of x's shape and dtype, or
         a sampler that diverges (its points overflow: steps too large for the scheme).
     """
+    _check_call(score, trajectory)
     process = check_process(process, variance_preserving=False)
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")

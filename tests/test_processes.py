@@ -892,3 +892,31 @@ def test_integrals_beyond_float64_and_huge_priors_are_named():
         OU().prior(2, 2**62, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"^beta_min = 1e\+200 and beta_max = 1e\+201 are too large to invert"):
         VP(beta_min=1e200, beta_max=1e201).time_of(0.5)
+
+
+def test_flow_matching_step_integrals_near_t_max_to_rounding():
+    """A FlowMatching step up to near t = 1 has u = h / (1 - t_lo) close to 1, and taking
+    1 - u from the rounded u lost int f, int g^2, b and a = alpha_lo / alpha_hi 1e-12 to
+    1.5e-11 of their values (from t_lo = 0.329 to t_max = 1 - 1e-5: the first step of an
+    exponential integrator from T = t_max). Against 50-digit closed forms of the exact float
+    times: alpha = 1 - t, rho = t / (1 - t)."""
+    p = FlowMatching()
+    with mp.workdps(50):
+        for th in (p.t_max, 1 - 3.3e-5, 0.9990000000000001, 0.9, 0.7):
+            for tl in (0.0, 1e-12, 3.1e-9, 0.1, 0.32925086669292963, 0.5, 0.77, 0.97, th * (1 - 1e-9), th - 2e-16):
+                if not tl < th:
+                    continue
+                TH, TL = mp.mpf(th), mp.mpf(tl)
+
+                def F(t):  # an antiderivative of g^2 / alpha = 2 t / (1 - t)^2
+                    return 2 / (1 - t) + 2 * mp.log(1 - t)
+
+                def rho(t):
+                    return t / (1 - t)
+
+                want = [mp.log((1 - TH) / (1 - TL)), 2 * mp.log((1 - TL) / (1 - TH)) - 2 * (TH - TL),
+                        (1 - TL) / (1 - TH), (1 - TL) * (F(TH) - F(TL)), (1 - TL) ** 2 * (rho(TH) ** 2 - rho(TL) ** 2)]
+                a, b, c2 = p.exponential_integrals(th, tl)
+                got = [p.integrated_f_between(th, tl), p.integrated_g2_between(th, tl), a, b, c2]
+                for name, g, w in zip(["int f", "int g^2", "a", "b", "c2"], got, want):
+                    assert _rel(mp.mpf(float(g)), w) < 2e-15, (name, th, tl, float(g), float(w))

@@ -7,10 +7,10 @@ import numba
 import numpy as np
 import pytest
 
-from sgm_ref import OU, VP, GaussianMixture
+from sgm_ref import EDM, OU, VP, GaussianMixture
 from sgm_ref.kernels.sampler import (affine_noise_step, generator_handle, standard_normal_float32_into,
                                      standard_normal_into)
-from sgm_ref.samplers import (check_grid, euler_maruyama, exponential_integrator, probability_flow, sample,
+from sgm_ref.samplers import (METHODS, check_grid, euler_maruyama, exponential_integrator, probability_flow, sample,
                               time_grid)
 
 PROCESSES = {"OU": (OU(), 6.0), "VP": (VP(), 1.0)}
@@ -725,3 +725,75 @@ def test_a_sampler_driven_out_by_its_score_on_small_steps_blames_the_score():
     with pytest.raises(ValueError, match=r"Its steps are small \(the largest has int beta = 0\.\d+\), so the score "
                                          r"drove the points out"):
         sample(exploding, OU(), 10, 2, np.random.default_rng(0), T=5.0, t0=0.01, n_steps=100)
+
+
+
+def test_probability_flow_with_a_score_that_refills_one_output_buffer():
+    """A score that writes every output into one buffer it keeps (returning it or a view
+    of it) overwrote the score at t_k with the one at t_{k+1} before Heun's corrector read
+    it: a silently wrong sample (std 5.9 instead of 8.3 here). Now the same bits as a score
+    returning fresh arrays."""
+    class Refilling:
+        def __init__(self, view):
+            self.buffer, self.view = None, view
+
+        def __call__(self, x, t):
+            if self.buffer is None:
+                self.buffer = np.empty((x.shape[0] + self.view, x.shape[1]), x.dtype)
+            out = self.buffer[1:] if self.view else self.buffer
+            np.multiply(x, -0.5, out=out)
+            return out
+
+    grid = time_grid(1.0, 0.01, 10)
+    for dtype in (np.float64, np.float32):
+        x = np.random.default_rng(1).standard_normal((4, 2)).astype(dtype)
+        fresh = probability_flow(lambda z, t: -0.5 * z, VP(), grid, x)
+        for view in (False, True):
+            assert np.array_equal(probability_flow(Refilling(view), VP(), grid, x), fresh)
+        _, path = probability_flow(Refilling(False), VP(), grid, x, trajectory=True)
+        assert np.array_equal(path[-1], fresh)
+
+
+@pytest.mark.parametrize("process, method", [(OU(), m) for m in sorted(METHODS)]
+                         + [(EDM(), m) for m in sorted(METHODS) if m != "residual_exponential"])
+def test_score_and_trajectory_are_checked(process, method):
+    """A score that is not callable raised a bare TypeError "'NoneType' object is not
+    callable" from inside the first step (after the prior draw), and trajectory="no" (any
+    truthy non-bool) silently returned a (sample, trajectory) tuple."""
+    kwargs = dict(T=1.0, t0=0.1, n_steps=2, method=method)
+    with pytest.raises(ValueError, match=r"^score must be a callable \(x, t\) -> ndarray, got NoneType"):
+        sample(None, process, 3, 2, np.random.default_rng(0), **kwargs)
+    with pytest.raises(ValueError, match=r"^trajectory must be True or False, got 'no'"):
+        sample(lambda x, t: -x, process, 3, 2, np.random.default_rng(0), trajectory="no", **kwargs)
+    fn, args = (probability_flow, ()) if method == "probability_flow" else \
+        (METHODS[method], (np.random.default_rng(0),))
+    grid, x = np.array([1.0, 0.5]), np.zeros((3, 2))
+    with pytest.raises(ValueError, match=r"^score must be a callable"):
+        fn(None, process, grid, x, *args)
+    with pytest.raises(ValueError, match=r"^trajectory must be True or False, got 1"):
+        fn(lambda x, t: -x, process, grid, x, *args, trajectory=1)
+    y, path = fn(lambda x, t: -x, process, grid, x, *args, trajectory=np.bool_(True))  # numpy's bool is a bool
+    assert path.shape == (2, 3, 2) and np.array_equal(path[-1], y)
+
+
+def test_a_T_whose_sigma_squared_overflows_is_named():
+    """EDM (t_max = inf) at T = 1e200, or VE with sigma_max = 1e200: sigma_T^2 and the
+    steps' int g^2 overflow, and the samplers said they diverged with a step ratio of nan
+    and the advice to use more steps. Now T is refused as VP's T with B(T) beyond float64 is."""
+    from sgm_ref import VE
+
+    def score(x, t):
+        return -x / (1.0 + t[:, None] ** 2)
+
+    with pytest.raises(ValueError, match=r"^T = 1e\+200 is too large for EDM\(t_max=inf\): sigma_T\^2 overflows"):
+        sample(score, EDM(), 2, 1, np.random.default_rng(0), T=1e200, t0=1.0, n_steps=2000)
+    with pytest.raises(ValueError, match=r"^T = 1e\+200 is too large for EDM"):
+        time_grid(1e200, 1.0, 10, process=EDM())
+    for fn in (euler_maruyama, exponential_integrator):
+        with pytest.raises(ValueError, match=r"^grid\[0\] = T = 1e\+200 is too large for EDM"):
+            fn(score, EDM(), np.geomspace(1e200, 1.0, 2001), np.ones((2, 1)), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"^T = 1\.0 is too large for VE\(sigma_min=0\.01, sigma_max=1e\+200\)"):
+        sample(score, VE(sigma_max=1e200), 2, 1, np.random.default_rng(0), T=1.0, t0=0.5, n_steps=10)
+    # below the limit nothing changes: sigma_T^2 = 1e306, steps of ratio ~0.7
+    y = sample(score, EDM(), 2, 1, np.random.default_rng(0), T=1e153, t0=1.0, n_steps=2000)
+    assert np.all(np.isfinite(y))

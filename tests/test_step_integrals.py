@@ -2,9 +2,10 @@
 
 int f, int g^2 and the exponential integrator's int (alpha_lo/alpha_t) g^2 and
 int (alpha_lo/alpha_t)^2 g^2 against scipy.integrate.quad of the process's own f and g2, to
-~1e-13 relative, from steps near t = 0 to steps at 0.9 t_max (beyond, the float64 times
-themselves limit quad's reference: near FlowMatching's t = 1, rounding t costs 1e-11 of
-g^2). The stable helpers expm1mx and log1pmx against mpmath.
+~1e-13 relative, from steps near t = 0 to steps at 0.9 t_max (beyond, quad's reference in
+float64 arithmetic is not that precise near FlowMatching's t = 1, where g^2 ~ 1 / (1 - t);
+tests/test_processes.py checks those steps against mpmath). The stable helpers expm1mx and
+log1pmx against mpmath.
 """
 
 import mpmath

@@ -286,7 +286,9 @@ class FlowMatching(LinearGaussianProcess):
         c2      = (1 - t_lo)^2 (rho_hi^2 - rho_lo^2) = (1 - t_lo) h (rho_hi + rho_lo) / (1 - t_hi)
 
     (in b, u^2 / (1 - u) + L(-u) has parts of opposite sign but |L(-u)| <= u^2 / (2 (1 - u)),
-    so at most one bit cancels; the last term is >= 0).
+    so at most one bit cancels; the last term is >= 0). For u > 1/2 the factor 1 - u is
+    (1 - t_hi) / (1 - t_lo), log1p(-u) is its log and L(-u) = log(1 - u) + u: 1 - u taken
+    from the rounded u would lose digits on steps up to near t = 1.
 
     Parameters
     ----------
@@ -334,16 +336,32 @@ class FlowMatching(LinearGaussianProcess):
     def _u(t_hi, t_lo):
         return (t_hi - t_lo) / (1.0 - t_lo)
 
+    @staticmethod
+    def _u_logs(t_hi, t_lo):
+        """(u, 1 - u, log1p(-u), L(-u)) to full relative precision.
+
+        1 - u is (1 - t_hi) / (1 - t_lo), not 1 - u: on a step up to near t = 1 (u = 0.99998
+        from t_lo = 0.37 to t_max = 1 - 1e-5) u's rounding alone cost 1 - u, log1p(-u), int f,
+        int g^2, b and alpha_lo / alpha_hi 1e-12 to 1.5e-11 of their values. Steps with
+        u <= 1/2 take log1p(-u) and log1pmx(-u) as before (the same bits).
+        """
+        u = FlowMatching._u(t_hi, t_lo)
+        small = u <= 0.5
+        w = np.where(small, 1.0 - u, (1.0 - t_hi) / (1.0 - t_lo))
+        with np.errstate(divide="ignore"):  # log1p(-u) of a u rounded to 1, in the branch not taken
+            log_w = np.where(small, np.log1p(-u), np.log(w))
+        return u, w, log_w, np.where(small, log1pmx(-u), log_w + u)
+
     def _int_f(self, t_hi, t_lo):
-        return np.log1p(-self._u(t_hi, t_lo))
+        return self._u_logs(t_hi, t_lo)[2]
 
     def _int_g2(self, t_hi, t_lo):
-        u = self._u(t_hi, t_lo)
-        return 2.0 * (u * t_lo - log1pmx(-u))
+        u, _, _, L = self._u_logs(t_hi, t_lo)
+        return 2.0 * (u * t_lo - L)
 
     def _ei_b(self, t_hi, t_lo):
-        u = self._u(t_hi, t_lo)
-        return 2.0 * (u * u / (1.0 - u) + log1pmx(-u) - t_lo * np.log1p(-u))
+        u, w, log_w, L = self._u_logs(t_hi, t_lo)
+        return 2.0 * (u * u / w + L - t_lo * log_w)
 
     def _ei_c2(self, t_hi, t_lo):
         rho = t_hi / (1.0 - t_hi) + t_lo / (1.0 - t_lo)
