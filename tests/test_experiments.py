@@ -161,6 +161,23 @@ def test_a_damaged_sweep_description_is_refused(tmp_path, saved):
         run_sweep(tmp_path, GRID, executor=CountingExecutor(), log=lambda s: None)
 
 
+class OtherVersionExecutor(concurrent.futures.Executor):
+    """A cluster's worker with another sgm_ref installed: its rows carry that version."""
+
+    def submit(self, fn, cell):
+        future = concurrent.futures.Future()
+        future.set_result({**fn(cell), "sgm_ref": "0.0.1"})
+        return future
+
+
+def test_a_worker_on_another_sgm_ref_is_refused_before_its_row_is_kept(tmp_path):
+    """Each row records the worker's sgm_ref; a Dask worker on another version had its rows
+    mixed into the sweep silently (a review)."""
+    with pytest.raises(ValueError, match=r"a worker runs sgm_ref 0\.0\.1 and this sweep .*install the same sgm_ref"):
+        run_sweep(tmp_path, GRID, executor=OtherVersionExecutor(), log=lambda s: None)
+    assert not (tmp_path / "results.jsonl").exists()
+
+
 class DyingExecutor(concurrent.futures.Executor):
     """Every cell's worker is killed (as the out-of-memory killer would)."""
 
@@ -287,6 +304,15 @@ def test_make_grid():
                           ({"d": [2], "n": [10**20]}, "use a smaller --d or --n")):
         with pytest.raises(ValueError, match=match):
             make_grid(**kwargs)
+
+
+@pytest.mark.parametrize("budget", [1e308, 1e200])
+def test_a_budget_too_large_to_train_is_refused_before_the_sweep_starts(tmp_path, budget):
+    """--budget 1e308 was accepted: the sweep wrote sweep.json, then stopped at its first cell
+    with "integer division result too large for a float" (naming no option), and the folder
+    refused every later command with a sane --budget ("other settings")."""
+    with pytest.raises(ValueError, match="--budget .* would train a cell for more than 2\\^53 steps"):
+        make_grid(quick=True, budget=budget)
 
 
 def test_a_budget_factor_scales_every_cells_steps():

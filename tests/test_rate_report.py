@@ -652,3 +652,34 @@ def test_the_page_says_what_a_planar_target_and_the_curse_rate_can_and_cannot_sh
     fams = {"product": {"fits": {}}}
     assert report._PLANAR_FAMILIES == ("mixture-iso", "tilt-iso") and "product" not in report._PLANAR_FAMILIES
     assert "EM plug-in" not in report._plane_sentence(["mixture-iso"], fams)
+
+
+def test_a_sweep_where_the_network_learns_in_no_d_is_reported(tmp_path):
+    """When no d's error ended below half the -x baseline, every exponent is left out of the
+    claims and no d is left: the page stopped with IndexError in _list([]) (a review: `sgm-ref
+    experiment rate-report` on a quick sweep of one d printed a traceback)."""
+    folder = synthetic(tmp_path / "run", {"mixture-iso": {2: 0.05, 8: 0.05, 32: 0.05}})
+    report.write_report(folder)
+    shows, not_shows = conclusions((tmp_path / "run" / "rate.md").read_text())
+    assert "the exponents of d = 2, 8 and 32 (0.06, 0.05 and 0.05) are not rates of learning" in not_shows
+    assert "the error stays above half the -x baseline up to n = 8000 in d = 2, 8 and 32" in not_shows
+    # no claim about exponents under "What this shows": not even that they are equal across d
+    assert "the error falls with n" not in shows and "exceeds the curse rate" not in shows
+    assert "equal exponents" not in shows and "but d = 2, 8 and 32 among them, where the exponent is not a rate" \
+        in not_shows
+
+
+@pytest.mark.parametrize("name", ["sweep.md", "summary.md"])
+def test_a_report_never_overwrites_the_sweeps_own_files(tmp_path, name):
+    """--out RUN/sweep.md wrote the report's numbers over RUN/sweep.json (a review): the next
+    `sgm-ref experiment rate RUN` refused the folder ("not a sweep description") and its cells
+    could not be continued. Now refused before anything is written."""
+    folder = synthetic(tmp_path / "run", {"mixture": {2: 0.5, 8: 0.5, 32: 0.5}}, seeds=1)
+    (tmp_path / "run" / "sweep.json").write_text('{"settings": {}}\n')
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ValueError, match=f"--out .*{name}: the report would overwrite the sweep's own "
+                                         f".*{name.replace('.md', '.json')}.*give the report another name"):
+        report.write_report(folder, tmp_path / "run" / name)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    report.write_report(folder, tmp_path / name)  # outside a sweep's folder the name is free
+    assert (tmp_path / name).is_file()

@@ -221,6 +221,14 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
         epochs = grid["settings"]["epochs"] * factor
         grid["settings"]["epochs"] = int(epochs) if epochs.denominator == 1 else float(epochs)
         grid["settings"]["min_steps"] = math.ceil(grid["settings"]["min_steps"] * factor)
+        # refused now, not as an OverflowError of the first cell after sweep.json holds these settings
+        try:
+            longest = max(training_steps(n, grid["settings"]) for n in grid["n"])
+        except OverflowError:
+            longest = math.inf
+        if longest > 2**53:
+            raise ValueError(f"--budget {budget!r} would train a cell for more than 2^53 steps; use a factor such "
+                             "as 2 (twice the default steps)")
     if objective is not None:
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -632,10 +640,18 @@ def _check_row(row):
 
 
 def append_result(path, result):
-    with open(path, "ab") as f:
-        f.write((json.dumps(result, allow_nan=False) + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
+    """Append result to results.jsonl as one line, flushed and fsynced. An OSError of the write
+    (a full disk, a file-size limit: the file object's error names no file) is given path's name;
+    a line cut short by it is what load_results(repair=True) cuts off before the next append."""
+    try:
+        with open(path, "ab") as f:
+            f.write((json.dumps(result, allow_nan=False) + "\n").encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = os.fspath(path)
+        raise
 
 
 def fit_slope(n, error):

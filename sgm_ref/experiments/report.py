@@ -810,7 +810,8 @@ def _conclusions(fams, comparisons=()):
         away = [d for d in ds if lows[d] > 0]
         sat = {d: a["network"][str(d)]["saturating"] for d in ds}
         sat_lows = {d: sat[d]["b_interval"][0] or 0.0 for d in ds if sat[d]}  # None: not bounded below
-        where = "every d" + (f" where it learns ({_list(ds)})" if out else f" ({_list(ds)})")
+        # (no d left when the network learns in none: only the sentences below about why)
+        where = ("every d" + (f" where it learns ({_list(ds)})" if out else f" ({_list(ds)})")) if ds else None
         bends = [d for d in ds if d in bent]
         if ds and len(away) == len(ds):
             dmin = min(ds, key=lambda d: lows[d])
@@ -866,8 +867,13 @@ def _conclusions(fams, comparisons=()):
                                  f"{bs[hi]:.2f} (d = {hi}).")
             else:
                 width = max(by_d[str(d)]["b_se"] for d in fitted)
-                shows.append(f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
-                             f"common exponent {-joint['common_slope']:.2f}.")
+                equal = (f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
+                         f"common exponent {-joint['common_slope']:.2f}")
+                if out:  # the test holds d whose exponents were just left out of the claims
+                    not_shows.append(equal + f", but d = {_list(out)} among them, where the exponent is not a rate "
+                                             "of learning.")
+                else:
+                    shows.append(equal + ".")
                 not_shows.append(f"**{family}**: not rejecting is not proof of a d-free exponent: each d's exponent "
                                  f"has a standard error up to {width:.3f}, so differences of about "
                                  f"{2.8 * width:.2f} could go unseen.")
@@ -1261,6 +1267,10 @@ def plot_tv_vs_n(path, analysis):
 
 # ---------------------------------------------------------------- the command
 
+# what `sgm-ref experiment rate` writes into its folder (sweep.py): never a report's file
+_SWEEP_FILES = ("sweep.json", "results.jsonl", "results.csv", "summary.json", "summary.md", "rate.png", ".lock")
+
+
 def write_report(folder, out=None, log=None, compare_with=None):
     """Regenerate the report of a sweep folder: OUT, OUT's .json and the figures beside OUT.
 
@@ -1287,7 +1297,8 @@ def write_report(folder, out=None, log=None, compare_with=None):
     Raises
     ------
     ValueError
-        No sweep in folder, or out's folder does not exist (nothing is written then).
+        No sweep in folder, out's folder does not exist, or out would overwrite a sweep's own files
+        (sweep.md, summary.md in a sweep's folder); nothing is written then.
     """
     folder = os.fspath(folder)
     rows, settings = load_sweep(folder)
@@ -1297,6 +1308,14 @@ def write_report(folder, out=None, log=None, compare_with=None):
         raise ValueError(f"--out must name a .md file, got {out!r}")
     if not os.path.isdir(where):
         raise ValueError(f"--out {out}: its folder {where} does not exist")
+    stem = os.path.splitext(os.path.basename(out))[0]
+    if any(os.path.exists(os.path.join(where, f)) for f in ("sweep.json", "results.jsonl")):
+        # a sweep's folder: the report's STEM.md and STEM.json must not replace the sweep's own files
+        # (--out RUN/sweep.md wrote the numbers over RUN/sweep.json: the sweep could not be continued)
+        clash = sorted({stem + ".md", stem + ".json"} & set(_SWEEP_FILES))
+        if clash:
+            raise ValueError(f"--out {out}: the report would overwrite the sweep's own {_list(clash)} in {where}; "
+                             "give the report another name (the default is rate.md)")
     # the grid of `--full` (or of `--full --d ...`, alone or added to it) when the rows are its
     # cells under its settings (the sweep does not store its grid): the cost summary counts against it
     grid = _full_grid(rows, settings)
@@ -1312,7 +1331,6 @@ def write_report(folder, out=None, log=None, compare_with=None):
         comparisons.append((compare(rows, other_rows, settings, other_settings), name))
     if comparisons:
         analysis = {**analysis, "comparisons": {name: c for c, name in comparisons}}
-    stem = os.path.splitext(os.path.basename(out))[0]
     written, figures = [], {}
     plots = have_matplotlib()
     if plots:

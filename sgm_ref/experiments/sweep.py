@@ -19,6 +19,8 @@ import io
 import json
 import multiprocessing
 import os
+import threading
+import time
 
 from .. import __version__
 from .._json import load_json
@@ -44,6 +46,23 @@ def _single_threaded_children():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _exit_with_parent(parent):
+    """A pool worker's initializer: the worker ends when the sweep process that started it is gone.
+
+    A sweep killed outright (SIGKILL, SIGTERM, the out-of-memory killer) cannot shut its pool
+    down, and a worker of concurrent.futures never notices on its own (it holds both ends of
+    its task queue): it went on with its cell, then waited for tasks forever, holding its
+    memory, and a rerun's workers shared the cores with it. Its result would be lost anyway
+    (only the sweep process writes results.jsonl): the rerun computes the cell again.
+    """
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="sgm_ref-exit-with-parent", daemon=True).start()
 
 
 def _write_text(path, text):
@@ -163,12 +182,16 @@ def _run(todo, results, results_path, workers, executor, log):
         if executor is None:
             stack.enter_context(_single_threaded_children())
             executor = own_pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+                max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_exit_with_parent, initargs=(os.getpid(),))
         futures = [executor.submit(run_cell, c) for c in todo]
         finished = False
         try:
             for k, future in enumerate(concurrent.futures.as_completed(futures), start=1):
                 r = future.result()
+                if r.get("sgm_ref", __version__) != __version__:  # a cluster's worker on other code
+                    raise ValueError(f"a worker runs sgm_ref {r['sgm_ref']} and this sweep {__version__}: its cells "
+                                     "would be mixed with this version's; install the same sgm_ref on every worker")
                 append_result(results_path, r)
                 results.append(r)
                 log(f"[{k}/{len(todo)}] " + _describe(r))
