@@ -50,6 +50,8 @@ def atomic_path(path):
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"cannot write {path}: folder {directory} does not exist")
+    if os.path.isdir(path):  # else the rename at the end fails, naming the temporary file
+        raise ValueError(f"cannot write {path}: it is a folder; give a file name")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
     os.close(fd)
     try:

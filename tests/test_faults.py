@@ -580,3 +580,17 @@ def test_a_damaged_final_state_is_not_restored_from(tmp_path):
     for bad in (None, 3, tmp_path / "missing"):
         with pytest.raises(ValueError, match="run folder must be an existing folder"):
             restore_history(bad)
+
+
+def test_writing_onto_a_folder_names_the_folder_not_a_temporary(tmp_path):
+    """A figure or file written onto a path that is a folder failed at the final rename, with an
+    IsADirectoryError naming the temporary .tmp-... file (a review); it is refused up front now,
+    before the work, and no temporary is left."""
+    from sgm_ref.io import atomic_path, atomic_write
+
+    (tmp_path / "out.png").mkdir()
+    for attempt in (lambda: atomic_write(tmp_path / "out.png", lambda f: f.write(b"x")),
+                    lambda: atomic_path(tmp_path / "out.png").__enter__()):
+        with pytest.raises(ValueError, match=r"cannot write .*out\.png: it is a folder; give a file name"):
+            attempt()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
