@@ -87,7 +87,8 @@ _PROCESSES = ("ou", "vp")
 _GRIDS = ("geometric", "uniform")  # sgm_ref.samplers.time_grid's kinds
 _SAMPLER_GRIDS = _GRIDS + ("karras", "leading", "trailing", "linspace")  # audit-sampler's: the peers' grids too
 _TARGET_HELP = ("preset (ring, ring:k=6,radius=3,std=0.2, gmm:d=32,k=4,radius=3,seed=0, "
-                "product:d=8,shift=1.5,std=1) or a JSON file with weights, means, covariances")
+                "product:d=8,shift=1.5,std=1) or a JSON file with weights, means, covariances (or a run's "
+                "config.json target_definition)")
 _T_HELP = "horizon (default 5 for ou, 1 for vp)"
 _BETA_MIN_HELP = f"VP beta(0), with --process vp (default {VP.beta_min:g})"
 _BETA_MAX_HELP = f"VP beta(1), with --process vp (default {VP.beta_max:g})"

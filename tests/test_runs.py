@@ -36,6 +36,23 @@ def test_product_preset_and_records():
         from_record({"type": "ProductMixture", "weights": [[0.5, 0.5]]})
 
 
+def test_a_record_file_is_a_target(tmp_path):
+    """A JSON file holding a record (to_record: what a run's config.json keeps as
+    "target_definition") names its target, a ProductMixture too; it was refused with
+    "unknown key(s) ['type']", so a run's target could not be passed back as --target."""
+    targets = (ProductMixture([[0.3, 0.7], [0.5, 0.5]], [[-1.0, 2.0], [0.0, 1.0]], [[0.5, 1.0], [2.0, 0.25]]),
+               GaussianMixture.ring(), from_spec("gmm:d=4,k=2,radius=1"))
+    for k, target in enumerate(targets):
+        path = tmp_path / f"record{k}.json"
+        path.write_text(json.dumps(to_record(target)))
+        again = from_spec(str(path))
+        assert type(again) is type(target) and again.to_dict() == target.to_dict()
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"type": "Banana", "weights": [1.0]}))
+    with pytest.raises(ValueError, match=r"target file .*bad\.json: a target record must be a dict with 'type' one of"):
+        from_spec(str(path))
+
+
 def test_preset_names_win_over_files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ring").write_text("not a target")

@@ -6,6 +6,8 @@
     product:d=8,shift=1.4,std=1       ProductMixture.symmetric (independent coordinates)
     path/to/mixture.json              {"weights": [...], "means": [[...]], "covariances": ...,
                                        "covariance_type": ...}
+    path/to/record.json               {"type": "ProductMixture", ...}: a record (to_record),
+                                       e.g. a run's config.json "target_definition"
 
 In a JSON file "covariances" is omitted or null (identity covariances) or has the shape
 its "covariance_type" names, as scikit-learn writes them: "full" (K, d, d), "diag"
@@ -99,6 +101,8 @@ def _from_json(path):
     except OSError as exc:
         raise ValueError(f"cannot read target file {path}: {exc.strerror or exc}") from None
     try:
+        if isinstance(spec, dict) and "type" in spec:  # a record (to_record): a run's "target_definition"
+            return from_record(spec)
         return GaussianMixture.from_dict(spec)
     except ValueError as exc:
         raise ValueError(f"target file {path}: {exc}") from None
@@ -111,7 +115,9 @@ def from_spec(spec):
     ----------
     spec : str
         A preset name with optional parameters ("ring", "gmm:d=32,k=4,radius=3,seed=0")
-        or the path of a JSON mixture file (ending in .json, or an existing file).
+        or the path of a JSON file (ending in .json, or an existing file): a mixture
+        (GaussianMixture.to_dict()) or a target record (to_record: {"type": ..., ...}, as
+        a run's config.json keeps it under "target_definition").
 
     Returns
     -------
