@@ -66,7 +66,7 @@ def _check_time_draw(n, t0, T, rng, distribution):
     n = check_count(n, "n")
     t0, T = check_time_range(t0, T)
     rng = check_rng(rng)
-    if distribution not in TIME_DISTRIBUTIONS:
+    if not isinstance(distribution, str) or distribution not in TIME_DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {TIME_DISTRIBUTIONS}, got {distribution!r}")
     return n, t0, T, rng
 
@@ -138,11 +138,13 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
     t = np.broadcast_to(check_times(t, n=n, T=model.process.t_max), (n,))
     if np.any(t <= 0):
         raise ValueError("t must be > 0 (sigma_0 = 0 makes z / sigma_t infinite)")
-    if weighting not in WEIGHTINGS:
+    if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     if grad_params is not None and (not isinstance(grad_params, np.ndarray) or grad_params.shape != (net.n_params,)
-                                    or grad_params.dtype != net.dtype or not grad_params.flags.c_contiguous):
-        raise ValueError(f"grad_params must be a contiguous ndarray of shape ({net.n_params},) and dtype {net.dtype.name}")
+                                    or grad_params.dtype != net.dtype or not grad_params.flags.c_contiguous
+                                    or not grad_params.flags.writeable):
+        raise ValueError(f"grad_params must be a contiguous writeable ndarray of shape ({net.n_params},) and dtype "
+                         f"{net.dtype.name} (the gradient is written into it)")
     with np.errstate(over="ignore", invalid="ignore"):
         value, gradient = _dsm_loss(model, x0, t, z, weighting, grad, grad_params)
     # one number, and n_params against the O(n n_params) backward pass

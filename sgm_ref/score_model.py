@@ -28,7 +28,7 @@ class ScoreModel:
     """
 
     def __init__(self, network, process=OU(), parameterization="residual"):
-        if parameterization not in PARAMETERIZATIONS:
+        if not isinstance(parameterization, str) or parameterization not in PARAMETERIZATIONS:
             raise ValueError(f"parameterization must be one of {PARAMETERIZATIONS}, got {parameterization!r}")
         check_process(process)
         if not all(hasattr(network, a) for a in ("forward", "params", "d", "dtype")):

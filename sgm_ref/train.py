@@ -74,7 +74,9 @@ class TrainStep:
     vectors of batch length (indices, times, importance weights, coefficients) are made.
 
     Raises NonFiniteGradientError (args[0] "loss" or "gradient") before any
-    parameter changes if the loss or the gradient is not finite.
+    parameter changes if the loss or the gradient is not finite (or the gradient too
+    large for Adam's second moment), and Adam's NonFiniteStepError if a finite gradient
+    gives a non-finite update (see Adam.step for the state it leaves).
     """
 
     def __init__(self, model, data, batch_size, t0, T, optimizer, weighting="none",
@@ -87,11 +89,11 @@ class TrainStep:
             raise ValueError(f"data must have dtype {net.dtype.name} (the model's), got {self.data.dtype}")
         self.batch_size = check_count(batch_size, "batch_size")
         self.t0, self.T = check_time_range(t0, T, model.process)
-        if weighting not in WEIGHTINGS:
+        if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-        if time_distribution not in TIME_DISTRIBUTIONS:
+        if not isinstance(time_distribution, str) or time_distribution not in TIME_DISTRIBUTIONS:
             raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {time_distribution!r}")
-        if time_sampling not in TIME_SAMPLINGS:
+        if not isinstance(time_sampling, str) or time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {time_sampling!r}")
         if not isinstance(optimizer, Adam) or optimizer.params is not net.params:
             raise ValueError("optimizer must be an sgm_ref.optim.Adam built on model.params (the same array)")
@@ -207,7 +209,10 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     ------
     TrainingDivergedError
         If the loss or the gradient is non-finite at some step; the message names the
-        step, and the parameters are those before it.
+        step, and the parameters are those before it. Also if Adam's update of a finite
+        gradient is non-finite (NonFiniteStepError; its message, included, says whether
+        the parameters were restored: they are unless lr <= 1 and weight_decay <= 1,
+        where this needs parameters beyond ~1e154 in float64).
     """
     steps = check_count(steps, "steps")
     rng = check_rng(rng)
@@ -230,6 +235,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     if getattr(lr_schedule, "steps", steps) < steps:  # a CosineLR of a shorter run: refused before step 1
         raise ValueError(f"lr_schedule covers {lr_schedule.steps} steps, fewer than the run's {steps}; "
                          f"make it for {steps} (e.g. CosineLR(lr, {steps}))")
+    if history is not None and not isinstance(history, History):
+        raise ValueError(f"history must be a History (to continue a run's), got {type(history).__name__}")
     history = History() if history is None else history
     history.optimizer = optimizer
 
@@ -252,7 +259,13 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
             history.loss.append(loss)
             if eval_every is not None and (step % eval_every == 0 or step == steps):
                 history.eval_steps.append(step)
-                history.eval_values.append(float(evaluate(model)))
+                value = evaluate(model)
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    raise ValueError(f"evaluate(model) must return a real number, got {type(value).__name__} "
+                                     f"at step {step}") from None
+                history.eval_values.append(value)
             if callback is not None:
                 callback(step, model, optimizer, history)
             if bar is not None:

@@ -320,3 +320,19 @@ def test_sample_times_names_a_size_beyond_numpy():
 
     with pytest.raises(ValueError, match=r"^n = 4611686018427387904 asks for .* lower n$"):
         sample_times(2**62, 0.01, 1.0, np.random.default_rng(0))
+
+
+def test_dsm_loss_names_a_read_only_grad_params_and_array_choices():
+    """Review: a read-only grad_params got NumPy's 'output array is read-only' (naming nothing);
+    an array for weighting or distribution got 'The truth value of an array ... is ambiguous'."""
+    model = ScoreModel(MLP(2, (4,), rng=0), OU())
+    x0 = np.zeros((3, 2))
+    frozen = np.empty(model.network.n_params)
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="grad_params must be a contiguous writeable ndarray"):
+        dsm_loss(model, x0, 0.5, x0, grad_params=frozen)
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        dsm_loss(model, x0, 0.5, x0, weighting=np.array(["none", "sigma2"]))
+    for draw in (sample_times, importance_times):
+        with pytest.raises(ValueError, match="distribution must be one of"):
+            draw(3, 0.1, 1.0, np.random.default_rng(0), distribution=np.array(["uniform", "log-uniform"]))

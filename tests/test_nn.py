@@ -476,3 +476,62 @@ def test_workspace_hidden_pre_activations_share_the_backward_buffer():
         gz = gz @ net.weights[l].T
     want = np.concatenate([np.concatenate([dW, db[None]], axis=0).ravel() for dW, db in zip(want[::2], want[1::2])])
     np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.max(np.abs(want)))
+
+
+# -- review: a refused pass must not leave a stale tape; tangents and seeds checked -------------
+
+@pytest.mark.parametrize("call", ["forward", "forward_keep", "jvp", "jacobian_trace"])
+def test_a_pass_refused_by_the_time_embedding_spoils_the_tape(call):
+    """forward(keep=True), then a pass over as many rows whose t the log embedding refuses (t = 0):
+    x had already been written into the tape's input, and backward silently returned the gradient
+    at those rows (wrong by ~9 here) instead of refusing."""
+    net = MLP(D, WIDTHS, "tanh", "log", rng=0)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+    passes = {"forward": lambda: net.forward(x + 5.0, 0.0),
+              "forward_keep": lambda: net.forward(x + 5.0, 0.0, keep=True),
+              "jvp": lambda: net.jvp(x + 5.0, 0.0, np.ones((N, 1, D))),
+              "jacobian_trace": lambda: net.jacobian_trace(x + 5.0, 0.0)}
+    with pytest.raises(ValueError, match="t must be > 0 for the 'log' time embedding"):
+        passes[call]()
+    with pytest.raises(ValueError, match="preceding forward"):
+        net.backward(w)
+
+
+def test_a_tangent_pass_stopped_midway_leaves_no_tape(monkeypatch):
+    net = MLP(D, WIDTHS, rng=0)
+    x, t, w = batch()
+    net.forward(x, t, keep=True)
+
+    def fail(ws, T):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(net, "_tangents", fail)
+    with pytest.raises(RuntimeError, match="stopped"):
+        net.jvp(x, t, np.ones((N, 1, D)))  # same rows: the tape's workspace, re-taped by the pass
+    with pytest.raises(ValueError, match="preceding forward"):
+        net.backward(w)
+
+
+@pytest.mark.parametrize("bad", [np.ones((N, 1, D)) * (1 + 1j), np.full((N, 1, D), "a"),
+                                 np.full((N, 1, D), None, dtype=object)])
+def test_jvp_refuses_tangents_that_are_not_real(bad):
+    """Complex tangents had their imaginary part dropped with only a ComplexWarning; strings and
+    objects gave a TypeError from np.isfinite."""
+    from sgm_ref.score_model import ScoreModel
+
+    net = MLP(D, WIDTHS, rng=0)
+    x, t, _ = batch()
+    for f in (net.jvp, ScoreModel(net).jvp):
+        with pytest.raises(ValueError, match=r"tangents must be a real array \(float or integer\), got dtype"):
+            f(x, t, bad)
+
+
+def test_a_negative_seed_and_too_many_frequencies_are_named():
+    with pytest.raises(ValueError, match="rng must be a Generator or an int seed >= 0, got -1"):
+        MLP(D, WIDTHS, rng=-1)
+    with pytest.raises(ValueError, match=r"n_frequencies must be an integer in \[1, 1000\], got 1100"):
+        TimeEmbedding("fourier", 1100)  # was an OverflowError from 2.0**1099
+    emb = TimeEmbedding("fourier", 1000)  # the largest: every feature finite down to the smallest t
+    out = np.empty((2, emb.dim))
+    assert np.all(np.isfinite(emb(np.array([5e-324, 1e308]), out)))

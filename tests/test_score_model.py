@@ -125,3 +125,9 @@ def test_time_messages_print_plain_floats():
         with pytest.raises(ValueError, match=message) as info:
             model(x, np.array(t))
         assert "np.float64" not in str(info.value)
+
+
+def test_a_parameterization_array_is_named():
+    """Review: an array got 'The truth value of an array ... is ambiguous'."""
+    with pytest.raises(ValueError, match="parameterization must be one of"):
+        ScoreModel(MLP(2, (4,), rng=0), OU(), np.array(["score", "noise"]))

@@ -473,3 +473,18 @@ def test_train_step_draws_are_the_generators_own(dtype, batch):
     assert np.array_equal(step.t, 1e-3 + (2.0 - 1e-3) * u)
     assert np.array_equal(step.z, z)
     assert rng.random() == twin.random()  # and the stream goes on where numpy's would
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"history": {}}, "history must be a History"),
+    ({"weighting": np.array(["none", "sigma2"])}, "weighting must be one of"),
+    ({"time_distribution": np.array(["uniform", "x"])}, "time_distribution must be one of"),
+    ({"time_sampling": np.array(["direct", "x"])}, "time_sampling must be one of"),
+    ({"eval_every": 1, "evaluate": lambda model: "good"}, "evaluate\\(model\\) must return a real number, got str at step 1"),
+])
+def test_fit_names_more_bad_arguments(change, message):
+    """Review: these gave an AttributeError, NumPy's 'truth value of an array is ambiguous', and
+    'could not convert string to float' (naming neither evaluate nor the step)."""
+    model, data = small_problem()
+    with pytest.raises(ValueError, match=message):
+        fit(model, data, steps=2, rng=np.random.default_rng(0), **{**FIT, **change})

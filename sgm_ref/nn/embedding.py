@@ -6,6 +6,10 @@ from .._validation import show
 
 __all__ = ["TimeEmbedding"]
 
+# w_j log t for j < 1000 stays below 2^997 * 745 ~ 1e303 (finite) for every positive float64 t;
+# beyond ~1024 frequencies 2^j / 4 itself overflows
+_MAX_FREQUENCIES = 1000
+
 
 class TimeEmbedding:
     """Features e(t) appended to the network input.
@@ -24,8 +28,11 @@ class TimeEmbedding:
     def __init__(self, kind="linear", n_frequencies=4):
         if not isinstance(kind, str) or kind not in self.KINDS:
             raise ValueError(f"time embedding kind must be one of {self.KINDS}, got {kind!r}")
-        if isinstance(n_frequencies, bool) or not isinstance(n_frequencies, (int, np.integer)) or n_frequencies < 1:
-            raise ValueError(f"n_frequencies must be an integer >= 1, got {show(n_frequencies)}")
+        if isinstance(n_frequencies, (bool, np.bool_)) or not isinstance(n_frequencies, (int, np.integer)) \
+                or not 1 <= n_frequencies <= _MAX_FREQUENCIES:
+            raise ValueError(f"n_frequencies must be an integer in [1, {_MAX_FREQUENCIES}], got {show(n_frequencies)}"
+                             + (" (w_j = 2^j / 4 times log t must stay finite in float64)"
+                                if isinstance(n_frequencies, (int, np.integer)) and n_frequencies > 1 else ""))
         self.kind = kind
         self.n_frequencies = int(n_frequencies)
         self.dim = 1 + 2 * self.n_frequencies if kind == "fourier" else 1

@@ -80,7 +80,9 @@ class MLP:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if not isinstance(time_embedding, TimeEmbedding):
             time_embedding = TimeEmbedding(time_embedding)
-        if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+            if rng < 0:
+                raise ValueError(f"rng must be a Generator or an int seed >= 0, got {int(rng)}")
             rng = np.random.default_rng(rng)
         rng = check_rng(rng, "rng (a Generator or an int seed)")
         self.d = d
@@ -222,6 +224,9 @@ class MLP:
         return ws.Z[L]
 
     def _fill_input(self, ws, x, t):
+        # the workspace's tape (if a forward(keep=True) left one) is spoilt from here on, also
+        # if the time embedding refuses t after x is written: a backward must not read it
+        ws.has_tape = False
         ws.H[0][:, :self.d] = x
         self.embedding(t, ws.H[0][:, self.d:-1])
 
@@ -317,6 +322,8 @@ class MLP:
         x, t = self._check_inputs(x, t)
         n = x.shape[0]
         V = np.asarray(tangents)
+        if V.dtype.kind not in "iuf":
+            raise ValueError(f"tangents must be a real array (float or integer), got dtype {V.dtype}")
         if V.ndim != 3 or V.shape[0] != n or V.shape[2] != self.d:
             raise ValueError(f"tangents must have shape (n, k, d) = ({n}, k, {self.d}), got {V.shape}")
         if not np.all(np.isfinite(V)):
@@ -346,8 +353,10 @@ class MLP:
             ws = self._workspace(rows.stop - rows.start)
             self._fill_input(ws, x[rows], t[rows])
             out[rows] = self._run(ws, tape=True)
-            yield rows, ws
-            ws.has_tape = False
+            try:
+                yield rows, ws
+            finally:  # also when the caller's loop stops early (an exception, a close)
+                ws.has_tape = False
 
     def jacobian_trace(self, x, t):
         """tr (d net / d x) at each row, exactly, by forward mode with the d unit tangents at once.
