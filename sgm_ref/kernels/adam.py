@@ -10,7 +10,8 @@ wd the weight decay, k the step number and d the EMA decay,
             step_size = lr / (1 - b1^k)
     ema_i = d ema_i + (1 - d) p_i
 
-which is the arithmetic of torch.optim.Adam's non-capturable path; the caller computes
+which is the arithmetic of torch.optim.Adam's non-capturable path but for m (torch's
+lerp, m + (1 - b1) (g - m), rounds differently by an ulp: sgm_ref.optim); the caller computes
 the per-step scalars (c, step_size, sqrt(1 - b2^k)) once. The same pass counts the
 coordinates whose new p_i or v_i is not finite, so the caller needs no second pass over
 the result to refuse a step that overflowed. The loop is serial on
