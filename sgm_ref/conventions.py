@@ -79,12 +79,15 @@ def coefficients(t, process, from_="eps", to="score"):
     ValueError
         An unknown kind; t out of range; or a conversion undefined at t (the score where
         sigma_t = 0, x0 where alpha_t = 0, the velocity where sigma' is infinite as for
-        variance-preserving processes at t = 0).
+        variance-preserving processes at t = 0). A kind to itself is the identity
+        (A, B) = (0, 1) at every t: e.g. a score model's score at sigma_t = 0.
     """
     _check_kind(from_, "from_")
     _check_kind(to, "to")
     process = check_process(process, variance_preserving=False)
     t = process._times(t)
+    if from_ == to:  # the identity, at every t (a score model's score at sigma_t = 0 included)
+        return process._out(np.zeros_like(t)), process._out(np.ones_like(t))
     D = _minors(process, t)
     den = D[("x", from_)]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
@@ -95,7 +98,7 @@ def coefficients(t, process, from_="eps", to="score"):
     bad = ~(np.isfinite(den) & (den != 0) & np.isfinite(A) & np.isfinite(B))
     if np.any(bad):
         tb = float(np.atleast_1d(t)[np.argmax(np.atleast_1d(bad))])
-        alpha, sigma = process.marginal(tb)
+        alpha, sigma = (float(v) for v in process.marginal(tb))
         raise ValueError(f"t = {tb!r}: converting {from_} to {to} is not defined there or overflows float64 for {process!r} "
                          f"(alpha_t = {alpha!r}, sigma_t = {sigma!r}); use a time inside the open range")
     return process._out(A), process._out(B)
@@ -128,7 +131,8 @@ def convert(value, x, t, process, from_="eps", to="score"):
     ------
     ValueError
         An unknown kind, value and x of different shapes, a non-finite entry, t out of
-        range or of the wrong length, or a conversion undefined at t.
+        range or of the wrong length, a conversion undefined at t, or a result beyond the
+        range of its dtype (e.g. eps -> score, -eps / sigma, at sigma_t ~ 1e-300; naming the row).
     """
     _check_kind(from_, "from_")
     _check_kind(to, "to")
@@ -142,6 +146,16 @@ def convert(value, x, t, process, from_="eps", to="score"):
     A, B = np.asarray(A), np.asarray(B)
     if A.ndim == 1:
         A, B = A[:, None], B[:, None]
-    out = A * x.astype(np.float64) + B * value.astype(np.float64)
-    both32 = x.dtype == np.float32 and value.dtype == np.float32
-    return out.astype(np.float32) if both32 else out
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = A * x.astype(np.float64) + B * value.astype(np.float64)
+        both32 = x.dtype == np.float32 and value.dtype == np.float32
+        out = out.astype(np.float32) if both32 else out
+    if not np.all(np.isfinite(out)):  # finite input, coefficients in range: the product is not
+        i = int(np.argmax(~np.all(np.isfinite(out), axis=1)))
+        ti = float(np.broadcast_to(t, (x.shape[0],))[i])
+        Ai, Bi = float(np.broadcast_to(A, (x.shape[0], 1))[i, 0]), float(np.broadcast_to(B, (x.shape[0], 1))[i, 0])
+        raise ValueError(f"converting {from_} to {to} overflows {out.dtype} at row {i} (t = {ti!r}: "
+                         f"{to} = A x + B {from_} with A = {Ai:.3g}, B = {Bi:.3g}); "
+                         "use a time further from where the conversion is singular"
+                         + (", or float64 x and value" if both32 else ""))
+    return out

@@ -64,11 +64,11 @@ def _snap_timesteps(ts, process, fractional, name, tolerance=None):
     tolerance = _TIMESTEP_ROUNDING * N if tolerance is None else np.maximum(tolerance, _TIMESTEP_ROUNDING * N)
     ts = np.where(np.abs(ts - nearest) <= tolerance, nearest, ts)
     if np.any(ts < 0) or np.any(ts > N - 1):
-        bad = ts[(ts < 0) | (ts > N - 1)][0]
+        bad = float(ts[(ts < 0) | (ts > N - 1)][0])
         raise ValueError(f"{name} {bad!r} is outside 0..{N - 1} of {process!r} "
                          f"(sgm_ref time t = (timestep + 1) / N must lie in [1/N, 1])")
     if not fractional and np.any(ts != np.round(ts)):
-        bad = ts[ts != np.round(ts)][0]
+        bad = float(ts[ts != np.round(ts)][0])
         raise ValueError(f"{name} {bad!r} is not an integer; evaluate at integer timesteps "
                          "(times process.time_of_timestep(i)) or pass fractional=True if the model "
                          "was trained on, or interpolates between, fractional timesteps")
@@ -274,7 +274,8 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
     ----------
     model : torch.nn.Module or callable
         model(x, time) -> tensor of x's shape; x a (b, d) tensor (b, *sample_shape if
-        given) of `dtype` on `device`, time a (b,) tensor (see `time`). A diffusers
+        given) of `dtype` on `device`, time a (b,) tensor (see `time`), both copies the
+        model may change in place. A diffusers
         UNet returns an output object: pass lambda x, t: unet(x, t).sample. Run under
         torch.inference_mode() (or, with autograd=True, with gradients enabled and the
         output detached), so no autograd graph outlives a batch; the module is not
@@ -364,8 +365,11 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
     mode = torch.enable_grad if autograd else torch.inference_mode
 
     def run(xb, tb):
+        # tensors of their own (torch.tensor copies): a model that works on its input in
+        # place (x.mul_(...)) must change neither the caller's x nor the x the score is formed from
+        xt, tt = torch.tensor(xb, device=device), torch.tensor(tb, device=device)
         with mode():
-            out = model(torch.from_numpy(xb).to(device), torch.from_numpy(tb).to(device))
+            out = model(xt, tt)
         return out.detach() if torch.is_tensor(out) else out
 
     def as_array(out):
@@ -486,7 +490,8 @@ class OracleModel:
 
     model(x, time) -> tensor of x's shape, dtype and device: x a tensor (n, d) (or
     (n, *shape) with prod(shape) = d, reshaped), time a tensor of shape () / (1,) / (n,)
-    or a Python number. Computed in float64 (NumPy), never with gradients.
+    or a Python number. Computed in float64 (NumPy), never with gradients; a value beyond
+    the range of x's dtype (float16 scores near sigma = 0) raises ValueError.
     """
 
     def __init__(self, target, process, output, signature, fractional):
@@ -513,12 +518,13 @@ class OracleModel:
         those are refused; pass float64 sigmas. A float64 sigma gets no allowance."""
         arg = np.asarray(arg, dtype=np.float64)
         if not np.all(np.isfinite(arg)):
-            raise ValueError(f"the {self._argname} must be finite, got {arg!r}")
+            bad = float(arg.reshape(-1)[~np.isfinite(arg.reshape(-1))][0])
+            raise ValueError(f"the {self._argname} must be finite, got {bad!r}")
         if self.signature == "diffusers":
             ts = _snap_timesteps(arg, self.process, self.fractional, "timestep")
             return (ts + 1.0) / self.process.num_train_timesteps
         if np.any(arg < 0):
-            raise ValueError(f"sigma must be >= 0, got {arg.min()!r}")
+            raise ValueError(f"sigma must be >= 0, got {float(arg.min())!r}")
         lo, hi = (0.0, self.process.t_max) if isinstance(self.process, EDM) else \
             (self.process.sigma_min, self.process.sigma_max)
         if rounding > 0:
@@ -580,7 +586,14 @@ class OracleModel:
         t = np.ascontiguousarray(np.broadcast_to(self.time_of(arg.reshape(-1) if arg.ndim else arg, rounding),
                                                  (n,)))
         value = convert(self.score(flat, t), flat, t, self.process, "score", self.output)
-        return torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype, device=x.device)
+        out = torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype)
+        if not bool(torch.isfinite(out).all()):  # float64 -> float16 / bfloat16 / float32
+            i = int(np.argmax(~torch.isfinite(out).reshape(n, -1).all(1).numpy()))
+            raise ValueError(f"the exact {self.output} overflows {str(x.dtype).replace('torch.', '')} at row {i} "
+                             f"(max |{self.output}| = {np.abs(value[i]).max():.3g} "
+                             f"at sgm_ref time t = {float(t[i])!r}); "
+                             "pass x as float32 or float64")
+        return out.to(device=x.device)
 
 
 def to_torch(target, process, output=None, signature="denoiser", *, fractional=False):
@@ -627,7 +640,7 @@ def to_torch(target, process, output=None, signature="denoiser", *, fractional=F
         Unknown signature or output; a process the signature does not fit; a target
         without a score method. (When called: x not a tensor of the target's dimension,
         a time of the wrong shape, a sigma or timestep out of range, a fractional
-        timestep without fractional=True.)
+        timestep without fractional=True, an output beyond the range of x's dtype.)
     """
     if not isinstance(signature, str) or signature not in SIGNATURES:
         raise ValueError(f"signature must be one of {SIGNATURES}, got {signature!r}")

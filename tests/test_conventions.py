@@ -282,3 +282,54 @@ def test_a_ddpm_timestep_passed_as_a_time_is_named():
         with pytest.raises(ValueError, match=r"^t must be <= 1\.0 \(the process's horizon T\), got max [0-9.]+$"):
             convert(np.ones((1 if np.ndim(t) == 0 else 2, 2)), np.ones((1 if np.ndim(t) == 0 else 2, 2)), t,
                     process, "v", "eps")
+
+
+# -- results beyond float range, and a kind to itself ----------------------------------------
+
+
+def test_a_result_beyond_its_dtype_raises_naming_the_row():
+    """Finite input, finite coefficients, but the product overflows (eps -> score is -eps / sigma
+    at sigma = 1e-10; x0 -> score is (x0 - x) / sigma^2 in float32): a ValueError naming the
+    row and t, never an inf returned."""
+    x = np.ones((3, 2))
+    value = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 1e300]])
+    with pytest.raises(ValueError, match=r"^converting eps to score overflows float64 at row 2 \(t = 1e-10: "
+                                         r"score = A x \+ B eps with A = 0, B = -1e\+10\)"):
+        convert(value, x, 1e-10, EDM(), "eps", "score")
+    x32, v32 = np.zeros((2, 1), np.float32), np.ones((2, 1), np.float32)
+    with pytest.raises(ValueError, match=r"^converting x0 to score overflows float32 at row 0 .*or float64 x and value$"):
+        convert(v32, x32, 1e-20, EDM(), "x0", "score")
+    # in float64 the same conversion is finite
+    assert np.all(np.isfinite(convert(v32.astype(np.float64), x32, 1e-20, EDM(), "x0", "score")))
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=IDS)
+def test_a_kind_to_itself_is_the_identity_at_every_time(process):
+    """score -> score at sigma_t = 0 (t = 0: the data's score) is the score itself; so for
+    every kind at every time, t = 0 included, and the value comes back bit for bit."""
+    far = 300.0 if np.isinf(process.t_max) else process.t_max
+    t = np.array([0.0, 1e-300, 0.5 * far, far])
+    x, value = np.random.default_rng(5).standard_normal((2, t.size, 3))
+    for k in KINDS:
+        A, B = coefficients(t, process, k, k)
+        assert np.array_equal(A, np.zeros(t.size)) and np.array_equal(B, np.ones(t.size)), k
+        assert np.array_equal(convert(value, x, t, process, k, k), value), k
+        assert coefficients(0.0, process, k, k) == (0.0, 1.0)
+
+
+def test_undefined_conversion_message_shows_plain_numbers():
+    with pytest.raises(ValueError, match=r"\(alpha_t = 1\.0, sigma_t = 0\.0\); use a time inside the open range$"):
+        coefficients(0.0, OU(), "eps", "score")
+
+
+def test_predict_takes_a_list_of_rows_for_every_kind():
+    """target.predict(x) with x a nested list, as target.score takes it: every kind, not only
+    score and eps (x0, v and velocity read x.dtype), equal to the array's."""
+    from sgm_ref import GaussianMixture
+    g = GaussianMixture.ring()
+    rows = [[0.0, 1.0], [0.5, -0.25]]
+    for process, t in [(OU(), 0.5), (EDM(), 2.0), (FlowMatching(), 0.3)]:
+        for k in KINDS:
+            got = g.predict(rows, t, process, k)
+            assert np.array_equal(got, g.predict(np.array(rows), t, process, k)), (process, k)
+            assert got.dtype == np.float64

@@ -661,3 +661,73 @@ def test_half_precision_models_are_told_to_cast_not_to_pass_their_dtype(torch, j
     # what the hint says to do: a float16 network at float32
     ours = from_torch(lambda x, t: (-x.half()).float(), OU(), output="score", dtype=torch.float32)(x, 0.5)
     assert ours.dtype == np.float32 and np.array_equal(ours, -x)
+
+
+# -- inputs the model may change, scores at t = 0, outputs beyond x's dtype ---------------------
+
+
+def test_a_model_working_in_place_on_its_input_changes_nothing_of_ours(torch, recwarn):
+    """The model gets tensors of its own: x.mul_(...) inside it leaves the caller's x alone and
+    the score is formed from the x the model was given (x0 -> score uses x); a read-only x
+    is fine (no torch warning about non-writable arrays)."""
+    def x0_model(x, t):  # x0 = x / 2, computed in place on its input
+        t.zero_()
+        return x.mul_(0.5)
+
+    s = from_torch(x0_model, OU(), output="x0", dtype="float64")
+    rng = np.random.default_rng(11)
+    x, t = rng.standard_normal((5, 2)), rng.uniform(0.1, 2.0, 5)
+    keep = x.copy()
+    np.testing.assert_allclose(s(x, t), convert(x / 2, x, t, OU(), "x0", "score"), rtol=1e-14)
+    assert np.array_equal(x, keep)
+    x.setflags(write=False)
+    np.testing.assert_allclose(s(x, t), convert(x / 2, x, t, OU(), "x0", "score"), rtol=1e-14)
+    assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def test_a_score_model_at_time_zero(torch, jax):
+    """output="score" needs no conversion, so a score model is evaluated at t = 0 (sigma_t = 0,
+    where the data's score is defined) as at any other time; an eps model there is refused."""
+    target = full_mixture()
+    x = np.random.default_rng(12).standard_normal((4, 2))
+    exact = target.score(x, 0.0, VP())
+    s = from_torch(lambda x, t: torch.from_numpy(target.score(x.numpy(), t.numpy(), VP())), VP(), output="score",
+                   dtype="float64")
+    assert np.array_equal(s(x, 0.0), exact)
+    assert np.array_equal(s(x, np.array([0.0, 0.5, 0.0, 1.0]))[[0, 2]], exact[[0, 2]])
+    sj = from_jax(lambda x, t: -x, VP(), output="score")
+    assert np.array_equal(sj(x.astype(np.float32), 0.0), -x.astype(np.float32))
+    with pytest.raises(ValueError, match=r"^t = 0\.0: converting eps to score is not defined"):
+        from_torch(lambda x, t: x, VP(), output="eps", dtype="float64")(x, 0.0)
+    # the oracle's own score at EDM sigma = 0 is the data's score
+    got = to_torch(target, EDM(), "score")(torch.from_numpy(x), torch.zeros(4, dtype=torch.float64))
+    np.testing.assert_allclose(got.numpy(), target.score(x, 0.0, OU()), rtol=1e-14)
+
+
+def test_an_oracle_output_beyond_x_s_dtype_raises(torch):
+    """A float16 x: the exact score near sigma = 0 of a narrow Gaussian is beyond float16's
+    range (65504); a ValueError saying so instead of inf."""
+    narrow = GaussianMixture([1.0], [[0.0, 0.0]], [[1e-4, 1e-4]])
+    model = to_torch(narrow, EDM(), "score")
+    x = torch.full((3, 2), 10.0, dtype=torch.float16)
+    with pytest.raises(ValueError, match=r"^the exact score overflows float16 at row 0 .*pass x as float32 or float64$"):
+        model(x, torch.tensor(0.002))
+    got = model(x.float(), torch.tensor(0.002))
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    assert bool(torch.isfinite(model(x, torch.tensor(1.0))).all())  # in range: float16 as before
+
+
+def test_time_argument_errors_show_plain_numbers(torch):
+    """The refused timestep or sigma as the number it is, not np.float64(...) or array(...)."""
+    g = full_mixture()
+    m = to_torch(g, DDPM(), signature="diffusers")
+    x = torch.ones(2, 2, dtype=torch.float64)
+    for time, message in [(torch.tensor(1000), r"^timestep 1000\.0 is outside 0\.\.999"),
+                          (torch.tensor(5.5), r"^timestep 5\.5 is not an integer"),
+                          (torch.tensor([1.0, float("nan")]), r"^the timestep must be finite, got nan$")]:
+        with pytest.raises(ValueError, match=message):
+            m(x, time)
+    with pytest.raises(ValueError, match=r"^sigma must be >= 0, got -1\.0$"):
+        to_torch(g, VE())(x, torch.tensor(-1.0))
+    with pytest.raises(ValueError, match=r"^the timestep N t - 1 = -0\.5 is outside 0\.\.999"):
+        from_torch(lambda x, t: x, DDPM(), time="timestep")(np.ones((2, 2), np.float32), 0.0005)

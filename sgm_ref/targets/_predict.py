@@ -20,6 +20,7 @@ directly, and v and velocity from that x0 and eps = -sigma score, both well cond
 
 import numpy as np
 
+from .._validation import check_points
 from ..conventions import KINDS, _minors, convert
 from ..processes import OU, check_process
 
@@ -32,7 +33,7 @@ class ExactOutputs:
 
         Parameters
         ----------
-        x : ndarray, shape (n, d), float64 or float32
+        x : ndarray, shape (n, d), float64 or float32 (or a nested list of rows, read as float64)
             Points x_t in the process's own scale.
         t : float or ndarray of shape (n,)
             In process.time_range.
@@ -46,8 +47,10 @@ class ExactOutputs:
         ndarray, shape (n, d): the score in the dtype of x; the other kinds float64
         (float32 for float32 x: computed in float64 and rounded once). For the Gaussian
         and product mixtures x0, v and velocity come from the exact posterior mean, to a
-        few ulps at every t (at points far from every component the posterior weights
-        lose digits: docs/limits.md); for other targets from the score by Tweedie's
+        few ulps of its terms at every t (where the components' means nearly cancel in
+        it, e.g. means +-1 near x = 0 late in the process, that is a few ulps of |mu|, not
+        of x0: 3.6e-3 of an x0 of 1.5e-14; at points far from every component the
+        posterior weights lose digits: docs/limits.md); for other targets from the score by Tweedie's
         formula, whose x0 loses digits where alpha_t is small (module docstring).
 
         Raises
@@ -59,6 +62,7 @@ class ExactOutputs:
         if not isinstance(kind, str) or kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         process = check_process(process, variance_preserving=False)
+        x = check_points(x, "x")  # an array (x.dtype below), as the score takes it (a list of rows too)
         score = self.score(x, t, process)
         if kind == "score":
             return score
