@@ -73,9 +73,9 @@ class TrainStep:
     noise, gradient and network buffers are allocated once; per call only a few
     vectors of batch length (indices, times, importance weights, coefficients) are made.
 
-    Raises NonFiniteGradientError (args[0] "loss" or "gradient") before any
-    parameter changes if the loss or the gradient is not finite (or the gradient too
-    large for Adam's second moment), and Adam's NonFiniteStepError if a finite gradient
+    Raises NonFiniteGradientError (args[0] "loss" or "gradient"; for the gradient,
+    args[1] is the optimiser's reason) before any parameter changes if the loss or the
+    gradient is not finite (or the gradient too large for Adam's second moment), and Adam's NonFiniteStepError if a finite gradient
     gives a non-finite update (see Adam.step for the state it leaves).
     """
 
@@ -143,8 +143,8 @@ class TrainStep:
             raise NonFiniteGradientError("loss")
         try:
             self.optimizer.step(self.grad)  # checks the gradient before it changes anything
-        except NonFiniteGradientError:
-            raise NonFiniteGradientError("gradient") from None
+        except NonFiniteGradientError as exc:  # args: ("gradient", the optimiser's reason)
+            raise NonFiniteGradientError("gradient", str(exc)) from None
         return loss
 
 
@@ -251,8 +251,12 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
             except NonFiniteGradientError as exc:
                 remedies = ("a smaller lr, a larger t0, or weighting='sigma2'" if weighting != "sigma2"
                             else "a smaller lr or a larger t0")
+                # a finite gradient too large for Adam's second moment (its squares overflow) is
+                # refused as a non-finite one would be; the optimiser's reason says which
+                what = ("became non-finite" if exc.args[0] == "loss" or len(exc.args) < 2
+                        or "non-finite value" in exc.args[1] else "is too large to apply")
                 raise TrainingDivergedError(
-                    f"the {exc.args[0]} became non-finite at step {step}; the model keeps the parameters "
+                    f"the {exc.args[0]} {what} at step {step}; the model keeps the parameters "
                     f"of step {step - 1} (try {remedies})", step) from None
             except NonFiniteStepError as exc:  # the gradient was finite, the update was not
                 raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None

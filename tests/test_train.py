@@ -307,6 +307,29 @@ def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monk
     np.testing.assert_array_equal(model.params, snapshots[1])
 
 
+def test_a_finite_gradient_too_large_for_adam_is_named_as_such(monkeypatch):
+    """A finite gradient whose squares overflow Adam's second moment is refused like a
+    non-finite one, but fit said 'the gradient became non-finite' (a review)."""
+    import sgm_ref.train
+
+    original = sgm_ref.train._dsm_loss
+    calls = []
+
+    def huge_at_step_2(*args):
+        value, grad = original(*args)
+        calls.append(value)
+        if len(calls) == 2:
+            grad[5] = 1e160
+        return value, grad
+
+    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", huge_at_step_2)
+    model, data = small_problem()
+    with pytest.raises(TrainingDivergedError, match="the gradient is too large to apply at step 2; the model keeps "
+                                                    "the parameters of step 1") as info:
+        fit(model, data, steps=5, rng=np.random.default_rng(0), **FIT)
+    assert info.value.step == 2
+
+
 # -- bad arguments ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change, message", [
