@@ -1057,7 +1057,7 @@ def _read_grid_file(path, process):
         if npy:
             grid = np.load(path, allow_pickle=False)
         else:
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:  # a leading byte-order mark (Windows editors) skipped
                 text = f.read()
     except UnicodeDecodeError:
         raise ValueError(f"--grid-file {path}: not a text file (use a .npy name for a NumPy array)") from None

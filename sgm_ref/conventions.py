@@ -154,8 +154,11 @@ def convert(value, x, t, process, from_="eps", to="score"):
         i = int(np.argmax(~np.all(np.isfinite(out), axis=1)))
         ti = float(np.broadcast_to(t, (x.shape[0],))[i])
         Ai, Bi = float(np.broadcast_to(A, (x.shape[0], 1))[i, 0]), float(np.broadcast_to(B, (x.shape[0], 1))[i, 0])
+        # large coefficients: t is near where the conversion is singular; else the values
+        # themselves are near the end of the range (e.g. x0 -> eps of x0 = -x = 1e308 at sigma = 1)
+        remedy = ("use a time further from where the conversion is singular" if max(abs(Ai), abs(Bi)) > 2
+                  else "x and value are too large for it: rescale them")
         raise ValueError(f"converting {from_} to {to} overflows {out.dtype} at row {i} (t = {ti!r}: "
-                         f"{to} = A x + B {from_} with A = {Ai:.3g}, B = {Bi:.3g}); "
-                         "use a time further from where the conversion is singular"
+                         f"{to} = A x + B {from_} with A = {Ai:.3g}, B = {Bi:.3g}); " + remedy
                          + (", or float64 x and value" if both32 else ""))
     return out

@@ -589,10 +589,14 @@ class OracleModel:
         out = torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype)
         if not bool(torch.isfinite(out).all()):  # float64 -> float16 / bfloat16 / float32
             i = int(np.argmax(~torch.isfinite(out).reshape(n, -1).all(1).numpy()))
+            largest = float(np.abs(value).max())
+            # only the dtypes that hold it (float32 x, or bfloat16's float32 range, need float64)
+            wider = [name for name, dt in (("float32", torch.float32), ("float64", torch.float64))
+                     if dt != x.dtype and torch.finfo(dt).max >= largest]
             raise ValueError(f"the exact {self.output} overflows {str(x.dtype).replace('torch.', '')} at row {i} "
                              f"(max |{self.output}| = {np.abs(value[i]).max():.3g} "
                              f"at sgm_ref time t = {float(t[i])!r}); "
-                             "pass x as float32 or float64")
+                             f"pass x as {' or '.join(wider)}")
         return out.to(device=x.device)
 
 

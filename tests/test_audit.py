@@ -697,3 +697,41 @@ def test_replay_options_check_takes_a_custom_replays_positions_whatever_their_na
         _check_replay_options("my_replay", my_replay, {"ts": 1})
     with pytest.raises(ValueError, match="has no option 'step'"):
         _check_replay_options("my_replay", my_replay, {"step": 1})
+
+
+def test_grid_file_text_with_a_byte_order_mark(tmp_path):
+    """A text grid saved by a Windows editor as "UTF-8 with BOM" starts with U+FEFF: it was
+    refused as "could not convert string to float: '\\ufeff0.9'" (a review). Scientific
+    notation, CRLF line ends, commas and a trailing newline are read as before."""
+    from sgm_ref.cli import _read_grid_file
+
+    want = np.array([0.9, 0.5, 1e-3])
+    for name, data in [("bom.txt", "\ufeff0.9\r\n0.5\r\n1E-3\r\n".encode("utf-8")),
+                       ("plain.txt", b"9.0e-01, 5e-1,\n1e-3\n\n")]:
+        (tmp_path / name).write_bytes(data)
+        np.testing.assert_array_equal(_read_grid_file(str(tmp_path / name), VP()), want)
+
+
+def test_grid_file_recipes_of_docs_cli_are_accepted(tmp_path):
+    """docs/cli.md's --grid-file paragraph: each scheduler it names, with the expression it gives
+    for that scheduler, writes a grid --grid-file reads. It said np.save(PATH, sched.sigmas...)
+    for Heun too, whose sigmas repeat every interior sigma: refused as not strictly decreasing
+    (a review)."""
+    from sgm_ref.cli import _read_grid_file
+
+    peer("torch")
+    diffusers = peer("diffusers")
+    text = (Path(__file__).resolve().parent.parent / "docs" / "cli.md").read_text(encoding="utf-8")
+    para = re.sub(r"\s+", " ", text[text.index("`--grid-file\n"):text.index("[worked examples](peers.md)")])
+    plain = re.search(r"np\.save\(PATH, (sched\.sigmas[^`]*)\)`", para).group(1)
+    names = {"Euler": diffusers.EulerDiscreteScheduler, "DPM-Solver": diffusers.DPMSolverMultistepScheduler,
+             "Heun": diffusers.HeunDiscreteScheduler}
+    for name, cls in names.items():
+        assert name in para, name
+        special = re.search(name + r"DiscreteScheduler's .*?: save the distinct ones, `([^`]*)`", para)
+        expression = special.group(1) if special else plain
+        sched = cls()
+        sched.set_timesteps(10)
+        np.save(tmp_path / "g.npy", eval(expression, {"np": np, "sched": sched}))
+        grid = _read_grid_file(str(tmp_path / "g.npy"), EDM())
+        assert grid.size == 11 and grid[-1] == 0.0, (name, grid)

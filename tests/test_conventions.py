@@ -333,3 +333,21 @@ def test_predict_takes_a_list_of_rows_for_every_kind():
             got = g.predict(rows, t, process, k)
             assert np.array_equal(got, g.predict(np.array(rows), t, process, k)), (process, k)
             assert got.dtype == np.float64
+
+
+def test_an_overflow_of_large_values_is_not_blamed_on_the_time():
+    """x0 -> eps on EDM at sigma = 1 is x - x0 (A = 1, B = -1): nothing singular about t, the
+    values overflow. The message said "use a time further from where the conversion is
+    singular", which does not help there (a review); it says to rescale the values."""
+    x = np.full((2, 2), 1e308)
+    with pytest.raises(ValueError, match=r"^converting x0 to eps overflows float64 at row 0 \(t = 1\.0: eps = A x "
+                                         r"\+ B x0 with A = 1, B = -1\); x and value are too large for it: "
+                                         r"rescale them$"):
+        convert(-x, x, 1.0, EDM(), "x0", "eps")
+    x32 = np.full((1, 1), 3e38, np.float32)
+    with pytest.raises(ValueError, match=r"\(t = 1\.0: .*\); x and value are too large for it: rescale them, or "
+                                         r"float64 x and value$"):
+        convert(-x32, x32, 1.0, EDM(), "x0", "eps")
+    # large coefficients (sigma = 1e-10): the time is what to change, as before
+    with pytest.raises(ValueError, match=r"B = -1e\+10\); use a time further from where the conversion is singular$"):
+        convert(np.full((1, 1), 1e300), np.ones((1, 1)), 1e-10, EDM(), "eps", "score")

@@ -731,3 +731,17 @@ def test_time_argument_errors_show_plain_numbers(torch):
         to_torch(g, VE())(x, torch.tensor(-1.0))
     with pytest.raises(ValueError, match=r"^the timestep N t - 1 = -0\.5 is outside 0\.\.999"):
         from_torch(lambda x, t: x, DDPM(), time="timestep")(np.ones((2, 2), np.float32), 0.0005)
+
+
+def test_an_oracle_overflow_suggests_only_dtypes_that_hold_the_value(torch):
+    """A score of 5e60 overflows float32 and bfloat16 as well as float16: the advice was
+    "pass x as float32 or float64" even for a float32 x (a review); only float64 holds it.
+    A float16 x whose score fits float32 is told both."""
+    model = to_torch(GaussianMixture([1.0], [[0.0, 0.0]], [[1e-60, 1e-60]]), EDM(), "score")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        with pytest.raises(ValueError, match=r"max \|score\| = 5e\+60 .*; pass x as float64$"):
+            model(torch.full((3, 2), 10.0, dtype=dtype), torch.tensor(1e-30))
+    narrow = to_torch(GaussianMixture([1.0], [[0.0, 0.0]], [[1e-4, 1e-4]]), EDM(), "score")
+    with pytest.raises(ValueError, match=r"; pass x as float32 or float64$"):
+        narrow(torch.full((3, 2), 10.0, dtype=torch.float16), torch.tensor(0.002))
+    assert narrow(torch.full((3, 2), 10.0, dtype=torch.float32), torch.tensor(0.002)).dtype == torch.float32
