@@ -297,7 +297,7 @@ def build_parser():
                         "(--steps-offset) and a final step to the data (default uniform)")
     p.add_argument("--grid-file", metavar="PATH",
                    help="the grid as a file instead: a .npy array or a text file of decreasing times of --process "
-                        "(whitespace or commas between them), e.g. a diffusers scheduler's own sigmas for --process "
+                        "(whitespace or commas between them, # comments), e.g. a diffusers scheduler's own sigmas for --process "
                         "edm: np.save(PATH, sched.sigmas.numpy().astype(np.float64))")
     p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
     p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
@@ -1047,7 +1047,7 @@ def _sampler_grid(args, process):
 
 def _read_grid_file(path, process):
     """--grid-file's times: a .npy array (float or integer) or text of numbers between
-    whitespace or commas; 1-D, finite, strictly decreasing and within the process's times,
+    whitespace or commas, "#" starting a comment (np.savetxt's header); 1-D, finite, strictly decreasing and within the process's times,
     else a ValueError naming the file."""
     from ._validation import check_decreasing_grid
     from .io import _READ_ERRORS
@@ -1073,6 +1073,8 @@ def _read_grid_file(path, process):
             raise ValueError(f"--grid-file {path}: the array has dtype {grid.dtype}; times are real numbers")
     else:
         try:
+            # np.savetxt's header and a user's notes: from "#" to the end of a line
+            text = "\n".join(line.partition("#")[0] for line in text.splitlines())
             grid = np.array([float(token) for token in text.replace(",", " ").split()])
         except ValueError as exc:
             raise ValueError(f"--grid-file {path}: {exc} (the file holds times between whitespace or commas)") \

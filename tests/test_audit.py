@@ -712,6 +712,18 @@ def test_grid_file_text_with_a_byte_order_mark(tmp_path):
         np.testing.assert_array_equal(_read_grid_file(str(tmp_path / name), VP()), want)
 
 
+def test_grid_file_text_with_comments(tmp_path):
+    """np.savetxt(path, grid, header=...) writes '# ...' lines: from '#' to the end of a line is a
+    comment (it was refused as 'could not convert string to float: '#'')."""
+    from sgm_ref.cli import _read_grid_file
+
+    grid = np.array([0.9, 0.5, 1e-3])
+    np.savetxt(tmp_path / "saved.txt", grid, header="diffusers sigmas, 2 steps")
+    (tmp_path / "notes.txt").write_text("0.9  # start\n# the middle:\n0.5\n1e-3 # end\n")
+    for name in ("saved.txt", "notes.txt"):
+        np.testing.assert_array_equal(_read_grid_file(str(tmp_path / name), VP()), grid)
+
+
 def test_grid_file_recipes_of_docs_cli_are_accepted(tmp_path):
     """docs/cli.md's --grid-file paragraph: each scheduler it names, with the expression it gives
     for that scheduler, writes a grid --grid-file reads. It said np.save(PATH, sched.sigmas...)
