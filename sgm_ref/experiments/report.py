@@ -869,8 +869,9 @@ def _conclusions(fams, comparisons=()):
                 width = max(by_d[str(d)]["b_se"] for d in fitted)
                 equal = (f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
                          f"common exponent {-joint['common_slope']:.2f}")
-                if out:  # the test holds d whose exponents were just left out of the claims
-                    not_shows.append(equal + f", but d = {_list(out)} among them, where the exponent is not a rate "
+                held = [d for d in out if d in fitted]  # d the test holds whose exponents were left out above
+                if held:
+                    not_shows.append(equal + f", but d = {_list(held)} among them, where the exponent is not a rate "
                                              "of learning.")
                 else:
                     shows.append(equal + ".")
