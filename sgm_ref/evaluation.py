@@ -27,12 +27,12 @@ import time
 import numpy as np
 
 from . import metrics
-from ._validation import check_count, check_rng, check_time_range
+from ._validation import check_count, check_float_dtype, check_points, check_rng, check_time_range
 from ._json import load_json
 from .io import atomic_write
 from .losses import WEIGHTINGS, sample_times
 from .metrics.score_error import _check_time_range as _score_time_range
-from .processes import check_process
+from .processes import VariancePreserving, check_process
 from .runs import (_EVALUATION_FILES, RunError, _remove, load_model, load_samples, read_config, streams,
                    update_section, write_json, writing)
 from .targets import GaussianMixture
@@ -94,6 +94,7 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     process = check_process(process, variance_preserving=False)
     t0, T = _score_time_range(t0, T, process)
     profile_times = check_count(profile_times, "profile_times")
+    _check_report_settings(process, t0, T, method, grid, n_steps, profile_n, bound_n, dtype, floor)
     if floor:
         floor_rng = copy.deepcopy(check_rng(rng))  # the same draws as the model's figures
         report = _score_report(score, target, process, t0, T, method, grid, n_steps, rng, profile_n, profile_times,
@@ -105,6 +106,34 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
         return report
     return _score_report(score, target, process, t0, T, method, grid, n_steps, rng, profile_n, profile_times,
                          bound_n, dtype, on_stage)
+
+
+def _check_report_settings(process, t0, T, method, grid, n_steps, profile_n, bound_n, dtype, floor):
+    """Refuse bad settings before any work, each named as score_report's argument (the
+    metrics would refuse the sampler's only after the profile and the integral, which call
+    the score 2 profile_times times, and call profile_n and bound_n their own "n")."""
+    from .metrics.bound import _PATH_METHODS
+    from .samplers import check_grid, time_grid
+
+    if not isinstance(floor, (bool, np.bool_)):
+        raise ValueError(f"floor must be True or False, got {floor!r}")
+    check_count(profile_n, "profile_n", minimum=2)
+    check_float_dtype(dtype)
+    if method == "probability_flow":  # no Girsanov bound: grid, n_steps and bound_n are not used
+        return
+    if method not in _PATH_METHODS:
+        raise ValueError(f"method must be 'probability_flow' or one of {', '.join(repr(m) for m in _PATH_METHODS)}, "
+                         f"got {method!r}")
+    if method == "residual_exponential" and not isinstance(process, VariancePreserving):
+        raise ValueError(f"method 'residual_exponential' needs a variance-preserving process (OU, VP, VPCosine, "
+                         f"DDPM), got {process!r}: sgm_ref.samplers runs it on those only")
+    check_count(bound_n, "bound_n", minimum=2)
+    if isinstance(grid, str):
+        if n_steps is None:
+            raise ValueError("grid is a name ('uniform' or 'geometric'): it needs n_steps")
+        time_grid(T, t0, n_steps, grid, process)
+    else:
+        check_grid(grid, process)
 
 
 def _exact_score(target, process):
@@ -200,7 +229,11 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20, fl
     the bins, its entry has value None and "not_computed" says why), sliced Wasserstein-1 and -2 against n_reference fresh target
     draws (the reference), unbiased MMD^2 and energy distance (on the first two_sample_n
     points against as many of the reference), the errors of the mean and the covariance,
-    and for mixtures the recovered component weights.
+    and for mixtures the recovered component weights. A figure that cannot be computed in
+    float64 for these samples (a point far out, e.g. 1e160 from a sampler that diverged:
+    MMD^2's squared distances, the covariance error, the component weights) has value
+    None (and standard_error None) and "not_computed" saying why; the others still
+    stand. Samples that are not a finite (n >= 2, target.dim) array raise ValueError.
 
     The sliced Wasserstein standard error is over the random projections only (x and the
     reference held fixed): the sampling noise of x and the reference is larger (ring,
@@ -215,7 +248,10 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20, fl
     """
     if not isinstance(floor, (bool, np.bool_)):
         raise ValueError(f"floor must be True or False, got {floor!r}")
+    x = check_points(x, "x", d=getattr(target, "dim", None))  # bad input raises; only its figures may be "not computed"
     n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"x must have at least 2 rows (points), got {n}")
     reference = target.sample(n_reference, rng)
     out = _sample_distances(x, target, rng, reference, two_sample_n, bins)
     if floor:
@@ -253,19 +289,45 @@ def _sample_distances(x, target, rng, reference, two_sample_n, bins):
             out["histogram_tv"] = {"value": h.value, "expected_bias": h.expected_bias, "bins": bins}
         except ValueError as exc:  # a component too narrow for the bins: the other figures still stand
             out["histogram_tv"] = {"value": None, "expected_bias": None, "bins": bins, "not_computed": str(exc)}
+    # a sampler that diverged leaves points far out (1e160): a figure that cannot be computed in
+    # float64 for them gets value None and "not_computed" saying why, the others still stand
+    # (each metric draws its projections before it can refuse, so rng moves as before)
     for p in (1, 2):
-        out[f"sliced_wasserstein_{p}"] = _estimate(*metrics.sliced_wasserstein(x, reference, rng, p=p))
-    mm = metrics.mmd(x[:m], reference[:m])
-    out["mmd2"] = {**_estimate(mm.value, mm.standard_error), "bandwidth": mm.bandwidth}
-    out["energy_distance"] = _estimate(*metrics.energy_distance(x[:m], reference[:m]))
-    out["mean_error"] = _estimate(*metrics.mean_error(x, target))
-    out["covariance_error"] = _estimate(*metrics.covariance_error(x, target))
+        out[f"sliced_wasserstein_{p}"] = _or_not_computed(
+            lambda p=p: _estimate(*metrics.sliced_wasserstein(x, reference, rng, p=p)))
+
+    def two_sample_mmd():
+        mm = metrics.mmd(x[:m], reference[:m])
+        return {**_estimate(mm.value, mm.standard_error), "bandwidth": mm.bandwidth}
+
+    out["mmd2"] = _or_not_computed(two_sample_mmd, bandwidth=None)
+    out["energy_distance"] = _or_not_computed(lambda: _estimate(*metrics.energy_distance(x[:m], reference[:m])))
+    out["mean_error"] = _or_not_computed(lambda: _estimate(*metrics.mean_error(x, target)))
+    out["covariance_error"] = _or_not_computed(lambda: _estimate(*metrics.covariance_error(x, target)))
     if isinstance(target, GaussianMixture):  # (a ProductMixture has weights too, per coordinate: not these)
-        w = metrics.component_weights(x, target)
-        out["component_weights"] = {"true": target.weights.tolist(), "soft": w.soft.tolist(),
-                                    "soft_standard_error": w.soft_standard_error.tolist(),
-                                    "hard": w.hard.tolist(), "hard_standard_error": w.hard_standard_error.tolist()}
+        try:
+            w = metrics.component_weights(x, target)
+            out["component_weights"] = {"true": target.weights.tolist(), "soft": w.soft.tolist(),
+                                        "soft_standard_error": w.soft_standard_error.tolist(),
+                                        "hard": w.hard.tolist(), "hard_standard_error": w.hard_standard_error.tolist()}
+        except ValueError as exc:
+            out["component_weights"] = {"true": target.weights.tolist(), "soft": None, "soft_standard_error": None,
+                                        "hard": None, "hard_standard_error": None,
+                                        "not_computed": _not_computed_reason(exc)}
     return out
+
+
+def _not_computed_reason(exc):
+    return f"not computable in float64 for these samples ({exc})"
+
+
+def _or_not_computed(compute, **blank):
+    """compute()'s entry, or {"value": None, "standard_error": None, **blank, "not_computed": why}
+    when the samples put it beyond float64 (a metric's ValueError on valid samples)."""
+    try:
+        return compute()
+    except ValueError as exc:
+        return {"value": None, "standard_error": None, **blank, "not_computed": _not_computed_reason(exc)}
 
 
 def _check_writable(folder):
@@ -494,7 +556,7 @@ def _pm(entry, digits=3):
 
 def _below_zero_note(label, value, se):
     """Why an estimate of a quantity >= 0 came out negative: it is unbiased, not clipped."""
-    if not value < 0:
+    if value is None or not value < 0:
         return None
     k = -value / se if se > 0 else math.inf
     verdict = (f"within {math.ceil(k)} standard error{'s' if math.ceil(k) > 1 else ''} of 0, consistent with 0"
@@ -536,6 +598,9 @@ def markdown(report):
     for key, label in (("sliced_wasserstein_1", "sliced Wasserstein-1"), ("sliced_wasserstein_2", "sliced Wasserstein-2"),
                        ("mmd2", "MMD^2 (unbiased)"), ("energy_distance", "energy distance"),
                        ("mean_error", "mean error \\|m_hat - m\\|"), ("covariance_error", "covariance error (Frobenius)")):
+        if smp[key]["value"] is None and "not_computed" in smp[key]:
+            lines.append(f"| {label} | not computed: {smp[key]['not_computed']} |")
+            continue
         lines.append(f"| {label} | {_pm(smp[key])}{_sliced_floor_text(smp[key]) if key.startswith('sliced') else ''} |")
     if bound is not None:
         lines += ["", "The bound: TV <= TV(p_0, p_t0) + sqrt(KL / 2), KL = KL(p_T || N(0, I)) + path KL", "",
@@ -545,7 +610,10 @@ def markdown(report):
         if bound.get("tv_upper") is not None:  # reports of earlier versions have no upper values
             lines.append(f"- the bound is certified in expectation; its one-sided upper value, 3 standard errors on "
                          f"each Monte-Carlo term: TV <= {bound['tv_upper']:.4f} (KL <= {_num(bound['kl_upper'], '.3g')})")
-    if "component_weights" in smp:
+    if "component_weights" in smp and smp["component_weights"].get("soft") is None:
+        lines += ["", "## Component weights (posterior assignment)", "",
+                  f"Not computed: {smp['component_weights'].get('not_computed', '')}"]
+    elif "component_weights" in smp:
         cw = smp["component_weights"]
         lines += ["", "## Component weights (posterior assignment)", "", "| k | true | recovered (soft) |", "|---|---|---|"]
         lines += [f"| {k} | {w:.4f} | {s:.4f} ± {se:.1g} |"
@@ -598,9 +666,13 @@ def summary(report):
         out.append(f"certified TV bound  {bound_text(b)}")
     sw2 = smp["sliced_wasserstein_2"]
     floor = sw2.get("exact_sample_floor")
-    out.append(f"sliced W2           {_pm(sw2)} (± projections only" + (
-        f"; exact-sample floor {floor['value']:.3g}, spread {floor['spread']:.2g})" if floor is not None else ")"))
-    out.append(f"MMD^2 (unbiased)    {_pm(smp['mmd2'])}")
+    if sw2["value"] is None:
+        out.append("sliced W2           not computed (report.md says why)")
+    else:
+        out.append(f"sliced W2           {_pm(sw2)} (± projections only" + (
+            f"; exact-sample floor {floor['value']:.3g}, spread {floor['spread']:.2g})" if floor is not None else ")"))
+    out.append("MMD^2 (unbiased)    " + ("not computed (report.md says why)" if smp["mmd2"]["value"] is None
+                                         else _pm(smp["mmd2"])))
     out.append(f"score error (int.)  {_pm(report['score_error']['integral'])}")
     tr = report.get("training")
     if tr and "exact_score_loss" in tr:

@@ -441,3 +441,72 @@ def test_sample_report_refuses_a_floor_that_is_not_a_bool():
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="floor must be True or False, got 'yes'"):
         sample_report(g.sample(50, rng), g, rng, n_reference=50, two_sample_n=20, bins=5, floor="yes")
+
+
+def test_a_far_outlier_in_the_samples_keeps_the_other_figures(sampled_run, tmp_path):
+    """A sampler that diverged leaves a point at 1e160: MMD^2 (squared distances), the covariance
+    error and the component weights cannot be computed in float64. `sgm-ref evaluate` failed
+    outright with "entries of x must be below 7.07e+149 ... rescale x and y (and the bandwidth)",
+    no report; now those three say "not computed" and why, and every other figure stands."""
+    import shutil
+
+    from sgm_ref.evaluation import evaluate_run
+
+    folder = tmp_path / "run"
+    shutil.copytree(sampled_run, folder)
+    x = np.load(folder / "samples.npy")
+    x[0, 0] = 1e160
+    np.save(folder / "samples.npy", x)
+    report, _, _ = evaluate_run(folder, plots=False)
+    smp = report["samples"]
+    for key in ("mmd2", "covariance_error"):
+        assert smp[key]["value"] is None and smp[key]["standard_error"] is None
+        assert "not computable in float64" in smp[key]["not_computed"]
+    assert smp["component_weights"]["soft"] is None and "too far" in smp["component_weights"]["not_computed"]
+    assert smp["sliced_wasserstein_2"]["value"] > 1e150 and smp["mean_error"]["value"] > 1e150
+    assert np.isfinite(smp["histogram_tv"]["value"]) and np.isfinite(report["score_error"]["integral"]["value"])
+    text = (folder / "report.md").read_text()
+    assert "| MMD^2 (unbiased) | not computed: not computable in float64 for these samples (entries of x" in text
+    assert "| covariance error (Frobenius) | not computed:" in text
+    assert "Not computed: not computable in float64" in text
+    assert "MMD^2 (unbiased)    not computed (report.md says why)" in summary(report)
+    json.loads((folder / "report.json").read_text())
+
+
+def test_sample_report_still_refuses_bad_samples():
+    """Figures may be "not computed" for valid samples; samples that are not valid are an error."""
+    g = GaussianMixture.ring()
+    rng = np.random.default_rng(0)
+    x = g.sample(50, rng)
+    x[3, 1] = np.nan
+    with pytest.raises(ValueError, match="x contains 1 non-finite"):
+        sample_report(x, g, rng, n_reference=50, two_sample_n=20, bins=5)
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 2\)"):
+        sample_report(np.zeros((50, 3)), g, rng, n_reference=50, two_sample_n=20, bins=5)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("method", "heun", "method must be 'probability_flow' or one of 'euler_maruyama'"),
+    ("grid", "log", "grid kind must be 'uniform' or 'geometric'"),
+    ("n_steps", 0, "n_steps must be an integer >= 1"),
+    ("bound_n", 1, "bound_n must be an integer >= 2"),
+    ("profile_n", 1, "profile_n must be an integer >= 2"),
+    ("floor", "yes", "floor must be True or False"),
+])
+def test_score_report_refuses_bad_settings_before_calling_the_score(option, value, message):
+    """The sampler's settings were checked by tv_upper_bound only after the profile and the
+    integral had called the score (minutes for a large model), and profile_n and bound_n were
+    named "n"."""
+    g = GaussianMixture.ring()
+    calls = []
+
+    def score(x, t):
+        calls.append(t)
+        return g.score(x, t)
+
+    settings = dict(t0=1e-2, T=3.0, method="euler_maruyama", grid="geometric", n_steps=5,
+                    rng=np.random.default_rng(0), profile_n=10, profile_times=2, bound_n=4)
+    settings[option] = value
+    with pytest.raises(ValueError, match=message):
+        score_report(score, g, OU(), **settings)
+    assert calls == []
