@@ -19,6 +19,7 @@ files) print one line on stderr and exit with status 2; nothing is left half-wri
 """
 
 import argparse
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -729,14 +730,16 @@ def _numpy_score(fn, spec, process, output, time):
             arg = np.asarray(process.timestep_of_time(t), dtype=np.float64)
         else:
             arg = t
-        where = f" at t from {t.min():.6g} to {t.max():.6g}"
+        where = (f" at t = {t[0]:.6g}" if t.min() == t.max() else f" at t from {t.min():.6g} to {t.max():.6g}")
         try:
-            out = fn(x, arg.astype(x.dtype))
+            with contextlib.redirect_stdout(sys.stderr):  # its prints would run into the report on stdout
+                out = fn(x, arg.astype(x.dtype))
         except _UserCodeError as e:
+            called = f" (called{where})"
             if not ("torch" in sys.modules and "tensor" in str(e).lower()):
-                raise
-            raise _UserCodeError(f"{e} (it was given NumPy arrays: if it takes torch tensors, pass --inputs torch)",
-                                 e.original) from None
+                raise _UserCodeError(f"{e}{called}", e.original) from None
+            raise _UserCodeError(f"{e}{called} (it was given NumPy arrays: if it takes torch tensors, pass "
+                                 "--inputs torch)", e.original) from None
         try:
             value = _to_numpy(out)
         except ValueError as e:
@@ -753,8 +756,9 @@ def _numpy_score(fn, spec, process, output, time):
                    if value.dtype.name in ("float32", "float64") else "make it return its input's dtype")
             raise ValueError(f"--score {spec} returned {value.dtype} for points of dtype {x.dtype}{where}; {fix}")
         if not np.all(np.isfinite(value)):
+            row = int(np.argmax(~np.all(np.isfinite(value.reshape(n, -1)), axis=1)))
             raise ValueError(f"--score {spec} returned {np.count_nonzero(~np.isfinite(value))} non-finite "
-                             f"value(s){where}")
+                             f"value(s){where}, the first in row {row} (t = {t[row]:.6g})")
         if output == "score":
             return value
         A, B = coefficients(t, process, output, "score")

@@ -182,14 +182,15 @@ def test_a_returned_torch_tensor_is_accepted(folder):
     assert len(report["score_error"]["error"]) == 12
 
 
-@pytest.mark.parametrize("score, extra", [
-    ("models:own_error", ["--process", "edm", "--output", "x0", "--time", "sigma"]),
-    ("models:raises_in_torch", ["--process", "ddpm:linear", "--output", "eps", "--time", "timestep"]),
+@pytest.mark.parametrize("score, extra, called", [
+    # a NumPy score's failure says at which t it was called; from_torch's names its rows and t its own way
+    ("models:own_error", ["--process", "edm", "--output", "x0", "--time", "sigma"], " (called at t = 0.001)"),
+    ("models:raises_in_torch", ["--process", "ddpm:linear", "--output", "eps", "--time", "timestep"], ""),
 ])
-def test_a_user_value_error_is_named_as_theirs(folder, score, extra):
+def test_a_user_value_error_is_named_as_theirs(folder, score, extra, called):
     result, _ = audit(folder, "--score", score, *extra, check=False)
     _assert_one_line_error(result, "")
-    assert result.stderr.strip() == f"sgm-ref: error: --score {score} raised ValueError: the user's own message"
+    assert result.stderr.strip() == f"sgm-ref: error: --score {score} raised ValueError: the user's own message{called}"
     result, _ = audit(folder, "--score", score, *extra, "--traceback", check=False)
     assert result.returncode == 2 and "Traceback (most recent call last):" in result.stderr
     assert "models.py" in result.stderr
@@ -258,8 +259,8 @@ def test_the_exact_oracle_handed_to_torch_is_audited_as_a_torch_model(folder):
 
 def test_a_tensor_error_from_numpy_inputs_suggests_inputs_torch(folder):
     result, _ = audit(folder, "--score", "models:wants_tensors", check=False)
-    _assert_one_line_error(result, "raised ValueError: x must be a torch tensor, got ndarray (it was given NumPy "
-                                   "arrays: if it takes torch tensors, pass --inputs torch)")
+    _assert_one_line_error(result, "raised ValueError: x must be a torch tensor, got ndarray (called at t = 0.001) "
+                                   "(it was given NumPy arrays: if it takes torch tensors, pass --inputs torch)")
     result, _ = audit(folder, "--score", "models:own_error", check=False)
     assert "--inputs torch" not in result.stderr  # only where the message is about tensors
 

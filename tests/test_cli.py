@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -446,10 +447,12 @@ def test_audit_of_an_overflowing_score_says_so_and_writes_valid_json(tmp_path):
 
 
 @pytest.mark.parametrize("score, pattern", [
-    ("audited:exits", "--score audited:exits called sys.exit(3)"),
+    # a call's failure says at which t it was called (the first call is at t0 = 0.001)
+    ("audited:exits", "--score audited:exits called sys.exit(3) (called at t = 0.001)"),
     ("exits_on_import:f", "--score: importing exits_on_import called sys.exit(4)"),
-    ("audited:own_value_error", "--score audited:own_value_error raised ValueError: the user's own message"),
-    ("audited:bare", "--score audited:bare raised RuntimeError"),
+    ("audited:own_value_error", "--score audited:own_value_error raised ValueError: the user's own message "
+                                "(called at t = 0.001)"),
+    ("audited:bare", "--score audited:bare raised RuntimeError (called at t = 0.001)"),
     ("imports_missing:f", "--score: importing imports_missing failed: ModuleNotFoundError: No module named "
                           "'not_installed_xyz'"),
     ("missing.py:f", "--score: no file missing.py"),
@@ -466,6 +469,37 @@ def test_audit_user_code_failures_are_named_as_theirs(tmp_path, score, pattern):
     assert result.stderr.strip() == f"sgm-ref: error: {pattern}"  # not nested in another message
 
 
+def test_audit_names_the_t_of_a_failing_call_the_row_of_a_nan_and_keeps_prints_off_stdout(tmp_path):
+    """A score that fails at one t only was reported without the t; a NaN in one row named the
+    whole batch's range of t; and a score's prints ran into the report on stdout (a review)."""
+    (tmp_path / "quirky.py").write_text(AUDITED + """
+import numpy as np
+
+def late(x, t):
+    if np.any(t > 1.0):
+        raise RuntimeError("too late")
+    print("called")
+    return oracle(x, t)
+
+def one_nan(x, t):
+    out = oracle(x, t)
+    if t.min() != t.max():  # the integral's batch of many t: row 3 is NaN
+        out[3, 0] = np.nan
+    return out
+""")
+    common = ["--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5", "--profile-n", "10", "--bound-n", "4"]
+    result = run("audit", "--score", "quirky:late", *common, cwd=tmp_path, check=False)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    assert set(lines[:-1]) == {"called"}  # its prints: on stderr, not in the report on stdout
+    error = re.fullmatch(r"sgm-ref: error: --score quirky:late raised RuntimeError: too late "
+                         r"\(called at t = ([0-9.e+-]+)\)", lines[-1])
+    assert error and float(error.group(1)) > 1.0, lines[-1]
+    result = run("audit", "--score", "quirky:one_nan", *common, cwd=tmp_path, check=False)
+    _assert_one_line_error(result, "returned 1 non-finite value(s) at t from ")
+    assert re.search(r"the first in row 3 \(t = [0-9.e+-]+\)$", result.stderr.strip()), result.stderr
+
+
 def test_audit_traceback_option_shows_the_user_s_traceback(tmp_path):
     (tmp_path / "audited.py").write_text(AUDITED + "\ndef own_value_error(x, t):\n    raise ValueError('mine')\n")
     result = run("audit", "--score", "audited:own_value_error", "--target", "gmm:d=3,k=2,radius=2,seed=0",
@@ -473,7 +507,7 @@ def test_audit_traceback_option_shows_the_user_s_traceback(tmp_path):
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "Traceback (most recent call last):" and "audited.py" in result.stderr
-    assert lines[-1] == "sgm-ref: error: --score audited:own_value_error raised ValueError: mine"
+    assert lines[-1] == "sgm-ref: error: --score audited:own_value_error raised ValueError: mine (called at t = 0.001)"
 
 
 @pytest.mark.parametrize("json_path, pattern", [("", "--json needs a file name, got ''"),
