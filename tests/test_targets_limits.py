@@ -132,6 +132,47 @@ def test_at_the_limits_every_method_is_finite():
         assert np.all(np.isfinite(logp)) and np.all(np.isfinite(score))
 
 
+@pytest.mark.parametrize("kind, cov", [
+    ("full", [[[1.7e308, 0.0], [0.0, 1.0]]]),
+    ("full", [[[1.0, 1.7e308], [1.7e308, 1.0]]]),
+    ("tied", [[1.7e308, 1.7e308], [1.7e308, 1.7e308]]),
+])
+def test_covariance_entries_beyond_the_range_are_named_not_nan(kind, cov):
+    # (C + C^T) / 2 overflowed before: 'not positive definite (smallest eigenvalue nan, ...)' and a
+    # RuntimeWarning; an SPD matrix's largest eigenvalue is at least its largest entry
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^covariances: eigenvalues must lie in \[1e-300, 1e\+300\] .* entry of size 1\.7e\+308 .*; rescale"):
+            GaussianMixture([1.0], [[0.0, 0.0]], cov, covariance_type=kind)
+    GaussianMixture([1.0], [[0.0, 0.0]], [[[1e300, 0.0], [0.0, 1e290]]])  # at the limit: accepted
+
+
+@pytest.mark.parametrize("kind, cov", [
+    ("diag", [[1e300, 1e300]]), ("spherical", [1e300]), ("tied", [[1e300, 0.0], [0.0, 1e300]]),
+    ("full", [[[1e300, 0.0], [0.0, 1e300]]]),
+])
+def test_a_point_whose_squared_residual_overflows_but_whose_quadratic_form_does_not(kind, cov):
+    # |y| = 1e160 beside variances of 1e300: y^2 overflows float64, y^2 / v = 1e20 does not. The
+    # diagonal kernel (diag, spherical, tied) summed y * y / v and refused the point as 'too far'
+    g = GaussianMixture([1.0], [[0.0, 0.0]], cov, covariance_type=kind)
+    x = np.array([[0.0, 0.0], [1e160, 1e160], [1e160, -3e159]])
+    q = np.array([0.0, 2e20, 1e20 + 9e18])
+    logp, score = g.log_prob_and_score(x, 0.0)
+    np.testing.assert_allclose(logp, -0.5 * q - np.log(2 * np.pi * 1e300), rtol=1e-15)
+    np.testing.assert_allclose(score, -x / 1e300, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(g.divergence(x, 0.0), -2e-300, rtol=1e-15)
+    # identity covariances under EDM at t = 1e150 (v = 1 + 1e300): the same, through sum_j y_j^2
+    e = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 1.0]])
+    logp, score = e.log_prob_and_score(x[1:], 1e150, EDM())
+    np.testing.assert_allclose(logp, -0.5 * q[1:] * (1e300 / (1.0 + 1e300)) - np.log(2 * np.pi * (1.0 + 1e300)),
+                               rtol=1e-15)
+    assert np.all(np.isfinite(score))
+    # rows whose sum did not overflow keep their bits beside such a row
+    y = np.array([[0.3, -1.2]])
+    assert np.array_equal(g.log_prob_and_score(np.vstack([y, x[1:]]), 0.0)[1][:1], g.score(y, 0.0))
+
+
 # -- messages print numbers as numbers -----------------------------------------------------
 
 

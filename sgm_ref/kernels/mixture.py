@@ -222,6 +222,20 @@ def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score)
 
 
 @njit(cache=True, error_model="numpy")
+def _far_quadratic(xt, i, ai, a2i, s2i, muk, lamk, identity, viso):
+    """sum_j y_j (y_j / v_j) for row i of a block (y = x - a mu_k), for the rare row whose
+    sum of y_j^2 / v_j (or, for identity covariances, sum_j y_j^2) overflowed: y_j^2 passes
+    float64's range at |y_j| = 1.3e154, while y_j^2 / v_j stays finite for v_j up to 1e300.
+    The other rows keep the vectorised sum's bits."""
+    total = 0.0
+    for j in range(xt.shape[0]):
+        y = xt[j, i] - ai * muk[j]
+        v = viso if identity else a2i * lamk[j] + s2i
+        total += y * (y / v)
+    return total
+
+
+@njit(cache=True, error_model="numpy")
 def _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, i0, B):
     """diagonal_mixture on rows i0 to i0 + B (fewer at the end); its buffers are local."""
     n, d = x.shape
@@ -283,6 +297,11 @@ def _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, 
                     ld[i] += ldiso[i]
             for i in range(m_rows):
                 lw[k, i] = logw[k] - 0.5 * (q[i] + ld[i])
+        for i in range(m_rows):
+            if q[i] > _MAX_FLOAT:
+                # y^2 overflowed, but y^2 / v need not (v up to 1e300): that row again as y (y / v)
+                lw[k, i] = logw[k] - 0.5 * (_far_quadratic(xt, i, ab[i], a2b[i], s2b[i], mu[k], lam[k], identity,
+                                                           viso[i]) + (ldiso[i] if identity else ld[i]))
         for i in range(m_rows):
             top[i] = lw[k, i] if lw[k, i] > top[i] else top[i]
     # a component whose q overflowed has l_k = -inf and weight exp(-inf) = 0; if all

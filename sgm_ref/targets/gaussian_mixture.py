@@ -216,6 +216,13 @@ class GaussianMixture(ExactOutputs):
                 if np.any(cov <= 0):
                     raise ValueError("covariances (spherical, shape (K,)) must be > 0 everywhere")
                 lam = np.repeat(cov[:, None], d, axis=1)
+            elif kind in ("full", "tied") and np.max(np.abs(cov)) > np.finfo(np.float64).max / 2:
+                # eigh_spd's (C + C^T) / 2 would overflow ('not positive definite, smallest
+                # eigenvalue nan' and a RuntimeWarning); such an entry is far beyond the range
+                raise ValueError(f"covariances: eigenvalues must lie in [{MIN_VARIANCE:g}, {MAX_VARIANCE:g}] (so the "
+                                 f"oracle's quadratic forms stay finite in float64), got an entry of size "
+                                 f"{float(np.max(np.abs(cov))):.3g} (a symmetric positive-definite matrix has an "
+                                 "eigenvalue at least its largest entry); rescale the target")
             elif kind == "full":
                 lam, U = eigh_spd(cov, "covariances")
             else:
