@@ -177,11 +177,15 @@ def check_points(x, name="x", d=None):
     """Return x as a C-contiguous (n, d) float array; raise if it is not one.
 
     Integer input is promoted to float64 (exact); float32 and float64 pass through
-    with their dtype; anything else, a wrong shape or a non-finite entry raises.
+    with their dtype (a big-endian one, as a file from another machine may hold, is put in
+    this machine's byte order: the same numbers); anything else, a wrong shape or a
+    non-finite entry raises.
     """
     arr = np.asarray(x)
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
+    elif arr.dtype.kind == "f" and not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a float64 or float32 array, got dtype {arr.dtype}")
     if arr.ndim != 2:

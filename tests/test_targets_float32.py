@@ -109,3 +109,15 @@ def test_a_divergence_beyond_float32_is_refused_not_inf(kind):
         g.divergence(x, 0.0)
     out = GaussianMixture.ring().divergence(np.zeros((2, 2), np.float32), 0.5)  # within range: float32
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4"])
+def test_big_endian_points_are_the_same_numbers(dtype):
+    """x in the other byte order (an array read from another machine's file) was refused as
+    'x must be a float64 or float32 array, got dtype >f8' (a review); it is the same numbers,
+    in the same precision."""
+    g = GaussianMixture.ring()
+    x = np.random.default_rng(3).standard_normal((20, 2)).astype("<" + dtype[1:])
+    got = g.score(x.astype(dtype), 0.5)
+    assert got.dtype == x.dtype and np.array_equal(got, g.score(x, 0.5))
+    assert np.array_equal(g.log_prob(x.astype(dtype), 0.5), g.log_prob(x, 0.5))
