@@ -298,8 +298,8 @@ def build_parser():
                         "(--steps-offset) and a final step to the data (default uniform)")
     p.add_argument("--grid-file", metavar="PATH",
                    help="the grid as a file instead: a .npy array or a text file of decreasing times of --process "
-                        "(whitespace or commas between them, # comments), e.g. a diffusers scheduler's own sigmas for --process "
-                        "edm: np.save(PATH, sched.sigmas.numpy().astype(np.float64))")
+                        "(whitespace or commas between them, # comments), e.g. a diffusers scheduler's own sigmas "
+                        "for --process edm: np.save(PATH, sched.sigmas.numpy().astype(np.float64))")
     p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
     p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
     p.add_argument("--rho", type=float, help="--grid karras's rho (default 7)")
@@ -1051,8 +1051,8 @@ def _sampler_grid(args, process):
 
 def _read_grid_file(path, process):
     """--grid-file's times: a .npy array (float or integer) or text of numbers between
-    whitespace or commas, "#" starting a comment (np.savetxt's header); 1-D, finite, strictly decreasing and within the process's times,
-    else a ValueError naming the file."""
+    whitespace or commas, "#" starting a comment (np.savetxt's header); 1-D, finite,
+    strictly decreasing and within the process's times, else a ValueError naming the file."""
     from ._validation import check_decreasing_grid
     from .io import _READ_ERRORS
 
