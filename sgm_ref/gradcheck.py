@@ -178,6 +178,13 @@ def _directional_difference(f, theta, eps, u, shape=()):
     """
     old = theta.copy()
     up, down = old + eps * u, old - eps * u
+    if np.array_equal(up, down):
+        # no entry moved: both differences would be 0 and any gradient would pass
+        raise ValueError(
+            f"eps = {eps!r} is below the spacing of floats at every entry of theta along a random "
+            f"direction (|theta| up to {float(np.max(np.abs(old))):.3g}): no entry moves and the check "
+            "could not fail; use a larger eps"
+        )
     try:
         theta[...] = up
         f_up = _evaluate(f, theta, "theta + eps u", shape)

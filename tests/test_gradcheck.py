@@ -329,6 +329,18 @@ def test_eps_below_float_spacing_raises():
         numerical_gradient(quadratic, np.array([1e12]), eps=1e-6)
 
 
+def test_directional_step_that_moves_no_entry_raises():
+    # theta + eps u rounds to theta everywhere: both differences are 0 and so is the
+    # derivative along the step taken, so any gradient, however wrong, would pass
+    theta = np.full(5, 1e10)
+    wrong = np.full(5, 123.0)
+    with pytest.raises(ValueError, match="eps .* no entry moves"):
+        check_gradient(quadratic, wrong, theta, directions=3, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match="eps .* no entry moves"):
+        check_vjp(lambda th: 2.0 * th, lambda th, w: 99.0 * w, theta, np.random.default_rng(0))
+    assert np.all(theta == 1e10)
+
+
 @pytest.mark.parametrize("kwargs, name", [
     ({"rtol": -1.0}, "rtol"),
     ({"atol": -1.0}, "atol"),
