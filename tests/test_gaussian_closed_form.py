@@ -348,6 +348,32 @@ def test_tv_1d_keeps_its_digits_for_nearly_equal_laws(m0, v0, m1, v1):
     assert gaussian_tv([m1], [[v1]], [m0], [[v0]])[0] == pytest.approx(exact, rel=1e-14, abs=0)
 
 
+@pytest.mark.parametrize("m0,v0,m1,v1", [
+    (0.0, 1.0, 0.0, 1e-17),     # v1 / v0 < 1.1e-16: rho - 1 rounded to -1, log rho to -inf (TV was 0)
+    (0.0, 1e18, 0.0, 1.0),      # the same, the wide law first
+    (0.0, 1.0, 0.0, 1e-16),     # rho recovered from rho - 1 kept ~5 digits of 1 - TV
+    (0.0, 1.0, 30.0, 1e-38),    # crossings 3e-18 apart around 30: one float in the wide law's units (TV was 0)
+    (0.0, 1.0, 0.5, 1e30),
+])
+def test_tv_1d_of_laws_with_very_different_scales_against_mpmath(m0, v0, m1, v1):
+    exact = tv_mpmath(m0, v0, m1, v1)
+    assert gaussian_tv([m0], [[v0]], [m1], [[v1]])[0] == pytest.approx(exact, rel=1e-14, abs=0)
+    assert gaussian_tv([m1], [[v1]], [m0], [[v0]])[0] == pytest.approx(exact, rel=1e-14, abs=0)
+
+
+@pytest.mark.parametrize("m0,v0,m1,v1", [
+    (0.0, 1.0, 1e200, 2.0),      # delta^2 overflowed: TV was 0
+    (0.0, 1.0, 1e150, 1e40),     # rho delta^2 overflowed: TV was 0.5
+    (0.0, 1.0, 0.0, 1e200),      # rho (rho - 1) log rho overflowed: TV was 0
+    (0.0, 1e-160, 0.0, 1e160),   # rho itself overflowed: refused, "rescale toward order 1" (no rescaling helps)
+    (0.0, 1.0, 1.0, 1e-60),
+])
+def test_tv_1d_of_laws_that_far_apart_is_one(m0, v0, m1, v1):
+    # sd ratio <= 1e-20 or means >= 1e100 sd apart: 1 - TV < 1e-19 (_tv_1d's docstring), 1 in float64
+    assert gaussian_tv([m0], [[v0]], [m1], [[v1]]) == (1.0, 0.0)
+    assert gaussian_tv([m1], [[v1]], [m0], [[v0]]) == (1.0, 0.0)
+
+
 def test_tv_1d_equal_variance_closed_form_and_identity():
     tv, _ = gaussian_tv([0.0], [[4.0]], [1.0], [[4.0]])
     np.testing.assert_allclose(tv, 2 * stats.norm.cdf(1.0 / 4.0) - 1.0, rtol=1e-14)

@@ -306,6 +306,11 @@ def gaussian_kl(mean0, cov0, mean1, cov1):
     return kl
 
 
+# beyond these (variance ratio 1e40, means 1e100 wider-law sd apart) TV(N0, N1) = 1 in float64
+_LOG_VAR_RATIO_FAR = float(np.log(1e40))
+_DISTANCE_FAR = 1e100
+
+
 def _tv_1d(m0, v0, m1, v1):
     """Exact TV(N(m0, v0), N(m1, v1)) from the crossing points of the densities.
 
@@ -315,11 +320,31 @@ def _tv_1d(m0, v0, m1, v1):
     rho (delta^2 + (rho - 1) log rho) >= 0. On each of the three intervals the sign
     of p0 - p1 is fixed, and the signed masses L (left), M, R (right) sum to zero, so
     TV = (|L| + |R| + |L + R|) / 2. Equal variances cross once, at the midpoint:
-    TV = erf(|delta| / (2 sqrt 2)). rho - 1 and log rho come from v1 - v0 (exact), and
-    each mass from the width of its interval, so nearly equal laws keep their digits.
+    TV = erf(|delta| / (2 sqrt 2)). rho - 1 and log rho come from v1 - v0, and each mass
+    from the width of its interval, so nearly equal laws keep their digits.
+
+    TV is symmetric, and the narrower law is taken as N0 (rho >= 1): the crossings lie
+    within a few of its standard deviations, where u resolves them. Standardised on the
+    wider law they sit sd_n / sd_w apart around delta and collapsed onto one float
+    (variance ratio 1e-38, means 30 wide sd apart: TV 0 instead of 1), and rho - 1 = -1 + rho
+    lost eps / rho of log rho (v1 / v0 < 1.1e-16 gave log rho = -inf and TV = 0).
+
+    Laws whose variances differ by more than a factor 1e40, or whose means lie more than
+    1e100 standard deviations (of the wider) apart, have TV = 1 in float64: with
+    sd_n / sd_w <= 1e-20, 1 - TV = int min(p0, p1) <= 8 sd_n / sd_w + 2 Phi(-10) < 1e-19
+    (the wider density over +-10 sd_n of the narrower's mean, and the narrower's tails
+    beyond). Returned as 1 before rho, delta^2 or rho delta^2 can overflow (they gave 0 or
+    0.5 for laws this far apart, and a refusal for scale ratios beyond ~1e154).
     """
     if m0 == m1 and v0 == v1:
         return 0.0
+    log_var_ratio = np.log(v1) - np.log(v0)
+    with np.errstate(over="ignore"):  # m1 - m0 may overflow: then the means are >= 1e154 sd apart
+        distance_wide = abs(m1 - m0) / np.sqrt(max(v0, v1))
+    if abs(log_var_ratio) > _LOG_VAR_RATIO_FAR or not distance_wide <= _DISTANCE_FAR:
+        return 1.0
+    if v0 > v1:
+        m0, v0, m1, v1 = m1, v1, m0, v0
     s0 = np.sqrt(v0)
     delta = (m1 - m0) / s0
     if v0 == v1:
@@ -400,7 +425,9 @@ def gaussian_tv(mean0, cov0, mean1, cov1, rng=None, n=100_000):
     ValueError
         For bad means or covariances (as gaussian_kl), a missing rng or n < 2 when
         Monte Carlo is needed. Laws more than ~1e300 standard deviations apart (or
-        with scales that far apart), whose computation overflows, give TV = 1.
+        with scales that far apart), whose computation overflows, give TV = 1; in 1-D
+        already beyond a variance ratio of 1e40 or 1e100 standard deviations, where
+        1 - TV < 1e-19.
     """
     m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
