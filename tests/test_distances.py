@@ -195,6 +195,21 @@ def test_sliced_wasserstein_2d_matches_brute_force(p):
     assert r.standard_error == pytest.approx(s * M ** (1 / p - 1) / p, rel=1e-10)
 
 
+@pytest.mark.parametrize("scale, p", [(1e-150, 2), (1e-100, 3.0), (2.0**-300, 2)])
+def test_sliced_wasserstein_standard_error_of_tiny_entries_against_brute_force(scale, p):
+    # W_p^p ~ 1e-300: the squared deviations behind the standard error underflowed and it
+    # came out exactly 0 (W_p^p ~ 1e-300 for p = 3 also lost 1e-14 of the value to subnormals)
+    rng = np.random.default_rng(11)
+    x, y = rng.standard_normal((7, 2)), rng.standard_normal((5, 2)) + [1.0, -0.5]
+    r = D.sliced_wasserstein(x * scale, y * scale, np.random.default_rng(99), n_projections=12, p=p)
+    theta = np.random.default_rng(99).standard_normal((12, 2))  # the documented draw
+    theta /= np.linalg.norm(theta, axis=1, keepdims=True)
+    wpp = np.array([wasserstein_pp_1d(x @ t, y @ t, p) for t in theta])  # unscaled: SW_p is homogeneous
+    M, s = wpp.mean(), wpp.std(ddof=1) / np.sqrt(12)
+    assert r.value == pytest.approx(scale * M ** (1 / p), rel=1e-13, abs=0)
+    assert r.standard_error == pytest.approx(scale * s * M ** (1 / p - 1) / p, rel=1e-10, abs=0)
+
+
 def test_sliced_wasserstein_blocked_equals_unblocked(monkeypatch):
     rng = np.random.default_rng(12)
     x, y = rng.standard_normal((30, 3)), rng.standard_normal((20, 3))

@@ -39,6 +39,11 @@ __all__ = [
 # Numbers per temporary array (kernel blocks, projections): 2**20 float64 = 8 MB.
 _BLOCK_ELEMENTS = 2**20
 
+# Below this mean of W_p^p the squared deviations behind sliced_wasserstein's standard
+# error reach the subnormal range (W_p^p of 1e-300 gave a standard error of exactly 0):
+# the computation then runs in logarithms. 2^-400 ~ 3.9e-121 keeps the squares above 2^-800.
+_SMALLEST_MEAN_WPP = 2.0**-400
+
 # Smallest Gaussian-kernel bandwidth h: 1 / (2 h^2) must be a finite float64.
 _MIN_BANDWIDTH = 1e-150
 
@@ -169,10 +174,11 @@ def sliced_wasserstein(x, y, rng, n_projections=256, p=2):
         s = float(wpp.std(ddof=1) / np.sqrt(L))
         value = M ** (1.0 / p)
         se = 0.0 if M == 0.0 else s * M ** (1.0 / p - 1.0) / p
-    if np.isfinite(value) and np.isfinite(se) and M >= np.finfo(np.float64).tiny:
+    if np.isfinite(value) and np.isfinite(se) and M >= _SMALLEST_MEAN_WPP:
         return Estimate(value, se)
     # gap^p left the float64 range (huge entries or a large p overflow it, tiny gaps
-    # underflow it to 0): the same sums in logarithms
+    # underflow it to 0), or the squares behind the standard error would underflow: the
+    # same sums in logarithms
     return _sliced_wasserstein_logs(x, y, theta, p, du, ix, iy, step)
 
 
