@@ -598,6 +598,7 @@ def test_mean_error_beyond_float64_and_covariance_overflow_are_refused():
     assert value == pytest.approx(ref, rel=1e-10) and np.isfinite(se)
 
 
+@pytest.mark.filterwarnings("error")  # refused without an overflow warning on the way
 def test_histogram_tv_refuses_ranges_float64_cannot_cut_into_bins():
     x = np.random.default_rng(0).standard_normal((10, 1))
     # numpy's "bins[0] must be monotonically increasing" before
@@ -610,6 +611,7 @@ def test_histogram_tv_refuses_ranges_float64_cannot_cut_into_bins():
         D.histogram_tv(x, far)
 
 
+@pytest.mark.filterwarnings("error")  # refused without an overflow warning on the way
 def test_histogram_tv_refuses_a_component_too_narrow_for_the_quadrature():
     x = np.random.default_rng(0).standard_normal((10, 1))
     spike = GaussianMixture([1.0], [[0.0]], [[1e-300]])

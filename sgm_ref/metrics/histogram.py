@@ -161,8 +161,10 @@ def _histogram_tv(x, target, counts, lows, highs):
     n, d = x.shape
     with np.errstate(over="ignore", invalid="ignore"):
         edges = tuple(np.linspace(lo, hi, b + 1) for lo, hi, b in zip(lows, highs, counts))
+        usable = [bool(np.isfinite(hi - lo) and np.all(np.isfinite(e)) and np.all(np.diff(e) > 0))
+                  for e, lo, hi in zip(edges, lows, highs)]
     for axis, (e, lo, hi) in enumerate(zip(edges, lows, highs)):
-        if not (np.isfinite(hi - lo) and np.all(np.isfinite(e)) and np.all(np.diff(e) > 0)):
+        if not usable[axis]:
             raise ValueError(f"range on axis {axis}, [{float(lo):.6g}, {float(hi):.6g}], cannot be cut into {len(e) - 1} "
                              "bins in float64 (its width overflows, or bins narrower than the spacing of floats there "
                              "would coincide); pass a range of finite width and fewer bins, or rescale x and the target")
@@ -282,7 +284,9 @@ def _bin_masses(target, edges, scale):
     widths = [e[1] - e[0] for e in edges]
     # (the ratio is capped so that a component far narrower than a bin is refused below,
     # not turned into an OverflowError)
-    parts = [1 if scale is None else max(1, math.ceil(min(wd / (_WIDTH_PER_STD * scale), 2.0**62))) for wd in widths]
+    with np.errstate(over="ignore"):  # a ratio beyond float64 is capped like any other above 2^62
+        parts = [1 if scale is None else max(1, math.ceil(min(wd / (_WIDTH_PER_STD * scale), 2.0**62)))
+                 for wd in widths]
     halvings = 0
     while max(parts) > 1 and _node_count(edges, parts) > _MAX_NODES:
         parts = [max(1, s // 2) for s in parts]
