@@ -38,8 +38,10 @@ def test_site_builds_strict(tmp_path):
 
 
 def test_myst_code_cells_render_as_python_blocks():
-    """The tutorial's jupytext/MyST cells (options as ":key:" lines or a YAML block) become
-    ```python blocks, and the home page is the README with its docs/ links made site-relative."""
+    """MyST code cells (jupytext's `--to myst` form, options as ":key:" lines or a YAML block)
+    become ```python blocks, should the tutorial be kept in that form (today its cells are plain
+    ```python fences, jupytext's markdown format), and the home page is the README with its
+    docs/ links made site-relative."""
     spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
     hooks = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hooks)
