@@ -5,9 +5,11 @@ is only a stand-in (mkdocs needs a file there), so the README stays the one text
 build time. The README links only into docs/ (other paths are written as code), so dropping
 the "docs/" prefix makes every link resolve inside the site.
 
-The tutorial is MyST Markdown for jupytext (it opens as a notebook): its executable cells
-are fenced as ```{code-cell} ipython3, with optional ":key: value" lines (or a YAML block) after the fence,
-which Python-Markdown does not know. They are shown as Python code blocks.
+The tutorial opens as a notebook through jupytext; its cells are plain ```python fences
+(jupytext's Markdown format), which need nothing here. Should a page use MyST code cells
+(jupytext's `--to myst` form: ```{code-cell} ipython3, with optional ":key: value" lines or a
+YAML block after the fence), which Python-Markdown does not know, they are shown as Python
+code blocks.
 """
 
 import re
