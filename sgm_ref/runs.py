@@ -48,7 +48,7 @@ import scipy
 from . import __version__
 from ._json import load_json
 from ._lock import folder_lock
-from ._validation import check_count, check_real, check_time_range
+from ._validation import _physical_memory, check_count, check_real, check_time_range
 from .io import _READ_ERRORS, atomic_write, load, os_error_text, read_header, save
 from .nn import MLP
 from .optim import Adam
@@ -120,8 +120,14 @@ def make_config(options=None):
     Raises
     ------
     ValueError
-        Unknown keys, or any value the library would refuse (the message names it).
+        Unknown keys, any value the library would refuse (the message names it), or a
+        count whose stage's arrays cannot fit in this machine's memory (_check_sizes).
     """
+    return _make_config(options, _SIZED_STAGES)
+
+
+def _make_config(options, sized):
+    """make_config, checking the array sizes of the stages in `sized` (a subset of _SIZED_STAGES)."""
     config = copy.deepcopy(DEFAULTS)
     for key, value in (options or {}).items():
         if key not in config:
@@ -143,8 +149,42 @@ def make_config(options=None):
     if config["target_definition"] is None:
         config["target_definition"] = to_record(from_spec(config["target"]))
     config.update(format=FORMAT, version=FORMAT_VERSION, sgm_ref=__version__)
-    build(config)  # everything the run will construct, constructed once to validate it
+    target, _, _ = build(config)  # everything the run will construct, constructed once to validate it
+    _check_sizes(config, target.dim, sized)
     return config
+
+
+# The stages whose counts size their arrays: "train" the data (n) and the batch, "sample"
+# the samples, "evaluate" the bound's and the profile's draws.
+_SIZED_STAGES = ("train", "sample", "evaluate")
+
+
+def _check_sizes(config, d, stages):
+    """Refuse a count whose working arrays cannot fit in this machine's memory, before any work.
+
+    The stages refuse them too, but only when they come: a `train --force` after it has
+    removed the old run, a demo after its training (which the refusal then removed). The
+    sizes are those the stages check (a lower bound for the training data: the array of
+    the points alone). Checked for the stages in `stages` only: a run trained elsewhere
+    is sampled here without its training's sizes being asked about.
+    """
+    memory = _physical_memory()
+    limit = np.iinfo(np.intp).max if memory is None else min(memory, np.iinfo(np.intp).max)
+    m, t, s, e = config["model"], config["train"], config["sample"], config["evaluate"]
+    sizes = []  # (stage, name, value, bytes per unit of value)
+    sizes.append(("train", "n (training samples)", config["data"]["n"], 8 * d))
+    sizes.append(("train", "batch_size", t["batch_size"], 8 * 6 * (d + m["width"] * m["depth"])))  # train.fit's
+    sizes.append(("sample", "sample n (--n-samples)", s["n"], 8 * d))  # the start points
+    if s["method"] != "probability_flow":  # which has no bound: bound_n unused
+        sizes.append(("evaluate", "evaluate bound_n", e["bound_n"], 8 * 6 * d))  # metrics.bound's
+    sizes.append(("evaluate", "evaluate profile_n", e["profile_n"], 4 * 8 * 4 * d))  # the integral: 4 profile_n points
+    for stage, name, value, per_unit in sizes:
+        if stage in stages and value * per_unit > limit:
+            where = "this machine's memory" if memory is not None and memory <= np.iinfo(np.intp).max \
+                else "NumPy's largest array"
+            raise ValueError(f"{name} must be at most {limit // per_unit} on this machine, got {value}: its "
+                             f"working arrays would need {value * per_unit / 2**30:.3g} GiB, more than {where} "
+                             f"({limit / 2**30:.3g} GiB)")
 
 
 def build(config, init_rng=0):
@@ -182,6 +222,12 @@ def build(config, init_rng=0):
     if s["method"] not in METHODS:
         raise ValueError(f"sampler must be one of {', '.join(METHODS)}, got {s['method']!r}")
     _check_horizon(s["t0"], s["T"], process, model.dtype, "sample ")
+    check_count(s["n_steps"], "sample n_steps")  # named as the sampler's: time_grid's message says "n_steps"
+    memory = _physical_memory()
+    if memory is not None and (s["n_steps"] + 1) * 24 > memory:  # time_grid's limit, said as the sampler's
+        raise ValueError(f"sample n_steps must be at most {memory // 24 - 1} on this machine, got {s['n_steps']}: "
+                         f"the sampler's time grid would need {(s['n_steps'] + 1) * 24 / 2**30:.3g} GiB, more "
+                         f"than this machine's memory ({memory / 2**30:.3g} GiB)")
     time_grid(s["T"], s["t0"], s["n_steps"], s["grid"], process)
     e = config["evaluate"]
     for key in ("n", "two_sample_n", "profile_n", "bound_n"):
@@ -251,33 +297,48 @@ def _remove_stale_temporaries(folder):
     """Temporary files of atomic writes a kill interrupted (never renamed into place).
 
     Called only under the folder's lock: another command's temporaries are its writes
-    in progress.
+    in progress. Only the temporaries of run files (".tmp-" + random + a name of
+    RUN_FILES, sgm_ref.io.atomic_path's): the lock is taken before the folder is known
+    to be a run, and `sgm-ref sample /tmp` removed every other program's .tmp-* there.
     """
     for name in os.listdir(folder):
         path = _path(folder, name)
-        if name.startswith(".tmp-") and not (os.path.isdir(path) and not os.path.islink(path)):  # a folder is not ours
+        ours = name.startswith(".tmp-") and name.endswith(RUN_FILES)
+        if ours and not (os.path.isdir(path) and not os.path.islink(path)):  # a folder is not ours
             try:
                 os.unlink(path)
             except FileNotFoundError:
                 pass
 
 
-def writing(folder, wait=0.0):
+def _no_folder(folder):
+    """The RunError for a run folder that is not one: missing, or a file (it said "does not exist")."""
+    if os.path.exists(folder):
+        return RunError(f"{folder} is not a folder: a run is the folder `sgm-ref train` made; name that")
+    return RunError(f"run folder {folder or repr(folder)} does not exist")
+
+
+def writing(folder, wait=0.0, new=False):
     """Context manager: hold the run folder's lock while writing into it.
 
     On taking the lock, the temporaries a killed predecessor left are removed. Re-entrant
     within a process (sampling inside `sgm-ref demo` takes the lock the demo holds).
+    Unless new (a run being created), a folder without config.json is refused before
+    its lock is taken: the lock file (FOLDER/.lock, removed on release) would overwrite and
+    remove a file of that name of whatever the folder is.
 
     Raises
     ------
     RunError
-        The folder does not exist.
+        The folder does not exist, or holds no run.
     sgm_ref._lock.FolderLockedError (a ValueError)
         Another process is writing to it; the message names its pid and command.
     """
     folder = os.fspath(folder)
     if not os.path.isdir(folder):
-        raise RunError(f"run folder {folder} does not exist")
+        raise _no_folder(folder)
+    if not new and not os.path.lexists(_path(folder, "config.json")):
+        raise RunError(f"{folder} is not a run folder (no config.json); create one with `sgm-ref train`")
     return folder_lock(folder, kind="sgm-ref command", wait=wait,
                        on_acquire=lambda: _remove_stale_temporaries(folder))
 
@@ -324,7 +385,7 @@ def new_run(folder, config, force=False, then_evaluate=False):
             if not force:
                 raise RunError(f"output folder {folder} already exists; pass --force to replace its run files, "
                                "or choose another folder") from None
-    with writing(folder, wait=_NEW_FOLDER_WAIT if made else 0.0):
+    with writing(folder, wait=_NEW_FOLDER_WAIT if made else 0.0, new=True):
         present = [name for name in RUN_FILES if os.path.exists(_path(folder, name))]
         if made and present:  # someone else's run, written while we waited for the lock
             raise RunError(f"another command created a run in {folder} meanwhile; choose another folder")
@@ -427,7 +488,7 @@ def read_config(folder):
     """config.json of a run folder, checked and validated."""
     path = _path(folder, "config.json")
     if not os.path.isdir(os.fspath(folder)):
-        raise RunError(f"run folder {os.fspath(folder)} does not exist")
+        raise _no_folder(os.fspath(folder))
     try:
         with open(path, encoding="utf-8") as f:
             config = load_json(f, path)
@@ -708,8 +769,9 @@ def train(folder, progress=None, steps=None, log=None):
         source = checkpoint if os.path.exists(checkpoint) else final if os.path.exists(final) else None
         extending = check_total_steps(folder, config, steps) > configured
         if extending and source is None and os.path.exists(_path(folder, "model.npz")):
-            raise RunError(f"{os.fspath(folder)} was trained by an older sgm_ref, which kept no training_state.npz: "
-                           f"it cannot be extended bit for bit; train a new run with --steps {steps}")
+            raise RunError(f"{os.fspath(folder)} has no training_state.npz (removed, or the run was trained by an "
+                           "older sgm_ref, which kept none): it cannot be extended bit for bit; train a new run "
+                           f"with --steps {steps}")
         if extending:
             old = config
             config = update_section(config, "train", {"steps": int(steps)})
@@ -842,7 +904,8 @@ def load_model(folder, config=None):
 
 def update_section(config, section, options):
     """config with config[section] updated by options (None values ignored), validated."""
-    updated = make_config({**{k: config[k] for k in DEFAULTS}, section: {**config[section], **options}})
+    updated = _make_config({**{k: config[k] for k in DEFAULTS}, section: {**config[section], **options}},
+                           (section,))
     return {**updated, **{k: config[k] for k in _HEADER_KEYS if k in config}}
 
 

@@ -849,3 +849,22 @@ def test_library_names_become_options_only_where_they_are_options():
     assert names("diverged (try a smaller lr or a larger t0)", parser, "train") == \
         "diverged (try a smaller --lr or a larger --t0)"
     assert names("lr diverged (try a smaller foo)", parser, "train") == "lr diverged (try a smaller foo)"
+
+
+def test_a_count_beyond_memory_is_refused_before_the_old_run_goes_or_a_demo_trains(tmp_path):
+    """`train --force --batch-size HUGE` removed the old run, then fit refused the batch:
+    neither run was left. `demo --bound-n HUGE` trained, sampled, then had the evaluation
+    refuse "n = ...; lower n" (--n is the training samples) and removed the trained run."""
+    out = tmp_path / "r"
+    tiny = ["--n", "100", "--width", "8", "--depth", "1", "--steps", "5"]
+    run("train", out, *tiny)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    result = run("train", out, "--force", *tiny, "--batch-size", 2**50, check=False)
+    _assert_one_line_error(result, "--batch-size must be at most")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    demo = tmp_path / "demo"
+    for option, name in (("--bound-n", "--bound-n"), ("--profile-n", "--profile-n"),
+                         ("--n-samples", "sample n (--n-samples)")):
+        result = run("demo", demo, *tiny, option, 2**50, check=False)
+        _assert_one_line_error(result, f"{name} must be at most")
+        assert "training" not in result.stdout and not demo.exists()

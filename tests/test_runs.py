@@ -470,7 +470,9 @@ def test_an_old_run_without_its_final_state_cannot_be_extended(tmp_path):
     create(run, make_config(SMALL))
     train(run, progress=False)
     (run / "training_state.npz").unlink()
-    with pytest.raises(RunError, match="older sgm_ref, which kept no training_state.npz"):
+    # it said only "trained by an older sgm_ref", of a run whose file had been removed
+    with pytest.raises(RunError, match=r"has no training_state.npz \(removed, or the run was trained by an older "
+                                       "sgm_ref, which kept none\)"):
         train(run, progress=False, steps=40)
 
 
@@ -522,3 +524,72 @@ def test_an_oversized_npy_header_is_one_line(tmp_path):
     with pytest.raises(RunError) as info:
         load_samples(tmp_path, 2)
     assert "\n" not in str(info.value) and "samples.npy is unreadable" in str(info.value)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"train": {"batch_size": 2**50}}, r"^batch_size must be at most \d+ on this machine, got 1125899906842624"),
+    ({"data": {"n": 2**50}}, r"^n \(training samples\) must be at most \d+ on this machine"),
+    ({"sample": {"n": 2**50}}, r"^sample n \(--n-samples\) must be at most \d+ on this machine"),
+    ({"sample": {"n_steps": 2**50}}, r"^sample n_steps must be at most \d+ on this machine"),
+    ({"evaluate": {"bound_n": 2**50}}, r"^evaluate bound_n must be at most \d+ on this machine"),
+    ({"evaluate": {"profile_n": 2**50}}, r"^evaluate profile_n must be at most \d+ on this machine"),
+])
+def test_counts_beyond_memory_are_refused_by_the_configuration(options, match):
+    """Each stage refused these, but only when it came: `train --force` after removing the
+    old run, a demo after training (its refusal then removed the trained run), and named
+    as the metric's own argument ("n = ... lower n", which on the demo's command line is
+    --n, the training samples)."""
+    with pytest.raises(ValueError, match=match):
+        make_config(options)
+
+
+def test_a_run_is_sampled_without_its_training_sizes_being_asked_about(tmp_path, monkeypatch):
+    """update_section checks the sizes of the section it changes only: a run trained on a
+    machine with more memory is sampled and evaluated here."""
+    from sgm_ref import runs
+    config = make_config({"train": {"batch_size": 4096}})
+    monkeypatch.setattr(runs, "_physical_memory", lambda: 2**20)  # 1 MiB: too little for that batch
+    updated = runs.update_section(config, "sample", {"n": 100})
+    assert updated["sample"]["n"] == 100 and updated["train"]["batch_size"] == 4096
+    with pytest.raises(ValueError, match="batch_size must be at most"):
+        runs.update_section(config, "train", {"steps": 20_000})
+
+
+def test_a_file_given_as_the_run_is_not_said_to_be_missing(tmp_path):
+    """`sgm-ref sample FILE` said "run folder FILE does not exist", of a file that exists,
+    and an empty name read "run folder  does not exist"."""
+    from sgm_ref.runs import writing
+    (tmp_path / "afile").write_text("x")
+    for call in (read_config, writing):
+        with pytest.raises(RunError, match=r"afile is not a folder: a run is the folder `sgm-ref train` made"):
+            call(tmp_path / "afile")
+        with pytest.raises(RunError, match=r"^run folder '' does not exist$"):
+            call("")
+
+
+def test_only_the_temporaries_of_run_files_are_cleared(tmp_path):
+    """The lock is taken before the folder is known to be a run: `sgm-ref sample FOLDER` of
+    a folder that is not one (a typo, /tmp) removed every .tmp-* file in it, another
+    program's too, before saying it was not a run."""
+    from sgm_ref.runs import writing
+    others = [tmp_path / ".tmp-precious", tmp_path / ".tmp-abc123notes.txt"]
+    for path in others:
+        path.write_text("not sgm_ref's")
+    (tmp_path / ".tmp-abc123samples.npy").write_bytes(b"a killed write's leftover")
+    (tmp_path / "config.json").write_text("{}")  # another tool's: the lock is taken, then it is read
+    with pytest.raises(RunError, match="not an sgm_ref run configuration"):
+        with writing(tmp_path):
+            read_config(tmp_path)
+    assert all(path.read_text() == "not sgm_ref's" for path in others)
+    assert not (tmp_path / ".tmp-abc123samples.npy").exists()
+
+
+def test_a_folder_without_a_run_is_refused_before_its_lock_file_is_written(tmp_path):
+    """`sgm-ref sample FOLDER` of a folder holding no run wrote its lock record over the
+    folder's own .lock (another tool's) and removed it on the way out."""
+    from sgm_ref.evaluation import evaluate_run
+    (tmp_path / ".lock").write_text("another tool's lock")
+    for call in (sample_run, evaluate_run, lambda folder: train(folder, progress=False)):
+        with pytest.raises(RunError, match=r"is not a run folder \(no (readable )?config.json\); create one with"):
+            call(tmp_path)
+        assert (tmp_path / ".lock").read_text() == "another tool's lock"
