@@ -54,9 +54,9 @@ def frame_page():
     return namespace
 
 
-def _sigmas(cls, **config):
+def _sigmas(cls, n=20, **config):
     sched = cls(**config)
-    sched.set_timesteps(20)
+    sched.set_timesteps(n)
     return sched.sigmas.numpy().astype(np.float64)
 
 
@@ -190,3 +190,71 @@ def test_sigma_min_final_step_is_a_no_op_and_the_grid_drops_it(config):
         compare_sampler(loop, "karras_euler", edm, sigmas, TARGET, 10, np.random.default_rng(1))
     with pytest.raises(ValueError, match=message):
         euler_maruyama(lambda x, t: -x, edm, sigmas, x, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("config", [{"use_karras_sigmas": True}, {"use_karras_sigmas": True, "euler_at_final": True},
+                                    {"use_exponential_sigmas": True}])
+def test_dpm_solver_first_order_step_is_the_repeated_sigma_s_no_op(frame_page, config):
+    """With Karras (or exponential, beta, Lu) sigmas and final_sigmas_type="sigma_min",
+    DPMSolverMultistepScheduler repeats sigma_min, and its first-order last step is the no-op
+    from sigma_min to itself: the step before it, the grid's last, is second order. So with
+    the repeated sigma dropped the default replay matches below 15 steps too, and
+    lower_order_final=True parts at the last step (0.069 relative at 10 Karras steps). The
+    page advised lower_order_final=True there until a review."""
+    torch, diffusers = peer("torch"), peer("diffusers")
+    vp, edm, n = frame_page["vp"], EDM(), 10
+    config = {"final_sigmas_type": "sigma_min", **config}
+    sched = diffusers.DPMSolverMultistepScheduler(**config)
+    sched.set_timesteps(n)
+    sigmas = sched.sigmas.numpy().astype(np.float64)
+    assert sigmas[-1] == sigmas[-2] > 0 and sigmas.size == n + 1
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.DPMSolverMultistepScheduler(**config)
+        sched.set_timesteps(n)
+        y, path = torch.from_numpy(x * vp(sigmas[0])), [x.copy()]
+        for k, timestep in enumerate(sched.timesteps):
+            sigma = np.full(len(x), sigmas[k])
+            x_edm = y.numpy() / vp(sigmas[k])
+            eps = convert(score(x_edm, sigma), x_edm, sigma, edm, from_="score", to="eps")
+            y = sched.step(torch.from_numpy(eps), timestep, y).prev_sample
+            path.append(y.numpy() / vp(sigmas[k + 1]))
+        return np.stack(path)[:-1]  # the repeated last state dropped
+
+    result = compare_sampler(loop, "dpmpp_2m", edm, sigmas[:-1], TARGET, 200, np.random.default_rng(1), rtol=FLOAT32)
+    assert result.matches, result.text()
+    result = compare_sampler(loop, "dpmpp_2m", edm, sigmas[:-1], TARGET, 200, np.random.default_rng(1), rtol=FLOAT32,
+                             replay_options={"lower_order_final": True})
+    assert not result.matches and result.first_divergence == n - 2  # the last step of the grid's n - 1
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_float32_rounding_of_a_large_state_can_exceed_the_per_state_allowance():
+    """docs/peers.md, "Their precision": EulerDiscreteScheduler in 2 steps from sigma_max =
+    157 rounds that state to float32; relative to the output (~1) that is 3.1e-5 > 2 * 64 *
+    2^-23, so compare_sampler reports step 0, though the outputs differ by about one float32
+    rounding of the largest state (measured 1.0 * 2^-24 * max |x|)."""
+    torch, diffusers = peer("torch"), peer("diffusers")
+    edm = EDM()
+    sigmas = _sigmas(diffusers.EulerDiscreteScheduler, 2)
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.EulerDiscreteScheduler()
+        sched.set_timesteps(len(grid) - 1)
+        sched.is_scale_input_called = True
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for k, timestep in enumerate(sched.timesteps):
+            sigma = np.full(len(x), grid[k])
+            eps = convert(score(y.numpy(), sigma), y.numpy(), sigma, edm, from_="score", to="eps")
+            y = sched.step(torch.from_numpy(eps), timestep, y).prev_sample
+            path.append(y.numpy().copy())
+        return np.stack(path)
+
+    result = compare_sampler(loop, "karras_euler", edm, sigmas, TARGET, 200, np.random.default_rng(0), rtol=FLOAT32)
+    assert not result.matches and result.first_divergence == 0
+    assert 2 * FLOAT32 < result.final_deviation < 1e-4
+    score = lambda x, t: -(x - np.array([1.0, -1.0])) / (np.array([0.25, 0.5]) + t[:, None] ** 2)  # noqa: E731
+    x = sigmas[0] * np.random.default_rng(1).standard_normal((200, 2))
+    peer_out = loop(score, sigmas, x, None)[-1]
+    assert np.max(np.abs(peer_out - karras_euler(score, edm, sigmas, x))) <= 2 * 2.0**-24 * np.max(np.abs(x))
+

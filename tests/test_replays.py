@@ -676,16 +676,18 @@ def test_diffusers_ddim_linspace_spacing_does_not_chain():
     with "linspace" the list is round(linspace(0, 999, n)), so from 999 it steps to 899 and
     then starts again at 888: not the chained DDIM of the replay on the same timesteps. Its
     exact law (found by running the peer, deterministic for eta = 0, on probe inputs) is at
-    KL 1.40e-2 (TV 0.057) from the replay's at n = 10; with "leading" they are the same law."""
+    KL 1.40e-2 (TV 0.057) from the replay's at n = 10; with "leading" they are the same law.
+    "trailing" chains only where n divides 1000: at n = 7 (999, 856, ...) it steps from 999
+    to 857 (KL 2.11e-4 from the replay), at n = 8 it is the replay's law (docs/peers.md)."""
     import torch
     diffusers = peer("diffusers")
     proc = DDPM()
     model = to_torch(GaussianMixture([1.0], [MEAN], [COV]), proc, signature="diffusers")
 
-    def peer_law(spacing):
+    def peer_law(spacing, n):
         sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing=spacing)
         sched.alphas_cumprod = torch.from_numpy(proc.alphas_cumprod())
-        sched.set_timesteps(10)
+        sched.set_timesteps(n)
         y = torch.from_numpy(np.vstack([np.zeros(2), np.eye(2)]))  # start N(0, I): out = b + A x
         for t in sched.timesteps:
             y = sched.step(model(y, t), t, y).prev_sample
@@ -693,8 +695,9 @@ def test_diffusers_ddim_linspace_spacing_does_not_chain():
         A = (y.numpy()[1:] - b).T
         return (b, A @ A.T), R.timestep_grid(proc, sched.timesteps.numpy())
 
-    for spacing, kl in (("leading", 0.0), ("linspace", 1.401e-2)):
-        law, grid = peer_law(spacing)
+    for spacing, n, kl in (("leading", 10, 0.0), ("linspace", 10, 1.401e-2), ("trailing", 8, 0.0),
+                           ("trailing", 7, 2.114e-4)):
+        law, grid = peer_law(spacing, n)
         mine = R.replay_output_gaussian(R.ddim, MEAN, COV, proc, grid)
         assert R.law_distances(law, mine)["kl"] == pytest.approx(kl, rel=1e-3, abs=1e-20)
 
@@ -804,13 +807,92 @@ def test_alphas_cumprod_option():
     for kwargs, pattern in (
             ({"alphas_cumprod": "float32"}, "alphas_cumprod must be 'diffusers'"),
             ({"alphas_cumprod": np.ones(5)}, "alphas_cumprod must have shape (1000,)"),
-            ({"alphas_cumprod": proc.alphas_cumprod()[::-1]}, "strictly decreasing values in (0, 1]"),
+            ({"alphas_cumprod": proc.alphas_cumprod()[::-1]}, "strictly decreasing values in [0, 1]"),
             ({"grid": np.append(grid[:-1], 0.0005), "alphas_cumprod": "diffusers"}, "build it with timestep_grid"),
             ({"process": VP(), "grid": np.linspace(1, 0.01, 5), "alphas_cumprod": "diffusers"}, "needs a DDPM")):
         args = {"process": proc, "grid": grid, **kwargs}
         with pytest.raises(ValueError) as err:
             R.ddim(s, args["process"], args["grid"], x, alphas_cumprod=args["alphas_cumprod"])
         assert pattern in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_a_zero_terminal_snr_table_is_replayed_below_its_last_timestep(kind, monkeypatch):
+    """diffusers' rescale_betas_zero_snr=True ends alphas_cumprod at 0 (timestep 999). A
+    "leading" grid (900 down) never reads it: the replay fed that table matches the peer at
+    float32's rounding (measured 2.0e-8 DDIM, 1.6e-7 DDPM). A grid from 999 divides by
+    sqrt(0) (the peer itself gives NaN for an eps model) and is refused, naming the option.
+    Found by a review: every table with a 0 was refused as not in (0, 1]."""
+    import importlib
+
+    import torch
+    diffusers = peer("diffusers")
+    proc = DDPM()
+    model = to_torch(_mixture(), proc, signature="diffusers")
+    cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}[kind]
+    sched = cls(clip_sample=False, rescale_betas_zero_snr=True, timestep_spacing="leading")
+    table = sched.alphas_cumprod.numpy()
+    assert table[-1] == 0.0
+    sched.set_timesteps(10)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((32, 2))
+    draws = rng.standard_normal((10, 32, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(importlib.import_module(type(sched).__module__), "randn_tensor", lambda *a, **k: next(it))
+    y = torch.from_numpy(x.copy())
+    for t in sched.timesteps:
+        y = sched.step(model(y, t), t, y).prev_sample
+    grid = R.timestep_grid(proc, sched.timesteps.numpy())
+    if kind == "ddim":
+        mine = R.ddim(model.score, proc, grid, x, alphas_cumprod=table)
+    else:
+        mine = R.ddpm_ancestral(model.score, proc, grid, x, noise=draws[:9], alphas_cumprod=table)
+    assert np.max(np.abs(mine - y.numpy())) <= 10 * 2.0**-24 * np.max(np.abs(mine))
+    trailing = R.timestep_grid(proc, R.ddim_timesteps(10, spacing="trailing"))
+    replay = R.ddim if kind == "ddim" else R.ddpm_ancestral
+    message = r"alphas_cumprod\[999\] = 0 .*rescale_betas_zero_snr.*start below timestep 999"
+    with pytest.raises(ValueError, match=message):
+        replay(model.score, proc, trailing, x, rng=np.random.default_rng(0), alphas_cumprod=table)
+
+
+def test_timestep_grid_names_what_diffusers_cannot_step_either():
+    """Two of diffusers' own lists that no grid can follow, each refused with its cause (a
+    review found the first printed all 1000 timesteps, the second only "strictly
+    decreasing"): "leading" with steps_offset=1 at n = N starts at timestep N, which its
+    step cannot index; and with set_alpha_to_one=False and steps_offset=0 the last step,
+    from timestep 0 to alphas_cumprod[0], returns its sample (to float32 rounding)."""
+    import torch
+    diffusers = peer("diffusers")
+    proc = DDPM()
+    sched = diffusers.DDIMScheduler(steps_offset=1)
+    sched.set_timesteps(1000)
+    np.testing.assert_array_equal(sched.timesteps.numpy(), R.ddim_timesteps(1000, steps_offset=1))
+    with pytest.raises(IndexError):
+        sched.step(torch.zeros(2, 2), sched.timesteps[0], torch.zeros(2, 2))
+    with pytest.raises(ValueError, match=r"^timesteps must lie in 0\.\.999, got timesteps\[0\] = 1000 \(steps_offset"):
+        R.timestep_grid(proc, R.ddim_timesteps(1000, steps_offset=1))
+    sched = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False)
+    sched.set_timesteps(10)
+    assert sched.timesteps[-1] == 0
+    y = torch.from_numpy(np.random.default_rng(0).standard_normal((4, 2)))
+    out = sched.step(torch.from_numpy(np.random.default_rng(1).standard_normal((4, 2))), 0, y).prev_sample
+    assert np.max(np.abs(out.numpy() - y.numpy())) <= 1e-6 * np.max(np.abs(y.numpy()))
+    with pytest.raises(ValueError, match="final = 0.001 is the last timestep's own time.*set_alpha_to_one=False"):
+        R.timestep_grid(proc, sched.timesteps.numpy(), final=proc.time_of_timestep(0))
+    grid = R.timestep_grid(proc, sched.timesteps.numpy()[:-1], final=proc.time_of_timestep(0))  # the fix
+    assert grid[-1] == proc.time_of_timestep(0)
+
+
+def test_a_churned_noise_level_beyond_the_process_names_it_and_the_fix():
+    """k-diffusion churns on EDM without bound; on a bounded process the churned level can
+    leave it. The message shows the plain number (it showed np.float64(215.19...)) and the
+    fix, for EDM's t_max too (which gave no fix)."""
+    score = lambda x, t: -x  # noqa: E731
+    for process, grid, number in ((VP(), np.linspace(1.0, 0.01, 5), "215.19"), (EDM(10.0), [10.0, 1.0, 0.0], "14.14")):
+        with pytest.raises(ValueError) as err:
+            R.karras_stochastic(score, process, grid, np.ones((2, 2)), rng=np.random.default_rng(0), s_churn=5.0)
+        message = str(err.value)
+        assert f"= {number}" in message and "np.float64" not in message and "lower s_churn" in message, message
 
 
 def test_a_grid_of_ddpm_timesteps_is_named():

@@ -137,12 +137,13 @@ def time_of_sigma_hat(process, s):
     """The time whose EDM noise level sigma_t / alpha_t is s > 0 (s itself for EDM, exactly)."""
     if isinstance(process, EDM):
         if s > process.t_max:
-            raise ValueError(f"sigma = {s!r} exceeds t_max = {process.t_max} of {process!r}")
+            raise ValueError(f"sigma = {float(s)!r} exceeds t_max = {process.t_max} of {process!r} (e.g. a churned "
+                             "noise level above T's); lower s_churn, set s_tmax or raise t_max")
         return s
     try:
         return float(process.time_of_log_snr(-2.0 * np.log(s)))
     except ValueError:
-        raise ValueError(f"sigma_hat = {s!r} (sigma_t / alpha_t) lies outside the range of {process!r} "
+        raise ValueError(f"sigma_hat = {float(s)!r} (sigma_t / alpha_t) lies outside the range of {process!r} "
                          "(e.g. a churned noise level above T's); lower s_churn or set s_tmax") from None
 
 

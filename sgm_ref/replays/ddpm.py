@@ -36,7 +36,9 @@ t = 0, as the peer does:
     v = (abar_s - abar_t) / abar_s,   sigma_t^2 = 1 - abar_t,   alpha_s = sqrt(abar_s),
 
 each computed in float64 from the given values (abar_s - abar_t and 1 - abar_t are exact
-for float32 inputs). The model's eps_hat = -sigma_t s(y, t) still uses the process's own
+for float32 inputs). A zero terminal SNR (diffusers' rescale_betas_zero_snr=True, whose
+table ends at 0) is replayed on grids that start below that timestep, and refused on those
+that start at it. The model's eps_hat = -sigma_t s(y, t) still uses the process's own
 sigma_t: the score function is the model, in the process's convention; the constants are
 the sampler's. The grid must then lie on the process's timesteps (timestep_grid).
 """
@@ -105,9 +107,22 @@ def timestep_grid(process, timesteps, final=0.0):
     """
     if not isinstance(process, DDPM):
         raise ValueError(f"process must be a DDPM schedule, got {process!r}")
-    t = np.asarray(process.time_of_timestep(np.asarray(timesteps)), dtype=np.float64).reshape(-1)
+    steps = np.asarray(timesteps).reshape(-1)
+    N = process.num_train_timesteps
+    if steps.dtype.kind in "iuf" and np.all(np.isfinite(steps)):  # else time_of_timestep says what is wrong
+        out = (steps < 0) | (steps > N - 1)
+        if np.any(out):
+            k = int(np.argmax(out))
+            hint = (f" (steps_offset = 1 with num_inference_steps = {N} does that: diffusers' own step cannot "
+                    f"index it either)") if steps[k] == N else ""
+            raise ValueError(f"timesteps must lie in 0..{N - 1}, got timesteps[{k}] = {steps[k].item()!r}" + hint)
+    t = np.asarray(process.time_of_timestep(steps), dtype=np.float64)
     final = check_real(final, "final", low=0.0)
     grid = np.append(t, final)
+    if t.size and final == t[-1]:
+        raise ValueError(f"final = {final!r} is the last timestep's own time: a step from it to itself (diffusers' "
+                         f"DDIM from timestep 0 with set_alpha_to_one=False) changes nothing; drop that timestep, "
+                         f"or use steps_offset=1")
     if np.any(np.diff(grid) >= 0):
         raise ValueError("timesteps must be strictly decreasing and final below the last one's time")
     return grid
@@ -142,10 +157,16 @@ def _constants(process, grid, alphas_cumprod):
         if table.shape != (N,):
             raise ValueError(f"alphas_cumprod must have shape ({N},) (one per timestep of {process!r}), "
                              f"got shape {table.shape}")
-        if np.any(table <= 0) or np.any(table > 1) or np.any(np.diff(table) >= 0):
-            raise ValueError("alphas_cumprod must be strictly decreasing values in (0, 1]")
+        if np.any(table < 0) or np.any(table > 1) or np.any(np.diff(table) >= 0):
+            raise ValueError("alphas_cumprod must be strictly decreasing values in [0, 1]")
     index, data = _timesteps_of_grid(process, grid, "alphas_cumprod")
-    return np.where(data, 1.0, table[np.where(data, 0, index)])
+    abar = np.where(data, 1.0, table[np.where(data, 0, index)])
+    if abar[0] == 0:  # only the last timestep can be 0 (strictly decreasing), so only grid[0]
+        raise ValueError(f"alphas_cumprod[{index[0]}] = 0 (a zero terminal SNR: diffusers' rescale_betas_zero_snr"
+                         f"=True) at the grid's first timestep {index[0]}: x0_hat = (x - sqrt(1 - abar) eps) / "
+                         f"sqrt(abar) is undefined there (diffusers' own step gives NaN for an eps model); start "
+                         f"below timestep {index[0]} (e.g. 'leading' spacing)")
+    return abar
 
 
 def _timesteps_of_grid(process, grid, what):

@@ -196,6 +196,8 @@ def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None,
         diffusers' DPMSolverMultistepScheduler does with final_sigmas_type="sigma_min"
         below 15 steps (its lower_order_final=True, the default) or with
         euler_at_final=True. k-diffusion's sample_dpmpp_2m never does (the default, False).
+        Not with Karras (exponential, beta, Lu) sigmas there: diffusers repeats sigma_min and
+        its first-order step is the no-op between the two; drop it and keep False.
     """
     if not isinstance(lower_order_final, (bool, np.bool_)):
         raise ValueError(f"lower_order_final must be True or False, got {lower_order_final!r}")
