@@ -474,7 +474,32 @@ def _given(args, names):
 
 
 def _say(message):
-    print(message, flush=True)
+    """One line of the command's output on stdout. A reader that went away (`| head -1`)
+    stops the printing, not the work: the results are the run folder's files, and a
+    BrokenPipeError here failed a finished training and removed a new run."""
+    if _STDOUT_CLOSED:
+        return
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        _close_stdout()
+
+
+_STDOUT_CLOSED = False
+
+
+def _close_stdout():
+    """Send the rest of stdout to os.devnull, so that nothing more fails on it (also not the
+    interpreter's flush at exit, which would print "Exception ignored ... BrokenPipeError")."""
+    global _STDOUT_CLOSED
+    _STDOUT_CLOSED = True
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (AttributeError, ValueError, OSError):  # not a stream with a descriptor (a test's capture)
+        sys.stdout = open(os.devnull, "w")
+    finally:
+        os.close(devnull)
 
 
 def _note(message):

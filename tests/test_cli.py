@@ -868,3 +868,20 @@ def test_a_count_beyond_memory_is_refused_before_the_old_run_goes_or_a_demo_trai
         result = run("demo", demo, *tiny, option, 2**50, check=False)
         _assert_one_line_error(result, f"{name} must be at most")
         assert "training" not in result.stdout and not demo.exists()
+
+
+def test_a_closed_stdout_stops_the_printing_not_the_work(tmp_path):
+    # `sgm-ref train RUN | head -1`: the reader goes away, and the next line printed raised
+    # BrokenPipeError: a finished training exited 2 ("error: Broken pipe ... once that is
+    # fixed"), and a new run stopped at its first line was removed
+    for folder, steps in (("R", 300), ("R2", 1200)):
+        proc = subprocess.Popen([str(SCRIPT), "train", str(tmp_path / folder), "--steps", str(steps), "--n", "300"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()  # no reader: the first line printed meets a broken pipe
+        stderr = proc.stderr.read().decode()
+        assert proc.wait(timeout=600) == 0, stderr
+        assert "Broken pipe" not in stderr and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+        assert load(tmp_path / folder / "model.npz") is not None
+    # the work is the same as with a reader
+    run("train", tmp_path / "R3", "--steps", 300, "--n", 300)
+    assert (tmp_path / "R" / "model.npz").read_bytes() == (tmp_path / "R3" / "model.npz").read_bytes()
