@@ -535,3 +535,13 @@ def test_a_negative_seed_and_too_many_frequencies_are_named():
     emb = TimeEmbedding("fourier", 1000)  # the largest: every feature finite down to the smallest t
     out = np.empty((2, emb.dim))
     assert np.all(np.isfinite(emb(np.array([5e-324, 1e308]), out)))
+
+
+def test_a_network_too_large_for_memory_is_named_in_one_short_line():
+    # the message listed every width: a depth of a million printed 5 MB on one line
+    with pytest.raises(ValueError) as info:
+        MLP(d=2, widths=(128,) * 1_000_000)
+    message = str(info.value)
+    assert len(message) < 300 and "widths = [128] * 1000000 make 16511984258 parameters" in message
+    assert "fewer or narrower layers" in message
+    assert repr(MLP(d=2, widths=(3, 4) * 6)).startswith("MLP(d=2, widths=[3, 4, 3, 4, 3, 4, 3, 4, ...] (12 layers),")

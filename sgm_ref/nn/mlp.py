@@ -50,6 +50,17 @@ class _Workspace:
         self.has_tape = False
 
 
+def _widths_text(widths, shown=8):
+    """widths as a list, a long one shortened: [128] * 1000000 for equal widths, else its first
+    entries and the count (a --depth of a million printed a 5 MB message)."""
+    widths = list(widths)
+    if len(widths) <= shown:
+        return str(widths)
+    if len(set(widths)) == 1:
+        return f"[{widths[0]}] * {len(widths)}"
+    return f"[{', '.join(map(str, widths[:shown]))}, ...] ({len(widths)} layers)"
+
+
 class MLP:
     """Score network R^d x (0, T] -> R^d: an MLP on [x, e(t)].
 
@@ -92,9 +103,9 @@ class MLP:
         self.dtype = check_float_dtype(dtype)
         self.sizes = (d + time_embedding.dim,) + self.widths + (d,)
         n_params = sum((fi + 1) * fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
-        too_big = ValueError(f"d = {d} and widths = {list(self.widths)} make {n_params} parameters "
+        too_big = ValueError(f"d = {d} and widths = {_widths_text(self.widths)} make {n_params} parameters "
                              f"({n_params * self.dtype.itemsize / 2**30:.3g} GiB), more than fit in memory; "
-                             "use a smaller d or narrower layers")
+                             "use a smaller d, or fewer or narrower layers")
         if n_params * self.dtype.itemsize > np.iinfo(np.intp).max:
             raise too_big
         try:
@@ -189,7 +200,7 @@ class MLP:
         self.params[...] = theta
 
     def __repr__(self):
-        return (f"MLP(d={self.d}, widths={list(self.widths)}, activation={self.activation!r}, "
+        return (f"MLP(d={self.d}, widths={_widths_text(self.widths)}, activation={self.activation!r}, "
                 f"time_embedding={self.embedding.kind!r}, dtype={self.dtype.name}, n_params={self.n_params})")
 
     # -- forward ------------------------------------------------------------------------------
