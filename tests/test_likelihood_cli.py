@@ -62,3 +62,9 @@ def test_evaluate_nll(tmp_path):
     assert report["samples"] == before["samples"] and report["score_error"] == before["score_error"]
     assert "## Likelihood" in (out / "report.md").read_text()
     assert_one_line_error(run("evaluate", out, "--nll", "1", "--no-plots", check=False), "nll")
+    # an --nll beyond memory is refused before any stage runs, by its own name (it was refused
+    # after the sample distances, the score profile and the bound, as "n", evaluate's --n)
+    report = (out / "report.json").read_bytes()
+    refused = run("evaluate", out, "--nll", "100000000000", "--no-plots", check=False)
+    assert_one_line_error(refused, "--nll must be at most")
+    assert (out / "report.json").read_bytes() == report
