@@ -306,6 +306,19 @@ def _physical_memory():
         return None
 
 
+def check_fits(name, value, per_unit, what="its working arrays"):
+    """Refuse, before any work, a count `value` whose arrays (per_unit bytes per unit) cannot
+    fit in memory. The message opens "name must be at most N", which the command line turns
+    into the option's name."""
+    memory = _physical_memory()
+    largest = np.iinfo(np.intp).max
+    limit = largest if memory is None else min(memory, largest)
+    if value * per_unit > limit:
+        where = "this machine's memory" if memory is not None and memory <= largest else "NumPy's largest array"
+        raise ValueError(f"{name} must be at most {limit // per_unit} on this machine, got {value}: {what} would "
+                         f"need {value * per_unit / 2**30:.3g} GiB, more than {where} ({limit / 2**30:.3g} GiB)")
+
+
 @contextmanager
 def fits_in_memory(name, value, items, per_item=8):
     """Raise ValueError naming `name` (= value) if items of per_item bytes cannot be allocated.

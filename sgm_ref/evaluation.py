@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from . import metrics
-from ._validation import _physical_memory, check_count, check_float_dtype, check_points, check_rng, check_time_range
+from ._validation import check_count, check_fits, check_float_dtype, check_points, check_rng, check_time_range
 from ._json import load_json
 from .io import atomic_write
 from .losses import WEIGHTINGS, sample_times
@@ -394,19 +394,6 @@ def evaluate_run(folder, options=None, plots=True, progress=None, nll=0):
         return _evaluate(folder, options, plots, progress, nll)
 
 
-def _check_nll_size(nll, d):
-    """Refuse an nll whose exact samples cannot fit in memory (the target's sample check, said
-    as the option's)."""
-    per_point = 8 * 2 * (d + 1)  # GaussianMixture.sample's working arrays per point
-    memory = _physical_memory()
-    limit = np.iinfo(np.intp).max if memory is None else min(memory, np.iinfo(np.intp).max)
-    if nll * per_point > limit:
-        where = "this machine's memory" if memory is not None else "NumPy's largest array"
-        raise ValueError(f"nll must be at most {limit // per_point} on this machine, got {nll}: its exact samples "
-                         f"in d = {d} would need {nll * per_point / 2**30:.3g} GiB, more than {where} "
-                         f"({limit / 2**30:.3g} GiB)")
-
-
 def _evaluate(folder, options, plots, progress, nll=0):
     nll = check_count(nll, "nll", minimum=0)
     if nll == 1:
@@ -417,7 +404,7 @@ def _evaluate(folder, options, plots, progress, nll=0):
     model = load_model(folder, config)
     target = from_record(config["target_definition"])
     if nll:  # the likelihood's exact samples, checked before every stage (they were refused last, as "n")
-        _check_nll_size(nll, target.dim)
+        check_fits("nll", nll, 8 * 2 * (target.dim + 1), f"its exact samples in d = {target.dim}")  # target.sample's
     x = load_samples(folder, target.dim)
     _check_writable(folder)
     rng = streams(config["seed"])["evaluate"]

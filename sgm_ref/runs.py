@@ -48,7 +48,7 @@ import scipy
 from . import __version__
 from ._json import load_json
 from ._lock import folder_lock
-from ._validation import _physical_memory, check_count, check_real, check_time_range
+from ._validation import _physical_memory, check_count, check_fits, check_real, check_time_range
 from .io import _READ_ERRORS, atomic_write, load, os_error_text, read_header, save
 from .nn import MLP
 from .optim import Adam
@@ -168,8 +168,6 @@ def _check_sizes(config, d, stages):
     the points alone). Checked for the stages in `stages` only: a run trained elsewhere
     is sampled here without its training's sizes being asked about.
     """
-    memory = _physical_memory()
-    limit = np.iinfo(np.intp).max if memory is None else min(memory, np.iinfo(np.intp).max)
     m, t, s, e = config["model"], config["train"], config["sample"], config["evaluate"]
     sizes = []  # (stage, name, value, bytes per unit of value)
     sizes.append(("train", "n (training samples)", config["data"]["n"], 8 * d))
@@ -179,12 +177,8 @@ def _check_sizes(config, d, stages):
         sizes.append(("evaluate", "evaluate bound_n", e["bound_n"], 8 * 6 * d))  # metrics.bound's
     sizes.append(("evaluate", "evaluate profile_n", e["profile_n"], 4 * 8 * 4 * d))  # the integral: 4 profile_n points
     for stage, name, value, per_unit in sizes:
-        if stage in stages and value * per_unit > limit:
-            where = "this machine's memory" if memory is not None and memory <= np.iinfo(np.intp).max \
-                else "NumPy's largest array"
-            raise ValueError(f"{name} must be at most {limit // per_unit} on this machine, got {value}: its "
-                             f"working arrays would need {value * per_unit / 2**30:.3g} GiB, more than {where} "
-                             f"({limit / 2**30:.3g} GiB)")
+        if stage in stages:
+            check_fits(name, value, per_unit)
 
 
 def build(config, init_rng=0):

@@ -546,9 +546,9 @@ def test_counts_beyond_memory_are_refused_by_the_configuration(options, match):
 def test_a_run_is_sampled_without_its_training_sizes_being_asked_about(tmp_path, monkeypatch):
     """update_section checks the sizes of the section it changes only: a run trained on a
     machine with more memory is sampled and evaluated here."""
-    from sgm_ref import runs
+    from sgm_ref import _validation, runs
     config = make_config({"train": {"batch_size": 4096}})
-    monkeypatch.setattr(runs, "_physical_memory", lambda: 2**20)  # 1 MiB: too little for that batch
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: 2**20)  # 1 MiB: too little for that batch
     updated = runs.update_section(config, "sample", {"n": 100})
     assert updated["sample"]["n"] == 100 and updated["train"]["batch_size"] == 4096
     with pytest.raises(ValueError, match="batch_size must be at most"):
