@@ -21,9 +21,10 @@ import numpy as np
 import pytest
 from _peers import peer
 
-from sgm_ref import EDM, compare_sampler
+from sgm_ref import DDPM, EDM, compare_sampler
 from sgm_ref.conventions import convert
-from sgm_ref.replays import dpmpp_2m, karras_euler, karras_heun
+from sgm_ref.replays import (ddim, ddim_timesteps, dpmpp_2m, gaussian_score, karras_euler, karras_heun,
+                             timestep_grid)
 from sgm_ref.samplers import euler_maruyama
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -258,3 +259,74 @@ def test_float32_rounding_of_a_large_state_can_exceed_the_per_state_allowance():
     peer_out = loop(score, sigmas, x, None)[-1]
     assert np.max(np.abs(peer_out - karras_euler(score, edm, sigmas, x))) <= 2 * 2.0**-24 * np.max(np.abs(x))
 
+
+def _heun_loop(torch, diffusers, float64_sigmas=False, **config):
+    """docs/peers.md's HeunDiscreteScheduler loop (its trajectory: the state after each call
+    that leaves state_in_first_order true, then the last); optionally its sigmas widened to
+    float64 after set_timesteps (the same values, float64 arithmetic)."""
+    edm = EDM()
+
+    def loop(score, grid, x, noises):
+        sched = diffusers.HeunDiscreteScheduler(**config)
+        sched.set_timesteps(len(grid) - 1)
+        if float64_sigmas:
+            sched.sigmas = sched.sigmas.to(torch.float64)
+        sig = sched.sigmas.numpy().astype(np.float64)
+        y, path = torch.from_numpy(x.copy()), [x.copy()]
+        for timestep in sched.timesteps:
+            sigma = np.full(len(x), sig[0 if sched.step_index is None else sched.step_index])
+            eps = convert(score(y.numpy(), sigma), y.numpy(), sigma, edm, from_="score", to="eps")
+            y = sched.step(torch.from_numpy(eps), timestep, y).prev_sample
+            if sched.state_in_first_order:
+                path.append(y.numpy().copy())
+        if len(path) < len(grid):
+            path.append(y.numpy().copy())
+        return np.stack(path)
+
+    return loop
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_rounding_magnified_by_a_steps_coefficients_exceeds_an_allowance_of_its_states():
+    """docs/peers.md, "Their precision": measuring the allowance against the step's larger
+    state (its input, max |x|) instead of its result would not make these correct float32
+    loops match, since the magnification sits in the step's coefficients. Heun on
+    "squaredcos_cap_v2"'s sigmas forms dt = sigma_next - sigma in float32 (at 10 steps
+    -20285.580078 for -20285.579771) and its corrector multiplies that rounding by about
+    sigma / (2 sigma_next) (1773 from 20291 to 5.72): state 1 is off by 3.5 x 64 float32
+    roundings of max |x| (2e-13 of it with the sigmas widened to float64: float64's rounding,
+    magnified alike). DDIM's one "trailing" step divides by sqrt(alphas_cumprod[999]) =
+    4.9e-5 there: 3.2 x. More steps do not help (Heun at 50 steps still parts at step 0), and
+    at 20 steps the exact laws part too (KL 3.6e-5 > rtol)."""
+    torch, diffusers = peer("torch"), peer("diffusers")
+    edm, cos = EDM(), {"beta_schedule": "squaredcos_cap_v2"}
+    score = gaussian_score(*TARGET, edm)
+
+    sigmas = np.unique(_sigmas(diffusers.HeunDiscreteScheduler, 10, **cos))[::-1]
+    x = sigmas[0] * np.random.default_rng(1).standard_normal((200, 2))
+    replay = karras_heun(score, edm, sigmas, x, trajectory=True)[1]
+    for float64_sigmas, low, high in ((False, 3 * FLOAT32, 5 * FLOAT32), (True, 0.0, 1e-7 * FLOAT32)):
+        path = _heun_loop(torch, diffusers, float64_sigmas, **cos)(score, sigmas, x, None)
+        off = np.max(np.abs(path[1] - replay[1])) / np.max(np.abs(x))
+        assert low <= off <= high, (float64_sigmas, off / FLOAT32)
+
+    ddpm = DDPM("squaredcos_cap_v2")
+    vp_score = gaussian_score(*TARGET, ddpm)
+    grid = timestep_grid(ddpm, ddim_timesteps(1, spacing="trailing"))
+    x = np.random.default_rng(1).standard_normal((200, 2))
+    sched = diffusers.DDIMScheduler(clip_sample=False, timestep_spacing="trailing", **cos)
+    sched.set_timesteps(1)
+    t = np.full(len(x), grid[0])
+    eps = convert(vp_score(x, t), x, t, ddpm, from_="score", to="eps")
+    theirs = sched.step(torch.from_numpy(eps), sched.timesteps[0], torch.from_numpy(x.copy())).prev_sample.numpy()
+    mine = ddim(vp_score, ddpm, grid, x, alphas_cumprod="diffusers")
+    off = np.max(np.abs(theirs - mine)) / np.max(np.abs(x))
+    assert 3 * FLOAT32 <= off <= 4 * FLOAT32, off / FLOAT32
+
+    for n in (10, 20, 50):
+        sigmas = np.unique(_sigmas(diffusers.HeunDiscreteScheduler, n, **cos))[::-1]
+        result = compare_sampler(_heun_loop(torch, diffusers, **cos), "karras_heun", edm, sigmas, TARGET, 200,
+                                 np.random.default_rng(0), rtol=FLOAT32, sample_distances=False)
+        assert not result.matches and result.first_divergence == 0, (n, result.text())
+        if n == 20:
+            assert result.laws["method"] == "exact" and result.kl > 2 * FLOAT32, result.kl
