@@ -107,8 +107,9 @@ class ModelScore:
     """
 
     def __init__(self, run, as_array, *, name, process, output, time, batch_size, dtype, fractional, cast_output,
-                 framework, sample_shape=None):
+                 framework, sample_shape=None, check=None):
         self.sample_shape = sample_shape
+        self._check = check  # check(x, t): the framework's own refusals, before anything is converted
         self._run = run
         self._as_array = as_array
         self.name = name
@@ -152,10 +153,13 @@ class ModelScore:
         ValueError
             Bad x or t; a conversion undefined at t (e.g. eps -> score where sigma_t = 0);
             a timestep out of range or not an integer; a model output of the wrong type,
-            shape or dtype or with non-finite entries (naming the model).
+            shape or dtype or with non-finite entries (naming the model); for a JAX model,
+            x or t a JAX tracer, or dtype float64 while jax_enable_x64 is off at the call.
         ModelError
             The model itself raised (its exception is the __cause__).
         """
+        if self._check is not None:
+            self._check(x, t)
         x = check_points(x, "x")
         n = x.shape[0]
         t_dtype = np.asarray(t).dtype
@@ -175,13 +179,13 @@ class ModelScore:
             hi = min(lo + self.batch_size, n)
             where = f"rows {lo}:{hi} (t from {t[lo:hi].min():.6g} to {t[lo:hi].max():.6g})"
             value[lo:hi] = self._checked(xm[lo:hi], arg[lo:hi], where)
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named just below
             score = A[:, None] * xm.astype(np.float64) + B[:, None] * value
-        out = score.astype(x.dtype if self.cast_output else self.dtype)
+            out = score.astype(x.dtype if self.cast_output else self.dtype)
         if not np.all(np.isfinite(out)):
             i = int(np.argmax(~np.all(np.isfinite(out), axis=1)))
             raise ValueError(f"the score of {self.framework} model {self.name!r} overflows {out.dtype} at row {i} "
-                             f"(t = {t[i]!r}, {self.output} -> score multiplies by {B[i]:.3g})")
+                             f"(t = {float(t[i])!r}, {self.output} -> score multiplies by {B[i]:.3g})")
         return out
 
     def _checked(self, xb, tb, where):
@@ -198,6 +202,9 @@ class ModelScore:
             hint = ""
             if hasattr(out, "sample"):  # diffusers' UNet2DOutput and friends
                 hint = " (a diffusers model output? pass lambda x, t: model(x, t).sample)"
+            elif "Tracer" in type(out).__name__:  # a jax.core.Tracer leaked out of jax.jit, vmap or grad
+                hint = " (a traced value that escaped jax.jit, jax.vmap or jax.grad: return the array the " \
+                       "function computes, not one saved from inside a transformation)"
             elif isinstance(out, np.ndarray):
                 hint = " (it returned NumPy for torch inputs: a function of NumPy arrays? with sgm-ref audit, " \
                        "pass --inputs numpy)"
@@ -208,8 +215,10 @@ class ModelScore:
         if dtype != self.dtype.name:
             if dtype in ("float32", "float64"):
                 fix = f"pass dtype={dtype} if the model computes in {dtype}, or make it return its input's dtype"
-            else:  # float16, bfloat16, ...: no dtype= reaches them
+            elif dtype.startswith(("float", "bfloat")):  # float16, bfloat16, float8_...: no dtype= reaches them
                 fix = _HALF_PRECISION_FIX
+            else:  # int, bool, complex: not a precision to choose
+                fix = f"a score, eps, x0, v or velocity is real: return a floating-point array of dtype {self.dtype}"
             raise ValueError(f"{label} dtype {dtype} for inputs of dtype {self.dtype} at {where}; {fix}")
         arr = to_numpy()
         if not np.all(np.isfinite(arr)):
@@ -395,12 +404,14 @@ def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None
         only inside jax.grad and friends. Wrap it with jax.jit yourself for speed.
     dtype : float32 or float64, optional
         Default JAX's default float dtype: float32, or float64 with jax_enable_x64.
-        float64 without jax_enable_x64 is refused (JAX would compute in float32).
+        float64 without jax_enable_x64 is refused (JAX would compute in float32), when
+        built and at each call (JAX would round x to float32 without a word).
 
     Raises
     ------
     ValueError
-        As from_torch; also dtype float64 while jax_enable_x64 is off.
+        As from_torch; also dtype float64 while jax_enable_x64 is off. (When called: as
+        ModelScore; also x or t a JAX tracer, or jax_enable_x64 switched off since.)
     ImportError
         jax is not installed.
     """
@@ -417,19 +428,35 @@ def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None
         raise ValueError("dtype=float64 needs JAX's 64-bit mode: jax.config.update('jax_enable_x64', True) "
                          "before creating arrays; without it JAX computes in float32 (pass dtype='float32')")
 
+    def x64():  # read at each call: jax_enable_x64 may change after from_jax (jax.enable_x64 is a context)
+        return jnp.zeros(()).dtype == jnp.float64
+
+    def check(x, t):
+        for arg, value in (("x", x), ("t", t)):
+            if isinstance(value, jax.core.Tracer):
+                raise ValueError(f"{arg} is a JAX tracer: the score of from_jax takes and returns NumPy arrays, so it "
+                                 "cannot run inside jax.jit, jax.vmap or jax.grad; call it with concrete arrays "
+                                 "(and jit the model fn itself)")
+        if dt == np.float64 and not x64():
+            # JAX would take x as float32 without a word, and a model ending in np.asarray(..., float64)
+            # would pass every check with float32 digits
+            raise ValueError(f"jax model {label!r} was built with dtype float64, but jax_enable_x64 is off now "
+                             "(JAX would round x to float32): call it with jax_enable_x64 on, as when it was "
+                             "built, or build it with dtype='float32'")
+
     def run(xb, tb):
-        if tb.dtype == np.int64 and default != np.float64:
+        if tb.dtype == np.int64 and not x64():
             tb = tb.astype(np.int32)  # JAX's integer without x64 (timesteps are < 2^31)
         return fn(jnp.asarray(xb), jnp.asarray(tb))
 
     def as_array(out):
-        if not isinstance(out, (jax.Array, np.ndarray)):
-            return None, None, None
+        if isinstance(out, jax.core.Tracer) or not isinstance(out, (jax.Array, np.ndarray)):
+            return None, None, None  # a tracer has a shape and dtype, but no values
         return tuple(out.shape), np.dtype(out.dtype).name, lambda: np.asarray(out)
 
     return ModelScore(run, as_array, name=label, process=process, output=output, time=time, batch_size=batch_size,
                       dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="jax",
-                      sample_shape=_check_sample_shape(sample_shape))
+                      sample_shape=_check_sample_shape(sample_shape), check=check)
 
 
 # -- between processes ------------------------------------------------------------------------

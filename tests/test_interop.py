@@ -14,6 +14,7 @@ hundreds of standard deviations out (test_wrong_time_map_is_detected).
 """
 
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -474,6 +475,170 @@ def test_jax_eps_model_audited(jax):
 
     from_jax(by_timestep, DDPM(num_train_timesteps=10), time="timestep")(np.zeros((2, 2), np.float32), [0.1, 1.0])
     assert seen[-1].dtype == jnp.int32 and seen[-1].tolist() == [0, 9]  # JAX's integer without x64
+
+
+def _jax_mixture_model(jax, target, process, output, time, bug=None):
+    """target's exact `output` in jax.numpy at the model's time argument: the score is jax.grad of
+    log p_t = log sum_k w_k N(x; alpha mu_k, alpha^2 var_k + sigma^2) (diagonal covariances),
+    an independent computation; `bug` plants a convention error."""
+    jnp = jax.numpy
+    ac = np.asarray(process.alphas_cumprod()) if isinstance(process, DDPM) else None
+
+    def fn(x, arg):
+        dt = x.dtype
+        if time == "timestep":  # diffusers: timestep i has alphas_cumprod[i]
+            i = jnp.minimum(arg + 1, len(ac) - 1) if bug == "timestep + 1" else arg
+            abar = jnp.asarray(ac, dtype=dt)[i]
+            a, s, da, ds = jnp.sqrt(abar), jnp.sqrt(1 - abar), None, None
+        elif time == "sigma":  # EDM
+            a, s, da, ds = jnp.ones_like(arg), arg, jnp.zeros_like(arg), jnp.ones_like(arg)
+        else:  # VP(0.1, 20): B = int_0^t beta
+            B, beta = arg * (0.1 + 0.5 * arg * 19.9), 0.1 + 19.9 * arg
+            a = jnp.exp(-0.5 * B) ** (2 if bug == "alpha^2" else 1)
+            s = -jnp.expm1(-B) if bug == "sigma^2" else jnp.sqrt(-jnp.expm1(-B))
+            da, ds = -0.5 * beta * a, 0.5 * beta * a * a / s
+        w, mu, var = (jnp.asarray(v, dtype=dt) for v in (target.weights, target.means, target.covariances))
+
+        def log_p(xi, ai, si):
+            v = ai * ai * var + si * si
+            return jax.scipy.special.logsumexp(
+                jnp.log(w) - 0.5 * jnp.sum((xi - ai * mu) ** 2 / v + jnp.log(2 * jnp.pi * v), axis=1))
+
+        score = jax.vmap(jax.grad(log_p))(x, a, s)
+        a, s = a[:, None], s[:, None]
+        eps = -s * score * (-1 if bug == "eps sign" else 1)
+        x0 = (x - s * eps) / a
+        v = a * eps - s * x0
+        if bug == "x0 for v":
+            v = x0
+        if output == "velocity":
+            return da[:, None] * x0 + ds[:, None] * eps
+        return {"score": score, "eps": eps, "x0": x0, "v": v}[output]
+
+    return fn
+
+
+@pytest.mark.parametrize("x64", [False, True])
+def test_exact_jax_models_in_every_convention_audit_as_exact(jax, x64):
+    """The exact mixture in jax.numpy (jax.grad of its log density), in each output and time
+    convention, jitted: its score matches the oracle to the rounding of its dtype (float32,
+    or float64 with jax_enable_x64), and the relative error is that rounding, the x0 -> score
+    conversion's 1 / sigma^2 aside."""
+    target = GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]], [[0.3, 0.2], [0.5, 0.4]])
+    cases = [(VP(), o, "t") for o in ("score", "eps", "v", "velocity")] + [
+        (EDM(), "x0", "sigma"), (DDPM(), "eps", "timestep"), (DDPM(), "v", "timestep")]
+    rng = np.random.default_rng(20)
+    with jax.enable_x64(x64):
+        dtype = np.float64 if x64 else np.float32
+        rtol = 50 * np.finfo(dtype).eps
+        for process, output, time in cases:
+            s = from_jax(jax.jit(_jax_mixture_model(jax, target, process, output, time)), process, output, time)
+            assert s.dtype == dtype
+            ts = process.time_of_timestep(np.array([99, 499, 999])) if time == "timestep" else [0.1, 0.5, 1.0]
+            for t in ts:
+                x = process.perturb(target.sample(200, rng), np.full(200, t), rng)[0].astype(dtype)
+                exact = target.score(x.astype(np.float64), np.full(200, t), process)
+                got = s(x, np.full(200, t))
+                assert got.dtype == dtype
+                np.testing.assert_allclose(got, exact, rtol=rtol, atol=rtol * np.abs(exact).max(),
+                                           err_msg=f"{process!r} {output} at {time}, t = {t}")
+
+
+@pytest.mark.parametrize("output, time, bug, where", [
+    ("eps", "t", "eps sign", "everywhere"), ("eps", "t", "sigma^2", "small t"), ("eps", "t", "alpha^2", "middle t"),
+    ("v", "t", "x0 for v", "small t"), ("eps", "timestep", "timestep + 1", "small t")])
+def test_a_jax_model_with_a_convention_bug_is_charged_where_the_bug_is(jax, output, time, bug, where):
+    """Planted convention bugs in float64 JAX models: the relative score error is ~0 for the
+    exact model and clearly not where the bug matters (eps sign: 4 at every t; sigma for
+    sigma^2 and timestep + 1 at small t; alpha^2 for alpha in the middle, where alpha is
+    neither 1 nor 0)."""
+    target = GaussianMixture([0.3, 0.7], [[-1.0, 0.5], [1.5, -0.5]], [[0.3, 0.2], [0.5, 0.4]])
+    process = DDPM() if time == "timestep" else VP()
+    ts = process.time_of_timestep(np.array([0, 9, 99, 998])) if time == "timestep" else [0.001, 0.01, 0.3, 1.0]
+    with jax.enable_x64(True):
+        relative = {}
+        for b in (None, bug):
+            s = from_jax(_jax_mixture_model(jax, target, process, output, time, b), process, output, time)
+            errors, _ = score_error_profile(s, target, process, ts, 400, np.random.default_rng(21))
+            norms, _ = score_error_profile(lambda x, t: np.zeros_like(x), target, process, ts, 400,
+                                           np.random.default_rng(21))
+            relative[b] = errors / norms
+    assert np.all(relative[None] < 1e-20), relative[None]
+    big = {"everywhere": [0, 1, 2, 3], "small t": [0, 1], "middle t": [2]}[where]
+    assert np.all(relative[bug][big] > 1e-3), relative[bug]
+
+
+def test_a_jax_float64_score_refuses_a_call_with_x64_off(jax):
+    """dtype float64 needs jax_enable_x64 at each call, not only when from_jax built the score:
+    with x64 off since, JAX rounded x to float32 without a word, and a model handing back
+    float64 NumPy passed every check with float32 digits (a float64 audit of the exact model
+    reported errors ~1e-14 instead of ~1e-31)."""
+    jnp = jax.numpy
+    target = GaussianMixture([1.0], [[0.5, -1.0]], [[0.3, 2.0]])
+
+    def score(x, t):  # the exact score, handed back as float64 NumPy
+        a, s2 = jnp.exp(-t)[:, None], -jnp.expm1(-2 * t)[:, None]
+        return np.asarray(-(x - a * jnp.asarray([0.5, -1.0])) / (a * a * jnp.asarray([0.3, 2.0]) + s2), np.float64)
+
+    x = np.random.default_rng(22).standard_normal((50, 2))
+    with jax.enable_x64(True):
+        s = from_jax(score, OU(), output="score", name="score")
+        assert s.dtype == np.float64
+        np.testing.assert_allclose(s(x, 0.5), target.score(x, 0.5, OU()), rtol=1e-14)
+    with jax.enable_x64(False):
+        with pytest.raises(ValueError, match=r"^jax model 'score' was built with dtype float64, but jax_enable_x64 "
+                                             r"is off now \(JAX would round x to float32\)"):
+            s(x, 0.5)
+        # a float32 score is fine either way, and a DDPM timestep is JAX's int32 without x64
+        seen = []
+        s32 = from_jax(lambda x, ts: seen.append(ts) or x, DDPM(), output="x0", time="timestep")
+    with jax.enable_x64(True):
+        s32(x.astype(np.float32), 1.0)
+    assert seen[-1].dtype == jnp.int64 and int(seen[-1][0]) == 999
+
+
+def test_jax_tracers_are_named(jax):
+    """A traced value escaping the model (saved from inside jax.jit) and the score itself
+    called under jax.jit each raise a ValueError saying so (were jax's TypeError
+    TracerArrayConversionError, a traceback in sgm-ref)."""
+    jnp = jax.numpy
+    saved = []
+
+    def leaky(x, t):
+        jax.jit(lambda y: saved.append(y) or y)(x)
+        return saved[-1]
+
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"^jax model 'leaky' returned a DynamicJaxprTracer at rows 0:3 .*escaped "
+                                         r"jax\.jit"):
+        from_jax(leaky, OU(), output="eps", name="leaky")(x, 0.5)
+    s = from_jax(lambda x, t: -x, OU(), output="score")
+    with pytest.raises(ValueError, match=r"^x is a JAX tracer: the score of from_jax takes and returns NumPy"):
+        jax.jit(s)(jnp.asarray(x), jnp.full(3, 0.5))
+    assert np.array_equal(s(jnp.asarray(x), jnp.full(3, 0.5)), -x)  # concrete jax arrays are fine
+
+
+def test_a_non_float_output_is_not_told_to_run_at_half_precision(jax):
+    """An int, bool or complex output was given the float16 / bfloat16 hint (cast inside the
+    model to half precision); it is told to return floats of the model's dtype."""
+    jnp = jax.numpy
+    x = np.ones((3, 2), np.float32)
+    for dtype in (jnp.int32, jnp.bool_, jnp.complex64):
+        with pytest.raises(ValueError, match=r"returned dtype \w+ for inputs of dtype float32 at rows 0:3 .*; a "
+                                             r"score, eps, x0, v or velocity is real: return a floating-point array "
+                                             r"of dtype float32$"):
+            from_jax(lambda x, t: x.astype(dtype), OU())(x, 0.5)
+
+
+def test_an_overflowing_score_names_its_time_as_a_plain_number(jax):
+    """eps -> score at t = 1e-300 multiplies by -1 / sigma_t ~ -7e149, beyond float32: the
+    message said t = np.float64(1e-300), after a RuntimeWarning of the cast."""
+    s = from_jax(lambda x, t: jax.numpy.ones_like(x), OU(), output="eps", name="<lambda>")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=r"^the score of jax model '<lambda>' overflows "
+                                                                    r"float32 at row 0 \(t = 1e-300, eps -> score "
+                                                                    r"multiplies by -7\.07e\+149\)$"):
+        warnings.simplefilter("error")
+        s(np.ones((2, 2), np.float32), 1e-300)
 
 
 # -- the peers' own samplers on the oracle ---------------------------------------------------------
