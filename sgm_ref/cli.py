@@ -708,17 +708,32 @@ def _uses_torch(fn):
 
     if isinstance(fn, OracleModel):  # sgm_ref's exact oracle as a torch model: imports torch only when called
         return True
-    code = fn if hasattr(fn, "__code__") else getattr(type(fn), "__call__", None)
-    names = code.__code__.co_names if hasattr(code, "__code__") else ()
     torch = sys.modules.get("torch")
     if torch is None:
         return False
     if isinstance(fn, torch.nn.Module):
         return True
-    if not names:
+    return _names_package(fn, "torch")
+
+
+def _names_package(fn, package):
+    """Whether fn's own code names `package` (a module or an object of it) among its globals."""
+    code = fn if hasattr(fn, "__code__") else getattr(type(fn), "__call__", None)
+    names = code.__code__.co_names if hasattr(code, "__code__") else ()
+    if not names or package not in sys.modules:
         return False
     return any((getattr(v, "__name__", "") if type(v).__name__ == "module" else type(v).__module__ or "")
-               .split(".")[0] == "torch" for k, v in code.__globals__.items() if k in names)
+               .split(".")[0] in (package, package + "lib") for k, v in code.__globals__.items() if k in names)
+
+
+def _check_jax_precision(fn, spec, dtype):
+    """Refuse --dtype float64 for a function that uses JAX while jax_enable_x64 is off: JAX would
+    take the float64 points as float32, and a function ending in np.asarray(..., np.float64)
+    would be audited as float64 with float32's digits."""
+    if dtype == np.float64 and _names_package(fn, "jax") and not bool(sys.modules["jax"].config.jax_enable_x64):
+        raise ValueError(f"--score {spec} uses JAX, which computes in float32 unless jax_enable_x64 is on: turn it "
+                         "on where its module is imported (jax.config.update('jax_enable_x64', True)), or pass "
+                         "--dtype float32")
 
 
 def _to_numpy(out):
@@ -733,7 +748,11 @@ def _to_numpy(out):
             raise ValueError(f"returned a torch {getattr(out, 'dtype', type(out).__name__)} that NumPy cannot "
                              f"hold ({e}); return float32 or float64") from None
     if package in ("jax", "jaxlib"):
-        return np.asarray(out)
+        try:
+            return np.asarray(out)
+        except TypeError:  # a tracer: no values to convert
+            raise ValueError(f"returned a JAX {type(out).__name__}, a traced value that escaped jax.jit, jax.vmap or "
+                             "jax.grad: return the array the function computes") from None
     return None
 
 
@@ -884,6 +903,7 @@ def cmd_audit(args):
     if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
     else:
+        _check_jax_precision(loaded.function, args.score, dtype)
         score = _numpy_score(loaded, args.score, process, args.output, args.time)
     # Measured on the model's own process, in its own time and x: the profile, the integral and
     # the bound of the sampler it drives there (sgm_ref.samplers on that process, started from
@@ -918,7 +938,9 @@ def cmd_audit(args):
         report["tolerance"] = tolerance.check(se)
     b, fb = report["tv_bound"], report["floor"]["tv_bound"]
     fse = report["floor"]["score_error"]
-    convention = "" if (args.output, args.time) == ("score", "t") else f" ({args.output} at {args.time})"
+    convention = ", ".join(([] if (args.output, args.time) == ("score", "t") else [f"{args.output} at {args.time}"])
+                           + ([] if dtype == np.float64 else [dtype.name]))
+    convention = f" ({convention})" if convention else ""
     _say(f"score {args.score}{convention} against the exact score of {args.target} (d = {target.dim}), {process!r}")
     if args.time == "timestep":
         _say(f"note: {_FRACTIONAL_TIMESTEP_NOTE}")

@@ -885,3 +885,51 @@ def test_a_closed_stdout_stops_the_printing_not_the_work(tmp_path):
     # the work is the same as with a reader
     run("train", tmp_path / "R3", "--steps", 300, "--n", 300)
     assert (tmp_path / "R" / "model.npz").read_bytes() == (tmp_path / "R3" / "model.npz").read_bytes()
+
+
+JAX_MODELS = '''
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+_leaked = []
+
+
+@jax.jit
+def _traced(x):
+    _leaked.append(x)  # a tracer, kept past the trace
+    return x
+
+
+def minus_x(x, t):  # the score of N(0, I) under OU, in JAX
+    return -jnp.asarray(x)
+
+
+def minus_x_as_float64(x, t):  # JAX's float32 digits handed back as float64
+    return np.asarray(-jnp.asarray(x), dtype=np.float64)
+
+
+def tracer(x, t):
+    _traced(jnp.asarray(x))
+    return _leaked[-1]
+'''
+
+
+def test_audit_of_a_jax_function_refuses_float32_digits_as_float64_and_names_a_tracer(tmp_path):
+    from _peers import peer
+    peer("jax")
+    (tmp_path / "jaxmodels.py").write_text(JAX_MODELS)
+    small = ["--target", "ring", "--n-steps", "5", "--profile-n", "20", "--bound-n", "4"]
+    # without jax_enable_x64 JAX computes in float32: a float64 audit of it measured float32's
+    # rounding as the model's error (and a function that casts back to float64 passed every check)
+    for fn in ("minus_x", "minus_x_as_float64"):
+        _assert_one_line_error(run("audit", "--score", f"jaxmodels:{fn}", *small, cwd=tmp_path, check=False),
+                               "uses JAX, which computes in float32 unless jax_enable_x64 is on")
+    ok = run("audit", "--score", "jaxmodels:minus_x", *small, "--dtype", "float32", cwd=tmp_path)
+    assert "score jaxmodels:minus_x (float32) against the exact score of ring" in ok.stdout
+    # a traced value that escaped jax.jit: a traceback and exit 1 before
+    _assert_one_line_error(run("audit", "--score", "jaxmodels:tracer", *small, "--dtype", "float32", cwd=tmp_path,
+                               check=False), "a traced value that escaped jax.jit")
+    (tmp_path / "jax64.py").write_text("import jax\njax.config.update('jax_enable_x64', True)\n"
+                                       "from jaxmodels import minus_x\n")
+    assert "(float32)" not in run("audit", "--score", "jax64:minus_x", *small, cwd=tmp_path).stdout
