@@ -140,7 +140,8 @@ def call_score(score, x, t, where=""):
         raise ValueError(f"score returned non-finite values{where}")
     if s.dtype != x.dtype:
         raise ValueError(f"score returned dtype {s.dtype} for points of dtype {x.dtype}{where}; "
-                         "use points of the score's dtype or make the score return the points' dtype")
+                         f"use points of dtype {s.dtype} (the dtype= argument of the metrics and samplers) or make "
+                         "the score return the points' dtype")
     return s
 
 

@@ -629,7 +629,8 @@ def test_points_of_another_dtype_are_named(fn):
     args = () if fn is probability_flow else (np.random.default_rng(0),)
     with pytest.raises(ValueError, match=r"^x must be a float64 or float32 array, got dtype float16"):
         fn(lambda x, t: -x, OU(), np.array([1.0, 0.5]), np.zeros((3, 2), np.float16), *args)
-    with pytest.raises(ValueError, match=r"score returned dtype float32 for points of dtype float64 at step 0"):
+    with pytest.raises(ValueError, match=r"score returned dtype float32 for points of dtype float64 at step 0 .*; use "
+                                          r"points of dtype float32 \(the dtype= argument"):
         fn(lambda x, t: -x.astype(np.float32), OU(), np.array([1.0, 0.5]), np.zeros((3, 2)), *args)
 
 
