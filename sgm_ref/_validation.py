@@ -139,9 +139,12 @@ def call_score(score, x, t, where=""):
     if not np.all(np.isfinite(s)):
         raise ValueError(f"score returned non-finite values{where}")
     if s.dtype != x.dtype:
-        raise ValueError(f"score returned dtype {s.dtype} for points of dtype {x.dtype}{where}; "
-                         f"use points of dtype {s.dtype} (the dtype= argument of the metrics and samplers) or make "
-                         "the score return the points' dtype")
+        if s.dtype in (np.float32, np.float64):
+            fix = (f"use points of dtype {s.dtype} (the dtype= argument of the metrics and samplers) or make the "
+                   "score return the points' dtype")
+        else:  # int, bool, float16, complex: no points of that dtype are accepted
+            fix = f"make the score return the points' dtype, {x.dtype}"
+        raise ValueError(f"score returned dtype {s.dtype} for points of dtype {x.dtype}{where}; {fix}")
     return s
 
 

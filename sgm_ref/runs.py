@@ -174,7 +174,9 @@ def _check_sizes(config, d, stages):
     sizes.append(("train", "batch_size", t["batch_size"], 8 * 6 * (d + m["width"] * m["depth"])))  # train.fit's
     sizes.append(("sample", "sample n (--n-samples)", s["n"], 8 * d))  # the start points
     if s["method"] != "probability_flow":  # which has no bound: bound_n unused
-        sizes.append(("evaluate", "evaluate bound_n", e["bound_n"], 8 * 6 * d))  # metrics.bound's
+        # metrics.bound's largest: its auxiliary draws, n_aux = 16 bound_n points of 4 d numbers (its
+        # path term needs 6 d per point, on blocks of at least 2^15 points)
+        sizes.append(("evaluate", "evaluate bound_n", e["bound_n"], 16 * 8 * 4 * d))
     sizes.append(("evaluate", "evaluate profile_n", e["profile_n"], 4 * 8 * 4 * d))  # the integral: 4 profile_n points
     for stage, name, value, per_unit in sizes:
         if stage in stages:

@@ -510,3 +510,28 @@ def test_score_report_refuses_bad_settings_before_calling_the_score(option, valu
     with pytest.raises(ValueError, match=message):
         score_report(score, g, OU(), **settings)
     assert calls == []
+
+
+def test_an_nll_beyond_memory_is_refused_first_for_a_product_target(tmp_path, monkeypatch):
+    """ProductMixture.sample asks 4 d numbers per point, more than the 2 (d + 1) of a Gaussian
+    mixture that the up-front --nll check used: a count between the two passed it, and after
+    every other stage the likelihood's sampling refused it as "n = ... is too large"."""
+    from sgm_ref import _validation, runs
+    from sgm_ref.evaluation import evaluate_run
+    from sgm_ref.targets import _checks
+
+    folder = tmp_path / "run"
+    config = runs.make_config({"target": "product:d=8", "data": {"n": 100}, "model": {"width": 8, "depth": 1},
+                               "train": {"steps": 5}, "sample": {"n": 20, "n_steps": 5},
+                               "evaluate": {"n": 50, "two_sample_n": 20, "profile_n": 20, "profile_times": 2,
+                                            "bound_n": 4}})
+    runs.create(folder, config)
+    runs.train(folder, progress=False)
+    runs.sample_run(folder)
+    memory = 100 * 2**20
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: memory)
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: memory)
+    nll = memory // (8 * 4 * 8) + 1  # beyond ProductMixture.sample's 4 d numbers per point, within 2 (d + 1)
+    with pytest.raises(ValueError, match=r"^nll must be at most"):
+        evaluate_run(folder, plots=False, nll=nll)
+    assert not (folder / "report.json").exists()

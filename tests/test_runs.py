@@ -593,3 +593,28 @@ def test_a_folder_without_a_run_is_refused_before_its_lock_file_is_written(tmp_p
         with pytest.raises(RunError, match=r"is not a run folder \(no (readable )?config.json\); create one with"):
             call(tmp_path)
         assert (tmp_path / ".lock").read_text() == "another tool's lock"
+
+
+def test_the_largest_bound_n_the_configuration_accepts_is_one_the_bound_accepts(monkeypatch):
+    """The configuration's check counted 6 d numbers per bound_n point (the path term's), but
+    tv_upper_bound also draws n_aux = 16 bound_n auxiliary points of 4 d numbers: a count
+    the configuration accepted was refused by the evaluation, as "n_aux", after a demo had
+    trained and sampled (and the refusal removed the run)."""
+    import re
+
+    from sgm_ref import OU, _validation
+    from sgm_ref.metrics import tv_upper_bound
+    from sgm_ref.targets import _checks
+
+    memory = 2**22
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: memory)
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: memory)
+    small = {"model": {"width": 8, "depth": 1}}
+    with pytest.raises(ValueError, match=r"^evaluate bound_n must be at most \d+ on this machine") as info:
+        make_config({**small, "evaluate": {"bound_n": 2**40}})
+    largest = int(re.search(r"at most (\d+)", str(info.value)).group(1))
+    config = make_config({**small, "evaluate": {"bound_n": largest}})
+    ring, t = GaussianMixture.ring(), config["train"]
+    bound = tv_upper_bound(ring.score, ring, OU(), t["t0"], t["T"], "geometric", "euler_maruyama", largest,
+                           np.random.default_rng(0), n_steps=2)
+    assert np.isfinite(bound.tv)

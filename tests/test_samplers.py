@@ -632,6 +632,11 @@ def test_points_of_another_dtype_are_named(fn):
     with pytest.raises(ValueError, match=r"score returned dtype float32 for points of dtype float64 at step 0 .*; use "
                                           r"points of dtype float32 \(the dtype= argument"):
         fn(lambda x, t: -x.astype(np.float32), OU(), np.array([1.0, 0.5]), np.zeros((3, 2)), *args)
+    # an int, bool, float16 or complex score was told to use points of its dtype, which x refuses
+    for bad in (np.int64, np.float16, np.complex128, np.bool_):
+        with pytest.raises(ValueError, match=r"score returned dtype .* at step 0 .*; make the score return the "
+                                              r"points' dtype, float64$"):
+            fn(lambda x, t: np.ones(x.shape, bad), OU(), np.array([1.0, 0.5]), np.zeros((3, 2)), *args)
 
 
 @pytest.mark.parametrize("where", [0, 4099, -1])
