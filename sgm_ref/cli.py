@@ -503,7 +503,10 @@ def _close_stdout():
 
 
 def _note(message):
-    print(f"sgm-ref: {message}", file=sys.stderr, flush=True)
+    try:
+        print(f"sgm-ref: {message}", file=sys.stderr, flush=True)
+    except BrokenPipeError:  # `2>&1 | head`: a note is not worth the work (nor is anyone left to read it)
+        pass
 
 
 def _train(folder, steps=None, resume=False):
@@ -1239,6 +1242,8 @@ def _print_busy_hint():
 
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
+    global _STDOUT_CLOSED
+    _STDOUT_CLOSED = False  # a command run in the same process after one whose reader went away prints again
     parser = build_parser()
     args = None
     for stream in (sys.stdout, sys.stderr):

@@ -300,9 +300,10 @@ def check_gradient(f, grad, theta, eps=1e-6, rtol=1e-6, atol=1e-8, directions=No
     Raises
     ------
     ValueError
-        For a bad theta, eps, rtol, atol or directions, a gradient of the wrong shape or
-        with non-finite entries, a missing rng in directional mode, or f not returning a
-        finite real scalar.
+        For a bad theta, eps, rtol, atol or directions, an eps below the spacing of floats
+        at theta (along a coordinate, or along a direction that then moves no entry), a
+        gradient of the wrong shape or with non-finite entries, a missing rng in directional
+        mode, or f not returning a finite real scalar.
     """
     f, theta, n, eps, rtol, atol = _check_common(f, theta, eps, rtol, atol)
     if directions is not None:
@@ -356,7 +357,8 @@ def check_vjp(f, vjp, theta, rng, directions=3, eps=1e-6, rtol=1e-6, atol=1e-8):
     Raises
     ------
     ValueError
-        As check_gradient; also if f's output changes shape or vjp returns a wrong shape.
+        As check_gradient (an eps that moves no entry of theta along a direction too); also if
+        f's output changes shape or vjp returns a wrong shape.
     """
     f, theta, n, eps, rtol, atol = _check_common(f, theta, eps, rtol, atol)
     vjp = _check_callable(vjp, "vjp")

@@ -429,7 +429,7 @@ def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None
                          "before creating arrays; without it JAX computes in float32 (pass dtype='float32')")
 
     def x64():  # read at each call: jax_enable_x64 may change after from_jax (jax.enable_x64 is a context)
-        return jnp.zeros(()).dtype == jnp.float64
+        return jax.dtypes.canonicalize_dtype(jnp.float64) == jnp.float64  # 0.6 us (making an array: 28 us)
 
     def check(x, t):
         for arg, value in (("x", x), ("t", t)):
