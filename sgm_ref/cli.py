@@ -230,7 +230,8 @@ def build_parser():
                    help="what the function is given: torch tensors (through sgm_ref.interop.from_torch) or NumPy "
                         "arrays; auto: tensors for a torch.nn.Module, sgm_ref's to_torch oracle, or a function "
                         "whose module-level names include torch (one that imports torch only in its body gets "
-                        "NumPy) (default %(default)s)")
+                        "NumPy); auto also refuses --dtype float64 for a function whose module-level names include "
+                        "jax while jax_enable_x64 is off (default %(default)s)")
     p.add_argument("--beta-min", type=float, help=_BETA_MIN_HELP)
     p.add_argument("--beta-max", type=float, help=_BETA_MAX_HELP)
     p.add_argument("--t0", type=float, default=_TRAIN["t0"],
@@ -736,7 +737,7 @@ def _check_jax_precision(fn, spec, dtype):
     if dtype == np.float64 and _names_package(fn, "jax") and not bool(sys.modules["jax"].config.jax_enable_x64):
         raise ValueError(f"--score {spec} uses JAX, which computes in float32 unless jax_enable_x64 is on: turn it "
                          "on where its module is imported (jax.config.update('jax_enable_x64', True)), or pass "
-                         "--dtype float32")
+                         "--dtype float32 (or --inputs numpy if it computes in float64 nonetheless)")
 
 
 def _to_numpy(out):
@@ -906,7 +907,8 @@ def cmd_audit(args):
     if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
     else:
-        _check_jax_precision(loaded.function, args.score, dtype)
+        if args.inputs == "auto":  # --inputs numpy: the user says it computes in the points' dtype
+            _check_jax_precision(loaded.function, args.score, dtype)
         score = _numpy_score(loaded, args.score, process, args.output, args.time)
     # Measured on the model's own process, in its own time and x: the profile, the integral and
     # the bound of the sampler it drives there (sgm_ref.samplers on that process, started from

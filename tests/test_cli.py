@@ -925,6 +925,9 @@ def test_audit_of_a_jax_function_refuses_float32_digits_as_float64_and_names_a_t
     for fn in ("minus_x", "minus_x_as_float64"):
         _assert_one_line_error(run("audit", "--score", f"jaxmodels:{fn}", *small, cwd=tmp_path, check=False),
                                "uses JAX, which computes in float32 unless jax_enable_x64 is on")
+    # --inputs numpy: the user says it computes in the points' dtype (a score reading a global JAX array)
+    assert run("audit", "--score", "jaxmodels:minus_x_as_float64", *small, "--inputs", "numpy", cwd=tmp_path,
+               check=False).returncode == 0
     ok = run("audit", "--score", "jaxmodels:minus_x", *small, "--dtype", "float32", cwd=tmp_path)
     assert "score jaxmodels:minus_x (float32) against the exact score of ring" in ok.stdout
     # a traced value that escaped jax.jit: a traceback and exit 1 before
