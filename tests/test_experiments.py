@@ -499,6 +499,31 @@ def test_summary_counts_the_degrees_of_freedom_of_the_n_fitted_and_writes_valid_
     assert "nan" not in (tmp_path / "summary.md").read_text(encoding="utf-8")
 
 
+def test_summary_names_only_the_samplers_of_the_rows_with_a_bound(tmp_path):
+    """A tilt family has no certified bound (tv null): summary.md named Euler–Maruyama for its
+    rows beside the residual sampler every bound was made with ("output of euler_maruyama /
+    residual_exponential", `--quick`; a review). The samplers named are those the rows with a
+    bound record; without any bound there is no TV table."""
+    from sgm_ref.experiments.sweep import write_outputs
+
+    def row(family, n, seed, bound):
+        tv = {"tv": 0.5 / n ** 0.25, "tv_se": 0.01, "method": "residual_exponential"} if bound else None
+        return {"family": family, "d": 2, "n": n, "seed": seed, "status": "ok", "score_error": 1.0 / n,
+                "score_error_se": 1e-4, "tv": tv, "tv_bound": tv["tv"] if bound else None}
+
+    rows = [row(f, n, s, f == "mixture-iso") for f in ("mixture-iso", "tilt-iso") for n in (100, 1000) for s in (0, 1)]
+    rows.append({"family": "tilt-iso", "d": 2, "n": 100, "seed": 9, "status": "failed", "error": "ValueError: x"})
+    write_outputs(str(tmp_path), rows)
+    text = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "Certified upper bound on TV(p_0, output of residual_exponential), mean over seeds" in text
+    assert "euler_maruyama" not in text
+    tilt = [r for r in rows if r["family"] == "tilt-iso"]
+    (tmp_path / "tilt").mkdir()
+    write_outputs(str(tmp_path / "tilt"), tilt)
+    text = (tmp_path / "tilt" / "summary.md").read_text(encoding="utf-8")
+    assert "Certified upper bound" not in text and "| tilt-iso | 2 |" in text
+
+
 def test_fit_slope():
     n = np.array([500, 1000, 2000, 4000] * 2)
     error = 3.0 * n ** -0.7 * np.exp(np.tile([0.01, -0.01], 4))

@@ -683,3 +683,22 @@ def test_a_report_never_overwrites_the_sweeps_own_files(tmp_path, name):
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
     report.write_report(folder, tmp_path / name)  # outside a sweep's folder the name is free
     assert (tmp_path / name).is_file()
+
+
+def test_a_lower_limit_is_printed_on_its_side_of_zero(tmp_path):
+    """"bounded away from 0: lower 95% limits 0.00" (a review: `sgm-ref experiment rate-report` on a
+    `--quick` sweep, tilt-iso d = 2, whose limit was 0.00098): the claim's number is printed with
+    the digits that keep it on its side of 0, and a negative limit is not printed as -0.00."""
+    folder = synthetic(tmp_path / "run", {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}})
+    rows, _ = report.load_sweep(folder)
+    analysis = report.analyse(rows)
+    by_d = analysis["families"]["mixture"]["fits"]["network"]["by_d"]
+    by_d["2"]["b_interval"][0] = 0.00098
+    shows, _ = conclusions("\n".join(report._conclusions(analysis["families"])))
+    limit = re.search(r"its smallest lower 95% limit (\S+) \(d = 2\)", shows).group(1)
+    assert float(limit) > 0 and float(limit) == pytest.approx(0.00098, rel=0.05)
+    by_d["8"]["b_interval"][0] = -0.0004
+    shows, not_shows = conclusions("\n".join(report._conclusions(analysis["families"])))
+    away = re.search(r"exponent bounded away from 0: lower 95% limits (\S+) and ", shows).group(1)
+    near = re.search(r"the exponent's interval reaches 0 in d = 8 \(lower limits (\S+)\)", not_shows).group(1)
+    assert float(away) > 0 and float(near) < 0

@@ -475,6 +475,12 @@ def _digits_keeping_side(v, thresholds, digits, kind="g"):
     return repr(v)
 
 
+def _limit(v):
+    """An exponent's lower limit with two decimals, or more until it lies on its side of 0: a claim
+    "bounded away from 0" beside a printed 0.00 contradicts itself (and -0.00 hides a negative)."""
+    return _digits_keeping_side(v, (0.0,), 2, "f")
+
+
 def _welch(joint):
     """'F(4, 9.3) = 18.93, p < 1e-4' of a joint_slopes result's Welch test."""
     w = joint["welch"]
@@ -816,11 +822,11 @@ def _conclusions(fams, comparisons=()):
         if ds and len(away) == len(ds):
             dmin = min(ds, key=lambda d: lows[d])
             text = (f"**{family}**: the error falls with n in {where}: the exponent b of the best straight line in "
-                    f"log-log is bounded away from 0, its smallest lower {LEVEL:.0%} limit {lows[dmin]:.2f} "
+                    f"log-log is bounded away from 0, its smallest lower {LEVEL:.0%} limit {_limit(lows[dmin])} "
                     f"(d = {dmin})")
             if sat_lows:
                 smin = min(sat_lows, key=sat_lows.get)
-                text += (f"; the saturating fit's {sat_lows[smin]:.2f} (d = {smin})"
+                text += (f"; the saturating fit's {_limit(sat_lows[smin])} (d = {smin})"
                          + ("" if sat_lows[smin] > 0 else ", whose interval reaches 0"))
             if bends:
                 text += f" (in d = {_list(bends)} the curve is not a straight line: lack of fit, below)"
@@ -830,9 +836,9 @@ def _conclusions(fams, comparisons=()):
             if away:
                 shows.append(f"**{family}**: the error falls with n in d = {_list(away)} (the best straight line's "
                              f"exponent bounded away from 0: lower {LEVEL:.0%} limits "
-                             f"{_list([f'{lows[d]:.2f}' for d in away])}).")
+                             f"{_list([_limit(lows[d]) for d in away])}).")
             not_shows.append(f"**{family}**: the exponent's interval reaches 0 in d = {_list(near)} "
-                             f"(lower limits {_list([f'{lows[d]:.2f}' for d in near])}): there the "
+                             f"(lower limits {_list([_limit(lows[d]) for d in near])}): there the "
                              "error is not shown to fall with n.")
         curse = {d: a["network"][str(d)]["curse_slope"] for d in ds}
         above = [d for d in ds if curse[d] and curse[d]["above"]]

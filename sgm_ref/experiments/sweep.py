@@ -230,7 +230,9 @@ def write_outputs(folder, results):
     atomic_write(os.path.join(folder, "results.csv"), write_csv)
     summary = sweep_summary(results)
     _write_text(os.path.join(folder, "summary.json"), json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    methods = sorted({(r.get("tv") or {}).get("method") or "euler_maruyama" for r in results})
+    # the samplers of the rows that have a bound (a Monte-Carlo family has none: it names no sampler)
+    methods = sorted({(r.get("tv") or {}).get("method") or "euler_maruyama" for r in results
+                      if r.get("status", "ok") == "ok" and r.get("tv_bound") is not None})
     _write_text(os.path.join(folder, "summary.md"), summary_markdown(summary, methods))
     if summary:  # nothing to plot when every cell failed
         plot_rate(os.path.join(folder, "rate.png"), summary)
@@ -248,7 +250,8 @@ def _fixed(v):
 
 def summary_markdown(summary, methods=("euler_maruyama",)):
     """Two tables: the score error with the fitted slopes, and the certified TV bound of the
-    sampler(s) named in methods (the rows' tv["method"]; older rows: Euler–Maruyama)."""
+    sampler(s) named in methods (the tv["method"] of the rows with a bound; older rows: Euler–Maruyama);
+    no TV table when no row has a bound."""
     ns = sorted({p["n"] for s in summary for p in s["points"]})
     seeds = max((p["seeds"] for s in summary for p in s["points"]), default=1)
     spread = ("standard error over seeds" if seeds > 1
@@ -267,6 +270,8 @@ def summary_markdown(summary, methods=("euler_maruyama",)):
         local = ", ".join(_fixed(v) for v in s["local_slopes"])
         lines.append(f"| {s['family']} | {s['d']} | {_fixed(s['slope'])} ± {_fixed(s['slope_se'])} "
                      f"({s['slope_dof']}) | [{low}, {high}] | {local} | " + " | ".join(values) + " |")
+    if not methods or all(p["tv_bound"] is None for s in summary for p in s["points"]):
+        return "\n".join(lines) + "\n"  # no row has a certified bound: no table of them
     lines += ["", f"Certified upper bound on TV(p_0, output of {' / '.join(methods)}), mean over seeds "
                   "(1 marks a vacuous bound: TV <= 1 always).", "",
               _row(["family", "d"] + [f"n = {n}" for n in ns]), "|" + "---|" * (2 + len(ns))]
