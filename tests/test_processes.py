@@ -287,6 +287,22 @@ def test_time_of_endpoints(process):
         assert abs(t - 1.0) <= 1e-12
 
 
+def test_time_of_takes_the_correctly_rounded_alpha_of_t_max():
+    """alpha_1 of VP and alpha(t_max) of VPCosine rounded from 50 digits sit an ulp below the
+    library's own alpha(t_max): time_of refused them ("alpha is below alpha(t_max)", a review)
+    while time_of_log_snr takes an end point past by a rounding. One clearly below still raises."""
+    with mpmath.workdps(50):
+        vp = mpmath.exp(-(mpmath.mpf("0.1") + mpmath.mpf("19.9") / 2) / 2)
+        s = mpmath.mpf(0.008)
+        cos = (mpmath.cos((mpmath.mpf(1.0 - 1e-5) + s) / (1 + s) * mpmath.pi / 2)
+               / mpmath.cos(s / (1 + s) * mpmath.pi / 2))
+    for process, alpha in ((VP(), float(vp)), (VPCosine(), float(cos))):
+        assert alpha < process.alpha(process.t_max)
+        assert process.time_of(alpha) == pytest.approx(process.t_max, rel=1e-12, abs=0)
+        with pytest.raises(ValueError, match="alpha is below alpha"):
+            process.time_of(alpha * (1 - 1e-9))
+
+
 def test_time_of_converts_between_processes():
     s = np.linspace(0.01, 1.0, 50)
     t_ou = OU().time_of(VP().alpha(s))

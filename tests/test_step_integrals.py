@@ -23,11 +23,12 @@ RTOL = 1e-13
 def _steps(process):
     """(t_hi, t_lo) pairs: starts from 1e-12 to 0.9 t_max, lengths from 1e-10 of t_lo to 10x.
 
-    None ends at a DDPM knot j/N: there quad's integrand switches pieces at the float64 time
-    fl(j/N) while DDPM puts the knot at j/N itself (a 1e-8 difference on a 1e-9 step)."""
+    None starts or ends at a DDPM knot j/N: there quad's integrand switches pieces at the float64
+    time fl(j/N) while DDPM puts the knot at j/N itself (a 1e-8 difference on a 1e-9 step; 0.1003,
+    not the knot 0.1, for that reason)."""
     T = 50.0 if np.isinf(process.t_max) else 0.8996 * process.t_max
     pairs = []
-    for lo in (1e-12, 3.1e-9, 1.7e-5, 1.3e-3, 0.1, 0.47 * T, 0.83 * T):
+    for lo in (1e-12, 3.1e-9, 1.7e-5, 1.3e-3, 0.1003, 0.47 * T, 0.83 * T):
         for h in (1e-10, 1e-6, 1e-3, 0.1, 10.0):
             hi = min(lo + h * max(lo, 1e-3), T)
             if hi > lo:
@@ -130,3 +131,35 @@ def test_expm1mx_and_log1pmx_keep_their_digits():
     with mpmath.workdps(40):
         want = np.array([float(mpmath.log1p(mpmath.mpf(v)) - mpmath.mpf(v)) for v in x])
     np.testing.assert_allclose(log1pmx(x), want, rtol=1e-15)
+
+
+def test_ddpm_fine_steps_through_a_knot_measure_from_the_knot():
+    """A time whose t N rounds to a knot is that knot (discrete.py): a step of a fine grid that
+    starts at such a time, inside one piece, took t_hi - t_lo and so counted the knot's rounding
+    (~1e-17) that the step ending there had already counted: 5.7e-11 of a 1e-6 step, 6.6e-4 of a
+    1-ulp one, and the two steps' sum off their union by 5.6e-9 at h = 1e-9 (a review). Against
+    50-digit sums of the float64 betas' rates, each time N rounded to its knot where it rounds so."""
+    p = DDPM("linear")
+    N = p.num_train_timesteps
+    with mpmath.workdps(50):
+        rates = [-mpmath.log(1 - mpmath.mpf(float(b))) for b in p.betas()]
+        knots = [mpmath.mpf(0)]
+        for r in rates:
+            knots.append(knots[-1] + r)
+
+        def B(t):
+            x = mpmath.mpf(float(t)) * N
+            if float(t) * N == round(float(t) * N):
+                x = mpmath.nint(x)
+            j = min(int(mpmath.floor(x)), N - 1)
+            return knots[j] + (x - j) * rates[j]
+
+        for knot in (0.3, 0.7, 0.9, 0.123):  # fl(j/N) off j/N by up to 4e-17 (0.9 above, the others below)
+            for h in (1e-6, 1e-9, 5e-12):
+                lo, hi = knot - h, knot + h
+                below, above = p.integrated_beta_between(knot, lo), p.integrated_beta_between(hi, knot)
+                assert below == pytest.approx(float(B(knot) - B(lo)), rel=1e-15, abs=0), (knot, h)
+                assert above == pytest.approx(float(B(hi) - B(knot)), rel=1e-15, abs=0), (knot, h)
+                assert below + above == pytest.approx(p.integrated_beta_between(hi, lo), rel=1e-15, abs=0), (knot, h)
+            one_ulp = np.nextafter(knot, 1.0)
+            assert p.integrated_beta_between(one_ulp, knot) == pytest.approx(float(B(one_ulp) - B(knot)), rel=1e-15, abs=0)

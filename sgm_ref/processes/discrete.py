@@ -252,10 +252,14 @@ class DDPM(VariancePreserving):
         # rounds to an integer is that knot exactly (the times of time_of_timestep are knots).
         N = self.num_train_timesteps
         (p_hi, e_hi), (p_lo, e_lo) = (_two_product(np.asarray(t, dtype=np.float64), float(N)) for t in (t_hi, t_lo))
+        # t_lo off its knot by a rounding: inside one piece its step is measured from the knot
+        # too, as across pieces (t_hi - t_lo counted the rounding, ~1e-17, twice on a grid
+        # through the knot: 6e-11 of a 1e-6 step)
+        lo_rounded_knot = (p_lo == np.round(p_lo)) & (e_lo != 0)
         e_hi, e_lo = (np.where(p == np.round(p), 0.0, e) for p, e in ((p_hi, e_hi), (p_lo, e_lo)))
         j_hi, j_lo = self._step(t_hi), self._step(t_lo)
         same = j_hi == j_lo
-        inner = (t_hi - t_lo) * N * self._rates[j_lo]
+        inner = np.where(lo_rounded_knot, (p_hi - p_lo) + e_hi, (t_hi - t_lo) * N) * self._rates[j_lo]
         # p - j and (j + 1) - p are exact (Sterbenz) where they are small
         first = np.minimum(j_lo + 1, N)
         across = (self._knots[j_hi] - self._knots[first] + (self._knots_lo[j_hi] - self._knots_lo[first])

@@ -139,7 +139,9 @@ class VariancePreserving(LinearGaussianProcess):
         a = check_real_array(alpha, "alpha")
         if np.any(a <= 0) or np.any(a > 1):
             raise ValueError("alpha must lie in (0, 1]")
-        if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max)):
+        # an alpha below alpha(t_max) by a rounding (1e-12 of it, as time_of_log_snr allows; the
+        # correctly rounded alpha_1 of VP is an ulp below VP().alpha(1)) is alpha(t_max)
+        if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max) * (1.0 - 1e-12)):
             raise ValueError(f"alpha is below alpha(t_max) = {float(self.alpha(self.t_max))!r}")
         # the inverse may round a hair past t_max at alpha(t_max) itself
         t = np.minimum(self._inverse_integrated_beta(-2.0 * np.log(a)), self.t_max)
