@@ -254,7 +254,8 @@ def _check_grid(grid, t0, T):
     if g.ndim != 1 or g.size < 2 or np.any(np.diff(g) <= 0):
         raise ValueError("grid must be a 1-D array of at least 2 strictly increasing times, from t0 to T")
     if g[0] != t0 or g[-1] != T:
-        raise ValueError(f"grid must start at t0 = {t0!r} and end at T = {T!r}, got {g[0]!r} to {g[-1]!r}")
+        raise ValueError(f"grid must start at t0 = {t0!r} and end at T = {T!r}, "
+                         f"got {float(g[0])!r} to {float(g[-1])!r}")
     return g
 
 
@@ -313,9 +314,12 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes=None, n_pro
         largest |x| and |score| met, so the caller can tell which is out of scale).
     """
     process = check_process(process, variance_preserving=False)
+    kind_x = np.asarray(x).dtype
+    if kind_x.kind not in "iu" and not (kind_x.kind == "f" and kind_x.itemsize == 8):
+        # before check_points, whose message would offer float32 (refused here) for a float16 or bool x
+        raise ValueError(f"x must be float64 (the ODE is integrated in float64; integers are promoted), got "
+                         f"{kind_x}; cast it with x.astype(np.float64)")
     x = check_points(x, "x")
-    if x.dtype != np.float64:
-        raise ValueError(f"x must be float64 (the ODE is integrated in float64), got {x.dtype}; cast it")
     n, d = x.shape
     if n == 0 or d == 0:
         raise ValueError(f"x must have at least one point and one dimension, got shape {x.shape}: "

@@ -578,3 +578,53 @@ def test_coverage_of_the_standard_error_with_five_probes(d, probes, low, high):
     assert low < coverage < high, coverage
     t4 = 2 * stats.t.cdf(1.96, 4) - 1
     assert (coverage < t4 - 0.03) == (probes == "gaussian"), (coverage, t4)
+
+
+def test_x_of_another_dtype_is_told_to_cast_to_float64_and_grid_ends_print_as_numbers():
+    """A float16 or bool x was told 'must be a float64 or float32 array', and float32 is then
+    refused; a grid with wrong ends printed 'np.float64(0.9)'."""
+    ring = GaussianMixture.ring()
+    for dtype in (np.float16, np.float32, bool):
+        with pytest.raises(ValueError, match=r"x must be float64 .*got (float16|float32|bool); cast it") as info:
+            log_prob(ring, OU(), np.zeros((2, 2), dtype=dtype), 0.0, 1.0)
+        assert "float32 array" not in str(info.value)
+    ints = log_prob(ring, OU(), np.zeros((2, 2), dtype=np.int64), 0.0, 1.0)  # integers are promoted (exact)
+    np.testing.assert_array_equal(ints.log_q, log_prob(ring, OU(), np.zeros((2, 2)), 0.0, 1.0).log_q)
+    with pytest.raises(ValueError, match=r"got 0\.0 to 0\.9$"):
+        log_prob(ring, OU(), np.zeros((2, 2)), 0.0, 1.0, solver="heun", grid=np.array([0.0, 0.5, 0.9]))
+
+
+@pytest.mark.parametrize("process, t0, T", [(VP(), 0.0, 1.0), (VE(), 0.0, 1.0), (EDM(), 0.2, 40.0),
+                                            (FlowMatching(), 0.05, 0.99)])
+@pytest.mark.parametrize("c", [0.9, 1.2])
+def test_a_scaled_gaussian_score_gives_the_pushed_forward_gaussian(process, t0, T, c):
+    """The score c * s_exact of N(m, S) is affine, so the ODE's flow is x_T = U (phi * U^T x + r) with
+    phi, r from scalar linear ODEs per eigen-coordinate (solved here by DOP853 at 1e-13), and
+    log q(x) = log pi(x_T) + sum log phi: log_prob must agree to its tolerance."""
+    from scipy.integrate import solve_ivp
+    from sgm_ref.replays.laws import gaussian_score
+    m, S = np.array([0.5, -1.0]), np.array([[1.0, 0.6], [0.6, 0.8]])
+    lam, U = np.linalg.eigh(S)
+    mu = U.T @ m
+
+    def rhs(t, y):
+        a, s2, f, g2 = process.alpha(t), process.sigma2(t), process.f(t), process.g2(t)
+        v = a * a * lam + s2
+        A = f + c * g2 / (2 * v)
+        return np.concatenate([A * y[:2], A * y[2:4] - c * g2 * a * mu / (2 * v), A])
+
+    y = solve_ivp(rhs, (t0, T), [1.0, 1.0, 0.0, 0.0, 0.0, 0.0], method="DOP853", rtol=1e-13, atol=1e-14).y[:, -1]
+    x = m + np.random.default_rng(0).standard_normal((20, 2)) * 2.0
+    truth = prior_log_prob(process, ((x @ U) * y[:2] + y[2:4]) @ U.T, T) + y[4:].sum()
+    s = gaussian_score(m, S, process)
+
+    def div(z, t):
+        a, s2 = process.alpha(float(t[0])), process.sigma2(float(t[0]))
+        return np.full(len(z), -c * np.trace(np.linalg.inv(a * a * S + s2 * np.eye(2))))
+
+    res = log_prob(lambda z, t: c * s(z, t), process, x, t0, T, divergence=div, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(res.log_q, truth, rtol=0, atol=1e-6)
+    hut = log_prob(lambda z, t: c * s(z, t), process, x, t0, T, divergence="hutchinson", n_probes=2,
+                   rng=np.random.default_rng(1), solver="heun", n_steps=4000)
+    assert np.all(hut.se == 0)  # d = 2: both sign classes, the exact trace
+    np.testing.assert_allclose(hut.log_q, truth, rtol=2e-4, atol=1e-3)  # Heun on a uniform grid
