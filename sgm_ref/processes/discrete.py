@@ -217,7 +217,9 @@ class DDPM(VariancePreserving):
                 f"process.time_of_timestep({i}) = {(i + 1) / self.num_train_timesteps!r}")
 
     def timestep_of_time(self, t):
-        """N t - 1: the (fractional) timestep of time t; integer i exactly at t = t_i."""
+        """N t - 1: the (fractional) timestep of time t, rounded once. At t = t_i = fl((i + 1) / N)
+        it is i or an ulp or so away (i for every i at N = 1000; 27.000000000000004 at N = 100,
+        i = 27): round it, as the replays and interop do, to use it as an index."""
         return self._out(self._times(t) * self.num_train_timesteps - 1.0)
 
     # -- the piecewise-constant beta -----------------------------------------------------
