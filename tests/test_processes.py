@@ -516,11 +516,13 @@ def test_huge_integer_parameter_is_a_value_error():
 import itertools
 
 import mpmath
+from _ddpm_mp import integrated_beta_mp  # noqa: E402  (tests/ is on sys.path)
 
 from sgm_ref.processes import (DDPM, EDM, VE, FlowMatching, LinearGaussianProcess, SubVP, VPCosine,
                                check_process, convert_time)
 
 mp = mpmath.mp
+
 ALL_PROCESSES = [OU(), VP(), VP(0.0, 20.0), VPCosine(), VPCosine(s=0.02, t_max=0.9),
                  DDPM(), DDPM("scaled_linear", 0.00085, 0.012), DDPM("squaredcos_cap_v2"),
                  DDPM("squaredcos_cap_v2", num_train_timesteps=50),
@@ -758,17 +760,8 @@ def test_ddpm_integral_across_a_few_knots_to_rounding(p):
     the step at N = 1000 and 2.3e-12 at N = 100000 (a review). Against 50-digit sums of the float64
     betas' rates, from the float64 times as given."""
     N = p.num_train_timesteps
+    B = integrated_beta_mp(p)
     with mp.workdps(50):
-        rates = [-mp.log(1 - mp.mpf(float(b))) for b in p.betas()]
-        knots = [mp.mpf(0)]
-        for r in rates:
-            knots.append(knots[-1] + r)
-
-        def B(t):
-            x = mp.mpf(float(t)) * N
-            j = min(int(mp.floor(x)), N - 1)
-            return knots[j] + (x - j) * rates[j]
-
         rng = np.random.default_rng(0)
         worst = 0.0
         for _ in range(60):

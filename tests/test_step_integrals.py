@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from scipy.integrate import quad
 
+from _ddpm_mp import integrated_beta_mp
 from sgm_ref import DDPM, EDM, OU, VE, VP, FlowMatching, SubVP, VPCosine
 from sgm_ref.processes.base import expm1mx, log1pmx
 
@@ -140,20 +141,8 @@ def test_ddpm_fine_steps_through_a_knot_measure_from_the_knot():
     1-ulp one, and the two steps' sum off their union by 5.6e-9 at h = 1e-9 (a review). Against
     50-digit sums of the float64 betas' rates, each time N rounded to its knot where it rounds so."""
     p = DDPM("linear")
-    N = p.num_train_timesteps
+    B = integrated_beta_mp(p, snap_knots=True)
     with mpmath.workdps(50):
-        rates = [-mpmath.log(1 - mpmath.mpf(float(b))) for b in p.betas()]
-        knots = [mpmath.mpf(0)]
-        for r in rates:
-            knots.append(knots[-1] + r)
-
-        def B(t):
-            x = mpmath.mpf(float(t)) * N
-            if float(t) * N == round(float(t) * N):
-                x = mpmath.nint(x)
-            j = min(int(mpmath.floor(x)), N - 1)
-            return knots[j] + (x - j) * rates[j]
-
         for knot in (0.3, 0.7, 0.9, 0.123):  # fl(j/N) off j/N by up to 4e-17 (0.9 above, the others below)
             for h in (1e-6, 1e-9, 5e-12):
                 lo, hi = knot - h, knot + h
