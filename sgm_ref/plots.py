@@ -31,8 +31,10 @@ def have_matplotlib():
 def _figure(figsize, ncols=1):
     """A Figure made without pyplot, with 1 x ncols axes: no global figure to leak when a
     write fails, and no backend switch in the caller's session (a notebook keeps its own)."""
-    from matplotlib.figure import Figure
-
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:  # samples_figure, loss_figure, score_error_figure called without the extra
+        raise ModuleNotFoundError(_MISSING) from None
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
@@ -64,13 +66,47 @@ def _grid_log_density(target, points, x):
                       "from the target to evaluate it over their range")
 
 
+_REFERENCE_N = 2000  # at least this many exact draws fix the range of samples.png
+
+
+def _sample_points(x, d):
+    """x as an (n, d) float64 array of finite numbers, n >= 1, else a ValueError naming x."""
+    try:
+        points = np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError):
+        points = None
+    if points is None or points.ndim != 2 or points.shape[1] != d or points.shape[0] == 0:
+        got = f"shape {points.shape}" if points is not None else f"{type(x).__name__} {x!r:.60}"
+        raise ValueError(f"x must be the samples, an array of shape (n, {d}) with n >= 1, got {got}")
+    bad = np.flatnonzero(~np.all(np.isfinite(points), axis=1))
+    if bad.size:
+        raise ValueError(f"x must hold finite numbers: {bad.size} of {len(points)} points are not (the first "
+                         f"is row {bad[0]}); a picture cannot show them")
+    return points
+
+
 def samples_figure(target, x, title):
     """samples.png's figure: the samples over the target's density (module docstring);
-    returns (fig, ax). Samples too far out to evaluate the density over their range are
-    drawn without it, and a note says so."""
+    returns (fig, ax). The range drawn holds the samples and 2,000 (or, if more, as many
+    as samples) exact draws of the target, so a mode the sampler missed is in the picture.
+    Samples too far out to evaluate the density over their range are drawn without it,
+    and a note says so.
+
+    x : array_like, shape (n, target.dim), n >= 1 finite points (any float dtype).
+    Raises ValueError for another shape or a non-finite point (a log axis, a histogram
+    or a scatter would drop it without a word)."""
+    x = _sample_points(x, target.dim)
     fig, (ax,) = _figure((5.2, 5))
+    # exact draws of the target (a fixed seed: the picture does not depend on the caller's
+    # stream), so that the range drawn holds the target as well as the samples: a mode
+    # the sampler missed is shown, not cut off
+    reference = target.sample(max(len(x), _REFERENCE_N), np.random.default_rng(0))
     if target.dim == 1:
-        u = np.linspace(x.min() - 1.0, x.max() + 1.0, 400)
+        r = reference[:, 0]
+        # a grid over the samples' and the target's range, and a fine one over the target's
+        # alone: samples far out (one at 1e3) must not coarsen the curve where the mass is
+        u = np.union1d(np.linspace(min(x.min(), r.min()) - 1.0, max(x.max(), r.max()) + 1.0, 400),
+                       np.linspace(r.min() - 1.0, r.max() + 1.0, 400))
         ax.hist(x[:, 0], bins=60, density=True, color="tab:red", alpha=0.5, label="samples")
         log_density, note = _grid_log_density(target, u[:, None], x)
         if note is None:
@@ -82,7 +118,6 @@ def samples_figure(target, x, title):
         ax.legend()
         return fig, ax
     if target.dim == 2:
-        reference = target.sample(len(x), np.random.default_rng(0))
         both = np.concatenate([x, reference])
         lo, hi = both.min(axis=0) - 0.5, both.max(axis=0) + 0.5
         u, v = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
@@ -93,6 +128,7 @@ def samples_figure(target, x, title):
             # contours of the exact density on top, at e^-1, e^-3, e^-5 and e^-7 of its peak
             height = log_density - log_density.max() + 8.0
             ax.contour(u, v, height, levels=[1.0, 3.0, 5.0, 7.0], colors="k", linewidths=0.6)
+            ax.plot([], [], color="k", lw=0.6, label="target density: e^-1, e^-3, e^-5, e^-7 of its peak")
         else:
             ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="tab:red")
         labels = ("x1", "x2")
@@ -100,15 +136,19 @@ def samples_figure(target, x, title):
         basis = _principal_directions(target)
         centre = target.mean()
         shown = (x - centre) @ basis
-        reference = (target.sample(len(x), np.random.default_rng(0)) - centre) @ basis
+        reference = (reference[:len(x)] - centre) @ basis  # as many target points as samples
         ax.scatter(reference[:, 0], reference[:, 1], s=1, alpha=0.25, color="tab:blue", label="target")
         ax.scatter(shown[:, 0], shown[:, 1], s=1, alpha=0.35, color="tab:red", label="samples")
-        labels = ("first principal direction", "second principal direction")
+        # what is drawn: x - E[X] on the target covariance's two leading eigenvectors, of d
+        labels = tuple(f"x - E[X] on the target's {k} principal direction (of d = {target.dim})"
+                       for k in ("first", "second"))
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.set_aspect("equal", adjustable="datalim")
     ax.set_title(title, fontsize=10)
-    if target.dim != 2:
+    if target.dim == 2:  # what the dots and the contours are, below the axes: the points fill the square
+        ax.legend(markerscale=8, loc="upper center", bbox_to_anchor=(0.5, -0.11), fontsize=8, frameon=False)
+    else:
         ax.legend(markerscale=8, loc="upper right")
     return fig, ax
 
@@ -176,11 +216,13 @@ def score_error_figure(score_error):
                 label="E|s - grad log p_t|^2 (± 2 s.e.)")
     ax.plot(t, _values(score_error["oracle_mean_square"]), ls="--", color="tab:gray",
             label="E|grad log p_t|^2 (scale)")
+    y = 0.02  # one note per kind of point left out (both can happen: an error of 0 at one t, inf at another)
     if not np.all(np.isfinite(error)):
-        ax.text(0.02, 0.02, "the error overflows float64 at some t (not drawn)", transform=ax.transAxes,
+        ax.text(0.02, y, "the error overflows float64 at some t (not drawn)", transform=ax.transAxes,
                 fontsize=8, color="tab:red")
-    elif np.any(error == 0):
-        ax.text(0.02, 0.02, "the error is 0 at some t (not drawn on a log axis)", transform=ax.transAxes,
+        y += 0.07
+    if np.any(error == 0):
+        ax.text(0.02, y, "the error is 0 at some t (not drawn on a log axis)", transform=ax.transAxes,
                 fontsize=8)
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -223,16 +265,27 @@ def plot_run(folder, target, x, report):
 # -- `sgm-ref audit --plot`: the model against the exact score's floor ---------------------------
 
 
+def _zeros_note(error):
+    """The legend's note on errors of exactly 0, which a log axis cannot show: "" if none."""
+    zeros = int(np.sum(error == 0))
+    if zeros == 0:
+        return ""
+    return ": 0 at every t" if zeros == error.size else f"; 0 at {zeros} t, not drawn"
+
+
 def plot_score_audit(report, path, grid=None):
     """The score audit's plot: the model against the exact score on the same grid (the floor).
 
     Left: E|s - grad log p_t|^2 against t (log-log) with 2-standard-error bars, for the
     model and for the target's exact score (exactly 0 in float64, so absent from a log
-    axis and said so in the legend; float32 rounding in float32), beside the oracle's
+    axis and said so in the legend; float32 rounding in float32; an error of 0 at some t,
+    the model's or the floor's, is likewise named in the legend), beside the oracle's
     E|grad log p_t|^2 for scale and, if the report has a "tolerance", the error it allows
-    at each of the profile's times, tol(t) E|grad log p_t|^2, where it is checked. Right (given the bound and the grid): the path KL
-    accumulated from T down to t, 1/2 sum of int beta E|Delta|^2 over the steps taken,
-    model and exact score: the exact score's is the sampler's own discretisation floor.
+    at each of the profile's times, tol(t) E|grad log p_t|^2, where it is checked. Right
+    (given the bound and the grid): the path KL accumulated from T down to t, 1/2 sum of
+    int beta E|Delta|^2 over the steps taken, model and exact score: the exact score's is
+    the sampler's own discretisation floor. Its log axis spans four decades below the
+    larger total and reaches below the smaller one, so both curves stay in view.
 
     Parameters
     ----------
@@ -277,12 +330,12 @@ def plot_score_audit(report, path, grid=None):
     error, error_se = _values(se["error"]), _values(se["standard_error"])
     shown = np.isfinite(error) & (error > 0)
     ax.errorbar(t[shown], error[shown], yerr=2 * error_se[shown], marker="o", ms=3, capsize=2, color="tab:blue",
-                label="model (± 2 s.e.)")
+                label="model (± 2 s.e.)" + _zeros_note(error))
     f_error, f_se = _values(floor["error"]), _values(floor["standard_error"])
     f_shown = np.isfinite(f_error) & (f_error > 0)
     if np.any(f_shown):
         ax.errorbar(t[f_shown], f_error[f_shown], yerr=2 * f_se[f_shown], marker="s", ms=3, capsize=2,
-                    color="tab:green", label="exact score (± 2 s.e.): the floor")
+                    color="tab:green", label="exact score (± 2 s.e.): the floor" + _zeros_note(f_error))
     else:
         ax.plot([], [], color="tab:green", marker="s", ls="", label="exact score: 0 at every t")
     scale = _values(se["oracle_mean_square"])
@@ -308,20 +361,23 @@ def plot_score_audit(report, path, grid=None):
     ax.legend(fontsize=8)
     if right:
         ax = axes[1]
-        top = 0.0
+        totals = []
         for b, label, color in ((bound, "model", "tab:blue"), (floor_bound, "exact score (the floor)", "tab:green")):
-            per_step = _values(b["kl_path_per_step"])
-            if np.all(np.isfinite(per_step)):
-                cumulative = np.cumsum(per_step)
+            cumulative = np.cumsum(_values(b["kl_path_per_step"]))
+            if np.all(np.isfinite(cumulative)):
                 ax.step(g[1:], cumulative, where="post", color=color, label=f"{label}: path KL {cumulative[-1]:.3g}")
-                top = max(top, cumulative[-1])
+                totals.append(cumulative[-1])
             else:
                 ax.plot([], [], color=color, label=f"{label}: path KL overflows float64")
         ax.set_xscale("log")
         ax.invert_xaxis()  # the sampler runs from T down to t0
-        if top > 0:  # four decades below the total: where the KL is made, not its first crumbs
+        totals = [v for v in totals if v > 0]
+        if totals:
+            # from four decades below the larger total (where the KL is made, not its first
+            # crumbs), and at least half the smaller one: a model far above the floor does
+            # not push the floor's curve off the axis
             ax.set_yscale("log")
-            ax.set_ylim(bottom=1e-4 * top, top=2 * top)
+            ax.set_ylim(bottom=min(1e-4 * max(totals), 0.5 * min(totals)), top=2 * max(totals))
         via = " (OU time)" if "audited_as" in report else ""
         ax.set_xlabel(f"t{via}, the sampler running from T to t0")
         ax.set_ylabel("path KL accumulated from T")
@@ -368,11 +424,12 @@ def save_figure(fig, path, dpi=110):
     Raises
     ------
     ValueError
-        If path is empty or names a folder, the folder of path does not exist, or
-        matplotlib has no writer for the extension. path is then untouched (a temporary
-        file is written and renamed).
+        If path is empty or names a folder, the folder of path does not exist,
+        matplotlib has no writer for the extension, or dpi is not a positive number.
+        path is then untouched (a temporary file is written and renamed).
     """
     name = os.fspath(path)
+    _check_positive(dpi, "dpi", "dots per inch of raster formats")
     if not name or os.path.isdir(name):
         raise ValueError(f"path must name a file to write, got {name!r}" + (" (a folder)" if name else ""))
     fmt = os.path.splitext(name)[1].lstrip(".").lower() or "png"
@@ -385,6 +442,13 @@ def _is_integer(value):
     inf or "2"), so int(value) neither raises nor changes it."""
     return (not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
             and bool(np.isfinite(value)) and int(value) == value)
+
+
+def _check_positive(value, name, what):
+    """A ValueError naming name unless value is a finite real number > 0 (not True or "2")."""
+    real = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
+    if not (real and np.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a positive number ({what}), got {value!r}")
 
 
 def _time_list(ts, what, admissible):
@@ -430,14 +494,27 @@ def _density_image(ax, target, t, process, h, resolution, cmap="Blues"):
     """Draw the exact density p_t on [-h, h]^2 (cell-centre values) and return the image.
 
     Its array is p_t at the cell centres, so array.sum() * (2 h / resolution)^2 is the
-    midpoint rule for the mass p_t puts in the square."""
+    midpoint rule for the mass p_t puts in the square; its colours run from 0 to the
+    array's largest value."""
     u, _, points = _cell_centres(h, resolution)
     density = np.exp(target.log_prob(points, float(t), process)).reshape(u.shape)
-    image = ax.imshow(density, origin="lower", extent=(-h, h, -h, h), cmap=cmap, interpolation="bilinear")
+    # colours from 0 (not from the smallest value shown: a nearly flat density over a small
+    # square would get the colour map's full contrast) to the largest value
+    image = ax.imshow(density, origin="lower", extent=(-h, h, -h, h), cmap=cmap, interpolation="bilinear",
+                      vmin=0.0, vmax=density.max())
     ax.set_xlim(-h, h)
     ax.set_ylim(-h, h)
     ax.set_aspect("equal")
     return image
+
+
+def _note_outside(ax, x, h, what):
+    """Say in the corner how many of the points x (n, 2) fall outside [-h, h]^2, where the
+    axes cannot show them; nothing if none does."""
+    outside = int(np.sum(~np.all(np.abs(x) <= h, axis=1)))
+    if outside:
+        ax.text(0.02, 0.02, f"{outside} of {len(x)} {what} outside, not shown", transform=ax.transAxes,
+                fontsize=7, color="tab:red")
 
 
 def _default_process(process):
@@ -454,7 +531,9 @@ def forward_process_figure(target, ts=(0.0, 0.1, 0.3, 1.0, 3.0), process=None, *
     p_t = sum_k w_k N(alpha_t mu_k, alpha_t^2 Sigma_k + sigma_t^2 I): the modes slide
     towards 0 and blur into N(0, I). One panel per t, the density drawn from
     target.log_prob(x, t, process) on a square grid, optionally with n_points exact
-    samples of p_t on top.
+    samples of p_t on top (a note in the corner counts those outside the square). Each
+    panel's colours run from 0 to its own largest density: they compare shapes, not
+    heights, across panels.
 
     Parameters
     ----------
@@ -500,6 +579,7 @@ def forward_process_figure(target, ts=(0.0, 0.1, 0.3, 1.0, 3.0), process=None, *
             if t > 0:
                 x, _ = process.perturb(x, t, rng)
             ax.scatter(x[:, 0], x[:, 1], s=2, color="tab:red", alpha=0.6, linewidths=0)
+            _note_outside(ax, x, h, "points")
         ax.set_title(f"$p_t$ at t = {t:g}", fontsize=10)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -580,6 +660,12 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     return fig
 
 
+def _check_n_points(n_points):
+    """The sampler's point count, checked under its own name (the sampler's error says "n")."""
+    if not _is_integer(n_points) or n_points < 1:
+        raise ValueError(f"n_points must be an integer >= 1 (points the sampler draws), got {n_points!r}")
+
+
 def _run_sampler(score, process, rng, n_points, T, t0, n_steps, method):
     from .samplers import sample, time_grid
 
@@ -595,8 +681,9 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
 
     Left: n_paths paths in the plane (start o, end *; the last stretch, t <= 0.3 or the
     second half of the grid if that is shorter, in bold) and the n_points end points, over
-    the exact density of p_0. Right: the first coordinate of the same paths against t (T on the
-    left, t0 on the right), the reverse process's time running left to right.
+    the exact density of p_0 (a note in the corner counts end points outside the square).
+    Right: the first coordinate of the same paths against t (T on the left, t0 on the
+    right), the reverse process's time running left to right.
 
     Parameters
     ----------
@@ -622,6 +709,7 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     """
     _check_plane(target)
     process = _default_process(process)
+    _check_n_points(n_points)
     if not _is_integer(n_paths) or not 1 <= n_paths <= n_points:
         raise ValueError(f"n_paths must be an integer in [1, n_points = {n_points!r}], got {n_paths!r}")
     h = _half_width(target, extent)
@@ -630,6 +718,7 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     grid, path = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method)
     end = path[-1]
     plane.scatter(end[:, 0], end[:, 1], s=1, color="tab:red", alpha=0.3, linewidths=0)
+    _note_outside(plane, end, h, "end points")
     colours = [f"C{i % 10}" for i in range(int(n_paths))]
     # the last stretch (t <= last_stretch) drawn bold: the early, large-t steps jump widely
     last_stretch = float(max(min(0.3, grid[grid.size // 2]), grid[-2]))  # at least the last step
@@ -739,8 +828,8 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     ------
     ValueError
         For bad arguments (as sgm_ref.samplers.sample), a path not ending in .gif or in a
-        folder that does not exist, n_frames outside [2, n_steps + 1] or fps outside
-        [1, 100]; all before the sampler runs.
+        folder that does not exist, n_frames outside [2, n_steps + 1], fps outside
+        [1, 100], or a size or dpi that is not a positive number; all before the sampler runs.
     ModuleNotFoundError
         If matplotlib is not installed.
     """
@@ -752,11 +841,16 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"cannot write {path}: folder {folder} does not exist")
+    _check_n_points(n_points)
+    if not _is_integer(n_steps) or n_steps < 1:  # before n_steps + 1 below ("10" + 1 is a TypeError)
+        raise ValueError(f"n_steps must be an integer >= 1, got {n_steps!r}")
     if not _is_integer(n_frames) or not 2 <= n_frames <= n_steps + 1:
         raise ValueError(f"n_frames must be an integer in [2, n_steps + 1 = {n_steps + 1}], got {n_frames!r}")
     if isinstance(fps, bool) or not isinstance(fps, (int, float, np.integer, np.floating)) \
             or not (np.isfinite(fps) and 1 <= fps <= 100):
         raise ValueError(f"fps must be a number of frames per second in [1, 100], got {fps!r}")
+    _check_positive(size, "size", "the figure's side in inches")  # (4, 3) or dpi=0 failed after the sampler ran
+    _check_positive(dpi, "dpi", "dots per inch")
     try:
         from matplotlib.animation import PillowWriter
     except ImportError:
@@ -775,9 +869,15 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     ax.set_xticks([])
     ax.set_yticks([])
     _, _, cells = _cell_centres(h, resolution)
+    from matplotlib import rc_context
+
     with atomic_path(path) as tmp:  # no half-written GIF if a frame fails
         writer = PillowWriter(fps=fps)
-        with writer.saving(fig, tmp, dpi):
+        # not writer.saving(): its finish() runs on an error too, and on a failure at the
+        # first frame it raised matplotlib's "list index out of range" (no frames to save)
+        # in place of the error itself
+        writer.setup(fig, tmp, dpi)
+        with rc_context({"savefig.bbox": None}):  # as saving(): a tight box would vary the frame size
             for k in frames:
                 density = np.exp(target.log_prob(cells, float(grid[k]), process)).reshape(resolution, resolution)
                 image.set_data(density)
@@ -785,4 +885,5 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
                 dots.set_offsets(trajectory[k])
                 ax.set_title(f"reverse process, t = {grid[k]:.3g}", fontsize=9)
                 writer.grab_frame()
+        writer.finish()
     return fig
