@@ -88,11 +88,19 @@ def coefficients(t, process, from_="eps", to="score"):
     t = process._times(t)
     if from_ == to:  # the identity, at every t (a score model's score at sigma_t = 0 included)
         return process._out(np.zeros_like(t)), process._out(np.ones_like(t))
-    D = _minors(process, t)
-    den = D[("x", from_)]
-    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        A = D[(to, from_)] / den
-        B = D[("x", to)] / den
+    if {from_, to} == {"eps", "score"}:
+        # score = -eps / sigma, with no x term (A = 0): defined wherever sigma_t > 0, also
+        # where alpha_t = 0 (OU beyond t ~ 745, where alpha underflows), at which the minors'
+        # ratio (-alpha / sigma) / alpha is 0 / 0
+        den = process._sigma(t)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            A, B = np.zeros_like(den), (-1.0 / den if to == "score" else -den)
+    else:
+        D = _minors(process, t)
+        den = D[("x", from_)]
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            A = D[(to, from_)] / den
+            B = D[("x", to)] / den
     # B may underflow to 0 (x0 from the score at sigma ~ 1e-160: the score's term is below
     # float64's range); an infinite or zero denominator means `from_` itself is undefined
     bad = ~(np.isfinite(den) & (den != 0) & np.isfinite(A) & np.isfinite(B))

@@ -164,15 +164,17 @@ class ModelScore:
         n = x.shape[0]
         t_dtype = np.asarray(t).dtype
         t = np.broadcast_to(self.process._times(t, n=n), (n,))
+        if self.sample_shape is not None and int(np.prod(self.sample_shape)) != x.shape[1]:
+            raise ValueError(f"x has d = {x.shape[1]} entries per row, but sample_shape {self.sample_shape} "
+                             f"holds {int(np.prod(self.sample_shape))}")
+        if n == 0:  # no rows: no model call, an empty score (as conventions.convert gives)
+            return np.empty(x.shape, dtype=x.dtype if self.cast_output else self.dtype)
         A, B = coefficients(t, self.process, self.output, "score")
         arg = self.time_argument(t.astype(t_dtype) if t_dtype.kind == "f" else t)
         if self.time == "timestep" and not self.fractional:
             arg = arg.astype(np.int64)
         else:
             arg = arg.astype(self.dtype)
-        if self.sample_shape is not None and int(np.prod(self.sample_shape)) != x.shape[1]:
-            raise ValueError(f"x has d = {x.shape[1]} entries per row, but sample_shape {self.sample_shape} "
-                             f"holds {int(np.prod(self.sample_shape))}")
         xm = x.astype(self.dtype, copy=False)
         value = np.empty(x.shape, dtype=np.float64)
         for lo in range(0, n, self.batch_size):

@@ -100,15 +100,24 @@ def _check_time_range(t0, T, process):
     return t0, T
 
 
-def _check_sigma2(process, T, name):
-    """Raise unless sigma_T^2 is finite: on a process that is not variance-preserving every
-    step's int g^2 is at most sigma_T^2 (EDM with its t_max = inf, T = 1e200, or VE with
-    sigma_max = 1e200), and beyond it the coefficients are inf and NaN."""
+def _check_sigma2(process, T, name, dtype=np.float64):
+    """Raise unless sigma_T^2 is finite in dtype: on a process that is not variance-preserving
+    every step's int g^2 is at most sigma_T^2 (EDM with its t_max = inf, T = 1e200, or VE with
+    sigma_max = 1e200), and beyond it the coefficients are inf and NaN. For float32 points
+    (coefficients rounded to float32) that is sigma_T below about 1.8e19: EDM at T = 1e20 took
+    its first step with int g^2 = inf and was reported as a diverging sampler of too-large
+    steps, and sample at T = 1e39 drew start points of inf, reported as a non-finite x."""
+    dtype = np.dtype(dtype)
     with np.errstate(over="ignore"):
-        finite = np.isfinite(process._sigma2(np.float64(T)))
-    if not finite:
+        s2 = process._sigma2(np.float64(T))
+        finite = np.isfinite(s2) and np.isfinite(np.asarray(s2).astype(dtype))
+    if not np.isfinite(s2):
         raise ValueError(f"{name} = {float(T)!r} is too large for {process!r}: sigma_T^2 overflows float64; "
                          "use a T with sigma_T below about 1e154")
+    if not finite:
+        raise ValueError(f"{name} = {float(T)!r} is too large for {dtype.name} points on {process!r}: sigma_T^2 = "
+                         f"{float(s2):.3g} overflows {dtype.name} (the steps' int g^2 reach it); use a T with sigma_T "
+                         f"below about {float(np.sqrt(np.finfo(dtype).max)):.2g}, or float64 points")
 
 
 def routed_replay(process, method):
@@ -226,6 +235,9 @@ def _score_for_kernel(score, y, t, step, grid, process, times):
         s = score(y, times.at(t))
         if type(s) is not np.ndarray or s.shape != y.shape or s.dtype != y.dtype:
             s = call_score(lambda *_: s, y, None, _where(step, t))  # its messages, in its order
+            if isinstance(s, np.ma.MaskedArray):  # numba refuses it (NumbaTypeError); its data under a mask is no value
+                raise ValueError(f"score returned a masked array{_where(step, t)}; return a plain ndarray")
+            s = np.asarray(s)  # a subclass (np.matrix, np.memmap, ...): the kernels take the plain array
         return s if s.flags.c_contiguous else np.ascontiguousarray(s)  # the kernels read it flat
     except Exception:
         with np.errstate(invalid="ignore"):
@@ -287,6 +299,8 @@ def _start(score, x, process, grid, trajectory):
     process = check_process(process, variance_preserving=False)
     grid = check_grid(grid, process)
     y = check_points(x, "x").copy()
+    if y.dtype != np.float64 and not _is_vp(process):
+        _check_sigma2(process, grid[0], "grid[0] = T", y.dtype)
     return process, grid, y
 
 
@@ -345,6 +359,20 @@ def _routed(score, process, grid, x, rng, trajectory, method):
     return replay(score, process, grid, y, rng, trajectory)
 
 
+def _path(y, grid, trajectory):
+    """The trajectory's (N + 1, n, d) array with y in its first row, or None: allocated whole
+    before the first step, so that a trajectory beyond memory is refused up front, naming
+    n_steps, rather than after the steps that fit (or by the OS killing the process)."""
+    if not trajectory:
+        return None
+    n_steps = grid.size - 1
+    with fits_in_memory("n_steps", f"{n_steps} (a trajectory of {n_steps + 1} x {y.shape[0]} x {y.shape[1]} "
+                        f"{y.dtype.name} points)", (n_steps + 1) * y.size, per_item=y.itemsize):
+        path = np.empty((n_steps + 1,) + y.shape, y.dtype)
+    path[0] = y
+    return path
+
+
 def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     process, grid, y = _start(score, x, process, grid, trajectory)
     rng = check_rng(rng)
@@ -354,7 +382,7 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
     xi = np.empty(min(max(y.size, 1), 2048), y.dtype)  # 16 KiB of float64 noise at a time, in L1
     limit = _overflow_limit(y.dtype)
     times = _Times(y.shape[0])
-    path = [y.copy()] if trajectory else None
+    path = _path(y, grid, trajectory)
     handle = generator_handle(rng)  # rng as the kernel takes it without numba's per-call unboxing
     for k, (a, b, c) in enumerate(steps):
         s = _score_for_kernel(score, y, grid[k], k, grid, process, times)
@@ -363,9 +391,9 @@ def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
         if status:
             _non_finite_score(status, k, grid[k], grid, process)
         if trajectory:
-            path.append(y.copy())
+            path[k + 1] = y
     y = _finished(y, grid, process)
-    return (y, np.stack(path)) if trajectory else y
+    return (y, path) if trajectory else y
 
 
 def euler_maruyama(score, process, grid, x, rng, trajectory=False):
@@ -435,7 +463,11 @@ def probability_flow(score, process, grid, x, trajectory=False):
     constant between its timesteps and jumps at each, and off a grid on its knots the
     error falls more slowly (linear schedule, T = 1: 5.2e-4, 1.5e-4, 8e-6 at 50, 200,
     800 uniform steps; the capped cosine's rate of 6908 at t = 1 makes it 7.8e-3 to
-    5.5e-4). The stochastic methods integrate beta exactly. A process that is not
+    5.5e-4). At a knot t_k = (i + 1) / N (timestep i's time) beta(t_k) is right-continuous,
+    the rate of the piece above t_k, which the step from t_k down does not cross: from
+    T = 0.999 on the capped cosine the first step takes the cap's rate 6908, not 1386
+    (sgm_ref.metrics.sampler_output_gaussian propagates the same). The stochastic methods
+    integrate beta exactly. A process that is not
     variance-preserving runs
     sgm_ref.replays.karras_heun: Heun on dy/dtau = -f y + g^2 s / 2 in the variables
     x / alpha and sigma / alpha (module docstring).
@@ -451,7 +483,7 @@ def probability_flow(score, process, grid, x, trajectory=False):
     steps = _steps_in_dtype(y.dtype, 1.0 + a, a, 0.5 * h * 0.5 * beta[:-1], 0.5 * h * 0.5 * beta[1:])
     limit = _overflow_limit(y.dtype)
     times = _Times(y.shape[0])
-    path = [y.copy()] if trajectory else None
+    path = _path(y, grid, trajectory)
     y_pred = np.empty_like(y)
     s_kept = np.empty_like(y)
     for k, (one_plus_a, a, c_now, c_next) in enumerate(steps):
@@ -470,9 +502,9 @@ def probability_flow(score, process, grid, x, trajectory=False):
         if status:
             _non_finite_score(status, k, grid[k + 1], grid, process)
         if trajectory:
-            path.append(y.copy())
+            path[k + 1] = y
     y = _finished(y, grid, process)
-    return (y, np.stack(path)) if trajectory else y
+    return (y, path) if trajectory else y
 
 
 def _prior(process, n, d, rng, dtype, copies, process_T=None):
@@ -535,9 +567,11 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     Raises
     ------
     ValueError
-        For bad arguments (T must also keep B(T) = int_0^T beta finite), a score that
-        fails or returns something other than a finite array of x's shape and dtype, or
-        a sampler that diverges (its points overflow: steps too large for the scheme).
+        For bad arguments (T must also keep B(T) = int_0^T beta finite; a trajectory
+        must fit in memory), a score that returns something other than a finite array
+        of x's shape and dtype, or a sampler that diverges (its points overflow: steps
+        too large for the scheme). An exception the score itself raises propagates as
+        it is (a failure on diverged points is reported as the divergence).
     """
     _check_call(score, trajectory)
     process = check_process(process, variance_preserving=False)
@@ -552,6 +586,8 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         if grid.size != n_steps + 1 or grid[0] != T or grid[-1] != t0:
             raise ValueError(f"an explicit grid must have n_steps + 1 = {n_steps + 1} points from T = {T!r} "
                              f"to t0 = {t0!r}; got {grid.size} points from {float(grid[0])!r} to {float(grid[-1])!r}")
+    if not _is_vp(process):  # the start N(0, sigma_T^2 I) and the steps' int g^2 in dtype
+        _check_sigma2(process, T, "T", check_float_dtype(dtype))
     x = _prior(process, n, d, rng, dtype, n_steps + 1 if trajectory else 1, T)
     if method == "probability_flow":
         return probability_flow(score, process, grid, x, trajectory)

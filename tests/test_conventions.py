@@ -351,3 +351,19 @@ def test_an_overflow_of_large_values_is_not_blamed_on_the_time():
     # large coefficients (sigma = 1e-10): the time is what to change, as before
     with pytest.raises(ValueError, match=r"B = -1e\+10\); use a time further from where the conversion is singular$"):
         convert(np.full((1, 1), 1e300), np.ones((1, 1)), 1e-10, EDM(), "eps", "score")
+
+
+@pytest.mark.parametrize("t", [800.0, 746.0, 1e4])
+def test_eps_and_score_convert_where_alpha_underflows(t):
+    """score = -eps / sigma needs sigma_t > 0 only: on OU beyond t ~ 745 alpha_t = e^-t
+    underflows to 0 and the minors' ratio (-alpha / sigma) / alpha was 0 / 0, refused as
+    "not defined there" at a time inside OU's range. Against mpmath's sigma_t."""
+    with mp.workdps(50):
+        sigma = mp.sqrt(-mp.expm1(-2 * mp.mpf(t)))
+        expected = {("eps", "score"): float(-1 / sigma), ("score", "eps"): float(-sigma)}
+    assert float(OU().alpha(t)) == 0.0
+    x, v = np.random.default_rng(4).standard_normal((2, 3, 2))
+    for (k1, k2), b in expected.items():
+        A, B = coefficients(t, OU(), k1, k2)
+        assert A == 0.0 and B == b
+        assert np.array_equal(convert(v, x, t, OU(), k1, k2), b * v)

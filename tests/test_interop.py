@@ -910,3 +910,32 @@ def test_an_oracle_overflow_suggests_only_dtypes_that_hold_the_value(torch):
     with pytest.raises(ValueError, match=r"; pass x as float32 or float64$"):
         narrow(torch.full((3, 2), 10.0, dtype=torch.float16), torch.tensor(0.002))
     assert narrow(torch.full((3, 2), 10.0, dtype=torch.float32), torch.tensor(0.002)).dtype == torch.float32
+
+
+def test_an_eps_model_on_ou_where_alpha_underflows(torch):
+    """An eps model's score -eps / sigma needs only sigma_t: on OU beyond t ~ 745 (alpha_t =
+    e^-t underflows to 0, p_t = N(0, I) to float64) it was refused as "not defined there",
+    at a time inside OU's range. The exact eps of N(0, I) there is x, the score -x."""
+    x = np.random.default_rng(3).standard_normal((4, 1))
+    s = from_torch(lambda x, t: x.clone(), OU(), "eps", dtype="float64")
+    assert np.array_equal(s(x, np.array([800.0, 750.0, 1e3, 746.0])), -x)
+
+
+def test_no_rows_give_an_empty_score_without_calling_the_model(torch):
+    """x of shape (0, d) with a scalar t: conventions.convert gives an empty array; the
+    adapter refused it with "t must be a scalar or have shape (n,), got shape (0,)", about
+    a t that was a scalar. Now an empty score of the output dtype, the model not called."""
+    calls = []
+
+    def model(x, t):
+        calls.append(x.shape)
+        return x
+
+    for cast_output, dtype in ((False, np.float32), (True, np.float64)):
+        s = from_torch(model, VP(), "eps", dtype="float32", cast_output=cast_output)
+        out = s(np.zeros((0, 3)), 0.5)
+        assert out.shape == (0, 3) and out.dtype == dtype
+        assert convert(np.zeros((0, 3)), np.zeros((0, 3)), 0.5, VP()).shape == (0, 3)
+    assert calls == []
+    with pytest.raises(ValueError, match=r"^t must be <= 1\.0"):  # t is still checked
+        s(np.zeros((0, 3)), 2.0)

@@ -1,6 +1,7 @@
 """Reverse-time samplers: grids, one-step formulas, reproducibility, bad input."""
 
 import ctypes
+import re
 from contextlib import nullcontext
 
 import numba
@@ -345,6 +346,40 @@ def test_trajectory(method):
                      n_steps=8, method=method, trajectory=True)
     assert path.shape == (9, 50, 1)
     assert np.array_equal(path[-1], y)
+
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "residual_exponential", "probability_flow"])
+def test_a_trajectory_beyond_memory_is_refused_before_the_first_step(method, monkeypatch):
+    """The trajectory's (N + 1, n, d) array is taken before the first step: beyond memory
+    (here a machine of 1 MB against 201 x 100 x 10 float64 points, 1.6 MB) a ValueError
+    naming n_steps, not a MemoryError (or the OS's kill) after the steps that fit; and
+    within it the rows are the points at each grid time, as stepping one step at a time gives."""
+    import sgm_ref._validation as validation
+
+    calls = []
+
+    def score(x, t):
+        calls.append(t[0])
+        return -x
+
+    grid = time_grid(1.0, 0.01, 200)
+    x = np.random.default_rng(0).standard_normal((100, 10))
+    run = (lambda g, x, rng: METHODS[method](score, VP(), g, x, rng, trajectory=True)) if method != "probability_flow" \
+        else (lambda g, x, rng: probability_flow(score, VP(), g, x, trajectory=True))
+    with monkeypatch.context() as m:
+        m.setattr(validation, "_physical_memory", lambda: 10**6)
+        with pytest.raises(ValueError, match=r"^n_steps = 200 \(a trajectory of 201 x 100 x 10 float64 points\) "
+                                             r"asks for .* GiB .* lower n_steps"):
+            run(grid, x, np.random.default_rng(1))
+    assert calls == []  # refused before any score call
+    y, path = run(grid, x, np.random.default_rng(1))
+    assert path.shape == (201, 100, 10) and path.dtype == np.float64
+    assert np.array_equal(path[0], x) and np.array_equal(path[-1], y)
+    rng, z = np.random.default_rng(1), x  # the rows against one step at a time, same noise stream
+    for k in range(3):
+        z = run(grid[k:k + 2], z, rng)[0]
+        assert np.array_equal(path[k + 1], z)
 
 
 def test_float32_stays_float32():
@@ -803,3 +838,60 @@ def test_a_T_whose_sigma_squared_overflows_is_named():
     # below the limit nothing changes: sigma_T^2 = 1e306, steps of ratio ~0.7
     y = sample(score, EDM(), 2, 1, np.random.default_rng(0), T=1e153, t0=1.0, n_steps=2000)
     assert np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+def test_a_T_whose_sigma_squared_overflows_float32_is_named(method):
+    """Float32 points round the steps' int g^2 (up to sigma_T^2) to float32: EDM at T = 1e20
+    (sigma_T^2 = 1e40 > 3.4e38) took its first step with int g^2 = inf and was reported as a
+    sampler diverging on steps too large (more steps would not help), and sample at T = 1e39
+    drew start points of float32(1e39) = inf, refused as "x contains non-finite values", an
+    argument sample has not. Now T is named with the float32 limit; at T = 1e19 (sigma_T^2 =
+    1e38) the float32 sampler runs, and ends where the float64 one started from the same
+    points does, to float32's rounding over the steps."""
+    from sgm_ref import VE
+
+    def score(x, t):  # the exact score of N(0, I) under EDM: -x / (1 + t^2)
+        return (-x / (1.0 + t[:, None] ** 2)).astype(x.dtype)
+
+    for T in (1e20, 1e39):
+        with pytest.raises(ValueError, match=rf"^T = {re.escape(repr(T))} is too large for float32 points on EDM\(t_max=inf\): "
+                                             r"sigma_T\^2 = 1e\+\d\d overflows float32 .* below about 1\.8e\+19, "
+                                             r"or float64 points"):
+            sample(score, EDM(), 3, 2, np.random.default_rng(0), T=T, t0=0.01, n_steps=50, method=method,
+                   dtype=np.float32)
+    if method != "probability_flow":
+        with pytest.raises(ValueError, match=r"^grid\[0\] = T = 1e\+20 is too large for float32 points on EDM"):
+            METHODS[method](score, EDM(), time_grid(1e20, 0.01, 50), np.ones((3, 2), np.float32),
+                            np.random.default_rng(0))
+        with pytest.raises(ValueError, match=r"^grid\[0\] = T = 1\.0 is too large for float32 points on VE"):
+            METHODS[method](score, VE(sigma_max=1e20), np.array([1.0, 0.5]), np.ones((3, 2), np.float32),
+                            np.random.default_rng(0))
+    grid = time_grid(1e19, 0.01, 400, "geometric")
+    x = np.random.default_rng(1).standard_normal((3, 2)) * 1e19
+    run = (lambda x: METHODS[method](score, EDM(), grid, x, np.random.default_rng(2))) \
+        if method != "probability_flow" else (lambda x: probability_flow(score, EDM(), grid, x))
+    y32, y64 = run(x.astype(np.float32)), run(x)
+    assert y32.dtype == np.float32
+    np.testing.assert_allclose(y32, y64, rtol=400 * 2.0**-24, atol=0)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "residual_exponential", "probability_flow"])
+def test_a_score_returning_an_ndarray_subclass(method):
+    """A masked array passed call_score's checks (it is an ndarray) and then crashed the step
+    kernel with numba's NumbaTypeError: now a ValueError naming the step. Other subclasses
+    (np.matrix, a memmap, a subclass of one's own) are read as the plain array: the same bits
+    as an ndarray score."""
+    grid, x = np.array([1.0, 0.5, 0.1]), np.random.default_rng(0).standard_normal((3, 2))
+
+    def run(score):
+        if method == "probability_flow":
+            return probability_flow(score, VP(), grid, x)
+        return METHODS[method](score, VP(), grid, x, np.random.default_rng(1))
+
+    with pytest.raises(ValueError, match=r"^score returned a masked array at step 0 \(t = 1\); return a plain "):
+        run(lambda y, t: np.ma.masked_array(-0.5 * y))
+    class Sub(np.ndarray):
+        pass
+
+    assert np.array_equal(run(lambda y, t: (-0.5 * y).view(Sub)), run(lambda y, t: -0.5 * y))
