@@ -108,7 +108,7 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
     grad : bool
         Also compute dL/dtheta (flat, like model.params).
     grad_params : ndarray, shape (n_params,), optional
-        Buffer the gradient is written into (no allocation).
+        Buffer the gradient is written into (no allocation); not model.params itself.
 
     Returns
     -------
@@ -119,10 +119,10 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
     ------
     ValueError
         For inputs of the wrong shape or dtype, non-finite entries, t outside
-        (0, t_max], an unknown weighting, a bad grad_params buffer; or if the loss or
-        its gradient overflows (the message gives the smallest t with its sigma_t and
-        the sizes of x0 and the parameters: the limit is |z| / sigma_t well below
-        sqrt(max / d), ~1e154 in float64).
+        (0, t_max], an unknown weighting, a bad grad_params buffer (or one sharing memory
+        with model.params); or if the loss or its gradient overflows (the message gives
+        the smallest t with its sigma_t and the sizes of x0 and the parameters: the
+        limit is |z| / sigma_t well below sqrt(max / d), ~1e154 in float64).
     """
     net = model.network
     x0 = check_points(x0, "x0", d=net.d)
@@ -145,6 +145,10 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
                                     or not grad_params.flags.writeable):
         raise ValueError(f"grad_params must be a contiguous writeable ndarray of shape ({net.n_params},) and dtype "
                          f"{net.dtype.name} (the gradient is written into it)")
+    if grad_params is not None and np.may_share_memory(grad_params, net.params):
+        # the backward pass reads W_l after writing the gradient of the layers above it
+        raise ValueError("grad_params must not share memory with model.params (the backward pass reads the "
+                         "weights while it writes the gradient); pass a separate buffer")
     with np.errstate(over="ignore", invalid="ignore"):
         value, gradient = _dsm_loss(model, x0, t, z, weighting, grad, grad_params)
     # one number, and n_params against the O(n n_params) backward pass

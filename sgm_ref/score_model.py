@@ -22,8 +22,9 @@ class ScoreModel:
     Parameters
     ----------
     network : sgm_ref.nn.MLP
-    process : OU or VP
-        Supplies sigma_t for the "noise" parameterisation and the time range.
+    process : OU, VP, VPCosine or DDPM
+        A variance-preserving process (sgm_ref.processes.check_process): supplies
+        sigma_t for the "noise" parameterisation and the time range.
     parameterization : {"score", "noise", "residual"}
     """
 
@@ -73,14 +74,20 @@ class ScoreModel:
         return s
 
     def output_to_score(self, out, x, t):
-        """Apply the parameterisation to a network output (in place on out)."""
+        """Apply the parameterisation to a network output (in place on out).
+
+        For "noise", -out / sigma_t is formed in float64 and rounded once into out's dtype
+        (a float32 sigma_t would add a second rounding, and below 1.2e-38 lose digits).
+        """
         if self.parameterization == "noise":
             _, s2 = self.process._coefficients(t, out.shape[0])
             if np.any(s2 == 0):
                 raise ValueError("t must be > 0 for the 'noise' parameterization (sigma_0 = 0)")
-            out /= -np.sqrt(s2).astype(out.dtype)[:, None]
+            with np.errstate(over="ignore"):  # an overflow is the callers' to name
+                np.divide(out, -np.sqrt(s2)[:, None], out=out, casting="same_kind")
         elif self.parameterization == "residual":
-            out -= x
+            with np.errstate(over="ignore"):
+                out -= x
         return out
 
     # -- derivatives in x (for sgm_ref.likelihood) ----------------------------------------------
@@ -107,7 +114,8 @@ class ScoreModel:
         out, tr = self.network.jacobian_trace(x, t)
         s = self.output_to_score(out, x, t)
         if self.parameterization == "noise":
-            tr = -tr / self._sigma(t, s.shape[0]).astype(tr.dtype)
+            with np.errstate(over="ignore"):  # in float64, rounded once (as output_to_score)
+                tr = (-tr / self._sigma(t, s.shape[0])).astype(tr.dtype)
         elif self.parameterization == "residual":
             tr = tr - self.d
         if not (np.all(np.isfinite(s)) and np.all(np.isfinite(tr))):
@@ -121,7 +129,8 @@ class ScoreModel:
         out, jv = self.network.jvp(x, t, tangents)
         s = self.output_to_score(out, x, t)
         if self.parameterization == "noise":
-            jv /= -self._sigma(t, s.shape[0]).astype(jv.dtype)[:, None, None]
+            with np.errstate(over="ignore"):  # in float64, rounded once (as output_to_score)
+                np.divide(jv, -self._sigma(t, s.shape[0])[:, None, None], out=jv, casting="same_kind")
         elif self.parameterization == "residual":
             jv -= np.asarray(tangents, dtype=jv.dtype)
         if not (np.all(np.isfinite(s)) and np.all(np.isfinite(jv))):

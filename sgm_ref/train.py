@@ -73,10 +73,11 @@ class TrainStep:
     noise, gradient and network buffers are allocated once; per call only a few
     vectors of batch length (indices, times, importance weights, coefficients) are made.
 
-    Raises NonFiniteGradientError (args[0] "loss" or "gradient"; for the gradient,
-    args[1] is the optimiser's reason) before any parameter changes if the loss or the
-    gradient is not finite (or the gradient too large for Adam's second moment), and Adam's NonFiniteStepError if a finite gradient
-    gives a non-finite update (see Adam.step for the state it leaves).
+    Raises NonFiniteGradientError (args[0] "loss" or "gradient"; args[1] the batch's
+    sizes for the loss, the optimiser's reason for the gradient) before any parameter
+    changes if the loss or the gradient is not finite (or the gradient too large for
+    Adam's second moment), and Adam's NonFiniteStepError if a finite gradient gives a
+    non-finite update (see Adam.step for the state it leaves).
     """
 
     def __init__(self, model, data, batch_size, t0, T, optimizer, weighting="none",
@@ -134,13 +135,23 @@ class TrainStep:
         process = self.model.process
         return process._alpha(t), process._sigma2(t)
 
+    def _sizes(self):
+        """The sizes an overflowing loss comes from: the batch's largest |x0| and its smallest t
+        with sigma_t, and the largest |parameter| (a data point far from order 1, a t0 too small,
+        or parameters an lr too large has blown up)."""
+        i = int(np.argmin(self.t))
+        sigma = float(np.sqrt(self._coefficients(self.t[i:i + 1])[1][0]))
+        return (f"largest |x0| entry {float(np.max(np.abs(self.x0))):.3g} (rescale data far from order 1), "
+                f"smallest t {float(self.t[i]):.3g} "
+                f"(sigma_t {sigma:.3g}), largest |parameter| {float(np.max(np.abs(self.model.params))):.3g}")
+
     def __call__(self, rng):
         check_rng(rng)
         self._draw(rng)
         loss, _ = _dsm_loss(self.model, self.x0, self.t, self.z, self.weighting, True, self.grad,
                             self._coefficients(self.t), self.weights)
         if not np.isfinite(loss):
-            raise NonFiniteGradientError("loss")
+            raise NonFiniteGradientError("loss", self._sizes())
         try:
             self.optimizer.step(self.grad)  # checks the gradient before it changes anything
         except NonFiniteGradientError as exc:  # args: ("gradient", the optimiser's reason)
@@ -186,6 +197,7 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     eval_every : int, optional
         Call evaluate(model) -> float every eval_every steps (and after the last).
     evaluate : callable, optional
+        Given with eval_every, and only with it.
     progress : bool or None
         Progress bar (tqdm) on stderr; None means "only if stderr is a terminal".
     callback : callable(step, model, optimizer, history), optional
@@ -220,6 +232,11 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         eval_every = check_count(eval_every, "eval_every")
         if evaluate is None:
             raise ValueError("eval_every needs evaluate, a callable model -> float")
+    elif evaluate is not None:  # it would never be called
+        raise ValueError("evaluate needs eval_every (call it every eval_every steps and after the last)")
+    if optimizer is not None and not isinstance(optimizer, Adam):
+        raise ValueError(f"optimizer must be an sgm_ref.optim.Adam built on model.params, got "
+                         f"{type(optimizer).__module__}.{type(optimizer).__name__}")
     if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or not 0 <= start_step <= steps:
         raise ValueError(f"start_step must be an integer in [0, steps], got {start_step!r}")
     if start_step > 0 and (optimizer is None or optimizer.step_count != start_step):
@@ -251,13 +268,15 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
             except NonFiniteGradientError as exc:
                 remedies = ("a smaller lr, a larger t0, or weighting='sigma2'" if weighting != "sigma2"
                             else "a smaller lr or a larger t0")
+                # the batch's sizes say which applies (data far from order 1 want rescaling instead)
+                batch = f"; the batch: {exc.args[1]}" if exc.args[0] == "loss" and len(exc.args) > 1 else ""
                 # a finite gradient too large for Adam's second moment (its squares overflow) is
                 # refused as a non-finite one would be; the optimiser's reason says which
                 what = ("became non-finite" if exc.args[0] == "loss" or len(exc.args) < 2
                         or "non-finite value" in exc.args[1] else "is too large to apply")
                 raise TrainingDivergedError(
                     f"the {exc.args[0]} {what} at step {step}; the model keeps the parameters "
-                    f"of step {step - 1} (try {remedies})", step) from None
+                    f"of step {step - 1} (try {remedies}){batch}", step) from None
             except NonFiniteStepError as exc:  # the gradient was finite, the update was not
                 raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None
             history.loss.append(loss)

@@ -127,6 +127,23 @@ def test_grad_false_and_grad_params_buffer():
     np.testing.assert_array_equal(buffer, grad)
 
 
+def test_dsm_loss_refuses_a_grad_params_that_is_the_models_params():
+    """Review: dsm_loss(..., grad_params=model.params) was accepted and returned a gradient
+    1.5 off (computed from weights it had already overwritten), leaving the parameters
+    replaced by it. It is refused, parameters untouched."""
+    x0, t, z = batch(seed=7)
+    model = model_for("silu", "log", "noise")
+    theta = model.params.copy()
+    value, grad = dsm_loss(model, x0, t, z, "sigma2")
+    with pytest.raises(ValueError, match="grad_params must not share memory with model.params"):
+        dsm_loss(model, x0, t, z, "sigma2", grad_params=model.params)
+    np.testing.assert_array_equal(model.params, theta)
+    buffer = np.empty(model.network.n_params)
+    value2, returned = dsm_loss(model, x0, t, z, "sigma2", grad_params=buffer)
+    assert returned is buffer and value2 == value
+    np.testing.assert_array_equal(buffer, grad)
+
+
 def test_float32_loss_is_close_to_float64():
     x0, t, z = batch(seed=8, n=64)
     m64 = model_for("silu", "fourier", "noise")

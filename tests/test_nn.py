@@ -418,6 +418,28 @@ def test_backward_refuses_grad_params_that_is_not_an_ndarray():
         net.backward(w, grad_params=np.zeros(net.n_params)[::-1])
 
 
+def test_backward_refuses_to_write_the_gradient_over_params():
+    """Review: backward(grad_params=net.params) was accepted and wrote a wrong gradient over the
+    parameters (the pass reads W_l after writing the gradient of the layers above it: 1.5
+    off on a (8, 8) network). It is refused, params untouched; a separate buffer gets the
+    gradient that central finite differences give."""
+    net = MLP(D, WIDTHS, "tanh", "log", rng=3)
+    x, t, w = batch(seed=4)
+    theta = net.params.copy()
+    net.forward(x, t, keep=True)
+    with pytest.raises(ValueError, match="grad_params must not share memory with the network's params"):
+        net.backward(w, grad_params=net.params)
+    np.testing.assert_array_equal(net.params, theta)
+    buffer = np.empty(net.n_params)
+    assert net.backward(w, grad_params=buffer) is buffer  # the tape is still there
+
+    def f(p):
+        net.set_params(p)
+        return float(np.sum(net.forward(x, t) * w))
+
+    gradcheck(f, buffer.copy(), theta.copy())
+
+
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_backward_refuses_a_non_finite_grad_out(bad):
     # one NaN spread to 41 of 50 gradient entries, silently
@@ -442,6 +464,40 @@ def test_forward_and_backward_refuse_overflow_instead_of_returning_inf():
     net.forward(x, t, keep=True)
     with pytest.raises(ValueError, match=r"gradient \(largest \|grad_out\| entry 1e\+300\) overflows"):
         net.backward(np.full_like(w, 1e300))
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_a_backward_overflow_is_the_value_error_alone(activation):
+    """Review: backward's overflow warned three times (NumPy's RuntimeWarnings from the products)
+    before its ValueError, so under warnings-as-errors the caller got a RuntimeWarning naming
+    nothing; so did forward's (the output layer's product, and inf - inf in the next layer's).
+    Without an overflow the gradient is torch's."""
+    net = MLP(D, WIDTHS, activation, rng=0)
+    net.set_params(net.params * 1e10)
+    x, t, w = batch()
+    for widths in ((), WIDTHS) if activation != "tanh" else ((),):  # tanh's hidden layers saturate
+        huge = MLP(D, widths, activation, rng=0)
+        huge.set_params(huge.params * 1e10)
+        for keep in (False, True):
+            with pytest.raises(ValueError, match="output overflows float64"):
+                huge.forward(np.full_like(x, 1e300), t, keep=keep)
+    net.forward(x, t, keep=True)
+    with pytest.raises(ValueError, match="gradient .* overflows float64"):
+        net.backward(np.full_like(w, 1e300), input_grad=True)
+    torch = pytest.importorskip("torch")
+    act = {"relu": torch.relu, "silu": torch.nn.functional.silu, "tanh": torch.tanh,
+           "softplus": lambda z: torch.logaddexp(torch.zeros_like(z), z)}[activation]
+    theta = torch.tensor(net.params, requires_grad=True)
+    h = torch.cat([torch.tensor(x), torch.tensor(t)[:, None]], 1)
+    offset, L = 0, len(net.sizes) - 2
+    for l, (fan_in, fan_out) in enumerate(zip(net.sizes[:-1], net.sizes[1:])):
+        block = theta[offset:offset + (fan_in + 1) * fan_out].reshape(fan_in + 1, fan_out)
+        offset += (fan_in + 1) * fan_out
+        h = h @ block[:-1] + block[-1]
+        h = act(h) if l < L else h
+    (h * torch.tensor(w)).sum().backward()
+    np.testing.assert_allclose(net.backward(w), theta.grad.numpy(), rtol=1e-13, atol=1e-15)
 
 
 def test_workspace_hidden_pre_activations_share_the_backward_buffer():

@@ -79,6 +79,35 @@ def test_float32_model():
         ScoreModel(net32)(x, t)
 
 
+def test_float32_noise_score_is_rounded_once():
+    """Review: a float32 "noise" model divided by sigma_t rounded to float32, two roundings
+    (1 float32 ulp off in a third of the entries), and for sigma_t below 1.2e-38 a subnormal with few digits
+    (t = 1e-80 on OU: sigma_t = 1.4e-40, the score 3e-6 off relatively). The score, its
+    divergence and its Jacobian-vector products are now -net / sigma_t (resp. -tr / sigma_t,
+    -Jv / sigma_t) formed in float64 and rounded once: the float32 rounding of the mpmath value."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 40
+    net = MLP(3, (8, 6), "silu", "log", dtype=np.float32, rng=0)
+    net.weights[-1][...] *= np.float32(1e-6)  # a small output keeps -net / sigma_t finite at t = 1e-80
+    net.biases[-1][...] *= np.float32(1e-6)
+    model = ScoreModel(net, OU(), "noise")
+    x, _ = inputs(n=8)
+    x = x.astype(np.float32)
+    V = np.random.default_rng(1).standard_normal((8, 2, 3))
+    for t in (1e-80, 1e-30, 1e-3, 0.3, 2.0):
+        sigma = mpmath.sqrt(-mpmath.expm1(-2 * mpmath.mpf(t)))
+
+        def rounded(values):
+            return np.array([np.float32(float(-mpmath.mpf(float(v)) / sigma)) for v in np.ravel(values)],
+                            dtype=np.float32).reshape(np.shape(values))
+
+        np.testing.assert_array_equal(model(x, t), rounded(net.forward(x, t)))
+        s, div = model.divergence(x, t)
+        np.testing.assert_array_equal(div, rounded(net.jacobian_trace(x, t)[1]))
+        s, jv = model.jvp(x, t, V)
+        np.testing.assert_array_equal(jv, rounded(net.jvp(x, t, V)[1]))
+
+
 def test_properties_and_repr():
     net = MLP(2, (4,), rng=0)
     model = ScoreModel(net, VP(), "noise")

@@ -285,6 +285,31 @@ def test_non_finite_loss_stops_with_the_step_and_last_finite_parameters():
     assert [bool(np.any(x0 == 1e200)) for x0, _, _ in draws] == [False] * (k - 1) + [True]
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_a_loss_that_overflows_names_the_batch_sizes_that_made_it():
+    """Review: a data point of size 1e200 made fit say only "try a smaller lr, a larger t0, or
+    weighting='sigma2'", none of which helps (the parameters were those given). The message
+    now also gives the batch's sizes and says to rescale data far from order 1, checked
+    against a replay of the draws: its largest |x0| entry, its smallest t with
+    sigma_t = sqrt(1 - e^{-2t}), the largest |parameter|."""
+    model, data = small_problem(parameterization="score")
+    data[17] = 1e200
+    theta = model.params.copy()
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(model, data, steps=500, rng=np.random.default_rng(1), **FIT)
+    k, message = info.value.step, str(info.value)
+    x0, t, _ = list(replay(np.random.default_rng(1), data, k, 32, 1e-2, 1.0))[-1]
+    t_min = t.min()
+    sigma = np.sqrt(-np.expm1(-2.0 * t_min))
+    top = np.abs(model.params).max()
+    assert (f"the loss became non-finite at step {k}; the model keeps the parameters of step {k - 1} (try a "
+            "smaller lr, a larger t0, or weighting='sigma2'); the batch: largest |x0| entry 1e+200 (rescale data "
+            f"far from order 1), smallest t {t_min:.3g} (sigma_t {sigma:.3g}), largest |parameter| {top:.3g}"
+            ) == message
+    assert np.abs(x0).max() == 1e200
+    assert not np.array_equal(model.params, theta)  # the steps before it were taken
+
+
 def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monkeypatch):
     """A gradient with a NaN at step 3 (injected; the loss stays finite)."""
     calls = []
@@ -511,3 +536,24 @@ def test_fit_names_more_bad_arguments(change, message):
     model, data = small_problem()
     with pytest.raises(ValueError, match=message):
         fit(model, data, steps=2, rng=np.random.default_rng(0), **{**FIT, **change})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"optimizer": {"lr": 1e-3}, "start_step": 2},
+     r"optimizer must be an sgm_ref.optim.Adam built on model.params, got builtins.dict"),
+    ({"optimizer": "torch", "start_step": 2}, r"optimizer must be an sgm_ref.optim.Adam .*got torch.optim.adam.Adam"),
+    ({"evaluate": lambda model: 0.0}, "evaluate needs eval_every"),
+])
+def test_fit_names_a_foreign_optimizer_and_an_evaluate_it_would_not_call(change, message):
+    """Review: an optimizer that is not sgm_ref's Adam (torch's, a dict) with start_step > 0 gave
+    AttributeError: 'Adam' object has no attribute 'step_count'; an evaluate without eval_every
+    was silently never called (history.eval_values stayed empty)."""
+    change = dict(change)
+    model, data = small_problem()
+    if change.get("optimizer") == "torch":
+        torch = pytest.importorskip("torch")
+        change["optimizer"] = torch.optim.Adam([torch.nn.Parameter(torch.tensor(model.params))])
+    theta = model.params.copy()
+    with pytest.raises(ValueError, match=message):
+        fit(model, data, steps=3, rng=np.random.default_rng(0), **{**FIT, **change})
+    np.testing.assert_array_equal(model.params, theta)

@@ -36,12 +36,14 @@ def activation_forward(Z, kind, H, D, want_derivative):
         softplus: h = max(z, 0) + log1p(e^{-|z|}),   h' = s(z)
     with s(z) = 1 / (1 + e^{-z}) the logistic sigmoid.
     """
-    with np.errstate(over="ignore"):  # e^z = inf for z > 709 gives s = 1, as it should
+    # e^z = inf for z > 709 gives s = 1, and 1 / e^z = inf for z < -745 s = 0, as they should
+    # (the second warns only without the JIT, in Python arithmetic)
+    with np.errstate(over="ignore", divide="ignore"):
         activation_forward_unguarded(Z, kind, H, D, want_derivative)
 
 
 def activation_forward_unguarded(Z, kind, H, D, want_derivative):
-    """activation_forward inside the caller's np.errstate(over="ignore") (one per network
+    """activation_forward inside the caller's np.errstate(over="ignore", divide="ignore") (one per network
     pass instead of one per layer: each costs a few microseconds)."""
     if kind == SILU:
         np.exp(Z, out=D)

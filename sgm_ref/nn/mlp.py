@@ -224,13 +224,14 @@ class MLP:
     def _run(self, ws, tape):
         """Layers on ws.H[0] (already filled); output in ws.Z[-1]."""
         L = len(self._layers) - 1
-        # e^z = inf for z > 709 is what the activation kernels expect; an overflow of the
-        # products shows as a non-finite output, which the callers check
-        with np.errstate(over="ignore"):
+        # e^z = inf for z > 709 (and 1 / e^z = inf below -745) is what the activation kernels
+        # expect; an overflow of the products (and the inf - inf it leads to) shows as a
+        # non-finite output, which the callers check
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for l in range(L):
                 np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
                 activation_forward_unguarded(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape)
-        np.matmul(ws.H[L], self._layers[L], out=ws.Z[L])
+            np.matmul(ws.H[L], self._layers[L], out=ws.Z[L])
         ws.has_tape = tape
         return ws.Z[L]
 
@@ -424,8 +425,9 @@ class MLP:
         ValueError
             Without a preceding forward(..., keep=True); for a grad_out of the wrong
             shape or dtype or with a NaN or inf entry; for a grad_params that is not a
-            contiguous ndarray of shape (n_params,) and the network's dtype; or if the
-            gradient overflows the dtype (a grad_out or parameters far from order 1).
+            contiguous ndarray of shape (n_params,) and the network's dtype, or that
+            shares memory with params; or if the gradient overflows the dtype (a
+            grad_out or parameters far from order 1).
         """
         ws = getattr(self, "_tape", None)
         if ws is None or not ws.has_tape or self._workspaces.get(ws.n) is not ws:
@@ -447,7 +449,13 @@ class MLP:
                    else type(grad_params).__name__)
             raise ValueError(f"grad_params must be a contiguous writeable ndarray of shape ({self.n_params},) "
                              f"and dtype {self.dtype.name} (it is written in place), got {got}")
-        grad_x = self._backward(ws, np.ascontiguousarray(g), grad_params, input_grad)
+        if np.may_share_memory(grad_params, self.params):
+            # the pass reads W_l after writing the gradient of the layers above it: a gradient
+            # written over params would be computed from parameters it had already replaced
+            raise ValueError("grad_params must not share memory with the network's params (the backward pass reads "
+                             "the weights while it writes the gradient); pass a separate buffer")
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named below, not warned about
+            grad_x = self._backward(ws, np.ascontiguousarray(g), grad_params, input_grad)
         # O(n_params) against the O(n n_params) products above
         if not np.all(np.isfinite(grad_params)) or (input_grad and not np.all(np.isfinite(grad_x))):
             self._overflow(f"gradient (largest |grad_out| entry {float(np.max(np.abs(g))):.3g})")
