@@ -109,3 +109,30 @@ def test_float32_divergence_beyond_float32_is_refused_not_inf():
     near = ProductMixture([[0.5, 0.5]], [[-1.0, 1.0]], [[0.5, 0.5]])  # within range: float32, as before
     out = near.divergence(x, 0.0)
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+def test_a_coordinate_whose_squared_residual_overflows_but_whose_quadratic_form_does_not():
+    """|x - alpha mu| = 1e160 beside variances of 1e300 (the constructor's limit): diff**2
+    overflowed float64 and log p_t, score, divergence and predict refused the point as 'too
+    far' where log p_t = -1.4e20 is finite (GaussianMixture already took it). Against the
+    closed form in mpmath."""
+    import mpmath as mp
+    p = ProductMixture([[0.5, 0.5]], [[0.0, 1.0]], [[1e150, 1e150]])
+    x, t = np.array([[1e160]]), 0.5
+    with mp.workdps(40):
+        a, s2 = mp.exp(-t), -mp.expm1(-2 * t)
+        v = a * a * mp.mpf(1e300) + s2
+        comps = [(mp.mpf(m), mp.log(0.5) - (mp.log(2 * mp.pi * v) + (mp.mpf(1e160) - a * m) ** 2 / v) / 2)
+                 for m in (0, 1)]
+        top = max(c[1] for c in comps)
+        pis = [mp.exp(c[1] - top) for c in comps]
+        pis = [q / sum(pis) for q in pis]
+        logp = top + mp.log(sum(mp.exp(c[1] - top) for c in comps))
+        score = -sum(q * (mp.mpf(1e160) - a * m) / v for q, (m, _) in zip(pis, comps))
+        x0 = sum(q * (m + a * mp.mpf(1e300) / v * (mp.mpf(1e160) - a * m)) for q, (m, _) in zip(pis, comps))
+    got_logp, got_score = p.log_prob_and_score(x, t)
+    assert got_logp[0] == pytest.approx(float(logp), rel=1e-15, abs=0)
+    assert got_score[0, 0] == pytest.approx(float(score), rel=1e-15, abs=0)
+    assert p.predict(x, t, kind="x0")[0, 0] == pytest.approx(float(x0), rel=1e-15, abs=0)
+    assert p.divergence(x, t)[0] == pytest.approx(float(-1 / v), rel=1e-12, abs=0)  # the spread term is ~1e-560
+    np.testing.assert_allclose(p.log_prob_and_score(x, t)[0], as_gaussian_mixture(p).log_prob(x, t), rtol=1e-15)

@@ -366,6 +366,16 @@ def test_at_zero_is_the_same_mixture():
     np.testing.assert_allclose(t_large.covariances, np.broadcast_to(np.eye(3), (4, 3, 3)), atol=1e-15)
 
 
+def test_at_several_times_is_refused_naming_a_scalar_not_rows():
+    """at([0.1, 0.2]) said 't must be a scalar or have one value per row, shape (1,)': at()
+    has no rows; it gives one mixture, at one time."""
+    mixture = GaussianMixture.ring()
+    for t in (np.array([0.1, 0.2]), [0.1, 0.2]):
+        with pytest.raises(ValueError, match=r"^t must be a scalar: at\(\) gives p_t at one time, got shape \(2,\)"):
+            mixture.at(t)
+    np.testing.assert_array_equal(mixture.at([0.3]).means, mixture.at(0.3).means)  # one time, as a list: as before
+
+
 # -- (e) sampling, moments, presets, serialisation --------------------------------------
 
 

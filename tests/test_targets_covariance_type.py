@@ -374,3 +374,24 @@ def test_ragged_or_deeply_nested_lists_are_refused_naming_the_key(tmp_path, key,
     path.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=rf"^target file .*t\.json: {key} must be a rectangular array of numbers"):
         from_spec(str(path))
+
+
+@pytest.mark.parametrize("kind", ["full", "tied"])
+def test_a_positive_definite_covariance_beyond_float64_says_why_it_is_refused(kind):
+    """diag(1e-300, 1) is positive definite with eigenvalues in the documented range, yet as
+    a full or tied covariance it was refused as 'not positive definite (smallest eigenvalue
+    1e-300, largest 1)', a claim its own figures contradict. The reason is the condition
+    number beyond 1 / (d eps); the message now says that, and what to pass instead."""
+    cov = np.diag([1e-300, 1.0])
+    with pytest.raises(ValueError, match=r"^covariances(\[0\])? is not positive definite to float64 precision: its "
+                                         r"smallest eigenvalue 1e-300 is below d eps = 4.44e-16 times its largest, 1 "
+                                         r"\(condition number 1e\+300\).*covariance_type='diag'"):
+        GaussianMixture([1.0], [[0.0, 0.0]], cov[None] if kind == "full" else cov, covariance_type=kind)
+    same = GaussianMixture([1.0], [[0.0, 0.0]], [[1e-300, 1.0]], covariance_type="diag")  # as the message says
+    assert same.log_prob(np.array([[0.0, 0.0]]))[0] == pytest.approx(-np.log(2 * np.pi * 1e-150), rel=1e-15, abs=0)
+    # a covariance whose computed smallest eigenvalue is <= 0 keeps the plain message
+    with pytest.raises(ValueError, match=r"^covariances(\[0\])? is not positive definite \(smallest eigenvalue -1, "):
+        GaussianMixture([1.0], [[0.0, 0.0]], np.array([[1.0, 2.0], [2.0, 1.0]])[None] if kind == "full"
+                        else np.array([[1.0, 2.0], [2.0, 1.0]]), covariance_type=kind)
+    # the docstring states the limit
+    assert "condition number below about 4.5e15 / d" in " ".join(GaussianMixture.__doc__.split())

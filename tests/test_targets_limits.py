@@ -173,6 +173,25 @@ def test_a_point_whose_squared_residual_overflows_but_whose_quadratic_form_does_
     assert np.array_equal(g.log_prob_and_score(np.vstack([y, x[1:]]), 0.0)[1][:1], g.score(y, 0.0))
 
 
+@pytest.mark.parametrize("kind, cov", [
+    ("diag", [[1e300, 1e300]]), ("spherical", [1e300]), ("tied", [[1e300, 0.0], [0.0, 1e300]]),
+    ("full", [[[1e300, 0.0], [0.0, 1e300]]]),
+])
+@pytest.mark.parametrize("kind_out", ["x0", "v", "velocity"])
+def test_the_posterior_mean_beside_variances_of_1e300_does_not_overflow(kind, cov, kind_out):
+    """E[x0 | x_t] = mu + alpha (lam / v) y was formed as alpha lam y / v: lam y = 1e460
+    overflowed, and predict refused x = 1e160 as 'too far' where x0 = x / alpha (1.6e160 at
+    OU's t = 0.5) is finite, as are the score and log p_t there. Against the closed form."""
+    g = GaussianMixture([1.0], [[0.0, 0.0]], cov, covariance_type=kind)
+    x, t = np.array([[1e160, -3e159]]), 0.5
+    a, s2 = np.exp(-t), -np.expm1(-2 * t)
+    v = a * a * 1e300 + s2
+    x0 = a * (1e300 / v) * x
+    eps = x / np.sqrt(s2) * (s2 / v)                                   # -sigma score
+    expected = {"x0": x0, "v": a * eps - np.sqrt(s2) * x0, "velocity": -a * x0 + (a * a / np.sqrt(s2)) * eps}[kind_out]
+    np.testing.assert_allclose(g.predict(x, t, kind=kind_out), expected, rtol=1e-14, atol=0)
+
+
 # -- messages print numbers as numbers -----------------------------------------------------
 
 
@@ -433,6 +452,37 @@ def test_radii_too_small_for_float64_are_refused():
     with pytest.raises(ValueError, match=r"^radius must be at least 1e-150"):
         GaussianMixture.ring(radius=1e-200)
     assert np.all(GaussianMixture.paper_family(2, 2, 0.0, 0).means == 0)
+
+
+@pytest.mark.parametrize("spec, name", [("gmm:d=2,k=2,radius=1e-400", "radius"),
+                                        ("product:d=2,shift=-1e-400", "shift"),
+                                        ("ring:std=1e-99999999999999999999", "std")])
+def test_a_spec_number_that_underflows_to_zero_is_refused_not_read_as_zero(spec, name):
+    """'radius=1e-400' was read as radius 0 (float() underflows silently): gmm built a
+    mixture with every mean at the origin, though 'radius=1e-200' is refused as too small."""
+    from sgm_ref.targets.spec import from_spec
+    with pytest.raises(ValueError, match=rf"^target parameter {name} = .* would read as 0; write 0"):
+        from_spec(spec)
+    for zero in ("0", "0.0", "-0", "0e-500"):  # a zero written as such is still 0
+        assert np.all(from_spec(f"gmm:d=2,k=2,radius={zero}").means == 0)
+    assert from_spec("product:d=2,shift=1e-320").means[0, 1] == 1e-320  # subnormal, not 0: read as written
+
+
+def test_a_target_file_number_that_underflows_to_zero_is_refused(tmp_path):
+    """JSON's 1e-400 parses as 0.0: "weights": [1e-400, 1] built a component of weight 0,
+    dropped from the oracle, where log w = -921 would have decided log p_t at x = 1000
+    (the other component gives -5e5 there)."""
+    from sgm_ref.targets.spec import from_spec
+    path = tmp_path / "m.json"
+    for text in ('{"weights": [1e-400, 1.0], "means": [[1000.0], [0.0]]}',
+                 '{"type": "ProductMixture", "weights": [[0.5, 0.5]], "means": [[-1E-330, 1]], "stds": [[1, 1]]}'):
+        path.write_text(text, encoding="utf-8")
+        with pytest.raises(ValueError, match=r"^target file .*m\.json: the number -?1[eE]-[34]\d0 is below float64's "
+                                             r"smallest positive number .* would read as 0; write 0"):
+            from_spec(str(path))
+    path.write_text('{"weights": [0.0, 1.0], "means": [[1000.0], [0e-999]]}', encoding="utf-8")  # zeros stay zeros
+    g = from_spec(str(path))
+    assert g.weights.tolist() == [0.0, 1.0] and g.means.tolist() == [[1000.0], [0.0]]
 
 
 @pytest.mark.parametrize("process, t", [(EDM(), 1e155), (VE(sigma_max=1e200), 1.0)], ids=repr)

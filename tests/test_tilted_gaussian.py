@@ -157,3 +157,19 @@ def test_bad_input():
             method(np.full((2, 3), np.nan), 0.5)
     with pytest.raises(ValueError, match="t"):
         tilt.score(np.zeros((2, 3)), -1.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_no_points_give_empty_answers_as_the_mixtures_do(dtype):
+    """x of shape (0, d): every method raised numpy's 'cannot reshape array of size 0 into
+    shape (0,newaxis)' (the finiteness check reshaped to (n, -1)); GaussianMixture and
+    ProductMixture return empty arrays."""
+    g, f, grad_f = mixture_tilt(d=2, k=2)
+    tg = TiltedGaussian(f, grad_f, 2, n_mc=16, rng=np.random.default_rng(0), n_normaliser=16)
+    x = np.zeros((0, 2), dtype)
+    assert tg.log_prob(x, 0.5).shape == (0,) and tg.log_prob(x, 0.5).dtype == dtype
+    assert tg.score(x, 0.5).shape == (0, 2) and tg.score(x, 0.5).dtype == dtype
+    assert [a.shape for a in tg.score_and_se(x, 0.5)] == [(0, 2), (0, 2)]
+    assert [a.shape for a in tg.log_prob_and_score(x, 0.5)] == [(0,), (0, 2)]
+    assert tg.divergence(x, 0.5).shape == (0,) and tg.predict(x, 0.5, kind="x0").shape == (0, 2)
+    assert g.log_prob(x, 0.5).shape == (0,)

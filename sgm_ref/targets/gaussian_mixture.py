@@ -59,6 +59,33 @@ def _infer_kind(cov, K, d):
                      f"its form with covariance_type ('tied': (d, d), 'spherical': (K,)); got shape {cov.shape}{hint}")
 
 
+def _eigh_spd(cov, name):
+    """eigh_spd, with the reason named when a positive smallest eigenvalue fails its test.
+
+    eigh_spd refuses lam_min <= d eps lam_max as 'not positive definite'; for diag(1e-300, 1)
+    as a full covariance that read as a wrong claim (its eigenvalues are positive). Such a
+    matrix is positive definite only below float64's resolution: rounding its entries moves
+    lam_min by about eps lam_max, so the message says so and what to pass instead.
+    """
+    try:
+        return eigh_spd(cov, name)
+    except ValueError as exc:
+        if "is not positive definite" not in str(exc):
+            raise
+        stack = cov if cov.ndim == 3 else cov[None]
+        d = stack.shape[-1]
+        lam = np.linalg.eigvalsh(0.5 * (stack + stack.transpose(0, 2, 1)))
+        bad = np.flatnonzero(~(lam[:, 0] > d * np.finfo(np.float64).eps * lam[:, -1]))
+        if bad.size == 0 or not lam[bad[0], 0] > 0:
+            raise
+        k, lo, hi = bad[0], float(lam[bad[0], 0]), float(lam[bad[0], -1])
+        label = f"{name}[{k}]" if cov.ndim == 3 else name
+        raise ValueError(f"{label} is not positive definite to float64 precision: its smallest eigenvalue {lo:.3g} "
+                         f"is below d eps = {d * np.finfo(np.float64).eps:.3g} times its largest, {hi:.3g} (condition "
+                         f"number {hi / lo:.3g}), where the rounding of its entries decides it; pass diagonal "
+                         "variances with covariance_type='diag', or a better conditioned matrix") from None
+
+
 def _is_spd(a):
     """Whether a square array passes eigh_spd's checks (a valid shared covariance)."""
     try:
@@ -141,7 +168,9 @@ class GaussianMixture(ExactOutputs):
         "spherical"   (K,)          one variance per component, Sigma_k = s_k I
         ============  ============  =======================================
 
-        Variances and eigenvalues must lie in [1e-300, 1e300].
+        Variances and eigenvalues must lie in [1e-300, 1e300]; a full or tied covariance's
+        smallest eigenvalue must also exceed d eps = 2.2e-16 d times its largest (a
+        condition number below about 4.5e15 / d), as its entries determine it no better.
     covariance_type : None, "full", "diag", "tied" or "spherical"
         The form of covariances ("diagonal" is accepted for "diag", and "identity"
         with covariances None, the spellings of the covariance_type attribute). None
@@ -224,9 +253,9 @@ class GaussianMixture(ExactOutputs):
                                  f"{float(np.max(np.abs(cov))):.3g} (a symmetric positive-definite matrix has an "
                                  "eigenvalue at least its largest entry); rescale the target")
             elif kind == "full":
-                lam, U = eigh_spd(cov, "covariances")
+                lam, U = _eigh_spd(cov, "covariances")
             else:
-                lam_tied, rotation = eigh_spd(cov, "covariances")
+                lam_tied, rotation = _eigh_spd(cov, "covariances")
                 lam = np.broadcast_to(lam_tied, (K, d))
             check_variances(lam, "covariances", "variances" if U is None and rotation is None else "eigenvalues")
         self.covariance_type, self.covariances = kind, cov
@@ -352,8 +381,16 @@ class GaussianMixture(ExactOutputs):
         """The forward marginal p_t as a GaussianMixture (t a scalar), of the same covariance_type.
 
         Means alpha_t mu_k, covariances alpha_t^2 Sigma_k + sigma_t^2 I; identity
-        covariances stay the identity because alpha_t^2 + sigma_t^2 = 1.
+        covariances stay the identity because alpha_t^2 + sigma_t^2 = 1: process is
+        variance-preserving (OU, VP, VPCosine or DDPM).
         """
+        try:
+            several = isinstance(t, (list, tuple, np.ndarray)) and np.size(t) != 1
+        except ValueError:  # ragged: the process's check names it
+            several = False
+        if several:  # the oracle's check would ask for 'one value per row', rows at() does not have
+            raise ValueError(f"t must be a scalar: at() gives p_t at one time, got shape {np.shape(t)}; for one "
+                             "t per point use log_prob or score")
         a, s2 = check_process(process)._coefficients(t, 1)
         a, s2 = a[0], s2[0]
         kind = self.covariance_type
@@ -462,10 +499,14 @@ class GaussianMixture(ExactOutputs):
         pi_k(x) the posterior probability of component k (computed by log-sum-exp).
 
         Parameters, Raises and shapes as log_prob; returns ndarray of shape (n, d), dtype of x.
-        With float32 points and full or tied covariances the relative error of a row is
-        about 6e-8 sqrt(kappa_t) and below 6e-8 (32 + kappa_t), kappa_t the condition
-        number of a component covariance at time t (sgm_ref.kernels.mixture has the
-        measurements): 2e-4 at worst for eigenvalues 1e-4 to 1 at t = 0.
+        With float32 points and full or tied covariances (d > 6 for full) the projections
+        are float32 products, whose rounding acts like moving x by about
+        6e-8 sqrt(d) |x - alpha_t c|, c = sum_k w_k mu_k. Where the means lie within their
+        components' spread of c the relative error of a row is about 6e-8 sqrt(kappa_t)
+        and below 6e-8 (32 + kappa_t), kappa_t the condition number of a component
+        covariance at time t: 2e-4 at worst for eigenvalues 1e-4 to 1 at t = 0. For modes
+        far apart it is larger whatever kappa_t: 2.8e-4 for two modes at (+-1000, 0)
+        with kappa_t < 2 (sgm_ref.kernels.mixture has the bound and the measurements).
         """
         return self._evaluate(x, t, process, want_score=True)[1]
 
@@ -621,7 +662,8 @@ class GaussianMixture(ExactOutputs):
         out = np.empty(x.shape)
         for blk, ab, v, y, _, pi in blocks:
             with np.errstate(over="ignore", invalid="ignore"):
-                shrunk = ab * lam * y / v                                   # alpha lam / v, in the eigenbasis
+                # alpha (lam / v) y in the eigenbasis: lam / v <= 1 / alpha^2, where lam y may overflow
+                shrunk = ab * (lam / v) * y
                 if U is not None:
                     shrunk = np.einsum("kij,rkj->rki", U, shrunk)
                 elif R is not None:

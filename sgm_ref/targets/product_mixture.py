@@ -164,7 +164,7 @@ class ProductMixture(ExactOutputs):
     def _evaluate(self, x, t, process):
         x, var, diff = self._coordinates(x, t, process)
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
-            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff**2 / var)
+            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff * (diff / var))
             top = np.max(log_terms, axis=2, keepdims=True)
             post = np.exp(log_terms - top)
             total = post.sum(axis=2, keepdims=True)
@@ -183,10 +183,10 @@ class ProductMixture(ExactOutputs):
         n = x.shape[0]
         a = check_process(process, variance_preserving=False)._coefficients(t, n)[0][:, None, None]
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
-            log_terms = self._logw - 0.5 * (np.log(var) + diff**2 / var)
+            log_terms = self._logw - 0.5 * (np.log(var) + diff * (diff / var))
             post = np.exp(log_terms - np.max(log_terms, axis=2, keepdims=True))
             post /= post.sum(axis=2, keepdims=True)
-            each = self.means + a * self.stds**2 * diff / var
+            each = self.means + a * (self.stds**2 / var) * diff  # s^2 / v <= 1 / alpha^2; s^2 diff may overflow
             out = np.sum(np.where(post > 0, post * each, 0.0), axis=2)
         check_oracle_output(out.sum(axis=1), x)
         return out
@@ -205,7 +205,7 @@ class ProductMixture(ExactOutputs):
         """
         x, var, diff = self._coordinates(x, t, process)
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
-            log_terms = self._logw - 0.5 * (np.log(var) + diff**2 / var)
+            log_terms = self._logw - 0.5 * (np.log(var) + diff * (diff / var))
             post = np.exp(log_terms - np.max(log_terms, axis=2, keepdims=True))
             post /= post.sum(axis=2, keepdims=True)
             g = -diff / var

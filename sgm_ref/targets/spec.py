@@ -14,7 +14,8 @@ its "covariance_type" names, as scikit-learn writes them: "full" (K, d, d), "dia
 (K, d), "tied" (d, d) shared by all components, "spherical" (K,). Without
 "covariance_type" only (K, d) (diagonal) and (K, d, d) (full) are read from the shape,
 and a (d, d) array with K = d that could also be one shared covariance is refused
-(GaussianMixture). Numbers must be numbers: true and false are refused.
+(GaussianMixture). Numbers must be numbers: true and false are refused, and so is a
+non-zero number float64 would round to 0 (1e-400), in a file or a preset's parameters.
 
 from_spec(spec) returns the target; a spec that names no target, a malformed parameter
 list, an unreadable or invalid JSON file each raise ValueError saying what to write.
@@ -22,7 +23,9 @@ to_record / from_record write a target's full definition as JSON-ready data (wha
 folder keeps, so it does not depend on the file a spec named).
 """
 
+import json
 import os
+import re
 
 import numpy as np
 
@@ -72,10 +75,16 @@ def _int(text, name):
 
 
 def _float(text, name):
+    """float(text), refusing a non-zero number that float64 rounds to 0 ('1e-400'): read as 0
+    it would silently build another target (gmm's radius 0 puts every mean at the origin)."""
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise ValueError(f"target parameter {name} must be a number, got {text!r}") from None
+    if value == 0.0 and float(re.split("[eE]", text)[0]) != 0.0:  # a non-zero mantissa, an exponent far below
+        raise ValueError(f"target parameter {name} = {text!r} is below float64's smallest positive number "
+                         "(about 5e-324) and would read as 0; write 0 if that is what you mean")
+    return value
 
 
 def _parameters(text, name, accepted):
@@ -94,12 +103,31 @@ def _parameters(text, name, accepted):
     return params
 
 
+class _Underflow(Exception):
+    pass
+
+
+def _no_underflow(token):
+    """json's parse_float: float(token), refusing a non-zero number that reads as 0 (as _float)."""
+    value = float(token)
+    if value == 0.0 and float(re.split("[eE]", token)[0]) != 0.0:
+        raise _Underflow(token)
+    return value
+
+
 def _from_json(path):
     try:
         with open(path, encoding="utf-8") as f:
             spec = load_json(f, f"target file {path}")
+        # valid JSON (load_json said so): read again, only to find numbers float64 rounds to 0
+        # ("weights": [1e-400, 1] was a component of weight 0, dropped from the oracle)
+        with open(path, encoding="utf-8") as f:
+            json.loads(f.read(), parse_float=_no_underflow)
     except OSError as exc:
         raise ValueError(f"cannot read target file {path}: {exc.strerror or exc}") from None
+    except _Underflow as exc:
+        raise ValueError(f"target file {path}: the number {exc.args[0]} is below float64's smallest positive number "
+                         "(about 5e-324) and would read as 0; write 0 if that is what you mean") from None
     try:
         if isinstance(spec, dict) and "type" in spec:  # a record (to_record): a run's "target_definition"
             return from_record(spec)

@@ -45,7 +45,8 @@ _BLOCK = 2**21  # numbers per block of (rows, n_mc, d) proposals
 
 
 def _check_finite(values, x, what):
-    bad = ~np.all(np.isfinite(values.reshape(values.shape[0], -1)), axis=1)
+    # per row, over the other axes (values.reshape(n, -1) fails for n = 0: no points, no error)
+    bad = ~np.all(np.isfinite(values), axis=tuple(range(1, values.ndim)))
     if np.any(bad):
         i = int(np.argmax(bad))
         raise ValueError(f"the Monte-Carlo {what} at x[{i}] overflows {values.dtype} (grad_f, or 1 / sigma_t at "
