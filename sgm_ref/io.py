@@ -10,6 +10,7 @@ Arrays: "params" (the flat vector), and optionally "ema" (the parameter average)
 import contextlib
 import json
 import os
+import stat
 import tempfile
 import zipfile
 
@@ -38,33 +39,65 @@ class ModelFileError(ValueError):
     """A model file is unreadable, truncated, foreign, newer than this library, or inconsistent."""
 
 
+def _file_name(path):
+    """path as a str (a bytes path decoded as os does); ValueError for what names no file."""
+    try:
+        path = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise ValueError(f"path must be a str or os.PathLike naming a file, got {type(path).__name__}") from None
+    if not path:
+        raise ValueError("path must name a file, got ''")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """A temporary file's name beside path, renamed onto path when the block ends without error.
 
     For writers that take a file name rather than a file object (matplotlib's animation
     writers). Readers see either the old file or the complete new one; on any error the
-    temporary file is removed and path is untouched.
+    temporary file is removed and path is untouched. The temporary's name ends with (up
+    to _SUFFIX_BYTES bytes of) path's name, so it keeps the extension, and a name near the
+    file system's limit (255 bytes) can still be written. An existing file keeps its
+    permission bits, as with open(); a new one gets 0o666 less the umask.
     """
-    path = os.fspath(path)
+    path = _file_name(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"cannot write {path}: folder {directory} does not exist")
     if os.path.isdir(path):  # else the rename at the end fails, naming the temporary file
         raise ValueError(f"cannot write {path}: it is a folder; give a file name")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_name_tail(os.path.basename(path)), dir=directory)
     os.close(fd)
     try:
         yield tmp
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would:
+        # an existing file's own, else 0o666 less the umask
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except OSError:  # no file there yet (or a dangling link)
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+# the longest tail of the target's name in a temporary's name: ".tmp-" and mkstemp's 8
+# random characters beside it stay within the usual file-name limit of 255 bytes
+_SUFFIX_BYTES = 200
+
+
+def _name_tail(name):
+    """The end of name within _SUFFIX_BYTES bytes of the file system's encoding (whole characters)."""
+    tail = name
+    while len(os.fsencode(tail)) > _SUFFIX_BYTES:
+        tail = tail[1:]
+    return tail
 
 
 def atomic_write(path, write):
@@ -93,7 +126,8 @@ def atomic_write(path, write):
 def os_error_text(exc):
     """An OSError on a user's file as one line: what went wrong, and with which file or folder."""
     what = exc.strerror or str(exc) or type(exc).__name__
-    names = [os.fspath(n) or "''" for n in (exc.filename, exc.filename2) if n is not None]  # '' shown, not blank
+    # '' shown, not blank; a bytes name (os's calls on a bytes path) decoded as os does
+    names = [os.fsdecode(n) or "''" for n in (exc.filename, exc.filename2) if n is not None]
     if not names:
         return what
     if os.path.basename(names[0]).startswith(".tmp-"):  # an atomic write's temporary: name the folder
@@ -112,7 +146,18 @@ def save(model, path, extra=None, ema=None):
         JSON-serialisable metadata stored in the header (e.g. training settings).
     ema : ndarray, optional
         An exponential moving average of the parameters to store beside them.
+
+    Raises
+    ------
+    ValueError
+        model not a ScoreModel; extra not a dict of str keys and JSON values that load
+        reads back as written (an int key would come back a str, 1 and "1" both as "1",
+        which load refuses as a key given twice); non-finite params or ema.
     """
+    if not isinstance(model, ScoreModel):
+        raise ValueError(f"model must be a ScoreModel, got {type(model).__name__}")
+    if extra is not None and not isinstance(extra, dict):
+        raise ValueError(f"extra must be a dict (or None), got {type(extra).__name__}")
     header = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -126,21 +171,45 @@ def save(model, path, extra=None, ema=None):
         text = json.dumps(header, allow_nan=False)  # NaN and Infinity are not JSON: the header must load anywhere
     except (TypeError, ValueError) as exc:
         raise ValueError(f"extra must be JSON-serialisable (plain int, float, str, list, dict): {exc}") from None
+    _check_keys(header["extra"])
+    try:
+        load_json(text, "the header")  # what load will read: not nested beyond its limit
+    except ValueError as exc:
+        raise ValueError(f"extra cannot be stored: load would refuse the file ({exc})") from None
     if not np.all(np.isfinite(model.params)):  # load would refuse the file
         raise ValueError("the model's params contain non-finite values; nothing was written")
     arrays = {"header": np.array(text), "params": model.params}
     if ema is not None:
         ema = np.asarray(ema)
+        if _native(ema.dtype) == model.dtype:  # the same numbers in the other byte order: swapped exactly
+            ema = ema.astype(model.dtype, copy=False)
         if ema.shape != model.params.shape or ema.dtype != model.dtype:
             raise ValueError(f"ema must have shape {model.params.shape} and dtype {model.dtype.name} "
                              f"(the model's), got {ema.shape} {ema.dtype}")
         if not np.all(np.isfinite(ema)):
             raise ValueError("ema contains non-finite values")
         arrays["ema"] = ema
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    path = _file_name(path)
+    directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
-        raise ValueError(f"cannot save to {os.fspath(path)}: directory {directory} does not exist")
+        raise ValueError(f"cannot save to {path}: directory {directory} does not exist")
     atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def _check_keys(extra):
+    """Raise ValueError for a dict key in extra, at any depth, that is not a str (JSON makes it one)."""
+    stack = [extra]  # no cycles: json.dumps has refused them
+    while stack:
+        value = stack.pop()
+        if isinstance(value, dict):
+            for key in value:
+                if not isinstance(key, str):
+                    raise ValueError(f"extra's keys must be str, got the key {key!r}: JSON stores every key as "
+                                     "a str, so it would be read back as another key (and 1 beside \"1\" as one "
+                                     "key given twice)")
+            stack.extend(value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend(value)
 
 
 def read_header(path):
@@ -181,6 +250,8 @@ def load(path, use_ema=False):
         raise ModelFileError(f"{path}: the header does not describe a valid model ({exc})") from None
     if header.get("dtype") != net.dtype.name:
         raise ModelFileError(f"{path}: header dtype {header.get('dtype')!r} differs from the network's {net.dtype.name!r}")
+    if _native(params.dtype) == net.dtype:  # written on a machine of the other byte order: swapped exactly
+        params = params.astype(net.dtype, copy=False)
     if params.dtype != net.dtype or params.shape != net.params.shape:
         raise ModelFileError(
             f"{path}: parameters have shape {params.shape} and dtype {params.dtype}, the architecture "
@@ -191,7 +262,13 @@ def load(path, use_ema=False):
     return model
 
 
+def _native(dtype):
+    """dtype in this machine's byte order ('>f8' -> float64 on a little-endian machine)."""
+    return dtype.newbyteorder("=")
+
+
 def _open(path):
+    path = _file_name(path)
     try:
         f = np.load(path, allow_pickle=False)
     except FileNotFoundError:

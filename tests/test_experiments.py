@@ -524,6 +524,83 @@ def test_summary_names_only_the_samplers_of_the_rows_with_a_bound(tmp_path):
     assert "Certified upper bound" not in text and "| tilt-iso | 2 |" in text
 
 
+def test_results_csv_is_the_same_for_a_resumed_sweep_and_holds_json(tmp_path):
+    """A row's nested values (tv, em, the baselines) went into results.csv as Python reprs:
+    "{'tv': np.float64(0.748...), ...}" for a row just computed, "{'tv': 0.748...}" for the
+    same row read back from results.jsonl, so an interrupted and resumed sweep wrote another
+    results.csv than an unbroken one (found by comparing the two), and neither cell was JSON."""
+    import csv
+
+    from sgm_ref.experiments.sweep import write_outputs
+
+    def row(n, value):
+        tv = {"tv": np.float64(value), "tv_se": 0.01, "method": "residual_exponential", "terms": [np.float64(0.25), 1]}
+        return {"family": "mixture-iso", "d": 2, "n": n, "seed": 0, "status": "ok", "score_error": 1.0 / n,
+                "score_error_se": 1e-4, "tv": tv, "tv_bound": tv["tv"], "em": None}
+
+    fresh = [row(100, 0.7483926460991861), row(1000, 0.1 + 0.2)]
+    (tmp_path / "fresh").mkdir()
+    (tmp_path / "resumed").mkdir()
+    write_outputs(str(tmp_path / "fresh"), fresh)
+    for r in fresh:
+        rate.append_result(tmp_path / "resumed" / "results.jsonl", r)
+    write_outputs(str(tmp_path / "resumed"), load_results(tmp_path / "resumed" / "results.jsonl"))
+    text = (tmp_path / "fresh" / "results.csv").read_text(encoding="utf-8")
+    assert text == (tmp_path / "resumed" / "results.csv").read_text(encoding="utf-8")
+    with open(tmp_path / "fresh" / "results.csv", encoding="utf-8", newline="") as f:
+        table = list(csv.DictReader(f))
+    for r, written in zip(fresh, table):
+        assert json.loads(written["tv"]) == json.loads(json.dumps(r["tv"]))  # every float to the last bit
+        assert float(written["tv_bound"]) == r["tv_bound"] and written["em"] == ""
+
+
+@pytest.mark.parametrize("grid, workers, match", [
+    ({**GRID, "settings": {**TINY, "lr_final": float("nan")}}, 2, r"grid\['settings'\]\['lr_final'\] = nan is not a plain"),
+    ({**GRID, "settings": {**TINY, "sizes": (1, 2)}}, 2, r"\['sizes'\] = \(1, 2\) is not a plain JSON value"),
+    ({**GRID, "settings": {**TINY, "epochs": np.int64(20)}}, 2, r"\['epochs'\] = np.int64\(20\) is not a plain"),
+    ({**GRID, "settings": {**TINY, 3: 1}}, 2, "must be a dict with str keys"),
+    ({k: v for k, v in GRID.items() if k != "settings"}, 2, "grid must be a dict with the keys"),
+    ([GRID], 2, "grid must be a dict with the keys"),
+    ({**GRID, "families": ["moons"]}, 2, "unknown family 'moons'"),
+    ({**GRID, "families": "mixture"}, 2, r"grid\['families'\] must be a list"),
+    ({**GRID, "d": ["2"]}, 2, "must be distinct integers >= 1"),
+    (GRID, 0, "workers must be an integer >= 1, got 0"),
+    (GRID, "2", "workers must be an integer >= 1, got '2'"),
+])
+def test_a_grid_a_sweep_could_not_run_or_restart_is_refused_before_the_folder_is_made(tmp_path, grid, workers, match):
+    """A grid of the Python API is checked as make_grid checks the command line's. A NaN
+    setting was written into sweep.json and the restart of the same sweep then refused as
+    "other settings (lr_final)" (NaN != NaN), a tuple (read back as a list) the same; a
+    numpy scalar, an unknown family, a bad workers count gave a traceback."""
+    with pytest.raises(ValueError, match=match):
+        run_sweep(tmp_path / "out", grid, workers=workers, log=lambda s: None)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        run_sweep(tmp_path / "file", GRID, log=lambda s: None)
+
+
+def test_a_sweep_killed_while_writing_can_be_rerun_and_leaves_no_temporaries(tmp_path):
+    """A sweep killed while atomic_write wrote sweep.json left only ".tmp-XXXXsweep.json": the
+    rerun refused the folder as "not empty and holds no sweep". Killed later, temporaries of
+    results.csv or summary.md stayed in the folder for good. Another program's file stays."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".tmp-k1l2m3n4sweep.json").write_text('{"sgm_ref": ')
+    executor = CountingExecutor()
+    with executor:
+        run_sweep(out, {**GRID, "n": [40]}, executor=executor, log=lambda s: None)
+    assert not list(out.glob(".tmp-*"))
+    for name in (".tmp-a1b2c3d4results.csv", ".tmp-c3d4e5f6summary.md", ".tmp-e5f6g7_8rate.png"):
+        (out / name).write_bytes(b"half")
+    (out / ".tmp-other.txt").write_text("not the sweep's")
+    (out / ".tmp-g7h8i9j0my_summary.md").write_text("a report's write in progress")
+    with CountingExecutor() as again:
+        run_sweep(out, {**GRID, "n": [40]}, executor=again, log=lambda s: None)
+    assert again.cells == []
+    assert sorted(p.name for p in out.glob(".tmp-*")) == [".tmp-g7h8i9j0my_summary.md", ".tmp-other.txt"]
+
+
 def test_fit_slope():
     n = np.array([500, 1000, 2000, 4000] * 2)
     error = 3.0 * n ** -0.7 * np.exp(np.tile([0.01, -0.01], 4))

@@ -344,3 +344,121 @@ def test_a_non_finite_extra_is_refused_not_written_as_nan(tmp_path):
     with pytest.raises(ValueError, match="extra must be JSON-serialisable"):
         save(model, tmp_path / "m.npz", extra={"loss": float("nan")})
     assert not (tmp_path / "m.npz").exists()
+
+
+# -- portability and the file system (review of 2026-12-05) ----------------------------------
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_file_written_in_the_other_byte_order_loads_bit_exactly(dtype, tmp_path):
+    """An .npz records its byte order: a model saved on a big-endian machine was refused
+    here ("dtype >f8, the architecture needs float64"); its numbers are the same, swapped."""
+    model = make_model(dtype=dtype)
+    params = model.params.copy()
+    params[:4] = [-0.0, np.finfo(dtype).smallest_subnormal, np.finfo(dtype).max, np.finfo(dtype).tiny]
+    model.network.set_params(params)
+    swapped = params.astype(params.dtype.newbyteorder(">" if np.little_endian else "<"))
+    assert swapped.dtype.byteorder != "=" and swapped.tobytes() != params.tobytes()
+    write_npz(tmp_path / "m.npz", valid_header(model, tmp_path), params=swapped, ema=swapped)
+    for use_ema in (False, True):
+        loaded = load(tmp_path / "m.npz", use_ema=use_ema)
+        assert loaded.params.dtype == np.dtype(dtype) and loaded.params.dtype.isnative
+        assert loaded.params.tobytes() == params.tobytes()  # bit for bit, -0.0 and the subnormal too
+    save(model, tmp_path / "e.npz", ema=swapped)  # an ema array in the other byte order is the same numbers
+    assert load(tmp_path / "e.npz", use_ema=True).params.tobytes() == params.tobytes()
+
+
+def test_a_name_near_the_file_system_limit_can_be_saved(tmp_path):
+    """The temporary's name held the whole target name after ".tmp-" and 8 random characters:
+    a 250-byte name (the limit is 255) failed with "File name too long" naming the temporary."""
+    model = make_model()
+    for name in ("m" * 246 + ".npz", "é" * 123 + ".npz"):  # 250 bytes either way
+        path = tmp_path / name
+        with open(path, "wb"):  # the name itself is one the file system takes
+            pass
+        os.unlink(path)
+        save(model, path)
+        np.testing.assert_array_equal(load(path).params, model.params)
+    assert leftovers(tmp_path) == []
+
+
+def test_overwriting_keeps_the_files_permissions(tmp_path):
+    """Like open(), an overwrite keeps an existing file's mode: a private (0600) model file
+    became 0644 (readable by all) when saved again."""
+    path = tmp_path / "m.npz"
+    save(make_model(seed=0), path)
+    os.chmod(path, 0o600)
+    save(make_model(seed=5), path)
+    assert (os.stat(path).st_mode & 0o777) == 0o600
+    np.testing.assert_array_equal(load(path).params, make_model(seed=5).params)
+    os.chmod(path, 0o640)
+    save(make_model(seed=0), path)
+    assert (os.stat(path).st_mode & 0o777) == 0o640
+    umask = os.umask(0o022)
+    try:
+        save(make_model(), tmp_path / "new.npz")  # a new file: 0o666 less the umask, as before
+    finally:
+        os.umask(umask)
+    assert (os.stat(tmp_path / "new.npz").st_mode & 0o777) == 0o644
+
+
+@pytest.mark.parametrize("extra, match", [
+    ({1: "a", "1": "b"}, "extra's keys must be str, got the key 1"),  # written: a file load refused ("twice")
+    ({"steps": 3, "sub": [{2: "x"}]}, "got the key 2"),  # written: read back as {"2": "x"}
+    ({True: 1}, "got the key True"),
+    ([1, 2], "extra must be a dict"),  # written: a header whose extra is not a dict
+    ("notes", "extra must be a dict"),
+])
+def test_save_refuses_an_extra_it_would_not_read_back(extra, match, tmp_path):
+    """save wrote extra={1: "a", "1": "b"} as a header with the key "1" twice, which load then
+    refused ("unreadable header"): a file that could never be loaded. An int key came back a str."""
+    with pytest.raises(ValueError, match=match):
+        save(make_model(), tmp_path / "m.npz", extra=extra)
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_refuses_an_extra_nested_beyond_what_load_reads(tmp_path):
+    from sgm_ref._json import MAX_DEPTH
+
+    deep = inner = {}
+    for _ in range(MAX_DEPTH):
+        inner["a"] = {}
+        inner = inner["a"]
+    with pytest.raises(ValueError, match="extra cannot be stored: load would refuse the file"):
+        save(make_model(), tmp_path / "m.npz", extra=deep)
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(ValueError, match="model must be a ScoreModel, got MLP"):
+        save(make_model().network, tmp_path / "m.npz")
+    ok = {"a": (1, 2), "b": {"c": [None, 2.5, "é"]}}  # a tuple is stored as a JSON list, as json does
+    save(make_model(), tmp_path / "m.npz", extra=ok)
+    assert read_header(tmp_path / "m.npz")["extra"] == {"a": [1, 2], "b": {"c": [None, 2.5, "é"]}}
+
+
+def test_paths_that_name_no_file_are_value_errors_and_bytes_paths_work(tmp_path, monkeypatch):
+    """save(model, "") made a temporary in the parent of the working folder and failed with
+    FileNotFoundError ".tmp-... -> ''"; a bytes path, which os and np.load take, failed with
+    TypeError "Can't mix bytes and non-bytes"; None or 5 were TypeErrors."""
+    monkeypatch.chdir(tmp_path)
+    model = make_model()
+    for bad, match in (("", "path must name a file, got ''"), (None, "got NoneType"), (5, "got int")):
+        with pytest.raises(ValueError, match=match):
+            save(model, bad)
+        with pytest.raises(ValueError, match=match):
+            load(bad)
+    assert os.listdir(tmp_path) == [] and leftovers(tmp_path.parent) == []
+    path = os.fsencode(tmp_path / "é m.npz")
+    save(model, path)
+    np.testing.assert_array_equal(load(path).params, model.params)
+    assert sorted(os.listdir(tmp_path)) == ["é m.npz"]
+
+
+def test_os_error_text_of_a_bytes_file_name():
+    """An OSError of a call on a bytes path names the file in bytes: the formatter raised
+    TypeError ("startswith first arg must be bytes") in the middle of reporting the error."""
+    from sgm_ref.io import os_error_text
+
+    assert os_error_text(OSError(2, "No such file or directory", b"/data/m.npz")) == \
+        "No such file or directory: /data/m.npz"
+    assert os_error_text(OSError(28, "No space left on device", os.fsencode("/data/é/.tmp-x1model.npz"))) == \
+        "cannot write into /data/é: No space left on device"
+    assert os_error_text(OSError(18, "Invalid cross-device link", "/a", None, b"/b")) == \
+        "Invalid cross-device link: /a -> /b"

@@ -85,3 +85,79 @@ def test_tilt_refuses_a_sample_larger_than_memory_at_once():
     tilt = rate.make_target("tilt-iso", 4)
     with pytest.raises(ValueError, match="n = 100000000000000000000 is too large"):
         tilt.sample(10**20, np.random.default_rng(0))
+
+
+def test_subspace_tilt_oracle_against_quadrature():
+    """k = 1: log p_t and the score against a quadrature of p_t(u) = int p_0(y) N(u; alpha y, sigma^2) dy
+    (scipy.integrate.quad) times the Gaussian of the complement; the score by central differences."""
+    from scipy import integrate, stats
+
+    W, b, a = np.array([[1.0], [1.0], [-1.0]]), np.array([0.3, -0.5, 0.1]), np.array([1.5, -0.8, 0.6])
+    d = 3
+    P = embedding(d, 1, np.random.default_rng(2))
+    tilt = SubspaceTilt(W, b, a, P, n_mc=2**17, rng=np.random.default_rng(7), n_normaliser=2**20)
+
+    def f(y):
+        return float(np.tanh(y * W[:, 0] + b) @ a)
+
+    log_z = np.log(integrate.quad(lambda y: np.exp(f(y)) * stats.norm.pdf(y), -12, 12, epsabs=0, epsrel=1e-13)[0])
+    assert tilt.log_normaliser == pytest.approx(log_z, abs=2e-4)  # its Monte Carlo over 2^20 points
+
+    def log_q(u, t):
+        alpha, s2 = OU()._coefficients(t, 1)
+        alpha, s = float(alpha[0]), float(np.sqrt(s2[0]))
+        kernel = integrate.quad(lambda y: np.exp(f(y) - log_z) * stats.norm.pdf(y) * stats.norm.pdf((u - alpha * y) / s) / s,
+                                -14, 14, epsabs=0, epsrel=1e-13, limit=200)[0]
+        return np.log(kernel)
+
+    x = np.random.default_rng(8).standard_normal((3, d))
+    u = x @ P[:, 0]
+    for t in (0.05, 0.5, 2.0):
+        ref_logp = np.array([log_q(v, t) for v in u]) - 0.5 * (np.sum(x**2, axis=1) - u**2) - 0.5 * (d - 1) * np.log(2 * np.pi)
+        grad = np.array([(log_q(v + 1e-5, t) - log_q(v - 1e-5, t)) / 2e-5 for v in u])
+        ref_score = -x + np.outer(grad + u, P[:, 0])
+        score, se = tilt.score_and_se(x, t)
+        assert np.all(np.abs(score - ref_score) <= 5 * se + 1e-8), t  # within the oracle's own standard error
+        assert np.allclose(tilt.log_prob(x, t), ref_logp, rtol=0, atol=2e-3), t
+
+
+def test_subspace_tilt_refuses_non_finite_or_misshapen_parameters():
+    """W = NaN was taken and gave NaN scores everywhere; a = inf a NaN normaliser; a 1-D W
+    "not enough values to unpack"; an isometric mixture of no means a ZeroDivisionError."""
+    from sgm_ref.experiments.families import isometric_mixture
+
+    P = embedding(3, 2, np.random.default_rng(0))
+    W, b, a = np.full((4, 2), 0.5**0.5), np.zeros(4), np.ones(4)
+    for args, match in (((np.where(W > 0, np.nan, 0.0), b, a), "W contains non-finite"),
+                        ((W, b, np.full(4, np.inf)), "a contains non-finite"),
+                        ((W, np.full(4, np.nan), a), "b contains non-finite"),
+                        ((W[:, 0], b, a), r"W must have shape \(width, k\)")):
+        with pytest.raises(ValueError, match=match):
+            SubspaceTilt(*args, P, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"means_k must have shape \(K, k\) with K, k >= 1, got shape \(0, 2\)"):
+        isometric_mixture(3, np.zeros((0, 2)), 0)
+
+
+def test_subspace_tilt_refuses_a_rejection_sampler_that_would_not_end():
+    """Units that cancel (f = 30 tanh(u_1) - 30 tanh(u_1) = 0) keep f_max = 60 as the bound:
+    acceptance e^-60, and sample() looped for ever. Now refused at once; a tilt whose
+    acceptance is fine samples as before."""
+    P = embedding(3, 2, np.random.default_rng(0))
+    W = np.array([[1.0, 0.0], [1.0, 0.0]])
+    tilt = SubspaceTilt(W, np.zeros(2), np.array([30.0, -30.0]), P, rng=np.random.default_rng(0))
+    assert abs(tilt.log_normaliser) < 1e-12 and tilt.f_max == 60.0
+    with pytest.raises(ValueError, match=r"about 1.14e\+27 proposals for n = 10"):
+        tilt.sample(10, np.random.default_rng(1))
+    assert rate.make_target("tilt-iso", 3).sample(5, np.random.default_rng(1)).shape == (5, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, "f2", None, "bad"])
+def test_subspace_tilt_samples_only_in_float64_or_float32(dtype):
+    """dtype=np.int64 returned the draws truncated to integers (and float16 rounded), where
+    GaussianMixture.sample refuses any dtype but float64 and float32."""
+    tilt = rate.make_target("tilt-iso", 3)
+    with pytest.raises(ValueError, match="dtype must be float64 or float32"):
+        tilt.sample(4, np.random.default_rng(0), dtype=dtype)
+    x64 = tilt.sample(4, np.random.default_rng(0))
+    x32 = tilt.sample(4, np.random.default_rng(0), dtype=np.float32)
+    assert x64.dtype == np.float64 and x32.dtype == np.float32 and np.array_equal(x32, x64.astype(np.float32))

@@ -27,7 +27,7 @@ construction. The oracle's cost and error do not depend on d.
 
 import numpy as np
 
-from .._validation import check_count, check_points, check_rng
+from .._validation import check_count, check_float_dtype, check_points, check_rng
 from ..processes import OU, VariancePreserving, check_process
 from ..targets import GaussianMixture
 from ..targets._checks import check_size
@@ -36,6 +36,7 @@ __all__ = ["embedding", "isometric_mixture", "SubspaceTilt"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
 _BLOCK = 2**21  # numbers per block of (rows, n_mc, k) Monte-Carlo points
+_MAX_PROPOSALS = 2**40  # rejection sampling refused beyond about 10^12 expected proposals (hours of work)
 
 
 def embedding(d, k, rng):
@@ -74,8 +75,8 @@ def isometric_mixture(d, means_k, rng):
     GaussianMixture
     """
     m = np.asarray(means_k, dtype=np.float64)
-    if m.ndim != 2:
-        raise ValueError(f"means_k must have shape (K, k), got shape {m.shape}")
+    if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
+        raise ValueError(f"means_k must have shape (K, k) with K, k >= 1, got shape {m.shape}")
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
         rng = np.random.default_rng(rng)
     P = embedding(d, m.shape[1], rng)
@@ -103,10 +104,15 @@ class SubspaceTilt:
     def __init__(self, W, b, a, P, *, n_mc=4096, rng, n_normaliser=2**16):
         self.W, self.b, self.a = (np.asarray(v, dtype=np.float64) for v in (W, b, a))
         self.P = np.asarray(P, dtype=np.float64)
+        if self.W.ndim != 2 or self.W.shape[1] < 1:
+            raise ValueError(f"W must have shape (width, k) with k >= 1, got shape {self.W.shape}")
         width, k = self.W.shape
         if self.b.shape != (width,) or self.a.shape != (width,) or self.P.ndim != 2 or self.P.shape[1] != k:
             raise ValueError(f"W (width, k), b (width,), a (width,) and P (d, k) must agree; got shapes "
                              f"{self.W.shape}, {self.b.shape}, {self.a.shape}, {self.P.shape}")
+        for name, v in (("W", self.W), ("b", self.b), ("a", self.a), ("P", self.P)):
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"{name} contains non-finite values (NaN or inf)")
         if not np.allclose(self.P.T @ self.P, np.eye(k), rtol=0, atol=1e-10):
             raise ValueError("P must have orthonormal columns (P^T P = I); build it with embedding(d, k, rng)")
         self.d, self.k = self.P.shape
@@ -135,8 +141,23 @@ class SubspaceTilt:
         return (self.a * (1.0 - np.tanh(u @ self.W.T + self.b) ** 2)) @ self.W
 
     def sample_subspace(self, n, rng):
-        """n exact draws of u = P^T X_0 from exp(f) gamma_k / Z_k, by rejection from gamma_k."""
+        """n exact draws of u = P^T X_0 from exp(f) gamma_k / Z_k, by rejection from gamma_k.
+
+        A proposal u ~ gamma_k is kept with probability e^{f(u) - f_max}, f_max = sum_j |a_j|
+        >= f, so the expected number of proposals is n e^{f_max - log Z}.
+
+        Raises
+        ------
+        ValueError
+            When that is more than _MAX_PROPOSALS (f_max far above f's largest values, e.g.
+            units that cancel): the loop would not end in any useful time.
+        """
         n, rng = check_count(n, "n"), check_rng(rng)
+        expected = n * np.exp(min(self.f_max - self.log_normaliser, 700.0))
+        if expected > _MAX_PROPOSALS:
+            raise ValueError(f"rejection sampling would need about {expected:.3g} proposals for n = {n}: the "
+                             f"acceptance rate e^(log Z - sum|a|) = e^({self.log_normaliser - self.f_max:.4g}) is "
+                             "too small (units whose tanh terms cancel?); use smaller or fewer units a")
         accepted, count, proposed, rate = [], 0, 0, 0.5
         while count < n:
             m = int(min(max(1024, 1.2 * (n - count) / rate), _BLOCK // self.k))  # bounded memory
@@ -149,8 +170,11 @@ class SubspaceTilt:
         return np.concatenate(accepted)[:n]
 
     def sample(self, n, rng, dtype=np.float64):
-        """n exact draws from p_0: X = P u + (I - P P^T) z, u from sample_subspace, z ~ N(0, I_d)."""
-        n, rng = check_count(n, "n"), check_rng(rng)
+        """n exact draws from p_0: X = P u + (I - P P^T) z, u from sample_subspace, z ~ N(0, I_d).
+
+        dtype: float64 or float32 (as the targets' sample; an integer dtype truncated the draws).
+        """
+        n, rng, dtype = check_count(n, "n"), check_rng(rng), check_float_dtype(dtype)
         check_size(n, 2 * self.d, "n", f"{n} draws in d = {self.d} (and the noise that makes them)")
         u = self.sample_subspace(n, rng)
         z = rng.standard_normal((n, self.d))

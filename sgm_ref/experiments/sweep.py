@@ -19,14 +19,16 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import threading
 import time
 
 from .. import __version__
 from .._json import load_json
+from .._validation import check_count
 from .._lock import folder_lock
 from ..io import atomic_write
-from .rate import DEFINITIONS, append_result, cell_key, cells, load_results, run_cell, sweep_summary
+from .rate import DEFINITIONS, append_result, cell_key, cells, load_results, make_grid, run_cell, sweep_summary
 
 __all__ = ["run_sweep", "write_outputs"]
 
@@ -128,10 +130,46 @@ def run_sweep(folder, grid, *, workers=2, scheduler=None, executor=None, retry_f
     folder = os.fspath(folder)
     if not folder:
         raise ValueError("the sweep folder must be named, got ''")
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise ValueError(f"the sweep folder {folder} is a file; name a new or existing folder")
+    _check_grid(grid)
+    if executor is None and scheduler is None:
+        check_count(workers, "workers")
     with contextlib.ExitStack() as stack:
         if executor is None and scheduler is not None:  # connected first: a wrong address leaves no folder
             executor = _dask_executor(scheduler, stack)
         return _sweep(folder, grid, workers, executor, retry_failed, log)
+
+
+_GRID_KEYS = ("families", "d", "n", "seeds", "settings")
+
+
+def _check_grid(grid):
+    """Raise ValueError unless grid is one make_grid could return, with settings that JSON keeps.
+
+    sweep.json stores the settings as JSON and a restart compares them with its own: a
+    value JSON changes (NaN: NaN != NaN; a tuple, read back as a list; a numpy scalar,
+    not written at all) would make the same sweep's restart refused as "other settings".
+    """
+    if not isinstance(grid, dict) or set(grid) != set(_GRID_KEYS):
+        raise ValueError(f"grid must be a dict with the keys {', '.join(_GRID_KEYS)} "
+                         "(sgm_ref.experiments.rate.make_grid makes one)")
+    for key in _GRID_KEYS[:4]:
+        if not isinstance(grid[key], (list, tuple)):
+            raise ValueError(f"grid[{key!r}] must be a list, got {grid[key]!r}")
+    make_grid(families=grid["families"], d=grid["d"], n=grid["n"], seeds=grid["seeds"])  # the lists' checks
+    settings = grid["settings"]
+    if not isinstance(settings, dict) or not all(isinstance(k, str) for k in settings):
+        raise ValueError(f"grid['settings'] must be a dict with str keys, got {settings!r}")
+    for key, value in settings.items():
+        try:
+            same = json.loads(json.dumps(value, allow_nan=False)) == value
+        except (TypeError, ValueError):
+            same = False
+        if not same:
+            raise ValueError(f"grid['settings'][{key!r}] = {value!r} is not a plain JSON value (int, finite float, "
+                             "str, bool, None, or lists and dicts of them): sweep.json stores the settings and a "
+                             "restart compares them")
 
 
 def _dask_executor(scheduler, stack):
@@ -148,9 +186,29 @@ def _dask_executor(scheduler, stack):
     return client.get_executor()
 
 
+# the files a sweep writes through atomic_write (results.jsonl is appended to, and rewritten by retry_failed)
+_WRITTEN = ("sweep.json", "results.jsonl", "results.csv", "summary.json", "summary.md", "rate.png")
+_TEMPORARY = re.compile(r"\.tmp-[a-z0-9_]{8}(" + "|".join(re.escape(name) for name in _WRITTEN) + ")")
+
+
+def _remove_stale_temporaries(folder):
+    """The temporaries (".tmp-" + random + one of _WRITTEN) of writes a killed sweep left.
+
+    Called under the folder's lock, so none is a write in progress. Left there, one of
+    sweep.json's made the folder "not empty and holds no sweep" for the rerun.
+    """
+    for name in os.listdir(folder):
+        path = os.path.join(folder, name)
+        # mkstemp's 8 random characters exactly: a report's ".tmp-XXXXXXXXmy_summary.md" is not ours
+        if _TEMPORARY.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
 def _sweep(folder, grid, workers, executor, retry_failed, log):
     os.makedirs(folder, exist_ok=True)
     with _lock(folder):
+        _remove_stale_temporaries(folder)
         _check_settings(folder, grid["settings"])
         results_path = os.path.join(folder, "results.jsonl")
         results = load_results(results_path, repair=True)
@@ -214,11 +272,17 @@ def _describe(r):
 
 
 def write_outputs(folder, results):
-    """results.csv, summary.json, summary.md and (with matplotlib) rate.png from the results."""
+    """results.csv, summary.json, summary.md and (with matplotlib) rate.png from the results.
+
+    A nested value of a row (a dict or list: tv, em, the baselines) is one CSV cell holding
+    its JSON, as in results.jsonl: the same text whether the row was just computed (numpy
+    scalars inside) or read back from results.jsonl by a resumed sweep.
+    """
     if not results:
         return
     columns = list(dict.fromkeys(k for r in results for k in r))
-    rows = sorted(results, key=lambda r: (r["family"], r["d"], r["n"], r["seed"]))
+    rows = [{k: json.dumps(v, allow_nan=False) if isinstance(v, (dict, list)) else v for k, v in r.items()}
+            for r in sorted(results, key=lambda r: (r["family"], r["d"], r["n"], r["seed"]))]
 
     def write_csv(f):
         text = io.StringIO()
