@@ -91,7 +91,9 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
 
     probability_flow (Heun, h = t_k - t_{k+1}): the drift f(y, t) = beta(t) (y + s(y, t)) / 2
     is g_t z + e_t per eigen-coordinate, g_t = beta(t) alpha_t^2 (lam - 1) / (2 v_t),
-    e_t = beta(t) alpha_t (U^T m) / (2 v_t), so one step is z <- A z + r with
+    e_t = beta(t) alpha_t (U^T m) / (2 v_t), with beta at t_k and t_{k+1} read from inside
+    the step as the sampler reads it (on DDPM, beta(t_k - 0) at a knot), so one step is
+    z <- A z + r with
 
         A = 1 + h/2 (g_k + g_{k+1} (1 + h g_k)),   r = h/2 (e_k + e_{k+1} + h g_{k+1} e_k),
         mu <- A mu + r,   q <- A^2 q.
@@ -153,13 +155,17 @@ def sampler_output_gaussian(mean, cov, process, grid, method="euler_maruyama"):
         v = alpha**2 * lam + process.sigma2(grid)[:, None]
     mu, q = np.zeros_like(m), np.full_like(m, start_variance(process, grid[0]))
     if method == "probability_flow":
-        beta = process.beta(grid)[:, None]
-        g = beta * alpha**2 * (lam - 1.0) / (2.0 * v)  # 1 - 1/v = alpha^2 (lam - 1) / v, no cancellation
-        e = beta * alpha * m_eig / (2.0 * v)
+        # beta at each step's ends as the step sees them (DDPM: the piece below a knot t_k), as the sampler
+        beta_now, beta_next = (b[:, None] for b in process._beta_inside(grid[:-1], grid[1:]))
+        # 1 - 1/v = alpha^2 (lam - 1) / v, no cancellation; g_now[k], e_now[k] at t_k, the _next at t_{k+1}
+        g_now = beta_now * alpha[:-1] ** 2 * (lam - 1.0) / (2.0 * v[:-1])
+        g_next = beta_next * alpha[1:] ** 2 * (lam - 1.0) / (2.0 * v[1:])
+        e_now = beta_now * alpha[:-1] * m_eig / (2.0 * v[:-1])
+        e_next = beta_next * alpha[1:] * m_eig / (2.0 * v[1:])
         for k in range(grid.size - 1):
             h = grid[k] - grid[k + 1]
-            A = 1.0 + 0.5 * h * (g[k] + g[k + 1] * (1.0 + h * g[k]))
-            mu = A * mu + 0.5 * h * (e[k] + e[k + 1] + h * g[k + 1] * e[k])
+            A = 1.0 + 0.5 * h * (g_now[k] + g_next[k] * (1.0 + h * g_now[k]))
+            mu = A * mu + 0.5 * h * (e_now[k] + e_next[k] + h * g_next[k] * e_now[k])
             q = A * A * q
     else:
         with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named by _from_eigen

@@ -30,8 +30,9 @@ them). E.g. DDPM("linear") at timestep 0: g2 / N = -log(1 - beta_1) = 1.199e-4, 
 beta_999 = 0.999), not 1.386 (tests/test_peers_schedules.py pins this against diffusers'
 betas). Nothing integrated sees the difference: alpha, sigma, integrated_beta_between and
 every transition over [t_{i-1}, t_i] integrate N r_i exactly, so sgm_ref's samplers and the
-replays ddpm_ancestral, ddim and reverse_diffusion are DDPM's own steps. Only a scheme that
-reads f or g^2 at a point does: textbook Euler–Maruyama (sgm_ref.replays.euler_maruyama,
+replays ddpm_ancestral, ddim and reverse_diffusion are DDPM's own steps (sgm_ref's
+probability_flow reads beta at a step's ends from inside the step: _beta_inside). Only a
+scheme that reads f or g^2 at a point does: textbook Euler–Maruyama (sgm_ref.replays.euler_maruyama,
 score_sde's predictor) on a timestep grid freezes f and g^2 at the step's upper end t_i,
 where they are beta_{i+1}'s, the rate of the step just above the interval it crosses
 (whose top step, [i/N, t_i), has beta_i). On
@@ -234,6 +235,21 @@ class DDPM(VariancePreserving):
 
     def _beta(self, t):
         return self.num_train_timesteps * self._rates[self._step(t)]
+
+    def _beta_inside(self, t_hi, t_lo):
+        """(beta(t_hi - 0), beta(t_lo + 0)), the rates of the pieces a step [t_lo, t_hi] holds at
+        its ends. A time that is a knot's float time fl(k / N) (time_of_timestep(k - 1): the
+        knot, as a grid of timesteps means it, also where N t rounds an ulp below k) ends
+        piece k - 1 from below and opens piece k from above; any other time is inside piece
+        floor(N t) on both sides. beta(t_hi) at a knot would be the piece above the step:
+        on the capped cosine from T = 0.999 the cap's 6908 instead of 1386."""
+        N = self.num_train_timesteps
+        hi, lo = (np.asarray(t, dtype=np.float64) for t in (t_hi, t_lo))
+        k_hi, k_lo = np.rint(hi * N), np.rint(lo * N)
+        below = np.where(hi == k_hi / N, k_hi - 1.0, np.floor(hi * N))  # k / N: the correctly rounded knot time
+        above = np.where(lo == k_lo / N, k_lo, np.floor(lo * N))
+        j_hi, j_lo = (np.clip(j, 0, N - 1).astype(np.int64) for j in (below, above))
+        return N * self._rates[j_hi], N * self._rates[j_lo]
 
     def _offset(self, t):
         """(j, t N - j) with t N - j exact to an ulp of itself (not of t N): on the last

@@ -64,6 +64,13 @@ class VariancePreserving(LinearGaussianProcess):
         """Noise rate beta(t); t scalar or shape (n,); float64, same shape."""
         return self._out(self._beta(self._times(t)))
 
+    def _beta_inside(self, t_hi, t_lo):
+        """(beta(t_hi - 0), beta(t_lo + 0)): the rates at a step's two ends seen from inside
+        the step [t_lo, t_hi], for a scheme that reads beta at the ends (Heun on the
+        probability-flow ODE). beta(t_hi), beta(t_lo) where beta is continuous; DDPM's
+        jumps at its knots (sgm_ref.processes.DDPM)."""
+        return self._beta(t_hi), self._beta(t_lo)
+
     def _alpha(self, t):
         return np.exp(-0.5 * self._integrated_beta(t))
 
