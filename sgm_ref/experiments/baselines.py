@@ -93,7 +93,6 @@ class EmpiricalMeasure:
         logp = np.empty(m)
         score = np.empty((m, d)) if want_score else None
         rows = max(1, _BLOCK_ELEMENTS // n)
-        x_sq = np.sum(x**2, axis=1)
         for start in range(0, m, rows):
             blk = slice(start, min(start + rows, m))
             ab, vb = a[blk, None], s2[blk, None]
