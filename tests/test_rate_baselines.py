@@ -161,3 +161,24 @@ def test_em_log_likelihood_is_that_of_the_mixture_it_returns(max_iter):
     if result.converged:
         r = np.exp(log_terms - logsumexp(log_terms, axis=1, keepdims=True))
         assert np.allclose((r.T @ x) / r.sum(axis=0)[:, None], m.means, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("t, scale", [(1e-310, 1.0), (1e-320, 1.0), (0.5, 1e200)])
+def test_empirical_measure_refuses_what_overflows_instead_of_returning_nan(t, scale):
+    """At t ~ 1e-310 on OU sigma_t^2 is subnormal, and |x - alpha_t x_i|^2 / (2 sigma_t^2)
+    overflowed: log_prob and score returned NaN with NumPy warnings (also for x ~ 1e200).
+    Now a ValueError names the point and t; at t = 1e-300 the answers are still finite and
+    equal the direct log-sum-exp over the explicit differences."""
+    data = np.random.default_rng(0).standard_normal((50, 2))
+    emp = EmpiricalMeasure(data)
+    x = scale * np.random.default_rng(1).standard_normal((3, 2))
+    for method in (emp.log_prob, emp.score):
+        with pytest.raises(ValueError, match=r"^the empirical measure at x\[0\] \(t = .*\) overflows float64"):
+            method(x, t)
+    x = np.random.default_rng(1).standard_normal((3, 2))
+    s2 = -np.expm1(-2e-300)
+    a = np.exp(-1e-300)
+    sq = np.sum((x[:, None, :] - a * data[None]) ** 2, axis=2) / (2 * s2)  # (3, 50), ~1e300
+    expected = -np.min(sq, axis=1) - np.log(50) - np.log(2 * np.pi * s2)  # the nearest point's term dominates
+    np.testing.assert_allclose(emp.log_prob(x, 1e-300), expected, rtol=1e-15, atol=0)
+    assert np.all(np.isfinite(emp.score(x, 1e-300)))

@@ -67,7 +67,9 @@ class EmpiricalMeasure:
         ------
         ValueError
             For x of the wrong shape, t <= 0 (sigma_0 = 0: the empirical measure has no
-            score), or a non-variance-preserving process.
+            score), a non-variance-preserving process, or a t so small (sigma_t^2 near
+            float64's smallest numbers, t below ~1e-308 on OU) or x so far from the data
+            that |x - alpha_t x_i|^2 / (2 sigma_t^2) overflows.
         """
         return self._evaluate(x, t, process, want_score=True)[1]
 
@@ -93,6 +95,22 @@ class EmpiricalMeasure:
         logp = np.empty(m)
         score = np.empty((m, d)) if want_score else None
         rows = max(1, _BLOCK_ELEMENTS // n)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # an overflow is named below
+            self._blocks(x, a, s2, rows, logp, score)
+            logp -= np.log(n) + 0.5 * d * np.log(2.0 * np.pi * s2)
+        bad = ~np.isfinite(logp)
+        if want_score:
+            bad |= ~np.all(np.isfinite(score), axis=1)
+        if np.any(bad):
+            i = int(np.argmax(bad))
+            raise ValueError(f"the empirical measure at x[{i}] (t = {float(np.broadcast_to(t, (m,))[i]):.3g}, "
+                             f"sigma_t^2 = {float(s2[i]):.3g}) overflows float64: |x - alpha_t x_i|^2 / (2 sigma_t^2) "
+                             "is beyond its range; use a larger t, or points nearer the data")
+        return logp, score
+
+    def _blocks(self, x, a, s2, rows, logp, score):
+        """Fill logp (without its constant) and score block by block of rows (_evaluate)."""
+        m = x.shape[0]
         for start in range(0, m, rows):
             blk = slice(start, min(start + rows, m))
             ab, vb = a[blk, None], s2[blk, None]
@@ -107,11 +125,9 @@ class EmpiricalMeasure:
             # from the explicit difference it keeps float64's precision
             gap = x[blk] - ab * self.data[nearest]
             logp[blk] = np.log(total[:, 0]) - 0.5 * np.sum(gap**2, axis=1) / s2[blk]
-            if want_score:
+            if score is not None:
                 L /= total
                 score[blk] = (ab * (L @ self.data) - x[blk]) / vb
-        logp -= np.log(n) + 0.5 * d * np.log(2.0 * np.pi * s2)
-        return logp, score
 
 
 class EMResult:
