@@ -120,6 +120,18 @@ def _check_sigma2(process, T, name, dtype=np.float64):
                          f"below about {float(np.sqrt(np.finfo(dtype).max)):.2g}, or float64 points")
 
 
+def _check_start_sigma(process, T, dtype):
+    """Raise unless the start points N(0, sigma_T^2 I) fit dtype with 64 standard deviations
+    to spare (the probability flow off the variance-preserving processes, which never forms
+    sigma_T^2: float32 takes sigma_T up to about 5e36)."""
+    sigma = float(process.sigma(T))
+    if not sigma * 64.0 < float(np.finfo(dtype).max):
+        raise ValueError(f"T = {float(T)!r} is too large for {dtype.name} points on {process!r}: the start "
+                         f"N(0, sigma_T^2 I) has sigma_T = {sigma:.3g}, beyond {dtype.name}'s range for its draws "
+                         f"(sigma_T below about {float(np.finfo(dtype).max) / 64:.2g}); use a smaller T, or float64 "
+                         "points")
+
+
 def routed_replay(process, method):
     """The replay of sgm_ref.replays that runs `method` on a process that is not
     variance-preserving: karras_heun for "probability_flow" (module docstring)."""
@@ -590,8 +602,10 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         if grid.size != n_steps + 1 or grid[0] != T or grid[-1] != t0:
             raise ValueError(f"an explicit grid must have n_steps + 1 = {n_steps + 1} points from T = {T!r} "
                              f"to t0 = {t0!r}; got {grid.size} points from {float(grid[0])!r} to {float(grid[-1])!r}")
-    if not _is_vp(process):  # the start N(0, sigma_T^2 I) and the steps' int g^2 in dtype
+    if not _is_vp(process) and method != "probability_flow":  # the start N(0, sigma_T^2 I), the steps' int g^2
         _check_sigma2(process, T, "T", check_float_dtype(dtype))
+    elif not _is_vp(process):  # karras_heun works in sigma, never forms g^2: only the start must fit
+        _check_start_sigma(process, T, check_float_dtype(dtype))
     x = _prior(process, n, d, rng, dtype, n_steps + 1 if trajectory else 1, T)
     if method == "probability_flow":
         return probability_flow(score, process, grid, x, trajectory)

@@ -9,6 +9,7 @@
 import numpy as np
 
 from ._validation import check_times
+from .kernels.dense import divide_rows
 from .processes import OU, check_process
 
 __all__ = ["ScoreModel", "PARAMETERIZATIONS"]
@@ -84,7 +85,10 @@ class ScoreModel:
             if np.any(s2 == 0):
                 raise ValueError("t must be > 0 for the 'noise' parameterization (sigma_0 = 0)")
             with np.errstate(over="ignore"):  # an overflow is the callers' to name
-                np.divide(out, -np.sqrt(s2)[:, None], out=out, casting="same_kind")
+                if out.dtype == np.float64:
+                    out /= -np.sqrt(s2)[:, None]
+                else:  # in float64, rounded once (compiled: NumPy's mixed-dtype divide is 2.5x slower)
+                    divide_rows(out, -np.sqrt(s2))
         elif self.parameterization == "residual":
             with np.errstate(over="ignore"):
                 out -= x

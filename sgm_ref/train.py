@@ -148,8 +148,9 @@ class TrainStep:
     def __call__(self, rng):
         check_rng(rng)
         self._draw(rng)
-        loss, _ = _dsm_loss(self.model, self.x0, self.t, self.z, self.weighting, True, self.grad,
-                            self._coefficients(self.t), self.weights)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named below, not warned about
+            loss, _ = _dsm_loss(self.model, self.x0, self.t, self.z, self.weighting, True, self.grad,
+                                self._coefficients(self.t), self.weights)
         if not np.isfinite(loss):
             raise NonFiniteGradientError("loss", self._sizes())
         try:

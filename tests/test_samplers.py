@@ -848,13 +848,27 @@ def test_a_T_whose_sigma_squared_overflows_float32_is_named(method):
     drew start points of float32(1e39) = inf, refused as "x contains non-finite values", an
     argument sample has not. Now T is named with the float32 limit; at T = 1e19 (sigma_T^2 =
     1e38) the float32 sampler runs, and ends where the float64 one started from the same
-    points does, to float32's rounding over the steps."""
+    points does, to float32's rounding over the steps. The probability flow off the VP
+    processes (karras_heun, in sigma) never forms sigma_T^2: only its start is checked."""
     from sgm_ref import VE
 
     def score(x, t):  # the exact score of N(0, I) under EDM: -x / (1 + t^2)
         return (-x / (1.0 + t[:, None] ** 2)).astype(x.dtype)
 
-    for T in (1e20, 1e39):
+    if method == "probability_flow":
+        # karras_heun works in sigma and never forms sigma_T^2: T = 1e20 and 1e30 run (they did
+        # before the check; they agree with float64 from the same points to ~1e-6); only a start
+        # N(0, sigma_T^2 I) beyond float32 is refused
+        for T in (1e20, 1e30):
+            out = sample(score, EDM(), 3, 2, np.random.default_rng(0), T=T, t0=0.01, n_steps=50, method=method,
+                         dtype=np.float32)
+            assert out.dtype == np.float32 and np.all(np.isfinite(out))
+        with pytest.raises(ValueError, match=r"^T = 1e\+37 is too large for float32 points on EDM\(t_max=inf\): "
+                                             r"the start N\(0, sigma_T\^2 I\) has sigma_T = 1e\+37, .* below "
+                                             r"about 5\.3e\+36\); use a smaller T, or float64 points"):
+            sample(score, EDM(), 3, 2, np.random.default_rng(0), T=1e37, t0=0.01, n_steps=50, method=method,
+                   dtype=np.float32)
+    for T in (1e20, 1e39) if method != "probability_flow" else ():
         with pytest.raises(ValueError, match=rf"^T = {re.escape(repr(T))} is too large for float32 points on EDM\(t_max=inf\): "
                                              r"sigma_T\^2 = 1e\+\d\d overflows float32 .* below about 1\.8e\+19, "
                                              r"or float64 points"):
@@ -953,6 +967,16 @@ def test_probability_flow_on_ddpm_timesteps_converges_to_the_reverse_dynamics():
         limit = sampler_limit_gaussian(mean, cov, process, grid[0], grid[-1], "probability_flow")
         kls.append(gaussian_kl(*sampler_output_gaussian(mean, cov, process, grid, "probability_flow"), *limit))
     np.testing.assert_allclose(kls, [1.36e-6, 6.84e-8, 2.01e-9, 1.69e-11], rtol=0.01)
+    # the same grids written as np.linspace, whose times sit up to a few ulps off the knots
+    # (39 of linspace(1, 0.01, 100)'s; 291 of linspace(1, 1e-3, 1000)'s an ulp below): read as
+    # the knots (1.6e-6 and 6.5e-7 when only exact knot times were)
+    for lin, stride in ((np.linspace(1.0, 0.01, 100), 10), (np.linspace(1.0, 1e-3, 1000), 1)):
+        exact = process.time_of_timestep(np.arange(999, -1, -stride))
+        assert np.array_equal(np.rint(lin * 1000), np.rint(exact * 1000)) and not np.array_equal(lin, exact)
+        limit = sampler_limit_gaussian(mean, cov, process, 1.0, lin[-1], "probability_flow")
+        kl_lin = gaussian_kl(*sampler_output_gaussian(mean, cov, process, lin, "probability_flow"), *limit)
+        kl_exact = gaussian_kl(*sampler_output_gaussian(mean, cov, process, exact, "probability_flow"), *limit)
+        assert kl_lin == pytest.approx(kl_exact, rel=1e-6, abs=0), (stride, kl_lin, kl_exact)
     # the sampler's own steps: a Heun loop written here, beta_i on the step from t_i to t_{i-1}
     target = GaussianMixture([1.0], [mean], [cov])
     score = lambda y, t: target.score(y, t, process)  # noqa: E731

@@ -160,3 +160,23 @@ def test_a_parameterization_array_is_named():
     """Review: an array got 'The truth value of an array ... is ambiguous'."""
     with pytest.raises(ValueError, match="parameterization must be one of"):
         ScoreModel(MLP(2, (4,), rng=0), OU(), np.array(["score", "noise"]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_divide_rows_is_numpys_mixed_divide_bit_for_bit(dtype):
+    """The compiled row division of the float32 "noise" score is NumPy's float64 divide rounded
+    once into out's dtype, bit for bit, including quotients that round to subnormals, 0 and
+    inf (the overflow the callers name)."""
+    from sgm_ref.kernels.dense import divide_rows
+    rng = np.random.default_rng(3)
+    out = (rng.standard_normal((257, 7)) * 10.0 ** rng.integers(-30, 30, (257, 7))).astype(dtype)
+    out[0, :3] = [np.finfo(dtype).tiny, np.finfo(dtype).max, -0.0]
+    divisor = -np.exp(rng.uniform(-100, 100, 257))
+    divisor[0] = -1e10
+    out[1, 0], divisor[1] = np.finfo(dtype).max, -1e-30  # a quotient beyond the dtype: inf
+    expected = out.copy()
+    with np.errstate(over="ignore", under="ignore"):
+        np.divide(expected, divisor[:, None], out=expected, casting="same_kind")
+        divide_rows(out, divisor)  # (warns only without the JIT, in NumPy scalar arithmetic)
+    assert out.tobytes() == expected.tobytes()
+    assert np.any(out == 0) and np.any(np.isinf(out)) and np.any((out != 0) & (np.abs(out) < np.finfo(dtype).tiny))

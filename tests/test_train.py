@@ -285,7 +285,7 @@ def test_non_finite_loss_stops_with_the_step_and_last_finite_parameters():
     assert [bool(np.any(x0 == 1e200)) for x0, _, _ in draws] == [False] * (k - 1) + [True]
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+@pytest.mark.filterwarnings("error")  # the overflow is the TrainingDivergedError alone, no RuntimeWarning
 def test_a_loss_that_overflows_names_the_batch_sizes_that_made_it():
     """Review: a data point of size 1e200 made fit say only "try a smaller lr, a larger t0, or
     weighting='sigma2'", none of which helps (the parameters were those given). The message

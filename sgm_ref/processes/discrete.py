@@ -238,16 +238,18 @@ class DDPM(VariancePreserving):
 
     def _beta_inside(self, t_hi, t_lo):
         """(beta(t_hi - 0), beta(t_lo + 0)), the rates of the pieces a step [t_lo, t_hi] holds at
-        its ends. A time that is a knot's float time fl(k / N) (time_of_timestep(k - 1): the
-        knot, as a grid of timesteps means it, also where N t rounds an ulp below k) ends
-        piece k - 1 from below and opens piece k from above; any other time is inside piece
-        floor(N t) on both sides. beta(t_hi) at a knot would be the piece above the step:
-        on the capped cosine from T = 0.999 the cap's 6908 instead of 1386."""
+        its ends. A time within 1e-9 / N of a knot k / N is that knot (time_of_timestep(k - 1),
+        also where N t rounds an ulp below k, and np.linspace's times, a few ulps off): it
+        ends piece k - 1 from below and opens piece k from above. Any other time is inside
+        piece floor(N t) on both sides. beta(t_hi) at a knot would be the piece above the
+        step: on the capped cosine from T = 0.999 the cap's 6908 instead of 1386. (The sliver
+        of at most 1e-9 / N between such a time and its knot is read as the knot's other
+        side: 1e-9 of a timestep, against a whole step read in the piece above.)"""
         N = self.num_train_timesteps
-        hi, lo = (np.asarray(t, dtype=np.float64) for t in (t_hi, t_lo))
-        k_hi, k_lo = np.rint(hi * N), np.rint(lo * N)
-        below = np.where(hi == k_hi / N, k_hi - 1.0, np.floor(hi * N))  # k / N: the correctly rounded knot time
-        above = np.where(lo == k_lo / N, k_lo, np.floor(lo * N))
+        hi, lo = (np.asarray(t, dtype=np.float64) * N for t in (t_hi, t_lo))
+        k_hi, k_lo = np.rint(hi), np.rint(lo)
+        below = np.where(np.abs(hi - k_hi) <= 1e-9, k_hi - 1.0, np.floor(hi))
+        above = np.where(np.abs(lo - k_lo) <= 1e-9, k_lo, np.floor(lo))
         j_hi, j_lo = (np.clip(j, 0, N - 1).astype(np.int64) for j in (below, above))
         return N * self._rates[j_hi], N * self._rates[j_lo]
 

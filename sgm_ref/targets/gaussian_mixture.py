@@ -505,8 +505,9 @@ class GaussianMixture(ExactOutputs):
         components' spread of c the relative error of a row is about 6e-8 sqrt(kappa_t)
         and below 6e-8 (32 + kappa_t), kappa_t the condition number of a component
         covariance at time t: 2e-4 at worst for eigenvalues 1e-4 to 1 at t = 0. For modes
-        far apart it is larger whatever kappa_t: 2.8e-4 for two modes at (+-1000, 0)
-        with kappa_t < 2 (sgm_ref.kernels.mixture has the bound and the measurements).
+        far apart it is larger whatever kappa_t: up to 2.8e-4 over 400 points for two
+        modes at (+-1000, 0) with kappa_t < 2, more over more points (sgm_ref.kernels.mixture
+        has the bound and the measurements).
         """
         return self._evaluate(x, t, process, want_score=True)[1]
 
