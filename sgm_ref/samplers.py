@@ -481,7 +481,11 @@ def probability_flow(score, process, grid, x, trajectory=False):
     sgm_ref.metrics.sampler_output_gaussian against sampler_limit_gaussian's) the KL is
     1.4e-6, 6.8e-8, 2.0e-9, 1.7e-11: second order. Off the knots the jumps fall inside
     steps and the error falls more slowly (uniform grids from 1 to 1e-3, 50, 200, 800
-    steps: 1.3e-5, 6.4e-6, 3.4e-8). The stochastic methods integrate beta exactly. A
+    steps: 1.3e-5, 6.4e-6, 3.4e-8). On the capped cosine from T = 1 the top step holds
+    the cap (beta h = 6.9 per timestep, too stiff for Heun) and dominates: 2.0e-4, 4.7e-5,
+    1.1e-5, 7.4e-7 at every 20th to 2nd timestep, 1.9e-6 at every one (the old reading
+    was closer at every 10th and 5th by chance, 8.6e-6 and 7.5e-6); from timestep 998,
+    below the cap, 2.5e-5, 5.6e-6, 1.2e-6, 5.1e-8 and 1.6e-8. The stochastic methods integrate beta exactly. A
     process that is not variance-preserving runs
     sgm_ref.replays.karras_heun: Heun on dy/dtau = -f y + g^2 s / 2 in the variables
     x / alpha and sigma / alpha (module docstring).

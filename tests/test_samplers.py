@@ -967,6 +967,16 @@ def test_probability_flow_on_ddpm_timesteps_converges_to_the_reverse_dynamics():
         limit = sampler_limit_gaussian(mean, cov, process, grid[0], grid[-1], "probability_flow")
         kls.append(gaussian_kl(*sampler_output_gaussian(mean, cov, process, grid, "probability_flow"), *limit))
     np.testing.assert_allclose(kls, [1.36e-6, 6.84e-8, 2.01e-9, 1.69e-11], rtol=0.01)
+    # the capped cosine (the docstring's figures): from T = 1 the cap's step dominates; from 998, below it
+    cosine = DDPM("squaredcos_cap_v2")
+    for top, expected in ((999, [1.96e-4, 4.70e-5, 1.06e-5, 7.42e-7, 1.94e-6]),
+                          (998, [2.46e-5, 5.59e-6, 1.15e-6, 5.12e-8, 1.60e-8])):
+        got = []
+        for stride in (20, 10, 5, 2, 1):
+            grid = cosine.time_of_timestep(np.arange(top, -1, -stride))
+            limit = sampler_limit_gaussian(mean, cov, cosine, grid[0], grid[-1], "probability_flow")
+            got.append(gaussian_kl(*sampler_output_gaussian(mean, cov, cosine, grid, "probability_flow"), *limit))
+        np.testing.assert_allclose(got, expected, rtol=0.01)
     # the same grids written as np.linspace, whose times sit up to a few ulps off the knots
     # (39 of linspace(1, 0.01, 100)'s; 291 of linspace(1, 1e-3, 1000)'s an ulp below): read as
     # the knots (1.6e-6 and 6.5e-7 when only exact knot times were)
