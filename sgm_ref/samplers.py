@@ -484,8 +484,8 @@ def probability_flow(score, process, grid, x, trajectory=False):
     steps: 1.3e-5, 6.4e-6, 3.4e-8). On the capped cosine from T = 1 the top step holds
     the cap (beta h = 6.9 per timestep, too stiff for Heun) and dominates: 2.0e-4, 4.7e-5,
     1.1e-5, 7.4e-7 at every 20th to 2nd timestep, 1.9e-6 at every one (the old reading
-    was closer at every 10th and 5th by chance, 8.6e-6 and 7.5e-6); from timestep 998,
-    below the cap, 2.5e-5, 5.6e-6, 1.2e-6, 5.1e-8 and 1.6e-8. The stochastic methods integrate beta exactly. A
+    gave 8.6e-6 and 7.5e-6 at every 10th and 5th, then 3.0e-5 and 9.0e-5: it did not
+    converge); from timestep 998, below the cap, 2.5e-5, 5.6e-6, 1.2e-6, 5.1e-8, 1.6e-8. The stochastic methods integrate beta exactly. A
     process that is not variance-preserving runs
     sgm_ref.replays.karras_heun: Heun on dy/dtau = -f y + g^2 s / 2 in the variables
     x / alpha and sigma / alpha (module docstring).
