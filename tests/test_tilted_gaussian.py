@@ -173,3 +173,18 @@ def test_no_points_give_empty_answers_as_the_mixtures_do(dtype):
     assert [a.shape for a in tg.log_prob_and_score(x, 0.5)] == [(0,), (0, 2)]
     assert tg.divergence(x, 0.5).shape == (0,) and tg.predict(x, 0.5, kind="x0").shape == (0, 2)
     assert g.log_prob(x, 0.5).shape == (0,)
+
+
+@pytest.mark.parametrize("estimator", ["gradient", "stein"])
+def test_divergence_is_in_the_dtype_of_x_as_the_score(estimator):
+    """float32 points gave a float32 score but a float64 divergence (the mixtures give both in
+    the dtype of x): it is now the float64 estimate rounded once to float32."""
+    g, f, grad_f = mixture_tilt()
+    tg = TiltedGaussian(f, grad_f if estimator == "gradient" else None, 4, n_mc=64, rng=np.random.default_rng(0),
+                        estimator=estimator, n_normaliser=16)
+    x = g.sample(7, np.random.default_rng(2))
+    x32 = x.astype(np.float32)
+    div64 = tg.divergence(x32.astype(np.float64), 0.3)
+    div32 = tg.divergence(x32, 0.3)
+    assert tg.score(x32, 0.3).dtype == div32.dtype == np.float32 and tg.divergence(x, 0.3).dtype == np.float64
+    assert div32.tobytes() == div64.astype(np.float32).tobytes()

@@ -310,7 +310,9 @@ class TiltedGaussian(ExactOutputs):
         return g
 
     def divergence(self, x, t=0.0, process=OU()):
-        """Monte-Carlo estimate of the Laplacian of log p_t (the divergence of the score), shape (n,).
+        """Monte-Carlo estimate of the Laplacian of log p_t (the divergence of the score).
+
+        Returns shape (n,) in the dtype of x (computed in float64), as score does.
 
         With y = c x + s Z as in the module docstring (c = alpha_t, s = sigma_t for
         variance-preserving processes; c = alpha_t / q, s = sigma_t / sqrt q otherwise),
@@ -332,7 +334,8 @@ class TiltedGaussian(ExactOutputs):
         ValueError
             For bad x, t or process; for t with sigma_t = 0; for non-finite f or grad_f.
         """
-        x = check_points(x, "x", d=self.d).astype(np.float64, copy=False)
+        points = check_points(x, "x", d=self.d)
+        x = points.astype(np.float64, copy=False)
         n, d = x.shape
         a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
         if np.any(s2 == 0):
@@ -365,4 +368,4 @@ class TiltedGaussian(ExactOutputs):
                 grad = (c[blk] / s[blk])[:, None] * np.einsum("ri,id->rd", w, self._z)
             out[blk] = -d / q[blk] + hess - np.sum(grad**2, axis=1)
         _check_finite(out, x, "divergence")
-        return out
+        return _cast(out, points, "divergence")  # in the dtype of x, as score and the mixtures' divergence
