@@ -12,9 +12,11 @@ folder as it found it. Removing a lock file is safe only with a check on the oth
 whoever acquires the lock verifies that the file it locked is still the one at the path
 (same inode); if a releasing holder unlinked it in between, it starts over.
 
-Within one process the lock is re-entrant: `sgm-ref demo` holds its run's lock while the
-training, sampling and evaluation inside take it again. Where flock does not exist
-(Windows) there is no lock.
+Within one thread the lock is re-entrant: `sgm-ref demo` holds its run's lock while the
+training, sampling and evaluation inside take it again. Another thread of the same process
+is refused (or waits) like another process: were it let in, the holder's release would
+unlock the folder while that thread still writes. Where flock does not exist (Windows)
+there is no lock.
 """
 
 import contextlib
@@ -35,7 +37,7 @@ try:
 except ImportError:  # no advisory locks on this platform
     fcntl = None
 
-_held = {}  # realpath of the folder -> [fd, depth] for the locks this process holds
+_held = {}  # realpath of the folder -> [fd, depth, holding thread's ident] for the locks this process holds
 _registry = threading.Lock()
 
 
@@ -105,7 +107,8 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
     Raises
     ------
     FolderLockedError (a ValueError)
-        Another process holds the lock; the message names it and what to do.
+        Another process, or another thread of this one, holds the lock; the message names
+        it and what to do.
     ValueError
         The lock file cannot be created (a read-only folder, say).
     """
@@ -118,9 +121,11 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
     key = os.path.realpath(folder)
     with _registry:
         entry = _held.get(key)
+        if entry is not None and entry[2] != threading.get_ident():
+            entry = None  # another thread's: taken below like another process's (flock refuses a second fd)
         if entry is not None:
             entry[1] += 1
-    if entry is not None:  # this process holds it already
+    if entry is not None:  # this thread holds it already
         try:
             yield
         finally:
@@ -144,11 +149,14 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
             break
         if time.monotonic() >= deadline:
             holder = _holder(path)
+            with _registry:
+                if key in _held and holder:  # held by another thread of this process
+                    holder = f"another thread of this process, {holder}"
             raise FolderLockedError(f"another {kind} is writing to {folder}"
                                     + (f": {holder}" if holder else "") + "; wait for it to finish, or stop it")
         time.sleep(0.05)
     with _registry:
-        _held[key] = entry = [fd, 1]
+        _held[key] = entry = [fd, 1, threading.get_ident()]
     try:
         since = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
         record = json.dumps({"pid": os.getpid(), "command": _command_line(), "since": since}) + "\n"

@@ -179,6 +179,13 @@ def _openblas_libraries():
     return found
 
 
+def _address(function):
+    """The address of a ctypes function: the same for every handle of one loaded library."""
+    import ctypes
+
+    return ctypes.cast(function, ctypes.c_void_p).value
+
+
 def blas_threads():
     """Thread counts of the OpenBLAS libraries loaded in this process (a list; empty if none found)."""
     return [int(getter()) for _, getter in _openblas_libraries()]
@@ -222,7 +229,9 @@ def set_threads(n):
     -------
     dict
         {"numba": numba's count for the calling thread, "blas": [count of each
-        OpenBLAS]} after the change.
+        OpenBLAS]} after the change. While run_blocks calls are in progress (from any
+        thread), the OpenBLAS they hold on one thread stay on it and get n when the last
+        call ends, so "blas" still says 1 for them.
 
     Raises
     ------
@@ -244,9 +253,13 @@ def set_threads(n):
                          f"default the number of cores; set it before importing sgm_ref for more), got {n}")
     numba.set_num_threads(n)
     with _ONE_BLAS_LOCK:
+        # run_blocks calls in progress: the OpenBLAS they hold on one thread stay there until the
+        # last one ends (their blocks' products are computed on one thread), then get n
+        held = {_address(setter) for setter, _ in _OPENBLAS_FOUND or []} if _ONE_BLAS_HOLDERS else set()
         for setter, _ in _openblas_libraries():
-            setter(n)
-        if _ONE_BLAS_HOLDERS:  # run_blocks calls in progress: the count they restore is this one
+            if _address(setter) not in held:
+                setter(n)
+        if _ONE_BLAS_HOLDERS:  # the count they restore is this one
             _ONE_BLAS_SAVED[:] = [n] * len(_ONE_BLAS_SAVED)
     return {"numba": numba.get_num_threads(), "blas": blas_threads()}
 
@@ -259,7 +272,10 @@ if _REQUESTED is not None:
             del os.environ["OPENBLAS_NUM_THREADS"]
         else:
             os.environ["OPENBLAS_NUM_THREADS"] = _BLAS_COUNT_BEFORE
-        raise ValueError(f"{ENV_THREADS}={_REQUESTED}: {exc}") from None
+        error = ValueError(f"{ENV_THREADS}={_REQUESTED}: {exc}")
+        if not _is_command_line():
+            raise error from None
+        ENVIRONMENT_ERROR = error  # the script says it in one line, exit status 2, as for a non-number
 
 
 def busy_cpus():

@@ -61,9 +61,11 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a real number, got {show(value)}")
     try:
-        value = float(value)
+        wide, value = value, float(value)
     except OverflowError:  # an int beyond the float64 range
         raise ValueError(f"{name} must be finite, got an integer too large for float64") from None
+    if not np.isfinite(value) and np.isfinite(wide):  # a longdouble beyond float64's range: not its inf
+        raise ValueError(f"{name} must be finite in float64, got {wide!r}, beyond float64's range")
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
     if low is not None and (value < low or (low_open and value == low)):
@@ -84,12 +86,19 @@ def check_float_dtype(dtype, name="dtype"):
     return dt
 
 
+def _native(arr):
+    """arr in this machine's byte order (the same numbers): dtype checks compare with native
+    float64 / float32, which a big-endian '>f8' is not equal to."""
+    return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.kind in "iuf" and not arr.dtype.isnative else arr
+
+
 def check_real_array(value, name):
     """Return value as a finite float64 array; integers are promoted, float32 widened.
 
-    longdouble (which would lose digits), complex, object and bool arrays are refused.
+    longdouble (which would lose digits), complex, object and bool arrays are refused; a
+    big-endian array (as a file from another machine may hold) is read as the same numbers.
     """
-    arr = np.asarray(value)
+    arr = _native(np.asarray(value))
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     if arr.dtype not in FLOAT_DTYPES:
@@ -128,14 +137,23 @@ def eigh_spd(cov, name):
 def call_score(score, x, t, where=""):
     """s = score(x, t), checked: an ndarray of x's shape and dtype with finite entries.
 
+    Returned as a plain ndarray (an np.matrix, say, as the array of its numbers); a masked
+    array is refused.
+
     `where` (e.g. " at step 3 (t = 0.5)") is appended to the error message, so a
     failure inside a sampler or a metric says when it happened.
     """
     s = score(x, t)
     if not isinstance(s, np.ndarray):
         raise ValueError(f"score returned a {type(s).__name__}{where}; expected an ndarray of shape {x.shape}")
+    if isinstance(s, np.ma.MaskedArray):  # its isfinite skips masked entries; its data under a mask is no value
+        raise ValueError(f"score returned a masked array{where}; return a plain ndarray")
+    s = np.asarray(s)  # another subclass as the plain array of its numbers (np.matrix's ** is a matrix power)
     if s.shape != x.shape:
         raise ValueError(f"score returned shape {np.shape(s)}{where}; expected {x.shape}")
+    if s.dtype.kind not in "biufc":  # not numbers (object, str: isfinite raised a TypeError; datetime)
+        raise ValueError(f"score returned dtype {s.dtype} for points of dtype {x.dtype}{where}; make the score "
+                         f"return the points' dtype, {x.dtype}")
     if not np.all(np.isfinite(s)):
         raise ValueError(f"score returned non-finite values{where}")
     if s.dtype != x.dtype:
@@ -215,7 +233,7 @@ def check_times(t, n=None, T=None, name="t"):
     T : float, optional
         Largest admissible time (the process's horizon); None means no upper bound.
     """
-    arr = np.asarray(t)
+    arr = _native(np.asarray(t))  # a big-endian array too (the same numbers)
     if arr.dtype.kind not in "iu" and arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a real number or an array of float64, float32 or integers, got {arr.dtype}")
     arr = arr.astype(np.float64)

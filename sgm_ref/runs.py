@@ -318,7 +318,7 @@ def writing(folder, wait=0.0, new=False):
     """Context manager: hold the run folder's lock while writing into it.
 
     On taking the lock, the temporaries a killed predecessor left are removed. Re-entrant
-    within a process (sampling inside `sgm-ref demo` takes the lock the demo holds).
+    within a thread (sampling inside `sgm-ref demo` takes the lock the demo holds).
     Unless new (a run being created), a folder without config.json is refused before
     its lock is taken: the lock file (FOLDER/.lock, removed on release) would overwrite and
     remove a file of that name of whatever the folder is.
@@ -546,9 +546,11 @@ def thread_counts():
 
     Sums split across threads round differently, so a run continued with other counts
     is not bit-identical to one trained without a break. numba's count is exact; BLAS's
-    comes from threadpoolctl when it is installed, else from the variables OpenBLAS and
-    MKL read (OPENBLAS_NUM_THREADS, GOTO_NUM_THREADS, MKL_NUM_THREADS, OMP_NUM_THREADS),
-    else their default of one thread per available core.
+    comes from threadpoolctl when it is installed, else from the OpenBLAS libraries loaded
+    (their live counts: --threads and set_threads change them after the environment was
+    read), else from the variables OpenBLAS and MKL read (OPENBLAS_NUM_THREADS,
+    GOTO_NUM_THREADS, MKL_NUM_THREADS, OMP_NUM_THREADS), else their default of one thread
+    per available core.
     """
     try:
         from threadpoolctl import threadpool_info
@@ -558,11 +560,15 @@ def thread_counts():
         counts = [info["num_threads"] for info in threadpool_info() if info.get("user_api") == "blas"]
         blas = max(counts) if counts else None
     else:
-        blas = None
+        from ._threads import blas_threads
+
+        counts = blas_threads()
+        blas = max(counts) if counts else None
         for name in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+            if blas is not None:
+                break
             try:
                 blas = int(os.environ.get(name, "").split(",")[0])
-                break
             except ValueError:  # unset or not a number: the library ignores it too
                 continue
         if blas is None or blas < 1:

@@ -736,3 +736,22 @@ def test_a_summary_of_failed_cells_is_a_well_formed_table():
     for line in summary_markdown([]).splitlines():
         if line.startswith("|"):
             assert line.count("|") in (6, 3), line  # five and two columns, each line alike
+
+
+def test_sweep_workers_start_with_one_thread_under_sgm_ref_threads(monkeypatch):
+    """With SGM_REF_THREADS=2 in the environment the sweep's workers (NUMBA_NUM_THREADS=1) raised
+    "SGM_REF_THREADS=2: n must be at most 1" at import: every worker died, reported as "a worker
+    process died (killed, or out of memory?)". The workers now get SGM_REF_THREADS=1 too, and
+    run on one BLAS and one numba thread; the parent's environment is restored."""
+    import multiprocessing
+    import os
+
+    from sgm_ref import _threads
+    from sgm_ref.experiments.sweep import _single_threaded_children
+
+    monkeypatch.setenv("SGM_REF_THREADS", "2")
+    with _single_threaded_children():
+        with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            counts = pool.submit(_threads.blas_threads).result(timeout=120)
+    assert counts and set(counts) == {1}
+    assert os.environ["SGM_REF_THREADS"] == "2"

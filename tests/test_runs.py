@@ -505,6 +505,24 @@ def test_thread_counts_read_the_environment_without_threadpoolctl(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    # the live counts of the OpenBLAS loaded come first: set_threads (--threads) changes them
+    # after the environment was read, which recorded 2 for a run trained on 1
+    import numba
+
+    from sgm_ref import _threads
+
+    if _threads.blas_threads():
+        numba_before, blas_before = numba.get_num_threads(), _threads.blas_threads()
+        _threads.set_threads(1)
+        try:
+            assert runs_module.thread_counts()["blas"] == 1
+        finally:  # the counts the test found, each library its own
+            numba.set_num_threads(numba_before)
+            for (setter, _), count in zip(_threads._openblas_libraries(), blas_before):
+                setter(count)
+        assert _threads.blas_threads() == blas_before
+    # without an OpenBLAS found, the variables it reads
+    monkeypatch.setattr(_threads, "blas_threads", lambda: [])
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "3")
     assert runs_module.thread_counts()["blas"] == 3
     monkeypatch.delenv("OPENBLAS_NUM_THREADS")

@@ -172,6 +172,19 @@ def test_a_bad_sgm_ref_threads_is_one_line_on_the_command_line(tmp_path, value):
     assert not (tmp_path / "run").exists()
 
 
+def test_an_sgm_ref_threads_beyond_numbas_pool_is_one_line_on_the_command_line(tmp_path):
+    """A count beyond NUMBA_NUM_THREADS is refused when set_threads applies it at import:
+    before, that refusal escaped as a traceback from the script (only a non-number or a
+    count below 1, refused while parsing, was kept for the one-line report)."""
+    from _cli import assert_one_line_error, run
+
+    limit = numba.config.NUMBA_NUM_THREADS
+    result = run("demo", tmp_path / "run", env={"SGM_REF_THREADS": str(limit + 1)}, check=False)
+    assert_one_line_error(result, f"SGM_REF_THREADS={limit + 1}: n must be at most {limit}, the size of numba's "
+                                  "thread pool")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the kernel names asked for are x86's")
 @pytest.mark.parametrize("coretype", ["Haswell", "Nehalem"])
 def test_blas_kernels_names_the_kernels_openblas_runs(coretype):
@@ -367,6 +380,33 @@ def test_set_threads_during_run_blocks_is_kept():
 
 
 @needs_settable_blas
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="set_threads(2) needs a pool of 2")
+def test_set_threads_during_run_blocks_leaves_its_blocks_on_one_blas_thread():
+    # before: set_threads(2) from a block (or any thread) put OpenBLAS on 2 threads at once,
+    # so the call's later blocks ran threaded products (docs/limits.md: one thread meanwhile)
+    import threading
+    numba_before, blas_before = numba.get_num_threads(), _threads.blas_threads()
+    seen, lock = [], threading.Lock()
+
+    def make_worker():
+        def work(b):
+            if b == 0:
+                assert sgm_ref.set_threads(2)["blas"] == [1] * len(blas_before)
+            threading.Event().wait(0.01)
+            with lock:
+                seen.append(tuple(_threads.blas_threads()))
+        return work
+
+    try:
+        sgm_ref.set_threads(1)
+        _threads.run_blocks(8, make_worker, threads=2)
+        assert seen == [(1,) * len(blas_before)] * 8
+        assert _threads.blas_threads() == [2] * len(blas_before)  # given when the call ended
+    finally:
+        restore_threads(numba_before, blas_before)
+
+
+@needs_settable_blas
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
 def test_a_fork_inside_run_blocks_gives_the_child_its_counts_back():
     import threading
@@ -399,3 +439,64 @@ def test_a_fork_inside_run_blocks_gives_the_child_its_counts_back():
     caller.join()
     assert child == [blas_before, 0]
     assert _threads.blas_threads() == blas_before
+
+
+# -- the folder lock (sgm_ref/_lock.py) across threads of one process ---------------------
+
+def test_the_folder_lock_refuses_another_thread_of_the_process(tmp_path):
+    # Re-entrant in one thread only: a second thread let in (as before) kept writing after
+    # the first one's release had unlocked the folder and removed its lock file, so a third
+    # writer (another process) could take it meanwhile.
+    import threading
+    from sgm_ref._lock import FolderLockedError, folder_lock
+    inside, done = threading.Event(), threading.Event()
+    outcome = []
+
+    def holder():
+        with folder_lock(tmp_path, kind="test"):
+            inside.set()
+            done.wait(30)
+
+    def second():
+        inside.wait(30)
+        try:
+            with folder_lock(tmp_path, kind="test"):
+                outcome.append("entered")
+        except FolderLockedError as exc:
+            outcome.append(str(exc))
+        finally:
+            done.set()
+
+    threads = [threading.Thread(target=holder), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(outcome) == 1 and outcome[0].startswith(f"another test is writing to {tmp_path}: another thread "
+                                                       f"of this process, pid {os.getpid()}")
+    assert not (tmp_path / ".lock").exists()
+    with folder_lock(tmp_path, kind="test"):  # free again; and re-entrant in one thread
+        with folder_lock(tmp_path, kind="test"):
+            assert (tmp_path / ".lock").exists()
+        assert (tmp_path / ".lock").exists()
+    assert not (tmp_path / ".lock").exists()
+
+
+def test_another_thread_waits_for_the_folder_lock(tmp_path):
+    import threading
+    from sgm_ref._lock import folder_lock
+    inside, events = threading.Event(), []
+
+    def holder():
+        with folder_lock(tmp_path, kind="test"):
+            inside.set()
+            threading.Event().wait(0.3)
+            events.append("first out")
+
+    t = threading.Thread(target=holder)
+    t.start()
+    inside.wait(30)
+    with folder_lock(tmp_path, kind="test", wait=30):
+        events.append("second in")
+    t.join()
+    assert events == ["first out", "second in"]

@@ -32,7 +32,9 @@ from .rate import DEFINITIONS, append_result, cell_key, cells, load_results, mak
 
 __all__ = ["run_sweep", "write_outputs"]
 
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+# SGM_REF_THREADS too: a worker importing sgm_ref with SGM_REF_THREADS=2 beside NUMBA_NUM_THREADS=1
+# refused it at import, and every worker died (BrokenProcessPool, "killed, or out of memory?")
+_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS", "SGM_REF_THREADS")
 
 
 @contextlib.contextmanager

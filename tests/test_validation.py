@@ -1,0 +1,92 @@
+"""The shared argument checks (sgm_ref/_validation.py) on inputs the public API meets.
+
+Each case here was mishandled before: a traceback instead of a ValueError, a valid input
+refused, or a score's numbers read through an ndarray subclass's own semantics.
+"""
+
+import re
+
+import numpy as np
+import pytest
+
+import sgm_ref
+from sgm_ref._validation import call_score, check_decreasing_grid, check_real_array, check_times
+
+X = np.array([[0.5, -1.0, 2.0], [1.5, 0.25, -3.0]])
+
+
+@pytest.mark.parametrize("returned", [np.array([[1, "a", 2.0]] * 2, dtype=object), np.zeros((2, 3), dtype=object),
+                                      np.full((2, 3), "1.0"), np.zeros((2, 3), dtype="datetime64[s]")],
+                         ids=["object", "object-zeros", "str", "datetime"])
+def test_call_score_refuses_a_non_numeric_dtype_with_a_value_error(returned):
+    # before: np.isfinite raised a TypeError ("ufunc 'isfinite' not supported ...")
+    message = (f"score returned dtype {returned.dtype} for points of dtype float64 at step 3; make the score "
+               "return the points' dtype, float64")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        call_score(lambda x, t: returned, X, 0.5, " at step 3")
+
+
+@pytest.mark.parametrize("masked_nan", [False, True])
+def test_call_score_refuses_a_masked_array(masked_nan):
+    # before: np.all(np.isfinite(masked)) skipped a masked NaN, and the metrics then used
+    # the masked array (the samplers alone refused it, after call_score)
+    masked = np.ma.array(X.copy(), mask=np.zeros(X.shape, bool))
+    if masked_nan:
+        masked[0, 1] = np.nan
+        masked.mask[0, 1] = True
+        assert np.isnan(masked.data[0, 1]) and bool(np.all(np.isfinite(masked)))
+    with pytest.raises(ValueError, match=r"^score returned a masked array at step 3; return a plain ndarray$"):
+        call_score(lambda x, t: masked, X, 0.5, " at step 3")
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_call_score_returns_a_plain_array_of_a_matrix():
+    # before: an np.matrix came back as one, so the callers' s**2 and s * s were matrix products
+    s = call_score(lambda x, t: np.matrix(-X), X, 0.5)
+    assert type(s) is np.ndarray and np.array_equal(s, -X)
+    expected = np.array([0.5**2 + 1.0 + 4.0, 1.5**2 + 0.25**2 + 9.0])
+    np.testing.assert_array_equal(np.sum(s**2, axis=1), expected)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_the_metrics_read_a_matrix_score_elementwise():
+    # before: score_error_integral's sum of (s - true)^2 raised numpy.linalg.LinAlgError (the
+    # matrix power of a non-square (n, d) matrix)
+    from sgm_ref.metrics import score_error_integral
+    target, process = sgm_ref.GaussianMixture([1.0], [[0.0, 1.0]], [[1.0, 2.0]]), sgm_ref.OU()
+
+    def off(x, t):
+        return target.score(x, t, process) + 0.25  # |s - true|^2 = 2 / 16 at every point
+
+    plain = score_error_integral(off, target, process, 0.1, 1.0, 5, np.random.default_rng(4))
+    as_matrix = score_error_integral(lambda x, t: np.matrix(off(x, t)), target, process, 0.1, 1.0, 5,
+                                     np.random.default_rng(4))
+    assert repr(as_matrix) == repr(plain)
+
+
+@pytest.mark.parametrize("dtype", [">f8", ">f4", ">i8"])
+def test_big_endian_times_and_arrays_are_the_same_numbers(dtype):
+    # before: '>f8' != float64, so times and grids from a file written on a big-endian
+    # machine were refused ("must be ... float64, float32 or integer, got >f8"), while
+    # check_points took such points
+    values = np.array([3.0, 2.0, 0.5])
+    swapped = values.astype(dtype)
+    assert not swapped.dtype.isnative
+    expected = values.astype(np.dtype(dtype).newbyteorder("=")).astype(np.float64)
+    for checked in (check_times(swapped), check_real_array(swapped, "g"), check_decreasing_grid(swapped)):
+        assert checked.dtype == np.float64 and checked.dtype.isnative
+        np.testing.assert_array_equal(checked, expected)
+    process = sgm_ref.OU()
+    np.testing.assert_array_equal(process.alpha(swapped), np.exp(-expected))  # OU: alpha_t = e^{-t}
+
+
+@pytest.mark.skipif(np.finfo(np.longdouble).max <= np.finfo(np.float64).max, reason="longdouble is float64 here")
+def test_a_longdouble_beyond_float64_is_not_called_inf():
+    from sgm_ref._validation import check_real
+    big = np.longdouble(np.finfo(np.float64).max) * 4
+    assert np.isfinite(big) and not np.isfinite(float(big))
+    with pytest.raises(ValueError, match=r"^T must be finite in float64, got .*, beyond float64's range$"):
+        check_real(big, "T")
+    with pytest.raises(ValueError, match=r"^T must be finite, got inf$"):
+        check_real(np.longdouble("inf"), "T")
+    assert check_real(np.longdouble(0.5), "T") == 0.5
