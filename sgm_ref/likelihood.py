@@ -443,8 +443,9 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes=None, n_pro
         rtol = 1e-5 if rtol is None else check_real(rtol, "rtol", low=0.0, low_open=True)
         atol = 1e-5 if atol is None else check_real(atol, "atol", low=0.0, low_open=True)
         if rtol < _RTOL_FLOOR:
-            raise ValueError(f"rtol must be >= {_RTOL_FLOOR:.3g} (100 machine epsilons: scipy's solve_ivp raises "
-                             f"any smaller rtol to that), got {rtol!r}; pass rtol >= {_RTOL_FLOOR:.3g}")
+            # the floor as repr, not rounded: "pass rtol >= 2.22e-14" was itself refused (2.22e-14 < 100 eps)
+            raise ValueError(f"rtol must be >= {_RTOL_FLOOR!r} (100 machine epsilons: scipy's solve_ivp raises "
+                             f"any smaller rtol to that), got {rtol!r}; pass rtol >= {_RTOL_FLOOR!r}")
 
         def fun(t, y):
             v, dv = rates(t, y[:n * d].reshape(n, d))

@@ -455,8 +455,10 @@ def test_arguments_of_another_divergence_or_solver_are_refused():
         (dict(solver="heun", n_steps=3, rtol=1e-6), r"rtol is rk45's.*solver='heun'"),
         (dict(solver="heun", n_steps=3, atol=1e-6), r"atol is rk45's"),
         (dict(solver="heun", n_steps=3, rtol=1e-6, atol=1e-6), r"rtol and atol are rk45's"),
-        (dict(rtol=1e-20, atol=1e-20), r"rtol must be >= 2.22e-14 \(100 machine epsilons"),
-        (dict(rtol=2e-14), r"rtol must be >= 2.22e-14"),
+        (dict(rtol=1e-20, atol=1e-20), r"rtol must be >= 2\.220446049250313e-14 \(100 machine epsilons"),
+        (dict(rtol=2e-14), r"rtol must be >= 2\.220446049250313e-14"),
+        # the floor printed in full: "pass rtol >= 2.22e-14" was refused in turn (2.22e-14 < 100 eps)
+        (dict(rtol=2.22e-14), r"got 2\.22e-14; pass rtol >= 2\.220446049250313e-14$"),
     ]
     for kw, match in cases:
         args = dict(score=ring)
@@ -465,10 +467,10 @@ def test_arguments_of_another_divergence_or_solver_are_refused():
             warnings.simplefilter("error")  # scipy's clipping warning was the only sign
             with pytest.raises(ValueError, match=match):
                 log_prob(args.pop("score"), OU(), x, 0.0, 1.0, **args)
-    # the floor itself is accepted, without scipy's warning
+    # the floor itself, as the message prints it, is accepted, without scipy's warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        log_prob(ring, OU(), x[:1], 0.0, 0.1, rtol=100 * np.finfo(np.float64).eps, atol=1e-12)
+        log_prob(ring, OU(), x[:1], 0.0, 0.1, rtol=float("2.220446049250313e-14"), atol=1e-12)
     # the defaults: one Rademacher probe, rtol = atol = 1e-5 (unchanged)
     one = log_prob(lambda y, t: ring.score(y, t, OU()), OU(), x, 0.0, 1.0, divergence="hutchinson",
                    rng=np.random.default_rng(1))
