@@ -87,13 +87,20 @@ class OtherLoad:
     elsewhere): all busy CPU time of the machine minus this process's own."""
 
     @staticmethod
-    def _busy():
+    def busy_ticks(line):
+        """Busy clock ticks of /proc/stat's "cpu" line: user, nice, system, irq, softirq and
+        steal (idle and iowait left out). guest and guest_nice, after them, are left out too:
+        the kernel counts that time in user and nice already (summing all fields counted it twice)."""
+        ticks = [int(v) for v in line.split()[1:9]]
+        return sum(ticks) - ticks[3] - ticks[4]
+
+    @classmethod
+    def _busy(cls):
         try:
             with open("/proc/stat") as f:
-                ticks = [int(v) for v in f.readline().split()[1:]]
+                return cls.busy_ticks(f.readline()) / os.sysconf("SC_CLK_TCK")
         except (OSError, ValueError):
             return None
-        return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
 
     def __enter__(self):
         self.start = (self._busy(), sum(os.times()[:4]), time.perf_counter())
@@ -107,6 +114,12 @@ class OtherLoad:
         else:
             self.other = max(0.0, (busy - self.start[0]) - (own - self.start[1]))
         return False
+
+    @property
+    def resolution(self):
+        """The smallest nonzero load, in cores, this block can show: /proc/stat and os.times
+        count whole clock ticks (10 ms), so over a 4 ms block one tick reads as 2.5 cores."""
+        return 1.0 / os.sysconf("SC_CLK_TCK") / self.wall
 
     @property
     def busy(self):

@@ -36,13 +36,25 @@ import platform
 import sys
 import time
 
-import numpy as np
-from _machine import cpu_name  # benchmarks/ is on sys.path when a script runs
+# Each side meets its threaded runtimes with its own defaults, as in train_step.py: OpenBLAS
+# reads OPENBLAS_THREAD_TIMEOUT when numpy loads (set here as sgm_ref sets it when imported
+# first, so that its idle worker sleeps), and torch's OpenMP runtime reads OMP_WAIT_POLICY
+# when torch loads, so torch loads before sgm_ref (imported after it, torch's threads took
+# sgm_ref's PASSIVE and slept at once instead of spinning as torch's default has them).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import sgm_ref
-from sgm_ref import OU, GaussianMixture
-from sgm_ref.nn import MLP
-from sgm_ref.score_model import ScoreModel
+import numpy as np  # noqa: E402
+from _machine import cpu_name  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+
+try:
+    import torch
+except ImportError:  # main() says so
+    torch = None
+
+import sgm_ref  # noqa: E402
+from sgm_ref import OU, GaussianMixture  # noqa: E402
+from sgm_ref.nn import MLP  # noqa: E402
+from sgm_ref.score_model import ScoreModel  # noqa: E402
 
 DIMS = (2, 32, 128)
 K = 8
@@ -184,7 +196,8 @@ def main():
     args = parser.parse_args()
     n = args.n or (256 if args.quick else 1024)
     repeats = args.repeats or (3 if args.quick else 7)
-    import torch
+    if torch is None:
+        raise SystemExit("benchmarks/likelihood.py compares against torch autograd: install torch")
     torch.set_default_dtype(torch.float64)
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()

@@ -25,9 +25,9 @@ import argparse
 import os
 import time
 
-import numba
 import numpy as np
 
+from sgm_ref import _threads, set_threads
 from sgm_ref.experiments import rate
 from sgm_ref.nn import MLP
 from sgm_ref.optim import Adam
@@ -49,6 +49,21 @@ def step_seconds(d, S, steps=200):
     return (time.perf_counter() - tic) / steps
 
 
+def _weight(x, ends):
+    """Where x lies between ends = (low, high) in log scale, 0 at low and 1 at high; 0 when
+    low = high (one value measured: log(1) / log(1) gave NaN for every cell)."""
+    low, high = ends
+    return 0.0 if high == low else float(np.log(x / low) / np.log(high / low))
+
+
+def rest_between(corner, d, n, d_ends, n_ends):
+    """The rest of a cell at (d, n), bilinear in (log d, log n) between the measured corners
+    corner[(d_end, n_end)] for d_end in d_ends and n_end in n_ends."""
+    u, v = _weight(d, d_ends), _weight(n, n_ends)
+    return ((1 - u) * ((1 - v) * corner[d_ends[0], n_ends[0]] + v * corner[d_ends[0], n_ends[1]])
+            + u * ((1 - v) * corner[d_ends[1], n_ends[0]] + v * corner[d_ends[1], n_ends[1]]))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--d", help="comma-separated dimensions (default: the full grid's)")
@@ -57,7 +72,10 @@ def main():
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
-    numba.set_num_threads(1)
+    # one numba and one BLAS thread, as a sweep worker runs (numba's alone left OpenBLAS on
+    # one thread per core unless OPENBLAS_NUM_THREADS=1 was set)
+    set_threads(1)
+    print(f"threads: numba 1, OpenBLAS {_threads.blas_threads()}", flush=True)
     grid, S = dict(rate.FULL), rate.SETTINGS
     if args.d:
         try:
@@ -90,14 +108,9 @@ def main():
     total = 0.0
     for family in grid["families"]:
         for d in grid["d"]:
-            u = np.log(d / d_ends[0]) / np.log(d_ends[1] / d_ends[0])
-            seconds = []
-            for n in grid["n"]:
-                v = np.log(n / n_ends[0]) / np.log(n_ends[1] / n_ends[0])
-                corner = {(a, b): rest[family, a, b] for a in d_ends for b in n_ends}
-                r = ((1 - u) * ((1 - v) * corner[d_ends[0], n_ends[0]] + v * corner[d_ends[0], n_ends[1]])
-                     + u * ((1 - v) * corner[d_ends[1], n_ends[0]] + v * corner[d_ends[1], n_ends[1]]))
-                seconds.append(rate.training_steps(n, S) * ms[d] + r)
+            corner = {(a, b): rest[family, a, b] for a in d_ends for b in n_ends}
+            seconds = [rate.training_steps(n, S) * ms[d] + rest_between(corner, d, n, d_ends, n_ends)
+                       for n in grid["n"]]
             total += len(grid["seeds"]) * sum(seconds)
             print(f"| {family} | {d} | " + " | ".join(f"{s:.0f}" for s in seconds) + " |")
     cells = len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])

@@ -107,17 +107,30 @@ import time
 #   slower right after sgm_ref than after a pause). Set here for the whole run.
 # - torch's OpenMP runtime reads OMP_WAIT_POLICY when torch loads: imported after sgm_ref,
 #   which sets PASSIVE for numba's, torch's threads slept at once (GOMP_SPINCOUNT 0 instead
-#   of its default 300000), a PyTorch slowed by our setting. So torch loads first.
+#   of its default 300000), a PyTorch slowed by our setting. So torch loads first, except
+#   where it is not wanted: the --memory and --thread-sweep workers (a fresh interpreter per
+#   implementation, and sgm_ref alone; with torch loaded, every worker's peak carried
+#   torch's ~180 MiB) and --skip-peers ("PyTorch and JAX not imported").
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from _machine import best_time, cpu_name, paired_cells  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
-try:  # before sgm_ref (above); measured without it if absent
-    import torch as _torch_first  # noqa: F401
-except ImportError:
-    pass
+
+def _loads_torch_first(argv):
+    """False for a worker's command line (--_memory-worker, --_sweep-worker) or one with
+    --skip-peers (or an abbreviation argparse accepts, down to --skip-p)."""
+    options = [a.split("=", 1)[0] for a in argv if a.startswith("--")]
+    return not any(a in ("--_memory-worker", "--_sweep-worker")
+                   or (len(a) >= len("--skip-p") and "--skip-peers".startswith(a)) for a in options)
+
+
+if _loads_torch_first(sys.argv[1:]):
+    try:  # before sgm_ref (above); measured without it if absent
+        import torch as _torch_first  # noqa: F401
+    except ImportError:
+        pass
 
 import sgm_ref  # noqa: E402
 from sgm_ref import OU, plain  # noqa: E402
@@ -144,6 +157,7 @@ ENV_VARS = (
     "OPENBLAS_CORETYPE",
     "OPENBLAS_L2_SIZE",
     "OPENBLAS_NUM_THREADS",
+    "OPENBLAS_THREAD_TIMEOUT",  # set by the script (unless set): whether OpenBLAS's idle worker sleeps
     "OMP_NUM_THREADS",
     "OMP_WAIT_POLICY",
     "GOMP_SPINCOUNT",

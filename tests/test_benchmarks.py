@@ -182,3 +182,146 @@ def test_train_step_rounds_run_in_random_orders(monkeypatch):
     assert all(sorted(r) == sorted(runs) for r in rounds)
     before_jax = {r[r.index("JAX") - 1] for r in rounds if r.index("JAX") > 0}
     assert len(before_jax) >= 2 and len({tuple(r) for r in rounds}) >= 6
+
+
+_LOADED_AT_IMPORT = """
+import runpy, sys
+sys.path.insert(0, {bench!r})
+sys.argv = [{script!r}] + {argv!r}
+runpy.run_path({script!r}, run_name="not_main")  # the module's top level only, not main()
+print("torch" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("argv, torch_loaded", [
+    (["--_memory-worker", "1,float32,NumPy"], False),
+    (["--_memory-worker", "1,float32,sgm_ref"], False),
+    (["--_sweep-worker", "1,float64", "--repeats", "1"], False),
+    (["--skip-peers"], False),
+    (["--rows", "1", "--skip-p"], False),   # argparse's abbreviation of --skip-peers
+    (["--rows", "1"], True),
+    (["--skip-jit-cost"], True),
+])
+def test_train_step_workers_do_not_load_torch(argv, torch_loaded):
+    """The --memory workers report a fresh interpreter's peak per implementation, and the
+    --thread-sweep workers time sgm_ref alone: torch, loaded at the top of the script for the
+    timed run, put its ~180 MiB into every worker's peak (sgm_ref 353 MiB at (2, 128, 3, 256)
+    float32 against 170 MiB without it). Only the timed run with peers loads it first."""
+    pytest.importorskip("torch")
+    script = str(BENCHMARKS / "train_step.py")
+    code = _LOADED_AT_IMPORT.format(bench=str(BENCHMARKS), script=script, argv=argv)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(torch_loaded)
+
+
+def _script_module(monkeypatch, name):
+    import importlib.util
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rate_cost_interpolates_the_rest_in_log_d_and_log_n(monkeypatch):
+    """rate_cost.py's prediction of a cell's rest: bilinear in (log d, log n) between the
+    measured corners, computed here directly; with one d (--d 512) the corners' d values are
+    the same and the old weight log(1) / log(1) made every predicted cell NaN."""
+    import math
+    rest_between = _script_module(monkeypatch, "rate_cost").rest_between
+    corner = {(2, 500): 10.0, (2, 32000): 40.0, (512, 500): 100.0, (512, 32000): 700.0}
+    for d, n in ((2, 500), (512, 32000), (32, 4000), (8, 1000)):
+        u, v = math.log(d / 2) / math.log(256), math.log(n / 500) / math.log(64)
+        want = (1 - u) * (1 - v) * 10.0 + (1 - u) * v * 40.0 + u * (1 - v) * 100.0 + u * v * 700.0
+        assert rest_between(corner, d, n, (2, 512), (500, 32000)) == pytest.approx(want, rel=1e-14, abs=0)
+    one_d = {(512, 500): 100.0, (512, 32000): 700.0}
+    v = math.log(4000 / 500) / math.log(64)
+    assert rest_between(one_d, 512, 4000, (512, 512), (500, 32000)) == pytest.approx(
+        100.0 + v * 600.0, rel=1e-14, abs=0)
+    assert rest_between({(512, 1000): 5.0}, 512, 1000, (512, 512), (1000, 1000)) == 5.0
+
+
+def test_load_reads_a_running_process_cpu_time(monkeypatch):
+    """load.py takes the busy loops' CPU time over the timed span from /proc/PID/stat while
+    they run (counted at their wait, as before, it took in their start-up and the 0.3 s before
+    the clock started, and the "others" column came out that much low): the reading of this
+    process against os.times(), to the 10 ms ticks of both."""
+    import os
+    import time
+    if not os.path.exists(f"/proc/{os.getpid()}/stat"):
+        pytest.skip("no /proc")
+    process_cpu_seconds = _script_module(monkeypatch, "load").process_cpu_seconds
+    end = time.thread_time() + 0.2
+    while time.thread_time() < end:  # some CPU time of our own
+        pass
+    before = os.times()
+    got = process_cpu_seconds(os.getpid())
+    after = os.times()
+    assert before.user + before.system - 0.02 <= got <= after.user + after.system + 0.02
+    assert got >= 0.2 - 0.02
+    assert process_cpu_seconds(2**22 + 12345) is None  # no such process
+
+
+def test_other_load_counts_guest_time_once():
+    """/proc/stat's cpu line: user nice system idle iowait irq softirq steal guest guest_nice;
+    guest time is already inside user (and guest_nice inside nice), so busy = user + nice +
+    system + irq + softirq + steal, as train_step.py's LoadMeter counts it."""
+    busy_ticks = _machine_module().OtherLoad.busy_ticks
+    line = "cpu  1000 20 300 5000 40 6 7 80 900 10"
+    assert busy_ticks(line) == 1000 + 20 + 300 + 6 + 7 + 80
+    assert busy_ticks("cpu  1583574 42267 196546 1109319 4158 0 1219 5121 0 0") == \
+        1583574 + 42267 + 196546 + 1219 + 5121
+    if pathlib.Path("/proc/stat").exists():  # the machine's own line parses, and the meter reads it
+        with open("/proc/stat") as f:
+            assert busy_ticks(f.readline()) > 0
+        with _machine_module().OtherLoad() as load:
+            pass
+        assert load.other is not None and load.other >= 0.0
+
+
+_DEFAULTS_AT_IMPORT = """
+import runpy, sys
+sys.path.insert(0, {bench!r})
+sys.argv = [{script!r}]
+runpy.run_path({script!r}, run_name="not_main")
+import os
+from sgm_ref import _threads
+before = _threads.environment_defaults()["loaded_before"]  # runtimes loaded before sgm_ref
+print(os.environ.get("OPENBLAS_THREAD_TIMEOUT"), "an OpenMP runtime" in before)
+"""
+
+
+@pytest.mark.parametrize("script", ["likelihood.py", "train_step.py"])
+def test_torch_keeps_its_own_openmp_defaults(script):
+    """The scripts that time torch load it before sgm_ref, whose OMP_WAIT_POLICY=PASSIVE would
+    otherwise reach torch's OpenMP runtime (its threads sleeping at once instead of spinning as
+    torch's default has them), and set OPENBLAS_THREAD_TIMEOUT=4 before numpy loads, as sgm_ref
+    does when imported first. likelihood.py imported torch inside main(), after sgm_ref."""
+    import os
+    pytest.importorskip("torch")
+    path = str(BENCHMARKS / script)
+    proc = subprocess.run([sys.executable, "-c", _DEFAULTS_AT_IMPORT.format(bench=str(BENCHMARKS), script=path)],
+                          capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items()
+                               if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["4", "True"]
+
+
+def test_other_load_counts_whole_ticks_and_says_so():
+    """OtherLoad's CPU seconds are whole clock ticks (/proc/stat and os.times both count them),
+    so over a block of a few ms one tick is cores of "load": resolution gives that tick in
+    cores, which activation.py prints beside its load column (its small row's 41 pairs take
+    ~4 ms: one tick read as 2.5 cores)."""
+    import os
+    import time
+    if not pathlib.Path("/proc/stat").exists():
+        pytest.skip("no /proc/stat")
+    with _machine_module().OtherLoad() as load:
+        time.sleep(0.03)
+    tick = 1.0 / os.sysconf("SC_CLK_TCK")
+    assert load.resolution == pytest.approx(tick / load.wall, rel=1e-12)
+    assert load.resolution > 0.1  # a 30 ms block cannot tell a tenth of a core
+    ticks = load.other / tick
+    assert ticks == pytest.approx(round(ticks), abs=1e-6)
