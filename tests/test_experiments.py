@@ -755,3 +755,170 @@ def test_sweep_workers_start_with_one_thread_under_sgm_ref_threads(monkeypatch):
             counts = pool.submit(_threads.blas_threads).result(timeout=120)
     assert counts and set(counts) == {1}
     assert os.environ["SGM_REF_THREADS"] == "2"
+
+
+def test_a_grid_of_a_family_no_cell_could_run_is_refused():
+    """A review: make_grid checked d >= 2 for tilt-iso only, and nothing of n against the EM
+    baseline's K = 4 components, so --families mixture-iso --d 1 or --families mixture --n 3
+    started a sweep whose every such cell failed ("the subspace dimension k = 2 must be <= d = 1",
+    "K = 4 components need at least K samples")."""
+    for kwargs, match in (({"families": ["mixture-iso"], "d": [1, 4]}, "--d: the family mixture-iso needs d >= 2"),
+                          ({"families": ["tilt-iso"], "d": [1]}, "--d: the family tilt-iso needs d >= 2"),
+                          ({"families": ["mixture"], "n": [3, 40]}, "--n: the family mixture needs n >= 4 \\(its EM"),
+                          ({"families": ["product", "mixture-iso"], "n": [2]}, "--n: the family mixture-iso needs")):
+        with pytest.raises(ValueError, match=match):
+            make_grid(quick=True, **kwargs)
+    # the cells those grids would have run: each a failure
+    small = {**TINY, "val_n": 64}
+    assert "K = 4 components" in run_cell({"family": "mixture", "d": 2, "n": 3, "seed": 0, "settings": small})["error"]
+    assert "k = 2 must be <= d = 1" in run_cell({"family": "mixture-iso", "d": 1, "n": 40, "seed": 0,
+                                                  "settings": small})["error"]
+    # the families without such limits keep d = 1 and n = 2, and the limits themselves pass
+    assert make_grid(families=["product", "tilted"], d=[1], n=[2])["n"] == [2]
+    assert make_grid(families=["mixture", "mixture-iso", "tilt-iso"], d=[2], n=[4])["d"] == [2]
+
+
+def test_a_malformed_cell_is_refused_not_run_as_another():
+    """A review: run_cell of a family outside FAMILIES raised KeyError 'moons' from inside the
+    training, and d, n or seed of 2.7, "2" or True ran as the cell int(value) and wrote that key
+    into its row (d = 2.7 made the row of d = 2)."""
+    small = {**TINY, "val_n": 64}
+    good = {"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": small}
+    for change, match in (({"family": "moons"}, "cell family must be one of mixture, product"),
+                          ({"d": 2.7}, "cell d must be an integer >= 1, got 2.7"),
+                          ({"d": True}, "cell d must be an integer >= 1, got True"),
+                          ({"n": "40"}, "cell n must be an integer >= 2, got '40'"),
+                          ({"n": 40.0}, "cell n must be an integer >= 2"),
+                          ({"seed": 1.5}, "cell seed must be an integer >= 0, got 1.5"),
+                          ({"seed": -1}, "cell seed must be an integer >= 0"),
+                          ({"settings": None}, "cell settings must be a dict")):
+        with pytest.raises(ValueError, match=match):
+            run_cell({**good, **change})
+    with pytest.raises(ValueError, match="cell must be a dict with keys family, d, n, seed and settings"):
+        run_cell({k: v for k, v in good.items() if k != "seed"})
+    # a NumPy integer is an integer: the same cell, the same bits
+    a, b = run_cell(good), run_cell({**good, "d": np.int64(2), "seed": np.int64(0)})
+    assert (b["d"], b["seed"]) == (2, 0) and type(b["d"]) is int and a["score_error"] == b["score_error"]
+
+
+def _mixture_1d_per_t_error(t, weights, means, score_of_g):
+    """int p_t(x) |score_of_g(x, g_t(x)) - g_t(x)|^2 dx by scipy.integrate.quad, p_t of
+    sum_k w_k N(m_k, 1) under OU (sigma_t^2 = 1 for identity components, means e^-t m_k)."""
+    from scipy import integrate
+
+    a = np.exp(-t)
+
+    def integrand(x):
+        comps = np.array([w * np.exp(-0.5 * (x - a * m) ** 2) for w, m in zip(weights, means)]) / np.sqrt(2 * np.pi)
+        p = comps.sum()
+        g = float(np.sum(comps * (a * np.asarray(means) - x)) / p)
+        return p * (score_of_g(x, g) - g) ** 2
+
+    return integrate.quad(integrand, -15.0, 15.0, epsabs=1e-13, epsrel=1e-12, limit=200)[0]
+
+
+def test_integrated_error_matches_quadrature_and_its_standard_error_the_spread():
+    """_integrated_errors against int_{t0}^{T} beta/2 E_{p_t}|s - grad log p_t|^2 dt by nested
+    scipy quad (beta = 2 for OU) on a 1-D two-component mixture, for the scaled exact score
+    1.3 grad log p_t and for -x; its se against the spread of the estimate over seeds."""
+    from scipy import integrate
+
+    from sgm_ref import OU
+    from sgm_ref.experiments.baselines import EmpiricalMeasure, minus_x
+    from sgm_ref.targets import GaussianMixture
+
+    weights, means = [0.3, 0.7], [-1.5, 2.0]
+    target, process = GaussianMixture(np.array(weights), np.array(means)[:, None]), OU()
+    t0, T = 1e-2, 5.0
+    exact = {name: integrate.quad(lambda t: _mixture_1d_per_t_error(t, weights, means, f), t0, T,
+                                  epsabs=1e-12, epsrel=1e-11, limit=200)[0]
+             for name, f in (("scaled", lambda x, g: 1.3 * g), ("minus_x", lambda x, g: -x))}
+    scores = {"scaled": lambda x, t: 1.3 * target.score(x, t, process), "minus_x": minus_x}
+    empirical = EmpiricalMeasure(target.sample(20, np.random.default_rng(0)))
+    runs = [rate._integrated_errors(scores, empirical, target, process, t0, T, 1000, 10, np.random.default_rng(s))
+            for s in range(100)]
+    for name in scores:
+        values = np.array([r[name]["error"] for r in runs])
+        se = np.array([r[name]["se"] for r in runs])
+        spread = values.std(ddof=1)
+        # unbiased: the mean of 100 estimates within 4 of its standard errors of the exact value
+        assert abs(values.mean() - exact[name]) < 4 * spread / np.sqrt(values.size), name
+        # the reported se is the estimate's spread (the spread of a 100-sample sd is about 7%)
+        assert 0.75 < se.mean() / spread < 1.33, name
+
+
+def test_the_tilt_oracles_own_error_is_what_the_cells_subtract():
+    """tilt-iso's Monte-Carlo oracle over fresh draws of its Z: its mean squared error against the
+    exact score (a 140 x 140 Gauss-Hermite rule in R^2, converged to 1e-11) is the mean of
+    sum_j se_j^2 that _integrated_errors subtracts, so the subtraction is unbiased."""
+    from sgm_ref import OU
+
+    target, process = make_target("tilt-iso", 2), OU()
+    z, w = np.polynomial.hermite_e.hermegauss(140)
+    Z = np.stack(np.meshgrid(z, z, indexing="ij"), -1).reshape(-1, 2)
+    W = np.outer(w, w).ravel() / np.sum(w) ** 2
+
+    def exact(x, t):
+        a, s = np.exp(-t), np.sqrt(-np.expm1(-2 * t))
+        out = []
+        for u in x @ target.P:
+            y = a * u + s * Z
+            e = W * np.exp(target._f(y) - target._f(y).max())
+            out.append(a * (e @ target._grad_f(y)) / e.sum())  # grad log q_t(u) + u (Mehler)
+        return -x + np.array(out) @ target.P.T
+
+    x0 = target.sample(4, np.random.default_rng(2))
+    mse, tr = [], []
+    for t in (0.01, 0.5):
+        xt = np.exp(-t) * x0 + np.sqrt(-np.expm1(-2 * t)) * np.random.default_rng(3).standard_normal(x0.shape)
+        g, tt = exact(xt, t), np.full(4, t)
+        for r in range(400):
+            target._z = np.random.default_rng(100 + r).standard_normal(target._z.shape)
+            s, se = target.score_and_se(xt, tt, process)
+            mse.append(np.sum((s - g) ** 2, axis=1))
+            tr.append(np.sum(se**2, axis=1))
+    mse, tr = np.array(mse).reshape(2, 400, 4), np.array(tr).reshape(2, 400, 4)
+    ratio = mse.mean(axis=1) / tr.mean(axis=1)  # per (t, point)
+    rel_se = mse.std(axis=1, ddof=1) / mse.mean(axis=1) / np.sqrt(400)
+    assert np.all(np.abs(ratio - 1) < 4 * rel_se), (ratio, rel_se)
+    total = mse.sum(axis=(0, 2))  # per draw of Z, summed over the 8 points
+    assert abs(total.mean() / tr.sum(axis=(0, 2)).mean() - 1) < 4 * total.std(ddof=1) / total.mean() / np.sqrt(400)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in subtract")  # HeldOut.choose's inf - inf
+def test_a_non_finite_held_out_loss_fails_the_cell_instead_of_the_sweeps_write(monkeypatch):
+    """A review: _all_finite looked into dicts but not lists, so a row whose val_loss held an inf
+    (a checkpoint whose outputs overflow) passed as "ok", and append_result's
+    json.dumps(allow_nan=False) then raised in the sweep's parent, stopping the sweep."""
+    assert not rate._all_finite({"val_loss": [1.0, float("inf")]}) and rate._all_finite({"val_loss": [1.0, None]})
+    original = rate.HeldOut.__call__
+
+    def overflowing_at_step_0(self, model):
+        value = original(self, model)
+        if self.optimizer.step_count == 0:
+            step, params, losses = self.checkpoints[-1]
+            self.checkpoints[-1] = (step, params, np.full_like(losses, np.inf))
+            return float("inf")
+        return value
+
+    monkeypatch.setattr(rate.HeldOut, "__call__", overflowing_at_step_0)
+    row = run_cell({"family": "mixture-iso", "d": 2, "n": 40, "seed": 0, "settings": {**TINY, "val_n": 64}})
+    assert row["status"] == "failed" and row["error"].startswith("non-finite result")
+    json.dumps(row, allow_nan=False)  # the row the sweep writes
+
+
+def test_a_d_whose_evaluation_draws_cannot_fit_is_refused_before_the_sweep():
+    """A review: make_grid checked only the n x d training data, so a d for which that fits but
+    the val_n = 16384 held-out and n_eval = 10000 evaluation points do not (at n = 500 they are
+    33 times the data) started a sweep whose every cell failed after drawing its data."""
+    from sgm_ref.targets._checks import _memory_bytes
+
+    memory = _memory_bytes() or float(np.iinfo(np.intp).max)
+    d = int(memory / 8 / 1000)  # the data of n = 500: half the memory
+    with pytest.raises(ValueError, match=f"--d {d}: a cell's evaluation draws alone \\(16384 points"):
+        make_grid(quick=True, d=[d], n=[500])
+    settings = make_grid(quick=True)["settings"]
+    assert 8.0 * d * 500 < memory < 8.0 * d * max(settings["val_n"], settings["n_eval"])
+    # what the cell would meet: its held-out draws refused by the sampler
+    with pytest.raises(ValueError, match="too large"):
+        make_target("mixture", d).sample(settings["val_n"], np.random.default_rng(0))

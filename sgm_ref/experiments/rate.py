@@ -7,8 +7,9 @@ trains a score network (the paper's objective by default: weight 1, t uniform on
 [t0(n), T(n)]; for max(min_steps, epochs n / batch_size) steps, so the budget grows with
 n, with Adam's rate decaying by a cosine over them and the objective estimated on
 importance-weighted times; it keeps the averaged parameters of the last checkpoint, or of
-an earlier one of 20 along the run whose objective on fresh held-out samples is lower by
-more than its noise), and records, against the exact (or debiased Monte-Carlo) oracle,
+an earlier one (20 along the run, the initial network and 3 early ones) whose objective on
+fresh held-out samples is lower by more than twice its noise), and records, against the
+exact (or debiased Monte-Carlo) oracle,
 
     score_error         int_{t0}^{T} beta/2 E_{p_t} |s_theta - grad log p_t|^2 dt on the fixed
                         window [t0, T] = [0.01, 5] (Monte Carlo, with se)
@@ -204,8 +205,16 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
     if d_max > 2**53 or n_max > 2**53 or 8.0 * d_max * n_max > min(memory, float(np.iinfo(np.intp).max)):
         raise ValueError(f"--d {d_max} with --n {n_max}: a cell's data alone would need {8.0 * d_max * n_max:.3g} "
                          f"bytes, more than this machine's memory ({memory:.3g} bytes); use a smaller --d or --n")
-    if "tilt-iso" in grid["families"] and min(grid["d"]) < DEFINITIONS["tilt-iso"]["k"]:
-        raise ValueError(f"--d: the family tilt-iso needs d >= {DEFINITIONS['tilt-iso']['k']}, got {grid['d']}")
+    # a family no cell of the grid could run is refused now, not as every one of its cells failing:
+    # the isometric families live in a k-dimensional subspace (d >= k), and the mixture families'
+    # EM baseline fits K components to the n samples (n >= K)
+    for family in grid["families"]:
+        k, K = DEFINITIONS[family].get("k"), DEFINITIONS[family].get("K")
+        if k is not None and min(grid["d"]) < k:
+            raise ValueError(f"--d: the family {family} needs d >= {k}, got {grid['d']}")
+        if K is not None and min(grid["n"]) < K:
+            raise ValueError(f"--n: the family {family} needs n >= {K} (its EM baseline fits {K} components), "
+                             f"got {grid['n']}")
     if steps is not None:
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"--steps must be an integer >= 1, got {steps!r}")
@@ -233,6 +242,15 @@ def make_grid(quick=False, families=None, d=None, n=None, seeds=None, steps=None
         if objective not in OBJECTIVES:
             raise ValueError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
         grid["settings"]["weighting"], grid["settings"]["time_distribution"] = OBJECTIVES[objective]
+    # ... and so are the draws every cell evaluates on, whatever its n: val_n (HeldOut) and
+    # n_eval or n_eval_tilted points (_integrated_errors), each of them d float64 numbers
+    s = grid["settings"]
+    rows = max([s.get("val_n") or 0] + [s["n_eval_tilted"] if f in _MONTE_CARLO_FAMILIES else s["n_eval"]
+                                        for f in grid["families"]])
+    if 8.0 * d_max * rows > min(memory, float(np.iinfo(np.intp).max)):
+        raise ValueError(f"--d {d_max}: a cell's evaluation draws alone ({rows} points: the settings val_n, n_eval, "
+                         f"n_eval_tilted) would need {8.0 * d_max * rows:.3g} bytes, more than this machine's memory "
+                         f"({memory:.3g} bytes); use a smaller --d")
     return grid
 
 
@@ -253,7 +271,9 @@ def schedule(n, settings):
 
 
 def training_steps(n, settings):
-    """settings["steps"] if set, else max(min_steps, ceil(epochs n / batch_size))."""
+    """settings["steps"] if set, else max(min_steps, ceil(epochs n / batch)), batch = min(batch_size, n)
+    (the batch fit draws: a sample smaller than batch_size is one batch, so epochs is then a
+    count of steps)."""
     if settings.get("steps") is not None:
         return int(settings["steps"])
     batch = min(settings["batch_size"], n)
@@ -316,12 +336,14 @@ def cells(grid):
 def run_cell(cell):
     """Train and evaluate one cell; returns its result as a JSON-ready dict.
 
-    A cell that fails (training diverges, a non-finite metric) returns {"status": "failed",
-    "error": ...} instead of raising, so one bad cell does not stop a sweep. numba runs
+    cell: {"family", "d", "n", "seed", "settings"} as cells() makes it (a family of FAMILIES,
+    integers d >= 1, n >= 2, seed >= 0); anything else raises ValueError. A cell that fails
+    (training diverges, a non-finite metric) returns {"status": "failed", "error": ...}
+    instead of raising, so one bad cell does not stop a sweep. numba runs
     one thread per cell, whichever executor runs it; the row records the versions and
     thread settings it ran with.
     """
-    family, d, n, seed = cell_key(cell)
+    family, d, n, seed = _check_cell(cell)
     row = {"family": family, "d": d, "n": n, "seed": seed}
     env = {"sgm_ref": __version__, "numpy": np.__version__, "numba": numba.__version__, "host": platform.node(),
            "blas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "blas_kernels": blas_kernels()}
@@ -338,10 +360,31 @@ def run_cell(cell):
     return {**row, "status": "ok", **result, **env}
 
 
+def _check_cell(cell):
+    """cell_key(cell), after checking that cell is one cells() could make; else raise ValueError.
+
+    A cell of an unknown family raised a KeyError from inside the training, and d, n or seed
+    given as 2.7, "2" or True ran as the cell 2 (or 1) and wrote that key into its row."""
+    if not isinstance(cell, dict) or not {"family", "d", "n", "seed", "settings"} <= set(cell):
+        raise ValueError("cell must be a dict with keys family, d, n, seed and settings (rate.cells(grid) makes them)")
+    if cell["family"] not in FAMILIES:
+        raise ValueError(f"cell family must be one of {', '.join(FAMILIES)}, got {cell['family']!r}")
+    for key, low in (("d", 1), ("n", 2), ("seed", 0)):
+        v = cell[key]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < low:
+            raise ValueError(f"cell {key} must be an integer >= {low}, got {v!r}")
+    if not isinstance(cell["settings"], dict):
+        raise ValueError(f"cell settings must be a dict (a grid's settings), got {type(cell['settings']).__name__}")
+    return cell_key(cell)
+
+
 def _all_finite(value):
-    """Every number in a (nested) result is finite (strings, booleans and None pass)."""
+    """Every number in a (nested) result is finite (strings, booleans and None pass): in its
+    dicts and in its lists (val_loss), which JSON (allow_nan=False) could not write."""
     if isinstance(value, dict):
         return all(_all_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
     if isinstance(value, float):
         return math.isfinite(value)
     return True
