@@ -1,6 +1,7 @@
 """The rate report end to end: synthetic rows (known slopes, baselines, TV bounds), the old sweep's rows, the CLI."""
 
 import json
+import math
 import os
 import re
 import shutil
@@ -557,7 +558,9 @@ def test_cells_that_kept_the_initial_network_are_named_and_the_exponent_after_th
     """Where the held-out selection kept step 0 the network is its initialisation (score -x
     exactly): 72 of the page's 420 cells, all of d = 1024 up to n = 4000 (found by a review).
     The report names them and fits the exponent over the n above the last of them: here
-    against scipy's linregress on the same rows, slope and t interval."""
+    against scipy's linregress on the same rows, slope and t interval. The sentence said "at
+    those n the network is not trained" of an n where 1 of 3 seeds kept it (a later review):
+    it is the seeds named that are not trained."""
     from scipy import stats
 
     rng = np.random.default_rng(0)
@@ -588,8 +591,9 @@ def test_cells_that_kept_the_initial_network_are_named_and_the_exponent_after_th
     report._initial_network_sentences("f", a, not_shows)
     assert not_shows == [
         "**f**: the held-out selection kept the initial network, whose score is -x exactly, in every seed at n = 500 "
-        "and 1000, 1 of 3 seeds at n = 2000 (d = 64): at those n the network is not trained, and a straight line "
-        f"through them measures how long that lasts as well as a rate; fitted over the n above them, the exponent is "
+        "and 1000, 1 of 3 seeds at n = 2000 (d = 64): in those seeds the network is not trained, and a straight "
+        "line through those n measures how long that lasts as well as a rate; "
+        f"fitted over the n above them, the exponent is "
         f"{after['b']:.2f} {report._interval(after['b_interval'])} (d = 64, n ≥ 4000)."]
     # rows of a sweep that kept the last step (no checkpoint_step) count as trained
     assert report._after_the_initial_network([{**r, "checkpoint_step": None} for r in rows]) == {"initial_kept": {}}
@@ -702,3 +706,149 @@ def test_a_lower_limit_is_printed_on_its_side_of_zero(tmp_path):
     away = re.search(r"exponent bounded away from 0: lower 95% limits (\S+) and ", shows).group(1)
     near = re.search(r"the exponent's interval reaches 0 in d = 8 \(lower limits (\S+)\)", not_shows).group(1)
     assert float(away) > 0 and float(near) < 0
+
+
+def _rows(error, minus_x=lambda n: 1.0, ns=(500, 1000, 2000, 4000, 8000, 16000, 32000), seeds=5, d=2):
+    """Rows of one family and d: the network's error error(n) and -x's minus_x(n) (None: not
+    measured), each seed's value times 1 + 0.01 (seed - 2) (replicates that differ)."""
+    rows = []
+    for n in ns:
+        for seed in range(seeds):
+            w = 1.0 + 0.01 * (seed - 2)
+            mx = minus_x(n)
+            rows.append({"family": "mixture", "d": d, "n": n, "seed": seed, "status": "ok",
+                         "score_error": error(n) * w, "score_error_se": 1e-3,
+                         "baseline_minus_x": None if mx is None else {"error": mx / w, "se": 1e-3}})
+    return rows
+
+
+def test_n_star_and_the_minus_x_claims_stop_at_the_largest_n_with_a_baseline():
+    """-x measured up to n = 8000 only, the error above half of it there and 1% of it after: the
+    page said "n* > 32000" and "stays above half the -x baseline up to n = 32000" (a review);
+    nothing is known about -x above 8000, so n* > 8000 and the claim stops at n = 8000."""
+    rows = _rows(lambda n: 0.9 if n <= 8000 else 0.01, lambda n: 1.0 if n <= 8000 else None)
+    # independently: every mean error up to 8000 is above half the mean -x there
+    means = {n: np.mean([r["score_error"] for r in rows if r["n"] == n]) for n in (500, 1000, 2000, 4000, 8000)}
+    mx = {n: np.mean([r["baseline_minus_x"]["error"] for r in rows if r["n"] == n]) for n in means}
+    assert all(means[n] > 0.5 * mx[n] for n in means)
+    analysis = report.analyse(rows)
+    a = analysis["families"]["mixture"]
+    text = report.report_markdown(analysis)
+    row = [line for line in text.splitlines() if line.startswith("| 2 | ") and "[" in line][0]
+    assert "| > 8000 |" in row and "32000 |" not in row
+    _, not_shows = conclusions(text)
+    assert "the error stays above half the -x baseline up to n = 8000 (d = 2)." in not_shows
+    assert "does not end below half the -x baseline by n = 8000 (d = 2);" in not_shows
+    assert "up to n = 32000" not in not_shows and "by n = 32000" not in not_shows
+    assert a["network"]["2"]["n_star"] == {"n_star": None, "censored": "right"}
+    assert a["network"]["2"]["minus_x_end"] == {"n_last": 8000, "ends_below": False}
+
+
+def test_an_error_back_above_half_minus_x_at_the_largest_n_is_not_a_rate():
+    """The error crosses below half of -x and comes back above it at the largest n: the exponent
+    claims are made only where the error ends below half the -x baseline (the comment's rule),
+    and the page said "the error falls with n in every d" and "falls below ... at n*" (a review)."""
+    level = {500: 0.9, 1000: 0.8, 2000: 0.6, 4000: 0.3, 8000: 0.2, 16000: 0.3, 32000: 0.8}
+    rows = _rows(level.__getitem__)
+    analysis = report.analyse(rows)
+    nstar = analysis["families"]["mixture"]["network"]["2"]["n_star"]
+    # independently: log-linear interpolation of log(error / (0.5 -x)) between n = 2000 and 4000
+    g = {n: math.log(np.mean([r["score_error"] for r in rows if r["n"] == n])
+                     / (0.5 * np.mean([r["baseline_minus_x"]["error"] for r in rows if r["n"] == n])))
+         for n in (2000, 4000)}
+    expected = math.exp(math.log(2000) + g[2000] * math.log(2) / (g[2000] - g[4000]))
+    shows, not_shows = conclusions(report.report_markdown(analysis))
+    assert "falls with n" not in shows and "at n*" not in shows
+    assert "the exponent of d = 2 (" in not_shows and ") is not a rate of learning" in not_shows
+    assert (f"the error falls below half the -x baseline and is back above it at the largest n: "
+            f"n* = {expected:.0f}, above again at n = 32000 (d = 2).") in not_shows
+    assert nstar["n_star"] == pytest.approx(expected, rel=1e-12)
+    assert analysis["families"]["mixture"]["network"]["2"]["minus_x_end"] == {"n_last": 32000, "ends_below": False}
+
+
+def test_tv_and_exponent_sentences_print_the_digits_their_claims_need():
+    """A mean bound of 0.9996 was printed '1.000' in "below 1 (not vacuous)", a fall from 0.99996
+    to 0.9996 as "1.000 to 1.000", and limits 0.32049 > 0.32041 as "0.32 > 0.32" (a review)."""
+    a = {"d": [2], "n": [500, 32000], "points": {"2": {
+        "500": {"tv": [0.99996, 1e-6, 5]}, "32000": {"tv": [0.9996, 1e-6, 5]}}}}
+    not_shows = []
+    shows = report._tv_sentences("fam", a, not_shows)
+    below = re.search(r"below 1 \(not vacuous\) in d = 2: (\S+) \(d = 2\)", shows[0]).group(1)
+    first, last = re.search(r"in d = 2 \((\S+) to (\S+)\)", shows[1]).groups()
+    assert float(below) < 1 and float(below) == pytest.approx(0.9996, rel=1e-4)
+    assert 1 > float(first) > float(last) and float(first) == pytest.approx(0.99996, rel=1e-5)
+    b = {"n": [500, 32000], "d": [8], "points": {"8": {"32000": {
+        "network": [0.1, 0.01, 5], "empirical measure (curse)": [1.0, 0.1, 5]}}}, "fits": {
+        "network": {"by_d": {"8": {"b": 0.5, "b_interval": [0.32049, 0.7]}}},
+        "empirical measure (curse)": {"by_d": {"8": {"b": 0.2, "b_interval": [0.1, 0.32041]}}}}}
+    text = " ".join(report._baseline_sentences("fam", b))
+    low, high = re.search(r"in d = 8: (\S+) > (\S+) \(d = 8\)", text).groups()
+    assert float(low) > float(high) and float(low) == pytest.approx(0.32049, rel=1e-3)
+
+
+def test_no_exponent_says_what_the_fit_needs():
+    """Two n and one seed: a d has two distinct n but only two points (a line through them has no
+    variance); the reason said "no d has two distinct n yet" (a review)."""
+    analysis = report.analyse(_rows(lambda n: 500 / n, ns=(500, 1000), seeds=1))
+    _, not_shows = conclusions(report.report_markdown(analysis))
+    assert "no exponent could be fitted (no d has two distinct n and three points with a positive error yet)" \
+        in not_shows
+
+
+def test_every_d_and_the_ten_per_cent_interval_are_claimed_only_where_they_hold():
+    """The empirical baseline missing at the largest n in d = 8: "below it in every d" named only
+    d = 2 (a missing cell is not a win); and a training interval ending at 0.89996 was printed
+    "[0.9, ...]" beside "the interval reaches beyond 0.9 to 1.1" (a review)."""
+    rows = _rows(lambda n: 500 / n, ns=(500, 2000, 8000)) + [{**r, "d": 8} for r in _rows(lambda n: 500 / n,
+                                                                                             ns=(500, 2000, 8000))]
+    for r in rows:
+        r["baseline_empirical"] = None if (r["d"], r["n"]) == (8, 8000) else {"error": 5.0, "se": 0.1}
+    shows, _ = conclusions(report.report_markdown(report.analyse(rows)))
+    assert "at n = 8000 the network's error is below the empirical-measure (curse) baseline's in d = 2;" in shows
+    mine = {"settings": {"min_steps": 12000, "epochs": 200}}
+    longer = {"settings": {"min_steps": 24000, "epochs": 400}}
+    c = report.compare(rows, [{**r, "score_error": r["score_error"] * (0.95 if r["seed"] % 2 else 0.97)}
+                              for r in rows], mine, longer)
+    c["all"]["ratio_interval"] = [0.89996, 0.99]  # an end just beyond the 10% threshold
+    _, not_shows = report._training_sentences([(c, "budget2")])
+    assert "undecided" in not_shows[0] and "the interval reaches beyond 0.9 to 1.1" in not_shows[0]
+    low = re.search(r"95% interval \[(\S+), ", not_shows[0]).group(1)
+    assert float(low) < 0.9 and float(low) == pytest.approx(0.89996, rel=1e-5)
+
+
+def test_an_untested_straight_line_gives_its_reason():
+    """Five seeds at two n: no lack-of-fit test (it needs three n), and the page said "with one seed
+    per cell the straight line cannot be tested (no replicates ...)" (a review)."""
+    analysis = report.analyse(_rows(lambda n: 500 / n, ns=(500, 1000)))
+    assert analysis["families"]["mixture"]["seeds"] == 5
+    _, not_shows = conclusions(report.report_markdown(analysis))
+    assert "one seed" not in not_shows and "no replicates" not in not_shows
+    assert ("the straight line in log-log is not tested in any d (lack of fit: lack of fit needs at least three "
+            "distinct n, got 2)") in not_shows
+    wobble = {500: 1.0, 1000: 1.05, 2000: 0.97}  # off the line: the line has a variance
+    one = report.analyse(_rows(lambda n: 500 / n * wobble[n], ns=(500, 1000, 2000), seeds=1))
+    assert "with one seed per cell the straight line cannot be tested" in report.report_markdown(one)
+
+
+def test_a_flat_start_is_claimed_only_from_an_n_where_minus_x_was_measured():
+    """-x not measured at n = 500: the page said "from n = 500 the network does no better than the
+    score -x ... up to n = 2000" (a review); nothing is known about -x at n = 500."""
+    rows = _rows(lambda n: 1.0 if n <= 2000 else 0.3 * 2000 / n, lambda n: None if n == 500 else 1.0)
+    a = report.analyse(rows)["families"]["mixture"]
+    assert report._no_better_than_minus_x_at_first(a) == {}
+    not_shows = []
+    report._late_start_sentences("mixture", a, report._at_or_above_minus_x(a), not_shows)
+    assert not_shows == []
+    # with -x at n = 500 too, the flat start up to n = 2000 is named (there the means differ by about
+    # 2e-4, far less than two standard errors of the difference, about 0.02)
+    a = report.analyse(_rows(lambda n: 1.0 if n <= 2000 else 0.3 * 2000 / n))["families"]["mixture"]
+    assert report._no_better_than_minus_x_at_first(a) == {2: 2000}
+
+
+def test_the_plane_sentence_says_every_d_only_where_em_was_fitted_in_every_d():
+    """EM fitted in d = 2 only (its baseline missing in d = 8): the sentence said "in every d"."""
+    fams = {"mixture-iso": {"d": [2, 8], "fits": {"EM plug-in": {"by_d": {"2": {"b": 1.02}}}}}}
+    text = report._plane_sentence(["mixture-iso"], fams)
+    assert "has exponent 1.02 to 1.02 in d = 2 (mixture-iso)" in text and "every d" not in text
+    fams["mixture-iso"]["fits"]["EM plug-in"]["by_d"]["8"] = {"b": 1.06}
+    assert "has exponent 1.02 to 1.06 in every d (mixture-iso)" in report._plane_sentence(["mixture-iso"], fams)

@@ -348,7 +348,8 @@ def _analyse_family(rows):
                   and sum(dd == d for dd, _, _ in data) >= 3}
         data = [row for row in data if row[0] in fitted]
         if not data:
-            fits[names[k]] = {"joint": None, "joint_reason": "no d has two distinct n yet", "by_d": {}}
+            fits[names[k]] = {"joint": None, "joint_reason": "no d has two distinct n and three points "
+                                                    "with a positive error yet", "by_d": {}}
             continue
         g, n, e = map(np.array, zip(*data))
         joint, why = _attempt(S.joint_slopes, g, n, e, level=LEVEL)
@@ -375,6 +376,7 @@ def _analyse_family(rows):
             top = [r["score_error"] for r in curve if r["n"] == max(n)]
             entry["floor_share"] = sat["c"] / float(np.mean(top))
         entry["n_star"], entry["n_star_reason"] = _n_star(points[str(d)])
+        entry["minus_x_end"] = _minus_x_end(points[str(d)])
         entry.update(_after_the_initial_network([r for r in rows if r["d"] == d]))
         network[str(d)] = entry
     result["network"] = network
@@ -409,6 +411,18 @@ def _after_the_initial_network(rows):
     out["after_initial"] = None if fit is None else {"from_n": int(n.min()), **_exponent(fit["groups"][0])}
     out["after_initial_reason"] = why
     return out
+
+
+def _minus_x_end(by_n):
+    """{"n_last": the largest n where the network and the -x baseline were both measured (n* >
+    n_last when n* is censored "right": nothing is known beyond it), "ends_below": whether the
+    mean error there is below half the baseline's (it can cross below and come back above)},
+    or None without such an n."""
+    ns = [n for n, p in by_n.items() if "network" in p and "score -x" in p]
+    if not ns:
+        return None
+    last = by_n[max(ns, key=int)]
+    return {"n_last": int(max(ns, key=int)), "ends_below": bool(last["network"][0] < 0.5 * last["score -x"][0])}
 
 
 def _n_star(by_n):
@@ -673,7 +687,7 @@ def _family_section(family, a, settings=None):
                  else f"{_g(sat['c'])} ({net['floor_share']:.0%}; {_p(sat['floor_test']['p'])})") + " | "
         line += f"{net['curse_rate']:.3f} | "
         ns_ = net["n_star"]
-        line += _n_star_cell(ns_, max(ns)) + " |"
+        line += _n_star_cell(ns_, (net.get("minus_x_end") or {}).get("n_last", max(ns))) + " |"
         for m in a["methods"][1:]:
             bb = a["fits"].get(m, {}).get("by_d", {}).get(str(d))
             line += (f" {bb['b']:.2f} {_interval(bb['b_interval'])}" if bb else " –") + " |"
@@ -713,11 +727,12 @@ def _family_section(family, a, settings=None):
     return lines + [""]
 
 
-def _n_star_cell(n_star, n_max):
+def _n_star_cell(n_star, n_last):
+    """n_last: the largest n with a -x baseline (n* censored "right" is above it, not above the largest n)."""
     if n_star is None:
         return "–"
     if n_star["censored"] == "right":
-        return f"> {n_max}"
+        return f"> {n_last}"
     return ("≤ " if n_star["censored"] == "left" else "") + f"{n_star['n_star']:.0f}"
 
 
@@ -741,6 +756,10 @@ def _training_sentences(comparisons):
     (where a budget bites first); budget-bound: the interval over all cells below
     1 - TRAINING_CHANGE; else undecided."""
     shows, not_shows = [], []
+
+    def end(v):  # an interval's end on its side of 1 -+ TRAINING_CHANGE (0.89996 is not "0.9" there)
+        return _digits_keeping_side(v, (1.0 - TRAINING_CHANGE, 1.0 + TRAINING_CHANGE), 3)
+
     for c, name in comparisons:
         differs, pooled = c["differs"], c.get("all")
         if not differs or not set(differs) <= TRAINING_SETTINGS or not _longer(differs) or pooled is None \
@@ -753,7 +772,7 @@ def _training_sentences(comparisons):
                  f"{len({x['seed'] for x in cells})} seed(s)")
         per_n = _list([f"{_g(f['ratio'])} (n = {n})" for n, f in c.get("by_n", {}).items()])
         text = (f"trained longer as `{name}` ({how}), the same {pooled['cells']} cells ({where}) have "
-                f"{_g(pooled['ratio'])} times this run's error ({LEVEL:.0%} interval [{_g(low)}, {_g(high)}], paired "
+                f"{_g(pooled['ratio'])} times this run's error ({LEVEL:.0%} interval [{end(low)}, {end(high)}], paired "
                 f"{_p(pooled['p'])}; by n: {per_n})")
         parts = [(family, f) for family, f in c.get("families", {}).items()]
         if c.get("by_n"):
@@ -772,8 +791,8 @@ def _training_sentences(comparisons):
             not_shows.append(f"This run's training is budget-bound: {text}; so its errors and exponents are those "
                              "of its training, not of the network trained to its limit.")
         else:
-            reach = _list([f"{label}: {_g(f['ratio'])} " + (f"[{_g(f['ratio_interval'][0])}, "
-                                                                f"{_g(f['ratio_interval'][1])}]"
+            reach = _list([f"{label}: {_g(f['ratio'])} " + (f"[{end(f['ratio_interval'][0])}, "
+                                                                f"{end(f['ratio_interval'][1])}]"
                                                                 if f["t"] is not None else "(one cell, no interval)")
                            for label, f in (wide or [("all cells", pooled)])])
             not_shows.append(f"Whether this run's training is long enough is undecided: {text}; the interval reaches "
@@ -798,9 +817,13 @@ def _conclusions(fams, comparisons=()):
         # the exponent claims are made where the network learns: its error at the largest n
         # below half the -x baseline (n* reached) and not at or above -x's from some n on
         nstar = {d: a["network"][str(d)]["n_star"] for d in a["d"]}
+        end = {d: a["network"][str(d)].get("minus_x_end") for d in a["d"]}
         stuck = _at_or_above_minus_x(a)
         never = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] == "right"]
-        out = [d for d in ds if d in never or d in stuck]
+        # crossed below half the -x baseline, but back above it at the largest n
+        back = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right" and end[d]
+                and not end[d]["ends_below"]]
+        out = [d for d in ds if d in never or d in back or d in stuck]
         lof = {d: a["network"][str(d)]["lack_of_fit"] for d in a["d"]}
         bent = [d for d in a["d"] if lof[d] and lof[d]["p"] < ALPHA_LOF]
         if out:
@@ -808,7 +831,8 @@ def _conclusions(fams, comparisons=()):
             not_shows.append(f"**{family}**: the {'exponent' if one else 'exponents'} of d = {_list(out)} ("
                              + _list([f"{by_d[str(d)]['b']:.2f}" for d in out])
                              + (") is not a rate" if one else ") are not rates") + " of learning: the error does "
-                             f"not end below half the -x baseline by n = {max(a['n'])}; "
+                             "not end below half the -x baseline by "
+                             + _up_to(a, out, name_d=False) + "; "
                              + ("it is" if one else "they are")
                              + " left out of the claims about exponents under \"What this shows\".")
         ds = [d for d in ds if d not in out]
@@ -895,26 +919,37 @@ def _conclusions(fams, comparisons=()):
                              f"in any of the {len(tested)} d tested (smallest {_p(min(lof[d]['p'] for d in tested))}), "
                              f"which is weak evidence for one: with {a['seeds']} seeds the pure-error test sees "
                              "only strong bending.")
-        else:
+        elif a["seeds"] == 1:
             not_shows.append(f"**{family}**: with one seed per cell the straight line cannot be tested (no "
                              "replicates, no lack-of-fit test): the exponents are of the best line, whatever "
                              "the curve's shape.")
+        else:  # replicates, but no test for another reason (e.g. fewer than three n): say which
+            why = sorted({a["network"][str(d)]["lack_of_fit_reason"] for d in a["d"]} - {None})
+            not_shows.append(f"**{family}**: the straight line in log-log is not tested in any d (lack of fit: "
+                             + "; ".join(why) + "): the exponents are of the best line, whatever the curve's "
+                             "shape.")
         _floor_sentences(family, a, not_shows)
         _rising_sentences(family, a, not_shows)
         _late_start_sentences(family, a, stuck, not_shows)
         _initial_network_sentences(family, a, not_shows)
-        reached = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right"]
+        reached = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right" and d not in back]
         if reached:
             shows.append(f"**{family}**: the error falls below half the -x baseline at n*: "
                          + _list([("≤ " if nstar[d]["censored"] == "left" else "") + f"{nstar[d]['n_star']:.0f}"
                                   + f" (d = {d})" for d in reached]) + ".")
         if never:
-            not_shows.append(f"**{family}**: the error stays above half the -x baseline up to n = {max(a['n'])} in "
-                             f"d = {_list(never)}.")
+            not_shows.append(f"**{family}**: the error stays above half the -x baseline up to "
+                             + _up_to(a, never) + ".")
+        if back:
+            not_shows.append(f"**{family}**: the error falls below half the -x baseline and is back above it at the "
+                             "largest n: " + _list([f"n* {'≤' if nstar[d]['censored'] == 'left' else '='} "
+                                                    f"{nstar[d]['n_star']:.0f}, above again at n = "
+                                                    f"{end[d]['n_last']} (d = {d})" for d in back]) + ".")
         if stuck:
             not_shows.append(f"**{family}**: the network's mean error is at or above the score -x's at every n from "
                              + _list([f"{n0} (d = {d})" for d, n0 in stuck.items()])
-                             + f" up to n = {max(a['n'])}: there it does no better than a score that learned nothing.")
+                             + " up to " + _up_to(a, stuck)
+                             + ": there it does no better than a score that learned nothing.")
         shows += _level_sentences(family, a)
         shows += _baseline_sentences(family, a, learns=set(ds))
         shows += _tv_sentences(family, a, not_shows)
@@ -936,6 +971,16 @@ def _conclusions(fams, comparisons=()):
     return lines + [f"- {s}" for s in not_shows] + [""]
 
 
+def _up_to(a, ds, name_d=True):
+    """'n = N in d = ...' (N the largest n, when every d in ds has the -x baseline there; 'n = N'
+    alone without name_d), else 'n = N1 (d = d1) and ...': the largest n where each d's error
+    was compared with -x's (a claim about the -x level stops there)."""
+    last = {d: _minus_x_end(a["points"][str(d)])["n_last"] for d in ds}
+    if set(last.values()) == {max(a["n"])}:
+        return f"n = {max(a['n'])}" + (f" in d = {_list(list(ds))}" if name_d else "")
+    return _list([f"n = {last[d]} (d = {d})" for d in ds])
+
+
 # families whose f depends on x only through a fixed low-dimensional plane (families.py)
 _PLANAR_FAMILIES = ("mixture-iso", "tilt-iso")
 
@@ -943,9 +988,13 @@ _PLANAR_FAMILIES = ("mixture-iso", "tilt-iso")
 def _plane_sentence(planar, fams):
     """What a target confined to a plane cannot tell apart, with the EM plug-in's exponents
     (a parametric estimator that does not know the plane either) where they were fitted."""
-    em = [f["b"] for f in fams.get("mixture-iso", {}).get("fits", {}).get("EM plug-in", {}).get("by_d", {}).values()]
+    mixture = fams.get("mixture-iso", {})
+    by_d = mixture.get("fits", {}).get("EM plug-in", {}).get("by_d", {})
+    em = [f["b"] for f in by_d.values()]
+    every = ("every d" if len(by_d) == len(mixture.get("d", ())) else  # "every d" only where fitted in each
+             "d = " + _list(sorted(int(d) for d in by_d)) if by_d else None)
     em_text = (f"; the EM plug-in, which does not know the plane either, has exponent {min(em):.2f} to "
-               f"{max(em):.2f} in every d (mixture-iso)") if em else ""
+               f"{max(em):.2f} in {every} (mixture-iso)") if em else ""
     return (f"**{' and '.join(planar)}**: the target is one low-dimensional problem rotated into R^d (f depends on "
             "x only through a fixed plane), so a learner that finds the plane faces that problem whatever d is. "
             "These runs cannot tell Cole & Lu's explanation, a log-relative density f of low complexity, from "
@@ -999,11 +1048,14 @@ def _rising_sentences(family, a, not_shows):
 def _no_better_than_minus_x_at_first(a):
     """{d: n1} for each d where the network does no better than the score -x from the smallest n
     on: at every n up to n1 (n1 the largest such n) its mean error is not below the -x
-    baseline's by more than two standard errors of the difference."""
+    baseline's by more than two standard errors of the difference. A d without both at the
+    smallest n is left out: nothing is known about the start there."""
     out = {}
     for d in a["d"]:
         pairs = sorted((int(n), p["network"], p["score -x"]) for n, p in a["points"][str(d)].items()
                        if "network" in p and "score -x" in p)
+        if not pairs or pairs[0][0] != min(a["n"]):
+            continue
         n1 = None
         for n, net, mx in pairs:  # [mean, se, seeds]
             if net[0] < mx[0] - 2 * math.hypot(net[1], mx[1]):
@@ -1045,8 +1097,8 @@ def _initial_network_sentences(family, a, not_shows):
         fitted = [d for d in initial if after[d]]
         text = (f"**{family}**: the held-out selection kept the initial network, whose score is -x exactly, in "
                 + "; ".join(kept(d) for d in initial)
-                + ": at those n the network is not trained, and a straight line through them measures how long "
-                  "that lasts as well as a rate")
+                + ": in those seeds the network is not trained, and a straight line "
+                  "through those n measures how long that lasts as well as a rate")
         if fitted:
             text += ("; fitted over the n above them, the exponent is "
                      + _list([f"{after[d]['b']:.2f} {_interval(after[d]['b_interval'])} (d = {d}, n ≥ "
@@ -1103,7 +1155,10 @@ def _baseline_sentences(family, a, learns=None):
         lo, hi = min(ratios, key=ratios.get), max(ratios, key=ratios.get)
         if method.startswith("empirical"):
             better = [d for d in ratios if ratios[d] > 1]
-            where = "every d" if len(better) == len(ratios) else ("no d" if not better else f"d = {_list(better)}")
+            # "every d" only when every d has the baseline at n = nmax (a missing cell is not a win)
+            where = ("every d" if len(better) == len(ratios) == len(a["d"]) else
+                     ("no d" if len(ratios) == len(a["d"]) else f"none of d = {_list(list(ratios))}")
+                     if not better else f"d = {_list(better)}")
             out.append(f"**{family}**: at n = {nmax} the network's error is below {label}'s in {where}; the ratio "
                        f"baseline / network is {_g(ratios[lo])} (d = {lo}) to {_g(ratios[hi])} (d = {hi}).")
         else:  # the efficient parametric reference: how far the network is from it
@@ -1119,9 +1174,13 @@ def _baseline_sentences(family, a, learns=None):
             faster = [int(d) for d, f in fits.items() if d in net and net[d]["b_interval"][0] > f["b_interval"][1]
                       and (learns is None or int(d) in learns)]
             if faster:
+                def apart(v, other):  # 3 significant digits, more where 3 would print the two limits equal
+                    return _g(v) if _g(v) != _g(other) else _digits_keeping_side(v, (other,), 3)
+
                 out.append(f"**{family}**: the network's exponent is above {label}'s (its lower {LEVEL:.0%} limit "
                            f"above the baseline's upper limit) in d = {_list(sorted(faster))}: " + _list(
-                               [f"{_g(net[str(d)]['b_interval'][0])} > {_g(fits[str(d)]['b_interval'][1])} (d = {d})"
+                               [f"{apart(net[str(d)]['b_interval'][0], fits[str(d)]['b_interval'][1])} > "
+                                f"{apart(fits[str(d)]['b_interval'][1], net[str(d)]['b_interval'][0])} (d = {d})"
                                 for d in sorted(faster)]) + ".")
     return out
 
@@ -1139,17 +1198,22 @@ def _tv_sentences(family, a, not_shows):
     vacuous = [d for d in tv if last[d][0] >= 1]
     if useful:
         out.append(f"**{family}**: the certified TV bound at the largest n is below 1 (not vacuous) in d = "
-                   f"{_list(useful)}: " + _list([f"{last[d][0]:.3f} (d = {d})" for d in useful]) + ".")
+                   f"{_list(useful)}: " + _list([f"{_digits_keeping_side(last[d][0], (1.0,), 3, 'f')} (d = {d})"
+                                                 for d in useful]) + ".")
     if vacuous:
         not_shows.append(f"**{family}**: the certified TV bound is vacuous (≥ 1) at the largest n in d = "
                          f"{_list(vacuous)}.")
     # falling: the last mean + 2 se below the first mean - 2 se
     falling = [d for d, v in tv.items()
                if len(v) > 1 and v[max(v)][0] + 2 * v[max(v)][1] < v[min(v)][0] - 2 * v[min(v)][1]]
+    def ends(d):  # with the digits that keep the two ends apart (0.9996 to 0.9991 is not "1.000 to 0.999")
+        first, end = tv[d][min(tv[d])][0], tv[d][max(tv[d])][0]
+        return (f"{_digits_keeping_side(first, (end, 1.0), 3, 'f')} to "
+                f"{_digits_keeping_side(end, (first, 1.0), 3, 'f')}")
+
     if falling:
         out.append(f"**{family}**: the certified TV bound falls from the smallest to the largest n (by more than two "
-                   "standard errors at each end) in d = " + _list(
-                       [f"{d} ({tv[d][min(tv[d])][0]:.3f} to {tv[d][max(tv[d])][0]:.3f})" for d in falling]) + ".")
+                   "standard errors at each end) in d = " + _list([f"{d} ({ends(d)})" for d in falling]) + ".")
     flat = [d for d in tv if len(tv[d]) > 1 and d not in falling]
     if flat:
         not_shows.append(f"**{family}**: the certified TV bound is not shown to fall with n in d = {_list(flat)}.")
