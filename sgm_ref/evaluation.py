@@ -650,7 +650,7 @@ def markdown(report):
             continue
         lines.append(f"| {label} | {_pm(smp[key])}{_sliced_floor_text(smp[key]) if key.startswith('sliced') else ''} |")
     if bound is not None:
-        lines += ["", "The bound: TV <= TV(p_0, p_t0) + sqrt(KL / 2), KL = KL(p_T || N(0, I)) + path KL", "",
+        lines += ["", "The bound: TV <= TV(p_0, p_t0) + sqrt(KL / 2), KL = max(KL(p_T || N(0, I)), 0) + path KL", "",
                   f"- TV(p_0, p_t0) = {_pm_values(bound['tv_early_stopping'], bound['tv_early_stopping_se'])}",
                   f"- KL(p_T || N(0, I)) = {_pm_values(bound['kl_prior'], bound['kl_prior_se'])}",
                   f"- path KL (score error and discretisation) = {_pm_values(bound['kl_path'], bound['kl_path_se'])}"]

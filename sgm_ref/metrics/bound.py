@@ -100,7 +100,7 @@ class TVBound:
 
     tv: float                     # TV(p_0, p_t0) + sqrt(kl / 2), capped at 1
     tv_se: float                  # 0 when capped: the trivial bound is exact
-    kl: float                     # kl_prior + kl_path >= KL(p_t0 || q)
+    kl: float                     # max(kl_prior, 0) + kl_path >= KL(p_t0 || q) (KL(p_T || .) >= 0)
     kl_se: float
     kl_prior: float               # KL(p_T || N(0, v_T I)), the sampler's start law
     kl_prior_se: float
