@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from ._json import load_json
+from ._validation import check_real
 from .io import atomic_path, atomic_write
 
 __all__ = ["plot_run"]
@@ -446,9 +447,10 @@ def _is_integer(value):
 
 def _check_positive(value, name, what):
     """A ValueError naming name unless value is a finite real number > 0 (not True or "2")."""
-    real = not isinstance(value, (bool, np.bool_)) and isinstance(value, (int, float, np.integer, np.floating))
-    if not (real and np.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive number ({what}), got {value!r}")
+    try:
+        check_real(value, name, low=0.0, low_open=True)
+    except ValueError:
+        raise ValueError(f"{name} must be a positive number ({what}), got {value!r}") from None
 
 
 def _time_list(ts, what, admissible):

@@ -246,10 +246,8 @@ def _score_for_kernel(score, y, t, step, grid, process, times):
     try:
         s = score(y, times.at(t))
         if type(s) is not np.ndarray or s.shape != y.shape or s.dtype != y.dtype:
-            s = call_score(lambda *_: s, y, None, _where(step, t))  # its messages, in its order
-            if isinstance(s, np.ma.MaskedArray):  # numba refuses it (NumbaTypeError); its data under a mask is no value
-                raise ValueError(f"score returned a masked array{_where(step, t)}; return a plain ndarray")
-            s = np.asarray(s)  # a subclass (np.matrix, np.memmap, ...): the kernels take the plain array
+            # its messages, in its order; a masked array refused, another subclass as its plain array
+            s = call_score(lambda *_: s, y, None, _where(step, t))
         return s if s.flags.c_contiguous else np.ascontiguousarray(s)  # the kernels read it flat
     except Exception:
         with np.errstate(invalid="ignore"):

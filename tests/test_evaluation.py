@@ -128,14 +128,19 @@ def test_json_ready_replaces_non_finite_numbers_and_says_where():
     assert json_ready({"x": [1.0, 2.0]}) == {"x": [1.0, 2.0]}  # nothing to say: no "non_finite"
 
 
+def _overflowing_score_report():
+    """score_report of a score 1e200 x (its error and path KL overflow) on a 2-component mixture."""
+    g = GaussianMixture.paper_family(2, 2, 2.0, rng=0)
+    return score_report(lambda x, t: x * 1e200, g, OU(), t0=1e-2, T=3.0, method="euler_maruyama",
+                        grid="geometric", n_steps=5, rng=np.random.default_rng(0), profile_n=10, profile_times=3,
+                        bound_n=4)
+
+
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_an_overflowing_score_error_is_said_in_words():
     from sgm_ref.evaluation import non_finite_notes
 
-    g = GaussianMixture.paper_family(2, 2, 2.0, rng=0)
-    report = score_report(lambda x, t: x * 1e200, g, OU(), t0=1e-2, T=3.0, method="euler_maruyama",
-                          grid="geometric", n_steps=5, rng=np.random.default_rng(0), profile_n=10, profile_times=3,
-                          bound_n=4)
+    report = _overflowing_score_report()
     notes = non_finite_notes(report)
     assert notes[0].startswith("the score error overflows float64 at every t of the profile (0.01 to 3)")
     assert "TV bound say nothing beyond TV <= 1" in notes[1]
@@ -540,10 +545,7 @@ def test_an_nll_beyond_memory_is_refused_first_for_a_product_target(tmp_path, mo
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
 def test_an_overflowing_path_kl_is_said_in_words_in_the_bound_s_terms():
     """The bound's terms printed "path KL ... = inf ± nan" and "KL <= overflows float64"."""
-    g = GaussianMixture.paper_family(2, 2, 2.0, rng=0)
-    scores = score_report(lambda x, t: x * 1e200, g, OU(), t0=1e-2, T=3.0, method="euler_maruyama",
-                          grid="geometric", n_steps=5, rng=np.random.default_rng(0), profile_n=10, profile_times=3,
-                          bound_n=4)
+    scores = _overflowing_score_report()
     bound = scores["tv_bound"]
     assert np.isinf(bound["kl_path"]) and np.isnan(bound["kl_path_se"]) and np.isinf(bound["kl_upper"])
     report = {**_report(), **scores}
