@@ -5,6 +5,7 @@ forms, sigma from a 60-digit decimal evaluation of sqrt(1 - exp(-B(t))).
 """
 
 import decimal
+import math
 
 import numpy as np
 import pytest
@@ -723,7 +724,10 @@ def test_ddpm_timestep_map(schedule):
     assert np.array_equal(t, (i + 1) / N)
     assert np.all(np.abs(p.timestep_of_time(t) - i) <= 4 * EPS * N)
     ac = p.alphas_cumprod()
-    np.testing.assert_allclose(p.integrated_beta(t), np.cumsum(-np.log1p(-p.betas())), rtol=4 * EPS)
+    # against the correctly rounded partial sums (math.fsum): np.cumsum's own rounding, 1.2e-15 of
+    # the sum, was this reference once, and B no longer carries it (_knots_lo)
+    rates = -np.log1p(-p.betas())
+    np.testing.assert_allclose(p.integrated_beta(t), [math.fsum(rates[:k + 1]) for k in i], rtol=4 * EPS)
     # alpha = exp(-B/2) squared: B <= 20 known to an ulp, so a few ulps times B
     assert np.all(np.abs(p.alpha(t) ** 2 / ac - 1) <= EPS * (4 + 2 * p.integrated_beta(t)))
     # one step: alpha_{t_i} / alpha_{t_{i-1}} = sqrt(1 - beta_i), with t_{-1} = 0
@@ -770,6 +774,39 @@ def test_ddpm_integral_across_a_few_knots_to_rounding(p):
             want = B(t_hi) - B(t_lo)
             worst = max(worst, float(abs((p.integrated_beta_between(t_hi, t_lo) - want) / want)))
     assert worst <= 1e-15, worst
+
+
+@pytest.mark.parametrize("p", [DDPM(), DDPM("squaredcos_cap_v2"), DDPM("linear", num_train_timesteps=100000)],
+                         ids=["linear", "cosine", "linear-100000"])
+def test_ddpm_integrated_beta_and_alphas_cumprod_to_an_ulp(p):
+    """B(t) itself, not only a step's difference, carries the cumulative sum's rounding (_knots_lo):
+    the float64 cumsum alone left B 1.2e-15 of itself off at N = 1000 and 1.6e-14 at N = 100000,
+    and alphas_cumprod = e^{-B} 7e-15 (a review). Now B is within an ulp or two and e^{-B} within
+    exp's rounding of B (B eps plus an ulp). Against 50-digit sums of the float64 betas' rates."""
+    N = p.num_train_timesteps
+    B = integrated_beta_mp(p)
+    with mpmath.workdps(50):
+        knots = np.concatenate([[0], np.cumsum([-mpmath.log1p(-mpmath.mpf(float(b))) for b in p.betas()])])
+    rng = np.random.default_rng(1)
+    i = np.unique(np.concatenate([rng.integers(0, N, 150), [0, N // 2, N - 1]]))
+    i = i[p.integrated_beta(p.time_of_timestep(i)) < 700]  # e^{-B} above float64's underflow
+    t_knots = p.time_of_timestep(i)
+    t_between = np.sort(rng.uniform(0.0, 1.0, 150))
+    t_between = t_between[p.integrated_beta(t_between) < 700]
+    ac = p.alphas_cumprod()[i]
+    with mpmath.workdps(50):
+        for t in np.concatenate([t_knots, t_between]):
+            want = B(float(t))
+            assert _rel(float(p.integrated_beta(t)), want) <= 2.5 * EPS, t
+            a = float(p.alpha(t))
+            assert _rel(a, mpmath.exp(-want / 2)) <= EPS * (1.0 + float(want) / 2), t
+        for a, k in zip(ac, i):
+            want = knots[k + 1]  # alphas_cumprod[k] is the knot's own
+            assert _rel(float(a), mpmath.exp(-want)) <= EPS * (1.0 + float(want)), k
+    # and the inverse: time_of_log_snr(log_snr(t)) returns t
+    t = np.concatenate([t_knots, t_between])
+    t = t[p.integrated_beta(t) < 30]  # where lambda still pins t down to its digits
+    np.testing.assert_allclose(p.time_of_log_snr(p.log_snr(t)), t, rtol=2e-13)
 
 
 def test_ddpm_betas_follow_diffusers_definitions():
@@ -870,6 +907,14 @@ def test_a_beta_end_whose_schedule_rounds_to_one_is_refused():
     assert np.all(np.isfinite(DDPM("scaled_linear", 1e-4, 0.999)._rates))
 
 
+@pytest.mark.parametrize("N", [10**14, 2**62])
+def test_a_ddpm_schedule_beyond_memory_is_named(N):
+    """DDPM(num_train_timesteps=10**14) (or the spec ddpm:num_train_timesteps=...) raised numpy's
+    MemoryError from np.linspace, a traceback naming no argument (a review)."""
+    with pytest.raises(ValueError, match=r"^num_train_timesteps = \d+ asks for .*; lower num_train_timesteps$"):
+        DDPM(num_train_timesteps=N)
+
+
 def test_a_fractional_timestep_is_pointed_to_sigmas():
     """A sigma-based scheduler's fractional timesteps (EulerDiscreteScheduler's 946.42...) get the
     way out in the message (a review: the bare refusal gave no hint)."""
@@ -932,6 +977,75 @@ def test_integrals_beyond_float64_and_huge_priors_are_named():
         VP(beta_min=1e200, beta_max=1e201).time_of(0.5)
 
 
+@pytest.mark.parametrize("call, t, what", [
+    (lambda t: EDM().sigma2(t), 1e200, "sigma_t\\^2"),
+    (lambda t: EDM().g2(t), np.array([1.0, 1e308]), "g\\(t\\)\\^2"),
+    (lambda t: OU().log_snr(t), 1e308, "log_snr"),
+    (lambda t: VE(1e-200, 1e200).sigma2(t), 1.0, "sigma_t\\^2"),
+    (lambda t: VE(1e-200, 1e200).g2(t), 1.0, "g\\(t\\)\\^2"),
+])
+def test_pointwise_values_beyond_float64_are_named_not_inf(call, t, what):
+    """EDM().sigma2(1e200) (t_max = inf), EDM().g2(1e308), OU().log_snr(1e308) (-2t) and a VE
+    with sigma_max^2 beyond float64 returned inf with an overflow warning (a review), where
+    the step integrals, integrated_beta and the samplers name the overflow."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=rf"^t = 1(\.0)?e?\+?\d*: {what} overflows float64 for .*; use a smaller t$"):
+            call(t)
+
+
+def test_subvp_with_a_large_beta_max_inverts_its_log_snr():
+    """SubVP's inverse B = 2 asinh(e^{-lambda/2} / 2) took e^{-lambda/2}, inf past lambda = -1419:
+    SubVP(0.1, 4000) (lambda(1) = -2000) refused time_of_log_snr(log_snr(0.8)) with "beta_min and
+    beta_max are too large to invert the schedule" (a review). Against 50-digit B = 2 asinh(...)."""
+    p = SubVP(0.1, 4000.0)
+    t = np.array([1e-300, 1e-10, 0.01, 0.1, 0.3, 0.5, 0.6, 0.8, 0.95, 1.0])
+    # 1e-13 as the other round trips: lambda(1e-300) = 1382 carries t only to eps 1382 / 2
+    np.testing.assert_allclose(p.time_of_log_snr(p.log_snr(t)), t, rtol=1e-13)
+    with mp.workdps(50):
+        for lam in (-60.0, -59.99, -61.0, -1418.0, -1500.0, -2000.05):
+            B = 2 * mp.asinh(mp.exp(-mp.mpf(lam) / 2) / 2)
+            bmin, db = mp.mpf(0.1), mp.mpf(4000.0) - mp.mpf(0.1)
+            want = 2 * B / (bmin + mp.sqrt(bmin**2 + 2 * db * B))
+            assert _rel(float(p.time_of_log_snr(lam)), want) <= 4 * EPS, lam
+
+
+def test_perturb_names_points_beyond_their_dtype():
+    """float32 x0 at EDM's t = 1e39 (sigma_t past float32's 3.4e38) came back as +-inf with only
+    an "overflow encountered in cast" warning (a review); just inside the range it is the draw."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for p, t in ((EDM(), np.array([1.0, 1e39])), (VE(1e-3, 1e100), 1.0)):
+            with pytest.raises(ValueError, match=r"^t = 1(e\+39|\.0): x_t = alpha_t x0 \+ sigma_t z overflows float32 "
+                                                 r"for .*; use a smaller t, or float64 points$"):
+                p.perturb(np.ones((2, 3), np.float32), t, np.random.default_rng(0))
+        xt, z = EDM().perturb(np.ones((2, 3), np.float32), 1e37, np.random.default_rng(0))
+        assert xt.dtype == np.float32 and np.all(np.isfinite(xt))
+        np.testing.assert_allclose(xt, np.float32(1e37) * z, rtol=1e-6)
+        # float64 points at the same t are finite
+        xt, z = EDM().perturb(np.ones((2, 3)), 1e39, np.random.default_rng(0))
+        np.testing.assert_allclose(xt, 1.0 + 1e39 * z, rtol=1e-15)
+
+
+def test_pointwise_values_keep_their_documented_infinities_and_underflows():
+    """lambda and sigma' are +inf where sigma_t = 0 (docstrings); alpha, sigma^2 and sigma'
+    that underflow or saturate at huge t are values (0, 1), without an overflow warning."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert OU().log_snr(0.0) == np.inf and OU().d_sigma(0.0) == np.inf
+        assert VP(0.0, 20.0).log_snr(1e-300) == np.inf  # B = 1e-599 underflows: sigma_t = 0 in float64
+        assert OU().alpha(1e308) == 0.0 and OU().sigma2(1e308) == 1.0 and OU().d_sigma(1e308) == 0.0
+        assert OU().f(1e308) == -1.0 and OU().g2(1e308) == 2.0
+        assert EDM().sigma2(1e154) == 1e154**2 and EDM().log_snr(1e308) == -2.0 * np.log(1e308)
+        assert np.array_equal(EDM().marginal(np.array([0.0, 1e308])), [[1.0, 1.0], [0.0, 1e308]])
+
+
 def test_flow_matching_step_integrals_near_t_max_to_rounding():
     """A FlowMatching step up to near t = 1 has u = h / (1 - t_lo) close to 1, and taking
     1 - u from the rounded u lost int f, int g^2, b and a = alpha_lo / alpha_hi 1e-12 to
@@ -958,3 +1072,18 @@ def test_flow_matching_step_integrals_near_t_max_to_rounding():
                 got = [p.integrated_f_between(th, tl), p.integrated_g2_between(th, tl), a, b, c2]
                 for name, g, w in zip(["int f", "int g^2", "a", "b", "c2"], got, want):
                     assert _rel(mp.mpf(float(g)), w) < 2e-15, (name, th, tl, float(g), float(w))
+
+
+@pytest.mark.filterwarnings("error")
+def test_ou_past_t_9e307_gives_its_limit_without_an_overflow_warning():
+    """OU's B = 2t is inf past t ~ 9e307: alpha_t = 0 and sigma_t = 1 are the values (an
+    oracle at such a t is the standard normal's), which came with a RuntimeWarning."""
+    from sgm_ref.targets import GaussianMixture
+
+    t = 8.98846567431158e307
+    a, s2 = OU()._coefficients(t, 1)
+    assert a[0] == 0.0 and s2[0] == 1.0
+    g = GaussianMixture([1.0], [[3.0]], [[0.5]])
+    x = np.array([[0.7]])
+    np.testing.assert_array_equal(g.score(x, t, OU()), -x)
+    assert g.log_prob(x, t, OU())[0] == pytest.approx(-0.5 * 0.49 - 0.5 * np.log(2 * np.pi), rel=1e-15, abs=0)

@@ -123,6 +123,24 @@ def test_step_integrals_name_an_overflow():
         OU().exponential_integrals(1000.0, 1.0)
 
 
+def test_subvp_c2_past_b_710_is_finite_and_exact():
+    """SubVP's c2 = 4 e^{-B_lo} sinh((B_lo + B_hi)/2) sinh(DB/2) overflowed as a product (sinh = inf,
+    then e^{-B_lo} = 0 times inf) once B_lo + B_hi > 1420: with beta_max = 2000 a step [0.85, 0.86]
+    (c2 = 2.7e7) was refused as an overflow (a review). Against 50 digits of the same formula."""
+    p = SubVP(0.1, 2000.0)
+    with mpmath.workdps(50):
+        def B(t):
+            t = mpmath.mpf(t)
+            return mpmath.mpf(0.1) * t + t * t * (2000 - mpmath.mpf(0.1)) / 2
+        for hi, lo in ((0.86, 0.85), (0.9, 0.85), (1.0, 0.9), (0.85 + 1e-12, 0.85), (0.7, 1e-6), (1e-3, 0.0)):
+            Bl, Bh = B(lo), B(hi)
+            want = 4 * mpmath.exp(-Bl) * mpmath.sinh((Bl + Bh) / 2) * mpmath.sinh((Bh - Bl) / 2)
+            a, b, c2 = p.exponential_integrals(hi, lo)
+            # expm1(DB) of DB ~ 190 carries DB's rounding: up to about DB eps
+            assert float(abs(c2 / want - 1)) <= 4e-16 * (1 + float(Bh - Bl)), (hi, lo, c2, want)
+            assert float(abs(a / mpmath.exp((Bh - Bl) / 2) - 1)) <= 4e-16 * (1 + float(Bh - Bl)), (hi, lo)
+
+
 def test_expm1mx_and_log1pmx_keep_their_digits():
     y = np.concatenate([-np.logspace(-20, 1.5, 200), np.logspace(-20, 1.5, 200)])
     with mpmath.workdps(40):

@@ -304,8 +304,8 @@ class MLP:
         for l in range(L):
             T *= ws.D[l][:, None, :]                       # d h_{l+1} = act'(z_l) * d z_l
             if l + 1 < L:
-                r, k, m = T.shape
-                T = (T.reshape(r * k, m) @ self.weights[l + 1]).reshape(r, k, -1)
+                r, k, m = T.shape  # the sizes spelt out: -1 is ambiguous for k = 0 directions
+                T = (T.reshape(r * k, m) @ self.weights[l + 1]).reshape(r, k, self.sizes[l + 2])
         return T
 
     def jvp(self, x, t, tangents):
@@ -347,9 +347,10 @@ class MLP:
         W0, WL = self.weights[0][:self.d], self.weights[-1]
         for rows, ws in self._forward_blocks(x, t, k, out):
             r = rows.stop - rows.start
-            T = (V[rows].reshape(r * k, self.d) @ W0).reshape(r, k, -1)
+            # shapes spelt out (not -1): k = 0 directions give empty products, not a reshape error
+            T = (V[rows].reshape(r * k, self.d) @ W0).reshape(r, k, W0.shape[1])
             if self.depth > 0:  # else the input layer is the last
-                T = (self._tangents(ws, T).reshape(r * k, -1) @ WL).reshape(r, k, self.d)
+                T = (self._tangents(ws, T).reshape(r * k, WL.shape[0]) @ WL).reshape(r, k, self.d)
             jv[rows] = T
         if not (np.all(np.isfinite(out)) and np.all(np.isfinite(jv))):
             self._overflow("Jacobian-vector product", x, t)

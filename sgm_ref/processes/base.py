@@ -84,26 +84,46 @@ class LinearGaussianProcess:
 
     # -- public API ----------------------------------------------------------------------
 
+    def _value(self, fn, t, what, inf_where_no_noise=False):
+        """fn(t) for the public pointwise functions, raising for a value beyond float64 (EDM's
+        sigma_t^2 = t^2 past t ~ 1.3e154, OU's lambda = -2t - ... past t ~ 9e307, a VE whose
+        sigma_max^2 overflows) rather than returning inf; the infinities that are the value
+        (inf_where_no_noise: lambda and sigma' where sigma_t = 0) pass."""
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            value = np.asarray(fn(t), dtype=np.float64)
+            bad = ~np.isfinite(value)
+            if inf_where_no_noise and np.any(bad):
+                bad &= ~((value == np.inf) & (self._sigma(t) == 0))
+        if np.any(bad):
+            first = float(np.broadcast_to(t, value.shape)[bad].flat[0])
+            raise ValueError(f"t = {first!r}: {what} overflows float64 for {self!r}; use a smaller t")
+        return self._out(value)
+
     def alpha(self, t):
-        """Signal scale alpha_t; t scalar or shape (n,) in [t_min, t_max]; float64, same shape."""
-        return self._out(self._alpha(self._times(t)))
+        """Signal scale alpha_t; t scalar or shape (n,) in [t_min, t_max]; float64, same shape.
+
+        Each pointwise function here raises ValueError for a t outside [t_min, t_max] or
+        whose value is beyond float64 (EDM's sigma_t^2 = t^2 for t above about 1.3e154),
+        rather than return inf; underflow to 0 is not an error.
+        """
+        return self._value(self._alpha, self._times(t), "alpha_t")
 
     def sigma(self, t):
         """Noise scale sigma_t, with full relative precision as t -> 0."""
-        return self._out(self._sigma(self._times(t)))
+        return self._value(self._sigma, self._times(t), "sigma_t")
 
     def sigma2(self, t):
         """Noise variance sigma_t^2, with full relative precision as t -> 0."""
-        return self._out(self._sigma2(self._times(t)))
+        return self._value(self._sigma2, self._times(t), "sigma_t^2")
 
     def marginal(self, t):
         """(alpha_t, sigma_t) in one call; t scalar or shape (n,)."""
         t = self._times(t)
-        return self._out(self._alpha(t)), self._out(self._sigma(t))
+        return self._value(self._alpha, t, "alpha_t"), self._value(self._sigma, t, "sigma_t")
 
     def d_alpha(self, t):
         """d alpha_t / dt (the flow velocity's x0 coefficient)."""
-        return self._out(self._d_alpha(self._times(t)))
+        return self._value(self._d_alpha, self._times(t), "d alpha_t / dt")
 
     def d_sigma(self, t):
         """d sigma_t / dt (the flow velocity's noise coefficient).
@@ -111,16 +131,15 @@ class LinearGaussianProcess:
         Infinite where sigma_t = 0 and sigma_t ~ sqrt(t) (variance-preserving processes at
         t = 0): there the velocity of the interpolant is not defined.
         """
-        with np.errstate(divide="ignore"):
-            return self._out(self._d_sigma(self._times(t)))
+        return self._value(self._d_sigma, self._times(t), "d sigma_t / dt", inf_where_no_noise=True)
 
     def f(self, t):
         """Drift coefficient f(t) = d log alpha_t / dt of dX = f X dt + g dW."""
-        return self._out(self._f(self._times(t)))
+        return self._value(self._f, self._times(t), "f(t)")
 
     def g2(self, t):
         """Squared diffusion coefficient g(t)^2 = d sigma_t^2/dt - 2 f sigma_t^2 (>= 0)."""
-        return self._out(self._g2(self._times(t)))
+        return self._value(self._g2, self._times(t), "g(t)^2")
 
     def log_snr(self, t):
         """lambda_t = log(alpha_t^2 / sigma_t^2), strictly decreasing in t.
@@ -128,8 +147,7 @@ class LinearGaussianProcess:
         +inf where sigma_t = 0 (t = 0 for every built-in process except VE, whose data
         enter at sigma_min): the data themselves, with no noise, have infinite SNR.
         """
-        with np.errstate(divide="ignore"):
-            return self._out(self._log_snr(self._times(t)))
+        return self._value(self._log_snr, self._times(t), "log_snr", inf_where_no_noise=True)
 
     def time_of_log_snr(self, lam):
         """The time t with log_snr(t) = lam; lam scalar or array, float64 of its shape.
@@ -280,17 +298,31 @@ class LinearGaussianProcess:
         xt, z : ndarray, shape (n, d), dtype of x0
             The perturbed points and the standard normal noise that made them
             (the denoising score matching target is -z / sigma_t).
+
+        Raises
+        ------
+        ValueError
+            A bad x0, t or rng, or points x_t beyond the range of x0's dtype (float32 x0 at
+            EDM's t = 1e39: a bare cast made them inf with a RuntimeWarning).
         """
         x0 = check_points(x0, "x0")
         rng = check_rng(rng)
-        alpha, sigma = self.marginal(self._times(t, n=x0.shape[0]))
+        alpha64, sigma64 = self.marginal(self._times(t, n=x0.shape[0]))
         dt = x0.dtype
-        alpha = np.asarray(alpha, dtype=dt)
-        sigma = np.asarray(sigma, dtype=dt)
-        if alpha.ndim == 1:
-            alpha, sigma = alpha[:, None], sigma[:, None]
-        z = rng.standard_normal(x0.shape, dtype=dt)
-        return alpha * x0 + sigma * z, z
+        with np.errstate(over="ignore", invalid="ignore"):
+            alpha = np.asarray(alpha64, dtype=dt)
+            sigma = np.asarray(sigma64, dtype=dt)
+            if alpha.ndim == 1:
+                alpha, sigma = alpha[:, None], sigma[:, None]
+            z = rng.standard_normal(x0.shape, dtype=dt)
+            xt = alpha * x0 + sigma * z
+        if not np.all(np.isfinite(xt)):
+            i = int(np.argmax(~np.all(np.isfinite(xt), axis=1)))
+            ti = float(np.broadcast_to(self._times(t, n=x0.shape[0]), (x0.shape[0],))[i])
+            raise ValueError(f"t = {ti!r}: x_t = alpha_t x0 + sigma_t z overflows {dt.name} for {self!r} "
+                             f"(row {i}: sigma_t = {float(np.broadcast_to(sigma64, (x0.shape[0],))[i]):.3g}, largest |x0| "
+                             f"{float(np.max(np.abs(x0[i]))):.3g}); use a smaller t, or float64 points")
+        return xt, z
 
 
 def softplus(y):

@@ -36,6 +36,7 @@ class SubVP(LinearGaussianProcess):
         b       = e^{-B_lo/2} int (e^{B/2} - e^{-3B/2}) dB
                 = 2 E(DB/2) + (2/3) E(-3 DB/2) + (2/3) expm1(-2 B_lo) expm1(-3 DB/2)
         c2      = e^{-B_lo} [2 cosh B] = 4 e^{-B_lo} sinh((B_lo + B_hi)/2) sinh(DB/2)
+                = -expm1(-(B_lo + B_hi)) expm1(DB)   (no e^{-B_lo} sinh(...) = 0 * inf for B > 710)
 
     every term >= 0, so nothing cancels as t -> 0 or on short steps.
     """
@@ -98,15 +99,25 @@ class SubVP(LinearGaussianProcess):
                 + (2.0 / 3.0) * np.expm1(-2.0 * B_lo) * np.expm1(-1.5 * DB))
 
     def _ei_c2(self, t_hi, t_lo):
+        # 4 e^{-B_lo} sinh(S) sinh(DB/2), S = (B_lo + B_hi)/2, as (1 - e^{-2S}) (e^{DB} - 1): the
+        # product form overflowed to inf (and 0 * inf) once S > 710 (beta_max above ~1400), where
+        # c2 ~ e^{DB} is finite (a review)
         B_lo, B_hi, DB = self._B(t_lo), self._B(t_hi), self._DB(t_hi, t_lo)
-        return 4.0 * np.exp(-B_lo) * np.sinh(0.5 * (B_lo + B_hi)) * np.sinh(0.5 * DB)
+        return -np.expm1(-(B_lo + B_hi)) * np.expm1(DB)
 
     def _log_snr(self, t):
         B = self._B(t)
         return -B - 2.0 * np.log(-np.expm1(-B))
 
     def _time_of_log_snr(self, lam):
-        B = 2.0 * np.arcsinh(0.5 * np.exp(-0.5 * lam))
+        # B = 2 asinh(e^y / 2), y = -lam/2; past y = 30 as 2y + 2 log1p(e^{-2y} / ...) (the same
+        # number), as e^y overflows beyond y = 709 (beta_max above ~2800: lambda(1) < -1420)
+        y = -0.5 * np.asarray(lam, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            small = 2.0 * np.arcsinh(0.5 * np.exp(np.minimum(y, 30.0)))
+        e = np.exp(-2.0 * np.maximum(y, 30.0))  # asinh(x) = log(2x) + log1p((sqrt(1 + 1/x^2) - 1) / 2)
+        large = 2.0 * y + 2.0 * np.log1p(2.0 * e / (np.sqrt(1.0 + 4.0 * e) + 1.0))
+        B = np.where(y > 30.0, large, small)
         return inverse_linear_integrated_beta(B, self.beta_min, self.beta_max)
 
     def to_dict(self):

@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._validation import check_count, check_real
+from .._validation import check_count, check_real, fits_in_memory
 from .variance_preserving import VariancePreserving
 
 SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -93,22 +93,26 @@ class DDPM(VariancePreserving):
             raise ValueError(f"beta_end must be >= beta_start, got {self.beta_start}, {self.beta_end}")
         object.__setattr__(self, "num_train_timesteps", check_count(self.num_train_timesteps,
                                                                     "num_train_timesteps", minimum=2))
-        # rates -log(1 - beta_j) and their cumulative sums at the knots t = j/N, j = 0..N
-        betas = self.betas()
-        if not np.all(betas < 1.0):  # scaled_linear squares sqrt(beta_end), which may round to 1
-            raise ValueError(f"beta_end = {self.beta_end!r} is too close to 1: the {self.beta_schedule} schedule's "
-                             "last beta rounds to 1 in float64 (alpha would be 0); use a smaller beta_end")
-        rates = -np.log1p(-betas)
-        object.__setattr__(self, "_rates", rates)
-        knots = np.concatenate([[0.0], np.cumsum(rates)])
-        object.__setattr__(self, "_knots", knots)
-        # what each knot's rounding left out, summed: knots + _knots_lo is the cumulative sum to
-        # about an ulp. A step across a few knots near t = 1 takes the difference of two knots
-        # ~10 in size, which would otherwise carry their accumulated rounding (2e-14 of the
-        # step at N = 1000, 2e-12 at N = 100000). Each addition's error is exact (TwoSum on
-        # the knots as rounded, plus their difference from that sum if cumsum rounded otherwise)
-        errors = _addition_errors(knots[:-1], rates, knots[1:])
-        object.__setattr__(self, "_knots_lo", np.concatenate([[0.0], np.cumsum(errors)]))
+        # the schedule lives in ~8 float64 arrays of N + 1 at its peak: a num_train_timesteps beyond
+        # memory is named (it was a MemoryError from np.linspace)
+        N = self.num_train_timesteps
+        with fits_in_memory("num_train_timesteps", N, N + 1, per_item=64):
+            # rates -log(1 - beta_j) and their cumulative sums at the knots t = j/N, j = 0..N
+            betas = self.betas()
+            if not np.all(betas < 1.0):  # scaled_linear squares sqrt(beta_end), which may round to 1
+                raise ValueError(f"beta_end = {self.beta_end!r} is too close to 1: the {self.beta_schedule} schedule's "
+                                 "last beta rounds to 1 in float64 (alpha would be 0); use a smaller beta_end")
+            rates = -np.log1p(-betas)
+            object.__setattr__(self, "_rates", rates)
+            knots = np.concatenate([[0.0], np.cumsum(rates)])
+            object.__setattr__(self, "_knots", knots)
+            # what each knot's rounding left out, summed: knots + _knots_lo is the cumulative sum to
+            # about an ulp. A step across a few knots near t = 1 takes the difference of two knots
+            # ~10 in size, which would otherwise carry their accumulated rounding (2e-14 of the
+            # step at N = 1000, 2e-12 at N = 100000). Each addition's error is exact (TwoSum on
+            # the knots as rounded, plus their difference from that sum if cumsum rounded otherwise)
+            errors = _addition_errors(knots[:-1], rates, knots[1:])
+            object.__setattr__(self, "_knots_lo", np.concatenate([[0.0], np.cumsum(errors)]))
         # squaredcos_cap_v2's last beta is capped at 0.999: g^2 = N rate jumps to ~6900 on the
         # last step (N = 1000) and that step carries a third of a g^2-weighted integral. The
         # relative second moment of g^2 under uniform times, N sum r^2 / (sum r)^2, is the
@@ -136,8 +140,10 @@ class DDPM(VariancePreserving):
         return np.minimum(np.sin(k / N) * np.sin(((2 * i + 1) / N + 0.016) * k) / np.cos(u1) ** 2, _MAX_BETA)
 
     def alphas_cumprod(self):
-        """prod_{j <= i} (1 - beta_j) in float64, shape (N,) (as exp of a sum of log1p's)."""
-        return np.exp(-self._knots[1:])
+        """prod_{j <= i} (1 - beta_j) in float64, shape (N,) (as exp of a sum of log1p's, the
+        sum carried with its rounding errors, _knots_lo: within 1e-15, exp's rounding of B ~ 10,
+        where the float64 cumulative sum alone was off by up to 7e-15 at N = 1000)."""
+        return np.exp(-(self._knots[1:] + self._knots_lo[1:]))
 
     def diffusers_betas(self):
         """diffusers' float32 betas, bit for bit (the arithmetic of DDPMScheduler.__init__).
@@ -256,14 +262,20 @@ class DDPM(VariancePreserving):
     def _offset(self, t):
         """(j, t N - j) with t N - j exact to an ulp of itself (not of t N): on the last
         steps of squaredcos_cap_v2 the rate is ~7000 per unit time and the rounding of t N
-        alone would cost alpha ~2e-13 of its digits."""
+        alone would cost alpha ~2e-13 of its digits. t N - j < 0 where t N rounds up to the
+        knot j (t = 0.999 at N = 1000: t N = 999 - 8.9e-16): t is then in piece j - 1."""
         p, err = _two_product(np.asarray(t, dtype=np.float64), float(self.num_train_timesteps))
         j = np.minimum(np.floor(p).astype(np.int64), self.num_train_timesteps - 1)
         return j, (p - j) + err  # p - j is exact (Sterbenz)
 
     def _integrated_beta(self, t):
+        # the knot with its summation's rounding (_knots_lo): B to an ulp, not the up to 1e-15
+        # (N = 1000) or 1.6e-14 (N = 100000) of it that the float64 cumulative sum carries.
+        # A t just below the knot j (frac < 0) is measured back from it at the rate of its own
+        # piece j - 1 (at t = 0.999 on the capped cosine, 1.4, not the cap's 6.9: B 5e-15 off)
         j, frac = self._offset(t)
-        return self._knots[j] + frac * self._rates[j]
+        rate = self._rates[np.where(frac < 0, np.maximum(j - 1, 0), j)]
+        return self._knots[j] + (self._knots_lo[j] + frac * rate)
 
     def _integral_between(self, t_hi, t_lo):
         # exact for steps within one piece; across pieces, the pieces' sum, with the parts
@@ -289,7 +301,7 @@ class DDPM(VariancePreserving):
     def _inverse_integrated_beta(self, B):
         B = np.asarray(B, dtype=np.float64)
         j = np.clip(np.searchsorted(self._knots, B, side="right") - 1, 0, self.num_train_timesteps - 1)
-        return (j + (B - self._knots[j]) / self._rates[j]) / self.num_train_timesteps
+        return (j + ((B - self._knots[j]) - self._knots_lo[j]) / self._rates[j]) / self.num_train_timesteps
 
     def to_dict(self):
         return {"name": "DDPM", "beta_schedule": self.beta_schedule, "beta_start": self.beta_start,
