@@ -4,10 +4,14 @@ Independent references: scipy.stats.norm.cdf differences for the bin masses,
 scipy.stats.binom for the expected bias, scipy.stats.wasserstein_distance and an
 "every point repeated" construction (both samples made the same size n m) for 1-D W_p,
 Python double loops and scipy.spatial.distance.cdist for MMD and energy,
-scipy.stats.multivariate_normal for the responsibilities. Monte-Carlo checks fix their
+scipy.stats.multivariate_normal for the responsibilities, 40-digit mpmath sums for the
+expected bias at large n and for MMD (value and SE) at extreme bandwidths. Monte-Carlo checks fix their
 seed and state their tolerance in standard errors.
 """
 
+import tracemalloc
+
+import mpmath
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -127,6 +131,27 @@ def test_expected_bias_is_the_binomial_mean_absolute_deviation():
         cells = np.append(r.target_mass, r.target_outside)
         brute = 0.5 * sum(np.sum(binom.pmf(k, n, p) * np.abs(k / n - p)) for p in cells)
         assert r.expected_bias == pytest.approx(brute, rel=1e-10)
+
+
+def test_expected_bias_keeps_its_digits_for_large_n():
+    # against 40-digit sums: brute force over every k at n = 2000, De Moivre's closed form
+    # 2 k C(n, k) p^k (1 - p)^(n - k + 1) / n at n = 2e5 (its lgamma form lost 4e-10 there,
+    # 6e-13 at n = 2000); the last range has cells of mass 5e-69 and 6e-170 (k = 1, n p < 1)
+    g = mixture_1d()
+    with mpmath.workdps(40):
+        for n, bins, bounds, brute in ((2000, 7, (-2.0, 3.0), True), (200_000, 10, None, False),
+                                       (200_000, 4, (-1.0, 40.0), False)):
+            x = np.resize(g.sample(2000, np.random.default_rng(8)), (n, 1))
+            r = D.histogram_tv(x, g, bins=bins, range=bounds)
+            total = mpmath.mpf(0)
+            for p in map(mpmath.mpf, np.append(r.target_mass, r.target_outside)):
+                if brute:
+                    total += mpmath.fsum(mpmath.binomial(n, k) * p**k * (1 - p) ** (n - k) * abs(mpmath.mpf(k) / n - p)
+                                         for k in range(n + 1))
+                elif 0 < p < 1:
+                    k = int(mpmath.floor(n * p)) + 1
+                    total += 2 * k * mpmath.binomial(n, k) * p**k * (1 - p) ** (n - k + 1) / n
+            assert r.expected_bias == pytest.approx(float(total / 2), rel=2e-14, abs=0)
 
 
 def test_histogram_tv_of_exact_samples_averages_to_expected_bias():
@@ -295,6 +320,37 @@ def test_mmd_matches_double_loop():
         assert r.bandwidth == h
 
 
+def mmd_and_se_mpmath(x, y, h):
+    """MMD^2_u and its first-order SE 2 sqrt(var f / n + var g / m) in 40-digit double loops."""
+    with mpmath.workdps(40):
+        X = [[mpmath.mpf(float(v)) for v in row] for row in x]
+        Y = [[mpmath.mpf(float(v)) for v in row] for row in y]
+        k = lambda a, b: mpmath.exp(-mpmath.fsum((u - v) ** 2 for u, v in zip(a, b)) / (2 * mpmath.mpf(h) ** 2))
+        n, m = len(X), len(Y)
+        kxx = [mpmath.fsum(k(X[i], X[j]) for j in range(n) if j != i) for i in range(n)]
+        kyy = [mpmath.fsum(k(Y[i], Y[j]) for j in range(m) if j != i) for i in range(m)]
+        kxy = [[k(a, b) for b in Y] for a in X]
+        value = (mpmath.fsum(kxx) / (n * (n - 1)) + mpmath.fsum(kyy) / (m * (m - 1))
+                 - 2 * mpmath.fsum(map(mpmath.fsum, kxy)) / (n * m))
+        f = [kxx[i] / (n - 1) - mpmath.fsum(kxy[i]) / m for i in range(n)]
+        g = [kyy[j] / (m - 1) - mpmath.fsum(kxy[i][j] for i in range(n)) / n for j in range(m)]
+        var = lambda v: mpmath.fsum((t - mpmath.fsum(v) / len(v)) ** 2 for t in v) / (len(v) - 1)
+        return float(value), float(2 * mpmath.sqrt(var(f) / n + var(g) / m))
+
+
+def test_mmd_with_a_bandwidth_far_above_the_distances_keeps_its_digits():
+    # every kernel value within 1e-15 of 1: summed as exp, the statistic (a difference of
+    # kernel means) cancelled to noise (h = 1e5: relative error 1e-5; h = 1e7: 6.7e-16
+    # for 4.7e-16; h = 1e9: 0 +- 0 for 4.7e-20); kernel values near 1 now enter as k - 1
+    rng = np.random.default_rng(26)
+    x, y = rng.standard_normal((40, 2)), rng.standard_normal((30, 2)) + [0.3, 0.0]
+    for h in (0.1, 1.0, 1e3, 1e5, 1e7, 1e9):
+        r = D.mmd(x, y, bandwidth=h)
+        value, se = mmd_and_se_mpmath(x, y, h)
+        assert r.value == pytest.approx(value, rel=1e-13, abs=0)
+        assert r.standard_error == pytest.approx(se, rel=1e-12, abs=0)
+
+
 def test_mmd_median_heuristic():
     rng = np.random.default_rng(21)
     x, y = rng.standard_normal((7, 2)), 3.0 * rng.standard_normal((9, 2))
@@ -331,6 +387,28 @@ def test_kernel_statistics_blocked_equal_unblocked(monkeypatch):
     for a, b in zip(full, blocked):
         assert b.value == pytest.approx(a.value, rel=1e-13, abs=1e-15)
         assert b.standard_error == pytest.approx(a.standard_error, rel=1e-12)
+
+
+def test_kernel_statistics_of_clustered_data_stay_within_the_block_memory():
+    # two clusters 2e6 apart in d = 500: every within-cluster pair is recomputed from its
+    # difference (the Gram form would cancel), and those differences were taken all at
+    # once: 180 MB traced for n = m = 200 (1.8 GB RSS at n = m = 2000, d = 200); now in
+    # chunks of 2^20 numbers (28 MB). The value against scipy's cdist (direct differences)
+    rng = np.random.default_rng(27)
+    n, d = 200, 500
+    far = np.zeros(d)
+    far[0] = 1e6
+    x = rng.standard_normal((n, d)) + np.where(np.arange(n) % 2, 1.0, -1.0)[:, None] * far
+    y = rng.standard_normal((n, d)) + np.where(np.arange(n) % 3, 1.0, -1.0)[:, None] * far
+    tracemalloc.start()
+    try:
+        r = D.energy_distance(x, y)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 5 * 8 * 2**20  # five arrays of the 2^20-number block budget
+    ref = 2 * cdist(x, y).mean() - cdist(x, x).sum() / (n * (n - 1)) - cdist(y, y).sum() / (n * (n - 1))
+    assert r.value == pytest.approx(ref, rel=1e-13)
 
 
 def test_kernel_statistics_identical_samples():
@@ -478,6 +556,11 @@ BAD = [
     (lambda: D.energy_distance(X2, X2[:1]), "y must have at least 2 rows"),
     (lambda: D.energy_distance(X2, X3), r"y must have shape \(n, 2\)"),
     (lambda: D.energy_distance(X2, NAN2), "y contains 1 non-finite"),
+    # no coordinates: numpy's "zero-size array to reduction operation maximum" before
+    (lambda: D.mmd(np.zeros((3, 0)), np.zeros((3, 0))), r"x must have at least 1 column \(coordinate\)"),
+    (lambda: D.energy_distance(np.zeros((3, 0)), np.zeros((3, 0))), "x must have at least 1 column"),
+    (lambda: D.sliced_wasserstein(np.zeros((3, 0)), np.zeros((3, 0)), RNG), "x must have at least 1 column"),
+    (lambda: D.mean_error(np.zeros((3, 0)), G2), "x must have at least 1 column"),
     # moments
     (lambda: D.mean_error(X2[:1], G2), "x must have at least 2 rows"),
     (lambda: D.mean_error(X3, G2), r"target.mean\(\) must have shape \(3,\)"),
@@ -701,8 +784,15 @@ def test_histogram_tv_refuses_a_product_mixture_too_narrow_for_its_bins():
 
     t = from_spec("product:d=2,shift=1.5,std=0.001")
     x = t.sample(10000, np.random.default_rng(0))
-    with pytest.raises(ValueError, match=r"narrowest component \(std 0\.001\) is too narrow .* fewer bins"):
-        D.histogram_tv(x, t, bins=20)
+    # fewer bins do not help (the nodes needed grow with range / std, not with the bins), so
+    # the message does not advise them (it did); a narrower range does
+    for bins in (20, 2):
+        with pytest.raises(ValueError, match=r"narrowest component \(std 0\.001\) is too narrow .* narrower range "
+                                             r"\(the nodes it needs grow as \(range / std\)\^d, whatever the number of bins\)"):
+            D.histogram_tv(x, t, bins=bins)
+    r = D.histogram_tv(x, t, bins=2, range=((1.45, 1.55), (1.45, 1.55)))
+    m = np.diff(norm.cdf([1.45, 1.5, 1.55], 1.5, 0.001)) * 0.5  # each coordinate: +-1.5 with weight 1/2
+    np.testing.assert_allclose(r.target_mass, np.outer(m, m), rtol=0, atol=1e-13)
 
 
 class Inflated(Wrapped):

@@ -184,7 +184,7 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     dynamics keep the p_t-moments (alpha_t mt, v_t) fixed and shrink or grow deviations
     from them by closed-form factors (integrate 1/v_t = e^B / (e^B + lam - 1) in B):
 
-        reverse SDE ("euler_maruyama", "exponential"):
+        reverse SDE ("euler_maruyama", "exponential", "residual_exponential"):
             mu = alpha_t0 mt - alpha_T mt (alpha_T / alpha_t0) (v_t0 / v_T)
             q  = v_t0 + (1 - v_T) (alpha_T / alpha_t0)^2 (v_t0 / v_T)^2
         probability-flow ODE ("probability_flow"):
@@ -209,7 +209,8 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     process : any process of sgm_ref.processes
     T, t0 : float
         0 < t0 < T <= process.t_max.
-    method : {"euler_maruyama", "exponential", "probability_flow"}
+    method : {"euler_maruyama", "exponential", "residual_exponential", "probability_flow"}
+        "residual_exponential" on a variance-preserving process only, as sampler_output_gaussian.
 
     Returns
     -------
@@ -228,6 +229,9 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
         if T > process.t_max:
             raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
         method = _check_method(method)
+        if method == "residual_exponential":  # as sampler_output_gaussian: no such sampler to take the limit of
+            raise ValueError(f"method 'residual_exponential' needs a variance-preserving process (OU, VP, VPCosine, "
+                             f"DDPM), got {process!r}, as sgm_ref.samplers")
         return _limit_any_process(U.T @ m, lam, U, process, T, t0, method)
     t0, T = check_time_range(t0, T, process)
     method = _check_method(method)

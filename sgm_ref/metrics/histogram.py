@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.stats import binom
 
 from .._validation import check_count, check_real, fits_in_memory
 from ..targets import GaussianMixture, ProductMixture
@@ -187,7 +188,7 @@ def _histogram_tv(x, target, counts, lows, highs):
     # a sum of masses within its tolerance above 1 leaves the outside mass a little below 0
     # (reported as it is); the binomial bias needs p in [0, 1] and reads it as 0
     cells = np.append(target_mass.ravel(), target_outside)
-    bias = 0.5 * sum(_binomial_mean_abs_dev(n, p) for p in np.clip(cells, 0.0, 1.0))
+    bias = 0.5 * math.fsum(_binomial_mean_abs_dev(n, np.clip(cells, 0.0, 1.0)))
     return HistogramTV(float(value), float(bias), edges, target_mass, sample_mass,
                        target_outside, float(sample_outside), float(quad_err))
 
@@ -296,7 +297,7 @@ def _bin_masses(target, edges, scale):
         # component, and both rules then agree on a wrong mass (0 for a spike between them)
         raise ValueError(f"the target's narrowest component (std {scale:.3g}) is too narrow to integrate over bins "
                          f"of width {max(widths):.3g} within {_MAX_NODES} quadrature nodes; use a narrower range "
-                         "or fewer bins")
+                         "(the nodes it needs grow as (range / std)^d, whatever the number of bins)")
     while True:
         coarse = _bin_masses_rule(target, edges, parts, _GL_COARSE)
         fine = _bin_masses_rule(target, edges, parts, _GL_FINE)
@@ -305,7 +306,8 @@ def _bin_masses(target, edges, scale):
             return fine, err
         if _node_count(edges, [2 * s for s in parts]) > _MAX_NODES:
             warnings.warn(f"histogram_tv: bin masses reached only ~{err:.1e} (sum of errors) within "
-                          f"{_MAX_NODES} quadrature nodes; use fewer bins or a smaller range",
+                          f"{_MAX_NODES} quadrature nodes; use a smaller range (the nodes it "
+                          "needs grow with the range, not with the number of bins)",
                           RuntimeWarning, stacklevel=3)
             return fine, err
         parts = [2 * s for s in parts]
@@ -316,12 +318,20 @@ def _node_count(edges, parts):
 
 
 def _binomial_mean_abs_dev(n, p):
-    """E|X/n - p| for X ~ Binomial(n, p), exactly (De Moivre)."""
-    if p <= 0.0 or p >= 1.0:
-        return 0.0
-    k = math.floor(n * p) + 1
-    if k > n:
-        return 0.0
-    log_mad = (math.log(2.0 * k) + math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
-               + k * math.log(p) + (n - k + 1) * math.log1p(-p))
-    return math.exp(log_mad) / n
+    """E|X/n - p| for X ~ Binomial(n, p), exactly (De Moivre), for an array of p.
+
+    E|X/n - p| = 2 k (1 - p) P(X = k) / n with k = floor(n p) + 1 (0 for p = 0 or 1), the
+    binomial probability from scipy.stats.binom.pmf (Boost), accurate to a few eps for any n;
+    for k = 1 it is 2 p (1 - p)^n.
+    Its logarithm through lgamma(n + 1) - lgamma(k + 1) - lgamma(n - k + 1), terms of size
+    n log n, lost eps n log n: a relative error of 1e-9 at n = 1e6 and 4e-6 at n = 1e9.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    k = np.floor(n * p) + 1.0
+    out = np.zeros_like(p)
+    # k = 1 (n p < 1): 2 p (1 - p)^n directly (Boost's pmf lost 2e-13 for p below 1e-200)
+    one = (p > 0.0) & (k == 1.0)
+    out[one] = 2.0 * p[one] * np.exp(n * np.log1p(-p[one]))
+    many = (k > 1.0) & (p < 1.0) & (k <= n)
+    out[many] = 2.0 * k[many] * (1.0 - p[many]) * binom.pmf(k[many], n, p[many]) / n
+    return out
