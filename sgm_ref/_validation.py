@@ -114,8 +114,8 @@ def eigh_spd(cov, name):
 
     cov (d, d) or (K, d, d), float64. Symmetric means within 1e-10 of the largest entry
     (the lower triangle of (C + C^T) / 2 is used); positive definite means smallest
-    eigenvalue > d eps times the largest. Otherwise ValueError naming `name` (and the
-    index k of a stack).
+    eigenvalue > d eps times the largest (a positive one below that is named as beyond
+    float64's precision). Otherwise ValueError naming `name` (and the index k of a stack).
     """
     stack = cov if cov.ndim == 3 else cov[None]
     d = stack.shape[-1]
@@ -129,8 +129,13 @@ def eigh_spd(cov, name):
     lam, U = np.linalg.eigh(0.5 * (stack + stack.transpose(0, 2, 1)))
     bad = np.flatnonzero(~(lam[:, 0] > d * np.finfo(np.float64).eps * lam[:, -1]))
     if bad.size:
-        raise ValueError(f"{label(bad[0])} is not positive definite (smallest eigenvalue "
-                         f"{lam[bad[0], 0]:.3g}, largest {lam[bad[0], -1]:.3g})")
+        k, lo, hi = bad[0], float(lam[bad[0], 0]), float(lam[bad[0], -1])
+        if lo > 0:  # positive, but within the rounding of its entries: not 'not positive definite' alone
+            raise ValueError(f"{label(k)} is not positive definite to float64 precision: its smallest eigenvalue "
+                             f"{lo:.3g} is below d eps = {d * np.finfo(np.float64).eps:.3g} times its largest, "
+                             f"{hi:.3g} (condition number {hi / lo:.3g}), where the rounding of its entries "
+                             "decides it; pass a better conditioned matrix")
+        raise ValueError(f"{label(k)} is not positive definite (smallest eigenvalue {lo:.3g}, largest {hi:.3g})")
     return (lam, U) if cov.ndim == 3 else (lam[0], U[0])
 
 

@@ -90,3 +90,26 @@ def test_a_longdouble_beyond_float64_is_not_called_inf():
     with pytest.raises(ValueError, match=r"^T must be finite, got inf$"):
         check_real(np.longdouble("inf"), "T")
     assert check_real(np.longdouble(0.5), "T") == 0.5
+
+
+def test_eigh_spd_names_a_positive_eigenvalue_below_float64_precision():
+    """diag(1, 1e-20) is positive definite, yet below d eps of its largest eigenvalue the
+    rounding of its entries decides it: refused, but no longer called plainly 'not positive
+    definite (smallest eigenvalue 1e-20 ...)', as metrics.gaussian_kl's cov said."""
+    from sgm_ref._validation import eigh_spd
+    from sgm_ref.metrics import gaussian_kl
+
+    with pytest.raises(ValueError, match=r"^cov is not positive definite to float64 precision: its smallest "
+                                         r"eigenvalue 1e-20 is below d eps = 4.44e-16 times its largest, 1 "
+                                         r"\(condition number 1e\+20\)"):
+        eigh_spd(np.diag([1.0, 1e-20]), "cov")
+    with pytest.raises(ValueError, match=r"^cov1\[1\] is not positive definite to float64 precision"):
+        eigh_spd(np.stack([np.eye(2), np.diag([1e-20, 1.0])]), "cov1")
+    with pytest.raises(ValueError, match=r"^cov0 is not positive definite to float64 precision"):
+        gaussian_kl(np.zeros(2), np.diag([1.0, 1e-20]), np.zeros(2), np.eye(2))
+    # a zero or negative eigenvalue keeps the plain message
+    for cov in (np.diag([1.0, 0.0]), np.diag([1.0, -1e-20])):
+        with pytest.raises(ValueError, match=r"^cov is not positive definite \(smallest eigenvalue"):
+            eigh_spd(cov, "cov")
+    lam, U = eigh_spd(np.diag([1.0, 1e-15]), "cov")  # above d eps: accepted
+    np.testing.assert_array_equal(lam, [1e-15, 1.0])
