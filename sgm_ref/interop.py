@@ -26,7 +26,7 @@ torch and jax are imported only inside the functions that use them.
 import numpy as np
 
 from ._validation import FLOAT_DTYPES, check_count, check_points
-from .conventions import KINDS, coefficients, convert
+from .conventions import KINDS, _minors, coefficients, convert
 from .processes import DDPM, EDM, OU, VE, VariancePreserving, check_process, convert_time
 
 __all__ = ["from_torch", "from_jax", "to_torch", "convert_score", "ModelScore", "OracleModel", "ModelError"]
@@ -90,7 +90,9 @@ class ModelScore:
     3. the model runs on batches of at most `batch_size` rows, without gradients, and
        each output is checked: an array of the batch's shape, the model's dtype, finite;
     4. score = A(t) x + B(t) value (sgm_ref.conventions) is formed in float64 from the
-       points as the model saw them and rounded once to the output dtype.
+       points as the model saw them and rounded once to the output dtype; for
+       time="timestep", at the time (i + 1) / N of the timestep i the model was given
+       (a t within rounding of it, e.g. held in float32, is that time).
 
     The output dtype is the model's (`self.dtype`) unless the adapter was built with
     cast_output=True, when it is x's: a float32 network gives float32 scores, and an
@@ -171,6 +173,14 @@ class ModelScore:
             return np.empty(x.shape, dtype=x.dtype if self.cast_output else self.dtype)
         A, B = coefficients(t, self.process, self.output, "score")
         arg = self.time_argument(t.astype(t_dtype) if t_dtype.kind == "f" else t)
+        if self.time == "timestep":
+            # a t taken as timestep i is converted at i's time (i + 1) / N, where the model ran:
+            # A, B at a float32 t = (i + 1) / N (1 + 3e-8) put 5e-8 of error on a float64 model's score
+            N = self.process.num_train_timesteps
+            at = np.where(arg == np.round(arg), (arg + 1.0) / N, t)
+            if np.any(at != t):
+                t = at
+                A, B = coefficients(t, self.process, self.output, "score")
         if self.time == "timestep" and not self.fractional:
             arg = arg.astype(np.int64)
         else:
@@ -204,6 +214,8 @@ class ModelScore:
             hint = ""
             if hasattr(out, "sample"):  # diffusers' UNet2DOutput and friends
                 hint = " (a diffusers model output? pass lambda x, t: model(x, t).sample)"
+            elif isinstance(out, tuple) and out and self._as_array(out[0])[0] == xb.shape:
+                hint = " (a diffusers model called with return_dict=False? pass lambda x, t: model(x, t)[0])"
             elif "Tracer" in type(out).__name__:  # a jax.core.Tracer leaked out of jax.jit, vmap or grad
                 hint = " (a traced value that escaped jax.jit, jax.vmap or jax.grad: return the array the " \
                        "function computes, not one saved from inside a transformation)"
@@ -222,7 +234,11 @@ class ModelScore:
             else:  # int, bool, complex: not a precision to choose
                 fix = f"a score, eps, x0, v or velocity is real: return a floating-point array of dtype {self.dtype}"
             raise ValueError(f"{label} dtype {dtype} for inputs of dtype {self.dtype} at {where}; {fix}")
-        arr = to_numpy()
+        try:
+            arr = to_numpy()
+        except Exception as e:  # a sparse tensor, one on the meta device: no values to read
+            raise ValueError(f"{label} an array whose values cannot be read at {where} ({type(e).__name__}: {e}); "
+                             "return a dense array holding the values") from e
         if not np.all(np.isfinite(arr)):
             bad = int(np.count_nonzero(~np.isfinite(arr)))
             raise ValueError(f"{label} {bad} non-finite value(s) at {where}")
@@ -291,7 +307,11 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         torch.inference_mode() (or, with autograd=True, with gradients enabled and the
         output detached), so no autograd graph outlives a batch; the module is not
         switched to eval mode (a module in training mode with active dropout or
-        batch-norm layers is refused: call model.eval() first).
+        batch-norm layers is refused, when built and at each call: call model.eval()
+        first; so is a batch norm with track_running_stats=False, which normalises by the
+        batch in eval mode too). The modules looked at are the model's own, or those a function reaches
+        through a bound method, functools.partial, its closure or its globals, or a
+        callable object through its attributes.
     process : a process of sgm_ref.processes
         The convention the model was trained in (x = alpha_t x0 + sigma_t z).
     output : {"eps", "x0", "v", "score", "velocity"}
@@ -337,7 +357,9 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         An unknown output or time kind; time="timestep" with a non-DDPM process; a bad
         sample_shape; a module
         with parameters of several dtypes and no dtype given; dtype other than float32 or
-        float64; a module in training mode with dropout or batch norm.
+        float64; a module in training mode with dropout or batch norm, or with a batch
+        norm without running statistics. (When called: as
+        ModelScore; also such a module switched to training mode since.)
     ImportError
         torch is not installed.
     """
@@ -350,12 +372,27 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
     tensors = []
     if isinstance(model, torch.nn.Module):
         tensors = [p for p in list(model.parameters()) + list(model.buffers()) if p.is_floating_point()]
-        random = [type(m).__name__ for m in model.modules() if m.training and (
-            (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
-            or isinstance(m, torch.nn.modules.batchnorm._BatchNorm))]
-        if random:
-            raise ValueError(f"model {label!r} is in training mode with {sorted(set(random))} layers (its output "
-                             "would be random or depend on the batch); call model.eval() first")
+    modules = _modules_of(model, torch)
+
+    def check(x, t):  # at each call too: a module may be switched back to train() after from_torch
+        for module in modules:
+            random = [type(m).__name__ for m in module.modules() if m.training and (
+                (isinstance(m, torch.nn.modules.dropout._DropoutNd) and m.p > 0)
+                or isinstance(m, torch.nn.modules.batchnorm._BatchNorm))]
+            batch = [type(m).__name__ for m in module.modules()  # batch statistics in eval mode too
+                     if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and not m.training
+                     and not m.track_running_stats]
+            if batch:
+                raise ValueError(f"model {label!r} has {sorted(set(batch))} layers with track_running_stats=False: "
+                                 "they normalise by the batch's statistics even in eval mode, so a row's output "
+                                 "would depend on the rows batched with it")
+            if random:
+                who = "is" if module is model else f"calls a {type(module).__name__} module that is"
+                raise ValueError(f"model {label!r} {who} in training mode with {sorted(set(random))} layers (its "
+                                 "output would be random or depend on the batch); call model.eval() first"
+                                 + ("" if module is model else " on that module"))
+
+    check(None, None)
     if dtype is None:
         found = {p.dtype for p in tensors}
         if len(found) > 1:
@@ -390,7 +427,45 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
 
     return ModelScore(run, as_array, name=label, process=process, output=output, time=time, batch_size=batch_size,
                       dtype=dt, fractional=bool(fractional), cast_output=bool(cast_output), framework="torch",
-                      sample_shape=_check_sample_shape(sample_shape))
+                      sample_shape=_check_sample_shape(sample_shape), check=check)
+
+
+def _modules_of(model, torch):
+    """The torch modules a model is or calls: itself, a bound method's module, a functools.partial's
+    function and arguments, what a function closes over or reads as a global (lambda x, t:
+    unet(x, t).sample) and the attributes of a callable object, followed through the
+    functions these call in turn."""
+    import dis
+    import functools
+
+    found, seen, todo = [], set(), [model]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, torch.nn.Module):
+            found.append(obj)
+        elif isinstance(obj, functools.partial):
+            todo += [obj.func, *obj.args, *obj.keywords.values()]
+        elif callable(obj):
+            if getattr(obj, "__self__", None) is not None:  # a bound method, e.g. net.forward
+                todo.append(obj.__self__)
+            func = getattr(obj, "__func__", obj)
+            code = getattr(func, "__code__", None)
+            if code is None:
+                if not isinstance(obj, type) and isinstance(getattr(obj, "__dict__", None), dict):
+                    todo += list(vars(obj).values())  # an object with __call__ (a pipeline holding its unet)
+                continue
+            for cell in getattr(func, "__closure__", None) or ():
+                try:
+                    todo.append(cell.cell_contents)
+                except ValueError:  # a cell not yet filled
+                    pass
+            names = getattr(func, "__globals__", {})
+            todo += [names[i.argval] for i in dis.get_instructions(code)
+                     if i.opname == "LOAD_GLOBAL" and i.argval in names]
+    return found
 
 
 def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None, fractional=False,
@@ -518,9 +593,10 @@ class OracleModel:
     """A target's exact oracle as a torch callable with a peer's signature (see to_torch).
 
     model(x, time) -> tensor of x's shape, dtype and device: x a tensor (n, d) (or
-    (n, *shape) with prod(shape) = d, reshaped), time a tensor of shape () / (1,) / (n,)
-    or a Python number. Computed in float64 (NumPy), never with gradients; a value beyond
-    the range of x's dtype (float16 scores near sigma = 0) raises ValueError.
+    (n, *shape) with prod(shape) = d, reshaped), time a real (not bool or complex) tensor
+    of shape () / (1,) / (n,) or a Python number. Computed in float64 (NumPy), never
+    with gradients; a value beyond the range of x's dtype (float16 scores near sigma = 0)
+    raises ValueError.
     """
 
     def __init__(self, target, process, output, signature, fractional):
@@ -587,6 +663,43 @@ class OracleModel:
         c = np.asarray(c)[:, None]
         return c * self.target.score(c * x, u, OU())
 
+    def value(self, x, t):
+        """The exact `output` at x (n, d), t (n,), float64: score() converted by
+        sgm_ref.conventions, x0 by Tweedie's (x + sigma^2 score) / alpha.
+
+        Where alpha is small or sigma large, Tweedie cancels the digits of x / alpha (5e-12
+        of v at the last cosine DDPM timestep, 5e-14 of D at EDM's sigma 80). A target that
+        knows its posterior mean E[x0 | x_t] (the Gaussian and product mixtures) gives x0
+        without it, to a few ulps of its means' size: for x0, v and velocity each row takes
+        the x0 with the smaller rounding, eps (|x| + sigma^2 |score|) / alpha or
+        eps (max |mu_k| + |x0|) (Tweedie keeps x0 = x to its last digit as sigma -> 0, where
+        the posterior mean holds only |mu|'s), and v, velocity = A eps + B x0
+        (conventions' minors, eps = -sigma score)."""
+        score = self.score(x, t)
+        tweedie = convert(score, x, t, self.process, "score", self.output)  # its refusals too
+        means = getattr(self.target, "means", None)
+        if self.output not in ("x0", "v", "velocity") or means is None \
+                or not callable(getattr(self.target, "_posterior_mean", None)):
+            return tweedie
+        alpha, sigma = self.process._alpha(t), self.process._sigma(t)
+        try:  # under OU, as score(): E[x0 | x_P = x] = E[x0 | x_OU = c x] (sigma^2 of EDM may overflow)
+            if isinstance(self.process, VariancePreserving):
+                x0 = self.target._posterior_mean(x, t, self.process)
+            else:
+                u, c = convert_time(t, self.process, OU())
+                x0 = self.target._posterior_mean(np.asarray(c)[:, None] * x, u, OU())
+        except ValueError:  # a point beyond the mixture's reach: Tweedie's value stands
+            return tweedie
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            t_bound = (np.abs(x).max(axis=1) + sigma**2 * np.abs(score).max(axis=1)) / alpha
+            p_bound = float(np.max(np.abs(means))) + np.abs(x0).max(axis=1)
+            if self.output != "x0":
+                eps = -sigma[:, None] * score
+                D = _minors(self.process, t)
+                x0 = -D[(self.output, "x0")][:, None] * eps - D[("eps", self.output)][:, None] * x0
+            better = (p_bound < t_bound) & np.all(np.isfinite(x0), axis=1)
+        return np.where(better[:, None], x0, tweedie)
+
     def __call__(self, x, time):
         import torch
 
@@ -601,6 +714,9 @@ class OracleModel:
             raise ValueError(f"x must have d = {d} entries per row (the target's dimension), got shape {tuple(x.shape)}")
         rounding = 0.0
         if torch.is_tensor(time):
+            if time.dtype == torch.bool or time.is_complex():  # True is not timestep 1, nor 1 + 2j sigma 1
+                raise ValueError(f"{self._argname} must be a real tensor or number, got a tensor of dtype "
+                                 f"{str(time.dtype).replace('torch.', '')}")
             if time.is_floating_point() and time.dtype != torch.float64:
                 rounding = float(torch.finfo(time.dtype).eps)
             arg = time.detach().to("cpu", torch.float64).numpy()
@@ -614,7 +730,7 @@ class OracleModel:
             raise ValueError(f"{self._argname} must have shape (), (1,) or ({n},), got {arg.shape}")
         t = np.ascontiguousarray(np.broadcast_to(self.time_of(arg.reshape(-1) if arg.ndim else arg, rounding),
                                                  (n,)))
-        value = convert(self.score(flat, t), flat, t, self.process, "score", self.output)
+        value = self.value(flat, t)
         out = torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype)
         if not bool(torch.isfinite(out).all()):  # float64 -> float16 / bfloat16 / float32
             i = int(np.argmax(~torch.isfinite(out).reshape(n, -1).all(1).numpy()))
@@ -647,7 +763,10 @@ def to_torch(target, process, output=None, signature="denoiser", *, fractional=F
     The score is exact: target.score under a variance-preserving process directly,
     otherwise through OU, grad log p^P_t(x) = c score_OU(c x, u) with (u, c) =
     convert_time(t, P, OU()); then converted to `output` by sgm_ref.conventions, all in
-    float64, and returned in x's dtype and device.
+    float64, and returned in x's dtype and device. x0, v and velocity of a target with an
+    exact posterior mean (GaussianMixture, ProductMixture) are target.predict's, which
+    does not lose the digits Tweedie's formula cancels where alpha_t is small or sigma
+    large (OracleModel.value).
 
     Parameters
     ----------

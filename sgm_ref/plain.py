@@ -47,12 +47,17 @@ def marginal(t, process=OU):
 def mixture(weights, means, covariances=None):
     """p_0 = sum_k w_k N(mu_k, Sigma_k) as (log w, mu, lam, U), Sigma_k = U_k diag(lam_k) U_k^T.
 
-    Factorised once (U is None for identity or diagonal covariances; lam is then the
-    variances, (K, 1) ones for the identity). weights (K,); means (K, d); covariances
-    None, (K, d) (variances) or (K, d, d). Zero-weight components are dropped."""
+    Factorised once (U is None for identity, spherical or diagonal covariances; lam is
+    then the variances, (K, 1) for the identity (ones) and spherical). weights (K,); means
+    (K, d); covariances None, (K,) (spherical: Sigma_k = s_k I), (K, d) (variances) or
+    (K, d, d); a tied (d, d) covariance (GaussianMixture's "tied") must be passed as
+    np.broadcast_to(cov, (K, d, d)): as (d, d) it would be read as K = d variances.
+    Zero-weight components are dropped."""
     keep = weights > 0  # log 0 would give NaN in the log-sum-exp
     if covariances is None:
         lam, U = np.ones((np.count_nonzero(keep), 1)), None
+    elif np.ndim(covariances) == 1:
+        lam, U = covariances[keep][:, None], None
     elif np.ndim(covariances) == 2:
         lam, U = covariances[keep], None
     else:

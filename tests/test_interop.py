@@ -202,6 +202,86 @@ def test_from_torch_refusals(torch):
     from_torch(dropout.eval(), OU())
 
 
+def test_a_module_in_training_mode_behind_a_function_or_switched_back_is_refused(torch):
+    """A dropout module in training mode was refused only when passed itself, when from_torch
+    was built: behind the wrapper the docstring recommends (lambda x, t: unet(x, t).sample),
+    a bound method, functools.partial or a callable object, or switched back to train()
+    after from_torch, its score was random without a word (dropout 0.5: each entry zeroed or
+    doubled at random). Now each is refused, naming the module and the fix."""
+    import functools
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout(0.5))
+
+        def forward(self, x, t=None):
+            return self.layers(x)
+
+    torch.manual_seed(0)
+    net = Net().double()
+
+    class Holder:
+        def __call__(self, x, t):
+            return self.net(x)
+
+    holder = Holder()
+    holder.net = net
+    wrappers = {"closure": (lambda n: (lambda x, t: n(x)))(net), "global": _global_net_model(net),
+                "bound method": net.forward, "partial": functools.partial(lambda n, x, t: n(x), net),
+                "object": holder}
+    x = np.random.default_rng(24).standard_normal((50, 2))
+    for kind, model in wrappers.items():
+        with pytest.raises(ValueError, match=r"calls a Net module that is in training mode with "
+                                             r"\['Dropout'\] layers .*call model\.eval\(\) first on that module$"):
+            from_torch(model, OU(), "score", dtype="float64")
+    net.eval()
+    want = net(torch.from_numpy(x)).detach().numpy()
+    for kind, model in wrappers.items():
+        s = from_torch(model, OU(), "score", dtype="float64")
+        np.testing.assert_array_equal(s(x, 0.5), want)
+        net.train()
+        with pytest.raises(ValueError, match=r"training mode with \['Dropout'\]"):
+            s(x, 0.5)
+        net.eval()
+    s = from_torch(net, OU(), "score", dtype="float64")
+    net.train()
+    with pytest.raises(ValueError, match=r"^model 'Net' is in training mode with \['Dropout'\] layers"):
+        s(x, 0.5)
+
+
+_NET = None
+
+
+def _global_net_model(net):
+    """A model function reading its module as a global (the notebook pattern)."""
+    global _NET
+    _NET = net
+
+    def model(x, t):
+        return _NET(x)
+
+    return model
+
+
+def test_outputs_without_values_and_return_dict_false_tuples_are_named(torch):
+    """A sparse tensor or one on the meta device (a model whose weights were never loaded)
+    passed the shape and dtype checks and then crashed reading its values (torch's TypeError
+    / NotImplementedError, a traceback); now a ValueError naming the model. A diffusers model
+    called with return_dict=False returns (sample,): the message says to take [0]."""
+    x = np.ones((3, 2))
+    for fn in (lambda x, t: x.to_sparse(), lambda x, t: torch.empty_like(x, device="meta")):
+        with pytest.raises(ValueError, match=r"^torch model 'm' returned an array whose values cannot be read at "
+                                             r"rows 0:3 .*; return a dense array holding the values$"):
+            from_torch(fn, OU(), "score", dtype="float64", name="m")(x, 0.5)
+    with pytest.raises(ValueError, match=r"returned a tuple .*return_dict=False\? pass lambda x, t: "
+                                         r"model\(x, t\)\[0\]"):
+        from_torch(lambda x, t: (x,), OU(), "score", dtype="float64")(x, 0.5)
+    with pytest.raises(ValueError, match=r"returned a tuple at rows 0:3 \(t from 0\.5 to 0\.5\); expected an array of "
+                                         r"shape \(3, 2\)$"):  # no hint for a tuple of something else
+        from_torch(lambda x, t: (x[:, :1],), OU(), "score", dtype="float64")(x, 0.5)
+
+
 def test_timestep_argument(torch):
     """time="timestep" passes N t - 1: int64 at integer timesteps, refused between them
     unless fractional=True, refused outside 0..N-1."""
@@ -259,6 +339,33 @@ def test_float32_times_at_timesteps_are_those_timesteps(torch):
                 np.zeros((1, 2), np.float32), np.float32((250 + off) / 1000))
 
 
+@pytest.mark.parametrize("output", ["eps", "v", "x0"])
+def test_a_time_taken_as_a_timestep_is_converted_at_that_timestep(torch, output):
+    """A float32 t = (i + 1) / N (or a float64 one within the snap of it) runs the model at
+    timestep i; the conversion to a score was made at t itself, not at i's time: a float64
+    model exact at every timestep was 5.0e-8 off the exact score at timestep i (eps, at
+    timestep 67; 3.0e-7 for a float64 t 5e-7 timesteps above timestep 0). Now the score is
+    the exact score at timestep i to float64 rounding."""
+    p = DDPM("linear", 1e-4, 0.02, 1000)
+    target = GaussianMixture([1.0], [[0.5, -1.0, 0.3]], [[0.3, 2.0, 1.0]])
+    i = np.arange(1000)
+    t_i = p.time_of_timestep(i)
+    alpha, sigma = (torch.from_numpy(v)[:, None] for v in p.marginal(t_i))
+
+    def model(x, ts):  # the target's exact output at integer timesteps, from the GaussianMixture oracle
+        xs, tt = x.numpy(), t_i[ts.numpy()]
+        return torch.from_numpy(convert(target.score(xs, tt, p), xs, tt, p, "score", output))
+
+    s = from_torch(model, p, output, "timestep", dtype="float64")
+    x = np.random.default_rng(23).standard_normal((1000, 3))
+    exact = target.score(x, t_i, p)
+    rtol = 1e-12 if output == "x0" else 1e-14  # x0 -> score at sigma = 0.01 costs |x| / sigma^2 of x0's digits
+    for t in (t_i.astype(np.float32), t_i[:-1] + 5e-7 / 1000):  # (t_999 = 1 is the end of the range)
+        k = len(t)
+        assert np.max(np.abs(t * 1000 - 1 - i[:k])) > 1e-7  # not the timesteps' times themselves
+        assert _row_rel(s(x[:k], t), exact[:k]).max() <= rtol
+
+
 @pytest.mark.parametrize("sigma_min, sigma_max", [(0.01, 50.0), (0.02, 100.0), (0.002, 80.0)])
 def test_ve_denoiser_takes_k_diffusions_float32_karras_sigmas(sigma_min, sigma_max):
     """get_sigmas_karras(n, sigma_min, sigma_max) in torch's default float32 ends up to 5.6
@@ -303,6 +410,60 @@ def test_denoiser_is_the_exact_edm_oracle(torch, output):
         got = model(torch.from_numpy(x), torch.tensor(sigma, dtype=torch.float64)).numpy()
         want = convert(edm_score_direct(target, x, sigma), x, sigma, EDM(), "score", output)
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("process, signature, output, arg", [
+    (DDPM("squaredcos_cap_v2"), "diffusers", "v", 999), (DDPM(), "diffusers", "v", 999),
+    (DDPM("squaredcos_cap_v2"), "diffusers", "x0", 995), (EDM(), "denoiser", "x0", 80.0),
+    (VE(0.01, 50.0), "denoiser", "x0", 50.0), (EDM(), "denoiser", "velocity", 80.0)])
+def test_oracle_x0_and_v_keep_their_digits_where_tweedie_cancels(torch, process, signature, output, arg):
+    """to_torch formed x0 and v from the score by Tweedie, (x + sigma^2 score) / alpha, which
+    cancels the digits of x / alpha where alpha is small or sigma large: measured against a
+    40-digit closed form for N(mu, diag var), v at the last cosine DDPM timestep was 5.1e-12
+    off (relative to the row's largest entry), 8.6e-14 at the last linear one, the EDM
+    denoiser at sigma 80 4.5e-14. Now from the exact posterior mean: a few ulps."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 40
+    rng = np.random.default_rng(25)
+    mu, var = np.array([0.7, -1.2, 0.3]), np.array([0.4, 1.7, 0.9])
+    model = to_torch(GaussianMixture([1.0], [mu], [var]), process, output, signature)
+    if signature == "diffusers":
+        abar = mp.fprod(1 - mp.mpf(float(b)) for b in process.betas()[:arg + 1])
+        a, s = mp.sqrt(abar), mp.sqrt(1 - abar)
+        da = ds = None
+    else:
+        a, s, da, ds = mp.mpf(1), mp.mpf(arg), mp.mpf(0), mp.mpf(1)  # EDM: sigma_t = t
+    x = float(a) * (mu + np.sqrt(var) * rng.standard_normal((20, 3))) + float(s) * rng.standard_normal((20, 3))
+    got = model(torch.from_numpy(x), arg).numpy()
+    for row, x_row in zip(got, x):
+        want = []
+        for xj, mj, vj in zip(*(map(mp.mpf, v.tolist()) for v in (x_row, mu, var))):
+            c = a * a * vj + s * s
+            eps, x0 = s * (xj - a * mj) / c, mj + vj * a * (xj - a * mj) / c
+            want.append(float({"x0": x0, "v": a * eps - s * x0, "velocity": (da * x0 + ds * eps) if da is not None
+                               else None}[output]))
+        want = np.array(want)
+        assert np.max(np.abs(row - want)) <= 4 * EPS * np.max(np.abs(want)), (row - want) / np.max(np.abs(want))
+
+
+def test_oracle_x0_at_extreme_sigmas_takes_the_better_of_tweedie_and_the_posterior_mean(torch):
+    """EDM's denoiser at sigma = 1e30 at a point x ~ sigma z: Tweedie's x + sigma^2 score gave
+    1.4e14 (and 0 at sigma = 1e100) for an x0 that is the mixture's mean (-0.8, -0.1) to
+    1e-30 (the posterior weights are the prior's there; a few ulps of |mu| allowed, its
+    0.4 (-1) + 0.6 (0.5) rounding so). At sigma -> 0 the other way round:
+    x0 = x + sigma^2 score to its last digit by Tweedie, where the posterior mean keeps only
+    the digits of |mu| (1.8e-17 for an x0 of 1e-30): each row takes the better one."""
+    g = GaussianMixture([0.4, 0.6], [[1.0, -1.0], [-2.0, 0.5]], [[[0.3, 0.1], [0.1, 0.2]], [[0.5, 0.0], [0.0, 0.4]]])
+    D = to_torch(g, EDM(), "x0")
+    prior_mean = np.array([-0.8, -0.1])
+    for sigma in (1e30, 1e100):
+        x = torch.tensor([[1.0, 2.0], [sigma, -sigma], [-0.3 * sigma, 2.0 * sigma]], dtype=torch.float64)
+        got = D(x, torch.tensor(sigma, dtype=torch.float64)).numpy()
+        np.testing.assert_allclose(got, np.tile(prior_mean, (3, 1)), rtol=0, atol=8 * EPS)  # ulps of |mu| = 2
+    for sigma in (1e-30, 1e-160):
+        x = torch.tensor([[1.0, 2.0], [sigma, -sigma], [0.0, 3 * sigma]], dtype=torch.float64)
+        want = x.numpy() + sigma**2 * g.score(x.numpy(), 0.0)  # the data's score: p_sigma's to 1e-60 relative
+        np.testing.assert_allclose(D(x, torch.tensor(sigma, dtype=torch.float64)).numpy(), want, rtol=4 * EPS, atol=0)
 
 
 def test_to_torch_keeps_dtype_device_and_shape(torch):
@@ -939,3 +1100,33 @@ def test_no_rows_give_an_empty_score_without_calling_the_model(torch):
     assert calls == []
     with pytest.raises(ValueError, match=r"^t must be <= 1\.0"):  # t is still checked
         s(np.zeros((0, 3)), 2.0)
+
+
+def test_a_bool_or_complex_time_tensor_is_refused(torch):
+    """A bool timestep tensor was read as timestep 1 (True) and a complex sigma as its real
+    part (with only torch's "Casting complex values to real" UserWarning): the oracle's value
+    at another time. The Python True was refused already; now both tensors are."""
+    g = full_mixture()
+    x = torch.ones(2, 2, dtype=torch.float64)
+    for model, time, message in [(to_torch(g, DDPM(), signature="diffusers"), torch.tensor(True),
+                                  r"^timestep must be a real tensor or number, got a tensor of dtype bool$"),
+                                 (to_torch(g, EDM()), torch.tensor([1 + 2j, 1.0]),
+                                  r"^sigma must be a real tensor or number, got a tensor of dtype complex64$")]:
+        with pytest.raises(ValueError, match=message):
+            model(x, time)
+    with pytest.raises(ValueError, match="must be a tensor or a number, got bool"):
+        to_torch(g, EDM())(x, True)
+
+
+def test_a_batch_norm_without_running_statistics_is_refused_in_eval_mode_too(torch):
+    """BatchNorm(track_running_stats=False) normalises by the batch's own statistics in eval
+    mode as well: a row's score depended on the rows batched with it (the same two points
+    gave other outputs in a batch of 6 than in a batch of 2), without a word."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2, track_running_stats=False)).double()
+    net.eval()
+    x = np.random.default_rng(26).standard_normal((6, 2))
+    assert not np.allclose(net(torch.from_numpy(x))[:2].detach().numpy(), net(torch.from_numpy(x[:2])).detach().numpy())
+    with pytest.raises(ValueError, match=r"^model 'Sequential' has \['BatchNorm1d'\] layers with "
+                                         r"track_running_stats=False: .*depend on the rows batched with it$"):
+        from_torch(net, OU(), "score")
+    from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval(), OU(), "score")  # fine

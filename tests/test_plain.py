@@ -117,21 +117,31 @@ def mixture(covariance, K=5, d=4, seed=9):
         return GaussianMixture(w, mu)
     if covariance == "diagonal":
         return GaussianMixture(w, mu, rng.uniform(0.05, 3.0, (K, d)))
+    if covariance == "spherical":
+        return GaussianMixture(w, mu, rng.uniform(0.05, 3.0, K), covariance_type="spherical")
+    if covariance == "tied":  # d = K: a (d, d) covariance has the shape of (K, d) variances
+        A = rng.standard_normal((d, d))
+        return GaussianMixture(w, mu, A @ A.T / d + 0.1 * np.eye(d), covariance_type="tied")
     A = rng.standard_normal((K, d, d))
     return GaussianMixture(w, mu, A @ A.transpose(0, 2, 1) / d + 0.1 * np.eye(d))
 
 
 @pytest.mark.parametrize("process", PROCESSES, ids=str)
-@pytest.mark.parametrize("covariance", ["identity", "diagonal", "full"])
+@pytest.mark.parametrize("covariance", ["identity", "spherical", "diagonal", "tied", "full"])
 def test_oracle_score(covariance, process):
-    """log p_t and grad log p_t at points of p_t, one t per row (measured <= 4e-15)."""
+    """log p_t and grad log p_t at points of p_t, one t per row (measured <= 4e-15).
+
+    Every covariance type of GaussianMixture: plain.mixture took spherical (K,) variances
+    to np.linalg.eigh (LinAlgError), and a tied (d, d) covariance is passed broadcast to
+    (K, d, d) (as (d, d) it has the shape of K = d variances)."""
     fast_process, pair = PROCESSES[process]
-    gm = mixture(covariance)
+    gm = mixture(covariance, K=4 if covariance == "tied" else 5)
     rng = np.random.default_rng(10)
     t = rng.uniform(1e-4, 1.0, 500)
     x, _ = fast_process.perturb(gm.sample(500, rng), t, rng)
     logp, s = gm.log_prob_and_score(x, t, fast_process)
-    p_logp, p_s = plain.mixture_score(x, t, plain.mixture(gm.weights, gm.means, gm.covariances), pair)
+    cov = gm.covariances if covariance != "tied" else np.broadcast_to(gm.covariances, (4, 4, 4))
+    p_logp, p_s = plain.mixture_score(x, t, plain.mixture(gm.weights, gm.means, cov), pair)
     assert rel(logp, p_logp) <= TOL and rel(s, p_s) <= TOL
     # and row by row, scaled by each row's score size (no row hides behind a larger one)
     row_err = np.max(np.abs(s - p_s), axis=1) / np.max(np.abs(p_s), axis=1)
@@ -156,3 +166,16 @@ def test_hundred_sampler_steps(process):
     p_y = plain.euler_maruyama(lambda x, t: plain.score(model.params, plain.Net.of(model.network), x, t, pair),
                                x, grid, plain_rng, pair)
     assert rel(y, p_y) <= TOL
+
+
+@pytest.mark.parametrize("process", PROCESSES, ids=str)
+@pytest.mark.parametrize("parameterization", ["score", "noise", "residual"])
+def test_score_of_each_parameterization(parameterization, process):
+    """plain.score against ScoreModel, every parameterisation and embedding, t down to 1e-6
+    (sigma_t ~ 1e-3 for "noise"; measured <= 2e-16)."""
+    fast_process, pair = PROCESSES[process]
+    x, t, _ = batch(14, n=40, d=5, t_range=(1e-6, 1.0))
+    for embedding in ("linear", "log", "fourier"):
+        model = ScoreModel(MLP(5, (7, 9), "silu", embedding, rng=6), fast_process, parameterization)
+        assert rel(model(x, t), plain.score(model.params, plain.Net.of(model.network), x, t, pair,
+                                            parameterization)) <= TOL, embedding
