@@ -400,3 +400,67 @@ def _message(call):
     with pytest.raises(ValueError) as info:
         call()
     return str(info.value)
+
+
+# -- what a failed check names (review 2026-12-05) ---------------------------------------------------
+
+
+@pytest.mark.parametrize("directions", [None, 2])
+def test_worst_names_the_entry_that_fails_not_a_near_zero_entry_that_passes(directions):
+    # entry 0: gradient 1e-9, its central difference off by the rounding of f = 10 + ... over
+    # 2 eps (1.1e-10, below atol = 1e-8: it passes, with relative error 1.1e-10 / atol = 1.1e-2
+    # against the atol floor); entry 1: wrong by 1e-5 relative, beyond rtol = 1e-6: it fails.
+    # worst used to be 0, the entry that passed
+    f = lambda x: 10.0 + 0.5 * x[0] ** 2 + x[1]  # noqa: E731
+    theta = np.array([1e-9, 0.3])
+    wrong = np.array([1e-9, 1.0 + 1e-5])
+    result = check_gradient(f, wrong, theta, directions=directions,
+                            rng=None if directions is None else np.random.default_rng(0))
+    assert not result.passed
+    abs_err = np.abs(result.analytic - result.numerical)
+    scale = np.maximum(np.abs(result.analytic), np.abs(result.numerical))
+    excess = abs_err / (1e-8 + 1e-6 * scale)
+    assert excess[result.worst] > 1 and result.worst == np.argmax(excess)
+    if directions is None:
+        assert result.worst == 1
+        numerical = [(f(theta + [1e-6, 0]) - f(theta - [1e-6, 0])) / 2e-6, 1.0]
+        np.testing.assert_allclose(result.numerical, numerical, rtol=1e-9, atol=0)
+        # max_rel_error keeps its definition: the largest over all entries (entry 0's, against atol)
+        rel = abs_err / np.maximum(scale, 1e-8)
+        assert result.max_rel_error == rel.max() and rel[0] > 1e-3 and rel[1] == pytest.approx(1e-5, rel=1e-4)
+
+
+def test_worst_with_zero_tolerances_is_the_largest_relative_error():
+    f = lambda x: 2.0 * x[0] + 3.0 * x[1] + 0.0 * x[2]  # noqa: E731
+    result = check_gradient(f, np.array([2.0 * (1 + 1e-3), 3.0 * (1 + 1e-2), 0.0]), np.array([0.25, 0.5, 0.75]),
+                            rtol=0.0, atol=0.0)
+    assert not result.passed and result.worst == 1
+    assert result.max_rel_error == pytest.approx(1e-2 / 1.01, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_f_of_less_than_float64_is_refused(dtype):
+    # rounded to float32, sum(theta^2) failed its right gradient by 15% (the message blamed nothing)
+    theta = np.random.default_rng(0).standard_normal(5)
+    f = lambda th: np.sum(th**2).astype(dtype)  # noqa: E731
+    with pytest.raises(ValueError, match=f"f returned {np.dtype(dtype).name} at theta \\+ eps e_0: .* float64"):
+        check_gradient(f, 2 * theta, theta)
+    with pytest.raises(ValueError, match=f"f returned {np.dtype(dtype).name} at theta \\+ eps u"):
+        check_gradient(f, 2 * theta, theta, directions=2, rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=f"f returned {np.dtype(dtype).name} at theta:"):
+        check_vjp(lambda th: np.sin(th).astype(dtype), lambda th, w: np.cos(th) * w, theta, np.random.default_rng(0))
+    # float64, integer and longdouble values are fine
+    assert check_gradient(lambda th: np.longdouble(np.sum(th**2)), 2 * theta, theta).passed
+    assert check_gradient(lambda th: 7, np.zeros(5), theta, atol=0.0).passed
+
+
+def test_the_absolute_step_figures_in_the_module_docstring():
+    # eps is absolute: 0.5 |theta|^2 in 6 dimensions fails its right gradient at the defaults as
+    # theta's scale grows (rounding ~1e-16 |f| / eps), and passes with eps scaled with theta
+    f, grad = (lambda x: 0.5 * np.sum(x * x)), (lambda x: x)
+    fails = {}
+    for scale in (1e2, 1e4):
+        thetas = [np.random.default_rng(s).standard_normal(6) * scale for s in range(50)]
+        fails[scale] = sum(not check_gradient(f, grad, th).passed for th in thetas)
+        assert all(check_gradient(f, grad, th, eps=1e-6 * scale).passed for th in thetas)
+    assert fails == {1e2: 3, 1e4: 49}

@@ -356,7 +356,10 @@ def test_prior_log_prob_validates_its_arguments():
     for args, match in [((OU(), np.zeros(3), 1.0), "y must have shape"),
                         ((OU(), np.full((1, 2), 1e200), 1.0), "overflows"),
                         (("ou", np.zeros((2, 2)), 1.0), "process must be"),
-                        ((VE(), np.zeros((2, 2)), np.nan), "T must be finite")]:
+                        ((VE(), np.zeros((2, 2)), np.nan), "T must be finite"),
+                        # a review: VE's own check named "t", and VP took any T
+                        ((VE(), np.zeros((2, 2)), 1e9), r"T must be <= 1.0 \(the horizon of VE\(.*got 1000000000.0"),
+                        ((VP(), np.zeros((2, 2)), 5.0), r"T must be <= 1.0 \(the horizon of VP\(.*got 5.0")]:
         with pytest.raises(ValueError, match=match):
             prior_log_prob(*args)
 
@@ -630,3 +633,40 @@ def test_a_scaled_gaussian_score_gives_the_pushed_forward_gaussian(process, t0, 
                    rng=np.random.default_rng(1), solver="heun", n_steps=4000)
     assert np.all(hut.se == 0)  # d = 2: both sign classes, the exact trace
     np.testing.assert_allclose(hut.log_q, truth, rtol=2e-4, atol=1e-3)  # Heun on a uniform grid
+
+
+def test_array_valued_options_are_named_not_numpys_ambiguous_truth_value():
+    """A review: prior=, solver= or probes= given an array ("prior=target.log_prob(x_T)", the
+    values instead of the function) raised numpy's "The truth value of an array with more than
+    one element is ambiguous", naming neither the argument nor the fix."""
+    target = full_mixture(d=2)
+    x = target.sample(5, np.random.default_rng(9))
+    cases = [(dict(prior=np.zeros(5)), r"prior must be 'process' or a callable log_pi\(y\) -> \(n,\), got array"),
+             (dict(solver=np.array(["rk45", "heun"])), "solver must be 'rk45' or 'heun', got array"),
+             (dict(divergence="hutchinson", rng=np.random.default_rng(0), probes=np.array(["gaussian", "gaussian"])),
+              "probes must be 'rademacher' or 'gaussian', got array")]
+    for kw, match in cases:
+        with pytest.raises(ValueError, match=match):
+            log_prob(target, OU(), x, 0.0, 1.0, **kw)
+
+
+def test_too_many_heun_steps_for_a_short_window_name_n_steps():
+    """A review: 10 steps over t0 = 0.5 to T = 0.5 + 1e-15 (9 floats apart) gave "grid must be a
+    1-D array of ... strictly increasing times", naming a grid the caller had not passed."""
+    ring = GaussianMixture.ring()
+    x = ring.sample(3, np.random.default_rng(0))
+    T = 0.5 + 1e-15
+    with pytest.raises(ValueError, match=r"n_steps = 10 is too many for t0 = 0.5 to T = 0.500000000000001: .* fewer"):
+        log_prob(ring, OU(), x, 0.5, T, solver="heun", n_steps=10)
+    # 4 steps fit (2 or 3 floats apart) and give log p_0.5 to rounding with the exact prior
+    res = log_prob(ring, OU(), x, 0.5, T, solver="heun", n_steps=4, prior=lambda y: ring.log_prob(y, T, OU()))
+    np.testing.assert_allclose(res.log_q, ring.log_prob(x, 0.5, OU()), rtol=0, atol=1e-14)
+
+
+def test_a_T_whose_coefficients_overflow_is_named_as_T():
+    """EDM's sigma_T^2 = T^2 overflows past T ~ 1.3e154: log_prob names T (the process's own
+    refusal, which the pointwise functions now raise, named its argument t)."""
+    g = GaussianMixture([1.0], [[0.0]], [[1.0]])
+    with pytest.raises(ValueError, match=r"^T = 1e\+200 is too large for EDM\(.*\): its coefficients overflow; "
+                                         r"use a smaller T$"):
+        log_prob(g, EDM(), np.zeros((1, 1)), 0.1, 1e200)
