@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_count, check_real, check_rng
+from ._validation import check_count, check_fits, check_real, check_rng
 from .metrics.distances import mmd, sliced_wasserstein
 from .processes import VariancePreserving, check_process
 from .replays import REPLAYS, law_distances, replay_output_gaussian
@@ -403,9 +403,9 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     Raises
     ------
     ValueError
-        Bad process, grid, target, n, rng, noise, kind or options; a peer whose output
-        has the wrong shape, is not floating point or not finite. The peer's own
-        exceptions pass through unchanged.
+        Bad process, grid, target, n (or one whose paths do not fit in memory), rng, noise,
+        kind or options; a peer whose output has the wrong shape, is not floating point
+        or not finite. The peer's own exceptions pass through unchanged.
     """
     process = check_process(process, variance_preserving=False)
     rng = check_rng(rng)
@@ -421,6 +421,9 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     rtol_given, kl_given = rtol, kl_tolerance
     d, score, sample, gauss = _target_parts(target, process)
     grid = check_replay_grid(grid, process)
+    # the two paths and the noise, K + 1 states of (n, d) each: n = 2**62 gave NumPy's "array is
+    # too big", n = 2**40 a MemoryError, neither naming n
+    check_fits("n", n, 3 * grid.size * d * 8, "the two paths and their noise")
     scale = 1.0 if isinstance(process, VariancePreserving) else float(process.sigma(grid[0]))
     x = scale * rng.standard_normal((n, d))
     stream = _Stream(None if noise is not None else rng, noise, x.shape, np.float64)

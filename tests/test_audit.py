@@ -189,6 +189,27 @@ def test_bad_input_raises():
         _compare(raises, "euler_maruyama")
 
 
+def test_a_count_n_beyond_memory_is_named_before_any_work():
+    """n = 2**62 gave NumPy's "array is too big", n = 2**40 a MemoryError, neither naming n;
+    the peer is not called."""
+    from sgm_ref._validation import _physical_memory
+
+    calls = []
+
+    def peer(score, grid, x, noises):
+        calls.append(1)
+        return x
+
+    memory = _physical_memory()
+    for n in (2**62, 2**40):
+        needed = 3 * GRID.size * 1 * 8 * n  # the two paths and their noise: (K + 1, n, d) each, float64
+        assert needed > min(memory or np.inf, np.iinfo(np.intp).max)
+        with pytest.raises(ValueError, match=rf"^n must be at most \d+ on this machine, got {n}: the two paths and "
+                                             r"their noise would need"):
+            compare_sampler(peer, "euler_maruyama", VP_, GRID, TARGET, n, np.random.default_rng(0))
+    assert calls == []
+
+
 def test_specs():
     assert process_from_spec("vp") == VP()
     assert process_from_spec("ddpm:scaled_linear") == DDPM(beta_schedule="scaled_linear")

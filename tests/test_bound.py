@@ -520,3 +520,37 @@ def test_upper_values_of_an_overflowed_path_term_are_the_trivial_bound():
     wild = tv_upper_bound(lambda x, t: np.full_like(x, 1e200), g, OU(), 0.01, 1.0, "uniform", "euler_maruyama", 8,
                           np.random.default_rng(0), n_steps=4, overflow="inf")
     assert wild.kl_upper == np.inf and wild.tv_upper == 1.0
+
+
+def test_bound_refuses_float32_points_beyond_float32_before_the_score_sees_them():
+    """EDM at T = 1e39, dtype float32: the path term's points x_{t_k} ~ 1e39 were cast to inf
+    and the score called on them (blamed for non-finite output)."""
+    import warnings
+
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    seen = []
+
+    def score(x, t):
+        seen.append(bool(np.all(np.isfinite(x))))
+        return (-x / (1.0 + t[:, None] ** 2)).astype(x.dtype)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^at t = 1e\+39 the points x_t reach .*, beyond float32's range .* "
+                                             r"a smaller T \(or a smaller target\)$"):
+            tv_upper_bound(score, g, EDM(), 1e-3, 1e39, "geometric", "exponential", 8, np.random.default_rng(0),
+                           n_steps=4, dtype=np.float32)
+    assert seen == []
+
+
+def test_a_monte_carlo_target_is_refused():
+    """TiltedGaussian's score and log p_t are self-normalised Monte-Carlo estimates: the bound
+    took them for the truth and returned a TVBound (tv 0.92) as if certified; docs/limits.md
+    said it is not computed for such a target."""
+    from sgm_ref.targets import TiltedGaussian
+
+    rng = np.random.default_rng(0)
+    tilt = TiltedGaussian.barron(d=2, width=4, path_norm=1.0, rng=rng, n_mc=64)
+    with pytest.raises(ValueError, match=r"^target TiltedGaussian has a Monte-Carlo score and log p_t "
+                                         r"\(monte_carlo = True\): the bound would take those estimates"):
+        tv_upper_bound(tilt.score, tilt, OU(), 1e-2, 5.0, "geometric", "euler_maruyama", 16, rng, n_steps=20)

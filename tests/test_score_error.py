@@ -245,3 +245,70 @@ def test_which_ddpm_schedules_draw_times_by_g2(schedule, flagged):
     draw by g^2. A review measured the last three, unflagged by the first rule, 8-12% of runs
     3 standard errors low at n = 200 under log-uniform times (0.5% flagged)."""
     assert schedule._times_by_g2 is flagged
+
+
+def test_score_error_integral_names_T_where_sigma_T_overflows():
+    """EDM at T = 1e200 (sigma_T^2 = 1e400): was refused by the perturbation at a drawn time,
+    "t = 4.67e+164: sigma_t^2 overflows ... use a smaller t", naming no argument given."""
+    from sgm_ref import EDM
+
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    with pytest.raises(ValueError, match=r"^T = 1e\+200 is too large for EDM\(t_max=inf\): sigma_T\^2 overflows "
+                                         r"float64; use a T with sigma_T below about 1e154$"):
+        score_error_integral(lambda x, t: g.score(x, t, EDM()), g, EDM(), 1e-3, 1e200, 10, np.random.default_rng(0))
+
+
+def test_float32_points_beyond_float32_are_refused_before_the_score_sees_them():
+    """EDM at t = 1e39: x_t ~ 1e39 > float32's 3.4e38. The cast made the points inf (a
+    RuntimeWarning only) and the score was called on them: a score -x / (1 + t^2) returned
+    -inf and was blamed ("score returned non-finite values"), one ignoring x was measured."""
+    import warnings
+
+    from sgm_ref import EDM
+
+    g = GaussianMixture([1.0], [[0.0, 0.0]])
+    seen = []
+
+    def score(x, t):
+        seen.append(bool(np.all(np.isfinite(x))))
+        return (-x / (1.0 + t[:, None] ** 2)).astype(x.dtype)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "overflow encountered in cast"
+        with pytest.raises(ValueError, match=r"^at t = 1e\+39 the points x_t reach .*, beyond float32's range "
+                                             r"\(the score is called in dtype float32\): use dtype float64, or "
+                                             r"smaller times \(or a smaller target\)$"):
+            score_error_profile(score, g, EDM(), [1.0, 1e39], 100, np.random.default_rng(0), dtype=np.float32)
+        with pytest.raises(ValueError, match=r"beyond float32's range .* a smaller T "):
+            score_error_integral(score, g, EDM(), 1e-3, 1e39, 100, np.random.default_rng(0), dtype=np.float32)
+    assert seen == [True]  # t = 1.0 only
+    # just inside float32's range the points pass, all finite
+    errors, _ = score_error_profile(score, g, EDM(), [1e37], 4, np.random.default_rng(0), dtype=np.float32)
+    assert seen[-1] and np.isfinite(errors[0])
+
+
+def test_a_score_that_scales_its_arguments_in_place_is_measured_on_what_it_returned():
+    """The exact score, which also scaled its t (or x) in place after use, as an in-place unit
+    conversion does: its error is exactly 0. The metrics used the t they had given it for the
+    oracle and g^2 afterwards: profile errors 0.082 and 0.33, integral 0.47, for a score that
+    returned the truth."""
+    from sgm_ref import EDM
+    from sgm_ref.metrics.bound import tv_upper_bound
+
+    g = GaussianMixture([1.0], [[0.5]], [[[0.3]]])
+    for process in (VP(), EDM()):
+        def scribbling(x, t):
+            s = g.score(x, t, process)
+            t *= 0.5
+            x *= 0.5
+            return s
+
+        errors, ses = score_error_profile(scribbling, g, process, [0.1, 0.5], 100, np.random.default_rng(0))
+        assert np.all(errors == 0) and np.all(ses == 0)
+        assert score_error_integral(scribbling, g, process, 1e-3, 1.0, 1000, np.random.default_rng(0)) == (0.0, 0.0)
+        for method in ("euler_maruyama", "exponential"):
+            b = tv_upper_bound(scribbling, g, process, 1e-3, 1.0, "geometric", method, 100, np.random.default_rng(0),
+                               n_steps=5)
+            exact = tv_upper_bound(lambda x, t: g.score(x, t, process), g, process, 1e-3, 1.0, "geometric", method,
+                                   100, np.random.default_rng(0), n_steps=5)
+            np.testing.assert_array_equal(b.kl_path_per_step, exact.kl_path_per_step)  # common draws

@@ -79,7 +79,7 @@ from .._validation import (ResultOverflowError, call_score, check_count, check_f
                            check_rng, fits_in_memory, mean_se)
 from ..processes import OU, VariancePreserving, check_process
 from ..samplers import _check_time_range, check_grid, start_variance, time_grid
-from .score_error import _times_with_g2_density
+from .score_error import _points_in, _times_with_g2_density
 
 __all__ = ["tv_upper_bound", "TVBound"]
 
@@ -131,7 +131,8 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     score : callable (x (n, d), t (n,)) -> (n, d)
         The score the sampler uses (a trained model, the oracle, another library's).
     target : object with sample(n, rng), score(x, t, process) and log_prob(x, t, process)
-        The true p_0, e.g. a GaussianMixture.
+        The true p_0 with an exact score and log p_t, e.g. a GaussianMixture (a target
+        marked monte_carlo, TiltedGaussian, is refused).
     process : any process of sgm_ref.processes
     t0, T : float
         Early-stopping time and horizon, 0 < t0 < T <= process.t_max.
@@ -165,10 +166,15 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     Raises
     ------
     ValueError
-        For bad arguments, a score that fails or returns non-finite values, or a term
-        beyond the float64 range (the message names the term and the step).
+        For bad arguments (a target with monte_carlo = True), points beyond the range of
+        dtype, a score that fails or returns non-finite values, or a term beyond the
+        float64 range (the message names the term and the step).
     """
     process = check_process(process, variance_preserving=False)
+    if getattr(target, "monte_carlo", False):  # TiltedGaussian: the bound would certify its estimates' errors away
+        raise ValueError(f"target {type(target).__name__} has a Monte-Carlo score and log p_t (monte_carlo = True): "
+                         "the bound would take those estimates for the truth and certify nothing; it needs a target "
+                         "with exact ones (GaussianMixture, ProductMixture)")
     overflow = check_overflow_policy(overflow)
     t0, T = _check_time_range(t0, T, process)
     if method not in _PATH_METHODS:
@@ -279,7 +285,8 @@ def _path_term(score, target, process, grid, method, n, rng, dtype):
         # forward transition from t up to the grid point t_k: x_grid = r xt + sqrt(v) z
         decay, variance = transition(process, grid[k], t)
         x_grid = decay[:, None] * xt + np.sqrt(variance)[:, None] * rng.standard_normal(xt.shape)
-        s = call_score(score, x_grid.astype(dtype), grid[k], " in the path term").astype(np.float64)
+        s = call_score(score, _points_in(x_grid, dtype, grid[k], "a smaller T"), grid[k],
+                       " in the path term").astype(np.float64)
         delta = target.score(xt, t, process) - s
         if method == "euler_maruyama":
             delta -= process._f_over_g2(t)[:, None] * (xt - x_grid)

@@ -9,6 +9,7 @@ import numpy as np
 from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
                            check_real_array, check_rng, check_time_range, fits_in_memory, mean_se)
 from ..processes import VariancePreserving, check_process
+from ..samplers import _check_sigma2
 
 __all__ = ["score_error_integral", "score_error_profile"]
 
@@ -56,9 +57,10 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     Raises
     ------
     ValueError
-        For bad arguments (T must keep B(T) (g^2(T) for other processes) finite, and with log-uniform times
-        T log(T / t0) finite), a score that fails or returns non-finite values, or an
-        integral beyond the float64 range (a score error of ~1e150 or more).
+        For bad arguments (T must keep B(T) (sigma_T^2 and g^2(T) for other processes) finite, and
+        with log-uniform times T log(T / t0) finite), points x_t beyond the range of dtype, a
+        score that fails or returns non-finite values, or an integral beyond the float64 range
+        (a score error of ~1e150 or more).
     """
     process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
@@ -101,7 +103,9 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
         q = 1.0 / (t * span) if time_distribution == "log-uniform" else np.full(n, 1.0 / (T - t0))
         inv_q = 1.0 / (0.5 * q + 0.5 * process.g2(t) / G)
     xt, _ = process.perturb(x0, t, rng)
-    s = call_score(score, xt.astype(dtype), t).astype(np.float64)
+    # the score gets copies: t is used below (a score that scaled its t in place, as a unit
+    # conversion might, made the exact score's error 0.47 instead of 0)
+    s = call_score(score, _points_in(xt, dtype, t, "a smaller T"), t.copy()).astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         # variance-preserving processes keep beta (g^2 = beta), bit for bit as before
         g2 = process.beta(t) if isinstance(process, VariancePreserving) else process.g2(t)
@@ -116,6 +120,24 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
                          f"as large as {float(np.max(np.abs(s[i]))):.3g}); the score is too far from the truth to "
                          "measure in float64")
     return value, se
+
+
+def _points_in(x, dtype, t, fix):
+    """The points x (n, d), float64, in the dtype the score is called with, refusing a point
+    beyond that dtype's range: a bare cast made it inf (float32 beyond |x| ~ 3.4e38: EDM at
+    t = 1e39, say), and the score was given inf points with a RuntimeWarning and then blamed
+    for non-finite output, or measured there. t (n,): the rows' times; fix: what to make
+    smaller ("a smaller T"; "smaller times" for the profile, whose ts score_report takes up
+    to T), for the message."""
+    with np.errstate(over="ignore"):
+        out = x.astype(dtype)
+    bad = ~np.all(np.isfinite(out), axis=1)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"at t = {float(t[i]):.6g} the points x_t reach {float(np.max(np.abs(x[i]))):.3g}, beyond "
+                         f"{np.dtype(dtype).name}'s range (the score is called in dtype {np.dtype(dtype).name}): "
+                         f"use dtype float64, or {fix} (or a smaller target)")
+    return out
 
 
 def _times_with_g2_density(process, lo, hi, u):
@@ -143,12 +165,15 @@ def _times_with_g2_density(process, lo, hi, u):
 
 def _check_time_range(t0, T, process):
     """check_time_range for variance-preserving processes (B(T) finite); for the others
-    0 < t0 < T <= t_max with g^2 finite at both ends."""
+    0 < t0 < T <= t_max with sigma_T^2 finite (EDM at T = 1e200 was refused by the
+    perturbation at a drawn time, "t = 4.67e+164 ... use a smaller t") and g^2 finite at
+    both ends."""
     if isinstance(process, VariancePreserving):
         return check_time_range(t0, T, process)
     t0, T = check_time_range(t0, T)
     if T > process.t_max:
         raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    _check_sigma2(process, T, "T")
     with np.errstate(over="ignore", invalid="ignore"):
         g2 = process.g2(np.array([t0, T]))
     if not np.all(np.isfinite(g2)):
@@ -185,8 +210,8 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64,
     Raises
     ------
     ValueError
-        For bad arguments, a score that fails or returns non-finite values, or a
-        squared error beyond the float64 range.
+        For bad arguments, points x_t beyond the range of dtype, a score that fails or
+        returns non-finite values, or a squared error beyond the float64 range.
     """
     process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
@@ -208,7 +233,8 @@ def _score_error_profile(score, target, process, ts, n, rng, dtype, overflow):
     for k, t in enumerate(ts):
         tk = np.full(n, t)
         xt, _ = process.perturb(target.sample(n, rng), tk, rng)
-        s = call_score(score, xt.astype(dtype), tk, f" at t = {t:.6g}").astype(np.float64)
+        s = call_score(score, _points_in(xt, dtype, tk, "smaller times"), tk.copy(),  # copies: tk is used below
+                       f" at t = {t:.6g}").astype(np.float64)
         with np.errstate(over="ignore", invalid="ignore"):
             e = np.sum((s - target.score(xt, tk, process)) ** 2, axis=1)
         errors[k], standard_errors[k] = mean_se(e)
