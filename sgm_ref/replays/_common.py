@@ -106,7 +106,7 @@ def score_at(score, y, t, dtype, step):
 
 
 def predict(score, y, t, process, dtype, step, kind):
-    """The model's prediction of `kind` ("x0", "eps") at (y, t), from its score."""
+    """The model's prediction of `kind` ("x0", "eps", "v") at (y, t), from its score."""
     s = score_at(score, y, t, dtype, step)
     return convert(s, y, np.full(y.shape[0], float(t)), process, "score", kind).astype(np.float64)
 

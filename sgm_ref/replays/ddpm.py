@@ -37,10 +37,26 @@ t = 0, as the peer does:
 
 each computed in float64 from the given values (abar_s - abar_t and 1 - abar_t are exact
 for float32 inputs). A zero terminal SNR (diffusers' rescale_betas_zero_snr=True, whose
-table ends at 0) is replayed on grids that start below that timestep, and refused on those
-that start at it. The model's eps_hat = -sigma_t s(y, t) still uses the process's own
-sigma_t: the score function is the model, in the process's convention; the constants are
-the sampler's. The grid must then lie on the process's timesteps (timestep_grid).
+table ends at 0) is replayed on grids that start below that timestep, and on those that
+start at it for an x0 or v model (prediction_type below; there eps_hat = y, and for v
+x0_hat = -v); an eps model's x0_hat is undefined there and such a grid is refused. The
+model's eps_hat = -sigma_t s(y, t) still uses the process's own sigma_t: the score
+function is the model, in the process's convention; the constants are the sampler's.
+The grid must then lie on the process's timesteps (timestep_grid).
+
+A model that predicts x0 or v rather than eps (diffusers' prediction_type "sample" or
+"v_prediction") is turned into x0_hat and eps_hat by the peer with those constants too:
+
+    "sample"        x0_hat = x0_model,   eps_hat = (y - sqrt(abar_t) x0_hat) / sqrt(1 - abar_t)
+    "v_prediction"  x0_hat = sqrt(abar_t) y - sqrt(1 - abar_t) v,
+                    eps_hat = sqrt(abar_t) v + sqrt(1 - abar_t) y
+
+prediction_type names that output; the replay converts the score to it with the process's
+constants (the model) and then follows the peer. Taking eps_hat from the score instead
+(prediction_type="epsilon", the default) parts from diffusers run in float64 on its own
+table by that table's float32 rounding: 2e-7 relative at 20 steps, up to 5e-7. Without
+alphas_cumprod every conversion uses the process's constants and prediction_type changes
+nothing but rounding.
 """
 
 import numpy as np
@@ -128,10 +144,10 @@ def timestep_grid(process, timesteps, final=0.0):
     return grid
 
 
-def _posterior(process, grid, alphas_cumprod=None):
+def _posterior(process, grid, alphas_cumprod=None, prediction_type="epsilon"):
     """Per step (r, v, sigma_t^2, sigma_s^2, alpha_s, alpha_t) as float64 arrays of length N,
     from the process, or from the peer's alphas_cumprod (module docstring)."""
-    abar = _constants(process, grid, alphas_cumprod)
+    abar = _constants(process, grid, alphas_cumprod, prediction_type)
     if abar is None:
         r, v = transition(process, grid[:-1], grid[1:])
         return r, v, process.sigma2(grid[:-1]), process.sigma2(grid[1:]), process.alpha(grid[1:]), None
@@ -140,8 +156,9 @@ def _posterior(process, grid, alphas_cumprod=None):
     return np.sqrt(a_t / a_s), (a_s - a_t) / a_s, 1.0 - a_t, 1.0 - a_s, np.sqrt(a_s), np.sqrt(a_t)
 
 
-def _constants(process, grid, alphas_cumprod):
-    """abar at each grid time from the peer's alphas_cumprod (1 at t = 0), or None."""
+def _constants(process, grid, alphas_cumprod, prediction_type="epsilon"):
+    """abar at each grid time from the peer's alphas_cumprod (1 at t = 0), or None. A zero
+    abar (only at grid[0]) is refused for an eps model, for which x0_hat is undefined."""
     if alphas_cumprod is None:
         return None
     if not isinstance(process, DDPM):
@@ -161,11 +178,12 @@ def _constants(process, grid, alphas_cumprod):
             raise ValueError("alphas_cumprod must be strictly decreasing values in [0, 1]")
     index, data = _timesteps_of_grid(process, grid, "alphas_cumprod")
     abar = np.where(data, 1.0, table[np.where(data, 0, index)])
-    if abar[0] == 0:  # only the last timestep can be 0 (strictly decreasing), so only grid[0]
+    if abar[0] == 0 and prediction_type == "epsilon":  # only the last timestep can be 0, so only grid[0]
         raise ValueError(f"alphas_cumprod[{index[0]}] = 0 (a zero terminal SNR: diffusers' rescale_betas_zero_snr"
                          f"=True) at the grid's first timestep {index[0]}: x0_hat = (x - sqrt(1 - abar) eps) / "
                          f"sqrt(abar) is undefined there (diffusers' own step gives NaN for an eps model); start "
-                         f"below timestep {index[0]} (e.g. 'leading' spacing)")
+                         f"below timestep {index[0]} (e.g. 'leading' spacing), or replay a v or x0 model "
+                         f"(prediction_type='v_prediction' or 'sample')")
     return abar
 
 
@@ -184,17 +202,26 @@ def _timesteps_of_grid(process, grid, what):
     return np.where(data, 0, index).astype(np.int64), data
 
 
-def _x0_hat(score, y, t, process, dtype, k, alpha_t, sigma2_t):
-    """x0_hat from the model's eps_hat = -sigma_t s (the process's sigma_t) with the peer's
-    constants (alpha_t, sigma_t^2), or from the process alone when they are None."""
-    if alpha_t is None:
-        return predict(score, y, t, process, dtype, k, "x0")
-    eps = predict(score, y, t, process, dtype, k, "eps")
-    return (y - np.sqrt(sigma2_t) * eps) / alpha_t
+PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+DIFFUSERS_VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned",
+                            "learned_range")
+
+
+def _predictions(score, y, t, process, dtype, k, alpha_t, sigma2_t, prediction_type):
+    """(x0_hat, eps_hat) at (y, t): the model's output of prediction_type (the score converted
+    with the process's constants) turned into both with the peer's constants (alpha_t,
+    sigma_t^2), as diffusers' step does."""
+    out = predict(score, y, t, process, dtype, k, PREDICTION_TYPES[prediction_type])
+    sigma_t = np.sqrt(sigma2_t)
+    if prediction_type == "epsilon":
+        return (y - sigma_t * out) / alpha_t, out
+    if prediction_type == "sample":
+        return out, (y - alpha_t * out) / sigma_t
+    return alpha_t * y - sigma_t * out, alpha_t * out + sigma_t * y
 
 
 def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise=None, variance="beta_tilde",
-                   alphas_cumprod=None, final_noise="none"):
+                   alphas_cumprod=None, final_noise="none", prediction_type="epsilon"):
     """Ancestral sampling of Ho et al. (2020, Algorithm 2), as diffusers' DDPMScheduler.step.
 
     See the module docstring for the step. variance="beta_tilde" (the posterior's,
@@ -227,6 +254,9 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
         float64 ones. Needs a DDPM process and a grid on its timesteps.
     final_noise : {"none", "diffusers"}
         Noise on a step to the data (above): none, or diffusers' rule.
+    prediction_type : {"epsilon", "sample", "v_prediction"}
+        What the peer's model outputs (diffusers' option): with alphas_cumprod, x0_hat is
+        formed from it with the peer's constants (module docstring).
 
     Returns
     -------
@@ -235,13 +265,20 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     Raises
     ------
     ValueError
-        Bad arguments, score output, missing rng or a wrong count of noise draws;
-        final_noise="diffusers" without a DDPM process or off its timesteps.
+        Bad arguments (diffusers' variance_type names too, with the replay's names for
+        them), score output, missing rng or a wrong count of noise draws;
+        final_noise="diffusers" without a DDPM process or off its timesteps; a grid that
+        starts where alphas_cumprod is 0 with prediction_type="epsilon".
     """
     process, grid, y, dtype = start(score, process, grid, x)
+    if isinstance(variance, str) and variance in DIFFUSERS_VARIANCE_TYPES:
+        raise ValueError(f"variance must be one of ('beta_tilde', 'beta'), got diffusers' variance_type {variance!r}: "
+                         "its 'fixed_small' (and 'fixed_small_log') is 'beta_tilde', 'fixed_large' is 'beta'; "
+                         "'fixed_large_log' and the learned variances are not replayed")
     check_choice(variance, "variance", ("beta_tilde", "beta"))
     check_choice(final_noise, "final_noise", ("none", "diffusers"))
-    r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod)
+    check_choice(prediction_type, "prediction_type", tuple(PREDICTION_TYPES))
+    r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod, prediction_type)
     var = v * s2_s / s2_t if variance == "beta_tilde" else v
     noisy = s2_s > 0
     if final_noise == "diffusers":
@@ -254,38 +291,42 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
     for k in range(grid.size - 1):
-        x0 = _x0_hat(score, y, grid[k], process, dtype, k, None if alpha_t is None else alpha_t[k], s2_t[k])
+        if alpha_t is None:
+            x0 = predict(score, y, grid[k], process, dtype, k, "x0")
+        else:
+            x0 = _predictions(score, y, grid[k], process, dtype, k, alpha_t[k], s2_t[k], prediction_type)[0]
         mean = (r[k] * s2_s[k] / s2_t[k]) * y + (alpha_s[k] * v[k] / s2_t[k]) * x0
         y = as_state(mean + np.sqrt(var[k]) * draws.draw() if noisy[k] else mean, dtype)
         path.add(y)
     return path.result(y, draws)
 
 
-def ddim(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta=0.0, alphas_cumprod=None):
+def ddim(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta=0.0, alphas_cumprod=None,
+         prediction_type="epsilon"):
     """DDIM (Song, Meng & Ermon 2021, eq. 12), as diffusers' DDIMScheduler.step.
 
     y <- alpha_s x0_hat + sqrt(sigma_s^2 - sigma_eta^2) eps_hat + sigma_eta xi with
     sigma_eta = eta sqrt(v sigma_s^2 / sigma_t^2) (module docstring). One noise draw per
     step with sigma_eta > 0: none for eta = 0, else one per step whose end has sigma_s > 0.
-    Arguments (alphas_cumprod too), return and Raises as ddpm_ancestral, with eta >= 0
-    instead of variance.
+    Arguments (alphas_cumprod and prediction_type too), return and Raises as ddpm_ancestral,
+    with eta >= 0 instead of variance.
     """
     process, grid, y, dtype = start(score, process, grid, x)
     eta = check_real(eta, "eta", low=0.0)
-    r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod)
+    check_choice(prediction_type, "prediction_type", tuple(PREDICTION_TYPES))
+    r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod, prediction_type)
     var_eta = eta**2 * v * s2_s / s2_t
     if np.any(var_eta > s2_s):
         raise ValueError(f"eta = {eta} makes sigma_eta exceed sigma_s on this grid; use eta <= 1")
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
     for k in range(grid.size - 1):
-        s = score_at(score, y, grid[k], dtype, k)
         if alpha_t is None:
+            s = score_at(score, y, grid[k], dtype, k)
             x0 = convert(s, y, np.full(y.shape[0], grid[k]), process, "score", "x0")
             eps = -np.sqrt(s2_t[k]) * s
-        else:  # the model's eps (the process's sigma_t), the peer's constants in x0_hat
-            eps = convert(s, y, np.full(y.shape[0], grid[k]), process, "score", "eps")
-            x0 = (y - np.sqrt(s2_t[k]) * eps) / alpha_t[k]
+        else:  # the model's output (the process's constants), the peer's in x0_hat and eps_hat
+            x0, eps = _predictions(score, y, grid[k], process, dtype, k, alpha_t[k], s2_t[k], prediction_type)
         mean = alpha_s[k] * x0 + np.sqrt(s2_s[k] - var_eta[k]) * eps
         y = as_state(mean + np.sqrt(var_eta[k]) * draws.draw() if var_eta[k] > 0 else mean, dtype)
         path.add(y)
