@@ -206,8 +206,12 @@ def check_points(x, name="x", d=None):
     Integer input is promoted to float64 (exact); float32 and float64 pass through
     with their dtype (a big-endian one, as a file from another machine may hold, is put in
     this machine's byte order: the same numbers); anything else, a wrong shape or a
-    non-finite entry raises.
+    non-finite entry raises. A masked array raises too: np.asarray reads the numbers under
+    its mask as points.
     """
+    if isinstance(x, np.ma.MaskedArray):
+        raise ValueError(f"{name} is a masked array, whose masked entries would be read as the numbers under the "
+                         f"mask; pass a plain ndarray of the points you mean (e.g. the unmasked rows)")
     arr = np.asarray(x)
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)

@@ -66,3 +66,15 @@ def test_from_spec_refuses_bad_specs_naming_them(text, pattern):
 def test_from_spec_refuses_a_non_string():
     with pytest.raises(ValueError, match="must be a string"):
         from_spec(None)
+
+
+def test_a_spec_number_that_underflows_to_0_is_refused():
+    """vp:beta_min=1e-400 was read as beta_min = 0, another process without a word (the
+    target specs refuse the same); an exact 0 and the smallest subnormal still read."""
+    for text, key in (("vp:beta_min=1e-400", "beta_min"), ("subvp:beta_min=-2e-999", "beta_min"),
+                      ("ddpm:linear,beta_start=1e-400", "beta_start")):
+        with pytest.raises(ValueError, match=rf"{key}='-?\de-\d+' is below float64's smallest positive number "
+                                             r"\(about 5e-324\) and would read as 0; write 0 if that is what you mean"):
+            from_spec(text)
+    assert from_spec("vp:beta_min=0e-400").beta_min == 0.0
+    assert from_spec("vp:beta_min=5e-324").beta_min == 5e-324

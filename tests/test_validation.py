@@ -113,3 +113,18 @@ def test_eigh_spd_names_a_positive_eigenvalue_below_float64_precision():
             eigh_spd(cov, "cov")
     lam, U = eigh_spd(np.diag([1.0, 1e-15]), "cov")  # above d eps: accepted
     np.testing.assert_array_equal(lam, [1e-15, 1.0])
+
+
+def test_check_points_refuses_a_masked_array():
+    """np.asarray reads a masked array's data under the mask: the mixture's score at a masked
+    5.0 was -5, as if the entry were a point; refused, as call_score refuses masked scores."""
+    from sgm_ref import OU
+    from sgm_ref._validation import check_points
+    from sgm_ref.targets import GaussianMixture
+
+    x = np.ma.array([[5.0], [1.0]], mask=[[True], [False]])
+    with pytest.raises(ValueError, match=r"^x is a masked array, whose masked entries would be read"):
+        check_points(x)
+    with pytest.raises(ValueError, match=r"^x is a masked array"):
+        GaussianMixture([1.0], [[0.0]], [[1.0]]).score(x, 0.5, OU())
+    np.testing.assert_array_equal(check_points(np.ma.getdata(x)), [[5.0], [1.0]])

@@ -12,6 +12,7 @@ x_b = scale * x_a under which both describe the same p_t.
 """
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -135,6 +136,11 @@ def from_spec(text):
             params[key] = kind(value) if kind is not int else int(value, 10)
         except ValueError:
             raise bad(f"{key}={value!r} is not {'an integer' if kind is int else 'a number'}") from None
+        # a non-zero number that float64 rounds to 0 ('1e-400') would silently build another
+        # process (vp:beta_min=1e-400 is VP(0, ...))
+        if kind is float and params[key] == 0.0 and float(re.split("[eE]", value)[0]) != 0.0:
+            raise bad(f"{key}={value!r} is below float64's smallest positive number (about 5e-324) and would "
+                      "read as 0; write 0 if that is what you mean")
     try:
         return cls(**params)
     except ValueError as e:
