@@ -815,3 +815,21 @@ def test_a_point_too_far_out_for_float64_is_named_not_nan(kind, method):
 def test_a_float32_score_that_overflows_is_named():
     with pytest.raises(ValueError, match=r"^x\[0\] .* too far from the target for float32"):
         GaussianMixture.ring().score(np.array([[1e30, 0.0]], np.float32), 0.0)
+
+
+def test_from_spec_of_a_run_config_names_its_target_definition(tmp_path):
+    """A run's config.json handed to from_spec was refused as 'a mixture spec must be a dict
+    with keys weights, means ...', which does not say that the target is inside it."""
+    from sgm_ref.targets.spec import from_spec, to_record
+
+    ring = from_spec("ring")
+    config = {"process": {"name": "OU"}, "target": "ring", "target_definition": to_record(ring)}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"is a run's config.json, not a target: its target is the record under "
+                                         r"\"target_definition\""):
+        from_spec(str(path))
+    (tmp_path / "target.json").write_text(json.dumps(config["target_definition"]))
+    back = from_spec(str(tmp_path / "target.json"))
+    x = np.array([[0.3, -0.2]])
+    np.testing.assert_array_equal(back.score(x, 0.5, OU()), ring.score(x, 0.5, OU()))

@@ -128,6 +128,10 @@ def _from_json(path):
     except _Underflow as exc:
         raise ValueError(f"target file {path}: the number {exc.args[0]} is below float64's smallest positive number "
                          "(about 5e-324) and would read as 0; write 0 if that is what you mean") from None
+    if isinstance(spec, dict) and "target_definition" in spec and "type" not in spec:
+        raise ValueError(f"target file {path} is a run's config.json, not a target: its target is the record "
+                         "under \"target_definition\"; write that record to a file of its own and pass that "
+                         "(json.dump(config[\"target_definition\"], f))")
     try:
         if isinstance(spec, dict) and "type" in spec:  # a record (to_record): a run's "target_definition"
             return from_record(spec)
