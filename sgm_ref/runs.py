@@ -8,7 +8,8 @@
     RUN/training_state.npz  the state after the last step, so `train --resume --steps N`
                          can extend a finished run as if it had been trained for N steps
     RUN/history.json     the training loss at every step
-    RUN/samples.npy      the sampler's output, shape (n, d)
+    RUN/samples.npy      the sampler's output, shape (n, d); config.json's "samples_digest"
+                         records the settings that drew it (evaluate refuses others)
     RUN/report.json      every metric with its standard error
     RUN/report.md        the same for a reader; RUN/*.png plots when matplotlib is installed
 
@@ -70,8 +71,9 @@ RUN_FILES = ("config.json", "checkpoint.npz", "model.npz", "history.json", "trai
              "report.json", "report.md", "samples.png", "loss.png", "score_error.png")
 # what a new sampling makes stale
 _EVALUATION_FILES = ("report.json", "report.md", "samples.png", "loss.png", "score_error.png")
-# keys of config.json besides the sections of DEFAULTS
-_HEADER_KEYS = ("format", "version", "sgm_ref", "environment")
+# keys of config.json besides the sections of DEFAULTS ("samples_digest": the settings that drew
+# samples.npy, _samples_digest, written by sample_run)
+_HEADER_KEYS = ("format", "version", "sgm_ref", "environment", "samples_digest")
 
 _STREAMS = ("data", "init", "train", "sample", "evaluate", "sliced floor")
 _MAX_STEPS = 2**53
@@ -198,6 +200,9 @@ def build(config, init_rng=0):
     widths = (check_count(m["width"], "width"),) * check_count(m["depth"], "depth")
     net = MLP(target.dim, widths, m["activation"], m["time_embedding"], dtype=m["dtype"], rng=init_rng)
     model = ScoreModel(net, process, m["parameterization"])
+    # the training data's draw refuses a target too large for a float32 model (means beyond 1e37):
+    # asked of one point now, not of the data once `train --force` had removed the old run
+    target.sample(1, np.random.default_rng(0), dtype=model.dtype)
     t = config["train"]
     _check_horizon(t["t0"], t["T"], process, model.dtype, "")  # first: its message names the option and the limit
     check_time_range(t["t0"], t["T"], process)
@@ -205,6 +210,10 @@ def build(config, init_rng=0):
         raise ValueError(f"steps must be at most 2**53, got {t['steps']}")
     check_count(t["batch_size"], "batch_size")
     check_real(t["lr"], "lr", low=0.0, low_open=True)
+    # Adam's own refusal of an lr whose first step overflows the network's dtype (lr < 1.8e307 in
+    # float64, 3.4e37 in float32), asked of a one-entry array now: it came from the training, after
+    # `train --force` had removed the old run
+    Adam(np.zeros(1, dtype=model.dtype), lr=t["lr"])
     check_count(t["checkpoint_every"], "checkpoint_every")
     check_real(t["ema_decay"], "ema_decay (0 turns the parameter average off)", low=0.0, high=1.0, high_open=True)
     if not isinstance(t["ema_warmup"], bool):
@@ -938,9 +947,20 @@ def sample_run(folder, options=None, progress=None):
         # old samples and their evaluation go first, then the settings, then the new samples:
         # a kill in between leaves no samples rather than samples beside the wrong settings
         _remove(folder, ("samples.npy",) + _EVALUATION_FILES)
+        config = {**config, "samples_digest": _samples_digest(config)}
         write_json(_path(folder, "config.json"), config)
         atomic_write(_path(folder, "samples.npy"), lambda f: np.save(f, x))
         return x
+
+
+def _samples_digest(config):
+    """A digest of the settings that decide a run's samples: the model's (_run_digest) and the
+    sampler's (config["sample"]: n, method, grid, n_steps, t0, T). sample_run records it in
+    config.json beside samples.npy; load_samples refuses samples whose recorded digest is not
+    that of config.json's settings (its "sample" section edited by hand after sampling, which
+    left the report naming, and the TV bound certifying, a sampler that did not draw them)."""
+    text = json.dumps({"run": _run_digest(config), "sample": config["sample"]}, sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _counted(score, bar, calls_per_step):
@@ -960,7 +980,9 @@ def _counted(score, bar, calls_per_step):
 
 def load_samples(folder, d):
     """samples.npy of a run: the (n, d) array of finite numbers `sgm-ref sample` writes, n the
-    configured sample count and its dtype the model's (float64 or float32)."""
+    configured sample count and its dtype the model's (float64 or float32), drawn with the
+    settings config.json has now (its "samples_digest", _samples_digest; runs of older
+    versions record none)."""
     path = _path(folder, "samples.npy")
     if not os.path.exists(path):
         raise RunError(f"{os.fspath(folder)} has no samples.npy: run `sgm-ref sample` first")
@@ -981,4 +1003,8 @@ def load_samples(folder, d):
     if x.shape[0] != n or x.dtype != np.dtype(dtype):
         raise RunError(f"{path} holds {x.shape[0]} {x.dtype} points, but config.json's sampler draws {n} {dtype} "
                        "points: not this run's samples; run `sgm-ref sample` again")
+    if "samples_digest" in config and config["samples_digest"] != _samples_digest(config):  # older runs have none
+        raise RunError(f"{path} was drawn with other sampler settings than config.json's \"sample\" section "
+                       f"(edited since sampling): draw the samples of these settings with `sgm-ref sample "
+                       f"{os.fspath(folder)}`, or restore config.json")
     return x

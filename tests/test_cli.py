@@ -936,3 +936,31 @@ def test_audit_of_a_jax_function_refuses_float32_digits_as_float64_and_names_a_t
     (tmp_path / "jax64.py").write_text("import jax\njax.config.update('jax_enable_x64', True)\n"
                                        "from jaxmodels import minus_x\n")
     assert "(float32)" not in run("audit", "--score", "jax64:minus_x", *small, cwd=tmp_path).stdout
+
+
+def test_force_with_an_option_the_training_would_refuse_keeps_the_old_run(tmp_path):
+    """`train RUN --force --lr 1e308` (Adam's first step lr / (1 - beta1) overflows float64) and
+    `--force --dtype float32` on a target with means of 1e50 (beyond float32) removed the old run,
+    then failed in the training: neither run was left. Both are refused before the old run goes;
+    `sgm-ref evaluate` of samples drawn under settings config.json no longer has (its "sample"
+    section edited by hand) is refused until they are drawn again."""
+    out = tmp_path / "r"
+    tiny = ["--n", "100", "--width", "8", "--depth", "1", "--steps", "5"]
+    run("train", out, *tiny)
+    run("sample", out, "--n-samples", "50", "--n-steps", "5")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"weights": [1.0], "means": [[1e50, 0.0]], "covariances": None}))
+    for args, pattern in [(["--lr", "1e308"], "lr = 1e+308 is too large"),
+                          (["--target", big, "--dtype", "float32"], "dtype is float32, but GaussianMixture")]:
+        _assert_one_line_error(run("train", out, "--force", *tiny, *args, check=False), pattern)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    config = json.loads((out / "config.json").read_text())
+    config["sample"]["n_steps"] = 7
+    (out / "config.json").write_text(json.dumps(config))
+    _assert_one_line_error(run("evaluate", out, "--bound-n", "4", "--profile-n", "10", "--no-plots", check=False),
+                           "samples.npy was drawn with other sampler settings than config.json's \"sample\" section")
+    run("sample", out)  # the edited settings: 7 steps
+    run("evaluate", out, "--bound-n", "4", "--profile-n", "10", "--no-plots")
+    report = json.loads((out / "report.json").read_text())
+    assert report["sampler"]["n_steps"] == 7 and len(report["tv_bound"]["kl_path_per_step"]) == 7

@@ -636,3 +636,71 @@ def test_the_largest_bound_n_the_configuration_accepts_is_one_the_bound_accepts(
     bound = tv_upper_bound(ring.score, ring, OU(), t["t0"], t["T"], "geometric", "euler_maruyama", largest,
                            np.random.default_rng(0), n_steps=2)
     assert np.isfinite(bound.tv)
+
+
+def test_samples_drawn_with_other_settings_than_config_json_s_are_refused(tmp_path):
+    """config.json's "sample" section edited by hand after sampling (n_steps 10 -> 3 here):
+    `sgm-ref evaluate` evaluated the old samples and reported them, with their certified TV
+    bound, as drawn by the edited sampler (3 steps, bound for 3 steps) though 10 steps drew
+    them; only n and the dtype were checked. Now refused until they are drawn again, and the
+    samples then drawn are those of the edited settings (samplers.sample, by itself)."""
+    from sgm_ref.evaluation import evaluate_run
+    from sgm_ref.runs import load_model
+    from sgm_ref.samplers import sample
+
+    folder = tmp_path / "run"
+    create(folder, make_config(SMALL))
+    train(folder, progress=False)
+    sample_run(folder)
+    evaluate_run(folder, {"bound_n": 8, "profile_n": 20}, plots=False)  # the run's own samples: accepted
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    for key, value in (("n_steps", 3), ("method", "exponential"), ("grid", "uniform"), ("t0", 2e-3), ("T", 4.0)):
+        edited = {**config, "sample": {**config["sample"], key: value}}
+        path.write_text(json.dumps(edited))
+        with pytest.raises(RunError, match=r"samples.npy was drawn with other sampler settings than config.json's "
+                                           r"\"sample\" section \(edited since sampling\): draw the samples of these "
+                                           r"settings with `sgm-ref sample .*run`, or restore config.json"):
+            evaluate_run(folder, plots=False)
+        assert (folder / "report.json").exists()  # the old report stays
+    x = sample_run(folder)  # the edited settings (T = 4), drawn now
+    s = read_config(folder)["sample"]
+    model = load_model(folder)
+    y = sample(model, model.process, s["n"], 2, streams(SMALL.get("seed", 0))["sample"], T=s["T"], t0=s["t0"],
+               n_steps=s["n_steps"], method=s["method"], grid=s["grid"])
+    assert s["T"] == 4.0 and np.array_equal(x, y)
+    report, _, _ = evaluate_run(folder, {"bound_n": 8, "profile_n": 20}, plots=False)
+    assert report["sampler"] == s
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_an_lr_whose_first_adam_step_overflows_is_refused_by_the_configuration(tmp_path, dtype):
+    """lr / (1 - beta1) must be finite in the network's dtype (Adam's first step). make_config let
+    --lr 1e308 through; Adam refused it in the training, after `train --force` had removed the
+    old run: neither run was left. The limit is max(dtype) (1 - 0.9), from NumPy's finfo."""
+    limit = float(np.finfo(dtype).max) * (1 - 0.9)
+    small = {**SMALL, "model": {**SMALL["model"], "dtype": dtype}}
+    make_config({**small, "train": {**SMALL["train"], "lr": limit * (1 - 1e-6)}})  # below the limit: accepted
+    with pytest.raises(ValueError, match=r"lr = .* is too large: the bias-corrected step size lr / \(1 - beta1\)"):
+        make_config({**small, "train": {**SMALL["train"], "lr": limit * (1 + 1e-6)}})
+    folder = tmp_path / "run"
+    create(folder, make_config(small))
+    config = json.loads((folder / "config.json").read_text())
+    config["train"]["lr"] = limit * 2  # config.json edited by hand: its reader says so
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RunError, match=r"config.json: lr = .* is too large.*\(fix or restore the file\)"):
+        read_config(folder)
+
+
+def test_a_target_too_large_for_a_float32_model_is_refused_by_the_configuration(tmp_path):
+    """Means beyond 1e37 cannot be drawn in float32 (largest 3.4e38): the data's draw refused them,
+    in the training, after `train --force` had removed the old run. Now make_config refuses them
+    (the target's own check, on one point), and float64 takes the same target."""
+    from sgm_ref import GaussianMixture
+
+    record = to_record(GaussianMixture([1.0], [[1e50, 0.0]]))
+    options = {**SMALL, "target": "big", "target_definition": record}
+    make_config(options)  # float64: fine
+    with pytest.raises(ValueError, match=r"dtype is float32, but .* has means up to 1e\+50 .* float32 samples need "
+                                         r"means within \+-1e37"):
+        make_config({**options, "model": {**SMALL["model"], "dtype": "float32"}})
