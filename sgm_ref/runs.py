@@ -171,18 +171,20 @@ def _check_sizes(config, d, stages):
     is sampled here without its training's sizes being asked about.
     """
     m, t, s, e = config["model"], config["train"], config["sample"], config["evaluate"]
-    sizes = []  # (stage, name, value, bytes per unit of value)
+    sizes = []  # (stage, name, value, bytes per unit of value[, what needs them])
     sizes.append(("train", "n (training samples)", config["data"]["n"], 8 * d))
-    sizes.append(("train", "batch_size", t["batch_size"], 8 * 6 * (d + m["width"] * m["depth"])))  # train.fit's
+    sizes.append(("train", "batch_size", t["batch_size"], 8 * 6 * (d + m["width"] * m["depth"]),  # train.fit's
+                  f"its working arrays at width {m['width']} and depth {m['depth']} (a narrower or shallower "
+                  "network needs less)"))
     sizes.append(("sample", "sample n (--n-samples)", s["n"], 8 * d))  # the start points
     if s["method"] != "probability_flow":  # which has no bound: bound_n unused
         # metrics.bound's largest: its auxiliary draws, n_aux = 16 bound_n points of 4 d numbers (its
         # path term needs 6 d per point, on blocks of at least 2^15 points)
         sizes.append(("evaluate", "evaluate bound_n", e["bound_n"], 16 * 8 * 4 * d))
     sizes.append(("evaluate", "evaluate profile_n", e["profile_n"], 4 * 8 * 4 * d))  # the integral: 4 profile_n points
-    for stage, name, value, per_unit in sizes:
+    for stage, name, value, per_unit, *what in sizes:
         if stage in stages:
-            check_fits(name, value, per_unit)
+            check_fits(name, value, per_unit, *what)
 
 
 def build(config, init_rng=0):

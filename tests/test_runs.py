@@ -472,7 +472,7 @@ def test_an_old_run_without_its_final_state_cannot_be_extended(tmp_path):
     (run / "training_state.npz").unlink()
     # it said only "trained by an older sgm_ref", of a run whose file had been removed
     with pytest.raises(RunError, match=r"has no training_state.npz \(removed, or the run was trained by an older "
-                                       "sgm_ref, which kept none\)"):
+                                       r"sgm_ref, which kept none\)"):
         train(run, progress=False, steps=40)
 
 
@@ -559,6 +559,18 @@ def test_counts_beyond_memory_are_refused_by_the_configuration(options, match):
     --n, the training samples)."""
     with pytest.raises(ValueError, match=match):
         make_config(options)
+
+
+def test_a_batch_beyond_memory_through_the_width_names_the_network_too(monkeypatch):
+    """`--width 10000000 --depth 1` was refused as '--batch-size must be at most 52, got 256',
+    of a default batch size: the message now says the width and depth that make it so."""
+    from sgm_ref import _validation
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: 2**30)  # 1 GiB
+    per_row = 8 * 6 * (2 + 10_000_000)  # train.fit's working arrays per batch row, d = 2
+    with pytest.raises(ValueError, match=rf"^batch_size must be at most {2**30 // per_row} on this machine, got 256: "
+                                         r"its working arrays at width 10000000 and depth 1 \(a narrower or "
+                                         r"shallower network needs less\) would need"):
+        make_config({"model": {"width": 10_000_000, "depth": 1}})
 
 
 def test_a_run_is_sampled_without_its_training_sizes_being_asked_about(tmp_path, monkeypatch):
