@@ -36,7 +36,9 @@ KINDS = ("score", "eps", "x0", "v", "velocity")
 def _minors(process, t):
     """dict (i, j) -> D(i, j) for the kinds and "x", float64 arrays of t's shape."""
     a, s = process._alpha(t), process._sigma(t)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # over: 1 / sigma at sigma_t = 5e-324 (FlowMatching, EDM) or alpha^2 + sigma^2 at EDM's
+    # t = 1e300; the caller refuses what is not finite, or is left with its finite ratio
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         da, ds = process._d_alpha(t), process._d_sigma(t)
         w, h = process._w(t), process._half_dq(t)
         D = {

@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from . import metrics
-from ._validation import check_count, check_fits, check_float_dtype, check_points, check_rng, check_time_range
+from ._validation import check_count, check_fits, check_float_dtype, check_points, check_rng
 from ._json import load_json
 from .io import atomic_write
 from .losses import WEIGHTINGS, sample_times
@@ -184,7 +184,7 @@ def exact_score_loss(target, process, *, t0, T, weighting, time_distribution, n,
     Parameters
     ----------
     target : object with sample(n, rng) and score(x, t, process)
-    process : OU or VP
+    process : any process of sgm_ref.processes
     t0, T : float, 0 < t0 < T <= process.t_max
     weighting : {"none", "sigma2"}
         lambda(t) = 1 or sigma_t^2, as in training.
@@ -200,13 +200,14 @@ def exact_score_loss(target, process, *, t0, T, weighting, time_distribution, n,
     Raises
     ------
     ValueError
-        Bad weighting, times, n or rng (named in the message).
+        Bad weighting, process, times, n or rng (named in the message).
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
-    t0, T = check_time_range(t0, T, process)
+    process = check_process(process, variance_preserving=False)
+    t0, T = _score_time_range(t0, T, process)  # check_time_range asked VE, EDM, SubVP for B(T)
     x0 = target.sample(n, rng)
     t = sample_times(n, t0, T, rng, time_distribution)
     z = rng.standard_normal(x0.shape)

@@ -72,6 +72,7 @@ ulps inside the step's ends, so both see the step's own beta, not a neighbour's;
 smooth processes that changes nothing measurable).
 """
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -554,12 +555,22 @@ def bits_per_dim(log_q, d, *, bins=256, scale):
     Returns
     -------
     float or ndarray, the shape of log_q.
+
+    Raises
+    ------
+    ValueError
+        Bad arguments (each named), or a bpd beyond float64 (|log q| / d near 1e308).
     """
     d = check_count(d, "d")
     bins = check_count(bins, "bins", minimum=2)
     scale = check_real(scale, "scale", low=0.0, low_open=True)
     lq = check_real_array(log_q, "log_q")
-    out = -lq / (d * np.log(2.0)) + np.log2(bins / scale)
+    # log2(bins) - log2(scale): bins / scale overflows for scale ~ 1e-306
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = -lq / (d * np.log(2.0)) + (math.log2(bins) - math.log2(scale))
+    if not np.all(np.isfinite(out)):
+        raise ValueError(f"log_q = {float(lq.flat[np.argmax(~np.isfinite(out.ravel()))])!r} gives bits per "
+                         f"dimension beyond float64 (d = {d}); pass log_q in range")
     return out[()] if out.ndim == 0 else out
 
 

@@ -75,13 +75,23 @@ def _draw_importance_times(n, t0, T, rng, distribution):
     """importance_times without its checks."""
     v = rng.random(n)
     u = rng.random(n)
-    span = np.log(T) - np.log(t0)
+    # log(T / t0): the difference of logs cancels for T close to t0 (T / t0 = 1 + 2e-10
+    # lost 6 digits of the weights), where log1p of the exact T - t0 does not
+    span = np.log(T) - np.log(t0) if T > 2.0 * t0 else np.log1p((T - t0) / t0)
     log_uniform = np.exp(np.log(t0) + span * u)
     if distribution == "log-uniform":
         return log_uniform, np.ones(n)
     t = np.where(v < 0.5, t0 + (T - t0) * u, log_uniform)
-    # pi / q = 2 / (1 + l / pi) with l / pi = (T - t0) / (t log(T / t0))
-    return t, 2.0 / (1.0 + (T - t0) / (t * span))
+    # pi / q = 2 / (1 + l / pi) with l / pi = (T - t0) / (t log(T / t0)). t span overflows for
+    # T ~ 1e308 (the weight read 2 for 1.998) and loses digits as a subnormal for t ~ 1e-318:
+    # there, as 2 s / (1 + s) with s = pi / l = (t / (T - t0)) span, and 2 / (1 + 1 / s) where
+    # s > 1 (s = inf there gives 2). Elsewhere the first form, whose bits training has used
+    with np.errstate(over="ignore", divide="ignore", under="ignore"):
+        ts = t * span
+        s = t / (T - t0) * span
+        edge = np.where(s <= 1.0, 2.0 * s / (1.0 + s), 2.0 / (1.0 + 1.0 / s))
+        usual = 2.0 / (1.0 + (T - t0) / ts)
+    return t, np.where(np.isfinite(ts) & (ts >= np.finfo(np.float64).tiny), usual, edge)
 
 
 def _draw_times(n, t0, T, rng, distribution):

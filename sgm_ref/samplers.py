@@ -144,10 +144,15 @@ def routed_replay(process, method):
 
 def start_variance(process, T):
     """The variance of the start law N(0, v I) of `sample` at T: 1 on a variance-preserving
-    process (its stationary law), sigma_T^2 on any other (module docstring)."""
+    process (its stationary law), sigma_T^2 on any other (module docstring).
+
+    Raises ValueError for a T out of the process's range, or one whose sigma_T^2 overflows
+    float64 (EDM at T = 1e200)."""
     if _is_vp(process):
         return 1.0
-    return float(process.sigma(T)) ** 2
+    sigma = float(process.sigma(T))
+    _check_sigma2(process, T, "T")
+    return sigma ** 2
 
 
 def time_grid(T, t0, n_steps, kind="uniform", process=None):

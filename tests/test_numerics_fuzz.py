@@ -23,7 +23,7 @@ from hypothesis.extra.numpy import arrays
 from sgm_ref import OU, VP, GaussianMixture
 from sgm_ref import gradcheck, samplers
 from sgm_ref import metrics as M
-from sgm_ref.losses import dsm_loss, sample_times
+from sgm_ref.losses import dsm_loss, importance_times, sample_times
 from sgm_ref.nn import MLP
 from sgm_ref.optim import Adam
 from sgm_ref.score_model import ScoreModel
@@ -309,3 +309,171 @@ def test_sample_and_mlp_name_sizes_beyond_memory():
         samplers.sample(lambda x, t: -x, OU(), 2**40, 2**10, np.random.default_rng(0), T=1.0, t0=0.1, n_steps=2)
     with pytest.raises(ValueError, match=r"d = 4611686018427387904 and widths = \[8\] make \d+ parameters"):
         MLP(2**62, (8,))
+
+
+# -- regressions of the public-API fuzz run (extreme finite inputs; each failed before its fix) ----
+
+
+def _no_warnings(call):
+    """call() with numpy's RuntimeWarnings raised as errors: none may escape a public function."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        return call()
+
+
+def test_karras_sigmas_of_tiny_and_huge_rho_are_the_formula():
+    # rho = 1e-3: sigma_max^(1/rho) = 80^1000 raised OverflowError; rho = 0.1: the last root
+    # sigma_min^10 cancelled against sigma_max^10 and sigma_{n-1} came out 0, not sigma_min;
+    # rho = 1e17: both roots rounded to 1 and every sigma was 1.0
+    from sgm_ref.processes import EDM
+    import mpmath
+
+    def formula(n, lo, hi, rho):  # in 6000 digits: the roots differ by up to 1e4600
+        with mpmath.workdps(6000):
+            R = mpmath.mpf(rho)
+            a, b = mpmath.mpf(hi) ** (1 / R), mpmath.mpf(lo) ** (1 / R)
+            return np.array([float((a + mpmath.mpf(i) / (n - 1) * (b - a)) ** R) for i in range(n)] + [0.0])
+
+    for rho in (1e-3, 0.1, 7.0, 1e17):
+        ours = _no_warnings(lambda: EDM().karras_sigmas(5, 0.002, 80.0, rho))
+        want = formula(5, 0.002, 80.0, rho)
+        assert ours[0] == 80.0 and ours[-2] == 0.002 and ours[-1] == 0.0
+        np.testing.assert_allclose(ours, want, rtol=8 * np.finfo(float).eps, atol=0)
+
+
+def test_importance_weights_at_the_ends_of_float64():
+    # T = 1e308: t log(T / t0) overflowed and the weight pi / q came back 2 (it is ~1.998);
+    # t ~ 1e-111: (T - t0) / (t span) overflowed with a RuntimeWarning
+    import mpmath
+    t0, T = 1e-300, 1e308
+    t, w = _no_warnings(lambda: importance_times(64, t0, T, np.random.default_rng(1)))
+    span = mpmath.log(T) - mpmath.log(mpmath.mpf(t0))
+    want = np.array([float(2 / (1 + (mpmath.mpf(T) - t0) / (mpmath.mpf(ti) * span))) for ti in t])
+    assert np.any(t > 1e306) and np.any(want < 1e-300)  # both ends are met
+    np.testing.assert_allclose(w, want, rtol=4 * np.finfo(float).eps, atol=0)
+    # T / t0 = 1 + 2e-10: log(T) - log(t0) cancelled and the weights were off by 5e-11
+    t0, T = 0.5, 0.5000000001
+    t, w = importance_times(64, t0, T, np.random.default_rng(1))
+    span = mpmath.log(mpmath.mpf(T) / t0)
+    want = np.array([float(2 / (1 + (mpmath.mpf(T) - t0) / (mpmath.mpf(ti) * span))) for ti in t])
+    np.testing.assert_allclose(w, want, rtol=4 * np.finfo(float).eps, atol=0)
+
+
+def test_start_variance_beyond_float64_is_refused():
+    # EDM at T = 1e300: float(sigma_T) ** 2 raised OverflowError
+    from sgm_ref.processes import EDM
+    assert samplers.start_variance(EDM(), 1e150) == 1e150 ** 2
+    with pytest.raises(ValueError, match=r"T = 1e\+300 is too large .*sigma_T\^2 overflows float64"):
+        samplers.start_variance(EDM(), 1e300)
+
+
+def test_conventions_at_extreme_times_warn_nothing():
+    # 1 / sigma at sigma_t = 5e-324 and alpha^2 + sigma^2 at EDM's t = 1e300 overflowed with
+    # RuntimeWarnings (the results were already a ValueError / finite)
+    from sgm_ref import conventions
+    from sgm_ref.processes import EDM, FlowMatching
+    with pytest.raises(ValueError, match=r"t = 5e-324: converting x0 to eps is not defined there"):
+        _no_warnings(lambda: conventions.coefficients(5e-324, FlowMatching(), "x0", "eps"))
+    # eps = (x - x0) / sigma: A = 1 / sigma, B = -1 / sigma
+    assert _no_warnings(lambda: conventions.coefficients(1e300, EDM(), "x0", "eps")) == (1e-300, -1e-300)
+
+
+def test_bits_per_dim_at_the_ends_of_float64():
+    # bins / scale overflowed for scale = 5e-324 (bpd inf) and raised OverflowError for
+    # bins = 10**400; a bpd beyond float64 came back inf
+    import mpmath
+    from sgm_ref.likelihood import bits_per_dim
+    assert _no_warnings(lambda: bits_per_dim(0.0, 1, scale=5e-324)) == 8.0 + 1074.0  # 5e-324 = 2^-1074
+    assert bits_per_dim(0.0, 1, bins=10**400, scale=1.0) == pytest.approx(float(400 * mpmath.log(10, 2)),
+                                                                            rel=1e-15, abs=0)
+    with pytest.raises(ValueError, match=r"log_q = -1\.5e\+308 gives bits per dimension beyond float64"):
+        _no_warnings(lambda: bits_per_dim(np.array([0.0, -1.5e308]), 1, scale=1.0))
+
+
+def test_replay_laws_and_scores_beyond_float64_are_refused():
+    # target_gaussian at EDM's t = 1e300 returned the covariance inf; gaussian_score at
+    # cov = 5e-324, t = 5e-324 returned -inf (and its sigma_t^2 = inf at t = 1e300 warned)
+    from sgm_ref import replays
+    from sgm_ref.processes import EDM, VP
+    with pytest.raises(ValueError, match=r"t = 1e\+300: the law of N\(mean, cov\) at t .* overflows float64"):
+        _no_warnings(lambda: replays.target_gaussian(np.zeros(1), np.eye(1), EDM(), 1e300))
+    score = replays.gaussian_score(np.zeros(1), np.eye(1) * 5e-324, VP())
+    with pytest.raises(ValueError, match=r"the Gaussian score at row 0 \(t = 5e-324\) overflows float64"):
+        _no_warnings(lambda: score(np.ones((1, 1)), np.array([5e-324])))
+    # -x / (1 + t^2) = -1e-600 rounds to -0
+    assert _no_warnings(lambda: replays.gaussian_score(np.zeros(1), np.eye(1), EDM())(np.ones((1, 1)),
+                                                                                        np.array([1e300]))) == 0.0
+
+
+def test_replays_on_grids_below_float64s_sigma2():
+    # grid [1e-300, 5e-324] of FlowMatching: sigma_t^2 underflows to 0, ddim and ddpm_ancestral
+    # returned NaN (0 / 0); euler_ancestral's s^2 = 0 warned (its result was right by luck)
+    from sgm_ref import replays
+    from sgm_ref.processes import FlowMatching
+    grid, x = np.array([1e-300, 5e-324]), np.ones((1, 1))
+    for replay in (replays.ddim, replays.ddpm_ancestral):
+        with pytest.raises(ValueError, match=r"grid\[0\] = 1e-300: sigma_t\^2 underflows to 0"):
+            _no_warnings(lambda: replay(lambda y, t: -y, FlowMatching(), grid, x, np.random.default_rng(0)))
+    # sigma_up = s_next sqrt(1 - (s_next / s)^2) = s_next = 5e-324 and sigma_down = 0: y = D(y) = y
+    out = _no_warnings(lambda: replays.euler_ancestral(lambda y, t: -y, FlowMatching(), grid, x,
+                                                      noise=np.zeros((1, 1, 1))))
+    assert out[0, 0] == pytest.approx(1.0 / (1.0 + 1e-300 ** 2), rel=1e-15, abs=0)
+
+
+def test_predictor_corrector_with_a_zero_score_is_refused():
+    # the Langevin step (snr |xi| / |score|)^2 was inf and every point NaN (score_sde's too);
+    # a score of 1e300 warned in the norm (its step is 0)
+    from sgm_ref import replays
+    grid = np.array([1.0, 0.5, 1e-3])
+    with pytest.raises(ValueError, match=r"Langevin corrector's step .* overflows at step 0 .*mean norm is 0"):
+        _no_warnings(lambda: replays.predictor_corrector(lambda y, t: np.zeros_like(y), VP(), grid, np.zeros((2, 1)),
+                                                         np.random.default_rng(0)))
+    out = _no_warnings(lambda: replays.predictor_corrector(lambda y, t: -y, VP(), grid, np.full((1, 1), 1e300),
+                                                           np.random.default_rng(0)))
+    assert np.all(np.isfinite(out))
+
+
+def test_exact_score_loss_on_every_process():
+    # SubVP, VE and EDM raised AttributeError (check_time_range asked them for B(T)); a junk
+    # process did too. For N(0, 1): L*(t) = 1 / sigma_t^2 - 1 / (alpha_t^2 + sigma_t^2)
+    # (E |z / sigma|^2 - E |grad log p_t|^2), averaged over uniform t by quadrature
+    from scipy.integrate import quad
+    from sgm_ref.evaluation import exact_score_loss
+    from sgm_ref.processes import EDM, VE, SubVP
+    for process, T in ((VE(), 1.0), (EDM(), 10.0), (SubVP(), 1.0)):
+        value, se = exact_score_loss(TARGET1, process, t0=1e-2, T=T, weighting="none", time_distribution="uniform",
+                                     n=4000, rng=np.random.default_rng(0))
+        want = quad(lambda t: 1 / float(process.sigma2(t)) - 1 / (float(process.alpha(t)) ** 2
+                                                                   + float(process.sigma2(t))), 1e-2, T,
+                    limit=200)[0] / (T - 1e-2)
+        assert abs(value - want) < 4 * se, (process, value, se, want)
+    with pytest.raises(ValueError, match=r"process must be a process of sgm_ref.processes"):
+        exact_score_loss(TARGET1, "ou", t0=1e-2, T=1.0, weighting="none", time_distribution="uniform", n=4,
+                         rng=np.random.default_rng(0))
+
+
+def test_tilted_gaussian_names_a_non_finite_f_not_its_shape():
+    # f(y) = -|y|^2 overflows at y = 1e300: the message said "got shape (16,)", the right shape
+    from sgm_ref.targets import TiltedGaussian
+    tilted = TiltedGaussian(lambda x: -np.sum(x**2, axis=1), lambda x: -2 * x, 1, n_mc=16,
+                            rng=np.random.default_rng(0), n_normaliser=64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the caller's f overflows
+        with pytest.raises(ValueError, match=r"f must return finite values, got f\(x\) = -inf at row 0 of 16 points "
+                                             r"\(\|x\| up to 1e\+300\)"):
+            tilted.score(np.full((1, 1), 1e300), 5e-324, OU())
+
+
+def test_replays_with_huge_eta():
+    # ddim(eta=1e300): eta**2 of a Python float raised OverflowError; euler_ancestral's
+    # sigma_up = min(s_next, eta ...) at eta = 1.8e308 warned (overflow) before clamping
+    from sgm_ref import replays
+    from sgm_ref.processes import DDPM, FlowMatching
+    with pytest.raises(ValueError, match=r"eta = 1e\+300 makes sigma_eta exceed sigma_s on this grid; use eta <= 1"):
+        replays.ddim(lambda y, t: -y, FlowMatching(), np.array([0.99999, 0.5, 0.1, 0.0]), np.ones((2, 1)),
+                     np.random.default_rng(0), eta=1e300)
+    grid = replays.timestep_grid(DDPM(), replays.ddim_timesteps(3))
+    run = [_no_warnings(lambda: replays.euler_ancestral(lambda y, t: -y, DDPM(), grid, np.ones((2, 1)),
+                                                        noise=np.ones((2, 2, 1)), eta=eta))
+           for eta in (np.finfo(float).max, 1e30)]
+    np.testing.assert_array_equal(run[0], run[1])  # sigma_up = s_next for both

@@ -257,7 +257,11 @@ class EDM(LinearGaussianProcess):
         """The time grid of Karras et al. (2022, eq. 5), as k-diffusion's get_sigmas_karras.
 
         sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho
-        for i = 0..n-1, then a final 0: n + 1 decreasing float64 times.
+        for i = 0..n-1, then a final 0: n + 1 decreasing float64 times. Evaluated as
+        sigma_i = sigma_max exp(rho log1p(r_i expm1(log(sigma_min / sigma_max) / rho))),
+        r_i = i/(n-1), with sigma_{n-1} = sigma_min exactly: neither end overflows nor cancels
+        for tiny or huge rho (sigma_max^(1/rho) overflows for rho = 1e-3, and the two roots
+        round to one for rho = 1e17).
 
         Raises
         ------
@@ -268,9 +272,14 @@ class EDM(LinearGaussianProcess):
         sigma_min = check_real(sigma_min, "sigma_min", low=0.0, low_open=True)
         sigma_max = check_real(sigma_max, "sigma_max", low=sigma_min, low_open=True, high=self.t_max)
         rho = check_real(rho, "rho", low=0.0, low_open=True)
-        lo, hi = sigma_min ** (1.0 / rho), sigma_max ** (1.0 / rho)
+        q_minus_1 = np.expm1((np.log(sigma_min) - np.log(sigma_max)) / rho)  # (sigma_min/sigma_max)^(1/rho) - 1
         ramp = np.linspace(0.0, 1.0, n)
-        return np.append((hi + ramp * (lo - hi)) ** rho, 0.0)
+        with np.errstate(divide="ignore", under="ignore"):  # log1p(-1) = -inf at the end when q underflows
+            e = rho * np.log1p(ramp * q_minus_1)  # log(sigma_i / sigma_max) in [log(sigma_min / sigma_max), 0]
+            third = np.exp(e / 3.0)  # exp(e) alone underflows below e = -745 (sigma_max / sigma_min > 1e308)
+            sigmas = np.where(e > -700.0, sigma_max * np.exp(e), sigma_max * third * third * third)
+        sigmas[-1] = sigma_min
+        return np.append(sigmas, 0.0)
 
     def to_dict(self):
         return {"name": "EDM", "t_max": self.t_max}

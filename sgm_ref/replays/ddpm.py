@@ -149,8 +149,13 @@ def _posterior(process, grid, alphas_cumprod=None, prediction_type="epsilon"):
     from the process, or from the peer's alphas_cumprod (module docstring)."""
     abar = _constants(process, grid, alphas_cumprod, prediction_type)
     if abar is None:
+        s2_t = process.sigma2(grid[:-1])
+        if np.any(s2_t == 0):  # sigma_t^2 underflows (FlowMatching, EDM at t < 1e-154): the ratios are 0 / 0
+            k = int(np.argmax(s2_t == 0))
+            raise ValueError(f"grid[{k}] = {float(grid[k])!r}: sigma_t^2 underflows to 0 in float64 for {process!r}, "
+                             "so the step from it is undefined (0 / 0); start the steps at larger times")
         r, v = transition(process, grid[:-1], grid[1:])
-        return r, v, process.sigma2(grid[:-1]), process.sigma2(grid[1:]), process.alpha(grid[1:]), None
+        return r, v, s2_t, process.sigma2(grid[1:]), process.alpha(grid[1:]), None
     a_t, a_s = abar[:-1], abar[1:]
     # a_s - a_t and 1 - a are exact in float64 for float32 constants: one rounding each
     return np.sqrt(a_t / a_s), (a_s - a_t) / a_s, 1.0 - a_t, 1.0 - a_s, np.sqrt(a_s), np.sqrt(a_t)
@@ -315,8 +320,9 @@ def ddim(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta
     eta = check_real(eta, "eta", low=0.0)
     check_choice(prediction_type, "prediction_type", tuple(PREDICTION_TYPES))
     r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod, prediction_type)
-    var_eta = eta**2 * v * s2_s / s2_t
-    if np.any(var_eta > s2_s):
+    with np.errstate(over="ignore", invalid="ignore"):  # eta = 1e300: inf (refused below), not OverflowError
+        var_eta = np.float64(eta) ** 2 * v * s2_s / s2_t
+    if np.any(var_eta > s2_s) or np.any(np.isnan(var_eta)):
         raise ValueError(f"eta = {eta} makes sigma_eta exceed sigma_s on this grid; use eta <= 1")
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)

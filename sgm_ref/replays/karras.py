@@ -169,7 +169,14 @@ def euler_ancestral(score, process, grid, x, rng=None, trajectory=False, *, nois
     for k in range(sig.size - 1):
         D = frame.denoise(frame.xh, frame.grid[k], k)
         s, s_next = sig[k], sig[k + 1]
-        up = min(s_next, eta * np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)) if eta else 0.0
+        up = 0.0
+        if eta:
+            # s^2 underflows to 0 for s < 1e-162 (0 / 0); eta = 1e308 overflows to inf, clamped to s_next
+            with np.errstate(invalid="ignore", over="ignore"):
+                up = eta * np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
+                if np.isnan(up):  # the same as a ratio, which does not underflow
+                    up = eta * s_next * np.sqrt(1.0 - (s_next / s) ** 2)
+            up = min(s_next, up)
         down = np.sqrt(s_next**2 - up**2)
         xh = frame.xh + (frame.xh - D) / s * (down - s)
         if s_next > 0:

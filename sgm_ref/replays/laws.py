@@ -35,7 +35,8 @@ def gaussian_score(mean, cov, process):
     S = U diag(lam) U^T. Returns a callable (x (n, d), t scalar or (n,)) -> (n, d) in x's
     dtype (computed in float64).
 
-    Raises ValueError for a bad mean / cov (as sgm_ref.metrics.gaussian_kl) or process.
+    Raises ValueError for a bad mean / cov (as sgm_ref.metrics.gaussian_kl) or process;
+    the callable raises it for a score beyond x's dtype (cov ~ 1e-300 near t = 0).
     """
     m, _, lam, U = _check_gaussian(mean, cov)
     process = check_process(process, variance_preserving=False)
@@ -43,18 +44,35 @@ def gaussian_score(mean, cov, process):
     def score(x, t):
         x64 = np.asarray(x, dtype=np.float64)
         t = np.broadcast_to(process._times(t, n=x64.shape[0]), (x64.shape[0],))
-        alpha, sigma2 = process._alpha(t)[:, None], process._sigma2(t)[:, None]
-        z = (x64 - alpha * m) @ U
-        return (-(z / (alpha**2 * lam + sigma2)) @ U.T).astype(np.asarray(x).dtype)
+        with np.errstate(over="ignore", invalid="ignore"):  # sigma_t^2 = inf (EDM at t = 1e300): a score of 0
+            alpha, sigma2 = process._alpha(t)[:, None], process._sigma2(t)[:, None]
+            z = (x64 - alpha * m) @ U
+            out = (-(z / (alpha**2 * lam + sigma2)) @ U.T).astype(np.asarray(x).dtype)
+        if not np.all(np.isfinite(out)):
+            i = int(np.argmax(~np.all(np.isfinite(out), axis=1)))
+            var = float(np.min(alpha[i] ** 2 * lam + sigma2[i]))
+            raise ValueError(f"the Gaussian score at row {i} (t = {float(t[i])!r}) overflows {out.dtype}: the "
+                             f"variance alpha_t^2 lam + sigma_t^2 is down to {var:.3g}")
+        return out
 
     return score
 
 
 def target_gaussian(mean, cov, process, t):
-    """(alpha_t m, alpha_t^2 S + sigma_t^2 I): the law p_t of N(m, S) at time t."""
+    """(alpha_t m, alpha_t^2 S + sigma_t^2 I): the law p_t of N(m, S) at time t.
+
+    Raises ValueError for a bad mean / cov, process or t, or a covariance beyond float64
+    (EDM at t = 1e200: sigma_t^2 = 1e400)."""
     m, S, _, _ = _check_gaussian(mean, cov)
-    alpha, sigma = check_process(process, variance_preserving=False).marginal(check_real(t, "t", low=0.0))
-    return alpha * m, alpha**2 * S + sigma**2 * np.eye(m.size)
+    process = check_process(process, variance_preserving=False)
+    t = check_real(t, "t", low=0.0)
+    alpha, sigma = process.marginal(t)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean_t, cov_t = alpha * m, alpha**2 * S + sigma**2 * np.eye(m.size)
+    if not (np.all(np.isfinite(mean_t)) and np.all(np.isfinite(cov_t))):
+        raise ValueError(f"t = {t!r}: the law of N(mean, cov) at t under {process!r} overflows float64 "
+                         f"(alpha_t = {float(alpha)!r}, sigma_t = {float(sigma)!r}); use a smaller t or cov")
+    return mean_t, cov_t
 
 
 class _Probe:

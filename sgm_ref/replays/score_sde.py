@@ -244,8 +244,14 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
                 s = score_at(score, y, times[k], dtype, k)
                 xi = draws.draw()
                 if langevin_step is None:
-                    ratio = np.mean(np.linalg.norm(xi, axis=1)) / np.mean(np.linalg.norm(s, axis=1))
-                    step = 2.0 * r[k] ** 2 * (snr * ratio) ** 2
+                    with np.errstate(divide="ignore", over="ignore"):  # |s| = inf (x ~ 1e300): a step of 0
+                        s_norm = np.mean(np.linalg.norm(s, axis=1))
+                        ratio = np.mean(np.linalg.norm(xi, axis=1)) / s_norm
+                        step = 2.0 * r[k] ** 2 * (snr * ratio) ** 2
+                    if not np.isfinite(step):  # score_sde's own step is inf here, and its x NaN
+                        raise ValueError(f"the Langevin corrector's step 2 r^2 (snr |xi| / |score|)^2 overflows at "
+                                         f"step {k} (t = {float(times[k]):.6g}): the score's mean norm is "
+                                         f"{float(s_norm):.3g}; pass langevin_step")
                 else:
                     step = e[k]
                 y = as_state(y + step * s + np.sqrt(2.0 * step) * xi, dtype)

@@ -182,8 +182,12 @@ class TiltedGaussian(ExactOutputs):
 
     def _f(self, x):
         v = np.asarray(self.f(x), dtype=np.float64)
-        if v.shape != (x.shape[0],) or not np.all(np.isfinite(v)):
+        if v.shape != (x.shape[0],):
             raise ValueError(f"f must return {x.shape[0]} finite values for {x.shape[0]} points, got shape {v.shape}")
+        if not np.all(np.isfinite(v)):  # the shape was right: say which value, not the shape
+            i = int(np.argmax(~np.isfinite(v)))
+            raise ValueError(f"f must return finite values, got f(x) = {float(v[i])!r} at row {i} of {x.shape[0]} "
+                             f"points (|x| up to {float(np.max(np.abs(x[i]))):.3g})")
         return v
 
     # -- sampling -------------------------------------------------------------------------
