@@ -133,7 +133,9 @@ def prior_log_prob(process, y, T):
     ------
     ValueError
         A bad process, y not an (n, d) array of finite numbers, T not finite and in
-        [0, process.t_max], or a row so far out that the log-density overflows float64.
+        [0, process.t_max], T with sigma_T = 0, or a row so far out that the log-density
+        overflows float64. (A sigma_T^2 beyond float64's range, EDM at T = 1e200, is
+        not an error: the density is formed from sigma_T.)
     """
     process = check_process(process, variance_preserving=False)
     y = check_points(y, "y").astype(np.float64, copy=False)
@@ -141,16 +143,33 @@ def prior_log_prob(process, y, T):
     if T > process.t_max:  # the process's own check would name its "t"; on VP it had no check at all
         raise ValueError(f"T must be <= {process.t_max!r} (the horizon of {process!r}), got {T!r}")
     n, d = y.shape
-    with np.errstate(over="ignore"):
-        sq = np.sum(y * y, axis=1)
-    if not np.all(np.isfinite(sq)):
-        raise ValueError("y has a row too far out for float64: its prior log-density overflows; rescale y")
+
+    def squares():
+        with np.errstate(over="ignore"):
+            sq = np.sum(y * y, axis=1)
+        if not np.all(np.isfinite(sq)):
+            raise ValueError("y has a row too far out for float64: its prior log-density overflows; rescale y")
+        return sq
+
     if isinstance(process, VariancePreserving):
-        return -0.5 * (d * _LOG_2PI + sq)
-    s2 = float(process.sigma2(T))
-    if not (np.isfinite(s2) and s2 > 0):
-        raise ValueError(f"T = {T!r} gives sigma_T^2 = {s2!r} for {process!r}: no Gaussian prior there")
-    return -0.5 * (d * (_LOG_2PI + np.log(s2)) + sq / s2)
+        return -0.5 * (d * _LOG_2PI + squares())
+    sigma = float(process.sigma(T))
+    if sigma == 0:
+        raise ValueError(f"T = {T!r} gives sigma_T = 0 for {process!r}: no Gaussian prior there; use a larger T")
+    try:
+        s2 = float(process.sigma2(T))
+    except ValueError:  # sigma_T^2 beyond float64 (EDM at T = 1e200); the law N(0, sigma_T^2 I) is not
+        s2 = np.inf
+    if np.isfinite(s2) and s2 >= np.finfo(np.float64).tiny:
+        return -0.5 * (d * (_LOG_2PI + np.log(s2)) + squares() / s2)
+    # sigma_T^2 overflows or underflows float64 (EDM at T = 1e200 or 1e-170), sigma_T does not:
+    # log sigma_T^2 = 2 log sigma_T and |y|^2 / sigma_T^2 = |y / sigma_T|^2
+    with np.errstate(over="ignore", under="ignore"):
+        sq_over_s2 = np.sum(np.square(y / sigma), axis=1)
+    if not np.all(np.isfinite(sq_over_s2)):
+        raise ValueError(f"y has a row too far out for sigma_T = {sigma:.3g}: its prior log-density overflows "
+                         "float64; rescale y")
+    return -0.5 * (d * (_LOG_2PI + 2.0 * np.log(sigma)) + sq_over_s2)
 
 
 class _Field:

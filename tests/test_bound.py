@@ -554,3 +554,32 @@ def test_a_monte_carlo_target_is_refused():
     with pytest.raises(ValueError, match=r"^target TiltedGaussian has a Monte-Carlo score and log p_t "
                                          r"\(monte_carlo = True\): the bound would take those estimates"):
         tv_upper_bound(tilt.score, tilt, OU(), 1e-2, 5.0, "geometric", "euler_maruyama", 16, rng, n_steps=20)
+
+
+def test_path_term_transition_past_alpha_underflow_is_the_ratio():
+    # SubVP(beta_max=5000): alpha_t = e^{-B/2} underflows to 0 past B ~ 1490 (t ~ 0.77), and the
+    # forward transition's r = alpha_hi / alpha_lo was 0/0 = nan (the bound then blamed the
+    # points' dtype, "use dtype float64", of a float64 run) or 0 for a representable 9.8e-305;
+    # it is exp(int f) = exp(-DB / 2), checked against 50-digit mpmath
+    mpmath = pytest.importorskip("mpmath")
+    from sgm_ref.replays._common import transition
+
+    mpmath.mp.dps = 50
+    process = SubVP(beta_min=0.1, beta_max=5000.0)
+    t_hi, t_lo = np.array([1.0, 0.9, 0.5, 0.3]), np.array([0.95, 0.5, 0.1, 0.2])
+    r, v = transition(process, t_hi, t_lo)
+
+    def B(t):
+        t = mpmath.mpf(t)
+        return mpmath.mpf(0.1) * t + (mpmath.mpf(5000.0) - mpmath.mpf(0.1)) * t * t / 2
+
+    for i in range(t_hi.size):
+        want = float(mpmath.exp(-(B(t_hi[i]) - B(t_lo[i])) / 2))
+        assert r[i] == pytest.approx(want, rel=1e-12, abs=0), i
+        # v = sigma_hi^2 - r^2 sigma_lo^2, sigma_t = 1 - e^{-B(t)}
+        s_hi, s_lo = -mpmath.expm1(-B(t_hi[i])), -mpmath.expm1(-B(t_lo[i]))
+        assert v[i] == pytest.approx(float(s_hi**2 - mpmath.mpf(want)**2 * s_lo**2), rel=1e-13, abs=0), i
+    target = GaussianMixture(np.array([0.5, 0.5]), np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([np.eye(2) * 0.1] * 2))
+    result = tv_upper_bound(target.score, target, process, 1e-3, 1.0, "geometric", "exponential", 64,
+                            np.random.default_rng(0), n_steps=50)
+    assert np.isfinite(result.kl_path) and np.all(np.isfinite(result.kl_path_per_step))

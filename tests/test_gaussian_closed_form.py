@@ -507,3 +507,25 @@ def test_tv_monte_carlo_needs_rng_and_n():
         gaussian_tv(GOOD_M, GOOD_S, GOOD_M, S1, rng=0)
     with pytest.raises(ValueError, match="n must be an integer >= 2"):
         gaussian_tv(GOOD_M, GOOD_S, GOOD_M, S1, rng=np.random.default_rng(0), n=1)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "probability_flow"])
+def test_limit_where_sigma_T_squared_leaves_float64(method):
+    # EDM at T = 1e200 and VE(0.01, 1e200) at T = 1: sigma_T^2 overflows, sigma_T does not. The limit
+    # law came out right beside an overflow warning (sigma_T^2 = inf entered only as v_t0 / v_T = 0),
+    # then, once process.sigma2 raised for it, as "t = 1e+200: sigma_t^2 overflows float64 ...; use a
+    # smaller t". With v_t0 / v_T ~ 1e-400 the limit is p_t0 = N(alpha_t0 m, alpha_t0^2 S + sigma_t0^2 I)
+    import warnings
+
+    from sgm_ref import EDM, VE
+
+    m, S = np.array([0.5, -0.2]), np.array([[1.0, 0.3], [0.3, 0.5]])
+    for process, T in ((EDM(t_max=1e300), 1e200), (VE(0.01, 1e200), 1.0)):
+        t0 = 1e-3
+        s20 = 0.01**2 * (1e202) ** (2 * t0) if isinstance(process, VE) else t0**2  # sigma_t0^2, alpha_t0 = 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            mu, C = sampler_limit_gaussian(m, S, process, T, t0, method)
+        np.testing.assert_allclose(mu, m, rtol=4.5e-16, atol=0)  # 2 ulps: the eigenbasis round trip
+        # the eigenbasis round trip: a few ulps of the largest eigenvalue (1.2), not of each entry
+        np.testing.assert_allclose(C, S + s20 * np.eye(2), rtol=0, atol=4 * np.finfo(float).eps * 1.2)

@@ -670,3 +670,22 @@ def test_a_T_whose_coefficients_overflow_is_named_as_T():
     with pytest.raises(ValueError, match=r"^T = 1e\+200 is too large for EDM\(.*\): its coefficients overflow; "
                                          r"use a smaller T$"):
         log_prob(g, EDM(), np.zeros((1, 1)), 0.1, 1e200)
+
+
+def test_prior_log_prob_where_sigma_T_squared_leaves_float64():
+    # EDM at T = 1e200 (sigma_T^2 overflows) and 1e-170 (it underflows to 0): the prior
+    # N(0, sigma_T^2 I) is an ordinary Gaussian there; it was refused, naming the process's "t"
+    # (since process.sigma2 raises rather than returns inf) or saying "no Gaussian prior".
+    # Checked against 50-digit mpmath
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    process = EDM(t_max=1e300)
+    for T in (1e200, 1e-170):
+        y = np.array([[0.3, -1.0], [0.0, 0.1], [2.5, 1.7]]) * T
+        got = prior_log_prob(process, y, T)
+        s = mpmath.mpf(T)
+        want = [float(-mpmath.log(2 * mpmath.pi * s * s) - (mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) / (2 * s * s))
+                for a, b in y]
+        np.testing.assert_allclose(got, want, rtol=4e-16, atol=0)
+    with pytest.raises(ValueError, match="T = 0.0 gives sigma_T = 0"):
+        prior_log_prob(EDM(), np.zeros((1, 2)), 0.0)

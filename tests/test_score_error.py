@@ -312,3 +312,34 @@ def test_a_score_that_scales_its_arguments_in_place_is_measured_on_what_it_retur
             exact = tv_upper_bound(lambda x, t: g.score(x, t, process), g, process, 1e-3, 1.0, "geometric", method,
                                    100, np.random.default_rng(0), n_steps=5)
             np.testing.assert_array_equal(b.kl_path_per_step, exact.kl_path_per_step)  # common draws
+
+
+def test_a_T_whose_g2_overflows_is_named_as_T():
+    # VE(0.01, 1e153) at T = 1: sigma_T^2 = 1e306 is finite, g(T)^2 = 2 sigma_T^2 log(1e155) = 7.1e308
+    # is not. Since process.g2 raises itself ("t = 1.0: g(t)^2 overflows ... use a smaller t"), that
+    # message had replaced the range check's, which names the argument, T
+    from sgm_ref.evaluation import exact_score_loss
+    from sgm_ref.processes import VE
+    from sgm_ref.targets import GaussianMixture
+
+    g = GaussianMixture(np.array([0.5, 0.5]), np.array([[1.0, 0.0], [-1.0, 0.0]]), np.array([np.eye(2) * 0.1] * 2))
+    p = VE(0.01, 1e153)
+    assert np.isfinite(p.sigma2(1.0)) and 2 * np.log(1e155) > np.finfo(np.float64).max / 1e306
+    message = r"^T = 1\.0 is too large for VE\(.*\): g\(T\)\^2 overflows float64; use a smaller T$"
+    with pytest.raises(ValueError, match=message):
+        score_error_integral(g.score, g, p, 1e-3, 1.0, 64, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=message):
+        exact_score_loss(g, p, t0=1e-3, T=1.0, weighting="sigma2", time_distribution="log-uniform", n=64,
+                         rng=np.random.default_rng(0))
+
+
+def test_points_already_non_finite_in_float64_do_not_blame_the_dtype():
+    # float64 points x_t that are nan before any cast (SubVP's forward transition took 0/0 past
+    # alpha's underflow) were reported as "beyond float64's range ... use dtype float64" of a
+    # float64 run
+    from sgm_ref.metrics.score_error import _points_in
+
+    for dtype in (np.float64, np.float32):
+        with pytest.raises(ValueError, match=r"^at t = 0\.5 the points x_t are not finite in float64 \(a coordinate "
+                                             r"is nan\); use a smaller T \(or a smaller target\)$"):
+            _points_in(np.array([[0.0, 0.0], [1.0, np.nan]]), dtype, np.array([0.25, 0.5]), "a smaller T")

@@ -203,6 +203,9 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
                       q = v_t0 - alpha_T^2 lam ratio^2     (sigma_T^2 - v_T = -alpha_T^2 lam)
         ODE:          mu = alpha_t0 mt - alpha_T mt sqrt(v_t0 / v_T),   q = v_t0 sigma_T^2 / v_T
 
+    with v_T / sigma_T^2 and v_t0 / v_T formed on sigma_T's scale where sigma_T^2 is beyond
+    float64 (EDM at T = 1e200: the limit is then p_t0's own moments to rounding).
+
     Parameters
     ----------
     mean, cov : as sampler_output_gaussian
@@ -252,7 +255,21 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
 
 def _limit_any_process(m_eig, lam, U, process, T, t0, method):
     """sampler_limit_gaussian for a process that is not variance-preserving (its docstring)."""
-    (alpha0, alphaT), (s20, s2T) = process.alpha(np.array([t0, T])), process.sigma2(np.array([t0, T]))
+    alpha0, alphaT = process.alpha(np.array([t0, T]))
+    try:
+        s20, s2T = process.sigma2(np.array([t0, T]))
+    except ValueError:  # sigma_T^2 beyond float64 (EDM at T = 1e200), sigma_T not: the ratios on sigma_T's scale
+        v0 = alpha0**2 * lam + float(process.sigma2(t0))  # (t0's own refusal names its "t")
+        sT = float(process.sigma(T))
+        vT_s2T = (alphaT / sT) ** 2 * lam + 1.0  # v_T / sigma_T^2
+        with np.errstate(under="ignore"):
+            v0_vT = (v0 / sT) / sT / vT_s2T
+        if method == "probability_flow":
+            mu, q = alpha0 * m_eig - alphaT * m_eig * np.sqrt(v0_vT), v0 / vT_s2T
+        else:
+            ratio = (alphaT / alpha0) * v0_vT
+            mu, q = alpha0 * m_eig - alphaT * m_eig * ratio, v0 - alphaT**2 * lam * ratio**2
+        return _from_eigen(U, mu, q)
     v0, vT = alpha0**2 * lam + s20, alphaT**2 * lam + s2T
     if method == "probability_flow":
         mu = alpha0 * m_eig - alphaT * m_eig * np.sqrt(v0 / vT)

@@ -134,6 +134,9 @@ def _points_in(x, dtype, t, fix):
     bad = ~np.all(np.isfinite(out), axis=1)
     if np.any(bad):
         i = int(np.argmax(bad))
+        if not np.all(np.isfinite(x[i])):  # not the cast's doing: float64 points that are inf or nan already
+            raise ValueError(f"at t = {float(t[i]):.6g} the points x_t are not finite in float64 (a coordinate "
+                             f"is {float(x[i][~np.isfinite(x[i])][0])!r}); use {fix} (or a smaller target)")
         raise ValueError(f"at t = {float(t[i]):.6g} the points x_t reach {float(np.max(np.abs(x[i]))):.3g}, beyond "
                          f"{np.dtype(dtype).name}'s range (the score is called in dtype {np.dtype(dtype).name}): "
                          f"use dtype float64, or {fix} (or a smaller target)")
@@ -174,8 +177,8 @@ def _check_time_range(t0, T, process):
     if T > process.t_max:
         raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
     _check_sigma2(process, T, "T")
-    with np.errstate(over="ignore", invalid="ignore"):
-        g2 = process.g2(np.array([t0, T]))
+    with np.errstate(over="ignore", invalid="ignore"):  # the private _g2: g2 raises naming its own "t"
+        g2 = process._g2(np.array([t0, T]))
     if not np.all(np.isfinite(g2)):
         raise ValueError(f"T = {T!r} is too large for {process!r}: g(T)^2 overflows float64; use a smaller T")
     return t0, T

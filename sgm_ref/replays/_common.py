@@ -114,7 +114,8 @@ def predict(score, y, t, process, dtype, step, kind):
 def transition(process, t_hi, t_lo):
     """(r, v): x_hi = r x_lo + sqrt(v) z is the forward transition from t_lo up to t_hi.
 
-    r = alpha_hi / alpha_lo, v = sigma_hi^2 - r^2 sigma_lo^2 = -sigma_hi^2 expm1(lam_hi - lam_lo)
+    r = alpha_hi / alpha_lo (exp(int f) where alpha_hi is below float64's normal range, SubVP
+    past B ~ 1420), v = sigma_hi^2 - r^2 sigma_lo^2 = -sigma_hi^2 expm1(lam_hi - lam_lo)
     (no cancellation between the two variances on fine grids); for variance-preserving
     processes r = e^{-DB/2}, v = -expm1(-DB) with DB the integral of beta over the step.
     t_lo may be 0 where sigma = 0 (then v = sigma_hi^2).
@@ -122,7 +123,14 @@ def transition(process, t_hi, t_lo):
     if isinstance(process, VariancePreserving):
         dB = process.integrated_beta_between(t_hi, t_lo)
         return np.exp(-0.5 * dB), -np.expm1(-dB)
-    r = process.alpha(t_hi) / process.alpha(t_lo)
+    alpha_hi, alpha_lo = process.alpha(t_hi), process.alpha(t_lo)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = alpha_hi / alpha_lo
+        # alpha_hi underflowed or subnormal (SubVP past B ~ 1420): r was 0 or short of digits,
+        # 0/0 = nan where alpha_lo underflowed too; the ratio is exp(int f) = exp(-DB / 2) there
+        low = (alpha_hi < np.finfo(np.float64).tiny) | (alpha_lo == 0)
+        if np.any(low):
+            r = np.where(low, np.exp(process._int_f(*np.broadcast_arrays(t_hi, t_lo))), r)
     lam_hi, lam_lo = process.log_snr(t_hi), process.log_snr(t_lo)
     return r, -process.sigma2(t_hi) * np.expm1(lam_hi - lam_lo)
 
