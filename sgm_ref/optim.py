@@ -164,8 +164,8 @@ class Adam:
         big = float(np.finfo(self.params.dtype).max)
         # the step size lr / (1 - beta1^k) is largest at k = 1
         if not self.lr / (1.0 - self.betas[0]) < big:
-            raise ValueError(f"lr = {self.lr:g} is too large: the bias-corrected step size lr / (1 - beta1) "
-                             f"must be below {big:.3g} ({self.params.dtype}), i.e. lr < {big * (1.0 - self.betas[0]):.3g}")
+            raise ValueError(f"lr must be below {big * (1.0 - self.betas[0]):.3g}, got {self.lr:g}: the "
+                             f"bias-corrected step size lr / (1 - beta1) must be below {big:.3g} ({self.params.dtype})")
         # g = grad + weight_decay p is squared into v: it must stay below sqrt(max)
         root = math.sqrt(big)
         top = float(np.max(np.abs(self.params)))

@@ -899,6 +899,19 @@ def test_ddpm_timestep_must_be_an_integer_in_range(i):
         DDPM().time_of_timestep(i)
 
 
+def test_an_array_of_timesteps_out_of_range_names_its_first_offender():
+    """The message held the repr of the whole array: `audit-sampler --n-steps 1000
+    --steps-offset 1` printed all 1000 timesteps on its one line."""
+    steps = np.arange(1000, 0, -1)
+    with pytest.raises(ValueError, match=r"^timestep must lie in 0\.\.999, got timestep\[0\] = 1000 \(of 1000\)$"):
+        DDPM().time_of_timestep(steps)
+    with pytest.raises(ValueError, match=r"^timestep must be an integer, got timestep\[1, 0\] = 2\.5 \(of 4\);"):
+        DDPM().time_of_timestep(np.array([[1.0, 2.0], [2.5, 3.0]]))
+    with pytest.raises(ValueError, match=r"^timestep must lie in 0\.\.999, got 1000$"):
+        DDPM().time_of_timestep(np.int64(1000))
+    np.testing.assert_array_equal(DDPM().time_of_timestep(np.array([0, 999])), [1e-3, 1.0])
+
+
 def test_a_beta_end_whose_schedule_rounds_to_one_is_refused():
     """scaled_linear squares sqrt(beta_end): 1 - 1e-16 came back as a beta of 1, an infinite rate
     and a NaN in the metrics' g^2 rule (found by a review)."""

@@ -180,15 +180,23 @@ class DDPM(VariancePreserving):
     def time_of_timestep(self, i):
         """t_i = (i + 1) / N for integer timesteps 0 <= i < N (scalar or array)."""
         arr = np.asarray(i)
+
+        def shown(bad):  # the first offending entry, not a repr of the whole array (1000 numbers)
+            if arr.ndim == 0:
+                return repr(arr.item())
+            k = np.unravel_index(int(np.argmax(bad)), arr.shape)
+            return f"timestep[{', '.join(map(str, k))}] = {arr[k].item()!r} (of {arr.size})"
         if arr.dtype.kind == "f":
-            if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
-                raise ValueError(f"timestep must be an integer, got {i!r}; fractional timesteps (diffusers' "
+            bad = ~np.isfinite(arr) | (arr != np.round(arr))
+            if np.any(bad):
+                raise ValueError(f"timestep must be an integer, got {shown(bad)}; fractional timesteps (diffusers' "
                                  "sigma-based schedulers, e.g. EulerDiscreteScheduler) step over sigmas: use EDM() "
                                  "with the scheduler's sigmas as times, or the time (i + 1) / N of a fractional i directly")
         elif arr.dtype.kind not in "iu":
             raise ValueError(f"timestep must be an integer, got {i!r} of dtype {arr.dtype}")
-        if np.any(arr < 0) or np.any(arr >= self.num_train_timesteps):
-            raise ValueError(f"timestep must lie in 0..{self.num_train_timesteps - 1}, got {i!r}")
+        bad = (arr < 0) | (arr >= self.num_train_timesteps)
+        if np.any(bad):
+            raise ValueError(f"timestep must lie in 0..{self.num_train_timesteps - 1}, got {shown(bad)}")
         return self._out((arr.astype(np.float64) + 1.0) / self.num_train_timesteps)
 
     def _times(self, t, n=None, name="t"):
