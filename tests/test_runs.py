@@ -566,11 +566,11 @@ def test_a_batch_beyond_memory_through_the_width_names_the_network_too(monkeypat
     of a default batch size: the message now says the width and depth that make it so."""
     from sgm_ref import _validation
     monkeypatch.setattr(_validation, "_physical_memory", lambda: 2**30)  # 1 GiB
-    per_row = 8 * 6 * (2 + 10_000_000)  # train.fit's working arrays per batch row, d = 2
+    per_row = 8 * 6 * (2 + 2_000_000)  # train.fit's working arrays per batch row, d = 2
     with pytest.raises(ValueError, match=rf"^batch_size must be at most {2**30 // per_row} on this machine, got 256: "
-                                         r"its working arrays at width 10000000 and depth 1 \(a narrower or "
+                                         r"its working arrays at width 2000000 and depth 1 \(a narrower or "
                                          r"shallower network needs less\) would need"):
-        make_config({"model": {"width": 10_000_000, "depth": 1}})
+        make_config({"model": {"width": 2_000_000, "depth": 1}})
 
 
 def test_a_run_is_sampled_without_its_training_sizes_being_asked_about(tmp_path, monkeypatch):
