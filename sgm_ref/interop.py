@@ -667,7 +667,7 @@ class OracleModel:
         c = np.asarray(c)[:, None]
         return c * self.target.score(c * x, u, OU())
 
-    def value(self, x, t):
+    def _value(self, x, t):
         """The exact `output` at x (n, d), t (n,), float64: score() converted by
         sgm_ref.conventions, x0 by Tweedie's (x + sigma^2 score) / alpha.
 
@@ -734,7 +734,7 @@ class OracleModel:
             raise ValueError(f"{self._argname} must have shape (), (1,) or ({n},), got {arg.shape}")
         t = np.ascontiguousarray(np.broadcast_to(self.time_of(arg.reshape(-1) if arg.ndim else arg, rounding),
                                                  (n,)))
-        value = self.value(flat, t)
+        value = self._value(flat, t)
         out = torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype)
         if not bool(torch.isfinite(out).all()):  # float64 -> float16 / bfloat16 / float32
             i = int(np.argmax(~torch.isfinite(out).reshape(n, -1).all(1).numpy()))
@@ -770,7 +770,7 @@ def to_torch(target, process, output=None, signature="denoiser", *, fractional=F
     float64, and returned in x's dtype and device. x0, v and velocity of a target with an
     exact posterior mean (GaussianMixture, ProductMixture) are target.predict's, which
     does not lose the digits Tweedie's formula cancels where alpha_t is small or sigma
-    large (OracleModel.value).
+    large (OracleModel._value).
 
     Parameters
     ----------

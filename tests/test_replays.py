@@ -863,24 +863,12 @@ def test_alphas_cumprod_option():
         assert pattern in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
-def test_a_zero_terminal_snr_table_is_replayed_below_its_last_timestep(kind, monkeypatch):
-    """diffusers' rescale_betas_zero_snr=True ends alphas_cumprod at 0 (timestep 999). A
-    "leading" grid (900 down) never reads it: the replay fed that table matches the peer at
-    float32's rounding (measured 2.0e-8 DDIM, 1.6e-7 DDPM). A grid from 999 divides by
-    sqrt(0) (the peer itself gives NaN for an eps model) and is refused, naming the option.
-    Found by a review: every table with a 0 was refused as not in (0, 1]."""
+def _drive_zero_snr_scheduler(sched, model, monkeypatch):
+    """(x, draws, y): 32 seeded start points in d = 2, the 10 steps' noise fed to the scheduler
+    in place of its randn_tensor, and its final sample (a tensor) after stepping `model`."""
     import importlib
 
     import torch
-    diffusers = peer("diffusers")
-    proc = DDPM()
-    model = to_torch(_mixture(), proc, signature="diffusers")
-    cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}[kind]
-    sched = cls(clip_sample=False, rescale_betas_zero_snr=True, timestep_spacing="leading")
-    table = sched.alphas_cumprod.numpy()
-    assert table[-1] == 0.0
-    sched.set_timesteps(10)
     rng = np.random.default_rng(5)
     x = rng.standard_normal((32, 2))
     draws = rng.standard_normal((10, 32, 2))
@@ -889,6 +877,25 @@ def test_a_zero_terminal_snr_table_is_replayed_below_its_last_timestep(kind, mon
     y = torch.from_numpy(x.copy())
     for t in sched.timesteps:
         y = sched.step(model(y, t), t, y).prev_sample
+    return x, draws, y
+
+
+@pytest.mark.parametrize("kind", ["ddim", "ddpm"])
+def test_a_zero_terminal_snr_table_is_replayed_below_its_last_timestep(kind, monkeypatch):
+    """diffusers' rescale_betas_zero_snr=True ends alphas_cumprod at 0 (timestep 999). A
+    "leading" grid (900 down) never reads it: the replay fed that table matches the peer at
+    float32's rounding (measured 2.0e-8 DDIM, 1.6e-7 DDPM). A grid from 999 divides by
+    sqrt(0) (the peer itself gives NaN for an eps model) and is refused, naming the option.
+    Found by a review: every table with a 0 was refused as not in (0, 1]."""
+    diffusers = peer("diffusers")
+    proc = DDPM()
+    model = to_torch(_mixture(), proc, signature="diffusers")
+    cls = {"ddim": diffusers.DDIMScheduler, "ddpm": diffusers.DDPMScheduler}[kind]
+    sched = cls(clip_sample=False, rescale_betas_zero_snr=True, timestep_spacing="leading")
+    table = sched.alphas_cumprod.numpy()
+    assert table[-1] == 0.0
+    sched.set_timesteps(10)
+    x, draws, y = _drive_zero_snr_scheduler(sched, model, monkeypatch)
     grid = R.timestep_grid(proc, sched.timesteps.numpy())
     if kind == "ddim":
         mine = R.ddim(model.score, proc, grid, x, alphas_cumprod=table)
@@ -913,8 +920,6 @@ def test_a_zero_terminal_snr_table_from_its_last_timestep_for_a_v_or_x0_model(ki
     was refused. (DDIM with eta > 0 is left out: there diffusers' sqrt(1 - abar_prev -
     std^2) is the square root of a rounding, 1.1e-16, where the replay's is exactly 0:
     2.6e-8 at step 1.)"""
-    import importlib
-
     import torch
     diffusers = peer("diffusers")
     proc = DDPM()
@@ -927,14 +932,7 @@ def test_a_zero_terminal_snr_table_from_its_last_timestep_for_a_v_or_x0_model(ki
     sched.alphas_cumprod = sched.alphas_cumprod.to(torch.float64)
     sched.set_timesteps(10)
     assert table[-1] == 0.0 and sched.timesteps[0] == 999
-    rng = np.random.default_rng(5)
-    x = rng.standard_normal((32, 2))
-    draws = rng.standard_normal((10, 32, 2))
-    it = iter(torch.from_numpy(draws))
-    monkeypatch.setattr(importlib.import_module(type(sched).__module__), "randn_tensor", lambda *a, **k: next(it))
-    y = torch.from_numpy(x.copy())
-    for t in sched.timesteps:
-        y = sched.step(model(y, t), t, y).prev_sample
+    x, draws, y = _drive_zero_snr_scheduler(sched, model, monkeypatch)
     out = y.numpy()
     assert np.all(np.isfinite(out))
     grid = R.timestep_grid(proc, sched.timesteps.numpy())
@@ -947,6 +945,16 @@ def test_a_zero_terminal_snr_table_from_its_last_timestep_for_a_v_or_x0_model(ki
     replay = R.ddim if kind == "ddim" else R.ddpm_ancestral
     with pytest.raises(ValueError, match=r"alphas_cumprod\[999\] = 0 .*prediction_type='v_prediction' or 'sample'"):
         replay(model.score, proc, grid, x, rng=np.random.default_rng(0), alphas_cumprod=table)
+
+
+def test_a_bad_prediction_type_is_refused():
+    """prediction_type takes diffusers' three names; another is named, with the choices."""
+    proc = DDPM()
+    grid = R.timestep_grid(proc, R.ddim_timesteps(5))
+    x = np.zeros((2, 2))
+    for replay in (R.ddim, R.ddpm_ancestral):
+        with pytest.raises(ValueError, match=r"prediction_type must be one of .*'epsilon'.*got 'eps'"):
+            replay(lambda y, t: -y, proc, grid, x, rng=np.random.default_rng(0), prediction_type="eps")
 
 
 def test_timestep_grid_names_what_diffusers_cannot_step_either():
