@@ -1,6 +1,9 @@
 """The rate experiment's statistics against a published worked example and simulated data with known answers."""
 
+import contextlib
+import math
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -406,3 +409,148 @@ def test_analyse_refuses_a_cell_twice_and_an_error_that_is_not_a_number():
     for bad in (float("nan"), None, True):
         with pytest.raises(ValueError, match="not a finite number"):
             report.analyse(rows[:-1] + [{**rows[-1], "score_error": bad}])
+
+
+def _mp_line(x, y):
+    """Least-squares line in 50-digit arithmetic: (slope, intercept, rss, S_xx, S_xy)."""
+    import mpmath as mp
+
+    with mp.workdps(50):
+        x, y = [mp.mpf(float(v)) for v in x], [mp.mpf(float(v)) for v in y]
+        xb, yb = mp.fsum(x) / len(x), mp.fsum(y) / len(y)
+        sxx = mp.fsum((a - xb) ** 2 for a in x)
+        sxy = mp.fsum((a - xb) * (c - yb) for a, c in zip(x, y))
+        b = sxy / sxx
+        rss = mp.fsum((c - yb - b * (a - xb)) ** 2 for a, c in zip(x, y))
+        return b, yb - b * xb, rss, sxx, sxy
+
+
+def test_joint_slopes_agree_with_50_digit_least_squares_to_rounding():
+    """Review: the slopes came from lstsq on the uncentred design [1, log n] (log n ~ 6..10):
+    up to 9e-14 relative error in the slope and 2e-13 in F over random sweeps (1.2e-15 in the
+    slope here); centred sums reach rounding."""
+    import mpmath as mp
+
+    rng = np.random.default_rng(31)
+    group, n, e = simulated(rng, {2: 0.9, 8: 0.7, 32: 0.5}, seeds=2)
+    keep = np.ones(n.size, bool)
+    keep[[0, 5, 20]] = False  # unequal seeds per cell
+    group, n, e = group[keep], n[keep], e[keep]
+    fit = S.joint_slopes(group, n, e)
+    x, y = np.log(n), np.log(e)
+    parts = [_mp_line(x[group == g["group"]], y[group == g["group"]]) for g in fit["groups"]]
+    with mp.workdps(50):
+        common = mp.fsum(p[4] for p in parts) / mp.fsum(p[3] for p in parts)
+        rss_f = mp.fsum(p[2] for p in parts)
+        rss_r = mp.fsum(p[2] + p[3] * (p[0] - common) ** 2 for p in parts)
+        F = (rss_r - rss_f) / 2 / (rss_f / (n.size - 6))
+    for g, (b, a, rss, sxx, _) in zip(fit["groups"], parts):
+        assert g["slope"] == pytest.approx(float(b), rel=4e-16, abs=0)
+        assert g["intercept"] == pytest.approx(float(a), rel=1e-14, abs=0)
+        assert g["slope_se"] == pytest.approx(float(mp.sqrt(rss / (g["points"] - 2) / sxx)), rel=4e-16, abs=0)
+    assert fit["common_slope"] == pytest.approx(float(common), rel=4e-16, abs=0)
+    assert fit["rss_full"] == pytest.approx(float(rss_f), rel=4e-16, abs=0)
+    assert fit["rss_reduced"] == pytest.approx(float(rss_r), rel=4e-16, abs=0)
+    assert fit["F"] == pytest.approx(float(F), rel=2e-15, abs=0)
+
+
+def test_welch_slopes_refuses_infinite_se_and_dof_and_keeps_tiny_se():
+    """Review: se = inf gave NaN (0 / 0 weights) or, for one group, silently dropped it (F = 0,
+    p = 1), dof = inf a ZeroDivisionError, se = 1e-170 NaN (1 / se^2 overflowed). Welch's F is invariant to scaling slopes and se together."""
+    import mpmath as mp
+
+    for ses, dofs in (([np.inf, np.inf], [5, 5]), ([np.inf, 0.1], [5, 5]), ([0.1, 0.1], [np.inf, np.inf])):
+        with pytest.raises(ValueError, match="finite se > 0 and finite degrees of freedom"):
+            S.welch_slopes([1.0, 2.0], ses, dofs)
+    with pytest.raises(ValueError, match="1-D"):
+        S.welch_slopes([[1.0, 2.0]], [[0.1, 0.1]], [[5, 5]])
+    b, se, nu = [0.3, -0.2, 0.45], [0.1, 0.25, 0.05], [5, 12, 3]
+    with mp.workdps(50):  # Welch (1951) in 50 digits
+        w = [1 / mp.mpf(s) ** 2 for s in se]
+        W = mp.fsum(w)
+        bw = mp.fsum(wi * mp.mpf(bi) for wi, bi in zip(w, b)) / W
+        lam = mp.fsum((1 - wi / W) ** 2 / k for wi, k in zip(w, nu))
+        F = mp.fsum(wi * (mp.mpf(bi) - bw) ** 2 for wi, bi in zip(w, b)) / 2 / (1 + 2 * lam / 8)
+        df2 = 8 / (3 * lam)
+        p = mp.betainc(df2 / 2, 1, 0, df2 / (df2 + 2 * F), regularized=True)
+    for scale in (1.0, 1e-170, 1e150):
+        out = S.welch_slopes([v * scale for v in b], [s * scale for s in se], nu)
+        assert out["F"] == pytest.approx(float(F), rel=1e-14, abs=0)
+        assert out["df"][1] == pytest.approx(float(df2), rel=1e-14, abs=0)
+        assert out["p"] == pytest.approx(float(p), rel=1e-12, abs=0)
+        assert out["weighted_slope"] == pytest.approx(float(bw) * scale, rel=1e-14, abs=0)
+
+
+def test_paired_log_ratio_of_identical_ratios_at_tiny_and_huge_errors():
+    """Review: r = log(other) - log(error) carried the rounding of logs near +-690 (errors
+    1e-300): identical ratios 2 gave se 2.8e-14, t = 2.5e13, p = 1.6e-53, and mean log
+    ratio off by 1.3e-14. log(other / error) is exact to one rounding."""
+    import mpmath as mp
+
+    for error in (np.array([1e-300, 3e-300, 7e-299, 1.3e-290, 5.1e-280]), np.array([1e300, 3e299, 7e298, 1e290])):
+        out = S.paired_log_ratio(error, 2 * error)
+        assert out["se"] == 0.0 and out["t"] is None and out["p"] is None
+        assert out["mean_log_ratio"] == math.log(2) and out["ratio"] == 2.0
+    rng = np.random.default_rng(41)
+    error = 10.0 ** rng.uniform(-300, -250, 9)
+    other = error * np.exp(rng.normal(0.2, 0.1, 9))
+    with mp.workdps(50):
+        r = [mp.log(mp.mpf(float(o)) / mp.mpf(float(e))) for o, e in zip(other, error)]
+        mean = mp.fsum(r) / 9
+        sd = mp.sqrt(mp.fsum((v - mean) ** 2 for v in r) / 8)
+    out = S.paired_log_ratio(error, other)
+    assert out["mean_log_ratio"] == pytest.approx(float(mean), rel=1e-15, abs=0)
+    assert out["se"] == pytest.approx(float(sd / 3), rel=1e-13, abs=0)
+    with _no_warning():  # ratios 1e600 past the float range (an OverflowError): the difference of the logs
+        out = S.paired_log_ratio([1e-300, 2e-300], [1e300, 1e300])
+    assert out["mean_log_ratio"] == pytest.approx(math.log(1e300) - math.log(1e-300) + 0.5 * math.log(0.5), rel=1e-15)
+    assert out["ratio"] == math.inf and out["ratio_interval"] == [math.inf, math.inf]
+
+
+@contextlib.contextmanager
+def _no_warning():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        yield
+
+
+def test_level_may_be_a_numpy_float_and_comes_back_a_python_float():
+    # review: level=np.float32(0.9) was refused as "level must be in (0, 1)"
+    import json
+
+    rng = np.random.default_rng(51)
+    group, n, e = simulated(rng, {2: 0.9}, seeds=2)
+    for f, args in ((S.joint_slopes, (group, n, e)), (S.paired_log_ratio, (e[:5], e[5:10]))):
+        out = f(*args, level=np.float32(0.9))
+        assert type(out["level"] if "level" in out else 0.9) is float
+        json.dumps(out)
+        ref = f(*args, level=float(np.float32(0.9)))
+        assert out == ref
+    with pytest.raises(ValueError, match="level must be a number in"):
+        S.paired_log_ratio([1.0, 2.0], [2.0, 3.0], level=True)
+
+
+def test_n_star_keeps_a_subnormal_threshold_exact():
+    """Review: fraction x baseline was rounded before its log: baseline 3 x 5e-324 and fraction
+    0.5 made the threshold 2 x 5e-324 (1.5 rounded to even), n* = 1.414 instead of
+    2^(log(8/3) / log 4) = 1.633; and 1e10 x 1e300 overflowed with a RuntimeWarning."""
+    tiny = 5e-324
+    out = S.n_star([1.0, 2.0], [4 * tiny, tiny], [3 * tiny, 3 * tiny], fraction=0.5)
+    assert out["censored"] is None
+    assert out["n_star"] == pytest.approx(2 ** (math.log(8 / 3) / math.log(4)), rel=1e-14)
+    with _no_warning():
+        assert S.n_star([1.0, 2.0], [1e300, 1e299], [1e300, 1e300], fraction=1e10)["censored"] == "left"
+
+
+def test_saturating_fit_refuses_an_exact_fit_instead_of_inf_or_nan():
+    # review: points exactly on A n^-b + c gave rss = 0, so s^2 = 0 and the floor test's F = x / 0
+    # (inf, or nan for 0 / 0) with a RuntimeWarning; it now raises like the other fits
+    n = np.repeat(N_GRID, 2)
+    with pytest.raises(ValueError, match="zero residual"):
+        S.saturating_fit(n, 1e5 * n ** -2.5 + 1e-6)
+
+
+def test_joint_slopes_of_no_data_is_a_value_error():
+    # review: empty arrays raised ZeroDivisionError
+    with pytest.raises(ValueError, match="no data"):
+        S.joint_slopes([], [], [])

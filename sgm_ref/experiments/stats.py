@@ -127,12 +127,14 @@ def joint_slopes(group, n, error, level=0.95):
         group whose points lie exactly on its line (zero residual).
     """
     n, error = _vectors([("n", n), ("error", error)])
+    if n.size == 0:
+        raise ValueError("n must hold at least one point per group (no data: no slopes)")
     group = np.asarray(group)
     if group.shape != n.shape:
         raise ValueError(f"group must have the length of n ({n.size}), got shape {group.shape}")
     _positive("n", n)
     _positive("error", error)
-    _check_level(level)
+    level = _check_level(level)
     x, y = np.log(n), np.log(error)
     labels = list(dict.fromkeys(group.tolist()))
     bad = [g for g in labels if g is None or (isinstance(g, float) and not math.isfinite(g))]
@@ -146,23 +148,27 @@ def joint_slopes(group, n, error, level=0.95):
         if np.sum(idx == k) < 3:
             raise ValueError(f"group {g!r} has {np.sum(idx == k)} points: a line with a variance of its own needs "
                              "at least 3 (more seeds or more n)")
-    onehot = (idx[:, None] == np.arange(G)).astype(float)
-    full = np.hstack([onehot, onehot * x[:, None]])
-    reduced = np.hstack([onehot, x[:, None]])
-    coef_f, rss_f = _ols(full, y)
-    coef_r, rss_r = _ols(reduced, y)
+    # the full model is one least-squares line per group; the reduced model's common slope is
+    # sum_g S_xy,g / sum_g S_xx,g (the pooled within-group slope): both on centred x and y
+    cx = [x[idx == k] - x[idx == k].mean() for k in range(G)]
+    cy = [y[idx == k] - y[idx == k].mean() for k in range(G)]
+    sxxs = [float(u @ u) for u in cx]
+    slopes = [float(u @ v) / sxx for u, v, sxx in zip(cx, cy, sxxs)]
+    rss_each = [float(np.sum((v - b * u) ** 2)) for u, v, b in zip(cx, cy, slopes)]
+    rss_f = float(sum(rss_each))
+    common = float(sum(float(u @ v) for u, v in zip(cx, cy)) / sum(sxxs))
+    rss_r = float(sum(np.sum((v - common * u) ** 2) for u, v in zip(cx, cy)))
     df_f = N - 2 * G
     s2 = rss_f / df_f
     tq_pooled = stats.t.ppf(0.5 + level / 2, df_f)
     out = []
     for k, g in enumerate(labels):
         xk, yk = x[idx == k], y[idx == k]
-        b, a = float(coef_f[G + k]), float(coef_f[k])
-        rss_k = float(np.sum((yk - a - b * xk) ** 2))
+        b, rss_k, sxx = slopes[k], rss_each[k], sxxs[k]
+        a = float(yk.mean() - b * xk.mean())
         if rss_k <= _rounding(yk):
             raise ValueError(f"the points of group {g!r} lie exactly on their line (zero residual): no variance "
                              "to test or give intervals with")
-        sxx = float(np.sum((xk - xk.mean()) ** 2))
         nu = xk.size - 2
         se = math.sqrt(rss_k / nu / sxx)
         tq = stats.t.ppf(0.5 + level / 2, nu)
@@ -172,10 +178,11 @@ def joint_slopes(group, n, error, level=0.95):
                     "slope_se_pooled": se_pooled,
                     "slope_interval_pooled": [float(b - tq_pooled * se_pooled), float(b + tq_pooled * se_pooled)],
                     "intercept": a, "points": int(xk.size)})
-    result = {"groups": out, "common_slope": float(coef_r[G]), "rss_full": rss_f, "rss_reduced": rss_r,
+    result = {"groups": out, "common_slope": common, "rss_full": rss_f, "rss_reduced": rss_r,
               "level": level, "welch": None, "F": None, "df": None, "p": None}
     if G > 1:
-        F = ((rss_r - rss_f) / (G - 1)) / s2
+        # RSS_r - RSS_f = sum_g S_xx,g (b_g - b)^2 exactly: no cancellation when the slopes nearly agree
+        F = (sum(sxx * (b - common) ** 2 for sxx, b in zip(sxxs, slopes)) / (G - 1)) / s2
         result.update(F=float(F), df=[G - 1, df_f], p=float(stats.f.sf(F, G - 1, df_f)))
         result["welch"] = welch_slopes([o["slope"] for o in out], [o["slope_se"] for o in out],
                                        [o["dof"] for o in out])
@@ -186,20 +193,24 @@ def welch_slopes(slopes, ses, dofs):
     """Welch's heteroscedastic F test that G independent estimates share one mean.
 
     slopes b_g with standard errors se_g estimated on nu_g degrees of freedom (joint_slopes
-    gives the formula and its sources). Returns {"F", "df": [G - 1, df2], "p",
-    "weighted_slope"}; G >= 2, every se_g > 0 and nu_g >= 1.
+    gives the formula and its sources). slopes, ses, dofs: 1-D, length G >= 2, every se_g
+    finite > 0 and nu_g finite >= 1 (fractional allowed). Returns {"F", "df": [G - 1, df2],
+    "p", "weighted_slope"}: "p" = P(F(G - 1, df2) > F), the upper tail (for G = 2 the
+    two-sided p of Welch's t). F is inf only where its value is past the float range.
     """
     b, se, nu = (np.asarray(v, dtype=float) for v in (slopes, ses, dofs))
     G = b.size
-    if G < 2 or se.shape != b.shape or nu.shape != b.shape:
-        raise ValueError("welch_slopes needs at least two slopes, each with its se and degrees of freedom")
-    if not (np.all(np.isfinite(b)) and np.all(se > 0) and np.all(nu >= 1)):
-        raise ValueError("welch_slopes needs finite slopes, se > 0 and degrees of freedom >= 1")
-    w = 1.0 / se**2
+    if b.ndim != 1 or G < 2 or se.shape != b.shape or nu.shape != b.shape:
+        raise ValueError("welch_slopes needs at least two slopes (a 1-D list), each with its se and degrees of "
+                         "freedom")
+    if not (np.all(np.isfinite(b)) and np.all(np.isfinite(se) & (se > 0)) and np.all(np.isfinite(nu) & (nu >= 1))):
+        raise ValueError("welch_slopes needs finite slopes, finite se > 0 and finite degrees of freedom >= 1")
+    # w_g / W from weights relative to the largest (1 / se^2 overflows for se < 1e-154)
+    w = (se.min() / se) ** 2
     W = float(w.sum())
     bw = float(np.sum(w * b) / W)
     lam = float(np.sum((1.0 - w / W) ** 2 / nu))
-    F = float(np.sum(w * (b - bw) ** 2) / (G - 1) / (1.0 + 2.0 * (G - 2) * lam / (G**2 - 1)))
+    F = float(np.sum(((b - bw) / se) ** 2) / (G - 1) / (1.0 + 2.0 * (G - 2) * lam / (G**2 - 1)))
     df2 = (G**2 - 1) / (3.0 * lam)
     return {"F": F, "df": [G - 1, float(df2)], "p": float(stats.f.sf(F, G - 1, df2)), "weighted_slope": bw}
 
@@ -240,7 +251,7 @@ def lack_of_fit(n, error):
         raise ValueError(f"lack of fit needs at least three distinct n, got {m}")
     if N == m:
         raise ValueError("lack of fit needs replicates (several seeds at some n): there is no pure error")
-    _, sse = _ols(np.column_stack([np.ones_like(x), x]), y)
+    _, _, sse = _line(x, y)
     sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
     sslf = max(sse - sspe, 0.0)  # >= 0 exactly; rounding only
     df1, df2 = m - 2, N - m
@@ -297,12 +308,13 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
     Raises
     ------
     ValueError
-        Bad arrays, fewer than 4 distinct n, or a fit that does not converge.
+        Bad arrays, fewer than 4 distinct n, or points on the curve to rounding (zero
+        residual, so s^2 = 0).
     """
     n, error = _vectors([("n", n), ("error", error)])
     _positive("n", n)
     _positive("error", error)
-    _check_level(level)
+    level = _check_level(level)
     if isinstance(b_max, bool) or not isinstance(b_max, numbers.Real) or not (math.isfinite(b_max) and b_max > 0):
         raise ValueError(f"b_max must be a finite number > 0, got {b_max!r}")
     if np.unique(n).size < 4:
@@ -347,7 +359,10 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
     dof = N - 3
     if dof <= 0:
         raise ValueError(f"a saturating fit needs more than 3 points, got {N}")
-    s2 = rss / dof
+    if rss <= _rounding(y):  # s^2 = 0: F of the floor test 0 / 0 or inf, the interval a point
+        raise ValueError("the points lie exactly on a curve A n^-b + c (zero residual): no variance for an "
+                         "interval or a floor test")
+    s2 = float(rss) / dof
     threshold = rss + s2 * stats.f.ppf(level, 1, dof)
 
     def excess(b):
@@ -372,8 +387,8 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
     high = end(b_max)
     # c = 0: the line log A - b log n with b >= 0 (a rising line is the constant, b = 0)
     x = np.log(n)
-    coef, rss_line = _ols(np.column_stack([np.ones_like(x), x]), y)
-    if coef[1] > 0:
+    _, slope, rss_line = _line(x, y)
+    if slope > 0:
         rss_line = float(np.sum((y - y.mean()) ** 2))
     F_floor = max(rss_line - float(rss), 0.0) / s2
     floor = {"F": float(F_floor), "df": [1, int(dof)], "p": float(stats.f.sf(F_floor, 1, dof)),
@@ -438,7 +453,7 @@ def n_star(n, error, baseline, fraction=0.5):
         raise ValueError("n must be distinct (pass the means over seeds at each n)")
     order = np.argsort(n)
     x = np.log(n[order])
-    g = np.log(error[order]) - np.log(fraction * baseline[order])
+    g = np.log(error[order]) - (math.log(fraction) + np.log(baseline[order]))  # fraction x baseline can overflow
     below = np.flatnonzero(g < 0)
     if below.size == 0:
         return {"n_star": None, "censored": "right"}
@@ -466,7 +481,8 @@ def paired_log_ratio(error, other, level=0.95):
         {"cells", "mean_log_ratio", "se", "interval", "ratio", "ratio_interval", "t", "p",
          "other_lower"}: other_lower counts the cells with other < error. With one cell
         (or identical ratios, up to the rounding of their logs) se is 0 and t, p and the
-        interval are None.
+        interval are None. ratio and ratio_interval are exp of mean_log_ratio and interval:
+        inf (or 0) where a ratio is past the float range (the logs keep the value).
 
     Raises
     ------
@@ -478,11 +494,17 @@ def paired_log_ratio(error, other, level=0.95):
         _positive(name, a)
     if error.size == 0:
         raise ValueError("error must hold at least one cell")
-    _check_level(level)
-    r = np.log(other) - np.log(error)
+    level = _check_level(level)
+    # log of the quotient: one rounding of the ratio, where log(other) - log(error) carries
+    # the rounding of two logs as large as 690 (errors near 1e-300); the difference only
+    # where the quotient leaves the normal range
+    with np.errstate(over="ignore", under="ignore"):
+        q = other / error
+    normal = (q >= np.finfo(float).tiny) & (q <= np.finfo(float).max)
+    r = np.where(normal, np.log(np.where(normal, q, 1.0)), np.log(other) - np.log(error))
     m = r.size
     mean = float(r.mean())
-    out = {"cells": m, "mean_log_ratio": mean, "ratio": math.exp(mean), "other_lower": int(np.sum(other < error)),
+    out = {"cells": m, "mean_log_ratio": mean, "ratio": _exp(mean), "other_lower": int(np.sum(other < error)),
            "se": 0.0, "interval": None, "ratio_interval": None, "t": None, "p": None}
     spread = float(np.sum((r - mean) ** 2))
     if m > 1 and spread > _rounding(r):  # identical ratios differ by rounding only: se 0
@@ -491,14 +513,21 @@ def paired_log_ratio(error, other, level=0.95):
         q = float(stats.t.ppf(0.5 + level / 2, m - 1))
         low, high = mean - q * se, mean + q * se
         out.update(se=se, t=t, p=float(2 * stats.t.sf(abs(t), m - 1)), interval=[low, high],
-                   ratio_interval=[math.exp(low), math.exp(high)])
+                   ratio_interval=[_exp(low), _exp(high)])
     return out
 
 
-def _ols(X, y):
-    coef, *_ = np.linalg.lstsq(X, y, rcond=None)
-    r = y - X @ coef
-    return coef, float(r @ r)
+def _exp(v):
+    """exp(v), inf past the float range (where math.exp raises OverflowError)."""
+    with np.errstate(over="ignore"):
+        return float(np.exp(np.float64(v)))
+
+
+def _line(x, y):
+    """Least-squares line y = a + b x on centred data: (a, b, residual sum of squares)."""
+    u, v = x - x.mean(), y - y.mean()
+    b = float(u @ v) / float(u @ u)
+    return float(y.mean() - b * x.mean()), b, float(np.sum((v - b * u) ** 2))
 
 
 def _rounding(y):
@@ -507,8 +536,10 @@ def _rounding(y):
 
 
 def _check_level(level):
-    if not (isinstance(level, (int, float)) and 0 < level < 1):
-        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    """level as a Python float (a NumPy float32 too), or ValueError."""
+    if isinstance(level, bool) or not isinstance(level, numbers.Real) or not 0 < level < 1:
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    return float(level)
 
 
 def _plain(v):
