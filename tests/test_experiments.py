@@ -922,3 +922,86 @@ def test_a_d_whose_evaluation_draws_cannot_fit_is_refused_before_the_sweep():
     # what the cell would meet: its held-out draws refused by the sampler
     with pytest.raises(ValueError, match="too large"):
         make_target("mixture", d).sample(settings["val_n"], np.random.default_rng(0))
+
+
+def test_the_outputs_do_not_depend_on_the_order_in_which_the_cells_finished(tmp_path):
+    """A review: write_outputs took the columns of results.csv in the order of the list (the
+    order in which the cells finished; a resumed sweep's new rows after the file's), so a failed
+    row that came first put "error" and the versions before score_error; and sweep_summary
+    averaged the seeds in that order, so summary.json's means moved in the last bit (0.1, 0.2
+    and 0.3 average to 0.20000000000000004 or to 0.19999999999999998)."""
+    from sgm_ref.experiments.sweep import write_outputs
+
+    env = {"sgm_ref": "x", "numpy": np.__version__, "host": "h"}
+    rows = [{"family": "mixture-iso", "d": 2, "n": n, "seed": seed, "status": "ok", "score_error": e,
+             "score_error_se": 0.01, "tv_bound": None, **env}
+            for n, errors in ((40, (0.1, 0.2, 0.3)), (80, (0.05, 0.07, 0.11))) for seed, e in enumerate(errors)]
+    failed = {"family": "mixture-iso", "d": 2, "n": 160, "seed": 0, "status": "failed", "error": "ValueError: x", **env}
+    texts = []
+    for k, order in enumerate((rows + [failed], [failed] + rows[::-1])):
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        write_outputs(str(folder), order)
+        texts.append([(folder / name).read_text(encoding="utf-8")
+                      for name in ("results.csv", "summary.json", "summary.md")])
+    assert texts[0] == texts[1]
+    assert texts[0][0].splitlines()[0].startswith("family,d,n,seed,status,score_error,score_error_se,")
+    (summary,) = json.loads(texts[0][1])
+    assert summary["points"][0]["score_error"] == np.mean([0.1, 0.2, 0.3])  # the seeds in their order
+
+
+def test_the_summary_says_which_standard_error_each_point_has():
+    """A sweep still running its second seed has points of one seed, whose ± is that seed's
+    Monte-Carlo standard error (sweep_summary): the table said "standard error over seeds"."""
+    from sgm_ref.experiments.sweep import summary_markdown
+
+    def point(n, seeds):
+        return {"n": n, "seeds": seeds, "score_error": 1.0 / n, "score_error_se": 0.1 / n, "tv_bound": None,
+                "tv_bound_vacuous": False}
+
+    def summary(*seeds):
+        return [{"family": "mixture-iso", "d": 2, "slope": -1.0, "slope_se": None, "slope_dof": 0,
+                 "slope_95": [None, None], "local_slopes": [-1.0], "intercept": 0.0,
+                 "points": [point(40, seeds[0]), point(80, seeds[1])]}]
+
+    head = "mean over seeds ± "
+    assert head + "standard error over seeds (a point of one seed: its Monte-Carlo standard error)." \
+        in summary_markdown(summary(2, 1))
+    assert head + "standard error over seeds.\n" in summary_markdown(summary(2, 2))
+    assert head + "Monte-Carlo standard error of the one seed" in summary_markdown(summary(1, 1))
+
+
+def test_a_slope_of_fewer_than_two_n_shows_no_degrees_of_freedom(tmp_path):
+    """A review: a (family, d) whose errors were all <= 0 (a debiased Monte-Carlo error below its
+    noise) or that had one n so far was printed with "(-2)" or "(-1)" degrees of freedom."""
+    from sgm_ref.experiments.sweep import write_outputs
+
+    def row(d, n, e):
+        return {"family": "tilt-iso", "d": d, "n": n, "seed": 0, "status": "ok", "score_error": e,
+                "score_error_se": 0.01, "tv_bound": None}
+
+    write_outputs(str(tmp_path), [row(2, 40, 0.04), row(2, 80, 0.02), row(2, 160, 0.011),
+                                  row(3, 40, -0.01), row(3, 80, -0.02), row(4, 40, 0.03)])
+    table = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "| tilt-iso | 3 | – ± – (–) | [–, –] | – |" in table and "| tilt-iso | 4 | – ± – (–) |" in table
+    from scipy import stats as scipy_stats
+
+    fit = scipy_stats.linregress(np.log([40, 80, 160]), np.log([0.04, 0.02, 0.011]))
+    assert f"| tilt-iso | 2 | {fit.slope:.2f} ± {fit.stderr:.2f} (1) |" in table
+
+
+def test_the_tv_table_shows_the_mean_and_marks_a_vacuous_seed():
+    """A review: summary.md printed "1" (vacuous) for a point where any seed's bound was 1, beside
+    "mean over seeds": a mean of 0.6 over five seeds with one vacuous read as a vacuous bound;
+    and a mean of 0.99996 was printed "1.000"."""
+    from sgm_ref.experiments.rate import sweep_summary
+    from sgm_ref.experiments.sweep import summary_markdown
+
+    def row(n, seed, tv):
+        return {"family": "mixture-iso", "d": 2, "n": n, "seed": seed, "status": "ok", "score_error": 1.0 / n,
+                "score_error_se": 1e-4, "tv_bound": tv}
+
+    bounds = {100: [1.0, 0.5, 0.5, 0.5, 0.5], 200: [1.0] * 5, 400: [0.99996] * 5, 800: [0.25, 0.5, 0.75, 0.5, 0.5]}
+    summary = sweep_summary([row(n, s, tv) for n, tvs in bounds.items() for s, tv in enumerate(tvs)])
+    table = summary_markdown(summary, ["residual_exponential"]).split("Certified upper bound")[1]
+    assert f"| mixture-iso | 2 | {np.mean(bounds[100]):.3f}* | 1 | 0.99996 | 0.500 |" in table

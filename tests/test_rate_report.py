@@ -852,3 +852,49 @@ def test_the_plane_sentence_says_every_d_only_where_em_was_fitted_in_every_d():
     assert "has exponent 1.02 to 1.02 in d = 2 (mixture-iso)" in text and "every d" not in text
     fams["mixture-iso"]["fits"]["EM plug-in"]["by_d"]["8"] = {"b": 1.06}
     assert "has exponent 1.02 to 1.06 in every d (mixture-iso)" in report._plane_sentence(["mixture-iso"], fams)
+
+
+def test_the_numbers_do_not_depend_on_the_order_of_the_rows(tmp_path):
+    """A review: analyse took the rows in the order of results.jsonl, the order in which the cells
+    finished (a resumed sweep's rows after the first run's), and its means, fits and tests moved
+    in the last bits with it (the saturating fit's b by 1e-11): the same cells gave another
+    rate.json. Now the rows are taken in the order of their cells."""
+    folder = synthetic(str(tmp_path), {"mixture": {2: 0.8, 8: 0.5, 32: 0.3}}, seeds=3, rng=np.random.default_rng(4))
+    rows = rate.load_results(os.path.join(folder, "results.jsonl"))
+    first = report.analyse(rows)
+    for seed in range(3):
+        shuffled = [rows[i] for i in np.random.default_rng(seed).permutation(len(rows))]
+        again = report.analyse(shuffled)
+        assert json.dumps(again) == json.dumps(first)
+        assert report.report_markdown(again) == report.report_markdown(first)
+    # the seed means: numpy's mean of the seeds in their order, the exponents least squares on every seed
+    e = [r["score_error"] for r in rows if r["d"] == 8 and r["n"] == 2000]
+    assert first["families"]["mixture"]["points"]["8"]["2000"]["network"][:2] == [
+        np.mean(e), np.std(e, ddof=1) / math.sqrt(3)]
+    from scipy import stats as scipy_stats
+
+    fit = scipy_stats.linregress(np.log([r["n"] for r in rows if r["d"] == 8]),
+                                 np.log([r["score_error"] for r in rows if r["d"] == 8]))
+    b = first["families"]["mixture"]["fits"]["network"]["by_d"]["8"]
+    assert b["b"] == pytest.approx(-fit.slope, rel=1e-13) and b["b_se"] == pytest.approx(fit.stderr, rel=1e-12)
+
+
+def test_shares_and_ratios_are_printed_on_the_side_of_the_claim_they_make():
+    """A review: a floor of 25.04% of the error was printed "25%" in "a floor c above 25% of
+    the error", one of 100.3% "100%" in "the floor exceeds the error at the largest n", and a
+    baseline / network ratio of 1.0004 "1" in "the network's error is below the baseline's"."""
+    def network(share):
+        return {"floor_share": share, "saturating": {"floor_test": {"p": 0.01}}}
+
+    a = {"d": [2, 8], "network": {"2": network(0.2504), "8": network(1.003)}}
+    not_shows = []
+    report._floor_sentences("mixture", a, not_shows)
+    assert "rejected at level 0.05 (25.04%, p = 0.01 (d = 2))" in not_shows[0]
+    assert "exceeds the error at the largest n (100.3%)" in not_shows[1]
+    a = {"d": [2, 8], "n": [500], "fits": {}, "points": {
+        "2": {"500": {"network": [1.0, 0.01, 5], "empirical measure (curse)": [1.0004, 0.01, 5]}},
+        "8": {"500": {"network": [1.0, 0.01, 5], "empirical measure (curse)": [3.0, 0.01, 5]}}}}
+    (text,) = report._baseline_sentences("mixture", a)
+    assert "below the empirical-measure (curse) baseline's in every d; the ratio baseline / network is 1.0004 " \
+           "(d = 2) to 3 (d = 8)." in text
+    assert report._share(0.37) == "37%" and report._ratio(3.14e5) == "3.14e+05"  # as before away from the limits

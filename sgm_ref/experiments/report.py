@@ -153,6 +153,10 @@ def analyse(rows, grid=None):
         if isinstance(e, bool) or not isinstance(e, numbers.Real) or not math.isfinite(e):
             raise ValueError(f"rows: the cell family={cell[0]}, d={cell[1]}, n={cell[2]}, seed={cell[3]} has "
                              f"score_error {e!r}, not a finite number (a failed cell? load_sweep leaves those out)")
+    # in the order of the cells, not of results.jsonl (the order in which they finished, which a
+    # resumed sweep changes): the same rows give the same numbers to the last bit
+    rows = sorted(rows, key=lambda r: (r["family"], r["d"], r["n"], r["seed"]))
+    for r in rows:
         families.setdefault(r["family"], []).append(r)
     if grid is not None and not (isinstance(grid, dict) and all(
             isinstance(grid.get(k), (list, tuple)) and grid[k] for k in ("families", "d", "n", "seeds"))):
@@ -487,6 +491,21 @@ def _digits_keeping_side(v, thresholds, digits, kind="g"):
         if all((shown < c) == (v < c) and (shown == c) == (v == c) for c in thresholds):
             return text
     return repr(v)
+
+
+def _share(v):
+    """A floor's share of the error as a percentage, with the digits that keep it on its side of
+    FLOOR_SHARE and of 100% (a share of 0.2504 is not "25%" beside "a floor above 25%", nor
+    1.003 "100%" beside "the floor exceeds the error")."""
+    return _digits_keeping_side(100.0 * v, (100.0 * FLOOR_SHARE, 100.0), 0, "f") + "%"
+
+
+def _ratio(v):
+    """_g(v), or more digits where _g would print v on the other side of 1 or at 1 (a ratio of
+    1.0004 printed "1" beside "the network's error is below the baseline's")."""
+    text = _g(v)
+    return text if (float(text) > 1.0) == (v > 1.0) and (float(text) == 1.0) == (v == 1.0) else \
+        _digits_keeping_side(v, (1.0,), 3)
 
 
 def _limit(v):
@@ -1014,7 +1033,7 @@ def _floor_sentences(family, a, not_shows):
     over = [d for d in big if share[d] > 1.0]
 
     def each(ds):
-        return _list([f"{share[d]:.0%}, {_p(sat[d]['floor_test']['p'])} (d = {d})" for d in ds])
+        return _list([f"{_share(share[d])}, {_p(sat[d]['floor_test']['p'])} (d = {d})" for d in ds])
 
     if flat:
         not_shows.append(f"**{family}**: the error has flattened in d = {_list(flat)}: a floor c above "
@@ -1026,7 +1045,7 @@ def _floor_sentences(family, a, not_shows):
                          f"({each(open_)}).")
     if over:
         not_shows.append(f"**{family}**: in d = {_list(over)} the saturating fit's floor exceeds the error at the "
-                         f"largest n ({_list([f'{share[d]:.0%}' for d in over])}): the curve does not fall there "
+                         f"largest n ({_list([_share(share[d]) for d in over])}): the curve does not fall there "
                          "at the end, and its b and c do not describe a flattening.")
 
 
@@ -1160,7 +1179,7 @@ def _baseline_sentences(family, a, learns=None):
                      ("no d" if len(ratios) == len(a["d"]) else f"none of d = {_list(list(ratios))}")
                      if not better else f"d = {_list(better)}")
             out.append(f"**{family}**: at n = {nmax} the network's error is below {label}'s in {where}; the ratio "
-                       f"baseline / network is {_g(ratios[lo])} (d = {lo}) to {_g(ratios[hi])} (d = {hi}).")
+                       f"baseline / network is {_ratio(ratios[lo])} (d = {lo}) to {_ratio(ratios[hi])} (d = {hi}).")
         else:  # the efficient parametric reference: how far the network is from it
             out.append(f"**{family}**: at n = {nmax} the network's error is {_g(1 / ratios[hi])} (d = {hi}) to "
                        f"{_g(1 / ratios[lo])} (d = {lo}) times {label}'s, the parametric reference that knows "

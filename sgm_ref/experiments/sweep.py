@@ -278,13 +278,18 @@ def write_outputs(folder, results):
 
     A nested value of a row (a dict or list: tv, em, the baselines) is one CSV cell holding
     its JSON, as in results.jsonl: the same text whether the row was just computed (numpy
-    scalars inside) or read back from results.jsonl by a resumed sweep.
+    scalars inside) or read back from results.jsonl by a resumed sweep. The rows are taken
+    in the order of their cells, not of the list: its order is that in which the cells
+    finished (and a resumed sweep's rows come after those of the file), and it moved the
+    CSV's columns (a failed row's keys before an ok row's) and the last bits of the means
+    and slopes of summary.json.
     """
     if not results:
         return
+    results = sorted(results, key=cell_key)
     columns = list(dict.fromkeys(k for r in results for k in r))
     rows = [{k: json.dumps(v, allow_nan=False) if isinstance(v, (dict, list)) else v for k, v in r.items()}
-            for r in sorted(results, key=lambda r: (r["family"], r["d"], r["n"], r["seed"]))]
+            for r in results]
 
     def write_csv(f):
         text = io.StringIO()
@@ -314,19 +319,37 @@ def _fixed(v):
     return "–" if v is None else f"{v:.2f}"
 
 
+def _tv_mean(point):
+    """A point's mean certified bound: "1" when it is vacuous in every seed; else the mean with
+    three decimals (more where three would print 1.000), marked * when some seed's bound is
+    vacuous. The point's tv_bound_vacuous says "some seed": it printed "1" for a mean of
+    0.6 over five seeds of which one was vacuous."""
+    mean = point["tv_bound"]
+    if mean is None:  # no row of the point has a bound
+        return "–"
+    if mean >= 1.0:
+        return "1"
+    digits = 3
+    while digits < 17 and float(f"{mean:.{digits}f}") >= 1.0:
+        digits += 1
+    return f"{mean:.{digits}f}" + ("*" if point["tv_bound_vacuous"] else "")
+
+
 def summary_markdown(summary, methods=("euler_maruyama",)):
     """Two tables: the score error with the fitted slopes, and the certified TV bound of the
     sampler(s) named in methods (the tv["method"] of the rows with a bound; older rows: Euler–Maruyama);
     no TV table when no row has a bound."""
     ns = sorted({p["n"] for s in summary for p in s["points"]})
-    seeds = max((p["seeds"] for s in summary for p in s["points"]), default=1)
-    spread = ("standard error over seeds" if seeds > 1
-              else "Monte-Carlo standard error of the one seed (seed-to-seed spread not measured)")
+    counts = {p["seeds"] for s in summary for p in s["points"]} or {1}
+    # a point of one seed (a sweep still running its other seeds) has its Monte-Carlo se (sweep_summary)
+    spread = ("Monte-Carlo standard error of the one seed (seed-to-seed spread not measured)" if counts == {1}
+              else "standard error over seeds" if 1 not in counts
+              else "standard error over seeds (a point of one seed: its Monte-Carlo standard error)")
     lines = ["Integrated score error int E|s - grad log p_t|^2 dt, mean over seeds ± " + spread + ".",
              "Slope: least squares of the mean log error against log n, ± its standard error from the",
-             "scatter about the line (dof = number of n fitted - 2, an n with no error > 0 not fitted;",
-             "95% interval by Student's t; – where it cannot be computed); local slopes between",
-             "neighbouring n show any bend.", "",
+             "scatter about the line (dof = number of n fitted - 2, an n with no error > 0 not fitted,",
+             "– below 0; 95% interval by Student's t; – where it cannot be computed); local slopes",
+             "between neighbouring n show any bend.", "",
              _row(["family", "d", "slope ± se (dof)", "95% interval", "local slopes"] + [f"n = {n}" for n in ns]),
              "|" + "---|" * (5 + len(ns))]
     for s in summary:
@@ -334,19 +357,20 @@ def summary_markdown(summary, methods=("euler_maruyama",)):
         values = [f"{by_n[n]['score_error']:.3g} ± {by_n[n]['score_error_se']:.1g}" if n in by_n else "" for n in ns]
         low, high = (_fixed(v) for v in s["slope_95"])
         local = ", ".join(_fixed(v) for v in s["local_slopes"])
+        dof = s["slope_dof"] if s["slope_dof"] >= 0 else "–"  # fewer than two n fitted: no line at all
         lines.append(f"| {s['family']} | {s['d']} | {_fixed(s['slope'])} ± {_fixed(s['slope_se'])} "
-                     f"({s['slope_dof']}) | [{low}, {high}] | {local} | " + " | ".join(values) + " |")
+                     f"({dof}) | [{low}, {high}] | {local} | " + " | ".join(values) + " |")
     if not methods or all(p["tv_bound"] is None for s in summary for p in s["points"]):
         return "\n".join(lines) + "\n"  # no row has a certified bound: no table of them
     lines += ["", f"Certified upper bound on TV(p_0, output of {' / '.join(methods)}), mean over seeds "
-                  "(1 marks a vacuous bound: TV <= 1 always).", "",
+                  "(1: every seed's bound vacuous, TV <= 1 always; * the mean of seeds some of whose bounds "
+                  "are vacuous).", "",
               _row(["family", "d"] + [f"n = {n}" for n in ns]), "|" + "---|" * (2 + len(ns))]
     for s in summary:
         by_n = {p["n"]: p for p in s["points"]}
         if all(p["tv_bound"] is None for p in s["points"]):
             continue  # a family without a certified bound (a Monte-Carlo oracle)
-        values = [("1" if by_n[n]["tv_bound_vacuous"] else f"{by_n[n]['tv_bound']:.3f}") if n in by_n else ""
-                  for n in ns]
+        values = [_tv_mean(by_n[n]) if n in by_n else "" for n in ns]
         lines.append(f"| {s['family']} | {s['d']} | " + " | ".join(values) + " |")
     return "\n".join(lines) + "\n"
 
