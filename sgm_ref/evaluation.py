@@ -30,7 +30,7 @@ from . import metrics
 from ._validation import check_count, check_fits, check_float_dtype, check_points, check_rng
 from ._json import load_json
 from .io import atomic_write
-from .losses import WEIGHTINGS, sample_times
+from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, sample_times
 from .metrics.score_error import _check_time_range as _score_time_range
 from .processes import VariancePreserving, check_process
 from .runs import (_EVALUATION_FILES, RunError, _remove, load_model, load_samples, read_config, streams,
@@ -90,7 +90,19 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     "tv_bound" (every term of the TVBound with its standard error; None for the
     probability-flow ODE, which has no Girsanov bound); with floor=True also "floor":
     {"score": "exact", "score_error": ..., "tv_bound": ...} of the same form.
+
+    Raises
+    ------
+    ValueError
+        A score or on_stage that is not callable, or a bad process, t0, T, method,
+        grid, n_steps, profile_n, profile_times, bound_n, dtype or floor (named), before
+        the score is called; a score returning another shape or a non-finite value.
+        What the score itself raises is raised as it is.
     """
+    if not callable(score):  # else Python's "'NoneType' object is not callable", from inside the profile
+        raise ValueError(f"score must be a callable (x (n, d), t (n,)) -> (n, d), got {type(score).__name__}")
+    if on_stage is not None and not callable(on_stage):  # else a TypeError once the profile's work is done
+        raise ValueError(f"on_stage must be None or a callable taking the stage's name, got {type(on_stage).__name__}")
     process = check_process(process, variance_preserving=False)
     t0, T = _score_time_range(t0, T, process)
     profile_times = check_count(profile_times, "profile_times")
@@ -200,10 +212,14 @@ def exact_score_loss(target, process, *, t0, T, weighting, time_distribution, n,
     Raises
     ------
     ValueError
-        Bad weighting, process, times, n or rng (named in the message).
+        Bad weighting, time_distribution, process, times, n or rng (named in the message),
+        before any draw.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not isinstance(time_distribution, str) or time_distribution not in TIME_DISTRIBUTIONS:
+        # sample_times' own error says "distribution", and came after the draws of x0
+        raise ValueError(f"time_distribution must be one of {TIME_DISTRIBUTIONS}, got {time_distribution!r}")
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
     process = check_process(process, variance_preserving=False)
@@ -395,8 +411,10 @@ def evaluate_run(folder, options=None, plots=True, progress=None, nll=0):
     Raises
     ------
     ValueError
-        Another command is writing into the folder (its lock names it), or the run's
-        files are missing or damaged.
+        Another command is writing into the folder (its lock names it), the run's
+        files are missing or damaged, options hold an unknown or bad setting, or nll
+        is not 0 or an integer >= 2 (or its samples do not fit in memory); all before
+        any work.
     """
     with writing(folder):  # library callers get the lock and the clean-up the command has
         return _evaluate(folder, options, plots, progress, nll)
@@ -636,7 +654,8 @@ def markdown(report):
     if "histogram_tv" in smp:
         h = smp["histogram_tv"]
         if h["value"] is None:
-            lines.append(f"| histogram TV ({h['bins']} bins per axis) | not computed: {h.get('not_computed', '')} |")
+            lines.append(f"| histogram TV ({h['bins']} bins per axis) | "
+                         f"not computed: {_cell(h.get('not_computed', ''))} |")
         else:
             lines.append(f"| histogram TV ({h['bins']} bins per axis) | {h['value']:.4f} "
                          f"(an exact sample of this size shows {h['expected_bias']:.4f}) |")
@@ -647,7 +666,7 @@ def markdown(report):
                        ("mmd2", "MMD^2 (unbiased)"), ("energy_distance", "energy distance"),
                        ("mean_error", "mean error \\|m_hat - m\\|"), ("covariance_error", "covariance error (Frobenius)")):
         if smp[key]["value"] is None and "not_computed" in smp[key]:
-            lines.append(f"| {label} | not computed: {smp[key]['not_computed']} |")
+            lines.append(f"| {label} | not computed: {_cell(smp[key]['not_computed'])} |")
             continue
         lines.append(f"| {label} | {_pm(smp[key])}{_sliced_floor_text(smp[key]) if key.startswith('sliced') else ''} |")
     if bound is not None:
@@ -683,6 +702,12 @@ def markdown(report):
     if notes:
         lines += ["", "## Notes", ""] + [f"- {note[0].upper()}{note[1:]}." for note in notes]
     return "\n".join(lines) + "\n"
+
+
+def _cell(text):
+    """text for a cell of a Markdown table: its pipes escaped (a reason's "||S - Sigma||_F"
+    split the row, and renderers dropped the cells beyond the header's two)."""
+    return str(text).replace("|", "\\|")
 
 
 def _sliced_floor_text(entry):

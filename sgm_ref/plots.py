@@ -83,7 +83,29 @@ def _sample_points(x, d):
     if bad.size:
         raise ValueError(f"x must hold finite numbers: {bad.size} of {len(points)} points are not (the first "
                          f"is row {bad[0]}); a picture cannot show them")
+    far = np.flatnonzero(np.max(np.abs(points), axis=1) > _DRAWABLE)
+    if far.size:  # matplotlib's span, margins and ticks overflow: "Axis limits cannot be NaN or Inf"
+        raise ValueError(f"x must be within +-{_DRAWABLE:.2g} to be drawn (beyond, the axes' span overflows "
+                         f"float64): {far.size} of {len(points)} points are not (the first is row {far[0]}, "
+                         f"|x| = {np.max(np.abs(points[far[0]])):.3g})")
     return points
+
+
+_DRAWABLE = float(np.finfo(np.float64).max) / 64  # the largest |x| samples_figure draws: 2.8e306
+
+
+def _bin_edges(values, bins):
+    """bins + 1 edges over the values' range, as numpy's histogram would take them, fewer
+    where float64 has fewer numbers there: samples all near 1e20 (a sampler collapsed far
+    out) made numpy raise "Too many bins for data range" (and 0.5 beside a range of 0 is
+    below their spacing: then the edges are the floats either side)."""
+    lo, hi = float(values.min()), float(values.max())
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    edges = np.unique(np.linspace(lo, hi, bins + 1))
+    if edges.size < 2:
+        edges = np.array([np.nextafter(edges[0], -np.inf), np.nextafter(edges[0], np.inf)])
+    return edges
 
 
 def samples_figure(target, x, title):
@@ -91,11 +113,14 @@ def samples_figure(target, x, title):
     returns (fig, ax). The range drawn holds the samples and 2,000 (or, if more, as many
     as samples) exact draws of the target, so a mode the sampler missed is in the picture.
     Samples too far out to evaluate the density over their range are drawn without it,
-    and a note says so.
+    and a note says so. For d = 1 the curve also passes through the exact draws (a narrow
+    mode is drawn); for d = 2 a mode too narrow for the 200 x 200 contour grid (the exact
+    draws reach a density above e times the grid's peak) gets no contour, and a note says so.
 
     x : array_like, shape (n, target.dim), n >= 1 finite points (any float dtype).
     Raises ValueError for another shape or a non-finite point (a log axis, a histogram
-    or a scatter would drop it without a word)."""
+    or a scatter would drop it without a word), or a point beyond |x| = 2.8e306 (float64's
+    largest / 64), where the axes' span and margins overflow."""
     x = _sample_points(x, target.dim)
     fig, (ax,) = _figure((5.2, 5))
     # exact draws of the target (a fixed seed: the picture does not depend on the caller's
@@ -105,10 +130,12 @@ def samples_figure(target, x, title):
     if target.dim == 1:
         r = reference[:, 0]
         # a grid over the samples' and the target's range, and a fine one over the target's
-        # alone: samples far out (one at 1e3) must not coarsen the curve where the mass is
+        # alone: samples far out (one at 1e3) must not coarsen the curve where the mass is;
+        # and the exact draws themselves, where the mass is: a component narrower than the
+        # grid's spacing (std 1e-4) fell between its points, and the curve showed no mode there
         u = np.union1d(np.linspace(min(x.min(), r.min()) - 1.0, max(x.max(), r.max()) + 1.0, 400),
-                       np.linspace(r.min() - 1.0, r.max() + 1.0, 400))
-        ax.hist(x[:, 0], bins=60, density=True, color="tab:red", alpha=0.5, label="samples")
+                       np.union1d(np.linspace(r.min() - 1.0, r.max() + 1.0, 400), r[:_REFERENCE_N]))
+        ax.hist(x[:, 0], bins=_bin_edges(x[:, 0], 60), density=True, color="tab:red", alpha=0.5, label="samples")
         log_density, note = _grid_log_density(target, u[:, None], x)
         if note is None:
             ax.plot(u, np.exp(log_density), color="k", lw=1, label="target density")
@@ -130,6 +157,14 @@ def samples_figure(target, x, title):
             height = log_density - log_density.max() + 8.0
             ax.contour(u, v, height, levels=[1.0, 3.0, 5.0, 7.0], colors="k", linewidths=0.6)
             ax.plot([], [], color="k", lw=0.6, label="target density: e^-1, e^-3, e^-5, e^-7 of its peak")
+            # a component narrower than the grid's spacing falls between its points and gets no
+            # contour (a 20% mode of std 1e-4 was not drawn): the exact draws find it, and a note says so
+            above = float(np.max(target.log_prob(reference[:_REFERENCE_N], 0.0))) - float(np.max(log_density))
+            if above > 1.0:
+                spacing = float(np.max((hi - lo) / 199))
+                ax.text(0.02, 0.02, f"the target has a mode too narrow for the contour grid (spacing {spacing:.2g}; "
+                        f"its density reaches e^{above:.3g} times the contours' peak): not drawn",
+                        transform=ax.transAxes, fontsize=7, color="tab:red")
         else:
             ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="tab:red")
         labels = ("x1", "x2")
@@ -137,7 +172,9 @@ def samples_figure(target, x, title):
         basis = _principal_directions(target)
         centre = target.mean()
         shown = (x - centre) @ basis
-        reference = (reference[:len(x)] - centre) @ basis  # as many target points as samples
+        # every exact draw (as d = 1 and 2 span them): only as many as samples (one for one
+        # sample) left the target a few dots, and a mode the sampler missed out of the picture
+        reference = (reference - centre) @ basis
         ax.scatter(reference[:, 0], reference[:, 1], s=1, alpha=0.25, color="tab:blue", label="target")
         ax.scatter(shown[:, 0], shown[:, 1], s=1, alpha=0.35, color="tab:red", label="samples")
         # what is drawn: x - E[X] on the target covariance's two leading eigenvectors, of d
@@ -492,14 +529,21 @@ def _cell_centres(h, resolution):
     return u, v, np.column_stack([u.ravel(), v.ravel()])
 
 
-def _density_image(ax, target, t, process, h, resolution, cmap="Blues"):
+def _density_image(ax, target, t, process, h, resolution, cmap="Blues", note=True):
     """Draw the exact density p_t on [-h, h]^2 (cell-centre values) and return the image.
 
     Its array is p_t at the cell centres, so array.sum() * (2 h / resolution)^2 is the
     midpoint rule for the mass p_t puts in the square; its colours run from 0 to the
-    array's largest value."""
+    array's largest value. With note, when that mass is below 1/2 (p_t narrower than the
+    cells, between their centres, or outside the square: a blank panel) a note in the
+    lower right corner says how much of p_t the image holds."""
     u, _, points = _cell_centres(h, resolution)
     density = np.exp(target.log_prob(points, float(t), process)).reshape(u.shape)
+    mass = float(density.sum()) * (2 * h / resolution) ** 2
+    if note and mass < 0.5:  # a density between the cell centres (std 1e-5) drew an empty panel without a word
+        ax.text(0.98, 0.02, f"the image holds {mass:.2g} of p_t's mass:\nnarrower than the cells "
+                f"({2 * h / resolution:.2g})\nor outside the square", transform=ax.transAxes, fontsize=6, ha="right",
+                va="bottom", color="tab:red")
     # colours from 0 (not from the smallest value shown: a nearly flat density over a small
     # square would get the colour map's full contrast) to the largest value
     image = ax.imshow(density, origin="lower", extent=(-h, h, -h, h), cmap=cmap, interpolation="bilinear",
@@ -559,14 +603,17 @@ def forward_process_figure(target, ts=(0.0, 0.1, 0.3, 1.0, 3.0), process=None, *
     Raises
     ------
     ValueError
-        For a target that is not two-dimensional, an empty ts, a negative time, a
-        bad extent or resolution, or n_points > 0 without rng.
+        For a target that is not two-dimensional, an empty ts, a negative time or one
+        beyond the process's horizon t_max, a bad extent or resolution, or n_points > 0
+        without rng.
     ModuleNotFoundError
         If matplotlib is not installed.
     """
     _check_plane(target)
     process = _default_process(process)
-    ts = _time_list(ts, "times >= 0", lambda t: t >= 0)
+    t_max = float(getattr(process, "t_max", np.inf))  # beyond, log_prob's refusal named its "t", not ts
+    ts = _time_list(ts, "times >= 0" + (f" and <= {t_max:g} (the process's horizon)" if t_max < np.inf else ""),
+                    lambda t: 0 <= t <= t_max)
     if not _is_integer(n_points) or n_points < 0:
         raise ValueError(f"n_points must be an integer >= 0 (samples drawn on each panel), got {n_points!r}")
     n_points = int(n_points)
@@ -623,7 +670,8 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     Raises
     ------
     ValueError
-        For a target that is not two-dimensional, times <= 0, or a bad extent, arrows
+        For a target that is not two-dimensional, times <= 0 or beyond the process's
+        horizon t_max, or a bad extent, arrows
         or resolution; a score returning another shape than (n, 2) or a non-finite
         value; what the score function raises.
     ModuleNotFoundError
@@ -631,7 +679,9 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     """
     _check_plane(target)
     process = _default_process(process)
-    ts = _time_list(ts, "times > 0 (the score of p_0 itself may not exist)", lambda t: t > 0)
+    t_max = float(getattr(process, "t_max", np.inf))
+    horizon = f" and <= {t_max:g} (the process's horizon)" if t_max < np.inf else ""
+    ts = _time_list(ts, "times > 0 (the score of p_0 itself may not exist)" + horizon, lambda t: 0 < t <= t_max)
     if not _is_integer(arrows) or arrows < 2:
         raise ValueError(f"arrows must be an integer >= 2 (arrows per side), got {arrows!r}")
     h = _half_width(target, extent)
@@ -778,7 +828,13 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
         scores = {"model": scores}
     if not isinstance(scores, dict) or not scores or not all(callable(s) for s in scores.values()):
         raise ValueError("scores must be a score function s(x, t) or a non-empty dict {label: score function}")
-    ts = np.geomspace(1e-2, 5.0, 12) if ts is None else np.asarray(ts, dtype=float)
+    if ts is None:
+        ts = np.geomspace(1e-2, 5.0, 12)
+    else:
+        try:
+            ts = np.asarray(ts, dtype=float)
+        except (TypeError, ValueError):  # numpy's "could not convert string to float: 'a'" named no argument
+            raise ValueError(f"ts must be a 1-D array of times > 0, got {ts!r:.60}") from None
     fig, (ax,) = _new_figure(1, size=5.6, height=3.6)
     for label, s in scores.items():
         error, se = score_error_profile(s, target, process, ts, n, rng)
@@ -866,7 +922,8 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     from matplotlib import colormaps
 
     # eight shades, not a smooth ramp: GIF frames of flat colour areas compress ~3x better
-    image = _density_image(ax, target, grid[0], process, h, resolution, cmap=colormaps["Blues"].resampled(8))
+    image = _density_image(ax, target, grid[0], process, h, resolution, cmap=colormaps["Blues"].resampled(8),
+                           note=False)  # a note would stay on every frame, each of another p_t
     dots = ax.scatter(trajectory[0, :, 0], trajectory[0, :, 1], s=1.5, color="tab:red", linewidths=0)
     ax.set_xticks([])
     ax.set_yticks([])

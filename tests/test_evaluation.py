@@ -1,6 +1,7 @@
 """Reports: score_report against the oracle itself, sample_report, and the text of report.md."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -649,3 +650,76 @@ def test_exact_samples_far_below_0_in_mmd_are_not_called_a_fault():
         assert f"; {k_energy:.1f} standard errors below 0, still consistent with 0" in where
     # a plain mean's standard error is not degenerate: there it is still said
     assert "please report it" in markdown(_report(kl_prior=(-5e-6, 1e-6)))
+
+
+def test_exact_score_loss_names_a_bad_time_distribution_before_any_draw():
+    """A bad time_distribution was refused by sample_times as "distribution must be one
+    of ...", after p_0's draws had moved rng; it is now named as exact_score_loss's own
+    argument, and rng is left where it was."""
+    from sgm_ref.evaluation import exact_score_loss
+
+    rng = np.random.default_rng(0)
+    kw = dict(t0=1e-3, T=5.0, weighting="none", n=10, rng=rng)
+    for bad in ("loguniform", None, ["uniform"]):
+        with pytest.raises(ValueError, match=r"^time_distribution must be one of \('uniform', 'log-uniform'\), "
+                                             rf"got {re.escape(repr(bad))}$"):
+            exact_score_loss(GaussianMixture.ring(), OU(), time_distribution=bad, **kw)
+    assert rng.random() == np.random.default_rng(0).random()
+
+
+def test_score_report_refuses_a_score_that_is_not_callable_by_name():
+    """score=None raised Python's "'NoneType' object is not callable" from inside the profile,
+    and a bad on_stage its TypeError after the profile's work."""
+    kw = dict(t0=1e-2, T=1.0, method="euler_maruyama", grid="geometric", n_steps=5, rng=np.random.default_rng(0),
+              profile_n=20, profile_times=2, bound_n=4)
+    for bad in (None, "ring.score", np.zeros(3)):
+        with pytest.raises(ValueError, match=rf"^score must be a callable .* got {type(bad).__name__}$"):
+            score_report(bad, GaussianMixture.ring(), OU(), **kw)
+    calls = []
+
+    def score(x, t):
+        calls.append(t)
+        return -x
+
+    # on_stage="TV bound" raised "'str' object is not callable" after the profile and the integral
+    with pytest.raises(ValueError, match=r"^on_stage must be None or a callable .* got str$"):
+        score_report(score, GaussianMixture.ring(), OU(), on_stage="TV bound", **kw)
+    assert calls == []
+
+
+def test_a_reason_with_pipes_stays_in_its_table_cell():
+    """The covariance error's reason names ||S - Sigma||_F: its pipes split report.md's row,
+    and a Markdown renderer dropped the cells beyond the header's two, so the cell read "not
+    computable ... (the covariance error" and the rest was lost. Parsed here by markdown-it
+    (GitHub's table rules) when installed, and by counting unescaped pipes otherwise."""
+    g = GaussianMixture.ring()
+    x = g.sample(200, np.random.default_rng(0))
+    x[0] = 1e160
+    samples = sample_report(x, g, np.random.default_rng(1), n_reference=300, two_sample_n=100)
+    reason = samples["covariance_error"]["not_computed"]
+    assert "||S - Sigma||_F" in reason
+    samples["histogram_tv"] = {"value": None, "expected_bias": None, "bins": 20, "not_computed": "a |b| reason"}
+    report = {"target": "ring", "sampler": {"method": "euler_maruyama", "grid": "uniform", "n_steps": 5, "t0": 0.01,
+                                            "T": 3.0}, "samples": samples,
+              "score_error": {"t": [0.1], "error": [0.5], "standard_error": [0.01], "relative": [0.1],
+                              "integral": {"value": 0.2, "standard_error": 0.01}}}
+    text = markdown(report)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "not computed" in line]
+    assert len(rows) == 3  # histogram TV, MMD^2, covariance error
+    for row in rows:
+        assert len(re.findall(r"(?<!\\)\|", row)) == 3, row  # | label | value |
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:
+        return
+    cells, row = [], None
+    for token in MarkdownIt("commonmark").enable("table").parse(text):
+        if token.type == "tr_open":
+            row = []
+        elif token.type == "inline" and row is not None:
+            row.append(token.content)
+        elif token.type == "tr_close":
+            cells.append(row)
+            row = None
+    assert ["covariance error (Frobenius)", f"not computed: {reason}"] in cells
+    assert ["histogram TV (20 bins per axis)", "not computed: a |b| reason"] in cells

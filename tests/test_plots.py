@@ -4,6 +4,7 @@ The exact score stands in for a trained model (no training here), so every test 
 """
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -673,3 +674,173 @@ def test_two_dimensional_contours_cover_the_target_for_few_samples():
     assert radius.max() == pytest.approx(2 + 0.3 * np.sqrt(14), abs=0.01)  # the other modes add < e^-27
     for direction in np.eye(2):
         assert (outer @ direction).max() > 3.0 and (outer @ direction).min() < -3.0
+
+
+def test_samples_figure_for_d_above_2_shows_the_whole_target_for_few_samples():
+    """d > 2: the target's dots were as many exact draws as samples, so for two samples the
+    target was two dots and the range left out its second mode; the docstring says the
+    range holds 2,000 exact draws, as for d = 1 and 2. The dots are now the 2,000 draws of
+    target.sample(2000, default_rng(0)) projected by hand on the leading eigenvectors
+    (numpy's SVD of the covariance, up to each column's sign)."""
+    target = GaussianMixture([0.5, 0.5], [[0.0, 0.0, 0.0], [6.0, 2.0, 0.0]], [np.diag([1.0, 2.0, 0.5])] * 2)
+    fig, ax = plots.samples_figure(target, np.array([[0.0, 0.0, 0.0], [0.1, 0.0, 0.2]]), "two points")
+    (dots,) = [c for c in ax.collections if isinstance(c, PathCollection) and c.get_label() == "target"]
+    draws = target.sample(2000, np.random.default_rng(0))
+    u, _, _ = np.linalg.svd(target.covariance())
+    expected = (draws - target.mean()) @ u[:, :2]
+    got = np.asarray(dots.get_offsets())
+    assert got.shape == (2000, 2)
+    signs = np.sign(np.sum(got * expected, axis=0))
+    np.testing.assert_allclose(got, expected * signs, rtol=0, atol=1e-12)
+    fig.savefig(__import__("io").BytesIO(), format="png")  # the limits as drawn
+    for k, limits in enumerate((ax.get_xlim(), ax.get_ylim())):
+        assert limits[0] <= got[:, k].min() and got[:, k].max() <= limits[1]
+
+
+@pytest.mark.parametrize("target", [ONE_D, RING, FIVE_D], ids=["d=1", "d=2", "d=5"])
+def test_samples_too_far_for_the_axes_are_refused_by_name(target):
+    """Finite samples at +-8e307 raised matplotlib's or numpy's own errors ("Axis limits
+    cannot be NaN or Inf", "arange: cannot compute length", an OverflowError for d = 5),
+    naming no argument: the axes' span overflows float64. Up to float64's largest / 64 =
+    2.8e306 they are drawn (and saved); beyond, x is named with its first such row."""
+    import io
+
+    x = target.sample(20, np.random.default_rng(0))
+    limit = np.finfo(np.float64).max / 64
+    x[3, 0], x[5, 0] = limit, -limit
+    fig, _ = plots.samples_figure(target, x, "t")
+    fig.savefig(io.BytesIO(), format="png")
+    for far in (8e307, np.finfo(np.float64).max, np.nextafter(limit, np.inf)):
+        x[3, 0], x[5, 0] = far, -far
+        with pytest.raises(ValueError, match=r"^x must be within \+-2\.8e\+306 to be drawn .*: 2 of 20 points are "
+                                             rf"not \(the first is row 3, \|x\| = {re.escape(f'{far:.3g}')}\)$"):
+            plots.samples_figure(target, x, "t")
+
+
+@pytest.mark.parametrize("ts", ["a", [0.1, "x"], [[0.1], [0.2, 0.3]]])
+def test_score_error_profile_figure_names_times_it_cannot_read(ts):
+    """Times that are not numbers raised numpy's "could not convert string to float: 'a'" (or
+    "inhomogeneous shape"), naming no argument."""
+    with pytest.raises(ValueError, match=r"^ts must be a 1-D array of times > 0, got "):
+        plots.score_error_profile_figure(lambda x, t: -x, RING, rng=np.random.default_rng(0), ts=ts, n=20)
+
+
+def test_one_dimensional_density_curve_shows_a_narrow_mode():
+    """d = 1: the curve was the density on 800 evenly spaced points, so a component of std
+    1e-4 fell between them: at x = 3, where half the target's mass is, the curve rose to
+    0.0028 against a peak of 0.5 / (1e-4 sqrt(2 pi)) = 1995, beside the samples' tall bar:
+    the picture said the target had no mode where it has one. The curve now also passes
+    through the exact draws: it reaches the peak within 1% (scipy.stats.norm by hand) and
+    is the density at each of its points."""
+    from scipy import stats
+
+    target = GaussianMixture([0.5, 0.5], [[0.0], [3.0]], [[[1.0]], [[1e-8]]])
+    fig, ax = plots.samples_figure(target, target.sample(500, np.random.default_rng(0)), "t")
+    (line,) = ax.get_lines()
+    u, p = line.get_xdata(), line.get_ydata()
+    np.testing.assert_allclose(p, 0.5 * stats.norm.pdf(u, 0.0, 1.0) + 0.5 * stats.norm.pdf(u, 3.0, 1e-4),
+                               rtol=1e-12, atol=0)
+    peak = 0.5 / (1e-4 * np.sqrt(2 * np.pi))
+    assert 0.99 * peak < p[np.abs(u - 3.0) < 1e-3].max() <= peak + 0.5 * stats.norm.pdf(2.999)  # the wide one's tail
+    assert np.all(np.diff(u) > 0)
+
+
+def test_two_dimensional_contours_say_when_a_mode_is_too_narrow_to_draw():
+    """d = 2: the ring (80%) with a fifth of the mass in N(0, 1e-8 I) at its centre. The
+    200 x 200 contour grid (spacing ~0.04) falls around that mode, which got no contour at
+    all, without a word: the samples there looked like mass where the target has none.
+    The contours (all the ring's: none comes within 0.8 of the centre) stay as they were,
+    and a note now says the target's density reaches e^k times their peak, with k =
+    max log p over the exact draws - max over the grid (by hand with scipy's logpdf)."""
+    from scipy import stats
+    from scipy.special import logsumexp
+
+    means = np.vstack([RING.means, [[0.0, 0.0]]])
+    weights = np.r_[0.8 * RING.weights, 0.2]
+    target = GaussianMixture(weights, means, [0.09 * np.eye(2)] * 8 + [1e-8 * np.eye(2)])
+    x = target.sample(300, np.random.default_rng(1))
+    fig, ax = plots.samples_figure(target, x, "t")
+    (contours,) = [c for c in ax.collections if type(c).__name__ == "QuadContourSet"]
+    for path in contours.get_paths():
+        assert np.hypot(*path.vertices.T).min() > 0.8
+
+    def log_p(points):
+        return logsumexp([np.log(w) + stats.multivariate_normal(m, c).logpdf(points)
+                          for w, m, c in zip(weights, means, [0.09 * np.eye(2)] * 8 + [1e-8 * np.eye(2)])], axis=0)
+
+    draws = target.sample(2000, np.random.default_rng(0))  # samples_figure's own exact draws
+    both = np.concatenate([x, draws])
+    lo, hi = both.min(axis=0) - 0.5, both.max(axis=0) + 0.5  # the grid: 200 x 200 over both, 0.5 beyond
+    u, v = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+    above = log_p(draws).max() - log_p(np.column_stack([u.ravel(), v.ravel()])).max()
+    assert above > 10
+    (note,) = ax.texts
+    spacing = max((hi - lo) / 199)
+    assert note.get_text() == (f"the target has a mode too narrow for the contour grid (spacing {spacing:.2g}; its "
+                               f"density reaches e^{above:.3g} times the contours' peak): not drawn")
+    fig, ax = plots.samples_figure(RING, RING.sample(300, np.random.default_rng(0)), "t")
+    assert not ax.texts  # every mode of the ring is resolved
+
+
+def test_times_beyond_the_process_horizon_are_named_as_ts():
+    """VP's horizon is t = 1: ts = (0, 2) was refused by log_prob as "t must be <= 1.0 (the
+    process's horizon T), got max 2.0", naming the t of another function."""
+    vp = VP(0.1, 20.0)
+    with pytest.raises(ValueError, match=r"^ts must be a non-empty sequence of times >= 0 and <= 1 \(the process's "
+                                         r"horizon\), got \[0\.0, 2\.0\]$"):
+        plots.forward_process_figure(RING, (0.0, 2.0), vp, resolution=10)
+    with pytest.raises(ValueError, match=r"^ts must be .* and <= 1 \(the process's horizon\), got \[2\.0\]$"):
+        plots.score_field_figure(RING, None, ts=(2.0,), process=vp, arrows=3, resolution=10)
+    fig = plots.forward_process_figure(RING, (0.0, 1.0), vp, resolution=10)  # the horizon itself is drawn
+    assert len(fig.axes) == 2
+
+
+def test_one_dimensional_samples_collapsed_far_out_are_drawn():
+    """d = 1: samples all at 1e20 (or within 1e5 of it: fewer floats there than 60 bins) made
+    numpy's histogram raise "Too many bins for data range. Cannot create 60 finite-sized
+    bins". They are drawn now, in as many bins as float64 has edges there (numpy's own
+    edges, linspace(min, max, 61), wherever those are distinct: compared for a plain sample),
+    each histogram of total mass 1."""
+    import io
+
+    for x in (np.full((5, 1), 1e20), np.full((1, 1), 1e17), np.array([[1e20], [1e20 + 1e5], [1e20 + 3e5]])):
+        fig, ax = plots.samples_figure(ONE_D, x, "t")
+        fig.savefig(io.BytesIO(), format="png")
+        bars = ax.patches
+        assert 1 <= len(bars) <= 60
+        assert sum(b.get_height() * b.get_width() for b in bars) == pytest.approx(1.0, rel=1e-12)
+        assert min(b.get_x() for b in bars) <= x.min() and x.max() <= max(b.get_x() + b.get_width() for b in bars)
+    x = ONE_D.sample(300, np.random.default_rng(0))
+    fig, ax = plots.samples_figure(ONE_D, x, "t")
+    heights, edges = np.histogram(x[:, 0], bins=60, density=True)
+    np.testing.assert_array_equal([b.get_height() for b in ax.patches], heights)
+    np.testing.assert_allclose([b.get_x() for b in ax.patches], edges[:-1], rtol=1e-15, atol=0)  # matplotlib's float
+
+
+def test_a_density_between_the_cell_centres_is_not_a_silent_blank_panel():
+    """p_0 = N((0.01, 0.01), 1e-10 I) on 20 cells of 0.35 per side: the density at every cell
+    centre underflows to 0 and the panel was blank without a word. A note now gives the
+    mass the image holds by the midpoint rule (here 0; computed by hand with scipy), while
+    p_t at t = 0.01 (std 0.14), of which the image holds 0.84, gets none. The
+    ring with a square of half-width 1 (the ring has radius 2) holds 0.0037: noted too."""
+    from scipy import stats
+
+    narrow = GaussianMixture([1.0], [[0.01, 0.01]], [np.eye(2) * 1e-10])
+    fig = plots.forward_process_figure(narrow, (0.0, 0.01), resolution=20)
+    blank, seen = fig.axes
+    assert np.asarray(blank.get_images()[0].get_array()).max() == 0.0
+    (note,) = blank.texts
+    assert note.get_text() == "the image holds 0 of p_t's mass:\nnarrower than the cells (0.35)\nor outside the square"
+    assert not seen.texts
+    assert 0.5 < panel_moments(seen)[0] < 1.0  # 0.84: coarse cells, but p_t is drawn
+    fig = plots.forward_process_figure(RING, (0.0,), extent=1.0, resolution=50)
+    c = -1.0 + (np.arange(50) + 0.5) * 2.0 / 50
+    u, v = np.meshgrid(c, c)
+    cells = np.column_stack([u.ravel(), v.ravel()])
+    mass = sum(w * stats.multivariate_normal(m, 0.09 * np.eye(2)).pdf(cells) for w, m in zip(RING.weights, RING.means))
+    mass = mass.sum() * (2.0 / 50) ** 2
+    assert 1e-3 < mass < 0.5
+    (note,) = fig.axes[0].texts
+    assert note.get_text().startswith(f"the image holds {mass:.2g} of p_t's mass:")
+    fig = plots.score_field_figure(narrow, None, ts=(1e-6,), arrows=3, resolution=20)  # the same for the scores
+    assert len(fig.axes[0].texts) == 1
