@@ -56,7 +56,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=41, help="interleaved pairs of calls per row (default 41)")
     args = parser.parse_args(argv)
     if args.repeats < 6:
-        parser.error("--repeats must be at least 6 (a 95%% interval of the median needs 6)")
+        parser.error("--repeats must be at least 6 (a 95% interval of the median needs 6)")
     rng = np.random.default_rng(0)
     print(f"CPU: {cpu_name()}; numpy {np.__version__}; float64; {args.repeats} interleaved pairs per row\n")
     print("| (d, width, depth, batch) | current us / pass | fused us / pass | fused / current [95%] "
