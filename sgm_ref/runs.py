@@ -57,7 +57,7 @@ from .processes import process_from_dict
 from .samplers import METHODS, sample, time_grid
 from .score_model import ScoreModel
 from .targets.spec import PRESETS, from_record, from_spec, to_record
-from .train import History, fit, progress_bar
+from .train import History, TrainingDivergedError, either, fit, progress_bar
 
 __all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
            "create", "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps",
@@ -770,7 +770,9 @@ def train(folder, progress=None, steps=None, log=None):
     ------
     RunError
         steps below the run's, a finished run without its training state (trained by an
-        older sgm_ref), an unreadable checkpoint.
+        older sgm_ref), an unreadable checkpoint; training that diverged ("training
+        diverged: the loss became non-finite at step k (try ...)", in the run's settings'
+        names: a new run's files are removed, an interrupted one keeps its checkpoint).
     """
     if log is None:
         def log(message):
@@ -844,9 +846,18 @@ def _train(folder, config, source, progress, log):
         if step % t["checkpoint_every"] == 0 and step < t["steps"]:
             _save_state(checkpoint, step, optimizer, rng, history, threads, digest)
 
-    history = fit(model, data, steps=t["steps"], batch_size=t["batch_size"], t0=t["t0"], T=t["T"], rng=rng,
-                  weighting=t["weighting"], time_distribution=t["time_distribution"], optimizer=optimizer,
-                  progress=progress, callback=write_checkpoint, history=history, start_step=start)
+    try:
+        history = fit(model, data, steps=t["steps"], batch_size=t["batch_size"], t0=t["t0"], T=t["T"], rng=rng,
+                      weighting=t["weighting"], time_distribution=t["time_distribution"], optimizer=optimizer,
+                      progress=progress, callback=write_checkpoint, history=history, start_step=start)
+    except TrainingDivergedError as exc:
+        if exc.happened is None:
+            raise
+        # fit's message says the model in memory keeps its parameters, which a run does not
+        # (a new run's folder goes), and may advise an optimizer's clip_norm, not a setting of runs
+        remedies = [r for r in exc.remedies if "clip_norm" not in r]
+        raise RunError(f"training diverged: {exc.happened}" + (f" (try {either(remedies)})" if remedies else "")
+                       + exc.detail) from None
     # The order makes model.npz mean "finished": a kill between any two writes leaves a run
     # that --resume completes (from the checkpoint, or from the final state without a step)
     # and nothing that reads as finished before it is. The samples and reports of an older

@@ -28,11 +28,27 @@ _NUMBA_FLOAT32_NORMALS_FROM = 1536
 
 
 class TrainingDivergedError(ValueError, FloatingPointError):
-    """The loss or gradient became non-finite; the model keeps its last finite parameters."""
+    """The loss or gradient became non-finite; the model keeps its last finite parameters.
 
-    def __init__(self, message, step):
+    Attributes: step (the step that failed); and, for a non-finite or oversized loss or
+    gradient, happened ("the loss became non-finite at step 2"), remedies (the settings
+    to try, in fit's names: "a smaller lr", ...) and detail ("; the batch: ..." or
+    "; Adam: ...", or ""), from which a caller without fit's arguments (the command
+    line) words its own message; None, (), "" for a non-finite update.
+    """
+
+    def __init__(self, message, step, happened=None, remedies=(), detail=""):
         super().__init__(message)
         self.step = step
+        self.happened, self.remedies, self.detail = happened, tuple(remedies), detail
+
+
+def either(options):
+    """'a', 'a or b', 'a, b, or c': the remedies of a message."""
+    options = list(options)
+    if len(options) <= 2:
+        return " or ".join(options)
+    return ", ".join(options[:-1]) + ", or " + options[-1]
 
 
 @dataclass
@@ -178,7 +194,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         Number of optimiser steps (in total, counting start_step).
     batch_size : int
     lr : float
-        Adam learning rate (ignored if optimizer or lr_schedule is given).
+        Adam learning rate (ignored if optimizer is given; replaced by lr_schedule's rate
+        at every step if that is given, but still checked).
     t0, T : float
         0 < t0 < T <= process.t_max: early-stopping time and horizon.
     rng : numpy.random.Generator
@@ -204,7 +221,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     callback : callable(step, model, optimizer, history), optional
         Called after every step (step counts from 1); checkpoints hook in here.
     history : History, optional
-        Continue this history (when resuming).
+        Continue this history (when resuming): it holds the losses of the start_step
+        steps taken, so that history.loss[k - 1] is step k's.
     start_step : int
         Number of steps already taken (when resuming); needs the optimizer of those
         steps (its step_count equal to start_step).
@@ -221,8 +239,10 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     Raises
     ------
     TrainingDivergedError
-        If the loss or the gradient is non-finite at some step; the message names the
-        step, and the parameters are those before it. Also if Adam's update of a finite
+        If the loss or the gradient is non-finite at some step, or the gradient too
+        large for Adam's second moment (its squares overflow; set the optimizer's
+        clip_norm); the message names the step and the optimiser's reason, and the
+        parameters are those before it. Also if Adam's update of a finite
         gradient is non-finite (NonFiniteStepError; its message, included, says whether
         the parameters were restored: they are unless lr <= 1 and weight_decay <= 1,
         where this needs parameters beyond ~1e154 in float64).
@@ -255,6 +275,9 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                          f"make it for {steps} (e.g. CosineLR(lr, {steps}))")
     if history is not None and not isinstance(history, History):
         raise ValueError(f"history must be a History (to continue a run's), got {type(history).__name__}")
+    if history is not None and len(history.loss) != start_step:  # its loss[k - 1] is step k's
+        raise ValueError(f"history holds {len(history.loss)} losses, but start_step is {start_step}: pass the "
+                         f"history of the run's first {start_step} steps (or none)")
     history = History() if history is None else history
     history.optimizer = optimizer
 
@@ -267,28 +290,38 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
             try:
                 loss = train_step(rng)
             except NonFiniteGradientError as exc:
-                remedies = ("a smaller lr, a larger t0, or weighting='sigma2'" if weighting != "sigma2"
-                            else "a smaller lr or a larger t0")
-                # the batch's sizes say which applies (data far from order 1 want rescaling instead)
-                batch = f"; the batch: {exc.args[1]}" if exc.args[0] == "loss" and len(exc.args) > 1 else ""
+                remedies = ["a smaller lr", "a larger t0"] + (["weighting='sigma2'"] if weighting != "sigma2" else [])
                 # a finite gradient too large for Adam's second moment (its squares overflow) is
                 # refused as a non-finite one would be; the optimiser's reason says which
                 what = ("became non-finite" if exc.args[0] == "loss" or len(exc.args) < 2
                         or "non-finite value" in exc.args[1] else "is too large to apply")
+                if what == "is too large to apply":  # what bounds a gradient's size: clipping
+                    clip = ("an optimizer with clip_norm (Adam(model.params, clip_norm=...))"
+                            if optimizer.clip_norm is None else f"a clip_norm below {optimizer.clip_norm:g}")
+                    remedies.insert(0, clip)
+                # the batch's sizes say which applies (data far from order 1 want rescaling instead);
+                # for the gradient, the optimiser's reason (the first non-finite entry, or the norm),
+                # without its own account of its state and remedy, which this message gives
+                detail = ""
+                if len(exc.args) > 1:
+                    detail = (f"; the batch: {exc.args[1]}" if exc.args[0] == "loss" else
+                              f"; Adam: {exc.args[1].partition('; params, m, v')[0]}")
+                happened = f"the {exc.args[0]} {what} at step {step}"
                 raise TrainingDivergedError(
-                    f"the {exc.args[0]} {what} at step {step}; the model keeps the parameters "
-                    f"of step {step - 1} (try {remedies}){batch}", step) from None
+                    f"{happened}; the model keeps the parameters of step {step - 1} (try {either(remedies)}){detail}",
+                    step, happened, remedies, detail) from None
             except NonFiniteStepError as exc:  # the gradient was finite, the update was not
                 raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None
             history.loss.append(loss)
             if eval_every is not None and (step % eval_every == 0 or step == steps):
-                history.eval_steps.append(step)
                 value = evaluate(model)
                 try:
                     value = float(value)
                 except (TypeError, ValueError):
                     raise ValueError(f"evaluate(model) must return a real number, got {type(value).__name__} "
                                      f"at step {step}") from None
+                # both lists or neither: an evaluate that raises leaves them of one length
+                history.eval_steps.append(step)
                 history.eval_values.append(value)
             if callback is not None:
                 callback(step, model, optimizer, history)

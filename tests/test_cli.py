@@ -220,10 +220,11 @@ def test_ctrl_c_keeps_the_run_and_says_how_to_go_on(tmp_path):
     (["--width", "0"], "--width must be an integer >= 1"),
     (["--beta-min", "0.2"], "add --process vp"),
     (["--target", "gmm:d=3,k=2,radius=1,seed=-1"], "target parameter seed must be >= 0"),
-    # fails during training, after the folder was made: the folder goes again
+    # fails during training, after the folder was made: the folder goes again, and the message
+    # does not say (as fit's does of the model in memory) that the parameters of step 1 are kept
     (["--lr", "1e300", "--steps", "50", "--n", "500", "--width", "8", "--depth", "1"],
-     "loss became non-finite at step 2; the model keeps the parameters of step 1 (try a smaller --lr or a larger "
-     "--t0)"),
+     "error: training diverged: the loss became non-finite at step 2 (try a smaller --lr or a larger --t0); the "
+     "batch: "),
     (["--lr", "1e300", "--steps", "50", "--n", "500", "--width", "8", "--depth", "1", "--weighting", "none"],
      "(try a smaller --lr, a larger --t0, or --weighting sigma2)"),
     (["--activation", "gelu"], "invalid choice: 'gelu'"),
