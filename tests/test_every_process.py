@@ -409,3 +409,19 @@ def test_a_diverging_sampler_off_vp_names_its_largest_step():
     with pytest.raises(ValueError, match=r"the sampler diverged: .* largest step has int g\^2 / sigma_\{t_k\+1\}\^2 = "):
         sample(lambda x, t: np.full_like(x, 1e307), EDM(), 4, 2, np.random.default_rng(0), T=80.0, t0=0.01,
                n_steps=5, method="exponential")
+
+
+@pytest.mark.parametrize("process", EVERY, ids=repr)
+def test_the_base_class_exponential_noise_variance_is_each_processs_own(process):
+    """LinearGaussianProcess._ei_c2, the fallback a user's subclass inherits, is
+    c2 = sigma_lo^2 (e^{lambda_lo - lambda_hi} - 1) >= 0: equal to every built-in process's own
+    closed form (a review found its sign flipped: -1.718 for OU's [0, 0.5] step, where the exact
+    e^{2 (t_hi - t_lo)} - 1 is +1.718)."""
+    from sgm_ref.processes.base import LinearGaussianProcess
+    hi, lo = np.array([0.5, 0.3]) * min(process.t_max, 1.0), np.array([0.2, 0.299]) * min(process.t_max, 1.0)
+    _, _, own = process.exponential_integrals(hi, lo)
+    fallback = LinearGaussianProcess._ei_c2(process, hi, lo)
+    np.testing.assert_allclose(fallback, own, rtol=1e-11)
+    assert np.all(fallback > 0)
+    if isinstance(process, OU):
+        np.testing.assert_allclose(fallback, np.expm1(2 * (hi - lo)), rtol=1e-12)

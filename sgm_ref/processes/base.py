@@ -216,7 +216,9 @@ class LinearGaussianProcess:
         return self._f(t) / self._g2(t)
 
     def _ei_c2(self, t_hi, t_lo):
-        return -self._sigma2(t_lo) * np.expm1(self._log_snr(t_lo) - self._log_snr(t_hi))
+        # sigma_lo^2 (e^{lambda_lo - lambda_hi} - 1) >= 0: lambda falls with t (a review found the
+        # sign flipped here; every built-in process overrides it, a user's subclass would not)
+        return self._sigma2(t_lo) * np.expm1(self._log_snr(t_lo) - self._log_snr(t_hi))
 
     def _int_g2(self, t_hi, t_lo):
         raise NotImplementedError(f"{type(self).__name__} defines no closed form of int g^2 over a step (_int_g2)")
