@@ -27,7 +27,10 @@ def load_json(source, what):
 
     Returns
     -------
-    The parsed object (dict, list, str, int, float, bool or None).
+    The parsed object (dict, list, str, int, float, bool or None). As json reads them,
+    the literals NaN, Infinity and -Infinity (not JSON, but Python writes them) give nan
+    and +-inf, and a number beyond float64's range (1e400) gives +-inf: the callers
+    check the numbers they use (sgm_ref writes none of these).
 
     Raises
     ------

@@ -57,12 +57,18 @@ def _holder(path):
         with open(path, encoding="utf-8") as f:
             record = json.loads(f.read(4096))
         pid = int(record["pid"])
-        os.kill(pid, 0)  # the record may be a dead holder's, not yet overwritten by the live one
-        return f"pid {pid} ({record['command']}), since {record['since']}"
-    except PermissionError:  # alive, under another user
-        return f"pid {pid} ({record['command']}), since {record['since']}"
-    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # not yet written, or a foreign tool's
+        text = f"pid {pid} ({record['command']}), since {record['since']}"
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):  # not yet written, unreadable, or a
+        return None                                                    # foreign tool's
+    if pid <= 0:  # os.kill(0 or -1, 0) asks about a process group or every process, and succeeds
         return None
+    try:
+        os.kill(pid, 0)  # the record may be a dead holder's, not yet overwritten by the live one
+    except PermissionError:  # alive, under another user
+        return text
+    except (OSError, ValueError, OverflowError):
+        return None
+    return text
 
 
 def _try_lock(path):
@@ -98,8 +104,9 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
     kind : str
         What the holder is, for the refusal ("another {kind} is writing to FOLDER ...").
     wait : float
-        Seconds to keep trying before refusing (a folder just made by this process may
-        be held for an instant by a command that found it empty and is leaving).
+        Seconds to keep trying before refusing, >= 0 (inf: until it is free); a folder
+        just made by this process may be held for an instant by a command that found it
+        empty and is leaving.
     on_acquire : callable(), optional
         Called once the lock is taken by this process (not when re-entered), e.g. to
         clear what a killed predecessor left.
@@ -110,8 +117,10 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
         Another process, or another thread of this one, holds the lock; the message names
         it and what to do.
     ValueError
-        The lock file cannot be created (a read-only folder, say).
+        The lock file cannot be created (a read-only folder, say); wait not a number >= 0.
     """
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:  # NaN: never the deadline
+        raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
     folder = os.fspath(folder)
     if fcntl is None:
         if on_acquire is not None:
@@ -143,6 +152,11 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
             if os.path.islink(path):
                 raise ValueError(f"{path} is a symbolic link, not a lock file; remove it (sgm_ref writes the lock "
                                  "there while a command runs)") from None
+            if os.path.isdir(path):
+                raise ValueError(f"{path} is a folder, not a lock file; remove it (sgm_ref writes the lock "
+                                 "there while a command runs)") from None
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise ValueError(f"cannot lock {folder}: it is a file, not a folder") from None
             raise ValueError(f"cannot lock {folder} for writing ({exc.strerror or exc}): "
                              "a command that writes into it needs a writable folder") from None
         if fd is not None:

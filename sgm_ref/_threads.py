@@ -80,10 +80,9 @@ def _threads_from_environment(environ):
     text = environ.get(ENV_THREADS)
     if text is None:
         return None
-    try:
-        n = int(text.strip())
-    except ValueError:
-        n = 0
+    digits = text.strip().removeprefix("+")
+    # decimal digits only: int() would also read "1_0" as 10 (and non-ASCII digits)
+    n = int(digits) if digits.isascii() and digits.isdigit() else 0
     if n < 1:
         raise ValueError(f"{ENV_THREADS} must be an integer >= 1 (the thread count), got {text!r}; "
                          f"unset it for the default")
@@ -303,9 +302,10 @@ def busy_hint(busy=None, cpus=None, threads=None):
 
     busy: other runnable tasks (default busy_cpus()); cpus: os.cpu_count(); threads:
     numba's current count. Advice when busy + threads > cpus (the pools would wait for
-    descheduled workers), suggesting max(1, cpus - busy) threads. None when the user
-    chose a count (SGM_REF_THREADS, OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set), when
-    already at one thread, or when the load is unknown.
+    descheduled workers; with busy = 0, worded as more threads than CPUs), suggesting
+    max(1, cpus - busy) threads. None when the user chose a count (SGM_REF_THREADS,
+    OPENBLAS_NUM_THREADS or OMP_NUM_THREADS set), when already at one thread, or when
+    the load is unknown.
     """
     if any(name in os.environ for name in (ENV_THREADS, "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")):
         return None
@@ -316,7 +316,10 @@ def busy_hint(busy=None, cpus=None, threads=None):
         return None
     n = max(1, cpus - busy)
     tasks = "task" if busy == 1 else "tasks"
-    return (f"note: the machine is busy ({busy} other running {tasks} on {cpus} CPUs): with {threads} threads "
+    # nothing else running: more threads than CPUs (NUMBA_NUM_THREADS above the CPU count)
+    why = (f"the machine is busy ({busy} other running {tasks} on {cpus} CPUs)" if busy > 0 else
+           f"more threads than CPUs ({cpus})")
+    return (f"note: {why}: with {threads} threads "
             f"each parallel step waits for a descheduled worker; SGM_REF_THREADS={n} is usually faster now "
             f"(results then differ in the last bits from a {threads}-thread run)")
 
@@ -409,10 +412,13 @@ def run_blocks(n_blocks, make_worker, threads=None):
     would fight BLAS's for the cores). The gain is measured in benchmarks/RESULTS.md
     (the full-covariance mixture oracle).
 
-    What each block computes does not depend on the thread that runs it, so results are
-    the same bits for every thread count. Serial (one thread, the caller's) when threads
-    <= 1, when there is one block, or where NumPy's BLAS cannot be set at run time (not
-    an OpenBLAS, or not Linux): that BLAS keeps its own threads.
+    What each block computes does not depend on the thread that runs it, and its products
+    always run on one BLAS thread, so results are the same bits for every thread count.
+    Serial (one thread, the caller's) when threads <= 1 or when there is one block, with
+    OpenBLAS on one thread all the same (OpenBLAS's count changes the last bits of larger
+    products: a 600 x 600 x 600 one differs by up to 1e-13 between one and two threads);
+    serial too where NumPy's BLAS cannot be set at run time (not an OpenBLAS, or not
+    Linux): that BLAS keeps its own threads, whose count may change the last bits.
 
     The OpenBLAS counts are process-wide: other Python threads' products also run on one
     thread meanwhile. Concurrent calls share the change, and the last to end restores the
@@ -441,13 +447,15 @@ def run_blocks(n_blocks, make_worker, threads=None):
         threads finish the block they are in and take no more. The BLAS thread counts
         are restored in every case.
     """
-    libraries = _openblas_once() if n_blocks > 1 and (threads is None or threads > 1) else []
+    libraries = _openblas_once() if n_blocks > 0 else []
     if libraries and threads is None:
         threads = _default_block_threads(libraries)
-    if not libraries or threads <= 1:
-        work = make_worker()
-        for b in range(n_blocks):
-            work(b)
+    if not libraries or threads <= 1 or n_blocks == 1:
+        # serial; the products on one OpenBLAS thread as in the threaded case (the same bits)
+        with _one_blas_thread(libraries) if libraries else contextlib.nullcontext():
+            work = make_worker()
+            for b in range(n_blocks):
+                work(b)
         return
     lock, handed_out = threading.Lock(), [0]
     stop = threading.Event()

@@ -59,7 +59,10 @@ def atomic_path(path):
     temporary file is removed and path is untouched. The temporary's name ends with (up
     to _SUFFIX_BYTES bytes of) path's name, so it keeps the extension, and a name near the
     file system's limit (255 bytes) can still be written. An existing file keeps its
-    permission bits, as with open(); a new one gets 0o666 less the umask.
+    permission bits, as with open(); a new one gets 0o666 less the umask. Unlike open(),
+    a symbolic link at path is replaced by the new file (the file it points to is left as
+    it was). A process killed mid-write leaves path as it was and its temporary
+    (.tmp-*) beside it. ValueError if path is a folder or ends with a separator.
     """
     path = _file_name(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -67,6 +70,8 @@ def atomic_path(path):
         raise ValueError(f"cannot write {path}: folder {directory} does not exist")
     if os.path.isdir(path):  # else the rename at the end fails, naming the temporary file
         raise ValueError(f"cannot write {path}: it is a folder; give a file name")
+    if path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):  # as above (ENOTDIR)
+        raise ValueError(f"cannot write {path}: a file name cannot end with {path[-1]!r}")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_name_tail(os.path.basename(path)), dir=directory)
     os.close(fd)
     try:
@@ -76,15 +81,28 @@ def atomic_path(path):
         try:
             mode = stat.S_IMODE(os.stat(path).st_mode)
         except OSError:  # no file there yet (or a dangling link)
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
+            mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask():
+    """The process's umask, read without changing it where Linux says it (/proc/self/status):
+    os.umask(0) and back leaves, for an instant, every other thread's new files at 0o666."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    umask = os.umask(0)  # elsewhere: the only portable way
+    os.umask(umask)
+    return umask
 
 
 # the longest tail of the target's name in a temporary's name: ".tmp-" and mkstemp's 8

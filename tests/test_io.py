@@ -462,3 +462,207 @@ def test_os_error_text_of_a_bytes_file_name():
         "cannot write into /data/é: No space left on device"
     assert os_error_text(OSError(18, "Invalid cross-device link", "/a", None, b"/b")) == \
         "Invalid cross-device link: /a -> /b"
+
+
+# -- atomic writes: every way a write can fail leaves the old file or the new one -----------------
+
+def test_a_path_ending_with_a_separator_is_a_value_error_and_leaves_nothing(tmp_path):
+    """"m.npz/" (not a folder) failed in the final rename with NotADirectoryError naming the
+    temporary file, which os_error_text turned into "cannot write into FOLDER: Not a
+    directory", about a folder that was fine."""
+    from sgm_ref.io import atomic_write
+
+    (tmp_path / "old.npz").write_bytes(b"old")
+    for name in ("m.npz", "old.npz"):
+        with pytest.raises(ValueError, match=f"cannot write .*{name}/: a file name cannot end with '/'"):
+            atomic_write(os.path.join(tmp_path, name) + "/", lambda f: f.write(b"new"))
+        with pytest.raises(ValueError, match="a file name cannot end with"):
+            save(make_model(), os.path.join(tmp_path, name) + "/")
+    assert sorted(os.listdir(tmp_path)) == ["old.npz"] and (tmp_path / "old.npz").read_bytes() == b"old"
+
+
+def test_a_new_files_mode_is_had_without_touching_the_umask(tmp_path, monkeypatch):
+    """The mode of a new file came from os.umask(0) and back: for that instant every other
+    thread's new file got 0o666 (world-writable). The umask is now read (Linux), and the
+    mode is the one open() gives a file made beside it."""
+    from sgm_ref.io import atomic_write
+
+    if not os.path.exists("/proc/self/status"):
+        pytest.skip("the umask is read from /proc (Linux)")
+    for umask in (0o022, 0o077, 0o027):
+        old = os.umask(umask)
+        try:
+            with open(tmp_path / f"plain-{umask:o}", "wb"):  # the independent mode: open()'s
+                pass
+
+            def no_umask(mask):
+                raise AssertionError("os.umask was called")
+            monkeypatch.setattr(os, "umask", no_umask)
+            atomic_write(tmp_path / f"atomic-{umask:o}", lambda f: f.write(b"x"))
+            monkeypatch.undo()
+        finally:
+            os.umask(old)
+        assert (os.stat(tmp_path / f"atomic-{umask:o}").st_mode & 0o7777
+                == os.stat(tmp_path / f"plain-{umask:o}").st_mode & 0o7777 == 0o666 & ~umask)
+
+
+@pytest.mark.parametrize("failing", ["write", "fsync", "chmod", "replace"])
+def test_an_error_at_any_step_keeps_the_old_file_and_removes_the_temporary(failing, tmp_path, monkeypatch):
+    from sgm_ref.io import atomic_write
+
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"old contents")
+    os.chmod(path, 0o640)
+
+    def fail(*args, **kwargs):
+        raise OSError(5, "Input/output error")
+    if failing == "write":
+        write = lambda f: (f.write(b"new, half"), fail())  # noqa: E731
+    else:
+        write = lambda f: f.write(b"new contents")  # noqa: E731
+        monkeypatch.setattr(os, failing, fail)
+    with pytest.raises(OSError, match="Input/output error"):
+        atomic_write(path, write)
+    monkeypatch.undo()
+    assert path.read_bytes() == b"old contents" and os.stat(path).st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["f.bin"]
+
+
+def test_a_full_disk_is_said_with_the_files_name(tmp_path):
+    import errno
+
+    from sgm_ref.io import atomic_write, os_error_text
+
+    path = tmp_path / "m.npz"
+    path.write_bytes(b"old")
+
+    def full(f):
+        f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as a file object's write raises it: no name
+    with pytest.raises(OSError) as info:
+        atomic_write(path, full)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == os.fspath(path)
+    assert os_error_text(info.value) == f"No space left on device: {path}"
+    assert path.read_bytes() == b"old" and os.listdir(tmp_path) == ["m.npz"]
+
+
+def test_a_read_only_folder_is_an_os_error_naming_the_folder(tmp_path, monkeypatch):
+    """(Simulated: the tests may run as root, whom a read-only mode does not stop.)"""
+    import errno
+    import tempfile
+
+    from sgm_ref.io import atomic_write, os_error_text
+
+    def read_only(prefix, suffix, dir):
+        name = os.path.join(dir, prefix + "abcdefgh" + suffix)
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
+    monkeypatch.setattr(tempfile, "mkstemp", lambda prefix, suffix, dir: read_only(prefix, suffix, dir))
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "m.npz", lambda f: f.write(b"x"))
+    assert os_error_text(info.value) == f"cannot write into {tmp_path}: Read-only file system"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_symbolic_link_is_replaced_and_its_target_left_as_it_was(tmp_path):
+    """As the docstring says (unlike open(), which writes through the link)."""
+    from sgm_ref.io import atomic_write
+
+    (tmp_path / "target").write_bytes(b"old")
+    os.symlink("target", tmp_path / "link")
+    atomic_write(tmp_path / "link", lambda f: f.write(b"new"))
+    assert not os.path.islink(tmp_path / "link") and (tmp_path / "link").read_bytes() == b"new"
+    assert (tmp_path / "target").read_bytes() == b"old"
+    assert sorted(os.listdir(tmp_path)) == ["link", "target"]
+
+
+KEEP_WRITING = """
+import sys
+import numpy as np
+from sgm_ref.io import atomic_write
+big = np.arange(1_000_000, dtype=np.float64)
+i = 0
+while True:
+    i += 1
+    atomic_write(sys.argv[1], lambda f: np.savez(f, v=big + i))
+    if i == 2:
+        print("writing", flush=True)
+"""
+
+
+def test_a_writer_stopped_or_killed_at_any_point_leaves_a_complete_file(tmp_path):
+    """A process rewriting an 8 MB .npz in a loop, paused (SIGSTOP) at 8 random instants and
+    finally killed (SIGKILL): the file is every time one complete version (v - v[0] = 0..n-1),
+    and a kill leaves at most the temporary beside it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "a.npz"
+    child = subprocess.Popen([sys.executable, "-c", KEEP_WRITING, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "writing"
+        pause = np.random.default_rng(0).uniform(0.0, 0.05, 8)
+        for p in pause:
+            time.sleep(p)
+            os.kill(child.pid, signal.SIGSTOP)
+            try:
+                with np.load(path) as f:
+                    v = f["v"]
+                np.testing.assert_array_equal(v - v[0], np.arange(1_000_000, dtype=np.float64))
+            finally:
+                os.kill(child.pid, signal.SIGCONT)
+        time.sleep(0.02)
+    finally:
+        child.kill()
+        child.wait()
+    with np.load(path) as f:
+        v = f["v"]
+    np.testing.assert_array_equal(v - v[0], np.arange(1_000_000, dtype=np.float64))
+    others = [name for name in os.listdir(tmp_path) if name != "a.npz"]
+    assert len(others) <= 1 and all(name.startswith(".tmp-") and name.endswith("a.npz") for name in others)
+
+
+def test_load_json_reads_non_json_numbers_as_its_docstring_says_and_refuses_the_rest():
+    """NaN / Infinity literals and 1e400 come back as nan / inf (the callers check: a header's
+    process refuses them, tested below); a key twice, a byte that is not UTF-8, a UTF-8 BOM in
+    text and an integer of 5000 digits are ValueErrors naming the source."""
+    import math
+
+    from sgm_ref._json import load_json
+
+    value = load_json('{"a": NaN, "b": Infinity, "c": -Infinity, "d": 1e400, "e": -1e400, "f": 1e-400}', "x")
+    assert math.isnan(value["a"]) and value["b"] == value["d"] == math.inf and value["c"] == value["e"] == -math.inf
+    assert value["f"] == 0.0
+    assert load_json(b'\xef\xbb\xbf{"a": 1}', "x") == {"a": 1}  # bytes: json skips the BOM
+    for source, match in (('{"a": 1, "a": 1}', "^x has the key 'a' twice in one object"),
+                          ('{"o": {"b": 1, "b": 2}}', "the key 'b' twice"),
+                          (b'{"a": "\xc3("}', r"^x is not valid JSON \(not UTF-8 text: invalid continuation byte "
+                                              r"at byte 7\)"),
+                          ("\ufeff{}", "^x is not valid JSON .*BOM"),
+                          ('{"a": ' + "9" * 5000 + "}", "^x is not readable JSON .*4300 digits"),
+                          (np.array([1.0]), "^x is not JSON text"),
+                          ("", "^x is not valid JSON")):
+        with pytest.raises(ValueError, match=match):
+            load_json(source, "x")
+
+
+@pytest.mark.parametrize("literal, shown", [("NaN", "nan"), ("1e400", "inf"), ("-Infinity", "-inf")])
+def test_a_non_finite_number_in_a_header_is_a_model_file_error(literal, shown, tmp_path):
+    model = make_model(VP(0.5, 12.0))
+    header = json.dumps(valid_header(model, tmp_path)).replace('"beta_max": 12.0', f'"beta_max": {literal}')
+    assert literal in header
+    write_npz(tmp_path / "h.npz", header, params=model.params)
+    with pytest.raises(ModelFileError, match=f"the header does not describe a valid model .*got {shown}"):
+        load(tmp_path / "h.npz")
+
+
+def test_object_arrays_are_refused_not_unpickled(tmp_path):
+    model = make_model()
+    header = json.dumps(valid_header(model, tmp_path))
+    np.savez(tmp_path / "a.npz", header=np.array([header], dtype=object), params=model.params)
+    with pytest.raises(ModelFileError, match="unreadable header .*allow_pickle=False"):
+        load(tmp_path / "a.npz")
+    write_npz(tmp_path / "b.npz", header, params=model.params.astype(object))
+    with pytest.raises(ModelFileError, match="the parameter array is corrupt .*allow_pickle=False"):
+        load(tmp_path / "b.npz")

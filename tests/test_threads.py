@@ -237,9 +237,49 @@ def test_run_blocks_runs_every_block_once_and_restores_blas(threads, n_blocks):
     assert _threads.blas_threads() == blas_before
     if threads > 1 and n_blocks > 1 and _threads.blas_settable():
         assert blas_seen == {1} and len(workers) == min(threads, n_blocks)
-    else:  # serial: the caller's thread, BLAS left as it was
+    elif _threads.blas_settable():  # serial: the caller's thread, OpenBLAS on one thread all the same
+        assert len(workers) == 1 and blas_seen <= {1}
+    else:  # serial on a BLAS that cannot be set: left as it was
         assert len(workers) == 1 and blas_seen <= set(blas_before)
     assert not _block_threads_alive()
+
+
+@needs_settable_blas
+def test_run_blocks_gives_the_same_bits_for_every_thread_count_and_one_block():
+    """The serial cases (threads=1, one block) ran their products on OpenBLAS's own threads,
+    the threaded case on one: a 600 x 600 x 600 product differed by 9e-14 between them (and the
+    full-covariance oracle at d = 600, K = 1 by 4e-15 between set_threads(1) and 2 on one
+    block), against the promise of the same bits for every thread count."""
+    import numpy as np
+
+    blas_before = _threads.blas_threads()
+    rng = np.random.default_rng(0)
+    m = 600
+    A, B = rng.standard_normal((2 * m, m)), rng.standard_normal((m, m))
+
+    def run(threads, n_blocks=2):
+        out = np.empty((n_blocks * m, m))
+
+        def make_worker():
+            def work(b):
+                np.matmul(A[b * m:(b + 1) * m], B, out=out[b * m:(b + 1) * m])
+            return work
+        _threads.run_blocks(n_blocks, make_worker, threads=threads)
+        return out
+    try:
+        for setter, _ in _threads._openblas_once():
+            setter(2)  # OpenBLAS threaded outside the call, as on a quiet machine
+        reference = run(2)
+        np.testing.assert_array_equal(run(1), reference)
+        np.testing.assert_array_equal(run(None), reference)
+        np.testing.assert_array_equal(run(2, n_blocks=1), reference[:m])
+        np.testing.assert_array_equal(run(1, n_blocks=1), reference[:m])
+        # and the blocks' products are those of one OpenBLAS thread (an independent evaluation)
+        for setter, _ in _threads._openblas_once():
+            setter(1)
+        np.testing.assert_array_equal(np.vstack([A[:m] @ B, A[m:] @ B]), reference)
+    finally:
+        restore_threads(None, blas_before)
 
 
 @needs_settable_blas
@@ -500,3 +540,225 @@ def test_another_thread_waits_for_the_folder_lock(tmp_path):
         events.append("second in")
     t.join()
     assert events == ["first out", "second in"]
+
+
+# -- the folder lock across processes, and the lock file's odd states ------------------------
+
+HOLD_LOCK = """
+import sys, time
+from sgm_ref._lock import folder_lock
+with folder_lock(sys.argv[1], kind="test"):
+    print("holding", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_the_folder_lock_refuses_another_process_and_takes_over_from_a_killed_one(tmp_path):
+    """A second process is refused with the holder's pid; SIGKILL frees the lock (flock), the
+    dead holder's record stays in .lock, and the next command takes it over at once."""
+    import signal
+    import time
+
+    from sgm_ref._lock import FolderLockedError, folder_lock
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        start = time.monotonic()
+        with pytest.raises(FolderLockedError, match=rf"another test is writing to {tmp_path}: pid {holder.pid} "):
+            with folder_lock(tmp_path, kind="test", wait=0.2):
+                pass
+        assert time.monotonic() - start >= 0.2
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == holder.pid  # the stale record
+        acquired = []
+        with folder_lock(tmp_path, kind="test", on_acquire=lambda: acquired.append(1)):
+            assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid() and acquired == [1]
+        assert os.listdir(tmp_path) == []
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_unreadable_lock_record_still_gives_the_refusal(tmp_path, monkeypatch):
+    """A lock file that could not be opened for reading (PermissionError) raised
+    UnboundLocalError ('pid') out of _holder, a traceback instead of the refusal."""
+    from sgm_ref import _lock
+    from sgm_ref._lock import FolderLockedError, folder_lock
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+
+        def unreadable(path, *args, **kwargs):
+            raise PermissionError(13, "Permission denied", path)
+        monkeypatch.setattr(_lock, "open", unreadable, raising=False)
+        with pytest.raises(FolderLockedError, match=rf"^another test is writing to {tmp_path}; wait for it"):
+            with folder_lock(tmp_path, kind="test"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_holders_pid_under_another_user_is_named(tmp_path, monkeypatch):
+    from sgm_ref import _lock
+    (tmp_path / ".lock").write_text('{"pid": 4242, "command": "sgm-ref train r", "since": "today"}\n')
+
+    def other_user(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+    monkeypatch.setattr(_lock.os, "kill", other_user)
+    assert _lock._holder(str(tmp_path / ".lock")) == "pid 4242 (sgm-ref train r), since today"
+    monkeypatch.undo()
+    (tmp_path / ".lock").write_text('{"pid": 1e400, "command": "x", "since": "y"}')
+    assert _lock._holder(str(tmp_path / ".lock")) is None  # (int(inf): OverflowError)
+    for pid in (-1, 0):  # os.kill(-1, 0) and os.kill(0, 0) succeed (every process, the process group)
+        (tmp_path / ".lock").write_text(f'{{"pid": {pid}, "command": "x", "since": "y"}}')
+        assert _lock._holder(str(tmp_path / ".lock")) is None
+
+
+def test_a_lock_path_that_is_a_folder_or_a_folder_that_is_a_file_is_said_so(tmp_path, monkeypatch):
+    """Both were 'cannot lock FOLDER for writing (Is a directory / Not a directory): a command
+    that writes into it needs a writable folder', about a folder that was writable."""
+    import errno
+
+    from sgm_ref import _lock
+    from sgm_ref._lock import folder_lock
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/.lock is a folder, not a lock file; remove it"):
+        with folder_lock(tmp_path):
+            pass
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ValueError, match=rf"^cannot lock {tmp_path}/file: it is a file, not a folder$"):
+        with folder_lock(tmp_path / "file"):
+            pass
+    os.rmdir(tmp_path / ".lock")
+    real_open = os.open
+
+    def read_only(path, flags, mode=0o777):  # (simulated: root is not stopped by a mode)
+        if os.path.basename(path) == ".lock":
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return real_open(path, flags, mode)
+    monkeypatch.setattr(_lock.os, "open", read_only)
+    with pytest.raises(ValueError, match=rf"^cannot lock {tmp_path} for writing \(Read-only file system\): a "
+                                         "command that writes into it needs a writable folder$"):
+        with folder_lock(tmp_path):
+            pass
+    monkeypatch.undo()
+    assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_the_folder_lock_is_re_entrant_under_every_spelling_of_the_folder(tmp_path):
+    from sgm_ref._lock import folder_lock
+    (tmp_path / "run").mkdir()
+    os.symlink("run", tmp_path / "alias")
+    acquired = []
+    with folder_lock(tmp_path / "run", on_acquire=lambda: acquired.append("outer")):
+        for spelling in (f"{tmp_path}/run/", f"{tmp_path}/run/../run", tmp_path / "alias"):
+            with folder_lock(spelling, on_acquire=lambda: acquired.append("inner")):
+                assert (tmp_path / "run" / ".lock").exists()
+        assert (tmp_path / "run" / ".lock").exists()
+    assert acquired == ["outer"] and os.listdir(tmp_path / "run") == []
+
+
+# -- SGM_REF_THREADS is read as decimal digits ----------------------------------------------
+
+@pytest.mark.parametrize("text, expected", [("1", 1), (" 2\n", 2), ("+1", 1), ("1_0", None), ("٢", None),
+                                            ("１", None), ("0x2", None), ("2.0", None), ("-1", None), ("", None)])
+def test_sgm_ref_threads_is_read_as_decimal_digits(text, expected):
+    """int() read "1_0" as 10 threads (and Arabic-Indic or full-width digits as numbers)."""
+    if expected is None:
+        with pytest.raises(ValueError, match=f"SGM_REF_THREADS must be an integer >= 1 .*got {text!r}"):
+            _threads._threads_from_environment({"SGM_REF_THREADS": text})
+    else:
+        assert _threads._threads_from_environment({"SGM_REF_THREADS": text}) == expected
+    assert _threads._threads_from_environment({}) is None
+
+
+def test_an_underscored_sgm_ref_threads_is_refused_at_import():
+    result = child({"SGM_REF_THREADS": "1_0"})
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == ("ValueError: SGM_REF_THREADS must be an integer >= 1 (the "
+                                                      "thread count), got '1_0'; unset it for the default")
+
+
+def test_busy_hint_with_nothing_else_running_does_not_call_the_machine_busy(monkeypatch):
+    """More threads than CPUs (NUMBA_NUM_THREADS above the count) and no other task: the hint
+    said 'the machine is busy (0 other running tasks on 2 CPUs)'."""
+    for name in ("SGM_REF_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    hint = _threads.busy_hint(busy=0, cpus=2, threads=4)
+    assert hint == ("note: more threads than CPUs (2): with 4 threads each parallel step waits for a descheduled "
+                    "worker; SGM_REF_THREADS=2 is usually faster now (results then differ in the last bits from a "
+                    "4-thread run)")
+    assert "busy" not in hint
+    assert _threads.busy_hint(busy=1, cpus=2, threads=4).startswith("note: the machine is busy (1 other running "
+                                                                      "task on 2 CPUs): with 4 threads")
+
+
+COUNT_UNDER_LOCK = """
+import importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("lock", sys.argv[1])  # the module alone: stdlib only, fast
+lock = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(lock)
+folder = sys.argv[2]
+for _ in range(40):
+    with lock.folder_lock(folder, wait=30):
+        with open(os.path.join(folder, "counter")) as f:
+            count = int(f.read())
+        os.sched_yield()  # invite another process in, were the lock not exclusive
+        with open(os.path.join(folder, "counter"), "w") as f:
+            f.write(str(count + 1))
+"""
+
+
+def test_processes_contending_for_the_folder_lock_never_overlap(tmp_path):
+    """Three processes each take and release the lock 40 times around a read-increment-write
+    of a counter: every release removes .lock while the others wait on it (the inode check
+    in _try_lock), and the count comes out exact, 120, with no .lock left."""
+    import sgm_ref._lock as lock_module
+
+    (tmp_path / "counter").write_text("0")
+    children = [subprocess.Popen([sys.executable, "-c", COUNT_UNDER_LOCK, lock_module.__file__, str(tmp_path)])
+                for _ in range(3)]
+    assert [child.wait(timeout=60) for child in children] == [0, 0, 0]
+    assert (tmp_path / "counter").read_text() == "120"
+    assert sorted(os.listdir(tmp_path)) == ["counter"]
+
+
+def test_a_nan_wait_is_refused_not_an_endless_loop(tmp_path):
+    """wait=NaN made the deadline monotonic() + NaN, which no time reaches: a held folder was
+    waited for forever."""
+    import threading
+
+    from sgm_ref._lock import folder_lock
+    for wait in (float("nan"), -1.0, "1", True, None):
+        with pytest.raises(ValueError, match=r"^wait must be a number of seconds >= 0, got "):
+            with folder_lock(tmp_path, wait=wait):
+                pass
+    inside, done, outcome = threading.Event(), threading.Event(), []
+
+    def holder():
+        with folder_lock(tmp_path, kind="test"):
+            inside.set()
+            done.wait(30)
+
+    def waiter():
+        try:
+            with folder_lock(tmp_path, kind="test", wait=float("nan")):
+                outcome.append("entered")
+        except ValueError as exc:
+            outcome.append(str(exc))
+    first = threading.Thread(target=holder)
+    first.start()
+    try:
+        inside.wait(30)
+        second = threading.Thread(target=waiter, daemon=True)
+        second.start()
+        second.join(2.0)
+        assert outcome == ["wait must be a number of seconds >= 0, got nan"]
+    finally:
+        done.set()
+        first.join()
+    with folder_lock(tmp_path, wait=float("inf")):  # free: taken at once
+        pass
+    assert os.listdir(tmp_path) == []
