@@ -1242,6 +1242,11 @@ def _print_busy_hint():
         print(hint, file=sys.stderr)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """A library warning on the command line: 'sgm-ref: warning: MESSAGE' on one line of stderr."""
+    print(f"sgm-ref: warning: {_one_line(str(message))}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     global _STDOUT_CLOSED
@@ -1274,6 +1279,9 @@ def main(argv=None):
         with warnings.catch_warnings():
             # overflow on the way to a non-finite loss is reported as an error, once
             warnings.simplefilter("ignore", RuntimeWarning)
+            # the library's other warnings (a torn results.jsonl line left out) as one line each,
+            # as the errors are: not Python's file:line header and source line
+            warnings.showwarning = _show_warning
             return COMMANDS[args.command](args)
     except (ValueError, OSError, MemoryError, OverflowError) as exc:  # the library's bad-input errors are ValueErrors
         if isinstance(exc, _UserCodeError) and getattr(args, "traceback", False):

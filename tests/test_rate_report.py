@@ -170,8 +170,16 @@ def test_report_on_the_old_sweep_rows(tmp_path):
 
 def test_cli_regenerates_the_report_and_names_bad_input(tmp_path):
     folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=2)
+    with open(os.path.join(folder, "results.jsonl"), "ab") as f:  # a write a kill cut short
+        f.write(b'{"family": "mixture", "d": 2')
+    lines = sum(1 for _ in open(os.path.join(folder, "results.jsonl"), "rb"))
     result = run("experiment", "rate-report", folder, "--out", tmp_path / "rate.md")
     assert "wrote" in result.stdout + result.stderr
+    # the line left out is named on one line of stderr, not in Python's two-line warning format
+    warning = [line for line in result.stderr.splitlines() if "incomplete" in line]
+    assert warning == [f"sgm-ref: warning: {os.path.join(folder, 'results.jsonl')}, line {lines}, is incomplete "
+                       "(a write cut short) and is left out: b'{\"family\": \"mixture\", \"d\": 2'"]
+    assert "UserWarning" not in result.stderr
     assert (tmp_path / "rate.md").exists() and (tmp_path / "rate.json").exists()
     assert_one_line_error(run("experiment", "rate-report", tmp_path / "none", check=False), "has no results.jsonl")
     # the other refusals in process (each subprocess costs an import of the whole package)

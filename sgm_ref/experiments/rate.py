@@ -59,6 +59,7 @@ import numbers
 import os
 import platform
 import time
+import warnings
 
 import numba
 import numpy as np
@@ -339,7 +340,8 @@ def run_cell(cell):
     cell: {"family", "d", "n", "seed", "settings"} as cells() makes it (a family of FAMILIES,
     integers d >= 1, n >= 2, seed >= 0); anything else raises ValueError. A cell that fails
     (training diverges, a non-finite metric) returns {"status": "failed", "error": ...}
-    instead of raising, so one bad cell does not stop a sweep. numba runs
+    instead of raising, so one bad cell does not stop a sweep; so does one that runs out of
+    memory (a MemoryError: its row says so, and --retry-failed runs it again). numba runs
     one thread per cell, whichever executor runs it; the row records the versions and
     thread settings it ran with.
     """
@@ -353,6 +355,9 @@ def run_cell(cell):
         result = _train_and_measure(cell)
     except (ValueError, FloatingPointError) as exc:
         return {**row, "status": "failed", "error": f"{type(exc).__name__}: {exc}", **env}
+    except MemoryError as exc:  # this cell's arrays (beside the other workers'): the others may still fit
+        return {**row, "status": "failed", "error": f"out of memory ({str(exc) or 'MemoryError'}): rerun with "
+                "--retry-failed and fewer --workers, or a smaller --d or --n", **env}
     finally:
         numba.set_num_threads(threads)
     if not _all_finite(result):
@@ -629,15 +634,26 @@ def load_results(path, repair=False):
 
     A repeated cell keeps its first row, unless that row is a failure and a later one
     (a retry) is not. Only the last line may be incomplete (a write cut short by a
-    kill): it is ignored, and with repair=True cut off the file so the next append
-    starts on a fresh line. Any other unreadable line raises ValueError naming it;
-    nothing else is ever removed.
+    kill): it is ignored with a warning naming it, and with repair=True cut off the file
+    so the next append starts on a fresh line. A last line that lacks only its newline
+    (a whole JSON object: no write cut short leaves one, since an object's text ends at
+    its closing brace) is a row like any other, and repair=True adds the newline. Any
+    other unreadable line raises ValueError naming it; nothing else is ever removed.
     """
     if not os.path.exists(path):
         return []
     with open(path, "rb") as f:
         lines = f.readlines()
-    torn = bool(lines) and not lines[-1].endswith(b"\n")
+    torn = unended = bool(lines) and not lines[-1].endswith(b"\n")
+    if torn:
+        try:
+            load_json(lines[-1], f"{path}, line {len(lines)}")
+        except ValueError:
+            warnings.warn(f"{path}, line {len(lines)}, is incomplete (a write cut short) and is "
+                          + ("cut off; its cell runs again" if repair else "left out") + f": {lines[-1][:80]!r}",
+                          stacklevel=2)
+        else:
+            torn = False  # complete but for its newline (unended): read below like the others
     results, where = [], {}
     for number, line in enumerate(lines[:-1] if torn else lines, start=1):
         try:
@@ -654,6 +670,11 @@ def load_results(path, repair=False):
     if torn and repair:
         with open(path, "r+b") as f:
             f.truncate(os.path.getsize(path) - len(lines[-1]))
+    elif unended and repair:  # the next append starts on a line of its own
+        with open(path, "ab") as f:
+            f.write(b"\n")
+            f.flush()
+            os.fsync(f.fileno())
     return results
 
 
@@ -703,7 +724,8 @@ def fit_slope(n, error):
     Fitted to the seed means of log(error) at each n, so seeds are not counted as
     independent points on the line; the standard error comes from the residual scatter
     about the line (m - 2 degrees of freedom for m distinct n), which also absorbs any
-    curvature. With two distinct n it is nan.
+    curvature. With two distinct n the standard error is nan (no scatter to judge by);
+    with fewer than two (one n, or none) there is no line, and all three are nan.
     """
     n, error = np.asarray(n, dtype=float), np.asarray(error, dtype=float)
     if n.ndim != 1 or n.shape != error.shape:
