@@ -19,6 +19,7 @@ import numpy as np
 
 from ._validation import check_count, check_points, check_rng, check_time_range, check_times, fits_in_memory
 from .kernels.dsm import PARAMETERIZATION_CODES, dsm_residual, perturb_into
+from .score_model import ScoreModel
 
 __all__ = ["dsm_loss", "sample_times", "importance_times", "WEIGHTINGS", "TIME_DISTRIBUTIONS", "TIME_SAMPLINGS"]
 
@@ -32,7 +33,11 @@ TIME_SAMPLINGS = ("direct", "defensive")
 def sample_times(n, t0, T, rng, distribution="uniform"):
     """Draw n times on [t0, T]: uniform, or log-uniform (uniform in log t).
 
-    Returns ndarray of shape (n,), float64.
+    From u = rng.random(n): t = t0 + (T - t0) u, or t0 (T / t0)^u, computed as
+    exp(log t0 + (log T - log t0) u) (the few draws this rounds outside [t0, T] are
+    computed again, to the ulp, inside).
+
+    Returns ndarray of shape (n,), float64, each in [t0, T].
     """
     n, t0, T, rng = _check_time_draw(n, t0, T, rng, distribution)
     with fits_in_memory("n", n, n, per_item=16):
@@ -78,7 +83,7 @@ def _draw_importance_times(n, t0, T, rng, distribution):
     # log(T / t0): the difference of logs cancels for T close to t0 (T / t0 = 1 + 2e-10
     # lost 6 digits of the weights), where log1p of the exact T - t0 does not
     span = np.log(T) - np.log(t0) if T > 2.0 * t0 else np.log1p((T - t0) / t0)
-    log_uniform = np.exp(np.log(t0) + span * u)
+    log_uniform = _into_range(np.exp(np.log(t0) + span * u), u, t0, T)
     if distribution == "log-uniform":
         return log_uniform, np.ones(n)
     t = np.where(v < 0.5, t0 + (T - t0) * u, log_uniform)
@@ -98,8 +103,33 @@ def _draw_times(n, t0, T, rng, distribution):
     """sample_times without its checks (the training step validated them once)."""
     u = rng.random(n)
     if distribution == "uniform":
+        # never outside [t0, T]: t0 at u = 0, and at u = 1 - 2^-53 at most T (none of 1.5e8
+        # random float64 pairs gave more, nor any pair of normal float16s at u = 1 - 2^-11)
         return t0 + (T - t0) * u
-    return np.exp(np.log(t0) + (np.log(T) - np.log(t0)) * u)
+    return _into_range(np.exp(np.log(t0) + (np.log(T) - np.log(t0)) * u), u, t0, T)
+
+
+def _into_range(t, u, t0, T):
+    """Log-uniform draws t = exp(log t0 + span u) of u, those outside [t0, T] computed again inside, in place.
+
+    The roundings of log t0, log T and the sum put some t outside [t0, T]: exp(log 1e-5)
+    is 2 ulps below 1e-5, so u = 0 gave a t below t0; exp(log 10) = 10.000000000000002, so
+    u near 1 gave a t past EDM(t_max=10)'s horizon, which exact_score_loss refused. With
+    |log t0| large and T close to t0 it is hundreds of ulps (t0 = 1e-300, T = t0 (1 + 1e-12):
+    5.6% of the draws, up to 282 ulps). Those t are computed again as t0 exp(s u) for u < 1/2
+    and T exp(-s (1 - u)) above (1 - u exact), s = log(T / t0) to full precision: t0 at
+    u = 0, within an ulp of t0 (T / t0)^u near either end, and put in [t0, T] where that ulp
+    crosses it. Every draw already inside keeps its bits, so training runs keep their numbers.
+    """
+    if t.min() >= t0 and t.max() <= T:  # nearly always (2 us at n = 256)
+        return t
+    outside = (t < t0) | (t > T)
+    ratio = T / t0
+    span = np.log1p((T - t0) / t0) if ratio <= 2.0 else np.log(ratio) if np.isfinite(ratio) else np.log(T) - np.log(t0)
+    v = u[outside]
+    low = v < 0.5
+    t[outside] = np.clip(np.where(low, t0, T) * np.exp(np.where(low, span * v, -span * (1.0 - v))), t0, T)
+    return t
 
 
 def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
@@ -128,13 +158,20 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
     Raises
     ------
     ValueError
-        For inputs of the wrong shape or dtype, non-finite entries, t outside
-        (0, t_max], an unknown weighting, a bad grad_params buffer (or one sharing memory
-        with model.params); or if the loss or its gradient overflows (the message gives
-        the smallest t with its sigma_t and the sizes of x0 and the parameters: the
-        limit is |z| / sigma_t well below sqrt(max / d), ~1e154 in float64).
+        For a model that is not a ScoreModel, inputs of the wrong shape or dtype,
+        non-finite entries, t outside (0, t_max], an unknown weighting, a grad not True
+        or False, a bad grad_params buffer (or one sharing memory with model.params); or
+        if the loss or its gradient overflows (the message gives the t and sigma_t that
+        cause it and the sizes of x0 and the parameters: the loss, summed in float64,
+        needs |z| / sigma_t well below sqrt(max / d), ~1e154; the gradient, in the
+        model's dtype, lambda |z| / sigma_t (/ sigma_t^2 for "noise") well below its max,
+        3.4e38 in float32).
     """
+    if not isinstance(model, ScoreModel):  # an MLP or a score function met an AttributeError ('network')
+        raise ValueError(f"model must be an sgm_ref.ScoreModel (a network with its process and parameterization), "
+                         f"got {type(model).__name__}; pass ScoreModel(network, process, parameterization)")
     net = model.network
+    given = {"x0": x0, "z": z}
     x0 = check_points(x0, "x0", d=net.d)
     n = x0.shape[0]
     if n == 0:
@@ -144,12 +181,16 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
         raise ValueError(f"z must have the shape of x0, {x0.shape}; got {z.shape}")
     for name, arr in (("x0", x0), ("z", z)):
         if arr.dtype != net.dtype:
-            raise ValueError(f"{name} must have dtype {net.dtype.name} (the model's), got {arr.dtype}")
+            # the dtype passed: integers were promoted to float64 by check_points
+            raise ValueError(f"{name} must have dtype {net.dtype.name} (the model's), got "
+                             f"{np.asarray(given[name]).dtype}; pass np.asarray({name}, dtype=np.{net.dtype.name})")
     t = np.broadcast_to(check_times(t, n=n, T=model.process.t_max), (n,))
     if np.any(t <= 0):
         raise ValueError("t must be > 0 (sigma_0 = 0 makes z / sigma_t infinite)")
     if not isinstance(weighting, str) or weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not isinstance(grad, (bool, np.bool_)):  # grad="no" was read as True, grad=None as False
+        raise ValueError(f"grad must be True or False, got {grad!r}")
     if grad_params is not None and (not isinstance(grad_params, np.ndarray) or grad_params.shape != (net.n_params,)
                                     or grad_params.dtype != net.dtype or not grad_params.flags.c_contiguous
                                     or not grad_params.flags.writeable):
@@ -163,27 +204,42 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
         value, gradient = _dsm_loss(model, x0, t, z, weighting, grad, grad_params)
     # one number, and n_params against the O(n n_params) backward pass
     if not np.isfinite(value) or (grad and not np.all(np.isfinite(gradient))):
-        _overflow(model, x0, t, z, "loss" if not np.isfinite(value) else "gradient")
+        _overflow(model, x0, t, z, "loss" if not np.isfinite(value) else "gradient", weighting)
     return value, gradient
 
 
-def _overflow(model, x0, t, z, what):
-    """Raise for a non-finite loss or gradient of finite inputs, naming the sizes that cause it."""
+def _overflow(model, x0, t, z, what, weighting):
+    """Raise for a non-finite loss or gradient of finite inputs, naming the sizes that cause it.
+
+    The loss, sum_j lambda r_j^2 with r = s + z / sigma_t, is summed in float64 whatever
+    the network's dtype: r^2 overflows when |z| / sigma_t nears sqrt(max / d), ~1e154. The
+    gradient is stored in the network's dtype, starting from dL/dout = (2 / n) lambda r
+    (over sigma_t again for "noise"): lambda |z| / sigma_t (or / sigma_t^2) must stay well
+    below the dtype's max (3.4e38 in float32; a float32 model at t = 1e-50 with lambda =
+    sigma_t^2 is fine, with lambda = 1 it is not).
+    """
     net = model.network
     _, s2 = model.process._coefficients(t, t.shape[0])
-    i = int(np.argmin(s2))
-    sigma = float(np.sqrt(s2[i]))
-    z_max = float(np.max(np.abs(z)))
-    # r = s + z / sigma_t is squared and summed over d entries (in float64; the gradient
-    # is stored in the network's dtype)
-    limit = float(np.sqrt(np.finfo(net.dtype).max / net.d))
-    ratio = z_max / sigma if sigma > 0 else np.inf
+    sizes = (f"the largest |x0| entry is {float(np.max(np.abs(x0))):.3g} and the largest |parameter| "
+             f"{float(np.max(np.abs(net.params))):.3g}. Use larger t, or rescale x0 or the parameters toward order 1")
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        sigma = np.sqrt(s2)
+        if what == "loss":
+            i = int(np.argmin(s2))
+            ratio = float(np.max(np.abs(z))) / sigma[i] if sigma[i] > 0 else np.inf
+            limit = float(np.sqrt(np.finfo(np.float64).max / net.d))
+            raise ValueError(
+                f"dsm_loss: the loss overflows float64. At the smallest t = {float(t[i]):.3g}, sigma_t = "
+                f"{float(sigma[i]):.3g} and |z| / sigma_t reaches {ratio:.3g} (it must stay well below {limit:.3g} = "
+                f"sqrt(max / d)); " + sizes)
+        noise = model.parameterization == "noise"
+        lam = s2 if weighting == "sigma2" else np.ones_like(s2)
+        factor = lam * np.max(np.abs(z), axis=1) / sigma / (sigma if noise else 1.0)
+    i = int(np.argmax(np.where(np.isnan(factor), np.inf, factor)))
     raise ValueError(
-        f"dsm_loss: the {what} overflows {net.dtype.name}. At the smallest t = {float(t[i]):.3g}, "
-        f"sigma_t = {sigma:.3g} and |z| / sigma_t reaches {ratio:.3g} (it must stay well below "
-        f"{limit:.3g} = sqrt(max / d)); the largest |x0| entry is {float(np.max(np.abs(x0))):.3g} and the "
-        f"largest |parameter| {float(np.max(np.abs(net.params))):.3g}. Use larger t, or rescale x0 or the "
-        "parameters toward order 1")
+        f"dsm_loss: the gradient overflows {net.dtype.name}. At t = {float(t[i]):.3g}, sigma_t = {float(sigma[i]):.3g} "
+        f"and lambda |z| / sigma_t{'^2' if noise else ''} reaches {float(factor[i]):.3g} (it must stay well below "
+        f"{float(np.finfo(net.dtype).max):.3g}, the largest {net.dtype.name}); " + sizes)
 
 
 def _dsm_loss(model, x0, t, z, weighting, grad, grad_params, coefficients=None, weights=None):

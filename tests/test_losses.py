@@ -353,3 +353,202 @@ def test_dsm_loss_names_a_read_only_grad_params_and_array_choices():
     for draw in (sample_times, importance_times):
         with pytest.raises(ValueError, match="distribution must be one of"):
             draw(3, 0.1, 1.0, np.random.default_rng(0), distribution=np.array(["uniform", "log-uniform"]))
+
+
+# -- the end points of the time draws (review) --------------------------------------------------
+
+U_MAX = 1.0 - 2.0**-53  # the largest value of Generator.random()
+
+
+class EdgeDraws(np.random.Generator):
+    """A Generator whose random(n) returns the given arrays in turn (the other draws are PCG64's)."""
+
+    def __init__(self, *arrays):
+        super().__init__(np.random.PCG64(0))
+        self.arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
+
+    def random(self, size=None, dtype=np.float64, out=None):
+        u = self.arrays.pop(0)
+        assert u.shape == (size,)
+        return u.copy()
+
+
+EDGE_U = np.array([0.0, 2.0**-53, 0.25, 0.5, U_MAX - 2.0**-53, U_MAX])
+
+
+def log_uniform_mp(t0, T, u):
+    """t0 (T / t0)^u in 40-digit mpmath, rounded to float64."""
+    import mpmath
+
+    with mpmath.workdps(40):
+        return np.array([float(mpmath.mpf(t0) * (mpmath.mpf(T) / mpmath.mpf(t0)) ** mpmath.mpf(float(v))) for v in u])
+
+
+def exp_log_draws(t0, T, u):
+    """The log-uniform formula as training has drawn it: exp(log t0 + (log T - log t0) u)."""
+    return np.exp(np.log(t0) + (np.log(T) - np.log(t0)) * u)
+
+
+# (t0, T) whose draws left [t0, T]: exp(log 1e-5) < 1e-5 (u = 0), exp(log 10) = 10.000000000000002
+# and exp(log 0.2 + (log 0.344 - log 0.2) U_MAX) > 0.344 (u = U_MAX); (0.09, 0.226) both
+EDGE_RANGES = [(1e-5, 1.0), (0.2, 10.0), (0.2, 0.344), (0.09, 0.226), (0.1, 0.2)]
+
+
+@pytest.mark.parametrize("t0, T", EDGE_RANGES)
+def test_log_uniform_times_stay_in_t0_T(t0, T):
+    """Review: log-uniform times were exp(log t0 + span u), whose roundings put u = 0 below t0
+    (1e-5 gave 9.999999999999997e-06) and u near 1 above T (10 gave 10.000000000000002, past
+    EDM(t_max=10)'s horizon). A draw so outside is now drawn again inside, within an ulp of
+    t0 (T / t0)^u (t0 itself at u = 0); every draw that was inside keeps its bits (training runs
+    keep their numbers)."""
+    old = exp_log_draws(t0, T, EDGE_U)
+    inside = (old >= t0) & (old <= T)
+    t = sample_times(EDGE_U.size, t0, T, EdgeDraws(EDGE_U), "log-uniform")
+    assert t.min() >= t0 and t.max() <= T
+    np.testing.assert_array_equal(t[inside], old[inside])
+    # the others: t0 (T / t0)^u to the ulp (40-digit mpmath; t0 itself at u = 0)
+    exact = log_uniform_mp(t0, T, EDGE_U)
+    assert np.all(np.abs(t - exact)[~inside] <= np.spacing(exact[~inside]))
+    assert inside[0] or t[0] == t0
+    # and so for importance_times: both branches of the mixture, and its "log-uniform" q = pi
+    v = np.where(np.arange(EDGE_U.size) % 2 == 0, 0.25, 0.75)  # uniform branch, then log-uniform
+    for distribution in ("uniform", "log-uniform"):
+        t, w = importance_times(EDGE_U.size, t0, T, EdgeDraws(v, EDGE_U), distribution)
+        assert t.min() >= t0 and t.max() <= T and np.all(np.isfinite(w)) and w.max() <= 2.0
+
+
+def test_log_uniform_end_points_of_many_ranges():
+    """300 ranges (t0, T) over 10 decades: at u = 0 and u = U_MAX the old formula left [t0, T]
+    for 111 of them below and 44 above (on this machine's exp and log; the cases above were
+    found so). The draws now stay inside, and those the old formula kept inside are unchanged."""
+    rng = np.random.default_rng(15)
+    t0s = 10.0 ** rng.uniform(-8, 2, 300)
+    Ts = t0s * 10.0 ** rng.uniform(1e-3, 4, 300)
+    u = np.array([0.0, U_MAX])
+    left = np.zeros(2, dtype=int)
+    for t0, T in zip(t0s, Ts):
+        old = exp_log_draws(t0, T, u)
+        left += [old[0] < t0, old[1] > T]
+        t = sample_times(2, t0, T, EdgeDraws(u), "log-uniform")
+        assert t0 <= t[0] <= t[1] <= T
+        inside = (old >= t0) & (old <= T)
+        np.testing.assert_array_equal(t[inside], old[inside])
+    assert left[0] > 50 and left[1] > 5  # power: the old draws did leave, at both ends
+
+
+def test_uniform_times_stay_in_t0_T_at_the_end_points():
+    """t0 + (T - t0) u is t0 at u = 0 and at most T at u = U_MAX (it rounds no further: checked
+    for 10^6 random pairs over 60 decades, and for every pair of normal float16s in the analogue)."""
+    rng = np.random.default_rng(12)
+    t0 = 10.0 ** rng.uniform(-30, 30, 10**6)
+    T = t0 * (1.0 + 10.0 ** rng.uniform(-15, 5, 10**6))
+    keep = t0 < T
+    t0, T = t0[keep], T[keep]
+    np.testing.assert_array_equal(t0 + (T - t0) * 0.0, t0)
+    assert np.all(t0 + (T - t0) * U_MAX <= T)
+    t = sample_times(2, 0.2, 10.0, EdgeDraws([0.0, U_MAX]))
+    assert t[0] == 0.2 and t[1] <= 10.0
+
+
+def test_a_log_uniform_time_at_t_max_is_accepted_by_the_loss():
+    """T = t_max = 0.344 (VPCosine) and t0 = 0.2: u = U_MAX drew 0.34400000000000003, which
+    dsm_loss refused ("t must be <= 0.344"); the time drawn now is within an ulp of t_max, not past it."""
+    from sgm_ref import VPCosine
+
+    process = VPCosine(t_max=0.344)
+    t = sample_times(2, 0.2, 0.344, EdgeDraws([0.0, U_MAX]), "log-uniform")
+    assert t[0] == 0.2 and 0.344 - np.spacing(0.344) <= t[1] <= 0.344
+    model = ScoreModel(MLP(2, (4,), rng=0), process)
+    x0 = np.random.default_rng(0).standard_normal((2, 2))
+    value, grad = dsm_loss(model, x0, t, x0)
+    assert np.isfinite(value) and np.all(np.isfinite(grad))
+
+
+def test_exact_score_loss_of_edm_at_its_horizon():
+    """exact_score_loss(EDM(t_max=10), T=10, log-uniform) was refused when a draw of u near 1
+    gave t = 10.000000000000002 ("t must be <= 10.0 (the process's horizon T)")."""
+    from sgm_ref.evaluation import exact_score_loss
+    from sgm_ref.processes import EDM
+
+    class Top(np.random.Generator):  # every uniform draw U_MAX (the ring's choice of mode too)
+        def random(self, size=None, dtype=np.float64, out=None):
+            return np.full(size, U_MAX)
+
+    ring = GaussianMixture.ring()
+    value, se = exact_score_loss(ring, EDM(t_max=10.0), t0=0.2, T=10.0, weighting="none",
+                                 time_distribution="log-uniform", n=4, rng=Top(np.random.PCG64(0)))
+    assert np.isfinite(value) and np.isfinite(se)
+
+
+def test_log_uniform_times_of_a_tiny_t0_and_a_narrow_range():
+    """t0 ~ 1e-300, T = t0 (1 + 1e-12): log t0's rounding (half an ulp of 690) is ~250 ulps of t,
+    a fifth of the range, and a few % of the draws fell outside [t0, T] (t0 = 1e-300: 5.6%, up to
+    282 ulps). Now inside, each within an ulp of t0 (T / t0)^u (mpmath), and the draws that were
+    inside unchanged; importance_times' too."""
+    left = 0
+    for k, t0 in enumerate(10.0 ** np.random.default_rng(16).uniform(-300, -290, 10)):
+        T = t0 * (1.0 + 1e-12)
+        u = np.random.default_rng(k).random(500)
+        old = exp_log_draws(t0, T, u)
+        inside = (old >= t0) & (old <= T)
+        left += np.count_nonzero(~inside)
+        t = sample_times(500, t0, T, np.random.default_rng(k), "log-uniform")
+        assert t.min() >= t0 and t.max() <= T
+        np.testing.assert_array_equal(t[inside], old[inside])
+        exact = log_uniform_mp(t0, T, u[~inside])
+        assert np.all(np.abs(t[~inside] - exact) <= np.spacing(exact))
+        for distribution in ("uniform", "log-uniform"):
+            t, w = importance_times(500, t0, T, np.random.default_rng(k), distribution)
+            assert t.min() >= t0 and t.max() <= T and np.all(np.isfinite(w))
+    assert left > 50  # power: the old draws did leave
+
+
+def test_dsm_loss_names_the_dtype_passed_and_a_grad_that_is_not_a_bool():
+    """Review: integer x0 for a float32 model was refused as "got float64" (check_points' promotion,
+    not what was passed); grad="no" computed the gradient and grad=None did not (truthiness)."""
+    model = ScoreModel(MLP(3, (5,), rng=0, dtype=np.float32), OU())
+    z = np.ones((4, 3), np.float32)
+    with pytest.raises(ValueError, match=r"^x0 must have dtype float32 \(the model's\), got int64; "
+                                         r"pass np\.asarray\(x0, dtype=np\.float32\)$"):
+        dsm_loss(model, np.ones((4, 3), np.int64), 0.5, z)
+    with pytest.raises(ValueError, match=r"z must have dtype float32 \(the model's\), got int32"):
+        dsm_loss(model, z, 0.5, np.ones((4, 3), np.int32))
+    for grad in ("no", None, 0, 1.0, np.array([True])):
+        with pytest.raises(ValueError, match="^grad must be True or False, got "):
+            dsm_loss(model, z, 0.5, z, grad=grad)
+    value, nothing = dsm_loss(model, z, 0.5, z, grad=np.bool_(False))
+    assert nothing is None and value == dsm_loss(model, z, 0.5, z)[0]
+
+
+def test_dsm_loss_overflow_messages_of_a_float32_model():
+    """Review: a float32 model's loss (summed in float64) was said to overflow float32, and both
+    messages gave sqrt(max_float32 / d) = 1.3e19 as the limit on |z| / sigma_t, though t = 1e-50
+    (|z| / sigma_t = 7e24) trains fine with 'score'. The loss now names float64 and its limit; the
+    gradient names the factor of dL/dout that overflowed, lambda |z| / sigma_t (/ sigma_t^2 for
+    'noise'), against float32's max. OU: sigma_t^2 = -expm1(-2t) = 2e-50 at t = 1e-50."""
+    x = np.ones((3, 2), np.float32)
+    t = np.array([1e-50, 0.5, 1.0])
+    noise = ScoreModel(MLP(2, (4,), rng=0, dtype=np.float32), OU(), "noise")
+    message = (r"^dsm_loss: the gradient overflows float32\. At t = 1e-50, sigma_t = 1\.41e-25 and lambda \|z\| / "
+               r"sigma_t\^2 reaches 5e\+49 \(it must stay well below 3\.4e\+38, the largest float32\); the largest "
+               r"\|x0\| entry is 1 ")
+    with pytest.raises(ValueError, match=message):
+        dsm_loss(noise, x, t, x)
+    for parameterization, weighting in (("noise", "sigma2"), ("score", "none"), ("score", "sigma2")):
+        model = ScoreModel(MLP(2, (4,), rng=0, dtype=np.float32), OU(), parameterization)
+        value, grad = dsm_loss(model, x, t, x, weighting)
+        assert np.isfinite(value) and np.all(np.isfinite(grad))
+    with pytest.raises(ValueError, match=r"^dsm_loss: the loss overflows float64\. At the smallest t = 1e-320, "
+                                         r"sigma_t = 1\.41e-160 and \|z\| / sigma_t reaches 7\.07e\+159 \(it must stay "
+                                         r"well below 9\.48e\+153 = sqrt\(max / d\)\)"):
+        dsm_loss(noise, x, np.array([1e-320, 0.5, 1.0]), x, "sigma2")
+
+
+def test_dsm_loss_names_a_model_that_is_not_a_score_model():
+    """Review: dsm_loss(net, ...) with the MLP itself, or with a score function, raised
+    AttributeError: 'MLP' object has no attribute 'network'."""
+    x = np.ones((3, 2))
+    for model in (MLP(2, (4,), rng=0), lambda x, t: -x, None):
+        with pytest.raises(ValueError, match=r"^model must be an sgm_ref\.ScoreModel .*, got "
+                                             r"(MLP|function|NoneType); pass ScoreModel\(network, process"):
+            dsm_loss(model, x, 0.5, x)
