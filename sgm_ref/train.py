@@ -14,6 +14,7 @@ from ._validation import check_count, check_points, check_real, check_rng, check
 from .losses import TIME_DISTRIBUTIONS, TIME_SAMPLINGS, WEIGHTINGS, _draw_importance_times, _draw_times, _dsm_loss
 from .kernels.sampler import standard_normal_float32_into, standard_normal_into
 from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
+from .score_model import ScoreModel
 
 __all__ = ["fit", "History", "TrainStep", "TrainingDivergedError", "progress_bar"]
 
@@ -41,6 +42,9 @@ class TrainingDivergedError(ValueError, FloatingPointError):
         super().__init__(message)
         self.step = step
         self.happened, self.remedies, self.detail = happened, tuple(remedies), detail
+
+    def __reduce__(self):  # pickle (a worker process's error) with every argument, not args alone
+        return type(self), (str(self), self.step, self.happened, self.remedies, self.detail), self.__dict__
 
 
 def either(options):
@@ -246,7 +250,12 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         gradient is non-finite (NonFiniteStepError; its message, included, says whether
         the parameters were restored: they are unless lr <= 1 and weight_decay <= 1,
         where this needs parameters beyond ~1e154 in float64).
+    ValueError
+        A model that is not a ScoreModel, or another bad argument (named).
     """
+    if not isinstance(model, ScoreModel):  # an MLP met an AttributeError ('network') in TrainStep
+        raise ValueError(f"model must be an sgm_ref.ScoreModel (a network with its process and parameterization), "
+                         f"got {type(model).__name__}; pass ScoreModel(network, process, parameterization)")
     steps = check_count(steps, "steps")
     rng = check_rng(rng)
     if eval_every is not None:
@@ -295,7 +304,9 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                 # refused as a non-finite one would be; the optimiser's reason says which
                 what = ("became non-finite" if exc.args[0] == "loss" or len(exc.args) < 2
                         or "non-finite value" in exc.args[1] else "is too large to apply")
-                if what == "is too large to apply":  # what bounds a gradient's size: clipping
+                # what bounds a gradient's size: clipping, for a norm whose squares overflow in Adam's
+                # second moment; not for a norm itself past float64, refused before any clipping
+                if what == "is too large to apply" and "second moment" in exc.args[1]:
                     clip = ("an optimizer with clip_norm (Adam(model.params, clip_norm=...))"
                             if optimizer.clip_norm is None else f"a clip_norm below {optimizer.clip_norm:g}")
                     remedies.insert(0, clip)

@@ -756,13 +756,13 @@ def test_cosine_schedule_is_accurate_at_both_ends(steps, final):
     added back to lr_min missed lr at step 1 by an ulp (lr = 0.01, final = 0.1); now within
     6e-16 everywhere, and lr itself at step 1."""
     mpmath = pytest.importorskip("mpmath")
-    mpmath.mp.dps = 40
     lr = 0.01
     schedule = CosineLR(lr, steps, final)
-    low = mpmath.mpf(final * lr)
     ks = {*range(1, 6), steps // 2, steps // 2 + 1, *range(steps - 5, steps + 1)}
     ks = sorted(k for k in ks if 1 <= k <= steps)
+    with mpmath.workdps(40):  # not mp.dps = 40: that would stay set for every later test
+        low = mpmath.mpf(final * lr)
+        exact = {k: float(low + (lr - low) * (1 + mpmath.cos(mpmath.pi * (k - 1) / steps)) / 2) for k in ks}
     for k in ks:
-        exact = low + (lr - low) * (1 + mpmath.cos(mpmath.pi * (k - 1) / steps)) / 2
-        assert schedule(k) == pytest.approx(float(exact), rel=1e-15, abs=0), k
+        assert schedule(k) == pytest.approx(exact[k], rel=1e-15, abs=0), k
     assert CosineLR(lr, 10, 0.1)(1) == lr and CosineLR(0.3, 10, 0.1)(1) == 0.3

@@ -672,3 +672,57 @@ def test_a_history_of_another_length_than_start_step_is_refused():
                 optimizer=optimizer, **FIT)
     assert len(part.loss) == 5
     np.testing.assert_array_equal(model.params, theta)
+
+
+@pytest.mark.parametrize("clip_norm", [None, 1.0])
+def test_a_gradient_norm_beyond_float64_is_not_answered_with_clipping(monkeypatch, clip_norm):
+    """Review: a gradient of finite entries whose norm is past float64 (here 1e308 in every
+    entry) is refused by Adam before any clipping (Adam(clip_norm=1e-3) refuses it too), yet
+    fit advised 'an optimizer with clip_norm' or 'a clip_norm below 1'. Clipping is advised
+    only where it helps: a norm whose squares overflow in the second moment (the test above)."""
+    original = sgm_ref.train._dsm_loss
+    calls = []
+
+    def huge_at_step_2(*args):
+        value, grad = original(*args)
+        calls.append(value)
+        if len(calls) == 2:
+            grad[:] = 1e308
+        return value, grad
+
+    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", huge_at_step_2)
+    with pytest.raises(ValueError, match="a norm beyond the float64 range"):  # what a clip_norm meets
+        Adam(np.zeros(4), clip_norm=1e-3).step(np.full(4, 1e308))
+    model, data = small_problem()
+    optimizer = Adam(model.params, lr=FIT["lr"], clip_norm=clip_norm)
+    with pytest.raises(TrainingDivergedError) as info:
+        fit(model, data, steps=5, rng=np.random.default_rng(0), optimizer=optimizer, **FIT)
+    assert str(info.value) == ("the gradient is too large to apply at step 2; the model keeps the parameters of "
+                               "step 1 (try a smaller lr, a larger t0, or weighting='sigma2'); Adam: grad has "
+                               "entries up to 1e+308 and a norm beyond the float64 range")
+    assert info.value.remedies == ("a smaller lr", "a larger t0", "weighting='sigma2'")
+
+
+def test_training_diverged_error_survives_pickling():
+    """Review: TrainingDivergedError(message, step, ...) pickled as its args alone (the
+    message), so unpickling it, as a worker process's error is (multiprocessing, joblib),
+    raised TypeError "missing 1 required positional argument: 'step'" in place of it."""
+    import pickle
+
+    model, data = small_problem(parameterization="score")
+    data[17] = 1e200
+    with np.errstate(over="ignore"), pytest.raises(TrainingDivergedError) as info:
+        fit(model, data, steps=500, rng=np.random.default_rng(1), **FIT)
+    info.value.add_note("a note")
+    for error in (info.value, TrainingDivergedError("the update became non-finite at step 3: ...", 3)):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is TrainingDivergedError and str(copy) == str(error)
+        assert (copy.step, copy.happened, copy.remedies, copy.detail) == (
+            error.step, error.happened, error.remedies, error.detail)
+        assert getattr(copy, "__notes__", None) == getattr(error, "__notes__", None)
+
+
+def test_fit_names_a_model_that_is_not_a_score_model():
+    """Review: fit(MLP, ...) met an AttributeError ('MLP' object has no attribute 'network')."""
+    with pytest.raises(ValueError, match=r"model must be an sgm_ref.ScoreModel .* got MLP; pass ScoreModel\("):
+        fit(MLP(2, (8,), "silu", "log", rng=0), np.zeros((10, 2)), steps=2, rng=np.random.default_rng(0))

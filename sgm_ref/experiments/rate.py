@@ -758,11 +758,11 @@ def sweep_summary(results):
     The slope's degrees of freedom are the distinct n of the fit minus 2 (an n whose every
     error is <= 0 is not in it). What cannot be computed (a slope from fewer than two n, a
     standard error or interval from fewer than three, a local slope across an error <= 0)
-    is None."""
+    is None. The rows are taken in the order of their cells, not of the list (the order
+    in which the cells finished): the same rows give the same numbers to the last bit."""
     groups = {}
-    for r in results:
-        if r.get("status", "ok") == "ok":
-            groups.setdefault((r["family"], r["d"]), []).append(r)
+    for r in sorted((r for r in results if r.get("status", "ok") == "ok"), key=cell_key):
+        groups.setdefault((r["family"], r["d"]), []).append(r)
     summary = []
     for (family, d), rows in sorted(groups.items()):
         # a debiased Monte-Carlo error can come out <= 0 when the error is below its noise:
