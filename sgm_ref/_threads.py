@@ -387,8 +387,9 @@ def _one_blas_thread(libraries):
     with _ONE_BLAS_LOCK:
         if _ONE_BLAS_HOLDERS == 0:
             _ONE_BLAS_SAVED = [int(getter()) for _, getter in libraries]
-            for setter, _ in libraries:
-                setter(1)
+            for (setter, _), count in zip(libraries, _ONE_BLAS_SAVED):
+                if count != 1:  # a library on one thread already (set_threads(1)) is left alone: ~2 us each
+                    setter(1)
         _ONE_BLAS_HOLDERS += 1
     try:
         yield
@@ -397,7 +398,8 @@ def _one_blas_thread(libraries):
             _ONE_BLAS_HOLDERS -= 1
             if _ONE_BLAS_HOLDERS == 0:
                 for (setter, _), count in zip(libraries, _ONE_BLAS_SAVED):
-                    setter(count)
+                    if count != 1:  # it is on one thread now
+                        setter(count)
 
 
 def run_blocks(n_blocks, make_worker, threads=None):
@@ -448,9 +450,9 @@ def run_blocks(n_blocks, make_worker, threads=None):
         are restored in every case.
     """
     libraries = _openblas_once() if n_blocks > 0 else []
-    if libraries and threads is None:
+    if libraries and threads is None and n_blocks > 1:  # one block is serial whatever the count
         threads = _default_block_threads(libraries)
-    if not libraries or threads <= 1 or n_blocks == 1:
+    if not libraries or n_blocks == 1 or threads <= 1:
         # serial; the products on one OpenBLAS thread as in the threaded case (the same bits)
         with _one_blas_thread(libraries) if libraries else contextlib.nullcontext():
             work = make_worker()
