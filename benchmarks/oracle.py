@@ -42,6 +42,7 @@ import time
 # OpenBLAS reads OPENBLAS_THREAD_TIMEOUT when numpy loads (numba's import, below): set here as
 # sgm_ref sets it when imported first (sgm_ref._threads), so that the idle worker of a
 # threaded product sleeps instead of spinning into the next timed call, as in train_step.py
+_TIMEOUT_AT_START = os.environ.get("OPENBLAS_THREAD_TIMEOUT")  # thread_report says who set it
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numba  # noqa: E402
@@ -337,10 +338,11 @@ def thread_report():
     if "OPENBLAS_THREAD_TIMEOUT" in defaults["set"] and "OpenBLAS (numpy)" in defaults["loaded_before"]:
         lines.append("OpenBLAS idle workers spin (~2^28 cycles) after each threaded call: OpenBLAS was loaded "
                      "before sgm_ref set OPENBLAS_THREAD_TIMEOUT=4 (numpy imported first)")
-    else:
-        lines.append(f"OpenBLAS idle workers sleep after 2^{timeout} cycles (OPENBLAS_THREAD_TIMEOUT={timeout}, "
-                     + ("set by sgm_ref before OpenBLAS loaded)" if "OPENBLAS_THREAD_TIMEOUT" in defaults["set"]
-                        else "set before Python started)"))
+    else:  # this script sets it (as sgm_ref would) unless it was set before Python started
+        who = ("set by sgm_ref before OpenBLAS loaded" if "OPENBLAS_THREAD_TIMEOUT" in defaults["set"]
+               else "set before Python started" if _TIMEOUT_AT_START is not None
+               else "set by this script before numpy loaded, as sgm_ref sets it")
+        lines.append(f"OpenBLAS idle workers sleep after 2^{timeout} cycles (OPENBLAS_THREAD_TIMEOUT={timeout}, {who})")
     # the library's own rule for the default count (numba's, bounded by OpenBLAS's)
     blocks_on = _threads._default_block_threads(_threads._openblas_once()) if _threads.blas_settable() else 1
     lines.append(f"full covariances above d = 6: blocks of rows on {blocks_on} Python thread(s)"

@@ -294,8 +294,15 @@ def main():
     parser.add_argument("--draws", action="store_true",
                         help="only ns per normal number, each way of drawing them (numpy, numba, float32)")
     args = parser.parse_args()
-    n = args.particles or (1024 if args.quick else 4096)
-    repeats = args.repeats or (1 if args.quick else 9)
+    # None is "not given": 0 was read as not given and ran the default silently
+    for option in ("particles", "steps", "repeats", "train_steps"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
+    if min(args.dims) < 1:
+        parser.error(f"--dims must be >= 1, got {args.dims}")
+    n = args.particles if args.particles is not None else (1024 if args.quick else 4096)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 9)
     if args.draws:
         draws_table()
         return

@@ -25,6 +25,7 @@ import tempfile
 CHILD = r'''
 import json, time
 import numpy as np
+import sgm_ref
 from sgm_ref import GaussianMixture, OU
 from sgm_ref.samplers import euler_maruyama, time_grid
 
@@ -35,7 +36,7 @@ def best(fn, repeats=5):
     return min(times)
 
 rng = np.random.default_rng(0)
-out = {}
+out = {"__file__": sgm_ref.__file__}  # which tree was imported: run() checks it
 for d, K, cov in [(2, 8, "identity"), (2, 8, "full"), (32, 8, "full"), (128, 8, "full"), (128, 64, "identity")]:
     means = 2.0 * rng.standard_normal((K, d))
     if cov == "full":
@@ -60,13 +61,21 @@ print(json.dumps(out))
 
 
 def run(tree):
+    """CHILD's rows in a fresh interpreter with PYTHONPATH=tree, after checking that its
+    sgm_ref came from tree/sgm_ref: a tree without one (a wrong --old, or the sgm_ref/
+    folder itself) fell through to the installed sgm_ref, and both columns timed one tree."""
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
     # cwd: `python -c` puts the working directory ahead of PYTHONPATH, so started from inside
     # a tree it would import that tree for both sides
     with tempfile.TemporaryDirectory() as cwd:
         done = subprocess.run([sys.executable, "-c", CHILD], env=env, cwd=cwd, capture_output=True, text=True,
                               check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    imported = os.path.realpath(out.pop("__file__"))
+    if imported != os.path.realpath(os.path.join(tree, "sgm_ref", "__init__.py")):
+        raise SystemExit(f"{tree}: sgm_ref was imported from {imported}, not from this tree "
+                         "(pass the folder that holds sgm_ref/, e.g. a git worktree's root)")
+    return out
 
 
 def main():
@@ -75,6 +84,11 @@ def main():
     parser.add_argument("--new", default=".", help="source tree of the change (default: this one)")
     parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    for option in ("old", "new"):  # else the child imports the installed sgm_ref (run() refuses that too)
+        if not os.path.isfile(os.path.join(getattr(args, option), "sgm_ref", "__init__.py")):
+            parser.error(f"--{option} {getattr(args, option)}: no sgm_ref/__init__.py there (pass a source tree's root)")
     results = {"old": [], "new": []}
     print(f"load average at start: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     for r in range(args.rounds):

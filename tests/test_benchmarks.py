@@ -325,3 +325,141 @@ def test_other_load_counts_whole_ticks_and_says_so():
     assert load.resolution > 0.1  # a 30 ms block cannot tell a tenth of a core
     ticks = load.other / tick
     assert ticks == pytest.approx(round(ticks), abs=1e-6)
+
+
+_PROBE = "import json, sgm_ref; print(json.dumps({'__file__': sgm_ref.__file__, 'rows': 1}))"
+
+
+def test_versions_refuses_a_tree_that_did_not_provide_sgm_ref(monkeypatch, tmp_path):
+    """versions.py imports each tree through PYTHONPATH=TREE: a tree with no sgm_ref/ (a wrong
+    --old, or the package folder itself) fell through to the installed sgm_ref, and the old and
+    new columns timed the same code (new / old about 1, silently). run() now checks where the
+    child's sgm_ref came from (CHILD replaced here by an import and nothing else)."""
+    module = _script_module(monkeypatch, "versions")
+    monkeypatch.setattr(module, "CHILD", _PROBE)
+    with pytest.raises(SystemExit, match="not from this tree"):
+        module.run(str(tmp_path))  # nothing to import here: the installed sgm_ref answered
+    (tmp_path / "sgm_ref").mkdir()
+    (tmp_path / "sgm_ref" / "__init__.py").write_text("")
+    assert module.run(str(tmp_path)) == {"rows": 1}  # this tree's own package, its key taken out
+    assert module.run(str(BENCHMARKS.parent)) == {"rows": 1}
+
+
+def test_likelihood_check_compares_the_score_of_every_timed_call(monkeypatch):
+    """likelihood.py's agreement check before timing: the Hutchinson calls return the score
+    too (ScoreModel.jvp's first output), and a jvp whose score was off by a relative 1e-6
+    passed, only the exact call's score being compared with torch's."""
+    pytest.importorskip("torch")
+    module = _script_module(monkeypatch, "likelihood")
+    torch = module.torch
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # as main() runs it
+    try:
+        good = module.measure("mlp", 2, 32, 1, torch, np.random.default_rng(0))
+        assert good["ok"] and good["checks"]["score"] < 1e-14, good["checks"]
+        real = module.ScoreModel.jvp
+
+        def jvp_with_a_wrong_score(self, *args):
+            s, jv = real(self, *args)
+            return s * (1 + 1e-6), jv
+
+        monkeypatch.setattr(module.ScoreModel, "jvp", jvp_with_a_wrong_score)
+        bad = module.measure("mlp", 2, 32, 1, torch, np.random.default_rng(0))
+        assert not bad["ok"] and bad["checks"]["score"] == pytest.approx(1e-6, rel=1e-3)
+    finally:
+        torch.set_default_dtype(before)
+
+
+def test_activation_checks_h_and_its_derivative_before_timing(monkeypatch, capsys):
+    """activation.py printed the fused pass's largest difference in h and timed it whatever
+    it was, and never compared h' (D, what the backward pass multiplies by): a candidate
+    whose h' was off by a relative 1e-9 was timed as the same work. It now exits first."""
+    module = _script_module(monkeypatch, "activation")
+    real = module.fused_silu
+
+    def wrong_derivative(Z, H, D):
+        real(Z, H, D)
+        D *= 1 + 1e-9
+
+    monkeypatch.setattr(module, "fused_silu", wrong_derivative)
+    with pytest.raises(SystemExit, match=r"h' is off by 1e-09"):
+        module.main(["--repeats", "6"])
+    assert "| (2, 128, 3, 256) |" not in capsys.readouterr().out  # nothing timed
+
+
+_ORACLE_THREADS = """
+import runpy, sys
+sys.path.insert(0, {bench!r})
+module = runpy.run_path({script!r}, run_name="not_main")
+print([line for line in module["thread_report"]() if "idle workers" in line][0])
+"""
+
+
+@pytest.mark.parametrize("start, who", [(None, "set by this script before numpy loaded"),
+                                        ("6", "set before Python started")])
+def test_oracle_says_who_set_the_openblas_timeout(start, who):
+    """oracle.py sets OPENBLAS_THREAD_TIMEOUT=4 itself before numpy loads (unless set), so
+    sgm_ref never does; its report said "set before Python started" for a run started
+    without it, which RESULTS.md's readers take for a run with the variable in the shell."""
+    import os
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if start is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = start
+    code = _ORACLE_THREADS.format(bench=str(BENCHMARKS), script=str(BENCHMARKS / "oracle.py"))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    line = proc.stdout.strip().splitlines()[-1]
+    assert f"OPENBLAS_THREAD_TIMEOUT={start or 4}, {who}" in line, line
+
+
+def test_likelihood_check_tells_a_central_difference_from_a_forward_one(monkeypatch):
+    """The oracle's Hutchinson estimate is a central difference (error O(h^2): 2e-9 of the
+    estimate here); the check's old tolerance 1e-5 also passed a forward difference (O(h):
+    7.7e-6 on this draw), so the timed call could have skipped a score call unnoticed."""
+    pytest.importorskip("torch")
+    module = _script_module(monkeypatch, "likelihood")
+    torch = module.torch
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        good = module.measure("oracle", 2, 32, 1, torch, np.random.default_rng(10))
+        assert good["ok"] and good["checks"]["hutchinson"] < 1e-8, good["checks"]
+
+        def forward_difference(score, x, eps):
+            h = 1e-5 * (1.0 + np.max(np.abs(x), axis=1, keepdims=True))
+            return np.sum(eps * (score(x + h * eps) - score(x)) / h, axis=1)
+
+        monkeypatch.setattr(module, "central_difference_probe", forward_difference)
+        bad = module.measure("oracle", 2, 32, 1, torch, np.random.default_rng(10))
+        assert 1e-6 < bad["checks"]["hutchinson"] < 1e-5 and not bad["ok"], bad["checks"]
+    finally:
+        torch.set_default_dtype(before)
+
+
+@pytest.mark.parametrize("script, argv, message", [
+    ("sampler", ["--particles", "0"], "--particles must be >= 1, got 0"),
+    ("sampler", ["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    ("sampler", ["--repeats", "-1"], "--repeats must be >= 1, got -1"),
+    ("sampler", ["--steps", "0"], "--steps must be >= 1, got 0"),
+    ("sampler", ["--train-steps", "0"], "--train-steps must be >= 1, got 0"),
+    ("sampler", ["--dims", "2", "0"], "--dims must be >= 1"),
+    ("likelihood", ["--n", "0"], "--n must be >= 1, got 0"),
+    ("likelihood", ["--repeats", "0"], "--repeats must be >= 1, got 0"),
+    ("likelihood", ["--repeats", "-1"], "--repeats must be >= 1, got -1"),
+])
+def test_counts_below_one_are_refused(monkeypatch, capsys, script, argv, message):
+    """sampler.py and likelihood.py read `--particles 0`, `--repeats 0` and `--n 0` as not
+    given (value or default) and ran the default silently; --repeats -1 ended in a
+    ZeroDivisionError (likelihood.py) or an empty median's ValueError (sampler.py)."""
+    module = _script_module(monkeypatch, script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py"] + argv)
+
+    def nothing_is_measured(*args, **kwargs):
+        raise AssertionError("the options were taken and the benchmark started")
+
+    for name in ("measure", "fit"):  # should the check pass the options, nothing heavy runs
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, nothing_is_measured)
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
