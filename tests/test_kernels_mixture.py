@@ -11,7 +11,12 @@
   path with its reused buffers against the NumPy expression it replaced; no points.
 - full_mixture_responsibilities against its NumPy twin with one log per (row, component)
   and with the variances in groups, and the group size against the float64 range.
+- the tied-covariance path: its blocks (run_blocks) give the same bits on one and two
+  threads, and scipy's log-density and score; its x0 and divergence (rotate_rows, no
+  BLAS) the same bits on one and two threads, and the values from C^{-1}.
 """
+
+import functools
 
 import numpy as np
 import pytest
@@ -220,8 +225,6 @@ def test_full_path_gives_the_same_bits_on_every_thread_count(monkeypatch, dtype,
     """The blocks of the full-covariance score run on Python threads (run_blocks): the same
     bits on 1, 2 or 3 threads, with the default blocks (d = 32, K = 8: 1024 rows, several
     of them and a ragged last one) and with blocks of 5 rows."""
-    import functools
-
     d, K, n = 32, 8, 3 * 1024 + 77
     if small_blocks:
         monkeypatch.setattr(gm_module, "_BLOCK_ELEMENTS", 5 * K * d)
@@ -388,3 +391,128 @@ def test_full_covariances_with_no_points(process, d):
     g = full_mixture(2, d, seed=1)
     logp, score = g.log_prob_and_score(np.empty((0, d)), np.empty(0), process)
     assert logp.shape == (0,) and score.shape == (0, d)
+
+
+# -- the tied-covariance path: blocks on Python threads -----------------------------------------
+
+
+def tied_mixture(K, d, seed):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((d, d))
+    return GaussianMixture(rng.dirichlet(np.ones(K)), rng.standard_normal((K, d)), A @ A.T / d + 0.5 * np.eye(d),
+                           covariance_type="tied")
+
+
+def tied_reference(g, x, t):
+    """log p_t and its score for a tied mixture from scipy.stats.multivariate_normal and
+    logsumexp: C = alpha^2 Sigma + sigma^2 I, score = -sum_k pi_k C^{-1} (x - alpha mu_k)."""
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+    a, s2 = OU()._coefficients(t, 1)
+    C = a[0] ** 2 * g.covariances + s2[0] * np.eye(g.dim)
+    logc = np.stack([np.log(w) + multivariate_normal(a[0] * m, C).logpdf(x) for w, m in zip(g.weights, g.means)],
+                    axis=1)
+    logp = logsumexp(logc, axis=1)
+    pi = np.exp(logc - logp[:, None])
+    residual = np.einsum("nk,nkd->nd", pi, x[:, None, :] - a[0] * g.means)
+    return logp, -np.linalg.solve(C, residual.T).T
+
+
+@pytest.mark.skipif(not _threads.blas_settable(), reason="NumPy's BLAS cannot be set here: its threads stay")
+@pytest.mark.skipif(_threads.numba.config.NUMBA_NUM_THREADS < 2, reason="one thread only")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tied_path_gives_the_same_bits_on_one_and_two_threads(dtype):
+    """The tied oracle's two rotations ran as plain products on OpenBLAS's threads: at
+    d = 600 the score differed by up to 4e-15 and log p by 4.5e-13 between set_threads(1)
+    and 2. Its blocks now run like the full path's (run_blocks), the same bits either way."""
+    d, K, n = 600, 2, 400
+    before = _threads.numba.get_num_threads()
+    results = {}
+    try:
+        _threads.set_threads(1)  # the set-up too: two BLAS threads beside a busy core made eigh take seconds
+        g = tied_mixture(K, d, seed=21)
+        x = g.sample(n, np.random.default_rng(22), dtype=dtype)
+        if dtype == np.float64:
+            want_logp, want_score = tied_reference(g, x, 0.3)
+        for threads in (1, 2):
+            _threads.set_threads(threads)
+            results[threads] = g.log_prob_and_score(x, 0.3)
+    finally:
+        _threads.set_threads(before)
+    np.testing.assert_array_equal(results[2][0], results[1][0])
+    np.testing.assert_array_equal(results[2][1], results[1][1])
+    if dtype == np.float64:
+        np.testing.assert_allclose(results[1][0], want_logp, rtol=1e-13)
+        np.testing.assert_allclose(results[1][1], want_score, rtol=0,
+                                   atol=1e-12 * np.max(np.abs(want_score)))
+
+
+@pytest.mark.parametrize("settable", [True, False])
+def test_tied_path_in_blocks_of_a_few_rows_against_scipy(monkeypatch, settable):
+    """Blocks of 7 rows with a ragged last one (on several threads where NumPy's BLAS can be
+    set, in turn where not) give scipy's log-density and score, and the same bits as one
+    call per block."""
+    d, K, n = 9, 3, 7 * 6 + 4
+    monkeypatch.setattr(gm_module, "_TIED_BLOCK_ELEMENTS", 7 * d)
+    monkeypatch.setattr(gm_module, "_TIED_BLOCK_MIN_ROWS", 1)
+    monkeypatch.setattr(gm_module, "_SHARED_BLAS_BLOCK_ELEMENTS", 7 * d)
+    if not settable:
+        monkeypatch.setattr(_threads, "_OPENBLAS_FOUND", [])
+    assert gm_module._tied_block_rows(d, n) == 7
+    g = tied_mixture(K, d, seed=23)
+    x = OU().perturb(g.sample(n, np.random.default_rng(24)), 0.3, np.random.default_rng(25))[0]
+    x[::5] *= 4.0  # far out: one component takes the weight
+    logp, score = g.log_prob_and_score(x, 0.3)
+    want_logp, want_score = tied_reference(g, x, 0.3)
+    np.testing.assert_allclose(logp, want_logp, rtol=1e-13)
+    scale = np.max(np.abs(want_score), axis=1, keepdims=True)
+    assert np.all(np.abs(score - want_score) <= 1e-13 * scale)
+    np.testing.assert_array_equal(g.log_prob(x, 0.3), logp)
+    for start in range(0, n, 7):
+        block = slice(start, start + 7)
+        np.testing.assert_array_equal(g.score(x[block], 0.3), score[block])
+    for threads in (1, 3):  # blocks handed to 1 or 3 Python threads: the same bits
+        with monkeypatch.context() as m:
+            m.setattr(gm_module, "run_blocks", functools.partial(_threads.run_blocks, threads=threads))
+            again = g.log_prob_and_score(x, 0.3)
+        np.testing.assert_array_equal(again[0], logp)
+        np.testing.assert_array_equal(again[1], score)
+
+
+@pytest.mark.skipif(_threads.numba.config.NUMBA_NUM_THREADS < 2, reason="one thread only")
+def test_tied_x0_and_divergence_give_the_same_bits_on_one_and_two_threads():
+    """The tied oracle's x0 rotated back with a BLAS product on OpenBLAS's threads: at
+    d = 400, K = 8 it differed by 5.3e-15 between set_threads(1) and 2 (and the stacked
+    (K, d) @ (d, d) products took 2.6 s for 2048 points at d = 600). Its rotations are now
+    rotate_rows (no BLAS); x0 agrees with the posterior mean from C^{-1} (np.linalg.solve)."""
+    d, K, n = 400, 8, 100
+    before = _threads.numba.get_num_threads()
+    results = {}
+    try:
+        _threads.set_threads(1)
+        g = tied_mixture(K, d, seed=26)
+        x = g.sample(n, np.random.default_rng(27))
+        for threads in (1, 2):
+            _threads.set_threads(threads)
+            results[threads] = (g.predict(x, 0.3, kind="x0"), g.divergence(x, 0.3))
+    finally:
+        _threads.set_threads(before)
+    np.testing.assert_array_equal(results[2][0], results[1][0])
+    np.testing.assert_array_equal(results[2][1], results[1][1])
+    # against the covariance's inverse: x0 = sum_k pi_k (mu_k + a Sigma C^{-1} (x - a mu_k)), C = a^2 Sigma + s2 I
+    from scipy.linalg import cho_factor, cho_solve
+    a, s2 = OU()._coefficients(0.3, 1)
+    a, s2 = a[0], s2[0]
+    factor = cho_factor(a * a * g.covariances + s2 * np.eye(d))
+    r = x[:, None, :] - a * g.means                                   # (n, K, d)
+    Cr = cho_solve(factor, r.reshape(-1, d).T).T.reshape(r.shape)     # C^{-1} (x - a mu_k)
+    logc = np.log(g.weights) - 0.5 * np.sum(r * Cr, axis=2)
+    pi = np.exp(logc - logc.max(axis=1, keepdims=True))
+    pi /= pi.sum(axis=1, keepdims=True)
+    want_x0 = pi @ g.means + a * np.einsum("nk,nkd->nd", pi, Cr) @ g.covariances
+    np.testing.assert_allclose(results[1][0], want_x0, rtol=0, atol=1e-12 * np.max(np.abs(want_x0)))
+    # the divergence: -tr C^{-1} + sum_k pi_k |g_k - s|^2, g_k = -C^{-1} (x - a mu_k)
+    score = -np.einsum("nk,nkd->nd", pi, Cr)
+    want_div = -np.trace(cho_solve(factor, np.eye(d))) + np.einsum("nk,nk->n", pi,
+                                                                   np.sum((Cr + score[:, None, :]) ** 2, axis=2))
+    np.testing.assert_allclose(results[1][1], want_div, rtol=1e-12)

@@ -734,8 +734,10 @@ def test_ring_bad_arguments_raise(kwargs, name):
         ((2, 2, None, 0), "radius"),
         ((2, 2, 1.0, None), "rng"),
         ((2, 2, 1.0, 1.5), "rng"),
+        ((2, 2, 1.0, -3), "rng"),  # was numpy's 'expected non-negative integer', naming nothing
+        ((2, 2, 1.0, np.int64(-3)), "rng"),
     ],
-    ids=["d=0", "k=0", "radius=-1", "radius=inf", "radius=None", "rng=None", "rng=1.5"],
+    ids=["d=0", "k=0", "radius=-1", "radius=inf", "radius=None", "rng=None", "rng=1.5", "rng=-3", "rng=int64(-3)"],
 )
 def test_paper_family_bad_arguments_raise(args, name):
     with pytest.raises(ValueError, match=rf"^{name}"):

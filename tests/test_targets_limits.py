@@ -529,3 +529,44 @@ def test_far_points_lose_the_digits_docs_limits_states():
         assert abs(got_div - div) / abs(div) <= 3 * div_rel, (R, abs(got_div - div) / abs(div))
         assert abs(got_s0 - s0) / abs(s0) <= 3 * s0_rel, (R, abs(got_s0 - s0) / abs(s0))
         assert abs(g.log_prob(x)[0] - logp) <= 1e-15 * abs(logp)
+
+
+@pytest.mark.parametrize("kind", ["tied", "full"])
+def test_an_ill_conditioned_covariance_costs_the_digits_the_class_docstring_states(kind):
+    """GaussianMixture's docstring: near t = 0 a full or tied oracle with condition number
+    kappa is off by up to about kappa eps (relative), against mpmath with the float64
+    entries taken as exact; from t = 1e-6 on by 2e-10 or less (d = 4, kappa 1e6 and 1e10)."""
+    import mpmath as mp
+    with mp.workdps(60):
+        _check_ill_conditioned(kind, mp)
+
+
+def _check_ill_conditioned(kind, mp):
+    rng = np.random.default_rng(3)
+    d, w = 4, [0.4, 0.6]
+    means = rng.standard_normal((2, d))
+    for kappa in (1e6, 1e10):
+        covs = []
+        for _ in range(1 if kind == "tied" else 2):
+            Q, _ = np.linalg.qr(rng.standard_normal((d, d)))
+            S = (Q * np.geomspace(1.0, 1.0 / kappa, d)) @ Q.T
+            covs.append((S + S.T) / 2)
+        g = GaussianMixture(w, means, covs[0] if kind == "tied" else np.array(covs), kind)
+        covs = covs * 2 if kind == "tied" else covs
+        for t, bound in ((0.0, kappa * np.finfo(float).eps), (1e-6, 2e-10)):
+            a, s2 = mp.e ** (-mp.mpf(t)), -mp.expm1(-2 * mp.mpf(t))
+            x = g.sample(4, rng)
+            score = g.score(x, t)
+            for i in range(4):
+                xi = mp.matrix([mp.mpf(v) for v in x[i]])
+                logs, grads = [], []
+                for k in range(2):
+                    C = mp.matrix(covs[k].tolist()) * a * a + s2 * mp.eye(d)
+                    r = xi - a * mp.matrix([mp.mpf(v) for v in means[k]])
+                    Cr = mp.lu_solve(C, r)
+                    logs.append(mp.log(w[k]) - (r.T * Cr)[0] / 2 - mp.log(mp.det(C)) / 2)
+                    grads.append(-Cr)
+                top = max(logs)
+                e = [mp.exp(v - top) for v in logs]
+                want = np.array([float((e[0] * grads[0][j] + e[1] * grads[1][j]) / (e[0] + e[1])) for j in range(d)])
+                assert np.max(np.abs(score[i] - want)) <= bound * np.max(np.abs(want)), (kappa, t, i)

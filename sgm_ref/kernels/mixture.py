@@ -17,9 +17,11 @@ full_mixture_direct, parallel over rows with the projections U_k^T x in the kern
 above, a block of rows is two BLAS products around the serial full-covariance kernel
 (see its docstring), and GaussianMixture runs blocks on several Python threads with
 OpenBLAS on one thread meanwhile (sgm_ref._threads.run_blocks), so the result does not
-depend on the thread count either. Where NumPy's BLAS cannot be set at run time (not
-an OpenBLAS, or not Linux), the blocks, of their former size, run in turn on that BLAS's
-threads, whose count may change the products' last bits.
+depend on the thread count either. Tied covariances run the same way: a block of rows is
+rotated into the shared eigenbasis, through diagonal_mixture_serial, and back. Where
+NumPy's BLAS cannot be set at run time (not an OpenBLAS, or not Linux), the blocks, of
+their former size, run in turn on that BLAS's threads, whose count may change the
+products' last bits.
 
 Speed. numba has no vector exp or log (without Intel's SVML), and a libm call per
 (row, component) was most of the time at small d. The kernels therefore run rows in
@@ -234,6 +236,23 @@ def diagonal_mixture(x, a, s2, logw, mu, lam, identity, want_score, logp, score)
     B = _block_rows(max(K, d))
     n_blocks = (n + B - 1) // B
     for blk in prange(n_blocks):
+        _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, blk * B, B)
+
+
+# nogil: the tied-covariance oracle runs blocks of rows on several Python threads
+# (sgm_ref._threads.run_blocks), each with its rotations on one BLAS thread
+@njit(cache=True, nogil=True, error_model="numpy")
+def diagonal_mixture_serial(x, a, s2, logw, mu, lam, identity, want_score, logp, score):
+    """diagonal_mixture on the calling thread alone (its blocks in turn), the same bits.
+
+    Each row's arithmetic is the same whichever block, thread or call it falls in, so a
+    caller may hand it any slice of rows (with the matching slices of a, s2, logp, score).
+    """
+    n, d = x.shape
+    K = mu.shape[0]
+    B = _block_rows(max(K, d))
+    n_blocks = (n + B - 1) // B
+    for blk in range(n_blocks):
         _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, blk * B, B)
 
 
@@ -473,6 +492,24 @@ def _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, l
         for l in range(d):
             for i in range(m_rows):
                 score[i0 + i, l] = -acc[l, i] / total[i]
+
+
+@njit(parallel=True, cache=True)
+def rotate_rows(z, R):
+    """z @ R row by row without BLAS: out[i, c] = sum_j z[i, j] R[j, c], the sum over j in
+    ascending order for every row, so a row's bits depend on neither the other rows of the
+    call nor the thread count (a BLAS product's do on both). z (n, d), R (d, m), float64;
+    the loop over c innermost, which vectorises. Rows in parallel. For the tied-covariance
+    oracle's NumPy paths (GaussianMixture.divergence, its x0)."""
+    n, d = z.shape
+    m = R.shape[1]
+    out = np.zeros((n, m))
+    for i in prange(n):
+        for j in range(d):
+            zij = z[i, j]
+            for c in range(m):
+                out[i, c] += zij * R[j, c]
+    return out
 
 
 @njit(cache=True, nogil=True)

@@ -16,7 +16,8 @@ import numpy as np
 from .._threads import blas_settable, run_blocks
 from .._validation import (cast_oracle_output, check_count, check_float_dtype, check_oracle_output, check_points, check_real, check_rng,
                            eigh_spd)
-from ..kernels.mixture import centred_rows_into, diagonal_mixture, full_mixture_direct, full_mixture_responsibilities
+from ..kernels.mixture import (centred_rows_into, diagonal_mixture, diagonal_mixture_serial, full_mixture_direct,
+                               full_mixture_responsibilities, rotate_rows)
 from ..processes import OU, VariancePreserving, check_process
 from ._predict import ExactOutputs
 from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range, check_float32_samples,
@@ -116,6 +117,23 @@ def _is_spd(a):
 _BLOCK_ELEMENTS = 2**18
 _BLOCK_MIN_ROWS = 256
 _SHARED_BLAS_BLOCK_ELEMENTS = 2**20
+# Rows per block of the tied-covariance oracle (_tied_block_rows): its blocks run like the
+# full one's, rotated in, through the serial diagonal kernel and back, so the bits do not
+# depend on the thread count (its two products on OpenBLAS's threads had: 4e-15 in the
+# score and 4.5e-13 in log p between one and two threads at d = 600). Blocks of 2**16
+# numbers, at least 256 rows (2048 rows at d = 32, 256 at d >= 256; the buffers, three of
+# (rows, d) per thread, stay within 1.5 MB at d <= 256).
+# Measured on 2026-12-05 (AMD EPYC, 2 cores, beside other work at load 1-2, so noisy;
+# interleaved calls, min of 41, n = 4096, t = 0.3) against the former whole-batch
+# products on two BLAS threads around the parallel diagonal kernel: d = 32 1.37 against
+# 1.26 ms (K = 2) and 2.27 against 2.15 ms (K = 8); d = 128 8.65 against 8.16 ms (K = 2)
+# and 11.8 against 17.1 ms (K = 8); d = 600 70.6 against 79.0 ms (K = 2) and 92 against
+# 115 ms (K = 8). Blocks of 2**14 and 2**15 numbers were no faster. With one thread
+# (set_threads(1)) 0.8-1.0x the former time; with two beside a process that keeps one
+# core busy, 0.16-0.25x at d = 32 (the former parallel kernel waited for its descheduled
+# worker), 0.85x at d = 128, 1.0-1.1x at d = 600 (medians of 25).
+_TIED_BLOCK_ELEMENTS = 2**16
+_TIED_BLOCK_MIN_ROWS = 256
 # The divergence's NumPy path, in blocks of (rows, K, d[, d]) numbers.
 _DIVERGENCE_BLOCK_ELEMENTS = 2**20
 # Up to this dimension the full-covariance oracle projects in its own kernel
@@ -134,6 +152,16 @@ def _full_block_rows(K, d, n):
         rows = max(_BLOCK_ELEMENTS // kd, min(_BLOCK_MIN_ROWS, 8 * _BLOCK_ELEMENTS // kd))
     else:
         rows = _SHARED_BLAS_BLOCK_ELEMENTS // kd
+    return max(1, min(rows, n))
+
+
+def _tied_block_rows(d, n):
+    """Rows per block of the tied-covariance oracle (_TIED_BLOCK_ELEMENTS): at least 1 and
+    at most n. The same for every thread count where NumPy's BLAS can be set."""
+    if blas_settable():
+        rows = max(_TIED_BLOCK_ELEMENTS // d, _TIED_BLOCK_MIN_ROWS)
+    else:
+        rows = _SHARED_BLAS_BLOCK_ELEMENTS // d
     return max(1, min(rows, n))
 
 
@@ -171,6 +199,11 @@ class GaussianMixture(ExactOutputs):
         Variances and eigenvalues must lie in [1e-300, 1e300]; a full or tied covariance's
         smallest eigenvalue must also exceed d eps = 2.2e-16 d times its largest (a
         condition number below about 4.5e15 / d), as its entries determine it no better.
+        Below that limit a full or tied oracle near t = 0 is as uncertain as the entries
+        make it: relative errors up to about kappa eps, kappa the condition number
+        (against mpmath, d = 4, at t = 0: the score 2e-7 and 1.3e-6 off at kappa = 1e10,
+        2e-2 and 9e-2 at 1e15; 5e-11 at 1e6; from t = 1e-6 on, alpha_t^2 Sigma + sigma_t^2 I
+        is better conditioned and the errors 2e-10 or less).
     covariance_type : None, "full", "diag", "tied" or "spherical"
         The form of covariances ("diagonal" is accepted for "diag", and "identity"
         with covariances None, the spellings of the covariance_type attribute). None
@@ -342,6 +375,8 @@ class GaussianMixture(ExactOutputs):
             raise ValueError(f"radius must be 0 or at least 1e-150 (means at a smaller scale lose their digits in "
                              f"float64), got {radius:g}")
         if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+            if rng < 0:  # numpy's own message ('expected non-negative integer') names no argument
+                raise ValueError(f"rng (a Generator or an int seed) must be a seed >= 0, got {int(rng)}")
             rng = np.random.default_rng(rng)
         rng = check_rng(rng, "rng (a Generator or an int seed)")
         directions = rng.standard_normal((k, d))
@@ -569,15 +604,29 @@ class GaussianMixture(ExactOutputs):
             identity = self.covariance_type == "identity"
             diagonal_mixture(x, a, s2, self._logw, mu, lam, identity, want_score, logp, out)
         elif self.covariance_type == "tied":
-            # in the shared eigenbasis every component is diagonal; rotate in, and back.
-            # x - a c in float64 (float32 points widened), rounded once to x's dtype, in one pass
-            z = np.empty_like(x)
-            centred_rows_into(x, a, centre, z)
-            z = z @ U_all
-            rotated = np.empty_like(z) if want_score else out
-            diagonal_mixture(z, a, s2, self._logw, mu, lam, False, want_score, logp, rotated)
-            if want_score:
-                np.matmul(rotated, U_all.T, out=score)
+            # in the shared eigenbasis every component is diagonal; rotate in, and back, by
+            # blocks of rows on Python threads with the products on one BLAS thread each
+            # (run_blocks), so the bits do not depend on the thread count
+            rows = _tied_block_rows(d, n)
+            U_back = U_all.T
+
+            def make_worker():
+                # one set of block buffers per thread: x - a c, its rotation, the rotated score
+                Z, R, S = (np.empty((rows, d), x.dtype) for _ in range(3))
+
+                def work(b):
+                    block = slice(b * rows, min(b * rows + rows, n))
+                    r = block.stop - block.start
+                    # x - a c in float64 (float32 points widened), rounded once to x's dtype
+                    centred_rows_into(x[block], a[block], centre, Z[:r])
+                    np.matmul(Z[:r], U_all, out=R[:r])
+                    diagonal_mixture_serial(R[:r], a[block], s2[block], self._logw, mu, lam, False, want_score,
+                                            logp[block], S[:r] if want_score else out)
+                    if want_score:
+                        np.matmul(S[:r], U_back, out=score[block])
+                return work
+
+            run_blocks(-(-n // rows), make_worker)
         else:
             K = lam.shape[0]
             group = self._log_group if isinstance(process, VariancePreserving) else self._group_for(a, s2)
@@ -638,8 +687,8 @@ class GaussianMixture(ExactOutputs):
             diff = xx[blk, None, :] - ab * mu                               # x - alpha mu_k
             if U is not None:
                 y = np.einsum("rkj,kji->rki", diff, U)                     # U_k^T (x - alpha mu_k)
-            elif R is not None:
-                y = diff @ R
+            elif R is not None:  # without BLAS: a BLAS product's bits depend on the thread count
+                y = rotate_rows(diff.reshape(-1, d), R).reshape(diff.shape)
             else:
                 y = diff
             with np.errstate(over="ignore", invalid="ignore"):           # a point too far out: named later
@@ -661,14 +710,18 @@ class GaussianMixture(ExactOutputs):
         x, blocks = self._component_blocks(x, t, process)
         lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
         out = np.empty(x.shape)
+        R_back = None if R is None else np.ascontiguousarray(R.T)
         for blk, ab, v, y, _, pi in blocks:
             with np.errstate(over="ignore", invalid="ignore"):
                 # alpha (lam / v) y in the eigenbasis: lam / v <= 1 / alpha^2, where lam y may overflow
                 shrunk = ab * (lam / v) * y
+                if R is not None:
+                    # one shared eigenbasis: sum_k pi_k R s_k = R sum_k pi_k s_k, one rotation back per row
+                    inner = np.einsum("rk,rki->ri", pi, np.where(pi[:, :, None] > 0, shrunk, 0.0))
+                    out[blk] = np.einsum("rk,ki->ri", pi, mu) + rotate_rows(inner, R_back)
+                    continue
                 if U is not None:
                     shrunk = np.einsum("kij,rkj->rki", U, shrunk)
-                elif R is not None:
-                    shrunk = shrunk @ R.T
                 each = mu + shrunk                                          # E[x0 | x_t = x, component k]
                 out[blk] = np.einsum("rk,rki->ri", pi, np.where(pi[:, :, None] > 0, each, 0.0))
         check_oracle_output(out.sum(axis=1), x)
@@ -690,8 +743,10 @@ class GaussianMixture(ExactOutputs):
 
         Parameters, shapes and Raises as log_prob, and for float32 points where the divergence
         is beyond float32's range (never an inf); returns ndarray of shape (n,), dtype of x
-        (computed in float64). Costs O(n K d^2) for full covariances, O(n K d) otherwise
-        (plus one O(n d^2) rotation for tied), in NumPy rather than numba.
+        (computed in float64). Costs O(n K d^2) for full and tied covariances (the tied
+        residuals x - alpha_t mu_k rotated into the shared eigenbasis one by one, in a numba
+        kernel rather than a BLAS product, so that no bit depends on the thread count),
+        O(n K d) otherwise, in NumPy.
         """
         x, blocks = self._component_blocks(x, t, process)
         U = self._U
