@@ -93,7 +93,8 @@ def test_sweep_appends_and_resume_skips_finished_cells(tmp_path):
         f.truncate(sum(len(line) + 1 for line in lines[:3]) + 10)
     again = CountingExecutor()
     messages = []
-    with again:
+    with again, pytest.warns(UserWarning, match=r"line 4, is incomplete \(a write cut short\) and is cut off; its "
+                                                  r"cell runs again"):
         results = run_sweep(tmp_path, {**GRID, "n": [40, 80, 120]}, executor=again, log=messages.append)
     torn = json.loads(lines[3])
     assert messages[0].startswith("3 cells already")
@@ -111,10 +112,12 @@ def test_results_file_is_never_silently_cut(tmp_path):
         load_results(path, repair=True)
     assert path.read_text().count("\n") == 3  # untouched
     path.write_text(good + good.replace("1.0", "2.0") + '{"family": "mix')
-    rows = load_results(path)  # a repeated cell keeps its first row; the torn tail is ignored
+    with pytest.warns(UserWarning, match="line 3, is incomplete .* left out"):
+        rows = load_results(path)  # a repeated cell keeps its first row; the torn tail is ignored, and named
     assert [r["score_error"] for r in rows] == [1.0]
     assert path.read_text().endswith('{"family": "mix')  # reading alone changes nothing
-    load_results(path, repair=True)
+    with pytest.warns(UserWarning, match="line 3, is incomplete .* cut off; its cell runs again"):
+        load_results(path, repair=True)
     assert path.read_text() == good + good.replace("1.0", "2.0")
 
 
