@@ -447,6 +447,34 @@ def test_set_threads_during_run_blocks_leaves_its_blocks_on_one_blas_thread():
 
 
 @needs_settable_blas
+@pytest.mark.parametrize("threads, n_blocks", [(1, 1), (1, 3), (2, 3)])
+def test_a_change_made_another_way_during_run_blocks_is_undone_also_from_one_thread(threads, n_blocks):
+    """run_blocks' docstring: a change made during a call other than by set_threads (as
+    threadpoolctl's) is undone when it ends. With OpenBLAS on one thread before the call,
+    the exit skipped the setters (it is on one thread now) and left the change: [3, 3]
+    after set_threads(1)."""
+    numba_before, blas_before = numba.get_num_threads(), _threads.blas_threads()
+
+    def make_worker():
+        def work(b):
+            if b == 0:
+                for setter, _ in _threads._openblas_once():
+                    setter(3)  # as threadpoolctl's threadpool_limits would
+        return work
+
+    try:
+        sgm_ref.set_threads(1)
+        _threads.run_blocks(n_blocks, make_worker, threads=threads)
+        assert _threads.blas_threads() == [1] * len(blas_before)
+        if numba.config.NUMBA_NUM_THREADS >= 2:  # from two threads: undone too, as before
+            sgm_ref.set_threads(2)
+            _threads.run_blocks(n_blocks, make_worker, threads=threads)
+            assert _threads.blas_threads() == [2] * len(blas_before)
+    finally:
+        restore_threads(numba_before, blas_before)
+
+
+@needs_settable_blas
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
 def test_a_fork_inside_run_blocks_gives_the_child_its_counts_back():
     import threading

@@ -494,22 +494,48 @@ def _full_block(x, a, s2, logw, centre, m_proj, lam, U_all, group, want_score, l
                 score[i0 + i, l] = -acc[l, i] / total[i]
 
 
+# rotate_rows runs serially up to this many products (n d m): a parallel launch costs ~65 us
+# (its sleeping workers woken), which made the tied x0 of 64 points at d = 2 take 438 us
+# against 216 us with BLAS (179 us serial), and at d = 32 (2**18 products) 362 against 192
+# us serial; up to 2**20 products serial was no slower (2 cores, 2026-12-05)
+_ROTATE_SERIAL_MAX = 2**20
+
+
+@njit(cache=True, nogil=True)
+def _rotate_row(z, R, out, i):
+    """out[i] = z[i] @ R, the sum over j in ascending order (the loop over c innermost)."""
+    for j in range(z.shape[1]):
+        zij = z[i, j]
+        for c in range(R.shape[1]):
+            out[i, c] += zij * R[j, c]
+
+
+@njit(cache=True, nogil=True)
+def _rotate_rows_serial(z, R):
+    out = np.zeros((z.shape[0], R.shape[1]))
+    for i in range(z.shape[0]):
+        _rotate_row(z, R, out, i)
+    return out
+
+
 @njit(parallel=True, cache=True)
+def _rotate_rows_parallel(z, R):
+    out = np.zeros((z.shape[0], R.shape[1]))
+    for i in prange(z.shape[0]):
+        _rotate_row(z, R, out, i)
+    return out
+
+
 def rotate_rows(z, R):
     """z @ R row by row without BLAS: out[i, c] = sum_j z[i, j] R[j, c], the sum over j in
     ascending order for every row, so a row's bits depend on neither the other rows of the
     call nor the thread count (a BLAS product's do on both). z (n, d), R (d, m), float64;
-    the loop over c innermost, which vectorises. Rows in parallel. For the tied-covariance
-    oracle's NumPy paths (GaussianMixture.divergence, its x0)."""
-    n, d = z.shape
-    m = R.shape[1]
-    out = np.zeros((n, m))
-    for i in prange(n):
-        for j in range(d):
-            zij = z[i, j]
-            for c in range(m):
-                out[i, c] += zij * R[j, c]
-    return out
+    the loop over c innermost, which vectorises. Rows in parallel above _ROTATE_SERIAL_MAX
+    products, on the calling thread below (the same code for a row, the same bits). For the
+    tied-covariance oracle's NumPy paths (GaussianMixture.divergence, its x0)."""
+    if z.shape[0] * z.shape[1] * R.shape[1] <= _ROTATE_SERIAL_MAX:
+        return _rotate_rows_serial(z, R)
+    return _rotate_rows_parallel(z, R)
 
 
 @njit(cache=True, nogil=True)

@@ -121,8 +121,8 @@ _SHARED_BLAS_BLOCK_ELEMENTS = 2**20
 # full one's, rotated in, through the serial diagonal kernel and back, so the bits do not
 # depend on the thread count (its two products on OpenBLAS's threads had: 4e-15 in the
 # score and 4.5e-13 in log p between one and two threads at d = 600). Blocks of 2**16
-# numbers, at least 256 rows (2048 rows at d = 32, 256 at d >= 256; the buffers, three of
-# (rows, d) per thread, stay within 1.5 MB at d <= 256).
+# numbers, at least 256 rows (2048 rows at d = 32, 256 at d >= 256; the buffers, two of
+# (rows, d) per thread, stay within 1 MB at d <= 256).
 # Measured on 2026-12-05 (AMD EPYC, 2 cores, beside other work at load 1-2, so noisy;
 # interleaved calls, min of 41, n = 4096, t = 0.3) against the former whole-batch
 # products on two BLAS threads around the parallel diagonal kernel: d = 32 1.37 against
@@ -611,8 +611,10 @@ class GaussianMixture(ExactOutputs):
             U_back = U_all.T
 
             def make_worker():
-                # one set of block buffers per thread: x - a c, its rotation, the rotated score
-                Z, R, S = (np.empty((rows, d), x.dtype) for _ in range(3))
+                # two block buffers per thread: x - a c, then the rotated score (in Z, free once
+                # rotated), and the rotation; three cost ~1.5x at d = 8, n = 4096 (malloc gave the
+                # freed megabyte back to the system, and every call faulted its pages in again)
+                Z, R = np.empty((rows, d), x.dtype), np.empty((rows, d), x.dtype)
 
                 def work(b):
                     block = slice(b * rows, min(b * rows + rows, n))
@@ -621,9 +623,9 @@ class GaussianMixture(ExactOutputs):
                     centred_rows_into(x[block], a[block], centre, Z[:r])
                     np.matmul(Z[:r], U_all, out=R[:r])
                     diagonal_mixture_serial(R[:r], a[block], s2[block], self._logw, mu, lam, False, want_score,
-                                            logp[block], S[:r] if want_score else out)
+                                            logp[block], Z[:r] if want_score else out)
                     if want_score:
-                        np.matmul(S[:r], U_back, out=score[block])
+                        np.matmul(Z[:r], U_back, out=score[block])
                 return work
 
             run_blocks(-(-n // rows), make_worker)
