@@ -35,6 +35,23 @@ def small_problem(seed=0, n=300, dtype=np.float64, parameterization="noise", pro
     return model, data
 
 
+def _spoil_gradient(monkeypatch, step, index, value):
+    """Make the DSM gradient of fit's `step`-th step hold `value` at `index` (the loss stays
+    finite); returns the list of the losses computed so far."""
+    original = sgm_ref.train._dsm_loss
+    calls = []
+
+    def spoiled(*args):
+        loss, grad = original(*args)
+        calls.append(loss)
+        if len(calls) == step:
+            grad[index] = value
+        return loss, grad
+
+    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", spoiled)
+    return calls
+
+
 FIT = dict(batch_size=32, lr=1e-2, t0=1e-2, T=1.0, progress=False)
 
 
@@ -313,17 +330,7 @@ def test_a_loss_that_overflows_names_the_batch_sizes_that_made_it():
 
 def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monkeypatch):
     """A gradient with a NaN at step 3 (injected; the loss stays finite)."""
-    calls = []
-    original = sgm_ref.train._dsm_loss
-
-    def nan_at_step_3(*args):
-        value, grad = original(*args)
-        calls.append(value)
-        if len(calls) == 3:
-            grad[5] = np.nan
-        return value, grad
-
-    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", nan_at_step_3)
+    calls = _spoil_gradient(monkeypatch, 3, 5, np.nan)
     model, data = small_problem()
     snapshots = []
     with pytest.raises(TrainingDivergedError, match="gradient became non-finite at step 3") as info:
@@ -336,19 +343,7 @@ def test_non_finite_gradient_stops_with_the_step_and_last_finite_parameters(monk
 def test_a_finite_gradient_too_large_for_adam_is_named_as_such(monkeypatch):
     """A finite gradient whose squares overflow Adam's second moment is refused like a
     non-finite one, but fit said 'the gradient became non-finite' (a review)."""
-    import sgm_ref.train
-
-    original = sgm_ref.train._dsm_loss
-    calls = []
-
-    def huge_at_step_2(*args):
-        value, grad = original(*args)
-        calls.append(value)
-        if len(calls) == 2:
-            grad[5] = 1e160
-        return value, grad
-
-    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", huge_at_step_2)
+    _spoil_gradient(monkeypatch, 2, 5, 1e160)
     model, data = small_problem()
     with pytest.raises(TrainingDivergedError, match="the gradient is too large to apply at step 2; the model keeps "
                                                     "the parameters of step 1") as info:
@@ -625,17 +620,7 @@ def test_a_refused_gradient_gives_the_optimizers_reason_and_the_clipping_remedy(
     """Review: a finite gradient too large for Adam's second moment was answered with 'try a
     smaller lr, a larger t0, or weighting='sigma2'', not the remedy that bounds a gradient
     (clip_norm), and the optimiser's reason (the norm; the index of a NaN) was dropped."""
-    original = sgm_ref.train._dsm_loss
-    calls = []
-
-    def bad_at_step_2(*args):
-        value, grad = original(*args)
-        calls.append(value)
-        if len(calls) == 2:
-            grad[5] = entry
-        return value, grad
-
-    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", bad_at_step_2)
+    _spoil_gradient(monkeypatch, 2, 5, entry)
     model, data = small_problem()
     with pytest.raises(TrainingDivergedError) as info:
         fit(model, data, steps=5, rng=np.random.default_rng(0), **FIT)
@@ -680,17 +665,7 @@ def test_a_gradient_norm_beyond_float64_is_not_answered_with_clipping(monkeypatc
     entry) is refused by Adam before any clipping (Adam(clip_norm=1e-3) refuses it too), yet
     fit advised 'an optimizer with clip_norm' or 'a clip_norm below 1'. Clipping is advised
     only where it helps: a norm whose squares overflow in the second moment (the test above)."""
-    original = sgm_ref.train._dsm_loss
-    calls = []
-
-    def huge_at_step_2(*args):
-        value, grad = original(*args)
-        calls.append(value)
-        if len(calls) == 2:
-            grad[:] = 1e308
-        return value, grad
-
-    monkeypatch.setattr(sgm_ref.train, "_dsm_loss", huge_at_step_2)
+    _spoil_gradient(monkeypatch, 2, slice(None), 1e308)
     with pytest.raises(ValueError, match="a norm beyond the float64 range"):  # what a clip_norm meets
         Adam(np.zeros(4), clip_norm=1e-3).step(np.full(4, 1e308))
     model, data = small_problem()
