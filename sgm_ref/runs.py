@@ -57,7 +57,7 @@ from .processes import process_from_dict
 from .samplers import METHODS, sample, time_grid
 from .score_model import ScoreModel
 from .targets.spec import PRESETS, from_record, from_spec, to_record
-from .train import History, TrainingDivergedError, either, fit, progress_bar
+from .train import History, TrainingDivergedError, _either, fit, progress_bar
 
 __all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
            "create", "new_run", "writing", "read_config", "train", "check_total_steps", "finished_steps",
@@ -856,7 +856,7 @@ def _train(folder, config, source, progress, log):
         # fit's message says the model in memory keeps its parameters, which a run does not
         # (a new run's folder goes), and may advise an optimizer's clip_norm, not a setting of runs
         remedies = [r for r in exc.remedies if "clip_norm" not in r]
-        raise RunError(f"training diverged: {exc.happened}" + (f" (try {either(remedies)})" if remedies else "")
+        raise RunError(f"training diverged: {exc.happened}" + (f" (try {_either(remedies)})" if remedies else "")
                        + exc.detail) from None
     # The order makes model.npz mean "finished": a kill between any two writes leaves a run
     # that --resume completes (from the checkpoint, or from the final state without a step)

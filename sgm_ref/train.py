@@ -47,7 +47,7 @@ class TrainingDivergedError(ValueError, FloatingPointError):
         return type(self), (str(self), self.step, self.happened, self.remedies, self.detail), self.__dict__
 
 
-def either(options):
+def _either(options):
     """'a', 'a or b', 'a, b, or c': the remedies of a message."""
     options = list(options)
     if len(options) <= 2:
@@ -319,7 +319,7 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                               f"; Adam: {exc.args[1].partition('; params, m, v')[0]}")
                 happened = f"the {exc.args[0]} {what} at step {step}"
                 raise TrainingDivergedError(
-                    f"{happened}; the model keeps the parameters of step {step - 1} (try {either(remedies)}){detail}",
+                    f"{happened}; the model keeps the parameters of step {step - 1} (try {_either(remedies)}){detail}",
                     step, happened, remedies, detail) from None
             except NonFiniteStepError as exc:  # the gradient was finite, the update was not
                 raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None
