@@ -14,7 +14,7 @@ The update is written in the arithmetic form of torch.optim.Adam's single-tensor
 (non-capturable) path but for m, which torch forms as m.lerp_(g, 1 - b1), m + (1 - b1)
 (g - m), one rounding apart from b1 m + (1 - b1) g, and for the bias corrections 1 - b^k,
 formed without torch's cancellation (1 - b**k, up to 1.4e-14 off at b = 0.999 and 1e-9
-at 1 - 1e-8; here within 3e-16: _one_minus_power); and the clipping as
+at 1 - 1e-8; here within 3.6e-16 of mpmath: _one_minus_power); and the clipping as
 torch.nn.utils.clip_grad_norm_. A trajectory matches PyTorch's to ~1e-12 in float64
 (1.4e-14 over 500 steps in a review). The network keeps per-layer views
 into the flat parameter vector, so it is updated in place and never replaced. The work
