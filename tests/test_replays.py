@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from _peers import load_k_diffusion, peer
 
-from sgm_ref import DDPM, EDM, OU, VE, VP, FlowMatching, GaussianMixture
+from sgm_ref import DDPM, EDM, OU, VE, VP, FlowMatching, GaussianMixture, SubVP
 from sgm_ref import replays as R
 from sgm_ref.interop import to_torch
 
@@ -1073,3 +1073,179 @@ def test_heun_law_to_full_precision_on_short_grids():
         m_ref, v_ref = _heun_law_mp(lambda t: (1, t), grid, mean, lam)
         worst = max(worst, np.max(np.abs(m / m_ref - 1)), np.max(np.abs(np.diag(C) / v_ref - 1)))
     assert worst < 1e-13, worst
+
+
+def _alpha_sigma_mp(process):
+    """(alpha_t, sigma_t) in mpmath for the processes whose transition is not a VP's integrated beta."""
+    import mpmath as mp
+
+    if isinstance(process, VE):
+        return lambda t: (mp.mpf(1), mp.mpf(process.sigma_min) * (mp.mpf(process.sigma_max) / process.sigma_min) ** t)
+    if isinstance(process, EDM):
+        return lambda t: (mp.mpf(1), t)
+    if isinstance(process, FlowMatching):
+        return lambda t: (1 - t, t)
+    lo, hi = mp.mpf(process.beta_min), mp.mpf(process.beta_max)  # SubVP
+    B = lambda t: lo * t + (hi - lo) * t * t / 2  # noqa: E731
+    return lambda t: (mp.exp(-B(t) / 2), -mp.expm1(-B(t)))
+
+
+def test_transition_variance_on_fine_steps_to_full_precision():
+    """The variance v = sigma_t^2 - r^2 sigma_s^2 of a step, read through a public replay:
+    reverse_diffusion with a zero score from x = 0 fed xi = 1 returns sqrt(v) (and DDPM's
+    "beta" variance the same), against mpmath (40 digits), steps of 1e-8 to 0.3 relative.
+    v was -sigma_t^2 expm1(lam_t - lam_s), whose difference of two log-SNRs cancels as the
+    variances do (review): sqrt(v) was off by 2.0e-9 relative at VE's t = 0.5 on a step of
+    1e-8, 3.1e-9 for EDM, 4.4e-8 for FlowMatching at t = 1e-4, and for VE at t = 1e-10 by
+    2.6e-5 on a 1% step, 100% on a 1e-8 one. Now r^2 c2 from the closed forms: within 2e-15
+    (measured 7e-16)."""
+    import mpmath as mp
+
+    zero = lambda x, t: np.zeros_like(x)  # noqa: E731
+    worst = 0.0
+    with mp.workdps(40):
+        for process, times in ((VE(), (1e-10, 1e-3, 0.5, 0.9)), (EDM(), (1e-3, 0.5, 80.0)),
+                               (SubVP(), (1e-4, 0.3, 0.9)), (FlowMatching(), (1e-4, 0.5, 0.99))):
+            alpha_sigma = _alpha_sigma_mp(process)
+            for t_lo in times:
+                for rel in (1e-8, 1e-5, 1e-2, 0.3):
+                    t_hi = min(t_lo * (1 + rel), process.t_max)
+                    (a1, s1), (a0, s0) = alpha_sigma(mp.mpf(t_hi)), alpha_sigma(mp.mpf(t_lo))
+                    exact = mp.sqrt(s1**2 - (a1 / a0) ** 2 * s0**2)
+                    for replay, options in ((R.reverse_diffusion, {}), (R.ddpm_ancestral, {"variance": "beta"})):
+                        y = replay(zero, process, [t_hi, t_lo], np.zeros((1, 1)), noise=np.ones((1, 1, 1)),
+                                   **options)
+                        worst = max(worst, abs(float(y[0, 0] / exact - 1)))
+    assert worst < 2e-15, worst
+
+
+def test_a_table_without_noise_at_timestep_0_is_refused_and_the_fix_matches_diffusers(monkeypatch):
+    """diffusers' DDPMScheduler(beta_start=0) has alphas_cumprod[0] = 1: its step from timestep 0
+    divides 0 by 0 and returns NaN. The replays fed that table returned NaN with a
+    RuntimeWarning (ddpm_ancestral) or blamed eta (ddim: "eta = 0.0 makes sigma_eta exceed
+    sigma_s"; review). Now both say why and how: timestep 0 is the data already, so dropping
+    it steps there; diffusers on those timesteps (custom, its float32 table widened to
+    float64) agrees with the replay to 1e-12 (measured 3.8e-16)."""
+    import importlib
+
+    import torch
+    diffusers = peer("diffusers")
+    proc = DDPM()
+    model = to_torch(_mixture(), proc, signature="diffusers")
+    sched = diffusers.DDPMScheduler(beta_start=0.0, clip_sample=False)
+    table = sched.alphas_cumprod.numpy().astype(np.float64)
+    assert table[0] == 1.0
+    sched.alphas_cumprod = sched.alphas_cumprod.to(torch.float64)
+    sched.set_timesteps(10)
+    timesteps = sched.timesteps.numpy()
+    assert timesteps[-1] == 0
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((16, 2))
+    draws = rng.standard_normal((9, 16, 2))
+
+    def run(steps):
+        it = iter(torch.from_numpy(draws))
+        monkeypatch.setattr(importlib.import_module(type(sched).__module__), "randn_tensor", lambda *a, **k: next(it))
+        y = torch.from_numpy(x.copy())
+        for t in steps:
+            y = sched.step(model(y, t), t, y).prev_sample
+        return y.numpy()
+
+    assert np.all(np.isnan(run(sched.timesteps)))  # the peer's own NaN
+    grid = R.timestep_grid(proc, timesteps)
+    message = r"alphas_cumprod\[0\] = 1 .*beta_start=0.* at grid\[9\].*timestep_grid\(process, timesteps\[:-1\]\)"
+    with pytest.raises(ValueError, match=message):
+        R.ddpm_ancestral(model.score, proc, grid, x, noise=draws, alphas_cumprod=table)
+    with pytest.raises(ValueError, match=message):
+        R.ddim(model.score, proc, grid, x, alphas_cumprod=table)
+    sched.set_timesteps(timesteps=list(timesteps[:-1]))
+    out = run(sched.timesteps)
+    mine = R.ddpm_ancestral(model.score, proc, R.timestep_grid(proc, timesteps[:-1]), x, noise=draws,
+                            alphas_cumprod=table, final_noise="diffusers")  # its last step, from 100, draws
+    assert np.max(np.abs(mine - out)) <= 1e-12 * np.max(np.abs(out))
+
+
+def test_ddim_eta_one_is_not_refused_for_a_rounding():
+    """DDIM with eta = 1 has sigma_eta^2 = v sigma_s^2 / sigma_t^2 <= sigma_s^2 exactly, but the
+    rounded product exceeded sigma_s^2 by an ulp on long steps to small times (FlowMatching
+    0.55 -> 1e-8, EDM 0.85 -> 1e-10), and ddim refused it with "use eta <= 1" (review). It
+    now runs and is DDPM's beta-tilde step (eta = 1), path by path to 1e-14, and eta > 1
+    that truly exceeds is still refused."""
+    rng = np.random.default_rng(0)
+    for process, grid in ((FlowMatching(), [0.55, 1e-8]), (EDM(), [0.85, 1e-10])):
+        score = R.gaussian_score(MEAN, COV, process)
+        x = float(process.sigma(grid[0])) * rng.standard_normal((8, 2))
+        noise = rng.standard_normal((1, 8, 2))
+        y = R.ddim(score, process, grid, x, noise=noise, eta=1.0)
+        ref = R.ddpm_ancestral(score, process, grid, x, noise=noise)
+        assert np.max(np.abs(y - ref)) <= 1e-14 * np.max(np.abs(ref))
+        with pytest.raises(ValueError, match="use eta <= 1"):
+            R.ddim(score, process, grid, x, noise=noise, eta=1.5)
+
+
+def test_bad_arguments_are_named():
+    """Each refused with a message naming the argument (review): s_tmax an array (numpy's
+    "truth value of an array ... is ambiguous"), replay_output_gaussian given options it sets
+    itself or a replay that is not callable (TypeError), timesteps of two dimensions (read
+    flattened) or none (a grid of one time), law_distances given a law that is not a pair."""
+    score = R.gaussian_score(MEAN, COV, EDM())
+    with pytest.raises(ValueError, match=r"^s_tmax must be a real number, got array"):
+        R.karras_euler(score, EDM(), [10.0, 1.0, 0.0], np.ones((2, 2)), np.random.default_rng(0), s_churn=1.0,
+                       s_tmax=np.array([np.inf, 1.0]))
+    y = R.karras_euler(score, EDM(), [10.0, 1.0, 0.0], np.ones((2, 2)), np.random.default_rng(0), s_churn=1.0,
+                       s_tmax=np.array(np.inf))  # a 0-d inf is still no bound
+    assert np.all(np.isfinite(y))
+    proc, grid = _ddpm_grid(4)
+    for option in ("rng", "noise", "trajectory"):
+        with pytest.raises(ValueError, match=rf"options \['{option}'\] are set by replay_output_gaussian"):
+            R.replay_output_gaussian(R.ddim, MEAN, COV, proc, grid, **{option: None})
+    with pytest.raises(ValueError, match="replay must be a replay function"):
+        R.replay_output_gaussian("ddim", MEAN, COV, proc, grid)
+    for steps, shape in (([[999, 499]], r"\(1, 2\)"), ([], r"\(0,\)")):
+        with pytest.raises(ValueError, match=rf"^timesteps must be a non-empty 1-D sequence.*got shape {shape}$"):
+            R.timestep_grid(proc, steps)
+    assert R.timestep_grid(proc, 999).tolist() == [1.0, 0.0]  # one timestep as a number
+    law = (np.zeros(2), np.eye(2))
+    for bad, what in (((np.zeros(2), np.eye(2), 1), "tuple of length 3"), (None, "NoneType")):
+        with pytest.raises(ValueError, match=rf"^law1 must be a pair \(mean, cov\).*got {what}$"):
+            R.law_distances(law, bad)  # was "too many values to unpack", a TypeError for None
+
+
+def test_euler_maruyama_step_size_refuses_a_grid_ending_at_0():
+    """With step_size a step starts from every grid time: on a grid ending at 0 the last read
+    the score at t = 0 (the data, where a model's score is undefined) and stepped to t = -h,
+    returning a number without a word (review; discretization="score_sde" already refused
+    such grids). Now refused, naming the fix; the same grid ending at 1e-3 runs."""
+    score = R.gaussian_score(MEAN, COV, VP())
+    called = []
+
+    def spy(x, t):
+        called.append(float(t[0]))
+        return score(x, t)
+
+    x = np.zeros((2, 2))
+    with pytest.raises(ValueError, match=r"step_size .* the last from grid\[-1\] = 0 to -0\.1.*end the grid at t0 > 0"):
+        R.euler_maruyama(spy, VP(), [1.0, 0.5, 0.0], x, np.random.default_rng(0), step_size=0.1)
+    assert called == []
+    y = R.euler_maruyama(spy, VP(), [1.0, 0.5, 1e-3], x, np.random.default_rng(0), step_size=0.1)
+    assert called == [1.0, 0.5, 1e-3] and np.all(np.isfinite(y))
+
+
+@pytest.mark.parametrize("replay", [R.karras_euler, R.karras_heun, R.euler_ancestral, R.dpmpp_2m])
+def test_sigma_samplers_name_a_start_where_alpha_underflows(replay):
+    """VP(0.1, 4000) at T = 1 has alpha_T = e^{-1000} = 0 in float64: the samplers on
+    sigma_t / alpha_t divided by it (RuntimeWarnings), called the score at x = inf * 0 = NaN and
+    reported the score as the culprit ("the Gaussian score at row 0 (t = 1.0) overflows";
+    review). Now the grid is named, without a warning; from T = 0.8 (alpha = 1e-278) the
+    replay runs."""
+    import warnings
+
+    for process in (VP(0.1, 4000.0), SubVP(0.1, 4000.0)):
+        score = R.gaussian_score([0.3], [[0.5]], process)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ValueError, match=r"^grid\[0\] = 1\.0: alpha_t = 0\.0 for .*overflows float64 "
+                                                 r"there; start the grid at a smaller time$"):
+                replay(score, process, [1.0, 0.5, 0.1, 0.0], np.ones((2, 1)), np.random.default_rng(0))
+            y = replay(score, process, [0.8, 0.5, 0.1, 0.0], np.ones((2, 1)), np.random.default_rng(0))
+        assert np.all(np.isfinite(y))

@@ -118,12 +118,16 @@ def ddim_timesteps(num_inference_steps, num_train_timesteps=1000, spacing="leadi
 def timestep_grid(process, timesteps, final=0.0):
     """Times (i + 1) / N of a DDPM process's decreasing timesteps, then `final` (default 0, the data).
 
-    Raises ValueError for a process that is not a DDPM, timesteps out of range, not
-    strictly decreasing, or a final time not below the last timestep's.
+    Raises ValueError for a process that is not a DDPM, timesteps empty, not 1-D, out of
+    range or not strictly decreasing, or a final time not below the last timestep's.
     """
     if not isinstance(process, DDPM):
         raise ValueError(f"process must be a DDPM schedule, got {process!r}")
-    steps = np.asarray(timesteps).reshape(-1)
+    steps = np.asarray(timesteps)
+    if steps.ndim > 1 or steps.size == 0:
+        raise ValueError(f"timesteps must be a non-empty 1-D sequence of timesteps (as diffusers' "
+                         f"scheduler.timesteps), got shape {steps.shape}")
+    steps = steps.reshape(-1)
     N = process.num_train_timesteps
     if steps.dtype.kind in "iuf" and np.all(np.isfinite(steps)):  # else time_of_timestep says what is wrong
         out = (steps < 0) | (steps > N - 1)
@@ -183,6 +187,13 @@ def _constants(process, grid, alphas_cumprod, prediction_type="epsilon"):
             raise ValueError("alphas_cumprod must be strictly decreasing values in [0, 1]")
     index, data = _timesteps_of_grid(process, grid, "alphas_cumprod")
     abar = np.where(data, 1.0, table[np.where(data, 0, index)])
+    clean = ~data[:-1] & (abar[:-1] == 1.0)  # only alphas_cumprod[0] can be 1 (diffusers' beta_start=0)
+    if np.any(clean):
+        k = int(np.argmax(clean))
+        raise ValueError(f"alphas_cumprod[{index[k]}] = 1 (no noise at timestep {index[k]}, e.g. diffusers' "
+                         f"beta_start=0) at grid[{k}], where a step starts: the step's coefficients are 0 / 0 "
+                         f"there (diffusers' own step gives NaN); that timestep is the data already: drop it "
+                         f"from the timesteps (timestep_grid(process, timesteps[:-1]) steps to the data instead)")
     if abar[0] == 0 and prediction_type == "epsilon":  # only the last timestep can be 0, so only grid[0]
         raise ValueError(f"alphas_cumprod[{index[0]}] = 0 (a zero terminal SNR: diffusers' rescale_betas_zero_snr"
                          f"=True) at the grid's first timestep {index[0]}: x0_hat = (x - sqrt(1 - abar) eps) / "
@@ -322,6 +333,8 @@ def ddim(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta
     r, v, s2_t, s2_s, alpha_s, alpha_t = _posterior(process, grid, alphas_cumprod, prediction_type)
     with np.errstate(over="ignore", invalid="ignore"):  # eta = 1e300: inf (refused below), not OverflowError
         var_eta = np.float64(eta) ** 2 * v * s2_s / s2_t
+    if eta <= 1.0:  # v <= sigma_t^2: var_eta > sigma_s^2 is a rounding (FlowMatching 0.55 -> 1e-8; review)
+        var_eta = np.minimum(var_eta, s2_s)
     if np.any(var_eta > s2_s) or np.any(np.isnan(var_eta)):
         raise ValueError(f"eta = {eta} makes sigma_eta exceed sigma_s on this grid; use eta <= 1")
     draws = Noise(rng, noise, y.shape, dtype)

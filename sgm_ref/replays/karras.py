@@ -42,6 +42,10 @@ class _SigmaFrame:
         self.process, self.grid, y, self.dtype = start(score, process, grid, x)
         self.alpha = np.asarray(self.process.alpha(self.grid), dtype=np.float64)
         self.sig = np.asarray(sigma_hat(self.process, self.grid), dtype=np.float64)
+        if not np.isfinite(self.sig[0]):  # alpha_T ~ 0: x_hat = x / 0, and the score was called at NaN
+            raise ValueError(f"grid[0] = {float(self.grid[0])!r}: alpha_t = {float(self.alpha[0])!r} for "
+                             f"{self.process!r}, so the noise level sigma_t / alpha_t these samplers step over "
+                             f"overflows float64 there; start the grid at a smaller time")
         self.xh = y / self.alpha[0]
         self.path = Path(trajectory, y, self.dtype)
 
@@ -60,8 +64,10 @@ class _SigmaFrame:
 
 
 def _check_churn(s_churn, s_tmin, s_tmax, s_noise):
+    tmax = s_tmax[()] if isinstance(s_tmax, np.ndarray) and s_tmax.ndim == 0 else s_tmax
+    infinite = isinstance(tmax, (float, np.floating)) and tmax == np.inf  # (an array: check_real names it)
     return (check_real(s_churn, "s_churn", low=0.0), check_real(s_tmin, "s_tmin", low=0.0),
-            float(s_tmax) if s_tmax == np.inf else check_real(s_tmax, "s_tmax", low=0.0),
+            float(tmax) if infinite else check_real(tmax, "s_tmax", low=0.0),
             check_real(s_noise, "s_noise", low=0.0))
 
 

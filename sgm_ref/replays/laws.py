@@ -149,9 +149,16 @@ def replay_output_gaussian(replay, mean, cov, process, grid, *, start=None, affi
     Raises
     ------
     ValueError
-        Bad Gaussian, process or grid; options for which the replay is not affine (score_sde's
+        Bad Gaussian, process or grid; a replay that is not callable, or options it sets itself
+        (rng, noise, trajectory, ...); options for which the replay is not affine (score_sde's
         batch-dependent Langevin step); a replay whose output is not affine in its inputs.
     """
+    if not callable(replay):
+        raise ValueError(f"replay must be a replay function (e.g. sgm_ref.replays.ddim), got {replay!r}")
+    fixed = sorted(set(options) & {"score", "process", "grid", "x", "rng", "trajectory", "noise"})
+    if fixed:
+        raise ValueError(f"options {fixed} are set by replay_output_gaussian itself (the law integrates over "
+                         f"the start point and every noise draw); pass only the replay's own options")
     m, S, _, _ = _check_gaussian(mean, cov)
     affine_rtol = check_real(affine_rtol, "affine_rtol", low=0.0, low_open=True)
     process = check_process(process, variance_preserving=False)
@@ -216,7 +223,13 @@ def law_distances(law0, law1, rng=None, n=100_000):
     "tv" and "tv_se" (sgm_ref.metrics.gaussian_tv: exact in 1-D and for equal
     covariances, else a Monte-Carlo estimate over n draws from rng with its standard
     error; without rng that case gives tv = tv_se = None, the KLs being exact anyway).
+    Raises ValueError for a law that is not a pair (mean, cov), or a bad Gaussian.
     """
+    for name, law in (("law0", law0), ("law1", law1)):
+        if not isinstance(law, (tuple, list)) or len(law) != 2:
+            raise ValueError(f"{name} must be a pair (mean, cov), as replay_output_gaussian returns, got "
+                             f"{type(law).__name__}" + (f" of length {len(law)}" if isinstance(law, (tuple, list))
+                                                        else ""))
     (m0, C0), (m1, C1) = law0, law1
     kl = {"kl": gaussian_kl(m0, C0, m1, C1), "kl_reverse": gaussian_kl(m1, C1, m0, C0)}
     exact = np.size(m0) == 1 or np.array_equal(np.asarray(C0), np.asarray(C1))

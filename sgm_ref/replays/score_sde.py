@@ -54,6 +54,10 @@ def _check_step_size(step_size, grid):
     if step_size is None:
         return grid[:-1] - grid[1:], grid[:-1]
     h = check_real(step_size, "step_size", low=0.0, low_open=True)
+    if grid[-1] == 0.0:  # the score at t = 0 (undefined for the data) and a step to t = -h
+        raise ValueError(f"with step_size a step starts from every grid time, the last from grid[-1] = 0 to "
+                         f"-{h!r}, outside the process; end the grid at t0 > 0 (score_sde's timesteps "
+                         f"linspace(T, eps, N), eps > 0), or drop step_size to step along the grid")
     return np.full(grid.size, h), grid
 
 
@@ -83,7 +87,8 @@ def euler_maruyama(score, process, grid, x, rng=None, trajectory=False, *, noise
         None: h_k = t_k - t_{k+1}, N steps. A float h: score_sde's loop (and diffusers'
         deprecated ScoreSdeVpScheduler, whose step_pred takes eps, not the score: it
         divides by -sigma_t), one step of size h from every grid point, N + 1 steps, the
-        last from t_N to t_N - h; f and g are read at the grid points.
+        last from t_N to t_N - h; f and g are read at the grid points. The grid must then
+        end at t_N > 0.
     denoise : bool
         Return the last step's mean, without its noise (score_sde's `denoise=True`; the
         draw is still consumed).
@@ -95,7 +100,8 @@ def euler_maruyama(score, process, grid, x, rng=None, trajectory=False, *, noise
     Raises
     ------
     ValueError
-        Bad grid, points, score output, step_size; rng missing or noise of the wrong count.
+        Bad grid, points, score output, step_size (or step_size with a grid ending at 0);
+        rng missing or noise of the wrong count.
     """
     process, grid, y, dtype = start(score, process, grid, x)
     h, times = _check_step_size(step_size, grid)
