@@ -18,6 +18,9 @@ with the 2x2 minors D(i, j) = p_i q_j - q_i p_j. Every minor is a product or quo
 alpha, sigma, alpha', sigma' except three, which the process gives without cancellation:
 D(x, v) = alpha^2 + sigma^2, D(x, velocity) = W = alpha sigma' - alpha' sigma and
 D(v, velocity) = -(alpha alpha' + sigma sigma'). So A and B are exact to a few ulps.
+Between the velocity and eps or the score (the probability-flow drift) they are taken
+from f = alpha' / alpha and g^2 / (2 sigma) = sigma' - f sigma instead of as ratios of
+minors that all scale with alpha, which keeps them where alpha_t is subnormal or 0.
 
 Exactness of a round trip from -> to -> from is then limited only by what `to` itself
 can hold: its error is a few ulps of |A x| + |B value|, so the value comes back to a few
@@ -97,6 +100,25 @@ def coefficients(t, process, from_="eps", to="score"):
         den = process._sigma(t)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
             A, B = np.zeros_like(den), (-1.0 / den if to == "score" else -den)
+    elif {from_, to} in ({"eps", "velocity"}, {"score", "velocity"}):
+        # the probability-flow drift, velocity = f x + K eps = f x - sigma K score with
+        # f = alpha' / alpha and K = W / alpha = sigma' - f sigma = g^2 / (2 sigma): finite
+        # where alpha_t underflows (OU beyond t ~ 745), where the minors' ratios alpha' / alpha
+        # and W / alpha were 0 / 0 (refused) or, for a subnormal alpha, kept only its few bits
+        # (3.6e-13 of f on VP(0.1, 2960) at t = 0.99). sigma' >= 0 >= f sigma: no cancellation
+        s = process._sigma(t)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+            f = process._f(t)
+            K = process._d_sigma(t) - f * s
+            if from_ == "eps":
+                den, A, B = np.ones_like(K), f, K
+            elif from_ == "score":  # the score needs sigma_t > 0
+                den, A, B = s, f, -s * K
+            else:  # from the velocity, which sigma' = inf (VP at t = 0) leaves undefined
+                # eps = (velocity - f x) / K, score = -eps / sigma
+                den = K if to == "eps" else s * K
+                sign = 1.0 if to == "eps" else -1.0
+                A, B = -sign * f / den, sign / den
     else:
         D = _minors(process, t)
         den = D[("x", from_)]

@@ -86,7 +86,8 @@ class ModelScore:
 
     1. the conversion output -> score is checked to exist at every t (before the model runs);
     2. x is converted once to the model's dtype (`self.dtype`), the time argument formed
-       (t, the DDPM timestep N t - 1, or sigma_t) in that dtype (int64 for integer timesteps);
+       (t, the DDPM timestep N t - 1, or sigma_t) in that dtype (int64 for integer timesteps;
+       an x or time the dtype turns into inf, or a nonzero time it turns into 0, is refused);
     3. the model runs on batches of at most `batch_size` rows, without gradients, and
        each output is checked: an array of the batch's shape, the model's dtype, finite;
     4. score = A(t) x + B(t) value (sgm_ref.conventions) is formed in float64 from the
@@ -154,7 +155,9 @@ class ModelScore:
         ------
         ValueError
             Bad x or t; a conversion undefined at t (e.g. eps -> score where sigma_t = 0);
-            a timestep out of range or not an integer; a model output of the wrong type,
+            a timestep out of range or not an integer; x or the time argument beyond the
+            range of the model's dtype (a float32 model would see inf, or 0 for a t of
+            1e-50); a model output of the wrong type,
             shape or dtype or with non-finite entries (naming the model); for a JAX model,
             x or t a JAX tracer, or dtype float64 while jax_enable_x64 is off at the call.
         ModelError
@@ -184,8 +187,22 @@ class ModelScore:
         if self.time == "timestep" and not self.fractional:
             arg = arg.astype(np.int64)
         else:
-            arg = arg.astype(self.dtype)
-        xm = x.astype(self.dtype, copy=False)
+            wide = arg
+            with np.errstate(over="ignore", under="ignore"):
+                arg = arg.astype(self.dtype)
+            lost = ~np.isfinite(arg) | ((arg == 0) & (wide != 0))
+            if np.any(lost):  # the model would see inf or 0 for a time it is not at
+                i = int(np.argmax(lost))
+                raise ValueError(f"the time argument {self.time} = {float(wide[i])!r} (row {i}) is beyond the range of "
+                                 f"{self.dtype.name}, the dtype of {self.framework} model {self.name!r} (it would see "
+                                 f"{float(arg[i])!r}); use a time {self.dtype.name} holds, or dtype=float64")
+        with np.errstate(over="ignore"):
+            xm = x.astype(self.dtype, copy=False)
+        if not np.all(np.isfinite(xm)):
+            i = int(np.argmax(~np.all(np.isfinite(xm), axis=1)))
+            raise ValueError(f"x at row {i} is beyond the range of {self.dtype.name}, the dtype of {self.framework} "
+                             f"model {self.name!r} (largest |x| {float(np.abs(x[i]).max()):.3g}); rescale x, or "
+                             "dtype=float64")
         value = np.empty(x.shape, dtype=np.float64)
         for lo in range(0, n, self.batch_size):
             hi = min(lo + self.batch_size, n)
@@ -258,7 +275,7 @@ def _check_sample_shape(sample_shape):
     return shape
 
 
-def _check_in_args(process, output, time, batch_size, fractional):
+def _check_in_args(process, output, time, batch_size, fractional, cast_output):
     process = check_process(process, variance_preserving=False)
     _check_kind(output, "output")
     if not isinstance(time, str) or time not in TIMES:
@@ -266,8 +283,9 @@ def _check_in_args(process, output, time, batch_size, fractional):
     if time == "timestep" and not isinstance(process, DDPM):
         raise ValueError(f"time='timestep' needs a DDPM process (discrete timesteps 0..N-1), got {process!r}; "
                          "use time='t' or 'sigma' for continuous-time models")
-    if not isinstance(fractional, (bool, np.bool_)):
-        raise ValueError(f"fractional must be True or False, got {fractional!r}")
+    for flag, value in (("fractional", fractional), ("cast_output", cast_output)):
+        if not isinstance(value, (bool, np.bool_)):  # bool("no") is True
+            raise ValueError(f"{flag} must be True or False, got {value!r}")
     return process, check_count(batch_size, "batch_size")
 
 
@@ -327,7 +345,8 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         parameters and buffers (which must agree), or torch's default dtype for a plain
         function or a module without any.
     device : torch.device or str, optional
-        Default the parameters' device, else CPU.
+        Default the parameters' device, else CPU. One torch cannot use (e.g. "cuda"
+        without CUDA) is refused here.
     fractional : bool
         Allow non-integer timesteps (time="timestep"): sgm_ref's DDPM process puts
         timestep N t - 1 at every t, but whether the model means the same by a fractional
@@ -365,7 +384,7 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
     """
     import torch
 
-    process, batch_size = _check_in_args(process, output, time, batch_size, fractional)
+    process, batch_size = _check_in_args(process, output, time, batch_size, fractional, cast_output)
     label = _name(model, name)
     if not callable(model):
         raise ValueError(f"model must be a torch.nn.Module or a callable, got {type(model).__name__}")
@@ -410,7 +429,14 @@ def from_torch(model, process, output="eps", time="t", *, batch_size=4096, dtype
         dt = _numpy_dtype(torch.get_default_dtype(), "torch's default dtype")
     if device is None:
         device = tensors[0].device if tensors else torch.device("cpu")
-    device = torch.device(device)
+    given = device
+    try:  # a bad or absent device was the model's error at its first call (torch.tensor(x, device=...))
+        device = torch.device(device)
+        torch.empty(0, device=device)
+    except (RuntimeError, TypeError, AssertionError) as e:
+        why = str(e).splitlines()[0] if isinstance(e, (RuntimeError, AssertionError)) else "not a device"
+        raise ValueError(f"device must be a torch device this machine has, such as 'cpu', got {given!r} "
+                         f"({why})") from None
 
     if not isinstance(autograd, (bool, np.bool_)):
         raise ValueError(f"autograd must be True or False, got {autograd!r}")
@@ -499,7 +525,7 @@ def from_jax(fn, process, output="eps", time="t", *, batch_size=4096, dtype=None
     import jax
     import jax.numpy as jnp
 
-    process, batch_size = _check_in_args(process, output, time, batch_size, fractional)
+    process, batch_size = _check_in_args(process, output, time, batch_size, fractional, cast_output)
     label = _name(fn, name)
     if not callable(fn):
         raise ValueError(f"fn must be a callable, got {type(fn).__name__}")
@@ -568,7 +594,9 @@ def convert_score(score, from_process, to_process):
     Raises
     ------
     ValueError (when called)
-        t out of to_process's range or with no counterpart in from_process.
+        t out of to_process's range or with no counterpart in from_process; c x beyond
+        the range of x's dtype; score returning a non-finite value; c times the score
+        beyond the range of its dtype (naming the row, never a NaN or inf returned).
     """
     from_process = check_process(from_process, "from_process", variance_preserving=False)
     to_process = check_process(to_process, "to_process", variance_preserving=False)
@@ -578,12 +606,33 @@ def convert_score(score, from_process, to_process):
     def converted(x, t):
         x = check_points(x, "x")
         n = x.shape[0]
-        u, c = convert_time(np.broadcast_to(to_process._times(t, n=n), (n,)), to_process, from_process)
-        c = np.asarray(c)[:, None]
-        s = score((c * x).astype(x.dtype), u)
+        t = to_process._times(t, n=n)
+        if n == 0:  # no rows (convert_time takes no empty times): the score's own empty answer
+            u, c = np.empty(0), np.empty((0, 1))
+        else:
+            t = np.broadcast_to(t, (n,))
+            u, c = convert_time(t, to_process, from_process)
+            u, c = np.broadcast_to(u, (n,)), np.asarray(c)[:, None]
+
+        def refuse_nonfinite(arr, what, fix):  # a NaN or inf went on silently (into score, or out)
+            if not np.all(np.isfinite(arr)):
+                i = int(np.argmax(~np.all(np.isfinite(arr), axis=1)))
+                raise ValueError(f"{what} at row {i} (t = {float(t[i])!r}, {from_process!r} time {float(u[i])!r}, "
+                                 f"x_from = {float(c[i, 0]):.3g} x); {fix}")
+
+        with np.errstate(over="ignore", invalid="ignore"):
+            xs = (c * x).astype(x.dtype)
+        refuse_nonfinite(xs, f"x in {from_process!r}'s scale overflows {x.dtype}",
+                         "use a smaller t or smaller x" + (", or float64 x" if x.dtype == np.float32 else ""))
+        s = score(xs, u)
         if not isinstance(s, np.ndarray) or s.shape != x.shape:
             raise ValueError(f"score returned {type(s).__name__} of shape {np.shape(s)}; expected an ndarray {x.shape}")
-        return (c * s).astype(s.dtype)
+        refuse_nonfinite(s, "score returned a non-finite value", "a score of finite points is finite")
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (c * s).astype(s.dtype)
+        refuse_nonfinite(out, f"the converted score, x_from / x times score's value, overflows {s.dtype}",
+                         "use a smaller t" + (", or a float64 score" if s.dtype == np.float32 else ""))
+        return out
 
     if hasattr(score, "dtype"):
         converted.dtype = score.dtype
@@ -711,8 +760,15 @@ class OracleModel:
             raise ValueError(f"x must be a torch tensor, got {type(x).__name__}")
         if x.ndim < 2 or x.shape[0] == 0:
             raise ValueError(f"x must have shape (n, d) with n >= 1, got {tuple(x.shape)}")
+        if not x.is_floating_point():  # an integer x came back truncated to its dtype, a complex one lost its part
+            raise ValueError(f"x must be a real floating-point tensor (the sampler's state), got dtype "
+                             f"{str(x.dtype).replace('torch.', '')}; pass x.float() or x.double()")
         n = x.shape[0]
-        flat = x.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
+        try:
+            flat = x.detach().to("cpu", torch.float64).reshape(n, -1).numpy()
+        except (NotImplementedError, RuntimeError) as e:  # on the meta device, sparse: no values to read
+            raise ValueError(f"x is a tensor whose values cannot be read ({type(e).__name__}: {e}); "
+                             "pass a dense tensor holding the values") from e
         d = getattr(self.target, "dim", flat.shape[1])
         if flat.shape[1] != d:
             raise ValueError(f"x must have d = {d} entries per row (the target's dimension), got shape {tuple(x.shape)}")

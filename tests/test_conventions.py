@@ -367,3 +367,32 @@ def test_eps_and_score_convert_where_alpha_underflows(t):
         A, B = coefficients(t, OU(), k1, k2)
         assert A == 0.0 and B == b
         assert np.array_equal(convert(v, x, t, OU(), k1, k2), b * v)
+
+
+@pytest.mark.parametrize("process, t", [(OU(), 800.0), (OU(), 1e300), (VP(0.1, 2960.0), 0.99),
+                                        (VP(0.1, 2960.0), 0.9995)])
+def test_the_probability_flow_drift_where_alpha_underflows(process, t):
+    """velocity = f x - (g^2 / 2) score = f x + g^2 / (2 sigma) eps (the probability-flow
+    ODE's drift) has finite coefficients wherever sigma_t > 0. Taken as ratios of minors that
+    all scale with alpha_t, they were 0 / 0 where alpha underflows (OU beyond t ~ 745:
+    refused as "not defined there") and kept only a subnormal alpha's bits (3.6e-13 of f on
+    VP(0.1, 2960) at t = 0.99, alpha = 1e-315). Against mpmath's beta and sigma."""
+    with mp.workdps(50):
+        tm = mp.mpf(t)
+        if isinstance(process, OU):
+            beta, B = mp.mpf(2), 2 * tm
+        else:
+            lo, hi = mp.mpf(process.beta_min), mp.mpf(process.beta_max)
+            beta, B = lo + tm * (hi - lo), lo * tm + tm * tm * (hi - lo) / 2
+        sigma = mp.sqrt(-mp.expm1(-B))
+        f, half_g2 = -beta / 2, beta / 2
+        expected = {("score", "velocity"): (f, -half_g2), ("eps", "velocity"): (f, half_g2 / sigma),
+                    ("velocity", "score"): (f / half_g2, -1 / half_g2),
+                    ("velocity", "eps"): (-f * sigma / half_g2, sigma / half_g2)}
+        expected = {k: (float(a), float(b)) for k, (a, b) in expected.items()}
+    assert float(process.alpha(t)) < 2.3e-308  # subnormal or 0
+    x, v = np.random.default_rng(6).standard_normal((2, 3, 2))
+    for (k1, k2), (a, b) in expected.items():
+        A, B = coefficients(t, process, k1, k2)
+        assert A == pytest.approx(a, rel=4 * EPS, abs=0) and B == pytest.approx(b, rel=4 * EPS, abs=0), (k1, k2)
+        np.testing.assert_allclose(convert(v, x, t, process, k1, k2), a * x + b * v, rtol=8 * EPS, atol=0)

@@ -594,6 +594,40 @@ def test_convert_score_moves_between_processes():
         convert_score(3, OU(), EDM())
 
 
+
+def test_convert_score_names_what_is_not_finite_instead_of_returning_it():
+    """s_to(x, t) = c score(c x, u): c x beyond float64 (EDM's score seen from OU at t = 700,
+    c = sigma_EDM / sigma_OU = 1e304) was handed to the score as inf and its NaN returned
+    with only a RuntimeWarning; a score's NaN went through as the result, and so did c times
+    a score's value that overflows. Each is a ValueError naming the row; mpmath's N(0, 1)
+    score, -x under OU, where nothing overflows."""
+    import mpmath
+
+    def edm_score(x, t):  # N(0, 1) data under EDM: p_sigma = N(0, 1 + sigma^2)
+        return -x / (1.0 + np.asarray(t)[:, None] ** 2)
+
+    s = convert_score(edm_score, EDM(), OU())
+    x = np.array([[1e5], [1.0]])
+    with pytest.raises(ValueError, match=r"^x in EDM\(t_max=inf\)'s scale overflows float64 at row 0 \(t = 700\.0, "
+                                         r"EDM\(t_max=inf\) time 1\.01\d+e\+304, x_from = 1\.01e\+304 x\); use a smaller t "
+                                         r"or smaller x$"):
+        s(x, 700.0)
+    with pytest.raises(ValueError, match=r"or smaller x, or float64 x$"):
+        s(np.full((1, 1), 1e37, np.float32), 5.0)
+    for t in (1e-3, 3.0, 40.0):  # against mpmath's score of N(0, 1) under OU: -x
+        with mpmath.workdps(50):
+            want = [float(-mpmath.mpf(float(v))) for v in x[:, 0]]
+        np.testing.assert_allclose(s(x, t)[:, 0], want, rtol=8 * EPS, atol=0)
+    with pytest.raises(ValueError, match=r"^score returned a non-finite value at row 1 \(t = 1\.0, .*a score of finite "
+                                         r"points is finite$"):
+        convert_score(lambda x, t: np.where(x > 0, np.nan, x), OU(), EDM())(np.array([[-1.0], [1.0]]), 1.0)
+    with pytest.raises(ValueError, match=r"^the converted score, x_from / x times score's value, overflows float64 at "
+                                         r"row 0 \(t = 3\.0, .*use a smaller t$"):
+        convert_score(lambda x, t: np.full_like(x, 1e307), EDM(), OU())(np.ones((1, 1)), 3.0)
+    # no rows: the score's own empty answer (convert_time refused the empty times, naming t's shape)
+    assert convert_score(edm_score, EDM(), OU())(np.ones((0, 2), np.float32), 1.0).shape == (0, 2)
+
+
 # -- JAX ---------------------------------------------------------------------------------
 
 
@@ -793,13 +827,20 @@ def test_a_non_float_output_is_not_told_to_run_at_half_precision(jax):
 
 def test_an_overflowing_score_names_its_time_as_a_plain_number(jax):
     """eps -> score at t = 1e-300 multiplies by -1 / sigma_t ~ -7e149, beyond float32: the
-    message said t = np.float64(1e-300), after a RuntimeWarning of the cast."""
+    message said t = np.float64(1e-300), after a RuntimeWarning of the cast. (That t is 0 in
+    float32, and is now refused before the model sees 0 for it; the overflow is shown with an
+    eps of 1e30 at t = 1e-20, -1 / sigma_t = -7e9.)"""
     s = from_jax(lambda x, t: jax.numpy.ones_like(x), OU(), output="eps", name="<lambda>")
-    with warnings.catch_warnings(), pytest.raises(ValueError, match=r"^the score of jax model '<lambda>' overflows "
-                                                                    r"float32 at row 0 \(t = 1e-300, eps -> score "
-                                                                    r"multiplies by -7\.07e\+149\)$"):
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=r"^the time argument t = 1e-300 \(row 0\) is beyond "
+                                                                    r"the range of float32, .*\(it would see 0\.0\)"):
         warnings.simplefilter("error")
         s(np.ones((2, 2), np.float32), 1e-300)
+    s = from_jax(lambda x, t: jax.numpy.full_like(x, 1e30), OU(), output="eps", name="<lambda>")
+    with warnings.catch_warnings(), pytest.raises(ValueError, match=r"^the score of jax model '<lambda>' overflows "
+                                                                    r"float32 at row 0 \(t = 1e-20, eps -> score "
+                                                                    r"multiplies by -7\.07e\+09\)$"):
+        warnings.simplefilter("error")
+        s(np.ones((2, 2), np.float32), 1e-20)
 
 
 # -- the peers' own samplers on the oracle ---------------------------------------------------------
@@ -1130,3 +1171,78 @@ def test_a_batch_norm_without_running_statistics_is_refused_in_eval_mode_too(tor
                                          r"track_running_stats=False: .*depend on the rows batched with it$"):
         from_torch(net, OU(), "score")
     from_torch(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)).eval(), OU(), "score")  # fine
+
+
+def test_the_oracle_refuses_an_x_that_is_not_real_floating_point(torch):
+    """to_torch's model returns a tensor of x's dtype: an int64 x came back as the exact D
+    truncated to integers (1.088 -> 1), a bool one as True, a complex one with a UserWarning
+    and its imaginary part dropped. A ValueError naming the dtype; a meta or sparse tensor's
+    NotImplementedError / RuntimeError is one too. A float x is the exact oracle (predict)."""
+    g = GaussianMixture.ring()
+    model = to_torch(g, EDM())
+    for dtype in (torch.int64, torch.int32, torch.bool, torch.complex64):
+        with pytest.raises(ValueError, match=rf"^x must be a real floating-point tensor \(the sampler's state\), got "
+                                             rf"dtype {str(dtype)[6:]}; pass x\.float\(\) or x\.double\(\)$"):
+            model(torch.ones(2, 2, dtype=dtype), torch.tensor(1.0))
+    for x in (torch.ones(2, 2, device="meta"), torch.ones(2, 2).to_sparse()):
+        with pytest.raises(ValueError, match=r"^x is a tensor whose values cannot be read \(.*\); pass a dense tensor"):
+            model(x, 1.0)
+    x = torch.ones(2, 2, dtype=torch.float64)
+    np.testing.assert_allclose(model(x, 1.0).numpy(), g.predict(x.numpy(), 1.0, EDM(), kind="x0"),
+                               rtol=4 * EPS, atol=0)
+
+
+def test_a_time_or_x_beyond_a_float32_model_s_range_is_refused(torch):
+    """A float32 model was handed its time argument and x cast to float32 without a check:
+    t = 1e-50 reached it as 0.0 (and its eps was converted with sigma_t of 1e-50: -x / 1.4e-25
+    returned as the score at a time the model never saw), sigma = 1e39 as inf, x = 1e39 as
+    inf. Each is a ValueError naming the row; times float32 holds give mpmath's -x / sigma_t."""
+    import mpmath
+
+    seen = []
+
+    def eps_model(x, t):
+        seen.append(t.clone())
+        return x.clone()
+
+    s = from_torch(eps_model, OU(), "eps", time="t", dtype="float32")
+    x = np.ones((2, 2))
+    with pytest.raises(ValueError, match=r"^the time argument t = 1e-50 \(row 0\) is beyond the range of float32, the "
+                                         r"dtype of torch model 'test_a_time.*' \(it would see 0\.0\); use a time "
+                                         r"float32 holds, or dtype=float64$"):
+        s(x, 1e-50)
+    assert not seen  # the model was not called
+    sigma = from_torch(lambda x, t: x.clone(), EDM(), "x0", time="sigma", dtype="float32")
+    with pytest.raises(ValueError, match=r"^the time argument sigma = 1e\+39 \(row 1\) .*\(it would see inf\)"):
+        sigma(x, np.array([1.0, 1e39]))
+    with pytest.raises(ValueError, match=r"^x at row 1 is beyond the range of float32, the dtype of torch model "
+                                         r"'.*<lambda>' \(largest \|x\| 1e\+39\); rescale x, or dtype=float64$"):
+        sigma(np.array([[1.0, 1.0], [1e39, 0.0]]), 1.0)
+    for t in (1e-30, 0.5):
+        with mpmath.workdps(30):
+            want = float(-1 / mpmath.sqrt(-mpmath.expm1(-2 * mpmath.mpf(t))))
+        assert np.array_equal(s(x, t), np.full((2, 2), np.float32(want)))
+
+
+def test_a_device_torch_cannot_use_and_a_non_bool_cast_output_are_refused_when_built(torch, jax):
+    """device="gpu" raised torch's RuntimeError (device=3.5 a TypeError) with a traceback, and
+    device="cuda" on a machine without CUDA was charged to the model at its first call
+    ("torch model raised AssertionError", a ModelError, though the adapter's own
+    torch.tensor(x, device=...) raised). cast_output="no" was read as True (bool("no")), where
+    fractional and autograd are checked. Each is a ValueError when built; CPU works (-x, the
+    score of N(0, I) from its exact eps x under OU at t = 100, sigma_t = 1 in float64)."""
+    model = lambda x, t: x.clone()  # noqa: E731
+    with pytest.raises(ValueError, match=r"^device must be a torch device this machine has, such as 'cpu', got 'gpu' "
+                                         r"\(Expected one of cpu, cuda"):
+        from_torch(model, OU(), device="gpu")
+    with pytest.raises(ValueError, match=r"^device must be a torch device .*, got 3\.5 \(not a device\)$"):
+        from_torch(model, OU(), device=3.5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"^device must be a torch device this machine has, such as 'cpu', got "
+                                             r"'cuda' \("):
+            from_torch(model, OU(), device="cuda")
+    for build in (lambda **k: from_torch(model, OU(), **k), lambda **k: from_jax(lambda x, t: x, OU(), **k)):
+        with pytest.raises(ValueError, match=r"^cast_output must be True or False, got 'no'$"):
+            build(cast_output="no")
+    x = np.random.default_rng(8).standard_normal((3, 2))
+    assert np.array_equal(from_torch(model, OU(), device="cpu", dtype="float64", cast_output=True)(x, 100.0), -x)
