@@ -25,19 +25,26 @@ numpy out); grid the decreasing times of the comparison (a peer with its own gri
 ignore it); x the start points at grid[0]; noises(j) -> (n, d) the j-th standard normal
 draw, j = 0, 1, ... in the order the replay consumes them (noises(j) is the same array
 whenever asked; draws past those the replay uses come from the same stream). A step
-function gets noise_k = noises(k). A peer that returns its trajectory (or a step
-function) gets the per-step deviation; a peer returning only its output gets the final one.
+function gets as noise_k the draw the replay takes in its step k: noises(k) for a replay
+that draws once per step; with churn on part of the grid, the j-th churned step's is
+noises(j); a step where the replay draws none gets a draw the replay does not use (and a
+step where it draws two, as the predictor-corrector, the first: give a loop). A peer
+that returns its trajectory (or a step function) gets the per-step deviation; a peer
+returning only its output gets the final one.
 """
 
 import inspect
+import itertools
 import json
 import math
+import operator
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_count, check_fits, check_real, check_rng
+from ._validation import check_count, check_fits, check_real, check_real_array, check_rng, fits_in_memory
 from .metrics.distances import mmd, sliced_wasserstein
 from .processes import VariancePreserving, check_process
 from .replays import REPLAYS, law_distances, replay_output_gaussian
@@ -68,9 +75,14 @@ class _Stream:
             self.draws = list(arr)
 
     def __call__(self, j):
-        if isinstance(j, bool) or not isinstance(j, (int, np.integer)) or j < 0:
+        # any integer, also a 0-d integer array or tensor (a loop over torch.arange), was refused
+        try:
+            index = None if isinstance(j, (bool, np.bool_)) else operator.index(j)
+        except TypeError:
+            index = None
+        if index is None or index < 0:
             raise ValueError(f"noises(j) takes the draw's index j >= 0, got {j!r}")
-        j = int(j)
+        j = int(index)
         while len(self.draws) <= j:
             if self.rng is None:
                 raise ValueError(f"noise has {len(self.draws)} draws but draw {j} was asked for; pass more draws")
@@ -99,20 +111,75 @@ def _peer_kind(peer, kind):
     return found
 
 
-def _run_peer(peer, kind, score, grid, x, noises):
-    """The peer's states (K + 1, n, d) if it gives them, else None; and its output (n, d)."""
+def _step_draws(replay_fn, options, score, process, grid, d, used, rows):
+    """The index of the draw a step function gets at each step k = 0..K-1: the first draw
+    the replay takes in its step k; for a step where it takes none, a draw its steps do
+    not use (one it takes without effect, else one past the `used` it takes), each once.
+
+    noises(k) at step k is that only for a replay drawing once per step: with churn on part
+    of the grid (s_tmin, s_tmax) the replay's step k takes draw (churned steps before k),
+    and a correct step function was reported as diverging at the first churned step. Found
+    by a probe, in batches of at most `rows` rows: start 0 and every draw 0, but draw j is
+    u in row j; row j leaves the last row (none) at the step that takes draw j."""
+    K = grid.size - 1
+    step_of = np.full(used, -1)
+    u = np.linspace(0.5, 1.0, d)
+    for a in range(0, used, rows):
+        b = min(used, a + rows)
+
+        class Impulse:  # the replays' noise-source protocol
+            def draw_noise(self, j, shape, a=a, b=b):
+                z = np.zeros(shape)
+                if a <= j < b:
+                    z[j - a] = u
+                return z
+
+        _, states = replay_fn(score, process, grid, np.zeros((b - a + 1, d)), None, True, noise=Impulse(), **options)
+        states = np.asarray(states, dtype=np.float64)[1:]
+        base = states[:, -1:]
+        moved = np.any(np.abs(states[:, :-1] - base) > 2.0**-40 * np.maximum(np.abs(base), 1.0), axis=2)  # (K', b - a)
+        hit = moved.any(axis=0)
+        step_of[a:b][hit] = moved.argmax(axis=0)[hit]
+    first = {}
+    for j in range(used):
+        if step_of[j] >= 0:
+            first.setdefault(int(step_of[j]), j)
+    spare = itertools.chain((j for j in range(used) if step_of[j] < 0), itertools.count(used))
+    return [first[k] if k in first else next(spare) for k in range(K)]
+
+
+def _run_peer(peer, kind, score, grid, x, noises, draw_of_step=None):
+    """The peer's states (K + 1, n, d) if it gives them, else None; and its output (n, d).
+
+    The peer gets copies of x and grid (a peer clamping grid[-1] in place changed the grid of
+    the report and of the replay's law: a deviation of 5% beside KL(peer || replay) = 0).
+    A step function gets noises(draw_of_step[k]) at step k (default noises(k)). Its output
+    is its last step's result in the dtype it returned (its states stacked with x are
+    float64: a float32 step function was judged at float64's rounding, and its law
+    refused as not affine)."""
     if kind == "step":
         states = [np.array(x)]
         for k in range(grid.size - 1):
-            y = np.asarray(peer(states[-1].copy(), k, grid, score, noises(k)))
+            j = k if draw_of_step is None else draw_of_step[k]
+            y = _as_array(peer(states[-1].copy(), k, grid.copy(), score, noises(j)), f"the peer's step {k}")
             states.append(_check_state(y, x, f"the peer's step {k}"))
-        states = np.stack(states)
-        return states, states[-1]
-    out = np.asarray(peer(score, grid, np.array(x), noises))
+        return np.stack(states), states[-1]
+    out = _as_array(peer(score, grid.copy(), np.array(x), noises), "the peer's output")
     if out.ndim == 3 and out.shape[1:] == x.shape and out.shape[0] >= 2:
         states = np.stack([_check_state(s, x, f"the peer's state {k}") for k, s in enumerate(out)])
         return states, states[-1]
     return None, _check_state(out, x, "the peer's output")
+
+
+def _as_array(y, what):
+    """The peer's result as an array; a tuple such as a replay's (y, trajectory), or a torch
+    tensor that requires grad, raised NumPy's or torch's message, naming neither."""
+    try:
+        return np.asarray(y)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        pair = "; a pair (y, trajectory)? return the trajectory alone" if isinstance(y, tuple) and len(y) == 2 else ""
+        raise ValueError(f"{what} must be an array (n, d) or a trajectory (K + 1, n, d) of numbers, got "
+                         f"{type(y).__name__} that NumPy cannot read as one ({exc}){pair}") from None
 
 
 def _check_state(y, x, what):
@@ -127,12 +194,13 @@ def _check_state(y, x, what):
     return y
 
 
-def _as_replay(peer, kind):
+def _as_replay(peer, kind, draw_of_step=None):
     """The peer wearing a replay's signature, so replay_output_gaussian can probe it."""
 
     def peer_replay(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
         shape = x.shape
-        _, out = _run_peer(peer, kind, score, grid, x, lambda j: np.asarray(noise.draw_noise(int(j), shape)))
+        _, out = _run_peer(peer, kind, score, grid, x, lambda j: np.asarray(noise.draw_noise(int(j), shape)),
+                           draw_of_step)
         return np.asarray(out, dtype=np.float64)
 
     return peer_replay
@@ -188,8 +256,13 @@ def _check_replay_options(replay_name, replay_fn, options):
 def _gaussian_of(target):
     """(m, S) if the target is one Gaussian (a pair (mean, cov) or a one-component mixture)."""
     if isinstance(target, (tuple, list)) and len(target) == 2:
-        m = np.atleast_1d(np.asarray(target[0], dtype=np.float64))
-        S = np.atleast_2d(np.asarray(target[1], dtype=np.float64))
+        # a list with a complex number was NumPy's TypeError, a complex array lost its imaginary
+        # part with only NumPy's ComplexWarning, and strings were parsed as numbers
+        try:
+            m = np.atleast_1d(check_real_array(target[0], "its mean"))
+            S = np.atleast_2d(check_real_array(target[1], "its cov"))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"target must be a pair (mean (d,), cov (d, d)) of real numbers: {exc}") from None
         return m, S
     if isinstance(target, GaussianMixture) and target.n_components == 1:
         return np.asarray(target.mean(), dtype=np.float64), np.asarray(target.covariance(), dtype=np.float64)
@@ -224,8 +297,10 @@ class SamplerComparison:
     deviation[k] = max_i |peer_k - replay_k| / max_i |replay_k| over the states both paths
     have (k = 0 the start); first_divergence the first step k (from state k to k + 1) whose
     result exceeds the rounding allowance rtol * (k + 1), or the first step only one of the
-    two takes (when their step counts differ), or None. laws: {"method", "peer", "replay", "target", and the
-    distances "peer_vs_replay", "peer_vs_target", "replay_vs_target" (KL both ways, TV)}.
+    two takes (when their step counts differ), or None. laws: {"method" ("exact", or
+    "monte_carlo" when a side's law is the Gaussian fitted to its samples), "fitted" (those
+    sides, "peer" and/or "replay"), "peer", "replay", "target", and the distances
+    "peer_vs_replay", "peer_vs_target", "replay_vs_target" (KL both ways, TV)}.
     samples: {"sliced_wasserstein" / "mmd2": {pair: (value, standard error)}}.
     """
 
@@ -270,7 +345,8 @@ class SamplerComparison:
         head = f"peer {self.peer} vs replay {self.replay} on {self.process['name']}, {self.grid.size} grid times " \
                f"[{self.grid[0]:.4g} .. {self.grid[-1]:.4g}], n = {self.n}"
         if self.matches:
-            kl = "" if self.kl is None else f", KL {self.kl:.2g}"
+            kl = "" if self.kl is None else f", KL {self.kl:.2g}" + (
+                "" if self.laws["method"] == "exact" else " (Gaussians fitted to samples: not exact)")
             return (f"MATCH: {head}: largest deviation {self.max_deviation:.2g} within rounding ({self.rtol:.2g} "
                     f"per step){kl}")
         lines = [f"DISCREPANCY: {head}"]
@@ -289,7 +365,10 @@ class SamplerComparison:
             lines.append("  per-step deviation: not available (the peer returned only its output)")
         lines.append(f"  largest relative deviation {self.max_deviation:.3g}; final outputs {self.final_deviation:.3g}")
         if self.laws is not None:
-            how = "exact" if self.laws["method"] == "exact" else "Monte Carlo (Gaussian fitted to the peer's samples)"
+            fitted = self.laws.get("fitted", ["peer"])
+            how = "exact" if self.laws["method"] == "exact" else (
+                f"Monte Carlo: the Gaussian fitted to the {' and the '.join(fitted)}'s samples"
+                + ("" if len(fitted) == 2 else f", the {'replay' if fitted == ['peer'] else 'peer'}'s law exact"))
             lines.append(f"  output laws on the Gaussian target ({how}):")
             for key, name in (("peer_vs_replay", "peer   || replay"), ("peer_vs_target", "peer   || target"),
                               ("replay_vs_target", "replay || target")):
@@ -383,12 +462,13 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         The peer's form; by default read from its number of required arguments (4 or 5).
     rtol : float, optional
         Rounding allowance per step of the relative deviation (state k may deviate by
-        k rtol); default 64 eps of the peer's output dtype (1.4e-14 for float64, 7.6e-6
-        for float32). It also loosens the check that the peer is affine, for its exact
-        law: to max(1e-8, K rtol) over K steps (replay_output_gaussian's affine_rtol). A
-        peer that computes in float32 but returns float64 needs rtol of float32's rounding
-        (64 * 2**-23) for both; when rtol is not given, a float64 peer that does not match
-        at float64's allowance but would at float32's gets a note saying so.
+        k rtol); default 64 eps of the peer's output dtype (a step function's: its last
+        step's result; 1.4e-14 for float64, 7.6e-6 for float32). It also loosens the check
+        that the peer is affine, for its exact law: to max(1e-8, K rtol) over K steps
+        (replay_output_gaussian's affine_rtol). A peer that computes in float32 but returns
+        float64 needs rtol of float32's rounding (64 * 2**-23) for both; when rtol is not
+        given, a float64 peer that does not match at float64's allowance but would at
+        float32's gets a note saying so.
     kl_tolerance : float, optional
         Largest exact KL(peer || replay) that still matches; default rtol.
     name : str, optional
@@ -404,13 +484,21 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     ------
     ValueError
         Bad process, grid, target, n (or one whose paths do not fit in memory), rng, noise,
-        kind or options; a peer whose output has the wrong shape, is not floating point
-        or not finite. The peer's own exceptions pass through unchanged.
+        kind, replay_options, rtol, kl_tolerance, name or sample_distances; a peer whose
+        output has the wrong shape, is not floating point or not finite. The peer's own
+        exceptions pass through unchanged.
     """
     process = check_process(process, variance_preserving=False)
     rng = check_rng(rng)
     n = check_count(n, "n", minimum=2)
     replay_name, replay_fn = _replay(replay)
+    if replay_options is not None and not isinstance(replay_options, Mapping):
+        raise ValueError(f"replay_options must be a dict of the replay's keyword options (e.g. {{'eta': 1.0}}), got "
+                         f"{type(replay_options).__name__}")
+    if not isinstance(sample_distances, (bool, np.bool_)):
+        raise ValueError(f"sample_distances must be True or False, got {sample_distances!r}")
+    if name is not None and not isinstance(name, str):
+        raise ValueError(f"name must be a string (the peer's name in the report), got {type(name).__name__}")
     options = dict(replay_options or {})
     _check_replay_options(replay_name, replay_fn, options)
     kind = _peer_kind(peer, kind)
@@ -430,13 +518,19 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
 
     out_r, states_r = replay_fn(score, process, grid, x, None, True, noise=stream, **options)
     steps_replay = states_r.shape[0] - 1
-    states_p, out_p = _run_peer(peer, kind, score, grid, x, stream)
+    draw_of_step, notes = None, []
+    if kind == "step":
+        try:
+            draw_of_step = _step_draws(replay_fn, options, score, process, grid, d, stream.used, max(n, 64))
+        except ValueError as exc:  # a custom replay refusing the probe's zero start
+            notes.append(f"could not tell which draw each step of the replay takes ({exc}): the step function got "
+                         "noises(k) at step k")
+    states_p, out_p = _run_peer(peer, kind, score, grid, x, stream, draw_of_step)
     steps_peer = None if states_p is None else states_p.shape[0] - 1
 
     if rtol is None:
         rtol = ROUNDING_FACTOR * float(np.finfo(out_p.dtype).eps)
     kl_tolerance = rtol if kl_tolerance is None else kl_tolerance
-    notes = []
     deviation, first = None, None
     if states_p is not None:
         K = min(states_p.shape[0], states_r.shape[0])
@@ -457,7 +551,8 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     if gauss is not None:
         # a peer computing in float32 is affine only to its rounding: allow what the match allows
         affine_rtol = max(1e-8, rtol * max(steps_replay, 1))
-        laws = _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes, affine_rtol)
+        laws = _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes, affine_rtol,
+                     draw_of_step)
 
     samples = {}
     if sample_distances:
@@ -491,19 +586,23 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     return result
 
 
-def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes, affine_rtol):
+def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rng, notes, affine_rtol, draw_of_step):
     m, S = gauss
-    method = "exact"
+    fitted = []  # the sides whose law is the Gaussian fitted to their samples
     try:
         law_r = replay_output_gaussian(replay_fn, m, S, process, grid, **options)
     except ValueError as exc:
         notes.append(f"the replay's law is fitted to its samples: {exc}")
-        law_r, method = _fitted(np.asarray(out_r, dtype=np.float64)), "monte_carlo"
+        law_r = _fitted(np.asarray(out_r, dtype=np.float64))
+        fitted.append("replay")
     try:
-        law_p = replay_output_gaussian(_as_replay(peer, kind), m, S, process, grid, affine_rtol=affine_rtol)
+        law_p = replay_output_gaussian(_as_replay(peer, kind, draw_of_step), m, S, process, grid,
+                                       affine_rtol=affine_rtol)
     except Exception as exc:  # the peer may refuse probe inputs in any way: fall back, and say why
         notes.append(f"the peer's law is fitted to its samples (probe run failed: {type(exc).__name__}: {exc})")
-        law_p, method = _fitted(np.asarray(out_p, dtype=np.float64)), "monte_carlo"
+        law_p = _fitted(np.asarray(out_p, dtype=np.float64))
+        fitted.insert(0, "peer")
+    method = "monte_carlo" if fitted else "exact"
     law_t = (m, S)
 
     def distances(law0, law1, which):
@@ -514,7 +613,7 @@ def _laws(peer, kind, replay_fn, options, gauss, process, grid, out_p, out_r, rn
             notes.append(f"{which}: no distance between the laws ({exc}); counted as infinitely far")
             return {"kl": math.inf, "kl_reverse": math.inf, "tv": None, "tv_se": None}
 
-    return {"method": method, "peer": law_p, "replay": law_r, "target": law_t,
+    return {"method": method, "fitted": fitted, "peer": law_p, "replay": law_r, "target": law_t,
             "peer_vs_replay": distances(law_p, law_r, "peer || replay"),
             "peer_vs_target": distances(law_p, law_t, "peer || target"),
             "replay_vs_target": distances(law_r, law_t, "replay || target")}
@@ -529,6 +628,8 @@ def _parameters(text, what):
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"{what}: write parameters as key=value, got {item!r}")
+        if key.strip() in out:  # the last one silently won
+            raise ValueError(f"{what}: {key.strip()} is given twice")
         out[key.strip()] = value.strip()
     return out
 
@@ -570,7 +671,18 @@ def target_from_spec(spec):
         std = _number(params.get("std", "1"), "std", what)
         if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
             raise ValueError(f"{what}: mean must be finite and std > 0")
-        return GaussianMixture([1.0], [np.full(d, mean)], [std**2 * np.eye(d)])
+        # std^2 is the covariance's eigenvalue, which GaussianMixture keeps in [1e-300, 1e300]:
+        # std = 1e200 was Python's OverflowError "(34, 'Numerical result out of range')", and
+        # std = 1e-200 "covariances[0] is not positive definite", neither naming std
+        if not 1e-150 <= std <= 1e150:
+            raise ValueError(f"{what}: std must lie in [1e-150, 1e150] (std^2 is the covariance's eigenvalue, kept "
+                             f"in [1e-300, 1e300]), got {std!r}")
+        # the covariance and its factors are (d, d): d = 200000 was a MemoryError naming no parameter
+        try:
+            with fits_in_memory("d", d, 4 * d * d):
+                return GaussianMixture([1.0], [np.full(d, mean)], [std**2 * np.eye(d)])
+        except ValueError as exc:
+            raise ValueError(f"{what}: {exc}") from None
     return from_spec(spec)
 
 

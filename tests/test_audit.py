@@ -768,3 +768,238 @@ def test_grid_file_recipes_of_docs_cli_are_accepted(tmp_path):
         np.save(tmp_path / "g.npy", eval(expression, {"np": np, "sched": sched}))
         grid = _read_grid_file(str(tmp_path / "g.npy"), EDM())
         assert grid.size == 11 and grid[-1] == 0.0, (name, grid)
+
+
+# -- a review of compare_sampler: float32 step functions, churned steps' draws, the fitted side ----
+
+
+def _em_law_mp(grid, mean, var, dtype_digits=40):
+    """The exact law N(mu, v) of textbook Euler–Maruyama on VP for the target N(mean, var) in 1-D,
+    from N(0, 1), by the affine recursion mu <- c mu + b, v <- c^2 v + g^2 h in mpmath."""
+    import mpmath as mp
+
+    with mp.workdps(dtype_digits):
+        bmin, bmax = mp.mpf(VP_.beta_min), mp.mpf(VP_.beta_max)
+        mu, v, m, s2 = mp.mpf(0), mp.mpf(1), mp.mpf(mean), mp.mpf(var)
+        for t, t_next in zip(grid[:-1], grid[1:]):
+            t, h = mp.mpf(t), mp.mpf(t) - mp.mpf(t_next)
+            beta, B = bmin + t * (bmax - bmin), bmin * t + t * t * (bmax - bmin) / 2
+            a, s2_t = mp.e ** (-B / 2), 1 - mp.e ** (-B)
+            var_t = a * a * s2 + s2_t
+            c = 1 + h * beta / 2 - h * beta / var_t
+            mu, v = c * mu + h * beta * a * m / var_t, c * c * v + beta * h
+        return float(mu), float(v)
+
+
+def em_step32(x, k, grid, score, noise_k, *, bug_at=None):
+    """score_sde's Euler–Maruyama step computed and returned in float32; planted: the step at
+    bug_at moves 1% too far."""
+    t, h = grid[k], np.float32(grid[k] - grid[k + 1]) * np.float32(1.01 if k == bug_at else 1.0)
+    y = x.astype(np.float32)
+    f, g2 = np.float32(VP_.f(t)), np.float32(VP_.g2(t))
+    s = score(y, np.full(len(y), t)).astype(np.float32)
+    return y - h * (f * y - g2 * s) + np.sqrt(g2 * h) * noise_k.astype(np.float32)
+
+
+def test_a_float32_step_function_is_judged_at_float32_rounding():
+    """A step function returning float32 is the peer's output dtype float32: rtol 64 * 2^-23
+    and its exact law (its states were stacked with x as float64, so it was judged at float64's
+    1.4e-14: a DISCREPANCY, its law refused as not affine and fitted to its samples). Its law is
+    the mpmath recursion's to float32 rounding; a 1% longer step 4 is named there."""
+    res = _compare(em_step32, "euler_maruyama", sample_distances=False)
+    assert res.matches, res.text()
+    assert res.rtol == 64 * 2.0**-23 and 1e-9 < res.max_deviation < 1e-6
+    assert res.laws["method"] == "exact" and res.laws["fitted"] == [] and res.kl < 1e-12
+    mu, v = _em_law_mp(GRID, 2.0, 0.25)
+    (m_peer,), ((v_peer,),) = res.laws["peer"]
+    assert abs(m_peer - mu) <= 1e-6 * abs(mu) and abs(v_peer - v) <= 1e-6 * v
+    (m_rep,), ((v_rep,),) = res.laws["replay"]  # the float64 replay's law: mpmath's to float64
+    assert abs(m_rep - mu) <= 1e-14 * abs(mu) and abs(v_rep - v) <= 1e-14 * v
+
+    bug = _compare(lambda x, k, g, s, z: em_step32(x, k, g, s, z, bug_at=4), "euler_maruyama", sample_distances=False)
+    assert not bug.matches and bug.first_divergence == 4, bug.text()
+    assert bug.laws["method"] == "exact" and bug.kl > 1e-9 > 1e3 * res.kl
+
+
+CHURN = {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0}
+
+
+def karras_churn_step(x, k, grid, score, noise_k, *, bug_at=None):
+    """Karras et al. (2022) Algorithm 2 with an Euler step, on EDM's sigmas, from the paper:
+    churn by gamma if s_tmin <= sigma_k <= s_tmax, then x <- x_hat + d (sigma_{k+1} - sigma_hat).
+    Planted: the churn noise 1% too large at step bug_at."""
+    s, s_next, N = grid[k], grid[k + 1], grid.size - 1
+    gamma = min(CHURN["s_churn"] / N, np.sqrt(2.0) - 1.0) if CHURN["s_tmin"] <= s <= CHURN["s_tmax"] else 0.0
+    s_hat = s * (1.0 + gamma)
+    x_hat = x + np.sqrt(s_hat**2 - s**2) * (1.01 if k == bug_at else 1.0) * noise_k
+    denoised = x_hat + s_hat**2 * score(x_hat, np.full(len(x), s_hat))
+    return x_hat + (x_hat - denoised) / s_hat * (s_next - s_hat)
+
+
+def _karras_churn_law_mp(grid, mean, var):
+    """The exact law of karras_churn_step's loop for N(mean, var) in 1-D from N(0, sigma_0^2), mpmath."""
+    import mpmath as mp
+
+    with mp.workdps(40):
+        m, S, N = mp.mpf(mean), mp.mpf(var), len(grid) - 1
+        mu, v = mp.mpf(0), mp.mpf(grid[0]) ** 2
+        for k in range(N):
+            s, s_next = mp.mpf(grid[k]), mp.mpf(grid[k + 1])
+            churned = CHURN["s_tmin"] <= grid[k] <= CHURN["s_tmax"]
+            gamma = min(mp.mpf(CHURN["s_churn"]) / N, mp.sqrt(2) - 1) if churned else 0
+            s_hat = s * (1 + gamma)
+            v = v + s_hat**2 - s**2  # x_hat = x + sqrt(s_hat^2 - s^2) xi
+            # D = x_hat - s_hat^2 (x_hat - m) / (S + s_hat^2); x' = x_hat + (x_hat - D) (s_next - s_hat) / s_hat
+            c = s_hat * (s_next - s_hat) / (S + s_hat**2)
+            mu, v = (1 + c) * mu - c * m, (1 + c) ** 2 * v
+        return float(mu), float(v)
+
+
+def test_a_step_function_with_churn_on_part_of_the_grid_gets_the_replay_s_draws():
+    """With churn on part of the grid the replay takes its j-th draw at its j-th churned step,
+    and a step function was handed noises(k) at step k: Algorithm 2 written from the paper was
+    a DISCREPANCY from the first churned step (step 4 here, relative deviation 1.1) with
+    KL(peer || replay) = 2e-31. It gets the draw the replay takes at each step: a MATCH, and a
+    1% churn error at step 6 is named there. Both laws are the mpmath recursion's."""
+    grid = EDM().karras_sigmas(10, 0.002, 80.0, 7.0)
+    churned = [k for k in range(10) if CHURN["s_tmin"] <= grid[k] <= CHURN["s_tmax"]]
+    assert churned[0] == 4 and len(churned) < 10
+
+    def run(step):
+        return compare_sampler(step, "karras_euler", EDM(), grid, TARGET, 50, np.random.default_rng(0),
+                               replay_options=CHURN, sample_distances=False)
+
+    res = run(karras_churn_step)
+    assert res.matches and res.first_divergence is None, res.text()
+    assert res.laws["method"] == "exact" and res.kl < 1e-20
+    mu, v = _karras_churn_law_mp(grid, 2.0, 0.25)
+    for side in ("peer", "replay"):
+        (m_out,), ((v_out,),) = res.laws[side]
+        assert abs(m_out - mu) <= 1e-13 * abs(mu) and abs(v_out - v) <= 1e-13 * v, (side, m_out, v_out, mu, v)
+
+    bug = run(lambda x, k, g, s, z: karras_churn_step(x, k, g, s, z, bug_at=6))
+    assert not bug.matches and bug.first_divergence == 6, bug.text()
+    assert bug.kl > 1e-8
+
+
+def test_the_laws_say_which_side_is_fitted_to_its_samples():
+    """The predictor-corrector's default Langevin step has no exact law, so the replay's is
+    fitted to its samples; the peer's is exact. The text said "Gaussian fitted to the peer's
+    samples" whichever side it was."""
+    from sgm_ref.replays import replay_output_gaussian
+
+    res = _compare(textbook_em, "predictor_corrector", sample_distances=False)
+    assert res.laws["method"] == "monte_carlo" and res.laws["fitted"] == ["replay"]
+    assert "fitted to the replay's samples, the peer's law exact" in res.text(), res.text()
+    exact = replay_output_gaussian(R.euler_maruyama, *TARGET, VP_, GRID)
+    np.testing.assert_array_equal(res.laws["peer"][0], exact[0])
+    np.testing.assert_array_equal(res.laws["peer"][1], exact[1])
+    assert json.loads(res.to_json())["laws"]["fitted"] == ["replay"]
+
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z)[-1] + 1e-3 * x**2, "euler_maruyama",
+                   target=TARGET_2D, sample_distances=False)
+    assert res.laws["fitted"] == ["peer"] and "fitted to the peer's samples, the replay's law exact" in res.text()
+
+    def pc(score, grid, x, noises):  # the replay itself: a MATCH whose KL is between two fitted Gaussians
+        return R.predictor_corrector(score, VP_, grid, x, None, True, noise=np.stack([noises(j) for j in range(20)]))[1]
+
+    res = _compare(pc, "predictor_corrector", sample_distances=False)
+    assert res.matches and res.laws["fitted"] == ["peer", "replay"], res.text()
+    assert res.text().endswith("KL 0 (Gaussians fitted to samples: not exact)")
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("replay_options", [("eta", 1.0)], "replay_options must be a dict of the replay's keyword options"),
+    ("sample_distances", "no", "sample_distances must be True or False, got 'no'"),
+    ("name", 3, "name must be a string"),
+])
+def test_bad_options_are_named_before_any_work(option, value, message):
+    """A list for replay_options was dict()'s TypeError; sample_distances="no" was read as True."""
+    calls = []
+    with pytest.raises(ValueError, match=re.escape(message)):
+        _compare(lambda s, g, x, z: calls.append(1), "euler_maruyama", **{option: value})
+    assert calls == []
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("gaussian:std=1e200", "std must lie in [1e-150, 1e150]"),  # was OverflowError "(34, 'Numerical result ...')"
+    ("gaussian:std=1e-200", "std must lie in [1e-150, 1e150]"),  # was "covariances[0] is not positive definite"
+    ("gaussian:d=2,d=3", "d is given twice"),  # the last one silently won: d = 3
+    ("gaussian:d=1000000000", "d = 1000000000 asks for"),  # was a MemoryError naming no parameter
+])
+def test_gaussian_target_spec_refuses_what_it_cannot_build_naming_the_parameter(spec, message):
+    with pytest.raises(ValueError, match=re.escape(f"target spec {spec!r}: {message}")):
+        target_from_spec(spec)
+    g = target_from_spec("gaussian:d=2,std=1e150")  # the edges are kept: std^2 = 1e300 (to rounding)
+    assert g.covariance()[0, 0] == 1e150**2 and target_from_spec("gaussian:std=1e-150").covariance()[0, 0] == 1e-300
+
+
+def test_noises_takes_any_integer_index_and_a_peer_result_numpy_cannot_read_is_named():
+    """noises(j) refused a 0-d integer array or tensor (a loop over torch.arange gives
+    tensors): any integer index is the draw. A loop returning a replay's pair (y, trajectory)
+    was NumPy's "setting an array element with a sequence...", and a tensor requiring grad
+    torch's RuntimeError, naming neither."""
+    torch = pytest.importorskip("torch")
+
+    def torch_indexed(score, grid, x, noises):
+        return textbook_em(score, grid, x, lambda k: noises(torch.tensor(k)) + 0 * noises(np.array(k)))
+
+    res = _compare(torch_indexed, "euler_maruyama", sample_distances=False)
+    assert res.matches and res.max_deviation == 0.0, res.text()
+    for bad in (-1, 1.0, True, torch.tensor(1.5), np.array([1])):
+        with pytest.raises(ValueError, match=r"noises\(j\) takes the draw's index j >= 0"):
+            _compare(lambda s, g, x, z, bad=bad: z(bad), "euler_maruyama")
+
+    def pair(score, grid, x, noises):
+        return R.euler_maruyama(score, VP_, grid, x, None, True, noise=np.stack([noises(k) for k in range(10)]))
+
+    with pytest.raises(ValueError, match=r"^the peer's output must be an array \(n, d\) or a trajectory .*a pair "
+                                         r"\(y, trajectory\)\? return the trajectory alone$"):
+        _compare(pair, "euler_maruyama")
+    with pytest.raises(ValueError, match=r"^the peer's step 0 must be an array .*got Tensor .*requires grad"):
+        _compare(lambda x, k, g, s, z: torch.ones(x.shape, requires_grad=True), "euler_maruyama")
+
+
+def test_a_peer_writing_into_its_grid_changes_neither_the_report_nor_the_replay_s_law():
+    """A loop clamping its last time in place (grid[-1] = 0.01) wrote into the comparison's own
+    grid: the report said [1 .. 0.01], and the replay's exact law was computed on the clamped
+    grid, so a 5% deviation stood beside KL(peer || replay) = 0. The peer gets a copy; the KL is
+    that of the mpmath laws of Euler–Maruyama on the two grids."""
+    import mpmath as mp
+
+    def clamping(score, grid, x, noises):
+        grid[-1] = 0.01
+        return textbook_em(score, grid, x, noises)
+
+    res = _compare(clamping, "euler_maruyama", sample_distances=False)
+    np.testing.assert_array_equal(res.grid, GRID)
+    assert not res.matches and res.first_divergence == 9, res.text()
+    clamped = GRID.copy()
+    clamped[-1] = 0.01
+    (m0, v0), (m1, v1) = _em_law_mp(clamped, 2.0, 0.25), _em_law_mp(GRID, 2.0, 0.25)
+    with mp.workdps(40):
+        m0, v0, m1, v1 = map(mp.mpf, (m0, v0, m1, v1))
+        kl = float((mp.log(v1 / v0) + (v0 + (m0 - m1) ** 2) / v1 - 1) / 2)
+    assert res.kl == pytest.approx(kl, rel=1e-9) and kl > 1e-4
+
+    def clamping_step(x, k, grid, score, noise_k):
+        grid[-1] = 0.01
+        return reverse_diffusion_step(x, k, grid, score, noise_k)
+
+    res = _compare(clamping_step, "reverse_diffusion", sample_distances=False)  # its own last step ends at 0.01
+    np.testing.assert_array_equal(res.grid, GRID)
+    assert not res.matches and res.first_divergence == 9 and res.kl > 1e-6, res.text()
+
+
+@pytest.mark.parametrize("mean, message", [
+    (np.array([2.0 + 1e-3j]), "got dtype complex128"),  # was read as 2.0, with only NumPy's ComplexWarning
+    ([2.0 + 1e-3j], "got dtype complex128"),  # was NumPy's TypeError
+    (np.array(["2.0"]), "got dtype <U3"),  # was parsed as the number 2.0
+    ([np.nan], "its mean contains non-finite values"),
+])
+def test_a_gaussian_target_pair_must_be_real_numbers(mean, message):
+    with pytest.raises(ValueError, match=r"^target must be a pair \(mean \(d,\), cov \(d, d\)\) of real numbers: .*"
+                                         + re.escape(message)):
+        _compare(textbook_em, "euler_maruyama", target=(mean, [[0.25]]))
+    res = _compare(textbook_em, "euler_maruyama", target=(np.float32([2.0]), np.array([[1]])), sample_distances=False)
+    assert res.matches and res.laws["target"][1].dtype == np.float64  # float32 and integers are numbers
