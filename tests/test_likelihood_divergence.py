@@ -149,3 +149,127 @@ def test_log_prob_labels_a_monte_carlo_targets_divergence():
     assert log_prob(tg, OU(), x, 0.5, 3.0, solver="heun", n_steps=4).divergence == "monte carlo"
     mix = GaussianMixture([1.0], [[0.0, 0.0]], [[1.0, 1.0]])
     assert log_prob(mix, OU(), x, 0.5, 3.0, solver="heun", n_steps=4).divergence == "exact"
+
+
+def _mp_posterior(target, x, a, s2, dps):
+    """The Laplacian of log p_t and E[x0 | x_t = x] in mpmath at dps digits, from the float64
+    parameters taken as exact: pi_k by log-sum-exp, the divergence as
+    sum_k pi_k (-tr P_k + |g_k - s|^2), g_k = -P_k (x - a mu_k), s = sum_k pi_k g_k, and x0 as
+    sum_k pi_k (mu_k + a Sigma_k P_k (x - a mu_k))."""
+    K, d = target.means.shape
+    kind, cov = target.covariance_type, target.covariances
+    covs = {"identity": lambda k: np.eye(d), "diagonal": lambda k: np.diag(cov[k]),
+            "spherical": lambda k: cov[k] * np.eye(d), "tied": lambda k: cov, "full": lambda k: cov[k]}[kind]
+    with mpmath.workdps(dps):
+        a, s2 = mpmath.mpf(a), mpmath.mpf(s2)
+        xv = mpmath.matrix([mpmath.mpf(float(v)) for v in x])
+        logc, g, tr, each = [], [], [], []
+        for k in range(K):
+            S = mpmath.matrix([[mpmath.mpf(float(v)) for v in row] for row in covs(k)])
+            C = a * a * S + s2 * mpmath.eye(d)
+            P = mpmath.inverse(C)
+            m = mpmath.matrix([mpmath.mpf(float(v)) for v in target.means[k]])
+            Py = P * (xv - a * m)
+            logc.append(mpmath.log(mpmath.mpf(float(target.weights[k]))) - ((xv - a * m).T * Py)[0] / 2
+                        - mpmath.log(mpmath.det(C)) / 2)
+            g.append(-Py)
+            tr.append(sum(P[i, i] for i in range(d)))
+            each.append(m + a * (S * Py))
+        top = max(logc)
+        e = [mpmath.exp(v - top) for v in logc]
+        pi = [v / sum(e) for v in e]
+        s = sum((pi[k] * g[k] for k in range(K)), mpmath.matrix(d, 1))
+        div = sum(pi[k] * (-tr[k] + sum((g[k] - s)[i] ** 2 for i in range(d))) for k in range(K))
+        x0 = sum((pi[k] * each[k] for k in range(K)), mpmath.matrix(d, 1))
+        return float(div), np.array([float(x0[i]) for i in range(d)])
+
+
+def _far_mixtures():
+    rng = np.random.default_rng(7)
+    K, d = 3, 3
+    mu = 2.0 * rng.standard_normal((K, d))
+    A = rng.standard_normal((K, d, d))
+    full = A @ A.transpose(0, 2, 1) + 0.5 * np.eye(d)
+    w = np.array([0.2, 0.3, 0.5])
+    return {
+        "identity": GaussianMixture(w, mu),
+        "spherical equal": GaussianMixture(w, mu, np.full(K, 0.7), "spherical"),
+        "spherical": GaussianMixture(w, mu, np.array([0.5, 0.7, 2.0]), "spherical"),
+        "diag equal": GaussianMixture(w, mu, np.tile([0.3, 1.0, 2.0], (K, 1)), "diag"),
+        "diag": GaussianMixture(w, mu, rng.uniform(0.2, 2.0, (K, d)), "diag"),
+        "tied": GaussianMixture(w, mu, full[0], "tied"),
+        "full equal": GaussianMixture(w, mu, np.repeat(full[:1], K, axis=0), "full"),
+        "full": GaussianMixture(w, mu, full, "full"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_far_mixtures()))
+def test_divergence_far_from_every_component_against_mpmath(kind):
+    """Once |x| >> |alpha mu| / eps the residuals x - alpha mu_k round alike for every k: the
+    divergence was g_k - s, a difference of rounded scores of size |x| / v, squared (the ring
+    under VE at x = (1e20, 0): +1.7e10 for -22.2), and the posterior weights lost the cross
+    terms x . mu_k (OU, t = 0.5, x = (1e30, 0): +210 for -21.5). Against mpmath at 2 log10 R
+    + 60 digits (the x . mu_k terms are ~1e-2R smaller than |x|^2), along two directions, R
+    from 10 to 1e150 (1e150 is still finite in float64: |y|^2 / v < 1e308)."""
+    target = _far_mixtures()[kind]
+    rng = np.random.default_rng(8)
+    for process, t in ((OU(), 0.5), (VE(), 0.0)):
+        a, s2 = (float(v[0]) for v in process._coefficients(t, 1))
+        for u in rng.standard_normal((2, 3)):
+            for R in (10.0, 1e4, 1e8, 1e17, 1e30, 1e80, 1e150):
+                x = R * u / np.linalg.norm(u)
+                want, _ = _mp_posterior(target, x, a, s2, dps=2 * int(np.log10(R)) + 60)
+                got = target.divergence(x[None], t, process)[0]
+                assert abs(got - want) <= 2e-14 * abs(want), (process, R, got, want)
+
+
+def test_ring_divergence_far_out_is_minus_the_trace_of_the_nearest_precision():
+    """The reported cases: one component dominates, so div = -tr P_k* = -2 / v."""
+    ring = GaussianMixture.ring()
+    for process, t, R in ((VE(), 0.0, 1e20), (OU(), 0.5, 1e30), (OU(), 0.5, 1e150)):
+        a, s2 = (float(v[0]) for v in process._coefficients(t, 1))
+        want = -2.0 / (a * a * 0.09 + s2)
+        np.testing.assert_allclose(ring.divergence(np.array([[R, 0.0]]), t, process), [want], rtol=2e-15, atol=0)
+
+
+def test_denoiser_far_out_weighs_the_components_by_their_cross_terms():
+    """predict(kind='x0') far out on the bisector of two identity-covariance components, where
+    the posterior weights rest on x . (mu_0 - mu_1): the weights from the rounded
+    |x - alpha mu_k|^2 put x0 6.5e-9 (relative) off at R = 1e8 (5.6e-13 at 1e4, 4.1e-12 at
+    1e6, 7.9e-11 at 1e10), where the exact x0 moves by 3e-16 when x moves by one ulp.
+    Against mpmath."""
+    mu = np.array([[1.0, 0.5, -1.0], [-0.5, 1.0, 0.3]])
+    target = GaussianMixture([0.4, 0.6], mu)
+    e = mu[0] - mu[1]
+    p = np.array([0.3, -1.0, 0.7])
+    p -= (p @ e) / (e @ e) * e
+    a, s2 = (float(v[0]) for v in OU()._coefficients(0.5, 1))
+    for R in (1e4, 1e6, 1e8, 1e10):
+        x = R * p / np.linalg.norm(p) + 0.5 * a * (mu[0] + mu[1])
+        _, want = _mp_posterior(target, x, a, s2, dps=80)
+        got = target.predict(x[None], 0.5, OU(), kind="x0")[0]
+        assert np.max(np.abs(got - want)) <= 2e-15 * np.max(np.abs(want)), (R, got - want)
+
+
+@pytest.mark.parametrize("kind", ["spherical", "full"])
+def test_divergence_beside_a_component_whose_score_overflows(kind):
+    """Variances 2e-300 and 5e299: at x = (1e10, 0) the first component's score, -x / 2e-300,
+    overflows, but its posterior weight is exp(-2.5e319) = 0, and log p, the score and x0 are
+    finite. The divergence refused the point as 'too far' (s = sum_k pi_k g_k took 0 * inf =
+    nan); it is -tr P_1 = -2 / 5e299, up to a term below exp(-2.5e319) 1e620."""
+    cov = [2e-300, 5e299] if kind == "spherical" else np.array([np.eye(2) * 2e-300, np.eye(2) * 5e299])
+    g = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 0.0]], cov, kind)
+    x = np.array([[1e10, 0.0], [1e150, 1.0]])
+    assert np.all(np.isfinite(g.log_prob_and_score(x, 0.0)[1]))
+    np.testing.assert_allclose(g.divergence(x, 0.0), np.full(2, -2.0 / 5e299), rtol=1e-15, atol=0)
+
+
+def test_divergence_far_out_beside_variances_of_1e_200():
+    """The far-point path divides v_k* - v_k by v_k and then by v_k*: their product, 1e-400,
+    underflows, and 0 / 0 had made the row nan (refused as 'too far'). Far out the component
+    of the larger variance takes all the weight: div = -2 / 3e-200 (-2 / 1e-200 for equal
+    variances, of either component)."""
+    x = np.array([[1e10, 0.0]])
+    for cov, v in (([1e-200, 3e-200], 3e-200), ([1e-200, 1e-200], 1e-200)):
+        g = GaussianMixture([0.5, 0.5], [[0.0, 0.0], [1.0, 0.0]], cov, "spherical")
+        np.testing.assert_allclose(g.divergence(x, 0.0), [-2.0 / v], rtol=1e-15, atol=0)

@@ -136,6 +136,13 @@ _TIED_BLOCK_ELEMENTS = 2**16
 _TIED_BLOCK_MIN_ROWS = 256
 # The divergence's NumPy path, in blocks of (rows, K, d[, d]) numbers.
 _DIVERGENCE_BLOCK_ELEMENTS = 2**20
+# The divergence and the denoiser take a row again about a reference component
+# (GaussianMixture._far_rows) where every quadratic form sum_j y_kj^2 / v_kj exceeds
+# this + 16 d: more than 32 standard deviations from every mean, far beyond where points
+# of p_t lie (a chi-square of d degrees of freedom), so their bits are unchanged. Beyond
+# it the direct forms lose eps q of the log-weights (all of the cross terms once
+# |x| >> |alpha mu| / eps) and eps^2 q / d of the divergence.
+_FAR_QUADRATIC = 1024.0
 # Up to this dimension the full-covariance oracle projects in its own kernel
 # (full_mixture_direct, 2 d^2 multiply-adds per pair, no BLAS call); above it, two BLAS
 # products around full_mixture_responsibilities. Measured single-threaded (NumPy's BLAS
@@ -302,6 +309,8 @@ class GaussianMixture(ExactOutputs):
         self._lam = np.ascontiguousarray(lam[active])
         self._U = None if U is None else np.ascontiguousarray(U[active])
         self._rotation = rotation
+        # one covariance for all components (identity, tied, or equal rows): _far_rows' brackets are 0
+        self._shared = bool(np.all(self._lam == self._lam[0]) and (U is None or np.all(self._U == self._U[0])))
         self._centre = np.exp(self._logw) @ self._mu
         # how many factors v = alpha^2 lam + sigma^2 (between min(lam, 1) and max(lam, 1))
         # the kernel may multiply before one log without leaving the float64 range: their
@@ -665,23 +674,25 @@ class GaussianMixture(ExactOutputs):
         return logp, score
 
     # -- per component, in NumPy: the denoiser and the Laplacian ------------------------------
-    def _component_blocks(self, x, t, process):
+    def _component_blocks(self, x, t, process, want_delta=False):
         """x checked, and an iterator over blocks of its rows, each (rows, alpha (r, 1, 1),
-        v (r, K, d), y (r, K, d), u = y / v, pi (r, K)): v = alpha^2 lam_k + sigma^2, y the
+        v (r, K, d), y (r, K, d), u = y / v, pi (r, K), far): v = alpha^2 lam_k + sigma^2, y the
         residual U_k^T (x - alpha mu_k) in component k's eigenbasis, pi the posterior weights
-        (log-sum-exp). In float64 whatever x's dtype; a point too far out gives non-finite
-        values, which the callers name (check_oracle_output)."""
+        (log-sum-exp), far None or (rows far out, their g_k - g_k* (m, K, d)) (_far_rows; with
+        want_delta, else None in place of g_k - g_k*). In float64 whatever x's dtype; a point
+        too far out gives non-finite values, which the callers name (check_oracle_output)."""
         x = check_points(x, "x", d=self.dim)
         n, d = x.shape
         a, s2 = check_process(process, variance_preserving=False)._coefficients(t, n)
         if x.dtype == np.float32:
             check_float32_range(self._mu, self._lam, repr(self))
-        return x, self._blocks_of(x.astype(np.float64, copy=False), a, s2)
+        return x, self._blocks_of(x.astype(np.float64, copy=False), a, s2, want_delta)
 
-    def _blocks_of(self, xx, a, s2):
+    def _blocks_of(self, xx, a, s2, want_delta=False):
         n, d = xx.shape
         lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
         rows = max(1, _DIVERGENCE_BLOCK_ELEMENTS // (lam.shape[0] * d * (d if U is not None else 1)))
+        far_q = _FAR_QUADRATIC + 16.0 * d
         for start in range(0, n, rows):
             blk = slice(start, min(start + rows, n))
             ab, sb = a[blk, None, None], s2[blk, None, None]
@@ -695,10 +706,103 @@ class GaussianMixture(ExactOutputs):
                 y = diff
             with np.errstate(over="ignore", invalid="ignore"):           # a point too far out: named later
                 u = y / v
-                logc = self._logw - 0.5 * (np.sum(y * u, axis=2) + np.sum(np.log(v), axis=2))
-                pi = np.exp(logc - np.max(logc, axis=1, keepdims=True))
+                q = np.sum(y * u, axis=2)
+                logc = self._logw - 0.5 * (q + np.sum(np.log(v), axis=2))
+                top = np.max(logc, axis=1, keepdims=True)
+                pi = np.exp(logc - top)
                 pi /= np.sum(pi, axis=1, keepdims=True)
-            yield blk, ab, v, y, u, pi
+            # rows far from every component (and not too far for float64) again about a reference
+            # component: there x - alpha mu_k rounds alike for all k (_far_rows)
+            far, idx = None, ()
+            if q.max(initial=-np.inf) > far_q:  # (the minimum over k column by column: np.min(q, axis=1)
+                closest = q[:, 0].copy()         # over K = 8 took as long as the rest at d = 2)
+                for k in range(1, q.shape[1]):
+                    np.fmin(closest, q[:, k], out=closest)
+                idx = np.flatnonzero((closest > far_q) & np.isfinite(top[:, 0]))
+            if len(idx):
+                pi_far, delta = self._far_rows(xx[blk][idx], a[blk][idx], v[idx], np.argmax(logc[idx], axis=1),
+                                               want_delta)
+                # where a term overflowed (variances 1e600 apart), the row keeps its direct forms
+                ok = np.all(np.isfinite(pi_far), axis=1)
+                if want_delta:
+                    ok &= np.all(np.isfinite(delta) | (pi_far[:, :, None] == 0), axis=(1, 2))
+                idx, pi_far = idx[ok], pi_far[ok]
+                pi[idx] = pi_far
+                far = (idx, None if delta is None else delta[ok]) if idx.size else None
+            yield blk, ab, v, y, u, pi, far
+
+    def _far_rows(self, x, a, v, ref, want_delta):
+        """Posteriors pi (m, K) and, with want_delta, g_k - g_k* (m, K, d) at rows far out.
+
+        Once |x| >> |alpha mu_k| / eps the residuals x - alpha mu_k round to the same
+        numbers for every k: the quadratic forms lose their cross terms 2 alpha x . mu_k / v
+        (the wrong component gets the weight) and g_k - s becomes a difference of rounded
+        scores of size |x| / v. Here everything is taken relative to a reference component
+        k* (ref, the largest log-weight of the first pass) with r = x - alpha mu_k* and
+        f_k = alpha (mu_k* - mu_k), in component k's eigenbasis (r_k = U_k^T r,
+        f_k = U_k^T f_k), so that y_k = r_k + f_k is never formed:
+
+            q_k - q_k* = (r_k^T r_k / v_k - r_k*^T r_k* / v_k*) + f_k . (2 r_k + f_k) / v_k,
+            g_k - g_k* = (U_k* (r_k* / v_k*) - U_k (r_k / v_k)) - U_k (f_k / v_k).
+
+        The first brackets are sum_j r_j^2 (v_k*j - v_kj) / (v_kj v_k*j) and
+        r (v_kj - v_k*j) / (v_kj v_k*j) where the eigenbasis is shared (identity, diagonal,
+        spherical, tied), and exactly 0 for components of equal covariances; what is left
+        is of size |f| |r| / v and |f| / v, without cancellation. x (m, d), a (m,), v
+        (m, K, d) float64.
+
+        Left as it is: f_k . r carries an absolute error of about eps |f| |r| / v (the rounding
+        of r and of the products), as much as one ulp of x moves the exact value. Within that
+        of a bisector (|x . (mu_k - mu_l)| below about eps |x| |mu_k - mu_l|) the weights are
+        as uncertain as x's last bit makes them, and once eps |f| |r| / v >> 1 there they can
+        come out balanced where the exact ones are 0 and 1 (three identity-covariance components
+        in d = 3, x at 1e30 on the bisector of two means 3.3 apart, OU at t = 0.5: a divergence
+        of -2.03 for -3). Where the covariances differ, the first brackets keep the direct
+        forms' error, eps q, beside a difference of size q.
+        """
+        m, d = x.shape
+        mu, U, R = self._mu, self._U, self._rotation
+        rows = np.arange(m)
+        vs = v[rows, ref][:, None, :]                                       # v_k*, (m, 1, d)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            r = x - a[:, None] * mu[ref]                                    # x - alpha mu_k*
+            f = a[:, None, None] * (mu[ref][:, None, :] - mu)               # alpha (mu_k* - mu_k)
+            if self._shared:  # the brackets are 0: q_k - q_k* = f_k . (2 r + f_k) / v, g_k - g_k* = -P f_k
+                if R is not None:
+                    rk, fk = rotate_rows(r, R)[:, None, :], rotate_rows(f.reshape(-1, d), R).reshape(f.shape)
+                elif U is not None:
+                    rk, fk = np.einsum("rj,ji->ri", r, U[0])[:, None, :], np.einsum("rkj,ji->rki", f, U[0])
+                else:
+                    rk, fk = r[:, None, :], f
+                rc = quad = 0.0
+            elif U is not None:
+                rk = np.einsum("rj,kji->rki", r, U)
+                fk = np.einsum("rkj,kji->rki", f, U)
+                rs = rk[rows, ref][:, None, :]
+                quad = np.sum(rk * (rk / v), axis=2) - np.sum(rs * (rs / vs), axis=2)
+            else:
+                if R is not None:
+                    r = rotate_rows(r, R)
+                    f = rotate_rows(f.reshape(-1, d), R).reshape(f.shape)
+                rk, fk = r[:, None, :], f
+                # r (1 / v_k - 1 / v_k*): v_k* - v_k is exact where they are within 2x; divided in
+                # turn, as v_k v_k* may underflow (variances of 1e-200); 0 where r_j = 0 (coef may be inf)
+                rc = np.where(rk == 0.0, 0.0, rk * (((vs - v) / v) / vs))
+                quad = np.sum(rk * rc, axis=2)
+            logc = self._logw - 0.5 * ((quad + np.sum(fk * ((2.0 * rk + fk) / v), axis=2))
+                                       + np.sum(np.log(v), axis=2))
+            pi = np.exp(logc - np.max(logc, axis=1, keepdims=True))
+            pi /= np.sum(pi, axis=1, keepdims=True)
+            delta = None
+            if want_delta:
+                if self._shared:
+                    delta = -(fk / v) if U is None else -np.einsum("ij,rkj->rki", U[0], fk / v)
+                elif U is not None:
+                    back = np.einsum("kij,rkj->rki", U, rk / v)             # U_k (r_k / v_k)
+                    delta = (back[rows, ref][:, None, :] - back) - np.einsum("kij,rkj->rki", U, fk / v)
+                else:
+                    delta = -rc - fk / v
+        return pi, delta
 
     def _posterior_mean(self, x, t, process):
         """E[x0 | x_t = x], float64 (n, d), without Tweedie's cancellation.
@@ -707,13 +811,15 @@ class GaussianMixture(ExactOutputs):
         alpha_t^2 Sigma_k + sigma_t^2 I, Sigma_k C_k^{-1} = U_k diag(lam_k / v_k) U_k^T:
         each term is well conditioned, where (x + sigma_t^2 score) / alpha_t loses the
         digits of x / alpha_t that cancel (all of them by OU's t = 40). In NumPy, by
-        blocks of rows, as divergence (ExactOutputs.predict).
+        blocks of rows, as divergence (ExactOutputs.predict); far from every component the
+        weights pi_k are taken about a reference component (_far_rows), where the rounded
+        |x - alpha_t mu_k|^2 had put x0 6.5e-9 off at |x| = 1e8.
         """
         x, blocks = self._component_blocks(x, t, process)
         lam, mu, U, R = self._lam, self._mu, self._U, self._rotation
         out = np.empty(x.shape)
         R_back = None if R is None else np.ascontiguousarray(R.T)
-        for blk, ab, v, y, _, pi in blocks:
+        for blk, ab, v, y, _, pi, _ in blocks:
             with np.errstate(over="ignore", invalid="ignore"):
                 # alpha (lam / v) y in the eigenbasis: lam / v <= 1 / alpha^2, where lam y may overflow
                 shrunk = ab * (lam / v) * y
@@ -740,7 +846,10 @@ class GaussianMixture(ExactOutputs):
             div s(x) = -sum_k pi_k tr P_k + sum_k pi_k |g_k - s|^2,
 
         the second sum written as a variance about s rather than as
-        sum_k pi_k |g_k|^2 - |s|^2, which cancels where one component dominates.
+        sum_k pi_k |g_k|^2 - |s|^2, which cancels where one component dominates. Far from
+        every component (sum_j y_kj^2 / v_kj > 1024 + 16 d for every k), where x - alpha_t mu_k
+        rounds alike for all k, the weights and g_k - s are taken about a reference component
+        instead (_far_rows): the ring under VE at x = (1e20, 0) had +1.7e10 for -22.2.
         tr P_k = sum_j 1 / (alpha_t^2 lam_kj + sigma_t^2) from the eigenvalues lam_kj.
 
         Parameters, shapes and Raises as log_prob, and for float32 points where the divergence
@@ -750,16 +859,29 @@ class GaussianMixture(ExactOutputs):
         kernel rather than a BLAS product, so that no bit depends on the thread count),
         O(n K d) otherwise, in NumPy.
         """
-        x, blocks = self._component_blocks(x, t, process)
+        x, blocks = self._component_blocks(x, t, process, want_delta=True)
         U = self._U
         out = np.empty(x.shape[0])
-        for blk, _, v, _, u, pi in blocks:
+        for blk, _, v, _, u, pi, far in blocks:
             with np.errstate(over="ignore", invalid="ignore"):
                 # the component scores in the original coordinates (orthogonal maps keep norms,
                 # so tied covariances can stay in their shared eigenbasis)
                 g = -np.einsum("kij,rkj->rki", U, u) if U is not None else -u
                 s = np.einsum("rk,rki->ri", pi, g)
+                # a component of no weight may have an infinite score (variances 1e-300 beside
+                # 1e300): 0 * inf is not its share of s
+                if not np.isfinite(np.sum(s)):
+                    bad = np.flatnonzero(~np.all(np.isfinite(s), axis=1))
+                    s[bad] = np.einsum("rk,rki->ri", pi[bad], np.where(pi[bad, :, None] > 0, g[bad], 0.0))
                 spread = np.sum((g - s[:, None, :]) ** 2, axis=2)
+                if far is not None:
+                    # rows far out: the same spread from g_k - g_k* (_far_rows), where g_k - s
+                    # would be the difference of two rounded scores of size |x| / v
+                    idx, delta = far
+                    pf = pi[idx]
+                    delta = np.where(pf[:, :, None] > 0, delta, 0.0)
+                    mean = np.einsum("rk,rki->ri", pf, delta)
+                    spread[idx] = np.sum((delta - mean[:, None, :]) ** 2, axis=2)
                 # a component of no weight may have an infinite residual: leave it out (0 * inf)
                 spread = np.where(pi > 0, spread, 0.0)
                 out[blk] = np.sum(pi * (spread - np.sum(1.0 / v, axis=2)), axis=1)
