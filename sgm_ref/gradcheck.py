@@ -166,11 +166,19 @@ def _coordinate_difference(f, theta, eps, i):
     floating point, which removes the error of rounding theta_i +- eps.
     """
     old = theta[i]
-    up, down = old + eps, old - eps
+    with np.errstate(over="ignore", invalid="ignore"):
+        up, down = old + eps, old - eps
+        step = up - down
     if up == down:
         raise ValueError(
             f"eps = {eps!r} is below the spacing of floats at theta[{i}] = {float(old)!r}; "
             "use a larger eps"
+        )
+    if not np.isfinite(step):
+        # the quotient would be (f_up - f_down) / inf = 0: a zero gradient, whatever f is
+        raise ValueError(
+            f"eps = {eps!r} is too large at theta[{i}] = {float(old)!r}: the step from theta[{i}] - eps to "
+            f"theta[{i}] + eps leaves float64's range; use a smaller eps"
         )
     try:
         theta[i] = up
@@ -180,7 +188,7 @@ def _coordinate_difference(f, theta, eps, i):
     finally:
         theta[i] = old
     with np.errstate(over="ignore", invalid="ignore"):
-        quotient = (f_up - f_down) / (up - down)
+        quotient = (f_up - f_down) / step
     return _finite_quotient(quotient, f_up, f_down, eps, f"theta[{i}]")
 
 
@@ -203,7 +211,16 @@ def _directional_difference(f, theta, eps, u, shape=()):
     restored bit for bit.
     """
     old = theta.copy()
-    up, down = old + eps * u, old - eps * u
+    with np.errstate(over="ignore", invalid="ignore"):
+        up, down = old + eps * u, old - eps * u
+        taken = (up - down) / (2.0 * eps)
+    if not np.all(np.isfinite(taken)):
+        # the direction taken would hold inf or NaN (and (f_up - f_down) / (2 eps) be 0 or
+        # nothing): a check that reads as an enormous error or a zero derivative, not eps's fault
+        raise ValueError(
+            f"eps = {eps!r} is too large for theta (|theta| up to {float(np.max(np.abs(old))):.3g}): "
+            "theta +- eps u leaves float64's range along a random direction; use a smaller eps"
+        )
     if np.array_equal(up, down):
         # no entry moved: both differences would be 0 and any gradient would pass
         raise ValueError(
@@ -220,7 +237,7 @@ def _directional_difference(f, theta, eps, u, shape=()):
         theta[...] = old
     with np.errstate(over="ignore", invalid="ignore"):
         quotient = (f_up - f_down) / (2.0 * eps)
-    return _finite_quotient(quotient, f_up, f_down, eps, "a random direction u"), (up - down) / (2.0 * eps)
+    return _finite_quotient(quotient, f_up, f_down, eps, "a random direction u"), taken
 
 
 def numerical_gradient(f, theta, eps=1e-6):
@@ -248,8 +265,9 @@ def numerical_gradient(f, theta, eps=1e-6):
     ------
     ValueError
         If theta is not a writeable 1-D float64 ndarray with finite entries, eps is not
-        > 0, or f returns something other than a finite real scalar of at least float64
-        precision.
+        > 0, below the spacing of floats at an entry or so large that the step 2 eps leaves
+        float64's range, or f returns something other than a finite real scalar of at least
+        float64 precision.
     """
     f = _check_callable(f, "f")
     theta = _check_theta(theta)
@@ -334,9 +352,10 @@ def check_gradient(f, grad, theta, eps=1e-6, rtol=1e-6, atol=1e-8, directions=No
     ------
     ValueError
         For a bad theta, eps, rtol, atol or directions, an eps below the spacing of floats
-        at theta (along a coordinate, or along a direction that then moves no entry), a
-        gradient of the wrong shape or with non-finite entries, a missing rng in directional
-        mode, or f not returning a finite real scalar of at least float64 precision.
+        at theta (along a coordinate, or along a direction that then moves no entry) or so
+        large that theta +- eps u leaves float64's range, a gradient of the wrong shape or
+        with non-finite entries, a missing rng in directional mode, or f not returning a
+        finite real scalar of at least float64 precision.
     """
     f, theta, n, eps, rtol, atol = _check_common(f, theta, eps, rtol, atol)
     if directions is not None:

@@ -161,15 +161,20 @@ def prior_log_prob(process, y, T):
     except ValueError:  # sigma_T^2 beyond float64 (EDM at T = 1e200); the law N(0, sigma_T^2 I) is not
         s2 = np.inf
     if np.isfinite(s2) and s2 >= np.finfo(np.float64).tiny:
-        return -0.5 * (d * (_LOG_2PI + np.log(s2)) + squares() / s2)
-    # sigma_T^2 overflows or underflows float64 (EDM at T = 1e200 or 1e-170), sigma_T does not:
-    # log sigma_T^2 = 2 log sigma_T and |y|^2 / sigma_T^2 = |y / sigma_T|^2
-    with np.errstate(over="ignore", under="ignore"):
-        sq_over_s2 = np.sum(np.square(y / sigma), axis=1)
+        log_s2 = np.log(s2)
+        with np.errstate(over="ignore"):  # |y|^2 finite, / sigma_T^2 < 1 not: refused below
+            sq_over_s2 = squares() / s2
+    else:
+        # sigma_T^2 overflows or underflows float64 (EDM at T = 1e200 or 1e-170), sigma_T does not:
+        # log sigma_T^2 = 2 log sigma_T and |y|^2 / sigma_T^2 = |y / sigma_T|^2
+        log_s2 = 2.0 * np.log(sigma)
+        with np.errstate(over="ignore", under="ignore"):
+            sq_over_s2 = np.sum(np.square(y / sigma), axis=1)
     if not np.all(np.isfinite(sq_over_s2)):
+        # (it returned -inf with a RuntimeWarning where |y|^2 was finite and sigma_T^2 < 1)
         raise ValueError(f"y has a row too far out for sigma_T = {sigma:.3g}: its prior log-density overflows "
                          "float64; rescale y")
-    return -0.5 * (d * (_LOG_2PI + 2.0 * np.log(sigma)) + sq_over_s2)
+    return -0.5 * (d * (_LOG_2PI + log_s2) + sq_over_s2)
 
 
 class _Field:
@@ -237,7 +242,10 @@ class _Field:
 
 
 def _check_div(div, x, what="the divergence"):
-    div = np.asarray(div, dtype=np.float64)
+    raw = np.asarray(div)
+    if raw.dtype.kind not in "iuf":  # a cast would drop a complex part, parse strings, read bools as 0 / 1
+        raise ValueError(f"{what} must be {x.shape[0]} real numbers (float64), got dtype {raw.dtype}")
+    div = raw.astype(np.float64)
     if div.shape != (x.shape[0],) or not np.all(np.isfinite(div)):
         raise ValueError(f"{what} must be {x.shape[0]} finite numbers, got shape {div.shape}"
                          + ("" if div.shape != (x.shape[0],) else " with a non-finite entry"))
@@ -245,7 +253,11 @@ def _check_div(div, x, what="the divergence"):
 
 
 def _check_jvp(Jv, V):
-    Jv = np.asarray(Jv, dtype=np.float64)
+    raw = np.asarray(Jv)
+    if raw.dtype.kind not in "iuf":  # a cast would drop a complex part, parse strings, read bools as 0 / 1
+        raise ValueError(f"jvp must return real numbers (float64) of the tangents' shape {V.shape}, "
+                         f"got dtype {raw.dtype}")
+    Jv = raw.astype(np.float64)
     if Jv.shape != V.shape or not np.all(np.isfinite(Jv)):
         raise ValueError(f"jvp must return finite values of the tangents' shape {V.shape}, got {Jv.shape}")
     return Jv
@@ -289,6 +301,17 @@ def _check_grid(grid, t0, T):
 
 # scipy's solve_ivp raises any rtol below 100 machine epsilons to that floor (with a warning)
 _RTOL_FLOOR = 100.0 * float(np.finfo(np.float64).eps)
+
+
+def _check_tolerances(rtol, atol):
+    """rk45's (rtol, atol) as floats: None is score_sde's 1e-5; rtol >= _RTOL_FLOOR, atol > 0."""
+    rtol = 1e-5 if rtol is None else check_real(rtol, "rtol", low=0.0, low_open=True)
+    atol = 1e-5 if atol is None else check_real(atol, "atol", low=0.0, low_open=True)
+    if rtol < _RTOL_FLOOR:
+        # the floor as repr, not rounded: "pass rtol >= 2.22e-14" was itself refused (2.22e-14 < 100 eps)
+        raise ValueError(f"rtol must be >= {_RTOL_FLOOR!r} (100 machine epsilons: scipy's solve_ivp raises "
+                         f"any smaller rtol to that), got {rtol!r}; pass rtol >= {_RTOL_FLOOR!r}")
+    return rtol, atol
 
 
 def log_prob(score, process, x, t0, T, *, divergence="exact", probes=None, n_probes=None, jvp=None,
@@ -473,12 +496,7 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes=None, n_pro
     if solver == "rk45":
         if grid is not None or n_steps is not None:
             raise ValueError("grid and n_steps are Heun's; rk45 chooses its own steps (set rtol, atol)")
-        rtol = 1e-5 if rtol is None else check_real(rtol, "rtol", low=0.0, low_open=True)
-        atol = 1e-5 if atol is None else check_real(atol, "atol", low=0.0, low_open=True)
-        if rtol < _RTOL_FLOOR:
-            # the floor as repr, not rounded: "pass rtol >= 2.22e-14" was itself refused (2.22e-14 < 100 eps)
-            raise ValueError(f"rtol must be >= {_RTOL_FLOOR!r} (100 machine epsilons: scipy's solve_ivp raises "
-                             f"any smaller rtol to that), got {rtol!r}; pass rtol >= {_RTOL_FLOOR!r}")
+        rtol, atol = _check_tolerances(rtol, atol)
 
         def fun(t, y):
             v, dv = rates(t, y[:n * d].reshape(n, d))
@@ -623,7 +641,8 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     ----------
     score : as log_prob's, in the target's dimension
     target : a target of sgm_ref.targets (sample, log_prob)
-    process, t0, T, rtol, atol : as log_prob's (0 <= t0 < T <= process.t_max)
+    process, t0, T, rtol, atol : as log_prob's (0 <= t0 < T <= process.t_max; rtol or
+        atol None is 1e-5)
     n : int >= 2
     rng : numpy.random.Generator
         The samples, then (Hutchinson) the probes.
@@ -636,7 +655,7 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     Hutchinson: Rademacher probes up to d = 21 are distinct sign classes, at most
     2^(d - 1)), "every_sign_class" (True when they were all used: the trace is then
     exact), "target_log_prob" ("exact", or "monte carlo" for a target with
-    monte_carlo = True), "rtol", "atol", "n_evaluations", and {"value", "standard_error"}
+    monte_carlo = True), "rtol", "atol" (floats, as used), "n_evaluations", and {"value", "standard_error"}
     dicts "model_nll", "target_nll", "kl_gap" (nats per point).
     """
     n = check_count(n, "n", minimum=2)
@@ -646,6 +665,9 @@ def nll_report(score, target, process, *, t0, T, n, rng, divergence="exact", n_p
     T = check_real(T, "T", low=0.0)
     if not t0 < T <= process.t_max:
         raise ValueError(f"need t0 < T <= {process.t_max!r} (the horizon of {process!r}), got t0 = {t0!r}, T = {T!r}")
+    # before any sampling; None is log_prob's default (1e-5), recorded as the number used
+    # (it was recorded as None, and nll_lines then raised a TypeError formatting it)
+    rtol, atol = _check_tolerances(rtol, atol)
     if not (hasattr(target, "sample") and hasattr(target, "log_prob")):
         raise ValueError(f"target must be a target of sgm_ref.targets (with sample and log_prob), "
                          f"got {type(target).__name__}")

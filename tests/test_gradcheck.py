@@ -341,6 +341,32 @@ def test_directional_step_that_moves_no_entry_raises():
     assert np.all(theta == 1e10)
 
 
+def test_a_step_beyond_float64s_range_is_refused_not_read_as_a_zero_gradient():
+    """eps = 1e308: theta_i +- eps are finite but 2 eps apart, beyond float64, so the divisor was
+    inf and numerical_gradient returned 0 for sin's gradient (cos 0.3 = 0.955, a review);
+    along a direction the step taken held inf / inf = NaN and the check blamed the gradient
+    ("differ by more than float64 holds"). f = arctan stays finite even at theta + eps = inf."""
+    theta = np.array([0.3, 1.0])
+    saturating = lambda th: float(np.sum(np.arctan(th)))  # noqa: E731  (finite at +-1e308 and at +-inf)
+    with pytest.raises(ValueError, match=r"eps = 1e\+308 is too large at theta\[0\] = 0\.3: .*use a smaller eps"):
+        numerical_gradient(saturating, theta, eps=1e308)
+    with pytest.raises(ValueError, match=r"eps = 1e\+308 is too large at theta\[0\]"):
+        check_gradient(saturating, 1.0 / (1.0 + theta**2), theta, eps=1e308)
+    with pytest.raises(ValueError, match=r"eps = 1e\+308 is too large for theta .*use a smaller eps"):
+        check_gradient(saturating, 1.0 / (1.0 + theta**2), theta, eps=1e308, directions=2,
+                       rng=np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"eps = 1e\+308 is too large for theta"):
+        check_vjp(np.arctan, lambda th, w: w / (1.0 + th**2), theta, np.random.default_rng(0), eps=1e308)
+    big = np.array([1e308, 0.0])  # theta_0 + eps overflows to inf
+    with pytest.raises(ValueError, match=r"eps = 1e\+308 is too large at theta\[0\] = 1e\+308"):
+        numerical_gradient(saturating, big, eps=1e308)
+    assert np.array_equal(theta, [0.3, 1.0]) and np.array_equal(big, [1e308, 0.0])
+    # the largest step that fits still gives the (crude but honest) difference quotient
+    np.testing.assert_allclose(numerical_gradient(saturating, theta, eps=8e307),
+                               [(np.arctan(8e307 + 0.3) - np.arctan(0.3 - 8e307)) / 1.6e308,
+                                (np.arctan(8e307 + 1.0) - np.arctan(1.0 - 8e307)) / 1.6e308], rtol=1e-15)
+
+
 @pytest.mark.parametrize("kwargs, name", [
     ({"rtol": -1.0}, "rtol"),
     ({"atol": -1.0}, "atol"),

@@ -317,8 +317,12 @@ def test_messages_name_the_argument_and_a_fix_that_works():
                  divergence=lambda y, t: ring.divergence(y, t, OU()))
     with pytest.raises(ValueError, match="t0 must be > 0 for a ScoreModel"):
         log_prob(small_model(d=2), OU(), x, 0.0, 2.0)
+    # a score far too stiff for the tolerances (the ring at x = 1e30 was this test's case while its
+    # divergence there was rounding noise, 5e30; it is now exact, -3.0, and the solve succeeds)
+    far = np.array([[1e30, 0.0]])
     with pytest.raises(ValueError, match=r"solve_ivp failed: .*largest \|x\| is 1e\+30.*rescale x"):
-        log_prob(ring, OU(), np.array([[1e30, 0.0]]), 0.01, 2.0)
+        log_prob(lambda y, t: -1e30 * y, OU(), far, 0.01, 2.0, divergence=lambda y, t: np.full(y.shape[0], -2e30))
+    assert np.isfinite(log_prob(ring, OU(), far, 0.01, 2.0).log_q).all()
 
 
 def test_mlp_jvp_checks_its_tangents_and_leaves_no_tape():
@@ -689,3 +693,82 @@ def test_prior_log_prob_where_sigma_T_squared_leaves_float64():
         np.testing.assert_allclose(got, want, rtol=4e-16, atol=0)
     with pytest.raises(ValueError, match="T = 0.0 gives sigma_T = 0"):
         prior_log_prob(EDM(), np.zeros((1, 2)), 0.0)
+
+
+def test_prior_log_prob_refuses_a_row_whose_quadratic_form_overflows_where_sigma_T_is_below_1():
+    """|y|^2 finite but |y|^2 / sigma_T^2 beyond float64 (VE at T = 0: sigma_T = 0.01): it
+    returned -inf with a RuntimeWarning, and log_prob passed it on as log_q = -inf (EDM,
+    x = 1e153 from 0 to 0.01; a review). The rows just inside the range are exact (mpmath)."""
+    import warnings
+
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for process, T, far in ((VE(), 0.0, 1e153), (EDM(), 1e-110, 1e100), (EDM(), 0.01, 1e153)):
+            with pytest.raises(ValueError, match=r"y has a row too far out for sigma_T = .*overflows float64; "
+                                                 r"rescale y"):
+                prior_log_prob(process, np.array([[0.5, 0.0], [far, 0.0]]), T)
+        ring = GaussianMixture.ring()
+        with pytest.raises(ValueError, match=r"the prior's log-density at the ODE's endpoint x_T overflows float64"):
+            log_prob(ring, EDM(), np.array([[1e153, 0.0]]), 0.0, 0.01, solver="heun", n_steps=20)
+        for process, T, y in ((VE(), 0.0, np.array([[1.3e152, -2.0], [3.0, 0.5]])),
+                              (EDM(), 1e-110, np.array([[1e-100, 0.0], [7e-111, 3e-108]]))):
+            s = mpmath.mpf(float(process.sigma(T)))
+            want = [float(-mpmath.log(2 * mpmath.pi * s * s) - (mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) / (2 * s * s))
+                    for a, b in y]
+            np.testing.assert_allclose(prior_log_prob(process, y, T), want, rtol=4e-16, atol=0)
+
+
+def test_a_divergence_jvp_or_prior_of_complex_strings_or_bools_is_refused_not_cast():
+    """_check_div and _check_jvp cast with np.asarray(..., dtype=float64): a complex divergence
+    lost its imaginary part under a ComplexWarning and log_q was returned (a review: + 1j on
+    the ring's exact divergence gave the exact log_q, silently), strings were parsed as numbers
+    and a bool divergence read as 1.0 (log_q off by 8.9 nats). The score itself was already
+    refused for such dtypes (call_score)."""
+    import warnings
+
+    ring = GaussianMixture.ring()
+    x = ring.sample(3, np.random.default_rng(0))
+    score = lambda y, t: ring.score(y, t, OU())  # noqa: E731
+    exact_div = lambda y, t: ring.divergence(y, t, OU())  # noqa: E731
+    std_normal = lambda y: -0.5 * np.sum(y * y, axis=1) - np.log(2.0 * np.pi)  # noqa: E731
+    cases = [
+        (dict(divergence=lambda y, t: exact_div(y, t) + 0j), score, r"the divergence must be 3 real .*complex128"),
+        (dict(divergence=lambda y, t: exact_div(y, t).astype(str)), score, r"the divergence must be 3 real .*<U"),
+        (dict(divergence=lambda y, t: np.ones(len(y), dtype=bool)), score, r"the divergence must be 3 real .*bool"),
+        (dict(divergence="hutchinson", rng=np.random.default_rng(0), jvp=lambda y, t, V: -V + 0j), score,
+         r"jvp must return real numbers \(float64\) of the tangents' shape \(3, 1, 2\), got dtype complex128"),
+        (dict(prior=lambda y: std_normal(y) + 0j), ring, r"prior\(y\) .* must be 3 real numbers .*complex128"),
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ComplexWarning is not an answer either
+        for kw, s, match in cases:
+            with pytest.raises(ValueError, match=match):
+                log_prob(s, OU(), x, 0.1, 3.0, **kw)
+        # real dtypes still pass: integers are promoted, the result is the float64 one
+        int_prior = log_prob(ring, OU(), x, 0.1, 3.0, prior=lambda y: np.zeros(len(y), dtype=np.int64))
+        zero_prior = log_prob(ring, OU(), x, 0.1, 3.0, prior=lambda y: np.zeros(len(y)))
+        np.testing.assert_array_equal(int_prior.log_q, zero_prior.log_q)
+
+
+def test_nll_report_records_the_tolerances_used_and_checks_them_before_sampling():
+    """rtol=None is log_prob's default (1e-5), and nll_report passed it on but recorded None:
+    nll_lines then raised a TypeError formatting it (a review). Now None is recorded as the
+    1e-5 used, a numpy tolerance as a float, and a bad one is refused before any sampling."""
+    from sgm_ref.likelihood import nll_lines
+
+    ring = GaussianMixture.ring()
+    kw = dict(t0=0.05, T=3.0, n=4)
+    r = nll_report(ring, ring, OU(), rng=np.random.default_rng(0), rtol=None, atol=np.float64(1e-6), **kw)
+    assert (r["rtol"], r["atol"]) == (1e-5, 1e-6) and type(r["atol"]) is float
+    assert "RK45 rtol 1e-05" in "\n".join(nll_lines(r))
+    same = nll_report(ring, ring, OU(), rng=np.random.default_rng(0), rtol=1e-5, atol=1e-6, **kw)
+    assert r["model_nll"] == same["model_nll"] and r["kl_gap"] == same["kl_gap"]
+    rng = np.random.default_rng(0)
+    state = rng.bit_generator.state
+    for bad, match in ((dict(rtol=1e-20), r"rtol must be >= 2\.220446049250313e-14"),
+                       (dict(atol=0.0), "atol must be > 0")):
+        with pytest.raises(ValueError, match=match):
+            nll_report(ring, ring, OU(), rng=rng, **bad, **kw)
+    assert rng.bit_generator.state == state  # refused before drawing
