@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
+from scipy import integrate
 from scipy.spatial.distance import cdist, pdist
 from scipy.stats import binom, energy_distance as scipy_energy, multivariate_normal, norm
 from scipy.stats import wasserstein_distance
@@ -220,6 +221,29 @@ def test_sliced_wasserstein_2d_matches_brute_force(p):
     assert r.standard_error == pytest.approx(s * M ** (1 / p - 1) / p, rel=1e-10)
 
 
+@pytest.mark.parametrize("offset", [1e6, 1e9, 1e12])
+def test_sliced_wasserstein_of_samples_far_from_the_origin_against_mpmath(offset):
+    # the projections theta . x of points at the offset rounded to eps |offset|: SW_2 of two
+    # samples of spread 1 was 1.1e-11 off at 1e6, 5.7e-9 at 1e9, 8.6e-6 at 1e12
+    rng = np.random.default_rng(13)
+    x, y = rng.standard_normal((7, 2)) + offset, rng.standard_normal((5, 2)) + offset + 0.3
+    r = D.sliced_wasserstein(x, y, np.random.default_rng(9), n_projections=6)
+    theta = np.random.default_rng(9).standard_normal((6, 2))  # the documented draw
+    theta /= np.linalg.norm(theta, axis=1, keepdims=True)
+    with mpmath.workdps(50):
+        def project(points, t):  # exact projections of the float64 points on the float64 direction
+            return [mpmath.fsum(mpmath.mpf(float(a)) * mpmath.mpf(float(b)) for a, b in zip(row, t)) for row in points]
+
+        def wpp(a, b):  # W_2^2 with each point of a repeated m times and of b n times
+            a, b = sorted(a), sorted(b)
+            ra = [v for v in a for _ in range(len(b))]
+            rb = [v for v in b for _ in range(len(a))]
+            return mpmath.fsum((u - v) ** 2 for u, v in zip(ra, rb)) / len(ra)
+
+        exact = float(mpmath.sqrt(mpmath.fsum(wpp(project(x, t), project(y, t)) for t in theta) / 6))
+    assert r.value == pytest.approx(exact, rel=1e-14, abs=0)
+
+
 @pytest.mark.parametrize("scale, p", [(1e-150, 2), (1e-100, 3.0), (2.0**-300, 2)])
 def test_sliced_wasserstein_standard_error_of_tiny_entries_against_brute_force(scale, p):
     # W_p^p ~ 1e-300: the squared deviations behind the standard error underflowed and it
@@ -349,6 +373,24 @@ def test_mmd_with_a_bandwidth_far_above_the_distances_keeps_its_digits():
         value, se = mmd_and_se_mpmath(x, y, h)
         assert r.value == pytest.approx(value, rel=1e-13, abs=0)
         assert r.standard_error == pytest.approx(se, rel=1e-12, abs=0)
+
+
+@pytest.mark.parametrize("separation", [1e9, 1e12, 1e15])
+def test_mmd_of_two_samples_far_apart_keeps_the_distances_within_each(separation):
+    # the pooled mean lies between x and y; the distances within x and within y, taken from the
+    # points centred on it, lost eps * separation: MMD^2 (= the within-sample kernel means, the
+    # cross ones 0) was 6e-9 off at 1e9, 9e-6 at 1e12 and 1.4e-2 at 1e15 (1.7e-1 for bimodal samples)
+    rng = np.random.default_rng(27)
+    x, y = rng.standard_normal((8, 2)), rng.standard_normal((6, 2)) + separation
+    xb, yb = np.concatenate([x[:4], x[4:] + separation]), np.concatenate([y[:3] - separation, y[3:]])
+    for a, b in [(x, y), (xb, yb)]:
+        r = D.mmd(a, b, bandwidth=1.0)
+        value, se = mmd_and_se_mpmath(a, b, 1.0)
+        assert r.value == pytest.approx(value, rel=1e-13, abs=0)
+        assert r.standard_error == pytest.approx(se, rel=1e-12, abs=0)
+    r = D.mmd(x, y)  # the median heuristic's distances as well
+    assert r.bandwidth == pytest.approx(np.median(pdist(np.concatenate([x, y]))), rel=1e-15)
+    assert r.value == pytest.approx(mmd_and_se_mpmath(x, y, r.bandwidth)[0], rel=1e-13, abs=0)
 
 
 def test_mmd_median_heuristic():
@@ -604,6 +646,22 @@ def test_mmd_refuses_a_bandwidth_whose_square_underflows():
         D.mmd(x * 1e-200, y * 1e-200)
 
 
+@pytest.mark.filterwarnings("error")  # no "overflow encountered in multiply" on the way
+def test_mmd_with_a_tiny_bandwidth_and_distant_points_against_the_double_loop():
+    # |a - b|^2 / (2 h^2) = 1e40 / 2e-280 is beyond float64: its kernel value is exactly 0
+    # (only the pair within x, 1e-140 = h apart, counts: k = e^{-1/2}), as the double loop says.
+    # It came with an overflow RuntimeWarning, and x's pair, centred on the pooled mean 7.5e19,
+    # coincided: MMD^2 = 1 instead of e^{-1/2}
+    x, y = np.array([[0.0], [1e-140]]), np.array([[1e20], [2e20]])
+    value, se, h = D.mmd(x, y, bandwidth=1e-140)
+    k = lambda a, b: np.exp(-((a - b) / 1e-140) ** 2 / 2) if abs(a - b) < 1e-100 else 0.0  # noqa: E731
+    xx = sum(k(a, b) for i, a in enumerate(x[:, 0]) for j, b in enumerate(x[:, 0]) if i != j) / 2
+    yy = sum(k(a, b) for i, a in enumerate(y[:, 0]) for j, b in enumerate(y[:, 0]) if i != j) / 2
+    xy = sum(k(a, b) for a in x[:, 0] for b in y[:, 0]) / 4
+    assert value == pytest.approx(xx + yy - 2 * xy, rel=1e-15, abs=0) and value == pytest.approx(np.exp(-0.5))
+    assert h == 1e-140 and np.isfinite(se)
+
+
 def test_mmd_refuses_entries_whose_squared_distances_overflow():
     x, y = _with_outlier(1e300), _with_outlier(0.0, seed=1)  # gave nan before
     with pytest.raises(ValueError, match=r"entries of x must be below 7.07e\+149 in magnitude \(1e150 / sqrt\(d\)\)"):
@@ -654,6 +712,20 @@ def test_sliced_wasserstein_of_huge_entries_or_large_p_is_finite_and_scales():
         a = np.linspace(0.0, 1.0, 20)[:, None]
         value, se = D.sliced_wasserstein(a, a + shift, np.random.default_rng(0), p=2000)
         assert value == pytest.approx(shift, rel=1e-9) and se == 0.0
+
+
+@pytest.mark.filterwarnings("error")  # refused without an overflow warning on the way
+def test_sliced_wasserstein_beyond_float64_is_refused():
+    # every gap is 2e308 (W_p = 2e308 for every direction in d = 1, beyond float64): the value
+    # overflowed with "RuntimeWarning: overflow encountered in scalar multiply" before the refusal
+    x, y = np.full((4, 1), 1e308), np.full((3, 1), -1e308)
+    for p in (1, 2):
+        with pytest.raises(ValueError, match=r"sliced Wasserstein distance of x and y exceeds float64 \(about "
+                                             r"8\.99e\+307 times 2\.23\)"):
+            D.sliced_wasserstein(x, y, np.random.default_rng(0), p=p)
+    # just inside the range it is computed: 1.6e308 between the two
+    value, se = D.sliced_wasserstein(x * 0.8, y * 0.8, np.random.default_rng(0))
+    assert value == pytest.approx(1.6e308, rel=1e-15) and se == 0.0
 
 
 def test_mean_error_of_huge_entries_is_computed_by_scaling():
@@ -884,3 +956,57 @@ def test_covariance_error_of_a_tiny_sample_does_not_underflow(scale):
     # so to the relative accuracy of that rounding, a few ulps)
     _, se_one = D.covariance_error(x / scale, GaussianMixture([1.0], [[0.0, 0.0]], [cov / scale**2]))
     assert se == pytest.approx(se_one * scale**2, rel=1e-9, abs=0)
+
+
+@pytest.mark.parametrize("offset", [1e6, 1e9, 1e12])
+def test_mean_and_covariance_errors_of_a_sample_far_from_the_origin_against_mpmath(offset):
+    """xbar of points at 1e12 rounds to eps |xbar| ~ 1e-4, the size of the error itself: mean_error
+    was 45% off there (2.7e-7 at 1e6), covariance_error (whose delta delta^T is smaller) 1.7e-6 off."""
+    cov = np.array([[1.0, 0.3], [0.3, 0.8]])
+    g = GaussianMixture([1.0], [[offset, -offset]], [cov])
+    rng = np.random.default_rng(0)
+    for n in (400, 10_000):
+        x = rng.multivariate_normal([0.0, 0.0], 1.05 * cov, size=n) + [offset, -offset]
+        value, se = D.mean_error(x, g)
+        ref_value, ref_se = _mp_mean_error(x, g.mean())
+        assert value == pytest.approx(ref_value, rel=1e-13, abs=0)
+        assert se == pytest.approx(ref_se, rel=1e-12, abs=0)
+        if n == 400:  # (the 40-digit double sums are slow)
+            value, _ = D.covariance_error(x, g)
+            assert value == pytest.approx(_mp_covariance_error(x, g.covariance()), rel=1e-13, abs=0)
+
+
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("offset", [1e6, 1e12, -1e14])
+def test_histogram_tv_masses_of_a_target_far_from_the_origin_against_exact_cdfs(offset):
+    """The quadrature nodes are floats: at 1e12 they sat up to eps |x| ~ 1e-4 off the Gauss-Legendre
+    points and the masses of a unit Gaussian came out 1.7e-9 off (8e-12 at 1e6) with quadrature_error
+    6e-17; a 2-D Gaussian far out likewise. The masses against Phi on the very float64 edges."""
+    g = GaussianMixture([1.0], [[offset]])
+    x = g.sample(50, np.random.default_rng(0))
+    r = D.histogram_tv(x, g, bins=20)
+    e = r.edges[0]
+    exact = norm.cdf(e[1:] - offset) - norm.cdf(e[:-1] - offset)  # e - offset exact: same binade
+    np.testing.assert_allclose(r.target_mass, exact, rtol=0, atol=5e-16)
+    assert r.quadrature_error < 1e-11
+    mean, cov = np.array([offset, 3.0]), np.array([[1.0, 0.3], [0.3, 0.5]])
+    g2 = GaussianMixture([1.0], [mean], [cov])
+    r2 = D.histogram_tv(g2.sample(50, np.random.default_rng(1)), g2, bins=(3, 2))
+    for i in range(3):
+        for j in range(2):
+            lo = (r2.edges[0][i] - offset, r2.edges[1][j] - 3.0)
+            hi = (r2.edges[0][i + 1] - offset, r2.edges[1][j + 1] - 3.0)
+            # P(lo < X - mean < hi) by one quadrature over the first coordinate of the conditional CDF
+            slope, cs = 0.3, np.sqrt(0.5 - 0.09)
+            ref = integrate.quad(lambda u: norm.pdf(u) * (norm.cdf((hi[1] - slope * u) / cs)
+                                                          - norm.cdf((lo[1] - slope * u) / cs)),
+                                 lo[0], hi[0], epsabs=1e-16, epsrel=1e-13)[0]
+            assert r2.target_mass[i, j] == pytest.approx(ref, rel=0, abs=5e-16)
+
+
+def test_histogram_tv_refuses_bins_only_a_few_floats_wide():
+    # a unit Gaussian at 1e15, where floats are 0.125 apart: 5 per bin, the nodes of both rules merged
+    # onto them and agreed on masses 1.7e-3 off (quadrature_error 2e-16)
+    g = GaussianMixture([1.0], [[1e15]])
+    with pytest.raises(ValueError, match=r"hold fewer than 6 floats near 1e\+15: the quadrature nodes coincide"):
+        D.histogram_tv(g.sample(50, np.random.default_rng(0)), g, bins=20)

@@ -268,6 +268,31 @@ def test_kl_is_accurate_for_nearby_gaussians():
     assert gaussian_kl(m, S, m, S) == 0.0
 
 
+def kl_mpmath(m0, S0, m1, S1):
+    """KL(N0 || N1) at 60 digits from the float64 inputs as given (textbook formula, explicit inverse)."""
+    mp = pytest.importorskip("mpmath")
+    with mp.workdps(60):
+        S0, S1 = mp.matrix(S0.tolist()), mp.matrix(S1.tolist())
+        dm = mp.matrix((np.asarray(m1) - np.asarray(m0)).tolist())  # exact in float64 here
+        P1 = mp.inverse(S1)
+        tr = mp.fsum((P1 * S0)[i, i] for i in range(S0.rows))
+        kl = 0.5 * (tr - S0.rows + mp.log(mp.det(S1) / mp.det(S0)) + (dm.T * P1 * dm)[0])
+        return float(kl)
+
+
+@pytest.mark.parametrize("d", [1, 3])
+@pytest.mark.parametrize("e", [1e-4, 1e-7, 1e-10, 1e-13])
+def test_kl_keeps_its_digits_for_nearly_equal_covariances(d, e):
+    """KL(N(m, S) || N(m, S + e I)) ~ d e^2 / 4 to ~eps relative against mpmath on the very float64
+    inputs: e^{l} - 1 - l from the Cholesky diagonals lost digits like 1 / e (d = 3: 2e-9 relative at
+    e = 1e-7, 5e-6 at 1e-10, 2e-3 at 1e-13)."""
+    m, S = random_gaussian(d, seed=21)
+    S1 = S + e * np.eye(d)
+    m1 = m + 1e-9 * (np.arange(d) == 0)  # a mean term too, of the same order as the covariance part at e = 1e-10
+    for args in [(m, S, m, S1), (m, S1, m, S), (m, S, m1, S1)]:
+        assert gaussian_kl(*args) == pytest.approx(kl_mpmath(*args), rel=1e-14, abs=0)
+
+
 @PROPERTY
 @given(st.integers(0, 2**31), st.integers(1, 4))
 def test_kl_and_tv_invariant_under_a_common_affine_map(seed, d):

@@ -150,6 +150,10 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     n_aux : int, optional
         Points for KL(p_T || N(0, v_T I)) and TV(p_0, p_t0); default 16 n.
     dtype : float64 or float32, the dtype the score is called with.
+    overflow : {"raise", "inf"}
+        A path term beyond the float64 range (a score far from the truth) raises
+        ResultOverflowError, or with "inf" gives kl_path = inf: the bound is then the
+        trivial TV <= 1 and the other terms are measured as usual.
 
     Returns
     -------
@@ -157,11 +161,6 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
         Unbiased Monte-Carlo estimates of every term with their standard errors; the
         certified inequality holds for their expectations, and kl_upper = kl + 3 kl_se,
         tv_upper are the one-sided upper values (module docstring, "What is certified").
-
-    overflow : {"raise", "inf"}
-        A path term beyond the float64 range (a score far from the truth) raises
-        ResultOverflowError, or with "inf" gives kl_path = inf: the bound is then the
-        trivial TV <= 1 and the other terms are measured as usual.
 
     Raises
     ------
