@@ -35,12 +35,17 @@ def load_json(source, what):
     Raises
     ------
     ValueError
-        Malformed JSON, text that is not UTF-8, a key twice in one object, an integer of
-        more digits than Python converts, or nesting deeper than MAX_DEPTH. OSError
-        from reading a file object is passed on unchanged.
+        Malformed JSON, bytes that are not UTF-8 (UTF-16 and UTF-32 included), a key
+        twice in one object, an integer of more digits than Python converts, or nesting
+        deeper than MAX_DEPTH. OSError from reading a file object is passed on unchanged.
     """
     try:
         text = source.read() if hasattr(source, "read") else source
+        if isinstance(text, (bytes, bytearray)):
+            # strictly (a leading byte-order mark aside, as json.loads has it): json.loads would take
+            # UTF-16 and UTF-32 too, and bytes that are no UTF-8 (b"\xed\xa0\x80", a lone surrogate,
+            # which no UTF-8 writer can write back)
+            text = bytes(text).decode("utf-8-sig")
         value = json.loads(text, object_pairs_hook=_unique_keys)
     except _DuplicateKey as exc:
         raise ValueError(f"{what} has the key {exc.args[0]!r} twice in one object; which one is meant is not "

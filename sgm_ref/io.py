@@ -7,6 +7,7 @@ Header (JSON, stored as the array "header"):
 Arrays: "params" (the flat vector), and optionally "ema" (the parameter average).
 """
 
+import collections
 import contextlib
 import json
 import os
@@ -112,7 +113,7 @@ _SUFFIX_BYTES = 200
 
 def _name_tail(name):
     """The end of name within _SUFFIX_BYTES bytes of the file system's encoding (whole characters)."""
-    tail = name
+    tail = name[-_SUFFIX_BYTES:]  # each character is a byte at least (a name of a million took minutes)
     while len(os.fsencode(tail)) > _SUFFIX_BYTES:
         tail = tail[1:]
     return tail
@@ -247,10 +248,15 @@ def load(path, use_ema=False):
 
     Raises
     ------
+    ValueError
+        use_ema not a bool.
     ModelFileError (a ValueError)
-        Missing, truncated or foreign file, a newer format version, or parameters that
-        do not fit the architecture in the header.
+        Missing, truncated or foreign file (also: an array stored twice, a member that is
+        not .npy data, a network setting this version does not know), a newer format
+        version, or parameters that do not fit the architecture in the header.
     """
+    if not isinstance(use_ema, (bool, np.bool_)):  # 'no' was read as True
+        raise ValueError(f"use_ema must be True or False, got {use_ema!r}")
     with _open(path) as f:
         header = _header(f, path)
         key = "ema" if use_ema else "params"
@@ -260,6 +266,9 @@ def load(path, use_ema=False):
             params = f[key]
         except _READ_ERRORS as exc:
             raise ModelFileError(f"{path}: the parameter array is corrupt ({exc})") from None
+        if not isinstance(params, np.ndarray):  # numpy hands back a member without the .npy magic as its bytes
+            raise ModelFileError(f"{path}: the {key!r} member is not an .npy array (raw bytes); "
+                                 "not a file sgm_ref wrote")
     try:
         net = MLP.from_config(header["network"])
         process = process_from_dict(header["process"])
@@ -303,6 +312,12 @@ def _open(path):
 def _header(f, path):
     if not hasattr(f, "files") or "header" not in f.files:
         raise ModelFileError(f"{path}: not an sgm_ref model file (no header)")
+    # an archive may hold one name twice (and "params" beside "params.npy" is one key to numpy):
+    # numpy would read one of them, zipfile's last; np.savez writes each array once
+    twice = sorted(name for name, count in collections.Counter(f.files).items() if count > 1)
+    if twice:
+        raise ModelFileError(f"{path}: the archive holds the array {twice[0]!r} more than once; which one is meant is "
+                             "not clear (not a file sgm_ref wrote)")
     try:
         header = load_json(str(f["header"]), "the header")
     except _READ_ERRORS as exc:

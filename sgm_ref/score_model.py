@@ -81,14 +81,12 @@ class ScoreModel:
         (a float32 sigma_t would add a second rounding, and below 1.2e-38 lose digits).
         """
         if self.parameterization == "noise":
-            _, s2 = self.process._coefficients(t, out.shape[0])
-            if np.any(s2 == 0):
-                raise ValueError("t must be > 0 for the 'noise' parameterization (sigma_0 = 0)")
+            sigma = self._sigma(t, out.shape[0])
             with np.errstate(over="ignore"):  # an overflow is the callers' to name
                 if out.dtype == np.float64:
-                    out /= -np.sqrt(s2)[:, None]
+                    out /= -sigma[:, None]
                 else:  # in float64, rounded once (compiled: NumPy's mixed-dtype divide is 2.5x slower)
-                    divide_rows(out, -np.sqrt(s2))
+                    divide_rows(out, -sigma)
         elif self.parameterization == "residual":
             with np.errstate(over="ignore"):
                 out -= x
@@ -102,9 +100,15 @@ class ScoreModel:
         return t
 
     def _sigma(self, t, n):
+        """sigma_t, float64 of shape (n,), for the "noise" parameterisation; ValueError where it is 0."""
         _, s2 = self.process._coefficients(t, n)
         if np.any(s2 == 0):
-            raise ValueError("t must be > 0 for the 'noise' parameterization (sigma_0 = 0)")
+            at = float(np.broadcast_to(t, (n,))[np.argmax(s2 == 0)])
+            if at == 0:
+                raise ValueError("t must be > 0 for the 'noise' parameterization (sigma_0 = 0)")
+            # t > 0 too small for the process's sigma_t^2 (VP's beta_min t rounds to 0 below 5e-323)
+            raise ValueError(f"sigma_t^2 underflows to 0 at t = {at!r} for {self.process!r}, so the 'noise' "
+                             "score -net / sigma_t is not defined there; use a larger t")
         return np.sqrt(s2)
 
     def divergence(self, x, t):

@@ -1,7 +1,9 @@
 """Model files (sgm_ref.io): round trips, atomic writes, and every kind of bad file."""
 
+import io
 import json
 import os
+import warnings
 import zipfile
 
 import numpy as np
@@ -279,6 +281,69 @@ def test_header_without_a_network(tmp_path):
     assert_model_file_error(tmp_path / "m.npz", "does not describe a valid model")
 
 
+def npy_bytes(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_a_member_that_is_not_npy_data_is_a_model_file_error(use_ema, tmp_path):
+    """Review: numpy hands back a zip member without the .npy magic as its raw bytes, and load
+    then failed on bytes.dtype with an AttributeError traceback."""
+    model = make_model()
+    path = tmp_path / "m.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("header.npy", npy_bytes(np.array(json.dumps(valid_header(model, tmp_path)))))
+        archive.writestr("params.npy", npy_bytes(model.params) if use_ema else model.params.tobytes())
+        archive.writestr("ema.npy", model.params.tobytes())  # the same numbers, without the .npy header
+    key = "ema" if use_ema else "params"
+    assert isinstance(np.load(path)[key], bytes)  # what numpy gives
+    assert_model_file_error(path, f"the {key!r} member is not an .npy array", use_ema=use_ema)
+
+
+@pytest.mark.parametrize("names", [("params.npy", "params.npy"), ("params", "params.npy"),
+                                   ("header.npy", "header.npy")])
+def test_an_array_stored_twice_is_a_model_file_error_not_one_of_them_read(names, tmp_path):
+    """Review: an archive holding params twice (zipfile's append mode writes a second entry of the same
+    name; "params" beside "params.npy" is one key to numpy) loaded, silently, one of the two arrays
+    (zipfile's last entry, or numpy's choice of "params"): here 2 theta, not theta. Like a JSON key
+    given twice, which one is meant is not clear."""
+    model = make_model()
+    path = tmp_path / "m.npz"
+    header = npy_bytes(np.array(json.dumps(valid_header(model, tmp_path))))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's "Duplicate name"
+        with zipfile.ZipFile(path, "w") as archive:
+            archive.writestr("header.npy", header)
+            if names[0].startswith("header"):
+                archive.writestr("header.npy", header)
+                archive.writestr("params.npy", npy_bytes(model.params))
+            else:
+                archive.writestr(names[0], npy_bytes(model.params))
+                archive.writestr(names[1], npy_bytes(2 * model.params))
+    key = names[0].removesuffix(".npy")
+    assert np.load(path).files.count(key) == 2
+    assert_model_file_error(path, f"the array {key!r} more than once")
+    with pytest.raises(ModelFileError, match="more than once"):
+        read_header(path)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda net: net.update(output_scale=2.0), "keys this version does not know, ['output_scale']"),
+    (lambda net: net["time_embedding"].pop("n_frequencies"), "time_embedding lacks ['n_frequencies']"),
+    (lambda net: net["time_embedding"].update(learned=True), "keys this version does not know, ['learned']"),
+])
+def test_a_network_setting_this_version_does_not_know_is_refused_not_ignored(change, fragment, tmp_path):
+    """Review: unknown keys in the header's network config were dropped (a network other than the one
+    described, loaded without a word), and a fourier embedding without n_frequencies got 4."""
+    model = make_model()  # a fourier embedding of 4 frequencies: the parameter count fits either way
+    header = valid_header(model, tmp_path)
+    change(header["network"])
+    write_npz(tmp_path / "m.npz", header, params=model.params)
+    assert_model_file_error(tmp_path / "m.npz", "does not describe a valid model", fragment)
+
+
 # -- what save accepts ------------------------------------------------------------------------
 
 def test_save_rejects_extra_that_is_not_json(tmp_path):
@@ -379,6 +444,27 @@ def test_a_name_near_the_file_system_limit_can_be_saved(tmp_path):
         save(model, path)
         np.testing.assert_array_equal(load(path).params, model.params)
     assert leftovers(tmp_path) == []
+
+
+def test_the_temporarys_name_tail_is_found_in_time_linear_in_its_length(monkeypatch):
+    """Review: the tail was found by dropping one character at a time from the whole name and
+    encoding the rest each time, ~n^2 / 2 character encodings: a name of 10^6 characters took
+    minutes before the file system refused it. Now at most _SUFFIX_BYTES + 1 encodings, and the
+    same tail (the end of the name within 200 bytes, whole characters)."""
+    from sgm_ref import io as io_module
+
+    calls = []
+
+    def fsencode(name, encode=os.fsencode):
+        calls.append(len(name))
+        return encode(name)
+
+    monkeypatch.setattr(io_module.os, "fsencode", fsencode)
+    for name, tail in (("a" * 10**6 + ".npz", "a" * 196 + ".npz"), ("é" * 10**5, "é" * 100),
+                       ("m.npz", "m.npz"), ("x" + "€" * 70, "€" * 66)):
+        calls.clear()
+        assert io_module._name_tail(name) == tail
+        assert len(calls) <= io_module._SUFFIX_BYTES + 1 and max(calls) <= io_module._SUFFIX_BYTES
 
 
 def test_overwriting_keeps_the_files_permissions(tmp_path):
@@ -666,3 +752,32 @@ def test_object_arrays_are_refused_not_unpickled(tmp_path):
     write_npz(tmp_path / "b.npz", header, params=model.params.astype(object))
     with pytest.raises(ModelFileError, match="the parameter array is corrupt .*allow_pickle=False"):
         load(tmp_path / "b.npz")
+
+
+def test_load_json_reads_bytes_as_utf8_only():
+    """Review: bytes went to json.loads, which also takes UTF-16 and UTF-32 (detected from the
+    first bytes) and, through "surrogatepass", bytes that are no UTF-8 at all: b'"\\xed\\xa0\\x80"'
+    gave the lone surrogate '\\ud800', which no UTF-8 writer can write back (a UnicodeEncodeError
+    later, wherever the text is written). The docstring promised a ValueError for text that is
+    not UTF-8; a leading byte-order mark is still read past, as before."""
+    from sgm_ref._json import load_json
+
+    for source in ('{"a": 1}'.encode("utf-16"), '{"a": 1}'.encode("utf-32"), b'{"a": "\xed\xa0\x80"}'):
+        with pytest.raises(ValueError, match="x is not valid JSON .not UTF-8 text"):
+            load_json(source, "x")
+    with pytest.raises(ValueError, match="x is not valid JSON"):
+        load_json('{"a": 1}'.encode("utf-16-le"), "x")
+    assert load_json(b'\xef\xbb\xbf{"a": "\xc3\xa9"}', "x") == {"a": "\u00e9"}
+    assert load_json(bytearray(b"[1]"), "x") == [1]
+    assert load_json(io.BytesIO('{"\u00e9": 2}'.encode()), "x") == {"\u00e9": 2}
+
+
+def test_use_ema_must_be_a_bool(tmp_path):
+    """Found by a review: load(path, use_ema="no") loaded the parameter average (a truthy string)."""
+    model = make_model()
+    ema = model.params * 0.5
+    save(model, tmp_path / "m.npz", ema=ema)
+    with pytest.raises(ValueError, match="use_ema must be True or False, got 'no'"):
+        load(tmp_path / "m.npz", use_ema="no")
+    np.testing.assert_array_equal(load(tmp_path / "m.npz", use_ema=np.True_).params, ema)
+    np.testing.assert_array_equal(load(tmp_path / "m.npz", use_ema=False).params, model.params)

@@ -640,3 +640,56 @@ def test_a_network_too_large_for_memory_is_named_in_one_short_line():
     assert len(message) < 300 and "widths = [128] * 1000000 make 16511984258 parameters" in message
     assert "fewer or narrower layers" in message
     assert repr(MLP(d=2, widths=(3, 4) * 6)).startswith("MLP(d=2, widths=[3, 4, 3, 4, 3, 4, 3, 4, ...] (12 layers),")
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tanh_derivative_is_exact_also_where_the_unit_saturates(dtype):
+    """Review: tanh' was 1 - h^2, which loses digits as |h| rounds toward 1 and all of them
+    beyond: float64 z = 2.5 was 27 ulp off, z = 5 2000 ulp, z = 19 gave 0 for 1.3e-16; float32
+    z = 9.9 gave 1.2e-7 for 1.0e-8 (12 times too large). Every consumer of act' (backward, jvp,
+    jacobian_trace) read it; a unit saturated on a whole batch had a gradient of noise (which
+    Adam, per entry scale-free, follows at full step). Now 1 - h^2 for |h| <= 1/2 and 1 / cosh^2 z beyond: within
+    4 ulp of mpmath's sech^2 z, for out = tanh(z) (one hidden unit, z = x, t weighted 0)."""
+    mpmath = pytest.importorskip("mpmath")
+    mpmath.mp.dps = 50
+    z = np.array([0.1, 0.3, 0.52, 0.6, 1.0, 1.9, 2.5, 5.0, 9.9, 19.0, 25.7, 40.0]
+                 + ([300.0, 360.0, 720.0] if dtype == np.float64 else []), dtype=dtype)
+    z = np.concatenate([z, -z])
+    net = MLP(1, (1,), "tanh", "linear", dtype=dtype, rng=0)
+    net.set_params(np.array([1, 0, 0, 1, 0], dtype=dtype))  # W_0 = [1, 0]^T, b_0 = 0, W_1 = 1, b_1 = 0
+    x, t = z[:, None], np.full(z.size, 0.5)
+    expected = np.array([float(mpmath.sech(mpmath.mpf(float(v))) ** 2) for v in z])
+    ulp = np.spacing(expected.astype(dtype)).astype(np.float64)
+    net.forward(x, t, keep=True)
+    _, grad_x = net.backward(np.ones_like(x), input_grad=True)
+    _, trace = net.jacobian_trace(x, t)
+    _, jv = net.jvp(x, t, np.ones((z.size, 1, 1)))
+    for got in (grad_x[:, 0], trace, jv[:, 0, 0]):
+        assert got.dtype == dtype
+        assert np.all(np.abs(got - expected) <= 4 * ulp), np.max(np.abs(got - expected) / ulp)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_a_hidden_pre_activation_that_overflows_is_refused_not_saturated(activation):
+    """Review: a hidden z that overflowed (a product past 1.8e308, or inf - inf) came out of relu,
+    softplus and tanh finite, 0 or +-1, whatever the exact z: with x = (1e308, 1e308) and first-layer
+    weights 2 and -2 the exact z = 0.56, 0.50, -0.55 (mpmath), OpenBLAS's sum of one row is -inf
+    (of two rows NaN: the order of the sum decides), and the relu network returned (-0.231, -0.089),
+    its output bias, for the exact (0.133, -0.579), without a word; tanh and softplus too. Such a
+    pass now raises as an overflowing output does, and leaves no tape."""
+    mpmath = pytest.importorskip("mpmath")
+    net = MLP(2, (3,), activation, "linear", rng=0)
+    net.weights[0][:2] = [[2.0] * 3, [-2.0] * 3]
+    x, t = np.array([[1e308, 1e308]]), 0.5
+    exact = [sum(mpmath.mpf(float(a)) * mpmath.mpf(float(w)) for a, w in zip([*x[0], t, 1.0], net._layers[0][:, j]))
+             for j in range(3)]
+    assert max(abs(z) for z in exact) < 1  # the premise: a moderate z, not a saturating one
+    calls = (lambda: net.forward(x, t), lambda: net.forward(x, t, keep=True),
+             lambda: net.jvp(x, t, np.ones((1, 1, 2))), lambda: net.jacobian_trace(x, t))
+    for call in calls:
+        with pytest.raises(ValueError, match="overflows float64.*largest \\|x\\| entry 1e\\+308"):
+            call()
+    with pytest.raises(ValueError, match="backward needs a preceding forward"):
+        net.backward(np.ones((1, 2)))
+    assert np.all(np.isfinite(net.forward(x * 1e-300, t, keep=True)))  # a finite pass as before
+    net.backward(np.ones((1, 2)))

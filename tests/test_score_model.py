@@ -180,3 +180,21 @@ def test_divide_rows_is_numpys_mixed_divide_bit_for_bit(dtype):
         divide_rows(out, divisor)  # (warns only without the JIT, in NumPy scalar arithmetic)
     assert out.tobytes() == expected.tobytes()
     assert np.any(out == 0) and np.any(np.isinf(out)) and np.any((out != 0) & (np.abs(out) < np.finfo(dtype).tiny))
+
+
+@pytest.mark.parametrize("call", ["__call__", "divergence", "jvp"])
+def test_a_positive_t_whose_sigma_underflows_is_not_told_t_must_be_positive(call):
+    """Review: VP's sigma_t^2 = B(t) = beta_min t + ... rounds to 0 at t = 1e-323 (0.1 t is below
+    half the smallest subnormal), and the "noise" model answered "t must be > 0" to a t that is.
+    The message now names the underflow; t = 0 keeps its own."""
+    from sgm_ref import VPCosine
+
+    x = np.ones((2, 2))
+    for process in (VP(), VPCosine()):
+        assert process._coefficients(np.array([1e-323]), 1)[1][0] == 0  # the premise
+        model = ScoreModel(MLP(2, (4,), "silu", "linear", rng=0), process, "noise")
+        args = (x, np.array([0.5, 1e-323])) + ((np.ones((2, 1, 2)),) if call == "jvp" else ())
+        with pytest.raises(ValueError, match=r"sigma_t\^2 underflows to 0 at t = 1e-323 for VP.*use a larger t"):
+            getattr(model, call)(*args)
+    with pytest.raises(ValueError, match=r"t must be > 0 for the 'noise' parameterization \(sigma_0 = 0\)"):
+        model.output_to_score(np.ones((2, 2)), x, 0.0)

@@ -61,6 +61,14 @@ def _widths_text(widths, shown=8):
     return f"[{', '.join(map(str, widths[:shown]))}, ...] ({len(widths)} layers)"
 
 
+def _check_keys(given, known, what):
+    """ValueError unless a dict given has exactly the keys known (a non-dict fails where it is read)."""
+    if isinstance(given, dict) and set(given) != set(known):
+        unknown, missing = sorted(set(given) - set(known)), sorted(set(known) - set(given))
+        raise ValueError(f"{what} " + (f"has keys this version does not know, {unknown}" if unknown
+                                       else f"lacks {missing}") + f"; it needs exactly {list(known)}")
+
+
 class MLP:
     """Score network R^d x (0, T] -> R^d: an MLP on [x, e(t)].
 
@@ -178,8 +186,15 @@ class MLP:
 
     @classmethod
     def from_config(cls, config, params=None):
-        """Rebuild from config(); copy params (flat) in if given."""
+        """Rebuild from config(); copy params (flat) in if given.
+
+        Keys other than config()'s, here or in its time_embedding, are refused, not ignored:
+        each names a setting this version would not apply (a network other than the one
+        described), and a time embedding without n_frequencies is incomplete.
+        """
         try:
+            _check_keys(config, ("d", "widths", "activation", "time_embedding", "dtype"), "network config")
+            _check_keys(config["time_embedding"], ("kind", "n_frequencies"), "time_embedding")
             emb = TimeEmbedding(**config["time_embedding"])
             net = cls(config["d"], config["widths"], config["activation"], emb, config["dtype"], rng=0)
         except (KeyError, TypeError) as exc:
@@ -226,11 +241,16 @@ class MLP:
         L = len(self._layers) - 1
         # e^z = inf for z > 709 (and 1 / e^z = inf below -745) is what the activation kernels
         # expect; an overflow of the products (and the inf - inf it leads to) shows as a
-        # non-finite output, which the callers check
+        # non-finite output, which the callers check. In a hidden layer relu, softplus and tanh
+        # would make it finite (0 or +-1, whatever the exact z: a sum can overflow while the
+        # exact z is moderate), so there the output is made NaN and the tape dropped
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             for l in range(L):
                 np.matmul(ws.H[l], self._layers[l], out=ws.Z[l])
-                activation_forward_unguarded(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape)
+                if not activation_forward_unguarded(ws.Z[l], self._kind, ws.H[l + 1], ws.D[l], tape):
+                    ws.Z[L][...] = np.nan
+                    ws.has_tape = False
+                    return ws.Z[L]
             np.matmul(ws.H[L], self._layers[L], out=ws.Z[L])
         ws.has_tape = tape
         return ws.Z[L]
