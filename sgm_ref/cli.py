@@ -200,7 +200,7 @@ def build_parser():
                     "log-spaced times in [t0, T], its integral over [t0, T] (the Girsanov term), and the certified "
                     "TV bound of the sampler s would drive. Beside them, the same figures of the target's exact "
                     "score on the same grid and Monte-Carlo draws: the sampler's own floor (its path KL and bound "
-                    "are the discretisation's alone, e.g. path KL 0.18 and bound 0.30 on the ring with the default "
+                    "are the discretisation's alone, e.g. path KL 0.18 and bound 0.31 on the ring with the default "
                     "300 geometric Euler-Maruyama steps). A number too large for float64 is reported as "
                     "such ('overflows float64', and where), never as inf or nan. Exit status: 0; with "
                     "--max-relative-error, 0 when every profile time is within it and 1 when one is not; 2 on "

@@ -58,7 +58,7 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     grid, times and Monte-Carlo draws (common random numbers: a copy of rng's state before
     the model's figures): the sampler's own floor. Its path KL and bound are the
     discretisation's alone (e.g. on the ring with 300 geometric Euler–Maruyama steps on
-    [0.001, 5], path KL 0.18 and bound 0.30), so a model's path KL is read against them,
+    [0.001, 5], path KL 0.18 and bound 0.31), so a model's path KL is read against them,
     not against 0. The exact score is called in `dtype` (float64 in, rounded once to dtype
     out), so in float32 its profile shows float32 rounding; in float64 it is exactly 0.
 

@@ -49,8 +49,8 @@ class ExactOutputs:
         and product mixtures x0, v and velocity come from the exact posterior mean, to a
         few ulps of its terms at every t (where the components' means nearly cancel in
         it, e.g. means +-1 near x = 0 late in the process, that is a few ulps of |mu|, not
-        of x0: 3.6e-3 of an x0 of 1.5e-14; at points far from every component the
-        posterior weights lose digits: docs/limits.md); for other targets from the score by Tweedie's
+        of x0: 3.6e-3 of an x0 of 1.5e-14; points more than 32 standard deviations from
+        every mean are weighed relative to the nearest component: docs/limits.md); for other targets from the score by Tweedie's
         formula, whose x0 loses digits where alpha_t is small (module docstring).
 
         Raises
