@@ -139,3 +139,52 @@ def test_worked_cross_checks_run_against_the_installed_peers(tmp_path):
     r = subprocess.run([str(Path(sys.executable).with_name("sgm-ref")), *args[1:]], cwd=tmp_path, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.startswith("MATCH"), (r.stdout, r.stderr)
+
+
+def test_the_pages_name_every_oracle_that_runs_openblas_on_one_thread(monkeypatch):
+    """design.md ("Threads and bits") and limits.md ("Reproducibility") say which oracle calls
+    set every OpenBLAS to one thread while they run. Measured here: the tied oracle at any d
+    and the full one above d = 6, for log p_t as for the score; not the diagonal one, nor the
+    full one at d <= 6. Review: design.md named the full-covariance score only (the tied
+    oracle has run its rotations through run_blocks since its blocks were introduced)."""
+    import numpy as np
+
+    import sgm_ref.targets.gaussian_mixture as gm
+    from sgm_ref import GaussianMixture
+    from sgm_ref._threads import blas_settable, blas_threads
+
+    if not blas_settable() or max(blas_threads(), default=1) < 2:
+        pytest.skip("NumPy's BLAS is not an OpenBLAS settable at run time, or runs on one thread")
+    seen = []
+    for name in ("diagonal_mixture", "diagonal_mixture_serial", "full_mixture_direct", "full_mixture_responsibilities"):
+        kernel = getattr(gm, name)
+        monkeypatch.setattr(gm, name, lambda *args, kernel=kernel: (seen.append(max(blas_threads())), kernel(*args))[1])
+
+    def one_thread(target, call):
+        seen.clear()
+        getattr(target, call)(np.zeros((3, target.dim)), 0.3)
+        assert seen
+        return max(seen) == 1
+
+    rng = np.random.default_rng(0)
+    for d, kind, expected in ((2, "tied", True), (7, "full", True), (6, "full", False), (7, "diag", False)):
+        A = rng.standard_normal((d, d))
+        C = A @ A.T / d + np.eye(d)
+        covariances = {"tied": C, "full": np.stack([C, 2 * C]), "diag": np.ones((2, d))}[kind]
+        target = GaussianMixture([0.5, 0.5], rng.standard_normal((2, d)), covariances, covariance_type=kind)
+        for call in ("score", "log_prob"):
+            assert one_thread(target, call) is expected, (d, kind, call)
+    design = " ".join((ROOT / "docs" / "design.md").read_text(encoding="utf-8").split())
+    limits = " ".join((ROOT / "docs" / "limits.md").read_text(encoding="utf-8").split())
+    for text in (design, limits):
+        assert "tied or full-covariance (above d = 6) score or log p_t call runs" in text
+
+
+def test_the_worked_page_opens_with_every_peer_sampler_it_runs():
+    """docs/peers.md's opening names each diffusers scheduler and k-diffusion sampler that its
+    code runs. Review: it opened with "Four peer samplers", written when the page held DDIM,
+    DDPM, Euler and k-diffusion's; DPM-Solver and Euler with v_prediction came later (seven)."""
+    text = (ROOT / "docs" / "peers.md").read_text(encoding="utf-8")
+    opening = text.split("\n\n")[1]
+    run = set(re.findall(r"diffusers\.([A-Za-z]+Scheduler)\(", text)) | set(re.findall(r"sampling\.(sample_\w+)", text))
+    assert len(run) == 7 and all(name in opening for name in run), sorted(n for n in run if n not in opening)
