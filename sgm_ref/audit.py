@@ -111,6 +111,10 @@ def _peer_kind(peer, kind):
     return found
 
 
+# _step_draws probes in batches of up to this many numbers of paths (K + 1, rows, d), 128 MiB
+_PROBE_ELEMENTS = 2**24
+
+
 def _step_draws(replay_fn, options, score, process, grid, d, used, rows):
     """The index of the draw a step function gets at each step k = 0..K-1: the first draw
     the replay takes in its step k; for a step where it takes none, a draw its steps do
@@ -521,7 +525,11 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     draw_of_step, notes = None, []
     if kind == "step":
         try:
-            draw_of_step = _step_draws(replay_fn, options, score, process, grid, d, stream.used, max(n, 64))
+            # a batch's paths take as much memory as the replay's, or 2**24 numbers: in batches of max(n, 64)
+            # rows the probe ran the replay K / n times (K = 1000, n = 10: compare_sampler took 2.6 s, 1.0 s
+            # without the probe; now 1.2 s)
+            rows = max(n, 64, min(stream.used, _PROBE_ELEMENTS // (grid.size * d)))
+            draw_of_step = _step_draws(replay_fn, options, score, process, grid, d, stream.used, rows)
         except ValueError as exc:  # a custom replay refusing the probe's zero start
             notes.append(f"could not tell which draw each step of the replay takes ({exc}): the step function got "
                          "noises(k) at step k")

@@ -163,7 +163,13 @@ def prior_log_prob(process, y, T):
     if np.isfinite(s2) and s2 >= np.finfo(np.float64).tiny:
         log_s2 = np.log(s2)
         with np.errstate(over="ignore"):  # |y|^2 finite, / sigma_T^2 < 1 not: refused below
-            sq_over_s2 = squares() / s2
+            sq = np.sum(y * y, axis=1)
+            sq_over_s2 = sq / s2
+            # |y|^2 beyond float64 where sigma_T > 1 keeps |y / sigma_T|^2 finite (EDM at T = 1e100,
+            # y = 1e160: -5e119, which had been refused as "too far out for float64")
+            far = ~np.isfinite(sq)
+            if np.any(far):
+                sq_over_s2[far] = np.sum(np.square(y[far] / sigma), axis=1)
     else:
         # sigma_T^2 overflows or underflows float64 (EDM at T = 1e200 or 1e-170), sigma_T does not:
         # log sigma_T^2 = 2 log sigma_T and |y|^2 / sigma_T^2 = |y / sigma_T|^2

@@ -1010,3 +1010,17 @@ def test_histogram_tv_refuses_bins_only_a_few_floats_wide():
     g = GaussianMixture([1.0], [[1e15]])
     with pytest.raises(ValueError, match=r"hold fewer than 6 floats near 1e\+15: the quadrature nodes coincide"):
         D.histogram_tv(g.sample(50, np.random.default_rng(0)), g, bins=20)
+
+
+def test_histogram_tv_names_the_quadrature_pieces_that_hold_too_few_floats():
+    # bins of a unit Gaussian at -1.5e14 are 0.594 wide, 19 floats (0.03125 apart): the refinement cut
+    # them into pieces of 0.156, 5 floats, where the nodes merge. The message said "bins of width 0.594
+    # (quadrature pieces of width 0.156) hold fewer than 6 floats near 1.5e+14" (neither the bins'
+    # count nor the sign of the place)
+    g = GaussianMixture([1.0], [[-1.5e14]])
+    x = g.sample(50, np.random.default_rng(0))
+    width = 12.0 / 20  # the default range, mean +- 6 sd, in 20 bins
+    assert width / np.spacing(1.5e14) > 18
+    with pytest.raises(ValueError, match=r"^quadrature pieces of width 0\.156 \(cut from bins of width 0\.594\) "
+                                         r"hold fewer than 6 floats near -1\.5e\+14: the quadrature nodes coincide"):
+        D.histogram_tv(x, g, bins=20)

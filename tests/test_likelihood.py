@@ -772,3 +772,21 @@ def test_nll_report_records_the_tolerances_used_and_checks_them_before_sampling(
         with pytest.raises(ValueError, match=match):
             nll_report(ring, ring, OU(), rng=rng, **bad, **kw)
     assert rng.bit_generator.state == state  # refused before drawing
+
+
+def test_prior_log_prob_of_a_row_whose_squares_overflow_where_sigma_T_is_above_1():
+    """|y|^2 beyond float64 but |y|^2 / sigma_T^2 not (EDM at T = 1e100, y = 1e160: the
+    log-density is -5e119): it was refused as 'too far out for float64; its prior
+    log-density overflows'. The same rows against mpmath; a row whose quadratic form itself
+    overflows is still refused."""
+    mpmath = pytest.importorskip("mpmath")
+    with mpmath.workdps(50):
+        for T, y in ((1e100, np.array([[1e160, -3e159], [0.3, 1e100], [-2e154, 1e154]])),
+                     (1e150, np.array([[1e300, 1e-300], [1e155, 1e155]]))):
+            s = mpmath.mpf(T)
+            want = [float(-mpmath.log(2 * mpmath.pi * s * s) - (mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) / (2 * s * s))
+                    for a, b in y]
+            np.testing.assert_allclose(prior_log_prob(EDM(), y, T), want, rtol=4e-16, atol=0)
+    with pytest.raises(ValueError, match=r"y has a row too far out for sigma_T = 1e\+30: its prior log-density "
+                                         r"overflows float64"):
+        prior_log_prob(EDM(), np.array([[1e200, 1e200]]), 1e30)

@@ -273,11 +273,14 @@ def _gauss_legendre(edges, parts, q):
         off = np.any(np.abs(s - t) > 1e-14, axis=2) & (half > 0)
         if np.any(off):
             distinct = 1 + np.sum(np.diff(np.sort(s[off], axis=1), axis=1) > 0, axis=1)
-            if np.any(distinct < q / 2):  # the nodes merged onto a few floats: no rule of useful order there
-                where = float(np.max(np.abs(mid[off])))
-                raise ValueError(f"bins of width {float(edges[1] - edges[0]):.3g} (quadrature pieces of width "
-                                 f"{float(2 * np.max(half[off])):.3g}) hold fewer than {q // 2} floats near "
-                                 f"{where:.3g}: the quadrature nodes coincide in float64; shift x and the target "
+            merged = distinct < q / 2
+            if np.any(merged):  # the nodes merged onto a few floats: no rule of useful order there
+                # (the pieces, not the bins: bins 19 floats wide were refined into pieces of 5)
+                where = mid[off][merged]
+                where = float(where[np.argmax(np.abs(where))])
+                raise ValueError(f"quadrature pieces of width {float(2 * np.max(half[off][merged])):.3g} (cut from "
+                                 f"bins of width {float(edges[1] - edges[0]):.3g}) hold fewer than {q // 2} floats "
+                                 f"near {where:.3g}: the quadrature nodes coincide in float64; shift x and the target "
                                  "towards the origin (or rescale them), or use a wider range and fewer bins")
             lo = (cuts[:, :-1] - mid) / half
             hi = (cuts[:, 1:] - mid) / half
