@@ -13,6 +13,7 @@ import json
 import os
 import stat
 import tempfile
+import tokenize
 import zipfile
 
 import numpy as np
@@ -32,8 +33,10 @@ FORMAT_VERSION = 1
 # announce an unknown compression method: NotImplementedError; a flipped flag an
 # encrypted entry: RuntimeError; an .npy header a shape of 1e13 entries: MemoryError,
 # "Unable to allocate 72.8 TiB for an array with shape ...", which names the shape)
+# numpy's .npy header parser raises tokenize.TokenError for an unbalanced header dict (a damaged
+# closing brace, a NUL byte in it): it was a traceback from load and read_header
 _READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, KeyError, RuntimeError,
-                MemoryError)
+                MemoryError, tokenize.TokenError)
 
 
 class ModelFileError(ValueError):

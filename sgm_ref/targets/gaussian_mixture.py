@@ -308,6 +308,8 @@ class GaussianMixture(ExactOutputs):
         self._mu = np.ascontiguousarray(mu[active])
         self._lam = np.ascontiguousarray(lam[active])
         self._U = None if U is None else np.ascontiguousarray(U[active])
+        # the full covariances themselves, for _far_rows' exact differences Sigma_k* - Sigma_k
+        self._full = np.ascontiguousarray(cov[active]) if kind == "full" else None
         self._rotation = rotation
         # one covariance for all components (identity, tied, or equal rows): _far_rows' brackets are 0
         self._shared = bool(np.all(self._lam == self._lam[0]) and (U is None or np.all(self._U == self._U[0])))
@@ -745,11 +747,14 @@ class GaussianMixture(ExactOutputs):
             q_k - q_k* = (r_k^T r_k / v_k - r_k*^T r_k* / v_k*) + f_k . (2 r_k + f_k) / v_k,
             g_k - g_k* = (U_k* (r_k* / v_k*) - U_k (r_k / v_k)) - U_k (f_k / v_k).
 
-        The first brackets are sum_j r_j^2 (v_k*j - v_kj) / (v_kj v_k*j) and
-        r (v_kj - v_k*j) / (v_kj v_k*j) where the eigenbasis is shared (identity, diagonal,
-        spherical, tied), and exactly 0 for components of equal covariances; what is left
-        is of size |f| |r| / v and |f| / v, without cancellation. x (m, d), a (m,), v
-        (m, K, d) float64.
+        The first brackets are taken from the covariances' differences, with
+        P_k - P_k* = P_k alpha^2 (Sigma_k* - Sigma_k) P_k*: sum_j r_j^2 alpha^2 (lam_k*j -
+        lam_kj) / (v_kj v_k*j) and its vector form where the eigenbasis is shared (diagonal,
+        spherical), r^T P_k alpha^2 (Sigma_k* - Sigma_k) P_k* r for full covariances (the
+        difference of the rounded v or P_k r carried eps q, beside a difference of size
+        alpha^2 |Sigma_k* - Sigma_k| q), and exactly 0 for components of equal covariances;
+        what is left is of size |f| |r| / v and |f| / v, without cancellation. x (m, d), a
+        (m,), v (m, K, d) float64.
 
         Left as it is: f_k . r carries an absolute error of about eps |f| |r| / v (the rounding
         of r and of the products), as much as one ulp of x moves the exact value. Within that
@@ -757,8 +762,7 @@ class GaussianMixture(ExactOutputs):
         as uncertain as x's last bit makes them, and once eps |f| |r| / v >> 1 there they can
         come out balanced where the exact ones are 0 and 1 (three identity-covariance components
         in d = 3, x at 1e30 on the bisector of two means 3.3 apart, OU at t = 0.5: a divergence
-        of -2.03 for -3). Where the covariances differ, the first brackets keep the direct
-        forms' error, eps q, beside a difference of size q.
+        of -2.03 for -3).
         """
         m, d = x.shape
         mu, U, R = self._mu, self._U, self._rotation
@@ -778,16 +782,23 @@ class GaussianMixture(ExactOutputs):
             elif U is not None:
                 rk = np.einsum("rj,kji->rki", r, U)
                 fk = np.einsum("rkj,kji->rki", f, U)
-                rs = rk[rows, ref][:, None, :]
-                quad = np.sum(rk * (rk / v), axis=2) - np.sum(rs * (rs / vs), axis=2)
+                back = np.einsum("kij,rkj->rki", U, rk / v)                 # P_k r = U_k (r_k / v_k)
+                # P_k - P_k* = P_k alpha^2 (Sigma_k* - Sigma_k) P_k*, the covariances' difference taken
+                # from the covariances (exact where they are close), not from the rounded P_k r - P_k* r
+                spread = (a * a)[:, None, None] * np.einsum(
+                    "rkij,rj->rki", self._full[ref][:, None] - self._full, back[rows, ref])
+                quad = np.sum(back * spread, axis=2)                        # r^T (P_k - P_k*) r
             else:
                 if R is not None:
                     r = rotate_rows(r, R)
                     f = rotate_rows(f.reshape(-1, d), R).reshape(f.shape)
                 rk, fk = r[:, None, :], f
-                # r (1 / v_k - 1 / v_k*): v_k* - v_k is exact where they are within 2x; divided in
-                # turn, as v_k v_k* may underflow (variances of 1e-200); 0 where r_j = 0 (coef may be inf)
-                rc = np.where(rk == 0.0, 0.0, rk * (((vs - v) / v) / vs))
+                # r (1 / v_k - 1 / v_k*) = r (v_k* - v_k) / (v_k v_k*) with v_k* - v_k = alpha^2 (lam_k* -
+                # lam_k) from the variances (the rounded v's difference carried eps v: the weights of two
+                # variances 1 and 2 at OU's t = 15 were 1.2e-4 off); divided in turn, as v_k v_k* may
+                # underflow (variances of 1e-200); 0 where r_j = 0 (the coefficient may be inf)
+                dv = (a * a)[:, None, None] * (self._lam[ref][:, None, :] - self._lam)
+                rc = np.where(rk == 0.0, 0.0, rk * ((dv / v) / vs))
                 quad = np.sum(rk * rc, axis=2)
             logc = self._logw - 0.5 * ((quad + np.sum(fk * ((2.0 * rk + fk) / v), axis=2))
                                        + np.sum(np.log(v), axis=2))
@@ -797,9 +808,8 @@ class GaussianMixture(ExactOutputs):
             if want_delta:
                 if self._shared:
                     delta = -(fk / v) if U is None else -np.einsum("ij,rkj->rki", U[0], fk / v)
-                elif U is not None:
-                    back = np.einsum("kij,rkj->rki", U, rk / v)             # U_k (r_k / v_k)
-                    delta = (back[rows, ref][:, None, :] - back) - np.einsum("kij,rkj->rki", U, fk / v)
+                elif U is not None:  # P_k* r - P_k r = -P_k alpha^2 (Sigma_k* - Sigma_k) P_k* r
+                    delta = -np.einsum("kij,rkj->rki", U, (np.einsum("rkj,kji->rki", spread, U) + fk) / v)
                 else:
                     delta = -rc - fk / v
         return pi, delta
