@@ -324,6 +324,46 @@ def test_far_x0_of_nearly_equal_variances_is_exact(kind, cov, process, t, x, off
     assert x0 == pytest.approx(float(X0[0]), rel=8 * EPS, abs=0)
 
 
+def test_far_rows_of_a_slightly_asymmetric_full_covariance_use_its_symmetric_part():
+    """A full covariance is accepted with |C - C^T| up to 1e-10 |C| and means (C + C^T) / 2
+    (eigh_spd). The far rows' r^T P_k alpha^2 (Sigma_k* - Sigma_k) P_k* r took Sigma from C
+    itself, so the asymmetry 5e-11 below moved the divergence at x = (35, 0) (far: q ~ 1600)
+    6.2e-13 of its size off mpmath's (the same mixture given (C + C^T) / 2 was exact)."""
+    S1 = np.array([[1.0, 0.5], [0.5, 1.0]])
+    S2 = np.array([[1.01, 0.5], [0.5 + 5e-11, 1.0]])
+    mu = np.zeros((2, 2))
+    gm = GaussianMixture([0.5, 0.5], mu, np.array([S1, S2]), covariance_type="full")
+    for r in (35.0, 40.0, 45.0):
+        x = np.array([[r, 0.0]])
+        div = gm.divergence(x, 0.5, OU())[0]
+        x0 = gm.predict(x, 0.5, OU(), kind="x0")[0]
+        with mpmath.workdps(60):
+            a, s = mp_marginal(OU(), 0.5)
+            D, X0, _, _ = mp_posterior(np.array([0.5, 0.5]), mu, [S1, 0.5 * (S2 + S2.T)], x[0], a, s)
+        assert div == pytest.approx(float(D), rel=4 * EPS, abs=0)
+        for i in range(2):
+            assert x0[i] == pytest.approx(float(X0[i]), rel=4 * EPS, abs=4 * EPS)
+
+
+def test_far_rows_of_several_reference_components_match_row_by_row():
+    """_far_rows takes Sigma_k* - Sigma_k per reference component k* (rows grouped by k*): a
+    batch whose far rows have different references gives each row's values bit for bit."""
+    rng = np.random.default_rng(3)
+    K, d = 4, 3
+    B = rng.standard_normal((K, d, d))
+    gm = GaussianMixture(np.full(K, 0.25), 3 * rng.standard_normal((K, d)),
+                         B @ B.transpose(0, 2, 1) + 0.5 * np.eye(d), covariance_type="full")
+    x = 10.0 ** rng.uniform(2, 12, (16, 1)) * rng.standard_normal((16, d))
+    t = rng.uniform(0.1, 2.0, 16)
+    div, x0 = gm.divergence(x, t, OU()), gm.predict(x, t, OU(), kind="x0")
+    for i in range(16):
+        assert gm.divergence(x[i:i + 1], t[i:i + 1], OU())[0] == div[i]
+        np.testing.assert_array_equal(gm.predict(x[i:i + 1], t[i:i + 1], OU(), kind="x0")[0], x0[i])
+    # the rows are far out and their references differ (else the test pins nothing)
+    top = [int(np.argmax(gm._component_blocks(x[i:i + 1], t[i], OU())[1].__next__()[5])) for i in range(16)]
+    assert len(set(top)) >= 2
+
+
 # ----------------------------------------------------------------- metrics
 
 class _Moments:

@@ -308,8 +308,11 @@ class GaussianMixture(ExactOutputs):
         self._mu = np.ascontiguousarray(mu[active])
         self._lam = np.ascontiguousarray(lam[active])
         self._U = None if U is None else np.ascontiguousarray(U[active])
-        # the full covariances themselves, for _far_rows' exact differences Sigma_k* - Sigma_k
-        self._full = np.ascontiguousarray(cov[active]) if kind == "full" else None
+        # the full covariances themselves, for _far_rows' exact differences Sigma_k* - Sigma_k: the
+        # (C + C^T) / 2 eigh_spd factorised (a C accepted with |C - C^T| up to 1e-10 |C| put that
+        # asymmetry into the far rows' r^T (P_k - P_k*) r: 6e-13 of the divergence off)
+        self._full = (None if kind != "full" else
+                      np.ascontiguousarray(0.5 * (cov[active] + cov[active].transpose(0, 2, 1))))
         self._rotation = rotation
         # one covariance for all components (identity, tied, or equal rows): _far_rows' brackets are 0
         self._shared = bool(np.all(self._lam == self._lam[0]) and (U is None or np.all(self._U == self._U[0])))
@@ -785,8 +788,13 @@ class GaussianMixture(ExactOutputs):
                 back = np.einsum("kij,rkj->rki", U, rk / v)                 # P_k r = U_k (r_k / v_k)
                 # P_k - P_k* = P_k alpha^2 (Sigma_k* - Sigma_k) P_k*, the covariances' difference taken
                 # from the covariances (exact where they are close), not from the rounded P_k r - P_k* r
-                spread = (a * a)[:, None, None] * np.einsum(
-                    "rkij,rj->rki", self._full[ref][:, None] - self._full, back[rows, ref])
+                # (rows grouped by k*: one (K, d, d) difference per reference, not one (m, K, d, d) array;
+                # d = 128, K = 8, all rows far: the divergence's peak 10.1 -> 2.2 MiB, time unchanged)
+                spread = np.empty_like(back)
+                for k in np.unique(ref):
+                    on = np.flatnonzero(ref == k)
+                    spread[on] = (a[on] * a[on])[:, None, None] * np.einsum(
+                        "kij,rj->rki", self._full[k] - self._full, back[on, k])
                 quad = np.sum(back * spread, axis=2)                        # r^T (P_k - P_k*) r
             else:
                 if R is not None:
