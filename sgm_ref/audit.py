@@ -111,8 +111,9 @@ def _peer_kind(peer, kind):
     return found
 
 
-# _step_draws probes in batches of up to this many numbers of paths (K + 1, rows, d), 128 MiB
-_PROBE_ELEMENTS = 2**24
+# _step_draws probes in batches of up to this many numbers of paths (K + 1, rows, d), 16 MiB (its
+# comparisons take a few arrays of that size more)
+_PROBE_ELEMENTS = 2**21
 
 
 def _step_draws(replay_fn, options, score, process, grid, d, used, rows):
@@ -525,9 +526,9 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
     draw_of_step, notes = None, []
     if kind == "step":
         try:
-            # a batch's paths take as much memory as the replay's, or 2**24 numbers: in batches of max(n, 64)
-            # rows the probe ran the replay K / n times (K = 1000, n = 10: compare_sampler took 2.6 s, 1.0 s
-            # without the probe; now 1.2 s)
+            # a batch's paths hold up to 2**21 numbers (16 MiB), or max(n, 64) rows where that is more; in
+            # batches of max(n, 64) rows the probe ran the replay K / n times (K = 1000, n = 10: compare_sampler
+            # took 2.6 s, 1.0 s without the probe; now 1.2 s)
             rows = max(n, 64, min(stream.used, _PROBE_ELEMENTS // (grid.size * d)))
             draw_of_step = _step_draws(replay_fn, options, score, process, grid, d, stream.used, rows)
         except ValueError as exc:  # a custom replay refusing the probe's zero start
