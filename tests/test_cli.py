@@ -705,6 +705,13 @@ def test_audit_tolerance_fails_a_planted_sigma2_bug_and_passes_the_exact_score(t
     assert checked["passed"] is False and checked["exceeded"][0] == 0.001
     # (1 - sigma_t^2)^2 of the oracle's mean square: ~100% near t0, ~0 by t = 5
     assert checked["relative"][0] > 0.5 and checked["relative"][-1] < 1e-6
+    # and exactly that at every t, the ratio being of means on the same points (its scale came
+    # from other draws: 108.55% at t = 0.0102, where (1 - sigma_t^2)^2 = 96.00%)
+    t = np.array(checked["t"])
+    # (1 - sigma_t^2 = e^{-2t}; the model's sigma_t^2 x s - s loses eps / e^{-2t}: 5e-12 at t = 5)
+    np.testing.assert_allclose(checked["relative"], np.exp(-2 * t) ** 2, rtol=1e-10)
+    score_error = json.loads((tmp_path / "bug.json").read_text())["score_error"]
+    assert score_error["relative"] == checked["relative"] and max(score_error["relative_standard_error"]) < 1e-15
     assert checked["allowed"][0] == 0.5 and checked["allowed"][-1] == 0.05
 
     exact = run("audit", "--score", "models:exact", *AUDIT_SMALL, *TOLERANCE, "--json", "exact.json",

@@ -12,9 +12,9 @@ from .distances import (MMD, ComponentWeights, Estimate, component_weights, cova
                         mean_error, mmd, sliced_wasserstein)
 from .histogram import HistogramTV, histogram_tv
 from .gaussian import gaussian_kl, gaussian_tv, sampler_limit_gaussian, sampler_output_gaussian
-from .score_error import score_error_integral, score_error_profile
+from .score_error import ScoreErrorProfile, score_error_integral, score_error_profile
 
 __all__ = ["score_error_integral", "score_error_profile", "tv_upper_bound", "TVBound",
            "sampler_output_gaussian", "sampler_limit_gaussian", "gaussian_kl", "gaussian_tv",
            "histogram_tv", "sliced_wasserstein", "mmd", "energy_distance", "mean_error", "covariance_error",
-           "component_weights", "Estimate", "MMD", "HistogramTV", "ComponentWeights"]
+           "component_weights", "Estimate", "MMD", "HistogramTV", "ComponentWeights", "ScoreErrorProfile"]
