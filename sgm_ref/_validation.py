@@ -92,13 +92,24 @@ def _native(arr):
     return arr.astype(arr.dtype.newbyteorder("=")) if arr.dtype.kind in "iuf" and not arr.dtype.isnative else arr
 
 
+def _read_array(value, name):
+    """np.asarray(value), with numpy's and torch's refusals named: a ragged list gave NumPy's
+    "setting an array element with a sequence" and a torch tensor that requires grad torch's
+    RuntimeError, neither naming the argument."""
+    try:
+        return np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        hint = "; pass it .detach()" if "requires grad" in str(exc) else ""
+        raise ValueError(f"{name} cannot be read as an array of numbers ({str(exc).splitlines()[0]}){hint}") from None
+
+
 def check_real_array(value, name):
     """Return value as a finite float64 array; integers are promoted, float32 widened.
 
     longdouble (which would lose digits), complex, object and bool arrays are refused; a
     big-endian array (as a file from another machine may hold) is read as the same numbers.
     """
-    arr = _native(np.asarray(value))
+    arr = _native(_read_array(value, name))
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     if arr.dtype not in FLOAT_DTYPES:
@@ -212,7 +223,7 @@ def check_points(x, name="x", d=None):
     if isinstance(x, np.ma.MaskedArray):
         raise ValueError(f"{name} is a masked array, whose masked entries would be read as the numbers under the "
                          f"mask; pass a plain ndarray of the points you mean (e.g. the unmasked rows)")
-    arr = np.asarray(x)
+    arr = _read_array(x, name)
     if arr.dtype.kind in "iu":
         arr = arr.astype(np.float64)
     elif arr.dtype.kind == "f" and not arr.dtype.isnative:
@@ -220,7 +231,7 @@ def check_points(x, name="x", d=None):
     if arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a float64 or float32 array, got dtype {arr.dtype}")
     if arr.ndim != 2:
-        hint = " (for a single point use x[None, :])" if arr.ndim == 1 else ""
+        hint = f" (for a single point use {name}[None, :])" if arr.ndim == 1 else ""
         raise ValueError(f"{name} must have shape (n, d), got shape {arr.shape}{hint}")
     if d is not None and arr.shape[1] != d:
         raise ValueError(f"{name} must have shape (n, {d}), got shape {arr.shape}")
@@ -242,7 +253,7 @@ def check_times(t, n=None, T=None, name="t"):
     T : float, optional
         Largest admissible time (the process's horizon); None means no upper bound.
     """
-    arr = _native(np.asarray(t))  # a big-endian array too (the same numbers)
+    arr = _native(_read_array(t, name))  # a big-endian array too (the same numbers)
     if arr.dtype.kind not in "iu" and arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a real number or an array of float64, float32 or integers, got {arr.dtype}")
     arr = arr.astype(np.float64)

@@ -388,7 +388,7 @@ def check_vjp(f, vjp, theta, rng, directions=3, eps=1e-6, rtol=1e-6, atol=1e-8):
     Parameters
     ----------
     f : callable
-        f(theta) -> real array of shape (m,) (or any fixed shape; it is flattened).
+        f(theta) -> real array of shape (m,), or any fixed shape (w_j is drawn in that shape).
     vjp : callable
         vjp(theta, w) -> J^T w, shape (n,), for w of the shape of f(theta).
     theta : ndarray, shape (n,), float64

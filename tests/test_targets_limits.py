@@ -573,3 +573,12 @@ def _check_ill_conditioned(kind, mp):
                 e = [mp.exp(v - top) for v in logs]
                 want = np.array([float((e[0] * grads[0][j] + e[1] * grads[1][j]) / (e[0] + e[1])) for j in range(d)])
                 assert np.max(np.abs(score[i] - want)) <= bound * np.max(np.abs(want)), (kappa, t, i)
+
+
+def test_an_eigenvalue_just_outside_the_range_is_shown_with_the_digits_that_put_it_there():
+    """Found by a fuzz: eigh puts the eigenvalues of 1e-300 I just below 1e-300, and the refusal
+    read "got 1e-300 to 1e-300", a value inside the range it names."""
+    with pytest.raises(ValueError, match=r"got 9\.999999999999999e-301 to 9\.999999999999999e-301; rescale"):
+        GaussianMixture([1.0], [[0.0, 0.0]], 1e-300 * np.eye(2)[None], "full")
+    with pytest.raises(ValueError, match=r"got 1e-301 to 1; rescale"):  # 3 digits where they suffice
+        GaussianMixture([1.0], [[0.0, 0.0]], [[1e-301, 1.0]], "diag")

@@ -128,3 +128,24 @@ def test_check_points_refuses_a_masked_array():
     with pytest.raises(ValueError, match=r"^x is a masked array"):
         GaussianMixture([1.0], [[0.0]], [[1.0]]).score(x, 0.5, OU())
     np.testing.assert_array_equal(check_points(np.ma.getdata(x)), [[5.0], [1.0]])
+
+
+def test_arrays_numpy_or_torch_cannot_read_are_named():
+    """Found by reviews: a ragged list gave NumPy's "setting an array element with a sequence" and a
+    torch tensor that requires grad torch's RuntimeError, neither naming the argument; a 1-D y was
+    told to use x[None, :]."""
+    from sgm_ref._validation import check_points
+
+    with pytest.raises(ValueError, match=r"^covariances cannot be read as an array of numbers \(setting an"):
+        check_real_array([[1.0, 0.0], [0.0]], "covariances")
+    with pytest.raises(ValueError, match=r"^x cannot be read as an array of numbers"):
+        check_points([[1.0, 2.0], [3.0]], "x")
+    with pytest.raises(ValueError, match=r"for a single point use y\[None, :\]"):
+        check_points(np.zeros(3), "y")
+    torch = pytest.importorskip("torch")
+    leaf = torch.zeros((2, 3), dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^x cannot be read .*requires grad.*; pass it \.detach\(\)$"):
+        check_points(leaf, "x")
+    with pytest.raises(ValueError, match=r"^t cannot be read .*; pass it \.detach\(\)$"):
+        check_times(torch.ones(2, dtype=torch.float64, requires_grad=True), n=2)
+    np.testing.assert_array_equal(check_points(leaf.detach(), "x"), np.zeros((2, 3)))

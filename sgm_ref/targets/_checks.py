@@ -67,12 +67,21 @@ def check_means(mu, name="means", limit=MAX_MEAN):
                          f"finite in float64), got an entry of size {top:.3g}; rescale the target")
 
 
+def _shown(v):
+    """v in 3 digits, or in all where 3 would read as inside [MIN_VARIANCE, MAX_VARIANCE] while v
+    is not (eigh puts 1e-300 I's eigenvalues just below 1e-300: "got 1e-300 to 1e-300" was refused)."""
+    short = f"{v:.3g}"
+    outside = v < MIN_VARIANCE or v > MAX_VARIANCE
+    return repr(v) if outside and MIN_VARIANCE <= float(short) <= MAX_VARIANCE else short
+
+
 def check_variances(lam, name, what="variances"):
     """Raise unless every variance (or eigenvalue) lies in [MIN_VARIANCE, MAX_VARIANCE]."""
     lo, hi = float(np.min(lam)), float(np.max(lam))
     if lo < MIN_VARIANCE or hi > MAX_VARIANCE:
         raise ValueError(f"{name}: {what} must lie in [{MIN_VARIANCE:g}, {MAX_VARIANCE:g}] (so the oracle's "
-                         f"quadratic forms stay finite in float64), got {lo:.3g} to {hi:.3g}; rescale the target")
+                         f"quadratic forms stay finite in float64), got {_shown(lo)} to {_shown(hi)}; rescale the "
+                         "target")
 
 
 def check_float32_range(mu, lam, what, name="x", wants="float32 points", fix="pass float64 points"):
