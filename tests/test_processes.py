@@ -823,6 +823,36 @@ def test_ddpm_betas_follow_diffusers_definitions():
     assert got[-1] == 0.999  # the cap of betas_for_alpha_bar
 
 
+@pytest.mark.parametrize("N", [10, 1000, 4000])
+def test_ddpm_cosine_betas_keep_their_digits_near_t_1(N):
+    """squaredcos_cap_v2's betas to a few ulps, the last ones included: cos(u_i) near pi/2 and
+    sin(u_{i+1} + u_i) near pi are taken as sines of their distances to pi/2 and pi (np.cos of
+    the rounded u_i made beta_995 9.4e-14 off at N = 1000, 4.2e-13 at N = 4000)."""
+    got = DDPM("squaredcos_cap_v2", num_train_timesteps=N).betas()
+    i = np.unique(np.concatenate([np.arange(min(N, 40)), np.arange(max(N - 40, 0), N)]))
+    with mp.workdps(40):
+        def abar(t):
+            return mp.cos((t + mp.mpf("0.008")) / mp.mpf("1.008") * mp.pi / 2) ** 2
+        ref = [min(1 - abar(mp.mpf(int(j) + 1) / N) / abar(mp.mpf(int(j)) / N), mp.mpf(0.999)) for j in i]
+    assert max(_rel(g, r) for g, r in zip(got[i], ref)) <= 8 * EPS
+
+
+@pytest.mark.parametrize("smin, smax", [(0.01, 50.0), (0.002, 80.0), (1e-3, 1e3)])
+def test_ve_sigma_is_exact_at_its_ends_and_within_its_conditioning(smin, smax):
+    """sigma_0 = sigma_min and sigma_1 = sigma_max exactly (they were 50 - 2.8e-14 and
+    sigma_1^2 2.7e-12 off for the defaults), and sigma_t, sigma_t^2 against mpmath to about
+    the condition number 2 t log(sigma_max / sigma_min) <= 17 times half an ulp (were 12 eps off)."""
+    p = VE(smin, smax)
+    assert p.sigma(0.0) == smin and p.sigma(1.0) == smax
+    assert p.sigma2(0.0) == smin * smin and p.sigma2(1.0) == smax * smax
+    t = np.linspace(0.0, 1.0, 201)
+    s, s2 = p.sigma(t), p.sigma2(t)
+    with mp.workdps(40):
+        ref = [mp.mpf(smin) * (mp.mpf(smax) / mp.mpf(smin)) ** mp.mpf(float(x)) for x in t]
+        assert max(_rel(a, r) for a, r in zip(s, ref)) <= 4.5 * EPS
+        assert max(_rel(a, r * r) for a, r in zip(s2, ref)) <= 8.5 * EPS
+
+
 def test_torch_linspace_rounding_is_exact():
     """The float32 rounding behind diffusers_betas rounds p + q once, ties included."""
     from fractions import Fraction
