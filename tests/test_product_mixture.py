@@ -136,3 +136,94 @@ def test_a_coordinate_whose_squared_residual_overflows_but_whose_quadratic_form_
     assert p.predict(x, t, kind="x0")[0, 0] == pytest.approx(float(x0), rel=1e-15, abs=0)
     assert p.divergence(x, t)[0] == pytest.approx(float(-1 / v), rel=1e-12, abs=0)  # the spread term is ~1e-560
     np.testing.assert_allclose(p.log_prob_and_score(x, t)[0], as_gaussian_mixture(p).log_prob(x, t), rtol=1e-15)
+
+
+@pytest.mark.parametrize("process, t", [(OU(), 0.3), ("EDM", 2.0), ("FlowMatching", 0.7), ("VE", 0.4)])
+@pytest.mark.parametrize("kind", ["eps", "x0", "v", "velocity"])
+def test_float32_predict_is_the_float64_value_rounded_once(process, t, kind):
+    # from the float32 score v and velocity lost the digits that cancel in them (115 float32
+    # ulps of v under EDM); now within one float32 ulp of the equivalent mixture's float64 value
+    import sgm_ref.processes as processes
+    process = getattr(processes, process)() if isinstance(process, str) else process
+    p = random_product(2, 7)
+    x = np.random.default_rng(3).normal(0, 2, (50, 2)).astype(np.float32)
+    got = p.predict(x, t, process, kind=kind)
+    want = as_gaussian_mixture(p).predict(x.astype(np.float64), t, process, kind=kind)
+    assert got.dtype == np.float32
+    assert np.all(np.abs(got - want) <= np.spacing(np.abs(want).astype(np.float32)))
+
+
+def test_float32_predict_far_in_time_against_mpmath():
+    # EDM at t = 1e30: the float32 score, -eps / sigma ~ 1.5e-50, underflows to 0, and eps and
+    # velocity came back 0 where they are -1.5e-20; v = -1.5e40 overflowed float32 to -inf
+    import mpmath as mp
+    from sgm_ref import EDM
+    p = ProductMixture([[0.5, 0.5]], [[1e10, 2e10]], [[1.0, 1.0]])
+    x, t = np.array([[1.0]], dtype=np.float32), 1e30
+    with mp.workdps(50):
+        v, lw = 1 + mp.mpf(t) ** 2, []
+        for m in (1e10, 2e10):
+            lw.append(-(1 - mp.mpf(m)) ** 2 / (2 * v))
+        pis = [mp.exp(w - max(lw)) for w in lw]
+        x0 = sum(q * (m + (1 - mp.mpf(m)) / v) for q, m in zip(pis, (1e10, 2e10))) / sum(pis)
+        eps = (1 - x0) / mp.mpf(t)  # x = alpha x0 + sigma eps with alpha = 1, sigma = t
+    for kind in ("eps", "velocity"):  # EDM: sigma' = 1, alpha' = 0, so velocity = eps
+        got = p.predict(x, t, EDM(), kind=kind)
+        assert got.dtype == np.float32
+        assert got[0, 0] == pytest.approx(float(eps), rel=1e-7, abs=0)
+    assert p.predict(x, t, EDM(), kind="x0")[0, 0] == pytest.approx(float(x0), rel=1e-7, abs=0)
+    with pytest.raises(ValueError, match="the v at x\\[0\\] reaches 1.5e\\+40, beyond float32's range"):
+        p.predict(x, t, EDM(), kind="v")
+    assert p.predict(x.astype(np.float64), t, EDM(), kind="v")[0, 0] == pytest.approx(float(-t * x0), rel=1e-14)
+
+
+@pytest.mark.parametrize("t, x", [(0.99999, 1e4), (0.99999, 1e3), (0.999, 50.0)])
+def test_posterior_weights_far_out_late_against_mpmath(t, x):
+    # the logits were the difference of two log terms ~ (x - alpha mu)^2 / (2 v) = 5e7 at
+    # t = 0.99999, x = 1e4: x0 came 2.3e-9 off (6.3e-14 at t = 0.999, x = 50); now from the
+    # differences of the components, as GaussianMixture weighs far points
+    import mpmath as mp
+    from sgm_ref import FlowMatching
+    w, mu, s = [0.2, 0.8], [-1.0, 1.0], [0.1, 3.0]
+    p, process = ProductMixture([w], [mu], [s]), FlowMatching()
+    a, s2 = (float(c[0]) for c in process._coefficients(t, 1))
+    with mp.workdps(60):
+        a, s2, xm = mp.mpf(a), mp.mpf(s2), mp.mpf(x)
+        v = [a * a * mp.mpf(sc) ** 2 + s2 for sc in s]
+        logs = [mp.log(wc) - (mp.log(vc) + (xm - a * mc) ** 2 / vc) / 2 for wc, mc, vc in zip(w, mu, v)]
+        pis = [mp.exp(lc - max(logs)) for lc in logs]
+        pis = [q / sum(pis) for q in pis]
+        x0 = sum(q * (mc + a * mp.mpf(sc) ** 2 / vc * (xm - a * mc)) for q, mc, sc, vc in zip(pis, mu, s, v))
+        score = -sum(q * (xm - a * mc) / vc for q, mc, vc in zip(pis, mu, v))
+        g = [-(xm - a * mc) / vc for mc, vc in zip(mu, v)]
+        div = sum(q * (-1 / vc + (gc - score) ** 2) for q, vc, gc in zip(pis, v, g))
+    X = np.array([[x]])
+    assert p.predict(X, t, process, kind="x0")[0, 0] == pytest.approx(float(x0), rel=1e-15, abs=0)
+    assert p.score(X, t, process)[0, 0] == pytest.approx(float(score), rel=1e-15, abs=0)
+    assert p.divergence(X, t, process)[0] == pytest.approx(float(div), rel=1e-14, abs=0)
+
+
+def test_posterior_weights_near_t_zero_against_mpmath():
+    # the difference form of the logits is used only where its parts are smaller than the log
+    # terms: used everywhere it put the score and divergence 1.3e-14 off here (2.8e-15 now, of max(1, |value|))
+    import mpmath as mp
+    rng = np.random.default_rng(1)
+    w = rng.uniform(0.1, 0.9, 3)
+    weights, mu, s = np.stack([w, 1 - w], 1), rng.normal(0, 2, (3, 2)), rng.uniform(0.3, 1.5, (3, 2))
+    p, x, t = ProductMixture(weights, mu, s), rng.normal(0, 3, (20, 3)), 0.01
+    a, s2 = (float(c[0]) for c in OU()._coefficients(t, 1))
+    score, div = np.zeros((20, 3)), np.zeros(20)
+    with mp.workdps(40):
+        a, s2 = mp.mpf(a), mp.mpf(s2)
+        for i, j in itertools.product(range(20), range(3)):
+            xm, v = mp.mpf(x[i, j]), [a * a * mp.mpf(sc) ** 2 + s2 for sc in s[j]]
+            logs = [mp.log(wc) - (mp.log(vc) + (xm - a * mc) ** 2 / vc) / 2 for wc, mc, vc in zip(weights[j], mu[j], v)]
+            pis = [mp.exp(lc - max(logs)) for lc in logs]
+            pis = [q / sum(pis) for q in pis]
+            g = [-(xm - a * mc) / vc for mc, vc in zip(mu[j], v)]
+            sj = sum(q * gc for q, gc in zip(pis, g))
+            score[i, j] = float(sj)
+            div[i] += float(sum(q * (-1 / vc + (gc - sj) ** 2) for q, vc, gc in zip(pis, v, g)))
+    # relative to max(1, |value|): a score near 0 is a cancellation of the components' scores
+    assert np.max(np.abs(p.score(x, t) - score) / np.maximum(1.0, np.abs(score))) < 5e-15
+    assert np.max(np.abs(p.divergence(x, t) - div) / np.maximum(1.0, np.abs(div))) < 5e-15

@@ -188,3 +188,16 @@ def test_divergence_is_in_the_dtype_of_x_as_the_score(estimator):
     div32 = tg.divergence(x32, 0.3)
     assert tg.score(x32, 0.3).dtype == div32.dtype == np.float32 and tg.divergence(x, 0.3).dtype == np.float64
     assert div32.tobytes() == div64.astype(np.float32).tobytes()
+
+
+@pytest.mark.parametrize("kind", ["eps", "x0", "v", "velocity"])
+def test_float32_predict_is_the_float64_value_rounded_once(kind):
+    # the same draws in float64 and float32: the kinds come from the float64 score, rounded
+    # once (from the float32 score x0 was 10 float32 ulps off, v 220)
+    a = 1.3
+    target = TiltedGaussian(lambda x: a * np.tanh(x[:, 0]), lambda x: (a * (1 - np.tanh(x[:, 0]) ** 2))[:, None], 1,
+                            a, n_mc=256, rng=np.random.default_rng(0))
+    x = np.random.default_rng(1).normal(0, 2, (50, 1)).astype(np.float32)
+    got = target.predict(x, 0.3, kind=kind)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, target.predict(x.astype(np.float64), 0.3, kind=kind).astype(np.float32))

@@ -45,7 +45,8 @@ class ExactOutputs:
         Returns
         -------
         ndarray, shape (n, d): the score in the dtype of x; the other kinds float64
-        (float32 for float32 x: computed in float64 and rounded once). For the Gaussian
+        (float32 for float32 x: computed in float64, from the float64 score, and rounded
+        once; a value beyond float32's range raises). For the Gaussian
         and product mixtures x0, v and velocity come from the exact posterior mean, to a
         few ulps of its terms at every t (where the components' means nearly cancel in
         it, e.g. means +-1 near x = 0 late in the process, that is a few ulps of |mu|, not
@@ -66,6 +67,11 @@ class ExactOutputs:
         score = self.score(x, t, process)
         if kind == "score":
             return score
+        if x.dtype == np.float32:
+            # computed from the float64 score and rounded once: from the float32 score, eps =
+            # -sigma score was 0 where the score underflows (EDM's t = 1e30: eps -1.5e-20) and v,
+            # velocity lost the digits that cancel in them (115 float32 ulps of v)
+            return _to_float32(self.predict(x.astype(np.float64), t, process, kind), kind)
         if kind == "eps" or not hasattr(self, "_posterior_mean"):
             return convert(score, x, t, process, from_="score", to=kind)
         times = np.asarray(process._times(t, n=score.shape[0]), dtype=np.float64)
@@ -84,4 +90,16 @@ class ExactOutputs:
             if not (np.all(np.isfinite(A)) and np.all(np.isfinite(B))):  # alpha' or sigma' infinite there
                 return convert(score, x, t, process, from_="score", to=kind)  # its error names t
             x0 = A * eps + B * x0
-        return x0.astype(np.float32) if x.dtype == np.float32 else x0
+        return x0
+
+
+def _to_float32(values, kind):
+    """values (n, d) float64 as float32, refusing what float32 cannot hold (a bare cast gives inf)."""
+    with np.errstate(over="ignore"):  # named just below
+        out = values.astype(np.float32)
+    bad = ~np.all(np.isfinite(out), axis=1)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        top = float(np.max(np.abs(values[i])))
+        raise ValueError(f"the {kind} at x[{i}] reaches {top:.3g}, beyond float32's range; pass float64 points")
+    return out

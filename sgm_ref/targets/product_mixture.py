@@ -161,12 +161,51 @@ class ProductMixture(ExactOutputs):
         diff = x.astype(np.float64)[:, :, None] - a * self.means  # (n, d, 2)
         return x, var, diff
 
+    def _relative_terms(self, a, var, diff):
+        """(top, rel), shapes (n, d, 1) and (n, d, 2): each coordinate's larger log term
+        l_r = log w_r + log N(x_j; alpha mu_r, v_r) and both terms relative to it (0 and
+        l_c - l_r), the posterior's logits.
+
+        l_c - l_r is taken from the differences of the components, not of the two log terms,
+        which are each ~ (x_j - alpha mu)^2 / (2 v) and lose its digits far out (FlowMatching's
+        t = 0.99999 at x = 1e4: terms of 5e7, logits 2e-9 off, and so x0):
+
+            l_c - l_r = log(w_c / w_r) - log1p((v_c - v_r) / v_r) / 2
+                        - [(d_c - d_r)(d_c + d_r) / v_c - (d_r / v_r) d_r (v_c - v_r) / v_c] / 2,
+
+        d = x_j - alpha mu, d_c - d_r = alpha (mu_r - mu_c), v_c - v_r = alpha^2 (s_c^2 - s_r^2)
+        (where that overflows, or its two parts exceed the terms, the difference of the terms:
+        a point too far out is named by the callers).
+        """
+        a = np.asarray(a, dtype=np.float64)[:, None, None]
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff * (diff / var))
+            r = np.argmax(log_terms, axis=2)[:, :, None]                    # (n, d, 1); 0 where nan
+            c = 1 - r
+            top = np.take_along_axis(log_terms, r, axis=2)
+            rel = log_terms - top
+
+            def pick(values, k):
+                return np.take_along_axis(np.broadcast_to(values, var.shape), k, axis=2)
+
+            mu_r, mu_c, s_r, s_c = pick(self.means, r), pick(self.means, c), pick(self.stds, r), pick(self.stds, c)
+            v_r, v_c, d_r, d_c = pick(var, r), pick(var, c), pick(diff, r), pick(diff, c)
+            dv = a * a * ((s_c - s_r) * (s_c + s_r))                        # v_c - v_r
+            first, second = a * (mu_r - mu_c) * ((d_c + d_r) / v_c), (d_r / v_r) * (d_r * (dv / v_c))
+            logit = pick(self._logw, c) - pick(self._logw, r) - 0.5 * np.log1p(dv / v_r) - 0.5 * (first - second)
+            # the form whose parts are smaller rounds less: near t = 0 with variances far apart the
+            # two parts can exceed the terms themselves
+            better = np.abs(first) + np.abs(second) < d_c * (d_c / v_c) + d_r * (d_r / v_r)
+            logit = np.where((np.isfinite(logit) & better) | (pick(self._logw, c) == -np.inf), logit, pick(rel, c))
+            np.put_along_axis(rel, c, np.where(np.isfinite(top), logit, pick(rel, c)), axis=2)
+        return top, rel
+
     def _evaluate(self, x, t, process):
         x, var, diff = self._coordinates(x, t, process)
+        a = check_process(process, variance_preserving=False)._coefficients(t, x.shape[0])[0]
+        top, rel = self._relative_terms(a, var, diff)
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
-            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff * (diff / var))
-            top = np.max(log_terms, axis=2, keepdims=True)
-            post = np.exp(log_terms - top)
+            post = np.exp(rel)
             total = post.sum(axis=2, keepdims=True)
             log_coord = top[:, :, 0] + np.log(total[:, :, 0])        # log p_t of each coordinate
             # left to right: a component of no weight gives (0 * diff) / var = 0, never 0 * inf
@@ -181,10 +220,11 @@ class ProductMixture(ExactOutputs):
         cancellation where alpha_t is small (ExactOutputs.predict)."""
         x, var, diff = self._coordinates(x, t, process)
         n = x.shape[0]
-        a = check_process(process, variance_preserving=False)._coefficients(t, n)[0][:, None, None]
+        a = check_process(process, variance_preserving=False)._coefficients(t, n)[0]
+        rel = self._relative_terms(a, var, diff)[1]
+        a = a[:, None, None]
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
-            log_terms = self._logw - 0.5 * (np.log(var) + diff * (diff / var))
-            post = np.exp(log_terms - np.max(log_terms, axis=2, keepdims=True))
+            post = np.exp(rel)
             post /= post.sum(axis=2, keepdims=True)
             each = self.means + a * (self.stds**2 / var) * diff  # s^2 / v <= 1 / alpha^2; s^2 diff may overflow
             out = np.sum(np.where(post > 0, post * each, 0.0), axis=2)
@@ -204,9 +244,10 @@ class ProductMixture(ExactOutputs):
         where the divergence is beyond float32's range (never an inf).
         """
         x, var, diff = self._coordinates(x, t, process)
+        a = check_process(process, variance_preserving=False)._coefficients(t, x.shape[0])[0]
+        rel = self._relative_terms(a, var, diff)[1]
         with np.errstate(over="ignore", invalid="ignore"):  # a point too far out is named below
-            log_terms = self._logw - 0.5 * (np.log(var) + diff * (diff / var))
-            post = np.exp(log_terms - np.max(log_terms, axis=2, keepdims=True))
+            post = np.exp(rel)
             post /= post.sum(axis=2, keepdims=True)
             g = -diff / var
             s = np.sum(np.where(post > 0, post * g, 0.0), axis=2, keepdims=True)
