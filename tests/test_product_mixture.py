@@ -227,3 +227,37 @@ def test_posterior_weights_near_t_zero_against_mpmath():
     # relative to max(1, |value|): a score near 0 is a cancellation of the components' scores
     assert np.max(np.abs(p.score(x, t) - score) / np.maximum(1.0, np.abs(score))) < 5e-15
     assert np.max(np.abs(p.divergence(x, t) - div) / np.maximum(1.0, np.abs(div))) < 5e-15
+
+
+def test_far_logits_are_per_entry_so_a_far_row_changes_no_bit_of_the_others():
+    """The difference form of the logits is taken only at entries 8 standard deviations from both
+    components: a batch holding one far row gives every other row the bits it has alone, and the
+    far row the bits it has alone."""
+    from sgm_ref import FlowMatching
+    p, process = ProductMixture([[0.2, 0.8], [0.5, 0.5]], [[-1.0, 1.0], [0.0, 2.0]], [[0.1, 3.0], [1.0, 0.5]]), \
+        FlowMatching()
+    near = np.random.default_rng(3).normal(0.0, 1.0, (5, 2))
+    far = np.array([[1e4, 0.3]])
+    both = np.vstack([near, far])
+    for f in (lambda x: p.score(x, 0.999, process), lambda x: p.divergence(x, 0.999, process),
+              lambda x: p.predict(x, 0.999, process, kind="x0"), lambda x: p.log_prob(x, 0.999, process)):
+        out = f(both)
+        np.testing.assert_array_equal(out[:5], f(near))
+        np.testing.assert_array_equal(out[5:], f(far))
+
+
+def test_a_far_entry_beside_a_component_of_no_weight_is_that_of_the_other_component():
+    """A coordinate 20 standard deviations out whose second component has weight 0 and sd 1e-9:
+    the far entries' difference form gave that component -inf + inf = nan (log p refused as too
+    far); it is the one Gaussian's closed form."""
+    p = ProductMixture([[1.0, 0.0]], [[0.0, 0.0]], [[1.0, 2.0]])
+    p0 = ProductMixture([[1.0, 0.0]], [[0.0, 0.0]], [[1.0, 1e-9]])
+    x = np.array([[20.0], [-35.0], [1e5]])
+    for t, process in ((0.0, OU()), (0.5, VP(0.1, 20.0))):
+        a, s2 = (float(c[0]) for c in process._coefficients(t, 1))
+        v = a * a + s2  # the first component's variance at t
+        want = -0.5 * (np.log(2 * np.pi * v) + x[:, 0] ** 2 / v)
+        for q in (p, p0):
+            np.testing.assert_allclose(q.log_prob(x, t, process), want, rtol=1e-15)
+            np.testing.assert_allclose(q.score(x, t, process)[:, 0], -x[:, 0] / v, rtol=1e-15)
+            np.testing.assert_allclose(q.divergence(x, t, process), np.full(3, -1.0 / v), rtol=1e-15)

@@ -25,6 +25,9 @@ from ._checks import (MAX_MEAN, MAX_VARIANCE, MIN_VARIANCE, check_float32_range,
 __all__ = ["ProductMixture"]
 
 _LOG_2PI = float(np.log(2.0 * np.pi))
+# a coordinate at least sqrt(_FAR_QUAD) standard deviations from both components has its
+# posterior logits taken from the components' differences (ProductMixture._relative_terms)
+_FAR_QUAD = 64.0
 
 
 class ProductMixture(ExactOutputs):
@@ -166,8 +169,9 @@ class ProductMixture(ExactOutputs):
         l_r = log w_r + log N(x_j; alpha mu_r, v_r) and both terms relative to it (0 and
         l_c - l_r), the posterior's logits.
 
-        l_c - l_r is taken from the differences of the components, not of the two log terms,
-        which are each ~ (x_j - alpha mu)^2 / (2 v) and lose its digits far out (FlowMatching's
+        At an entry at least 8 standard deviations from both components (_FAR_QUAD), l_c - l_r
+        is taken from the differences of the components, not of the two log terms, which are
+        each ~ (x_j - alpha mu)^2 / (2 v) and lose its digits far out (FlowMatching's
         t = 0.99999 at x = 1e4: terms of 5e7, logits 2e-9 off, and so x0):
 
             l_c - l_r = log(w_c / w_r) - log1p((v_c - v_r) / v_r) / 2
@@ -177,27 +181,40 @@ class ProductMixture(ExactOutputs):
         (where that overflows, or its two parts exceed the terms, the difference of the terms:
         a point too far out is named by the callers).
         """
-        a = np.asarray(a, dtype=np.float64)[:, None, None]
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
-            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + diff * (diff / var))
-            r = np.argmax(log_terms, axis=2)[:, :, None]                    # (n, d, 1); 0 where nan
-            c = 1 - r
-            top = np.take_along_axis(log_terms, r, axis=2)
+            quad = diff * (diff / var)                                      # (x_j - alpha mu)^2 / v
+            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + quad)
+            top = np.max(log_terms, axis=2, keepdims=True)
             rel = log_terms - top
+            # the difference form only where both quadratic terms exceed _FAR_QUAD: below, the
+            # direct difference loses at most a few eps _FAR_QUAD (computed at every entry, the
+            # difference form had made the oracle 1.7x slower at d = 32)
+            i, j = np.nonzero(np.minimum(quad[:, :, 0], quad[:, :, 1]) > _FAR_QUAD)  # (np.min over axis 2 is slow)
+            if i.size == 0:
+                return top, rel
+            r = np.argmax(log_terms[i, j], axis=1)[:, None]                 # (m, 1); 0 where nan
+            c = 1 - r
 
-            def pick(values, k):
-                return np.take_along_axis(np.broadcast_to(values, var.shape), k, axis=2)
+            def pick(values, k):  # values (m, 2): the entry of component k in each row
+                return np.take_along_axis(values, k, axis=1)[:, 0]
 
-            mu_r, mu_c, s_r, s_c = pick(self.means, r), pick(self.means, c), pick(self.stds, r), pick(self.stds, c)
-            v_r, v_c, d_r, d_c = pick(var, r), pick(var, c), pick(diff, r), pick(diff, c)
-            dv = a * a * ((s_c - s_r) * (s_c + s_r))                        # v_c - v_r
-            first, second = a * (mu_r - mu_c) * ((d_c + d_r) / v_c), (d_r / v_r) * (d_r * (dv / v_c))
-            logit = pick(self._logw, c) - pick(self._logw, r) - 0.5 * np.log1p(dv / v_r) - 0.5 * (first - second)
-            # the form whose parts are smaller rounds less: near t = 0 with variances far apart the
-            # two parts can exceed the terms themselves
+            ai = np.asarray(a, dtype=np.float64)[i]
+            mu, sd, logw = self.means[j], self.stds[j], self._logw[j]
+            v, dd, rl = var[i, j], diff[i, j], rel[i, j]
+            mu_r, mu_c, s_r, s_c = pick(mu, r), pick(mu, c), pick(sd, r), pick(sd, c)
+            v_r, v_c, d_r, d_c = pick(v, r), pick(v, c), pick(dd, r), pick(dd, c)
+            dv = ai * ai * ((s_c - s_r) * (s_c + s_r))                      # v_c - v_r
+            first, second = ai * (mu_r - mu_c) * ((d_c + d_r) / v_c), (d_r / v_r) * (d_r * (dv / v_c))
+            logit = pick(logw, c) - pick(logw, r) - 0.5 * np.log1p(dv / v_r) - 0.5 * (first - second)
+            # the form whose parts are smaller rounds less: with variances far apart the two parts
+            # can exceed the terms themselves
             better = np.abs(first) + np.abs(second) < d_c * (d_c / v_c) + d_r * (d_r / v_r)
-            logit = np.where((np.isfinite(logit) & better) | (pick(self._logw, c) == -np.inf), logit, pick(rel, c))
-            np.put_along_axis(rel, c, np.where(np.isfinite(top), logit, pick(rel, c)), axis=2)
+            # a component of no weight stays at -inf (its other terms may be inf: -inf + inf was nan)
+            none = pick(logw, c) == -np.inf
+            logit = np.where(none, -np.inf, logit)
+            use = ((np.isfinite(logit) & better) | none) & np.isfinite(top[i, j, 0])
+            np.put_along_axis(rl, c, np.where(use, logit, pick(rl, c))[:, None], axis=1)
+            rel[i, j] = rl
         return top, rel
 
     def _evaluate(self, x, t, process):
