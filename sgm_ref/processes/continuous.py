@@ -177,8 +177,11 @@ class VE(LinearGaussianProcess):
         with np.errstate(over="ignore", under="ignore"):
             e = np.exp(power * np.where(near0, t, t - 1.0) * self._log_ratio)
             v = end * e if power == 1 else end * (end * e)
+            ok = np.isfinite(e) & (e > 0)
+            if np.all(ok):  # the log form only where needed (it was a second exp on every call)
+                return v
             logged = np.exp(power * (np.log(self.sigma_min) + t * self._log_ratio))
-        return np.where(np.isfinite(e) & (e > 0), v, logged)
+        return np.where(ok, v, logged)
 
     def _sigma(self, t):
         return self._from_nearer_end(t, 1)
