@@ -77,8 +77,8 @@ import sys
 
 import numpy as np
 
-from ._validation import (call_score, check_count, check_decreasing_grid, check_float_dtype, check_points, check_rng,
-                          check_time_range, fits_in_memory)
+from ._validation import (call_score, check_count, check_decreasing_grid, check_float_dtype, check_points, check_real,
+                          check_rng, check_time_range, fits_in_memory)
 from .kernels.sampler import affine_noise_step, generator_handle, heun_correct, heun_predict
 from .processes import VariancePreserving, check_process
 
@@ -105,9 +105,11 @@ def _check_time_range(t0, T, process):
 
 
 def _check_sigma2(process, T, name, dtype=np.float64):
-    """Raise unless sigma_T^2 is finite in dtype: on a process that is not variance-preserving
-    every step's int g^2 is at most sigma_T^2 (EDM with its t_max = inf, T = 1e200, or VE with
-    sigma_max = 1e200), and beyond it the coefficients are inf and NaN. For float32 points
+    """Raise unless sigma_T^2 is finite in dtype: on VE and EDM (alpha = 1) every step's
+    int g^2 is at most sigma_T^2 (EDM with its t_max = inf, T = 1e200, or VE with sigma_max =
+    1e200), and beyond it the coefficients are inf and NaN. (On SubVP and FlowMatching, alpha
+    < 1, int g^2 may exceed sigma_T^2 <= 1: 9.5 and 21 from their t_max to 1e-3; a coefficient
+    beyond the dtype's range there shows as the sampler's divergence.) For float32 points
     (coefficients rounded to float32) that is sigma_T below about 1.8e19: EDM at T = 1e20 took
     its first step with int g^2 = inf and was reported as a diverging sampler of too-large
     steps, and sample at T = 1e39 drew start points of inf, reported as a non-finite x."""
@@ -127,13 +129,27 @@ def _check_sigma2(process, T, name, dtype=np.float64):
 def _check_start_sigma(process, T, dtype):
     """Raise unless the start points N(0, sigma_T^2 I) fit dtype with 64 standard deviations
     to spare (the probability flow off the variance-preserving processes, which never forms
-    sigma_T^2: float32 takes sigma_T up to about 5e36)."""
+    sigma_T^2: float32 takes sigma_T up to about 5e36), and so does the state x / alpha_T that
+    it steps (sgm_ref.replays.karras_heun), of spread sigma_T / alpha_T: on SubVP(0.1, 1000)
+    at T = 1 that is 3.8e108, and float32 points were refused inside the replay as 'x contains
+    2000 non-finite value(s)' (alpha = 1 on EDM and VE: there it is sigma_T). In float64 a
+    sigma_T / alpha_T beyond the range is the replay's own refusal (alpha_T too small)."""
+    limit = float(np.finfo(dtype).max) / 64
     sigma = float(process.sigma(T))
-    if not sigma * 64.0 < float(np.finfo(dtype).max):
+    if not sigma < limit:
         raise ValueError(f"T = {float(T)!r} is too large for {dtype.name} points on {process!r}: the start "
                          f"N(0, sigma_T^2 I) has sigma_T = {sigma:.3g}, beyond {dtype.name}'s range for its draws "
-                         f"(sigma_T below about {float(np.finfo(dtype).max) / 64:.2g}); use a smaller T, or float64 "
-                         "points")
+                         f"(sigma_T below about {limit:.2g}); use a smaller T, or float64 points")
+    if dtype == np.float64:
+        return
+    alpha = float(process.alpha(T))
+    with np.errstate(divide="ignore", over="ignore"):
+        spread = sigma / np.float64(alpha)
+    if not spread < limit:
+        raise ValueError(f"T = {float(T)!r} is too large for {dtype.name} points on {process!r}: the probability "
+                         f"flow steps x / alpha_T (sgm_ref.replays.karras_heun), of spread sigma_T / alpha_T = "
+                         f"{float(spread):.3g}, beyond {dtype.name}'s range (below about {limit:.2g}); use a smaller "
+                         "T, or float64 points")
 
 
 def routed_replay(process, method):
@@ -150,9 +166,20 @@ def start_variance(process, T):
     """The variance of the start law N(0, v I) of `sample` at T: 1 on a variance-preserving
     process (its stationary law), sigma_T^2 on any other (module docstring).
 
-    Raises ValueError for a T out of the process's range, or one whose sigma_T^2 overflows
-    float64 (EDM at T = 1e200)."""
-    if _is_vp(process):
+    Raises ValueError for a T that is not a number in (0, process.t_max], one whose B(T)
+    overflows float64 on a variance-preserving process (OU at T = 1e308), or one whose
+    sigma_T^2 overflows float64 on any other (EDM at T = 1e200)."""
+    vp = _is_vp(process)
+    T = check_real(T, "T", low=0.0, low_open=True)  # (1.0 was returned for any T on VP(): -5, 2, nan)
+    if T > process.t_max:
+        raise ValueError(f"T must be <= {process.t_max} for {process!r}, got {T!r}")
+    if vp:
+        try:
+            B_T = process.integrated_beta(T)
+        except ValueError:  # beyond float64: said here in T's terms, as check_time_range says it
+            B_T = np.inf
+        if not np.isfinite(B_T):
+            raise ValueError(f"T = {T!r} is too large for {process!r}: B(T) = int_0^T beta overflows float64")
         return 1.0
     sigma = float(process.sigma(T))
     _check_sigma2(process, T, "T")
@@ -208,29 +235,14 @@ def check_grid(grid, process):
     return g
 
 
-def _score_at(score, y, t, step, grid, process):
-    """Call the score at one grid time and check what comes back.
-
-    If the call fails while the points themselves have overflowed or come close to it
-    (|y| beyond sqrt(max) / 1e4, 1.3e150 in float64, where their squares overflow), the
-    error names the sampler's divergence, not the score's reaction to it.
-    """
-    try:
-        return call_score(score, y, np.full(y.shape[0], t), f" at step {step} (t = {float(t):.6g})")
-    except Exception:
-        with np.errstate(invalid="ignore"):
-            top = np.max(np.abs(y))
-        if not top < np.sqrt(np.finfo(y.dtype).max) / 1e4:
-            _diverged(step, grid, process)
-        raise
-
-
 def _where(step, t):
     return f" at step {step} (t = {float(t):.6g})"
 
 
 def _overflow_limit(dtype):
-    """|y| from which a failing score is blamed on the sampler's divergence (_score_at)."""
+    """|y| from which a failing score is blamed on the sampler's divergence: beyond sqrt(max) / 1e4
+    (1.3e150 in float64), where the points' squares overflow, the error names the divergence,
+    not the score's reaction to it."""
     return np.sqrt(np.finfo(dtype).max) / 1e4
 
 
@@ -250,8 +262,9 @@ class _Times:
 
 
 def _score_for_kernel(score, y, t, step, grid, process, times):
-    """_score_at without the O(n d) finiteness pass, which the step kernels make (and
-    _non_finite_score raises what call_score would have); times: a _Times for y."""
+    """Call the score at one grid time, without the O(n d) finiteness pass, which the step kernels
+    make (and _non_finite_score raises what call_score would have); times: a _Times for y.
+    A failing call on points beyond _overflow_limit is reported as the sampler's divergence."""
     try:
         s = score(y, times.at(t))
         if type(s) is not np.ndarray or s.shape != y.shape or s.dtype != y.dtype:
@@ -260,7 +273,7 @@ def _score_for_kernel(score, y, t, step, grid, process, times):
         return s if s.flags.c_contiguous else np.ascontiguousarray(s)  # the kernels read it flat
     except Exception:
         with np.errstate(invalid="ignore"):
-            top = np.max(np.abs(y))
+            top = np.max(np.abs(y), initial=0.0)  # no points (n = 0 or d = 0): the score's own error
         if not top < _overflow_limit(y.dtype):
             _diverged(step, grid, process)
         raise
@@ -268,7 +281,7 @@ def _score_for_kernel(score, y, t, step, grid, process, times):
 
 def _non_finite_score(status, step, t, grid, process):
     """Raise for a score output with a NaN or inf that a step kernel found (its status 1,
-    or 2 where the points had overflowed or nearly before the call), as _score_at would."""
+    or 2 where the points had overflowed or nearly before the call), as call_score would."""
     if status == 2:
         _diverged(step, grid, process)
     raise ValueError(f"score returned non-finite values{_where(step, t)}")
@@ -287,7 +300,8 @@ def _diverged(step, grid, process):
     head = f"the sampler diverged: its points overflowed (or nearly) before step {step} (t = {float(grid[step]):.6g}). "
     if not largest <= 2.0:
         ratios = grid[1:] / grid[:-1]
-        geometric = grid.size > 2 and np.allclose(ratios, ratios[0], rtol=1e-9, atol=0.0)  # already, as by default
+        # already geometric, as by default (one step is any grid: sample(n_steps=1) was told to use a geometric grid)
+        geometric = np.allclose(ratios, ratios[0], rtol=1e-9, atol=0.0)
         fix = "more steps (n_steps)" + (" or" if geometric else ", a geometric grid or") + " a smaller T"
         raise ValueError(
             head + f"Its largest step has {what} = {largest:.3g} (step {int(np.argmax(size))}); steps with "
@@ -378,7 +392,20 @@ def _routed(score, process, grid, x, rng, trajectory, method):
     replay = routed_replay(process, method)
     grid = check_grid(grid, process)
     y = check_points(x, "x")
-    return replay(score, process, grid, y, rng, trajectory)
+    if y.dtype != np.float64:  # the replay steps x / alpha_t, rounded to y's dtype (_check_start_sigma)
+        alpha, top = float(process.alpha(grid[0])), float(np.max(np.abs(y), initial=0.0))
+        with np.errstate(divide="ignore", over="ignore"):
+            state = top / np.float64(alpha)
+        if not state < float(np.finfo(y.dtype).max) / 64:
+            raise ValueError(f"grid[0] = T = {float(grid[0])!r} is too large for {y.dtype.name} points on {process!r}: "
+                             f"the probability flow steps x / alpha_T (sgm_ref.replays.karras_heun), which reaches "
+                             f"{float(state):.3g} (alpha_T = {alpha:.3g}), beyond {y.dtype.name}'s range; start the "
+                             "grid at a smaller time, or pass float64 points")
+    out = replay(score, process, grid, y, rng, trajectory)
+    # as the own samplers: an output that overflowed is named (one Heun step of EDM from
+    # T = 1e36 to 1 in float32 gave inf, unsaid)
+    _finished(out[0] if trajectory else out, grid, process)
+    return out
 
 
 def _path(y, grid, trajectory):
@@ -503,6 +530,9 @@ def probability_flow(score, process, grid, x, trajectory=False):
     sgm_ref.replays.karras_heun: Heun on dy/dtau = -f y + g^2 s / 2 in the variables
     x / alpha and sigma / alpha (module docstring).
     """
+    if isinstance(trajectory, np.random.Generator):  # euler_maruyama's argument order (it was 'trajectory must be ...')
+        raise ValueError("probability_flow is deterministic and takes no rng: call it as probability_flow(score, "
+                         "process, grid, x) (its fifth argument is trajectory)")
     if not _is_vp(process):
         return _routed(score, process, grid, x, None, trajectory, "probability_flow")
     process, grid, y = _start(score, x, process, grid, trajectory)

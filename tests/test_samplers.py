@@ -1161,3 +1161,116 @@ def test_divergence_on_a_geometric_grid_does_not_advise_a_geometric_grid():
         sample(lambda x, t: -x, OU(), 2, 1, np.random.default_rng(0), T=1e300, t0=1.0, n_steps=3)
     with pytest.raises(ValueError, match=r"are unstable: use more steps \(n_steps\), a geometric grid or a smaller T$"):
         sample(lambda x, t: -x, OU(), 2, 1, np.random.default_rng(0), T=1e300, t0=1.0, n_steps=3, grid="uniform")
+
+
+# -- review: empty point sets, start_variance's T, the routed replay's output -------------------
+
+@pytest.mark.parametrize("shape", [(0, 2), (3, 0)])
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_a_failing_score_on_no_points_raises_its_own_error(method, shape):
+    """With no entries in x (n = 0 or d = 0) a score's own exception propagated as NumPy's 'zero-size
+    array to reduction operation maximum which has no identity' (the divergence check took the
+    max of |y| over no entries)."""
+    def score(x, t):
+        raise RuntimeError("the score's own failure")
+
+    args = () if method == "probability_flow" else (np.random.default_rng(0),)
+    with pytest.raises(RuntimeError, match="^the score's own failure$"):
+        METHODS[method](score, OU(), np.array([1.0, 0.5]), np.zeros(shape), *args)
+    y = METHODS[method](lambda x, t: -x, OU(), np.array([1.0, 0.5]), np.zeros(shape), *args)
+    assert y.shape == shape
+
+
+@pytest.mark.parametrize("process, T, match", [
+    (OU(), -5.0, r"^T must be > 0.0, got -5.0$"), (VP(), 2.0, r"^T must be <= 1.0 for VP\(.*\), got 2.0$"),
+    (VP(), float("nan"), r"^T must be finite, got nan$"), (OU(), "1", r"^T must be a real number, got '1'$"),
+    (OU(), np.array([1.0, 2.0]), r"^T must be a real number"), (EDM(), 0.0, r"^T must be > 0.0, got 0.0$"),
+    (EDM(), np.array([1.0, 2.0]), r"^T must be a real number"),
+    (OU(), 1e308, r"^T = 1e\+308 is too large for OU\(\): B\(T\) = int_0\^T beta overflows float64"),
+])
+def test_start_variance_refuses_a_bad_T(process, T, match):
+    """start_variance returned 1.0 for any T on a variance-preserving process (-5, 2 on VP whose
+    t_max is 1, nan, a string), 0.0 for EDM at T = 0 (a start law of no spread) and NumPy's
+    TypeError for an array T elsewhere, though its docstring says it raises for a T out of range."""
+    from sgm_ref.samplers import start_variance
+
+    with pytest.raises(ValueError, match=match):
+        start_variance(process, T)
+
+
+def test_start_variance_values():
+    """1 on the variance-preserving processes (their stationary law), sigma_T^2 on the others:
+    VE's sigma_max^2 at T = 1, EDM's T^2, FlowMatching's T^2 (sigma = t)."""
+    from sgm_ref import VE, FlowMatching
+    from sgm_ref.samplers import start_variance
+
+    assert start_variance(OU(), 8e307) == start_variance(VP(), 1) == start_variance(OU(), 5e-324) == 1.0
+    assert start_variance(VE(0.01, 50.0), 1.0) == 2500.0 and start_variance(EDM(), 3.0) == 9.0
+    assert start_variance(FlowMatching(), 0.99999) == pytest.approx(0.99999 ** 2, rel=4e-16, abs=0)
+    assert start_variance(EDM(), 1e150) == 1e150 ** 2
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # the replay's float32 rounding
+@pytest.mark.parametrize("trajectory", [False, True])
+def test_probability_flow_off_vp_names_an_output_that_overflowed(trajectory):
+    """The probability flow on a process that is not variance-preserving (the replay karras_heun)
+    returned inf for finite input without a word: one float32 Heun step of EDM from sigma = 1e36
+    (the start N(0, sigma_T^2 I) that sample allows in float32) down to 1. Named now, as the own
+    samplers name it; 40 geometric steps over the same range stay finite and are returned."""
+    score = lambda x, t: (-x / (1.0 + t[:, None].astype(np.float64) ** 2)).astype(x.dtype)  # noqa: E731  N(0, I)
+    x = (np.random.default_rng(0).standard_normal((3, 1)) * 1e36).astype(np.float32)
+    ratio = r"int g\^2 / sigma_\{t_k\+1\}\^2 = 1e\+72 \(step 0\)"  # (1e72 - 1) / 1
+    with pytest.raises(ValueError, match=r"^the sampler diverged: .* " + ratio):
+        probability_flow(score, EDM(), np.array([1e36, 1.0]), x, trajectory)
+    with pytest.raises(ValueError, match=r"^the sampler diverged"):
+        sample(score, EDM(), 3, 1, np.random.default_rng(0), T=1e36, t0=1.0, n_steps=1, method="probability_flow",
+               dtype=np.float32)
+    out = probability_flow(score, EDM(), time_grid(1e36, 1.0, 40, "geometric"), x, trajectory)
+    y = out[0] if trajectory else out
+    assert y.dtype == np.float32 and np.all(np.isfinite(y))
+
+
+def test_a_single_diverging_step_does_not_advise_a_geometric_grid():
+    """One step is a geometric grid as much as a uniform one; sample(n_steps=1) (its grid geometric by
+    default) diverging was told to use 'a geometric grid'."""
+    with pytest.raises(ValueError, match=r"are unstable: use more steps \(n_steps\) or a smaller T$"):
+        sample(lambda x, t: -x, OU(), 2, 1, np.random.default_rng(0), T=1e3, t0=1.0, n_steps=1, method="exponential")
+
+
+def test_probability_flow_given_an_rng_says_it_takes_none():
+    """probability_flow(score, process, grid, x, rng), in euler_maruyama's order, was told
+    'trajectory must be True or False, got Generator(PCG64) at 0x...'."""
+    with pytest.raises(ValueError, match=r"^probability_flow is deterministic and takes no rng: call it as "
+                                         r"probability_flow\(score, process, grid, x\)"):
+        probability_flow(lambda x, t: -x, OU(), np.array([1.0, 0.5]), np.zeros((2, 1)), np.random.default_rng(0))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_float32_probability_flow_whose_state_x_over_alpha_overflows_is_named():
+    """Off the variance-preserving processes the probability flow (karras_heun) steps x / alpha_t.
+    On SubVP(0.1, 1000) at T = 1, alpha_T = 2.6e-109, so in float32 that state is inf from the
+    start, and sample(dtype=float32) and probability_flow were refused inside the replay as
+    'x contains 2000 non-finite value(s) (NaN or inf)', x being points they drew or were given
+    finite. Now T is named; from T = 0.5 (alpha_T = 7.1e-28, x / alpha_T ~ 1e28) both run, and
+    the float32 flow from float64's start points ends where float64's does to float32 rounding
+    over the steps (<= 2 N 2^-24 of the largest |entry| at N = 300 steps; measured 3.6e-7)."""
+    from sgm_ref import SubVP
+
+    process, target = SubVP(0.1, 1000.0), GaussianMixture([1.0], [[0.5]], [[[0.2]]])
+    score = lambda x, t: target.score(x.astype(np.float64), t, process).astype(x.dtype)  # noqa: E731
+    assert float(process.alpha(1.0)) == pytest.approx(2.6e-109, rel=0.01)
+    with pytest.raises(ValueError, match=r"^T = 1\.0 is too large for float32 points on SubVP\(beta_min=0\.1, "
+                                         r"beta_max=1000\.0\): the probability flow steps x / alpha_T .* "
+                                         r"sigma_T / alpha_T = 3\.84e\+108, .* or float64 points$"):
+        sample(score, process, 2000, 1, np.random.default_rng(0), T=1.0, t0=1e-3, n_steps=300,
+               method="probability_flow", dtype=np.float32)
+    x = np.random.default_rng(1).standard_normal((50, 1))
+    with pytest.raises(ValueError, match=r"^grid\[0\] = T = 1\.0 is too large for float32 points on SubVP.*: the "
+                                         r"probability flow steps x / alpha_T .* start the grid at a smaller time"):
+        probability_flow(score, process, time_grid(1.0, 1e-3, 300), x.astype(np.float32))
+    grid = time_grid(0.5, 1e-3, 300)
+    y32, y64 = probability_flow(score, process, grid, x.astype(np.float32)), probability_flow(score, process, grid, x)
+    assert y32.dtype == np.float32 and np.max(np.abs(y32 - y64)) <= 2 * 300 * 2.0**-24 * np.max(np.abs(y64))
+    out = sample(score, process, 2000, 1, np.random.default_rng(0), T=0.5, t0=1e-3, n_steps=300,
+                 method="probability_flow", dtype=np.float32)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))

@@ -170,3 +170,64 @@ def test_ddpm_fine_steps_through_a_knot_measure_from_the_knot():
                 assert below + above == pytest.approx(p.integrated_beta_between(hi, lo), rel=1e-15, abs=0), (knot, h)
             one_ulp = np.nextafter(knot, 1.0)
             assert p.integrated_beta_between(one_ulp, knot) == pytest.approx(float(B(one_ulp) - B(knot)), rel=1e-15, abs=0)
+
+
+def _mp_process(process):
+    """(alpha, g^2) of a continuous process as 40-digit functions of t, from its definition."""
+    name, mp = type(process).__name__, mpmath
+    if name == "OU":
+        return lambda t: mp.exp(-t), lambda t: mp.mpf(2)
+    if name in ("VP", "SubVP"):
+        b0, b1 = mp.mpf(process.beta_min), mp.mpf(process.beta_max)
+        beta, B = (lambda t: b0 + t * (b1 - b0)), (lambda t: b0 * t + t * t * (b1 - b0) / 2)
+        g2 = beta if name == "VP" else (lambda t: -beta(t) * mp.expm1(-2 * B(t)))
+        return lambda t: mp.exp(-B(t) / 2), g2
+    if name == "VPCosine":
+        s = mp.mpf(process.s)
+        u = lambda t: mp.pi / 2 * (t + s) / (1 + s)  # noqa: E731
+        return lambda t: mp.cos(u(t)) / mp.cos(u(0)), lambda t: mp.pi / (1 + s) * mp.tan(u(t))
+    if name == "VE":
+        lo, r = mp.mpf(process.sigma_min), mp.mpf(process.sigma_max) / mp.mpf(process.sigma_min)
+        return lambda t: mp.mpf(1), lambda t: 2 * (lo * r ** t) ** 2 * mp.log(r)
+    if name == "EDM":
+        return lambda t: mp.mpf(1), lambda t: 2 * t
+    return lambda t: 1 - t, lambda t: 2 * t / (1 - t)  # FlowMatching
+
+
+@pytest.mark.parametrize("process", [p for p in EVERY if not isinstance(p, DDPM)], ids=repr)
+def test_sampler_step_coefficients_match_40_digits(process):
+    """The samplers' affine steps y <- a y + b s + c xi (sgm_ref.samplers.STEP_COEFFICIENTS) against
+    their definitions at 40 digits (mpmath quadrature of alpha and g^2 as the process defines them):
+    Euler–Maruyama a = 1 - log(alpha_hi / alpha_lo), b = int g^2, c = sqrt(b); exponential a =
+    alpha_lo / alpha_hi, b = int (alpha_lo / alpha_t) g^2, c^2 = int (alpha_lo / alpha_t)^2 g^2;
+    residual (variance-preserving) a = 2 - e^{-DB/2}, b = 2 (1 - e^{-DB/2}), c^2 = 1 - e^{-DB} with
+    DB = 2 log(alpha_lo / alpha_hi). Allowed: 8 ulps (2^-53) times 1 + DB/2, as a long step's
+    e^{DB/2} carries the rounding of t_hi - t_lo times DB/2 (OU from 80 to 1e-8: 6.2e-15), and on
+    VE 8.5 more, the t log(sigma_max / sigma_min) of its r^{2t}. Measured: at most half of that
+    (4 ulps on the short steps; OU 6.2e-15, VE 2.4e-15, the others <= 7.8e-16)."""
+    from sgm_ref.processes import VariancePreserving
+    from sgm_ref.samplers import STEP_COEFFICIENTS
+
+    alpha, g2 = _mp_process(process)
+    T = 80.0 if np.isinf(process.t_max) else 0.999 * process.t_max
+    pairs = [(T, T * (1 - 1e-9)), (2e-9, 1e-9), (T, 1e-8), (0.3 * T, 0.29 * T)]
+    pairs += list(zip(np.geomspace(T, 1e-3, 6)[:-1], np.geomspace(T, 1e-3, 6)[1:]))
+    methods = ["euler_maruyama", "exponential"] + (["residual_exponential"]
+                                                   if isinstance(process, VariancePreserving) else [])
+    with mpmath.workdps(40):
+        for hi, lo in pairs:
+            h_, l_ = mpmath.mpf(float(hi)), mpmath.mpf(float(lo))
+            ratio = alpha(l_) / alpha(h_)
+            G = mpmath.quad(g2, [l_, h_])
+            b = mpmath.quad(lambda t: alpha(l_) / alpha(t) * g2(t), [l_, h_])
+            c2 = mpmath.quad(lambda t: (alpha(l_) / alpha(t)) ** 2 * g2(t), [l_, h_])
+            DB = 2 * mpmath.log(ratio)
+            want = {"euler_maruyama": (1 + mpmath.log(ratio), G, mpmath.sqrt(G)),
+                    "exponential": (ratio, b, mpmath.sqrt(c2)),
+                    "residual_exponential": (2 - mpmath.exp(-DB / 2), -2 * mpmath.expm1(-DB / 2),
+                                             mpmath.sqrt(-mpmath.expm1(-DB)))}
+            tol = 8 * 2.0**-53 * (1 + float(abs(DB)) / 2 + (8.5 if type(process).__name__ == "VE" else 0.0))
+            for method in methods:
+                got = [float(v[0]) for v in STEP_COEFFICIENTS[method](process, np.array([hi]), np.array([lo]))]
+                for name, g, w in zip("abc", got, want[method]):
+                    assert abs(g / float(w) - 1) <= tol, (method, name, hi, lo, g, float(w))
