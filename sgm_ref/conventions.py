@@ -174,7 +174,10 @@ def convert(value, x, t, process, from_="eps", to="score"):
         raise ValueError(f"value must have the shape of x, {x.shape}; got {value.shape}")
     process = check_process(process, variance_preserving=False)
     t = process._times(t, n=x.shape[0])
-    A, B = coefficients(t, process, from_, to)
+    if t.size == 0:  # a (0,) t for no rows, which coefficients (no n to check it by) refuses
+        A = B = np.zeros(0)
+    else:
+        A, B = coefficients(t, process, from_, to)
     A, B = np.asarray(A), np.asarray(B)
     if A.ndim == 1:
         A, B = A[:, None], B[:, None]

@@ -396,3 +396,17 @@ def test_the_probability_flow_drift_where_alpha_underflows(process, t):
         A, B = coefficients(t, process, k1, k2)
         assert A == pytest.approx(a, rel=4 * EPS, abs=0) and B == pytest.approx(b, rel=4 * EPS, abs=0), (k1, k2)
         np.testing.assert_allclose(convert(v, x, t, process, k1, k2), a * x + b * v, rtol=8 * EPS, atol=0)
+
+
+@pytest.mark.parametrize("process", [OU(), VE(), EDM(), FlowMatching()], ids=repr)
+def test_no_rows_with_a_per_row_t_convert_to_no_rows(process):
+    """x of shape (0, d) with t of shape (0,), one time per row: convert checked t against
+    n = 0 and then passed it to coefficients, which (with no n) refused the empty t as 't must
+    be a scalar or have shape (n,), got shape (0,)'; a scalar t worked. It broke the probability
+    flow off the variance-preserving processes (its replay converts per row) on no points."""
+    for dtype in (np.float64, np.float32):
+        for from_, to in itertools.permutations(KINDS, 2):
+            out = convert(np.zeros((0, 3), dtype), np.zeros((0, 3), dtype), np.zeros(0), process, from_, to)
+            assert out.shape == (0, 3) and out.dtype == dtype
+    with pytest.raises(ValueError, match=r"one value per row, shape \(0,\)"):  # t is still checked against n
+        convert(np.zeros((0, 3)), np.zeros((0, 3)), np.ones(2) / 2, process)

@@ -1274,3 +1274,18 @@ def test_float32_probability_flow_whose_state_x_over_alpha_overflows_is_named():
     out = sample(score, process, 2000, 1, np.random.default_rng(0), T=0.5, t0=1e-3, n_steps=300,
                  method="probability_flow", dtype=np.float32)
     assert out.dtype == np.float32 and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("trajectory", [False, True])
+def test_probability_flow_off_vp_on_no_points(trajectory):
+    """No points (n = 0): the probability flow off the variance-preserving processes (the
+    replay karras_heun, which converts its score per row) was refused inside
+    conventions.convert as 't must be a scalar or have shape (n,), got shape (0,)'; it now
+    returns what it returns on VP: no points, and a path of grid.size empty states."""
+    grid = np.geomspace(80.0, 1e-3, 5)
+    vp = probability_flow(lambda x, t: -x, VP(), np.geomspace(1.0, 1e-3, 5), np.zeros((0, 2)), trajectory)
+    out = probability_flow(lambda x, t: -x, EDM(), grid, np.zeros((0, 2)), trajectory)
+    if trajectory:
+        assert out[0].shape == vp[0].shape == (0, 2) and out[1].shape == vp[1].shape == (5, 0, 2)
+    else:
+        assert out.shape == vp.shape == (0, 2)
