@@ -234,7 +234,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         The learning rate of each step (counted from 1; e.g. sgm_ref.optim.CosineLR(lr,
         steps)), set as optimizer.lr before the step. It depends on the step number
         alone, so a resumed run takes the rates of an uninterrupted one. The optimizer
-        keeps the last step's rate.
+        keeps the last step's rate. One whose .steps is a number (CosineLR's run length)
+        below steps is refused before the first step.
 
     Returns
     -------
@@ -279,7 +280,10 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
     for name, fn in (("evaluate", evaluate), ("callback", callback), ("lr_schedule", lr_schedule)):
         if fn is not None and not callable(fn):
             raise ValueError(f"{name} must be callable, got {type(fn).__name__}")
-    if getattr(lr_schedule, "steps", steps) < steps:  # a CosineLR of a shorter run: refused before step 1
+    # a CosineLR (or a schedule whose .steps is a number, its run's length) of a shorter run: refused
+    # before step 1. Another .steps (a list of milestones, a method) says nothing of it ('<' raised TypeError)
+    covered = getattr(lr_schedule, "steps", None)
+    if isinstance(covered, (int, float, np.integer, np.floating)) and not isinstance(covered, bool) and covered < steps:
         raise ValueError(f"lr_schedule covers {lr_schedule.steps} steps, fewer than the run's {steps}; "
                          f"make it for {steps} (e.g. CosineLR(lr, {steps}))")
     if history is not None and not isinstance(history, History):

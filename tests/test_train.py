@@ -701,3 +701,35 @@ def test_fit_names_a_model_that_is_not_a_score_model():
     """Review: fit(MLP, ...) met an AttributeError ('MLP' object has no attribute 'network')."""
     with pytest.raises(ValueError, match=r"model must be an sgm_ref.ScoreModel .* got MLP; pass ScoreModel\("):
         fit(MLP(2, (8,), "silu", "log", rng=0), np.zeros((10, 2)), steps=2, rng=np.random.default_rng(0))
+
+
+def test_a_schedule_whose_steps_attribute_is_not_its_length_is_used_as_given():
+    """Review: fit compared lr_schedule.steps with the run's length whatever it was, so a schedule
+    holding its milestones there (steps = [4, 8]) or with a method steps() crashed with TypeError
+    ('<' not supported between 'list' and 'int'). Such a schedule is called as any other; a number
+    .steps below the run's length is still refused."""
+
+    class MultiStep:
+        def __init__(self, lr, milestones):
+            self.lr, self.steps = lr, list(milestones)
+
+        def __call__(self, k):
+            return self.lr * 0.1 ** sum(k > s for s in self.steps)
+
+    class WithMethod:
+        def steps(self):
+            return 3
+
+        def __call__(self, k):
+            return 1e-2
+
+    for schedule in (MultiStep(1e-2, [4, 8]), WithMethod()):
+        model, data = small_problem()
+        seen = []
+        fit(model, data, steps=10, rng=np.random.default_rng(5), lr_schedule=schedule,
+            callback=lambda step, m, optimizer, h: seen.append(optimizer.lr), **FIT)
+        assert seen == [schedule(k) for k in range(1, 11)]
+    short = MultiStep(1e-2, [4])
+    short.steps = 9.0
+    with pytest.raises(ValueError, match=r"lr_schedule covers 9\.0 steps, fewer than the run's 10"):
+        fit(*small_problem(), steps=10, rng=np.random.default_rng(5), lr_schedule=short, **FIT)
