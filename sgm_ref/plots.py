@@ -276,16 +276,25 @@ def plot_score_error(score_error, path):
 
 
 def plot_run(folder, target, x, report):
-    """Write the run's PNGs; returns (written paths, None) or ([], why not)."""
+    """Write the run's PNGs; returns (written paths, None), or (the paths written, why the
+    others were not): ([], why) without matplotlib; without samples.png for samples beyond
+    +-2.8e306 (a sampler that diverged), which no axes can span, the other plots written."""
     if not have_matplotlib():
         return [], "matplotlib is not installed: plots skipped (pip install \"sgm_ref[plot]\")"
-    written = []
-    title = f"{report['target']}: {len(x)} samples"
-    if report["samples"].get("histogram_tv", {}).get("value") is not None:
-        title += f", histogram TV {report['samples']['histogram_tv']['value']:.3f}"
-    path = os.path.join(folder, "samples.png")
-    plot_samples(target, x, path, title)
-    written.append(path)
+    written, note = [], None
+    # samples_figure refuses them (its "x must be within ..."): `sgm-ref evaluate` failed after
+    # writing the report, naming an x the user never passed, and wrote neither of the other plots
+    far = int(np.sum(np.max(np.abs(np.asarray(x, dtype=np.float64)), axis=1) > _DRAWABLE))
+    if far:
+        note = (f"samples.png not drawn: {far} of {len(x)} samples lie beyond +-{_DRAWABLE:.2g} (the sampler "
+                "diverged?), where a plot's axes overflow float64")
+    else:
+        title = f"{report['target']}: {len(x)} samples"
+        if report["samples"].get("histogram_tv", {}).get("value") is not None:
+            title += f", histogram TV {report['samples']['histogram_tv']['value']:.3f}"
+        path = os.path.join(folder, "samples.png")
+        plot_samples(target, x, path, title)
+        written.append(path)
     history = os.path.join(folder, "history.json")
     if os.path.exists(history):
         with open(history, encoding="utf-8") as f:
@@ -297,7 +306,7 @@ def plot_run(folder, target, x, report):
     path = os.path.join(folder, "score_error.png")
     plot_score_error(report["score_error"], path)
     written.append(path)
-    return written, None
+    return written, note
 
 
 # -- `sgm-ref audit --plot`: the model against the exact score's floor ---------------------------
@@ -462,17 +471,31 @@ def save_figure(fig, path, dpi=110):
     Raises
     ------
     ValueError
-        If path is empty or names a folder, the folder of path does not exist,
-        matplotlib has no writer for the extension, or dpi is not a positive number.
-        path is then untouched (a temporary file is written and renamed).
+        If fig is not a Figure, path is not a file name (str, bytes or os.PathLike) or is
+        empty or names a folder, the folder of path does not exist, matplotlib has no
+        writer for the extension, or dpi is not a positive number. path is then untouched
+        (a temporary file is written and renamed).
     """
-    name = os.fspath(path)
+    if not callable(getattr(fig, "savefig", None)):  # else "'NoneType' object has no attribute 'savefig'"
+        raise ValueError(f"fig must be a matplotlib Figure (e.g. from forward_process_figure), got "
+                         f"{type(fig).__name__}")
+    name = _file_name(path)
     _check_positive(dpi, "dpi", "dots per inch of raster formats")
     if not name or os.path.isdir(name):
         raise ValueError(f"path must name a file to write, got {name!r}" + (" (a folder)" if name else ""))
     fmt = os.path.splitext(name)[1].lstrip(".").lower() or "png"
-    atomic_write(path, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
+    atomic_write(name, lambda f: fig.savefig(f, format=fmt, dpi=dpi, bbox_inches="tight"))
     return path
+
+
+def _file_name(path, name="path"):
+    """path (str, bytes or os.PathLike) as a str, else a ValueError naming it (os.fspath's
+    TypeError named no argument, and a bytes name failed later at its extension)."""
+    try:
+        return os.fsdecode(path)
+    except TypeError:
+        raise ValueError(f"{name} must be a file name (a str or os.PathLike), got {type(path).__name__} "
+                         f"{path!r:.60}") from None
 
 
 def _is_integer(value):
@@ -807,7 +830,8 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
     target : object with sample(n, rng) and score(x, t, process)
     process : a process of sgm_ref.processes (OU() by default)
     rng : numpy.random.Generator
-    ts : array_like of times > 0 (default: 12 geometric times in [0.01, 5])
+    ts : array_like of times > 0 (default: 12 geometric times in [0.01, 5], or in
+        [0.01, process.t_max] for a process that ends before 5: VP's t <= 1)
     n : int >= 2, points per time
 
     Returns
@@ -828,8 +852,8 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
         scores = {"model": scores}
     if not isinstance(scores, dict) or not scores or not all(callable(s) for s in scores.values()):
         raise ValueError("scores must be a score function s(x, t) or a non-empty dict {label: score function}")
-    if ts is None:
-        ts = np.geomspace(1e-2, 5.0, 12)
+    if ts is None:  # [0.01, 5] was refused for VP as "ts must lie in (0, 1.0]", a ts never passed
+        ts = np.geomspace(1e-2, min(5.0, float(getattr(process, "t_max", np.inf))), 12)
     else:
         try:
             ts = np.asarray(ts, dtype=float)
@@ -893,7 +917,7 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     """
     _check_plane(target)
     process = _default_process(process)
-    path = os.fspath(path)
+    path = _file_name(path)
     if not path.lower().endswith(".gif"):
         raise ValueError(f"path must end in .gif, got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))

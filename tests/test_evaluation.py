@@ -1,6 +1,7 @@
 """Reports: score_report against the oracle itself, sample_report, and the text of report.md."""
 
 import json
+import os
 import re
 
 import numpy as np
@@ -742,3 +743,128 @@ def test_a_reason_with_pipes_stays_in_its_table_cell():
             row = None
     assert ["covariance error (Frobenius)", f"not computed: {reason}"] in cells
     assert ["histogram TV (20 bins per axis)", "not computed: a |b| reason"] in cells
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_an_overflowing_integral_beside_a_finite_bound_is_not_called_vacuous():
+    # the score is exact except below the grid's last time it is called at (1.0288e-3 on
+    # [1e-3, 5], 300 geometric steps), where it is 1e160 off: the profile at t0 and the
+    # integral's random times meet that, the bound's steps do not, and its path KL is the
+    # exact score's (0.18, the discretisation's). The note said "the path KL and the TV bound
+    # say nothing beyond TV <= 1" beside that bound
+    from sgm_ref.evaluation import non_finite_notes
+    from sgm_ref.samplers import time_grid
+
+    g, ou = GaussianMixture.ring(), OU()
+    below = time_grid(5.0, 1e-3, 300, "geometric", ou)[-2]
+
+    def score(x, t):
+        s = g.score(x, t, ou)
+        s[t < below] += 1e160
+        return s
+
+    kw = dict(t0=1e-3, T=5.0, grid="geometric", n_steps=300, profile_n=500, profile_times=3, bound_n=4)
+    report = score_report(score, g, ou, method="euler_maruyama", rng=np.random.default_rng(0), **kw)
+    exact = score_report(lambda x, t: g.score(x, t, ou), g, ou, method="euler_maruyama",
+                         rng=np.random.default_rng(0), **kw)
+    assert report["score_error"]["integral"]["value"] == np.inf and report["score_error"]["error"][0] == np.inf
+    assert report["tv_bound"]["kl_path"] == exact["tv_bound"]["kl_path"] < 1  # the same draws, the same figure
+    notes = non_finite_notes(report)
+    assert "say nothing" not in notes[1] and "TV bound, which call the score at the sampler's grid times" in notes[1]
+    assert not bound_text(report["tv_bound"]).startswith("1 (vacuous")
+    flow = score_report(score, g, ou, method="probability_flow", rng=np.random.default_rng(0), **kw)
+    assert non_finite_notes(flow)[1] == "the integrated score error overflows float64"  # no bound to speak of
+
+
+def test_a_small_relative_score_error_is_not_shown_as_none():
+    # a relative error of 4.2e-5 (E|s - grad log p_t|^2 / E|grad log p_t|^2, e.g. a float32 model's
+    # rounding) showed as "0.00%", read as no error at all
+    report = _report()
+    error, scale = 2.1e-4, 5.0
+    report["score_error"].update(t=[0.1, 1.0], error=[error, 0.5], standard_error=[1e-5, 0.01],
+                                 relative=[error / scale, 0.1])
+    text = markdown(report)
+    assert f"| 0.1 | 0.00021 ± 1e-05 | {100 * error / scale:.2g}% |" in text and "0.0042%" in text
+    assert "| 1 | 0.5 ± 0.01 | 10.00% |" in text  # 1% and above: as before
+
+
+@pytest.mark.parametrize("grid, n_steps, message", [
+    (np.geomspace(3.0, 0.1, 6), None, r"grid must run from T = 3.0 to t0 = 0.01, got 3.0 to 0.1"),
+    (np.geomspace(2.0, 0.01, 6), None, r"grid must run from T = 3.0 to t0 = 0.01, got 2.0 to 0.01"),
+    (np.geomspace(3.0, 0.01, 6), 7, r"n_steps=7 but the grid has 5 steps"),
+])
+def test_score_report_refuses_an_explicit_grid_that_is_not_the_sampler_s_before_calling_the_score(
+        grid, n_steps, message):
+    """An explicit grid not running from T to t0, or beside another n_steps, was refused by
+    tv_upper_bound only after the profile and the integral had called the score."""
+    g = GaussianMixture.ring()
+    calls = []
+
+    def score(x, t):
+        calls.append(t)
+        return g.score(x, t)
+
+    with pytest.raises(ValueError, match=message):
+        score_report(score, g, OU(), t0=1e-2, T=3.0, method="euler_maruyama", grid=grid, n_steps=n_steps,
+                     rng=np.random.default_rng(0), profile_n=10, profile_times=2, bound_n=4)
+    assert calls == []
+    # the sampler's own grid (n_steps given or not) is taken as before
+    for steps in (None, 5):
+        report = score_report(g.score, g, OU(), t0=1e-2, T=3.0, method="euler_maruyama",
+                              grid=np.geomspace(3.0, 0.01, 6), n_steps=steps, rng=np.random.default_rng(0),
+                              profile_n=10, profile_times=2, bound_n=4)
+        assert len(report["tv_bound"]["kl_path_per_step"]) == 5
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_samples_too_far_to_draw_leave_out_samples_png_only(sampled_run, tmp_path):
+    """A sampler that diverged to 1e307 (finite, but beyond what samples_figure's axes can span,
+    2.8e306): evaluate_run wrote report.json and report.md, then failed with samples_figure's
+    "x must be within +-2.8e+306 to be drawn", naming an x `sgm-ref evaluate` was never given,
+    and wrote neither loss.png nor score_error.png. Now samples.png alone is left out, and
+    the note says why."""
+    pytest.importorskip("matplotlib")
+    import shutil
+
+    from sgm_ref.evaluation import evaluate_run
+
+    folder = tmp_path / "run"
+    shutil.copytree(sampled_run, folder)
+    x = np.load(folder / "samples.npy")
+    x[3, 1] = -1e307
+    np.save(folder / "samples.npy", x)
+    report, written, note = evaluate_run(folder)
+    assert sorted(os.path.basename(p) for p in written) == ["loss.png", "score_error.png"]
+    assert note == (f"samples.png not drawn: 1 of {len(x)} samples lie beyond +-2.8e+306 (the sampler diverged?), "
+                    "where a plot's axes overflow float64")
+    assert not (folder / "samples.png").exists() and (folder / "report.md").exists()
+    assert report["samples"]["mean_error"]["value"] > 1e304  # the figures stand
+    x[3, 1] = -2.8e306  # within: drawn as before
+    np.save(folder / "samples.npy", x)
+    _, written, note = evaluate_run(folder)
+    assert note is None and sorted(os.path.basename(p) for p in written) == ["loss.png", "samples.png",
+                                                                            "score_error.png"]
+
+
+def test_the_exact_score_s_likelihood_gap_from_few_points_is_not_called_a_fault():
+    """The gap is a mean over the nll points of log p_t0 - log q, whose terms are skewed: with
+    the target's own score as the model, 4 points fall more than 3 standard errors below 0 in
+    11.5% of draws (seed 16: 11.5 of them), and report.md said "more than the estimator's
+    noise, please report it" (`sgm-ref evaluate --nll 4`)."""
+    from sgm_ref.likelihood import nll_report
+
+    g, ou = GaussianMixture.ring(), OU()
+    likelihood = nll_report(g, g, ou, t0=1e-3, T=5.0, n=4, rng=np.random.default_rng(16))
+    gap = likelihood["kl_gap"]
+    k = -gap["value"] / gap["standard_error"]
+    assert k > 10  # the exact oracle's own figure
+    report = _report()
+    report["likelihood"] = likelihood
+    for where in (markdown(report), summary(report)):
+        assert "please report it" not in where
+        assert (f"he likelihood gap = {gap['value']:.2g} ± {gap['standard_error']:.2g} is below 0 because it is a "
+                f"sample mean (not clipped) of log p_t0 - log q over the points, an estimate of KL(p_t0 || model) "
+                f">= 0; {k:.1f} standard errors below 0, still consistent with 0: a standard error from 4 points is "
+                "itself uncertain") in where
+    report["likelihood"] = {**likelihood, "n": 50}  # from 50 points on: said, as before
+    assert f"; {k:.1f} standard errors below 0: more than the estimator's noise, please report it." in markdown(report)

@@ -844,3 +844,31 @@ def test_a_density_between_the_cell_centres_is_not_a_silent_blank_panel():
     assert note.get_text().startswith(f"the image holds {mass:.2g} of p_t's mass:")
     fig = plots.score_field_figure(narrow, None, ts=(1e-6,), arrows=3, resolution=20)  # the same for the scores
     assert len(fig.axes[0].texts) == 1
+
+
+def test_save_figure_and_the_animation_name_a_bad_fig_or_path(tmp_path):
+    """A fig that is not a Figure gave "'NoneType' object has no attribute 'savefig'", a path
+    that is not a file name os.fspath's "expected str, bytes or os.PathLike object, not int",
+    and a bytes name failed at its extension ("a bytes-like object is required")."""
+    fig = plots.score_field_figure(RING, ts=(1.0,), arrows=3, resolution=10)
+    with pytest.raises(ValueError, match="^fig must be a matplotlib Figure .*got NoneType"):
+        plots.save_figure(None, tmp_path / "a.png")
+    for path in (3, None):
+        with pytest.raises(ValueError, match=r"^path must be a file name \(a str or os.PathLike\)"):
+            plots.save_figure(fig, path)
+        with pytest.raises(ValueError, match=r"^path must be a file name \(a str or os.PathLike\)"):
+            plots.reverse_process_animation(RING, RING.score, path, rng=np.random.default_rng(0))
+    assert list(tmp_path.iterdir()) == []
+    name = os.fsencode(tmp_path / "a.svg")
+    assert plots.save_figure(fig, name) == name  # returned as given
+    with open(tmp_path / "a.svg", encoding="utf-8") as f:
+        assert "<svg" in f.read(2000)
+
+
+def test_score_error_profile_figure_s_default_times_stay_within_the_process():
+    """The default times, 12 in [0.01, 5], were refused for VP (t <= 1) as "ts must lie in
+    (0, 1.0]", naming a ts the caller never passed; they end at t_max there."""
+    for process, end in ((VP(0.1, 20.0), 1.0), (OU(), 5.0)):
+        fig = plots.score_error_profile_figure(lambda x, t: -x, RING, process, rng=np.random.default_rng(0), n=20)
+        scale = fig.axes[0].get_lines()[-1]
+        np.testing.assert_array_equal(scale.get_xdata(), np.geomspace(0.01, end, 12))
