@@ -4,13 +4,17 @@ Measures, in one process with one numba and one BLAS thread (as a sweep worker r
 
 - milliseconds per training step of the cell's network (FULL settings: width 256,
   depth 3, batch 256) at every d of the grid (200 steps each);
+- the seconds of one held-out evaluation (rate.HeldOut: the objective on val_n points) at
+  every d;
 - the seconds of everything else a cell does (sampling, EM, the baselines' errors, the
   certified bounds), from run_cell with one training step, at the smallest and largest
   d and n of each family;
 
-and predicts every cell as training_steps(n) x ms/step(d) + the rest, the rest
-interpolated linearly in log d and log n between the measured corners (it grows about
-linearly in d, so the middle d are overestimated). Prints the per-cell table, the total
+and predicts every cell as training_steps(n) x ms/step(d) + the held-out evaluations a
+cell of that many steps makes beyond the one-step cell's (24 against 2 with FULL settings,
+held_out_calls) x their seconds(d) + the rest, the rest interpolated linearly in log d and
+log n between the measured corners (it grows about linearly in d, so the middle d are
+overestimated). Prints the per-cell table, the total
 worker-seconds and the hours with 2 workers. The load average is printed beside each
 measurement: on a shared machine the figures are upper bounds of a quiet one's.
 
@@ -47,6 +51,42 @@ def step_seconds(d, S, steps=200):
     fit(model, data, steps=steps, batch_size=S["batch_size"], t0=1e-3, T=5.0, rng=rng, optimizer=optimizer,
         progress=False)
     return (time.perf_counter() - tic) / steps
+
+
+def held_out_calls(steps, S):
+    """Held-out evaluations of a cell trained for `steps` steps, as run_cell makes them: one at
+    step 0 (if val_early), one at each of HeldOut.early_steps, and fit's every
+    max(1, steps // val_points) steps and after the last (24 in every recorded cell of
+    docs/rate_iso_rerun; 2 in the one-step cell that measures the rest)."""
+    every = max(1, steps // S["val_points"])
+    early = rate.HeldOut.early_steps(every, S.get("val_early") or 0)
+    return bool(S.get("val_early")) + len(early) + steps // every + (steps % every != 0)
+
+
+def held_out_seconds(d, S, family, repeats=3):
+    """Seconds of one held-out evaluation (the EMA network on val_n points) at dimension d:
+    the median of `repeats` calls after an untimed one."""
+    rng = np.random.default_rng(0)
+    net = MLP(d, (S["width"],) * S["depth"], S["activation"], S["time_embedding"], rng=rng)
+    model = ScoreModel(net, OU(), S["parameterization"])
+    optimizer = Adam(model.params, lr=S["lr"], ema_decay=S["ema_decay"], ema_warmup=True)
+    held_out = rate.HeldOut(model, optimizer, rate.make_target(family, d), S["t0"], S["T"], S, rng)
+    held_out(model)
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        held_out(model)
+        times.append(time.perf_counter() - tic)
+    return float(np.median(times))
+
+
+def cell_seconds(n, d, S, ms, held, corner, d_ends, n_ends):
+    """Predicted seconds of the cell (d, n): its training steps at ms[d] seconds each, its
+    held-out evaluations beyond the one-step cell's at held[d] each, and the rest between the
+    corners (rest_between; the corners' rest holds the one-step cell's evaluations)."""
+    steps = rate.training_steps(n, S)
+    extra = held_out_calls(steps, S) - held_out_calls(1, S)
+    return steps * ms[d] + extra * held[d] + rest_between(corner, d, n, d_ends, n_ends)
 
 
 def _weight(x, ends):
@@ -94,11 +134,17 @@ def main():
               f"{os.getloadavg()[0]:.1f})", flush=True)
     if args.steps_only:
         return
+    held = {}
+    for d in grid["d"]:
+        held[d] = held_out_seconds(d, S, grid["families"][0])
+        print(f"held-out evaluation d = {d}: {held[d]:.2f} s ({held_out_calls(1, S)} in the one-step cell, "
+              f"{held_out_calls(rate.training_steps(min(grid['n']), S), S)} in a cell at n = {min(grid['n'])}; "
+              f"load {os.getloadavg()[0]:.1f})", flush=True)
     rest = {}
     d_ends, n_ends = (min(grid["d"]), max(grid["d"])), (min(grid["n"]), max(grid["n"]))
     for family in grid["families"]:
-        for d in d_ends:
-            for n in n_ends:
+        for d in dict.fromkeys(d_ends):  # one d (--d 512): its corners once, not twice
+            for n in dict.fromkeys(n_ends):
                 row = rate.run_cell({"family": family, "d": d, "n": n, "seed": 0, "settings": {**S, "steps": 1}})
                 rest[family, d, n] = row["eval_seconds"] + row["train_seconds"]
                 print(f"rest of a cell {family} d = {d} n = {n}: {rest[family, d, n]:.1f} s "
@@ -109,8 +155,7 @@ def main():
     for family in grid["families"]:
         for d in grid["d"]:
             corner = {(a, b): rest[family, a, b] for a in d_ends for b in n_ends}
-            seconds = [rate.training_steps(n, S) * ms[d] + rest_between(corner, d, n, d_ends, n_ends)
-                       for n in grid["n"]]
+            seconds = [cell_seconds(n, d, S, ms, held, corner, d_ends, n_ends) for n in grid["n"]]
             total += len(grid["seeds"]) * sum(seconds)
             print(f"| {family} | {d} | " + " | ".join(f"{s:.0f}" for s in seconds) + " |")
     cells = len(grid["families"]) * len(grid["d"]) * len(grid["n"]) * len(grid["seeds"])
