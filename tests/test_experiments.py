@@ -3,6 +3,7 @@
 import concurrent.futures
 import concurrent.futures.process
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -802,6 +803,54 @@ def test_a_malformed_cell_is_refused_not_run_as_another():
     # a NumPy integer is an integer: the same cell, the same bits
     a, b = run_cell(good), run_cell({**good, "d": np.int64(2), "seed": np.int64(0)})
     assert (b["d"], b["seed"]) == (2, 0) and type(b["d"]) is int and a["score_error"] == b["score_error"]
+
+
+def test_settings_a_cell_cannot_run_are_refused_before_the_folder_is_made(tmp_path):
+    """A review: a grid whose settings lacked a key (here val_n) wrote sweep.json, then every
+    cell raised KeyError 'val_n' out of the sweep, and the folder refused the corrected settings
+    ("other settings (val_n)"); a misspelt key ran every cell without it, and values such as
+    t0 None or val_points 0 were a TypeError or ZeroDivisionError out of every cell. All are
+    named now, before anything is written; a sweep made before the later settings still runs."""
+    def without(*keys, **changed):
+        return {**{k: v for k, v in TINY.items() if k not in keys}, **changed}
+
+    for settings, message in ((without("val_n"), "must set 'val_n' (every cell reads it)"),
+                              (without("T", "bound_n"), "must set 'T', 'bound_n' (every cell reads them)"),
+                              (without("epochs", steps=None), "must set 'epochs'"),
+                              (without("lr_final"), "must set 'lr_final'"),
+                              ({**TINY, "val_erly": 3}, ": unknown setting 'val_erly' (misspelt?)")):
+        with pytest.raises(ValueError, match=re.escape("grid['settings']" + ("" if message[0] == ":" else " ")
+                                                       + message)):
+            run_sweep(tmp_path / "out", {**GRID, "settings": settings}, executor=CountingExecutor(), log=lambda s: None)
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(ValueError, match=re.escape("cell settings" + ("" if message[0] == ":" else " ") + message)):
+            run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": settings})
+    # values a cell raised TypeError or ZeroDivisionError on, or misread (2.5 steps trained 2; a
+    # base_seed of None drew the cell from the operating system's entropy: another cell each run)
+    for key, value, message in (("steps", 2.5, "['steps'] must be an integer >= 1, got 2.5"),
+                                ("steps", "5", "['steps'] must be an integer >= 1, got '5'"),
+                                ("base_seed", None, "['base_seed'] must be an integer >= 0, got None"),
+                                ("t0", None, "['t0'] must be a finite number > 0, got None"),
+                                ("T", 0.005, "must have t0 < T (the score errors' window [t0, T]), got t0 = 0.01"),
+                                ("val_points", 0, "['val_points'] must be an integer >= 1, got 0"),
+                                ("schedule_n_ref", "500", "['schedule_n_ref'] must be a finite number > 0, got '500'"),
+                                ("weight_decay_times_n", None, "['weight_decay_times_n'] must be a finite number >= 0"),
+                                ("n_eval", 1, "['n_eval'] must be an integer >= 2, got 1")):
+        settings = {**TINY, key: value}
+        with pytest.raises(ValueError, match=re.escape("grid['settings']" + ("" if message[0] == "[" else " ")
+                                                       + message)):
+            run_sweep(tmp_path / "out", {**GRID, "settings": settings}, executor=CountingExecutor(), log=lambda s: None)
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(ValueError, match=re.escape("cell settings" + ("" if message[0] == "[" else " ") + message)):
+            run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": settings})
+    # without the later settings (and, with steps set, without epochs and min_steps) a cell runs as before
+    old = without(*LATER, "epochs", "min_steps")
+    rate.check_settings(old)
+    rate.check_settings(rate.SETTINGS)
+    with pytest.raises(ValueError, match="must set 'epochs', 'min_steps'"):
+        rate.check_settings({**old, "steps": None})
+    row = run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": {**old, "val_n": 64}})
+    assert row["status"] == "ok" and (row["lr_schedule"], row["time_sampling"]) == (None, "direct")
 
 
 def _mixture_1d_per_t_error(t, weights, means, score_of_g):

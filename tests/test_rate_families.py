@@ -161,3 +161,25 @@ def test_subspace_tilt_samples_only_in_float64_or_float32(dtype):
     x64 = tilt.sample(4, np.random.default_rng(0))
     x32 = tilt.sample(4, np.random.default_rng(0), dtype=np.float32)
     assert x64.dtype == np.float64 and x32.dtype == np.float32 and np.array_equal(x32, x64.astype(np.float32))
+
+
+def test_subspace_tilt_log_prob_refuses_a_point_beyond_float64_instead_of_minus_inf():
+    """A review: log_prob at |x| ~ 1e155 (|x|^2 past float64) returned -inf with a NumPy
+    RuntimeWarning, where GaussianMixture and TiltedGaussian name the point. It is named now;
+    the score there stays finite and exact to rounding (-x plus a term of norm <= sum |a_j|),
+    and log p_t just inside the range is -|x|^2 / 2 to rounding."""
+    import warnings
+
+    tilt = rate.make_target("tilt-iso", 3)
+    far = np.full((2, 3), 1e155)
+    far[0] = 1.0
+    with pytest.raises(ValueError, match=r"x\[1\] \(largest \|entry\| 1e\+155\) is too far from the target"):
+        tilt.log_prob(far, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score, se = tilt.score_and_se(far, 0.5)
+        near = tilt.log_prob(np.full((1, 3), 1e150), 0.5)
+    assert np.all(np.isfinite(score)) and np.all(np.isfinite(se))
+    np.testing.assert_array_equal(score[1], -far[1])  # |R| <= 10 vanishes beside 1e155
+    # -(d log 2 pi + |x|^2) / 2 + log E[e^f] - log Z, the last two at most 2 sum|a| = 20 in size
+    assert near[0] == pytest.approx(-0.5 * 3e300, rel=1e-15, abs=0)

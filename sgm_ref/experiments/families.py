@@ -27,7 +27,7 @@ construction. The oracle's cost and error do not depend on d.
 
 import numpy as np
 
-from .._validation import check_count, check_float_dtype, check_points, check_rng
+from .._validation import check_count, check_float_dtype, check_oracle_output, check_points, check_rng
 from ..processes import OU, VariancePreserving, check_process
 from ..targets import GaussianMixture
 from ..targets._checks import check_size
@@ -194,7 +194,11 @@ class SubspaceTilt:
         return self._evaluate(x, t, process, want_score=True)[1]
 
     def log_prob(self, x, t=0.0, process=OU()):
-        """Monte-Carlo estimate of log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, shape (n,)."""
+        """Monte-Carlo estimate of log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, shape (n,).
+
+        Raises ValueError for a point so far out that |x|^2 overflows float64 (|x| beyond
+        about 1e154: log p_t is below the float range; it returned -inf with a RuntimeWarning).
+        """
         return self._evaluate(x, t, process, want_score=False)[0]
 
     def _evaluate(self, x, t, process, want_score):
@@ -228,5 +232,8 @@ class SubspaceTilt:
             C = np.matmul(wd.transpose(0, 2, 1), wd)              # delta-method covariance (r, k, k)
             score[blk] = -x[blk] + R @ self.P.T
             se[blk] = np.sqrt(np.maximum(np.einsum("ik,rki->ri", self.P, C @ self.P.T), 0.0))
-        logp += -0.5 * (self.d * _LOG_2PI + np.sum(x**2, axis=1)) - self.log_normaliser
+        with np.errstate(over="ignore"):  # |x|^2 past float64 (|x| beyond ~1e154): named below
+            logp += -0.5 * (self.d * _LOG_2PI + np.sum(x**2, axis=1)) - self.log_normaliser
+        if not want_score:  # the score stays finite there (-x plus a bounded term); log p_t does not
+            check_oracle_output(logp, x)
         return logp, score, se

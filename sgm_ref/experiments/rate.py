@@ -41,8 +41,9 @@ Families (make_target):
     tilted       (older) TiltedGaussian.barron in R^d: random directions, whose mutual
                  angles change with d; Monte-Carlo oracle in R^d
 
-The log-log slope of score_error against n, per (family, d), is fitted by least squares
-over all cells with its standard error (sweep_summary).
+The log-log slope of score_error against n, per (family, d), is fitted by least squares to
+the seeds' mean log score_error at each n, with its standard error from the scatter about
+the line (sweep_summary's summary.md; the report's fits are per seed, stats.joint_slopes).
 
 Execution: every cell is an independent job for a concurrent.futures.Executor (a local
 process pool, or Dask distributed's client.get_executor()). Each result is appended to
@@ -80,8 +81,8 @@ from ..train import fit
 from .baselines import EmpiricalMeasure, fit_identity_mixture, minus_x
 from .families import SubspaceTilt, embedding, isometric_mixture
 
-__all__ = ["FAMILIES", "QUICK", "FULL", "make_grid", "make_target", "run_cell", "cells", "load_results", "fit_slope",
-           "sweep_summary"]
+__all__ = ["FAMILIES", "QUICK", "FULL", "make_grid", "make_target", "run_cell", "cells", "check_settings", "load_results",
+           "fit_slope", "sweep_summary"]
 
 RADIUS = 2.0
 FAMILIES = ("mixture", "product", "tilted", "mixture-iso", "tilt-iso")
@@ -338,12 +339,12 @@ def run_cell(cell):
     """Train and evaluate one cell; returns its result as a JSON-ready dict.
 
     cell: {"family", "d", "n", "seed", "settings"} as cells() makes it (a family of FAMILIES,
-    integers d >= 1, n >= 2, seed >= 0); anything else raises ValueError. A cell that fails
-    (training diverges, a non-finite metric) returns {"status": "failed", "error": ...}
-    instead of raising, so one bad cell does not stop a sweep; so does one that runs out of
-    memory (a MemoryError: its row says so, and --retry-failed runs it again). numba runs
-    one thread per cell, whichever executor runs it; the row records the versions and
-    thread settings it ran with.
+    integers d >= 1, n >= 2, seed >= 0, settings whose keys check_settings accepts); anything
+    else raises ValueError. A cell that fails (training diverges, a non-finite metric)
+    returns {"status": "failed", "error": ...} instead of raising, so one bad cell does not
+    stop a sweep; so does one that runs out of memory (a MemoryError: its row says so, and
+    --retry-failed runs it again). numba runs one thread per cell, whichever executor runs
+    it; the row records the versions and thread settings it ran with.
     """
     family, d, n, seed = _check_cell(cell)
     row = {"family": family, "d": d, "n": n, "seed": seed}
@@ -380,7 +381,66 @@ def _check_cell(cell):
             raise ValueError(f"cell {key} must be an integer >= {low}, got {v!r}")
     if not isinstance(cell["settings"], dict):
         raise ValueError(f"cell settings must be a dict (a grid's settings), got {type(cell['settings']).__name__}")
+    check_settings(cell["settings"], "cell settings")
     return cell_key(cell)
+
+
+# the settings that a sweep made before them lacks (its cells then do what they did before:
+# direct time draws, the constant rate, the last checkpoint, ...); epochs and min_steps are
+# read only when steps is None, lr_final only with the cosine schedule
+_LATER_SETTINGS = ("steps", "epochs", "min_steps", "lr_schedule", "lr_final", "time_sampling", "checkpoint",
+                   "val_early", "output_init")
+
+
+def check_settings(settings, name="settings"):
+    """Raise ValueError unless settings holds every key a cell reads, none outside SETTINGS, and
+    the counts (integers) and numbers (finite, t0 < T) that a cell computes with.
+
+    name: what the message calls settings. Keys of _LATER_SETTINGS may be missing (a sweep
+    made before they existed), epochs and min_steps when steps is set, lr_final without the
+    cosine schedule. The names of the sampler, activation and so on are checked where they
+    are used (a failed row naming them).
+
+    A missing key was a KeyError inside every cell (after sweep.json had stored the settings,
+    so the folder then refused the corrected ones), and a misspelt one was ignored: the cell
+    ran without it (settings["val_erly"] = 3 trained without early checkpoints).
+    """
+    unknown = sorted(str(k) for k in set(settings) - set(SETTINGS))
+    if unknown:
+        raise ValueError(f"{name}: unknown setting {', '.join(map(repr, unknown))} (misspelt?); the settings are "
+                         f"the keys of rate.SETTINGS: {', '.join(SETTINGS)}")
+    needed = set(SETTINGS) - set(_LATER_SETTINGS)
+    if settings.get("steps") is None:
+        needed |= {"epochs", "min_steps"}
+    if settings.get("lr_schedule") == "cosine":
+        needed.add("lr_final")
+    missing = [k for k in SETTINGS if k in needed and k not in settings]
+    if missing:
+        raise ValueError(f"{name} must set {', '.join(map(repr, missing))} (every cell reads "
+                         f"{'it' if len(missing) == 1 else 'them'}); start from rate.SETTINGS or make_grid()")
+    # the numbers a cell computes with before any check of its own (t0 None, val_points 0 or
+    # schedule_n_ref "500" raised TypeError or ZeroDivisionError out of the sweep), or that it
+    # misread (steps 2.5 trained 2 steps, "5" 5; base_seed None drew every cell from the
+    # operating system's entropy: not reproducible, and a rerun's cells not those of the first)
+    counts = [("width", 1), ("depth", 1), ("batch_size", 1), ("n_eval", 2), ("n_eval_tilted", 2),
+              ("n_eval_empirical", 2), ("em_starts", 1), ("val_n", 2), ("val_points", 1), ("bound_n", 2),
+              ("bound_steps", 1), ("base_seed", 0)]
+    counts += [("steps", 1)] if settings.get("steps") is not None else [("min_steps", 0)]
+    for key, low in counts:
+        v = settings[key]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < low:
+            raise ValueError(f"{name}[{key!r}] must be an integer >= {low}, got {v!r}")
+    reals = [("t0", 0.0), ("T", 0.0), ("schedule_n_ref", 0.0), ("weight_decay_times_n", None)]
+    reals += [("epochs", 0.0)] if settings.get("steps") is None else []
+    for key, above in reals:
+        v = settings[key]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+                or (v <= above if above is not None else v < 0):
+            raise ValueError(f"{name}[{key!r}] must be a finite number {'> 0' if above is not None else '>= 0'}, "
+                             f"got {v!r}")
+    if not settings["t0"] < settings["T"]:
+        raise ValueError(f"{name} must have t0 < T (the score errors' window [t0, T]), got t0 = {settings['t0']!r}, "
+                         f"T = {settings['T']!r}")
 
 
 def _all_finite(value):

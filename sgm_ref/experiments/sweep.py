@@ -28,7 +28,8 @@ from .._json import load_json
 from .._validation import check_count
 from .._lock import folder_lock
 from ..io import atomic_write
-from .rate import DEFINITIONS, append_result, cell_key, cells, load_results, make_grid, run_cell, sweep_summary
+from .rate import (DEFINITIONS, append_result, cell_key, cells, check_settings, load_results, make_grid, run_cell,
+                   sweep_summary)
 
 __all__ = ["run_sweep", "write_outputs"]
 
@@ -147,11 +148,14 @@ _GRID_KEYS = ("families", "d", "n", "seeds", "settings")
 
 
 def _check_grid(grid):
-    """Raise ValueError unless grid is one make_grid could return, with settings that JSON keeps.
+    """Raise ValueError unless grid is one make_grid could return, with settings that JSON keeps
+    and that every cell can run (rate.check_settings).
 
     sweep.json stores the settings as JSON and a restart compares them with its own: a
     value JSON changes (NaN: NaN != NaN; a tuple, read back as a list; a numpy scalar,
-    not written at all) would make the same sweep's restart refused as "other settings".
+    not written at all) would make the same sweep's restart refused as "other settings";
+    so would the corrected settings after a missing or malformed one had made every cell
+    raise.
     """
     if not isinstance(grid, dict) or set(grid) != set(_GRID_KEYS):
         raise ValueError(f"grid must be a dict with the keys {', '.join(_GRID_KEYS)} "
@@ -172,6 +176,7 @@ def _check_grid(grid):
             raise ValueError(f"grid['settings'][{key!r}] = {value!r} is not a plain JSON value (int, finite float, "
                              "str, bool, None, or lists and dicts of them): sweep.json stores the settings and a "
                              "restart compares them")
+    check_settings(settings, "grid['settings']")  # before sweep.json stores them: every cell reads them
 
 
 def _dask_executor(scheduler, stack):
