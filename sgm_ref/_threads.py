@@ -81,8 +81,13 @@ def _threads_from_environment(environ):
     if text is None:
         return None
     digits = text.strip().removeprefix("+")
-    # decimal digits only: int() would also read "1_0" as 10 (and non-ASCII digits)
-    n = int(digits) if digits.isascii() and digits.isdigit() else 0
+    decimal = digits.isascii() and digits.isdigit()  # int() would also read "1_0" as 10 (and non-ASCII digits)
+    significant = digits.lstrip("0") or "0"  # int() refuses more than 4300 digits, leading zeros too
+    if decimal and len(significant) > 18:  # beyond any pool (int() named nothing past 4300 digits)
+        raise ValueError(f"{ENV_THREADS} must be a thread count, at most the size of numba's thread pool (by "
+                         f"default the number of cores), got a number of {len(significant)} digits; "
+                         f"unset it for the default")
+    n = int(significant) if decimal else 0
     if n < 1:
         raise ValueError(f"{ENV_THREADS} must be an integer >= 1 (the thread count), got {text!r}; "
                          f"unset it for the default")
@@ -131,6 +136,7 @@ def environment_defaults():
 # run_blocks (below) puts OpenBLAS on one thread while blocks run; set_threads keeps to it
 _ONE_BLAS_LOCK = threading.Lock()
 _ONE_BLAS_HOLDERS = 0  # run_blocks calls in progress in this process (from any thread)
+_ONE_BLAS_CALLERS = []  # the thread of each of them (threading.get_ident()), for a fork
 _ONE_BLAS_SAVED = []  # the counts the first of them found, restored when the last leaves
 
 # Function names of the OpenBLAS builds numpy and scipy ship (scipy-openblas prefixes and
@@ -355,14 +361,18 @@ def blas_settable():
 
 
 def _after_fork_in_child():
-    """A fork while another thread was inside run_blocks: the child has none of its
-    threads, so it gives back the saved counts and starts with a fresh lock."""
-    global _ONE_BLAS_LOCK, _ONE_BLAS_HOLDERS
+    """A fork while threads were inside run_blocks: the child has only the thread that
+    forked, so it keeps that thread's calls (they go on, with OpenBLAS on one thread, and
+    the last of them restores the counts when it ends), drops the other threads' and, if
+    none is left, gives back the saved counts; it starts with a fresh lock."""
+    global _ONE_BLAS_LOCK, _ONE_BLAS_HOLDERS, _ONE_BLAS_CALLERS
     _ONE_BLAS_LOCK = threading.Lock()
-    if _ONE_BLAS_HOLDERS:
-        _ONE_BLAS_HOLDERS = 0
+    me = threading.get_ident()  # the forking thread's identity, kept in the child
+    _ONE_BLAS_CALLERS = [caller for caller in _ONE_BLAS_CALLERS if caller == me]
+    if _ONE_BLAS_HOLDERS and not _ONE_BLAS_CALLERS:
         for (setter, _), count in zip(_OPENBLAS_FOUND or [], _ONE_BLAS_SAVED):
             setter(count)
+    _ONE_BLAS_HOLDERS = len(_ONE_BLAS_CALLERS)
 
 
 if hasattr(os, "register_at_fork"):
@@ -391,11 +401,13 @@ def _one_blas_thread(libraries):
                 if count != 1:  # a library on one thread already (set_threads(1)) is left alone: ~2 us each
                     setter(1)
         _ONE_BLAS_HOLDERS += 1
+        _ONE_BLAS_CALLERS.append(threading.get_ident())
     try:
         yield
     finally:
         with _ONE_BLAS_LOCK:
             _ONE_BLAS_HOLDERS -= 1
+            _ONE_BLAS_CALLERS.remove(threading.get_ident())
             if _ONE_BLAS_HOLDERS == 0:
                 for (setter, getter), count in zip(libraries, _ONE_BLAS_SAVED):
                     # on one thread now, unless changed another way meanwhile (threadpoolctl):

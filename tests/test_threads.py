@@ -124,6 +124,21 @@ def test_a_bad_sgm_ref_threads_is_refused_at_import(value):
     assert last.startswith("ValueError: ") and ("SGM_REF_THREADS" in last or "NUMBA_NUM_THREADS" in last), last
 
 
+def test_an_sgm_ref_threads_of_thousands_of_digits_is_refused_by_name():
+    """int() refuses more than 4300 digits ("Exceeds the limit (4300 digits) for integer
+    string conversion ..."), a ValueError that named neither the variable nor the fix;
+    leading zeros still read as the number they write."""
+    for value in ("9" * 5000, "1" + "0" * 19):
+        with pytest.raises(ValueError, match=r"^SGM_REF_THREADS must be a thread count, at most the size of "
+                                             r"numba's thread pool .*got a number of (5000|20) digits; unset it"):
+            _threads._threads_from_environment({"SGM_REF_THREADS": value})
+    assert _threads._threads_from_environment({"SGM_REF_THREADS": "0" * 5000 + "2"}) == 2
+    result = child({"SGM_REF_THREADS": "9" * 5000})
+    assert result.returncode != 0
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("ValueError: SGM_REF_THREADS must be a thread count"), last
+
+
 def test_busy_hint_only_when_the_pools_oversubscribe(monkeypatch):
     for name in ("SGM_REF_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
@@ -507,6 +522,50 @@ def test_a_fork_inside_run_blocks_gives_the_child_its_counts_back():
     caller.join()
     assert child == [blas_before, 0]
     assert _threads.blas_threads() == blas_before
+
+
+@needs_settable_blas
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork")
+def test_a_fork_from_the_thread_inside_run_blocks_keeps_its_call_in_the_child():
+    """A fork from the thread running the blocks (in a block): the child goes on with the
+    call. Before, the child gave the counts back at once (its later blocks ran threaded
+    products) and the call's end took the holders to -1, after which run_blocks no longer
+    set OpenBLAS to one thread and set_threads no longer set it at all."""
+    numba_before, found = numba.get_num_threads(), _threads.blas_threads()
+    if found == [1] * len(found):  # on one thread the counts would not tell
+        if numba.config.NUMBA_NUM_THREADS < 2:
+            pytest.skip("set_threads(2) needs a pool of 2")
+        sgm_ref.set_threads(2)
+    blas_before = _threads.blas_threads()
+    read, write = os.pipe()
+    pid, seen = [None], []
+
+    def make_worker():
+        def work(b):
+            if b == 0:
+                pid[0] = os.fork()
+            seen.append(_threads.blas_threads())
+        return work
+
+    try:
+        _threads.run_blocks(3, make_worker, threads=1)  # serial: the forking thread is the only one
+        if pid[0] == 0:  # the child: report and leave at once
+            try:
+                report = {"in_blocks": seen, "after": _threads.blas_threads(), "holders": _threads._ONE_BLAS_HOLDERS}
+                _threads.run_blocks(2, lambda: lambda b: report.setdefault("again", _threads.blas_threads()), threads=1)
+                report["set_1"] = sgm_ref.set_threads(1)["blas"]
+                os.write(write, json.dumps(report).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read) as f:
+            child = json.loads(f.read())
+        os.waitpid(pid[0], 0)
+        assert _threads.blas_threads() == blas_before and _threads._ONE_BLAS_HOLDERS == 0
+    finally:
+        restore_threads(numba_before, found)
+    ones = [1] * len(blas_before)
+    assert child == {"in_blocks": [ones] * 3, "after": blas_before, "holders": 0, "again": ones, "set_1": ones}
 
 
 # -- the folder lock (sgm_ref/_lock.py) across threads of one process ---------------------

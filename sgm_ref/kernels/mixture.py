@@ -363,8 +363,12 @@ def _diagonal_block(x, a, s2, logw, mu, lam, identity, want_score, logp, score, 
                 else:
                     lamj = lam[k, j]
                     for i in range(m_rows):
-                        # (e y) / v: a zero weight gives 0 even where y / v overflows
-                        acc[i] += row[i] * (xt[j, i] - ab[i] * muj) / (a2b[i] * lamj + s2b[i])
+                        # e (y / v), as the score's sum of e_k (y_k / v_k): (e y) / v lost the
+                        # digits of an e y below the normal range, which a v < 1 then scaled
+                        # up (w = (1, 1e-250), v = (1, 1e-100), y = 1e-115 at x = 0: 1.5e-9 off);
+                        # a zero weight gives 0, even where y / v overflowed (0 * inf is NaN)
+                        r = (xt[j, i] - ab[i] * muj) / (a2b[i] * lamj + s2b[i])
+                        acc[i] += row[i] * r if row[i] != 0.0 else 0.0
             if identity:
                 for i in range(m_rows):
                     score[i0 + i, j] = -(acc[i] / viso[i]) / total[i]
