@@ -7,10 +7,13 @@ kernel releases it when the holder exits, however it dies, so a lock left by a k
 process is simply taken over by the next command (its stale record overwritten) -- there
 is nothing to time out or clean by hand.
 
-The lock file is removed when the lock is released, so a finished command leaves the
-folder as it found it. Removing a lock file is safe only with a check on the other side:
-whoever acquires the lock verifies that the file it locked is still the one at the path
-(same inode); if a releasing holder unlinked it in between, it starts over.
+The record is a courtesy: where it cannot be written (a full disk) the lock is held without
+it, and a refusal names no holder. The lock file is removed when the lock is released, so a
+finished command leaves the folder as it found it. Removing a lock file is safe only with a
+check on the other side: whoever acquires the lock verifies that the file it locked is still
+the one at the path (same inode); if a releasing holder unlinked it in between, it starts
+over. A FOLDER/.lock that is not a file of its own (a symbolic link, a folder, a FIFO, a
+hard link of another file) is refused and left as it is.
 
 Within one thread the lock is re-entrant: `sgm-ref demo` holds its run's lock while the
 training, sampling and evaluation inside take it again. Another thread of the same process
@@ -24,6 +27,7 @@ import datetime
 import json
 import os
 import shlex
+import stat
 import sys
 import threading
 import time
@@ -88,9 +92,19 @@ def _try_lock(path):
             same = os.path.samestat(os.stat(path), os.fstat(fd))
         except FileNotFoundError:
             same = False
-        if same:
+        if not same:
+            os.close(fd)  # the holder we waited for removed the file on release: lock the new one
+            continue
+        # never into a file that is something else too: the record (ftruncate, pwrite) would overwrite
+        # another file's contents (a hard link to it) or fail with EINVAL (a FIFO), and the release
+        # would remove it
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink <= 1:  # (0 where a file system does not count links)
             return fd
-        os.close(fd)  # the holder we waited for removed the file on release: lock the new one
+        os.close(fd)
+        what = (f"a hard link of another file ({info.st_nlink} names), whose contents the lock's record would "
+                "overwrite" if stat.S_ISREG(info.st_mode) else "not a regular file (a FIFO, socket or device)")
+        raise ValueError(f"{path} is {what}; remove it (sgm_ref writes the lock there while a command runs)")
 
 
 @contextlib.contextmanager
@@ -117,7 +131,9 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
         Another process, or another thread of this one, holds the lock; the message names
         it and what to do.
     ValueError
-        The lock file cannot be created (a read-only folder, say); wait not a number >= 0.
+        The lock file cannot be created (a read-only folder, say), or FOLDER/.lock is not
+        a file of its own (a symbolic link, a folder, a FIFO, a hard link of another file:
+        left as it is); wait not a number >= 0.
     """
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not wait >= 0:  # NaN: never the deadline
         raise ValueError(f"wait must be a number of seconds >= 0, got {wait!r}")
@@ -174,8 +190,11 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
     try:
         since = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
         record = json.dumps({"pid": os.getpid(), "command": _command_line(), "since": since}) + "\n"
-        os.ftruncate(fd, 0)  # a killed holder's record is overwritten
-        os.pwrite(fd, record.encode("utf-8"), 0)
+        try:
+            os.ftruncate(fd, 0)  # a killed holder's record is overwritten
+            os.pwrite(fd, record.encode("utf-8"), 0)
+        except OSError:  # a full disk (ENOSPC, a quota): the lock is flock's, the record only names its holder;
+            pass         # the command's own writes say what is wrong, naming the folder (this said nothing of it)
         if on_acquire is not None:
             on_acquire()
         yield

@@ -291,8 +291,17 @@ def streams(seed):
 
 # -- the folder ------------------------------------------------------------------------
 
+def _folder(folder):
+    """folder as a str path; a RunError (a ValueError) for anything else (None, a number, a
+    bytes path), which os's calls refused with a bare TypeError."""
+    path = os.fspath(folder) if isinstance(folder, (str, os.PathLike)) else None
+    if not isinstance(path, str):
+        raise RunError(f"run folder must be a path (a str or os.PathLike), got {folder!r}")
+    return path
+
+
 def _path(folder, name):
-    return os.path.join(os.fspath(folder), name)
+    return os.path.join(_folder(folder), name)
 
 
 def write_json(path, obj):
@@ -341,7 +350,7 @@ def writing(folder, wait=0.0, new=False):
     sgm_ref._lock.FolderLockedError (a ValueError)
         Another process is writing to it; the message names its pid and command.
     """
-    folder = os.fspath(folder)
+    folder = _folder(folder)
     if not os.path.isdir(folder):
         raise _no_folder(folder)
     if not new and not os.path.lexists(_path(folder, "config.json")):
@@ -367,7 +376,7 @@ def new_run(folder, config, force=False, then_evaluate=False):
     RunError that says so, with the commands that finish the run (then_evaluate: the block
     also samples and evaluates it, as `sgm-ref demo` does).
     """
-    folder = os.fspath(folder)
+    folder = _folder(folder)
     made = False
     if not folder:
         raise RunError("the run folder must be named, got ''")
@@ -618,7 +627,7 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
     except (ValueError, EOFError):  # numpy's answer to bytes that are neither .npy nor .npz
         raise unreadable("not an .npz archive") from None
     except _READ_ERRORS as exc:  # BadZipFile: a file cut short (a full disk, an interrupted copy)
-        raise unreadable(f"a truncated or damaged .npz archive: {exc}") from None
+        raise unreadable(f"a truncated or damaged .npz archive: {_reason(exc)}") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise unreadable("a bare array, not an .npz archive")
     try:
@@ -641,8 +650,11 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
                            "or training): another run's file, or config.json edited since; restore config.json, "
                            f"or {remedy}")
         built = optimizer.state_dict()
-        changed = [key for key in ("lr", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "ema_decay",
-                                   "ema_warmup")
+        settings = ("lr", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "ema_decay", "ema_warmup")
+        for key in settings + ("step_count",):  # compared below: an array's comparison has no truth value
+            if key in arrays and arrays[key].shape != ():
+                raise ValueError(f"its {key} must be a single number, got an array of shape {arrays[key].shape}")
+        changed = [key for key in settings
                    if (key in arrays) != (key in built) or key in built and arrays[key] != built[key]]
         if changed:  # an intact file (of a version without the digest, or edited): not "unreadable"
             raise RunError(f"{what} {path} has optimiser settings ({', '.join(changed)}) other than config.json's: "
@@ -652,12 +664,24 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
         rng.bit_generator.state = state
         optimizer.load_state_dict(arrays)
     except zipfile.BadZipFile as exc:
-        raise unreadable(f"a truncated or damaged .npz archive: {exc}") from None
+        raise unreadable(f"a truncated or damaged .npz archive: {_reason(exc)}") from None
     except RunError:
         raise
-    except _READ_ERRORS + (TypeError, AttributeError, zlib.error) as exc:
-        raise unreadable(exc) from None
+    except _READ_ERRORS + (TypeError, AttributeError, OverflowError, zlib.error) as exc:
+        raise unreadable(_reason(exc)) from None  # OverflowError: a number of rng_state beyond its integers' range
     return step, History(loss=loss.tolist()), threads if isinstance(threads, dict) else None
+
+
+def _reason(exc):
+    """What a damaged file's reader raised, as one line of at most about 200 characters: zipfile
+    quotes the rest of an archive whose member name is damaged (9,000 characters of bytes), a
+    missing array is a bare KeyError ('step'), a member cut short a bare EOFError ('')."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return f"{exc.args[0]!r} missing"
+    text = " ".join(str(exc).split())
+    if not text:
+        return "cut short" if isinstance(exc, EOFError) else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _states(folder):

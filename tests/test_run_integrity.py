@@ -283,3 +283,53 @@ def test_a_damaged_history_points_to_resume_which_restores_it(tmp_path, finished
         _training_summary(str(run))
     assert runs_module.restore_history(run)
     assert json.loads((run / "history.json").read_text()) == json.loads(original)
+
+
+@pytest.mark.parametrize("damage, match", [
+    # the first member's name length (its local header's bytes 26-27) raised by 2048: zipfile's
+    # message quoted the next 2048 bytes of the archive (a 6,000-character line)
+    (lambda b: b.__setitem__(27, b[27] ^ 8), r"is unreadable \(a truncated or damaged .npz archive: File name in "
+                                             r"directory 'params.npy' and header b.{100,200}\.\.\.\); remove it"),
+    # its extra field's length raised by 32768: a bare EOFError, said as "unreadable ()"
+    (lambda b: b.__setitem__(29, b[29] ^ 128), r"is unreadable \(cut short\); remove it"),
+])
+def test_a_damaged_training_state_is_said_in_one_short_line(tmp_path, finished, damage, match):
+    run = _copy(finished, tmp_path / "run")
+    state = run / "training_state.npz"
+    data = bytearray(state.read_bytes())
+    damage(data)
+    state.write_bytes(bytes(data))
+    with pytest.raises(RunError, match=r"training state .*training_state.npz " + match) as info:
+        train(run, progress=False, steps=40)
+    assert len(str(info.value)) < 200 + 250 + len(os.fspath(state)) and "\n" not in str(info.value)
+    assert read_config(run)["train"]["steps"] == 30
+
+
+def test_a_training_state_without_an_array_names_the_array(tmp_path, finished):
+    """A state without its 'step' array was 'unreadable ('step')': KeyError's text alone."""
+    run = _copy(finished, tmp_path / "run")
+    with np.load(run / "training_state.npz") as f:
+        arrays = {k: f[k] for k in f.files if k != "step"}
+    np.savez(run / "training_state.npz", **arrays)
+    with pytest.raises(RunError, match=r"training state .* is unreadable \('step' missing\); remove it"):
+        train(run, progress=False, steps=40)
+
+
+def test_a_training_state_with_arrays_for_numbers_or_a_bad_rng_state_is_unreadable(tmp_path, finished):
+    """An lr or step count stored as an array was 'unreadable (The truth value of an array with
+    more than one element is ambiguous ...)'; an rng_state whose increment is negative escaped as
+    a bare OverflowError (no file named, and no ValueError)."""
+    for replace, match in (({"lr": np.array([0.002, 0.002])}, r"its lr must be a single number, got an array of "
+                                                               r"shape \(2,\)"),
+                           ({"step_count": np.array([30, 30])}, r"its step_count must be a single number"),
+                           ("rng_state", r"Python int(eger -\d+ out of bounds for uint64| too large to convert)")):
+        run = _copy(finished, tmp_path / f"run{len(os.listdir(tmp_path))}")
+        if replace == "rng_state":
+            with np.load(run / "training_state.npz") as f:
+                state = json.loads(str(f["rng_state"]))
+            state["state"]["inc"] = -state["state"]["inc"]
+            replace = {"rng_state": np.array(json.dumps(state))}
+        _rewrite_npz(run / "training_state.npz", **replace)
+        with pytest.raises(RunError, match=r"training state .*training_state.npz is unreadable \(" + match):
+            train(run, progress=False, steps=40)
+        assert read_config(run)["train"]["steps"] == 30

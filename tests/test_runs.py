@@ -1,6 +1,8 @@
 """Target specs, run configurations and run folders (the library under the sgm-ref command)."""
 
 import json
+import re
+import stat
 
 import numpy as np
 import pytest
@@ -368,6 +370,32 @@ def test_the_lock_is_reentrant_and_names_this_process(tmp_path):
     assert not (tmp_path / ".lock").exists()
 
 
+def test_a_lock_path_that_is_another_file_is_refused_and_left_as_it_is(tmp_path):
+    """FOLDER/.lock a hard link of another file: the lock's record (ftruncate + pwrite) replaced
+    that file's contents ('precious' became {"pid": ...}) and the release removed the link; a
+    FIFO there: the record's ftruncate failed with a bare OSError (EINVAL, no file named) and
+    the release removed the FIFO. Both are refused by name now, and left in place."""
+    from sgm_ref._lock import folder_lock
+
+    (tmp_path / "data.txt").write_text("precious")
+    os.link(tmp_path / "data.txt", tmp_path / ".lock")
+    with pytest.raises(ValueError, match=r"\.lock is a hard link of another file \(2 names\), whose contents the "
+                                         r"lock's record would overwrite; remove it"):
+        with folder_lock(tmp_path, kind="test"):
+            pass
+    assert (tmp_path / "data.txt").read_text() == "precious" and (tmp_path / ".lock").exists()
+    os.unlink(tmp_path / ".lock")
+    os.mkfifo(tmp_path / ".lock")
+    with pytest.raises(ValueError, match=r"\.lock is not a regular file \(a FIFO, socket or device\); remove it"):
+        with folder_lock(tmp_path, kind="test"):
+            pass
+    assert stat.S_ISFIFO(os.lstat(tmp_path / ".lock").st_mode)
+    os.unlink(tmp_path / ".lock")
+    with folder_lock(tmp_path, kind="test"):  # once removed, the folder is locked as usual
+        assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
+    assert not (tmp_path / ".lock").exists()
+
+
 def test_sample_run_clears_temporaries_and_shows_progress_without_changing_bits(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     create(run, make_config(SMALL))
@@ -716,3 +744,63 @@ def test_a_target_too_large_for_a_float32_model_is_refused_by_the_configuration(
     with pytest.raises(ValueError, match=r"dtype is float32, but .* has means up to 1e\+50 .* float32 samples need "
                                          r"means within \+-1e37"):
         make_config({**options, "model": {**SMALL["model"], "dtype": "float32"}})
+
+
+def test_a_run_folder_that_is_not_a_path_is_a_run_error(tmp_path):
+    """None, a number or a bytes path as the run folder gave os's bare TypeError ("expected str,
+    bytes or os.PathLike object, not NoneType", "Can't mix strings and bytes in path components")."""
+    from sgm_ref.runs import finished_steps, load_model, load_samples, writing
+
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    calls = (read_config, load_model, sample_run, lambda f: train(f, progress=False), finished_steps,
+             lambda f: load_samples(f, 2), lambda f: create(f, make_config(SMALL)), writing)
+    for bad in (None, 3, os.fsencode(run)):
+        for call in calls:
+            with pytest.raises(RunError, match=r"run folder must be a path \(a str or os.PathLike\), got "
+                                               + re.escape(repr(bad))):
+                call(bad)
+    assert read_config(str(run)) == read_config(run)
+
+
+def test_a_lock_record_that_cannot_be_written_does_not_stop_the_command(tmp_path, monkeypatch):
+    """On a full disk the lock's record (pwrite of 80 bytes into FOLDER/.lock) failed first, and
+    `sgm-ref sample` stopped with 'No space left on device', no file named, although removing the
+    old samples would have made room. The lock is flock's: it is held without its record."""
+    import errno
+    import threading
+
+    from sgm_ref._lock import folder_lock
+
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    expected = sample_run(run)
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with folder_lock(run, kind="test"):
+        assert (run / ".lock").read_bytes() == b""
+        other = open(run / ".lock", "rb")  # another open file description: as another process
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other.close()
+        refused = []  # asked from another thread, which this one's re-entry does not let in
+        thread = threading.Thread(target=lambda: refused.append(_refusal(run)))
+        thread.start()
+        thread.join()
+        assert refused == ["another sgm-ref command is writing to " + os.fspath(run) + "; wait for it to finish, or "
+                           "stop it"]
+    assert np.array_equal(sample_run(run), expected) and not (run / ".lock").exists()
+
+
+def _refusal(run):
+    from sgm_ref.runs import writing
+
+    try:
+        with writing(run):
+            return None
+    except ValueError as exc:
+        return str(exc)
