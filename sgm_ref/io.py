@@ -39,6 +39,19 @@ _READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplemente
                 MemoryError, tokenize.TokenError)
 
 
+def read_error_text(exc):
+    """What a damaged file's reader raised, as one line of at most about 200 characters: zipfile
+    quotes the rest of an archive whose member name is damaged (9,000 characters of bytes), a
+    missing array is a bare KeyError ('step'), a member cut short a bare EOFError (''). Used by
+    load's messages and sgm_ref.runs' for its training states."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        return f"{exc.args[0]!r} missing"
+    text = " ".join(str(exc).split())
+    if not text:
+        return "cut short" if isinstance(exc, EOFError) else type(exc).__name__
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
 class ModelFileError(ValueError):
     """A model file is unreadable, truncated, foreign, newer than this library, or inconsistent."""
 
@@ -268,7 +281,7 @@ def load(path, use_ema=False):
         try:
             params = f[key]
         except _READ_ERRORS as exc:
-            raise ModelFileError(f"{path}: the parameter array is corrupt ({exc})") from None
+            raise ModelFileError(f"{path}: the parameter array is corrupt ({read_error_text(exc)})") from None
         if not isinstance(params, np.ndarray):  # numpy hands back a member without the .npy magic as its bytes
             raise ModelFileError(f"{path}: the {key!r} member is not an .npy array (raw bytes); "
                                  "not a file sgm_ref wrote")
@@ -306,7 +319,7 @@ def _open(path):
     except ValueError:  # numpy's answer to bytes that are neither .npy nor .npz
         raise ModelFileError(f"{path}: not a readable sgm_ref model file (not an .npz archive)") from None
     except _READ_ERRORS as exc:
-        raise ModelFileError(f"{path}: not a readable sgm_ref model file ({exc})") from None
+        raise ModelFileError(f"{path}: not a readable sgm_ref model file ({read_error_text(exc)})") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise ModelFileError(f"{path}: not an sgm_ref model file (a bare array, not an .npz archive)")
     return f
@@ -324,7 +337,7 @@ def _header(f, path):
     try:
         header = load_json(str(f["header"]), "the header")
     except _READ_ERRORS as exc:
-        raise ModelFileError(f"{path}: unreadable header ({exc})") from None
+        raise ModelFileError(f"{path}: unreadable header ({read_error_text(exc)})") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an sgm_ref model file (format {header.get('format') if isinstance(header, dict) else None!r})")
     version = header.get("version")

@@ -50,7 +50,7 @@ from . import __version__
 from ._json import load_json
 from ._lock import folder_lock
 from ._validation import _physical_memory, check_count, check_fits, check_real, check_time_range
-from .io import _READ_ERRORS, atomic_write, load, os_error_text, read_header, save
+from .io import _READ_ERRORS, atomic_write, load, os_error_text, read_error_text, read_header, save
 from .nn import MLP
 from .optim import Adam
 from .processes import process_from_dict
@@ -627,7 +627,7 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
     except (ValueError, EOFError):  # numpy's answer to bytes that are neither .npy nor .npz
         raise unreadable("not an .npz archive") from None
     except _READ_ERRORS as exc:  # BadZipFile: a file cut short (a full disk, an interrupted copy)
-        raise unreadable(f"a truncated or damaged .npz archive: {_reason(exc)}") from None
+        raise unreadable(f"a truncated or damaged .npz archive: {read_error_text(exc)}") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
         raise unreadable("a bare array, not an .npz archive")
     try:
@@ -664,24 +664,12 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
         rng.bit_generator.state = state
         optimizer.load_state_dict(arrays)
     except zipfile.BadZipFile as exc:
-        raise unreadable(f"a truncated or damaged .npz archive: {_reason(exc)}") from None
+        raise unreadable(f"a truncated or damaged .npz archive: {read_error_text(exc)}") from None
     except RunError:
         raise
     except _READ_ERRORS + (TypeError, AttributeError, OverflowError, zlib.error) as exc:
-        raise unreadable(_reason(exc)) from None  # OverflowError: a number of rng_state beyond its integers' range
+        raise unreadable(read_error_text(exc)) from None  # OverflowError: a number of rng_state beyond its integers' range
     return step, History(loss=loss.tolist()), threads if isinstance(threads, dict) else None
-
-
-def _reason(exc):
-    """What a damaged file's reader raised, as one line of at most about 200 characters: zipfile
-    quotes the rest of an archive whose member name is damaged (9,000 characters of bytes), a
-    missing array is a bare KeyError ('step'), a member cut short a bare EOFError ('')."""
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        return f"{exc.args[0]!r} missing"
-    text = " ".join(str(exc).split())
-    if not text:
-        return "cut short" if isinstance(exc, EOFError) else type(exc).__name__
-    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _states(folder):

@@ -781,3 +781,27 @@ def test_use_ema_must_be_a_bool(tmp_path):
         load(tmp_path / "m.npz", use_ema="no")
     np.testing.assert_array_equal(load(tmp_path / "m.npz", use_ema=np.True_).params, ema)
     np.testing.assert_array_equal(load(tmp_path / "m.npz", use_ema=False).params, model.params)
+
+
+def test_every_damaged_byte_gives_a_short_message_that_says_something(tmp_path):
+    """Three bits flipped in each byte of a model file: every refusal is one line of at most
+    a few hundred characters that names a reason. zipfile quoted the rest of an archive whose
+    member-name length was damaged (messages of up to ~9,000 characters of raw bytes), and a
+    member cut short or an extra-field length out of range gave an empty '()'."""
+    path = tmp_path / "m.npz"
+    save(make_model(), path, ema=make_model().params)
+    raw = path.read_bytes()
+    longest, empty = 0, []
+    for i in range(len(raw)):
+        damaged = bytearray(raw)
+        damaged[i] ^= 0b01010100
+        path.write_bytes(bytes(damaged))
+        try:
+            load(path)
+        except ModelFileError as exc:
+            message = str(exc)
+            longest = max(longest, len(message))
+            assert "\n" not in message, message
+            if "()" in message:
+                empty.append(i)
+    assert longest <= 500 and not empty, (longest, empty[:5])
