@@ -237,7 +237,8 @@ def build_parser():
     p.add_argument("--t0", type=float, default=_TRAIN["t0"],
                    help="early-stopping time: the profile, the integral and the sampler start there "
                         "(default %(default)g)")
-    p.add_argument("--T", type=float, help="horizon (default 5 for ou, 80 for edm, else the process's largest time)")
+    p.add_argument("--T", type=float, help="horizon (default 5 for ou, 80 for edm (its t_max if smaller), else the "
+                                           "process's largest time)")
     p.add_argument("--sampler", choices=tuple(m for m in METHODS if m != "probability_flow"),
                    default=_SAMPLE["method"],
                    help="the sampler the TV bound is for (the probability-flow ODE has none) (default %(default)s)")
@@ -301,7 +302,8 @@ def build_parser():
                    help="the grid as a file instead: a .npy array or a text file of decreasing times of --process "
                         "(whitespace or commas between them, # comments), e.g. a diffusers scheduler's own sigmas "
                         "for --process edm: np.save(PATH, sched.sigmas.numpy().astype(np.float64))")
-    p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else min(1, t_max))")
+    p.add_argument("--T", type=float, help="first grid time (default 5 for ou, 80 for edm, else 1; the process's t_max if "
+                                          "smaller)")
     p.add_argument("--t0", type=float, help="last grid time (default 0.002 for edm, else 0.001)")
     p.add_argument("--rho", type=float, help="--grid karras's rho (default 7)")
     p.add_argument("--steps-offset", type=_integer, help="diffusers' steps_offset of --grid leading (default 0)")
@@ -316,7 +318,10 @@ def build_parser():
     p.add_argument("--rtol", type=float, help="rounding threshold of the relative deviation "
                                               "(default 64 eps of the sampler's output dtype)")
     p.add_argument("--seed", type=int, default=0, help="seed of the start points and noise (default %(default)s)")
-    p.add_argument("--json", metavar="PATH", help="also write the report as JSON to PATH (checked writable first)")
+    p.add_argument("--json", metavar="PATH",
+                   help="also write the report as JSON to PATH (checked writable first); a non-finite number is "
+                        "written as null, and the object \"non_finite\" maps its JSON pointer to \"inf\", "
+                        "\"-inf\" or \"nan\" (as for audit --json)")
     p.add_argument("--traceback", action="store_true",
                    help="when the sampler (or its module) raises or exits, show its whole traceback")
 
@@ -674,6 +679,15 @@ def _check_json_path(path, option="--json"):
         raise ValueError(f"{option} {path}: cannot write into {parent} ({exc.strerror or exc})") from None
 
 
+def _check_not_an_input(path, option, inputs):
+    """Refuse an output path (--json, --plot) that names one of the command's input files
+    (--target's JSON, a .py --score or --sampler, --grid-file): the report would replace it."""
+    for input_option, input_path in inputs:
+        if input_path and os.path.isfile(input_path) and os.path.realpath(path) == os.path.realpath(input_path):
+            raise ValueError(f"{option} {path} is the file of {input_option}: the "
+                             f"{'plot' if option == '--plot' else 'report'} would replace it; give another name")
+
+
 def _audit_process(args):
     """The process of --process SPEC (with the older --beta-min/--beta-max for a VP)."""
     import dataclasses
@@ -696,8 +710,8 @@ def _audit_process(args):
         T = args.T
     elif isinstance(process, OU):
         T = 5.0
-    elif isinstance(process, EDM) and not np.isfinite(process.t_max):
-        T = 80.0  # EDM's sigma_max
+    elif isinstance(process, EDM):
+        T = min(80.0, float(process.t_max))  # EDM's sigma_max, within edm:t_max=
     else:
         T = float(process.t_max)
     return process, T
@@ -856,7 +870,7 @@ _FRACTIONAL_TIMESTEP_NOTE = (
 
 
 def cmd_audit(args):
-    from ._validation import check_count
+    from ._validation import check_count, check_fits
     from .evaluation import bound_text, json_ready, non_finite_notes, score_report
     from .interop import ModelError
     from .metrics.score_error import _check_time_range as _score_time_range
@@ -877,6 +891,17 @@ def cmd_audit(args):
     if nll != 0 and (nll < 2 or args.dtype != "float64"):
         raise ValueError(f"--nll must be 0 or at least 2 points, with --dtype float64 (its finite-difference "
                          f"Jacobian-vector products need float64), got --nll {nll} --dtype {args.dtype}")
+    # the metrics refuse these sizes only when they come (the bound's after the profile and the
+    # integral, the likelihood's after the whole report) and as their own "n" ("lower n": audit
+    # has no --n): refused here before the work, with the per-point sizes of runs._check_sizes
+    # (the integral's 4 profile_n points, the bound's 16 bound_n auxiliary points, of 4 d
+    # numbers each) and of evaluate_run's --nll (a target's sample)
+    d = target.dim
+    for name, value, per_unit, what in (
+            ("--profile-n", args.profile_n, 4 * 8 * 4 * d, f"the integral's 4 x {args.profile_n} points in d = {d}"),
+            ("--bound-n", args.bound_n, 16 * 8 * 4 * d, f"the bound's 16 x {args.bound_n} auxiliary points in d = {d}"),
+            ("--nll", nll, 8 * max(2 * (d + 1), 4 * d), f"its exact samples in d = {d}")):
+        check_fits(name, value, per_unit, what)
     if not 0 < args.t0 < T:
         raise ValueError(f"need 0 < t0 < T, got t0={args.t0!r}, T={T!r}")
     if T > process.t_max:
@@ -884,8 +909,10 @@ def cmd_audit(args):
     if args.time == "timestep" and args.t0 < process.time_of_timestep(0):
         raise ValueError(f"--t0 must be >= 1/N = {process.time_of_timestep(0):g} with --time timestep "
                          f"(timestep 0 is t = 1/N), got {args.t0:g}")
+    inputs = (("--target", args.target), ("--score", args.score.rpartition(":")[0]))
     if args.json is not None:  # refused now, not after the work
         _check_json_path(args.json)
+        _check_not_an_input(args.json, "--json", inputs)
     tolerance = None
     if args.max_relative_error is not None:
         from .audit import ScoreTolerance
@@ -895,6 +922,7 @@ def cmd_audit(args):
             raise ValueError(f"--max-relative-error: {e}") from None
     if args.plot is not None:
         _check_json_path(args.plot, "--plot")
+        _check_not_an_input(args.plot, "--plot", inputs)
         if not args.plot.lower().endswith(".png"):  # PNG bytes under another extension would misname the file
             raise ValueError(f"--plot writes a PNG: give a file name ending in .png, got {args.plot}")
         if args.json is not None and os.path.realpath(args.plot) == os.path.realpath(args.json):
@@ -1089,7 +1117,7 @@ def _sampler_grid(args, process):
             return timestep_grid(process, steps, final=process.time_of_timestep(0))
         return timestep_grid(process, steps)
     name = process.__class__.__name__
-    T = args.T if args.T is not None else {"OU": 5.0, "EDM": 80.0}.get(name, min(1.0, process.t_max))
+    T = args.T if args.T is not None else min({"OU": 5.0, "EDM": 80.0}.get(name, 1.0), float(process.t_max))
     t0 = args.t0 if args.t0 is not None else (0.002 if name == "EDM" else 1e-3)
     if kind == "karras":
         if not isinstance(process, EDM):
@@ -1097,7 +1125,11 @@ def _sampler_grid(args, process):
                              f"got {args.process}")
         if args.n_steps < 2:
             raise ValueError(f"--grid karras needs --n-steps >= 2, got {args.n_steps}")
-        return process.karras_sigmas(args.n_steps, t0, T, 7.0 if args.rho is None else args.rho)
+        try:
+            return process.karras_sigmas(args.n_steps, t0, T, 7.0 if args.rho is None else args.rho)
+        except ValueError as e:  # EDM.karras_sigmas names its sigma_min and sigma_max: here --t0 and --T
+            raise ValueError(re.sub(r"^sigma_(min|max)\b", lambda m: f"--{'t0' if m.group(1) == 'min' else 'T'} "
+                                    f"(sigma_{m.group(1)})", str(e))) from None
     return time_grid(T, t0, args.n_steps, kind)
 
 
@@ -1155,15 +1187,25 @@ def cmd_audit_sampler(args):
         raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
     if args.json is not None:
         _check_json_path(args.json)
+        _check_not_an_input(args.json, "--json", (("--target", args.target), ("--grid-file", args.grid_file),
+                                                  ("--sampler", args.sampler.rpartition(":")[0])))
     options = _replay_options(args.option)
     peer = _load_callable(args.sampler, option="--sampler")
+    if args.kind is None:  # the library's hint names its argument (kind='loop'); here it is --kind
+        from .audit import _peer_kind
+        try:
+            _peer_kind(peer, None)
+        except ValueError as e:
+            hint = "pass --kind loop or --kind step"
+            raise ValueError(re.sub(r"pass kind=(?:'loop' or kind='step')?$", hint, str(e))) from None
     result = compare_sampler(peer, args.replay, process, grid, target, args.n, np.random.default_rng(args.seed),
                              replay_options=options, kind=args.kind, rtol=args.rtol, name=args.sampler)
     _say(result.text())
-    if args.json is not None:
+    if args.json is not None:  # json_ready: the laws' means and covariances may overflow (to_dict keeps them)
+        from .evaluation import json_ready
         from .runs import write_json
-        write_json(args.json, {"sampler": args.sampler, "target": args.target, "seed": args.seed,
-                               "replay_options": options, **result.to_dict()})
+        write_json(args.json, json_ready({"sampler": args.sampler, "target": args.target, "seed": args.seed,
+                                          "replay_options": options, **result.to_dict()}))
     return 0 if result.matches else 1
 
 
@@ -1182,6 +1224,8 @@ def _one_line(message):
 
 
 _LEADING_NAME = re.compile(r"^((?:evaluate |sample )?)([A-Za-z_][A-Za-z0-9_]*)(?=( \([^)]*\))? must )")
+# sgm_ref._validation.fits_in_memory's "n_steps = 10000000000000 asks for 2.2e+05 GiB ...; lower n_steps"
+_SIZED_NAME = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?= = \S+ (?:asks for |\())")
 _HINTED_NAME = re.compile(r"(?<![\w-])([A-Za-z_][A-Za-z0-9_]*)(?:='([^']*)')?(?=[,)]| or )")
 
 
@@ -1190,9 +1234,11 @@ def _option_names(message, parser, command):
 
     The commands pass their options to library functions, whose checks name their own
     arguments ("batch_size must be an integer >= 1"); on the command line the user typed
-    --batch-size. Two places are rewritten, and only for names that are options of
+    --batch-size. Three places are rewritten, and only for names that are options of
     `command`: the name that opens a "... must ..." sentence (after "evaluate " or
-    "sample ", which name the step of a demo), and a hint's "smaller lr" or
+    "sample ", which name the step of a demo), a size's "n_steps = N asks for ... GiB
+    ...; lower n_steps" (both names, to "--n-steps"; never a bare "n", which names other
+    counts in other functions), and a hint's "smaller lr" or
     "weighting='sigma2'" (to "smaller --lr", "--weighting sigma2"). A message that
     names an option already ("sample n (--n-samples) must") is left as it is, and so is
     every other word: a file's key or a user's function is not an option."""
@@ -1213,6 +1259,12 @@ def _option_names(message, parser, command):
             return m.group(0)
         return options[m.group(1)] + (f" {m.group(2)}" if m.group(2) is not None else "")
     message = _LEADING_NAME.sub(leading, message, count=1)
+    sized = _SIZED_NAME.match(message)
+    # not a bare "n": the library's functions call different counts so (a demo's --n is the
+    # training samples, the profile's n its --profile-n)
+    if sized and sized.group(1) in options and sized.group(1) != "n":
+        name, option = sized.group(1), options[sized.group(1)]
+        message = option + re.sub(rf"; lower {name}$", f"; lower {option}", message[len(name):])
     if "(try " in message:
         head, _, hint = message.partition("(try ")
         message = head + "(try " + _HINTED_NAME.sub(hinted, hint)

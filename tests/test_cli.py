@@ -982,3 +982,126 @@ def test_the_command_line_starts_without_scipy_stats_or_the_frameworks():
             "print(sorted(m for m in ('scipy.stats', 'torch', 'jax', 'diffusers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("option", ["--profile-n", "--bound-n", "--nll"])
+def test_audit_sizes_beyond_memory_are_refused_as_the_options_before_the_work(tmp_path, option):
+    """The metrics refused these as their own "n" ("n = ... asks for ... GiB; lower n": audit
+    has no --n), --bound-n only after the profile and the integral, --nll only after the whole
+    report was printed. Refused first, named as the option, with the limit of
+    runs._check_sizes / evaluate_run (the same per-point sizes as a run's)."""
+    from sgm_ref._validation import _physical_memory
+
+    (tmp_path / "audited.py").write_text(AUDITED)
+    result = run("audit", "--score", "audited:oracle", "--target", "gmm:d=3,k=2,radius=2,seed=0", "--n-steps", "5",
+                 "--profile-n", "10", "--bound-n", "4", option, 2**50, cwd=tmp_path, check=False)
+    _assert_one_line_error(result, f"{option} must be at most ")
+    assert result.stdout == ""
+    per_unit = {"--profile-n": 4 * 8 * 4 * 3, "--bound-n": 16 * 8 * 4 * 3, "--nll": 8 * 4 * 3}[option]
+    memory = min(_physical_memory() or np.iinfo(np.intp).max, np.iinfo(np.intp).max)
+    assert f"{option} must be at most {memory // per_unit} on this machine, got {2**50}" in result.stderr
+
+
+def test_library_sizes_and_the_kind_hint_are_named_as_options(tmp_path):
+    """fits_in_memory's "n_steps = N asks for ... GiB ...; lower n_steps" reached the user
+    as the library's name (--n-steps of audit and audit-sampler), and audit-sampler's
+    "or pass kind=" named the library's argument, not --kind."""
+    from sgm_ref import cli
+    parser = cli.build_parser()
+    message = "n_steps = 99 asks for 2.24e+03 GiB of working arrays, more than this machine's 23.5 GiB; lower n_steps"
+    for command in ("audit", "audit-sampler", "sample"):
+        assert cli._option_names(message, parser, command) == message.replace("n_steps", "--n-steps")
+    assert cli._option_names(message, parser, "train") == message  # not an option of train
+    message = "n = 99 (1.2 GiB of working arrays) does not fit in memory; lower n"
+    for command in ("audit", "demo", "audit-sampler"):  # a bare n: the profile's n is not a demo's --n
+        assert cli._option_names(message, parser, command) == message
+    message = "batch_size = 99 (1.2 GiB of working arrays) does not fit in memory; lower batch_size"
+    assert cli._option_names(message, parser, "train") == message.replace("batch_size", "--batch-size")
+    (tmp_path / "peer.py").write_text("def loop(*args):\n    return args[2]\n")
+    base = ["audit-sampler", "--replay", "euler_maruyama", "--target", "ring", "--n", "20"]
+    result = run(*base, "--sampler", "peer:loop", "--n-steps", 2**50, cwd=tmp_path, check=False)
+    _assert_one_line_error(result, f"--n-steps = {2**50} asks for ")
+    assert result.stderr.rstrip().endswith("; lower --n-steps")
+    result = run(*base, "--sampler", "peer:loop", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, "takes 0 required arguments")
+    assert result.stderr.rstrip().endswith("or pass --kind loop or --kind step") and "kind=" not in result.stderr
+    assert run(*base, "--sampler", "peer:loop", "--kind", "loop", cwd=tmp_path, check=False).returncode == 1
+
+
+def test_audit_sampler_json_of_an_overflowing_law_is_written_with_nulls(tmp_path):
+    """A peer whose output law overflows float64 (x 1e200: its covariance is inf) was reported
+    on stdout, then `--json` failed with "Out of range float values are not JSON compliant:
+    inf", exit 2 and no file. It is written as audit --json writes one: null and "non_finite"
+    naming where; the exit status is the discrepancy's, 1."""
+    (tmp_path / "peer.py").write_text("def huge(score, grid, x, noises):\n    return x * 1e200\n")
+    out = tmp_path / "a.json"
+    result = run("audit-sampler", "--sampler", "peer:huge", "--replay", "euler_maruyama", "--process", "vp",
+                 "--target", "gaussian:d=2,mean=1,std=0.5", "--n", "50", "--json", out, cwd=tmp_path, check=False)
+    assert result.returncode == 1 and result.stderr == "", result.stderr
+    assert result.stdout.startswith("DISCREPANCY")
+    report = json.loads(out.read_text())  # strict JSON: no Infinity
+    assert report["matches"] is False
+    # the peer is x -> 1e200 x of the start x ~ N(0, I) (vp): its law N(0, 1e400 I) overflows on the diagonal
+    assert report["laws"]["peer"]["cov"] == [[None, 0.0], [0.0, None]]
+    assert report["laws"]["peer"]["mean"] == [0.0, 0.0]
+    assert report["non_finite"] == {"/laws/peer/cov/0/0": "inf", "/laws/peer/cov/1/1": "inf"}
+    assert np.isfinite(report["laws"]["replay"]["cov"]).all()
+
+
+def test_edm_default_horizon_is_80_within_its_t_max():
+    """audit-sampler's default T was 80 for every edm process: `--process edm:t_max=10` without
+    --T was refused as "--grid must start at T <= 10.0, got 80.0" (no --grid given) or, with
+    --grid karras, as "sigma_max must be <= 10.0" (no such option); audit took t_max itself
+    for a finite one (1000 for edm:t_max=1000, where --help says 80). Both now take 80, or
+    t_max if smaller, as --help says; karras' sigma_min/sigma_max are named --t0/--T."""
+    import mpmath
+
+    from sgm_ref import cli
+    parser = cli.build_parser()
+    base = ["--sampler", "m:f", "--replay", "karras_euler", "--target", "ring"]
+    for t_max, T in ((10.0, 10.0), (1000.0, 80.0), (np.inf, 80.0)):
+        spec = "edm" if t_max == np.inf else f"edm:t_max={t_max:g}"
+        args = parser.parse_args(["audit-sampler", *base, "--process", spec])
+        from sgm_ref.audit import process_from_spec
+        process = process_from_spec(spec)
+        grid = cli._sampler_grid(args, process)
+        # uniform, 10 steps from T (within rounding of T's size: the grid is T - k h)
+        np.testing.assert_allclose(grid, np.linspace(T, 0.002, 11), rtol=0, atol=2 * 2.0**-52 * T)
+        assert grid[0] == T and grid[-1] == 0.002
+        args = parser.parse_args(["audit-sampler", *base, "--process", spec, "--grid", "karras", "--n-steps", "5"])
+        grid = cli._sampler_grid(args, process)
+        # Karras et al. (5) with rho = 7, from sigma_max = T to sigma_min = 0.002, then 0 (50 digits)
+        with mpmath.workdps(50):
+            a, b = mpmath.mpf(T) ** (mpmath.mpf(1) / 7), mpmath.mpf(0.002) ** (mpmath.mpf(1) / 7)
+            expected = np.array([float((a + mpmath.mpf(i) / 4 * (b - a)) ** 7) for i in range(5)])
+        np.testing.assert_allclose(grid[:-1], expected, rtol=4 * 2.0**-52, atol=0)
+        assert grid[0] == T and grid[-1] == 0
+        args = parser.parse_args(["audit", "--score", "m:f", "--target", "ring", "--process", spec])
+        assert cli._audit_process(args)[1] == T
+    args = parser.parse_args(["audit-sampler", *base, "--process", "edm:t_max=10", "--grid", "karras", "--T", "80"])
+    with pytest.raises(ValueError, match=r"^--T \(sigma_max\) must be <= 10.0, got 80.0$"):
+        cli._sampler_grid(args, process_from_spec("edm:t_max=10"))
+
+
+def test_a_report_never_replaces_an_input_file(tmp_path):
+    """`audit --target t.json --json t.json` replaced the user's target definition with the
+    report (exit 0), and --json naming the --score or --sampler .py file or --grid-file
+    replaced those: refused before the work, the inputs left byte for byte."""
+    target = tmp_path / "t.json"
+    target.write_text(json.dumps(to_record(from_spec("gmm:d=3,k=2,radius=2,seed=0"))))
+    (tmp_path / "audited.py").write_text(AUDITED)
+    (tmp_path / "g.txt").write_text("1 0.5 0.001\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    audit = ["audit", "--score", "audited.py:oracle", "--n-steps", "5", "--profile-n", "10", "--bound-n", "4"]
+    sampler = ["audit-sampler", "--sampler", "audited.py:oracle", "--replay", "euler_maruyama", "--n", "20"]
+    for args, pattern in [
+            ([*audit, "--target", "t.json", "--json", target], "--json "),
+            ([*audit, "--target", "t.json", "--json", "./audited.py"], "--json ./audited.py is the file of --score"),
+            ([*audit, "--target", "t.json", "--plot", "audited.py"], "the plot would replace it"),
+            ([*sampler, "--target", str(target), "--json", "t.json"], "--json t.json is the file of --target"),
+            ([*sampler, "--target", "ring", "--grid-file", "g.txt", "--json", "g.txt"], "is the file of --grid-file"),
+            ([*sampler, "--target", "ring", "--json", "audited.py"], "--json audited.py is the file of --sampler")]:
+        result = run(*args, cwd=tmp_path, check=False)
+        _assert_one_line_error(result, pattern)
+        assert "would replace it; give another name" in result.stderr and result.stdout == ""
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
