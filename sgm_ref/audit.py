@@ -387,7 +387,9 @@ class SamplerComparison:
         return "\n".join(lines)
 
     def to_dict(self):
-        """JSON-ready: floats and lists; non-finite numbers as None."""
+        """Floats and lists; non-finite numbers as None, except in the laws' "mean" and "cov",
+        which keep an inf or NaN of a law that overflowed (e.g. a peer's N(0, 1e400 I)) for
+        sgm_ref.evaluation.json_ready to name (to_json does)."""
         def law(pair):
             return None if pair is None else {"mean": np.asarray(pair[0]).tolist(), "cov": np.asarray(pair[1]).tolist()}
 
@@ -407,7 +409,10 @@ class SamplerComparison:
                 "notes": list(self.notes)}
 
     def to_json(self):
-        return json.dumps(self.to_dict(), indent=1)
+        """to_dict as strict JSON: a non-finite number is null, and "non_finite" maps its JSON
+        pointer to "inf", "-inf" or "nan" (json_ready; an overflowing law gave "Infinity")."""
+        from .evaluation import json_ready
+        return json.dumps(json_ready(self.to_dict()), indent=1, allow_nan=False)
 
 
 # -- the comparison -----------------------------------------------------------------------

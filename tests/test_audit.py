@@ -1033,3 +1033,16 @@ class _One:
     def draw_noise(self, j, shape):
         assert j == 0 and shape == self.z.shape
         return self.z
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # the probe's law, caught and noted
+def test_to_json_of_an_overflowing_law_is_strict_json_naming_the_infs():
+    """A peer whose law overflows float64 (x -> 1e200 x: variance 1e400): to_json wrote
+    "Infinity", which strict JSON readers refuse. It is null now, and "non_finite" names
+    each such entry, as `audit --json` does; to_dict keeps the inf there for that."""
+    res = _compare(lambda score, grid, x, noises: x * 1e200, "euler_maruyama", target=TARGET_2D)
+    assert not res.matches and res.to_dict()["laws"]["peer"]["cov"][0][0] == np.inf
+    report = json.loads(res.to_json(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert report["laws"]["peer"]["cov"] == [[None, 0.0], [0.0, None]]
+    assert report["non_finite"]["/laws/peer/cov/0/0"] == "inf" and report["non_finite"]["/laws/peer/cov/1/1"] == "inf"
+    assert report["laws"]["peer"]["mean"] == res.to_dict()["laws"]["peer"]["mean"]
