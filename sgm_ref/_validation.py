@@ -42,7 +42,10 @@ def check_rng(rng, name="rng"):
 
 
 def check_count(n, name, minimum=1):
-    """Return n as int if it is an integer >= minimum, else raise."""
+    """Return n as int if it is an integer >= minimum, else raise (a 0-d integer array counts,
+    as check_real takes a 0-d array: np.array(100) was refused as 'got array(100)')."""
+    if isinstance(n, np.ndarray) and n.ndim == 0:
+        n = n[()]
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {show(n)}")
     if n < minimum:
@@ -54,7 +57,7 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
     """Return value as a Python float if it is a finite real in the given range, else raise.
 
     low/high bound the value (closed unless low_open/high_open); bools, strings, None
-    and arrays of more than one element are rejected.
+    and arrays other than 0-d ones (np.array([0.5]) too) are rejected.
     """
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
@@ -79,7 +82,7 @@ def check_float_dtype(dtype, name="dtype"):
     """Return np.dtype(dtype) if it is float64 or float32, else raise (None is rejected)."""
     try:
         dt = None if dtype is None else np.dtype(dtype)
-    except TypeError:
+    except (TypeError, ValueError):  # ValueError: ("f8", -1), a negative sub-array shape
         dt = None
     if dt is None or dt not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float64 or float32, got {dtype!r}")
@@ -95,16 +98,60 @@ def _native(arr):
 def _read_array(value, name):
     """np.asarray(value), with numpy's and torch's refusals named: a ragged list gave NumPy's
     "setting an array element with a sequence" and a torch tensor that requires grad torch's
-    RuntimeError, neither naming the argument."""
+    RuntimeError, neither naming the argument. A masked array is refused: np.asarray reads the
+    numbers under its mask (masked weights, times or grid times were used as if unmasked). So is a
+    bool in a list of numbers, which np.asarray reads as 1 or 0 ([[0.5, True]] gave the point
+    (0.5, 1.0)), as a bool array is refused by the checks' dtype test."""
+    if isinstance(value, np.ma.MaskedArray):
+        raise ValueError(f"{name} is a masked array, whose masked entries would be read as the numbers under the "
+                         "mask; pass a plain ndarray of the values you mean")
     try:
-        return np.asarray(value)
+        arr = np.asarray(value)
     except (ValueError, TypeError, RuntimeError) as exc:
         hint = "; pass it .detach()" if "requires grad" in str(exc) else ""
         raise ValueError(f"{name} cannot be read as an array of numbers ({str(exc).splitlines()[0]}){hint}") from None
+    if arr.dtype.kind in "iuf" and isinstance(value, (list, tuple)):
+        found = _first_bool(value)
+        if found is not None:  # np.asarray([[0.5, True]]) is float64 [[0.5, 1.0]]; a bool array is refused by dtype
+            raise ValueError(f"{name} must hold numbers, got the boolean {bool(found[1])} at {name}{found[0]}")
+    return arr
+
+
+def _first_bool(items):
+    """('[i][j]', item) of the first bool (or bool array) in reading order in nested lists and
+    tuples, else None. Iterative, so deep nesting cannot exhaust the stack (as targets' reject_bools);
+    one pass over the items without positions, which are sought only when there is a bool."""
+    stack, found = [items], False
+    while stack and not found:
+        seq = stack.pop()
+        kinds = set(map(type, seq))  # at C speed: a row of floats is {float}
+        if kinds <= {float, int}:
+            continue
+        for item in seq:
+            kind = type(item)
+            if kind is list or kind is tuple:
+                stack.append(item)
+            elif kind is bool or kind is np.bool_ or (isinstance(item, np.ndarray) and item.dtype.kind == "b"):
+                found = True
+                break
+    if not found:
+        return None
+    stack = [(items, "")]
+    while stack:
+        seq, where = stack.pop()
+        nested = []
+        for i, item in enumerate(seq):
+            if isinstance(item, (bool, np.bool_)) or (isinstance(item, np.ndarray) and item.dtype.kind == "b"):
+                return f"{where}[{i}]", bool(item.flat[0]) if isinstance(item, np.ndarray) else item
+            if isinstance(item, (list, tuple)):
+                nested.append((item, f"{where}[{i}]"))
+        stack.extend(reversed(nested))
+    return None
 
 
 def check_real_array(value, name):
-    """Return value as a finite float64 array; integers are promoted, float32 widened.
+    """Return value as a finite float64 array; integers are promoted (exactly up to 2^53 in
+    magnitude, rounded to the nearest float64 beyond), float32 widened.
 
     longdouble (which would lose digits), complex, object and bool arrays are refused; a
     big-endian array (as a file from another machine may hold) is read as the same numbers.
@@ -137,7 +184,11 @@ def eigh_spd(cov, name):
     if bad.size:
         raise ValueError(f"{label(bad[0])} is not symmetric (max |C - C^T| = {asym[bad[0]]:.3g}); "
                          "pass a symmetric matrix such as (C + C.T) / 2")
-    lam, U = np.linalg.eigh(0.5 * (stack + stack.transpose(0, 2, 1)))
+    with np.errstate(over="ignore"):
+        sym = 0.5 * (stack + stack.transpose(0, 2, 1))
+    if not np.all(np.isfinite(sym)):  # C + C^T overflows (entries beyond 8.99e307): C + (C^T - C) / 2, as exact
+        sym = stack + 0.5 * (stack.transpose(0, 2, 1) - stack)  # for a symmetric C, whose C^T - C is 0
+    lam, U = np.linalg.eigh(sym)
     bad = np.flatnonzero(~(lam[:, 0] > d * np.finfo(np.float64).eps * lam[:, -1]))
     if bad.size:
         k, lo, hi = bad[0], float(lam[bad[0], 0]), float(lam[bad[0], -1])
@@ -164,7 +215,8 @@ def call_score(score, x, t, where=""):
         raise ValueError(f"score returned a {type(s).__name__}{where}; expected an ndarray of shape {x.shape}")
     if isinstance(s, np.ma.MaskedArray):  # its isfinite skips masked entries; its data under a mask is no value
         raise ValueError(f"score returned a masked array{where}; return a plain ndarray")
-    s = np.asarray(s)  # another subclass as the plain array of its numbers (np.matrix's ** is a matrix power)
+    s = _native(np.asarray(s))  # another subclass as the plain array of its numbers (np.matrix's ** is a matrix
+    # power); a big-endian one in this machine's byte order (the same numbers), as check_points reads points
     if s.shape != x.shape:
         raise ValueError(f"score returned shape {np.shape(s)}{where}; expected {x.shape}")
     if s.dtype.kind not in "biufc":  # not numbers (object, str: isfinite raised a TypeError; datetime)
@@ -214,7 +266,8 @@ def cast_oracle_output(values, x, what):
 def check_points(x, name="x", d=None):
     """Return x as a C-contiguous (n, d) float array; raise if it is not one.
 
-    Integer input is promoted to float64 (exact); float32 and float64 pass through
+    Integer input is promoted to float64 (exact up to 2^53 in magnitude, rounded to the nearest
+    float64 beyond, as any float64 input is); float32 and float64 pass through
     with their dtype (a big-endian one, as a file from another machine may hold, is put in
     this machine's byte order: the same numbers); anything else, a wrong shape or a
     non-finite entry raises. A masked array raises too: np.asarray reads the numbers under
@@ -285,7 +338,7 @@ def check_decreasing_grid(grid, t0_text="t0"):
     """
     g = check_real_array(grid, "grid")
     if g.ndim != 1 or g.size < 2:
-        raise ValueError(f"grid must be a 1-D array of at least 2 times, from T down to {t0_text}")
+        raise ValueError(f"grid must be a 1-D array of at least 2 times, from T down to {t0_text}, got shape {g.shape}")
     if np.any(np.diff(g) >= 0):
         k = int(np.flatnonzero(np.diff(g) >= 0)[0])
         if k == g.size - 2 and g[k] == g[k + 1] > 0:
@@ -325,13 +378,16 @@ def check_time_range(t0, T, process=None):
 def mean_se(values):
     """(mean, standard error std(ddof=1) / sqrt(n)) of a 1-D float64 array, as floats.
 
-    When the values are finite but their squares (or sum) overflow, both are computed
-    for values / c with c a power of two (exact) and scaled back, so only a mean or
-    standard error beyond the float64 range itself comes back non-finite.
+    When the values are finite but their squares (or sum) overflow, or the mean and standard
+    error are both below 2^-400 (the values then too, whose squares lose digits below 2^-1022
+    from |value| < 2^-511: values of 1e-170 had a standard error of 0), both are computed for
+    values / c with c a power of two (exact) and scaled back, so only a mean or standard error
+    beyond the float64 range itself comes back non-finite, and tiny ones keep their digits.
     """
     with np.errstate(over="ignore", invalid="ignore"):
         mean, se = float(values.mean()), float(values.std(ddof=1) / np.sqrt(values.size))
-    if (np.isfinite(mean) and np.isfinite(se)) or not np.all(np.isfinite(values)):
+    tiny = abs(mean) < 2.0**-400 and se < 2.0**-400  # then every value is tiny too (or all are 0)
+    if (np.isfinite(mean) and np.isfinite(se) and not tiny) or not np.all(np.isfinite(values)):
         return mean, se
     top = float(np.max(np.abs(values)))
     c = float(np.ldexp(1.0, int(np.frexp(top)[1]) - 1)) if top > 0 else 1.0  # top / c in [1, 2)
@@ -341,11 +397,13 @@ def mean_se(values):
 
 
 def _physical_memory():
-    """Bytes of physical memory, or None where the OS does not say."""
+    """Bytes of physical memory, or None where the OS does not say (sysconf's -1 for a value
+    it leaves indeterminate included: as -4096 bytes it refused every size)."""
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+    return pages * page_size if pages > 0 and page_size > 0 else None
 
 
 def check_fits(name, value, per_unit, what="its working arrays"):
@@ -355,6 +413,7 @@ def check_fits(name, value, per_unit, what="its working arrays"):
     memory = _physical_memory()
     largest = np.iinfo(np.intp).max
     limit = largest if memory is None else min(memory, largest)
+    value, per_unit = int(value), int(per_unit)  # Python ints: a NumPy int64 product wraps round (2^62 x 8 = 0)
     if value * per_unit > limit:
         where = "this machine's memory" if memory is not None and memory <= largest else "NumPy's largest array"
         raise ValueError(f"{name} must be at most {limit // per_unit} on this machine, got {value}: {what} would "

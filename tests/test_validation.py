@@ -149,3 +149,149 @@ def test_arrays_numpy_or_torch_cannot_read_are_named():
     with pytest.raises(ValueError, match=r"^t cannot be read .*; pass it \.detach\(\)$"):
         check_times(torch.ones(2, dtype=torch.float64, requires_grad=True), n=2)
     np.testing.assert_array_equal(check_points(leaf.detach(), "x"), np.zeros((2, 3)))
+
+
+def test_masked_weights_times_and_grids_are_refused():
+    """np.asarray reads a masked array's data under the mask: GaussianMixture took weights
+    np.ma.array([0.5, 0.5], mask=[0, 1]) as (0.5, 0.5), OU().alpha gave e^{-5} at a masked 5.0,
+    a masked NaN time was called 'a NaN or inf', and euler_maruyama stepped through a masked
+    grid time. Refused by name, as check_points and call_score refuse masked arrays."""
+    from sgm_ref import OU, GaussianMixture
+    from sgm_ref.samplers import euler_maruyama
+
+    message = r"^{} is a masked array, whose masked entries would be read as the numbers under the mask; pass a plain"
+    with pytest.raises(ValueError, match=message.format("weights")):
+        GaussianMixture(np.ma.array([0.5, 0.5], mask=[False, True]), [[0.0], [4.0]], [[1.0], [1.0]])
+    for t in (np.ma.array([1.0, 5.0], mask=[False, True]), np.ma.array([1.0, np.nan], mask=[False, True])):
+        with pytest.raises(ValueError, match=message.format("t")):
+            OU().alpha(t)
+        with pytest.raises(ValueError, match=message.format("t")):
+            check_times(t)
+    gm = GaussianMixture([1.0], [[0.0]], [[1.0]])
+    with pytest.raises(ValueError, match=message.format("grid")):
+        euler_maruyama(lambda x, t: gm.score(x, t, OU()), OU(), np.ma.array([1.0, 0.5, 0.1], mask=[0, 1, 0]),
+                       np.zeros((2, 1)), np.random.default_rng(0))
+    with pytest.raises(ValueError, match=message.format("means")):
+        check_real_array(np.ma.array([1.0]), "means")  # even with nothing masked: the caller means plain numbers
+    np.testing.assert_array_equal(check_times(np.ma.getdata(np.ma.array([1.0, 5.0], mask=[0, 1]))), [1.0, 5.0])
+
+
+def test_check_float_dtype_names_a_dtype_numpy_refuses_with_value_error():
+    # before: np.dtype(("f8", -1)) raised NumPy's own ValueError ("invalid shape in fixed-type
+    # tuple: dimension smaller then zero."), naming neither the argument nor the fix
+    from sgm_ref._validation import check_float_dtype
+    with pytest.raises(ValueError, match=r"^dtype must be float64 or float32, got \('f8', -1\)$"):
+        check_float_dtype(("f8", -1))
+    assert check_float_dtype("f4") == np.float32
+
+
+def test_check_fits_multiplies_numpy_integers_without_wrapping():
+    """np.int64(2**62) * 8 wraps round to 0 in int64 (a RuntimeWarning at most), so a count of
+    2^62 units of 8 bytes, 3.7e10 GiB, passed the memory check; the product is taken in Python ints."""
+    from sgm_ref._validation import check_fits
+    for value, per_unit in ((np.int64(2**62), 8), (2**62, np.int64(8)), (np.int64(2**61), np.int64(16))):
+        with pytest.raises(ValueError, match=r"^n must be at most \d+ on this machine, got 4611686018427387904|"
+                                             r"^n must be at most \d+ on this machine, got 2305843009213693952"):
+            check_fits("n", value, per_unit)
+    check_fits("n", np.int64(10), np.int64(8))  # small: accepted
+
+
+def test_a_big_endian_score_is_read_as_the_same_numbers():
+    # before: a score returning '>f8' for float64 points was refused ("score returned dtype >f8
+    # for points of dtype float64 ...; make the score return the points' dtype, float64"),
+    # while points, times and grids in the other byte order are read as their numbers
+    other = ">f8" if np.little_endian else "<f8"
+    s = call_score(lambda x, t: (-X).astype(other), X, 0.5)  # (-X.astype(other) would be native already)
+    assert s.dtype == np.float64 and s.dtype.isnative
+    np.testing.assert_array_equal(s, -X)
+    s32 = call_score(lambda x, t: (-x).astype(other.replace("8", "4")), X.astype(np.float32), 0.5)
+    assert s32.dtype == np.float32 and s32.dtype.isnative
+    np.testing.assert_array_equal(s32, -X.astype(np.float32))
+
+
+def test_eigh_spd_of_entries_whose_double_overflows():
+    """C + C^T overflowed for entries beyond 8.99e307: diag(1.7e308, 1e308), symmetric positive
+    definite, was called 'not positive definite (smallest eigenvalue nan, largest nan)'. The
+    eigenvalues against mpmath's eigsy (measured <= 1.9e-16 relative)."""
+    mp = pytest.importorskip("mpmath")
+    from sgm_ref._validation import eigh_spd
+    for C in (np.diag([1.7e308, 1e308]), np.array([[1e308, 1e307], [1e307, 1e308]]),
+              np.array([[1.5e308, -4e307], [-4e307, 9e307]])):
+        lam, U = eigh_spd(C, "cov")
+        want = np.sort([float(v) for v in mp.eigsy(mp.matrix(C.tolist()))[0]])
+        np.testing.assert_allclose(lam, want, rtol=1e-15, atol=0)
+        np.testing.assert_allclose((U * lam) @ U.T, C, rtol=0, atol=1e-15 * 1.7e308)
+    with pytest.raises(ValueError, match=r"^cov\[1\] is not positive definite \(smallest eigenvalue -1e\+308"):
+        eigh_spd(np.stack([np.eye(2), np.diag([1.7e308, -1e308])]), "cov")
+    lam, _ = eigh_spd(np.array([[2.0, 1.0], [1.0 + 1e-12, 2.0]]), "cov")  # slightly asymmetric: as before
+    np.testing.assert_array_equal(lam, np.linalg.eigvalsh(0.5 * np.array([[4.0, 2.0 + 1e-12], [2.0 + 1e-12, 4.0]])))
+
+
+def test_mean_se_of_values_whose_squares_underflow():
+    """Values below ~1e-154 have squares below the normal range: values of 1e-170 had a
+    standard error of 0.0 (mpmath: 2.5e-171), subnormal ones too. Against mpmath."""
+    mp = pytest.importorskip("mpmath")
+    from sgm_ref._validation import mean_se
+    mp.mp.dps = 40
+    rng = np.random.default_rng(0)
+    for values, rtol in ((rng.standard_normal(10) * 1e-170, 1e-15), (np.abs(rng.standard_normal(50)) * 1e-200, 1e-15),
+                         (rng.standard_normal(10) * 1e-320, 3e-3)):  # subnormal: the results' own granularity
+        v = [mp.mpf(float(x)) for x in values]
+        mean = mp.fsum(v) / len(v)
+        se = mp.sqrt(mp.fsum((x - mean) ** 2 for x in v) / (len(v) - 1) / len(v))
+        got_mean, got_se = mean_se(values)
+        assert got_se > 0 and abs(got_se - float(se)) <= rtol * float(se)
+        assert abs(got_mean - float(mean)) <= rtol * abs(float(mean))
+    values = rng.standard_normal(20)  # normal values: the plain formulas, bit for bit
+    assert mean_se(values) == (float(values.mean()), float(values.std(ddof=1) / np.sqrt(20)))
+    assert mean_se(np.zeros(3)) == (0.0, 0.0)
+
+
+def test_check_count_takes_a_zero_d_integer_array():
+    # before: time_grid(1.0, 1e-3, np.array(100)) was refused as "n_steps must be an integer
+    # >= 1, got array(100)", while check_real and check_times take 0-d arrays
+    from sgm_ref._validation import check_count
+    from sgm_ref.samplers import time_grid
+    assert check_count(np.array(100), "n_steps") == 100 and type(check_count(np.array(3, ">i8"), "n")) is int
+    np.testing.assert_array_equal(time_grid(1.0, 1e-3, np.array(100)), time_grid(1.0, 1e-3, 100))
+    for bad in (np.array(True), np.array(3.0), np.array([3]), np.array(0)):
+        with pytest.raises(ValueError, match=r"^n must be an integer >= 1, got "):
+            check_count(bad, "n")
+
+
+def test_a_bool_in_a_list_of_numbers_is_refused_by_position():
+    """np.asarray([[0.5, True]]) is float64 [[0.5, 1.0]]: a point, time or grid with a bool among
+    its numbers was read with 1 or 0 in its place, while an all-bool array is refused by dtype
+    (the targets refused such lists already, with this message)."""
+    from sgm_ref import OU
+    from sgm_ref._validation import check_points
+    with pytest.raises(ValueError, match=r"^x must hold numbers, got the boolean True at x\[1\]\[0\]$"):
+        check_points([[0.5, 1.0], [True, 2.0]])
+    with pytest.raises(ValueError, match=r"^x must hold numbers, got the boolean False at x\[0\]\[1\]$"):
+        check_points(([0.5, np.False_],))
+    with pytest.raises(ValueError, match=r"^x must hold numbers, got the boolean True at x\[1\]$"):
+        check_points([[0.5, 1.0], np.array([True, False])])
+    with pytest.raises(ValueError, match=r"^t must hold numbers, got the boolean True at t\[1\]$"):
+        OU().alpha([0.5, True])
+    with pytest.raises(ValueError, match=r"^grid must hold numbers, got the boolean False at grid\[2\]$"):
+        check_decreasing_grid([1.0, 0.5, False])
+    np.testing.assert_array_equal(check_points([[1, 2.5], (np.float32(3), np.int64(4))]), [[1.0, 2.5], [3.0, 4.0]])
+    np.testing.assert_array_equal(check_times([0.5, 1]), [0.5, 1.0])
+
+
+def test_an_indeterminate_physical_memory_refuses_nothing(monkeypatch):
+    """POSIX sysconf returns -1 (os.sysconf too, without raising) for a value it leaves
+    indeterminate: memory was then -4096 bytes and check_fits refused n = 1 ('n must be at most
+    -512'), fits_in_memory every size. Read as 'the OS does not say', as on a platform without it."""
+    import os
+    from sgm_ref import _validation
+    from sgm_ref._validation import check_fits, fits_in_memory
+    real = os.sysconf
+    monkeypatch.setattr(os, "sysconf", lambda key: -1 if key == "SC_PHYS_PAGES" else real(key))
+    assert _validation._physical_memory() is None
+    check_fits("n", 1, 8)
+    with fits_in_memory("n", 10, 10):
+        pass
+    with pytest.raises(ValueError, match=r"^n must be at most \d+ on this machine, got 4611686018427387904: .*"
+                                         r"than NumPy's largest array"):
+        check_fits("n", 2**62, 8)
