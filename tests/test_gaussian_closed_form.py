@@ -554,3 +554,17 @@ def test_limit_where_sigma_T_squared_leaves_float64(method):
         np.testing.assert_allclose(mu, m, rtol=4.5e-16, atol=0)  # 2 ulps: the eigenbasis round trip
         # the eigenbasis round trip: a few ulps of the largest eigenvalue (1.2), not of each entry
         np.testing.assert_allclose(C, S + s20 * np.eye(2), rtol=0, atol=4 * np.finfo(float).eps * 1.2)
+
+
+def test_gaussian_kl_of_covariances_whose_double_overflows():
+    """Covariance entries beyond 8.99e307 (C + C^T overflows): eigh_spd accepted them, and
+    _check_gaussian's own (C + C^T) / 2 then gave inf, so gaussian_kl stopped with scipy's
+    "array must not contain infs or NaNs". KL(N(0, C) || N(0, C')) of diagonal C, C' is
+    sum_i (r_i - 1 - log r_i) / 2 with r_i = C_ii / C'_ii (mpmath, 40 digits)."""
+    import mpmath
+    C, C2 = np.diag([1.7e308, 1e308]), np.diag([1.6e308, 1e308])
+    with mpmath.workdps(40):
+        r = mpmath.mpf(1.7e308) / mpmath.mpf(1.6e308)
+        exact = float((r - 1 - mpmath.log(r)) / 2)
+    assert gaussian_kl(np.zeros(2), C, np.zeros(2), C2) == pytest.approx(exact, rel=1e-14, abs=0)
+    assert gaussian_kl(np.zeros(2), C, np.zeros(2), C) == 0.0

@@ -53,7 +53,10 @@ def _check_gaussian(mean, cov, mean_name="mean", cov_name="cov", d=None):
     if C.shape != (d, d):
         raise ValueError(f"{cov_name} must have shape (d, d) = ({d}, {d}) to match {mean_name}, got shape {C.shape}")
     lam, U = eigh_spd(C, cov_name)
-    C = 0.5 * (C + C.T)
+    with np.errstate(over="ignore"):
+        sym = 0.5 * (C + C.T)
+    # C + C^T overflows for entries beyond 8.99e307: C + (C^T - C) / 2 then, as eigh_spd does
+    C = sym if np.all(np.isfinite(sym)) else C + 0.5 * (C.T - C)
     return m, C, lam, U
 
 
