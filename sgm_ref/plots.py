@@ -831,7 +831,8 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
     process : a process of sgm_ref.processes (OU() by default)
     rng : numpy.random.Generator
     ts : array_like of times > 0 (default: 12 geometric times in [0.01, 5], or in
-        [0.01, process.t_max] for a process that ends before 5: VP's t <= 1)
+        [0.01, process.t_max] for a process that ends before 5: VP's t <= 1; in
+        [t_max / 500, t_max] for one that ends before 0.01)
     n : int >= 2, points per time
 
     Returns
@@ -853,7 +854,9 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
     if not isinstance(scores, dict) or not scores or not all(callable(s) for s in scores.values()):
         raise ValueError("scores must be a score function s(x, t) or a non-empty dict {label: score function}")
     if ts is None:  # [0.01, 5] was refused for VP as "ts must lie in (0, 1.0]", a ts never passed
-        ts = np.geomspace(1e-2, min(5.0, float(getattr(process, "t_max", np.inf))), 12)
+        end = min(5.0, float(getattr(process, "t_max", np.inf)))
+        # a process that ends before 0.01 (EDM(t_max=0.005)): [end / 500, end], the same span of times
+        ts = np.geomspace(1e-2 if end > 1e-2 else end / 500, end, 12)
     else:
         try:
             ts = np.asarray(ts, dtype=float)

@@ -1057,3 +1057,28 @@ def test_the_tv_table_shows_the_mean_and_marks_a_vacuous_seed():
     summary = sweep_summary([row(n, s, tv) for n, tvs in bounds.items() for s, tv in enumerate(tvs)])
     table = summary_markdown(summary, ["residual_exponential"]).split("Certified upper bound")[1]
     assert f"| mixture-iso | 2 | {np.mean(bounds[100]):.3f}* | 1 | 0.99996 | 0.500 |" in table
+
+
+def test_settings_with_epochs_zero_train_min_steps():
+    """A review of check_settings: it refused epochs = 0 ("must be a finite number > 0"), which a
+    cell ran before the check as max(min_steps, 0) = min_steps steps. It runs again; with
+    min_steps 0 as well no step would be trained, and that is named."""
+    settings = {**TINY, "steps": None, "epochs": 0, "min_steps": 3, "val_n": 64, "val_points": 3}
+    rate.check_settings(settings)
+    assert rate.training_steps(80, settings) == 3 and rate.training_steps(10**6, settings) == 3
+    row = run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": settings})
+    assert row["status"] == "ok" and row["steps"] == 3
+    with pytest.raises(ValueError, match=re.escape("settings trains no step: epochs and min_steps are both 0")):
+        rate.check_settings({**settings, "min_steps": 0})
+    with pytest.raises(ValueError, match=re.escape("settings['epochs'] must be a finite number >= 0, got -1")):
+        rate.check_settings({**settings, "epochs": -1})
+    rate.check_settings({**settings, "epochs": 0.5, "min_steps": 0})  # ceil(0.5 n / batch) >= 1 step
+
+
+@pytest.mark.parametrize("settings", [None, ["width", "depth"], "width"])
+def test_check_settings_names_settings_that_are_not_a_dict(settings):
+    """A review: rate.check_settings (public) raised TypeError ("'NoneType' object is not
+    iterable", or a list index error) for settings that are not a dict, naming nothing."""
+    with pytest.raises(ValueError, match=r"^grid settings must be a dict of the keys of rate.SETTINGS \(a grid's "
+                                         r"settings\), got (NoneType|list|str)$"):
+        rate.check_settings(settings, "grid settings")

@@ -872,3 +872,13 @@ def test_score_error_profile_figure_s_default_times_stay_within_the_process():
         fig = plots.score_error_profile_figure(lambda x, t: -x, RING, process, rng=np.random.default_rng(0), n=20)
         scale = fig.axes[0].get_lines()[-1]
         np.testing.assert_array_equal(scale.get_xdata(), np.geomspace(0.01, end, 12))
+
+
+def test_score_error_profile_figure_s_default_times_for_a_process_ending_before_0_01():
+    """A review: the default times ran from 0.01 to min(5, t_max), so on a process ending
+    before 0.01 (EDM(t_max=0.005)) they ran backwards past t_max and were refused as "ts must
+    lie in (0, 0.005]", a ts never passed. They span [t_max / 500, t_max] there."""
+    from sgm_ref.processes import EDM
+
+    fig = plots.score_error_profile_figure(lambda x, t: -x, RING, EDM(t_max=0.005), rng=np.random.default_rng(0), n=20)
+    np.testing.assert_array_equal(fig.axes[0].get_lines()[-1].get_xdata(), np.geomspace(1e-5, 0.005, 12))

@@ -183,3 +183,36 @@ def test_subspace_tilt_log_prob_refuses_a_point_beyond_float64_instead_of_minus_
     np.testing.assert_array_equal(score[1], -far[1])  # |R| <= 10 vanishes beside 1e155
     # -(d log 2 pi + |x|^2) / 2 + log E[e^f] - log Z, the last two at most 2 sum|a| = 20 in size
     assert near[0] == pytest.approx(-0.5 * 3e300, rel=1e-15, abs=0)
+
+
+def test_subspace_tilt_answers_float32_points_in_float32():
+    """A review: score and log_prob of float32 points came back float64, unlike every target's
+    oracle (GaussianMixture, TiltedGaussian: the points' dtype, computed in float64 and rounded
+    once), so a float32 sampler on the tilt-iso oracle stopped at its first step ("score
+    returned dtype float64 for points of dtype float32"). Now rounded once to float32; the
+    float64 score is checked against central differences of the float64 log p (the same draws
+    Z: a smooth function of x), and a float32 log p beyond float32's range is named."""
+    from sgm_ref.samplers import euler_maruyama, time_grid
+
+    tilt, t, h = rate.make_target("tilt-iso", 3), 0.3, 1e-5
+    x32 = tilt.sample(6, np.random.default_rng(1), dtype=np.float32)
+    x = x32.astype(np.float64)
+    s32, lp32 = tilt.score(x32, t), tilt.log_prob(x32, t)
+    assert s32.dtype == np.float32 and lp32.dtype == np.float32
+    assert np.array_equal(s32, tilt.score(x, t).astype(np.float32))
+    assert np.array_equal(lp32, tilt.log_prob(x, t).astype(np.float32))
+    step = np.eye(3) * h
+    fd = np.stack([(tilt.log_prob(x + e, t) - tilt.log_prob(x - e, t)) / (2 * h) for e in step], axis=1)
+    np.testing.assert_allclose(tilt.score(x, t), fd, rtol=0, atol=1e-8)
+    assert np.all(np.abs(s32 - fd) <= np.spacing(np.abs(fd).astype(np.float32)))  # within a float32 ulp
+    assert tilt.score(x, t).dtype == np.float64 and tilt.score_and_se(x32, t)[0].dtype == np.float64
+    y = euler_maruyama(tilt.score, OU(), time_grid(5.0, 1e-2, 10, "geometric", OU()), x32, np.random.default_rng(2))
+    assert y.dtype == np.float32 and np.all(np.isfinite(y))
+    far = np.ones((2, 3), np.float32)
+    far[1] = 3e19  # |x|^2 / 2 = 1.35e39: beyond float32, not float64
+    with pytest.raises(ValueError, match=r"the log p_t at x\[1\] \(largest \|entry\| 3e\+19\) is beyond float32's "
+                                         r"range: the point is too far out for float32; pass float64 points"):
+        tilt.log_prob(far, t)
+    far64 = far.astype(np.float64)  # float64 holds it: -|x|^2 / 2, the rest (at most 20 in size) lost beside it
+    assert tilt.log_prob(far64, t)[1] == pytest.approx(-0.5 * np.sum(far64[1] ** 2), rel=1e-15, abs=0)
+    np.testing.assert_array_equal(tilt.score(far, t)[1], -far[1])  # the score is -x there, within float32

@@ -190,18 +190,26 @@ class SubspaceTilt:
         return self._evaluate(x, t, process, want_score=True)[1:]
 
     def score(self, x, t=0.0, process=OU()):
-        """Monte-Carlo estimate of grad log p_t(x), shape (n, d)."""
-        return self._evaluate(x, t, process, want_score=True)[1]
+        """Monte-Carlo estimate of grad log p_t(x), shape (n, d), dtype of x (computed in
+        float64 and rounded once, as the targets' score: float32 points got a float64 score,
+        which the samplers refuse for float32 points)."""
+        x = check_points(x, "x", d=self.d)
+        return _in_dtype_of(self._evaluate(x, t, process, want_score=True)[1], x, "score")
 
     def log_prob(self, x, t=0.0, process=OU()):
-        """Monte-Carlo estimate of log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, shape (n,).
+        """Monte-Carlo estimate of log p_t(x) = log gamma_d(x) + log E_Z[e^{f(y)}] - log Z, shape (n,),
+        dtype of x (computed in float64 and rounded once).
 
         Raises ValueError for a point so far out that |x|^2 overflows float64 (|x| beyond
-        about 1e154: log p_t is below the float range; it returned -inf with a RuntimeWarning).
+        about 1.3e154; log p_t, about -|x|^2 / 2, is then below -9e307; it returned -inf with
+        a RuntimeWarning), as GaussianMixture.log_prob does, and for float32 points whose
+        log p_t is beyond float32's range (|x| beyond about 2.6e19).
         """
-        return self._evaluate(x, t, process, want_score=False)[0]
+        x = check_points(x, "x", d=self.d)
+        return _in_dtype_of(self._evaluate(x, t, process, want_score=False)[0], x, "log p_t")
 
     def _evaluate(self, x, t, process, want_score):
+        """(log p_t, score, se) in float64 at points x (checked here if not already)."""
         x = check_points(x, "x", d=self.d).astype(np.float64, copy=False)
         process = check_process(process)
         if not isinstance(process, VariancePreserving):
@@ -237,3 +245,16 @@ class SubspaceTilt:
         if not want_score:  # the score stays finite there (-x plus a bounded term); log p_t does not
             check_oracle_output(logp, x)
         return logp, score, se
+
+
+def _in_dtype_of(values, x, what):
+    """values (computed in float64) in the dtype of the points x, refusing a value beyond that
+    dtype's range (a float32 point far out: its log p_t, about -|x|^2 / 2, is below -3.4e38)."""
+    with np.errstate(over="ignore"):  # named just below
+        out = values.astype(x.dtype, copy=False)
+    bad = ~np.all(np.isfinite(out.reshape(out.shape[0], -1)), axis=1) if out.size else np.zeros(0, bool)
+    if np.any(bad):
+        i = int(np.argmax(bad))
+        raise ValueError(f"the {what} at x[{i}] (largest |entry| {float(np.max(np.abs(x[i]))):.3g}) is beyond "
+                         f"{x.dtype}'s range: the point is too far out for {x.dtype}; pass float64 points")
+    return out

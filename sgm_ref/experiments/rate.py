@@ -43,7 +43,8 @@ Families (make_target):
 
 The log-log slope of score_error against n, per (family, d), is fitted by least squares to
 the seeds' mean log score_error at each n, with its standard error from the scatter about
-the line (sweep_summary's summary.md; the report's fits are per seed, stats.joint_slopes).
+the line (sweep_summary's summary.md; the report's fits, stats.joint_slopes, take every
+seed's error as a point of its own, one per cell).
 
 Execution: every cell is an independent job for a concurrent.futures.Executor (a local
 process pool, or Dask distributed's client.get_executor()). Each result is appended to
@@ -405,6 +406,9 @@ def check_settings(settings, name="settings"):
     so the folder then refused the corrected ones), and a misspelt one was ignored: the cell
     ran without it (settings["val_erly"] = 3 trained without early checkpoints).
     """
+    if not isinstance(settings, dict):  # else set()'s or a subscript's TypeError, naming nothing
+        raise ValueError(f"{name} must be a dict of the keys of rate.SETTINGS (a grid's settings), got "
+                         f"{type(settings).__name__}")
     unknown = sorted(str(k) for k in set(settings) - set(SETTINGS))
     if unknown:
         raise ValueError(f"{name}: unknown setting {', '.join(map(repr, unknown))} (misspelt?); the settings are "
@@ -430,14 +434,18 @@ def check_settings(settings, name="settings"):
         v = settings[key]
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < low:
             raise ValueError(f"{name}[{key!r}] must be an integer >= {low}, got {v!r}")
+    # epochs 0 with min_steps >= 1 trains min_steps steps (max(min_steps, epochs n / batch_size))
     reals = [("t0", 0.0), ("T", 0.0), ("schedule_n_ref", 0.0), ("weight_decay_times_n", None)]
-    reals += [("epochs", 0.0)] if settings.get("steps") is None else []
+    reals += [("epochs", None)] if settings.get("steps") is None else []
     for key, above in reals:
         v = settings[key]
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
                 or (v <= above if above is not None else v < 0):
             raise ValueError(f"{name}[{key!r}] must be a finite number {'> 0' if above is not None else '>= 0'}, "
                              f"got {v!r}")
+    if settings.get("steps") is None and settings["epochs"] == 0 and settings["min_steps"] == 0:
+        raise ValueError(f"{name} trains no step: epochs and min_steps are both 0 (a cell trains max(min_steps, "
+                         f"epochs n / batch_size) steps); set either above 0, or steps")
     if not settings["t0"] < settings["T"]:
         raise ValueError(f"{name} must have t0 < T (the score errors' window [t0, T]), got t0 = {settings['t0']!r}, "
                          f"T = {settings['T']!r}")
