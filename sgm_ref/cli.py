@@ -871,7 +871,7 @@ _FRACTIONAL_TIMESTEP_NOTE = (
 
 def cmd_audit(args):
     from ._validation import check_count, check_fits
-    from .evaluation import bound_text, json_ready, non_finite_notes, score_report
+    from .evaluation import _percent, bound_text, json_ready, non_finite_notes, score_report
     from .interop import ModelError
     from .metrics.score_error import _check_time_range as _score_time_range
     from .processes import DDPM, VariancePreserving, check_process, to_spec
@@ -986,7 +986,8 @@ def cmd_audit(args):
         if checked:
             verdict = f"   {checked['allowed'][i]:8.2%}" + ("  EXCEEDED" if t in checked["exceeded"] else "")
         if np.isfinite(v):
-            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {r:9.2%}{floor}{verdict}")
+            # two significant digits below 1% (4.2e-5 printed as "0.00%", read as no error)
+            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {_percent(r):>9}{floor}{verdict}")
         else:
             _say(f"{t:10.4g}   {'overflows float64':>24}   {'':9}{floor}{verdict}")
     integral, f_integral = se["integral"], fse["integral"]

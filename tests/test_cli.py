@@ -705,6 +705,9 @@ def test_audit_tolerance_fails_a_planted_sigma2_bug_and_passes_the_exact_score(t
     assert checked["passed"] is False and checked["exceeded"][0] == 0.001
     # (1 - sigma_t^2)^2 of the oracle's mean square: ~100% near t0, ~0 by t = 5
     assert checked["relative"][0] > 0.5 and checked["relative"][-1] < 1e-6
+    # the terminal's relative column keeps two digits below 1% (it printed 0.00% for e^-20 = 2.1e-9)
+    last = next(line for line in bug.stdout.splitlines() if line.lstrip().startswith(f"{checked['t'][-1]:.4g} "))
+    assert f"{100 * checked['relative'][-1]:.2g}%" in last and "0.00%" not in last
     # and exactly that at every t, the ratio being of means on the same points (its scale came
     # from other draws: 108.55% at t = 0.0102, where (1 - sigma_t^2)^2 = 96.00%)
     t = np.array(checked["t"])
