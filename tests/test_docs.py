@@ -20,21 +20,71 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_site_builds_strict(tmp_path):
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The site built once by `mkdocs build --strict`, for the tests that read it."""
     if importlib.util.find_spec("mkdocs") is None and os.environ.get("SGM_REF_REQUIRE_DOCS") != "1":
         pytest.skip("mkdocs is not installed (pip install -e '.[docs]')")
+    site = tmp_path_factory.mktemp("docs") / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))}
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
                        cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    site = tmp_path / "site"
+    return site
+
+
+def test_site_builds_strict(site):
     for page in ("index.html", "api/samplers/index.html", "design/index.html", "speed/index.html"):
         assert (site / page).is_file(), page
     home = (site / "index.html").read_text(encoding="utf-8")
     assert "Audit your model" in home and "Cross-check your implementation" in home  # the README is the home page
     api = (site / "api/metrics/index.html").read_text(encoding="utf-8")
     assert "tv_upper_bound" in api and "Girsanov" in api  # docstrings rendered, module docstrings included
+
+
+# A public name the API pages leave out, with the reason; remove it when the reason is gone.
+_NOT_IN_THE_API_PAGES = {
+    # its docstring's Parameters section holds a paragraph that griffe reads as parameters
+    # "The" and "the", four warnings that fail the strict build
+    "sgm_ref.experiments.baselines.fit_identity_mixture",
+}
+
+
+def test_the_api_pages_document_every_public_name(site):
+    """Every name in the __all__ of sgm_ref and of its public submodules has its entry (an
+    anchor) on an API page: under its own module, where it is defined, or under the submodule
+    of the package that it comes from (a package's re-exports are shown once, there).
+    Review: set_threads (top level) had no entry anywhere; convert_time, from_spec, to_spec,
+    process_from_dict and check_process were hidden by processes.md's `members: false`;
+    the experiments' submodules (stats, report, sweep, baselines, families, rate's own
+    functions) had no page; the constants (ROUNDING_FACTOR, DEFAULTS, METHODS, PRESETS, ...)
+    and runs.write_json, which have no docstring, were left out by show_if_no_docstring."""
+    import importlib
+    import pkgutil
+
+    import sgm_ref
+
+    anchors = set()
+    for page in (site / "api").glob("**/index.html"):
+        anchors |= set(re.findall(r'id="(sgm_ref[\w.]*)"', page.read_text(encoding="utf-8")))
+    names = ["sgm_ref"] + [m.name for m in pkgutil.walk_packages(sgm_ref.__path__, "sgm_ref.")]
+    modules = {name: importlib.import_module(name) for name in names
+               if not any(part.startswith("_") for part in name.split("."))}
+    missing = []
+    for name, module in modules.items():
+        for public in getattr(module, "__all__", ()):
+            obj = getattr(module, public)
+            places = {f"{name}.{public}"}
+            if isinstance(obj, type(sgm_ref)):
+                places.add(obj.__name__)
+            if hasattr(obj, "__module__") and hasattr(obj, "__qualname__"):
+                places.add(f"{obj.__module__}.{obj.__qualname__}")
+            places |= {f"{sub}.{public}" for sub, m in modules.items()
+                       if sub.startswith(name + ".") and getattr(m, public, None) is obj}
+            if not places & anchors and not places & _NOT_IN_THE_API_PAGES:
+                missing.append(f"{name}.{public}")
+    assert not missing, missing
 
 
 def test_myst_code_cells_render_as_python_blocks():
@@ -142,11 +192,12 @@ def test_worked_cross_checks_run_against_the_installed_peers(tmp_path):
 
 
 def test_the_pages_name_every_oracle_that_runs_openblas_on_one_thread(monkeypatch):
-    """design.md ("Threads and bits") and limits.md ("Reproducibility") say which oracle calls
-    set every OpenBLAS to one thread while they run. Measured here: the tied oracle at any d
-    and the full one above d = 6, for log p_t as for the score; not the diagonal one, nor the
-    full one at d <= 6. Review: design.md named the full-covariance score only (the tied
-    oracle has run its rotations through run_blocks since its blocks were introduced)."""
+    """design.md ("Threads and bits"), limits.md ("Reproducibility") and cli.md ("Threads")
+    say which oracle calls set every OpenBLAS to one thread while they run. Measured here: the
+    tied oracle at any d and the full one above d = 6, for log p_t as for the score; not the
+    diagonal one, nor the full one at d <= 6. Review: design.md named the full-covariance score
+    only (the tied oracle has run its rotations through run_blocks since its blocks were
+    introduced), and so did cli.md ("a full-covariance score call above d = 6")."""
     import numpy as np
 
     import sgm_ref.targets.gaussian_mixture as gm
@@ -176,7 +227,8 @@ def test_the_pages_name_every_oracle_that_runs_openblas_on_one_thread(monkeypatc
             assert one_thread(target, call) is expected, (d, kind, call)
     design = " ".join((ROOT / "docs" / "design.md").read_text(encoding="utf-8").split())
     limits = " ".join((ROOT / "docs" / "limits.md").read_text(encoding="utf-8").split())
-    for text in (design, limits):
+    cli = " ".join((ROOT / "docs" / "cli.md").read_text(encoding="utf-8").split())
+    for text in (design, limits, cli):
         assert "tied or full-covariance (above d = 6) score or log p_t call runs" in text
 
 
