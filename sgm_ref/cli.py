@@ -660,6 +660,7 @@ def _load_callable(spec, option="--score"):
             raise _UserCodeError(f"{option} {spec} {_what_it_did(exc)}", exc) from None
 
     score.function = fn
+    score.module_file = getattr(module, "__file__", None)  # MODULE's file, also when imported by its dotted name
     return score
 
 
@@ -932,6 +933,9 @@ def cmd_audit(args):
         if not have_matplotlib():
             raise ValueError("--plot needs matplotlib, which is not installed: pip install \"sgm_ref[plot]\"")
     loaded = _load_callable(args.score)
+    for output, option in ((args.json, "--json"), (args.plot, "--plot")):  # --score mymodels:f and --json mymodels.py
+        if output is not None:
+            _check_not_an_input(output, option, (("--score", loaded.module_file),))
     if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
     else:
@@ -1192,6 +1196,8 @@ def cmd_audit_sampler(args):
                                                   ("--sampler", args.sampler.rpartition(":")[0])))
     options = _replay_options(args.option)
     peer = _load_callable(args.sampler, option="--sampler")
+    if args.json is not None:  # a dotted --sampler's module file (mine:loop and --json mine.py)
+        _check_not_an_input(args.json, "--json", (("--sampler", peer.module_file),))
     if args.kind is None:  # the library's hint names its argument (kind='loop'); here it is --kind
         from .audit import _peer_kind
         try:

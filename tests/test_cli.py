@@ -1108,3 +1108,13 @@ def test_a_report_never_replaces_an_input_file(tmp_path):
         _assert_one_line_error(result, pattern)
         assert "would replace it; give another name" in result.stderr and result.stdout == ""
         assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    # MODULE:NAME by its dotted name (imported from the working folder): its file was overwritten
+    # by the report, exit 0 (only the MODULE.py: form was refused)
+    for args, pattern in [
+            (["audit", "--score", "audited:oracle", *audit[3:], "--target", "t.json", "--json", "audited.py"],
+             "--json audited.py is the file of --score"),
+            (["audit-sampler", "--sampler", "audited:oracle", *sampler[3:], "--target", "t.json", "--json",
+              "audited.py"], "--json audited.py is the file of --sampler")]:
+        result = run(*args, cwd=tmp_path, check=False)
+        _assert_one_line_error(result, pattern)
+        assert result.stdout == "" and (tmp_path / "audited.py").read_bytes() == before["audited.py"]
