@@ -998,14 +998,17 @@ def cmd_audit(args):
     _say(f"integral over [{t0:g}, {T_audited:g}]: " + (
         f"{integral['value']:.4g} ± {integral['standard_error']:.2g}" if np.isfinite(integral["value"])
         else "overflows float64") + f" (exact score: {_pm_short(f_integral['value'], f_integral['standard_error'])})")
+    def names_path_kl(bound):  # bound_text of a vacuous bound gives the path KL already (it was said twice)
+        return bound["tv"] >= 1.0 and np.isfinite(bound["kl_path"])
+
     path_kl = f"{b['kl_path']:.3g}" if np.isfinite(b["kl_path"]) else "overflows float64"
     _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} "
-         f"steps: {bound_text(b)} (early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}, "
-         f"path KL {path_kl})")
+         f"steps: {bound_text(b)} (early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}"
+         + ("" if names_path_kl(b) else f", path KL {path_kl}") + ")")
     excess = (f"the model adds path KL {b['kl_path'] - fb['kl_path']:.3g}" if np.isfinite(b["kl_path"])
               else "the model's path KL overflows float64")
-    _say(f"exact score, same grid and draws (the sampler's own floor): certified TV bound {bound_text(fb)} "
-         f"(path KL {fb['kl_path']:.3g} ± {fb['kl_path_se']:.2g}); {excess}")
+    _say(f"exact score, same grid and draws (the sampler's own floor): certified TV bound {bound_text(fb)}"
+         + ("" if names_path_kl(fb) else f" (path KL {fb['kl_path']:.3g} ± {fb['kl_path_se']:.2g})") + f"; {excess}")
     for note in non_finite_notes(report):
         _say(f"note: {note}")
     if nll:

@@ -1118,3 +1118,20 @@ def test_a_report_never_replaces_an_input_file(tmp_path):
         result = run(*args, cwd=tmp_path, check=False)
         _assert_one_line_error(result, pattern)
         assert result.stdout == "" and (tmp_path / "audited.py").read_bytes() == before["audited.py"]
+
+
+def test_audit_says_a_vacuous_bound_s_path_kl_once(tmp_path):
+    """With 2 steps the bound is vacuous (TV <= 1) with a finite path KL, which bound_text
+    gives in its explanation: the bound's line and the floor's repeated it ("...; path KL
+    5.49 ± 1.2) (path KL 5.49 ± 1.2)"). Each line says it once; a bound that is not vacuous
+    keeps its path KL in the parentheses."""
+    (tmp_path / "models.py").write_text(DEMO_MODELS)
+    out = run("audit", "--score", "models:exact", "--target", "ring", "--n-steps", "2", "--profile-n", "50",
+              "--bound-n", "8", cwd=tmp_path).stdout
+    lines = [line for line in out.splitlines() if "certified TV bound" in line]
+    assert len(lines) == 2 and all("vacuous" in line and line.count("path KL") == 1 + line.count("adds path KL")
+                                   for line in lines), lines
+    out = run("audit", "--score", "models:exact", "--target", "ring", "--n-steps", "20", "--profile-n", "50",
+              "--bound-n", "8", cwd=tmp_path).stdout
+    lines = [line for line in out.splitlines() if "certified TV bound" in line]
+    assert all("vacuous" not in line and line.count("path KL") == 1 + line.count("adds path KL") for line in lines)
