@@ -89,7 +89,10 @@ def _threads_from_environment(environ):
                          f"unset it for the default")
     n = int(significant) if decimal else 0
     if n < 1:
-        raise ValueError(f"{ENV_THREADS} must be an integer >= 1 (the thread count), got {text!r}; "
+        # a long value is shown by its start and length (5000 zeros or "-" and 5000 digits made a
+        # message of 5000 characters, the one line the command line prints)
+        shown = repr(text) if len(text) <= 40 else f"{text[:20]!r}... ({len(text)} characters)"
+        raise ValueError(f"{ENV_THREADS} must be an integer >= 1 (the thread count), got {shown}; "
                          f"unset it for the default")
     return n
 

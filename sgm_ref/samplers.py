@@ -396,7 +396,10 @@ def _routed(score, process, grid, x, rng, trajectory, method):
         alpha, top = float(process.alpha(grid[0])), float(np.max(np.abs(y), initial=0.0))
         with np.errstate(divide="ignore", over="ignore"):
             state = top / np.float64(alpha)
-        if not state < float(np.finfo(y.dtype).max) / 64:
+        # the state itself must fit, not with _check_start_sigma's 64 standard deviations to spare:
+        # against max / 64, sample refused its own draws (EDM at T = 2e36, sigma_T below that limit,
+        # drew |x| = 6.9e36 and was told that this is beyond float32's range)
+        if not state < float(np.finfo(y.dtype).max):
             raise ValueError(f"grid[0] = T = {float(grid[0])!r} is too large for {y.dtype.name} points on {process!r}: "
                              f"the probability flow steps x / alpha_T (sgm_ref.replays.karras_heun), which reaches "
                              f"{float(state):.3g} (alpha_T = {alpha:.3g}), beyond {y.dtype.name}'s range; start the "

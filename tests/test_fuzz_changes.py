@@ -838,3 +838,405 @@ def test_load_of_a_damaged_npy_header_is_a_model_file_error(reader, member, dama
     path.write_bytes(_zip(members))
     with pytest.raises(sio.ModelFileError):
         sio.load(path, use_ema=member == "ema.npy") if reader == "load" else sio.read_header(path)
+
+
+# ======================================================================================
+# The commits 4569080, 8dfddb9, ca8132f and 76dfb85: samplers (start_variance, the
+# probability flow off VP), conventions.convert on no rows, the DSM kernel, the diagonal
+# mixture kernel and SGM_REF_THREADS. (A larger search, 10-40x these examples, ran in
+# scratch; what it found is pinned by the tests named "found by this fuzz".)
+# ======================================================================================
+
+from sgm_ref import plain  # noqa: E402
+from sgm_ref.conventions import convert  # noqa: E402
+from sgm_ref.samplers import probability_flow, sample, start_variance, time_grid  # noqa: E402
+
+NOT_VP = [SubVP(), SubVP(0.1, 1000.0), SubVP(0.5, 30.0), VE(), VE(1e-3, 1e4), VE(1e-3, 1e200), EDM(), FlowMatching()]
+
+
+# ----------------------------------------------------------------- start_variance
+
+
+@fuzz(150)
+@given(st.sampled_from(PROCESSES + [VE(1e-3, 1e200)]),
+       st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.floats(1e-320, 1e300),
+                 st.sampled_from([0.0, -0.0, 5e-324, 1.0, 0.99999, 1e154, 1e155, 1e200, 1e308]),
+                 st.integers(-3, 10**400), st.booleans()))
+def test_start_variance_is_sigma_t_squared_or_one_or_a_named_refusal(process, T):
+    """start_variance(process, T): 1 on a variance-preserving process, sigma_T^2 on any other
+    (mpmath's square of the float64 sigma_T, to half an ulp, and mp_marginal's sigma_T^2 to a few
+    ulps of it and of log sigma_T^2),
+    for every T in (0, t_max] whose sigma_T^2 (or B(T)) is finite; a ValueError naming T for
+    every other T: bools, NaN, inf, <= 0, past t_max, and ints of hundreds of digits."""
+    vp = type(process).__name__ in ("OU", "VP")
+    real = not isinstance(T, bool) and T == T and abs(T) != math.inf and (not isinstance(T, int) or abs(T) < 1e300)
+    inside = real and 0 < T <= process.t_max
+    try:
+        v = start_variance(process, T)
+    except ValueError as e:
+        assert str(e).startswith("T ") or str(e).startswith("T = ") or "T must" in str(e), str(e)
+        if inside and not vp:  # refused only where sigma_T^2 overflows
+            assert float(mpmath.mpf(float(process.sigma(float(T)))) ** 2) > 1.7e308
+        if inside and vp:  # or B(T) (2 T on OU)
+            t = mpmath.mpf(float(T))
+            B = 2 * t if type(process).__name__ == "OU" else (
+                process.beta_min * t + t * t * (mpmath.mpf(process.beta_max) - process.beta_min) / 2)
+            assert B > 1.7976931348623157e308
+        return
+    assert inside, (process, T, v)
+    if vp:
+        assert v == 1.0
+        return
+    sigma = float(process.sigma(float(T)))
+    assert v == float(mpmath.mpf(sigma) ** 2)
+    with mpmath.workdps(40):
+        want = mp_marginal_s(process, mpmath.mpf(float(T)))[1] ** 2
+        # VE's sigma_T = sigma_min exp(t log(sigma_max / sigma_min)) carries the exponent's rounding,
+        # |log sigma_T^2| eps: VE(1e-3, 1e200) at T = 0.5 is 6.7e-15 off (noticed, processes left alone)
+        rel = (4.0 + (abs(float(mpmath.log(want))) if want else 0.0)) * EPS
+        assert abs(mpmath.mpf(v) - want) <= rel * want + 2.0**-1074  # (below 1e-323 it is 0)
+
+
+# ----------------------------------------------------------------- the probability flow off VP
+
+
+def _gaussian_score(process):
+    """The score of N(0, I) under process: -x / (alpha^2 + sigma^2), in x's dtype (none on no points)."""
+    def score(x, t):
+        if x.shape[0] == 0:  # process.alpha refuses a t of shape (0,)
+            return np.zeros_like(x)
+        v = process.alpha(t) ** 2 + process.sigma2(t)
+        return (-x.astype(np.float64) / v[:, None]).astype(x.dtype)
+    return score
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+@fuzz(60)
+@given(st.sampled_from(NOT_VP), st.data())
+def test_probability_flow_off_vp_in_float32_follows_float64_or_names_t(process, data):
+    """The probability flow off VP (karras_heun) on float32 points: no points or no dimensions give
+    empty results of the right shapes (and a path of grid.size states); otherwise either a
+    ValueError or finite float32 points within (2 N + 1) 2^-24 of the largest |entry| of the float64 flow
+    from the same (float32) start, on geometric grids whose steps shrink sigma_t / alpha_t at most
+    4-fold (a longer Heun step magnifies the float32 score's rounding: EDM from 1e36 to 1e31 in
+    one step ends 60x off in float32, as it must) up to sigma_T / alpha_T = 1e32. The start may reach float32's max (found by this
+    fuzz: see test_float32_probability_flow_off_vp_takes_the_points_sample_draws)."""
+    from sgm_ref.replays._common import sigma_hat
+
+    n, d = data.draw(st.integers(0, 3)), data.draw(st.integers(0, 2))
+    t_max = min(process.t_max, 1e37)
+    T = data.draw(st.one_of(st.floats(1e-3, t_max), st.just(t_max)))
+    t0 = T * data.draw(st.floats(1e-4, 0.5))
+    hat = np.asarray(sigma_hat(process, np.array([T, t0])), dtype=np.float64)
+    if not np.all(np.isfinite(hat)):
+        return
+    steps = max(1, int(np.ceil(np.log(hat[0] / hat[1]) / np.log(4.0))))
+    grid = time_grid(T, t0, steps, "geometric")
+    assume(np.all(np.diff(np.log(np.asarray(sigma_hat(process, grid), dtype=np.float64))) >= -np.log(4.0) - 1e-9))
+    spread = float(process.sigma(T)) * data.draw(st.sampled_from([1.0, 0.1, 30.0]))
+    # the float32 score -x / sigma_t^2 ~ 1 / sigma_t stays in float32's normal range (past sigma_t ~ 1e36
+    # the score itself, not the sampler, loses digits: 1e-3 sigma_T at sigma_T = 9e36 ends 219 ulps off)
+    assume(float(hat[0]) <= 1e32)
+    x = (np.random.default_rng(data.draw(st.integers(0, 9))).standard_normal((n, d)) * spread).astype(np.float32)
+    assume(np.all(np.isfinite(x)))
+    trajectory = data.draw(st.booleans())
+    score = _gaussian_score(process)
+    try:
+        out = probability_flow(score, process, grid, x, trajectory)
+    except ValueError as e:
+        assert n * d > 0 and str(e).startswith(("grid[0] = T = ", "the sampler diverged")), str(e)
+        return
+    y = out[0] if trajectory else out
+    assert y.shape == (n, d) and y.dtype == np.float32 and np.all(np.isfinite(y))
+    if trajectory:
+        assert out[1].shape == (grid.size, n, d) and out[1].dtype == np.float32
+    if n * d:
+        y64 = probability_flow(score, process, grid, x.astype(np.float64))
+        # measured up to 2.03 2^-24 on one step, 1.55 N 2^-24 on more (2400 examples)
+        assert np.max(np.abs(y - y64)) <= (2 * steps + 1) * 2.0**-24 * np.max(np.abs(y64))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_float32_probability_flow_off_vp_takes_the_points_sample_draws():
+    """Found by this fuzz: sample(dtype=float32, method="probability_flow") allows sigma_T up to
+    float32's max / 64 = 5.3e36 (_check_start_sigma: 64 standard deviations to spare), but then
+    refused its own draws in _routed, which held the largest |x| / alpha_T to that same max / 64:
+    EDM at T = 2e36 drew |x| up to 6.9e36 and said 'grid[0] = T = 2e+36 is too large for float32
+    points ...: ... which reaches 6.92e+36 (alpha_T = 1), beyond float32's range' (3.4e38 is its
+    range). The state itself must fit float32, as the message says; it now runs, and the float32
+    flow ends where float64's does from the same start to 2 N 2^-24 of its largest |entry|
+    (measured 1.2e-7 of it). Points whose x / alpha_T does leave float32 are still named."""
+    process, score = EDM(), _gaussian_score(EDM())
+    grid = time_grid(2e36, 1.0, 60, "geometric")
+    out = sample(score, process, 1000, 1, np.random.default_rng(0), T=2e36, t0=1.0, n_steps=60,
+                 method="probability_flow", dtype=np.float32)
+    assert out.dtype == np.float32 and np.all(np.isfinite(out))
+    x = (np.random.default_rng(1).standard_normal((1000, 1)) * 2e36).astype(np.float32)
+    assert np.max(np.abs(x)) > float(np.finfo(np.float32).max) / 64  # (6.3e36)
+    y32, y64 = probability_flow(score, process, grid, x), probability_flow(score, process, grid, x.astype(np.float64))
+    assert y32.dtype == np.float32 and np.max(np.abs(y32 - y64)) <= 2 * 60 * 2.0**-24 * np.max(np.abs(y64))
+    subvp = SubVP(0.1, 1000.0)  # alpha_0.5 = 7.1e-28: x = 1e12 is a state of 1.4e39
+    with pytest.raises(ValueError, match=r"^grid\[0\] = T = 0\.5 is too large for float32 points on SubVP.*"
+                                         r"which reaches 1\.42e\+39 \(alpha_T = 7\.05e-28\), beyond float32's range"):
+        probability_flow(_gaussian_score(subvp), subvp, time_grid(0.5, 1e-3, 30), np.full((2, 1), 1e12, np.float32))
+
+
+# ----------------------------------------------------------------- convert on no rows
+
+KINDS = ["score", "eps", "x0", "v", "velocity"]
+
+
+@pytest.mark.parametrize("process", [OU(), VP(), SubVP(), VE(), EDM(), FlowMatching()])
+def test_convert_on_no_rows_returns_no_rows_for_every_pair_and_dtype(process):
+    """convert on (0, d) points: (0, d) in float32 exactly when value and x are both float32, for
+    every pair of kinds, d = 0 and 2, a (0,) t of float64, float32 or integers, or a scalar t."""
+    for from_ in KINDS:
+        for to in KINDS:
+            for d in (0, 2):
+                for dx in (np.float32, np.float64):
+                    for dv in (np.float32, np.float64):
+                        for t in (np.zeros(0), np.zeros(0, np.float32), np.zeros(0, int), 0.5):
+                            out = convert(np.zeros((0, d), dv), np.zeros((0, d), dx), t, process, from_, to)
+                            assert out.shape == (0, d)
+                            assert out.dtype == (np.float32 if dx == dv == np.float32 else np.float64)
+
+
+# ----------------------------------------------------------------- the DSM kernel in exact rationals
+
+
+def _float_of(draw, dtype, lo, hi):
+    return dtype(draw(st.floats(-1.0, 1.0)) * 10.0 ** draw(st.floats(lo, hi)))
+
+
+@fuzz(150)
+@given(st.sampled_from(["score", "noise", "residual"]), st.sampled_from([np.float32, np.float64]), st.data())
+def test_dsm_residual_against_exact_rationals(kind, dtype, data):
+    """dsm_residual's row losses lam_i |r_i|^2 and dL/dout against Fraction arithmetic on its float
+    inputs, for outputs from 1e-16 to 10 relative off the target, sigma and lam from 1e-8 to 1e8,
+    scale 1e-5 to 100. r = s + z / sigma is worked in float64 (float32 inputs widened), so its
+    error is a few float64 roundings of the terms it sums: |out| + |x| + 3 |z| / sigma for score
+    and residual, 4 |r| for noise's (z - out) / sigma, whose z - out is exact or one rounding;
+    dL/dout adds its rounding to out's dtype. (Measured at 3000 examples: within 0.95 of these
+    bounds. The code before ca8132f fails it: a float32 noise model's row 5.6e-15 off, where
+    -out / sigma + z / sigma lost the digits of the difference.)"""
+    from sgm_ref.kernels.dsm import PARAMETERIZATION_CODES, dsm_residual
+
+    n, d = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    sigma = np.array([10.0 ** data.draw(st.floats(-8, 8)) for _ in range(n)])
+    lam = np.array([10.0 ** data.draw(st.floats(-8, 8)) for _ in range(n)])
+    x = np.array([[_float_of(data.draw, dtype, -5, 5) for _ in range(d)] for _ in range(n)], dtype)
+    z = np.array([[_float_of(data.draw, dtype, -5, 3) for _ in range(d)] for _ in range(n)], dtype)
+    target = {"score": -z / sigma[:, None], "noise": z, "residual": x - z / sigma[:, None]}[kind]
+    off = 10.0 ** data.draw(st.floats(-16, 1)) * np.array([[data.draw(st.floats(-1, 1)) for _ in range(d)]
+                                                           for _ in range(n)])
+    with np.errstate(over="ignore"):
+        out = (target * (1.0 + off)).astype(dtype)
+    assume(np.all(np.isfinite(out)))
+    scale = 10.0 ** data.draw(st.floats(-5, 2))
+    grad, rows = out.copy(), np.empty(n)
+    dsm_residual(grad, x, z, sigma, lam, PARAMETERIZATION_CODES[kind], scale, rows)
+    eps, tiny = Fraction(2) ** -52, Fraction(2) ** -1074
+    half_ulp, tiny_out = (Fraction(2) ** -24, Fraction(2) ** -149) if dtype == np.float32 else (eps / 2, tiny)
+    for i in range(n):
+        s, L = Fraction(float(sigma[i])), Fraction(float(lam[i]))
+        c = 2 * Fraction(scale) * L
+        acc = spread = Fraction(0)
+        for j in range(d):
+            o, xj, zj = Fraction(float(out[i, j])), Fraction(float(x[i, j])), Fraction(float(z[i, j]))
+            r = (o if kind == "score" else -o / s if kind == "noise" else o - xj) + zj / s
+            er = 4 * eps * abs(r) if kind == "noise" else eps * (abs(o) + abs(xj) + abs(r)) + 3 * eps * abs(zj) / s
+            er += 4 * tiny  # (r below the normal range: a subnormal's absolute rounding)
+            acc += r * r
+            spread += 2 * abs(r) * er + er * er
+            g, eg = (-c * r / s, c * er / s) if kind == "noise" else (c * r, c * er)
+            # noise's dL/dout is (2 scale lam r) / sigma: a product below float64's normal range keeps
+            # a subnormal's absolute error, which the 1 / sigma then scales (|z - out| ~ 1e-300; left)
+            sub = 4 * tiny / s if kind == "noise" else 0
+            assert abs(Fraction(float(grad[i, j])) - g) <= eg + 6 * eps * abs(g) + half_ulp * abs(g) + 4 * tiny_out + sub
+        want = L * acc  # (the same for lam times a subnormal sum of squares)
+        assert abs(Fraction(float(rows[i])) - want) <= L * spread + (d + 2) * eps * want + 4 * tiny * max(L, 1)
+
+
+# ----------------------------------------------------------------- the diagonal mixture kernel
+
+
+def _mp_diagonal(x, a, s2, w, mu, lam):
+    """log p and score of sum_k w_k N(a mu_k, diag(a^2 lam_k + s2)) in 50-digit mpmath, with a mu_k
+    rounded to float64 as the kernel and the NumPy twin form it (the cancellation in x - a mu_k is
+    the input's, not the kernel's). Rows whose relevant log-weights are so large that their float64
+    rounding moves the weights (|l_k| 8 eps > 1e-6) come back as NaN: no float64 sum has them.
+    Also per entry a bound on the error of a float64 evaluation: eps times
+    sum_k pi_k ((|x| + |a mu_k|) / v_k + |y_k / v_k| (P_k + 1)) + |score| (max_k P_k + 1), P_k =
+    |log w_k| + sum_j (y_kj^2 / v_kj + |log v_kj|) the size of l_k's terms, and per row the size of
+    log p's terms, sum_k pi_k P_k + |log total| + d."""
+    n, d = x.shape
+    logp, score, bound = np.full(n, np.nan), np.full((n, d), np.nan), np.full((n, d), np.nan)
+    magnitude = np.full(n, np.nan)
+    with mpmath.workdps(50):
+        for i in range(n):
+            terms, ratios, sizes, parts = [], [], [], []
+            for wk, muk, lamk in zip(w, mu, lam):
+                if wk == 0:
+                    continue
+                am = [mpmath.mpf(float(a[i] * muk[j])) for j in range(d)]
+                y = [mpmath.mpf(float(x[i, j])) - am[j] for j in range(d)]
+                v = [mpmath.mpf(float(a[i])) ** 2 * mpmath.mpf(float(lamk[j])) + mpmath.mpf(float(s2[i]))
+                     for j in range(d)]
+                terms.append(mpmath.log(wk) - mpmath.fsum(y[j] ** 2 / v[j] + mpmath.log(v[j]) for j in range(d)) / 2)
+                ratios.append([y[j] / v[j] for j in range(d)])
+                parts.append(abs(mpmath.log(wk)) + mpmath.fsum(y[j] ** 2 / v[j] + abs(mpmath.log(v[j])) for j in range(d)))
+                sizes.append([(abs(mpmath.mpf(float(x[i, j]))) + abs(am[j])) / v[j] for j in range(d)])
+            top = max(terms)
+            if any(tm - top > -800 and (abs(tm) + abs(top)) * 8 * EPS > 1e-6 for tm in terms):
+                continue
+            e = [mpmath.exp(tm - top) for tm in terms]
+            total = mpmath.fsum(e)
+            logp[i] = float(top + mpmath.log(total) - d * mpmath.log(2 * mpmath.pi) / 2)
+            magnitude[i] = float(mpmath.fsum(ek * p for ek, p in zip(e, parts)) / total + abs(mpmath.log(total)) + d)
+            for j in range(d):
+                sj = -mpmath.fsum(ek * r[j] for ek, r in zip(e, ratios)) / total
+                score[i, j] = float(sj)
+                bound[i, j] = float(mpmath.fsum(ek * (b[j] + abs(r[j]) * (pk + 1))
+                                                for ek, b, r, pk in zip(e, sizes, ratios, parts)) / total
+                                    + abs(sj) * (max(parts) + 1))
+    return logp, score, bound, magnitude
+
+
+@fuzz(100)
+@given(st.data())
+def test_diagonal_mixture_kernel_against_mpmath_with_zero_tiny_and_huge_terms(data):
+    """diagonal_mixture (parallel) and diagonal_mixture_serial, the same bits, against 50-digit mpmath
+    on weights with zeros and 1e-300, means and points from 1e-160 to 1e10, variances 1e-200 to
+    1e200 and a from 1e-150 to 1 (products e (y / v) below float64's normal range): log p to 4 ulps
+    of the size of its terms, the score within eps times _mp_diagonal's bound, plus two subnormal steps
+    (2^-1073, not scaled by 1 / v: the (e y) / v of the code before 76dfb85, where a subnormal e y
+    was divided by v < 1, fails it). Rows so far out that log p leaves float64, or whose weights
+    no float64 sum can resolve, are skipped (the caller names the former). Identity covariances
+    keep (sum_k e_k y_k) / v, one v per row: there v = a^2 + s2 >= 1/2 on every process, so it
+    scales a subnormal's error at most 2-fold (noticed: with a = 1e-150, s2 = 0, v = 1e-300, a
+    kernel call no process makes, a score of 6e-151 came out 0)."""
+    from sgm_ref.kernels.mixture import diagonal_mixture, diagonal_mixture_serial
+
+    K, d, n = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    identity = data.draw(st.booleans())
+    w = np.array([data.draw(st.sampled_from([0.0, 1.0, 1e-300, 1e-250, 1e-100, 0.5, 1e-20])) for _ in range(K)])
+    w[0] = w[0] or 1.0
+    with np.errstate(divide="ignore"):
+        logw = np.log(w)
+    sign = st.sampled_from([0.0, 1.0, -1.0])
+    mu = np.array([[data.draw(sign) * 10.0 ** data.draw(st.floats(-150, 5)) for _ in range(d)] for _ in range(K)])
+    lam = np.ones((K, d)) if identity else 10.0 ** np.array([[data.draw(st.floats(-200, 200)) for _ in range(d)]
+                                                             for _ in range(K)])
+    a = np.array([data.draw(st.sampled_from([1.0, 0.5, 1e-5, 1e-150])) for _ in range(n)])
+    s2 = np.array([data.draw(st.sampled_from([0.0, 1e-300, 1e-100, 1e-12, 0.3, 1.0, 1e10])) for _ in range(n)])
+    if identity:  # v = a^2 + s2 >= 1/2 on every process (FlowMatching's (1 - t)^2 + t^2 the least)
+        s2 = np.maximum(s2, 0.5 - a * a)
+    k = [data.draw(st.integers(0, K - 1)) for _ in range(n)]
+    x = np.array([[mu[k[i], j] * a[i] + data.draw(sign) * 10.0 ** data.draw(st.floats(-160, 10)) for j in range(d)]
+                  for i in range(n)])
+    v = a[:, None, None] ** 2 * lam[None] + s2[:, None, None]
+    assume(np.all(v > 0) and np.all(np.isfinite(v)))
+    logp, score = np.empty(n), np.empty((n, d))
+    with np.errstate(all="ignore"):
+        diagonal_mixture(x, a, s2, logw, mu, lam, identity, True, logp, score)
+    logp_serial, score_serial = np.empty(n), np.empty((n, d))
+    with np.errstate(all="ignore"):
+        diagonal_mixture_serial(x, a, s2, logw, mu, lam, identity, True, logp_serial, score_serial)
+    np.testing.assert_array_equal(logp_serial, logp)
+    np.testing.assert_array_equal(score_serial, score)
+    want_logp, want_score, bound, magnitude = _mp_diagonal(x, a, s2, w, mu, lam)
+    rows = np.isfinite(want_logp) & np.all(np.isfinite(want_score), axis=1) & np.all(np.isfinite(bound), axis=1)
+    assert np.all(np.abs(score - want_score)[rows] <= (EPS * bound + 2.0**-1073)[rows])
+    assert np.all(np.abs(logp - want_logp)[rows] <= 4 * EPS * magnitude[rows])
+
+
+@fuzz(60)
+@given(st.floats(150.0, 300.0), st.floats(20.0, 200.0), st.floats(0.0, 60.0), st.integers(1, 3),
+       st.sampled_from([1.0, 0.5]), st.booleans())
+def test_diagonal_score_of_a_subnormal_weighted_residual_against_mpmath(u, p, m, d, a, spherical):
+    """The family of 76dfb85's case: a point at the mean of a unit component (y = 0 there), and a
+    narrow component of weight 10^-u, variance 10^-p and mean offset 10^-(p/2 + m) along the first
+    axis, so that its e y falls below float64's normal range while e y / v need not. The score
+    against 50-digit mpmath to eps times _mp_diagonal's bound plus 2^-1073, log p to 4 ulps of its
+    terms, through GaussianMixture (diag and spherical) at t = 0 and the NumPy twin sgm_ref.plain;
+    the code before 76dfb85 fails it ((e y) / v: up to 1.5e-9 off)."""
+    w = np.array([1.0, 10.0 ** -u])
+    mu = np.zeros((2, d))
+    mu[1, 0] = 10.0 ** -(p / 2 + m)
+    lam = np.array([[1.0] * d, [10.0 ** -p] * d])
+    x = np.zeros((1, d))
+    want_logp, want_score, bound, magnitude = _mp_diagonal(x, np.array([a]), np.zeros(1), w, mu, lam)
+    assert np.isfinite(want_logp[0])
+    if a == 1.0:  # through the public oracle (t = 0 on OU: a = 1, s2 = 0)
+        g = GaussianMixture(w / w.sum(), mu, lam[:, 0] if spherical else lam,
+                            covariance_type="spherical" if spherical else "diag")
+        logp, score = g.log_prob_and_score(x, 0.0, OU())
+        twin = plain.mixture_score(x, 0.0, plain.mixture(g.weights, g.means, g.covariances), plain.OU)[1]
+        assert np.all(np.abs(twin - want_score) <= EPS * bound + 2.0**-1073)
+        w = g.weights  # (the weights the oracle has: 1 and 10^-u, their sum rounds to 1)
+    else:
+        from sgm_ref.kernels.mixture import diagonal_mixture
+        logp, score = np.empty(1), np.empty((1, d))
+        with np.errstate(divide="ignore"):
+            diagonal_mixture(x, np.array([a]), np.zeros(1), np.log(w), mu, lam, False, True, logp, score)
+    assert np.all(np.abs(score - want_score) <= EPS * bound + 2.0**-1073)
+    assert abs(logp[0] - want_logp[0]) <= 4 * EPS * magnitude[0]
+
+
+# ----------------------------------------------------------------- SGM_REF_THREADS
+
+
+def _threads_reference(text):
+    """The count SGM_REF_THREADS = text asks for, by a regular expression: optional surrounding
+    whitespace, an optional "+", ASCII decimal digits of value 1 to 10^18 - 1; else None."""
+    import re
+
+    match = re.fullmatch(r"\s*\+?([0-9]+)\s*", text)
+    if not match:
+        return None
+    digits = match.group(1).lstrip("0")
+    return int(digits) if 0 < len(digits) <= 18 else None
+
+
+_THREAD_TEXTS = st.one_of(
+    st.text(max_size=8),
+    st.builds(lambda head, sign, zeros, body, tail: head + sign + "0" * zeros + body + tail,
+              st.sampled_from(["", " ", "\t", "\n", "\u3000"]), st.sampled_from(["", "+", "-", "++", "+-"]),
+              st.integers(0, 6000), st.one_of(st.text("0123456789", max_size=25), st.text("0123456789_\u0663\u00b2e.x ",
+                                                                                         max_size=6)),
+              st.sampled_from(["", " ", "\n", "\u00a0", "\u2003"])))
+
+
+@fuzz(200)
+@given(_THREAD_TEXTS)
+def test_sgm_ref_threads_parsing_against_a_regular_expression(text):
+    """_threads_from_environment reads what the regular expression reads (leading zeros, thousands
+    of them too, a "+", whitespace) and refuses everything else with a ValueError that names
+    SGM_REF_THREADS in at most a few lines: never int()'s own error, never the whole value when it
+    is long (found by this fuzz: 5000 zeros were echoed whole, a message of 5,100 characters)."""
+    from sgm_ref import _threads
+
+    want = _threads_reference(text)
+    try:
+        got = _threads._threads_from_environment({"SGM_REF_THREADS": text})
+    except ValueError as e:
+        assert want is None, (text[:40], want)
+        assert str(e).startswith("SGM_REF_THREADS must be ") and str(e).endswith("unset it for the default")
+        assert len(str(e)) <= 200, len(str(e))
+        return
+    assert got == want
+
+
+def test_a_long_bad_sgm_ref_threads_is_shown_by_its_start_and_length():
+    """Found by this fuzz: a value that is not a count was echoed whole, so 5000 zeros (or "-" and
+    5000 digits) made a one-line message of 5,100 characters on the command line; a long value is
+    now shown by its first 20 characters and its length, a short one (<= 40) as it is."""
+    from sgm_ref import _threads
+
+    for text, shown in [("0" * 5000, "'" + "0" * 20 + "'... (5000 characters)"),
+                        ("-" + "9" * 5000, "'-" + "9" * 19 + "'... (5001 characters)"),
+                        ("x" * 40, repr("x" * 40)), ("1_0", "'1_0'")]:
+        with pytest.raises(ValueError) as info:
+            _threads._threads_from_environment({"SGM_REF_THREADS": text})
+        assert str(info.value) == (f"SGM_REF_THREADS must be an integer >= 1 (the thread count), got {shown}; "
+                                   "unset it for the default")
