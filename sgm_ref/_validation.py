@@ -310,7 +310,7 @@ def check_times(t, n=None, T=None, name="t"):
     if arr.dtype.kind not in "iu" and arr.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a real number or an array of float64, float32 or integers, got {arr.dtype}")
     arr = arr.astype(np.float64)
-    if arr.ndim > 1 or (arr.ndim == 1 and n is None and arr.size == 0):
+    if arr.ndim > 1:  # (an empty (0,) t is the times of no rows: a score's sigma_t on no points)
         raise ValueError(f"{name} must be a scalar or have shape (n,), got shape {arr.shape}")
     if arr.ndim == 1 and n is not None and arr.shape[0] != n:
         raise ValueError(

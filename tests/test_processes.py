@@ -1130,3 +1130,22 @@ def test_ou_past_t_9e307_gives_its_limit_without_an_overflow_warning():
     x = np.array([[0.7]])
     np.testing.assert_array_equal(g.score(x, t, OU()), -x)
     assert g.log_prob(x, t, OU())[0] == pytest.approx(-0.5 * 0.49 - 0.5 * np.log(2 * np.pi), rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("process", ALL_PROCESSES, ids=ALL_IDS)
+def test_no_times_give_no_values(process):
+    """t of shape (0,), the times of no rows: every coefficient was refused as 't must be a scalar
+    or have shape (n,), got shape (0,)', so a score that computes its sigma_t (as a user's eps
+    model does) failed on no points inside every sampler. They are empty float64 arrays now,
+    as for any other length."""
+    from sgm_ref.samplers import euler_maruyama, probability_flow
+    names = ("alpha", "sigma", "sigma2", "beta", "integrated_beta", "log_snr", "f", "g2")
+    for name in names:
+        if hasattr(process, name):
+            out = getattr(process, name)(np.zeros(0))
+            assert isinstance(out, np.ndarray) and out.shape == (0,) and out.dtype == np.float64, name
+    T = min(1.0, process.t_max)
+    grid = np.geomspace(T, 1e-3 * T, 4)
+    score = lambda x, t: -x / process.sigma(t)[:, None]  # noqa: E731
+    assert euler_maruyama(score, process, grid, np.zeros((0, 2)), np.random.default_rng(0)).shape == (0, 2)
+    assert probability_flow(score, process, grid, np.zeros((0, 2))).shape == (0, 2)
