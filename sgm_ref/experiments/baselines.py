@@ -167,12 +167,11 @@ def fit_identity_mixture(x, K, rng, *, n_init=4, max_iter=1000, tol=1e-8):
     tol : float > 0
         Stop when an iteration raises the mean log-likelihood by less than this (nats).
 
-    The EMResult's log_likelihood is that of the mixture it holds (the parameters after
-    the last M-step), and the start kept is the one whose returned mixture has the largest.
-
     Returns
     -------
     EMResult
+        Its log_likelihood is that of the mixture it holds (the parameters after the last
+        M-step), and the start kept is the one whose returned mixture has the largest.
 
     Raises
     ------
