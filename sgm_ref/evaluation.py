@@ -125,8 +125,8 @@ def _check_report_settings(process, t0, T, method, grid, n_steps, profile_n, bou
     """Refuse bad settings before any work, each named as score_report's argument (the
     metrics would refuse the sampler's only after the profile and the integral, which call
     the score 2 profile_times times, and call profile_n and bound_n their own "n")."""
-    from .metrics.bound import _PATH_METHODS
-    from .samplers import check_grid, time_grid
+    from .metrics.bound import _PATH_METHODS, _explicit_grid
+    from .samplers import time_grid
 
     if not isinstance(floor, (bool, np.bool_)):
         raise ValueError(f"floor must be True or False, got {floor!r}")
@@ -148,12 +148,7 @@ def _check_report_settings(process, t0, T, method, grid, n_steps, profile_n, bou
     else:
         # tv_upper_bound's own checks of an explicit grid, here: they came after the profile and
         # the integral had called the score (a grid ending at 0.01 for t0 = 0.001, or n_steps 7 for 10)
-        grid = check_grid(grid, process)
-        if n_steps is not None and check_count(n_steps, "n_steps") != grid.size - 1:
-            raise ValueError(f"n_steps={n_steps} but the grid has {grid.size - 1} steps; "
-                             "leave n_steps out with an explicit grid")
-        if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
-            raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
+        _explicit_grid(grid, T, t0, n_steps, process)
 
 
 def _exact_score(target, process):

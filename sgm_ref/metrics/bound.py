@@ -122,6 +122,18 @@ class TVBound:
         return out
 
 
+def _explicit_grid(grid, T, t0, n_steps, process):
+    """A sampler's grid given as times, checked (check_grid) and refused unless it runs from T
+    to t0 (rtol 1e-12) in n_steps steps (when n_steps is given); returned as checked."""
+    grid = check_grid(grid, process)
+    if n_steps is not None and check_count(n_steps, "n_steps") != grid.size - 1:
+        raise ValueError(f"n_steps={n_steps} but the grid has {grid.size - 1} steps; "
+                         "leave n_steps out with an explicit grid")
+    if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
+        raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
+    return grid
+
+
 def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_steps=None, n_aux=None,
                    dtype=np.float64, overflow="raise"):
     """Certified upper bound on TV(p_0, q), q the law of a sampler's output (module docstring).
@@ -190,12 +202,7 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
             raise ValueError("a named grid needs n_steps")
         grid = time_grid(T, t0, n_steps, grid, process)
     else:
-        grid = check_grid(grid, process)
-        if n_steps is not None and check_count(n_steps, "n_steps") != grid.size - 1:
-            raise ValueError(f"n_steps={n_steps} but the grid has {grid.size - 1} steps; "
-                             "leave n_steps out with an explicit grid")
-        if not (np.isclose(grid[0], T, rtol=1e-12, atol=0) and np.isclose(grid[-1], t0, rtol=1e-12, atol=0)):
-            raise ValueError(f"grid must run from T = {T} to t0 = {t0}, got {grid[0]} to {grid[-1]}")
+        grid = _explicit_grid(grid, T, t0, n_steps, process)
 
     d = getattr(target, "dim", 1)
     with np.errstate(over="ignore", invalid="ignore"), fits_in_memory("n", n, max(n, 2**15) * d, per_item=8 * 6):
