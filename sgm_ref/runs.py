@@ -600,6 +600,17 @@ def _threads_text(counts):
     return f"{counts.get('blas', '?')} BLAS and {counts.get('numba', '?')} numba threads"
 
 
+def _same_threads_hint(saved):
+    """How to run with the saved thread counts again. The variables alone ("set OPENBLAS_NUM_THREADS
+    and NUMBA_NUM_THREADS as then") do not override --threads or SGM_REF_THREADS, which set
+    both counts: those are the way when the counts were one number."""
+    blas, numba = saved.get("blas"), saved.get("numba")
+    if isinstance(numba, int) and blas == numba:
+        return f"run with --threads {numba} (SGM_REF_THREADS={numba}, or sgm_ref.set_threads({numba}))"
+    return (f"run with OPENBLAS_NUM_THREADS={blas if blas is not None else '?'} and NUMBA_NUM_THREADS="
+            f"{numba if numba is not None else '?'} set, without --threads or SGM_REF_THREADS")
+
+
 def _save_state(path, step, optimizer, rng, history, threads, digest):
     arrays = dict(optimizer.state_dict())
     arrays["run_digest"] = np.array(digest)
@@ -849,8 +860,8 @@ def _train(folder, config, source, progress, log):
                            f"continue with --steps {start} or more")
         if saved is not None and saved != threads:
             log(f"note: {os.path.basename(source)} was written with {_threads_text(saved)}, this process has "
-                f"{_threads_text(threads)}: the result may differ in the last bits from an unbroken run (set "
-                "OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS as then for the same bits)")
+                f"{_threads_text(threads)}: the result may differ in the last bits from an unbroken run "
+                f"({_same_threads_hint(saved)} for the same bits)")
 
     digest = _run_digest(config)
 

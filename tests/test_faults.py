@@ -273,6 +273,8 @@ def test_resume_with_other_thread_counts_says_so_once(tmp_path):
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("sgm-ref: note: training_state.npz was written with 2 BLAS and 2 numba threads, "
                                "this process has 1 BLAS and 1 numba threads"), lines[0]
+    # the way to the same counts: --threads (the variables alone do not override --threads or SGM_REF_THREADS)
+    assert lines[0].endswith("(run with --threads 2 (SGM_REF_THREADS=2, or sgm_ref.set_threads(2)) for the same bits)")
     result = run("train", out, "--resume", "--steps", "40", env={"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     assert result.stderr == ""  # same counts as the state it continues
 

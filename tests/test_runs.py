@@ -804,3 +804,13 @@ def _refusal(run):
             return None
     except ValueError as exc:
         return str(exc)
+
+
+def test_the_resume_note_names_a_way_to_the_saved_thread_counts():
+    """The note said 'set OPENBLAS_NUM_THREADS and NUMBA_NUM_THREADS as then', which --threads
+    and SGM_REF_THREADS override; one count is --threads N, two different ones the variables."""
+    from sgm_ref.runs import _same_threads_hint
+    assert _same_threads_hint({"blas": 2, "numba": 2}) == "run with --threads 2 (SGM_REF_THREADS=2, or sgm_ref.set_threads(2))"
+    assert _same_threads_hint({"blas": 1, "numba": 2}) == ("run with OPENBLAS_NUM_THREADS=1 and NUMBA_NUM_THREADS=2 set, "
+                                                         "without --threads or SGM_REF_THREADS")
+    assert "OPENBLAS_NUM_THREADS=? and NUMBA_NUM_THREADS=2" in _same_threads_hint({"blas": None, "numba": 2})
