@@ -5,6 +5,7 @@ is clipped, cast between float kinds or renormalised behind the caller's back.
 """
 
 import os
+from collections.abc import Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -101,7 +102,9 @@ def _read_array(value, name):
     RuntimeError, neither naming the argument. A masked array is refused: np.asarray reads the
     numbers under its mask (masked weights, times or grid times were used as if unmasked). So is a
     bool in a list of numbers, which np.asarray reads as 1 or 0 ([[0.5, True]] gave the point
-    (0.5, 1.0)), as a bool array is refused by the checks' dtype test."""
+    (0.5, 1.0)), as a bool array is refused by the checks' dtype test, and a bool array or tensor
+    or a masked array inside such a list (read as 1 or 0, or as the numbers under the mask), in
+    nested lists, tuples, namedtuples or deques alike."""
     if isinstance(value, np.ma.MaskedArray):
         raise ValueError(f"{name} is a masked array, whose masked entries would be read as the numbers under the "
                          "mask; pass a plain ndarray of the values you mean")
@@ -110,42 +113,82 @@ def _read_array(value, name):
     except (ValueError, TypeError, RuntimeError) as exc:
         hint = "; pass it .detach()" if "requires grad" in str(exc) else ""
         raise ValueError(f"{name} cannot be read as an array of numbers ({str(exc).splitlines()[0]}){hint}") from None
-    if arr.dtype.kind in "iuf" and isinstance(value, (list, tuple)):
+    if arr.dtype.kind in "iuf" and _is_sequence(value):
         found = _first_bool(value)
         if found is not None:  # np.asarray([[0.5, True]]) is float64 [[0.5, 1.0]]; a bool array is refused by dtype
-            raise ValueError(f"{name} must hold numbers, got the boolean {bool(found[1])} at {name}{found[0]}")
+            where, what = found
+            raise ValueError(f"{name} must hold numbers, got {what} at {name}{where}"
+                             + (", whose masked entries would be read as the numbers under the mask; pass plain "
+                                "values" if what == "a masked array" else ""))
     return arr
 
 
+def _is_sequence(item):
+    """Whether np.asarray reads item as a sequence of entries: a list or tuple (a namedtuple too),
+    or another Sequence such as a deque or a range (not a str or bytes, which it reads as one)."""
+    return isinstance(item, (list, tuple)) or (
+        isinstance(item, Sequence) and not isinstance(item, (str, bytes, bytearray, memoryview)))
+
+
+def _not_a_number(item):
+    """What item is if np.asarray would misread it inside a list of numbers, else None: a bool (or a
+    bool array, NumPy's, torch's or another with __array__: read as 1 or 0), or a masked array (read
+    as the numbers under its mask)."""
+    if isinstance(item, (bool, np.bool_)):
+        return f"the boolean {bool(item)}"
+    if isinstance(item, np.ma.MaskedArray):
+        return "a masked array"
+    if not isinstance(item, np.ndarray):
+        if not hasattr(item, "__array__") or isinstance(item, np.generic):
+            return None
+        try:  # a torch or jax tensor: its dtype as NumPy reads it
+            item = np.asarray(item)
+        except (ValueError, TypeError, RuntimeError):
+            return None
+    if item.dtype.kind != "b":
+        return None
+    return f"the boolean {bool(item.flat[0])}" if item.size else "an empty boolean array"
+
+
 def _first_bool(items):
-    """('[i][j]', item) of the first bool (or bool array) in reading order in nested lists and
-    tuples, else None. Iterative, so deep nesting cannot exhaust the stack (as targets' reject_bools);
-    one pass over the items without positions, which are sought only when there is a bool."""
+    """('[i][j]', what) of the first bool (or bool array, or masked array: _not_a_number) in
+    reading order in nested sequences (lists, tuples, namedtuples, deques: what np.asarray reads as
+    rows), else None. Iterative, so deep nesting cannot exhaust the stack (as targets'
+    reject_bools); one pass over the items without positions, which are sought only when there
+    is one."""
     stack, found = [items], False
     while stack and not found:
         seq = stack.pop()
         kinds = set(map(type, seq))  # at C speed: a row of floats is {float}
         if kinds <= {float, int}:
             continue
+        numbers = {k for k in kinds if issubclass(k, (float, int, np.floating, np.integer)) and k is not bool}
+        if kinds <= numbers:  # NumPy's scalars too: a row of np.float64
+            continue
         for item in seq:
             kind = type(item)
-            if kind is list or kind is tuple:
-                stack.append(item)
-            elif kind is bool or kind is np.bool_ or (isinstance(item, np.ndarray) and item.dtype.kind == "b"):
+            if kind in numbers:
+                continue
+            if kind is list or kind is tuple or _is_sequence(item):
+                stack.append(item)  # (a namedtuple's or a deque's bools were missed: [P(0.5, True)] read 1.0)
+            elif _not_a_number(item) is not None:
                 found = True
                 break
     if not found:
         return None
-    stack = [(items, "")]
+    # depth first in reading order: a row's later bool was named before an earlier one in a nested row
+    stack = [(items, "", 0)]
     while stack:
-        seq, where = stack.pop()
-        nested = []
-        for i, item in enumerate(seq):
-            if isinstance(item, (bool, np.bool_)) or (isinstance(item, np.ndarray) and item.dtype.kind == "b"):
-                return f"{where}[{i}]", bool(item.flat[0]) if isinstance(item, np.ndarray) else item
-            if isinstance(item, (list, tuple)):
-                nested.append((item, f"{where}[{i}]"))
-        stack.extend(reversed(nested))
+        seq, where, start = stack.pop()
+        for i in range(start, len(seq)):
+            item = seq[i]
+            what = None if _is_sequence(item) else _not_a_number(item)
+            if what is not None:
+                return f"{where}[{i}]", what
+            if _is_sequence(item):
+                stack.append((seq, where, i + 1))
+                stack.append((item, f"{where}[{i}]", 0))
+                break
     return None
 
 
@@ -173,7 +216,8 @@ def eigh_spd(cov, name):
     cov (d, d) or (K, d, d), float64. Symmetric means within 1e-10 of the largest entry
     (the lower triangle of (C + C^T) / 2 is used); positive definite means smallest
     eigenvalue > d eps times the largest (a positive one below that is named as beyond
-    float64's precision). Otherwise ValueError naming `name` (and the index k of a stack).
+    float64's precision), and every eigenvalue within float64's range (entries near 1e308 can
+    sum beyond it). Otherwise ValueError naming `name` (and the index k of a stack).
     """
     stack = cov if cov.ndim == 3 else cov[None]
     d = stack.shape[-1]
@@ -189,6 +233,13 @@ def eigh_spd(cov, name):
     if not np.all(np.isfinite(sym)):  # C + C^T overflows (entries beyond 8.99e307): C + (C^T - C) / 2, as exact
         sym = stack + 0.5 * (stack.transpose(0, 2, 1) - stack)  # for a symmetric C, whose C^T - C is 0
     lam, U = np.linalg.eigh(sym)
+    big = np.flatnonzero(~np.all(np.isfinite(lam), axis=1))
+    if big.size:  # entries near 1e308 whose largest eigenvalue is beyond float64: it read 'not positive definite'
+        k = int(big[0])
+        c = float(np.ldexp(1.0, int(np.frexp(scale[k])[1]) - 1))  # a power of two: sym / c is exact
+        top = float(np.linalg.eigvalsh(sym[k] / c)[-1]) * (c / 1e308)
+        raise ValueError(f"{label(k)} has an eigenvalue beyond float64's range (its largest is {top:.3g}e308, "
+                         "the largest float64 being 1.8e308); rescale it")
     bad = np.flatnonzero(~(lam[:, 0] > d * np.finfo(np.float64).eps * lam[:, -1]))
     if bad.size:
         k, lo, hi = bad[0], float(lam[bad[0], 0]), float(lam[bad[0], -1])

@@ -16,7 +16,9 @@ test_far_x0_of_nearly_equal_variances_is_exact and
 test_load_of_a_damaged_npy_header_is_a_model_file_error.
 """
 
+import importlib
 import io
+import re
 import math
 import os
 import zipfile
@@ -1240,3 +1242,318 @@ def test_a_long_bad_sgm_ref_threads_is_shown_by_its_start_and_length():
             _threads._threads_from_environment({"SGM_REF_THREADS": text})
         assert str(info.value) == (f"SGM_REF_THREADS must be an integer >= 1 (the thread count), got {shown}; "
                                    "unset it for the default")
+
+
+# ------------------------------------------- input checks of 779bbf4, f159141, 096b9ec, 3a84e61
+
+
+def _reference_first_bool(items, where=""):
+    """The first bool (or bool array) in reading order, by plain recursion: the reference for _first_bool."""
+    import collections
+    for i, item in enumerate(items):
+        if isinstance(item, (bool, np.bool_)) or (isinstance(item, np.ndarray) and item.dtype.kind == "b"):
+            return f"{where}[{i}]"
+        if isinstance(item, (list, tuple, collections.deque, range)):
+            found = _reference_first_bool(item, f"{where}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+def _entries():
+    from collections import namedtuple
+
+    pair = namedtuple("Pair", "a b")
+    scalar = st.one_of(st.floats(-1e3, 1e3), st.integers(-5, 5), st.booleans(),
+                       st.sampled_from([np.float64(0.5), np.float32(2.0), np.int64(3), np.True_, np.False_,
+                                        np.array(1.5), np.array(True)]))
+    row = st.lists(scalar, min_size=2, max_size=2)
+    wrapped = st.one_of(row, row.map(tuple), row.map(lambda r: pair(*r)), row.map(__import__("collections").deque),
+                        st.sampled_from([np.array([1.0, 2.0]), np.array([True, False]), np.array([3, 4])]))
+    return st.lists(wrapped, min_size=1, max_size=3)
+
+
+@fuzz(60)
+@given(_entries(), st.integers(0, 3))
+def test_read_array_refuses_the_first_bool_in_reading_order(rows, depth):
+    """_read_array on nested lists, tuples, namedtuples and deques of mixed ints, floats, NumPy scalars
+    and 0-d / 1-d arrays: refused, naming the first bool in reading order (a plain recursion), exactly
+    when there is one; else the numbers np.asarray reads. Old code: a namedtuple's bool passed
+    ([Pair(0.5, True)] was the point (0.5, 1.0)) and x[1] was named before x[0][1]."""
+    from sgm_ref._validation import _read_array
+
+    value = rows
+    for _ in range(depth):
+        value = [value]
+    where = _reference_first_bool(value)
+    try:
+        expected = np.asarray(value)
+    except ValueError:
+        expected = None
+    if expected is None or expected.dtype.kind not in "iuf":
+        return  # refused as unreadable or by the checks' dtype test, not by this one
+    if where is None:
+        np.testing.assert_array_equal(_read_array(value, "x"), expected)
+    else:
+        pattern = rf"x must hold numbers, got the boolean (True|False) at x{re.escape(where)}$"
+        with pytest.raises(ValueError, match=pattern):
+            _read_array(value, "x")
+
+
+def test_read_array_refuses_a_bool_in_a_namedtuple_or_deque_and_names_the_first():
+    from collections import deque, namedtuple
+
+    from sgm_ref._validation import _read_array
+
+    pair = namedtuple("Pair", "a b")
+    for value, where in (([pair(0.5, True)], "[0][1]"), ([deque([0.5, True])], "[0][1]"), (deque([0.5, True]), "[1]"),
+                         ([[1.0, True], np.array([False, True])], "[0][1]")):
+        with pytest.raises(ValueError, match=re.escape(f"at x{where}") + "$"):
+            _read_array(value, "x")
+
+
+def _mp_eigenvalues(C):
+    mpmath.mp.dps = 60
+    return sorted(mpmath.eigsy(mpmath.matrix([[mpmath.mpf(float(v)) for v in row] for row in C]), eigvals_only=True))
+
+
+@fuzz(40)
+@given(st.integers(2, 4), st.floats(0.3, 0.95), st.floats(0.5, 1.79), st.data())
+def test_eigh_spd_near_the_overflow_threshold_against_mpmath(d, rho, top, data):
+    """Correlated covariances with entries up to 1.79e308: eigenvalues to 4 d eps of the largest (mpmath's
+    eigsy), or, exactly when mpmath's largest passes float64's, refused as beyond its range with the
+    largest shown to 3 digits (old code: 'not positive definite to float64 precision ... largest inf')."""
+    from sgm_ref._validation import eigh_spd
+
+    diag = np.array(data.draw(st.lists(st.floats(0.6, 1.0), min_size=d, max_size=d))) * top * 1e308
+    C = rho * np.outer(np.sqrt(diag), np.sqrt(diag))
+    np.fill_diagonal(C, diag)
+    C = np.minimum(C, C.T)
+    ev = _mp_eigenvalues(C)
+    if ev[-1] > mpmath.mpf(np.finfo(float).max):
+        with pytest.raises(ValueError, match="cov has an eigenvalue beyond float64's range") as info:
+            eigh_spd(C, "cov")
+        shown = float(str(info.value).split("largest is ")[1].split("e308")[0])
+        assert shown == pytest.approx(float(ev[-1] / mpmath.mpf(1e308)), rel=5e-3)
+        return
+    lam, U = eigh_spd(C, "cov")
+    assert max(abs(mpmath.mpf(float(a)) - b) for a, b in zip(lam, ev)) <= 4 * d * EPS * ev[-1]
+
+
+def test_eigh_spd_names_an_eigenvalue_beyond_float64():
+    from sgm_ref._validation import eigh_spd
+    from sgm_ref.metrics.gaussian import gaussian_kl
+
+    C = np.array([[1.5e308, 1e308], [1e308, 1.5e308]])  # eigenvalues 2.5e308 and 5e307 (mpmath below)
+    assert float(_mp_eigenvalues(C)[-1]) == np.inf and _mp_eigenvalues(C)[-1] == mpmath.mpf(1.5e308) + mpmath.mpf(1e308)
+    with pytest.raises(ValueError, match=r"^cov has an eigenvalue beyond float64's range \(its largest is 2.5e308"):
+        eigh_spd(C, "cov")
+    with pytest.raises(ValueError, match=r"^cov0 has an eigenvalue beyond float64's range"):
+        gaussian_kl([0.0, 0.0], C, [0.0, 0.0], np.eye(2))
+
+
+def test_gaussian_kl_of_means_whose_difference_overflows_is_named():
+    """m1 - m0 beyond float64 (KL = |m1 - m0|^2 / 2 > 1e308): the library's own message, not scipy's
+    'array must not contain infs or NaNs' from solve_triangular's finiteness check."""
+    from sgm_ref.metrics.gaussian import gaussian_kl
+
+    for m0, m1, cov in (([1e308], [-1e308], [[1.0]]), ([1e308, 0.0], [-1e308, 0.0], np.eye(2) * 1e300)):
+        with pytest.raises(ValueError, match=r"^KL\(N0 \|\| N1\) exceeds float64: the means"):
+            gaussian_kl(m0, cov, m1, cov)
+    # inside: |m1 - m0| = 1e154 in unit variance gives 5e307, against mpmath
+    kl = gaussian_kl([5e153], [[1.0]], [-5e153], [[1.0]])
+    assert kl == pytest.approx(float((mpmath.mpf(5e153) * 2) ** 2 / 2), rel=2 * EPS)
+
+
+def _mp_mean_se(values):
+    mpmath.mp.dps = 60
+    xs = [mpmath.mpf(float(v)) for v in values]
+    m = mpmath.fsum(xs) / len(xs)
+    return m, mpmath.sqrt(mpmath.fsum((x - m) ** 2 for x in xs) / (len(xs) - 1) / len(xs))
+
+
+@fuzz(80)
+@given(st.lists(st.tuples(st.floats(0.5, 2.0), st.integers(-1074, 1022), st.sampled_from([-1.0, 1.0])),
+                min_size=2, max_size=8))
+def test_mean_se_on_tiny_subnormal_and_mixed_magnitudes_against_mpmath(spec):
+    """mean_se against mpmath's exact mean and standard error: within 1e-13 n relative or 4 eps of the
+    largest |value| (NumPy's rounding of the mean moves std by that), and for results below 2^-1022
+    within 2 units of 2^-1074."""
+    from sgm_ref._validation import mean_se
+
+    values = np.array([s * np.ldexp(m, e) for m, e, s in spec])
+    top = mpmath.mpf(float(np.max(np.abs(values))))
+    for got, ref in zip(mean_se(values), _mp_mean_se(values)):
+        if max(abs(ref), top * EPS) < mpmath.mpf(2) ** -1022:
+            assert abs(mpmath.mpf(got) - ref) <= 2 * mpmath.mpf(2) ** -1074
+        else:
+            assert abs(mpmath.mpf(got) - ref) <= max(abs(ref) * 1e-13 * len(values), 4 * top * EPS)
+
+
+@fuzz(30)
+@given(st.sampled_from([np.float64, np.float32, np.int64]), st.sampled_from([None, 0]),
+       st.sampled_from([None, 1.0]))
+def test_check_times_of_no_rows_and_check_count_of_0d_arrays(dtype, n, T):
+    from sgm_ref._validation import check_count, check_fits, check_times
+
+    out = check_times(np.zeros(0, dtype), n=n, T=T)
+    assert out.shape == (0,) and out.dtype == np.float64
+    with pytest.raises(ValueError, match=r"t must be a scalar or have one value per row, shape \(3,\)"):
+        check_times(np.zeros(0, dtype), n=3)
+    assert check_count(np.array(7, np.int64), "n") == 7 and type(check_count(np.array(7, np.uint8), "n")) is int
+    for bad in (np.array(True), np.array(7.0), np.array([7])):
+        with pytest.raises(ValueError, match="n must be an integer >= 1"):
+            check_count(bad, "n")
+    with pytest.raises(ValueError, match="n must be at most"):
+        check_fits("n", np.int64(2**62), np.int64(8))  # 2^65 bytes: its int64 product wrapped to 0
+
+
+@fuzz(150)
+@given(st.lists(st.tuples(st.sampled_from(sorted(importlib.import_module("sgm_ref.experiments.rate").SETTINGS)),
+                          st.one_of(st.none(), st.booleans(), st.integers(-3, 10**6),
+                                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3),
+                                    st.sampled_from([np.float32(np.nan), np.int64(2), Fraction(1, 3), np.array(1.0),
+                                                     [1], 1 + 2j, "__del__"]))),
+                min_size=1, max_size=3))
+def test_check_settings_perturbed_refuses_by_name_or_accepts(changes):
+    """A valid settings dict with up to 3 keys changed or deleted: accepted, or a ValueError naming a
+    changed key (or t0 < T / no step); never a TypeError or KeyError."""
+    from sgm_ref.experiments.rate import SETTINGS, check_settings
+
+    s = dict(SETTINGS)
+    for key, value in changes:
+        if isinstance(value, str) and value == "__del__":
+            s.pop(key)
+        else:
+            s[key] = value
+    try:
+        check_settings(s)
+    except ValueError as exc:
+        msg = str(exc)
+        assert any(repr(k) in msg for k, _ in changes) or "t0 < T" in msg or "trains no step" in msg, msg
+
+
+def test_check_settings_takes_every_make_grid_settings():
+    from sgm_ref.experiments.rate import check_settings, make_grid
+
+    for kwargs in ({}, {"quick": True}, {"budget": 0.5}, {"budget": 3.0}, {"steps": 10}, {"quick": True, "steps": 1}):
+        check_settings(make_grid(**kwargs)["settings"])
+
+
+@fuzz(25)
+@given(st.floats(-30.0, 38.5), st.integers(1, 4), st.integers(0, 2**32 - 1))
+def test_subspace_tilt_float32_is_float64_rounded_once(log10_r, n, seed):
+    """SubspaceTilt's score and log p at float32 points: the float64 answer at the same points rounded
+    once to float32, bit for bit; log p refused, naming float32, exactly when that rounding overflows."""
+    from sgm_ref.experiments.families import SubspaceTilt, embedding
+
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal((3, 2))
+    tilt = SubspaceTilt(W / np.linalg.norm(W, axis=1, keepdims=True), rng.standard_normal(3), rng.standard_normal(3),
+                        embedding(4, 2, rng), n_mc=64, rng=np.random.default_rng(0), n_normaliser=256)
+    x = (rng.standard_normal((n, 4)) * 10.0**log10_r).astype(np.float32)
+    assume(np.all(np.isfinite(x)))
+    s64 = tilt.score(x.astype(np.float64), 0.5)
+    s32 = tilt.score(x, 0.5)
+    assert s32.dtype == np.float32 and np.array_equal(s32, s64.astype(np.float32))
+    lp64 = tilt.log_prob(x.astype(np.float64), 0.5)
+    with np.errstate(over="ignore"):
+        expected = lp64.astype(np.float32)
+    if np.all(np.isfinite(expected)):
+        lp32 = tilt.log_prob(x, 0.5)
+        assert lp32.dtype == np.float32 and np.array_equal(lp32, expected)
+    else:
+        with pytest.raises(ValueError, match="beyond float32's range"):
+            tilt.log_prob(x, 0.5)
+
+
+def test_gaussian_kl_whose_square_distance_overflows_but_half_of_it_does_not():
+    """KL = |m1 - m0|^2 / 2 between 9e307 and 1.8e308: |w|^2 overflowed and KL 1.62e308 was refused as
+    'exceeds float64'. Against mpmath; 1.9e154 apart (KL 1.805e308) is beyond and still refused."""
+    from sgm_ref.metrics.gaussian import gaussian_kl
+
+    for dm in (1.8e154, 1.89e154, 1.5e154):
+        ref = mpmath.mpf(dm) ** 2 / 2
+        assert gaussian_kl([dm / 2], [[1.0]], [-dm / 2], [[1.0]]) == pytest.approx(float(ref), rel=2 * EPS)
+    cov = np.array([[2.0, 0.3], [0.3, 1.0]])  # and with a covariance part: 1/2 [tr S0 - d - log det S0 + |dm|^2]
+    ref = (2 + 1 - 2 - mpmath.log(mpmath.mpf(2) - mpmath.mpf(0.3) ** 2) + mpmath.mpf(1.7e154) ** 2) / 2
+    assert gaussian_kl([1e154, 0.0], cov, [-0.7e154, 0.0], np.eye(2)) == pytest.approx(float(ref), rel=4 * EPS)
+    with pytest.raises(ValueError, match=r"^KL\(N0 \|\| N1\) exceeds float64"):
+        gaussian_kl([0.95e154], [[1.0]], [-0.95e154], [[1.0]])
+
+
+def _mp_kl(m0, C0, m1, C1):
+    mpmath.mp.dps = 400  # a correlation of 1e-58 has a KL of 5e-117 against terms of order 1
+    A0, A1 = (mpmath.matrix([[mpmath.mpf(float(v)) for v in row] for row in C]) for C in (C0, C1))
+    dm = mpmath.matrix([mpmath.mpf(float(a)) - mpmath.mpf(float(b)) for a, b in zip(m1, m0)])
+    inv = A1 ** -1
+    tr = mpmath.fsum((inv * A0)[i, i] for i in range(len(m0)))
+    return (tr - len(m0) + mpmath.log(mpmath.det(A1)) - mpmath.log(mpmath.det(A0)) + (dm.T * inv * dm)[0]) / 2
+
+
+@fuzz(25)
+@given(st.integers(1, 3), st.data())
+def test_gaussian_kl_of_covariances_near_1e308_against_mpmath(d, data):
+    """gaussian_kl with variances up to 1.7e308, correlations and means up to 1e154: within 2e-14 relative
+    of mpmath at 400 digits, or refused by name (an eigenvalue or the KL beyond float64), never scipy's."""
+    from sgm_ref.metrics.gaussian import gaussian_kl
+
+    def cov():
+        diag = np.array(data.draw(st.lists(st.floats(0.05, 1.0), min_size=d, max_size=d))) * 1.7e308
+        C = data.draw(st.floats(-0.6, 0.6)) * np.outer(np.sqrt(diag), np.sqrt(diag)) / max(d - 1, 1)
+        np.fill_diagonal(C, diag)
+        return np.minimum(C, C.T)
+
+    C0, C1 = cov(), cov()
+    m0, m1 = (np.array(data.draw(st.lists(st.floats(-1e154, 1e154), min_size=d, max_size=d))) for _ in range(2))
+    try:
+        kl = gaussian_kl(m0, C0, m1, C1)
+    except ValueError as exc:
+        assert re.match(r"cov[01] has an eigenvalue beyond float64's range|KL\(N0 \|\| N1\) exceeds float64", str(exc))
+        return
+    ref = _mp_kl(m0, C0, m1, C1)
+    assert abs(kl - ref) <= 2e-14 * ref
+
+
+def test_read_array_refuses_a_masked_array_or_a_bool_tensor_inside_a_list():
+    """np.asarray reads a masked array inside a list as the numbers under its mask, a bool torch tensor as
+    1 or 0, and an empty bool array among empty rows as float64 (the old check's item.flat[0] then raised
+    an IndexError)."""
+    import torch
+
+    from sgm_ref._validation import _read_array, check_points, check_real_array
+
+    masked = np.ma.masked_array([1.0, 2.0], mask=[True, False])
+    assert np.asarray([masked]).tolist() == [[1.0, 2.0]]  # what was read
+    with pytest.raises(ValueError, match=r"^x must hold numbers, got a masked array at x\[0\], whose masked entries"):
+        check_points([masked])
+    with pytest.raises(ValueError, match=r"^w must hold numbers, got the boolean True at w\[1\]$"):
+        check_real_array([0.5, torch.tensor(True)], "w")
+    with pytest.raises(ValueError, match=r"^x must hold numbers, got the boolean False at x\[1\]\[0\]$"):
+        _read_array([torch.tensor([0.5, 1.0]), [torch.tensor(False), 2.0]], "x")
+    with pytest.raises(ValueError, match=r"^x must hold numbers, got an empty boolean array at x\[0\]$"):
+        _read_array([np.zeros(0, bool), np.zeros(0)], "x")
+    np.testing.assert_array_equal(_read_array([torch.tensor(0.5), np.float32(1.0), np.int64(2)], "x"), [0.5, 1.0, 2.0])
+
+
+@fuzz(20)
+@given(st.lists(st.tuples(st.sampled_from(["activation", "weighting", "lr", "lr_final", "ema_decay", "time_sampling",
+                                           "checkpoint", "val_early", "output_init", "weight_decay_times_n", "t0",
+                                           "parameterization", "time_distribution", "lr_schedule"]),
+                          st.sampled_from([None, True, 0, -1, 0.5, 2.0, float("inf"), "x", "silu", [1]])),
+                min_size=1, max_size=2),
+       st.sampled_from(["mixture", "product", "tilted", "mixture-iso", "tilt-iso"]))
+def test_perturbed_settings_are_refused_or_run_to_a_row(changes, family):
+    """A tiny cell (steps 2, width 4) with settings perturbed: check_settings refuses it by a ValueError,
+    or run_cell returns its row, 'ok' or 'failed' with a ValueError's message; no other exception."""
+    from sgm_ref.experiments import rate
+
+    s = dict(rate.SETTINGS, width=4, depth=1, steps=2, batch_size=4, n_eval=4, n_eval_tilted=4, n_eval_empirical=4,
+             em_starts=1, val_n=4, val_points=1, bound_n=2, bound_steps=2)
+    s.update(changes)
+    try:
+        rate.check_settings(s)
+    except ValueError:
+        return
+    row = rate.run_cell({"family": family, "d": 2, "n": 8, "seed": 0, "settings": s})
+    assert row["status"] == "ok" or row["error"].startswith("ValueError: "), row

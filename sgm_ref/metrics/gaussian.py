@@ -339,17 +339,25 @@ def gaussian_kl(mean0, cov0, mean1, cov1):
     m0, C0, m1, C1 = _two_gaussians(mean0, cov0, mean1, cov1)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         L0, L1 = np.linalg.cholesky(C0), np.linalg.cholesky(C1)
-        w = solve_triangular(L1, m1 - m0, lower=True)
+        # check_finite=False: m1 - m0 beyond float64 (means +-1e308) gave scipy's 'array must not contain infs
+        # or NaNs'; its infinite KL is named below, as any other
+        w = solve_triangular(L1, m1 - m0, lower=True, check_finite=False)
         # A = L1^{-1} (S0 - S1) L1^{-T}: its eigenvalues mu are those of S1^{-1} S0 less 1, from the difference
-        half = solve_triangular(L1, C0 - C1, lower=True)
-        A = solve_triangular(L1, half.T, lower=True)
+        half = solve_triangular(L1, C0 - C1, lower=True, check_finite=False)
+        A = solve_triangular(L1, half.T, lower=True, check_finite=False)
         mu = np.linalg.eigvalsh(0.5 * (A + A.T)) if np.all(np.isfinite(A)) else np.array([np.inf])
         if np.max(np.abs(mu)) <= 0.5:  # close laws: the covariance part from S0 - S1, keeping its digits
-            kl = float(0.5 * (math.fsum(_mu_minus_log1p(mu)) + w @ w))
+            cov_part = math.fsum(_mu_minus_log1p(mu))
         else:
             M = solve_triangular(L1, L0, lower=True)
             l = 2.0 * np.log(np.diag(L0) / np.diag(L1))
-            kl = float(0.5 * (np.sum(np.expm1(l) - l) + np.sum(np.tril(M, -1) ** 2) + w @ w))
+            cov_part = np.sum(np.expm1(l) - l) + np.sum(np.tril(M, -1) ** 2)
+        kl = float(0.5 * (cov_part + w @ w))
+        if not np.isfinite(kl) and np.isfinite(cov_part) and np.all(np.isfinite(w)):
+            # |w|^2 (or the sum) beyond float64 though half of it may not be (|m1 - m0| = 1.8e154 in unit
+            # variance: KL 1.62e308 was refused as beyond float64): the halves, |w|^2 / 2 as c^2 |w / c|^2 / 2
+            c = float(np.max(np.abs(w)))
+            kl = float(0.5 * cov_part + (0.5 * c) * float((w / c) @ (w / c)) * c)
     if not np.isfinite(kl):
         raise ValueError("KL(N0 || N1) exceeds float64: the means are too many standard deviations of N1 apart, "
                          "or the covariances differ by too large a factor (e.g. subnormal variances); rescale both")
