@@ -171,6 +171,13 @@ def folder_lock(folder, kind="command", wait=0.0, on_acquire=None):
             if os.path.isdir(path):
                 raise ValueError(f"{path} is a folder, not a lock file; remove it (sgm_ref writes the lock "
                                  "there while a command runs)") from None
+            try:  # a socket cannot be opened at all (ENXIO): not the folder's fault
+                special = not stat.S_ISREG(os.lstat(path).st_mode)
+            except OSError:
+                special = False
+            if special:
+                raise ValueError(f"{path} is not a regular file (a FIFO, socket or device); remove it (sgm_ref "
+                                 "writes the lock there while a command runs)") from None
             if os.path.exists(folder) and not os.path.isdir(folder):
                 raise ValueError(f"cannot lock {folder}: it is a file, not a folder") from None
             raise ValueError(f"cannot lock {folder} for writing ({exc.strerror or exc}): "

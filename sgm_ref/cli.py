@@ -682,11 +682,31 @@ def _check_json_path(path, option="--json"):
 
 def _check_not_an_input(path, option, inputs):
     """Refuse an output path (--json, --plot) that names one of the command's input files
-    (--target's JSON, a .py --score or --sampler, --grid-file): the report would replace it."""
+    (--target's JSON, a .py --score or --sampler, --grid-file): the report would replace it.
+
+    The entry at path is compared, not what it points to: the report's atomic write replaces
+    a symbolic link there and leaves the file it points to as it was (sgm_ref.io.atomic_path),
+    while an input given through a link (--target link.json, --json link.json) is refused."""
+    try:
+        entry = os.lstat(path)
+    except (OSError, ValueError):  # nothing there yet (or a name the OS refuses: the write says so)
+        return
     for input_option, input_path in inputs:
-        if input_path and os.path.isfile(input_path) and os.path.realpath(path) == os.path.realpath(input_path):
+        if not input_path or not os.path.isfile(input_path):
+            continue
+        if os.path.samestat(entry, os.stat(input_path)) or os.path.samestat(entry, os.lstat(input_path)):
             raise ValueError(f"{option} {path} is the file of {input_option}: the "
                              f"{'plot' if option == '--plot' else 'report'} would replace it; give another name")
+
+
+def _target_file(spec):
+    """The JSON file --target SPEC is read from (as sgm_ref.targets.spec.from_spec reads it), or
+    None for a preset ('ring', 'gmm:d=2', also where a file of that name exists)."""
+    from .targets.spec import PRESETS
+
+    spec = spec.strip()
+    name = spec.partition(":")[0].strip()
+    return None if name in PRESETS else spec
 
 
 def _audit_process(args):
@@ -910,7 +930,7 @@ def cmd_audit(args):
     if args.time == "timestep" and args.t0 < process.time_of_timestep(0):
         raise ValueError(f"--t0 must be >= 1/N = {process.time_of_timestep(0):g} with --time timestep "
                          f"(timestep 0 is t = 1/N), got {args.t0:g}")
-    inputs = (("--target", args.target), ("--score", args.score.rpartition(":")[0]))
+    inputs = (("--target", _target_file(args.target)), ("--score", args.score.rpartition(":")[0]))
     if args.json is not None:  # refused now, not after the work
         _check_json_path(args.json)
         _check_not_an_input(args.json, "--json", inputs)
@@ -1195,7 +1215,8 @@ def cmd_audit_sampler(args):
         raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
     if args.json is not None:
         _check_json_path(args.json)
-        _check_not_an_input(args.json, "--json", (("--target", args.target), ("--grid-file", args.grid_file),
+        _check_not_an_input(args.json, "--json", (("--target", _target_file(args.target)),
+                                                  ("--grid-file", args.grid_file),
                                                   ("--sampler", args.sampler.rpartition(":")[0])))
     options = _replay_options(args.option)
     peer = _load_callable(args.sampler, option="--sampler")

@@ -603,12 +603,16 @@ def _threads_text(counts):
 def _same_threads_hint(saved):
     """How to run with the saved thread counts again. The variables alone ("set OPENBLAS_NUM_THREADS
     and NUMBA_NUM_THREADS as then") do not override --threads or SGM_REF_THREADS, which set
-    both counts: those are the way when the counts were one number."""
-    blas, numba = saved.get("blas"), saved.get("numba")
-    if isinstance(numba, int) and blas == numba:
-        return f"run with --threads {numba} (SGM_REF_THREADS={numba}, or sgm_ref.set_threads({numba}))"
+    both counts: those are the way when the counts were one number. A count beyond numba's pool
+    here (NUMBA_NUM_THREADS, by default the number of cores) needs the pool set as well, which
+    --threads alone is refused for."""
+    blas, count = saved.get("blas"), saved.get("numba")
+    if isinstance(count, int) and blas == count:
+        pool = numba.config.NUMBA_NUM_THREADS
+        return (f"run with --threads {count} (SGM_REF_THREADS={count}, or sgm_ref.set_threads({count}))"
+                + (f" and NUMBA_NUM_THREADS={count} set (numba's pool here has {pool})" if count > pool else ""))
     return (f"run with OPENBLAS_NUM_THREADS={blas if blas is not None else '?'} and NUMBA_NUM_THREADS="
-            f"{numba if numba is not None else '?'} set, without --threads or SGM_REF_THREADS")
+            f"{count if count is not None else '?'} set, without --threads or SGM_REF_THREADS")
 
 
 def _save_state(path, step, optimizer, rng, history, threads, digest):

@@ -1120,6 +1120,40 @@ def test_a_report_never_replaces_an_input_file(tmp_path):
         assert result.stdout == "" and (tmp_path / "audited.py").read_bytes() == before["audited.py"]
 
 
+def test_the_input_check_compares_what_the_report_would_replace(tmp_path):
+    """--target " t.json" (read as t.json) with --json t.json replaced the target with the
+    report, exit 0: the check compared " t.json", no file. A file named like a preset
+    (--target ring, a report of an earlier run written as 'ring') was refused as the file of
+    --target, which is not read; a --json symbolic link to the target was refused as
+    replacing it, where the atomic write replaces the link and leaves the target as it was."""
+    target = tmp_path / "t.json"
+    target.write_text(json.dumps(to_record(from_spec("gmm:d=3,k=2,radius=2,seed=0"))))
+    (tmp_path / "audited.py").write_text(AUDITED)
+    (tmp_path / "models.py").write_text(DEMO_MODELS)
+    original = target.read_bytes()
+    sizes = ["--n-steps", "5", "--profile-n", "10", "--bound-n", "4"]
+    audit = ["audit", "--score", "audited.py:oracle", *sizes]
+    result = run(*audit, "--target", " t.json", "--json", "t.json", cwd=tmp_path, check=False)
+    _assert_one_line_error(result, "--json t.json is the file of --target: the report would replace it")
+    assert target.read_bytes() == original
+    (tmp_path / "ring").write_text('{"an earlier": "report"}')  # not read: --target ring is the preset
+    run("audit", "--score", "models:exact", *sizes, "--target", "ring", "--json", "ring", cwd=tmp_path)
+    assert json.loads((tmp_path / "ring").read_text())["target"] == "ring"
+    link = tmp_path / "link.json"
+    for target_name, output in (("t.json", "link.json"), ("link.json", "t.json"), ("link.json", "link.json")):
+        if not link.is_symlink():
+            link.unlink(missing_ok=True)
+            link.symlink_to("t.json")
+        result = run(*audit, "--target", target_name, "--json", output, cwd=tmp_path, check=False)
+        if target_name == "t.json":  # the link is replaced by the report, t.json kept
+            assert result.returncode == 0, result.stderr
+            assert not link.is_symlink() and json.loads(link.read_text())["target"] == "t.json"
+        else:  # the target's file through its link, or the link the user named: refused as before
+            _assert_one_line_error(result, f"--json {output} is the file of --target: the report would replace it")
+            assert link.is_symlink()
+        assert target.read_bytes() == original
+
+
 def test_audit_says_a_vacuous_bound_s_path_kl_once(tmp_path):
     """With 2 steps the bound is vacuous (TV <= 1) with a finite path KL, which bound_text
     gives in its explanation: the bound's line and the floor's repeated it ("...; path KL

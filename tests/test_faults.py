@@ -267,14 +267,27 @@ def test_resume_extends_a_run_bit_for_bit(tmp_path):
 
 
 def test_resume_with_other_thread_counts_says_so_once(tmp_path):
+    import shutil
+
     out = trained(tmp_path / "run", 20, env={"NUMBA_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"})
-    result = run("train", out, "--resume", "--steps", "30", env={"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
+    advised = tmp_path / "advised"
+    shutil.copytree(out, advised)
+    one = {"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    result = run("train", out, "--resume", "--steps", "30", env=one)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("sgm-ref: note: training_state.npz was written with 2 BLAS and 2 numba threads, "
                                "this process has 1 BLAS and 1 numba threads"), lines[0]
-    # the way to the same counts: --threads (the variables alone do not override --threads or SGM_REF_THREADS)
-    assert lines[0].endswith("(run with --threads 2 (SGM_REF_THREADS=2, or sgm_ref.set_threads(2)) for the same bits)")
+    # the way to the same counts: --threads (the variables alone do not override --threads or SGM_REF_THREADS),
+    # with numba's pool of 2 (NUMBA_NUM_THREADS=1 here: it said '--threads 2' alone, which is refused)
+    assert lines[0].endswith("(run with --threads 2 (SGM_REF_THREADS=2, or sgm_ref.set_threads(2)) and "
+                             "NUMBA_NUM_THREADS=2 set (numba's pool here has 1) for the same bits)")
+    assert_one_line_error(run("--threads", "2", "train", advised, "--resume", "--steps", "30", env=one, check=False),
+                          "--threads: n must be at most 1")
+    result = run("--threads", "2", "train", advised, "--resume", "--steps", "30", env={**one, "NUMBA_NUM_THREADS": "2"})
+    assert result.stderr == ""  # as the note says: the saved counts, no note
+    assert_same_model(advised, trained(tmp_path / "whole", 30, env={"NUMBA_NUM_THREADS": "2",
+                                                                    "OPENBLAS_NUM_THREADS": "2"}))
     result = run("train", out, "--resume", "--steps", "40", env={"NUMBA_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
     assert result.stderr == ""  # same counts as the state it continues
 

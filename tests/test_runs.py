@@ -391,6 +391,17 @@ def test_a_lock_path_that_is_another_file_is_refused_and_left_as_it_is(tmp_path)
             pass
     assert stat.S_ISFIFO(os.lstat(tmp_path / ".lock").st_mode)
     os.unlink(tmp_path / ".lock")
+    # a socket cannot be opened (ENXIO): it was 'cannot lock FOLDER for writing (No such device or
+    # address): a command that writes into it needs a writable folder', of a writable folder
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(os.fspath(tmp_path / ".lock"))
+        with pytest.raises(ValueError, match=r"\.lock is not a regular file \(a FIFO, socket or device\); remove it"):
+            with folder_lock(tmp_path, kind="test"):
+                pass
+    assert stat.S_ISSOCK(os.lstat(tmp_path / ".lock").st_mode)
+    os.unlink(tmp_path / ".lock")
     with folder_lock(tmp_path, kind="test"):  # once removed, the folder is locked as usual
         assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()
     assert not (tmp_path / ".lock").exists()
@@ -814,3 +825,32 @@ def test_the_resume_note_names_a_way_to_the_saved_thread_counts():
     assert _same_threads_hint({"blas": 1, "numba": 2}) == ("run with OPENBLAS_NUM_THREADS=1 and NUMBA_NUM_THREADS=2 set, "
                                                          "without --threads or SGM_REF_THREADS")
     assert "OPENBLAS_NUM_THREADS=? and NUMBA_NUM_THREADS=2" in _same_threads_hint({"blas": None, "numba": 2})
+
+
+def test_the_resume_note_for_more_threads_than_numba_s_pool_here():
+    """Counts of a bigger machine (4 and 4 here, numba's pool p): '--threads 4' alone is refused
+    ('n must be at most p, the size of numba's thread pool'); the note names NUMBA_NUM_THREADS
+    too, and a process started as it says has the saved counts."""
+    import subprocess
+    import sys
+
+    import numba
+
+    from sgm_ref.runs import _same_threads_hint
+
+    pool = numba.config.NUMBA_NUM_THREADS
+    k = pool + 2
+    hint = _same_threads_hint({"blas": k, "numba": k})
+    assert hint == (f"run with --threads {k} (SGM_REF_THREADS={k}, or sgm_ref.set_threads({k})) and "
+                    f"NUMBA_NUM_THREADS={k} set (numba's pool here has {pool})")
+    assert _same_threads_hint({"blas": pool, "numba": pool}).endswith(f"sgm_ref.set_threads({pool}))")
+    code = "import json, sgm_ref.runs as r; print(json.dumps(r.thread_counts()))"
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "SGM_REF_THREADS")}
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "SGM_REF_THREADS": str(k)},
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and f"n must be at most {pool}" in result.stderr  # what the note advised
+    result = subprocess.run([sys.executable, "-c", code], env={**env, "SGM_REF_THREADS": str(k),
+                                                             "NUMBA_NUM_THREADS": str(k)},
+                            capture_output=True, text=True, check=True)
+    assert json.loads(result.stdout) == {"blas": k, "numba": k}
