@@ -107,7 +107,7 @@ def _peer_kind(peer, kind):
     found = {4: "loop", 5: "step"}.get(len(required))
     if found is None:
         raise ValueError(f"the peer takes {len(required)} required arguments: a loop takes 4 (score, grid, x, "
-                         "noises), a step function 5 (x, k, grid, score, noise_k); or pass kind=")
+                         "noises), a step function 5 (x, k, grid, score, noise_k); or pass kind='loop' or kind='step'")
     return found
 
 
