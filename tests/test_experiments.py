@@ -814,17 +814,22 @@ def test_settings_a_cell_cannot_run_are_refused_before_the_folder_is_made(tmp_pa
     def without(*keys, **changed):
         return {**{k: v for k, v in TINY.items() if k not in keys}, **changed}
 
+    def refused(settings, message, attached):
+        """The sweep refuses settings before making its folder, and a cell refuses them too, both
+        with message after the name (directly after it when message starts with `attached`)."""
+        space = "" if message[0] == attached else " "
+        with pytest.raises(ValueError, match=re.escape("grid['settings']" + space + message)):
+            run_sweep(tmp_path / "out", {**GRID, "settings": settings}, executor=CountingExecutor(), log=lambda s: None)
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(ValueError, match=re.escape("cell settings" + space + message)):
+            run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": settings})
+
     for settings, message in ((without("val_n"), "must set 'val_n' (every cell reads it)"),
                               (without("T", "bound_n"), "must set 'T', 'bound_n' (every cell reads them)"),
                               (without("epochs", steps=None), "must set 'epochs'"),
                               (without("lr_final"), "must set 'lr_final'"),
                               ({**TINY, "val_erly": 3}, ": unknown setting 'val_erly' (misspelt?)")):
-        with pytest.raises(ValueError, match=re.escape("grid['settings']" + ("" if message[0] == ":" else " ")
-                                                       + message)):
-            run_sweep(tmp_path / "out", {**GRID, "settings": settings}, executor=CountingExecutor(), log=lambda s: None)
-        assert not (tmp_path / "out").exists()
-        with pytest.raises(ValueError, match=re.escape("cell settings" + ("" if message[0] == ":" else " ") + message)):
-            run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": settings})
+        refused(settings, message, ":")
     # values a cell raised TypeError or ZeroDivisionError on, or misread (2.5 steps trained 2; a
     # base_seed of None drew the cell from the operating system's entropy: another cell each run)
     for key, value, message in (("steps", 2.5, "['steps'] must be an integer >= 1, got 2.5"),
@@ -837,12 +842,7 @@ def test_settings_a_cell_cannot_run_are_refused_before_the_folder_is_made(tmp_pa
                                 ("weight_decay_times_n", None, "['weight_decay_times_n'] must be a finite number >= 0"),
                                 ("n_eval", 1, "['n_eval'] must be an integer >= 2, got 1")):
         settings = {**TINY, key: value}
-        with pytest.raises(ValueError, match=re.escape("grid['settings']" + ("" if message[0] == "[" else " ")
-                                                       + message)):
-            run_sweep(tmp_path / "out", {**GRID, "settings": settings}, executor=CountingExecutor(), log=lambda s: None)
-        assert not (tmp_path / "out").exists()
-        with pytest.raises(ValueError, match=re.escape("cell settings" + ("" if message[0] == "[" else " ") + message)):
-            run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": settings})
+        refused(settings, message, "[")
     # without the later settings (and, with steps set, without epochs and min_steps) a cell runs as before
     old = without(*LATER, "epochs", "min_steps")
     rate.check_settings(old)
