@@ -155,6 +155,27 @@ def test_expected_bias_keeps_its_digits_for_large_n():
             assert r.expected_bias == pytest.approx(float(total / 2), rel=2e-14, abs=0)
 
 
+def test_expected_bias_where_n_p_rounds_up_onto_an_integer():
+    # n p exactly below an integer j but rounded to j: k = floor(n p) + 1 came out j + 1, and
+    # De Moivre's form, exact for k = floor(n p) + 1 only, lost 2 (j - n p) P(X = j) / n
+    # (6.6e-12 of the cell at n = 1e5, p = 0.99999 - 1e-16). Against 40-digit sums over every k
+    # (n = 300) and the closed form with the exact floor (n = 1e5)
+    from fractions import Fraction
+    cases = [(10, 0.8999999999999999), (300, 0.9966666666666666), (100_000, 0.9999899999999999)]
+    with mpmath.workdps(40):
+        for n, p in cases:
+            assert n * p == np.floor(n * p) and Fraction(float(p)) * n < n * p  # the case: rounded up
+            P = mpmath.mpf(float(p))
+            if n <= 300:
+                exact = mpmath.fsum(mpmath.binomial(n, k) * P**k * (1 - P) ** (n - k) * abs(mpmath.mpf(k) / n - P)
+                                    for k in range(n + 1))
+            else:
+                k = int(Fraction(float(p)) * n) + 1
+                exact = 2 * k * mpmath.binomial(n, k) * P**k * (1 - P) ** (n - k + 1) / n
+            got = histogram_module._binomial_mean_abs_dev(n, np.array([p]))[0]
+            assert got == pytest.approx(float(exact), rel=2e-15, abs=0)
+
+
 def test_histogram_tv_of_exact_samples_averages_to_expected_bias():
     # 150 independent samples of n = 300 from the target: the mean TV matches
     # expected_bias within 4 standard errors of that mean

@@ -9,6 +9,7 @@ A lower estimate of a sampler's error; see sgm_ref.metrics.distances for the oth
 import math
 import warnings
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
@@ -400,6 +401,13 @@ def _binomial_mean_abs_dev(n, p):
 
     p = np.asarray(p, dtype=np.float64)
     k = np.floor(n * p) + 1.0
+    # n p rounded up onto an integer (exactly below it): floor took one too many, and the closed
+    # form, exact for k = floor(n p) + 1 only, was off by 2 (k - n p) P(X = k) / n (n = 1e5,
+    # p = 0.99999 - 1e-16: 6.6e-12 of the cell's value). Only an n p that came out an integer can
+    # have crossed one: those k from the exact product
+    whole = np.flatnonzero((k - 1.0 == n * p) & (p > 0.0) & (p < 1.0))
+    for i in whole:
+        k.flat[i] = math.floor(Fraction(float(p.flat[i])) * n) + 1
     out = np.zeros_like(p)
     # k = 1 (n p < 1): 2 p (1 - p)^n directly (Boost's pmf lost 2e-13 for p below 1e-200)
     one = (p > 0.0) & (k == 1.0)
