@@ -96,11 +96,7 @@ def test_beta_and_integrated_beta_closed_form(process):
 
 @pytest.mark.parametrize("process", PROCESSES, ids=PROCESS_IDS)
 def test_sigma_against_high_precision(process):
-    for t in _times(process):
-        if t > 0 and _integrated_beta_ref(process, t) < np.finfo(np.float64).tiny:
-            # B(t) itself underflows (beta_min = 0 and t^2 < 1e-308), so sigma comes out
-            # 0 instead of about t sqrt(beta_max / 2): a float64 range limit, not tested
-            continue
+    for t in _times(process):  # t = 1e-300 included: B(t) underflows for VP(0, 20), sigma_t does not
         ref = _sigma_decimal(process, t)
         got = process.sigma(t)
         if ref == 0.0:
@@ -565,10 +561,6 @@ def _time_grid(p, n_inner=60):
     return np.unique(np.concatenate([[0.0], tiny, np.linspace(0.0, far, n_inner)[1:], ends]))
 
 
-def _B_underflows(process, t):
-    return isinstance(process, VP) and process.integrated_beta(t) < np.finfo(np.float64).tiny
-
-
 def _dlog_snr(process, t):
     """d lambda / dt = -2 W / (alpha sigma)."""
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -583,8 +575,6 @@ def _rel(got, ref):
 def test_marginal_against_high_precision(process):
     with mp.workdps(50):
         for t in _time_grid(process, 25):
-            if 0 < t and _B_underflows(process, t):
-                continue  # B(t) = t^2 beta_max/2 < 1e-308: a float64 range limit, as above
             a, s = _mp_alpha_sigma(process, mp.mpf(t))
             alpha, sigma = process.marginal(t)
             assert _rel(alpha, a) <= 1e-14 and _rel(sigma, s) <= 1e-14, (t, alpha, a, sigma, s)
@@ -619,8 +609,6 @@ def test_drift_diffusion_and_derivatives_against_high_precision(process):
 def test_log_snr_against_high_precision(process):
     with mp.workdps(50):
         for t in _time_grid(process, 25)[1:]:
-            if _B_underflows(process, t):
-                continue
             a, s = _mp_alpha_sigma(process, mp.mpf(t))
             lam = 2 * (mp.log(a) - mp.log(s))
             assert abs(process.log_snr(t) - lam) <= 1e-14 * (1 + abs(lam)), t
@@ -639,7 +627,6 @@ def test_time_log_snr_round_trip(process):
     to eps |lambda| / |d lambda/dt| absolutely (lambda(1e-20) == lambda(0) in float64).
     """
     t = _time_grid(process, 400)
-    t = t[(t == 0) | ~np.array([_B_underflows(process, ti) for ti in t])]
     back = process.time_of_log_snr(process.log_snr(t))
     assert back.shape == t.shape and back[0] == 0.0
     tol = 1e-13 * t
@@ -1082,11 +1069,44 @@ def test_pointwise_values_keep_their_documented_infinities_and_underflows():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert OU().log_snr(0.0) == np.inf and OU().d_sigma(0.0) == np.inf
-        assert VP(0.0, 20.0).log_snr(1e-300) == np.inf  # B = 1e-599 underflows: sigma_t = 0 in float64
         assert OU().alpha(1e308) == 0.0 and OU().sigma2(1e308) == 1.0 and OU().d_sigma(1e308) == 0.0
         assert OU().f(1e308) == -1.0 and OU().g2(1e308) == 2.0
         assert EDM().sigma2(1e154) == 1e154**2 and EDM().log_snr(1e308) == -2.0 * np.log(1e308)
         assert np.array_equal(EDM().marginal(np.array([0.0, 1e308])), [[1.0, 1.0], [0.0, 1e308]])
+
+
+@pytest.mark.parametrize("process", [VP(0.0, 20.0), VP(1e-300, 20.0), SubVP(0.0, 50.0)], ids=repr)
+def test_beta_min_zero_below_the_range_of_B(process):
+    """With beta_min = 0 (or tiny) B(t) = t^2 beta_max / 2 leaves float64's normal range below
+    t ~ 1e-154 while sigma_t (VP: ~ t sqrt(beta_max / 2)) and lambda_t do not: VP(0, 20) had
+    sigma(1e-200) = 0 for 3.2e-200 and log_snr = inf, time_of_log_snr(lambda(1e-300)) was refused
+    as a time that underflows, and d_sigma(0) = sqrt(10) as an overflow (0 / 0); SubVP(0, 50) had
+    log_snr(1e-300) = inf for 2756.7. Against 50-digit values of the defining formulas."""
+    import warnings
+
+    ts = np.array([1e-300, 1e-250, 1e-200, 1e-170, 1e-160, 1e-155])
+    with warnings.catch_warnings(), mp.workdps(50):
+        warnings.simplefilter("error")
+        for t in ts:
+            a, s = _mp_alpha_sigma(process, mp.mpf(t))
+            if isinstance(process, VP):
+                assert _rel(process.sigma(t), s) <= 4 * EPS, t
+            lam = 2 * (mp.log(a) - mp.log(s))
+            assert _rel(process.log_snr(t), lam) <= 4 * EPS, t
+            # lambda's rounding, eps |lambda|, moves t by eps |lambda| t / |d log lambda|, <= eps |lambda| t / 2
+            back = process.time_of_log_snr(float(lam))
+            assert abs(back - t) <= 4 * EPS * float(abs(lam)) * t, t
+        np.testing.assert_array_equal(process.log_snr(ts), [process.log_snr(t) for t in ts])
+        if isinstance(process, VP):
+            root = np.sqrt(0.5 * (process.beta_max - process.beta_min))
+            assert abs(process.d_sigma(1e-200) - root) <= 4 * EPS * root
+            if process.beta_min == 0:  # sigma' and W = alpha sigma' - alpha' sigma at t = 0: sqrt(beta_max / 2)
+                assert abs(process.d_sigma(0.0) - root) <= 2 * EPS * root
+                assert abs(process._w(np.float64(0.0)) - root) <= 2 * EPS * root
+                # EDM's sigma = 1e-300 is VP(0, 20)'s t = 1e-300 / sqrt(10) (the same lambda)
+                t_vp, _ = convert_time(1e-300, EDM(), process)
+                assert abs(t_vp - 1e-300 / root) <= 1e-13 * t_vp
+        assert process.log_snr(0.0) == np.inf and process.time_of_log_snr(np.inf) == 0.0
 
 
 def test_flow_matching_step_integrals_near_t_max_to_rounding():

@@ -15,8 +15,8 @@ import numpy as np
 
 from .._validation import check_count, check_real
 from .base import LinearGaussianProcess, expm1mx, log1pmx
-from .variance_preserving import (check_linear_betas, inverse_linear_integrated_beta, linear_beta,
-                                  linear_integral_between, linear_integrated_beta)
+from .variance_preserving import (_TINY, check_linear_betas, inverse_linear_integrated_beta, linear_beta,
+                                  linear_integral_between, linear_integrated_beta, time_of_tiny_linear_integrated_beta)
 
 
 @dataclass(frozen=True)
@@ -106,19 +106,33 @@ class SubVP(LinearGaussianProcess):
         return -np.expm1(-(B_lo + B_hi)) * np.expm1(DB)
 
     def _log_snr(self, t):
+        # where B(t) leaves float64's normal range (beta_min = 0, t below ~1e-154) lambda = -2 log B
+        # from log t and the mean rate B / t: SubVP(0, 50) had log_snr(1e-300) = inf for 2756.7
+        # (as VP; the same bits elsewhere)
         B = self._B(t)
-        return -B - 2.0 * np.log(-np.expm1(-B))
+        with np.errstate(divide="ignore"):
+            lam = -B - 2.0 * np.log(-np.expm1(-B))
+            tiny = B < _TINY
+            if np.any(tiny):
+                t = np.asarray(t, dtype=np.float64)
+                mean_rate = self.beta_min + t * (0.5 * (self.beta_max - self.beta_min))
+                lam = np.where(tiny, -2.0 * (np.log(t) + np.log(mean_rate)), lam)
+        return lam
 
     def _time_of_log_snr(self, lam):
         # B = 2 asinh(e^y / 2), y = -lam/2; past y = 30 as 2y + 2 log1p(e^{-2y} / ...) (the same
         # number), as e^y overflows beyond y = 709 (beta_max above ~2800: lambda(1) < -1420)
         y = -0.5 * np.asarray(lam, dtype=np.float64)
-        with np.errstate(over="ignore"):
+        with np.errstate(over="ignore", under="ignore"):
             small = 2.0 * np.arcsinh(0.5 * np.exp(np.minimum(y, 30.0)))
         e = np.exp(-2.0 * np.maximum(y, 30.0))  # asinh(x) = log(2x) + log1p((sqrt(1 + 1/x^2) - 1) / 2)
         large = 2.0 * y + 2.0 * np.log1p(2.0 * e / (np.sqrt(1.0 + 4.0 * e) + 1.0))
         B = np.where(y > 30.0, large, small)
-        return inverse_linear_integrated_beta(B, self.beta_min, self.beta_max)
+        t = inverse_linear_integrated_beta(B, self.beta_min, self.beta_max)
+        tiny = B < _TINY
+        if np.any(tiny):  # B = e^y there, kept as its log (VP._time_of_log_snr)
+            t = np.where(tiny, time_of_tiny_linear_integrated_beta(y, self.beta_min, self.beta_max), t)
+        return t
 
     def to_dict(self):
         return {"name": "SubVP", "beta_min": self.beta_min, "beta_max": self.beta_max}

@@ -187,7 +187,9 @@ class VP(VariancePreserving):
 
     beta(t) = beta_min + t (beta_max - beta_min),
     B(t) = beta_min t + t^2 (beta_max - beta_min) / 2.
-    VP(2, 2) is OU restricted to [0, 1].
+    VP(2, 2) is OU restricted to [0, 1]. With beta_min = 0, sigma_t ~ t sqrt(beta_max / 2),
+    lambda_t and their inverse keep full relative precision below t ~ 1e-154, where B(t)
+    itself leaves float64's normal range, and sigma'(0) = sqrt(beta_max / 2).
 
     Parameters
     ----------
@@ -214,8 +216,80 @@ class VP(VariancePreserving):
     def _inverse_integrated_beta(self, B):
         return inverse_linear_integrated_beta(B, self.beta_min, self.beta_max)
 
+    # beta_min = 0 (or tiny): B(t) = t (beta_min + t (beta_max - beta_min) / 2) leaves float64's
+    # normal range below t ~ 1e-154 while sigma_t ~ t sqrt(beta_max / 2) and lambda_t do not: there
+    # (B < tiny, where -expm1(-B) = B) they come from t and the mean rate B / t. VP(0, 20) had
+    # sigma(1e-200) = 0 for 3.2e-200, log_snr = inf, time_of_log_snr(1381.6) refused as a time
+    # that underflows (t = 3.2e-301), and d_sigma(0) (= sqrt(10)) refused as an overflow (0 / 0).
+    # Elsewhere the same bits.
+
+    def _sigma(self, t):
+        B = self._integrated_beta(t)
+        sigma = np.sqrt(-np.expm1(-B))
+        tiny = B < _TINY
+        if np.any(tiny):
+            t = np.asarray(t, dtype=np.float64)
+            sigma = np.where(tiny, np.sqrt(t) * np.sqrt(self.beta_min + t * (0.5 * (self.beta_max - self.beta_min))),
+                             sigma)
+        return sigma
+
+    def _at_zero(self, value, t):
+        """sigma' = beta alpha^2 / (2 sigma) or W = beta alpha / (2 sigma) at t = 0, where beta_min = 0
+        makes it 0 / 0: its limit sqrt(beta_max / 2) (sigma ~ t sqrt(beta_max / 2), beta = t beta_max)."""
+        if self.beta_min == 0:
+            value = np.where(np.asarray(t) == 0, np.sqrt(0.5 * self.beta_max), value)
+        return value
+
+    def _d_sigma(self, t):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._at_zero(super()._d_sigma(t), t)
+
+    def _w(self, t):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return self._at_zero(super()._w(t), t)
+
+    def _log_snr(self, t):
+        B = self._integrated_beta(t)
+        with np.errstate(divide="ignore"):
+            lam = -B - np.log(-np.expm1(-B))
+            tiny = B < _TINY
+            if np.any(tiny):  # -log B, from log t and the mean rate
+                t = np.asarray(t, dtype=np.float64)
+                lam = np.where(tiny, -(np.log(t) + np.log(self.beta_min + t * (0.5 * (self.beta_max - self.beta_min)))),
+                               lam)
+        return lam
+
+    def _time_of_log_snr(self, lam):
+        B = softplus(-np.asarray(lam, dtype=np.float64))
+        t = self._inverse_integrated_beta(B)
+        tiny = B < _TINY
+        if np.any(tiny):  # B = e^{-lam} (softplus(-lam) = log1p(e^{-lam}) is e^{-lam} there)
+            t = np.where(tiny, time_of_tiny_linear_integrated_beta(-np.asarray(lam, dtype=np.float64),
+                                                                  self.beta_min, self.beta_max), t)
+        return t
+
     def to_dict(self):
         return {"name": "VP", "beta_min": self.beta_min, "beta_max": self.beta_max}
+
+
+_TINY = np.finfo(np.float64).tiny  # below it B(t) is subnormal or 0: its digits are lost
+
+
+def time_of_tiny_linear_integrated_beta(log_B, beta_min, beta_max):
+    """t with t (beta_min + t (beta_max - beta_min) / 2) = B = e^{log_B}, for B below float64's
+    normal range (B itself underflows or keeps few digits; t need not): from log B, float64 array.
+
+    2 B / (beta_min + sqrt(beta_min^2 + 2 db B)) (inverse_linear_integrated_beta) with B only as
+    sqrt(2 db) e^{log_B / 2} inside hypot; sqrt(2 B / db) = e^{(log_B + log(2 / db)) / 2} where
+    beta_min = 0. 0 where t itself underflows (log_B = -inf: t = 0).
+    """
+    log_B = np.asarray(log_B, dtype=np.float64)
+    db = np.float64(beta_max) - np.float64(beta_min)
+    with np.errstate(under="ignore", divide="ignore"):
+        if beta_min == 0:
+            return np.exp(0.5 * (log_B + np.log(2.0 / db)))
+        den = beta_min + np.hypot(beta_min, np.sqrt(2.0 * db) * np.exp(0.5 * log_B))
+        return np.exp((np.log(2.0) + log_B) - np.log(den))
 
 
 def check_linear_betas(process):
