@@ -673,7 +673,10 @@ class OracleModel:
         is the end it was meant to be. k-diffusion's float32 Karras sigmas with its default
         rho = 7 end up to 18 ulps below sigma_min (0.009999996 for VE(0.01, 50)). With a
         small rho they can end further below (up to 81 ulps at rho = 3, 1249 at rho = 2):
-        those are refused; pass float64 sigmas. A float64 sigma gets no allowance."""
+        those are refused; pass float64 sigmas. A float64 sigma gets 64 float64 ulps: k-diffusion's
+        Karras sigmas computed in float64 (torch's default dtype float64) end up to 11 ulps
+        below sigma_min at rho = 7 (VE(1e-3, 1e4): 0.0009999999999999976, which was refused)
+        and ~900 at rho = 1, a straight line from sigma_max (refused)."""
         arg = np.asarray(arg, dtype=np.float64)
         if not np.all(np.isfinite(arg)):
             bad = float(arg.reshape(-1)[~np.isfinite(arg.reshape(-1))][0])
@@ -685,10 +688,10 @@ class OracleModel:
             raise ValueError(f"sigma must be >= 0, got {float(arg.min())!r}")
         lo, hi = (0.0, self.process.t_max) if isinstance(self.process, EDM) else \
             (self.process.sigma_min, self.process.sigma_max)
-        if rounding > 0:
-            slack = rounding + 64.0 * 2.0**-23
-            arg = np.where((arg < lo) & (arg >= lo * (1.0 - slack)), lo, arg)
-            arg = np.where((arg > hi) & (arg <= hi * (1.0 + slack)), hi, arg)
+        # a float64 sigma (rounding = 0): 64 of its ulps; a lower precision: its ulp + 64 float32 ulps
+        slack = rounding + 64.0 * (2.0**-23 if rounding > 0 else 2.0**-52)
+        arg = np.where((arg < lo) & (arg >= lo * (1.0 - slack)), lo, arg)
+        arg = np.where((arg > hi) & (arg <= hi * (1.0 + slack)), hi, arg)
         outside = (arg < lo) | (arg > hi)
         if np.any(outside):
             k = int(np.argmax(outside))
@@ -707,14 +710,42 @@ class OracleModel:
     def _argname(self):
         return "timestep" if self.signature == "diffusers" else "sigma"
 
-    def score(self, x, t):
-        """grad log p_t(x) under `process`, float64 (x (n, d), t (n,)), through OU if need be:
-        grad log p^P_t(x) = c score_OU(c x, u) with (u, c) = convert_time(t, P, OU())."""
+    def _direct(self, t):
+        """Rows (a bool (n,) mask of t (n,)) the target evaluates under `process` itself: all for a
+        variance-preserving process; for the others, those where sigma_t^2 is finite (EDM's
+        sigma beyond ~1.3e154 overflows it) if the target is an exact mixture of sgm_ref.targets
+        (GaussianMixture, ProductMixture: a score under every process), else
+        none (the rest go through OU, as a target of score(x, t, process) may take only
+        variance-preserving processes)."""
         if isinstance(self.process, VariancePreserving):
+            return np.ones(np.shape(t), dtype=bool)
+        from .targets import GaussianMixture, ProductMixture
+
+        if not isinstance(self.target, (GaussianMixture, ProductMixture)):
+            return np.zeros(np.shape(t), dtype=bool)
+        with np.errstate(over="ignore"):
+            return np.isfinite(self.process._sigma2(t))
+
+    def score(self, x, t):
+        """grad log p_t(x) under `process`, float64 (x (n, d), t scalar or (n,)): the target's own
+        score(x, t, process) (_direct), else through OU:
+        grad log p^P_t(x) = c score_OU(c x, u) with (u, c) = convert_time(t, P, OU()).
+
+        The OU route rounds c x, which costs the score eps |x| / |x - alpha mu| of its digits
+        where sigma_t is small: 4.5e-12 of EDM's score at sigma = 3e-6 for x = mu + sigma z
+        (the mixtures' own EDM score: 2e-16), so it is taken only where it must be."""
+        direct = self._direct(t)
+        if np.all(direct):
             return self.target.score(x, t, self.process)
-        u, c = convert_time(t, self.process, OU())
+        t = np.broadcast_to(np.asarray(t, dtype=np.float64), (x.shape[0],))  # a scalar t (the replays') too
+        direct = np.broadcast_to(direct, t.shape)
+        out = np.empty(x.shape, dtype=np.float64)
+        if np.any(direct):
+            out[direct] = self.target.score(x[direct], t[direct], self.process)
+        u, c = convert_time(t[~direct], self.process, OU())
         c = np.asarray(c)[:, None]
-        return c * self.target.score(c * x, u, OU())
+        out[~direct] = c * self.target.score(c * x[~direct], u, OU())
+        return out
 
     def _value(self, x, t):
         """The exact `output` at x (n, d), t (n,), float64: score() converted by
@@ -735,7 +766,9 @@ class OracleModel:
                 or not callable(getattr(self.target, "_posterior_mean", None)):
             return tweedie
         alpha, sigma = self.process._alpha(t), self.process._sigma(t)
-        try:  # under OU, as score(): E[x0 | x_P = x] = E[x0 | x_OU = c x] (sigma^2 of EDM may overflow)
+        try:  # under OU: E[x0 | x_P = x] = E[x0 | x_OU = c x]. Unlike the score, not under P itself:
+            # the mixtures' posterior weights under EDM at sigma = 1e30 lose 3.7e-15 of x0 (their
+            # log-determinants ~ log sigma^2 round), under OU 3e-16 (and sigma^2 may overflow)
             if isinstance(self.process, VariancePreserving):
                 x0 = self.target._posterior_mean(x, t, self.process)
             else:
@@ -752,6 +785,31 @@ class OracleModel:
                 x0 = -D[(self.output, "x0")][:, None] * eps - D[("eps", self.output)][:, None] * x0
             better = (p_bound < t_bound) & np.all(np.isfinite(x0), axis=1)
         return np.where(better[:, None], x0, tweedie)
+
+    def _sigma_frame(self):
+        """Whether a VE denoiser's values are taken at the sigma given (_value_at_sigma): for the
+        exact mixtures, whose score takes any process."""
+        if self.signature != "denoiser" or not isinstance(self.process, VE):
+            return False
+        from .targets import GaussianMixture, ProductMixture
+
+        return isinstance(self.target, (GaussianMixture, ProductMixture))
+
+    def _value_at_sigma(self, x, t, sigma):
+        """A VE denoiser's `output` at x (n, d) and the sigma given (scalar or (n,), as time_of
+        took it), float64: x = x0 + sigma z is p_sigma of EDM, so everything but the velocity is
+        EDM's at t = sigma, and the velocity dx/dt = sigma' eps with sigma' = sigma log(sigma_max
+        / sigma_min). At VE's t = time_of(sigma), sigma_t comes back 13 ulps off sigma (20 for
+        VE(1e-3, 1e4): exp(t log ratio) after a log), 4.6e-15 of eps and the score at sigma 35."""
+        lo, hi = self.process.sigma_min, self.process.sigma_max
+        sigma = np.broadcast_to(np.clip(np.asarray(sigma, dtype=np.float64), lo, hi), t.shape)  # time_of's ends
+        velocity = self.output == "velocity"
+        edm = OracleModel(self.target, EDM(), "eps" if velocity else self.output, "denoiser", False)
+        try:
+            value = edm._value(x, np.ascontiguousarray(sigma))
+        except ValueError:  # a refusal (an x0 or v beyond float64): as VE's, naming VE and its time
+            return self._value(x, t)
+        return value * (sigma * self.process._log_ratio)[:, None] if velocity else value
 
     def __call__(self, x, time):
         import torch
@@ -790,7 +848,7 @@ class OracleModel:
             raise ValueError(f"{self._argname} must have shape (), (1,) or ({n},), got {arg.shape}")
         t = np.ascontiguousarray(np.broadcast_to(self.time_of(arg.reshape(-1) if arg.ndim else arg, rounding),
                                                  (n,)))
-        value = self._value(flat, t)
+        value = self._value_at_sigma(flat, t, arg) if self._sigma_frame() else self._value(flat, t)
         out = torch.from_numpy(value.reshape(x.shape)).to(dtype=x.dtype)
         if not bool(torch.isfinite(out).all()):  # float64 -> float16 / bfloat16 / float32
             i = int(np.argmax(~torch.isfinite(out).reshape(n, -1).all(1).numpy()))
@@ -820,13 +878,17 @@ def to_torch(target, process, output=None, signature="denoiser", *, fractional=F
         sample / sqrt(sigma^2 + 1), not the scheduler's own sample. Default output "eps"
         (prediction_type="epsilon"; "v" for "v_prediction", "x0" for "sample").
 
-    The score is exact: target.score under a variance-preserving process directly,
-    otherwise through OU, grad log p^P_t(x) = c score_OU(c x, u) with (u, c) =
-    convert_time(t, P, OU()); then converted to `output` by sgm_ref.conventions, all in
-    float64, and returned in x's dtype and device. x0, v and velocity of a target with an
-    exact posterior mean (GaussianMixture, ProductMixture) are target.predict's, which
-    does not lose the digits Tweedie's formula cancels where alpha_t is small or sigma
-    large (OracleModel._value).
+    The score is exact: target.score(x, t, process) under a variance-preserving process,
+    and under any process for GaussianMixture and ProductMixture (where sigma_t^2 is
+    finite); otherwise through OU, grad log p^P_t(x) = c score_OU(c x, u) with (u, c) =
+    convert_time(t, P, OU()) (OracleModel.score); then converted to `output` by
+    sgm_ref.conventions, all in float64, and returned in x's dtype and device. A VE
+    denoiser of these two mixtures is evaluated at the sigma given (as EDM's p_sigma), not
+    at sigma_t of the VE time of sigma, which comes back ~13 ulps off it. x0, v and
+    velocity of a target with an exact posterior mean (GaussianMixture, ProductMixture)
+    are taken from that posterior mean where it is the better of the two, which does not
+    lose the digits Tweedie's formula cancels where alpha_t is small or sigma large
+    (OracleModel._value).
 
     Parameters
     ----------

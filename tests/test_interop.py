@@ -395,6 +395,31 @@ def test_ve_denoiser_takes_k_diffusions_float32_karras_sigmas(sigma_min, sigma_m
         model(x[:1].to(torch.bfloat16), torch.tensor([1.4 * sigma_max], dtype=torch.bfloat16))
 
 
+def test_ve_denoiser_takes_k_diffusions_float64_karras_sigmas():
+    """get_sigmas_karras computed in float64 (torch's default dtype float64) for VE(1e-3, 1e4)
+    and the default rho = 7 ends 11 ulps below sigma_min (0.0009999999999999976): it was
+    refused, a float64 sigma getting no allowance, so k-diffusion could not run on the oracle
+    in float64. Now 64 float64 ulps: it is sigma_min, sample_heun runs; 1e-12 relative below
+    (k-diffusion's rho = 1 line ends ~2e-13 below for VE(0.01, 50)) is still refused."""
+    k = load_k_diffusion()
+    torch = k.torch
+    ve = VE(1e-3, 1e4)
+    model = to_torch(GaussianMixture.ring(), ve)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        sigmas = k.sampling.get_sigmas_karras(10, 1e-3, 1e4)
+    finally:
+        torch.set_default_dtype(default)
+    assert sigmas.dtype == torch.float64 and float(sigmas[-2]) < 1e-3  # the peer's own rounding
+    x = sigmas[0] * torch.randn(8, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    out = k.sampling.sample_heun(model, x, sigmas, disable=True)
+    assert torch.isfinite(out).all()
+    np.testing.assert_array_equal(model(x, sigmas[-2].expand(8)).numpy(), model(x, 1e-3).numpy())
+    with pytest.raises(ValueError, match="outside the range"):
+        model(x[:1], torch.tensor([1e-3 * (1 - 1e-12)], dtype=torch.float64))
+
+
 # -- the oracle out, and back -----------------------------------------------------------------------
 
 
@@ -464,6 +489,51 @@ def test_oracle_x0_at_extreme_sigmas_takes_the_better_of_tweedie_and_the_posteri
         x = torch.tensor([[1.0, 2.0], [sigma, -sigma], [0.0, 3 * sigma]], dtype=torch.float64)
         want = x.numpy() + sigma**2 * g.score(x.numpy(), 0.0)  # the data's score: p_sigma's to 1e-60 relative
         np.testing.assert_allclose(D(x, torch.tensor(sigma, dtype=torch.float64)).numpy(), want, rtol=4 * EPS, atol=0)
+
+
+@pytest.mark.parametrize("output", ["score", "eps"])
+def test_the_edm_oracle_keeps_its_digits_at_small_sigma(torch, output):
+    """to_torch(EDM()) took the score through OU, c score_OU(c x, u): rounding c x cost the
+    digits of x - mu, eps / sigma of them, near the data (4.5e-12 of eps and the score at
+    sigma = 3e-6 against a 40-digit closed form for N(mu, c^2 I), x = mu + sigma z). Now the
+    mixture's own EDM score: a few ulps; and a sigma whose square overflows (1e200) still
+    goes through OU, one row of a batch with an ordinary sigma."""
+    mp = pytest.importorskip("mpmath")
+    mu, c2 = np.array([1.3, -0.7]), 0.36
+    model = to_torch(GaussianMixture([1.0], [mu], [[c2, c2]]), EDM(), output)
+    rng = np.random.default_rng(4)
+    sigma = np.array([3e-6, 1e-4, 2e-3, 1e200])
+    x = mu + sigma[:, None] * rng.standard_normal((4, 2))
+    got = model(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
+    with mp.workdps(40):
+        for row, xr, s in zip(got, x, sigma):
+            s = mp.mpf(float(s))
+            score = [-(mp.mpf(float(xj)) - mp.mpf(float(mj))) / (mp.mpf(c2) + s * s) for xj, mj in zip(xr, mu)]
+            want = np.array([float(v if output == "score" else -s * v) for v in score])
+            assert np.max(np.abs(row - want)) <= 4 * EPS * np.max(np.abs(want)), (s, (row - want) / want)
+
+
+@pytest.mark.parametrize("process", [VE(), VE(1e-3, 1e4)], ids=repr)
+def test_the_ve_denoiser_is_exact_at_the_sigma_given(torch, process):
+    """to_torch(VE) evaluated at VE's time t = time_of(sigma), whose sigma_t comes back 13
+    ulps off sigma (20 for VE(1e-3, 1e4)): eps and the score were 4.6e-15 off a 40-digit
+    closed form for N(mu, c^2 I) (9e-15 for the wider VE). Now at sigma itself (EDM's p_sigma),
+    the velocity as sigma' eps = sigma log(sigma_max / sigma_min) eps: a few ulps."""
+    mp = pytest.importorskip("mpmath")
+    mu, c2 = np.array([1.3, -0.7]), 0.36
+    target = GaussianMixture([1.0], [mu], [[c2, c2]])
+    sigma = np.geomspace(process.sigma_min, process.sigma_max, 13)
+    x = mu + sigma[:, None] * np.random.default_rng(5).standard_normal((sigma.size, 2))
+    for output in ("score", "eps", "velocity"):
+        got = to_torch(target, process, output)(torch.from_numpy(x), torch.from_numpy(sigma)).numpy()
+        with mp.workdps(40):
+            rate = mp.log(mp.mpf(process.sigma_max) / mp.mpf(process.sigma_min))
+            for row, xr, s in zip(got, x, sigma):
+                s = mp.mpf(float(s))
+                score = [-(mp.mpf(float(xj)) - mp.mpf(float(mj))) / (mp.mpf(c2) + s * s) for xj, mj in zip(xr, mu)]
+                factor = {"score": 1, "eps": -s, "velocity": -s * s * rate}[output]
+                want = np.array([float(factor * v) for v in score])
+                assert np.max(np.abs(row - want)) <= 4 * EPS * np.max(np.abs(want)), (output, s, (row - want) / want)
 
 
 def test_to_torch_keeps_dtype_device_and_shape(torch):
