@@ -167,13 +167,18 @@ def _run_peer(peer, kind, score, grid, x, noises, draw_of_step=None):
         for k in range(grid.size - 1):
             j = k if draw_of_step is None else draw_of_step[k]
             y = _as_array(peer(states[-1].copy(), k, grid.copy(), score, noises(j)), f"the peer's step {k}")
-            states.append(_check_state(y, x, f"the peer's step {k}"))
+            # a copy: a step function returning one buffer it rewrites at every step left each state
+            # an alias of the last (a correct peer was a DISCREPANCY at step 0, its law's probe runs
+            # rewrote its output: KL inf)
+            states.append(np.array(_check_state(y, x, f"the peer's step {k}")))
         return np.stack(states), states[-1]
     out = _as_array(peer(score, grid.copy(), np.array(x), noises), "the peer's output")
     if out.ndim == 3 and out.shape[1:] == x.shape and out.shape[0] >= 2:
         states = np.stack([_check_state(s, x, f"the peer's state {k}") for k, s in enumerate(out)])
         return states, states[-1]
-    return None, _check_state(out, x, "the peer's output")
+    # a copy: an array the peer keeps and rewrites was rewritten by its law's probe runs (n = 2 rows,
+    # as their check batch) before the sample distances read it
+    return None, np.array(_check_state(out, x, "the peer's output"))
 
 
 def _as_array(y, what):
@@ -386,33 +391,38 @@ class SamplerComparison:
         lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
-    def to_dict(self):
+    def to_dict(self, keep_non_finite=False):
         """Floats and lists; non-finite numbers as None, except in the laws' "mean" and "cov",
         which keep an inf or NaN of a law that overflowed (e.g. a peer's N(0, 1e400 I)) for
-        sgm_ref.evaluation.json_ready to name (to_json does)."""
+        sgm_ref.evaluation.json_ready to name (to_json does). keep_non_finite=True keeps
+        every inf and NaN (the KL of a broken peer's law, "counted as infinitely far"), so
+        that json_ready names each one; None is then only a figure not computed."""
+        f = (lambda v: None if v is None else float(v)) if keep_non_finite else _f
+
         def law(pair):
             return None if pair is None else {"mean": np.asarray(pair[0]).tolist(), "cov": np.asarray(pair[1]).tolist()}
 
         laws = None
         if self.laws is not None:
             laws = {k: (law(v) if k in ("peer", "replay", "target") else
-                        ({kk: _f(vv) for kk, vv in v.items()} if isinstance(v, dict) else v))
+                        ({kk: f(vv) for kk, vv in v.items()} if isinstance(v, dict) else v))
                     for k, v in self.laws.items()}
         return {"matches": self.matches, "peer": self.peer, "replay": self.replay, "process": self.process,
                 "grid": self.grid.tolist(), "n": self.n, "rtol": self.rtol, "kl_tolerance": self.kl_tolerance,
                 "steps_peer": self.steps_peer, "steps_replay": self.steps_replay,
-                "deviation": None if self.deviation is None else [_f(v) for v in self.deviation],
-                "max_deviation": _f(self.max_deviation), "final_deviation": _f(self.final_deviation),
+                "deviation": None if self.deviation is None else [f(v) for v in self.deviation],
+                "max_deviation": f(self.max_deviation), "final_deviation": f(self.final_deviation),
                 "first_divergence": self.first_divergence, "laws": laws,
-                "samples": {m: {p: [_f(v), _f(se)] for p, (v, se) in pairs.items()}
+                "samples": {m: {p: [f(v), f(se)] for p, (v, se) in pairs.items()}
                             for m, pairs in self.samples.items()},
                 "notes": list(self.notes)}
 
     def to_json(self):
         """to_dict as strict JSON: a non-finite number is null, and "non_finite" maps its JSON
-        pointer to "inf", "-inf" or "nan" (json_ready; an overflowing law gave "Infinity")."""
+        pointer to "inf", "-inf" or "nan" (json_ready; an overflowing law gave "Infinity",
+        and the infinite KL of a broken peer was a null that "non_finite" did not name)."""
         from .evaluation import json_ready
-        return json.dumps(json_ready(self.to_dict()), indent=1, allow_nan=False)
+        return json.dumps(json_ready(self.to_dict(keep_non_finite=True)), indent=1, allow_nan=False)
 
 
 # -- the comparison -----------------------------------------------------------------------
@@ -465,7 +475,9 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         Start points, noise (unless given), target samples, sliced-Wasserstein directions.
     noise : array_like, shape (J, n, d), optional
         The standard normal draws; the replay takes the first ones it needs, the peer
-        those it asks for (asking past J is an error).
+        those it asks for (asking past J is an error). A step function also gets a draw
+        the replay does not use at each step where the replay draws none (the module
+        docstring): DDPM's noiseless last step needs one draw more than the replay takes.
     replay_options : dict, optional
         Keyword options of the replay (e.g. {"step_size": 0.1}, {"eta": 1.0}).
     kind : {"loop", "step"}, optional
@@ -539,6 +551,18 @@ def compare_sampler(peer, replay, process, grid, target, n, rng, *, noise=None, 
         except ValueError as exc:  # a custom replay refusing the probe's zero start
             notes.append(f"could not tell which draw each step of the replay takes ({exc}): the step function got "
                          "noises(k) at step k")
+        # a step where the replay draws none gets a draw it does not use, past a given noise's last one
+        # for DDPM's noiseless last step: "noise has 9 draws but draw 9 was asked for", though neither
+        # side had asked for it (the replay takes 9)
+        given = draw_of_step if draw_of_step is not None else range(grid.size - 1)
+        beyond = [k for k, j in enumerate(given) if noise is not None and j >= len(stream.draws)]
+        if beyond:
+            need = max(given) + 1
+            why = ("a step function gets noises(k) at step k" if draw_of_step is None else
+                   "a step function also gets a draw the replay does not use at each step where the replay draws none")
+            steps = ", ".join(map(str, beyond[:5])) + (f", ... ({len(beyond)} steps)" if len(beyond) > 5 else "")
+            raise ValueError(f"noise has {len(stream.draws)} draws, the replay takes {stream.used}; {why} (step "
+                             f"{steps}): pass {need} draws, noise of shape ({need}, {n}, {d})")
     states_p, out_p = _run_peer(peer, kind, score, grid, x, stream, draw_of_step)
     steps_peer = None if states_p is None else states_p.shape[0] - 1
 

@@ -1047,3 +1047,70 @@ def test_to_json_of_an_overflowing_law_is_strict_json_naming_the_infs():
     assert report["laws"]["peer"]["cov"] == [[None, 0.0], [0.0, None]]
     assert report["non_finite"]["/laws/peer/cov/0/0"] == "inf" and report["non_finite"]["/laws/peer/cov/1/1"] == "inf"
     assert report["laws"]["peer"]["mean"] == res.to_dict()["laws"]["peer"]["mean"]
+
+
+def test_a_step_function_returning_one_buffer_it_rewrites_is_judged_on_its_values():
+    """A step function that writes each result into one buffer it keeps (per shape) and returns
+    it: every recorded state was an alias of the last one, so a correct step function was a
+    DISCREPANCY at step 0; and a loop returning an array it keeps had its output rewritten
+    by the law's probe runs (n = 2 rows, as the probe's check batch)."""
+    buffers = {}
+
+    def buffered_step(x, k, grid, score, noise_k):
+        out = buffers.setdefault(x.shape, np.empty_like(x))
+        out[...] = reverse_diffusion_step(x, k, grid, score, noise_k)
+        return out
+
+    res = _compare(buffered_step, "reverse_diffusion", sample_distances=False)
+    assert res.matches and res.first_divergence is None and res.max_deviation == 0.0, res.text()
+    assert res.laws["method"] == "exact" and abs(res.kl) <= 1e-20
+
+    kept = {}
+
+    def kept_loop(score, grid, x, noises):
+        out = kept.setdefault(x.shape, np.empty_like(x))
+        out[...] = textbook_em(score, grid, x, noises)[-1]
+        return out
+
+    res = compare_sampler(kept_loop, "euler_maruyama", VP_, GRID, TARGET, 2, np.random.default_rng(0))
+    assert res.matches and res.final_deviation == 0.0, res.text()
+    # the sample distances come after the probe runs: of the peer's own output, equal to the replay's (it was 0.26)
+    assert res.samples["sliced_wasserstein"]["peer_vs_replay"] == (0.0, 0.0)
+
+
+def test_given_noise_one_short_for_a_step_function_s_noiseless_step_is_named():
+    """DDPM ancestral takes no draw on its last step, where a step function gets one the replay
+    does not use: noise of exactly the replay's 9 draws failed with "draw 9 was asked for",
+    though neither side had asked for it. It is named, with the count to pass."""
+    ddpm = DDPM("linear", 1e-4, 0.02, 1000)
+    grid = R.timestep_grid(ddpm, R.ddim_timesteps(10))
+
+    def step(x, k, g, score, noise_k):
+        return R.ddpm_ancestral(score, ddpm, g[k:k + 2], x, noise=_One(noise_k) if k < 9 else None)
+
+    noise = np.random.default_rng(5).standard_normal((10, 8, 1))
+    with pytest.raises(ValueError, match=re.escape(
+            "noise has 9 draws, the replay takes 9; a step function also gets a draw the replay does not use at each "
+            "step where the replay draws none (step 9): pass 10 draws, noise of shape (10, 8, 1)")):
+        compare_sampler(step, "ddpm_ancestral", ddpm, grid, TARGET, 8, np.random.default_rng(0), noise=noise[:9])
+    res = compare_sampler(step, "ddpm_ancestral", ddpm, grid, TARGET, 8, np.random.default_rng(0), noise=noise,
+                          sample_distances=False)
+    assert res.matches and res.max_deviation == 0.0, res.text()
+
+
+def test_to_json_names_the_infinite_kl_of_a_broken_peer():
+    """A peer returning zeros has a singular law: its KL to the replay is counted as infinitely
+    far. to_json wrote it as null without naming it in "non_finite" (to_dict had already made
+    it None), the same null as a figure not computed (its "tv")."""
+    def zeros(score, grid, x, noises):
+        return np.zeros_like(textbook_em(score, grid, x, noises)[-1])
+
+    res = _compare(zeros, "euler_maruyama", target=TARGET_2D, sample_distances=False)
+    assert not res.matches and res.kl == np.inf
+    report = json.loads(res.to_json())
+    assert report["laws"]["peer_vs_replay"]["kl"] is None and report["laws"]["peer_vs_replay"]["tv"] is None
+    assert report["non_finite"]["/laws/peer_vs_replay/kl"] == "inf"
+    assert report["non_finite"]["/laws/peer_vs_target/kl_reverse"] == "inf"
+    assert "/laws/peer_vs_replay/tv" not in report["non_finite"]  # not computed: a plain null
+    assert res.to_dict()["laws"]["peer_vs_replay"]["kl"] is None  # to_dict as documented
+    assert res.to_dict(keep_non_finite=True)["laws"]["peer_vs_replay"]["kl"] == np.inf
