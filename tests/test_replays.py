@@ -219,6 +219,24 @@ def test_batch_langevin_step_has_no_exact_law():
         R.replay_output_gaussian(R.predictor_corrector, MEAN, COV, VP(), np.linspace(1.0, 0.1, 5))
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_an_empty_batch_comes_back_empty(case):
+    """A batch of no rows returns no rows, without a warning, from every replay; also from
+    predictor_corrector with score_sde's batch Langevin step, whose mean norms are 0 / 0 there:
+    it raised "the Langevin corrector's step ... overflows ... the score's mean norm is nan"
+    with a RuntimeWarning (review). score_sde's own loop returns the empty batch."""
+    import warnings
+
+    replay, process, grid, options = CASES[case]
+    if replay is R.predictor_corrector:
+        options = {k: v for k, v in options.items() if k != "langevin_step"}  # the batch rule
+    score = R.gaussian_score(MEAN, COV, process)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, path = replay(score, process, grid, np.zeros((0, 2)), np.random.default_rng(0), True, **options)
+    assert y.shape == (0, 2) and path.shape[1:] == (0, 2)
+
+
 def test_not_affine_replay_is_refused():
     def clipped(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
         return np.tanh(R.euler_maruyama(score, process, grid, x, rng, noise=noise))
@@ -511,6 +529,16 @@ def test_score_sde_table_index_of_a_float32_grid_is_the_float32_peers():
     assert torch.equal(index, torch.from_numpy(np.floor(t32 * np.float32(N - 1)).astype(np.int64)))
 
 
+def test_score_sde_discretization_against_the_exact_transitions():
+    """The score_sde module docstring's figure: VP's reverse-diffusion predictor in score_sde's
+    discretisation on linspace(1, 1e-3, 100) and the exact transitions on those times plus a
+    last step to 0 have output laws KL 2.6e-4 apart (1.1e-7 at N = 1000, 1.2 s, not run)."""
+    grid = np.linspace(1.0, 1e-3, 100)
+    peer_law = R.replay_output_gaussian(R.reverse_diffusion, MEAN, COV, VP(), grid, discretization="score_sde")
+    exact = R.replay_output_gaussian(R.reverse_diffusion, MEAN, COV, VP(), np.append(grid, 0.0))
+    assert R.law_distances(peer_law, exact)["kl"] == pytest.approx(2.6e-4, rel=0.02)
+
+
 def test_score_sde_vp_langevin_alpha_is_one_minus_the_table_beta():
     """score_sde's LangevinCorrector on VP scales its step by sde.alphas[i] = 1 - beta_i:
     e = 2 (1 - beta_i) (snr |xi| / |s|)^2. With s = 1 and xi = 1 in every coordinate the
@@ -758,6 +786,53 @@ def test_diffusers_sigma_schedulers_agree_to_float32_rounding(name, monkeypatch)
     assert np.max(np.abs(mine - out)) <= 20 * 2.0**-24 * np.max(np.abs(out))
 
 
+@pytest.mark.parametrize("n, config", [(10, {"s_churn": 80.0, "s_min": 0.05, "s_max": 50.0, "s_noise": 1.007}),
+                                       (20, {"s_churn": 5.0, "s_min": 0.5, "s_max": 20.0, "s_noise": 1.0,
+                                             "sigma_max": 10.0})])
+def test_diffusers_karras_ve_scheduler_is_karras_stochastic(n, config, monkeypatch):
+    """diffusers' (deprecated) KarrasVeScheduler driven by its pipeline's loop (add_noise_to_input,
+    step, step_correct unless sigma_prev = 0), its model output (D - x_hat) / sigma_hat from the
+    EDM oracle: karras_stochastic on its noise levels schedule[timesteps] and 0, fed its draws
+    where gamma > 0 (it draws every step), agrees to 1e-12 relative (measured 4.4e-15). Its
+    schedule is made float64 (it keeps float32); note its values are sigma_max^2 (sigma_min^2 /
+    sigma_max^2)^(i / (n - 1)), the squares of geometric sigmas, as diffusers has it."""
+    import importlib
+
+    import torch
+    peer("diffusers")
+    module = importlib.import_module("diffusers.schedulers.deprecated.scheduling_karras_ve")
+    model, edm = to_torch(_mixture(), EDM()), EDM()
+    sched = module.KarrasVeScheduler(**config)
+    sched.set_timesteps(n)
+    c = sched.config
+    levels = [c.sigma_max**2 * (c.sigma_min**2 / c.sigma_max**2) ** (i / (n - 1)) for i in sched.timesteps.tolist()]
+    assert np.allclose(sched.schedule.numpy(), levels, rtol=1e-6)  # its float32 values
+    sched.schedule = torch.tensor(levels, dtype=torch.float64)
+    grid = np.append(sched.schedule.numpy()[sched.timesteps.numpy()], 0.0)
+    rng = np.random.default_rng(2)
+    x = grid[0] * rng.standard_normal((16, 2))
+    draws = rng.standard_normal((n, 16, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(module, "randn_tensor", lambda *a, **k: next(it))
+    y = torch.from_numpy(x.copy())
+    for t in sched.timesteps:
+        sigma, sigma_prev = sched.schedule[t], (sched.schedule[t - 1] if t > 0 else 0)
+        y_hat, s_hat = sched.add_noise_to_input(y, sigma)
+        out = sched.step((model(y_hat, s_hat) - y_hat) / s_hat, s_hat, sigma_prev, y_hat)
+        if sigma_prev != 0:
+            y2 = out.prev_sample
+            out = sched.step_correct((model(y2, sigma_prev) - y2) / sigma_prev, s_hat, sigma_prev, y_hat, y2,
+                                     out.derivative)
+        y = out.prev_sample
+    gamma = np.where((grid[:-1] >= c.s_min) & (grid[:-1] <= c.s_max), min(c.s_churn / n, 2**0.5 - 1), 0.0)
+    assert 0 < np.sum(gamma > 0) < n
+    mine = R.karras_stochastic(OracleScore(model), edm, grid, x, noise=draws[gamma > 0], s_churn=c.s_churn,
+                               s_tmin=c.s_min, s_tmax=c.s_max, s_noise=c.s_noise)
+    out = y.numpy()
+    assert np.max(np.abs(mine - out)) <= 1e-12 * np.max(np.abs(out))
+
+
+
 # -- the same schedulers unmodified: the replay fed diffusers' own float32 alphas_cumprod -----------
 
 
@@ -834,6 +909,23 @@ def test_diffusers_variance_type_names_are_translated():
             R.ddpm_ancestral(lambda x, t: -x, proc, grid, np.zeros((2, 2)), np.random.default_rng(0), variance=name)
     with pytest.raises(ValueError, match=r"^variance must be one of \('beta_tilde', 'beta'\), got 'tilde'$"):
         R.ddpm_ancestral(lambda x, t: -x, proc, grid, np.zeros((2, 2)), np.random.default_rng(0), variance="tilde")
+
+
+def test_diffusers_float32_table_against_the_float64_one():
+    """The ddpm module docstring's sizes of diffusers' float32 rounding of alphas_cumprod, read
+    from the installed peer's own table: at most 3.6e-7 relative (linear), 9.3e-7
+    (scaled_linear), and 1.3e-5 at squaredcos_cap_v2's last timestep, 5.6e-7 before it (it
+    said "up to ~1e-6"; review)."""
+    diffusers = peer("diffusers")
+    for schedule, start, end, worst, before_last in (("linear", 1e-4, 0.02, 3.6e-7, None),
+                                                     ("scaled_linear", 0.00085, 0.012, 9.3e-7, None),
+                                                     ("squaredcos_cap_v2", 1e-4, 0.02, 1.3e-5, 5.6e-7)):
+        theirs = diffusers.DDPMScheduler(beta_schedule=schedule, beta_start=start,
+                                         beta_end=end).alphas_cumprod.numpy().astype(np.float64)
+        err = np.abs(theirs / DDPM(schedule, start, end).alphas_cumprod() - 1)
+        assert np.max(err) == pytest.approx(worst, rel=0.05), schedule
+        if before_last is not None:
+            assert np.argmax(err) == 999 and np.max(err[:-1]) == pytest.approx(before_last, rel=0.05)
 
 
 def test_alphas_cumprod_option():
@@ -1181,6 +1273,29 @@ def test_ddim_eta_one_is_not_refused_for_a_rounding():
         assert np.max(np.abs(y - ref)) <= 1e-14 * np.max(np.abs(ref))
         with pytest.raises(ValueError, match="use eta <= 1"):
             R.ddim(score, process, grid, x, noise=noise, eta=1.5)
+
+
+@pytest.mark.parametrize("name", sorted(R.REPLAYS))
+def test_a_flag_that_is_not_a_bool_is_named(name):
+    """trajectory (every replay) and denoise (score_sde's three) must be True or False: the
+    string "no" was read as true (review), so denoise="no" returned the denoised mean and
+    trajectory="no" a tuple, without a word; sgm_ref.samplers already refused it. NumPy bools
+    still pass."""
+    replay = R.REPLAYS[name]
+    process, grid = (EDM(), [10.0, 1.0, 0.0]) if name in ("karras_euler", "karras_heun", "karras_stochastic",
+                                                         "euler_ancestral", "dpmpp_2m") else (VP(), [1.0, 0.5, 0.1])
+    score = R.gaussian_score(MEAN, COV, process)
+    options = {"s_churn": 1.0} if name == "karras_stochastic" else {}
+    x = np.ones((2, 2))
+    flags = ["trajectory"] + (["denoise"] if name in ("euler_maruyama", "reverse_diffusion",
+                                                      "predictor_corrector") else [])
+    if name == "predictor_corrector":
+        options["langevin_step"] = 0.01
+    for flag in flags:
+        for bad in ("no", 0, None):
+            with pytest.raises(ValueError, match=rf"^{flag} must be True or False, got {bad!r}$"):
+                replay(score, process, grid, x, np.random.default_rng(0), **{flag: bad, **options})
+        replay(score, process, grid, x, np.random.default_rng(0), **{flag: np.bool_(False), **options})
 
 
 def test_bad_arguments_are_named():

@@ -45,6 +45,14 @@ def start(score, process, grid, x):
     return process, grid, y.astype(np.float64), y.dtype
 
 
+def check_flag(value, name):
+    """Return value if it is True or False (a NumPy bool too), else ValueError naming it: the
+    string "no" was read as true (denoise="no" denoised; review), as sgm_ref.samplers refuses."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def check_choice(value, name, choices):
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
@@ -171,6 +179,7 @@ class Path:
     """The trajectory (states at every grid time, in the process's own x) if asked."""
 
     def __init__(self, trajectory, y, dtype):
+        trajectory = check_flag(trajectory, "trajectory")
         self.dtype = dtype
         self.states = [y.astype(dtype)] if trajectory else None
 

@@ -27,10 +27,12 @@ N_train); this replay always steps to the next grid time.
 The peer's own constants. By default every coefficient comes from the process in float64
 (DDPM.alphas_cumprod(), exact to float64 rounding). A peer's discretisation includes its
 own rounded constants: diffusers keeps alphas_cumprod in float32, which differ from the
-float64 ones by up to ~1e-6 relative. alphas_cumprod="diffusers" (diffusers' float32
-constants, DDPM.diffusers_alphas_cumprod(), bit for bit) or an array of N values makes the
-step use them, abar_t = alphas_cumprod[i] at timestep i (t = (i + 1) / N) and abar = 1 at
-t = 0, as the peer does:
+float64 ones by up to 3.6e-7 relative (linear), 9.3e-7 (scaled_linear) and 1.3e-5 at
+squaredcos_cap_v2's last timestep, its beta capped at 0.999 (5.6e-7 before it; tests/
+test_replays.py::test_diffusers_float32_table_against_the_float64_one). alphas_cumprod=
+"diffusers" (diffusers' float32 constants, DDPM.diffusers_alphas_cumprod(), bit for bit) or
+an array of N values makes the step use them, abar_t = alphas_cumprod[i] at timestep i
+(t = (i + 1) / N) and abar = 1 at t = 0, as the peer does:
 
     x0_hat = (y - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t),   r^2 = abar_t / abar_s,
     v = (abar_s - abar_t) / abar_s,   sigma_t^2 = 1 - abar_t,   alpha_s = sqrt(abar_s),

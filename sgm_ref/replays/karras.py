@@ -29,7 +29,7 @@ With sigma_i = sigma_hat(t_i), d = (x - D) / sigma:
 import numpy as np
 
 from .._validation import check_real
-from ._common import Noise, Path, as_state, predict, sigma_hat, start, time_of_sigma_hat
+from ._common import Noise, Path, as_state, check_flag, predict, sigma_hat, start, time_of_sigma_hat
 
 __all__ = ["karras_euler", "karras_heun", "karras_stochastic", "euler_ancestral", "dpmpp_2m"]
 
@@ -156,7 +156,12 @@ def karras_stochastic(score, process, grid, x, rng=None, trajectory=False, *, no
     """The stochastic sampler of Karras et al. (2022, Algorithm 2): churn, then a Heun step.
 
     k-diffusion's sample_heun with s_churn > 0 (EDM used e.g. S_churn = 40, S_tmin = 0.05,
-    S_tmax = 50, S_noise = 1.003 on ImageNet-64). Arguments as karras_euler; s_churn required.
+    S_tmax = 50, S_noise = 1.003 on ImageNet-64), and diffusers' deprecated KarrasVeScheduler
+    in its pipeline's loop on the grid schedule[timesteps] then 0 (its s_min, s_max are S_tmin,
+    S_tmax; it draws every step: pass its draws where gamma_i > 0; note its noise levels run
+    geometrically from sigma_max^2 down to sigma_min^2, the squares of the geometric sigmas;
+    tests/test_replays.py::test_diffusers_karras_ve_scheduler_is_karras_stochastic).
+    Arguments as karras_euler; s_churn required.
     """
     return _karras(score, process, grid, x, rng, trajectory, noise, (s_churn, s_tmin, s_tmax, s_noise), True)
 
@@ -212,8 +217,7 @@ def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None,
         Not with Karras (exponential, beta, Lu) sigmas there: diffusers repeats sigma_min and
         its first-order step is the no-op between the two; drop it and keep False.
     """
-    if not isinstance(lower_order_final, (bool, np.bool_)):
-        raise ValueError(f"lower_order_final must be True or False, got {lower_order_final!r}")
+    lower_order_final = check_flag(lower_order_final, "lower_order_final")
     frame = _SigmaFrame(score, process, grid, x, trajectory)
     draws = Noise(None, noise, frame.xh.shape, frame.dtype)
     sig = frame.sig

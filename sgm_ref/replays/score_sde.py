@@ -37,7 +37,8 @@ peer's own timesteps) the index is computed in float32, as the peer computes it:
 the float64 product truncates one step lower once. The two schemes differ by O(1/N): for VP,
 the reverse-diffusion predictor on linspace(1, 1e-3, N) and the exact transitions on the same
 times with a last step to t = 0 have output laws KL 2.6e-4 (N = 100) and 1.1e-7 (N = 1000)
-apart on the Gaussian target N((0.8, -0.4), [[0.6, 0.25], [0.25, 1.4]]) (replay_output_gaussian).
+apart on the Gaussian target N((0.8, -0.4), [[0.6, 0.25], [0.25, 1.4]]) (replay_output_gaussian;
+tests/test_replays.py::test_score_sde_discretization_against_the_exact_transitions).
 euler_maruyama with step_size=1/N is that loop's Euler–Maruyama predictor alone.
 """
 
@@ -45,7 +46,7 @@ import numpy as np
 
 from .._validation import check_count, check_real, check_real_array
 from ..processes import VE, VP
-from ._common import Noise, Path, as_state, check_choice, score_at, start, transition
+from ._common import Noise, Path, as_state, check_choice, check_flag, score_at, start, transition
 
 __all__ = ["euler_maruyama", "reverse_diffusion", "predictor_corrector"]
 
@@ -101,9 +102,10 @@ def euler_maruyama(score, process, grid, x, rng=None, trajectory=False, *, noise
     ------
     ValueError
         Bad grid, points, score output, step_size (or step_size with a grid ending at 0);
-        rng missing or noise of the wrong count.
+        trajectory or denoise not True or False; rng missing or noise of the wrong count.
     """
     process, grid, y, dtype = start(score, process, grid, x)
+    denoise = check_flag(denoise, "denoise")
     h, times = _check_step_size(step_size, grid)
     f, g2 = process.f(times), process.g2(times)
     draws = Noise(rng, noise, y.shape, dtype)
@@ -172,6 +174,7 @@ def reverse_diffusion(score, process, grid, x, rng=None, trajectory=False, *, no
     """
     grid_dtype = np.asarray(grid).dtype
     process, grid, y, dtype = start(score, process, grid, x)
+    denoise = check_flag(denoise, "denoise")
     times, r, v, _ = _steps(process, grid, discretization, grid_dtype=grid_dtype)
     draws = Noise(rng, noise, y.shape, dtype)
     path = Path(trajectory, y, dtype)
@@ -223,6 +226,7 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
     """
     grid_dtype = np.asarray(grid).dtype
     process, grid, y, dtype = start(score, process, grid, x)
+    denoise = check_flag(denoise, "denoise")
     if predictor is not None:
         check_choice(predictor, "predictor", ("reverse_diffusion", "euler_maruyama"))
     if corrector is not None:
@@ -249,7 +253,12 @@ def predictor_corrector(score, process, grid, x, rng=None, trajectory=False, *, 
             for j in range(n_corrector):
                 s = score_at(score, y, times[k], dtype, k)
                 xi = draws.draw()
-                if langevin_step is None:
+                if langevin_step is None and y.shape[0] == 0:
+                    # no rows: the batch's mean norms are undefined (0 / 0) and nothing moves; the empty
+                    # batch comes back, as from every replay (it raised "the step overflows ... mean
+                    # norm is nan", with a RuntimeWarning; review)
+                    step = 0.0
+                elif langevin_step is None:
                     with np.errstate(divide="ignore", over="ignore"):  # |s| = inf (x ~ 1e300): a step of 0
                         s_norm = np.mean(np.linalg.norm(s, axis=1))
                         ratio = np.mean(np.linalg.norm(xi, axis=1)) / s_norm
