@@ -236,3 +236,33 @@ def test_the_worked_page_opens_with_every_peer_sampler_it_runs():
     opening = text.split("\n\n")[1]
     run = set(re.findall(r"diffusers\.([A-Za-z]+Scheduler)\(", text)) | set(re.findall(r"sampling\.(sample_\w+)", text))
     assert len(run) == 7 and all(name in opening for name in run), sorted(n for n in run if n not in opening)
+
+
+def test_the_likelihood_pages_seed_zero_figures_are_what_log_prob_gives():
+    """docs/likelihood.md's worst point of 1,000 drawn with default_rng(0), OU from 0 to 15, the
+    exact score and divergence, at score_sde's default rtol = atol = 1e-5: the ring's (stated
+    twice) and the full mixture's (d = 8, K = 3, tests/test_likelihood.py's full_mixture), to
+    the digits printed. Review: the page said 1.8e-3 for the full mixture, where log_prob gives
+    1.745e-3."""
+    import numpy as np
+
+    from sgm_ref import OU, GaussianMixture
+    from sgm_ref.likelihood import log_prob
+
+    text = " ".join((ROOT / "docs" / "likelihood.md").read_text(encoding="utf-8").split())
+    ring_stated = re.search(r"with seed 0 the ring's is [\d.e-]+, ([\d.e-]+) and [\d.e-]+ at 1e-4, 1e-5 and 1e-6", text)
+    both_stated = re.search(r"([\d.e-]+) \(ring\) and ([\d.e-]+) \(full mixture\) with seed 0", text)
+    assert ring_stated and both_stated
+
+    def worst(target):
+        x = target.sample(1000, np.random.default_rng(0))
+        res = log_prob(target, OU(), x, 0.0, 15.0)  # rtol = atol = 1e-5
+        return float(f"{np.max(np.abs(res.log_q - target.log_prob(x, 0.0))):.1e}")
+
+    rng = np.random.default_rng(0)  # tests/test_likelihood.py's full_mixture(d=8, K=3, seed=0)
+    A = rng.standard_normal((3, 8, 8))
+    full = GaussianMixture(np.array([0.2, 0.5, 0.3]), rng.standard_normal((3, 8)),
+                           A @ A.transpose(0, 2, 1) / 8 + 0.2 * np.eye(8), "full")
+    ring = worst(GaussianMixture.ring())
+    assert ring == float(ring_stated.group(1)) == float(both_stated.group(1)), (ring, ring_stated.group(1))
+    assert worst(full) == float(both_stated.group(2)), both_stated.group(2)
