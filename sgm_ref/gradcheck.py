@@ -85,12 +85,17 @@ def _check_theta(theta):
             "theta must be a numpy ndarray of dtype float64 (it is perturbed in place and "
             f"restored), got {type(theta).__name__}"
         )
-    if theta.dtype != np.float64:
-        raise ValueError(
-            f"theta must have dtype float64, got {theta.dtype}: finite differences in lower "
-            "precision have rounding errors (~1e-7 |f| / eps in float32) larger than the "
-            "errors they are meant to find; check a float64 copy of your code"
-        )
+    # float64 in either byte order: a big-endian vector (read from another machine's file) holds
+    # the same numbers and is perturbed and restored in place as well (it was refused as
+    # "lower precision")
+    if not (theta.dtype.kind == "f" and theta.dtype.itemsize == 8):
+        if theta.dtype.kind == "f" and theta.dtype.itemsize > 8:
+            why = ("f's values and the gradients are compared in float64, so a wider theta's extra "
+                   "digits would not be checked; check a float64 copy of your code")
+        else:
+            why = ("finite differences in lower precision have rounding errors (~1e-7 |f| / eps in "
+                   "float32) larger than the errors they are meant to find; check a float64 copy of your code")
+        raise ValueError(f"theta must have dtype float64, got {theta.dtype}: {why}")
     if theta.ndim != 1 or theta.size == 0:
         raise ValueError(
             f"theta must be a non-empty flat vector, shape (n,), got shape {theta.shape}"

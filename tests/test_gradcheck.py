@@ -10,6 +10,8 @@ import pytest
 
 from sgm_ref.gradcheck import GradcheckResult, check_gradient, check_vjp, numerical_gradient
 
+from _peers import peer
+
 # -- functions with known gradients -------------------------------------------------------
 
 
@@ -316,6 +318,61 @@ def test_bad_theta_raises(theta):
 def test_float32_theta_message_says_why():
     with pytest.raises(ValueError, match="float64.*rounding"):
         numerical_gradient(quadratic, np.zeros(3, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"float64, got float128: .*compared in float64.*extra digits"):
+        numerical_gradient(quadratic, np.zeros(3, dtype=np.longdouble))
+
+
+def test_a_big_endian_float64_theta_is_checked_in_place_not_refused_as_lower_precision():
+    """float64 in the other byte order (a vector read from another machine's file) holds the same
+    numbers; it was refused with 'finite differences in lower precision ...' (a review). It is
+    perturbed in place and restored bit for bit, and gives the native vector's results."""
+    f, grad, n = CASES["composition"]
+    native = theta0(n)
+    theta = native.astype(">f8")
+    before = theta.tobytes()
+    np.testing.assert_array_equal(numerical_gradient(f, theta), numerical_gradient(f, native))
+    for kw in (dict(), dict(directions=3, rng=np.random.default_rng(0))):
+        result = check_gradient(f, grad, theta, **kw)
+        assert result.passed
+        assert result.max_abs_error == check_gradient(f, grad, native.copy(), **{
+            k: (np.random.default_rng(0) if k == "rng" else v) for k, v in kw.items()}).max_abs_error
+    assert check_vjp(lambda x: np.tanh(x) * x, lambda x, w: (np.tanh(x) + x / np.cosh(x) ** 2) * w, theta,
+                     np.random.default_rng(1)).passed
+    assert theta.dtype == np.dtype(">f8") and theta.tobytes() == before
+
+
+def test_against_torch_autograd():
+    """The numerical gradient against torch autograd's (float64) on a small network-like function;
+    check_gradient passes torch's gradient and fails it with one entry off by 1e-3 relative;
+    check_vjp passes torch's vector-Jacobian product."""
+    torch = peer("torch")
+    rng = np.random.default_rng(3)
+    W = torch.from_numpy(rng.standard_normal((5, 7)))
+
+    def f_torch(th):
+        h = torch.tanh(W @ th[:7] + th[7:12])
+        return torch.stack([torch.logsumexp(h * th[12:17], 0), torch.sum(torch.sin(th) ** 2), torch.exp(th[3] * th[4])])
+
+    def f(th):
+        return float(f_torch(torch.from_numpy(th.copy())).sum())
+
+    def grad(th):
+        t = torch.from_numpy(th.copy()).requires_grad_(True)
+        f_torch(t).sum().backward()
+        return t.grad.numpy()
+
+    theta = rng.uniform(-1, 1, 17)
+    np.testing.assert_allclose(numerical_gradient(f, theta), grad(theta), rtol=1e-8, atol=1e-9)
+    assert check_gradient(f, grad, theta).passed
+    assert check_gradient(f, grad, theta, directions=4, rng=np.random.default_rng(0)).passed
+    wrong = grad(theta)
+    wrong[16] *= 1.001
+    result = check_gradient(f, wrong, theta)
+    assert not result.passed and result.worst == 16
+    vjp = lambda th, w: torch.autograd.functional.vjp(  # noqa: E731
+        f_torch, torch.from_numpy(th.copy()), torch.from_numpy(np.asarray(w, dtype=np.float64)))[1].numpy()
+    assert check_vjp(lambda th: f_torch(torch.from_numpy(th.copy())).numpy(), vjp, theta,
+                     np.random.default_rng(2), directions=5).passed
 
 
 @pytest.mark.parametrize("eps", [0.0, -1e-6, np.nan, np.inf, "1e-6"])

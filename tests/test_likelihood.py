@@ -790,3 +790,36 @@ def test_prior_log_prob_of_a_row_whose_squares_overflow_where_sigma_T_is_above_1
     with pytest.raises(ValueError, match=r"y has a row too far out for sigma_T = 1e\+30: its prior log-density "
                                          r"overflows float64"):
         prior_log_prob(EDM(), np.array([[1e200, 1e200]]), 1e30)
+
+
+def test_rk45_keeps_only_the_current_state_with_solve_ivps_bits():
+    """solve_ivp without t_eval kept every step's state, steps x n (d + m) floats, and copied them
+    once more at the end (found by a review: 103 states' worth at the peak for these 46 steps, 17 now;
+    DDPM at 1e-9, up to 5,700 steps, up to 180 MB twice per 1,000 points in d = 3). log_prob now steps
+    scipy's RK45 itself and keeps the current state only, with solve_ivp's bits."""
+    import tracemalloc
+
+    from scipy.integrate import solve_ivp
+    process, x = OU(), np.random.default_rng(0).standard_normal((1000, 2))
+    n, d = x.shape
+    kw = dict(divergence=lambda y, t: np.full(y.shape[0], -4.0), rtol=1e-9, atol=1e-9)
+    score = lambda y, t: -2.0 * y  # noqa: E731  (cheap: the memory measured is the solver's)
+    log_prob(score, process, x[:2], 0.0, 3.0, **kw)  # first-call allocations out of the measurement
+    tracemalloc.start()
+    try:
+        res = log_prob(score, process, x, 0.0, 3.0, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    state = n * (d + 1) * 8
+    assert peak < 40 * state, (peak / state, res.n_evaluations)  # 17 states now, 103 before
+
+    def rhs(t, y):  # the ODE written out here, as solve_ivp sees it
+        f, g2 = float(process.f(t)), float(process.g2(t))
+        xt = y[:n * d].reshape(n, d)
+        return np.concatenate([(f * xt - 0.5 * g2 * score(xt, t)).ravel(), d * f - 0.5 * g2 * np.full(n, -4.0)])
+
+    sol = solve_ivp(rhs, (0.0, 3.0), np.concatenate([x.ravel(), np.zeros(n)]), method="RK45", rtol=1e-9, atol=1e-9)
+    np.testing.assert_array_equal(res.endpoint, sol.y[:n * d, -1].reshape(n, d))
+    np.testing.assert_array_equal(res.integral, sol.y[n * d:, -1])
+    assert res.n_evaluations == sol.nfev
