@@ -2,7 +2,9 @@
 
 Header (JSON, stored as the array "header"):
     {"format": "sgm_ref.model", "version": 1, "network": MLP.config(),
-     "process": {"name": "OU"} | {"name": "VP", "beta_min": ..., "beta_max": ...},
+     "process": the process's to_dict(): {"name": "OU"} | {"name": "VP", "beta_min": ..., "beta_max": ...}
+                | {"name": "VPCosine", "s": ..., "t_max": ...} | {"name": "DDPM", "beta_schedule": ...,
+                   "beta_start": ..., "beta_end": ..., "num_train_timesteps": ...},
      "parameterization": "...", "dtype": "float64" | "float32", "extra": {...}}
 Arrays: "params" (the flat vector), and optionally "ema" (the parameter average).
 """
@@ -187,7 +189,11 @@ def save(model, path, extra=None, ema=None):
     ValueError
         model not a ScoreModel; extra not a dict of str keys and JSON values that load
         reads back as written (an int key would come back a str, 1 and "1" both as "1",
-        which load refuses as a key given twice); non-finite params or ema.
+        which load refuses as a key given twice; a tuple is taken, and comes back a list);
+        non-finite params or ema; an ema of another shape or dtype than params; a path
+        that names no file, names a folder, or lies in a folder that does not exist.
+    OSError
+        The write failed (a full disk, no permission): path is left as it was.
     """
     if not isinstance(model, ScoreModel):
         raise ValueError(f"model must be a ScoreModel, got {type(model).__name__}")

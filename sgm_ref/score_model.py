@@ -67,12 +67,26 @@ class ScoreModel:
         s = self.output_to_score(out, x, t)
         if not np.all(np.isfinite(s)):
             # the network's output is finite here; the parameterisation overflowed
-            raise ValueError(
-                f"the {self.parameterization!r} score overflows {s.dtype.name} at t = {float(np.min(t)):.3g} "
-                f"(largest |x| entry {float(np.max(np.abs(x))):.3g})"
-                + ("; sigma_t is too small there for the 'noise' parameterization: use larger t"
-                   if self.parameterization == "noise" else "; rescale x"))
+            raise ValueError(self._overflow_text(s, x, t))
         return s
+
+    def _overflow_text(self, s, x, t):
+        """What overflowed in the first row of s that is not finite: its t, and for "noise" sigma_t
+        and the network's output there (the output is recomputed: s overwrote it)."""
+        n = s.shape[0]
+        i = int(np.argmax(~np.all(np.isfinite(s), axis=1)))
+        ti = float(np.broadcast_to(t, (n,))[i])
+        text = f"the {self.parameterization!r} score overflows {s.dtype.name} at t = {ti:.3g} (row {i}"
+        if self.parameterization != "noise":
+            return text + f", largest |x| entry {float(np.max(np.abs(np.asarray(x)[i]))):.3g}); " \
+                "rescale x or the parameters"
+        sigma = float(self._sigma(np.array([ti]), 1)[0])
+        net = float(np.max(np.abs(self.network.forward(np.asarray(x)[i:i + 1], ti))))
+        # |net| / sigma_t beyond the dtype's max: sigma_t is the cause where a moderate output overflows
+        small = net <= np.sqrt(float(np.finfo(s.dtype).max))
+        return text + (f": sigma_t = {sigma:.3g}, largest |net(x, t)| {net:.3g})"
+                       + ("; sigma_t is too small there for the 'noise' parameterization: use larger t" if small
+                          else "; the network's output is too large there: rescale x or the parameters"))
 
     def output_to_score(self, out, x, t):
         """Apply the parameterisation to a network output (in place on out).

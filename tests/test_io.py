@@ -805,3 +805,22 @@ def test_every_damaged_byte_gives_a_short_message_that_says_something(tmp_path):
             if "()" in message:
                 empty.append(i)
     assert longest <= 500 and not empty, (longest, empty[:5])
+
+
+def test_round_trip_of_the_other_variance_preserving_processes(tmp_path):
+    """The module docstring listed only OU and VP headers; a ScoreModel takes VPCosine and DDPM too,
+    and their non-default settings come back: equal processes, the same scores bit for bit."""
+    from sgm_ref import DDPM, VPCosine
+
+    for process in (VPCosine(0.02, t_max=0.999), DDPM("squaredcos_cap_v2", num_train_timesteps=10),
+                    DDPM("scaled_linear", 2e-4, 0.03, 50)):
+        for dtype in (np.float64, np.float32):
+            model = make_model(process, "noise", dtype)
+            ema = (model.params * 0.5).astype(dtype)
+            save(model, tmp_path / "m.npz", ema=ema)
+            loaded = load(tmp_path / "m.npz")
+            assert loaded.process == process and loaded.process.to_dict() == process.to_dict()
+            assert loaded.params.tobytes() == model.params.tobytes() and loaded.dtype == np.dtype(dtype)
+            assert load(tmp_path / "m.npz", use_ema=True).params.tobytes() == ema.tobytes()
+            x, t = np.ones((3, 3), dtype), np.array([1e-3, 0.5, 0.99])
+            assert loaded(x, t).tobytes() == model(x, t).tobytes()

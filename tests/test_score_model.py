@@ -198,3 +198,25 @@ def test_a_positive_t_whose_sigma_underflows_is_not_told_t_must_be_positive(call
             getattr(model, call)(*args)
     with pytest.raises(ValueError, match=r"t must be > 0 for the 'noise' parameterization \(sigma_0 = 0\)"):
         model.output_to_score(np.ones((2, 2)), x, 0.0)
+
+
+def test_a_noise_score_overflow_from_a_large_output_is_not_blamed_on_sigma():
+    """Review: a float32 "noise" model whose output is near the float32 max (3.3e38) overflowed at
+    t = 0.5, where sigma_t = 0.795, and was told 'sigma_t is too small there ...: use larger t'
+    (every t overflows it). The message now gives the row's t, sigma_t and network output, and
+    blames sigma_t only where a moderate output overflows (t = 1e-320: sigma_t = 1.4e-160)."""
+    net = MLP(2, (8,), "silu", "log", dtype=np.float32, rng=0)
+    model = ScoreModel(net, OU(), "noise")
+    x = np.ones((3, 2), np.float32)
+    with pytest.raises(ValueError, match=r"at t = 1e-320 \(row 0: sigma_t = 1\.41e-160, largest \|net\(x, t\)\| "
+                                         r"\d.*sigma_t is too small there .*use larger t$"):
+        model(x, np.full(3, 1e-320))
+    net.weights[-1][...] = 0.0
+    net.biases[-1][...] = 3.0e38  # / sigma_t overflows below t = 0.77 (sigma_t = 0.885), not at t = 5
+    for t, row in ((0.5, 0), (np.array([5.0, 0.5, 5.0]), 1)):
+        with pytest.raises(ValueError) as info:
+            model(x, t)
+        message = str(info.value)
+        assert f"overflows float32 at t = 0.5 (row {row}: sigma_t = 0.795, largest |net(x, t)| 3e+38)" in message
+        assert "use larger t" not in message and "rescale x or the parameters" in message
+    assert np.all(np.isfinite(model(x, 5.0)))

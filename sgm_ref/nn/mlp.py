@@ -17,6 +17,8 @@ of ones, so one matrix product gives h_l W_l + b_l and one gives [dL/dW_l; dL/db
 element-wise work between them is sgm_ref.kernels.dense.
 """
 
+import collections.abc
+
 import numpy as np
 
 from .._validation import check_count, check_float_dtype, check_points, check_rng, check_times
@@ -90,7 +92,10 @@ class MLP:
     def __init__(self, d, widths=(128, 128, 128), activation="silu", time_embedding="linear",
                  dtype=np.float64, rng=0):
         d = check_count(d, "d")
-        if isinstance(widths, (str, bytes)) or not hasattr(widths, "__iter__"):
+        # a set or dict has no order of its own (a set of widths came back in hash order, a dict
+        # as its keys); a 0-d array is not iterable (a TypeError), a 2-d one iterates over rows
+        if isinstance(widths, (str, bytes, collections.abc.Set, collections.abc.Mapping)) \
+                or not hasattr(widths, "__iter__") or (isinstance(widths, np.ndarray) and widths.ndim != 1):
             raise ValueError(f"widths must be a sequence of layer widths, e.g. (128, 128), got {widths!r}")
         widths = tuple(widths)
         for w in widths:
@@ -280,8 +285,9 @@ class MLP:
         Raises
         ------
         ValueError
-            For a bad x or t (shape, dtype, non-finite, t < 0), or if the output
-            overflows the dtype (inputs or parameters far from order 1).
+            For a bad x or t (shape, dtype, non-finite, t < 0), if the output
+            overflows the dtype (inputs or parameters far from order 1), or if it is
+            not finite because params holds a NaN or inf (the first one is named).
         """
         x, t = self._check_inputs(x, t)
         n = x.shape[0]
@@ -301,14 +307,27 @@ class MLP:
             self._overflow("output", x, t)
         return out
 
-    def _overflow(self, what, x=None, t=None):
-        """Raise for a non-finite result of finite inputs, with the sizes that caused it."""
+    def _overflow(self, what, x=None, t=None, rescale="x, t or the parameters"):
+        """Raise for a non-finite result of finite inputs, with the sizes that caused it; or with
+        the non-finite parameters that did (written into params or a layer view directly, as
+        set_params and load refuse them), which no rescaling would mend."""
+        bad = np.flatnonzero(~np.isfinite(self.params))
+        if bad.size:
+            i, start = int(bad[0]), 0
+            for layer, (fi, fo) in enumerate(zip(self.sizes[:-1], self.sizes[1:])):
+                if i < start + (fi + 1) * fo:
+                    break
+                start += (fi + 1) * fo
+            part = "biases" if i - start >= fi * fo else "weights"  # the block [W_l; b_l], b_l last
+            raise ValueError(f"the network's {what} is not finite: params holds {bad.size} non-finite value(s), "
+                             f"the first params[{i}] = {self.params[i]} (layer {layer}'s {part}); "
+                             "set finite parameters (set_params refuses non-finite ones)")
         sizes = f"largest |parameter| {float(np.max(np.abs(self.params))):.3g}"
         if x is not None:
             sizes = (f"largest |x| entry {float(np.max(np.abs(x))):.3g}, largest |t| "
                      f"{float(np.max(np.abs(t))):.3g}, " + sizes)
         raise ValueError(f"the network's {what} overflows {self.dtype.name} ({sizes}); "
-                         "rescale x, t or the parameters toward order 1")
+                         f"rescale {rescale} toward order 1")
 
     __call__ = forward
 
@@ -360,20 +379,30 @@ class MLP:
             raise ValueError(f"tangents must have shape (n, k, d) = ({n}, k, {self.d}), got {V.shape}")
         if not np.all(np.isfinite(V)):
             raise ValueError("tangents must be finite")
-        V = V.astype(self.dtype, copy=False)
+        with np.errstate(over="ignore"):
+            cast = V.astype(self.dtype, copy=False)
+        if not np.all(np.isfinite(cast)):  # float64 tangents beyond float32's range became inf
+            raise ValueError(f"tangents must fit the network's dtype {self.dtype.name}: the largest |entry| "
+                             f"{float(np.max(np.abs(V))):.3g} exceeds its largest value "
+                             f"{float(np.finfo(self.dtype).max):.3g}; scale them down (J v is linear in v)")
+        V = cast
         k = V.shape[1]
         out = np.empty((n, self.d), dtype=self.dtype)
         jv = np.empty((n, k, self.d), dtype=self.dtype)
         W0, WL = self.weights[0][:self.d], self.weights[-1]
-        for rows, ws in self._forward_blocks(x, t, k, out):
-            r = rows.stop - rows.start
-            # shapes spelt out (not -1): k = 0 directions give empty products, not a reshape error
-            T = (V[rows].reshape(r * k, self.d) @ W0).reshape(r, k, W0.shape[1])
-            if self.depth > 0:  # else the input layer is the last
-                T = (self._tangents(ws, T).reshape(r * k, WL.shape[0]) @ WL).reshape(r, k, self.d)
-            jv[rows] = T
+        # an overflow of the tangent products is named below, not warned about (as forward's)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for rows, ws in self._forward_blocks(x, t, k, out):
+                r = rows.stop - rows.start
+                # shapes spelt out (not -1): k = 0 directions give empty products, not a reshape error
+                T = (V[rows].reshape(r * k, self.d) @ W0).reshape(r, k, W0.shape[1])
+                if self.depth > 0:  # else the input layer is the last
+                    T = (self._tangents(ws, T).reshape(r * k, WL.shape[0]) @ WL).reshape(r, k, self.d)
+                jv[rows] = T
         if not (np.all(np.isfinite(out)) and np.all(np.isfinite(jv))):
-            self._overflow("Jacobian-vector product", x, t)
+            self._overflow("Jacobian-vector product (largest |tangent| entry "
+                           f"{float(np.max(np.abs(V))) if V.size else 0.0:.3g})", x, t,
+                           rescale="x, t, the tangents or the parameters")
         return out, jv
 
     def _forward_blocks(self, x, t, k, out):
@@ -412,14 +441,15 @@ class MLP:
         out = np.empty((n, d), dtype=self.dtype)
         trace = np.empty(n, dtype=self.dtype)
         W0, WL = self.weights[0][:d], self.weights[-1]
-        for rows, ws in self._forward_blocks(x, t, d, out):
-            r = rows.stop - rows.start
-            if self.depth == 0:
-                trace[rows] = np.trace(W0)
-            else:
-                T = self._tangents(ws, np.broadcast_to(W0, (r, d, W0.shape[1])).copy())
-                # tr J = sum_j (d h_L / d x_j) . W_L[:, j]: only the diagonal of the last product
-                trace[rows] = np.einsum("rjm,mj->r", T, WL)
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named below, not warned about
+            for rows, ws in self._forward_blocks(x, t, d, out):
+                r = rows.stop - rows.start
+                if self.depth == 0:
+                    trace[rows] = np.trace(W0)
+                else:
+                    T = self._tangents(ws, np.broadcast_to(W0, (r, d, W0.shape[1])).copy())
+                    # tr J = sum_j (d h_L / d x_j) . W_L[:, j]: only the diagonal of the last product
+                    trace[rows] = np.einsum("rjm,mj->r", T, WL)
         if not (np.all(np.isfinite(out)) and np.all(np.isfinite(trace))):
             self._overflow("Jacobian trace", x, t)
         return out, trace
