@@ -1236,7 +1236,7 @@ def cmd_audit_sampler(args):
         from .evaluation import json_ready
         from .runs import write_json
         write_json(args.json, json_ready({"sampler": args.sampler, "target": args.target, "seed": args.seed,
-                                          "replay_options": options, **result.to_dict()}))
+                                          "replay_options": options, **result.to_dict(keep_non_finite=True)}))
     return 0 if result.matches else 1
 
 

@@ -1047,7 +1047,10 @@ def test_audit_sampler_json_of_an_overflowing_law_is_written_with_nulls(tmp_path
     # the peer is x -> 1e200 x of the start x ~ N(0, I) (vp): its law N(0, 1e400 I) overflows on the diagonal
     assert report["laws"]["peer"]["cov"] == [[None, 0.0], [0.0, None]]
     assert report["laws"]["peer"]["mean"] == [0.0, 0.0]
-    assert report["non_finite"] == {"/laws/peer/cov/0/0": "inf", "/laws/peer/cov/1/1": "inf"}
+    # and the KLs to and from that law, infinite, are named too (they were nulls "non_finite" left out,
+    # like a figure not computed; the review of audit.py)
+    kls = {f"/laws/{pair}/{kl}": "inf" for pair in ("peer_vs_replay", "peer_vs_target") for kl in ("kl", "kl_reverse")}
+    assert report["non_finite"] == {"/laws/peer/cov/0/0": "inf", "/laws/peer/cov/1/1": "inf", **kls}
     assert np.isfinite(report["laws"]["replay"]["cov"]).all()
 
 
