@@ -9,7 +9,8 @@
                          can extend a finished run as if it had been trained for N steps
     RUN/history.json     the training loss at every step
     RUN/samples.npy      the sampler's output, shape (n, d); config.json's "samples_digest"
-                         records the settings that drew it (evaluate refuses others)
+                         records the settings that drew it (evaluate refuses others) and
+                         "samples_sha256" its numbers (evaluate refuses a damaged file)
     RUN/report.json      every metric with its standard error
     RUN/report.md        the same for a reader; RUN/*.png plots when matplotlib is installed
 
@@ -72,8 +73,8 @@ RUN_FILES = ("config.json", "checkpoint.npz", "model.npz", "history.json", "trai
 # what a new sampling makes stale
 _EVALUATION_FILES = ("report.json", "report.md", "samples.png", "loss.png", "score_error.png")
 # keys of config.json besides the sections of DEFAULTS ("samples_digest": the settings that drew
-# samples.npy, _samples_digest, written by sample_run)
-_HEADER_KEYS = ("format", "version", "sgm_ref", "environment", "samples_digest")
+# samples.npy, _samples_digest; "samples_sha256": its numbers, _array_sha256; both written by sample_run)
+_HEADER_KEYS = ("format", "version", "sgm_ref", "environment", "samples_digest", "samples_sha256")
 
 _STREAMS = ("data", "init", "train", "sample", "evaluate", "sliced floor")
 _MAX_STEPS = 2**53
@@ -987,7 +988,7 @@ def sample_run(folder, options=None, progress=None):
         # old samples and their evaluation go first, then the settings, then the new samples:
         # a kill in between leaves no samples rather than samples beside the wrong settings
         _remove(folder, ("samples.npy",) + _EVALUATION_FILES)
-        config = {**config, "samples_digest": _samples_digest(config)}
+        config = {**config, "samples_digest": _samples_digest(config), "samples_sha256": _array_sha256(x)}
         write_json(_path(folder, "config.json"), config)
         atomic_write(_path(folder, "samples.npy"), lambda f: np.save(f, x))
         return x
@@ -1001,6 +1002,12 @@ def _samples_digest(config):
     left the report naming, and the TV bound certifying, a sampler that did not draw them)."""
     text = json.dumps({"run": _run_digest(config), "sample": config["sample"]}, sort_keys=True, allow_nan=False)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _array_sha256(x):
+    """The SHA-256 of an array's numbers (C order): what sample_run records of samples.npy in
+    config.json ("samples_sha256"), so that load_samples reads the numbers it wrote or none."""
+    return hashlib.sha256(np.ascontiguousarray(x).data).hexdigest()
 
 
 def _counted(score, bar, calls_per_step):
@@ -1021,8 +1028,9 @@ def _counted(score, bar, calls_per_step):
 def load_samples(folder, d):
     """samples.npy of a run: the (n, d) array of finite numbers `sgm-ref sample` writes, n the
     configured sample count and its dtype the model's (float64 or float32), drawn with the
-    settings config.json has now (its "samples_digest", _samples_digest; runs of older
-    versions record none)."""
+    settings config.json has now (its "samples_digest", _samples_digest) and holding the
+    numbers sample_run wrote (its "samples_sha256", _array_sha256; runs of older versions
+    record neither)."""
     path = _path(folder, "samples.npy")
     if not os.path.exists(path):
         raise RunError(f"{os.fspath(folder)} has no samples.npy: run `sgm-ref sample` first")
@@ -1047,4 +1055,9 @@ def load_samples(folder, d):
         raise RunError(f"{path} was drawn with other sampler settings than config.json's \"sample\" section "
                        f"(edited since sampling): draw the samples of these settings with `sgm-ref sample "
                        f"{os.fspath(folder)}`, or restore config.json")
+    # a flipped bit or a replaced file keeps shape, dtype and finiteness: the numbers are checked
+    if "samples_sha256" in config and config["samples_sha256"] != _array_sha256(x):  # older runs have none
+        raise RunError(f"{path} does not hold the numbers `sgm-ref sample` wrote (its SHA-256 is not config.json's "
+                       f"\"samples_sha256\": damaged or replaced since): draw them again with `sgm-ref sample "
+                       f"{os.fspath(folder)}`")
     return x

@@ -333,3 +333,24 @@ def test_a_training_state_with_arrays_for_numbers_or_a_bad_rng_state_is_unreadab
         with pytest.raises(RunError, match=r"training state .*training_state.npz is unreadable \(" + match):
             train(run, progress=False, steps=40)
         assert read_config(run)["train"]["steps"] == 30
+
+
+def test_samples_whose_numbers_changed_are_refused(tmp_path, finished):
+    """A flipped bit keeps samples.npy's shape, dtype and finiteness: load_samples read it as other
+    numbers, which evaluate reported on. config.json records their SHA-256; a run of an older
+    version (no "samples_sha256") is read as before."""
+    run = _copy(finished, tmp_path / "run")
+    x = sample_run(run)
+    assert np.array_equal(load_samples(run, 2), x)
+    raw = bytearray((run / "samples.npy").read_bytes())
+    raw[-3] ^= 0x01  # the last number's mantissa: finite, and 1e-10 of it off
+    (run / "samples.npy").write_bytes(bytes(raw))
+    flipped = np.load(run / "samples.npy")
+    assert np.all(np.isfinite(flipped)) and not np.array_equal(flipped, x)
+    with pytest.raises(RunError, match=r"samples.npy does not hold the numbers `sgm-ref sample` wrote \(its SHA-256 is "
+                                       r"not config.json's \"samples_sha256\": damaged or replaced since\)"):
+        load_samples(run, 2)
+    config = json.loads((run / "config.json").read_text())
+    del config["samples_sha256"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert np.array_equal(load_samples(run, 2), flipped)
