@@ -35,6 +35,7 @@ from .metrics.score_error import _check_time_range as _score_time_range
 from .processes import VariancePreserving, check_process
 from .runs import (_EVALUATION_FILES, RunError, _remove, load_model, load_samples, read_config, streams,
                    update_section, write_json, writing)
+from .samplers import check_model_dtype
 from .targets import GaussianMixture
 from .targets.spec import from_record
 
@@ -79,6 +80,10 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
         Number of log-spaced times in [t0, T].
     bound_n : int
         Monte-Carlo pairs per step of the bound (sgm_ref.metrics.tv_upper_bound).
+    dtype : float64 or float32
+        Of the points the score is called with, which must return it (every figure is
+        computed in float64): float32 for a float32 model (a ScoreModel of a float32
+        network, refused up front with another dtype, or a score returning float32).
     on_stage : callable(str), optional
         Told "TV bound" before the bound's work starts (a progress bar's hook).
     floor : bool
@@ -96,8 +101,9 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     ------
     ValueError
         A score or on_stage that is not callable, or a bad process, t0, T, method,
-        grid, n_steps, profile_n, profile_times, bound_n, dtype or floor (named), before
-        the score is called; a score returning another shape or a non-finite value.
+        grid, n_steps, profile_n, profile_times, bound_n, dtype or floor (named), or a
+        ScoreModel whose dtype is not dtype, before the score is called; a score returning
+        another shape or a non-finite value.
         What the score itself raises is raised as it is.
     """
     if not callable(score):  # else Python's "'NoneType' object is not callable", from inside the profile
@@ -108,6 +114,8 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     t0, T = _score_time_range(t0, T, process)
     profile_times = check_count(profile_times, "profile_times")
     _check_report_settings(process, t0, T, method, grid, n_steps, profile_n, bound_n, dtype, floor)
+    # a ScoreModel of another dtype: named as dtype here, not by the model as "x" inside the profile
+    check_model_dtype(score, check_float_dtype(dtype))
     if floor:
         floor_rng = copy.deepcopy(check_rng(rng))  # the same draws as the model's figures
         report = _score_report(score, target, process, t0, T, method, grid, n_steps, rng, profile_n, profile_times,

@@ -81,6 +81,7 @@ from ._validation import (call_score, check_count, check_decreasing_grid, check_
                           check_rng, check_time_range, fits_in_memory)
 from .kernels.sampler import affine_noise_step, generator_handle, heun_correct, heun_predict
 from .processes import VariancePreserving, check_process
+from .score_model import ScoreModel
 
 __all__ = ["time_grid", "euler_maruyama", "exponential_integrator", "probability_flow", "sample", "METHODS",
            "start_variance"]
@@ -581,6 +582,17 @@ def probability_flow(score, process, grid, x, trajectory=False):
     return (y, path) if trajectory else y
 
 
+def check_model_dtype(score, dtype, name="dtype"):
+    """Raise unless a ScoreModel score has the points' dtype (any other score is checked by its
+    output at the first call). A ScoreModel refuses points of another dtype itself, but in terms of
+    x ("x must have dtype float32 (the network's), got float64; cast it explicitly"), which a caller
+    of sample, who passed no x, cannot act on (and sample had drawn its start points by then)."""
+    if isinstance(score, ScoreModel) and score.dtype != dtype:
+        model = score.dtype.name
+        raise ValueError(f"{name} must be the model's dtype, {model}, got {dtype.name}: the score is a ScoreModel "
+                         f"of a {model} network, which takes {model} points only; pass {name}=np.{model}")
+
+
 def _prior(process, n, d, rng, dtype, copies, process_T=None):
     """process.prior(n, d, rng, dtype) (N(0, sigma_T^2 I) for a process that is not
     variance-preserving: start_variance), with sizes beyond memory named as n and d."""
@@ -642,7 +654,8 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     ------
     ValueError
         For bad arguments (T must also keep B(T) = int_0^T beta finite; a trajectory
-        must fit in memory), a score that returns something other than a finite array
+        must fit in memory; a ScoreModel's dtype must be dtype, which is checked before
+        any draw), a score that returns something other than a finite array
         of x's shape and dtype, or a sampler that diverges (its points overflow: steps
         too large for the scheme). An exception the score itself raises propagates as
         it is (a failure on diverged points is reported as the divergence).
@@ -664,6 +677,7 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
         _check_sigma2(process, T, "T", check_float_dtype(dtype))
     elif not _is_vp(process):  # karras_heun works in sigma, never forms g^2: only the start must fit
         _check_start_sigma(process, T, check_float_dtype(dtype))
+    check_model_dtype(score, check_float_dtype(dtype))  # before the start points are drawn
     x = _prior(process, n, d, rng, dtype, n_steps + 1 if trajectory else 1, T)
     if method == "probability_flow":
         return probability_flow(score, process, grid, x, trajectory)

@@ -107,7 +107,12 @@ class TrainStep:
         if self.data.shape[0] == 0:
             raise ValueError("data must have at least one row (the training samples)")
         if self.data.dtype != net.dtype:
-            raise ValueError(f"data must have dtype {net.dtype.name} (the model's), got {self.data.dtype}")
+            # the dtype passed, not check_points' promotion of integers to float64 (int64 data for a
+            # float32 model was reported as "got float64"); as dsm_loss words it
+            given = getattr(data, "dtype", None)
+            given = np.asarray(data).dtype if given is None else given
+            raise ValueError(f"data must have dtype {net.dtype.name} (the model's), got {given}; pass "
+                             f"np.asarray(data, dtype=np.{net.dtype.name})")
         self.batch_size = check_count(batch_size, "batch_size")
         self.t0, self.T = check_time_range(t0, T, model.process)
         if not isinstance(weighting, str) or weighting not in WEIGHTINGS:

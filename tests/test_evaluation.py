@@ -469,6 +469,20 @@ def test_sample_report_refuses_a_floor_that_is_not_a_bool():
         sample_report(g.sample(50, rng), g, rng, n_reference=50, two_sample_n=20, bins=5, floor="yes")
 
 
+def _replace_samples(folder, x):
+    """Write x as the run's samples.npy, as `sgm-ref sample` would have drawn them (a sampler that
+    diverged): config.json's record of its numbers ("samples_sha256", where the run has one) too,
+    or evaluate refuses the file as damaged."""
+    import hashlib
+
+    np.save(folder / "samples.npy", x)
+    path = folder / "config.json"
+    config = json.loads(path.read_text())
+    if "samples_sha256" in config:
+        config["samples_sha256"] = hashlib.sha256(np.ascontiguousarray(x).data).hexdigest()
+        path.write_text(json.dumps(config, indent=2))
+
+
 def test_a_far_outlier_in_the_samples_keeps_the_other_figures(sampled_run, tmp_path):
     """A sampler that diverged leaves a point at 1e160: MMD^2 (squared distances), the covariance
     error and the component weights cannot be computed in float64. `sgm-ref evaluate` failed
@@ -482,7 +496,7 @@ def test_a_far_outlier_in_the_samples_keeps_the_other_figures(sampled_run, tmp_p
     shutil.copytree(sampled_run, folder)
     x = np.load(folder / "samples.npy")
     x[0, 0] = 1e160
-    np.save(folder / "samples.npy", x)
+    _replace_samples(folder, x)
     report, _, _ = evaluate_run(folder, plots=False)
     smp = report["samples"]
     for key in ("mmd2", "covariance_error"):
@@ -832,7 +846,7 @@ def test_samples_too_far_to_draw_leave_out_samples_png_only(sampled_run, tmp_pat
     shutil.copytree(sampled_run, folder)
     x = np.load(folder / "samples.npy")
     x[3, 1] = -1e307
-    np.save(folder / "samples.npy", x)
+    _replace_samples(folder, x)
     report, written, note = evaluate_run(folder)
     assert sorted(os.path.basename(p) for p in written) == ["loss.png", "score_error.png"]
     assert note == (f"samples.png not drawn: 1 of {len(x)} samples lie beyond +-2.8e+306 (the sampler diverged?), "
@@ -840,7 +854,7 @@ def test_samples_too_far_to_draw_leave_out_samples_png_only(sampled_run, tmp_pat
     assert not (folder / "samples.png").exists() and (folder / "report.md").exists()
     assert report["samples"]["mean_error"]["value"] > 1e304  # the figures stand
     x[3, 1] = -2.8e306  # within: drawn as before
-    np.save(folder / "samples.npy", x)
+    _replace_samples(folder, x)
     _, written, note = evaluate_run(folder)
     assert note is None and sorted(os.path.basename(p) for p in written) == ["loss.png", "samples.png",
                                                                             "score_error.png"]
@@ -868,3 +882,21 @@ def test_the_exact_score_s_likelihood_gap_from_few_points_is_not_called_a_fault(
                 "itself uncertain") in where
     report["likelihood"] = {**likelihood, "n": 50}  # from 50 points on: said, as before
     assert f"; {k:.1f} standard errors below 0: more than the estimator's noise, please report it." in markdown(report)
+
+
+def test_score_report_names_a_score_model_of_another_dtype_as_its_dtype_argument():
+    """A float32 ScoreModel with the default dtype=float64 was refused by the model, inside the
+    profile, as "x must have dtype float32 (the network's), got float64; cast it explicitly": no x
+    is score_report's argument; its dtype is, and the error now names it before the score is called."""
+    from sgm_ref.nn import MLP
+    from sgm_ref.score_model import ScoreModel
+
+    g = GaussianMixture.ring()
+    model = ScoreModel(MLP(2, (4,), rng=0, dtype=np.float32), OU(), "noise")
+    args = dict(t0=1e-2, T=1.0, method="euler_maruyama", grid="geometric", n_steps=3, profile_n=10, profile_times=2,
+                bound_n=4)
+    with pytest.raises(ValueError, match=r"^dtype must be the model's dtype, float32, got float64: .* "
+                                         r"pass dtype=np.float32$"):
+        score_report(model, g, OU(), rng=np.random.default_rng(0), **args)
+    report = score_report(model, g, OU(), rng=np.random.default_rng(0), dtype=np.float32, **args)
+    assert np.all(np.isfinite(report["score_error"]["error"]))

@@ -1289,3 +1289,21 @@ def test_probability_flow_off_vp_on_no_points(trajectory):
         assert out[0].shape == vp[0].shape == (0, 2) and out[1].shape == vp[1].shape == (5, 0, 2)
     else:
         assert out.shape == vp.shape == (0, 2)
+
+
+@pytest.mark.parametrize("model_dtype, dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_a_score_model_of_another_dtype_is_named_as_samples_dtype_before_any_draw(model_dtype, dtype):
+    """sample makes the points, so a ScoreModel of another dtype is its dtype argument's fault: the
+    model's own refusal, "x must have dtype float32 (the network's), got float64; cast it explicitly",
+    named an x the caller never passed, after the start points had been drawn."""
+    from sgm_ref.nn import MLP
+    from sgm_ref.score_model import ScoreModel
+
+    model = ScoreModel(MLP(2, (4,), rng=0, dtype=model_dtype), OU(), "noise")
+    rng = np.random.default_rng(0)
+    name = np.dtype(model_dtype).name
+    with pytest.raises(ValueError, match=rf"^dtype must be the model's dtype, {name}, got {np.dtype(dtype).name}: .* "
+                                         rf"pass dtype=np.{name}$"):
+        sample(model, OU(), 5, 2, rng, T=1.0, t0=0.1, n_steps=2, dtype=dtype)
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn
+    assert sample(model, OU(), 5, 2, rng, T=1.0, t0=0.1, n_steps=2, dtype=model_dtype).dtype == model_dtype

@@ -7,6 +7,7 @@ user's own settings win, and that the knob is validated and applied.
 
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -849,3 +850,67 @@ def test_a_nan_wait_is_refused_not_an_endless_loop(tmp_path):
     with folder_lock(tmp_path, wait=float("inf")):  # free: taken at once
         pass
     assert os.listdir(tmp_path) == []
+
+
+# numpy's legacy global-state functions: sgm_ref's randomness comes from the Generator passed in only
+_GLOBAL_RNG_FUNCTIONS = ("seed", "rand", "randn", "random", "random_sample", "normal", "standard_normal", "uniform",
+                         "randint", "choice", "shuffle", "permutation", "get_state", "set_state")
+
+
+def test_randomised_functions_use_only_their_generator_and_the_same_draws_on_every_thread_count(monkeypatch):
+    """Each randomised step of a run (training, sampling with every scheme, the reports, the time
+    draws) gives the same bits and leaves its Generator in the same state with one thread and
+    with numba's whole pool (numba and OpenBLAS counts both set), and never touches numpy's
+    global RandomState (its legacy functions raise here): a draw there would break
+    "same seed, same bits" silently. Small sizes: the mixture oracle's block and row splits are
+    covered at scale in tests/test_kernels_mixture.py."""
+    import numpy as np
+
+    from sgm_ref import MLP, OU, VP, GaussianMixture, ScoreModel, fit
+    from sgm_ref.evaluation import exact_score_loss, sample_report, score_report
+    from sgm_ref.losses import importance_times, sample_times
+    from sgm_ref.samplers import METHODS, sample
+
+    for name in _GLOBAL_RNG_FUNCTIONS:
+        def refuse(*args, _name=name, **kwargs):
+            raise AssertionError(f"numpy.random.{_name} (the global RandomState) was called")
+        monkeypatch.setattr(np.random, name, refuse)
+    ring = GaussianMixture.ring()
+    full = GaussianMixture([0.3, 0.7], [[0.0, 1.0], [1.0, -1.0]],
+                           [[[1.0, 0.3], [0.3, 0.5]], [[0.4, -0.1], [-0.1, 0.9]]])
+
+    def run():
+        out = []
+
+        def draw(fn):
+            rng = np.random.default_rng(7)
+            out.append((fn(rng), rng.bit_generator.state))
+
+        model = ScoreModel(MLP(2, (8, 8), rng=0, dtype=np.float32), OU(), "noise")
+        draw(lambda rng: (fit(model, ring.sample(64, rng, dtype=np.float32), steps=3, batch_size=1600, rng=rng,
+                              time_sampling="defensive", progress=False).loss, model.params.copy()))
+        for method in METHODS:
+            draw(lambda rng, method=method: sample(lambda x, t: full.score(x, t, VP()), VP(), 300, 2, rng, T=1.0,
+                                                   t0=1e-3, n_steps=4, method=method))
+        draw(lambda rng: sample(model, OU(), 300, 2, rng, T=2.0, t0=1e-2, n_steps=3, dtype=np.float32))
+        draw(lambda rng: score_report(model, ring, OU(), t0=1e-2, T=2.0, method="exponential", grid="geometric",
+                                      n_steps=3, rng=rng, profile_n=20, profile_times=2, bound_n=8, dtype=np.float32,
+                                      floor=True))
+        draw(lambda rng: sample_report(ring.sample(40, rng), ring, rng, n_reference=50, two_sample_n=20, floor=True))
+        draw(lambda rng: exact_score_loss(full, OU(), t0=1e-3, T=2.0, weighting="none", time_distribution="uniform",
+                                          n=50, rng=rng))
+        draw(lambda rng: (sample_times(9, 1e-3, 2.0, rng, "log-uniform"), importance_times(9, 1e-3, 2.0, rng)))
+        return out
+
+    numba_before, blas_before = numba.get_num_threads(), _threads.blas_threads()
+    try:
+        results = []
+        for n in sorted({1, numba.config.NUMBA_NUM_THREADS}):
+            sgm_ref.set_threads(n)
+            results.append(run())
+    finally:
+        restore_threads(numba_before, blas_before)
+    bits = [[pickle.dumps(case) for case in result] for result in results + [run()]]  # every bit (repr rounds)
+    for case, (first, other) in enumerate(zip(bits[0], bits[-2])):
+        assert first == other, f"case {case} differs between thread counts"
+    assert bits[0] == bits[-1], "the same seed gave other bits"

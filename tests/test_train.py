@@ -733,3 +733,14 @@ def test_a_schedule_whose_steps_attribute_is_not_its_length_is_used_as_given():
     short.steps = 9.0
     with pytest.raises(ValueError, match=r"lr_schedule covers 9\.0 steps, fewer than the run's 10"):
         fit(*small_problem(), steps=10, rng=np.random.default_rng(5), lr_schedule=short, **FIT)
+
+
+@pytest.mark.parametrize("data, given", [(np.ones((6, 2), np.int64), "int64"), ([[1, 2]] * 6, "int64"),
+                                         (np.ones((6, 2)), "float64")])
+def test_data_of_another_dtype_is_named_with_the_dtype_passed(data, given):
+    """Integer data for a float32 model was reported as "got float64" (check_points' promotion),
+    a dtype the caller never passed."""
+    model, _ = small_problem(dtype=np.float32)
+    with pytest.raises(ValueError, match=rf"^data must have dtype float32 \(the model's\), got {given}; pass "
+                                         r"np.asarray\(data, dtype=np.float32\)$"):
+        fit(model, data, steps=1, rng=np.random.default_rng(0), **FIT)
