@@ -248,25 +248,43 @@ class _Field:
         return s, np.einsum("nkd,nkd->nk", eps, diff.reshape(n, m, d))
 
 
+_REAL = "any float or integer dtype, read as float64"
+
+
+def _as_float64(raw):
+    """raw (a real dtype) as float64, and whether a finite entry overflowed in the cast
+    (a longdouble beyond float64's range: a bare cast made it inf under a RuntimeWarning)."""
+    with np.errstate(over="ignore"):  # named by the callers
+        out = raw.astype(np.float64)
+    return out, bool(np.any(np.isfinite(raw) & ~np.isfinite(out)))
+
+
 def _check_div(div, x, what="the divergence"):
+    """div as (n,) float64: real numbers of any float or integer dtype, finite in float64."""
     raw = np.asarray(div)
     if raw.dtype.kind not in "iuf":  # a cast would drop a complex part, parse strings, read bools as 0 / 1
-        raise ValueError(f"{what} must be {x.shape[0]} real numbers (float64), got dtype {raw.dtype}")
-    div = raw.astype(np.float64)
+        raise ValueError(f"{what} must be {x.shape[0]} real numbers ({_REAL}), got dtype {raw.dtype}")
+    div, beyond = _as_float64(raw)
     if div.shape != (x.shape[0],) or not np.all(np.isfinite(div)):
         raise ValueError(f"{what} must be {x.shape[0]} finite numbers, got shape {div.shape}"
-                         + ("" if div.shape != (x.shape[0],) else " with a non-finite entry"))
+                         + ("" if div.shape != (x.shape[0],) else
+                            f" with an entry beyond float64's range (dtype {raw.dtype})" if beyond else
+                            " with a non-finite entry"))
     return div
 
 
 def _check_jvp(Jv, V):
+    """J V as float64 of the tangents' shape: real numbers of any float or integer dtype, finite in float64."""
     raw = np.asarray(Jv)
     if raw.dtype.kind not in "iuf":  # a cast would drop a complex part, parse strings, read bools as 0 / 1
-        raise ValueError(f"jvp must return real numbers (float64) of the tangents' shape {V.shape}, "
+        raise ValueError(f"jvp must return real numbers ({_REAL}) of the tangents' shape {V.shape}, "
                          f"got dtype {raw.dtype}")
-    Jv = raw.astype(np.float64)
-    if Jv.shape != V.shape or not np.all(np.isfinite(Jv)):
-        raise ValueError(f"jvp must return finite values of the tangents' shape {V.shape}, got {Jv.shape}")
+    Jv, beyond = _as_float64(raw)
+    if Jv.shape != V.shape:
+        raise ValueError(f"jvp must return finite values of the tangents' shape {V.shape}, got shape {Jv.shape}")
+    if not np.all(np.isfinite(Jv)):  # the shape is right: say what is wrong (it read "shape (3, 1, 2), got (3, 1, 2)")
+        raise ValueError(f"jvp must return finite values of the tangents' shape {V.shape}, got "
+                         + (f"an entry beyond float64's range (dtype {raw.dtype})" if beyond else "a non-finite entry"))
     return Jv
 
 

@@ -165,7 +165,8 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
         cause it and the sizes of x0 and the parameters: the loss, summed in float64,
         needs |z| / sigma_t well below sqrt(max / d), ~1e154; the gradient, in the
         model's dtype, lambda |z| / sigma_t (/ sigma_t^2 for "noise") well below its max,
-        3.4e38 in float32).
+        3.4e38 in float32); a NaN or inf in model.params is named as such (the first one,
+        its index and layer), not as an overflow.
     """
     if not isinstance(model, ScoreModel):  # an MLP or a score function met an AttributeError ('network')
         raise ValueError(f"model must be an sgm_ref.ScoreModel (a network with its process and parameterization), "
@@ -217,8 +218,18 @@ def _overflow(model, x0, t, z, what, weighting):
     (over sigma_t again for "noise"): lambda |z| / sigma_t (or / sigma_t^2) must stay well
     below the dtype's max (3.4e38 in float32; a float32 model at t = 1e-50 with lambda =
     sigma_t^2 is fine, with lambda = 1 it is not).
+
+    A NaN or inf in the parameters themselves (written into params directly: set_params
+    and load refuse them) is no overflow and no rescaling mends it: the network's own
+    message names the first one (MLP._overflow), prefixed "dsm_loss: ". It read "the loss
+    overflows float64 ... |z| / sigma_t reaches 2.92 ... the largest |parameter| nan".
     """
     net = model.network
+    if not np.all(np.isfinite(net.params)):
+        try:
+            net._overflow(what)  # raises, naming the first non-finite parameter and its layer
+        except ValueError as error:
+            raise ValueError(f"dsm_loss: {error}") from None
     _, s2 = model.process._coefficients(t, t.shape[0])
     sizes = (f"the largest |x0| entry is {float(np.max(np.abs(x0))):.3g} and the largest |parameter| "
              f"{float(np.max(np.abs(net.params))):.3g}. Use larger t, or rescale x0 or the parameters toward order 1")

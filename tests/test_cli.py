@@ -1172,3 +1172,20 @@ def test_audit_says_a_vacuous_bound_s_path_kl_once(tmp_path):
               "--bound-n", "8", cwd=tmp_path).stdout
     lines = [line for line in out.splitlines() if "certified TV bound" in line]
     assert all("vacuous" not in line and line.count("path KL") == 1 + line.count("adds path KL") for line in lines)
+
+
+def test_audit_explains_a_negative_kl_prior_as_evaluate_does(tmp_path):
+    """audit printed "KL prior -2.03e-06" in its bound line (the ring's exact score, --seed 2,
+    --bound-n 4) with no word on it, where evaluate adds why a KL can read below 0: a Monte-Carlo
+    estimate, not clipped, and whether it is within its standard errors of 0."""
+    (tmp_path / "ringscore.py").write_text("from sgm_ref import OU, GaussianMixture\n_ring = GaussianMixture.ring()\n\n"
+                                           "def oracle(x, t):\n    return _ring.score(x, t, OU())\n")
+    path = tmp_path / "report.json"
+    result = run("audit", "--score", "ringscore:oracle", "--target", "ring", "--n-steps", "5", "--profile-n", "10",
+                 "--bound-n", "4", "--seed", "2", "--json", path, cwd=tmp_path)
+    bound = json.loads(path.read_text())["tv_bound"]
+    assert bound["kl_prior"] < 0 and f"KL prior {bound['kl_prior']:.3g})" in result.stdout
+    note = (f"note: the KL prior KL(p_T || N(0, I)) = {bound['kl_prior']:.2g} ± {bound['kl_prior_se']:.2g} is below 0 "
+            "because it is an unbiased estimate (not clipped) of a quantity >= 0; within 1 standard error of 0, "
+            "consistent with 0")
+    assert note in result.stdout.splitlines(), result.stdout

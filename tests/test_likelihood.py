@@ -738,7 +738,8 @@ def test_a_divergence_jvp_or_prior_of_complex_strings_or_bools_is_refused_not_ca
         (dict(divergence=lambda y, t: exact_div(y, t).astype(str)), score, r"the divergence must be 3 real .*<U"),
         (dict(divergence=lambda y, t: np.ones(len(y), dtype=bool)), score, r"the divergence must be 3 real .*bool"),
         (dict(divergence="hutchinson", rng=np.random.default_rng(0), jvp=lambda y, t, V: -V + 0j), score,
-         r"jvp must return real numbers \(float64\) of the tangents' shape \(3, 1, 2\), got dtype complex128"),
+         r"jvp must return real numbers \(any float or integer dtype, read as float64\) of the tangents' shape "
+         r"\(3, 1, 2\), got dtype complex128"),
         (dict(prior=lambda y: std_normal(y) + 0j), ring, r"prior\(y\) .* must be 3 real numbers .*complex128"),
     ]
     with warnings.catch_warnings():
@@ -750,6 +751,51 @@ def test_a_divergence_jvp_or_prior_of_complex_strings_or_bools_is_refused_not_ca
         int_prior = log_prob(ring, OU(), x, 0.1, 3.0, prior=lambda y: np.zeros(len(y), dtype=np.int64))
         zero_prior = log_prob(ring, OU(), x, 0.1, 3.0, prior=lambda y: np.zeros(len(y)))
         np.testing.assert_array_equal(int_prior.log_q, zero_prior.log_q)
+
+
+def test_divergence_and_jvp_messages_say_which_dtypes_are_accepted_and_what_is_wrong():
+    """_check_div and _check_jvp said "real numbers (float64)" while any float or integer
+    dtype is accepted and read as float64 (float32 and int64 results pass); a jvp of the
+    right shape with a NaN read "of the tangents' shape (3, 1, 2), got (3, 1, 2)", and a
+    longdouble beyond float64's range was called non-finite (after a RuntimeWarning)."""
+    import warnings
+
+    ring = GaussianMixture.ring()
+    x = ring.sample(3, np.random.default_rng(0))
+    score = lambda y, t: ring.score(y, t, OU())  # noqa: E731
+    div = lambda y, t: ring.divergence(y, t, OU())  # noqa: E731
+    hutch = dict(divergence="hutchinson", rng=np.random.default_rng(0))
+    accepted = r"real numbers \(any float or integer dtype, read as float64\)"
+    cases = [
+        (dict(divergence=lambda y, t: div(y, t) + 0j), rf"^the divergence must be 3 {accepted}, got dtype complex128$"),
+        (dict(jvp=lambda y, t, V: -V + 0j, **hutch), rf"^jvp must return {accepted} of the tangents' shape"),
+        (dict(jvp=lambda y, t, V: np.full_like(V, np.nan), **hutch),
+         r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got a non-finite entry$"),
+        (dict(jvp=lambda y, t, V: V[:, :, :1], **hutch),
+         r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got shape \(3, 1, 1\)$"),
+    ]
+    if np.finfo(np.longdouble).max > np.finfo(np.float64).max:  # x87 / quad longdouble
+        big = np.longdouble(np.finfo(np.float64).max) * 4
+        cases += [(dict(divergence=lambda y, t: np.full(len(y), big)),
+                   r"^the divergence must be 3 finite numbers, got shape \(3,\) with an entry beyond float64's range "
+                   r"\(dtype float128\)$"),
+                  (dict(jvp=lambda y, t, V: np.full(V.shape, big), **hutch),
+                   r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got an entry beyond "
+                   r"float64's range \(dtype float128\)$")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning from the cast is not an answer
+        for kw, match in cases:
+            with pytest.raises(ValueError, match=match):
+                log_prob(score, OU(), x, 0.1, 3.0, **kw)
+        # what the message says is accepted is: a float32 divergence and an int64 jvp give the float64 answer
+        f32 = lambda y, t: div(y, t).astype(np.float32)  # noqa: E731
+        np.testing.assert_array_equal(log_prob(score, OU(), x, 0.1, 3.0, divergence=f32).log_q,
+                                      log_prob(score, OU(), x, 0.1, 3.0, divergence=lambda y, t: f32(y, t) * 1.0).log_q)
+        jvp = lambda y, t, V: -V  # noqa: E731 (J = -I on Rademacher tangents: integers)
+        np.testing.assert_array_equal(
+            log_prob(score, OU(), x, 0.1, 3.0, divergence="hutchinson", rng=np.random.default_rng(0),
+                     jvp=lambda y, t, V: jvp(y, t, V).astype(np.int64)).log_q,
+            log_prob(score, OU(), x, 0.1, 3.0, divergence="hutchinson", rng=np.random.default_rng(0), jvp=jvp).log_q)
 
 
 def test_nll_report_records_the_tolerances_used_and_checks_them_before_sampling():

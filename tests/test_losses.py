@@ -635,3 +635,26 @@ def test_a_float32_residual_models_loss_is_worked_in_float64():
         rows, _ = exact_residual("residual", out, x, z, sigma, lam, 1.0 / n)
         want = float(sum(rows) / n)
         assert abs(value - want) <= 1e-14 * want, (value, want)
+
+
+def test_a_non_finite_parameter_is_named_by_dsm_loss_not_called_an_overflow():
+    """A NaN written into model.params made dsm_loss say "the loss overflows float64 ... |z| /
+    sigma_t reaches 2.92 ... the largest |parameter| nan. Use larger t, or rescale": no
+    rescaling mends it. The network's own message (MLP._overflow) names the first one, as
+    the model's forward pass does, for the loss and for the gradient, in float32 too."""
+    x0, t, z = batch(seed=8)
+    for dtype in (np.float64, np.float32):
+        model = model_for("silu", "log", "noise", dtype=dtype)
+        net = model.network
+        fi, fo = net.sizes[0], net.sizes[1]
+        net.params[fi * fo + 2] = np.nan  # layer 0's third bias
+        net.params[-1] = np.inf
+        for grad in (False, True):
+            with pytest.raises(ValueError, match=rf"^dsm_loss: the network's loss is not finite: params holds 2 "
+                                                 rf"non-finite value\(s\), the first params\[{fi * fo + 2}\] = nan "
+                                                 r"\(layer 0's biases\); set finite parameters"):
+                dsm_loss(model, x0.astype(dtype), t, z.astype(dtype), grad=grad)
+        # the forward pass says the same of its output
+        with pytest.raises(ValueError, match=rf"^the network's output is not finite: params holds 2 .*"
+                                             rf"params\[{fi * fo + 2}\]"):
+            model(x0.astype(dtype), t)

@@ -1364,3 +1364,28 @@ def test_sigma_samplers_name_a_start_where_alpha_underflows(replay):
                 replay(score, process, [1.0, 0.5, 0.1, 0.0], np.ones((2, 1)), np.random.default_rng(0))
             y = replay(score, process, [0.8, 0.5, 0.1, 0.0], np.ones((2, 1)), np.random.default_rng(0))
         assert np.all(np.isfinite(y))
+
+
+def test_replay_output_gaussian_names_an_unknown_or_missing_option_and_the_replays_options():
+    """replay_output_gaussian(R.ddim, ..., etaa=1) raised Python's TypeError from inside the
+    probe run ("ddim() got an unexpected keyword argument 'etaa'"), and karras_stochastic
+    without s_churn its "missing 1 required keyword-only argument": ValueErrors now, naming
+    the option and the replay's options. A replay taking **options is called as given."""
+    grid = np.linspace(1.0, 0.1, 4)
+    law = (np.zeros(1), np.eye(1), OU(), grid)
+    with pytest.raises(ValueError, match=r"^ddim has no option 'etaa'; its options are eta, alphas_cumprod, "
+                                         r"prediction_type$"):
+        R.replay_output_gaussian(R.ddim, *law, etaa=1)
+    with pytest.raises(ValueError, match=r"^karras_stochastic needs the option s_churn \(pass s_churn=\.\.\. "):
+        R.replay_output_gaussian(R.karras_stochastic, *law)
+    with pytest.raises(ValueError, match=r"^dpmpp_2m has no option 'eta'; its options are lower_order_final$"):
+        R.replay_output_gaussian(R.dpmpp_2m, *law, eta=0.0)
+
+    def custom(score, process, grid, x, rng=None, trajectory=False, *, noise=None):
+        return R.euler_maruyama(score, process, grid, x, rng, trajectory, noise=noise)
+
+    with pytest.raises(ValueError, match=r"^custom has no option 'step_size'; its options are none$"):
+        R.replay_output_gaussian(custom, *law, step_size=0.1)
+    # what is accepted still works, and a replay taking **options gets them as given
+    np.testing.assert_array_equal(R.replay_output_gaussian(R.ddim, *law, eta=1.0)[1],
+                                  R.replay_output_gaussian(lambda *a, **kw: R.ddim(*a, **kw), *law, eta=1.0)[1])

@@ -408,3 +408,31 @@ def test_profile_oracle_refuses_a_non_bool():
     g = GaussianMixture.ring()
     with pytest.raises(ValueError, match="oracle must be True or False"):
         score_error_profile(lambda x, t: x, g, OU(), [0.1], 10, np.random.default_rng(0), oracle="yes")
+
+
+def test_a_non_finite_score_met_only_in_the_integral_names_the_function_and_the_time():
+    """score_error_integral called call_score without saying where: a score that is NaN
+    only below t = 0.02 (never at the profile's times) read "score returned non-finite
+    values", with neither the integral nor a t. Its rows have times of their own; the first
+    non-finite row's time is named, with the function and [t0, T]."""
+    g = GaussianMixture.ring()
+    seen = []
+
+    def score(x, t):
+        seen.append(t.copy())
+        s = g.score(x, t, OU())
+        s[t < 0.02, 1] = np.nan
+        return s
+
+    errors, _ = score_error_profile(score, g, OU(), [0.1, 1.0], 4, np.random.default_rng(0))
+    assert np.all(np.isfinite(errors))
+    with pytest.raises(ValueError) as info:
+        score_error_integral(score, g, OU(), 0.01, 1.0, 50, np.random.default_rng(0))
+    t = seen[-1]
+    i = int(np.argmax(t < 0.02))
+    assert str(info.value) == (f"score returned non-finite values at t = {t[i]:.6g} (row {i}, {np.sum(t < 0.02)} of 50 "
+                               "rows non-finite) in score_error_integral (one call with its 50 times drawn in "
+                               "[t0, T] = [0.01, 1])")
+    # call_score's other refusals say where too, in their own order
+    with pytest.raises(ValueError, match=r"^score returned shape \(50, 1\) in score_error_integral \(one call "):
+        score_error_integral(lambda x, t: x[:, :1], g, OU(), 0.01, 1.0, 50, np.random.default_rng(0))

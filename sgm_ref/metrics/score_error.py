@@ -61,8 +61,9 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     ValueError
         For bad arguments (T must keep B(T) (sigma_T^2 and g^2(T) for other processes) finite, and
         with log-uniform times T log(T / t0) finite), points x_t beyond the range of dtype, a
-        score that fails or returns non-finite values, or an integral beyond the float64 range
-        (a score error of ~1e150 or more).
+        score that fails or returns non-finite values (the message names score_error_integral
+        and the first such row's time), or an integral beyond the float64 range (a score error
+        of ~1e150 or more).
     """
     process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
@@ -107,7 +108,9 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
     xt, _ = process.perturb(x0, t, rng)
     # the score gets copies: t is used below (a score that scaled its t in place, as a unit
     # conversion might, made the exact score's error 0.47 instead of 0)
-    s = call_score(score, _points_in(xt, dtype, t, "a smaller T"), t.copy()).astype(np.float64)
+    where = (f" in score_error_integral (one call with its {n} times drawn in [t0, T] = [{t0:.6g}, {T:.6g}])")
+    s = call_score(_naming_the_time(score, t, where), _points_in(xt, dtype, t, "a smaller T"), t.copy(),
+                   where).astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         # variance-preserving processes keep beta (g^2 = beta), bit for bit as before
         g2 = process.beta(t) if isinstance(process, VariancePreserving) else process.g2(t)
@@ -122,6 +125,28 @@ def _score_error_integral(score, target, process, t0, T, n, rng, time_distributi
                          f"as large as {float(np.max(np.abs(s[i]))):.3g}); the score is too far from the truth to "
                          "measure in float64")
     return value, se
+
+
+def _naming_the_time(score, t, where):
+    """score, but a non-finite output is refused naming the first such row's time t[i]
+    (t (n,): the rows' own times, drawn apart, which call_score's message cannot name: a NaN
+    met only in the integral read "score returned non-finite values", no t, no function).
+    Any other fault is left to call_score, in its order (its type, shape and dtype checks
+    come first)."""
+
+    def named(x, tt):
+        out = score(x, tt)
+        if isinstance(out, np.ndarray) and not isinstance(out, np.ma.MaskedArray):
+            a = np.asarray(out)
+            if a.shape == x.shape and a.dtype.kind in "biufc":
+                bad = ~np.all(np.isfinite(a), axis=1)
+                if np.any(bad):
+                    i = int(np.argmax(bad))
+                    raise ValueError(f"score returned non-finite values at t = {float(t[i]):.6g} (row {i}, "
+                                     f"{int(np.count_nonzero(bad))} of {len(bad)} rows non-finite){where}")
+        return out
+
+    return named
 
 
 def _points_in(x, dtype, t, fix):

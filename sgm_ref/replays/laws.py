@@ -18,6 +18,8 @@ Check rows with all inputs at once (one in each batch) check that the replay is 
 them, with the same linear part for both targets.
 """
 
+import inspect
+
 import numpy as np
 
 from .._validation import check_real, check_rng
@@ -113,6 +115,34 @@ def _not_affine(replay, options):
     return None
 
 
+def _check_options(replay, options):
+    """Refuse options the replay does not take, and a required one left out, naming the
+    replay's options: they were Python's TypeError from inside the probe run ("ddim() got
+    an unexpected keyword argument 'etaa'"). The replay is called with (score, process,
+    grid, x, rng, trajectory) by position and noise by name; a replay taking **kwargs, or
+    whose signature cannot be read, is called as given."""
+    try:
+        params = inspect.signature(replay).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    positional = [name for name, p in params.items()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    set_here = set(positional[:6]) | {"noise"} | {name for name, p in params.items()
+                                                  if p.kind is inspect.Parameter.VAR_POSITIONAL}
+    own = [name for name, p in params.items()
+           if name not in set_here and p.kind is not inspect.Parameter.POSITIONAL_ONLY]
+    name = getattr(replay, "__name__", "the replay")
+    unknown = [key for key in options if key not in own]
+    if unknown:
+        raise ValueError(f"{name} has no option {unknown[0]!r}; its options are {', '.join(own) or 'none'}")
+    missing = [key for key in own if params[key].default is inspect.Parameter.empty and key not in options]
+    if missing:
+        raise ValueError(f"{name} needs the option{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                         f"(pass {missing[0]}=... to replay_output_gaussian)")
+
+
 def replay_output_gaussian(replay, mean, cov, process, grid, *, start=None, affine_rtol=1e-8, **options):
     """Exact law N(mean_out, cov_out) of a replay's output for the Gaussian target N(mean, cov).
 
@@ -150,7 +180,8 @@ def replay_output_gaussian(replay, mean, cov, process, grid, *, start=None, affi
     ------
     ValueError
         Bad Gaussian, process or grid; a replay that is not callable, or options it sets itself
-        (rng, noise, trajectory, ...); options for which the replay is not affine (score_sde's
+        (rng, noise, trajectory, ...); an option the replay does not take, or a required one
+        left out (the replay's options named); options for which the replay is not affine (score_sde's
         batch-dependent Langevin step); a replay whose output is not affine in its inputs.
     """
     if not callable(replay):
@@ -159,6 +190,7 @@ def replay_output_gaussian(replay, mean, cov, process, grid, *, start=None, affi
     if fixed:
         raise ValueError(f"options {fixed} are set by replay_output_gaussian itself (the law integrates over "
                          f"the start point and every noise draw); pass only the replay's own options")
+    _check_options(replay, options)
     m, S, _, _ = _check_gaussian(mean, cov)
     affine_rtol = check_real(affine_rtol, "affine_rtol", low=0.0, low_open=True)
     process = check_process(process, variance_preserving=False)
