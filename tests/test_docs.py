@@ -266,3 +266,44 @@ def test_the_likelihood_pages_seed_zero_figures_are_what_log_prob_gives():
     ring = worst(GaussianMixture.ring())
     assert ring == float(ring_stated.group(1)) == float(both_stated.group(1)), (ring, ring_stated.group(1))
     assert worst(full) == float(both_stated.group(2)), both_stated.group(2)
+
+
+def test_the_audit_pages_float32_figures_are_what_its_jax_block_gives():
+    """docs/audit.md's JAX ring block (the exact score in jax.numpy through from_jax), run as
+    written: each range of E|s - grad log p_t|^2 the next paragraph states, and where the
+    largest error lies. The figures are rounding errors, and XLA may round differently on
+    another CPU or JAX version (the page says so), so the JAX model's figures are compared
+    within a factor 1.5 of the digit printed; the oracle rounded to float32 (NumPy alone) to
+    that digit. Review: the page stated "1e-14 to 1.5e-12 ... the largest at the smallest t",
+    "2e-15 to 4e-13" and "6e-32 to 1e-30" with no model or command behind them; a reviewer's
+    own JAX ring gave up to 1.7e-12 with the largest not at the smallest t (it formed sigma_t^2
+    as 1 - e^-2t, as the block's `cancelling` model does)."""
+    import numpy as np
+
+    from _peers import peer
+
+    peer("jax")
+    text = (ROOT / "docs" / "audit.md").read_text(encoding="utf-8")
+    code = [block for block in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "import jax" in block]
+    assert len(code) == 1
+    namespace = {}
+    exec(compile(code[0], "docs/audit.md (the JAX ring block)", "exec"), namespace)
+    flat = " ".join(text.split())
+    figure = r"(\de-\d+)"
+    stated = re.search(rf"In float32 the error is {figure} to {figure}, the largest at the smallest t; the exact score "
+                       rf"rounded to float32 .*? has {figure} to {figure}; the same model under x64 has {figure} to "
+                       rf"{figure}\. Written with sigma_t\^2 = 1 - e\^{{-2t}}, .*? the float32 model reaches {figure}, "
+                       r"the largest at t = ([\d.]+), not at the smallest t", flat)
+    assert stated, "the paragraph after the JAX block is not the one this test reads"
+    f32_low, f32_high, r_low, r_high, f64_low, f64_high, cancel_high, cancel_at = stated.groups()
+    ts = namespace["ts"]
+
+    def near(got, text):
+        return abs(np.log(got / float(text))) < np.log(1.5)
+
+    f32, f64, cancelling, rounded = (namespace[k] for k in ("float32", "float64", "cancelling", "rounded"))
+    assert f"{rounded.min():.0e}" == r_low and f"{rounded.max():.0e}" == r_high, rounded
+    for got, low, high in ((f32, f32_low, f32_high), (f64, f64_low, f64_high)):
+        assert near(got.min(), low) and near(got.max(), high), (got, low, high)
+    assert np.argmax(f32) == 0 and near(cancelling.max(), cancel_high), (f32, cancelling)
+    assert np.argmax(cancelling) > 0 and f"{ts[np.argmax(cancelling)]:.1g}" == cancel_at, cancelling

@@ -134,6 +134,8 @@ def test_learn_section_runs():
 def test_documentation_code_blocks_run(page, tmp_path, monkeypatch):
     path = ROOT / "docs" / page
     code = blocks(path.read_text(encoding="utf-8"), "python")
+    if page == "audit.md":  # its JAX block needs the optional jax: tests/test_docs.py runs it and checks its figures
+        code = [block for block in code if "import jax" not in block]
     assert code
     monkeypatch.chdir(tmp_path)  # the guide saves a model file
     namespace = {}
@@ -154,11 +156,13 @@ def test_documentation_code_blocks_run(page, tmp_path, monkeypatch):
             digits = len(text.split(".")[1]) if "." in text else 0
             assert round(float(got), digits) == float(text), (line, value)
     if page == "guide.md":
-        assert shown  # the score error after 2,000 steps, (0.27, 0.007)
-        # the figure the guide states for this exact setting (score error 0.29 after 2,000 steps)
+        assert shown  # the score error after 2,000 steps, as the block prints it: (0.27, 0.007)
+        # the model load() gives back, on other evaluation draws, is the one measured there (0.277 ± 0.007
+        # measured; 0.29, in the paragraph after the block, is the learning test's figure, with other seeds)
+        printed = next(value for line, value in shown.items() if "score_error_integral(" in line)
         value, se = namespace["score_error_integral"](namespace["model"], namespace["ring"], namespace["OU"](),
                                                       1e-2, 5.0, 4000, namespace["np"].random.default_rng(5))
-        assert value < 0.5
+        assert abs(value - printed[0]) < 4 * se, (value, se, printed)
 
 
 def test_ci_installs_and_tests_as_the_readme_says():
