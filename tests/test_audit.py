@@ -155,6 +155,56 @@ def test_non_gaussian_target_gets_sample_distances_only():
     assert np.isfinite(v) and se > 0
 
 
+def _gaussian_mmd2_1d(law_a, law_b, h):
+    """Closed-form MMD^2 of two 1-D Gaussian laws (mean, cov) under exp(-D^2 / (2 h^2)), from
+    E k = h / sqrt(h^2 + s2) exp(-mu^2 / (2 (h^2 + s2))) over D ~ N(mu, s2) (checked against
+    quadrature in tests/test_distances.py::test_mmd_paired_is_unbiased_and_its_standard_error_calibrated)."""
+    (ma, va), (mb, vb) = [(float(np.ravel(m)[0]), float(np.ravel(c)[0])) for m, c in (law_a, law_b)]
+    e = lambda mu, s2: h / np.sqrt(h * h + s2) * np.exp(-mu * mu / (2 * (h * h + s2)))
+    return e(0.0, 2 * va) + e(0.0, 2 * vb) - 2 * e(ma - mb, va + vb)
+
+
+def test_peer_vs_replay_mmd_is_the_paired_statistic():
+    """Row i of the peer's and of the replay's output come from the same start point and noise:
+    their MMD^2 is the paired U-statistic. The independent one's cross terms i = j biased it: a
+    MATCH (identical outputs) read -8.8e-3 ± 4e-4 for 0 at n = 100, a peer whose steps are 0.9
+    times too short -7.1e-3 ± 5.5e-3 for the closed form's 1.55e-3 between the two exact laws."""
+    from sgm_ref.metrics import mmd
+    outputs = {}
+
+    def kept(loop):
+        def run(score, grid, x, noises):
+            path = loop(score, grid, x, noises)
+            # the first call is the comparison's (the probe runs come after); the replay's output is
+            # textbook_em's to the bit (the MATCH below has max_deviation 0)
+            outputs.setdefault("pair", (path[-1], textbook_em(score, grid, x, noises)[-1]))
+            return path
+        return run
+
+    def short_steps(score, grid, x, noises):
+        y, path = x.copy(), [x.copy()]
+        for k in range(grid.size - 1):
+            t, h = grid[k], 0.9 * (grid[k] - grid[k + 1])
+            y = y - h * (VP_.f(t) * y - VP_.g2(t) * score(y, np.full(len(y), t))) + np.sqrt(VP_.g2(t) * h) * noises(k)
+            path.append(y)
+        return np.stack(path)
+
+    res = compare_sampler(kept(textbook_em), "euler_maruyama", VP_, GRID, TARGET, 100, np.random.default_rng(0))
+    assert res.matches and res.max_deviation == 0.0
+    assert res.samples["mmd2"]["peer_vs_replay"] == (0.0, 0.0)
+    assert mmd(*outputs["pair"]).value == pytest.approx(-8.8e-3, abs=5e-5)  # the independent statistic
+
+    outputs.clear()
+    res = compare_sampler(kept(short_steps), "euler_maruyama", VP_, GRID, TARGET, 100, np.random.default_rng(0))
+    assert not res.matches and res.laws["method"] == "exact"
+    value, se = res.samples["mmd2"]["peer_vs_replay"]
+    independent = mmd(*outputs["pair"])
+    exact = _gaussian_mmd2_1d(res.laws["peer"], res.laws["replay"], independent.bandwidth)
+    assert exact == pytest.approx(1.547e-3, rel=1e-3)
+    assert abs(value - exact) < se < 1e-3 and value > 2 * se  # 1.50e-3 ± 5.0e-4
+    assert independent.value == pytest.approx(-7.1e-3, abs=5e-5)
+
+
 def test_given_noise_is_what_both_sides_use():
     rng = np.random.default_rng(3)
     noise = rng.standard_normal((10, 200, 1))
@@ -257,10 +307,20 @@ def test_score_sde_vp_scheduler_against_textbook_euler_maruyama(N, kl):
     N - 1 steps: compare_sampler names step 0 as the first diverging one, the step counts,
     and the exact KL(diffusers || textbook) on N(2, 0.5^2). With step_size=1/N the replay
     matches it (to 1e-10: diffusers computes in float64 here); the step scale is
-    (1/N) / ((1 - eps)/(N - 1)) = 0.9009 at N = 10."""
+    (1/N) / ((1 - eps)/(N - 1)) = 0.9009 at N = 10. At N = 10 and n = 2000 the paired MMD^2
+    of the two outputs resolves the difference, 1.0e-3 ± 1.9e-4 for the closed form's 1.07e-3
+    between the exact laws (docs/findings.md; the independent statistic read 5.9e-4 ± 1e-3)."""
+    from sgm_ref.metrics import mmd
     peer("diffusers")
     grid = np.linspace(1.0, 1e-3, N)
-    res = compare_sampler(diffusers_score_sde_vp, "euler_maruyama", VP_, grid, TARGET, 32,
+    outputs = {}
+
+    def kept(score, grid, x, noises):  # the comparison's outputs (its first call), for the bandwidth
+        path = diffusers_score_sde_vp(score, grid, x, noises)
+        outputs.setdefault("pair", (path[-1], textbook_em(score, grid, x, noises)[-1]))
+        return path
+
+    res = compare_sampler(kept, "euler_maruyama", VP_, grid, TARGET, 2000 if N == 10 else 32,
                           np.random.default_rng(1), sample_distances=N == 10)
     # at N = 1000 (N eps = 1) the step sizes coincide and only the extra step differs
     assert not res.matches and res.first_divergence == (N - 1 if N == 1000 else 0)
@@ -268,6 +328,10 @@ def test_score_sde_vp_scheduler_against_textbook_euler_maruyama(N, kl):
     assert res.laws["method"] == "exact" and res.kl == pytest.approx(kl, rel=2e-3)
     if N == 10:
         assert (1.0 / N) / (grid[0] - grid[1]) == pytest.approx(0.9009009, abs=1e-7)
+        value, se = res.samples["mmd2"]["peer_vs_replay"]
+        assert (value, se) == (pytest.approx(1.0e-3, abs=5e-5), pytest.approx(1.9e-4, abs=5e-6))
+        exact = _gaussian_mmd2_1d(res.laws["peer"], res.laws["replay"], mmd(*outputs["pair"]).bandwidth)
+        assert exact == pytest.approx(1.07e-3, abs=5e-6) and abs(value - exact) < se
         same = compare_sampler(diffusers_score_sde_vp, "euler_maruyama", VP_, grid, TARGET, 32,
                                np.random.default_rng(1), replay_options={"step_size": 1.0 / N}, rtol=1e-10)
         assert same.matches and same.kl <= 1e-10, same.text()
