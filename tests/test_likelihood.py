@@ -869,3 +869,15 @@ def test_rk45_keeps_only_the_current_state_with_solve_ivps_bits():
     np.testing.assert_array_equal(res.endpoint, sol.y[:n * d, -1].reshape(n, d))
     np.testing.assert_array_equal(res.integral, sol.y[n * d:, -1])
     assert res.n_evaluations == sol.nfev
+
+
+def test_log_prob_of_a_tilted_gaussian_from_t0_zero_is_refused_not_garbage():
+    """Review: heun from t0 = 0 evaluates 64 ulps after t = 0, where the Monte-Carlo divergence of a
+    TiltedGaussian is noise of order 1 / sigma_t (1.2e5 at t = 1e-17 for a Laplacian of -1.9): log_q
+    was -428 nats against the true -2.06, with no error. It now says why (rk45 refuses t = 0 too)."""
+    from sgm_ref.targets import TiltedGaussian
+
+    tg = TiltedGaussian.barron(2, rng=np.random.default_rng(0), n_mc=4096)
+    x = np.array([[0.3, -0.5]])
+    with pytest.raises(ValueError, match=r"standard error .* t0 > 0"):
+        log_prob(tg, OU(), x, 0.0, 3.0, solver="heun", n_steps=64)

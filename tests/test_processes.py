@@ -1169,3 +1169,26 @@ def test_no_times_give_no_values(process):
     score = lambda x, t: -x / process.sigma(t)[:, None]  # noqa: E731
     assert euler_maruyama(score, process, grid, np.zeros((0, 2)), np.random.default_rng(0)).shape == (0, 2)
     assert probability_flow(score, process, grid, np.zeros((0, 2))).shape == (0, 2)
+
+
+def test_karras_sigmas_of_one_step_is_k_diffusions():
+    """Review: karras_sigmas(1, ...) was refused (n >= 2) while k-diffusion's get_sigmas_karras
+    takes n = 1 and returns [sigma_max, 0] (torch.linspace(0, 1, 1) = [0]): one step to 0."""
+    from sgm_ref.processes import EDM
+    from _peers import load_k_diffusion
+
+    kd = load_k_diffusion()
+    for lo, hi, rho in [(0.002, 80.0, 7.0), (0.1, 2.0, 3.0), (1e-3, 1e4, 1.0)]:
+        ours = EDM().karras_sigmas(1, lo, hi, rho)
+        previous = kd.torch.get_default_dtype()
+        kd.torch.set_default_dtype(kd.torch.float64)
+        try:
+            theirs = kd.sampling.get_sigmas_karras(1, lo, hi, rho).numpy()
+        finally:
+            kd.torch.set_default_dtype(previous)
+        theirs32 = kd.sampling.get_sigmas_karras(1, lo, hi, rho).numpy()  # float32: sigma_max to 2e-7
+        assert ours.dtype == np.float64 and ours.tolist() == [hi, 0.0]
+        np.testing.assert_allclose(theirs, ours, rtol=4e-16, atol=0)  # (hi^(1/rho))^rho: an ulp or two
+        np.testing.assert_allclose(theirs32, ours, rtol=4e-7, atol=0)
+    with pytest.raises(ValueError, match="n"):
+        EDM().karras_sigmas(0, 0.002, 80.0)

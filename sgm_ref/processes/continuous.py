@@ -300,12 +300,15 @@ class EDM(LinearGaussianProcess):
         for tiny or huge rho (sigma_max^(1/rho) overflows for rho = 1e-3, and the two roots
         round to one for rho = 1e17).
 
+        n = 1 gives [sigma_max, 0], as get_sigmas_karras (torch.linspace(0, 1, 1) = [0]): one
+        step from sigma_max to 0; sigma_min is checked but does not appear.
+
         Raises
         ------
         ValueError
-            n not an integer >= 2, not 0 < sigma_min < sigma_max <= t_max, or rho <= 0.
+            n not an integer >= 1, not 0 < sigma_min < sigma_max <= t_max, or rho <= 0.
         """
-        n = check_count(n, "n", minimum=2)
+        n = check_count(n, "n", minimum=1)
         sigma_min = check_real(sigma_min, "sigma_min", low=0.0, low_open=True)
         sigma_max = check_real(sigma_max, "sigma_max", low=sigma_min, low_open=True, high=self.t_max)
         rho = check_real(rho, "rho", low=0.0, low_open=True)
@@ -315,7 +318,8 @@ class EDM(LinearGaussianProcess):
             e = rho * np.log1p(ramp * q_minus_1)  # log(sigma_i / sigma_max) in [log(sigma_min / sigma_max), 0]
             third = np.exp(e / 3.0)  # exp(e) alone underflows below e = -745 (sigma_max / sigma_min > 1e308)
             sigmas = np.where(e > -700.0, sigma_max * np.exp(e), sigma_max * third * third * third)
-        sigmas[-1] = sigma_min
+        if n >= 2:  # the ramp's end; n = 1 has only its start, sigma_max (k-diffusion's)
+            sigmas[-1] = sigma_min
         return np.append(sigmas, 0.0)
 
     def to_dict(self):

@@ -143,6 +143,9 @@ _DIVERGENCE_BLOCK_ELEMENTS = 2**20
 # it the direct forms lose eps q of the log-weights (all of the cross terms once
 # |x| >> |alpha mu| / eps) and eps^2 q / d of the divergence.
 _FAR_QUADRATIC = 1024.0
+# rows whose |log det C_k| exceeds this times d take the log-determinants relative to
+# component 0 (GaussianMixture._log_dets)
+_LOG_DET_SHIFT = 16.0
 # Up to this dimension the full-covariance oracle projects in its own kernel
 # (full_mixture_direct, 2 d^2 multiply-adds per pair, no BLAS call); above it, two BLAS
 # products around full_mixture_responsibilities. Measured single-threaded (NumPy's BLAS
@@ -712,7 +715,7 @@ class GaussianMixture(ExactOutputs):
             with np.errstate(over="ignore", invalid="ignore"):           # a point too far out: named later
                 u = y / v
                 q = np.sum(y * u, axis=2)
-                logc = self._logw - 0.5 * (q + np.sum(np.log(v), axis=2))
+                logc = self._logw - 0.5 * (q + self._log_dets(ab * ab, v))
                 top = np.max(logc, axis=1, keepdims=True)
                 pi = np.exp(logc - top)
                 pi /= np.sum(pi, axis=1, keepdims=True)
@@ -735,6 +738,29 @@ class GaussianMixture(ExactOutputs):
                 pi[idx] = pi_far
                 far = (idx, None if delta is None else delta[ok]) if idx.size else None
             yield blk, ab, v, y, u, pi, far
+
+    def _log_dets(self, a2, v):
+        """log det C_k = sum_j log v_kj (r, K), up to a constant per row; a2 = alpha^2 (r, 1, 1).
+
+        Rows where some |log det C_k| exceeds _LOG_DET_SHIFT d (a geometric-mean variance
+        beyond e^{+-16}: EDM's sigma_t past about 3000) get log det C_k - log det C_0, the
+        common part dropped before it meets log w_k: there the rounding of log w_k - log det / 2
+        (eps |log det| / 2, 1.4e-14 of the means' scale in x0 at EDM's sigma = 1e100, d = 3)
+        moved the weights although the determinants' differences are tiny. The difference is
+        sum_j log1p(alpha^2 (lam_kj - lam_0j) / v_0j), from the variances, not from the rounded
+        v (as _far_rows), and log v_kj - log v_0j where the ratio is far from 1. Other rows
+        keep the plain sum, bit for bit.
+        """
+        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # non-finite: named by the callers
+            logv = np.log(v)
+            L = np.sum(logv, axis=2)
+            big = np.flatnonzero(np.max(np.abs(L), axis=1, initial=0.0) > _LOG_DET_SHIFT * v.shape[2])
+            if big.size:
+                L = L.copy()
+                ratio = a2[big] * (self._lam - self._lam[0]) / v[big][:, :1, :]
+                plain = logv[big] - logv[big][:, :1, :]
+                L[big] = np.sum(np.where(np.abs(ratio) <= 0.5, np.log1p(ratio), plain), axis=2)
+        return L
 
     def _far_rows(self, x, a, v, ref, want_delta):
         """Posteriors pi (m, K) and, with want_delta, g_k - g_k* (m, K, d) at rows far out.
@@ -809,7 +835,7 @@ class GaussianMixture(ExactOutputs):
                 rc = np.where(rk == 0.0, 0.0, rk * ((dv / v) / vs))
                 quad = np.sum(rk * rc, axis=2)
             logc = self._logw - 0.5 * ((quad + np.sum(fk * ((2.0 * rk + fk) / v), axis=2))
-                                       + np.sum(np.log(v), axis=2))
+                                       + self._log_dets((a * a)[:, None, None], v))
             pi = np.exp(logc - np.max(logc, axis=1, keepdims=True))
             pi /= np.sum(pi, axis=1, keepdims=True)
             delta = None
