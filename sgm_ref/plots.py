@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from ._json import load_json
-from ._validation import check_real
+from ._validation import check_float_dtype, check_real
 from .io import atomic_path, atomic_write
 
 __all__ = ["plot_run"]
@@ -592,6 +592,24 @@ def _default_process(process):
     return OU() if process is None else process
 
 
+def _score_dtype(scores, dtype):
+    """dtype, checked, and each score that is a ScoreModel checked to take it, before any work
+    (a float32 model under the default float64 was refused by the model as "x must have dtype
+    float32", an x the caller never passed; a sample-drawing figure said "pass dtype=np.float32",
+    an argument it did not take). scores: {label: score}, labels named when there are several."""
+    from .samplers import check_model_dtype
+
+    dtype = check_float_dtype(dtype)
+    for label, score in scores.items():
+        try:
+            check_model_dtype(score, dtype)
+        except ValueError as exc:
+            if len(scores) == 1:
+                raise
+            raise ValueError(f"scores[{label!r}]: {exc}") from None
+    return dtype
+
+
 def forward_process_figure(target, ts=(0.0, 0.1, 0.3, 1.0, 3.0), process=None, *, rng=None, n_points=0,
                            extent=None, resolution=200):
     """The forward process: the exact density p_t of X_t = alpha_t X_0 + sigma_t Z at several t.
@@ -665,7 +683,7 @@ def _arrow_grid(h, arrows):
 
 
 def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, extent=None, arrows=15,
-                       resolution=120, label="model"):
+                       resolution=120, label="model", dtype=np.float64):
     """The exact score grad log p_t as arrows (black) and, if given, another score s(x, t) (red).
 
     One panel per t, over the density p_t. The score points towards higher density;
@@ -685,6 +703,10 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     arrows : int, arrows per side
     resolution : int, cells per side of the density image
     label : str, the legend's name for score
+    dtype : float64 or float32
+        Of the points score is called with (the arrows are drawn in float64): float32 for a
+        float32 model (a ScoreModel of a float32 network is refused up front with another
+        dtype).
 
     Returns
     -------
@@ -694,14 +716,15 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
     ------
     ValueError
         For a target that is not two-dimensional, times <= 0 or beyond the process's
-        horizon t_max, or a bad extent, arrows
-        or resolution; a score returning another shape than (n, 2) or a non-finite
+        horizon t_max, or a bad extent, arrows, resolution or dtype (or a ScoreModel of
+        another dtype); a score returning another shape than (n, 2) or a non-finite
         value; what the score function raises.
     ModuleNotFoundError
         If matplotlib is not installed.
     """
     _check_plane(target)
     process = _default_process(process)
+    dtype = _score_dtype({} if score is None else {"model": score}, dtype)
     t_max = float(getattr(process, "t_max", np.inf))
     horizon = f" and <= {t_max:g} (the process's horizon)" if t_max < np.inf else ""
     ts = _time_list(ts, "times > 0 (the score of p_0 itself may not exist)" + horizon, lambda t: 0 < t <= t_max)
@@ -718,7 +741,7 @@ def score_field_figure(target, score=None, ts=(0.05, 1.0), process=None, *, exte
         quiver = dict(angles="xy", scale_units="xy", scale=scale, width=0.006)
         ax.quiver(points[:, 0], points[:, 1], exact[:, 0], exact[:, 1], color="k", label="exact", **quiver)
         if score is not None:
-            s = np.asarray(score(points, tt), dtype=np.float64)
+            s = np.asarray(score(points.astype(dtype, copy=False), tt), dtype=np.float64)
             if s.shape != points.shape:
                 raise ValueError(f"score must return one 2-vector per point, shape {points.shape}, "
                                  f"got shape {s.shape} at t = {t:g}")
@@ -741,17 +764,17 @@ def _check_n_points(n_points):
         raise ValueError(f"n_points must be an integer >= 1 (points the sampler draws), got {n_points!r}")
 
 
-def _run_sampler(score, process, rng, n_points, T, t0, n_steps, method):
+def _run_sampler(score, process, rng, n_points, T, t0, n_steps, method, dtype):
     from .samplers import sample, time_grid
 
     grid = time_grid(T, t0, n_steps, "geometric", process)
     _, path = sample(score, process, n_points, 2, rng, T=T, t0=t0, n_steps=n_steps, method=method,
-                     grid=grid, trajectory=True)
+                     grid=grid, dtype=dtype, trajectory=True)
     return grid, path
 
 
 def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_paths=6, T=5.0, t0=1e-2,
-                        n_steps=200, method="euler_maruyama", extent=None, resolution=200):
+                        n_steps=200, method="euler_maruyama", extent=None, resolution=200, dtype=np.float64):
     """Reverse-time paths of a sampler, from N(0, I) at t = T down to t0, over p_0.
 
     Left: n_paths paths in the plane (start o, end *; the last stretch, t <= 0.3 or the
@@ -769,6 +792,9 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     n_points : int >= n_paths, points sampled (the first n_paths are drawn as paths)
     n_paths : int
     T, t0, n_steps, method : as sgm_ref.samplers.sample, on a geometric grid
+    dtype : float64 or float32
+        The sampler's (sgm_ref.samplers.sample): float32 for a float32 model (a ScoreModel
+        of a float32 network is refused up front with another dtype).
 
     Returns
     -------
@@ -777,8 +803,9 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     Raises
     ------
     ValueError
-        For bad arguments (as sgm_ref.samplers.sample), a target that is not
-        two-dimensional, or n_paths > n_points.
+        For bad arguments (as sgm_ref.samplers.sample; a ScoreModel of another dtype
+        than dtype before any work), a target that is not two-dimensional, or
+        n_paths > n_points.
     ModuleNotFoundError
         If matplotlib is not installed.
     """
@@ -787,10 +814,11 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     _check_n_points(n_points)
     if not _is_integer(n_paths) or not 1 <= n_paths <= n_points:
         raise ValueError(f"n_paths must be an integer in [1, n_points = {n_points!r}], got {n_paths!r}")
+    dtype = _score_dtype({"model": score}, dtype)
     h = _half_width(target, extent)
     fig, (plane, time) = _new_figure(2, size=3.8)
     _density_image(plane, target, 0.0, process, h, resolution)
-    grid, path = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method)
+    grid, path = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method, dtype)
     end = path[-1]
     plane.scatter(end[:, 0], end[:, 1], s=1, color="tab:red", alpha=0.3, linewidths=0)
     _note_outside(plane, end, h, "end points")
@@ -816,7 +844,7 @@ def trajectories_figure(target, score, process=None, *, rng, n_points=2000, n_pa
     return fig
 
 
-def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=2000):
+def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=2000, dtype=np.float64):
     """E_{p_t} |s(x, t) - grad log p_t(x)|^2 against t, with 2-standard-error bars.
 
     Measured by sgm_ref.metrics.score_error_profile (n exact samples of p_t per t),
@@ -834,6 +862,11 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
         [0.01, process.t_max] for a process that ends before 5: VP's t <= 1; in
         [t_max / 500, t_max] for one that ends before 0.01)
     n : int >= 2, points per time
+    dtype : float64 or float32
+        Of the points every score is called with (score_error_profile's dtype; the scale
+        is the oracle's, measured in float64): float32 for float32 models (a ScoreModel of
+        a float32 network is refused up front with another dtype, named by its label when
+        there are several; scores of both dtypes need a figure each).
 
     Returns
     -------
@@ -842,7 +875,8 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
     Raises
     ------
     ValueError
-        As score_error_profile (bad times, n, rng; a failing or non-finite score).
+        As score_error_profile (bad times, n, rng, dtype; a failing or non-finite score;
+        a ScoreModel of another dtype, before any draw).
     ModuleNotFoundError
         If matplotlib is not installed.
     """
@@ -853,6 +887,7 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
         scores = {"model": scores}
     if not isinstance(scores, dict) or not scores or not all(callable(s) for s in scores.values()):
         raise ValueError("scores must be a score function s(x, t) or a non-empty dict {label: score function}")
+    dtype = _score_dtype(scores, dtype)
     if ts is None:  # [0.01, 5] was refused for VP as "ts must lie in (0, 1.0]", a ts never passed
         end = min(5.0, float(getattr(process, "t_max", np.inf)))
         # a process that ends before 0.01 (EDM(t_max=0.005)): [end / 500, end], the same span of times
@@ -864,7 +899,7 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
             raise ValueError(f"ts must be a 1-D array of times > 0, got {ts!r:.60}") from None
     fig, (ax,) = _new_figure(1, size=5.6, height=3.6)
     for label, s in scores.items():
-        error, se = score_error_profile(s, target, process, ts, n, rng)
+        error, se = score_error_profile(s, target, process, ts, n, rng, dtype=dtype)
         drawn = error > 0  # a log axis cannot show 0: such times are left out, and the legend says so
         zeros = int(np.sum(~drawn))
         note = "" if zeros == 0 else (": 0 at every t" if zeros == error.size else f"; 0 at {zeros} t, not drawn")
@@ -883,7 +918,7 @@ def score_error_profile_figure(scores, target, process=None, *, rng, ts=None, n=
 
 def reverse_process_animation(target, score, path, process=None, *, rng, n_points=1500, T=3.0, t0=1e-2,
                               n_steps=120, n_frames=30, fps=10, method="euler_maruyama", extent=None,
-                              resolution=80, size=3.0, dpi=60):
+                              resolution=80, size=3.0, dpi=60, dtype=np.float64):
     """A GIF of the reverse process: the sampler's points moving from N(0, I) to p_0.
 
     Each frame shows the points at one time of the sampler's grid over the exact density
@@ -904,6 +939,9 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     fps : float in [1, 100], frames per second (a GIF stores each frame's time in
         hundredths of a second)
     resolution, size, dpi : cells per side of the density, figure size in inches, dots per inch
+    dtype : float64 or float32
+        The sampler's (sgm_ref.samplers.sample): float32 for a float32 model (a ScoreModel
+        of a float32 network is refused up front with another dtype).
 
     Returns
     -------
@@ -914,7 +952,8 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
     ValueError
         For bad arguments (as sgm_ref.samplers.sample), a path not ending in .gif or in a
         folder that does not exist, n_frames outside [2, n_steps + 1], fps outside
-        [1, 100], or a size or dpi that is not a positive number; all before the sampler runs.
+        [1, 100], a size or dpi that is not a positive number, or a dtype that is not the
+        dtype of a ScoreModel score; all before the sampler runs.
     ModuleNotFoundError
         If matplotlib is not installed.
     """
@@ -936,13 +975,14 @@ def reverse_process_animation(target, score, path, process=None, *, rng, n_point
         raise ValueError(f"fps must be a number of frames per second in [1, 100], got {fps!r}")
     _check_positive(size, "size", "the figure's side in inches")  # (4, 3) or dpi=0 failed after the sampler ran
     _check_positive(dpi, "dpi", "dots per inch")
+    dtype = _score_dtype({"model": score}, dtype)
     try:
         from matplotlib.animation import PillowWriter
     except ImportError:
         raise ModuleNotFoundError(_MISSING) from None
 
     h = _half_width(target, extent)
-    grid, trajectory = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method)
+    grid, trajectory = _run_sampler(score, process, rng, n_points, T, t0, n_steps, method, dtype)
     frames = list(np.unique(np.round(np.linspace(0, n_steps, int(n_frames))).astype(int)))
     frames += [frames[-1]] * int(fps)  # hold the end
     fig, (ax,) = _new_figure(1, size=size)

@@ -57,8 +57,10 @@ class ScoreModel:
     def __call__(self, x, t):
         """s_theta(x, t): x (n, d) in the network's dtype, t scalar or (n,) in (0, t_max].
 
-        Raises ValueError for bad x or t, or if the score overflows the dtype (the
-        message names the cause: tiny sigma_t for "noise", x or the parameters too large).
+        Raises ValueError for bad x or t (x of another dtype than the network's named by
+        the dtype passed: integer x is taken as float64 points, by a float64 network only),
+        or if the score overflows the dtype (the message names the cause: tiny sigma_t for
+        "noise", x or the parameters too large).
         """
         t = check_times(t, n=np.shape(x)[0] if np.ndim(x) == 2 else None, T=self.process.t_max)
         if np.any(t <= 0):

@@ -583,3 +583,26 @@ def test_path_term_transition_past_alpha_underflow_is_the_ratio():
     result = tv_upper_bound(target.score, target, process, 1e-3, 1.0, "geometric", "exponential", 64,
                             np.random.default_rng(0), n_steps=50)
     assert np.isfinite(result.kl_path) and np.all(np.isfinite(result.kl_path_per_step))
+
+
+@pytest.mark.parametrize("model_dtype, dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_a_score_model_of_another_dtype_is_named_as_the_bounds_dtype_before_any_draw(model_dtype, dtype):
+    """A float32 ScoreModel under the default dtype was refused by the model, inside the path
+    term, as "x must have dtype float32 (the network's), got float64; cast it explicitly": an x
+    the caller never passed, after the draws. Now named as dtype first, as sample does; with the
+    model's dtype the bound is the one of the same model behind a plain function."""
+    from sgm_ref.nn import MLP
+    from sgm_ref.score_model import ScoreModel
+
+    g = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]])
+    model = ScoreModel(MLP(2, (4,), rng=0, dtype=model_dtype), OU(), "residual")
+    rng = np.random.default_rng(0)
+    name = np.dtype(model_dtype).name
+    args = (g, OU(), 0.1, 1.0, "uniform", "exponential", 8)
+    with pytest.raises(ValueError, match=rf"^dtype must be the model's dtype, {name}, got {np.dtype(dtype).name}: "
+                                         rf".* pass dtype=np.{name}$"):
+        tv_upper_bound(model, *args, rng, n_steps=2, dtype=dtype)
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn
+    b = tv_upper_bound(model, *args, rng, n_steps=2, dtype=model_dtype)
+    plain = tv_upper_bound(lambda x, t: model(x, t), *args, np.random.default_rng(0), n_steps=2, dtype=model_dtype)
+    assert b.kl == plain.kl and b.tv == plain.tv and np.isfinite(b.kl)

@@ -814,3 +814,21 @@ def test_tangents_beyond_float32_and_overflowing_tangent_products_are_named_with
                      lambda: net.jvp(np.zeros((2, 2)), 1.0, np.ones((2, 1, 2)))):
             with pytest.raises(ValueError, match=r"(Jacobian trace|Jacobian-vector product.*) overflows float64"):
                 call()
+
+
+@pytest.mark.parametrize("x, given", [(np.ones((3, 2), np.int64), "int64"), ([[1, 2]] * 3, "int64"),
+                                      (np.ones((3, 2)), "float64"), (np.ones((3, 2), np.int32), "int32")])
+def test_x_of_another_dtype_is_named_with_the_dtype_passed(x, given):
+    """Integer x for a float32 network was reported as "got float64" (check_points' promotion),
+    a dtype the caller never passed; forward, jvp and jacobian_trace share the check. A float64
+    network takes integer x as float64 points, as before."""
+    net = MLP(2, (4,), rng=0, dtype=np.float32)
+    match = rf"^x must have dtype float32 \(the network's\), got {given}; pass np.asarray\(x, dtype=np.float32\)$"
+    for call in (lambda: net.forward(x, 0.5), lambda: net.jvp(x, 0.5, np.ones((3, 1, 2))),
+                 lambda: net.jacobian_trace(x, 0.5)):
+        with pytest.raises(ValueError, match=match):
+            call()
+    net64 = MLP(2, (4,), rng=0)
+    assert np.array_equal(net64.forward(x, 0.5), net64.forward(np.asarray(x, dtype=np.float64), 0.5))
+    with pytest.raises(ValueError, match=r"got float32; pass np.asarray\(x, dtype=np.float64\)$"):
+        net64.forward(np.ones((3, 2), np.float32), 0.5)

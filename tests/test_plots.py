@@ -882,3 +882,52 @@ def test_score_error_profile_figure_s_default_times_for_a_process_ending_before_
 
     fig = plots.score_error_profile_figure(lambda x, t: -x, RING, EDM(t_max=0.005), rng=np.random.default_rng(0), n=20)
     np.testing.assert_array_equal(fig.axes[0].get_lines()[-1].get_xdata(), np.geomspace(1e-5, 0.005, 12))
+
+
+def test_a_float32_score_model_is_drawn_with_dtype_float32_and_named_as_dtype_otherwise(tmp_path):
+    """A float32 ScoreModel could not be drawn: trajectories_figure said "pass dtype=np.float32",
+    an argument it did not take, and the profile and the score field let the model refuse "x must
+    have dtype float32", an x the caller never passed. Each figure now takes dtype (default
+    float64), refuses a model of another dtype under that name before any draw, and draws a float32
+    model with dtype=np.float32: the same numbers as the model itself gives at those points."""
+    from sgm_ref.metrics import score_error_profile
+    from sgm_ref.nn import MLP
+    from sgm_ref.samplers import sample, time_grid
+    from sgm_ref.score_model import ScoreModel
+
+    model = ScoreModel(MLP(2, (4,), rng=0, dtype=np.float32), OU(), "residual")
+    rng = np.random.default_rng(0)
+    wrong = r"^dtype must be the model's dtype, float32, got float64: .* pass dtype=np.float32$"
+    for draw in (lambda: plots.trajectories_figure(RING, model, rng=rng, n_points=4, n_paths=1, n_steps=2),
+                 lambda: plots.score_error_profile_figure(model, RING, rng=rng, ts=[0.5], n=4),
+                 lambda: plots.score_field_figure(RING, model, ts=(0.5,), arrows=3, resolution=10),
+                 lambda: plots.reverse_process_animation(RING, model, tmp_path / "x.gif", rng=rng, n_steps=2,
+                                                         n_frames=2)):
+        with pytest.raises(ValueError, match=wrong):
+            draw()
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn
+    with pytest.raises(ValueError, match=r"^scores\['f32'\]: dtype must be the model's dtype, float32, got float64"):
+        plots.score_error_profile_figure({"exact": RING.score, "f32": model}, RING, rng=rng, ts=[0.5], n=4)
+    with pytest.raises(ValueError, match="dtype must be float64 or float32"):
+        plots.trajectories_figure(RING, RING.score, rng=rng, n_points=4, n_paths=1, n_steps=2, dtype=np.float16)
+
+    fig = plots.trajectories_figure(RING, model, rng=np.random.default_rng(1), n_points=5, n_paths=1, n_steps=3,
+                                    resolution=10, dtype=np.float32)
+    _, path = sample(model, OU(), 5, 2, np.random.default_rng(1), T=5.0, t0=1e-2, n_steps=3, method="euler_maruyama",
+                     grid=time_grid(5.0, 1e-2, 3, "geometric", OU()), dtype=np.float32, trajectory=True)
+    np.testing.assert_array_equal(fig.axes[1].get_lines()[0].get_ydata(), path[:, 0, 0])
+
+    ts = np.array([0.1, 1.0])
+    fig = plots.score_error_profile_figure(model, RING, rng=np.random.default_rng(2), ts=ts, n=8, dtype=np.float32)
+    error, _ = score_error_profile(model, RING, OU(), ts, 8, np.random.default_rng(2), dtype=np.float32)
+    (bars,) = [c for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
+    np.testing.assert_array_equal(bars.lines[0].get_ydata(), error)
+
+    fig = plots.score_field_figure(RING, model, ts=(0.5,), arrows=3, resolution=10, dtype=np.float32)
+    _, learned = [c for c in fig.axes[0].collections if isinstance(c, Quiver)]
+    np.testing.assert_array_equal(np.column_stack([learned.U, learned.V]),
+                                  model(learned.XY.astype(np.float32), np.full(len(learned.XY), 0.5)))
+
+    plots.reverse_process_animation(RING, model, tmp_path / "f32.gif", rng=np.random.default_rng(3), n_points=10,
+                                    n_steps=2, n_frames=2, fps=1, resolution=10, dpi=20, dtype=np.float32)
+    assert [p.name for p in tmp_path.iterdir()] == ["f32.gif"]

@@ -216,3 +216,18 @@ def test_subspace_tilt_answers_float32_points_in_float32():
     far64 = far.astype(np.float64)  # float64 holds it: -|x|^2 / 2, the rest (at most 20 in size) lost beside it
     assert tilt.log_prob(far64, t)[1] == pytest.approx(-0.5 * np.sum(far64[1] ** 2), rel=1e-15, abs=0)
     np.testing.assert_array_equal(tilt.score(far, t)[1], -far[1])  # the score is -x there, within float32
+
+
+@pytest.mark.parametrize("rng, match", [(-1, r"must be a seed >= 0, got -1$"),
+                                        (np.int64(-2), r"must be a seed >= 0, got -2$"),
+                                        (1.5, r"must be a numpy.random.Generator .* got float$"),
+                                        (True, r"must be a numpy.random.Generator .* got bool$")])
+def test_isometric_mixture_names_a_bad_rng(rng, match):
+    """rng=-1 raised NumPy's "expected non-negative integer", naming no argument; now as
+    GaussianMixture.paper_family words it. A seed and a Generator give the same mixture."""
+    from sgm_ref.experiments.families import isometric_mixture
+
+    with pytest.raises(ValueError, match=r"^rng \(a Generator or an int seed\) " + match):
+        isometric_mixture(3, [[1.0, 0.0]], rng)
+    seeded, drawn = isometric_mixture(3, [[1.0, 0.0]], 4), isometric_mixture(3, [[1.0, 0.0]], np.random.default_rng(4))
+    assert np.array_equal(seeded.means, drawn.means)

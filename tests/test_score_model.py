@@ -220,3 +220,17 @@ def test_a_noise_score_overflow_from_a_large_output_is_not_blamed_on_sigma():
         assert f"overflows float32 at t = 0.5 (row {row}: sigma_t = 0.795, largest |net(x, t)| 3e+38)" in message
         assert "use larger t" not in message and "rescale x or the parameters" in message
     assert np.all(np.isfinite(model(x, 5.0)))
+
+
+@pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
+def test_x_of_another_dtype_is_named_with_the_dtype_passed(parameterization):
+    """model(x, t) with int64 x for a float32 network said "got float64" (the promoted dtype, not
+    the one passed); so did divergence and jvp."""
+    model = ScoreModel(MLP(2, (4,), rng=0, dtype=np.float32), OU(), parameterization)
+    x = np.ones((3, 2), np.int64)
+    match = r"^x must have dtype float32 \(the network's\), got int64; pass np.asarray\(x, dtype=np.float32\)$"
+    for call in (lambda: model(x, 0.5), lambda: model.divergence(x, 0.5),
+                 lambda: model.jvp(x, 0.5, np.ones((3, 1, 2)))):
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert model(x.astype(np.float32), 0.5).dtype == np.float32

@@ -67,19 +67,27 @@ def isometric_mixture(d, means_k, rng):
     d : int >= k
     means_k : array_like, shape (K, k)
         The means in the subspace (the fixed geometry).
-    rng : numpy.random.Generator or int seed
-        Draws the embedding only.
+    rng : numpy.random.Generator or int seed >= 0
+        Draws the embedding only (a seed through numpy.random.default_rng).
 
     Returns
     -------
     GaussianMixture
+
+    Raises
+    ------
+    ValueError
+        For means_k not of shape (K, k), d < k, or an rng that is neither a Generator nor
+        an int seed >= 0 (named as rng).
     """
     m = np.asarray(means_k, dtype=np.float64)
     if m.ndim != 2 or m.shape[0] < 1 or m.shape[1] < 1:
         raise ValueError(f"means_k must have shape (K, k) with K, k >= 1, got shape {m.shape}")
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        if rng < 0:  # numpy's own message ('expected non-negative integer') names no argument
+            raise ValueError(f"rng (a Generator or an int seed) must be a seed >= 0, got {int(rng)}")
         rng = np.random.default_rng(rng)
-    P = embedding(d, m.shape[1], rng)
+    P = embedding(d, m.shape[1], check_rng(rng, "rng (a Generator or an int seed)"))
     return GaussianMixture(np.full(m.shape[0], 1.0 / m.shape[0]), m @ P.T)
 
 

@@ -78,7 +78,7 @@ import numpy as np
 from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
                            check_rng, fits_in_memory, mean_se)
 from ..processes import OU, VariancePreserving, check_process
-from ..samplers import _check_time_range, check_grid, start_variance, time_grid
+from ..samplers import _check_time_range, check_grid, check_model_dtype, start_variance, time_grid
 from .score_error import _points_in, _times_with_g2_density
 
 __all__ = ["tv_upper_bound", "TVBound"]
@@ -161,7 +161,10 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     n_steps : int, needed when grid is a name; with an explicit grid, if given, its step count.
     n_aux : int, optional
         Points for KL(p_T || N(0, v_T I)) and TV(p_0, p_t0); default 16 n.
-    dtype : float64 or float32, the dtype the score is called with.
+    dtype : float64 or float32
+        The dtype the score is called with (every term is computed in float64): float32
+        for a float32 model (a ScoreModel of a float32 network, refused up front with
+        another dtype, or a score returning float32).
     overflow : {"raise", "inf"}
         A path term beyond the float64 range (a score far from the truth) raises
         ResultOverflowError, or with "inf" gives kl_path = inf: the bound is then the
@@ -177,7 +180,8 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     Raises
     ------
     ValueError
-        For bad arguments (a target with monte_carlo = True), points beyond the range of
+        For bad arguments (a target with monte_carlo = True; a ScoreModel whose dtype is
+        not dtype, named as dtype before anything is drawn), points beyond the range of
         dtype, a score that fails or returns non-finite values, or a term beyond the
         float64 range (the message names the term and the step).
     """
@@ -197,6 +201,8 @@ def tv_upper_bound(score, target, process, t0, T, grid, method, n, rng, *, n_ste
     n_aux = check_count(16 * n if n_aux is None else n_aux, "n_aux", minimum=2)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    # a ScoreModel of another dtype: named as dtype here, not by the model as "x" in the path term
+    check_model_dtype(score, dtype)
     if isinstance(grid, str):
         if n_steps is None:
             raise ValueError("a named grid needs n_steps")

@@ -234,10 +234,15 @@ class MLP:
         return ws
 
     def _check_inputs(self, x, t):
-        x = check_points(x, "x", d=self.d)
-        if x.dtype != self.dtype:
-            raise ValueError(f"x must have dtype {self.dtype.name} (the network's), got {x.dtype}; "
-                             "cast it explicitly")
+        checked = check_points(x, "x", d=self.d)
+        if checked.dtype != self.dtype:
+            # the dtype passed, not check_points' promotion of integers to float64 (int64 x for a
+            # float32 network was reported as "got float64"); as TrainStep words it for data
+            given = getattr(x, "dtype", None)
+            given = np.asarray(x).dtype if given is None else given
+            raise ValueError(f"x must have dtype {self.dtype.name} (the network's), got {given}; pass "
+                             f"np.asarray(x, dtype=np.{self.dtype.name})")
+        x = checked
         t = np.broadcast_to(check_times(t, n=x.shape[0]), (x.shape[0],))
         return x, t
 
@@ -273,6 +278,8 @@ class MLP:
         Parameters
         ----------
         x : ndarray, shape (n, d), the network's dtype
+            (integers are float64 points: a float64 network's only; x of another dtype is
+            refused, the message naming the dtype passed)
         t : float or ndarray of shape (n,)
         keep : bool
             Keep what backward needs (all rows at once); otherwise rows are processed
