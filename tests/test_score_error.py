@@ -436,3 +436,22 @@ def test_a_non_finite_score_met_only_in_the_integral_names_the_function_and_the_
     # call_score's other refusals say where too, in their own order
     with pytest.raises(ValueError, match=r"^score returned shape \(50, 1\) in score_error_integral \(one call "):
         score_error_integral(lambda x, t: x[:, :1], g, OU(), 0.01, 1.0, 50, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("model_dtype, dtype", [(np.float32, np.float64), (np.float64, np.float32)])
+def test_a_score_model_of_another_dtype_is_named_as_dtype_before_any_draw(model_dtype, dtype):
+    """A float32 ScoreModel with the default dtype refused, from inside the profile, "x must have
+    dtype float32 (the network's), got float64; cast it explicitly", naming an x the caller did
+    not pass, after the rng had drawn the points; as sample and tv_upper_bound, dtype is named."""
+    from sgm_ref import MLP, ScoreModel
+
+    model = ScoreModel(MLP(2, (8,), dtype=model_dtype, rng=0), OU())
+    name = np.dtype(model_dtype).name
+    for call in (lambda rng: score_error_profile(model, GaussianMixture.ring(), OU(), [0.1, 1.0], 10, rng, dtype=dtype),
+                 lambda rng: score_error_integral(model, GaussianMixture.ring(), OU(), 0.01, 1.0, 10, rng, dtype=dtype)):
+        rng = np.random.default_rng(0)
+        state = rng.bit_generator.state
+        with pytest.raises(ValueError, match=rf"dtype must be the model's dtype, {name}, got "
+                                             rf"{np.dtype(dtype).name}: .* pass dtype=np.{name}"):
+            call(rng)
+        assert rng.bit_generator.state == state

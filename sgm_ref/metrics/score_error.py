@@ -11,7 +11,7 @@ import numpy as np
 from .._validation import (ResultOverflowError, call_score, check_count, check_float_dtype, check_overflow_policy,
                            check_real_array, check_rng, check_time_range, fits_in_memory, mean_se)
 from ..processes import VariancePreserving, check_process
-from ..samplers import _check_sigma2
+from ..samplers import _check_sigma2, check_model_dtype
 
 __all__ = ["score_error_integral", "score_error_profile", "ScoreErrorProfile"]
 
@@ -59,7 +59,8 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     Raises
     ------
     ValueError
-        For bad arguments (T must keep B(T) (sigma_T^2 and g^2(T) for other processes) finite, and
+        For bad arguments (a ScoreModel's dtype must be dtype, checked before any draw; T
+        must keep B(T) (sigma_T^2 and g^2(T) for other processes) finite, and
         with log-uniform times T log(T / t0) finite), points x_t beyond the range of dtype, a
         score that fails or returns non-finite values (the message names score_error_integral
         and the first such row's time), or an integral beyond the float64 range (a score error
@@ -70,6 +71,7 @@ def score_error_integral(score, target, process, t0, T, n, rng, *, time_distribu
     t0, T = _check_time_range(t0, T, process)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    check_model_dtype(score, dtype)  # a ScoreModel's own refusal names an x the caller did not pass
     overflow = check_overflow_policy(overflow)
     if time_distribution not in ("log-uniform", "uniform"):
         raise ValueError(f"time_distribution must be 'log-uniform' or 'uniform', got {time_distribution!r}")
@@ -269,13 +271,15 @@ def score_error_profile(score, target, process, ts, n, rng, *, dtype=np.float64,
     Raises
     ------
     ValueError
-        For bad arguments, points x_t beyond the range of dtype, a score that fails or
-        returns non-finite values, or a squared error beyond the float64 range.
+        For bad arguments (a ScoreModel's dtype must be dtype, checked before any draw),
+        points x_t beyond the range of dtype, a score that fails or returns non-finite
+        values, or a squared error beyond the float64 range.
     """
     process = check_process(process, variance_preserving=False)
     n = check_count(n, "n", minimum=2)
     rng = check_rng(rng)
     dtype = check_float_dtype(dtype)
+    check_model_dtype(score, dtype)
     overflow = check_overflow_policy(overflow)
     if not isinstance(oracle, (bool, np.bool_)):
         raise ValueError(f"oracle must be True or False, got {oracle!r}")
