@@ -676,7 +676,8 @@ class OracleModel:
         those are refused; pass float64 sigmas. A float64 sigma gets 64 float64 ulps: k-diffusion's
         Karras sigmas computed in float64 (torch's default dtype float64) end up to 11 ulps
         below sigma_min at rho = 7 (VE(1e-3, 1e4): 0.0009999999999999976, which was refused)
-        and ~900 at rho = 1, a straight line from sigma_max (refused)."""
+        and up to 1147 at rho = 1, a straight line from sigma_max (VE(0.01, 50), n = 2..199:
+        refused)."""
         arg = np.asarray(arg, dtype=np.float64)
         if not np.all(np.isfinite(arg)):
             bad = float(arg.reshape(-1)[~np.isfinite(arg.reshape(-1))][0])
@@ -767,8 +768,9 @@ class OracleModel:
             return tweedie
         alpha, sigma = self.process._alpha(t), self.process._sigma(t)
         try:  # under OU: E[x0 | x_P = x] = E[x0 | x_OU = c x]. Unlike the score, not under P itself:
-            # the mixtures' posterior weights under EDM at sigma = 1e30 lose 3.7e-15 of x0 (their
-            # log-determinants ~ log sigma^2 round), under OU 3e-16 (and sigma^2 may overflow)
+            # the mixtures' posterior weights under EDM round their log-determinants ~ log sigma^2
+            # below the shift of GaussianMixture._log_dets (1.8e-15 of x0 at sigma = 1e3 for unequal
+            # covariances in d = 3; under OU 1.1e-16), and sigma^2 may overflow
             if isinstance(self.process, VariancePreserving):
                 x0 = self.target._posterior_mean(x, t, self.process)
             else:

@@ -205,6 +205,22 @@ def test_peer_vs_replay_mmd_is_the_paired_statistic():
     assert independent.value == pytest.approx(-7.1e-3, abs=5e-5)
 
 
+def test_two_rows_keep_the_mmd_against_the_target():
+    """n = 2 is allowed, but the paired MMD^2 of the outputs needs 3 pairs: its refusal dropped
+    every MMD^2, the two against the target samples too (computed at n = 2 before the peer-replay
+    one was paired). Now only that one is left out, and a note says why."""
+    from sgm_ref.metrics import mmd
+    res = compare_sampler(textbook_em, "euler_maruyama", VP_, GRID, TARGET, 2, np.random.default_rng(0))
+    assert res.matches and set(res.samples["mmd2"]) == {"peer_vs_target", "replay_vs_target"}
+    assert any("peer_vs_replay not computed" in n and "n >= 3" in n for n in res.notes)
+    assert not any(n.startswith("mmd2: not computed") for n in res.notes)
+    value, se = res.samples["mmd2"]["peer_vs_target"]
+    assert np.isfinite(value) and np.isfinite(se)
+    assert json.loads(res.to_json())["samples"]["mmd2"]["peer_vs_target"] == [value, se]
+    with pytest.raises(ValueError, match="at least 3 pairs"):  # the reason, from mmd itself
+        mmd(np.zeros((2, 1)), np.ones((2, 1)), paired=True)
+
+
 def test_given_noise_is_what_both_sides_use():
     rng = np.random.default_rng(3)
     noise = rng.standard_normal((10, 200, 1))
