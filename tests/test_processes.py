@@ -1192,3 +1192,23 @@ def test_karras_sigmas_of_one_step_is_k_diffusions():
         np.testing.assert_allclose(theirs32, ours, rtol=4e-7, atol=0)
     with pytest.raises(ValueError, match="n"):
         EDM().karras_sigmas(0, 0.002, 80.0)
+
+
+@pytest.mark.parametrize("process", [VP(0.0, 20.0), VP(1e-300, 20.0)], ids=repr)
+def test_time_of_a_huge_log_snr_and_sigma_prime_at_subnormal_t_keep_their_digits(process):
+    """Below the range of B (review of b6852ff): t from lambda was exp of a rounded sum
+    (log B + log(2 / db)) / 2, 5.2e-14 off at lambda = 1388 on VP(0, 20) (an error beyond one
+    ulp of lambda's own effect, eps t / 2); now h = e^{log B / 2}, exact halving, then products.
+    d_sigma and W at subnormal t took beta = t beta_max with few digits (d_sigma(5e-323) was
+    3.125 for sqrt(10)). Against 60-digit values: B = log1p(e^-lambda), t = 2 B / (beta_min +
+    sqrt(beta_min^2 + 2 db B))."""
+    with mp.workdps(60):
+        for lam in (708.5, 720.0, 900.0, 1200.0, 1388.1093941026816):
+            B = mp.log1p(mp.exp(-mp.mpf(lam)))
+            bmin, db = mp.mpf(process.beta_min), mp.mpf(process.beta_max) - mp.mpf(process.beta_min)
+            ref = 2 * B / (bmin + mp.sqrt(bmin**2 + 2 * db * B))
+            assert _rel(process.time_of_log_snr(lam), ref) <= 2 * EPS, lam
+    if process.beta_min == 0:
+        root = np.sqrt(10.0)
+        for t in (1e-318, 5e-323, 1e-200):
+            assert process.d_sigma(t) == root and process._w(np.float64(t)) == root, t
