@@ -956,6 +956,17 @@ def cmd_audit(args):
     for output, option in ((args.json, "--json"), (args.plot, "--plot")):  # --score mymodels:f and --json mymodels.py
         if output is not None:
             _check_not_an_input(output, option, (("--score", loaded.module_file),))
+    from .score_model import ScoreModel
+    if isinstance(loaded.function, ScoreModel) and loaded.function.dtype != dtype:
+        # refused as the command's option before the work: the model's own refusal ("x must have
+        # dtype float32 (the network's), got float64; pass np.asarray(x, ...)") names an x the
+        # user does not pass (sgm_ref.samplers.check_model_dtype says it as a dtype argument)
+        own = loaded.function.dtype.name
+        fix = f"pass --dtype {own}"
+        if nll and own != "float64":  # else the fix named would be refused next, as --nll's
+            fix += f" and drop --nll {nll} (its Jacobian-vector products need float64)"
+        raise ValueError(f"--score {args.score} is a ScoreModel of a {own} network, which takes {own} points "
+                         f"only: {fix}")
     if args.inputs == "torch" or (args.inputs == "auto" and _uses_torch(loaded.function)):
         score = _torch_score(loaded.function, args.score, process, args.output, args.time, dtype)
     else:

@@ -1189,3 +1189,26 @@ def test_audit_explains_a_negative_kl_prior_as_evaluate_does(tmp_path):
             "because it is an unbiased estimate (not clipped) of a quantity >= 0; within 1 standard error of 0, "
             "consistent with 0")
     assert note in result.stdout.splitlines(), result.stdout
+
+
+@pytest.mark.parametrize("model_dtype, option, fix", [
+    ("float32", [], ""),
+    ("float32", ["--nll", "10"], " and drop --nll 10 (its Jacobian-vector products need float64)"),
+    ("float64", ["--dtype", "float32"], "")])
+def test_audit_names_a_score_model_of_another_dtype_as_the_dtype_option(tmp_path, model_dtype, option, fix):
+    """A ScoreModel of a float32 network audited at the default --dtype float64 failed at its first
+    call with its own message, "--score models:model raised ValueError: x must have dtype float32
+    (the network's), got float64; pass np.asarray(x, dtype=np.float32) (called at t = 0.001)":
+    an x the user does not pass. It is refused before the work as the command's option, as a torch
+    module of float32 parameters and a function returning float32 are; the fix it names runs."""
+    (tmp_path / "models.py").write_text(
+        "import numpy as np\nfrom sgm_ref import MLP, ScoreModel\n"
+        f"model = ScoreModel(MLP(2, widths=(4,), dtype=np.{model_dtype}, rng=0))\n")
+    common = ("audit", "--score", "models:model", "--target", "ring", "--n-steps", "2", "--profile-n", "4",
+              "--bound-n", "4")
+    result = run(*common, *option, cwd=tmp_path, check=False)
+    _assert_one_line_error(result, f"--score models:model is a ScoreModel of a {model_dtype} network, which takes "
+                                   f"{model_dtype} points only: pass --dtype {model_dtype}{fix}")
+    assert "np.asarray" not in result.stderr
+    if model_dtype == "float32" and not option:  # the fix it names runs (one run: each costs a process)
+        assert "certified TV bound" in run(*common, "--dtype", model_dtype, cwd=tmp_path).stdout

@@ -881,3 +881,35 @@ def test_log_prob_of_a_tilted_gaussian_from_t0_zero_is_refused_not_garbage():
     x = np.array([[0.3, -0.5]])
     with pytest.raises(ValueError, match=r"standard error .* t0 > 0"):
         log_prob(tg, OU(), x, 0.0, 3.0, solver="heun", n_steps=64)
+
+
+def test_log_prob_of_a_float32_score_model_rounds_each_state_and_names_one_beyond_float32():
+    """log_prob's docstring, pinned: a float32 ScoreModel is given each state x_t rounded to
+    float32 and its float32 score and divergence are read as float64 (the bits of float64
+    callables doing so), which is not its float64 twin's answer (6.5e-9 to 1.8e-8 relative). A
+    state beyond float32's range became inf in the cast, under a RuntimeWarning, and the model
+    said "x contains 1 non-finite value(s) (NaN or inf)" of an x that was finite; it is named."""
+    import warnings
+
+    f32, f64 = np.float32, np.float64
+    model = ScoreModel(MLP(2, (8,), dtype=f32, rng=0), OU())
+    twin = ScoreModel(MLP(2, (8,), rng=0), OU())
+    twin.network.set_params(model.params.astype(f64))
+    x = np.random.default_rng(1).standard_normal((3, 2))
+
+    def run(score, **kw):
+        return log_prob(score, OU(), x, 0.01, 2.0, solver="heun", n_steps=10, **kw)
+
+    got = run(model)
+    rounded = run(lambda y, t: model.divergence(y.astype(f32), t)[0].astype(f64),
+                  divergence=lambda y, t: model.divergence(y.astype(f32), t)[1].astype(f64))
+    np.testing.assert_array_equal(got.log_q, rounded.log_q)
+    np.testing.assert_array_equal(got.endpoint, rounded.endpoint)
+    gap = np.abs(got.log_q / run(twin).log_q - 1)
+    assert np.all((3e-9 < gap) & (gap < 3e-8)), gap  # 6.5e-9, 1.3e-8, 1.8e-8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for kw in ({}, dict(divergence="hutchinson", rng=np.random.default_rng(0))):
+            with pytest.raises(ValueError, match=r"x_t reaches \|x_t\| = 1e\+39 at t = 0\.01 .*beyond the largest "
+                                                 r"float32, 3\.4e\+38, .*rescale x, or use a float64 model"):
+                log_prob(model, OU(), np.array([[1e39, 0.0]]), 0.01, 2.0, solver="heun", n_steps=2, **kw)

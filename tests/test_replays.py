@@ -1389,3 +1389,34 @@ def test_replay_output_gaussian_names_an_unknown_or_missing_option_and_the_repla
     # what is accepted still works, and a replay taking **options gets them as given
     np.testing.assert_array_equal(R.replay_output_gaussian(R.ddim, *law, eta=1.0)[1],
                                   R.replay_output_gaussian(lambda *a, **kw: R.ddim(*a, **kw), *law, eta=1.0)[1])
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_rng_and_noise_together_are_refused(case):
+    """Both given, the draws came from noise and rng was silently unused (euler_maruyama's
+    docstring said "unless noise is given", the others nothing): a caller passing a seeded rng
+    beside noise took the output for that rng's. No caller in the package passes both (audit and
+    replay_output_gaussian pass rng=None with their noise); the pair is refused, the deterministic
+    dpmpp_2m too, and either alone still runs."""
+    replay, process, grid, options = CASES[case]
+    x = _start_points(process, grid, 3, np.random.default_rng(0))
+    score = R.gaussian_score(MEAN, COV, process)
+    with pytest.raises(ValueError, match=r"^pass rng or noise, not both: .*drop rng"):
+        replay(score, process, grid, x, np.random.default_rng(1), noise=np.zeros((1, 3, 2)), **options)
+    with pytest.raises(ValueError, match=r"^pass rng or noise, not both"):
+        replay(score, process, grid, x, np.random.default_rng(1), noise=np.zeros((0, 3, 2)), **options)
+    drawn = replay(score, process, grid, x, np.random.default_rng(1), **options)
+    assert drawn.shape == x.shape and np.all(np.isfinite(drawn))
+
+
+def test_dpmpp_2m_checks_its_rng_as_the_other_replays():
+    """dpmpp_2m draws nothing and took any rng unchecked (rng=0, a seed, ran), where ddim with
+    eta = 0, which draws nothing either, refuses it: its rng goes through the same check now."""
+    edm = EDM()
+    sigmas = edm.karras_sigmas(4, 0.02, 10.0)
+    x = 10.0 * np.random.default_rng(0).standard_normal((3, 2))
+    score = R.gaussian_score(MEAN, COV, edm)
+    with pytest.raises(ValueError, match="rng must be a numpy.random.Generator"):
+        R.dpmpp_2m(score, edm, sigmas, x, 0)
+    np.testing.assert_array_equal(R.dpmpp_2m(score, edm, sigmas, x, np.random.default_rng(5)),
+                                  R.dpmpp_2m(score, edm, sigmas, x))

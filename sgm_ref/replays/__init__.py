@@ -7,7 +7,8 @@ Each replay is a plain function with one signature,
 score(x (n, d), t (n,)) the score of p_t under `process` (any process of sgm_ref.processes),
 grid a decreasing time grid of that process from T down to t0 >= 0, x the start points at T.
 All noise comes from rng or from `noise`, an array (n_draws, n, d) of the standard normal
-draws (each replay's docstring says how many), so a replay can be fed the noise a peer drew.
+draws (each replay's docstring says how many), so a replay can be fed the noise a peer drew;
+passing both is refused (ValueError), as one of them would go unused.
 
     score_sde (Song et al. 2021)   euler_maruyama (textbook: f, g at t_k times h),
                                    reverse_diffusion, predictor_corrector (Langevin corrector)

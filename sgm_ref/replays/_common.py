@@ -5,7 +5,8 @@ Every replay has the signature
     replay(score, process, grid, x, rng=None, trajectory=False, *, noise=None, **options)
 
 with score(x (n, d), t (n,)) -> grad log p_t(x) (n, d), a decreasing time grid of the
-process from T down to t0 >= 0, x the start points (n, d) at T. The state is kept in x's
+process from T down to t0 >= 0, x the start points (n, d) at T; the draws come from rng
+or from noise, never both (Noise refuses the pair). The state is kept in x's
 dtype (each update is computed in float64 and rounded once to that dtype: a float32 run
 is a float32 replay); coefficients are float64.
 """
@@ -64,12 +65,17 @@ class Noise:
 
     Draw j is rng.standard_normal((n, d)) (in the state's dtype) or noise[j]. finish()
     checks that a given array had exactly as many draws as the replay used, so a peer's
-    noise fed in the wrong count is an error rather than a silent misalignment.
+    noise fed in the wrong count is an error rather than a silent misalignment. Both rng
+    and noise are refused: one of them would go unused, and a caller who passed a seeded
+    rng would take the replay's draws for that rng's.
     """
 
     def __init__(self, rng, noise, shape, dtype):
         self.shape, self.dtype, self.used = shape, dtype, 0
         self.rng = self.array = self.source = None
+        if rng is not None and noise is not None:
+            raise ValueError("pass rng or noise, not both: the draws would come from noise and rng would go "
+                             "unused; drop rng, or drop noise to draw from rng")
         if noise is None:
             self.rng = None if rng is None else check_rng(rng)
         elif hasattr(noise, "draw_noise"):  # a probe source (laws.py)

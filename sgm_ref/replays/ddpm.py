@@ -264,6 +264,7 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     grid : array_like, shape (N + 1,), decreasing, may end at 0
     x : ndarray, shape (n, d)
     rng : numpy.random.Generator, optional
+        Source of the noise; not with `noise` (passing both is refused).
     trajectory : bool
     noise : array_like, shape (n_draws, n, d), optional
     variance : {"beta_tilde", "beta"}
@@ -284,7 +285,8 @@ def ddpm_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise
     ------
     ValueError
         Bad arguments (diffusers' variance_type names too, with the replay's names for
-        them), score output, missing rng or a wrong count of noise draws;
+        them), score output, missing rng, rng and noise both given, or a wrong count of
+        noise draws;
         final_noise="diffusers" without a DDPM process or off its timesteps; a grid that
         starts where alphas_cumprod is 0 with prediction_type="epsilon".
     """

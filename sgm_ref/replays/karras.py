@@ -121,6 +121,7 @@ def karras_euler(score, process, grid, x, rng=None, trajectory=False, *, noise=N
     x : ndarray, shape (n, d)
         Start points at grid[0] in the process's x (for EDM: sigma_max times N(0, I)).
     rng : numpy.random.Generator, optional
+        Source of the noise; not with `noise` (passing both is refused).
     trajectory : bool
         Also return the states at every grid time (process's x), shape (N + 1, n, d).
     noise : array_like, shape (n_draws, n, d), optional
@@ -137,7 +138,7 @@ def karras_euler(score, process, grid, x, rng=None, trajectory=False, *, noise=N
     ------
     ValueError
         Bad arguments, score output, a churned sigma beyond the process's range, missing
-        rng or a wrong count of noise draws.
+        rng, rng and noise both given, or a wrong count of noise draws.
     """
     return _karras(score, process, grid, x, rng, trajectory, noise, (s_churn, s_tmin, s_tmax, s_noise), False)
 
@@ -199,7 +200,8 @@ def euler_ancestral(score, process, grid, x, rng=None, trajectory=False, *, nois
 def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None, lower_order_final=False):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), as k-diffusion's sample_dpmpp_2m.
 
-    Deterministic (rng and noise unused; noise must be None or have no draws). A
+    Deterministic (it draws nothing: rng, a Generator if given, is unused; noise must be
+    None or have no draws; both together are refused, as in every replay). A
     second-order multistep method in lambda = -log sigma_hat: exact on the linear part,
     the denoiser extrapolated linearly from the last two steps,
 
@@ -219,7 +221,7 @@ def dpmpp_2m(score, process, grid, x, rng=None, trajectory=False, *, noise=None,
     """
     lower_order_final = check_flag(lower_order_final, "lower_order_final")
     frame = _SigmaFrame(score, process, grid, x, trajectory)
-    draws = Noise(None, noise, frame.xh.shape, frame.dtype)
+    draws = Noise(rng, noise, frame.xh.shape, frame.dtype)
     sig = frame.sig
     D_old, h_old = None, None
     for k in range(sig.size - 1):

@@ -79,7 +79,7 @@ def euler_maruyama(score, process, grid, x, rng=None, trajectory=False, *, noise
     x : ndarray, shape (n, d)
         Start points at T.
     rng : numpy.random.Generator, optional
-        Source of the noise unless `noise` is given.
+        Source of the noise; not with `noise` (passing both is refused).
     trajectory : bool
         Also return the states at every step, shape (steps + 1, n, d).
     noise : array_like, shape (steps, n, d), optional
@@ -102,7 +102,8 @@ def euler_maruyama(score, process, grid, x, rng=None, trajectory=False, *, noise
     ------
     ValueError
         Bad grid, points, score output, step_size (or step_size with a grid ending at 0);
-        trajectory or denoise not True or False; rng missing or noise of the wrong count.
+        trajectory or denoise not True or False; rng missing, or given with noise, or noise
+        of the wrong count.
     """
     process, grid, y, dtype = start(score, process, grid, x)
     denoise = check_flag(denoise, "denoise")
