@@ -52,7 +52,7 @@ from ._validation import check_count, check_fits, check_real, check_real_array, 
 from .metrics.distances import mmd, sliced_wasserstein
 from .processes import VariancePreserving, check_process
 from .replays import REPLAYS, law_distances, replay_output_gaussian
-from .replays._common import check_replay_grid
+from .replays._common import check_replay_grid, replay_signature
 from .replays.laws import gaussian_score
 from .targets import GaussianMixture
 
@@ -233,21 +233,14 @@ _SET_BY_THE_COMPARISON = ("score", "process", "grid", "x", "rng", "trajectory", 
 
 
 def _check_replay_options(replay_name, replay_fn, options):
-    """Refuse, before any work, options the replay does not take, a required one left out
-    and a non-bool given for a bool option (`--option denoise=False` is the text 'False')."""
-    try:
-        params = inspect.signature(replay_fn).parameters
-    except (TypeError, ValueError):
+    """Refuse, before any work, options the replay does not take (replays._common.
+    replay_signature), a required one left out and a non-bool given for a bool option
+    (`--option denoise=False` is the text 'False')."""
+    signature = replay_signature(replay_fn)
+    if signature is None:
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    # the comparison passes (score, process, grid, x, rng, trajectory) by position and noise by
-    # name, whatever a custom replay calls its parameters; *args takes positions too
-    positional = [name for name, p in params.items()
-                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    set_here = set(positional[:6]) | {"noise"} | {name for name, p in params.items()
-                                                  if p.kind is inspect.Parameter.VAR_POSITIONAL}
-    own = [name for name in params if name not in set_here]
+    params, own = signature
+    set_here = set(params) - set(own)
     for key, value in options.items():
         if key in _SET_BY_THE_COMPARISON or key in set_here:
             raise ValueError(f"replay_options (--option): {key} is set by the comparison itself; leave it out")

@@ -11,6 +11,8 @@ dtype (each update is computed in float64 and rounded once to that dtype: a floa
 is a float32 replay); coefficients are float64.
 """
 
+import inspect
+
 import numpy as np
 
 from .._validation import call_score, check_decreasing_grid, check_points, check_real_array, check_rng
@@ -197,3 +199,25 @@ class Path:
         noise.finish()
         out = y.astype(self.dtype)
         return (out, np.stack(self.states)) if self.states is not None else out
+
+
+def replay_signature(replay):
+    """(parameters, options) of a replay: its inspect.signature parameters and the names of its
+    own options, those a caller sets beyond (score, process, grid, x, rng, trajectory), which a
+    comparison passes by position whatever a custom replay calls them, noise, passed by name,
+    and *args. None for a replay taking **kwargs or whose signature cannot be read: it is
+    called as given. Read by sgm_ref.audit and replay_output_gaussian to name an unknown or
+    missing option before any work."""
+    try:
+        params = inspect.signature(replay).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    positional = [name for name, p in params.items()
+                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    set_by_caller = set(positional[:6]) | {"noise"} | {name for name, p in params.items()
+                                                       if p.kind is inspect.Parameter.VAR_POSITIONAL}
+    own = [name for name, p in params.items()
+           if name not in set_by_caller and p.kind is not inspect.Parameter.POSITIONAL_ONLY]
+    return params, own

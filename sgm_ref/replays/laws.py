@@ -25,7 +25,7 @@ import numpy as np
 from .._validation import check_real, check_rng
 from ..metrics.gaussian import _check_gaussian, gaussian_kl, gaussian_tv
 from ..processes import VariancePreserving, check_process
-from ._common import check_replay_grid
+from ._common import check_replay_grid, replay_signature
 
 __all__ = ["gaussian_score", "target_gaussian", "replay_output_gaussian", "law_distances"]
 
@@ -117,22 +117,12 @@ def _not_affine(replay, options):
 
 def _check_options(replay, options):
     """Refuse options the replay does not take, and a required one left out, naming the
-    replay's options: they were Python's TypeError from inside the probe run ("ddim() got
-    an unexpected keyword argument 'etaa'"). The replay is called with (score, process,
-    grid, x, rng, trajectory) by position and noise by name; a replay taking **kwargs, or
-    whose signature cannot be read, is called as given."""
-    try:
-        params = inspect.signature(replay).parameters
-    except (TypeError, ValueError):
+    replay's options (replay_signature): they were Python's TypeError from inside the probe
+    run ("ddim() got an unexpected keyword argument 'etaa'")."""
+    signature = replay_signature(replay)
+    if signature is None:
         return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    positional = [name for name, p in params.items()
-                  if p.kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)]
-    set_here = set(positional[:6]) | {"noise"} | {name for name, p in params.items()
-                                                  if p.kind is inspect.Parameter.VAR_POSITIONAL}
-    own = [name for name, p in params.items()
-           if name not in set_here and p.kind is not inspect.Parameter.POSITIONAL_ONLY]
+    params, own = signature
     name = getattr(replay, "__name__", "the replay")
     unknown = [key for key in options if key not in own]
     if unknown:
