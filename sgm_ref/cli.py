@@ -1379,6 +1379,9 @@ def main(argv=None):
         with warnings.catch_warnings():
             # overflow on the way to a non-finite loss is reported as an error, once
             warnings.simplefilter("ignore", RuntimeWarning)
+            # NumPy reads an .npy header with ast.literal_eval, whose parser warns ("invalid decimal
+            # literal", from "<unknown>") on a damaged one before the read error names the file
+            warnings.filterwarnings("ignore", category=SyntaxWarning, module="<unknown>")
             # the library's other warnings (a torn results.jsonl line left out) as one line each,
             # as the errors are: not Python's file:line header and source line
             warnings.showwarning = _show_warning

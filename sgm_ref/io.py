@@ -36,9 +36,11 @@ FORMAT_VERSION = 1
 # encrypted entry: RuntimeError; an .npy header a shape of 1e13 entries: MemoryError,
 # "Unable to allocate 72.8 TiB for an array with shape ...", which names the shape)
 # numpy's .npy header parser raises tokenize.TokenError for an unbalanced header dict (a damaged
-# closing brace, a NUL byte in it): it was a traceback from load and read_header
+# closing brace, a NUL byte in it): it was a traceback from load and read_header; and
+# ast.literal_eval's SyntaxError for a dict that no longer parses (one flipped bit makes
+# 'descr': '<f8' into ',f8': a traceback from evaluate, load and --grid-file)
 _READ_ERRORS = (zipfile.BadZipFile, ValueError, OSError, EOFError, NotImplementedError, KeyError, RuntimeError,
-                MemoryError, tokenize.TokenError)
+                MemoryError, tokenize.TokenError, SyntaxError)
 
 
 def read_error_text(exc):

@@ -824,3 +824,19 @@ def test_round_trip_of_the_other_variance_preserving_processes(tmp_path):
             assert load(tmp_path / "m.npz", use_ema=True).params.tobytes() == ema.tobytes()
             x, t = np.ones((3, 3), dtype), np.array([1e-3, 0.5, 0.99])
             assert loaded(x, t).tobytes() == model(x, t).tobytes()
+
+
+def test_a_flipped_bit_that_unparses_the_arrays_header_is_a_model_file_error(tmp_path):
+    """One bit makes the params member's 'descr': '<f8' into ',f8': NumPy's header parser
+    (ast.literal_eval) raised SyntaxError, which load let out as a traceback (a member this large
+    is parsed before its CRC is checked)."""
+    from sgm_ref import ScoreModel
+
+    path = tmp_path / "m.npz"
+    save(ScoreModel(MLP(2, (128, 128, 128), rng=0), OU()), path)
+    raw = bytearray(path.read_bytes())
+    i = raw.index(b"'descr': '<f8'", raw.index(b"params.npy")) + len(b"'descr': '")
+    raw[i] ^= 0x10  # '<' -> ','
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ModelFileError, match=r"m.npz: the parameter array is corrupt \(invalid syntax"):
+        load(path)

@@ -354,3 +354,28 @@ def test_samples_whose_numbers_changed_are_refused(tmp_path, finished):
     del config["samples_sha256"]
     (run / "config.json").write_text(json.dumps(config))
     assert np.array_equal(load_samples(run, 2), flipped)
+
+
+def test_a_samples_header_that_no_longer_parses_is_named(tmp_path, finished):
+    """A flipped bit in samples.npy's header ('<f8' -> ',f8') was NumPy's SyntaxError, a
+    traceback from evaluate; a damaged header can also make its parser warn ("invalid decimal
+    literal"), which the command line used to print before the error."""
+    import subprocess
+    import sys
+
+    run = _copy(finished, tmp_path / "run")
+    sample_run(run)
+    good = (run / "samples.npy").read_bytes()
+    raw = bytearray(good)
+    raw[raw.index(b"'<f8'") + 1] ^= 0x10
+    (run / "samples.npy").write_bytes(bytes(raw))
+    with pytest.raises(RunError, match=r"samples.npy is unreadable \(invalid syntax"):
+        load_samples(run, 2)
+    raw = bytearray(good)
+    i = raw.index(b"'fortran_order'")
+    raw[i:i + 5] = b"7for|"  # "'fort" -> "7for|": a number run into a name, the parser's SyntaxWarning
+    (run / "samples.npy").write_bytes(bytes(raw))
+    result = subprocess.run([sys.executable, "-m", "sgm_ref.cli", "evaluate", str(run), "--no-plots"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "samples.npy is unreadable (Cannot parse header" in result.stderr
