@@ -1212,3 +1212,23 @@ def test_time_of_a_huge_log_snr_and_sigma_prime_at_subnormal_t_keep_their_digits
         root = np.sqrt(10.0)
         for t in (1e-318, 5e-323, 1e-200):
             assert process.d_sigma(t) == root and process._w(np.float64(t)) == root, t
+
+
+@pytest.mark.parametrize("process", [VP(0.0, 1e-3), SubVP(0.0, 1e-3)], ids=repr)
+def test_time_of_a_huge_log_snr_where_the_half_power_of_B_is_subnormal(process):
+    """Review of cb7e080: t = h sqrt(2 / db), h = e^{log B / 2}, took h's lost digits where h is
+    subnormal but t, lifted by sqrt(2 / db) > 1 (beta_max < 2), is not or less so: 12 subnormal ulps
+    of t = 1e-310 on VP(0, 1e-3), 1.4 relative ulps at t = 1e-307 (before cb7e080, exp of a rounded
+    sum: correctly rounded there). Now (r sqrt(2 / db)) r, r = e^{log B / 4}. Against 40 digits from
+    the float64 lambda passed: B = log1p(e^-lambda) (VP), 2 asinh(e^{-lambda / 2} / 2) (SubVP)."""
+    db = 1e-3
+    with mp.workdps(40):
+        for t in (1e-307, 3e-308, 1e-310, 1e-316, 1e-320):
+            B = db * mp.mpf(t) ** 2 / 2
+            exact = (-B - mp.log(-mp.expm1(-B))) if isinstance(process, VP) else -2 * (B + mp.log(-mp.expm1(-B)))
+            lam = mp.mpf(float(exact))
+            Bl = mp.log1p(mp.exp(-lam)) if isinstance(process, VP) else 2 * mp.asinh(mp.exp(-lam / 2) / 2)
+            ref = mp.sqrt(2 * Bl / db)
+            got = process.time_of_log_snr(float(lam))
+            ulp = max(ref * EPS, mp.mpf(2) ** -1074)  # relative; one subnormal step at subnormal t
+            assert abs(mp.mpf(float(got)) - ref) <= ulp, t

@@ -284,15 +284,19 @@ def time_of_tiny_linear_integrated_beta(log_B, beta_min, beta_max):
     2 B / (beta_min + sqrt(beta_min^2 + 2 db B)) (inverse_linear_integrated_beta) with B only as
     h^2, h = e^{log_B / 2}: (2 h / den) h, and sqrt(2 B / db) = h sqrt(2 / db) where beta_min = 0.
     log_B / 2 is exact, so h keeps its digits; exp of a rounded sum (log_B + log(2 / db)) / 2
-    lost eps |log_B| / 2 (5.2e-14 of t at lambda = 1388 on VP(0, 20)). 0 where t itself
-    underflows (log_B = -inf: t = 0).
+    lost eps |log_B| / 2 (5.2e-14 of t at lambda = 1388 on VP(0, 20)). Where h itself is
+    subnormal (log_B < -1416) but sqrt(2 / db) > 1 lifts t above it (beta_max < 2), t =
+    (r sqrt(2 / db)) r with r = e^{log_B / 4}, normal: h * sqrt(2 / db) carried h's lost digits
+    (12 ulps of t = 1e-310 on VP(0, 1e-3)). 0 where t itself underflows (log_B = -inf: t = 0).
     """
     log_B = np.asarray(log_B, dtype=np.float64)
     db = np.float64(beta_max) - np.float64(beta_min)
     with np.errstate(under="ignore", divide="ignore"):
         h = np.exp(0.5 * log_B)
         if beta_min == 0:
-            return h * np.sqrt(2.0 / db)
+            c = np.sqrt(2.0 / db)
+            r = np.exp(0.25 * log_B)  # log_B / 4 exact; normal down to log_B = -2830
+            return np.where(h < _TINY, (r * c) * r, h * c)
         den = beta_min + np.hypot(beta_min, np.sqrt(2.0 * db) * h)
         return (2.0 * h / den) * h
 

@@ -28,6 +28,9 @@ _LOG_2PI = float(np.log(2.0 * np.pi))
 # a coordinate at least sqrt(_FAR_QUAD) standard deviations from both components has its
 # posterior logits taken from the components' differences (ProductMixture._relative_terms)
 _FAR_QUAD = 64.0
+# an entry whose |log v_j0| exceeds this takes its logits with log v_jc - log v_j0
+# (ProductMixture._relative_terms), as GaussianMixture._log_dets does per dimension
+_LOG_VAR_SHIFT = 16.0
 
 
 class ProductMixture(ExactOutputs):
@@ -180,12 +183,28 @@ class ProductMixture(ExactOutputs):
         d = x_j - alpha mu, d_c - d_r = alpha (mu_r - mu_c), v_c - v_r = alpha^2 (s_c^2 - s_r^2)
         (where that overflows, or its two parts exceed the terms, the difference of the terms:
         a point too far out is named by the callers).
+
+        Where |log v_j0| > _LOG_VAR_SHIFT (v beyond e^{+-16}: EDM's or VE's sigma_t past
+        about 3000), rel takes log v_jc - log v_j0 = log1p(alpha^2 (s_c^2 - s_0^2) / v_j0) (or
+        the difference of the logs where that ratio is beyond +-1/2) in place of log v_jc: the
+        log terms round at eps |log v| / 2 (x0 at EDM's sigma = 1e100 was 1.2e-14 off, the
+        variances' difference 1e-200 of them). top keeps the plain terms; other entries keep
+        their bits.
         """
         with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
             quad = diff * (diff / var)                                      # (x_j - alpha mu)^2 / v
-            log_terms = self._logw - 0.5 * (_LOG_2PI + np.log(var) + quad)
+            log_var = np.log(var)
+            log_terms = self._logw - 0.5 * (_LOG_2PI + log_var + quad)
             top = np.max(log_terms, axis=2, keepdims=True)
             rel = log_terms - top
+            bi, bj = np.nonzero(np.abs(log_var[:, :, 0]) > _LOG_VAR_SHIFT)
+            if bi.size:
+                s2 = self.stds[bj] ** 2                                      # (m, 2)
+                a_b = np.asarray(a, dtype=np.float64)[bi, None]
+                ratio = a_b * a_b * (s2 - s2[:, :1]) / var[bi, bj, :1]
+                shifted = np.where(np.abs(ratio) <= 0.5, np.log1p(ratio), log_var[bi, bj] - log_var[bi, bj, :1])
+                terms = self._logw[bj] - 0.5 * (shifted + quad[bi, bj])
+                rel[bi, bj] = terms - np.max(terms, axis=1, keepdims=True)
             # the difference form only where both quadratic terms exceed _FAR_QUAD: below, the
             # direct difference loses at most a few eps _FAR_QUAD (computed at every entry, the
             # difference form had made the oracle 1.7x slower at d = 32)
