@@ -1232,3 +1232,25 @@ def test_time_of_a_huge_log_snr_where_the_half_power_of_B_is_subnormal(process):
             got = process.time_of_log_snr(float(lam))
             ulp = max(ref * EPS, mp.mpf(2) ** -1074)  # relative; one subnormal step at subnormal t
             assert abs(mp.mpf(float(got)) - ref) <= ulp, t
+
+
+def test_log_snr_at_subnormal_t_and_the_time_of_a_mixed_array_without_warnings():
+    """Found by the fuzz of the day's changes: (1) with beta_min = 0 the mean rate t beta_max / 2
+    is itself subnormal or 0 at subnormal t, and log_snr took its log: VP(0, 1).log_snr(5e-324)
+    was inf for 1489.57 (SubVP(0, 1): inf for 2979.15), VP(0, 1e-3).log_snr(1e-318) 1.35e-6
+    off; (2) time_of_log_snr of an array with rows both sides of the tiny-B switch warned
+    "invalid value encountered in divide" (inf / inf in the rows it then drops); (3) a subnormal
+    beta_min made d_sigma(0) a refusal as an overflow (0.5 * 5e-324 = 0: 0 / 0) for +inf."""
+    import warnings
+
+    with warnings.catch_warnings(), mp.workdps(50):
+        warnings.simplefilter("error")
+        for process, t in ((VP(0.0, 1.0), 5e-324), (VP(0.0, 1e-3), 1e-321), (VP(0.0, 1e-3), 1e-318),
+                           (VP(0.0, 20.0), 1e-200), (SubVP(0.0, 1.0), 5e-324)):
+            a, s = _mp_alpha_sigma(process, mp.mpf(t))
+            lam = 2 * (mp.log(a) - mp.log(s))
+            assert _rel(process.log_snr(t), lam) <= 2 * EPS, (process, t)
+        for process, lam in ((VP(0.1, 2960.0), 720.0), (SubVP(0.1, 6000.0), 1440.0)):
+            both = process.time_of_log_snr([process.log_snr(1.0), lam])
+            assert both[0] == 1.0 and both[1] == process.time_of_log_snr(lam) > 0.0
+        assert VP(5e-324, 20.0).d_sigma(0.0) == np.inf == VP(0.1, 20.0).d_sigma(0.0)

@@ -16,7 +16,8 @@ import numpy as np
 from .._validation import check_count, check_real
 from .base import LinearGaussianProcess, expm1mx, log1pmx
 from .variance_preserving import (_TINY, check_linear_betas, inverse_linear_integrated_beta, linear_beta,
-                                  linear_integral_between, linear_integrated_beta, time_of_tiny_linear_integrated_beta)
+                                  linear_integral_between, linear_integrated_beta, log_linear_mean_rate,
+                                  time_of_tiny_linear_integrated_beta)
 
 
 @dataclass(frozen=True)
@@ -115,8 +116,7 @@ class SubVP(LinearGaussianProcess):
             tiny = B < _TINY
             if np.any(tiny):
                 t = np.asarray(t, dtype=np.float64)
-                mean_rate = self.beta_min + t * (0.5 * (self.beta_max - self.beta_min))
-                lam = np.where(tiny, -2.0 * (np.log(t) + np.log(mean_rate)), lam)
+                lam = np.where(tiny, -2.0 * (np.log(t) + log_linear_mean_rate(t, self.beta_min, self.beta_max)), lam)
         return lam
 
     def _time_of_log_snr(self, lam):

@@ -237,9 +237,12 @@ class VP(VariancePreserving):
         """sigma' = beta alpha^2 / (2 sigma) or W = beta alpha / (2 sigma) where beta_min = 0 and B(t)
         is below float64's normal range: sqrt(beta_max / 2) to rounding (sigma = t sqrt(beta_max / 2),
         beta = t beta_max, alpha = 1 there). At t = 0 the formula is 0 / 0; at subnormal t its
-        beta = t beta_max keeps few digits (d_sigma(1e-318) was 5e-7 off, d_sigma(5e-323) 1.2%)."""
+        beta = t beta_max keeps few digits (d_sigma(1e-318) was 5e-7 off, d_sigma(5e-323) 1.2%).
+        With beta_min > 0, +inf at t = 0 (sigma_0 = 0)."""
         if self.beta_min == 0:
             value = np.where(self._integrated_beta(t) < _TINY, np.sqrt(0.5 * self.beta_max), value)
+        else:  # beta_min / (2 sigma_0) = +inf, where a subnormal beta_min made it 0 / 0 (0.5 * 5e-324 = 0)
+            value = np.where(np.asarray(t) == 0, np.inf, value)
         return value
 
     def _d_sigma(self, t):
@@ -257,8 +260,7 @@ class VP(VariancePreserving):
             tiny = B < _TINY
             if np.any(tiny):  # -log B, from log t and the mean rate
                 t = np.asarray(t, dtype=np.float64)
-                lam = np.where(tiny, -(np.log(t) + np.log(self.beta_min + t * (0.5 * (self.beta_max - self.beta_min)))),
-                               lam)
+                lam = np.where(tiny, -(np.log(t) + log_linear_mean_rate(t, self.beta_min, self.beta_max)), lam)
         return lam
 
     def _time_of_log_snr(self, lam):
@@ -277,6 +279,22 @@ class VP(VariancePreserving):
 _TINY = np.finfo(np.float64).tiny  # below it B(t) is subnormal or 0: its digits are lost
 
 
+def log_linear_mean_rate(t, beta_min, beta_max):
+    """log(B(t) / t) = log(beta_min + t (beta_max - beta_min) / 2) for a linear beta, float64 array.
+
+    Where the mean rate itself is below float64's normal range (beta_min = 0 and t subnormal:
+    VP(0, 1).log_snr(5e-324) was inf for 1489.57) from the logs of its two terms."""
+    t = np.asarray(t, dtype=np.float64)
+    half = 0.5 * (np.float64(beta_max) - np.float64(beta_min))
+    rate = beta_min + t * half
+    with np.errstate(divide="ignore"):
+        out = np.log(rate)
+        small = rate < _TINY
+        if np.any(small):
+            out = np.where(small, np.logaddexp(np.log(np.float64(beta_min)), np.log(t) + np.log(half)), out)
+    return out
+
+
 def time_of_tiny_linear_integrated_beta(log_B, beta_min, beta_max):
     """t with t (beta_min + t (beta_max - beta_min) / 2) = B = e^{log_B}, for B below float64's
     normal range (B itself underflows or keeps few digits; t need not): from log B, float64 array.
@@ -291,7 +309,8 @@ def time_of_tiny_linear_integrated_beta(log_B, beta_min, beta_max):
     """
     log_B = np.asarray(log_B, dtype=np.float64)
     db = np.float64(beta_max) - np.float64(beta_min)
-    with np.errstate(under="ignore", divide="ignore"):
+    # the callers take its rows where B is tiny only: the others may overflow (inf / inf) unsaid
+    with np.errstate(under="ignore", divide="ignore", over="ignore", invalid="ignore"):
         h = np.exp(0.5 * log_B)
         if beta_min == 0:
             c = np.sqrt(2.0 / db)
