@@ -1184,6 +1184,7 @@ def _read_grid_file(path, process):
     strictly decreasing and within the process's times, else a ValueError naming the file."""
     from ._validation import check_decreasing_grid
     from .io import _READ_ERRORS
+    from .runs import _npy_error_text
 
     npy = path.endswith(".npy")
     try:
@@ -1197,7 +1198,7 @@ def _read_grid_file(path, process):
     except OSError as exc:
         raise ValueError(f"--grid-file {path}: {exc.strerror or os_error_text(exc)}") from None
     except _READ_ERRORS as exc:  # numpy's answer to bytes that are no .npy array, or a damaged one
-        raise ValueError(f"--grid-file {path}: not a readable .npy array ({exc})") from None
+        raise ValueError(f"--grid-file {path}: not a readable .npy array ({_npy_error_text(exc)})") from None
     if npy:
         if not isinstance(grid, np.ndarray):
             grid.close()

@@ -5,7 +5,8 @@ Header (JSON, stored as the array "header"):
      "process": the process's to_dict(): {"name": "OU"} | {"name": "VP", "beta_min": ..., "beta_max": ...}
                 | {"name": "VPCosine", "s": ..., "t_max": ...} | {"name": "DDPM", "beta_schedule": ...,
                    "beta_start": ..., "beta_end": ..., "num_train_timesteps": ...},
-     "parameterization": "...", "dtype": "float64" | "float32", "extra": {...}}
+     "parameterization": "...", "dtype": "float64" | "float32", "extra": {...},
+     "arrays": ["params"] or ["params", "ema"] (the arrays written; files of earlier versions have none)}
 Arrays: "params" (the flat vector), and optionally "ema" (the parameter average).
 """
 
@@ -209,6 +210,9 @@ def save(model, path, extra=None, ema=None):
         "parameterization": model.parameterization,
         "dtype": model.dtype.name,
         "extra": extra or {},
+        # the arrays written: a damaged zip directory entry can swallow the next member, which
+        # load would otherwise take for a file saved without it
+        "arrays": ["params"] + ([] if ema is None else ["ema"]),
     }
     try:
         text = json.dumps(header, allow_nan=False)  # NaN and Infinity are not JSON: the header must load anywhere
@@ -284,6 +288,9 @@ def load(path, use_ema=False):
     with _open(path) as f:
         header = _header(f, path)
         key = "ema" if use_ema else "params"
+        listed = header.get("arrays")
+        if isinstance(listed, list) and key in listed and key not in f.files:
+            raise ModelFileError(f"{path}: has no {key!r} array, though its header lists one (a damaged file)")
         if key not in f.files:
             raise ModelFileError(f"{path}: has no {key!r} array" + (" (saved without ema)" if use_ema else ""))
         try:

@@ -661,6 +661,10 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
         state = load_json(str(arrays.pop("rng_state")), "its rng_state")
         threads = load_json(str(arrays.pop("threads")), "its thread counts") if "threads" in arrays else None
         saved_digest = str(arrays.pop("run_digest")) if "run_digest" in arrays else None
+        if saved_digest is not None and threads is None:
+            # every version that records the run digest records the thread counts (since 2026-12-02):
+            # a damaged directory entry that swallows the member read as a state of an older version
+            raise ValueError("it records its run digest but not its thread counts (a damaged archive)")
         if saved_digest is not None and saved_digest != digest:
             raise RunError(f"{what} {path} was written for other settings than config.json's (target, seed, network "
                            "or training): another run's file, or config.json edited since; restore config.json, "
@@ -1025,6 +1029,15 @@ def _counted(score, bar, calls_per_step):
     return counted
 
 
+def _npy_error_text(exc):
+    """np.load's error on a damaged .npy file, as one line: bytes without NumPy's magic (one
+    flipped bit of it) are taken for a pickle, and numpy's advice to load them "unsafely" with
+    allow_pickle is not for a file sgm_ref wrote."""
+    if isinstance(exc, ValueError) and "contains pickled" in str(exc):
+        return "not an .npy array: its first bytes are not NumPy's (a damaged or foreign file)"
+    return " ".join(str(exc).split())
+
+
 def load_samples(folder, d):
     """samples.npy of a run: the (n, d) array of finite numbers `sgm-ref sample` writes, n the
     configured sample count and its dtype the model's (float64 or float32), drawn with the
@@ -1037,7 +1050,7 @@ def load_samples(folder, d):
     try:
         x = np.load(path, allow_pickle=False)
     except _READ_ERRORS as exc:  # numpy's oversized-header message spans lines: one line here
-        raise RunError(f"{path} is unreadable ({' '.join(str(exc).split())})") from None
+        raise RunError(f"{path} is unreadable ({_npy_error_text(exc)})") from None
     if not isinstance(x, np.ndarray):
         x.close()
         raise RunError(f"{path} is an .npz archive, not an .npy array; run `sgm-ref sample` again")

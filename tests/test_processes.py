@@ -1254,3 +1254,24 @@ def test_log_snr_at_subnormal_t_and_the_time_of_a_mixed_array_without_warnings()
             both = process.time_of_log_snr([process.log_snr(1.0), lam])
             assert both[0] == 1.0 and both[1] == process.time_of_log_snr(lam) > 0.0
         assert VP(5e-324, 20.0).d_sigma(0.0) == np.inf == VP(0.1, 20.0).d_sigma(0.0)
+
+
+def test_sigma_and_the_time_of_lambda_where_the_mean_rate_or_half_power_of_b_is_subnormal():
+    """The second fuzz of the day's changes: VP's sigma took sqrt(t) sqrt(t beta_max / 2) with the
+    product subnormal (VP(0, 1e-3).sigma(1e-306): 6.9 ulp off a normal result), and with a
+    subnormal beta_min > 0 the time of a huge lambda kept e^{log B / 2} subnormal (92 subnormal
+    steps off at lambda = 1440 on VP(5e-324, 1e-3); SubVP(5e-324, 1e-3) 16% at 2971.85)."""
+    with mp.workdps(60):
+        for process, t in ((VP(0.0, 1e-3), 1e-306), (VP(1e-310, 1e-3), 1e-306), (VP(0.0, 20.0), 1e-200)):
+            B = mp.mpf(process.beta_min) * t + mp.mpf(t) ** 2 * (mp.mpf(process.beta_max) - mp.mpf(process.beta_min)) / 2
+            assert _rel(process.sigma(t), mp.sqrt(-mp.expm1(-B))) <= 2 * EPS, (process, t)
+        for process, lam in ((VP(5e-324, 1e-3), 1440.0), (VP(5e-324, 1e-3), 1430.0), (VP(1e-300, 20.0), 1420.0),
+                             (SubVP(5e-324, 1e-3), 2900.0), (SubVP(5e-324, 1e-3), 2971.85)):
+            e = mp.exp(-mp.mpf(lam))
+            if isinstance(process, SubVP):  # alpha^2 / sigma^2 = e^-B / (1 - e^-B)^2 = e^lam
+                B = -mp.log1p(-(mp.sqrt(e * e + 4 * e) - e) / 2)
+            else:
+                B = mp.log1p(e)
+            bmin, db = mp.mpf(process.beta_min), mp.mpf(process.beta_max) - mp.mpf(process.beta_min)
+            ref = 2 * B / (bmin + mp.sqrt(bmin**2 + 2 * db * B))
+            assert abs(process.time_of_log_snr(lam) - ref) <= 1.0 * 5e-324, (process, lam)  # one subnormal step

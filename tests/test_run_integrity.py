@@ -379,3 +379,29 @@ def test_a_samples_header_that_no_longer_parses_is_named(tmp_path, finished):
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "samples.npy is unreadable (Cannot parse header" in result.stderr
+
+
+def test_a_state_that_lost_its_thread_counts_is_damaged_not_an_older_version(tmp_path, finished):
+    """A flipped bit of the zip directory can swallow threads.npy: the state read as one of a version
+    before thread counts were recorded, and the resume note about them was lost. Every version that
+    writes the run digest writes them."""
+    run = _copy(finished, tmp_path / "run")
+    with np.load(run / "training_state.npz") as f:
+        arrays = {k: f[k] for k in f.files if k != "threads"}
+    np.savez(run / "training_state.npz", **arrays)
+    with pytest.raises(RunError, match=r"training state .* is unreadable \(it records its run digest but not its "
+                                       r"thread counts \(a damaged archive\)\)"):
+        train(run, progress=False, steps=40)
+
+
+def test_a_samples_file_whose_magic_is_damaged_is_not_called_pickled_data(tmp_path, finished):
+    """A flipped bit of samples.npy's magic made NumPy take it for a pickle and advise loading it
+    "unsafely" with allow_pickle, for a file sgm_ref wrote."""
+    run = _copy(finished, tmp_path / "run")
+    sample_run(run)
+    raw = bytearray((run / "samples.npy").read_bytes())
+    raw[0] ^= 0x01
+    (run / "samples.npy").write_bytes(bytes(raw))
+    with pytest.raises(RunError, match=r"samples.npy is unreadable \(not an .npy array: its first bytes are not "
+                                       r"NumPy's \(a damaged or foreign file\)\)$"):
+        load_samples(run, 2)

@@ -229,8 +229,13 @@ class VP(VariancePreserving):
         tiny = B < _TINY
         if np.any(tiny):
             t = np.asarray(t, dtype=np.float64)
-            sigma = np.where(tiny, np.sqrt(t) * np.sqrt(self.beta_min + t * (0.5 * (self.beta_max - self.beta_min))),
-                             sigma)
+            half = 0.5 * (self.beta_max - self.beta_min)
+            rate = self.beta_min + t * half
+            with np.errstate(divide="ignore", invalid="ignore"):
+                # a mean rate itself below the normal range (t half subnormal) keeps few digits:
+                # sqrt(t rate) = t sqrt(half + beta_min / t) there (VP(0, 1e-3).sigma(1e-306) was 6.9 ulp off)
+                low = np.where(t > 0, t * np.sqrt(half + self.beta_min / np.where(t > 0, t, 1.0)), 0.0)
+                sigma = np.where(tiny, np.where(rate < _TINY, low, np.sqrt(t) * np.sqrt(rate)), sigma)
         return sigma
 
     def _at_zero(self, value, t):
@@ -317,7 +322,12 @@ def time_of_tiny_linear_integrated_beta(log_B, beta_min, beta_max):
             r = np.exp(0.25 * log_B)  # log_B / 4 exact; normal down to log_B = -2830
             return np.where(h < _TINY, (r * c) * r, h * c)
         den = beta_min + np.hypot(beta_min, np.sqrt(2.0 * db) * h)
-        return (2.0 * h / den) * h
+        # where h is subnormal (a subnormal beta_min lifts t above it): through r = e^{log_B / 4}, with
+        # den / r = beta_min / r + hypot(beta_min / r, sqrt(2 db) r) normal, t = ((2 r / (den / r)) r) r
+        r = np.exp(0.25 * log_B)
+        m = beta_min / r
+        den_r = m + np.hypot(m, np.sqrt(2.0 * db) * r)
+        return np.where(h < _TINY, ((2.0 * r / den_r) * r) * r, (2.0 * h / den) * h)
 
 
 def check_linear_betas(process):
