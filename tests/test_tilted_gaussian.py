@@ -299,3 +299,22 @@ def test_gradient_divergence_standard_error_is_calibrated():
     ratio = np.sqrt(np.mean(np.square(ses), axis=0)) / np.std(estimates, axis=0, ddof=1)
     assert np.all((0.75 < ratio) & (ratio < 1.3)), ratio  # 40 seeds: the spread to about +-11%
 
+
+def test_gradient_divergence_rounding_floor_as_the_docstring_says():
+    """Review of the covariance form: the docstring said t = 1e-30 is refused for barron(2); it is
+    accepted (floor 0.05 < d / q = 2) with an error 1.7e-3 from the t = 1e-12 estimate of the same
+    draws (0.011 at t = 1e-31, 4 standard errors: the standard error counts no rounding); t = 1e-40
+    is refused (test above). The floor takes grad_f to be accurate to a few ulps of its value:
+    barron's a (1 - tanh^2) where tanh saturates is not, and the Hessian term (-1.4e-5) is lost
+    entirely at t = 1e-28 (standard error 0); 5e-8 off at t = 1e-16."""
+    tg = TiltedGaussian.barron(2, rng=np.random.default_rng(0), n_mc=4096, n_normaliser=2)
+    x = np.array([[0.3, -0.5], [1.0, 0.2], [-1.5, 1.1]])
+    value, se = tg.divergence_and_se(x, 1e-30)
+    assert np.max(np.abs(value - tg.divergence(x, 1e-12))) < 0.005 and np.all(se < 0.003)
+    one = TiltedGaussian.barron(1, rng=np.random.default_rng(0), n_mc=4096, n_normaliser=2)
+    net, x1 = one.network, np.array([[6.554051879]])
+    th = np.tanh(x1 @ net["W"].T + net["b"])
+    exact0 = -1.0 + (-2.0 * th * (1.0 - th**2) * np.sum(net["W"] ** 2, axis=1)) @ net["a"]  # -1.0000138
+    value, se = one.divergence_and_se(x1, 1e-28)
+    assert value[0] == -1.0 and se[0] == 0.0 and abs(exact0[0] + 1.0) > 1e-5  # the limitation, as documented
+    assert abs(one.divergence(x1, 1e-16)[0] - exact0[0]) < 1e-7
