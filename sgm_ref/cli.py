@@ -1198,7 +1198,9 @@ def _read_grid_file(path, process):
     except OSError as exc:
         raise ValueError(f"--grid-file {path}: {exc.strerror or os_error_text(exc)}") from None
     except _READ_ERRORS as exc:  # numpy's answer to bytes that are no .npy array, or a damaged one
-        raise ValueError(f"--grid-file {path}: not a readable .npy array ({_npy_error_text(exc)})") from None
+        why = _npy_error_text(exc)  # "not an .npy array: ..." for a damaged magic, said once
+        raise ValueError(f"--grid-file {path}: " + (why if why.startswith("not an .npy array")
+                                                    else f"not a readable .npy array ({why})")) from None
     if npy:
         if not isinstance(grid, np.ndarray):
             grid.close()

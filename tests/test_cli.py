@@ -1212,3 +1212,21 @@ def test_audit_names_a_score_model_of_another_dtype_as_the_dtype_option(tmp_path
     assert "np.asarray" not in result.stderr
     if model_dtype == "float32" and not option:  # the fix it names runs (one run: each costs a process)
         assert "certified TV bound" in run(*common, "--dtype", model_dtype, cwd=tmp_path).stdout
+
+
+def test_a_grid_file_whose_magic_is_damaged_is_not_called_pickled_data(tmp_path):
+    """A flipped bit of an .npy grid's magic made NumPy take it for a pickle and advise loading it
+    "unsafely" with allow_pickle (the second fuzz of the day's changes)."""
+    from sgm_ref import OU
+    from sgm_ref.cli import _read_grid_file
+
+    path = tmp_path / "g.npy"
+    np.save(path, np.array([1.0, 0.5, 0.1]))
+    np.testing.assert_array_equal(_read_grid_file(str(path), OU()), [1.0, 0.5, 0.1])
+    raw = bytearray(path.read_bytes())
+    raw[0] ^= 0x01
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError) as info:
+        _read_grid_file(str(path), OU())
+    assert str(info.value) == (f"--grid-file {path}: not an .npy array: its first bytes are not NumPy's (a damaged or "
+                               "foreign file)")
