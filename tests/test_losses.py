@@ -617,8 +617,6 @@ def test_a_float32_residual_models_loss_is_worked_in_float64():
     """dsm_loss of a float32 residual model is the float64 mean of lam |out - x + z / sigma|^2 over its
     own float32 output and input, to 1e-14 (measured 1.4e-16). Review: out - x was rounded to float32
     in the kernel: the loss was 9.3e-9 off for this random network."""
-    from fractions import Fraction as F
-
     rng = np.random.default_rng(4)
     n, d = 32, 3
     model = ScoreModel(MLP(d, (8, 8), "tanh", "log", dtype=np.float32, rng=2), OU(), "residual")
