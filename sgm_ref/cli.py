@@ -1198,9 +1198,10 @@ def _read_grid_file(path, process):
     except OSError as exc:
         raise ValueError(f"--grid-file {path}: {exc.strerror or os_error_text(exc)}") from None
     except _READ_ERRORS as exc:  # numpy's answer to bytes that are no .npy array, or a damaged one
-        why = _npy_error_text(exc)  # "not an .npy array: ..." for a damaged magic, said once
-        raise ValueError(f"--grid-file {path}: " + (why if why.startswith("not an .npy array")
-                                                    else f"not a readable .npy array ({why})")) from None
+        why = _npy_error_text(exc)  # "not an .npy array: ..." for a damaged magic: its reason, said once
+        prefix = "not an .npy array: "
+        raise ValueError(f"--grid-file {path}: not a readable .npy array"
+                         + (f": {why[len(prefix):]}" if why.startswith(prefix) else f" ({why})")) from None
     if npy:
         if not isinstance(grid, np.ndarray):
             grid.close()

@@ -1228,5 +1228,5 @@ def test_a_grid_file_whose_magic_is_damaged_is_not_called_pickled_data(tmp_path)
     path.write_bytes(bytes(raw))
     with pytest.raises(ValueError) as info:
         _read_grid_file(str(path), OU())
-    assert str(info.value) == (f"--grid-file {path}: not an .npy array: its first bytes are not NumPy's (a damaged or "
-                               "foreign file)")
+    assert str(info.value) == (f"--grid-file {path}: not a readable .npy array: its first bytes are not NumPy's (a "
+                               "damaged or foreign file)")
