@@ -482,20 +482,26 @@ def _two_sample_u(x, y, kernel, paired=False):
     ones_xx, ones_xy = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
     ones_yy, ones_yx = np.zeros(m, dtype=np.int64), np.zeros(m, dtype=np.int64)
     step = max(1, _BLOCK_ELEMENTS // max(n, m))
-    for start in np.arange(0, n, step):
-        b = slice(start, min(start + step, n))
-        diag = (np.arange(b.stop - b.start), np.arange(b.start, b.stop))
-        K, near = kernel(_sq_dists(x[b], x2[b], x_right, x2, xr[b], xr))
-        K[diag] = 0.0  # i = j left out
-        row_xx[b] = K.sum(axis=1)
-        if near is not None:
-            near[diag] = False
-            ones_xx[b] = near.sum(axis=1)
-        K, near = kernel(_sq_dists(x[b], x2[b], y, y2, xr[b], yr))
-        if paired:  # (x_i, y_i) drawn together: left out, as i = j within a sample
+
+    def block(a, a2, b, b2, ar, br, rows, leave_out_diagonal):
+        """Kernel values of rows of a against all of b and their near-1 mask (kernel), with the
+        pairs (i, i) set to 0 and not counted where leave_out_diagonal."""
+        K, near = kernel(_sq_dists(a[rows], a2[rows], b, b2, ar[rows], br))
+        if leave_out_diagonal:
+            diag = (np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop))
             K[diag] = 0.0
             if near is not None:
                 near[diag] = False
+        return K, near
+
+    for start in np.arange(0, n, step):
+        b = slice(start, min(start + step, n))
+        K, near = block(x, x2, x_right, x2, xr, xr, b, True)  # i = j left out
+        row_xx[b] = K.sum(axis=1)
+        if near is not None:
+            ones_xx[b] = near.sum(axis=1)
+        # paired: (x_i, y_i) drawn together, left out as i = j within a sample
+        K, near = block(x, x2, y, y2, xr, yr, b, paired)
         row_xy[b] = K.sum(axis=1)
         col_xy += K.sum(axis=0)
         if near is not None:
@@ -503,22 +509,17 @@ def _two_sample_u(x, y, kernel, paired=False):
             ones_yx += near.sum(axis=0)
     for start in np.arange(0, m, step):
         b = slice(start, min(start + step, m))
-        diag = (np.arange(b.stop - b.start), np.arange(b.start, b.stop))
-        K, near = kernel(_sq_dists(y[b], y2[b], y_right, y2, yr[b], yr))
-        K[diag] = 0.0
+        K, near = block(y, y2, y_right, y2, yr, yr, b, True)
         row_yy[b] = K.sum(axis=1)
         if near is not None:
-            near[diag] = False
             ones_yy[b] = near.sum(axis=1)
         if paired:
             # sum_{j != i} k(x_j, y_i) as a row sum, as row_yy is: for y = x the two are then
             # the same bits and every h1_i is exactly 0 (col_xy, summed by columns, differed
             # from row_yy in its last digits: SE 4e-18 for a value of exactly 0)
-            K, near = kernel(_sq_dists(y[b], y2[b], x, x2, yr[b], xr))
-            K[diag] = 0.0
+            K, near = block(y, y2, x, x2, yr, xr, b, True)
             row_yx[b] = K.sum(axis=1)
             if near is not None:
-                near[diag] = False
                 ones_yx[b] = near.sum(axis=1)
     if paired:
         # h1_i = mean_{j != i} h(z_i, z_j) and MMD^2_p = mean_i h1_i, each k - k' pair cancelled
