@@ -318,3 +318,17 @@ def test_gradient_divergence_rounding_floor_as_the_docstring_says():
     value, se = one.divergence_and_se(x1, 1e-28)
     assert value[0] == -1.0 and se[0] == 0.0 and abs(exact0[0] + 1.0) > 1e-5  # the limitation, as documented
     assert abs(one.divergence(x1, 1e-16)[0] - exact0[0]) < 1e-7
+
+
+@pytest.mark.parametrize("x, t, match", [
+    (np.ones((2, 3)), 0.5, r"x must have shape \(n, 2\), got shape \(2, 3\)"),
+    ([[np.nan, 0.0]], 0.5, r"x contains 1 non-finite value"),
+    ([[0.0, 0.0]], -1.0, r"t must be >= 0"),
+    ([[0.0, 0.0]], "a", r"t must be a real number"),
+    ([[0.0, 0.0]], 0.0, r"needs t > 0 \(sigma_t > 0\)"),
+    ("x", 0.5, r"x must be a float64 or float32 array"),
+])
+def test_divergence_and_se_names_bad_input(x, t, match):
+    tg = TiltedGaussian.barron(2, rng=np.random.default_rng(0), n_mc=64, n_normaliser=2)
+    with pytest.raises(ValueError, match=match):
+        tg.divergence_and_se(x, t)
