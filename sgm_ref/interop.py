@@ -28,6 +28,7 @@ import numpy as np
 from ._validation import FLOAT_DTYPES, check_count, check_points
 from .conventions import KINDS, _minors, coefficients, convert
 from .processes import DDPM, EDM, OU, VE, VariancePreserving, check_process, convert_time
+from .targets import GaussianMixture, ProductMixture
 
 __all__ = ["from_torch", "from_jax", "to_torch", "convert_score", "ModelScore", "OracleModel", "ModelError"]
 
@@ -720,8 +721,6 @@ class OracleModel:
         variance-preserving processes)."""
         if isinstance(self.process, VariancePreserving):
             return np.ones(np.shape(t), dtype=bool)
-        from .targets import GaussianMixture, ProductMixture
-
         if not isinstance(self.target, (GaussianMixture, ProductMixture)):
             return np.zeros(np.shape(t), dtype=bool)
         with np.errstate(over="ignore"):
@@ -793,8 +792,6 @@ class OracleModel:
         exact mixtures, whose score takes any process."""
         if self.signature != "denoiser" or not isinstance(self.process, VE):
             return False
-        from .targets import GaussianMixture, ProductMixture
-
         return isinstance(self.target, (GaussianMixture, ProductMixture))
 
     def _value_at_sigma(self, x, t, sigma):
