@@ -44,9 +44,12 @@ def check_rng(rng, name="rng"):
 
 def check_count(n, name, minimum=1):
     """Return n as int if it is an integer >= minimum, else raise (a 0-d integer array counts,
-    as check_real takes a 0-d array: np.array(100) was refused as 'got array(100)')."""
+    as check_real takes a 0-d array: np.array(100) was refused as 'got array(100)'; bools and
+    np.timedelta64, an integer type to NumPy, do not)."""
     if isinstance(n, np.ndarray) and n.ndim == 0:
         n = n[()]
+    if isinstance(n, np.timedelta64):  # an np.integer to NumPy: int() raised a TypeError or read its count
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {n!r}, a time span; pass a number")
     if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)):
         raise ValueError(f"{name} must be an integer >= {minimum}, got {show(n)}")
     if n < minimum:
@@ -57,11 +60,14 @@ def check_count(n, name, minimum=1):
 def check_real(value, name, *, low=None, high=None, low_open=False, high_open=False):
     """Return value as a Python float if it is a finite real in the given range, else raise.
 
-    low/high bound the value (closed unless low_open/high_open); bools, strings, None
-    and arrays other than 0-d ones (np.array([0.5]) too) are rejected.
+    low/high bound the value (closed unless low_open/high_open); bools, strings, None,
+    NumPy time spans (np.timedelta64, an integer type to NumPy) and arrays other than 0-d
+    ones (np.array([0.5]) too) are rejected.
     """
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value[()]
+    if isinstance(value, np.timedelta64):  # an np.integer to NumPy: float() raised a TypeError or read its count
+        raise ValueError(f"{name} must be a real number, got {value!r}, a time span; pass a number")
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a real number, got {show(value)}")
     try:
@@ -80,11 +86,17 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
 
 
 def check_float_dtype(dtype, name="dtype"):
-    """Return np.dtype(dtype) if it is float64 or float32, else raise (None is rejected)."""
+    """Return np.dtype(dtype) if it is float64 or float32 in this machine's byte order, else raise
+    (None is rejected; a byte-swapped float64 or float32 is named as such)."""
     try:
         dt = None if dtype is None else np.dtype(dtype)
     except (TypeError, ValueError):  # ValueError: ("f8", -1), a negative sub-array shape
         dt = None
+    if dt is not None and dt.kind == "f" and not dt.isnative and dt.newbyteorder("=") in FLOAT_DTYPES:
+        # '>f8' is a float64, which "must be float64 or float32" denied; the arrays made are in this
+        # machine's byte order, so name the one to pass
+        raise ValueError(f"{name} must be float64 or float32 in this machine's byte order, got {dtype!r} "
+                         f"(byte-swapped); pass {dt.newbyteorder('=').name!r}")
     if dt is None or dt not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be float64 or float32, got {dtype!r}")
     return dt

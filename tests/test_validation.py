@@ -295,3 +295,32 @@ def test_an_indeterminate_physical_memory_refuses_nothing(monkeypatch):
     with pytest.raises(ValueError, match=r"^n must be at most \d+ on this machine, got 4611686018427387904: .*"
                                          r"than NumPy's largest array"):
         check_fits("n", 2**62, 8)
+
+
+@pytest.mark.parametrize("span", [np.timedelta64(3), np.timedelta64(3, "s"), np.array(np.timedelta64(3, "s")),
+                                  np.timedelta64("NaT")], ids=["generic", "seconds", "0-d", "NaT"])
+def test_a_time_span_is_not_a_number(span):
+    """np.timedelta64 is an np.integer to NumPy: check_real read np.timedelta64(3) as 3.0 and
+    check_count as 3, and one with a unit (or NaT) raised float()'s or int()'s TypeError, naming
+    nothing; as an array of them, check_real_array and check_times already refuse it."""
+    from sgm_ref._validation import check_count, check_real
+    from sgm_ref.samplers import time_grid
+    with pytest.raises(ValueError, match=r"^t must be a real number, got np\.timedelta64\(.*a time span"):
+        check_real(span, "t")
+    with pytest.raises(ValueError, match=r"^n must be an integer >= 1, got np\.timedelta64\(.*a time span"):
+        check_count(span, "n")
+    with pytest.raises(ValueError, match=r"^n_steps must be an integer >= 1, got np\.timedelta64"):
+        time_grid(1.0, 1e-3, span)
+
+
+@pytest.mark.parametrize("dtype", [">f8", np.dtype(">f4")], ids=["f8", "f4"])
+def test_a_byte_swapped_float_dtype_is_named_as_such(dtype):
+    """'>f8' is a float64: it was refused as "dtype must be float64 or float32, got '>f8'",
+    which says it is not one; the arrays made are in this machine's byte order, so the
+    message names the dtype to pass."""
+    from sgm_ref._validation import check_float_dtype
+    native = np.dtype(dtype).newbyteorder("=").name
+    with pytest.raises(ValueError, match=rf"^dtype must be float64 or float32 in this machine's byte order, got "
+                                         rf".*\(byte-swapped\); pass '{native}'$"):
+        check_float_dtype(dtype)
+    assert check_float_dtype(np.dtype(dtype).newbyteorder("=")) == np.dtype(native)
