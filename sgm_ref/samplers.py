@@ -418,12 +418,16 @@ def _path(y, grid, trajectory):
     n_steps, rather than after the steps that fit (or by the OS killing the process)."""
     if not trajectory:
         return None
-    n_steps = grid.size - 1
-    with fits_in_memory("n_steps", f"{n_steps} (a trajectory of {n_steps + 1} x {y.shape[0]} x {y.shape[1]} "
-                        f"{y.dtype.name} points)", (n_steps + 1) * y.size, per_item=y.itemsize):
-        path = np.empty((n_steps + 1,) + y.shape, y.dtype)
+    with _trajectory_fits(grid.size - 1, *y.shape, y.dtype):
+        path = np.empty((grid.size,) + y.shape, y.dtype)
     path[0] = y
     return path
+
+
+def _trajectory_fits(n_steps, n, d, dtype):
+    """fits_in_memory for a trajectory of n_steps + 1 states of n x d points of dtype, naming n_steps."""
+    return fits_in_memory("n_steps", f"{n_steps} (a trajectory of {n_steps + 1} x {n} x {d} {dtype.name} points)",
+                          (n_steps + 1) * n * d, per_item=dtype.itemsize)
 
 
 def _run_sde(score, process, grid, x, rng, trajectory, coefficients):
@@ -504,10 +508,15 @@ def residual_exponential_integrator(score, process, grid, x, rng, trajectory=Fal
     same affine step in s: y <- (2 - e^{-DB/2}) y + 2 (1 - e^{-DB/2}) s + sqrt(1 - e^{-DB}) xi.
     Arguments and return as euler_maruyama; the process must be variance-preserving.
     """
+    _check_residual(process)
+    return _run_sde(score, process, grid, x, rng, trajectory, _residual_exponential_coefficients)
+
+
+def _check_residual(process):
+    """Raise unless the residual exponential integrator can run on process (variance-preserving)."""
     if not _is_vp(process):
         raise ValueError(f"method 'residual_exponential' needs a variance-preserving process (OU, VP, VPCosine, "
                          f"DDPM), got {process!r}: its linear part -y / 2 is that of beta(t)")
-    return _run_sde(score, process, grid, x, rng, trajectory, _residual_exponential_coefficients)
 
 
 def probability_flow(score, process, grid, x, trajectory=False):
@@ -595,12 +604,16 @@ def check_model_dtype(score, dtype, name="dtype"):
 
 def _prior(process, n, d, rng, dtype, copies, process_T=None):
     """process.prior(n, d, rng, dtype) (N(0, sigma_T^2 I) for a process that is not
-    variance-preserving: start_variance), with sizes beyond memory named as n and d."""
+    variance-preserving: start_variance), with sizes beyond memory named as n and d, and a
+    trajectory of `copies` states beyond memory refused before the draw, naming n_steps."""
     n, d, dtype = check_count(n, "n"), check_count(d, "d"), check_float_dtype(dtype)
     size = n * d * dtype.itemsize * copies
     if size > np.iinfo(np.intp).max:
         raise ValueError(f"n * d = {n * d} entries ({size:.3g} bytes{' with the trajectory' if copies > 1 else ''}) "
                          "exceed the largest array NumPy can make; lower n or d")
+    if copies > 1:  # the trajectory (copies = n_steps + 1 states) refused before any draw, as _path refuses it
+        with _trajectory_fits(copies - 1, n, d, dtype):
+            pass
     try:
         if not _is_vp(process):
             # N(0, sigma_T^2 I) (module docstring, start_variance)
@@ -654,16 +667,19 @@ def sample(score, process, n, d, rng, *, T, t0, n_steps, method="euler_maruyama"
     ------
     ValueError
         For bad arguments (T must also keep B(T) = int_0^T beta finite; a trajectory
-        must fit in memory; a ScoreModel's dtype must be dtype, which is checked before
-        any draw), a score that returns something other than a finite array
-        of x's shape and dtype, or a sampler that diverges (its points overflow: steps
-        too large for the scheme). An exception the score itself raises propagates as
-        it is (a failure on diverged points is reported as the divergence).
+        must fit in memory; a ScoreModel's dtype must be dtype; "residual_exponential"
+        needs a variance-preserving process: all checked before any draw), a score
+        that returns something other than a finite array of x's shape and dtype, or a
+        sampler that diverges (its points overflow: steps too large for the scheme). An
+        exception the score itself raises propagates as it is (a failure on diverged
+        points is reported as the divergence).
     """
     _check_call(score, trajectory)
     process = check_process(process, variance_preserving=False)
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:  # (a list was a TypeError: unhashable type)
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    if method == "residual_exponential":  # before the start points are drawn
+        _check_residual(process)
     n_steps = check_count(n_steps, "n_steps")
     t0, T = _check_time_range(t0, T, process)  # first, so that a bad T or t0 is named as such
     if isinstance(grid, str):

@@ -1307,3 +1307,92 @@ def test_a_score_model_of_another_dtype_is_named_as_samples_dtype_before_any_dra
         sample(model, OU(), 5, 2, rng, T=1.0, t0=0.1, n_steps=2, dtype=dtype)
     assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn
     assert sample(model, OU(), 5, 2, rng, T=1.0, t0=0.1, n_steps=2, dtype=model_dtype).dtype == model_dtype
+
+
+@pytest.mark.parametrize("process, method", [(EDM(), "residual_exponential"), (OU(), ["euler_maruyama"]),
+                                             (OU(), {"method": "exponential"})])
+def test_sample_refuses_a_bad_method_before_any_draw(process, method):
+    """A method that is not a string (a list, a dict) raised Python's "TypeError:
+    unhashable type" from the lookup in METHODS; "residual_exponential" on a process that is not
+    variance-preserving was refused only after the start points had been drawn from rng."""
+    rng = np.random.default_rng(0)
+    match = r"^method 'residual_exponential' needs a variance-preserving" if isinstance(method, str) else \
+        r"^method must be one of \['euler_maruyama', 'exponential', 'probability_flow', 'residual_exponential'\], got"
+    with pytest.raises(ValueError, match=match):
+        sample(lambda x, t: -x, process, 5, 2, rng, T=1.0, t0=0.1, n_steps=2, method=method)
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_sample_refuses_a_trajectory_beyond_memory_before_any_draw(method, monkeypatch):
+    """sample drew its start points and only then had the sampler refuse the trajectory (the
+    same message, naming n_steps, now given before the draw: rng untouched)."""
+    import sgm_ref._validation as validation
+
+    rng = np.random.default_rng(0)
+    monkeypatch.setattr(validation, "_physical_memory", lambda: 5 * 10**5)  # 0.8 MB refused
+    with pytest.raises(ValueError, match=r"^n_steps = 200 \(a trajectory of 201 x 100 x 10 float32 points\) asks "
+                                         r"for .* GiB .* lower n_steps$"):
+        sample(lambda x, t: -x, OU(), 100, 10, rng, T=1.0, t0=0.01, n_steps=200, method=method, dtype=np.float32,
+               trajectory=True)
+    assert rng.bit_generator.state == np.random.default_rng(0).bit_generator.state  # nothing drawn
+    y, path = sample(lambda x, t: -x, OU(), 100, 10, rng, T=1.0, t0=0.01, n_steps=10, method=method,
+                     dtype=np.float32, trajectory=True)
+    assert path.shape == (11, 100, 10) and np.array_equal(path[-1], y)
+
+
+def _zero_noise_rng():
+    """A Generator whose every normal is 0.0: MT19937 with an all-zero key twists to zeros
+    forever, and numpy's ziggurat maps the word 0 to 0 * WI[0] = 0 (checked below)."""
+    bit_generator = np.random.MT19937(0)
+    state = bit_generator.state
+    state["state"]["key"], state["state"]["pos"] = np.zeros(624, np.uint32), 624
+    bit_generator.state = state
+    return np.random.Generator(bit_generator)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential", "residual_exponential"])
+def test_the_samplers_own_output_law_is_the_exact_gaussian_to_a_few_ulps(method):
+    """With the exact score of p_0 = N(m, S) under OU the sampler is affine in its start x and
+    its noises: y = A x + u + sum_k J_k c_k xi_k. Run with noises of 0 (_zero_noise_rng) it
+    gives A and u exactly as it computes them (A from the basis points), and the Jacobian J_k
+    of the steps after step k from the same sampler on grid[k + 1:]; so its output law from
+    N(0, I) is N(u, A A^T + sum_k c_k^2 J_k J_k^T), a law of the sampler itself, not a
+    statistic of it (c_k its own STEP_COEFFICIENTS; that the kernel scales the noise by it,
+    test_fused_kernels_give_numpys_bits). Against the law propagated at 40 digits from OU's closed forms
+    (h = t_k - t_k+1; EM 1 + h, 2h, sqrt(2h); exponential e^h, 2 expm1(h), sqrt(expm1(2h));
+    residual 2 - e^-h, -2 expm1(-h), sqrt(-expm1(-2h))): measured 1.6, 1.5, 1.1 ulps of the
+    largest mean entry, 2.3, 12.5, 0.9 of the largest covariance entry."""
+    import mpmath
+
+    assert np.all(_zero_noise_rng().standard_normal(5) == 0.0)
+    m, S = np.array([1.0, -0.5]), np.array([[0.5, 0.2], [0.2, 0.3]])
+    score, grid, basis = _gaussian_score_ou(m, S), time_grid(5.0, 1e-3, 12, "geometric"), np.eye(3, 2, -1)
+
+    def deterministic(g):  # A and u of the steps on grid g, noises 0
+        out = METHODS[method](score, OU(), g, basis, _zero_noise_rng())
+        return (out[1:] - out[0]).T, out[0]
+
+    from sgm_ref.samplers import STEP_COEFFICIENTS
+    c = STEP_COEFFICIENTS[method](OU(), grid[:-1], grid[1:])[2]
+    A, u = deterministic(grid)
+    cov = A @ A.T
+    for k in range(grid.size - 1):
+        J = deterministic(grid[k + 1:])[0] if k < grid.size - 2 else np.eye(2)
+        cov = cov + c[k] ** 2 * J @ J.T
+    with mpmath.workdps(40):
+        mp_m, mp_S, I2 = mpmath.matrix(m.tolist()), mpmath.matrix(S.tolist()), mpmath.eye(2)
+        mu, P = mpmath.matrix([0, 0]), mpmath.eye(2)
+        for k in range(grid.size - 1):
+            t, h = mpmath.mpf(grid[k]), mpmath.mpf(grid[k]) - mpmath.mpf(grid[k + 1])
+            a, b, c2 = {"euler_maruyama": (1 + h, 2 * h, 2 * h),
+                        "exponential": (mpmath.exp(h), 2 * mpmath.expm1(h), mpmath.expm1(2 * h)),
+                        "residual_exponential": (2 - mpmath.exp(-h), -2 * mpmath.expm1(-h),
+                                                 -mpmath.expm1(-2 * h))}[method]
+            C_inv = (mpmath.exp(-2 * t) * mp_S + -mpmath.expm1(-2 * t) * I2) ** -1
+            M = a * I2 - b * C_inv
+            mu, P = M * mu + b * C_inv * (mpmath.exp(-t) * mp_m), M * P * M.T + c2 * I2
+        mu, P = np.array(mu.tolist(), float).ravel(), np.array(P.tolist(), float)
+    eps = np.finfo(np.float64).eps
+    assert np.max(np.abs(u - mu)) <= 8 * eps * np.max(np.abs(mu))
+    assert np.max(np.abs(cov - P)) <= 50 * eps * np.max(np.abs(P))

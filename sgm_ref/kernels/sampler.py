@@ -270,7 +270,7 @@ def affine_noise_step(y, s, rng, a, b, c, xi, limit):
     """y <- a y + b s + c xi in place, xi ~ N(0, I) drawn here (Euler–Maruyama, exponential steps).
 
     y and s are C-contiguous (n, d); rng a Generator or its generator_handle (the
-    samplers pass the handle); xi is scratch of y's dtype, any length (a few
+    samplers pass the handle); xi is scratch of y's dtype, any length >= 1 (a few
     thousand entries: it stays in L1). The noise is drawn xi.size entries at a time and
     used at once, never written to an (n, d) array and read back; the draws are
     rng.standard_normal(y.shape).astype(y.dtype) in row-major order (standard_normal_into),
