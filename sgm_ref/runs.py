@@ -406,9 +406,11 @@ def new_run(folder, config, force=False, then_evaluate=False):
         present = [name for name in RUN_FILES if os.path.exists(_path(folder, name))]
         if made and present:  # someone else's run, written while we waited for the lock
             raise RunError(f"another command created a run in {folder} meanwhile; choose another folder")
-        if present and not _is_run(folder):
-            raise RunError(f"{folder} holds {', '.join(present)} but is not an sgm_ref run folder; "
-                           "--force only replaces the files of a run: choose another folder")
+        why = _not_a_run(folder) if present else None
+        if why:
+            raise RunError(f"{folder} holds {', '.join(present)} but is not an sgm_ref run folder ({why}); "
+                           "--force only replaces the files of a run: choose another folder, or remove those "
+                           "files first")
         _remove_run_files(folder, present)
         try:
             config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
@@ -493,12 +495,22 @@ def create(folder, config, force=False):
         pass
 
 
-def _is_run(folder):
+def _not_a_run(folder):
+    """Why folder is not a run that --force may replace (said in its refusal), or None if it is
+    one: a damaged config.json was refused as 'not an sgm_ref run folder' alone, which hid the
+    damage (a flipped bit) that made the user's own run unrecognisable."""
     try:
-        with open(_path(folder, "config.json"), encoding="utf-8") as f:
-            return load_json(f, "config.json").get("format") == FORMAT
-    except (OSError, ValueError, AttributeError):
-        return False
+        with open(_path(folder, "config.json"), "rb") as f:
+            config = load_json(f, "its config.json")
+    except FileNotFoundError:
+        return "it has no config.json"
+    except OSError as exc:
+        return f"its config.json is unreadable: {exc.strerror or exc}"
+    except ValueError as exc:  # "its config.json is not valid JSON (...)": damaged
+        return str(exc)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        return "its config.json is not an sgm_ref run configuration"
+    return None
 
 
 def read_config(folder):

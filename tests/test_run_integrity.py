@@ -192,6 +192,22 @@ def test_force_stopped_by_an_os_error_says_what_is_left(tmp_path, finished, monk
     assert runs_module.finished_steps(run) is None
 
 
+def test_force_on_a_run_whose_config_json_is_damaged_says_so_and_keeps_it(tmp_path, finished):
+    """One flipped bit made config.json invalid JSON, and --force refused the run as 'not an
+    sgm_ref run folder' alone: the user was told to choose another folder, not that the file
+    was damaged. The refusal (nothing removed) stays; it says why now."""
+    run = _copy(finished, tmp_path / "run")
+    damaged = bytearray((run / "config.json").read_bytes())
+    damaged[damaged.index(b'"target_definition"') - 1] ^= 0x04  # a space -> '$'
+    (run / "config.json").write_bytes(bytes(damaged))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    with pytest.raises(RunError, match=r"holds config.json, .* but is not an sgm_ref run folder \(its config.json is "
+                                       r"not valid JSON \(.*\)\); --force only replaces the files of a run: choose "
+                                       r"another folder, or remove those files first$"):
+        create(run, make_config(SMALL), force=True)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
 # -- damaged bytes ----------------------------------------------------------------------------
 
 def _flag_encrypted(path, member):

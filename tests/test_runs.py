@@ -2,6 +2,7 @@
 
 import json
 import re
+import socket
 import stat
 
 import numpy as np
@@ -815,6 +816,146 @@ def _refusal(run):
             return None
     except ValueError as exc:
         return str(exc)
+
+
+def _as_another_user(monkeypatch, lock):
+    """os.open as a user other than the lock file's owner sees it: a file without its owner's
+    write bit (0o444 here, as another user's 0o644 to this one) opens for reading only; an
+    exclusive creation of it is EEXIST, checked first. (The tests run as root, whom no
+    permission stops.)"""
+    import errno
+
+    real = os.open
+
+    def open_(path, flags, *args, **kwargs):
+        writing = flags & (os.O_WRONLY | os.O_RDWR) and not flags & os.O_EXCL
+        if writing and os.fspath(path) == os.fspath(lock) and os.path.isfile(lock) and not (
+                os.stat(lock).st_mode & stat.S_IWUSR):
+            raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", open_)
+
+
+def test_a_lock_file_this_user_cannot_write_is_taken_over_when_stale_and_names_its_live_holder(tmp_path,
+                                                                                                monkeypatch):
+    """A lock file made by another user's command (0o644 under umask 022) in a folder both may
+    write: `sgm-ref sample` said 'cannot lock RUN for writing (Permission denied): a command that
+    writes into it needs a writable folder', of a writable folder, both while that command ran (it
+    named no holder) and after it was killed (its lock was never taken over, as the docs promise).
+    Checked by hand as uid 65534 against root's lock file, with the same messages."""
+    from sgm_ref._lock import folder_lock
+
+    lock = tmp_path / ".lock"
+    lock.write_text(json.dumps({"pid": os.getpid(), "command": "sgm-ref train run", "since": "noon"}))
+    os.chmod(lock, 0o444)
+    _as_another_user(monkeypatch, lock)
+    with open(lock, "rb") as held:  # its command is running
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=rf"another test is writing to \S+: pid {os.getpid()} \(sgm-ref train "
+                                             r"run\), since noon; wait for it to finish"):
+            with folder_lock(tmp_path, kind="test"):
+                pass
+    assert json.loads(lock.read_text())["command"] == "sgm-ref train run"  # left as it was
+    with folder_lock(tmp_path, kind="test"):  # killed: taken over, as a lock of this user's
+        assert json.loads(lock.read_text())["pid"] == os.getpid() and os.stat(lock).st_mode & stat.S_IWUSR
+    assert not lock.exists()
+
+
+def test_a_read_only_folder_is_said_to_be_one_with_or_without_a_killed_command_s_lock(tmp_path, monkeypatch):
+    """As another user sees a folder it may not write: no lock file can be made there, and a
+    killed command's (0o444) cannot be taken over (removed): both are the folder's fault."""
+    import errno
+
+    from sgm_ref._lock import folder_lock
+
+    lock = tmp_path / ".lock"
+    _as_another_user(monkeypatch, lock)
+    open_, unlink, access = os.open, os.unlink, os.access
+
+    def denied(path):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fspath(path))
+
+    monkeypatch.setattr(os, "open", lambda path, flags, *args, **kwargs: denied(path) if (
+        flags & os.O_CREAT and os.fspath(path) == os.fspath(lock) and not lock.exists()) else open_(
+        path, flags, *args, **kwargs))
+    monkeypatch.setattr(os, "unlink", lambda path, *args, **kwargs: denied(path) if os.fspath(path) == os.fspath(
+        lock) else unlink(path, *args, **kwargs))
+    monkeypatch.setattr(os, "access", lambda path, mode, **kwargs: False if os.fspath(path) == os.fspath(tmp_path)
+                        else access(path, mode, **kwargs))
+    message = (rf"cannot lock {re.escape(os.fspath(tmp_path))} for writing \(Permission denied\): a command that "
+               r"writes into it needs a writable folder")
+    with pytest.raises(ValueError, match=message):
+        with folder_lock(tmp_path, kind="test"):
+            pass
+    assert not lock.exists()
+    lock.write_text("a killed command's")
+    os.chmod(lock, 0o444)
+    with pytest.raises(ValueError, match=message):
+        with folder_lock(tmp_path, kind="test"):
+            pass
+    assert lock.read_text() == "a killed command's"
+
+
+def test_a_file_system_that_refuses_locks_is_said_and_leaves_no_lock_file(tmp_path, monkeypatch):
+    """flock failing otherwise than 'held' (ENOLCK: an NFS mount without its lock service) was
+    'cannot lock FOLDER for writing (No locks available): a command that writes into it needs a
+    writable folder', of a writable folder, and left the .lock it had just created behind."""
+    import errno
+
+    from sgm_ref._lock import folder_lock
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    message = (r"cannot lock \S+: its file system refuses a lock on \.lock \(No locks available; an NFS mount "
+               r"without its lock service, say\), and sgm_ref writes into a folder only under its lock: work in a "
+               r"folder on a local file system")
+    with pytest.raises(ValueError, match=message):
+        with folder_lock(tmp_path, kind="test"):
+            pass
+    assert os.listdir(tmp_path) == []
+    (tmp_path / ".lock").write_text("a killed command's")  # not this call's: left as it was
+    with pytest.raises(ValueError, match=message):
+        with folder_lock(tmp_path, kind="test"):
+            pass
+    assert (tmp_path / ".lock").read_text() == "a killed command's"
+
+
+def test_a_holder_on_another_machine_is_named_with_it(tmp_path):
+    """A folder shared over NFS: the holder's pid is another machine's. It was looked for among
+    this machine's processes, so the refusal named no holder (no such pid here) or named the
+    other machine's command under the pid of an unrelated process here."""
+    from sgm_ref._lock import folder_lock
+
+    with folder_lock(tmp_path, kind="test"):
+        assert json.loads((tmp_path / ".lock").read_text())["host"] == socket.gethostname()
+    record = {"pid": 999_999_999, "host": "elsewhere", "command": "sgm-ref train run", "since": "noon"}
+    with _hold(tmp_path, record):
+        with pytest.raises(ValueError, match=r"another test is writing to \S+: pid 999999999 on elsewhere \(sgm-ref "
+                                             r"train run\), since noon; wait for it to finish"):
+            with folder_lock(tmp_path, kind="test"):
+                pass
+    (tmp_path / ".lock").unlink()
+    with _hold(tmp_path, {**record, "host": socket.gethostname()}):  # this machine's, and gone
+        with pytest.raises(ValueError, match=r"another test is writing to \S+; wait for it to finish"):
+            with folder_lock(tmp_path, kind="test"):
+                pass
+
+
+def test_a_holder_with_a_long_command_line_is_named(tmp_path):
+    """The record was read up to 4096 bytes only: a command line beyond that (long paths, or
+    non-ASCII ones, 6 bytes a character in JSON) gave a refusal that named no holder."""
+    command = "sgm-ref train " + "/données" * 600
+    with _hold(tmp_path, {"pid": os.getpid(), "command": command, "since": "noon"}):
+        assert os.path.getsize(tmp_path / ".lock") > 4096
+        from sgm_ref._lock import folder_lock
+
+        with pytest.raises(ValueError, match=rf"another test is writing to \S+: pid {os.getpid()} \(sgm-ref train "
+                                             r"/données/données.*\), since noon"):
+            with folder_lock(tmp_path, kind="test"):
+                pass
 
 
 def test_the_resume_note_names_a_way_to_the_saved_thread_counts():
