@@ -20,6 +20,7 @@ one's JSON pointer to "inf", "-inf" or "nan" (json_ready).
 import copy
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -667,6 +668,8 @@ def _above_three(k):
     which would read as within the 3 standard errors called consistent with 0)."""
     if not math.isfinite(k):  # value / se beyond float64
         return "more than 1.8e308"
+    if k >= 1e4:  # far above 3 (a standard error of 1e-20): two digits, not every digit of k ("1e15", not
+        return re.sub(r"e\+0*", "e", f"{k:.2g}")  # "1000000000000000.1", or ~300 digits for a standard error of 1e-300)
     digits = 1
     while float(f"{k:.{digits}f}") <= 3.0:
         digits += 1

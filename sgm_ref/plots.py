@@ -142,6 +142,8 @@ def samples_figure(target, x, title):
         else:
             ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="tab:red")
         ax.set_xlabel("x")
+        # the bars (density=True) and the curve share this scale: probability per unit of x
+        ax.set_ylabel("density")
         ax.set_title(title, fontsize=10)
         ax.legend()
         return fig, ax

@@ -607,6 +607,17 @@ def test_a_negative_estimate_just_beyond_3_standard_errors_is_not_shown_as_3(val
     assert "within 3 standard errors of 0, consistent with 0" in exact
 
 
+@pytest.mark.parametrize("se, shown", [(1e-20, "1e15"), (1e-300, "1e295"), (2.5e-10, "4e4"), (7.7e-10, "1.3e4"), (1.001e-9, "9990.0")])
+def test_a_negative_estimate_far_beyond_its_standard_error_is_not_printed_digit_by_digit(se, shown):
+    """k = 1e15 standard errors below 0 printed "1000000000000000.1", and k = 1e295 some 300
+    digits, in report.md and the summary: beyond 1e4 two significant digits say it."""
+    from sgm_ref.evaluation import _below_zero_note
+
+    note = _below_zero_note("KL(p_T || N(0, I))", -1e-5, se)
+    assert f"; {shown} standard errors below 0: more than the estimator's noise, please report it" in note
+    assert float(shown) == pytest.approx(1e-5 / se, rel=0.05) and len(note) < 200
+
+
 def test_a_negative_likelihood_gap_is_explained():
     """report.md printed a KL(p_t0 || model) estimate below 0 with no word of why."""
     report = _report()

@@ -931,3 +931,19 @@ def test_a_float32_score_model_is_drawn_with_dtype_float32_and_named_as_dtype_ot
     plots.reverse_process_animation(RING, model, tmp_path / "f32.gif", rng=np.random.default_rng(3), n_points=10,
                                     n_steps=2, n_frames=2, fps=1, resolution=10, dpi=20, dtype=np.float32)
     assert [p.name for p in tmp_path.iterdir()] == ["f32.gif"]
+
+
+def test_one_dimensional_samples_figure_labels_its_density_axis_and_draws_the_histogram_of_x():
+    """d = 1: the y axis (the samples' density histogram and the target's density, on one
+    scale) had no label; the bars are numpy's density histogram of x (60 bins over its
+    range), whose area is 1, as the target curve's."""
+    target = GaussianMixture([0.3, 0.7], [[-1.0], [2.0]], [[0.25], [1.0]])
+    x = target.sample(500, np.random.default_rng(0))
+    fig, ax = plots.samples_figure(target, x, "t")
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("x", "density")
+    heights = np.array([bar.get_height() for bar in ax.patches])
+    widths = np.array([bar.get_width() for bar in ax.patches])
+    expected, edges = np.histogram(x[:, 0], bins=60, density=True)
+    np.testing.assert_allclose(heights, expected, rtol=1e-12)
+    np.testing.assert_allclose([bar.get_x() for bar in ax.patches], edges[:-1], rtol=1e-12)
+    assert np.sum(heights * widths) == pytest.approx(1.0, rel=1e-12)
