@@ -735,8 +735,7 @@ def restore_history(folder):
         raise RunError(f"run folder must be an existing folder, got {folder!r}")
 
     def needed():
-        finished = finished_steps(folder)
-        recorded = None if finished is None else _state_loss(_states(folder)[1], finished)
+        recorded = _recorded_loss(folder)
         if recorded is None:
             return False
         path = _path(folder, "history.json")
@@ -755,6 +754,14 @@ def restore_history(folder):
             return False
         write_json(_path(folder, "history.json"), {"loss": _state_loss(_states(folder)[1], finished_steps(folder))})
         return True
+
+
+def _recorded_loss(folder):
+    """The losses of a finished run as its training_state.npz records them (a list of float64),
+    or None where there is no whole state for the finished steps (a run of an earlier version,
+    a training pending or damaged: nothing to compare history.json with)."""
+    finished = finished_steps(folder)
+    return None if finished is None else _state_loss(_states(folder)[1], finished)
 
 
 def _state_loss(path, steps):

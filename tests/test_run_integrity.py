@@ -276,6 +276,24 @@ def test_an_edited_history_is_restored_from_the_final_state(tmp_path, finished):
     assert not runs_module.restore_history(run)  # nothing more to do
 
 
+def test_evaluate_refuses_a_history_with_one_changed_digit(tmp_path, finished):
+    """A changed digit of history.json (finite, the right length) was read as the run's losses:
+    evaluate reported the final loss of a training that never ran; --resume restores it."""
+    from sgm_ref.evaluation import _training_summary
+
+    run = _copy(finished, tmp_path / "run")
+    text = (run / "history.json").read_text()
+    history = json.loads(text)
+    assert _training_summary(str(run), len(history["loss"]))["last_loss"] == history["loss"][-1]
+    history["loss"][-1] = float(np.nextafter(history["loss"][-1], np.inf))  # one ulp: still a loss it could be
+    (run / "history.json").write_text(json.dumps(history))
+    with pytest.raises(RunError, match=r"history.json is not the losses the run's training state records \(damaged "
+                                       r"or edited\): `sgm-ref train .*run --resume` restores it"):
+        _training_summary(str(run), len(history["loss"]))
+    assert runs_module.restore_history(run)
+    assert json.loads((run / "history.json").read_text()) == json.loads(text)
+
+
 def test_samples_of_another_count_or_dtype_are_refused(tmp_path, finished):
     run = _copy(finished, tmp_path / "run")
     sample_run(run)
