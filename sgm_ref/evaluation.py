@@ -427,15 +427,21 @@ def evaluate_run(folder, options=None, plots=True, progress=None, nll=0):
     ------
     ValueError
         Another command is writing into the folder (its lock names it), the run's
-        files are missing or damaged, options hold an unknown or bad setting, or nll
-        is not 0 or an integer >= 2 (or its samples do not fit in memory); all before
-        any work.
+        files are missing or damaged, options hold an unknown or bad setting, nll
+        is not 0 or an integer >= 2 (or its samples do not fit in memory), plots is
+        not True or False, or progress not True, False or None; all before any work.
     """
     with writing(folder):  # library callers get the lock and the clean-up the command has
         return _evaluate(folder, options, plots, progress, nll)
 
 
 def _evaluate(folder, options, plots, progress, nll=0):
+    # (plots="no" drew the plots, and a progress of "no" showed the bar: any truthy value did)
+    if not isinstance(plots, (bool, np.bool_)):
+        raise ValueError(f"plots must be True or False, got {plots!r}")
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        raise ValueError(f"progress must be True, False or None (a bar only when stderr is a terminal), got "
+                         f"{progress!r}")
     nll = check_count(nll, "nll", minimum=0)
     if nll == 1:
         raise ValueError("nll must be 0 (no likelihood) or at least 2 points (a standard error needs two)")

@@ -283,6 +283,19 @@ def test_evaluate_run_shows_progress_only_when_asked_or_on_a_terminal(sampled_ru
     assert 0 < training["exact_score_loss"]["standard_error"] < training["exact_score_loss"]["value"]
 
 
+@pytest.mark.parametrize("kw, match", [({"plots": "no"}, r"^plots must be True or False, got 'no'$"),
+                                       ({"plots": None}, r"^plots must be True or False, got None$"),
+                                       ({"progress": "no"}, r"^progress must be True, False or None .*got 'no'$"),
+                                       ({"progress": 1}, r"^progress must be True, False or None .*got 1$")])
+def test_evaluate_run_refuses_flags_that_are_not_bools_before_the_work(sampled_run, monkeypatch, kw, match):
+    """plots="no" drew the plots and progress="no" showed the bar (any truthy value did)."""
+    from sgm_ref import evaluation
+
+    monkeypatch.setattr(evaluation, "sample_report", lambda *a, **k: pytest.fail("worked before checking"))
+    with pytest.raises(ValueError, match=match):
+        evaluation.evaluate_run(sampled_run, **{"plots": False, **kw})
+
+
 def test_evaluate_run_refuses_an_unwritable_folder_before_the_work(sampled_run, monkeypatch):
     from sgm_ref import evaluation
     from sgm_ref.runs import RunError
