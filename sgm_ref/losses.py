@@ -165,7 +165,9 @@ def dsm_loss(model, x0, t, z, weighting="none", grad=True, grad_params=None):
         cause it and the sizes of x0 and the parameters: the loss, summed in float64,
         needs |z| / sigma_t well below sqrt(max / d), ~1e154; the gradient, in the
         model's dtype, lambda |z| / sigma_t (/ sigma_t^2 for "noise") well below its max,
-        3.4e38 in float32); a NaN or inf in model.params is named as such (the first one,
+        3.4e38 in float32; where z / sigma_t is far below those, it names what overflowed
+        instead: the noised batch, the network's output, the model's score or the
+        backward pass); a NaN or inf in model.params is named as such (the first one,
         its index and layer), not as an overflow.
     """
     if not isinstance(model, ScoreModel):  # an MLP or a score function met an AttributeError ('network')
@@ -219,6 +221,13 @@ def _overflow(model, x0, t, z, what, weighting):
     below the dtype's max (3.4e38 in float32; a float32 model at t = 1e-50 with lambda =
     sigma_t^2 is fine, with lambda = 1 it is not).
 
+    Those are the messages where z / sigma_t is the cause. Where it is not, the network
+    is, and the message says so: its output overflowing its dtype on the noised batch (a
+    float32 model with parameters ~1e20 read "the loss overflows float64 ... |z| / sigma_t
+    reaches 2.92 (it must stay well below 9.48e+153) ... Use larger t"), the model's score
+    s outgrowing z / sigma_t, or the backward pass overflowing where dL/dout is in range.
+    Worked out again here, on the error path only (one forward pass).
+
     A NaN or inf in the parameters themselves (written into params directly: set_params
     and load refuse them) is no overflow and no rescaling mends it: the network's own
     message names the first one (MLP._overflow), prefixed "dsm_loss: ". It read "the loss
@@ -230,27 +239,76 @@ def _overflow(model, x0, t, z, what, weighting):
             net._overflow(what)  # raises, naming the first non-finite parameter and its layer
         except ValueError as error:
             raise ValueError(f"dsm_loss: {error}") from None
-    _, s2 = model.process._coefficients(t, t.shape[0])
-    sizes = (f"the largest |x0| entry is {float(np.max(np.abs(x0))):.3g} and the largest |parameter| "
-             f"{float(np.max(np.abs(net.params))):.3g}. Use larger t, or rescale x0 or the parameters toward order 1")
+    a, s2 = model.process._coefficients(t, t.shape[0])
+    top_x0, top_param = float(np.max(np.abs(x0))), float(np.max(np.abs(net.params)))
+    sizes = (f"the largest |x0| entry is {top_x0:.3g} and the largest |parameter| {top_param:.3g}. "
+             "Use larger t, or rescale x0 or the parameters toward order 1")
+    noise = model.parameterization == "noise"
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
         sigma = np.sqrt(s2)
+        # the network's input as perturb_into makes it (float64 arithmetic, rounded once to the dtype)
+        x = (a[:, None] * x0 + sigma[:, None] * z).astype(net.dtype)
+        if not np.all(np.isfinite(x)):
+            raise ValueError(f"dsm_loss: the {what} is not finite: the noised batch x_t = alpha_t x0 + sigma_t z "
+                             f"overflows {net.dtype.name}; the largest |x0| entry is {top_x0:.3g}: rescale x0 toward "
+                             "order 1")
+        try:
+            out = net.forward(x, t)
+        except ValueError:  # its output overflows its dtype: neither t nor z / sigma_t is the cause
+            raise ValueError(
+                f"dsm_loss: the {what} is not finite: the network's output overflows {net.dtype.name} on the noised "
+                f"batch x_t = alpha_t x0 + sigma_t z (largest |x_t| entry {float(np.max(np.abs(x))):.3g}); the "
+                f"largest |x0| entry is {top_x0:.3g} and the largest |parameter| {top_param:.3g}: rescale x0 or the "
+                "parameters toward order 1") from None
+        out = out.astype(np.float64)
+        target = z / sigma[:, None]  # float64
+        score = out if model.parameterization == "score" else -out / sigma[:, None] if noise else out - x
+        lam = s2 if weighting == "sigma2" else np.ones_like(s2)
         if what == "loss":
             i = int(np.argmin(s2))
             ratio = float(np.max(np.abs(z))) / sigma[i] if sigma[i] > 0 else np.inf
             limit = float(np.sqrt(np.finfo(np.float64).max / net.d))
+            if ratio >= _NOT_THE_CAUSE * limit:
+                raise ValueError(
+                    f"dsm_loss: the loss overflows float64. At the smallest t = {float(t[i]):.3g}, sigma_t = "
+                    f"{float(sigma[i]):.3g} and |z| / sigma_t reaches {ratio:.3g} (it must stay well below "
+                    f"{limit:.3g} = sqrt(max / d)); " + sizes)
+            # z / sigma_t far below its limit: the model's score s(x_t, t) is what overflows
+            row = np.max(np.abs(score), axis=1)
+            j = int(np.argmax(np.where(np.isnan(row), np.inf, row)))
             raise ValueError(
-                f"dsm_loss: the loss overflows float64. At the smallest t = {float(t[i]):.3g}, sigma_t = "
-                f"{float(sigma[i]):.3g} and |z| / sigma_t reaches {ratio:.3g} (it must stay well below {limit:.3g} = "
-                f"sqrt(max / d)); " + sizes)
-        noise = model.parameterization == "noise"
-        lam = s2 if weighting == "sigma2" else np.ones_like(s2)
+                f"dsm_loss: the loss overflows float64: the model's score s(x_t, t) {_reaches(row[j])} at "
+                f"t = {float(t[j]):.3g} (|s + z / sigma_t| must stay well below {limit:.3g} = sqrt(max / d); "
+                f"|z| / sigma_t stays below {ratio:.3g}); " + sizes)
         factor = lam * np.max(np.abs(z), axis=1) / sigma / (sigma if noise else 1.0)
+        # dL/dout itself, (2 / n) lambda r (/ sigma_t for "noise"), r = s + z / sigma_t
+        grad_out = 2.0 / t.shape[0] * lam[:, None] * (score + target) / (sigma[:, None] if noise else 1.0)
+    big = float(np.finfo(net.dtype).max)
     i = int(np.argmax(np.where(np.isnan(factor), np.inf, factor)))
-    raise ValueError(
-        f"dsm_loss: the gradient overflows {net.dtype.name}. At t = {float(t[i]):.3g}, sigma_t = {float(sigma[i]):.3g} "
-        f"and lambda |z| / sigma_t{'^2' if noise else ''} reaches {float(factor[i]):.3g} (it must stay well below "
-        f"{float(np.finfo(net.dtype).max):.3g}, the largest {net.dtype.name}); " + sizes)
+    if factor[i] >= _NOT_THE_CAUSE * big:
+        raise ValueError(
+            f"dsm_loss: the gradient overflows {net.dtype.name}. At t = {float(t[i]):.3g}, sigma_t = "
+            f"{float(sigma[i]):.3g} and lambda |z| / sigma_t{'^2' if noise else ''} reaches {float(factor[i]):.3g} "
+            f"(it must stay well below {big:.3g}, the largest {net.dtype.name}); " + sizes)
+    # lambda |z| / sigma_t far below the dtype's max: the model's score, or the backward pass, overflowed
+    top = float(np.max(np.abs(grad_out)))
+    cause = (f"the model's score s(x_t, t), which {_reaches(np.max(np.abs(score)))}, makes dL/dout "
+             f"{_reaches(top)}" if not top < big else
+             f"dL/dout reaches {top:.3g} and the backward pass through the network multiplies it by the "
+             "activations and weights")
+    raise ValueError(f"dsm_loss: the gradient overflows {net.dtype.name}, though lambda |z| / "
+                     f"sigma_t{'^2' if noise else ''} stays below {float(factor[i]):.3g}: {cause}; " + sizes)
+
+
+def _reaches(value):
+    """'reaches 1.2e+40', or 'overflows float64' for a value that did."""
+    value = float(value)
+    return f"reaches {value:.3g}" if np.isfinite(value) else "overflows float64"
+
+
+# z / sigma_t (or lambda |z| / sigma_t for the gradient) below this fraction of its limit cannot
+# make the loss (the gradient) overflow: the network's score or backward pass did (_overflow)
+_NOT_THE_CAUSE = 1e-3
 
 
 def _dsm_loss(model, x0, t, z, weighting, grad, grad_params, coefficients=None, weights=None):

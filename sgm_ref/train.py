@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_count, check_points, check_real, check_rng, check_time_range, fits_in_memory
+from ._validation import check_count, check_points, check_real, check_rng, check_time_range, fits_in_memory, show
 from .losses import TIME_DISTRIBUTIONS, TIME_SAMPLINGS, WEIGHTINGS, _draw_importance_times, _draw_times, _dsm_loss
 from .kernels.sampler import standard_normal_float32_into, standard_normal_into
 from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
@@ -29,7 +29,10 @@ _NUMBA_FLOAT32_NORMALS_FROM = 1536
 
 
 class TrainingDivergedError(ValueError, FloatingPointError):
-    """The loss or gradient became non-finite; the model keeps its last finite parameters.
+    """The loss, gradient or update became non-finite; the model keeps its last finite parameters.
+
+    But for an update that Adam refused after the fact (lr <= 1 and weight_decay <= 1: its
+    message says so), which leaves that update's values in the parameters (Adam.step).
 
     Attributes: step (the step that failed); and, for a non-finite or oversized loss or
     gradient, happened ("the loss became non-finite at step 2"), remedies (the settings
@@ -72,8 +75,13 @@ def progress_bar(total, progress, desc, initial=0):
     """A tqdm bar over `total` steps on stderr, starting at `initial`, or None.
 
     progress: True, False, or None for "only when stderr is a terminal" (no bar in
-    logs and pipes).
+    logs and pipes); anything else is refused ("no" was read as True and showed a bar,
+    an array met NumPy's "truth value of an array ... is ambiguous").
     """
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        plain = isinstance(progress, (str, bytes, int, float, np.generic))
+        given = show(progress) if plain else type(progress).__name__
+        raise ValueError(f"progress must be True, False or None (a bar only when stderr is a terminal), got {given}")
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
@@ -97,7 +105,9 @@ class TrainStep:
     sizes for the loss, the optimiser's reason for the gradient) before any parameter
     changes if the loss or the gradient is not finite (or the gradient too large for
     Adam's second moment), and Adam's NonFiniteStepError if a finite gradient gives a
-    non-finite update (see Adam.step for the state it leaves).
+    non-finite update (see Adam.step for the state it leaves). A loss that is not finite
+    because model.params already holds a NaN or inf raises a ValueError naming the first
+    one instead (no step diverged).
     """
 
     def __init__(self, model, data, batch_size, t0, T, optimizer, weighting="none",
@@ -177,12 +187,39 @@ class TrainStep:
             loss, _ = _dsm_loss(self.model, self.x0, self.t, self.z, self.weighting, True, self.grad,
                                 self._coefficients(self.t), self.weights)
         if not np.isfinite(loss):
+            self._check_params()
             raise NonFiniteGradientError("loss", self._sizes())
         try:
             self.optimizer.step(self.grad)  # checks the gradient before it changes anything
         except NonFiniteGradientError as exc:  # args: ("gradient", the optimiser's reason)
             raise NonFiniteGradientError("gradient", str(exc)) from None
         return loss
+
+    def _check_params(self):
+        """Raise a ValueError naming the first non-finite parameter, if there is one: the step found
+        it there (written into params, or left by an update Adam refused after the fact), and no
+        smaller lr or larger t0 mends it. fit called it a divergence at this step, 'the model keeps
+        the parameters of step k - 1 (try a smaller lr, ...) ... largest |parameter| nan'. (A NaN or
+        inf parameter makes the network's output, so the loss, non-finite.)"""
+        net = self.model.network
+        if not np.all(np.isfinite(net.params)):
+            try:
+                net._overflow("loss")  # raises, naming the first non-finite parameter and its layer
+            except ValueError as error:
+                raise _NonFiniteParameters(str(error)) from None
+
+
+class _NonFiniteParameters(ValueError):
+    """TrainStep found a NaN or inf in the parameters (reason: the network's message naming the
+    first one); fit words it with its step number."""
+
+    def __init__(self, reason, step=None):
+        where = "the training step" if step is None else f"training step {step}"
+        super().__init__(f"{where} found non-finite parameters, no divergence of the step: {reason}")
+        self.reason, self.step = reason, step
+
+    def __reduce__(self):  # pickle with its arguments, not the message (which __init__ would wrap again)
+        return type(self), (self.reason, self.step), self.__dict__
 
 
 def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
@@ -257,7 +294,9 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
         the parameters were restored: they are unless lr <= 1 and weight_decay <= 1,
         where this needs parameters beyond ~1e154 in float64).
     ValueError
-        A model that is not a ScoreModel, or another bad argument (named).
+        A model that is not a ScoreModel, or another bad argument (named); or a step that
+        finds a NaN or inf in model.params (written into it, or left by an update Adam
+        refused after the fact): the first one is named, as no divergence of that step.
     """
     if not isinstance(model, ScoreModel):  # an MLP met an AttributeError ('network') in TrainStep
         raise ValueError(f"model must be an sgm_ref.ScoreModel (a network with its process and parameterization), "
@@ -332,6 +371,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                     step, happened, remedies, detail) from None
             except NonFiniteStepError as exc:  # the gradient was finite, the update was not
                 raise TrainingDivergedError(f"the update became non-finite at step {step}: {exc}", step) from None
+            except _NonFiniteParameters as exc:  # no divergence: named as a ValueError, with fit's step
+                raise _NonFiniteParameters(exc.reason, step) from None
             history.loss.append(loss)
             if eval_every is not None and (step % eval_every == 0 or step == steps):
                 value = evaluate(model)

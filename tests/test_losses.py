@@ -656,3 +656,37 @@ def test_a_non_finite_parameter_is_named_by_dsm_loss_not_called_an_overflow():
         with pytest.raises(ValueError, match=rf"^the network's output is not finite: params holds 2 .*"
                                              rf"params\[{fi * fo + 2}\]"):
             model(x0.astype(dtype), t)
+
+
+def test_an_overflow_that_z_over_sigma_does_not_explain_names_the_network():
+    """Review: every non-finite loss was put down to |z| / sigma_t, also where that ratio was far below
+    its own limit: a float32 network whose output overflows float32 (parameters ~6e19) read "the loss
+    overflows float64. At the smallest t = 0.5, sigma_t = 0.795 and |z| / sigma_t reaches 2.92 (it must
+    stay well below 9.48e+153 ...) ... Use larger t", and a gradient that overflowed in the backward
+    pass "lambda |z| / sigma_t reaches 2.92 (it must stay well below 3.4e+38". Each now names what
+    overflowed: the network's output, the model's score, the backward pass, or the noised batch."""
+    rng = np.random.default_rng(0)
+    x0, z = rng.standard_normal((4, 2)), rng.standard_normal((4, 2))
+    x32, z32 = x0.astype(np.float32), z.astype(np.float32)
+
+    def scaled(widths, dtype, factor, parameterization="score"):
+        model = ScoreModel(MLP(2, widths, "relu", "linear", rng=0, dtype=dtype), OU(), parameterization)
+        model.params[:] *= dtype(factor)
+        return model
+
+    with pytest.raises(ValueError, match=r"^dsm_loss: the loss is not finite: the network's output overflows "
+                                         r"float32 on the noised batch .* largest \|parameter\| 5\.74e\+19: rescale "
+                                         r"x0 or the parameters toward order 1$"):
+        dsm_loss(scaled((8,), np.float32, 1e20), x32, 0.5, z32)
+    for parameterization in ("score", "noise"):  # output finite, |s| ~ 5e155 past sqrt(max / d)
+        with pytest.raises(ValueError, match=r"^dsm_loss: the loss overflows float64: the model's score s\(x_t, "
+                                             r"t\) reaches [56]\.\d+e\+155 at t = 0\.5 .*\|z\| / sigma_t stays "
+                                             r"below 2\.92\)"):
+            dsm_loss(scaled((8,), np.float64, 1e78, parameterization), x0, 0.5, z)
+    with pytest.raises(ValueError, match=r"^dsm_loss: the gradient overflows float32, though lambda \|z\| / sigma_t "
+                                         r"stays below 2\.92: dL/dout reaches 1\.11e\+31 and the backward pass"):
+        dsm_loss(scaled((16, 16, 16), np.float32, 1e8), x32, 0.5, z32)  # the loss is finite (float64)
+    big = np.full((2, 2), 3.4e38, np.float32)
+    with pytest.raises(ValueError, match=r"^dsm_loss: the loss is not finite: the noised batch x_t = alpha_t x0 \+ "
+                                         r"sigma_t z overflows float32; the largest \|x0\| entry is 3\.4e\+38"):
+        dsm_loss(scaled((8,), np.float32, 1.0), big, 0.1, big)

@@ -744,3 +744,54 @@ def test_data_of_another_dtype_is_named_with_the_dtype_passed(data, given):
     with pytest.raises(ValueError, match=rf"^data must have dtype float32 \(the model's\), got {given}; pass "
                                          r"np.asarray\(data, dtype=np.float32\)$"):
         fit(model, data, steps=1, rng=np.random.default_rng(0), **FIT)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_non_finite_parameter_is_named_not_called_a_divergence(dtype):
+    """Review: a NaN in model.params (written into it, here by a callback after step 3; or left by an
+    update Adam refused after the fact) made fit say "the loss became non-finite at step 4; the model
+    keeps the parameters of step 3 (try a smaller lr, a larger t0, or weighting='sigma2'); the batch:
+    ... largest |parameter| nan", a TrainingDivergedError whose remedies mend nothing (dsm_loss already
+    named it). It is a ValueError naming the first non-finite parameter, as dsm_loss's."""
+    model, data = small_problem(dtype=dtype)
+    fi, fo = model.network.sizes[:2]
+    warm = Adam(model.params)  # built while the parameters are finite (Adam refuses others)
+
+    def spoil(step, m, optimizer, history):
+        if step == 3:
+            m.params[fi * fo + 1] = np.nan  # layer 0's second bias
+            m.params[-2] = np.inf
+
+    message = (r"^training step 4 found non-finite parameters, no divergence of the step: the network's loss is "
+               rf"not finite: params holds 2 non-finite value\(s\), the first params\[{fi * fo + 1}\] = nan \(layer "
+               r"0's biases\); set finite parameters")
+    with pytest.raises(ValueError, match=message) as info:
+        fit(model, data, steps=6, rng=np.random.default_rng(0), callback=spoil, **FIT)
+    assert not isinstance(info.value, TrainingDivergedError)
+    # fit's step, also with an optimizer that has taken steps of its own; and TrainStep alone
+    warm.step_count = 20
+    with pytest.raises(ValueError, match=r"^training step 1 found non-finite parameters"):
+        fit(model, data, steps=2, rng=np.random.default_rng(0), optimizer=warm, **FIT)
+    step = sgm_ref.train.TrainStep(model, data, 8, 1e-2, 1.0, warm)
+    with pytest.raises(ValueError, match=r"^the training step found non-finite parameters, no divergence of the "
+                                         r"step: the network's loss is not finite: params holds 2") as info:
+        step(np.random.default_rng(0))
+    import pickle
+
+    assert str(pickle.loads(pickle.dumps(info.value))) == str(info.value)
+
+
+@pytest.mark.parametrize("progress, given", [("no", "'no'"), (0, "0"), (np.array([0, 1]), "ndarray"),
+                                             (np.float64(1.0), "1.0")])
+def test_a_progress_that_is_not_a_bool_is_named(progress, given, capsys):
+    """Review: fit's progress was read by truth value: "no" showed a bar, an array met NumPy's "The truth
+    value of an array with more than one element is ambiguous" (naming nothing). True, False, None
+    (and numpy's bool) only; refused before the first step."""
+    model, data = small_problem()
+    theta = model.params.copy()
+    with pytest.raises(ValueError, match=rf"^progress must be True, False or None \(a bar only when stderr is a "
+                                         rf"terminal\), got {given}$"):
+        fit(model, data, steps=3, rng=np.random.default_rng(0), **{**FIT, "progress": progress})
+    np.testing.assert_array_equal(model.params, theta)
+    fit(model, data, steps=3, rng=np.random.default_rng(0), **{**FIT, "progress": np.bool_(False)})
+    assert capsys.readouterr().err == ""
