@@ -85,6 +85,16 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
     return value
 
 
+def check_progress(progress):
+    """Raise unless progress is True, False or None (a progress bar only when stderr is a
+    terminal): "no" was read as True and showed a bar, an array met NumPy's "truth value of
+    an array ... is ambiguous"."""
+    if progress is not None and not isinstance(progress, (bool, np.bool_)):
+        plain = isinstance(progress, (str, bytes, int, float, np.generic))
+        given = show(progress) if plain else type(progress).__name__
+        raise ValueError(f"progress must be True, False or None (a bar only when stderr is a terminal), got {given}")
+
+
 def check_float_dtype(dtype, name="dtype"):
     """Return np.dtype(dtype) if it is float64 or float32 in this machine's byte order, else raise
     (None is rejected; a byte-swapped float64 or float32 is named as such)."""

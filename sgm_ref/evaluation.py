@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 from . import metrics
-from ._validation import check_count, check_fits, check_float_dtype, check_points, check_rng
+from ._validation import check_count, check_fits, check_float_dtype, check_points, check_progress, check_rng
 from ._json import load_json
 from .io import atomic_write
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, sample_times
@@ -439,9 +439,7 @@ def _evaluate(folder, options, plots, progress, nll=0):
     # (plots="no" drew the plots, and a progress of "no" showed the bar: any truthy value did)
     if not isinstance(plots, (bool, np.bool_)):
         raise ValueError(f"plots must be True or False, got {plots!r}")
-    if progress is not None and not isinstance(progress, (bool, np.bool_)):
-        raise ValueError(f"progress must be True, False or None (a bar only when stderr is a terminal), got "
-                         f"{progress!r}")
+    check_progress(progress)
     nll = check_count(nll, "nll", minimum=0)
     if nll == 1:
         raise ValueError("nll must be 0 (no likelihood) or at least 2 points (a standard error needs two)")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._validation import check_count, check_points, check_real, check_rng, check_time_range, fits_in_memory, show
+from ._validation import (check_count, check_points, check_progress, check_real, check_rng, check_time_range,
+                          fits_in_memory)
 from .losses import TIME_DISTRIBUTIONS, TIME_SAMPLINGS, WEIGHTINGS, _draw_importance_times, _draw_times, _dsm_loss
 from .kernels.sampler import standard_normal_float32_into, standard_normal_into
 from .optim import Adam, NonFiniteGradientError, NonFiniteStepError
@@ -78,10 +79,7 @@ def progress_bar(total, progress, desc, initial=0):
     logs and pipes); anything else is refused ("no" was read as True and showed a bar,
     an array met NumPy's "truth value of an array ... is ambiguous").
     """
-    if progress is not None and not isinstance(progress, (bool, np.bool_)):
-        plain = isinstance(progress, (str, bytes, int, float, np.generic))
-        given = show(progress) if plain else type(progress).__name__
-        raise ValueError(f"progress must be True, False or None (a bar only when stderr is a terminal), got {given}")
+    check_progress(progress)
     if progress is None:
         progress = sys.stderr.isatty()
     if not progress:
