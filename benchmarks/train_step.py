@@ -77,8 +77,8 @@ step) beside the least a SiLU MLP step of that shape costs here: the same matrix
 products alone, back to back at their shapes with hot caches, plus one vectorised exp
 per hidden activation, each the best of its passes, as % of a peak measured just before
 the row; a step cannot exceed that % without faster products or a cheaper exp. The optional --memory report runs each implementation
-in a fresh interpreter (its peak resident set, VmHWM, and the growth from just before
-it is built) and gives sgm_ref's workspace bytes against the minimum the activations
+in a fresh interpreter that loads only its own libraries (numba and sgm_ref for sgm_ref
+alone; its peak resident set, VmHWM, and the growth from just before it is built) and gives sgm_ref's workspace bytes against the minimum the activations
 need. The optional --thread-sweep diagnostic times sgm_ref
 alone in fresh interpreters: as found, with NUMBA_THREADING_LAYER=workqueue and with
 OMP_WAIT_POLICY=passive (set for that child only; OPENBLAS_* are passed on unchanged),
@@ -113,7 +113,25 @@ import time
 #   torch's ~180 MiB) and --skip-peers ("PyTorch and JAX not imported").
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-import numba  # noqa: E402
+
+def _lean_worker(argv):
+    """The implementation a --memory worker's command line names if it is one of the peers
+    (NumPy, PyTorch, JAX), else None. Such a worker imports neither numba nor the sgm_ref
+    package: its peak is that implementation's alone (with them, the small row's peaks of
+    PyTorch, JAX and the plain NumPy step carried 67-86 MiB that a user of the peer never loads).
+    It takes sgm_ref.plain (NumPy only) from its file, and its problem from the parent."""
+    for i, a in enumerate(argv):
+        value = a.split("=", 1)[1] if a.startswith("--_memory-worker=") else (
+            argv[i + 1] if a == "--_memory-worker" and i + 1 < len(argv) else None)
+        if value is not None:
+            name = value.split(",")[-1]
+            return name if name in ("NumPy", "PyTorch", "JAX") else None
+    return None
+
+
+_LEAN_WORKER = _lean_worker(sys.argv[1:])
+if not _LEAN_WORKER:
+    import numba  # noqa: E402
 import numpy as np  # noqa: E402
 from _machine import best_time, cpu_name, paired_cells  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
 
@@ -132,13 +150,29 @@ if _loads_torch_first(sys.argv[1:]):
     except ImportError:
         pass
 
-import sgm_ref  # noqa: E402
-from sgm_ref import OU, plain  # noqa: E402
-from sgm_ref.losses import dsm_loss  # noqa: E402
-from sgm_ref.nn.mlp import MLP  # noqa: E402
-from sgm_ref.optim import Adam  # noqa: E402
-from sgm_ref.score_model import ScoreModel  # noqa: E402
-from sgm_ref.train import TrainStep  # noqa: E402
+
+def _plain_from_its_file():
+    """sgm_ref/plain.py (it imports NumPy only) loaded from its file: the sgm_ref package's
+    __init__, and numba with it, not run."""
+    import importlib.util
+    package = importlib.util.find_spec("sgm_ref")  # finds the package without importing it
+    path = os.path.join(package.submodule_search_locations[0], "plain.py")
+    spec = importlib.util.spec_from_file_location("_sgm_ref_plain", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+if _LEAN_WORKER:
+    plain = _plain_from_its_file()
+else:
+    import sgm_ref  # noqa: E402
+    from sgm_ref import OU, plain  # noqa: E402
+    from sgm_ref.losses import dsm_loss  # noqa: E402
+    from sgm_ref.nn.mlp import MLP  # noqa: E402
+    from sgm_ref.optim import Adam  # noqa: E402
+    from sgm_ref.score_model import ScoreModel  # noqa: E402
+    from sgm_ref.train import TrainStep  # noqa: E402
 
 ROWS = ((2, 128, 3, 256), (32, 256, 3, 1024), (128, 512, 4, 2048))  # (d, width, depth, batch)
 DTYPES = ("float64", "float32")
@@ -891,15 +925,41 @@ def _reset_peak():
         return False
 
 
-def memory_worker(row, dtype, name, seed):
+def save_problem(problem, path):
+    """The arrays a --memory worker needs (initial parameters and data), for load_problem."""
+    np.savez(path, params0=problem["params0"], data=problem["data"])
+
+
+def load_problem(path, row, dtype):
+    """make_problem's problem (without the check batch) from save_problem's file: what a
+    worker that imports no sgm_ref (NumPy, PyTorch, JAX; _lean_worker) builds its step from."""
+    d, width, depth, batch = row
+    with np.load(path, allow_pickle=False) as arrays:
+        params0, data = arrays["params0"], arrays["data"]
+    if params0.dtype != np.dtype(dtype) or data.shape != (DATA_FACTOR * batch, d):
+        raise ValueError(f"{path}: not the problem of row {row} in {dtype} (params {params0.dtype}, "
+                         f"data {data.shape})")
+    return {"d": d, "width": width, "depth": depth, "batch": batch, "dtype": np.dtype(dtype),
+            "sizes": layer_sizes(d, width, depth), "params0": params0, "data": data}
+
+
+def memory_worker(row, dtype, name, seed, problem_file=None):
     """In a fresh interpreter: peak RSS before and after building `name` and taking steps.
 
-    Prints one line of JSON: the peak after imports and the problem's data ("before")
-    and after construction, warm-up and MEMORY_STEPS steps ("peak"), in bytes; for
-    sgm_ref also its buffers (workspace_bytes)."""
+    Prints one line of JSON: the interpreter's peak ("peak", its VmHWM: imports, the
+    problem's data, construction, warm-up and MEMORY_STEPS steps) and the growth of its
+    resident set from just before the implementation is built ("growth"), in bytes; the
+    libraries it loaded ("loaded": the peers' workers load neither numba nor sgm_ref); for
+    sgm_ref also its buffers (workspace_bytes). The problem comes from problem_file
+    (save_problem; required for the peers, which cannot build it) or make_problem."""
     import json
 
-    problem = make_problem(*row, dtype, seed)
+    if problem_file is not None:
+        problem = load_problem(problem_file, row, dtype)
+    elif _LEAN_WORKER:
+        raise SystemExit(f"--_memory-worker {name}: needs --_problem (the parent's save_problem file)")
+    else:
+        problem = make_problem(*row, dtype, seed)
     peers = {}
     if name == "PyTorch":
         peers[name] = _import_torch()[0]
@@ -932,7 +992,8 @@ def memory_worker(row, dtype, name, seed):
     # ru_maxrss survives fork and exec on Linux (this child would report its parent's peak);
     # VmHWM belongs to the address space exec made, so it is this interpreter's own
     peak = _max_rss_bytes() if imports_peak is None or after is None else max(imports_peak, after)
-    print(json.dumps(dict({"peak": peak, "growth": growth}, **extra)))
+    loaded = [m for m in ("numba", "sgm_ref", "torch", "jax") if m in sys.modules]
+    print(json.dumps(dict({"peak": peak, "growth": growth, "loaded": loaded}, **extra)))
 
 
 def workspace_bytes(step, problem):
@@ -964,16 +1025,20 @@ def measure_memory(rows, dtypes, names):
     import json
 
     results = {}
-    for row in rows:
-        for dtype in dtypes:
-            for name in names:
-                command = [sys.executable, os.path.abspath(__file__), "--_memory-worker",
-                           f"{ROWS.index(row) + 1},{dtype},{name}"]
-                proc = subprocess.run(command, capture_output=True, text=True)
-                if proc.returncode != 0:
-                    results[(row, dtype, name)] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-                    continue
-                results[(row, dtype, name)] = json.loads(proc.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as folder:
+        for row in rows:
+            for dtype in dtypes:
+                # the peers' workers import no sgm_ref to build the problem: it is handed over
+                path = os.path.join(folder, f"problem-{ROWS.index(row) + 1}-{dtype}.npz")
+                save_problem(make_problem(*row, dtype, SEED), path)
+                for name in names:
+                    command = [sys.executable, os.path.abspath(__file__), "--_memory-worker",
+                               f"{ROWS.index(row) + 1},{dtype},{name}", "--_problem", path]
+                    proc = subprocess.run(command, capture_output=True, text=True)
+                    if proc.returncode != 0:
+                        results[(row, dtype, name)] = {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+                        continue
+                    results[(row, dtype, name)] = json.loads(proc.stdout.strip().splitlines()[-1])
     return results
 
 
@@ -1217,6 +1282,7 @@ def parse_args(argv):
                         help="peak resident memory of each implementation per row and dtype, each in a fresh "
                              "interpreter, and sgm_ref's workspace against the activations' minimum")
     parser.add_argument("--_memory-worker", dest="memory_worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_problem", dest="problem_file", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_sweep-worker", dest="sweep_worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per implementation (default 7, quick 3)")
     parser.add_argument("--target", type=float, default=None, help="seconds per repeat (default 0.3, quick 0.1)")
@@ -1245,7 +1311,7 @@ def main(argv=None):
     args = parse_args(argv)
     if args.memory_worker:  # internal: one cell of --memory, in a fresh interpreter
         number, dtype, name = args.memory_worker.split(",")
-        memory_worker(ROWS[int(number) - 1], dtype, name, SEED)
+        memory_worker(ROWS[int(number) - 1], dtype, name, SEED, args.problem_file)
         return 0
     if args.sweep_worker:  # internal: one cell of --thread-sweep, in a fresh interpreter
         number, dtype = args.sweep_worker.split(",")
@@ -1359,9 +1425,20 @@ def main(argv=None):
               f"reset there through /proc/self/clear_refs) to the peak over warm-up and {2 + MEMORY_STEPS} "
               "steps. sgm_ref's network workspace: the layer inputs [h, 1], pre-activations, act'(z) and "
               "the backward buffers; the activation minimum: every layer's input, one number per hidden "
-              "unit for act'(z), and the output, per row of the batch:")
+              "unit for act'(z), and the output, per row of the batch. Each interpreter loads only its "
+              "implementation's libraries: the NumPy baseline (sgm_ref.plain from its file), PyTorch and JAX "
+              "load neither numba nor sgm_ref (before 2026-12-06 they loaded both: 67-86 MiB of each of their "
+              "peaks on the small row):")
         print()
-        print("\n".join(memory_table(measure_memory(args.rows, args.dtypes, names), args.rows, args.dtypes, names)))
+        memory = measure_memory(args.rows, args.dtypes, names)
+        print("\n".join(memory_table(memory, args.rows, args.dtypes, names)))
+        print()
+        loaded = {}
+        for (_, _, name), r in memory.items():
+            if "loaded" in r:
+                loaded.setdefault(name, r["loaded"])
+        print("Libraries each worker loaded (of numba, sgm_ref, torch, jax): "
+              + "; ".join(f"{n}: {', '.join(loaded[n]) or 'none'}" for n in names if n in loaded))
     phases_ok = True
     if args.phases:
         print()

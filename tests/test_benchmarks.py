@@ -215,6 +215,27 @@ def test_train_step_workers_do_not_load_torch(argv, torch_loaded):
     assert proc.stdout.strip().splitlines()[-1] == str(torch_loaded)
 
 
+def test_train_step_memory_workers_load_only_their_implementation(monkeypatch):
+    """--memory reports each implementation's peak in a fresh interpreter, but every worker
+    ran the script's own imports: the NumPy baseline's, PyTorch's and JAX's interpreters
+    carried numba and sgm_ref (measured on the small row: 67-81 MiB of each peer's peak, `import numpy, torch`
+    219 MiB against 301 with them, and a plain NumPy step's 127 MiB against 41). Their workers
+    now load neither (the problem comes from the parent's file), and say what they loaded."""
+    module = _train_step_module(monkeypatch)
+    row = module.ROWS[0]
+    got = module.measure_memory([row], ["float32"], ["NumPy"])[(row, "float32", "NumPy")]
+    assert got["loaded"] == [] and got["peak"] > 0 and got["growth"] > 0, got
+    # the peers' workers as far as their imports (torch and jax load inside memory_worker)
+    script = str(BENCHMARKS / "train_step.py")
+    for name in ("PyTorch", "JAX"):
+        code = _LOADED_AT_IMPORT.replace('print("torch" in sys.modules)',
+                                         'print("numba" in sys.modules, "sgm_ref" in sys.modules)')
+        code = code.format(bench=str(BENCHMARKS), script=script, argv=["--_memory-worker", f"1,float32,{name}"])
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert proc.stdout.split()[-2:] == ["False", "False"], (name, proc.stdout)
+
+
 def _script_module(monkeypatch, name):
     import importlib.util
     monkeypatch.syspath_prepend(str(BENCHMARKS))
