@@ -909,3 +909,27 @@ def test_shares_and_ratios_are_printed_on_the_side_of_the_claim_they_make():
     assert "below the empirical-measure (curse) baseline's in every d; the ratio baseline / network is 1.0004 " \
            "(d = 2) to 3 (d = 8)." in text
     assert report._share(0.37) == "37%" and report._ratio(3.14e5) == "3.14e+05"  # as before away from the limits
+
+
+def test_the_difference_not_rejecting_could_miss_is_that_of_two_exponents(written):
+    """Review: the sentence said differences of 2.8 times the largest se of one exponent could
+    go unseen; a difference of two exponents has the se sqrt(se_1^2 + se_2^2), and a difference of
+    2.8 se_1 is found by a test of the two at level 0.05 only about half the time (power from
+    the normal law), so the difference it can miss is 2.8 times the difference's se."""
+    from scipy import stats as sps
+
+    _, text, numbers = written
+    _, not_shows = conclusions(text)
+    ses = sorted((f["b_se"] for f in numbers["families"]["mixture"]["fits"]["network"]["by_d"].values()),
+                 reverse=True)
+    se_diff = math.hypot(ses[0], ses[1])
+    z = sps.norm.ppf(0.975)
+
+    def power(delta):
+        return sps.norm.sf(z - delta / se_diff) + sps.norm.cdf(-z - delta / se_diff)
+
+    assert power(2.8 * ses[0]) < 0.65  # the old number: found 61% of the time here, 51% for equal se
+    assert power(2.8 * se_diff) == pytest.approx(0.8, abs=0.005)
+    assert (f"**mixture**: not rejecting is not proof of a d-free exponent: each d's exponent has a standard error "
+            f"up to {ses[0]:.3f}, so a difference of about {2.8 * se_diff:.2f} between two d's could go unseen"
+            in not_shows)

@@ -81,6 +81,7 @@ from ..targets._checks import _memory_bytes
 from ..train import fit
 from .baselines import EmpiricalMeasure, fit_identity_mixture, minus_x
 from .families import SubspaceTilt, embedding, isometric_mixture
+from .stats import _reals
 
 __all__ = ["FAMILIES", "QUICK", "FULL", "make_grid", "make_target", "run_cell", "cells", "check_settings", "load_results",
            "fit_slope", "sweep_summary"]
@@ -795,7 +796,7 @@ def fit_slope(n, error):
     curvature. With two distinct n the standard error is nan (no scatter to judge by);
     with fewer than two (one n, or none) there is no line, and all three are nan.
     """
-    n, error = np.asarray(n, dtype=float), np.asarray(error, dtype=float)
+    n, error = _reals("n", n), _reals("error", error)
     if n.ndim != 1 or n.shape != error.shape:
         raise ValueError(f"n and error must be 1-D arrays of one length, got shapes {n.shape} and {error.shape}")
     if not (np.all(np.isfinite(n)) and np.all(np.isfinite(error)) and np.all(n > 0) and np.all(error > 0)):

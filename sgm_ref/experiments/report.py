@@ -915,7 +915,12 @@ def _conclusions(fams, comparisons=()):
                                  f"rejected at level {ALPHA} ({test}); b ranges from {bs[lo]:.2f} (d = {lo}) to "
                                  f"{bs[hi]:.2f} (d = {hi}).")
             else:
-                width = max(by_d[str(d)]["b_se"] for d in fitted)
+                # the difference of two d's exponents has the standard error sqrt(se_1^2 + se_2^2):
+                # for the two least precise d's, 2.8 of it (z 1.96 + 0.84) is what a two-sided test
+                # at level 0.05 finds with 80% power (2.8 times one exponent's se, as this said, is
+                # 2.8 / sqrt 2 = 1.98 of the difference's se for equal se: found about half the time)
+                ses = sorted((by_d[str(d)]["b_se"] for d in fitted), reverse=True)
+                unseen = 2.8 * math.hypot(ses[0], ses[1])
                 equal = (f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
                          f"common exponent {-joint['common_slope']:.2f}")
                 held = [d for d in out if d in fitted]  # d the test holds whose exponents were left out above
@@ -925,8 +930,10 @@ def _conclusions(fams, comparisons=()):
                 else:
                     shows.append(equal + ".")
                 not_shows.append(f"**{family}**: not rejecting is not proof of a d-free exponent: each d's exponent "
-                                 f"has a standard error up to {width:.3f}, so differences of about "
-                                 f"{2.8 * width:.2f} could go unseen.")
+                                 f"has a standard error up to {ses[0]:.3f}, so a difference of about {unseen:.2f} "
+                                 "between two d's could go unseen (2.8 standard errors of the difference: a "
+                                 "test at level 0.05 of those two alone finds it with 80% power, Welch's test "
+                                 "across every d with less).")
         tested = [d for d in a["d"] if lof[d]]
         if bent:
             not_shows.append(f"**{family}**: a straight line in log-log is rejected (lack of fit, p < {ALPHA_LOF}) in "

@@ -28,7 +28,7 @@ def _vectors(name_values):
     out = []
     shape = None
     for name, v in name_values:
-        a = np.asarray(v, dtype=float)
+        a = _reals(name, v)
         if a.ndim != 1:
             raise ValueError(f"{name} must be a 1-D array, got shape {a.shape}")
         if shape is not None and a.shape != shape:
@@ -38,6 +38,22 @@ def _vectors(name_values):
         shape = a.shape
         out.append(a)
     return out
+
+
+def _reals(name, v):
+    """v as a float64 array, or ValueError naming it: numpy's own conversion named no argument
+    ("could not convert string to float: 'a'", a TypeError for a dict) and read complex values
+    as their real parts with a warning only (other = 1 + 5j compared as 1)."""
+    try:
+        a = np.asarray(v)
+    except (TypeError, ValueError):  # ragged nested lists
+        a = None
+    # an object array of real numbers (a Fraction among floats) is read too
+    real = a is not None and (a.dtype.kind in "iuf" or a.dtype.kind == "O" and all(
+        isinstance(e, numbers.Real) and not isinstance(e, (bool, np.bool_)) for e in a.ravel()))
+    if not real:
+        raise ValueError(f"{name} must be an array of real numbers, got {v!r:.80}")
+    return a.astype(float, copy=False)
 
 
 def _positive(name, a):
@@ -222,11 +238,11 @@ def welch_slopes(slopes, ses, dofs):
 def lack_of_fit(n, error):
     """Pure-error F test of the line log error = a + b log n, from replicate seeds.
 
-    With m distinct n, N points and ybar_j the mean of the replicates at the j-th n:
+    With m distinct n, N points and ybar_j the mean of the m_j replicates at the j-th n:
 
         SSE  = sum_i (y_i - a - b x_i)^2                         (N - 2 df)
         SSPE = sum_j sum_{i in j} (y_i - ybar_j)^2               (N - m df, pure error)
-        SSLF = SSE - SSPE                                        (m - 2 df, lack of fit)
+        SSLF = sum_j m_j (ybar_j - a - b x_j)^2 = SSE - SSPE      (m - 2 df, lack of fit)
         F    = [SSLF / (m - 2)] / [SSPE / (N - m)]  ~  F(m - 2, N - m) if the line is right
 
     (Kutner, Nachtsheim, Neter & Li, Applied Linear Statistical Models, 5th ed. 2005,
@@ -255,9 +271,13 @@ def lack_of_fit(n, error):
         raise ValueError(f"lack of fit needs at least three distinct n, got {m}")
     if N == m:
         raise ValueError("lack of fit needs replicates (several seeds at some n): there is no pure error")
-    _, _, sse = _line(x, y)
+    _, b, sse = _line(x, y)
     sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
-    sslf = max(sse - sspe, 0.0)  # >= 0 exactly; rounding only
+    # SSLF = sum_j m_j (ybar_j - a - b x_j)^2 (m_j replicates at x_j), which SSE - SSPE equals
+    # exactly: summed directly, on centred x and y, not as that difference, whose cancellation
+    # lost every digit where the means lie near the line (SSLF 0 for 7e-17, F 0.00)
+    xm, ym = x.mean(), y.mean()
+    sslf = float(sum(np.sum(x == v) * ((y[x == v].mean() - ym) - b * (v - xm)) ** 2 for v in levels))
     df1, df2 = m - 2, N - m
     if sspe <= _rounding(y):
         raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
