@@ -286,6 +286,91 @@ def lack_of_fit(n, error):
             "sslf": sslf}
 
 
+def means_line(n, error, level=0.95):
+    """The line log error = a + b log n through the means of the replicates, with a Student-t
+    interval for b on m - 2 degrees of freedom (m distinct n).
+
+    Where the pure-error test rejects the line (lack_of_fit), a seed-level interval takes the
+    N points for independent scatter about the line, but the seeds at one n share its
+    departure from the line: the means are the m observations the line is judged by, and
+    their scatter about it (bending included) is its error. With ybar_j the mean of
+    log error over the seeds at x_j = log n_j,
+
+        b = sum_j (x_j - xbar)(ybar_j - ybbar) / sum_j (x_j - xbar)^2,
+        se(b)^2 = [sum_j (ybar_j - a - b x_j)^2 / (m - 2)] / sum_j (x_j - xbar)^2,
+
+    b +- t_{m-2, (1 + level) / 2} se(b) (Kutner, Nachtsheim, Neter & Li, Applied Linear
+    Statistical Models, 5th ed. 2005, Sec. 3.7: a lack of fit is error to a model that
+    ignores it). The slope here is -b of `joint_slopes`' convention: b is the exponent of
+    error ~ n^-b.
+
+    Returns
+    -------
+    dict
+        "b", "b_se", "b_interval": [low, high], "df": m - 2, "m", "level".
+
+    Raises
+    ------
+    ValueError
+        Bad arrays; fewer than three distinct n (no scatter to judge a line by); means that
+        lie exactly on a line (no error to judge by).
+    """
+    n, error = _vectors([("n", n), ("error", error)])
+    _positive("n", n)
+    _positive("error", error)
+    level = _check_level(level)
+    x, y = np.log(n), np.log(error)
+    levels = np.unique(x)
+    m = levels.size
+    if m < 3:
+        raise ValueError(f"a line through the means needs at least three distinct n, got {m}")
+    ybar = np.array([y[x == v].mean() for v in levels])
+    _, slope, sse = _line(levels, ybar)
+    if sse <= _rounding(ybar):
+        raise ValueError("the means lie exactly on a line: no error to judge the exponent by")
+    u = levels - levels.mean()
+    se = math.sqrt(sse / (m - 2) / float(u @ u))
+    half = float(stats.t.ppf((1 + level) / 2, m - 2)) * se
+    return {"b": -slope, "b_se": se, "b_interval": [-slope - half, -slope + half], "df": m - 2, "m": int(m),
+            "level": level}
+
+
+def saturating_lack_of_fit(n, error, fit):
+    """Pure-error F test of the saturating curve f(n) = log(A n^-b + c) (saturating_fit's on
+    the same points): lack_of_fit's test with the curve's three parameters for the line's two,
+
+        SSLF = sum_j m_j (ybar_j - f(n_j))^2                    (m - 3 df, lack of fit)
+        F    = [SSLF / (m - 3)] / [SSPE / (N - m)]  ~  F(m - 3, N - m) if the curve is right
+
+    (SSPE as in lack_of_fit; Bates & Watts, Nonlinear Regression Analysis and Its
+    Applications, 1988, Sec. 3.10). Returns {"F", "df", "p"}.
+
+    Raises
+    ------
+    ValueError
+        Bad arrays; fewer than four distinct n (the curve passes through any three means);
+        no replicates, or replicates that agree exactly.
+    """
+    n, error = _vectors([("n", n), ("error", error)])
+    _positive("n", n)
+    _positive("error", error)
+    x, y = np.log(n), np.log(error)
+    levels = np.unique(x)
+    m, N = levels.size, x.size
+    if m < 4:
+        raise ValueError(f"the saturating curve's lack of fit needs at least four distinct n, got {m}")
+    if N == m:
+        raise ValueError("lack of fit needs replicates (several seeds at some n): there is no pure error")
+    sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
+    if sspe <= _rounding(y):
+        raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
+    curve = np.log(fit["A"] * np.exp(-fit["b"] * levels) + fit["c"])
+    sslf = float(sum(np.sum(x == v) * (y[x == v].mean() - f) ** 2 for v, f in zip(levels, curve)))
+    df1, df2 = m - 3, N - m
+    F = (sslf / df1) / (sspe / df2)
+    return {"F": float(F), "df": [df1, df2], "p": float(stats.f.sf(F, df1, df2))}
+
+
 def saturating_fit(n, error, level=0.95, b_max=4.0):
     """error = A n^-b + c (A > 0, b >= 0, c >= 0), fitted in log space, with a profile interval for b.
 
