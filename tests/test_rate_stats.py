@@ -684,3 +684,23 @@ def test_claims_use_the_n_means_where_lack_of_fit_rejects_the_curve():
     assert claim["b_interval"][1] - claim["b_interval"][0] > 0.04
     assert report._claim_interval(seeds, {"p": 0.5}, means_line, n, bent) == {**seeds, "basis": "seeds"}
     assert report._claim_interval(None, lof, means_line, n, bent) is None
+
+
+def test_saturating_fit_is_the_line_where_the_line_fits_best():
+    """Where no floor helps, the least-squares saturating curve is the straight line (c = 0):
+    the optimiser stopped just short of the boundary, c ~ 1e-11 with an RSS above the line's
+    (mixture-iso d = 512 on the rate page: 4.9e-10)."""
+    from sgm_ref.experiments.stats import _line, saturating_fit
+
+    rng = np.random.default_rng(11)
+    n = np.repeat([500.0, 1000, 2000, 4000, 8000, 16000, 32000], 5)
+    # falling faster at large n than any floor allows: the best c is 0
+    error = n ** -0.6 * np.exp(-0.1 * (np.log(n) - 6) ** 2 + 0.05 * rng.standard_normal(n.size))
+    fit = saturating_fit(n, error)
+    a, slope, rss_line = _line(np.log(n), np.log(error))
+    assert fit["c"] == 0.0
+    assert fit["rss"] == pytest.approx(rss_line, rel=1e-12) and fit["b"] == pytest.approx(-slope, rel=1e-12)
+    assert fit["A"] == pytest.approx(np.exp(a), rel=1e-12)
+    assert fit["floor_test"]["F"] == 0.0 and fit["floor_test"]["p"] == 1.0
+    low, high = fit["b_interval"]
+    assert low < fit["b"] < high
