@@ -933,3 +933,15 @@ def test_the_difference_not_rejecting_could_miss_is_that_of_two_exponents(writte
     assert (f"**mixture**: not rejecting is not proof of a d-free exponent: each d's exponent has a standard error "
             f"up to {ses[0]:.3f}, so a difference of about {2.8 * se_diff:.2f} between two d's could go unseen"
             in not_shows)
+
+
+def test_a_sweep_json_that_is_a_folder_is_named_not_read_as_no_settings(tmp_path):
+    """A folder at RUN/sweep.json was read as a sweep without settings: the report went on
+    without the families' definitions or the shared settings, saying nothing."""
+    folder = synthetic(tmp_path / "run", {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}})
+    sweep = os.path.join(folder, "sweep.json")
+    if os.path.isfile(sweep):
+        os.remove(sweep)
+    os.mkdir(sweep)
+    with pytest.raises(ValueError, match=r"sweep.json is not a file: the sweep's settings cannot be read"):
+        report.load_sweep(folder)

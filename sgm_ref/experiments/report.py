@@ -62,6 +62,9 @@ def load_sweep(folder):
         raise ValueError(f"{path} has no finished cell: nothing to report")
     settings = {}
     sweep = os.path.join(folder, "sweep.json")
+    if os.path.lexists(sweep) and not os.path.isfile(sweep):  # a folder (or a broken link) was read as none
+        raise ValueError(f"{sweep} is not a file: the sweep's settings cannot be read; remove it or put the "
+                         "sweep's own sweep.json back")
     if os.path.isfile(sweep):
         with open(sweep, "rb") as f:
             settings = load_json(f, sweep)
