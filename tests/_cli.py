@@ -24,3 +24,119 @@ def assert_one_line_error(result, pattern):
     assert len(lines) == 1 and lines[0].startswith("sgm-ref: error: "), result.stderr
     assert "Traceback" not in result.stderr
     assert pattern in lines[0], lines[0]
+
+
+# -- many commands from one import: the fault tests' own interpreters, forked ------------------
+
+_ZYGOTE = r"""
+import json, os, sys
+import sgm_ref.cli, sgm_ref.runs, sgm_ref.evaluation  # the imports every command has done
+requests, replies = sys.stdin.buffer, sys.stdout
+for line in iter(requests.readline, b""):
+    request = json.loads(line)
+    if request["op"] == "wait":
+        pid, status = os.waitpid(request["pid"], 0 if request["block"] else os.WNOHANG)
+        print(json.dumps(None if pid == 0 else os.waitstatus_to_exitcode(status)), file=replies, flush=True)
+        continue
+    pid = os.fork()
+    if pid:
+        print(pid, file=replies, flush=True)
+        continue
+    # the child: a command's own process, its stdout and stderr files, its stdin the go FIFO
+    for fd, path in ((1, request["out"]), (2, request["err"])):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    os.dup2(os.open(request["go"] or os.devnull, os.O_RDONLY), 0)  # opens once the test opens it to write
+    sys.stdin = open(0, closefd=False)
+    if request["go"]:
+        sys.stdin.readline()
+    if request["cwd"]:
+        os.chdir(request["cwd"])
+    sys.argv = ["sgm-ref", *request["argv"]]
+    exec(compile(request["prelude"], "<prelude>", "exec"), {"__name__": "__prelude__"})
+    sys.exit(sgm_ref.cli.main(sys.argv[1:]))  # out of the loop: the interpreter exits as a script does
+"""
+
+
+class Forks:
+    """Commands run by sgm_ref.cli.main in processes forked from one interpreter that has done
+    sgm_ref's imports once: each a process of its own (its pid, its locks, killable), started
+    in ~10 ms instead of the ~0.6 s of CPU an import costs. For the tests whose commands were
+    already run by an interpreter of the test's (a patched os, a start on a signal), not the
+    installed script: those still run through `run`. The environment is this process's."""
+
+    def __init__(self, folder):
+        self.folder, self.count = Path(folder), 0
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / "zygote.err", "wb") as err:
+            self.zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE,
+                                           stdout=subprocess.PIPE, stderr=err)
+
+    def _ask(self, request, timeout=None):
+        """The server's answer to request; past timeout (s), the command request["pid"] is
+        killed and the test fails, as subprocess.run's timeout=600 made it."""
+        import json
+        import select
+        import signal
+
+        self.zygote.stdin.write((json.dumps(request) + "\n").encode())
+        self.zygote.stdin.flush()
+        if timeout is not None and not select.select([self.zygote.stdout], [], [], timeout)[0]:
+            os.kill(request["pid"], signal.SIGKILL)
+            self.zygote.stdout.readline()
+            raise AssertionError(f"sgm-ref command pid {request['pid']} took more than {timeout} s; killed")
+        line = self.zygote.stdout.readline()
+        if not line:
+            raise AssertionError(f"the fork server died: {(self.folder / 'zygote.err').read_text()}")
+        return json.loads(line)
+
+    def start(self, *args, prelude="", wait_for_go=False, cwd=None):
+        """A Forked running `sgm-ref args` after prelude (Python run in it first); with
+        wait_for_go it starts its command at .go()."""
+        self.count += 1
+        stem = self.folder / f"cmd{self.count}"
+        go = None
+        if wait_for_go:
+            go = f"{stem}.go"
+            os.mkfifo(go)
+        pid = self._ask({"op": "fork", "argv": [str(a) for a in args], "prelude": prelude, "go": go,
+                         "out": f"{stem}.out", "err": f"{stem}.err", "cwd": None if cwd is None else str(cwd)})
+        return Forked(self, pid, stem, go)
+
+    def run(self, *args, prelude="", cwd=None):
+        """(returncode, stdout, stderr) of `sgm-ref args` after prelude, as subprocess.run gives them."""
+        proc = self.start(*args, prelude=prelude, cwd=cwd)
+        return subprocess.CompletedProcess(args, proc.wait(), *proc.output())
+
+    def close(self):
+        self.zygote.stdin.close()
+        self.zygote.wait(timeout=60)
+
+
+class Forked:
+    """A command started by Forks: pid, go(), poll(), wait(), output(), communicate()."""
+
+    def __init__(self, forks, pid, stem, go):
+        self.forks, self.pid, self.stem, self._go, self.returncode = forks, pid, stem, go, None
+
+    def go(self):
+        with open(self._go, "w") as f:  # the child opens its end at its fork: this does not block long
+            f.write("\n")
+
+    def _wait(self, block):
+        if self.returncode is None:
+            self.returncode = self.forks._ask({"op": "wait", "pid": self.pid, "block": block},
+                                              timeout=600 if block else None)
+        return self.returncode
+
+    def poll(self):
+        return self._wait(False)
+
+    def wait(self):
+        return self._wait(True)
+
+    def output(self):
+        return tuple(Path(f"{self.stem}.{kind}").read_text() for kind in ("out", "err"))
+
+    def communicate(self):
+        self.wait()
+        return self.output()

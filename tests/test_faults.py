@@ -2,11 +2,15 @@
 leftovers, damaged and hostile files, resuming and extending, thread counts.
 
 Command-line behaviour is checked through the installed script in a subprocess, as a
-user meets it; errors must be one line on stderr with exit status 2.
+user meets it; errors must be one line on stderr with exit status 2. The commands a test
+starts at a chosen moment, kills, or runs with a function patched run sgm_ref.cli.main in
+processes forked from one interpreter that has imported sgm_ref (tests/_cli.py's Forks),
+and so do the kill sweep's resumes (up to 57 of one command; the reference runs are the script's).
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +22,7 @@ import pytest
 from sgm_ref.experiments import rate
 from sgm_ref.experiments.sweep import run_sweep
 
-from _cli import SCRIPT, assert_one_line_error, run
+from _cli import SCRIPT, Forks, assert_one_line_error, run
 
 TINY = ["--n", "200", "--width", "8", "--depth", "1", "--batch-size", "16", "--seed", "2"]
 TINY_SAMPLING = ["--n-samples", "40", "--n-steps", "5"]
@@ -78,28 +82,17 @@ def test_a_second_writer_is_refused_naming_the_holder(tmp_path):
     assert not (out / ".lock").exists() and not list(out.glob(".tmp-*"))
 
 
-# The command line of the installed script, run by an interpreter that has done its
-# imports and waits for a go: two commands can then be started at a chosen moment.
-READY = """
-import sys
-import sgm_ref.cli, sgm_ref.runs, sgm_ref.evaluation
-print("ready", flush=True)
-sys.stdin.readline()
-sys.argv[0] = "sgm-ref"
-sys.exit(sgm_ref.cli.main(sys.argv[1:]))
-"""
+# The command line of the installed script, run by a process that has done its imports and
+# waits for a go: two commands can then be started at a chosen moment. Forked from one
+# interpreter (tests/_cli.py's Forks): each command is a process of its own, as before,
+# without an import of sgm_ref each (40 of them were most of this test's CPU).
 
 
-def _ready(*args):
-    proc = subprocess.Popen([sys.executable, "-c", READY, *map(str, args)], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline() == "ready\n"
-    return proc
-
-
-def _go(proc):
-    proc.stdin.write("\n")
-    proc.stdin.flush()
+@pytest.fixture(scope="module")
+def forks(tmp_path_factory):
+    server = Forks(tmp_path_factory.mktemp("forks"))
+    yield server
+    server.close()
 
 
 # when the resume starts: with the train, once the folder exists, once config.json
@@ -107,30 +100,31 @@ def _go(proc):
 _MOMENTS = (None, "", "config.json", "checkpoint.npz")
 
 
-def _race(folder, options, moment):
+def _race(forks, folder, options, moment):
     """A fresh train and a --resume on one folder; their (code, stdout, stderr) and the train's pid."""
-    train, resume = _ready("train", folder, *options), _ready("train", folder, "--resume")
-    _go(train)
+    train = forks.start("train", folder, *options, wait_for_go=True)
+    resume = forks.start("train", folder, "--resume", wait_for_go=True)
+    train.go()
     if moment is not None:
         while not (folder / moment).exists() and train.poll() is None:
             time.sleep(0.001)
-    _go(resume)
+    resume.go()
     outcome = {}
     for name, proc in (("train", train), ("resume", resume)):
-        stdout, stderr = proc.communicate(timeout=600)
+        stdout, stderr = proc.communicate()
         outcome[name] = (proc.returncode, stdout, stderr)
     return outcome, train.pid
 
 
-@pytest.mark.slow  # 20 pairs of commands: ~50 s of CPU (imports, mostly); longer on a busy machine
-def test_a_fresh_train_and_a_resume_started_together(tmp_path):
+@pytest.mark.slow  # 20 pairs of commands
+def test_a_fresh_train_and_a_resume_started_together(tmp_path, forks):
     options = [*TINY, "--steps", "60", "--checkpoint-every", "1"]
     whole = tmp_path / "whole"
     run("train", whole, *options)
     for attempt in range(20):
         out = tmp_path / f"race{attempt}"
         moment = _MOMENTS[attempt % len(_MOMENTS)]
-        outcome, pid = _race(out, options, moment)
+        outcome, pid = _race(forks, out, options, moment)
         assert out.is_dir(), outcome  # the folder survives
         assert sorted(code for code, _, _ in outcome.values()) == [0, 2], outcome  # one refused
         (_, _, refusal), = [o for o in outcome.values() if o[0] == 2]
@@ -295,8 +289,8 @@ def test_resume_with_other_thread_counts_says_so_once(tmp_path):
 # -- found by a fault review: kills between the final writes, full disks, foreign files -----------
 
 KILLER = """
-import os, signal, sys
-N, count = int(sys.argv[1]), 0
+import os, signal
+N, count = {n}, 0
 _replace, _unlink = os.replace, os.unlink
 
 def hit(path):
@@ -317,22 +311,19 @@ def unlink(path, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
 
 os.replace, os.unlink = replace, unlink
-from sgm_ref.cli import main
-sys.exit(main(sys.argv[2:]))
 """
 
 
-def killed_after(n, tmp_path, *argv):
+def killed_after(n, forks, *argv):
     """Run `sgm-ref argv` and SIGKILL it right after its n-th rename or removal (the lock's
-    aside); returns the exit status (0: it finished with fewer than n)."""
-    script = tmp_path / "killer.py"
-    script.write_text(KILLER)
-    return subprocess.run([sys.executable, str(script), str(n), *map(str, argv)], capture_output=True,
-                          timeout=600).returncode
+    aside); returns the exit status (0: it finished with fewer than n). sgm_ref calls both as
+    os.replace and os.unlink, looked up at the call: patched after its import, as here in a
+    forked command (tests/_cli.py's Forks), they are patched for every call of the command."""
+    return forks.run(*argv, prelude=KILLER.format(n=n)).returncode
 
 
 @pytest.mark.parametrize("steps, extend", [(5, None), (20, None), (20, 25)])
-def test_a_kill_after_any_write_leaves_a_run_that_resume_completes_bit_for_bit(tmp_path, steps, extend):
+def test_a_kill_after_any_write_leaves_a_run_that_resume_completes_bit_for_bit(tmp_path, forks, steps, extend):
     """A run of 5 steps (no checkpoint), of 20 (a checkpoint at 10) and an extension 20 -> 25,
     killed after each of its writes in turn: whenever model.npz reads as finished, its history
     and final state are there for it, and `train --resume` ends with the uninterrupted run's
@@ -343,13 +334,14 @@ def test_a_kill_after_any_write_leaves_a_run_that_resume_completes_bit_for_bit(t
 
     total = extend or steps
     reference = trained(tmp_path / "reference", total)
+    start = trained(tmp_path / "start", steps) if extend else None  # the run each extension starts from
     for n in range(1, 20):
         out = tmp_path / f"run{n}"
         if extend:
-            trained(out, steps)
-            status = killed_after(n, tmp_path, "train", out, "--resume", "--steps", extend)
+            shutil.copytree(start, out)  # the same bytes as a training of its own (it has no path in it)
+            status = killed_after(n, forks, "train", out, "--resume", "--steps", extend)
         else:
-            status = killed_after(n, tmp_path, "train", out, *TINY, "--steps", steps, "--checkpoint-every", "10")
+            status = killed_after(n, forks, "train", out, *TINY, "--steps", steps, "--checkpoint-every", "10")
         if status == 0:
             break
         assert status == -signal.SIGKILL
@@ -358,16 +350,16 @@ def test_a_kill_after_any_write_leaves_a_run_that_resume_completes_bit_for_bit(t
             assert len(json.loads((out / "history.json").read_text())["loss"]) == finished
             with np.load(out / "training_state.npz") as f:
                 assert int(f["step"]) == finished
-        result = run("train", out, "--resume", *(["--steps", extend] if extend else []))
+        result = forks.run("train", out, "--resume", *(["--steps", extend] if extend else []))
+        assert result.returncode == 0, result.stderr
         assert "already trained" in result.stdout or "continuing the training" in result.stdout
         assert_same_model(out, reference)
     assert n > 3  # the sweep reached the end of the writes
 
 
 PATCHED = """
-import errno, sys
+import errno
 import sgm_ref.runs as runs
-what = sys.argv[1]
 if what == "interrupt-fit":
     def fit(*args, **kwargs):
         raise KeyboardInterrupt
@@ -399,30 +391,28 @@ elif what == "full-extended-state":  # the final state of an extension to 25 ste
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         save_state(path, step, *args)
     runs._save_state = full
-from sgm_ref.cli import main
-sys.exit(main(sys.argv[2:]))
 """
 
 
-def patched(tmp_path, what, *argv):
-    script = tmp_path / "patched.py"
-    script.write_text(PATCHED)
-    return subprocess.run([sys.executable, str(script), what, *map(str, argv)], capture_output=True, text=True,
-                          timeout=600)
+def patched(forks, what, *argv):
+    """`sgm-ref argv` with one of sgm_ref.runs's functions replaced (PATCHED), in a forked command
+    (tests/_cli.py's Forks): runs's functions look these names up at the call, so patched after
+    the import as before it."""
+    return forks.run(*argv, prelude=f"what = {what!r}\n" + PATCHED)
 
 
-def test_a_full_disk_after_a_checkpoint_keeps_the_new_run_for_resume(tmp_path):
+def test_a_full_disk_after_a_checkpoint_keeps_the_new_run_for_resume(tmp_path, forks):
     """A write failing with ENOSPC once a checkpoint exists used to remove the new run's whole
     folder, the checkpoint with it; now the run stays and the one line says so."""
     out = tmp_path / "run"
-    result = patched(tmp_path, "full-history", "train", out, *TINY, "--steps", "20", "--checkpoint-every", "10")
+    result = patched(forks, "full-history", "train", out, *TINY, "--steps", "20", "--checkpoint-every", "10")
     assert_one_line_error(result, f"No space left on device: {out / 'history.json'}; the run in {out} is kept "
                                   "(checkpoint.npz): once that is fixed, continue it with")
     run("train", out, "--resume")
     assert_same_model(out, trained(tmp_path / "reference", 20))
     # before any checkpoint, nothing resumable: the new folder goes, as before
     short = tmp_path / "short"
-    result = patched(tmp_path, "full-history", "train", short, *TINY, "--steps", "5", "--checkpoint-every", "10")
+    result = patched(forks, "full-history", "train", short, *TINY, "--steps", "5", "--checkpoint-every", "10")
     assert_one_line_error(result, "No space left on device")
     assert not short.exists()
 
@@ -512,14 +502,14 @@ def test_a_folder_name_the_terminal_cannot_encode_is_printed_escaped(tmp_path):
     assert b"bn_\\udce9" in result.stdout
 
 
-def test_a_failed_extension_restores_the_history_of_the_run_it_was(tmp_path):
+def test_a_failed_extension_restores_the_history_of_the_run_it_was(tmp_path, forks):
     """Extending 20 -> 25 steps with the final state's write failing: config.json went back to
     20 steps but history.json kept the extension's 25 losses, which evaluate reported (found by
     a review). The history comes back from the old final state, and evaluate refuses a history
     of another length than the run's."""
     out = trained(tmp_path / "run", 20)
     before = (out / "history.json").read_text()
-    result = patched(tmp_path, "full-extended-state", "train", out, "--resume", "--steps", "25")
+    result = patched(forks, "full-extended-state", "train", out, "--resume", "--steps", "25")
     assert_one_line_error(result, "No space left on device")
     assert json.loads((out / "config.json").read_text())["train"]["steps"] == 20
     assert (out / "history.json").read_text() == before
@@ -535,10 +525,10 @@ def test_a_failed_extension_restores_the_history_of_the_run_it_was(tmp_path):
     assert "restored" not in run("train", out, "--resume").stdout
 
 
-def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path):
+def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path, forks):
     """The kept demo's line said `train --resume`, which only answers 'already trained'."""
     out = tmp_path / "demo"
-    result = patched(tmp_path, "full-samples", "demo", out, *TINY, "--steps", "20", *TINY_SAMPLING, *TINY_EVALUATION)
+    result = patched(forks, "full-samples", "demo", out, *TINY, "--steps", "20", *TINY_SAMPLING, *TINY_EVALUATION)
     assert_one_line_error(result, f"continue it with `sgm-ref sample {out}`, then `sgm-ref evaluate {out}`")
     run("sample", out, *TINY_SAMPLING)
     from sgm_ref.runs import _continuation
@@ -549,26 +539,26 @@ def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path):
                                                           f"{out}` and `sgm-ref evaluate {out}`")
 
 
-def test_an_interrupted_command_names_what_is_left_to_do(tmp_path):
+def test_an_interrupted_command_names_what_is_left_to_do(tmp_path, forks):
     """Ctrl-C's line comes from what is on disk (a review: the first version named `evaluate`
     for an extension interrupted in training, whose model is the old one, and a test could not
     tell the handler's new branch from the old fixed text)."""
     out = trained(tmp_path / "run", 20)
     run("sample", out, *TINY_SAMPLING)
-    result = patched(tmp_path, "interrupt-fit", "train", out, "--resume", "--steps", "30")
+    result = patched(forks, "interrupt-fit", "train", out, "--resume", "--steps", "30")
     assert result.returncode == 130
     assert result.stderr.strip() == f"sgm-ref: interrupted; continue with `sgm-ref train {out} --resume`"
     demo = tmp_path / "demo"
-    result = patched(tmp_path, "interrupt-sample", "demo", demo, *TINY, "--steps", "20", *TINY_SAMPLING,
+    result = patched(forks, "interrupt-sample", "demo", demo, *TINY, "--steps", "20", *TINY_SAMPLING,
                      *TINY_EVALUATION)
     assert result.returncode == 130
     assert result.stderr.strip() == (f"sgm-ref: interrupted; continue with `sgm-ref sample {demo}`, then "
                                       f"`sgm-ref evaluate {demo}`")
 
 
-def test_a_demo_kept_during_training_names_train_then_sample_and_evaluate(tmp_path):
+def test_a_demo_kept_during_training_names_train_then_sample_and_evaluate(tmp_path, forks):
     demo = tmp_path / "demo"
-    result = patched(tmp_path, "full-history", "demo", demo, *TINY, "--steps", "20", "--checkpoint-every", "10",
+    result = patched(forks, "full-history", "demo", demo, *TINY, "--steps", "20", "--checkpoint-every", "10",
                      *TINY_SAMPLING, *TINY_EVALUATION)
     assert_one_line_error(result, f"continue it with `sgm-ref train {demo} --resume`, then `sgm-ref sample {demo}` "
                                   f"and `sgm-ref evaluate {demo}`")

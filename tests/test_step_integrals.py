@@ -44,6 +44,62 @@ def _quad(fn, lo, hi, knots):
                for a, b in zip(edges[:-1], edges[1:]))
 
 
+# QUADPACK's 21-point Gauss-Kronrod rule (dqk21, the first step of quad's dqagse): Kronrod nodes
+# x_0 > ... > x_10 = 0 with weights WGK; the 10-point Gauss rule uses x_1, x_3, ..., x_9 (WG).
+XGK = np.array([0.995657163025808080735527280689003, 0.973906528517171720077964012084452,
+                0.930157491355708226001207180059508, 0.865063366688984510732096688423493,
+                0.780817726586416897063717578345042, 0.679409568299024406234327365114874,
+                0.562757134668604683339000099272694, 0.433395394129247190799265943165784,
+                0.294392862701460198131126603103866, 0.148874338981631210884826001129720, 0.0])
+WGK = np.array([0.011694638867371874278064396062192, 0.032558162307964727478818972459390,
+                0.054755896574351996031381300244580, 0.075039674810919952767043140916190,
+                0.093125454583697605535065465083366, 0.109387158802297641899210590325805,
+                0.123491976262065851077208626816240, 0.134709217311473325928054001771707,
+                0.142775938577060080797094273138717, 0.147739104901338491374841515972068,
+                0.149445554002916905664936468389821])
+WG = np.array([0.066671344308688137593568809893332, 0.149451349150580593145776339657697,
+               0.219086362515982043995534934228163, 0.269266719309996355091226921569469,
+               0.295524224714752870173892994651338])
+EPMACH, UFLOW = np.finfo(float).eps, np.finfo(float).tiny
+
+
+def _quad_pieces(fns, lo, hi, knots):
+    """[_quad(fn, lo, hi, knots) for fn in fns], fns taking arrays of times: quad's first step,
+    dqk21 on each piece [a, b] in the offset s = t - a with dqk21's error estimate, for every
+    piece at once, and quad's own test of it (dqagse: done if abserr <= epsrel |result| and
+    abserr != resabs, or abserr = 0); a piece it does not accept is left to quad itself. So
+    the same integral as _quad (to the order of the rule's sum), with one call of each fn
+    instead of 21 scalar calls per piece (DDPM's steps cross up to 900 knots)."""
+    edges = np.array([lo] + [k for k in knots if lo < k < hi] + [hi])
+    a, width = edges[:-1], edges[1:] - edges[:-1]
+    half = 0.5 * width
+    centre = 0.5 * width  # of [0, width]
+    s = np.concatenate([centre[:, None] - half[:, None] * XGK[None, :-1], centre[:, None],
+                        centre[:, None] + half[:, None] * XGK[None, -2::-1]], axis=1)  # (pieces, 21)
+    t = a[:, None] + s
+    out = []
+    for fn in fns:
+        values = np.asarray(fn(t.ravel()), dtype=np.float64).reshape(t.shape)
+        f1, fc, f2 = values[:, :10], values[:, 10], values[:, :10:-1]  # f(c - h x_j), f(c), f(c + h x_j)
+        resk = WGK[10] * fc + ((f1 + f2) * WGK[:10]).sum(axis=1)
+        resg = ((f1 + f2)[:, 1::2] * WG).sum(axis=1)
+        resabs = WGK[10] * np.abs(fc) + ((np.abs(f1) + np.abs(f2)) * WGK[:10]).sum(axis=1)
+        reskh = 0.5 * resk
+        resasc = WGK[10] * np.abs(fc - reskh) + ((np.abs(f1 - reskh[:, None]) + np.abs(f2 - reskh[:, None]))
+                                                 * WGK[:10]).sum(axis=1)
+        result, resabs, resasc = resk * half, resabs * half, resasc * half
+        abserr = np.abs((resk - resg) * half)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            scaled = resasc * np.minimum(1.0, (200.0 * abserr / resasc) ** 1.5)
+        abserr = np.where((resasc != 0) & (abserr != 0), scaled, abserr)
+        abserr = np.where(resabs > UFLOW / (50 * EPMACH), np.maximum(EPMACH * 50 * resabs, abserr), abserr)
+        accepted = ((abserr <= 1.2e-14 * np.abs(result)) & (abserr != resabs)) | (abserr == 0)
+        pieces = [r if ok else _quad(lambda x: float(np.asarray(fn(np.array([x])))[0]), lo_, lo_ + w, [])
+                  for r, ok, lo_, w in zip(result, accepted, a, width)]
+        out.append(sum(pieces))
+    return out
+
+
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
 @pytest.mark.parametrize("process", EVERY, ids=repr)
 def test_step_integrals_match_quadrature(process):
@@ -51,14 +107,9 @@ def test_step_integrals_match_quadrature(process):
         if isinstance(process, DDPM) else []
     for hi, lo in _steps(process):
         a_lo = float(process.alpha(lo))
-
-        def g2(t):
-            return float(process.g2(t))
-
-        want_g2 = _quad(g2, lo, hi, knots)
-        want_b = _quad(lambda t: a_lo / float(process.alpha(t)) * g2(t), lo, hi, knots)
-        want_c2 = _quad(lambda t: (a_lo / float(process.alpha(t))) ** 2 * g2(t), lo, hi, knots)
-        want_f = _quad(lambda t: float(process.f(t)), lo, hi, knots)
+        want_g2, want_b, want_c2, want_f = _quad_pieces(
+            [process.g2, lambda t: a_lo / process.alpha(t) * process.g2(t),
+             lambda t: (a_lo / process.alpha(t)) ** 2 * process.g2(t), process.f], lo, hi, knots)
         a, b, c2 = process.exponential_integrals(hi, lo)
         assert process.integrated_g2_between(hi, lo) == pytest.approx(want_g2, rel=RTOL, abs=0), (hi, lo)
         assert b == pytest.approx(want_b, rel=RTOL, abs=0), (hi, lo)

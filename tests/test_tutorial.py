@@ -160,6 +160,11 @@ def test_the_numbers_the_text_states_are_what_the_code_prints(run, tmp_path, mon
     assert round(ns["oracle"].tv, 2) == exact
 
     monkeypatch.chdir(tmp_path)
+    # the figures are built (some draw from rng) but not rendered to PNG: no number here reads
+    # them, and rendering five was ~15% of this test's time (the run fixture renders them)
+    from sgm_ref import plots
+
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path, dpi=110: path)
     longer = {"__name__": "__tutorial__"}
     with one_thread():
         for i, source in enumerate(code_cells()):
