@@ -197,7 +197,8 @@ def build_parser():
     p = commands.add_parser(
         "audit", help="score error and certified TV bound of any score function",
         description="Measures E|s - grad log p_t|^2 of a score function s against the target's exact score at "
-                    "log-spaced times in [t0, T], its integral over [t0, T] (the Girsanov term), and the certified "
+                    "log-spaced times in [t0, T], its integral over [t0, T] weighted by g(t)^2/2 (the Girsanov "
+                    "term; the weight is 1 on OU), and the certified "
                     "TV bound of the sampler s would drive. Beside them, the same figures of the target's exact "
                     "score on the same grid and Monte-Carlo draws: the sampler's own floor (its path KL and bound "
                     "are the discretisation's alone, e.g. path KL 0.18 and bound 0.31 on the ring with the default "
@@ -415,6 +416,15 @@ def cmd_experiment(args):
     if args.experiment == "rate-report":
         from .experiments import report
 
+        # '' said " has no results.jsonl" (no folder named), and a --compare folder's error did
+        # not say it was --compare's
+        if args.run == "":
+            raise ValueError("the sweep folder must be named, got ''")
+        for other in args.compare:
+            if other == "":
+                raise ValueError("--compare must name another sweep's folder, got ''")
+            if not os.path.isfile(os.path.join(other, "results.jsonl")):  # as report.load_sweep asks, said first
+                raise ValueError(f"--compare {other}: no results.jsonl there: give the folder of another rate sweep")
         report.write_report(args.run, args.out, log=_say, compare_with=args.compare)
         return 0
     from .experiments import rate, sweep
@@ -671,6 +681,18 @@ def _check_json_path(path, option="--json"):
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
         raise ValueError(f"{option} {path}: is a folder; give a file name")
+    # a name that ends in a separator or "." / ".." names no file: sgm_ref.io.atomic_path
+    # refused `--json out/` only after the whole audit had run and printed
+    if os.path.basename(path) in ("", ".", ".."):
+        raise ValueError(f"{option} {path}: names a folder, not a file; give a file name")
+    # the report is written beside the path and renamed onto it (sgm_ref.io.atomic_path):
+    # a device or a pipe there would be replaced by a regular file (`--json /dev/null` run
+    # as root turned the system's /dev/null into a file), and its reader never gets the report
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"{option} {path}: is not a regular file (a device, a pipe or a socket): the "
+                         f"{'plot' if option == '--plot' else 'report'} would replace it with one; give a file name")
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise ValueError(f"{option} {path}: {parent} is not a folder")
     if not os.path.isdir(parent):
         raise ValueError(f"{option} {path}: its folder {parent} does not exist")
     try:
@@ -1026,7 +1048,9 @@ def cmd_audit(args):
         else:
             _say(f"{t:10.4g}   {'overflows float64':>24}   {'':9}{floor}{verdict}")
     integral, f_integral = se["integral"], fse["integral"]
-    _say(f"integral over [{t0:g}, {T_audited:g}]: " + (
+    # the integral is int g(t)^2/2 E|s - grad log p_t|^2 dt (metrics.score_error_integral): the
+    # same as the profile's integral on OU only (g^2 = 2); beta(t)/2 of VP runs from 0.05 to 10
+    _say(f"g(t)^2/2-weighted integral over [{t0:g}, {T_audited:g}]: " + (
         f"{integral['value']:.4g} ± {integral['standard_error']:.2g}" if np.isfinite(integral["value"])
         else "overflows float64") + f" (exact score: {_pm_short(f_integral['value'], f_integral['standard_error'])})")
     def names_path_kl(bound):  # bound_text of a vacuous bound gives the path KL already (it was said twice)
@@ -1097,6 +1121,9 @@ def _replay_options(items):
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"--option must look like KEY=VALUE (e.g. step_size=0.1), got {item!r}")
+        if key in options:  # the last one silently won, as a target spec's repeated parameter is not allowed to
+            raise ValueError(f"--option {key} is given twice ({key}={json.dumps(options[key])} and {item}); "
+                             "give it once")
         try:
             options[key] = json.loads(value)
         except ValueError:
@@ -1324,8 +1351,8 @@ def _option_names(message, parser, command):
 
 
 _MEMORY_HINTS = {  # the options that size each command's arrays
-    "demo": "use a smaller --n, --width, --batch-size, --n-samples or --profile-n",
-    "train": "use a smaller --n, --width or --batch-size (or a target of lower dimension)",
+    "demo": "use a smaller --n, --width, --depth, --batch-size, --n-samples or --profile-n",
+    "train": "use a smaller --n, --width, --depth or --batch-size (or a target of lower dimension)",
     "sample": "use a smaller --n-samples",
     "evaluate": "use a smaller --bound-n or --profile-n (or sample fewer points)",
     "audit": "use a smaller --profile-n, --bound-n or --n-steps (or a target of lower dimension)",
@@ -1351,6 +1378,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"sgm-ref: warning: {_one_line(str(message))}", file=sys.stderr if file is None else file)
 
 
+def _parse(parser, argv):
+    """parser.parse_args, with an unrecognized option refused by the command it was given to:
+    argparse's own refusal pointed every command's typo at `sgm-ref --help`, which lists the
+    commands but none of their options (`sgm-ref demo --stesp 5`)."""
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command, names = parser, [getattr(args, "command", None), getattr(args, "experiment", None)]
+        for name in names:
+            sub = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+            if sub is None or name not in sub.choices:
+                break
+            command = sub.choices[name]
+        top = list(dict.fromkeys(a.partition("=")[0] for a in extras
+                                 if a.partition("=")[0] in parser._option_string_actions and a not in ("-h", "--help")))
+        where = (f"; {', '.join(top)} {'is an option' if len(top) == 1 else 'are options'} of sgm-ref itself: "
+                 f"give {'it' if len(top) == 1 else 'them'} before the command" if top and command is not parser else "")
+        command.error(f"unrecognized arguments: {' '.join(extras)}{where}")
+    return args
+
+
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 2 bad input, 130 interrupted)."""
     global _STDOUT_CLOSED
@@ -1365,7 +1412,7 @@ def main(argv=None):
         except (AttributeError, ValueError, OSError):  # not a text stream of its own (a test's capture)
             pass
     try:
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         from ._threads import ENVIRONMENT_ERROR
         if ENVIRONMENT_ERROR is not None:
             raise ENVIRONMENT_ERROR

@@ -1230,3 +1230,108 @@ def test_a_grid_file_whose_magic_is_damaged_is_not_called_pickled_data(tmp_path)
         _read_grid_file(str(path), OU())
     assert str(info.value) == (f"--grid-file {path}: not a readable .npy array: its first bytes are not NumPy's (a "
                                "damaged or foreign file)")
+
+
+def _main(argv, capsys):
+    """sgm_ref.cli.main in this process: (status, stdout, stderr)."""
+    from sgm_ref import cli
+
+    status = cli.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def test_a_report_path_that_names_no_regular_file_is_refused_before_the_work(tmp_path, capsys):
+    """`--json out/` passed the check, ran the whole audit and printed it, then failed to write
+    (sgm_ref.io.atomic_path refuses a trailing '/'); `--json PATH` on a pipe or a device passed,
+    and the write's rename replaced it with a regular file (run as root, `--json /dev/null` turned
+    the system's /dev/null into a file: found in a review, and put back by hand)."""
+    import stat
+
+    started = tmp_path / "started.py"
+    started.write_text("def f(*args):\n    raise AssertionError('the work started')\n")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "to-pipe.json").symlink_to(fifo)
+    (tmp_path / "a-file").write_text("")
+    cases = [(tmp_path / "nosuch", "/", "names a folder, not a file"),
+             (tmp_path / "nosuch", "/.", "names a folder, not a file"),
+             (fifo, "", "is not a regular file (a device, a pipe or a socket)"),
+             (tmp_path / "to-pipe.json", "", "is not a regular file"),
+             (tmp_path / "a-file", "/x.json", f"{tmp_path / 'a-file'} is not a folder")]  # said 'does not exist'
+    commands = (["audit", "--score", f"{started}:f", "--target", "ring"],
+                ["audit-sampler", "--sampler", f"{started}:f", "--replay", "euler_maruyama", "--target", "ring",
+                 "--kind", "loop"])
+    for path, tail, pattern in cases:
+        for command in commands:
+            for option in ("--json", "--plot") if command[0] == "audit" else ("--json",):
+                name = f"{path}{tail}"
+                status, out, err = _main([*command, option, name], capsys)
+                assert status == 2 and out == "", (name, out, err)
+                assert err.count("\n") == 1 and err.startswith(f"sgm-ref: error: {option} {name}: "), err
+                assert pattern in err and "the work started" not in err, err
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and os.path.islink(tmp_path / "to-pipe.json")
+    assert not (tmp_path / "nosuch").exists()
+
+
+def test_out_of_memory_for_the_layers_names_depth(tmp_path, capsys):
+    """`train --depth 2**53` ran out of memory building the layer widths and was told to use a
+    smaller --n, --width or --batch-size: not the option that asked for it."""
+    for command in ("train", "demo"):
+        status, _, err = _main([command, tmp_path / "r", "--depth", 2**53, "--steps", "1"], capsys)
+        assert status == 2 and err.startswith("sgm-ref: error: out of memory: use a smaller ") and "--depth" in err, err
+        assert not (tmp_path / "r").exists()
+
+
+def test_rate_report_names_an_empty_or_missing_folder_as_its_option(tmp_path, capsys):
+    """`rate-report ''` said "error:  has no results.jsonl" (no folder named), and a missing
+    --compare folder's error did not say it was --compare's."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "results.jsonl").write_text("")
+    for argv, message in ((["", "--out", tmp_path / "r.md"], "the sweep folder must be named, got ''"),
+                          ([sweep, "--compare", ""], "--compare must name another sweep's folder, got ''"),
+                          ([sweep, "--compare", tmp_path / "nope"], f"--compare {tmp_path / 'nope'}: no results.jsonl")):
+        status, out, err = _main(["experiment", "rate-report", *argv], capsys)
+        assert status == 2 and out == "" and err.startswith(f"sgm-ref: error: {message}"), err
+    assert sorted(os.listdir(tmp_path)) == ["sweep"]
+
+
+def test_an_unrecognized_option_points_at_its_command_s_help(tmp_path, capsys):
+    """Every command's typo was refused with "(see sgm-ref --help)", a page that lists the
+    commands but none of their options; a --threads given after the command is said to be
+    sgm-ref's own."""
+    for argv, expected in (
+            (["train", tmp_path / "r", "--stesp", "5"], "unrecognized arguments: --stesp 5 (see sgm-ref train --help)"),
+            (["experiment", "rate", tmp_path / "r", "--quic"],
+             "unrecognized arguments: --quic (see sgm-ref experiment rate --help)"),
+            (["sample", tmp_path / "r", "--threads", "1"], "unrecognized arguments: --threads 1; --threads is an "
+                                                           "option of sgm-ref itself: give it before the command "
+                                                           "(see sgm-ref sample --help)"),
+            (["--bogus"], "unrecognized arguments: --bogus (see sgm-ref --help)")):
+        status, out, err = _main(argv, capsys)
+        assert (status, out, err) == (2, "", f"sgm-ref: error: {expected}\n")
+    assert not (tmp_path / "r").exists()
+
+
+def test_audit_says_its_integral_is_weighted_by_g2_over_2(tmp_path, capsys):
+    """The audit printed "integral over [t0, T]: V" beside a profile of E|s - grad log p_t|^2,
+    while V is int g(t)^2/2 E|s - grad log p_t|^2 dt (the Girsanov term): the profile's own
+    integral on OU only; on VP the weight beta(t)/2 runs from 0.05 to 10."""
+    (tmp_path / "minus_x.py").write_text("def score(x, t):\n    return -x\n")
+    status, out, err = _main(["audit", "--score", f"{tmp_path / 'minus_x.py'}:score", "--target", "ring", "--process",
+                              "vp", "--n-steps", "2", "--profile-n", "4", "--bound-n", "4", "--seed", "1"], capsys)
+    assert status == 0, err
+    line = next(line for line in out.splitlines() if "integral over" in line)
+    assert line.startswith("g(t)^2/2-weighted integral over [0.001, 1]: "), line
+
+
+def test_a_replay_option_given_twice_is_refused(tmp_path, capsys):
+    """`--option eta=0 --option eta=1` ran the replay with eta = 1, the first value silently
+    dropped (a target spec's repeated parameter is refused)."""
+    from sgm_ref.cli import _replay_options
+
+    assert _replay_options(["eta=0", "alphas_cumprod=diffusers"]) == {"eta": 0, "alphas_cumprod": "diffusers"}
+    status, out, err = _main(["audit-sampler", "--sampler", "x:y", "--replay", "ddim", "--process", "ddpm",
+                              "--target", "ring", "--option", "eta=0", "--option", "eta=1"], capsys)
+    assert (status, out, err) == (2, "", "sgm-ref: error: --option eta is given twice (eta=0 and eta=1); give it once\n")
