@@ -945,3 +945,21 @@ def test_a_sweep_json_that_is_a_folder_is_named_not_read_as_no_settings(tmp_path
     os.mkdir(sweep)
     with pytest.raises(ValueError, match=r"sweep.json is not a file: the sweep's settings cannot be read"):
         report.load_sweep(folder)
+
+
+def test_a_saturating_curve_rejected_where_the_line_is_not_is_said(tmp_path, monkeypatch):
+    """Review: where the saturating curve's own lack of fit rejects it, its claims use its fit to the
+    n-means; the page said so only in the sentence about d whose straight line is rejected too. At
+    c = 0 (the line itself) its F is (m - 2) / (m - 3) times the line's, so a line with p just
+    above 0.01 has a saturating curve rejected: its claims changed basis and the page said nothing."""
+    folder = synthetic(tmp_path / "run", {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}})
+    rows, _ = report.load_sweep(folder)
+    monkeypatch.setattr(report.S, "saturating_lack_of_fit", lambda n, e, fit: {"F": 9.0, "df": [2, 20], "p": 2e-3})
+    analysis = report.analyse(rows)
+    a = analysis["families"]["mixture"]
+    assert all(a["network"][str(d)]["lack_of_fit"]["p"] >= report.ALPHA_LOF for d in DS)  # straight lines
+    assert all(a["network"][str(d)]["saturating_claim"]["basis"] == "n-means" for d in DS)
+    text = "\n".join(report._conclusions(analysis["families"]))
+    assert ("**mixture**: the saturating curve is rejected (its own lack of fit, p = 0.002, p = 0.002 and "
+            "p = 0.002) in d = 2, 8 and 32, where the straight line is not: there its claims use the curve "
+            "fitted to the n-means.") in text

@@ -1001,6 +1001,15 @@ def _conclusions(fams, comparisons=()):
             not_shows.append(f"**{family}**: the straight line in log-log is not tested in any d (lack of fit: "
                              + "; ".join(why) + "): the exponents are of the best line, whatever the curve's "
                              "shape.")
+        # the saturating curve rejected where the line is not (its test has one df fewer: at c = 0, the
+        # line itself, its F is (m - 2) / (m - 3) times the line's): its claims above use its fit to the
+        # n-means there too, which the sentence above, about bent lines only, did not say
+        slof = {d: a["network"][str(d)].get("saturating_lack_of_fit") for d in tested if d not in bent and d in ds}
+        sat_only = [d for d in slof if slof[d] and slof[d]["p"] < ALPHA_LOF]
+        if sat_only:
+            not_shows.append(f"**{family}**: the saturating curve is rejected (its own lack of fit, "
+                             + _list([_p(slof[d]["p"]) for d in sat_only]) + f") in d = {_list(sat_only)}, where "
+                             "the straight line is not: there its claims use the curve fitted to the n-means.")
         _floor_sentences(family, a, not_shows)
         _rising_sentences(family, a, not_shows)
         _late_start_sentences(family, a, stuck, not_shows)
