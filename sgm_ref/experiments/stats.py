@@ -8,7 +8,9 @@ knows is two derivatives in d dimensions).
 
     joint_slopes       y = a_d + b_d x for every d, Welch's and the pooled F test of equal slopes
     lack_of_fit        pure-error F test of a straight line, from replicate seeds
+    means_line         the line through the n-means, its interval on m - 2 df (where lack of fit rejects)
     saturating_fit     error = A n^-b + c with a profile-likelihood interval for b
+    saturating_lack_of_fit   pure-error F test of that curve
     curse_comparison   the exponent's interval against 2 / (d + 4)
     n_star             smallest n where the error falls below half a baseline
     paired_log_ratio   two settings on the same cells: the mean log ratio and its t test
@@ -20,8 +22,8 @@ import numbers
 import numpy as np
 from scipy import optimize, stats
 
-__all__ = ["curse_rate", "joint_slopes", "welch_slopes", "lack_of_fit", "saturating_fit", "curse_comparison", "n_star",
-           "paired_log_ratio"]
+__all__ = ["curse_rate", "joint_slopes", "welch_slopes", "lack_of_fit", "means_line", "saturating_fit",
+           "saturating_lack_of_fit", "curse_comparison", "n_star", "paired_log_ratio"]
 
 
 def _vectors(name_values):
@@ -276,8 +278,10 @@ def lack_of_fit(n, error):
     # SSLF = sum_j m_j (ybar_j - a - b x_j)^2 (m_j replicates at x_j), which SSE - SSPE equals
     # exactly: summed directly, on centred x and y, not as that difference, whose cancellation
     # lost every digit where the means lie near the line (SSLF 0 for 7e-17, F 0.00)
-    xm, ym = x.mean(), y.mean()
-    sslf = float(sum(np.sum(x == v) * ((y[x == v].mean() - ym) - b * (v - xm)) ** 2 for v in levels))
+    # (the means of centred y: the mean of y at one n carries the rounding |y| eps, 5e-14 for errors
+    # ~1e-200, which the means' scatter about the line, 1e-6 there, cannot absorb: SSLF off by 3e-8)
+    xm, yc = x.mean(), y - y.mean()
+    sslf = float(sum(np.sum(x == v) * (yc[x == v].mean() - b * (v - xm)) ** 2 for v in levels))
     df1, df2 = m - 2, N - m
     if sspe <= _rounding(y):
         raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
@@ -349,7 +353,8 @@ def saturating_lack_of_fit(n, error, fit):
     ------
     ValueError
         Bad arrays; fewer than four distinct n (the curve passes through any three means);
-        no replicates, or replicates that agree exactly.
+        no replicates, or replicates that agree exactly; a fit that is not a dict with finite
+        A > 0, b and c >= 0.
     """
     n, error = _vectors([("n", n), ("error", error)])
     _positive("n", n)
@@ -364,7 +369,18 @@ def saturating_lack_of_fit(n, error, fit):
     sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
     if sspe <= _rounding(y):
         raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
-    curve = np.log(fit["A"] * np.exp(-fit["b"] * levels) + fit["c"])
+    try:
+        A, b, c = (float(fit[k]) for k in ("A", "b", "c"))
+    except (TypeError, KeyError, ValueError):  # None, a dict without "c": a TypeError or KeyError
+        raise ValueError(f"fit must be saturating_fit's result on these points (a dict with A, b and c), "
+                         f"got {fit!r:.80}") from None
+    if not (math.isfinite(b) and 0 < A < math.inf and 0 <= c < math.inf):
+        raise ValueError(f"fit must have finite A > 0, b and c >= 0 (saturating_fit's result), got A = {A!r}, "
+                         f"b = {b!r}, c = {c!r}")
+    # log(A n^-b + c) from log A - b log n: A e^{-b log n} underflowed to 0 (log -inf, F inf, p 0)
+    # where A n^-b is a normal float (A = 1e245, n = 1e130, b = 3)
+    head = math.log(A) - b * levels
+    curve = head if c == 0 else np.logaddexp(head, math.log(c))
     sslf = float(sum(np.sum(x == v) * (y[x == v].mean() - f) ** 2 for v, f in zip(levels, curve)))
     df1, df2 = m - 3, N - m
     F = (sslf / df1) / (sspe / df2)
@@ -451,6 +467,15 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
             sol = optimize.least_squares(resid, p0, jac=jac, bounds=([-np.inf, 0.0], [np.inf, np.inf]), method="trf")
             if best is None or sol.cost < best.cost:
                 best = sol
+        # the face c = 0 in closed form, log A = mean(y + b log u): least_squares moves a start on
+        # the bound inside it (c ~ 1e-10) and stops short of it, so the profile stood above the
+        # line's RSS there; at the line's b (taken below where it fits best) the interval's
+        # bracket then had no sign change (brentq: "f(a) and f(b) must have different signs")
+        v = y + b * np.log(u)
+        a0 = float(v.mean())
+        rss0 = float(np.sum((v - a0) ** 2))
+        if rss0 <= 2 * best.cost:
+            return rss0, np.array([a0, 0.0])
         return 2 * best.cost, best.x
 
     # global fit: a coarse profile grid, then polish b by bounded scalar minimisation
@@ -466,11 +491,12 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
     rss, p_hat = profile(b_hat, prof[k][1])
     # c = 0: the line log A - b log n with b >= 0 (a rising line is the constant, b = 0). Where it
     # fits at least as well, it is the fit: the optimiser stops just short of the boundary c = 0
-    # (c ~ 1e-11 and an RSS up to 5e-10 above the line's on the rate page's mixture-iso d = 512)
+    # (c ~ 1e-11 and an RSS up to 5e-10 above the line's on the rate page's mixture-iso d = 512);
+    # so is an optimum on the face c = 0, whose best b is the line's (b_hat is within xatol of it)
     a_line, slope, rss_line = _line(np.log(u), y)
     if slope > 0:
         a_line, slope, rss_line = float(y.mean()), 0.0, float(np.sum((y - y.mean()) ** 2))
-    if rss_line <= rss and -slope <= b_max:
+    if (rss_line <= rss or p_hat[1] == 0.0) and -slope <= b_max:
         b_hat, rss, p_hat = (0.0 if slope >= 0 else -slope), rss_line, np.array([a_line, 0.0])
     N = n.size
     dof = N - 3
