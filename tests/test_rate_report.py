@@ -963,3 +963,25 @@ def test_a_saturating_curve_rejected_where_the_line_is_not_is_said(tmp_path, mon
     assert ("**mixture**: the saturating curve is rejected (its own lack of fit, p = 0.002, p = 0.002 and "
             "p = 0.002) in d = 2, 8 and 32, where the straight line is not: there its claims use the curve "
             "fitted to the n-means.") in text
+
+
+def test_the_exponent_after_the_initial_network_takes_the_n_means_where_the_line_bends():
+    """"fitted over the n above them, the exponent is 1.23 [1.17, 1.30] (d = 1024, n >= 8000)":
+    a seed-level interval where the pure-error test rejects the line on those n (p = 1.2e-5 on
+    the page): from the n-means, as every other claim there, [-0.04, 2.51]."""
+    from sgm_ref.experiments.stats import lack_of_fit, means_line
+
+    rng = np.random.default_rng(4)
+    ns = [500, 1000, 2000, 4000, 8000]
+    rows = []
+    for n in ns:
+        for seed in range(5):
+            bend = 0.4 * (np.log(n) - np.log(2000)) ** 2
+            rows.append({"n": n, "seed": seed, "checkpoint_step": 0 if n == 500 else 100,
+                         "score_error": float(n ** -0.8 * np.exp(bend + 0.02 * rng.standard_normal()))})
+    after = report._after_the_initial_network(rows)["after_initial"]
+    n = np.array([r["n"] for r in rows if r["n"] > 500], float)
+    e = np.array([r["score_error"] for r in rows if r["n"] > 500])
+    assert lack_of_fit(n, e)["p"] < report.ALPHA_LOF
+    assert after["basis"] == "n-means" and after["b_interval"] == means_line(n, e, level=report.LEVEL)["b_interval"]
+    assert after["lack_of_fit_p"] == lack_of_fit(n, e)["p"]

@@ -444,6 +444,11 @@ def _after_the_initial_network(rows):
     fit, why = _attempt(S.joint_slopes, np.zeros(n.size), n, e, level=LEVEL)
     out["after_initial"] = None if fit is None else {"from_n": int(n.min()), **_exponent(fit["groups"][0])}
     out["after_initial_reason"] = why
+    if fit is not None:  # a line the pure-error test rejects: its interval from the n-means, as the claims'
+        lof, _ = _attempt(S.lack_of_fit, n, e)
+        claim = _claim_interval(out["after_initial"], lof, S.means_line, n, e)
+        if claim and claim["basis"] == "n-means":
+            out["after_initial"].update(b_interval=claim["b_interval"], basis="n-means", lack_of_fit_p=lof["p"])
     return out
 
 
@@ -1184,7 +1189,10 @@ def _initial_network_sentences(family, a, not_shows):
         if fitted:
             text += ("; fitted over the n above them, the exponent is "
                      + _list([f"{after[d]['b']:.2f} {_interval(after[d]['b_interval'])} (d = {d}, n ≥ "
-                              f"{after[d]['from_n']})" for d in fitted]))
+                              f"{after[d]['from_n']}" + (f"; the line rejected there, lack of fit "
+                                                         f"{_p(after[d]['lack_of_fit_p'])}: the interval from the "
+                                                         "n-means" if after[d].get("basis") == "n-means" else "")
+                              + ")" for d in fitted]))
         for d in (d for d in initial if not after[d]):
             text += f" (d = {d}: no exponent, {net[d].get('after_initial_reason')})"
         not_shows.append(text + ".")
