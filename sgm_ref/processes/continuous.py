@@ -173,6 +173,9 @@ class VE(LinearGaussianProcess):
         # to 1.5e-15 for the defaults); that difference where the ratio overflows float64
         with np.errstate(over="ignore"):
             ratio = np.float64(self.sigma_max) / np.float64(self.sigma_min)
+        if ratio < 2.0:  # near 1 the rounded ratio's log is ~95 eps off (VE(100, 100.5)); the
+            # difference is exact there (Sterbenz), so log1p of it over sigma_min keeps the digits
+            return np.log1p((np.float64(self.sigma_max) - np.float64(self.sigma_min)) / np.float64(self.sigma_min))
         return np.log(ratio) if np.isfinite(ratio) else np.log(self.sigma_max) - np.log(self.sigma_min)
 
     def _alpha(self, t):
