@@ -237,6 +237,25 @@ def welch_slopes(slopes, ses, dofs):
     return {"F": F, "df": [G - 1, float(df2)], "p": float(p), "weighted_slope": bw}
 
 
+def _pure_error(n, error, least, what):
+    """(x = log n, y = log error, the distinct x, SSPE = sum_j sum_{i in j} (y_i - ybar_j)^2) of
+    replicate seeds, for `what`, a pure-error test of a curve with least - 1 parameters;
+    ValueError for fewer than `least` distinct n, no replicates or replicates that agree exactly."""
+    n, error = _vectors([("n", n), ("error", error)])
+    _positive("n", n)
+    _positive("error", error)
+    x, y = np.log(n), np.log(error)
+    levels = np.unique(x)
+    if levels.size < least:
+        raise ValueError(f"{what} needs at least {('three', 'four')[least - 3]} distinct n, got {levels.size}")
+    if x.size == levels.size:
+        raise ValueError("lack of fit needs replicates (several seeds at some n): there is no pure error")
+    sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
+    if sspe <= _rounding(y):
+        raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
+    return x, y, levels, sspe
+
+
 def lack_of_fit(n, error):
     """Pure-error F test of the line log error = a + b log n, from replicate seeds.
 
@@ -263,18 +282,9 @@ def lack_of_fit(n, error):
         Bad arrays; fewer than three distinct n (a line through two means always fits), no
         replicates (N = m), or replicates that agree exactly (zero pure error).
     """
-    n, error = _vectors([("n", n), ("error", error)])
-    _positive("n", n)
-    _positive("error", error)
-    x, y = np.log(n), np.log(error)
-    levels = np.unique(x)
+    x, y, levels, sspe = _pure_error(n, error, 3, "lack of fit")
     m, N = levels.size, x.size
-    if m < 3:
-        raise ValueError(f"lack of fit needs at least three distinct n, got {m}")
-    if N == m:
-        raise ValueError("lack of fit needs replicates (several seeds at some n): there is no pure error")
     _, b, sse = _line(x, y)
-    sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
     # SSLF = sum_j m_j (ybar_j - a - b x_j)^2 (m_j replicates at x_j), which SSE - SSPE equals
     # exactly: summed directly, on centred x and y, not as that difference, whose cancellation
     # lost every digit where the means lie near the line (SSLF 0 for 7e-17, F 0.00)
@@ -283,8 +293,6 @@ def lack_of_fit(n, error):
     xm, yc = x.mean(), y - y.mean()
     sslf = float(sum(np.sum(x == v) * (yc[x == v].mean() - b * (v - xm)) ** 2 for v in levels))
     df1, df2 = m - 2, N - m
-    if sspe <= _rounding(y):
-        raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
     F = (sslf / df1) / (sspe / df2)
     return {"F": float(F), "df": [df1, df2], "p": float(stats.f.sf(F, df1, df2)), "sse": sse, "sspe": sspe,
             "sslf": sslf}
@@ -356,19 +364,8 @@ def saturating_lack_of_fit(n, error, fit):
         no replicates, or replicates that agree exactly; a fit that is not a dict with finite
         A > 0, b and c >= 0.
     """
-    n, error = _vectors([("n", n), ("error", error)])
-    _positive("n", n)
-    _positive("error", error)
-    x, y = np.log(n), np.log(error)
-    levels = np.unique(x)
+    x, y, levels, sspe = _pure_error(n, error, 4, "the saturating curve's lack of fit")
     m, N = levels.size, x.size
-    if m < 4:
-        raise ValueError(f"the saturating curve's lack of fit needs at least four distinct n, got {m}")
-    if N == m:
-        raise ValueError("lack of fit needs replicates (several seeds at some n): there is no pure error")
-    sspe = float(sum(np.sum((y[x == v] - y[x == v].mean()) ** 2) for v in levels))
-    if sspe <= _rounding(y):
-        raise ValueError("the replicate seeds agree exactly at every n (zero pure error): no lack-of-fit test")
     try:
         A, b, c = (float(fit[k]) for k in ("A", "b", "c"))
     except (TypeError, KeyError, ValueError):  # None, a dict without "c": a TypeError or KeyError
