@@ -985,3 +985,37 @@ def test_the_exponent_after_the_initial_network_takes_the_n_means_where_the_line
     assert lack_of_fit(n, e)["p"] < report.ALPHA_LOF
     assert after["basis"] == "n-means" and after["b_interval"] == means_line(n, e, level=report.LEVEL)["b_interval"]
     assert after["lack_of_fit_p"] == lack_of_fit(n, e)["p"]
+
+
+def test_equal_exponents_are_tested_on_the_n_means_where_a_line_bends(tmp_path):
+    """Welch's test of equal exponents took every d's seed-level standard error, which a bent
+    line's curvature does not enter: where lack of fit rejects a d's line, its exponent's
+    standard error comes from the n-means (means_line, m - 2 df), as its claims' intervals do."""
+    from sgm_ref.experiments.stats import joint_slopes, lack_of_fit, means_line, welch_slopes
+
+    folder = synthetic(tmp_path / "run", {"mixture": {2: 0.8, 8: 0.6, 32: 0.5}})
+    path = os.path.join(folder, "results.jsonl")
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    for r in rows:  # d = 2 bends in log-log
+        if r["d"] == 2:
+            r["score_error"] *= float(np.exp(0.3 * (np.log(r["n"]) - np.log(4000)) ** 2))
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    analysis = report.analyse(report.load_sweep(folder)[0])["families"]["mixture"]
+    claim = analysis["fits"]["network"]["welch_claim"]
+    assert claim["n_means"] == [2]
+
+    def curve(d):
+        pts = [(r["n"], r["score_error"]) for r in rows if r["d"] == d]
+        return np.array([p[0] for p in pts], float), np.array([p[1] for p in pts])
+
+    assert lack_of_fit(*curve(2))["p"] < report.ALPHA_LOF
+    bent = means_line(*curve(2))
+    others = {d: joint_slopes(np.zeros(curve(d)[0].size), *curve(d))["groups"][0] for d in (8, 32)}
+    want = welch_slopes([bent["b"]] + [-others[d]["slope"] for d in (8, 32)],
+                        [bent["b_se"]] + [others[d]["slope_se"] for d in (8, 32)],
+                        [bent["df"]] + [others[d]["dof"] for d in (8, 32)])
+    assert claim["F"] == pytest.approx(want["F"], rel=1e-12) and claim["p"] == pytest.approx(want["p"], rel=1e-9)
+    text = "\n".join(report._conclusions({"mixture": analysis}))
+    assert f"Welch's F({want['df'][0]}, {want['df'][1]:.1f}) = {want['F']:.2f}" in text
+    assert "standard error from the n-means in d = 2, where the line bends" in text

@@ -124,7 +124,8 @@ def _attempt(function, *args, **kwargs):
 def _exponent(slope_fit):
     """The exponent b = -slope and its interval from a joint_slopes group."""
     low, high = slope_fit["slope_interval"]
-    return {"b": -slope_fit["slope"], "b_se": slope_fit["slope_se"], "b_interval": [-high, -low]}
+    return {"b": -slope_fit["slope"], "b_se": slope_fit["slope_se"], "b_interval": [-high, -low],
+            "dof": slope_fit["dof"]}
 
 
 def analyse(rows, grid=None):
@@ -397,6 +398,14 @@ def _analyse_family(rows):
         entry.update(_after_the_initial_network([r for r in rows if r["d"] == d]))
         network[str(d)] = entry
     result["network"] = network
+    # Welch's test of equal exponents on the claims' standard errors: from the n-means where a d's
+    # line bends (the seed-level one takes its curvature for noise), the seeds' elsewhere
+    claims = {d: network[str(d)]["line_claim"] for d in ds if (network[str(d)].get("line_claim") or {}).get("b_se")}
+    bent = [d for d in claims if claims[d]["basis"] == "n-means"]
+    if "network" in fits and bent and len(claims) >= 2:
+        welch, why = _attempt(S.welch_slopes, [claims[d]["b"] for d in claims], [claims[d]["b_se"] for d in claims],
+                              [claims[d]["dof"] for d in claims])
+        fits["network"]["welch_claim"] = None if welch is None else {**welch, "n_means": bent}
     return result
 
 
@@ -407,14 +416,17 @@ def _claim_interval(fit, lack, on_means, n, e):
     if not fit:
         return None
     if not (lack and lack["p"] < ALPHA_LOF):
-        return {"b_interval": fit["b_interval"], "basis": "seeds"}
+        return {"b_interval": fit["b_interval"], "basis": "seeds",
+                **{k: fit[k] for k in ("b", "b_se", "dof") if k in fit}}
     levels = np.unique(n)
     means = np.exp([np.mean(np.log(e[n == v])) for v in levels])
     if on_means is S.means_line:  # (the seeds' own means: the same line and the means' scatter)
         refit, _ = _attempt(S.means_line, n, e, level=LEVEL)
+        extra = {"b": refit["b"], "b_se": refit["b_se"], "dof": refit["df"]} if refit else {}
     else:
         refit, _ = _attempt(on_means, levels, means, level=LEVEL)
-    return {"b_interval": refit["b_interval"], "basis": "n-means"} if refit else None
+        extra = {}
+    return {"b_interval": refit["b_interval"], "basis": "n-means", **extra} if refit else None
 
 
 def _after_the_initial_network(rows):
@@ -949,6 +961,13 @@ def _conclusions(fams, comparisons=()):
             welch = joint["welch"]
             test = (f"Welch's {_welch(joint)}, the test that decides here; with one pooled variance "
                     f"F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}")
+            claimed = fit.get("welch_claim")
+            if claimed:  # some d's lines bend: their exponents' standard errors from the n-means
+                welch = claimed
+                test = (f"Welch's {_welch({'welch': claimed})} on each d's exponent with its standard error "
+                        f"from the n-means in d = {_list(claimed['n_means'])}, where the line bends, the test that "
+                        f"decides here; at seed level throughout {_welch(joint)}, with one pooled variance "
+                        f"F({joint['df'][0]}, {joint['df'][1]}) = {joint['F']:.2f}, {_p(joint['p'])}")
             if welch["p"] < ALPHA:
                 not_shows.append(f"**{family}**: it does not show an exponent independent of d: equal exponents are "
                                  f"rejected at level {ALPHA} ({test}); b ranges from {bs[lo]:.2f} (d = {lo}) to "
@@ -958,7 +977,9 @@ def _conclusions(fams, comparisons=()):
                 # for the two least precise d's, 2.8 of it (z 1.96 + 0.84) is what a two-sided test
                 # at level 0.05 finds with 80% power (2.8 times one exponent's se, as this said, is
                 # 2.8 / sqrt 2 = 1.98 of the difference's se for equal se: found about half the time)
-                ses = sorted((by_d[str(d)]["b_se"] for d in fitted), reverse=True)
+                ses = sorted(((a["network"].get(str(d), {}).get("line_claim") or by_d[str(d)]).get("b_se",
+                                                                                            by_d[str(d)]["b_se"])
+                              for d in fitted), reverse=True)
                 unseen = 2.8 * math.hypot(ses[0], ses[1])
                 equal = (f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
                          f"common exponent {-joint['common_slope']:.2f}")
