@@ -240,14 +240,15 @@ def test_claim_interval_seeds_or_the_means_line(data, p):
     seeds = {"b": 1.0, "b_interval": [0.5, 1.5]}
     out = report._claim_interval(seeds, {"p": p}, S.means_line, n, error)
     if p >= report.ALPHA_LOF:
-        assert out == {"b_interval": [0.5, 1.5], "basis": "seeds"}
+        assert out == {"b": 1.0, "b_interval": [0.5, 1.5], "basis": "seeds"}
         return
     try:
         ref = S.means_line(n, error, level=report.LEVEL)
     except ValueError:
         assert out is None
         return
-    assert out == {"b_interval": ref["b_interval"], "basis": "n-means"}
+    assert out == {"b_interval": ref["b_interval"], "basis": "n-means", "b": ref["b"], "b_se": ref["b_se"],
+                   "dof": ref["df"]}
     assert out["b_interval"][0] <= ref["b"] <= out["b_interval"][1]
     assert report._claim_interval(None, {"p": p}, S.means_line, n, error) is None
 

@@ -680,7 +680,9 @@ def test_claims_use_the_n_means_where_lack_of_fit_rejects_the_curve():
     lof = lack_of_fit(n, bent)
     assert lof["p"] < report.ALPHA_LOF
     claim = report._claim_interval(seeds, lof, means_line, n, bent)
-    assert claim == {"b_interval": means_line(n, bent, level=report.LEVEL)["b_interval"], "basis": "n-means"}
+    line = means_line(n, bent, level=report.LEVEL)
+    assert claim == {"b_interval": line["b_interval"], "basis": "n-means", "b": line["b"], "b_se": line["b_se"],
+                     "dof": line["df"]}
     assert claim["b_interval"][1] - claim["b_interval"][0] > 0.04
     assert report._claim_interval(seeds, {"p": 0.5}, means_line, n, bent) == {**seeds, "basis": "seeds"}
     assert report._claim_interval(None, lof, means_line, n, bent) is None
