@@ -418,12 +418,12 @@ def _claim_interval(fit, lack, on_means, n, e):
     if not (lack and lack["p"] < ALPHA_LOF):
         return {"b_interval": fit["b_interval"], "basis": "seeds",
                 **{k: fit[k] for k in ("b", "b_se", "dof") if k in fit}}
-    levels = np.unique(n)
-    means = np.exp([np.mean(np.log(e[n == v])) for v in levels])
-    if on_means is S.means_line:  # (the seeds' own means: the same line and the means' scatter)
+    if on_means is S.means_line:  # (it takes the seeds and makes their means itself)
         refit, _ = _attempt(S.means_line, n, e, level=LEVEL)
         extra = {"b": refit["b"], "b_se": refit["b_se"], "dof": refit["df"]} if refit else {}
     else:
+        levels = np.unique(n)
+        means = np.exp([np.mean(np.log(e[n == v])) for v in levels])
         refit, _ = _attempt(on_means, levels, means, level=LEVEL)
         extra = {}
     return {"b_interval": refit["b_interval"], "basis": "n-means", **extra} if refit else None
@@ -977,9 +977,11 @@ def _conclusions(fams, comparisons=()):
                 # for the two least precise d's, 2.8 of it (z 1.96 + 0.84) is what a two-sided test
                 # at level 0.05 finds with 80% power (2.8 times one exponent's se, as this said, is
                 # 2.8 / sqrt 2 = 1.98 of the difference's se for equal se: found about half the time)
-                ses = sorted(((a["network"].get(str(d), {}).get("line_claim") or by_d[str(d)]).get("b_se",
-                                                                                            by_d[str(d)]["b_se"])
-                              for d in fitted), reverse=True)
+                def claimed_se(d):  # the claim's (from the n-means where the line bends), else the seeds'
+                    claim = a["network"].get(str(d), {}).get("line_claim") or {}
+                    return claim.get("b_se", by_d[str(d)]["b_se"])
+
+                ses = sorted(map(claimed_se, fitted), reverse=True)
                 unseen = 2.8 * math.hypot(ses[0], ses[1])
                 equal = (f"**{family}**: equal exponents across d are not rejected at level {ALPHA} ({test}); "
                          f"common exponent {-joint['common_slope']:.2f}")
