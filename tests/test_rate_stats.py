@@ -642,6 +642,12 @@ def test_means_line_is_the_least_squares_line_through_the_n_means():
         means_line([1.0, 1, 2, 2], [1.0, 2, 3, 4])
     with pytest.raises(ValueError, match="lie exactly on a line"):
         means_line([1.0, 2, 4, 1, 2, 4], [1.0, 0.5, 0.25, 1, 0.5, 0.25])
+    with pytest.raises(ValueError, match=r"^level must be a number in \(0, 1\), got 1.5$"):
+        means_line(n, error, level=1.5)
+    with pytest.raises(ValueError, match=r"^error must be > 0"):
+        means_line([1.0, 2, 4], [1.0, -0.5, 0.25])
+    with pytest.raises(ValueError, match=r"^n must be an array of real numbers"):
+        means_line(["a", "b", "c"], [1.0, 0.5, 0.25])
 
 
 def test_saturating_lack_of_fit_splits_the_curve_s_residuals_into_pure_error_and_lack_of_fit():
