@@ -22,7 +22,7 @@ import zipfile
 import numpy as np
 
 from ._json import load_json
-from .nn import MLP
+from .nn import MLP, TimeEmbedding
 from .processes import process_from_dict
 from .score_model import ScoreModel
 
@@ -281,7 +281,9 @@ def load(path, use_ema=False):
     ModelFileError (a ValueError)
         Missing, truncated or foreign file (also: an array stored twice, a member that is
         not .npy data, a network setting this version does not know), a newer format
-        version, or parameters that do not fit the architecture in the header.
+        version, or parameters that do not fit the architecture in the header (their count
+        is compared before the network is built, so a header describing a huge network
+        beside a few numbers is refused at once).
     """
     if not isinstance(use_ema, (bool, np.bool_)):  # 'no' was read as True
         raise ValueError(f"use_ema must be True or False, got {use_ema!r}")
@@ -300,6 +302,14 @@ def load(path, use_ema=False):
         if not isinstance(params, np.ndarray):  # numpy hands back a member without the .npy magic as its bytes
             raise ModelFileError(f"{path}: the {key!r} member is not an .npy array (raw bytes); "
                                  "not a file sgm_ref wrote")
+    # the parameter count the header's network implies, compared before the network is built: building it
+    # draws its random initialisation, a header's widths of [40000, 40000] beside 44 stored numbers took
+    # 26 GB at its peak and over a minute (0.8 s and 256 MB at [4000, 4000]), or the process killed for
+    # memory, before the shape was refused below
+    count = _parameter_count(header.get("network"))
+    if count is not None and params.shape != (count,):
+        raise ModelFileError(f"{path}: parameters have shape {params.shape} and dtype {params.dtype}, the architecture "
+                             f"needs ({count},) {header['network']['dtype']}")
     try:
         net = MLP.from_config(header["network"])
         process = process_from_dict(header["process"])
@@ -318,6 +328,24 @@ def load(path, use_ema=False):
         raise ModelFileError(f"{path}: parameters contain non-finite values")
     net.set_params(params)
     return model
+
+
+def _parameter_count(config):
+    """The number of parameters a header's network config describes, sum_l (m_l + 1) m_{l+1} over the
+    sizes (d + time features, *widths, d), without building it; None where the config is not one of plain
+    integers and a known embedding and dtype (MLP.from_config then says what is wrong)."""
+    if not isinstance(config, dict) or not isinstance(config.get("widths"), list) \
+            or config.get("dtype") not in ("float64", "float32") or not isinstance(config.get("time_embedding"), dict):
+        return None
+    d, widths, embedding = config.get("d"), config["widths"], config["time_embedding"]
+    if not all(type(n) is int and n >= 1 for n in [d, *widths]):
+        return None
+    try:
+        dim = TimeEmbedding(**embedding).dim
+    except (TypeError, ValueError):
+        return None
+    sizes = (d + dim, *widths, d)
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
 
 
 def _native(dtype):

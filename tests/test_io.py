@@ -246,6 +246,32 @@ def test_params_of_the_wrong_length_or_dtype(tmp_path):
     assert_model_file_error(tmp_path / "none.npz", "no 'params' array")
 
 
+@pytest.mark.parametrize("use_ema", [False, True])
+def test_a_header_describing_a_huge_network_is_refused_before_it_is_built(use_ema, tmp_path):
+    """Review: load built the header's network (drawing its random initialisation) before it compared
+    the stored parameters with it, so a header's widths of [40000, 40000] beside 44 stored numbers
+    took 26 GB at its peak and over a minute (0.8 s and 256 MB at [4000, 4000]), or the process
+    killed for memory, before the shape was refused. The count the header implies is now compared
+    first: widths of [2000, 2000] (32 MB to build) are refused with the same message without a large
+    allocation (it peaked at 64 MB)."""
+    import tracemalloc
+
+    model = make_model()  # d = 3, 9 fourier features: sizes (12, 2000, 2000, 3) with the widths below
+    count = 13 * 2000 + 2001 * 2000 + 2001 * 3  # sum (fan_in + 1) fan_out = 4,034,003 (MLP.n_params)
+    header = valid_header(model, tmp_path)
+    header["network"]["widths"] = [2000, 2000]
+    header["arrays"] = ["params", "ema"]
+    write_npz(tmp_path / "m.npz", header, params=model.params, ema=model.params)
+    tracemalloc.start()
+    try:
+        assert_model_file_error(tmp_path / "m.npz", f"parameters have shape ({model.network.n_params},) and dtype "
+                                f"float64, the architecture needs ({count},) float64", use_ema=use_ema)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, peak
+
+
 def test_save_refuses_non_finite_params_it_could_not_load(tmp_path):
     model = make_model()
     model.params[4] = np.nan
