@@ -76,8 +76,11 @@ def test_gradient_matches_finite_differences_vp(parameterization, weighting):
 @pytest.mark.parametrize("parameterization", PARAMETERIZATIONS)
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_loss_and_gradient_match_torch(activation, parameterization, weighting, process, torch_ref):
-    """Same parameters, batch, t and z: loss to 1e-12 relative, gradient to 1e-10 of max|grad|
-    (measured: 3e-16 and 9e-16)."""
+    """Same parameters, batch, t and z: loss to 5e-15 relative, gradient to 5e-15 of max|grad|
+    (measured: 3.9e-16 and 6.2e-16; docs/design.md cites this test for "~3e-16" and "~1e-15"). The
+    bounds were 1e-12 and 1e-10, which let through what the stable forms are there to prevent: sigma_t
+    of the loss as sqrt(1 - alpha_t^2), which cancels near t = 0, moved the loss by up to 5.5e-15 and
+    the gradient by 1.1e-14 on VP here (t >= 0.01), and passed."""
     x0, t, z = batch(seed=4, n=64, t_range=(0.01, 1.0))
     for embedding in EMBEDDINGS:
         model = model_for(activation, embedding, parameterization, process)
@@ -86,8 +89,8 @@ def test_loss_and_gradient_match_torch(activation, parameterization, weighting, 
         loss = torch_ref.dsm_loss(model, params, x0, t, z, weighting)
         loss.backward()
         expected = torch_ref.flat([p.grad for p in params])
-        assert abs(value - loss.item()) <= 1e-12 * abs(loss.item()), embedding
-        assert np.abs(grad - expected).max() <= 1e-10 * np.abs(expected).max(), embedding
+        assert abs(value - loss.item()) <= 5e-15 * abs(loss.item()), embedding
+        assert np.abs(grad - expected).max() <= 5e-15 * np.abs(expected).max(), embedding
 
 
 @pytest.mark.parametrize("process", PROCESSES, ids=["OU", "VP"])
