@@ -88,7 +88,8 @@ class ModelScore:
     1. the conversion output -> score is checked to exist at every t (before the model runs);
     2. x is converted once to the model's dtype (`self.dtype`), the time argument formed
        (t, the DDPM timestep N t - 1, or sigma_t) in that dtype (int64 for integer timesteps;
-       an x or time the dtype turns into inf, or a nonzero time it turns into 0, is refused);
+       an x or time the dtype turns into inf, or a time it rounds by more than its precision
+       (to 0, or a float32 subnormal: t = 3e-45 is 2.8e-45), is refused);
     3. the model runs on batches of at most `batch_size` rows, without gradients, and
        each output is checked: an array of the batch's shape, the model's dtype, finite;
     4. score = A(t) x + B(t) value (sgm_ref.conventions) is formed in float64 from the
@@ -158,7 +159,7 @@ class ModelScore:
             Bad x or t; a conversion undefined at t (e.g. eps -> score where sigma_t = 0);
             a timestep out of range or not an integer; x or the time argument beyond the
             range of the model's dtype (a float32 model would see inf, or 0 for a t of
-            1e-50); a model output of the wrong type,
+            1e-50, or 2.8e-45 for 3e-45); a model output of the wrong type,
             shape or dtype or with non-finite entries (naming the model); for a JAX model,
             x or t a JAX tracer, or dtype float64 while jax_enable_x64 is off at the call.
         ModelError
@@ -191,8 +192,11 @@ class ModelScore:
             wide = arg
             with np.errstate(over="ignore", under="ignore"):
                 arg = arg.astype(self.dtype)
-            lost = ~np.isfinite(arg) | ((arg == 0) & (wide != 0))
-            if np.any(lost):  # the model would see inf or 0 for a time it is not at
+                # inf, 0 for a nonzero time, or a subnormal that keeps fewer digits than the dtype's
+                # precision (float32 t = 3e-45 is 2.8e-45: 6.6% off, which the conversion at t would not see)
+                lost = ~np.isfinite(arg) | (np.abs(arg.astype(np.float64) - wide)
+                                            > float(np.finfo(self.dtype).eps) * np.abs(wide))
+            if np.any(lost):  # the model would see inf, 0 or another time for a time it is not at
                 i = int(np.argmax(lost))
                 raise ValueError(f"the time argument {self.time} = {float(wide[i])!r} (row {i}) is beyond the range of "
                                  f"{self.dtype.name}, the dtype of {self.framework} model {self.name!r} (it would see "
@@ -596,7 +600,8 @@ def convert_score(score, from_process, to_process):
     ------
     ValueError (when called)
         t out of to_process's range or with no counterpart in from_process; c x beyond
-        the range of x's dtype; score returning a non-finite value; c times the score
+        the range of x's dtype; score returning a non-finite value, or an array that is
+        not real floating-point (an integer score came back truncated); c times the score
         beyond the range of its dtype (naming the row, never a NaN or inf returned).
     """
     from_process = check_process(from_process, "from_process", variance_preserving=False)
@@ -628,6 +633,9 @@ def convert_score(score, from_process, to_process):
         s = score(xs, u)
         if not isinstance(s, np.ndarray) or s.shape != x.shape:
             raise ValueError(f"score returned {type(s).__name__} of shape {np.shape(s)}; expected an ndarray {x.shape}")
+        if s.dtype.kind != "f":  # c times an integer score went back to integers (truncated), a complex one stayed so
+            raise ValueError(f"score returned dtype {s.dtype}; a score is real: return a floating-point array "
+                             f"(e.g. of x's dtype, {x.dtype})")
         refuse_nonfinite(s, "score returned a non-finite value", "a score of finite points is finite")
         with np.errstate(over="ignore", invalid="ignore"):
             out = (c * s).astype(s.dtype)
@@ -758,12 +766,23 @@ class OracleModel:
         the x0 with the smaller rounding, eps (|x| + sigma^2 |score|) / alpha or
         eps (max |mu_k| + |x0|) (Tweedie keeps x0 = x to its last digit as sigma -> 0, where
         the posterior mean holds only |mu|'s), and v, velocity = A eps + B x0
-        (conventions' minors, eps = -sigma score)."""
+        (conventions' minors, eps = -sigma score).
+
+        Where the conversion from the score is refused because a coefficient is beyond
+        float64 though the value is not (score -> v multiplies by -sigma (1 + sigma^2),
+        beyond float64 for EDM's sigma > 5.6e102; score -> x0 by sigma^2, beyond 1.3e154),
+        the posterior mean's value is returned if it holds on every row; else the refusal."""
         score = self.score(x, t)
-        tweedie = convert(score, x, t, self.process, "score", self.output)  # its refusals too
         means = getattr(self.target, "means", None)
-        if self.output not in ("x0", "v", "velocity") or means is None \
-                or not callable(getattr(self.target, "_posterior_mean", None)):
+        posterior = self.output in ("x0", "v", "velocity") and means is not None \
+            and callable(getattr(self.target, "_posterior_mean", None))
+        try:
+            tweedie, refusal = convert(score, x, t, self.process, "score", self.output), None  # its refusals too
+        except ValueError as e:  # a coefficient beyond float64: the posterior mean may hold the value
+            if not posterior:
+                raise
+            tweedie, refusal = None, e
+        if not posterior:
             return tweedie
         alpha, sigma = self.process._alpha(t), self.process._sigma(t)
         try:  # under OU: E[x0 | x_P = x] = E[x0 | x_OU = c x]. Unlike the score, not under P itself:
@@ -775,7 +794,9 @@ class OracleModel:
             else:
                 u, c = convert_time(t, self.process, OU())
                 x0 = self.target._posterior_mean(np.asarray(c)[:, None] * x, u, OU())
-        except ValueError:  # a point beyond the mixture's reach: Tweedie's value stands
+        except ValueError:  # a point beyond the mixture's reach: Tweedie's value (or refusal) stands
+            if refusal is not None:
+                raise refusal from None
             return tweedie
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             t_bound = (np.abs(x).max(axis=1) + sigma**2 * np.abs(score).max(axis=1)) / alpha
@@ -785,6 +806,10 @@ class OracleModel:
                 D = _minors(self.process, t)
                 x0 = -D[(self.output, "x0")][:, None] * eps - D[("eps", self.output)][:, None] * x0
             better = (p_bound < t_bound) & np.all(np.isfinite(x0), axis=1)
+        if refusal is not None:  # no Tweedie value to fall back on
+            if not np.all(better):
+                raise refusal
+            return x0
         return np.where(better[:, None], x0, tweedie)
 
     def _sigma_frame(self):
@@ -886,8 +911,9 @@ def to_torch(target, process, output=None, signature="denoiser", *, fractional=F
     at sigma_t of the VE time of sigma, which comes back ~13 ulps off it. x0, v and
     velocity of a target with an exact posterior mean (GaussianMixture, ProductMixture)
     are taken from that posterior mean where it is the better of the two, which does not
-    lose the digits Tweedie's formula cancels where alpha_t is small or sigma large
-    (OracleModel._value).
+    lose the digits Tweedie's formula cancels where alpha_t is small or sigma large, and
+    holds x0 and v where Tweedie's coefficient is beyond float64 (EDM's sigma above 1.3e154
+    and 5.6e102; OracleModel._value).
 
     Parameters
     ----------

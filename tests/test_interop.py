@@ -491,6 +491,42 @@ def test_oracle_x0_at_extreme_sigmas_takes_the_better_of_tweedie_and_the_posteri
         np.testing.assert_allclose(D(x, torch.tensor(sigma, dtype=torch.float64)).numpy(), want, rtol=4 * EPS, atol=0)
 
 
+@pytest.mark.parametrize("process", [EDM(), VE(0.01, 1e200)], ids=repr)
+def test_the_oracle_s_x0_and_v_where_their_coefficient_from_the_score_overflows(torch, process):
+    """score -> v multiplies the score by -sigma (1 + sigma^2) and score -> x0 by sigma^2, beyond
+    float64 for sigma > 5.6e102 and 1.3e154, where v ~ -sigma x0 and x0 ~ the mean are finite:
+    the oracle refused them ("converting score to v is not defined there or overflows float64"),
+    though the posterior mean it takes for x0 and v where Tweedie cancels holds them. Now that
+    value, against a 40-digit closed form for N(mu, diag var): a few ulps. A target without a
+    posterior mean is refused as before."""
+    mp = pytest.importorskip("mpmath")
+    mu, var = np.array([0.7, -1.2]), np.array([0.4, 1.7])
+    target = GaussianMixture([1.0], [mu], [var])
+    rng = np.random.default_rng(27)
+    for output in ("x0", "v"):
+        model = to_torch(target, process, output)
+        for sigma in (1e103, 1e150, 1e160, 1e200):
+            x = sigma * rng.standard_normal((3, 2))
+            got = model(torch.from_numpy(x), torch.tensor(sigma, dtype=torch.float64)).numpy()
+            with mp.workdps(40):
+                s = mp.mpf(sigma)
+                for row, xr in zip(got, x):
+                    x0 = [mp.mpf(m) + mp.mpf(v) * (mp.mpf(xj) - mp.mpf(m)) / (mp.mpf(v) + s * s)
+                          for xj, m, v in zip(xr.tolist(), mu.tolist(), var.tolist())]
+                    want = np.array([float(u if output == "x0" else (mp.mpf(xj) - u) / s - s * u)
+                                     for u, xj in zip(x0, xr.tolist())])
+                    assert np.max(np.abs(row - want)) <= 4 * EPS * np.max(np.abs(want)), (output, sigma, row, want)
+
+    class ScoreOnly:  # an exact score, but no posterior mean to take x0 from
+        dim = 2
+
+        def score(self, x, t, process):
+            return target.score(x, t, process)
+
+    with pytest.raises(ValueError, match=r"^t = 1e\+150: converting score to v is not defined there or overflows"):
+        to_torch(ScoreOnly(), EDM(), "v")(torch.ones(2, 2, dtype=torch.float64), 1e150)
+
+
 @pytest.mark.parametrize("output", ["score", "eps"])
 def test_the_edm_oracle_keeps_its_digits_at_small_sigma(torch, output):
     """to_torch(EDM()) took the score through OU, c score_OU(c x, u): rounding c x cost the
@@ -696,6 +732,27 @@ def test_convert_score_names_what_is_not_finite_instead_of_returning_it():
         convert_score(lambda x, t: np.full_like(x, 1e307), EDM(), OU())(np.ones((1, 1)), 3.0)
     # no rows: the score's own empty answer (convert_time refused the empty times, naming t's shape)
     assert convert_score(edm_score, EDM(), OU())(np.ones((0, 2), np.float32), 1.0).shape == (0, 2)
+
+
+def test_convert_score_refuses_a_score_that_is_not_real_floating_point():
+    """convert_score returns c score(c x, u) in the dtype score returns: an integer score came
+    back as c times it truncated to integers ([[-21], [-8]] for c score = [[-21.75], [-8.15]] at
+    OU's t = 1, c = e), a complex one as complex, without a word. A ValueError naming the dtype;
+    a float32 or float64 score is converted as before (against mpmath's e^2 (-x) here)."""
+    import mpmath
+
+    x = np.array([[3.0], [1.0]])
+    for dtype in (np.int64, np.bool_, np.complex128):
+        s = convert_score(lambda x, t: np.round(-x).astype(dtype), EDM(), OU())
+        with pytest.raises(ValueError, match=rf"^score returned dtype {np.dtype(dtype)}; a score is real: return a "
+                                             r"floating-point array \(e\.g\. of x's dtype, float64\)$"):
+            s(x, 1.0)
+    with mpmath.workdps(30):  # OU's t = 1 is EDM's sigma = sqrt(e^2 - 1), x_EDM = e x: c^2 = e^2
+        want = np.array([[float(-mpmath.e**2 * v)] for v in (3, 1)])
+    for dtype in (np.float32, np.float64):
+        got = convert_score(lambda x, t: -x.astype(dtype), EDM(), OU())(x, 1.0)
+        assert got.dtype == dtype
+        np.testing.assert_allclose(got, want, rtol=4 * np.finfo(dtype).eps, atol=0)
 
 
 # -- JAX ---------------------------------------------------------------------------------
@@ -1292,6 +1349,43 @@ def test_a_time_or_x_beyond_a_float32_model_s_range_is_refused(torch):
         with mpmath.workdps(30):
             want = float(-1 / mpmath.sqrt(-mpmath.expm1(-2 * mpmath.mpf(t))))
         assert np.array_equal(s(x, t), np.full((2, 2), np.float32(want)))
+
+
+def test_a_float32_model_s_score_is_formed_from_the_points_it_saw(torch):
+    """score = A x + B value is formed from x as the model saw it (rounded to its dtype): a
+    float32 denoiser returning its input (x0 = x, no noise left: score 0) gives the score 0
+    exactly for float64 x, not (x32 - x) / sigma^2 (up to 3e-4 |x| at sigma = 1e-2). No test had
+    a float32 model, float64 x and an output whose conversion reads x: forming the score from
+    the float64 x passed every test."""
+    s = from_torch(lambda x, sigma: x.clone(), EDM(), "x0", time="sigma", dtype="float32", cast_output=True)
+    x = np.random.default_rng(28).standard_normal((50, 3))
+    assert np.all(x.astype(np.float32) != x)
+    out = s(x, 1e-2)
+    assert out.dtype == np.float64 and np.array_equal(out, np.zeros_like(x))
+
+
+def test_a_float32_time_held_to_fewer_digits_than_float32_s_precision_is_refused(torch):
+    """A float32 model's time argument t = 3e-45 is the subnormal 2.8e-45 (1e-44: 9.8e-45): the
+    model ran at a time 6.6% (1.9%) off the t its eps was then converted at, and the exact eps
+    of N(0, I) under OU (sigma x at the time the model saw) gave the score -0.9665 x for -x,
+    without a word; only a time rounded to 0 was refused. Now any time float32 holds to less
+    than its precision is refused likewise, naming what the model would see; float32's normal
+    range (down to 1.2e-38) gives -x to float32's rounding, as before."""
+    import re
+
+    def eps_model(x, t):
+        return (torch.sqrt(-torch.expm1(-2 * t.double()))[:, None] * x.double()).float()
+
+    s = from_torch(eps_model, OU(), "eps", time="t", dtype="float32", cast_output=True)
+    x = np.ones((2, 1))
+    for t in (3e-45, 1e-44, 1e-40):
+        seen = re.escape(repr(float(np.float32(t))))
+        with pytest.raises(ValueError, match=rf"^the time argument t = {t!r} \(row 0\) is beyond the range of "
+                                             rf"float32, .*\(it would see {seen}\); use a time float32 holds, or "
+                                             r"dtype=float64$"):
+            s(x, t)
+    for t in (2e-38, 1e-30, 0.5):
+        np.testing.assert_allclose(s(x, t), -x, rtol=2.0**-23, atol=0)
 
 
 def test_a_device_torch_cannot_use_and_a_non_bool_cast_output_are_refused_when_built(torch, jax):
