@@ -410,3 +410,31 @@ def test_no_rows_with_a_per_row_t_convert_to_no_rows(process):
             assert out.shape == (0, 3) and out.dtype == dtype
     with pytest.raises(ValueError, match=r"one value per row, shape \(0,\)"):  # t is still checked against n
         convert(np.zeros((0, 3)), np.zeros((0, 3)), np.ones(2) / 2, process)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # diffusers' own imports
+def test_flow_matching_is_the_frame_of_diffusers_flow_match_euler():
+    """FlowMatching's x_t = (1 - t) x0 + t z is diffusers' FlowMatchEulerDiscreteScheduler's
+    scale_noise at sigma = t, and its velocity (here converted from eps = z) is the model output
+    that scheduler steps with, d x_t / dt = z - x0: each of its Euler steps from x_t lands on x_s
+    of the same (x0, z), to float32's rounding (the scheduler steps in float32). A sign or frame
+    error (x0 - z, alpha and sigma swapped, the velocity of x0 - z) lands O(1) away. No test held
+    FlowMatching against the installed peer. (sigma = 1, its first timestep, is t = 1, outside
+    FlowMatching's range: the steps from the second on.)"""
+    from _peers import peer
+
+    torch, diffusers = peer("torch"), peer("diffusers")
+    stepper, noiser = (diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000) for _ in range(2))
+    stepper.set_timesteps(10)
+    noiser.set_timesteps(10)
+    x0, z = np.random.default_rng(29).standard_normal((2, 6, 3))
+    fm = FlowMatching()
+    for k in range(1, 10):
+        timestep, t, s = stepper.timesteps[k], float(stepper.sigmas[k]), float(stepper.sigmas[k + 1])
+        alpha, sigma = fm.marginal(t)
+        xt = noiser.scale_noise(torch.from_numpy(x0), timestep[None], torch.from_numpy(z)).numpy()
+        np.testing.assert_allclose(xt, alpha * x0 + sigma * z, rtol=4 * EPS, atol=4 * EPS)
+        velocity = convert(z, xt, t, fm, "eps", "velocity")
+        np.testing.assert_allclose(velocity, z - x0, rtol=0, atol=64 * EPS)
+        out = stepper.step(torch.from_numpy(velocity), timestep, torch.from_numpy(xt)).prev_sample.numpy()
+        np.testing.assert_allclose(out, (1 - s) * x0 + s * z, rtol=0, atol=8 * 2.0**-24 * np.abs(xt).max())
