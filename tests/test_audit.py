@@ -155,6 +155,20 @@ def test_non_gaussian_target_gets_sample_distances_only():
     assert np.isfinite(v) and se > 0
 
 
+def test_text_says_the_sliced_wasserstein_error_is_over_the_projections_only():
+    """In d = 1 every projection is +-1, so the sliced Wasserstein's standard error (over the
+    directions, x and y held fixed) is 0 up to rounding: a DISCREPANCY's text read
+    "sliced_wasserstein: peer_vs_replay ... ± 1e-24; peer_vs_target 0.189 ± 1e-18" for samples
+    of 50, unlabelled, where sample_report says "(± over the random projections only)" (a review)."""
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z, off_by_one=True), "euler_maruyama")
+    assert not res.matches
+    (line,) = [line for line in res.text().splitlines() if "sliced_wasserstein" in line]
+    assert line.startswith("  sliced_wasserstein (± over the random projections only): peer_vs_replay ")
+    assert res.samples["sliced_wasserstein"]["peer_vs_target"][1] < 1e-12  # d = 1: what the label explains
+    (line,) = [line for line in res.text().splitlines() if "mmd2" in line]
+    assert line.startswith("  mmd2: peer_vs_replay ")  # its standard error covers the samples: no label
+
+
 def _gaussian_mmd2_1d(law_a, law_b, h):
     """Closed-form MMD^2 of two 1-D Gaussian laws (mean, cov) under exp(-D^2 / (2 h^2)), from
     E k = h / sqrt(h^2 + s2) exp(-mu^2 / (2 (h^2 + s2))) over D ~ N(mu, s2) (checked against
@@ -228,6 +242,49 @@ def test_given_noise_is_what_both_sides_use():
     assert res.matches
     with pytest.raises(ValueError, match="draw 9 was asked"):
         _compare(textbook_em, "euler_maruyama", noise=noise[:9])
+
+
+def test_given_noise_of_another_kind_is_refused_not_cast():
+    """noise was read by np.asarray(noise, dtype=float64): a complex array lost its imaginary part
+    under a ComplexWarning, strings were parsed, a bool array became draws of 0 and 1 and a masked
+    array the numbers under its mask, each compared as if given; a NaN draw read "must be a finite
+    array of shape (n_draws, 200, 1), got shape (10, 200, 1)" (a review)."""
+    import warnings
+
+    noise = np.random.default_rng(3).standard_normal((10, 200, 1))
+    nan = noise.copy()
+    nan[4, 7, 0] = np.nan
+    cases = [(noise + 0j, "got dtype complex128"), (noise.astype(str), "got dtype <U"), (noise > 0, "got dtype bool"),
+             (np.ma.masked_array(noise, mask=noise > 2), "noise is a masked array"),
+             (nan, r"^noise contains non-finite values \(NaN or inf\)$")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a ComplexWarning is no answer
+        for bad, match in cases:
+            with pytest.raises(ValueError, match=match):
+                _compare(textbook_em, "euler_maruyama", noise=bad)
+    # real numbers of any float or integer dtype are still read as float64
+    assert _compare(textbook_em, "euler_maruyama", noise=noise.astype(np.float32)).matches
+
+
+def test_a_peer_in_extended_precision_is_held_to_float64s_rounding_not_below():
+    """The default allowance was 64 eps of the peer's output dtype: a correct Euler–Maruyama loop
+    in longdouble (x87 80-bit) returning longdouble was held to 6.9e-18 per step, below the float64
+    replay's own rounding, and reported as a DISCREPANCY at step 0 (deviation 2.2e-16; a review)."""
+    def em_longdouble(score, grid, x, noises):
+        y, path = x.astype(np.longdouble), [x.astype(np.longdouble)]
+        for k in range(grid.size - 1):
+            t, h = grid[k], np.longdouble(grid[k]) - np.longdouble(grid[k + 1])
+            f, g2 = np.longdouble(VP_.f(t)), np.longdouble(VP_.g2(t))
+            s = score(y.astype(np.float64), np.full(len(y), t)).astype(np.longdouble)
+            y = y - h * (f * y - g2 * s) + np.sqrt(g2 * h) * noises(k).astype(np.longdouble)
+            path.append(y)
+        return np.stack(path)
+
+    res = _compare(em_longdouble, "euler_maruyama")
+    assert res.rtol == 64 * np.finfo(np.float64).eps
+    assert res.matches and res.max_deviation < 1e-14, res.text()  # 3.2e-16 with x87 longdouble
+    # a planted bug still shows
+    assert not _compare(lambda s, g, x, z: em_longdouble(s, g, x, z) * np.longdouble(1 + 1e-12), "euler_maruyama").matches
 
 
 def test_bad_input_raises():
