@@ -682,17 +682,17 @@ def test_prior_log_prob_where_sigma_T_squared_leaves_float64():
     # (since process.sigma2 raises rather than returns inf) or saying "no Gaussian prior".
     # Checked against 50-digit mpmath
     mpmath = pytest.importorskip("mpmath")
-    mpmath.mp.dps = 50
-    process = EDM(t_max=1e300)
-    for T in (1e200, 1e-170):
-        y = np.array([[0.3, -1.0], [0.0, 0.1], [2.5, 1.7]]) * T
-        got = prior_log_prob(process, y, T)
-        s = mpmath.mpf(T)
-        want = [float(-mpmath.log(2 * mpmath.pi * s * s) - (mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) / (2 * s * s))
-                for a, b in y]
-        np.testing.assert_allclose(got, want, rtol=4e-16, atol=0)
-    with pytest.raises(ValueError, match="T = 0.0 gives sigma_T = 0"):
-        prior_log_prob(EDM(), np.zeros((1, 2)), 0.0)
+    with mpmath.workdps(50):  # not mp.dps = 50, which stayed set for every later test
+        process = EDM(t_max=1e300)
+        for T in (1e200, 1e-170):
+            y = np.array([[0.3, -1.0], [0.0, 0.1], [2.5, 1.7]]) * T
+            got = prior_log_prob(process, y, T)
+            s = mpmath.mpf(T)
+            want = [float(-mpmath.log(2 * mpmath.pi * s * s) - (mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) / (2 * s * s))
+                    for a, b in y]
+            np.testing.assert_allclose(got, want, rtol=4e-16, atol=0)
+        with pytest.raises(ValueError, match="T = 0.0 gives sigma_T = 0"):
+            prior_log_prob(EDM(), np.zeros((1, 2)), 0.0)
 
 
 def test_prior_log_prob_refuses_a_row_whose_quadratic_form_overflows_where_sigma_T_is_below_1():
@@ -702,22 +702,23 @@ def test_prior_log_prob_refuses_a_row_whose_quadratic_form_overflows_where_sigma
     import warnings
 
     mpmath = pytest.importorskip("mpmath")
-    mpmath.mp.dps = 50
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        for process, T, far in ((VE(), 0.0, 1e153), (EDM(), 1e-110, 1e100), (EDM(), 0.01, 1e153)):
-            with pytest.raises(ValueError, match=r"y has a row too far out for sigma_T = .*overflows float64; "
-                                                 r"rescale y"):
-                prior_log_prob(process, np.array([[0.5, 0.0], [far, 0.0]]), T)
-        ring = GaussianMixture.ring()
-        with pytest.raises(ValueError, match=r"the prior's log-density at the ODE's endpoint x_T overflows float64"):
-            log_prob(ring, EDM(), np.array([[1e153, 0.0]]), 0.0, 0.01, solver="heun", n_steps=20)
-        for process, T, y in ((VE(), 0.0, np.array([[1.3e152, -2.0], [3.0, 0.5]])),
-                              (EDM(), 1e-110, np.array([[1e-100, 0.0], [7e-111, 3e-108]]))):
-            s = mpmath.mpf(float(process.sigma(T)))
-            want = [float(-mpmath.log(2 * mpmath.pi * s * s) - (mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) / (2 * s * s))
-                    for a, b in y]
-            np.testing.assert_allclose(prior_log_prob(process, y, T), want, rtol=4e-16, atol=0)
+    with mpmath.workdps(50):  # not mp.dps = 50, which stayed set for every later test
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            for process, T, far in ((VE(), 0.0, 1e153), (EDM(), 1e-110, 1e100), (EDM(), 0.01, 1e153)):
+                with pytest.raises(ValueError, match=r"y has a row too far out for sigma_T = .*overflows float64; "
+                                                     r"rescale y"):
+                    prior_log_prob(process, np.array([[0.5, 0.0], [far, 0.0]]), T)
+            ring = GaussianMixture.ring()
+            with pytest.raises(ValueError,
+                               match=r"the prior's log-density at the ODE's endpoint x_T overflows float64"):
+                log_prob(ring, EDM(), np.array([[1e153, 0.0]]), 0.0, 0.01, solver="heun", n_steps=20)
+            for process, T, y in ((VE(), 0.0, np.array([[1.3e152, -2.0], [3.0, 0.5]])),
+                                  (EDM(), 1e-110, np.array([[1e-100, 0.0], [7e-111, 3e-108]]))):
+                s = mpmath.mpf(float(process.sigma(T)))
+                want = [float(-mpmath.log(2 * mpmath.pi * s * s)
+                              - (mpmath.mpf(a) ** 2 + mpmath.mpf(b) ** 2) / (2 * s * s)) for a, b in y]
+                np.testing.assert_allclose(prior_log_prob(process, y, T), want, rtol=4e-16, atol=0)
 
 
 def test_a_divergence_jvp_or_prior_of_complex_strings_or_bools_is_refused_not_cast():
@@ -767,21 +768,23 @@ def test_divergence_and_jvp_messages_say_which_dtypes_are_accepted_and_what_is_w
     hutch = dict(divergence="hutchinson", rng=np.random.default_rng(0))
     accepted = r"real numbers \(any float or integer dtype, read as float64\)"
     cases = [
-        (dict(divergence=lambda y, t: div(y, t) + 0j), rf"^the divergence must be 3 {accepted}, got dtype complex128$"),
+        (dict(divergence=lambda y, t: div(y, t) + 0j),
+         rf"^the divergence must be 3 {accepted}, got dtype complex128 at t = 0.1$"),
         (dict(jvp=lambda y, t, V: -V + 0j, **hutch), rf"^jvp must return {accepted} of the tangents' shape"),
         (dict(jvp=lambda y, t, V: np.full_like(V, np.nan), **hutch),
-         r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got a non-finite entry$"),
+         r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got a non-finite entry \(point 0\) "
+         r"at t = 0.1$"),
         (dict(jvp=lambda y, t, V: V[:, :, :1], **hutch),
-         r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got shape \(3, 1, 1\)$"),
+         r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got shape \(3, 1, 1\) at t = 0.1$"),
     ]
     if np.finfo(np.longdouble).max > np.finfo(np.float64).max:  # x87 / quad longdouble
         big = np.longdouble(np.finfo(np.float64).max) * 4
         cases += [(dict(divergence=lambda y, t: np.full(len(y), big)),
                    r"^the divergence must be 3 finite numbers, got shape \(3,\) with an entry beyond float64's range "
-                   r"\(dtype float128\)$"),
+                   r"\(dtype float128\) at t = 0.1$"),
                   (dict(jvp=lambda y, t, V: np.full(V.shape, big), **hutch),
                    r"^jvp must return finite values of the tangents' shape \(3, 1, 2\), got an entry beyond "
-                   r"float64's range \(dtype float128\)$")]
+                   r"float64's range \(dtype float128\) at t = 0.1$")]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a RuntimeWarning from the cast is not an answer
         for kw, match in cases:
@@ -917,3 +920,71 @@ def test_log_prob_of_a_float32_score_model_rounds_each_state_and_names_one_beyon
             with pytest.raises(ValueError, match=r"x_t reaches \|x_t\| = 1e\+39 at t = 0\.01 .*beyond the largest "
                                                  r"float32, 3\.4e\+38, .*rescale x, or use a float64 model"):
                 log_prob(model, OU(), np.array([[1e39, 0.0]]), 0.01, 2.0, solver="heun", n_steps=2, **kw)
+
+
+def test_a_callables_bad_output_is_named_with_its_time_and_row():
+    """What a score, divergence or jvp callable returned was refused without saying when: "score
+    returned non-finite values" for a score that fails only late in the ODE, the same for one
+    finite at x_t that fails only at Hutchinson's shifted points x_t +- h eps, and "the divergence
+    must be 3 finite numbers, got shape (3,) with a non-finite entry" naming neither the time nor
+    the row (a review). Heun's stages on linspace(0.1, 3, 5) are at 0.1, 0.825, 1.55, ... (each
+    64 ulps inside its step)."""
+    ring = GaussianMixture.ring()
+    x = ring.sample(3, np.random.default_rng(0))
+    heun = dict(solver="heun", n_steps=4)
+    exact_div = lambda y, t: ring.divergence(y, t, OU())  # noqa: E731
+
+    def late(value, row=1):  # value(y, t) with row `row` NaN from t = 1 on
+        def fn(y, t, *rest):
+            out = np.array(value(y, t, *rest), dtype=np.float64)
+            if t[0] > 1.0:
+                out[row] = np.nan
+            return out
+        return fn
+
+    score = lambda y, t: ring.score(y, t, OU())  # noqa: E731
+    with pytest.raises(ValueError, match=r"^score returned non-finite values at t = 1\.55$"):
+        log_prob(late(score), OU(), x, 0.1, 3.0, divergence=exact_div, **heun)
+    with pytest.raises(ValueError, match=r"^the divergence must be 3 finite numbers, got shape \(3,\) with a "
+                                         r"non-finite entry \(row 2\) at t = 1\.55$"):
+        log_prob(score, OU(), x, 0.1, 3.0, divergence=late(exact_div, row=2), **heun)
+    with pytest.raises(ValueError, match=r"^jvp must return finite values of the tangents' shape \(3, 2, 2\), got a "
+                                         r"non-finite entry \(point 1\) at t = 1\.55$"):
+        log_prob(score, OU(), x, 0.1, 3.0, divergence="hutchinson", n_probes=2, rng=np.random.default_rng(0),
+                 jvp=late(lambda y, t, V: -V), **heun)
+
+    def only_at_the_points(y, t):  # finite at the ODE's own 3 points, not at the 6 shifted ones
+        return score(y, t) if len(y) == 3 else np.full(y.shape, np.nan)
+
+    with pytest.raises(ValueError, match=r"^score returned non-finite values at t = 0\.1 at the finite-difference "
+                                         r"points x_t \+- h eps of Hutchinson's J eps$"):
+        log_prob(only_at_the_points, OU(), x, 0.1, 3.0, divergence="hutchinson", n_probes=2,
+                 rng=np.random.default_rng(0), **heun)
+
+
+def test_the_finite_difference_step_is_absolute_and_biased_where_the_score_turns_over():
+    """The figures of the module docstring and docs/likelihood.md on the finite-difference J eps
+    (h = 1e-5 (1 + max |x|), Rademacher probes in d = 1: the divergence itself, se = 0): modes
+    +-1 of width 0.01 under VP are 5.5 nats off at x = 0 (log p = -4996), where the posterior
+    turns over a width of 10 h; and h is absolute, so the same kind of mixture at scale 1e-6
+    is off everywhere, by 0.23 nats at a mode, while at scale 1 it is 1e-10 (a review)."""
+    mix = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[[1e-4]], [[1e-4]]])
+    x = np.array([[0.0], [0.995], [-1.01]])
+    exact = log_prob(mix, VP(), x, 0.0, 1.0)
+    fd = log_prob(lambda y, t: mix.score(y, t, VP()), VP(), x, 0.0, 1.0, divergence="hutchinson",
+                  rng=np.random.default_rng(0))
+    assert np.all(fd.se == 0.0) and exact.log_q[0] == pytest.approx(-4996.4, abs=0.05)
+    assert fd.log_q[0] - exact.log_q[0] == pytest.approx(5.54, abs=0.01)
+    off = {}
+    for scale in (1.0, 1e-6):
+        mix = GaussianMixture([0.3, 0.7], [[-scale], [scale]], [[[(0.1 * scale) ** 2]], [[(0.2 * scale) ** 2]]])
+        t0, T = 1e-3 * scale, 80.0
+        x = np.array([[-scale], [0.0], [1.1 * scale]])
+        kw = dict(solver="heun", grid=np.geomspace(t0, T, 40))
+        exact = log_prob(mix, EDM(), x, t0, T, **kw)
+        fd = log_prob(lambda y, t: mix.score(y, t, EDM()), EDM(), x, t0, T, divergence="hutchinson",  # noqa: B023
+                      rng=np.random.default_rng(0), **kw)
+        assert np.all(fd.se == 0.0)
+        off[scale] = np.abs(fd.log_q - exact.log_q)
+    assert np.all(off[1.0] < 3e-8), off[1.0]
+    np.testing.assert_allclose(off[1e-6], [0.23, 4.97, 0.011], rtol=0.05)
