@@ -56,7 +56,9 @@ def test_float32_floor_is_float32_rounding():
     report = _report(lambda x, t: RING.score(x.astype(np.float64), t, PROCESS).astype(np.float32), True,
                      dtype=np.float32, n_steps=20)
     relative = np.array(report["floor"]["score_error"]["relative"])
-    assert np.all(relative < 1e-10), relative  # (2^-24)^2 scale: rounding only
+    # (2^-24)^2 scale: rounding only, and present (1.4e-15 to 2.1e-14 at seed 7): a floor measured in
+    # float64, exactly 0, passed "< 1e-10" too (a review)
+    assert np.all((relative > 1e-16) & (relative < 1e-12)), relative
 
 
 def test_tolerance_spec_and_verdict():
