@@ -317,7 +317,7 @@ def build_parser():
                    help="an option of the replay (VALUE read as JSON, else as text), e.g. step_size=0.1; repeatable")
     p.add_argument("--n", type=_integer, default=1000, help="start points (default %(default)s)")
     p.add_argument("--rtol", type=float, help="rounding threshold of the relative deviation "
-                                              "(default 64 eps of the sampler's output dtype)")
+                                              "(default 64 eps of the sampler's output dtype, float64's at the least)")
     p.add_argument("--seed", type=int, default=0, help="seed of the start points and noise (default %(default)s)")
     p.add_argument("--json", metavar="PATH",
                    help="also write the report as JSON to PATH (checked writable first); a non-finite number is "

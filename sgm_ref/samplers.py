@@ -41,8 +41,9 @@ theorem; Heun's method on the ODE is Karras et al. (2022), Algorithm 1 (there in
 Starts: a variance-preserving process starts from N(0, I) (process.prior), any other from
 N(0, sigma_T^2 I) (score_sde's VE prior, k-diffusion's sigma_max N(0, I); for FlowMatching
 at t_max = 1 - 1e-5 this is N(0, t_max^2 I)): start_variance(process, T). It differs from
-p_T = N(alpha_T m, alpha_T^2 S + sigma_T^2 I) by the alpha_T^2 S term: choose T with
-alpha_T^2 Var(p_0) << sigma_T^2.
+p_T (for a Gaussian p_0 = N(m, S): N(alpha_T m, alpha_T^2 S + sigma_T^2 I)) by the alpha_T m
+and alpha_T^2 S terms: choose T with alpha_T^2 E|x_0|^2 << sigma_T^2 (a target far from the
+origin needs it even where its variance is small).
 
 The probability-flow ODE on a process that is not variance-preserving runs the replay
 sgm_ref.replays.karras_heun (Heun on the same ODE, written in sigma-hat = sigma / alpha and

@@ -77,7 +77,7 @@ def test_gradient_matches_finite_differences_vp(parameterization, weighting):
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_loss_and_gradient_match_torch(activation, parameterization, weighting, process, torch_ref):
     """Same parameters, batch, t and z: loss to 5e-15 relative, gradient to 5e-15 of max|grad|
-    (measured: 3.9e-16 and 6.2e-16; docs/design.md cites this test for "~3e-16" and "~1e-15"). The
+    (measured: 3.9e-16 and 6.2e-16; docs/design.md and guide.md cite these figures). The
     bounds were 1e-12 and 1e-10, which let through what the stable forms are there to prevent: sigma_t
     of the loss as sqrt(1 - alpha_t^2), which cancels near t = 0, moved the loss by up to 5.5e-15 and
     the gradient by 1.1e-14 on VP here (t >= 0.01), and passed."""
