@@ -33,6 +33,8 @@ from ._common import Noise, Path, as_state, check_flag, predict, sigma_hat, star
 
 __all__ = ["karras_euler", "karras_heun", "karras_stochastic", "euler_ancestral", "dpmpp_2m"]
 
+_TINY = np.finfo(np.float64).tiny  # the smallest normal float64
+
 
 class _SigmaFrame:
     """A replay's state in EDM coordinates: x_hat = x / alpha_t on the noise levels sigma_hat."""
@@ -167,6 +169,37 @@ def karras_stochastic(score, process, grid, x, rng=None, trajectory=False, *, no
     return _karras(score, process, grid, x, rng, trajectory, noise, (s_churn, s_tmin, s_tmax, s_noise), True)
 
 
+def _ancestral_step(s, s_next, eta):
+    """(sigma_up, sigma_down) of a step from s > 0 to s_next >= 0 (module docstring).
+
+    k-diffusion's squares, sigma_up = min(s_next, eta sqrt(s_next^2 (s^2 - s_next^2) / s^2)),
+    sigma_down = sqrt(s_next^2 - sigma_up^2), while s_next^2 and that product lie in
+    float64's normal range (about 1e-77 < sigma < 1e77); beyond it the same in the ratio
+    q = s_next / s, which neither overflows nor underflows. The squares lost their digits
+    there: EDM's step from 1e80 to 5e79 (eta = 1) had sigma_up = s_next and sigma_down = 0
+    for 0.866 s_next and 0.5 s_next, one from 1e-150 to 5e-151 sigma_up = 0 (no noise), and
+    the exact law of a target and its sigmas scaled by 1e-100 (1e100) was 44% (22%) off in
+    covariance from the scaled law (k-diffusion's get_ancestral_step does the same; review;
+    only the NaN of s^2 itself, s < 1e-162 or s > 1e154, was caught). In the normal range
+    the same bits as before. eta = 1e308 still overflows to inf, clamped to s_next.
+    """
+    if s_next == 0:
+        return 0.0, 0.0
+    with np.errstate(invalid="ignore", over="ignore", under="ignore"):
+        square, product = s_next**2, s_next**2 * (s**2 - s_next**2)
+        if _TINY <= square and _TINY <= product < np.inf:
+            up = min(s_next, eta * np.sqrt(product / s**2)) if eta else 0.0
+            return up, np.sqrt(square - up**2)
+        if not eta:
+            return 0.0, s_next
+        gap = (s - s_next) / s  # 1 - q, its difference exact where s_next > s / 2 (Sterbenz)
+        # sigma_down^2 = s_next^2 (1 - eta^2 (1 - q^2)) = s_next^2 ((1 - eta^2) + (eta q)^2), 1 - q^2 = gap (2 - gap)
+        rest = (1.0 - eta) * (1.0 + eta) + (eta * (1.0 - gap)) ** 2
+        if not rest > 0:  # sigma_up clamped to s_next (a NaN: eta ~ 1e200, -inf + inf)
+            return s_next, 0.0
+        return min(s_next, eta * s_next * np.sqrt(gap * (2.0 - gap))), s_next * np.sqrt(rest)
+
+
 def euler_ancestral(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta=1.0, s_noise=1.0):
     """Ancestral Euler steps (k-diffusion's sample_euler_ancestral; DDPM-like for eta = 1).
 
@@ -181,15 +214,7 @@ def euler_ancestral(score, process, grid, x, rng=None, trajectory=False, *, nois
     for k in range(sig.size - 1):
         D = frame.denoise(frame.xh, frame.grid[k], k)
         s, s_next = sig[k], sig[k + 1]
-        up = 0.0
-        if eta:
-            # s^2 underflows to 0 for s < 1e-162 (0 / 0); eta = 1e308 overflows to inf, clamped to s_next
-            with np.errstate(invalid="ignore", over="ignore"):
-                up = eta * np.sqrt(s_next**2 * (s**2 - s_next**2) / s**2)
-                if np.isnan(up):  # the same as a ratio, which does not underflow
-                    up = eta * s_next * np.sqrt(1.0 - (s_next / s) ** 2)
-            up = min(s_next, up)
-        down = np.sqrt(s_next**2 - up**2)
+        up, down = _ancestral_step(s, s_next, eta)
         xh = frame.xh + (frame.xh - D) / s * (down - s)
         if s_next > 0:
             xh = xh + draws.draw() * s_noise * up
