@@ -312,6 +312,10 @@ KD_CASES = {
     "sample_euler_churn": (R.karras_euler, {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0, "s_noise": 1.003}),
     "sample_heun_churn": (R.karras_stochastic, {"s_churn": 4.0, "s_tmin": 0.1, "s_tmax": 5.0, "s_noise": 1.003}),
     "sample_euler_ancestral": (R.euler_ancestral, {"eta": 0.8}), "sample_dpmpp_2m": (R.dpmpp_2m, {}),
+    # eta > 1: sigma_up = min(sigma_{i+1}, eta ...) clamps on most of these steps (q < 0.745); eta = 0
+    # still draws onto sigma > 0 (times sigma_up = 0), as k-diffusion does
+    "sample_euler_ancestral-eta1.5": (R.euler_ancestral, {"eta": 1.5, "s_noise": 0.9}),
+    "sample_euler_ancestral-eta0": (R.euler_ancestral, {"eta": 0.0}),
 }
 
 
@@ -336,35 +340,48 @@ def _k_diffusion_and_replay(kd, case, monkeypatch):
     monkeypatch.setattr(torch, "randn_like", lambda like, **kw: next(it))  # sample_euler / sample_heun draw here
     kwargs = {{"s_churn": "s_churn", "s_tmin": "s_tmin", "s_tmax": "s_tmax", "s_noise": "s_noise",
                "eta": "eta"}[k]: v for k, v in options.items()}
-    if case == "sample_euler_ancestral":
+    if case.startswith("sample_euler_ancestral"):
         kwargs["noise_sampler"] = lambda s, s_next: next(it)
-    peer_fn = getattr(kd.sampling, case.replace("_churn", ""))
+    peer_fn = getattr(kd.sampling, case.split("-")[0].replace("_churn", ""))
     out = peer_fn(model, torch.from_numpy(x.copy()), torch.from_numpy(sigmas), disable=True, **kwargs).numpy()
     # which draws the replay uses: churned steps (k-diffusion draws every step), or steps onto sigma > 0
     if "churn" in case:
         N = sigmas.size - 1
         gamma = np.where((sigmas[:-1] >= 0.1) & (sigmas[:-1] <= 5.0), min(4.0 / N, 2**0.5 - 1), 0.0)
         noise = draws[gamma > 0]
-    elif case == "sample_euler_ancestral":
+    elif case.startswith("sample_euler_ancestral"):
         noise = draws[:sigmas.size - 2]
     else:
         noise = None
     return replay(OracleScore(model), edm, sigmas, x, noise=noise, **options), out
 
 
-@pytest.mark.parametrize("replay, peer_name", [(R.karras_heun, "sample_heun"), (R.dpmpp_2m, "sample_dpmpp_2m")])
-def test_k_diffusion_on_sigma_hat_equals_replay_on_ou(kd, replay, peer_name):
+@pytest.mark.parametrize("replay, peer_name, options", [(R.karras_heun, "sample_heun", {}),
+                                                        (R.dpmpp_2m, "sample_dpmpp_2m", {}),
+                                                        (R.karras_stochastic, "sample_heun", {"s_churn": 3.0}),
+                                                        (R.euler_ancestral, "sample_euler_ancestral", {"eta": 0.8})])
+def test_k_diffusion_on_sigma_hat_equals_replay_on_ou(kd, replay, peer_name, options, monkeypatch):
     """A VP-family process goes through x_hat = x / alpha_t on sigma_hat = sigma_t / alpha_t
     (as k-diffusion's VP wrappers do): the replay on OU times, ending at t = 0, equals
-    k-diffusion on the sigmas of those times with the EDM oracle, to 1e-10 relative."""
+    k-diffusion on the sigmas of those times with the EDM oracle, to 1e-10 relative. Also
+    with churn, whose raised noise level the replay evaluates at its OU time
+    (time_of_sigma_hat; a time 1e-9 off passed every test before, review), and with the
+    ancestral steps' noise in x_hat (every step churned here, the ancestral draws onto
+    sigma > 0)."""
     torch = kd.torch
     target = _mixture()
     grid = np.append(np.geomspace(3.0, 0.01, 10), 0.0)
     sigmas = np.sqrt(np.expm1(2.0 * grid))  # OU: sigma_t / alpha_t
-    x = np.random.default_rng(2).standard_normal((16, 2))
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((16, 2))
+    draws = rng.standard_normal((grid.size - 1, 16, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(torch, "randn_like", lambda like, **kw: next(it))
+    kwargs = {"noise_sampler": lambda s, s_next: next(it)} if peer_name == "sample_euler_ancestral" else {}
     out = getattr(kd.sampling, peer_name)(to_torch(target, EDM()), torch.from_numpy(x / np.exp(-grid[0])),
-                                          torch.from_numpy(sigmas), disable=True).numpy()
-    mine = replay(lambda y, t: target.score(y, t, OU()), OU(), grid, x)
+                                          torch.from_numpy(sigmas), disable=True, **options, **kwargs).numpy()
+    noise = {R.karras_stochastic: draws, R.euler_ancestral: draws[:-1]}.get(replay)
+    mine = replay(lambda y, t: target.score(y, t, OU()), OU(), grid, x, noise=noise, **options)
     assert np.max(np.abs(mine - out)) <= 1e-10 * np.max(np.abs(out))
 
 
@@ -624,6 +641,9 @@ DIFFUSERS_CASES = {
     "ddpm-fixed_small_log": ("ddpm", "fixed_small_log", "leading", R.ddpm_ancestral, {"variance": "beta_tilde"}),
     "ddim-eta0": ("ddim", 0.0, "leading", R.ddim, {"eta": 0.0}),
     "ddim-eta1": ("ddim", 1.0, "leading", R.ddim, {"eta": 1.0}),
+    # the only eta where eta^2 != eta: sigma_eta^2 = eta^2 v sigma_s^2 / sigma_t^2 (eta in place of
+    # eta^2 passed every test before; review)
+    "ddim-eta0.5": ("ddim", 0.5, "trailing", R.ddim, {"eta": 0.5}),
 }
 
 
@@ -1420,3 +1440,98 @@ def test_dpmpp_2m_checks_its_rng_as_the_other_replays():
         R.dpmpp_2m(score, edm, sigmas, x, 0)
     np.testing.assert_array_equal(R.dpmpp_2m(score, edm, sigmas, x, np.random.default_rng(5)),
                                   R.dpmpp_2m(score, edm, sigmas, x))
+
+
+@pytest.mark.parametrize("c", [1e-100, 1e100])
+def test_euler_ancestral_is_scale_equivariant_beyond_the_squares_range(c):
+    """EDM sampling commutes with scaling: for the target N(c m, c^2 S) on the sigmas c sigma_i,
+    euler_ancestral's exact law is c (c^2) times the law at c = 1. Its sigma_up = sqrt(s_next^2
+    (s^2 - s_next^2) / s^2) (k-diffusion's) squares sigma twice: past ~1e77 the product
+    overflowed (sigma_up = s_next, sigma_down = 0) and below ~1e-77 it underflowed (sigma_up =
+    0, no noise), so at c = 1e-100 the law was 4.7% off in mean and 44% in covariance, at 1e100
+    22% in covariance (review). Now within 1e-14; and with D = 0 (score -x / t^2) one step's
+    sigma_up and sigma_down, read off the output, are the closed forms s_next sqrt(1 - q^2) and
+    q s_next (eta = 1, q = s_next / s) to 1e-14."""
+    edm = EDM()
+    grid = edm.karras_sigmas(6, 0.02, 10.0)
+    for options in ({"eta": 1.0}, {"eta": 0.6, "s_noise": 1.1}):
+        m1, C1 = R.replay_output_gaussian(R.euler_ancestral, MEAN, COV, edm, grid, **options)
+        mc, Cc = R.replay_output_gaussian(R.euler_ancestral, c * MEAN, c * c * COV, edm, c * grid, **options)
+        np.testing.assert_allclose(mc / c, m1, rtol=1e-14, atol=1e-14)
+        np.testing.assert_allclose(Cc / c**2, C1, rtol=1e-14, atol=1e-14)
+    s, s_next = 5.0 * c, 2.0 * c
+    y = R.euler_ancestral(lambda x, t: -x / t[:, None] ** 2, edm, [s, s_next], np.array([[0.0], [s]]),
+                          noise=np.array([[[1.0], [0.0]]]))
+    q = s_next / s
+    np.testing.assert_allclose(y[:, 0], [s_next * np.sqrt(1.0 - q * q), q * s_next], rtol=1e-14)
+
+
+@pytest.mark.parametrize("peer_name, replay", [("sample_euler", R.karras_euler), ("sample_heun", R.karras_stochastic)])
+def test_churn_bounds_are_inclusive_as_k_diffusions(kd, peer_name, replay, monkeypatch):
+    """Algorithm 2 churns where S_tmin <= sigma_i <= S_tmax, bounds included, as k-diffusion
+    does: with s_tmin and s_tmax set to two of the sigmas themselves, the replay churns on
+    those two steps too (draws[1:5]) and agrees with the installed peer to 1e-12. No test set a
+    bound on a sigma before: a replay with strict bounds passed them all (review)."""
+    torch = kd.torch
+    edm, model = EDM(), to_torch(_mixture(), EDM())
+    sigmas = edm.karras_sigmas(8, 0.02, 10.0)
+    rng = np.random.default_rng(3)
+    x = 10.0 * rng.standard_normal((16, 2))
+    draws = rng.standard_normal((sigmas.size - 1, 16, 2))
+    it = iter(torch.from_numpy(draws))
+    monkeypatch.setattr(torch, "randn_like", lambda like, **kw: next(it))
+    options = {"s_churn": 3.0, "s_tmin": float(sigmas[4]), "s_tmax": float(sigmas[1]), "s_noise": 1.0}
+    out = getattr(kd.sampling, peer_name)(model, torch.from_numpy(x.copy()), torch.from_numpy(sigmas), disable=True,
+                                          **options).numpy()
+    mine = replay(OracleScore(model), edm, sigmas, x, noise=draws[1:5], **options)
+    assert np.max(np.abs(mine - out)) <= 1e-12 * np.max(np.abs(out))
+
+
+def test_output_law_of_a_replay_that_mixes_coordinates():
+    """replay_output_gaussian's covariance sums B_j B_j^T over the draws (B_j e_i: the output's
+    response to draw j's coordinate i). Every replay here has symmetric B_j (each step a
+    function of the target's covariance), for which B_j^T B_j is the same, so no test told the
+    two apart (review). A replay of its signature whose output is ddim's mixed by a matrix L
+    that is not normal has the law (L m, L C L^T) of ddim's (m, C)."""
+    L = np.array([[1.0, 0.0], [2.0, 0.5]])
+
+    def mixed(score, process, grid, x, rng=None, trajectory=False, *, noise=None, eta=0.0):
+        return R.ddim(score, process, grid, x, rng, trajectory, noise=noise, eta=eta) @ L.T
+
+    proc, grid = _ddpm_grid(5)
+    m, C = R.replay_output_gaussian(R.ddim, MEAN, COV, proc, grid, eta=0.7)
+    mL, CL = R.replay_output_gaussian(mixed, MEAN, COV, proc, grid, eta=0.7)
+    np.testing.assert_allclose(mL, L @ m, rtol=1e-13)
+    np.testing.assert_allclose(CL, L @ C @ L.T, rtol=1e-13)
+
+
+@pytest.mark.parametrize("replay", [R.euler_maruyama, R.reverse_diffusion])
+def test_denoise_drops_only_the_last_steps_noise(replay):
+    """denoise=True (score_sde's) returns the last step's mean: the same path to the last state,
+    which lacks exactly the last kick sqrt(g^2 h) xi (Euler–Maruyama) or sqrt(v) xi (reverse
+    diffusion), read here with a zero score and xi = 1 against the process's own g^2 and
+    transition variance. Only predictor_corrector's denoise was tested: a denoise one step early
+    passed every test (review)."""
+    vp, grid = VP(), np.linspace(1.0, 1e-2, 6)
+    zero = lambda x, t: np.zeros_like(x)  # noqa: E731
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    noise = np.ones((5, 3, 2))
+    full = replay(zero, vp, grid, x, noise=noise, trajectory=True)[1]
+    mean = replay(zero, vp, grid, x, noise=noise, trajectory=True, denoise=True)[1]
+    np.testing.assert_array_equal(mean[:-1], full[:-1])
+    if replay is R.euler_maruyama:
+        kick = np.sqrt(vp.g2(grid[-2]) * (grid[-2] - grid[-1]))
+    else:
+        kick = np.sqrt(vp.sigma2(grid[-2]) - vp.alpha(grid[-2]) ** 2 / vp.alpha(grid[-1]) ** 2 * vp.sigma2(grid[-1]))
+    np.testing.assert_allclose(full[-1] - mean[-1], kick, rtol=1e-12)
+
+
+def test_langevin_step_sizes_one_per_step():
+    """langevin_step given as N numbers: step k's corrector uses e_k. With a zero score and xi = 1
+    each corrector step moves y by sqrt(2 e_k), read back from the trajectory. No test passed
+    an array of different sizes: the first size used at every step passed them all (review)."""
+    grid = np.linspace(1.0, 1e-2, 5)
+    e = np.array([0.01, 0.04, 0.09, 0.16])
+    path = R.predictor_corrector(lambda x, t: np.zeros_like(x), VP(), grid, np.zeros((1, 1)), noise=np.ones((4, 1, 1)),
+                                 trajectory=True, predictor=None, langevin_step=e)[1][:, 0, 0]
+    np.testing.assert_allclose(np.diff(path), np.sqrt(2.0 * e), rtol=1e-14)
