@@ -1,20 +1,71 @@
-"""The installed `sgm-ref` script in a subprocess, as a user runs it: shared by the command-line tests."""
+"""The `sgm-ref` command in a process of its own, as a user runs it: shared by the command-line tests.
 
+`run` forks each command from one interpreter that has done sgm_ref's imports (Forks below),
+which saves the ~0.8 s of CPU a start of the installed script costs (~400 commands in the
+suite); with script=True, with env, or where this process's environment has changed since
+that interpreter started, it runs the installed script itself. test_cli.py's
+test_a_forked_command_is_the_installed_script checks that both give the same exit status,
+stdout, stderr and files.
+"""
+
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 SCRIPT = Path(sys.executable).with_name("sgm-ref")
 
 
-def run(*args, cwd=None, env=None, check=True):
-    """Run `sgm-ref args...`; with check, a non-zero exit fails the test with the command's stderr."""
-    result = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                            env={**os.environ, **(env or {})}, timeout=600)
+def run(*args, cwd=None, env=None, check=True, script=False):
+    """Run `sgm-ref args...` in the working folder cwd (this process's by default); with check,
+    a non-zero exit fails the test with the command's stderr. env (variables added to this
+    process's environment) or script=True: the installed script, started afresh."""
+    forks = None if script or env else _shared_forks()
+    if forks is None:
+        result = subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                                env={**os.environ, **(env or {})}, timeout=600)
+    else:
+        result = forks.run(*args, cwd=os.getcwd() if cwd is None else cwd, remove_output=True)
     if check and result.returncode != 0:
         raise AssertionError(f"sgm-ref {' '.join(map(str, args))} exited {result.returncode}:\n{result.stderr}")
     return result
+
+
+_SHARED = {}
+
+
+def _environment():
+    """This process's environment, less the variable pytest changes for every test."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
+def _shared_forks():
+    """The fork server of this test session, started on first use (again if it died); None where
+    the environment differs from the one it started with (a test's monkeypatch.setenv): the
+    command then runs as the script, which sees the change."""
+    forks = _SHARED.get("forks")
+    if forks is not None and forks.zygote.poll() is None:
+        return forks if _environment() == _SHARED["environment"] else None
+    if forks is not None:  # it died: its files go with it
+        shutil.rmtree(_SHARED["folder"], ignore_errors=True)
+    folder = tempfile.mkdtemp(prefix="sgm-ref-forks-")
+    if not _SHARED:
+        atexit.register(_close_shared)
+    _SHARED.update(forks=Forks(folder), environment=_environment(), folder=folder)
+    return _SHARED["forks"]
+
+
+def _close_shared():
+    forks = _SHARED.pop("forks", None)
+    if forks is not None:
+        try:
+            forks.close()
+        except Exception:  # the session is ending: a server that will not close is killed
+            forks.zygote.kill()
+    shutil.rmtree(_SHARED.get("folder", ""), ignore_errors=True)
 
 
 def assert_one_line_error(result, pattern):
@@ -51,7 +102,8 @@ for line in iter(requests.readline, b""):
         sys.stdin.readline()
     if request["cwd"]:
         os.chdir(request["cwd"])
-    sys.argv = ["sgm-ref", *request["argv"]]
+    sys.path[0] = os.path.dirname(request["script"])  # as the installed script has them (not -c's)
+    sys.argv = [request["script"], *request["argv"]]
     exec(compile(request["prelude"], "<prelude>", "exec"), {"__name__": "__prelude__"})
     sys.exit(sgm_ref.cli.main(sys.argv[1:]))  # out of the loop: the interpreter exits as a script does
 """
@@ -60,9 +112,9 @@ for line in iter(requests.readline, b""):
 class Forks:
     """Commands run by sgm_ref.cli.main in processes forked from one interpreter that has done
     sgm_ref's imports once: each a process of its own (its pid, its locks, killable), started
-    in ~10 ms instead of the ~0.6 s of CPU an import costs. For the tests whose commands were
-    already run by an interpreter of the test's (a patched os, a start on a signal), not the
-    installed script: those still run through `run`. The environment is this process's."""
+    in ~10 ms instead of the ~0.6 s of CPU an import costs. The child runs as the installed
+    script does: sys.argv[0] the script's path, its folder first on sys.path, sys.exit(main()).
+    The environment is this process's when the server started."""
 
     def __init__(self, folder):
         self.folder, self.count = Path(folder), 0
@@ -99,13 +151,19 @@ class Forks:
             go = f"{stem}.go"
             os.mkfifo(go)
         pid = self._ask({"op": "fork", "argv": [str(a) for a in args], "prelude": prelude, "go": go,
-                         "out": f"{stem}.out", "err": f"{stem}.err", "cwd": None if cwd is None else str(cwd)})
+                         "out": f"{stem}.out", "err": f"{stem}.err", "cwd": None if cwd is None else str(cwd),
+                         "script": str(SCRIPT)})
         return Forked(self, pid, stem, go)
 
-    def run(self, *args, prelude="", cwd=None):
-        """(returncode, stdout, stderr) of `sgm-ref args` after prelude, as subprocess.run gives them."""
+    def run(self, *args, prelude="", cwd=None, remove_output=False):
+        """(returncode, stdout, stderr) of `sgm-ref args` after prelude, as subprocess.run gives them;
+        remove_output: the files that held stdout and stderr are removed once read."""
         proc = self.start(*args, prelude=prelude, cwd=cwd)
-        return subprocess.CompletedProcess(args, proc.wait(), *proc.output())
+        result = subprocess.CompletedProcess(args, proc.wait(), *proc.output())
+        if remove_output:
+            for kind in ("out", "err"):
+                os.remove(f"{proc.stem}.{kind}")
+        return result
 
     def close(self):
         self.zygote.stdin.close()

@@ -8,12 +8,11 @@ import importlib
 import itertools
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _cli import run as _cli_run
 from _peers import peer
 
 from sgm_ref import DDPM, EDM, VE, VP, GaussianMixture
@@ -23,7 +22,6 @@ from sgm_ref.audit import compare_sampler, process_from_spec, target_from_spec
 VP_ = VP()
 TARGET = ([2.0], [[0.25]])  # N(2, 0.5^2): the Gaussian target of the figures in docs/findings.md
 TARGET_2D = ([0.8, -0.4], [[0.6, 0.25], [0.25, 1.4]])
-SCRIPT = Path(sys.executable).with_name("sgm-ref")
 
 
 def textbook_em(score, grid, x, noises, *, off_by_one=False, step_one_over_n=False):
@@ -438,7 +436,8 @@ def broken(score, grid, x, noises):
 
 
 def run(*args, cwd=None):
-    return subprocess.run([str(SCRIPT), *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+    """`sgm-ref args` in cwd (tests/_cli.py's run: forked from one interpreter), its exit status not checked."""
+    return _cli_run(*args, cwd=cwd, check=False)
 
 
 def test_cli_correct_loop_one_line_exit_0(tmp_path):

@@ -1,5 +1,11 @@
-"""The sgm-ref command, driven as a user drives it: the installed script in a subprocess."""
+"""The sgm-ref command, driven as a user drives it: each command a process of its own.
 
+tests/_cli.py's run forks the commands from one interpreter that has imported sgm_ref;
+test_a_forked_command_is_the_installed_script checks that this is the installed script's
+behaviour (exit status, stdout, stderr, files), and the tests of the script's own start,
+its environment, signals and terminals run the installed script itself."""
+
+import ast
 import io
 import json
 import os
@@ -975,6 +981,49 @@ def test_force_with_an_option_the_training_would_refuse_keeps_the_old_run(tmp_pa
     run("evaluate", out, "--bound-n", "4", "--profile-n", "10", "--no-plots")
     report = json.loads((out / "report.json").read_text())
     assert report["sampler"]["n_steps"] == 7 and len(report["tv_bound"]["kl_path_per_step"]) == 7
+
+
+def test_a_forked_command_is_the_installed_script(tmp_path):
+    """tests/_cli.py's run forks each command from one interpreter that has imported sgm_ref (the
+    ~0.8 s of CPU a start of the script costs, ~400 times in the suite). A command run so is the
+    installed script's: the same exit status, stdout (less its timings) and stderr, the same
+    files and arrays, on no command, a bad option, a training, a sampling, an evaluation and an
+    audit of a module in the working folder, which sees the script's sys.argv and sys.path."""
+    probe = ("import os, sys\n"
+             "here = os.getcwd()\n"
+             "open('seen.txt', 'w').write(repr((sys.argv, [p.replace(here, '.') for p in sys.path])))\n"
+             "def minus_x(x, t):\n    return -x\n")
+    commands = [[], ["train", "r", "--n", "-1"], ["train", "r", "--n", "100", "--width", "8", "--depth", "1", "--steps", "5"],
+                ["sample", "r", "--n-samples", "50", "--n-steps", "5"], ["evaluate", "r", "--bound-n", "4", "--profile-n",
+                "10", "--no-plots"], ["audit", "--score", "probe:minus_x", "--target", "ring", "--n-steps", "5",
+                "--profile-n", "20", "--bound-n", "4"]]
+    seen = {}
+    for how in ("script", "fork"):
+        folder = tmp_path / how
+        folder.mkdir()
+        (folder / "probe.py").write_text(probe)
+        outcomes = []
+        for args in commands:
+            result = run(*args, cwd=folder, check=False, script=how == "script")
+            outcomes.append((result.returncode, re.sub(r"\d+\.\d+ s\b", "_ s", result.stdout), result.stderr))
+        run_files = {p.name: p for p in (folder / "r").iterdir()}
+        arrays = {name: dict(np.load(path)) if path.suffix == ".npz" else np.load(path)
+                  for name, path in run_files.items() if path.suffix in (".npz", ".npy")}
+        texts = {name: re.sub(r'"seconds": [0-9.e+-]+', '"seconds": _', path.read_text())
+                 for name, path in run_files.items() if path.suffix not in (".npz", ".npy")}
+        seen[how] = (outcomes, texts, arrays, (folder / "seen.txt").read_text())
+    (outcomes, texts, arrays, probed), forked = seen["script"], seen["fork"]
+    assert [o[0] for o in outcomes] == [0, 2, 0, 0, 0, 0], outcomes
+    assert forked[0] == outcomes and forked[1] == texts and forked[3] == probed
+    assert forked[2].keys() == arrays.keys() == {"model.npz", "samples.npy", "training_state.npz"}
+    for name, value in arrays.items():
+        if isinstance(value, dict):
+            assert value.keys() == forked[2][name].keys()
+            for key in value:
+                np.testing.assert_array_equal(forked[2][name][key], value[key], strict=True)
+        else:
+            np.testing.assert_array_equal(forked[2][name], value, strict=True)
+    assert ast.literal_eval(probed)[0][0] == str(SCRIPT)
 
 
 def test_the_command_line_starts_without_scipy_stats_or_the_frameworks():

@@ -1,11 +1,12 @@
 """Faults a run folder must survive (issue 11): concurrent writers, killed predecessors'
 leftovers, damaged and hostile files, resuming and extending, thread counts.
 
-Command-line behaviour is checked through the installed script in a subprocess, as a
-user meets it; errors must be one line on stderr with exit status 2. The commands a test
-starts at a chosen moment, kills, or runs with a function patched run sgm_ref.cli.main in
-processes forked from one interpreter that has imported sgm_ref (tests/_cli.py's Forks),
-and so do the kill sweep's resumes (up to 57 of one command; the reference runs are the script's).
+Command-line behaviour is checked through commands in processes of their own, as a user
+meets them; errors must be one line on stderr with exit status 2. The commands run
+sgm_ref.cli.main in processes forked from one interpreter that has imported sgm_ref
+(tests/_cli.py's run and Forks; test_cli.py checks that this is the installed script's
+behaviour), the ones a test starts at a chosen moment, kills, or runs with a function
+patched through a Forks of the test's own.
 """
 
 import json
