@@ -414,6 +414,40 @@ def test_mmd_of_two_samples_far_apart_keeps_the_distances_within_each(separation
     assert r.value == pytest.approx(mmd_and_se_mpmath(x, y, r.bandwidth)[0], rel=1e-13, abs=0)
 
 
+def test_mmd_with_a_bandwidth_far_below_the_spread_keeps_each_kernel_value():
+    # |a|^2 + |b|^2 - 2 a.b about the pooled mean is off by eps (|a|^2 + |b|^2), and the kernel
+    # exp(-d2 / (2 h^2)) by that over 2 h^2: pairs 0.8 apart, 1e3 from each other, h = 0.05
+    # (each kernel value e^{-128}) gave MMD^2 3e-9 off and a standard error 800 times the
+    # double loop's; clusters 1e3 widths apart, h = 1: MMD^2 1.4e-10 off
+    x = np.array([[0.0, 0.1], [0.8, 0.1], [1000.0, 0.0], [1000.8, 0.0]])
+    y = np.array([[0.0, 5.0], [1000.0, -5.0], [500.0, 3.0]])
+    r = D.mmd(x, y, bandwidth=0.05)
+    value, se = mmd_and_se_mpmath(x, y, 0.05)
+    assert r.value == pytest.approx(value, rel=1e-13, abs=0)
+    assert r.standard_error == pytest.approx(se, rel=1e-4, abs=0)  # its own spread is 1e-11 of the value
+    rng = np.random.default_rng(3)
+    x, y = rng.standard_normal((8, 2)), rng.standard_normal((6, 2)) + 0.2
+    x[4:] += 1e3
+    y[3:] += 1e3
+    r = D.mmd(x, y, bandwidth=1.0)
+    value, se = mmd_and_se_mpmath(x, y, 1.0)
+    assert r.value == pytest.approx(value, rel=1e-13, abs=0)
+    assert r.standard_error == pytest.approx(se, rel=1e-12, abs=0)
+
+
+def test_mmd_standard_error_of_kernel_values_below_1e_121_does_not_underflow():
+    # h = 0.03: every kernel value below e^{-355} ~ 1e-155, and the squares behind the standard
+    # error underflowed to 0 (3.0e-166 in the double loops), paired or not
+    x = np.array([[0.0, 0.1], [0.8, 0.1], [1000.0, 0.0], [1000.8, 0.0]])
+    y = np.array([[0.0, 5.0], [1000.0, -5.0], [500.0, 3.0], [0.4, 7.0]])
+    for paired, reference in ((False, mmd_and_se_mpmath), (True, paired_mmd_and_se_mpmath)):
+        r = D.mmd(x, y, bandwidth=0.03, paired=paired)
+        value, se = reference(x, y, 0.03)
+        assert r.value == pytest.approx(value, rel=1e-13, abs=0)
+        # the value's own rounding (1e-14 of it) is 1e-3 of this spread (1e-11 of it)
+        assert r.standard_error == pytest.approx(se, rel=1e-3, abs=0) and se > 1e-166
+
+
 def test_mmd_median_heuristic():
     rng = np.random.default_rng(21)
     x, y = rng.standard_normal((7, 2)), 3.0 * rng.standard_normal((9, 2))
@@ -642,6 +676,24 @@ def test_component_weights_match_scipy_responsibilities():
     hard = np.bincount(resp.argmax(1), minlength=3) / 12
     np.testing.assert_array_equal(r.hard, hard)
     np.testing.assert_allclose(r.hard_standard_error, np.sqrt(hard * (1 - hard) / 11), rtol=1e-12)
+
+
+@pytest.mark.parametrize("tiny", [1e-100, 1e-200, 1e-300])
+def test_component_weights_standard_error_of_a_component_of_tiny_weight_against_mpmath(tiny):
+    # responsibilities ~1e-190 (weight 1e-200): their squared deviations underflowed and
+    # soft_standard_error read 0 for a soft weight of 8.9e-190
+    covs = np.array([[[1.0, 0.3], [0.3, 2.0]], [[0.5, 0.0], [0.0, 0.5]]])
+    mu = np.array([[0.0, 0.0], [1.0, 1.0]])
+    g = GaussianMixture([tiny, 1.0 - tiny], mu, covs)
+    x = np.random.default_rng(0).standard_normal((5, 2)) * 3.0
+    r = D.component_weights(x, g)
+    log_ratio = multivariate_normal(mu[1], covs[1]).logpdf(x) - multivariate_normal(mu[0], covs[0]).logpdf(x)
+    with mpmath.workdps(30):
+        resp = [1 / (1 + mpmath.exp(mpmath.mpf(v)) * (1 - mpmath.mpf(tiny)) / mpmath.mpf(tiny)) for v in log_ratio]
+        mean = mpmath.fsum(resp) / 5
+        se = float(mpmath.sqrt(mpmath.fsum((q - mean) ** 2 for q in resp) / 4 / 5))
+        assert r.soft[0] == pytest.approx(float(mean), rel=1e-12, abs=0)
+    assert r.soft_standard_error[0] == pytest.approx(se, rel=1e-12, abs=0) and se > 1e-295
 
 
 @pytest.mark.parametrize("cov", [None, "diagonal", "full"])

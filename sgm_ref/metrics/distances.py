@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .._validation import check_count, check_points, check_real, check_rng, fits_in_memory
+from .._validation import check_count, check_points, check_real, check_rng, fits_in_memory, mean_se
 from ..targets import GaussianMixture
 
 __all__ = [
@@ -270,18 +270,22 @@ def mmd(x, y, bandwidth=None, *, paired=False):
     1/2 are summed as k - 1 = expm1(-|a - b|^2 / (2 h^2)) and their unit parts counted
     exactly (the three weights sum to 0), so a bandwidth far above the distances, where
     every k is within eps of 1, keeps the statistic's digits. Squared distances come from
-    |a|^2 + |b|^2 - 2 a.b about the pooled mean (from differences of the points as given
-    for pairs closer than 1e-3 of their norms): relative error up to ~1e-10 for clusters
-    far apart compared with their width and the bandwidth (clusters ~1e3 widths apart,
-    h = 1: MMD^2 to 3e-10; x and y each one cluster, 1e15 widths apart: to 1e-16).
+    |a|^2 + |b|^2 - 2 a.b about the pooled mean, off by ~eps (|a|^2 + |b|^2), which the
+    kernel multiplies by 1 / (2 h^2); they come from differences of the points as given
+    for pairs closer than 1e-3 of their norms, and for pairs whose kernel value is not 0
+    where (|a|^2 + |b|^2) / (2 h^2) > 1024 (points far from the pooled mean compared with
+    the bandwidth), so each kernel value keeps a relative error of order d 1e-13 (clusters
+    1e3 widths apart, h = 1: MMD^2 to 1e-15, 1.4e-10 before; points 1e3 apart in pairs 0.8
+    apart, h = 0.05: to 1e-17, 3e-9 before, with a standard error 800 times the true one).
 
     Standard error (first order, Hoeffding): with f_i = mean_{j != i} k(x_i, x_j) -
     mean_j k(x_i, y_j) and g_j = mean_{i != j} k(y_j, y_i) - mean_i k(x_i, y_j),
     SE = 2 sqrt(var(f) / n + var(g) / m); paired, with h1_i = mean_{j != i} h(z_i, z_j),
     SE = 2 sqrt(var(h1) / n) (Hoeffding 1948; Gretton et al. 2012, Section 5); variances
-    with ddof = 1. It is calibrated when the laws differ; when they are equal the
-    statistic is degenerate (fluctuations O(1/n), not O(1/sqrt n)) and this SE gives
-    only the order of magnitude.
+    with ddof = 1 (on a power-of-two scale where every f, g, h1 is below 2^-400, a bandwidth
+    far below the distances, so that their squares do not underflow). It is calibrated
+    when the laws differ; when they are equal the statistic is degenerate (fluctuations
+    O(1/n), not O(1/sqrt n)) and this SE gives only the order of magnitude.
 
     Parameters
     ----------
@@ -405,11 +409,15 @@ def _median_distance(z):
     return float(np.median(np.sqrt(d2[np.triu_indices(z.shape[0], k=1)])))
 
 
-def _sq_dists(a, a2, b, b2, a_raw, b_raw):
+def _sq_dists(a, a2, b, b2, a_raw, b_raw, scale=None):
     """|a_i - b_j|^2 (rows of a against rows of b); a2, b2 the squared row norms.
 
     a, b are the rows centred (shifted by one vector c), a_raw, b_raw the same rows as
     given: a close pair's difference is taken from those, exactly as the data has it.
+    scale (the Gaussian kernel's -1 / (2 h^2), or None): the kernel exp(scale d2) turns an
+    absolute error of d2 into a relative error |scale| times it, so pairs whose kernel value
+    is not 0 (|scale| d2 < 746) are also taken from differences where |scale| (|a|^2 + |b|^2)
+    > 1024, the exponent's rounding otherwise above ~1e-12.
     """
     d2 = a2[:, None] + b2[None, :] - 2.0 * (a @ b.T)
     np.maximum(d2, 0.0, out=d2)
@@ -422,7 +430,14 @@ def _sq_dists(a, a2, b, b2, a_raw, b_raw):
     # The differences are taken a chunk of pairs at a time: clustered data can make most
     # pairs close, and all at once they took d times the block's memory (1.8 GB for
     # n = m = 2000, d = 200 and two clusters 2e5 apart).
-    close = d2 <= 1e-6 * (a2[:, None] + b2[None, :])
+    norms = a2[:, None] + b2[None, :]
+    close = d2 <= 1e-6 * norms
+    with np.errstate(over="ignore", invalid="ignore"):
+        if scale is not None and abs(scale) * (a2.max() + b2.max()) > 1024.0:
+            # |a|^2 + |b|^2 - 2 a.b is off by ~eps (|a|^2 + |b|^2), and the kernel by |scale| times that:
+            # points 1e3 apart (about the pooled mean) in pairs 0.8 apart, h = 0.05 (e^{-128} each), gave
+            # MMD^2 3e-9 off and a standard error 800 times the true one (the rounding's spread)
+            close |= (abs(scale) * norms > 1024.0) & (abs(scale) * d2 < 746.0)
     i, j = np.nonzero(close)
     chunk = max(1, _BLOCK_ELEMENTS // a.shape[1])
     for start in range(0, i.size, chunk):
@@ -449,6 +464,7 @@ def _gaussian_kernel(scale):
         K = np.exp(e)
         np.copyto(K, np.expm1(e, out=e), where=near)
         return K, near
+    kernel.scale = scale  # for _sq_dists: the pairs whose d2 it must take from differences
     return kernel
 
 
@@ -486,7 +502,7 @@ def _two_sample_u(x, y, kernel, paired=False):
     def block(a, a2, b, b2, ar, br, rows, leave_out_diagonal):
         """Kernel values of rows of a against all of b and their near-1 mask (kernel), with the
         pairs (i, i) set to 0 and not counted where leave_out_diagonal."""
-        K, near = kernel(_sq_dists(a[rows], a2[rows], b, b2, ar[rows], br))
+        K, near = kernel(_sq_dists(a[rows], a2[rows], b, b2, ar[rows], br, getattr(kernel, "scale", None)))
         if leave_out_diagonal:
             diag = (np.arange(rows.stop - rows.start), np.arange(rows.start, rows.stop))
             K[diag] = 0.0
@@ -528,7 +544,7 @@ def _two_sample_u(x, y, kernel, paired=False):
         rest = (row_xx - row_xy) + (row_yy - row_yx)
         value = float(Fraction(int(ones.sum()), n * (n - 1))) + rest.sum() / (n * (n - 1))
         h1 = ones / (n - 1) + rest / (n - 1)
-        return float(value), float(2.0 * np.sqrt(h1.var(ddof=1) / n))
+        return float(value), _first_order_se((h1, n))
     units = (Fraction(int(ones_xx.sum()), n * (n - 1)) + Fraction(int(ones_yy.sum()), m * (m - 1))
              - Fraction(2 * int(ones_xy.sum()), n * m))
     value = float(units) + (row_xx.sum() / (n * (n - 1)) + row_yy.sum() / (m * (m - 1))
@@ -536,8 +552,16 @@ def _two_sample_u(x, y, kernel, paired=False):
     # the unit parts of f and g as one integer over one denominator (exact below 2^53), rounded once
     f = (ones_xx * m - ones_xy * (n - 1)) / ((n - 1) * m) + row_xx / (n - 1) - row_xy / m
     g = (ones_yy * n - ones_yx * (m - 1)) / ((m - 1) * n) + row_yy / (m - 1) - col_xy / n
-    se = 2.0 * np.sqrt(f.var(ddof=1) / n + g.var(ddof=1) / m)
-    return float(value), float(se)
+    return float(value), _first_order_se((f, n), (g, m))
+
+
+def _first_order_se(*parts):
+    """2 sqrt(sum var(v, ddof=1) / k) over the (v, k) in parts; where every |v| is below 2^-400
+    (kernel values all below ~1e-121: a bandwidth far below the distances) on a power-of-two
+    scale, as their squares would underflow (h = 0.03, values ~1e-155: 0 for 3e-166)."""
+    top = max(float(np.max(np.abs(v))) for v, _ in parts)
+    c = float(np.ldexp(1.0, int(np.frexp(top)[1]))) if 0.0 < top < 2.0**-400 else 1.0
+    return float(c * (2.0 * np.sqrt(sum((v / c).var(ddof=1) / k for v, k in parts))))
 
 
 # -- moments ---------------------------------------------------------------------------------
@@ -704,7 +728,9 @@ def component_weights(x, mixture):
     soft_k = mean_i pi_k(x_i), hard_k = mean_i 1[argmax_j pi_j(x_i) = k] (ties go to the
     lower k). For an exact sample of the mixture E[pi_k(X)] = w_k, so soft is unbiased;
     hard is biased towards the larger components where they overlap. Standard errors
-    std_i / sqrt(n) (ddof = 1) of the averaged quantity. Zero-weight components get 0.
+    std_i / sqrt(n) (ddof = 1) of the averaged quantity (for responsibilities below
+    2^-400 ~ 4e-121, a component of tiny weight, formed on a power-of-two scale so that
+    their squares do not underflow). Zero-weight components get 0.
 
     Parameters
     ----------
@@ -730,5 +756,10 @@ def component_weights(x, mixture):
     hard = np.zeros((n, K))
     hard[np.arange(n), resp.argmax(axis=1)] = 1.0
     root_n = np.sqrt(n)
-    return ComponentWeights(resp.mean(axis=0), resp.std(axis=0, ddof=1) / root_n,
-                            hard.mean(axis=0), hard.std(axis=0, ddof=1) / root_n)
+    soft, soft_se = resp.mean(axis=0), resp.std(axis=0, ddof=1) / root_n
+    # a component of tiny weight has responsibilities whose squared deviations underflow
+    # (weight 1e-200: pi_k ~ 1e-190, soft_standard_error 0 for 8.9e-190): those on a
+    # power-of-two scale (mean_se), the other components' bits as before
+    for k in np.flatnonzero((soft < 2.0**-400) & (soft_se < 2.0**-400)):
+        soft_se[k] = mean_se(resp[:, k].copy())[1]
+    return ComponentWeights(soft, soft_se, hard.mean(axis=0), hard.std(axis=0, ddof=1) / root_n)
