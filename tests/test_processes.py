@@ -1109,6 +1109,41 @@ def test_beta_min_zero_below_the_range_of_B(process):
         assert process.log_snr(0.0) == np.inf and process.time_of_log_snr(np.inf) == 0.0
 
 
+@pytest.mark.parametrize("process", [VPCosine(), VPCosine(s=1e-6), DDPM(), DDPM("squaredcos_cap_v2")], ids=repr)
+def test_vp_cosine_and_ddpm_below_the_range_of_B(process):
+    """Below t ~ 1e-305 B(t) ~ beta(0) t is subnormal (or 0) while sigma_t ~ sqrt(beta(0) t) and
+    lambda_t are normal numbers: VPCosine() had log_snr(5e-324) = inf for 747.69 (and
+    time_of_log_snr(747.69) refused as a time that underflows), sigma(1e-310) 3.5e-13 off
+    (VPCosine(1e-6): 3.7e-9), DDPM("squaredcos_cap_v2").log_snr(5e-324) = inf. Against 50-digit
+    values without cancellation: VPCosine's sigma^2 = sin(u_t + u_0) sin(k t) / cos^2(u_0),
+    DDPM's B = N (-log(1 - beta_0)) t on its first step."""
+    import warnings
+
+    ts = np.array([5e-324, 1e-320, 1e-315, 1e-310, 1e-307])
+    with warnings.catch_warnings(), mp.workdps(50):
+        warnings.simplefilter("error")
+        for t in ts:
+            T = mp.mpf(t)
+            if isinstance(process, VPCosine):
+                k = mp.pi / 2 / (1 + mp.mpf(process.s))
+                u0 = k * mp.mpf(process.s)
+                s2 = mp.sin(k * T + 2 * u0) * mp.sin(k * T) / mp.cos(u0) ** 2
+                a2, beta = 1 - s2, 2 * k * mp.tan(k * T + u0)
+            else:
+                beta = process.num_train_timesteps * -mp.log1p(-mp.mpf(float(process.betas()[0])))
+                a2, s2 = mp.exp(-beta * T), -mp.expm1(-beta * T)
+            lam = mp.log(a2) - mp.log(s2)
+            assert _rel(process.sigma(t), mp.sqrt(s2)) <= 4 * EPS, t
+            # sigma' = beta alpha^2 / (2 sigma): it was +inf at t = 5e-324 (sigma computed as 0)
+            assert _rel(process.d_sigma(t), beta * a2 / (2 * mp.sqrt(s2))) <= 8 * EPS, t
+            assert _rel(process.log_snr(t), lam) <= 4 * EPS, t
+            back = process.time_of_log_snr(float(lam))  # lambda's rounding moves t by up to eps |lambda| t
+            assert abs(back - t) <= 4 * EPS * float(abs(lam)) * t, t
+        np.testing.assert_array_equal(process.log_snr(ts), [process.log_snr(t) for t in ts])
+        assert process.log_snr(0.0) == np.inf and process.time_of_log_snr(np.inf) == 0.0
+        assert process.sigma(0.0) == 0.0
+
+
 def test_flow_matching_step_integrals_near_t_max_to_rounding():
     """A FlowMatching step up to near t = 1 has u = h / (1 - t_lo) close to 1, and taking
     1 - u from the rounded u lost int f, int g^2, b and a = alpha_lo / alpha_hi 1e-12 to
@@ -1294,3 +1329,14 @@ def test_ve_with_close_sigmas_keeps_its_digits(sigma_min, sigma_max):
         assert float(p.g2(t)) == pytest.approx(float(want_g2), rel=1e-15, abs=0), t
     want = (lo * (hi / lo) ** mpmath.mpf(0.7)) ** 2 - (lo * (hi / lo) ** mpmath.mpf(0.2)) ** 2
     assert float(p.integrated_g2_between(0.7, 0.2)) == pytest.approx(float(want), rel=1e-15, abs=0)
+
+
+def test_time_of_refusals_name_the_alpha_and_the_bound():
+    """time_of's refusals said only "alpha must lie in (0, 1]" and "alpha is below alpha(t_max) = ...":
+    neither the alpha refused nor (for the second) that alpha must be at least that bound."""
+    with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\] .*OU\(\).*got 2\.0"):
+        OU().time_of([0.5, 2.0])
+    with pytest.raises(ValueError, match=r"alpha must lie in \(0, 1\] .*got 0\.0"):
+        OU().time_of(0.0)
+    with pytest.raises(ValueError, match=r"alpha is below alpha\(t_max\) = 0\.0065715864949296.* got min 1e-06: alpha must be >= alpha\(t_max\)"):
+        VP().time_of([0.5, 1e-5, 1e-6])

@@ -32,7 +32,8 @@ from .base import LinearGaussianProcess, softplus
 
 class VariancePreserving(LinearGaussianProcess):
     """Shared formulas; subclasses define _beta, _integrated_beta, _integral_between,
-    _inverse_integrated_beta and t_max."""
+    _inverse_integrated_beta and t_max, and may define _tiny_linear_betas (B(t) near t = 0,
+    where it leaves float64's normal range)."""
 
     def integrated_beta(self, t):
         """B(t) = int_0^t beta(s) ds; t scalar or shape (n,); float64, same shape.
@@ -77,8 +78,30 @@ class VariancePreserving(LinearGaussianProcess):
     def _sigma2(self, t):
         return -np.expm1(-self._integrated_beta(t))
 
+    def _tiny_linear_betas(self):
+        """(b0, b1): B(t) = t (b0 + t (b1 - b0) / 2) to float64's rounding wherever B(t) is below
+        float64's normal range (t below ~1e-300), or None (OU: B = 2t keeps its digits, as
+        expm1(-B) = -B does). Where B is subnormal or 0 while sigma_t ~ sqrt(B) is a normal number,
+        sigma, lambda and their inverse come from t (or log B) and this mean rate, as VP's own
+        (VPCosine(0.008).log_snr(5e-324) was inf for 747.69, sigma(1e-310) 3.5e-13 off)."""
+        return None
+
     def _sigma(self, t):
-        return np.sqrt(self._sigma2(t))
+        B = self._integrated_beta(t)
+        sigma = np.sqrt(-np.expm1(-B))  # _sigma2's, B computed once
+        betas = self._tiny_linear_betas()
+        if betas is None:
+            return sigma
+        tiny = B < _TINY
+        if np.any(tiny):  # sqrt(t) sqrt(B / t), as VP._sigma
+            t = np.asarray(t, dtype=np.float64)
+            b0, b1 = betas
+            half = 0.5 * (b1 - b0)
+            rate = b0 + t * half
+            with np.errstate(divide="ignore", invalid="ignore"):
+                low = np.where(t > 0, t * np.sqrt(half + b0 / np.where(t > 0, t, 1.0)), 0.0)
+                sigma = np.where(tiny, np.where(rate < _TINY, low, np.sqrt(t) * np.sqrt(rate)), sigma)
+        return sigma
 
     def _coefficients(self, t, n):
         """(alpha_t, sigma_t^2) as float64 arrays of length n, t validated for n rows."""
@@ -125,10 +148,25 @@ class VariancePreserving(LinearGaussianProcess):
 
     def _log_snr(self, t):
         B = self._integrated_beta(t)
-        return -B - np.log(-np.expm1(-B))
+        with np.errstate(divide="ignore"):
+            lam = -B - np.log(-np.expm1(-B))
+            betas = self._tiny_linear_betas()
+            if betas is not None:
+                tiny = B < _TINY
+                if np.any(tiny):  # -log B, from log t and the mean rate (VP._log_snr)
+                    t = np.asarray(t, dtype=np.float64)
+                    lam = np.where(tiny, -(np.log(t) + log_linear_mean_rate(t, *betas)), lam)
+        return lam
 
     def _time_of_log_snr(self, lam):
-        return self._inverse_integrated_beta(softplus(-lam))
+        B = softplus(-np.asarray(lam, dtype=np.float64))
+        t = self._inverse_integrated_beta(B)
+        betas = self._tiny_linear_betas()
+        if betas is not None:
+            tiny = B < _TINY
+            if np.any(tiny):  # B = e^{-lam} there, kept as its log (VP._time_of_log_snr)
+                t = np.where(tiny, time_of_tiny_linear_integrated_beta(-np.asarray(lam, dtype=np.float64), *betas), t)
+        return t
 
     def prior(self, n, d, rng, dtype=np.float64):
         """Draw n points from the stationary law N(0, I_d) (the reverse process's start)."""
@@ -145,11 +183,15 @@ class VariancePreserving(LinearGaussianProcess):
         """
         a = check_real_array(alpha, "alpha")
         if np.any(a <= 0) or np.any(a > 1):
-            raise ValueError("alpha must lie in (0, 1]")
+            bad = a[(a <= 0) | (a > 1)] if a.ndim else a
+            raise ValueError(f"alpha must lie in (0, 1] (a signal scale alpha_t of {self!r}), "
+                             f"got {float(np.ravel(bad)[0])!r}")
         # an alpha below alpha(t_max) by a rounding (1e-12 of it, as time_of_log_snr allows; the
         # correctly rounded alpha_1 of VP is an ulp below VP().alpha(1)) is alpha(t_max)
         if np.isfinite(self.t_max) and np.any(a < self.alpha(self.t_max) * (1.0 - 1e-12)):
-            raise ValueError(f"alpha is below alpha(t_max) = {float(self.alpha(self.t_max))!r}")
+            raise ValueError(f"alpha is below alpha(t_max) = {float(self.alpha(self.t_max))!r} of {self!r}, "
+                             f"got min {float(np.min(a))!r}: alpha must be >= alpha(t_max) (no time of the process "
+                             "has a smaller alpha)")
         # the inverse may round a hair past t_max at alpha(t_max) itself
         t = np.minimum(self._inverse_integrated_beta(-2.0 * np.log(a)), self.t_max)
         return self._out(t)
@@ -420,6 +462,14 @@ class VPCosine(VariancePreserving):
 
     def _beta(self, t):
         return 2.0 * self._k * np.sin(self._k * (t + self.s)) / self._cos_u(t)
+
+    def _tiny_linear_betas(self):
+        # B(t) = -2 log(cos u_t / cos u_0) = beta(0) t + beta'(0) t^2 / 2 + O(t^3), beta(0) = 2 k tan(k s),
+        # beta'(0) = 2 k^2 / cos^2(k s): a linear beta's B, to a relative O(t) below 1e-150, at the t where B
+        # leaves float64's normal range (t below 1e-306 for s = 0.008, 1e-154 as s -> 0)
+        k = self._k
+        b0 = 2.0 * k * np.tan(k * self.s)
+        return b0, b0 + 2.0 * (k / np.cos(k * self.s)) ** 2
 
     def _inverse_integrated_beta(self, B):
         k, s = self._k, self.s
