@@ -1466,6 +1466,24 @@ def test_euler_ancestral_is_scale_equivariant_beyond_the_squares_range(c):
     np.testing.assert_allclose(y[:, 0], [s_next * np.sqrt(1.0 - q * q), q * s_next], rtol=1e-14)
 
 
+@pytest.mark.parametrize("c, q", [(1e100, 1e-8), (1e-100, 1e-6), (1e100, 0.3)])
+def test_ancestral_sigma_down_of_a_long_step_beyond_the_squares_range(c, q):
+    """Beyond the squares' range euler_ancestral's sigma_down = s_next sqrt((1 - eta^2) + (eta q)^2)
+    comes from the ratio q = s_next / s: q s_next at eta = 1, s_next sqrt(3 / 4 + q^2 / 4) at
+    eta = 0.5. (eta q)^2 was formed as (eta (1 - gap))^2, gap = (s - s_next) / s, which keeps only
+    gap's absolute rounding: at q = 1e-8 sigma_down was 1e-8 off, eps / q (review; below the
+    rounding of the step's output x + (x - D) (sigma_down - s) / s, so only the helper shows it);
+    now within 1e-15."""
+    from sgm_ref.replays.karras import _ancestral_step
+
+    s = 5.0 * c
+    s_next = q * s
+    for eta, expected in ((1.0, (s_next / s) * s_next), (0.5, s_next * np.sqrt(0.75 + 0.25 * (s_next / s) ** 2))):
+        up, down = _ancestral_step(s, s_next, eta)
+        np.testing.assert_allclose(down, expected, rtol=1e-15)
+        np.testing.assert_allclose(up, eta * s_next * np.sqrt(1.0 - (s_next / s) ** 2), rtol=1e-15)
+
+
 @pytest.mark.parametrize("peer_name, replay", [("sample_euler", R.karras_euler), ("sample_heun", R.karras_stochastic)])
 def test_churn_bounds_are_inclusive_as_k_diffusions(kd, peer_name, replay, monkeypatch):
     """Algorithm 2 churns where S_tmin <= sigma_i <= S_tmax, bounds included, as k-diffusion

@@ -194,7 +194,9 @@ def _ancestral_step(s, s_next, eta):
             return 0.0, s_next
         gap = (s - s_next) / s  # 1 - q, its difference exact where s_next > s / 2 (Sterbenz)
         # sigma_down^2 = s_next^2 (1 - eta^2 (1 - q^2)) = s_next^2 ((1 - eta^2) + (eta q)^2), 1 - q^2 = gap (2 - gap)
-        rest = (1.0 - eta) * (1.0 + eta) + (eta * (1.0 - gap)) ** 2
+        # (eta q)^2 from q itself: 1 - gap kept only gap's absolute rounding, eps / q of q (sigma_down
+        # of a step from 1e100 to 1e92, eta = 1, was 1e-8 off; q = s_next / s is within an ulp)
+        rest = (1.0 - eta) * (1.0 + eta) + (eta * (s_next / s)) ** 2
         if not rest > 0:  # sigma_up clamped to s_next (a NaN: eta ~ 1e200, -inf + inf)
             return s_next, 0.0
         return min(s_next, eta * s_next * np.sqrt(gap * (2.0 - gap))), s_next * np.sqrt(rest)
