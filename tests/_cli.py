@@ -34,27 +34,30 @@ def run(*args, cwd=None, env=None, check=True, script=False):
     return result
 
 
-_SHARED = {}
-
-
 def _environment():
     """This process's environment, less the variable pytest changes for every test."""
     return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
 
+# the session's environment, as the test modules are imported (before any test changes it)
+_SHARED = {"environment": _environment()}
+
+
 def _shared_forks():
-    """The fork server of this test session, started on first use (again if it died); None where
-    the environment differs from the one it started with (a test's monkeypatch.setenv): the
-    command then runs as the script, which sees the change."""
+    """The fork server of this test session, started on first use (again if it died) with the
+    session's environment; None where this process's environment differs from it (a test's
+    monkeypatch.setenv): the command then runs as the script, which sees the change."""
+    if _environment() != _SHARED["environment"]:
+        return None
     forks = _SHARED.get("forks")
     if forks is not None and forks.zygote.poll() is None:
-        return forks if _environment() == _SHARED["environment"] else None
+        return forks
     if forks is not None:  # it died: its files go with it
         shutil.rmtree(_SHARED["folder"], ignore_errors=True)
-    folder = tempfile.mkdtemp(prefix="sgm-ref-forks-")
-    if not _SHARED:
+    else:
         atexit.register(_close_shared)
-    _SHARED.update(forks=Forks(folder), environment=_environment(), folder=folder)
+    folder = tempfile.mkdtemp(prefix="sgm-ref-forks-")
+    _SHARED.update(forks=Forks(folder, env=_SHARED["environment"]), folder=folder)
     return _SHARED["forks"]
 
 
@@ -81,6 +84,8 @@ def assert_one_line_error(result, pattern):
 
 _ZYGOTE = r"""
 import json, os, sys
+sys.argv = sys.argv[1:]  # the script's path: sgm_ref reads its environment as the command line does
+sys.path[0] = os.path.dirname(sys.argv[0])  # and its folder, where -c put the working folder
 import sgm_ref.cli, sgm_ref.runs, sgm_ref.evaluation  # the imports every command has done
 requests, replies = sys.stdin.buffer, sys.stdout
 for line in iter(requests.readline, b""):
@@ -114,13 +119,13 @@ class Forks:
     sgm_ref's imports once: each a process of its own (its pid, its locks, killable), started
     in ~10 ms instead of the ~0.6 s of CPU an import costs. The child runs as the installed
     script does: sys.argv[0] the script's path, its folder first on sys.path, sys.exit(main()).
-    The environment is this process's when the server started."""
+    The environment is env, or this process's when the server started."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, env=None):
         self.folder, self.count = Path(folder), 0
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "zygote.err", "wb") as err:
-            self.zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE,
+            self.zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE, str(SCRIPT)], env=env, stdin=subprocess.PIPE,
                                            stdout=subprocess.PIPE, stderr=err)
 
     def _ask(self, request, timeout=None):

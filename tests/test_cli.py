@@ -1026,6 +1026,14 @@ def test_a_forked_command_is_the_installed_script(tmp_path):
     assert ast.literal_eval(probed)[0][0] == str(SCRIPT)
 
 
+def test_a_command_under_a_changed_environment_runs_as_the_script(tmp_path, monkeypatch):
+    """A test that changes the environment gets the installed script, which reads it at its start
+    (a fork of the interpreter that imported sgm_ref under the session's environment would not):
+    a bad SGM_REF_THREADS is the script's one-line error, exit status 2."""
+    monkeypatch.setenv("SGM_REF_THREADS", "0")
+    _assert_one_line_error(run("sample", tmp_path / "none", check=False), "SGM_REF_THREADS must be an integer >= 1")
+
+
 def test_the_command_line_starts_without_scipy_stats_or_the_frameworks():
     """Every sgm-ref command imports sgm_ref.cli first: a module-level `from scipy.stats import
     binom` (metrics.histogram) added 0.5 s to each command's start (0.6 -> 1.0 s). scipy.stats,
