@@ -189,8 +189,10 @@ class TrainStep:
             raise NonFiniteGradientError("loss", self._sizes())
         try:
             self.optimizer.step(self.grad)  # checks the gradient before it changes anything
-        except NonFiniteGradientError as exc:  # args: ("gradient", the optimiser's reason)
-            raise NonFiniteGradientError("gradient", str(exc)) from None
+        except NonFiniteGradientError as exc:  # args: ("gradient", the optimiser's reason, the batch's sizes)
+            # the sizes as for the loss: a float32 run on data of scale 5e36 (inside float32's range)
+            # overflowed in the gradient and was told only to try a smaller lr or a larger t0
+            raise NonFiniteGradientError("gradient", str(exc), self._sizes()) from None
         return loss
 
     def _check_params(self):
@@ -362,7 +364,8 @@ def fit(model, data, *, steps, batch_size=256, lr=1e-3, t0=1e-3, T=5.0, rng,
                 detail = ""
                 if len(exc.args) > 1:
                     detail = (f"; the batch: {exc.args[1]}" if exc.args[0] == "loss" else
-                              f"; Adam: {exc.args[1].partition('; params, m, v')[0]}")
+                              f"; Adam: {exc.args[1].partition('; params, m, v')[0]}"
+                              + (f"; the batch: {exc.args[2]}" if len(exc.args) > 2 else ""))
                 happened = f"the {exc.args[0]} {what} at step {step}"
                 raise TrainingDivergedError(
                     f"{happened}; the model keeps the parameters of step {step - 1} (try {_either(remedies)}){detail}",

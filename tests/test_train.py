@@ -6,6 +6,8 @@ then times (uniform: t0 + (T - t0) u, log-uniform: t0 (T / t0)^u, u = rng.random
 then noise rng.standard_normal; `replay` repeats them from a twin Generator.
 """
 
+import re
+
 import numpy as np
 import pytest
 
@@ -626,20 +628,36 @@ def test_a_refused_gradient_gives_the_optimizers_reason_and_the_clipping_remedy(
         fit(model, data, steps=5, rng=np.random.default_rng(0), **FIT)
     message, error = str(info.value), info.value
     if np.isfinite(entry):
-        assert message == ("the gradient is too large to apply at step 2; the model keeps the parameters of step 1 "
-                           "(try an optimizer with clip_norm (Adam(model.params, clip_norm=...)), a smaller lr, a "
-                           "larger t0, or weighting='sigma2'); Adam: grad has norm 1e+160: the squares in Adam's "
-                           "second moment would overflow float64")
+        assert message.startswith(
+            "the gradient is too large to apply at step 2; the model keeps the parameters of step 1 (try an optimizer "
+            "with clip_norm (Adam(model.params, clip_norm=...)), a smaller lr, a larger t0, or weighting='sigma2'); "
+            "Adam: grad has norm 1e+160: the squares in Adam's second moment would overflow float64; the batch: "
+            "largest |x0| entry ")
         assert error.happened == "the gradient is too large to apply at step 2"
         assert error.remedies[0].startswith("an optimizer with clip_norm")
     else:
         # Adam's reason without its own account of its state and remedy (this message gives them)
-        assert message == ("the gradient became non-finite at step 2; the model keeps the parameters of step 1 (try "
-                           "a smaller lr, a larger t0, or weighting='sigma2'); Adam: grad contains 1 non-finite "
-                           "value(s) (NaN or inf), first at index 5")
+        assert message.startswith(
+            "the gradient became non-finite at step 2; the model keeps the parameters of step 1 (try a smaller lr, "
+            "a larger t0, or weighting='sigma2'); Adam: grad contains 1 non-finite value(s) (NaN or inf), first at "
+            "index 5; the batch: largest |x0| entry ")
         assert error.happened == "the gradient became non-finite at step 2"
     assert error.step == 2 and error.remedies[-3:] == ("a smaller lr", "a larger t0", "weighting='sigma2'")
     assert error.detail.startswith("; Adam: grad ")
+
+
+def test_a_gradient_overflowing_on_data_far_from_order_1_names_the_data():
+    """Review: float32 data of scale 5e36 (inside float32's range, so the target's dtype check
+    passes) overflowed in the gradient at step 1, and the message advised only a smaller lr or a
+    larger t0. A refused gradient now carries the batch's sizes, as a non-finite loss did: the
+    largest |x0| and the remedy of rescaling."""
+    model, _ = small_problem(dtype=np.float32)
+    data = (GaussianMixture.ring().sample(300, np.random.default_rng(0)) * 2.5e36).astype(np.float32)
+    with np.errstate(over="ignore"), pytest.raises(TrainingDivergedError) as info:
+        fit(model, data, steps=3, rng=np.random.default_rng(0), **FIT)
+    assert "the gradient became non-finite at step 1" in str(info.value)
+    assert re.search(r"; the batch: largest \|x0\| entry [0-9.]+e\+36 \(rescale data far from order 1\)",
+                     info.value.detail), info.value.detail
 
 
 def test_a_history_of_another_length_than_start_step_is_refused():
@@ -672,9 +690,10 @@ def test_a_gradient_norm_beyond_float64_is_not_answered_with_clipping(monkeypatc
     optimizer = Adam(model.params, lr=FIT["lr"], clip_norm=clip_norm)
     with pytest.raises(TrainingDivergedError) as info:
         fit(model, data, steps=5, rng=np.random.default_rng(0), optimizer=optimizer, **FIT)
-    assert str(info.value) == ("the gradient is too large to apply at step 2; the model keeps the parameters of "
-                               "step 1 (try a smaller lr, a larger t0, or weighting='sigma2'); Adam: grad has "
-                               "entries up to 1e+308 and a norm beyond the float64 range")
+    assert str(info.value).startswith(
+        "the gradient is too large to apply at step 2; the model keeps the parameters of step 1 (try a smaller lr, "
+        "a larger t0, or weighting='sigma2'); Adam: grad has entries up to 1e+308 and a norm beyond the float64 "
+        "range; the batch: largest |x0| entry ")
     assert info.value.remedies == ("a smaller lr", "a larger t0", "weighting='sigma2'")
 
 
