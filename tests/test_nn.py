@@ -700,6 +700,10 @@ def test_a_hidden_pre_activation_that_overflows_is_refused_not_saturated(activat
     with pytest.raises(ValueError, match="backward needs a preceding forward"):
         net.backward(np.ones((1, 2)))
     assert np.all(np.isfinite(net.forward(x * 1e-300, t, keep=True)))  # a finite pass as before
+    net.forward(x * 1e-300, t)  # a later pass on a batch of the same size spoils the tape: said so
+    with pytest.raises(ValueError, match="whose tape is intact: a later pass of this network"):
+        net.backward(np.ones((1, 2)))
+    net.forward(x * 1e-300, t, keep=True)
     net.backward(np.ones((1, 2)))
 
 

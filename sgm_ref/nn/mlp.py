@@ -481,7 +481,8 @@ class MLP:
         Raises
         ------
         ValueError
-            Without a preceding forward(..., keep=True); for a grad_out of the wrong
+            Without a preceding forward(..., keep=True), or after a later pass that
+            reused its workspace (spoiling its tape); for a grad_out of the wrong
             shape or dtype or with a NaN or inf entry; for a grad_params that is not a
             contiguous ndarray of shape (n_params,) and the network's dtype, or that
             shares memory with params; or if the gradient overflows the dtype (a
@@ -489,7 +490,11 @@ class MLP:
         """
         ws = getattr(self, "_tape", None)
         if ws is None or not ws.has_tape or self._workspaces.get(ws.n) is not ws:
-            raise ValueError("backward needs a preceding forward(x, t, keep=True)")
+            # also after a forward(keep=True) whose tape a later pass spoilt: the message said only
+            # "needs a preceding forward" to a caller who had run one (a review)
+            raise ValueError("backward needs a preceding forward(x, t, keep=True) whose tape is intact: a later pass "
+                             "of this network (forward, jvp, a loss) on a batch of the same size, or one that "
+                             "displaced its workspace, spoils it; run forward(x, t, keep=True) again")
         g = np.asarray(grad_out)
         if g.shape != (ws.n, self.d) or g.dtype != self.dtype:
             raise ValueError(f"grad_out must have shape ({ws.n}, {self.d}) and dtype {self.dtype.name}, "
