@@ -129,10 +129,17 @@ def coefficients(t, process, from_="eps", to="score"):
     # float64's range); an infinite or zero denominator means `from_` itself is undefined
     bad = ~(np.isfinite(den) & (den != 0) & np.isfinite(A) & np.isfinite(B))
     if np.any(bad):
-        tb = float(np.atleast_1d(t)[np.argmax(np.atleast_1d(bad))])
+        i = int(np.argmax(np.atleast_1d(bad)))
+        tb = float(np.atleast_1d(t)[i])
         alpha, sigma = (float(v) for v in process.marginal(tb))
+        # where `from_` is defined, the coefficients overflowed: the time may be well inside the range
+        # (EDM's x0 -> v at sigma 1e160) and the value finite, so "use a time inside the range" misled
+        undefined = not (np.isfinite(np.atleast_1d(den)[i]) and np.atleast_1d(den)[i] != 0)
+        hint = ("use a time inside the open range" if undefined else
+                "the coefficients A(t), B(t) of the affine map are beyond float64's range there, though the converted "
+                "value may not be; use a time of smaller sigma_t")
         raise ValueError(f"t = {tb!r}: converting {from_} to {to} is not defined there or overflows float64 for {process!r} "
-                         f"(alpha_t = {alpha!r}, sigma_t = {sigma!r}); use a time inside the open range")
+                         f"(alpha_t = {alpha!r}, sigma_t = {sigma!r}); {hint}")
     return process._out(A), process._out(B)
 
 

@@ -438,3 +438,16 @@ def test_flow_matching_is_the_frame_of_diffusers_flow_match_euler():
         np.testing.assert_allclose(velocity, z - x0, rtol=0, atol=64 * EPS)
         out = stepper.step(torch.from_numpy(velocity), timestep, torch.from_numpy(xt)).prev_sample.numpy()
         np.testing.assert_allclose(out, (1 - s) * x0 + s * z, rtol=0, atol=8 * 2.0**-24 * np.abs(xt).max())
+
+
+def test_a_refusal_says_whether_the_conversion_is_undefined_or_its_coefficients_overflow():
+    """Review: every refusal ended "use a time inside the open range", also where the time is
+    inside it and only the affine map's coefficients overflow (EDM's x0 -> v at sigma 1e160:
+    v = -sigma x0 may well be finite)."""
+    with pytest.raises(ValueError, match=r"converting x0 to v is not defined there or overflows float64 .*"
+                                         r"sigma_t = 1e\+160\); the coefficients A\(t\), B\(t\) of the affine map "
+                                         r"are beyond float64's range there"):
+        coefficients(np.array([1e160]), EDM(), "x0", "v")
+    with pytest.raises(ValueError, match=r"converting score to x0 is not defined there .*sigma_t = 0.0\); use a time "
+                                         r"inside the open range$"):
+        coefficients(np.array([0.0]), VP(), "score", "x0")
