@@ -261,3 +261,37 @@ def test_a_far_entry_beside_a_component_of_no_weight_is_that_of_the_other_compon
             np.testing.assert_allclose(q.log_prob(x, t, process), want, rtol=1e-15)
             np.testing.assert_allclose(q.score(x, t, process)[:, 0], -x[:, 0] / v, rtol=1e-15)
             np.testing.assert_allclose(q.divergence(x, t, process), np.full(3, -1.0 / v), rtol=1e-15)
+
+
+def test_from_dict_names_an_unknown_or_missing_key():
+    """The message said only 'exactly the keys ...': a record with "std" for "stds" (or an extra
+    key) was refused without saying which key was wrong, as GaussianMixture.from_dict does."""
+    good = ProductMixture.symmetric(1).to_dict()
+    spelt = {"weights": good["weights"], "means": good["means"], "std": good["stds"]}
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['std'\]; missing key\(s\) \['stds'\]$"):
+        ProductMixture.from_dict(spelt)
+    with pytest.raises(ValueError, match=r"'stds'; unknown key\(s\) \['extra'\]$"):
+        ProductMixture.from_dict({**good, "extra": 1})
+    assert ProductMixture.from_dict(good).to_dict() == good
+
+
+@pytest.mark.parametrize("x", [3e16, 1e17, 1e150])
+def test_a_far_point_on_the_side_of_the_second_component_is_finite(x):
+    """Equal variances: far out the two log terms round to the same number (l = -x^2 / 2), the
+    argmax picked component 0 and component 1's logit, 2 alpha shift x = 6.7e16 at x = 3e16,
+    overflowed exp: log p_t of -4.5e32 was refused as 'too far from the target' on the +x
+    side only (at -x, and for the equivalent GaussianMixture, finite). Against the mixture
+    of the 2 means, and at t = 0 the closed form."""
+    p = ProductMixture.symmetric(1, 1.5, 1.0)
+    g = GaussianMixture([0.5, 0.5], [[-1.5], [1.5]])
+    points = np.array([[x], [-x]])
+    for t in (0.0, 0.3):
+        logp, score = p.log_prob_and_score(points, t)
+        ref_logp, ref_score = g.log_prob_and_score(points, t)
+        np.testing.assert_allclose(logp, ref_logp, rtol=4e-16)
+        np.testing.assert_allclose(score, ref_score, rtol=4e-16)
+        np.testing.assert_allclose(p.predict(points, t, kind="x0"), g.predict(points, t, kind="x0"), rtol=4e-16)
+        np.testing.assert_allclose(p.divergence(points, t), g.divergence(points, t), rtol=4e-16)
+    # t = 0: log p = log(1/2 N(x; 1.5, 1)) to rounding (the other term is e^{-3x} of it)
+    assert p.log_prob(points[:1])[0] == pytest.approx(-0.5 * (x - 1.5) ** 2 - 0.5 * np.log(2 * np.pi) + np.log(0.5),
+                                                       rel=4e-16)

@@ -6,6 +6,8 @@ machine's memory, parameters beyond the documented ranges, points too far out fo
 the dtype. The fuzz tests at the end draw finite but extreme inputs (hypothesis).
 """
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -64,7 +66,9 @@ def test_max_proposals_counts_the_proposals_the_sample_needed_not_the_block_draw
     # the same points as without a limit: the first 3 proposals (each an accepted one)
     np.testing.assert_array_equal(x, flat.sample(3, np.random.default_rng(1)))
     np.testing.assert_array_equal(x, np.random.default_rng(1).standard_normal((64, 2))[:3])
-    with pytest.raises(ValueError, match=r"^rejection sampling accepted 64 of 64 proposals"):
+    with pytest.raises(ValueError, match=r"^rejection sampling accepted 64 of 64 proposals; 3 points need more than "
+                                         r"max_proposals = 2 of them: f_max is too loose or exp\(f\) too "
+                                         r"concentrated, or raise max_proposals$"):
         flat.sample(3, np.random.default_rng(1), max_proposals=2)  # 3 are needed
     # half the proposals accepted (f = -50 rejects all but e^-50 of those with x_0 < 0): the limit is
     # the proposal of the 50th acceptance, inside the first block of max(64, 1.2 * 50 / 0.5) = 120
@@ -485,6 +489,23 @@ def test_a_target_file_number_that_underflows_to_zero_is_refused(tmp_path):
     assert g.weights.tolist() == [0.0, 1.0] and g.means.tolist() == [[1000.0], [0.0]]
 
 
+def test_a_long_decimal_that_underflows_to_zero_is_refused(tmp_path):
+    """'0.000...001' (400 zeros, no exponent) underflows to 0 as a whole and as its mantissa:
+    the check float(mantissa) != 0 let it through, so ring:std=0.0...01 was refused as
+    'std must be > 0.0, got 0.0' and a file's mean of 0.0...01 was silently read as 0."""
+    from sgm_ref.targets.spec import from_spec
+    tiny = "0." + "0" * 400 + "1"
+    for text in (tiny, "\u0661e-400"):  # float() reads any Unicode decimal digit: Arabic-Indic 1e-400 too
+        with pytest.raises(ValueError, match=r"^target parameter std = .* would read as 0; write 0"):
+            from_spec(f"ring:std={text}")
+    path = tmp_path / "m.json"
+    path.write_text(f'{{"weights": [1.0], "means": [[{tiny}]]}}', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^target file .*m\.json: the number 0\.0+1 is below float64's"):
+        from_spec(str(path))
+    path.write_text('{"weights": [1.0], "means": [[0.000000e-5]]}', encoding="utf-8")  # a zero stays 0
+    assert from_spec(str(path)).means.tolist() == [[0.0]]
+
+
 @pytest.mark.parametrize("process, t", [(EDM(), 1e155), (VE(sigma_max=1e200), 1.0)], ids=repr)
 def test_a_time_whose_sigma_squared_overflows_is_named_not_the_point(process, t):
     """EDM's t_max is inf: t = 1e155 squares past float64. Every oracle blamed the point
@@ -652,3 +673,35 @@ def test_product_mixture_denoiser_at_huge_edm_sigma_keeps_the_log_variance_out_o
         ref = np.array([x0_mp(row, sigma) for row in x])
         got = pm.predict(x, sigma, process=EDM(), kind="x0")
         assert np.max(np.abs(got - ref)) <= 1e-15, sigma  # 2.2e-16 to 4.4e-16 measured
+
+
+@settings(max_examples=80, deadline=None, derandomize=True, database=None)
+@given(d=st.integers(1, 2), entries=st.lists(extreme, min_size=6, max_size=6),
+       stds=st.lists(positive, min_size=4, max_size=4), t=times, equal=st.booleans(), w=st.floats(0.05, 0.95))
+def test_fuzz_product_mixture_refuses_only_where_its_2_to_the_d_mixture_does(d, entries, stds, t, equal, w):
+    """'finite or refuses' cannot tell a wrong refusal: ProductMixture.symmetric refused log p_t = -4.5e32
+    at x = 3e16 as too far out. The same law as a GaussianMixture of 2^d diagonal components: where
+    one answers, so does the other, and log p_t agrees to rounding."""
+    s = np.array(stds[: 2 * d]).reshape(d, 2)
+    if equal:  # equal variances: the case whose log terms tie far out
+        s[:, 1] = s[:, 0]
+    try:
+        p = ProductMixture(np.tile([w, 1 - w], (d, 1)), np.array(entries[: 2 * d]).reshape(d, 2), s)
+    except ValueError:
+        return
+    picks = list(itertools.product([0, 1], repeat=d))
+    cols = np.arange(d)
+    g = GaussianMixture([np.prod(p.weights[cols, c]) for c in picks], [p.means[cols, c] for c in picks],
+                        [p.stds[cols, c] ** 2 for c in picks], covariance_type="diag")
+    drawn = np.array(entries[2 * d: 3 * d]).reshape(1, d)
+    x = np.concatenate([drawn, -drawn, p.means[:, :1].T, p.means[:, 1:].T])  # far out on either side too
+    for row in x:
+        answers = []
+        for target in (p, g):
+            try:
+                answers.append(target.log_prob(row[None], t)[0])
+            except ValueError as exc:
+                answers.append(str(exc))
+        assert type(answers[0]) is type(answers[1]), (row, answers)
+        if not isinstance(answers[0], str):
+            assert abs(answers[0] - answers[1]) <= 1e-12 * max(1.0, abs(answers[1])), (row, answers)

@@ -115,8 +115,14 @@ class ProductMixture(ExactOutputs):
     @classmethod
     def from_dict(cls, spec):
         """Inverse of to_dict; validates like the constructor."""
-        if not isinstance(spec, dict) or set(spec) != {"weights", "means", "stds"}:
-            raise ValueError("a product mixture spec must be a dict with exactly the keys 'weights', 'means', 'stds'")
+        keys = {"weights", "means", "stds"}
+        if not isinstance(spec, dict) or set(spec) != keys:
+            # name what is wrong, as GaussianMixture.from_dict does: a misspelt "std" or an extra key
+            wrong = ("" if not isinstance(spec, dict) else
+                     "".join(f"; {what} {sorted(found, key=str)}" for what, found in
+                             (("unknown key(s)", set(spec) - keys), ("missing key(s)", keys - set(spec))) if found))
+            raise ValueError(f"a product mixture spec must be a dict with exactly the keys 'weights', 'means', "
+                             f"'stds'{wrong}")
         return cls(spec["weights"], spec["means"], spec["stds"])
 
     def mean(self):
@@ -182,7 +188,9 @@ class ProductMixture(ExactOutputs):
 
         d = x_j - alpha mu, d_c - d_r = alpha (mu_r - mu_c), v_c - v_r = alpha^2 (s_c^2 - s_r^2)
         (where that overflows, or its two parts exceed the terms, the difference of the terms:
-        a point too far out is named by the callers).
+        a point too far out is named by the callers). Where it is positive (the rounded terms
+        tied, as with equal variances beyond |x_j| ~ 2 alpha |mu_c - mu_r| / eps, and the
+        argmax took r), the terms are taken relative to c and top moves to l_r + logit.
 
         Where |log v_j0| > _LOG_VAR_SHIFT (v beyond e^{+-16}: EDM's or VE's sigma_t past
         about 3000), rel takes log v_jc - log v_j0 = log1p(alpha^2 (s_c^2 - s_0^2) / v_j0) (or
@@ -233,6 +241,15 @@ class ProductMixture(ExactOutputs):
             logit = np.where(none, -np.inf, logit)
             use = ((np.isfinite(logit) & better) | none) & np.isfinite(top[i, j, 0])
             np.put_along_axis(rl, c, np.where(use, logit, pick(rl, c))[:, None], axis=1)
+            # a positive logit: c is the larger term, though the rounded terms made r the argmax (they
+            # tie once 2 alpha |mu_c - mu_r| |x_j| is below an ulp of x_j^2 / (2 v): at x = 3e16, shift
+            # 1.5 the logit 6.7e16 overflowed exp and a finite log p of -4.5e32 was refused as too far
+            # out); the terms relative to c instead, and top moved to l_c = l_r + logit
+            flip = use & (logit > 0)
+            if np.any(flip):
+                np.put_along_axis(rl, r, np.where(flip, -logit, pick(rl, r))[:, None], axis=1)
+                np.put_along_axis(rl, c, np.where(flip, 0.0, pick(rl, c))[:, None], axis=1)
+                top[i, j, 0] += np.where(flip, logit, 0.0)
             rel[i, j] = rl
         return top, rel
 

@@ -26,6 +26,7 @@ folder keeps, so it does not depend on the file a spec named).
 import json
 import os
 import re
+import unicodedata
 
 import numpy as np
 
@@ -74,6 +75,13 @@ def _int(text, name):
         raise ValueError(f"target parameter {name} must be an integer, got {text!r}") from None
 
 
+def _nonzero_literal(text):
+    """Whether a decimal literal float() accepted names a non-zero number: a non-zero digit
+    before its exponent. Not float(mantissa) != 0, which missed '0.000...001' (400 zeros:
+    the mantissa itself underflows) and read it as 0."""
+    return any(unicodedata.decimal(ch, 0) != 0 for ch in re.split("[eE]", text)[0])  # float() reads any digits
+
+
 def _float(text, name):
     """float(text), refusing a non-zero number that float64 rounds to 0 ('1e-400'): read as 0
     it would silently build another target (gmm's radius 0 puts every mean at the origin)."""
@@ -81,7 +89,7 @@ def _float(text, name):
         value = float(text)
     except ValueError:
         raise ValueError(f"target parameter {name} must be a number, got {text!r}") from None
-    if value == 0.0 and float(re.split("[eE]", text)[0]) != 0.0:  # a non-zero mantissa, an exponent far below
+    if value == 0.0 and _nonzero_literal(text):  # a non-zero number that float64 rounds to 0
         raise ValueError(f"target parameter {name} = {text!r} is below float64's smallest positive number "
                          "(about 5e-324) and would read as 0; write 0 if that is what you mean")
     return value
@@ -110,7 +118,7 @@ class _Underflow(Exception):
 def _no_underflow(token):
     """json's parse_float: float(token), refusing a non-zero number that reads as 0 (as _float)."""
     value = float(token)
-    if value == 0.0 and float(re.split("[eE]", token)[0]) != 0.0:
+    if value == 0.0 and _nonzero_literal(token):
         raise _Underflow(token)
     return value
 
