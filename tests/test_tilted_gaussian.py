@@ -176,6 +176,19 @@ def test_bad_input():
         tilt.score(np.zeros((2, 3)), -1.0)
 
 
+def test_a_complex_f_or_grad_f_is_refused_not_cut_to_its_real_part():
+    """np.asarray(f(x), dtype=float64) dropped the imaginary part with only a ComplexWarning:
+    f = x_0 + 1j gave log Z of the real part, silently."""
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"^f must return real values, got complex128"):
+        TiltedGaussian(lambda x: x[:, 0] + 1j, None, 2, rng=rng, n_mc=8, n_normaliser=8, estimator="stein")
+    tilt = TiltedGaussian(lambda x: x[:, 0], lambda x: np.ones_like(x) + 0j, 2, rng=rng, n_mc=8, n_normaliser=8)
+    with pytest.raises(ValueError, match=r"^grad_f must return real values, got complex128"):
+        tilt.score(np.zeros((1, 2)), 0.5)
+    real = TiltedGaussian(lambda x: x[:, 0], lambda x: np.ones_like(x), 2, rng=rng, n_mc=8, n_normaliser=8)
+    assert np.array_equal(real.score(np.zeros((1, 2)), 0.0), [[1.0, 1.0]])  # -x + grad_f(x) at t = 0
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_no_points_give_empty_answers_as_the_mixtures_do(dtype):
     """x of shape (0, d): every method raised numpy's 'cannot reshape array of size 0 into

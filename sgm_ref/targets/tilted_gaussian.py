@@ -62,6 +62,15 @@ def _cast(values, x, what):
     return out
 
 
+def _real(values, name):
+    """values as float64, refusing complex ones: a bare cast drops the imaginary part with only a warning."""
+    values = np.asarray(values)
+    if np.iscomplexobj(values):
+        raise ValueError(f"{name} must return real values, got {values.dtype} (a complex result would lose its "
+                         "imaginary part); return the real part yourself if that is what you mean")
+    return values.astype(np.float64, copy=False)
+
+
 def _norm(v):
     """Euclidean norm over the last axis, scaled by the largest entry (no overflow for finite v)."""
     top = np.max(np.abs(v), axis=-1, keepdims=True)
@@ -189,7 +198,7 @@ class TiltedGaussian(ExactOutputs):
         return self._covariance.copy()
 
     def _f(self, x):
-        v = np.asarray(self.f(x), dtype=np.float64)
+        v = _real(self.f(x), "f")
         if v.shape != (x.shape[0],):
             raise ValueError(f"f must return {x.shape[0]} finite values for {x.shape[0]} points, got shape {v.shape}")
         if not np.all(np.isfinite(v)):  # the shape was right: say which value, not the shape
@@ -235,8 +244,11 @@ class TiltedGaussian(ExactOutputs):
             proposed += m
             rate = max(count / proposed, 1e-6)
             if used > max_proposals:
-                raise ValueError(f"rejection sampling accepted {count} of {proposed} proposals; "
-                                 "f_max is too loose or exp(f) too concentrated")
+                # the limit the caller set is named: "f_max is too loose" alone blamed f_max when
+                # max_proposals = 2 was too small for 3 points that every proposal would give
+                raise ValueError(f"rejection sampling accepted {count} of {proposed} proposals; {n} points need "
+                                 f"more than max_proposals = {max_proposals:.6g} of them: f_max is too loose or "
+                                 "exp(f) too concentrated, or raise max_proposals")
         return np.concatenate(accepted)[:n].astype(dtype, copy=False)
 
     # -- the Monte-Carlo oracle ------------------------------------------------------------
@@ -316,7 +328,7 @@ class TiltedGaussian(ExactOutputs):
         return logp, score, se
 
     def _grad(self, y):
-        g = np.asarray(self.grad_f(y), dtype=np.float64)
+        g = _real(self.grad_f(y), "grad_f")
         if g.shape != y.shape or not np.all(np.isfinite(g)):
             raise ValueError(f"grad_f must return finite values of shape {y.shape}, got shape {g.shape}")
         return g
