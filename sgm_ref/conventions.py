@@ -34,6 +34,7 @@ from ._validation import check_points
 from .processes import check_process
 
 KINDS = ("score", "eps", "x0", "v", "velocity")
+_TINY = np.finfo(np.float64).tiny  # the smallest normal float64
 
 
 def _minors(process, t):
@@ -190,6 +191,18 @@ def convert(value, x, t, process, from_="eps", to="score"):
         A, B = A[:, None], B[:, None]
     with np.errstate(over="ignore", invalid="ignore"):
         out = A * x.astype(np.float64) + B * value.astype(np.float64)
+        if from_ == "score" and to != "eps" and B.size:
+            # B holds sigma_t^2 (score -> x0: (x + sigma^2 score) / alpha), which leaves float64's normal
+            # range below sigma ~ 1.5e-154 though the score may be ~ 1 / sigma^2 (data on sigma's scale):
+            # x0 came back as x (26 times off for N(0, (1e-200)^2) at sigma = 5e-200). Those rows go through
+            # eps = -sigma score, whose coefficients do not underflow there
+            low = np.broadcast_to(np.abs(B).reshape(-1) < _TINY, (x.shape[0],))
+            if np.any(low):
+                sigma = np.broadcast_to(process._sigma(t), (x.shape[0],))[low]
+                A_eps, B_eps = (np.atleast_1d(np.asarray(c, dtype=np.float64)) for c in
+                                coefficients(np.broadcast_to(t, (x.shape[0],))[low], process, "eps", to))
+                eps = -sigma[:, None] * value[low].astype(np.float64)
+                out[low] = A_eps[:, None] * x[low].astype(np.float64) + B_eps[:, None] * eps
         both32 = x.dtype == np.float32 and value.dtype == np.float32
         out = out.astype(np.float32) if both32 else out
     if not np.all(np.isfinite(out)):  # finite input, coefficients in range: the product is not

@@ -535,16 +535,13 @@ def test_euler_ancestral_is_scale_invariant(log_c, eta, s_noise, seed):
     np.testing.assert_allclose(y / c, y1, rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.xfail(strict=True, reason="conventions.coefficients: score -> x0 multiplies the score by B = sigma^2, "
-                   "which underflows for sigma < 1.5e-154 (subnormal below ~1e-154, 0 below ~1e-162); x0 = x "
-                   "silently where data live at the scale of sigma (sgm_ref/conventions.py: reported, not fixed "
-                   "here)")
 def test_x0_from_the_score_where_sigma_squared_underflows():
     """N(0, c^2), c = 1e-200, under EDM at sigma = 5c: score(x) = -x / (c^2 + sigma^2) = -x / (26 c^2)
     is 3.8e198 at x = c, a normal number, and x0 = x + sigma^2 score = x / 26 = 3.85e-202; convert
     gave x (1e-200, 26 times off) without a word (its overflowing counterpart, sigma > 1.3e154, is
     refused). euler_ancestral / karras_euler on such a grid then do not denoise: the run of a
-    target scaled by 1e-200 is 0.86 off the unscaled one (1e-6 at 1e-160)."""
+    target scaled by 1e-200 is 0.86 off the unscaled one (1e-6 at 1e-160). Those rows now go through
+    eps = -sigma score (convert), whose coefficients do not underflow there."""
     from sgm_ref.conventions import convert
 
     c = 1e-200
@@ -556,4 +553,4 @@ def test_x0_from_the_score_where_sigma_squared_underflows():
             got = convert(score, x, t, EDM(), "score", "x0")
         except ValueError:
             return  # a refusal is an honest answer
-    np.testing.assert_allclose(got, x / 26.0, rtol=1e-14)
+    np.testing.assert_allclose(got, x / 26.0, rtol=1e-14)  # x - sigma eps cancels 26-fold: 26 eps
