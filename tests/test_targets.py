@@ -835,3 +835,23 @@ def test_from_spec_of_a_run_config_names_its_target_definition(tmp_path):
     back = from_spec(str(tmp_path / "target.json"))
     x = np.array([[0.3, -0.2]])
     np.testing.assert_array_equal(back.score(x, 0.5, OU()), ring.score(x, 0.5, OU()))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_at_t_under_a_process_that_is_not_variance_preserving(kind):
+    """at() refused EDM, VE, SubVP and FlowMatching ("process must be OU(), VP(...), ..."), whose
+    marginal of a Gaussian mixture is as exact (a review): means alpha_t mu_k, covariances
+    alpha_t^2 Sigma_k + sigma_t^2 I, checked against scipy's multivariate normal of those
+    moments; identity covariances become spherical of variance alpha_t^2 + sigma_t^2."""
+    from sgm_ref import EDM, VE, FlowMatching, SubVP
+
+    mixture, w, mu, dense = make_mixture(kind, 3, 2, 11)
+    x = np.random.default_rng(12).standard_normal((7, 2)) * 3
+    for process, t in ((EDM(), 0.7), (VE(0.01, 50.0), 0.4), (SubVP(), 0.3), (FlowMatching(), 0.6)):
+        marginal = mixture.at(t, process)
+        assert marginal.covariance_type == ("spherical" if kind == "identity" else kind)
+        a, sigma = (float(v) for v in process.marginal(t))
+        s2 = sigma * sigma
+        expected = logsumexp([np.log(w[k]) + multivariate_normal(a * mu[k], a * a * dense[k] + s2 * np.eye(2)).logpdf(x)
+                              for k in range(3)], axis=0)
+        np.testing.assert_allclose(marginal.log_prob(x), expected, rtol=1e-13)

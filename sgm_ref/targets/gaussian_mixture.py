@@ -432,9 +432,11 @@ class GaussianMixture(ExactOutputs):
     def at(self, t, process=OU()):
         """The forward marginal p_t as a GaussianMixture (t a scalar), of the same covariance_type.
 
-        Means alpha_t mu_k, covariances alpha_t^2 Sigma_k + sigma_t^2 I; identity
-        covariances stay the identity because alpha_t^2 + sigma_t^2 = 1: process is
-        variance-preserving (OU, VP, VPCosine or DDPM).
+        Means alpha_t mu_k, covariances alpha_t^2 Sigma_k + sigma_t^2 I, under any process
+        of sgm_ref.processes. Identity covariances stay the identity under a
+        variance-preserving process (OU, VP, VPCosine or DDPM: alpha_t^2 + sigma_t^2 = 1);
+        under any other (VE, EDM, SubVP, FlowMatching) they become spherical, of variance
+        alpha_t^2 + sigma_t^2.
         """
         try:
             several = isinstance(t, (list, tuple, np.ndarray)) and np.size(t) != 1
@@ -443,11 +445,16 @@ class GaussianMixture(ExactOutputs):
         if several:  # the oracle's check would ask for 'one value per row', rows at() does not have
             raise ValueError(f"t must be a scalar: at() gives p_t at one time, got shape {np.shape(t)}; for one "
                              "t per point use log_prob or score")
-        a, s2 = check_process(process)._coefficients(t, 1)
+        # any process (it asked for a variance-preserving one, refusing EDM's exact marginal of a full
+        # covariance with "process must be OU(), VP(...), ...", a review)
+        process = check_process(process, variance_preserving=False)
+        a, s2 = process._coefficients(t, 1)
         a, s2 = a[0], s2[0]
         kind = self.covariance_type
-        if kind == "identity":
+        if kind == "identity" and isinstance(process, VariancePreserving):
             cov = None
+        elif kind == "identity":
+            kind, cov = "spherical", np.full(self.n_components, a * a + s2)
         elif kind in ("diagonal", "spherical"):
             cov = a * a * self.covariances + s2
         else:
