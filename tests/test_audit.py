@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from _cli import run as _cli_run
 from _peers import peer
+from _textbook import textbook_em
 
 from sgm_ref import DDPM, EDM, VE, VP, GaussianMixture
 from sgm_ref import replays as R
@@ -22,19 +23,6 @@ from sgm_ref.audit import compare_sampler, process_from_spec, target_from_spec
 VP_ = VP()
 TARGET = ([2.0], [[0.25]])  # N(2, 0.5^2): the Gaussian target of the figures in docs/findings.md
 TARGET_2D = ([0.8, -0.4], [[0.6, 0.25], [0.25, 1.4]])
-
-
-def textbook_em(score, grid, x, noises, *, off_by_one=False, step_one_over_n=False):
-    """score_sde's Euler–Maruyama, y <- y - h (f y - g^2 s) + sqrt(g^2 h) xi, with plantable bugs:
-    the score and coefficients read at t_{k+1} instead of t_k, or h = 1/N instead of the grid's."""
-    y, path, N = x.copy(), [x.copy()], grid.size - 1
-    for k in range(N):
-        t = grid[k + 1] if off_by_one else grid[k]
-        h = 1.0 / N if step_one_over_n else grid[k] - grid[k + 1]
-        f, g2 = VP_.f(t), VP_.g2(t)
-        y = y - h * (f * y - g2 * score(y, np.full(len(y), t))) + np.sqrt(g2 * h) * noises(k)
-        path.append(y)
-    return np.stack(path)
 
 
 def reverse_diffusion_step(x, k, grid, score, noise_k, *, frozen_noise=False):

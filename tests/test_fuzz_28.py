@@ -27,6 +27,7 @@ from sgm_ref import DDPM, EDM, MLP, OU, VP, GaussianMixture, ScoreModel
 from sgm_ref.metrics.distances import mmd
 from sgm_ref.processes import VPCosine
 from sgm_ref.replays.karras import _TINY, _ancestral_step
+from _textbook import textbook_em
 
 EPS = float(np.finfo(np.float64).eps)
 
@@ -458,16 +459,6 @@ def test_load_counts_parameters_as_the_network_does(tmp_path_factory, d, widths,
 
 # --- audit.compare_sampler: given noise of any dtype ---------------------------------------------
 
-def _em_peer(score, grid, x, noises):
-    """score_sde's Euler-Maruyama on VP (tests/test_audit.py's textbook loop)."""
-    vp, y, path = VP(), x.copy(), [x.copy()]
-    for k in range(grid.size - 1):
-        t, h = grid[k], grid[k] - grid[k + 1]
-        y = y - h * (vp.f(t) * y - vp.g2(t) * score(y, np.full(len(y), t))) + np.sqrt(vp.g2(t) * h) * noises(k)
-        path.append(y)
-    return np.stack(path)
-
-
 @pytest.mark.parametrize("kind", ["f2", "f4", "f8", ">f8", "<f4", "g", "i1", "i8", ">i4", "u1", "?", "c8", "c16", "O",
                                   "U8", "masked"])
 @fuzz(2)
@@ -492,7 +483,7 @@ def test_compare_sampler_reads_noise_exactly_or_refuses_it(kind, seed):
     grid = np.linspace(1.0, 0.1, 4)
 
     def run(z):
-        return compare_sampler(_em_peer, "euler_maruyama", VP(), grid, ([0.5], [[0.7]]), 12,
+        return compare_sampler(textbook_em, "euler_maruyama", VP(), grid, ([0.5], [[0.7]]), 12,
                                np.random.default_rng(1), noise=z, sample_distances=False)
 
     with warnings.catch_warnings():

@@ -7,6 +7,7 @@ import pytest
 
 from sgm_ref import DDPM, EDM, OU, VE, GaussianMixture
 from sgm_ref.interop import from_torch, to_torch
+from _textbook import textbook_em
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +67,6 @@ def test_a_float32_subnormal_time_that_loses_more_than_eps_is_refused(torch):
             assert seen[-1].item() == k * 2.0**-149
 
 
-def _em_vp(score, grid, x, noises):
-    """Euler-Maruyama on VP (score_sde's), written out: y <- y - h (f y - g^2 s) + sqrt(g^2 h) xi."""
-    from sgm_ref import VP
-    vp, y, path = VP(), x.copy(), [x.copy()]
-    for k in range(grid.size - 1):
-        t, h = grid[k], grid[k] - grid[k + 1]
-        y = y - h * (vp.f(t) * y - vp.g2(t) * score(y, np.full(len(y), t))) + np.sqrt(vp.g2(t) * h) * noises(k)
-        path.append(y)
-    return np.stack(path)
-
-
 def _compare(peer_fn, **kw):
     from sgm_ref import VP
     from sgm_ref.audit import compare_sampler
@@ -88,13 +78,13 @@ def test_deviation_is_relative_to_the_replay_and_kl_tolerance_defaults_to_rtol()
     """deviation = max |peer - replay| / max |replay|: a peer returning twice the replay's path
     deviates by exactly 1 at every state after the start (relative to the peer's own it would
     read 1/2); kl_tolerance is rtol unless given (compare_sampler's docstring)."""
-    res = _compare(lambda s, g, x, z: _em_vp(s, g, x, z) * np.array([1.0, 2.0, 2.0, 2.0])[:, None, None])
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z) * np.array([1.0, 2.0, 2.0, 2.0])[:, None, None])
     np.testing.assert_allclose(res.deviation, [0.0, 1.0, 1.0, 1.0], rtol=1e-13)
     assert res.final_deviation == pytest.approx(1.0, rel=1e-13) and res.first_divergence == 0
     assert res.kl_tolerance == res.rtol == 64 * np.finfo(np.float64).eps
-    res = _compare(_em_vp, rtol=1e-9)
+    res = _compare(textbook_em, rtol=1e-9)
     assert res.matches and res.kl_tolerance == res.rtol == 1e-9
-    assert _compare(_em_vp, rtol=1e-9, kl_tolerance=0.5).kl_tolerance == 0.5
+    assert _compare(textbook_em, rtol=1e-9, kl_tolerance=0.5).kl_tolerance == 0.5
 
 
 def test_the_final_deviation_is_allowed_k_rtol_and_a_kl_of_exactly_the_tolerance_matches():
@@ -104,11 +94,11 @@ def test_the_final_deviation_is_allowed_k_rtol_and_a_kl_of_exactly_the_tolerance
     kl_tolerance=0 accepts)."""
     rtol = 64 * np.finfo(np.float64).eps
     for off, match in ((2.0, True), (4.0, False)):
-        res = _compare(lambda s, g, x, z: _em_vp(s, g, x, z)[-1] * (1.0 + off * rtol))
+        res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z)[-1] * (1.0 + off * rtol))
         assert off * rtol * 0.99 < res.final_deviation < off * rtol * 1.01 and res.deviation is None
         assert res.max_deviation == res.final_deviation  # the only deviation there is
         assert res.matches == match and res.laws["method"] == "exact" and res.kl < 1e-20, res.text()
-    res = _compare(_em_vp, kl_tolerance=0.0)
+    res = _compare(textbook_em, kl_tolerance=0.0)
     assert res.kl == 0.0 and res.matches, res.text()
 
 
@@ -119,7 +109,7 @@ def test_the_affine_probe_allows_max_1e_8_or_k_rtol():
     at rtol = 1e-6 (under 3e-6, not 1e-6); 100 times larger, its law is fitted to samples."""
     for rtol, delta in ((None, 1e-6), (1e-6, 1.5e-3)):
         for scale, method in ((1.0, "exact"), (100.0, "monte_carlo")):
-            res = _compare(lambda s, g, x, z: _em_vp(s, g, x, z)[-1] + scale * delta * x**2, rtol=rtol)
+            res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z)[-1] + scale * delta * x**2, rtol=rtol)
             assert res.laws["method"] == method, (rtol, delta, scale, res.notes)
 
 
@@ -148,11 +138,11 @@ def test_a_trajectory_without_its_start_is_named_up_to_rounding():
     within rtol (k + 1): a trajectory without x whose states are off by rtol / 2 (rounding)
     is still named."""
     rtol = 64 * np.finfo(np.float64).eps
-    res = _compare(lambda s, g, x, z: _em_vp(s, g, x, z)[1:] * (1.0 + rtol / 2))
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z)[1:] * (1.0 + rtol / 2))
     assert res.steps_peer == 2 and res.first_divergence == 0
     assert any("omits the start state x" in note for note in res.notes), res.notes
     # a start state off by 1.5 rtol (above rtol, state 0 is not a step's result) is noted, and only that
-    res = _compare(lambda s, g, x, z: _em_vp(s, g, x, z) * np.array([1.0 + 1.5 * rtol, 1.0, 1.0, 1.0])[:, None, None])
+    res = _compare(lambda s, g, x, z: textbook_em(s, g, x, z) * np.array([1.0 + 1.5 * rtol, 1.0, 1.0, 1.0])[:, None, None])
     assert 1.4 * rtol < res.deviation[0] < 1.6 * rtol and res.matches
     assert any("does not start at x" in note for note in res.notes), res.notes
 
@@ -211,7 +201,7 @@ def test_a_fitted_law_is_the_unbiased_sample_covariance():
     kept = {}
 
     def not_affine(s, g, x, z):
-        y = _em_vp(s, g, x, z)[-1] + 0.1 * x**2
+        y = textbook_em(s, g, x, z)[-1] + 0.1 * x**2
         kept.setdefault("y", y)  # the comparison's own run comes first
         return y
 
