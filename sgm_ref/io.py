@@ -23,6 +23,7 @@ import numpy as np
 
 from ._json import load_json
 from .nn import MLP, TimeEmbedding
+from .nn.mlp import _layers_parameter_count
 from .processes import process_from_dict
 from .score_model import ScoreModel
 
@@ -344,8 +345,7 @@ def _parameter_count(config):
         dim = TimeEmbedding(**embedding).dim
     except (TypeError, ValueError):
         return None
-    sizes = (d + dim, *widths, d)
-    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+    return _layers_parameter_count((d + dim, *widths, d))
 
 
 def _native(dtype):

@@ -71,6 +71,12 @@ def _check_keys(given, known, what):
                                        else f"lacks {missing}") + f"; it needs exactly {list(known)}")
 
 
+
+def _layers_parameter_count(sizes):
+    """sum_l (m_l + 1) m_{l+1}: the weights and biases of dense layers of the given sizes
+    (d + time features, *widths, d)."""
+    return sum((fan_in + 1) * fan_out for fan_in, fan_out in zip(sizes[:-1], sizes[1:]))
+
 class MLP:
     """Score network R^d x (0, T] -> R^d: an MLP on [x, e(t)].
 
@@ -115,7 +121,7 @@ class MLP:
         self.embedding = time_embedding
         self.dtype = check_float_dtype(dtype)
         self.sizes = (d + time_embedding.dim,) + self.widths + (d,)
-        n_params = sum((fi + 1) * fo for fi, fo in zip(self.sizes[:-1], self.sizes[1:]))
+        n_params = _layers_parameter_count(self.sizes)
         too_big = ValueError(f"d = {d} and widths = {_widths_text(self.widths)} make {n_params} parameters "
                              f"({n_params * self.dtype.itemsize / 2**30:.3g} GiB), more than fit in memory; "
                              "use a smaller d, or fewer or narrower layers")
