@@ -214,7 +214,9 @@ def welch_slopes(slopes, ses, dofs):
     gives the formula and its sources). slopes, ses, dofs: 1-D, length G >= 2, every se_g
     finite > 0 and nu_g finite >= 1 (fractional allowed). Returns {"F", "df": [G - 1, df2],
     "p", "weighted_slope"}: "p" = P(F(G - 1, df2) > F), the upper tail (for G = 2 the
-    two-sided p of Welch's t). F is inf only where its value is past the float range.
+    two-sided p of Welch's t). F is inf only where its value is past the float range, or where
+    the rounding of the weighted mean (|b| eps) over an se_g below ~1e-154 is (a term that
+    float64 cannot tell from 0 or from past the range).
     """
     b, se, nu = (np.asarray(v, dtype=float) for v in (slopes, ses, dofs))
     G = b.size
@@ -230,7 +232,26 @@ def welch_slopes(slopes, ses, dofs):
     scale = float(np.max(np.abs(b))) or 1.0
     bw = float(np.sum((w / W) * (b / scale)) * scale)
     lam = float(np.sum((1.0 - w / W) ** 2 / nu))
-    F = float(np.sum(((b - bw) / se) ** 2) / (G - 1) / (1.0 + 2.0 * (G - 2) * lam / (G**2 - 1)))
+    correction = 1.0 + 2.0 * (G - 2) * lam / (G**2 - 1)
+    with np.errstate(over="ignore"):
+        F = float(np.sum(((b - bw) / se) ** 2) / (G - 1) / correction)
+    if not math.isfinite(F):
+        # a term (b_g - bw)^2 / se_g^2 past the float range where F itself may not be: the terms
+        # on the scales of the largest |b| and the smallest se (b_g - bw and 1 / se_g may
+        # overflow too), the scales put back by exponents
+        r = (b / scale - bw / scale) * (se.min() / se)
+        # (all of them 0 on that scale: the overflowing term is bw's rounding over a tiny se_g,
+        # and F stays inf)
+        top = float(np.max(np.abs(r)))
+        if top > 0.0:
+            m_r, e_r = math.frexp(top)
+            m_s, e_s = math.frexp(scale)
+            m_e, e_e = math.frexp(float(se.min()))
+            q = float(np.sum((r / top) ** 2)) / (G - 1) / correction * (m_r * m_s / m_e) ** 2
+            try:
+                F = math.ldexp(q, 2 * (e_r + e_s - e_e))
+            except OverflowError:
+                F = math.inf
     df2 = (G**2 - 1) / (3.0 * lam)
     # dofs near 1e308 make lam subnormal and df2 inf, where F(G - 1, inf) is chi2(G - 1) / (G - 1)
     p = stats.f.sf(F, G - 1, df2) if math.isfinite(df2) else stats.chi2.sf(F * (G - 1), G - 1)
@@ -450,7 +471,11 @@ def saturating_fit(n, error, level=0.95, b_max=4.0):
         ub = u ** -b
 
         def resid(p):
-            return y - np.log(np.exp(p[0]) * ub + p[1] * scale)
+            # a trial step past exp's range gives residuals -inf, which least_squares' trf takes
+            # as a failed step (it shrinks its region and tries again): an expected event on
+            # errors near 1e265 (log A near 610), not a warning for the caller
+            with np.errstate(over="ignore"):
+                return y - np.log(np.exp(p[0]) * ub + p[1] * scale)
 
         def jac(p):
             a_u = np.exp(p[0]) * ub
