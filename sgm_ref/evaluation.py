@@ -60,9 +60,11 @@ def score_report(score, target, process, *, t0, T, method, grid, n_steps, rng, p
     grid, times and Monte-Carlo draws (common random numbers: a copy of rng's state before
     the model's figures): the sampler's own floor. Its path KL and bound are the
     discretisation's alone (e.g. on the ring with 300 geometric Euler–Maruyama steps on
-    [0.001, 5], path KL 0.18 and bound 0.31), so a model's path KL is read against them,
-    not against 0. The exact score is called in `dtype` (float64 in, rounded once to dtype
-    out), so in float32 its profile shows float32 rounding; in float64 it is exactly 0.
+    [0.001, 5], path KL 0.18 and bound 0.30, its one-sided upper value 0.31: `sgm-ref
+    audit` of the exact score, seeds 0 to 3, bound 0.301 to 0.309), so a model's path KL
+    is read against them, not against 0. The exact score is called in `dtype` (float64
+    in, rounded once to dtype out), so in float32 its profile shows float32 rounding; in
+    float64 it is exactly 0.
 
     Parameters
     ----------
@@ -265,8 +267,9 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20, fl
     float64 for these samples (a point far out, e.g. 1e160 from a sampler that diverged:
     MMD^2's squared distances, the covariance error, the component weights) has value
     None (and standard_error None) and "not_computed" saying why; the others still
-    stand. Samples that are not a finite (n >= 2, target.dim) array raise ValueError, as do
-    n_reference or two_sample_n that are not integers >= 2 and (d <= 2) malformed bins.
+    stand. Samples that are not a finite (n >= 2, target.dim) array raise ValueError (a
+    non-finite point named by its row), as do n_reference or two_sample_n that are not
+    integers >= 2 and (d <= 2) malformed bins.
 
     The sliced Wasserstein standard error is over the random projections only (x and the
     reference held fixed): the sampling noise of x and the reference is larger (ring,
@@ -281,7 +284,11 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20, fl
     """
     if not isinstance(floor, (bool, np.bool_)):
         raise ValueError(f"floor must be True or False, got {floor!r}")
-    x = check_points(x, "x", d=getattr(target, "dim", None))  # bad input raises; only its figures may be "not computed"
+    try:  # bad input raises; only its figures may be "not computed"
+        x = check_points(x, "x", d=getattr(target, "dim", None))
+    except ValueError as exc:
+        _name_non_finite_row(x, exc)
+        raise
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"x must have at least 2 rows (points), got {n}")
@@ -296,6 +303,17 @@ def sample_report(x, target, rng, *, n_reference, two_sample_n=2000, bins=20, fl
     if floor:
         _sliced_floor(out, target, reference, n, rng)
     return out
+
+
+def _name_non_finite_row(x, exc):
+    """check_points' refusal of a non-finite x (exc) again with the first such row: "x contains
+    1 non-finite value(s)" did not say which of 10,000 samples (plots.samples_figure says)."""
+    if not str(exc).startswith("x contains "):
+        return
+    rows = np.flatnonzero(~np.all(np.isfinite(np.asarray(x)), axis=1))
+    raise ValueError(f"{exc}: {rows.size} of {len(x)} points are not finite (the first is row {rows[0]}, "
+                     f"{np.asarray(x)[rows[0]].tolist()!r:.120}); a sampler that diverged has no distance to the "
+                     "target: draw the samples again") from None
 
 
 def _sliced_floor(samples, target, reference, n, rng, draws=SLICED_FLOOR_DRAWS):
@@ -598,9 +616,12 @@ def non_finite_notes(report):
     if bad:
         where = (f"every t of the profile ({bad[0]:.3g} to {bad[-1]:.3g})" if len(bad) == len(se["t"]) > 1
                  else "t = " + ", ".join(f"{t:.3g}" for t in bad))
-        largest = f"{_FLOAT64_MAX:.2g}".replace("+", "")
-        notes.append(f"the score error overflows float64 at {where}: E|s - grad log p_t|^2 exceeds the largest "
-                     f"float64 ({largest}), so |s - grad log p_t| reaches about 1e154 there")
+        # the profile's error is inf where a point's |s - grad log p_t|^2 is (its mean of finite
+        # squares is scaled, never inf): a bound from below on |s - grad log p_t|, not its size (a
+        # score 1e200 off was said to reach "about 1e154"), and on that point, not on the mean
+        largest, root = (f"{v:.2g}".replace("+", "") for v in (_FLOAT64_MAX, math.sqrt(_FLOAT64_MAX)))
+        notes.append(f"the score error overflows float64 at {where}: |s - grad log p_t|^2 exceeds the largest "
+                     f"float64 ({largest}) at some of the points, so |s - grad log p_t| is {root} or more there")
     integral = se.get("integral")
     if integral is not None and not math.isfinite(integral["value"]):
         bound = report.get("tv_bound")

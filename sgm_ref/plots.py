@@ -227,9 +227,11 @@ def loss_figure(loss, exact=None):
     shown = [loss]
     if exact is not None:
         value, se = exact
+        # the band is 2 standard errors each side: the label says so (its "± se" beside a band
+        # twice as wide read as a band of one standard error)
         ax.axhspan(value - 2 * se, value + 2 * se, color="tab:green", alpha=0.2, lw=0)
         ax.axhline(value, color="tab:green", lw=1, ls="--",
-                   label=f"exact score (the floor in expectation): {value:.4g} ± {se:.2g}")
+                   label=f"exact score (the floor in expectation): {value:.4g} ± {se:.2g}; band ± 2 s.e.")
         shown.append([value])
     _log_axis_if_wide(ax, np.concatenate(shown))
     ax.set_xlabel("step")

@@ -168,6 +168,33 @@ def test_an_overflowing_score_error_is_said_in_words():
     assert bound_text(report["tv_bound"]) == "1 (vacuous: the path KL overflows float64)"
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_an_overflowing_score_error_is_bounded_from_below_not_sized():
+    """A score 1e200 x off the truth (|s - grad log p_t| ~ 1e200 |x|) was said to reach "about
+    1e154", and E|s - grad log p_t|^2 to exceed float64's largest, while the profile is inf as
+    soon as one point's square is (one point 2e154 off among n: a mean of 4e308 / n). The
+    note says what is known: at some points the square overflows, |s - grad log p_t| >= 1.3e154."""
+    from sgm_ref.evaluation import non_finite_notes
+
+    report = _overflowing_score_report()
+    assert non_finite_notes(report)[0] == (
+        "the score error overflows float64 at every t of the profile (0.01 to 3): |s - grad log p_t|^2 exceeds the "
+        f"largest float64 (1.8e308) at some of the points, so |s - grad log p_t| is "
+        f"{np.sqrt(np.finfo(np.float64).max):.2g} or more there".replace("+", ""))
+    g = GaussianMixture.paper_family(2, 2, 2.0, rng=0)
+
+    def one_point_off(x, t):
+        s = g.score(x, t)
+        s[0, 0] += 2e154
+        return s
+
+    report = score_report(one_point_off, g, OU(), t0=1e-2, T=3.0, method="probability_flow", grid="uniform",
+                          n_steps=5, rng=np.random.default_rng(0), profile_n=10, profile_times=2)
+    assert report["score_error"]["error"] == [np.inf, np.inf]  # though the mean of the squares is 4e308 / 10
+    assert "at every t of the profile (0.01 to 3): |s - grad log p_t|^2 exceeds the largest float64 (1.8e308) " \
+           "at some of the points" in non_finite_notes(report)[0]
+
+
 # -- report.md and the summary explain their numbers --------------------------------------
 
 def _report(mmd2=(0.004, 0.001), energy=(0.04, 0.01), kl_prior=(1e-6, 3e-6)):
@@ -232,6 +259,23 @@ def test_loss_plot_has_readable_ticks_and_the_exact_score_line(first, last):
     assert ax.get_ylabel()
 
 
+def test_loss_plot_s_exact_score_line_and_band_are_what_its_label_says():
+    """The exact score's loss is drawn at its value with a band of 2 standard errors each
+    side; the label gave "value ± se" only, so the band, twice as wide, read as one standard
+    error. The label now says the band's width."""
+    pytest.importorskip("matplotlib")
+    from sgm_ref.plots import loss_figure
+
+    value, se = 1.237, 0.092
+    fig, ax = loss_figure(np.linspace(2.0, 1.3, 100), exact=(value, se))
+    (line,) = [line for line in ax.get_lines() if line.get_label().startswith("exact score")]
+    assert list(line.get_ydata()) == [value, value]
+    (band,) = ax.patches
+    assert band.get_y() == pytest.approx(value - 2 * se, rel=1e-15)
+    assert band.get_y() + band.get_height() == pytest.approx(value + 2 * se, rel=1e-15)
+    assert line.get_label() == "exact score (the floor in expectation): 1.237 ± 0.092; band ± 2 s.e."
+
+
 def test_score_error_plot_has_a_y_label():
     pytest.importorskip("matplotlib")
     from sgm_ref.plots import score_error_figure
@@ -239,6 +283,27 @@ def test_score_error_plot_has_a_y_label():
     fig, ax = score_error_figure({"t": [0.01, 0.1, 1.0], "error": [1.0, 0.1, 0.01],
                                   "standard_error": [0.1, 0.01, 0.001], "oracle_mean_square": [10.0, 3.0, 1.0]})
     assert ax.get_ylabel() == "mean squared score error"
+
+
+def test_score_error_plot_draws_the_errors_their_2_standard_errors_and_the_scale():
+    """score_error.png: each point at (t, error) with a bar from error - 2 se to error + 2 se,
+    as its legend says, and the dashed scale at E|grad log p_t|^2 (nothing checked the bars'
+    length or the scale's values)."""
+    pytest.importorskip("matplotlib")
+    from sgm_ref.plots import score_error_figure
+
+    t, error, se, scale = [0.01, 0.1, 1.0], [1.0, 0.1, 0.01], [0.1, 0.02, 0.001], [10.0, 3.0, 1.0]
+    fig, ax = score_error_figure({"t": t, "error": error, "standard_error": se, "oracle_mean_square": scale})
+    (bars,) = ax.containers
+    assert bars.get_label() == "E|s - grad log p_t|^2 (± 2 s.e.)"
+    data, _, (segments,) = bars.lines
+    np.testing.assert_array_equal(data.get_xdata(), t)
+    np.testing.assert_array_equal(data.get_ydata(), error)
+    ends = np.array([[a[1], b[1]] for a, b in segments.get_segments()])
+    np.testing.assert_allclose(ends, np.column_stack([np.subtract(error, np.multiply(2, se)),
+                                                      np.add(error, np.multiply(2, se))]), rtol=1e-15)
+    (line,) = [line for line in ax.get_lines() if line.get_label() == "E|grad log p_t|^2 (scale)"]
+    np.testing.assert_array_equal(line.get_ydata(), scale)
 
 
 @pytest.mark.parametrize("overflow", [float("inf"), None])  # in memory, and read back from JSON
@@ -536,6 +601,76 @@ def test_sample_report_still_refuses_bad_samples():
         sample_report(x, g, rng, n_reference=50, two_sample_n=20, bins=5)
     with pytest.raises(ValueError, match=r"x must have shape \(n, 2\)"):
         sample_report(np.zeros((50, 3)), g, rng, n_reference=50, two_sample_n=20, bins=5)
+
+
+@pytest.mark.parametrize("n_reference, two_sample_n, m", [(11, 8, 8), (7, 20, 7), (11, 20, 9)],
+                         ids=["two_sample_n", "n_reference", "n"])
+def test_sample_report_figures_are_those_of_the_documented_points_by_scipy(n_reference, two_sample_n, m):
+    """Each figure of sample_report against an independent computation on the points its
+    docstring names: the reference is rng's first n_reference target draws; MMD^2 and the
+    energy distance are the U-statistics of the first m = min(two_sample_n, n, n_reference)
+    points of x and of the reference (scipy's cdist; the bandwidth the median of the pooled
+    pairwise distances); the sliced Wasserstein distances are sgm_ref's on x and the whole
+    reference with rng next; mean, covariance and component weights by numpy and scipy."""
+    from scipy.spatial.distance import cdist
+    from scipy.special import logsumexp
+    from scipy.stats import multivariate_normal
+
+    from sgm_ref.metrics import histogram_tv, sliced_wasserstein
+
+    g = GaussianMixture.ring()
+    x = 1.3 * g.sample(9, np.random.default_rng(3))
+    report = sample_report(x, g, np.random.default_rng(11), n_reference=n_reference, two_sample_n=two_sample_n,
+                           bins=5)
+    rng = np.random.default_rng(11)
+    reference = g.sample(n_reference, rng)
+    for p in (1, 2):
+        expected = sliced_wasserstein(x, reference, rng, p=p)
+        assert report[f"sliced_wasserstein_{p}"] == {"value": expected.value, "standard_error": expected.standard_error}
+    a, b = x[:m], reference[:m]  # m = min(two_sample_n, n = 9, n_reference)
+    pairs = cdist(np.vstack([a, b]), np.vstack([a, b]))
+    h = np.median(pairs[np.triu_indices(2 * m, 1)])
+    assert report["mmd2"]["bandwidth"] == pytest.approx(h, rel=1e-14)
+
+    def u_statistic(k):
+        kaa, kbb, kab = k(cdist(a, a)), k(cdist(b, b)), k(cdist(a, b))
+        off = m * (m - 1)
+        return (kaa.sum() - np.trace(kaa)) / off + (kbb.sum() - np.trace(kbb)) / off - 2 * kab.mean()
+
+    assert report["mmd2"]["value"] == pytest.approx(u_statistic(lambda r: np.exp(-r**2 / (2 * h * h))), abs=1e-15)
+    assert report["energy_distance"]["value"] == pytest.approx(u_statistic(lambda r: -r), abs=1e-14)
+    assert report["mean_error"]["value"] == pytest.approx(np.linalg.norm(x.mean(axis=0) - g.mean()), rel=1e-14)
+    assert report["covariance_error"]["value"] == pytest.approx(np.linalg.norm(np.cov(x.T) - g.covariance()),
+                                                               rel=1e-13)
+    log_joint = np.stack([np.log(w) + multivariate_normal(mu, 0.09 * np.eye(2)).logpdf(x)
+                          for w, mu in zip(g.weights, g.means)], axis=1)
+    posterior = np.exp(log_joint - logsumexp(log_joint, axis=1, keepdims=True))
+    weights = report["component_weights"]
+    np.testing.assert_allclose(weights["soft"], posterior.mean(axis=0), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(weights["soft_standard_error"], posterior.std(axis=0, ddof=1) / 3, rtol=1e-12,
+                               atol=1e-17)
+    np.testing.assert_array_equal(weights["hard"], np.bincount(posterior.argmax(axis=1), minlength=8) / 9)
+    assert weights["true"] == g.weights.tolist()
+    expected = histogram_tv(x, g, bins=5)
+    assert report["histogram_tv"] == {"value": expected.value, "expected_bias": expected.expected_bias, "bins": 5}
+    assert (report["n"], report["d"]) == (9, 2)
+
+
+def test_sample_report_names_the_first_non_finite_row():
+    """NaN or inf in the samples (a sampler that diverged) was refused as "x contains 2
+    non-finite value(s) (NaN or inf)": which of the points, it did not say (samples.png's
+    figure names the row). It names the first such row and the count of such points now."""
+    g = GaussianMixture.ring()
+    x = g.sample(40, np.random.default_rng(0))
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[7, 1], y[12, 0] = bad, bad
+        for given in (y, y.tolist(), y.astype(np.float32)):
+            with pytest.raises(ValueError, match=r"^x contains 2 non-finite value\(s\) \(NaN or inf\): 2 of 40 "
+                                                 r"points are not finite \(the first is row 7, \[.*\]\); "):
+                sample_report(given, g, np.random.default_rng(0), n_reference=50, two_sample_n=20, bins=5)
+    with pytest.raises(ValueError, match=r"^x must have shape \(n, 2\), got shape \(3, 3\)$"):  # others as they were
+        sample_report(np.zeros((3, 3)), g, np.random.default_rng(0), n_reference=50)
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -242,21 +242,40 @@ def test_save_figure_refuses_a_folder_or_an_empty_name(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["sub"] and not list((tmp_path / "sub").iterdir())
 
 
-def test_run_plots_and_the_audit_plot_leave_no_pyplot_figure_and_keep_the_backend(tmp_path):
+def test_run_plots_and_the_audit_plot_leave_no_pyplot_figure_and_keep_the_backend(tmp_path, monkeypatch):
     """The plots are Figures made without pyplot: a failed write leaks no figure, and a
-    notebook's backend is not switched to Agg by a call."""
+    notebook's backend is not switched to Agg by a call. Each of the run's three plots and
+    the audit's (only plot_loss was called, so the others could use pyplot unnoticed), and
+    the session's backend is put back afterwards (it was left at svg for every later test)."""
     import matplotlib
     import matplotlib.pyplot as plt
 
+    backend = matplotlib.get_backend()
     matplotlib.use("svg")
-    before = plt.get_fignums()
-    loss = np.linspace(2.0, 1.0, 50)
-    for _ in range(2):
-        with pytest.raises(ValueError, match="does not exist"):
-            plots.plot_loss(loss, str(tmp_path / "missing" / "loss.png"))
-    plots.plot_loss(loss, str(tmp_path / "loss.png"))
-    assert plt.get_fignums() == before
-    assert matplotlib.get_backend().lower() == "svg"
+    try:
+        before = plt.get_fignums()
+        loss = np.linspace(2.0, 1.0, 50)
+        plots.plot_loss(loss, str(tmp_path / "loss.png"))  # written as the run writes it
+        report = _audit_report([1.0, 0.1, 0.01], [0.0, 0.0, 0.0], [0.5, 0.2], [0.3, 0.1])
+        calls = {"loss.png": lambda path: plots.plot_loss(loss, path, exact=(0.9, 0.01)),
+                 "samples.png": lambda path: plots.plot_samples(RING, RING.sample(20, np.random.default_rng(0)),
+                                                                path, "t"),
+                 "score_error.png": lambda path: plots.plot_score_error(report["score_error"], path),
+                 "audit.png": lambda path: plots.plot_score_audit(report, path, grid=[5.0, 1.0, 0.01])}
+        for name, call in calls.items():
+            for _ in range(2):
+                with pytest.raises(ValueError, match="does not exist"):
+                    call(str(tmp_path / "missing" / name))
+        # and made whole (pyplot registers a figure when it is made; the write is the _save above)
+        made = []
+        monkeypatch.setattr(plots, "_save", lambda fig, path: made.append(fig))
+        for name, call in calls.items():
+            call(str(tmp_path / name))
+            assert plt.get_fignums() == before, name
+            assert matplotlib.get_backend().lower() == "svg", name
+        assert len(made) == len(calls) and [p.name for p in tmp_path.iterdir()] == ["loss.png"]
+    finally:
+        matplotlib.use(backend)
 
 
 @pytest.mark.parametrize("n_steps, bold", [(1, 1), (2, 1), (3, 1)])
@@ -411,6 +430,34 @@ def test_audit_plot_names_errors_of_zero_in_the_legend(monkeypatch, tmp_path):
     fig = _audit_figure(monkeypatch, tmp_path, _audit_report([1.0, 0.1, 0.01], [0.0, 0.0, 0.0], [1.0], [1.0]))
     labels = [c.get_label() for c in fig.axes[0].containers if isinstance(c, ErrorbarContainer)]
     assert labels == ["model (± 2 s.e.)"]  # as before: nothing to say
+
+
+def test_audit_plot_s_left_panel_draws_the_numbers_of_the_report(monkeypatch, tmp_path):
+    """The score panel: the model's and the floor's errors with bars of 2 standard errors each
+    side (as the legend says), the scale E|grad log p_t|^2, the error the tolerance allows at
+    each t (tol(t) times the scale; also test_audit_score_floor.py) and a cross on each time
+    that exceeds it (the bars' length was not checked: bars of 1 standard error passed)."""
+    report = _audit_report([1.0, 0.1, 0.01], [1e-3, 2e-4, 0.0], [1.0], [1.0])
+    report["floor"]["score_error"]["standard_error"] = [1e-4, 5e-5, 0.0]
+    report["tolerance"] = {"spec": "0.01=0.5,0.1=0.002", "allowed": [0.5, 0.002, 0.002], "exceeded": [0.1, 1.0]}
+    ax = _audit_figure(monkeypatch, tmp_path, report).axes[0]
+    t = np.array([0.01, 0.1, 1.0])
+    bars = {c.get_label(): c for c in ax.containers if isinstance(c, ErrorbarContainer)}
+    for label, error, se in (("model (± 2 s.e.)", [1.0, 0.1, 0.01], [0.01, 0.001, 1e-4]),
+                             ("exact score (± 2 s.e.): the floor; 0 at 1 t, not drawn", [1e-3, 2e-4], [1e-4, 5e-5])):
+        data, _, (segments,) = bars[label].lines
+        np.testing.assert_array_equal(data.get_xdata(), t[:len(error)])
+        np.testing.assert_array_equal(data.get_ydata(), error)
+        ends = np.array([[a[1], b[1]] for a, b in segments.get_segments()])
+        np.testing.assert_allclose(ends, np.column_stack([np.subtract(error, np.multiply(2, se)),
+                                                          np.add(error, np.multiply(2, se))]), rtol=1e-15)
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(lines["E|grad log p_t|^2 (scale)"].get_ydata(), [10.0, 3.0, 1.0])
+    allowed = lines["allowed at each t (0.01=0.5,0.1=0.002)"]
+    np.testing.assert_array_equal(allowed.get_xdata(), t)
+    np.testing.assert_allclose(allowed.get_ydata(), [5.0, 0.006, 0.002], rtol=1e-15)
+    np.testing.assert_array_equal(lines["exceeds"].get_xdata(), [0.1, 1.0])
+    np.testing.assert_array_equal(lines["exceeds"].get_ydata(), [0.1, 0.01])
 
 
 ONE_D = GaussianMixture([0.5, 0.5], [[-1.0], [1.0]], [[0.09], [0.09]])
