@@ -709,7 +709,14 @@ def _states(folder):
 
 
 def finished_steps(folder):
-    """Steps of the run's finished training (model.npz written, no checkpoint pending), or None."""
+    """Steps of the run's finished training (model.npz written and whole, no checkpoint
+    pending), or None.
+
+    A model.npz whose archive is damaged (a member failing its CRC-32, a file cut short) is
+    no finished training: `train --resume` writes it again. Only a damaged header was taken
+    as such; a flipped bit in its parameters was "already trained", while sample and
+    evaluate refused the file.
+    """
     checkpoint, _ = _states(folder)
     model = _path(folder, "model.npz")
     if os.path.exists(checkpoint) or not os.path.exists(model):
@@ -718,7 +725,30 @@ def finished_steps(folder):
         steps = read_header(model)["extra"]["steps"]
     except (ValueError, KeyError, TypeError):
         return None
+    if _archive_damage(model) is not None:
+        return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def _archive_damage(path):
+    """Why the .npz archive at path does not read whole (a member failing its CRC-32, a file
+    cut short), or None if every member reads back as written."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as exc:  # any damage (BadZipFile, zlib.error, EOFError, an 'encrypted' member, ...)
+        return read_error_text(exc)
+    return None if bad is None else f"its member {bad!r} fails its CRC-32 check"
+
+
+def _model_remedy(folder):
+    """How `train --resume` writes a damaged model.npz again (finished_steps takes it for unfinished)."""
+    folder = os.fspath(folder)
+    checkpoint, final = _states(folder)
+    source = ("from checkpoint.npz" if os.path.exists(checkpoint) else
+              "from training_state.npz, the same bits" if os.path.exists(final) else
+              "by training the run again from step 0")
+    return f"`sgm-ref train {folder} --resume` writes it again ({source})"
 
 
 def restore_history(folder):
@@ -794,7 +824,8 @@ def train(folder, progress=None, steps=None, log=None):
     """Train the run in folder from its config.json, continuing from its saved state.
 
     Starts from checkpoint.npz when a training was interrupted, from training_state.npz
-    when `steps` extends a finished run, else from step 0. Removes the samples and reports
+    when `steps` extends a finished run or its model.npz is missing or damaged (written
+    again, the same bits: no step is taken), else from step 0. Removes the samples and reports
     of an older model, writes history.json and training_state.npz, removes the checkpoint,
     and writes model.npz (with the EMA, when enabled) last, so that a kill between any two
     writes leaves a run that --resume completes. Holds the folder's lock.
@@ -946,12 +977,26 @@ def load_model(folder, config=None):
     """The run's trained model (its parameter average when one was kept).
 
     config: the run's configuration if already read (read_config(folder) otherwise).
+
+    Raises
+    ------
+    RunError
+        No model.npz; a damaged one (a member of its archive fails its CRC-32, or it is
+        cut short: the message says how `train --resume` writes it again); a model of
+        another run, of other settings, or of another step count than config.json's.
+    sgm_ref.io.ModelFileError (a ValueError)
+        An intact model.npz this version cannot read (a newer format, say).
     """
     path = _path(folder, "model.npz")
     if not os.path.exists(path):
         raise RunError(f"{os.fspath(folder)} has no model.npz: train it first (`sgm-ref train`, or "
                        "`sgm-ref train --resume` if training was interrupted)")
     config = read_config(folder) if config is None else config
+    # a damaged file, also in a member not read here (the parameters beside their average): it was
+    # refused naming no way out, and `train --resume` called the run trained (finished_steps)
+    damage = _archive_damage(path)
+    if damage is not None:
+        raise RunError(f"{path} is damaged ({damage}): {_model_remedy(folder)}")
     model = load(path, use_ema=config["train"]["ema_decay"] > 0)
     m = config["model"]
     if (model.network.d, model.process, model.dtype.name, model.parameterization) != (
@@ -971,6 +1016,12 @@ def load_model(folder, config=None):
                        "training): a model from another run, or config.json edited after training; train the "
                        "run again")
     trained = extra.get("steps") if isinstance(extra, dict) else None
+    if isinstance(trained, int) and trained > config["train"]["steps"]:  # a run is extended, never shortened
+        # it said "finish the training with --resume", which then refused: "past the steps of config.json"
+        raise RunError(f"{path} is trained for {trained} steps but config.json asks for {config['train']['steps']}, "
+                       "fewer (config.json edited since the training? a run is extended, never shortened): restore "
+                       f"its \"steps\" to {trained}, or run `sgm-ref train {os.fspath(folder)} --resume --steps "
+                       f"{trained}`")
     if isinstance(trained, int) and trained != config["train"]["steps"]:  # an extension under way
         raise RunError(f"{path} is trained for {trained} steps but config.json asks for {config['train']['steps']}: "
                        f"finish the training with `sgm-ref train {os.fspath(folder)} --resume`")

@@ -439,3 +439,59 @@ def test_a_samples_file_whose_magic_is_damaged_is_not_called_pickled_data(tmp_pa
     with pytest.raises(RunError, match=r"samples.npy is unreadable \(not an .npy array: its first bytes are not "
                                        r"NumPy's \(a damaged or foreign file\)\)$"):
         load_samples(run, 2)
+
+
+def _flip_in_member(path, member):
+    """path with one bit flipped in the data of an .npz member (its last byte)."""
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    n, m = struct.unpack("<HH", raw[info.header_offset + 26:info.header_offset + 30])  # the local header's
+    raw[info.header_offset + 30 + n + m + info.compress_size - 1] ^= 0x01
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage, state, source", [
+    ("ema", True, r"from training_state.npz, the same bits"),
+    ("params", True, r"from training_state.npz, the same bits"),
+    ("cut", False, r"by training the run again from step 0"),
+])
+def test_a_damaged_model_is_written_again_by_resume(tmp_path, finished, damage, state, source):
+    """A flipped bit in model.npz's arrays (not its header): sample and evaluate refused the file
+    naming no way out, and `sgm-ref train --resume` said the run was "already trained" (only a
+    damaged header made finished_steps take the run for unfinished), though the training state
+    holds the very parameters. A damaged member that sampling does not read (the parameters beside
+    their average) counts too: the archive is damaged."""
+    from sgm_ref.cli import main
+    from sgm_ref.runs import finished_steps, load_model
+
+    run = _copy(finished, tmp_path / "run")
+    if not state:
+        (run / "training_state.npz").unlink()
+    if damage == "cut":
+        (run / "model.npz").write_bytes((finished / "model.npz").read_bytes()[:1000])
+    else:
+        _flip_in_member(run / "model.npz", f"{damage}.npy")
+    assert finished_steps(run) is None  # `train --resume` trains, rather than "already trained"
+    what = "File is not a zip file" if damage == "cut" else f"its member '{damage}.npy' fails its CRC-32 check"
+    with pytest.raises(RunError, match=rf"model.npz is damaged \({what}\): `sgm-ref train {run} --resume` writes it "
+                                       rf"again \({source}\)$"):
+        load_model(run)  # also for the parameters, which it does not read beside their average
+    assert main(["train", str(run), "--resume"]) == 0
+    assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()
+    assert finished_steps(run) == 30
+
+
+def test_a_config_edited_to_fewer_steps_than_trained_names_the_way_back(tmp_path, finished):
+    """config.json's steps lowered by hand below the model's: the refusal said "finish the training
+    with `sgm-ref train RUN --resume`", which then refused too (the state is past config.json's
+    steps); the way that works is to give the trained count back."""
+    run = _copy(finished, tmp_path / "run")
+    _edit_config(run, "train", steps=20)
+    with pytest.raises(RunError, match=rf"model.npz is trained for 30 steps but config.json asks for 20, fewer .*"
+                                       rf"restore its \"steps\" to 30, or run `sgm-ref train {run} --resume --steps "
+                                       rf"30`$"):
+        sample_run(run)
+    train(run, progress=False, steps=30)  # the remedy named
+    assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()
+    sample_run(run)

@@ -154,9 +154,31 @@ def test_busy_hint_only_when_the_pools_oversubscribe(monkeypatch):
     assert _threads.busy_hint(busy=2, cpus=2, threads=2) is None
 
 
-def test_busy_cpus_counts_others_or_says_unknown():
+def test_busy_cpus_counts_others_or_says_unknown(monkeypatch):
     busy = _threads.busy_cpus()
     assert busy is None or (isinstance(busy, int) and busy >= 0)
+    # the count itself, from reads of /proc/loadavg given here (the check above held for any
+    # int >= 0, a busy_cpus that always said 0 included): the median of five reads, less the
+    # reading thread, never below 0; unknown (None) when a read fails or does not parse
+    import io
+
+    def reads(*running):
+        counts = iter(running)
+
+        def fake_open(path, *args, **kwargs):
+            assert path == "/proc/loadavg"
+            count = next(counts)
+            if count is None:
+                raise OSError("no /proc")
+            return io.StringIO(f"0.52 0.58 0.59 {count}/517 12345\n")
+        return fake_open
+
+    for running, busy in [((3, 9, 4, 1, 4), 3), ((1, 1, 1, 1, 1), 0), ((0, 0, 0, 0, 0), 0), ((7, 2, 6, 5, 8), 5)]:
+        monkeypatch.setattr(_threads, "open", reads(*running), raising=False)
+        assert _threads.busy_cpus() == busy, running
+    for running in (("x", 1, 1, 1, 1), (2, None, 1, 1, 1)):
+        monkeypatch.setattr(_threads, "open", reads(*running), raising=False)
+        assert _threads.busy_cpus() is None, running
 
 
 def test_the_command_line_threads_option(tmp_path):
@@ -186,6 +208,30 @@ def test_a_bad_sgm_ref_threads_is_one_line_on_the_command_line(tmp_path, value):
     result = run("demo", tmp_path / "run", env={"SGM_REF_THREADS": value}, check=False)
     assert_one_line_error(result, "SGM_REF_THREADS must be an integer >= 1")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_sgm_ref_threads_is_one_line_from_python_m_sgm_ref_cli(tmp_path, monkeypatch):
+    """`python -m sgm_ref.cli` is the command line too (cli.py runs main() as __main__): a bad
+    SGM_REF_THREADS was a traceback and exit status 1 there, as sys.argv[0] is "-m" while the
+    module is found (when sgm_ref is imported), not "sgm-ref"."""
+    clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    result = subprocess.run([sys.executable, "-X", "utf8", "-m", "sgm_ref.cli", "sample", str(tmp_path / "run")],
+                            env={**clean, "SGM_REF_THREADS": "abc"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr == ("sgm-ref: error: SGM_REF_THREADS must be an integer >= 1 (the "
+                                                        "thread count), got 'abc'; unset it for the default\n"), result
+    # which interpreter command lines run the command line (sys.argv[0] as seen when sgm_ref is imported)
+    for argv0, orig, expected in [
+            ("-m", ["python", "-m", "sgm_ref.cli", "sample", "run"], True),
+            ("-m", ["python", "-msgm_ref.cli"], True),
+            ("-m", ["python", "-X", "dev", "-W", "error", "-I", "-m", "sgm_ref.cli"], True),
+            ("/usr/bin/sgm-ref", ["python", "/usr/bin/sgm-ref", "demo"], True),
+            ("-m", ["python", "-m", "mypackage", "-m", "sgm_ref.cli"], False),  # another module, imports sgm_ref
+            ("-c", ["python", "-c", "import sgm_ref", "-m", "sgm_ref.cli"], False),
+            ("script.py", ["python", "script.py", "-m", "sgm_ref.cli"], False),
+            ("-m", ["python", "-m", "sgm_ref.experiments.rate"], False)]:
+        monkeypatch.setattr(sys, "argv", [argv0])
+        monkeypatch.setattr(sys, "orig_argv", orig)
+        assert _threads._is_command_line() is expected, orig
 
 
 def test_an_sgm_ref_threads_beyond_numbas_pool_is_one_line_on_the_command_line(tmp_path):
