@@ -1127,8 +1127,10 @@ def load_samples(folder, d):
     if x.ndim != 2 or x.shape[1] != d or x.dtype not in (np.dtype(np.float64), np.dtype(np.float32)):
         raise RunError(f"{path} has shape {x.shape} and dtype {x.dtype}; expected (n, {d}) float64 or float32 "
                        "(what `sgm-ref sample` writes): run it again")
-    if not np.all(np.isfinite(x)):
-        raise RunError(f"{path} holds non-finite values; run `sgm-ref sample` again")
+    if not np.all(np.isfinite(x)):  # the rows named: which of 10,000 points, and how many
+        rows = np.flatnonzero(~np.all(np.isfinite(x), axis=1))
+        raise RunError(f"{path} holds non-finite values ({rows.size} of {x.shape[0]} rows, the first row "
+                       f"{rows[0]}: {x[rows[0]].tolist()!r:.120}); run `sgm-ref sample` again")
     config = read_config(folder)
     n, dtype = config["sample"]["n"], config["model"]["dtype"]
     if x.shape[0] != n or x.dtype != np.dtype(dtype):

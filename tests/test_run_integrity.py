@@ -4,6 +4,7 @@ damaged byte is read as this run's (a review of faults and misread data)."""
 import io
 import json
 import os
+import re
 import struct
 import zipfile
 
@@ -302,6 +303,20 @@ def test_samples_of_another_count_or_dtype_are_refused(tmp_path, finished):
         np.save(run / "samples.npy", x)
         with pytest.raises(RunError, match=rf"samples.npy holds {len(x)} {x.dtype} points, but config.json's "
                                            r"sampler draws 50 float64 points: not this run's samples"):
+            load_samples(run, 2)
+
+
+def test_non_finite_samples_are_refused_naming_their_rows(tmp_path, finished):
+    """'holds non-finite values' did not say which of the points, nor how many."""
+    run = _copy(finished, tmp_path / "run")
+    x = sample_run(run)
+    for bad in (np.nan, np.inf, -np.inf):
+        y = x.copy()
+        y[7, 1] = bad
+        y[31, 0] = bad
+        np.save(run / "samples.npy", y)
+        want = f"samples.npy holds non-finite values (2 of 50 rows, the first row 7: {[float(x[7, 0]), bad]!r}); run"
+        with pytest.raises(RunError, match=re.escape(want)):
             load_samples(run, 2)
 
 
