@@ -156,7 +156,8 @@ class ScoreModel:
             with np.errstate(over="ignore"):  # in float64, rounded once (as output_to_score)
                 np.divide(jv, -self._sigma(t, s.shape[0])[:, None, None], out=jv, casting="same_kind")
         elif self.parameterization == "residual":
-            jv -= np.asarray(tangents, dtype=jv.dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # refused below, not warned of
+                jv -= np.asarray(tangents, dtype=jv.dtype)
         if not (np.all(np.isfinite(s)) and np.all(np.isfinite(jv))):
             raise ValueError("the score or its Jacobian-vector product overflows; use larger t or rescale x")
         return s, jv

@@ -234,3 +234,18 @@ def test_x_of_another_dtype_is_named_with_the_dtype_passed(parameterization):
         with pytest.raises(ValueError, match=match):
             call()
     assert model(x.astype(np.float32), 0.5).dtype == np.float32
+
+
+def test_a_residual_jvp_that_overflows_is_refused_without_a_warning():
+    """"residual" subtracts the tangents from the network's product: past float64 that warned
+    "overflow encountered in subtract" before its refusal (the "noise" branch did not)."""
+    import warnings
+
+    model = ScoreModel(MLP(2, (8,), "silu", "linear", rng=0), OU(), "residual")
+    x = np.random.default_rng(0).standard_normal((3, 2))
+    tangents = np.full((3, 1, 2), 1.5e308)
+    assert np.all(np.isfinite(model.network.jvp(x, 0.5, tangents)[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^the score or its Jacobian-vector product overflows"):
+            model.jvp(x, 0.5, tangents)
