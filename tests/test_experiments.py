@@ -165,6 +165,17 @@ def test_a_damaged_sweep_description_is_refused(tmp_path, saved):
         run_sweep(tmp_path, GRID, executor=CountingExecutor(), log=lambda s: None)
 
 
+@pytest.mark.parametrize("text", ['{"sgm_ref": ', "", "\x00"])
+def test_an_unreadable_sweep_description_is_named_with_the_fix(tmp_path, text):
+    """A review: a sweep.json that is not JSON was named ("is unreadable (...)") with no way out;
+    now with it, as the other refusals of the folder's description give theirs."""
+    (tmp_path / "sweep.json").write_text(text)
+    with pytest.raises(ValueError, match=r"sweep.json is unreadable \(the file is not valid JSON \(.*\)\); put the "
+                                         r"sweep's own sweep.json back to continue it, or use a new output folder$"):
+        run_sweep(tmp_path, GRID, executor=CountingExecutor(), log=lambda s: None)
+    assert (tmp_path / "sweep.json").read_text() == text and not (tmp_path / "results.jsonl").exists()
+
+
 class OtherVersionExecutor(concurrent.futures.Executor):
     """A cluster's worker with another sgm_ref installed: its rows carry that version."""
 
@@ -851,6 +862,30 @@ def test_settings_a_cell_cannot_run_are_refused_before_the_folder_is_made(tmp_pa
         rate.check_settings({**old, "steps": None})
     row = run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": {**old, "val_n": 64}})
     assert row["status"] == "ok" and (row["lr_schedule"], row["time_sampling"]) == (None, "direct")
+
+
+def test_adams_rate_and_averaging_settings_are_refused_before_the_folder_is_made(tmp_path):
+    """A review: lr 0, -2e-3 or "2e-3", ema_decay 1.5 or None and lr_final 1 passed
+    check_settings; sweep.json stored them, every cell became a failed row (Adam's or the
+    cosine's ValueError), and the folder then refused the corrected settings ("other settings
+    (lr)"). Now refused before anything is written, as the other numbers a cell computes with."""
+    for key, value, message in (("lr", 0.0, "['lr'] must be a finite number > 0, got 0.0"),
+                                ("lr", -2e-3, "['lr'] must be a finite number > 0, got -0.002"),
+                                ("lr", "2e-3", "['lr'] must be a finite number > 0, got '2e-3'"),
+                                ("ema_decay", 1.5, "['ema_decay'] (the EMA's decay) must be a number in [0, 1), "
+                                                   "got 1.5"),
+                                ("ema_decay", None, "['ema_decay'] (the EMA's decay) must be a number in [0, 1)"),
+                                ("lr_final", 1.0, "['lr_final'] (the cosine's final rate / lr) must be a number in "
+                                                  "[0, 1), got 1.0")):
+        with pytest.raises(ValueError, match=re.escape("grid['settings']" + message)):
+            run_sweep(tmp_path / "out", {**GRID, "settings": {**TINY, key: value}}, executor=CountingExecutor(),
+                      log=lambda s: None)
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(ValueError, match=re.escape("cell settings" + message)):
+            run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": {**TINY, key: value}})
+    # lr_final is read only with the cosine schedule: a sweep of the constant rate may leave it out
+    rate.check_settings({**TINY, "lr_schedule": None, "lr_final": None})
+    rate.check_settings({k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final")})
 
 
 def _mixture_1d_per_t_error(t, weights, means, score_of_g):

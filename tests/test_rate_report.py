@@ -565,6 +565,59 @@ def test_a_comparison_says_which_draws_the_cells_share():
         assert words in report._comparison_section(c, "other")[2]
 
 
+def test_a_comparison_does_not_claim_the_draws_its_settings_change():
+    """A review: two sweeps with another base_seed (or another n_eval, t0 or T) were said to have
+    "the same data, initialisation and evaluation draws", though base_seed seeds every draw of a
+    cell and the others move the evaluation's points (rate._integrated_errors). n_eval_tilted
+    moves only the Monte-Carlo families' points."""
+    rows = [{"family": family, "d": 2, "n": n, "seed": 0, "status": "ok", "score_error": 1.0 / n,
+             "score_error_se": 0.001} for family in ("mixture", "tilted") for n in (500, 2000)]
+    mixture = rows[:2]
+    for cells, other, words in [
+            (rows, {"base_seed": 1}, "each with other data, initialisation and evaluation draws (base_seed differs);"),
+            (rows, {"base_seed": 1, "width": 128}, "each with other data, initialisation and evaluation draws"),
+            (rows, {"n_eval": 5000}, "each with the same data and initialisation, but other evaluation draws "
+                                     "(n_eval differ);"),
+            (rows, {"t0": 0.001, "output_init": "zero"}, "each with the same data and the same initialisation but "
+                                                         "for the output layer, but other evaluation draws (t0 "
+                                                         "differ);"),
+            (rows, {"T": 3.0, "width": 128}, "each with the same data but not the same network (width differ), but "
+                                             "other evaluation draws (T differ);"),
+            (rows, {"n_eval_tilted": 100}, "but other evaluation draws (n_eval_tilted differ);"),
+            (mixture, {"n_eval_tilted": 100}, "each with the same data, initialisation and evaluation draws;")]:
+        c = report.compare(cells, cells, {"settings": {"base_seed": 0, "lr": 0.002}},
+                           {"settings": {"base_seed": 0, "lr": 0.002, **other}})
+        assert words in report._comparison_section(c, "other")[2], other
+
+
+def test_a_bound_term_that_overflowed_in_one_seed_is_not_averaged_over_the_others():
+    """A review: a seed whose path term overflowed (rate._bound_terms writes its kl_path, kl and
+    kl_upper as null; its bound is the trivial 1) was left out of those terms' means and in the
+    tv's: "kl_path 0.2" beside a mean bound (1 + 0.3) / 2 = 0.65 that counts the overflowed seed.
+    The term is now infinite (null in the numbers, ∞ in the table) when any seed's overflowed."""
+    def row(seed, tv):
+        overflowed = tv["tv"] == 1.0
+        terms = {"tv": tv["tv"], "tv_se": 0.0 if overflowed else 0.01, "kl_prior": 1e-3, "tv_early_stopping": 0.01,
+                 "kl_path": None if overflowed else 0.2, "kl_path_se": None if overflowed else 0.01,
+                 "kl": None if overflowed else 0.201, "kl_upper": None if overflowed else 0.25,
+                 "method": "residual_exponential"}
+        return {"family": "mixture-iso", "d": 2, "n": 500, "seed": seed, "status": "ok", "score_error": 0.1,
+                "score_error_se": 0.01, "tv_bound": tv["tv"], "tv": terms}
+
+    rows = [row(0, {"tv": 0.3}), row(1, {"tv": 1.0})]
+    point = report.analyse(rows)["families"]["mixture-iso"]["points"]["2"]["500"]
+    assert point["tv"][:2] == [0.65, 0.35]
+    terms = point["tv_terms"]
+    assert terms["kl_path"] is None and terms["kl"] is None and terms["kl_upper"] is None
+    assert terms["kl_prior"] == pytest.approx(1e-3, rel=1e-15) and terms["tv_early_stopping"] == 0.01
+    (line,) = [x for x in report._family_section("mixture-iso", report.analyse(rows)["families"]["mixture-iso"])
+               if x.startswith("| 2 | learned |")]
+    assert "kl ∞, kl_path ∞, kl_prior 0.001, kl_upper ∞, tv_early_stopping 0.01" in line
+    json.dumps(terms, allow_nan=False)  # the numbers file holds it
+    # one seed alone, not overflowed: its terms as before
+    assert report.analyse(rows[:1])["families"]["mixture-iso"]["points"]["2"]["500"]["tv_terms"]["kl_path"] == 0.2
+
+
 def test_cells_that_kept_the_initial_network_are_named_and_the_exponent_after_them_fitted():
     """Where the held-out selection kept step 0 the network is its initialisation (score -x
     exactly): 72 of the page's 420 cells, all of d = 1024 up to n = 4000 (found by a review).
@@ -649,6 +702,23 @@ def test_the_figures_keep_the_backend_and_the_tv_legend_beside_the_data(tmp_path
     figures["tv.png"].canvas.draw()
     box, axes_box = legend.get_window_extent(), ax.get_window_extent()
     assert box.x0 > axes_box.x1  # wholly to the right of the axes
+
+
+def test_the_error_vs_d_figure_draws_a_single_n_once(monkeypatch):
+    """A review: rows of one n drew each method twice in the error-vs-d figure, in two colours
+    under the same label ("network, n = 40" twice), as though two n had been measured."""
+    pytest.importorskip("matplotlib")
+    figures = {}
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.setdefault(os.path.basename(path), fig))
+    rows = [{"family": "mixture", "d": d, "n": 40, "seed": 0, "status": "ok", "score_error": 0.1 * d,
+             "score_error_se": 0.01, "baseline_minus_x": {"error": 1.0, "se": 0.01}} for d in (2, 8)]
+    report.plot_error_vs_d("one.png", report.analyse(rows))
+    labels = [t.get_text() for t in figures["one.png"].axes[0].get_legend().get_texts()]
+    assert labels == ["network, n = 40", "score -x, n = 40"]
+    rows += [{**r, "n": 80} for r in rows]  # two n: each drawn at both, the smaller first
+    report.plot_error_vs_d("two.png", report.analyse(rows))
+    labels = [t.get_text() for t in figures["two.png"].axes[0].get_legend().get_texts()]
+    assert labels == ["network, n = 40", "score -x, n = 40", "network, n = 80", "score -x, n = 80"]
 
 
 def test_the_page_says_what_a_planar_target_and_the_curse_rate_can_and_cannot_show():
@@ -933,6 +1003,21 @@ def test_the_difference_not_rejecting_could_miss_is_that_of_two_exponents(writte
     assert (f"**mixture**: not rejecting is not proof of a d-free exponent: each d's exponent has a standard error "
             f"up to {ses[0]:.3f}, so a difference of about {2.8 * se_diff:.2f} between two d's could go unseen"
             in not_shows)
+
+
+@pytest.mark.parametrize("text, what", [('{"settings": ', r"is not valid JSON \(.*\)"),
+                                        ("[1, 2]", r"is not a sweep description \(not a JSON object\)")])
+def test_an_unreadable_sweep_json_is_named_with_the_fix(tmp_path, text, what):
+    """A review: the report named a damaged sweep.json ("is not valid JSON (...)") but no way out;
+    it is made without one, so removing it is one."""
+    folder = synthetic(str(tmp_path / "sweep"), {"mixture": {2: 0.8, 8: 0.8, 32: 0.8}}, seeds=1)
+    with open(os.path.join(folder, "sweep.json"), "w", encoding="utf-8") as f:
+        f.write(text)
+    with pytest.raises(ValueError, match=r"sweep.json " + what + r"; put the sweep's own sweep.json back, or remove "
+                                         r"it \(the report is then made without its settings\)$"):
+        report.load_sweep(folder)
+    os.remove(os.path.join(folder, "sweep.json"))
+    assert report.load_sweep(folder)[1] == {}
 
 
 def test_a_sweep_json_that_is_a_folder_is_named_not_read_as_no_settings(tmp_path):

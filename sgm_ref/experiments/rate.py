@@ -396,7 +396,8 @@ _LATER_SETTINGS = ("steps", "epochs", "min_steps", "lr_schedule", "lr_final", "t
 
 def check_settings(settings, name="settings"):
     """Raise ValueError unless settings holds every key a cell reads, none outside SETTINGS, and
-    the counts (integers) and numbers (finite, t0 < T) that a cell computes with.
+    the counts (integers) and numbers (finite, t0 < T; lr > 0; ema_decay and, with the cosine
+    schedule, lr_final in [0, 1)) that a cell computes with.
 
     name: what the message calls settings. Keys of _LATER_SETTINGS may be missing (a sweep
     made before they existed), epochs and min_steps when steps is set, lr_final without the
@@ -436,7 +437,9 @@ def check_settings(settings, name="settings"):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral) or v < low:
             raise ValueError(f"{name}[{key!r}] must be an integer >= {low}, got {v!r}")
     # epochs 0 with min_steps >= 1 trains min_steps steps (max(min_steps, epochs n / batch_size))
-    reals = [("t0", 0.0), ("T", 0.0), ("schedule_n_ref", 0.0), ("weight_decay_times_n", None)]
+    # (Adam's lr and ema_decay, and the cosine's lr_final too: lr 0 or "2e-3", ema_decay 1.5 or
+    # lr_final 1 made every cell a failed row, and the folder then refused the corrected settings)
+    reals = [("t0", 0.0), ("T", 0.0), ("schedule_n_ref", 0.0), ("weight_decay_times_n", None), ("lr", 0.0)]
     reals += [("epochs", None)] if settings.get("steps") is None else []
     for key, above in reals:
         v = settings[key]
@@ -444,6 +447,13 @@ def check_settings(settings, name="settings"):
                 or (v <= above if above is not None else v < 0):
             raise ValueError(f"{name}[{key!r}] must be a finite number {'> 0' if above is not None else '>= 0'}, "
                              f"got {v!r}")
+    in_unit_interval = [("ema_decay", "the EMA's decay")]
+    if settings.get("lr_schedule") == "cosine":
+        in_unit_interval.append(("lr_final", "the cosine's final rate / lr"))
+    for key, what in in_unit_interval:
+        v = settings[key]
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0:
+            raise ValueError(f"{name}[{key!r}] ({what}) must be a number in [0, 1), got {v!r}")
     if settings.get("steps") is None and settings["epochs"] == 0 and settings["min_steps"] == 0:
         raise ValueError(f"{name} trains no step: epochs and min_steps are both 0 (a cell trains max(min_steps, "
                          f"epochs n / batch_size) steps); set either above 0, or steps")

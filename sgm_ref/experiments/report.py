@@ -66,10 +66,14 @@ def load_sweep(folder):
         raise ValueError(f"{sweep} is not a file: the sweep's settings cannot be read; remove it or put the "
                          "sweep's own sweep.json back")
     if os.path.isfile(sweep):
+        fix = "put the sweep's own sweep.json back, or remove it (the report is then made without its settings)"
         with open(sweep, "rb") as f:
-            settings = load_json(f, sweep)
+            try:
+                settings = load_json(f, sweep)
+            except ValueError as exc:  # it named the file, not a way out
+                raise ValueError(f"{exc}; {fix}") from None
         if not isinstance(settings, dict):
-            raise ValueError(f"{sweep} is not a sweep description (not a JSON object)")
+            raise ValueError(f"{sweep} is not a sweep description (not a JSON object); {fix}")
     return rows, settings
 
 
@@ -94,6 +98,8 @@ def _tv(row, key="tv"):
     tv = row.get(key)
     if isinstance(tv, dict) and tv.get("tv") is not None:
         terms = {k: float(v) for k, v in tv.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        # a term the row holds as null overflowed (rate._bound_terms: inf, which JSON cannot hold)
+        terms.update({k: None for k, v in tv.items() if v is None})
         if isinstance(tv.get("method"), str):
             terms["method"] = tv["method"]
         return float(tv["tv"]), float(tv.get("tv_se") or 0.0), terms
@@ -229,8 +235,11 @@ def compare(rows, other_rows, settings=None, other_settings=None):
 
     Cells are matched on (family, d, n, seed); a matched pair shares its data, network
     initialisation and evaluation draws (all seeded by the cell), so the ratio of the two
-    errors measures the settings alone. Per family, stats.paired_log_ratio of the
-    network's score error (other / this run) over the matched cells.
+    errors measures the settings alone, unless the settings that differ change those draws
+    (base_seed: every draw; the network's settings: its initialisation; t0, T, n_eval or
+    n_eval_tilted: the evaluation's points), as the report's section then says. Per family,
+    stats.paired_log_ratio of the network's score error (other / this run) over the matched
+    cells.
 
     Returns
     -------
@@ -274,12 +283,29 @@ def compare(rows, other_rows, settings=None, other_settings=None):
     return {"differs": differs, "cells": cells, "families": families, "by_n": by_n, "all": pooled}
 
 
+def _evaluation_settings(cells):
+    """The settings that move the evaluation draws of these cells (rate._integrated_errors: the
+    window [t0, T], and n_eval, or n_eval_tilted for a Monte-Carlo family)."""
+    families = {c["family"] for c in cells}
+    return ({"t0", "T"} | ({"n_eval"} if families - set(rate._MONTE_CARLO_FAMILIES) else set())
+            | ({"n_eval_tilted"} if families & set(rate._MONTE_CARLO_FAMILIES) else set()))
+
+
 def _comparison_section(comparison, name):
     network = sorted(set(comparison["differs"]) & _NETWORK_SETTINGS)
-    same = ("the same data, initialisation and evaluation draws" if not network else
-            "the same data and evaluation draws and the same initialisation but for the output layer"
-            if network == ["output_init"] else
-            f"the same data and evaluation draws but not the same network ({_list(network)} differ)")
+    evaluation = sorted(set(comparison["differs"]) & _evaluation_settings(comparison["cells"]))
+    if "base_seed" in comparison["differs"]:  # every draw of a cell comes from it
+        same = "other data, initialisation and evaluation draws (base_seed differs)"
+    elif evaluation:  # the same data; the evaluation's points differ
+        same = ("the same data and initialisation" if not network else
+                "the same data and the same initialisation but for the output layer" if network == ["output_init"]
+                else f"the same data but not the same network ({_list(network)} differ)")
+        same += f", but other evaluation draws ({_list(evaluation)} differ)"
+    else:
+        same = ("the same data, initialisation and evaluation draws" if not network else
+                "the same data and evaluation draws and the same initialisation but for the output layer"
+                if network == ["output_init"] else
+                f"the same data and evaluation draws but not the same network ({_list(network)} differ)")
     lines = [f"## Compared with `{name}`", "",
              f"The cells both sweeps ran, each with {same}; "
              "only these settings differ (this run / the other): " +
@@ -328,7 +354,10 @@ def _analyse_family(rows):
                 if tvs:
                     terms = sorted({k for t in tvs for k in t[2]} - {"method"})
                     p[name] = [*_mean_se([(t[0], t[1]) for t in tvs]), len(tvs)]
-                    p[name + "_terms"] = {k: float(np.mean([t[2][k] for t in tvs if k in t[2]])) for k in terms}
+                    # a term that overflowed in some seed (None: inf) has the mean inf, shown as None; it
+                    # was the mean of the other seeds, beside a tv whose mean counts that seed's bound 1
+                    p[name + "_terms"] = {k: None if any(k in t[2] and t[2][k] is None for t in tvs) else
+                                          float(np.mean([t[2][k] for t in tvs if k in t[2]])) for k in terms}
                     methods = sorted({t[2]["method"] for t in tvs if "method" in t[2]})
                     if methods:
                         result_methods.update(methods)
@@ -788,7 +817,8 @@ def _family_section(family, a, settings=None):
                 if not last:
                     continue
                 terms = by_n[str(last[-1])][key + "_terms"]
-                shown = ", ".join(f"{k} {_g(v)}" for k, v in terms.items() if not k.endswith("_se") and k != "tv")
+                shown = ", ".join(f"{k} {'∞' if v is None else _g(v)}" for k, v in terms.items()
+                                  if not k.endswith("_se") and k != "tv")
                 lines.append(f"| {d} | {label} | " + " | ".join(cells) + f" | {shown} |")
     return lines + [""]
 
@@ -1406,7 +1436,8 @@ def plot_error_vs_d(path, analysis):
     fams = analysis["families"]
     fig, axes = _subplots(1, len(fams), (4.5 * len(fams), 3.6))
     for ax, (family, a) in zip(axes[0], fams.items()):
-        for n, colour in ((min(a["n"]), "C0"), (max(a["n"]), "C3")):
+        # the smallest and the largest n (one n: drawn once, not twice in two colours under one label)
+        for n, colour in zip(sorted({min(a["n"]), max(a["n"])}), ("C0", "C3")):
             for m in a["methods"]:
                 pts = [(d, *a["points"][str(d)][str(n)][m][:2]) for d in a["d"]
                        if m in a["points"][str(d)].get(str(n), {}) and a["points"][str(d)][str(n)][m][0] > 0]

@@ -82,7 +82,8 @@ def _check_settings(folder, settings):
             with open(path, encoding="utf-8") as f:
                 saved = load_json(f, "the file")
         except (OSError, ValueError) as exc:
-            raise ValueError(f"{path} is unreadable ({exc})") from None
+            raise ValueError(f"{path} is unreadable ({exc}); put the sweep's own sweep.json back to continue it, or "
+                             "use a new output folder") from None
         if not isinstance(saved, dict) or set(saved) != set(current) \
                 or not isinstance(saved["settings"], dict) or not isinstance(saved["families"], dict):
             raise ValueError(f"{path} is not a sweep description of this sgm_ref; use a new output folder")
