@@ -672,7 +672,8 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
                     f"{k}: {_show(settings['settings'].get(k), k)} here, {_show(full.get(k), k)} in `--full`"
                     for k in other) + "): the commands above run today's.", ""]
     for key, caption in (("error_vs_n", "Error against n, one panel per family and d (network: solid; "
-                                        "baselines: dashed)"),
+                                        "baselines: empirical measure dashed, score -x dotted, EM plug-in "
+                                        "dash-dotted)"),
                          ("error_vs_d", "Error against d at fixed n"), ("tv_vs_n", "Certified TV bound against n")):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", "", f"*{caption}.*", ""]
