@@ -652,6 +652,10 @@ def test_cells_that_kept_the_initial_network_are_named_and_the_exponent_after_th
     assert after["b_interval"] == pytest.approx([-fit.slope - half, -fit.slope + half], rel=1e-12, abs=0)
     a = {"d": [64], "n": [500, 1000, 2000, 4000, 8000, 16000], "network": {"64": entry}}
     not_shows = []
+    random_output = []  # output_init None: the initial network is not -x
+    report._initial_network_sentences("f", a, random_output, zero_output=False)
+    assert random_output[0].startswith("**f**: the held-out selection kept the initial (untrained) network in every "
+                                       "seed at n = 500 and 1000")
     report._initial_network_sentences("f", a, not_shows)
     assert not_shows == [
         "**f**: the held-out selection kept the initial network, whose score is -x exactly, in every seed at n = 500 "

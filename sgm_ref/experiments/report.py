@@ -683,7 +683,8 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
         lines += _family_section(family, a, settings)
     for comparison in comparisons:
         lines += _comparison_section(*comparison)
-    lines += _conclusions(fams, comparisons)
+    zero_output = (settings.get("settings") or {}).get("output_init") == "zero"  # an initial score -x exactly
+    lines += _conclusions(fams, comparisons, zero_output)
     return "\n".join(lines) + "\n"
 
 
@@ -897,8 +898,10 @@ def _training_sentences(comparisons):
     return shows, not_shows
 
 
-def _conclusions(fams, comparisons=()):
-    """What this shows / what it does not: one thresholded sentence per finding, each with its number."""
+def _conclusions(fams, comparisons=(), zero_output=True):
+    """What this shows / what it does not: one thresholded sentence per finding, each with its number.
+    zero_output: whether the cells' output layers started at zero (output_init "zero"), so that an
+    initial network's score is -x exactly."""
     shows, not_shows = [], []
     for family, a in fams.items():
         fit = a["fits"].get("network", {})
@@ -1072,7 +1075,7 @@ def _conclusions(fams, comparisons=()):
         _floor_sentences(family, a, not_shows)
         _rising_sentences(family, a, not_shows)
         _late_start_sentences(family, a, stuck, not_shows)
-        _initial_network_sentences(family, a, not_shows)
+        _initial_network_sentences(family, a, not_shows, zero_output)
         reached = [d for d in a["d"] if nstar[d] and nstar[d]["censored"] != "right" and d not in back]
         if reached:
             shows.append(f"**{family}**: the error falls below half the -x baseline at n*: "
@@ -1219,9 +1222,10 @@ def _late_start_sentences(family, a, stuck, not_shows):
                          + ": there the straight-line exponent spans a flat start and the fall after it.")
 
 
-def _initial_network_sentences(family, a, not_shows):
-    """Where the held-out selection kept the initial network (its score is -x exactly), and
-    the exponent over the n above: a line through those n measures the untrained start."""
+def _initial_network_sentences(family, a, not_shows, zero_output=True):
+    """Where the held-out selection kept the initial network (its score is -x exactly where the
+    output layer started at zero, zero_output), and the exponent over the n above: a line
+    through those n measures the untrained start."""
     net = {d: a["network"][str(d)] for d in a["d"]}
     initial = {d: net[d].get("initial_kept") for d in a["d"] if net[d].get("initial_kept")}
     if initial:
@@ -1236,7 +1240,9 @@ def _initial_network_sentences(family, a, not_shows):
 
         after = {d: net[d].get("after_initial") for d in initial}
         fitted = [d for d in initial if after[d]]
-        text = (f"**{family}**: the held-out selection kept the initial network, whose score is -x exactly, in "
+        initial_network = ("the initial network, whose score is -x exactly," if zero_output else
+                           "the initial (untrained) network")
+        text = (f"**{family}**: the held-out selection kept {initial_network} in "
                 + "; ".join(kept(d) for d in initial)
                 + ": in those seeds the network is not trained, and a straight line "
                   "through those n measures how long that lasts as well as a rate")
