@@ -184,10 +184,11 @@ def build_parser():
 
     p = commands.add_parser("evaluate", help="write report.json, report.md and plots for a sampled run",
                             description="Options left out keep the run's current evaluation settings "
-                                        "(config.json); those given are saved there. "
-                                        "Shows its progress on a terminal. Numbers too large for float64 are "
-                                        "said in words in report.md and written as null in report.json, listed "
-                                        "under \"non_finite\" (as for audit --json).")
+                                        "(config.json); those given are saved there, but for --no-plots and "
+                                        "--nll, which are this evaluation's only. Shows its progress on a "
+                                        "terminal. Numbers too large for float64 are said in words in report.md "
+                                        "and written as null in report.json, listed under \"non_finite\" (as for "
+                                        "audit --json).")
     p.add_argument("run", help="a sampled run folder")
     _add_evaluation_options(p)
     p.add_argument("--nll", type=_integer, default=0, metavar="N",
@@ -209,7 +210,8 @@ def build_parser():
     p.add_argument("--score", required=True, metavar="MODULE:CALLABLE",
                    help="a function f(x (n, d), time (n,)) -> (n, d) of NumPy, torch or JAX arrays, in the "
                         "convention of --output and --time (see --inputs); MODULE a dotted name (found from the "
-                        "current folder as with python -m) or a .py file")
+                        "current folder as with python -m) or a .py file (its imports found beside it, as with "
+                        "python FILE)")
     p.add_argument("--target", required=True,
                    help=f"the target whose exact score s is measured against: {_TARGET_HELP}")
     p.add_argument("--process", metavar="SPEC", default=DEFAULTS["process"]["name"].lower(),
@@ -286,7 +288,8 @@ def build_parser():
                     "step(x, k, grid, score, noise_k) -> next state (see sgm_ref.audit). Exit status 0 when it "
                     "matches the replay, 1 when a discrepancy is found, 2 on bad usage.")
     p.add_argument("--sampler", required=True, metavar="MODULE:CALLABLE",
-                   help="the peer's loop or step function; MODULE a dotted name or a .py file")
+                   help="the peer's loop or step function; MODULE a dotted name (found from the current folder) or a "
+                        ".py file (its imports found beside it), as for audit --score")
     p.add_argument("--replay", required=True, choices=sorted(REPLAYS), help="the reference replay")
     p.add_argument("--process", default="vp",
                    help="ou, vp, vp:beta_min=0.1,beta_max=20, vpcosine, subvp, ddpm, ddpm:scaled_linear, ve, "
@@ -298,7 +301,7 @@ def build_parser():
                    help="the grid: uniform or geometric times from --T to --t0; karras: Karras et al.'s sigmas "
                         "from --T to --t0 (edm, --rho) and a final 0, as k-diffusion's get_sigmas_karras; "
                         "leading, trailing or linspace: diffusers' DDIM/DDPM timesteps of a ddpm process "
-                        "(--steps-offset) and a final step to the data (default uniform)")
+                        "(--steps-offset with leading) and a final step to the data (default uniform)")
     p.add_argument("--grid-file", metavar="PATH",
                    help="the grid as a file instead: a .npy array or a text file of decreasing times of --process "
                         "(whitespace or commas between them, # comments), e.g. a diffusers scheduler's own sigmas "
@@ -559,7 +562,11 @@ def cmd_train(args):
             return 0
         _train(args.run, steps=args.steps, resume=True)
         return 0
-    config = runs.make_config(_training_options(args))
+    # the array sizes of training alone: those of sampling and evaluation (the run's defaults, which
+    # train has no option for) are checked when `sample` and `evaluate` run, with their options.
+    # make_config's all-stage check refused `train --target gmm:d=200000,... --n 100` (160 MB of data)
+    # with "evaluate bound_n must be at most 246 on this machine, got 256"
+    config = runs._make_config(_training_options(args), ("train",))
     with runs.new_run(args.run, config, args.force):  # on failure, removes what it wrote
         _train(args.run)
     return 0
@@ -637,6 +644,9 @@ def _load_callable(spec, option="--score"):
         raise ValueError(f"{option}: no file {module_name}")
     try:
         if module_name.endswith(".py"):
+            # as `python FILE` would: the modules beside the file import (`from unet import UNet` in
+            # models/wrapper.py failed, "No module named 'unet'", unless run from models/)
+            sys.path.insert(0, os.path.dirname(os.path.abspath(module_name)))
             loader = importlib.util.spec_from_file_location("_sgm_ref_audited", module_name)
             module = importlib.util.module_from_spec(loader)
             loader.loader.exec_module(module)
@@ -914,7 +924,7 @@ _FRACTIONAL_TIMESTEP_NOTE = (
 
 def cmd_audit(args):
     from ._validation import check_count, check_fits
-    from .evaluation import _below_zero_note, _percent, bound_text, json_ready, non_finite_notes, score_report
+    from .evaluation import _below_zero_note, bound_text, json_ready, non_finite_notes, score_report
     from .interop import ModelError
     from .metrics.score_error import _check_time_range as _score_time_range
     from .processes import DDPM, VariancePreserving, check_process, to_spec
@@ -1044,7 +1054,7 @@ def cmd_audit(args):
             verdict = f"   {checked['allowed'][i]:8.2%}" + ("  EXCEEDED" if t in checked["exceeded"] else "")
         if np.isfinite(v):
             # two significant digits below 1% (4.2e-5 printed as "0.00%", read as no error)
-            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {_percent(r):>9}{floor}{verdict}")
+            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {_relative_text(r):>9}{floor}{verdict}")
         else:
             _say(f"{t:10.4g}   {'overflows float64':>24}   {'':9}{floor}{verdict}")
     integral, f_integral = se["integral"], fse["integral"]
@@ -1090,6 +1100,17 @@ def cmd_audit(args):
         plot_score_audit(report, args.plot, time_grid(T_audited, t0, args.n_steps, args.grid, audited))
         _say(f"plot -> {args.plot}")
     return 0 if checked is None or checked["passed"] else 1
+
+
+def _relative_text(r):
+    """The table's relative column: evaluation._percent's two decimals, or three significant
+    digits from 10,000% on (-x audited on edm to T = 1e5 printed "10000000002179999989760.00%":
+    24 digits of a Monte-Carlo estimate, run past the column)."""
+    from .evaluation import _percent
+
+    if r is not None and np.isfinite(r) and abs(r) >= 100:
+        return f"{100 * r:.3g}%"
+    return _percent(r)
 
 
 def _pm_short(value, se):
@@ -1202,6 +1223,10 @@ def _sampler_grid(args, process):
         except ValueError as e:  # EDM.karras_sigmas names its sigma_min and sigma_max: here --t0 and --T
             raise ValueError(re.sub(r"^sigma_(min|max)\b", lambda m: f"--{'t0' if m.group(1) == 'min' else 'T'} "
                                     f"(sigma_{m.group(1)})", str(e))) from None
+    # time_grid takes no process: a --T past it reached compare_sampler's check_grid, whose "grid
+    # must start at T <= ..." read "--grid must start ..." on the command line (no --grid given)
+    if T > process.t_max:
+        raise ValueError(f"--T must be <= {process.t_max} for {process!r}, got {T!r}")
     return time_grid(T, t0, args.n_steps, kind)
 
 

@@ -1391,3 +1391,98 @@ def test_a_replay_option_given_twice_is_refused(tmp_path, capsys):
     status, out, err = _main(["audit-sampler", "--sampler", "x:y", "--replay", "ddim", "--process", "ddpm",
                               "--target", "ring", "--option", "eta=0", "--option", "eta=1"], capsys)
     assert (status, out, err) == (2, "", "sgm-ref: error: --option eta is given twice (eta=0 and eta=1); give it once\n")
+
+
+def test_audit_sampler_names_a_horizon_past_the_process_s_as_t(tmp_path, capsys):
+    """`audit-sampler --process vp --T 2` (no --grid) was refused as "--grid must start at T <= 1.0
+    for VP(...), got 2.0": the grid's check (compare_sampler's) in the library's word, which the
+    command reads as its --grid option. The option given is --T, with either grid of times."""
+    (tmp_path / "peer.py").write_text("def loop(score, grid, x, noises):\n    return x\n")
+    for process, grid, t_max in (("vp", [], "1.0"), ("edm:t_max=100", ["--grid", "geometric"], "100.0")):
+        status, out, err = _main(["audit-sampler", "--sampler", f"{tmp_path / 'peer.py'}:loop", "--replay",
+                                  "euler_maruyama", "--process", process, *grid, "--target", "ring", "--T", "200",
+                                  "--n", "4"], capsys)
+        assert (status, out) == (2, ""), err
+        assert re.fullmatch(rf"sgm-ref: error: --T must be <= {t_max} for \w+\([^)]*\), got 200\.0\n", err), err
+
+
+def test_evaluate_help_says_which_options_config_json_keeps():
+    """`evaluate --help` said every option given is saved in config.json; --no-plots and --nll
+    are not (config.json's "evaluate" section has no key for them: the next evaluate without them
+    draws the plots and skips the likelihood). The help names the options that are not kept."""
+    import argparse
+
+    from sgm_ref.cli import build_parser
+    from sgm_ref.runs import DEFAULTS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    evaluate = commands.choices["evaluate"]
+    options = {a.dest: max(a.option_strings, key=len) for a in evaluate._actions if a.option_strings
+               and a.dest != "help"}
+    kept = {dest for dest in options if dest in DEFAULTS["evaluate"]}
+    assert kept == {"bound_n", "profile_n"}
+    description = " ".join(evaluate.description.split())
+    assert all(options[dest] not in description for dest in kept), description
+    assert all(options[dest] in description for dest in options.keys() - kept), description
+
+
+def test_audit_prints_a_huge_relative_error_in_three_digits(tmp_path, capsys):
+    """-x audited on edm up to T = 1e5 (its score is -x / (1 + t^2) there) printed the relative
+    error at T as "10000000002179999989760.00%": 24 digits of a Monte-Carlo estimate, run past
+    its column. From 10,000% on the column gives three significant digits, as the report's JSON
+    holds them; below, _percent's two decimals (and two digits below 1%) as before."""
+    (tmp_path / "minus_x.py").write_text("def score(x, t):\n    return -x\n")
+    path = tmp_path / "a.json"
+    status, out, err = _main(["audit", "--score", f"{tmp_path / 'minus_x.py'}:score", "--target", "ring", "--process",
+                              "edm", "--T", "1e5", "--n-steps", "2", "--profile-n", "4", "--bound-n", "4", "--json",
+                              path], capsys)
+    assert status == 0, err
+    relative = json.loads(path.read_text())["score_error"]["relative"]
+    assert relative[-1] > 1e15  # the column's case
+    rows = [line.split() for line in out.splitlines()[2:2 + len(relative)]]
+    for r, row in zip(relative, rows):
+        expected = f"{100 * r:.3g}%" if r >= 100 else f"{100 * r:.2g}%" if 0 < r < 0.01 else f"{r:.2%}"
+        assert row[4] == expected and len(row[4]) <= 9, (r, row)
+
+
+def test_train_asks_only_training_s_sizes_of_the_machine(tmp_path, capsys, monkeypatch):
+    """`train` checked the array sizes of every stage of the run, sampling's and evaluation's at
+    the run's defaults too: a target whose training fits but whose default 10,000 samples or 256
+    bound pairs do not was refused ("evaluate bound_n must be at most 246 on this machine, got
+    256" for gmm:d=200000 in 23.5 GiB, whose --n 100 points are 160 MB), naming a setting train has no
+    option for. It trains; `sample` refuses its own count as its option, and takes a smaller one."""
+    from sgm_ref import _validation
+
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: 4 * 2**20)  # 10,000 samples in d = 64: 5 MiB
+    run_ = tmp_path / "r"
+    tiny = ["--target", "gmm:d=64,k=2,radius=1", "--n", "100", "--width", "4", "--depth", "1", "--steps", "2",
+            "--batch-size", "4"]
+    status, out, err = _main(["train", run_, *tiny], capsys)
+    assert status == 0 and err == "", err
+    assert (run_ / "model.npz").is_file()
+    status, out, err = _main(["sample", run_, "--n-steps", "2"], capsys)
+    assert status == 2 and err.startswith("sgm-ref: error: sample n (--n-samples) must be at most "), err
+    assert _main(["sample", run_, "--n-steps", "2", "--n-samples", "100"], capsys)[0] == 0
+    assert np.load(run_ / "samples.npy").shape == (100, 64)
+    # a demo runs every stage: it still refuses before training what its sampling cannot hold
+    status, out, err = _main(["demo", tmp_path / "d", *tiny], capsys)
+    assert status == 2 and err.startswith("sgm-ref: error: sample n (--n-samples) must be at most "), err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_py_file_s_own_imports_are_found_beside_it(tmp_path):
+    """`--score models/wrapper.py:score`, whose file imports a module beside it (`from helper
+    import minus_x`, as a wrapper imports its network's module), failed "No module named
+    'helper'" unless run from models/: `python models/wrapper.py` finds it. So do audit and
+    audit-sampler now, from any working folder."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "helper_mod_h55.py").write_text("def minus_x(x):\n    return -x\n")
+    (models / "wrapper.py").write_text("from helper_mod_h55 import minus_x\n\n\ndef score(x, t):\n    return minus_x(x)\n"
+                                       "\n\ndef loop(score, grid, x, noises):\n    return minus_x(minus_x(x))\n")
+    result = run("audit", "--score", "models/wrapper.py:score", "--target", "ring", "--n-steps", "2", "--profile-n",
+                 "4", "--bound-n", "4", cwd=tmp_path, check=False)
+    assert result.returncode == 0 and "certified TV bound" in result.stdout, result.stderr
+    result = run("audit-sampler", "--sampler", f"{models / 'wrapper.py'}:loop", "--replay", "euler_maruyama",
+                 "--target", "ring", "--n", "4", "--n-steps", "2", cwd=tmp_path, check=False)
+    assert result.returncode == 1 and result.stdout.startswith("DISCREPANCY"), result.stderr  # x, not a sampler
