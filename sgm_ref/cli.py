@@ -535,7 +535,11 @@ def _train(folder, steps=None, resume=False):
         tic = time.perf_counter()
         config = runs.read_config(folder)
         total = runs.check_total_steps(folder, config, steps)
-        _say(f"{'continuing the training to' if resume else 'training'} {total} steps on {config['target']}")
+        if total < config["train"]["steps"]:
+            _say(f"giving up the interrupted extension to {config['train']['steps']} steps: back to the finished "
+                 f"run of {total} steps")
+        else:
+            _say(f"{'continuing the training to' if resume else 'training'} {total} steps on {config['target']}")
         history = runs.train(folder, steps=steps, log=_note)
     from .evaluation import FINAL_LOSS_WINDOW
     window = min(FINAL_LOSS_WINDOW, len(history.loss))

@@ -472,7 +472,13 @@ def _continuation(folder, then_evaluate=False):
     finished = finished_steps(folder)
     if finished is None or finished != configured:  # not trained, or an extension under way
         then = f", then `sgm-ref sample {folder}` and `sgm-ref evaluate {folder}`" if then_evaluate else ""
-        return f"`sgm-ref train {folder} --resume`{then}"
+        try:
+            trained = None if configured is None else _interrupted_extension(folder, read_config(folder))
+        except ValueError:
+            trained = None
+        back = (f" (or give the extension up with `sgm-ref train {folder} --resume --steps {trained}`)"
+                if trained is not None else "")
+        return f"`sgm-ref train {folder} --resume`{then}{back}"
     if not os.path.exists(_path(folder, "samples.npy")):
         return f"`sgm-ref sample {folder}`, then `sgm-ref evaluate {folder}`"
     return f"`sgm-ref evaluate {folder}`"
@@ -808,16 +814,43 @@ def _state_loss(path, steps):
 
 
 def check_total_steps(folder, config, steps):
-    """The total steps of a continued training: config's if steps is None, else steps if >= config's."""
+    """The total steps of a continued training: config's if steps is None, else steps if >= config's,
+    or the steps of the finished run an interrupted extension started from (giving it up)."""
     configured = config["train"]["steps"]
     if steps is None:
         return configured
     steps = check_count(steps, "steps")
     if steps < configured:
-        raise RunError(f"--steps {steps} is fewer than the {configured} steps {os.fspath(folder)} is trained "
-                       f"for: a run can be extended, not shortened (drop --steps, or give {configured} or more); "
-                       "train a new run for fewer steps")
+        trained = _interrupted_extension(folder, config)
+        if steps == trained:
+            return steps
+        folder = os.fspath(folder)
+        if trained is not None:  # it said "fewer than the 200000 steps RUN is trained for", of a run of 200
+            raise RunError(f"--steps {steps} is fewer than the {configured} steps of {folder}'s config.json: an "
+                           f"extension of its {trained} trained steps to {configured} was interrupted; "
+                           f"`sgm-ref train {folder} --resume` continues it, `sgm-ref train {folder} --resume "
+                           f"--steps {trained}` gives it up (the model of {trained} steps stays); a run can be "
+                           "extended, not shortened: train a new run for other steps")
+        raise RunError(f"--steps {steps} is fewer than the {configured} steps of {folder}'s config.json: a run can "
+                       f"be extended, not shortened (drop --steps, or give {configured} or more); train a new run "
+                       "for fewer steps")
     return steps
+
+
+def _interrupted_extension(folder, config):
+    """The steps of the finished run whose extension to config's steps was interrupted, or None:
+    model.npz and training_state.npz both of the same k < config's steps (an extension writes
+    config.json first, its model last)."""
+    model = _path(folder, "model.npz")
+    if not os.path.exists(model):
+        return None
+    try:
+        trained = read_header(model)["extra"]["steps"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(trained, int) or isinstance(trained, bool) or not trained < config["train"]["steps"]:
+        return None
+    return trained if _state_step(_states(folder)[1]) == trained else None
 
 
 def train(folder, progress=None, steps=None, log=None):
@@ -839,7 +872,10 @@ def train(folder, progress=None, steps=None, log=None):
     steps : int, optional
         A new total number of steps, at least the run's: the run, finished or not, goes
         on to it with the bits of a run trained for `steps` from the start (config.json is
-        updated; if the training fails, a finished run gets its old settings back).
+        updated; if the training fails, a finished run gets its old settings back). Or,
+        after an extension was interrupted (Ctrl-C, a kill), the steps of the finished run
+        it started from: the extension is given up, its checkpoint removed, and the run is
+        that finished run again (its model and samples kept, no step taken).
     log : callable(str), optional
         Receives notes: thread counts that differ from those the saved state was written
         with. By default they are issued as warnings.
@@ -863,8 +899,18 @@ def train(folder, progress=None, steps=None, log=None):
         config = read_config(folder)
         configured = config["train"]["steps"]
         checkpoint, final = _states(folder)
+        total = check_total_steps(folder, config, steps)
+        if total < configured:
+            # giving up an interrupted extension: back to the finished run it started from (its
+            # model.npz and training state were kept), the checkpoint first, so that a kill between
+            # the two writes leaves an extension that this or --resume still completes
+            if os.path.exists(checkpoint):
+                os.unlink(checkpoint)
+            config = update_section(config, "train", {"steps": int(total)})
+            write_json(_path(folder, "config.json"), config)
+            configured = total
         source = checkpoint if os.path.exists(checkpoint) else final if os.path.exists(final) else None
-        extending = check_total_steps(folder, config, steps) > configured
+        extending = total > configured
         if extending and source is None and os.path.exists(_path(folder, "model.npz")):
             raise RunError(f"{os.fspath(folder)} has no training_state.npz (removed, or the run was trained by an "
                            "older sgm_ref, which kept none): it cannot be extended bit for bit; train a new run "
@@ -1023,8 +1069,10 @@ def load_model(folder, config=None):
                        f"its \"steps\" to {trained}, or run `sgm-ref train {os.fspath(folder)} --resume --steps "
                        f"{trained}`")
     if isinstance(trained, int) and trained != config["train"]["steps"]:  # an extension under way
+        back = (f", or give it up with `sgm-ref train {os.fspath(folder)} --resume --steps {trained}`"
+                if _interrupted_extension(folder, config) == trained else "")
         raise RunError(f"{path} is trained for {trained} steps but config.json asks for {config['train']['steps']}: "
-                       f"finish the training with `sgm-ref train {os.fspath(folder)} --resume`")
+                       f"finish the training with `sgm-ref train {os.fspath(folder)} --resume`{back}")
     return model
 
 

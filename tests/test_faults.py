@@ -548,7 +548,8 @@ def test_an_interrupted_command_names_what_is_left_to_do(tmp_path, forks):
     run("sample", out, *TINY_SAMPLING)
     result = patched(forks, "interrupt-fit", "train", out, "--resume", "--steps", "30")
     assert result.returncode == 130
-    assert result.stderr.strip() == f"sgm-ref: interrupted; continue with `sgm-ref train {out} --resume`"
+    assert result.stderr.strip() == (f"sgm-ref: interrupted; continue with `sgm-ref train {out} --resume` (or give "
+                                     f"the extension up with `sgm-ref train {out} --resume --steps 20`)")
     demo = tmp_path / "demo"
     result = patched(forks, "interrupt-sample", "demo", demo, *TINY, "--steps", "20", *TINY_SAMPLING,
                      *TINY_EVALUATION)

@@ -493,6 +493,46 @@ def test_an_extension_that_fails_leaves_the_finished_run(tmp_path, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(_params(run), before))
 
 
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_an_interrupted_extension_can_be_given_up_for_the_run_it_was(tmp_path, monkeypatch, checkpointed):
+    """Ctrl-C in `train --resume --steps N` keeps the extension (config.json asks for N, a
+    checkpoint may hold its progress): `--resume` continues it. A user who meant fewer steps had
+    no way back ("fewer than the N steps RUN is trained for", of a run of 30): --steps 30, the
+    finished run's, gives it up, every file as before the extension."""
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    sample_run(run)
+    before = {name: (run / name).read_bytes() for name in ("model.npz", "training_state.npz", "samples.npy",
+                                                         "history.json", "config.json")}
+
+    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
+        if checkpointed:
+            callback(40, model, optimizer, history)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runs_module, "fit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(run, progress=False, steps=60)
+    assert read_config(run)["train"]["steps"] == 60 and (run / "checkpoint.npz").exists() == checkpointed
+    with pytest.raises(RunError, match=r"trained for 30 steps but config.json asks for 60: finish the training with "
+                                       r"`sgm-ref train .*run --resume`, or give it up with `sgm-ref train .*run "
+                                       r"--resume --steps 30`$"):
+        load_model(run)
+    assert runs_module._continuation(str(run)).endswith(f"(or give the extension up with `sgm-ref train {run} "
+                                                        "--resume --steps 30`)")
+    with pytest.raises(RunError, match=r"--steps 45 is fewer than the 60 steps of .*run's config.json: an extension "
+                                       r"of its 30 trained steps to 60 was interrupted; `sgm-ref train .*run "
+                                       r"--resume` continues it, `sgm-ref train .*run --resume --steps 30` gives it "
+                                       r"up"):
+        train(run, progress=False, steps=45)
+    history = train(run, progress=False, steps=30)
+    assert len(history.loss) == 30 and not (run / "checkpoint.npz").exists()
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert runs_module.finished_steps(run) == 30
+
+
 def test_an_interrupted_extension_is_not_sampled_with_the_old_model(tmp_path):
     run = tmp_path / "run"
     create(run, make_config(SMALL))
