@@ -43,6 +43,10 @@ import time
 # first, so that its idle worker sleeps), and torch's OpenMP runtime reads OMP_WAIT_POLICY
 # when torch loads, so torch loads before sgm_ref (imported after it, torch's threads took
 # sgm_ref's PASSIVE and slept at once instead of spinning as torch's default has them).
+# The price: numba's 'omp' layer binds to that same libgomp of torch's, so the oracle's
+# parallel kernels (sgm_ref.kernels.mixture) run with numba's idle threads spinning after
+# each region, which sgm_ref's PASSIVE prevents when it is used alone (train_step.py's
+# omp_note). One process cannot give the two runtimes different wait policies.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import numpy as np  # noqa: E402

@@ -49,12 +49,13 @@ anything above ~0.1 means the row was measured on a busy machine and should be r
 GFLOP/s counts the flops the step's matrix products execute (step_flops: forward, dW and,
 past the input layer, dh, bias rows as one more input; 6 x batch x n_params before
 2026-12-05, 0.8-2.5% more), the same count for every implementation; "% of peak" divides it by
-the NumPy matrix-product rate of the same dtype measured in this run (2048^3, best of 5,
-before the rows). The share of the peak is also taken round by round: the 2048^3 product
-of the row's dtype is timed in every round of the interleaved repeats, as one more
-implementation, and each round's step rate over that round's product rate gives a
-median with a distribution-free 95% interval and a verdict against issue 16's targets
-(>= 0.6 on the small row, >= 0.8 on the others). The product makes each round about one
+the NumPy matrix-product rate of the same dtype measured in this run (2048^3 into a
+preallocated output, as the step's products write, best of 5, before the rows). The share
+of the peak is also taken round by round: the 2048^3 product of the row's dtype is timed
+in every round of the interleaved repeats, as one more implementation, and each round's
+step rate over that round's product rate gives a median with a distribution-free 95%
+interval and a verdict against issue 16's targets (>= 0.6 on the small row, >= 0.8 on the
+others). The product makes each round about one
 repeat (--target seconds) longer, and whichever implementation follows it finds the caches
 swept; the order is a fresh random permutation each round (seeded: the same orders in
 every run), so no implementation keeps one predecessor (a rotation did: jax.jit always
@@ -111,6 +112,10 @@ import time
 #   where it is not wanted: the --memory and --thread-sweep workers (a fresh interpreter per
 #   implementation, and sgm_ref alone; with torch loaded, every worker's peak carried
 #   torch's ~180 MiB) and --skip-peers ("PyTorch and JAX not imported").
+#   One runtime is shared all the same: numba's 'omp' layer binds to the libgomp torch loaded,
+#   which read no wait policy, so numba's idle threads spin there as they do not with sgm_ref
+#   alone (omp_note; TrainStep opens no numba parallel region at the three rows, so the
+#   step's timings do not meet it).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 
@@ -824,7 +829,7 @@ def bound_line(row, dtype, seed, repeats):
 
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((PEAK_SIZE, PEAK_SIZE)).astype(dtype) for _ in range(2))
-    peak = matmul_rate(np.matmul, a, b, 5) * 1e9
+    peak = matmul_rate(np.matmul, a, b, 5, np.empty_like(a)) * 1e9
     flops = step_flops(problem["sizes"], n)
     whole = _best_seconds(lambda: run(1), repeats)
     prod = _best_seconds(products, repeats)
@@ -834,8 +839,14 @@ def bound_line(row, dtype, seed, repeats):
             f"products + exp {100 * flops / (prod + exp) / peak:.0f}% of peak; peak {peak / 1e9:.0f} GFLOP/s")
 
 
-def matmul_rate(matmul, a, b, repeats):
-    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / _best_seconds(lambda: matmul(a, b), repeats) / 1e9
+def matmul_rate(matmul, a, b, repeats, out):
+    """GFLOP/s of matmul(a, b, out=out), best of `repeats` after an untimed call: into a
+    preallocated output, as the step's products (its workspace) and the rounds' product
+    (make_peak) write. A fresh float64 2048^2 output each call (32 MiB, above malloc's mmap
+    threshold) was new pages every time: writing it took 4.8 ms against 1.1 ms for a reused
+    one, 3.6 ms more on a 105 ms product (163 GFLOP/s), so this peak came out ~3% below the
+    rounds' and "% of peak" and "floor ms" that much high (float32's 16 MiB is reused)."""
+    return 2.0 * a.shape[0] * a.shape[1] * b.shape[1] / _best_seconds(lambda: matmul(a, b, out=out), repeats) / 1e9
 
 
 def _peak_operands(dtype):
@@ -883,13 +894,15 @@ def split_peak(times, ks, step_flops):
 
 
 def measure_peaks(torch, repeats):
-    """GFLOP/s of one PEAK_SIZE^3 matrix product, best of repeats: NumPy (and PyTorch)."""
+    """GFLOP/s of one PEAK_SIZE^3 matrix product into a preallocated output, best of repeats:
+    NumPy (and PyTorch)."""
     peaks = {}
     for dtype in DTYPES:
         a, b = _peak_operands(dtype)
-        peaks[("NumPy", dtype)] = matmul_rate(np.matmul, a, b, repeats)
+        peaks[("NumPy", dtype)] = matmul_rate(np.matmul, a, b, repeats, np.empty_like(a))
         if torch is not None:
-            peaks[("PyTorch", dtype)] = matmul_rate(torch.matmul, torch.from_numpy(a), torch.from_numpy(b), repeats)
+            ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+            peaks[("PyTorch", dtype)] = matmul_rate(torch.matmul, ta, tb, repeats, torch.empty_like(ta))
     return peaks
 
 
@@ -1174,10 +1187,34 @@ def thread_report(peers):
         affinity = "?"
     lines.append(f"os.cpu_count() = {os.cpu_count()}, CPUs in this process's affinity = {affinity}")
     lines.append("environment: " + ", ".join(f"{v}={os.environ.get(v, '(unset)')}" for v in ENV_VARS))
-    if numba.threading_layer() == "omp" and "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
-        lines.append("note: numba's 'omp' layer with the default wait policy: its idle threads spin between "
-                     "parallel regions while OpenBLAS's threads want the same cores; --thread-sweep measures the cost")
+    from sgm_ref import _threads
+    note = omp_note(numba.threading_layer(), _threads.environment_defaults(), os.environ)
+    if note:
+        lines.append(note)
     return lines
+
+
+def omp_note(layer, defaults, environ):
+    """The thread report's note on how numba's OpenMP threads wait, or None.
+
+    A libgomp reads OMP_WAIT_POLICY / GOMP_SPINCOUNT once, when it loads. With torch loaded
+    before sgm_ref (its own defaults, above), numba's 'omp' layer binds to torch's libgomp
+    (LD_DEBUG=bindings: GOMP_parallel from omppool to torch/lib/libgomp.so.1), which had
+    read no wait policy: sgm_ref's PASSIVE, in the environment, never reached numba's
+    threads, which spun after each parallel region (4.5 ms of CPU per region against 0.01
+    with sgm_ref imported alone). The note said nothing then, the variable being set."""
+    if layer != "omp":
+        return None
+    if "an OpenMP runtime" in defaults["loaded_before"] and "OMP_WAIT_POLICY" in defaults["set"]:
+        return ("note: numba's 'omp' layer runs on an OpenMP runtime loaded before sgm_ref (torch's, loaded "
+                "first for its own defaults), which read the environment before sgm_ref set "
+                f"OMP_WAIT_POLICY={defaults['set']['OMP_WAIT_POLICY']}: numba's idle threads spin between parallel "
+                "regions, as they do not with sgm_ref alone (sgm_ref's timings meet that only in a numba "
+                "parallel region)")
+    if "OMP_WAIT_POLICY" not in environ and "GOMP_SPINCOUNT" not in environ:
+        return ("note: numba's 'omp' layer with the default wait policy: its idle threads spin between "
+                "parallel regions while OpenBLAS's threads want the same cores; --thread-sweep measures the cost")
+    return None
 
 
 # -- first-call (JIT) cost ------------------------------------------------------------------

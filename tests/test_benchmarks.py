@@ -600,3 +600,123 @@ def test_rate_cost_measures_each_corner_once(monkeypatch, capsys):
     # every cell: 1.5 s of rest, its steps at 1 ms, 22 more held-out evaluations at 0.1 s
     steps = module.rate.training_steps(500, module.rate.SETTINGS)
     assert f"| mixture-iso | 2 | {steps * 1e-3 + 2.2 + 1.5:.0f} |" in out
+
+
+class _CountingNumPy:
+    """numpy with matmul counted: each call's flops (2 m k n) and the output it was given."""
+
+    def __init__(self):
+        self.flops, self.outs = [], []
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+    def matmul(self, a, b, out=None):
+        self.flops.append(2 * a.shape[0] * a.shape[1] * b.shape[1])
+        self.outs.append(out)
+        return np.matmul(a, b, out=out)
+
+
+def test_train_step_flop_count_is_what_the_step_multiplies(monkeypatch):
+    """step_flops, the GFLOP/s and "% of peak" columns' count, against the matrix products
+    one sgm_ref step executes (every np.matmul of sgm_ref.nn.mlp counted as 2 m k n while
+    TrainStep runs): the small row by hand, per layer (f_in -> f_out) 4 B (f_in + 1) f_out
+    forward and dW, and 2 B f_in f_out dh past the input layer: 4 x 256 x (4 x 128 + 2 x 129
+    x 128 + 129 x 2) + 2 x 256 x (2 x 128 x 128 + 128 x 2) = 51,513,344 (6 B n_params, the
+    count before 2026-12-05, is 51,907,584)."""
+    from sgm_ref.nn import mlp
+    module = _train_step_module(monkeypatch)
+    assert module.step_flops(module.layer_sizes(2, 128, 3), 256) == 51_513_344
+    for row in ((2, 128, 3, 256), (3, 8, 2, 5), (1, 4, 1, 1)):
+        problem = module.make_problem(*row, "float64", 0)
+        _, step, rng = module.make_sgm_ref(problem, 0)
+        step(rng)
+        counting = _CountingNumPy()
+        monkeypatch.setattr(mlp, "np", counting)
+        step(rng)
+        monkeypatch.setattr(mlp, "np", np)
+        assert len(counting.flops) == 3 * (len(problem["sizes"]) - 1) - 1, row  # forward, dW; dh past layer 0
+        assert sum(counting.flops) == module.step_flops(problem["sizes"], row[3]), row
+
+
+def test_train_step_peak_writes_into_one_preallocated_output(monkeypatch):
+    """The best-of peak before the rows ("% of peak", "floor ms") and --bound's timed `a @ b`
+    into a fresh output per call: a float64 2048^2 one is 32 MiB of new pages each time (4.8
+    ms to write against 1.1 ms reused, ~3% of the product), which the rounds' product
+    (make_peak, out=) and the step's products (their workspace) never pay. Nothing is timed
+    here: the product is 64^3."""
+    module = _train_step_module(monkeypatch)
+    monkeypatch.setattr(module, "PEAK_SIZE", 64)
+    counting = _CountingNumPy()
+    monkeypatch.setattr(module, "np", counting)
+    peaks = module.measure_peaks(None, 3)
+    assert set(peaks) == {("NumPy", "float64"), ("NumPy", "float32")} and min(peaks.values()) > 0
+    assert counting.flops == [2 * 64**3] * 8  # per dtype: one untimed call, 3 timed
+    for first in (0, 4):  # one output per dtype, the same in every call
+        out = counting.outs[first]
+        assert isinstance(out, np.ndarray) and out.shape == (64, 64)
+        assert all(o is out for o in counting.outs[first:first + 4])
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(module, "np", np)
+    assert min(module.measure_peaks(torch, 2).values()) > 0  # torch.matmul into its own out= too
+
+
+def test_oracle_peak_writes_into_one_preallocated_output(monkeypatch):
+    """oracle.py's matrix-product rate and the product of each round of its share of the
+    peak: `A @ B` into a fresh output per call (for 2048^2 float64, 32 MiB of new pages each
+    time, ~3% of the product) put the share of the peak that much high. Sizes here are tiny."""
+    module = _script_module(monkeypatch, "oracle")
+    counting = _CountingNumPy()
+    monkeypatch.setattr(module, "np", counting)
+    assert module.matmul_peak(32, 3) > 0
+    assert counting.flops == [2 * 32**3] * 4
+    assert all(isinstance(o, np.ndarray) and o is counting.outs[0] for o in counting.outs)
+    counting.flops.clear(), counting.outs.clear()
+    shares = module.peak_shares(4, 2, 64, 3, 32, np.random.default_rng(0))
+    assert len(shares) == 3 and min(shares) > 0
+    products = [o for o, f in zip(counting.outs, counting.flops) if f == 2 * 32**3]
+    assert len(products) == 4 and all(isinstance(o, np.ndarray) and o is products[0] for o in products)
+
+
+def test_train_step_omp_note_says_whose_libgomp_numba_runs_on(monkeypatch):
+    """With torch loaded before sgm_ref (for torch's own defaults), numba's 'omp' layer binds
+    to torch's libgomp, which read no wait policy: numba's idle threads spin (4.5 ms of CPU
+    per parallel region against 0.01 with sgm_ref alone), while the report's environment line
+    showed sgm_ref's OMP_WAIT_POLICY=PASSIVE and its note, keyed on the variable being unset,
+    said nothing."""
+    note = _train_step_module(monkeypatch).omp_note
+    torch_first = {"set": {"OMP_WAIT_POLICY": "PASSIVE"}, "loaded_before": ["OpenBLAS (numpy)", "an OpenMP runtime"]}
+    alone = {"set": {"OMP_WAIT_POLICY": "PASSIVE"}, "loaded_before": ["OpenBLAS (numpy)"]}
+    passive = {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert "loaded before sgm_ref" in note("omp", torch_first, passive)
+    assert "OMP_WAIT_POLICY=PASSIVE" in note("omp", torch_first, passive)
+    assert note("omp", alone, passive) is None  # numba's own libgomp read PASSIVE
+    assert note("workqueue", torch_first, passive) is None
+    # set before Python started: every libgomp read it, sgm_ref set nothing
+    assert note("omp", {"set": {}, "loaded_before": torch_first["loaded_before"]}, passive) is None
+    assert "default wait policy" in note("omp", {"set": {}, "loaded_before": []}, {})
+
+
+_THREAD_NOTE = """
+import runpy, sys
+sys.path.insert(0, {bench!r})
+sys.argv = [{script!r}]
+module = runpy.run_path({script!r}, run_name="not_main")
+import numba
+numba.get_num_threads()  # starts the threading layer, as the timed run's report finds it
+print(numba.threading_layer(), any("loaded before sgm_ref" in line for line in module["thread_report"]({{}})))
+"""
+
+
+def test_train_step_reports_numba_on_torchs_libgomp():
+    """The timed run as it starts (torch loaded first): its thread report carries the note."""
+    import os
+    pytest.importorskip("torch")
+    script = str(BENCHMARKS / "train_step.py")
+    proc = subprocess.run([sys.executable, "-c", _THREAD_NOTE.format(bench=str(BENCHMARKS), script=script)],
+                          capture_output=True, text=True, timeout=300,
+                          env={k: v for k, v in os.environ.items()
+                               if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    layer, noted = proc.stdout.split()[-2:]
+    assert noted == str(layer == "omp"), proc.stdout
