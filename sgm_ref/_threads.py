@@ -39,6 +39,8 @@ import os
 import sys
 import threading
 
+from ._command import is_command_line as _is_command_line
+
 ENV_THREADS = "SGM_REF_THREADS"
 
 # Chosen by measurement (benchmarks/load.py, RESULTS.md "Under load").
@@ -95,25 +97,6 @@ def _threads_from_environment(environ):
         raise ValueError(f"{ENV_THREADS} must be an integer >= 1 (the thread count), got {shown}; "
                          f"unset it for the default")
     return n
-
-
-def _is_command_line():
-    """True in the command line, which reports a bad setting as one line, exit status 2: the
-    `sgm-ref` script, or `python -m sgm_ref.cli` (whose sys.argv[0] is "-m" while the module is
-    found, when sgm_ref is imported: the interpreter's own arguments name it). A bad
-    SGM_REF_THREADS was a traceback, exit status 1, from the latter."""
-    if os.path.basename(sys.argv[0] if sys.argv else "") == "sgm-ref":
-        return True
-    arguments = list(getattr(sys, "orig_argv", []))[1:]  # the interpreter's options, then what it runs
-    i = 0
-    while i < len(arguments):
-        argument = arguments[i]
-        if argument.startswith("-m"):
-            return (argument[2:] or (arguments[i + 1] if i + 1 < len(arguments) else "")) == "sgm_ref.cli"
-        if argument.startswith("-c") or not argument.startswith("-") or argument == "-":  # code, a script, stdin
-            return False
-        i += 2 if argument in ("-X", "-W", "--check-hash-based-pycs") else 1  # options with a separate value
-    return False
 
 
 _LOADED_BEFORE = _runtimes_loaded()

@@ -11,6 +11,7 @@ import pickle
 import platform
 import subprocess
 import sys
+import textwrap
 
 import numba
 import pytest
@@ -960,3 +961,30 @@ def test_randomised_functions_use_only_their_generator_and_the_same_draws_on_eve
     for case, (first, other) in enumerate(zip(bits[0], bits[-2])):
         assert first == other, f"case {case} differs between thread counts"
     assert bits[0] == bits[-1], "the same seed gave other bits"
+
+
+@pytest.mark.parametrize("as_command", [True, False])
+def test_an_interrupt_during_the_package_import_is_one_line_in_the_command(as_command):
+    """Ctrl-C in a command's first second lands in sgm_ref's imports (numba, scipy), before
+    cli.main can catch it: it was a 40-line traceback and death by SIGINT. The command line
+    says "sgm-ref: interrupted" and exits 130; a program importing sgm_ref gets the
+    KeyboardInterrupt. (An import hook raises it where the signal lands.)"""
+    code = textwrap.dedent(f"""
+        import sys
+
+        class Interrupt:
+            def find_spec(self, name, path=None, target=None):
+                if name == "numba":
+                    raise KeyboardInterrupt
+                return None
+
+        sys.meta_path.insert(0, Interrupt())
+        if {as_command}:
+            sys.argv[0] = "/somewhere/bin/sgm-ref"
+        import sgm_ref.cli
+        """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    if as_command:
+        assert (result.returncode, result.stderr) == (130, "sgm-ref: interrupted\n")
+    else:
+        assert result.returncode != 130 and result.stderr.rstrip().endswith("KeyboardInterrupt")
