@@ -82,6 +82,16 @@ def paired_cells(values, target, below=True):
     return f"{median:.3f} [{_bound(low, target)}, {_bound(high, target)}]", verdict(low, high, target, below)
 
 
+def machine_busy_seconds():
+    """CPU seconds the whole machine has been busy so far (OtherLoad.busy_ticks of /proc/stat's
+    "cpu" line; None without it): the one count every benchmark's load figure uses."""
+    try:
+        with open("/proc/stat") as f:
+            return OtherLoad.busy_ticks(f.readline()) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+
+
 class OtherLoad:
     """CPU seconds used by other processes while the block runs (Linux /proc/stat; None
     elsewhere): all busy CPU time of the machine minus this process's own."""
@@ -96,11 +106,7 @@ class OtherLoad:
 
     @classmethod
     def _busy(cls):
-        try:
-            with open("/proc/stat") as f:
-                return cls.busy_ticks(f.readline()) / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError):
-            return None
+        return machine_busy_seconds()
 
     def __enter__(self):
         self.start = (self._busy(), sum(os.times()[:4]), time.perf_counter())

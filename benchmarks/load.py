@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from _machine import cpu_name
+from _machine import cpu_name, machine_busy_seconds
 
 CONFIGS = {
     "default": {},
@@ -62,13 +62,7 @@ def child_environment(config):
 def busy_seconds():
     """CPU seconds used so far by the whole machine (None without /proc/stat) and by our waited-for children."""
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    ours = children.ru_utime + children.ru_stime
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None, ours
-    return (sum(fields) - fields[3] - fields[4]) / _CLOCK_TICKS, ours  # idle and iowait excluded
+    return machine_busy_seconds(), children.ru_utime + children.ru_stime  # idle and iowait excluded
 
 
 def process_cpu_seconds(pid):

@@ -138,7 +138,7 @@ _LEAN_WORKER = _lean_worker(sys.argv[1:])
 if not _LEAN_WORKER:
     import numba  # noqa: E402
 import numpy as np  # noqa: E402
-from _machine import best_time, cpu_name, paired_cells  # noqa: E402  (benchmarks/ is on sys.path when a script runs)
+from _machine import best_time, cpu_name, machine_busy_seconds, paired_cells  # noqa: E402  (benchmarks/ on sys.path)
 
 
 def _loads_torch_first(argv):
@@ -558,22 +558,13 @@ def _check_jax(jax, problem, want_loss, want_grad, seed):
 
 
 # -- timing ---------------------------------------------------------------------------------
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
 def _cpu_seconds():
     """(CPU seconds used by all processes, by this one) so far; system part None without /proc/stat.
 
     The system part counts user, nice, system, irq, softirq and steal time (idle and iowait
     excluded), in clock ticks, so it resolves ~10 ms."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    ours = usage.ru_utime + usage.ru_stime
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(x) for x in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None, ours
-    return (sum(fields) - fields[3] - fields[4]) / _CLOCK_TICKS, ours
+    return machine_busy_seconds(), usage.ru_utime + usage.ru_stime
 
 
 class LoadMeter:
