@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _peers import peer
 from sgm_ref._threads import blas_kernels
 from sgm_ref.experiments import rate
 from sgm_ref.experiments.rate import (cells, fit_slope, load_results, make_grid, make_target, run_cell,
@@ -289,7 +290,7 @@ def test_sweep_refuses_other_settings(tmp_path):
 
 
 def test_dask_scheduler_runs_the_same_cells(tmp_path):
-    distributed = pytest.importorskip("distributed")
+    distributed = peer("distributed")  # the [dask] extra: CI installs it, so a missing one fails there
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster:
         grid = {**GRID, "families": ["mixture"]}
         dask_results = run_sweep(tmp_path / "dask", grid, scheduler=cluster.scheduler_address, log=lambda s: None)

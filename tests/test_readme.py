@@ -301,3 +301,18 @@ def test_the_demos_figures_agree_between_pages():
     reaches = re.search(r"`sgm-ref demo` \(\$t_0 = 10\^\{-3\}\$, 300 steps, 12,000 training steps of a 3 x 128 "
                         r"network\) reaches ([\d.]+)", tutorial)
     assert reaches and float(reaches.group(1)) == round(bound, 2), reaches
+
+
+def test_under_the_ci_variables_a_missing_optional_package_fails_rather_than_skips(tmp_path):
+    """CI installs every extra; pytest.importorskip of one that did not install (a broken pin,
+    a wheel missing for the Python) skipped its tests and CI passed without them. Under
+    SGM_REF_REQUIRE_PEERS such a skip fails (tests/conftest.py); other skips stay skips."""
+    (tmp_path / "conftest.py").write_text((ROOT / "tests" / "conftest.py").read_text())
+    (tmp_path / "test_optional.py").write_text(
+        "import pytest\n\n\ndef test_needs_a_package():\n    pytest.importorskip('no_such_package_of_sgm_ref')\n\n\n"
+        "def test_skips_for_another_reason():\n    pytest.skip('not on this platform')\n")
+    env = {**os.environ, "SGM_REF_REQUIRE_PEERS": "1"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert "1 failed, 1 skipped" in result.stdout, result.stdout[-2000:]
+    assert "could not import 'no_such_package_of_sgm_ref'" in result.stdout
