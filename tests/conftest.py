@@ -170,14 +170,26 @@ def pytest_sessionfinish(session):
             return
 
 
+def _require_imports(report, excinfo):
+    """Under SGM_REF_REQUIRE_PEERS (CI), a test or module that skips because an optional package
+    does not import (pytest.importorskip: torch, jax, matplotlib, jupytext, distributed, ...)
+    fails instead: CI installs every extra, so such a skip is a broken install, not a machine
+    without the extra."""
+    if (report.skipped and excinfo is not None and os.environ.get("SGM_REF_REQUIRE_PEERS", "") not in ("", "0")
+            and str(excinfo.value).startswith("could not import")):
+        report.outcome = "failed"
+        report.longrepr = f"{excinfo.value} (SGM_REF_REQUIRE_PEERS is set: CI installs every optional package)"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """Under SGM_REF_REQUIRE_PEERS (CI), a test that skips because an optional package does not
-    import (pytest.importorskip: torch, jax, matplotlib, distributed, ...) fails instead: CI
-    installs every extra, so such a skip is a broken install, not a machine without the extra."""
     outcome = yield
+    _require_imports(outcome.get_result(), call.excinfo)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield  # a module-level importorskip (tests/test_tutorial.py's jupytext)
     report = outcome.get_result()
-    if (report.skipped and call.excinfo is not None and os.environ.get("SGM_REF_REQUIRE_PEERS", "") not in ("", "0")
-            and str(call.excinfo.value).startswith("could not import")):
-        report.outcome = "failed"
-        report.longrepr = f"{call.excinfo.value} (SGM_REF_REQUIRE_PEERS is set: CI installs every optional package)"
+    if report.skipped and isinstance(report.longrepr, tuple):  # (path, line, "Skipped: could not import ...")
+        _require_imports(report, types.SimpleNamespace(value=str(report.longrepr[2]).removeprefix("Skipped: ")))

@@ -311,8 +311,12 @@ def test_under_the_ci_variables_a_missing_optional_package_fails_rather_than_ski
     (tmp_path / "test_optional.py").write_text(
         "import pytest\n\n\ndef test_needs_a_package():\n    pytest.importorskip('no_such_package_of_sgm_ref')\n\n\n"
         "def test_skips_for_another_reason():\n    pytest.skip('not on this platform')\n")
+    (tmp_path / "test_module_level.py").write_text(  # as tests/test_tutorial.py's jupytext
+        "import pytest\n\npytest.importorskip('another_missing_package_of_sgm_ref')\n\n\ndef test_x():\n    pass\n")
     env = {**os.environ, "SGM_REF_REQUIRE_PEERS": "1"}
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             "--continue-on-collection-errors", str(tmp_path)],
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert "1 failed, 1 skipped" in result.stdout, result.stdout[-2000:]
+    assert "1 failed, 1 skipped, 1 error" in result.stdout, result.stdout[-2000:]
     assert "could not import 'no_such_package_of_sgm_ref'" in result.stdout
+    assert "could not import 'another_missing_package_of_sgm_ref'" in result.stdout
