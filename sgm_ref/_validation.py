@@ -78,6 +78,9 @@ def check_real(value, name, *, low=None, high=None, low_open=False, high_open=Fa
         raise ValueError(f"{name} must be finite in float64, got {wide!r}, beyond float64's range")
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value!r}")
+    if value == 0.0 and wide != 0:  # a longdouble below float64's range: not its 0 ("must be > 0, got 0.0")
+        raise ValueError(f"{name} must be representable in float64, got {wide!r}, below float64's smallest "
+                         "positive number (5e-324)")
     if low is not None and (value < low or (low_open and value == low)):
         raise ValueError(f"{name} must be {'>' if low_open else '>='} {low}, got {value!r}")
     if high is not None and (value > high or (high_open and value == high)):

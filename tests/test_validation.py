@@ -324,3 +324,17 @@ def test_a_byte_swapped_float_dtype_is_named_as_such(dtype):
                                          rf".*\(byte-swapped\); pass '{native}'$"):
         check_float_dtype(dtype)
     assert check_float_dtype(np.dtype(dtype).newbyteorder("=")) == np.dtype(native)
+
+
+def test_check_real_refuses_a_longdouble_below_float64s_range_rather_than_reading_0():
+    """float() of a positive longdouble below 5e-324 is 0.0: it was returned, or refused as
+    "std must be > 0.0, got 0.0" about a positive input (above the range it was named)."""
+    from sgm_ref._validation import check_real
+
+    tiny = np.longdouble(1e-300) ** 13
+    if tiny == 0:
+        pytest.skip("this platform's longdouble is float64")
+    for value in (tiny, -tiny, np.array(tiny)):
+        with pytest.raises(ValueError, match=r"^x must be representable in float64, got .*, below float64's smallest"):
+            check_real(value, "x")
+    assert check_real(np.longdouble(0.0), "x") == 0.0 and check_real(np.longdouble(1e-320), "x") == 1e-320
