@@ -592,9 +592,13 @@ def _num(value, spec):
 
 def _percent(value):
     """A ratio as a percentage: two decimals, or two significant digits below 1% (a relative
-    error of 4e-5, a float32 model's, showed as "0.00%", read as none)."""
+    error of 4e-5, a float32 model's, showed as "0.00%", read as none), or three significant
+    digits from 10,000% on (a ratio of 1e20 showed all its 23 digits and two decimals,
+    "10000000002179999989760.00%": digits a Monte-Carlo estimate does not have)."""
     if _finite(value) and 0 < abs(value) < 0.01:
         return f"{100 * value:.2g}%"
+    if _finite(value) and abs(value) >= 100:
+        return f"{100 * value:.3g}%"
     return _num(value, ".2%")
 
 

@@ -961,6 +961,20 @@ def test_a_small_relative_score_error_is_not_shown_as_none():
     assert "| 1 | 0.5 ± 0.01 | 10.00% |" in text  # 1% and above: as before
 
 
+def test_a_huge_relative_score_error_is_shown_to_three_digits_in_report_md():
+    # a relative error of 1e20 (a score far off at a large t) printed every digit of its float64,
+    # "10000000002179999989760.00%", digits a Monte-Carlo estimate does not have; the audit's
+    # table showed three, and report.md now does too (below 10,000%: two decimals, as before)
+    report = _report()
+    huge = 100000000021799999897.6  # the ratio whose percentage read as 23 digits and two decimals
+    report["score_error"].update(t=[0.1, 1.0, 2.0], error=[1.0, 2.0, 3.0], standard_error=[0.1, 0.1, 0.1],
+                                 relative=[huge, 99.99, -250.0])
+    text = markdown(report)
+    assert "| 0.1 | 1 ± 0.1 | 1e+22% |" in text and "10000000002179999989760" not in text
+    assert "| 1 | 2 ± 0.1 | 9999.00% |" in text  # below 10,000%: as before
+    assert "| 2 | 3 ± 0.1 | -2.5e+04% |" in text
+
+
 @pytest.mark.parametrize("grid, n_steps, message", [
     (np.geomspace(3.0, 0.1, 6), None, r"grid must run from T = 3.0 to t0 = 0.01, got 3.0 to 0.1"),
     (np.geomspace(2.0, 0.01, 6), None, r"grid must run from T = 3.0 to t0 = 0.01, got 2.0 to 0.01"),

@@ -855,3 +855,45 @@ def test_at_t_under_a_process_that_is_not_variance_preserving(kind):
         expected = logsumexp([np.log(w[k]) + multivariate_normal(a * mu[k], a * a * dense[k] + s2 * np.eye(2)).logpdf(x)
                               for k in range(3)], axis=0)
         np.testing.assert_allclose(marginal.log_prob(x), expected, rtol=1e-13)
+
+
+def test_a_preset_s_construction_is_refused_by_its_measured_peak_not_its_means_alone(monkeypatch):
+    """gmm:d=100000000,k=2 passed paper_family's check (its means, 2 k d numbers: 3.2 GB) and took
+    13.4 GB to build (~8.5 arrays of k x d, measured by ru_maxrss): the spec's preset now counts
+    spec._BUILD_ARRAYS = 9 arrays of the means' shape, naming d (or k when one mean fits)."""
+    from sgm_ref.targets import _checks, spec
+    from sgm_ref.targets.spec import from_spec
+    memory = 10 * 2**20  # 2 x 100000 means: 1.6 MB, built in ~14 MB
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: memory)
+    monkeypatch.setattr(spec, "_memory_bytes", lambda: memory)
+    with pytest.raises(ValueError, match=rf"^target gmm:d=100000,k=2,radius=1: k = 2 is too large: building k = 2 "
+                                         rf"means in d = 100000 \(9 arrays of k x d numbers\) .* use k <= 1$"):
+        from_spec("gmm:d=100000,k=2,radius=1")
+    with pytest.raises(ValueError, match=rf"^target gmm:d=200000,k=1,radius=1: d = 200000 is too large: .* use d <= "
+                                         rf"{memory // 72}$"):
+        from_spec("gmm:d=200000,k=1,radius=1")
+    with pytest.raises(ValueError, match=rf"^target product:d=100000: d = 100000 is too large: .* use d <= "
+                                         rf"{memory // 144}$"):
+        from_spec("product:d=100000")
+    assert from_spec(f"gmm:d={memory // 144},k=2,radius=1").dim == memory // 144  # the limit itself is built
+
+
+def test_a_record_too_large_for_memory_is_refused_before_it_is_built(monkeypatch):
+    """to_record's lists of Python floats take 32 bytes a number (a float and its list slot), 4
+    times the array: gmm in d = 1e8 made 6.4 GB of them. Refused, naming the count, before any."""
+    from sgm_ref.targets import _checks, spec
+    from sgm_ref.targets.spec import to_record
+    target = GaussianMixture.paper_family(500, 2, 1.0, rng=0)  # 1002 numbers: 32 kB as a record
+    monkeypatch.setattr(_checks, "_memory_bytes", lambda: 16_000)
+    monkeypatch.setattr(spec, "_memory_bytes", lambda: 16_000)
+    monkeypatch.setattr(type(target), "to_dict", lambda self: pytest.fail("the record was built"))
+    with pytest.raises(ValueError, match=r"^the target's record \(its 1002 numbers as JSON-ready lists, 32 bytes each\)"
+                                         r" would need .* use a target of fewer numbers \(a lower d or k\)$"):
+        to_record(target)
+
+
+def test_a_preset_s_dimension_is_read_without_building_it():
+    from sgm_ref.targets.spec import _preset_dimension
+    assert [_preset_dimension(s) for s in ("ring", "ring:k=3", " gmm : d = 9 ,k=1,radius=1", "product:d=7",
+                                           "gmm:k=2,radius=1", "gmm:d=x,k=2,radius=1", "gmm:d=0,k=2,radius=1",
+                                           "a.json", "gmm", None)] == [2, 2, 9, 7, None, None, None, None, None, None]

@@ -31,7 +31,7 @@ import unicodedata
 import numpy as np
 
 from .._json import load_json
-from ._checks import shown
+from ._checks import _memory_bytes, check_size, shown
 from .gaussian_mixture import GaussianMixture
 from .product_mixture import ProductMixture
 
@@ -49,13 +49,56 @@ def _gmm(d=None, k=None, radius=None, seed="0"):
     seed = _int(seed, "seed")
     if seed < 0:
         raise ValueError(f"target parameter seed must be >= 0, got {seed}")
-    return GaussianMixture.paper_family(_int(d, "d"), _int(k, "k"), _float(radius, "radius"), seed)
+    d, k = _int(d, "d"), _int(k, "k")
+    if d >= 1 and k >= 1:  # others: paper_family names them
+        # its own check counts the means alone (2 k d numbers); building them peaks at ~8.5 arrays of k x d
+        # float64 (ru_maxrss growth of from_spec: 68 bytes a mean entry in d = 1e6, k = 2 and d = 2e5, k = 10):
+        # gmm:d=100000000,k=2 passed it and took 13.4 GB before anything else was asked
+        what = f"building k = {k} means in d = {d} ({_BUILD_ARRAYS} arrays of k x d numbers)"
+        if _fits(_BUILD_ARRAYS * 8 * d):  # one mean fits: k is the count to lower
+            check_size(k, _BUILD_ARRAYS * d, "k", what)
+        else:
+            check_size(d, _BUILD_ARRAYS * k, "d", what)
+    return GaussianMixture.paper_family(d, k, _float(radius, "radius"), seed)
 
 
 def _product(d=None, shift="1.5", std="1.0"):
     if d is None:
         raise ValueError("product needs d: write e.g. product:d=8,shift=1.5,std=1")
-    return ProductMixture.symmetric(_int(d, "d"), _float(shift, "shift"), _float(std, "std"))
+    d = _int(d, "d")
+    if d >= 1:  # building it peaks at ~7.2 arrays of 2 x d float64 (57 bytes a mean entry in d = 1e6)
+        check_size(d, 2 * _BUILD_ARRAYS, "d", f"building product's 2 x {d} means ({_BUILD_ARRAYS} arrays of 2 x d "
+                                              "numbers)")
+    return ProductMixture.symmetric(d, _float(shift, "shift"), _float(std, "std"))
+
+
+# the arrays of the means' shape a preset's construction peaks at (measured above, rounded up)
+_BUILD_ARRAYS = 9
+
+
+def _fits(nbytes):
+    memory = _memory_bytes()
+    return nbytes <= min(np.iinfo(np.intp).max, memory or np.iinfo(np.intp).max)
+
+
+def _preset_dimension(spec):
+    """The dimension d a preset spec names ("gmm:d=32,k=4,radius=3" -> 32, "ring" -> 2), read
+    from the text without building the target, or None (a JSON file, or a spec from_spec will
+    refuse: it names what is wrong). For a caller that must refuse a dimension before the
+    target's construction, which in d = 1e8 takes gigabytes."""
+    if not isinstance(spec, str):
+        return None
+    name, sep, rest = spec.strip().partition(":")
+    name = name.strip()
+    if name == "ring":
+        return 2
+    if name not in ("gmm", "product") or not sep:
+        return None
+    try:
+        d = int(_parameters(rest, name, PRESETS[name][1]).get("d", ""))
+    except ValueError:
+        return None
+    return d if d >= 1 else None
 
 
 # name -> (constructor taking the parameters as strings, the parameters it accepts)
@@ -196,6 +239,15 @@ def to_record(target):
     kind = type(target).__name__
     if kind not in _RECORD_TYPES:
         raise ValueError(f"cannot record a target of type {kind}; supported: {', '.join(_RECORD_TYPES)}")
+    # the record is lists of Python floats: 24 bytes a float and 8 a list's slot, 4 times its array's
+    # 8 (a record in d = 1e8 was 6.4 GB; refused before it is built, not killed for memory while it is)
+    numbers = sum(int(np.size(a)) for a in (target.weights, target.means, getattr(target, "covariances", None),
+                                            getattr(target, "stds", None)) if a is not None)
+    if not _fits(32 * numbers):
+        memory = _memory_bytes()
+        raise ValueError(f"the target's record (its {numbers} numbers as JSON-ready lists, 32 bytes each) would "
+                         f"need {32 * numbers / 2**30:.3g} GiB, more than this machine's memory "
+                         f"({(memory or 0) / 2**30:.3g} GiB): use a target of fewer numbers (a lower d or k)")
     return {"type": kind, **target.to_dict()}
 
 
