@@ -428,6 +428,10 @@ def cmd_experiment(args):
                 raise ValueError("--compare must name another sweep's folder, got ''")
             if not os.path.isfile(os.path.join(other, "results.jsonl")):  # as report.load_sweep asks, said first
                 raise ValueError(f"--compare {other}: no results.jsonl there: give the folder of another rate sweep")
+            # the sweep compared with itself gave a section of ratios of 1 and a paired test of no difference
+            if os.path.isdir(args.run) and os.path.samefile(other, args.run):
+                raise ValueError(f"--compare {other} is the sweep {args.run} itself: give the folder of another "
+                                 "sweep (one run with other settings)")
         report.write_report(args.run, args.out, log=_say, compare_with=args.compare)
         return 0
     from .experiments import rate, sweep
@@ -831,6 +835,34 @@ def _to_numpy(out):
     return None
 
 
+# AttributeError's message where it has no .obj (made by hand, or before Python 3.10)
+_NDARRAY_ATTRIBUTE = re.compile(r"^'numpy\.ndarray' object has no attribute '(\w+)'")
+
+
+def _wants_tensors(exc):
+    """Whether exc, raised by a --score function given NumPy arrays, says that the function
+    takes torch tensors (then the error suggests --inputs torch): torch is imported (by the
+    user's code: sgm_ref never imports it), and the function's own message speaks of tensors
+    ("x must be a torch tensor"; the message only, not the --score spec, whose file or
+    function may be named "tensor...") or it asked a NumPy array for an attribute that torch
+    tensors have and arrays do not (x.detach(), x.numpy(), x.clone(), x.requires_grad_()):
+    not for every AttributeError (a typo, x.shapee, is not torch's)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not hasattr(torch, "Tensor"):
+        return False
+    if "tensor" in str(exc).lower():
+        return True
+    if not isinstance(exc, AttributeError):
+        return False
+    obj, name = getattr(exc, "obj", None), getattr(exc, "name", None)
+    if name is None or obj is None:
+        match = _NDARRAY_ATTRIBUTE.match(str(exc))
+        if match is None:
+            return False
+        obj, name = np.empty(0), match.group(1)
+    return isinstance(obj, np.ndarray) and hasattr(torch.Tensor, name) and not hasattr(obj, name)
+
+
 def _numpy_score(fn, spec, process, output, time):
     """grad log p_t(x) from a --score function of NumPy arrays in the (output, time) convention.
 
@@ -855,7 +887,7 @@ def _numpy_score(fn, spec, process, output, time):
                 out = fn(x, arg.astype(x.dtype))
         except _UserCodeError as e:
             called = f" (called{where})"
-            if not ("torch" in sys.modules and "tensor" in str(e).lower()):
+            if not _wants_tensors(e.original):
                 raise _UserCodeError(f"{e}{called}", e.original) from None
             raise _UserCodeError(f"{e}{called} (it was given NumPy arrays: if it takes torch tensors, pass "
                                  "--inputs torch)", e.original) from None
@@ -1489,7 +1521,10 @@ def main(argv=None):
                     getattr(args, "command", None), "")
         if getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run) and not os.path.exists(
                 os.path.join(run, "config.json")):  # stopped while --force removed the old run's files
-            hint = f"no run is left in {run}; run the command again"
+            # or before a new run's config.json was written: the folder made then is kept, and the
+            # same command without --force is refused ("output folder ... already exists")
+            again = "" if args.force or getattr(args, "resume", False) else " with --force"
+            hint = f"no run is left in {run}; run the command again{again}"
         elif getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run):
             try:  # what is on disk says what is left to do (a demo interrupted after training)
                 from .runs import _continuation

@@ -203,6 +203,27 @@ def test_ctrl_c_keeps_the_run_and_says_how_to_go_on(tmp_path):
     assert (out / "config.json").exists() and (out / "checkpoint.npz").exists()
 
 
+def test_ctrl_c_before_a_new_run_s_config_says_to_rerun_with_force(tmp_path, capsys, monkeypatch):
+    """Ctrl-C after train (or demo) made the run's folder and before its config.json was
+    written keeps the empty folder, and said "run the command again": the same command is
+    then refused, "output folder ... already exists; pass --force"."""
+    from sgm_ref import runs
+
+    def interrupted(path, data):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runs, "write_json", interrupted)
+    for command in ("train", "demo"):
+        run_folder = tmp_path / command
+        status, out, err = _main([command, run_folder, "--steps", "5"], capsys)
+        assert status == 130 and err == f"sgm-ref: interrupted; no run is left in {run_folder}; run the command " \
+                                        "again with --force\n", err
+        assert os.listdir(run_folder) == []
+    monkeypatch.undo()
+    status, _, err = _main(["train", tmp_path / "train", "--steps", "5"], capsys)
+    assert status == 2 and "already exists; pass --force" in err
+
+
 # -- errors: one line on stderr, exit status 2, nothing left behind ---------------------
 
 @pytest.mark.parametrize("args, pattern", [
@@ -515,6 +536,36 @@ def test_audit_traceback_option_shows_the_user_s_traceback(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert lines[0] == "Traceback (most recent call last):" and "audited.py" in result.stderr
     assert lines[-1] == "sgm-ref: error: --score audited:own_value_error raised ValueError: mine (called at t = 0.001)"
+
+
+def test_a_torch_attribute_asked_of_a_numpy_array_suggests_inputs_torch(tmp_path, capsys, monkeypatch):
+    """A torch function that --inputs auto gives NumPy arrays (its own code names no torch
+    object) failed with "'numpy.ndarray' object has no attribute 'detach'" and no hint: the
+    hint to pass --inputs torch came only where the message said "tensor" (a review); and the
+    word counted in the --score spec too, so any error of a file named tensor_*.py got it. A
+    typo's AttributeError, or a function where torch was never imported, gets none. (In this
+    process, as sgm_ref.cli.main: a command of its own would import torch afresh each time.)"""
+    model = ("import torch\n\nclass Net(torch.nn.Module):\n    def forward(self, x, t):\n        return -x\n\n"
+             "net = Net()\n\ndef detached(x, t):\n    return net(x.detach(), t)\n\n"
+             "def typo(x, t):\n    return x.shapee\n\ndef own(x, t):\n    raise ValueError('mine')\n")
+    (tmp_path / "model.py").write_text(model)
+    (tmp_path / "tensor_model.py").write_text(model)
+    (tmp_path / "plain.py").write_text("def detached(x, t):\n    return x.detach()\n")
+    hint = " (it was given NumPy arrays: if it takes torch tensors, pass --inputs torch)"
+    assert "tensor" not in str(tmp_path).lower()  # else every message of the old code had the hint
+    for name, message, hinted in (
+            ("model.py:detached", "AttributeError: 'numpy.ndarray' object has no attribute 'detach'", True),
+            ("model.py:typo", "AttributeError: 'numpy.ndarray' object has no attribute 'shapee'", False),
+            ("tensor_model.py:own", "ValueError: mine", False),
+            ("plain.py:detached", "AttributeError: 'numpy.ndarray' object has no attribute 'detach'", False)):
+        if name.startswith("plain"):  # torch imported by none of the user's code
+            monkeypatch.delitem(sys.modules, "torch")
+        spec = f"{tmp_path / name}"
+        status, out, err = _main(["audit", "--score", spec, "--target", "ring", "--n-steps", "2", "--profile-n", "4",
+                                  "--bound-n", "2"], capsys)
+        assert err.strip() == (f"sgm-ref: error: --score {spec} raised {message} (called at t = 0.001)"
+                               + (hint if hinted else "")), err
+        assert status == 2 and out == ""
 
 
 @pytest.mark.parametrize("json_path, pattern", [("", "--json needs a file name, got ''"),
@@ -1351,6 +1402,21 @@ def test_rate_report_names_an_empty_or_missing_folder_as_its_option(tmp_path, ca
         status, out, err = _main(["experiment", "rate-report", *argv], capsys)
         assert status == 2 and out == "" and err.startswith(f"sgm-ref: error: {message}"), err
     assert sorted(os.listdir(tmp_path)) == ["sweep"]
+
+
+def test_rate_report_refuses_to_compare_a_sweep_with_itself(tmp_path, capsys):
+    """`rate-report RUN --compare RUN` wrote a comparison section of ratios of 1 (a sweep
+    against its own rows); the same folder by another path (RUN/., a link) too."""
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "results.jsonl").write_text("")
+    (tmp_path / "link").symlink_to(sweep)
+    for other in (sweep, f"{sweep}{os.sep}.", tmp_path / "link"):
+        status, out, err = _main(["experiment", "rate-report", sweep, "--out", tmp_path / "r.md", "--compare", other],
+                                 capsys)
+        assert status == 2 and out == "" and err == (f"sgm-ref: error: --compare {other} is the sweep {sweep} itself: "
+                                                     "give the folder of another sweep (one run with other settings)\n")
+    assert sorted(os.listdir(tmp_path)) == ["link", "sweep"] and os.listdir(sweep) == ["results.jsonl"]
 
 
 def test_an_unrecognized_option_points_at_its_command_s_help(tmp_path, capsys):
