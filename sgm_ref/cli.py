@@ -960,7 +960,7 @@ _FRACTIONAL_TIMESTEP_NOTE = (
 
 def cmd_audit(args):
     from ._validation import check_count, check_fits
-    from .evaluation import _below_zero_note, bound_text, json_ready, non_finite_notes, score_report
+    from .evaluation import _below_zero_note, _percent, bound_text, json_ready, non_finite_notes, score_report
     from .interop import ModelError
     from .metrics.score_error import _check_time_range as _score_time_range
     from .processes import DDPM, VariancePreserving, check_process, to_spec
@@ -1090,7 +1090,7 @@ def cmd_audit(args):
             verdict = f"   {checked['allowed'][i]:8.2%}" + ("  EXCEEDED" if t in checked["exceeded"] else "")
         if np.isfinite(v):
             # two significant digits below 1% (4.2e-5 printed as "0.00%", read as no error)
-            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {_relative_text(r):>9}{floor}{verdict}")
+            _say(f"{t:10.4g}   {v:12.4g} ± {s:<9.2g}   {_percent(r):>9}{floor}{verdict}")
         else:
             _say(f"{t:10.4g}   {'overflows float64':>24}   {'':9}{floor}{verdict}")
     integral, f_integral = se["integral"], fse["integral"]
@@ -1136,17 +1136,6 @@ def cmd_audit(args):
         plot_score_audit(report, args.plot, time_grid(T_audited, t0, args.n_steps, args.grid, audited))
         _say(f"plot -> {args.plot}")
     return 0 if checked is None or checked["passed"] else 1
-
-
-def _relative_text(r):
-    """The table's relative column: evaluation._percent's two decimals, or three significant
-    digits from 10,000% on (-x audited on edm to T = 1e5 printed "10000000002179999989760.00%":
-    24 digits of a Monte-Carlo estimate, run past the column)."""
-    from .evaluation import _percent
-
-    if r is not None and np.isfinite(r) and abs(r) >= 100:
-        return f"{100 * r:.3g}%"
-    return _percent(r)
 
 
 def _pm_short(value, se):
