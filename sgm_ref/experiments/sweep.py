@@ -266,7 +266,16 @@ def _run(todo, results, results_path, workers, executor, log):
             for f in futures:
                 f.cancel()
             if own_pool is not None:
-                # interrupted: do not wait for the running cells (they are rerun next time)
+                if not finished:
+                    # interrupted (Ctrl-C, an error): the running cells are rerun next time, so their
+                    # workers are stopped, not waited for. A worker takes a Ctrl-C to the process group
+                    # as its cell's error and went on with the queued cells, and the interpreter's exit
+                    # waits for the pool: the command returned 12-32 s after its "interrupted" line
+                    # (minutes with the full grid's cells). (No public call stops a pool's workers
+                    # before Python 3.14's terminate_workers.)
+                    for process in list((getattr(own_pool, "_processes", None) or {}).values()):
+                        with contextlib.suppress(OSError, ValueError):
+                            process.terminate()
                 own_pool.shutdown(wait=finished, cancel_futures=True)
 
 
