@@ -47,7 +47,7 @@ import numba
 import numpy as np
 import scipy
 
-from . import __version__
+from . import __version__, _validation
 from ._json import load_json
 from ._lock import folder_lock
 from ._validation import _physical_memory, check_count, check_fits, check_real, check_time_range
@@ -57,7 +57,7 @@ from .optim import Adam
 from .processes import process_from_dict
 from .samplers import METHODS, sample, time_grid
 from .score_model import ScoreModel
-from .targets.spec import PRESETS, from_record, from_spec, to_record
+from .targets.spec import PRESETS, _preset_dimension, from_record, from_spec, to_record
 from .train import History, TrainingDivergedError, _either, fit, progress_bar
 
 __all__ = ["DEFAULTS", "RUN_FILES", "RunError", "make_config", "update_section", "build", "horizon_limits", "streams",
@@ -150,16 +150,65 @@ def _make_config(options, sized):
     smp["t0"] = train["t0"] if smp["t0"] is None else smp["t0"]
     smp["T"] = train["T"] if smp["T"] is None else smp["T"]
     if config["target_definition"] is None:
-        config["target_definition"] = to_record(from_spec(config["target"]))
+        # the network's size first, from the spec's d where it names one (a preset), before the target
+        # and its record (lists of d k Python floats) are built: `train --target gmm:d=100000000,...`
+        # built both (13 GB, then 6.4 GB more) before the network was refused, and was killed for memory
+        d = _preset_dimension(config["target"])
+        if d is not None:
+            _check_network_size(config, d)
+        target = from_spec(config["target"])
+        _check_network_size(config, target.dim)  # a JSON file's
+        config["target_definition"] = to_record(target)
     config.update(format=FORMAT, version=FORMAT_VERSION, sgm_ref=__version__)
     target, _, _ = build(config)  # everything the run will construct, constructed once to validate it
     _check_sizes(config, target.dim, sized)
     return config
 
 
+def _check_network_size(config, d):
+    """Refuse a dimension whose network (with the training's copies of its parameters) cannot fit
+    in this machine's memory, before the target's record and the network are built.
+
+    Counted: the parameters of the MLP [x, e(t)] -> R^d (time features counted as one: a lower
+    bound), and 5 arrays of as many numbers in training (the parameters, their gradient, Adam's
+    two moments and the average; a checkpoint copies them again: a lower bound). Settings that
+    are not yet valid, and layers too large in any d (--depth 2**53), are left to build, which
+    names them.
+    """
+    m = config["model"] if isinstance(config.get("model"), dict) else {}
+    width, depth = m.get("width"), m.get("depth")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (width, depth)):
+        return
+    itemsize = 4 if m.get("dtype") == "float32" else 8  # another value: build names it
+    memory = _validation._physical_memory()  # the module's, as check_fits asks it (tests patch it there)
+    if memory is None:
+        return
+    copies = 5
+    fixed = 2 * width + (depth - 1) * (width + 1) * width  # the parameters that do not grow with d
+    params = (2 * width + 1) * d + fixed
+    d_max = (memory // (copies * itemsize) - fixed) // (2 * width + 1)
+    if copies * itemsize * params > memory and d_max >= 1:  # else the layers are too large whatever d: build says so
+        raise ValueError(f"target {config['target']} has d = {d}, too large for this machine: the network of width "
+                         f"{width} and depth {depth} has {params} parameters, and training keeps {copies} arrays "
+                         f"of as many ({copies * itemsize * params / 2**30:.3g} GiB of {itemsize * 8}-bit numbers), "
+                         f"more than this machine's memory ({memory / 2**30:.3g} GiB); use a target of dimension "
+                         f"d <= {d_max} at this width, or a narrower network (--width)")
+
+
 # The stages whose counts size their arrays: "train" the data (n) and the batch, "sample"
 # the samples, "evaluate" the bound's and the profile's draws.
 _SIZED_STAGES = ("train", "sample", "evaluate")
+
+
+# sample_run's memory per point, measured: the peak resident size (resource.getrusage's ru_maxrss)
+# of a process running sample_run(run, {"n": n, "method": ..., "n_steps": 3}) less its size after
+# loading the model, in d = 2000 and 10000 with n = 5000 and 2000 (float64 and float32 models of width
+# 128 and depth 3; the network runs in blocks of rows, so its hidden layers add no size per point):
+# 6.5-7.2 arrays of n x d numbers of the model's dtype for euler_maruyama, exponential and
+# residual_exponential, 8.5-9.2 for probability_flow, and ~600 bytes a point besides (d = 2, n = 2e5).
+# Counted with a little slack, the largest measured rounded up.
+_SAMPLING_ARRAYS = {None: 8, "probability_flow": 10}
+_SAMPLING_PER_POINT = 640
 
 
 def _check_sizes(config, d, stages):
@@ -168,8 +217,9 @@ def _check_sizes(config, d, stages):
     The stages refuse them too, but only when they come: a `train --force` after it has
     removed the old run, a demo after its training (which the refusal then removed). The
     sizes are those the stages check (a lower bound for the training data: the array of
-    the points alone). Checked for the stages in `stages` only: a run trained elsewhere
-    is sampled here without its training's sizes being asked about.
+    the points alone), and for sampling and the evaluation's reference points the peaks
+    measured (_SAMPLING_ARRAYS). Checked for the stages in `stages` only: a run trained
+    elsewhere is sampled here without its training's sizes being asked about.
     """
     m, t, s, e = config["model"], config["train"], config["sample"], config["evaluate"]
     sizes = []  # (stage, name, value, bytes per unit of value[, what needs them])
@@ -177,12 +227,23 @@ def _check_sizes(config, d, stages):
     sizes.append(("train", "batch_size", t["batch_size"], 8 * 6 * (d + m["width"] * m["depth"]),  # train.fit's
                   f"its working arrays at width {m['width']} and depth {m['depth']} (a narrower or shallower "
                   "network needs less)"))
-    sizes.append(("sample", "sample n (--n-samples)", s["n"], 8 * d))  # the start points
+    # the sampler's working arrays (sample_run's peak, not only its start points: a run in d = 200000
+    # passed at 8 d bytes a point and was killed for memory at its default 10,000 samples)
+    arrays = _SAMPLING_ARRAYS.get(s["method"], _SAMPLING_ARRAYS[None])
+    dtype = np.dtype(m["dtype"])
+    sizes.append(("sample", "sample n (--n-samples)", s["n"], arrays * dtype.itemsize * d + _SAMPLING_PER_POINT,
+                  f"the sampler's working arrays (about {arrays} arrays of n x {d} {dtype.name} numbers)"))
     if s["method"] != "probability_flow":  # which has no bound: bound_n unused
         # metrics.bound's largest: its auxiliary draws, n_aux = 16 bound_n points of 4 d numbers (its
         # path term needs 6 d per point, on blocks of at least 2^15 points)
         sizes.append(("evaluate", "evaluate bound_n", e["bound_n"], 16 * 8 * 4 * d))
     sizes.append(("evaluate", "evaluate profile_n", e["profile_n"], 4 * 8 * 4 * d))  # the integral: 4 profile_n points
+    # the exact reference points (evaluate_run's peak per point, measured as sample_run's above: 6.1 float64
+    # arrays of n x d in d = 2000, n = 5000; counted as 7). No option sets it: the message says where it is
+    # (it read "n = 10000 is too large ...; use n <= 7898", the sampling of the reference, naming no option)
+    sizes.append(("evaluate", "evaluate n (config.json's \"n\" of \"evaluate\", the exact reference points: "
+                  "sgm-ref evaluate has --bound-n and --profile-n, no option for it)", e["n"], 7 * 8 * d,
+                  f"the reference points and their copies in d = {d}"))
     for stage, name, value, per_unit, *what in sizes:
         if stage in stages:
             check_fits(name, value, per_unit, *what)
@@ -279,9 +340,15 @@ def _check_horizon(t0, T, process, dtype, section):
                          "N(0, I) to float64 precision; a larger T only spends steps on pure noise")
     option = "--t0" if not section else "the sampler's t0 (--t0 of sgm-ref sample)"
     if t0 < t0_min * (1 - _LIMIT_SLACK):
+        # what the rounding costs is the stage's: training's loss asks for noise its input lacks;
+        # sampling's last steps ("the loss asks ..." was said of `sample --t0 0` too) move x by
+        # ~sigma_t, below its rounding, at times the model was never trained at (training's t0 >= the limit)
+        why = ("the loss asks for what the input does not hold" if not section else
+               "the sampler's steps below it move x_t by about its rounding only, at times the model was not "
+               "trained at (training's t0 has the same limit)")
         raise ValueError(f"{option} must be >= {t0_min:.3g} for {process!r} in {np.dtype(dtype).name}, got {t0:g}: "
                          f"below it sigma_t0 < {np.finfo(dtype).eps:.2g} ({np.dtype(dtype).name} eps), so the "
-                         "noise is lost in the rounding of x_t0 and the loss asks for what the input does not hold")
+                         f"noise is lost in the rounding of x_t0 and {why}")
 
 
 def streams(seed):
@@ -748,9 +815,22 @@ def _archive_damage(path):
 
 
 def _model_remedy(folder):
-    """How `train --resume` writes a damaged model.npz again (finished_steps takes it for unfinished)."""
+    """How `train --resume` writes a damaged model.npz again (finished_steps takes it for unfinished);
+    beside an interrupted extension, how that is continued or given up (each writes a model)."""
     folder = os.fspath(folder)
     checkpoint, final = _states(folder)
+    try:
+        config = read_config(folder)
+        trained = _interrupted_extension(folder, config)
+    except ValueError:
+        trained = None
+    if trained is not None:
+        # --resume trains the extension on to config.json's steps: it said "writes it again (from
+        # checkpoint.npz)", of a model of other steps than the damaged one
+        return (f"`sgm-ref train {folder} --resume` continues the interrupted extension to "
+                f"{config['train']['steps']} steps and writes its model; `sgm-ref train {folder} --resume --steps "
+                f"{trained}` gives the extension up and writes the model of {trained} steps again (from "
+                "training_state.npz)")
     source = ("from checkpoint.npz" if os.path.exists(checkpoint) else
               "from training_state.npz, the same bits" if os.path.exists(final) else
               "by training the run again from step 0")
@@ -840,7 +920,10 @@ def check_total_steps(folder, config, steps):
 def _interrupted_extension(folder, config):
     """The steps of the finished run whose extension to config's steps was interrupted, or None:
     model.npz and training_state.npz both of the same k < config's steps (an extension writes
-    config.json first, its model last)."""
+    config.json first, its model last), or a model.npz of k beside a training_state.npz that
+    no longer reads (damaged since: it is written whole), which giving up names once config.json
+    is back at k (the run's model stays usable); the extension could not be given up then, and
+    --steps k was "a run can be extended, not shortened"."""
     model = _path(folder, "model.npz")
     if not os.path.exists(model):
         return None
@@ -850,7 +933,9 @@ def _interrupted_extension(folder, config):
         return None
     if not isinstance(trained, int) or isinstance(trained, bool) or not trained < config["train"]["steps"]:
         return None
-    return trained if _state_step(_states(folder)[1]) == trained else None
+    state = _states(folder)[1]
+    step = _state_step(state)
+    return trained if step == trained or step is None and os.path.exists(state) else None
 
 
 def train(folder, progress=None, steps=None, log=None):
@@ -963,7 +1048,12 @@ def _train(folder, config, source, progress, log):
         if start > t["steps"]:
             raise RunError(f"{source} is at step {start}, past the {t['steps']} steps of config.json; "
                            f"continue with --steps {start} or more")
-        if saved is not None and saved != threads:
+        if saved is not None and saved != threads and start == t["steps"]:
+            # no step to take (a damaged model.npz written again, an extension given up): the state is
+            # written again as it was, with the thread counts its steps were taken with; this
+            # process's were recorded, and a note said the result may differ in its last bits
+            threads = saved
+        elif saved is not None and saved != threads:
             log(f"note: {os.path.basename(source)} was written with {_threads_text(saved)}, this process has "
                 f"{_threads_text(threads)}: the result may differ in the last bits from an unbroken run "
                 f"({_same_threads_hint(saved)} for the same bits)")
@@ -1095,7 +1185,9 @@ def sample_run(folder, options=None, progress=None):
     with writing(folder):
         config = read_config(folder)
         if options:
-            config = update_section(config, "sample", options)
+            config = update_section(config, "sample", options)  # which checks the sizes
+        else:  # `sgm-ref sample RUN`: the run's own count, asked before the work (read_config asks no sizes)
+            _check_sizes(config, from_record(config["target_definition"]).dim, ("sample",))
         model = load_model(folder, config)
         s = config["sample"]
         rng = streams(config["seed"])["sample"]

@@ -166,6 +166,8 @@ def test_report_on_the_old_sweep_rows(tmp_path):
     assert "| 128 | learned | 1 (vacuous) |" in text
     assert "(euler_maruyama sampler)" in text  # from sweep.json: the old rows do not name it
     assert "empirical measure" not in text.split("## What this shows")[0]
+    # the caption names the baselines the figure draws: none here (it named all three, with their styles)
+    assert "*Error against n, one panel per family and d (network: solid).*" in text
 
 
 def test_cli_regenerates_the_report_and_names_bad_input(tmp_path):
@@ -1108,3 +1110,20 @@ def test_equal_exponents_are_tested_on_the_n_means_where_a_line_bends(tmp_path):
     text = "\n".join(report._conclusions({"mixture": analysis}))
     assert f"Welch's F({want['df'][0]}, {want['df'][1]:.1f}) = {want['F']:.2f}" in text
     assert "standard error from the n-means in d = 2, where the line bends" in text
+
+
+def test_the_page_says_an_initial_network_is_minus_x_only_for_a_sweep_whose_output_starts_at_zero():
+    """report_markdown reads output_init from the sweep's settings for the initial-network
+    sentence; only _initial_network_sentences was tested with its flag, so a page that called
+    every sweep's initial network '-x exactly' (the flag always True) passed."""
+    rows = _rows(lambda n: 1.0 if n <= 1000 else 5.0 * n ** -0.7)
+    for r in rows:
+        r["checkpoint_step"] = 0 if r["n"] <= 1000 else 100  # the held-out selection kept step 0
+    analysis = report.analyse(rows)
+    for settings, said in (({"settings": {"output_init": "zero"}}, "the initial network, whose score is -x exactly,"),
+                           ({"settings": {"output_init": None}}, "the initial (untrained) network"),
+                           (None, "the initial (untrained) network")):  # no sweep.json: not claimed
+        _, not_shows = conclusions(report.report_markdown(analysis, settings))
+        lines = [line for line in not_shows.splitlines() if "held-out selection kept" in line]
+        assert len(lines) == 1 and lines[0].startswith(f"- **mixture**: the held-out selection kept {said} in every "
+                                                       "seed at n = 500 and 1000"), (settings, lines)

@@ -497,6 +497,36 @@ def test_a_damaged_model_is_written_again_by_resume(tmp_path, finished, damage, 
     assert finished_steps(run) == 30
 
 
+@pytest.mark.parametrize("checkpointed", [True, False])
+def test_a_damaged_model_beside_an_interrupted_extension_names_both_ways_on(tmp_path, finished, monkeypatch,
+                                                                            checkpointed):
+    """model.npz damaged while an extension of it is pending: the fix named was "`train --resume`
+    writes it again (from checkpoint.npz)" (or "(from training_state.npz, the same bits)"), but
+    --resume trains the extension on, a model of 60 steps; --steps 30 gives it up and writes the
+    damaged model of 30 steps again."""
+    from sgm_ref.runs import load_model
+
+    run = _copy(finished, tmp_path / "run")
+
+    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
+        if checkpointed:
+            callback(40, model, optimizer, history)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runs_module, "fit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(run, progress=False, steps=60)
+    _flip_in_member(run / "model.npz", "params.npy")
+    with pytest.raises(RunError, match=rf"model.npz is damaged \(its member 'params.npy' fails its CRC-32 check\): "
+                                       rf"`sgm-ref train {run} --resume` continues the interrupted extension to 60 "
+                                       rf"steps and writes its model; `sgm-ref train {run} --resume --steps 30` gives "
+                                       rf"the extension up and writes the model of 30 steps again"):
+        load_model(run)
+    train(run, progress=False, steps=30)
+    assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()
+
+
 def test_a_config_edited_to_fewer_steps_than_trained_names_the_way_back(tmp_path, finished):
     """config.json's steps lowered by hand below the model's: the refusal said "finish the training
     with `sgm-ref train RUN --resume`", which then refused too (the state is past config.json's

@@ -312,6 +312,16 @@ def test_absurd_horizons_are_refused_with_the_limit(options, match):
         make_config(options)
 
 
+def test_a_sampler_t0_below_the_limit_is_explained_as_sampling_not_as_the_loss():
+    # `sgm-ref sample --t0 0` ended "the loss asks for what the input does not hold", which is said of
+    # training: the sampler's refusal says what the rounding costs its steps; training's keeps its words
+    with pytest.raises(ValueError, match=r"^the sampler's t0 .* got 0: .* the sampler's steps below it") as info:
+        make_config({"sample": {"t0": 0.0}})
+    assert "loss" not in str(info.value)
+    with pytest.raises(ValueError, match=r"^--t0 must be >= .* the loss asks for what the input does not hold$"):
+        make_config({"train": {"t0": 1e-40}})
+
+
 def test_horizon_limits_accept_what_they_print():
     make_config({"train": {"T": 72.1, "t0": 2.47e-32}})  # the printed limits themselves
     make_config({"train": {"T": 72.0, "t0": 1e-31}, "model": {"dtype": "float64"}})
@@ -533,6 +543,66 @@ def test_an_interrupted_extension_can_be_given_up_for_the_run_it_was(tmp_path, m
     assert runs_module.finished_steps(run) == 30
 
 
+def test_a_state_written_again_without_a_step_keeps_its_thread_counts(tmp_path, monkeypatch):
+    """Giving up an extension, or writing a damaged model.npz again, takes no step: the training
+    state is rewritten as it was. Under other thread counts than the state's, it recorded this
+    process's (training_state.npz's bits changed, and its record no longer said what its steps
+    were taken with) and a note said the result 'may differ in the last bits'."""
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    before = {name: (run / name).read_bytes() for name in ("model.npz", "training_state.npz", "history.json",
+                                                         "config.json")}
+
+    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
+        callback(40, model, optimizer, history)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runs_module, "fit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(run, progress=False, steps=60)
+    saved = runs_module.thread_counts()
+    monkeypatch.setattr(runs_module, "thread_counts", lambda: {"blas": saved["blas"] + 3, "numba": saved["numba"] + 2})
+    notes = []
+    train(run, progress=False, steps=30, log=notes.append)  # the extension given up
+    assert notes == [] and {name: (run / name).read_bytes() for name in before} == before
+    (run / "model.npz").unlink()  # as a damaged one: written again from the state
+    train(run, progress=False, log=notes.append)
+    assert notes == [] and {name: (run / name).read_bytes() for name in before} == before
+
+
+def test_an_interrupted_extension_can_be_given_up_beside_a_damaged_training_state(tmp_path, monkeypatch):
+    """A training_state.npz that no longer reads (cut short here) hid the interrupted extension:
+    --steps 30, the finished run's, was "a run can be extended, not shortened (drop --steps, or
+    give 60 or more)", and load_model offered no way back. Given up, config.json is back at 30,
+    the checkpoint gone and the model as it was; the damaged state is then named with its fix."""
+    run = tmp_path / "run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+    model = (run / "model.npz").read_bytes()
+
+    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
+        callback(40, model, optimizer, history)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runs_module, "fit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(run, progress=False, steps=60)
+    state = run / "training_state.npz"
+    state.write_bytes(state.read_bytes()[:200])
+    with pytest.raises(RunError, match=r"or give it up with `sgm-ref train .*run --resume --steps 30`$"):
+        load_model(run)
+    with pytest.raises(RunError, match=r"training state .*training_state.npz is unreadable .*; remove it \(the run's "
+                                       r"model.npz stays usable"):
+        train(run, progress=False, steps=30)
+    assert read_config(run)["train"]["steps"] == 30 and not (run / "checkpoint.npz").exists()
+    assert (run / "model.npz").read_bytes() == model
+    state.unlink()
+    assert runs_module.finished_steps(run) == 30 and load_model(run).network.d == 2
+
+
 def test_an_interrupted_extension_is_not_sampled_with_the_old_model(tmp_path):
     run = tmp_path / "run"
     create(run, make_config(SMALL))
@@ -719,7 +789,7 @@ def test_the_largest_bound_n_the_configuration_accepts_is_one_the_bound_accepts(
     memory = 2**22
     monkeypatch.setattr(_validation, "_physical_memory", lambda: memory)
     monkeypatch.setattr(_checks, "_memory_bytes", lambda: memory)
-    small = {"model": {"width": 8, "depth": 1}}
+    small = {"model": {"width": 8, "depth": 1}, "sample": {"n": 100}}  # 10,000 samples' arrays: 7.3 MiB
     with pytest.raises(ValueError, match=r"^evaluate bound_n must be at most \d+ on this machine") as info:
         make_config({**small, "evaluate": {"bound_n": 2**40}})
     largest = int(re.search(r"at most (\d+)", str(info.value)).group(1))
@@ -1035,3 +1105,69 @@ def test_the_resume_note_for_more_threads_than_numba_s_pool_here():
                                                              "NUMBA_NUM_THREADS": str(k)},
                             capture_output=True, text=True, check=True)
     assert json.loads(result.stdout) == {"blas": k, "numba": k}
+
+
+def _tiny_run(tmp_path, d=64):
+    from sgm_ref import runs
+    config = runs._make_config({"target": f"gmm:d={d},k=2,radius=1", "data": {"n": 100},
+                                "model": {"width": 4, "depth": 1}, "train": {"steps": 2, "batch_size": 4}}, ("train",))
+    folder = tmp_path / "run"
+    with runs.new_run(folder, config, False):
+        train(folder)
+    return folder
+
+
+def test_sampling_is_refused_by_its_measured_working_arrays_also_without_options(tmp_path, monkeypatch):
+    """`sgm-ref sample RUN` in d = 200000 at the default 10,000 samples was killed for memory: the
+    check counted the start points (8 d bytes a point) where sample_run peaks at ~7 arrays of n x d
+    (runs._SAMPLING_ARRAYS, measured), and was not asked at all without options. 10,000 points in
+    d = 64 need 5 MB by the old count, ~47 MB by the new: refused in 16 MiB, with the option to lower."""
+    from sgm_ref import _validation, runs
+    folder = _tiny_run(tmp_path)
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: 16 * 2**20)
+    per_point = 8 * 8 * 64 + runs._SAMPLING_PER_POINT
+    limit = 16 * 2**20 // per_point
+    with pytest.raises(ValueError, match=rf"^sample n \(--n-samples\) must be at most {limit} on this machine, got "
+                                         r"10000: the sampler's working arrays \(about 8 arrays of n x 64 float64"):
+        sample_run(folder)
+    assert not (folder / "samples.npy").exists()
+    with pytest.raises(ValueError, match=r"^sample n \(--n-samples\) must be at most \d+ .* \(about 10 arrays"):
+        sample_run(folder, {"n": limit, "method": "probability_flow"})  # its two score calls a step: more
+    assert sample_run(folder, {"n": limit, "n_steps": 2}).shape == (limit, 64)  # what the message allows
+
+
+def test_the_network_s_size_is_refused_before_the_target_and_its_record_are_built(monkeypatch):
+    """`train --target gmm:d=100000000,k=2,radius=1` was killed for memory: the target (13 GB) and
+    its record (lists of Python floats, 6.4 GB more) were built before the network's size was asked.
+    The preset's d is read from the spec and refused first, naming the limit."""
+    from sgm_ref import _validation, runs
+
+    def built(spec):
+        raise AssertionError(f"the target {spec} was built before its size was refused")
+
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: 64 * 2**20)
+    monkeypatch.setattr(runs, "from_spec", built)
+    params = 257 * 20000 + 256  # (d + 2) w + (w + 1) d, width 128 and depth 1
+    d_max = (64 * 2**20 // 40 - 256) // 257
+    for spec in ("gmm:d=20000,k=2,radius=1", "product:d=20000"):
+        with pytest.raises(ValueError, match=rf"^target {spec} has d = 20000, too large for this machine: the "
+                                             rf"network of width 128 and depth 1 has {params} parameters, .* use a "
+                                             rf"target of dimension d <= {d_max} at this width, or a narrower "
+                                             r"network \(--width\)$"):
+            runs._make_config({"target": spec, "model": {"depth": 1}, "data": {"n": 2}}, ("train",))
+    monkeypatch.undo()
+    assert make_config({"target": f"gmm:d={d_max},k=2,radius=1", "model": {"depth": 1}, "data": {"n": 2}})  # fits
+
+
+def test_the_evaluation_s_reference_count_is_asked_naming_where_it_is_set():
+    """The reference points of an evaluation (config.json's "evaluate" "n") were refused only by the
+    target's sampling, as "n = 10000 is too large ...; use n <= 7898", naming an option evaluate does
+    not have; the configuration's check names where it is set, and a demo's message is not turned
+    into its --n (the training samples)."""
+    from sgm_ref.cli import _option_names, build_parser
+    with pytest.raises(ValueError, match=r"^evaluate n \(config.json's \"n\" of \"evaluate\", the exact reference "
+                                         r"points: sgm-ref evaluate has --bound-n and --profile-n, no option for "
+                                         r"it\) must be at most \d+ on this machine, got 1125899906842624") as info:
+        make_config({"evaluate": {"n": 2**50}})
+    for command in ("demo", "evaluate"):
+        assert _option_names(str(info.value), build_parser(), command) == str(info.value)

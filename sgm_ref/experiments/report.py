@@ -671,9 +671,12 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
                 lines += ["These rows were made with settings other than today's `--full` (" + "; ".join(
                     f"{k}: {_show(settings['settings'].get(k), k)} here, {_show(full.get(k), k)} in `--full`"
                     for k in other) + "): the commands above run today's.", ""]
-    for key, caption in (("error_vs_n", "Error against n, one panel per family and d (network: solid; "
-                                        "baselines: empirical measure dashed, score -x dotted, EM plug-in "
-                                        "dash-dotted)"),
+    # the baselines the figure draws (_STYLE), by their line styles: rows without them (docs/rate_full)
+    # were captioned with all three
+    styles = {"empirical measure (curse)": "empirical measure dashed", "score -x": "score -x dotted",
+              "EM plug-in": "EM plug-in dash-dotted"}
+    drawn = "network: solid" + ("; baselines: " + ", ".join(styles[m] for m in present) if present else "")
+    for key, caption in (("error_vs_n", f"Error against n, one panel per family and d ({drawn})"),
                          ("error_vs_d", "Error against d at fixed n"), ("tv_vs_n", "Certified TV bound against n")):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", "", f"*{caption}.*", ""]
