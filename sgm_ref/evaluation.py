@@ -34,8 +34,8 @@ from .io import atomic_write
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, sample_times
 from .metrics.score_error import _check_time_range as _score_time_range
 from .processes import VariancePreserving, check_process
-from .runs import (_EVALUATION_FILES, RunError, _recorded_loss, _remove, load_model, load_samples, read_config,
-                   streams, update_section, write_json, writing)
+from .runs import (_EVALUATION_FILES, RunError, _check_sizes, _recorded_loss, _remove, load_model, load_samples,
+                   read_config, streams, update_section, write_json, writing)
 from .samplers import check_model_dtype
 from .targets import GaussianMixture
 from .targets.spec import from_record
@@ -463,9 +463,11 @@ def _evaluate(folder, options, plots, progress, nll=0):
         raise ValueError("nll must be 0 (no likelihood) or at least 2 points (a standard error needs two)")
     config = read_config(folder)
     if options:
-        config = update_section(config, "evaluate", options)
-    model = load_model(folder, config)
+        config = update_section(config, "evaluate", options)  # which checks the sizes
     target = from_record(config["target_definition"])
+    if not options:  # `sgm-ref evaluate RUN`: the run's own counts, asked before the work (read_config asks none)
+        _check_sizes(config, target.dim, ("evaluate",))
+    model = load_model(folder, config)
     if nll:  # the likelihood's exact samples, checked before every stage (they were refused last, as "n")
         # the most a target's sample asks per point (GaussianMixture 2 (d + 1) numbers, ProductMixture
         # 4 d); the ODE that follows needs more (rk45's 7 stages of d + 1 numbers per point)

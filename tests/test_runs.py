@@ -1171,3 +1171,19 @@ def test_the_evaluation_s_reference_count_is_asked_naming_where_it_is_set():
         make_config({"evaluate": {"n": 2**50}})
     for command in ("demo", "evaluate"):
         assert _option_names(str(info.value), build_parser(), command) == str(info.value)
+
+
+def test_evaluation_without_options_asks_its_sizes_before_the_work(tmp_path, monkeypatch):
+    """`sgm-ref evaluate RUN` read the run's counts without asking their sizes (only options went
+    through update_section's check), so the reference points' sampling refused late, as "n = 10000
+    is too large ...; use n <= 7898", naming no option evaluate has."""
+    from sgm_ref import _validation
+    from sgm_ref.evaluation import evaluate_run
+
+    folder = _tiny_run(tmp_path)
+    sample_run(folder, {"n": 50, "n_steps": 2})
+    # 24 MiB: bound_n's 8 MiB and profile_n's 16 fit, 10,000 reference points in d = 64 (36 MB) do not
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: 24 * 2**20)
+    with pytest.raises(ValueError, match=r"^evaluate n \(config.json's \"n\" of \"evaluate\""):
+        evaluate_run(folder, plots=False, progress=False)
+    assert not (folder / "report.json").exists()
