@@ -469,6 +469,27 @@ def test_welch_slopes_F_where_its_terms_overflow_against_60_digits(b, se):
         assert res["F"] == pytest.approx(F, rel=1e-14)
 
 
+def test_welch_slopes_F_where_its_terms_overflow_is_the_direct_sums_for_close_slopes():
+    # slopes 3e-9 apart, F past the range only in its terms (1 / se_g ~ 7e162): the terms were
+    # formed on the scale of the largest |b|, whose mantissa rounded each b_g / scale apart, F off
+    # by |b| eps / |b_g - bw| (6e-9); F scales as se^-2, so the direct sum at se 2^20 times larger,
+    # put back by 2^40, is F to its rounding (the rounding of bw, second order: 1.1e-14 of mpmath's)
+    b, nu = [1.0, 1.0 + 3e-9, 1.0], [4.0, 5.0, 6.0]
+    se = [1.4e-163] * 3
+    with mpmath.workdps(60):
+        bm = [mpmath.mpf(v) for v in b]
+        bw = sum(bm) / 3
+        lam = sum((mpmath.mpf(2) / 3) ** 2 / v for v in nu)
+        F = float(sum(((bi - bw) / mpmath.mpf(se[0])) ** 2 for bi in bm) / 2 / (1 + 2 * lam / 8))
+    assert 1e308 < F < 1.8e308
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        res = S.welch_slopes(b, se, nu)
+        direct = S.welch_slopes(b, [math.ldexp(s, 20) for s in se], nu)["F"]
+    assert res["F"] == pytest.approx(math.ldexp(direct, 40), rel=4e-16)
+    assert res["F"] == pytest.approx(F, rel=5e-14)
+
+
 # ---------------------------------------------------------------- CosineLR, Adam's bias correction
 
 def _mp_cosine(lr, final, steps, k):

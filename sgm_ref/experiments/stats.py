@@ -231,23 +231,30 @@ def welch_slopes(slopes, ses, dofs):
     # the weighted mean on slopes scaled by the largest |b| (sum w b overflowed for slopes near 1e308)
     scale = float(np.max(np.abs(b))) or 1.0
     bw = float(np.sum((w / W) * (b / scale)) * scale)
-    lam = float(np.sum((1.0 - w / W) ** 2 / nu))
+    # 1 - w_g / W, as the others' share sum_{h != g} w_h / W where w_g holds most of W: there
+    # 1 - w_g / W cancels (se 1, 128, 512 with nu 1, 1e300, 1e300: df2 1.2e-12 off)
+    share = w / W
+    rest = np.where(share > 0.5, np.array([float(np.sum(np.delete(w, g))) for g in range(G)]) / W, 1.0 - share)
+    lam = float(np.sum(rest**2 / nu))
     correction = 1.0 + 2.0 * (G - 2) * lam / (G**2 - 1)
     with np.errstate(over="ignore"):
         F = float(np.sum(((b - bw) / se) ** 2) / (G - 1) / correction)
     if not math.isfinite(F):
         # a term (b_g - bw)^2 / se_g^2 past the float range where F itself may not be: the terms
-        # on the scales of the largest |b| and the smallest se (b_g - bw and 1 / se_g may
+        # on the scales of the largest |b| (a power of two, 2^e_s <= it: b_g / 2^e_s and
+        # bw / 2^e_s are exact, so their difference is b_g - bw rounded once, as in the direct
+        # sum; scale's own mantissa rounded b_g / scale apart, F off by |b| eps / |b_g - bw|,
+        # 6e-9 for slopes 3e-9 apart) and of the smallest se (b_g - bw and 1 / se_g may
         # overflow too), the scales put back by exponents
-        r = (b / scale - bw / scale) * (se.min() / se)
+        e_s = math.frexp(scale)[1] - 1
+        r = (np.ldexp(b, -e_s) - math.ldexp(bw, -e_s)) * (se.min() / se)
         # (all of them 0 on that scale: the overflowing term is bw's rounding over a tiny se_g,
         # and F stays inf)
         top = float(np.max(np.abs(r)))
         if top > 0.0:
             m_r, e_r = math.frexp(top)
-            m_s, e_s = math.frexp(scale)
             m_e, e_e = math.frexp(float(se.min()))
-            q = float(np.sum((r / top) ** 2)) / (G - 1) / correction * (m_r * m_s / m_e) ** 2
+            q = float(np.sum((r / top) ** 2)) / (G - 1) / correction * (m_r / m_e) ** 2
             try:
                 F = math.ldexp(q, 2 * (e_r + e_s - e_e))
             except OverflowError:
