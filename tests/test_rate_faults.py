@@ -109,7 +109,9 @@ def test_an_interrupted_sweep_stops_its_workers_instead_of_waiting_for_their_cel
     """A Ctrl-C (here raised where the sweep logs its first finished cell) left the pool's
     worker running its cell and the queued ones, and the interpreter's exit waited for them:
     the command returned 12-32 s after its "interrupted" line (minutes with the full grid's
-    cells). The workers are stopped; the cells are rerun next time."""
+    cells). The workers are stopped; the cells are rerun next time. And the workers ignore
+    SIGINT: the terminal sends it to the whole group, and each worker took it as its cell's
+    error (or printed a traceback of its imports)."""
     import multiprocessing
 
     from sgm_ref.experiments import rate
@@ -120,8 +122,14 @@ def test_an_interrupted_sweep_stops_its_workers_instead_of_waiting_for_their_cel
                 "batch_size": 16, "n_eval": 200, "n_eval_tilted": 100, "bound_n": 4, "bound_steps": 10}
     grid = {"families": ["mixture"], "d": [2], "n": [40, 40000], "seeds": [0], "settings": settings}
 
+    ignored = []
+
     def log(line):
         if line.startswith("[1/2]"):  # the second cell has just been taken by the one worker
+            for child in multiprocessing.active_children():  # SigIgn: a mask of signals, SIGINT = bit 1
+                with open(f"/proc/{child.pid}/status") as f:
+                    mask = next(int(v.split()[1], 16) for v in f if v.startswith("SigIgn:"))
+                ignored.append(bool(mask >> (signal.SIGINT - 1) & 1))
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -131,3 +139,6 @@ def test_an_interrupted_sweep_stops_its_workers_instead_of_waiting_for_their_cel
         time.sleep(0.02)
     assert multiprocessing.active_children() == []  # a worker training the second cell's 40,000 steps was left
     assert len((tmp_path / "sweep" / "results.jsonl").read_text().splitlines()) == 1
+    # the terminal's Ctrl-C (to the process group) reaches the sweep alone: the worker ignores it
+    assert ignored == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the sweep's own, put back

@@ -20,6 +20,7 @@ import json
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 
@@ -68,6 +69,24 @@ def _exit_with_parent(parent):
         os._exit(1)
 
     threading.Thread(target=watch, name="sgm_ref-exit-with-parent", daemon=True).start()
+
+
+@contextlib.contextmanager
+def _workers_ignore_interrupts():
+    """SIGINT ignored while the pool starts its workers, which keep that disposition (an exec
+    keeps ignored signals, and Python then installs no KeyboardInterrupt): a Ctrl-C, sent by the
+    terminal to the whole process group, reaches the sweep alone, which stops the workers (_run).
+    Each worker took it as its cell's error and went on with the queued cells, or printed a
+    traceback, or a line of its own, when it landed in its imports. Only from the main thread,
+    the one Python lets set a handler."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _write_text(path, text):
@@ -250,7 +269,8 @@ def _run(todo, results, results_path, workers, executor, log):
             executor = own_pool = concurrent.futures.ProcessPoolExecutor(
                 max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                 initializer=_exit_with_parent, initargs=(os.getpid(),))
-        futures = [executor.submit(run_cell, c) for c in todo]
+        with _workers_ignore_interrupts() if own_pool is not None else contextlib.nullcontext():
+            futures = [executor.submit(run_cell, c) for c in todo]  # which starts the pool's workers
         finished = False
         try:
             for k, future in enumerate(concurrent.futures.as_completed(futures), start=1):
