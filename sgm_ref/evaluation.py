@@ -596,12 +596,20 @@ def _percent(value):
     """A ratio as a percentage: two decimals, or two significant digits below 1% (a relative
     error of 4e-5, a float32 model's, showed as "0.00%", read as none), or three significant
     digits from 10,000% on (a ratio of 1e20 showed all its 23 digits and two decimals,
-    "10000000002179999989760.00%": digits a Monte-Carlo estimate does not have)."""
+    "10000000002179999989760.00%": digits a Monte-Carlo estimate does not have).
+
+    From 10,000% as printed: a ratio of 99.999999 rounds to it ("10000.00%" was two decimals).
+    A finite ratio past float64's largest / 100 is shown by its own digits, the exponent moved
+    by 2 (100 x 1e307 overflows: "inf%" of a finite ratio)."""
     if _finite(value) and 0 < abs(value) < 0.01:
         return f"{100 * value:.2g}%"
-    if _finite(value) and abs(value) >= 100:
-        return f"{100 * value:.3g}%"
-    return _num(value, ".2%")
+    text = _num(value, ".2%")
+    if _finite(value) and abs(float(text[:-1])) >= 10_000:
+        if math.isfinite(100 * value):
+            return f"{100 * value:.3g}%"
+        digits, exponent = f"{value:.3g}".split("e")  # |value| > 1.7e306: always "d.dde+NNN"
+        return f"{digits}e{int(exponent) + 2:+d}%"
+    return text
 
 
 def _finite(value):

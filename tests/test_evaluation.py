@@ -975,6 +975,17 @@ def test_a_huge_relative_score_error_is_shown_to_three_digits_in_report_md():
     assert "| 2 | 3 ± 0.1 | -2.5e+04% |" in text
 
 
+def test_a_relative_error_past_float64_over_100_is_not_shown_as_inf_nor_10000_with_decimals():
+    # 100 x 1e307 overflows: a finite ratio read "inf%" (in report.md and the audit's table, which
+    # share _percent); and 99.999999 rounds to "10000.00%", two decimals from 10,000% on
+    from sgm_ref.evaluation import _percent
+    assert [_percent(v) for v in (1e307, -5e306, np.finfo(np.float64).max, 99.999999, 99.99, 1e20)] == \
+        ["1e+309%", "-5e+308%", "1.8e+310%", "1e+04%", "9999.00%", "1e+22%"]
+    report = _report()
+    report["score_error"].update(t=[0.1], error=[1.0], standard_error=[0.1], relative=[1e307])
+    assert "| 0.1 | 1 ± 0.1 | 1e+309% |" in markdown(report)
+
+
 @pytest.mark.parametrize("grid, n_steps, message", [
     (np.geomspace(3.0, 0.1, 6), None, r"grid must run from T = 3.0 to t0 = 0.01, got 3.0 to 0.1"),
     (np.geomspace(2.0, 0.01, 6), None, r"grid must run from T = 3.0 to t0 = 0.01, got 2.0 to 0.01"),

@@ -893,7 +893,12 @@ def test_a_record_too_large_for_memory_is_refused_before_it_is_built(monkeypatch
 
 
 def test_a_preset_s_dimension_is_read_without_building_it():
-    from sgm_ref.targets.spec import _preset_dimension
+    from sgm_ref.targets.spec import _preset_dimension, from_spec
     assert [_preset_dimension(s) for s in ("ring", "ring:k=3", " gmm : d = 9 ,k=1,radius=1", "product:d=7",
                                            "gmm:k=2,radius=1", "gmm:d=x,k=2,radius=1", "gmm:d=0,k=2,radius=1",
                                            "a.json", "gmm", None)] == [2, 2, 9, 7, None, None, None, None, None, None]
+    # None for a spec from_spec refuses, ring's too (they were 2): the caller's check is then from_spec's
+    for spec in ("ring:", "ring:d=3", "ring:k=3,k=4", "ring :k", "gmm:d=9,k=1,radius=1,", "product:d=7,d=7"):
+        assert _preset_dimension(spec) is None
+        with pytest.raises(ValueError):
+            from_spec(spec)

@@ -90,12 +90,11 @@ def _preset_dimension(spec):
         return None
     name, sep, rest = spec.strip().partition(":")
     name = name.strip()
-    if name == "ring":
-        return 2
-    if name not in ("gmm", "product") or not sep:
+    if name not in PRESETS or (not sep and name != "ring"):
         return None
-    try:
-        d = int(_parameters(rest, name, PRESETS[name][1]).get("d", ""))
+    try:  # the parameters as from_spec reads them ("ring:" and "ring:d=3" were 2, refused by from_spec)
+        params = _parameters(rest, name, PRESETS[name][1]) if sep else {}
+        d = 2 if name == "ring" else int(params.get("d", ""))
     except ValueError:
         return None
     return d if d >= 1 else None
