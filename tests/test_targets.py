@@ -902,3 +902,15 @@ def test_a_preset_s_dimension_is_read_without_building_it():
         assert _preset_dimension(spec) is None
         with pytest.raises(ValueError):
             from_spec(spec)
+
+
+def test_a_machine_that_does_not_say_its_memory_refuses_no_target(monkeypatch):
+    """sysconf's -1 (no answer) made the memory -4096 bytes: every target was refused as "more than
+    this machine's memory (-4.1e+03 bytes); use k <= -128"."""
+    import os
+
+    from sgm_ref.targets.spec import from_spec
+
+    monkeypatch.setattr(os, "sysconf", lambda name: -1)
+    assert from_spec("ring").dim == 2
+    assert from_spec("gmm:d=8,k=3,radius=1").dim == 8

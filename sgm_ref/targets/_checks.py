@@ -106,10 +106,13 @@ def check_float32_samples(mu, lam, what):
 
 
 def _memory_bytes():
+    """This machine's physical memory in bytes, or None where the system does not say (sysconf's
+    -1 gave -4096 bytes, and every target was refused as "more than this machine's memory")."""
     try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        size, pages = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, ValueError, OSError):
         return None
+    return size * pages if size > 0 and pages > 0 else None
 
 
 def check_size(n, per_item, name, what):
