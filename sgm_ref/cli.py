@@ -40,7 +40,7 @@ from .io import os_error_text
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS
 from .processes import VP
 from .replays import REPLAYS
-from .runs import DEFAULTS
+from .runs import DEFAULTS, _shell_path
 from .samplers import METHODS
 from .score_model import PARAMETERIZATIONS
 
@@ -614,12 +614,19 @@ def cmd_demo(args):
     options["sample"] = _sampling_options(args)
     options["evaluate"] = _evaluation_options(args)
     config = runs.make_config(options)
-    with runs.new_run(args.run, config, args.force, then_evaluate=True):  # on failure, removes what it wrote
+    # on failure, removes what it wrote; a run kept for --resume is told how to go on with this --no-plots
+    with runs.new_run(args.run, config, args.force, then_evaluate=True, evaluate_options=_kept_options(args)):
         _train(args.run)
         cmd_sample(argparse.Namespace(run=args.run, n_samples=None, sampler=None, grid=None, n_steps=None, t0=None,
                                       T=None))
         cmd_evaluate(argparse.Namespace(run=args.run, bound_n=None, profile_n=None, no_plots=args.no_plots))
     return 0
+
+
+def _kept_options(args):
+    """The options of a demo that its hints' `sgm-ref evaluate RUN` must repeat: --no-plots, which
+    config.json does not hold (--bound-n and --profile-n are saved there, and evaluate reads them)."""
+    return ("--no-plots",) if getattr(args, "no_plots", False) else ()
 
 
 class _UserCodeError(ValueError):
@@ -1503,9 +1510,10 @@ def main(argv=None):
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         run = getattr(args, "run", None) or "RUN"
-        hint = {"train": f"continue with `sgm-ref train {run} --resume`",
-                "demo": f"continue with `sgm-ref train {run} --resume`, then `sgm-ref sample {run}` and "
-                        f"`sgm-ref evaluate {run}`",
+        shown, kept = _shell_path(run), _kept_options(args)  # the folder as the shell needs it; demo's --no-plots
+        hint = {"train": f"continue with `sgm-ref train {shown} --resume`",
+                "demo": f"continue with `sgm-ref train {shown} --resume`, then `sgm-ref sample {shown}` and "
+                        f"`sgm-ref evaluate {' '.join((shown, *kept))}`",
                 "experiment": "rerun the same command to continue; finished cells are kept"}.get(
                     getattr(args, "command", None), "")
         if getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run) and not os.path.exists(
@@ -1517,7 +1525,7 @@ def main(argv=None):
         elif getattr(args, "command", None) in ("train", "demo") and os.path.isdir(run):
             try:  # what is on disk says what is left to do (a demo interrupted after training)
                 from .runs import _continuation
-                hint = f"continue with {_continuation(run, args.command == 'demo')}"
+                hint = f"continue with {_continuation(run, args.command == 'demo', kept)}"
             except Exception:  # the hint is a courtesy: never let it hide the interruption
                 pass
         print(f"sgm-ref: interrupted{'; ' + hint if hint else ''}", file=sys.stderr)

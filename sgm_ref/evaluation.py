@@ -34,8 +34,8 @@ from .io import atomic_write
 from .losses import TIME_DISTRIBUTIONS, WEIGHTINGS, sample_times
 from .metrics.score_error import _check_time_range as _score_time_range
 from .processes import VariancePreserving, check_process
-from .runs import (_EVALUATION_FILES, RunError, _check_sizes, _recorded_loss, _remove, load_model, load_samples,
-                   read_config, streams, update_section, write_json, writing)
+from .runs import (_EVALUATION_FILES, RunError, _check_sizes, _recorded_loss, _remove, _shell_path, load_model,
+                   load_samples, read_config, streams, update_section, write_json, writing)
 from .samplers import check_model_dtype
 from .targets import GaussianMixture
 from .targets.spec import from_record
@@ -531,23 +531,23 @@ def _training_summary(folder, steps=None):
             raw = load_json(f, path)["loss"]
     except (OSError, ValueError, KeyError, TypeError):
         raise RunError(f"{path} is missing or unreadable: train the run first, or, if it is trained, "
-                       f"`sgm-ref train {folder} --resume` restores it") from None
+                       f"`sgm-ref train {_shell_path(folder)} --resume` restores it") from None
     numbers = isinstance(raw, list) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in raw)
     loss = np.asarray(raw if numbers else [], dtype=np.float64)
     if loss.size == 0 or not np.all(np.isfinite(loss)):
         raise RunError(f"{path} is damaged (its loss must be a non-empty list of finite numbers, as "
-                       f"training writes it): `sgm-ref train {os.fspath(folder)} --resume` restores it from the "
+                       f"training writes it): `sgm-ref train {_shell_path(folder)} --resume` restores it from the "
                        "run's final state")
     if steps is not None and len(loss) != steps:
         raise RunError(f"{path} holds {len(loss)} losses, but the run is trained for {steps} steps: it is another "
-                       f"training's; `sgm-ref train {os.fspath(folder)} --resume` restores it from the run's final "
+                       f"training's; `sgm-ref train {_shell_path(folder)} --resume` restores it from the run's final "
                        "state")
     recorded = _recorded_loss(folder)
     if recorded is not None and raw != recorded:  # the very numbers: JSON reads each float64 back exactly
         # a changed digit (damage, an edit) kept the length and finiteness, and the report's losses were
         # another training's; the training state holds them, checked by its zip's CRC
         raise RunError(f"{path} is not the losses the run's training state records (damaged or edited): "
-                       f"`sgm-ref train {os.fspath(folder)} --resume` restores it from the run's final state")
+                       f"`sgm-ref train {_shell_path(folder)} --resume` restores it from the run's final state")
     window = min(FINAL_LOSS_WINDOW, len(loss))
     return {"steps": len(loss), "first_loss": float(loss[0]), "last_loss": float(loss[-1]),
             "final_loss_mean": float(np.mean(loss[-window:])), "final_loss_window": window}

@@ -38,6 +38,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import warnings
 import zipfile
@@ -372,6 +373,16 @@ def _path(folder, name):
     return os.path.join(_folder(folder), name)
 
 
+def _shell_path(folder):
+    """folder as one word of the shell commands the messages show (`sgm-ref train RUN --resume`):
+    shlex.quote's form, so an ordinary path (runs/a_1, /tmp/run) reads as before and one with a
+    space, a quote, $ and the like is single-quoted (the hints said `sgm-ref train my run
+    --resume`, which the shell splits into two arguments); a relative path beginning with "-" is
+    written ./-name, which argparse would take for an option."""
+    path = os.fsdecode(folder) if isinstance(folder, (str, bytes, os.PathLike)) else str(folder)
+    return shlex.quote(os.path.join(os.curdir, path) if path.startswith("-") else path)
+
+
 def write_json(path, obj):
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
@@ -433,7 +444,7 @@ _NEW_FOLDER_WAIT = 30.0
 
 
 @contextlib.contextmanager
-def new_run(folder, config, force=False, then_evaluate=False):
+def new_run(folder, config, force=False, then_evaluate=False, evaluate_options=()):
     """Create a run folder (as create) and hold its lock while the block runs.
 
     If the block raises, what the new run wrote is removed: the folder itself if this call
@@ -442,7 +453,8 @@ def new_run(folder, config, force=False, then_evaluate=False):
     OSError (a full disk, a file-size limit, a permission changed) once the training has
     written a checkpoint, its final state or the model; the OSError then becomes a
     RunError that says so, with the commands that finish the run (then_evaluate: the block
-    also samples and evaluates it, as `sgm-ref demo` does).
+    also samples and evaluates it, as `sgm-ref demo` does; evaluate_options: the options of
+    `sgm-ref evaluate` those commands keep, the demo's --no-plots, say).
     """
     folder = _folder(folder)
     made = False
@@ -489,7 +501,7 @@ def new_run(folder, config, force=False, then_evaluate=False):
             kept = _resumable(folder) if isinstance(exc, OSError) else None
             if kept:  # a fault of the machine (a full disk), not of the run: its training is kept for --resume
                 raise RunError(f"{os_error_text(exc)}; the run in {folder} is kept ({kept}): once that is fixed, "
-                               f"continue it with {_continuation(folder, then_evaluate)}") from exc
+                               f"continue it with {_continuation(folder, then_evaluate, evaluate_options)}") from exc
             if not isinstance(exc, KeyboardInterrupt):
                 if made:
                     shutil.rmtree(folder, ignore_errors=True)
@@ -529,26 +541,30 @@ def _remove_run_files(folder, present):
                        f"({', '.join(left)} remain): fix that and run the command again") from exc
 
 
-def _continuation(folder, then_evaluate=False):
+def _continuation(folder, then_evaluate=False, evaluate_options=()):
     """The commands that finish a kept run; then_evaluate: a run that is also to be sampled
-    and evaluated (`sgm-ref demo`), which may stop after its training."""
+    and evaluated (`sgm-ref demo`), which may stop after its training; evaluate_options: the
+    options its `sgm-ref evaluate` keeps (a demo's --no-plots, which config.json does not hold).
+    The folder is written as the shell needs it (_shell_path)."""
+    shown = _shell_path(folder)
+    evaluate = f"`sgm-ref evaluate {' '.join((shown, *evaluate_options))}`"
     try:
         configured = read_config(folder)["train"]["steps"]
     except ValueError:
         configured = None
     finished = finished_steps(folder)
     if finished is None or finished != configured:  # not trained, or an extension under way
-        then = f", then `sgm-ref sample {folder}` and `sgm-ref evaluate {folder}`" if then_evaluate else ""
+        then = f", then `sgm-ref sample {shown}` and {evaluate}" if then_evaluate else ""
         try:
             trained = None if configured is None else _interrupted_extension(folder, read_config(folder))
         except ValueError:
             trained = None
-        back = (f" (or give the extension up with `sgm-ref train {folder} --resume --steps {trained}`)"
+        back = (f" (or give the extension up with `sgm-ref train {shown} --resume --steps {trained}`)"
                 if trained is not None else "")
-        return f"`sgm-ref train {folder} --resume`{then}{back}"
+        return f"`sgm-ref train {shown} --resume`{then}{back}"
     if not os.path.exists(_path(folder, "samples.npy")):
-        return f"`sgm-ref sample {folder}`, then `sgm-ref evaluate {folder}`"
-    return f"`sgm-ref evaluate {folder}`"
+        return f"`sgm-ref sample {shown}`, then {evaluate}"
+    return evaluate
 
 
 def _resumable(folder):
@@ -818,6 +834,7 @@ def _model_remedy(folder):
     """How `train --resume` writes a damaged model.npz again (finished_steps takes it for unfinished);
     beside an interrupted extension, how that is continued or given up (each writes a model)."""
     folder = os.fspath(folder)
+    shown = _shell_path(folder)
     checkpoint, final = _states(folder)
     try:
         config = read_config(folder)
@@ -827,14 +844,14 @@ def _model_remedy(folder):
     if trained is not None:
         # --resume trains the extension on to config.json's steps: it said "writes it again (from
         # checkpoint.npz)", of a model of other steps than the damaged one
-        return (f"`sgm-ref train {folder} --resume` continues the interrupted extension to "
-                f"{config['train']['steps']} steps and writes its model; `sgm-ref train {folder} --resume --steps "
+        return (f"`sgm-ref train {shown} --resume` continues the interrupted extension to "
+                f"{config['train']['steps']} steps and writes its model; `sgm-ref train {shown} --resume --steps "
                 f"{trained}` gives the extension up and writes the model of {trained} steps again (from "
                 "training_state.npz)")
     source = ("from checkpoint.npz" if os.path.exists(checkpoint) else
               "from training_state.npz, the same bits" if os.path.exists(final) else
               "by training the run again from step 0")
-    return f"`sgm-ref train {folder} --resume` writes it again ({source})"
+    return f"`sgm-ref train {shown} --resume` writes it again ({source})"
 
 
 def restore_history(folder):
@@ -906,9 +923,10 @@ def check_total_steps(folder, config, steps):
             return steps
         folder = os.fspath(folder)
         if trained is not None:  # it said "fewer than the 200000 steps RUN is trained for", of a run of 200
+            shown = _shell_path(folder)
             raise RunError(f"--steps {steps} is fewer than the {configured} steps of {folder}'s config.json: an "
                            f"extension of its {trained} trained steps to {configured} was interrupted; "
-                           f"`sgm-ref train {folder} --resume` continues it, `sgm-ref train {folder} --resume "
+                           f"`sgm-ref train {shown} --resume` continues it, `sgm-ref train {shown} --resume "
                            f"--steps {trained}` gives it up (the model of {trained} steps stays); a run can be "
                            "extended, not shortened: train a new run for other steps")
         raise RunError(f"--steps {steps} is fewer than the {configured} steps of {folder}'s config.json: a run can "
@@ -1156,13 +1174,13 @@ def load_model(folder, config=None):
         # it said "finish the training with --resume", which then refused: "past the steps of config.json"
         raise RunError(f"{path} is trained for {trained} steps but config.json asks for {config['train']['steps']}, "
                        "fewer (config.json edited since the training? a run is extended, never shortened): restore "
-                       f"its \"steps\" to {trained}, or run `sgm-ref train {os.fspath(folder)} --resume --steps "
+                       f"its \"steps\" to {trained}, or run `sgm-ref train {_shell_path(folder)} --resume --steps "
                        f"{trained}`")
     if isinstance(trained, int) and trained != config["train"]["steps"]:  # an extension under way
-        back = (f", or give it up with `sgm-ref train {os.fspath(folder)} --resume --steps {trained}`"
+        back = (f", or give it up with `sgm-ref train {_shell_path(folder)} --resume --steps {trained}`"
                 if _interrupted_extension(folder, config) == trained else "")
         raise RunError(f"{path} is trained for {trained} steps but config.json asks for {config['train']['steps']}: "
-                       f"finish the training with `sgm-ref train {os.fspath(folder)} --resume`{back}")
+                       f"finish the training with `sgm-ref train {_shell_path(folder)} --resume`{back}")
     return model
 
 
@@ -1279,10 +1297,10 @@ def load_samples(folder, d):
     if "samples_digest" in config and config["samples_digest"] != _samples_digest(config):  # older runs have none
         raise RunError(f"{path} was drawn with other sampler settings than config.json's \"sample\" section "
                        f"(edited since sampling): draw the samples of these settings with `sgm-ref sample "
-                       f"{os.fspath(folder)}`, or restore config.json")
+                       f"{_shell_path(folder)}`, or restore config.json")
     # a flipped bit or a replaced file keeps shape, dtype and finiteness: the numbers are checked
     if "samples_sha256" in config and config["samples_sha256"] != _array_sha256(x):  # older runs have none
         raise RunError(f"{path} does not hold the numbers `sgm-ref sample` wrote (its SHA-256 is not config.json's "
                        f"\"samples_sha256\": damaged or replaced since): draw them again with `sgm-ref sample "
-                       f"{os.fspath(folder)}`")
+                       f"{_shell_path(folder)}`")
     return x

@@ -224,6 +224,30 @@ def test_ctrl_c_before_a_new_run_s_config_says_to_rerun_with_force(tmp_path, cap
     assert status == 2 and "already exists; pass --force" in err
 
 
+def test_ctrl_c_in_a_demo_s_evaluation_keeps_no_plots_and_quotes_the_folder(tmp_path, capsys, monkeypatch):
+    """`sgm-ref demo RUN --no-plots` stopped while evaluating was told to run `sgm-ref evaluate RUN`,
+    which draws the plots the demo was told to skip, and the folder was shown bare: for
+    "it's a run", a command the shell splits. The hint, split as the shell does, is that command."""
+    import shlex
+
+    from sgm_ref import cli, evaluation
+
+    run_folder = tmp_path / "it's a run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluation, "evaluate_run", interrupted)
+    status, _, err = _main(["demo", run_folder, "--n", "200", "--width", "8", "--depth", "1", "--steps", "5",
+                            "--n-samples", "20", "--n-steps", "5", "--bound-n", "4", "--profile-n", "10",
+                            "--no-plots"], capsys)
+    assert status == 130 and err.startswith("sgm-ref: interrupted; continue with `"), err
+    argv = shlex.split(err.strip().split("`")[1])
+    assert argv == ["sgm-ref", "evaluate", str(run_folder), "--no-plots"], err
+    args = cli.build_parser().parse_args(argv[1:])
+    assert (args.command, args.run, args.no_plots) == ("evaluate", str(run_folder), True)
+
+
 # -- errors: one line on stderr, exit status 2, nothing left behind ---------------------
 
 @pytest.mark.parametrize("args, pattern", [

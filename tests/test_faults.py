@@ -530,7 +530,8 @@ def test_a_demo_failing_after_training_says_what_finishes_it(tmp_path, forks):
     """The kept demo's line said `train --resume`, which only answers 'already trained'."""
     out = tmp_path / "demo"
     result = patched(forks, "full-samples", "demo", out, *TINY, "--steps", "20", *TINY_SAMPLING, *TINY_EVALUATION)
-    assert_one_line_error(result, f"continue it with `sgm-ref sample {out}`, then `sgm-ref evaluate {out}`")
+    # the demo's --no-plots, which config.json does not hold, kept in its evaluate
+    assert_one_line_error(result, f"continue it with `sgm-ref sample {out}`, then `sgm-ref evaluate {out} --no-plots`")
     run("sample", out, *TINY_SAMPLING)
     from sgm_ref.runs import _continuation
     assert _continuation(str(out)) == f"`sgm-ref evaluate {out}`"
@@ -555,7 +556,7 @@ def test_an_interrupted_command_names_what_is_left_to_do(tmp_path, forks):
                      *TINY_EVALUATION)
     assert result.returncode == 130
     assert result.stderr.strip() == (f"sgm-ref: interrupted; continue with `sgm-ref sample {demo}`, then "
-                                      f"`sgm-ref evaluate {demo}`")
+                                      f"`sgm-ref evaluate {demo} --no-plots`")
 
 
 def test_a_demo_kept_during_training_names_train_then_sample_and_evaluate(tmp_path, forks):
@@ -563,7 +564,7 @@ def test_a_demo_kept_during_training_names_train_then_sample_and_evaluate(tmp_pa
     result = patched(forks, "full-history", "demo", demo, *TINY, "--steps", "20", "--checkpoint-every", "10",
                      *TINY_SAMPLING, *TINY_EVALUATION)
     assert_one_line_error(result, f"continue it with `sgm-ref train {demo} --resume`, then `sgm-ref sample {demo}` "
-                                  f"and `sgm-ref evaluate {demo}`")
+                                  f"and `sgm-ref evaluate {demo} --no-plots`")
 
 
 def test_a_damaged_final_state_is_not_restored_from(tmp_path):

@@ -543,6 +543,40 @@ def test_an_interrupted_extension_can_be_given_up_for_the_run_it_was(tmp_path, m
     assert runs_module.finished_steps(run) == 30
 
 
+def test_the_commands_of_the_messages_name_an_unusual_folder_as_the_shell_needs_it(tmp_path, monkeypatch):
+    """The hints showed the run folder bare: for a folder "it's a run" the shell split
+    `sgm-ref train it's a run --resume` (and waited for the quote to close). Each command shown,
+    split as the shell splits it, is the argv meant; an ordinary folder reads as before."""
+    import shlex
+
+    run = tmp_path / "it's a run"
+    create(run, make_config(SMALL))
+    train(run, progress=False)
+
+    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runs_module, "fit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(run, progress=False, steps=60)
+
+    def commands(text):
+        return [shlex.split(c) for c in re.findall(r"`([^`]*)`", text)]
+
+    resume, give_up = ["sgm-ref", "train", str(run), "--resume"], ["sgm-ref", "train", str(run), "--resume",
+                                                                   "--steps", "30"]
+    assert commands(runs_module._continuation(run)) == [resume, give_up]  # the Ctrl-C hint
+    with pytest.raises(RunError) as refusal:
+        load_model(run)
+    assert commands(str(refusal.value)) == [resume, give_up]
+    with pytest.raises(RunError) as refusal:
+        runs_module.check_total_steps(run, read_config(run), 45)
+    assert commands(str(refusal.value)) == [resume, give_up]
+    assert [runs_module._shell_path(p) for p in ("/tmp/run", "runs/a_1", "-run", "a$b")] == [
+        "/tmp/run", "runs/a_1", "./-run", "'a$b'"]
+
+
 def test_a_state_written_again_without_a_step_keeps_its_thread_counts(tmp_path, monkeypatch):
     """Giving up an extension, or writing a damaged model.npz again, takes no step: the training
     state is rewritten as it was. Under other thread counts than the state's, it recorded this
