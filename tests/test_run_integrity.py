@@ -504,19 +504,12 @@ def test_a_damaged_model_beside_an_interrupted_extension_names_both_ways_on(tmp_
     writes it again (from checkpoint.npz)" (or "(from training_state.npz, the same bits)"), but
     --resume trains the extension on, a model of 60 steps; --steps 30 gives it up and writes the
     damaged model of 30 steps again."""
+    from test_runs import _interrupt_extension
+
     from sgm_ref.runs import load_model
 
     run = _copy(finished, tmp_path / "run")
-
-    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
-        if checkpointed:
-            callback(40, model, optimizer, history)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(runs_module, "fit", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(run, progress=False, steps=60)
+    _interrupt_extension(run, monkeypatch, checkpointed=checkpointed)
     _flip_in_member(run / "model.npz", "params.npy")
     with pytest.raises(RunError, match=rf"model.npz is damaged \(its member 'params.npy' fails its CRC-32 check\): "
                                        rf"`sgm-ref train {run} --resume` continues the interrupted extension to 60 "

@@ -503,6 +503,20 @@ def test_an_extension_that_fails_leaves_the_finished_run(tmp_path, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(_params(run), before))
 
 
+def _interrupt_extension(run, monkeypatch, steps=60, checkpointed=True):
+    """Extend the finished run to `steps` and interrupt it (a KeyboardInterrupt in training, after
+    a checkpoint at step 40 when checkpointed), as Ctrl-C in `train --resume --steps` does."""
+    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
+        if checkpointed:
+            callback(40, model, optimizer, history)
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(runs_module, "fit", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            train(run, progress=False, steps=steps)
+
+
 @pytest.mark.parametrize("checkpointed", [True, False])
 def test_an_interrupted_extension_can_be_given_up_for_the_run_it_was(tmp_path, monkeypatch, checkpointed):
     """Ctrl-C in `train --resume --steps N` keeps the extension (config.json asks for N, a
@@ -515,16 +529,7 @@ def test_an_interrupted_extension_can_be_given_up_for_the_run_it_was(tmp_path, m
     sample_run(run)
     before = {name: (run / name).read_bytes() for name in ("model.npz", "training_state.npz", "samples.npy",
                                                          "history.json", "config.json")}
-
-    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
-        if checkpointed:
-            callback(40, model, optimizer, history)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(runs_module, "fit", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(run, progress=False, steps=60)
+    _interrupt_extension(run, monkeypatch, checkpointed=checkpointed)
     assert read_config(run)["train"]["steps"] == 60 and (run / "checkpoint.npz").exists() == checkpointed
     with pytest.raises(RunError, match=r"trained for 30 steps but config.json asks for 60: finish the training with "
                                        r"`sgm-ref train .*run --resume`, or give it up with `sgm-ref train .*run "
@@ -587,15 +592,7 @@ def test_a_state_written_again_without_a_step_keeps_its_thread_counts(tmp_path, 
     train(run, progress=False)
     before = {name: (run / name).read_bytes() for name in ("model.npz", "training_state.npz", "history.json",
                                                          "config.json")}
-
-    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
-        callback(40, model, optimizer, history)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(runs_module, "fit", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(run, progress=False, steps=60)
+    _interrupt_extension(run, monkeypatch)
     saved = runs_module.thread_counts()
     monkeypatch.setattr(runs_module, "thread_counts", lambda: {"blas": saved["blas"] + 3, "numba": saved["numba"] + 2})
     notes = []
@@ -615,15 +612,7 @@ def test_an_interrupted_extension_can_be_given_up_beside_a_damaged_training_stat
     create(run, make_config(SMALL))
     train(run, progress=False)
     model = (run / "model.npz").read_bytes()
-
-    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
-        callback(40, model, optimizer, history)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(runs_module, "fit", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(run, progress=False, steps=60)
+    _interrupt_extension(run, monkeypatch)
     state = run / "training_state.npz"
     state.write_bytes(state.read_bytes()[:200])
     with pytest.raises(RunError, match=r"or give it up with `sgm-ref train .*run --resume --steps 30`$"):
