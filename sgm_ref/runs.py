@@ -158,7 +158,8 @@ def _make_config(options, sized):
         if d is not None:
             _check_network_size(config, d)
         target = from_spec(config["target"])
-        _check_network_size(config, target.dim)  # a JSON file's
+        if d is None:  # a JSON file's
+            _check_network_size(config, target.dim)
         config["target_definition"] = to_record(target)
     config.update(format=FORMAT, version=FORMAT_VERSION, sgm_ref=__version__)
     target, _, _ = build(config)  # everything the run will construct, constructed once to validate it
@@ -549,16 +550,14 @@ def _continuation(folder, then_evaluate=False, evaluate_options=()):
     shown = _shell_path(folder)
     evaluate = f"`sgm-ref evaluate {' '.join((shown, *evaluate_options))}`"
     try:
-        configured = read_config(folder)["train"]["steps"]
+        config = read_config(folder)
     except ValueError:
-        configured = None
+        config = None
+    configured = None if config is None else config["train"]["steps"]
     finished = finished_steps(folder)
     if finished is None or finished != configured:  # not trained, or an extension under way
         then = f", then `sgm-ref sample {shown}` and {evaluate}" if then_evaluate else ""
-        try:
-            trained = None if configured is None else _interrupted_extension(folder, read_config(folder))
-        except ValueError:
-            trained = None
+        trained = None if config is None else _interrupted_extension(folder, config)
         back = (f" (or give the extension up with `sgm-ref train {shown} --resume --steps {trained}`)"
                 if trained is not None else "")
         return f"`sgm-ref train {shown} --resume`{then}{back}"
@@ -810,11 +809,16 @@ def finished_steps(folder):
     model = _path(folder, "model.npz")
     if os.path.exists(checkpoint) or not os.path.exists(model):
         return None
+    steps = _model_steps(model)
+    return None if steps is None or _archive_damage(model) is not None else steps
+
+
+def _model_steps(path):
+    """The step count a model.npz's header records (an integer), or None if it records none or the
+    header does not read."""
     try:
-        steps = read_header(model)["extra"]["steps"]
+        steps = read_header(path)["extra"]["steps"]
     except (ValueError, KeyError, TypeError):
-        return None
-    if _archive_damage(model) is not None:
         return None
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
@@ -943,13 +947,8 @@ def _interrupted_extension(folder, config):
     is back at k (the run's model stays usable); the extension could not be given up then, and
     --steps k was "a run can be extended, not shortened"."""
     model = _path(folder, "model.npz")
-    if not os.path.exists(model):
-        return None
-    try:
-        trained = read_header(model)["extra"]["steps"]
-    except (ValueError, KeyError, TypeError):
-        return None
-    if not isinstance(trained, int) or isinstance(trained, bool) or not trained < config["train"]["steps"]:
+    trained = _model_steps(model) if os.path.exists(model) else None
+    if trained is None or not trained < config["train"]["steps"]:
         return None
     state = _states(folder)[1]
     step = _state_step(state)

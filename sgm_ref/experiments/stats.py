@@ -234,7 +234,10 @@ def welch_slopes(slopes, ses, dofs):
     # 1 - w_g / W, as the others' share sum_{h != g} w_h / W where w_g holds most of W: there
     # 1 - w_g / W cancels (se 1, 128, 512 with nu 1, 1e300, 1e300: df2 1.2e-12 off)
     share = w / W
-    rest = np.where(share > 0.5, np.array([float(np.sum(np.delete(w, g))) for g in range(G)]) / W, 1.0 - share)
+    rest = 1.0 - share
+    top = int(np.argmax(share))  # at most one weight holds more than half
+    if share[top] > 0.5:
+        rest[top] = float(np.sum(np.delete(w, top))) / W
     lam = float(np.sum(rest**2 / nu))
     correction = 1.0 + 2.0 * (G - 2) * lam / (G**2 - 1)
     with np.errstate(over="ignore"):
