@@ -83,10 +83,16 @@ def assert_one_line_error(result, pattern):
 # -- many commands from one import: the fault tests' own interpreters, forked ------------------
 
 _ZYGOTE = r"""
-import json, os, sys
-sys.argv = sys.argv[1:]  # the script's path: sgm_ref reads its environment as the command line does
+import importlib, json, os, sys
+# argv[0] the script's path: sgm_ref reads its environment as the command line does
+sys.argv, preload = sys.argv[1:2], sys.argv[2:]
 sys.path[0] = os.path.dirname(sys.argv[0])  # and its folder, where -c put the working folder
 import sgm_ref.cli, sgm_ref.runs, sgm_ref.evaluation  # the imports every command has done
+threads = len(os.listdir("/proc/self/task"))
+for name in preload:  # a package the commands' own user code imports (Forks' preload)
+    importlib.import_module(name)
+if len(os.listdir("/proc/self/task")) != threads:
+    sys.exit(f"preloading {preload} started a thread: its forks would copy one of them")
 requests, replies = sys.stdin.buffer, sys.stdout
 for line in iter(requests.readline, b""):
     request = json.loads(line)
@@ -119,14 +125,20 @@ class Forks:
     sgm_ref's imports once: each a process of its own (its pid, its locks, killable), started
     in ~10 ms instead of the ~0.6 s of CPU an import costs. The child runs as the installed
     script does: sys.argv[0] the script's path, its folder first on sys.path, sys.exit(main()).
-    The environment is env, or this process's when the server started."""
+    The environment is env, or this process's when the server started.
 
-    def __init__(self, folder, env=None):
+    preload: modules the server imports after sgm_ref's, for commands whose user code (a --score
+    file) imports them: each command then skips that import, the one way it differs from the
+    script (sys.modules holds them from its start). Only a module that starts no thread on
+    import may be preloaded (a fork copies one thread; the server exits naming the module
+    otherwise): jax starts none (its backend starts them, in the command)."""
+
+    def __init__(self, folder, env=None, preload=()):
         self.folder, self.count = Path(folder), 0
         self.folder.mkdir(parents=True, exist_ok=True)
         with open(self.folder / "zygote.err", "wb") as err:
-            self.zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE, str(SCRIPT)], env=env, stdin=subprocess.PIPE,
-                                           stdout=subprocess.PIPE, stderr=err)
+            self.zygote = subprocess.Popen([sys.executable, "-c", _ZYGOTE, str(SCRIPT), *preload], env=env,
+                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
 
     def _ask(self, request, timeout=None):
         """The server's answer to request; past timeout (s), the command request["pid"] is

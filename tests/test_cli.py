@@ -22,7 +22,7 @@ import pytest
 from sgm_ref import load
 from sgm_ref.targets.spec import from_spec, to_record
 
-from _cli import SCRIPT, run
+from _cli import SCRIPT, Forks, run
 from _cli import assert_one_line_error as _assert_one_line_error
 
 # a budget small enough for the test suite
@@ -1007,27 +1007,41 @@ def tracer(x, t):
 '''
 
 
-def test_audit_of_a_jax_function_refuses_float32_digits_as_float64_and_names_a_tracer(tmp_path):
+@pytest.fixture(scope="module")
+def jax_forks(tmp_path_factory):
+    """Commands forked from a server that has imported jax (tests/_cli.py's Forks, preload):
+    the test below runs six, each of which imported jax again (~1.3 s of CPU each)."""
     from _peers import peer
     peer("jax")
+    server = Forks(tmp_path_factory.mktemp("jax-forks"), preload=["jax"])
+    yield server
+    server.close()
+
+
+def test_audit_of_a_jax_function_refuses_float32_digits_as_float64_and_names_a_tracer(tmp_path, jax_forks):
+    def run(*args, check=True):
+        result = jax_forks.run(*args, cwd=tmp_path, remove_output=True)
+        assert not check or result.returncode == 0, result.stderr
+        return result
+
     (tmp_path / "jaxmodels.py").write_text(JAX_MODELS)
     small = ["--target", "ring", "--n-steps", "5", "--profile-n", "20", "--bound-n", "4"]
     # without jax_enable_x64 JAX computes in float32: a float64 audit of it measured float32's
     # rounding as the model's error (and a function that casts back to float64 passed every check)
     for fn in ("minus_x", "minus_x_as_float64"):
-        _assert_one_line_error(run("audit", "--score", f"jaxmodels:{fn}", *small, cwd=tmp_path, check=False),
+        _assert_one_line_error(run("audit", "--score", f"jaxmodels:{fn}", *small, check=False),
                                "uses JAX, which computes in float32 unless jax_enable_x64 is on")
     # --inputs numpy: the user says it computes in the points' dtype (a score reading a global JAX array)
-    assert run("audit", "--score", "jaxmodels:minus_x_as_float64", *small, "--inputs", "numpy", cwd=tmp_path,
+    assert run("audit", "--score", "jaxmodels:minus_x_as_float64", *small, "--inputs", "numpy",
                check=False).returncode == 0
-    ok = run("audit", "--score", "jaxmodels:minus_x", *small, "--dtype", "float32", cwd=tmp_path)
+    ok = run("audit", "--score", "jaxmodels:minus_x", *small, "--dtype", "float32")
     assert "score jaxmodels:minus_x (float32) against the exact score of ring" in ok.stdout
     # a traced value that escaped jax.jit: a traceback and exit 1 before
-    _assert_one_line_error(run("audit", "--score", "jaxmodels:tracer", *small, "--dtype", "float32", cwd=tmp_path,
-                               check=False), "a traced value that escaped jax.jit")
+    _assert_one_line_error(run("audit", "--score", "jaxmodels:tracer", *small, "--dtype", "float32", check=False),
+                           "a traced value that escaped jax.jit")
     (tmp_path / "jax64.py").write_text("import jax\njax.config.update('jax_enable_x64', True)\n"
                                        "from jaxmodels import minus_x\n")
-    assert "(float32)" not in run("audit", "--score", "jax64:minus_x", *small, cwd=tmp_path).stdout
+    assert "(float32)" not in run("audit", "--score", "jax64:minus_x", *small).stdout
 
 
 def test_force_with_an_option_the_training_would_refuse_keeps_the_old_run(tmp_path):
