@@ -123,8 +123,10 @@ def environment_defaults():
     Returns
     -------
     dict
-        "set": {variable: value} set by sgm_ref (variables the user had set are not
-        in it); "loaded_before": threaded runtimes already loaded when sgm_ref was
+        "set": {variable: value} of the wait defaults (module docstring) sgm_ref set (variables the
+        user had set are not in it; nor is OPENBLAS_NUM_THREADS, which sgm_ref sets to
+        SGM_REF_THREADS's count when that is given: the user's count, not a default);
+        "loaded_before": threaded runtimes already loaded when sgm_ref was
         imported, which keep the settings they started with (empty when the defaults
         took effect everywhere).
     """
