@@ -377,6 +377,9 @@ class TiltedGaussian(ExactOutputs):
         bias (the mixture tilt of the tests at t = 0.3: -0.06 -> -0.03; d = 2, t = 1, n_mc = 64:
         -0.008 to -0.014 over 2000 seeds, 7 to 12 standard errors of their mean, 0.001 at
         n_mc = 4096), and the standard error below is then 0.75 of the spread at n_mc = 64.
+        The "stein" form's standard error under-reads the same way where the tilt is strong
+        (heavy-tailed weights): 0.70 of the spread over 200 seeds for f = mu . x, |mu| = 1.8,
+        t = 0.5, n_mc = 512; 0.81-0.91 at n_mc = 4096; 0.95-0.99 for |mu| = 0.58.
         Since Cov_w(Z, grad f(c x + s Z)) = O(s), its error stays bounded as sigma_t -> 0
         (standard error 0.0026 at t = 1e-17 to 1e-2, barron d = 2, n_mc = 4096), where the
         earlier form (c^2 / s) E_w[Z . grad f] - c^2 |E_w grad f|^2, the same in expectation,
@@ -473,15 +476,15 @@ class TiltedGaussian(ExactOutputs):
                         "ri,ri->r", w * _norm(zc), lipschitz[:, None] * lost + _U * g_size)
                     unresolved[blk] = np.einsum("ri,ri->r", w, size == 0)  # the weight of steps rounded to nothing
                 continue
-            hess = (c[blk] / s[blk]) ** 2 * (np.einsum("ri,i->r", w, np.sum(self._z**2, axis=1)) - d)
-            grad = (c[blk] / s[blk])[:, None] * np.einsum("ri,id->rd", w, self._z)
-            h, k = np.broadcast_to(np.sum(self._z**2, axis=1), w.shape), np.broadcast_to(self._z, y.shape)
-            scale_h, scale_k = (c[blk] / s[blk]) ** 2, c[blk] / s[blk]
-            out[blk] = -d / q[blk] + hess - np.sum(grad**2, axis=1)
             # delta-method standard error of the estimate over the draws: the influence of draw i
             # is scale_h (h_i - E_w h) - 2 grad . scale_k (k_i - E_w k); the estimator divides by
             # sigma_t, so this grows like 1 / sigma_t (1 / sigma_t^2 for stein) as t -> 0
-            with np.errstate(over="ignore", invalid="ignore"):  # inf or nan: refused below
+            with np.errstate(over="ignore", invalid="ignore"):  # (c / s)^2 past float64 at t <~ 1e-308: refused below
+                hess = (c[blk] / s[blk]) ** 2 * (np.einsum("ri,i->r", w, np.sum(self._z**2, axis=1)) - d)
+                grad = (c[blk] / s[blk])[:, None] * np.einsum("ri,id->rd", w, self._z)
+                h, k = np.broadcast_to(np.sum(self._z**2, axis=1), w.shape), np.broadcast_to(self._z, y.shape)
+                scale_h, scale_k = (c[blk] / s[blk]) ** 2, c[blk] / s[blk]
+                out[blk] = -d / q[blk] + hess - np.sum(grad**2, axis=1)
                 phi = (scale_h[:, None] * (h - np.einsum("ri,ri->r", w, h)[:, None])
                        - 2.0 * scale_k[:, None] * np.einsum("rid,rd->ri", k - np.einsum("ri,rid->rd", w, k)[:, None, :],
                                                             grad))
