@@ -1058,8 +1058,15 @@ def _train(folder, config, source, progress, log):
     checkpoint, final = _states(folder)
     start, history = 0, None
     if source is not None:
-        remedy = ("remove it to restart training from step 0" if source == checkpoint else
-                  "remove it (the run's model.npz stays usable, but the run can no longer be extended)")
+        model_file = _path(folder, "model.npz")
+        if source == checkpoint:
+            remedy = "remove it to restart training from step 0"
+        elif (os.path.exists(model_file) and _model_steps(model_file) is not None
+              and _archive_damage(model_file) is None):
+            remedy = "remove it (the run's model.npz stays usable, but the run can no longer be extended)"
+        else:  # the state was to write model.npz again (finished_steps): training from step 0 gives its bits
+            remedy = (f"model.npz is missing or damaged too: remove it, and `sgm-ref train {_shell_path(folder)} "
+                      "--resume` trains the run again from step 0 (the same bits)")
         what = "checkpoint" if source == checkpoint else "training state"
         start, history, saved = _load_state(source, what, optimizer, rng, remedy, _run_digest(config))
         if start > t["steps"]:

@@ -533,3 +533,29 @@ def test_a_config_edited_to_fewer_steps_than_trained_names_the_way_back(tmp_path
     train(run, progress=False, steps=30)  # the remedy named
     assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()
     sample_run(run)
+
+
+def test_a_damaged_model_beside_a_damaged_state_is_not_called_usable(tmp_path, finished, capsys):
+    """model.npz and training_state.npz damaged together: the state's refusal said "the run's
+    model.npz stays usable", which it was not (a review). It says the model is damaged too, and
+    the way it names, the state removed and `train --resume`, gives the finished run's bits."""
+    from sgm_ref.cli import main
+
+    run = _copy(finished, tmp_path / "run")
+    _flip_in_member(run / "model.npz", "params.npy")
+    state = run / "training_state.npz"
+    state.write_bytes(state.read_bytes()[:1000])
+    assert main(["train", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "stays usable" not in err
+    assert (f"training state {state} is unreadable (a truncated or damaged .npz archive: File is not a zip file); "
+            f"model.npz is missing or damaged too: remove it, and `sgm-ref train {run} --resume` trains the run "
+            "again from step 0 (the same bits)") in err
+    state.unlink()
+    assert main(["train", str(run), "--resume"]) == 0
+    assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()
+    # the model whole (an extension past a damaged state): it does stay usable
+    other = _copy(finished, tmp_path / "other")
+    (other / "training_state.npz").write_bytes((finished / "training_state.npz").read_bytes()[:1000])
+    assert main(["train", str(other), "--resume", "--steps", "40"]) == 2
+    assert "the run's model.npz stays usable, but the run can no longer be extended" in capsys.readouterr().err
