@@ -460,6 +460,10 @@ def check_settings(settings, name="settings"):
     if not settings["t0"] < settings["T"]:
         raise ValueError(f"{name} must have t0 < T (the score errors' window [t0, T]), got t0 = {settings['t0']!r}, "
                          f"T = {settings['T']!r}")
+    try:  # Adam's own bound on its first step (lr 1e308 passed here and failed in every cell)
+        Adam(np.zeros(1), lr=settings["lr"])
+    except ValueError as exc:
+        raise ValueError(f"{name}['lr']: {exc}") from None
 
 
 def _all_finite(value):
