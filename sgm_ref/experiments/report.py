@@ -24,6 +24,7 @@ import numpy as np
 from .._json import load_json
 from ..io import atomic_write
 from ..plots import have_matplotlib
+from ..runs import _shell_path
 from . import stats as S
 from . import rate
 from .rate import cell_key, load_results
@@ -1565,7 +1566,8 @@ def write_report(folder, out=None, log=None, compare_with=None):
             if plot(os.path.join(where, name), analysis) is not False:
                 figures[kind] = name
                 written.append(os.path.join(where, name))
-    source = f"{folder} --out {out}" + "".join(f" --compare {other}" for other in others)
+    source = (f"{_shell_path(folder)} --out {_shell_path(out)}"  # as the shell reads them back (a space, a quote)
+              + "".join(f" --compare {_shell_path(other)}" for other in others))
     text = report_markdown(analysis, settings, figures, source=source, comparisons=comparisons)
     if not plots:
         text += "\n(matplotlib is not installed: no figures; pip install \"sgm_ref[plot]\".)\n"
