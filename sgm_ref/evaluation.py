@@ -694,7 +694,8 @@ def _below_zero_note(label, value, se, why="it is an unbiased estimate (not clip
                 "(its standard error is not above 0): please report it")
     k = -value / se
     if k <= 3:
-        verdict = f"within {math.ceil(k)} standard error{'s' if math.ceil(k) > 1 else ''} of 0, consistent with 0"
+        within = max(1, math.ceil(k))  # k = 0 for an infinite standard error: "within 0 standard error" was said
+        verdict = f"within {within} standard error{'s' if within > 1 else ''} of 0, consistent with 0"
     elif degenerate:
         verdict = (f"{_above_three(k)} standard errors below 0, still consistent with 0: when the two laws are equal "
                    "the statistic is degenerate and its first-order standard error understates the noise (exact "

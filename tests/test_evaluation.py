@@ -224,6 +224,9 @@ def test_negative_estimates_are_explained():
     assert "energy distance = " not in text  # positive: nothing to explain
     far = markdown(_report(energy=(-0.05, 0.01)))
     assert "energy distance = -0.05 ± 0.01 is below 0" in far.lower() and "5.0 standard errors below 0" in far
+    # an infinite standard error (k = 0) was "within 0 standard error of 0"
+    from sgm_ref.evaluation import _below_zero_note
+    assert _below_zero_note("MMD^2", -1.0, float("inf")).endswith("; within 1 standard error of 0, consistent with 0")
     assert "## Notes" not in markdown(_report())
 
 
