@@ -60,13 +60,15 @@ def test_tilted_cell_has_a_debiased_error_and_no_bound():
 def test_debiasing_removes_the_oracles_own_error():
     """The score -x against oracles with different draws: the debiased errors agree within their se."""
     from sgm_ref import OU
-    from sgm_ref.experiments.rate import _debiased_score_error
+    from sgm_ref.experiments.rate import _integrated_errors
 
     values = []
     for seed in range(3):
         target = make_target("tilted", 4)
         target._z = np.random.default_rng(50 + seed).standard_normal(target._z.shape)  # another oracle
-        values.append(_debiased_score_error(lambda x, t: -x, target, OU(), 1e-2, 5.0, 3000, np.random.default_rng(9)))
+        out = _integrated_errors({"minus_x": lambda x, t: -x}, lambda x, t: -x, target, OU(), 1e-2, 5.0, 3000, 2,
+                                 np.random.default_rng(9))["minus_x"]
+        values.append((out["error"], out["se"]))
     (a, se_a), (b, se_b), (c, se_c) = values
     assert abs(a - b) < 5 * np.hypot(se_a, se_b) and abs(a - c) < 5 * np.hypot(se_a, se_c)
 

@@ -268,32 +268,6 @@ def test_the_row_records_the_checkpoint_held_out_chose_and_scores_its_parameters
     assert seen["n_eval"] == s["n_eval_tilted"] != s["n_eval"] and row["tv_bound"] is None
 
 
-def test_debiased_score_error_subtracts_the_oracles_own_error_and_divides_by_root_n():
-    """_debiased_score_error's docstring: E|s - s_mc|^2 - sum_j se_j^2 at each point, weighted as
-    score_error_integral (t log(T / t0) beta / 2, beta = 2), mean and se = sd / sqrt(n). A stub
-    oracle (exact score, se 0.1 in each of 2 coordinates) makes the exact score's terms
-    -0.02 t log(T / t0). The existing test compares three runs within 5 of these se, which a
-    larger se cannot fail. Kills: the se without its sqrt(n)."""
-    from types import SimpleNamespace
-
-    from sgm_ref import OU
-
-    exact, process = rate.make_target("mixture-iso", 2), OU()
-    stub = SimpleNamespace(sample=exact.sample,
-                           score_and_se=lambda x, t, p: (exact.score(x, t, p), np.full(x.shape, 0.1)))
-    seen = {}
-
-    def score(x, t):
-        seen["t"] = t.copy()
-        return exact.score(x, t, process)
-
-    error, se = rate._debiased_score_error(score, stub, process, 0.01, 5.0, 50, np.random.default_rng(3))
-    terms = -0.02 * seen["t"] * math.log(5.0 / 0.01)
-    assert seen["t"].shape == (50,) and np.all((0.01 <= seen["t"]) & (seen["t"] <= 5.0))
-    assert error == pytest.approx(float(np.mean(terms)), rel=1e-12)
-    assert se == pytest.approx(float(np.std(terms, ddof=1)) / math.sqrt(50), rel=1e-12)
-
-
 def test_check_settings_refuses_an_empty_window_t0_equal_to_T():
     """check_settings' docstring: t0 < T. The existing check has T < t0 only; t0 = T (an empty window:
     every integrated error 0 over log(T / t0) = 0) must be refused as well. Kills: t0 <= T."""

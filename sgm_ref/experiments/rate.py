@@ -674,9 +674,10 @@ def _integrated_errors(scores, empirical, target, process, t0, T, n, n_empirical
     The estimator of sgm_ref.metrics.score_error_integral (log-uniform times, weight
     t log(T / t0)) on one draw of n points for all the scores; the smoothed empirical
     measure's score (O(n_train d) per point) on the first n_empirical of them. A target
-    with a Monte-Carlo oracle (score_and_se) has the oracle's own error sum_j se_j^2
-    subtracted (_debiased_score_error). Returns {name: {"error": float, "se": float}},
-    with "empirical" added.
+    with a Monte-Carlo oracle (score_and_se) has the oracle's own error subtracted: with
+    s_mc = grad log p_t + e and E[e] = 0 over its draws, E|s - s_mc|^2 = E|s - grad log p_t|^2
+    + E|e|^2, and E|e|^2 is estimated by the oracle's sum_j se_j^2 at the same point.
+    Returns {name: {"error": float, "se": float}}, with "empirical" added.
     """
     x0 = target.sample(n, rng)
     span = math.log(T / t0)
@@ -694,22 +695,6 @@ def _integrated_errors(scores, empirical, target, process, t0, T, n, n_empirical
         e = (np.sum((score(xt[:m], t[:m]) - oracle[:m]) ** 2, axis=1) - noise[:m]) * weight[:m]
         out[name] = {"error": float(e.mean()), "se": float(e.std(ddof=1) / math.sqrt(m))}
     return out
-
-
-def _debiased_score_error(model, target, process, t0, T, n, rng):
-    """int_{t0}^{T} beta/2 E_{p_t}|s - grad log p_t|^2 dt against a Monte-Carlo oracle, its own error removed.
-
-    With the oracle s_mc = grad log p_t + e and E[e] = 0 over its draws,
-    E|s - s_mc|^2 = E|s - grad log p_t|^2 + E|e|^2, and E|e|^2 is estimated by the
-    oracle's sum_j se_j^2 at the same point. Times log-uniform, as score_error_integral.
-    """
-    x0 = target.sample(n, rng)
-    span = np.log(T / t0)
-    t = t0 * np.exp(span * rng.random(n))
-    xt, _ = process.perturb(x0, t, rng)
-    oracle, se = target.score_and_se(xt, t, process)
-    e = (np.sum((model(xt, t) - oracle) ** 2, axis=1) - np.sum(se**2, axis=1)) * t * span * (0.5 * process.beta(t))
-    return float(e.mean()), float(e.std(ddof=1) / np.sqrt(n))
 
 
 def load_results(path, repair=False):
