@@ -1064,9 +1064,10 @@ def _train(folder, config, source, progress, log):
         elif (os.path.exists(model_file) and _model_steps(model_file) is not None
               and _archive_damage(model_file) is None):
             remedy = "remove it (the run's model.npz stays usable, but the run can no longer be extended)"
-        else:  # the state was to write model.npz again (finished_steps): training from step 0 gives its bits
-            remedy = (f"model.npz is missing or damaged too: remove it, and `sgm-ref train {_shell_path(folder)} "
-                      "--resume` trains the run again from step 0 (the same bits)")
+        else:  # model.npz missing or damaged: the state was to write it again (finished_steps)
+            remedy = (f"remove {os.path.basename(source)} (model.npz is missing or damaged as well): `sgm-ref train "
+                      f"{_shell_path(folder)} --resume` would then train the run again from step 0 under "
+                      "config.json's settings")
         what = "checkpoint" if source == checkpoint else "training state"
         start, history, saved = _load_state(source, what, optimizer, rng, remedy, _run_digest(config))
         if start > t["steps"]:

@@ -147,8 +147,11 @@ class Forks:
         import select
         import signal
 
-        self.zygote.stdin.write((json.dumps(request) + "\n").encode())
-        self.zygote.stdin.flush()
+        try:
+            self.zygote.stdin.write((json.dumps(request) + "\n").encode())
+            self.zygote.stdin.flush()
+        except BrokenPipeError:  # it exited (a failed preload): its own words, not a bare EPIPE
+            raise AssertionError(f"the fork server died: {(self.folder / 'zygote.err').read_text()}") from None
         if timeout is not None and not select.select([self.zygote.stdout], [], [], timeout)[0]:
             os.kill(request["pid"], signal.SIGKILL)
             self.zygote.stdout.readline()

@@ -357,8 +357,10 @@ def test_check_settings_refuses_lr_ema_decay_lr_final_exactly_outside_their_rang
     # one key varied at a time (the others valid), so that the message to expect is that key's
     settings_[vary] = {"lr": lr, "ema_decay": ema, "lr_final": final}[vary]
     v = settings_[vary]
-    if vary == "lr":  # and Adam's first step lr / (1 - beta1), beta1 = 0.9, within float64 (its docstring)
-        ok = _real(v) and math.isfinite(v) and v > 0 and float(v) / (1.0 - 0.9) < np.finfo(np.float64).max
+    if vary == "lr":  # and Adam's first step lr / (1 - beta1), beta1 = 0.9, within float64 (its docstring);
+        # Adam takes no Fraction (every cell failed on one): refused up front now
+        ok = (_real(v) and not isinstance(v, Fraction) and math.isfinite(v) and v > 0
+              and float(v) / (1.0 - 0.9) < np.finfo(np.float64).max)
     elif vary == "lr_final" and schedule != "cosine":
         ok = True  # read only by the cosine schedule
     else:

@@ -537,8 +537,9 @@ def test_a_config_edited_to_fewer_steps_than_trained_names_the_way_back(tmp_path
 
 def test_a_damaged_model_beside_a_damaged_state_is_not_called_usable(tmp_path, finished, capsys):
     """model.npz and training_state.npz damaged together: the state's refusal said "the run's
-    model.npz stays usable", which it was not (a review). It says the model is damaged too, and
-    the way it names, the state removed and `train --resume`, gives the finished run's bits."""
+    model.npz stays usable", which it was not (a review). It says the model is damaged as well, and
+    the way it names, the state removed and `train --resume`, trains the run again (here, with
+    config.json unchanged, the finished run's bits)."""
     from sgm_ref.cli import main
 
     run = _copy(finished, tmp_path / "run")
@@ -549,11 +550,11 @@ def test_a_damaged_model_beside_a_damaged_state_is_not_called_usable(tmp_path, f
     err = capsys.readouterr().err
     assert "stays usable" not in err
     assert (f"training state {state} is unreadable (a truncated or damaged .npz archive: File is not a zip file); "
-            f"model.npz is missing or damaged too: remove it, and `sgm-ref train {run} --resume` trains the run "
-            "again from step 0 (the same bits)") in err
+            f"remove training_state.npz (model.npz is missing or damaged as well): `sgm-ref train {run} --resume` "
+            "would then train the run again from step 0 under config.json's settings") in err
     state.unlink()
     assert main(["train", str(run), "--resume"]) == 0
-    assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()
+    assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()  # config.json unchanged
     # the model whole (an extension past a damaged state): it does stay usable
     other = _copy(finished, tmp_path / "other")
     (other / "training_state.npz").write_bytes((finished / "training_state.npz").read_bytes()[:1000])
