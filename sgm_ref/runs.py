@@ -729,14 +729,15 @@ def _save_state(path, step, optimizer, rng, history, threads, digest):
 def _load_state(path, what, optimizer, rng, remedy, digest):
     """Restore optimiser (and so the parameters) and rng; return (step, history, thread counts or None).
 
-    what names the file in messages ("checkpoint", "training state"), remedy says what to do.
+    what names the file in messages ("checkpoint", "training state"), remedy() says what to do
+    (called only for a refusal: it may read the other files of the run).
     The file must have been written for this run: its run digest (files of older versions
     carry none) is `digest`, the run's settings (_run_digest), and its optimiser's
     hyperparameters are those `optimizer` was built with from config.json (Adam's
     load_state_dict would adopt the file's), its optimiser's step count its step.
     """
     def unreadable(reason):
-        return RunError(f"{what} {path} is unreadable ({reason}); {remedy}")
+        return RunError(f"{what} {path} is unreadable ({reason}); {remedy()}")
 
     try:
         f = np.load(path, allow_pickle=False)
@@ -768,7 +769,7 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
         if saved_digest is not None and saved_digest != digest:
             raise RunError(f"{what} {path} was written for other settings than config.json's (target, seed, network "
                            "or training): another run's file, or config.json edited since; restore config.json, "
-                           f"or {remedy}")
+                           f"or {remedy()}")
         built = optimizer.state_dict()
         settings = ("lr", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "ema_decay", "ema_warmup")
         for key in settings + ("step_count",):  # compared below: an array's comparison has no truth value
@@ -778,7 +779,7 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
                    if (key in arrays) != (key in built) or key in built and arrays[key] != built[key]]
         if changed:  # an intact file (of a version without the digest, or edited): not "unreadable"
             raise RunError(f"{what} {path} has optimiser settings ({', '.join(changed)}) other than config.json's: "
-                           f"config.json edited since it was written, or the file; restore config.json, or {remedy}")
+                           f"config.json edited since it was written, or the file; restore config.json, or {remedy()}")
         if "step_count" in arrays and arrays["step_count"] != step:
             raise ValueError(f"it is inconsistent: step {step}, optimiser step count {arrays['step_count'].tolist()!r}")
         rng.bit_generator.state = state
@@ -1022,7 +1023,7 @@ def train(folder, progress=None, steps=None, log=None):
             config = update_section(config, "train", {"steps": int(steps)})
             write_json(_path(folder, "config.json"), config)
         try:
-            return _train(folder, config, source, progress, log)
+            return _train(folder, config, source, progress, log, extending)
         except Exception:
             # back to the finished run it was, unless the new final state is already written
             # (then the extension is complete but for its model: --resume writes it); also when
@@ -1047,7 +1048,46 @@ def _state_step(path):
         return None
 
 
-def _train(folder, config, source, progress, log):
+def _state_remedy(folder, config, source, extending):
+    """What to do about an unreadable checkpoint or training state (source): the remedy that
+    _load_state's refusal names, for each way the run can stand.
+
+    A checkpoint: removed, training restarts from step 0, or goes on from the finished run's
+    training_state.npz when the checkpoint was an extension's. A final state beside a whole
+    model.npz: removed, the model stays usable but the run cannot be extended -- unless an earlier
+    extension of it was interrupted (config.json asks for more steps than the model's, and this
+    call does not roll it back): then --steps k gives the extension up first, or the state removed,
+    --resume trains the extension's run from step 0 (a new model). Beside a model.npz missing or
+    damaged: removed, --resume trains the run again from step 0."""
+    checkpoint, final = _states(folder)
+    shown = _shell_path(folder)
+    if source == checkpoint:
+        if not os.path.exists(final):
+            return "remove it to restart training from step 0"
+        step = _state_step(final)
+        if step is None:
+            return ("remove it; training_state.npz beside it is unreadable as well (`sgm-ref train "
+                    f"{shown} --resume` then names what to do about it)")
+        return (f"remove it: `sgm-ref train {shown} --resume` then goes on from training_state.npz, the finished "
+                f"run's state at step {step}")
+    model = _path(folder, "model.npz")
+    trained = _model_steps(model) if os.path.exists(model) else None
+    if trained is None or _archive_damage(model) is not None:  # the state was to write it again (finished_steps)
+        return (f"remove {os.path.basename(source)} (model.npz is missing or damaged as well): `sgm-ref train "
+                f"{shown} --resume` would then train the run again from step 0 under config.json's settings")
+    steps = config["train"]["steps"]
+    if extending or trained >= steps:  # a finished run (this call's extension is rolled back on failure)
+        return "remove it (the run's model.npz stays usable, but the run can no longer be extended)"
+    # an interrupted extension from trained to steps: removed now, --resume would train the extension's
+    # run from step 0 over model.npz, and --steps trained would no longer be accepted (nothing records
+    # that the extension started from a finished run)
+    return (f"give the interrupted extension up first with `sgm-ref train {shown} --resume --steps {trained}`, then "
+            f"remove it: the model of {trained} steps stays usable, but the run can no longer be extended; or "
+            f"remove it now, and `sgm-ref train {shown} --resume` trains the run for its {steps} steps from step 0 "
+            "(a new model.npz)")
+
+
+def _train(folder, config, source, progress, log, extending=False):
     rngs = streams(config["seed"])
     target, process, model = build(config, rngs["init"])
     t = config["train"]
@@ -1058,16 +1098,9 @@ def _train(folder, config, source, progress, log):
     checkpoint, final = _states(folder)
     start, history = 0, None
     if source is not None:
-        model_file = _path(folder, "model.npz")
-        if source == checkpoint:
-            remedy = "remove it to restart training from step 0"
-        elif (os.path.exists(model_file) and _model_steps(model_file) is not None
-              and _archive_damage(model_file) is None):
-            remedy = "remove it (the run's model.npz stays usable, but the run can no longer be extended)"
-        else:  # model.npz missing or damaged: the state was to write it again (finished_steps)
-            remedy = (f"remove {os.path.basename(source)} (model.npz is missing or damaged as well): `sgm-ref train "
-                      f"{_shell_path(folder)} --resume` would then train the run again from step 0 under "
-                      "config.json's settings")
+        def remedy():
+            return _state_remedy(folder, config, source, extending)
+
         what = "checkpoint" if source == checkpoint else "training state"
         start, history, saved = _load_state(source, what, optimizer, rng, remedy, _run_digest(config))
         if start > t["steps"]:

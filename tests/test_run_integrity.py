@@ -560,3 +560,71 @@ def test_a_damaged_model_beside_a_damaged_state_is_not_called_usable(tmp_path, f
     (other / "training_state.npz").write_bytes((finished / "training_state.npz").read_bytes()[:1000])
     assert main(["train", str(other), "--resume", "--steps", "40"]) == 2
     assert "the run's model.npz stays usable, but the run can no longer be extended" in capsys.readouterr().err
+    assert read_config(other)["train"]["steps"] == 30  # this call's extension rolled back: the message holds
+
+
+def test_a_damaged_state_beside_an_interrupted_extension_names_both_ways_on(tmp_path, finished, monkeypatch):
+    """An extension to 60 interrupted before its first checkpoint, then training_state.npz damaged:
+    the refusal said "remove it (the run's model.npz stays usable, but the run can no longer be
+    extended)", but with the state gone the model of 30 steps did not sample (config.json asks
+    for 60), --steps 30 was "a run can be extended, not shortened", and --resume trained a new
+    model over it (a review). It names both ways, and each does what it says."""
+    from test_runs import _interrupt_extension
+
+    from sgm_ref.runs import load_model
+
+    run = _copy(finished, tmp_path / "run")
+    _interrupt_extension(run, monkeypatch, checkpointed=False)
+    state = run / "training_state.npz"
+    state.write_bytes(state.read_bytes()[:1000])
+    other = _copy(run, tmp_path / "other")
+    with pytest.raises(RunError) as refused:
+        train(run, progress=False)
+    assert str(refused.value).endswith(
+        f"; give the interrupted extension up first with `sgm-ref train {run} --resume --steps 30`, then remove "
+        f"it: the model of 30 steps stays usable, but the run can no longer be extended; or remove it now, and "
+        f"`sgm-ref train {run} --resume` trains the run for its 60 steps from step 0 (a new model.npz)")
+    # the first way: given up, the state still refused, now as a finished run's, and removed
+    with pytest.raises(RunError, match=r"remove it \(the run's model.npz stays usable, but the run can no longer "
+                                       r"be extended\)$"):
+        train(run, progress=False, steps=30)
+    state.unlink()
+    assert (run / "model.npz").read_bytes() == (finished / "model.npz").read_bytes()
+    assert runs_module.finished_steps(run) == 30 and load_model(run).network.d == 2
+    # the second way: the run of 60 steps, the bits of one trained for 60 from the start
+    (other / "training_state.npz").unlink()
+    train(other, progress=False)
+    fresh = tmp_path / "fresh"
+    create(fresh, make_config({**SMALL, "train": {**SMALL["train"], "steps": 60}}))
+    train(fresh, progress=False)
+    assert (other / "model.npz").read_bytes() == (fresh / "model.npz").read_bytes()
+
+
+def test_a_damaged_checkpoint_of_an_extension_names_the_finished_state(tmp_path, finished, monkeypatch):
+    """An extension's checkpoint damaged: the refusal said "remove it to restart training from step
+    0", but --resume then goes on from the finished run's training_state.npz (step 30), to the
+    bits of an unbroken extension; beside a damaged state too, it says so instead."""
+    from test_runs import _interrupt_extension
+
+    run = _copy(finished, tmp_path / "run")
+    _interrupt_extension(run, monkeypatch)
+    checkpoint = run / "checkpoint.npz"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    with pytest.raises(RunError, match=rf"checkpoint .*checkpoint.npz is unreadable .*; remove it: `sgm-ref train "
+                                       rf"{run} --resume` then goes on from training_state.npz, the finished run's "
+                                       rf"state at step 30$"):
+        train(run, progress=False)
+    both = _copy(run, tmp_path / "both")
+    checkpoint.unlink()
+    train(run, progress=False)
+    extended = _copy(finished, tmp_path / "extended")
+    train(extended, progress=False, steps=60)
+    assert (run / "model.npz").read_bytes() == (extended / "model.npz").read_bytes()
+    state = both / "training_state.npz"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.raises(RunError, match=rf"remove it; training_state.npz beside it is unreadable as well "
+                                       rf"\(`sgm-ref train {both} --resume` then names what to do about it\)$"):
+        train(both, progress=False)
+    (both / "checkpoint.npz").unlink()
+    with pytest.raises(RunError, match=r"give the interrupted extension up first"):
+        train(both, progress=False)
