@@ -881,7 +881,11 @@ def test_adams_rate_and_averaging_settings_are_refused_before_the_folder_is_made
                                 ("lr_final", 1.0, "['lr_final'] (the cosine's final rate / lr) must be a number in "
                                                   "[0, 1), got 1.0"),
                                 # Adam's first step lr / (1 - 0.9) past float64 (a later review)
-                                ("lr", 1e308, "['lr']: lr must be below 1.8e+307, got 1e+308")):
+                                ("lr", 1e308, "['lr']: lr must be below 1.8e+307, got 1e+308"),
+                                # an int past float64's range raised OverflowError out of the check (a review)
+                                ("lr", 10**400, "['lr'] must be a finite number > 0, got 1000"),
+                                ("weight_decay_times_n", -10**400, "['weight_decay_times_n'] must be a finite number "
+                                                                   ">= 0, got -1000")):
         with pytest.raises(ValueError, match=re.escape("grid['settings']" + message)):
             run_sweep(tmp_path / "out", {**GRID, "settings": {**TINY, key: value}}, executor=CountingExecutor(),
                       log=lambda s: None)

@@ -443,7 +443,7 @@ def check_settings(settings, name="settings"):
     reals += [("epochs", None)] if settings.get("steps") is None else []
     for key, above in reals:
         v = settings[key]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not math.isfinite(v) \
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not _within_float(v) \
                 or (v <= above if above is not None else v < 0):
             raise ValueError(f"{name}[{key!r}] must be a finite number {'> 0' if above is not None else '>= 0'}, "
                              f"got {v!r}")
@@ -464,6 +464,15 @@ def check_settings(settings, name="settings"):
         Adam(np.zeros(1), lr=settings["lr"])
     except ValueError as exc:
         raise ValueError(f"{name}['lr']: {exc}") from None
+
+
+def _within_float(v):
+    """A real number that float64 holds finitely (an int past its range, 10**400, raised
+    OverflowError out of math.isfinite, naming no setting)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _all_finite(value):
