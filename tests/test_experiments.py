@@ -897,6 +897,24 @@ def test_adams_rate_and_averaging_settings_are_refused_before_the_folder_is_made
     rate.check_settings({k: v for k, v in TINY.items() if k not in ("lr_schedule", "lr_final")})
 
 
+def test_settings_of_numbers_no_cell_computes_with_are_refused():
+    """A Fraction is a numbers.Real: check_settings let t0, weight_decay_times_n and ema_decay of
+    Fractions through, and the cell failed ("t must be a real number or an array of float64, ...",
+    Adam's "weight_decay must be a real number"); a sweep refuses them as JSON values first, a
+    cell by itself did not. An int or a float, NumPy's too, is what a cell computes with."""
+    from fractions import Fraction
+    for key, value, message in (("t0", Fraction(1, 100), "['t0'] must be a finite number > 0, got Fraction(1, 100)"),
+                                ("weight_decay_times_n", Fraction(5), "['weight_decay_times_n'] must be a finite "
+                                                                      "number >= 0, got Fraction(5, 1)"),
+                                ("ema_decay", Fraction(999, 1000), "['ema_decay'] (the EMA's decay) must be a number "
+                                                                   "in [0, 1), got Fraction(999, 1000)"),
+                                ("lr", Fraction(1, 500), "['lr'] must be a finite number > 0, got Fraction(1, 500)")):
+        with pytest.raises(ValueError, match=re.escape("cell settings" + message)):
+            run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": {**TINY, key: value}})
+    rate.check_settings({**TINY, "t0": np.float32(0.01), "lr": np.float64(2e-3), "ema_decay": 0, "T": 3,
+                         "weight_decay_times_n": np.int64(5)})
+
+
 def _mixture_1d_per_t_error(t, weights, means, score_of_g):
     """int p_t(x) |score_of_g(x, g_t(x)) - g_t(x)|^2 dx by scipy.integrate.quad, p_t of
     sum_k w_k N(m_k, 1) under OU (sigma_t^2 = 1 for identity components, means e^-t m_k)."""

@@ -443,8 +443,7 @@ def check_settings(settings, name="settings"):
     reals += [("epochs", None)] if settings.get("steps") is None else []
     for key, above in reals:
         v = settings[key]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not _within_float(v) \
-                or (v <= above if above is not None else v < 0):
+        if not _plain_real(v) or not _within_float(v) or (v <= above if above is not None else v < 0):
             raise ValueError(f"{name}[{key!r}] must be a finite number {'> 0' if above is not None else '>= 0'}, "
                              f"got {v!r}")
     in_unit_interval = [("ema_decay", "the EMA's decay")]
@@ -452,7 +451,7 @@ def check_settings(settings, name="settings"):
         in_unit_interval.append(("lr_final", "the cosine's final rate / lr"))
     for key, what in in_unit_interval:
         v = settings[key]
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real) or not 0.0 <= v < 1.0:
+        if not _plain_real(v) or not 0.0 <= v < 1.0:
             raise ValueError(f"{name}[{key!r}] ({what}) must be a number in [0, 1), got {v!r}")
     if settings.get("steps") is None and settings["epochs"] == 0 and settings["min_steps"] == 0:
         raise ValueError(f"{name} trains no step: epochs and min_steps are both 0 (a cell trains max(min_steps, "
@@ -464,6 +463,13 @@ def check_settings(settings, name="settings"):
         Adam(np.zeros(1), lr=settings["lr"])
     except ValueError as exc:
         raise ValueError(f"{name}['lr']: {exc}") from None
+
+
+def _plain_real(v):
+    """An int or a float (Python's or NumPy's), not a bool: the numbers a cell computes with (a
+    Fraction, a Real too, passed here and failed every cell: "t must be a real number or an array
+    of float64, ...", Adam's "ema_decay must be a real number")."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
 
 
 def _within_float(v):
