@@ -173,9 +173,10 @@ def _check_network_size(config, d):
 
     Counted: the parameters of the MLP [x, e(t)] -> R^d (time features counted as one: a lower
     bound), and 5 arrays of as many numbers in training (the parameters, their gradient, Adam's
-    two moments and the average; a checkpoint copies them again: a lower bound). Settings that
-    are not yet valid, and layers too large in any d (--depth 2**53), are left to build, which
-    names them.
+    two moments and the average; a checkpoint copies them again: a lower bound). A network too
+    large at d = 1 is refused for its width and depth (width 20000 and depth 3 on 24 GiB passed,
+    and was killed for memory in training: build's np.zeros reserves pages it does not touch).
+    Settings that are not yet valid are left to build, which names them.
     """
     m = config["model"] if isinstance(config.get("model"), dict) else {}
     width, depth = m.get("width"), m.get("depth")
@@ -189,7 +190,14 @@ def _check_network_size(config, d):
     fixed = 2 * width + (depth - 1) * (width + 1) * width  # the parameters that do not grow with d
     params = (2 * width + 1) * d + fixed
     d_max = (memory // (copies * itemsize) - fixed) // (2 * width + 1)
-    if copies * itemsize * params > memory and d_max >= 1:  # else the layers are too large whatever d: build says so
+    if d_max < 1:  # too large whatever d: no dimension to advise
+        least = 2 * width + 1 + fixed
+        raise ValueError(f"the network of width {width} and depth {depth} is too large for this machine in any "
+                         f"dimension: at d = 1 it has {least} parameters, and training keeps {copies} arrays of as many "
+                         f"({copies * itemsize * least / 2**30:.3g} GiB of {itemsize * 8}-bit numbers), more than "
+                         f"this machine's memory ({memory / 2**30:.3g} GiB); use a narrower or shallower network "
+                         "(--width, --depth)")
+    if copies * itemsize * params > memory:
         raise ValueError(f"target {config['target']} has d = {d}, too large for this machine: the network of width "
                          f"{width} and depth {depth} has {params} parameters, and training keeps {copies} arrays "
                          f"of as many ({copies * itemsize * params / 2**30:.3g} GiB of {itemsize * 8}-bit numbers), "

@@ -1419,9 +1419,18 @@ def test_a_report_path_that_names_no_regular_file_is_refused_before_the_work(tmp
     assert not (tmp_path / "nosuch").exists()
 
 
-def test_out_of_memory_for_the_layers_names_depth(tmp_path, capsys):
+def test_out_of_memory_for_the_layers_names_depth(tmp_path, capsys, monkeypatch):
     """`train --depth 2**53` ran out of memory building the layer widths and was told to use a
-    smaller --n, --width or --batch-size: not the option that asked for it."""
+    smaller --n, --width or --batch-size: not the option that asked for it. The network's size
+    check refuses it first (naming width and depth); where the machine's memory is unknown, the
+    MemoryError names --depth."""
+    from sgm_ref import _validation
+    for command in ("train", "demo"):
+        status, _, err = _main([command, tmp_path / "r", "--depth", 2**53, "--steps", "1"], capsys)
+        assert status == 2 and err.startswith(f"sgm-ref: error: the network of width 128 and depth {2**53} is too "
+                                              "large for this machine in any dimension") and "--depth" in err, err
+        assert not (tmp_path / "r").exists()
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: None)
     for command in ("train", "demo"):
         status, _, err = _main([command, tmp_path / "r", "--depth", 2**53, "--steps", "1"], capsys)
         assert status == 2 and err.startswith("sgm-ref: error: out of memory: use a smaller ") and "--depth" in err, err

@@ -1182,6 +1182,28 @@ def test_the_network_s_size_is_refused_before_the_target_and_its_record_are_buil
     assert make_config({"target": f"gmm:d={d_max},k=2,radius=1", "model": {"depth": 1}, "data": {"n": 2}})  # fits
 
 
+def test_a_network_too_large_in_any_dimension_is_refused_for_its_width_and_depth(monkeypatch):
+    """Width 20000 and depth 3 on 24 GiB (here width 1000 on 16 MiB) passed make_config: the size
+    check left "layers too large in any d" to build, whose np.zeros reserves pages it does not
+    touch, and training was then killed for memory (a review). It is refused naming width and
+    depth, with a lower bound of the built network's parameters at d = 1."""
+    from sgm_ref import _validation
+    from sgm_ref.nn import MLP
+
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: 2**24)
+    with pytest.raises(ValueError, match=r"^the network of width 1000 and depth 3 is too large for this machine in "
+                                         r"any dimension: at d = 1 it has (\d+) parameters, and training keeps 5 "
+                                         r"arrays of as many \(0.0747 GiB of 64-bit numbers\), more than this "
+                                         r"machine's memory \(0.0156 GiB\); use a narrower or shallower network "
+                                         r"\(--width, --depth\)$") as refused:
+        make_config({"model": {"width": 1000, "depth": 3}})
+    least = int(re.search(r"it has (\d+) parameters", str(refused.value)).group(1))
+    built = MLP(1, [1000] * 3, "silu", "log", rng=0).params.size  # make_config's default network at d = 1
+    assert least <= built < 1.01 * least and 5 * 8 * least > 2**24
+    monkeypatch.undo()
+    assert make_config({"model": {"width": 1000, "depth": 3}})  # fits this machine
+
+
 def test_the_evaluation_s_reference_count_is_asked_naming_where_it_is_set():
     """The reference points of an evaluation (config.json's "evaluate" "n") were refused only by the
     target's sampling, as "n = 10000 is too large ...; use n <= 7898", naming an option evaluate does
