@@ -853,7 +853,7 @@ def _model_remedy(folder):
         config = read_config(folder)
         trained = _interrupted_extension(folder, config)
     except ValueError:
-        trained = None
+        config = trained = None
     if trained is not None:
         # --resume trains the extension on to config.json's steps: it said "writes it again (from
         # checkpoint.npz)", of a model of other steps than the damaged one
@@ -861,6 +861,11 @@ def _model_remedy(folder):
                 f"{config['train']['steps']} steps and writes its model; `sgm-ref train {shown} --resume --steps "
                 f"{trained}` gives the extension up and writes the model of {trained} steps again (from "
                 "training_state.npz)")
+    if os.path.exists(checkpoint) and config is not None:
+        # a training under way (an extension killed after its final state, before its model): it said
+        # "writes it again (from checkpoint.npz)" of a model of other steps than the damaged one
+        return (f"`sgm-ref train {shown} --resume` finishes the training to config.json's {config['train']['steps']} "
+                "steps from checkpoint.npz and writes its model")
     source = ("from checkpoint.npz" if os.path.exists(checkpoint) else
               "from training_state.npz, the same bits" if os.path.exists(final) else
               "by training the run again from step 0")

@@ -628,3 +628,35 @@ def test_a_damaged_checkpoint_of_an_extension_names_the_finished_state(tmp_path,
     (both / "checkpoint.npz").unlink()
     with pytest.raises(RunError, match=r"give the interrupted extension up first"):
         train(both, progress=False)
+
+
+def test_a_damaged_model_beside_an_extension_killed_before_its_model_names_the_steps_it_writes(tmp_path, finished,
+                                                                                             monkeypatch):
+    """An extension to 60 killed after its final state, before its checkpoint's removal and its
+    model; then the old model.npz (30 steps) damaged: the remedy said "`--resume` writes it again
+    (from checkpoint.npz)", but it finishes the training and writes the model of 60 steps (found by
+    mutation testing). It says so, and following it gives an unbroken extension's bits."""
+    from sgm_ref.runs import load_model
+
+    run = _copy(finished, tmp_path / "run")
+    unlink = os.unlink
+
+    def killed(path, *args, **kwargs):
+        if os.fspath(path).endswith("checkpoint.npz"):
+            raise KeyboardInterrupt
+        return unlink(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "unlink", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train(run, progress=False, steps=60)
+    assert runs_module._state_step(run / "training_state.npz") == 60 and (run / "checkpoint.npz").exists()
+    _flip_in_member(run / "model.npz", "params.npy")
+    with pytest.raises(RunError, match=rf"model.npz is damaged \(.*\): `sgm-ref train {run} --resume` finishes the "
+                                       rf"training to config.json's 60 steps from checkpoint.npz and writes its "
+                                       rf"model$"):
+        load_model(run)
+    train(run, progress=False)
+    extended = _copy(finished, tmp_path / "extended")
+    train(extended, progress=False, steps=60)
+    assert (run / "model.npz").read_bytes() == (extended / "model.npz").read_bytes()
