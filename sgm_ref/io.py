@@ -167,8 +167,10 @@ def atomic_write(path, write):
 def os_error_text(exc):
     """An OSError on a user's file as one line: what went wrong, and with which file or folder."""
     what = exc.strerror or str(exc) or type(exc).__name__
-    # '' shown, not blank; a bytes name (os's calls on a bytes path) decoded as os does
-    names = [os.fsdecode(n) or "''" for n in (exc.filename, exc.filename2) if n is not None]
+    # '' shown, not blank; a bytes name (os's calls on a bytes path) decoded as os does; a file
+    # descriptor (os.stat(fd) and the like put the int there) by its number, not a TypeError
+    names = [(os.fsdecode(n) or "''") if isinstance(n, (str, bytes, os.PathLike)) else f"file descriptor {n}"
+             for n in (exc.filename, exc.filename2) if n is not None]
     if not names:
         return what
     if os.path.basename(names[0]).startswith(".tmp-"):  # an atomic write's temporary: name the folder

@@ -576,6 +576,20 @@ def test_os_error_text_of_a_bytes_file_name():
         "Invalid cross-device link: /a -> /b"
 
 
+def test_os_error_text_of_a_file_descriptor():
+    """os.stat, os.chmod and os.listdir of a file descriptor put the int in the error's filename:
+    the formatter raised TypeError ("expected str, bytes or os.PathLike object, not int") while
+    reporting the error (a review)."""
+    from sgm_ref.io import os_error_text
+
+    fd = os.open(os.devnull, os.O_RDONLY)
+    os.close(fd)
+    with pytest.raises(OSError) as raised:
+        os.stat(fd)  # closed: EBADF, with the descriptor as its filename
+    assert raised.value.filename == fd
+    assert os_error_text(raised.value) == f"Bad file descriptor: file descriptor {fd}"
+
+
 # -- atomic writes: every way a write can fail leaves the old file or the new one -----------------
 
 def test_a_path_ending_with_a_separator_is_a_value_error_and_leaves_nothing(tmp_path):
