@@ -271,9 +271,11 @@ class _Field:
         # the score at the shifted points is checked too, and its message says they are shifted
         # (a score finite at x_t may not be at x_t +- h eps)
         shifted = f"{where} at the finite-difference points x_t +- h eps of Hutchinson's J eps"
-        diff = (call_score(self.score, xs + h * e, ts, shifted) - call_score(self.score, xs - h * e, ts, shifted)) / (
-            2.0 * h)
-        return s, np.einsum("nkd,nkd->nk", eps, diff.reshape(n, m, d))
+        plus = call_score(self.score, xs + h * e, ts, shifted)
+        minus = call_score(self.score, xs - h * e, ts, shifted)  # the score under the caller's settings
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow is named by the caller (rates)
+            diff = (plus - minus) / (2.0 * h)
+            return s, np.einsum("nkd,nkd->nk", eps, diff.reshape(n, m, d))
 
 
 _REAL = "any float or integer dtype, read as float64"
@@ -452,7 +454,9 @@ def log_prob(score, process, x, t0, T, *, divergence="exact", probes=None, n_pro
     if T > process.t_max:
         raise ValueError(f"T must be <= {process.t_max!r} (the horizon of {process!r}), got {T!r}")
     try:  # the pointwise functions refuse a value beyond float64 themselves, naming their "t"
-        usable = bool(np.isfinite(process.g2(T)) and process.sigma2(T) > 0)
+        # (sigma_T^2 may underflow where sigma_T does not, EDM at T = 1e-170: the prior is computed from
+        # sigma_T then, as prior_log_prob does; "sigma_T^2 > 0" here had called that T "too large")
+        usable = bool(np.isfinite(process.g2(T)) and np.isfinite(process.sigma2(T)))
     except ValueError:
         usable = False
     if not usable:

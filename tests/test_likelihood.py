@@ -988,3 +988,37 @@ def test_the_finite_difference_step_is_absolute_and_biased_where_the_score_turns
         off[scale] = np.abs(fd.log_q - exact.log_q)
     assert np.all(off[1.0] < 3e-8), off[1.0]
     np.testing.assert_allclose(off[1e-6], [0.23, 4.97, 0.011], rtol=0.05)
+
+
+def test_a_T_whose_sigma_squared_underflows_is_not_called_too_large():
+    """EDM at T = 1e-170: sigma_T^2 = 1e-340 underflows to 0 while sigma_T does not. log_prob
+    refused it as "too large: its coefficients overflow" (found by mutation testing), though
+    prior_log_prob takes it (from sigma_T) and T = 1e-155 was accepted. At x = 0 the flow does
+    not move in float64 and log q is the prior's log N(0; 0, T^2), here against 40-digit mpmath."""
+    import mpmath
+
+    target = GaussianMixture([1.0], [[0.0]], [[1.0]])
+    for T in (1e-155, 1e-170, 1e-300, 5e-324):
+        result = log_prob(target, EDM(), np.zeros((1, 1)), 0.0, T)
+        with mpmath.workdps(40):
+            exact = -mpmath.log(2 * mpmath.pi) / 2 - mpmath.log(mpmath.mpf(T))
+        assert abs(result.log_q[0] - float(exact)) <= 4e-16 * abs(float(exact)), T
+        assert result.prior[0] == prior_log_prob(EDM(), np.zeros((1, 1)), T)[0]
+
+
+def test_an_overflowing_finite_difference_is_its_message_not_a_warning():
+    """Hutchinson's finite difference s(x + h eps) - s(x - h eps) of a score of +-1e308 overflows:
+    the subtraction warned "overflow encountered in subtract" before the refusal, and under
+    warnings as errors the caller got the RuntimeWarning, not the message that names it (found by
+    mutation testing)."""
+    import warnings
+
+    def score(y, t):
+        return np.where(y > 0.5, 1e308, -1e308)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"the score's divergence \(Hutchinson's eps\^T J eps\) at t = 0.1 "
+                                             r"overflows float64"):
+            log_prob(score, OU(), np.array([[0.5, -0.25], [1.0, 2.0]]), 0.1, 1.0, divergence="hutchinson",
+                     rng=np.random.default_rng(0), solver="heun", n_steps=2)
