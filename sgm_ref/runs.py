@@ -193,8 +193,8 @@ def _check_network_size(config, d):
     if d_max < 1:  # too large whatever d: no dimension to advise
         least = 2 * width + 1 + fixed
         raise ValueError(f"the network of width {width} and depth {depth} is too large for this machine in any "
-                         f"dimension: at d = 1 it has {least} parameters, and training keeps {copies} arrays of as many "
-                         f"({copies * itemsize * least / 2**30:.3g} GiB of {itemsize * 8}-bit numbers), more than "
+                         f"dimension: at d = 1 it has {least} parameters, and training keeps {copies} arrays of as "
+                         f"many ({copies * itemsize * least / 2**30:.3g} GiB of {itemsize * 8}-bit numbers), more than "
                          f"this machine's memory ({memory / 2**30:.3g} GiB); use a narrower or shallower network "
                          "(--width, --depth)")
     if copies * itemsize * params > memory:
@@ -775,9 +775,11 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
             # a damaged directory entry that swallows the member read as a state of an older version
             raise ValueError("it records its run digest but not its thread counts (a damaged archive)")
         if saved_digest is not None and saved_digest != digest:
+            # each cause with its own fix: with config.json edited, removing the file does not help (the
+            # run's other files were written under the old settings too: a review)
             raise RunError(f"{what} {path} was written for other settings than config.json's (target, seed, network "
-                           "or training): another run's file, or config.json edited since; restore config.json, "
-                           f"or {remedy()}")
+                           "or training): another run's file, or config.json edited since; if config.json was "
+                           f"edited, restore it; if the file is another run's, {remedy()}")
         built = optimizer.state_dict()
         settings = ("lr", "beta1", "beta2", "eps", "weight_decay", "clip_norm", "ema_decay", "ema_warmup")
         for key in settings + ("step_count",):  # compared below: an array's comparison has no truth value
@@ -787,7 +789,8 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
                    if (key in arrays) != (key in built) or key in built and arrays[key] != built[key]]
         if changed:  # an intact file (of a version without the digest, or edited): not "unreadable"
             raise RunError(f"{what} {path} has optimiser settings ({', '.join(changed)}) other than config.json's: "
-                           f"config.json edited since it was written, or the file; restore config.json, or {remedy()}")
+                           "config.json edited since it was written, or the file; if config.json was edited, restore "
+                           f"it; if the file was, {remedy()}")
         if "step_count" in arrays and arrays["step_count"] != step:
             raise ValueError(f"it is inconsistent: step {step}, optimiser step count {arrays['step_count'].tolist()!r}")
         rng.bit_generator.state = state
@@ -1081,8 +1084,7 @@ def _state_remedy(folder, config, source, extending):
         if step is None:
             return ("remove it; training_state.npz beside it is unreadable as well (`sgm-ref train "
                     f"{shown} --resume` then names what to do about it)")
-        return (f"remove it: `sgm-ref train {shown} --resume` then goes on from training_state.npz, the finished "
-                f"run's state at step {step}")
+        return f"remove it: `sgm-ref train {shown} --resume` then goes on from training_state.npz (step {step})"
     model = _path(folder, "model.npz")
     trained = _model_steps(model) if os.path.exists(model) else None
     if trained is None or _archive_damage(model) is not None:  # the state was to write it again (finished_steps)

@@ -70,14 +70,17 @@ def test_config_edited_between_a_kill_and_the_resume_is_refused(tmp_path, finish
     os.replace(run / "training_state.npz", run / "checkpoint.npz")
     (run / "model.npz").unlink()
     _edit_config(run, "train", steps=60, lr=1e-5, batch_size=8)
-    with pytest.raises(RunError, match=r"checkpoint .* was written for other settings than config.json's"):
+    # each cause beside its own fix: removing the file would not help an edited config.json (a review)
+    with pytest.raises(RunError, match=r"checkpoint .* was written for other settings than config.json's .*: "
+                                       r"another run's file, or config.json edited since; if config.json was edited, "
+                                       r"restore it; if the file is another run's, remove it"):
         train(run, progress=False)
 
 
 @pytest.mark.parametrize("replace, match", [
     ({"lr": np.float64(5.0)}, r"training state .* has optimiser settings \(lr\) other than config.json's: "
-                              r"config.json edited since it was written, or the file; restore config.json, or "
-                              r"remove it"),
+                              r"config.json edited since it was written, or the file; if config.json was edited, "
+                              r"restore it; if the file was, remove it"),
     ({"beta2": np.float64(0.9)}, r"has optimiser settings \(beta2\) other than config.json's"),
     ({"step_count": np.int64(29)}, r"training state .* is unreadable \(it is inconsistent: step 30, optimiser "
                                    r"step count 29"),
@@ -101,7 +104,8 @@ def test_a_state_without_a_digest_under_an_edited_config_names_config_json(tmp_p
     (run / "model.npz").unlink()
     _edit_config(run, "train", steps=60, lr=1e-5)
     with pytest.raises(RunError, match=r"checkpoint .* has optimiser settings \(lr\) other than config.json's: "
-                                       r"config.json edited since it was written, or the file; restore config.json"):
+                                       r"config.json edited since it was written, or the file; if config.json was "
+                                       r"edited, restore it"):
         train(run, progress=False)
 
 
@@ -611,8 +615,7 @@ def test_a_damaged_checkpoint_of_an_extension_names_the_finished_state(tmp_path,
     checkpoint = run / "checkpoint.npz"
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
     with pytest.raises(RunError, match=rf"checkpoint .*checkpoint.npz is unreadable .*; remove it: `sgm-ref train "
-                                       rf"{run} --resume` then goes on from training_state.npz, the finished run's "
-                                       rf"state at step 30$"):
+                                       rf"{run} --resume` then goes on from training_state.npz \(step 30\)$"):
         train(run, progress=False)
     both = _copy(run, tmp_path / "both")
     checkpoint.unlink()
