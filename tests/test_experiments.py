@@ -913,6 +913,15 @@ def test_settings_of_numbers_no_cell_computes_with_are_refused():
             run_cell({"family": "mixture", "d": 2, "n": 40, "seed": 0, "settings": {**TINY, key: value}})
     rate.check_settings({**TINY, "t0": np.float32(0.01), "lr": np.float64(2e-3), "ema_decay": 0, "T": 3,
                          "weight_decay_times_n": np.int64(5)})
+    # a longdouble wider than float64 (x86's 80 bits) was checked in its own precision and used in
+    # float64: ema_decay 1 - 2**-60 passed [0, 1) and was 1.0 in every cell's Adam (a review)
+    assert np.finfo(np.longdouble).nmant > 52, "this check needs an extended longdouble (x86)"
+    for key, value, near in (("ema_decay", np.longdouble(1) - np.longdouble(2) ** -60, "1.0"),
+                             ("t0", np.longdouble("1e-4000"), "0.0"), ("lr", np.longdouble("1e309"), "inf")):
+        with pytest.raises(ValueError, match=re.escape(f"settings[{key!r}] = {value!r} is not a float64 number (a cell "
+                                                       f"computes in float64, where it is {near}); pass a float")):
+            rate.check_settings({**TINY, key: value})
+    rate.check_settings({**TINY, "t0": np.longdouble(0.01), "ema_decay": np.longdouble(0.5)})  # float64's exactly
 
 
 def _mixture_1d_per_t_error(t, weights, means, score_of_g):

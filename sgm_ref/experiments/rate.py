@@ -439,6 +439,12 @@ def check_settings(settings, name="settings"):
     # epochs 0 with min_steps >= 1 trains min_steps steps (max(min_steps, epochs n / batch_size))
     # (Adam's lr and ema_decay, and the cosine's lr_final too: lr 0 or "2e-3", ema_decay 1.5 or
     # lr_final 1 made every cell a failed row, and the folder then refused the corrected settings)
+    for key, v in settings.items():  # before the ranges, which a longdouble passes that its float64 does not
+        if isinstance(v, np.floating) and v.dtype.itemsize > 8 and not _plain_real(v):
+            with np.errstate(over="ignore"):
+                near = float(v)
+            raise ValueError(f"{name}[{key!r}] = {v!r} is not a float64 number (a cell computes in float64, where it "
+                             f"is {near!r}); pass a float")
     reals = [("t0", 0.0), ("T", 0.0), ("schedule_n_ref", 0.0), ("weight_decay_times_n", None), ("lr", 0.0)]
     reals += [("epochs", None)] if settings.get("steps") is None else []
     for key, above in reals:
@@ -468,8 +474,15 @@ def check_settings(settings, name="settings"):
 def _plain_real(v):
     """An int or a float (Python's or NumPy's), not a bool: the numbers a cell computes with (a
     Fraction, a Real too, passed here and failed every cell: "t must be a real number or an array
-    of float64, ...", Adam's "ema_decay must be a real number")."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+    of float64, ...", Adam's "ema_decay must be a real number"). A NumPy float wider than float64
+    (longdouble) only where float64 holds it exactly: a cell computes in float64, and
+    ema_decay = 1 - 2**-60 in longdouble passed [0, 1) here and was 1.0 there (a review)."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+        return False
+    if isinstance(v, np.floating) and v.dtype.itemsize > 8:
+        with np.errstate(over="ignore"):
+            return bool(np.float64(v) == v)
+    return True
 
 
 def _within_float(v):
