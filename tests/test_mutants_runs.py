@@ -21,26 +21,16 @@ from sgm_ref.runs import (RunError, check_total_steps, create, finished_steps, l
                           restore_history, train)
 from sgm_ref.samplers import time_grid
 from sgm_ref.targets.spec import from_spec
-
-SMALL = {"data": {"n": 500}, "model": {"width": 16, "depth": 2}, "train": {"steps": 30, "checkpoint_every": 10},
-         "sample": {"n": 50, "n_steps": 10}}
+from test_run_integrity import SMALL, _copy
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished 30-step run (copied by the tests that change it)."""
+    """test_run_integrity's finished 30-step run, made again for this module."""
     run = tmp_path_factory.mktemp("finished") / "run"
     create(run, make_config(SMALL))
     train(run, progress=False)
     return run
-
-
-def _copy(run, to):
-    to.mkdir()
-    for p in run.iterdir():
-        if p.is_file() and p.name != ".lock":
-            (to / p.name).write_bytes(p.read_bytes())
-    return to
 
 
 def _edit_config(run, section=None, **values):
