@@ -570,16 +570,18 @@ def test_gaussian_kl_of_covariances_whose_double_overflows():
     assert gaussian_kl(np.zeros(2), C, np.zeros(2), C) == 0.0
 
 
-def _limit_in_mpmath(m, lam, process, T, t0, method):
-    """sampler_limit_gaussian's docstring forms in 50-digit mpmath, from the process's float64
-    coefficients (integrated_beta on a variance-preserving process, alpha and sigma^2 otherwise)."""
+def _limit_in_mpmath(m, lam, process, T, t0, method, digits=50, B=None):
+    """sampler_limit_gaussian's docstring forms in mpmath, from the process's float64 coefficients
+    (integrated_beta on a variance-preserving process, or B(t) in mpmath where given; alpha and
+    sigma^2 otherwise). The forms cancel where lam is huge: enough digits for it."""
     import mpmath
 
     from sgm_ref.processes import VariancePreserving
 
-    with mpmath.workdps(50):
+    with mpmath.workdps(digits):
         if isinstance(process, VariancePreserving):
-            B0, BT = (mpmath.mpf(float(b)) for b in process.integrated_beta(np.array([t0, T])))
+            B0, BT = ((B(mpmath.mpf(t0)), B(mpmath.mpf(T))) if B is not None else
+                      (mpmath.mpf(float(b)) for b in process.integrated_beta(np.array([t0, T]))))
             a0, aT, s0, sT = mpmath.exp(-B0 / 2), mpmath.exp(-BT / 2), -mpmath.expm1(-B0), -mpmath.expm1(-BT)
             start = 1  # started from N(0, I)
         else:
@@ -609,3 +611,15 @@ def test_the_limit_law_of_a_wide_target_matches_mpmath(method):
             mean, cov = sampler_limit_gaussian([1.5], [[lam]], process, T, t0, method)
             mu, q = _limit_in_mpmath(1.5, lam, process, T, t0, method)
             assert abs(mean[0] - mu) <= 1e-15 * abs(mu) and abs(cov[0, 0] - q) <= 1e-15 * q, (process, lam)
+    # sigma_T^2 / v_T underflowing (a review): q was 0 where it is 2e-200 (1e-200 by the ODE)
+    mean, cov = sampler_limit_gaussian([1.5], [[1e300]], FlowMatching(), 1e-100, 1e-200, method)
+    mu, q = _limit_in_mpmath(1.5, 1e300, FlowMatching(), 1e-100, 1e-200, method, digits=700)
+    assert abs(mean[0] - mu) <= 1e-15 * abs(mu) and abs(cov[0, 0] - q) <= 1e-15 * q
+    # T one ulp past t0 on VP: B(T) - B(t0) of two rounded integrals put mu 20% off; the integral
+    # between them keeps it (B(t) = beta_min t + (beta_max - beta_min) t^2 / 2 in mpmath, exact in t)
+    vp, t0 = VP(), 0.5
+    T = float(np.nextafter(t0, 1.0))
+    mean, cov = sampler_limit_gaussian([1.5], [[2.0]], vp, T, t0, method)
+    mu, q = _limit_in_mpmath(1.5, 2.0, vp, T, t0, method,
+                             B=lambda t: vp.beta_min * t + (vp.beta_max - vp.beta_min) * t**2 / 2)
+    assert abs(mean[0] - mu) <= 1e-15 * abs(mu) and abs(cov[0, 0] - q) <= 1e-15 * q

@@ -211,8 +211,12 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     with v_T / sigma_T^2 and v_t0 / v_T formed on sigma_T's scale where sigma_T^2 is beyond
     float64 (EDM at T = 1e200: the limit is then p_t0's own moments to rounding). The forms
     above are evaluated multiplied out, without their subtractions of nearly equal terms where
-    lam is large (OU, lam = 1e10: they lost 8e-7 relative in q and 4e-2 in mu at lam = 1e14;
-    now within 5e-16 of 50-digit mpmath on every process).
+    lam is large (OU at T = 0.1, t0 = 0.01: q lost 8e-7 relative at lam = 1e10, the ODE's mean
+    0.1 at lam = 1e14), and on a variance-preserving process with the integral of beta from t0
+    to T taken whole: within 5e-16 of the forms in mpmath (from the process's float64
+    coefficients) for lam from 1e-300 to 1e300 on every process, but for T within a relative
+    1e-9 or so of t0 on the other processes, where sigma_T^2 - (alpha_T / alpha_t0)^2 sigma_t0^2
+    cancels (SubVP, T = t0 (1 + 1e-12): 2e-5 in mu).
 
     Parameters
     ----------
@@ -251,10 +255,12 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     alpha0, alphaT = np.exp(-0.5 * B0), np.exp(-0.5 * BT)
     v0 = alpha0**2 * lam - np.expm1(-B0)
     vT = alphaT**2 * lam - np.expm1(-BT)
-    # on the scale v_t = alpha_t^2 (lam - 1) + 1: "sigma_t^2" 1 and alpha_t^2 (lam - 1) beside it
-    decay = np.exp(-0.5 * (BT - B0))  # alpha_T / alpha_0
+    # on the scale v_t = alpha_t^2 (lam - 1) + 1: "sigma_t^2" 1 and alpha_t^2 (lam - 1) beside it; the
+    # integral from t0 to T without the cancellation of B(T) - B(t0) (T within ulps of t0: 20% in mu)
+    between = float(process.integrated_beta_between(T, t0))
+    decay = np.exp(-0.5 * between)  # alpha_T / alpha_0
     return _limit_from(m_eig, U, method, alpha0, decay, decay * v0 / vT, v0, vT, alphaT**2 * (lam - 1.0), 1.0, 1.0,
-                       -np.expm1(-(BT - B0)))
+                       -np.expm1(-between))
 
 
 def _limit_from(m_eig, U, method, alpha0, decay, ratio, v0, vT, excess, s20, s2T, spread):
@@ -267,19 +273,21 @@ def _limit_from(m_eig, U, method, alpha0, decay, ratio, v0, vT, excess, s20, s2T
     terms where lam is large (OU, lam = 1e10, T = 0.1, t0 = 0.01: 8e-7 relative in q, more in
     mu). Multiplied out, with gap = spread / v_T = 1 - r v_0 / v_T (in [0, 1]),
 
-        SDE:  mu = alpha_0 mt gap,    q = v_0 (s2_T / v_T) ((excess_T / v_T) (2 - r s2_0 / s2_T) + s2_T / v_T)
+        SDE:  mu = alpha_0 mt gap,    q = (v_0 / v_T) s2_T ((excess_T / v_T) (2 - r s2_0 / s2_T) + s2_T / v_T)
         ODE:  mu = alpha_0 mt gap / (1 + decay sqrt(v_0 / v_T)),    q = v_0 s2_T / v_T
 
-    every term >= 0 and the brackets at most 3. Where excess_T < 0 (lam < 1 on a variance-
-    preserving process) the docstring's q = v_0 - excess_T ratio^2 adds, and is kept.
+    every term >= 0 and the SDE's bracket at most 2 (excess_T / v_T + s2_T / v_T = 1); v_0 / v_T
+    is formed first (s2_T / v_T underflows where sigma_T^2 is tiny and lam huge). Where
+    excess_T < 0 (lam < 1 on a variance-preserving process) the docstring's
+    q = v_0 - excess_T ratio^2 adds, and is kept.
     """
     gap = spread / vT
     if method == "probability_flow":
         mu = alpha0 * m_eig * (gap / (1.0 + decay * np.sqrt(v0 / vT)))  # sqrt(1 - gap), not from gap
-        return _from_eigen(U, mu, v0 * (s2T / vT))
+        return _from_eigen(U, mu, (v0 / vT) * s2T)
     mu = alpha0 * m_eig * gap
     s_ratio = s20 / s2T if s2T > 0 else 0.0  # s2_0 <= s2_T: both 0 where sigma_T^2 underflows
-    grown = v0 * (s2T / vT) * ((excess / vT) * (2.0 - decay**2 * s_ratio) + s2T / vT)
+    grown = (v0 / vT) * s2T * ((excess / vT) * (2.0 - decay**2 * s_ratio) + s2T / vT)
     q = np.where(excess >= 0, grown, v0 - excess * ratio**2)
     return _from_eigen(U, mu, q)
 
