@@ -1039,7 +1039,7 @@ def train(folder, progress=None, steps=None, log=None):
             config = update_section(config, "train", {"steps": int(steps)})
             write_json(_path(folder, "config.json"), config)
         try:
-            return _train(folder, config, source, progress, log, extending)
+            return _train(folder, config, source, progress, log, configured)
         except Exception:
             # back to the finished run it was, unless the new final state is already written
             # (then the extension is complete but for its model: --resume writes it); also when
@@ -1064,15 +1064,16 @@ def _state_step(path):
         return None
 
 
-def _state_remedy(folder, config, source, extending):
+def _state_remedy(folder, source, configured):
     """What to do about an unreadable checkpoint or training state (source): the remedy that
     _load_state's refusal names, for each way the run can stand.
 
-    A checkpoint: removed, training restarts from step 0, or goes on from the finished run's
-    training_state.npz when the checkpoint was an extension's. A final state beside a whole
-    model.npz: removed, the model stays usable but the run cannot be extended -- unless an earlier
-    extension of it was interrupted (config.json asks for more steps than the model's, and this
-    call does not roll it back): then --steps k gives the extension up first, or the state removed,
+    A checkpoint: removed, training restarts from step 0, or goes on from training_state.npz
+    when there is one (the checkpoint was an extension's). A final state beside a whole
+    model.npz: removed, the model stays usable but the run cannot be extended -- unless an
+    extension of it was interrupted (config.json asks for more steps than the model's, as it
+    will after this call: `configured`, the steps before this call's own extension, which a
+    failure rolls back): then --steps k gives the extension up first, or the state removed,
     --resume trains the extension's run from step 0 (a new model). Beside a model.npz missing or
     damaged: removed, --resume trains the run again from step 0."""
     checkpoint, final = _states(folder)
@@ -1090,8 +1091,8 @@ def _state_remedy(folder, config, source, extending):
     if trained is None or _archive_damage(model) is not None:  # the state was to write it again (finished_steps)
         return (f"remove {os.path.basename(source)} (model.npz is missing or damaged as well): `sgm-ref train "
                 f"{shown} --resume` would then train the run again from step 0 under config.json's settings")
-    steps = config["train"]["steps"]
-    if extending or trained >= steps:  # a finished run (this call's extension is rolled back on failure)
+    steps = configured
+    if trained >= steps:  # a finished run
         return "remove it (the run's model.npz stays usable, but the run can no longer be extended)"
     # an interrupted extension from trained to steps: removed now, --resume would train the extension's
     # run from step 0 over model.npz, and --steps trained would no longer be accepted (nothing records
@@ -1102,7 +1103,7 @@ def _state_remedy(folder, config, source, extending):
             "(a new model.npz)")
 
 
-def _train(folder, config, source, progress, log, extending=False):
+def _train(folder, config, source, progress, log, configured):
     rngs = streams(config["seed"])
     target, process, model = build(config, rngs["init"])
     t = config["train"]
@@ -1114,7 +1115,7 @@ def _train(folder, config, source, progress, log, extending=False):
     start, history = 0, None
     if source is not None:
         def remedy():
-            return _state_remedy(folder, config, source, extending)
+            return _state_remedy(folder, source, configured)
 
         what = "checkpoint" if source == checkpoint else "training state"
         start, history, saved = _load_state(source, what, optimizer, rng, remedy, _run_digest(config))

@@ -588,6 +588,10 @@ def test_a_damaged_state_beside_an_interrupted_extension_names_both_ways_on(tmp_
         f"; give the interrupted extension up first with `sgm-ref train {run} --resume --steps 30`, then remove "
         f"it: the model of 30 steps stays usable, but the run can no longer be extended; or remove it now, and "
         f"`sgm-ref train {run} --resume` trains the run for its 60 steps from step 0 (a new model.npz)")
+    # a further extension (--steps 90) fails the same way and is rolled back to the interrupted one's 60
+    with pytest.raises(RunError) as again:
+        train(run, progress=False, steps=90)
+    assert str(again.value) == str(refused.value) and read_config(run)["train"]["steps"] == 60
     # the first way: given up, the state still refused, now as a finished run's, and removed
     with pytest.raises(RunError, match=r"remove it \(the run's model.npz stays usable, but the run can no longer "
                                        r"be extended\)$"):
