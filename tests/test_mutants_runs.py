@@ -21,34 +21,17 @@ from sgm_ref.runs import (RunError, check_total_steps, create, finished_steps, l
                           restore_history, train)
 from sgm_ref.samplers import time_grid
 from sgm_ref.targets.spec import from_spec
+import test_run_integrity
 from test_run_integrity import SMALL, _copy
+from test_runs import _interrupt_extension  # Ctrl-C in `train --resume --steps 60` after a checkpoint at 40
 
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """test_run_integrity's finished 30-step run, made again for this module."""
-    run = tmp_path_factory.mktemp("finished") / "run"
-    create(run, make_config(SMALL))
-    train(run, progress=False)
-    return run
+finished = test_run_integrity.finished  # its module-scoped fixture: a finished 30-step run, made for this module
 
 
 def _edit_config(run, section=None, **values):
     config = json.loads((run / "config.json").read_text())
     (config[section] if section else config).update(values)
     (run / "config.json").write_text(json.dumps(config))
-
-
-def _interrupt_extension(run, monkeypatch, steps=60):
-    """Ctrl-C in `train --resume --steps 60` after its checkpoint at step 40."""
-    def interrupted(model, data, *, callback, optimizer, history, **kwargs):
-        callback(40, model, optimizer, history)
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(runs_module, "fit", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            train(run, progress=False, steps=steps)
 
 
 # -- the configuration's bounds ---------------------------------------------------------------
@@ -142,18 +125,10 @@ def test_a_blas_count_of_zero_in_the_environment_is_the_default(monkeypatch):
     """thread_counts without threadpoolctl and without an OpenBLAS found: a variable of 0 (or below) is
     ignored as OpenBLAS ignores it, and the default of one thread per available core is recorded.
     Mutant survived: the `blas < 1` fallback dropped (0 threads recorded)."""
-    import builtins
-
     from sgm_ref import _threads
+    from test_runs import _without_threadpoolctl
 
-    real_import = builtins.__import__
-
-    def no_threadpoolctl(name, *args, **kwargs):
-        if name == "threadpoolctl":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+    _without_threadpoolctl(monkeypatch)
     monkeypatch.setattr(_threads, "blas_threads", lambda: [])
     for name in ("GOTO_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)

@@ -667,7 +667,8 @@ def test_thread_counts_are_recorded_and_a_change_is_said_once(tmp_path, monkeypa
         train(run, progress=False, steps=55)
 
 
-def test_thread_counts_read_the_environment_without_threadpoolctl(monkeypatch):
+def _without_threadpoolctl(monkeypatch):
+    """Make `import threadpoolctl` fail, as where it is not installed."""
     import builtins
 
     real_import = builtins.__import__
@@ -678,6 +679,10 @@ def test_thread_counts_read_the_environment_without_threadpoolctl(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_threadpoolctl)
+
+
+def test_thread_counts_read_the_environment_without_threadpoolctl(monkeypatch):
+    _without_threadpoolctl(monkeypatch)
     # the live counts of the OpenBLAS loaded come first: set_threads (--threads) changes them
     # after the environment was read, which recorded 2 for a run trained on 1
     import numba
