@@ -213,10 +213,13 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     above are evaluated multiplied out, without their subtractions of nearly equal terms where
     lam is large (OU at T = 0.1, t0 = 0.01: q lost 8e-7 relative at lam = 1e10, the ODE's mean
     0.1 at lam = 1e14), and on a variance-preserving process with the integral of beta from t0
-    to T taken whole: within 5e-16 of the forms in mpmath (from the process's float64
-    coefficients) for lam from 1e-300 to 1e300 on every process, but for T within a relative
-    1e-9 or so of t0 on the other processes, where sigma_T^2 - (alpha_T / alpha_t0)^2 sigma_t0^2
-    cancels (SubVP, T = t0 (1 + 1e-12): 2e-5 in mu).
+    to T taken whole, and on the other processes sigma_T^2 - (alpha_T / alpha_t0)^2 sigma_t0^2, where
+    it cancels (T near t0), as the forward transition's variance from t0 to T (each process's
+    exponential-integrator step): within 5e-16 of the forms in mpmath from the process's float64
+    coefficients for lam from 1e-300 to 1e300 on every process, and for T from one ulp to 1e-6
+    relative past t0 (where those forms cancel in the rounded coefficients themselves) within 2e-15
+    of them from the process's exact coefficients (VE's sigma_t0^2 is itself 1.6e-15 from exact);
+    a mean below float64's normal range (lam = 1e300, T an ulp past t0) to its subnormal spacing.
 
     Parameters
     ----------
@@ -311,8 +314,14 @@ def _limit_any_process(m_eig, lam, U, process, T, t0, method):
         return _from_eigen(U, mu, q)
     v0, vT = alpha0**2 * lam + s20, alphaT**2 * lam + s2T
     decay = alphaT / alpha0
+    spread = s2T - decay**2 * s20
+    if decay**2 * s20 > 0.5 * s2T:
+        # T near t0: the difference cancels (SubVP, T = t0 (1 + 1e-12): 2e-5 in mu). It is the forward
+        # transition's variance from t0 to T, int (alpha_T / alpha_t)^2 g^2 dt = decay^2 _ei_c2, which
+        # each process has in a form without the cancellation (the exponential integrator's step)
+        spread = decay * (decay * float(process._ei_c2(np.float64(T), np.float64(t0))))
     return _limit_from(m_eig, U, method, alpha0, decay, decay * (v0 / vT), v0, vT, alphaT**2 * lam, float(s20),
-                       float(s2T), s2T - decay**2 * s20)
+                       float(s2T), spread)
 
 
 # -- divergences between Gaussians ---------------------------------------------------------------
