@@ -705,8 +705,18 @@ def thread_counts():
     return {"blas": blas, "numba": int(numba.get_num_threads())}
 
 
+def _is_thread_counts(counts):
+    """Whether counts is a record as thread_counts() returns it: {"blas": n or None, "numba": n}."""
+    def count(n):
+        return isinstance(n, int) and not isinstance(n, bool) and n >= 1
+
+    return (isinstance(counts, dict) and set(counts) == {"blas", "numba"} and count(counts["numba"])
+            and (counts["blas"] is None or count(counts["blas"])))
+
+
 def _threads_text(counts):
-    return f"{counts.get('blas', '?')} BLAS and {counts.get('numba', '?')} numba threads"
+    blas, count = counts.get("blas"), counts.get("numba")  # blas None: threadpoolctl found no BLAS
+    return f"{'?' if blas is None else blas} BLAS and {'?' if count is None else count} numba threads"
 
 
 def _same_threads_hint(saved):
@@ -774,6 +784,11 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
             # every version that records the run digest records the thread counts (since 2026-12-02):
             # a damaged directory entry that swallows the member read as a state of an older version
             raise ValueError("it records its run digest but not its thread counts (a damaged archive)")
+        if threads is not None and not _is_thread_counts(threads):
+            # what thread_counts() writes; anything else was read as "no counts" and the resume's note
+            # on other counts was silently dropped
+            raise ValueError(f"its thread counts must be {{'blas': n, 'numba': n}} with counts >= 1 (blas may be "
+                             f"null), got {threads!r} (a damaged archive)")
         if saved_digest is not None and saved_digest != digest:
             # each cause with its own fix: with config.json edited, removing the file does not help (the
             # run's other files were written under the old settings too: a review)
@@ -801,7 +816,7 @@ def _load_state(path, what, optimizer, rng, remedy, digest):
         raise
     except _READ_ERRORS + (TypeError, AttributeError, OverflowError, zlib.error) as exc:
         raise unreadable(read_error_text(exc)) from None  # OverflowError: a number of rng_state beyond its integers' range
-    return step, History(loss=loss.tolist()), threads if isinstance(threads, dict) else None
+    return step, History(loss=loss.tolist()), threads
 
 
 def _states(folder):

@@ -447,6 +447,29 @@ def test_a_state_that_lost_its_thread_counts_is_damaged_not_an_older_version(tmp
         train(run, progress=False, steps=40)
 
 
+@pytest.mark.parametrize("record", ['[1, 2]', '"2"', '{"blas": 2}', '{"blas": 2, "numba": 0}',
+                                    '{"blas": true, "numba": 2}', '{"blas": 2.0, "numba": 2}'])
+def test_a_thread_count_record_of_another_form_is_a_damaged_archive(tmp_path, finished, record):
+    """A record that is not thread_counts()' {"blas": n, "numba": n} was read as "no counts": the
+    resume went on without its note that other counts may change the last bits."""
+    run = _copy(finished, tmp_path / "run")
+    _rewrite_npz(run / "training_state.npz", threads=np.array(record))
+    with pytest.raises(RunError, match=r"training state .* is unreadable \(its thread counts must be "
+                                       r"\{'blas': n, 'numba': n\} with counts >= 1 \(blas may be null\), got .* "
+                                       r"\(a damaged archive\)\)"):
+        train(run, progress=False, steps=40)
+
+
+def test_a_thread_count_record_with_blas_unknown_is_taken(tmp_path, finished):
+    """blas is null where threadpoolctl finds no BLAS: that record is thread_counts()' own, and the
+    resume's note shows it as "?" (it printed "None BLAS")."""
+    run = _copy(finished, tmp_path / "run")
+    _rewrite_npz(run / "training_state.npz", threads=np.array('{"blas": null, "numba": 1}'))
+    with pytest.warns(UserWarning, match=r"written with \? BLAS and 1 numba threads, this process has \d+ BLAS "
+                                         r"and \d+ numba threads: .* OPENBLAS_NUM_THREADS=\? and NUMBA_NUM_THREADS=1"):
+        train(run, progress=False, steps=32)
+
+
 def test_a_samples_file_whose_magic_is_damaged_is_not_called_pickled_data(tmp_path, finished):
     """A flipped bit of samples.npy's magic made NumPy take it for a pickle and advise loading it
     "unsafely" with allow_pickle, for a file sgm_ref wrote."""
