@@ -185,7 +185,10 @@ class Adam:
         big = float(np.finfo(self.params.dtype).max)
         # the step size lr / (1 - beta1^k) is largest at k = 1
         if not self.lr / (1.0 - self.betas[0]) < big:
-            raise ValueError(f"lr must be below {big * (1.0 - self.betas[0]):.3g}, got {self.lr:g}: the "
+            bound, lr = f"{big * (1.0 - self.betas[0]):.3g}", f"{self.lr:g}"
+            if float(lr) < float(bound):  # "below 1.8e+307, got 1.79769e+307": both in full
+                bound, lr = repr(float(big * (1.0 - self.betas[0]))), repr(float(self.lr))
+            raise ValueError(f"lr must be below {bound}, got {lr}: the "
                              f"bias-corrected step size lr / (1 - beta1) must be below {big:.3g} ({self.params.dtype})")
         # g = grad + weight_decay p is squared into v: it must stay below sqrt(max)
         root = math.sqrt(big)

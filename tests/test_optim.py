@@ -595,6 +595,13 @@ def test_bad_grad_raises(grad):
 def test_adam_refuses_an_lr_whose_step_size_overflows():
     with pytest.raises(ValueError, match=r"^lr must be below 1\.8e\+307, got 1e\+308: the bias-corrected step size"):
         Adam(np.ones(4), lr=1e308)  # NaN parameters after 2 steps before
+    # just past the bound, rounded to a few digits, the refused lr read as below it
+    lr = 1.7976931348623153e307
+    big = np.finfo(np.float64).max
+    assert not lr / (1 - 0.9) < big and np.nextafter(lr, 0) / (1 - 0.9) < big  # the first lr refused
+    full = r"1\.7976931348623153e\+307"
+    with pytest.raises(ValueError, match=rf"^lr must be below {full}, got {full}: "):
+        Adam(np.ones(4), lr=lr)
     opt = Adam(np.ones(4), lr=1e-3)
     opt.lr = 1e308  # a schedule can still set it: the step refuses, nothing changes
     with pytest.raises(ValueError, match=r"Adam step 1: the step size .* lr = 1e\+308"):
