@@ -154,8 +154,10 @@ def torch_ref():
 
 def pytest_collection_finish(session):
     """Start tests/test_nojit.py's interpreted run in the background when it is selected,
-    so that it overlaps the rest of the suite (test_nojit waits for it)."""
-    if session.config.option.collectonly:
+    so that it overlaps the rest of the suite (test_nojit waits for it). Not in pytest-xdist's
+    workers: each collects every test, so each would start a run of its own (one wasted, and
+    both taking the cores the workers are for); test_nojit starts it in the worker it runs in."""
+    if session.config.option.collectonly or hasattr(session.config, "workerinput"):
         return
     for item in session.items:
         if item.path.name == "test_nojit.py":
