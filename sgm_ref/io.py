@@ -84,15 +84,18 @@ def atomic_path(path):
     file system's limit (255 bytes) can still be written. An existing file keeps its
     permission bits, as with open(); a new one gets 0o666 less the umask. Unlike open(),
     a symbolic link at path is replaced by the new file (the file it points to is left as
-    it was). A process killed mid-write leaves path as it was and its temporary
-    (.tmp-*) beside it. ValueError if path is a folder or ends with a separator.
+    it was), but not a link to a folder: that is refused as the folder would be, since a
+    user who names a folder (through a link or not) did not mean to replace it by a file.
+    A process killed mid-write leaves path as it was and its temporary (.tmp-*) beside it.
+    ValueError if path is a folder or a link to one, or ends with a separator.
     """
     path = _file_name(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise ValueError(f"cannot write {path}: folder {directory} does not exist")
     if os.path.isdir(path):  # else the rename at the end fails, naming the temporary file
-        raise ValueError(f"cannot write {path}: it is a folder; give a file name")
+        what = "a symbolic link to a folder" if os.path.islink(path) else "a folder"
+        raise ValueError(f"cannot write {path}: it is {what}; give a file name")
     if path.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):  # as above (ENOTDIR)
         raise ValueError(f"cannot write {path}: a file name cannot end with {path[-1]!r}")
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=_name_tail(os.path.basename(path)), dir=directory)

@@ -701,6 +701,19 @@ def test_a_symbolic_link_is_replaced_and_its_target_left_as_it_was(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["link", "target"]
 
 
+
+def test_a_symbolic_link_to_a_folder_is_refused_as_one(tmp_path):
+    """A link to a folder is not replaced by the file (the user named a folder); the refusal said
+    "it is a folder" of a name that is a link, and the docstring promised every link replaced."""
+    from sgm_ref.io import atomic_write
+
+    (tmp_path / "folder").mkdir()
+    os.symlink("folder", tmp_path / "link")
+    with pytest.raises(ValueError, match=r"cannot write .*link: it is a symbolic link to a folder; give a file name"):
+        atomic_write(tmp_path / "link", lambda f: f.write(b"new"))
+    assert os.path.islink(tmp_path / "link") and sorted(os.listdir(tmp_path)) == ["folder", "link"]
+    assert os.listdir(tmp_path / "folder") == []
+
 KEEP_WRITING = """
 import sys
 import numpy as np
