@@ -172,7 +172,9 @@ def os_error_text(exc):
     what = exc.strerror or str(exc) or type(exc).__name__
     # '' shown, not blank; a bytes name (os's calls on a bytes path) decoded as os does; a file
     # descriptor (os.stat(fd) and the like put the int there) by its number, not a TypeError
-    names = [(os.fsdecode(n) or "''") if isinstance(n, (str, bytes, os.PathLike)) else f"file descriptor {n}"
+    names = [(os.fsdecode(n) or "''") if isinstance(n, (str, bytes, os.PathLike))
+             else f"file descriptor {n}" if isinstance(n, int) and not isinstance(n, bool)
+             else str(n)  # whatever else a caller put there
              for n in (exc.filename, exc.filename2) if n is not None]
     if not names:
         return what

@@ -588,6 +588,9 @@ def test_os_error_text_of_a_file_descriptor():
         os.stat(fd)  # closed: EBADF, with the descriptor as its filename
     assert raised.value.filename == fd
     assert os_error_text(raised.value) == f"Bad file descriptor: file descriptor {fd}"
+    # a name of another type (a caller's own OSError) is shown as it is, not called a descriptor
+    assert os_error_text(OSError(2, "No such file or directory", 1.5)) == "No such file or directory: 1.5"
+    assert os_error_text(OSError(2, "No such file or directory", True)) == "No such file or directory: True"
 
 
 # -- atomic writes: every way a write can fail leaves the old file or the new one -----------------
