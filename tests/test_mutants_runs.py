@@ -89,12 +89,13 @@ def test_the_sampler_s_grid_bound_is_time_grid_s(monkeypatch):
     sampler's: the largest it accepts is the largest time_grid accepts under the same memory. Mutant
     survived: n_steps * 24 (one step more accepted than time_grid takes)."""
     memory = 24 * 1001
-    monkeypatch.setattr(runs_module, "_physical_memory", lambda: memory)
-    assert make_config({"sample": {"n_steps": 1000}})["sample"]["n_steps"] == 1000
+    monkeypatch.setattr(_validation, "_physical_memory", lambda: memory)  # build's and time_grid's
+    small = {"data": {"n": 100}, "model": {"width": 4, "depth": 1}, "train": {"batch_size": 16},  # within 24 kB
+             "evaluate": {"n": 20, "two_sample_n": 20, "profile_n": 20, "bound_n": 16}}
+    assert make_config({**small, "sample": {"n": 20, "n_steps": 1000}})["sample"]["n_steps"] == 1000
     with pytest.raises(ValueError, match=r"^sample n_steps must be at most 1000 on this machine, got 1001"):
-        make_config({"sample": {"n_steps": 1001}})
+        make_config({**small, "sample": {"n": 20, "n_steps": 1001}})
     process = process_from_dict({"name": "OU"})
-    monkeypatch.setattr(_validation, "_physical_memory", lambda: memory)
     assert len(time_grid(5.0, 1e-3, 1000, "geometric", process)) == 1001
     with pytest.raises(ValueError, match=r"n_steps"):
         time_grid(5.0, 1e-3, 1001, "geometric", process)
