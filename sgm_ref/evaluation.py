@@ -602,7 +602,7 @@ def _percent(value):
     A finite ratio past float64's largest / 100 is shown by its own digits, the exponent moved
     by 2 (100 x 1e307 overflows: "inf%" of a finite ratio)."""
     if _finite(value) and 0 < abs(value) < 0.01:
-        return f"{100 * value:.2g}%"
+        return f"{100 * value:#.2g}%"  # "#": 0.50%, not 0.5% (the trailing zero is a digit)
     text = _num(value, ".2%")
     if _finite(value) and abs(float(text[:-1])) >= 10_000:
         if math.isfinite(100 * value):

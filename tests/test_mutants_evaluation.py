@@ -151,6 +151,8 @@ def test_percent_is_two_decimals_from_1_percent_and_two_significant_digits_below
     assert ev._percent(-0.01) == "-1.00%"
     assert ev._percent(1.234e-3) == "0.12%"
     assert ev._percent(-4.567e-5) == "-0.0046%"
+    # two significant digits where the second is a zero (it printed "0.5%" and "0.004%")
+    assert [ev._percent(v) for v in (0.005, 4e-5, 1e-9, 0.00999)] == ["0.50%", "0.0040%", "1.0e-07%", "1.0%"]
 
 
 def test_a_zero_relative_error_and_a_zero_estimate_read_as_zero():
