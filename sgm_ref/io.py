@@ -12,6 +12,7 @@ Arrays: "params" (the flat vector), and optionally "ema" (the parameter average)
 
 import collections
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -87,7 +88,9 @@ def atomic_path(path):
     it was), but not a link to a folder: that is refused as the folder would be, since a
     user who names a folder (through a link or not) did not mean to replace it by a file.
     A process killed mid-write leaves path as it was and its temporary (.tmp-*) beside it.
-    ValueError if path is a folder or a link to one, or ends with a separator.
+    After the rename the folder is fsynced (fsync_folder); an error there (EIO) is raised with
+    the new file in place, its entry perhaps not yet on disk. ValueError if path is a folder or
+    a link to one, or ends with a separator.
     """
     path = _file_name(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -110,10 +113,35 @@ def atomic_path(path):
             mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
+        fsync_folder(directory)  # the rename itself on disk: a power cut may otherwise undo it
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def fsync_folder(folder):
+    """Flush a folder's entries to disk (fsync of the folder), so that a file renamed into it or
+    created there survives a power cut or a crash of the machine, as its data (fsynced by the
+    writer) does: without it the new entry may be lost and the old file come back. A file system
+    that cannot fsync a folder (EINVAL, ENOTSUP, EBADF on some network and FUSE mounts), and a
+    folder one may write into but not read (it cannot be opened), are let be; any other OSError
+    (EIO) is raised, naming the folder."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM):  # a folder one may write into but not read
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            if exc.filename is None:
+                exc.filename = os.fspath(folder)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _umask():

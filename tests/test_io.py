@@ -717,6 +717,49 @@ def test_a_symbolic_link_to_a_folder_is_refused_as_one(tmp_path):
     assert os.path.islink(tmp_path / "link") and sorted(os.listdir(tmp_path)) == ["folder", "link"]
     assert os.listdir(tmp_path / "folder") == []
 
+
+def _fsyncs_and_renames(monkeypatch):
+    """A list that os.fsync (by the path of its descriptor) and os.replace append to, in order."""
+    events = []
+    fsync, replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", os.path.basename(b))),
+                                                     replace(a, b))[1])
+    return events
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads descriptors' paths from /proc")
+def test_an_atomic_write_fsyncs_the_file_then_its_folder_after_the_rename(tmp_path, monkeypatch):
+    """The rename is durable only once the folder is fsynced: without it a power cut could bring the
+    old file back (or lose a new one) though the write had returned."""
+    from sgm_ref.io import atomic_write
+
+    events = _fsyncs_and_renames(monkeypatch)
+    atomic_write(tmp_path / "m.npz", lambda f: f.write(b"x"))
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert os.path.basename(events[0][1]).startswith(".tmp-") and events[1][1] == "m.npz"
+    assert events[2][1] == str(tmp_path)
+
+
+def test_fsync_folder_lets_a_file_system_without_it_be_and_raises_other_errors(tmp_path, monkeypatch):
+    """EINVAL (a file system that cannot fsync a folder) is let be; EIO is raised naming the folder."""
+    import errno
+
+    from sgm_ref.io import fsync_folder, os_error_text
+
+    def failing(code):
+        def fsync(fd):
+            raise OSError(code, os.strerror(code))
+        return fsync
+
+    monkeypatch.setattr(os, "fsync", failing(errno.EINVAL))
+    fsync_folder(tmp_path)
+    monkeypatch.setattr(os, "fsync", failing(errno.EIO))
+    with pytest.raises(OSError) as raised:
+        fsync_folder(tmp_path)
+    assert os_error_text(raised.value) == f"Input/output error: {tmp_path}"
+
 KEEP_WRITING = """
 import sys
 import numpy as np

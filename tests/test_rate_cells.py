@@ -41,6 +41,20 @@ def test_a_complete_last_row_without_its_newline_is_read_and_given_its_newline(t
             json.loads(last[:k])
 
 
+def test_the_first_row_fsyncs_the_new_results_file_s_folder_too(tmp_path, monkeypatch):
+    """A new results.jsonl's entry in its folder is fsynced after its first line (a power cut could
+    lose the file with its fsynced row); later rows fsync the file alone."""
+    import os
+
+    events = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(os.readlink(f"/proc/self/fd/{fd}")), fsync(fd))[1])
+    path = tmp_path / "results.jsonl"
+    append_result(path, ROW)
+    append_result(path, {**ROW, "n": 80})
+    assert events == [str(path), str(tmp_path), str(path)]
+
+
 def test_a_torn_last_line_is_named_when_it_is_left_out_or_cut_off(tmp_path):
     """A torn last line was dropped without a word, by the report too (a review)."""
     path = tmp_path / "results.jsonl"

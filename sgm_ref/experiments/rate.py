@@ -70,6 +70,7 @@ from scipy import stats
 from .. import __version__
 from .._threads import blas_kernels
 from .._json import load_json
+from ..io import fsync_folder
 from ..losses import _draw_times
 from ..metrics import tv_upper_bound
 from ..nn import MLP
@@ -804,10 +805,13 @@ def append_result(path, result):
     (a full disk, a file-size limit: the file object's error names no file) is given path's name;
     a line cut short by it is what load_results(repair=True) cuts off before the next append."""
     try:
+        new = not os.path.exists(path)
         with open(path, "ab") as f:
             f.write((json.dumps(result, allow_nan=False) + "\n").encode("utf-8"))
             f.flush()
             os.fsync(f.fileno())
+        if new:  # the file's entry in its folder too (a power cut may otherwise lose the new file)
+            fsync_folder(os.path.dirname(os.path.abspath(path)))
     except OSError as exc:
         if exc.filename is None:
             exc.filename = os.fspath(path)
