@@ -52,7 +52,7 @@ from . import __version__, _validation
 from ._json import load_json
 from ._lock import folder_lock
 from ._validation import check_count, check_fits, check_real, check_time_range
-from .io import _READ_ERRORS, atomic_write, load, os_error_text, read_error_text, read_header, save
+from .io import _READ_ERRORS, atomic_write, fsync_folder, load, os_error_text, read_error_text, read_header, save
 from .nn import MLP
 from .optim import Adam
 from .processes import process_from_dict
@@ -486,6 +486,7 @@ def new_run(folder, config, force=False, then_evaluate=False, evaluate_options=(
         try:
             os.mkdir(folder)
             made = True
+            fsync_folder(parent)  # the new folder's entry on disk, as its files' (io.atomic_path)
         except FileExistsError:  # another command made it just now
             if not force:
                 raise RunError(f"output folder {folder} already exists; pass --force to replace its run files, "

@@ -742,6 +742,28 @@ def test_an_atomic_write_fsyncs_the_file_then_its_folder_after_the_rename(tmp_pa
     assert events[2][1] == str(tmp_path)
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads descriptors' paths from /proc")
+def test_a_new_run_or_sweep_folder_is_fsynced_in_its_parent(tmp_path, monkeypatch):
+    """A run folder that create() made, or a sweep's, has its entry in the parent fsynced, as the
+    files in it have theirs: a power cut could otherwise lose the folder with its fsynced files."""
+    from sgm_ref.experiments import sweep
+    from sgm_ref.runs import create, make_config
+
+    events = _fsyncs_and_renames(monkeypatch)
+    create(tmp_path / "run", make_config())
+    assert events[0] == ("fsync", str(tmp_path))
+    events.clear()
+
+    class Stop(Exception):
+        pass
+
+    def stop(folder):
+        raise Stop
+    monkeypatch.setattr(sweep, "_lock", stop)  # the sweep stops at its lock, right after making the folder
+    with pytest.raises(Stop):
+        sweep._sweep(str(tmp_path / "sweep"), None, 1, None, False, print)
+    assert events == [("fsync", str(tmp_path))] and os.path.isdir(tmp_path / "sweep")
+
 def test_fsync_folder_lets_a_file_system_without_it_be_and_raises_other_errors(tmp_path, monkeypatch):
     """EINVAL (a file system that cannot fsync a folder) is let be; EIO is raised naming the folder."""
     import errno

@@ -28,7 +28,7 @@ from .. import __version__
 from .._json import load_json
 from .._validation import check_count
 from .._lock import folder_lock
-from ..io import atomic_write
+from ..io import atomic_write, fsync_folder
 from .rate import (DEFINITIONS, append_result, cell_key, cells, check_settings, load_results, make_grid, run_cell,
                    sweep_summary)
 
@@ -235,7 +235,9 @@ def _remove_stale_temporaries(folder):
 
 
 def _sweep(folder, grid, workers, executor, retry_failed, log):
-    os.makedirs(folder, exist_ok=True)
+    if not os.path.isdir(folder):
+        os.makedirs(folder, exist_ok=True)
+        fsync_folder(os.path.dirname(os.path.abspath(folder)))  # its entry on disk, as its files'
     with _lock(folder):
         _remove_stale_temporaries(folder)
         _check_settings(folder, grid["settings"])
