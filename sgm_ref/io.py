@@ -74,7 +74,6 @@ def _file_name(path):
     return path
 
 
-@contextlib.contextmanager
 def atomic_path(path):
     """A temporary file's name beside path, renamed onto path when the block ends without error.
 
@@ -88,10 +87,17 @@ def atomic_path(path):
     it was), but not a link to a folder: that is refused as the folder would be, since a
     user who names a folder (through a link or not) did not mean to replace it by a file.
     A process killed mid-write leaves path as it was and its temporary (.tmp-*) beside it.
-    After the rename the folder is fsynced (fsync_folder); an error there (EIO) is raised with
-    the new file in place, its entry perhaps not yet on disk. ValueError if path is a folder or
-    a link to one, or ends with a separator.
+    The temporary's data is fsynced before the rename and the folder after it (fsync_folder),
+    so that a power cut leaves the old file or the whole new one; an error in the folder's
+    fsync (EIO) is raised with the new file in place, its entry perhaps not yet on disk.
+    ValueError if path is a folder or a link to one, or ends with a separator.
     """
+    return _atomic_path(path, sync=True)
+
+
+@contextlib.contextmanager
+def _atomic_path(path, sync):
+    """atomic_path; sync=False for a writer that fsyncs the temporary itself (atomic_write)."""
     path = _file_name(path)
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
@@ -105,6 +111,12 @@ def atomic_path(path):
     os.close(fd)
     try:
         yield tmp
+        if sync:  # the writer's data on disk before the rename makes it the file's (before the
+            fd = os.open(tmp, os.O_RDONLY)  # chmod: mkstemp's 0600 lets the owner read it)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         # mkstemp makes the file private (0600); give it the mode a plain open() would:
         # an existing file's own, else 0o666 less the umask
         try:
@@ -180,7 +192,7 @@ def atomic_write(path, write):
     writing (a full disk: the file object's error names no file) is given path's name;
     numpy's short write ("8000 requested and 5104 written", no errno) is said as one.
     """
-    with atomic_path(path) as tmp:
+    with _atomic_path(path, sync=False) as tmp:  # fsynced below, through the file object
         try:
             with open(tmp, "wb") as f:
                 write(f)

@@ -764,6 +764,20 @@ def test_a_new_run_or_sweep_folder_is_fsynced_in_its_parent(tmp_path, monkeypatc
         sweep._sweep(str(tmp_path / "sweep"), None, 1, None, False, print)
     assert events == [("fsync", str(tmp_path))] and os.path.isdir(tmp_path / "sweep")
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads descriptors' paths from /proc")
+def test_atomic_path_fsyncs_what_the_writer_wrote_before_the_rename(tmp_path, monkeypatch):
+    """A writer that takes a file name (matplotlib's) closes its file unsynced: atomic_path fsyncs
+    it before the rename, so that a power cut cannot leave path renamed onto unwritten data."""
+    from sgm_ref.io import atomic_path
+
+    events = _fsyncs_and_renames(monkeypatch)
+    with atomic_path(tmp_path / "a.gif") as tmp:
+        with open(tmp, "wb") as f:
+            f.write(b"GIF89a")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert os.path.basename(events[0][1]).startswith(".tmp-") and events[2][1] == str(tmp_path)
+    assert (tmp_path / "a.gif").read_bytes() == b"GIF89a"
+
 def test_fsync_folder_lets_a_file_system_without_it_be_and_raises_other_errors(tmp_path, monkeypatch):
     """EINVAL (a file system that cannot fsync a folder) is let be; EIO is raised naming the folder."""
     import errno
