@@ -702,7 +702,7 @@ def _parameters(text, what):
 
 def _number(text, key, what):
     try:
-        return int(text) if key == "num_train_timesteps" else float(text)
+        return float(text)
     except ValueError:
         raise ValueError(f"{what}: parameter {key} must be a number, got {text!r}") from None
 
