@@ -167,7 +167,8 @@ def test_report_on_the_old_sweep_rows(tmp_path):
     assert "(euler_maruyama sampler)" in text  # from sweep.json: the old rows do not name it
     assert "empirical measure" not in text.split("## What this shows")[0]
     # the caption names the baselines the figure draws: none here (it named all three, with their styles)
-    assert "*Error against n, one panel per family and d (network: solid).*" in text
+    assert ("*Error against n, one panel per family and d (network: solid; bars: ± 2 standard errors of the mean "
+            "over seeds, or a lone seed's own).*") in text
 
 
 def test_cli_regenerates_the_report_and_names_bad_input(tmp_path):

@@ -687,8 +687,10 @@ def report_markdown(analysis, settings=None, figures=None, source=None, comparis
     styles = {"empirical measure (curse)": "empirical measure dashed", "score -x": "score -x dotted",
               "EM plug-in": "EM plug-in dash-dotted"}
     drawn = "network: solid" + ("; baselines: " + ", ".join(styles[m] for m in present) if present else "")
-    for key, caption in (("error_vs_n", f"Error against n, one panel per family and d ({drawn})"),
-                         ("error_vs_d", "Error against d at fixed n"), ("tv_vs_n", "Certified TV bound against n")):
+    bars = "bars: ± 2 standard errors of the mean over seeds, or a lone seed's own"  # _mean_se
+    for key, caption in (("error_vs_n", f"Error against n, one panel per family and d ({drawn}; {bars})"),
+                         ("error_vs_d", f"Error against d at fixed n ({bars})"),
+                         ("tv_vs_n", f"Certified TV bound against n ({bars})")):
         if key in figures:
             lines += [f"![{caption}]({figures[key]})", "", f"*{caption}.*", ""]
     for family, a in fams.items():
