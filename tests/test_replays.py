@@ -1553,3 +1553,9 @@ def test_langevin_step_sizes_one_per_step():
     path = R.predictor_corrector(lambda x, t: np.zeros_like(x), VP(), grid, np.zeros((1, 1)), noise=np.ones((4, 1, 1)),
                                  trajectory=True, predictor=None, langevin_step=e)[1][:, 0, 0]
     np.testing.assert_allclose(np.diff(path), np.sqrt(2.0 * e), rtol=1e-14)
+
+
+def test_a_grid_time_off_the_timesteps_is_named_as_a_number():
+    """The message showed NumPy 2's repr, "grid[1] = np.float64(0.2004)" (a mutation review)."""
+    with pytest.raises(ValueError, match=r"grid\[1\] = 0\.2004 is not one; build it with timestep_grid$"):
+        R.ddim(lambda x, t: -x, DDPM(), [0.5, 0.2004, 0.0], np.zeros((1, 1)), alphas_cumprod="diffusers")

@@ -216,7 +216,7 @@ def _timesteps_of_grid(process, grid, what):
     if np.any(off):
         k = int(np.argmax(off))
         raise ValueError(f"with {what} the grid must lie on the timesteps' times (i + 1) / N (and may end "
-                         f"at 0): grid[{k}] = {grid[k]!r} is not one; build it with timestep_grid")
+                         f"at 0): grid[{k}] = {float(grid[k])!r} is not one; build it with timestep_grid")
     return np.where(data, 0, index).astype(np.int64), data
 
 
