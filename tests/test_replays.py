@@ -1559,3 +1559,10 @@ def test_a_grid_time_off_the_timesteps_is_named_as_a_number():
     """The message showed NumPy 2's repr, "grid[1] = np.float64(0.2004)" (a mutation review)."""
     with pytest.raises(ValueError, match=r"grid\[1\] = 0\.2004 is not one; build it with timestep_grid$"):
         R.ddim(lambda x, t: -x, DDPM(), [0.5, 0.2004, 0.0], np.zeros((1, 1)), alphas_cumprod="diffusers")
+
+
+def test_a_score_sde_grid_ending_at_0_is_named_as_a_number():
+    """As above: "ending at np.float64(0.0)" (a reread after the mutation review)."""
+    with pytest.raises(ValueError, match=r"at least 2 times, all > 0 \(got 3 ending at 0\.0\)$"):
+        R.reverse_diffusion(lambda x, t: -x, VP(), np.array([1.0, 0.5, 0.0]), np.zeros((1, 1)),
+                            discretization="score_sde")

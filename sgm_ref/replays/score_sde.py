@@ -140,7 +140,7 @@ def _steps(process, grid, discretization, needs_table=True, grid_dtype=np.float6
     N = grid.size
     if N < 2 or grid[-1] <= 0.0:
         raise ValueError("with discretization='score_sde' the grid is score_sde's timesteps linspace(T, eps, N): "
-                         f"at least 2 times, all > 0 (got {N} ending at {grid[-1]!r})")
+                         f"at least 2 times, all > 0 (got {N} ending at {float(grid[-1])!r})")
     if grid_dtype == np.float32:  # (t * (N - 1) / T) rounded as the float32 peer rounds it, then truncated
         index = np.floor(grid.astype(np.float32) * np.float32(N - 1) / np.float32(process.t_max)).astype(np.int64)
     else:
