@@ -215,8 +215,20 @@ def _log_axis_if_wide(ax, values):
 
 def loss_figure(loss, exact=None):
     """The training loss per step, its running mean and, given exact = (value, standard
-    error), the loss of the exact score with a 2-standard-error band."""
-    loss = np.asarray(loss)
+    error), the loss of the exact score with a 2-standard-error band.
+
+    loss : sequence of finite numbers, shape (steps,), steps >= 1 (History.loss). ValueError
+    otherwise: a 2-D array ended in matplotlib's "x and y must have same first dimension", and
+    an empty one drew empty axes without a word."""
+    try:
+        loss = np.asarray(loss, dtype=np.float64)
+    except (TypeError, ValueError):
+        loss = None
+    if loss is None or loss.ndim != 1 or loss.size == 0 or not np.all(np.isfinite(loss)):
+        got = ("not numbers" if loss is None else f"shape {loss.shape}" if loss.ndim != 1 or loss.size == 0
+               else f"{int(np.sum(~np.isfinite(loss)))} of {loss.size} not finite")
+        raise ValueError(f"loss must be the training loss per step, a non-empty 1-D sequence of finite numbers, "
+                         f"got {got}")
     fig, (ax,) = _figure((6, 3.6))
     steps = np.arange(1, loss.size + 1)
     ax.plot(steps, loss, lw=0.4, alpha=0.5, color="tab:gray", label="per step")

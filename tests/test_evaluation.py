@@ -279,6 +279,19 @@ def test_loss_plot_s_exact_score_line_and_band_are_what_its_label_says():
     assert line.get_label() == "exact score (the floor in expectation): 1.237 ± 0.092; band ± 2 s.e."
 
 
+@pytest.mark.parametrize("loss, got", [(np.ones((10, 2)), r"shape \(10, 2\)"), ([], r"shape \(0,\)"),
+                                       ([1.0, np.inf, np.nan], "2 of 3 not finite"), (["a", "b"], "not numbers")])
+def test_loss_plot_refuses_what_is_not_a_loss_per_step(loss, got):
+    """A 2-D loss ended in matplotlib's "x and y must have same first dimension" (no argument
+    named); an empty one drew empty axes without a word (a mutation review)."""
+    pytest.importorskip("matplotlib")
+    from sgm_ref.plots import loss_figure
+
+    with pytest.raises(ValueError, match=rf"^loss must be the training loss per step, a non-empty 1-D sequence of "
+                                         rf"finite numbers, got {got}$"):
+        loss_figure(loss)
+
+
 def test_score_error_plot_has_a_y_label():
     pytest.importorskip("matplotlib")
     from sgm_ref.plots import score_error_figure
