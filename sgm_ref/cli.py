@@ -1122,7 +1122,8 @@ def cmd_audit(args):
     # a KL prior printed below 0 above (-2.03e-06 on the ring, --seed 2, --bound-n 4) is a
     # Monte-Carlo estimate, not clipped: evaluate's explanation (and verdict) beside it
     start_law = "N(0, I)" if isinstance(audited, VariancePreserving) else "N(0, sigma_T^2 I)"
-    below = _below_zero_note(f"the KL prior KL(p_T || {start_law})", b["kl_prior"], b["kl_prior_se"])
+    below = _below_zero_note(f"the KL prior KL(p_T || {start_law})", b["kl_prior"], b["kl_prior_se"],
+                             rounding=b.get("kl_prior_rounding"))
     if below:
         _say(f"note: {below}")
     if nll:

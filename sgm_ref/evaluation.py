@@ -673,7 +673,7 @@ VERDICT_POINTS = 50
 
 
 def _below_zero_note(label, value, se, why="it is an unbiased estimate (not clipped) of a quantity >= 0",
-                     degenerate=False, points=None):
+                     degenerate=False, points=None, rounding=None):
     """Why an estimate of a quantity >= 0 came out negative: it is unbiased, not clipped.
 
     degenerate: a two-sample U-statistic (MMD^2, energy distance), whose first-order standard
@@ -686,9 +686,15 @@ def _below_zero_note(label, value, se, why="it is an unbiased estimate (not clip
     3 of them: the target's own score as the model (the exact oracle, ring, OU, t0 = 0.001)
     falls more than 3 below 0 in 21% of draws of 2 points, 11.5% of 4, 2.6% of 12, 1.7% of
     20, 0.6% of 30, 0.25% of 50 (0 of 400 beyond 3.1).
+
+    rounding: the rounding the estimate may carry beside its noise (TVBound.kl_prior_rounding);
+    a value within it is rounding, consistent with 0, however many standard errors below.
     """
     if value is None or not value < 0:
         return None
+    if rounding is not None and -value <= rounding:
+        return (f"{label} = {value:.2g} ± {_num(se, '.2g')} is below 0 by less than the rounding of its terms "
+                f"({rounding:.2g}): consistent with 0 (p_T is its start law to float64's precision)")
     if not se > 0:  # 0 or nan: no noise to be within
         return (f"{label} = {value:.2g} ± {_num(se, '.2g')} is below 0 with no estimator noise to explain it "
                 "(its standard error is not above 0): please report it")
@@ -728,7 +734,8 @@ def _below_zero_notes(report):
         notes.append(_below_zero_note(label, smp[key]["value"], smp[key]["standard_error"], degenerate=True))
     bound = report.get("tv_bound")
     if bound is not None:
-        notes.append(_below_zero_note("KL(p_T || N(0, I))", bound["kl_prior"], bound["kl_prior_se"]))
+        notes.append(_below_zero_note("KL(p_T || N(0, I))", bound["kl_prior"], bound["kl_prior_se"],
+                                      rounding=bound.get("kl_prior_rounding")))  # (reports before 2026-12-06: none)
     gap = (report.get("likelihood") or {}).get("kl_gap")
     if gap is not None:  # the likelihood's paired estimate of KL(p_t0 || model) (sgm_ref.likelihood.nll_report)
         notes.append(_below_zero_note("the likelihood gap", gap["value"], gap["standard_error"],

@@ -606,3 +606,25 @@ def test_a_score_model_of_another_dtype_is_named_as_the_bounds_dtype_before_any_
     b = tv_upper_bound(model, *args, rng, n_steps=2, dtype=model_dtype)
     plain = tv_upper_bound(lambda x, t: model(x, t), *args, np.random.default_rng(0), n_steps=2, dtype=model_dtype)
     assert b.kl == plain.kl and b.tv == plain.tv and np.isfinite(b.kl)
+
+
+def test_kl_prior_rounding_covers_the_estimate_where_p_T_is_the_start_law():
+    """Where p_T is N(0, I) to float64 (OU, T = 50 and 1e300) the KL prior is the rounding of
+    per-row differences of terms of size ~ d, not noise: -1.8e-17 +- 3.6e-18 on the ring read as
+    "5 standard errors below 0 ... please report it". kl_prior_rounding (8 eps times the mean
+    term size, here against the terms summed by NumPy) holds it; at T = 0.5 the KL is far
+    above it."""
+    from sgm_ref.metrics.bound import tv_upper_bound
+
+    ring, ou = GaussianMixture.ring(), OU()
+    for T in (50.0, 1e300):
+        rng = np.random.default_rng(3)
+        b = tv_upper_bound(lambda x, t: -x, ring, ou, 1e-3, T, "uniform", "euler_maruyama", 16, rng, n_steps=4,
+                           n_aux=4096)
+        xT, _ = ou.perturb(ring.sample(4096, np.random.default_rng(0)), T, np.random.default_rng(1))
+        size = np.mean(np.abs(ring.log_prob(xT, T, ou)) + 0.5 * np.sum(xT**2, axis=1) + np.log(2 * np.pi))
+        assert b.kl_prior_rounding == pytest.approx(8 * np.finfo(float).eps * size, rel=0.05)
+        assert abs(b.kl_prior) <= b.kl_prior_rounding and b.kl_prior_se < b.kl_prior_rounding
+    b = tv_upper_bound(lambda x, t: -x, ring, ou, 1e-3, 0.5, "uniform", "euler_maruyama", 16,
+                       np.random.default_rng(3), n_steps=4, n_aux=4096)
+    assert b.kl_prior > 1e10 * b.kl_prior_rounding > 0

@@ -782,6 +782,22 @@ def test_a_negative_estimate_far_beyond_its_standard_error_is_not_printed_digit_
     assert float(shown) == pytest.approx(1e-5 / se, rel=0.05) and len(note) < 200
 
 
+def test_a_kl_prior_below_0_within_its_rounding_is_not_called_a_fault():
+    """-1.8e-17 +- 3.6e-18 (the ring at T = 50, where p_T is N(0, I) to float64) was "5.0 standard
+    errors below 0: more than the estimator's noise, please report it"; within the rounding the
+    bound records (kl_prior_rounding) it is consistent with 0. Beyond it the verdict stands, and a
+    report without the field (older versions) is read as before."""
+    report = _report()
+    report["tv_bound"].update(kl_prior=-1.8e-17, kl_prior_se=3.6e-18, kl_prior_rounding=5e-15)
+    for where in (markdown(report), summary(report)):
+        assert ("KL(p_T || N(0, I)) = -1.8e-17 ± 3.6e-18 is below 0 by less than the rounding of its terms (5e-15): "
+                "consistent with 0 (p_T is its start law to float64's precision)") in where
+    report["tv_bound"]["kl_prior_rounding"] = 1e-17
+    assert "5.0 standard errors below 0: more than the estimator's noise" in markdown(report)
+    del report["tv_bound"]["kl_prior_rounding"]
+    assert "5.0 standard errors below 0: more than the estimator's noise" in markdown(report)
+
+
 def test_a_negative_likelihood_gap_is_explained():
     """report.md printed a KL(p_t0 || model) estimate below 0 with no word of why."""
     report = _report()
