@@ -1111,7 +1111,7 @@ def cmd_audit(args):
 
     path_kl = f"{b['kl_path']:.3g}" if np.isfinite(b["kl_path"]) else "overflows float64"
     _say(f"certified TV bound for {args.sampler}, {args.n_steps} {args.grid} "
-         f"steps: {bound_text(b)} (early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}"
+         f"step{'s' if args.n_steps != 1 else ''}: {bound_text(b)} (early stopping {b['tv_early_stopping']:.3g}, KL prior {b['kl_prior']:.3g}"
          + ("" if names_path_kl(b) else f", path KL {path_kl}") + ")")
     excess = (f"the model adds path KL {b['kl_path'] - fb['kl_path']:.3g}" if np.isfinite(b["kl_path"])
               else "the model's path KL overflows float64")

@@ -240,6 +240,14 @@ def test_audit_prints_the_path_kl_the_model_adds_and_records_its_options(scratch
     assert excess > 0 and f"; the model adds path KL {excess:.3g}\n" in out
 
 
+def test_audit_of_one_step_says_step(scratch, capsys):
+    """"1 uniform steps" (noticed by the mutation review): one step is a step."""
+    (scratch / "wrong.py").write_text("def f(x, t):\n    return -1.5 * x\n")
+    status, out, err = _main(["audit", "--score", "wrong.py:f", *AUDIT_SMALL[:-1], 1, "--grid", "uniform"], capsys)
+    assert status == 0, err
+    assert "certified TV bound for euler_maruyama, 1 uniform step: " in out
+
+
 def _sampler_grid(*argv):
     from sgm_ref.audit import process_from_spec
 
