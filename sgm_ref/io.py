@@ -188,7 +188,8 @@ def atomic_write(path, write):
     """Call write(file_object) on a temporary file beside path, then rename it onto path.
 
     Readers see either the old file or the complete new one, never a partial write;
-    on any error the temporary file is removed and path is untouched. An OSError from
+    on any error the temporary file is removed and path is untouched, but for an error in
+    fsyncing the folder after the rename (atomic_path), raised with the new file in place. An OSError from
     writing (a full disk: the file object's error names no file) is given path's name;
     numpy's short write ("8000 requested and 5104 written", no errno) is said as one.
     """

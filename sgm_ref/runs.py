@@ -486,7 +486,6 @@ def new_run(folder, config, force=False, then_evaluate=False, evaluate_options=(
         try:
             os.mkdir(folder)
             made = True
-            fsync_folder(parent)  # the new folder's entry on disk, as its files' (io.atomic_path)
         except FileExistsError:  # another command made it just now
             if not force:
                 raise RunError(f"output folder {folder} already exists; pass --force to replace its run files, "
@@ -502,6 +501,8 @@ def new_run(folder, config, force=False, then_evaluate=False, evaluate_options=(
                            "files first")
         _remove_run_files(folder, present)
         try:
+            if made:  # the new folder's entry on disk, as its files' (io.atomic_path); failing, it is removed
+                fsync_folder(os.path.dirname(os.path.abspath(folder)))
             config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
                                                "numba": numba.__version__, "scipy": scipy.__version__,
                                                "machine": platform.machine(), "cpu_count": os.cpu_count()})
@@ -727,6 +728,9 @@ def _same_threads_hint(saved):
     here (NUMBA_NUM_THREADS, by default the number of cores) needs the pool set as well, which
     --threads alone is refused for."""
     blas, count = saved.get("blas"), saved.get("numba")
+    if blas is None:  # threadpoolctl found no BLAS then: "OPENBLAS_NUM_THREADS=?" is no setting
+        return (f"run with NUMBA_NUM_THREADS={count} set, without --threads or SGM_REF_THREADS (its BLAS thread "
+                "count was not recorded)")
     if isinstance(count, int) and blas == count:
         pool = numba.config.NUMBA_NUM_THREADS
         return (f"run with --threads {count} (SGM_REF_THREADS={count}, or sgm_ref.set_threads({count}))"

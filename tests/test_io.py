@@ -763,6 +763,26 @@ def test_a_new_run_or_sweep_folder_is_fsynced_in_its_parent(tmp_path, monkeypatc
     with pytest.raises(Stop):
         sweep._sweep(str(tmp_path / "sweep"), None, 1, None, False, print)
     assert events == [("fsync", str(tmp_path))] and os.path.isdir(tmp_path / "sweep")
+    events.clear()  # every level makedirs makes (only the last one's parent was fsynced: a review)
+    with pytest.raises(Stop):
+        sweep._sweep(str(tmp_path / "a" / "b" / "c"), None, 1, None, False, print)
+    assert events == [("fsync", str(tmp_path)), ("fsync", str(tmp_path / "a")), ("fsync", str(tmp_path / "a" / "b"))]
+
+
+def test_a_new_run_folder_whose_entry_cannot_be_fsynced_is_removed(tmp_path, monkeypatch):
+    """An EIO in fsyncing the parent after mkdir left an empty run folder behind (outside the block
+    that removes a folder it made), and the command run again said it "already exists" (a review)."""
+    import errno
+
+    from sgm_ref import runs
+    from sgm_ref.runs import create, make_config
+
+    def fsync_folder(folder):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), folder)
+    monkeypatch.setattr(runs, "fsync_folder", fsync_folder)
+    with pytest.raises(OSError, match="Input/output error"):
+        create(tmp_path / "run", make_config())
+    assert os.listdir(tmp_path) == []
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads descriptors' paths from /proc")
 def test_atomic_path_fsyncs_what_the_writer_wrote_before_the_rename(tmp_path, monkeypatch):

@@ -6,7 +6,9 @@ behaviour differ (typing, integer division, parallel reductions) is caught.
 The interpreted run takes a minute or two and needs one core; it starts in the
 background as soon as pytest has collected this test (conftest.py's
 pytest_collection_finish calls start()), so on a machine with two cores it overlaps
-the rest of the suite, and the test waits for it.
+the rest of the suite, and the test waits for it. In pytest-xdist's workers (the
+README's `-n 2`) it starts when the test does, in the worker that runs it, while the
+other worker goes on with the suite.
 """
 
 import os

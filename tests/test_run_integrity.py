@@ -462,11 +462,14 @@ def test_a_thread_count_record_of_another_form_is_a_damaged_archive(tmp_path, fi
 
 def test_a_thread_count_record_with_blas_unknown_is_taken(tmp_path, finished):
     """blas is null where threadpoolctl finds no BLAS: that record is thread_counts()' own, and the
-    resume's note shows it as "?" (it printed "None BLAS")."""
+    resume's note shows it as "?" (it printed "None BLAS") and asks for the numba count alone (it said
+    "OPENBLAS_NUM_THREADS=?", no setting: a review)."""
     run = _copy(finished, tmp_path / "run")
     _rewrite_npz(run / "training_state.npz", threads=np.array('{"blas": null, "numba": 1}'))
     with pytest.warns(UserWarning, match=r"written with \? BLAS and 1 numba threads, this process has \d+ BLAS "
-                                         r"and \d+ numba threads: .* OPENBLAS_NUM_THREADS=\? and NUMBA_NUM_THREADS=1"):
+                                         r"and \d+ numba threads: .* \(run with NUMBA_NUM_THREADS=1 set, without "
+                                         r"--threads or SGM_REF_THREADS \(its BLAS thread count was not recorded\) "
+                                         r"for the same bits\)"):
         train(run, progress=False, steps=32)
 
 

@@ -235,9 +235,13 @@ def _remove_stale_temporaries(folder):
 
 
 def _sweep(folder, grid, workers, executor, retry_failed, log):
-    if not os.path.isdir(folder):
-        os.makedirs(folder, exist_ok=True)
-        fsync_folder(os.path.dirname(os.path.abspath(folder)))  # its entry on disk, as its files'
+    missing, up = [], os.path.abspath(folder)
+    while not os.path.isdir(up):  # the folders makedirs makes, deepest first
+        missing.append(up)
+        up = os.path.dirname(up)
+    os.makedirs(folder, exist_ok=True)
+    for made in reversed(missing):  # each new folder's entry in its parent on disk, as its files'
+        fsync_folder(os.path.dirname(made))
     with _lock(folder):
         _remove_stale_temporaries(folder)
         _check_settings(folder, grid["settings"])

@@ -218,8 +218,10 @@ def sampler_limit_gaussian(mean, cov, process, T, t0, method="euler_maruyama"):
     exponential-integrator step): within 5e-16 of the forms in mpmath from the process's float64
     coefficients for lam from 1e-300 to 1e300 on every process, and for T from one ulp to 1e-6
     relative past t0 (where those forms cancel in the rounded coefficients themselves) within 2e-15
-    of them from the process's exact coefficients (VE's sigma_t0^2 is itself 1.6e-15 from exact);
-    a mean below float64's normal range (lam = 1e300, T an ulp past t0) to its subnormal spacing.
+    in the mean of them from the process's exact coefficients, the variance within the rounding of
+    the float64 coefficients (VE's sigma_t0^2 is itself 1.6e-15 from exact; SubVP at t0 = 0.9,
+    B ~ 8: 4e-15); a mean below float64's normal range (lam = 1e300, T an ulp past t0) to its
+    subnormal spacing.
 
     Parameters
     ----------
