@@ -734,16 +734,6 @@ def test_a_score_keeping_its_time_array_sees_it_unchanged():
     assert [t.ravel().tolist() for t in views] == [[1.0] * 3, [0.5] * 3, [0.5] * 3, [0.2] * 3, [0.2] * 3, [0.1] * 3]
 
 
-def test_a_non_contiguous_score_output_gives_the_same_bits():
-    g = mixture_1d()
-    grid = np.array([2.0, 1.0, 0.3])
-    x = np.random.default_rng(0).standard_normal((40, 1))
-    y = euler_maruyama(lambda z, t: g.score(z, t), OU(), grid, x, np.random.default_rng(1))
-    y_f = euler_maruyama(lambda z, t: np.asfortranarray(np.repeat(g.score(z, t), 2, axis=1))[:, ::2], OU(), grid, x,
-                         np.random.default_rng(1))
-    assert np.array_equal(y, y_f)
-
-
 def test_float32_coefficients_beyond_float32_are_the_divergence():
     """A step whose coefficients exceed float32's range overflows the float32 points: the
     sampler says it diverged (no overflow warning from rounding the coefficients)."""
