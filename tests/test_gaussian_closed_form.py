@@ -657,3 +657,16 @@ def test_the_limit_law_with_T_next_to_t0_matches_mpmath(method):
                 mu, q = _limit_in_mpmath(1.5, lam, process, T, t0, method, digits=60, coefficients=coefficients)
                 assert abs(mean[0] - mu) <= 2e-15 * abs(mu) and abs(cov[0, 0] - q) <= 2e-15 * q, \
                     (process, t0, T, lam, mean[0] / mu - 1, cov[0, 0] / q - 1)
+
+
+@pytest.mark.parametrize("method", ["euler_maruyama", "exponential"])  # the ODE's is 6.9e307: no overflow
+def test_an_output_law_with_a_variance_past_half_of_float64_s_largest_is_returned(method):
+    """The covariance was symmetrised as (cov + cov^T) / 2, whose sum overflows past 8.99e307: a
+    finite law (EDM, lam = 1e308 from T = 1.5e154: variance 9.05e307) was refused as "the sampler's
+    output law overflows float64" (a mutation review). Against the docstring's forms in 50-digit
+    mpmath from EDM's exact coefficients."""
+    from sgm_ref.processes import EDM
+
+    mean, cov = sampler_limit_gaussian([1.5], [[1e308]], EDM(), 1.5e154, 1.0, method)
+    mu, q = _limit_in_mpmath(1.5, 1e308, EDM(), 1.5e154, 1.0, method, coefficients=lambda t: (1, t**2))
+    assert abs(mean[0] - mu) <= 1e-15 * abs(mu) and abs(cov[0, 0] - q) <= 1e-15 * q and q > 8.99e307
