@@ -9,10 +9,8 @@ closed-form geometric grid), the text a docstring states, or the random streams 
 comments name, drawn afresh here.
 """
 
-import contextlib
 import json
 import re
-import signal
 
 import numpy as np
 import pytest
@@ -21,22 +19,7 @@ import scipy.stats
 from sgm_ref import OU, GaussianMixture
 from sgm_ref import _threads
 from sgm_ref import evaluation as ev
-
-
-@contextlib.contextmanager
-def _deadline(seconds):
-    """Fail (not hang) when the body runs longer than `seconds` (a mutant that loops forever)."""
-
-    def expire(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+from test_mutants_lock_threads import _deadline  # fail, not hang, on a mutant that loops forever
 
 
 # -- exact_score_loss: its standard error -----------------------------------------------------
