@@ -82,7 +82,7 @@ def from_spec(text):
     """A process from a short spec string, the inverse of to_spec.
 
     NAME[:KEY=VALUE,...] with NAME one of ou, vp, vpcosine, ddpm, subvp, ve, edm, flow
-    (case-insensitive) and KEY the class's parameters; a DDPM spec may give its
+    (also flowmatching and rectifiedflow; case-insensitive) and KEY the class's parameters; a DDPM spec may give its
     beta_schedule first without a key. Examples::
 
         ou   vp:beta_min=0.1,beta_max=20   vpcosine:s=0.008   subvp   ve:sigma_min=0.01,sigma_max=50

@@ -186,15 +186,16 @@ class VE(LinearGaussianProcess):
         from the nearer end, t_end = 0 or 1 (t - 1 exact for t >= 1/2): sigma_min and sigma_max
         exactly at t = 0 and 1, and the exponent's rounding scaled by |t - t_end| <= 1/2. The
         single exp of 2 (log sigma_min + t log(sigma_max / sigma_min)) was 13 eps off near t = 1
-        and gave sigma_1 = 50 - 2.8e-14. Where a factor leaves float64 (sigma_max / sigma_min
-        beyond ~1e308), that log form."""
+        and gave sigma_1 = 50 - 2.8e-14. Where a factor leaves float64's normal range (sigma_max /
+        sigma_min beyond ~1e308), that log form."""
         t = np.asarray(t, dtype=np.float64)
         near0 = t <= 0.5
         end = np.where(near0, self.sigma_min, self.sigma_max)
         with np.errstate(over="ignore", under="ignore"):
             e = np.exp(power * np.where(near0, t, t - 1.0) * self._log_ratio)
             v = end * e if power == 1 else end * (end * e)
-            ok = np.isfinite(e) & (e > 0)
+            # a subnormal factor has lost digits (VE(1e-200, 1e200).sigma2(0.6): e^-737, 1.1e-5 off)
+            ok = np.isfinite(e) & (e >= np.finfo(np.float64).tiny)
             if np.all(ok):  # the log form only where needed (it was a second exp on every call)
                 return v
             logged = np.exp(power * (np.log(self.sigma_min) + t * self._log_ratio))
