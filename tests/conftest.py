@@ -165,6 +165,14 @@ def pytest_collection_finish(session):
             return
 
 
+def pytest_collection_modifyitems(config, items):
+    """In pytest-xdist's workers, test_nojit (the interpreted run, about three minutes in its worker)
+    first: at the end of a worker's queue it kept the suite waiting while the other worker idled.
+    The order is the same in every worker, as xdist needs; a run in one process keeps its own."""
+    if hasattr(config, "workerinput"):
+        items.sort(key=lambda item: item.path.name != "test_nojit.py")
+
+
 def pytest_sessionfinish(session):
     for item in getattr(session, "items", []):  # none if collection failed
         if item.path.name == "test_nojit.py":
