@@ -87,7 +87,7 @@ def atomic_path(path):
     it was), but not a link to a folder: that is refused as the folder would be, since a
     user who names a folder (through a link or not) did not mean to replace it by a file.
     A process killed mid-write leaves path as it was and its temporary (.tmp-*) beside it.
-    The temporary's data is fsynced before the rename and the folder after it (fsync_folder),
+    The temporary's data is fsynced before the rename and the folder after it (_fsync_folder),
     so that a power cut leaves the old file or the whole new one; an error in the folder's
     fsync (EIO) is raised with the new file in place, its entry perhaps not yet on disk.
     ValueError if path is a folder or a link to one, or ends with a separator.
@@ -125,14 +125,14 @@ def _atomic_path(path, sync):
             mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
         os.replace(tmp, path)
-        fsync_folder(directory)  # the rename itself on disk: a power cut may otherwise undo it
+        _fsync_folder(directory)  # the rename itself on disk: a power cut may otherwise undo it
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
 
 
-def fsync_folder(folder):
+def _fsync_folder(folder):
     """Flush a folder's entries to disk (fsync of the folder), so that a file renamed into it or
     created there survives a power cut or a crash of the machine, as its data (fsynced by the
     writer) does: without it the new entry may be lost and the old file come back. A file system
@@ -189,9 +189,10 @@ def atomic_write(path, write):
 
     Readers see either the old file or the complete new one, never a partial write;
     on any error the temporary file is removed and path is untouched, but for an error in
-    fsyncing the folder after the rename (atomic_path), raised with the new file in place. An OSError from
-    writing (a full disk: the file object's error names no file) is given path's name;
-    numpy's short write ("8000 requested and 5104 written", no errno) is said as one.
+    fsyncing the folder after the rename (atomic_path), raised with the new file in place.
+    An OSError from writing (a full disk: the file object's error names no file) is given
+    path's name; numpy's short write ("8000 requested and 5104 written", no errno) is said
+    as one.
     """
     with _atomic_path(path, sync=False) as tmp:  # fsynced below, through the file object
         try:

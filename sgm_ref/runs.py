@@ -52,7 +52,7 @@ from . import __version__, _validation
 from ._json import load_json
 from ._lock import folder_lock
 from ._validation import check_count, check_fits, check_real, check_time_range
-from .io import _READ_ERRORS, atomic_write, fsync_folder, load, os_error_text, read_error_text, read_header, save
+from .io import _READ_ERRORS, _fsync_folder, atomic_write, load, os_error_text, read_error_text, read_header, save
 from .nn import MLP
 from .optim import Adam
 from .processes import process_from_dict
@@ -502,7 +502,7 @@ def new_run(folder, config, force=False, then_evaluate=False, evaluate_options=(
         _remove_run_files(folder, present)
         try:
             if made:  # the new folder's entry on disk, as its files' (io.atomic_path); failing, it is removed
-                fsync_folder(os.path.dirname(os.path.abspath(folder)))
+                _fsync_folder(os.path.dirname(os.path.abspath(folder)))
             config = dict(config, environment={"python": platform.python_version(), "numpy": np.__version__,
                                                "numba": numba.__version__, "scipy": scipy.__version__,
                                                "machine": platform.machine(), "cpu_count": os.cpu_count()})

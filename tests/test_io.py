@@ -777,9 +777,9 @@ def test_a_new_run_folder_whose_entry_cannot_be_fsynced_is_removed(tmp_path, mon
     from sgm_ref import runs
     from sgm_ref.runs import create, make_config
 
-    def fsync_folder(folder):
+    def _fsync_folder(folder):
         raise OSError(errno.EIO, os.strerror(errno.EIO), folder)
-    monkeypatch.setattr(runs, "fsync_folder", fsync_folder)
+    monkeypatch.setattr(runs, "_fsync_folder", _fsync_folder)
     with pytest.raises(OSError, match="Input/output error"):
         create(tmp_path / "run", make_config())
     assert os.listdir(tmp_path) == []
@@ -802,7 +802,7 @@ def test_fsync_folder_lets_a_file_system_without_it_be_and_raises_other_errors(t
     """EINVAL (a file system that cannot fsync a folder) is let be; EIO is raised naming the folder."""
     import errno
 
-    from sgm_ref.io import fsync_folder, os_error_text
+    from sgm_ref.io import _fsync_folder, os_error_text
 
     def failing(code):
         def fsync(fd):
@@ -810,10 +810,10 @@ def test_fsync_folder_lets_a_file_system_without_it_be_and_raises_other_errors(t
         return fsync
 
     monkeypatch.setattr(os, "fsync", failing(errno.EINVAL))
-    fsync_folder(tmp_path)
+    _fsync_folder(tmp_path)
     monkeypatch.setattr(os, "fsync", failing(errno.EIO))
     with pytest.raises(OSError) as raised:
-        fsync_folder(tmp_path)
+        _fsync_folder(tmp_path)
     assert os_error_text(raised.value) == f"Input/output error: {tmp_path}"
 
 KEEP_WRITING = """

@@ -70,7 +70,7 @@ from scipy import stats
 from .. import __version__
 from .._threads import blas_kernels
 from .._json import load_json
-from ..io import fsync_folder
+from ..io import _fsync_folder
 from ..losses import _draw_times
 from ..metrics import tv_upper_bound
 from ..nn import MLP
@@ -811,7 +811,7 @@ def append_result(path, result):
             f.flush()
             os.fsync(f.fileno())
         if new:  # the file's entry in its folder too (a power cut may otherwise lose the new file)
-            fsync_folder(os.path.dirname(os.path.abspath(path)))
+            _fsync_folder(os.path.dirname(os.path.abspath(path)))
     except OSError as exc:
         if exc.filename is None:
             exc.filename = os.fspath(path)

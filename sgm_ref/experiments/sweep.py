@@ -28,7 +28,7 @@ from .. import __version__
 from .._json import load_json
 from .._validation import check_count
 from .._lock import folder_lock
-from ..io import atomic_write, fsync_folder
+from ..io import _fsync_folder, atomic_write
 from .rate import (DEFINITIONS, append_result, cell_key, cells, check_settings, load_results, make_grid, run_cell,
                    sweep_summary)
 
@@ -241,7 +241,7 @@ def _sweep(folder, grid, workers, executor, retry_failed, log):
         up = os.path.dirname(up)
     os.makedirs(folder, exist_ok=True)
     for made in reversed(missing):  # each new folder's entry in its parent on disk, as its files'
-        fsync_folder(os.path.dirname(made))
+        _fsync_folder(os.path.dirname(made))
     with _lock(folder):
         _remove_stale_temporaries(folder)
         _check_settings(folder, grid["settings"])
