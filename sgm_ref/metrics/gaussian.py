@@ -75,7 +75,8 @@ def _from_eigen(U, mu, q):
         mean, sym = U @ mu, 0.5 * (cov + cov.T)
         # the sum overflows past 8.99e307 where the law is finite (EDM, lam = 1e308: q = 9.05e307 was
         # refused as overflowing): there the same average as cov + (cov^T - cov) / 2
-        cov = np.where(np.isfinite(sym) | ~np.isfinite(cov), sym, cov + 0.5 * (cov.T - cov))
+        lost = ~np.isfinite(sym) & np.isfinite(cov)
+        cov = np.where(lost, cov + 0.5 * (cov.T - cov), sym) if lost.any() else sym
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))):
         raise ValueError("the sampler's output law overflows float64 (its mean or covariance is beyond the range: "
                          "steps too large for the scheme, or mean and cov far from order 1); use more steps or "
